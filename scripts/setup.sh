@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One set-up entry point: creates .venv with the pinned TorchRec stack and installs muse_rec.
+#
+#   scripts/setup.sh            CPU profile (torch 2.13.0 CPU + fbgemm-gpu-cpu 1.8.0)
+#   MUSE_REC_PROFILE=cuda scripts/setup.sh
+#                               CUDA profile: keeps the machine's torch, installs the
+#                               fbgemm-gpu (CUDA) build matching it (see README, "CUDA")
+#   MUSE_REC_VENV=path          where the venv goes (default .venv)
+#   MUSE_REC_EXTRAS=test        extras of the project to install (comma separated)
+#
+# Why a script and not just `pip install -e .`: torchrec's metadata requires the CUDA package
+# `fbgemm-gpu`; installing it with deps replaces fbgemm_gpu/ with the CUDA build. So torch is
+# installed first, then the FBGEMM build that matches it, then torchrec with --no-deps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PROFILE="${MUSE_REC_PROFILE:-cpu}"
+VENV="${MUSE_REC_VENV:-.venv}"
+EXTRAS="${MUSE_REC_EXTRAS:-}"
+PY="${PYTHON:-python3}"
+
+# The pins live in one place: muse_rec/_versions.py (also read by the version guard).
+pin() { "$PY" -c "import runpy,sys; v=runpy.run_path('muse_rec/_versions.py'); print(v['$1'])"; }
+TORCH=$(pin TORCH_VERSION)
+FBGEMM=$(pin FBGEMM_VERSION)
+TORCHREC=$(pin TORCHREC_VERSION)
+TORCHX=$(pin TORCHX_VERSION)
+
+stamp="$VENV/.muse_rec_setup"
+want="$PROFILE torch=$TORCH fbgemm=$FBGEMM torchrec=$TORCHREC torchx=$TORCHX extras=$EXTRAS $(sha1sum setup.cfg | cut -c1-12)"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  echo "[setup] $VENV is up to date ($want)"
+  exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "[setup] creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+PIP=("$VPY" -m pip install --disable-pip-version-check -q)
+
+case "$PROFILE" in
+  cpu)
+    echo "[setup] torch==$TORCH (CPU) + fbgemm-gpu-cpu==$FBGEMM"
+    "${PIP[@]}" "torch==$TORCH" "fbgemm-gpu-cpu==$FBGEMM"
+    ;;
+  cuda)
+    # The CUDA machine brings its own torch; install the fbgemm-gpu release that matches its
+    # minor version (table in muse_rec/_versions.py), e.g. torch 2.11 <-> fbgemm-gpu 1.6.
+    tv=$("$VPY" -c "import torch; print(torch.__version__)" 2>/dev/null || true)
+    [[ -n "$tv" ]] || { echo "[setup] CUDA profile: install torch (CUDA build) into $VENV first" >&2; exit 2; }
+    FB=$("$VPY" -c "import runpy; v=runpy.run_path('muse_rec/_versions.py'); print(v['fbgemm_for_torch']('$tv'))")
+    echo "[setup] torch $tv (CUDA) -> fbgemm-gpu==$FB"
+    "${PIP[@]}" "fbgemm-gpu==$FB"
+    ;;
+  *) echo "[setup] unknown MUSE_REC_PROFILE=$PROFILE (cpu|cuda)" >&2; exit 2 ;;
+esac
+
+echo "[setup] torchrec==$TORCHREC (--no-deps) and its light dependencies"
+"${PIP[@]}" "torchmetrics==1.0.3" "tensordict==0.15.3" "pyre-extensions==0.0.32" "iopath==0.1.10" \
+  "torchx==$TORCHX" tqdm
+"${PIP[@]}" --no-deps "torchrec==$TORCHREC"
+
+echo "[setup] muse_rec (editable)${EXTRAS:+ with [$EXTRAS]}"
+# --no-deps for the heavy pins above is not needed here: setup.cfg pins the same versions.
+"${PIP[@]}" --no-build-isolation -e ".${EXTRAS:+[$EXTRAS]}" 2>/dev/null || "${PIP[@]}" -e ".${EXTRAS:+[$EXTRAS]}"
+echo "$want" > "$stamp"
+echo "[setup] done: $("$VPY" -m muse_rec.cli info --short 2>&1 | tail -1)"
