@@ -39,11 +39,19 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 VPY="$VENV/bin/python"
 PIP=("$VPY" -m pip install --disable-pip-version-check -q)
+# pip install, minus the harmless "Location ... is ignored" lines this machine's pip config
+# prints for every package its local mirrors do not carry.
+pipq() {
+  local rc
+  "${PIP[@]}" "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  rc=${PIPESTATUS[0]}
+  return "$rc"
+}
 
 case "$PROFILE" in
   cpu)
     echo "[setup] torch==$TORCH (CPU) + fbgemm-gpu-cpu==$FBGEMM"
-    "${PIP[@]}" "torch==$TORCH" "fbgemm-gpu-cpu==$FBGEMM"
+    pipq "torch==$TORCH" "fbgemm-gpu-cpu==$FBGEMM"
     ;;
   cuda)
     # The CUDA machine brings its own torch; install the fbgemm-gpu release that matches its
@@ -52,18 +60,17 @@ case "$PROFILE" in
     [[ -n "$tv" ]] || { echo "[setup] CUDA profile: install torch (CUDA build) into $VENV first" >&2; exit 2; }
     FB=$("$VPY" -c "import runpy; v=runpy.run_path('muse_rec/_versions.py'); print(v['fbgemm_for_torch']('$tv'))")
     echo "[setup] torch $tv (CUDA) -> fbgemm-gpu==$FB"
-    "${PIP[@]}" "fbgemm-gpu==$FB"
+    pipq "fbgemm-gpu==$FB"
     ;;
   *) echo "[setup] unknown MUSE_REC_PROFILE=$PROFILE (cpu|cuda)" >&2; exit 2 ;;
 esac
 
 echo "[setup] torchrec==$TORCHREC (--no-deps) and its light dependencies"
-"${PIP[@]}" "torchmetrics==1.0.3" "tensordict==0.15.3" "pyre-extensions==0.0.32" "iopath==0.1.10" \
+pipq "torchmetrics==1.0.3" "tensordict==0.15.3" "pyre-extensions==0.0.32" "iopath==0.1.10" \
   "torchx==$TORCHX" tqdm
-"${PIP[@]}" --no-deps "torchrec==$TORCHREC"
+pipq --no-deps "torchrec==$TORCHREC"
 
 echo "[setup] muse_rec (editable)${EXTRAS:+ with [$EXTRAS]}"
-# --no-deps for the heavy pins above is not needed here: setup.cfg pins the same versions.
-"${PIP[@]}" --no-build-isolation -e ".${EXTRAS:+[$EXTRAS]}" 2>/dev/null || "${PIP[@]}" -e ".${EXTRAS:+[$EXTRAS]}"
+pipq -e ".${EXTRAS:+[$EXTRAS]}"
 echo "$want" > "$stamp"
 echo "[setup] done: $("$VPY" -m muse_rec.cli info --short 2>&1 | tail -1)"

@@ -1,0 +1,328 @@
+"""`prepare`: raw Taobao-MM tables -> compact, memory-mappable training data, in one streaming pass per step.
+
+Steps (each resumable: a finished step leaves a done-marker holding the input fingerprint):
+  vocab     distinct raw ids of every field -> sorted key arrays (external partitioned sort)
+  items     per item row: category/attribute rows (from item_features), SCL int8 vectors + presence
+  users_*   per split: one row per user-feature row, behaviour sequence stored ONCE (CSR)
+  samples_* per split: label, raw keys, remapped target item / user rows, index of the user's row
+  popularity  count of each item as a train target
+Work happens in ``OUT/.build``; only when every step succeeded are files moved into ``OUT`` with
+`os.replace`, `meta.json` last. A loader requires `meta.json`, so a failed or killed run never
+exposes partial data, and the output of an earlier successful run stays intact until then.
+See docs/data.md for the layout and the memory bound.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, Iterator, List
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from muse_rec.data import schema as S
+from muse_rec.data.files import NpyMemmapWriter, NpyStreamWriter, save_npy, write_json
+from muse_rec.data.reader import RawRelease, RawTable
+from muse_rec.data.vocab import SortedKeyBuilder, Vocab
+
+FORMAT_VERSION = 1
+VOCAB_MODES = ("full", "p90")
+# Vocabulary name -> where its ids come from is decided in `_vocab_sources`.
+VOCAB_NAMES: List[str] = ["item", "category", "user_id", "user_f1", "user_f2", "user_f3", "user_f4",
+                          "user_f5", "item_f213", "item_f214"]
+USER_FIELD_VOCABS = dict(zip(S.USER_FIELDS, ["user_f1", "user_f2", "user_f3", "user_f4", "user_f5"]))
+ITEM_ATTR_VOCABS = dict(zip(S.ITEM_ATTRS, ["item_f213", "item_f214"]))
+# Columns of items/attrs.npy and <split>/user_fields.npy.
+ITEM_ATTR_COLUMNS = ["category", "item_f213", "item_f214"]
+USER_FIELD_COLUMNS = ["user_id", "user_f1", "user_f2", "user_f3", "user_f4", "user_f5"]
+BUILD_DIR = ".build"
+
+
+@dataclass
+class PrepareConfig:
+    """Knobs of `prepare`.
+
+    Attributes:
+        vocab: "full" (every id seen) or "p90" (the reference's item vocabulary; docs/data.md).
+        batch_rows: rows per decoded record batch (memory per batch ~ batch_rows x 1000 ids x 8 B
+            for user-feature tables).
+        partition_bits: external-sort partitions = 2**partition_bits.
+        spill_buffer_bytes: per vocabulary, ids buffered before appending to spill files.
+        progress: show tqdm bars.
+    """
+
+    vocab: str = "full"
+    batch_rows: int = 16_384
+    partition_bits: int = 8
+    spill_buffer_bytes: int = 16 << 20
+    progress: bool = True
+
+
+def _flat(batch: pa.RecordBatch, col: str) -> np.ndarray:
+    """Values of a list column (all rows concatenated) or of a scalar column, as numpy."""
+    arr = batch.column(batch.schema.get_field_index(col))
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        arr = pc.list_flatten(arr)
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _lengths(batch: pa.RecordBatch, col: str) -> np.ndarray:
+    return S.list_lengths(batch.column(batch.schema.get_field_index(col))).to_numpy(zero_copy_only=False)
+
+
+class _Prepare:
+    def __init__(self, raw: RawRelease, out: str, cfg: PrepareConfig) -> None:
+        self.raw, self.out, self.cfg = raw, out, cfg
+        self.build = os.path.join(out, BUILD_DIR)
+        ident = {"version": FORMAT_VERSION, "vocab": cfg.vocab, "inputs": raw.fingerprint()}
+        self.fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+    # ---- step bookkeeping -------------------------------------------------------------------
+    def _marker(self, step: str) -> str:
+        return self.path("done", f"{step}.json")
+
+    def run_step(self, step: str, fn: Callable[[], Dict[str, object]]) -> Dict[str, object]:
+        """Run `fn` unless a marker with this input fingerprint says it already finished."""
+        marker = self._marker(step)
+        if os.path.exists(marker):
+            with open(marker, encoding="utf-8") as f:
+                done = json.load(f)
+            if done.get("fingerprint") == self.fingerprint:
+                return done["stats"]
+        stats = fn()
+        write_json(marker, {"fingerprint": self.fingerprint, "stats": stats})
+        return stats
+
+    def path(self, *parts: str) -> str:
+        p = os.path.join(self.build, *parts)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        return p
+
+    def batches(self, table: str, cols: List[str]) -> Iterator[pa.RecordBatch]:
+        t: RawTable = self.raw[table]
+        bar = tqdm(total=t.num_rows, unit="row", desc=f"{table}", disable=not self.cfg.progress, leave=False)
+        for b in t.iter_batches(cols, self.cfg.batch_rows):
+            yield b
+            bar.update(b.num_rows)
+        bar.close()
+
+    def vocab(self, name: str) -> Vocab:
+        return Vocab.load(self.path("vocab", f"{name}.npy"), name)
+
+    # ---- steps ------------------------------------------------------------------------------
+    def step_vocab(self) -> Dict[str, object]:
+        full = self.cfg.vocab == "full"
+        b = {n: SortedKeyBuilder(self.path("spill", n), self.cfg.partition_bits, self.cfg.spill_buffer_bytes)
+             for n in VOCAB_NAMES}
+        cols = [S.USER, *S.USER_FIELDS, S.SEQ_CATS] + ([S.SEQ_ITEMS] if full else [])
+        for batch in self.batches("train_user_features", cols):
+            b["user_id"].add(_flat(batch, S.USER))
+            for col, name in USER_FIELD_VOCABS.items():
+                b[name].add(_flat(batch, col))
+            b["category"].add(_flat(batch, S.SEQ_CATS))
+            if full:
+                b["item"].add(_flat(batch, S.SEQ_ITEMS))
+        for batch in self.batches("item_features", [S.ITEM, S.ITEM_CAT, *S.ITEM_ATTRS]):
+            b["category"].add(_flat(batch, S.ITEM_CAT))
+            for col, name in ITEM_ATTR_VOCABS.items():
+                b[name].add(_flat(batch, col))
+            if full:
+                b["item"].add(_flat(batch, S.ITEM))
+        for batch in self.batches("train_samples", [S.USER, S.ITEM]):
+            b["user_id"].add(_flat(batch, S.USER))
+            b["item"].add(_flat(batch, S.ITEM))
+        # Test targets and SCL items join the item vocabulary (never their labels): their frozen
+        # SCL vectors then reach the GSU at evaluation time instead of collapsing to row 0.
+        for batch in self.batches("test_samples", [S.ITEM]):
+            b["item"].add(_flat(batch, S.ITEM))
+        for batch in self.batches("scl", [S.ITEM]):
+            b["item"].add(_flat(batch, S.ITEM))
+        return {n: b[n].finish(self.path("vocab", f"{n}.npy")) + 1 for n in VOCAB_NAMES}
+
+    def step_items(self) -> Dict[str, object]:
+        items = self.vocab("item")
+        n = items.size
+        vocabs = [self.vocab("category")] + [self.vocab(v) for v in ITEM_ATTR_VOCABS.values()]
+        with NpyMemmapWriter(self.path("items", "attrs.npy"), np.int32, (n, len(ITEM_ATTR_COLUMNS))) as w:
+            for batch in self.batches("item_features", [S.ITEM, S.ITEM_CAT, *S.ITEM_ATTRS]):
+                rows = items.rows(_flat(batch, S.ITEM))
+                keep = rows > 0
+                cols = [S.ITEM_CAT, *S.ITEM_ATTRS]
+                vals = np.stack([v.rows(_flat(batch, c)) for v, c in zip(vocabs, cols)], axis=1)
+                w.array[rows[keep]] = vals[keep]
+        covered = 0
+        with NpyMemmapWriter(self.path("items", "scl.npy"), np.int8, (n, S.SCL_DIM)) as w, \
+                NpyMemmapWriter(self.path("items", "scl_present.npy"), np.bool_, (n,)) as present:
+            for batch in self.batches("scl", [S.ITEM, S.SCL_VECTOR]):
+                rows = items.rows(_flat(batch, S.ITEM))
+                vecs = _flat(batch, S.SCL_VECTOR).astype(np.int8).reshape(-1, S.SCL_DIM)
+                keep = rows > 0
+                w.array[rows[keep]] = vecs[keep]
+                present.array[rows[keep]] = True
+            present.array[0] = False  # row 0 stays a zero vector: padding / unknown
+            w.array[0] = 0
+            covered = int(present.array.sum())
+        return {"items": n - 1, "items_with_scl": covered}
+
+    def step_users(self, split: str) -> Dict[str, object]:
+        table = f"{split}_user_features"
+        users, items, cats = self.vocab("user_id"), self.vocab("item"), self.vocab("category")
+        fields = [self.vocab(v) for v in USER_FIELD_VOCABS.values()]
+        present = np.load(self.path("items", "scl_present.npy"), mmap_mode="r")
+        behaviours = with_scl = unknown = 0
+        d = lambda name: self.path(split, name)  # noqa: E731
+        with NpyStreamWriter(d("user_keys.npy"), np.int64) as wk, \
+                NpyStreamWriter(d("user_fields.npy"), np.int32, (len(USER_FIELD_COLUMNS),)) as wf, \
+                NpyStreamWriter(d("seq_offsets.npy"), np.int64) as wo, \
+                NpyStreamWriter(d("seq_items.npy"), np.int32) as wi, \
+                NpyStreamWriter(d("seq_cats.npy"), np.int32) as wc:
+            wo.append(np.zeros(1, np.int64))
+            end = 0
+            for batch in self.batches(table, [S.USER, *S.USER_FIELDS, S.SEQ_ITEMS, S.SEQ_CATS]):
+                keys = _flat(batch, S.USER)
+                wk.append(keys)
+                wf.append(np.stack([users.rows(keys)] + [v.rows(_flat(batch, c))
+                                                         for v, c in zip(fields, S.USER_FIELDS)], axis=1))
+                lens = _lengths(batch, S.SEQ_ITEMS)
+                wo.append(end + np.cumsum(lens))
+                end += int(lens.sum())
+                irows = items.rows(_flat(batch, S.SEQ_ITEMS))
+                wi.append(irows)
+                wc.append(cats.rows(_flat(batch, S.SEQ_CATS)))
+                behaviours += int(irows.size)
+                with_scl += int(present[irows].sum())
+                unknown += int((irows == 0).sum())
+        # Sorted index for sample -> user lookup; a stable sort keeps the FIRST row of a duplicated user.
+        keys = np.load(d("user_keys.npy"))
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        duplicates = int((sorted_keys[1:] == sorted_keys[:-1]).sum())
+        save_npy(d("user_sorted_keys.npy"), sorted_keys)
+        save_npy(d("user_sorted_index.npy"), order.astype(np.int64))
+        unseen = int((users.rows(keys) == 0).sum())
+        del keys, order, sorted_keys
+        if duplicates:
+            warnings.warn(f"{table}: {duplicates} duplicate user row(s); samples use the first row of each user")
+        return {"user_rows": int(wk.rows), "duplicate_user_rows": duplicates, "behaviours": behaviours,
+                "behaviours_with_scl": with_scl, "behaviours_unknown_item": unknown,
+                "user_rows_unseen_in_train": unseen}
+
+    def step_samples(self, split: str) -> Dict[str, object]:
+        table = f"{split}_samples"
+        users, items = self.vocab("user_id"), self.vocab("item")
+        sorted_keys = np.load(self.path(split, "user_sorted_keys.npy"), mmap_mode="r")
+        sorted_index = np.load(self.path(split, "user_sorted_index.npy"), mmap_mode="r")
+        present = np.load(self.path("items", "scl_present.npy"), mmap_mode="r")
+        stats = {"samples": 0, "positives": 0, "samples_without_user_row": 0, "samples_unseen_user": 0,
+                 "samples_unknown_target": 0, "targets_with_scl": 0}
+        d = lambda name: self.path(split, name)  # noqa: E731
+        with NpyStreamWriter(d("labels.npy"), np.int8) as wl, \
+                NpyStreamWriter(d("sample_user_keys.npy"), np.int64) as wuk, \
+                NpyStreamWriter(d("sample_item_keys.npy"), np.int64) as wik, \
+                NpyStreamWriter(d("sample_user_rows.npy"), np.int32) as wur, \
+                NpyStreamWriter(d("sample_items.npy"), np.int32) as wir, \
+                NpyStreamWriter(d("sample_users.npy"), np.int64) as wu:
+            for batch in self.batches(table, [S.LABEL, S.USER, S.ITEM]):
+                labels = _flat(batch, S.LABEL).reshape(-1, S.LABEL_WIDTH)[:, 1].astype(np.int8)
+                ukeys, ikeys = _flat(batch, S.USER), _flat(batch, S.ITEM)
+                urows, irows = users.rows(ukeys), items.rows(ikeys)
+                if sorted_keys.shape[0]:
+                    pos = np.minimum(np.searchsorted(sorted_keys, ukeys), sorted_keys.shape[0] - 1)
+                    found = np.asarray(sorted_keys[pos]) == ukeys
+                    uidx = np.where(found, np.asarray(sorted_index[pos]), -1)
+                else:
+                    uidx = np.full(ukeys.shape, -1, np.int64)
+                for w, a in ((wl, labels), (wuk, ukeys), (wik, ikeys), (wur, urows), (wir, irows), (wu, uidx)):
+                    w.append(a)
+                stats["samples"] += int(labels.size)
+                stats["positives"] += int(labels.sum())
+                stats["samples_without_user_row"] += int((uidx < 0).sum())
+                stats["samples_unseen_user"] += int((urows == 0).sum())
+                stats["samples_unknown_target"] += int((irows == 0).sum())
+                stats["targets_with_scl"] += int(present[irows].sum())
+        if stats["samples_without_user_row"]:
+            warnings.warn(f"{table}: {stats['samples_without_user_row']} of {stats['samples']} samples have no "
+                          f"row in {split}_user_features; they get an empty history and unknown user fields")
+        return stats
+
+    def step_popularity(self) -> Dict[str, object]:
+        n = self.vocab("item").size
+        targets = np.load(self.path("train", "sample_items.npy"), mmap_mode="r")
+        chunk = self.cfg.batch_rows * 64
+        with NpyMemmapWriter(self.path("items", "popularity.npy"), np.int64, (n,)) as w:
+            for lo in range(0, targets.shape[0], chunk):
+                rows, counts = np.unique(np.asarray(targets[lo:lo + chunk]), return_counts=True)
+                w.array[rows] += counts
+            distinct = int((w.array[1:] > 0).sum())
+        return {"distinct_train_targets": distinct}
+
+    # ---- publish ----------------------------------------------------------------------------
+    def meta(self, stats: Dict[str, Dict[str, object]]) -> Dict[str, object]:
+        splits = {}
+        for split in S.SPLITS:
+            u, s = stats[f"users_{split}"], stats[f"samples_{split}"]
+            splits[split] = {
+                **u, **s,
+                "positive_rate": s["positives"] / max(s["samples"], 1),
+                "scl_coverage_targets": s["targets_with_scl"] / max(s["samples"], 1),
+                "scl_coverage_behaviours": u["behaviours_with_scl"] / max(u["behaviours"], 1),
+            }
+        files = sorted(os.path.relpath(os.path.join(dp, f), self.build)
+                       for dp, _, fs in os.walk(self.build) for f in fs
+                       if f.endswith(".npy") and not dp.startswith(os.path.join(self.build, "done")))
+        return {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "vocab_mode": self.cfg.vocab,
+            "vocab_sizes": stats["vocab"],
+            "items": stats["items"],
+            "splits": splits,
+            "test_users_unseen_in_train": splits["test"]["user_rows_unseen_in_train"],
+            "popularity": stats["popularity"],
+            "config": asdict(self.cfg),
+            "source": self.raw.root,
+            "files": files,
+        }
+
+    def publish(self, meta: Dict[str, object]) -> None:
+        final_meta = os.path.join(self.out, "meta.json")
+        if os.path.exists(final_meta):
+            os.remove(final_meta)  # from here until the new meta.json lands, OUT is "not prepared"
+        for rel in meta["files"]:  # type: ignore[union-attr]
+            dst = os.path.join(self.out, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.replace(os.path.join(self.build, rel), dst)
+        write_json(final_meta, meta)
+        shutil.rmtree(self.build)
+
+
+def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig()) -> Dict[str, object]:
+    """Prepare the raw release at `raw` (any iopath path) into local directory `out`; return meta.json."""
+    if cfg.vocab not in VOCAB_MODES:
+        raise ValueError(f"vocab mode {cfg.vocab!r}: expected one of {VOCAB_MODES}")
+    with RawRelease(raw) as release:  # opens and schema-checks all six tables before any work
+        job = _Prepare(release, out, cfg)
+        meta_path = os.path.join(out, "meta.json")
+        if os.path.exists(meta_path):
+            with open(meta_path, encoding="utf-8") as f:
+                old = json.load(f)
+            if old.get("fingerprint") == job.fingerprint and all(
+                    os.path.exists(os.path.join(out, r)) for r in old.get("files", [])):
+                return old
+        os.makedirs(job.build, exist_ok=True)
+        stats: Dict[str, Dict[str, object]] = {}
+        stats["vocab"] = job.run_step("vocab", job.step_vocab)
+        stats["items"] = job.run_step("items", job.step_items)
+        for split in S.SPLITS:
+            stats[f"users_{split}"] = job.run_step(f"users_{split}", lambda s=split: job.step_users(s))
+            stats[f"samples_{split}"] = job.run_step(f"samples_{split}", lambda s=split: job.step_samples(s))
+        stats["popularity"] = job.run_step("popularity", job.step_popularity)
+        meta = job.meta(stats)
+        job.publish(meta)
+        return meta

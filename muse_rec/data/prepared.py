@@ -1,0 +1,166 @@
+"""`PreparedData`: read-only, memory-mapped view of a directory written by `muse-rec prepare`.
+
+Opening validates `meta.json` (present, known format version, every listed array present with
+the shape the counts imply) so a half-prepared or mismatched directory fails here with a clear
+message instead of deep inside training. Arrays are mapped lazily and never pickled, so the
+object can be sent to DataLoader workers cheaply.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+from iopath.common.file_io import g_pathmgr
+
+from muse_rec.data.files import read_npy_shape
+from muse_rec.data.prepare import FORMAT_VERSION, ITEM_ATTR_COLUMNS, USER_FIELD_COLUMNS, VOCAB_NAMES
+from muse_rec.data.reader import join_path
+from muse_rec.data.schema import SCL_DIM, SPLITS
+from muse_rec.data.vocab import Vocab
+
+
+class PreparedDataError(ValueError):
+    """The directory is not (or not completely, or not compatibly) prepared."""
+
+
+def _expected_shapes(meta: dict) -> Dict[str, Tuple[int, ...]]:
+    n_items = meta["vocab_sizes"]["item"]
+    shapes: Dict[str, Tuple[int, ...]] = {
+        "items/attrs.npy": (n_items, len(ITEM_ATTR_COLUMNS)),
+        "items/scl.npy": (n_items, SCL_DIM),
+        "items/scl_present.npy": (n_items,),
+        "items/popularity.npy": (n_items,),
+    }
+    for name in VOCAB_NAMES:
+        shapes[f"vocab/{name}.npy"] = (meta["vocab_sizes"][name] - 1,)
+    for split in SPLITS:
+        s = meta["splits"][split]
+        u, n, b = s["user_rows"], s["samples"], s["behaviours"]
+        shapes.update({
+            f"{split}/user_keys.npy": (u,), f"{split}/user_fields.npy": (u, len(USER_FIELD_COLUMNS)),
+            f"{split}/user_sorted_keys.npy": (u,), f"{split}/user_sorted_index.npy": (u,),
+            f"{split}/seq_offsets.npy": (u + 1,), f"{split}/seq_items.npy": (b,), f"{split}/seq_cats.npy": (b,),
+        })
+        for name in ["labels", "sample_user_keys", "sample_item_keys", "sample_user_rows", "sample_items",
+                     "sample_users"]:
+            shapes[f"{split}/{name}.npy"] = (n,)
+    return shapes
+
+
+class PreparedData:
+    """A prepared directory.
+
+    Args:
+        path: local directory or any iopath path (files are fetched with ``get_local_path``
+            because memory-mapping needs a local file).
+
+    Attributes:
+        meta: the parsed meta.json.
+        vocab_sizes: rows per vocabulary including row 0; keys "item", "category", "user_id",
+            "user_f1".."user_f5", "item_f213", "item_f214".
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        meta_path = self._local("meta.json", must_exist=False)
+        if meta_path is None or not os.path.exists(meta_path):
+            raise PreparedDataError(f"{path}: no meta.json - not a prepared directory, or `muse-rec prepare` "
+                                    "did not finish (run it again; it resumes)")
+        with open(meta_path, encoding="utf-8") as f:
+            self.meta: dict = json.load(f)
+        version = self.meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise PreparedDataError(f"{meta_path}: format_version {version}, this code reads {FORMAT_VERSION}; "
+                                    "re-run `muse-rec prepare`")
+        missing = [k for k in ("vocab_sizes", "splits") if k not in self.meta]
+        if missing:
+            raise PreparedDataError(f"{meta_path}: missing key(s) {missing}")
+        self.vocab_sizes: Dict[str, int] = {k: int(v) for k, v in self.meta["vocab_sizes"].items()}
+        for rel, want in _expected_shapes(self.meta).items():
+            local = self._local(rel, must_exist=False)
+            if local is None or not os.path.exists(local):
+                raise PreparedDataError(f"{join_path(path, rel)}: missing (listed by meta.json)")
+            shape, _ = read_npy_shape(local)
+            if shape != want:
+                raise PreparedDataError(f"{join_path(path, rel)}: shape {shape}, meta.json implies {want}")
+        self._arrays: Dict[str, np.ndarray] = {}
+
+    # Memory maps are per process: drop them when pickled (DataLoader workers re-map).
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_arrays"] = {}
+        return state
+
+    def _local(self, rel: str, must_exist: bool = True) -> Optional[str]:
+        full = join_path(self.path, rel)
+        if "://" not in self.path:
+            return full
+        try:
+            return g_pathmgr.get_local_path(full)
+        except Exception as e:  # iopath handlers raise their own types for a missing file
+            if must_exist:
+                raise PreparedDataError(f"{full}: cannot fetch: {e}") from e
+            return None
+
+    def array(self, rel: str) -> np.ndarray:
+        """Memory-mapped array ``rel`` (e.g. "train/seq_items.npy")."""
+        arr = self._arrays.get(rel)
+        if arr is None:
+            arr = np.load(self._local(rel), mmap_mode="r")  # type: ignore[arg-type]
+            self._arrays[rel] = arr
+        return arr
+
+    def _split(self, split: str) -> dict:
+        if split not in self.meta["splits"]:
+            raise KeyError(f"{self.path}: unknown split {split!r}; have {sorted(self.meta['splits'])}")
+        return self.meta["splits"][split]
+
+    def vocab(self, name: str) -> Vocab:
+        if name not in self.vocab_sizes:
+            raise KeyError(f"unknown vocabulary {name!r}; have {sorted(self.vocab_sizes)}")
+        return Vocab(self.array(f"vocab/{name}.npy"), name)
+
+    def scl(self) -> np.ndarray:
+        """int8 ``[vocab_sizes["item"], 128]`` SCL vectors by item row; zero rows where absent."""
+        return self.array("items/scl.npy")
+
+    def scl_present(self) -> np.ndarray:
+        """bool ``[vocab_sizes["item"]]``: the item has an SCL vector (row 0 is False)."""
+        return self.array("items/scl_present.npy")
+
+    def item_attrs(self) -> np.ndarray:
+        """int32 ``[n_items, 3]`` rows of (category, item_f213, item_f214) per item row; 0 = unknown."""
+        return self.array("items/attrs.npy")
+
+    def item_popularity(self) -> np.ndarray:
+        """int64 ``[n_items]``: how often each item is a train target."""
+        return self.array("items/popularity.npy")
+
+    def num_samples(self, split: str) -> int:
+        return int(self._split(split)["samples"])
+
+    def user_row_index(self, split: str, raw_user_ids: np.ndarray) -> np.ndarray:
+        """int64 index into the split's user-feature rows for each raw user id; -1 where absent."""
+        self._split(split)
+        ids = np.asarray(raw_user_ids, dtype=np.int64)
+        keys = self.array(f"{split}/user_sorted_keys.npy")
+        if keys.shape[0] == 0:
+            return np.full(ids.shape, -1, np.int64)
+        pos = np.minimum(np.searchsorted(keys, ids), keys.shape[0] - 1)
+        found = np.asarray(keys[pos]) == ids
+        return np.where(found, np.asarray(self.array(f"{split}/user_sorted_index.npy")[pos]), -1)
+
+    def user_history(self, split: str, raw_user_id: int) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(item rows int32 ``[n]``, category rows int32 ``[n]``, user_f1..f5 rows int32 ``[5]``) of a
+        user, behaviours oldest -> newest; None if the split has no feature row for the user."""
+        u = int(self.user_row_index(split, np.array([raw_user_id]))[0])
+        if u < 0:
+            return None
+        off = self.array(f"{split}/seq_offsets.npy")
+        lo, hi = int(off[u]), int(off[u + 1])
+        items = np.array(self.array(f"{split}/seq_items.npy")[lo:hi])
+        cats = np.array(self.array(f"{split}/seq_cats.npy")[lo:hi])
+        fields = np.array(self.array(f"{split}/user_fields.npy")[u, 1:])
+        return items, cats, fields

@@ -1,0 +1,141 @@
+"""`SynthConfig`: every knob of the synthetic Taobao-MM generator, with presets.
+
+Each field carries its documentation in ``metadata["help"]``; the `muse-rec synth` CLI turns
+every field into a ``--flag`` from it, so the generator, the CLI and docs/synth.md never drift.
+Sizes are counts, shares are probabilities in [0, 1], ``*_std`` are standard deviations in
+logit units (the click model is a logistic model).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+
+def _knob(default: Any, help: str) -> Any:  # noqa: A002 - `help` mirrors argparse
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SynthConfig:
+    """All knobs of the synthetic release. Defaults = the `demo` preset."""
+
+    # --- sizes -------------------------------------------------------------------------
+    users: int = _knob(4500, "number of train users (each has a train_user_features row)")
+    items: int = _knob(30000, "number of items in the latent catalogue (only items that occur are written)")
+    categories: int = _knob(300, "number of categories (coarser than clusters: must be <= clusters)")
+    clusters: int = _knob(1200, "number of latent semantic clusters (SCL vectors = centroid + noise)")
+    max_seq_len: int = _knob(1000, "longest behaviour sequence kept per user (newest end)")
+    min_seq_len: int = _knob(5, "shortest behaviour sequence")
+    samples_per_user: float = _knob(11.0, "mean impressions per user and split (1 + Poisson(mean - 1))")
+    test_user_fraction: float = _knob(0.35, "share of train users that also get test impressions")
+    unseen_test_fraction: float = _knob(0.1, "test users not in train, as a share of the test users taken from train")
+    seed: int = _knob(0, "random seed; the same seed gives byte-identical Parquet files")
+    # --- semantic space ----------------------------------------------------------------
+    scl_dim: int = _knob(128, "SCL vector width (the release uses 128)")
+    item_noise: float = _knob(0.8, "item SCL = centroid + item_noise * unit Gaussian; within-cluster cosine ~ 1/(1+noise^2)")
+    category_semantic_weight: float = _knob(0.2, "share of a cluster centroid along its category direction (same-category clusters are closer)")
+    multi_category_fraction: float = _knob(0.3, "share of clusters whose items spread over several categories")
+    primary_category_share: float = _knob(0.6, "in a multi-category cluster, the share of items in its primary category")
+    secondary_categories: int = _knob(2, "extra categories a multi-category cluster spreads into")
+    cluster_size_sigma: float = _knob(0.8, "log-normal sigma of cluster sizes")
+    cluster_zipf: float = _knob(0.8, "Zipf exponent of cluster popularity")
+    item_zipf: float = _knob(1.1, "Zipf exponent of item popularity inside a cluster (long tail of rare items)")
+    shops_per_cluster: int = _knob(4, "values of item attribute 213 (a shop) per cluster")
+    attr214_values: int = _knob(12, "distinct values of item attribute 214")
+    # --- users and behaviour sequences -------------------------------------------------
+    full_history_share: float = _knob(0.5, "share of users whose history reaches max_seq_len; the rest are log-uniform in [min_seq_len, max_seq_len]")
+    mean_long_interests: float = _knob(6.0, "mean number of long-term interest clusters per user (1 + Poisson)")
+    max_long_interests: int = _knob(12, "cap on long-term interests per user")
+    interest_popularity_power: float = _knob(0.5, "interest clusters are drawn with prob ~ popularity^power (flatter than popularity)")
+    session_len: float = _knob(8.0, "mean behaviours per session (a session stays on one cluster)")
+    long_session_share: float = _knob(0.6, "share of sessions on a long-term interest; the rest browse popular clusters")
+    recent_span: int = _knob(30, "behaviours at the newest end of the train history where the recent interest is concentrated")
+    recent_share: float = _knob(0.7, "share of the recent span's behaviours on the recent interest")
+    repeat_share: float = _knob(0.25, "share of behaviours that repeat the previous item of the session")
+    test_extra_behaviours: float = _knob(10.0, "mean behaviours a train user adds between the train and the test snapshot (Poisson)")
+    # --- impressions and clicks --------------------------------------------------------
+    target_long_share: float = _knob(0.3, "share of impressions drawn from one of the user's long-term interests (uniformly, rare ones included)")
+    target_recent_share: float = _knob(0.1, "share of impressions drawn from the recent interest; the rest follow cluster popularity")
+    positive_rate: float = _knob(0.137, "target click rate; the logit intercept is solved to hit it (Taobao-MM: 13.7%)")
+    long_weight: float = _knob(4.0, "logit weight of max cosine(target, long-term interest centroids)")
+    recent_weight: float = _knob(1.5, "logit weight of cosine(target, recent interest centroid)")
+    user_bias_std: float = _knob(0.5, "per-user click propensity (logit)")
+    item_bias_std: float = _knob(0.3, "per-item attractiveness (logit), learnable from ids")
+    impression_noise_std: float = _knob(0.5, "per-impression logit noise (unpredictable label noise)")
+    # --- missing values ----------------------------------------------------------------
+    scl_behaviour_coverage: float = _knob(0.9, "the SCL table holds the most frequent behaviour items covering this share of behaviours, plus every target ('p90')")
+    item_features_missing: float = _knob(0.02, "share of items without an item_features row")
+    user_field_missing: float = _knob(0.02, "share of 130_x user fields set to 0 (missing)")
+    item_attr_missing: float = _knob(0.01, "share of 213/214 item attributes set to 0 (missing)")
+    # --- output ------------------------------------------------------------------------
+    row_group_rows: int = _knob(65536, "Parquet row-group size of the sample and item tables")
+    user_row_group_rows: int = _knob(2048, "Parquet row-group size of the user-feature tables (long lists)")
+    diagnostics_max_users: int = _knob(3000, "test users scored by the oracle diagnostics written to the manifest (0 = skip)")
+
+    PRESETS = ("tiny", "demo", "medium")
+
+    @classmethod
+    def preset(cls, name: str) -> "SynthConfig":
+        """`tiny` (unit tests, < 1 s), `demo` (README demo, ~50k train samples), `medium` (~5x demo)."""
+        if name == "demo":
+            return cls()
+        if name == "tiny":
+            return cls(users=400, items=3000, categories=25, clusters=100, max_seq_len=200,
+                       recent_span=20, row_group_rows=1024, user_row_group_rows=128,
+                       diagnostics_max_users=0)
+        if name == "medium":
+            return cls(users=22500, items=150000, categories=800, clusters=5000)
+        raise ValueError(f"unknown synth preset '{name}' (choose from {', '.join(cls.PRESETS)})")
+
+    def replace(self, **overrides: Any) -> "SynthConfig":
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise KeyError(f"unknown SynthConfig field(s): {unknown}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first knob that is out of range."""
+        problems: List[str] = []
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                problems.append(msg)
+
+        need(self.users >= 1, f"users={self.users} must be >= 1")
+        need(self.clusters >= 1, f"clusters={self.clusters} must be >= 1")
+        need(1 <= self.categories <= self.clusters,
+             f"categories={self.categories} must be in [1, clusters={self.clusters}] (categories are coarser than clusters)")
+        need(self.items >= self.clusters, f"items={self.items} must be >= clusters={self.clusters}")
+        need(1 <= self.min_seq_len <= self.max_seq_len,
+             f"need 1 <= min_seq_len={self.min_seq_len} <= max_seq_len={self.max_seq_len}")
+        need(self.samples_per_user >= 1, f"samples_per_user={self.samples_per_user} must be >= 1")
+        need(self.scl_dim >= 2, f"scl_dim={self.scl_dim} must be >= 2")
+        need(self.max_long_interests >= 1, f"max_long_interests={self.max_long_interests} must be >= 1")
+        need(self.mean_long_interests >= 1, f"mean_long_interests={self.mean_long_interests} must be >= 1")
+        need(self.session_len >= 1, f"session_len={self.session_len} must be >= 1")
+        need(self.secondary_categories >= 1, f"secondary_categories={self.secondary_categories} must be >= 1")
+        need(self.shops_per_cluster >= 1 and self.attr214_values >= 1, "shops_per_cluster and attr214_values must be >= 1")
+        need(self.recent_span >= 0, f"recent_span={self.recent_span} must be >= 0")
+        need(self.row_group_rows >= 1 and self.user_row_group_rows >= 1, "row-group sizes must be >= 1")
+        need(self.diagnostics_max_users >= 0, "diagnostics_max_users must be >= 0")
+        for name in ("test_user_fraction", "unseen_test_fraction", "category_semantic_weight",
+                     "multi_category_fraction", "primary_category_share", "full_history_share",
+                     "long_session_share", "recent_share", "repeat_share", "item_features_missing",
+                     "user_field_missing", "item_attr_missing"):
+            v = getattr(self, name)
+            need(0.0 <= v <= 1.0, f"{name}={v} must be in [0, 1]")
+        need(0.0 < self.positive_rate < 1.0, f"positive_rate={self.positive_rate} must be in (0, 1)")
+        need(0.0 < self.scl_behaviour_coverage <= 1.0, f"scl_behaviour_coverage={self.scl_behaviour_coverage} must be in (0, 1]")
+        need(self.target_long_share + self.target_recent_share <= 1.0,
+             "target_long_share + target_recent_share must be <= 1")
+        for name in ("item_noise", "cluster_size_sigma", "cluster_zipf", "item_zipf", "interest_popularity_power",
+                     "test_extra_behaviours", "long_weight", "recent_weight", "user_bias_std", "item_bias_std",
+                     "impression_noise_std"):
+            v = getattr(self, name)
+            need(v >= 0.0, f"{name}={v} must be >= 0")
+        if problems:
+            raise ValueError("invalid SynthConfig: " + "; ".join(problems))

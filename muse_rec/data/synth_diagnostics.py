@@ -1,0 +1,172 @@
+"""Oracle diagnostics of a raw release: how much signal whole-history semantic search can find.
+
+Hand-made (untrained) scores per impression, each ranked per user with GAUC:
+
+* ``scl_topk_whole`` / ``scl_topk_recent``: mean of the top-k SCL cosines between the target
+  and the behaviours of the whole history / of only the newest `recent` ones (MUSE's GSU +
+  a crude ESU versus what DIN's window can see).
+* ``scl_max_whole`` / ``scl_max_recent``: the single best cosine.
+* ``category_whole``: how many behaviours share the target's category (SIM-hard's signal).
+
+Works on any directory in the release layout (synthetic or the real Taobao-MM) because it reads
+only the Parquet tables by raw id. Behaviours without an SCL vector score -1.1 and are never in a
+top-k, as in MUSE's GSU.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from muse_rec.data import schema as S
+
+NO_SCL_SCORE = -1.1  # below every real cosine
+DEFAULT_TOP_K = 20
+DEFAULT_RECENT = 50  # DIN's window in the paper
+
+
+def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> Dict[str, float]:
+    """Exact AUC per group (ties count 0.5), groups with one label value skipped.
+
+    Returns ``{"gauc": sum_g n_g AUC_g / sum_g n_g, "auc": global AUC, "groups": used groups}``.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    groups = np.asarray(groups)
+    if not (labels.shape == scores.shape == groups.shape):
+        raise ValueError(f"labels {labels.shape}, scores {scores.shape} and groups {groups.shape} differ in shape")
+    g_codes = np.unique(groups, return_inverse=True)[1].astype(np.int64)
+    gauc, used = _auc_by_group(labels, scores, g_codes)
+    auc, _ = _auc_by_group(labels, scores, np.zeros_like(g_codes))
+    return {"gauc": gauc, "auc": auc, "groups": used}
+
+
+def _auc_by_group(labels: np.ndarray, scores: np.ndarray, g: np.ndarray):
+    n = labels.shape[0]
+    order = np.lexsort((scores, g))
+    g_s, s_s, y_s = g[order], scores[order], labels[order]
+    # Average 1-based rank within each (group, score) tie run.
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (g_s[1:] != g_s[:-1]) | (s_s[1:] != s_s[:-1])
+    run_id = np.cumsum(new_run) - 1
+    group_start = np.zeros(n, dtype=np.int64)
+    first_of_group = np.ones(n, dtype=bool)
+    first_of_group[1:] = g_s[1:] != g_s[:-1]
+    group_start = np.maximum.accumulate(np.where(first_of_group, np.arange(n), 0))
+    rank = np.arange(n) - group_start + 1.0
+    run_mean = np.bincount(run_id, weights=rank) / np.bincount(run_id)
+    avg_rank = run_mean[run_id]
+    G = int(g.max()) + 1 if n else 0
+    pos = np.bincount(g_s, weights=y_s, minlength=G)
+    cnt = np.bincount(g_s, minlength=G).astype(np.float64)
+    neg = cnt - pos
+    rank_sum = np.bincount(g_s, weights=avg_rank * y_s, minlength=G)
+    ok = (pos > 0) & (neg > 0)
+    if not ok.any():
+        return float("nan"), 0
+    auc = (rank_sum[ok] - pos[ok] * (pos[ok] + 1) / 2) / (pos[ok] * neg[ok])
+    return float(np.sum(cnt[ok] * auc) / np.sum(cnt[ok])), int(ok.sum())
+
+
+def _topk_mean(sim: np.ndarray, k: int) -> np.ndarray:
+    """[n, L] -> [n] mean of the k largest valid entries (entries at NO_SCL_SCORE are invalid)."""
+    if sim.shape[1] == 0:
+        return np.full(sim.shape[0], NO_SCL_SCORE)
+    kk = min(k, sim.shape[1])
+    top = -np.partition(-sim, kk - 1, axis=1)[:, :kk]
+    valid = top > NO_SCL_SCORE
+    cnt = valid.sum(1)
+    total = np.where(valid, top, 0.0).sum(1)
+    return np.where(cnt > 0, total / np.maximum(cnt, 1), NO_SCL_SCORE)
+
+
+def release_diagnostics(release_dir: str, split: str = "test", top_k: int = DEFAULT_TOP_K,
+                        recent: int = DEFAULT_RECENT, max_users: Optional[int] = None,
+                        progress: bool = False) -> Dict[str, object]:
+    """GAUC of the oracle scores on `split` of the release in `release_dir`.
+
+    Args:
+        release_dir: directory with the six release tables.
+        split: "train" or "test" (samples and user features of that split).
+        top_k: behaviours averaged by the top-k scores.
+        recent: size of the newest-behaviours window.
+        max_users: score only the first `max_users` users of the user table (None = all).
+    Returns:
+        ``{"split", "samples", "users", "positive_rate", "<score>": {"gauc", "auc", "groups"}, ...}``.
+    """
+    if split not in S.SPLITS:
+        raise ValueError(f"split must be one of {S.SPLITS}, got {split!r}")
+    read = lambda name, cols: pq.read_table(os.path.join(release_dir, S.TABLES[name].file), columns=cols)  # noqa: E731
+    scl = read("scl", [S.ITEM, S.SCL_VECTOR])
+    scl_ids = scl.column(S.ITEM).to_numpy()
+    vec = scl.column(S.SCL_VECTOR).combine_chunks().flatten().to_numpy().astype(np.float32)
+    vec = vec.reshape(scl_ids.shape[0], -1)
+    vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
+    o = np.argsort(scl_ids)
+    scl_ids, vec = scl_ids[o], vec[o]
+    feats = read("item_features", [S.ITEM, S.ITEM_CAT])
+    f_ids, f_cat = feats.column(S.ITEM).to_numpy(), feats.column(S.ITEM_CAT).to_numpy()
+    o = np.argsort(f_ids)
+    f_ids, f_cat = f_ids[o], f_cat[o]
+
+    def lookup(keys: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
+        pos = np.minimum(np.searchsorted(table_ids, keys), max(0, table_ids.shape[0] - 1))
+        return np.where((table_ids.shape[0] > 0) & (table_ids[pos] == keys), pos, -1)
+
+    uf = read(f"{split}_user_features", [S.USER, S.SEQ_ITEMS, S.SEQ_CATS])
+    samples = read(f"{split}_samples", [S.LABEL, S.USER, S.ITEM])
+    s_user = samples.column(S.USER).to_numpy()
+    s_item = samples.column(S.ITEM).to_numpy()
+    s_label = samples.column(S.LABEL).combine_chunks().flatten().to_numpy().reshape(-1, S.LABEL_WIDTH)[:, 1]
+    u_ids = uf.column(S.USER).to_numpy()
+    if max_users is not None:
+        u_ids = u_ids[:max_users]
+    seq_items = uf.column(S.SEQ_ITEMS).combine_chunks()
+    seq_cats = uf.column(S.SEQ_CATS).combine_chunks()
+    seq_off = seq_items.offsets.to_numpy()
+    flat_items = seq_items.flatten().to_numpy()
+    flat_cats = seq_cats.flatten().to_numpy()
+
+    order = np.argsort(s_user, kind="stable")
+    sorted_users = s_user[order]
+    names = ["scl_topk_whole", "scl_topk_recent", "scl_max_whole", "scl_max_recent", "category_whole"]
+    scores = {k: [] for k in names}
+    keep = []
+    it = range(u_ids.shape[0])
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"diagnostics ({split})", unit="user", leave=False)
+    for r in it:
+        lo, hi = np.searchsorted(sorted_users, u_ids[r], "left"), np.searchsorted(sorted_users, u_ids[r], "right")
+        if lo == hi:
+            continue
+        idx = order[lo:hi]
+        h_items = flat_items[seq_off[r]:seq_off[r + 1]]
+        h_cats = flat_cats[seq_off[r]:seq_off[r + 1]]
+        h_row = lookup(h_items, scl_ids)
+        t_row = lookup(s_item[idx], scl_ids)
+        h_vec = np.where((h_row >= 0)[:, None], vec[np.maximum(h_row, 0)], 0.0)
+        t_vec = np.where((t_row >= 0)[:, None], vec[np.maximum(t_row, 0)], 0.0)
+        sim = t_vec @ h_vec.T  # [n, L]
+        sim[:, h_row < 0] = NO_SCL_SCORE
+        win = sim[:, -recent:] if recent > 0 else sim[:, :0]
+        scores["scl_topk_whole"].append(_topk_mean(sim, top_k))
+        scores["scl_topk_recent"].append(_topk_mean(win, top_k))
+        scores["scl_max_whole"].append(sim.max(1, initial=NO_SCL_SCORE))
+        scores["scl_max_recent"].append(win.max(1, initial=NO_SCL_SCORE))
+        t_frow = lookup(s_item[idx], f_ids)
+        t_cat = np.where(t_frow >= 0, f_cat[np.maximum(t_frow, 0)], 0)
+        scores["category_whole"].append(((t_cat[:, None] == h_cats[None, :]) & (t_cat[:, None] != 0)).sum(1))
+        keep.append(idx)
+    if not keep:
+        raise ValueError(f"{release_dir}: no {split} sample belongs to a user of {split}_user_features")
+    idx = np.concatenate(keep)
+    out: Dict[str, object] = {"split": split, "samples": int(idx.shape[0]),
+                              "users": int(len(keep)), "positive_rate": float(s_label[idx].mean()),
+                              "top_k": top_k, "recent": recent}
+    for k in names:
+        out[k] = group_auc(s_label[idx], np.concatenate(scores[k]).astype(np.float64), s_user[idx])
+    return out

@@ -1,0 +1,196 @@
+"""Turn a latent `synth_world` into the six raw Taobao-MM tables, byte for byte reproducible.
+
+Layout: exactly the release's file names, column names, column order and Arrow types
+(`muse_rec.data.schema.TABLES`; list children are named ``element`` as in the release).
+Raw ids are a keyed bijection of the dense indices (SplitMix64's finaliser, one key per id
+namespace), so they spread over the whole signed int64 range, never collide inside a namespace,
+and are 0 only where a value is missing. Tables go to a hidden temporary name first and are
+renamed into place, so a killed run never leaves a half-written table under a release name.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from muse_rec.data import schema as S
+from muse_rec.data.synth_config import SynthConfig
+from muse_rec.data.synth_world import Catalogue, Impressions, Users, ranges, stage_rng
+
+INT8_SCALE = 127.0  # the release stores trunc(127 * clip(v, -1, 1))
+NAMESPACES = ("user", "item", "category", "130_1", "130_2", "130_3", "130_4", "213", "214")
+# 130_5 shares 130_1's value vocabulary in the release, so it shares its hash key too.
+USER_FIELD_NAMESPACE = {"130_1": "130_1", "130_2": "130_2", "130_3": "130_3", "130_4": "130_4", "130_5": "130_1"}
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def release_schema(table: str) -> pa.Schema:
+    """Arrow schema of a release table as the release writes it (``element`` list children)."""
+    fields = []
+    for name, typ in S.TABLES[table].columns.items():
+        if pa.types.is_list(typ):
+            typ = pa.list_(pa.field("element", typ.value_type))
+        fields.append(pa.field(name, typ))
+    return pa.schema(fields)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser: a bijection of uint64 (odd multiplies and xor-shifts are invertible)."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
+
+
+class IdHasher:
+    """Dense index -> raw int64 id per namespace; index -1 (missing) -> 0."""
+
+    def __init__(self, cfg: SynthConfig) -> None:
+        keys = stage_rng(cfg, 9).integers(0, 2**64, size=len(NAMESPACES), dtype=np.uint64)
+        self._keys = dict(zip(NAMESPACES, keys))
+
+    def __call__(self, namespace: str, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64)
+        ids = _mix64(index.astype(np.uint64) ^ self._keys[namespace]).view(np.int64)
+        missing = index < 0
+        if np.any((ids == 0) & ~missing):
+            # One uint64 of 2^64 maps to 0; reaching it is astronomically unlikely but must not pass.
+            raise RuntimeError(f"a real {namespace} id hashed to 0 (the missing value); use another --seed")
+        return np.where(missing, 0, ids)
+
+
+def _list_array(offsets: np.ndarray, values: pa.Array, typ: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), values, type=typ)
+
+
+def _table(name: str, columns: Dict[str, pa.Array]) -> pa.Table:
+    schema = release_schema(name)
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+@dataclass
+class History:
+    """Behaviour sequences of one snapshot: row r's items are ``items[offsets[r]:offsets[r+1]]``."""
+
+    users: np.ndarray  # [R] dense user index per row
+    offsets: np.ndarray  # [R + 1]
+    items: np.ndarray  # [sum len] dense item index, oldest -> newest
+
+
+def snapshot(cfg: SynthConfig, users: Users, tl_offsets: np.ndarray, tl_items: np.ndarray, split: str) -> History:
+    """Train snapshot: train users' first `train_len` behaviours. Test snapshot: test users'
+    whole timelines. Both keep at most the newest `max_seq_len`."""
+    if split == "train":
+        rows = np.arange(users.n_train, dtype=np.int64)
+        end = tl_offsets[rows] + users.train_len[rows]
+    else:
+        rows = np.flatnonzero(users.in_test).astype(np.int64)
+        end = tl_offsets[rows + 1]
+    start = np.maximum(tl_offsets[rows], end - cfg.max_seq_len)
+    lengths = end - start
+    rows_perm = stage_rng(cfg, 5 if split == "train" else 6).permutation(rows.shape[0])
+    rows, start, lengths = rows[rows_perm], start[rows_perm], lengths[rows_perm]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return History(users=rows, offsets=offsets, items=tl_items[ranges(start, lengths)])
+
+
+def samples_table(imp: Impressions, ids: IdHasher) -> pa.Table:
+    y = imp.label.astype(np.int8)
+    onehot = np.stack([1 - y, y], axis=1).reshape(-1)
+    offsets = np.arange(0, 2 * y.shape[0] + 1, 2)
+    return _table("train_samples", {
+        S.LABEL: _list_array(offsets, pa.array(onehot, pa.int8()), release_schema("train_samples").field(S.LABEL).type),
+        S.USER: pa.array(ids("user", imp.user)),
+        S.ITEM: pa.array(ids("item", imp.item)),
+    })
+
+
+def user_table(hist: History, users: Users, cat: Catalogue, ids: IdHasher) -> pa.Table:
+    list_type = release_schema("train_user_features").field(S.SEQ_ITEMS).type
+    cols: Dict[str, pa.Array] = {S.USER: pa.array(ids("user", hist.users))}
+    for j, name in enumerate(S.USER_FIELDS):
+        cols[name] = pa.array(ids(USER_FIELD_NAMESPACE[name], users.fields[hist.users, j]))
+    cols[S.SEQ_ITEMS] = _list_array(hist.offsets, pa.array(ids("item", hist.items)), list_type)
+    cols[S.SEQ_CATS] = _list_array(hist.offsets, pa.array(ids("category", cat.item_category[hist.items])), list_type)
+    return _table("train_user_features", cols)
+
+
+def item_tables(cfg: SynthConfig, cat: Catalogue, histories: List[History], imps: List[Impressions],
+                ids: IdHasher) -> Dict[str, object]:
+    """item_features and the "p90" SCL table, both sorted by raw item id.
+
+    SCL rows: the most frequent behaviour items until `scl_behaviour_coverage` of all behaviours
+    is covered, plus every target item (the release's p90 vocabulary has all targets).
+    """
+    rng = stage_rng(cfg, 7)
+    I = cat.item_cluster.shape[0]
+    freq = np.zeros(I, dtype=np.int64)
+    for h in histories:
+        freq += np.bincount(h.items, minlength=I)
+    is_target = np.zeros(I, dtype=bool)
+    for imp in imps:
+        is_target[imp.item] = True
+    occurs = (freq > 0) | is_target
+    order = np.lexsort((np.arange(I), -freq))  # most frequent first, ties by index: deterministic
+    covered = np.cumsum(freq[order]) / max(1, int(freq.sum()))
+    n_head = int(np.searchsorted(covered, cfg.scl_behaviour_coverage, side="left")) + 1
+    has_scl = is_target.copy()
+    has_scl[order[:n_head]] = True
+    has_scl &= occurs
+
+    feat_items = np.flatnonzero(occurs & (rng.random(I) >= cfg.item_features_missing))
+    feat_ids = ids("item", feat_items)
+    o = np.argsort(feat_ids, kind="stable")
+    feat_items, feat_ids = feat_items[o], feat_ids[o]
+    shop = np.where(rng.random(feat_items.shape[0]) < cfg.item_attr_missing, -1, cat.item_shop[feat_items])
+    a214 = np.where(rng.random(feat_items.shape[0]) < cfg.item_attr_missing, -1, cat.item_attr214[feat_items])
+    features = _table("item_features", {
+        S.ITEM: pa.array(feat_ids),
+        S.ITEM_CAT: pa.array(ids("category", cat.item_category[feat_items])),
+        "213": pa.array(ids("213", shop)),
+        "214": pa.array(ids("214", a214)),
+    })
+
+    scl_items = np.flatnonzero(has_scl)
+    scl_ids = ids("item", scl_items)
+    o = np.argsort(scl_ids, kind="stable")
+    scl_items, scl_ids = scl_items[o], scl_ids[o]
+    q = np.trunc(INT8_SCALE * np.clip(cat.item_vec[scl_items], -1.0, 1.0)).astype(np.int8)
+    D = q.shape[1]
+    offsets = np.arange(0, D * scl_items.shape[0] + 1, D)
+    scl = _table("scl", {
+        S.ITEM: pa.array(scl_ids),
+        S.SCL_VECTOR: _list_array(offsets, pa.array(q.reshape(-1), pa.int8()), release_schema("scl").field(S.SCL_VECTOR).type),
+    })
+    behaviours = int(freq.sum())
+    stats = {
+        "items_occurring": int(occurs.sum()),
+        "item_features_rows": int(feat_items.shape[0]),
+        "scl_rows": int(scl_items.shape[0]),
+        "scl_item_coverage": float(has_scl.sum() / max(1, occurs.sum())),
+        "scl_behaviour_coverage": float(freq[has_scl].sum() / max(1, behaviours)),
+        "target_items": int(is_target.sum()),
+        "behaviour_items_seen_once": int((freq == 1).sum()),
+    }
+    return {"item_features": features, "scl": scl, "stats": stats}
+
+
+def write_table(table: pa.Table, out_dir: str, name: str, row_group_rows: int) -> str:
+    """Write one release table atomically; returns its final path."""
+    final = os.path.join(out_dir, S.TABLES[name].file)
+    tmp = os.path.join(out_dir, f".{S.TABLES[name].file}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, row_group_size=row_group_rows, compression="snappy")
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return final

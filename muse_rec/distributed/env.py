@@ -1,0 +1,155 @@
+"""`DistEnv`: who this process is in the job, read once from the launcher's environment.
+
+torchrun and TorchX's ``dist.ddp`` export ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``. Without them (a plain
+``python`` run, a unit test) the process is rank 0 of a world of 1, and `init_distributed`
+still creates a one-rank process group, because DistributedModelParallel needs one.
+
+This is the only module of the package that reads those variables; everything else takes a
+`DistEnv` (see ARCHITECTURE.md: no layer re-reads the environment on its own).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Mapping, Optional
+
+import torch
+import torch.distributed as dist
+
+# Used only when the launcher set no rendezvous address (single process runs).
+DEFAULT_MASTER_ADDR = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """The process's place in the job.
+
+    Attributes:
+        rank: global rank, ``0 <= rank < world_size``.
+        world_size: number of processes in the job.
+        local_rank: rank on this host (selects the GPU).
+        local_world_size: processes on this host.
+        device: the compute device of this rank (``cuda:<local_rank>`` or ``cpu``).
+        backend: process-group backend, ``nccl`` with CUDA, ``gloo`` on CPU.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (the rank that logs and writes shared files)."""
+        return self.rank == 0
+
+    @property
+    def num_nodes(self) -> int:
+        return max(1, self.world_size // max(1, self.local_world_size))
+
+    @classmethod
+    def from_environ(
+        cls,
+        environ: Optional[Mapping[str, str]] = None,
+        device_type: Optional[str] = None,
+    ) -> "DistEnv":
+        """Read torchrun / TorchX variables; absent ones mean a single process.
+
+        Args:
+            environ: the variables to read (default ``os.environ``); tests pass a dict.
+            device_type: ``"cpu"`` or ``"cuda"``; default ``cuda`` when available.
+        """
+        env = os.environ if environ is None else environ
+        rank = _int_var(env, "RANK", 0)
+        world_size = _int_var(env, "WORLD_SIZE", 1)
+        local_rank = _int_var(env, "LOCAL_RANK", rank)
+        local_world_size = _int_var(env, "LOCAL_WORLD_SIZE", world_size)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"environment has RANK={rank}, WORLD_SIZE={world_size}: need 0 <= RANK < WORLD_SIZE")
+        if not 0 <= local_rank < local_world_size:
+            raise ValueError(
+                f"environment has LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world_size}: "
+                "need 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE"
+            )
+        if device_type is None:
+            device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        if device_type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError("device_type='cuda' was asked for but torch.cuda.is_available() is False")
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+            backend = "nccl"
+        elif device_type == "cpu":
+            device = torch.device("cpu")
+            backend = "gloo"
+        else:
+            raise ValueError(f"device_type must be 'cpu' or 'cuda', got {device_type!r}")
+        return cls(rank, world_size, local_rank, local_world_size, device, backend)
+
+
+def _int_var(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def free_port(host: str = DEFAULT_MASTER_ADDR) -> int:
+    """A TCP port that was free a moment ago (for single-host rendezvous in tests and demos)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(
+    env: Optional[DistEnv] = None,
+    timeout: timedelta = timedelta(minutes=10),
+) -> DistEnv:
+    """Create the default process group for `env` (read from the environment if None).
+
+    Idempotent: when a group already exists it is checked against `env` and kept. A single
+    process with no rendezvous variables gets ``MASTER_ADDR``/``MASTER_PORT`` set to a free
+    local port so ``init_process_group`` works without a launcher.
+
+    Args:
+        env: the process's place; default `DistEnv.from_environ()`.
+        timeout: collective timeout (large tables take a while to initialise).
+
+    Returns:
+        The `DistEnv` in use.
+    """
+    env = env if env is not None else DistEnv.from_environ()
+    if dist.is_initialized():
+        if dist.get_world_size() != env.world_size or dist.get_rank() != env.rank:
+            raise RuntimeError(
+                f"a process group already exists with rank {dist.get_rank()} of {dist.get_world_size()}, "
+                f"but DistEnv says rank {env.rank} of {env.world_size}"
+            )
+        return env
+    if env.world_size == 1:
+        os.environ.setdefault("MASTER_ADDR", DEFAULT_MASTER_ADDR)
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    elif "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise RuntimeError(
+            f"WORLD_SIZE={env.world_size} but MASTER_ADDR/MASTER_PORT are not set: "
+            "launch with torchrun or `torchx run ... dist.ddp`"
+        )
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    dist.init_process_group(
+        backend=env.backend, rank=env.rank, world_size=env.world_size, timeout=timeout
+    )
+    return env
+
+
+def destroy_distributed() -> None:
+    """Tear down the default process group if one exists (safe to call twice)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

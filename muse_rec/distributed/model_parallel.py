@@ -1,0 +1,128 @@
+"""DistributedModelParallel construction and the combined (fused sparse + dense) optimizer.
+
+The canonical TorchRec wiring (facebookresearch/dlrm ``torchrec_dlrm``): plan -> DMP with
+sharders that carry the fused optimizer -> a dense optimizer over the parameters DMP did
+not fuse -> one `CombinedOptimizer` the train loop steps. Fused tables are updated inside
+the backward; ``CombinedOptimizer.step()`` only steps the dense part for them.
+
+    env = init_distributed()
+    model = MyModel(..., device=torch.device("meta"))
+    dmp = shard_model(model, env, fused_optimizer="exact_row_wise_adagrad", fused_lr=2e-3)
+    optimizer = combined_optimizer(dmp, dense_lr=2e-4)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, List, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import SparseType
+from torch import nn
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from muse_rec.distributed.env import DistEnv
+from muse_rec.distributed.planner import make_plan, topology_for
+from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
+
+DenseOptimizerFactory = Callable[[List[nn.Parameter]], torch.optim.Optimizer]
+
+
+def shard_model(
+    model: nn.Module,
+    env: DistEnv,
+    plan: Optional[ShardingPlan] = None,
+    fused_optimizer: str = "exact_row_wise_adagrad",
+    fused_lr: float = 2e-3,
+    fused_eps: float = 1e-8,
+    fused_weight_decay: float = 0.0,
+    fused_extra: Optional[Mapping[str, Any]] = None,
+    frozen_output_dtype: SparseType = SparseType.FP16,
+    constraints: Optional[Mapping[str, ParameterConstraints]] = None,
+    sharders: Optional[List[ModuleSharder[nn.Module]]] = None,
+) -> DistributedModelParallel:
+    """Shard `model` (built on ``meta`` or any device) over the process group.
+
+    Args:
+        model: the unsharded model; its TorchRec collections are replaced by sharded ones.
+        env: this process's `DistEnv`; the default process group must exist
+            (`init_distributed`).
+        plan: a plan from `planner.make_plan` (same sharders!); None = plan here for `env`.
+        fused_optimizer: FBGEMM in-backward optimizer of trainable tables; must be one of
+            ``muse_rec.env.fused_optimizers(env.device.type)`` (on CPU no Adam).
+        fused_lr, fused_eps, fused_weight_decay, fused_extra: its hyper-parameters.
+        frozen_output_dtype: output dtype of frozen-table lookups (FP16 = SCL storage).
+        constraints: planner constraints when `plan` is None (default: `make_constraints`).
+        sharders: override the sharders entirely (then the fused_* arguments are unused).
+
+    Returns:
+        The DMP; ``dmp.fused_optimizer`` holds the fused tables' optimizers.
+    """
+    if not dist.is_initialized():
+        raise RuntimeError("shard_model needs a process group: call muse_rec.distributed.env.init_distributed() first")
+    if sharders is None:
+        config = FusedOptimizerConfig(
+            name=fused_optimizer,
+            learning_rate=fused_lr,
+            eps=fused_eps,
+            weight_decay=fused_weight_decay,
+            extra=dict(fused_extra or {}),
+        )
+        sharders = make_sharders(config, env.device.type, frozen_output_dtype)
+    if plan is None:
+        plan = make_plan(model, topology_for(env), sharders, dict(constraints) if constraints else None)
+    return DistributedModelParallel(
+        module=model,
+        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
+        device=env.device,
+        plan=plan,
+        sharders=sharders,
+    )
+
+
+def dense_parameters(dmp: DistributedModelParallel) -> Mapping[str, nn.Parameter]:
+    """Parameters not updated by a fused optimizer (the dense towers), by name."""
+    fused = {id(p) for p in _fused_tensors(dmp)}
+    return {
+        name: p
+        for name, p in in_backward_optimizer_filter(dmp.named_parameters())
+        if p.requires_grad and id(p) not in fused
+    }
+
+
+def _fused_tensors(dmp: DistributedModelParallel) -> Iterable[torch.Tensor]:
+    for group in dmp.fused_optimizer.param_groups:
+        yield from group["params"]
+
+
+def dense_optimizer(
+    dmp: DistributedModelParallel,
+    lr: float = 2e-4,
+    weight_decay: float = 0.0,
+    factory: Optional[DenseOptimizerFactory] = None,
+) -> KeyedOptimizerWrapper:
+    """A keyed optimizer over `dense_parameters` (default AdamW, lr 2e-4 as in the reference).
+
+    Raises if no dense parameter exists (a sparse-only model needs no dense optimizer).
+    """
+    params = dense_parameters(dmp)
+    if not params:
+        raise ValueError("the model has no dense (non-fused) trainable parameters")
+    make = factory or (lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=weight_decay))
+    return KeyedOptimizerWrapper(dict(params), make)
+
+
+def combined_optimizer(
+    dmp: DistributedModelParallel,
+    dense_lr: float = 2e-4,
+    dense_weight_decay: float = 0.0,
+    factory: Optional[DenseOptimizerFactory] = None,
+) -> CombinedOptimizer:
+    """``CombinedOptimizer([fused, dense])``; the dense part is omitted when there is none."""
+    parts: List[Any] = [dmp.fused_optimizer]
+    if dense_parameters(dmp):
+        parts.append(dense_optimizer(dmp, dense_lr, dense_weight_decay, factory))
+    return CombinedOptimizer(parts)

@@ -1,0 +1,230 @@
+"""Sharding plans: topology, per-table constraints, the planner, and a readable per-table summary.
+
+Planning is separate from DMP construction (`model_parallel.shard_model` takes a plan) so a
+plan can be made, printed and checked for any topology on the ``meta`` device without
+allocating a table, e.g. an 8 x 80 GiB GPU node from a CPU box:
+
+    topo = make_topology(world_size=8, compute_device="cuda", hbm_bytes_per_rank=80 * GiB)
+    plan = make_plan(model_on_meta, topo, make_sharders(FusedOptimizerConfig(), "cuda"))
+    print(format_summary(plan_summary(model_on_meta, plan, sharders)))
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import (
+    KernelConfig,
+    ParameterConstraints,
+    TopologyFactory,
+    TrainerConfig,
+)
+from torchrec.distributed.types import ModuleSharder, ShardingPlan
+from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS, BaseEmbeddingConfig
+
+from muse_rec.distributed.env import DistEnv
+from muse_rec.distributed.sharders import EBC_SHARDING_TYPES, EC_SHARDING_TYPES
+
+GiB = 1024**3
+# Fused-optimizer state bytes per row, as a function of the row width; FBGEMM keeps fp32 state.
+_STATE_BYTES_PER_ROW = {
+    EmbOptimType.EXACT_SGD: lambda dim: 0,
+    EmbOptimType.EXACT_ROWWISE_ADAGRAD: lambda dim: 4,
+    EmbOptimType.EMAINPLACE_ROWWISE_ADAGRAD: lambda dim: 4,
+    EmbOptimType.EXACT_ADAGRAD: lambda dim: 4 * dim,
+    EmbOptimType.ADAM: lambda dim: 8 * dim,
+    EmbOptimType.PARTIAL_ROWWISE_ADAM: lambda dim: 4 * dim + 4,
+}
+
+
+def make_topology(
+    world_size: int,
+    compute_device: str = "cpu",
+    local_world_size: Optional[int] = None,
+    hbm_bytes_per_rank: Optional[int] = None,
+    ddr_bytes_per_rank: Optional[int] = None,
+) -> Topology:
+    """The hardware the planner places tables on.
+
+    Args:
+        world_size: total ranks.
+        compute_device: ``cpu`` or ``cuda``.
+        local_world_size: ranks per host (default: all on one host).
+        hbm_bytes_per_rank: device memory per rank (CUDA); None = TorchRec's default.
+        ddr_bytes_per_rank: host memory per rank; None = TorchRec's default. On CPU this is
+            where tables live.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    return TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(
+            world_size=world_size,
+            local_world_size=local_world_size or world_size,
+            hbm_cap_bytes=hbm_bytes_per_rank,
+            ddr_cap_bytes=ddr_bytes_per_rank,
+        ),
+        kernel_config=KernelConfig(compute_device=compute_device),
+    )
+
+
+def topology_for(env: DistEnv, **caps: Optional[int]) -> Topology:
+    """`make_topology` for the running job (`caps`: ``hbm_bytes_per_rank``, ``ddr_bytes_per_rank``)."""
+    return make_topology(env.world_size, env.device.type, env.local_world_size, **caps)
+
+
+def embedding_tables(module: nn.Module) -> Dict[str, Tuple[str, BaseEmbeddingConfig]]:
+    """Every table of the (unsharded) module: name -> (collection fqn, config). Names must be unique."""
+    tables: Dict[str, Tuple[str, BaseEmbeddingConfig]] = {}
+    for path, m in module.named_modules():
+        if isinstance(m, EmbeddingBagCollection):
+            configs: Sequence[BaseEmbeddingConfig] = m.embedding_bag_configs()
+        elif isinstance(m, EmbeddingCollection):
+            configs = m.embedding_configs()
+        else:
+            continue
+        for c in configs:
+            if c.name in tables:
+                raise ValueError(
+                    f"table name {c.name!r} is used in both {tables[c.name][0]!r} and {path!r}; "
+                    "the planner keys constraints by table name"
+                )
+            tables[c.name] = (path, c)
+    return tables
+
+
+def make_constraints(
+    module: nn.Module, sharding_types: Optional[Mapping[str, Sequence[str]]] = None
+) -> Dict[str, ParameterConstraints]:
+    """Per-table constraints: allowed sharding types (never ``data_parallel``).
+
+    Args:
+        module: the unsharded model (any device, ``meta`` included).
+        sharding_types: per table name, a subset of the allowed types to force a choice
+            (e.g. ``{"scl": ["row_wise"]}``); other tables get every allowed type.
+    """
+    chosen = dict(sharding_types or {})
+    tables = embedding_tables(module)
+    unknown = sorted(set(chosen) - set(tables))
+    if unknown:
+        raise KeyError(f"sharding_types names unknown tables {unknown}; tables: {sorted(tables)}")
+    constraints: Dict[str, ParameterConstraints] = {}
+    for name, (path, _) in tables.items():
+        owner = module.get_submodule(path)
+        allowed = EBC_SHARDING_TYPES if isinstance(owner, EmbeddingBagCollection) else EC_SHARDING_TYPES
+        wanted = list(chosen.get(name, allowed))
+        bad = [t for t in wanted if t not in allowed]
+        if bad:
+            raise ValueError(f"table {name!r}: sharding types {bad} not allowed; allowed: {allowed}")
+        constraints[name] = ParameterConstraints(sharding_types=wanted)
+    return constraints
+
+
+def make_plan(
+    module: nn.Module,
+    topology: Topology,
+    sharders: List[ModuleSharder[nn.Module]],
+    constraints: Optional[Dict[str, ParameterConstraints]] = None,
+    verbose: bool = False,
+) -> ShardingPlan:
+    """Plan the sharding of `module` (unsharded; ``meta`` is fine, nothing is allocated).
+
+    When a multi-rank process group exists, rank 0 plans and broadcasts, so every rank
+    shards identically. `verbose` logs TorchRec's plan tables (printed only at INFO).
+    """
+    planner = EmbeddingShardingPlanner(
+        topology=topology,
+        constraints=constraints if constraints is not None else make_constraints(module),
+    )
+    level = logging.getLogger("torchrec.distributed.planner").level
+    if verbose:
+        logging.getLogger("torchrec.distributed.planner").setLevel(logging.INFO)
+    try:
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            return planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
+        return planner.plan(module, sharders)
+    finally:
+        logging.getLogger("torchrec.distributed.planner").setLevel(level)
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    """One table of a plan. Bytes: over all ranks (weights incl. replicas; fused-optimizer state)."""
+
+    table: str
+    module: str
+    rows: int
+    dim: int
+    dtype: str
+    sharding_type: str
+    compute_kernel: str
+    ranks: Tuple[int, ...]
+    weight_bytes: int
+    optimizer_bytes: int
+    bytes_per_rank: Mapping[int, int]
+
+
+def plan_summary(
+    module: nn.Module, plan: ShardingPlan, sharders: Sequence[ModuleSharder[nn.Module]]
+) -> List[TableSummary]:
+    """Per-table rows, dim, dtype, sharding, kernel, ranks and bytes of `plan` for `module`."""
+    optimizer_by_type = {
+        s.module_type: (s.fused_params or {}).get("optimizer") for s in sharders  # type: ignore[attr-defined]
+    }
+    out: List[TableSummary] = []
+    for name, (path, cfg) in embedding_tables(module).items():
+        module_plan = plan.get_plan_for_module(path)
+        if module_plan is None or name not in module_plan:
+            raise KeyError(f"plan has no entry for table {name!r} of module {path!r}")
+        ps = module_plan[name]
+        optim = optimizer_by_type.get(type(module.get_submodule(path)))
+        state = _STATE_BYTES_PER_ROW.get(optim, lambda dim: 0) if optim is not None else (lambda dim: 0)
+        elem = DATA_TYPE_NUM_BITS[cfg.data_type] // 8
+        weights: Dict[int, int] = {}
+        states: Dict[int, int] = {}
+        shards = ps.sharding_spec.shards if ps.sharding_spec is not None else []  # type: ignore[attr-defined]
+        placed = [(sh.placement.rank(), sh.shard_sizes[0], sh.shard_sizes[1]) for sh in shards]
+        if not placed:  # data_parallel: a full replica on every listed rank
+            placed = [(r, cfg.num_embeddings, cfg.embedding_dim) for r in ps.ranks or []]
+        for rank, rows, cols in placed:
+            weights[rank] = weights.get(rank, 0) + rows * cols * elem
+            states[rank] = states.get(rank, 0) + rows * state(cols)
+        out.append(
+            TableSummary(
+                table=name,
+                module=path,
+                rows=cfg.num_embeddings,
+                dim=cfg.embedding_dim,
+                dtype=cfg.data_type.value,
+                sharding_type=ps.sharding_type,
+                compute_kernel=ps.compute_kernel,
+                ranks=tuple(sorted(set(ps.ranks or weights))),
+                weight_bytes=sum(weights.values()),
+                optimizer_bytes=sum(states.values()),
+                bytes_per_rank={r: weights[r] + states[r] for r in weights},
+            )
+        )
+    return out
+
+
+def format_summary(rows: Sequence[TableSummary]) -> str:
+    """A fixed-width text table of `plan_summary` output, with a per-rank total line."""
+    head = f"{'table':<12} {'rows':>12} {'dim':>4} {'dtype':>5} {'sharding':<12} {'kernel':<18} {'ranks':<12} {'GiB':>8}"
+    lines = [head, "-" * len(head)]
+    totals: Dict[int, int] = {}
+    for r in rows:
+        for rank, b in r.bytes_per_rank.items():
+            totals[rank] = totals.get(rank, 0) + b
+        ranks = ",".join(map(str, r.ranks))
+        gib = sum(r.bytes_per_rank.values()) / GiB
+        lines.append(
+            f"{r.table:<12} {r.rows:>12} {r.dim:>4} {r.dtype:>5} {r.sharding_type:<12} "
+            f"{r.compute_kernel:<18} {ranks[:12]:<12} {gib:>8.3f}"
+        )
+    lines.append("per rank GiB: " + ", ".join(f"{k}: {v / GiB:.3f}" for k, v in sorted(totals.items())))
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Sharders: which sharding types and kernels each kind of table may use, and its fused optimizer.
+
+Three sharders, one per kind of table in `SparseArch`:
+
+* `TrainableEmbeddingBagCollectionSharder` (pooled features) and
+  `TrainableEmbeddingCollectionSharder` (item/category): never ``data_parallel``. A
+  data-parallel table is handed to the *dense* optimizer, which moves every row each step
+  (momentum, weight decay) instead of only the rows the batch touched; and a data-parallel
+  EC crashes on CPU in TorchRec 1.8 (``split_with_sizes``). The pooled sharder also allows
+  ``row_wise``/``table_row_wise`` on CPU, which the stock sharder offers only on CUDA.
+* `FrozenEmbeddingCollectionSharder` (the SCL table, keyed on `FrozenEmbeddingCollection`):
+  no ``data_parallel``, fused kernels only, a stateless ``exact_sgd`` at learning rate 0,
+  and output in the storage dtype. The table is also only looked up under no_grad.
+
+The fused (in-backward) optimizer of the trainable tables is validated against what FBGEMM
+supports on the device (`muse_rec.env.fused_optimizers`); nothing is substituted silently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Type
+
+from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+from torch import nn
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.types import ModuleSharder, ShardingType
+
+from muse_rec.env import fused_optimizers
+from muse_rec.models.frozen_scl import FrozenEmbeddingCollection
+
+# Sharding types per table kind, valid on CPU and CUDA (STACK.md lists what works).
+EC_SHARDING_TYPES: List[str] = [
+    ShardingType.TABLE_WISE.value,
+    ShardingType.ROW_WISE.value,
+    ShardingType.COLUMN_WISE.value,
+]
+EBC_SHARDING_TYPES: List[str] = [
+    ShardingType.TABLE_WISE.value,
+    ShardingType.ROW_WISE.value,
+    ShardingType.COLUMN_WISE.value,
+    ShardingType.TABLE_ROW_WISE.value,
+    ShardingType.TABLE_COLUMN_WISE.value,
+]
+# Kernels that keep a table's rows as plain fused TBE weights (HBM, UVM or a UVM cache);
+# key-value / SSD kernels are left out for the frozen table: they have their own load path.
+FROZEN_KERNELS: List[str] = [
+    EmbeddingComputeKernel.FUSED.value,
+    EmbeddingComputeKernel.FUSED_UVM.value,
+    EmbeddingComputeKernel.FUSED_UVM_CACHING.value,
+]
+
+
+@dataclass(frozen=True)
+class FusedOptimizerConfig:
+    """The in-backward optimizer of the trainable embedding tables.
+
+    Attributes:
+        name: an FBGEMM `EmbOptimType` value, e.g. ``exact_row_wise_adagrad``.
+        learning_rate: sparse learning rate (2e-3 in the reference).
+        eps: optimizer epsilon.
+        weight_decay: L2 decay applied by the fused optimizer (0 = none).
+        extra: further FBGEMM fused params passed through (e.g. ``beta1`` for Adam on CUDA).
+    """
+
+    name: str = "exact_row_wise_adagrad"
+    learning_rate: float = 2e-3
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def fused_params(self, device_type: str) -> Dict[str, Any]:
+        """TorchRec ``fused_params`` for `device_type`; raises if FBGEMM lacks the optimizer there."""
+        supported = fused_optimizers(device_type)
+        if self.name not in supported:
+            raise ValueError(
+                f"fused optimizer {self.name!r} is not supported on {device_type} by FBGEMM; "
+                f"supported there: {supported}"
+            )
+        params: Dict[str, Any] = {
+            "optimizer": EmbOptimType(self.name),
+            "learning_rate": self.learning_rate,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }
+        params.update(self.extra)
+        return params
+
+
+class TrainableEmbeddingCollectionSharder(EmbeddingCollectionSharder):
+    """EmbeddingCollectionSharder without ``data_parallel`` (see module docstring)."""
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        return [t for t in super().sharding_types(compute_device_type) if t in EC_SHARDING_TYPES]
+
+
+class TrainableEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
+    """EmbeddingBagCollectionSharder without ``data_parallel``, with row-wise on CPU too."""
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        return list(EBC_SHARDING_TYPES)
+
+
+class FrozenEmbeddingCollectionSharder(EmbeddingCollectionSharder):
+    """Sharder for `FrozenEmbeddingCollection`: fused kernels, lr 0, stateless, no data_parallel.
+
+    Args:
+        output_dtype: dtype of the looked-up vectors (match the table's storage, FP16).
+    """
+
+    def __init__(self, output_dtype: SparseType = SparseType.FP16) -> None:
+        super().__init__(
+            fused_params={
+                # exact_sgd keeps no per-row state (Adagrad on a 35M x 128 table would add
+                # 17 GB of state); lr 0 makes even a stray gradient a no-op.
+                "optimizer": EmbOptimType.EXACT_SGD,
+                "learning_rate": 0.0,
+                "output_dtype": output_dtype,
+            }
+        )
+
+    @property
+    def module_type(self) -> Type[FrozenEmbeddingCollection]:  # type: ignore[override]
+        return FrozenEmbeddingCollection
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        return [t for t in super().sharding_types(compute_device_type) if t in EC_SHARDING_TYPES]
+
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
+        return [k for k in super().compute_kernels(sharding_type, compute_device_type) if k in FROZEN_KERNELS]
+
+
+def make_sharders(
+    optimizer: FusedOptimizerConfig,
+    device_type: str,
+    frozen_output_dtype: SparseType = SparseType.FP16,
+) -> List[ModuleSharder[nn.Module]]:
+    """The sharders for a model built from `SparseArch`, for the planner and for DMP.
+
+    Args:
+        optimizer: fused optimizer of the trainable tables (validated for `device_type`).
+        device_type: ``cpu`` or ``cuda``.
+        frozen_output_dtype: output dtype of frozen lookups.
+    """
+    fused = optimizer.fused_params(device_type)
+    return [
+        TrainableEmbeddingBagCollectionSharder(fused_params=dict(fused)),
+        TrainableEmbeddingCollectionSharder(fused_params=dict(fused)),
+        FrozenEmbeddingCollectionSharder(output_dtype=frozen_output_dtype),
+    ]  # type: ignore[list-item]

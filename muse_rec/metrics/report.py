@@ -1,0 +1,120 @@
+"""Presenting metrics: a comparison table (Markdown or plain text) and an atomic JSON file."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+MISSING = "-"  # shown for absent, None and NaN cells
+
+
+def _format_cell(value: Any, float_digits: int) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return MISSING
+        return f"{v:.{float_digits}f}"
+    return str(value)
+
+
+def metrics_table(
+    rows: List[Mapping[str, Any]],
+    columns: Optional[Sequence[str]] = None,
+    float_digits: int = 4,
+    style: str = "markdown",
+    formats: Optional[Mapping[str, str]] = None,
+) -> str:
+    """Format rows of metrics as a table, one row per run (e.g. method, gauc, auc, logloss,
+    samples/s, wall time).
+
+    Args:
+        rows: one mapping per row; a missing key, None or NaN shows as ``-``.
+        columns: column keys in order; default every key in first-seen order.
+        float_digits: decimals for floats without an entry in ``formats``.
+        style: ``"markdown"`` (GitHub pipe table, numbers right-aligned) or ``"plain"``
+            (space-aligned text for logs).
+        formats: per-column ``format()`` spec, e.g. ``{"samples_per_s": ",.0f"}``.
+
+    Returns:
+        The table as one string, without a trailing newline.
+    """
+    if style not in ("markdown", "plain"):
+        raise ValueError(f"style must be 'markdown' or 'plain', got {style!r}")
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    formats = dict(formats or {})
+    unknown = [c for c in formats if c not in columns]
+    if unknown:
+        raise ValueError(f"formats name columns {unknown} that are not in the table's columns {list(columns)}")
+
+    def cell(row: Mapping[str, Any], col: str) -> str:
+        v = row.get(col)
+        if col in formats and v is not None and not (isinstance(v, float) and math.isnan(v)):
+            return format(v, formats[col])
+        return _format_cell(v, float_digits)
+
+    body = [[cell(r, c) for c in columns] for r in rows]
+    numeric = [
+        all(isinstance(r.get(c), (int, float, np.number)) or r.get(c) is None for r in rows) for c in columns
+    ]
+    widths = [max([len(c)] + [len(line[i]) for line in body]) for i, c in enumerate(columns)]
+
+    def line(cells: Sequence[str]) -> List[str]:
+        return [s.rjust(w) if num else s.ljust(w) for s, w, num in zip(cells, widths, numeric)]
+
+    if style == "plain":
+        sep = ["-" * w for w in widths]
+        return "\n".join("  ".join(line(x)).rstrip() for x in [list(columns), sep] + body)
+    rule = [("-" * (w - 1) + ":") if num else "-" * w for w, num in zip(widths, numeric)]
+    rows_md = [list(columns), rule] + body
+    return "\n".join(
+        "| " + " | ".join(line(x) if i != 1 else x) + " |" for i, x in enumerate(rows_md)
+    )
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` with NumPy / torch scalars and arrays made plain and NaN/inf turned into None
+    (strict JSON has no NaN)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [to_jsonable(v) for v in obj.tolist()]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()  # numpy / torch scalar
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_metrics_json(path: str | os.PathLike, metrics: Dict[str, Any]) -> Path:
+    """Write ``metrics`` as indented strict JSON, atomically (temp file + rename); returns the path.
+
+    NaN and inf become ``null``. Parent directories are created.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(to_jsonable(metrics), indent=2, sort_keys=False, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p

@@ -1,0 +1,233 @@
+"""`LifelongCTRModel`: MUSE and every baseline of the paper's Table 5, assembled from one spec.
+
+The flow of one forward (shapes for batch B, sequence L, K retrieved, R recent, D_tok = 32)::
+
+    pooled ids ----------------------------> EBC ----------------------> [B, P]
+    target + whole sequence -> frozen SCL EC (no grad) -> [B,128], [B,L,128]
+        -> GSU (spec.gsu.kind) -> K positions (no gradient through the selection)
+    target, K selected, R recent ids -> ONE trainable EC lookup -> [B,D_tok], [B,K,D_tok], [B,R,D_tok]
+        -> ESU: SimTier(R_sim) [B,T] and/or TA / SA-TA [B,D_tok]
+        -> short-term: TA over the recent R, mean pools, SimTier of the recent cosines
+    concat -> MLP tower (Dice) -> logit [B]
+
+Only the selected and recent behaviours' ID rows are looked up with gradient, so a step moves
+exactly those rows (fused optimizers with momentum move any row they see).
+
+`LifelongCTRTrain` wraps it with the loss and returns ``(loss, (loss, logits, labels))``,
+the contract of TorchRec's `TrainPipelineSparseDist`.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from muse_rec.data.batch import Batch
+from muse_rec.models.sparse_arch import SparseArch
+from muse_rec.modules import (
+    AttentionGSU,
+    CategoryGSU,
+    CooccurrenceGSU,
+    CosineGSU,
+    EmbeddingCosineGSU,
+    GSUResult,
+    MLPTower,
+    SemanticAwareTargetAttention,
+    SimTier,
+    TargetAttention,
+    masked_mean,
+    merge_gsu_results,
+)
+from muse_rec.spec import ModelSpec
+
+SCL_DIM = 128
+
+
+class LifelongCTRModel(nn.Module):
+    """A two-stage lifelong-sequence CTR model whose GSU and ESU come from a `ModelSpec`.
+
+    Args:
+        spec: the model section of a run spec (GSU kind, ESU parts, short-term branch, tower).
+        table_sizes: rows per embedding table (the prepared data's vocab sizes).
+        seq_len: L, the behaviours kept per user.
+        device: where parameters are built; ``meta`` for DistributedModelParallel.
+    """
+
+    def __init__(self, spec: ModelSpec, table_sizes: Mapping[str, int], seq_len: int,
+                 device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.seq_len = seq_len
+        self.sparse_arch = SparseArch(
+            table_sizes,
+            id_dim=spec.embedding_dim,
+            dim_overrides={f: spec.small_dim for f in spec.small_features},
+            init_std=spec.init_std,
+            device=device,
+        )
+        d_tok = self.sparse_arch.token_dim
+        g, e, s = spec.gsu, spec.esu, spec.short_term
+        self.top_k = min(g.top_k, seq_len)
+        self.recent = min(s.recent, seq_len)
+        self.uses_scl = g.kind in ("cosine_scl", "cooccurrence_scl") or (
+            e.similarity == "scl" and (e.simtier or e.attention == "sa_ta" or s.simtier))
+
+        # ESU attention first: TWIN's GSU scores with the same projections (consistency).
+        self.esu_attention: Optional[nn.Module] = None
+        if e.attention == "ta":
+            self.esu_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, device=device)
+        elif e.attention == "sa_ta":
+            self.esu_attention = SemanticAwareTargetAttention(
+                d_tok, d_tok, e.attention_hidden, variant=e.sa_ta_variant,
+                temperature_init=e.temperature_init, device=device)
+
+        self.gsu: Optional[nn.Module] = None
+        self.mm_gsu: Optional[nn.Module] = None
+        if g.kind == "cosine_scl":
+            self.gsu = CosineGSU(self.top_k, chunk_size=g.chunk_size)
+        elif g.kind == "category":
+            self.gsu = CategoryGSU(self.top_k)
+        elif g.kind == "id_cosine":
+            self.gsu = EmbeddingCosineGSU(self.top_k)
+        elif g.kind == "attention":
+            if not isinstance(self.esu_attention, TargetAttention):
+                raise ValueError("model.gsu.kind 'attention' (TWIN) scores with the ESU's target attention: "
+                                 "set model.esu.attention: ta")
+            self.gsu = AttentionGSU(self.top_k, self.esu_attention)
+        elif g.kind == "cooccurrence_scl":
+            self.gsu = CooccurrenceGSU(self.top_k)
+            self.mm_gsu = CosineGSU(self.top_k, chunk_size=g.chunk_size)
+
+        self.simtier = SimTier(e.num_tiers, e.tier_width, device=device) if e.simtier else None
+        self.recent_simtier = SimTier(e.num_tiers, e.tier_width, device=device) if (s.simtier and self.uses_scl) else None
+        self.recent_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, device=device) if s.attention else None
+
+        width = self.sparse_arch.pooled_dim + d_tok  # pooled features + target token
+        if self.simtier is not None:
+            width += e.num_tiers
+        if self.esu_attention is not None:
+            width += d_tok
+        if self.recent_simtier is not None:
+            width += e.num_tiers
+        if self.recent_attention is not None:
+            width += d_tok
+        if s.mean_pool:
+            width += d_tok * (2 if self.gsu is not None else 1)
+        self.tower = MLPTower(width, tuple(spec.tower_hidden), activation=spec.tower_activation,
+                              dropout=spec.dropout, device=device)
+
+    # ------------------------------------------------------------------------------------------
+    def retrieve(self, batch: Batch, mask: torch.Tensor, scl_target: Optional[torch.Tensor],
+                 scl_seq: Optional[torch.Tensor]) -> Optional[GSUResult]:
+        """The GSU: K positions of the whole sequence per sample (no gradient through it)."""
+        kind = self.spec.gsu.kind
+        if kind == "none":
+            return None
+        if kind == "cosine_scl":
+            return self.gsu(scl_target, scl_seq, mask)
+        if kind == "category":
+            return self.gsu(batch.target_cat, batch.seq_cats, mask)
+        if kind == "cooccurrence_scl":
+            co = self.gsu(batch.target_item, batch.target_cat, batch.seq_items, batch.seq_cats, mask)
+            return merge_gsu_results(co, self.mm_gsu(scl_target, scl_seq, mask), self.top_k)
+        # ID-embedding GSUs: whole-sequence tokens without gradient (no row of them is updated).
+        seq_tok = self.sparse_arch.sequence_tokens_no_grad(batch.seq_items, batch.seq_cats, mask)
+        with torch.no_grad():
+            tgt = self.sparse_arch.sequence_tokens_no_grad(
+                batch.target_item.unsqueeze(1), batch.target_cat.unsqueeze(1),
+                torch.ones_like(mask[:, :1]))[:, 0]
+        return self.gsu(tgt, seq_tok, mask)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """``batch`` -> logits ``[B]`` (pre-sigmoid)."""
+        e, s = self.spec.esu, self.spec.short_term
+        L = batch.seq_items.shape[1]
+        mask = batch.seq_mask()
+        pooled = self.sparse_arch.pooled_embeddings(batch.pooled).values()  # [B, P]
+
+        scl_t = scl_seq = None
+        if self.uses_scl:
+            scl_t, scl_seq = self.sparse_arch.scl_vectors(batch.target_item, batch.seq_items, mask)
+        res = self.retrieve(batch, mask, scl_t, scl_seq)
+
+        B = batch.labels.shape[0]
+        if res is None:  # DIN: no long-term search
+            gsu_items = batch.seq_items.new_zeros(B, 1)
+            gsu_valid = torch.zeros(B, 1, dtype=torch.bool, device=mask.device)
+            gsu_cats = gsu_items
+        else:
+            gsu_items, gsu_cats, gsu_valid = res.gather(batch.seq_items), res.gather(batch.seq_cats), res.valid
+        rec_items = batch.seq_items[:, L - self.recent:]
+        rec_cats = batch.seq_cats[:, L - self.recent:]
+        rec_mask = mask[:, L - self.recent:]
+        tok = self.sparse_arch.id_tokens(batch.target_item, batch.target_cat, gsu_items, gsu_cats,
+                                         gsu_valid, rec_items, rec_cats, rec_mask)
+
+        parts: List[torch.Tensor] = [pooled, tok.target]
+        if res is not None:
+            sim, sim_ok = self._similarities(res, tok.target, tok.gsu, scl_t, scl_seq)
+            if self.simtier is not None:
+                parts.append(self.simtier(sim, sim_ok))
+            if isinstance(self.esu_attention, SemanticAwareTargetAttention):
+                parts.append(self.esu_attention(tok.target, tok.gsu, sim, res.valid))
+            elif self.esu_attention is not None:
+                parts.append(self.esu_attention(tok.target, tok.gsu, res.valid))
+        if self.recent_simtier is not None:
+            rec_sim, rec_ok = self._scl_cosine(scl_t, scl_seq[:, L - self.recent:], rec_mask)
+            parts.append(self.recent_simtier(rec_sim, rec_ok))
+        if self.recent_attention is not None:
+            parts.append(self.recent_attention(tok.target, tok.recent, rec_mask))
+        if s.mean_pool:
+            parts.append(masked_mean(tok.recent, rec_mask))
+            if res is not None:
+                parts.append(masked_mean(tok.gsu, res.valid))
+        return self.tower(torch.cat(parts, dim=-1))
+
+    def _similarities(self, res: GSUResult, tgt_tok: torch.Tensor, gsu_tok: torch.Tensor,
+                      scl_t: Optional[torch.Tensor], scl_seq: Optional[torch.Tensor]
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """R ``[B, K]`` and where it is defined: SCL cosines of the retrieved behaviours or ID cosines."""
+        if self.spec.esu.similarity == "id":
+            with torch.no_grad():
+                cos = F.cosine_similarity(gsu_tok, tgt_tok.unsqueeze(1), dim=-1, eps=1e-12)
+            return torch.where(res.valid, cos, 0.0), res.valid
+        if self.spec.gsu.kind == "cosine_scl":
+            return res.scores, res.has_score  # the GSU's own cosines, already computed
+        return self._scl_cosine(scl_t, res.gather(scl_seq), res.valid)
+
+    @staticmethod
+    def _scl_cosine(scl_t: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Cosine of ``[B, D]`` target vs ``[B, N, D]`` SCL vectors; defined where both are non-zero."""
+        with torch.no_grad():
+            q = scl_t.float()
+            k = keys.float()
+            qn, kn = q.norm(dim=-1), k.norm(dim=-1)
+            ok = mask & (kn > 0) & (qn > 0).unsqueeze(1)
+            cos = torch.einsum("bd,bnd->bn", q, k) / (qn.unsqueeze(1) * kn).clamp_min(1e-12)
+            return torch.where(ok, cos, 0.0), ok
+
+
+class LifelongCTRTrain(nn.Module):
+    """Loss wrapper: ``batch -> (loss, (loss, logits, labels))`` for `TrainPipelineSparseDist`.
+
+    The loss is the weighted mean BCE (padding rows have weight 0); 1 logit + BCE is the
+    reference's 2 logits + softmax cross-entropy.
+    """
+
+    def __init__(self, model: LifelongCTRModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        logits = self.model(batch)
+        per_sample = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none")
+        loss = (per_sample * batch.weights).sum() / batch.weights.sum().clamp_min(1.0)
+        return loss, (loss.detach(), logits.detach(), batch.labels)
+
+
+def build_train_model(spec: ModelSpec, table_sizes: Mapping[str, int], seq_len: int,
+                      device: Optional[torch.device] = None) -> LifelongCTRTrain:
+    """The trainable model of a spec, ready for `shard_model` (build it on ``meta``)."""
+    return LifelongCTRTrain(LifelongCTRModel(spec, table_sizes, seq_len, device=device))

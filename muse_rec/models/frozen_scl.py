@@ -1,0 +1,170 @@
+"""The frozen multimodal (SCL) item table: a TorchRec EmbeddingCollection that is never trained.
+
+TorchRec 1.8 has no "frozen table" flag (see STACK.md). What works, and what this module
+does, is a table of its own, `FrozenEmbeddingCollection`, that is
+
+* looked up only under ``torch.no_grad()``, so the fused TBE kernel never builds an autograd
+  node for it: no backward work, no optimizer update (fused optimizers update inside the
+  backward), whatever else happens in the step;
+* given its own sharder (``muse_rec.distributed.sharders.FrozenEmbeddingCollectionSharder``,
+  keyed on this subclass) that forbids ``data_parallel`` (DMP would hand a data-parallel
+  table to the dense optimizer) and carries a stateless ``exact_sgd`` with learning rate 0,
+  so even a stray gradient could not move it and no optimizer state is allocated per row.
+
+Storage is fp16 by default: the int8 SCL values are exact in fp16 and FBGEMM's CPU training
+TBE accepts fp16 weights (256 B/row for 128-d); int8 weights fail inside TorchRec's fused
+optimizer wrapper (see docs/sharding.md).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec import DataType, EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
+from torchrec.modules.embedding_configs import data_type_to_dtype
+
+from muse_rec.models.sparse_ids import dense_from_jagged, masked_kjt
+
+SCL_TABLE = "scl"
+SCL_TARGET_FEATURE = "scl_target"
+SCL_SEQ_FEATURE = "scl_seq"
+# Rows copied per step by `load_`: bounds the temporary float copy of an int8 slice
+# (1M rows x 128 x 2 B = 256 MB) whatever the shard size.
+DEFAULT_LOAD_CHUNK_ROWS = 1 << 20
+
+
+class FrozenEmbeddingCollection(EmbeddingCollection):
+    """An `EmbeddingCollection` whose tables are frozen.
+
+    Behaves exactly like its parent; the subclass exists so DMP picks the frozen sharder for
+    it (DMP chooses sharders by exact module type) and so planners can tell it apart.
+    """
+
+
+class FrozenSCL(nn.Module):
+    """Frozen per-item multimodal vectors looked up by item row.
+
+    Args:
+        num_rows: rows of the table = the item vocabulary size, row 0 = padding/unknown
+            (kept all-zero, so padding and items without an SCL vector have cosine 0).
+        dim: vector width (128 for Taobao-MM SCL).
+        data_type: storage type; FP16 (default) or FP32. The lookup returns this dtype.
+        device: where the table lives; ``meta`` to build without allocating (then shard
+            with DMP and fill with `load_`).
+
+    Example::
+
+        scl = FrozenSCL(num_rows=1000, device=torch.device("meta"))
+        # ... DistributedModelParallel(...) ...; scl.load_(np.load("scl.npy", mmap_mode="r"))
+        target, seq = scl(target_item, seq_items, seq_mask)   # [B, 128], [B, L, 128]
+    """
+
+    def __init__(
+        self,
+        num_rows: int,
+        dim: int = 128,
+        data_type: DataType = DataType.FP16,
+        device: Optional[torch.device] = None,
+    ) -> None:
+        super().__init__()
+        if num_rows < 1:
+            raise ValueError(f"FrozenSCL needs at least 1 row (row 0 = padding), got num_rows={num_rows}")
+        if data_type not in (DataType.FP16, DataType.FP32):
+            raise ValueError(
+                f"FrozenSCL data_type must be FP16 or FP32, got {data_type}: FBGEMM's training "
+                "TBE cannot build an INT8 table under TorchRec's fused optimizer (docs/sharding.md)"
+            )
+        self.num_rows = num_rows
+        self.dim = dim
+        self.dtype: torch.dtype = data_type_to_dtype(data_type)
+        self.collection = FrozenEmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name=SCL_TABLE,
+                    embedding_dim=dim,
+                    num_embeddings=num_rows,
+                    feature_names=[SCL_TARGET_FEATURE, SCL_SEQ_FEATURE],
+                    data_type=data_type,
+                    # Zeros until `load_`: an unloaded table means "no SCL vector", never noise.
+                    init_fn=nn.init.zeros_,
+                )
+            ],
+            device=device,
+        )
+
+    @property
+    def bytes_per_row(self) -> int:
+        """Stored bytes per item row (weights only; the frozen sharder keeps no optimizer state)."""
+        return self.dim * torch.empty((), dtype=self.dtype).element_size()
+
+    def forward(
+        self, target_item: torch.Tensor, seq_items: torch.Tensor, seq_mask: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Look up target and behaviour vectors, without autograd.
+
+        Args:
+            target_item: ``[B]`` int64 item rows.
+            seq_items: ``[B, L]`` int64 item rows, right-aligned.
+            seq_mask: ``[B, L]`` bool, True at real behaviours; only those are looked up.
+
+        Returns:
+            ``[B, dim]`` target vectors and ``[B, L, dim]`` behaviour vectors (zeros where
+            ``seq_mask`` is False), both in the storage dtype.
+        """
+        B = target_item.shape[0]
+        target_mask = torch.ones(B, 1, dtype=torch.bool, device=target_item.device)
+        with torch.no_grad():
+            kjt = masked_kjt(
+                [SCL_TARGET_FEATURE, SCL_SEQ_FEATURE],
+                [target_item.reshape(B, 1), seq_items],
+                [target_mask, seq_mask],
+            )
+            out = self.collection(kjt)
+            target = dense_from_jagged(out[SCL_TARGET_FEATURE].values(), target_mask).squeeze(1)
+            seq = dense_from_jagged(out[SCL_SEQ_FEATURE].values(), seq_mask)
+        # A sharder without an fp16 output_dtype returns fp32: keep the documented contract.
+        return target.to(self.dtype), seq.to(self.dtype)
+
+    @torch.no_grad()
+    def load_(self, array: np.ndarray, chunk_rows: int = DEFAULT_LOAD_CHUNK_ROWS) -> int:
+        """Fill this rank's part of the table from the prepared SCL array.
+
+        Works on the plain module and after DMP sharding: a sharded table's state_dict holds a
+        `ShardedTensor` whose local shards are views of the TBE weights; only those slices of
+        `array` are read (a memory-mapped array is never materialised whole).
+
+        Args:
+            array: ``[num_rows, dim]`` (int8 from prepare, or float), row 0 all zero.
+            chunk_rows: rows converted per copy (bounds temporary memory).
+
+        Returns:
+            The number of rows this rank wrote (summed over its shards).
+        """
+        if array.ndim != 2 or tuple(array.shape) != (self.num_rows, self.dim):
+            raise ValueError(
+                f"SCL array has shape {tuple(array.shape)}, expected ({self.num_rows}, {self.dim}) "
+                "= (item vocabulary rows incl. row 0, SCL dim)"
+            )
+        if np.any(np.asarray(array[0]) != 0):
+            raise ValueError("SCL array row 0 (padding/unknown item) must be all zeros")
+        state = self.collection.state_dict()
+        key = f"embeddings.{SCL_TABLE}.weight"
+        if key not in state:
+            raise KeyError(f"FrozenSCL state_dict has no {key!r} (keys: {sorted(state)})")
+        weight = state[key]
+        if isinstance(weight, ShardedTensor):
+            pieces = [(s.tensor, s.metadata.shard_offsets) for s in weight.local_shards()]
+        else:
+            pieces = [(weight, [0, 0])]
+        written = 0
+        for tensor, (row0, col0) in pieces:
+            rows, cols = tensor.shape
+            for start in range(0, rows, chunk_rows):
+                stop = min(rows, start + chunk_rows)
+                src = np.ascontiguousarray(array[row0 + start : row0 + stop, col0 : col0 + cols])
+                tensor[start:stop].copy_(torch.from_numpy(src).to(tensor.dtype))
+            written += rows
+        return written

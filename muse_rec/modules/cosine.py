@@ -1,0 +1,201 @@
+"""Cosine kernels of the multimodal GSU: chunked fast paths and an fp64 reference.
+
+Everything here is a pure function without gradients (the SCL vectors are frozen; the
+trainable-embedding GSUs detach their inputs before calling in).
+
+Inputs are SCL vectors as int8 ``[*, D]`` (``trunc(127 * clip(v, -1, 1))`` of an
+L2-normalised vector; the all-zero vector means "no SCL vector") or the same values as
+fp16/bf16/fp32. Cosine is scale-invariant, so the int8 scale never has to be undone.
+
+Why the fast paths look the way they do (measured on a 2-core AMD EPYC, torch 2.13 CPU; see
+``benchmarks/bench_gsu.py``):
+
+* int8 and fp16 values are exact in fp32, and fp32 accumulates a 128-term int8 dot product
+  exactly (``128 * 127^2 < 2^24``). Converting a *chunk* of keys to fp32 and using BLAS is
+  therefore exact and fast; ``torch._int_mm`` on this CPU is ~15x slower than fp32 GEMM,
+  and fp16/bf16 GEMM ~7x slower (no native support on AVX2).
+* The chunk is converted into one reused fp32 buffer of ``chunk_size`` rows (1 MiB at the
+  default), which stays in L2 while it is read by the dot product and the norm. A float32
+  copy of the whole ``[B, L, 128]`` sequence is never made.
+* Training shape (every query has its own sequence, keys ``[B, L, D]``): a batched
+  matrix-vector product per chunk; the result is ``[B, L]`` fp32 scores (4 bytes per
+  position), followed by one top-K.
+* Serving shape (one user, many candidates, keys ``[1, L, D]`` shared): a real GEMM
+  ``[B, D] x [D, C]`` per chunk with a running top-K, so memory stays ``O(B * (K + C))``
+  even for L = 100K and B = 1000.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from muse_rec.modules.selection import cosine_selection_scores
+
+# Default number of key rows converted to fp32 at once: 2048 x 128 x 4 B = 1 MiB (an L2).
+DEFAULT_CHUNK_ROWS: int = 2048
+
+
+def check_cosine_inputs(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> None:
+    """Validate ``query [B, D]``, ``keys [B or 1, L, D]``, ``mask [B or 1, L]`` bool."""
+    if query.dim() != 2:
+        raise ValueError(f"query must be [B, D], got shape {tuple(query.shape)}")
+    if keys.dim() != 3:
+        raise ValueError(f"keys must be [B, L, D] (or [1, L, D] shared), got {tuple(keys.shape)}")
+    B, D = query.shape
+    if keys.shape[2] != D:
+        raise ValueError(f"keys have dim {keys.shape[2]} but query has dim {D}")
+    if keys.shape[0] not in (1, B):
+        raise ValueError(f"keys batch {keys.shape[0]} must be 1 (shared) or the query batch {B}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool, got {mask.dtype}")
+    if mask.shape != keys.shape[:2]:
+        raise ValueError(f"mask shape {tuple(mask.shape)} must equal keys[:2] {tuple(keys.shape[:2])}")
+
+
+def _rows_as_fp32(src: torch.Tensor, buf: Optional[torch.Tensor]) -> torch.Tensor:
+    """``src`` as fp32; a view when it already is, else converted into (a prefix of) ``buf``."""
+    if src.dtype == torch.float32:
+        return src
+    assert buf is not None
+    out = buf.view(-1)[: src.numel()].view(src.shape)
+    out.copy_(src)
+    return out
+
+
+@torch.no_grad()
+def batched_cosine(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cosine of each query with its own sequence.
+
+    Args:
+        query: ``[B, D]`` int8 / fp16 / bf16 / fp32.
+        keys: ``[B, L, D]`` same value kinds (may differ from the query's dtype).
+        chunk_rows: key rows converted to fp32 per step (``B_chunk * L_chunk``).
+
+    Returns:
+        ``cos [B, L]`` fp32 clamped to [-1, 1] (0 where either vector is zero) and
+        ``has_vector [B, L]`` bool (key and query both non-zero).
+    """
+    B, L, D = keys.shape
+    q = query.to(torch.float32)
+    q_norm = torch.linalg.vector_norm(q, dim=1)  # [B]
+    dots = torch.empty(B, L, dtype=torch.float32, device=keys.device)
+    norms = torch.empty(B, L, dtype=torch.float32, device=keys.device)
+    # Short sequences: several users per chunk; long ones: one user, a slice of positions.
+    l_step = max(1, min(L, chunk_rows))
+    b_step = max(1, chunk_rows // l_step)
+    buf = None
+    if keys.dtype != torch.float32:
+        buf = torch.empty(b_step * l_step * D, dtype=torch.float32, device=keys.device)
+    for b0 in range(0, B, b_step):
+        b1 = min(B, b0 + b_step)
+        qb = q[b0:b1].unsqueeze(2)  # [b, D, 1]
+        for l0 in range(0, L, l_step):
+            l1 = min(L, l0 + l_step)
+            kf = _rows_as_fp32(keys[b0:b1, l0:l1], buf)  # [b, c, D]
+            torch.bmm(kf, qb, out=dots[b0:b1, l0:l1].unsqueeze(2))
+            torch.linalg.vector_norm(kf, dim=2, out=norms[b0:b1, l0:l1])
+    return _finish_cosine(dots, norms, q_norm.unsqueeze(1))
+
+
+def _finish_cosine(
+    dots: torch.Tensor, key_norms: torch.Tensor, query_norms: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``dots / (|q| |k|)`` clamped to [-1, 1]; 0 and has_vector=False where a norm is 0."""
+    denom = key_norms * query_norms
+    has_vector = denom > 0
+    cos = torch.where(has_vector, dots / denom.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    return cos.clamp_(-1.0, 1.0), has_vector
+
+
+@torch.no_grad()
+def shared_keys_cosine_topk(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    mask: torch.Tensor,
+    top_k: int,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Running top-K of many queries against ONE shared sequence (the serving shape).
+
+    Args:
+        query: ``[B, D]`` candidates' vectors.
+        keys: ``[L, D]`` the user's sequence.
+        mask: ``[L]`` bool, True = real behaviour.
+        top_k: K.
+        chunk_rows: positions per step.
+
+    Returns:
+        ``values [B, k]`` cosine selection scores (see `cosine_selection_scores`),
+        descending, and ``indices [B, k]`` int64, ``k = min(K, L)``.
+    """
+    L, D = keys.shape
+    q = query.to(torch.float32)
+    q_norm = torch.linalg.vector_norm(q, dim=1, keepdim=True)  # [B, 1]
+    step = max(1, chunk_rows)
+    buf = None
+    if keys.dtype != torch.float32:
+        buf = torch.empty(min(L, step) * D, dtype=torch.float32, device=keys.device)
+    best_vals: Optional[torch.Tensor] = None
+    best_idx: Optional[torch.Tensor] = None
+    for l0 in range(0, L, step):
+        l1 = min(L, l0 + step)
+        kf = _rows_as_fp32(keys[l0:l1], buf)  # [C, D]
+        dots = q @ kf.t()  # [B, C]
+        k_norm = torch.linalg.vector_norm(kf, dim=1).unsqueeze(0)  # [1, C]
+        cos, has_vec = _finish_cosine(dots, k_norm, q_norm)
+        sel = cosine_selection_scores(cos, has_vec, mask[l0:l1].unsqueeze(0), l0, L)
+        pos = torch.arange(l0, l1, device=keys.device).expand(sel.shape[0], -1)
+        if best_vals is not None:
+            sel = torch.cat([best_vals, sel], dim=1)
+            pos = torch.cat([best_idx, pos], dim=1)
+        best_vals, arg = torch.topk(sel, min(top_k, sel.shape[1]), dim=1)
+        best_idx = torch.gather(pos, 1, arg)
+    assert best_vals is not None and best_idx is not None
+    return best_vals, best_idx
+
+
+@torch.no_grad()
+def reference_cosine(
+    query: torch.Tensor, keys: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Plain fp64 cosine, obviously correct: ``query [B, D]``, ``keys [B or 1, L, D]``.
+
+    Returns ``cos [B, L]`` fp64 in [-1, 1] (0 where a vector is zero) and ``has_vector``.
+    """
+    q = query.to(torch.float64)
+    k = keys.to(torch.float64).expand(q.shape[0], -1, -1)
+    dots = (k * q.unsqueeze(1)).sum(-1)
+    denom = k.norm(dim=-1) * q.norm(dim=-1, keepdim=True)
+    has_vector = denom > 0
+    cos = torch.where(has_vector, dots / torch.where(has_vector, denom, 1.0), 0.0)
+    return cos.clamp(-1.0, 1.0), has_vector
+
+
+@torch.no_grad()
+def cosine_at(
+    query: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cosine of the query with selected positions only (R for a non-cosine GSU's picks).
+
+    Args:
+        query: ``[B, D]``; keys: ``[B or 1, L, D]``; indices: ``[B, K]`` int64 positions.
+
+    Returns:
+        ``cos [B, K]`` fp32 (0 where a vector is zero) and ``has_vector [B, K]`` bool.
+    """
+    B, K = indices.shape
+    D = keys.shape[2]
+    src = keys.expand(B, -1, -1)
+    picked = torch.gather(src, 1, indices.unsqueeze(2).expand(B, K, D)).to(torch.float32)
+    q = query.to(torch.float32)
+    dots = torch.bmm(picked, q.unsqueeze(2)).squeeze(2)
+    return _finish_cosine(
+        dots,
+        torch.linalg.vector_norm(picked, dim=2),
+        torch.linalg.vector_norm(q, dim=1, keepdim=True),
+    )

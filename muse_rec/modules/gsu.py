@@ -1,0 +1,166 @@
+"""Cosine GSUs: MUSE's multimodal GSU (frozen SCL vectors) and SIM-soft (ID embeddings).
+
+r_i = cos(v_a, v_i) for every behaviour i of the sequence; keep the top K. The selection
+rules (padding, behaviours without an SCL vector, short users, K > L) are defined once in
+`muse_rec.modules.selection`; the kernels in `muse_rec.modules.cosine`.
+
+Example::
+
+    gsu = CosineGSU(top_k=50)
+    res = gsu(target_scl, seq_scl, seq_mask)           # [B, 128] int8, [B, L, 128] int8, [B, L]
+    topk_emb = res.gather(seq_item_emb)                 # [B, 50, 32], with gradient
+    tiers = simtier(res.scores, res.has_score)          # [B, 22]
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from muse_rec.modules.cosine import (
+    DEFAULT_CHUNK_ROWS,
+    batched_cosine,
+    check_cosine_inputs,
+    reference_cosine,
+    shared_keys_cosine_topk,
+)
+from muse_rec.modules.selection import (
+    GSUResult,
+    cosine_selection_scores,
+    decode_cosine_selection,
+)
+
+
+def _validate_top_k(top_k: int, chunk_size: int) -> None:
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+class CosineGSU(nn.Module):
+    """MUSE's GSU: top-K behaviours by cosine of (frozen) SCL vectors. No parameters.
+
+    Two shapes are served by the same call:
+
+    * training: ``keys [B, L, D]``, one sequence per query (batched mat-vec per chunk,
+      ``[B, L]`` fp32 scores, one top-K);
+    * serving: ``keys [1, L, D]`` with ``mask [1, L]`` shared by ``B`` candidate queries
+      (GEMM per chunk with a running top-K; memory ``O(B * (K + chunk_size))``).
+
+    Args:
+        top_k: K, the number of behaviours retrieved (the paper's 50).
+        chunk_size: key rows converted to fp32 per step (default 2048 = 1 MiB of fp32 at
+            D = 128, sized to stay in a CPU's L2).
+    """
+
+    def __init__(self, top_k: int = 50, chunk_size: int = DEFAULT_CHUNK_ROWS) -> None:
+        super().__init__()
+        _validate_top_k(top_k, chunk_size)
+        self.top_k = top_k
+        self.chunk_size = chunk_size
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> GSUResult:
+        """Retrieve the top K.
+
+        Args:
+            query: ``[B, D]`` target SCL vectors (int8 / fp16 / bf16 / fp32).
+            keys: ``[B, L, D]`` behaviour SCL vectors, or ``[1, L, D]`` shared by all B.
+            mask: ``[B, L]`` (or ``[1, L]``) bool, True = real behaviour.
+
+        Returns:
+            `GSUResult` with ``[B, K]`` tensors, best first; ``scores`` are cosines.
+        """
+        check_cosine_inputs(query, keys, mask)
+        B, L = query.shape[0], keys.shape[1]
+        if L == 0:
+            return decode_cosine_selection(
+                query.new_zeros((B, 0), dtype=torch.float32),
+                query.new_zeros((B, 0), dtype=torch.int64),
+                self.top_k,
+            )
+        with torch.no_grad():
+            if keys.shape[0] == 1 and B > 1:
+                values, indices = shared_keys_cosine_topk(
+                    query, keys[0], mask[0], self.top_k, self.chunk_size
+                )
+            else:
+                sel = self._selection_scores(query, keys, mask)
+                values, indices = torch.topk(sel, min(self.top_k, L), dim=1)
+        return decode_cosine_selection(values, indices, self.top_k)
+
+    def full_scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Cosine of every position: ``[B, L]`` fp32; 0.0 at padding and where a vector is 0.
+
+        The model reuses these for SimTier on the recent-50 branch (pass it the recent keys
+        only, so only those are computed).
+        """
+        return self.full_scores_with_validity(query, keys, mask)[0]
+
+    def full_scores_with_validity(
+        self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`full_scores` plus ``has_score [B, L]`` (real behaviour and both vectors exist)."""
+        check_cosine_inputs(query, keys, mask)
+        with torch.no_grad():
+            cos, has_vec = batched_cosine(query, keys.expand(query.shape[0], -1, -1), self.chunk_size)
+        has_score = has_vec & mask
+        return torch.where(has_score, cos, 0.0), has_score
+
+    def _selection_scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        cos, has_vec = batched_cosine(query, keys.expand(query.shape[0], -1, -1), self.chunk_size)
+        return cosine_selection_scores(cos, has_vec, mask.expand_as(cos), 0, keys.shape[1])
+
+    def extra_repr(self) -> str:
+        return f"top_k={self.top_k}, chunk_size={self.chunk_size}"
+
+
+class EmbeddingCosineGSU(CosineGSU):
+    """SIM-soft: top-K by cosine of trainable ID embeddings, with NO gradient through it.
+
+    Inputs are detached: the selection is a discrete choice; the model re-reads the
+    selected behaviours' embeddings with gradient via `GSUResult.gather`. Typical tokens
+    are ``[item emb ‖ category emb]`` (32-d). Same selection rules as `CosineGSU` (an
+    all-zero embedding counts as "no vector").
+
+    Args:
+        top_k: K.
+        chunk_size: see `CosineGSU`.
+    """
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> GSUResult:
+        """``query [B, D]`` float, ``keys [B, L, D]`` float, ``mask [B, L]`` -> `GSUResult`."""
+        if not (query.is_floating_point() and keys.is_floating_point()):
+            raise ValueError(
+                f"EmbeddingCosineGSU expects float embeddings, got query {query.dtype}, keys {keys.dtype}"
+            )
+        return super().forward(query.detach(), keys.detach(), mask)
+
+
+def reference_cosine_topk(
+    query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, top_k: int
+) -> GSUResult:
+    """Plain fp64 implementation of `CosineGSU` (same rules), for tests and audits.
+
+    ``query [B, D]``, ``keys [B or 1, L, D]``, ``mask [B or 1, L]`` -> `GSUResult` with K slots.
+    """
+    check_cosine_inputs(query, keys, mask)
+    B, L = query.shape[0], keys.shape[1]
+    cos, has_vec = reference_cosine(query, keys)  # [B, L] fp64
+    m = mask.expand(B, L)
+    pos = torch.arange(L, dtype=torch.float64)
+    no_vec = -1.1 + 0.05 * pos / max(L, 1)  # newest first, below every cosine
+    sel = torch.where(m & has_vec, cos, torch.where(m, no_vec, -3.0))
+    values, indices = torch.topk(sel, min(top_k, L), dim=1)
+    n_pad = top_k - values.shape[1]
+    values = torch.cat([values, torch.full((B, n_pad), -3.0, dtype=torch.float64)], 1)
+    indices = torch.cat([indices, torch.zeros((B, n_pad), dtype=torch.int64)], 1)
+    valid = values > -2.0
+    has_score = values >= -1.0
+    return GSUResult(
+        indices=torch.where(valid, indices, 0),
+        scores=torch.where(has_score, values, 0.0),
+        valid=valid,
+        has_score=has_score,
+    )

@@ -1,0 +1,137 @@
+"""`GSUResult` and the top-K selection rules every GSU shares.
+
+Selection semantics (the contract the ESUs rely on):
+
+* Slots are ordered best first (highest relevance; for SIM-hard, newest first).
+* ``valid[b, k]`` is False for slots beyond what the GSU may select (the user has fewer
+  eligible behaviours than K, or K > L). Their ``indices`` point at position 0 and their
+  ``scores`` are 0.0, so gathering with them is always in range and harmless once masked.
+* Padding (``mask`` False) is never selected into a valid slot.
+
+Multimodal cosine GSU specifically (MUSE, reference behaviour kept and made explicit):
+
+* A real behaviour whose item has no SCL vector (all-zero) has no cosine. It ranks below
+  every behaviour with a vector (reference: its cosine 0 is replaced by -1.1), so it is
+  selected only when fewer than K behaviours have a vector; among such behaviours the
+  newest come first. It is a real behaviour, so its slot is ``valid`` (its ID embedding is
+  attended), its ``scores`` entry is 0.0 (neutral for SA-TA's R term) and ``has_score`` is
+  False, so SimTier does not count it in any tier.
+* If the *target* has no SCL vector no behaviour has a cosine: the GSU then returns the K
+  newest real behaviours, all with ``has_score`` False.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Sentinels of the cosine selection score (real cosines lie in [-1, 1]).
+NO_VECTOR_SCORE: float = -1.1  # the reference's value for "no cosine"
+# No-vector behaviours get NO_VECTOR_SCORE + RECENCY_SPAN * position / L, i.e. newest first,
+# still below -1. fp32 resolves the steps for L up to ~400K.
+RECENCY_SPAN: float = 0.05
+PAD_SCORE: float = -3.0
+# Thresholds that decode a selection score back into (valid, has_score).
+_HAS_SCORE_FLOOR: float = -1.01
+_VALID_FLOOR: float = -2.0
+
+
+@dataclass
+class GSUResult:
+    """The K behaviours a GSU retrieved for each sample.
+
+    Attributes:
+        indices: ``[B, K]`` int64 positions into the sequence's L axis (0 for invalid slots).
+        scores: ``[B, K]`` float32 relevance used for the selection (cosine for the
+            multimodal GSU); 0.0 where ``has_score`` is False.
+        valid: ``[B, K]`` bool, False for slots beyond the user's eligible behaviours.
+        has_score: ``[B, K]`` bool, ``valid`` and the relevance is a real value (for the
+            cosine GSUs: both SCL vectors exist). SimTier counts only these slots.
+    """
+
+    indices: torch.Tensor
+    scores: torch.Tensor
+    valid: torch.Tensor
+    has_score: torch.Tensor
+
+    @property
+    def top_k(self) -> int:
+        return int(self.indices.shape[1])
+
+    def gather(self, seq: torch.Tensor) -> torch.Tensor:
+        """Pick the selected positions of ``seq [B or 1, L, *rest]`` -> ``[B, K, *rest]``.
+
+        Differentiable w.r.t. ``seq`` (this is how the model re-reads selected embeddings
+        with gradient after a no-grad selection).
+        """
+        B, K = self.indices.shape
+        rest = seq.shape[2:]
+        src = seq.expand(B, *seq.shape[1:])
+        idx = self.indices.view(B, K, *([1] * len(rest))).expand(B, K, *rest)
+        return torch.gather(src, 1, idx)
+
+
+def pad_to_k(values: torch.Tensor, indices: torch.Tensor, top_k: int, fill: float):
+    """Right-pad ``[B, k]`` selection values/indices to ``[B, top_k]`` (k < K when L < K)."""
+    B, k = values.shape
+    if k >= top_k:
+        return values, indices
+    extra = top_k - k
+    values = torch.cat([values, values.new_full((B, extra), fill)], dim=1)
+    indices = torch.cat([indices, indices.new_zeros((B, extra))], dim=1)
+    return values, indices
+
+
+def cosine_selection_scores(
+    cos: torch.Tensor, has_vector: torch.Tensor, mask: torch.Tensor, start: int, seq_len: int
+) -> torch.Tensor:
+    """Encode cosines and the no-vector / padding rules into one fp32 score.
+
+    Args:
+        cos: ``[B, C]`` fp32 cosines of positions ``start .. start + C``.
+        has_vector: ``[B, C]`` bool, both vectors non-zero.
+        mask: ``[B or 1, C]`` bool, True = real behaviour.
+        start: position of column 0; seq_len: L (for the recency tie-break).
+
+    Returns:
+        ``[B, C]`` fp32: the cosine, or NO_VECTOR_SCORE + recency, or PAD_SCORE.
+    """
+    C = cos.shape[1]
+    pos = torch.arange(start, start + C, device=cos.device, dtype=torch.float32)
+    no_vec = NO_VECTOR_SCORE + RECENCY_SPAN * pos / max(seq_len, 1)
+    sel = torch.where(has_vector, cos, no_vec.unsqueeze(0))
+    return torch.where(mask, sel, PAD_SCORE)
+
+
+def decode_cosine_selection(values: torch.Tensor, indices: torch.Tensor, top_k: int) -> GSUResult:
+    """Turn top-k'd cosine selection scores ``[B, k]`` into a `GSUResult` of width K."""
+    values, indices = pad_to_k(values, indices, top_k, PAD_SCORE)
+    valid = values > _VALID_FLOOR
+    has_score = values > _HAS_SCORE_FLOOR
+    return GSUResult(
+        indices=torch.where(valid, indices, 0),
+        scores=torch.where(has_score, values, 0.0).to(torch.float32),
+        valid=valid,
+        has_score=has_score,
+    )
+
+
+def topk_eligible(score: torch.Tensor, eligible: torch.Tensor, top_k: int) -> GSUResult:
+    """Top-K of an unbounded relevance ``score [B, L]`` among ``eligible [B, L]`` positions.
+
+    Ineligible positions are never selected into a valid slot; rows with fewer than K
+    eligible positions get invalid slots. Every valid slot has a score (``has_score = valid``).
+    """
+    if score.shape != eligible.shape:
+        raise ValueError(f"score {tuple(score.shape)} and eligible {tuple(eligible.shape)} differ")
+    sel = torch.where(eligible, score.to(torch.float32), float("-inf"))
+    k = min(top_k, sel.shape[1])
+    values, indices = torch.topk(sel, k, dim=1)
+    values, indices = pad_to_k(values, indices, top_k, float("-inf"))
+    valid = torch.isfinite(values)
+    return GSUResult(
+        indices=torch.where(valid, indices, 0),
+        scores=torch.where(valid, values, 0.0),
+        valid=valid,
+        has_score=valid.clone(),
+    )

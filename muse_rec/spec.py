@@ -1,0 +1,306 @@
+"""The run spec: one declarative YAML file drives a run, from data paths to learning rates.
+
+A spec file may ``extends:`` another (path relative to itself); mappings are deep-merged,
+the child winning. ``--set key.path=value`` overrides apply last. Every key is validated
+against the dataclasses below: unknown keys, wrong types and bad values raise `SpecError`
+naming the file and the dotted key, e.g. ``specs/muse.yaml: model.gsu.top_k: expected int, got 'fifty'``.
+
+Example::
+
+    spec = load_spec("specs/muse.yaml", overrides=["train.batch_size=256"])
+    spec.model.gsu.top_k  # 50
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+
+import yaml
+
+
+class SpecError(ValueError):
+    """A spec file or override is malformed; the message names the file and the key."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The schema. Defaults are the paper's reference settings (MUSE.md) unless a comment says why not.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataSpec:
+    prepared: str = "data/demo/prepared"  # iopath path to the output of `muse-rec prepare`
+    raw: Optional[str] = None  # raw release (for `muse-rec prepare` driven by the spec)
+    seq_len: int = 1000  # behaviours kept per user (the newest)
+    num_workers: int = 1  # loader worker processes per rank
+    train_split: str = "train"
+    eval_split: str = "test"
+
+
+@dataclass
+class GSUSpec:
+    """General Search Unit: which behaviours of the whole sequence reach the ESU."""
+
+    kind: Literal["none", "cosine_scl", "category", "id_cosine", "attention", "cooccurrence_scl"] = "cosine_scl"
+    top_k: int = 50
+    chunk_size: int = 4096  # positions scored per chunk (bounds the GSU's working memory)
+
+
+@dataclass
+class ESUSpec:
+    """Exact Search Unit over the K retrieved behaviours."""
+
+    simtier: bool = True  # SimTier histogram of the retrieved behaviours' similarities
+    attention: Literal["none", "ta", "sa_ta"] = "sa_ta"  # ID target attention / semantic-aware TA
+    sa_ta_variant: Literal["paper", "reference"] = "reference"
+    # R, the similarities SimTier and SA-TA read: cosine of the frozen SCL vectors (MUSE) or of the
+    # (detached) trainable ID tokens (the ID-only baselines, e.g. TWIN's TA + SimTier).
+    similarity: Literal["scl", "id"] = "scl"
+    num_tiers: int = 22
+    tier_width: float = 0.1
+    attention_hidden: int = 32  # width of the W_q / W_k / W_v projections
+    temperature_init: float = 0.1  # reference variant: R / temperature
+
+
+@dataclass
+class ShortTermSpec:
+    """The recent-behaviour branch (the newest end of the sequence)."""
+
+    recent: int = 50
+    attention: bool = True  # target attention over the recent behaviours (DIN's branch)
+    mean_pool: bool = True  # mean pooling of the recent and of the retrieved behaviours
+    simtier: bool = True  # the reference applies SimTier to the recent 50 too
+
+
+@dataclass
+class ModelSpec:
+    method: str = "muse"  # a label for tables and plots; behaviour comes from the keys below
+    embedding_dim: int = 16  # item / category / user id dims
+    small_dim: int = 8  # dim of the `small_features`
+    small_features: List[str] = field(default_factory=lambda: ["user_f2", "user_f3", "user_f4"])
+    init_std: float = 1e-3  # trunc-normal std of every ID table
+    gsu: GSUSpec = field(default_factory=GSUSpec)
+    esu: ESUSpec = field(default_factory=ESUSpec)
+    short_term: ShortTermSpec = field(default_factory=ShortTermSpec)
+    tower_hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
+    tower_activation: Literal["dice", "relu"] = "dice"
+    dropout: float = 0.0
+
+
+@dataclass
+class OptimizerSpec:
+    name: str
+    lr: float
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    betas: Tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class TrainSpec:
+    batch_size: int = 1000  # per rank
+    eval_batch_size: int = 1000
+    epochs: int = 1
+    max_steps: int = 0  # 0 = whole epochs; >0 stops early (quick runs, tests)
+    # The paper trains embeddings with Adam (lr 2e-3). Fused Adam is CUDA-only in FBGEMM, so the
+    # CPU specs name a fused optimizer CPU supports; the run prints what it uses.
+    sparse_optimizer: OptimizerSpec = field(
+        default_factory=lambda: OptimizerSpec(name="exact_row_wise_adagrad", lr=2e-2, eps=1e-8)
+    )
+    dense_optimizer: OptimizerSpec = field(default_factory=lambda: OptimizerSpec(name="adamw", lr=2e-4))
+    shuffle_seed: Optional[int] = None  # None = file order, as the reference (no shuffle)
+    seed: int = 0
+    log_every: int = 20  # batches between progress/TensorBoard updates
+    checkpoint_every: int = 0  # batches; 0 = only at the end
+    eval_at_end: bool = True
+    pipeline: Literal["sparse_dist", "base"] = "sparse_dist"
+
+
+@dataclass
+class Spec:
+    name: str = "muse"
+    output_dir: str = "runs/{name}"  # {name} is replaced by the spec's name
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+    @property
+    def run_dir(self) -> str:
+        return self.output_dir.format(name=self.name)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and validation.
+# ----------------------------------------------------------------------------------------------
+
+
+def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Spec:
+    """Read a spec file (following ``extends:``), apply ``key.path=value`` overrides, validate."""
+    raw = _read_with_extends(Path(path), seen=())
+    for ov in overrides:
+        _apply_override(raw, ov, str(path))
+    return from_dict(raw, source=str(path))
+
+
+def from_dict(raw: Dict[str, Any], source: str = "<spec>") -> Spec:
+    spec = _build(Spec, raw, source, prefix="")
+    _check_values(spec, source)
+    return spec
+
+
+def _read_with_extends(path: Path, seen: Tuple[Path, ...]) -> Dict[str, Any]:
+    if not path.exists():
+        raise SpecError(f"{path}: spec file not found")
+    if path.resolve() in seen:
+        raise SpecError(f"{path}: 'extends' cycle: " + " -> ".join(str(p) for p in seen + (path,)))
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise SpecError(f"{path}: top level must be a mapping, got {type(doc).__name__}")
+    parents = doc.pop("extends", None)
+    if parents is None:
+        return doc
+    # One parent or a list (e.g. a method spec + a data/scale profile), merged in order.
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise SpecError(f"{path}: extends: expected a path or a list of paths, got {parents!r}")
+    merged: Dict[str, Any] = {}
+    for parent in parents:
+        merged = _deep_merge(merged, _read_with_extends(path.parent / parent, seen + (path.resolve(),)))
+    return _deep_merge(merged, doc)
+
+
+def _deep_merge(base: Dict[str, Any], child: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in child.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _apply_override(raw: Dict[str, Any], override: str, source: str) -> None:
+    if "=" not in override:
+        raise SpecError(f"override {override!r}: expected key.path=value")
+    key, value = override.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"override {override!r}: {p} is not a mapping")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: {where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise SpecError(f"{source}: {prefix}{unknown[0]}: unknown key (known under {where}: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            value = raw[f.name]
+            # A partial mapping for a nested section keeps the defaults of the keys it omits.
+            if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+                if dataclasses.is_dataclass(default):
+                    value = _deep_merge(dataclasses.asdict(default), value)
+            kwargs[f.name] = _coerce(hints[f.name], value, source, prefix + f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise SpecError(f"{source}: {prefix}{f.name}: required key is missing")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    bad = lambda what: SpecError(f"{source}: {key}: expected {what}, got {value!r}")  # noqa: E731
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key + ".")
+    if origin is Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, source, key)
+    if origin is Literal:
+        if value not in args:
+            raise SpecError(f"{source}: {key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise bad("a list")
+        return [_coerce(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad(f"a list of {len(args)}")
+        return tuple(_coerce(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return {str(k): _coerce(args[1], v, source, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        # YAML reads 2e-3 as a string (it wants 2.0e-3); accept both spellings.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    raise SpecError(f"{source}: {key}: unsupported type {tp}")  # a schema bug, not a user error
+
+
+def _check_values(spec: Spec, source: str) -> None:
+    """Range checks that types cannot express."""
+
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise SpecError(f"{source}: {key}: {msg}")
+
+    m, t, d = spec.model, spec.train, spec.data
+    need(d.seq_len > 0, "data.seq_len", "must be > 0")
+    need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(m.gsu.top_k > 0, "model.gsu.top_k", "must be > 0")
+    need(m.gsu.top_k <= d.seq_len, "model.gsu.top_k", f"must be <= data.seq_len ({d.seq_len})")
+    need(m.gsu.chunk_size > 0, "model.gsu.chunk_size", "must be > 0")
+    need(0 < m.short_term.recent <= d.seq_len, "model.short_term.recent", f"must be in 1..data.seq_len ({d.seq_len})")
+    need(m.embedding_dim > 0 and m.small_dim > 0, "model.embedding_dim", "dims must be > 0")
+    need(all(h > 0 for h in m.tower_hidden) and m.tower_hidden, "model.tower_hidden", "a non-empty list of positive widths")
+    need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    need(m.esu.num_tiers > 0 and m.esu.tier_width > 0, "model.esu.num_tiers", "tiers must be positive")
+    need(m.gsu.kind != "none" or not m.esu.simtier, "model.esu.simtier",
+         "SimTier needs retrieved similarities: set model.gsu.kind or esu.simtier: false")
+    need(m.gsu.kind != "none" or m.esu.attention == "none", "model.esu.attention",
+         "an ESU attention needs a GSU: set model.gsu.kind or esu.attention: none")
+    need(t.batch_size > 0 and t.eval_batch_size > 0, "train.batch_size", "must be > 0")
+    need(t.epochs > 0, "train.epochs", "must be > 0")
+    need(t.max_steps >= 0, "train.max_steps", "must be >= 0")
+    for k, o in (("train.sparse_optimizer", t.sparse_optimizer), ("train.dense_optimizer", t.dense_optimizer)):
+        need(o.lr > 0, f"{k}.lr", "must be > 0")
+    need(t.dense_optimizer.name in ("adam", "adamw", "sgd", "adagrad"), "train.dense_optimizer.name",
+         "must be one of adam, adamw, sgd, adagrad")
+    need(spec.name.replace("-", "").replace("_", "").isalnum(), "name", "letters, digits, - and _ only")

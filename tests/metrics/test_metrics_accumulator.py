@@ -1,0 +1,139 @@
+"""`PredictionAccumulator` in one process, and the Parquet predictions round trip."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from metrics_reference import random_predictions
+
+from muse_rec.metrics import PredictionAccumulator, compute_metrics, read_predictions
+from muse_rec.metrics.predictions_io import part_name, write_part
+
+COLS = ("user_keys", "item_keys", "labels", "scores", "weights", "seq_lengths", "item_popularity")
+
+
+def _feed(acc: PredictionAccumulator, d, start: int, stop: int, batch: int, device: str = "cpu") -> None:
+    for lo in range(start, stop, batch):
+        hi = min(lo + batch, stop)
+        acc.update(*(torch.from_numpy(np.ascontiguousarray(d[c][lo:hi])).to(device) for c in COLS))
+
+
+def _reference(d):
+    return compute_metrics(
+        d["user_keys"],
+        d["labels"],
+        d["scores"],
+        weights=d["weights"],
+        seq_lengths=d["seq_lengths"],
+        item_popularity=d["item_popularity"],
+    )
+
+
+def test_batches_equal_one_shot_compute():
+    d = random_predictions(0)
+    acc = PredictionAccumulator()
+    # Batches of 37 cut through users (data are shuffled, so every user spans batches).
+    _feed(acc, d, 0, d["scores"].size, 37)
+    assert len(acc) == int(d["weights"].sum())
+    got = acc.compute()
+    assert got.pop("world_size") == 1
+    assert repr(got) == repr(_reference(d))
+
+
+def test_padding_rows_are_dropped_whatever_they_hold():
+    d = random_predictions(1)
+    acc = PredictionAccumulator()
+    _feed(acc, d, 0, d["scores"].size, 64)
+    base = acc.compute()
+    pad = {c: d[c].copy() for c in COLS}
+    pad["weights"][:] = 0.0
+    pad["labels"][:] = 1.0  # would change every metric if counted
+    _feed(acc, pad, 0, 50, 50)
+    assert repr(acc.compute()) == repr(base)
+
+
+def test_optional_columns_must_be_consistent():
+    acc = PredictionAccumulator()
+    one = torch.ones(2)
+    acc.update(torch.tensor([1, 2]), torch.tensor([5, 6]), torch.tensor([0.0, 1.0]), torch.tensor([0.3, 0.4]), one)
+    assert "by_seq_length" not in acc.compute()
+    with pytest.raises(ValueError, match="optional columns"):
+        acc.update(
+            torch.tensor([1]), torch.tensor([5]), torch.tensor([0.0]), torch.tensor([0.3]), torch.ones(1),
+            seq_lengths=torch.tensor([3]),
+        )
+
+
+def test_update_rejects_bad_batches():
+    acc = PredictionAccumulator()
+    u, i, w = torch.tensor([1, 2]), torch.tensor([5, 6]), torch.ones(2)
+    with pytest.raises(ValueError, match="scores must be probabilities"):
+        acc.update(u, i, torch.tensor([0.0, 1.0]), torch.tensor([-2.0, 3.0]), w)
+    with pytest.raises(ValueError, match="labels has shape|label has shape"):
+        acc.update(u, i, torch.tensor([0.0, 1.0, 1.0]), torch.tensor([0.1, 0.2]), w)
+    with pytest.raises(TypeError, match="user_key must be a torch.Tensor"):
+        acc.update([1, 2], i, torch.tensor([0.0, 1.0]), torch.tensor([0.1, 0.2]), w)
+    assert len(acc) == 0
+
+
+def test_reset_forgets_samples():
+    d = random_predictions(2)
+    acc = PredictionAccumulator()
+    _feed(acc, d, 0, 100, 50)
+    acc.reset()
+    assert len(acc) == 0 and acc.compute()["samples"] == 0
+
+
+def test_parquet_round_trip(tmp_path):
+    d = random_predictions(3)
+    acc = PredictionAccumulator()
+    _feed(acc, d, 0, d["scores"].size, 100)
+    out = acc.write_parquet(tmp_path / "preds")
+    assert out.name == part_name(0, 1)
+    assert not [p for p in (tmp_path / "preds").iterdir() if p.name.startswith(".")]  # no temp left
+    df = read_predictions(tmp_path / "preds")
+    keep = d["weights"] == 1
+    assert list(df.columns) == ["user_key", "item_key", "label", "score", "seq_length", "item_popularity"]
+    np.testing.assert_array_equal(df["user_key"].to_numpy(), d["user_keys"][keep])
+    np.testing.assert_array_equal(df["item_key"].to_numpy(), d["item_keys"][keep])
+    np.testing.assert_array_equal(df["label"].to_numpy(), d["labels"][keep])
+    np.testing.assert_array_equal(df["score"].to_numpy(), d["scores"][keep].astype(np.float64))
+    np.testing.assert_array_equal(df["seq_length"].to_numpy(), d["seq_lengths"][keep])
+    # pandas reads the directory as one dataset too.
+    assert len(pd.read_parquet(tmp_path / "preds")) == int(keep.sum())
+    # Metrics recomputed from the file equal the accumulator's.
+    again = compute_metrics(df["user_key"], df["label"], df["score"], seq_lengths=df["seq_length"],
+                            item_popularity=df["item_popularity"])
+    assert repr(again) == repr({k: v for k, v in acc.compute().items() if k != "world_size"})
+
+
+def test_stale_parts_and_incomplete_datasets(tmp_path):
+    cols = {"user_key": np.array([1]), "item_key": np.array([2]), "label": np.array([1], np.int8),
+            "score": np.array([0.5])}
+    directory = tmp_path / "preds"
+    write_part(directory, cols, rank=1, world=2)
+    with pytest.raises(ValueError, match="expected parts of ranks 0..1"):
+        read_predictions(directory)
+    write_part(directory, cols, rank=0, world=3)
+    with pytest.raises(ValueError, match="mixes parts"):
+        read_predictions(directory)
+    # A single-process write removes the parts of earlier runs with other world sizes.
+    acc = PredictionAccumulator()
+    acc.update(torch.tensor([7]), torch.tensor([8]), torch.tensor([1.0]), torch.tensor([0.9]), torch.ones(1))
+    acc.write_parquet(directory)
+    assert sorted(p.name for p in directory.iterdir()) == [part_name(0, 1)]
+    assert read_predictions(directory)["user_key"].tolist() == [7]
+    with pytest.raises(ValueError, match="missing"):
+        write_part(directory, {"user_key": np.array([1])}, 0, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tensors_are_copied_to_cpu():
+    d = random_predictions(4)
+    acc = PredictionAccumulator()
+    _feed(acc, d, 0, d["scores"].size, 128, device="cuda")
+    got = acc.compute()
+    got.pop("world_size")
+    assert repr(got) == repr(_reference(d))
