@@ -12,6 +12,7 @@ Every batch is built with NumPy gathers on memory-mapped arrays: no per-row Pyth
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
 import numpy as np
@@ -78,43 +79,31 @@ class PreparedBatches(IterableDataset):
 
     def make_batch(self, idx: np.ndarray) -> Batch:
         """Build a `Batch` of B rows from sample positions `idx` (n <= B); rows n..B-1 are padding."""
+        return self.make_arrays(idx).to_batch()
+
+    def make_arrays(self, idx: np.ndarray) -> "BatchArrays":
+        """The NumPy half of `make_batch`: gathers only, compact dtypes."""
         B, L, n = self.batch_size, self.seq_len, int(idx.size)
         contiguous = n > 0 and int(idx[-1]) - int(idx[0]) + 1 == n and bool(np.all(np.diff(idx) == 1))
-        labels = np.zeros(B, np.float32)
-        weights = np.zeros(B, np.float32)
-        user_keys = np.zeros(B, np.int64)
-        item_keys = np.zeros(B, np.int64)
-        pooled = np.zeros((B, len(POOLED_FEATURES)), np.int64)
-        target_item = np.zeros(B, np.int64)
-        target_cat = np.zeros(B, np.int64)
-        seq_items = np.zeros((B, L), np.int64)
-        seq_cats = np.zeros((B, L), np.int64)
-        seq_lengths = np.zeros(B, np.int64)
+        a = BatchArrays.zeros(B, L)
         if n:
-            labels[:n] = self._take("labels", idx, contiguous)
-            weights[:n] = 1.0
-            user_keys[:n] = self._take("sample_user_keys", idx, contiguous)
-            item_keys[:n] = self._take("sample_item_keys", idx, contiguous)
-            items = self._take("sample_items", idx, contiguous).astype(np.int64)
-            target_item[:n] = items
+            a.labels[:n] = self._take("labels", idx, contiguous)
+            a.weights[:n] = 1.0
+            a.user_keys[:n] = self._take("sample_user_keys", idx, contiguous)
+            a.item_keys[:n] = self._take("sample_item_keys", idx, contiguous)
+            items = self._take("sample_items", idx, contiguous)
+            a.target_item[:n] = items
             attrs = self.data.item_attrs()[items]  # [n, 3]: category, f213, f214
-            target_cat[:n] = attrs[:, 0]
+            a.target_cat[:n] = attrs[:, 0]
             users = self._take("sample_users", idx, contiguous)
             has_user = users >= 0
             urow = np.where(has_user, users, 0)
             fields = self.data.array(f"{self.split}/user_fields.npy")[urow]  # [n, 6]
-            pooled[:n, 0] = self._take("sample_user_rows", idx, contiguous)
-            pooled[:n, 1:6] = np.where(has_user[:, None], fields[:, 1:], 0)
-            pooled[:n, 6:8] = attrs[:, 1:3]
-            self._fill_sequences(urow, has_user, seq_items[:n], seq_cats[:n], seq_lengths[:n])
-        return Batch(
-            labels=torch.from_numpy(labels), weights=torch.from_numpy(weights),
-            user_keys=torch.from_numpy(user_keys), item_keys=torch.from_numpy(item_keys),
-            pooled=pooled_kjt(torch.from_numpy(pooled)),
-            target_item=torch.from_numpy(target_item), target_cat=torch.from_numpy(target_cat),
-            seq_items=torch.from_numpy(seq_items), seq_cats=torch.from_numpy(seq_cats),
-            seq_lengths=torch.from_numpy(seq_lengths),
-        )
+            a.pooled[:n, 0] = self._take("sample_user_rows", idx, contiguous)
+            a.pooled[:n, 1:6] = np.where(has_user[:, None], fields[:, 1:], 0)
+            a.pooled[:n, 6:8] = attrs[:, 1:3]
+            self._fill_sequences(urow, has_user, a.seq_items[:n], a.seq_cats[:n], a.seq_lengths[:n])
+        return a
 
     def _fill_sequences(self, urow: np.ndarray, has_user: np.ndarray, out_items: np.ndarray,
                         out_cats: np.ndarray, out_lengths: np.ndarray) -> None:
@@ -136,11 +125,52 @@ class PreparedBatches(IterableDataset):
         out_items[mask] = self.data.array(f"{self.split}/seq_items.npy")[src]
         out_cats[mask] = self.data.array(f"{self.split}/seq_cats.npy")[src]
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Union[Batch, "BatchArrays"]]:
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for j in range(self.start_batch + worker, self.batches_per_rank, workers):
-            yield self.make_batch(self.sample_indices(j))
+        if info is None:
+            for j in range(self.start_batch, self.batches_per_rank):
+                yield self.make_batch(self.sample_indices(j))
+        else:
+            # In a worker: hand back plain NumPy (pickled through the pipe). Tensors would go
+            # through torch's shared-memory path, whose per-batch allocation of ~16 MB costs
+            # more than building the batch; the consumer converts with `to_batch()`.
+            for j in range(self.start_batch + info.id, self.batches_per_rank, info.num_workers):
+                yield self.make_arrays(self.sample_indices(j))
+
+
+@dataclass
+class BatchArrays:
+    """A batch as compact NumPy arrays (int32 rows, int8/float32 where enough); see `Batch`."""
+
+    labels: np.ndarray  # [B] float32
+    weights: np.ndarray  # [B] float32
+    user_keys: np.ndarray  # [B] int64
+    item_keys: np.ndarray  # [B] int64
+    pooled: np.ndarray  # [B, len(POOLED_FEATURES)] int32
+    target_item: np.ndarray  # [B] int32
+    target_cat: np.ndarray  # [B] int32
+    seq_items: np.ndarray  # [B, L] int32
+    seq_cats: np.ndarray  # [B, L] int32
+    seq_lengths: np.ndarray  # [B] int64
+
+    @classmethod
+    def zeros(cls, B: int, L: int) -> "BatchArrays":
+        return cls(np.zeros(B, np.float32), np.zeros(B, np.float32), np.zeros(B, np.int64), np.zeros(B, np.int64),
+                   np.zeros((B, len(POOLED_FEATURES)), np.int32), np.zeros(B, np.int32), np.zeros(B, np.int32),
+                   np.zeros((B, L), np.int32), np.zeros((B, L), np.int32), np.zeros(B, np.int64))
+
+    def to_batch(self) -> Batch:
+        """Widen ids to int64 tensors (the dtype TorchRec lookups take)."""
+        def i64(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a.astype(np.int64))  # NumPy's cast: ~10x faster than Tensor.to here
+
+        return Batch(
+            labels=torch.from_numpy(self.labels), weights=torch.from_numpy(self.weights),
+            user_keys=torch.from_numpy(self.user_keys), item_keys=torch.from_numpy(self.item_keys),
+            pooled=pooled_kjt(i64(self.pooled)), target_item=i64(self.target_item),
+            target_cat=i64(self.target_cat), seq_items=i64(self.seq_items), seq_cats=i64(self.seq_cats),
+            seq_lengths=torch.from_numpy(self.seq_lengths),
+        )
 
 
 class PreparedLoader:
@@ -156,10 +186,12 @@ class PreparedLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         if self.num_workers == 0:
-            return iter(self.dataset)
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, prefetch_factor=2)
-        return iter(loader)
+            batches: Iterator[Batch] = iter(self.dataset)  # type: ignore[assignment]
+        else:
+            loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=2)
+            batches = (arrays.to_batch() for arrays in loader)
+        for batch in batches:
+            yield batch.pin_memory() if self.pin_memory else batch
 
 
 def make_loader(data: Union[PreparedData, str], split: str, batch_size: int, seq_len: int, rank: int = 0,

@@ -9,15 +9,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from iopath.common.file_io import g_pathmgr
+from iopath.common.file_io import NativePathHandler, g_pathmgr
 
 from muse_rec.data.schema import TABLES, RawDataError, TableSpec, check_batch, check_schema, raw_error
 
 DEFAULT_BATCH_ROWS = 65_536
+FILE_URI_PREFIX = "file://"
+
+
+class FileURIHandler(NativePathHandler):
+    """``file:///abs/path`` URIs as local paths (iopath ships no handler for the ``file://`` scheme)."""
+
+    def _get_supported_prefixes(self) -> List[str]:
+        return [FILE_URI_PREFIX]
+
+    @staticmethod
+    def _strip(path: str) -> str:
+        return path[len(FILE_URI_PREFIX):] if path.startswith(FILE_URI_PREFIX) else path
+
+    def _get_path_with_cwd(self, path: str) -> str:
+        return super()._get_path_with_cwd(self._strip(path))
+
+    def _get_local_path(self, path: str, force: bool = False, **kwargs: object) -> str:
+        return super()._get_local_path(self._strip(path), force=force, **kwargs)
+
+
+if FILE_URI_PREFIX not in g_pathmgr._path_handlers:  # idempotent across re-imports
+    g_pathmgr.register_handler(FileURIHandler())
 
 
 def join_path(root: str, name: str) -> str:
@@ -58,13 +81,23 @@ class RawTable:
         return int(self._pf.metadata.num_row_groups)
 
     def fingerprint(self) -> Dict[str, object]:
-        """Cheap identity of the file's content from its footer (no data read)."""
+        """Cheap identity of the file's content: size and mtime where the file is local, plus a hash
+        of the footer (schema, row-group sizes, column-chunk offsets and statistics); no data read."""
         meta = self._pf.metadata
-        groups = [
-            (meta.row_group(i).num_rows, meta.row_group(i).total_byte_size) for i in range(meta.num_row_groups)
-        ]
-        digest = hashlib.sha256(json.dumps([str(self._pf.schema_arrow), groups, meta.created_by]).encode())
-        return {"path": self.path, "rows": self.num_rows, "footer_sha256": digest.hexdigest()[:16]}
+        chunks = []
+        for i in range(meta.num_row_groups):
+            rg = meta.row_group(i)
+            for c in range(rg.num_columns):
+                col = rg.column(c)
+                stats = col.statistics.to_dict() if col.statistics is not None else None
+                chunks.append([rg.num_rows, col.data_page_offset, col.total_compressed_size, str(stats)])
+        digest = hashlib.sha256(json.dumps([str(self._pf.schema_arrow), chunks, meta.created_by]).encode())
+        out: Dict[str, object] = {"path": self.path, "rows": self.num_rows, "footer_sha256": digest.hexdigest()[:16]}
+        local = self.path[len(FILE_URI_PREFIX):] if self.path.startswith(FILE_URI_PREFIX) else self.path
+        if "://" not in local and os.path.exists(local):
+            st = os.stat(local)
+            out.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+        return out
 
     def iter_batches(
         self, columns: Optional[Sequence[str]] = None, batch_rows: int = DEFAULT_BATCH_ROWS

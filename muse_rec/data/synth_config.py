@@ -49,14 +49,16 @@ class SynthConfig:
     max_long_interests: int = _knob(12, "cap on long-term interests per user")
     interest_popularity_power: float = _knob(0.5, "interest clusters are drawn with prob ~ popularity^power (flatter than popularity)")
     session_len: float = _knob(8.0, "mean behaviours per session (a session stays on one cluster)")
-    long_session_share: float = _knob(0.6, "share of sessions on a long-term interest; the rest browse popular clusters")
+    long_session_share: float = _knob(0.55, "share of sessions on a long-term interest")
+    sibling_session_share: float = _knob(0.15, "share of sessions on another cluster of an interest's category (category match without semantic match); the rest browse popular clusters")
     recent_span: int = _knob(30, "behaviours at the newest end of the train history where the recent interest is concentrated")
     recent_share: float = _knob(0.7, "share of the recent span's behaviours on the recent interest")
     repeat_share: float = _knob(0.25, "share of behaviours that repeat the previous item of the session")
     test_extra_behaviours: float = _knob(10.0, "mean behaviours a train user adds between the train and the test snapshot (Poisson)")
     # --- impressions and clicks --------------------------------------------------------
     target_long_share: float = _knob(0.3, "share of impressions drawn from one of the user's long-term interests (uniformly, rare ones included)")
-    target_recent_share: float = _knob(0.1, "share of impressions drawn from the recent interest; the rest follow cluster popularity")
+    target_recent_share: float = _knob(0.1, "share of impressions drawn from the recent interest")
+    target_sibling_share: float = _knob(0.2, "share of impressions from another cluster of an interest's category; the rest follow cluster popularity")
     positive_rate: float = _knob(0.137, "target click rate; the logit intercept is solved to hit it (Taobao-MM: 13.7%)")
     long_weight: float = _knob(4.0, "logit weight of max cosine(target, long-term interest centroids)")
     recent_weight: float = _knob(1.5, "logit weight of cosine(target, recent interest centroid)")
@@ -124,14 +126,17 @@ class SynthConfig:
         need(self.diagnostics_max_users >= 0, "diagnostics_max_users must be >= 0")
         for name in ("test_user_fraction", "unseen_test_fraction", "category_semantic_weight",
                      "multi_category_fraction", "primary_category_share", "full_history_share",
-                     "long_session_share", "recent_share", "repeat_share", "item_features_missing",
+                     "long_session_share", "sibling_session_share", "recent_share", "repeat_share",
+                     "target_long_share", "target_recent_share", "target_sibling_share", "item_features_missing",
                      "user_field_missing", "item_attr_missing"):
             v = getattr(self, name)
             need(0.0 <= v <= 1.0, f"{name}={v} must be in [0, 1]")
         need(0.0 < self.positive_rate < 1.0, f"positive_rate={self.positive_rate} must be in (0, 1)")
         need(0.0 < self.scl_behaviour_coverage <= 1.0, f"scl_behaviour_coverage={self.scl_behaviour_coverage} must be in (0, 1]")
-        need(self.target_long_share + self.target_recent_share <= 1.0,
-             "target_long_share + target_recent_share must be <= 1")
+        need(self.target_long_share + self.target_recent_share + self.target_sibling_share <= 1.0,
+             "target_long_share + target_recent_share + target_sibling_share must be <= 1")
+        need(self.long_session_share + self.sibling_session_share <= 1.0,
+             "long_session_share + sibling_session_share must be <= 1")
         for name in ("item_noise", "cluster_size_sigma", "cluster_zipf", "item_zipf", "interest_popularity_power",
                      "test_extra_behaviours", "long_weight", "recent_weight", "user_bias_std", "item_bias_std",
                      "impression_noise_std"):

@@ -68,6 +68,10 @@ class IdHasher:
 
 
 def _list_array(offsets: np.ndarray, values: pa.Array, typ: pa.DataType) -> pa.Array:
+    if offsets[-1] > np.iinfo(np.int32).max:
+        # The release uses 32-bit list offsets; one table this large would need chunked writing.
+        raise ValueError(f"{int(offsets[-1]):,} list values in one column exceed the 32-bit list offsets "
+                         "of the release layout; lower --users or --max-seq-len")
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), values, type=typ)
 
 

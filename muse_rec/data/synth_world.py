@@ -73,11 +73,20 @@ class Catalogue:
     item_bias: np.ndarray  # [I] float32 logit
     item_shop: np.ndarray  # [I] int64 attribute 213 value index
     item_attr214: np.ndarray  # [I] int64 attribute 214 value index
+    cluster_primary: np.ndarray  # [C] int64 primary category of each cluster
+    category_offsets: np.ndarray  # [K + 1] CSR offsets into `category_clusters`
+    category_clusters: np.ndarray  # [C] clusters grouped by primary category
 
     def sample_items(self, clusters: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One item per entry of `clusters`, Zipf-distributed inside its cluster."""
         u = clusters.astype(np.float64) + rng.random(clusters.shape[0])
         return np.searchsorted(self.item_key, u, side="right").astype(np.int64)
+
+    def sample_siblings(self, clusters: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A uniformly drawn cluster of the same primary category for each of `clusters`."""
+        k = self.cluster_primary[clusters]
+        size = self.category_offsets[k + 1] - self.category_offsets[k]
+        return self.category_clusters[self.category_offsets[k] + np.floor(rng.random(k.shape[0]) * size).astype(np.int64)]
 
     def sample_clusters(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """`n` clusters drawn by popularity."""
@@ -137,6 +146,9 @@ def build_catalogue(cfg: SynthConfig) -> Catalogue:
         item_bias=rng.normal(0.0, cfg.item_bias_std, I).astype(np.float32),
         item_shop=item_cluster * cfg.shops_per_cluster + rng.integers(0, cfg.shops_per_cluster, I),
         item_attr214=rng.integers(0, cfg.attr214_values, I),
+        cluster_primary=primary,
+        category_offsets=np.concatenate([[0], np.cumsum(np.bincount(primary, minlength=K))]).astype(np.int64),
+        category_clusters=np.argsort(primary, kind="stable").astype(np.int64),
     )
 
 
@@ -236,9 +248,14 @@ def build_timelines(cfg: SynthConfig, cat: Catalogue, users: Users) -> Tuple[np.
     session = np.cumsum(new_session) - 1
     s_user = owner[new_session]
     S = s_user.shape[0]
-    on_interest = rng.random(S) < cfg.long_session_share
+    kind = rng.random(S)
     k = np.searchsorted(users.interest_key, s_user + rng.random(S), side="right")
-    s_cluster = np.where(on_interest, users.interest_cluster[k], cat.sample_clusters(S, rng))
+    interest = users.interest_cluster[k]
+    # Sibling sessions browse another cluster of an interest's category without being an interest:
+    # they inflate category match but not semantic match.
+    s_cluster = np.where(kind < cfg.long_session_share, interest,
+                         np.where(kind < cfg.long_session_share + cfg.sibling_session_share,
+                                  cat.sample_siblings(interest, rng), cat.sample_clusters(S, rng)))
     cluster = s_cluster[session]
 
     # The recent interest fills the newest end of the train snapshot and continues to the test one.
@@ -268,10 +285,11 @@ def _draw_targets(cfg: SynthConfig, cat: Catalogue, users: Users, sample_user: n
     r = rng.random(n)
     pick = np.floor(rng.random(n) * users.n_interests()[sample_user]).astype(np.int64)
     long_cluster = users.interest_cluster[users.interest_offsets[sample_user] + pick]
-    cluster = np.where(r < cfg.target_long_share, long_cluster,
-                       np.where(r < cfg.target_long_share + cfg.target_recent_share,
-                                users.recent[sample_user], cat.sample_clusters(n, rng)))
-    return cat.sample_items(cluster, rng)
+    edges = np.cumsum([cfg.target_long_share, cfg.target_recent_share, cfg.target_sibling_share])
+    source = np.searchsorted(edges, r, side="right")  # 0 long, 1 recent, 2 sibling, 3 popular
+    choices = [long_cluster, users.recent[sample_user], cat.sample_siblings(long_cluster, rng),
+               cat.sample_clusters(n, rng)]
+    return cat.sample_items(np.choose(source, choices), rng)
 
 
 def _affinities(cat: Catalogue, users: Users, sample_user: np.ndarray, item: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

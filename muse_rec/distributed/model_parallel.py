@@ -26,7 +26,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.planner import make_plan, topology_for
-from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
+from muse_rec.distributed.sharders import FusedOptimizerConfig, check_frozen_output_dtype, make_sharders
 
 DenseOptimizerFactory = Callable[[List[nn.Parameter]], torch.optim.Optimizer]
 
@@ -40,7 +40,7 @@ def shard_model(
     fused_eps: float = 1e-8,
     fused_weight_decay: float = 0.0,
     fused_extra: Optional[Mapping[str, Any]] = None,
-    frozen_output_dtype: SparseType = SparseType.FP16,
+    frozen_output_dtype: SparseType = SparseType.FP32,
     constraints: Optional[Mapping[str, ParameterConstraints]] = None,
     sharders: Optional[List[ModuleSharder[nn.Module]]] = None,
 ) -> DistributedModelParallel:
@@ -54,7 +54,8 @@ def shard_model(
         fused_optimizer: FBGEMM in-backward optimizer of trainable tables; must be one of
             ``muse_rec.env.fused_optimizers(env.device.type)`` (on CPU no Adam).
         fused_lr, fused_eps, fused_weight_decay, fused_extra: its hyper-parameters.
-        frozen_output_dtype: output dtype of frozen-table lookups (FP16 = SCL storage).
+        frozen_output_dtype: output dtype of frozen-table lookups; FP16 only with a row-wise
+            frozen table on several ranks (checked; see `sharders`).
         constraints: planner constraints when `plan` is None (default: `make_constraints`).
         sharders: override the sharders entirely (then the fused_* arguments are unused).
 
@@ -74,6 +75,7 @@ def shard_model(
         sharders = make_sharders(config, env.device.type, frozen_output_dtype)
     if plan is None:
         plan = make_plan(model, topology_for(env), sharders, dict(constraints) if constraints else None)
+    check_frozen_output_dtype(model, plan, sharders, env.world_size)
     return DistributedModelParallel(
         module=model,
         env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),

@@ -9,8 +9,11 @@ Three sharders, one per kind of table in `SparseArch`:
   EC crashes on CPU in TorchRec 1.8 (``split_with_sizes``). The pooled sharder also allows
   ``row_wise``/``table_row_wise`` on CPU, which the stock sharder offers only on CUDA.
 * `FrozenEmbeddingCollectionSharder` (the SCL table, keyed on `FrozenEmbeddingCollection`):
-  no ``data_parallel``, fused kernels only, a stateless ``exact_sgd`` at learning rate 0,
-  and output in the storage dtype. The table is also only looked up under no_grad.
+  no ``data_parallel``, fused kernels only, a stateless ``exact_sgd`` at learning rate 0.
+  The table is also only looked up under no_grad. Its lookups leave the kernel as fp32 by
+  default: with fp16 output, TorchRec 1.8's table-/column-wise sequence all-to-all returns
+  garbage (inf) on the ranks that do not hold the table (seen with gloo; row-wise is fine),
+  so FP16 output is allowed only with row-wise sharding (`check_frozen_output_dtype`).
 
 The fused (in-backward) optimizer of the trainable tables is validated against what FBGEMM
 supports on the device (`muse_rec.env.fused_optimizers`); nothing is substituted silently.
@@ -25,7 +28,7 @@ from torch import nn
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.types import ModuleSharder, ShardingType
+from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
 
 from muse_rec.env import fused_optimizers
 from muse_rec.models.frozen_scl import FrozenEmbeddingCollection
@@ -106,10 +109,11 @@ class FrozenEmbeddingCollectionSharder(EmbeddingCollectionSharder):
     """Sharder for `FrozenEmbeddingCollection`: fused kernels, lr 0, stateless, no data_parallel.
 
     Args:
-        output_dtype: dtype of the looked-up vectors (match the table's storage, FP16).
+        output_dtype: dtype of the looked-up vectors; FP32 (default) is correct for every
+            sharding type, FP16 halves the all-to-all but only works row-wise (module docstring).
     """
 
-    def __init__(self, output_dtype: SparseType = SparseType.FP16) -> None:
+    def __init__(self, output_dtype: SparseType = SparseType.FP32) -> None:
         super().__init__(
             fused_params={
                 # exact_sgd keeps no per-row state (Adagrad on a 35M x 128 table would add
@@ -134,14 +138,14 @@ class FrozenEmbeddingCollectionSharder(EmbeddingCollectionSharder):
 def make_sharders(
     optimizer: FusedOptimizerConfig,
     device_type: str,
-    frozen_output_dtype: SparseType = SparseType.FP16,
+    frozen_output_dtype: SparseType = SparseType.FP32,
 ) -> List[ModuleSharder[nn.Module]]:
     """The sharders for a model built from `SparseArch`, for the planner and for DMP.
 
     Args:
         optimizer: fused optimizer of the trainable tables (validated for `device_type`).
         device_type: ``cpu`` or ``cuda``.
-        frozen_output_dtype: output dtype of frozen lookups.
+        frozen_output_dtype: output dtype of frozen lookups (see the frozen sharder).
     """
     fused = optimizer.fused_params(device_type)
     return [
@@ -149,3 +153,22 @@ def make_sharders(
         TrainableEmbeddingCollectionSharder(fused_params=dict(fused)),
         FrozenEmbeddingCollectionSharder(output_dtype=frozen_output_dtype),
     ]  # type: ignore[list-item]
+
+
+def check_frozen_output_dtype(
+    module: nn.Module, plan: ShardingPlan, sharders: List[ModuleSharder[nn.Module]], world_size: int
+) -> None:
+    """Refuse fp16 frozen lookups under a plan that would return garbage (module docstring)."""
+    frozen = [s for s in sharders if isinstance(s, FrozenEmbeddingCollectionSharder)]
+    if world_size == 1 or not frozen or (frozen[0].fused_params or {}).get("output_dtype") != SparseType.FP16:
+        return
+    for path, m in module.named_modules():
+        if not isinstance(m, FrozenEmbeddingCollection):
+            continue
+        for table, ps in (plan.get_plan_for_module(path) or {}).items():  # type: ignore[union-attr]
+            if ps.sharding_type != ShardingType.ROW_WISE.value:
+                raise ValueError(
+                    f"frozen table {table!r} ({path}) is planned {ps.sharding_type} with fp16 output on "
+                    f"{world_size} ranks: TorchRec 1.8 returns wrong values there; use "
+                    "frozen_output_dtype=FP32 or constrain the table to row_wise"
+                )

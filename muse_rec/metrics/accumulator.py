@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from muse_rec.metrics.auc import DEFAULT_LOGLOSS_EPS, check_scores_labels
+from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, check_scores_labels
 from muse_rec.metrics.compute import compute_metrics, real_sample_mask
 from muse_rec.metrics.gather import (
     ROOT,

@@ -11,11 +11,12 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from muse_rec.metrics.auc import (
+from muse_rec.metrics.kernels import (
     DEFAULT_LOGLOSS_EPS,
-    auc,
+    auc_from_score_ranks,
     canonical_order,
     check_scores_labels,
+    dense_rank,
     logloss,
     user_auc_sorted,
 )
@@ -89,8 +90,11 @@ def compute_metrics(
         seq_lengths = None if seq_lengths is None else np.asarray(seq_lengths)[keep]
         item_popularity = None if item_popularity is None else np.asarray(item_popularity)[keep]
 
-    order = canonical_order(user_keys, scores, labels)
+    score_rank, n_scores = dense_rank(scores)
+    order = canonical_order(user_keys, scores, labels, score_rank)
     u, s, y = user_keys[order].astype(np.int64), scores[order], labels[order].astype(np.int8)
+    r = score_rank[order]
+    del score_rank
     per_user = user_auc_sorted(u, s, y)
     positives = int(per_user.n_positives.sum())
     count = int(s.shape[0])
@@ -103,7 +107,7 @@ def compute_metrics(
         "gauc": per_user.gauc(),
         "gauc_users": int(per_user.valid.sum()),
         "gauc_samples": per_user.gauc_samples,
-        "auc": auc(s, y),
+        "auc": auc_from_score_ranks(r, y, n_scores),
         "logloss": logloss(s, y, logloss_eps),
         "logloss_eps": float(logloss_eps),
     }
@@ -111,9 +115,9 @@ def compute_metrics(
     if seq_lengths is not None:
         v = np.asarray(seq_lengths)[order]
         bins = as_bins(seq_len_edges, v, "seq_length")
-        out["by_seq_length"] = grouped_metrics_sorted(bins.assign(v), bins, u, s, y)
+        out["by_seq_length"] = grouped_metrics_sorted(bins.assign(v), bins, u, s, y, r, n_scores)
     if item_popularity is not None:
         v = np.asarray(item_popularity)[order]
         bins = as_bins(popularity_edges, v, "item_popularity")
-        out["by_popularity"] = grouped_metrics_sorted(bins.assign(v), bins, u, s, y)
+        out["by_popularity"] = grouped_metrics_sorted(bins.assign(v), bins, u, s, y, r, n_scores)
     return out

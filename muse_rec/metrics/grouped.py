@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from muse_rec.metrics.auc import auc, user_auc_sorted
+from muse_rec.metrics.kernels import auc_from_score_ranks, user_auc_sorted
 
 DEFAULT_SEQ_LEN_EDGES: Tuple[float, ...] = (0, 50, 200, 500, math.inf)
 DEFAULT_POPULARITY_EDGES: Tuple[float, ...] = (0, 1, 10, 100, 1000, math.inf)
@@ -98,15 +98,20 @@ def grouped_metrics_sorted(
     user_sorted: np.ndarray,
     scores_sorted: np.ndarray,
     labels_sorted: np.ndarray,
+    score_rank_sorted: np.ndarray,
+    n_scores: int,
 ) -> List[Dict[str, Any]]:
     """Metrics per bin for samples already sorted by (user, score) (`canonical_order`).
 
-    Selecting a subset keeps the (user, score) order, so no group is sorted again for GAUC.
+    Selecting a subset keeps the (user, score) order, so no group is sorted again: O(N) per group.
 
     Args:
         group_of_sample: ``[N]`` int64 bin index (from `Bins.assign`), aligned with the sorted arrays.
         bins: the bins, for labels and edges.
         user_sorted, scores_sorted, labels_sorted: ``[N]`` samples in (user, score) order.
+        score_rank_sorted: ``[N]`` dense rank of each score among all N (`dense_rank`), so
+            group AUCs are counted without sorting again.
+        n_scores: number of distinct scores (ranks are ``< n_scores``).
 
     Returns:
         One dict per bin, in bin order: ``group`` (label), ``lo``, ``hi``, ``samples``,
@@ -129,7 +134,7 @@ def grouped_metrics_sorted(
                 "gauc_users": int(per_user.valid.sum()),
                 "gauc_samples": per_user.gauc_samples,
                 "gauc": per_user.gauc(),
-                "auc": auc(s, y),
+                "auc": auc_from_score_ranks(score_rank_sorted[mask], y, n_scores),
             }
         )
     return out

@@ -125,7 +125,7 @@ class FrozenSCL(nn.Module):
             out = self.collection(kjt)
             target = dense_from_jagged(out[SCL_TARGET_FEATURE].values(), target_mask).squeeze(1)
             seq = dense_from_jagged(out[SCL_SEQ_FEATURE].values(), seq_mask)
-        # A sharder without an fp16 output_dtype returns fp32: keep the documented contract.
+        # Sharded lookups leave the kernel as fp32 by default (see sharders.py): return storage dtype.
         return target.to(self.dtype), seq.to(self.dtype)
 
     @torch.no_grad()

@@ -68,6 +68,7 @@ class SparseArch(nn.Module):
         id_dim: default embedding width of ID tables (16 in the reference).
         dim_overrides: per-table widths, e.g. ``{"user_f1": 8, "user_f2": 8, "user_f3": 8}``
             (the reference uses 8 for three small user fields; which ones is a spec choice).
+            ``item`` and ``category`` must keep equal widths (one EmbeddingCollection).
         scl_dim: width of the frozen multimodal vectors (128 for Taobao-MM).
         scl_data_type: SCL storage (FP16 default: int8 values are exact in fp16).
         init_std: std of the truncated-normal init of trainable tables (1e-3 in the
@@ -104,6 +105,12 @@ class SparseArch(nn.Module):
             if int(table_sizes[name]) < 1:
                 raise ValueError(f"table_sizes[{name!r}] = {table_sizes[name]}: need >= 1 (row 0 = padding)")
         self.dims: Dict[str, int] = {t: int(overrides.get(t, id_dim)) for t in REQUIRED_TABLES}
+        if self.dims[ITEM_TABLE] != self.dims[CATEGORY_TABLE]:
+            # TorchRec requires one embedding_dim for all tables of an EmbeddingCollection.
+            raise ValueError(
+                f"item dim {self.dims[ITEM_TABLE]} != category dim {self.dims[CATEGORY_TABLE]}: "
+                "both tables live in one EmbeddingCollection, which needs equal dims"
+            )
         init = functools.partial(nn.init.trunc_normal_, std=init_std, a=-2 * init_std, b=2 * init_std)
 
         self.pooled = EmbeddingBagCollection(
@@ -152,8 +159,17 @@ class SparseArch(nn.Module):
         return sum(self.dims[f] for f in POOLED_FEATURES)
 
     def pooled_embeddings(self, pooled: KeyedJaggedTensor) -> KeyedTensor:
-        """Pooled features (`Batch.pooled`) -> KeyedTensor ``[B, pooled_dim]`` keyed by feature."""
-        return self.pooled(pooled)
+        """Pooled features (`Batch.pooled`) -> KeyedTensor ``[B, pooled_dim]`` in `POOLED_FEATURES` order.
+
+        A sharded EBC returns its keys grouped by sharding (table-wise tables per rank
+        first); the columns are put back in the fixed order so ``.values()`` means the same
+        thing whatever the plan.
+        """
+        kt = self.pooled(pooled)
+        if kt.keys() == POOLED_FEATURES:
+            return kt
+        by_key = kt.to_dict()
+        return KeyedTensor.from_tensor_list(POOLED_FEATURES, [by_key[f] for f in POOLED_FEATURES])
 
     def id_tokens(
         self,

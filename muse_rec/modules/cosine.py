@@ -122,6 +122,11 @@ def shared_keys_cosine_topk(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Running top-K of many queries against ONE shared sequence (the serving shape).
 
+    Per chunk of C positions the whole selection score is ONE GEMM with a bias:
+    ``sel = bias + q_hat @ (k / |k|)^T`` where ``q_hat`` is the unit query, and columns that
+    are padding or have no vector get a zero key row and their sentinel as bias (exactly,
+    since ``0 * x = 0``). No elementwise pass over ``[B, C]`` is needed before ``topk``.
+
     Args:
         query: ``[B, D]`` candidates' vectors.
         keys: ``[L, D]`` the user's sequence.
@@ -134,28 +139,44 @@ def shared_keys_cosine_topk(
         descending, and ``indices [B, k]`` int64, ``k = min(K, L)``.
     """
     L, D = keys.shape
+    B = query.shape[0]
     q = query.to(torch.float32)
     q_norm = torch.linalg.vector_norm(q, dim=1, keepdim=True)  # [B, 1]
+    q_hat = q / q_norm.clamp_min(torch.finfo(torch.float32).tiny)  # zero rows stay zero
     step = max(1, chunk_rows)
     buf = None
     if keys.dtype != torch.float32:
         buf = torch.empty(min(L, step) * D, dtype=torch.float32, device=keys.device)
     best_vals: Optional[torch.Tensor] = None
     best_idx: Optional[torch.Tensor] = None
+    # Column sentinels of every position (what a position scores without a cosine).
+    fill = cosine_selection_scores(
+        torch.zeros(1, L, device=keys.device), torch.zeros(1, L, dtype=torch.bool, device=keys.device),
+        mask.unsqueeze(0), 0, L,
+    )[0]  # [L]
     for l0 in range(0, L, step):
         l1 = min(L, l0 + step)
         kf = _rows_as_fp32(keys[l0:l1], buf)  # [C, D]
-        dots = q @ kf.t()  # [B, C]
-        k_norm = torch.linalg.vector_norm(kf, dim=1).unsqueeze(0)  # [1, C]
-        cos, has_vec = _finish_cosine(dots, k_norm, q_norm)
-        sel = cosine_selection_scores(cos, has_vec, mask[l0:l1].unsqueeze(0), l0, L)
-        pos = torch.arange(l0, l1, device=keys.device).expand(sel.shape[0], -1)
+        k_norm = torch.linalg.vector_norm(kf, dim=1)  # [C]
+        scored = (k_norm > 0) & mask[l0:l1]
+        inv = torch.where(scored, 1.0 / k_norm.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+        bias = torch.where(scored, 0.0, fill[l0:l1])
+        sel = torch.addmm(bias.unsqueeze(0), q_hat, (kf * inv.unsqueeze(1)).t())  # [B, C]
+        vals, arg = torch.topk(sel, min(top_k, sel.shape[1]), dim=1)
+        idx = arg + l0
         if best_vals is not None:
-            sel = torch.cat([best_vals, sel], dim=1)
-            pos = torch.cat([best_idx, pos], dim=1)
-        best_vals, arg = torch.topk(sel, min(top_k, sel.shape[1]), dim=1)
-        best_idx = torch.gather(pos, 1, arg)
+            vals, arg = torch.topk(torch.cat([best_vals, vals], 1), min(top_k, best_vals.shape[1] + vals.shape[1]), dim=1)
+            idx = torch.gather(torch.cat([best_idx, idx], 1), 1, arg)
+        best_vals, best_idx = vals, idx
     assert best_vals is not None and best_idx is not None
+    # Rows whose query has no vector: no cosines, only the sentinels (newest real first).
+    no_query = q_norm[:, 0] == 0
+    if bool(no_query.any()):
+        fvals, fidx = torch.topk(fill, min(top_k, L))
+        best_vals = torch.where(no_query.unsqueeze(1), fvals.unsqueeze(0), best_vals)
+        best_idx = torch.where(no_query.unsqueeze(1), fidx.unsqueeze(0), best_idx)
+    # Cosines may exceed [-1, 1] by an ulp; sentinels are below -1 and stay as they are.
+    best_vals = torch.where(best_vals > -1.01, best_vals.clamp(-1.0, 1.0), best_vals)
     return best_vals, best_idx
 
 

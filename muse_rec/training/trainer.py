@@ -59,6 +59,17 @@ def _open_data(spec: Spec) -> PreparedData:
         ) from None
 
 
+def _check_spec_vocab(spec: Spec, data: PreparedData) -> None:
+    """A spec that states table sizes must agree with the prepared data it points at."""
+    want = spec.data.vocab_sizes
+    diff = {k: (v, data.vocab_sizes.get(k)) for k, v in want.items() if data.vocab_sizes.get(k) != v}
+    if diff:
+        raise RunError(
+            f"data.vocab_sizes disagrees with the prepared data at {spec.data.prepared!r} "
+            f"(table: (spec, prepared)) {diff}; fix the spec or point data.prepared at the matching data"
+        )
+
+
 def _check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
     """A resumed run must see the same vocabularies it was started with."""
     if not run_json.exists():
@@ -79,6 +90,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
     t = spec.train
     run_dir = Path(spec.run_dir)
     data = _open_data(spec)
+    _check_spec_vocab(spec, data)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -92,11 +104,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
         raise RunError(f"data.prepared = {spec.data.prepared!r}: split {spec.data.train_split!r} has no samples")
     total_steps = t.epochs * train_loader_len if not t.max_steps else min(t.max_steps, t.epochs * train_loader_len)
 
-    model = build_train_model(spec.model, data.vocab_sizes, seq_len=seq_len, device=torch.device("meta"))
-    dmp = shard_model(model, env, sparse_optimizer=t.sparse_optimizer)
-    dmp.module.model.sparse_arch.load_scl_(data.scl())  # frozen: loaded, never trained, never saved
-    optimizer = build_optimizer(dmp, t.dense_optimizer)
-    skip = dmp.module.model.sparse_arch.is_frozen_key
+    dmp, optimizer, skip = build_sharded(spec, data, env)
 
     ckpt_root = run_dir / "checkpoints"
     position = Position(world_size=env.world_size)
@@ -191,6 +199,47 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
             writer.close()
         logger.info("done: %s", _summary_line(result))
     return result
+
+
+def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
+    """Model on meta -> DMP (planner picks the sharding) -> SCL loaded -> combined optimizer.
+
+    Returns ``(dmp, optimizer, skip)``; ``skip(key)`` is True for state that checkpoints leave
+    out (the frozen SCL table, reloaded from the prepared data instead).
+    """
+    model = build_train_model(spec.model, data.vocab_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"))
+    dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer)
+    arch = dmp.module.model.sparse_arch
+    arch.load_scl_(data.scl())  # frozen: loaded, never trained, never saved
+    optimizer = build_optimizer(dmp, spec.train.dense_optimizer)
+    return dmp, optimizer, arch.is_frozen_key
+
+
+def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
+                        device_type: Optional[str] = None, max_batches: int = 0) -> Dict:
+    """Evaluate a checkpoint (default: the run's latest) on ``spec.data.eval_split`` at this world size."""
+    env = init_distributed(DistEnv.from_environ(device_type=device_type))
+    _setup_logging(env)
+    data = _open_data(spec)
+    ck = Path(checkpoint) if checkpoint else latest_checkpoint(str(Path(spec.run_dir) / "checkpoints"))
+    if ck is None or not (ck / "position.json").exists():
+        raise RunError(f"no complete checkpoint at {checkpoint or Path(spec.run_dir) / 'checkpoints'}")
+    _check_run_compat(ck.parent.parent / "run.json", data, env)
+    dmp, _, skip = build_sharded(spec, data, env)
+    position = load_checkpoint(ck, dmp, None, skip=skip)
+    out = Path(out_dir)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate(dmp, data, spec.data.eval_split, spec.train.eval_batch_size, spec.data.seq_len, env,
+                       num_workers=spec.data.num_workers, predictions_path=str(out / "predictions.parquet"),
+                       max_batches=max_batches)
+    metrics.update({"method": spec.model.method, "name": spec.name, "checkpoint": str(ck),
+                    "step": position.step, "world_size": env.world_size})
+    if env.is_main:
+        _write_json(out / "metrics.json", metrics)
+        logger.info("evaluated %s at %d rank(s): %s", ck, env.world_size,
+                    ", ".join(f"{k}={metrics[k]:.4f}" for k in ("gauc", "auc", "logloss") if k in metrics))
+    return metrics
 
 
 def _summary_line(r: Dict) -> str:

@@ -20,7 +20,7 @@ def table_sizes(items: int = 200, cats: int = 9, pooled_rows: int = 13) -> Dict[
 
 
 class RetrievalHarness(nn.Module):
-    """logit = <target token, mean(selected + recent tokens)> + linear(pooled) + 0 * whole-seq mean.
+    """logit = <target token, mean(selected + recent tokens)> + linear(pooled) + 1e-3 * sum(whole-seq tokens).
 
     Args:
         sizes: table sizes for `SparseArch`; k: GSU top-K; recent: newest behaviours used.
@@ -53,9 +53,10 @@ class RetrievalHarness(nn.Module):
         )
         whole = self.sparse.sequence_tokens_no_grad(seq_items, seq_cats, seq_mask)
         behaviours = torch.cat([tok.gsu, tok.recent], dim=1)
-        logit = (tok.target.unsqueeze(1) * behaviours).sum(-1).mean(1) * 100.0
+        logit = (tok.target.unsqueeze(1) * behaviours).sum(-1).mean(1)
         logit = logit + self.head(self.sparse.pooled_embeddings(batch["pooled"]).values()).squeeze(1)
-        logit = logit + 0.0 * whole.mean(dim=(1, 2))
+        # A small real weight: were the whole-sequence lookup differentiable, every row would move.
+        logit = logit + 1e-3 * whole.sum(dim=(1, 2))
         loss = nn.functional.binary_cross_entropy_with_logits(logit, batch["labels"])
         return loss, logit
 

@@ -46,13 +46,13 @@ def scl_array(rows: int, dim: int = 128, seed: int = 0) -> np.ndarray:
 def test_steps_move_only_selected_rows(env, optimizer: str) -> None:
     torch.manual_seed(0)
     model = RetrievalHarness(SIZES, k=K, recent=R, device=torch.device("meta"))
-    dmp = shard_model(model, env, fused_optimizer=optimizer, fused_lr=0.5)
+    dmp = shard_model(model, env, fused_optimizer=optimizer, fused_lr=0.1)
     assert dmp.module.sparse.load_scl_(scl_array(SIZES["item"])) == SIZES["item"]
     opt = combined_optimizer(dmp, dense_lr=1e-2)
     # No table reaches the dense optimizer (DMP would hand data_parallel tables to it).
     assert all("sparse" not in name for name in dense_parameters(dmp)), list(dense_parameters(dmp))
 
-    before = {k: full(dmp.state_dict(), k) for k in ("module.sparse.ids.embeddings.item.weight", "module.sparse.scl.collection.embeddings.scl.weight")}
+    before = {k: full(dmp.state_dict(), k) for k in ("sparse.ids.embeddings.item.weight", "sparse.scl.collection.embeddings.scl.weight")}
     selected: Set[int] = set()
     seen: Set[int] = set()
     for step in range(3):
@@ -72,12 +72,12 @@ def test_steps_move_only_selected_rows(env, optimizer: str) -> None:
         dmp(make_batch(B, L, SIZES, seed=999))
 
     after = {k: full(dmp.state_dict(), k) for k in before}
-    scl_key = "module.sparse.scl.collection.embeddings.scl.weight"
+    scl_key = "sparse.scl.collection.embeddings.scl.weight"
     assert after[scl_key].dtype == torch.float16
     assert torch.equal(before[scl_key], after[scl_key]), "frozen SCL table changed"
     assert torch.equal(after[scl_key], torch.from_numpy(scl_array(SIZES["item"])).half())
 
-    item_before, item_after = before["module.sparse.ids.embeddings.item.weight"], after["module.sparse.ids.embeddings.item.weight"]
+    item_before, item_after = before["sparse.ids.embeddings.item.weight"], after["sparse.ids.embeddings.item.weight"]
     unselected = sorted(seen - selected)
     assert len(unselected) > 10, "test batch too small to have unselected sequence rows"
     # Looked up by the whole-sequence no-grad call and present in the batch, yet not selected.

@@ -1,0 +1,245 @@
+"""GSUs of the baselines: SIM-hard (category), TWIN (attention), MISS (co-occurrence + merge).
+
+SIM-soft (cosine of trainable ID embeddings) is `muse_rec.modules.gsu.EmbeddingCosineGSU`.
+All selections here are discrete and run without gradient; the model re-reads the selected
+behaviours' embeddings with gradient through `GSUResult.gather`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from muse_rec.modules.attention import TargetAttention
+from muse_rec.modules.selection import GSUResult, topk_eligible
+
+
+def _check_seq(name: str, seq: torch.Tensor, mask: torch.Tensor, batch: int) -> None:
+    if seq.dim() != 2 or mask.shape != seq.shape or seq.shape[0] != batch:
+        raise ValueError(
+            f"{name} must be [B, L] with mask [B, L] and B = {batch}; got {name} "
+            f"{tuple(seq.shape)}, mask {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool, got {mask.dtype}")
+
+
+def _positions(seq: torch.Tensor) -> torch.Tensor:
+    """``[1, L]`` fp32 positions (exact below 2^24), used as a recency score."""
+    return torch.arange(seq.shape[1], device=seq.device, dtype=torch.float32).unsqueeze(0)
+
+
+class CategoryGSU(nn.Module):
+    """SIM-hard: the K most recent behaviours whose category equals the target's.
+
+    Slots come newest first; ``valid`` is False beyond the user's matches; ``scores`` are
+    1.0 on valid slots (the relevance is binary). For MUSE's ESU on top of it, compute the
+    cosines of the picks with `muse_rec.modules.cosine.cosine_at`.
+
+    Args:
+        top_k: K.
+        unknown_category: category row meaning "unknown" (0 in the prepared data); an unknown
+            target matches nothing, since "both unknown" says nothing about relevance.
+            ``None`` disables the rule.
+    """
+
+    def __init__(self, top_k: int = 50, unknown_category: Optional[int] = 0) -> None:
+        super().__init__()
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.top_k = top_k
+        self.unknown_category = unknown_category
+
+    @torch.no_grad()
+    def forward(self, target_cat: torch.Tensor, seq_cats: torch.Tensor, mask: torch.Tensor) -> GSUResult:
+        """``target_cat [B]``, ``seq_cats [B, L]``, ``mask [B, L]`` -> `GSUResult` ``[B, K]``."""
+        _check_seq("seq_cats", seq_cats, mask, target_cat.shape[0])
+        match = mask & (seq_cats == target_cat.unsqueeze(1))
+        if self.unknown_category is not None:
+            match &= (target_cat != self.unknown_category).unsqueeze(1)
+        res = topk_eligible(_positions(seq_cats).expand_as(seq_cats), match, self.top_k)
+        res.scores = res.valid.to(torch.float32)
+        return res
+
+    def extra_repr(self) -> str:
+        return f"top_k={self.top_k}, unknown_category={self.unknown_category}"
+
+
+class AttentionGSU(nn.Module):
+    """TWIN: retrieve by the ESU's own target-attention logits over the whole sequence.
+
+    TWIN's point is consistency: the GSU ranks behaviours with the same relevance the ESU's
+    attention computes. So this module holds a *reference* to the ESU's `TargetAttention`
+    and uses its ``logits``; it owns no parameters of its own. Wire it as::
+
+        esu_attention = TargetAttention(query_dim=32, key_dim=32, hidden_dim=32)
+        gsu = AttentionGSU(esu_attention, top_k=50)   # shares W_q, W_k with the ESU
+
+    The selection runs under ``no_grad``: W_q / W_k learn only through the ESU's attention
+    over the retrieved K. The logits are computed in chunks of ``chunk_size`` positions so
+    the ``[B, L, H]`` projected keys never exist at once for long sequences.
+
+    Args:
+        attention: the ESU's `TargetAttention` (registered as a shared submodule; its
+            parameters appear once in ``model.parameters()``).
+        top_k: K.
+        chunk_size: positions projected per step.
+    """
+
+    def __init__(self, attention: TargetAttention, top_k: int = 50, chunk_size: int = 1024) -> None:
+        super().__init__()
+        if top_k < 1 or chunk_size < 1:
+            raise ValueError(f"top_k and chunk_size must be >= 1, got {top_k}, {chunk_size}")
+        self.attention = attention
+        self.top_k = top_k
+        self.chunk_size = chunk_size
+
+    @torch.no_grad()
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> GSUResult:
+        """``query [B, Dq]``, ``keys [B, L, Dk]`` ID embeddings, ``mask [B, L]`` -> `GSUResult`.
+
+        ``scores`` are the attention logits (unbounded).
+        """
+        if keys.dim() != 3 or mask.shape != keys.shape[:2]:
+            raise ValueError(f"keys must be [B, L, D] with mask [B, L]; got {tuple(keys.shape)}, {tuple(mask.shape)}")
+        logits = torch.cat(
+            [
+                self.attention.logits(query, keys[:, l0 : l0 + self.chunk_size])
+                for l0 in range(0, keys.shape[1], self.chunk_size)
+            ]
+            or [keys.new_zeros(keys.shape[:2])],
+            dim=1,
+        )
+        return topk_eligible(logits, mask, self.top_k)
+
+
+class CooccurrenceGSU(nn.Module):
+    """MISS's ID co-occurrence GSU, as a per-user in-sequence co-occurrence count.
+
+    MISS retrieves with an item co-occurrence signal learned from all users' behaviour. A
+    batch carries no global co-occurrence statistics, so this GSU uses the co-occurrence
+    visible in the user's own history: behaviour i is relevant to target a when it occurs
+    close (within ``window`` positions, a session proxy) to behaviours of the target's item
+    or category. Score::
+
+        anchor_j = mask_j * (item_weight * [item_j == item_a] + [cat_j == cat_a])
+        score_i  = sum_{|i - j| <= window} anchor_j
+
+    Behaviours with score 0 are not eligible (valid=False); ties go to the newest. This is a
+    deviation from MISS (no cross-user statistics); it needs only ids present in a `Batch`.
+
+    Args:
+        top_k: K.
+        window: half-width of the co-occurrence window, in behaviours.
+        item_weight: weight of an exact item match relative to a category match.
+        unknown_id: id meaning "unknown" (0): never an anchor.
+    """
+
+    def __init__(self, top_k: int = 50, window: int = 5, item_weight: float = 2.0, unknown_id: int = 0) -> None:
+        super().__init__()
+        if top_k < 1 or window < 0:
+            raise ValueError(f"top_k must be >= 1 and window >= 0, got {top_k}, {window}")
+        self.top_k = top_k
+        self.window = window
+        self.item_weight = item_weight
+        self.unknown_id = unknown_id
+
+    @torch.no_grad()
+    def scores(
+        self,
+        target_item: torch.Tensor,
+        target_cat: torch.Tensor,
+        seq_items: torch.Tensor,
+        seq_cats: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Co-occurrence score ``[B, L]`` fp32 (0 at padding)."""
+        _check_seq("seq_items", seq_items, mask, target_item.shape[0])
+        _check_seq("seq_cats", seq_cats, mask, target_cat.shape[0])
+        item_hit = (seq_items == target_item.unsqueeze(1)) & (seq_items != self.unknown_id)
+        cat_hit = (seq_cats == target_cat.unsqueeze(1)) & (seq_cats != self.unknown_id)
+        anchor = (self.item_weight * item_hit.float() + cat_hit.float()) * mask.float()
+        # Window sum via a prefix sum: O(B * L) for any window.
+        B, L = anchor.shape
+        csum = torch.cat([anchor.new_zeros(B, 1), anchor.cumsum(dim=1)], dim=1)  # [B, L + 1]
+        pos = torch.arange(L, device=anchor.device)
+        hi = (pos + self.window + 1).clamp(max=L)
+        lo = (pos - self.window).clamp(min=0)
+        return (csum[:, hi] - csum[:, lo]) * mask.float()
+
+    @torch.no_grad()
+    def forward(
+        self,
+        target_item: torch.Tensor,
+        target_cat: torch.Tensor,
+        seq_items: torch.Tensor,
+        seq_cats: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> GSUResult:
+        """Ids ``[B]``, ``[B]``, ``[B, L]``, ``[B, L]``, ``mask [B, L]`` -> `GSUResult` ``[B, K]``."""
+        score = self.scores(target_item, target_cat, seq_items, seq_cats, mask)
+        B, L = score.shape
+        # Highest count first, ties to the newest: a stable descending sort of the
+        # newest-first (flipped) scores. Exact for any item_weight (no mixed-in epsilon).
+        k = min(self.top_k, L)
+        order = torch.sort(score.flip(1), dim=1, descending=True, stable=True).indices[:, :k]
+        idx = (L - 1) - order
+        val = torch.gather(score, 1, idx)
+        valid = val > 0
+        pad = self.top_k - k
+        res = GSUResult(
+            indices=torch.cat([torch.where(valid, idx, 0), idx.new_zeros(B, pad)], 1),
+            scores=torch.cat([torch.where(valid, val, 0.0), val.new_zeros(B, pad)], 1),
+            valid=torch.cat([valid, valid.new_zeros(B, pad)], 1),
+            has_score=torch.cat([valid, valid.new_zeros(B, pad)], 1),
+        )
+        return res
+
+
+def merge_gsu_results(a: GSUResult, b: GSUResult, top_k: int) -> GSUResult:
+    """Merge two GSUs' picks (MISS: ID co-occurrence + multimodal) into K slots.
+
+    Scores of different GSUs live on different scales (counts vs cosines), so they are not
+    compared: the merge interleaves by rank ``a[0], b[0], a[1], b[1], ...``, drops invalid
+    slots and positions already taken, and keeps the first K. Each kept slot carries its
+    source's ``scores``/``has_score``. Fewer than K distinct positions -> invalid slots.
+    """
+    if a.indices.shape[0] != b.indices.shape[0]:
+        raise ValueError(f"batch sizes differ: {a.indices.shape[0]} vs {b.indices.shape[0]}")
+
+    def interleave(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        n = min(x.shape[1], y.shape[1])
+        head = torch.stack([x[:, :n], y[:, :n]], dim=2).flatten(1)
+        return torch.cat([head, x[:, n:], y[:, n:]], dim=1)
+
+    idx = interleave(a.indices, b.indices)
+    val = interleave(a.valid, b.valid)
+    sco = interleave(a.scores.float(), b.scores.float())
+    has = interleave(a.has_score, b.has_score)
+    M = idx.shape[1]
+    # A slot is a duplicate if an earlier valid slot holds the same position ([B, M, M]).
+    same = (idx.unsqueeze(2) == idx.unsqueeze(1)) & val.unsqueeze(1)
+    earlier = torch.ones(M, M, dtype=torch.bool, device=idx.device).tril(diagonal=-1)
+    keep = val & ~(same & earlier).any(dim=2)
+    # Stable compaction: kept slots first, in interleaved order.
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
+    n = min(top_k, M)
+    take = order[:, :n]
+    kept = torch.gather(keep, 1, take)
+    out = GSUResult(
+        indices=torch.where(kept, torch.gather(idx, 1, take), 0),
+        scores=torch.where(kept, torch.gather(sco, 1, take), 0.0),
+        valid=kept,
+        has_score=kept & torch.gather(has, 1, take),
+    )
+    if n < top_k:
+        pad = top_k - n
+        B = idx.shape[0]
+        out = GSUResult(
+            indices=torch.cat([out.indices, idx.new_zeros(B, pad)], 1),
+            scores=torch.cat([out.scores, out.scores.new_zeros(B, pad)], 1),
+            valid=torch.cat([out.valid, val.new_zeros(B, pad)], 1),
+            has_score=torch.cat([out.has_score, val.new_zeros(B, pad)], 1),
+        )
+    return out

@@ -1,0 +1,141 @@
+"""Bad raw input fails with an error naming file, row group and column, and leaves earlier output intact."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from muse_rec.data import schema as S
+from muse_rec.data.loader import make_loader
+from muse_rec.data.prepare import PrepareConfig, prepare
+from muse_rec.data.prepared import PreparedData, PreparedDataError
+from muse_rec.data.reader import RawTable
+from muse_rec.data.schema import RawDataError
+from tests.data.rawgen import write_raw_release
+
+CFG = PrepareConfig(batch_rows=40, partition_bits=2, progress=False)
+ROW_GROUP = 37
+BAD_ROW = 80  # lands in row group 2 (rows 74..110)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    raw = tmp_path_factory.mktemp("good_raw")
+    write_raw_release(str(raw), n_train_users=60, n_test_users=20, n_items=300, seed=3)
+    return raw
+
+
+@pytest.fixture
+def workspace(good: Path, tmp_path: Path):
+    """A copy of the good raw release and a directory already prepared from it."""
+    raw = tmp_path / "raw"
+    shutil.copytree(good, raw)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning):
+        prepare(str(raw), str(out), CFG)
+    return raw, out
+
+
+def _rewrite(raw: Path, name: str, edit: Callable[[pa.Table], pa.Table]) -> Path:
+    path = raw / S.TABLES[name].file
+    table = edit(pq.read_table(path))
+    pq.write_table(table, path, row_group_size=ROW_GROUP)
+    return path
+
+
+def _set_row(table: pa.Table, col: str, row: int, value: object) -> pa.Table:
+    values = table.column(col).to_pylist()
+    values[row] = value
+    i = table.schema.get_field_index(col)
+    return table.set_column(i, col, pa.array(values, type=table.schema.field(i).type))
+
+
+def _drop_col(name: str) -> Callable[[pa.Table], pa.Table]:
+    return lambda t: t.drop_columns([name])
+
+
+CASES = {
+    "missing column": ("item_features", _drop_col(S.ITEM_CAT), [S.ITEM_CAT, "missing column"]),
+    "wrong type": ("train_samples", lambda t: t.set_column(1, S.USER, t.column(S.USER).cast(pa.string())),
+                   [S.USER, "type string", "expected int64"]),
+    "wrong SCL length": ("scl", lambda t: _set_row(t, S.SCL_VECTOR, BAD_ROW, [1] * 127),
+                         [S.SCL_VECTOR, "row group 2", "!= 128"]),
+    "label not one-hot": ("train_samples", lambda t: _set_row(t, S.LABEL, BAD_ROW, [1, 1]),
+                          [S.LABEL, "row group 2", "not one-hot"]),
+    "list lengths differ": ("train_user_features", lambda t: _set_row(t, S.SEQ_CATS, 40, [5] * 71),
+                            [S.SEQ_CATS, "row group 1", "differ in length"]),
+    "empty table": ("item_features", lambda t: t.slice(0, 0), ["empty table"]),
+    "null id": ("train_samples", lambda t: _set_row(t, S.ITEM, BAD_ROW, None), [S.ITEM, "null"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_named_and_keeps_earlier_output(workspace, case: str) -> None:
+    raw, out = workspace
+    table, edit, words = CASES[case]
+    path = _rewrite(raw, table, edit)
+    before = (out / "meta.json").read_text()
+    with pytest.raises(RawDataError) as err:
+        prepare(str(raw), str(out), CFG)
+    msg = str(err.value)
+    assert str(path) in msg
+    for w in words:
+        assert w in msg, f"{w!r} not in {msg!r}"
+    # The earlier, complete output is untouched and still loads.
+    assert (out / "meta.json").read_text() == before
+    assert sum(1 for _ in make_loader(str(out), "train", 16, 8)) == len(make_loader(str(out), "train", 16, 8))
+
+
+def test_truncated_parquet(workspace) -> None:
+    raw, out = workspace
+    path = raw / S.TABLES["train_user_features"].file
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RawDataError, match="truncated or corrupt"):
+        prepare(str(raw), str(out), CFG)
+    PreparedData(str(out))  # still valid
+
+
+def test_missing_table(workspace) -> None:
+    raw, out = workspace
+    os.remove(raw / S.TABLES["scl"].file)
+    with pytest.raises(RawDataError, match="file not found"):
+        prepare(str(raw), str(out), CFG)
+
+
+def test_reader_streams_row_groups_unchanged(taobao_fixtures: Path) -> None:
+    for name, spec in S.TABLES.items():
+        path = taobao_fixtures / spec.file
+        with RawTable(str(path), spec) as t:
+            got = pa.Table.from_batches(list(t.iter_batches(batch_rows=3)))
+        assert got.equals(pq.read_table(path).select(list(spec.columns)))
+
+
+def test_cli_reports_bad_input(workspace, capsys: pytest.CaptureFixture) -> None:
+    from muse_rec.cli import main
+
+    raw, out = workspace
+    _rewrite(raw, "train_samples", lambda t: _set_row(t, S.LABEL, 3, [0, 2]))
+    assert main(["prepare", str(raw), str(out), "--no-progress"]) == 2
+    assert "not one-hot" in capsys.readouterr().err
+
+
+def test_prepared_dir_validation(workspace, tmp_path: Path) -> None:
+    raw, out = workspace
+    with pytest.raises(PreparedDataError, match="no meta.json"):
+        PreparedData(str(tmp_path / "nothing"))
+    meta = json.loads((out / "meta.json").read_text())
+    meta["splits"]["train"]["samples"] += 1
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PreparedDataError, match="labels.npy: shape"):
+        PreparedData(str(out))
+    meta["format_version"] = 999
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PreparedDataError, match="format_version"):
+        PreparedData(str(out))

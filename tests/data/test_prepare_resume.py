@@ -1,0 +1,94 @@
+"""A failed run exposes nothing a loader would read; a re-run skips finished steps; changed input redoes them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from muse_rec.data import prepare as P
+from muse_rec.data.prepared import PreparedData, PreparedDataError
+from muse_rec.data.reader import RawTable
+from tests.data.rawgen import write_raw_release
+
+CFG = P.PrepareConfig(batch_rows=64, partition_bits=2, progress=False)
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    root = tmp_path / "raw"
+    write_raw_release(str(root), n_train_users=40, n_test_users=10, n_items=150, seed=11)
+    return root
+
+
+def _crash_on_test_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = P._Prepare.step_samples
+
+    def step(self: P._Prepare, split: str):
+        if split == "test":
+            raise KeyboardInterrupt("killed")  # what Ctrl-C / a dying job looks like mid-run
+        return real(self, split)
+
+    monkeypatch.setattr(P._Prepare, "step_samples", step)
+
+
+def test_interrupted_run_resumes_without_redoing_steps(raw: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _crash_on_test_samples(m)
+        with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
+            P.prepare(str(raw), str(out), CFG)
+    assert not (out / "meta.json").exists()
+    with pytest.raises(PreparedDataError, match="no meta.json"):
+        PreparedData(str(out))
+    done = sorted(os.listdir(out / P.BUILD_DIR / "done"))
+    assert done == ["items.json", "samples_train.json", "users_test.json", "users_train.json", "vocab.json"]
+
+    calls = []
+    for step in ("step_vocab", "step_items", "step_users"):
+        monkeypatch.setattr(P._Prepare, step, lambda self, *a, _s=step: calls.append(_s))
+    with pytest.warns(UserWarning):
+        meta = P.prepare(str(raw), str(out), CFG)
+    assert calls == [], f"finished steps were redone: {calls}"
+    assert not (out / P.BUILD_DIR).exists()
+    monkeypatch.undo()
+
+    fresh = tmp_path / "fresh"
+    with pytest.warns(UserWarning):
+        P.prepare(str(raw), str(fresh), CFG)
+    assert meta["files"] == PreparedData(str(fresh)).meta["files"]
+    for rel in meta["files"]:
+        np.testing.assert_array_equal(np.load(out / rel), np.load(fresh / rel), err_msg=rel)
+
+
+def test_complete_output_is_not_recomputed_until_input_changes(raw: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning):
+        first = P.prepare(str(raw), str(out), CFG)
+
+    def no_reading(*a, **k):
+        raise AssertionError("a finished, unchanged preparation must not read data again")
+
+    with monkeypatch.context() as m:
+        m.setattr(RawTable, "iter_batches", no_reading)
+        assert P.prepare(str(raw), str(out), CFG) == first
+    # Another vocabulary mode is another output: recomputed.
+    with pytest.warns(UserWarning):
+        p90 = P.prepare(str(raw), str(out), P.PrepareConfig(**{**CFG.__dict__, "vocab": "p90"}))
+    assert p90["fingerprint"] != first["fingerprint"]
+    assert p90["vocab_sizes"]["item"] < first["vocab_sizes"]["item"]
+    # Touching an input (new mtime) changes the fingerprint, so it is recomputed.
+    path = raw / "item_features.parquet"
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.warns(UserWarning):
+        again = P.prepare(str(raw), str(out), CFG)
+    assert again["fingerprint"] != first["fingerprint"]
+
+
+def test_bad_vocab_mode(raw: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="vocab mode"):
+        P.prepare(str(raw), str(tmp_path / "o"), P.PrepareConfig(vocab="p50"))

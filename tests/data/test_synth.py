@@ -1,0 +1,240 @@
+"""The synthetic Taobao-MM release: exact raw layout, determinism, value rules, planted semantics."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from muse_rec.data import schema as S
+from muse_rec.data.synth import MANIFEST_NAME, SynthConfig, write_synthetic_release
+from muse_rec.data.synth_diagnostics import group_auc, release_diagnostics
+
+FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "taobao_mm_demo"
+TABLE_NAMES = list(S.TABLES)
+
+
+def _tiny(**kw) -> SynthConfig:
+    return SynthConfig.preset("tiny").replace(**kw)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth_tiny")
+    write_synthetic_release(str(out), _tiny(seed=0))
+    return out
+
+
+def _read(root: Path, name: str):
+    return pq.read_table(root / S.TABLES[name].file)
+
+
+def _digests(root: Path):
+    return {n: hashlib.sha256((root / S.TABLES[n].file).read_bytes()).hexdigest() for n in TABLE_NAMES}
+
+
+def test_schemas_equal_the_real_release_fixtures(release: Path) -> None:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"Taobao-MM fixtures not found at {FIXTURES} (licensed data lives outside the repo)")
+    for name in TABLE_NAMES:
+        want = pq.read_schema(FIXTURES / S.TABLES[name].file).remove_metadata()
+        got = pq.read_schema(release / S.TABLES[name].file).remove_metadata()
+        # str() spells out list child names ('element') and nullability, which equals() may not.
+        assert got.equals(want) and str(got) == str(want), f"{name}:\n{got}\n!=\n{want}"
+
+
+def test_release_passes_the_reader_schema_and_value_rules(release: Path) -> None:
+    for name, spec in S.TABLES.items():
+        path = str(release / spec.file)
+        pf = pq.ParquetFile(path)
+        S.check_schema(spec, pf.schema_arrow, path)
+        for rg in range(pf.num_row_groups):
+            S.check_batch(spec, pf.read_row_group(rg).to_batches()[0], path, rg)
+    assert sorted(os.listdir(release)) == sorted([MANIFEST_NAME] + [s.file for s in S.TABLES.values()])
+
+
+def test_same_seed_gives_byte_identical_tables_and_another_seed_does_not(release: Path, tmp_path: Path) -> None:
+    write_synthetic_release(str(tmp_path / "a"), _tiny(seed=0))
+    assert _digests(tmp_path / "a") == _digests(release)
+    m_a = json.loads((tmp_path / "a" / MANIFEST_NAME).read_text())
+    m_r = json.loads((release / MANIFEST_NAME).read_text())
+    m_a.pop("seconds"), m_r.pop("seconds")
+    assert m_a == m_r
+    write_synthetic_release(str(tmp_path / "b"), _tiny(seed=1))
+    differ = [n for n, d in _digests(tmp_path / "b").items() if d != _digests(release)[n]]
+    assert differ == TABLE_NAMES
+
+
+def test_ids_are_nonzero_and_spread_over_int64(release: Path) -> None:
+    uf, items, scl = _read(release, "train_user_features"), _read(release, "item_features"), _read(release, "scl")
+    samples = _read(release, "train_samples")
+    id_columns = {
+        "user": uf.column(S.USER).to_numpy(),
+        "sample user": samples.column(S.USER).to_numpy(),
+        "target": samples.column(S.ITEM).to_numpy(),
+        "behaviour item": uf.column(S.SEQ_ITEMS).combine_chunks().flatten().to_numpy(),
+        "behaviour category": uf.column(S.SEQ_CATS).combine_chunks().flatten().to_numpy(),
+        "item_features item": items.column(S.ITEM).to_numpy(),
+        "item_features category": items.column(S.ITEM_CAT).to_numpy(),
+        "scl item": scl.column(S.ITEM).to_numpy(),
+    }
+    for what, ids in id_columns.items():
+        assert ids.dtype == np.int64 and (ids != 0).all(), f"{what} ids contain 0 (the missing value)"
+    for what in ("user", "behaviour item", "item_features item"):
+        ids = np.unique(id_columns[what])
+        assert ids.min() < -(2**62) and ids.max() > 2**62, f"{what} ids do not span int64"
+        assert 0.35 < (ids < 0).mean() < 0.65, f"{what} ids are not signed-uniform"
+    assert np.unique(uf.column(S.USER).to_numpy()).size == uf.num_rows
+    assert np.unique(items.column(S.ITEM).to_numpy()).size == items.num_rows
+    # Missing values exist where the release has them: 130_x fields and 213/214 attributes.
+    user_fields = np.stack([uf.column(c).to_numpy() for c in S.USER_FIELDS])
+    assert 0 < (user_fields == 0).mean() < 0.1
+    attrs = np.stack([items.column(c).to_numpy() for c in S.ITEM_ATTRS])
+    assert 0 < (attrs == 0).mean() < 0.1
+    # 130_5 shares 130_1's value vocabulary, as in the release.
+    f1, f5 = set(uf.column("130_1").to_numpy().tolist()) - {0}, set(uf.column("130_5").to_numpy().tolist()) - {0}
+    assert f5 <= f1
+
+
+def test_positive_rate_and_one_hot_labels(release: Path) -> None:
+    for split in S.SPLITS:
+        lab = _read(release, f"{split}_samples").column(S.LABEL).combine_chunks().flatten().to_numpy()
+        lab = lab.reshape(-1, 2)
+        assert (lab.sum(1) == 1).all()
+        assert 0.10 < lab[:, 1].mean() < 0.18, f"{split} positive rate {lab[:, 1].mean():.3f}"
+
+
+def test_sequences_are_aligned_varied_and_consistent_with_item_features(release: Path) -> None:
+    cfg = _tiny(seed=0)
+    items = _read(release, "item_features")
+    cat_of = dict(zip(items.column(S.ITEM).to_numpy().tolist(), items.column(S.ITEM_CAT).to_numpy().tolist()))
+    for split in S.SPLITS:
+        uf = _read(release, f"{split}_user_features")
+        seq_i, seq_c = uf.column(S.SEQ_ITEMS).to_pylist(), uf.column(S.SEQ_CATS).to_pylist()
+        lens = np.array([len(s) for s in seq_i])
+        assert lens.tolist() == [len(c) for c in seq_c]
+        assert lens.min() >= cfg.min_seq_len and lens.max() == cfg.max_seq_len
+        assert (lens < 50).any() and (lens == cfg.max_seq_len).mean() > 0.3, "lengths are not varied"
+        pairs = [(i, c) for s, cs in zip(seq_i, seq_c) for i, c in zip(s, cs) if i in cat_of]
+        assert pairs and all(cat_of[i] == c for i, c in pairs)
+    samples = _read(release, "train_samples").column(S.USER).to_numpy()
+    runs = 1 + np.count_nonzero(samples[1:] != samples[:-1])
+    assert runs == np.unique(samples).size, "samples are not grouped by user"
+    assert 8 < samples.size / np.unique(samples).size < 14, "about 11 impressions per user"
+
+
+def test_test_split_users_and_extended_histories(release: Path) -> None:
+    train_uf, test_uf = _read(release, "train_user_features"), _read(release, "test_user_features")
+    train_seq = dict(zip(train_uf.column(S.USER).to_pylist(), train_uf.column(S.SEQ_ITEMS).to_pylist()))
+    test_seq = dict(zip(test_uf.column(S.USER).to_pylist(), test_uf.column(S.SEQ_ITEMS).to_pylist()))
+    seen = [u for u in test_seq if u in train_seq]
+    assert 0 < len(test_seq) - len(seen) < 0.25 * len(test_seq), "a few test users must be unseen in train"
+    assert set(_read(release, "test_samples").column(S.USER).to_pylist()) == set(test_seq)
+    max_len = _tiny().max_seq_len
+    uncapped = [u for u in seen if len(test_seq[u]) < max_len]
+    assert uncapped
+    for u in uncapped:  # the test snapshot extends the train snapshot at the newest end
+        assert test_seq[u][: len(train_seq[u])] == train_seq[u]
+    assert sum(len(test_seq[u]) > len(train_seq[u]) for u in uncapped) > 0.5 * len(uncapped)
+
+
+def test_scl_table_is_quantised_unit_vectors_covering_targets_and_most_behaviours(release: Path) -> None:
+    scl = _read(release, "scl")
+    vec = scl.column(S.SCL_VECTOR).combine_chunks().flatten().to_numpy().reshape(scl.num_rows, -1)
+    assert vec.dtype == np.int8 and vec.shape[1] == S.SCL_DIM
+    norm = np.linalg.norm(vec.astype(np.float64), axis=1) / 127.0
+    assert (norm <= 1.0 + 1e-9).all() and norm.mean() > 0.9  # truncation only shrinks
+    have = set(scl.column(S.ITEM).to_pylist())
+    for split in S.SPLITS:
+        assert set(_read(release, f"{split}_samples").column(S.ITEM).to_pylist()) <= have, "targets lack SCL"
+    beh = _read(release, "train_user_features").column(S.SEQ_ITEMS).combine_chunks().flatten().to_numpy()
+    covered = np.isin(beh, np.array(sorted(have), dtype=np.int64)).mean()
+    assert 0.85 < covered < 1.0, f"SCL covers {covered:.3f} of behaviours (p90-like expected)"
+    item_ids = _read(release, "item_features").column(S.ITEM).to_numpy()
+    assert not np.isin(np.unique(beh), item_ids).all(), "some items must lack an item_features row"
+
+
+def test_long_tail_and_categories_coarser_than_semantics(release: Path) -> None:
+    beh = _read(release, "train_user_features").column(S.SEQ_ITEMS).combine_chunks().flatten().to_numpy()
+    freq = np.sort(np.unique(beh, return_counts=True)[1])[::-1]
+    top10 = freq[: max(1, freq.size // 10)].sum() / freq.sum()
+    assert top10 > 0.4 and (freq <= 2).mean() > 0.2, f"no long tail: top 10% cover {top10:.2f}"
+    # Semantic neighbours (high SCL cosine) often differ in category and one category holds
+    # semantically distant items: category match != semantic match.
+    scl, items = _read(release, "scl"), _read(release, "item_features")
+    ids = scl.column(S.ITEM).to_numpy()
+    vec = scl.column(S.SCL_VECTOR).combine_chunks().flatten().to_numpy().reshape(ids.size, -1).astype(np.float32)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    cat = dict(zip(items.column(S.ITEM).to_numpy().tolist(), items.column(S.ITEM_CAT).to_numpy().tolist()))
+    keep = np.array([i in cat for i in ids.tolist()])
+    vec, cats = vec[keep][:1500], np.array([cat[i] for i in ids[keep][:1500].tolist()])
+    cos = vec @ vec.T
+    iu = np.triu_indices(cos.shape[0], 1)
+    close, same_cat = cos[iu] > 0.5, (cats[:, None] == cats[None, :])[iu]
+    assert 0.05 < (close & ~same_cat).sum() / close.sum() < 0.6
+    assert (same_cat & ~close).sum() > (same_cat & close).sum()
+
+
+def test_semantic_whole_history_beats_recent_window_and_category(release: Path) -> None:
+    d = release_diagnostics(str(release), "train")
+    whole, recent = d["scl_topk_whole"]["gauc"], d["scl_topk_recent"]["gauc"]
+    category = d["category_whole"]["gauc"]
+    assert whole > 0.56 and whole > recent + 0.02 and whole > category + 0.02, json.dumps(d, indent=1)
+
+
+def test_diagnostic_can_fail_when_only_the_recent_interest_drives_clicks(tmp_path: Path) -> None:
+    cfg = _tiny(seed=0, long_weight=0.0, target_long_share=0.0, target_sibling_share=0.0,
+                target_recent_share=0.5, recent_weight=4.0)
+    write_synthetic_release(str(tmp_path), cfg)
+    d = release_diagnostics(str(tmp_path), "train")
+    assert d["scl_topk_recent"]["gauc"] > d["scl_topk_whole"]["gauc"], json.dumps(d, indent=1)
+
+
+def test_group_auc_matches_pairwise_definition() -> None:
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 6, 200)
+    y = (rng.random(200) < 0.3).astype(int)
+    s = np.round(rng.random(200) + 0.3 * y, 1)  # rounding makes ties
+    num = den = 0.0
+    for gid in np.unique(g):
+        m = g == gid
+        pos, neg = s[m & (y == 1)], s[m & (y == 0)]
+        if pos.size and neg.size:
+            pairs = list(itertools.product(pos, neg))
+            auc = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+            num, den = num + m.sum() * auc, den + m.sum()
+    assert group_auc(y, s, g)["gauc"] == pytest.approx(num / den, abs=1e-12)
+    assert group_auc(y, s, np.zeros_like(g))["auc"] == pytest.approx(group_auc(y, s, g)["auc"])
+
+
+def test_config_errors_name_the_knob(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="categories"):
+        write_synthetic_release(str(tmp_path), _tiny(categories=500))
+    with pytest.raises(ValueError, match="recent_share"):
+        _tiny(recent_share=1.5).validate()
+    with pytest.raises(ValueError, match="unknown synth preset 'huge'"):
+        SynthConfig.preset("huge")
+    with pytest.raises(KeyError, match="nope"):
+        _tiny(nope=1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        write_synthetic_release(str(tmp_path / "file"), _tiny())
+
+
+def test_cli_writes_release_and_prints_next_step(tmp_path: Path, capsys) -> None:
+    from muse_rec.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["synth", str(out), "--preset", "tiny", "--users", "60", "--seed", "3", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert f"muse-rec prepare {out} PREPARED" in text and "train: " in text
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["config"]["users"] == 60 and manifest["config"]["seed"] == 3
+    assert manifest["stats"]["train_users"] == _read(out, "train_user_features").num_rows == 60
+    assert main(["synth", str(tmp_path / "bad"), "--preset", "tiny", "--categories", "999", "--quiet"]) == 2
+    assert "categories" in capsys.readouterr().err

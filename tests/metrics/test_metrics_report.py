@@ -1,0 +1,61 @@
+"""Comparison table formatting and atomic metrics JSON."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from muse_rec.metrics import metrics_table, save_metrics_json
+
+ROWS = [
+    {"method": "DIN", "gauc": 0.60823, "auc": 0.7, "logloss": 0.41, "samples_per_s": 12345.6, "wall_s": 61},
+    {"method": "MUSE", "gauc": 0.61541, "auc": float("nan"), "samples_per_s": 9876.0, "wall_s": 75},
+]
+
+
+def test_markdown_table():
+    text = metrics_table(ROWS, formats={"samples_per_s": ",.0f"})
+    lines = text.splitlines()
+    assert len(lines) == 4
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == [
+        "method", "gauc", "auc", "logloss", "samples_per_s", "wall_s"
+    ]
+    # Text left-aligned, numbers right-aligned.
+    assert lines[1].startswith("| ------ | -----:")
+    cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert cells == ["MUSE", "0.6154", "-", "-", "9,876", "75"]  # NaN and missing key show "-"
+    assert len({len(x) for x in lines}) == 1  # columns aligned
+
+
+def test_plain_table_with_chosen_columns():
+    text = metrics_table(ROWS, columns=["method", "gauc"], float_digits=2, style="plain")
+    assert text.splitlines() == ["method  gauc", "------  ----", "DIN     0.61", "MUSE    0.62"]
+    with pytest.raises(ValueError, match="style"):
+        metrics_table(ROWS, style="html")
+    with pytest.raises(ValueError, match="not in the table's columns"):
+        metrics_table(ROWS, columns=["method"], formats={"gauc": ".2f"})
+
+
+def test_save_metrics_json_is_strict_and_atomic(tmp_path):
+    metrics = {
+        "gauc": np.float64(0.61),
+        "samples": np.int64(7),
+        "auc": float("nan"),
+        "loss": torch.tensor(0.5),
+        "by_popularity": [{"group": "[0,1)", "hi": math.inf, "n": np.arange(2)}],
+    }
+    path = save_metrics_json(tmp_path / "sub" / "metrics.json", metrics)
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp left behind
+    loaded = json.loads(path.read_text())
+    assert loaded == {
+        "gauc": 0.61,
+        "samples": 7,
+        "auc": None,
+        "loss": 0.5,
+        "by_popularity": [{"group": "[0,1)", "hi": None, "n": [0, 1]}],
+    }
+    save_metrics_json(path, {"gauc": 0.7})  # overwrite in place
+    assert json.loads(path.read_text()) == {"gauc": 0.7}

@@ -1,0 +1,122 @@
+"""SparseArch on one process: construction, shapes, masking, table sharing, SCL loading."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from muse_rec.data.batch import POOLED_FEATURES, pooled_kjt
+from muse_rec.models.sparse_arch import SparseArch
+from muse_rec.models.sparse_ids import dense_from_jagged, masked_kjt
+
+SIZES = {"item": 60, "category": 7, **{f: 11 for f in POOLED_FEATURES}}
+B, K, R, L = 4, 5, 3, 10
+
+
+def ids(high: int, *shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, high, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def masks(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, K, generator=g) > 0.4, torch.rand(B, R, generator=g) > 0.4
+
+
+@pytest.fixture()
+def arch() -> SparseArch:
+    torch.manual_seed(0)
+    return SparseArch(SIZES, dim_overrides={"user_f1": 8, "user_f2": 8, "user_f3": 8})
+
+
+def test_builds_on_meta_without_storage() -> None:
+    arch = SparseArch({**SIZES, "item": 243_000_000}, device=torch.device("meta"))
+    w = arch.scl.collection.embeddings["scl"].weight
+    assert w.is_meta and tuple(w.shape) == (243_000_000, 128) and w.dtype == torch.float16
+    assert arch.token_dim == 32 and arch.scl.bytes_per_row == 256
+
+
+def test_rejects_missing_and_unknown_tables() -> None:
+    with pytest.raises(KeyError, match="user_f5"):
+        SparseArch({k: v for k, v in SIZES.items() if k != "user_f5"})
+    with pytest.raises(KeyError, match="user_f9"):
+        SparseArch(SIZES, dim_overrides={"user_f9": 8})
+    with pytest.raises(ValueError, match="category dim 8"):
+        SparseArch(SIZES, dim_overrides={"category": 8})
+
+
+def test_pooled_widths_follow_overrides(arch: SparseArch) -> None:
+    kt = arch.pooled_embeddings(pooled_kjt(ids(11, B, len(POOLED_FEATURES))))
+    assert kt.values().shape == (B, arch.pooled_dim) == (B, 8 * 16 - 3 * 8)
+    assert kt.to_dict()["user_f2"].shape == (B, 8) and kt.to_dict()["user_id"].shape == (B, 16)
+
+
+def test_id_tokens_shapes_zeros_and_shared_tables(arch: SparseArch) -> None:
+    gm, rm = masks()
+    gi, gc, ri, rc = ids(60, B, K, seed=2), ids(7, B, K, seed=3), ids(60, B, R, seed=4), ids(7, B, R, seed=5)
+    # Sample 0's target equals its first retrieved behaviour: same rows -> same token.
+    gm[0, 0] = True
+    ti, tc = ids(60, B, seed=6), ids(7, B, seed=7)
+    ti[0], tc[0] = gi[0, 0], gc[0, 0]
+    tok = arch.id_tokens(ti, tc, gi, gc, gm, ri, rc, rm)
+    assert tok.target.shape == (B, 32) and tok.gsu.shape == (B, K, 32) and tok.recent.shape == (B, R, 32)
+    assert torch.count_nonzero(tok.gsu[~gm]) == 0 and torch.count_nonzero(tok.recent[~rm]) == 0
+    assert torch.all(tok.gsu[gm].abs().sum(-1) > 0)
+    assert torch.equal(tok.target[0], tok.gsu[0, 0])
+    item_w = arch.ids.embeddings["item"].weight
+    cat_w = arch.ids.embeddings["category"].weight
+    assert torch.equal(tok.recent[rm], torch.cat([item_w[ri[rm]], cat_w[rc[rm]]], dim=-1))
+
+
+def test_only_valid_ids_get_gradients(arch: SparseArch) -> None:
+    gm, rm = masks()
+    gi, gc, ri, rc = ids(60, B, K, seed=2), ids(7, B, K, seed=3), ids(60, B, R, seed=4), ids(7, B, R, seed=5)
+    tok = arch.id_tokens(ids(60, B, seed=6), ids(7, B, seed=7), gi, gc, gm, ri, rc, rm)
+    (tok.gsu.sum() + tok.recent.sum()).backward()
+    grad = arch.ids.embeddings["item"].weight.grad
+    touched = set(gi[gm].tolist()) | set(ri[rm].tolist())
+    got = set(grad.abs().sum(1).nonzero().squeeze(1).tolist())
+    assert got == touched
+
+
+def test_whole_sequence_lookup_has_no_grad_and_matches(arch: SparseArch) -> None:
+    si, sc = ids(60, B, L, seed=8), ids(7, B, L, seed=9)
+    sm = torch.arange(L).unsqueeze(0) >= torch.tensor([[0], [3], [9], [10]])
+    whole = arch.sequence_tokens_no_grad(si, sc, sm)
+    assert whole.shape == (B, L, arch.token_dim) and not whole.requires_grad
+    assert torch.count_nonzero(whole[~sm]) == 0
+    expect = torch.cat([arch.ids.embeddings["item"].weight[si], arch.ids.embeddings["category"].weight[sc]], -1)
+    assert torch.equal(whole[sm], expect[sm])
+
+
+def test_scl_load_and_lookup_in_storage_dtype(arch: SparseArch) -> None:
+    rng = np.random.default_rng(0)
+    table = rng.integers(-127, 128, size=(60, 128), dtype=np.int8)
+    table[0] = 0
+    assert arch.load_scl_(table) == 60
+    si = ids(60, B, L, seed=10)
+    sm = torch.arange(L).unsqueeze(0) >= torch.tensor([[0], [2], [5], [10]])
+    tgt, seq = arch.scl_vectors(si[:, -1], si, sm)
+    assert tgt.dtype == seq.dtype == torch.float16 and seq.shape == (B, L, 128) and not seq.requires_grad
+    full = torch.from_numpy(table.astype(np.float32))
+    assert torch.equal(seq[sm].float(), full[si[sm]])  # int8 values are exact in fp16
+    assert torch.count_nonzero(seq[~sm]) == 0
+    assert torch.equal(tgt.float(), full[si[:, -1]])
+
+
+def test_scl_load_rejects_bad_arrays(arch: SparseArch) -> None:
+    with pytest.raises(ValueError, match=r"shape \(59, 128\).*\(60, 128\)"):
+        arch.load_scl_(np.zeros((59, 128), np.int8))
+    bad = np.ones((60, 128), np.int8)
+    with pytest.raises(ValueError, match="row 0"):
+        arch.load_scl_(bad)
+
+
+def test_masked_kjt_round_trip() -> None:
+    x = torch.arange(12).view(3, 4)
+    m = torch.tensor([[True, False, True, False], [False] * 4, [True] * 4])
+    kjt = masked_kjt(["a"], [x], [m])
+    assert kjt.lengths().tolist() == [2, 0, 4] and kjt.values().tolist() == [0, 2, 8, 9, 10, 11]
+    dense = dense_from_jagged(kjt.values().float().unsqueeze(1), m).squeeze(-1)
+    assert torch.equal(dense, (x * m).float())
+    with pytest.raises(ValueError, match="'a'"):
+        masked_kjt(["a"], [x], [m[:, :2]])

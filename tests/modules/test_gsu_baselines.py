@@ -1,0 +1,104 @@
+"""Baseline GSUs: SIM-hard (category), TWIN (attention), MISS (co-occurrence + merge)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from muse_rec.modules import (
+    AttentionGSU,
+    CategoryGSU,
+    CooccurrenceGSU,
+    GSUResult,
+    TargetAttention,
+    merge_gsu_results,
+)
+
+
+def right_aligned_mask(lengths, L: int) -> torch.Tensor:
+    return torch.arange(L).unsqueeze(0) >= (L - torch.as_tensor(lengths)).unsqueeze(1)
+
+
+def test_category_gsu_most_recent_matches_hand_example():
+    #            pos: 0  1  2  3  4  5  6  7
+    cats = torch.tensor([[5, 5, 3, 5, 7, 5, 3, 5],
+                         [5, 5, 5, 5, 5, 5, 5, 5],
+                         [0, 0, 0, 0, 0, 0, 0, 0]])
+    mask = right_aligned_mask([7, 2, 8], 8)  # row 0: position 0 is padding (holding a 5)
+    res = CategoryGSU(top_k=3)(torch.tensor([5, 5, 0]), cats, mask)
+    assert res.indices.tolist() == [[7, 5, 3], [7, 6, 0], [0, 0, 0]]
+    assert res.valid.tolist() == [[True] * 3, [True, True, False], [False] * 3]
+    assert res.scores.tolist() == [[1.0] * 3, [1.0, 1.0, 0.0], [0.0] * 3]  # unknown category matches nothing
+    # K > L pads with invalid slots; asking for more returns the older matches too.
+    res = CategoryGSU(top_k=10)(torch.tensor([5, 5, 0]), cats, mask)
+    assert res.indices.shape == (3, 10)
+    assert res.indices[0, :4].tolist() == [7, 5, 3, 1] and res.valid[0].sum() == 4
+
+
+def test_category_gsu_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="seq_cats"):
+        CategoryGSU(2)(torch.tensor([1]), torch.ones(1, 4, 1, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_attention_gsu_uses_esu_logits_and_no_grad():
+    torch.manual_seed(0)
+    ta = TargetAttention(16, 16, 8)
+    gsu = AttentionGSU(ta, top_k=5, chunk_size=7)  # L not a multiple of the chunk
+    q = torch.randn(3, 16, requires_grad=True)
+    k = torch.randn(3, 30, 16, requires_grad=True)
+    mask = right_aligned_mask([30, 12, 2], 30)
+    res = gsu(q, k, mask)
+    with torch.no_grad():
+        logits = ta.logits(q, k).masked_fill(~mask, float("-inf"))
+    ref_vals, ref_idx = logits.topk(5, dim=1)
+    valid = torch.isfinite(ref_vals)
+    assert torch.equal(res.valid, valid)
+    assert torch.equal(res.indices[valid], ref_idx[valid])
+    torch.testing.assert_close(res.scores[valid], ref_vals[valid])
+    assert not res.scores.requires_grad
+    # Shared parameters, registered once.
+    names = [n for n, _ in torch.nn.ModuleDict({"esu": ta, "gsu": gsu}).named_parameters()]
+    assert len(names) == len(list(ta.parameters()))
+
+
+def test_cooccurrence_scores_hand_example():
+    items = torch.tensor([[9, 1, 2, 4, 1, 8, 6, 5]])
+    cats = torch.tensor([[3, 7, 3, 4, 7, 4, 4, 4]])
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    gsu = CooccurrenceGSU(top_k=4, window=1, item_weight=2.0)
+    # target item 1 (cat 7): anchors = 2*[item==1] + [cat==7] = [0,3,0,0,3,0,0,0]
+    score = gsu.scores(torch.tensor([1]), torch.tensor([7]), items, cats, mask)
+    assert score.tolist() == [[3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 0.0, 0.0]]
+    res = gsu(torch.tensor([1]), torch.tensor([7]), items, cats, mask)
+    assert res.indices.tolist() == [[5, 4, 3, 2]]  # equal counts -> newest first
+    assert res.valid.all() and res.scores.tolist() == [[3.0] * 4]
+    res = CooccurrenceGSU(top_k=8, window=0)(torch.tensor([1]), torch.tensor([7]), items, cats, mask)
+    assert res.indices[0, :2].tolist() == [4, 1] and res.valid[0].sum() == 2  # zero counts not eligible
+
+
+def test_cooccurrence_ignores_padding_and_unknown():
+    items = torch.tensor([[1, 1, 0, 3]])
+    cats = torch.tensor([[7, 7, 0, 2]])
+    mask = right_aligned_mask([2], 4)
+    res = CooccurrenceGSU(top_k=3, window=5)(torch.tensor([0]), torch.tensor([0]), items, cats, mask)
+    assert not res.valid.any()  # unknown target: nothing co-occurs
+    res = CooccurrenceGSU(top_k=3, window=5)(torch.tensor([1]), torch.tensor([7]), items, cats, mask)
+    assert not res.valid.any()  # the matches are padding
+
+
+def _result(indices, valid, scores=None) -> GSUResult:
+    idx = torch.tensor(indices)
+    v = torch.tensor(valid)
+    s = torch.tensor(scores, dtype=torch.float32) if scores is not None else v.float()
+    return GSUResult(indices=idx, scores=s, valid=v, has_score=v.clone())
+
+
+def test_merge_interleaves_dedupes_and_pads():
+    a = _result([[4, 2, 9, 0]], [[True, True, True, False]], [[0.9, 0.5, 0.1, 0.0]])
+    b = _result([[2, 7, 0]], [[True, True, False]], [[3.0, 2.0, 0.0]])
+    m = merge_gsu_results(a, b, top_k=6)
+    # a4, b2, a2 (dup of b2), b7, a9 -> 4, 2, 7, 9
+    assert m.indices.tolist() == [[4, 2, 7, 9, 0, 0]]
+    assert m.valid.tolist() == [[True] * 4 + [False] * 2]
+    assert m.scores.tolist() == [[pytest.approx(0.9), 3.0, 2.0, pytest.approx(0.1), 0.0, 0.0]]
+    m = merge_gsu_results(a, b, top_k=2)
+    assert m.indices.tolist() == [[4, 2]] and m.valid.all()

@@ -1,0 +1,52 @@
+"""SimTier on hand-computed cosines."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from muse_rec.modules import SimTier
+
+
+def test_tiers_follow_reference_binning():
+    st = SimTier()
+    r = torch.tensor([[0.95, 0.93, 0.05, -0.25, -1.0, 0.0, 1.0, -0.95, 1.0000001]])
+    # ceil(r / 0.1) + 10
+    assert st.tiers(r).tolist() == [[20, 20, 11, 8, 0, 10, 20, 1, 21]]
+
+
+def test_counts_and_output_hand_computed():
+    st = SimTier()
+    with torch.no_grad():
+        st.weight.copy_(torch.linspace(0.0, 1.0, 22))
+    r = torch.tensor([[0.95, 0.93, 0.05, -0.25, -1.0, 0.0, 0.95],
+                      [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]], requires_grad=True)
+    mask = torch.tensor([[True, True, True, True, True, True, False],  # last slot: not counted
+                         [False] * 7])
+    counts = st.counts(r, mask)
+    expected = torch.zeros(2, 22)
+    for tier, n in {20: 2, 11: 1, 8: 1, 0: 1, 10: 1}.items():
+        expected[0, tier] = n
+    assert torch.equal(counts, expected)
+    out = st(r, mask)
+    assert out.shape == (2, 22)
+    w = torch.linspace(0.0, 1.0, 22)
+    assert out[0, 20].item() == pytest.approx(math.log(3.0) * w[20].item(), rel=1e-6)
+    assert out[0, 11].item() == pytest.approx(math.log(2.0) * w[11].item(), rel=1e-6)
+    assert torch.equal(out[1], torch.zeros(22))  # nothing to count
+    # Gradient reaches w (= log1p(count)), never R.
+    out.sum().backward()
+    torch.testing.assert_close(st.weight.grad, torch.log1p(expected).sum(0))
+    assert r.grad is None
+
+
+def test_init_and_meta_and_errors():
+    st = SimTier(num_tiers=22)
+    assert st.weight.shape == (22,) and (st.weight >= 0).all() and (st.weight <= 1).all()
+    meta = SimTier(device=torch.device("meta"))
+    assert meta.weight.is_meta
+    with pytest.raises(ValueError, match="mask must be bool"):
+        st(torch.zeros(1, 3), torch.ones(1, 3))
+    with pytest.raises(ValueError, match="similarities"):
+        st(torch.zeros(1, 3), torch.ones(1, 4, dtype=torch.bool))
