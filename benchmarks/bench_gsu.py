@@ -105,7 +105,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per case (median)")
     parser.add_argument("--chunk-size", type=int, default=None, help="CosineGSU chunk_size (default: its own)")
     parser.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0 = torch's default). On a shared, oversubscribed "
+                             "box use 1: the chunk loop's many small parallel regions stall otherwise")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     gen = torch.Generator().manual_seed(0)
     chunk = args.chunk_size or CosineGSU().chunk_size

@@ -8,10 +8,6 @@ Run from the repository root (`.torchxconfig` makes local_cwd the default schedu
 The launch profile (torchx.yaml) fixes nodes x processes, resources and environment; the spec
 fixes everything about the run itself.
 """
-from __future__ import annotations
-
-from typing import Optional
-
 import torchx.specs as specs
 from torchx.components import dist
 
@@ -19,12 +15,12 @@ from muse_rec.launch import get_profile, train_args
 
 
 def train(
-    spec: Optional[str] = None,
+    spec: str = "",
     profile: str = "cpu-demo",
-    set: Optional[str] = None,
+    set: str = "",
     resume: bool = False,
     rdzv_port: int = 0,
-    profiles_file: Optional[str] = None,
+    profiles_file: str = "",
 ) -> specs.AppDef:
     """Train and evaluate one muse_rec spec with DistributedModelParallel on every rank.
 
@@ -36,8 +32,9 @@ def train(
         rdzv_port: c10d rendezvous port (0 = the profile's)
         profiles_file: another launch-profiles file instead of torchx.yaml
     """
-    p = get_profile(profile, profiles_file)
-    overrides = [s for s in (set or "").split(",") if s]
+    # Primitive arguments only (TorchX decodes the command line by the annotations).
+    p = get_profile(profile, profiles_file or None)
+    overrides = [s for s in set.split(",") if s]
     return dist.ddp(
         *train_args(spec or p.spec, overrides, resume),
         m="muse_rec.cli",

@@ -42,6 +42,17 @@ ITEM_ATTR_VOCABS = dict(zip(S.ITEM_ATTRS, ["item_f213", "item_f214"]))
 ITEM_ATTR_COLUMNS = ["category", "item_f213", "item_f214"]
 USER_FIELD_COLUMNS = ["user_id", "user_f1", "user_f2", "user_f3", "user_f4", "user_f5"]
 BUILD_DIR = ".build"
+SAMPLE_ARRAYS = ["labels", "sample_user_keys", "sample_item_keys", "sample_user_rows", "sample_items", "sample_users"]
+USER_ARRAYS = ["user_keys", "user_fields", "user_sorted_keys", "user_sorted_index", "seq_offsets", "seq_items",
+               "seq_cats"]
+
+
+def output_files() -> List[str]:
+    """Relative paths of every array a finished preparation holds (meta.json aside)."""
+    files = [f"vocab/{n}.npy" for n in VOCAB_NAMES]
+    files += [f"items/{n}.npy" for n in ("attrs", "scl", "scl_present", "popularity")]
+    files += [f"{s}/{n}.npy" for s in S.SPLITS for n in USER_ARRAYS + SAMPLE_ARRAYS]
+    return sorted(files)
 
 
 @dataclass
@@ -58,7 +69,7 @@ class PrepareConfig:
     """
 
     vocab: str = "full"
-    batch_rows: int = 16_384
+    batch_rows: int = 4_096
     partition_bits: int = 8
     spill_buffer_bytes: int = 16 << 20
     progress: bool = True
@@ -273,9 +284,6 @@ class _Prepare:
                 "scl_coverage_targets": s["targets_with_scl"] / max(s["samples"], 1),
                 "scl_coverage_behaviours": u["behaviours_with_scl"] / max(u["behaviours"], 1),
             }
-        files = sorted(os.path.relpath(os.path.join(dp, f), self.build)
-                       for dp, _, fs in os.walk(self.build) for f in fs
-                       if f.endswith(".npy") and not dp.startswith(os.path.join(self.build, "done")))
         return {
             "format_version": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
@@ -287,7 +295,7 @@ class _Prepare:
             "popularity": stats["popularity"],
             "config": asdict(self.cfg),
             "source": self.raw.root,
-            "files": files,
+            "files": output_files(),
         }
 
     def publish(self, meta: Dict[str, object]) -> None:
@@ -295,9 +303,12 @@ class _Prepare:
         if os.path.exists(final_meta):
             os.remove(final_meta)  # from here until the new meta.json lands, OUT is "not prepared"
         for rel in meta["files"]:  # type: ignore[union-attr]
-            dst = os.path.join(self.out, rel)
+            src, dst = os.path.join(self.build, rel), os.path.join(self.out, rel)
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            os.replace(os.path.join(self.build, rel), dst)
+            if os.path.exists(src):
+                os.replace(src, dst)
+            elif not os.path.exists(dst):  # absent in both: only an interrupted publish moves files out
+                raise FileNotFoundError(f"{src}: step output missing; delete {self.build} and run again")
         write_json(final_meta, meta)
         shutil.rmtree(self.build)
 

@@ -15,7 +15,8 @@ import numpy as np
 from iopath.common.file_io import g_pathmgr
 
 from muse_rec.data.files import read_npy_shape
-from muse_rec.data.prepare import FORMAT_VERSION, ITEM_ATTR_COLUMNS, USER_FIELD_COLUMNS, VOCAB_NAMES
+from muse_rec.data.prepare import (FORMAT_VERSION, ITEM_ATTR_COLUMNS, SAMPLE_ARRAYS, USER_FIELD_COLUMNS, VOCAB_NAMES,
+                                   output_files)
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SCL_DIM, SPLITS
 from muse_rec.data.vocab import Vocab
@@ -43,9 +44,10 @@ def _expected_shapes(meta: dict) -> Dict[str, Tuple[int, ...]]:
             f"{split}/user_sorted_keys.npy": (u,), f"{split}/user_sorted_index.npy": (u,),
             f"{split}/seq_offsets.npy": (u + 1,), f"{split}/seq_items.npy": (b,), f"{split}/seq_cats.npy": (b,),
         })
-        for name in ["labels", "sample_user_keys", "sample_item_keys", "sample_user_rows", "sample_items",
-                     "sample_users"]:
+        for name in SAMPLE_ARRAYS:
             shapes[f"{split}/{name}.npy"] = (n,)
+    if sorted(shapes) != output_files():  # one layout, stated twice: keep them in step
+        raise RuntimeError("prepared.py and prepare.py disagree on the prepared layout")
     return shapes
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # Column names of the release (feature ids of the original Taobao logging system).
 LABEL = "label_0"  # list<int8> one-hot [1-y, y]
@@ -108,22 +110,21 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> None:
             raise raw_error(file, f"type {got}, expected {want}", column=name)
 
 
-def list_lengths(arr: pa.Array) -> "pa.Array":
+def list_lengths(arr: pa.Array) -> pa.Array:
     """Row lengths of a (large) list array as an Arrow int array; nulls have length 0."""
-    import pyarrow.compute as pc
-
     return pc.fill_null(pc.list_value_length(arr), 0)
 
 
 def check_batch(spec: TableSpec, batch: pa.RecordBatch, file: str, row_group: int) -> None:
     """Check one record batch against the value rules of `spec` (vectorised, no per-row Python)."""
-    import numpy as np
-    import pyarrow.compute as pc
-
     for name in spec.columns:
         col = batch.column(batch.schema.get_field_index(name))
         if col.null_count:
             raise raw_error(file, f"{col.null_count} null value(s)", row_group, name)
+        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            inner = pc.list_flatten(col).null_count
+            if inner:
+                raise raw_error(file, f"{inner} null list element(s)", row_group, name)
     for name, want in spec.fixed_list_len.items():
         lens = list_lengths(batch.column(batch.schema.get_field_index(name))).to_numpy(zero_copy_only=False)
         bad = np.flatnonzero(lens != want)

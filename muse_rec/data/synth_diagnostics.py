@@ -31,45 +31,21 @@ DEFAULT_SIMILAR = 0.5  # cosine above which two behaviours count as the same int
 
 
 def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> Dict[str, float]:
-    """Exact AUC per group (ties count 0.5), groups with one label value skipped.
+    """GAUC over ``groups`` and global AUC, by the project's one exact implementation
+    (`muse_rec.metrics`: ties count 0.5, groups with one label value skipped).
 
-    Returns ``{"gauc": sum_g n_g AUC_g / sum_g n_g, "auc": global AUC, "groups": used groups}``.
+    Returns ``{"gauc": ..., "auc": ..., "groups": groups that count}``.
     """
+    from muse_rec.metrics import auc, user_auc
+
     labels = np.asarray(labels, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     groups = np.asarray(groups)
     if not (labels.shape == scores.shape == groups.shape):
         raise ValueError(f"labels {labels.shape}, scores {scores.shape} and groups {groups.shape} differ in shape")
     g_codes = np.unique(groups, return_inverse=True)[1].astype(np.int64)
-    gauc, used = _auc_by_group(labels, scores, g_codes)
-    auc, _ = _auc_by_group(labels, scores, np.zeros_like(g_codes))
-    return {"gauc": gauc, "auc": auc, "groups": used}
-
-
-def _auc_by_group(labels: np.ndarray, scores: np.ndarray, g: np.ndarray):
-    n = labels.shape[0]
-    order = np.lexsort((scores, g))
-    g_s, s_s, y_s = g[order], scores[order], labels[order]
-    # Average 1-based rank within each (group, score) tie run.
-    new_run = np.ones(n, dtype=bool)
-    new_run[1:] = (g_s[1:] != g_s[:-1]) | (s_s[1:] != s_s[:-1])
-    run_id = np.cumsum(new_run) - 1
-    first_of_group = np.ones(n, dtype=bool)
-    first_of_group[1:] = g_s[1:] != g_s[:-1]
-    group_start = np.maximum.accumulate(np.where(first_of_group, np.arange(n), 0))
-    rank = np.arange(n) - group_start + 1.0
-    run_mean = np.bincount(run_id, weights=rank) / np.bincount(run_id)
-    avg_rank = run_mean[run_id]
-    G = int(g.max()) + 1 if n else 0
-    pos = np.bincount(g_s, weights=y_s, minlength=G)
-    cnt = np.bincount(g_s, minlength=G).astype(np.float64)
-    neg = cnt - pos
-    rank_sum = np.bincount(g_s, weights=avg_rank * y_s, minlength=G)
-    ok = (pos > 0) & (neg > 0)
-    if not ok.any():
-        return float("nan"), 0
-    auc = (rank_sum[ok] - pos[ok] * (pos[ok] + 1) / 2) / (pos[ok] * neg[ok])
-    return float(np.sum(cnt[ok] * auc) / np.sum(cnt[ok])), int(ok.sum())
+    per_group = user_auc(g_codes, scores, labels)
+    return {"gauc": per_group.gauc(), "auc": auc(scores, labels), "groups": int(per_group.valid.sum())}
 
 
 def _topk_mean(sim: np.ndarray, k: int) -> np.ndarray:

@@ -43,6 +43,7 @@ def shard_model(
     frozen_output_dtype: SparseType = SparseType.FP32,
     constraints: Optional[Mapping[str, ParameterConstraints]] = None,
     sharders: Optional[List[ModuleSharder[nn.Module]]] = None,
+    sparse_optimizer: Optional[Any] = None,
 ) -> DistributedModelParallel:
     """Shard `model` (built on ``meta`` or any device) over the process group.
 
@@ -58,12 +59,18 @@ def shard_model(
             frozen table on several ranks (checked; see `sharders`).
         constraints: planner constraints when `plan` is None (default: `make_constraints`).
         sharders: override the sharders entirely (then the fused_* arguments are unused).
+        sparse_optimizer: an optimizer spec (``.name``, ``.lr``, ``.eps``, ``.weight_decay``,
+            e.g. ``muse_rec.spec.OptimizerSpec``); when given it replaces the fused_* arguments.
 
     Returns:
         The DMP; ``dmp.fused_optimizer`` holds the fused tables' optimizers.
     """
     if not dist.is_initialized():
         raise RuntimeError("shard_model needs a process group: call muse_rec.distributed.env.init_distributed() first")
+    if sparse_optimizer is not None:
+        fused_optimizer, fused_lr = sparse_optimizer.name, sparse_optimizer.lr
+        fused_eps = getattr(sparse_optimizer, "eps", fused_eps)
+        fused_weight_decay = getattr(sparse_optimizer, "weight_decay", fused_weight_decay)
     if sharders is None:
         config = FusedOptimizerConfig(
             name=fused_optimizer,
@@ -128,3 +135,21 @@ def combined_optimizer(
     if dense_parameters(dmp):
         parts.append(dense_optimizer(dmp, dense_lr, dense_weight_decay, factory))
     return CombinedOptimizer(parts)
+
+
+# Dense optimizers an optimizer spec may name, built from (params, spec).
+_DENSE_OPTIMIZERS: Mapping[str, Callable[[List[nn.Parameter], Any], torch.optim.Optimizer]] = {
+    "adamw": lambda ps, o: torch.optim.AdamW(ps, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay),
+    "adam": lambda ps, o: torch.optim.Adam(ps, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay),
+    "sgd": lambda ps, o: torch.optim.SGD(ps, lr=o.lr, weight_decay=o.weight_decay),
+    "adagrad": lambda ps, o: torch.optim.Adagrad(ps, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay),
+}
+
+
+def build_optimizer(dmp: DistributedModelParallel, dense: Any) -> CombinedOptimizer:
+    """`combined_optimizer` from a dense optimizer spec (``.name`` in adamw/adam/sgd/adagrad,
+    ``.lr``, ``.eps``, ``.betas``, ``.weight_decay``, e.g. ``muse_rec.spec.OptimizerSpec``)."""
+    if dense.name not in _DENSE_OPTIMIZERS:
+        raise ValueError(f"dense optimizer {dense.name!r} unknown; known: {sorted(_DENSE_OPTIMIZERS)}")
+    make = _DENSE_OPTIMIZERS[dense.name]
+    return combined_optimizer(dmp, dense.lr, dense.weight_decay, factory=lambda ps: make(ps, dense))

@@ -23,6 +23,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from muse_rec.data.batch import Batch
 from muse_rec.models.sparse_arch import SparseArch
@@ -95,7 +96,7 @@ class LifelongCTRModel(nn.Module):
             if not isinstance(self.esu_attention, TargetAttention):
                 raise ValueError("model.gsu.kind 'attention' (TWIN) scores with the ESU's target attention: "
                                  "set model.esu.attention: ta")
-            self.gsu = AttentionGSU(self.top_k, self.esu_attention)
+            self.gsu = AttentionGSU(self.esu_attention, self.top_k)
         elif g.kind == "cooccurrence_scl":
             self.gsu = CooccurrenceGSU(self.top_k)
             self.mm_gsu = CosineGSU(self.top_k, chunk_size=g.chunk_size)
@@ -141,11 +142,22 @@ class LifelongCTRModel(nn.Module):
         return self.gsu(tgt, seq_tok, mask)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """``batch`` -> logits ``[B]`` (pre-sigmoid)."""
+        """``batch`` -> logits ``[B]`` (pre-sigmoid).
+
+        The pooled EBC is called on ``batch.pooled`` right here, so `TrainPipelineSparseDist`'s
+        FX trace finds it and overlaps its input distribution with the previous step. The rest
+        (GSU -> selected-id lookup -> ESU) depends on data computed in the forward, so it runs
+        behind `_search_and_score`, which the trace treats as one opaque call.
+        """
+        pooled = self.sparse_arch.pooled(batch.pooled)
+        return _search_and_score(self, batch, pooled)
+
+    def search_and_score(self, batch: Batch, pooled_kt: KeyedTensor) -> torch.Tensor:
+        """Everything after the pooled lookup: ``[B]`` logits."""
         e, s = self.spec.esu, self.spec.short_term
         L = batch.seq_items.shape[1]
         mask = batch.seq_mask()
-        pooled = self.sparse_arch.pooled_embeddings(batch.pooled).values()  # [B, P]
+        pooled = self.sparse_arch.in_feature_order(pooled_kt).values()  # [B, P], fixed column order
 
         scl_t = scl_seq = None
         if self.uses_scl:
@@ -209,6 +221,15 @@ class LifelongCTRModel(nn.Module):
             return torch.where(ok, cos, 0.0), ok
 
 
+def _search_and_score(model: LifelongCTRModel, batch: Batch, pooled: KeyedTensor) -> torch.Tensor:
+    return model.search_and_score(batch, pooled)
+
+
+# Opaque to torch.fx: TorchRec's pipeline traces the model's forward to find sharded modules fed
+# straight from the batch; the data-dependent search below must not be traced.
+torch.fx.wrap("_search_and_score")
+
+
 class LifelongCTRTrain(nn.Module):
     """Loss wrapper: ``batch -> (loss, (loss, logits, labels))`` for `TrainPipelineSparseDist`.
 
@@ -225,6 +246,11 @@ class LifelongCTRTrain(nn.Module):
         per_sample = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none")
         loss = (per_sample * batch.weights).sum() / batch.weights.sum().clamp_min(1.0)
         return loss, (loss.detach(), logits.detach(), batch.labels)
+
+
+def is_frozen_key(key: str) -> bool:
+    """True for state of the frozen SCL table (checkpoints leave it out; it is reloaded from data)."""
+    return ".sparse_arch.scl." in f".{key}"
 
 
 def build_train_model(spec: ModelSpec, table_sizes: Mapping[str, int], seq_len: int,

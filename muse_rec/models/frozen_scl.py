@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
-from torchrec import DataType, EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
+from torchrec import DataType, EmbeddingCollection, EmbeddingConfig
 from torchrec.modules.embedding_configs import data_type_to_dtype
 
 from muse_rec.models.sparse_ids import dense_from_jagged, masked_kjt

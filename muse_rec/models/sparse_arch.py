@@ -165,7 +165,11 @@ class SparseArch(nn.Module):
         first); the columns are put back in the fixed order so ``.values()`` means the same
         thing whatever the plan.
         """
-        kt = self.pooled(pooled)
+        return self.in_feature_order(self.pooled(pooled))
+
+    @staticmethod
+    def in_feature_order(kt: KeyedTensor) -> KeyedTensor:
+        """The pooled EBC's output with its columns in `POOLED_FEATURES` order."""
         if kt.keys() == POOLED_FEATURES:
             return kt
         by_key = kt.to_dict()

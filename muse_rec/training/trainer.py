@@ -28,7 +28,7 @@ from muse_rec.data.loader import make_loader
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
-from muse_rec.models.ctr_model import build_train_model
+from muse_rec.models.ctr_model import build_train_model, is_frozen_key
 from muse_rec.spec import Spec, SpecError
 from muse_rec.training.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
 from muse_rec.training.evaluate import evaluate
@@ -212,7 +212,7 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
     arch = dmp.module.model.sparse_arch
     arch.load_scl_(data.scl())  # frozen: loaded, never trained, never saved
     optimizer = build_optimizer(dmp, spec.train.dense_optimizer)
-    return dmp, optimizer, arch.is_frozen_key
+    return dmp, optimizer, is_frozen_key
 
 
 def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,

@@ -72,6 +72,8 @@ CASES = {
                             [S.SEQ_CATS, "row group 1", "differ in length"]),
     "empty table": ("item_features", lambda t: t.slice(0, 0), ["empty table"]),
     "null id": ("train_samples", lambda t: _set_row(t, S.ITEM, BAD_ROW, None), [S.ITEM, "null"]),
+    "null behaviour": ("train_user_features", lambda t: _set_row(t, S.SEQ_ITEMS, 50, [1, None]),
+                       [S.SEQ_ITEMS, "row group 1", "null list element"]),
 }
 
 
@@ -139,3 +141,21 @@ def test_prepared_dir_validation(workspace, tmp_path: Path) -> None:
     (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(PreparedDataError, match="format_version"):
         PreparedData(str(out))
+
+
+def test_sample_without_user_row_gets_empty_history(workspace) -> None:
+    """Documented handling (docs/data.md): kept, warned, counted; empty history, unknown user fields."""
+    raw, out = workspace
+    orphan = 123_456_789  # a user with a train sample but no train_user_features row
+    _rewrite(raw, "train_samples", lambda t: _set_row(t, S.USER, 0, orphan))
+    with pytest.warns(UserWarning) as caught:
+        meta = prepare(str(raw), str(out), CFG)
+    assert any("no row in train_user_features" in str(w.message) for w in caught)
+    before = sum(1 for r in pq.read_table(raw / S.TABLES["train_samples"].file).column(S.USER).to_pylist()
+                 if r == orphan)
+    assert meta["splits"]["train"]["samples_without_user_row"] >= before == 1
+    first = next(iter(make_loader(str(out), "train", 4, 8)))
+    pooled = first.pooled.to_dict()
+    assert int(first.user_keys[0]) == orphan and int(first.seq_lengths[0]) == 0 and not first.seq_items[0].any()
+    assert all(int(pooled[f"user_f{k}"].values()[0]) == 0 for k in range(1, 6))
+    assert int(pooled["user_id"].values()[0]) > 0  # still a known train user (from train_samples)

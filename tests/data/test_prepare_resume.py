@@ -92,3 +92,26 @@ def test_complete_output_is_not_recomputed_until_input_changes(raw: Path, tmp_pa
 def test_bad_vocab_mode(raw: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="vocab mode"):
         P.prepare(str(raw), str(tmp_path / "o"), P.PrepareConfig(vocab="p50"))
+
+
+def test_interrupted_publish_is_finished_by_the_next_run(raw: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    real_replace = os.replace
+    moved = []
+
+    def flaky_replace(src, dst):
+        if f"/{P.BUILD_DIR}/" in str(src) and f"/{P.BUILD_DIR}/" not in str(dst):
+            if len(moved) == 7:
+                raise KeyboardInterrupt("killed while publishing")
+            moved.append(dst)
+        return real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", flaky_replace)
+        with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
+            P.prepare(str(raw), str(out), CFG)
+    assert len(moved) == 7 and not (out / "meta.json").exists()
+    meta = P.prepare(str(raw), str(out), CFG)
+    data = PreparedData(str(out))  # validates every file's shape against meta.json
+    assert data.meta == meta and sorted(meta["files"]) == P.output_files()

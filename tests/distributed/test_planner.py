@@ -1,0 +1,61 @@
+"""Planning on meta (no allocation), constraints, summaries; DistEnv parsing; sharder checks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from muse_rec.data.batch import POOLED_FEATURES
+from muse_rec.distributed.env import DistEnv
+from muse_rec.distributed.planner import GiB, format_summary, make_constraints, make_plan, make_topology, plan_summary
+from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
+from muse_rec.models.sparse_arch import SparseArch
+
+P90 = {"item": 35_400_000, "category": 26_000, "user_id": 6_900_000, **{f: 100 for f in POOLED_FEATURES[1:]}}
+
+
+def test_fake_8_gpu_plan_on_meta_row_wise_scl() -> None:
+    arch = SparseArch(P90, device=torch.device("meta"))
+    sharders = make_sharders(FusedOptimizerConfig(), "cuda")
+    topo = make_topology(8, "cuda", hbm_bytes_per_rank=80 * GiB)
+    plan = make_plan(arch, topo, sharders, make_constraints(arch, {"scl": ["row_wise"], "item": ["row_wise"]}))
+    rows = {r.table: r for r in plan_summary(arch, plan, sharders)}
+    assert set(rows) == {"item", "category", "scl", *POOLED_FEATURES}
+    scl = rows["scl"]
+    assert scl.sharding_type == "row_wise" and scl.ranks == tuple(range(8))
+    assert scl.dtype == "FP16" and scl.weight_bytes == 35_400_000 * 128 * 2 and scl.optimizer_bytes == 0
+    # Row-wise Adagrad keeps one fp32 per row.
+    assert rows["item"].optimizer_bytes == 35_400_000 * 4
+    assert sum(scl.bytes_per_rank.values()) == scl.weight_bytes
+    assert "scl" in format_summary(list(rows.values()))
+    assert arch.scl.collection.embeddings["scl"].weight.is_meta  # planning allocated nothing
+
+
+def test_constraints_refuse_data_parallel_and_unknown_tables() -> None:
+    arch = SparseArch({**P90, "item": 50, "user_id": 10}, device=torch.device("meta"))
+    cons = make_constraints(arch)
+    assert all("data_parallel" not in c.sharding_types for c in cons.values())
+    with pytest.raises(ValueError, match="'scl'.*data_parallel"):
+        make_constraints(arch, {"scl": ["data_parallel"]})
+    with pytest.raises(KeyError, match="nope"):
+        make_constraints(arch, {"nope": ["row_wise"]})
+
+
+def test_fused_optimizer_validated_per_device() -> None:
+    with pytest.raises(ValueError, match="'adam' is not supported on cpu.*exact_row_wise_adagrad"):
+        FusedOptimizerConfig(name="adam").fused_params("cpu")
+    assert FusedOptimizerConfig(name="adam").fused_params("cuda")["learning_rate"] == 2e-3
+    frozen = make_sharders(FusedOptimizerConfig(), "cpu")[-1]
+    assert frozen.fused_params["learning_rate"] == 0.0
+    assert "data_parallel" not in frozen.sharding_types("cpu")
+    assert all(k.startswith("fused") for k in frozen.compute_kernels("row_wise", "cuda"))
+
+
+def test_dist_env_from_variables() -> None:
+    solo = DistEnv.from_environ({}, device_type="cpu")
+    assert (solo.rank, solo.world_size, solo.backend, solo.device.type) == (0, 1, "gloo", "cpu")
+    env = DistEnv.from_environ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, "cpu")
+    assert (env.rank, env.local_rank, env.num_nodes, env.is_main) == (3, 1, 2, False)
+    with pytest.raises(ValueError, match="RANK=4"):
+        DistEnv.from_environ({"RANK": "4", "WORLD_SIZE": "4"}, "cpu")
+    with pytest.raises(ValueError, match="WORLD_SIZE='two'"):
+        DistEnv.from_environ({"WORLD_SIZE": "two"}, "cpu")
