@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_data.py --out results/
 
 Raw data comes from `muse_rec.data.synth` (the synthetic release in the exact raw layout) when
-it is importable, else from a small pyarrow generator in this file. `prepare` runs in a child
-process so its peak RSS (ru_maxrss of the child) is measured alone. The loader is timed in
+it is importable, else from a small pyarrow generator in this file. Generation and `prepare` each
+run in a child process; the prepare child reports its own peak RSS (ru_maxrss). The loader is timed in
 steady state (the first batch, which pays for worker start-up and cold page cache, is excluded
 and reported separately). Writes ``bench_data.md`` and ``bench_data.json`` to ``--out``.
 """
@@ -74,13 +74,27 @@ def make_raw(root: str, preset: str, users: int) -> str:
     return f"muse_rec.data.synth preset {preset}" + (f", users={users}" if users else "")
 
 
+# Runs `muse-rec prepare` and reports the child's own peak RSS. Linux carries a parent's RSS
+# high-water mark into a forked child (even across exec), so RUSAGE_CHILDREN would count this
+# process's memory too; the parent therefore stays small (raw data is generated in another child).
+_PREPARE_CHILD = """
+import resource, sys
+from muse_rec.cli import main
+rc = main(["prepare", sys.argv[1], sys.argv[2], "--no-progress"])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=open(sys.argv[3], "w"))
+sys.exit(rc)
+"""
+
+
 def bench_prepare(raw: str, out: str) -> Dict[str, float]:
     rows = sum(pq.ParquetFile(os.path.join(raw, t.file)).metadata.num_rows for t in S.TABLES.values())
-    cmd = [sys.executable, "-m", "muse_rec.cli", "prepare", raw, out, "--no-progress"]
+    rss_file = out + ".maxrss"
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-c", _PREPARE_CHILD, raw, out, rss_file], check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB
+    with open(rss_file, encoding="utf-8") as f:
+        peak_kib = int(f.read())  # Linux: KiB
     with open(os.path.join(out, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     behaviours = sum(meta["splits"][s]["behaviours"] for s in S.SPLITS)
@@ -88,6 +102,13 @@ def bench_prepare(raw: str, out: str) -> Dict[str, float]:
     return {"raw_rows": rows, "samples": samples, "behaviours": behaviours, "seconds": seconds,
             "rows_per_s": rows / seconds, "behaviours_per_s": behaviours / seconds,
             "peak_rss_mib": peak_kib / 1024}
+
+
+def make_raw_in_child(root: str, preset: str, users: int) -> str:
+    """`make_raw` in a child process (keeps this process small, see `_PREPARE_CHILD`)."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--make-raw-only", root, "--preset", preset,
+                           "--users", str(users)], check=True, cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip().splitlines()[-1]
 
 
 def bench_loader(out: str, batch: int, seq_len: int, workers: int, epochs: int) -> Dict[str, float]:
@@ -131,12 +152,17 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=1000)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--epochs", type=int, default=2, help="loader epochs timed per worker setting")
+    ap.add_argument("--make-raw-only", metavar="DIR", help=argparse.SUPPRESS)  # internal: child of this script
     args = ap.parse_args(argv)
+    if args.make_raw_only:
+        os.makedirs(args.make_raw_only, exist_ok=True)
+        print(make_raw(args.make_raw_only, args.preset, args.users))
+        return 0
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         raw, prepared = os.path.join(tmp, "raw"), os.path.join(tmp, "prepared")
         os.makedirs(raw)
-        source = make_raw(raw, args.preset, args.users)
+        source = make_raw_in_child(raw, args.preset, args.users)
         res: Dict[str, object] = {
             "host": f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "raw_source": source, "prepare": bench_prepare(raw, prepared),

@@ -18,7 +18,8 @@ the contract of TorchRec's `TrainPipelineSparseDist`.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +42,47 @@ from muse_rec.modules import (
     masked_mean,
     merge_gsu_results,
 )
+from muse_rec.modules.cosine import grouped_cosine
 from muse_rec.spec import ModelSpec
 
 SCL_DIM = 128
+
+
+@dataclass
+class Histories:
+    """One behaviour history per distinct user of a batch.
+
+    A user's impressions (~11 per user in Taobao-MM, consecutive in the sample files) share one
+    history, so the expensive per-position work (SCL lookup, cosine, ID-GSU lookups) runs over
+    U distinct histories, not B copies. Samples with equal ``user_keys`` carry the same history
+    (one history per user and split), which is what makes this exact.
+
+    Attributes:
+        items, cats: ``[U, L]`` int64, right-aligned. mask: ``[U, L]`` bool.
+        index: ``[B]`` int64, the history row of each sample.
+    """
+
+    items: torch.Tensor
+    cats: torch.Tensor
+    mask: torch.Tensor
+    index: torch.Tensor
+
+    @staticmethod
+    def of(batch: Batch) -> "Histories":
+        keys, index = torch.unique(batch.user_keys, return_inverse=True)
+        B = index.shape[0]
+        first = torch.full((keys.shape[0],), B, dtype=torch.int64, device=index.device)
+        first.scatter_reduce_(0, index, torch.arange(B, device=index.device), reduce="amin")
+        return Histories(batch.seq_items.index_select(0, first), batch.seq_cats.index_select(0, first),
+                         batch.seq_mask().index_select(0, first), index)
+
+    def per_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """``[U, ...]`` -> ``[B, ...]`` (cheap for ids and masks; avoid for vectors)."""
+        return x.index_select(0, self.index)
+
+    def at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``x[index[b], positions[b, k]]``: ``[U, L, *]`` gathered at ``[B, K]`` -> ``[B, K, *]``."""
+        return x[self.index.unsqueeze(1), positions]
 
 
 class LifelongCTRModel(nn.Module):
@@ -120,26 +159,26 @@ class LifelongCTRModel(nn.Module):
                               dropout=spec.dropout, device=device)
 
     # ------------------------------------------------------------------------------------------
-    def retrieve(self, batch: Batch, mask: torch.Tensor, scl_target: Optional[torch.Tensor],
+    def retrieve(self, batch: Batch, hist: "Histories", scl_target: Optional[torch.Tensor],
                  scl_seq: Optional[torch.Tensor]) -> Optional[GSUResult]:
         """The GSU: K positions of the whole sequence per sample (no gradient through it)."""
-        kind = self.spec.gsu.kind
+        kind, h = self.spec.gsu.kind, hist
         if kind == "none":
             return None
         if kind == "cosine_scl":
-            return self.gsu(scl_target, scl_seq, mask)
+            return self.gsu(scl_target, scl_seq, h.mask, h.index)
         if kind == "category":
-            return self.gsu(batch.target_cat, batch.seq_cats, mask)
+            return self.gsu(batch.target_cat, h.per_sample(h.cats), h.per_sample(h.mask))
         if kind == "cooccurrence_scl":
-            co = self.gsu(batch.target_item, batch.target_cat, batch.seq_items, batch.seq_cats, mask)
-            return merge_gsu_results(co, self.mm_gsu(scl_target, scl_seq, mask), self.top_k)
-        # ID-embedding GSUs: whole-sequence tokens without gradient (no row of them is updated).
-        seq_tok = self.sparse_arch.sequence_tokens_no_grad(batch.seq_items, batch.seq_cats, mask)
-        with torch.no_grad():
-            tgt = self.sparse_arch.sequence_tokens_no_grad(
-                batch.target_item.unsqueeze(1), batch.target_cat.unsqueeze(1),
-                torch.ones_like(mask[:, :1]))[:, 0]
-        return self.gsu(tgt, seq_tok, mask)
+            co = self.gsu(batch.target_item, batch.target_cat, h.per_sample(h.items), h.per_sample(h.cats),
+                          h.per_sample(h.mask))
+            return merge_gsu_results(co, self.mm_gsu(scl_target, scl_seq, h.mask, h.index), self.top_k)
+        # ID-embedding GSUs: whole-history tokens without gradient (no row of them is updated).
+        seq_tok = self.sparse_arch.sequence_tokens_no_grad(h.items, h.cats, h.mask)  # [U, L, D_tok]
+        tgt = self.sparse_arch.sequence_tokens_no_grad(
+            batch.target_item.unsqueeze(1), batch.target_cat.unsqueeze(1),
+            torch.ones_like(batch.target_item, dtype=torch.bool).unsqueeze(1))[:, 0]
+        return self.gsu(tgt, seq_tok, h.mask, h.index)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """``batch`` -> logits ``[B]`` (pre-sigmoid).
@@ -154,32 +193,33 @@ class LifelongCTRModel(nn.Module):
 
     def search_and_score(self, batch: Batch, pooled_kt: KeyedTensor) -> torch.Tensor:
         """Everything after the pooled lookup: ``[B]`` logits."""
-        e, s = self.spec.esu, self.spec.short_term
-        L = batch.seq_items.shape[1]
-        mask = batch.seq_mask()
+        s = self.spec.short_term
+        R = self.recent
         pooled = self.sparse_arch.in_feature_order(pooled_kt).values()  # [B, P], fixed column order
+        h = Histories.of(batch)
+        L = h.items.shape[1]
 
         scl_t = scl_seq = None
-        if self.uses_scl:
-            scl_t, scl_seq = self.sparse_arch.scl_vectors(batch.target_item, batch.seq_items, mask)
-        res = self.retrieve(batch, mask, scl_t, scl_seq)
+        if self.uses_scl:  # [B, 128] targets, [U, L, 128] one history per distinct user
+            scl_t, scl_seq = self.sparse_arch.scl_vectors(batch.target_item, h.items, h.mask)
+        res = self.retrieve(batch, h, scl_t, scl_seq)
 
         B = batch.labels.shape[0]
         if res is None:  # DIN: no long-term search
-            gsu_items = batch.seq_items.new_zeros(B, 1)
-            gsu_valid = torch.zeros(B, 1, dtype=torch.bool, device=mask.device)
+            gsu_items = batch.target_item.new_zeros(B, 1)
+            gsu_valid = torch.zeros(B, 1, dtype=torch.bool, device=gsu_items.device)
             gsu_cats = gsu_items
         else:
-            gsu_items, gsu_cats, gsu_valid = res.gather(batch.seq_items), res.gather(batch.seq_cats), res.valid
-        rec_items = batch.seq_items[:, L - self.recent:]
-        rec_cats = batch.seq_cats[:, L - self.recent:]
-        rec_mask = mask[:, L - self.recent:]
+            gsu_items, gsu_cats, gsu_valid = h.at(h.items, res.indices), h.at(h.cats, res.indices), res.valid
+        rec_items = h.per_sample(h.items[:, L - R:])
+        rec_cats = h.per_sample(h.cats[:, L - R:])
+        rec_mask = h.per_sample(h.mask[:, L - R:])
         tok = self.sparse_arch.id_tokens(batch.target_item, batch.target_cat, gsu_items, gsu_cats,
                                          gsu_valid, rec_items, rec_cats, rec_mask)
 
         parts: List[torch.Tensor] = [pooled, tok.target]
         if res is not None:
-            sim, sim_ok = self._similarities(res, tok.target, tok.gsu, scl_t, scl_seq)
+            sim, sim_ok = self._similarities(res, h, tok.target, tok.gsu, scl_t, scl_seq)
             if self.simtier is not None:
                 parts.append(self.simtier(sim, sim_ok))
             if isinstance(self.esu_attention, SemanticAwareTargetAttention):
@@ -187,8 +227,9 @@ class LifelongCTRModel(nn.Module):
             elif self.esu_attention is not None:
                 parts.append(self.esu_attention(tok.target, tok.gsu, res.valid))
         if self.recent_simtier is not None:
-            rec_sim, rec_ok = self._scl_cosine(scl_t, scl_seq[:, L - self.recent:], rec_mask)
-            parts.append(self.recent_simtier(rec_sim, rec_ok))
+            cos, has_vec = grouped_cosine(scl_t, scl_seq[:, L - R:], h.index)
+            rec_ok = has_vec & rec_mask
+            parts.append(self.recent_simtier(torch.where(rec_ok, cos, 0.0), rec_ok))
         if self.recent_attention is not None:
             parts.append(self.recent_attention(tok.target, tok.recent, rec_mask))
         if s.mean_pool:
@@ -197,7 +238,7 @@ class LifelongCTRModel(nn.Module):
                 parts.append(masked_mean(tok.gsu, res.valid))
         return self.tower(torch.cat(parts, dim=-1))
 
-    def _similarities(self, res: GSUResult, tgt_tok: torch.Tensor, gsu_tok: torch.Tensor,
+    def _similarities(self, res: GSUResult, h: "Histories", tgt_tok: torch.Tensor, gsu_tok: torch.Tensor,
                       scl_t: Optional[torch.Tensor], scl_seq: Optional[torch.Tensor]
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
         """R ``[B, K]`` and where it is defined: SCL cosines of the retrieved behaviours or ID cosines."""
@@ -207,7 +248,7 @@ class LifelongCTRModel(nn.Module):
             return torch.where(res.valid, cos, 0.0), res.valid
         if self.spec.gsu.kind == "cosine_scl":
             return res.scores, res.has_score  # the GSU's own cosines, already computed
-        return self._scl_cosine(scl_t, res.gather(scl_seq), res.valid)
+        return self._scl_cosine(scl_t, h.at(scl_seq, res.indices), res.valid)
 
     @staticmethod
     def _scl_cosine(scl_t: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

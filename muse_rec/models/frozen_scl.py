@@ -26,7 +26,7 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec import DataType, EmbeddingCollection, EmbeddingConfig
 from torchrec.modules.embedding_configs import data_type_to_dtype
 
-from muse_rec.models.sparse_ids import dense_from_jagged, masked_kjt
+from muse_rec.models.sparse_ids import dense_from_jagged, masked_kjt, pad_rows
 
 SCL_TABLE = "scl"
 SCL_TARGET_FEATURE = "scl_target"
@@ -107,20 +107,26 @@ class FrozenSCL(nn.Module):
 
         Args:
             target_item: ``[B]`` int64 item rows.
-            seq_items: ``[B, L]`` int64 item rows, right-aligned.
-            seq_mask: ``[B, L]`` bool, True at real behaviours; only those are looked up.
+            seq_items: ``[U, L]`` int64 item rows, right-aligned; U <= B (the model passes one
+                row per distinct user of the batch: a user's ~11 impressions share a history).
+            seq_mask: ``[U, L]`` bool, True at real behaviours; only those are looked up.
 
         Returns:
-            ``[B, dim]`` target vectors and ``[B, L, dim]`` behaviour vectors (zeros where
+            ``[B, dim]`` target vectors and ``[U, L, dim]`` behaviour vectors (zeros where
             ``seq_mask`` is False), both in the storage dtype.
         """
         B = target_item.shape[0]
+        U = seq_items.shape[0]
+        if U > B:
+            raise ValueError(f"{U} sequences for {B} targets: pass at most one sequence per sample")
         target_mask = torch.ones(B, 1, dtype=torch.bool, device=target_item.device)
+        # A KJT has one stride for all keys: the sequence feature gets B rows, U..B-1 empty.
+        pad_ids, pad_mask = pad_rows(seq_items, B), pad_rows(seq_mask, B)
         with torch.no_grad():
             kjt = masked_kjt(
                 [SCL_TARGET_FEATURE, SCL_SEQ_FEATURE],
-                [target_item.reshape(B, 1), seq_items],
-                [target_mask, seq_mask],
+                [target_item.reshape(B, 1), pad_ids],
+                [target_mask, pad_mask],
             )
             out = self.collection(kjt)
             target = dense_from_jagged(out[SCL_TARGET_FEATURE].values(), target_mask).squeeze(1)
@@ -168,3 +174,4 @@ class FrozenSCL(nn.Module):
                 tensor[start:stop].copy_(torch.from_numpy(src).to(tensor.dtype))
             written += rows
         return written
+

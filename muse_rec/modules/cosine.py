@@ -17,9 +17,9 @@ Why the fast paths look the way they do (measured on a 2-core AMD EPYC, torch 2.
 * The chunk is converted into one reused fp32 buffer of ``chunk_size`` rows (1 MiB at the
   default), which stays in L2 while it is read by the dot product and the norm. A float32
   copy of the whole ``[B, L, 128]`` sequence is never made.
-* Training shape (every query has its own sequence, keys ``[B, L, D]``): a batched
-  matrix-vector product per chunk; the result is ``[B, L]`` fp32 scores (4 bytes per
-  position), followed by one top-K.
+* Training shape (every query has its own sequence, keys ``[B, L, D]``): per chunk, the
+  fp32 conversion, key norms and one ``torch.mv`` per user (CPU; one ``bmm`` elsewhere);
+  the result is ``[B, L]`` fp32 scores (4 bytes per position), followed by one top-K.
 * Serving shape (one user, many candidates, keys ``[1, L, D]`` shared): a real GEMM
   ``[B, D] x [D, C]`` per chunk with a running top-K, so memory stays ``O(B * (K + C))``
   even for L = 100K and B = 1000.
@@ -53,6 +53,18 @@ def check_cosine_inputs(query: torch.Tensor, keys: torch.Tensor, mask: torch.Ten
         raise ValueError(f"mask shape {tuple(mask.shape)} must equal keys[:2] {tuple(keys.shape[:2])}")
 
 
+def check_grouped_inputs(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, index: torch.Tensor) -> None:
+    """Validate ``query [B, D]``, ``keys [U, L, D]``, ``mask [U, L]`` bool, ``index [B]`` in [0, U)."""
+    if query.dim() != 2 or keys.dim() != 3 or keys.shape[2] != query.shape[1]:
+        raise ValueError(f"query must be [B, D] and keys [U, L, D]; got {tuple(query.shape)}, {tuple(keys.shape)}")
+    if mask.dtype != torch.bool or mask.shape != keys.shape[:2]:
+        raise ValueError(f"mask must be bool {tuple(keys.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+    if index.shape != (query.shape[0],) or index.dtype != torch.int64:
+        raise ValueError(f"index must be int64 [{query.shape[0]}], got {index.dtype} {tuple(index.shape)}")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= keys.shape[0]):
+        raise ValueError(f"index values must lie in [0, {keys.shape[0]})")
+
+
 def _rows_as_fp32(src: torch.Tensor, buf: Optional[torch.Tensor]) -> torch.Tensor:
     """``src`` as fp32; a view when it already is, else converted into (a prefix of) ``buf``."""
     if src.dtype == torch.float32:
@@ -68,6 +80,7 @@ def batched_cosine(
     query: torch.Tensor,
     keys: torch.Tensor,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    per_user_gemv: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cosine of each query with its own sequence.
 
@@ -75,12 +88,16 @@ def batched_cosine(
         query: ``[B, D]`` int8 / fp16 / bf16 / fp32.
         keys: ``[B, L, D]`` same value kinds (may differ from the query's dtype).
         chunk_rows: key rows converted to fp32 per step (``B_chunk * L_chunk``).
+        per_user_gemv: one ``torch.mv`` per user and chunk (fastest on CPU, where a ``bmm``
+            with a ``[D, 1]`` operand is ~7x slower) instead of one batched ``bmm`` per chunk
+            (one kernel launch: what an accelerator wants). None = True on CPU only.
 
     Returns:
         ``cos [B, L]`` fp32 clamped to [-1, 1] (0 where either vector is zero) and
         ``has_vector [B, L]`` bool (key and query both non-zero).
     """
     B, L, D = keys.shape
+    gemv = keys.device.type == "cpu" if per_user_gemv is None else per_user_gemv
     q = query.to(torch.float32)
     q_norm = torch.linalg.vector_norm(q, dim=1)  # [B]
     dots = torch.empty(B, L, dtype=torch.float32, device=keys.device)
@@ -97,10 +114,79 @@ def batched_cosine(
             l1 = min(L, l0 + l_step)
             kf = _rows_as_fp32(keys[b0:b1, l0:l1], buf)  # [b, c, D]
             torch.linalg.vector_norm(kf, dim=2, out=norms[b0:b1, l0:l1])
-            # One gemv per user: bmm with a [D, 1] right-hand side is ~7x slower on CPU.
-            for i in range(b1 - b0):
-                torch.mv(kf[i], q[b0 + i], out=dots[b0 + i, l0:l1])
+            if gemv:
+                for i in range(b1 - b0):
+                    torch.mv(kf[i], q[b0 + i], out=dots[b0 + i, l0:l1])
+            else:
+                dots[b0:b1, l0:l1] = torch.bmm(kf, q[b0:b1].unsqueeze(2)).squeeze(2)
     return _finish_cosine(dots, norms, q_norm.unsqueeze(1))
+
+
+@torch.no_grad()
+def grouped_cosine(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    index: torch.Tensor,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cosine of each query with the sequence it points at, ``keys[index[b]]``.
+
+    A user's ~11 impressions in a batch share one history, so the model keeps one sequence per
+    distinct user: each user's keys are converted and normed once and scored against all of
+    that user's targets with one GEMM ``[n_u, D] x [D, C]`` (instead of n_u mat-vecs over
+    n_u copies of the same keys).
+
+    Args:
+        query: ``[B, D]`` targets' vectors.
+        keys: ``[U, L, D]`` one sequence per distinct user.
+        index: ``[B]`` int64 in ``[0, U)``: the sequence of sample b.
+        chunk_rows: positions converted to fp32 per step.
+
+    Returns:
+        ``cos [B, L]`` fp32 in [-1, 1] (0 where a vector is zero) and ``has_vector [B, L]``.
+    """
+    U, L, D = keys.shape
+    B = query.shape[0]
+    if index.shape != (B,):
+        raise ValueError(f"index must be [B] = [{B}], got {tuple(index.shape)}")
+    q = query.to(torch.float32)
+    q_norm = torch.linalg.vector_norm(q, dim=1)
+    dots = torch.empty(B, L, dtype=torch.float32, device=keys.device)
+    key_norms = torch.empty(U, L, dtype=torch.float32, device=keys.device)
+    step = max(1, min(L, chunk_rows))
+    buf = torch.empty(step * D, dtype=torch.float32, device=keys.device) if keys.dtype != torch.float32 else None
+    order = torch.argsort(index, stable=True)
+    counts = torch.bincount(index, minlength=U).tolist()
+    start = 0
+    for u, n in enumerate(counts):
+        if n == 0:
+            continue
+        rows = order[start : start + n]
+        start += n
+        q_u = q.index_select(0, rows)  # [n, D]
+        for l0 in range(0, L, step):
+            l1 = min(L, l0 + step)
+            kf = _rows_as_fp32(keys[u, l0:l1], buf)  # [c, D]
+            torch.linalg.vector_norm(kf, dim=1, out=key_norms[u, l0:l1])
+            dots[rows, l0:l1] = q_u @ kf.t()
+    return _finish_cosine(dots, key_norms.index_select(0, index), q_norm.unsqueeze(1))
+
+
+def grouped_dot(query: torch.Tensor, keys: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[b, l] = query[b] . keys[index[b], l]``: ``[B, H]`` x ``[U, L, H]`` -> ``[B, L]``.
+
+    One GEMM per distinct sequence (see `grouped_cosine`); differentiable.
+    """
+    B, U = query.shape[0], keys.shape[0]
+    out = query.new_empty(B, keys.shape[1])
+    order = torch.argsort(index, stable=True)
+    start = 0
+    for u, n in enumerate(torch.bincount(index, minlength=U).tolist()):
+        if n:
+            rows = order[start : start + n]
+            start += n
+            out[rows] = query.index_select(0, rows) @ keys[u].t()
+    return out
 
 
 def _finish_cosine(

@@ -13,7 +13,7 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -22,6 +22,8 @@ from muse_rec.modules.cosine import (
     DEFAULT_CHUNK_ROWS,
     batched_cosine,
     check_cosine_inputs,
+    check_grouped_inputs,
+    grouped_cosine,
     reference_cosine,
     shared_keys_cosine_topk,
 )
@@ -61,17 +63,28 @@ class CosineGSU(nn.Module):
         self.top_k = top_k
         self.chunk_size = chunk_size
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> GSUResult:
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                index: Optional[torch.Tensor] = None) -> GSUResult:
         """Retrieve the top K.
 
         Args:
             query: ``[B, D]`` target SCL vectors (int8 / fp16 / bf16 / fp32).
-            keys: ``[B, L, D]`` behaviour SCL vectors, or ``[1, L, D]`` shared by all B.
-            mask: ``[B, L]`` (or ``[1, L]``) bool, True = real behaviour.
+            keys: ``[B, L, D]`` behaviour SCL vectors, or ``[1, L, D]`` shared by all B, or
+                with `index`: ``[U, L, D]``, one sequence per distinct user.
+            mask: ``[B, L]`` (or ``[1, L]``, or ``[U, L]``) bool, True = real behaviour.
+            index: ``[B]`` int64, sample b's row in `keys` (see `grouped_cosine`).
 
         Returns:
             `GSUResult` with ``[B, K]`` tensors, best first; ``scores`` are cosines.
         """
+        if index is not None:
+            check_grouped_inputs(query, keys, mask, index)
+            L = keys.shape[1]
+            with torch.no_grad():
+                cos, has_vec = grouped_cosine(query, keys, index, self.chunk_size)
+                sel = cosine_selection_scores(cos, has_vec, mask.index_select(0, index), 0, L)
+                values, indices = torch.topk(sel, min(self.top_k, L), dim=1)
+            return decode_cosine_selection(values, indices, self.top_k)
         check_cosine_inputs(query, keys, mask)
         B, L = query.shape[0], keys.shape[1]
         if L == 0:
@@ -99,9 +112,16 @@ class CosineGSU(nn.Module):
         return self.full_scores_with_validity(query, keys, mask)[0]
 
     def full_scores_with_validity(
-        self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor
+        self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+        index: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """`full_scores` plus ``has_score [B, L]`` (real behaviour and both vectors exist)."""
+        if index is not None:
+            check_grouped_inputs(query, keys, mask, index)
+            with torch.no_grad():
+                cos, has_vec = grouped_cosine(query, keys, index, self.chunk_size)
+            has_score = has_vec & mask.index_select(0, index)
+            return torch.where(has_score, cos, 0.0), has_score
         check_cosine_inputs(query, keys, mask)
         with torch.no_grad():
             cos, has_vec = batched_cosine(query, keys.expand(query.shape[0], -1, -1), self.chunk_size)
@@ -129,13 +149,14 @@ class EmbeddingCosineGSU(CosineGSU):
         chunk_size: see `CosineGSU`.
     """
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> GSUResult:
-        """``query [B, D]`` float, ``keys [B, L, D]`` float, ``mask [B, L]`` -> `GSUResult`."""
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                index: Optional[torch.Tensor] = None) -> GSUResult:
+        """``query [B, D]`` float, ``keys [B, L, D]`` (or ``[U, L, D]`` with `index`) float -> `GSUResult`."""
         if not (query.is_floating_point() and keys.is_floating_point()):
             raise ValueError(
                 f"EmbeddingCosineGSU expects float embeddings, got query {query.dtype}, keys {keys.dtype}"
             )
-        return super().forward(query.detach(), keys.detach(), mask)
+        return super().forward(query.detach(), keys.detach(), mask, index)
 
 
 def reference_cosine_topk(

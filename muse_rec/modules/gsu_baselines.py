@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from muse_rec.modules.attention import TargetAttention
+from muse_rec.modules.cosine import check_grouped_inputs, grouped_dot
 from muse_rec.modules.selection import GSUResult, topk_eligible
 
 
@@ -96,11 +97,21 @@ class AttentionGSU(nn.Module):
         self.chunk_size = chunk_size
 
     @torch.no_grad()
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> GSUResult:
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                index: Optional[torch.Tensor] = None) -> GSUResult:
         """``query [B, Dq]``, ``keys [B, L, Dk]`` ID embeddings, ``mask [B, L]`` -> `GSUResult`.
 
-        ``scores`` are the attention logits (unbounded).
+        With `index` ``[B]``, keys/mask are ``[U, L, *]``, one sequence per distinct user,
+        projected once per user. ``scores`` are the attention logits (unbounded).
         """
+        if index is not None:
+            check_grouped_inputs(query, keys, mask, index)
+            att = self.attention
+            q = att.act(att.w_q(query))  # [B, H]
+            k = torch.cat([att.act(att.w_k(keys[:, l0 : l0 + self.chunk_size]))
+                           for l0 in range(0, keys.shape[1], self.chunk_size)], dim=1)  # [U, L, H]
+            logits = grouped_dot(q, k, index) * att.scale
+            return topk_eligible(logits, mask.index_select(0, index), self.top_k)
         if keys.dim() != 3 or mask.shape != keys.shape[:2]:
             raise ValueError(f"keys must be [B, L, D] with mask [B, L]; got {tuple(keys.shape)}, {tuple(mask.shape)}")
         logits = torch.cat(

@@ -1,0 +1,176 @@
+"""`muse-rec plan --spec FILE`: the sharding plan of a spec's model for any topology, on a CPU box.
+
+Builds the spec's model on the ``meta`` device (nothing is allocated), runs TorchRec's planner
+as training does, and prints per table rows, dim, dtype, sharding type, kernel, ranks, weight
+and fused-optimizer bytes; per rank HBM and DDR; totals; optionally a what-if table over world
+sizes. When nothing fits it says which tables, how big, and what would fit (exit status 1).
+
+Table sizes come from ``data.vocab_sizes`` of the spec, else from the prepared data at
+``data.prepared``. See docs/plan.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from typing import Dict, List, Mapping, Tuple
+
+HELP = "show the sharding plan (per table, per rank, what-if over world sizes) of a spec for any GPU/CPU topology"
+
+DEFAULT_WORLD_SIZE = 8
+DEFAULT_HBM_GIB = 80.0  # one H100/A100-80GB
+DEFAULT_DDR_GIB = 512.0  # host memory per rank
+DEFAULT_SEARCH_LIMIT = 128  # largest world size the "what would fit" search tries
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", required=True, help="spec file, e.g. specs/taobao_mm_full/muse.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set train.sparse_optimizer.name=exact_row_wise_adagrad")
+    p.add_argument("--world-size", type=int, default=DEFAULT_WORLD_SIZE, help=f"ranks (default {DEFAULT_WORLD_SIZE})")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="compute device of the planned job (default cuda; planning itself runs on CPU)")
+    p.add_argument("--hbm-gib", type=float, default=DEFAULT_HBM_GIB,
+                   help=f"device memory per rank in GiB (default {DEFAULT_HBM_GIB:g}; ignored with --device cpu)")
+    p.add_argument("--ddr-gib", type=float, default=DEFAULT_DDR_GIB,
+                   help=f"host memory per rank in GiB (default {DEFAULT_DDR_GIB:g})")
+    p.add_argument("--no-uvm", action="store_true",
+                   help="only the 'fused' kernel (all rows in HBM): no fused_uvm / fused_uvm_caching")
+    p.add_argument("--what-if", metavar="RANGE", default=None,
+                   help="also plan these world sizes, e.g. 1-16 or 1,2,4,8")
+    p.add_argument("--max-world-size", type=int, default=DEFAULT_SEARCH_LIMIT,
+                   help=f"largest world size tried when searching what would fit (default {DEFAULT_SEARCH_LIMIT})")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the plan as JSON to PATH ('-' = stdout)")
+    p.add_argument("--verbose", action="store_true", help="also log TorchRec's own planner tables")
+
+
+def parse_world_sizes(text: str) -> List[int]:
+    """``"1-16"`` / ``"1,2,4,8"`` / ``"1-4,8"`` -> sorted distinct world sizes (each >= 1)."""
+    sizes = set()
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            a, b = (int(lo), int(hi)) if sep else (int(part), int(part))
+        except ValueError:
+            raise ValueError(f"--what-if {text!r}: {part!r} is not N or N-M") from None
+        if a < 1 or b < a:
+            raise ValueError(f"--what-if {text!r}: {part!r} must be N >= 1 or N-M with 1 <= N <= M")
+        sizes.update(range(a, b + 1))
+    return sorted(sizes)
+
+
+def resolve_vocab_sizes(spec, spec_path: str) -> Tuple[Dict[str, int], str]:
+    """Rows per table (row 0 included) and where they came from; raises ValueError naming the key."""
+    from muse_rec.models.sparse_arch import REQUIRED_TABLES
+
+    if spec.data.vocab_sizes:
+        sizes, source = dict(spec.data.vocab_sizes), f"{spec_path}: data.vocab_sizes"
+        missing = [t for t in REQUIRED_TABLES if t not in sizes]
+        if missing:
+            raise ValueError(f"{spec_path}: data.vocab_sizes lacks {missing} (needs {REQUIRED_TABLES})")
+        bad = {k: v for k, v in sizes.items() if v < 1}
+        if bad:
+            raise ValueError(f"{spec_path}: data.vocab_sizes {bad}: rows must be >= 1 (row 0 = padding)")
+        return sizes, source
+    from muse_rec.data.prepared import PreparedData, PreparedDataError
+
+    try:
+        data = PreparedData(spec.data.prepared)
+    except (PreparedDataError, OSError) as e:
+        raise ValueError(
+            f"{spec_path}: no table sizes: data.vocab_sizes is empty and data.prepared "
+            f"({spec.data.prepared!r}) is not readable prepared data ({e}). Set data.vocab_sizes "
+            "(rows per table incl. row 0) or run `muse-rec prepare`."
+        ) from None
+    return dict(data.vocab_sizes), f"{spec.data.prepared}/meta.json"
+
+
+def _quiet_planner(verbose: bool) -> None:
+    # On meta, TorchRec warns about its dense-size estimate and its reservation policy at every
+    # plan; the numbers we print already say what the reservation is.
+    if not verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from muse_rec.distributed.plan_fit import PlanSetup, attempt, diagnose, format_what_if, what_if
+    from muse_rec.distributed.plan_report import format_report, report_to_dict
+    from muse_rec.distributed.planner import GiB
+    from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
+    from muse_rec.models.ctr_model import build_train_model
+    from muse_rec.spec import SpecError, load_spec
+
+    _quiet_planner(args.verbose)
+    try:
+        if args.world_size < 1 or args.max_world_size < 1:
+            raise ValueError("--world-size and --max-world-size must be >= 1")
+        if args.hbm_gib <= 0 or args.ddr_gib <= 0:
+            raise ValueError("--hbm-gib and --ddr-gib must be > 0")
+        world_sizes = parse_world_sizes(args.what_if) if args.what_if else []
+        spec = load_spec(args.spec, args.set)
+        sizes, source = resolve_vocab_sizes(spec, args.spec)
+        opt = spec.train.sparse_optimizer
+        try:
+            sharders = make_sharders(FusedOptimizerConfig(name=opt.name, learning_rate=opt.lr, eps=opt.eps,
+                                                          weight_decay=opt.weight_decay), args.device)
+        except ValueError as e:
+            raise ValueError(f"{args.spec}: train.sparse_optimizer.name: {e} "
+                             "(override with --set train.sparse_optimizer.name=exact_row_wise_adagrad)") from None
+    except (SpecError, ValueError) as e:
+        print(f"muse-rec plan: {e}", file=sys.stderr)
+        return 2
+
+    def build(table_sizes: Mapping[str, int]) -> torch.nn.Module:
+        return build_train_model(spec.model, table_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"))
+
+    setup = PlanSetup(
+        compute_device=args.device,
+        hbm_bytes_per_rank=int(args.hbm_gib * GiB) if args.device == "cuda" else None,
+        ddr_bytes_per_rank=int(args.ddr_gib * GiB),
+        allow_uvm=not args.no_uvm,
+    )
+    model = build(sizes)
+    main = attempt(model, setup, args.world_size, sharders, verbose=args.verbose)
+    out: Dict = {"spec": args.spec, "name": spec.name, "vocab_sizes": sizes, "vocab_source": source,
+                 "setup": {"world_size": args.world_size, "device": args.device, "hbm_gib": args.hbm_gib,
+                           "ddr_gib": args.ddr_gib, "allow_uvm": setup.allow_uvm},
+                 "fits": main.fits, "plan": None, "what_if": [], "diagnosis": None}
+    to_stdout = args.json == "-"
+    say = (lambda s: print(s, file=sys.stderr)) if to_stdout else print
+    say(f"spec {args.spec} ({spec.name}); table sizes from {source}")
+    if main.report is not None:
+        out["plan"] = report_to_dict(main.report)
+        say(format_report(main.report))
+    if world_sizes:
+        rows = what_if(model, setup, world_sizes, sharders)
+        out["what_if"] = [
+            {"world_size": r.world_size, "fits": r.fits, "max_hbm_bytes": r.max_hbm_bytes,
+             "max_ddr_bytes": r.max_ddr_bytes, "reason": r.reason,
+             "big_tables": [{"table": t, "sharding_type": s, "compute_kernel": k} for t, s, k in r.big_tables]}
+            for r in rows
+        ]
+        say(f"\nwhat if ({args.device}, {setup.memory()}):")
+        say(format_what_if(rows))
+    if not main.fits:
+        diagnosis = diagnose(build, sizes, setup, args.world_size, sharders, main, limit=args.max_world_size)
+        out["diagnosis"] = {
+            "message": diagnosis.message(),
+            "min_world_size": diagnosis.min_fit.world_size if diagnosis.min_fit else None,
+            "min_world_size_with_uvm": diagnosis.uvm_fit.world_size if diagnosis.uvm_fit else None,
+            "max_rows": {diagnosis.scaled_table: diagnosis.max_rows},
+        }
+        print("muse-rec plan: " + diagnosis.message(), file=sys.stderr)
+    if args.json:
+        text = json.dumps(out, indent=2)
+        if to_stdout:
+            print(text)
+        else:
+            with open(args.json, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+    return 0 if main.fits else 1

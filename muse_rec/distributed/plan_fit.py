@@ -1,0 +1,298 @@
+"""Will it fit? Plans over a range of world sizes, and a diagnosis with what would fit when not.
+
+A `PlanSetup` is a topology minus its world size (device, memory per rank, whether UVM kernels
+are allowed). `what_if` plans one setup for many world sizes; `diagnose` explains a failure:
+which tables, how big, and what would fit instead: the minimum world size at the same memory
+per rank, UVM caching (when it was off), and the largest item vocabulary that fits.
+
+"Fits" always means `PlanReport.fits`: the planner found a plan AND every rank also holds the
+fused-optimizer state the planner does not count (see `plan_report`). Searches assume fitting
+is monotone in the world size and in the item rows (more ranks / fewer rows never hurt).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from torch import nn
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.planner import Topology
+from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
+from torchrec.distributed.types import ModuleSharder
+
+from muse_rec.distributed.plan_report import PlanReport, plan_report, usable_per_rank
+from muse_rec.distributed.planner import GiB, make_constraints, make_topology
+
+# Memory per rank of the "unbounded" topology used only to size tables without a real limit.
+_UNBOUNDED_BYTES = 1 << 60
+ModelFactory = Callable[[Mapping[str, int]], nn.Module]
+
+
+@dataclass(frozen=True)
+class PlanSetup:
+    """Everything about the hardware but the world size.
+
+    Attributes:
+        compute_device: ``cuda`` or ``cpu``.
+        hbm_bytes_per_rank: device memory per rank; None = TorchRec's default.
+        ddr_bytes_per_rank: host memory per rank; None = TorchRec's default.
+        allow_uvm: False restricts every table to the ``fused`` kernel (rows in HBM on CUDA):
+            no ``fused_uvm``/``fused_uvm_caching``.
+    """
+
+    compute_device: str = "cuda"
+    hbm_bytes_per_rank: Optional[int] = None
+    ddr_bytes_per_rank: Optional[int] = None
+    allow_uvm: bool = True
+
+    def topology(self, world_size: int) -> Topology:
+        return make_topology(world_size, self.compute_device, hbm_bytes_per_rank=self.hbm_bytes_per_rank,
+                             ddr_bytes_per_rank=self.ddr_bytes_per_rank)
+
+    def constraints(self, module: nn.Module) -> Dict[str, ParameterConstraints]:
+        """`planner.make_constraints`, narrowed to the ``fused`` kernel when UVM is off."""
+        constraints = make_constraints(module)
+        if not self.allow_uvm:
+            for c in constraints.values():
+                c.compute_kernels = [EmbeddingComputeKernel.FUSED.value]
+        return constraints
+
+    def memory(self) -> str:
+        """``HBM 80 GiB, DDR 512 GiB per rank[, UVM off]`` (the caps TorchRec plans with)."""
+        storage = self.topology(1).devices[0].storage
+        uvm = "" if self.allow_uvm else ", UVM off"
+        return f"HBM {storage.hbm / GiB:g} GiB, DDR {storage.ddr / GiB:g} GiB per rank{uvm}"
+
+    def describe(self, world_size: int) -> str:
+        return f"{world_size} x {self.compute_device} ({self.memory()})"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One world size tried: the report when the planner found a plan, else its error line."""
+
+    world_size: int
+    report: Optional[PlanReport]
+    error: Optional[str]
+
+    @property
+    def fits(self) -> bool:
+        return self.report is not None and self.report.fits
+
+    @property
+    def reason(self) -> str:
+        """Why it does not fit ('' when it does)."""
+        if self.error:
+            return self.error
+        return "" if self.fits else "; ".join(self.report.overflow())  # type: ignore[union-attr]
+
+
+def attempt(module: nn.Module, setup: PlanSetup, world_size: int,
+            sharders: Sequence[ModuleSharder[nn.Module]], verbose: bool = False) -> Attempt:
+    """Plan `module` on `setup` at `world_size`; a planner failure becomes ``Attempt.error``."""
+    try:
+        report = plan_report(module, setup.topology(world_size), sharders, setup.constraints(module), verbose)
+    except PlannerError as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        return Attempt(world_size, None, f"TorchRec planner: {first}")
+    return Attempt(world_size, report, None)
+
+
+@dataclass(frozen=True)
+class WhatIfRow:
+    """One world size of the what-if table.
+
+    ``big_tables``: (table, sharding type, kernel) of the largest tables; ``max_*_bytes``: the
+    most loaded rank's HBM / DDR including fused-optimizer state (0 when no plan).
+    """
+
+    world_size: int
+    fits: bool
+    big_tables: Tuple[Tuple[str, str, str], ...]
+    max_hbm_bytes: int
+    max_ddr_bytes: int
+    reason: str
+
+
+def what_if(module: nn.Module, setup: PlanSetup, world_sizes: Sequence[int],
+            sharders: Sequence[ModuleSharder[nn.Module]], big_tables: int = 2) -> List[WhatIfRow]:
+    """Plan `setup` at each world size; `big_tables` = how many of the largest tables to show."""
+    rows = []
+    for ws in world_sizes:
+        a = attempt(module, setup, ws, sharders)
+        big: Tuple[Tuple[str, str, str], ...] = ()
+        hbm = ddr = 0
+        if a.report is not None:
+            largest = sorted(a.report.tables, key=lambda t: -t.total_bytes)[:big_tables]
+            big = tuple((t.summary.table, t.summary.sharding_type, t.summary.compute_kernel) for t in largest)
+            hbm = max(r.hbm_bytes for r in a.report.ranks)
+            ddr = max(r.ddr_bytes for r in a.report.ranks)
+        rows.append(WhatIfRow(ws, a.fits, big, hbm, ddr, a.reason))
+    return rows
+
+
+def format_what_if(rows: Sequence[WhatIfRow]) -> str:
+    head = f"{'ranks':>5} {'fits':<4} {'max HBM/rank':>12} {'max DDR/rank':>12}  largest tables (sharding/kernel)"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        tables = ", ".join(f"{t}: {s}/{k}" for t, s, k in r.big_tables) or r.reason
+        if r.big_tables and not r.fits:
+            tables += f"  [{r.reason}]"
+        lines.append(f"{r.world_size:>5} {'yes' if r.fits else 'NO':<4} {r.max_hbm_bytes / GiB:>12.2f} "
+                     f"{r.max_ddr_bytes / GiB:>12.2f}  {tables}")
+    return "\n".join(lines)
+
+
+def table_bytes(module: nn.Module, setup: PlanSetup, sharders: Sequence[ModuleSharder[nn.Module]]) -> PlanReport:
+    """A 1-rank plan with unbounded memory: per-table weights and optimizer state, no limit in play."""
+    big = replace(setup, hbm_bytes_per_rank=_UNBOUNDED_BYTES, ddr_bytes_per_rank=_UNBOUNDED_BYTES)
+    return plan_report(module, big.topology(1), sharders, setup.constraints(module))
+
+
+def min_world_size(module: nn.Module, setup: PlanSetup, sharders: Sequence[ModuleSharder[nn.Module]],
+                   total_bytes: int, limit: int) -> Optional[Attempt]:
+    """The smallest world size <= `limit` that fits (its `Attempt`), or None.
+
+    Starts at a true lower bound, `total_bytes` (weights + state) over the raw memory per rank
+    that may hold rows, then doubles and bisects.
+    """
+    storage = setup.topology(1).devices[0].storage
+    if setup.compute_device != "cuda":
+        per_rank = storage.ddr
+    else:
+        per_rank = storage.hbm + (storage.ddr if setup.allow_uvm else 0)
+    lo = max(1, math.ceil(total_bytes / max(per_rank, 1)))
+    if lo > limit:
+        return None
+    failed, hi = lo - 1, lo
+    found: Optional[Attempt] = None
+    while hi <= limit:
+        a = attempt(module, setup, hi, sharders)
+        if a.fits:
+            found = a
+            break
+        failed, hi = hi, hi * 2
+    if found is None:
+        a = attempt(module, setup, limit, sharders) if failed < limit else None
+        if a is None or not a.fits:
+            return None
+        found = a
+    while found.world_size - failed > 1:  # bisect (failed, found]
+        mid = (failed + found.world_size) // 2
+        a = attempt(module, setup, mid, sharders)
+        if a.fits:
+            found = a
+        else:
+            failed = mid
+    return found
+
+
+def max_rows_that_fit(build_model: ModelFactory, vocab_sizes: Mapping[str, int], table: str, setup: PlanSetup,
+                      world_size: int, sharders: Sequence[ModuleSharder[nn.Module]],
+                      rel_tolerance: float = 0.02) -> int:
+    """The largest row count of `table` (others unchanged) that fits, within `rel_tolerance`; 0 = none."""
+    def fits(rows: int) -> bool:
+        sizes = dict(vocab_sizes, **{table: rows})
+        return attempt(build_model(sizes), setup, world_size, sharders).fits
+
+    lo, hi = 0, int(vocab_sizes[table])  # fits(lo) assumed, fits(hi) known False
+    step = max(1, int(hi * rel_tolerance))
+    while hi - lo > step:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(max(mid, 1)) else (lo, mid)
+    return lo
+
+
+@dataclass(frozen=True)
+class FitDiagnosis:
+    """Why a setup does not fit at a world size, and what would.
+
+    Attributes:
+        tables: (name, rows, dim, dtype, weight bytes, optimizer-state bytes), largest first.
+        usable_bytes_per_rank: memory per rank the planner may fill with rows (HBM without
+            UVM on CUDA, HBM + DDR with it, DDR on CPU).
+        min_fit: the smallest fitting world size at the same memory per rank (None: > limit).
+        uvm_fit: when UVM was off, the smallest fitting world size with UVM on.
+        max_rows: the largest rows of `scaled_table` that fit at this world size.
+    """
+
+    setup: PlanSetup
+    world_size: int
+    reason: str
+    tables: Tuple[Tuple[str, int, int, str, int, int], ...]
+    usable_bytes_per_rank: int
+    limit: int
+    min_fit: Optional[Attempt]
+    uvm_fit: Optional[Attempt]
+    scaled_table: str
+    max_rows: Optional[int]
+
+    def message(self) -> str:
+        g = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
+        total = sum(w + s for *_, w, s in self.tables)
+        lines = [f"no plan fits on {self.setup.describe(self.world_size)}: {self.reason}",
+                 "tables (weights + fused-optimizer state):"]
+        for name, rows, dim, dtype, w, s in self.tables[:4]:
+            lines.append(f"  {name}: {rows:,} rows x {dim} {dtype} = {g(w)}" + (f" + {g(s)} state" if s else ""))
+        usable = self.usable_bytes_per_rank * self.world_size
+        culprits, acc = [], 0
+        for name, *_, w, s in self.tables:
+            culprits.append(name)
+            acc += w + s
+            if acc > usable:
+                break
+        lines.append(f"  all tables: {g(total)}; {self.world_size} rank(s) offer {g(usable)} for rows"
+                     + (f": {' + '.join(culprits)} ({g(acc)}) already {'exceeds' if len(culprits) == 1 else 'exceed'} it"
+                        if acc > usable else
+                        " (enough in sum: the planner could not partition the tables)"))
+        lines.append("what would fit:")
+        if self.min_fit is not None:
+            lines.append(f"  - more ranks: {self.setup.describe(self.min_fit.world_size)}")
+        else:
+            lines.append(f"  - more ranks: nothing up to {self.limit} ranks at this memory per rank")
+        if not self.setup.allow_uvm:
+            uvm = replace(self.setup, allow_uvm=True)
+            lines.append(f"  - UVM caching (rows in host memory, a cache in HBM): "
+                         + (f"{uvm.describe(self.uvm_fit.world_size)}" if self.uvm_fit else f"nothing up to {self.limit} ranks"))
+        if self.max_rows is not None:
+            lines.append(f"  - a smaller {self.scaled_table} vocabulary: at most ~{self.max_rows:,} rows fit on "
+                         f"{self.setup.describe(self.world_size)} (e.g. the p90 vocabulary instead of the full one)")
+        return "\n".join(lines)
+
+
+def diagnose(build_model: ModelFactory, vocab_sizes: Mapping[str, int], setup: PlanSetup, world_size: int,
+             sharders: Sequence[ModuleSharder[nn.Module]], failed: Attempt, limit: int = 128,
+             scaled_table: str = "item") -> FitDiagnosis:
+    """Explain `failed` (an `Attempt` that does not fit) and search what would fit (see module doc).
+
+    Args:
+        build_model: vocab sizes -> the unsharded model (``meta``), rebuilt for row searches.
+        limit: the largest world size the searches try.
+        scaled_table: the table whose rows the vocabulary search shrinks (skipped if not in `vocab_sizes`).
+    """
+    module = build_model(vocab_sizes)
+    sized = table_bytes(module, setup, sharders)
+    tables = tuple(sorted(
+        ((t.summary.table, t.summary.rows, t.summary.dim, t.summary.dtype, t.summary.weight_bytes,
+          t.summary.optimizer_bytes) for t in sized.tables),
+        key=lambda x: -(x[4] + x[5]),
+    ))
+    total = sum(w + s for *_, w, s in tables)
+    try:
+        hbm, ddr = usable_per_rank(module, setup.topology(world_size), sharders, setup.constraints(module))
+    except PlannerError:  # the reservation alone exceeds the HBM cap
+        hbm, ddr = 0, setup.topology(1).devices[0].storage.ddr
+    if setup.compute_device != "cuda":
+        usable = ddr
+    else:
+        usable = hbm + (ddr if setup.allow_uvm else 0)
+    min_fit = min_world_size(module, setup, sharders, total, limit)
+    uvm_fit = None
+    if not setup.allow_uvm:
+        uvm_fit = min_world_size(module, replace(setup, allow_uvm=True), sharders, total, limit)
+    max_rows = None
+    if scaled_table in vocab_sizes:
+        max_rows = max_rows_that_fit(build_model, vocab_sizes, scaled_table, setup, world_size, sharders)
+    return FitDiagnosis(setup, world_size, failed.reason, tables, usable, limit, min_fit, uvm_fit,
+                        scaled_table, max_rows)

@@ -1,0 +1,216 @@
+"""`muse-rec plan`: TorchRec's planner on the meta device at the real Taobao-MM scale.
+
+The byte checks are computed independently of the code under test: rows x dim x bytes per
+element from the spec's vocab sizes, and FBGEMM's fused-optimizer state per row (Adam: two
+fp32 moments of the row's width; exact_row_wise_adagrad: one fp32 per row; exact_sgd: none).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from muse_rec.cli import main
+from muse_rec.cli.plan import parse_world_sizes
+from muse_rec.distributed.plan_fit import PlanSetup, attempt
+from muse_rec.distributed.plan_report import plan_report
+from muse_rec.distributed.planner import GiB, make_plan
+from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
+from muse_rec.models.ctr_model import build_train_model
+from muse_rec.models.sparse_arch import REQUIRED_TABLES
+from muse_rec.spec import load_spec
+from tests.conftest import subprocess_env, venv_bin
+
+REPO = Path(__file__).resolve().parents[2]
+FULL = "specs/taobao_mm_full/muse.yaml"
+P90 = "specs/taobao_mm_p90/muse.yaml"
+SCL_DIM = 128
+# Fused-optimizer state bytes per row of width d (FBGEMM keeps fp32 state).
+STATE_PER_ROW = {"adam": lambda d: 8 * d, "exact_row_wise_adagrad": lambda d: 4, "exact_sgd": lambda d: 0}
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _plan_cli(*args: str) -> subprocess.CompletedProcess:
+    """Through the installed console script (what a user runs)."""
+    return subprocess.run([venv_bin("muse-rec"), "plan", *args], capture_output=True, text=True, cwd=REPO,
+                          env=subprocess_env(), timeout=300)
+
+
+def _plan_inproc(capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
+    """The same command line in this process (skips ~5 s of torchrec import per call)."""
+    monkeypatch.chdir(REPO)
+    code = main(["plan", *args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def _expected_tables(spec_path: str, optimizer: str):
+    """name -> (rows, dim, bytes per element, optimizer) from the spec alone."""
+    spec = load_spec(REPO / spec_path)
+    sizes, m = spec.data.vocab_sizes, spec.model
+    out = {t: (sizes[t], m.small_dim if t in m.small_features else m.embedding_dim, 4, optimizer) for t in REQUIRED_TABLES}
+    out["scl"] = (sizes["item"], SCL_DIM, 2, "exact_sgd")  # frozen fp16, stateless
+    return out
+
+
+def _model(spec_path: str):
+    spec = load_spec(REPO / spec_path)
+    return build_train_model(spec.model, spec.data.vocab_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"))
+
+
+def test_specs_carry_the_published_sizes():
+    full, p90 = (load_spec(REPO / s).data.vocab_sizes for s in (FULL, P90))
+    assert full["item"] == 243_363_020 + 1 and p90["item"] == 35_458_498 + 1
+    for sizes in (full, p90):
+        assert sizes["user_id"] == 6_929_671 + 1 and sizes["category"] == 26_397 + 1
+        assert set(sizes) == set(REQUIRED_TABLES)
+
+
+def test_full_vocabulary_on_8_h100_plans_and_accounts_every_byte(tmp_path):
+    out = _plan_cli("--spec", FULL, "--world-size", "8", "--device", "cuda", "--hbm-gib", "80", "--ddr-gib", "512",
+                    "--json", str(tmp_path / "plan.json"))
+    assert out.returncode == 0, out.stderr
+    assert "verdict: fits" in out.stdout and "scl" in out.stdout
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    plan = doc["plan"]
+    assert doc["fits"] is True and plan["world_size"] == 8 and plan["fused_optimizer"] == "adam"
+    assert plan["hbm_cap_bytes_per_rank"] == 80 * GiB and plan["ddr_cap_bytes_per_rank"] == 512 * GiB
+
+    want = _expected_tables(FULL, "adam")
+    tables = {t["table"]: t for t in plan["tables"]}
+    assert set(tables) == set(want)  # every table placed
+    total_weights = total_state = 0
+    for name, (rows, dim, elem, optim) in want.items():
+        t = tables[name]
+        weights, state = rows * dim * elem, rows * STATE_PER_ROW[optim](dim)
+        assert (t["rows"], t["dim"], t["bytes_per_element"]) == (rows, dim, elem), name
+        assert t["weight_bytes"] == weights and t["optimizer_bytes"] == state, name
+        # The shards tile the table exactly, on valid ranks.
+        assert sum(s["rows"] * s["cols"] for s in t["shards"]) == rows * dim, name
+        assert sum(s["weight_bytes"] for s in t["shards"]) == weights, name
+        assert {s["rank"] for s in t["shards"]} <= set(range(8)) and t["shards"], name
+        assert sum(t["bytes_per_rank"].values()) == weights + state, name
+        # The planner's estimate covers at least the rows it placed on each medium.
+        assert t["planner_hbm_bytes"] + t["planner_ddr_bytes"] >= weights, name
+        total_weights += weights
+        total_state += state
+
+    ranks, totals = plan["ranks"], plan["totals"]
+    assert [r["rank"] for r in ranks] == list(range(8))
+    assert totals["weight_bytes"] == total_weights and totals["optimizer_bytes"] == total_state
+    for key, value in totals.items():  # per-rank sums equal the totals
+        assert sum(r[key] for r in ranks) == value, key
+    # The planner does not see fused-optimizer state; the report adds all of it on top.
+    uncounted = sum(t["optimizer_bytes_uncounted_by_planner"] for t in plan["tables"])
+    assert uncounted == total_state
+    assert (totals["hbm_bytes"] + totals["ddr_bytes"]) - (totals["planner_hbm_bytes"] + totals["planner_ddr_bytes"]) == uncounted
+    assert all(r["fits"] and r["hbm_bytes"] <= r["usable_hbm_bytes"] < 80 * GiB for r in ranks)
+
+
+def test_report_plan_is_the_plan_training_gets():
+    # shard_model plans with planner.make_plan: the report must show that very plan.
+    model = _model(FULL)
+    sharders = make_sharders(FusedOptimizerConfig(name="adam"), "cuda")
+    topology = PlanSetup("cuda", 24 * GiB, 256 * GiB).topology(2)
+    report = plan_report(model, topology, sharders)
+    reference = make_plan(model, topology, sharders)
+    assert set(report.plan.plan) == set(reference.plan)
+    for module, params in reference.plan.items():
+        for table, ps in params.items():  # type: ignore[union-attr]
+            got = report.plan.plan[module][table]  # type: ignore[index]
+            assert (got.sharding_type, got.compute_kernel, got.ranks) == (ps.sharding_type, ps.compute_kernel, ps.ranks)
+            assert str(got.sharding_spec) == str(ps.sharding_spec), table
+
+
+def test_what_if_over_world_sizes(capsys, monkeypatch):
+    out = _plan_inproc(capsys, monkeypatch, "--spec", FULL, "--world-size", "2", "--what-if", "1-2,16", "--json", "-")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    rows = doc["what_if"]
+    assert [r["world_size"] for r in rows] == [1, 2, 16]
+    for r in rows:
+        assert r["fits"] is True and r["max_hbm_bytes"] > 0
+        assert {t["table"] for t in r["big_tables"]} == {"scl", "item"}  # the two largest tables
+    # The what-if row at the main world size is the main plan.
+    assert rows[1]["max_hbm_bytes"] == max(r["hbm_bytes"] for r in doc["plan"]["ranks"])
+    # More ranks spread the rows: the most loaded rank at 16 holds far less than at 2.
+    assert rows[2]["max_hbm_bytes"] < rows[1]["max_hbm_bytes"] / 4
+    assert "what if" in out.stderr  # the text goes to stderr when JSON takes stdout
+
+
+def test_too_small_topology_says_what_would_fit(tmp_path):
+    out = _plan_cli("--spec", FULL, "--world-size", "1", "--hbm-gib", "16", "--no-uvm", "--json", str(tmp_path / "f.json"))
+    assert out.returncode == 1
+    err = out.stderr
+    assert "no plan fits on 1 x cuda" in err and "UVM off" in err
+    assert "scl: 243,363,021 rows x 128 FP16" in err and "item: 243,363,021 rows x 16 FP32" in err
+    assert "more ranks:" in err and "UVM caching" in err and "smaller item vocabulary" in err
+    doc = json.loads((tmp_path / "f.json").read_text())
+    diag = doc["diagnosis"]
+    assert doc["fits"] is False and doc["plan"] is None
+    assert diag["min_world_size_with_uvm"] == 1  # UVM caching fits on the same single GPU
+    n = diag["min_world_size"]
+    assert isinstance(n, int) and n > 1
+    # The claim holds: n ranks of 16 GiB fit, n - 1 do not.
+    model = _model(FULL)
+    sharders = make_sharders(FusedOptimizerConfig(name="adam"), "cuda")
+    setup = PlanSetup("cuda", 16 * GiB, 512 * GiB, allow_uvm=False)
+    assert attempt(model, setup, n, sharders).fits
+    assert not attempt(model, setup, n - 1, sharders).fits
+    max_item = diag["max_rows"]["item"]
+    assert 0 < max_item < 243_363_021
+
+
+def test_fused_optimizer_state_the_planner_misses_makes_a_plan_not_fit():
+    # p90 on one 16 GiB GPU, rows in HBM: weights (~11 GiB) fit the planner's 13.6 GiB, but Adam's
+    # two moments on the item table (+4.2 GiB) do not: the planner says yes, the report says no.
+    model = _model(P90)
+    sharders = make_sharders(FusedOptimizerConfig(name="adam"), "cuda")
+    a = attempt(model, PlanSetup("cuda", 16 * GiB, 512 * GiB, allow_uvm=False), 1, sharders)
+    assert a.report is not None and a.error is None  # TorchRec found a plan
+    rank = a.report.ranks[0]
+    assert rank.planner_hbm_bytes <= rank.usable_hbm_bytes < rank.hbm_bytes
+    assert not a.fits and "rank 0: HBM" in a.reason
+    items = 35_458_499
+    assert rank.hbm_bytes - rank.planner_hbm_bytes == sum(t.summary.optimizer_bytes for t in a.report.tables)
+    assert next(t for t in a.report.tables if t.summary.table == "item").summary.optimizer_bytes == items * 8 * 16
+
+
+def test_cpu_topology_keeps_everything_in_host_memory(tmp_path, capsys, monkeypatch):
+    out = _plan_inproc(capsys, monkeypatch, "--spec", P90, "--device", "cpu", "--world-size", "2",
+                    "--set", "train.sparse_optimizer.name=exact_row_wise_adagrad", "--json", str(tmp_path / "c.json"))
+    assert out.returncode == 0, out.stderr
+    plan = json.loads((tmp_path / "c.json").read_text())["plan"]
+    assert plan["compute_device"] == "cpu" and plan["fused_optimizer"] == "exact_row_wise_adagrad"
+    want = _expected_tables(P90, "exact_row_wise_adagrad")
+    for t in plan["tables"]:
+        rows, dim, elem, optim = want[t["table"]]
+        assert t["optimizer_bytes"] == rows * STATE_PER_ROW[optim](dim) and t["state_memory"] == "ddr"
+    assert all(r["hbm_bytes"] == 0 and r["ddr_bytes"] >= r["weight_bytes"] + r["optimizer_bytes"] for r in plan["ranks"])
+
+
+def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
+    run = lambda *a: _plan_inproc(capsys, monkeypatch, *a)  # noqa: E731
+    spec = tmp_path / "nosizes.yaml"
+    spec.write_text(f"extends: {REPO / 'specs/demo/muse.yaml'}\ndata:\n  prepared: {tmp_path / 'absent'}\n")
+    out = run("--spec", str(spec))
+    assert out.returncode == 2 and "data.vocab_sizes" in out.stderr and "data.prepared" in out.stderr
+    out = run("--spec", FULL, "--device", "cpu")  # fused Adam is CUDA-only
+    assert out.returncode == 2 and "train.sparse_optimizer.name" in out.stderr and "adam" in out.stderr
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(f"extends: {REPO / 'specs/demo/muse.yaml'}\ndata:\n  vocab_sizes: {{item: 100}}\n")
+    out = run("--spec", str(partial))
+    assert out.returncode == 2 and "data.vocab_sizes lacks" in out.stderr and "category" in out.stderr
+
+
+def test_parse_world_sizes():
+    assert parse_world_sizes("1-16") == list(range(1, 17))
+    assert parse_world_sizes("8,1-2,2") == [1, 2, 8]
+    for bad in ("0-4", "4-2", "x", "1-"):
+        with pytest.raises(ValueError, match="--what-if"):
+            parse_world_sizes(bad)
