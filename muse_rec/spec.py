@@ -39,8 +39,9 @@ class DataSpec:
     num_workers: int = 1  # loader worker processes per rank
     train_split: str = "train"
     eval_split: str = "test"
-    # Rows per embedding table (row 0 included) for work without prepared data at hand, e.g.
-    # `muse-rec plan` at the real Taobao-MM scale. A run with prepared data checks they agree.
+    # Rows per embedding table (row 0 included) for planning without prepared data at hand
+    # (`muse-rec plan` at the real Taobao-MM scale). Training always sizes its tables from the
+    # prepared data, and a resumed or evaluated checkpoint must match that data exactly.
     vocab_sizes: Dict[str, int] = field(default_factory=dict)
 
 

@@ -257,7 +257,7 @@ class FitDiagnosis:
                          + (f"{uvm.describe(self.uvm_fit.world_size)}" if self.uvm_fit else f"nothing up to {self.limit} ranks"))
         if self.max_rows is not None:
             lines.append(f"  - a smaller {self.scaled_table} vocabulary: at most ~{self.max_rows:,} rows fit on "
-                         f"{self.setup.describe(self.world_size)} (e.g. the p90 vocabulary instead of the full one)")
+                         f"{self.setup.describe(self.world_size)} (a frequency cut-off, like the p90 vocabulary)")
         return "\n".join(lines)
 
 

@@ -59,17 +59,6 @@ def _open_data(spec: Spec) -> PreparedData:
         ) from None
 
 
-def _check_spec_vocab(spec: Spec, data: PreparedData) -> None:
-    """A spec that states table sizes must agree with the prepared data it points at."""
-    want = spec.data.vocab_sizes
-    diff = {k: (v, data.vocab_sizes.get(k)) for k, v in want.items() if data.vocab_sizes.get(k) != v}
-    if diff:
-        raise RunError(
-            f"data.vocab_sizes disagrees with the prepared data at {spec.data.prepared!r} "
-            f"(table: (spec, prepared)) {diff}; fix the spec or point data.prepared at the matching data"
-        )
-
-
 def _check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
     """A resumed run must see the same vocabularies it was started with."""
     if not run_json.exists():
@@ -90,7 +79,6 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
     t = spec.train
     run_dir = Path(spec.run_dir)
     data = _open_data(spec)
-    _check_spec_vocab(spec, data)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
