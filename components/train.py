@@ -11,7 +11,7 @@ fixes everything about the run itself.
 import torchx.specs as specs
 from torchx.components import dist
 
-from muse_rec.launch import get_profile, train_args
+from muse_rec.launch import get_profile, split_overrides, train_args
 
 
 def train(
@@ -27,14 +27,14 @@ def train(
     Args:
         spec: the run's spec file (default: the profile's spec)
         profile: launch profile in torchx.yaml (cpu-demo, cpu-single, gpu-node, multi-node)
-        set: comma-separated spec overrides, e.g. "train.max_steps=20,train.batch_size=256"
+        set: comma-separated spec overrides, e.g. "train.max_steps=20,model.tower_hidden=[64,32]"
         resume: continue from the run directory's latest checkpoint
         rdzv_port: c10d rendezvous port (0 = the profile's)
         profiles_file: another launch-profiles file instead of torchx.yaml
     """
     # Primitive arguments only (TorchX decodes the command line by the annotations).
     p = get_profile(profile, profiles_file or None)
-    overrides = [s for s in set.split(",") if s]
+    overrides = split_overrides(set)
     return dist.ddp(
         *train_args(spec or p.spec, overrides, resume),
         m="muse_rec.cli",

@@ -106,6 +106,21 @@ def get_profile(name: str, path: Optional[str] = None) -> LaunchProfile:
     return profiles[name]
 
 
+def split_overrides(text: str) -> List[str]:
+    """``"a=1,b=[2,3]"`` -> ``["a=1", "b=[2,3]"]``: commas inside brackets belong to the value."""
+    out, depth, cur = [], 0, []
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [o.strip() for o in out if o.strip()]
+
+
 def train_args(spec: str, overrides: List[str], resume: bool, command: str = "train") -> List[str]:
     """Arguments of `python -m muse_rec.cli` on every rank."""
     args = [command, "--spec", spec]

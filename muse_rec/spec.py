@@ -200,7 +200,10 @@ def _apply_override(raw: Dict[str, Any], override: str, source: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise SpecError(f"override {override!r}: {p} is not a mapping")
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise SpecError(f"override {override!r}: value is not valid YAML ({e.problem})") from None
 
 
 def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:

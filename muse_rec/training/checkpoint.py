@@ -27,6 +27,7 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,16 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def _materialize_lazy_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the dense optimizers' state (torch builds it at the first step) so DCP can load
+    into it in place. The dummy step's effect on parameters is overwritten by the model load."""
+    parts = [o for _, o in optimizer.optimizers] if isinstance(optimizer, CombinedOptimizer) else [optimizer]
+    for opt in parts:
+        if isinstance(opt, KeyedOptimizerWrapper) and not opt.state:
+            opt.init_state()
+            opt.zero_grad(set_to_none=True)
+
+
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
@@ -122,11 +133,21 @@ def load_checkpoint(
     if not pos_file.exists():
         raise FileNotFoundError(f"{path}: not a complete checkpoint (no position.json)")
     position = Position(**json.loads(pos_file.read_text()))
+    if optimizer is not None:
+        _materialize_lazy_state(optimizer)
     state = _state(model, optimizer, skip)
     dcp.load(state, checkpoint_id=str(path))
-    model.load_state_dict(state["model"], strict=False)
+    # Load the complete state dict: sharded collections' load hooks expect every table of theirs,
+    # the skipped (frozen) ones simply keep their current values.
+    full = model.state_dict()
+    full.update(state["model"])
+    model.load_state_dict(full)
     if optimizer is not None:
-        optimizer.load_state_dict(state["optim"])
+        full_osd = optimizer.state_dict()
+        full_osd["state"].update(state["optim"]["state"])
+        if "param_groups" in state["optim"]:  # KeyedOptimizer saves them only when asked to
+            full_osd["param_groups"] = state["optim"]["param_groups"]
+        optimizer.load_state_dict(full_osd)
     rng = Path(path) / f"rng-{_rank()}.pt"
     if rng.exists() and position.world_size == (dist.get_world_size() if dist.is_initialized() else 1):
         torch.set_rng_state(torch.load(rng))

@@ -24,13 +24,14 @@ def test_every_profile_is_valid_and_names_an_existing_spec():
 
 
 def test_component_uses_the_profile():
-    app = train_component(profile="cpu-demo", set="train.max_steps=3,train.batch_size=8", rdzv_port=12345)
+    app = train_component(profile="cpu-demo", set="train.max_steps=3,model.tower_hidden=[8,4],train.batch_size=8",
+                          rdzv_port=12345)
     assert isinstance(app, AppDef)
     role = app.roles[0]
     cmd = " ".join(role.args)
     assert "--nproc_per_node 2" in cmd and "--nnodes 1" in cmd
     assert "-m muse_rec.cli train --spec specs/demo/muse.yaml" in cmd
-    assert "--set train.max_steps=3 --set train.batch_size=8" in cmd
+    assert "--set train.max_steps=3 --set 'model.tower_hidden=[8,4]' --set train.batch_size=8" in cmd
     assert role.env["OMP_NUM_THREADS"] == "1"
     gpu = train_component(profile="gpu-node", spec="specs/taobao_mm_p90/din.yaml").roles[0]
     assert gpu.resource.gpu == 8 and "--nproc_per_node 8" in " ".join(gpu.args)

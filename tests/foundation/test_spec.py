@@ -62,6 +62,8 @@ def test_bad_files(tmp_path):
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(SpecError, match="'extends' cycle"):
         load_spec(tmp_path / "loop.yaml")
+    with pytest.raises(SpecError, match="value is not valid YAML"):
+        load_spec(SPECS / "methods/muse.yaml", overrides=["model.tower_hidden=[64,"])
     with pytest.raises(SpecError, match="expected key.path=value"):
         load_spec(SPECS / "methods/muse.yaml", overrides=["train.batch_size"])
 

@@ -1,0 +1,47 @@
+"""`muse-rec export --spec FILE [--checkpoint DIR] --out DIR`: a quantized, torch.export'ed ranker.
+
+Loads a training checkpoint (any world size) into an unsharded CPU model, reloads the frozen SCL
+table from the prepared data, quantizes the tables to TorchRec int8 inference tables (the SCL
+table losslessly) and saves a `torch.export` program whose signature is the ranker's: one
+user's history and B candidates -> B click probabilities. See docs/serving.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "export a checkpoint as a quantized torch.export ranking program (one user, B candidates)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", required=True, help="the spec the checkpoint was trained with")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (repeatable)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the run's latest)")
+    p.add_argument("--out", required=True, help="output directory (ranker.pt2 + manifest.json)")
+    p.add_argument("--seq-len", type=int, default=None, help="the program's history length L (default: data.seq_len)")
+    p.add_argument("--scl-dtype", choices=["int8", "fp16"], default="int8",
+                   help="frozen SCL table storage (int8 is lossless for the int8 release vectors)")
+    p.add_argument("--row-alignment", type=int, default=16,
+                   help="bytes each quantized row is padded to (16 = TorchRec default; 4 is tighter on CPU)")
+    p.add_argument("--max-candidates", type=int, default=4096, help="largest B the program accepts")
+    p.add_argument("--float", dest="quantize", action="store_false", help="export without quantizing (comparison)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from muse_rec.data.prepared import PreparedDataError
+    from muse_rec.serving.export import ExportError, export_model
+    from muse_rec.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec, args.set)
+        manifest = export_model(spec, args.out, checkpoint=args.checkpoint, seq_len=args.seq_len,
+                                scl_dtype=args.scl_dtype, row_alignment=args.row_alignment,
+                                max_candidates=args.max_candidates, quantize=args.quantize)
+    except (SpecError, ExportError, PreparedDataError, ValueError) as e:
+        print(f"muse-rec export: {e}", file=sys.stderr)
+        return 2
+    tables = manifest.get("tables") or {}
+    print(json.dumps({"out": args.out, "seq_len": manifest["seq_len"], "quantized": manifest["quantized"],
+                      "bytes_per_row": tables.get("bytes_per_row"), "export_seconds": manifest["export_seconds"]}))
+    return 0

@@ -1,0 +1,53 @@
+"""`muse-rec rank --spec FILE [--checkpoint DIR | --exported DIR] --request req.json`: score candidates.
+
+The request file holds ``{"user": <int>, "candidates": [<int>, ...]}`` or a list of them (raw
+ids; ``-`` reads stdin). Prints one JSON document: a response object per request (scores in
+candidate order, ``known_user``, ``unknown_candidates``); see docs/serving.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "rank candidates for users from a checkpoint or an exported program (JSON request -> JSON scores)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", required=True, help="the spec the model was trained with (data paths, model)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (repeatable)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the run's latest)")
+    src.add_argument("--exported", default=None, help="directory written by `muse-rec export`")
+    p.add_argument("--request", required=True, help="JSON request file ('-' = stdin)")
+    p.add_argument("--split", default=None, help="prepared split whose user table holds histories (default: eval split)")
+    p.add_argument("--seq-len", type=int, default=None, help="serving history length (default: spec / exported)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from muse_rec.data.prepared import PreparedDataError
+    from muse_rec.serving.export import ExportError
+    from muse_rec.serving.ranker import Ranker, rank_all
+    from muse_rec.serving.request import RequestError, parse_requests
+    from muse_rec.spec import SpecError, load_spec
+
+    try:
+        text = sys.stdin.read() if args.request == "-" else open(args.request, encoding="utf-8").read()
+    except OSError as e:
+        print(f"muse-rec rank: cannot read request {args.request}: {e}", file=sys.stderr)
+        return 2
+    try:
+        requests = parse_requests(text)
+        spec = load_spec(args.spec, args.set)
+        if args.exported:
+            ranker = Ranker.from_exported(spec, args.exported, seq_len=args.seq_len, split=args.split)
+        else:
+            ranker = Ranker.from_checkpoint(spec, args.checkpoint, seq_len=args.seq_len, split=args.split)
+        with ranker:
+            responses = rank_all(ranker, requests)
+    except (RequestError, SpecError, ExportError, PreparedDataError, ValueError) as e:
+        print(f"muse-rec rank: {e}", file=sys.stderr)
+        return 2
+    single = not text.lstrip().startswith("[")
+    print(json.dumps(responses[0] if single else responses))
+    return 0

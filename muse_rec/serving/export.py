@@ -1,0 +1,197 @@
+"""Checkpoint -> quantized `InferenceModel` -> `torch.export` program on disk, and back.
+
+`muse-rec export` writes a directory::
+
+    ranker.pt2        the ExportedProgram (torch.export.save): the one-user signature of
+                      `muse_rec.serving.inference`, a dynamic candidate count B, history length L fixed
+    manifest.json     inputs (names, shapes, dtypes), L, B range, table bytes per row, source run
+
+Loading and running the program needs torch, torchrec and fbgemm only (not muse_rec)::
+
+    import torch, torchrec, fbgemm_gpu                      # registers the fbgemm/torchrec ops
+    from torchrec.pt2.utils import register_fake_classes
+    register_fake_classes()
+    program = torch.export.load("DIR/ranker.pt2").module()
+    scores = program(seq_items, seq_cats, seq_length, user_fields, cand_items, cand_cats, cand_attrs)
+
+The checkpoint (DCP, written by any number of ranks) is loaded into an unsharded model on CPU:
+DCP resolves sharded tensors into plain tensors. The frozen SCL table is not in checkpoints;
+it is reloaded from the prepared data (`PreparedData.scl()`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+import torchrec
+
+from muse_rec.data.batch import ITEM_FEATURES, USER_FEATURES
+from muse_rec.data.prepared import PreparedData
+from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
+from muse_rec.serving.inference import InferenceModel
+from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving
+from muse_rec.spec import Spec
+from muse_rec.training.checkpoint import latest_checkpoint, load_checkpoint
+
+PROGRAM_FILE = "ranker.pt2"
+MANIFEST_FILE = "manifest.json"
+# torch.export specialises a dynamic size seen as 0 or 1; the program accepts B >= 2 and the
+# Ranker pads a one-candidate request (see `ExportedScorer`).
+MIN_CANDIDATES = 2
+DEFAULT_MAX_CANDIDATES = 4096
+INPUT_NAMES = ("seq_items", "seq_cats", "seq_length", "user_fields", "cand_items", "cand_cats", "cand_attrs")
+
+
+class ExportError(RuntimeError):
+    """Export cannot proceed as asked (no checkpoint, bad directory, unsupported spec)."""
+
+
+def resolve_checkpoint(spec: Spec, checkpoint: Optional[str]) -> Path:
+    """The checkpoint directory to read: ``checkpoint`` or the run's latest."""
+    ck = Path(checkpoint) if checkpoint else latest_checkpoint(str(Path(spec.run_dir) / "checkpoints"))
+    if ck is None or not (ck / "position.json").exists():
+        raise ExportError(f"no complete checkpoint at {checkpoint or Path(spec.run_dir) / 'checkpoints'} "
+                          "(train first, or pass --checkpoint DIR)")
+    return ck
+
+
+def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str] = None,
+                       seq_len: Optional[int] = None) -> Tuple[LifelongCTRModel, Path]:
+    """A trained `LifelongCTRModel` on CPU, unsharded, eval mode, SCL table loaded.
+
+    Args:
+        spec: the spec the checkpoint was trained with.
+        data: its prepared data (vocabulary sizes and the SCL table).
+        checkpoint: checkpoint directory; None = the run's latest.
+        seq_len: L of the built model (parameters do not depend on it; only ``top_k`` and
+            ``recent`` are capped at it); None = the spec's.
+    """
+    ck = resolve_checkpoint(spec, checkpoint)
+    train_model = build_train_model(spec.model, data.vocab_sizes, seq_len or spec.data.seq_len,
+                                    device=torch.device("cpu"))
+    try:
+        load_checkpoint(ck, train_model, None, skip=is_frozen_key)
+    except Exception as e:  # DCP raises assorted types for a mismatched checkpoint
+        raise ExportError(f"{ck}: cannot load into the model of this spec ({type(e).__name__}: {e}); "
+                          "is it the spec and prepared data the run was trained with?") from e
+    model = train_model.model
+    model.sparse_arch.load_scl_(data.scl())
+    return model.eval(), ck
+
+
+def example_inputs(seq_len: int, candidates: int = 8) -> Tuple[torch.Tensor, ...]:
+    """Inputs of the right shapes and dtypes for tracing (row 0 = padding/unknown everywhere)."""
+    z = torch.zeros
+    return (z(1, seq_len, dtype=torch.int64), z(1, seq_len, dtype=torch.int64), z(1, dtype=torch.int64),
+            z(1, len(USER_FEATURES), dtype=torch.int64), z(candidates, dtype=torch.int64),
+            z(candidates, dtype=torch.int64), z(candidates, len(ITEM_FEATURES), dtype=torch.int64))
+
+
+_FAKES_REGISTERED = False
+
+
+def _register_fake_classes() -> None:
+    """Fake versions of fbgemm's script objects (needed to trace and load TBEs); once per process."""
+    global _FAKES_REGISTERED
+    if not _FAKES_REGISTERED:
+        from torchrec.pt2.utils import register_fake_classes
+
+        register_fake_classes()
+        _FAKES_REGISTERED = True
+
+
+def export_program(model: torch.nn.Module, seq_len: int,
+                   max_candidates: int = DEFAULT_MAX_CANDIDATES) -> torch.export.ExportedProgram:
+    """`torch.export` (non-strict) of an `InferenceModel` (float or quantized), B dynamic."""
+    _register_fake_classes()
+    if max_candidates < MIN_CANDIDATES:
+        raise ValueError(f"max_candidates must be >= {MIN_CANDIDATES}, got {max_candidates}")
+    B = torch.export.Dim("candidates", min=MIN_CANDIDATES, max=max_candidates)
+    dynamic = {"seq_items": None, "seq_cats": None, "seq_length": None, "user_fields": None,
+               "cand_items": {0: B}, "cand_cats": {0: B}, "cand_attrs": {0: B}}
+    example = example_inputs(seq_len)
+    with torch.no_grad():
+        # One eager call first: TorchRec's quantized collections cache their feature order on
+        # the first forward, with a `torch.tensor(data=...)` call that export cannot trace.
+        model(*example)
+        return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
+
+
+def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq_len: Optional[int] = None,
+                 scl_dtype: str = "int8", row_alignment: int = DEFAULT_ROW_ALIGNMENT,
+                 max_candidates: int = DEFAULT_MAX_CANDIDATES, quantize: bool = True) -> Dict[str, object]:
+    """Load, quantize, export and save; returns the manifest (also written to ``out_dir``).
+
+    Args:
+        seq_len: the program's fixed history length L (histories are cut to the newest L and
+            left-padded); None = the spec's ``data.seq_len``.
+        quantize: False exports the float model (for comparison; tables stay fp32/fp16).
+    """
+    data = PreparedData(spec.data.prepared)
+    L = seq_len or spec.data.seq_len
+    start = time.perf_counter()
+    model, ck = load_trained_model(spec, data, checkpoint, seq_len=L)
+    try:
+        serving = InferenceModel(model)
+    except NotImplementedError as e:
+        raise ExportError(str(e)) from None
+    report = quantize_for_serving(serving, data.scl(), scl_dtype, row_alignment).to_dict() if quantize else None
+    program = export_program(serving, L, max_candidates)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ("partial-" + PROGRAM_FILE)  # torch.export.save wants a .pt2 name
+    torch.export.save(program, str(tmp))
+    os.replace(tmp, out / PROGRAM_FILE)
+    manifest: Dict[str, object] = {
+        "format": "muse_rec.ranker/1",
+        "program": PROGRAM_FILE,
+        "inputs": {
+            "seq_items": {"shape": [1, L], "dtype": "int64", "doc": "behaviour item rows, right-aligned, 0 = padding"},
+            "seq_cats": {"shape": [1, L], "dtype": "int64", "doc": "behaviour category rows"},
+            "seq_length": {"shape": [1], "dtype": "int64", "doc": "real behaviours (<= L)"},
+            "user_fields": {"shape": [1, len(USER_FEATURES)], "dtype": "int64", "doc": f"rows of {USER_FEATURES}"},
+            "cand_items": {"shape": ["B"], "dtype": "int64", "doc": "candidate item rows"},
+            "cand_cats": {"shape": ["B"], "dtype": "int64", "doc": "candidate category rows"},
+            "cand_attrs": {"shape": ["B", len(ITEM_FEATURES)], "dtype": "int64", "doc": f"rows of {ITEM_FEATURES}"},
+        },
+        "output": {"shape": ["B"], "dtype": "float32", "doc": "click probabilities"},
+        "seq_len": L,
+        "min_candidates": MIN_CANDIDATES,
+        "max_candidates": max_candidates,
+        "quantized": quantize,
+        "tables": report,
+        "spec_name": spec.name,
+        "method": spec.model.method,
+        "checkpoint": str(ck),
+        "prepared": spec.data.prepared,
+        "vocab_sizes": dict(data.vocab_sizes),
+        "versions": {"torch": torch.__version__, "torchrec": getattr(torchrec, "__version__", "unknown")},
+        "export_seconds": round(time.perf_counter() - start, 2),
+    }
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_manifest(exported_dir: str) -> Dict[str, object]:
+    """The manifest of an exported directory, validated enough to use it."""
+    path = Path(exported_dir) / MANIFEST_FILE
+    if not path.exists():
+        raise ExportError(f"{exported_dir}: no {MANIFEST_FILE} - not a directory written by `muse-rec export`")
+    manifest = json.loads(path.read_text())
+    for key in ("program", "seq_len", "min_candidates", "max_candidates", "vocab_sizes"):
+        if key not in manifest:
+            raise ExportError(f"{path}: missing key {key!r}")
+    if not (Path(exported_dir) / manifest["program"]).exists():
+        raise ExportError(f"{exported_dir}: the program file {manifest['program']!r} is missing")
+    return manifest
+
+
+def load_program(exported_dir: str) -> torch.nn.Module:
+    """The exported program as a callable module (torch + torchrec + fbgemm; see the module docstring)."""
+    manifest = read_manifest(exported_dir)
+    _register_fake_classes()
+    return torch.export.load(str(Path(exported_dir) / manifest["program"])).module()

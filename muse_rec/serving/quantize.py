@@ -1,0 +1,137 @@
+"""Quantize a serving model's tables with TorchRec's int8 inference tables (FBGEMM IntNBit TBE).
+
+* ID tables (the pooled EBC and the item/category EC): TorchRec's row-wise int8
+  (``quantize_inference_model``): per row ``dim`` uint8 values + an fp16 scale and bias,
+  the row padded to ``row_alignment`` bytes. Lossy: ~1/255 of each row's value range.
+* The frozen SCL table: the prepared SCL vectors are already int8 (``trunc(127 * v)``), so the
+  table is stored int8 **losslessly**: each row holds ``v + 128`` as uint8 with scale 1.0 and
+  bias -128.0 (both exact in fp16), so the lookup returns ``v`` exactly. That is 128 + 4 bytes
+  per row (+ alignment padding) instead of 256 (fp16 in training), with cosines identical to
+  the training model's. ``scl_dtype="fp16"`` keeps TorchRec's fp16 table instead.
+
+The frozen table is a `FrozenEmbeddingCollection` (an EC subclass); TorchRec's default mapping
+matches exact type names, so it is added to the mapping here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torchrec.inference.modules import DEFAULT_QUANT_MAPPING, quantize_inference_model
+from torchrec.quant.embedding_modules import MODULE_ATTR_ROW_ALIGNMENT_INT
+from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
+from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
+
+from muse_rec.models.frozen_scl import SCL_TABLE, FrozenEmbeddingCollection
+from muse_rec.serving.inference import InferenceModel
+
+# TorchRec's default row alignment of inference tables (bytes): what its CUDA kernels expect.
+DEFAULT_ROW_ALIGNMENT = 16
+# int8 rows store v + offset as uint8 and dequantize as scale * u + bias (FBGEMM's int8 rows).
+_INT8_OFFSET = 128
+SCL_DTYPES = ("int8", "fp16")
+
+
+@dataclass
+class QuantizationReport:
+    """What the quantized tables hold.
+
+    Attributes:
+        bytes_per_row: per table, stored bytes of one row (values + scale/bias + padding).
+        rows: per table, number of rows.
+        scl_dtype: "int8" (lossless, see module docstring) or "fp16".
+    """
+
+    bytes_per_row: Dict[str, int] = field(default_factory=dict)
+    rows: Dict[str, int] = field(default_factory=dict)
+    scl_dtype: str = "int8"
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes_per_row[t] * self.rows[t] for t in self.rows)
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"bytes_per_row": dict(self.bytes_per_row), "rows": dict(self.rows),
+                "scl_dtype": self.scl_dtype, "total_bytes": self.total_bytes}
+
+
+def quantize_for_serving(
+    model: InferenceModel,
+    scl_array: np.ndarray,
+    scl_dtype: Literal["int8", "fp16"] = "int8",
+    row_alignment: int = DEFAULT_ROW_ALIGNMENT,
+) -> QuantizationReport:
+    """Swap every embedding collection of ``model`` for its TorchRec quantized twin, in place.
+
+    Args:
+        model: the serving model (its trained model is modified in place too: they share modules).
+        scl_array: the prepared int8 SCL table ``[n_items, 128]`` (`PreparedData.scl()`); written
+            losslessly into the int8 SCL table. Ignored for ``scl_dtype="fp16"``.
+        scl_dtype: storage of the frozen SCL table, "int8" (lossless) or "fp16".
+        row_alignment: bytes each stored row is padded to (16 = TorchRec's default; 4 packs
+            int8 rows tighter on CPU).
+
+    Returns:
+        A `QuantizationReport` (bytes per row of every table).
+    """
+    if scl_dtype not in SCL_DTYPES:
+        raise ValueError(f"scl_dtype must be one of {SCL_DTYPES}, got {scl_dtype!r}")
+    if row_alignment < 1:
+        raise ValueError(f"row_alignment must be >= 1, got {row_alignment}")
+    arch = model.model.sparse_arch
+    scl = arch.scl
+    if scl_dtype == "int8" and tuple(scl_array.shape) != (scl.num_rows, scl.dim):
+        raise ValueError(f"SCL array has shape {tuple(scl_array.shape)}, the model's table is "
+                         f"({scl.num_rows}, {scl.dim})")
+    for collection in (arch.pooled, arch.ids, scl.collection):
+        setattr(collection, MODULE_ATTR_ROW_ALIGNMENT_INT, row_alignment)
+    mapping = dict(DEFAULT_QUANT_MAPPING)
+    mapping[torch.typename(FrozenEmbeddingCollection)] = QuantEmbeddingCollection
+    per_table = {SCL_TABLE: torch.float16} if scl_dtype == "fp16" else None
+    model.eval()
+    quantize_inference_model(model, quantization_mapping=mapping, per_table_weight_dtype=per_table)
+    if scl_dtype == "int8":
+        write_exact_int8_(scl.collection, SCL_TABLE, scl_array)
+    return _report(model, scl_dtype)
+
+
+@torch.no_grad()
+def write_exact_int8_(collection: nn.Module, table: str, array: np.ndarray, chunk_rows: int = 1 << 20) -> None:
+    """Store int8 values ``array [rows, dim]`` exactly in an int8 table of a quantized collection.
+
+    Each row gets ``u = v + 128`` (uint8), scale 1.0 and bias -128.0, so ``scale * u + bias == v``.
+    Rows are copied ``chunk_rows`` at a time (bounded temporary memory for a memory-mapped array).
+    """
+    if not isinstance(collection, QuantEmbeddingCollection):
+        raise TypeError(f"expected a quantized EmbeddingCollection, got {type(collection).__name__}")
+    if array.dtype != np.int8:
+        raise ValueError(f"exact int8 storage needs int8 values, got {array.dtype}")
+    names = [c.name for c in collection.embedding_configs()]
+    if table not in names:
+        raise KeyError(f"no table {table!r} in the collection (tables: {names})")
+    (tbe,) = collection._emb_modules  # one TBE: the collection holds one int8 table
+    weights, scale_bias = tbe.split_embedding_weights(split_scale_shifts=True)[names.index(table)]
+    if tuple(weights.shape) != tuple(array.shape):
+        raise ValueError(f"table {table!r} is {tuple(weights.shape)}, values are {tuple(array.shape)}")
+    one_and_offset = torch.tensor([1.0, -float(_INT8_OFFSET)], dtype=torch.float16).view(torch.uint8)
+    scale_bias.copy_(one_and_offset.expand_as(scale_bias))
+    for start in range(0, array.shape[0], chunk_rows):
+        src = torch.from_numpy(np.ascontiguousarray(array[start:start + chunk_rows]))
+        weights[start:start + src.shape[0]].copy_((src.to(torch.int16) + _INT8_OFFSET).to(torch.uint8))
+
+
+def _report(model: InferenceModel, scl_dtype: str) -> QuantizationReport:
+    rep = QuantizationReport(scl_dtype=scl_dtype)
+    arch = model.model.sparse_arch
+    for collection in (arch.pooled, arch.ids, arch.scl.collection):
+        if not isinstance(collection, (QuantEmbeddingBagCollection, QuantEmbeddingCollection)):
+            raise RuntimeError(f"{type(collection).__name__} was not quantized")
+        holder = collection.embedding_bags if isinstance(collection, QuantEmbeddingBagCollection) else collection.embeddings
+        for name, module in holder.items():
+            rows, width = module.weight.shape
+            rep.rows[name] = int(rows)
+            rep.bytes_per_row[name] = int(width) * module.weight.element_size()
+    return rep

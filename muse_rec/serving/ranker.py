@@ -1,0 +1,264 @@
+"""`Ranker`: score ~1000 candidates for one user against a cached lifelong sequence.
+
+The paper's deployment (MUSE.md, section 5): while candidate matching runs, the user's
+behaviour sequence and its SCL vectors are prefetched once (`Ranker.prefetch`, a future from
+a thread pool) into an LRU cache bounded in bytes; ranking (`Ranker.score`) then runs the GSU
+(cosine + top-K per candidate over the cached sequence) and the ESU for all candidates in one
+batched pass.
+
+Two scorers share the request handling:
+
+* `FloatScorer`: the trained model's parameters through `InferenceModel` (any history length;
+  the cached int8 SCL vectors feed the GSU directly). Scores equal the training model's.
+* `ExportedScorer`: the `torch.export` program of `muse-rec export` (quantized tables, history
+  length fixed at export; the program looks the SCL vectors up itself).
+
+Documented handling of bad input (never a crash, never a silent wrong score):
+
+* unknown user (no row in the split's user table): the unknown-user rows and an empty
+  history, as training treats such samples; the response says ``"known_user": false``;
+* unknown candidate ids (not in the item vocabulary): scored with the unknown-item row 0 (as
+  training does for unseen targets) and listed in ``"unknown_candidates"`` (positions);
+* malformed requests: `muse_rec.serving.request.RequestError`.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from muse_rec.data.batch import USER_FEATURES
+from muse_rec.data.prepared import PreparedData
+from muse_rec.serving.cache import AsyncLRUCache
+from muse_rec.serving.export import load_program, load_trained_model, read_manifest
+from muse_rec.serving.inference import InferenceModel
+from muse_rec.serving.request import RankRequest, RequestError, validate_request
+from muse_rec.spec import Spec
+
+DEFAULT_CACHE_BYTES = 1 << 30  # ~70 users at L = 100K (14.4 MB each), ~7K users at L = 1K
+DEFAULT_MAX_BATCH = 1024  # candidates per forward (bounds the [B, chunk] GSU scores)
+
+
+@dataclass
+class UserContext:
+    """What the Ranker caches per user (right-aligned, left-padded to the scorer's length).
+
+    Attributes:
+        user: raw user id. known: the split has a history row for the user.
+        history_length: behaviours the user has (before cutting to the serving length).
+        user_fields: ``[1, 6]`` int64 rows of `USER_FEATURES`.
+        seq_items, seq_cats: ``[1, L]`` int64. seq_length: ``[1]`` int64 real behaviours.
+        seq_scl: ``[1, L, 128]`` int8 SCL vectors (zeros at padding), or None when the scorer
+            looks them up itself.
+    """
+
+    user: int
+    known: bool
+    history_length: int
+    user_fields: torch.Tensor
+    seq_items: torch.Tensor
+    seq_cats: torch.Tensor
+    seq_length: torch.Tensor
+    seq_scl: Optional[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        ts = [self.user_fields, self.seq_items, self.seq_cats, self.seq_length]
+        ts += [self.seq_scl] if self.seq_scl is not None else []
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+class FloatScorer:
+    """The trained model's parameters, one-user forward (`InferenceModel.logits`)."""
+
+    def __init__(self, model: InferenceModel) -> None:
+        self.model = model.eval()
+        self.needs_scl = model.model.uses_scl
+        self.fixed_len: Optional[int] = None
+        self.min_len = model.recent  # the recent-R slice needs at least R positions
+        self.min_candidates, self.max_candidates = 1, None
+
+    @torch.no_grad()
+    def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        mask = InferenceModel.seq_mask(ctx.seq_items, ctx.seq_length)
+        logits = self.model.logits(ctx.seq_items, ctx.seq_cats, mask, ctx.seq_scl, ctx.user_fields, items, cats, attrs)
+        return torch.sigmoid(logits)
+
+
+class ExportedScorer:
+    """An exported program (`muse-rec export`); history length fixed, B in its exported range."""
+
+    def __init__(self, exported_dir: str) -> None:
+        self.manifest = read_manifest(exported_dir)
+        self.program = load_program(exported_dir)
+        self.needs_scl = False  # the program holds the SCL table and looks the history up
+        self.fixed_len: Optional[int] = int(self.manifest["seq_len"])
+        self.min_len = self.fixed_len
+        self.min_candidates = int(self.manifest["min_candidates"])
+        self.max_candidates: Optional[int] = int(self.manifest["max_candidates"])
+
+    @torch.no_grad()
+    def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
+        n = items.shape[0]
+        if n < self.min_candidates:  # repeat the last candidate; its extra scores are dropped
+            pad = self.min_candidates - n
+            items = torch.cat([items, items[-1:].expand(pad)])
+            cats = torch.cat([cats, cats[-1:].expand(pad)])
+            attrs = torch.cat([attrs, attrs[-1:].expand(pad, -1)])
+        out = self.program(ctx.seq_items, ctx.seq_cats, ctx.seq_length, ctx.user_fields, items, cats, attrs)
+        return out[:n]
+
+
+Scorer = Union[FloatScorer, ExportedScorer]
+
+
+class Ranker:
+    """Rank candidates for users of a prepared split.
+
+    Args:
+        scorer: `FloatScorer` or `ExportedScorer`.
+        data: prepared data: vocabularies, item attributes, user histories, SCL table.
+        split: whose user table holds the histories (the spec's eval split by default).
+        seq_len: serving history length (newest behaviours kept); for an exported scorer it
+            must not exceed the exported length (histories are padded to it).
+        cache_bytes: bound of the user-context cache.
+        max_workers: prefetch threads.
+        max_batch: candidates per forward pass (larger requests run in several passes).
+
+    Example::
+
+        ranker = Ranker.from_checkpoint(spec)
+        fut = ranker.prefetch(user_id)        # while candidate matching runs
+        scores = ranker.score(user_id, candidate_item_ids)   # np.ndarray [C] probabilities
+    """
+
+    def __init__(self, scorer: Scorer, data: PreparedData, split: str = "test", seq_len: int = 1000,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, max_workers: int = 2,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        if split not in data.meta["splits"]:
+            raise ValueError(f"{data.path}: unknown split {split!r}; have {sorted(data.meta['splits'])}")
+        if seq_len < 1 or max_batch < 1:
+            raise ValueError(f"seq_len and max_batch must be >= 1, got {seq_len}, {max_batch}")
+        if scorer.fixed_len is not None and seq_len > scorer.fixed_len:
+            raise ValueError(f"seq_len {seq_len} exceeds the exported program's history length "
+                             f"{scorer.fixed_len}; re-export with --seq-len {seq_len}")
+        self.scorer, self.data, self.split, self.seq_len = scorer, data, split, seq_len
+        self.max_batch = min(max_batch, scorer.max_candidates or max_batch)
+        self._users, self._items = data.vocab("user_id"), data.vocab("item")
+        self._attrs = data.item_attrs()
+        self.cache: AsyncLRUCache[UserContext] = AsyncLRUCache(
+            self._load_user, lambda c: c.nbytes, cache_bytes, max_workers)
+
+    # ---- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, spec: Spec, checkpoint: Optional[str] = None, seq_len: Optional[int] = None,
+                        split: Optional[str] = None, **kwargs) -> "Ranker":
+        """A float Ranker from a training checkpoint (default: the run's latest)."""
+        data = PreparedData(spec.data.prepared)
+        L = seq_len or spec.data.seq_len
+        model, _ = load_trained_model(spec, data, checkpoint, seq_len=spec.data.seq_len)
+        return cls(FloatScorer(InferenceModel(model)), data, split or spec.data.eval_split, L, **kwargs)
+
+    @classmethod
+    def from_exported(cls, spec: Spec, exported_dir: str, seq_len: Optional[int] = None,
+                      split: Optional[str] = None, **kwargs) -> "Ranker":
+        """A Ranker over an exported program; checks it was exported on this spec's vocabularies."""
+        data = PreparedData(spec.data.prepared)
+        scorer = ExportedScorer(exported_dir)
+        if scorer.manifest["vocab_sizes"] != dict(data.vocab_sizes):
+            raise ValueError(f"{exported_dir} was exported with other vocabularies than {spec.data.prepared} "
+                             "holds; serve it with the prepared data it was trained on")
+        return cls(scorer, data, split or spec.data.eval_split, seq_len or scorer.fixed_len, **kwargs)
+
+    # ---- per user ---------------------------------------------------------------------------
+    def prefetch(self, user: int) -> "Future[UserContext]":
+        """Start loading the user's history and SCL vectors (no-op when cached); returns a future."""
+        if not isinstance(user, (int, np.integer)) or isinstance(user, bool):
+            raise RequestError(f"user: expected an int64 user id, got {user!r}")
+        return self.cache.get_async(int(user))
+
+    def _load_user(self, user: int) -> UserContext:
+        hist = self.data.user_history(self.split, user)
+        fields = np.zeros(len(USER_FEATURES), np.int64)
+        fields[0] = int(self._users.rows(np.array([user]))[0])
+        if hist is None:
+            items = cats = np.zeros(0, np.int64)
+        else:
+            items, cats, f = hist
+            fields[1:] = f
+        n_all = int(items.shape[0])
+        items, cats = items[max(0, n_all - self.seq_len):], cats[max(0, n_all - self.seq_len):]
+        n = int(items.shape[0])
+        L = self.scorer.fixed_len or max(n, self.scorer.min_len)
+        seq_items = np.zeros((1, L), np.int64)
+        seq_cats = np.zeros((1, L), np.int64)
+        seq_items[0, L - n:] = items
+        seq_cats[0, L - n:] = cats
+        scl = None
+        if self.scorer.needs_scl:
+            vectors = np.zeros((1, L, self.data.scl().shape[1]), np.int8)
+            vectors[0, L - n:] = self.data.scl()[items.astype(np.int64)]
+            scl = torch.from_numpy(vectors)
+        return UserContext(user=user, known=hist is not None, history_length=n_all,
+                           user_fields=torch.from_numpy(fields).unsqueeze(0),
+                           seq_items=torch.from_numpy(seq_items), seq_cats=torch.from_numpy(seq_cats),
+                           seq_length=torch.tensor([n], dtype=torch.int64), seq_scl=scl)
+
+    # ---- scoring ----------------------------------------------------------------------------
+    def candidate_rows(self, candidate_item_ids: Sequence[int]) -> Dict[str, np.ndarray]:
+        """Raw item ids ``[C]`` -> item rows, category rows, ``[C, 2]`` attribute rows, unknown mask."""
+        raw = np.asarray(candidate_item_ids)
+        if raw.ndim != 1 or raw.size == 0:
+            raise RequestError(f"candidates: expected a non-empty 1-D list of item ids, got shape {raw.shape}")
+        if not np.issubdtype(raw.dtype, np.integer):
+            raise RequestError(f"candidates: expected int64 item ids, got dtype {raw.dtype}")
+        rows = self._items.rows(raw.astype(np.int64)).astype(np.int64)
+        attrs = np.asarray(self._attrs[rows]).astype(np.int64)  # [C, 3]: category, f213, f214
+        return {"items": rows, "cats": attrs[:, 0], "attrs": attrs[:, 1:], "unknown": rows == 0}
+
+    def score(self, user: int, candidate_item_ids: Sequence[int]) -> np.ndarray:
+        """Click probabilities ``[C]`` float32 of raw candidate ids for a raw user id."""
+        return self._score(self.prefetch(user).result(), self.candidate_rows(candidate_item_ids))
+
+    def _score(self, ctx: UserContext, cand: Dict[str, np.ndarray]) -> np.ndarray:
+        items, cats, attrs = (torch.from_numpy(cand[k]) for k in ("items", "cats", "attrs"))
+        out = [self.scorer(ctx, items[i:i + self.max_batch], cats[i:i + self.max_batch], attrs[i:i + self.max_batch])
+               for i in range(0, items.shape[0], self.max_batch)]
+        scores = torch.cat(out).float().numpy()
+        if not np.all(np.isfinite(scores)):  # never hand out a silent wrong score
+            raise RuntimeError(f"user {ctx.user}: the model produced non-finite scores")
+        return scores
+
+    def rank(self, request: Union[RankRequest, dict]) -> Dict[str, object]:
+        """Score one request; returns the JSON-ready response (see the module docstring)."""
+        req = request if isinstance(request, RankRequest) else validate_request(request)
+        ctx = self.prefetch(req.user).result()
+        cand = self.candidate_rows(req.candidates)
+        scores = self._score(ctx, cand)
+        return {
+            "user": req.user,
+            "known_user": ctx.known,
+            "history_length": ctx.history_length,
+            "history_used": int(ctx.seq_length[0]),
+            "scores": [float(s) for s in scores],
+            "unknown_candidates": [int(i) for i in np.flatnonzero(cand["unknown"])],
+        }
+
+    def close(self) -> None:
+        self.cache.close()
+
+    def __enter__(self) -> "Ranker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def rank_all(ranker: Ranker, requests: List[RankRequest]) -> List[Dict[str, object]]:
+    """Prefetch every request's user first (overlapping the loads), then score in order."""
+    for r in requests:
+        ranker.prefetch(r.user)
+    return [ranker.rank(r) for r in requests]

@@ -1,0 +1,77 @@
+"""Ranking requests: parse and validate the JSON that `muse-rec rank` and the Ranker accept.
+
+A request is ``{"user": <int>, "candidates": [<int>, ...]}`` with raw (hashed, int64) ids as in
+the Taobao-MM release; a file may hold one request or a JSON list of them. Anything else is a
+`RequestError` whose message says which request and which field is wrong; nothing malformed
+reaches the model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, List, Union
+
+import numpy as np
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+REQUEST_KEYS = ("user", "candidates")
+
+
+class RequestError(ValueError):
+    """A malformed request; the message names the request index and the field."""
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """One validated request.
+
+    Attributes:
+        user: raw user id (int64).
+        candidates: ``[C]`` int64 raw candidate item ids, C >= 1, in request order.
+    """
+
+    user: int
+    candidates: np.ndarray
+
+
+def _is_int(x: Any) -> bool:
+    # bool is an int subclass in Python; true/false is never an id.
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate_request(obj: Any, where: str = "request") -> RankRequest:
+    """Check one decoded JSON object and return it as a `RankRequest`."""
+    if not isinstance(obj, dict):
+        raise RequestError(f"{where}: expected an object {{\"user\": int, \"candidates\": [int, ...]}}, "
+                           f"got {type(obj).__name__}")
+    missing = [k for k in REQUEST_KEYS if k not in obj]
+    if missing:
+        raise RequestError(f"{where}: missing field(s) {missing}")
+    extra = sorted(set(obj) - set(REQUEST_KEYS))
+    if extra:
+        raise RequestError(f"{where}: unknown field(s) {extra}; a request has exactly {list(REQUEST_KEYS)}")
+    user = obj["user"]
+    if not _is_int(user) or not _INT64_MIN <= user <= _INT64_MAX:
+        raise RequestError(f"{where}.user: expected an int64 user id, got {user!r}")
+    cands = obj["candidates"]
+    if not isinstance(cands, list):
+        raise RequestError(f"{where}.candidates: expected a list of int64 item ids, got {type(cands).__name__}")
+    if not cands:
+        raise RequestError(f"{where}.candidates: empty - nothing to rank")
+    for i, c in enumerate(cands):
+        if not _is_int(c) or not _INT64_MIN <= c <= _INT64_MAX:
+            raise RequestError(f"{where}.candidates[{i}]: expected an int64 item id, got {c!r}")
+    return RankRequest(user=int(user), candidates=np.asarray(cands, dtype=np.int64))
+
+
+def parse_requests(text: Union[str, bytes]) -> List[RankRequest]:
+    """Decode a JSON document holding one request or a list of requests."""
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(f"request is not valid JSON: {e}") from None
+    if isinstance(doc, list):
+        if not doc:
+            raise RequestError("request list is empty")
+        return [validate_request(r, f"request[{i}]") for i, r in enumerate(doc)]
+    return [validate_request(doc)]

@@ -1,0 +1,59 @@
+"""A tiny synthetic release, prepared once per session, and helpers to run training jobs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+import pytest
+
+from muse_rec.distributed.env import free_port
+from tests.conftest import REPO, subprocess_env, venv_bin
+
+# Small enough that a 2-rank job takes seconds: L = 100, batch 64.
+FAST = ["data.seq_len=100", "train.batch_size=64", "train.eval_batch_size=256", "train.log_every=2",
+        "model.tower_hidden=[64,32]"]
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    raw, prep = root / "raw", root / "prepared"
+    for cmd in (["synth", str(raw), "--preset", "tiny", "--quiet", "--no-diagnostics"],
+                ["prepare", str(raw), str(prep), "--no-progress"]):
+        out = subprocess.run([venv_bin("muse-rec"), *cmd], capture_output=True, text=True, env=subprocess_env())
+        assert out.returncode == 0, out.stderr[-3000:]
+    return prep
+
+
+def overrides(prepared: Path, out_dir: Path, extra: Sequence[str] = ()) -> List[str]:
+    return [f"data.prepared={prepared}", f"output_dir={out_dir}/{{name}}", *FAST, *extra]
+
+
+def run_ranks(args: Sequence[str], nproc: int, env_extra: dict | None = None, check: bool = True,
+              timeout: int = 600) -> subprocess.CompletedProcess:
+    """`muse-rec <args>` on `nproc` gloo ranks through torchrun (1 = a plain process)."""
+    if nproc == 1:
+        cmd = [venv_bin("muse-rec"), *args]
+    else:
+        cmd = [venv_bin("torchrun"), "--nnodes", "1", "--nproc_per_node", str(nproc),
+               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
+               "-m", "muse_rec.cli", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                         env=subprocess_env(**(env_extra or {})))
+    if check:
+        assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
+    return out
+
+
+def train_args(spec: str, prepared: Path, out_dir: Path, extra: Sequence[str] = ()) -> List[str]:
+    args = ["train", "--spec", spec]
+    for ov in overrides(prepared, out_dir, extra):
+        args += ["--set", ov]
+    return args
+
+
+def metrics(path: Path) -> dict:
+    return json.loads((path / "metrics.json").read_text())
