@@ -49,8 +49,13 @@ class DataSpec:
 class GSUSpec:
     """General Search Unit: which behaviours of the whole sequence reach the ESU."""
 
-    kind: Literal["none", "cosine_scl", "category", "id_cosine", "attention", "cooccurrence_scl"] = "cosine_scl"
+    kind: Literal["none", "cosine_scl", "category", "id_cosine", "attention", "cooccurrence_scl",
+                  "scl_attention"] = "cosine_scl"
     top_k: int = 50
+    # cosine_scl only: add an ID relevance to the multimodal cosine before the top-K (the
+    # paper's GSU-scoring ablation: MM cos + ID cos, MM cos + ID attention).
+    id_score: Literal["none", "cosine", "attention"] = "none"
+    id_weight: float = 1.0
     chunk_size: int = 4096  # positions scored per chunk (bounds the GSU's working memory)
 
 
@@ -294,6 +299,12 @@ def _check_values(spec: Spec, source: str) -> None:
     need(m.gsu.top_k > 0, "model.gsu.top_k", "must be > 0")
     need(m.gsu.top_k <= d.seq_len, "model.gsu.top_k", f"must be <= data.seq_len ({d.seq_len})")
     need(m.gsu.chunk_size > 0, "model.gsu.chunk_size", "must be > 0")
+    need(m.gsu.id_score == "none" or m.gsu.kind == "cosine_scl", "model.gsu.id_score",
+         "an added ID score needs model.gsu.kind: cosine_scl")
+    need(m.gsu.id_score != "attention" or m.esu.attention != "none", "model.gsu.id_score",
+         "'attention' scores with the ESU's ID attention (TWIN-style): set model.esu.attention")
+    need(m.gsu.kind != "attention" or m.esu.attention == "ta", "model.gsu.kind",
+         "'attention' (TWIN) retrieves with the ESU's target attention: set model.esu.attention: ta")
     need(0 < m.short_term.recent <= d.seq_len, "model.short_term.recent", f"must be in 1..data.seq_len ({d.seq_len})")
     need(m.embedding_dim > 0 and m.small_dim > 0, "model.embedding_dim", "dims must be > 0")
     need(all(h > 0 for h in m.tower_hidden) and m.tower_hidden, "model.tower_hidden", "a non-empty list of positive widths")

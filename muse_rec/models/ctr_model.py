@@ -43,6 +43,7 @@ from muse_rec.modules import (
     merge_gsu_results,
 )
 from muse_rec.modules.cosine import grouped_cosine
+from muse_rec.modules.selection import topk_eligible
 from muse_rec.spec import ModelSpec
 
 SCL_DIM = 128
@@ -111,7 +112,7 @@ class LifelongCTRModel(nn.Module):
         g, e, s = spec.gsu, spec.esu, spec.short_term
         self.top_k = min(g.top_k, seq_len)
         self.recent = min(s.recent, seq_len)
-        self.uses_scl = g.kind in ("cosine_scl", "cooccurrence_scl") or (
+        self.uses_scl = g.kind in ("cosine_scl", "cooccurrence_scl", "scl_attention") or (
             e.similarity == "scl" and (e.simtier or e.attention == "sa_ta" or s.simtier))
 
         # ESU attention first: TWIN's GSU scores with the same projections (consistency).
@@ -125,16 +126,26 @@ class LifelongCTRModel(nn.Module):
 
         self.gsu: Optional[nn.Module] = None
         self.mm_gsu: Optional[nn.Module] = None
+        self.id_gsu: Optional[nn.Module] = None  # the ID term added to the MM cosine (ablation)
+        self.scl_attention: Optional[TargetAttention] = None
         if g.kind == "cosine_scl":
             self.gsu = CosineGSU(self.top_k, chunk_size=g.chunk_size)
+            if g.id_score == "cosine":
+                self.id_gsu = EmbeddingCosineGSU(self.top_k, chunk_size=g.chunk_size)
+            elif g.id_score == "attention":
+                ta = self.esu_attention.attention if isinstance(self.esu_attention, SemanticAwareTargetAttention) \
+                    else self.esu_attention
+                self.id_gsu = AttentionGSU(ta, self.top_k)
+        elif g.kind == "scl_attention":
+            # Multimodal attention retrieval, TWIN's consistency applied to SCL vectors: the same
+            # projections score the whole sequence (no grad) and attend over the K retrieved.
+            self.scl_attention = TargetAttention(SCL_DIM, SCL_DIM, e.attention_hidden, device=device)
+            self.gsu = AttentionGSU(self.scl_attention, self.top_k)
         elif g.kind == "category":
             self.gsu = CategoryGSU(self.top_k)
         elif g.kind == "id_cosine":
             self.gsu = EmbeddingCosineGSU(self.top_k)
         elif g.kind == "attention":
-            if not isinstance(self.esu_attention, TargetAttention):
-                raise ValueError("model.gsu.kind 'attention' (TWIN) scores with the ESU's target attention: "
-                                 "set model.esu.attention: ta")
             self.gsu = AttentionGSU(self.esu_attention, self.top_k)
         elif g.kind == "cooccurrence_scl":
             self.gsu = CooccurrenceGSU(self.top_k)
@@ -147,6 +158,8 @@ class LifelongCTRModel(nn.Module):
         width = self.sparse_arch.pooled_dim + d_tok  # pooled features + target token
         if self.simtier is not None:
             width += e.num_tiers
+        if self.scl_attention is not None:
+            width += SCL_DIM
         if self.esu_attention is not None:
             width += d_tok
         if self.recent_simtier is not None:
@@ -165,20 +178,35 @@ class LifelongCTRModel(nn.Module):
         kind, h = self.spec.gsu.kind, hist
         if kind == "none":
             return None
-        if kind == "cosine_scl":
+        if kind == "cosine_scl" and self.id_gsu is None:
             return self.gsu(scl_target, scl_seq, h.mask, h.index)
+        if kind == "cosine_scl":  # MM cosine + an ID relevance, one top-K over the sum
+            mm, _ = self.gsu.full_scores_with_validity(scl_target, scl_seq, h.mask, h.index)
+            seq_tok, tgt = self._id_tokens_no_grad(batch, h)
+            if isinstance(self.id_gsu, AttentionGSU):
+                ids = self.id_gsu.full_logits(tgt, seq_tok, h.mask, h.index)
+            else:
+                ids, _ = self.id_gsu.full_scores_with_validity(tgt, seq_tok, h.mask, h.index)
+            return topk_eligible(mm + self.spec.gsu.id_weight * ids, h.per_sample(h.mask), self.top_k)
+        if kind == "scl_attention":
+            return self.gsu(scl_target.float(), scl_seq.float(), h.mask, h.index)
         if kind == "category":
             return self.gsu(batch.target_cat, h.per_sample(h.cats), h.per_sample(h.mask))
         if kind == "cooccurrence_scl":
             co = self.gsu(batch.target_item, batch.target_cat, h.per_sample(h.items), h.per_sample(h.cats),
                           h.per_sample(h.mask))
             return merge_gsu_results(co, self.mm_gsu(scl_target, scl_seq, h.mask, h.index), self.top_k)
-        # ID-embedding GSUs: whole-history tokens without gradient (no row of them is updated).
-        seq_tok = self.sparse_arch.sequence_tokens_no_grad(h.items, h.cats, h.mask)  # [U, L, D_tok]
+        seq_tok, tgt = self._id_tokens_no_grad(batch, h)
+        return self.gsu(tgt, seq_tok, h.mask, h.index)
+
+    def _id_tokens_no_grad(self, batch: Batch, h: "Histories") -> Tuple[torch.Tensor, torch.Tensor]:
+        """ID tokens of the whole histories ``[U, L, D_tok]`` and of the targets ``[B, D_tok]``,
+        without gradient: ID-embedding GSUs read them, and no row they touch is updated."""
+        seq_tok = self.sparse_arch.sequence_tokens_no_grad(h.items, h.cats, h.mask)
         tgt = self.sparse_arch.sequence_tokens_no_grad(
             batch.target_item.unsqueeze(1), batch.target_cat.unsqueeze(1),
             torch.ones_like(batch.target_item, dtype=torch.bool).unsqueeze(1))[:, 0]
-        return self.gsu(tgt, seq_tok, h.mask, h.index)
+        return seq_tok, tgt
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """``batch`` -> logits ``[B]`` (pre-sigmoid).
@@ -222,6 +250,8 @@ class LifelongCTRModel(nn.Module):
             sim, sim_ok = self._similarities(res, h, tok.target, tok.gsu, scl_t, scl_seq)
             if self.simtier is not None:
                 parts.append(self.simtier(sim, sim_ok))
+            if self.scl_attention is not None:
+                parts.append(self.scl_attention(scl_t.float(), h.at(scl_seq, res.indices).float(), res.valid))
             if isinstance(self.esu_attention, SemanticAwareTargetAttention):
                 parts.append(self.esu_attention(tok.target, tok.gsu, sim, res.valid))
             elif self.esu_attention is not None:
@@ -246,7 +276,7 @@ class LifelongCTRModel(nn.Module):
             with torch.no_grad():
                 cos = F.cosine_similarity(gsu_tok, tgt_tok.unsqueeze(1), dim=-1, eps=1e-12)
             return torch.where(res.valid, cos, 0.0), res.valid
-        if self.spec.gsu.kind == "cosine_scl":
+        if self.spec.gsu.kind == "cosine_scl" and self.id_gsu is None:
             return res.scores, res.has_score  # the GSU's own cosines, already computed
         return self._scl_cosine(scl_t, h.at(scl_seq, res.indices), res.valid)
 

@@ -75,11 +75,19 @@ class TargetAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(hidden_dim) if scaled else 1.0
         self.output_dim = value_dim if value_dim is not None else key_dim
 
+    def project_query(self, query: torch.Tensor) -> torch.Tensor:
+        """``[B, Dq]`` -> ``[B, H]``."""
+        return self.act(self.w_q(query))
+
+    def project_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        """``[..., Dk]`` -> ``[..., H]``."""
+        return self.act(self.w_k(keys))
+
     def logits(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Unmasked attention logits ``[B, K]`` of ``query [B, Dq]`` over ``keys [B, K, Dk]``."""
         _check_qkm(query, keys, None)
-        q = self.act(self.w_q(query))  # [B, H]
-        k = self.act(self.w_k(keys))  # [B, K, H]
+        q = self.project_query(query)  # [B, H]
+        k = self.project_keys(keys)  # [B, K, H]
         return torch.bmm(k, q.unsqueeze(2)).squeeze(2) * self.scale
 
     def values(self, keys: torch.Tensor) -> torch.Tensor:

@@ -99,22 +99,27 @@ class AttentionGSU(nn.Module):
     @torch.no_grad()
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 index: Optional[torch.Tensor] = None) -> GSUResult:
-        """``query [B, Dq]``, ``keys [B, L, Dk]`` ID embeddings, ``mask [B, L]`` -> `GSUResult`.
+        """``query [B, Dq]``, ``keys [B, L, Dk]`` embeddings, ``mask [B, L]`` -> `GSUResult`.
 
         With `index` ``[B]``, keys/mask are ``[U, L, *]``, one sequence per distinct user,
         projected once per user. ``scores`` are the attention logits (unbounded).
         """
+        logits = self.full_logits(query, keys, mask, index)
+        return topk_eligible(logits, mask if index is None else mask.index_select(0, index), self.top_k)
+
+    @torch.no_grad()
+    def full_logits(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                    index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention logits of every position, ``[B, L]`` (masking left to the caller)."""
         if index is not None:
             check_grouped_inputs(query, keys, mask, index)
-            att = self.attention
-            q = att.act(att.w_q(query))  # [B, H]
-            k = torch.cat([att.act(att.w_k(keys[:, l0 : l0 + self.chunk_size]))
+            q = self.attention.project_query(query)  # [B, H]
+            k = torch.cat([self.attention.project_keys(keys[:, l0 : l0 + self.chunk_size])
                            for l0 in range(0, keys.shape[1], self.chunk_size)], dim=1)  # [U, L, H]
-            logits = grouped_dot(q, k, index) * att.scale
-            return topk_eligible(logits, mask.index_select(0, index), self.top_k)
+            return grouped_dot(q, k, index) * self.attention.scale
         if keys.dim() != 3 or mask.shape != keys.shape[:2]:
             raise ValueError(f"keys must be [B, L, D] with mask [B, L]; got {tuple(keys.shape)}, {tuple(mask.shape)}")
-        logits = torch.cat(
+        return torch.cat(
             [
                 self.attention.logits(query, keys[:, l0 : l0 + self.chunk_size])
                 for l0 in range(0, keys.shape[1], self.chunk_size)
@@ -122,7 +127,6 @@ class AttentionGSU(nn.Module):
             or [keys.new_zeros(keys.shape[:2])],
             dim=1,
         )
-        return topk_eligible(logits, mask, self.top_k)
 
 
 class CooccurrenceGSU(nn.Module):

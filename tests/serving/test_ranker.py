@@ -1,0 +1,180 @@
+"""The Ranker: same scores as the training forward, cached async prefetch, bad requests handled."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from muse_rec.data.batch import Batch, pooled_kjt
+from muse_rec.serving import FloatScorer, InferenceModel, Ranker, RequestError
+from tests.conftest import REPO, subprocess_env
+from tests.serving.conftest import SEQ_LEN, SPEC
+from tests.serving.helpers import training_predictions
+
+FLOAT_TOL = 1e-5
+EXPORTED_TOL = 1e-2  # int8 ID tables (measured ~2e-5 on the tiny run; see test_export.py)
+
+
+@pytest.fixture(scope="module")
+def reference(trained_model):
+    model, data = trained_model
+    return training_predictions(model, data, "test", SEQ_LEN)
+
+
+@pytest.fixture(scope="module")
+def float_ranker(trained_model):
+    model, data = trained_model
+    with Ranker(FloatScorer(InferenceModel(model)), data, "test", SEQ_LEN) as r:
+        yield r
+
+
+def _ranker_probs(ranker: Ranker, ref) -> np.ndarray:
+    out = np.full(ref.probs.shape, np.nan, np.float32)
+    for u in np.unique(ref.user_keys):
+        rows = np.flatnonzero(ref.user_keys == u)
+        out[rows] = ranker.score(int(u), ref.item_keys[rows])
+    return out
+
+
+def test_float_ranker_equals_training_model(float_ranker, reference):
+    out = _ranker_probs(float_ranker, reference)
+    assert np.abs(out - reference.probs).max() < FLOAT_TOL
+
+
+def test_exported_ranker_matches_training_model(trained_run, reference):
+    with Ranker.from_exported(trained_run.spec(), str(trained_run.exported)) as r:
+        out = _ranker_probs(r, reference)
+        assert np.abs(out - reference.probs).max() < EXPORTED_TOL
+        # a lone candidate (the program takes B >= 2: the Ranker pads and drops)
+        u, i = int(reference.user_keys[0]), int(reference.item_keys[0])
+        assert r.score(u, [i])[0] == pytest.approx(reference.probs[0], abs=EXPORTED_TOL)
+
+
+def test_many_candidates_in_several_passes(trained_model, reference):
+    model, data = trained_model
+    u = int(reference.user_keys[0])
+    cands = np.resize(np.unique(reference.item_keys), 1500)  # > max_batch, with repeats
+    with Ranker(FloatScorer(InferenceModel(model)), data, "test", SEQ_LEN, max_batch=256) as small, \
+            Ranker(FloatScorer(InferenceModel(model)), data, "test", SEQ_LEN, max_batch=2048) as big:
+        a, b = small.score(u, cands), big.score(u, cands)
+    assert a.shape == (1500,)
+    np.testing.assert_allclose(a, b, atol=FLOAT_TOL)
+
+
+def test_prefetch_is_async_and_cached(float_ranker, reference):
+    u = int(reference.user_keys[-1])
+    float_ranker.cache.clear()
+    fut = float_ranker.prefetch(u)
+    ctx = fut.result(timeout=30)
+    assert u in float_ranker.cache
+    assert ctx.seq_scl is not None and ctx.seq_scl.dtype == torch.int8
+    hits = float_ranker.cache.hits
+    assert float_ranker.prefetch(u).result() is ctx
+    assert float_ranker.cache.hits == hits + 1
+    assert float_ranker.cache.bytes_used == ctx.nbytes
+
+
+def test_cache_is_bounded_in_bytes(trained_model, reference):
+    model, data = trained_model
+    users = [int(u) for u in np.unique(reference.user_keys)[:6]]
+    with Ranker(FloatScorer(InferenceModel(model)), data, "test", SEQ_LEN) as probe:
+        one = probe.prefetch(users[0]).result().nbytes
+    with Ranker(FloatScorer(InferenceModel(model)), data, "test", SEQ_LEN, cache_bytes=int(2.5 * one)) as r:
+        for u in users:
+            r.prefetch(u).result()
+            assert r.cache.bytes_used <= int(2.5 * one)
+        assert r.cache.evictions > 0 and 1 <= len(r.cache) < len(users)
+        assert users[-1] in r.cache and users[0] not in r.cache
+        cached = [u for u in users if u in r.cache]
+        assert r.cache.bytes_used == sum(r.prefetch(u).result().nbytes for u in cached)
+
+
+def test_unknown_user_scores_as_training_does(float_ranker, trained_model, reference):
+    """No history row: unknown-user rows and an empty history, exactly what the training forward gets."""
+    model, data = trained_model
+    unknown_user = 123456789  # not a user of the synthetic release (ids are 64-bit hashes)
+    assert data.user_history("test", unknown_user) is None
+    items = reference.item_keys[:5]
+    resp = float_ranker.rank({"user": unknown_user, "candidates": [int(i) for i in items]})
+    assert resp["known_user"] is False and resp["history_length"] == 0
+    rows = data.vocab("item").rows(items).astype(np.int64)
+    attrs = np.asarray(data.item_attrs()[rows]).astype(np.int64)
+    B = len(items)
+    pooled = np.zeros((B, 8), np.int64)
+    pooled[:, 6:8] = attrs[:, 1:]
+    batch = Batch(labels=torch.zeros(B), weights=torch.ones(B), user_keys=torch.full((B,), unknown_user),
+                  item_keys=torch.from_numpy(items), pooled=pooled_kjt(torch.from_numpy(pooled)),
+                  target_item=torch.from_numpy(rows), target_cat=torch.from_numpy(attrs[:, 0]),
+                  seq_items=torch.zeros(B, SEQ_LEN, dtype=torch.int64), seq_cats=torch.zeros(B, SEQ_LEN, dtype=torch.int64),
+                  seq_lengths=torch.zeros(B, dtype=torch.int64))
+    with torch.no_grad():
+        expect = torch.sigmoid(model(batch)).numpy()
+    np.testing.assert_allclose(resp["scores"], expect, atol=FLOAT_TOL)
+
+
+def test_unknown_candidates_are_flagged_and_scored_as_row_zero(float_ranker, reference):
+    u, known = int(reference.user_keys[0]), int(reference.item_keys[0])
+    resp = float_ranker.rank({"user": u, "candidates": [known, 987654321, 0]})
+    assert resp["unknown_candidates"] == [1, 2]
+    assert resp["known_user"] is True
+    s = resp["scores"]
+    assert s[1] == pytest.approx(s[2], abs=1e-7)  # both are the unknown-item row 0
+    assert s[0] == pytest.approx(reference.probs[0], abs=FLOAT_TOL)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"user": 1, "candidates": []}, "empty"),
+    ({"user": "1", "candidates": [1]}, "user: expected an int64"),
+    ({"user": 1, "candidates": [1, "2"]}, r"candidates\[1\]"),
+    ({"user": 1, "candidates": [True]}, r"candidates\[0\]"),
+    ({"user": 1}, "missing field"),
+    ({"user": 1, "candidates": [1], "k": 3}, "unknown field"),
+    ({"user": 1 << 70, "candidates": [1]}, "int64"),
+])
+def test_bad_requests_raise_clear_errors(float_ranker, bad, match):
+    with pytest.raises(RequestError, match=match):
+        float_ranker.rank(bad)
+
+
+def test_score_rejects_bad_candidate_arrays(float_ranker, reference):
+    u = int(reference.user_keys[0])
+    with pytest.raises(RequestError, match="non-empty"):
+        float_ranker.score(u, [])
+    with pytest.raises(RequestError, match="int64 item ids"):
+        float_ranker.score(u, [1.5, 2.0])
+    with pytest.raises(RequestError, match="user"):
+        float_ranker.prefetch("42")
+
+
+def _rank_cli(trained_run, tmp_path, payload: str, *extra: str) -> subprocess.CompletedProcess:
+    req = tmp_path / "req.json"
+    req.write_text(payload)
+    return subprocess.run([sys.executable, "-m", "muse_rec.cli", "rank", "--spec", str(SPEC), *trained_run.cli_sets(),
+                           "--request", str(req), *extra],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_rank_cli(trained_run, reference, tmp_path):
+    u, items = int(reference.user_keys[0]), [int(i) for i in reference.item_keys[:3]]
+    reqs = [{"user": u, "candidates": items}, {"user": 5, "candidates": [items[0], 77]}]
+    proc = _rank_cli(trained_run, tmp_path, json.dumps(reqs), "--exported", str(trained_run.exported))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["user"] for r in out] == [u, 5]
+    np.testing.assert_allclose(out[0]["scores"], reference.probs[:3], atol=EXPORTED_TOL)
+    assert out[1]["known_user"] is False and out[1]["unknown_candidates"] == [1]
+
+
+@pytest.mark.parametrize("payload,match", [
+    ("{not json", "not valid JSON"),
+    ('{"user": 1, "candidates": []}', "empty"),
+    ("[]", "request list is empty"),
+])
+def test_rank_cli_bad_request(trained_run, tmp_path, payload, match):
+    proc = _rank_cli(trained_run, tmp_path, payload)
+    assert proc.returncode == 2
+    assert match in proc.stderr
