@@ -135,10 +135,10 @@ def run_data(work: Path, st: Settings) -> Dict:
 
 
 def threads_per_process(threads: int, world_size: int, device: str) -> int:
-    """OMP/torch threads of each of ``world_size`` processes: ``threads`` if >= 0, else a fair share.
+    """OMP/torch threads of each of ``world_size`` processes (0 = torch's default).
 
-    The fair share splits this machine's cores between the ranks (2 cores: 2 threads for one
-    process, 1 each for two, what torchrun itself defaults to); on CUDA torch's default (0).
+    ``threads`` >= 0 is used as is; -1 is a fair share of this machine's cores (2 cores: 2 threads
+    for one process, 1 each for two, torchrun's own default) on CPU and torch's default on CUDA.
     """
     if threads >= 0:
         return threads
@@ -246,15 +246,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when available")
     ap.add_argument("--work", type=Path, default=Path("data/bench"),
                     help="raw demo release (cached) and the prepared data of this run")
-    ap.add_argument("--threads", type=int, default=-1,
-                    help="torch/OMP threads per process (-1 = the cores split between a job's processes on CPU, "
-                         "torch's default on CUDA; 0 = torch's default; 1 = steadiest on a busy shared box)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch/OMP threads per process. Default: 1 on CPU (steady on a shared, oversubscribed "
+                         "box, where more threads stall), torch's default on CUDA. -1 = the cores split between "
+                         "a job's processes (for a dedicated machine); 0 = torch's default")
     ap.add_argument("--only", default="data,training,gsu,ranker,plan",
                     help="comma-separated sections to run (training needs data)")
     args = ap.parse_args(argv)
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.threads is None:
+        args.threads = 1 if device == "cpu" else 0
     threads = threads_per_process(args.threads, 1, device)  # this process: the GSU op
     if threads > 0:
         torch.set_num_threads(threads)
@@ -268,7 +271,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "quick": args.quick, "device": device,
         "threads": ("a fair share of the cores (see each row)" if args.threads < 0 and device == "cpu"
-                    else args.threads if args.threads > 0 else "torch default"), "torch": torch.__version__,
+                    else args.threads if args.threads > 0 else "torch's default"), "torch": torch.__version__,
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "machine": platform.machine(),
                  "python": platform.python_version(),
                  "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None},

@@ -25,19 +25,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.data.prepared import PreparedDataError
-    from muse_rec.serving.export import ExportError
-    from muse_rec.serving.ranker import Ranker, rank_all
     from muse_rec.serving.request import RequestError, parse_requests
-    from muse_rec.spec import SpecError, load_spec
 
     try:
         text = sys.stdin.read() if args.request == "-" else open(args.request, encoding="utf-8").read()
+        requests = parse_requests(text)  # before the heavy imports: a bad request fails fast
     except OSError as e:
         print(f"muse-rec rank: cannot read request {args.request}: {e}", file=sys.stderr)
         return 2
+    except RequestError as e:
+        print(f"muse-rec rank: {e}", file=sys.stderr)
+        return 2
+
+    from muse_rec.data.prepared import PreparedDataError
+    from muse_rec.serving.export import ExportError
+    from muse_rec.serving.ranker import Ranker, rank_all
+    from muse_rec.spec import SpecError, load_spec
+
     try:
-        requests = parse_requests(text)
         spec = load_spec(args.spec, args.set)
         if args.exported:
             ranker = Ranker.from_exported(spec, args.exported, seq_len=args.seq_len, split=args.split)

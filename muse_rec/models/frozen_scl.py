@@ -171,7 +171,8 @@ class FrozenSCL(nn.Module):
             for start in range(0, rows, chunk_rows):
                 stop = min(rows, start + chunk_rows)
                 src = np.ascontiguousarray(array[row0 + start : row0 + stop, col0 : col0 + cols])
-                tensor[start:stop].copy_(torch.from_numpy(src).to(tensor.dtype))
+                # torch.tensor copies: a memory-mapped slice is read-only, from_numpy would warn.
+                tensor[start:stop].copy_(torch.tensor(src, dtype=tensor.dtype))
             written += rows
         return written
 

@@ -8,19 +8,26 @@
 - `ranker`: `Ranker` (`muse-rec rank`): prefetch a user's sequence + SCL vectors, score candidates.
 See docs/serving.md.
 """
-from muse_rec.serving.cache import AsyncLRUCache
-from muse_rec.serving.inference import InferenceModel
-from muse_rec.serving.ranker import ExportedScorer, FloatScorer, Ranker, UserContext
-from muse_rec.serving.request import RankRequest, RequestError, parse_requests
+import importlib
+from typing import Any
 
-__all__ = [
-    "AsyncLRUCache",
-    "ExportedScorer",
-    "FloatScorer",
-    "InferenceModel",
-    "RankRequest",
-    "Ranker",
-    "RequestError",
-    "UserContext",
-    "parse_requests",
-]
+# Lazy: `muse_rec.serving.request` (pure Python + NumPy) must stay importable without torch, so
+# that `muse-rec rank` rejects a malformed request before paying for the model imports.
+_EXPORTS = {
+    "AsyncLRUCache": "muse_rec.serving.cache",
+    "InferenceModel": "muse_rec.serving.inference",
+    "ExportedScorer": "muse_rec.serving.ranker",
+    "FloatScorer": "muse_rec.serving.ranker",
+    "Ranker": "muse_rec.serving.ranker",
+    "UserContext": "muse_rec.serving.ranker",
+    "RankRequest": "muse_rec.serving.request",
+    "RequestError": "muse_rec.serving.request",
+    "parse_requests": "muse_rec.serving.request",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'muse_rec.serving' has no attribute {name!r}")

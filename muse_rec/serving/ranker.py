@@ -71,6 +71,36 @@ class UserContext:
         return sum(t.numel() * t.element_size() for t in ts)
 
 
+def build_context(user: int, known: bool, items: np.ndarray, cats: np.ndarray, fields: np.ndarray,
+                  scl: np.ndarray, scorer: "Scorer", seq_len: int) -> UserContext:
+    """A user's cached state: the newest ``seq_len`` behaviours, left-padded, and their SCL rows.
+
+    Args:
+        items, cats: ``[n]`` item / category rows, oldest -> newest. fields: ``[6]`` user rows.
+        scl: ``[n_items, 128]`` int8 SCL table (memory-mapped is fine: only the history's rows
+            are read).
+        scorer: decides the padded length (fixed for an exported program, else at least the
+            model's recent-R) and whether SCL vectors are cached.
+    """
+    n_all = int(items.shape[0])
+    items, cats = items[max(0, n_all - seq_len):], cats[max(0, n_all - seq_len):]
+    n = int(items.shape[0])
+    L = scorer.fixed_len or max(n, scorer.min_len)
+    seq_items = np.zeros((1, L), np.int64)
+    seq_cats = np.zeros((1, L), np.int64)
+    seq_items[0, L - n:] = items
+    seq_cats[0, L - n:] = cats
+    vectors = None
+    if scorer.needs_scl:
+        vectors = np.zeros((1, L, scl.shape[1]), np.int8)
+        vectors[0, L - n:] = scl[np.asarray(items, dtype=np.int64)]
+    return UserContext(user=user, known=known, history_length=n_all,
+                       user_fields=torch.from_numpy(np.asarray(fields, np.int64)).unsqueeze(0),
+                       seq_items=torch.from_numpy(seq_items), seq_cats=torch.from_numpy(seq_cats),
+                       seq_length=torch.tensor([n], dtype=torch.int64),
+                       seq_scl=None if vectors is None else torch.from_numpy(vectors))
+
+
 class FloatScorer:
     """The trained model's parameters, one-user forward (`InferenceModel.logits`)."""
 
@@ -187,25 +217,8 @@ class Ranker:
         if hist is None:
             items = cats = np.zeros(0, np.int64)
         else:
-            items, cats, f = hist
-            fields[1:] = f
-        n_all = int(items.shape[0])
-        items, cats = items[max(0, n_all - self.seq_len):], cats[max(0, n_all - self.seq_len):]
-        n = int(items.shape[0])
-        L = self.scorer.fixed_len or max(n, self.scorer.min_len)
-        seq_items = np.zeros((1, L), np.int64)
-        seq_cats = np.zeros((1, L), np.int64)
-        seq_items[0, L - n:] = items
-        seq_cats[0, L - n:] = cats
-        scl = None
-        if self.scorer.needs_scl:
-            vectors = np.zeros((1, L, self.data.scl().shape[1]), np.int8)
-            vectors[0, L - n:] = self.data.scl()[items.astype(np.int64)]
-            scl = torch.from_numpy(vectors)
-        return UserContext(user=user, known=hist is not None, history_length=n_all,
-                           user_fields=torch.from_numpy(fields).unsqueeze(0),
-                           seq_items=torch.from_numpy(seq_items), seq_cats=torch.from_numpy(seq_cats),
-                           seq_length=torch.tensor([n], dtype=torch.int64), seq_scl=scl)
+            items, cats, fields[1:] = hist
+        return build_context(user, hist is not None, items, cats, fields, self.data.scl(), self.scorer, self.seq_len)
 
     # ---- scoring ----------------------------------------------------------------------------
     def candidate_rows(self, candidate_item_ids: Sequence[int]) -> Dict[str, np.ndarray]:

@@ -25,13 +25,14 @@ import yaml
 from tqdm import tqdm
 
 from muse_rec.data.loader import make_loader
-from muse_rec.data.prepared import PreparedData
+from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
 from muse_rec.models.ctr_model import build_train_model, is_frozen_key
 from muse_rec.spec import Spec, SpecError
 from muse_rec.training.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
 from muse_rec.training.evaluate import evaluate
+from muse_rec.training.quiet import quiet_known_warnings
 
 logger = logging.getLogger("muse_rec")
 
@@ -44,6 +45,7 @@ class RunError(RuntimeError):
 
 
 def _setup_logging(env: DistEnv) -> None:
+    quiet_known_warnings()
     level = logging.INFO if env.is_main else logging.WARNING
     logging.basicConfig(level=level, format=f"[%(asctime)s rank{env.rank}] %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(level)
@@ -52,7 +54,7 @@ def _setup_logging(env: DistEnv) -> None:
 def _open_data(spec: Spec) -> PreparedData:
     try:
         return PreparedData(spec.data.prepared)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, PreparedDataError) as e:
         raise RunError(
             f"data.prepared = {spec.data.prepared!r}: no prepared data there ({e}). "
             "Create it with `muse-rec synth RAW && muse-rec prepare RAW PREPARED` or point the spec at it."

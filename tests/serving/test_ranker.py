@@ -32,9 +32,10 @@ def float_ranker(trained_model):
         yield r
 
 
-def _ranker_probs(ranker: Ranker, ref) -> np.ndarray:
+def _ranker_probs(ranker: Ranker, ref, max_users: int = 0) -> np.ndarray:
     out = np.full(ref.probs.shape, np.nan, np.float32)
-    for u in np.unique(ref.user_keys):
+    users = np.unique(ref.user_keys)
+    for u in users[:max_users] if max_users else users:
         rows = np.flatnonzero(ref.user_keys == u)
         out[rows] = ranker.score(int(u), ref.item_keys[rows])
     return out
@@ -47,8 +48,10 @@ def test_float_ranker_equals_training_model(float_ranker, reference):
 
 def test_exported_ranker_matches_training_model(trained_run, reference):
     with Ranker.from_exported(trained_run.spec(), str(trained_run.exported)) as r:
-        out = _ranker_probs(r, reference)
-        assert np.abs(out - reference.probs).max() < EXPORTED_TOL
+        out = _ranker_probs(r, reference, max_users=40)  # the program is slower to call: a subset
+        done = ~np.isnan(out)
+        assert done.sum() > 200
+        assert np.abs(out[done] - reference.probs[done]).max() < EXPORTED_TOL
         # a lone candidate (the program takes B >= 2: the Ranker pads and drops)
         u, i = int(reference.user_keys[0]), int(reference.item_keys[0])
         assert r.score(u, [i])[0] == pytest.approx(reference.probs[0], abs=EXPORTED_TOL)

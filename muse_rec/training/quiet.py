@@ -1,0 +1,40 @@
+"""Silence the library warnings a user can do nothing about, so the run's log stays readable.
+
+Each filter names one message of torch/TorchRec 2.13/1.8 that fires on every run and says
+nothing about the user's job; anything else still prints.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+_KNOWN = [
+    # torch.distributed's own wrappers call the deprecated collectives (inside TorchRec / DCP).
+    (FutureWarning, r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"),
+    # TorchRec's planner default; its over-estimate is harmless for our small dense part.
+    (FutureWarning, r"HeuristicalStorageReservation is known to cause issues"),
+    # DMP passes broadcast_buffers to DDP itself.
+    (FutureWarning, r"`broadcast_buffers` is deprecated"),
+    # FBGEMM's CPU build lacks the SSD optimizers' lookup modules (CUDA/SSD only).
+    (DeprecationWarning, r"Failed to import: fbgemm_gpu\.split_embedding_codegen_lookup_invokers"),
+]
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(f in msg for f in self.fragments)
+
+
+def quiet_known_warnings() -> None:
+    for category, pattern in _KNOWN:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    # The planner's dry-run dense-size note and the fx-tracing notice of TrainPipelineSparseDist.
+    logging.getLogger("torchrec.distributed.planner.storage_reservations").addFilter(
+        _DropMessages("known issue with TorchRec's dense tensor size"))
+    logging.getLogger("torchrec.distributed.comm").addFilter(_DropMessages("TORCHREC_RESOLVED_POD_SIZE not set"))
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)

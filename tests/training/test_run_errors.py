@@ -1,0 +1,45 @@
+"""What a user gets for a wrong data path, an unsupported optimizer or mismatched vocabularies."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.training.conftest import run_ranks, train_args
+
+
+def test_missing_data_path_is_a_clear_error(tmp_path):
+    out = run_ranks(["train", "--spec", "specs/demo/muse.yaml", "--set", f"data.prepared={tmp_path}/nope"],
+                    nproc=1, check=False)
+    assert out.returncode == 2
+    assert "data.prepared" in out.stderr and "nope" in out.stderr and "muse-rec prepare" in out.stderr
+
+
+def test_adam_on_cpu_is_refused_not_substituted(prepared, tmp_path):
+    out = run_ranks(train_args("specs/demo/muse.yaml", prepared, tmp_path,
+                               ["train.sparse_optimizer.name=adam", "train.max_steps=1"]), nproc=1, check=False)
+    assert out.returncode != 0
+    assert "adam" in out.stderr and "exact_row_wise_adagrad" in out.stderr
+    assert not (tmp_path / "muse" / "metrics.json").exists()
+
+
+def test_resume_on_other_vocabularies_is_refused(prepared, tmp_path):
+    run_ranks(train_args("specs/demo/din.yaml", prepared, tmp_path, ["train.max_steps=2", "train.eval_at_end=false"]),
+              nproc=1)
+    run_json = tmp_path / "din" / "run.json"
+    info = json.loads(run_json.read_text())
+    info["vocab_sizes"]["item"] += 7  # as if the checkpoint came from another prepare
+    run_json.write_text(json.dumps(info))
+    ckpts = sorted((tmp_path / "din" / "checkpoints").iterdir())
+    out = run_ranks(train_args("specs/demo/din.yaml", prepared, tmp_path, ["train.max_steps=4"]) + ["--resume"],
+                    nproc=1, check=False)
+    assert out.returncode == 2
+    assert "other vocabularies" in out.stderr and "'item'" in out.stderr
+    assert sorted((tmp_path / "din" / "checkpoints").iterdir()) == ckpts  # nothing overwritten
+
+
+def test_bad_spec_key_names_the_key(tmp_path):
+    out = run_ranks(["train", "--spec", "specs/demo/muse.yaml", "--set", "model.gsu.top_k=lots"], nproc=1, check=False)
+    assert out.returncode == 2
+    assert "model.gsu.top_k: expected an integer" in out.stderr
