@@ -50,12 +50,15 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=200_000, help="item vocabulary rows (SCL table rows)")
     ap.add_argument("--reps", default="30,15,8", help="timed calls per L (same order as --lengths)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1: on a shared 2-core box more threads oversubscribe, ~20x slower)")
     args = ap.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     reps = [int(x) for x in args.reps.split(",")]
     if len(reps) != len(lengths):
         raise SystemExit("--reps needs one count per --lengths entry")
 
+    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     spec = load_spec(REPO / "specs" / "demo" / "muse.yaml")

@@ -42,6 +42,15 @@ def rate(row: Optional[Dict], key: str = "samples_per_s") -> Optional[float]:
     return None if row is None else row[key]
 
 
+def ranker_rows(ranker: Dict) -> List[Dict]:
+    """Rows of the ranker's JSON (``{"rows": [...]}`` per file) that carry p50/p99 figures."""
+    if not ranker.get("available"):
+        return []
+    rows = [r for doc in ranker.get("json", {}).values() if isinstance(doc, dict)
+            for r in doc.get("rows", []) if isinstance(r, dict)]
+    return [r for r in rows if any("p50" in k or "p99" in k for k in r)]
+
+
 def summary_lines(res: Dict) -> List[str]:
     """The headline ratios, one bullet each; absent inputs give 'n/a'."""
     sec = res["sections"]
@@ -77,6 +86,10 @@ def summary_lines(res: Dict) -> List[str]:
         c, m = gsu["cases"][0], gsu["machine"]
         out.append(f"- GSU {c['shape']} B={c['B']} L={c['L']}: {c['GB_per_s']:.2f} GB/s = "
                    f"{c['GB_per_s'] / m['mem_GBps']:.1%} of measured memory bandwidth")
+    for row in ranker_rows(sec.get("ranker", {}))[:1]:
+        where = ", ".join(f"{k}={row[k]:,}" for k in ("L", "candidates") if k in row)
+        lat = ", ".join(f"{k} {v:.1f}" for k, v in row.items() if ("p50" in k or "p99" in k) and isinstance(v, float))
+        out.append(f"- ranker ({where}): {lat}")
     plan = sec.get("plan", {})
     if plan.get("available"):
         worst = max(plan["ranks"], key=lambda r: r["hbm_bytes"])
@@ -157,7 +170,7 @@ def render(res: Dict) -> str:
         elif not s.get("available"):
             out.append(f"not available: {s['reason']}")
         elif name == "ranker":
-            out += [f"`{s['command']}`", "", s["markdown"].strip()]
+            out += [f"`{s['command']}`", "", _strip_h1(s["markdown"]).strip()]
         else:
             out += plan_table(s)
     return "\n".join(out) + "\n"

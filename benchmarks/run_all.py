@@ -43,6 +43,8 @@ from benchmarks.report_md import render  # noqa: E402
 FULL_VOCAB_SPEC = REPO / "specs" / "taobao_mm_full" / "muse.yaml"
 RANKER_SCRIPT = REPO / "benchmarks" / "bench_ranker.py"
 PLAN_WORLD_SIZE = 8
+# --quick: history lengths and timed calls per length passed to bench_ranker (when it takes them).
+RANKER_QUICK_LENGTHS, RANKER_QUICK_REPS = "1000,10000", "10,5"
 
 
 @dataclass
@@ -205,7 +207,11 @@ def run_ranker(out: Path, quick: bool, threads: int) -> Dict:
     folder.mkdir(parents=True)
     helptext = subprocess.run([sys.executable, str(RANKER_SCRIPT), "--help"], cwd=REPO, capture_output=True,
                               text=True, env=bench_train.child_env(threads)).stdout
-    cmd = [sys.executable, str(RANKER_SCRIPT), "--out", str(folder)] + (["--quick"] if quick and "--quick" in helptext else [])
+    cmd = [sys.executable, str(RANKER_SCRIPT), "--out", str(folder)]
+    if quick and "--quick" in helptext:
+        cmd.append("--quick")
+    elif quick and "--lengths" in helptext and "--reps" in helptext:
+        cmd += ["--lengths", RANKER_QUICK_LENGTHS, "--reps", RANKER_QUICK_REPS]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=bench_train.child_env(threads))
     if done.returncode != 0:
         return {"available": False, "reason": f"exit {done.returncode}: {(done.stdout + done.stderr)[-1500:]}"}

@@ -52,6 +52,15 @@ def test_tables_failures_and_unavailable_sections() -> None:
     assert "start [1.0, 1.0, 1.0], end [2.0, 2.0, 2.0]" in md
 
 
+def test_ranker_latency_reaches_the_summary() -> None:
+    ranker = {"available": True, "command": "bench_ranker.py", "markdown": "# Ranker\n| L |", "wall_s": 1.0,
+              "load_after": [1, 1, 1], "json": {"bench_ranker.json": {"rows": [
+                  {"L": 1000, "candidates": 1000, "score_ms_p50": 12.34, "score_ms_p99": 20.0, "reps": 30}]}}}
+    md = render(results(ranker=ranker))
+    assert "- ranker (L=1,000, candidates=1,000): score_ms_p50 12.3, score_ms_p99 20.0" in md
+    assert "\n# Ranker\n" not in md and "\n| L |" in md
+
+
 def test_missing_numbers_render_as_na() -> None:
     text = "\n".join(summary_lines(results()))
     assert "n/a" in text and "met)" not in text
