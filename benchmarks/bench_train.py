@@ -12,7 +12,8 @@ Two measurements, both in samples/s of ALL ranks together (divide by the world s
   backward + optimizer on batches built before timing (no loader). TorchRec: the trainer's own
   `build_sharded` (planner -> DMP -> fused sparse + dense optimizer) driven by the spec's train
   pipeline; plain: `benchmarks.plain_torch_muse` (``nn.Embedding(sparse=True)``, SparseAdam /
-  Adagrad, AdamW, DDP over gloo). ``warmup`` steps, then the median of ``steps`` timed steps.
+  Adagrad, AdamW, DDP over gloo). One job per model; ``warmup`` steps, then the median of
+  ``steps`` timed steps.
 
     .venv/bin/python benchmarks/bench_train.py --prepared data/bench/prepared --out results/train
 
@@ -135,23 +136,28 @@ def run_model_step(methods: Sequence[str], world_size: int, prepared: str, out_j
                    plain: bool, batch_size: int = 1000, seq_len: int = 1000, warmup: int = 3, steps: int = 10,
                    device: str = "cpu", plain_sparse_optimizer: str = "sparse_adam", plain_sparse_lr: float = 2e-3,
                    prebuilt: int = 4, threads: int = 0, timeout_s: float = 900.0) -> List[Dict]:
-    """Model-step samples/s of each TorchRec method (and the plain MUSE if ``plain``) in one job.
+    """Model-step samples/s of each TorchRec method and (if ``plain``) the plain MUSE.
 
-    Every rank pre-builds ``prebuilt`` distinct batches of its own data and cycles through them.
-    Returns one dict per (implementation, method): ``step_ms`` (each timed step), ``step_ms_median``,
-    ``samples_per_s`` (all ranks), ``per_process``.
+    Each of them runs in a job of its own (fresh processes: no allocator or cache state left by
+    the previous model). Every rank pre-builds ``prebuilt`` batches of its own data, spread over
+    the train split, and cycles through them. Returns one dict per (implementation, method):
+    ``step_ms`` (each timed step), ``step_ms_median``, ``samples_per_s`` (all ranks), ``per_process``.
     """
-    cmd = launcher(world_size) + [str(Path(__file__).resolve()), "--worker-step", "--prepared", prepared,
-                                  "--methods", ",".join(methods), "--json", str(out_json),
-                                  "--batch-size", str(batch_size), "--seq-len", str(seq_len),
-                                  "--warmup", str(warmup), "--steps", str(steps), "--device", device,
-                                  "--plain-sparse-optimizer", plain_sparse_optimizer,
-                                  "--plain-sparse-lr", str(plain_sparse_lr), "--prebuilt", str(prebuilt)]
-    if plain:
-        cmd.append("--plain")
-    out_json.unlink(missing_ok=True)
-    _run(cmd, threads, timeout_s)
-    return json.loads(out_json.read_text())
+    jobs = [(m, False) for m in methods] + ([("", True)] if plain else [])
+    rows: List[Dict] = []
+    for method, is_plain in jobs:
+        cmd = launcher(world_size) + [str(Path(__file__).resolve()), "--worker-step", "--prepared", prepared,
+                                      "--methods", method, "--json", str(out_json),
+                                      "--batch-size", str(batch_size), "--seq-len", str(seq_len),
+                                      "--warmup", str(warmup), "--steps", str(steps), "--device", device,
+                                      "--plain-sparse-optimizer", plain_sparse_optimizer,
+                                      "--plain-sparse-lr", str(plain_sparse_lr), "--prebuilt", str(prebuilt)]
+        if is_plain:
+            cmd.append("--plain")
+        out_json.unlink(missing_ok=True)
+        _run(cmd, threads, timeout_s)
+        rows += json.loads(out_json.read_text())
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,7 +201,12 @@ def step_worker(args: argparse.Namespace) -> None:
     distinct = max(2, args.prebuilt)
     if len(loader) < distinct:
         raise BenchError(f"{args.prepared}: only {len(loader)} train batches per rank, need {distinct}")
-    batches = [b.to(env.device) for b in itertools.islice(iter(loader), distinct)]
+    # Spread over the split, so the timed steps see typical batches, not only its first users; the
+    # last batch is left out (it may be mostly padding rows).
+    last_full = max(len(loader) - 2, distinct - 1)
+    picks = sorted({round(i * last_full / (distinct - 1)) for i in range(distinct)})
+    ds = loader.dataset
+    batches = [ds.make_batch(ds.sample_indices(j)).to(env.device) for j in picks]
 
     def sync() -> None:
         if env.device.type == "cuda":

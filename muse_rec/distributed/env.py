@@ -115,8 +115,7 @@ def init_distributed(
     """Create the default process group for `env` (read from the environment if None).
 
     Idempotent: when a group already exists it is checked against `env` and kept. A single
-    process with no rendezvous variables gets ``MASTER_ADDR``/``MASTER_PORT`` set to a free
-    local port so ``init_process_group`` works without a launcher.
+    process with no rendezvous variables gets a one-rank group over an in-memory store.
 
     Args:
         env: the process's place; default `DistEnv.from_environ()`.
@@ -133,19 +132,20 @@ def init_distributed(
                 f"but DistEnv says rank {env.rank} of {env.world_size}"
             )
         return env
-    if env.world_size == 1:
-        os.environ.setdefault("MASTER_ADDR", DEFAULT_MASTER_ADDR)
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-    elif "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+    launched = "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
+    if env.world_size > 1 and not launched:
         raise RuntimeError(
             f"WORLD_SIZE={env.world_size} but MASTER_ADDR/MASTER_PORT are not set: "
             "launch with torchrun or `torchx run ... dist.ddp`"
         )
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
-    dist.init_process_group(
-        backend=env.backend, rank=env.rank, world_size=env.world_size, timeout=timeout
-    )
+    if launched:
+        dist.init_process_group(backend=env.backend, rank=env.rank, world_size=env.world_size, timeout=timeout)
+    else:
+        # A single process without a launcher: an in-memory store, no port, and nothing written
+        # to os.environ (child processes would otherwise inherit a rendezvous address in use).
+        dist.init_process_group(backend=env.backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return env
 
 

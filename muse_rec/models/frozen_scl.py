@@ -26,7 +26,7 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec import DataType, EmbeddingCollection, EmbeddingConfig
 from torchrec.modules.embedding_configs import data_type_to_dtype
 
-from muse_rec.models.sparse_ids import dense_from_jagged, masked_kjt, pad_rows
+from torchrec import KeyedJaggedTensor
 
 SCL_TABLE = "scl"
 SCL_TARGET_FEATURE = "scl_target"
@@ -113,26 +113,32 @@ class FrozenSCL(nn.Module):
 
         Returns:
             ``[B, dim]`` target vectors and ``[U, L, dim]`` behaviour vectors (zeros where
-            ``seq_mask`` is False), both in the storage dtype.
+            ``seq_mask`` is False), in the lookup's output dtype (fp32 from a sharded table by
+            default, see sharders.py; the values are the stored int8 values, exactly).
         """
         B = target_item.shape[0]
-        U = seq_items.shape[0]
+        U, L = seq_items.shape
         if U > B:
             raise ValueError(f"{U} sequences for {B} targets: pass at most one sequence per sample")
-        target_mask = torch.ones(B, 1, dtype=torch.bool, device=target_item.device)
-        # A KJT has one stride for all keys: the sequence feature gets B rows, U..B-1 empty.
-        pad_ids, pad_mask = pad_rows(seq_items, B), pad_rows(seq_mask, B)
+        # Every position is looked up, padding included: padding and unknown items are row 0,
+        # whose vector is zero (checked by `load_`), so the output is already the dense
+        # [U, L, dim] layout; no scatter into a zero-filled buffer. A KJT has one stride for
+        # all keys, so the sequence feature has B rows, U..B-1 empty.
+        dev = target_item.device
+        seq_ids = torch.where(seq_mask, seq_items, 0).reshape(-1)
+        lengths = torch.cat([
+            torch.ones(B, dtype=torch.int32, device=dev),
+            torch.full((U,), L, dtype=torch.int32, device=dev),
+            torch.zeros(B - U, dtype=torch.int32, device=dev),
+        ])
         with torch.no_grad():
-            kjt = masked_kjt(
-                [SCL_TARGET_FEATURE, SCL_SEQ_FEATURE],
-                [target_item.reshape(B, 1), pad_ids],
-                [target_mask, pad_mask],
-            )
+            kjt = KeyedJaggedTensor(keys=[SCL_TARGET_FEATURE, SCL_SEQ_FEATURE],
+                                    values=torch.cat([target_item.to(torch.int64), seq_ids.to(torch.int64)]),
+                                    lengths=lengths)
             out = self.collection(kjt)
-            target = dense_from_jagged(out[SCL_TARGET_FEATURE].values(), target_mask).squeeze(1)
-            seq = dense_from_jagged(out[SCL_SEQ_FEATURE].values(), seq_mask)
-        # Sharded lookups leave the kernel as fp32 by default (see sharders.py): return storage dtype.
-        return target.to(self.dtype), seq.to(self.dtype)
+            target = out[SCL_TARGET_FEATURE].values()
+            seq = out[SCL_SEQ_FEATURE].values().view(U, L, self.dim)
+        return target, seq
 
     @torch.no_grad()
     def load_(self, array: np.ndarray, chunk_rows: int = DEFAULT_LOAD_CHUNK_ROWS) -> int:

@@ -64,12 +64,3 @@ def dense_from_jagged(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     out = values.new_zeros(B * N, values.shape[1])
     return out.index_copy(0, positions, values).view(B, N, values.shape[1])
 
-
-def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """``x [U, ...]`` with zero rows appended up to ``rows`` (no copy when U == rows).
-
-    A KJT has one stride for all its keys; a feature with fewer rows gets empty ones.
-    """
-    if x.shape[0] == rows:
-        return x
-    return torch.cat([x, x.new_zeros((rows - x.shape[0],) + tuple(x.shape[1:]))])

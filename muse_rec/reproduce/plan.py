@@ -1,0 +1,198 @@
+"""The experiment plan: which trainings `muse-rec reproduce` runs for a --what / --quick choice.
+
+Every table row and Fig. 5 point names a spec (+ overrides). Rows whose resolved specs are
+identical apart from their labels (e.g. Table 3's SA-TA+SimTier, Table 1's MM and the Table 5
+MUSE row are all MUSE) share one configuration and its runs, so nothing is trained twice. The
+sharing is decided over ALL experiments, whatever --what selects, so a later call with another
+--what reuses the same run directories.
+
+A run is a configuration at one seed; its directory is ``<out>/runs/<config>-s<seed>``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from muse_rec.reproduce.paper import FIG5_LENGTHS, PAPER_TABLES, TableRow, fig5_row
+from muse_rec.spec import load_spec
+
+EXPERIMENTS: Tuple[str, ...] = ("table5", "table3", "table1", "table2", "fig5", "fig6")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPECS_DIR = REPO_ROOT / "specs"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Which data the runs train on and which spec folder / overlay that implies.
+
+    Args:
+        name: ``synthetic`` (the demo profile) or ``real`` (the Taobao-MM p90 profile).
+        method_dir: folder under ``specs/`` holding the Table 5 method specs of this profile.
+        ablation_overlay: profile file (below ``specs/``) whose keys are laid over the ablation
+            specs, which extend the demo profile; None = use them as they are.
+    """
+
+    name: str
+    method_dir: str
+    ablation_overlay: Optional[str] = None
+
+
+SYNTHETIC = Profile("synthetic", "demo")
+REAL = Profile("real", "taobao_mm_p90", ablation_overlay="profiles/taobao_mm_p90.yaml")
+# Keys of a profile file that are not training settings: where runs go and the planning-only
+# vocabulary estimates (a training run sizes tables from the prepared data).
+_OVERLAY_SKIP = ("output_dir", "data.vocab_sizes", "data.prepared")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One distinct training configuration: a spec file plus overrides."""
+
+    id: str
+    spec_path: str
+    overrides: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A configuration at one seed."""
+
+    config: Config
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.id}-s{self.seed}"
+
+
+@dataclass
+class Plan:
+    """Selected experiments, their rows -> configuration ids, and the runs to train.
+
+    ``row_config[(table_key, label)]`` is the configuration id whose runs fill that cell
+    (``table_key`` is a paper table key or ``"fig5"``).
+    """
+
+    what: Tuple[str, ...]
+    seeds: Tuple[int, ...]
+    fig5_lengths: Tuple[int, ...]
+    profile: Profile
+    row_config: Dict[Tuple[str, str], str]
+    configs: Dict[str, Config]
+    runs: List[Run] = field(default_factory=list)
+
+    def config_of(self, table: str, label: str) -> str:
+        try:
+            return self.row_config[(table, label)]
+        except KeyError:
+            raise KeyError(f"plan has no cell {table}/{label!r}") from None
+
+    def to_dict(self) -> Dict:
+        return {
+            "what": list(self.what), "seeds": list(self.seeds), "fig5_lengths": list(self.fig5_lengths),
+            "profile": self.profile.name,
+            "cells": {f"{t}/{label}": c for (t, label), c in self.row_config.items()},
+            "configs": {c.id: {"spec": c.spec_path, "overrides": list(c.overrides)} for c in self.configs.values()},
+            "runs": [r.name for r in self.runs],
+        }
+
+
+def parse_what(text: str) -> Tuple[str, ...]:
+    """``"table5,fig5"`` -> ``("table5", "fig5")`` in canonical order; unknown names raise."""
+    asked = [w.strip().lower() for w in text.split(",") if w.strip()]
+    unknown = [w for w in asked if w not in EXPERIMENTS]
+    if unknown or not asked:
+        raise ValueError(f"--what {text!r}: unknown experiment(s) {unknown}; choose from {','.join(EXPERIMENTS)}")
+    return tuple(e for e in EXPERIMENTS if e in asked)
+
+
+def profile_overlay(profile: Profile, specs_dir: Path = SPECS_DIR) -> Tuple[str, ...]:
+    """The overlay file of ``profile`` flattened to ``key=value`` overrides (YAML flow values)."""
+    if profile.ablation_overlay is None:
+        return ()
+    path = specs_dir / profile.ablation_overlay
+    doc = yaml.safe_load(path.read_text()) or {}
+    if "extends" in doc:
+        raise ValueError(f"{path}: a profile overlay must not use 'extends'")
+    out: List[str] = []
+
+    def walk(node: Dict, prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if key in _OVERLAY_SKIP:
+                continue
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                out.append(f"{key}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
+
+    walk(doc, "")
+    return tuple(out)
+
+
+def all_rows(fig5_lengths: Sequence[int] = FIG5_LENGTHS) -> List[Tuple[str, TableRow]]:
+    """Every (experiment key, row) of every table and Fig. 5 point, in report order."""
+    rows = [(t.key, r) for t in PAPER_TABLES.values() for r in t.rows]
+    rows += [("fig5", fig5_row(n)) for n in fig5_lengths]
+    return rows
+
+
+def _needed_cells(what: Sequence[str], fig5_lengths: Sequence[int]) -> List[Tuple[str, str]]:
+    cells: List[Tuple[str, str]] = []
+    for w in what:
+        if w in PAPER_TABLES:
+            cells += [(w, r.label) for r in PAPER_TABLES[w].rows]
+        elif w == "fig5":
+            cells += [("fig5", fig5_row(n).label) for n in fig5_lengths] + [("table5", "DIN")]
+        elif w == "fig6":
+            cells += [("table5", "DIN"), ("table5", "MUSE")]
+    return list(dict.fromkeys(cells))
+
+
+def _fingerprint(spec_path: Path, overrides: Sequence[str]) -> str:
+    """Hash of the resolved spec without its labels (name, output_dir, model.method) and the
+    planning-only data.vocab_sizes."""
+    d = load_spec(spec_path, list(overrides)).to_dict()
+    d.pop("name"), d.pop("output_dir"), d["model"].pop("method"), d["data"].pop("vocab_sizes")
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def build_plan(
+    what: Sequence[str] = EXPERIMENTS,
+    seeds: int = 3,
+    fig5_lengths: Sequence[int] = FIG5_LENGTHS,
+    profile: Profile = SYNTHETIC,
+    prepared: str = "data/demo/prepared",
+    specs_dir: Path = SPECS_DIR,
+) -> Plan:
+    """Resolve every row to a configuration, share identical ones, list the runs ``what`` needs.
+
+    Args:
+        what: experiment keys (see `EXPERIMENTS`).
+        seeds: seeds per configuration (``train.seed`` = 0 .. seeds-1).
+        fig5_lengths: sequence lengths of Fig. 5 (each <= the profile's data.seq_len).
+        profile: data profile (spec folder of Table 5, overlay for the ablations).
+        prepared: ``data.prepared`` of every run (it takes part in the sharing test, nothing else).
+    """
+    if seeds < 1:
+        raise ValueError(f"--seeds {seeds}: need at least 1 seed")
+    overlay = profile_overlay(profile, specs_dir)
+    by_print: Dict[str, Config] = {}
+    row_config: Dict[Tuple[str, str], str] = {}
+    for table, row in all_rows(fig5_lengths):
+        is_method = row.spec.startswith("{profile}/")
+        spec_rel = row.spec.replace("{profile}", profile.method_dir) + ".yaml"
+        spec_path = specs_dir / spec_rel
+        overrides = (() if is_method else overlay) + tuple(row.overrides)
+        fp = _fingerprint(spec_path, overrides + (f"data.prepared={prepared}",))
+        cfg = by_print.setdefault(fp, Config(row.config, str(spec_path), overrides))
+        row_config[(table, row.label)] = cfg.id
+    configs = {c.id: c for c in by_print.values()}
+    needed = list(dict.fromkeys(row_config[c] for c in _needed_cells(what, fig5_lengths)))
+    runs = [Run(configs[cid], s) for cid in needed for s in range(seeds)]
+    return Plan(tuple(what), tuple(range(seeds)), tuple(fig5_lengths), profile, row_config, configs, runs)

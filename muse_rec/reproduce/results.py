@@ -1,0 +1,115 @@
+"""Read finished runs (metrics.json) and reduce them to per-cell statistics over seeds.
+
+A cell is a table row (a configuration) measured at several seeds: `Stats` keeps the per-seed
+values, their mean and sample standard deviation (the seed-to-seed spread). Fig. 6 needs the
+gain of MUSE over DIN per sample group; it is computed per seed (MUSE seed k vs DIN seed k,
+same data order, same initialisation seed) so that the spread covers training noise only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from muse_rec.reproduce.plan import Plan
+
+# config id -> seed -> the run's metrics.json
+RunMetrics = Dict[str, Dict[int, Dict]]
+
+
+@dataclass
+class Stats:
+    """Values of one quantity over seeds (NaNs and missing seeds left out)."""
+
+    values: List[float] = field(default_factory=list)
+    seeds: List[int] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> Optional[float]:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> Optional[float]:
+        """Sample standard deviation over seeds; None with fewer than 2 seeds."""
+        return statistics.stdev(self.values) if self.n > 1 else None
+
+    @classmethod
+    def of(cls, by_seed: Dict[int, float]) -> "Stats":
+        keep = {s: v for s, v in sorted(by_seed.items()) if v is not None and not math.isnan(v)}
+        return cls(list(keep.values()), list(keep))
+
+
+def load_metrics(out: Path, plan: Plan) -> RunMetrics:
+    """Every finished run of ``plan`` under ``out/runs``: ``{config: {seed: metrics}}``."""
+    found: RunMetrics = {}
+    for run in plan.runs:
+        path = out / "runs" / run.name / "metrics.json"
+        if not path.exists():
+            continue
+        try:
+            metrics = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); delete the run directory to re-train it") from None
+        if "gauc" not in metrics:
+            raise ValueError(f"{path}: no 'gauc' key (was the run trained with train.eval_at_end=false?)")
+        found.setdefault(run.config.id, {})[run.seed] = metrics
+    return found
+
+
+def metric_stats(metrics: RunMetrics, config: str, key: str = "gauc") -> Stats:
+    """``key`` (gauc, auc, logloss, ...) of ``config`` over its finished seeds."""
+    return Stats.of({s: m.get(key) for s, m in metrics.get(config, {}).items()})
+
+
+@dataclass
+class GroupGain:
+    """Relative GAUC gain (percent) of one model over another within one sample group."""
+
+    group: str
+    lo: float
+    gauc_samples: int  # samples that count in the group's GAUC (first paired seed)
+    base: Stats  # baseline GAUC per seed
+    model: Stats  # model GAUC per seed
+    gain_pct: Stats  # 100 * (model - base) / base per paired seed
+
+
+def group_gains(metrics: RunMetrics, model: str, base: str, table: str) -> List[GroupGain]:
+    """Per-group gains of ``model`` over ``base`` from their ``table`` (``by_seq_length`` or
+    ``by_popularity``) at the seeds both finished; groups with no GAUC (empty) are dropped."""
+    m_runs, b_runs = metrics.get(model, {}), metrics.get(base, {})
+    seeds = sorted(set(m_runs) & set(b_runs))
+    if not seeds:
+        return []
+    for cfg, runs in ((model, m_runs), (base, b_runs)):
+        for s in seeds:
+            if table not in runs[s]:
+                raise ValueError(f"run {cfg}-s{s}: metrics.json has no {table!r} table (needed for Fig. 6)")
+    first = m_runs[seeds[0]][table]
+    out: List[GroupGain] = []
+    for i, g in enumerate(first):
+        mg = {s: _group_gauc(m_runs[s][table], i, g["group"]) for s in seeds}
+        bg = {s: _group_gauc(b_runs[s][table], i, g["group"]) for s in seeds}
+        gains = {s: 100.0 * (mg[s] - bg[s]) / bg[s] for s in seeds if _ok(mg[s]) and _ok(bg[s]) and bg[s] > 0}
+        if not gains:
+            continue
+        out.append(GroupGain(g["group"], float(g.get("lo", i)), int(g.get("gauc_samples", g.get("samples", 0))),
+                             Stats.of(bg), Stats.of(mg), Stats.of(gains)))
+    return out
+
+
+def _ok(x: Optional[float]) -> bool:
+    return x is not None and not math.isnan(x)
+
+
+def _group_gauc(table: Sequence[Dict], i: int, label: str) -> Optional[float]:
+    if i >= len(table) or table[i].get("group") != label:
+        raise ValueError(f"group tables disagree: expected group {label!r} at position {i}; "
+                         "were the runs evaluated with different bins?")
+    return table[i].get("gauc")

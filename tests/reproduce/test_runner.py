@@ -1,0 +1,67 @@
+"""The runner: overrides, resume bookkeeping, and one tiny end-to-end reproduction (~30-60 s)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from muse_rec.reproduce.plan import Config, Run, build_plan
+from muse_rec.reproduce.report import write_report
+from muse_rec.reproduce.results import load_metrics
+from muse_rec.reproduce.runner import (
+    Execution, ReproduceError, _read_events, check_manifest, execute, is_done, prepare_data, run_overrides,
+)
+
+
+def test_run_overrides_put_name_seed_and_data_last(tmp_path: Path):
+    run = Run(Config("muse_len50", "specs/demo/muse.yaml", ("data.seq_len=50",)), seed=2)
+    ov = run_overrides(tmp_path, run, "/data/prep", extra=("train.max_steps=3",))
+    assert ov[0] == "data.seq_len=50"
+    assert "name=muse_len50-s2" in ov and "train.seed=2" in ov and "data.prepared=/data/prep" in ov
+    assert f"output_dir={(tmp_path / 'runs').resolve()}/{{name}}" in ov
+    assert ov[-1] == "train.max_steps=3"  # the user's --set wins over the plan
+
+
+def test_manifest_refuses_to_mix_data_sources(tmp_path: Path):
+    check_manifest(tmp_path, {"data": "synthetic", "synth_args": ["--preset", "demo"]})
+    check_manifest(tmp_path, {"data": "synthetic", "synth_args": ["--preset", "demo"]})  # same: fine
+    with pytest.raises(ReproduceError, match="reproduce.json.*synth_args"):
+        check_manifest(tmp_path, {"data": "synthetic", "synth_args": ["--preset", "demo", "--users", "1200"]})
+
+
+def test_progress_reader_keeps_a_partial_line_for_later(tmp_path: Path):
+    f = tmp_path / "progress.jsonl"
+    f.write_text('{"event": "start", "name": "a"}\n{"event": "do')
+    events, offset = _read_events(f, 0)
+    assert events == [{"event": "start", "name": "a"}]
+    with open(f, "a") as fh:
+        fh.write('ne", "name": "a", "seconds": 1.0}\n')
+    events, offset2 = _read_events(f, offset)
+    assert events == [{"event": "done", "name": "a", "seconds": 1.0}] and offset2 == f.stat().st_size
+
+
+def test_tiny_end_to_end_with_a_failing_run_and_resume(tmp_path: Path):
+    """synth tiny -> prepare -> a broken run + DIN + MUSE (2 steps each) in one job -> report."""
+    out = tmp_path / "out"
+    prepared = prepare_data(out, None, None, ["--preset", "tiny"], say=lambda s: None)
+    plan = build_plan(("fig6",), seeds=1, prepared=prepared)
+    broken = Run(Config("broken", plan.runs[0].config.spec_path, ("model.gsu.top_k=0",)), seed=0)
+    plan.runs.insert(0, broken)
+    lines = []
+    ex = Execution(nproc=1, device="cpu", extra_overrides=("train.max_steps=2", "train.log_every=1"), poll_seconds=0.2)
+    log = execute(plan, out, prepared, ex, say=lines.append)
+    assert log.failed == ["broken"]
+    assert sorted(log.seconds) == ["din-s0", "muse-s0"]
+    assert all(is_done(out, r) for r in plan.runs[1:])
+    assert any("FAILED" in line for line in lines) and any("left, ~" in line for line in lines)
+    # Resume: finished runs are skipped without launching anything.
+    plan.runs.pop(0)
+    again = execute(plan, out, prepared, ex, say=lines.append)
+    assert again.skipped == ["din-s0", "muse-s0"] and not again.seconds
+    metrics = load_metrics(out, plan)
+    assert set(metrics) == {"din", "muse"}
+    report = write_report(plan, metrics, out)
+    assert "fig6" in report.figures and report.figures["fig6"].stat().st_size > 10_000
+    assert "## Fig. 6" in (out / "report.md").read_text()
+    assert json.loads((out / "runs" / "muse-s0" / "metrics.json").read_text())["steps"] == 2
