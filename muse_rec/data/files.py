@@ -33,7 +33,26 @@ def _npy_header(dtype: np.dtype, shape: Tuple[int, ...]) -> bytes:
     return _MAGIC + struct.pack("<H", body_len) + text.encode("latin1")
 
 
-class NpyStreamWriter:
+class _PublishOnExit:
+    """Context manager: `close()` (publish) on success, `abort()` (discard) on an exception."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class NpyStreamWriter(_PublishOnExit):
     """Append rows to a `.npy` file whose length is known only at the end.
 
     Args:
@@ -74,17 +93,9 @@ class NpyStreamWriter:
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
 
-    def __enter__(self) -> "NpyStreamWriter":
-        return self
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
-class NpyMemmapWriter:
+class NpyMemmapWriter(_PublishOnExit):
     """A zero-filled `.npy` of known shape, filled in place (random access), published on `close()`.
 
     The file is created sparse, so rows never written (e.g. items without an SCL vector) cost no
@@ -106,14 +117,6 @@ class NpyMemmapWriter:
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
 
-    def __enter__(self) -> "NpyMemmapWriter":
-        return self
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def save_npy(path: str, arr: np.ndarray) -> None:

@@ -119,7 +119,7 @@ def batched_cosine(
                     torch.mv(kf[i], q[b0 + i], out=dots[b0 + i, l0:l1])
             else:
                 dots[b0:b1, l0:l1] = torch.bmm(kf, q[b0:b1].unsqueeze(2)).squeeze(2)
-    return _finish_cosine(dots, norms, q_norm.unsqueeze(1))
+    return finish_cosine(dots, norms, q_norm.unsqueeze(1))
 
 
 @torch.no_grad()
@@ -169,7 +169,7 @@ def grouped_cosine(
             kf = _rows_as_fp32(keys[u, l0:l1], buf)  # [c, D]
             torch.linalg.vector_norm(kf, dim=1, out=key_norms[u, l0:l1])
             dots[rows, l0:l1] = q_u @ kf.t()
-    return _finish_cosine(dots, key_norms.index_select(0, index), q_norm.unsqueeze(1))
+    return finish_cosine(dots, key_norms.index_select(0, index), q_norm.unsqueeze(1))
 
 
 def grouped_dot(query: torch.Tensor, keys: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -189,7 +189,7 @@ def grouped_dot(query: torch.Tensor, keys: torch.Tensor, index: torch.Tensor) ->
     return out
 
 
-def _finish_cosine(
+def finish_cosine(
     dots: torch.Tensor, key_norms: torch.Tensor, query_norms: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``dots / (|q| |k|)`` clamped to [-1, 1]; 0 and has_vector=False where a norm is 0."""
@@ -302,7 +302,7 @@ def cosine_at(
     picked = torch.gather(src, 1, indices.unsqueeze(2).expand(B, K, D)).to(torch.float32)
     q = query.to(torch.float32)
     dots = torch.bmm(picked, q.unsqueeze(2)).squeeze(2)
-    return _finish_cosine(
+    return finish_cosine(
         dots,
         torch.linalg.vector_norm(picked, dim=2),
         torch.linalg.vector_norm(q, dim=1, keepdim=True),

@@ -39,7 +39,7 @@ from muse_rec.models.ctr_model import LifelongCTRModel
 from muse_rec.models.frozen_scl import SCL_SEQ_FEATURE, SCL_TARGET_FEATURE
 from muse_rec.models.sparse_arch import ID_FEATURES
 from muse_rec.modules import SemanticAwareTargetAttention, masked_mean
-from muse_rec.modules.cosine import _finish_cosine, shared_keys_cosine_topk
+from muse_rec.modules.cosine import finish_cosine, shared_keys_cosine_topk
 from muse_rec.modules.selection import GSUResult, decode_cosine_selection
 
 # GSU kinds whose one-user path is implemented (the others score with per-sample Python).
@@ -235,7 +235,7 @@ class InferenceModel(nn.Module):
             q = query.to(torch.float32)
             k = keys.to(torch.float32)
             dots = q @ k.t()
-            return _finish_cosine(dots, torch.linalg.vector_norm(k, dim=1).unsqueeze(0),
+            return finish_cosine(dots, torch.linalg.vector_norm(k, dim=1).unsqueeze(0),
                                   torch.linalg.vector_norm(q, dim=1, keepdim=True))
 
 

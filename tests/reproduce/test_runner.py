@@ -51,7 +51,7 @@ def test_tiny_end_to_end_with_a_failing_run_and_resume(tmp_path: Path):
     lines = []
     ex = Execution(nproc=1, device="cpu", extra_overrides=("train.max_steps=2", "train.log_every=1"), poll_seconds=0.2)
     log = execute(plan, out, prepared, ex, say=lines.append)
-    assert log.failed == ["broken"]
+    assert log.failed == ["broken-s0"]
     assert sorted(log.seconds) == ["din-s0", "muse-s0"]
     assert all(is_done(out, r) for r in plan.runs[1:])
     assert any("FAILED" in line for line in lines) and any("left, ~" in line for line in lines)
