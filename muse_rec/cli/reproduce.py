@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        nproc = nproc or (torch.cuda.device_count() if device == "cuda" else 2)
+        nproc = nproc or (max(1, torch.cuda.device_count()) if device == "cuda" else 2)
     source = args.prepared or args.raw or "synthetic"
     try:
         check_manifest(out, {"data": source, "synth_args": synth_args})
@@ -94,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2
     context = _context(out, source, synth_args, args, nproc, device, plan, log, time.perf_counter() - started)
-    report = write_report(plan, metrics, out, context, min_z=args.min_z)
+    per_run = [m.get("wall_seconds", 0.0) + m.get("eval_seconds", 0.0) for runs in metrics.values() for m in runs.values()]
+    if per_run:
+        context.append(f"training + evaluation time summed over the {len(per_run)} finished runs: "
+                       f"{sum(per_run) / 60:.1f} min (from metrics.json; excludes process start-up)")
+    report = write_report(plan, metrics, out, context, min_z=args.min_z, synthetic=not real)
     print(f"[reproduce] wrote {out / 'report.md'} and {', '.join(p.name for p in report.figures.values())}")
     held = [v for vs in report.verdicts.values() for v in vs]
     print(f"[reproduce] claims holding here: {sum(v.holds for v in held)} of {len(held)}"
@@ -128,5 +132,6 @@ def _context(out: Path, source: str, synth_args: List[str], args: argparse.Names
                      "(shared machine: timings are noisy)")
     flags = [f"--{k.replace('_', '-')} {v}" for k in ("seeds", "what", "prepared", "raw", "nproc", "device")
              if (v := getattr(args, k)) is not None and not (k == "what" and v == WHAT_ALL)]
-    lines.append(f"command: `muse-rec reproduce {out}{' --quick' if args.quick else ''} {' '.join(flags)}`".replace(" `", "`"))
+    cmd = " ".join(["muse-rec reproduce", str(out)] + (["--quick"] if args.quick else []) + flags)
+    lines.append(f"command: `{cmd}`")
     return lines

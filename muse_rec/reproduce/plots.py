@@ -54,8 +54,10 @@ def plot_table(table: PaperTable, stats: Mapping[str, Stats], path: Path) -> Opt
         ours_gap = [stats[k].mean - ref.mean for k in others]  # type: ignore[operator]
         has_paper = paper.get(table.reference) is not None and all(paper.get(k) is not None for k in others)
         width = 0.4 if has_paper else 0.6
+        # Error bar: std of the difference of two independent runs, sqrt(sd_k^2 + sd_ref^2).
+        gap_err = [(_err(stats[k]) ** 2 + _err(ref) ** 2) ** 0.5 for k in others]
         ax2.bar([i - (width / 2 if has_paper else 0) for i in x], ours_gap, width,
-                yerr=[_err(stats[k]) for k in others], color=OURS_COLOR, capsize=4, label="ours (synthetic or given data)")
+                yerr=gap_err, color=OURS_COLOR, capsize=4, label="ours (+- std of the difference)")
         if has_paper:
             ax2.bar([i + width / 2 for i in x], [paper[k] - paper[table.reference] for k in others], width,  # type: ignore[operator]
                     color=PAPER_COLOR, label=f"paper ({table.paper_setting})")
@@ -63,7 +65,7 @@ def plot_table(table: PaperTable, stats: Mapping[str, Stats], path: Path) -> Opt
         ax2.set_xticks(x, others, rotation=25)
         ax2.set_ylabel(f"GAUC - GAUC({table.reference})")
         ax2.set_title(f"gain over {table.reference}")
-        ax2.legend(fontsize=7)
+        ax2.legend(fontsize=7, loc="best", framealpha=0.8)
     else:
         ax2.set_axis_off()
     fig.tight_layout()

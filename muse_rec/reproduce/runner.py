@@ -29,6 +29,11 @@ from muse_rec.reproduce.plan import REPO_ROOT, Plan, Run
 Printer = Callable[[str], None]
 
 
+def say_now(message: str) -> None:
+    """Print a progress line at once (stdout is block-buffered when redirected to a file)."""
+    print(message, flush=True)
+
+
 class ReproduceError(RuntimeError):
     """The reproduction cannot go on as asked; the message says why and what to do."""
 
@@ -100,7 +105,7 @@ def _cli(*args: str) -> List[str]:
 
 
 def prepare_data(out: Path, raw: Optional[str], prepared: Optional[str], synth_args: Sequence[str],
-                 say: Printer = print) -> str:
+                 say: Printer = say_now) -> str:
     """Return the prepared-data path the runs read: given, prepared from ``raw``, or synthesised.
 
     ``synth_args`` are extra `muse-rec synth` flags (the size of the synthetic release).
@@ -156,7 +161,7 @@ def _read_events(path: Path, offset: int) -> Tuple[List[Dict], int]:
 
 
 def execute(plan: Plan, out: Path, prepared: str, execution: Execution = Execution(),
-            say: Printer = print) -> RunLog:
+            say: Printer = say_now) -> RunLog:
     """Train every run of ``plan`` that has no metrics.json yet; returns what happened."""
     log = RunLog()
     pending = [r for r in plan.runs if not is_done(out, r)]

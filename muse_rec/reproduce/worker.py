@@ -69,10 +69,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (OSError, json.JSONDecodeError) as e:
         print(f"muse_rec.reproduce.worker: cannot read job file {path}: {e}", file=sys.stderr)
         return 2
-    for key in ("runs",):
-        if key not in job:
-            print(f"muse_rec.reproduce.worker: {path}: missing key {key!r}", file=sys.stderr)
-            return 2
+    if not isinstance(job, dict) or not isinstance(job.get("runs"), list):
+        print(f"muse_rec.reproduce.worker: {path}: expected an object with a 'runs' list", file=sys.stderr)
+        return 2
     run_job(job)
     return 0
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from metrics_reference import random_predictions
+from tests.metrics.metrics_reference import random_predictions
 
 from muse_rec.metrics import PredictionAccumulator, compute_metrics, read_predictions
 from muse_rec.metrics.predictions_io import part_name, write_part

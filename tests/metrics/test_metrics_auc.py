@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from metrics_reference import pairwise_auc, pairwise_gauc, random_predictions, reference_logloss
+from tests.metrics.metrics_reference import pairwise_auc, pairwise_gauc, random_predictions, reference_logloss
 
 from muse_rec.metrics import DEFAULT_LOGLOSS_EPS, auc, compute_metrics, gauc, logloss, user_auc
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from metrics_reference import random_predictions
+from tests.metrics.metrics_reference import random_predictions
 
 from muse_rec.metrics import PredictionAccumulator, read_predictions
 

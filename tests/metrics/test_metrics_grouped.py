@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from metrics_reference import pairwise_auc, pairwise_gauc, random_predictions
+from tests.metrics.metrics_reference import pairwise_auc, pairwise_gauc, random_predictions
 
 from muse_rec.metrics import DEFAULT_POPULARITY_EDGES, DEFAULT_SEQ_LEN_EDGES, Bins, compute_metrics, quantile_edges
 

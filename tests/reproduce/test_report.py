@@ -144,3 +144,10 @@ def test_corrupt_metrics_file_names_the_file(tmp_path: Path):
     (d / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match="din-s0/metrics.json"):
         load_metrics(tmp_path, plan)
+
+
+def test_real_data_report_drops_the_synthetic_caveats(tmp_path: Path):
+    plan = build_plan(("fig6",), seeds=3)
+    write_fake_runs(tmp_path, plan)
+    md = write_report(plan, load_metrics(tmp_path, plan), tmp_path, synthetic=False).markdown
+    assert "planted" not in md and "MISS** is approximated" in md
