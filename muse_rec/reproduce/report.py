@@ -40,6 +40,10 @@ COMMON_DEVIATIONS = (
     "they run on the same data as Table 5 with sequences of at most 1000, and Fig. 5 limits the GSU to the newest "
     "N of them. MUSE.md records no per-row numbers for Tables 1-2: their paper column is empty and their claims "
     "are the paper's stated conclusion.",
+    "**Which ESU sees the SCL vectors.** As MUSE.md specifies, SIM-hard and SIM-soft keep MUSE's ESU (SimTier + "
+    "SA-TA over SCL cosines), so they inherit most of the multimodal signal and can land close to MUSE; TWIN "
+    "(TA + SimTier over ID cosines) and MISS (ID-only ESU) read only trainable ID embeddings, which need far more "
+    "data than a synthetic release offers, so on it they can land near (or below) DIN.",
     "**MISS** is approximated: its GSU counts co-occurrence with the target's item/category inside the user's "
     "own history (a batch carries no cross-user co-occurrence statistics), merged with the multimodal GSU.",
 )

@@ -119,7 +119,7 @@ def write_exact_int8_(collection: nn.Module, table: str, array: np.ndarray, chun
     one_and_offset = torch.tensor([1.0, -float(_INT8_OFFSET)], dtype=torch.float16).view(torch.uint8)
     scale_bias.copy_(one_and_offset.expand_as(scale_bias))
     for start in range(0, array.shape[0], chunk_rows):
-        src = torch.from_numpy(np.ascontiguousarray(array[start:start + chunk_rows]))
+        src = torch.tensor(np.asarray(array[start:start + chunk_rows]))  # a copy: memmap slices are read-only
         weights[start:start + src.shape[0]].copy_((src.to(torch.int16) + _INT8_OFFSET).to(torch.uint8))
 
 
