@@ -1,7 +1,7 @@
 """`muse-rec reproduce OUT`: re-run the paper's tables and figures and write OUT/report.md + PNGs.
 
 Default: the synthetic demo release, 3 seeds, Tables 5/3/1/2 and Figs. 5/6 (17 distinct
-configurations, 51 trainings, about 30 min on a 2-core CPU box). ``--quick`` keeps every table
+configurations, 51 trainings, ~20 min measured on the shared 2-core CPU box). ``--quick`` keeps every table
 and figure but uses a smaller synthetic release (1,200 users, ~13k train impressions), 2 seeds
 and Fig. 5 at N = 50, 200, 1000 only (15 configurations, 30 trainings). Finished runs are
 skipped, so re-running the same command resumes. ``--prepared``/``--raw`` point at the real
