@@ -193,7 +193,7 @@ def step_worker(args: argparse.Namespace) -> None:
     from muse_rec.data.prepared import PreparedData
     from muse_rec.distributed.env import DistEnv, destroy_distributed, init_distributed
     from muse_rec.spec import load_spec
-    from muse_rec.training.trainer import build_sharded
+    from muse_rec.training.trainer import build_sharded, make_pipeline
 
     env = init_distributed(DistEnv.from_environ(device_type=args.device))
     data = PreparedData(args.prepared)
@@ -219,17 +219,14 @@ def step_worker(args: argparse.Namespace) -> None:
         torch.manual_seed(spec.train.seed)
         dmp, optimizer, _ = build_sharded(spec, data, env)
         dmp.train()
-        from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
-
-        cls = TrainPipelineSparseDist if spec.train.pipeline == "sparse_dist" else TrainPipelineBase
-        pipeline = cls(dmp, optimizer, env.device)
+        pipeline = make_pipeline(spec.train.pipeline, dmp, optimizer, env)
         it = itertools.cycle(batches)
         times = _time_steps(lambda: pipeline.progress(it), args.warmup, args.steps, sync)
         results.append(_step_result(f"torchrec ({spec.train.pipeline} pipeline)", method, times,
                                     args.batch_size, env.world_size))
         if hasattr(pipeline, "detach"):
             pipeline.detach()
-        del pipeline, dmp, optimizer
+        del dmp, optimizer
     if args.plain:
         results.append(_plain_steps(args, env, data, batches, sync))
     if env.is_main:

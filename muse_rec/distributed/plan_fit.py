@@ -253,7 +253,7 @@ class FitDiagnosis:
             lines.append(f"  - more ranks: nothing up to {self.limit} ranks at this memory per rank")
         if not self.setup.allow_uvm:
             uvm = replace(self.setup, allow_uvm=True)
-            lines.append(f"  - UVM caching (rows in host memory, a cache in HBM): "
+            lines.append("  - UVM caching (rows in host memory, a cache in HBM): "
                          + (f"{uvm.describe(self.uvm_fit.world_size)}" if self.uvm_fit else f"nothing up to {self.limit} ranks"))
         if self.max_rows is not None:
             lines.append(f"  - a smaller {self.scaled_table} vocabulary: at most ~{self.max_rows:,} rows fit on "

@@ -226,7 +226,6 @@ def shared_keys_cosine_topk(
         descending, and ``indices [B, k]`` int64, ``k = min(K, L)``.
     """
     L, D = keys.shape
-    B = query.shape[0]
     q = query.to(torch.float32)
     q_norm = torch.linalg.vector_norm(q, dim=1, keepdim=True)  # [B, 1]
     q_hat = q / q_norm.clamp_min(torch.finfo(torch.float32).tiny)  # zero rows stay zero

@@ -20,16 +20,18 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import torch
-import torch.distributed as dist
 import yaml
+from fbgemm_gpu.split_embedding_configs import SparseType
 from tqdm import tqdm
 
 from muse_rec.data.loader import make_loader
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
+from muse_rec.distributed.planner import make_constraints
 from muse_rec.models.ctr_model import build_train_model, is_frozen_key
-from muse_rec.spec import Spec, SpecError
+from muse_rec.models.frozen_scl import SCL_TABLE
+from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
 from muse_rec.training.evaluate import evaluate
 from muse_rec.training.quiet import quiet_known_warnings
@@ -134,7 +136,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
             num_workers=spec.data.num_workers, start_batch=position.batch_in_epoch,
             shuffle_seed=None if t.shuffle_seed is None else t.shuffle_seed + position.epoch,
         )
-        pipeline = _make_pipeline(t.pipeline, dmp, optimizer, env)
+        pipeline = make_pipeline(t.pipeline, dmp, optimizer, env)
         it = iter(loader)
         steps_this_epoch = min(train_loader_len - position.batch_in_epoch, total_steps - position.step)
         bar = tqdm(total=steps_this_epoch, desc=f"epoch {position.epoch}", unit="batch", disable=not env.is_main, dynamic_ncols=True)
@@ -198,7 +200,12 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
     out (the frozen SCL table, reloaded from the prepared data instead).
     """
     model = build_train_model(spec.model, data.vocab_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"))
-    dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer)
+    # The frozen SCL lookups are the largest all-to-all of a step ([U*L, 128] per rank): send them
+    # as fp16 (exact for the int8 values). TorchRec 1.8 returns correct fp16 lookups across ranks
+    # only for row-wise tables (docs/sharding.md), so with several ranks the SCL table is row-wise.
+    constraints = make_constraints(model, {SCL_TABLE: ["row_wise"]}) if env.world_size > 1 else None
+    dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer, constraints=constraints,
+                      frozen_output_dtype=SparseType.FP16)
     arch = dmp.module.model.sparse_arch
     arch.load_scl_(data.scl())  # frozen: loaded, never trained, never saved
     optimizer = build_optimizer(dmp, spec.train.dense_optimizer)
@@ -244,7 +251,7 @@ def _write_json(path: Path, obj: Dict) -> None:
     os.replace(tmp, path)
 
 
-def _make_pipeline(kind: str, dmp: torch.nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv):
+def make_pipeline(kind: str, dmp: torch.nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv):
     from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
 
     cls = TrainPipelineSparseDist if kind == "sparse_dist" else TrainPipelineBase

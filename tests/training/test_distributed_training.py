@@ -1,7 +1,6 @@
 """Multi-process training: TorchX end to end, crash + resume, world-size invariance."""
 from __future__ import annotations
 
-import json
 import subprocess
 
 import pandas as pd

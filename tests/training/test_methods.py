@@ -11,7 +11,7 @@ from muse_rec.data.loader import make_loader
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import init_distributed
 from muse_rec.spec import load_spec
-from muse_rec.training.trainer import _make_pipeline, build_sharded
+from muse_rec.training.trainer import make_pipeline, build_sharded
 from tests.training.conftest import FAST
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -26,7 +26,7 @@ def _losses(spec_path: Path, prepared: Path, rounds: int = 5, batches: int = 3) 
     data = PreparedData(str(prepared))
     dmp, optimizer, _ = build_sharded(spec, data, env)
     fixed = list(itertools.islice(iter(make_loader(data, "train", spec.train.batch_size, spec.data.seq_len)), batches))
-    pipeline = _make_pipeline("sparse_dist", dmp, optimizer, env)
+    pipeline = make_pipeline("sparse_dist", dmp, optimizer, env)
     it = iter(fixed * rounds)
     per_round = []
     for _ in range(rounds):

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 
-import pytest
 
 from tests.training.conftest import run_ranks, train_args
 
