@@ -17,6 +17,16 @@ def _fake_dist(root: Path, name: str, version: str) -> None:
     (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
 
 
+def _import_beside(fake_root, code: str = "import muse_rec", **env_extra: str) -> subprocess.CompletedProcess:
+    """Import muse_rec in a fresh interpreter that sees the fake dist-infos under `fake_root` first."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PYTHONPATH": str(fake_root), "PATH": "/usr/bin:/bin", **env_extra},
+        capture_output=True,
+        text=True,
+    )
+
+
 def test_installed_stack_is_consistent():
     rep = env.inspect_stack()
     assert rep.consistent, rep.problems
@@ -27,12 +37,7 @@ def test_mismatched_fbgemm_fails_at_import_with_versions(tmp_path):
     # fbgemm-gpu-cpu 1.6.0 is built for torch 2.11: importing muse_rec beside torch 2.13 must fail
     # with a message naming what is installed and what to install, not an undefined symbol.
     _fake_dist(tmp_path, "fbgemm-gpu-cpu", "1.6.0")
-    proc = subprocess.run(
-        [sys.executable, "-c", "import muse_rec"],
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-    )
+    proc = _import_beside(tmp_path)
     assert proc.returncode != 0
     err = proc.stderr
     assert "StackMismatchError" in err
@@ -45,24 +50,14 @@ def test_mismatched_fbgemm_fails_at_import_with_versions(tmp_path):
 
 def test_both_fbgemm_builds_installed_is_reported(tmp_path):
     _fake_dist(tmp_path, "fbgemm-gpu", "1.8.0")
-    proc = subprocess.run(
-        [sys.executable, "-c", "import muse_rec"],
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-    )
+    proc = _import_beside(tmp_path)
     assert proc.returncode != 0
     assert "both fbgemm-gpu and fbgemm-gpu-cpu are installed" in proc.stderr
 
 
 def test_guard_can_be_bypassed(tmp_path):
     _fake_dist(tmp_path, "fbgemm-gpu-cpu", "1.6.0")
-    proc = subprocess.run(
-        [sys.executable, "-c", "import muse_rec; print('imported')"],
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "MUSE_REC_SKIP_VERSION_CHECK": "1"},
-        capture_output=True,
-        text=True,
-    )
+    proc = _import_beside(tmp_path, "import muse_rec; print('imported')", MUSE_REC_SKIP_VERSION_CHECK="1")
     assert proc.returncode == 0, proc.stderr
     assert "imported" in proc.stdout
 
