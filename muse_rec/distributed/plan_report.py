@@ -22,28 +22,31 @@ Example::
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner import Topology
 from torchrec.distributed.planner.constants import BATCH_SIZE
 from torchrec.distributed.planner.stats import EmbeddingStats
-from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import ParameterConstraints, ShardingOption, Stats
 from torchrec.distributed.types import ModuleSharder, ShardingPlan
 from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS
 
-from muse_rec.distributed.planner import GiB, TableSummary, embedding_tables, make_constraints, plan_summary
+from muse_rec.distributed.planner import (
+    GiB,
+    TableSummary,
+    embedding_tables,
+    make_constraints,
+    plan_summary,
+    planner_logging,
+    planner_reservation,
+    sharding_planner,
+)
 
-# TorchRec's default HBM margin (EmbeddingShardingPlanner builds this reservation when given
-# none); passed explicitly so the report knows the capacity the planner planned against.
-PLANNER_RESERVED_FRACTION = 0.15
 # Kernels whose rows (and fused-optimizer state) live in device memory on CUDA.
 DEVICE_MEMORY_KERNELS = (EmbeddingComputeKernel.FUSED.value, EmbeddingComputeKernel.DENSE.value)
-_PLANNER_LOGGER = "torchrec.distributed.planner"
 
 
 @dataclass(frozen=True)
@@ -153,11 +156,6 @@ class _BestPlanRecorder(Stats):
         self.best_plan = best_plan
 
 
-def planner_reservation() -> HeuristicalStorageReservation:
-    """The storage reservation TorchRec's planner uses by default (15% of HBM + dense + KJT)."""
-    return HeuristicalStorageReservation(percentage=PLANNER_RESERVED_FRACTION)
-
-
 def usable_per_rank(
     module: nn.Module,
     topology: Topology,
@@ -189,20 +187,9 @@ def run_planner(
     """
     recorder = _BestPlanRecorder()
     stats: List[Stats] = [recorder] + ([EmbeddingStats()] if verbose else [])
-    planner = EmbeddingShardingPlanner(
-        topology=topology,
-        constraints=constraints if constraints is not None else make_constraints(module),
-        storage_reservation=planner_reservation(),
-        stats=stats,
-    )
-    log = logging.getLogger(_PLANNER_LOGGER)
-    level = log.level
-    if verbose:
-        log.setLevel(logging.INFO)
-    try:
+    planner = sharding_planner(module, topology, constraints, stats=stats)
+    with planner_logging(verbose):
         plan = planner.plan(module, list(sharders))
-    finally:
-        log.setLevel(level)
     assert recorder.best_plan is not None  # the planner logs stats whenever it returns a plan
     return plan, recorder.best_plan
 

@@ -11,17 +11,20 @@ allocating a table, e.g. an 8 x 80 GiB GPU node from a CPU box:
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import (
     KernelConfig,
     ParameterConstraints,
+    Stats,
     TopologyFactory,
     TrainerConfig,
 )
@@ -32,6 +35,10 @@ from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.sharders import EBC_SHARDING_TYPES, EC_SHARDING_TYPES
 
 GiB = 1024**3
+# TorchRec's default HBM margin (EmbeddingShardingPlanner builds this reservation when given
+# none); passed explicitly so a report knows the capacity the planner planned against.
+PLANNER_RESERVED_FRACTION = 0.15
+PLANNER_LOGGER = "torchrec.distributed.planner"
 # Fused-optimizer state bytes per row, as a function of the row width; FBGEMM keeps fp32 state.
 _STATE_BYTES_PER_ROW = {
     EmbOptimType.EXACT_SGD: lambda dim: 0,
@@ -137,19 +144,45 @@ def make_plan(
     When a multi-rank process group exists, rank 0 plans and broadcasts, so every rank
     shards identically. `verbose` logs TorchRec's plan tables (printed only at INFO).
     """
-    planner = EmbeddingShardingPlanner(
-        topology=topology,
-        constraints=constraints if constraints is not None else make_constraints(module),
-    )
-    level = logging.getLogger("torchrec.distributed.planner").level
-    if verbose:
-        logging.getLogger("torchrec.distributed.planner").setLevel(logging.INFO)
-    try:
+    planner = sharding_planner(module, topology, constraints)
+    with planner_logging(verbose):
         if dist.is_initialized() and dist.get_world_size() > 1:
             return planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
         return planner.plan(module, sharders)
+
+
+def planner_reservation() -> HeuristicalStorageReservation:
+    """The storage reservation TorchRec's planner uses by default (15% of HBM + dense + KJT)."""
+    return HeuristicalStorageReservation(percentage=PLANNER_RESERVED_FRACTION)
+
+
+def sharding_planner(
+    module: nn.Module,
+    topology: Topology,
+    constraints: Optional[Dict[str, ParameterConstraints]] = None,
+    stats: Optional[List[Stats]] = None,
+) -> EmbeddingShardingPlanner:
+    """The one planner configuration that training (`make_plan`) and `muse-rec plan` share,
+    so the plan a report shows is the plan a run uses."""
+    return EmbeddingShardingPlanner(
+        topology=topology,
+        constraints=constraints if constraints is not None else make_constraints(module),
+        storage_reservation=planner_reservation(),
+        stats=stats,
+    )
+
+
+@contextmanager
+def planner_logging(verbose: bool) -> Iterator[None]:
+    """TorchRec prints its plan tables only at INFO: raise its logger there while planning."""
+    log = logging.getLogger(PLANNER_LOGGER)
+    level = log.level
+    if verbose:
+        log.setLevel(logging.INFO)
+    try:
+        yield
     finally:
-        logging.getLogger("torchrec.distributed.planner").setLevel(level)
+        log.setLevel(level)
 
 
 @dataclass(frozen=True)
