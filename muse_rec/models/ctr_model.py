@@ -42,7 +42,7 @@ from muse_rec.modules import (
     masked_mean,
     merge_gsu_results,
 )
-from muse_rec.modules.cosine import grouped_cosine
+from muse_rec.modules.cosine import finish_cosine, grouped_cosine
 from muse_rec.modules.selection import topk_eligible
 from muse_rec.spec import ModelSpec
 
@@ -284,11 +284,11 @@ class LifelongCTRModel(nn.Module):
     def _scl_cosine(scl_t: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cosine of ``[B, D]`` target vs ``[B, N, D]`` SCL vectors; defined where both are non-zero."""
         with torch.no_grad():
-            q = scl_t.float()
-            k = keys.float()
-            qn, kn = q.norm(dim=-1), k.norm(dim=-1)
-            ok = mask & (kn > 0) & (qn > 0).unsqueeze(1)
-            cos = torch.einsum("bd,bnd->bn", q, k) / (qn.unsqueeze(1) * kn).clamp_min(1e-12)
+            q, k = scl_t.float(), keys.float()
+            dots = torch.bmm(k, q.unsqueeze(2)).squeeze(2)
+            cos, has_vector = finish_cosine(dots, torch.linalg.vector_norm(k, dim=2),
+                                            torch.linalg.vector_norm(q, dim=1, keepdim=True))
+            ok = has_vector & mask
             return torch.where(ok, cos, 0.0), ok
 
 
