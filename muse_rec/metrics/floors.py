@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -431,3 +432,27 @@ def cached_floors(data: PreparedData, split: str, opts: FloorOptions, cache_dir:
     result = compute_floors(data, split, opts, train_split)
     save_metrics_json(path, result)
     return json.loads(path.read_text())  # what a later cache hit returns (NaN -> null)
+
+
+def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc: Optional[float], cache_dir: str,
+                             train_split: str = "train") -> Dict:
+    """A finished run's check (`train.check_floors`): the floors of its eval split at its
+    ``seq_len`` (cached in ``cache_dir``), logged beside its GAUC; a WARNING when it is below.
+
+    Returns the keys the run records in metrics.json: ``floors`` (name -> description, gauc,
+    auc, logloss), ``best_floor`` and ``below_floor``; or ``floors_error`` when the floors
+    cannot be computed on this data (the run itself is not failed for that).
+    """
+    start = time.perf_counter()
+    try:
+        result = cached_floors(data, split, FloorOptions(seq_len=seq_len), cache_dir, train_split)
+    except FloorsError as e:
+        logger.warning("model-free floors not checked: %s", e)
+        return {"floors_error": str(e)}
+    keep = ("description", "gauc", "auc", "logloss")
+    floors = {k: {f: v.get(f) for f in keep} for k, v in result["floors"].items()}
+    below, sentence = below_floor_message(float("nan") if gauc is None else gauc, result)
+    (logger.warning if below else logger.info)("%s [floors: %s, split %s, seq_len %d; %.1f s]", sentence,
+                                              data.path, split, seq_len, time.perf_counter() - start)
+    return {"floors": floors, "best_floor": {"name": result["best"]["name"], "gauc": result["best"]["gauc"]},
+            "below_floor": below}

@@ -277,3 +277,115 @@ def test_bad_arguments_exit_2(tiny, capsys, args, words):
 def test_not_a_prepared_directory_exits_2(tmp_path, capsys):
     assert cli_main(["baselines", str(tmp_path)]) == 2
     assert "no meta.json" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Beside the models: compare, the reproduce report, a trained run's check.
+# ----------------------------------------------------------------------------------------------
+
+FAKE_FLOORS = {
+    "popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.52, "auc": 0.53, "logloss": 0.41},
+    "cos_mean_history": {"description": "cos(target, mean history SCL)", "gauc": 0.63, "auc": 0.62, "logloss": None},
+}
+
+
+def _fake_run(d: Path, method: str, gauc: float, floors=None, spec_data=None) -> Path:
+    d.mkdir(parents=True)
+    m = {"method": method, "gauc": gauc, "auc": gauc, "logloss": 0.4, "train_samples_per_s": 100.0}
+    if floors:
+        m["floors"] = floors
+    (d / "metrics.json").write_text(json.dumps(m))
+    if spec_data:
+        import yaml
+
+        (d / "spec.yaml").write_text(yaml.safe_dump({"data": spec_data}))
+    return d
+
+
+def test_compare_shows_recorded_floors_and_who_is_below(tmp_path, capsys):
+    din = _fake_run(tmp_path / "din", "DIN", 0.61, FAKE_FLOORS)
+    muse = _fake_run(tmp_path / "muse", "MUSE", 0.66, FAKE_FLOORS)
+    assert cli_main(["compare", str(din), str(muse), "--out", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "| floor: cos(target, mean history SCL)" in text and "0.6300" in text
+    assert "best model-free floor: cos(target, mean history SCL) GAUC 0.6300; BELOW it: DIN (0.6100)" in text
+    assert "MUSE (" not in text.split("BELOW it:")[1].split("\n")[0]
+    saved = json.loads((tmp_path / "cmp.json").read_text())
+    assert saved["floors"] == FAKE_FLOORS and any(r["method"].startswith("floor: ") for r in saved["rows"])
+    assert cli_main(["compare", str(din), "--no-floors"]) == 0
+    assert "floor:" not in capsys.readouterr().out
+
+
+def test_compare_computes_floors_for_the_runs_data_once(tiny, tmp_path, capsys):
+    spec_data = {"prepared": str(tiny), "eval_split": "test", "train_split": "train", "seq_len": 60}
+    run = _fake_run(tmp_path / "runs" / "din", "DIN", 0.5, spec_data=spec_data)
+    assert cli_main(["compare", str(run)]) == 0
+    assert "floor: cos(target, mean history SCL)" in capsys.readouterr().out
+    cached = list((tmp_path / "runs" / ".floors").glob("floors-test-*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["options"]["seq_len"] == 60
+    stamp = cached[0].stat().st_mtime_ns
+    assert cli_main(["compare", str(run)]) == 0
+    assert cached[0].stat().st_mtime_ns == stamp  # read from the cache, not recomputed
+
+
+@pytest.mark.parametrize("content, words", [(None, "no such file"), ("{]", "not a floors file"),
+                                             ('{"rows": []}', "not a floors file")])
+def test_compare_bad_floors_file_exits_2(tmp_path, capsys, content, words):
+    run = _fake_run(tmp_path / "din", "DIN", 0.6)
+    f = tmp_path / "floors.json"
+    if content is not None:
+        f.write_text(content)
+    assert cli_main(["compare", str(run), "--floors", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_reproduce_report_shows_floors_in_its_tables(tmp_path):
+    from muse_rec.reproduce.plan import build_plan
+    from muse_rec.reproduce.report import write_report
+    from muse_rec.reproduce.results import load_metrics
+    from tests.reproduce.test_report import write_fake_runs
+
+    plan = build_plan(["table5"], seeds=2)
+    write_fake_runs(tmp_path, plan)  # GAUC: DIN 0.55, ..., MUSE 0.64
+    for f in (tmp_path / "runs").glob("*/metrics.json"):
+        m = json.loads(f.read_text())
+        f.write_text(json.dumps({**m, "floors": FAKE_FLOORS}))
+    md = write_report(plan, load_metrics(tmp_path, plan), tmp_path).markdown
+    assert "## Model-free floors" in md
+    table5 = md[md.index("## Table 5"):]
+    assert "| floor: cos(target, mean history SCL) | - | - | 0.6300 (model-free) |" in table5
+    below = md[md.index("**Below the best floor**"):].split("\n")[0]
+    assert "`din`" in below and "`muse`" not in below
+
+
+def test_trained_run_records_its_floor_check(tiny, tmp_path):
+    import subprocess
+
+    from tests.conftest import REPO, subprocess_env, venv_bin
+
+    def train(name: str, *extra: str) -> subprocess.CompletedProcess:
+        sets = [f"data.prepared={tiny}", f"output_dir={tmp_path}/{{name}}", f"name={name}", "data.seq_len=60",
+                "train.batch_size=64", "train.eval_batch_size=512", "model.tower_hidden=[32]", "train.max_steps=3",
+                "model.gsu.top_k=20", *extra]
+        cmd = [venv_bin("muse-rec"), "train", "--spec", "specs/demo/din.yaml"] + [a for s in sets for a in ("--set", s)]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    log = train("checked").stderr
+    m = json.loads((tmp_path / "checked" / "metrics.json").read_text())
+    best = m["best_floor"]
+    assert set(m["floors"]) == {"popularity", "cos_mean_history", "cos_mean_recent", "mean_topk_similarity",
+                                "logistic_regression"}
+    assert best["gauc"] == max(f["gauc"] for f in m["floors"].values())
+    assert m["below_floor"] == (m["gauc"] < best["gauc"])
+    words = "is below the model-free floor" if m["below_floor"] else "is above the best model-free floor"
+    assert f"GAUC {m['gauc']:.4f} {words}" in log
+    # Same floors as `muse-rec baselines` at the run's seq_len, cached beside the run.
+    want = compute_floors(PreparedData(str(tiny)), "test", FloorOptions(seq_len=60))
+    assert m["floors"]["cos_mean_history"]["gauc"] == pytest.approx(want["floors"]["cos_mean_history"]["gauc"], abs=0)
+    assert list((tmp_path / ".floors").glob("floors-test-*.json"))
+
+    train("unchecked", "train.check_floors=false", "train.max_steps=1")
+    assert "floors" not in json.loads((tmp_path / "unchecked" / "metrics.json").read_text())
