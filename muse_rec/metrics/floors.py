@@ -22,10 +22,11 @@ Floors (``FLOORS``, name -> what):
 Missing vectors follow the GSU's rule (`NO_VECTOR_SCORE`): a sample whose target has no SCL
 vector, or whose history has none, has no cosine and scores -1.1, below every real cosine.
 
-Memory: the split is read in chunks of ``chunk_samples`` samples ordered by user (each user's
-history is gathered once per chunk); a chunk holds ``users x longest history x 128`` int8 plus
-``chunk_samples x longest history`` fp32 cosines. Only the per-sample scores (4 x 8 B per
-sample) and the metric inputs are kept for the whole split, as the metrics need them all.
+Memory: the split is read in chunks of whole users (samples sorted by user, so each history
+is gathered once); a chunk holds at most ``chunk_slots`` (sample, history position) pairs, i.e.
+at most ``chunk_slots x 128`` B of int8 vectors and ``chunk_slots x 4`` B of fp32 cosines
+(default 2^20: ~130 MB + 4 MB), however long the histories. Only the per-sample scores
+(4 x 8 B per sample) and the metric inputs stay for the whole split: the metrics need them all.
 """
 from __future__ import annotations
 
@@ -84,7 +85,9 @@ class FloorOptions:
             subsample when the split is larger): 5 weights need far fewer than a release's 76M.
         lr_l2: L2 penalty on the standardised weights (per-sample loss scale); keeps Newton's
             Hessian invertible when a feature is constant (e.g. no SCL vectors at all).
-        chunk_samples: samples per streamed chunk (bounds memory, see the module docstring).
+        chunk_samples: most samples per streamed chunk.
+        chunk_slots: most (sample x history position) pairs per chunk: the memory bound (see the
+            module docstring). A single user longer than that still forms one chunk.
         seed: seed of the train subsample.
     """
 
@@ -95,10 +98,11 @@ class FloorOptions:
     lr_train_samples: int = 200_000
     lr_l2: float = 1e-4
     chunk_samples: int = 1024
+    chunk_slots: int = 1 << 20
     seed: int = 0
 
     def check(self) -> None:
-        for key in ("recent", "top_k", "chunk_samples", "lr_train_samples"):
+        for key in ("recent", "top_k", "chunk_samples", "chunk_slots", "lr_train_samples"):
             if getattr(self, key) <= 0:
                 raise FloorsError(f"floors option {key} must be > 0, got {getattr(self, key)}")
         if self.seq_len < 0:
@@ -211,8 +215,9 @@ def scl_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptio
     if items.shape[1] == 0:
         return out
     keys = np.asarray(scl[items])  # [U, Lmax, D] int8; padding is row 0, the zero vector
-    summed = keys.sum(axis=1, dtype=np.int64)  # [U, D]
-    recent = keys[:, -opts.recent:].sum(axis=1, dtype=np.int64)
+    # int32 is exact up to 2^31 / 127 = 16.9M behaviours per user and sums ~2.5x faster than int64.
+    summed = keys.sum(axis=1, dtype=np.int32)  # [U, D]
+    recent = keys[:, -opts.recent:].sum(axis=1, dtype=np.int32)
     out["cos_mean_history"][has_user] = _cos_with_sum(target[has_user], summed[index])
     out["cos_mean_recent"][has_user] = _cos_with_sum(target[has_user], recent[index])
     # Top-K exactly as the cosine GSU selects: its kernel, its sentinels, its decoding.
@@ -228,9 +233,35 @@ def scl_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptio
     return out
 
 
-def _chunks(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    for lo in range(0, order.size, size):
-        yield np.sort(order[lo:lo + size])  # ascending positions read the memory maps forward
+def _user_chunks(users_sorted: np.ndarray, lengths: np.ndarray, max_samples: int, max_slots: int) -> Iterator[slice]:
+    """Slices of ``users_sorted [n]`` (ascending user rows) holding whole users, each with at most
+    ``max_samples`` samples and ``samples x longest history <= max_slots`` (at least one user).
+
+    Args:
+        lengths: ``[n]`` history length each sample's floors see.
+    """
+    n = users_sorted.size
+    if n == 0:
+        return
+    starts = np.flatnonzero(np.concatenate(([True], users_sorted[1:] != users_sorted[:-1])))
+    ends = np.append(starts[1:], n)
+    group_len = lengths[starts]
+    g = 0
+    while g < starts.size:
+        h = min(starts.size, g + max_samples)  # a user has >= 1 sample: never more groups than samples
+        samples = ends[g:h] - starts[g]
+        ok = (samples <= max_samples) & (samples * np.maximum.accumulate(group_len[g:h]) <= max_slots)
+        take = max(1, ok.size if ok.all() else int(np.argmin(ok)))  # ok is monotone: leading Trues
+        yield slice(int(starts[g]), int(ends[g + take - 1]))
+        g += take
+
+
+def _history_lengths(data: PreparedData, split: str, users: np.ndarray, seq_len: int) -> np.ndarray:
+    """``[n]`` int64 behaviours the floors see per sample (0 without a user row)."""
+    off = data.array(f"{split}/seq_offsets.npy")
+    u = np.where(users >= 0, users, 0)
+    length = np.where(users >= 0, np.asarray(off[u + 1]) - np.asarray(off[u]), 0).astype(np.int64)
+    return np.minimum(length, seq_len) if seq_len else length
 
 
 def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptions, ctr: ItemCtr,
@@ -244,9 +275,12 @@ def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOpt
         return out
     for name in SCL_FLOORS:
         out[name] = np.empty(n, np.float64)
-    users = np.asarray(data.array(f"{split}/sample_users.npy")[idx])
+    users = np.asarray(data.array(f"{split}/sample_users.npy")[idx]).astype(np.int64)
     by_user = np.argsort(users, kind="stable")  # one user's samples share a chunk (history read once)
-    for part in _chunks(by_user, opts.chunk_samples):
+    users_sorted = users[by_user]
+    lengths = _history_lengths(data, split, users_sorted, opts.seq_len)
+    for cut in _user_chunks(users_sorted, lengths, opts.chunk_samples, opts.chunk_slots):
+        part = np.sort(by_user[cut])  # ascending positions read the memory maps forward
         for name, v in scl_scores(data, split, idx[part], opts).items():
             out[name][part] = v
     return out

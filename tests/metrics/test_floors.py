@@ -19,8 +19,8 @@ from muse_rec.metrics.floors import (FloorOptions, FloorsError, ItemCtr, below_f
 
 NO_VEC = -1.1
 # Small windows so the seq_len cap, the recent window and K all bind on the tiny release
-# (histories there are up to 200 long).
-OPTS = FloorOptions(seq_len=60, recent=7, top_k=9, prior_strength=5.0, chunk_samples=97)
+# (histories there are up to 200 long); small chunks so both chunk bounds cut the split.
+OPTS = FloorOptions(seq_len=60, recent=7, top_k=9, prior_strength=5.0, chunk_samples=97, chunk_slots=2000)
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,29 @@ def test_scores_and_metrics_match_brute_force(which, tiny, holes):
     assert result["floors"]["cos_mean_history"]["logloss"] is None  # not a probability
     best = max(result["floors"], key=lambda k: result["floors"][k]["gauc"])
     assert result["best"]["name"] == best
+
+
+def test_user_chunks_hold_whole_users_within_both_bounds():
+    from muse_rec.metrics.floors import _user_chunks
+
+    rng = np.random.default_rng(1)
+    users = np.sort(rng.integers(-1, 60, 700))
+    per_user_len = rng.integers(0, 300, 61)
+    lengths = np.where(users >= 0, per_user_len[users + 1], 0)
+    lengths[users == 7] = 5000  # one user alone exceeds the slot budget: it still gets a chunk
+    cuts = list(_user_chunks(users, lengths, 50, 3000))
+    assert cuts[0].start == 0 and cuts[-1].stop == users.size
+    assert all(a.stop == b.start for a, b in zip(cuts, cuts[1:]))
+    for c in cuts:
+        u, ln = users[c], lengths[c]
+        assert c.start == 0 or users[c.start - 1] != u[0]  # whole users only
+        n = c.stop - c.start
+        assert (n <= 50 and n * ln.max() <= 3000) or np.unique(u).size == 1
+    # Greedy: merging any chunk with the next user's samples would break a bound.
+    for a, b in zip(cuts, cuts[1:]):
+        nxt = users[b.start:b.stop] == users[b.start]
+        n = a.stop - a.start + int(nxt.sum())
+        assert n > 50 or n * max(lengths[a].max(), lengths[b.start]) > 3000
 
 
 def test_popularity_is_leave_one_out_on_train(tiny):
