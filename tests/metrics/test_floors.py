@@ -158,7 +158,7 @@ def test_scores_and_metrics_match_brute_force(which, tiny, holes):
 
 
 def test_user_chunks_hold_whole_users_within_both_bounds():
-    from muse_rec.metrics.floors import _user_chunks
+    from muse_rec.metrics.floor_scores import _user_chunks
 
     rng = np.random.default_rng(1)
     users = np.sort(rng.integers(-1, 60, 700))
@@ -412,3 +412,11 @@ def test_trained_run_records_its_floor_check(tiny, tmp_path):
 
     train("unchecked", "train.check_floors=false", "train.max_steps=1")
     assert "floors" not in json.loads((tmp_path / "unchecked" / "metrics.json").read_text())
+
+
+def test_compare_without_known_data_says_why_floors_are_missing(tmp_path, capsys):
+    run = _fake_run(tmp_path / "din", "DIN", 0.6)  # no floors recorded, no spec.yaml
+    assert cli_main(["compare", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "model-free floors not shown:" in captured.err and "spec.yaml not found" in captured.err
+    assert "floor:" not in captured.out
