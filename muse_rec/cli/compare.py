@@ -78,13 +78,13 @@ def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str]) ->
     from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.metrics.floors import FloorOptions, FloorsError, cached_floors
 
-    d = (yaml.safe_load(spec_file.read_text()) or {}).get("data", {})
     try:
+        d = (yaml.safe_load(spec_file.read_text()) or {})["data"]
         data = PreparedData(d["prepared"])
         result = cached_floors(data, d.get("eval_split", "test"), FloorOptions(seq_len=int(d.get("seq_len", 0))),
                                cache or str(Path(paths[0]).resolve().parent / ".floors"), d.get("train_split", "train"))
-    except (KeyError, PreparedDataError, FloorsError, FileNotFoundError) as e:
-        return None, f"cannot compute them for {spec_file}'s data: {e}"
+    except (KeyError, TypeError, ValueError, yaml.YAMLError, PreparedDataError, FloorsError, FileNotFoundError) as e:
+        return None, f"cannot compute them for {spec_file}'s data: {type(e).__name__}: {e}"
     return result["floors"], f"computed for {d['prepared']} ({d.get('eval_split', 'test')})"
 
 
@@ -117,7 +117,10 @@ def floor_rows(floors: Dict, base: Optional[Dict]) -> List[Dict]:
 
 def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
     """Which methods are below the best floor (by mean GAUC over seeds)."""
-    name = max((k for k in floors if floors[k].get("gauc") is not None), key=lambda k: floors[k]["gauc"])
+    measured = [k for k in floors if floors[k].get("gauc") is not None]
+    if not measured:
+        return "model-free floors: none has a GAUC"
+    name = max(measured, key=lambda k: floors[k]["gauc"])
     best = floors[name]
     below = [f"{r['method']} ({r['gauc']:.4f})" for r in model_rows if "gauc" in r and r["gauc"] < best["gauc"]]
     head = f"best model-free floor: {best.get('description', name)} GAUC {best['gauc']:.4f}"

@@ -86,7 +86,7 @@ def run_floors(metrics: RunMetrics) -> Optional[Dict]:
     trains on one data set, so the first run's are everyone's); None when no run has them."""
     for by_seed in metrics.values():
         for m in by_seed.values():
-            if m.get("floors"):
+            if m.get("floors") and any(f.get("gauc") is not None for f in m["floors"].values()):
                 return m["floors"]
     return None
 
