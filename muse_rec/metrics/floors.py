@@ -211,8 +211,8 @@ def below_floor_message(gauc: float, floors: Dict) -> Tuple[bool, str]:
         return False, f"GAUC is undefined; the best model-free floor '{name}' reaches {value:.4f}"
     if gauc < value:
         return True, (f"GAUC {gauc:.4f} is below the model-free floor '{name}' {value:.4f} "
-                      f"({gauc - value:+.4f}): the model learned less than a heuristic; check the learning rates, "
-                      "the number of steps and the data")
+                      f"({gauc - value:+.4f}): a score without training ranks this split better than the model; check "
+                      "the learning rates, the number of steps and the data")
     return False, f"GAUC {gauc:.4f} is above the best model-free floor '{name}' {value:.4f} ({gauc - value:+.4f})"
 
 
