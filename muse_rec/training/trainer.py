@@ -55,7 +55,10 @@ class RunError(RuntimeError):
 def _setup_logging(env: DistEnv) -> None:
     quiet_known_warnings()
     level = logging.INFO if env.is_main else logging.WARNING
-    logging.basicConfig(level=level, format=f"[%(asctime)s rank{env.rank}] %(message)s", datefmt="%H:%M:%S")
+    # force: an imported library already gave the root logger a bare handler ("INFO:muse_rec:...").
+    # Root stays at WARNING (libraries' INFO chatter off); our logger says what the job does.
+    logging.basicConfig(level=logging.WARNING, format=f"[%(asctime)s rank{env.rank}] %(message)s",
+                        datefmt="%H:%M:%S", force=True)
     logger.setLevel(level)
 
 

@@ -63,3 +63,24 @@ def test_progress_lines_without_a_terminal(caplog):
     q = ProgressLog(total_steps=8, start_step=0, samples_per_step=128, is_main=False, writer=None, tty=False)
     q.interval(4, 0.5)
     assert not caplog.records
+
+
+@pytest.mark.multiprocess
+def test_non_finite_loss_stops_the_run_before_any_later_checkpoint(prepared, tmp_path):
+    from tests.training.conftest import run_ranks, train_args
+
+    # A learning rate of 1e30 sends the dense weights to overflow within a few steps.
+    out = run_ranks(train_args("specs/demo/din.yaml", prepared, tmp_path,
+                               ["train.max_steps=12", "train.log_every=4", "train.checkpoint_every=1",
+                                "train.dense_optimizer.lr=1e30"]), nproc=1, check=False)
+    assert out.returncode == 2, (out.stdout[-2000:], out.stderr[-3000:])
+    lines = [line for line in out.stderr.splitlines() if "not finite" in line]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    m = re.search(r"from step (\d+) on; stopped at step (\d+)", lines[0])
+    first, stopped = int(m.group(1)), int(m.group(2))
+    # checkpoint_every=1 forces a check before every save, so it stops at the bad step itself.
+    assert stopped == first, lines[0]
+    run = tmp_path / "din"
+    steps = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert steps and max(steps) == first - 1, (steps, first)
+    assert not (run / "metrics.json").exists()
