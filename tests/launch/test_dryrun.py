@@ -69,3 +69,17 @@ def test_bad_launch_requests_exit_2_with_one_line():
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_torchx_run_keeps_working_and_warns_on_another_scheduler():
+    def torchx_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([venv_bin("torchx"), "run", "--dryrun", *args], capture_output=True, text=True,
+                              cwd=REPO, env=subprocess_env(), timeout=120)
+
+    out = torchx_run("-s", "slurm", "-cfg", "partition=gpu", "components/train.py:train", "--profile", "multi-node")
+    assert out.returncode == 0, out.stderr
+    assert "#SBATCH --job-name=trainer-0" in out.stdout and "WARNING: profile" not in out.stderr
+    out = torchx_run("components/train.py:train", "--profile", "multi-node")  # .torchxconfig: local_cwd
+    assert out.returncode == 0, out.stderr
+    assert ("profile 'multi-node' is meant for the slurm scheduler, but this `torchx run` submits to local_cwd"
+            in out.stderr)
