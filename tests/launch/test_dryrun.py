@@ -52,6 +52,10 @@ def test_local_profile_dryrun_and_scheduler_arg_override():
     out = launch("--profile", "cpu-demo", "--dryrun")
     assert out.returncode == 0, out.stderr
     assert "local_cwd, 1 node(s) x 2 process(es)" in out.stdout and "--nproc_per_node 2" in out.stdout
+    out = launch("--profile", "gpu-node", "--dryrun")
+    assert out.returncode == 0, out.stderr
+    assert "local_cwd, 1 node(s) x 8 process(es)" in out.stdout and "--nproc_per_node 8" in out.stdout
+    assert "-m muse_rec.cli train --spec specs/taobao_mm_p90/muse.yaml" in out.stdout
     out = launch("--profile", "multi-node", "--dryrun", "--scheduler-arg", "partition=debug")
     assert out.returncode == 0 and out.stdout.count("--partition=debug") == 4
 
