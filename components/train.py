@@ -3,15 +3,21 @@
 Run from the repository root (`.torchxconfig` makes local_cwd the default scheduler)::
 
     torchx run components/train.py:train --profile cpu-demo --spec specs/demo/muse.yaml
-    torchx run -s slurm components/train.py:train --profile multi-node
+    torchx run -s slurm -cfg partition=gpu components/train.py:train --profile multi-node
 
-The launch profile (torchx.yaml) fixes nodes x processes, resources and environment; the spec
-fixes everything about the run itself.
+The launch profile (torchx.yaml) fixes nodes x processes, resources, image, restarts and the
+scheduler it is meant for; the spec fixes everything about the run itself. `torchx run` takes
+the scheduler from `-s` (or .torchxconfig), so this component only warns when that differs
+from the profile's; `muse-rec launch --profile P` submits to the profile's scheduler with the
+profile's scheduler options.
 """
-import torchx.specs as specs
-from torchx.components import dist
+import sys
+from pathlib import Path
+from typing import List, Optional
 
-from muse_rec.launch import get_profile, split_overrides, train_args
+import torchx.specs as specs
+
+from muse_rec.launch import build_app, get_profile, split_overrides
 
 
 def train(
@@ -20,30 +26,57 @@ def train(
     set: str = "",
     resume: bool = False,
     rdzv_port: int = 0,
+    max_restarts: int = -1,
     profiles_file: str = "",
 ) -> specs.AppDef:
     """Train and evaluate one muse_rec spec with DistributedModelParallel on every rank.
 
     Args:
         spec: the run's spec file (default: the profile's spec)
-        profile: launch profile in torchx.yaml (cpu-demo, cpu-single, gpu-node, multi-node)
+        profile: launch profile in torchx.yaml (cpu-demo, cpu-single, gpu-node, multi-node, k8s-multi-node)
         set: comma-separated spec overrides, e.g. "train.max_steps=20,model.tower_hidden=[64,32]"
         resume: continue from the run directory's latest checkpoint
         rdzv_port: c10d rendezvous port (0 = the profile's)
+        max_restarts: torchrun restarts after a rank fails, each resuming from the last checkpoint (-1 = the profile's)
         profiles_file: another launch-profiles file instead of torchx.yaml
     """
     # Primitive arguments only (TorchX decodes the command line by the annotations).
     p = get_profile(profile, profiles_file or None)
-    overrides = split_overrides(set)
-    return dist.ddp(
-        *train_args(spec or p.spec, overrides, resume),
-        m="muse_rec.cli",
-        name="muse-rec-train",
-        image=p.image,
-        j=p.j,
-        cpu=p.cpu,
-        gpu=p.gpu,
-        memMB=p.memMB,
-        env=dict(p.env),
-        rdzv_port=rdzv_port or p.rdzv_port,
-    )
+    chosen = _scheduler_of_this_torchx_run(sys.argv)
+    if chosen is not None and chosen != p.scheduler:
+        print(
+            f"muse_rec: WARNING: profile {p.name!r} is meant for the {p.scheduler} scheduler, but this "
+            f"`torchx run` submits to {chosen} ({p.nodes} node(s) x {p.procs_per_node} process(es)); "
+            f"`muse-rec launch --profile {p.name}` uses the profile's scheduler and options",
+            file=sys.stderr,
+        )
+    return build_app(p, spec=spec, overrides=split_overrides(set), resume=resume, rdzv_port=rdzv_port,
+                     max_restarts=None if max_restarts < 0 else max_restarts)
+
+
+def _scheduler_of_this_torchx_run(argv: List[str]) -> Optional[str]:
+    """The scheduler `torchx run` was given (``-s X``, else .torchxconfig's, else TorchX's default).
+
+    None when this process is not the `torchx run` CLI (e.g. `muse-rec launch` or a test
+    calling the component), where the caller picks the scheduler itself.
+    """
+    if not argv or Path(argv[0]).name != "torchx" or "run" not in argv:
+        return None
+    args = argv[argv.index("run") + 1:]
+    for i, a in enumerate(args):
+        if a in ("-s", "--scheduler") and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--scheduler="):
+            return a.split("=", 1)[1]
+        if a.startswith("-s") and len(a) > 2 and not a.startswith("--"):
+            return a[2:]
+        if not a.startswith("-") and (i == 0 or args[i - 1] not in _RUN_OPTIONS_WITH_VALUE):
+            break  # the component name: what follows are the component's own arguments
+    from torchx.runner import config
+    from torchx.schedulers import get_default_scheduler_name
+
+    return config.get_config(prefix="cli", name="run", key="scheduler") or get_default_scheduler_name()
+
+
+# `torchx run` options that take a value (0.7.0), so their value is not taken for the component.
+_RUN_OPTIONS_WITH_VALUE = {"-cfg", "--scheduler_args", "--workspace", "--buck-target", "--parent_run_id"}

@@ -1,17 +1,24 @@
 """Launch profiles (torchx.yaml) and the TorchX AppDef that runs a spec on them.
 
-`components/train.py` is the TorchX component users call; it delegates here so that the
-`muse-rec launch` command and tests build exactly the same AppDef.
+A profile decides WHERE a job runs (TorchX scheduler + its options, nodes x processes,
+resources, image, restarts); the spec decides WHAT runs. `components/train.py` (for
+`torchx run`) and `muse-rec launch` (TorchX's runner API) both build their AppDef with
+`build_app`, so the two entry points cannot drift apart.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import yaml
 
 DEFAULT_PROFILES = Path(__file__).resolve().parents[1] / "torchx.yaml"
+DEFAULT_IMAGE = "ghcr.io/pytorch/torchx:0.7.0"
+# torchrun reads every option also from PET_<OPTION> (torch.distributed.argparse_util.env);
+# TorchX 0.7's dist.ddp has no max_restarts argument, so the profile's value travels this way.
+TORCHRUN_MAX_RESTARTS_ENV = "PET_MAX_RESTARTS"
+ROLE_NAME = "trainer"
 
 
 class ProfileError(ValueError):
@@ -30,8 +37,16 @@ class LaunchProfile:
     spec: str
     env: Dict[str, str] = field(default_factory=dict)
     rdzv_port: int = 29500
-    image: str = "ghcr.io/pytorch/torchx:0.7.0"
+    image: str = DEFAULT_IMAGE
     description: str = ""
+    # Options of the profile's TorchX scheduler (slurm: partition, time, ...; kubernetes:
+    # queue, namespace, ...), checked against the scheduler's own runopts at launch.
+    scheduler_args: Dict[str, str] = field(default_factory=dict)
+    # torchrun restarts the whole worker group up to this many times after a rank fails; the
+    # restarted ranks resume from the run's latest checkpoint (trainer: auto-resume).
+    max_restarts: int = 0
+    # The scheduler's own retries of a failed node (Slurm requeue, Volcano maxRetry).
+    max_retries: int = 0
 
     @property
     def world_size(self) -> int:
@@ -43,7 +58,7 @@ class LaunchProfile:
         return f"{self.nodes}x{self.procs_per_node}"
 
 
-_INT_KEYS = ("nodes", "procs_per_node", "cpu", "gpu", "memMB", "rdzv_port")
+_INT_KEYS = ("nodes", "procs_per_node", "cpu", "gpu", "memMB", "rdzv_port", "max_restarts", "max_retries")
 _STR_KEYS = ("scheduler", "spec", "image", "description")
 
 
@@ -64,7 +79,7 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
         key = f"profiles.{name}"
         if not isinstance(d, dict):
             raise ProfileError(f"{p}: {key}: expected a mapping")
-        known = set(_INT_KEYS) | set(_STR_KEYS) | {"env"}
+        known = set(_INT_KEYS) | set(_STR_KEYS) | {"env", "scheduler_args"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ProfileError(f"{p}: {key}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
@@ -82,6 +97,12 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
         env = d.get("env") or {}
         if not isinstance(env, dict):
             raise ProfileError(f"{p}: {key}.env: expected a mapping")
+        sched_args = d.get("scheduler_args") or {}
+        if not isinstance(sched_args, dict):
+            raise ProfileError(f"{p}: {key}.scheduler_args: expected a mapping of option -> value")
+        for k, v in sched_args.items():
+            if not isinstance(v, (str, int, float, bool)):
+                raise ProfileError(f"{p}: {key}.scheduler_args.{k}: expected a scalar, got {v!r}")
         out[name] = LaunchProfile(
             name=name,
             scheduler=d["scheduler"],
@@ -93,8 +114,11 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
             spec=d["spec"],
             env={str(k): str(v) for k, v in env.items()},
             rdzv_port=d.get("rdzv_port", 29500),
-            image=d.get("image", "ghcr.io/pytorch/torchx:0.7.0"),
+            image=d.get("image", DEFAULT_IMAGE),
             description=d.get("description", ""),
+            scheduler_args={str(k): str(v) for k, v in sched_args.items()},
+            max_restarts=d.get("max_restarts", 0),
+            max_retries=d.get("max_retries", 0),
         )
     return out
 
@@ -129,3 +153,85 @@ def train_args(spec: str, overrides: List[str], resume: bool, command: str = "tr
     if resume:
         args.append("--resume")
     return args
+
+
+def build_app(
+    profile: LaunchProfile,
+    spec: str = "",
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    rdzv_port: int = 0,
+    max_restarts: Optional[int] = None,
+):
+    """The TorchX AppDef of `muse-rec train` on every rank of `profile` (torchrun via dist.ddp).
+
+    Args:
+        profile: where and how wide the job runs.
+        spec: the spec file (default: the profile's).
+        overrides: ``key=value`` spec overrides, passed on as ``--set``.
+        resume: continue from the run directory's latest checkpoint.
+        rdzv_port: c10d rendezvous port (0 = the profile's).
+        max_restarts: torchrun worker-group restarts (None = the profile's).
+    """
+    from torchx.components import dist
+
+    env = dict(profile.env)
+    restarts = profile.max_restarts if max_restarts is None else max_restarts
+    if restarts:
+        env[TORCHRUN_MAX_RESTARTS_ENV] = str(restarts)
+    app = dist.ddp(
+        *train_args(spec or profile.spec, list(overrides), resume),
+        m="muse_rec.cli",
+        name="muse-rec-train",
+        image=profile.image,
+        j=profile.j,
+        cpu=profile.cpu,
+        gpu=profile.gpu,
+        memMB=profile.memMB,
+        env=env,
+        max_retries=profile.max_retries,
+        rdzv_port=rdzv_port or profile.rdzv_port,
+    )
+    # dist.ddp names the role after the module ("cli"); schedulers name jobs, pods and log
+    # files after it (Slurm job "trainer-0", pod "trainer-0", local log "trainer/0").
+    app.roles[0].name = ROLE_NAME
+    return app
+
+
+def scheduler_cfg(profile: LaunchProfile, scheduler: str, runner) -> Dict[str, object]:
+    """The profile's ``scheduler_args`` typed by `scheduler`'s runopts; errors name the key.
+
+    An option the scheduler does not know, or a required one the profile lacks (e.g. the
+    Volcano ``queue`` of kubernetes), raises ProfileError naming ``profiles.NAME.scheduler_args``.
+    """
+    opts = runner.scheduler_run_opts(scheduler)
+    key = f"profiles.{profile.name}.scheduler_args"
+    known = {name: opt for name, opt in opts}
+    cfg: Dict[str, object] = {}
+    for name, text in profile.scheduler_args.items():
+        if name not in known:
+            raise ProfileError(f"{key}.{name}: not an option of the {scheduler} scheduler "
+                               f"(it has: {', '.join(sorted(known))})")
+        cfg[name] = _typed(text, known[name].opt_type, f"{key}.{name}")
+    missing = [n for n, o in known.items() if o.is_required and n not in cfg]
+    if missing:
+        raise ProfileError(f"{key}.{missing[0]}: required by the {scheduler} scheduler "
+                           f"({known[missing[0]].help})")
+    return cfg
+
+
+def _typed(text: str, opt_type, where: str) -> object:
+    if opt_type is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ProfileError(f"{where}: expected true or false, got {text!r}")
+    if opt_type in (int, float):
+        try:
+            return opt_type(text)
+        except ValueError:
+            raise ProfileError(f"{where}: expected {opt_type.__name__}, got {text!r}") from None
+    if opt_type is list or getattr(opt_type, "__origin__", None) is list:
+        return [t.strip() for t in text.split(",") if t.strip()]
+    return text

@@ -11,19 +11,23 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 RAW=data/demo/raw
 PREPARED=data/demo/prepared
+# Progress bars only on a terminal; in a log (CI, `| tee`) every bar update would be a line.
+synth_quiet=(); prepare_quiet=()
+if [[ ! -t 2 ]]; then synth_quiet=(--quiet); prepare_quiet=(--no-progress); fi
 if [[ ! -f "$RAW/_synth_manifest.json" ]]; then
   echo "== synthetic Taobao-MM release (demo preset) -> $RAW"
-  muse-rec synth "$RAW" --preset demo
+  muse-rec synth "$RAW" --preset demo "${synth_quiet[@]}"
 fi
 echo "== prepare $RAW -> $PREPARED (skips finished steps)"
-muse-rec prepare "$RAW" "$PREPARED"
+muse-rec prepare "$RAW" "$PREPARED" "${prepare_quiet[@]}"
 
 runs=()
 for seed in $(seq 0 $((SEEDS - 1))); do
   for method in din muse; do
     name="$method-seed$seed"
     echo "== train $name: 2 gloo ranks via torchx (profile cpu-demo, spec specs/demo/$method.yaml)"
-    torchx run -s local_cwd components/train.py:train --profile cpu-demo --spec "specs/demo/$method.yaml" \
+    # --log_level WARNING: TorchX's own bookkeeping lines off; the ranks' progress lines stay.
+    torchx --log_level WARNING run -s local_cwd components/train.py:train --profile cpu-demo --spec "specs/demo/$method.yaml" \
       --set "name=$name,train.seed=$seed,data.prepared=$PREPARED"
     runs+=("runs/demo/$name")
   done

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Dict, Optional
 
@@ -40,7 +41,7 @@ def predict(
     was_training = model.training
     model.eval()
     n = len(loader) if not max_batches else min(max_batches, len(loader))
-    bar = tqdm(total=n, desc=f"eval {split}", unit="batch", disable=not (progress and env.is_main), dynamic_ncols=True)
+    bar = tqdm(total=n, desc=f"eval {split}", unit="batch", disable=not (progress and env.is_main and sys.stderr.isatty()), dynamic_ncols=True)
     start = time.perf_counter()
     for i, batch in enumerate(loader):
         if i >= n:

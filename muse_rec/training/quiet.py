@@ -36,5 +36,7 @@ def quiet_known_warnings() -> None:
     # The planner's dry-run dense-size note and the fx-tracing notice of TrainPipelineSparseDist.
     logging.getLogger("torchrec.distributed.planner.storage_reservations").addFilter(
         _DropMessages("known issue with TorchRec's dense tensor size"))
-    logging.getLogger("torchrec.distributed.comm").addFilter(_DropMessages("TORCHREC_RESOLVED_POD_SIZE not set"))
+    # TorchRec logs its intra/cross-host process groups at WARNING on every rank of every run.
+    logging.getLogger("torchrec.distributed.comm").addFilter(
+        _DropMessages("TORCHREC_RESOLVED_POD_SIZE not set", "[Connection] intra_group", "[Connection] cross_group"))
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)

@@ -14,15 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import yaml
 from fbgemm_gpu.split_embedding_configs import SparseType
-from tqdm import tqdm
 
 from muse_rec.data.loader import make_loader
 from muse_rec.data.prepared import PreparedData, PreparedDataError
@@ -34,12 +34,18 @@ from muse_rec.models.frozen_scl import SCL_TABLE
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
 from muse_rec.training.evaluate import evaluate
+from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog
 from muse_rec.training.quiet import quiet_known_warnings
 
 logger = logging.getLogger("muse_rec")
 
 # Fault injection for the resume test: every rank exits hard right after this step.
 CRASH_ENV = "MUSE_REC_CRASH_AFTER_STEP"
+# Fault injection for the restart test: "RANK:STEP" = that rank SIGKILLs itself after that step,
+# in the job's first attempt only (a torchelastic restart, which resumes, does not repeat it).
+KILL_ENV = "MUSE_REC_KILL_RANK_AFTER_STEP"
+# torchrun sets it in every worker: 0 in the first attempt, n after the n-th restart.
+RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
 
 
 class RunError(RuntimeError):
@@ -49,7 +55,10 @@ class RunError(RuntimeError):
 def _setup_logging(env: DistEnv) -> None:
     quiet_known_warnings()
     level = logging.INFO if env.is_main else logging.WARNING
-    logging.basicConfig(level=level, format=f"[%(asctime)s rank{env.rank}] %(message)s", datefmt="%H:%M:%S")
+    # force: an imported library already gave the root logger a bare handler ("INFO:muse_rec:...").
+    # Root stays at WARNING (libraries' INFO chatter off); our logger says what the job does.
+    logging.basicConfig(level=logging.WARNING, format=f"[%(asctime)s rank{env.rank}] %(message)s",
+                        datefmt="%H:%M:%S", force=True)
     logger.setLevel(level)
 
 
@@ -80,6 +89,11 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
     """Train (and evaluate) `spec` on this rank. Collective: every rank of the job calls it."""
     env = init_distributed(DistEnv.from_environ(device_type=device_type))
     _setup_logging(env)
+    restart = int(os.environ.get(RESTART_COUNT_ENV, "0") or 0)
+    if restart and not resume:
+        # torchrun restarted the job after a rank failed: continue from the last checkpoint.
+        logger.warning("restart %d of the job (torchrun --max-restarts): resuming from the latest checkpoint", restart)
+        resume = True
     t = spec.train
     run_dir = Path(spec.run_dir)
     data = _open_data(spec)
@@ -128,7 +142,11 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
 
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=position.step or None)
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+    kill_rank, kill_step = _kill_request(env)
     train_seconds, train_samples = 0.0, 0
+    samples_per_step = t.batch_size * env.world_size
+    progress = ProgressLog(total_steps, position.step, samples_per_step, env.is_main, writer)
+    monitor = LossMonitor(position.step, env.device)
     dmp.train()
     while position.step < total_steps and position.epoch < t.epochs:
         loader = make_loader(
@@ -139,38 +157,35 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
         pipeline = make_pipeline(t.pipeline, dmp, optimizer, env)
         it = iter(loader)
         steps_this_epoch = min(train_loader_len - position.batch_in_epoch, total_steps - position.step)
-        bar = tqdm(total=steps_this_epoch, desc=f"epoch {position.epoch}", unit="batch", disable=not env.is_main, dynamic_ncols=True)
-        window_t, window_n, losses = time.perf_counter(), 0, []
         for _ in range(steps_this_epoch):
             step_start = time.perf_counter()
             loss, _, _ = pipeline.progress(it)
-            losses.append(float(loss))
+            monitor.add(loss)  # on device: no host sync per step
             position.step += 1
             position.batch_in_epoch += 1
-            position.samples_seen += t.batch_size * env.world_size
+            position.samples_seen += samples_per_step
             train_seconds += time.perf_counter() - step_start
-            train_samples += t.batch_size * env.world_size
-            window_n += t.batch_size * env.world_size
-            bar.update(1)
-            if position.step % t.log_every == 0 or position.step == total_steps:
-                rate = window_n / max(time.perf_counter() - window_t, 1e-9)
-                mean_loss = sum(losses) / len(losses)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{rate:,.0f}")
-                if writer is not None:
-                    writer.add_scalar("train/loss", mean_loss, position.step)
-                    writer.add_scalar("train/samples_per_s", rate, position.step)
-                window_t, window_n, losses = time.perf_counter(), 0, []
-            if t.checkpoint_every and position.step % t.checkpoint_every == 0 and position.step < total_steps:
+            train_samples += samples_per_step
+            progress.step()
+            saving = bool(t.checkpoint_every and position.step % t.checkpoint_every == 0 and position.step < total_steps)
+            if saving or position.step % t.log_every == 0 or position.step == total_steps:
+                # The host reads the loss only here; a non-finite one stops the run before any save.
+                progress.interval(position.step, _checked_loss(monitor, position.step, env))
+            if saving:
                 save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip)
             if crash_after and position.step == crash_after:
                 logger.warning("%s=%d: exiting hard to simulate a crash", CRASH_ENV, crash_after)
-                bar.close()
+                progress.close()
                 os._exit(3)
-        bar.close()
+            if position.step == kill_step and env.rank == kill_rank:
+                logger.warning("%s: rank %d kills itself with SIGKILL after step %d", KILL_ENV, env.rank, kill_step)
+                os.kill(os.getpid(), signal.SIGKILL)
         _detach(pipeline)
         if position.batch_in_epoch >= train_loader_len:
             position.epoch += 1
             position.batch_in_epoch = 0
+    progress.close()
+    _checked_loss(monitor, position.step, env)  # never save a checkpoint after a non-finite loss
     save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip)
 
     result: Dict = {"method": spec.model.method, "name": spec.name, "world_size": env.world_size,
@@ -261,6 +276,23 @@ def make_pipeline(kind: str, dmp: torch.nn.Module, optimizer: torch.optim.Optimi
 
     cls = TrainPipelineSparseDist if kind == "sparse_dist" else TrainPipelineBase
     return cls(dmp, optimizer, env.device)
+
+
+def _checked_loss(monitor: LossMonitor, step: int, env: DistEnv) -> Optional[float]:
+    """The mean loss since the last check (all ranks); a non-finite loss ends the run as a RunError."""
+    try:
+        return monitor.check(step, env.world_size)
+    except NonFiniteLoss as e:
+        raise RunError(str(e)) from None
+
+
+def _kill_request(env: DistEnv) -> Tuple[int, int]:
+    """(rank, step) of KILL_ENV in the job's first attempt, else (-1, -1)."""
+    text = os.environ.get(KILL_ENV, "")
+    if not text or int(os.environ.get(RESTART_COUNT_ENV, "0") or 0) > 0:
+        return -1, -1
+    rank, _, step = text.partition(":")
+    return int(rank), int(step)
 
 
 def _detach(pipeline) -> None:

@@ -51,3 +51,49 @@ def test_bad_profiles_name_the_key(tmp_path):
         load_profiles(str(f))
     with pytest.raises(ProfileError, match="no profile 'nope'"):
         get_profile("nope")
+
+
+def test_profiles_carry_scheduler_options_and_restarts():
+    profiles = load_profiles()
+    slurm, k8s = profiles["multi-node"], profiles["k8s-multi-node"]
+    assert slurm.scheduler == "slurm" and slurm.scheduler_args["partition"] == "gpu"
+    assert k8s.scheduler == "kubernetes" and k8s.scheduler_args["queue"] == "default"
+    assert slurm.max_restarts >= 1 and k8s.max_restarts >= 1
+    # torchrun reads --max-restarts from PET_MAX_RESTARTS (TorchX 0.7's dist.ddp has no such argument)
+    role = train_component(profile="multi-node").roles[0]
+    assert role.env["PET_MAX_RESTARTS"] == str(slurm.max_restarts)
+    assert role.num_replicas == 4 and "--nnodes 4" in role.args[1] and "--nproc_per_node 8" in role.args[1]
+    assert "PET_MAX_RESTARTS" not in train_component(profile="cpu-demo").roles[0].env
+    assert train_component(profile="cpu-demo", max_restarts=3).roles[0].env["PET_MAX_RESTARTS"] == "3"
+
+
+def test_component_warns_when_torchx_run_scheduler_is_not_the_profiles(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "-s", "local_cwd", "components/train.py:train",
+                                     "--profile", "multi-node"])
+    train_component(profile="multi-node")
+    err = capsys.readouterr().err
+    assert "profile 'multi-node' is meant for the slurm scheduler, but this `torchx run` submits to local_cwd" in err
+    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "--scheduler", "slurm", "components/train.py:train"])
+    train_component(profile="multi-node")
+    assert "WARNING" not in capsys.readouterr().err
+    # No -s: torchx takes .torchxconfig's [cli:run] scheduler (local_cwd), so the warning shows.
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "components/train.py:train", "-s", "slurm"])
+    train_component(profile="multi-node")
+    assert "submits to local_cwd" in capsys.readouterr().err  # "-s" after the component is the component's
+
+
+def test_scheduler_args_are_checked_against_the_scheduler(tmp_path):
+    from torchx.runner import get_runner
+
+    from muse_rec.launch import scheduler_cfg
+
+    f = tmp_path / "p.yaml"
+    f.write_text("profiles:\n"
+                 "  s: {scheduler: slurm, nodes: 2, procs_per_node: 1, spec: s.yaml, scheduler_args: {account: x}}\n"
+                 "  k: {scheduler: kubernetes, nodes: 2, procs_per_node: 1, spec: s.yaml}\n")
+    runner = get_runner()
+    with pytest.raises(ProfileError, match=r"profiles.s.scheduler_args.account: not an option of the slurm scheduler"):
+        scheduler_cfg(get_profile("s", str(f)), "slurm", runner)
+    with pytest.raises(ProfileError, match=r"profiles.k.scheduler_args.queue: required by the kubernetes scheduler"):
+        scheduler_cfg(get_profile("k", str(f)), "kubernetes", runner)

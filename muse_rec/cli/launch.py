@@ -1,0 +1,109 @@
+"""`muse-rec launch --profile P`: submit a training job where the launch profile says.
+
+The profile (torchx.yaml) names the TorchX scheduler (local_cwd, slurm, kubernetes, ...) and
+its options (Slurm partition/time, Volcano queue/namespace, ...); this command builds the same
+AppDef as `torchx run components/train.py:train` and hands it to TorchX's runner API::
+
+    muse-rec launch --profile cpu-demo --spec specs/demo/din.yaml --set train.seed=1
+    muse-rec launch --profile multi-node --dryrun        # prints the sbatch script
+    muse-rec launch --profile k8s-multi-node --dryrun    # prints the Volcano job
+
+Local schedulers run in the foreground with the ranks' logs (like `torchx run`); remote ones
+print the app handle and how to follow it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Dict, List
+
+HELP = "submit training to the launch profile's scheduler (local, Slurm, Kubernetes) via TorchX"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", required=True, help="launch profile in torchx.yaml, e.g. cpu-demo, multi-node")
+    p.add_argument("--spec", default="", help="spec file (default: the profile's spec)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set train.max_steps=20 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    p.add_argument("--dryrun", action="store_true",
+                   help="print what would be submitted (sbatch script, Kubernetes job, local processes); submit nothing")
+    p.add_argument("--scheduler-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="set or replace one of the profile's scheduler_args, e.g. partition=debug (repeatable)")
+    p.add_argument("--rdzv-port", type=int, default=0, help="c10d rendezvous port (default: the profile's)")
+    p.add_argument("--profiles-file", default="", help="another launch-profiles file instead of torchx.yaml")
+    p.add_argument("--wait", action="store_true", help="remote schedulers: wait for the job and stream its logs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchx.runner import get_runner
+    from torchx.specs import AppState
+
+    from muse_rec.launch import ProfileError, build_app, get_profile, scheduler_cfg
+    from muse_rec.spec import SpecError, load_spec
+
+    try:
+        profile = get_profile(args.profile, args.profiles_file or None)
+        profile.scheduler_args.update(_pairs(args.scheduler_arg, "--scheduler-arg"))
+        spec = args.spec or profile.spec
+        load_spec(spec, args.set)  # a bad spec or override fails here, not on every rank later
+        app = build_app(profile, spec=spec, overrides=args.set, resume=args.resume, rdzv_port=args.rdzv_port)
+    except (ProfileError, SpecError, ValueError) as e:
+        print(f"muse-rec launch: {e}", file=sys.stderr)
+        return 2
+    runner = get_runner()
+    try:
+        if profile.scheduler not in runner.scheduler_backends():
+            print(f"muse-rec launch: profiles.{profile.name}.scheduler: {profile.scheduler!r} is not a TorchX "
+                  f"scheduler (have: {', '.join(runner.scheduler_backends())})", file=sys.stderr)
+            return 2
+        try:
+            cfg = scheduler_cfg(profile, profile.scheduler, runner)
+            info = runner.dryrun(app, profile.scheduler, cfg=cfg)
+        except ProfileError as e:
+            print(f"muse-rec launch: {e}", file=sys.stderr)
+            return 2
+        except ModuleNotFoundError as e:
+            print(f"muse-rec launch: the {profile.scheduler} scheduler needs the Python package {e.name!r} "
+                  f"(pip install {e.name})", file=sys.stderr)
+            return 2
+        where = f"{profile.scheduler}, {profile.nodes} node(s) x {profile.procs_per_node} process(es)"
+        if args.dryrun:
+            print(f"# muse-rec launch --profile {profile.name} --dryrun: {where}; spec {spec}")
+            print(info)
+            return 0
+        handle = runner.schedule(info)
+        print(f"muse-rec launch: submitted {handle} ({where})", file=sys.stderr)
+        local = profile.scheduler.startswith("local")
+        if not (local or args.wait):
+            print(f"follow it with: torchx status {handle}  |  torchx log {handle}", file=sys.stderr)
+            return 0
+        logs = _stream_logs(runner, handle)
+        status = runner.wait(handle, wait_interval=1)
+        logs.join(timeout=30)
+        state = status.state if status else None
+        print(f"muse-rec launch: {handle} finished: {state}", file=sys.stderr)
+        return 0 if state == AppState.SUCCEEDED else 1
+    finally:
+        runner.close()
+
+
+def _pairs(items: List[str], flag: str) -> Dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _stream_logs(runner, handle: str) -> threading.Thread:
+    """Every rank's log lines on stderr while the job runs (TorchX's own log follower)."""
+    from torchx.cli.cmd_log import get_logs
+
+    t = threading.Thread(target=get_logs, kwargs={"file": sys.stderr, "runner": runner, "identifier": handle,
+                                                   "regex": None, "should_tail": True}, daemon=True)
+    t.start()
+    return t

@@ -1,0 +1,90 @@
+"""`muse-rec launch --dryrun`: the profile decides the scheduler; Slurm and Kubernetes jobs as submitted."""
+from __future__ import annotations
+
+import subprocess
+
+import yaml
+
+from tests.conftest import REPO, subprocess_env, venv_bin
+
+
+def launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([venv_bin("muse-rec"), "launch", *args], capture_output=True, text=True, cwd=REPO,
+                          env=subprocess_env(), timeout=120)
+
+
+def test_multi_node_profile_prints_a_slurm_batch_job():
+    out = launch("--profile", "multi-node", "--dryrun", "--set", "train.seed=7")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "local_cwd" not in text and "sbatch --parsable" in text
+    # TorchX's Slurm scheduler: one heterogeneous group per node, each one srun task = one torchrun agent.
+    assert text.count("#SBATCH hetjob") == 3
+    assert text.count("--partition=gpu") == 4 and text.count("--time=24:00:00") == 4
+    assert text.count("--gpus-per-task=8") == 4 and text.count("--job-name=trainer-") == 4 and text.count("--cpus-per-task=96") == 4
+    assert "--nnodes 4 --nproc_per_node 8" in text
+    assert "SLURM_JOB_NODELIST_HET_GROUP_0" in text  # rendezvous on the first node
+    assert "-m muse_rec.cli train --spec specs/taobao_mm_full/muse.yaml --set train.seed=7" in text
+    assert "PET_MAX_RESTARTS=2" in text  # the profile's max_restarts reaches torchrun
+
+
+def test_kubernetes_profile_prints_a_volcano_job():
+    out = launch("--profile", "k8s-multi-node", "--dryrun")
+    assert out.returncode == 0, out.stderr
+    body = out.stdout.split("\n", 1)[1]  # first line: our header comment
+    job = yaml.safe_load(body)
+    assert job["apiVersion"] == "batch.volcano.sh/v1alpha1" and job["kind"] == "Job"
+    assert job["spec"]["schedulerName"] == "volcano" and job["spec"]["queue"] == "default"
+    tasks = job["spec"]["tasks"]
+    assert [t["name"] for t in tasks] == ["trainer-0", "trainer-1", "trainer-2", "trainer-3"]
+    for task in tasks:
+        (container,) = task["template"]["spec"]["containers"]
+        assert container["image"] == "registry.example.com/muse-rec:0.1.0"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        cmd = " ".join(container["command"])
+        assert "--nnodes 4 --nproc_per_node 8" in cmd and "-m muse_rec.cli train" in cmd
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["PET_MAX_RESTARTS"] == "2"
+    assert "local_cwd" not in out.stdout
+
+
+def test_local_profile_dryrun_and_scheduler_arg_override():
+    out = launch("--profile", "cpu-demo", "--dryrun")
+    assert out.returncode == 0, out.stderr
+    assert "local_cwd, 1 node(s) x 2 process(es)" in out.stdout and "--nproc_per_node 2" in out.stdout
+    out = launch("--profile", "gpu-node", "--dryrun")
+    assert out.returncode == 0, out.stderr
+    assert "local_cwd, 1 node(s) x 8 process(es)" in out.stdout and "--nproc_per_node 8" in out.stdout
+    # TorchX pretty-prints the local request, wrapping long strings: compare without whitespace.
+    assert "-mmuse_rec.clitrain--specspecs/taobao_mm_p90/muse.yaml" in "".join(out.stdout.replace("'", "").replace('"', "").split())
+    out = launch("--profile", "multi-node", "--dryrun", "--scheduler-arg", "partition=debug")
+    assert out.returncode == 0 and out.stdout.count("--partition=debug") == 4
+
+
+def test_bad_launch_requests_exit_2_with_one_line():
+    cases = [
+        (["--profile", "nope", "--dryrun"], "no profile 'nope'"),
+        (["--profile", "multi-node", "--dryrun", "--scheduler-arg", "account=x"],
+         "profiles.multi-node.scheduler_args.account: not an option of the slurm scheduler"),
+        (["--profile", "cpu-demo", "--dryrun", "--set", "train.nope=1"], "train.nope"),
+        (["--profile", "cpu-demo", "--dryrun", "--spec", "specs/missing.yaml"], "specs/missing.yaml"),
+    ]
+    for args, message in cases:
+        out = launch(*args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_torchx_run_keeps_working_and_warns_on_another_scheduler():
+    def torchx_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([venv_bin("torchx"), "run", "--dryrun", *args], capture_output=True, text=True,
+                              cwd=REPO, env=subprocess_env(), timeout=120)
+
+    out = torchx_run("-s", "slurm", "-cfg", "partition=gpu", "components/train.py:train", "--profile", "multi-node")
+    assert out.returncode == 0, out.stderr
+    assert "#SBATCH --job-name=trainer-0" in out.stdout and "WARNING: profile" not in out.stderr
+    out = torchx_run("components/train.py:train", "--profile", "multi-node")  # .torchxconfig: local_cwd
+    assert out.returncode == 0, out.stderr
+    assert ("profile 'multi-node' is meant for the slurm scheduler, but this `torchx run` submits to local_cwd"
+            in out.stderr)

@@ -1,0 +1,86 @@
+"""Progress lines for cluster logs and the loss monitor: first non-finite step, no per-step host sync."""
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+import pytest
+import torch
+
+from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog
+
+
+def test_loss_monitor_means_and_names_the_first_non_finite_step():
+    m = LossMonitor(start_step=10, device=torch.device("cpu"))
+    for v in (0.5, 0.75):
+        m.add(torch.tensor(v))
+    assert m.check(12) == pytest.approx(0.625, abs=0)  # exact in binary
+    assert m.check(12) is None  # nothing since the last check
+    for v in (0.25, math.nan, 0.5, math.inf, math.nan):  # steps 13..17: the first bad one is 14
+        m.add(torch.tensor(v, dtype=torch.float32))
+    with pytest.raises(NonFiniteLoss, match=r"from step 14 on; stopped at step 17.*no checkpoint was written after step 13"):
+        m.check(17)
+
+
+def test_loss_monitor_add_never_syncs_with_the_host(monkeypatch):
+    m = LossMonitor(start_step=0, device=torch.device("cpu"))
+
+    def sync(*_a, **_k):
+        raise AssertionError("host sync in LossMonitor.add")
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    for v in (0.1, math.nan, 0.2):
+        m.add(torch.tensor(v))
+    monkeypatch.undo()
+    with pytest.raises(NonFiniteLoss, match="from step 2 on"):
+        m.check(3)
+
+
+def test_progress_lines_without_a_terminal(caplog):
+    class Writer:
+        def __init__(self):
+            self.scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, step))
+
+    w = Writer()
+    p = ProgressLog(total_steps=8, start_step=0, samples_per_step=128, is_main=True, writer=w, tty=False)
+    with caplog.at_level(logging.INFO, logger="muse_rec"):
+        for step in range(1, 9):
+            p.step()
+            if step % 4 == 0:
+                p.interval(step, 0.5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert re.fullmatch(r"step 4/8 \(50%\) \| [\d,]+ samples/s \| loss 0\.5000 \| ETA \d+:\d\d:\d\d", lines[0])
+    assert lines[1].startswith("step 8/8 (100%)") and lines[1].endswith("ETA 0:00:00")
+    assert w.scalars == [("train/loss", 4), ("train/samples_per_s", 4), ("train/loss", 8), ("train/samples_per_s", 8)]
+    # Other ranks print nothing and write no scalars.
+    caplog.clear()
+    q = ProgressLog(total_steps=8, start_step=0, samples_per_step=128, is_main=False, writer=None, tty=False)
+    q.interval(4, 0.5)
+    assert not caplog.records
+
+
+@pytest.mark.multiprocess
+def test_non_finite_loss_stops_the_run_before_any_later_checkpoint(prepared, tmp_path):
+    from tests.training.conftest import run_ranks, train_args
+
+    # A learning rate of 1e30 sends the dense weights to overflow within a few steps.
+    out = run_ranks(train_args("specs/demo/din.yaml", prepared, tmp_path,
+                               ["train.max_steps=12", "train.log_every=4", "train.checkpoint_every=1",
+                                "train.dense_optimizer.lr=1e30"]), nproc=1, check=False)
+    assert out.returncode == 2, (out.stdout[-2000:], out.stderr[-3000:])
+    lines = [line for line in out.stderr.splitlines() if "not finite" in line]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    m = re.search(r"from step (\d+) on; stopped at step (\d+)", lines[0])
+    first, stopped = int(m.group(1)), int(m.group(2))
+    # checkpoint_every=1 forces a check before every save, so it stops at the bad step itself.
+    assert stopped == first, lines[0]
+    run = tmp_path / "din"
+    steps = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert steps and max(steps) == first - 1, (steps, first)
+    assert not (run / "metrics.json").exists()
