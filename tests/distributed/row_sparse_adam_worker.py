@@ -82,6 +82,17 @@ def global_batch(step: int, world: int, per_rank: int = 4) -> List[Dict[str, tor
     return out
 
 
+def sharded_step(dmp: nn.Module, opt: torch.optim.Optimizer, rank: int, world: int, step: int) -> None:
+    """One training step of the sharded model on this rank's slice of `global_batch(step)`."""
+    mine = global_batch(step, world)[rank]
+    seq = KeyedJaggedTensor(keys=["f"], values=mine["ids"], lengths=mine["lengths"])
+    pool = KeyedJaggedTensor(keys=["g"], values=mine["pids"], lengths=mine["plengths"])
+    opt.zero_grad()
+    out_seq, out_pool = dmp(seq, pool)
+    ((out_seq * mine["gseq"]).sum() + (out_pool * mine["gpool"]).sum()).backward()
+    opt.step()
+
+
 def local_shards(st: ShardedTensor) -> List[Tuple[Tuple[int, int], torch.Tensor]]:
     return [(tuple(s.metadata.shard_offsets), s.tensor) for s in st.local_shards()]  # type: ignore[misc]
 
@@ -113,17 +124,12 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4) -> Dict[str, object]:
     touched_late: Set[int] = set()
     touched_early: Set[int] = set()
     for step in range(steps):
-        parts = global_batch(step, env.world_size)
-        mine = parts[env.rank]
-        seq = KeyedJaggedTensor(keys=["f"], values=mine["ids"], lengths=mine["lengths"])
-        pool = KeyedJaggedTensor(keys=["g"], values=mine["pids"], lengths=mine["plengths"])
-        opt.zero_grad()
-        out_seq, out_pool = dmp(seq, pool)
-        ((out_seq * mine["gseq"]).sum() + (out_pool * mine["gpool"]).sum()).backward()
-        opt.step()
+        sharded_step(dmp, opt, env.rank, env.world_size, step)
         # A no-grad lookup (evaluation) in between must not count as a touch.
         with torch.no_grad():
-            dmp(KeyedJaggedTensor(keys=["f"], values=torch.arange(ROWS), lengths=torch.tensor([ROWS] + [0] * 3)), pool)
+            dmp(KeyedJaggedTensor(keys=["f"], values=torch.arange(ROWS), lengths=torch.tensor([ROWS] + [0] * 3)),
+                KeyedJaggedTensor(keys=["g"], values=torch.arange(4), lengths=torch.ones(4, dtype=torch.int64)))
+        parts = global_batch(step, env.world_size)
 
         ref_opt.zero_grad()
         ids = torch.cat([p["ids"] for p in parts])
