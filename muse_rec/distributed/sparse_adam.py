@@ -134,14 +134,13 @@ class RowSparseAdam(KeyedOptimizer):
                             "step": torch.zeros((), dtype=torch.int64)}
         self._steps: Dict[str, torch.Tensor] = {k: state[p]["step"] for k, p in params.items()}
         self._routes: Dict[int, Tuple[List[_FeatureRoute], int]] = {}
-        self._hooks = []
         self._tapped_since_step = False
         for kernel in _fused_kernels(dmp):
             routes = _kernel_routes(kernel, by_ptr)
             if routes is None:
                 continue
             self._routes[id(kernel)] = routes
-            self._hooks.append(kernel.register_forward_hook(self._tap))
+            kernel.register_forward_hook(self._tap)
         untapped = sorted({s.key for s in self._shards} - {r.shard.key for rs, _ in self._routes.values() for r in rs})
         if untapped:
             raise ValueError(f"RowSparseAdam: no fused CPU kernel holds {untapped} (unsupported compute kernel?)")
@@ -231,12 +230,6 @@ class RowSparseAdam(KeyedOptimizer):
     def post_load_state_dict(self) -> None:
         # The step tensors were loaded in place (KeyedOptimizer copies into them).
         self._tapped_since_step = False
-
-    def remove_hooks(self) -> None:
-        """Detach the taps (the tables then get no update at all: use only to tear down)."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
 
 
 def _like(template: ShardedTensor, shards: List[Shard]) -> ShardedTensor:

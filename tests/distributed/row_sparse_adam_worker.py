@@ -97,8 +97,11 @@ def local_shards(st: ShardedTensor) -> List[Tuple[Tuple[int, int], torch.Tensor]
     return [(tuple(s.metadata.shard_offsets), s.tensor) for s in st.local_shards()]  # type: ignore[misc]
 
 
-def run_case(env: DistEnv, sharding: str, steps: int = 4) -> Dict[str, object]:
-    """Train `steps` steps sharded and on the reference; compare every local shard bit for bit."""
+def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "") -> Dict[str, object]:
+    """Train `steps` steps sharded and on the reference; compare every local shard bit for bit.
+
+    With `save_to`, also write a project checkpoint of the sharded model + optimizer to
+    ``save_to/ckpt`` and (rank 0) the reference's tables and moments to ``save_to/reference.pt``."""
     torch.manual_seed(0)
     ref_seq = nn.Embedding(ROWS, DIM, sparse=True, padding_idx=0)
     ref_pool = nn.Embedding(POOL_ROWS, POOL_DIM, sparse=True, padding_idx=0)
@@ -159,6 +162,15 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4) -> Dict[str, object]:
                 if bad.numel():
                     report["mismatch"][f"{key}:{what}"] = bad.tolist()  # type: ignore[index]
     report["ref_step"] = int(ref_state[SEQ_KEY]["step"])
+    if save_to:
+        from muse_rec.training.checkpoint import Position, save_checkpoint
+
+        report["checkpoint"] = str(save_checkpoint(str(Path(save_to) / "ckpt"), dmp, opt, Position(step=steps,
+                                                                                             world_size=env.world_size)))
+        if env.rank == 0:
+            torch.save({k: {"weight": ref_weight[k].clone(), "exp_avg": ref_state[k]["exp_avg"].clone(),
+                            "exp_avg_sq": ref_state[k]["exp_avg_sq"].clone()} for k in (SEQ_KEY, POOL_KEY)},
+                       Path(save_to) / "reference.pt")
     # Rows touched only in the first steps: their moments/weights froze after; rows never touched
     # (and row 0) still hold their initial values - checked through the reference comparison above
     # and made explicit here for the sequence table.
@@ -171,7 +183,8 @@ def main(out_dir: str) -> None:
     env = init_distributed(DistEnv.from_environ())
     try:
         # Column-wise is covered at one rank; with these small dims the planner keeps whole columns.
-        report = {s: run_case(env, s) for s in ("table_wise", "row_wise")}
+        report = {s: run_case(env, s, save_to=str(Path(out_dir) / s) if s == "row_wise" else "")
+                  for s in ("table_wise", "row_wise")}
     finally:
         destroy_distributed()
     Path(out_dir, f"rank{env.rank}.json").write_text(json.dumps(report))

@@ -80,16 +80,18 @@ def test_dense_adam_semantics_would_fail(env, monkeypatch) -> None:
 
 
 @pytest.mark.multiprocess
-def test_two_ranks_match_sparse_adam_on_the_global_batch(tmp_path: Path) -> None:
+def test_two_ranks_match_sparse_adam_on_the_global_batch(env, tmp_path: Path) -> None:
+    """2 gloo ranks == SparseAdam on the global batch; their row-wise checkpoint loads on 1 rank
+    (DCP reshards tables and moments) into exactly the reference's tables and moments."""
     port, world = str(free_port()), 2
     procs = []
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                   OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+        child_env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                         LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                         OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "tests.distributed.row_sparse_adam_worker", str(tmp_path)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = []
     for p in procs:
         try:
@@ -111,6 +113,23 @@ def test_two_ranks_match_sparse_adam_on_the_global_batch(tmp_path: Path) -> None
     # Table-wise puts each table on one rank only.
     assert sorted(shards[(r, "table_wise")].get(SEQ_KEY, 0) for r in range(world)) == [0, 1]
     assert sorted(shards[(r, "table_wise")].get(POOL_KEY, 0) for r in range(world)) == [0, 1]
+
+    from muse_rec.distributed.model_parallel import combined_optimizer, shard_model
+    from muse_rec.training.checkpoint import load_checkpoint
+    from tests.distributed.row_sparse_adam_worker import Tables
+
+    dmp = shard_model(Tables(torch.device("meta")), env, fused_optimizer="adam", fused_lr=2e-2)
+    opt = combined_optimizer(dmp, dense_lr=0.0)
+    assert load_checkpoint(tmp_path / "row_wise" / "ckpt" / "step-00000004", dmp, opt).world_size == 2
+    ref = torch.load(tmp_path / "row_wise" / "reference.pt")
+    state, osd = dmp.state_dict(), opt.state_dict()["state"]
+    for key in (SEQ_KEY, POOL_KEY):
+        got = {"weight": state[key], **{k: osd[f"row_sparse_adam.{key}"][k] for k in ("exp_avg", "exp_avg_sq")}}
+        assert int(osd[f"row_sparse_adam.{key}"]["step"]) == 4
+        for what, st in got.items():
+            (shard,) = st.local_shards()  # one rank holds the whole table
+            assert tuple(shard.metadata.shard_offsets) == (0, 0)
+            assert torch.equal(shard.tensor, ref[key][what]), (key, what)
 
 
 def _tables_and_moments(dmp, opt) -> dict:
