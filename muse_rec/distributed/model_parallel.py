@@ -30,10 +30,10 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.planner import make_plan, topology_for
 from muse_rec.distributed.sharders import (
-    ROW_SPARSE_ADAM,
     FusedOptimizerConfig,
     check_frozen_output_dtype,
     make_sharders,
+    row_sparse_optimizer,
 )
 from muse_rec.distributed.sparse_adam import RowSparseAdam
 from muse_rec.models.frozen_scl import FrozenEmbeddingCollection
@@ -75,7 +75,8 @@ def shard_model(
         frozen_output_dtype: output dtype of frozen-table lookups; FP16 only with a row-wise
             frozen table on several ranks (checked; see `sharders`).
         constraints: planner constraints when `plan` is None (default: `make_constraints`).
-        sharders: override the sharders entirely (then the fused_* arguments are unused).
+        sharders: override the sharders entirely (then the fused_* arguments are unused; sharders
+            of the CPU Adam route, from `make_sharders`, carry their Adam config).
         sparse_optimizer: an optimizer spec (``.name``, ``.lr``, ``.eps``, ``.weight_decay``,
             ``.betas``, e.g. ``muse_rec.spec.OptimizerSpec``); when given it replaces the
             fused_* arguments.
@@ -99,7 +100,6 @@ def shard_model(
         extra={**({"beta1": fused_betas[0], "beta2": fused_betas[1]} if fused_optimizer in _FUSED_WITH_BETAS else {}),
                **dict(fused_extra or {})},
     )
-    row_sparse = sharders is None and config.route(env.device.type) == ROW_SPARSE_ADAM
     if sharders is None:
         sharders = make_sharders(config, env.device.type, frozen_output_dtype)
     if plan is None:
@@ -113,10 +113,12 @@ def shard_model(
         plan=plan,
         sharders=sharders,
     )
-    if row_sparse:
+    adam = row_sparse_optimizer(sharders)  # the sharders (given or made here) decide the route
+    if adam is not None:
         tables = [k for k in dmp.fused_optimizer.params if not any(k.startswith(f + ".") for f in frozen)]
-        setattr(dmp, _ROW_SPARSE_ATTR, RowSparseAdam(dmp, tables, lr=fused_lr, betas=fused_betas, eps=fused_eps,
-                                                     weight_decay=fused_weight_decay))
+        betas = (adam.extra.get("beta1", 0.9), adam.extra.get("beta2", 0.999))
+        setattr(dmp, _ROW_SPARSE_ATTR, RowSparseAdam(dmp, tables, lr=adam.learning_rate, betas=betas,
+                                                     eps=adam.eps, weight_decay=adam.weight_decay))
     return dmp
 
 

@@ -25,7 +25,7 @@ torch SparseAdam's update to the touched rows (see that module for why this rout
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Type
+from typing import Any, Dict, List, Mapping, Optional, Type
 
 from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
 from torch import nn
@@ -141,25 +141,37 @@ class TrainableEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
         return list(EBC_SHARDING_TYPES)
 
 
-class RowSparseAdamECSharder(TrainableEmbeddingCollectionSharder):
-    """Trainable EC sharder of the `ROW_SPARSE_ADAM` route: the plain ``fused`` kernel only
-    (RowSparseAdam taps FBGEMM's CPU kernel modules; UVM/caching kernels are CUDA's)."""
+class _RowSparseAdamRoute:
+    """Mixin of the `ROW_SPARSE_ADAM` sharders: the plain ``fused`` kernel only (RowSparseAdam
+    taps FBGEMM's CPU kernel modules), and the Adam config `shard_model` builds RowSparseAdam from.
+
+    Args:
+        row_sparse_optimizer: the ``adam`` config (lr, eps, weight_decay, ``beta1``/``beta2``).
+    """
 
     # The optimizer whose state the tables carry (for plan reports): RowSparseAdam keeps Adam's
     # two fp32 moments per element, although the kernel's own fused optimizer is exact_sgd.
     state_optimizer = EmbOptimType.ADAM
 
-    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
-        return [EmbeddingComputeKernel.FUSED.value]
-
-
-class RowSparseAdamEBCSharder(TrainableEmbeddingBagCollectionSharder):
-    """Trainable EBC sharder of the `ROW_SPARSE_ADAM` route (see `RowSparseAdamECSharder`)."""
-
-    state_optimizer = EmbOptimType.ADAM
+    def __init__(self, row_sparse_optimizer: FusedOptimizerConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[call-arg]
+        self.row_sparse_optimizer = row_sparse_optimizer
 
     def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
         return [EmbeddingComputeKernel.FUSED.value]
+
+
+class RowSparseAdamECSharder(_RowSparseAdamRoute, TrainableEmbeddingCollectionSharder):
+    """Trainable EC sharder of the `ROW_SPARSE_ADAM` route (see `_RowSparseAdamRoute`)."""
+
+
+class RowSparseAdamEBCSharder(_RowSparseAdamRoute, TrainableEmbeddingBagCollectionSharder):
+    """Trainable EBC sharder of the `ROW_SPARSE_ADAM` route (see `_RowSparseAdamRoute`)."""
+
+
+def row_sparse_optimizer(sharders: List[ModuleSharder[nn.Module]]) -> Optional[FusedOptimizerConfig]:
+    """The Adam config when `sharders` take the `ROW_SPARSE_ADAM` route, else None."""
+    return next((s.row_sparse_optimizer for s in sharders if isinstance(s, _RowSparseAdamRoute)), None)
 
 
 class FrozenEmbeddingCollectionSharder(EmbeddingCollectionSharder):
@@ -211,12 +223,16 @@ def make_sharders(
         frozen_output_dtype: output dtype of frozen lookups (see the frozen sharder).
     """
     fused = optimizer.fused_params(device_type)
-    row_sparse = optimizer.route(device_type) == ROW_SPARSE_ADAM
-    ebc = RowSparseAdamEBCSharder if row_sparse else TrainableEmbeddingBagCollectionSharder
-    ec = RowSparseAdamECSharder if row_sparse else TrainableEmbeddingCollectionSharder
+    if optimizer.route(device_type) == ROW_SPARSE_ADAM:
+        trainable: List[ModuleSharder[nn.Module]] = [
+            RowSparseAdamEBCSharder(row_sparse_optimizer=optimizer, fused_params=dict(fused)),
+            RowSparseAdamECSharder(row_sparse_optimizer=optimizer, fused_params=dict(fused)),
+        ]  # type: ignore[list-item]
+    else:
+        trainable = [TrainableEmbeddingBagCollectionSharder(fused_params=dict(fused)),
+                     TrainableEmbeddingCollectionSharder(fused_params=dict(fused))]  # type: ignore[list-item]
     return [
-        ebc(fused_params=dict(fused)),
-        ec(fused_params=dict(fused)),
+        *trainable,
         FrozenEmbeddingCollectionSharder(output_dtype=frozen_output_dtype),
     ]  # type: ignore[list-item]
 

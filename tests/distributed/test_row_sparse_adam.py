@@ -178,3 +178,21 @@ def test_checkpoint_round_trip_continues_identically(env, tmp_path: Path) -> Non
             sharded_step(dmp2, opt2, env.rank, env.world_size, step)
         # Without the optimizer state the moments restart from zero: the continuation differs.
         assert _same(_tables_and_moments(dmp2, opt2), want) is with_state
+
+
+def test_explicit_sharders_keep_the_adam_route(env) -> None:
+    """Sharders made for CPU adam and handed to shard_model (e.g. with a precomputed plan) still
+    get their RowSparseAdam, with the sharders' hyper-parameters: the tables never silently freeze."""
+    from muse_rec.distributed.model_parallel import row_sparse_adam, shard_model
+    from muse_rec.distributed.planner import make_plan, topology_for
+    from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
+    from tests.distributed.row_sparse_adam_worker import Tables
+
+    config = FusedOptimizerConfig(name="adam", learning_rate=3e-3, eps=1e-6, extra={"beta1": 0.8, "beta2": 0.99})
+    sharders = make_sharders(config, "cpu")
+    model = Tables(torch.device("meta"))
+    dmp = shard_model(model, env, plan=make_plan(model, topology_for(env), sharders), sharders=sharders)
+    sparse = row_sparse_adam(dmp)
+    assert sparse is not None and set(sparse.params) == {SEQ_KEY, POOL_KEY}
+    group = sparse.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"]) == (3e-3, (0.8, 0.99), 1e-6)
