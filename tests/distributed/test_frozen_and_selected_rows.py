@@ -42,7 +42,7 @@ def scl_array(rows: int, dim: int = 128, seed: int = 0) -> np.ndarray:
     return a
 
 
-@pytest.mark.parametrize("optimizer", ["exact_row_wise_adagrad", "exact_adagrad"])
+@pytest.mark.parametrize("optimizer", ["exact_row_wise_adagrad", "exact_adagrad", "adam"])  # adam: RowSparseAdam
 def test_steps_move_only_selected_rows(env, optimizer: str) -> None:
     torch.manual_seed(0)
     model = RetrievalHarness(SIZES, k=K, recent=R, device=torch.device("meta"))
