@@ -92,14 +92,7 @@ def shard_model(
         fused_eps = getattr(sparse_optimizer, "eps", fused_eps)
         fused_weight_decay = getattr(sparse_optimizer, "weight_decay", fused_weight_decay)
         fused_betas = tuple(getattr(sparse_optimizer, "betas", fused_betas))  # type: ignore[assignment]
-    config = FusedOptimizerConfig(
-        name=fused_optimizer,
-        learning_rate=fused_lr,
-        eps=fused_eps,
-        weight_decay=fused_weight_decay,
-        extra={**({"beta1": fused_betas[0], "beta2": fused_betas[1]} if fused_optimizer in _FUSED_WITH_BETAS else {}),
-               **dict(fused_extra or {})},
-    )
+    config = optimizer_config(fused_optimizer, fused_lr, fused_eps, fused_weight_decay, fused_betas, fused_extra)
     if sharders is None:
         sharders = make_sharders(config, env.device.type, frozen_output_dtype)
     if plan is None:
@@ -120,6 +113,16 @@ def shard_model(
         setattr(dmp, _ROW_SPARSE_ATTR, RowSparseAdam(dmp, tables, lr=adam.learning_rate, betas=betas,
                                                      eps=adam.eps, weight_decay=adam.weight_decay))
     return dmp
+
+
+def optimizer_config(name: str, lr: float, eps: float = 1e-8, weight_decay: float = 0.0,
+                     betas: Tuple[float, float] = (0.9, 0.999),
+                     extra: Optional[Mapping[str, Any]] = None) -> FusedOptimizerConfig:
+    """The table optimizer's config; Adam/LAMB betas become FBGEMM's ``beta1``/``beta2`` (CUDA's
+    fused kernels read them there, and the CPU route's `RowSparseAdam` takes them from there)."""
+    with_betas = {"beta1": betas[0], "beta2": betas[1]} if name in _FUSED_WITH_BETAS else {}
+    return FusedOptimizerConfig(name=name, learning_rate=lr, eps=eps, weight_decay=weight_decay,
+                                extra={**with_betas, **dict(extra or {})})
 
 
 def row_sparse_adam(dmp: DistributedModelParallel) -> Optional[RowSparseAdam]:

@@ -27,7 +27,8 @@ Cost per step: O(looked-up ids x D) for gathering gradients plus O(touched rows 
 update; nothing proportional to the table. State: ``exp_avg`` and ``exp_avg_sq`` fp32, one
 element each per table element (2x the table, as any Adam), plus one step count per table.
 The state is exposed as ShardedTensors with the table's own shard layout, so the project's
-DCP checkpoints save it and reshard it like the tables (N ranks -> M ranks).
+DCP checkpoints save it and reshard it like the tables (N ranks -> M ranks). It is zeroed on
+first use, so a model built only for evaluation never makes those pages resident.
 
 Bias correction counts training steps of this optimizer (one per ``step()`` after a backward),
 as FBGEMM's fused Adam counts iterations; SparseAdam counts per table, which is the same when
@@ -119,9 +120,11 @@ class RowSparseAdam(KeyedOptimizer):
                 raise ValueError(f"RowSparseAdam: {key} is a {type(weight).__name__}, expected a ShardedTensor")
             avg, avg_sq = [], []
             for s in weight.local_shards():
+                # Allocated, zeroed on first use (`_zero_state_once`): a model built only to
+                # evaluate never touches these pages, so they never become resident.
                 shard = _TableShard(key, s.tensor, int(s.metadata.shard_offsets[0]),
-                                    torch.zeros_like(s.tensor, dtype=torch.float32),
-                                    torch.zeros_like(s.tensor, dtype=torch.float32))
+                                    torch.empty_like(s.tensor, dtype=torch.float32),
+                                    torch.empty_like(s.tensor, dtype=torch.float32))
                 by_ptr[(s.tensor.data_ptr(), tuple(s.tensor.shape))] = shard
                 self._shards.append(shard)
                 avg.append(Shard(shard.exp_avg, s.metadata))
@@ -135,6 +138,7 @@ class RowSparseAdam(KeyedOptimizer):
         self._steps: Dict[str, torch.Tensor] = {k: state[p]["step"] for k, p in params.items()}
         self._routes: Dict[int, Tuple[List[_FeatureRoute], int]] = {}
         self._tapped_since_step = False
+        self._state_zeroed = False
         for kernel in _fused_kernels(dmp):
             routes = _kernel_routes(kernel, by_ptr)
             if routes is None:
@@ -184,6 +188,17 @@ class RowSparseAdam(KeyedOptimizer):
 
     # -- optimizer ---------------------------------------------------------------------------
 
+    def _zero_state_once(self) -> None:
+        if not self._state_zeroed:
+            for shard in self._shards:
+                shard.exp_avg.zero_()
+                shard.exp_avg_sq.zero_()
+            self._state_zeroed = True
+
+    def state_dict(self) -> Dict[str, Any]:
+        self._zero_state_once()
+        return super().state_dict()
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for shard in self._shards:
             shard.rows.clear()
@@ -195,6 +210,7 @@ class RowSparseAdam(KeyedOptimizer):
         if not self._tapped_since_step:  # no training forward since the last step
             return
         self._tapped_since_step = False
+        self._zero_state_once()
         group = self.param_groups[0]  # type: ignore[index]
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         for step in self._steps.values():
@@ -228,7 +244,8 @@ class RowSparseAdam(KeyedOptimizer):
             shard.weight.index_copy_(0, rows, w_old.add_(update.to(w_old.dtype)))
 
     def post_load_state_dict(self) -> None:
-        # The step tensors were loaded in place (KeyedOptimizer copies into them).
+        # Moments and steps were copied in place (KeyedOptimizer.load_state_dict).
+        self._state_zeroed = True
         self._tapped_since_step = False
 
 

@@ -196,3 +196,24 @@ def test_explicit_sharders_keep_the_adam_route(env) -> None:
     assert sparse is not None and set(sparse.params) == {SEQ_KEY, POOL_KEY}
     group = sparse.param_groups[0]
     assert (group["lr"], group["betas"], group["eps"]) == (3e-3, (0.8, 0.99), 1e-6)
+    # Before any step the (lazily zeroed) state reads as Adam's initial state.
+    for key, st in sparse.state_dict()["state"].items():
+        assert int(st["step"]) == 0
+        assert all(not s.tensor.any() for k in ("exp_avg", "exp_avg_sq") for s in st[k].local_shards()), key
+
+
+def test_cuda_keeps_fbgemm_fused_adam_with_the_spec_betas() -> None:
+    """No GPU needed: the sharders a CUDA run gets for `adam` carry FBGEMM's fused Adam."""
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+    from muse_rec.distributed.model_parallel import optimizer_config
+    from muse_rec.distributed.sharders import make_sharders, row_sparse_optimizer
+
+    config = optimizer_config("adam", 2e-3, betas=(0.8, 0.99))
+    cuda, cpu = make_sharders(config, "cuda"), make_sharders(config, "cpu")
+    assert row_sparse_optimizer(cuda) is None and row_sparse_optimizer(cpu) is config
+    for s in cuda[:2]:  # the trainable EBC and EC sharders
+        assert s.fused_params["optimizer"] == EmbOptimType.ADAM
+        assert (s.fused_params["beta1"], s.fused_params["beta2"], s.fused_params["learning_rate"]) == (0.8, 0.99, 2e-3)
+    for s in cpu[:2]:
+        assert s.fused_params == {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0}
