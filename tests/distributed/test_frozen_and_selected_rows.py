@@ -42,7 +42,7 @@ def scl_array(rows: int, dim: int = 128, seed: int = 0) -> np.ndarray:
     return a
 
 
-@pytest.mark.parametrize("optimizer", ["exact_row_wise_adagrad", "exact_adagrad"])
+@pytest.mark.parametrize("optimizer", ["exact_row_wise_adagrad", "exact_adagrad", "adam"])  # adam: RowSparseAdam
 def test_steps_move_only_selected_rows(env, optimizer: str) -> None:
     torch.manual_seed(0)
     model = RetrievalHarness(SIZES, k=K, recent=R, device=torch.device("meta"))
@@ -88,7 +88,7 @@ def test_steps_move_only_selected_rows(env, optimizer: str) -> None:
     assert torch.equal(item_before[untouched], item_after[untouched])
 
 
-def test_adam_on_cpu_is_refused_with_the_supported_list(env) -> None:
+def test_cuda_only_optimizer_on_cpu_is_refused_with_the_supported_list(env) -> None:
     model = RetrievalHarness(SIZES, device=torch.device("meta"))
-    with pytest.raises(ValueError, match=r"'adam' is not supported on cpu.*exact_row_wise_adagrad"):
-        shard_model(model, env, fused_optimizer="adam")
+    with pytest.raises(ValueError, match=r"'lamb' is not supported on cpu.*exact_row_wise_adagrad.*adam"):
+        shard_model(model, env, fused_optimizer="lamb")
