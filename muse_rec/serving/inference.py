@@ -15,6 +15,9 @@ Inputs (the exported program's signature, all int64 unless stated)::
     user_fields           [1, 6]   rows of user_id, user_f1..user_f5 (0 = unknown)
     cand_items, cand_cats [B]      candidate item rows and their category rows
     cand_attrs            [B, 2]   candidate item_f213, item_f214 rows
+    seq_scl               [1, L, 128] int8  the history's SCL vectors, zeros at padding (only for
+                                   models that read SCL vectors; the Ranker prefetches them, as in
+                                   the paper's deployment, so a request does not look L rows up)
     -> scores             [B]      float32 click probabilities
 """
 from __future__ import annotations
@@ -61,10 +64,14 @@ class InferenceModel(nn.Module):
     # ---- the program ------------------------------------------------------------------------
     def forward(self, seq_items: torch.Tensor, seq_cats: torch.Tensor, seq_length: torch.Tensor,
                 user_fields: torch.Tensor, cand_items: torch.Tensor, cand_cats: torch.Tensor,
-                cand_attrs: torch.Tensor) -> torch.Tensor:
-        """Click probabilities ``[B]`` (see the module docstring for the shapes)."""
+                cand_attrs: torch.Tensor, seq_scl: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Click probabilities ``[B]`` (see the module docstring for the shapes).
+
+        ``seq_scl`` ``[1, L, 128]`` int8: the history's SCL vectors as the Ranker prefetches them
+        (zeros at padding); None = look them up in the model's SCL table.
+        """
         mask = self.seq_mask(seq_items, seq_length)
-        return torch.sigmoid(self.logits(seq_items, seq_cats, mask, None, user_fields,
+        return torch.sigmoid(self.logits(seq_items, seq_cats, mask, seq_scl, user_fields,
                                          cand_items, cand_cats, cand_attrs))
 
     def logits(self, seq_items: torch.Tensor, seq_cats: torch.Tensor, seq_mask: torch.Tensor,

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from muse_rec.serving.export import MANIFEST_FILE, PROGRAM_FILE, ExportError, read_manifest
+from muse_rec.serving.inference import InferenceModel
 from tests.serving.conftest import SEQ_LEN
 from tests.serving.helpers import training_predictions
 from tests.serving.int8_bound import ROUNDING, SAFETY, first_order_bound, quantized_twins
@@ -45,7 +46,13 @@ def test_exported_program_in_fresh_process_matches_trained_model(trained_run, tr
     (tests/serving/int8_bound.py) of the trained float model's training forward."""
     model, data = trained_model
     ref = training_predictions(model, data, "test", SEQ_LEN, max_batches=2)
-    torch.save([args for _, args in ref.groups], tmp_path / "inputs.pt")
+    scl = torch.from_numpy(np.asarray(data.scl()))
+
+    def with_scl(args):  # the program's last input: the history's int8 SCL rows, zeros at padding
+        mask = InferenceModel.seq_mask(args[0], args[2])
+        return (*args, scl[args[0]] * mask.unsqueeze(2).to(torch.int8))
+
+    torch.save([with_scl(args) for _, args in ref.groups], tmp_path / "inputs.pt")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run(
@@ -94,9 +101,10 @@ def test_exported_accepts_candidate_counts_in_range(trained_run):
     from muse_rec.serving.export import example_inputs, load_program
 
     program = load_program(str(trained_run.exported))
+    assert "seq_scl" in read_manifest(str(trained_run.exported))["inputs"]
     with torch.no_grad():
         for b in (1, 2, 3, 1000):
-            assert program(*example_inputs(SEQ_LEN, b)).shape == (b,)
+            assert program(*example_inputs(SEQ_LEN, b, with_scl=True)).shape == (b,)
 
 
 def test_read_manifest_errors(tmp_path, trained_run):
