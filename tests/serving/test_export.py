@@ -45,7 +45,7 @@ def test_exported_program_in_fresh_process_matches_trained_model(trained_run, tr
     """The exported int8 program, run without muse_rec, is within the derived per-sample bound
     (tests/serving/int8_bound.py) of the trained float model's training forward."""
     model, data = trained_model
-    ref = training_predictions(model, data, "test", SEQ_LEN, max_batches=2)
+    ref = training_predictions(model, data, "test", SEQ_LEN, max_batches=1)
     scl = torch.from_numpy(np.asarray(data.scl()))
 
     def with_scl(args):  # the program's last input: the history's int8 SCL rows, zeros at padding
@@ -125,3 +125,28 @@ def test_export_cli_without_checkpoint_fails_clearly(trained_run, tmp_path):
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "no complete checkpoint" in proc.stderr
+
+
+def test_another_method_trains_exports_and_ranks_from_the_cli(trained_run, tmp_path):
+    """TWIN (ID-attention GSU, no SCL input): `muse-rec train` -> `export` -> `rank --exported`."""
+    from tests.conftest import REPO, subprocess_env
+
+    spec = str(REPO / "specs" / "demo" / "twin.yaml")
+    sets = trained_run.cli_sets() + ["--set", f"output_dir={tmp_path}/runs/{{name}}"]
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", *args], cwd=REPO, env=subprocess_env(),
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    cli("train", "--spec", spec, *sets, "--set", "train.batch_size=128", "--set", "train.max_steps=2",
+        "--set", "train.eval_at_end=false", "--device", "cpu")
+    cli("export", "--spec", spec, *sets, "--out", str(tmp_path / "exported"))
+    manifest = read_manifest(str(tmp_path / "exported"))
+    assert manifest["method"] == "TWIN" and "seq_scl" not in manifest["inputs"] and manifest["min_candidates"] == 1
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"user": 1, "candidates": [5]}))
+    out = json.loads(cli("rank", "--spec", spec, *sets, "--request", str(req), "--exported",
+                         str(tmp_path / "exported")).strip().splitlines()[-1])
+    assert len(out["scores"]) == 1 and 0.0 < out["scores"][0] < 1.0
