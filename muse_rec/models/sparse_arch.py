@@ -13,7 +13,8 @@ Which ids reach the trainable EC decides which rows a fused optimizer moves, so:
 (for GSUs that score the whole sequence with ID embeddings: SIM-soft, TWIN) runs the same
 EC under ``torch.no_grad()``, which neither builds a backward nor updates anything.
 Both calls use the same six features in the same order, because a sharded EC fixes its
-feature order on the first call.
+feature order on the first call. In eval mode (evaluation, serving, `torch.export`) both look
+every slot up with fixed lengths and zero the masked ones: the same values with static shapes.
 """
 from __future__ import annotations
 

@@ -122,7 +122,9 @@ def export_program(model: torch.nn.Module, seq_len: int,
         raise ValueError(f"max_candidates must be >= {MIN_CANDIDATES}, got {max_candidates}")
     B = torch.export.Dim("candidates", min=MIN_CANDIDATES, max=max_candidates)
     dynamic = {"seq_items": None, "seq_cats": None, "seq_length": None, "user_fields": None,
-               "cand_items": {0: B}, "cand_cats": {0: B}, "cand_attrs": {0: B}, "seq_scl": None}
+               "cand_items": {0: B}, "cand_cats": {0: B}, "cand_attrs": {0: B}}
+    if takes_scl(model):
+        dynamic["seq_scl"] = None
     example = example_inputs(seq_len, with_scl=takes_scl(model))
     with torch.no_grad():
         # One eager call first: TorchRec's quantized collections cache their feature order on
