@@ -12,7 +12,7 @@ Loading and running the program needs torch, torchrec and fbgemm only (not muse_
     from torchrec.pt2.utils import register_fake_classes
     register_fake_classes()
     program = torch.export.load("DIR/ranker.pt2").module()
-    scores = program(seq_items, seq_cats, seq_length, user_fields, cand_items, cand_cats, cand_attrs)
+    scores = program(seq_items, seq_cats, seq_length, user_fields, cand_items, cand_cats, cand_attrs[, seq_scl])
 
 The checkpoint (DCP, written by any number of ranks) is loaded into an unsharded model on CPU:
 DCP resolves sharded tensors into plain tensors. The frozen SCL table is not in checkpoints;
@@ -39,11 +39,12 @@ from muse_rec.training.checkpoint import latest_checkpoint, load_checkpoint
 
 PROGRAM_FILE = "ranker.pt2"
 MANIFEST_FILE = "manifest.json"
-# torch.export specialises a dynamic size seen as 0 or 1; the program accepts B >= 2 and the
-# Ranker pads a one-candidate request (see `ExportedScorer`).
-MIN_CANDIDATES = 2
+# The program takes any candidate count from 1 (traced size-obliviously, see `export_program`).
+MIN_CANDIDATES = 1
 DEFAULT_MAX_CANDIDATES = 4096
-INPUT_NAMES = ("seq_items", "seq_cats", "seq_length", "user_fields", "cand_items", "cand_cats", "cand_attrs")
+INPUT_NAMES = ("seq_items", "seq_cats", "seq_length", "user_fields", "cand_items", "cand_cats", "cand_attrs",
+               "seq_scl")
+SCL_DIM = 128
 
 
 class ExportError(RuntimeError):
@@ -83,12 +84,21 @@ def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str]
     return model.eval(), ck
 
 
-def example_inputs(seq_len: int, candidates: int = 8) -> Tuple[torch.Tensor, ...]:
-    """Inputs of the right shapes and dtypes for tracing (row 0 = padding/unknown everywhere)."""
+def example_inputs(seq_len: int, candidates: int = 8, with_scl: bool = False) -> Tuple[torch.Tensor, ...]:
+    """Inputs of the right shapes and dtypes for tracing (row 0 = padding/unknown everywhere).
+
+    ``with_scl`` appends ``seq_scl [1, L, 128]`` int8 (programs of models that read SCL vectors).
+    """
     z = torch.zeros
-    return (z(1, seq_len, dtype=torch.int64), z(1, seq_len, dtype=torch.int64), z(1, dtype=torch.int64),
-            z(1, len(USER_FEATURES), dtype=torch.int64), z(candidates, dtype=torch.int64),
-            z(candidates, dtype=torch.int64), z(candidates, len(ITEM_FEATURES), dtype=torch.int64))
+    ids = (z(1, seq_len, dtype=torch.int64), z(1, seq_len, dtype=torch.int64), z(1, dtype=torch.int64),
+           z(1, len(USER_FEATURES), dtype=torch.int64), z(candidates, dtype=torch.int64),
+           z(candidates, dtype=torch.int64), z(candidates, len(ITEM_FEATURES), dtype=torch.int64))
+    return ids + ((z(1, seq_len, SCL_DIM, dtype=torch.int8),) if with_scl else ())
+
+
+def takes_scl(model: InferenceModel) -> bool:
+    """Whether the program of ``model`` takes the history's SCL vectors as its ``seq_scl`` input."""
+    return bool(model.model.uses_scl)
 
 
 _FAKES_REGISTERED = False
@@ -113,12 +123,18 @@ def export_program(model: torch.nn.Module, seq_len: int,
     B = torch.export.Dim("candidates", min=MIN_CANDIDATES, max=max_candidates)
     dynamic = {"seq_items": None, "seq_cats": None, "seq_length": None, "user_fields": None,
                "cand_items": {0: B}, "cand_cats": {0: B}, "cand_attrs": {0: B}}
-    example = example_inputs(seq_len)
+    if takes_scl(model):
+        dynamic["seq_scl"] = None
+    example = example_inputs(seq_len, with_scl=takes_scl(model))
     with torch.no_grad():
         # One eager call first: TorchRec's quantized collections cache their feature order on
         # the first forward, with a `torch.tensor(data=...)` call that export cannot trace.
         model(*example)
-        return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
+        # Size-oblivious tracing: without it a dynamic size is assumed >= 2 while tracing, and the
+        # sizes TorchRec's lookups derive from B (unbacked: sums of KJT lengths) inherit that bound
+        # as a runtime assertion, so the program would refuse one candidate.
+        with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+            return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
 
 
 def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq_len: Optional[int] = None,
@@ -157,6 +173,9 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
             "cand_items": {"shape": ["B"], "dtype": "int64", "doc": "candidate item rows"},
             "cand_cats": {"shape": ["B"], "dtype": "int64", "doc": "candidate category rows"},
             "cand_attrs": {"shape": ["B", len(ITEM_FEATURES)], "dtype": "int64", "doc": f"rows of {ITEM_FEATURES}"},
+            **({"seq_scl": {"shape": [1, L, SCL_DIM], "dtype": "int8",
+                            "doc": "the history's SCL vectors (prepared int8 rows), zeros at padding"}}
+               if takes_scl(serving) else {}),
         },
         "output": {"shape": ["B"], "dtype": "float32", "doc": "click probabilities"},
         "seq_len": L,

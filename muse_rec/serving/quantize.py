@@ -123,6 +123,28 @@ def write_exact_int8_(collection: nn.Module, table: str, array: np.ndarray, chun
         weights[start:start + src.shape[0]].copy_((src.to(torch.int16) + _INT8_OFFSET).to(torch.uint8))
 
 
+@torch.no_grad()
+def dequantized_tables(model: InferenceModel) -> Dict[str, torch.Tensor]:
+    """Every quantized table's values as its lookups return them: ``{table: [rows, dim] fp32}``.
+
+    int8 rows hold ``u`` (uint8) and an fp16 scale and bias; the value is ``scale * u + bias``
+    (the product of an fp16 and a uint8 is exact in fp32, so this is bit-for-bit the lookup).
+    fp16 / fp32 tables are returned as stored. Used to measure the quantization error per row.
+    """
+    arch = model.model.sparse_arch
+    out: Dict[str, torch.Tensor] = {}
+    for collection in (arch.pooled, arch.ids, arch.scl.collection):
+        for tbe in collection._emb_modules:
+            names = [spec[0] for spec in tbe.embedding_specs]
+            for name, (w, scale_bias) in zip(names, tbe.split_embedding_weights(split_scale_shifts=True)):
+                if scale_bias is None or scale_bias.numel() == 0:  # fp16 storage (scl_dtype="fp16")
+                    out[name] = (w.view(torch.float16) if w.dtype == torch.uint8 else w).float()
+                    continue
+                sb = scale_bias.contiguous().view(torch.float16).float()  # [rows, 2]: scale, bias
+                out[name] = w.float() * sb[:, :1] + sb[:, 1:]
+    return out
+
+
 def _report(model: InferenceModel, scl_dtype: str) -> QuantizationReport:
     rep = QuantizationReport(scl_dtype=scl_dtype)
     arch = model.model.sparse_arch

@@ -11,7 +11,7 @@ Two scorers share the request handling:
 * `FloatScorer`: the trained model's parameters through `InferenceModel` (any history length;
   the cached int8 SCL vectors feed the GSU directly). Scores equal the training model's.
 * `ExportedScorer`: the `torch.export` program of `muse-rec export` (quantized tables, history
-  length fixed at export; the program looks the SCL vectors up itself).
+  length fixed at export; it reads the same cached SCL vectors as its ``seq_scl`` input).
 
 Documented handling of bad input (never a crash, never a silent wrong score):
 
@@ -33,7 +33,7 @@ import torch
 from muse_rec.data.batch import USER_FEATURES
 from muse_rec.data.prepared import PreparedData
 from muse_rec.serving.cache import AsyncLRUCache
-from muse_rec.serving.export import load_program, load_trained_model, read_manifest
+from muse_rec.serving.export import ExportError, load_program, load_trained_model, read_manifest
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.request import RankRequest, RequestError, validate_request
 from muse_rec.spec import Spec
@@ -109,7 +109,7 @@ class FloatScorer:
         self.needs_scl = model.model.uses_scl
         self.fixed_len: Optional[int] = None
         self.min_len = model.recent  # the recent-R slice needs at least R positions
-        self.min_candidates, self.max_candidates = 1, None
+        self.max_candidates: Optional[int] = None
 
     @torch.no_grad()
     def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
@@ -119,30 +119,34 @@ class FloatScorer:
 
 
 class ExportedScorer:
-    """An exported program (`muse-rec export`); history length fixed, B in its exported range."""
+    """An exported program (`muse-rec export`); history length fixed, any B from 1 to its maximum."""
 
     def __init__(self, exported_dir: str) -> None:
         self.manifest = read_manifest(exported_dir)
         self.program = load_program(exported_dir)
-        self.needs_scl = False  # the program holds the SCL table and looks the history up
+        # Programs of SCL models take the history's SCL vectors (prefetched into the cache).
+        self.needs_scl = "seq_scl" in self.manifest.get("inputs", {})
         self.fixed_len: Optional[int] = int(self.manifest["seq_len"])
         self.min_len = self.fixed_len
-        self.min_candidates = int(self.manifest["min_candidates"])
+        if int(self.manifest["min_candidates"]) > 1:
+            raise ExportError(f"{exported_dir}: exported by an older muse-rec for at least "
+                              f"{self.manifest['min_candidates']} candidates; re-export it (`muse-rec export`)")
         self.max_candidates: Optional[int] = int(self.manifest["max_candidates"])
 
     @torch.no_grad()
     def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
-        n = items.shape[0]
-        if n < self.min_candidates:  # repeat the last candidate; its extra scores are dropped
-            pad = self.min_candidates - n
-            items = torch.cat([items, items[-1:].expand(pad)])
-            cats = torch.cat([cats, cats[-1:].expand(pad)])
-            attrs = torch.cat([attrs, attrs[-1:].expand(pad, -1)])
-        out = self.program(ctx.seq_items, ctx.seq_cats, ctx.seq_length, ctx.user_fields, items, cats, attrs)
-        return out[:n]
+        extra = (ctx.seq_scl,) if self.needs_scl else ()
+        return self.program(ctx.seq_items, ctx.seq_cats, ctx.seq_length, ctx.user_fields, items, cats, attrs, *extra)
 
 
 Scorer = Union[FloatScorer, ExportedScorer]
+
+
+def score_in_batches(scorer: "Scorer", ctx: UserContext, items: torch.Tensor, cats: torch.Tensor,
+                     attrs: torch.Tensor, max_batch: int) -> torch.Tensor:
+    """Scores ``[C]`` of C candidates, ``max_batch`` per forward (bounds the ``[B, chunk]`` GSU scores)."""
+    return torch.cat([scorer(ctx, items[i:i + max_batch], cats[i:i + max_batch], attrs[i:i + max_batch])
+                      for i in range(0, items.shape[0], max_batch)])
 
 
 class Ranker:
@@ -238,9 +242,7 @@ class Ranker:
 
     def _score(self, ctx: UserContext, cand: Dict[str, np.ndarray]) -> np.ndarray:
         items, cats, attrs = (torch.from_numpy(cand[k]) for k in ("items", "cats", "attrs"))
-        out = [self.scorer(ctx, items[i:i + self.max_batch], cats[i:i + self.max_batch], attrs[i:i + self.max_batch])
-               for i in range(0, items.shape[0], self.max_batch)]
-        scores = torch.cat(out).float().numpy()
+        scores = score_in_batches(self.scorer, ctx, items, cats, attrs, self.max_batch).float().numpy()
         if not np.all(np.isfinite(scores)):  # never hand out a silent wrong score
             raise RuntimeError(f"user {ctx.user}: the model produced non-finite scores")
         return scores
