@@ -9,7 +9,13 @@ max RSS) and the prepared output size. Memory is bounded by ``--batch-rows`` and
 partition size, not by the input: the peaks should stay flat while rows grow 16x.
 
     python benchmarks/bench_scale.py --quick              # CI: three tiny sizes, seconds
-    python benchmarks/bench_scale.py --sizes 64,16,4      # the table in docs/benchmarks.md
+    python benchmarks/bench_scale.py --sizes 128,64,16    # the table in docs/benchmarks.md
+    python benchmarks/bench_scale.py --plan-check 30000000 --world-sizes 2,1   # memory vs plan
+
+``--plan-check ITEMS`` shards specs/taobao_mm_full/muse.yaml (exact row-wise Adagrad, the CPU
+optimizer) with an ITEMS-row item table and an ITEMS-row frozen fp16 SCL table on 1..N gloo
+ranks and compares each rank's measured table bytes and RSS with `muse-rec plan`'s prediction
+(`muse_rec.distributed.plan_measure`).
 
 Writes ``OUT/bench_scale.json`` and prints a Markdown table.
 """
@@ -118,7 +124,8 @@ def bench_size(label: str, raw: Path, out: Path, synth: List[str], batch_rows: i
     behaviours = sum(meta["splits"][s]["behaviours"] for s in meta["splits"])
     return {
         "size": label, "synth_flags": synth, "raw_bytes": _du_bytes(raw), "raw_rows": rows,
-        "behaviours": behaviours, "items": meta["vocab_sizes"]["item"] - 1, "users": meta["splits"]["train"]["user_rows"],
+        "behaviours": behaviours, "items": meta["vocab_sizes"]["item"] - 1,
+        "users": meta["splits"]["train"]["user_rows"],
         "samples": sum(meta["splits"][s]["samples"] for s in meta["splits"]),
         # Per CPU-second too: on a shared machine wall time depends on the other jobs' load.
         "prepare": {**prep, "rows_per_s": rows / prep["seconds"], "behaviours_per_s": behaviours / prep["seconds"],
@@ -136,11 +143,36 @@ def markdown(results: List[Dict[str, object]]) -> str:
     for r in results:
         p = r["prepare"]
         lines.append(f"| {r['size']} | {r['items']:,} | {r['users']:,} | {r['behaviours']:,} | "
-                     f"{r['raw_bytes'] / 1e9:.2f} | {p['seconds']:.0f} | {p['cpu_seconds']:.0f} | {p['rows_per_s']:,.0f} | "
-                     f"{p['behaviours_per_s']:,.0f} | {p['behaviours_per_cpu_s']:,.0f} | {p['peak_rss_anon_mib']:.0f} | "
+                     f"{r['raw_bytes'] / 1e9:.2f} | {p['seconds']:.0f} | {p['cpu_seconds']:.0f} | "
+                     f"{p['rows_per_s']:,.0f} | {p['behaviours_per_s']:,.0f} | {p['behaviours_per_cpu_s']:,.0f} | "
+                     f"{p['peak_rss_anon_mib']:.0f} | "
                      f"{p['peak_rss_total_mib']:.0f} | "
                      f"{p['output_bytes'] / 1e9:.2f} |")
     return head + "\n".join(lines) + "\n"
+
+
+PLAN_SPEC = "specs/taobao_mm_full/muse.yaml"
+PLAN_SET = ["train.sparse_optimizer.name=exact_row_wise_adagrad"]
+
+
+def plan_check(items: int, world_sizes: List[int]) -> List[Dict[str, object]]:
+    """Planned vs measured per-rank memory of the full spec with `items` item rows."""
+    from muse_rec.distributed.plan_measure import compare
+
+    # Small tables at the 1/4 scale preset's counts (they are < 1% of the bytes).
+    sizes = {"item": items + 1, "category": 2501, "user_id": 250001, "user_f1": 9, "user_f2": 4, "user_f3": 41,
+             "user_f4": 5001, "user_f5": 9, "item_f213": 250001, "item_f214": 13}
+    out = []
+    for ws in world_sizes:
+        t0 = time.perf_counter()
+        rows = compare(PLAN_SPEC, sizes, ws, PLAN_SET)
+        out.append({"items": items, "world_size": ws, "seconds": time.perf_counter() - t0, "ranks": rows})
+        for r in rows:
+            print(f"[bench_scale] plan check {ws} rank(s), rank {r['rank']}: tables planned "
+                  f"{r['planned_table_bytes'] / 2**30:.3f} GiB, measured {r['measured_table_bytes'] / 2**30:.3f} GiB; "
+                  f"plan DDR {r['planned_ddr_bytes'] / 2**30:.3f} GiB, RSS anon added "
+                  f"{r['measured_rss_anon_delta_bytes'] / 2**30:.3f} GiB", flush=True)
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -150,9 +182,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--data", default=str(REPO / "data" / "bench_scale"), help="raw releases are cached here")
     ap.add_argument("--out", default=str(REPO / "data" / "bench_scale" / "results"), help="results directory")
     ap.add_argument("--batch-rows", type=int, default=4096, help="prepare --batch-rows")
+    ap.add_argument("--plan-check", type=int, default=0, metavar="ITEMS",
+                    help="instead: per-rank memory of the sharded full spec with ITEMS items vs the plan")
+    ap.add_argument("--world-sizes", default="1,2", help="gloo world sizes of --plan-check")
     args = ap.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.plan_check:
+        res = plan_check(args.plan_check, [int(x) for x in args.world_sizes.split(",")])
+        (out / f"plan_check_{args.plan_check}.json").write_text(json.dumps(res, indent=2) + "\n")
+        return 0
     results = []
     if args.quick:
         sizes = [(f"quick x{m}", m) for m in (1, 2, 4)]

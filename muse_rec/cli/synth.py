@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"synthetic Taobao-MM ({args.preset}, streamed, seed {cfg.seed}) -> {args.out}  [{m['seconds']:.1f} s]")
         print(f"  train: {st['train_samples']:,} samples, {st['train_user_rows']:,} users, "
               f"{st['train_behaviours']:,} behaviours (longest {st['max_seq_len_written']})")
-        print(f"  test:  {st['test_samples']:,} samples, {st['test_user_rows']:,} users, {st['test_behaviours']:,} behaviours")
+        print(f"  test:  {st['test_samples']:,} samples, {st['test_user_rows']:,} users, "
+              f"{st['test_behaviours']:,} behaviours")
         print(f"  items: {st['item_features_rows']:,} item_features rows, {st['scl_rows']:,} SCL rows")
         print(f"  ceiling test GAUC (true click model): {m['truth']['test']['gauc']:.4f}")
         print(f"next: muse-rec prepare {args.out} PREPARED")

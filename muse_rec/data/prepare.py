@@ -75,7 +75,7 @@ class PrepareConfig:
     batch_rows: int = 4_096
     partition_bits: int = 8
     spill_buffer_bytes: int = 16 << 20
-    partition_bytes: int = 128 << 20
+    partition_bytes: int = 32 << 20
     progress: bool = True
 
     def validate(self) -> None:

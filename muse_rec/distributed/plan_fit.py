@@ -93,7 +93,8 @@ def attempt(module: nn.Module, setup: PlanSetup, world_size: int,
             sharders: Sequence[ModuleSharder[nn.Module]], verbose: bool = False) -> Attempt:
     """Plan `module` on `setup` at `world_size`; a planner failure becomes ``Attempt.error``."""
     try:
-        report = plan_report(module, setup.topology(world_size), sharders, setup.constraints(module, world_size), verbose)
+        report = plan_report(module, setup.topology(world_size), sharders, setup.constraints(module, world_size),
+                             verbose)
     except PlannerError as e:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         return Attempt(world_size, None, f"TorchRec planner: {first}")
