@@ -5,8 +5,9 @@ as training does, and prints per table rows, dim, dtype, sharding type, kernel, 
 and fused-optimizer bytes; per rank HBM and DDR; totals; optionally a what-if table over world
 sizes. When nothing fits it says which tables, how big, and what would fit (exit status 1).
 
-Table sizes come from ``data.vocab_sizes`` of the spec, else from the prepared data at
-``data.prepared``. See docs/plan.md.
+Table sizes come from ``--prepared PATH`` (the counts `muse-rec prepare` recorded in its
+meta.json), else ``data.vocab_sizes`` of the spec, else the prepared data at ``data.prepared``.
+See docs/plan.md.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True, help="spec file, e.g. specs/taobao_mm_full/muse.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set train.sparse_optimizer.name=exact_row_wise_adagrad")
+    p.add_argument("--prepared", metavar="PATH", default=None,
+                   help="take every table's rows from this prepared set's meta.json (overrides data.vocab_sizes)")
     p.add_argument("--world-size", type=int, default=DEFAULT_WORLD_SIZE, help=f"ranks (default {DEFAULT_WORLD_SIZE})")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="compute device of the planned job (default cuda; planning itself runs on CPU)")
@@ -62,10 +65,35 @@ def parse_world_sizes(text: str) -> List[int]:
     return sorted(sizes)
 
 
-def resolve_vocab_sizes(spec, spec_path: str) -> Tuple[Dict[str, int], str]:
+def prepared_vocab_sizes(path: str) -> Dict[str, int]:
+    """``vocab_sizes`` recorded by `muse-rec prepare` in PATH/meta.json (rows incl. row 0).
+
+    Only meta.json is read: planning needs no array, so a prepared set can be planned from a copy
+    of its meta.json alone. Raises ValueError naming the file."""
+    import os
+
+    meta_path = os.path.join(path, "meta.json")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--prepared {path}: cannot read {meta_path} ({e}); run `muse-rec prepare` first") from None
+    sizes = meta.get("vocab_sizes") if isinstance(meta, dict) else None
+    if not isinstance(sizes, dict) or not all(isinstance(v, int) and v >= 1 for v in sizes.values()):
+        raise ValueError(f"--prepared {path}: {meta_path} has no valid vocab_sizes")
+    return dict(sizes)
+
+
+def resolve_vocab_sizes(spec, spec_path: str, prepared: str = "") -> Tuple[Dict[str, int], str]:
     """Rows per table (row 0 included) and where they came from; raises ValueError naming the key."""
     from muse_rec.models.sparse_arch import REQUIRED_TABLES
 
+    if prepared:
+        sizes = prepared_vocab_sizes(prepared)
+        missing = [t for t in REQUIRED_TABLES if t not in sizes]
+        if missing:
+            raise ValueError(f"--prepared {prepared}: meta.json vocab_sizes lacks {missing}")
+        return sizes, f"{prepared}/meta.json (--prepared)"
     if spec.data.vocab_sizes:
         sizes, source = dict(spec.data.vocab_sizes), f"{spec_path}: data.vocab_sizes"
         missing = [t for t in REQUIRED_TABLES if t not in sizes]
@@ -114,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--hbm-gib and --ddr-gib must be > 0")
         world_sizes = parse_world_sizes(args.what_if) if args.what_if else []
         spec = load_spec(args.spec, args.set)
-        sizes, source = resolve_vocab_sizes(spec, args.spec)
+        sizes, source = resolve_vocab_sizes(spec, args.spec, args.prepared or "")
         opt = spec.train.sparse_optimizer
         try:
             sharders = make_sharders(FusedOptimizerConfig(name=opt.name, learning_rate=opt.lr, eps=opt.eps,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
@@ -19,20 +20,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-rows", type=int, default=d.batch_rows, help="rows per decoded record batch")
     p.add_argument("--partition-bits", type=int, default=d.partition_bits,
                    help="external sort uses 2**bits spill partitions (more = less memory per partition)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an OUT that holds a different prepared dataset (otherwise refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print meta.json to stdout when done")
 
 
+def _os_error(e: OSError, out: str) -> str:
+    """One line for an OS error while preparing: what failed, on which path."""
+    where = e.filename or out
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device writing {where}; the previous output in {out} (if any) is "
+                "untouched, free space and run again (finished steps are kept)")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where}: {e.strerror} (OUT must be a writable directory)"
+    return f"{where}: {e.strerror or e}"
+
+
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.data.prepare import PrepareConfig, prepare
+    from muse_rec.data.prepare import DifferentDatasetError, PrepareConfig, prepare
     from muse_rec.data.schema import RawDataError
 
-    cfg = PrepareConfig(vocab=args.vocab, batch_rows=args.batch_rows, partition_bits=args.partition_bits,
-                        progress=not args.no_progress)
     try:
-        meta = prepare(args.raw, args.out, cfg)
+        cfg = PrepareConfig(vocab=args.vocab, batch_rows=args.batch_rows, partition_bits=args.partition_bits,
+                            progress=not args.no_progress)
+        cfg.validate()
+    except ValueError as e:
+        print(f"muse-rec prepare: {e}", file=sys.stderr)
+        return 2
+    try:
+        meta = prepare(args.raw, args.out, cfg, overwrite=args.overwrite)
     except RawDataError as e:
         print(f"muse-rec prepare: bad input: {e}", file=sys.stderr)
+        return 2
+    except DifferentDatasetError as e:
+        print(f"muse-rec prepare: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"muse-rec prepare: {_os_error(e, args.out)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(meta, indent=2, sort_keys=True))

@@ -28,7 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("out", metavar="OUT", help="output directory (created; release tables in it are overwritten)")
     p.add_argument("--preset", choices=SynthConfig.PRESETS, default="demo",
-                   help="size preset: tiny (unit tests), demo (README demo, ~50k train samples), medium (~5x demo)")
+                   help="size preset: tiny (unit tests), demo (README demo, ~50k train samples), medium (~5x demo), "
+                        "scale (release-shaped, streamed in bounded memory: 30M items, 1M users, ~11M train samples)")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="train impressions wanted: sets --samples-per-user to N / users (scale preset: ~11M)")
     p.add_argument("--no-diagnostics", action="store_true",
                    help="skip the oracle GAUC diagnostics written to the manifest")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -51,7 +54,13 @@ def config_from_args(args: argparse.Namespace):
         v = getattr(args, f"knob_{f.name}", None)
         if v is not None:
             overrides[f.name] = v
-    return SynthConfig.preset(args.preset).replace(**overrides)
+    cfg = SynthConfig.preset(args.preset).replace(**overrides)
+    samples = getattr(args, "samples", None)
+    if samples is not None:
+        if samples < cfg.users:
+            raise ValueError(f"--samples {samples} must be >= --users {cfg.users} (every user has an impression)")
+        cfg = cfg.replace(samples_per_user=samples / cfg.users)
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,8 +72,26 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, KeyError) as e:
         print(f"muse-rec synth: {e}", file=sys.stderr)
         return 2
-    m = write_synthetic_release(args.out, cfg, progress=not args.quiet,
-                                diagnostics=False if args.no_diagnostics else None)
+    try:
+        m = write_synthetic_release(args.out, cfg, progress=not args.quiet,
+                                    diagnostics=False if args.no_diagnostics else None)
+    except (NotADirectoryError, PermissionError) as e:
+        print(f"muse-rec synth: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk: nothing was published (tables are staged, then renamed)
+        print(f"muse-rec synth: cannot write {args.out}: {e.strerror or e} (nothing was published)", file=sys.stderr)
+        return 2
+    if cfg.writer == "stream" and not args.json:
+        st = m["stats"]
+        print(f"synthetic Taobao-MM ({args.preset}, streamed, seed {cfg.seed}) -> {args.out}  [{m['seconds']:.1f} s]")
+        print(f"  train: {st['train_samples']:,} samples, {st['train_user_rows']:,} users, "
+              f"{st['train_behaviours']:,} behaviours (longest {st['max_seq_len_written']})")
+        print(f"  test:  {st['test_samples']:,} samples, {st['test_user_rows']:,} users, "
+              f"{st['test_behaviours']:,} behaviours")
+        print(f"  items: {st['item_features_rows']:,} item_features rows, {st['scl_rows']:,} SCL rows")
+        print(f"  ceiling test GAUC (true click model): {m['truth']['test']['gauc']:.4f}")
+        print(f"next: muse-rec prepare {args.out} PREPARED")
+        return 0
     if args.json:
         print(json.dumps(m, indent=2, sort_keys=True))
         return 0

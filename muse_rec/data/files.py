@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 from typing import Any, Tuple
 
@@ -76,7 +77,10 @@ class NpyStreamWriter(_PublishOnExit):
         arr = np.ascontiguousarray(rows, dtype=self.dtype)
         if arr.shape[1:] != self.row_shape:
             raise ValueError(f"{self.path}: rows of shape {arr.shape[1:]}, expected {self.row_shape}")
-        self._f.write(arr.tobytes())
+        try:
+            self._f.write(arr.tobytes())
+        except OSError as e:  # e.g. ENOSPC: name the file (a bare write error names none)
+            raise OSError(e.errno, e.strerror, self._tmp) from e
         self.rows += int(arr.shape[0])
 
     def close(self) -> None:
@@ -117,6 +121,101 @@ class NpyMemmapWriter(_PublishOnExit):
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
 
+
+
+class PartitionedScatterWriter(_PublishOnExit):
+    """A `.npy` of known shape filled at random rows, in memory bounded by `partition_bytes`.
+
+    Why not a memory map: scattering rows in vocabulary order into a map of the whole array makes
+    every touched page resident (the SCL table of 243M items is 31 GB), and flushing it back
+    rewrites whole pages for 128-byte rows. Instead `put` appends ``(row, value)`` pairs to spill
+    files, one per range of ``partition_rows`` output rows; `close` then fills one partition at a
+    time in memory (zeros where nothing was put) and streams it to the output in order. Later puts
+    of a row win (mode ``"assign"``) or add up (mode ``"add"``).
+
+    Args:
+        path: final `.npy` path (published by `close`).
+        dtype, shape: of the output array; rows are ``shape[0]``.
+        spill_dir: scratch directory (created; removed by `close`).
+        partition_bytes: output bytes per partition (the peak memory of `close` is ~2-3x this).
+        buffer_bytes: pairs buffered in memory before they are appended to the spill files.
+        present_path: optionally also publish a bool `.npy` [rows] marking rows that got a put.
+        mode: ``"assign"`` or ``"add"``.
+    """
+
+    def __init__(self, path: str, dtype: np.dtype, shape: Tuple[int, ...], spill_dir: str,
+                 partition_bytes: int = 128 << 20, buffer_bytes: int = 64 << 20,
+                 present_path: str = "", mode: str = "assign") -> None:
+        if mode not in ("assign", "add"):
+            raise ValueError(f"mode {mode!r}: expected 'assign' or 'add'")
+        self.path, self.dtype, self.shape = path, np.dtype(dtype), tuple(shape)
+        self.row_shape = self.shape[1:]
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        self.partition_rows = max(1, partition_bytes // max(1, self.row_bytes))
+        self.partitions = max(1, -(-self.shape[0] // self.partition_rows))
+        self.spill_dir, self.present_path, self.mode = spill_dir, present_path, mode
+        self.buffer_bytes = buffer_bytes
+        os.makedirs(spill_dir, exist_ok=True)
+        self._pending: dict = {}
+        self._pending_bytes = 0
+
+    def _spill(self, p: int, kind: str) -> str:
+        return os.path.join(self.spill_dir, f"{p}.{kind}")
+
+    def put(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """rows [n] int in [0, shape[0]); values [n, *row_shape]."""
+        rows = np.asarray(rows, dtype=np.int64)
+        values = np.ascontiguousarray(values, dtype=self.dtype).reshape((rows.shape[0],) + self.row_shape)
+        part = rows // self.partition_rows
+        order = np.argsort(part, kind="stable")  # stable: a later put of a row stays later
+        part, rows, values = part[order], rows[order], values[order]
+        cuts = np.flatnonzero(np.diff(part)) + 1
+        for idx in np.split(np.arange(rows.shape[0]), cuts):
+            if idx.size:
+                self._pending.setdefault(int(part[idx[0]]), []).append((rows[idx], values[idx]))
+        self._pending_bytes += rows.nbytes + values.nbytes
+        if self._pending_bytes >= self.buffer_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        for p, pairs in self._pending.items():
+            try:
+                with open(self._spill(p, "rows"), "ab") as fr, open(self._spill(p, "vals"), "ab") as fv:
+                    for r, v in pairs:
+                        fr.write(r.tobytes())
+                        fv.write(v.tobytes())
+            except OSError as e:
+                raise OSError(e.errno, e.strerror, e.filename or self._spill(p, "vals")) from e
+        self._pending, self._pending_bytes = {}, 0
+
+    def close(self) -> None:
+        """Fill each partition from its spill files and stream it to `path` (and `present_path`)."""
+        self._flush()
+        present = NpyStreamWriter(self.present_path, np.bool_) if self.present_path else None
+        with NpyStreamWriter(self.path, self.dtype, self.row_shape) as out:
+            for p in range(self.partitions):
+                lo = p * self.partition_rows
+                hi = min(self.shape[0], lo + self.partition_rows)
+                block = np.zeros((hi - lo,) + self.row_shape, self.dtype)
+                touched = np.zeros(hi - lo, np.bool_)
+                if os.path.exists(self._spill(p, "rows")):
+                    rows = np.fromfile(self._spill(p, "rows"), np.int64) - lo
+                    vals = np.fromfile(self._spill(p, "vals"), self.dtype).reshape((rows.shape[0],) + self.row_shape)
+                    if self.mode == "add":
+                        np.add.at(block, rows, vals)
+                    else:
+                        block[rows] = vals  # numpy assigns in order: the last put of a row wins
+                    touched[rows] = True
+                    del rows, vals
+                out.append(block)
+                if present is not None:
+                    present.append(touched)
+        if present is not None:
+            present.close()
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
 
 
 def save_npy(path: str, arr: np.ndarray) -> None:

@@ -13,6 +13,7 @@ See docs/data.md for the layout and the memory bound.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from muse_rec.data import schema as S
-from muse_rec.data.files import NpyMemmapWriter, NpyStreamWriter, save_npy, write_json
+from muse_rec.data.files import NpyStreamWriter, PartitionedScatterWriter, save_npy, write_json
 from muse_rec.data.reader import RawRelease, RawTable
 from muse_rec.data.vocab import SortedKeyBuilder, Vocab
 
@@ -65,6 +66,8 @@ class PrepareConfig:
             for user-feature tables).
         partition_bits: external-sort partitions = 2**partition_bits.
         spill_buffer_bytes: per vocabulary, ids buffered before appending to spill files.
+        partition_bytes: output bytes per partition of the per-item arrays (SCL, attributes,
+            popularity), which are filled by external partitioning, not a memory map (files.py).
         progress: show tqdm bars.
     """
 
@@ -72,7 +75,23 @@ class PrepareConfig:
     batch_rows: int = 4_096
     partition_bits: int = 8
     spill_buffer_bytes: int = 16 << 20
+    partition_bytes: int = 32 << 20
     progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first knob out of range (CLI flag names)."""
+        if self.vocab not in VOCAB_MODES:
+            raise ValueError(f"--vocab {self.vocab!r}: vocab mode must be one of {VOCAB_MODES}")
+        if self.batch_rows < 1:
+            raise ValueError(f"--batch-rows {self.batch_rows}: must be >= 1")
+        if not 0 <= self.partition_bits <= 16:
+            raise ValueError(f"--partition-bits {self.partition_bits}: must be in [0, 16]")
+        if self.partition_bytes < 1 or self.spill_buffer_bytes < 1:
+            raise ValueError("partition_bytes and spill_buffer_bytes must be >= 1")
+
+
+class DifferentDatasetError(ValueError):
+    """OUT already holds a prepared dataset of other inputs (or another vocabulary mode)."""
 
 
 def _flat(batch: pa.RecordBatch, col: str) -> np.ndarray:
@@ -160,25 +179,26 @@ class _Prepare:
         items = self.vocab("item")
         n = items.size
         vocabs = [self.vocab("category")] + [self.vocab(v) for v in ITEM_ATTR_VOCABS.values()]
-        with NpyMemmapWriter(self.path("items", "attrs.npy"), np.int32, (n, len(ITEM_ATTR_COLUMNS))) as w:
+        part = self.cfg.partition_bytes
+        with PartitionedScatterWriter(self.path("items", "attrs.npy"), np.int32, (n, len(ITEM_ATTR_COLUMNS)),
+                                      self.path("spill", "attrs"), part) as w:
             for batch in self.batches("item_features", [S.ITEM, S.ITEM_CAT, *S.ITEM_ATTRS]):
                 rows = items.rows(_flat(batch, S.ITEM))
                 keep = rows > 0
                 cols = [S.ITEM_CAT, *S.ITEM_ATTRS]
                 vals = np.stack([v.rows(_flat(batch, c)) for v, c in zip(vocabs, cols)], axis=1)
-                w.array[rows[keep]] = vals[keep]
-        covered = 0
-        with NpyMemmapWriter(self.path("items", "scl.npy"), np.int8, (n, S.SCL_DIM)) as w, \
-                NpyMemmapWriter(self.path("items", "scl_present.npy"), np.bool_, (n,)) as present:
+                w.put(rows[keep], vals[keep])
+        # Row 0 (padding / unknown) is never put: it stays a zero vector and "not present".
+        with PartitionedScatterWriter(self.path("items", "scl.npy"), np.int8, (n, S.SCL_DIM),
+                                      self.path("spill", "scl"), part,
+                                      present_path=self.path("items", "scl_present.npy")) as w:
             for batch in self.batches("scl", [S.ITEM, S.SCL_VECTOR]):
                 rows = items.rows(_flat(batch, S.ITEM))
                 vecs = _flat(batch, S.SCL_VECTOR).astype(np.int8).reshape(-1, S.SCL_DIM)
                 keep = rows > 0
-                w.array[rows[keep]] = vecs[keep]
-                present.array[rows[keep]] = True
-            present.array[0] = False  # row 0 stays a zero vector: padding / unknown
-            w.array[0] = 0
-            covered = int(present.array.sum())
+                w.put(rows[keep], vecs[keep])
+        present = np.load(self.path("items", "scl_present.npy"), mmap_mode="r")
+        covered = sum(int(np.count_nonzero(present[lo:lo + (1 << 24)])) for lo in range(0, n, 1 << 24))
         return {"items": n - 1, "items_with_scl": covered}
 
     def step_users(self, split: str) -> Dict[str, object]:
@@ -266,11 +286,13 @@ class _Prepare:
         n = self.vocab("item").size
         targets = np.load(self.path("train", "sample_items.npy"), mmap_mode="r")
         chunk = self.cfg.batch_rows * 64
-        with NpyMemmapWriter(self.path("items", "popularity.npy"), np.int64, (n,)) as w:
+        with PartitionedScatterWriter(self.path("items", "popularity.npy"), np.int64, (n,),
+                                      self.path("spill", "popularity"), self.cfg.partition_bytes, mode="add") as w:
             for lo in range(0, targets.shape[0], chunk):
                 rows, counts = np.unique(np.asarray(targets[lo:lo + chunk]), return_counts=True)
-                w.array[rows] += counts
-            distinct = int((w.array[1:] > 0).sum())
+                w.put(rows, counts)
+        pop = np.load(self.path("items", "popularity.npy"), mmap_mode="r")
+        distinct = sum(int(np.count_nonzero(pop[max(lo, 1):lo + (1 << 24)])) for lo in range(0, n, 1 << 24))
         return {"distinct_train_targets": distinct}
 
     # ---- publish ----------------------------------------------------------------------------
@@ -313,19 +335,40 @@ class _Prepare:
         shutil.rmtree(self.build)
 
 
-def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig()) -> Dict[str, object]:
-    """Prepare the raw release at `raw` (any iopath path) into local directory `out`; return meta.json."""
-    if cfg.vocab not in VOCAB_MODES:
-        raise ValueError(f"vocab mode {cfg.vocab!r}: expected one of {VOCAB_MODES}")
+def _check_out(out: str) -> None:
+    """OUT must be a writable directory (created if missing); raises OSError naming the path."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", out)
+    os.makedirs(out, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "permission denied", out)
+
+
+def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite: bool = False) -> Dict[str, object]:
+    """Prepare the raw release at `raw` (any iopath path) into local directory `out`; return meta.json.
+
+    An `out` holding a prepared dataset of other inputs is refused (DifferentDatasetError) unless
+    `overwrite`; the same inputs resume or return the finished result.
+    """
+    cfg.validate()
     with RawRelease(raw) as release:  # opens and schema-checks all six tables before any work
         job = _Prepare(release, out, cfg)
+        _check_out(out)
         meta_path = os.path.join(out, "meta.json")
         if os.path.exists(meta_path):
-            with open(meta_path, encoding="utf-8") as f:
-                old = json.load(f)
+            try:
+                with open(meta_path, encoding="utf-8") as f:
+                    old = json.load(f)
+            except (OSError, ValueError):
+                old = {}
             if old.get("fingerprint") == job.fingerprint and all(
                     os.path.exists(os.path.join(out, r)) for r in old.get("files", [])):
                 return old
+            if old.get("fingerprint") != job.fingerprint and not overwrite:
+                raise DifferentDatasetError(
+                    f"{out} already holds a different prepared dataset (from {old.get('source', '?')}, "
+                    f"vocab {old.get('vocab_mode', '?')}, fingerprint {old.get('fingerprint', '?')}); "
+                    "pass --overwrite to replace it or choose another OUT")
         os.makedirs(job.build, exist_ok=True)
         stats: Dict[str, Dict[str, object]] = {}
         stats["vocab"] = job.run_step("vocab", job.step_vocab)

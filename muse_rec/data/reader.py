@@ -19,6 +19,11 @@ from iopath.common.file_io import NativePathHandler, g_pathmgr
 from muse_rec.data.schema import TABLES, RawDataError, TableSpec, check_batch, check_schema, raw_error
 
 DEFAULT_BATCH_ROWS = 65_536
+# Bytes of a column chunk read ahead at a time. Without a buffer size (and with pre-buffering),
+# pyarrow reads whole column chunks of a row group into memory, so memory grew with the
+# writer's row-group size (a 1M-row row group of 1000-long histories is GBs); with it, memory is
+# bounded by the batch of rows decoded (measured: tests/data/test_reader_memory.py).
+READ_BUFFER_BYTES = 1 << 20
 FILE_URI_PREFIX = "file://"
 
 
@@ -61,9 +66,11 @@ class RawTable:
         self.spec = spec
         if not g_pathmgr.exists(path):
             raise raw_error(path, f"file not found (table {spec.name})")
+        if g_pathmgr.isdir(path):
+            raise raw_error(path, f"is a directory, expected the Parquet file of table {spec.name}")
         self._fh = g_pathmgr.open(path, "rb")
         try:
-            self._pf = pq.ParquetFile(self._fh)
+            self._pf = pq.ParquetFile(self._fh, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
         except (pa.ArrowException, OSError) as e:
             self._fh.close()
             raise raw_error(path, f"not a readable Parquet file (truncated or corrupt?): {e}") from e

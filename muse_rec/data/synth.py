@@ -60,6 +60,10 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
         ``{"format", "version", "config", "files", "stats", "truth", "diagnostics", "seconds"}``.
     """
     cfg.validate()
+    if cfg.writer == "stream":
+        from muse_rec.data.synth_stream import write_streamed_release
+
+        return write_streamed_release(out_dir, cfg, progress=progress)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(f"synth output {out_dir!r} exists and is not a directory")
     os.makedirs(out_dir, exist_ok=True)

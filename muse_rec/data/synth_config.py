@@ -74,12 +74,18 @@ class SynthConfig:
     row_group_rows: int = _knob(65536, "Parquet row-group size of the sample and item tables")
     user_row_group_rows: int = _knob(2048, "Parquet row-group size of the user-feature tables (long lists)")
     diagnostics_max_users: int = _knob(3000, "test users scored by the oracle diagnostics written to the manifest (0 = skip)")
+    writer: str = _knob("memory", "'memory': build the world in memory, write each table at once (<= a few M items); "
+                        "'stream': bounded memory, one row group at a time, every catalogue item in item_features "
+                        "and the SCL table (muse_rec.data.synth_stream; the scale preset)")
 
-    PRESETS = ("tiny", "demo", "medium")
+    PRESETS = ("tiny", "demo", "medium", "scale")
+    WRITERS = ("memory", "stream")
 
     @classmethod
     def preset(cls, name: str) -> "SynthConfig":
-        """`tiny` (unit tests, < 1 s), `demo` (README demo, ~50k train samples), `medium` (~5x demo)."""
+        """`tiny` (unit tests, < 1 s), `demo` (README demo, ~50k train samples), `medium` (~5x demo),
+        `scale` (release-shaped, streamed: 30M items, 1M users with histories up to 1000, ~11M train
+        impressions; about 20 GB of Parquet)."""
         if name == "demo":
             return cls()
         if name == "tiny":
@@ -88,6 +94,12 @@ class SynthConfig:
                        diagnostics_max_users=0)
         if name == "medium":
             return cls(users=22500, items=150000, categories=800, clusters=5000)
+        if name == "scale":
+            # Row groups as a writer's default makes them (~1M rows; 32k users = ~300 MB of ids per
+            # user-feature row group): prepare must cope with large row groups.
+            return cls(users=1_000_000, items=30_000_000, categories=10_000, clusters=250_000,
+                       row_group_rows=1 << 20, user_row_group_rows=32_768, diagnostics_max_users=0,
+                       writer="stream")
         raise ValueError(f"unknown synth preset '{name}' (choose from {', '.join(cls.PRESETS)})")
 
     def replace(self, **overrides: Any) -> "SynthConfig":
@@ -114,6 +126,7 @@ class SynthConfig:
         need(self.items >= self.clusters, f"items={self.items} must be >= clusters={self.clusters}")
         need(1 <= self.min_seq_len <= self.max_seq_len,
              f"need 1 <= min_seq_len={self.min_seq_len} <= max_seq_len={self.max_seq_len}")
+        need(self.writer in self.WRITERS, f"writer={self.writer!r} must be one of {self.WRITERS}")
         need(self.samples_per_user >= 1, f"samples_per_user={self.samples_per_user} must be >= 1")
         need(self.scl_dim >= 2, f"scl_dim={self.scl_dim} must be >= 2")
         need(self.max_long_interests >= 1, f"max_long_interests={self.max_long_interests} must be >= 1")

@@ -23,8 +23,9 @@ Generative story (the structure the models are meant to discover):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -36,6 +37,10 @@ USER_FIELD_VOCAB = (8, 3, 40, 0, 8)
 USER_GROUP_EFFECT_STD = 0.3  # logit effect of the 130_1 group on click propensity
 _INTERCEPT_BRACKET = (-30.0, 30.0)
 _CHUNK = 65536  # samples per block when gathering [n, D] vectors
+# Items per independently seeded block of SCL vectors in the streaming world (`item_vector_block`):
+# any block can be regenerated alone, so 30M+ item vectors never need to sit in memory at once.
+VECTOR_BLOCK = 262_144
+_VECTOR_STAGE = 10
 
 
 def stage_rng(cfg: SynthConfig, stage: int) -> np.random.Generator:
@@ -68,7 +73,8 @@ class Catalogue:
     cluster_cdf: np.ndarray  # [C] float64 cumulative cluster popularity (ends at 1)
     item_cluster: np.ndarray  # [I] int64, items are contiguous blocks per cluster
     item_category: np.ndarray  # [I] int64
-    item_vec: np.ndarray  # [I, D] float32 unit SCL vectors (before int8 quantisation)
+    item_vec: Optional[np.ndarray]  # [I, D] float32 unit SCL vectors (before int8 quantisation);
+    # None in the streaming world, where `item_vector_block` regenerates any block on demand
     item_key: np.ndarray  # [I] float64 cluster + within-cluster Zipf CDF, for sampling
     item_bias: np.ndarray  # [I] float32 logit
     item_shop: np.ndarray  # [I] int64 attribute 213 value index
@@ -94,7 +100,29 @@ class Catalogue:
         return np.minimum(idx, self.cluster_cdf.shape[0] - 1).astype(np.int64)
 
 
-def build_catalogue(cfg: SynthConfig) -> Catalogue:
+def scl_vectors(cfg: SynthConfig, centre: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Item SCL vectors [n, D]: ``normalise(centre + item_noise * noise)``; `centre` [n, D] is each
+    item's cluster centroid, `noise` [n, D] a unit Gaussian scaled by 1/sqrt(D) (norm ~1), so
+    item_noise is the noise-to-signal norm ratio."""
+    return unit_rows(centre + np.float32(cfg.item_noise) * noise)
+
+
+def _unit_noise(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    return rng.standard_normal((n, d)).astype(np.float32) / np.float32(np.sqrt(d))
+
+
+def item_vector_block(cfg: SynthConfig, cat: "Catalogue", block: int) -> np.ndarray:
+    """SCL vectors [n, D] of items ``[block * VECTOR_BLOCK, ...)`` of a streaming catalogue, drawn
+    from the block's own stream so each block is regenerated identically on every call."""
+    lo = block * VECTOR_BLOCK
+    hi = min(cat.item_cluster.shape[0], lo + VECTOR_BLOCK)
+    noise = _unit_noise(np.random.default_rng([cfg.seed, _VECTOR_STAGE, block]), hi - lo, cfg.scl_dim)
+    return scl_vectors(cfg, cat.centroid[cat.item_cluster[lo:hi]], noise)
+
+
+def build_catalogue(cfg: SynthConfig, with_vectors: bool = True) -> Catalogue:
+    """The catalogue; ``with_vectors=False`` (streaming world) leaves ``item_vec`` None and skips its
+    [I, D] draw, so the later draws (and thus that world) differ from the in-memory one."""
     rng = stage_rng(cfg, 1)
     C, K, I, D = cfg.clusters, cfg.categories, cfg.items, cfg.scl_dim
     size_w = rng.lognormal(0.0, cfg.cluster_size_sigma, C)
@@ -113,9 +141,7 @@ def build_catalogue(cfg: SynthConfig) -> Catalogue:
     own_dir = unit_rows(rng.standard_normal((C, D)))
     w = cfg.category_semantic_weight
     centroid = unit_rows(np.sqrt(w) * cat_dir[primary] + np.sqrt(1.0 - w) * own_dir)
-    # g / sqrt(D) has norm ~1, so item_noise is the noise-to-signal norm ratio.
-    noise = rng.standard_normal((I, D)).astype(np.float32) / np.float32(np.sqrt(D))
-    item_vec = unit_rows(centroid[item_cluster] + np.float32(cfg.item_noise) * noise)
+    item_vec = scl_vectors(cfg, centroid[item_cluster], _unit_noise(rng, I, D)) if with_vectors else None
 
     multi = rng.random(C) < cfg.multi_category_fraction
     secondary = rng.integers(0, K, size=(C, cfg.secondary_categories))
@@ -174,6 +200,15 @@ class Users:
     def n_interests(self) -> np.ndarray:
         return np.diff(self.interest_offsets)
 
+    def slice(self, lo: int, hi: int) -> "Users":
+        """Users ``[lo, hi)`` re-indexed from 0 (the streaming writer builds histories chunk by chunk)."""
+        a, b = int(self.interest_offsets[lo]), int(self.interest_offsets[hi])
+        return dataclasses.replace(
+            self, n_train=int(np.clip(self.n_train - lo, 0, hi - lo)), in_test=self.in_test[lo:hi],
+            interest_offsets=self.interest_offsets[lo:hi + 1] - a, interest_cluster=self.interest_cluster[a:b],
+            interest_key=self.interest_key[a:b] - lo, recent=self.recent[lo:hi], bias=self.bias[lo:hi],
+            fields=self.fields[lo:hi], train_len=self.train_len[lo:hi], total_len=self.total_len[lo:hi])
+
 
 def build_users(cfg: SynthConfig, cat: Catalogue) -> Users:
     rng = stage_rng(cfg, 2)
@@ -228,14 +263,16 @@ def build_users(cfg: SynthConfig, cat: Catalogue) -> Users:
     )
 
 
-def build_timelines(cfg: SynthConfig, cat: Catalogue, users: Users) -> Tuple[np.ndarray, np.ndarray]:
-    """Every user's behaviour items up to the test snapshot, oldest -> newest.
+def build_timelines(cfg: SynthConfig, cat: Catalogue, users: Users,
+                    rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Every user's behaviour items up to the test snapshot, oldest -> newest (`rng`: the stream
+    to draw from; default the stage's own, the streaming writer passes one per user chunk).
 
     Returns:
         (offsets [U + 1], items [sum total_len] int64): user u's timeline is
         ``items[offsets[u]:offsets[u + 1]]``; the train snapshot is its first ``train_len[u]``.
     """
-    rng = stage_rng(cfg, 3)
+    rng = stage_rng(cfg, 3) if rng is None else rng
     U = users.n_users
     T = users.total_len
     offsets = np.concatenate([[0], np.cumsum(T)]).astype(np.int64)
@@ -292,22 +329,31 @@ def _draw_targets(cfg: SynthConfig, cat: Catalogue, users: Users, sample_user: n
     return cat.sample_items(np.choose(source, choices), rng)
 
 
+def affinities_of(cat: Catalogue, users: Users, u: np.ndarray, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(max cosine to the long-term centroids, cosine to the recent centroid), each [n], of users
+    `u` [n] and target vectors `v` [n, D]."""
+    n_int = users.n_interests()
+    aff_recent = np.einsum("nd,nd->n", v, cat.centroid[users.recent[u]]).astype(np.float32)
+    best = np.full(u.shape[0], -1.0, dtype=np.float32)
+    for m in range(int(n_int[u].max(initial=0))):
+        has = n_int[u] > m
+        c = users.interest_cluster[users.interest_offsets[u[has]] + m]
+        best[has] = np.maximum(best[has], np.einsum("nd,nd->n", v[has], cat.centroid[c]))
+    return best, aff_recent
+
+
 def _affinities(cat: Catalogue, users: Users, sample_user: np.ndarray, item: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(max cosine to the long-term centroids, cosine to the recent centroid), each [n]."""
+    """`affinities_of` for targets `item` [n] of an in-memory catalogue, in blocks of rows."""
     n = item.shape[0]
     aff_long = np.full(n, -1.0, dtype=np.float32)
     aff_recent = np.empty(n, dtype=np.float32)
-    n_int = users.n_interests()
     for lo in range(0, n, _CHUNK):
         sl = slice(lo, min(n, lo + _CHUNK))
-        u, v = sample_user[sl], cat.item_vec[item[sl]]
-        aff_recent[sl] = np.einsum("nd,nd->n", v, cat.centroid[users.recent[u]])
-        best = aff_long[sl]
-        for m in range(int(n_int[u].max(initial=0))):
-            has = n_int[u] > m
-            c = users.interest_cluster[users.interest_offsets[u[has]] + m]
-            best[has] = np.maximum(best[has], np.einsum("nd,nd->n", v[has], cat.centroid[c]))
+        aff_long[sl], aff_recent[sl] = affinities_of(cat, users, sample_user[sl], cat.item_vec[item[sl]])
     return aff_long, aff_recent
+
+
+Affinities = Callable[[Catalogue, Users, np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]
 
 
 def _solve_intercept(logit: np.ndarray, rate: float) -> float:
@@ -322,8 +368,10 @@ def _solve_intercept(logit: np.ndarray, rate: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def build_impressions(cfg: SynthConfig, cat: Catalogue, users: Users) -> Dict[str, Impressions]:
-    """Train impressions for every train user and test impressions for every test user."""
+def build_impressions(cfg: SynthConfig, cat: Catalogue, users: Users,
+                      affinities: Affinities = _affinities) -> Dict[str, Impressions]:
+    """Train impressions for every train user and test impressions for every test user
+    (`affinities`: how target vectors are found; the streaming world regenerates them by block)."""
     rng = stage_rng(cfg, 4)
     split_users = {"train": np.arange(users.n_train, dtype=np.int64),
                    "test": np.flatnonzero(users.in_test).astype(np.int64)}
@@ -333,7 +381,7 @@ def build_impressions(cfg: SynthConfig, cat: Catalogue, users: Users) -> Dict[st
         counts = 1 + rng.poisson(cfg.samples_per_user - 1.0, us.shape[0])
         su = np.repeat(us, counts)
         item = _draw_targets(cfg, cat, users, su, rng)
-        aff_long, aff_recent = _affinities(cat, users, su, item)
+        aff_long, aff_recent = affinities(cat, users, su, item)
         clean = cfg.long_weight * aff_long + cfg.recent_weight * aff_recent + users.bias[su] + cat.item_bias[item]
         noisy = clean + rng.normal(0.0, cfg.impression_noise_std, su.shape[0])
         parts[split] = (su, item, clean, noisy)

@@ -20,6 +20,7 @@ import numpy as np
 from muse_rec.data.files import NpyStreamWriter
 
 PADDING_ROW = 0
+DEDUP_MIN_IDS = 65_536  # `Vocab.rows` deduplicates lookups of more ids than this
 MISSING_ID = 0  # raw id meaning "no value" in the release
 _SIGN = np.uint64(1 << 63)
 
@@ -130,6 +131,15 @@ class Vocab:
         ids = np.asarray(ids, dtype=np.int64)
         if self.keys.shape[0] == 0:
             return np.zeros(ids.shape, dtype=np.int32)
+        if ids.size > DEDUP_MIN_IDS:
+            # Behaviour ids repeat (popular items): searching each distinct id once and scattering
+            # back is ~4x cheaper on 2.5M ids against 1.9M keys, and its cost barely grows with the
+            # vocabulary, where random binary searches miss the cache more as the key array grows.
+            distinct, inverse = np.unique(ids.reshape(-1), return_inverse=True)
+            return self._rows(distinct)[inverse.reshape(-1)].reshape(ids.shape)
+        return self._rows(ids)
+
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self.keys, ids)
         clipped = np.minimum(pos, self.keys.shape[0] - 1)
         found = np.asarray(self.keys[clipped.reshape(-1)]).reshape(ids.shape) == ids

@@ -22,7 +22,7 @@ from torchrec.distributed.planner.types import ParameterConstraints, PlannerErro
 from torchrec.distributed.types import ModuleSharder
 
 from muse_rec.distributed.plan_report import PlanReport, plan_report, usable_per_rank
-from muse_rec.distributed.planner import GiB, make_constraints, make_topology
+from muse_rec.distributed.planner import GiB, make_constraints, make_topology, training_constraints
 
 # Memory per rank of the "unbounded" topology used only to size tables without a real limit.
 _UNBOUNDED_BYTES = 1 << 60
@@ -50,9 +50,10 @@ class PlanSetup:
         return make_topology(world_size, self.compute_device, hbm_bytes_per_rank=self.hbm_bytes_per_rank,
                              ddr_bytes_per_rank=self.ddr_bytes_per_rank)
 
-    def constraints(self, module: nn.Module) -> Dict[str, ParameterConstraints]:
-        """`planner.make_constraints`, narrowed to the ``fused`` kernel when UVM is off."""
-        constraints = make_constraints(module)
+    def constraints(self, module: nn.Module, world_size: int = 1) -> Dict[str, ParameterConstraints]:
+        """Training's constraints at `world_size` (`planner.training_constraints`: a row-wise SCL
+        table on several ranks), narrowed to the ``fused`` kernel when UVM is off."""
+        constraints = training_constraints(module, world_size) or make_constraints(module)
         if not self.allow_uvm:
             for c in constraints.values():
                 c.compute_kernels = [EmbeddingComputeKernel.FUSED.value]
@@ -92,7 +93,8 @@ def attempt(module: nn.Module, setup: PlanSetup, world_size: int,
             sharders: Sequence[ModuleSharder[nn.Module]], verbose: bool = False) -> Attempt:
     """Plan `module` on `setup` at `world_size`; a planner failure becomes ``Attempt.error``."""
     try:
-        report = plan_report(module, setup.topology(world_size), sharders, setup.constraints(module), verbose)
+        report = plan_report(module, setup.topology(world_size), sharders, setup.constraints(module, world_size),
+                             verbose)
     except PlannerError as e:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         return Attempt(world_size, None, f"TorchRec planner: {first}")
@@ -280,7 +282,7 @@ def diagnose(build_model: ModelFactory, vocab_sizes: Mapping[str, int], setup: P
     ))
     total = sum(w + s for *_, w, s in tables)
     try:
-        hbm, ddr = usable_per_rank(module, setup.topology(world_size), sharders, setup.constraints(module))
+        hbm, ddr = usable_per_rank(module, setup.topology(world_size), sharders, setup.constraints(module, world_size))
     except PlannerError:  # the reservation alone exceeds the HBM cap
         hbm, ddr = 0, setup.topology(1).devices[0].storage.ddr
     if setup.compute_device != "cuda":

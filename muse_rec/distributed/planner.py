@@ -132,6 +132,18 @@ def make_constraints(
     return constraints
 
 
+def training_constraints(module: nn.Module, world_size: int) -> Optional[Dict[str, ParameterConstraints]]:
+    """The constraints training shards with: with several ranks the frozen SCL table is row-wise
+    (fp16 frozen lookups need it, docs/sharding.md); one rank: planner's choice (None).
+
+    `muse-rec plan` plans with the same, so its per-rank bytes are those of the training job."""
+    from muse_rec.models.frozen_scl import SCL_TABLE
+
+    if world_size > 1 and SCL_TABLE in embedding_tables(module):
+        return make_constraints(module, {SCL_TABLE: ["row_wise"]})
+    return None
+
+
 def make_plan(
     module: nn.Module,
     topology: Topology,

@@ -28,10 +28,9 @@ from muse_rec.data.loader import make_loader
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
-from muse_rec.distributed.planner import make_constraints
+from muse_rec.distributed.planner import training_constraints
 from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
 from muse_rec.models.ctr_model import build_train_model, is_frozen_key
-from muse_rec.models.frozen_scl import SCL_TABLE
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
 from muse_rec.training.evaluate import evaluate
@@ -230,7 +229,7 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
     # The frozen SCL lookups are the largest all-to-all of a step ([U*L, 128] per rank): send them
     # as fp16 (exact for the int8 values). TorchRec 1.8 returns correct fp16 lookups across ranks
     # only for row-wise tables (docs/sharding.md), so with several ranks the SCL table is row-wise.
-    constraints = make_constraints(model, {SCL_TABLE: ["row_wise"]}) if env.world_size > 1 else None
+    constraints = training_constraints(model, env.world_size)
     dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer, constraints=constraints,
                       frozen_output_dtype=SparseType.FP16)
     arch = dmp.module.model.sparse_arch

@@ -83,8 +83,8 @@ def test_bad_input_is_named_and_keeps_earlier_output(workspace, case: str) -> No
     table, edit, words = CASES[case]
     path = _rewrite(raw, table, edit)
     before = (out / "meta.json").read_text()
-    with pytest.raises(RawDataError) as err:
-        prepare(str(raw), str(out), CFG)
+    with pytest.raises(RawDataError) as err:  # edited inputs are another dataset: replacing needs overwrite
+        prepare(str(raw), str(out), CFG, overwrite=True)
     msg = str(err.value)
     assert str(path) in msg
     for w in words:
@@ -100,7 +100,7 @@ def test_truncated_parquet(workspace) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(RawDataError, match="truncated or corrupt"):
-        prepare(str(raw), str(out), CFG)
+        prepare(str(raw), str(out), CFG, overwrite=True)
     PreparedData(str(out))  # still valid
 
 
@@ -124,7 +124,7 @@ def test_cli_reports_bad_input(workspace, capsys: pytest.CaptureFixture) -> None
 
     raw, out = workspace
     _rewrite(raw, "train_samples", lambda t: _set_row(t, S.LABEL, 3, [0, 2]))
-    assert main(["prepare", str(raw), str(out), "--no-progress"]) == 2
+    assert main(["prepare", str(raw), str(out), "--no-progress", "--overwrite"]) == 2
     assert "not one-hot" in capsys.readouterr().err
 
 
@@ -149,7 +149,7 @@ def test_sample_without_user_row_gets_empty_history(workspace) -> None:
     orphan = 123_456_789  # a user with a train sample but no train_user_features row
     _rewrite(raw, "train_samples", lambda t: _set_row(t, S.USER, 0, orphan))
     with pytest.warns(UserWarning) as caught:
-        meta = prepare(str(raw), str(out), CFG)
+        meta = prepare(str(raw), str(out), CFG, overwrite=True)  # edited inputs: another dataset
     assert any("no row in train_user_features" in str(w.message) for w in caught)
     before = sum(1 for r in pq.read_table(raw / S.TABLES["train_samples"].file).column(S.USER).to_pylist()
                  if r == orphan)

@@ -75,9 +75,12 @@ def test_complete_output_is_not_recomputed_until_input_changes(raw: Path, tmp_pa
     with monkeypatch.context() as m:
         m.setattr(RawTable, "iter_batches", no_reading)
         assert P.prepare(str(raw), str(out), CFG) == first
-    # Another vocabulary mode is another output: recomputed.
+    # Another vocabulary mode is another output: refused without overwrite, then recomputed.
+    p90_cfg = P.PrepareConfig(**{**CFG.__dict__, "vocab": "p90"})
+    with pytest.raises(P.DifferentDatasetError, match="--overwrite"):
+        P.prepare(str(raw), str(out), p90_cfg)
     with pytest.warns(UserWarning):
-        p90 = P.prepare(str(raw), str(out), P.PrepareConfig(**{**CFG.__dict__, "vocab": "p90"}))
+        p90 = P.prepare(str(raw), str(out), p90_cfg, overwrite=True)
     assert p90["fingerprint"] != first["fingerprint"]
     assert p90["vocab_sizes"]["item"] < first["vocab_sizes"]["item"]
     # Touching an input (new mtime) changes the fingerprint, so it is recomputed.
@@ -85,7 +88,7 @@ def test_complete_output_is_not_recomputed_until_input_changes(raw: Path, tmp_pa
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     with pytest.warns(UserWarning):
-        again = P.prepare(str(raw), str(out), CFG)
+        again = P.prepare(str(raw), str(out), CFG, overwrite=True)
     assert again["fingerprint"] != first["fingerprint"]
 
 

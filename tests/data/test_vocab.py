@@ -71,3 +71,18 @@ def test_stream_writer_publishes_nothing_on_error(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="rows of shape"):
         NpyStreamWriter(str(path), np.int32, (4,)).append(np.zeros((2, 3)))
+
+
+def test_large_lookups_are_deduplicated_with_the_same_rows() -> None:
+    from muse_rec.data.vocab import DEDUP_MIN_IDS, Vocab
+
+    rng = np.random.default_rng(1)
+    keys = np.unique(rng.integers(-2**62, 2**62, 50_000))
+    v = Vocab(keys)
+    known = keys[rng.integers(0, keys.size, DEDUP_MIN_IDS)]  # many repeats, as behaviour ids
+    ids = np.concatenate([known, rng.integers(-2**62, 2**62, 1000), np.zeros(24, np.int64)]).reshape(-1, 8)
+    assert ids.size > DEDUP_MIN_IDS
+    got = v.rows(ids)
+    assert got.shape == ids.shape and got.dtype == np.int32
+    assert np.array_equal(got, v._rows(ids))  # the per-id search, no deduplication
+    assert np.array_equal(keys[got[got > 0] - 1], ids[got > 0]) and (got[ids == 0] == 0).all()

@@ -214,3 +214,33 @@ def test_parse_world_sizes():
     for bad in ("0-4", "4-2", "x", "1-"):
         with pytest.raises(ValueError, match="--what-if"):
             parse_world_sizes(bad)
+
+
+def test_prepared_sizes_override_the_spec(tmp_path, capsys, monkeypatch):
+    # --prepared reads the counts `muse-rec prepare` recorded (only meta.json is needed).
+    sizes = {t: 7 + i for i, t in enumerate(REQUIRED_TABLES)}
+    prepared = tmp_path / "prep"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text(json.dumps({"vocab_sizes": sizes}))
+    out = _plan_inproc(capsys, monkeypatch, "--spec", P90, "--prepared", str(prepared), "--device", "cpu",
+                       "--world-size", "1", "--set", "train.sparse_optimizer.name=exact_row_wise_adagrad",
+                       "--json", str(tmp_path / "p.json"))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["vocab_sizes"] == sizes and "--prepared" in doc["vocab_source"]
+    assert {t["table"]: t["rows"] for t in doc["plan"]["tables"]}["item"] == sizes["item"]
+    bad = _plan_inproc(capsys, monkeypatch, "--spec", P90, "--prepared", str(tmp_path / "absent"))
+    assert bad.returncode == 2 and "absent" in bad.stderr and "meta.json" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_plan_uses_the_constraints_training_shards_with():
+    # Two ranks: training forces a row-wise SCL table (fp16 frozen lookups); the plan must too,
+    # else it predicts a table-wise SCL on one rank and the per-rank memory is wrong.
+    from muse_rec.distributed.plan_fit import PlanSetup as Setup
+
+    model = _model(P90)
+    sharders = make_sharders(FusedOptimizerConfig(name="exact_row_wise_adagrad"), "cpu")
+    report = attempt(model, Setup(compute_device="cpu"), 2, sharders).report
+    scl = next(t for t in report.tables if t.summary.table == "scl")
+    assert scl.summary.sharding_type == "row_wise" and sorted({s.rank for s in scl.shards}) == [0, 1]

@@ -1,0 +1,276 @@
+"""Streaming writer of the synthetic release: the same planted world at release scale, bounded memory.
+
+`write_streamed_release(out_dir, cfg)` writes the six raw tables one Parquet row group at a time.
+What stays in memory is per item or per user, never per behaviour: the catalogue without its
+[I, D] SCL vectors (~45 B per item), the users (~100 B), and the impressions (~40 B each).
+SCL vectors are regenerated block by block (`synth_world.item_vector_block`), behaviour
+histories user chunk by user chunk (`build_timelines` with one stream per chunk). Every catalogue
+item gets an item_features row (less the missing share) and an SCL row, so item_features and the
+SCL table hold all `items` rows, as the full release's item table does.
+
+Crash safety: tables go to ``OUT/.synth-staging/`` (hidden; readers open the six tables by
+name), each file is fsync-ed when complete; only when all six are complete are they renamed
+into ``OUT`` and the manifest written last. A kill or a full disk therefore leaves no table
+under a release name that a reader would take; a failed run removes its staging directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from muse_rec.data import schema as S
+from muse_rec.data.synth_config import SynthConfig
+from muse_rec.data.synth_diagnostics import group_auc
+from muse_rec.data.synth_release import IdHasher, INT8_SCALE, USER_FIELD_NAMESPACE, release_schema, samples_table
+from muse_rec.data.synth_world import (VECTOR_BLOCK, Catalogue, Impressions, Users, affinities_of, build_catalogue,
+                                       build_impressions, build_timelines, build_users, item_vector_block, ranges)
+
+STAGING_DIR = ".synth-staging"
+USER_CHUNK = 2048  # users per generated history chunk (~1.2M behaviours, ~200 MB of temporaries)
+_ITEM_STAGE = 11  # stream of the item_features missing-value draws, one per item block
+
+
+class StagedTable:
+    """One release table written row group by row group to the staging directory."""
+
+    def __init__(self, staging: str, name: str) -> None:
+        self.name = name
+        self.path = os.path.join(staging, S.TABLES[name].file)
+        self.rows = 0
+        self._w = pq.ParquetWriter(self.path, release_schema(name), compression="snappy")
+
+    def write(self, table: pa.Table) -> None:
+        """Write `table` as ONE row group (however many chunks it holds)."""
+        self._w.write_table(table, row_group_size=max(1, table.num_rows))
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._w.close()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data is on disk before the rename can publish it
+        finally:
+            os.close(fd)
+
+
+def _list(offsets: np.ndarray, values: np.ndarray, typ: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), pa.array(values), type=typ)
+
+
+def _blocked_affinities(cfg: SynthConfig) -> Callable:
+    """`affinities` for `build_impressions` that regenerates target vectors one item block at a time."""
+
+    def affinities(cat: Catalogue, users: Users, sample_user: np.ndarray, item: np.ndarray):
+        aff_long = np.empty(item.shape[0], np.float32)
+        aff_recent = np.empty(item.shape[0], np.float32)
+        order = np.argsort(item // VECTOR_BLOCK, kind="stable")
+        blocks = item[order] // VECTOR_BLOCK
+        bounds = np.flatnonzero(np.diff(blocks)) + 1
+        for idx in np.split(order, bounds):
+            if idx.size == 0:
+                continue
+            block = int(item[idx[0]] // VECTOR_BLOCK)
+            vecs = item_vector_block(cfg, cat, block)
+            aff_long[idx], aff_recent[idx] = affinities_of(cat, users, sample_user[idx],
+                                                           vecs[item[idx] - block * VECTOR_BLOCK])
+        return aff_long, aff_recent
+
+    return affinities
+
+
+def _write_samples(table: StagedTable, imp: Impressions, ids: IdHasher, rows_per_group: int) -> None:
+    for lo in range(0, imp.label.shape[0], rows_per_group):
+        sl = slice(lo, lo + rows_per_group)
+        table.write(samples_table(Impressions(imp.user[sl], imp.item[sl], imp.prob[sl], imp.label[sl]), ids))
+
+
+def _snapshot_rows(cfg: SynthConfig, users: Users, tl_offsets: np.ndarray, split: str) -> Tuple[np.ndarray, ...]:
+    """(rows, start, lengths) of a chunk's snapshot, as `synth_release.snapshot` cuts it."""
+    if split == "train":
+        rows = np.arange(users.n_train, dtype=np.int64)
+        end = tl_offsets[rows] + users.train_len[rows]
+    else:
+        rows = np.flatnonzero(users.in_test).astype(np.int64)
+        end = tl_offsets[rows + 1]
+    start = np.maximum(tl_offsets[rows], end - cfg.max_seq_len)
+    return rows, start, end - start
+
+
+def _user_batch(cfg: SynthConfig, cat: Catalogue, users: Users, lo: int, tl: Tuple[np.ndarray, np.ndarray],
+                split: str, ids: IdHasher) -> Tuple[Optional[pa.Table], np.ndarray]:
+    """One chunk's rows of `<split>_user_features` (None when the chunk has none) and their lengths."""
+    tl_offsets, tl_items = tl
+    rows, start, lengths = _snapshot_rows(cfg, users, tl_offsets, split)
+    if rows.size == 0:
+        return None, lengths
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    items = tl_items[ranges(start, lengths)]
+    typ = release_schema("train_user_features").field(S.SEQ_ITEMS).type
+    cols: Dict[str, pa.Array] = {S.USER: pa.array(ids("user", rows + lo))}
+    for j, name in enumerate(S.USER_FIELDS):
+        cols[name] = pa.array(ids(USER_FIELD_NAMESPACE[name], users.fields[rows, j]))
+    cols[S.SEQ_ITEMS] = _list(offsets, ids("item", items), typ)
+    cols[S.SEQ_CATS] = _list(offsets, ids("category", cat.item_category[items]), typ)
+    schema = release_schema("train_user_features")
+    return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema), lengths
+
+
+def _write_users(staging: str, cfg: SynthConfig, cat: Catalogue, users: Users, ids: IdHasher,
+                 tick: Callable[[str, int], None]) -> Dict[str, int]:
+    """Both user-feature tables, `user_row_group_rows` users per row group, histories by chunk."""
+    tables = {split: StagedTable(staging, f"{split}_user_features") for split in S.SPLITS}
+    pending: Dict[str, List[pa.Table]] = {split: [] for split in S.SPLITS}
+    pending_rows = dict.fromkeys(S.SPLITS, 0)
+    behaviours = dict.fromkeys(S.SPLITS, 0)
+    max_len = 0
+
+    def flush(split: str) -> None:
+        if pending[split]:
+            tables[split].write(pa.concat_tables(pending[split]))
+            pending[split], pending_rows[split] = [], 0
+
+    U = users.n_users
+    for chunk, lo in enumerate(range(0, U, USER_CHUNK)):
+        hi = min(U, lo + USER_CHUNK)
+        part = users.slice(lo, hi)
+        tl = build_timelines(cfg, cat, part, rng=np.random.default_rng([cfg.seed, 3, chunk]))
+        for split in S.SPLITS:
+            t, lengths = _user_batch(cfg, cat, part, lo, tl, split, ids)
+            if t is None:
+                continue
+            behaviours[split] += int(lengths.sum())
+            max_len = max(max_len, int(lengths.max()))
+            pending[split].append(t)
+            pending_rows[split] += t.num_rows
+            if pending_rows[split] >= cfg.user_row_group_rows:
+                flush(split)
+        tick("histories", hi - lo)
+    for split in S.SPLITS:
+        flush(split)
+        tables[split].close()
+    return {"train_behaviours": behaviours["train"], "test_behaviours": behaviours["test"],
+            "train_user_rows": tables["train"].rows, "test_user_rows": tables["test"].rows,
+            "max_seq_len_written": max_len}
+
+
+def _write_items(staging: str, cfg: SynthConfig, cat: Catalogue, ids: IdHasher,
+                 tick: Callable[[str, int], None]) -> Dict[str, int]:
+    """item_features and SCL for every catalogue item, `row_group_rows` items per row group."""
+    feats, scl = StagedTable(staging, "item_features"), StagedTable(staging, "scl")
+    I, D = cat.item_cluster.shape[0], cfg.scl_dim
+    group = max(1, cfg.row_group_rows // VECTOR_BLOCK) * VECTOR_BLOCK  # whole vector blocks per row group
+    scl_type = release_schema("scl").field(S.SCL_VECTOR).type
+    for lo in range(0, I, group):
+        hi = min(I, lo + group)
+        parts = []
+        for block in range(lo // VECTOR_BLOCK, (hi + VECTOR_BLOCK - 1) // VECTOR_BLOCK):
+            q = np.trunc(INT8_SCALE * np.clip(item_vector_block(cfg, cat, block), -1.0, 1.0)).astype(np.int8)
+            b_lo = block * VECTOR_BLOCK
+            offsets = np.arange(0, D * q.shape[0] + 1, D)
+            parts.append(pa.Table.from_arrays(
+                [pa.array(ids("item", np.arange(b_lo, b_lo + q.shape[0]))), _list(offsets, q.reshape(-1), scl_type)],
+                schema=release_schema("scl")))
+        scl.write(pa.concat_tables(parts))
+        rng = np.random.default_rng([cfg.seed, _ITEM_STAGE, lo // group])
+        it = np.arange(lo, hi, dtype=np.int64)
+        it = it[rng.random(it.shape[0]) >= cfg.item_features_missing]
+        shop = np.where(rng.random(it.shape[0]) < cfg.item_attr_missing, -1, cat.item_shop[it])
+        a214 = np.where(rng.random(it.shape[0]) < cfg.item_attr_missing, -1, cat.item_attr214[it])
+        feats.write(pa.Table.from_arrays(
+            [pa.array(ids("item", it)), pa.array(ids("category", cat.item_category[it])),
+             pa.array(ids("213", shop)), pa.array(ids("214", a214))], schema=release_schema("item_features")))
+        tick("items", hi - lo)
+    feats.close()
+    scl.close()
+    return {"item_features_rows": feats.rows, "scl_rows": scl.rows}
+
+
+def write_streamed_release(out_dir: str, cfg: SynthConfig, progress: bool = False,
+                           manifest_extra: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """Generate the release with bounded memory; returns the manifest (also written to `out_dir`).
+
+    Args:
+        out_dir: local directory (created); the release tables there are replaced only once all
+            six new ones are complete.
+        cfg: generator knobs (``writer="stream"``).
+        progress: log one line per stage with its throughput.
+    """
+    from muse_rec.data.synth import MANIFEST_NAME, MANIFEST_VERSION
+
+    cfg.validate()
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"synth output {out_dir!r} exists and is not a directory")
+    staging = os.path.join(out_dir, STAGING_DIR)
+    if os.path.exists(staging):
+        shutil.rmtree(staging)  # left by a killed run: never published, safe to drop
+    os.makedirs(staging)
+    t0 = time.perf_counter()
+    marks: Dict[str, float] = {}
+
+    def tick(stage: str, n: int) -> None:
+        if progress:
+            print(f"[synth] {stage}: +{n:,} in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    def done(stage: str) -> None:
+        marks[stage] = round(time.perf_counter() - t0, 1)
+        if progress:
+            print(f"[synth] {stage} done at {marks[stage]:.0f} s", flush=True)
+
+    try:
+        cat = build_catalogue(cfg, with_vectors=False)
+        users = build_users(cfg, cat)
+        done("catalogue and users")
+        ids = IdHasher(cfg)
+        imps = build_impressions(cfg, cat, users, affinities=_blocked_affinities(cfg))
+        truth = {split: group_auc(imps[split].label, imps[split].prob, imps[split].user) for split in S.SPLITS}
+        for split in S.SPLITS:
+            t = StagedTable(staging, f"{split}_samples")
+            _write_samples(t, imps[split], ids, cfg.row_group_rows)
+            t.close()
+        stats: Dict[str, object] = {
+            "users_total": users.n_users,
+            "train_samples": int(imps["train"].label.shape[0]),
+            "test_samples": int(imps["test"].label.shape[0]),
+            "train_positive_rate": float(imps["train"].label.mean()),
+            "test_positive_rate": float(imps["test"].label.mean()),
+        }
+        del imps
+        done("impressions")
+        stats.update(_write_items(staging, cfg, cat, ids, tick))
+        done("item tables")
+        stats.update(_write_users(staging, cfg, cat, users, ids, tick))
+        done("user tables")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    manifest: Dict[str, object] = {
+        "format": "taobao-mm-raw (synthetic, streamed)",
+        "generator": "muse_rec.data.synth_stream",
+        "version": MANIFEST_VERSION,
+        "config": cfg.to_dict(),
+        "files": {name: S.TABLES[name].file for name in S.TABLES},
+        "stats": stats,
+        "truth": truth,
+        "diagnostics": None,
+        "stage_seconds": marks,
+        **(manifest_extra or {}),
+    }
+    old_manifest = os.path.join(out_dir, MANIFEST_NAME)
+    if os.path.exists(old_manifest):
+        os.remove(old_manifest)
+    for name in S.TABLES:
+        os.replace(os.path.join(staging, S.TABLES[name].file), os.path.join(out_dir, S.TABLES[name].file))
+    shutil.rmtree(staging)
+    manifest["seconds"] = round(time.perf_counter() - t0, 2)
+    tmp = os.path.join(out_dir, f".{MANIFEST_NAME}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+    os.replace(tmp, old_manifest)
+    return manifest

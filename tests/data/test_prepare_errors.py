@@ -1,0 +1,110 @@
+"""`muse-rec prepare` on a bad OUT, a full disk, a directory in a table's place, bad knobs, or an OUT
+holding another dataset: one line naming the path, exit 2, nothing previously written lost."""
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from muse_rec.cli import prepare as prepare_cli
+from muse_rec.data import files
+from muse_rec.data import schema as S
+from muse_rec.data.synth import SynthConfig, write_synthetic_release
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("raw")
+    write_synthetic_release(str(out), SynthConfig.preset("tiny").replace(users=60, items=400, clusters=20,
+                                                                        categories=5))
+    return out
+
+
+def _run(capsys, *argv: str) -> tuple:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    prepare_cli.add_arguments(p)
+    rc = prepare_cli.run(p.parse_args([*argv, "--no-progress"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def _one_line(err: list) -> str:
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_batch_rows_zero_is_refused(raw: Path, tmp_path: Path, capsys) -> None:
+    rc, err = _run(capsys, str(raw), str(tmp_path / "o"), "--batch-rows", "0")
+    assert rc == 2 and "--batch-rows 0" in _one_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_is_a_file(raw: Path, tmp_path: Path, capsys) -> None:
+    f = tmp_path / "afile"
+    f.write_text("keep me")
+    rc, err = _run(capsys, str(raw), str(f))
+    assert rc == 2 and str(f) in _one_line(err)
+    assert f.read_text() == "keep me"
+
+
+def test_unwritable_out(raw: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    # Tests run as root, which ignores permission bits: make os.access report a read-only OUT.
+    out = tmp_path / "ro"
+    out.mkdir()
+    monkeypatch.setattr("muse_rec.data.prepare.os.access", lambda p, m: False)
+    rc, err = _run(capsys, str(raw), str(out))
+    line = _one_line(err)
+    assert rc == 2 and str(out) in line and "cannot write" in line
+
+
+def test_directory_where_a_table_should_be(raw: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "raw"
+    shutil.copytree(raw, bad)
+    table = bad / S.TABLES["scl"].file
+    table.unlink()
+    table.mkdir()
+    rc, err = _run(capsys, str(bad), str(tmp_path / "o"))
+    line = _one_line(err)
+    assert rc == 2 and str(table) in line and "is a directory" in line
+
+
+def test_full_disk_keeps_the_previous_output(raw: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    out = tmp_path / "o"
+    assert _run(capsys, str(raw), str(out))[0] == 0
+    before = (out / "meta.json").read_text()
+    other = tmp_path / "raw2"
+    write_synthetic_release(str(other), SynthConfig.preset("tiny").replace(users=50, items=300, clusters=20,
+                                                                          categories=5, seed=4))
+    calls = {"n": 0}
+    real_append = files.NpyStreamWriter.append
+
+    def append_until_full(self, rows):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            self._f.close()  # the real write fails with ENOSPC; simulate it at the OS boundary
+            raise OSError(errno.ENOSPC, "No space left on device", self._tmp)
+        return real_append(self, rows)
+
+    monkeypatch.setattr(files.NpyStreamWriter, "append", append_until_full)
+    rc, err = _run(capsys, str(other), str(out), "--overwrite")
+    line = _one_line(err)
+    assert rc == 2 and "no space left" in line and str(out) in line
+    assert (out / "meta.json").read_text() == before  # the earlier result is still the published one
+
+
+def test_out_with_a_different_dataset_needs_overwrite(raw: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o"
+    assert _run(capsys, str(raw), str(out))[0] == 0
+    meta = json.loads((out / "meta.json").read_text())
+    rc, err = _run(capsys, str(raw), str(out), "--vocab", "p90")  # another dataset: other vocabulary
+    line = _one_line(err)
+    assert rc == 2 and "different prepared dataset" in line and "--overwrite" in line
+    assert json.loads((out / "meta.json").read_text()) == meta
+    assert _run(capsys, str(raw), str(out))[0] == 0  # the same dataset: returns the finished result
+    assert _run(capsys, str(raw), str(out), "--vocab", "p90", "--overwrite")[0] == 0
+    assert json.loads((out / "meta.json").read_text())["vocab_mode"] == "p90"
