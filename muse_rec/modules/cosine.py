@@ -30,11 +30,12 @@ torch 2.13, one thread; ``benchmarks/bench_gsu.py``):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 
-from muse_rec.modules.running_topk import RunningTopK, native_library
+from muse_rec.modules.running_topk import RunningTopK, int8_gathered_dots, int8_unit_rows_bf16, native_library
 from muse_rec.modules.selection import cosine_selection_scores
 
 # Default number of key rows converted to fp32 at once: 2048 x 128 x 4 B = 1 MiB (an L2).
@@ -62,8 +63,12 @@ def approx_cosine_bound(dim: int) -> float:
 
 
 # Shortlist per row on the serving path, as a multiple of K: wide enough that the bf16
-# error band (~0.012 in cosine) rarely holds more than the extra K near the K-th score.
+# error band (~0.012 in cosine) rarely holds more than the extra K near the K-th score;
+# rows where it does are retried with a 4x longer shortlist.
 SHORTLIST_FACTOR: int = 2
+# Positions per shortlist GEMM: [1000, 512] bf16 scores = 1 MiB, read back by the running
+# top-K while still in L2 (2048 columns spill it and cost ~1.5x in the selection).
+SHORTLIST_CHUNK: int = 512
 
 
 def check_cosine_inputs(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> None:
@@ -431,6 +436,61 @@ def _row_norms(keys: torch.Tensor, chunk_rows: int) -> torch.Tensor:
     return out
 
 
+@dataclass
+class SharedKeys:
+    """One history prepared for `certified_shared_keys_cosine_topk` (per user: a Ranker can
+    build it at prefetch time, off the request path).
+
+    Attributes:
+        keys: ``[L, D]`` the history's vectors as given. mask: ``[L]`` bool.
+        pos: ``[n]`` int64 positions with a cosine (real and non-zero vector).
+        unit: ``[n, D]`` bf16 unit vectors of those positions. norms: ``[n]`` fp32 exact norms.
+        fill: ``[L]`` fp32 selection score of every position without a cosine (sentinels).
+    """
+
+    keys: torch.Tensor
+    mask: torch.Tensor
+    pos: torch.Tensor
+    unit: torch.Tensor
+    norms: torch.Tensor
+    fill: torch.Tensor
+
+
+@torch.no_grad()
+def prepare_shared_keys(keys: torch.Tensor, mask: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> SharedKeys:
+    """`SharedKeys` of ``keys [L, D]``, ``mask [L]`` (one pass over the keys; native for int8)."""
+    L, D = keys.shape
+    if keys.dtype == torch.int8 and native_library() is not None:
+        k = keys.contiguous()
+        # Non-zero rows, 8 bytes at a time when the row length allows it.
+        nz = (k.view(torch.int64) if D % 8 == 0 else k).ne(0).any(1)
+        pos = (mask & nz).nonzero().squeeze(1)
+        unit, norms = int8_unit_rows_bf16(k, pos)
+    else:
+        k_norm = _row_norms(keys, chunk_rows)
+        pos = (mask & (k_norm > 0)).nonzero().squeeze(1)
+        norms = k_norm[pos]
+        unit = (keys.index_select(0, pos).to(torch.float32) / norms.unsqueeze(1)).to(torch.bfloat16)
+    fill = cosine_selection_scores(
+        torch.zeros(1, L, device=keys.device), torch.zeros(1, L, dtype=torch.bool, device=keys.device),
+        mask.unsqueeze(0), 0, L)[0]
+    return SharedKeys(keys, mask, pos, unit, norms, fill)
+
+
+def _shortlist(q_hat: torch.Tensor, unit: torch.Tensor, kp: int, chunk_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Approximate top-``kp`` of ``q_hat [B, D] @ unit[n, D]^T`` (bf16), chunk by chunk."""
+    B, n = q_hat.shape[0], unit.shape[0]
+    sel = RunningTopK(B, kp)
+    step = max(1, chunk_rows)
+    out = torch.empty(B * min(step, n), dtype=torch.bfloat16)
+    for c0 in range(0, n, step):
+        c1 = min(n, c0 + step)
+        scores = out[: B * (c1 - c0)].view(B, c1 - c0)
+        torch.mm(q_hat, unit[c0:c1].t(), out=scores)
+        sel.update(scores, c0)
+    return sel.result(sort=False)
+
+
 @torch.no_grad()
 def certified_shared_keys_cosine_topk(
     query: torch.Tensor,
@@ -438,62 +498,42 @@ def certified_shared_keys_cosine_topk(
     mask: torch.Tensor,
     top_k: int,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    prepared: Optional[SharedKeys] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """`shared_keys_cosine_topk` by a bf16 shortlist, exact re-scoring and a per-row certificate.
 
-    1. Positions with a score (real, key vector non-zero) are compacted; their unit vectors
-       are rounded to bf16 once per call, chunk by chunk.
-    2. Per chunk, ``bf16(q_hat) @ bf16(k_hat)^T`` (oneDNN/AMX) -> `RunningTopK` keeps the
-       ``K' = SHORTLIST_FACTOR * K`` best approximate scores per row.
-    3. The shortlist is re-scored exactly (int8 dot products in fp32, `finish_cosine`).
+    1. `prepare_shared_keys` (or `prepared`): positions with a cosine, their bf16 unit vectors.
+    2. Per chunk, ``bf16(q_hat) @ unit^T`` (oneDNN; AMX where present) -> `RunningTopK` keeps
+       the ``K' = SHORTLIST_FACTOR * K`` best approximate scores per row.
+    3. The shortlist is re-scored exactly (int8 dot products, `finish_cosine`'s arithmetic).
     4. Certificate: every position off the shortlist has approximate score <= the
        shortlist's floor ``a_K'``, so exact cosine <= ``a_K' + eps`` (`approx_cosine_bound`).
        Where the exact K-th score exceeds that (plus the fp32 bound), the top-K is exact up
-       to ties. Other rows (near-duplicates around the K-th score) take the static path.
+       to ties. Other rows (near-duplicates around the K-th score) are retried with a 4x
+       longer shortlist, then on the static path.
     5. Sentinels (no-vector / padding positions, the same for every row) are merged in.
     """
     L, D = keys.shape
     B = query.shape[0]
     k = min(top_k, L)
-    tiny = torch.finfo(torch.float32).tiny
+    sk = prepared if prepared is not None else prepare_shared_keys(keys, mask, chunk_rows)
     q = query.to(torch.float32)
     q_norm = torch.linalg.vector_norm(q, dim=1, keepdim=True)  # [B, 1]
-    k_norm = _row_norms(keys, chunk_rows)  # [L]
-    scored = mask & (k_norm > 0)
-    pos = scored.nonzero().squeeze(1)  # [n] positions with a cosine
-    n = int(pos.numel())
-    # What each position scores without a cosine (no vector: newest first; padding: lowest).
-    fill = cosine_selection_scores(
-        torch.zeros(1, L, device=keys.device), torch.zeros(1, L, dtype=torch.bool, device=keys.device),
-        mask.unsqueeze(0), 0, L)[0]  # [L]
-    vals = q.new_empty(B, 0)
-    idx = pos.new_empty(B, 0)
-    bad = torch.zeros(B, dtype=torch.bool, device=keys.device)
+    n = int(sk.pos.numel())
+    vals, idx = q.new_empty(B, 0), sk.pos.new_empty(B, 0)
     if n > 0:
-        kp = min(SHORTLIST_FACTOR * k, n)
-        q_hat = (q / q_norm.clamp_min(tiny)).to(torch.bfloat16)
-        sel = RunningTopK(B, kp)
-        step = max(1, chunk_rows)
-        out = torch.empty(B * min(step, n), dtype=torch.bfloat16)
-        for c0 in range(0, n, step):
-            c1 = min(n, c0 + step)
-            rows = pos[c0:c1]
-            k_hat = (keys.index_select(0, rows).to(torch.float32) / k_norm[rows].unsqueeze(1)).to(torch.bfloat16)
-            scores = out[: B * (c1 - c0)].view(B, c1 - c0)
-            torch.mm(q_hat, k_hat.t(), out=scores)
-            sel.update(scores, c0)
-        approx, cand = sel.result()  # [B, K'] indices into pos
-        cpos = pos[cand]  # [B, K'] positions
-        picked = keys[cpos].to(torch.float32)  # [B, K', D]
-        dots = torch.bmm(picked, q.unsqueeze(2)).squeeze(2)
-        cos, _ = finish_cosine(dots, k_norm[cpos], q_norm)
-        vals, order = torch.topk(cos, min(k, kp), dim=1)
-        idx = torch.gather(cpos, 1, order)
-        if kp < n:
-            floor = approx[:, -1] + approx_cosine_bound(D) + INT8_COSINE_BOUND
-            bad = (vals[:, -1] <= floor) & (q_norm[:, 0] > 0)
+        q_hat = (q / q_norm.clamp_min(torch.finfo(torch.float32).tiny)).to(torch.bfloat16)
+        vals, idx, bad = _certified_rows(query, q, q_norm, q_hat, sk, min(SHORTLIST_FACTOR * k, n), k, chunk_rows)
+        if bool(bad.any()):  # retry the uncertified rows with a longer shortlist
+            rows = bad.nonzero().squeeze(1)
+            v2, i2, bad2 = _certified_rows(query[rows], q[rows], q_norm[rows], q_hat[rows], sk,
+                                           min(4 * SHORTLIST_FACTOR * k, n), k, chunk_rows)
+            vals[rows], idx[rows] = v2, i2
+            bad = torch.zeros_like(bad)
+            bad[rows] = bad2
     # Sentinels of the positions without a cosine, shared by all rows; cosines outrank them.
-    others = torch.where(scored, float("-inf"), fill)
+    others = sk.fill.clone()
+    others[sk.pos] = float("-inf")
     fv, fi = torch.topk(others, k)
     all_v = torch.cat([vals, fv.unsqueeze(0).expand(B, -1)], 1)
     all_i = torch.cat([idx, fi.unsqueeze(0).expand(B, -1)], 1)
@@ -501,7 +541,7 @@ def certified_shared_keys_cosine_topk(
     best_i = torch.gather(all_i, 1, j)
     # Rows whose query has no vector: no cosines, only the sentinels (newest real first).
     no_query = q_norm == 0  # [B, 1]
-    nv, ni = torch.topk(fill, k)
+    nv, ni = torch.topk(sk.fill, k)
     best_v = torch.where(no_query, nv.unsqueeze(0), best_v)
     best_i = torch.where(no_query, ni.unsqueeze(0), best_i)
     if bool(bad.any()):
@@ -509,6 +549,28 @@ def certified_shared_keys_cosine_topk(
         rv, ri = static_shared_keys_cosine_topk(query[rows], keys, mask, top_k, chunk_rows)
         best_v[rows], best_i[rows] = rv, ri
     return best_v, best_i
+
+
+def _certified_rows(query: torch.Tensor, q: torch.Tensor, q_norm: torch.Tensor, q_hat: torch.Tensor,
+                    sk: SharedKeys, kp: int, k: int, chunk_rows: int
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 2-4 for some rows: exact ``[B, min(k, kp)]`` cosines, positions, uncertified rows."""
+    B, D = q.shape
+    approx, cand = _shortlist(q_hat, sk.unit, kp, SHORTLIST_CHUNK)  # cand: indices into sk.pos
+    cpos = sk.pos[cand]  # [B, K'] positions
+    if query.dtype == torch.int8 and sk.keys.dtype == torch.int8:
+        dots = int8_gathered_dots(query, sk.keys, cpos)  # exact, no gathered copy
+    else:
+        picked = sk.keys.index_select(0, cpos.view(-1)).view(B, kp, D).to(torch.float32)
+        dots = torch.bmm(picked, q.unsqueeze(2)).squeeze(2)
+    cos, _ = finish_cosine(dots, sk.norms[cand], q_norm)
+    vals, order = torch.topk(cos, min(k, kp), dim=1)
+    idx = torch.gather(cpos, 1, order)
+    bad = torch.zeros(B, dtype=torch.bool)
+    if kp < sk.pos.numel():
+        floor = approx.min(dim=1).values + approx_cosine_bound(D) + INT8_COSINE_BOUND
+        bad = (vals[:, -1] <= floor) & (q_norm[:, 0] > 0)
+    return vals, idx, bad
 
 
 @torch.no_grad()

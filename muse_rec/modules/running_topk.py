@@ -38,7 +38,9 @@ BUFFER_FACTOR: int = 4
 _C_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
 #include <float.h>
+#include <math.h>
 
 typedef struct { float v; int64_t i; } pair_t;
 
@@ -105,6 +107,11 @@ static inline uint32_t beats_bf16(const uint16_t* s, float t) {
     int64_t n = count[r];                                                                \
     int64_t c = 0;                                                                       \
     for (; c + BLOCK <= cols; c += BLOCK) {                                              \
+      if (t == -FLT_MAX && n + BLOCK <= cap) {  /* filling: take the block as it is */   \
+        for (int j = 0; j < BLOCK; j++) { b[n + j].v = LOAD(s[c + j]); b[n + j].i = col0 + c + j; } \
+        n += BLOCK;                                                                      \
+        continue;                                                                        \
+      }                                                                                  \
       uint32_t mask = BEATS(s + c, t);                                                   \
       while (mask) {                                                                     \
         int j = __builtin_ctz(mask); mask &= mask - 1;                                   \
@@ -133,18 +140,62 @@ void topk_update_bf16(const uint16_t* scores, int64_t rows, int64_t cols, int64_
 #undef TYPE
 }
 
-/* Best k of each row, descending; rows with fewer hits are padded with (-FLT_MAX, -1). */
-void topk_finish(pair_t* buf, const int64_t* count, int64_t rows, int64_t k, int64_t cap,
+/* out[b, j] = q[b] . keys[idx[b, j]] for int8 vectors of length d: exact (int32 sums of
+   int8 products; |sum| < 2^24 for d <= 1040, so the float result is exact too). idx < 0
+   gives 0. The serving GSU's exact re-scoring of its shortlist, without a gathered copy. */
+void int8_gathered_dots(const int8_t* q, int64_t rows, const int8_t* keys, const int64_t* idx, int64_t kk,
+                        int64_t d, float* out) {
+  for (int64_t b = 0; b < rows; b++) {
+    const int8_t* qb = q + b * d;
+    for (int64_t j = 0; j < kk; j++) {
+      int64_t p = idx[b * kk + j];
+      if (j + 4 < kk && idx[b * kk + j + 4] >= 0) {  /* rows are scattered: fetch ahead */
+        __builtin_prefetch(keys + idx[b * kk + j + 4] * d);
+        __builtin_prefetch(keys + idx[b * kk + j + 4] * d + 64);
+      }
+      int32_t acc = 0;
+      if (p >= 0) {
+        const int8_t* kp = keys + p * d;
+        for (int64_t t = 0; t < d; t++) acc += (int16_t)qb[t] * (int16_t)kp[t];
+      }
+      out[b * kk + j] = (float)acc;
+    }
+  }
+}
+
+/* For each listed row p = pos[j] of int8 keys [*, d]: norm[j] = |k_p| (exact sum of squares,
+   one sqrt) and out[j] = bf16(k_p / |k_p|) (round to nearest even): the serving shortlist's
+   unit keys in one pass instead of four tensor ops. Rows must be non-zero. */
+void int8_unit_rows_bf16(const int8_t* keys, const int64_t* pos, int64_t n, int64_t d, uint16_t* out, float* norm) {
+  for (int64_t j = 0; j < n; j++) {
+    const int8_t* k = keys + pos[j] * d;
+    int32_t ss = 0;
+    for (int64_t t = 0; t < d; t++) ss += (int16_t)k[t] * (int16_t)k[t];
+    float nrm = sqrtf((float)ss), inv = 1.0f / nrm;
+    norm[j] = nrm;
+    uint16_t* o = out + j * d;
+    for (int64_t t = 0; t < d; t++) {
+      float x = (float)k[t] * inv; uint32_t u; memcpy(&u, &x, 4);
+      o[t] = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    }
+  }
+}
+
+static int by_value_desc(const void* x, const void* y) {
+  const pair_t* a = (const pair_t*)x; const pair_t* b = (const pair_t*)y;
+  if (a->v != b->v) return a->v < b->v ? 1 : -1;
+  return (a->i > b->i) - (a->i < b->i);
+}
+
+/* Best k of each row: descending (ties: lower position first) when sorted, else in any
+   order; rows with fewer hits are padded with (-FLT_MAX, -1). */
+void topk_finish(pair_t* buf, const int64_t* count, int64_t rows, int64_t k, int64_t cap, int sorted,
                  float* out_v, int64_t* out_i) {
   for (int64_t r = 0; r < rows; r++) {
     pair_t* b = buf + r * cap;
     int64_t n = count[r];
     if (n > k) { select_largest(b, n, k); n = k; }
-    for (int64_t x = 1; x < n; x++) {            /* insertion sort, descending; n <= k */
-      pair_t p = b[x]; int64_t y = x - 1;
-      while (y >= 0 && (b[y].v < p.v || (b[y].v == p.v && b[y].i > p.i))) { b[y + 1] = b[y]; y--; }
-      b[y + 1] = p;
-    }
+    if (sorted) qsort(b, (size_t)n, sizeof(pair_t), by_value_desc);
     for (int64_t x = 0; x < k; x++) {
       out_v[r * k + x] = x < n ? b[x].v : -FLT_MAX;
       out_i[r * k + x] = x < n ? b[x].i : -1;
@@ -195,7 +246,7 @@ def native_library() -> Optional[ctypes.CDLL]:
                 src = Path(tmp) / "running_topk.c"
                 src.write_text(_C_SOURCE)
                 out = Path(tmp) / so.name
-                subprocess.run([cc, *flags, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
+                subprocess.run([cc, *flags, str(src), "-o", str(out), "-lm"], check=True, capture_output=True, timeout=120)
                 os.replace(out, so)  # atomic: concurrent processes never load a half-written file
         lib = ctypes.CDLL(str(so))
     except (OSError, subprocess.SubprocessError) as e:
@@ -206,8 +257,12 @@ def native_library() -> Optional[ctypes.CDLL]:
     for name in ("topk_update_f32", "topk_update_bf16"):
         getattr(lib, name).argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, f32p, i64, i64]
         getattr(lib, name).restype = None
-    lib.topk_finish.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr]
+    lib.topk_finish.argtypes = [ptr, ptr, i64, i64, i64, ctypes.c_int, ptr, ptr]
     lib.topk_finish.restype = None
+    lib.int8_gathered_dots.argtypes = [ptr, i64, ptr, ptr, i64, i64, ptr]
+    lib.int8_gathered_dots.restype = None
+    lib.int8_unit_rows_bf16.argtypes = [ptr, ptr, i64, i64, ptr, ptr]
+    lib.int8_unit_rows_bf16.restype = None
     _LIB = lib
     return lib
 
@@ -239,10 +294,14 @@ class RunningTopK:
         self.count = torch.zeros(rows, dtype=torch.int64)
         self.thr = torch.full((rows,), EMPTY_VALUE, dtype=torch.float32)
 
-    def update(self, scores: torch.Tensor, col0: int) -> None:
-        """Offer ``scores [R, C]`` (unit column stride), whose column j is position ``col0 + j``."""
-        if scores.dim() != 2 or scores.shape[0] != self.rows or scores.device.type != "cpu":
-            raise ValueError(f"scores must be a CPU [{self.rows}, C] tensor, got {tuple(scores.shape)} on {scores.device}")
+    def update(self, scores: torch.Tensor, col0: int, row0: int = 0) -> None:
+        """Offer ``scores [r, C]`` (unit column stride) for rows ``row0 .. row0 + r``; column j
+        is position ``col0 + j``. Row blocks let a caller keep its chunk and these rows'
+        buffers in cache together."""
+        r = scores.shape[0] if scores.dim() == 2 else -1
+        if r < 0 or row0 < 0 or row0 + r > self.rows or scores.device.type != "cpu":
+            raise ValueError(f"scores must be a CPU [r, C] tensor for rows within [0, {self.rows}), got "
+                             f"{tuple(scores.shape)} at row {row0} on {scores.device}")
         if scores.shape[1] and scores.stride(1) != 1:
             scores = scores.contiguous()
         if scores.dtype == torch.float32:
@@ -251,16 +310,49 @@ class RunningTopK:
             fn = self.lib.topk_update_bf16
         else:
             raise ValueError(f"scores must be float32 or bfloat16, got {scores.dtype}")
-        fn(scores.data_ptr(), self.rows, scores.shape[1], scores.stride(0), col0, self.buf.data_ptr(),
-           self.count.data_ptr(), self.thr.data_ptr(), self.k, self.cap)
+        fn(scores.data_ptr(), r, scores.shape[1], scores.stride(0), col0, self.buf[row0].data_ptr(),
+           self.count[row0:].data_ptr(), self.thr[row0:].data_ptr(), self.k, self.cap)
 
-    def result(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``values [R, K]`` fp32 descending (ties: lower position first) and ``indices [R, K]`` int64."""
+    def result(self, sort: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``values [R, K]`` fp32 and ``indices [R, K]`` int64: descending (ties: lower position
+        first), or in no particular order with ``sort=False`` (cheaper)."""
         vals = torch.empty(self.rows, self.k, dtype=torch.float32)
         idx = torch.empty(self.rows, self.k, dtype=torch.int64)
-        self.lib.topk_finish(self.buf.data_ptr(), self.count.data_ptr(), self.rows, self.k, self.cap,
+        self.lib.topk_finish(self.buf.data_ptr(), self.count.data_ptr(), self.rows, self.k, self.cap, int(sort),
                              vals.data_ptr(), idx.data_ptr())
         return vals, idx
+
+
+def int8_gathered_dots(query: torch.Tensor, keys: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``out[b, j] = query[b] . keys[idx[b, j]]`` exactly, ``[B, D]`` int8 x ``[L, D]`` int8 at
+    ``[B, J]`` positions -> ``[B, J]`` fp32 (0 where ``idx < 0``); native kernel, CPU only."""
+    lib = native_library()
+    if lib is None:
+        raise RuntimeError("the native kernels are not available (see the log)")
+    if query.dtype != torch.int8 or keys.dtype != torch.int8 or query.shape[1] != keys.shape[1]:
+        raise ValueError(f"int8 [B, D] and [L, D] expected, got {query.dtype} {tuple(query.shape)}, "
+                         f"{keys.dtype} {tuple(keys.shape)}")
+    if query.shape[1] > 1040:
+        raise ValueError(f"D = {query.shape[1]} > 1040: int8 dot products may exceed fp32's exact range")
+    q, k, i = query.contiguous(), keys.contiguous(), idx.to(torch.int64).contiguous()
+    out = torch.empty(i.shape, dtype=torch.float32)
+    lib.int8_gathered_dots(q.data_ptr(), i.shape[0], k.data_ptr(), i.data_ptr(), i.shape[1], q.shape[1], out.data_ptr())
+    return out
+
+
+def int8_unit_rows_bf16(keys: torch.Tensor, pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``pos [n]`` of int8 ``keys [L, D]`` (non-zero) -> their unit vectors ``[n, D]``
+    bf16 (round to nearest even) and exact norms ``[n]`` fp32; native kernel, CPU only."""
+    lib = native_library()
+    if lib is None:
+        raise RuntimeError("the native kernels are not available (see the log)")
+    if keys.dtype != torch.int8 or keys.dim() != 2:
+        raise ValueError(f"int8 keys [L, D] expected, got {keys.dtype} {tuple(keys.shape)}")
+    k, p = keys.contiguous(), pos.to(torch.int64).contiguous()
+    out = torch.empty(p.shape[0], k.shape[1], dtype=torch.bfloat16)
+    norms = torch.empty(p.shape[0], dtype=torch.float32)
+    lib.int8_unit_rows_bf16(k.data_ptr(), p.data_ptr(), p.shape[0], k.shape[1], out.data_ptr(), norms.data_ptr())
+    return out, norms
 
 
 def torch_running_topk(chunks, rows: int, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
