@@ -110,6 +110,7 @@ static inline uint32_t beats_bf16(const uint16_t* s, float t) {
       if (t == -FLT_MAX && n + BLOCK <= cap) {  /* filling: take the block as it is */   \
         for (int j = 0; j < BLOCK; j++) { b[n + j].v = LOAD(s[c + j]); b[n + j].i = col0 + c + j; } \
         n += BLOCK;                                                                      \
+        if (n == cap) { select_largest(b, n, k); n = k; t = min_value(b, k); }           \
         continue;                                                                        \
       }                                                                                  \
       uint32_t mask = BEATS(s + c, t);                                                   \
