@@ -1,15 +1,17 @@
 """`LifelongCTRModel`: MUSE and every baseline of the paper's Table 5, assembled from one spec.
 
-The flow of one forward (shapes for batch B, sequence L, K retrieved, R recent, D_tok = 32)::
+The flow of one forward (shapes for B targets, U histories of length L, K retrieved, R recent,
+D_tok = 32); training runs it for a batch (U distinct users), serving for one user (U = 1)::
 
     pooled ids ----------------------------> EBC ----------------------> [B, P]
-    target + whole sequence -> frozen SCL EC (no grad) -> [B,128], [B,L,128]
-        -> GSU (spec.gsu.kind) -> K positions (no gradient through the selection)
-    target, K selected, R recent ids -> ONE trainable EC lookup -> [B,D_tok], [B,K,D_tok], [B,R,D_tok]
-        -> ESU: SimTier(R_sim) [B,T] and/or TA / SA-TA [B,D_tok]
-        -> short-term: TA over the recent R, mean pools, SimTier of the recent cosines
-    concat -> MLP tower (Dice) -> logit [B]
+    `score` (the same code for both):
+      targets + histories -> frozen SCL EC (no grad) -> [B,128], [U,L,128]       (if the spec reads SCL)
+        -> self.gsu.retrieve(SearchInputs) -> `GSUResult` [B, K] (no gradient through the selection)
+      target, K selected, R recent ids -> ONE trainable EC lookup -> [B,D_tok], [B,K,D_tok], [B,R,D_tok]
+        -> self.over_arch: ESU (SimTier of R, TA / SA-TA), short-term branch, tower -> logit [B]
 
+The GSU module and the over-arch's parts are chosen from the spec once, in the constructor
+(`build_gsu`, `OverArch`); `muse_rec.serving.inference.InferenceModel` calls `score` as is.
 Only the selected and recent behaviours' ID rows are looked up with gradient, so a step moves
 exactly those rows (fused optimizers with momentum move any row they see).
 
@@ -19,7 +21,7 @@ the contract of TorchRec's `TrainPipelineSparseDist`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,67 +29,67 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from muse_rec.data.batch import Batch
+from muse_rec.models.over_arch import OverArch, make_similarity
 from muse_rec.models.sparse_arch import SparseArch
 from muse_rec.modules import (
+    MISSGSU,
     AttentionGSU,
     CategoryGSU,
-    CooccurrenceGSU,
     CosineGSU,
     EmbeddingCosineGSU,
     GSUResult,
-    MLPTower,
+    Histories,
+    SCLAttentionGSU,
+    ScoreSumGSU,
+    SearchInputs,
     SemanticAwareTargetAttention,
-    SimTier,
     TargetAttention,
-    masked_mean,
-    merge_gsu_results,
 )
-from muse_rec.modules.cosine import finish_cosine, grouped_cosine
-from muse_rec.modules.selection import topk_eligible
 from muse_rec.spec import ModelSpec
 
 SCL_DIM = 128
+# GSU kinds that read the frozen SCL vectors of the whole history.
+SCL_GSU_KINDS = ("cosine_scl", "cooccurrence_scl", "scl_attention")
+
+__all__ = ["Histories", "LifelongCTRModel", "LifelongCTRTrain", "build_gsu", "build_train_model"]
 
 
-@dataclass
-class Histories:
-    """One behaviour history per distinct user of a batch.
+def build_gsu(spec: ModelSpec, top_k: int, esu_attention: Optional[nn.Module],
+              scl_attention: Optional[TargetAttention]) -> Optional[nn.Module]:
+    """The GSU module of ``spec.gsu`` (the only place its ``kind`` string is read), or None.
 
-    A user's impressions (~11 per user in Taobao-MM, consecutive in the sample files) share one
-    history, so the expensive per-position work (SCL lookup, cosine, ID-GSU lookups) runs over
-    U distinct histories, not B copies. Samples with equal ``user_keys`` carry the same history
-    (one history per user and split), which is what makes this exact.
-
-    Attributes:
-        items, cats: ``[U, L]`` int64, right-aligned. mask: ``[U, L]`` bool.
-        index: ``[B]`` int64, the history row of each sample.
+    Every returned module has ``retrieve(SearchInputs) -> GSUResult`` and ``scores_are_scl_cosines``.
+    TWIN-style GSUs hold a reference to the ESU's attention (consistency), not a copy.
     """
-
-    items: torch.Tensor
-    cats: torch.Tensor
-    mask: torch.Tensor
-    index: torch.Tensor
-
-    @staticmethod
-    def of(batch: Batch) -> "Histories":
-        keys, index = torch.unique(batch.user_keys, return_inverse=True)
-        B = index.shape[0]
-        first = torch.full((keys.shape[0],), B, dtype=torch.int64, device=index.device)
-        first.scatter_reduce_(0, index, torch.arange(B, device=index.device), reduce="amin")
-        return Histories(batch.seq_items.index_select(0, first), batch.seq_cats.index_select(0, first),
-                         batch.seq_mask().index_select(0, first), index)
-
-    def per_sample(self, x: torch.Tensor) -> torch.Tensor:
-        """``[U, ...]`` -> ``[B, ...]`` (cheap for ids and masks; avoid for vectors)."""
-        return x.index_select(0, self.index)
-
-    def at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """``x[index[b], positions[b, k]]``: ``[U, L, *]`` gathered at ``[B, K]`` -> ``[B, K, *]``."""
-        return x[self.index.unsqueeze(1), positions]
+    g = spec.gsu
+    id_attention = esu_attention.attention if isinstance(esu_attention, SemanticAwareTargetAttention) \
+        else esu_attention
+    if g.kind == "none":
+        return None
+    if g.kind == "cosine_scl" and g.id_score == "none":
+        return CosineGSU(top_k, chunk_size=g.chunk_size)
+    if g.kind == "cosine_scl":  # the GSU-scoring ablations: MM cosine + an ID relevance
+        return ScoreSumGSU(top_k, g.id_weight, id_attention if g.id_score == "attention" else None,
+                           chunk_size=g.chunk_size)
+    if g.kind == "scl_attention":
+        return SCLAttentionGSU(scl_attention, top_k)
+    if g.kind == "category":
+        return CategoryGSU(top_k)
+    if g.kind == "id_cosine":
+        return EmbeddingCosineGSU(top_k, chunk_size=g.chunk_size)
+    if g.kind == "attention":
+        return AttentionGSU(id_attention, top_k)
+    if g.kind == "cooccurrence_scl":
+        return MISSGSU(top_k, chunk_size=g.chunk_size)
+    raise ValueError(f"model.gsu.kind: unknown {g.kind!r}")
 
 
 class LifelongCTRModel(nn.Module):
     """A two-stage lifelong-sequence CTR model whose GSU and ESU come from a `ModelSpec`.
+
+    The whole computation after the pooled lookup is `score`, used as is by training
+    (`search_and_score`: B samples of U users) and by serving
+    (`muse_rec.serving.inference.InferenceModel`: one user, B candidates).
 
     Args:
         spec: the model section of a run spec (GSU kind, ESU parts, short-term branch, tower).
@@ -112,102 +114,26 @@ class LifelongCTRModel(nn.Module):
         g, e, s = spec.gsu, spec.esu, spec.short_term
         self.top_k = min(g.top_k, seq_len)
         self.recent = min(s.recent, seq_len)
-        self.uses_scl = g.kind in ("cosine_scl", "cooccurrence_scl", "scl_attention") or (
+        self.uses_scl = g.kind in SCL_GSU_KINDS or (
             e.similarity == "scl" and (e.simtier or e.attention == "sa_ta" or s.simtier))
 
         # ESU attention first: TWIN's GSU scores with the same projections (consistency).
-        self.esu_attention: Optional[nn.Module] = None
+        esu_attention: Optional[nn.Module] = None
         if e.attention == "ta":
-            self.esu_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, device=device)
+            esu_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, device=device)
         elif e.attention == "sa_ta":
-            self.esu_attention = SemanticAwareTargetAttention(
+            esu_attention = SemanticAwareTargetAttention(
                 d_tok, d_tok, e.attention_hidden, variant=e.sa_ta_variant,
                 temperature_init=e.temperature_init, device=device)
-
-        self.gsu: Optional[nn.Module] = None
-        self.mm_gsu: Optional[nn.Module] = None
-        self.id_gsu: Optional[nn.Module] = None  # the ID term added to the MM cosine (ablation)
-        self.scl_attention: Optional[TargetAttention] = None
-        if g.kind == "cosine_scl":
-            self.gsu = CosineGSU(self.top_k, chunk_size=g.chunk_size)
-            if g.id_score == "cosine":
-                self.id_gsu = EmbeddingCosineGSU(self.top_k, chunk_size=g.chunk_size)
-            elif g.id_score == "attention":
-                ta = self.esu_attention.attention if isinstance(self.esu_attention, SemanticAwareTargetAttention) \
-                    else self.esu_attention
-                self.id_gsu = AttentionGSU(ta, self.top_k)
-        elif g.kind == "scl_attention":
-            # Multimodal attention retrieval, TWIN's consistency applied to SCL vectors: the same
-            # projections score the whole sequence (no grad) and attend over the K retrieved.
-            self.scl_attention = TargetAttention(SCL_DIM, SCL_DIM, e.attention_hidden, device=device)
-            self.gsu = AttentionGSU(self.scl_attention, self.top_k)
-        elif g.kind == "category":
-            self.gsu = CategoryGSU(self.top_k)
-        elif g.kind == "id_cosine":
-            self.gsu = EmbeddingCosineGSU(self.top_k)
-        elif g.kind == "attention":
-            self.gsu = AttentionGSU(self.esu_attention, self.top_k)
-        elif g.kind == "cooccurrence_scl":
-            self.gsu = CooccurrenceGSU(self.top_k)
-            self.mm_gsu = CosineGSU(self.top_k, chunk_size=g.chunk_size)
-
-        self.simtier = SimTier(e.num_tiers, e.tier_width, device=device) if e.simtier else None
-        self.recent_simtier = SimTier(e.num_tiers, e.tier_width, device=device) if (s.simtier and self.uses_scl) else None
-        self.recent_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, device=device) if s.attention else None
-
-        width = self.sparse_arch.pooled_dim + d_tok  # pooled features + target token
-        if self.simtier is not None:
-            width += e.num_tiers
-        if self.scl_attention is not None:
-            width += SCL_DIM
-        if self.esu_attention is not None:
-            width += d_tok
-        if self.recent_simtier is not None:
-            width += e.num_tiers
-        if self.recent_attention is not None:
-            width += d_tok
-        if s.mean_pool:
-            width += d_tok * (2 if self.gsu is not None else 1)
-        self.tower = MLPTower(width, tuple(spec.tower_hidden), activation=spec.tower_activation,
-                              dropout=spec.dropout, device=device)
+        # Multimodal attention retrieval, TWIN's consistency applied to SCL vectors: the same
+        # projections score the whole sequence (no grad) and attend over the K retrieved.
+        scl_attention = (TargetAttention(SCL_DIM, SCL_DIM, e.attention_hidden, device=device)
+                         if g.kind == "scl_attention" else None)
+        self.gsu = build_gsu(spec, self.top_k, esu_attention, scl_attention)
+        self.over_arch = OverArch(spec, self.sparse_arch.pooled_dim, d_tok, self.gsu is not None, self.uses_scl,
+                                  esu_attention, scl_attention, make_similarity(spec, self.gsu), device=device)
 
     # ------------------------------------------------------------------------------------------
-    def retrieve(self, batch: Batch, hist: "Histories", scl_target: Optional[torch.Tensor],
-                 scl_seq: Optional[torch.Tensor]) -> Optional[GSUResult]:
-        """The GSU: K positions of the whole sequence per sample (no gradient through it)."""
-        kind, h = self.spec.gsu.kind, hist
-        if kind == "none":
-            return None
-        if kind == "cosine_scl" and self.id_gsu is None:
-            return self.gsu(scl_target, scl_seq, h.mask, h.index)
-        if kind == "cosine_scl":  # MM cosine + an ID relevance, one top-K over the sum
-            mm, _ = self.gsu.full_scores_with_validity(scl_target, scl_seq, h.mask, h.index)
-            seq_tok, tgt = self._id_tokens_no_grad(batch, h)
-            if isinstance(self.id_gsu, AttentionGSU):
-                ids = self.id_gsu.full_logits(tgt, seq_tok, h.mask, h.index)
-            else:
-                ids, _ = self.id_gsu.full_scores_with_validity(tgt, seq_tok, h.mask, h.index)
-            return topk_eligible(mm + self.spec.gsu.id_weight * ids, h.per_sample(h.mask), self.top_k)
-        if kind == "scl_attention":
-            return self.gsu(scl_target.float(), scl_seq.float(), h.mask, h.index)
-        if kind == "category":
-            return self.gsu(batch.target_cat, h.per_sample(h.cats), h.per_sample(h.mask))
-        if kind == "cooccurrence_scl":
-            co = self.gsu(batch.target_item, batch.target_cat, h.per_sample(h.items), h.per_sample(h.cats),
-                          h.per_sample(h.mask))
-            return merge_gsu_results(co, self.mm_gsu(scl_target, scl_seq, h.mask, h.index), self.top_k)
-        seq_tok, tgt = self._id_tokens_no_grad(batch, h)
-        return self.gsu(tgt, seq_tok, h.mask, h.index)
-
-    def _id_tokens_no_grad(self, batch: Batch, h: "Histories") -> Tuple[torch.Tensor, torch.Tensor]:
-        """ID tokens of the whole histories ``[U, L, D_tok]`` and of the targets ``[B, D_tok]``,
-        without gradient: ID-embedding GSUs read them, and no row they touch is updated."""
-        seq_tok = self.sparse_arch.sequence_tokens_no_grad(h.items, h.cats, h.mask)
-        tgt = self.sparse_arch.sequence_tokens_no_grad(
-            batch.target_item.unsqueeze(1), batch.target_cat.unsqueeze(1),
-            torch.ones_like(batch.target_item, dtype=torch.bool).unsqueeze(1))[:, 0]
-        return seq_tok, tgt
-
     def forward(self, batch: Batch) -> torch.Tensor:
         """``batch`` -> logits ``[B]`` (pre-sigmoid).
 
@@ -220,76 +146,61 @@ class LifelongCTRModel(nn.Module):
         return _search_and_score(self, batch, pooled)
 
     def search_and_score(self, batch: Batch, pooled_kt: KeyedTensor) -> torch.Tensor:
-        """Everything after the pooled lookup: ``[B]`` logits."""
-        s = self.spec.short_term
-        R = self.recent
+        """Everything after the pooled lookup: group the batch by user, then `score`: ``[B]`` logits."""
         pooled = self.sparse_arch.in_feature_order(pooled_kt).values()  # [B, P], fixed column order
-        h = Histories.of(batch)
-        L = h.items.shape[1]
+        return self.score(pooled, batch.target_item, batch.target_cat, Histories.of(batch))
 
-        scl_t = scl_seq = None
+    def score(self, pooled: torch.Tensor, target_item: torch.Tensor, target_cat: torch.Tensor,
+              hist: Histories, scl_seq: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """THE forward after the pooled lookup, for training and serving alike.
+
+        Args:
+            pooled: ``[B, P]`` pooled features in `POOLED_FEATURES` column order.
+            target_item, target_cat: ``[B]`` int64 target rows.
+            hist: the histories ``[U, L]`` and each sample's row (U = 1 when serving).
+            scl_seq: ``[U, L, 128]`` SCL vectors of the histories when the caller has them (the
+                Ranker's cache; zeros at padding); None = look them up.
+
+        Returns:
+            ``[B]`` logits.
+        """
+        R = self.recent
+        L = hist.items.shape[1]
+        scl_t = None
         if self.uses_scl:  # [B, 128] targets, [U, L, 128] one history per distinct user
-            scl_t, scl_seq = self.sparse_arch.scl_vectors(batch.target_item, h.items, h.mask)
-        res = self.retrieve(batch, h, scl_t, scl_seq)
+            if scl_seq is None:
+                scl_t, scl_seq = self.sparse_arch.scl_vectors(target_item, hist.items, hist.mask)
+            else:
+                scl_t, _ = self.sparse_arch.scl_vectors(target_item, hist.items[:, :0], hist.mask[:, :0])
+        else:
+            scl_seq = None
+        search = SearchInputs(hist, target_item, target_cat, scl_t, scl_seq,
+                              id_token_fn=lambda: self._id_tokens_no_grad(target_item, target_cat, hist))
+        res: Optional[GSUResult] = self.gsu.retrieve(search) if self.gsu is not None else None
 
-        B = batch.labels.shape[0]
-        if res is None:  # DIN: no long-term search
-            gsu_items = batch.target_item.new_zeros(B, 1)
+        B = target_item.shape[0]
+        if res is None:  # DIN: no long-term search (one invalid slot)
+            gsu_items = target_item.new_zeros(B, 1)
             gsu_valid = torch.zeros(B, 1, dtype=torch.bool, device=gsu_items.device)
             gsu_cats = gsu_items
         else:
-            gsu_items, gsu_cats, gsu_valid = h.at(h.items, res.indices), h.at(h.cats, res.indices), res.valid
-        rec_items = h.per_sample(h.items[:, L - R:])
-        rec_cats = h.per_sample(h.cats[:, L - R:])
-        rec_mask = h.per_sample(h.mask[:, L - R:])
-        tok = self.sparse_arch.id_tokens(batch.target_item, batch.target_cat, gsu_items, gsu_cats,
+            gsu_items, gsu_cats, gsu_valid = hist.at(hist.items, res.indices), hist.at(hist.cats, res.indices), res.valid
+        rec_items = hist.per_sample(hist.items[:, L - R:])
+        rec_cats = hist.per_sample(hist.cats[:, L - R:])
+        rec_mask = hist.per_sample(hist.mask[:, L - R:])
+        tok = self.sparse_arch.id_tokens(target_item, target_cat, gsu_items, gsu_cats,
                                          gsu_valid, rec_items, rec_cats, rec_mask)
+        return self.over_arch(pooled, tok.target, tok.gsu, tok.recent, rec_mask, res, search)
 
-        parts: List[torch.Tensor] = [pooled, tok.target]
-        if res is not None:
-            sim, sim_ok = self._similarities(res, h, tok.target, tok.gsu, scl_t, scl_seq)
-            if self.simtier is not None:
-                parts.append(self.simtier(sim, sim_ok))
-            if self.scl_attention is not None:
-                parts.append(self.scl_attention(scl_t.float(), h.at(scl_seq, res.indices).float(), res.valid))
-            if isinstance(self.esu_attention, SemanticAwareTargetAttention):
-                parts.append(self.esu_attention(tok.target, tok.gsu, sim, res.valid))
-            elif self.esu_attention is not None:
-                parts.append(self.esu_attention(tok.target, tok.gsu, res.valid))
-        if self.recent_simtier is not None:
-            cos, has_vec = grouped_cosine(scl_t, scl_seq[:, L - R:], h.index)
-            rec_ok = has_vec & rec_mask
-            parts.append(self.recent_simtier(torch.where(rec_ok, cos, 0.0), rec_ok))
-        if self.recent_attention is not None:
-            parts.append(self.recent_attention(tok.target, tok.recent, rec_mask))
-        if s.mean_pool:
-            parts.append(masked_mean(tok.recent, rec_mask))
-            if res is not None:
-                parts.append(masked_mean(tok.gsu, res.valid))
-        return self.tower(torch.cat(parts, dim=-1))
-
-    def _similarities(self, res: GSUResult, h: "Histories", tgt_tok: torch.Tensor, gsu_tok: torch.Tensor,
-                      scl_t: Optional[torch.Tensor], scl_seq: Optional[torch.Tensor]
-                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """R ``[B, K]`` and where it is defined: SCL cosines of the retrieved behaviours or ID cosines."""
-        if self.spec.esu.similarity == "id":
-            with torch.no_grad():
-                cos = F.cosine_similarity(gsu_tok, tgt_tok.unsqueeze(1), dim=-1, eps=1e-12)
-            return torch.where(res.valid, cos, 0.0), res.valid
-        if self.spec.gsu.kind == "cosine_scl" and self.id_gsu is None:
-            return res.scores, res.has_score  # the GSU's own cosines, already computed
-        return self._scl_cosine(scl_t, h.at(scl_seq, res.indices), res.valid)
-
-    @staticmethod
-    def _scl_cosine(scl_t: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Cosine of ``[B, D]`` target vs ``[B, N, D]`` SCL vectors; defined where both are non-zero."""
-        with torch.no_grad():
-            q, k = scl_t.float(), keys.float()
-            dots = torch.bmm(k, q.unsqueeze(2)).squeeze(2)
-            cos, has_vector = finish_cosine(dots, torch.linalg.vector_norm(k, dim=2),
-                                            torch.linalg.vector_norm(q, dim=1, keepdim=True))
-            ok = has_vector & mask
-            return torch.where(ok, cos, 0.0), ok
+    def _id_tokens_no_grad(self, target_item: torch.Tensor, target_cat: torch.Tensor, h: Histories
+                           ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """ID tokens of the whole histories ``[U, L, D_tok]`` and of the targets ``[B, D_tok]``,
+        without gradient: ID-embedding GSUs read them, and no row they touch is updated."""
+        seq_tok = self.sparse_arch.sequence_tokens_no_grad(h.items, h.cats, h.mask)
+        tgt = self.sparse_arch.sequence_tokens_no_grad(
+            target_item.unsqueeze(1), target_cat.unsqueeze(1),
+            torch.ones_like(target_item, dtype=torch.bool).unsqueeze(1))[:, 0]
+        return seq_tok, tgt
 
 
 def _search_and_score(model: LifelongCTRModel, batch: Batch, pooled: KeyedTensor) -> torch.Tensor:

@@ -126,18 +126,21 @@ class FrozenSCL(nn.Module):
         # all keys, so the sequence feature has B rows, U..B-1 empty.
         dev = target_item.device
         seq_ids = torch.where(seq_mask, seq_items, 0).reshape(-1)
-        lengths = torch.cat([
-            torch.ones(B, dtype=torch.int32, device=dev),
-            torch.full((U,), L, dtype=torch.int32, device=dev),
-            torch.zeros(B - U, dtype=torch.int32, device=dev),
-        ])
+        # Rows 0..U-1 of the sequence feature hold the histories (no `B - U` sized tensor, whose
+        # size would put a guard on B in a `torch.export` program with a dynamic B).
+        seq_lengths = (torch.arange(B, device=dev) < U).to(torch.int32) * L
+        lengths = torch.cat([torch.ones(B, dtype=torch.int32, device=dev), seq_lengths])
         with torch.no_grad():
             kjt = KeyedJaggedTensor(keys=[SCL_TARGET_FEATURE, SCL_SEQ_FEATURE],
                                     values=torch.cat([target_item.to(torch.int64), seq_ids.to(torch.int64)]),
                                     lengths=lengths)
             out = self.collection(kjt)
             target = out[SCL_TARGET_FEATURE].values()
-            seq = out[SCL_SEQ_FEATURE].values().view(U, L, self.dim)
+            seq = out[SCL_SEQ_FEATURE].values()
+            # Output sizes are data-dependent for torch.export; state them (no-op in eager).
+            torch._check(target.shape[0] == B)
+            torch._check(seq.shape[0] == U * L)
+            seq = seq.view(U, L, self.dim)
         return target, seq
 
     @torch.no_grad()

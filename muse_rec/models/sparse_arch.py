@@ -47,6 +47,17 @@ ID_FEATURES: List[str] = [TARGET_ITEM, GSU_ITEM, RECENT_ITEM, TARGET_CAT, GSU_CA
 REQUIRED_TABLES: List[str] = [ITEM_TABLE, CATEGORY_TABLE] + POOLED_FEATURES
 
 
+def lookup_rows(x: torch.Tensor, n) -> torch.Tensor:
+    """``x`` (a lookup's output values) with its first dim declared equal to ``n``.
+
+    A TorchRec lookup's output size is the sum of the KJT's lengths, which `torch.export` sees
+    as data-dependent; stating it (a no-op check in eager mode) lets the exported graph reshape
+    and broadcast without guards.
+    """
+    torch._check(x.shape[0] == n, lambda: f"lookup returned {x.shape[0]} rows, expected {n}")
+    return x
+
+
 class IdTokens(NamedTuple):
     """ID tokens ``[item ‖ category]`` of one forward.
 
@@ -199,18 +210,38 @@ class SparseArch(nn.Module):
         B = target_item.shape[0]
         one = torch.ones(B, 1, dtype=torch.bool, device=target_item.device)
         masks = [one, gsu_mask, recent_mask] * 2
-        kjt = masked_kjt(
-            ID_FEATURES,
+        dense = self._lookup_ids(
             [target_item.reshape(B, 1), gsu_items, recent_items, target_cat.reshape(B, 1), gsu_cats, recent_cats],
-            masks,
-        )
-        out = self.ids(kjt)
-        dense = {f: dense_from_jagged(out[f].values(), m) for f, m in zip(ID_FEATURES, masks)}
+            masks)
         return IdTokens(
             target=torch.cat([dense[TARGET_ITEM], dense[TARGET_CAT]], dim=-1).squeeze(1),
             gsu=torch.cat([dense[GSU_ITEM], dense[GSU_CAT]], dim=-1),
             recent=torch.cat([dense[RECENT_ITEM], dense[RECENT_CAT]], dim=-1),
         )
+
+    def _lookup_ids(self, ids: List[torch.Tensor], masks: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The `ID_FEATURES` looked up in the ``ids`` EC: per feature ``[N, n_f]`` -> ``[N, n_f, D]``, 0 where masked.
+
+        Training mode: only the valid ids go into the KJT (a fused optimizer moves every row it
+        sees). Eval mode: every slot is looked up with fixed lengths and masked slots are zeroed
+        afterwards: the same values, with static shapes (`torch.export` cannot trace the boolean
+        indexing of the masked KJT).
+        """
+        if self.training:
+            out = self.ids(masked_kjt(ID_FEATURES, ids, masks))
+            return {f: dense_from_jagged(out[f].values(), m) for f, m in zip(ID_FEATURES, masks)}
+        kjt = KeyedJaggedTensor(
+            keys=list(ID_FEATURES),
+            values=torch.cat([i.reshape(-1) for i in ids]).to(torch.int64),
+            lengths=torch.cat([torch.full((i.shape[0],), i.shape[1], dtype=torch.int32, device=i.device)
+                               for i in ids]),
+        )
+        out = self.ids(kjt)
+        dense: Dict[str, torch.Tensor] = {}
+        for f, i, m in zip(ID_FEATURES, ids, masks):
+            v = lookup_rows(out[f].values(), i.shape[0] * i.shape[1])
+            dense[f] = v.view(i.shape[0], i.shape[1], v.shape[1]) * m.unsqueeze(2).to(v.dtype)
+        return dense
 
     def sequence_tokens_no_grad(
         self, seq_items: torch.Tensor, seq_cats: torch.Tensor, seq_mask: torch.Tensor
@@ -230,13 +261,9 @@ class SparseArch(nn.Module):
         dev = seq_items.device
         none = torch.zeros(B, 1, dtype=torch.bool, device=dev)
         empty = torch.zeros(B, 1, dtype=torch.int64, device=dev)
-        masks = [none, seq_mask, none] * 2
         with torch.no_grad():
-            kjt = masked_kjt(ID_FEATURES, [empty, seq_items, empty, empty, seq_cats, empty], masks)
-            out = self.ids(kjt)
-            items = dense_from_jagged(out[GSU_ITEM].values(), seq_mask)
-            cats = dense_from_jagged(out[GSU_CAT].values(), seq_mask)
-            return torch.cat([items, cats], dim=-1)
+            out = self._lookup_ids([empty, seq_items, empty, empty, seq_cats, empty], [none, seq_mask, none] * 2)
+            return torch.cat([out[GSU_ITEM], out[GSU_CAT]], dim=-1)
 
     def scl_vectors(
         self, target_item: torch.Tensor, seq_items: torch.Tensor, seq_mask: torch.Tensor

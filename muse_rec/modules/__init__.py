@@ -7,8 +7,16 @@ See docs/modules.md for the conventions and how the model wires them.
 from muse_rec.modules.attention import SemanticAwareTargetAttention, TargetAttention, masked_softmax
 from muse_rec.modules.cosine import cosine_at
 from muse_rec.modules.din import DINAttention
-from muse_rec.modules.gsu import CosineGSU, EmbeddingCosineGSU, reference_cosine_topk
-from muse_rec.modules.gsu_baselines import AttentionGSU, CategoryGSU, CooccurrenceGSU, merge_gsu_results
+from muse_rec.modules.gsu import CosineGSU, EmbeddingCosineGSU, ScoreSumGSU, reference_cosine_topk
+from muse_rec.modules.gsu_baselines import (
+    MISSGSU,
+    AttentionGSU,
+    CategoryGSU,
+    CooccurrenceGSU,
+    SCLAttentionGSU,
+    merge_gsu_results,
+)
+from muse_rec.modules.search import Histories, SearchInputs
 from muse_rec.modules.selection import GSUResult
 from muse_rec.modules.simtier import SimTier
 from muse_rec.modules.tower import Dice, MLPTower, masked_mean
@@ -22,6 +30,11 @@ __all__ = [
     "Dice",
     "EmbeddingCosineGSU",
     "GSUResult",
+    "Histories",
+    "MISSGSU",
+    "SCLAttentionGSU",
+    "ScoreSumGSU",
+    "SearchInputs",
     "MLPTower",
     "SemanticAwareTargetAttention",
     "SimTier",

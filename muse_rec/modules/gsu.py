@@ -27,10 +27,12 @@ from muse_rec.modules.cosine import (
     reference_cosine,
     shared_keys_cosine_topk,
 )
+from muse_rec.modules.search import SearchInputs, history_cosine, history_dot
 from muse_rec.modules.selection import (
     GSUResult,
     cosine_selection_scores,
     decode_cosine_selection,
+    vector_first_topk,
 )
 
 
@@ -57,6 +59,9 @@ class CosineGSU(nn.Module):
             D = 128, sized to stay in a CPU's L2).
     """
 
+    # The selection scores are SCL cosines: the ESU may read them as R (no second cosine).
+    scores_are_scl_cosines = True
+
     def __init__(self, top_k: int = 50, chunk_size: int = DEFAULT_CHUNK_ROWS) -> None:
         super().__init__()
         _validate_top_k(top_k, chunk_size)
@@ -77,6 +82,11 @@ class CosineGSU(nn.Module):
         Returns:
             `GSUResult` with ``[B, K]`` tensors, best first; ``scores`` are cosines.
         """
+        if index is not None and keys.shape[0] == 1 and keys.shape[1] > 0:
+            # One history shared by all B queries (serving; static shape, exportable): GEMM per
+            # chunk with a running top-K, memory O(B * (K + chunk_size)) for any L.
+            values, indices = shared_keys_cosine_topk(query, keys[0], mask[0], self.top_k, self.chunk_size)
+            return decode_cosine_selection(values, indices, self.top_k)
         if index is not None:
             check_grouped_inputs(query, keys, mask, index)
             L = keys.shape[1]
@@ -103,6 +113,12 @@ class CosineGSU(nn.Module):
                 values, indices = torch.topk(sel, min(self.top_k, L), dim=1)
         return decode_cosine_selection(values, indices, self.top_k)
 
+    def retrieve(self, search: SearchInputs) -> GSUResult:
+        """MUSE's GSU: top-K by cosine of the frozen SCL vectors (see `SearchInputs`)."""
+        scl_target, scl_seq = search.scl()
+        h = search.hist
+        return self(scl_target, scl_seq, h.mask, h.index)
+
     def full_scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cosine of every position: ``[B, L]`` fp32; 0.0 at padding and where a vector is 0.
 
@@ -117,9 +133,9 @@ class CosineGSU(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """`full_scores` plus ``has_score [B, L]`` (real behaviour and both vectors exist)."""
         if index is not None:
-            check_grouped_inputs(query, keys, mask, index)
-            with torch.no_grad():
-                cos, has_vec = grouped_cosine(query, keys, index, self.chunk_size)
+            if keys.shape[0] != 1:
+                check_grouped_inputs(query, keys, mask, index)
+            cos, has_vec = history_cosine(query, keys, index, self.chunk_size)
             has_score = has_vec & mask.index_select(0, index)
             return torch.where(has_score, cos, 0.0), has_score
         check_cosine_inputs(query, keys, mask)
@@ -149,6 +165,8 @@ class EmbeddingCosineGSU(CosineGSU):
         chunk_size: see `CosineGSU`.
     """
 
+    scores_are_scl_cosines = False  # ID cosines: an SCL-similarity ESU computes its own R
+
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 index: Optional[torch.Tensor] = None) -> GSUResult:
         """``query [B, D]`` float, ``keys [B, L, D]`` (or ``[U, L, D]`` with `index`) float -> `GSUResult`."""
@@ -157,6 +175,59 @@ class EmbeddingCosineGSU(CosineGSU):
                 f"EmbeddingCosineGSU expects float embeddings, got query {query.dtype}, keys {keys.dtype}"
             )
         return super().forward(query.detach(), keys.detach(), mask, index)
+
+    def retrieve(self, search: SearchInputs) -> GSUResult:
+        """SIM-soft: top-K by cosine of the (detached) ID tokens ``[item ‖ category]``."""
+        seq_tok, target_tok = search.id_tokens()
+        h = search.hist
+        return self(target_tok, seq_tok, h.mask, h.index)
+
+
+class ScoreSumGSU(nn.Module):
+    """GSU-scoring ablation: multimodal cosine + ``id_weight`` x an ID relevance, one top-K.
+
+    The ID relevance is the cosine of the ID tokens (``id_scorer`` = None) or the logits of the
+    ESU's ID target attention (``id_scorer`` = that `TargetAttention`, TWIN-style). The selection
+    follows the multimodal GSU's rule (`vector_first_topk`): behaviours without an SCL vector
+    rank below every behaviour with one, newest first, whatever their ID score.
+
+    Args:
+        top_k: K.
+        id_weight: weight of the ID relevance in the sum.
+        id_scorer: None (ID cosine) or the ESU's `TargetAttention` (shared, not copied).
+        chunk_size: see `CosineGSU`.
+    """
+
+    scores_are_scl_cosines = False
+
+    def __init__(self, top_k: int, id_weight: float = 1.0, id_scorer: Optional[nn.Module] = None,
+                 chunk_size: int = DEFAULT_CHUNK_ROWS) -> None:
+        super().__init__()
+        _validate_top_k(top_k, chunk_size)
+        self.top_k = top_k
+        self.id_weight = id_weight
+        self.id_scorer = id_scorer
+        self.chunk_size = chunk_size
+
+    @torch.no_grad()
+    def id_relevance(self, target_tok: torch.Tensor, seq_tok: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` ID relevance of every position (cosine, or attention logits)."""
+        if self.id_scorer is None:
+            return history_cosine(target_tok, seq_tok, index, self.chunk_size)[0]
+        q = self.id_scorer.project_query(target_tok)
+        return history_dot(q, self.id_scorer.project_keys(seq_tok), index) * self.id_scorer.scale
+
+    @torch.no_grad()
+    def retrieve(self, search: SearchInputs) -> GSUResult:
+        scl_target, scl_seq = search.scl()
+        seq_tok, target_tok = search.id_tokens()
+        h = search.hist
+        mm, has_vec = history_cosine(scl_target, scl_seq, h.index, self.chunk_size)  # [B, L]
+        score = mm + self.id_weight * self.id_relevance(target_tok, seq_tok, h.index)
+        return vector_first_topk(score, has_vec, h.per_sample(h.mask), self.top_k)
+
+    def extra_repr(self) -> str:
+        return f"top_k={self.top_k}, id_weight={self.id_weight}, id_score={'cosine' if self.id_scorer is None else 'attention'}"
 
 
 def reference_cosine_topk(

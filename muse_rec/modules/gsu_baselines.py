@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from muse_rec.modules.attention import TargetAttention
-from muse_rec.modules.cosine import check_grouped_inputs, grouped_dot
+from muse_rec.modules.cosine import check_grouped_inputs
+from muse_rec.modules.gsu import CosineGSU
+from muse_rec.modules.search import SearchInputs, history_dot, unit_vectors
 from muse_rec.modules.selection import GSUResult, topk_eligible
 
 
@@ -45,6 +47,8 @@ class CategoryGSU(nn.Module):
             ``None`` disables the rule.
     """
 
+    scores_are_scl_cosines = False
+
     def __init__(self, top_k: int = 50, unknown_category: Optional[int] = 0) -> None:
         super().__init__()
         if top_k < 1:
@@ -62,6 +66,11 @@ class CategoryGSU(nn.Module):
         res = topk_eligible(_positions(seq_cats).expand_as(seq_cats), match, self.top_k)
         res.scores = res.valid.to(torch.float32)
         return res
+
+    def retrieve(self, search: SearchInputs) -> GSUResult:
+        """SIM-hard over the searched histories (`SearchInputs`)."""
+        h = search.hist
+        return self(search.target_cat, h.per_sample(h.cats), h.per_sample(h.mask))
 
     def extra_repr(self) -> str:
         return f"top_k={self.top_k}, unknown_category={self.unknown_category}"
@@ -88,6 +97,8 @@ class AttentionGSU(nn.Module):
         chunk_size: positions projected per step.
     """
 
+    scores_are_scl_cosines = False
+
     def __init__(self, attention: TargetAttention, top_k: int = 50, chunk_size: int = 1024) -> None:
         super().__init__()
         if top_k < 1 or chunk_size < 1:
@@ -112,11 +123,12 @@ class AttentionGSU(nn.Module):
                     index: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention logits of every position, ``[B, L]`` (masking left to the caller)."""
         if index is not None:
-            check_grouped_inputs(query, keys, mask, index)
+            if keys.shape[0] != 1:
+                check_grouped_inputs(query, keys, mask, index)
             q = self.attention.project_query(query)  # [B, H]
             k = torch.cat([self.attention.project_keys(keys[:, l0 : l0 + self.chunk_size])
                            for l0 in range(0, keys.shape[1], self.chunk_size)], dim=1)  # [U, L, H]
-            return grouped_dot(q, k, index) * self.attention.scale
+            return history_dot(q, k, index) * self.attention.scale
         if keys.dim() != 3 or mask.shape != keys.shape[:2]:
             raise ValueError(f"keys must be [B, L, D] with mask [B, L]; got {tuple(keys.shape)}, {tuple(mask.shape)}")
         return torch.cat(
@@ -127,6 +139,32 @@ class AttentionGSU(nn.Module):
             or [keys.new_zeros(keys.shape[:2])],
             dim=1,
         )
+
+
+    def keys_of(self, search: SearchInputs):
+        """``(query [B, Dq], keys [U, L, Dk])`` this GSU scores: the ID tokens (TWIN)."""
+        seq_tok, target_tok = search.id_tokens()
+        return target_tok, seq_tok
+
+    def retrieve(self, search: SearchInputs) -> GSUResult:
+        """Top-K by the attention logits over the searched histories."""
+        query, keys = self.keys_of(search)
+        h = search.hist
+        return self(query, keys, h.mask, h.index)
+
+
+class SCLAttentionGSU(AttentionGSU):
+    """GSU-scoring ablation "MM attention": a learned target attention over the SCL vectors.
+
+    The same projections also attend over the K retrieved behaviours' SCL vectors in the ESU
+    (that is how they are trained; the selection itself runs without gradient). Both read the
+    vectors as unit vectors (`unit_vectors`), as the cosine GSU effectively does: the int8
+    storage (norm ~127) would make the logits ~10^4 times too large and the softmax one-hot.
+    """
+
+    def keys_of(self, search: SearchInputs):
+        scl_target, scl_seq = search.scl()
+        return unit_vectors(scl_target), unit_vectors(scl_seq)
 
 
 class CooccurrenceGSU(nn.Module):
@@ -210,6 +248,29 @@ class CooccurrenceGSU(nn.Module):
             has_score=torch.cat([valid, valid.new_zeros(B, pad)], 1),
         )
         return res
+
+
+class MISSGSU(nn.Module):
+    """MISS: the ID co-occurrence GSU's picks merged (`merge_gsu_results`) with the multimodal GSU's.
+
+    Args:
+        top_k: K.
+        chunk_size: see `CosineGSU`.
+    """
+
+    scores_are_scl_cosines = False
+
+    def __init__(self, top_k: int = 50, chunk_size: int = 2048) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.cooccurrence = CooccurrenceGSU(top_k)
+        self.multimodal = CosineGSU(top_k, chunk_size=chunk_size)
+
+    def retrieve(self, search: SearchInputs) -> GSUResult:
+        h = search.hist
+        co = self.cooccurrence(search.target_item, search.target_cat, h.per_sample(h.items),
+                               h.per_sample(h.cats), h.per_sample(h.mask))
+        return merge_gsu_results(co, self.multimodal.retrieve(search), self.top_k)
 
 
 def merge_gsu_results(a: GSUResult, b: GSUResult, top_k: int) -> GSUResult:

@@ -135,3 +135,40 @@ def topk_eligible(score: torch.Tensor, eligible: torch.Tensor, top_k: int) -> GS
         valid=valid,
         has_score=valid.clone(),
     )
+
+
+def vector_first_topk(score: torch.Tensor, has_vector: torch.Tensor, eligible: torch.Tensor,
+                      top_k: int) -> GSUResult:
+    """The multimodal GSUs' rule for any relevance ``score [B, L]`` (bounded or not).
+
+    Eligible behaviours with an SCL vector (``has_vector``) come first, best ``score`` first;
+    then, only if fewer than K have one, eligible behaviours without a vector, newest first,
+    as ``valid`` slots with ``has_score`` False and score 0.0. This is exactly the rule that
+    `cosine_selection_scores` encodes with sentinels for cosines in [-1, 1]; sentinels cannot
+    work for unbounded scores (an ID attention logit added to the cosine), hence two top-Ks and
+    a branch-free merge (static shapes, exportable).
+
+    Args:
+        score: ``[B, L]`` relevance; read only where ``has_vector & eligible``.
+        has_vector: ``[B, L]`` bool, both the target and the behaviour have an SCL vector.
+        eligible: ``[B, L]`` bool, real behaviours.
+    """
+    if not (score.shape == has_vector.shape == eligible.shape):
+        raise ValueError(f"score {tuple(score.shape)}, has_vector {tuple(has_vector.shape)} and eligible "
+                         f"{tuple(eligible.shape)} differ")
+    scored = topk_eligible(score, has_vector & eligible, top_k)  # valid slots form a prefix
+    pos = torch.arange(score.shape[1], device=score.device, dtype=torch.float32).unsqueeze(0)
+    newest = topk_eligible(pos.expand_as(score), eligible & ~has_vector, top_k)
+    slot = torch.arange(top_k, device=score.device).unsqueeze(0)  # [1, K]
+    n_scored = scored.valid.sum(dim=1, keepdim=True)  # [B, 1]
+    from_scored = slot < n_scored
+    j = (slot - n_scored).clamp(min=0)  # slot in the newest-first list
+    idx_rest = torch.gather(newest.indices, 1, j)
+    valid_rest = torch.gather(newest.valid, 1, j)
+    valid = torch.where(from_scored, True, valid_rest)
+    return GSUResult(
+        indices=torch.where(from_scored, scored.indices, torch.where(valid_rest, idx_rest, 0)),
+        scores=torch.where(from_scored, scored.scores, 0.0),
+        valid=valid,
+        has_score=from_scored,
+    )

@@ -39,9 +39,8 @@ from muse_rec.training.checkpoint import latest_checkpoint, load_checkpoint
 
 PROGRAM_FILE = "ranker.pt2"
 MANIFEST_FILE = "manifest.json"
-# torch.export specialises a dynamic size seen as 0 or 1; the program accepts B >= 2 and the
-# Ranker pads a one-candidate request (see `ExportedScorer`).
-MIN_CANDIDATES = 2
+# The program takes any candidate count from 1 (traced size-obliviously, see `export_program`).
+MIN_CANDIDATES = 1
 DEFAULT_MAX_CANDIDATES = 4096
 INPUT_NAMES = ("seq_items", "seq_cats", "seq_length", "user_fields", "cand_items", "cand_cats", "cand_attrs")
 
@@ -118,7 +117,11 @@ def export_program(model: torch.nn.Module, seq_len: int,
         # One eager call first: TorchRec's quantized collections cache their feature order on
         # the first forward, with a `torch.tensor(data=...)` call that export cannot trace.
         model(*example)
-        return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
+        # Size-oblivious tracing: without it a dynamic size is assumed >= 2 while tracing, and the
+        # sizes TorchRec's lookups derive from B (unbacked: sums of KJT lengths) inherit that bound
+        # as a runtime assertion, so the program would refuse one candidate.
+        with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+            return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
 
 
 def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq_len: Optional[int] = None,

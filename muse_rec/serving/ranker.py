@@ -33,7 +33,7 @@ import torch
 from muse_rec.data.batch import USER_FEATURES
 from muse_rec.data.prepared import PreparedData
 from muse_rec.serving.cache import AsyncLRUCache
-from muse_rec.serving.export import load_program, load_trained_model, read_manifest
+from muse_rec.serving.export import ExportError, load_program, load_trained_model, read_manifest
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.request import RankRequest, RequestError, validate_request
 from muse_rec.spec import Spec
@@ -109,7 +109,7 @@ class FloatScorer:
         self.needs_scl = model.model.uses_scl
         self.fixed_len: Optional[int] = None
         self.min_len = model.recent  # the recent-R slice needs at least R positions
-        self.min_candidates, self.max_candidates = 1, None
+        self.max_candidates: Optional[int] = None
 
     @torch.no_grad()
     def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
@@ -119,7 +119,7 @@ class FloatScorer:
 
 
 class ExportedScorer:
-    """An exported program (`muse-rec export`); history length fixed, B in its exported range."""
+    """An exported program (`muse-rec export`); history length fixed, any B from 1 to its maximum."""
 
     def __init__(self, exported_dir: str) -> None:
         self.manifest = read_manifest(exported_dir)
@@ -127,19 +127,14 @@ class ExportedScorer:
         self.needs_scl = False  # the program holds the SCL table and looks the history up
         self.fixed_len: Optional[int] = int(self.manifest["seq_len"])
         self.min_len = self.fixed_len
-        self.min_candidates = int(self.manifest["min_candidates"])
+        if int(self.manifest["min_candidates"]) > 1:
+            raise ExportError(f"{exported_dir}: exported by an older muse-rec for at least "
+                              f"{self.manifest['min_candidates']} candidates; re-export it (`muse-rec export`)")
         self.max_candidates: Optional[int] = int(self.manifest["max_candidates"])
 
     @torch.no_grad()
     def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
-        n = items.shape[0]
-        if n < self.min_candidates:  # repeat the last candidate; its extra scores are dropped
-            pad = self.min_candidates - n
-            items = torch.cat([items, items[-1:].expand(pad)])
-            cats = torch.cat([cats, cats[-1:].expand(pad)])
-            attrs = torch.cat([attrs, attrs[-1:].expand(pad, -1)])
-        out = self.program(ctx.seq_items, ctx.seq_cats, ctx.seq_length, ctx.user_fields, items, cats, attrs)
-        return out[:n]
+        return self.program(ctx.seq_items, ctx.seq_cats, ctx.seq_length, ctx.user_fields, items, cats, attrs)
 
 
 Scorer = Union[FloatScorer, ExportedScorer]

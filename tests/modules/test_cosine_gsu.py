@@ -207,3 +207,76 @@ def test_batched_cosine_paths_agree(gemv, chunk_rows):
     ref, ref_has = reference_cosine(query, keys)
     assert torch.equal(has, ref_has)
     torch.testing.assert_close(cos.double(), ref, atol=1e-6, rtol=0)
+
+
+# ---- the GSU interface: one `retrieve` for training (U histories) and serving (U = 1) -------------
+def _search(query, keys, mask, index, tokens=None):
+    """`SearchInputs` over SCL ``keys [U, L, D]`` and optional ID tokens ``(seq [U, L, d], target [B, d])``."""
+    from muse_rec.modules import Histories, SearchInputs
+
+    U, L = mask.shape
+    items = torch.arange(1, U * L + 1).view(U, L) * mask
+    hist = Histories(items, items % 7, mask, index)
+    B = index.shape[0]
+    return SearchInputs(hist, torch.arange(B), torch.arange(B) % 7, query, keys, id_token_fn=(lambda: tokens))
+
+
+@pytest.mark.parametrize("id_score", ["cosine", "attention"])
+def test_score_sum_gsu_ranks_no_vector_behaviours_last(id_score):
+    """Issue 10 item 5: "MM cosine + ID score" used cosine 0 for a behaviour without an SCL vector,
+    ranking it above every real negative cosine. It now follows the cosine GSU's rule."""
+    from muse_rec.modules import ScoreSumGSU, TargetAttention
+
+    gen = torch.Generator().manual_seed(0)
+    L, d = 6, 8
+    query = int8_scl(1, gen=gen)
+    keys = (-query.float()).to(torch.int8).unsqueeze(1).repeat(1, L, 1)  # every cosine is -1 ...
+    keys[0, 4] = 0  # ... except two behaviours without a vector (the newest: position 5 not)
+    keys[0, 1] = 0
+    mask = torch.ones(1, L, dtype=torch.bool)
+    # The ID relevance strongly favours the no-vector behaviours.
+    seq_tok = torch.randn(1, L, d, generator=gen)
+    tgt_tok = seq_tok[:, 4].clone()
+    scorer = TargetAttention(d, d, d) if id_score == "attention" else None
+    gsu = ScoreSumGSU(top_k=L, id_weight=1.0, id_scorer=scorer)
+    res = gsu.retrieve(_search(query, keys, mask, torch.zeros(1, dtype=torch.int64), (seq_tok, tgt_tok)))
+    # Behaviours with a vector first; then the two without, newest first, valid but without a score.
+    assert set(res.indices[0, :4].tolist()) == {0, 2, 3, 5}
+    assert res.indices[0, 4:].tolist() == [4, 1]
+    assert res.valid.all() and res.has_score[0].tolist() == [True] * 4 + [False] * 2
+    assert res.scores[0, 4:].tolist() == [0.0, 0.0]
+
+
+def test_score_sum_gsu_with_zero_id_weight_is_the_cosine_gsu():
+    """One rule for both: with the ID term weighted 0 the ablation's GSU equals MUSE's."""
+    from muse_rec.modules import ScoreSumGSU
+
+    query, keys, mask = make_case(6, 40, seed=5)
+    index = torch.arange(6)
+    tokens = (torch.randn(6, 40, 8), torch.randn(6, 8))
+    search = _search(query, keys, mask, index, tokens)
+    got = ScoreSumGSU(top_k=12, id_weight=0.0).retrieve(search)
+    want = CosineGSU(top_k=12).retrieve(search)
+    assert_agrees(got, want)
+
+
+@pytest.mark.parametrize("gsu_name", ["cosine", "id_cosine", "score_sum"])
+def test_retrieve_shared_history_equals_grouped(gsu_name):
+    """The serving shape (U = 1, index = zeros(B)) retrieves what the grouped training shape does."""
+    from muse_rec.modules import ScoreSumGSU
+
+    gen = torch.Generator().manual_seed(1)
+    U, L, B = 3, 50, 7
+    keys = int8_scl(U, L, gen=gen)
+    keys[:, ::9] = 0
+    mask = right_aligned_mask(torch.tensor([50, 31, 4]), L)
+    query = int8_scl(B, gen=gen)
+    index = torch.tensor([0, 1, 1, 2, 0, 2, 2])
+    tok = (torch.randn(U, L, 8, generator=gen) * mask.unsqueeze(2), torch.randn(B, 8, generator=gen))
+    gsu = {"cosine": CosineGSU(10), "id_cosine": EmbeddingCosineGSU(10), "score_sum": ScoreSumGSU(10)}[gsu_name]
+    grouped = gsu.retrieve(_search(query, keys, mask, index, tok))
+    for u in range(U):
+        rows = (index == u).nonzero().squeeze(1)
+        one = gsu.retrieve(_search(query[rows], keys[u:u + 1], mask[u:u + 1], torch.zeros(len(rows), dtype=torch.int64),
+                                   (tok[0][u:u + 1], tok[1][rows])))
+        assert_agrees(one, GSUResult(*(getattr(grouped, f)[rows] for f in ("indices", "scores", "valid", "has_score"))))

@@ -102,3 +102,33 @@ def test_merge_interleaves_dedupes_and_pads():
     assert m.scores.tolist() == [[pytest.approx(0.9), 3.0, 2.0, pytest.approx(0.1), 0.0, 0.0]]
     m = merge_gsu_results(a, b, top_k=2)
     assert m.indices.tolist() == [[4, 2]] and m.valid.all()
+
+
+def test_scl_attention_gsu_reads_unit_vectors():
+    """Issue 10 item 5: the multimodal-attention GSU fed raw int8-scale SCL values (norm ~127) to its
+    projections, so logits were ~127^2 times those of unit vectors and the softmax one-hot at init.
+    Its logits must not depend on the storage scale of the vectors."""
+    from muse_rec.modules import Histories, SCLAttentionGSU, SearchInputs
+    from muse_rec.modules.attention import masked_softmax
+
+    torch.manual_seed(0)
+    B, L, D, K = 4, 60, 128, 50
+    unit = torch.nn.functional.normalize(torch.randn(B + L, D), dim=1)
+    as_int8 = torch.trunc(127 * unit).to(torch.int8)
+    mask = torch.ones(1, L, dtype=torch.bool)
+    hist = Histories(torch.arange(L).view(1, L), torch.zeros(1, L, dtype=torch.long), mask, torch.zeros(B, dtype=torch.long))
+    gsu = SCLAttentionGSU(TargetAttention(D, D, 32), top_k=K)
+
+    def logits(vectors):
+        s = SearchInputs(hist, torch.arange(B), torch.zeros(B, dtype=torch.long), vectors[:B], vectors[B:].unsqueeze(0))
+        q, k = gsu.keys_of(s)
+        return gsu.full_logits(q, k, mask, hist.index)
+
+    # int8 storage and unit vectors give the same logits (up to the int8 truncation of the vectors).
+    torch.testing.assert_close(logits(as_int8), logits(unit), atol=2e-2, rtol=0)
+    # At init the attention over the K retrieved is spread out, not one-hot: with default Linear
+    # init and unit inputs |logit| << 1, so every weight is within a factor 2 of uniform 1/K.
+    res = gsu.retrieve(SearchInputs(hist, torch.arange(B), torch.zeros(B, dtype=torch.long), as_int8[:B],
+                                    as_int8[B:].unsqueeze(0)))
+    w = masked_softmax(res.scores, res.valid)
+    assert float(w.max()) < 2.0 / K, float(w.max())

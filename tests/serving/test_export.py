@@ -35,13 +35,6 @@ print("MUSE_REC_IMPORTED" if any(m == "muse_rec" or m.startswith("muse_rec.") fo
 """
 
 
-def _at_least_two(args):
-    """The program takes B >= 2 (manifest min_candidates): repeat a lone candidate."""
-    if args[4].shape[0] >= 2:
-        return args
-    return args[:4] + tuple(torch.cat([a, a]) for a in args[4:])
-
-
 def test_manifest_and_table_bytes(trained_run):
     m = read_manifest(str(trained_run.exported))
     assert m["seq_len"] == SEQ_LEN and m["quantized"] is True
@@ -55,7 +48,7 @@ def test_manifest_and_table_bytes(trained_run):
 def test_exported_program_in_fresh_process_matches_trained_model(trained_run, trained_model, tmp_path):
     model, data = trained_model
     ref = training_predictions(model, data, "test", SEQ_LEN)
-    torch.save([_at_least_two(args) for _, args in ref.groups], tmp_path / "inputs.pt")
+    torch.save([args for _, args in ref.groups], tmp_path / "inputs.pt")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run(
@@ -67,7 +60,8 @@ def test_exported_program_in_fresh_process_matches_trained_model(trained_run, tr
     outs = torch.load(tmp_path / "out.pt")
     probs = np.full(ref.probs.shape, np.nan, np.float32)
     for (rows, _), o in zip(ref.groups, outs):
-        probs[rows] = o.numpy()[:len(rows)]
+        assert o.shape == (len(rows),)
+        probs[rows] = o.numpy()
     assert not np.isnan(probs).any()
     dp = float(np.abs(probs - ref.probs).max())
     dgauc = abs(gauc(ref.user_keys, probs, ref.labels) - gauc(ref.user_keys, ref.probs, ref.labels))
@@ -90,7 +84,7 @@ def test_int8_scl_table_is_lossless(trained_run, trained_model):
     quantize_for_serving(inf, data.scl(), "int8")
     n = data.scl().shape[0]
     items = torch.arange(n)
-    target, seq = inf._scl_lookup(items, items[None, :7], torch.ones(1, 7, dtype=torch.bool))
+    target, seq = inf.model.sparse_arch.scl_vectors(items, items[None, :7], torch.ones(1, 7, dtype=torch.bool))
     expect = torch.from_numpy(np.asarray(data.scl())).float()
     assert torch.equal(target.float(), expect)
     assert torch.equal(seq[0].float(), expect[:7])
@@ -101,14 +95,14 @@ def test_exported_accepts_candidate_counts_in_range(trained_run):
 
     program = load_program(str(trained_run.exported))
     with torch.no_grad():
-        for b in (2, 3, 1000):
+        for b in (1, 2, 3, 1000):
             assert program(*example_inputs(SEQ_LEN, b)).shape == (b,)
 
 
 def test_read_manifest_errors(tmp_path, trained_run):
     with pytest.raises(ExportError, match="no manifest.json"):
         read_manifest(str(tmp_path))
-    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"program": "x.pt2", "seq_len": 1, "min_candidates": 2,
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"program": "x.pt2", "seq_len": 1, "min_candidates": 1,
                                                       "max_candidates": 4, "vocab_sizes": {}}))
     with pytest.raises(ExportError, match="program file 'x.pt2' is missing"):
         read_manifest(str(tmp_path))

@@ -34,32 +34,30 @@ def test_trained_model_parity_on_test_split(trained_model):
     assert ref.probs.std() > 1e-4
 
 
-@pytest.mark.parametrize("spec_name,overrides", [
-    ("din", []),
-    ("muse", ["model.esu.attention=ta", "model.short_term.simtier=false"]),
-    ("muse", ["model.esu.similarity=id"]),
-])
-def test_random_init_variants_parity(trained_model, spec_name, overrides):
-    """Other servable specs (DIN, ESU ablations), random init: same function as training."""
-    _, data = trained_model
-    spec = load_spec(REPO / "specs" / "demo" / f"{spec_name}.yaml", [f"data.seq_len={SEQ_LEN}", *overrides])
-    torch.manual_seed(3)
+SPEC_FILES = sorted(str(p.relative_to(REPO / "specs")) for p in (REPO / "specs").rglob("*.yaml")
+                    if p.parent.name != "profiles" and p.name != "base.yaml")
+
+
+def random_init_model(spec_file: str, data, seed: int = 3):
+    """The spec's model on the tiny data, random init with ID tables at std 0.3 (not the reference's
+    1e-3) so that the ID paths visibly move the scores; SCL table loaded."""
+    spec = load_spec(REPO / "specs" / spec_file, [f"data.seq_len={SEQ_LEN}"])
+    torch.manual_seed(seed)
     model = build_train_model(spec.model, data.vocab_sizes, SEQ_LEN, device=torch.device("cpu")).model
-    # A larger init than the reference's 1e-3 so that the ID paths visibly move the scores.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "sparse_arch" in name and "scl" not in name:
                 p.normal_(0, 0.3)
     model.sparse_arch.load_scl_(data.scl())
-    ref = training_predictions(model, data, "test", SEQ_LEN, max_batches=2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("spec_file", SPEC_FILES)
+def test_every_spec_serves_the_training_function(trained_model, spec_file):
+    """Every method and ablation: the one-user forward (the float Ranker's) == the training forward."""
+    _, data = trained_model
+    model = random_init_model(spec_file, data)
+    ref = training_predictions(model, data, "test", SEQ_LEN, max_batches=1)
     out = _inference_probs(InferenceModel(model), ref)
     assert np.abs(out - ref.probs).max() < FLOAT_TOL
     assert ref.probs.std() > 1e-4
-
-
-def test_unservable_gsu_is_a_clear_error(trained_model):
-    _, data = trained_model
-    spec = load_spec(REPO / "specs" / "demo" / "sim_hard.yaml", [f"data.seq_len={SEQ_LEN}"])
-    model = build_train_model(spec.model, data.vocab_sizes, SEQ_LEN, device=torch.device("cpu")).model
-    with pytest.raises(NotImplementedError, match="model.gsu.kind 'category'"):
-        InferenceModel(model)

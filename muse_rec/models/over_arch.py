@@ -1,0 +1,178 @@
+"""`OverArch`: the ESU, the short-term branch and the tower; the tower input is built here only.
+
+Its inputs are the same in training and serving (`LifelongCTRModel.score` computes them once):
+pooled features ``[B, P]``, the ID tokens of the target / the K retrieved / the R recent
+behaviours, the GSU's `GSUResult` (None without a long-term search) and the `SearchInputs`
+(SCL vectors, for similarities). The parts, in tower-input order:
+
+==========================  ===============  ===========================================
+part                        width            present when
+==========================  ===============  ===========================================
+pooled user/item features   P                always
+target ID token             D_tok            always
+SimTier(R of the K picks)   num_tiers        ``esu.simtier``
+SCL attention over picks    128              ``gsu.kind: scl_attention``
+TA / SA-TA over picks       D_tok            ``esu.attention`` != none
+SimTier(recent cosines)     num_tiers        ``short_term.simtier`` and SCL vectors
+TA over the recent R        D_tok            ``short_term.attention``
+mean of recent, of picks    D_tok (x2)       ``short_term.mean_pool`` (picks: with a GSU)
+==========================  ===============  ===========================================
+
+R, the similarity of each pick to the target, is chosen once at construction
+(`make_similarity`): the GSU's own SCL cosines when it has them, else the SCL cosine of the
+picks, or (``esu.similarity: id``) the cosine of the ID tokens.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from muse_rec.modules import GSUResult, MLPTower, SearchInputs, SimTier, TargetAttention, masked_mean
+from muse_rec.modules.cosine import finish_cosine
+from muse_rec.modules.search import history_cosine, unit_vectors
+from muse_rec.spec import ModelSpec
+
+SCL_DIM = 128
+
+
+class GSUScoresSimilarity(nn.Module):
+    """R = the cosine GSU's own selection scores (SCL cosines, already computed)."""
+
+    def forward(self, res: GSUResult, search: SearchInputs, target_tok: torch.Tensor, gsu_tok: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return res.scores, res.has_score
+
+
+class SCLCosineSimilarity(nn.Module):
+    """R = cosine of the target's and each pick's frozen SCL vectors; defined where both exist."""
+
+    @torch.no_grad()
+    def forward(self, res: GSUResult, search: SearchInputs, target_tok: torch.Tensor, gsu_tok: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        scl_target, scl_seq = search.scl()
+        q, k = scl_target.float(), search.hist.at(scl_seq, res.indices).float()  # [B, D], [B, K, D]
+        dots = torch.bmm(k, q.unsqueeze(2)).squeeze(2)
+        cos, has_vector = finish_cosine(dots, torch.linalg.vector_norm(k, dim=2),
+                                        torch.linalg.vector_norm(q, dim=1, keepdim=True))
+        ok = has_vector & res.valid
+        return torch.where(ok, cos, 0.0), ok
+
+
+class IdCosineSimilarity(nn.Module):
+    """R = cosine of the (detached) ID tokens of the target and each pick (ID-only baselines)."""
+
+    @torch.no_grad()
+    def forward(self, res: GSUResult, search: SearchInputs, target_tok: torch.Tensor, gsu_tok: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        cos = F.cosine_similarity(gsu_tok, target_tok.unsqueeze(1), dim=-1, eps=1e-12)
+        return torch.where(res.valid, cos, 0.0), res.valid
+
+
+def make_similarity(spec: ModelSpec, gsu: Optional[nn.Module]) -> Optional[nn.Module]:
+    """The R module of a spec, or None when nothing reads R (no SimTier, no SA-TA, no GSU)."""
+    e = spec.esu
+    if gsu is None or not (e.simtier or e.attention == "sa_ta"):
+        return None
+    if e.similarity == "id":
+        return IdCosineSimilarity()
+    return GSUScoresSimilarity() if gsu.scores_are_scl_cosines else SCLCosineSimilarity()
+
+
+class OverArch(nn.Module):
+    """ESU + short-term branch + MLP tower of a `LifelongCTRModel` (see the module docstring).
+
+    Args:
+        spec: the model spec (ESU, short-term and tower keys).
+        pooled_dim, token_dim: P and D_tok of the sparse arch.
+        has_gsu: the model retrieves from the long-term sequence.
+        uses_scl: the model looks SCL vectors up (the recent SimTier needs them).
+        esu_attention: the ESU's TA / SA-TA (shared with a TWIN-style GSU), or None.
+        scl_attention: attention over the picks' SCL vectors (shared with `SCLAttentionGSU`), or None.
+        similarity: the R module (`make_similarity`), or None.
+        device: where parameters are built (``meta`` allowed).
+    """
+
+    def __init__(self, spec: ModelSpec, pooled_dim: int, token_dim: int, has_gsu: bool, uses_scl: bool,
+                 esu_attention: Optional[nn.Module], scl_attention: Optional[TargetAttention],
+                 similarity: Optional[nn.Module], device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        e, s = spec.esu, spec.short_term
+        self.has_gsu = has_gsu
+        self.similarity = similarity
+        self.simtier = SimTier(e.num_tiers, e.tier_width, device=device) if e.simtier else None
+        self.scl_attention = scl_attention
+        self.esu_attention = esu_attention
+        # SA-TA reads R too; a plain TA does not (decided here, once).
+        self.attention_reads_similarity = e.attention == "sa_ta"
+        self.recent_simtier = SimTier(e.num_tiers, e.tier_width, device=device) if (s.simtier and uses_scl) else None
+        self.recent_attention = (TargetAttention(token_dim, token_dim, e.attention_hidden, device=device)
+                                 if s.attention else None)
+        self.mean_pool = s.mean_pool
+        if (self.simtier is not None or self.attention_reads_similarity) and similarity is None:
+            raise ValueError("model.esu: SimTier / SA-TA read similarities R but no similarity was built")
+
+        widths = [pooled_dim, token_dim]  # the same order as `forward` appends
+        if has_gsu and self.simtier is not None:
+            widths.append(e.num_tiers)
+        if has_gsu and scl_attention is not None:
+            widths.append(SCL_DIM)
+        if has_gsu and esu_attention is not None:
+            widths.append(token_dim)
+        if self.recent_simtier is not None:
+            widths.append(e.num_tiers)
+        if self.recent_attention is not None:
+            widths.append(token_dim)
+        if self.mean_pool:
+            widths += [token_dim] * (2 if has_gsu else 1)
+        self.input_dim = sum(widths)
+        self.tower = MLPTower(self.input_dim, tuple(spec.tower_hidden), activation=spec.tower_activation,
+                              dropout=spec.dropout, device=device)
+
+    def features(self, pooled: torch.Tensor, target_tok: torch.Tensor, gsu_tok: torch.Tensor,
+                 recent_tok: torch.Tensor, recent_mask: torch.Tensor, res: Optional[GSUResult],
+                 search: SearchInputs) -> torch.Tensor:
+        """The tower input ``[B, input_dim]``.
+
+        Args:
+            pooled: ``[B, P]``. target_tok: ``[B, D_tok]``. gsu_tok: ``[B, K, D_tok]`` (zeros at
+                invalid picks). recent_tok: ``[B, R, D_tok]``; recent_mask: ``[B, R]`` bool.
+            res: the GSU's picks (None without a GSU). search: SCL vectors and histories.
+        """
+        parts: List[torch.Tensor] = [pooled, target_tok]
+        if res is not None:
+            sim = sim_ok = None
+            if self.similarity is not None:
+                sim, sim_ok = self.similarity(res, search, target_tok, gsu_tok)
+            if self.simtier is not None:
+                parts.append(self.simtier(sim, sim_ok))
+            if self.scl_attention is not None:
+                scl_target, scl_seq = search.scl()
+                parts.append(self.scl_attention(unit_vectors(scl_target),
+                                                unit_vectors(search.hist.at(scl_seq, res.indices)), res.valid))
+            if self.esu_attention is not None:
+                if self.attention_reads_similarity:
+                    parts.append(self.esu_attention(target_tok, gsu_tok, sim, res.valid))
+                else:
+                    parts.append(self.esu_attention(target_tok, gsu_tok, res.valid))
+        if self.recent_simtier is not None:
+            scl_target, scl_seq = search.scl()
+            R = recent_mask.shape[1]
+            cos, has_vec = history_cosine(scl_target, scl_seq[:, scl_seq.shape[1] - R:], search.hist.index)
+            ok = has_vec & recent_mask
+            parts.append(self.recent_simtier(torch.where(ok, cos, 0.0), ok))
+        if self.recent_attention is not None:
+            parts.append(self.recent_attention(target_tok, recent_tok, recent_mask))
+        if self.mean_pool:
+            parts.append(masked_mean(recent_tok, recent_mask))
+            if res is not None:
+                parts.append(masked_mean(gsu_tok, res.valid))
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, pooled: torch.Tensor, target_tok: torch.Tensor, gsu_tok: torch.Tensor,
+                recent_tok: torch.Tensor, recent_mask: torch.Tensor, res: Optional[GSUResult],
+                search: SearchInputs) -> torch.Tensor:
+        """Logits ``[B]`` (see `features` for the arguments)."""
+        return self.tower(self.features(pooled, target_tok, gsu_tok, recent_tok, recent_mask, res, search))
