@@ -71,6 +71,14 @@ SHORTLIST_FACTOR: int = 2
 SHORTLIST_CHUNK: int = 512
 
 
+def eager_cpu(x: torch.Tensor) -> bool:
+    """True when ``x`` is a plain CPU tensor outside any tracing (``torch.compile``,
+    ``torch.export``, FX): only then may a kernel use data-dependent shapes or native code."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False
+    return type(x) is torch.Tensor and x.device.type == "cpu"  # fake/functional tensors are subclasses
+
+
 def check_cosine_inputs(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> None:
     """Validate ``query [B, D]``, ``keys [B or 1, L, D]``, ``mask [B or 1, L]`` bool."""
     if query.dim() != 2:
@@ -100,7 +108,7 @@ def check_grouped_inputs(query: torch.Tensor, keys: torch.Tensor, mask: torch.Te
         raise ValueError(f"mask must be bool {tuple(keys.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
     if index.shape != (query.shape[0],) or index.dtype != torch.int64:
         raise ValueError(f"index must be int64 [{query.shape[0]}], got {index.dtype} {tuple(index.shape)}")
-    if index.numel() and index.device.type == "cpu" and not torch.compiler.is_compiling():
+    if index.numel() and eager_cpu(index):
         if int(index.min()) < 0 or int(index.max()) >= keys.shape[0]:
             raise ValueError(f"index values must lie in [0, {keys.shape[0]})")
 
@@ -282,7 +290,7 @@ def grouped_cosine_topk(
     k = min(top_k, L)
     if members is None:
         members = group_members(index, U)
-    native = query.device.type == "cpu" and not torch.compiler.is_compiling() and native_library() is not None
+    native = eager_cpu(query) and native_library() is not None
     sel = RunningTopK(B, k) if native and k > 0 else None
     best_v: Optional[torch.Tensor] = None
     best_i: Optional[torch.Tensor] = None
@@ -355,8 +363,7 @@ def shared_keys_cosine_topk(
     docstring); while tracing (``torch.export`` of the serving program) or elsewhere:
     `static_shared_keys_cosine_topk`, static shapes only.
     """
-    if (query.device.type == "cpu" and not torch.compiler.is_compiling() and keys.shape[0] > 0
-            and native_library() is not None):
+    if eager_cpu(query) and eager_cpu(keys) and keys.shape[0] > 0 and native_library() is not None:
         return certified_shared_keys_cosine_topk(query, keys, mask, top_k, chunk_rows)
     return static_shared_keys_cosine_topk(query, keys, mask, top_k, chunk_rows)
 
@@ -521,6 +528,7 @@ def certified_shared_keys_cosine_topk(
     q_norm = torch.linalg.vector_norm(q, dim=1, keepdim=True)  # [B, 1]
     n = int(sk.pos.numel())
     vals, idx = q.new_empty(B, 0), sk.pos.new_empty(B, 0)
+    bad = torch.zeros(B, dtype=torch.bool)
     if n > 0:
         q_hat = (q / q_norm.clamp_min(torch.finfo(torch.float32).tiny)).to(torch.bfloat16)
         vals, idx, bad = _certified_rows(query, q, q_norm, q_hat, sk, min(SHORTLIST_FACTOR * k, n), k, chunk_rows)
@@ -537,8 +545,8 @@ def certified_shared_keys_cosine_topk(
     fv, fi = torch.topk(others, k)
     all_v = torch.cat([vals, fv.unsqueeze(0).expand(B, -1)], 1)
     all_i = torch.cat([idx, fi.unsqueeze(0).expand(B, -1)], 1)
-    best_v, j = torch.topk(all_v, k, dim=1)
-    best_i = torch.gather(all_i, 1, j)
+    best_v, j = torch.sort(all_v, dim=1, descending=True, stable=True)  # keeps the tie order
+    best_v, best_i = best_v[:, :k], torch.gather(all_i, 1, j[:, :k])
     # Rows whose query has no vector: no cosines, only the sentinels (newest real first).
     no_query = q_norm == 0  # [B, 1]
     nv, ni = torch.topk(sk.fill, k)
@@ -564,8 +572,11 @@ def _certified_rows(query: torch.Tensor, q: torch.Tensor, q_norm: torch.Tensor, 
         picked = sk.keys.index_select(0, cpos.view(-1)).view(B, kp, D).to(torch.float32)
         dots = torch.bmm(picked, q.unsqueeze(2)).squeeze(2)
     cos, _ = finish_cosine(dots, sk.norms[cand], q_norm)
-    vals, order = torch.topk(cos, min(k, kp), dim=1)
-    idx = torch.gather(cpos, 1, order)
+    # Best first, equal cosines lowest position first (the order of `RunningTopK`, so the
+    # grouped training path and this one pick the same behaviours among exact ties).
+    cpos, by_pos = torch.sort(cpos, dim=1)
+    vals, order = torch.sort(cos.gather(1, by_pos), dim=1, descending=True, stable=True)
+    vals, idx = vals[:, :min(k, kp)], torch.gather(cpos, 1, order[:, :min(k, kp)])
     bad = torch.zeros(B, dtype=torch.bool)
     if kp < sk.pos.numel():
         floor = approx.min(dim=1).values + approx_cosine_bound(D) + INT8_COSINE_BOUND

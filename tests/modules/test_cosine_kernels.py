@@ -183,3 +183,15 @@ def test_static_and_dispatching_paths_agree():
     a = C.shared_keys_cosine_topk(query, keys, mask, 30, 128)
     b = static_shared_keys_cosine_topk(query, keys, mask, 30, 128)
     torch.testing.assert_close(a[0], b[0], atol=2e-6, rtol=0)
+
+
+@needs_native
+def test_certified_without_any_cosine():
+    """No position has a cosine (no vectors, or no real behaviour): sentinels only."""
+    gen = torch.Generator().manual_seed(2)
+    query = int8_scl(5, gen=gen)
+    for keys, mask in [(torch.zeros(30, D, dtype=torch.int8), torch.arange(30) >= 10),
+                       (int8_scl(30, gen=gen), torch.zeros(30, dtype=torch.bool))]:
+        vals, idx = certified_shared_keys_cosine_topk(query, keys, mask, 8)
+        ref = reference_cosine_topk(query, keys.unsqueeze(0), mask.unsqueeze(0), 8)
+        assert_same_topk(vals, idx, ref, 8)
