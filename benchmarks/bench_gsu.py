@@ -1,18 +1,24 @@
-"""Benchmark of MUSE's multimodal GSU (`CosineGSU`) against this machine's own ceilings.
+"""MUSE's multimodal GSU against this machine's own roofline, measured in the same run.
 
-    .venv/bin/python benchmarks/bench_gsu.py --out results/
+    .venv/bin/python benchmarks/bench_gsu.py --out results/ [--quick] [--threads 1]
 
-Shapes:
-* training: B queries, each with its own ``[L, 128]`` int8 sequence (B = 256; L = 1K, 10K);
-* serving: one user's ``[L, 128]`` int8 sequence shared by 1000 candidates (L = 1K, 10K, 100K).
+Cases (int8 SCL vectors, D = 128, K = 50), at L = 1K, 10K, 100K:
 
-Reported per shape (median of ``--reps`` timed calls after one warm-up):
-* GB/s: bytes of int8 keys read per call (training: ``B*L*128``; serving: ``L*128``, the
-  keys are shared, so serving is compute-bound and GB/s is small by nature);
-* GFLOP/s: ``2 * B * L * 128`` (one multiply-add per key element and query);
-* both as fractions of what THIS machine measured in the same run: memory bandwidth
-  (a large fp32 sum, bytes read per second) and matmul peak (a large fp32 GEMM).
-Writes ``bench_gsu.md`` (Markdown table) and ``bench_gsu.json`` under ``--out``.
+* training: B samples of U distinct users (B / U = 11, as in Taobao-MM), one history per user,
+  grouped as the loader groups them; `grouped_cosine_topk` (exact fp32 padded batched GEMM,
+  selection scores, running top-K over chunks of L);
+* serving: one user's ``[L, 128]`` history shared by 1,000 candidates;
+  `shared_keys_cosine_topk` (bf16 shortlist + exact re-score + certificate), beside the
+  static-shape path (`static_shared_keys_cosine_topk`, the previous implementation).
+
+Roofline of a case = ``max(bytes / bandwidth, flops / peak)``: bytes = the int8 keys read
+(training ``U*L*128``, serving ``L*128``), flops = ``2*B*L*128``; bandwidth = a large fp32 sum
+(bytes read per second); peak = a large GEMM in the arithmetic the case uses (fp32 for the
+exact training GEMM, bf16 for the serving shortlist). "of roofline" = roofline time / measured
+time. Every figure is taken twice: wall time, and process CPU time (which leaves out the time
+the process waits for a core on a shared, oversubscribed machine; with one torch thread it is
+the work itself). Medians of ``--reps`` calls after one warm-up. Writes ``bench_gsu.md`` and
+``bench_gsu.json`` under ``--out``.
 """
 from __future__ import annotations
 
@@ -22,120 +28,161 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
+import numpy as np
 import torch
 
-from muse_rec.modules.gsu import CosineGSU
+from muse_rec.data.batch import history_groups
+from muse_rec.modules.cosine import grouped_cosine_topk, shared_keys_cosine_topk, static_shared_keys_cosine_topk
 
 SCL_DIM = 128
 TOP_K = 50
+SAMPLES_PER_USER = 11
+CANDIDATES = 1000
+LENGTHS = (1000, 10_000, 100_000)
+# Training batch per length: the full 1000 x 1000 batch where it fits a shared box's memory
+# (keys U x L x 128 int8), a quarter of it at 100K (23 users' histories = 295 MB).
+TRAIN_BATCH = {1000: 1000, 10_000: 1000, 100_000: 256}
 
 
-def median_seconds(fn: Callable[[], object], reps: int) -> float:
-    """Median wall time of ``reps`` calls after one warm-up call."""
+def median_times(fn: Callable[[], object], reps: int) -> Tuple[float, float]:
+    """Median (wall s, process CPU s) of ``reps`` calls after one warm-up call."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(reps):
-        start = time.perf_counter()
+        w, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - w)
+    return statistics.median(wall), statistics.median(cpu)
 
 
-def memory_bandwidth_gbs(reps: int, mib: int = 512) -> float:
-    """Read bandwidth: sum of a ``mib`` MiB fp32 tensor (touched first, so pages are real)."""
-    x = torch.ones(mib * 2**20 // 4)
-    return x.numel() * 4 / median_seconds(lambda: x.sum(), reps) / 1e9
-
-
-def matmul_peak_gflops(reps: int, n: int = 2048) -> float:
-    """fp32 GEMM ``[n, n] x [n, n]`` throughput."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / median_seconds(lambda: a @ b, reps) / 1e9
+def machine_ceilings(reps: int, quick: bool) -> Dict:
+    """Memory read bandwidth and GEMM peaks (fp32, bf16), wall and CPU time."""
+    x = torch.ones((64 if quick else 512) * 2**20 // 4)
+    bw = median_times(lambda: x.sum(), reps)
+    n = 1024 if quick else 2048
+    a32, b32 = torch.randn(n, n), torch.randn(n, n)
+    o32 = torch.empty(n, n)
+    f32 = median_times(lambda: torch.mm(a32, b32, out=o32), reps)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    o16 = torch.empty(n, n, dtype=torch.bfloat16)
+    f16 = median_times(lambda: torch.mm(a16, b16, out=o16), reps)
+    flops = 2 * n**3
+    out = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability()}
+    for i, clock in enumerate(("wall", "cpu")):
+        out[f"mem_GBps_{clock}"] = x.numel() * 4 / bw[i] / 1e9
+        out[f"fp32_GFLOPps_{clock}"] = flops / f32[i] / 1e9
+        out[f"bf16_GFLOPps_{clock}"] = flops / f16[i] / 1e9
+    # Names older reports read.
+    out["mem_GBps"], out["gemm_GFLOPps"] = out["mem_GBps_wall"], out["fp32_GFLOPps_wall"]
+    return out
 
 
 def int8_scl(*shape: int, gen: torch.Generator) -> torch.Tensor:
-    """Random SCL-like vectors, int8 = trunc(127 * unit vector)."""
-    v = torch.randn(*shape, SCL_DIM, generator=gen)
-    return torch.trunc(127 * v / v.norm(dim=-1, keepdim=True)).to(torch.int8)
+    """Random SCL-like vectors, int8 = trunc(127 * unit vector), built in slices (bounded memory)."""
+    out = torch.empty(*shape, SCL_DIM, dtype=torch.int8)
+    flat = out.view(-1, SCL_DIM)
+    for r0 in range(0, flat.shape[0], 1 << 16):
+        v = torch.randn(min(1 << 16, flat.shape[0] - r0), SCL_DIM, generator=gen)
+        flat[r0:r0 + v.shape[0]] = torch.trunc(127 * v / v.norm(dim=1, keepdim=True)).to(torch.int8)
+    return out
 
 
-def bench_case(kind: str, batch: int, seq_len: int, chunk: int, reps: int, gen: torch.Generator) -> Dict:
-    key_batch = batch if kind == "training" else 1
-    keys = int8_scl(key_batch, seq_len, gen=gen)
-    query = int8_scl(batch, gen=gen)
-    mask = torch.ones(key_batch, seq_len, dtype=torch.bool)
-    gsu = CosineGSU(top_k=TOP_K, chunk_size=chunk)
-    seconds = median_seconds(lambda: gsu(query, keys, mask), reps)
-    key_bytes = keys.numel()  # int8: one byte per element
-    flops = 2 * batch * seq_len * SCL_DIM
-    return {
-        "shape": kind,
-        "B": batch,
-        "L": seq_len,
-        "chunk_size": chunk,
-        "ms": seconds * 1e3,
-        "GB_per_s": key_bytes / seconds / 1e9,
-        "GFLOP_per_s": flops / seconds / 1e9,
-    }
+def _roofline(row: Dict, ceil: Dict, peak_key: str) -> None:
+    for clock in ("wall", "cpu"):
+        t_mem = row["key_bytes"] / (ceil[f"mem_GBps_{clock}"] * 1e9)
+        t_gemm = row["flops"] / (ceil[f"{peak_key}_{clock}"] * 1e9)
+        row[f"bound_{clock}"] = "memory" if t_mem >= t_gemm else "compute"
+        row[f"of_roofline_{clock}"] = max(t_mem, t_gemm) / row[f"s_{clock}"]
+
+
+def bench_training(L: int, reps: int, gen: torch.Generator, ceil: Dict) -> Dict:
+    B = TRAIN_BATCH[L]
+    U = -(-B // SAMPLES_PER_USER)
+    users = np.repeat(np.arange(U), SAMPLES_PER_USER)[:B]
+    np.random.default_rng(0).shuffle(users)
+    index, members = (torch.from_numpy(a) for a in history_groups(users))
+    keys = int8_scl(members.shape[0], L, gen=gen)
+    query = int8_scl(B, gen=gen)
+    mask = torch.ones(members.shape[0], L, dtype=torch.bool)
+    wall, cpu = median_times(lambda: grouped_cosine_topk(query, keys, mask, index, TOP_K, members), reps)
+    row = {"shape": "training", "B": B, "U": int(members.shape[0]), "L": L, "arith": "fp32 (exact)",
+           "s_wall": wall, "s_cpu": cpu, "key_bytes": keys.numel(), "flops": 2 * B * L * SCL_DIM}
+    _roofline(row, ceil, "fp32_GFLOPps")
+    return row
+
+
+def bench_serving(L: int, reps: int, gen: torch.Generator, ceil: Dict, static_reps: int) -> Dict:
+    keys = int8_scl(L, gen=gen)
+    query = int8_scl(CANDIDATES, gen=gen)
+    mask = torch.ones(L, dtype=torch.bool)
+    wall, cpu = median_times(lambda: shared_keys_cosine_topk(query, keys, mask, TOP_K), reps)
+    row = {"shape": "serving", "B": CANDIDATES, "U": 1, "L": L, "arith": "bf16 shortlist + exact",
+           "s_wall": wall, "s_cpu": cpu, "key_bytes": keys.numel(), "flops": 2 * CANDIDATES * L * SCL_DIM}
+    _roofline(row, ceil, "bf16_GFLOPps")
+    if static_reps > 0:
+        sw, sc = median_times(lambda: static_shared_keys_cosine_topk(query, keys, mask, TOP_K), static_reps)
+        row["static_s_wall"], row["static_s_cpu"] = sw, sc
+    return row
+
+
+def run(reps: int, quick: bool, static_reps: int = 1) -> Dict:
+    """Ceilings and every case, in one run: ``{"machine", "cases", "markdown"}``."""
+    gen = torch.Generator().manual_seed(0)
+    ceil = machine_ceilings(reps, quick)
+    rows: List[Dict] = []
+    for L in LENGTHS:
+        rows.append(bench_training(L, reps, gen, ceil))
+        print(f"training B={rows[-1]['B']} L={L}: {rows[-1]['s_wall'] * 1e3:.1f} ms", flush=True)
+    for L in LENGTHS:
+        rows.append(bench_serving(L, reps, gen, ceil, static_reps))
+        print(f"serving  B={CANDIDATES} L={L}: {rows[-1]['s_wall'] * 1e3:.1f} ms", flush=True)
+    return {"machine": ceil, "cases": rows, "markdown": to_markdown(rows, ceil)}
 
 
 def to_markdown(rows: List[Dict], ceil: Dict) -> str:
+    c = ceil
     lines = [
-        f"CosineGSU (K={TOP_K}, int8 SCL, D={SCL_DIM}) on {ceil['cpu']} with {ceil['threads']} torch threads.",
-        f"Machine ceilings measured in the same run: memory read {ceil['mem_GBps']:.1f} GB/s, "
-        f"fp32 GEMM {ceil['gemm_GFLOPps']:.1f} GFLOP/s.",
+        f"GSU op (K={TOP_K}, int8 SCL, D={SCL_DIM}) on {c['cpu']} ({c['capability']}), {c['threads']} torch thread(s).",
+        f"Ceilings measured in the same run (wall / CPU time): memory read {c['mem_GBps_wall']:.1f} / "
+        f"{c['mem_GBps_cpu']:.1f} GB/s, fp32 GEMM {c['fp32_GFLOPps_wall']:.0f} / {c['fp32_GFLOPps_cpu']:.0f} GFLOP/s, "
+        f"bf16 GEMM {c['bf16_GFLOPps_wall']:.0f} / {c['bf16_GFLOPps_cpu']:.0f} GFLOP/s.",
         "",
-        "| shape | B | L | ms (median) | GB/s int8 keys | of mem BW | GFLOP/s | of GEMM peak |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| shape | B | histories | L | arithmetic | ms wall | ms CPU | binding | of roofline (wall) | "
+        "of roofline (CPU) | previous path ms CPU | speed-up |",
+        "|---|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
+        prev = r.get("static_s_cpu")
+        prev_ms = "" if prev is None else f"{prev * 1e3:.0f}"
+        speedup = "" if prev is None else f"{prev / r['s_cpu']:.1f}x"
         lines.append(
-            f"| {r['shape']} | {r['B']} | {r['L']} | {r['ms']:.1f} | {r['GB_per_s']:.2f} | "
-            f"{r['GB_per_s'] / ceil['mem_GBps']:.1%} | {r['GFLOP_per_s']:.1f} | "
-            f"{r['GFLOP_per_s'] / ceil['gemm_GFLOPps']:.1%} |"
-        )
+            f"| {r['shape']} | {r['B']} | {r['U']} | {r['L']:,} | {r['arith']} | {r['s_wall'] * 1e3:.1f} | "
+            f"{r['s_cpu'] * 1e3:.1f} | {r['bound_cpu']} | {r['of_roofline_wall']:.0%} | {r['of_roofline_cpu']:.0%} | "
+            f"{prev_ms} | {speedup} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder")
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per case (median)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="CosineGSU chunk_size (default: its own)")
-    parser.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads (0 = torch's default). On a shared, oversubscribed "
-                             "box use 1: the chunk loop's many small parallel regions stall otherwise")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per case (median)")
+    parser.add_argument("--static-reps", type=int, default=1,
+                        help="timed repetitions of the previous serving path (0 = skip; ~20x slower)")
+    parser.add_argument("--quick", action="store_true", help="smaller ceiling measurements")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: steady on a shared box; CPU time then equals work)")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-
-    gen = torch.Generator().manual_seed(0)
-    chunk = args.chunk_size or CosineGSU().chunk_size
-    ceil = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "mem_GBps": memory_bandwidth_gbs(args.reps, mib=64 if args.quick else 512),
-        "gemm_GFLOPps": matmul_peak_gflops(args.reps, n=512 if args.quick else 2048),
-    }
-    if args.quick:
-        cases = [("training", 16, 1000), ("serving", 100, 1000)]
-    else:
-        cases = [("training", 256, 1000), ("training", 256, 10_000),
-                 ("serving", 1000, 1000), ("serving", 1000, 10_000), ("serving", 1000, 100_000)]
-    rows = []
-    for kind, batch, seq_len in cases:
-        rows.append(bench_case(kind, batch, seq_len, chunk, args.reps, gen))
-        print(f"{kind:8s} B={batch:5d} L={seq_len:6d} {rows[-1]['ms']:9.1f} ms", flush=True)
-
+    res = run(args.reps, args.quick, args.static_reps)
     args.out.mkdir(parents=True, exist_ok=True)
-    table = to_markdown(rows, ceil)
-    (args.out / "bench_gsu.md").write_text(table)
-    (args.out / "bench_gsu.json").write_text(json.dumps({"machine": ceil, "cases": rows}, indent=2))
-    print(table)
+    (args.out / "bench_gsu.md").write_text(res["markdown"])
+    (args.out / "bench_gsu.json").write_text(json.dumps({"machine": res["machine"], "cases": res["cases"]}, indent=2))
+    print(res["markdown"])
 
 
 if __name__ == "__main__":

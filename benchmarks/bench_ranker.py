@@ -9,9 +9,14 @@ user history of L random item rows:
 
 * prefetch: `build_context` (cut/pad the history, gather its L SCL rows from the memory-mapped
   table), the work `Ranker.prefetch` runs on its thread pool; median of ``--reps``;
-* score: `FloatScorer` on the cached context for ``--candidates`` random candidates (GSU:
-  cosine + running top-50 over all L positions per candidate; ESU; tower): p50 and p99 over
-  ``--reps`` calls after one warm-up.
+* score: `FloatScorer` (what `Ranker.score` calls) on the cached context for ``--candidates``
+  random candidates (GSU: `shared_keys_cosine_topk`, the certified bf16 shortlist + exact
+  re-score over all L positions; ESU on the K = 50 picks; tower): p50 and p99 over ``--reps``
+  calls after one warm-up, wall time and process CPU time;
+* bound: in the same run, this machine's fastest matrix product of the GSU's shape,
+  ``[C x 128] x [128 x L]`` in bf16 (the GSU's GEMM dtype; oneDNN, AMX where present) into a
+  preallocated ``[C, L]`` output, and fp32 for reference: median of ``--reps``. Reported:
+  score p50 / p99 over the bf16 product (the issue's target: p99 <= 2x at L = 100K).
 
 Writes ``bench_ranker.md`` and ``bench_ranker.json`` under ``--out``.
 """
@@ -25,21 +30,41 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+import sys
+
 import numpy as np
 import torch
 
-from muse_rec.data.batch import POOLED_FEATURES
-from muse_rec.models.ctr_model import build_train_model
-from muse_rec.serving.inference import InferenceModel
-from muse_rec.serving.ranker import FloatScorer, build_context
-from muse_rec.spec import load_spec
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_gsu import median_times  # noqa: E402
+
+from muse_rec.data.batch import POOLED_FEATURES  # noqa: E402
+from muse_rec.models.ctr_model import build_train_model  # noqa: E402
+from muse_rec.serving.inference import InferenceModel  # noqa: E402
+from muse_rec.serving.ranker import FloatScorer, build_context  # noqa: E402
+from muse_rec.spec import load_spec  # noqa: E402
+
 SCL_DIM = 128
 
 
 def percentile_ms(times: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(times) * 1e3, q))
+
+
+def gemm_bound(candidates: int, L: int, reps: int) -> Dict[str, float]:
+    """Median ms (wall, CPU) of ``[C, 128] x [128, L]`` into a preallocated output, bf16 and fp32."""
+    out: Dict[str, float] = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a = torch.randint(-127, 128, (candidates, SCL_DIM)).to(dtype)
+        b = torch.randint(-127, 128, (L, SCL_DIM)).to(dtype)
+        o = torch.empty(candidates, L, dtype=dtype)
+        wall, cpu = median_times(lambda: torch.mm(a, b.t(), out=o), reps)
+        out[f"gemm_{name}_ms_wall"], out[f"gemm_{name}_ms_cpu"] = wall * 1e3, cpu * 1e3
+        del o
+    return out
 
 
 def main() -> None:
@@ -88,16 +113,24 @@ def main() -> None:
             ccat = torch.from_numpy(cats_of[cand.numpy()])
             attrs = torch.ones(args.candidates, 2, dtype=torch.int64)
             scorer(ctx, cand, ccat, attrs)  # warm-up
-            times = []
+            times, cpu = [], []
             for _ in range(n_reps):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 scorer(ctx, cand, ccat, attrs)
+                cpu.append(time.process_time() - c0)
                 times.append(time.perf_counter() - t0)
-            rows.append({"L": L, "candidates": args.candidates, "reps": n_reps,
-                         "prefetch_ms_p50": percentile_ms(pre, 50), "score_ms_p50": percentile_ms(times, 50),
-                         "score_ms_p99": percentile_ms(times, 99), "context_mb": ctx.nbytes / 2**20})
-            print(f"L={L}: prefetch {rows[-1]['prefetch_ms_p50']:.2f} ms, score p50 {rows[-1]['score_ms_p50']:.1f} ms, "
-                  f"p99 {rows[-1]['score_ms_p99']:.1f} ms", flush=True)
+            bound = gemm_bound(args.candidates, L, max(3, n_reps // 3))
+            row = {"L": L, "candidates": args.candidates, "reps": n_reps,
+                   "prefetch_ms_p50": percentile_ms(pre, 50), "score_ms_p50": percentile_ms(times, 50),
+                   "score_ms_p99": percentile_ms(times, 99), "score_cpu_ms_p50": percentile_ms(cpu, 50),
+                   "score_cpu_ms_p99": percentile_ms(cpu, 99), "context_mb": ctx.nbytes / 2**20, **bound}
+            for clock, key in (("wall", "score_ms"), ("cpu", "score_cpu_ms")):
+                for q in ("p50", "p99"):
+                    row[f"{q}_over_gemm_{clock}"] = row[f"{key}_{q}"] / row[f"gemm_bf16_ms_{clock}"]
+            rows.append(row)
+            print(f"L={L}: prefetch {row['prefetch_ms_p50']:.2f} ms, score p50 {row['score_ms_p50']:.1f} ms, "
+                  f"p99 {row['score_ms_p99']:.1f} ms (CPU {row['score_cpu_ms_p50']:.1f} / {row['score_cpu_ms_p99']:.1f}); "
+                  f"bf16 GEMM {row['gemm_bf16_ms_wall']:.1f} ms (CPU {row['gemm_bf16_ms_cpu']:.1f})", flush=True)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,11 +141,18 @@ def main() -> None:
              f"torch {env['torch']}, {env['threads']} threads, {env['machine']}; {env['spec']}; "
              f"{args.items:,} items. Prefetch = cut/pad the history + gather its int8 SCL rows from a "
              "memory-mapped table (runs on the Ranker's thread pool, off the request path).", "",
-             "| L | candidates | prefetch p50 (ms) | score p50 (ms) | score p99 (ms) | cached context (MB) |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "Bound = the bf16 GEMM `[C x 128] x [128 x L]` measured in this run (fp32 beside it). "
+             "Wall and CPU (process time: leaves out waiting for a core on a shared machine).", "",
+             "| L | candidates | prefetch p50 (ms) | score p50 / p99 wall (ms) | bf16 GEMM wall (ms) | "
+             "p50 / p99 over GEMM (wall) | score p50 / p99 CPU (ms) | bf16 GEMM CPU (ms) | p50 / p99 over GEMM (CPU) "
+             "| fp32 GEMM CPU (ms) | cached context (MB) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['L']:,} | {r['candidates']:,} | {r['prefetch_ms_p50']:.2f} | {r['score_ms_p50']:.1f} | "
-                     f"{r['score_ms_p99']:.1f} | {r['context_mb']:.1f} |")
+        lines.append(f"| {r['L']:,} | {r['candidates']:,} | {r['prefetch_ms_p50']:.2f} | {r['score_ms_p50']:.1f} / "
+                     f"{r['score_ms_p99']:.1f} | {r['gemm_bf16_ms_wall']:.1f} | {r['p50_over_gemm_wall']:.2f}x / "
+                     f"{r['p99_over_gemm_wall']:.2f}x | {r['score_cpu_ms_p50']:.1f} / {r['score_cpu_ms_p99']:.1f} | "
+                     f"{r['gemm_bf16_ms_cpu']:.1f} | {r['p50_over_gemm_cpu']:.2f}x / {r['p99_over_gemm_cpu']:.2f}x | "
+                     f"{r['gemm_fp32_ms_cpu']:.1f} | {r['context_mb']:.1f} |")
     (out / "bench_ranker.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -81,15 +81,20 @@ def summary_lines(res: Dict) -> List[str]:
         lo = loaders[0]
         out.append(f"- loader ({lo['workers']} workers) / MUSE model step, 1 process: "
                    f"{_rx(_ratio(lo['steady_samples_per_s'], s))} (> 1: the loader keeps up)")
-    gsu = sec.get("gsu", {})
-    if gsu.get("cases"):
-        c, m = gsu["cases"][0], gsu["machine"]
-        out.append(f"- GSU {c['shape']} B={c['B']} L={c['L']}: {c['GB_per_s']:.2f} GB/s = "
-                   f"{c['GB_per_s'] / m['mem_GBps']:.1%} of measured memory bandwidth")
-    for row in ranker_rows(sec.get("ranker", {}))[:1]:
+    for c in sec.get("gsu", {}).get("cases", []):
+        if "of_roofline_cpu" in c:  # bench_gsu's roofline cases
+            out.append(f"- GSU {c['shape']} B={c['B']} L={c['L']:,}: {c['of_roofline_cpu']:.0%} of the {c['bound_cpu']} "
+                       f"roofline (CPU time; wall {c['of_roofline_wall']:.0%})")
+    for row in ranker_rows(sec.get("ranker", {})):
         where = ", ".join(f"{k}={row[k]:,}" for k in ("L", "candidates") if k in row)
-        lat = ", ".join(f"{k} {v:.1f}" for k, v in row.items() if ("p50" in k or "p99" in k) and isinstance(v, float))
-        out.append(f"- ranker ({where}): {lat}")
+        if "p99_over_gemm_cpu" in row:
+            out.append(f"- ranker ({where}): p50 / p99 {row['score_ms_p50']:.1f} / {row['score_ms_p99']:.1f} ms = "
+                       f"{row['p50_over_gemm_wall']:.2f}x / {row['p99_over_gemm_wall']:.2f}x the bf16 GEMM of the same "
+                       f"shape (CPU time: {row['p50_over_gemm_cpu']:.2f}x / {row['p99_over_gemm_cpu']:.2f}x)")
+        else:
+            lat = ", ".join(f"{k} {v:.1f}" for k, v in row.items() if ("p50" in k or "p99" in k) and isinstance(v, float))
+            out.append(f"- ranker ({where}): {lat}")
+            break
     plan = sec.get("plan", {})
     if plan.get("available"):
         worst = max(plan["ranks"], key=lambda r: r["hbm_bytes"])

@@ -8,8 +8,8 @@ Sections (each measured in this one run, so the ratios compare numbers taken und
    peak RSS (a fresh prepare every run; its output is the training data below), loader samples/s;
 2. training: `bench_train` -- samples/s per method, 1 and 2 processes, end to end through
    `muse-rec train` and model step only, next to the plain-PyTorch MUSE (`plain_torch_muse`);
-3. GSU op: `bench_gsu` -- GB/s and GFLOP/s against this machine's measured bandwidth and peak;
-4. ranker latency: `bench_ranker.py` when present ("not available" otherwise);
+3. GSU op: `bench_gsu` -- fraction of the roofline (measured bandwidth and GEMM peaks) at L = 1K-100K;
+4. ranker latency: `bench_ranker.py` -- p50/p99 over the bf16 GEMM of the same shape, same run;
 5. memory per rank at the full Taobao-MM vocabulary: `muse-rec plan --json` (8 x 80 GiB GPUs).
 
 Numbers are medians (of timed windows, steps or repetitions); the load average at the start and
@@ -44,7 +44,7 @@ FULL_VOCAB_SPEC = REPO / "specs" / "taobao_mm_full" / "muse.yaml"
 RANKER_SCRIPT = REPO / "benchmarks" / "bench_ranker.py"
 PLAN_WORLD_SIZE = 8
 # --quick: history lengths and timed calls per length passed to bench_ranker (when it takes them).
-RANKER_QUICK_LENGTHS, RANKER_QUICK_REPS = "1000,10000", "10,5"
+RANKER_QUICK_LENGTHS, RANKER_QUICK_REPS = "1000,10000,100000", "10,5,5"
 
 
 @dataclass
@@ -175,27 +175,12 @@ def run_training(prepared: Path, out: Path, st: Settings, device: str, threads_a
 
 
 def run_gsu(st: Settings, device: str) -> Dict:
-    """bench_gsu's cases and machine ceilings (the same calls its own main makes)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    chunk = bench_gsu.CosineGSU().chunk_size
-    ceil = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "mem_GBps": bench_gsu.memory_bandwidth_gbs(st.gsu_reps, mib=64 if st.gsu_quick else 512),
-            "gemm_GFLOPps": bench_gsu.matmul_peak_gflops(st.gsu_reps, n=512 if st.gsu_quick else 2048)}
-    if st.gsu_quick:
-        cases = [("training", 16, 1000), ("serving", 100, 1000)]
-    else:
-        cases = [("training", 256, 1000), ("training", 256, 10_000),
-                 ("serving", 1000, 1000), ("serving", 1000, 10_000), ("serving", 1000, 100_000)]
-    # bench_gsu builds its tensors on the CPU; pass a device only if a later version takes one.
-    takes_device = "device" in inspect.signature(bench_gsu.bench_case).parameters
-    extra = {"device": device} if takes_device else {}
-    rows = [bench_gsu.bench_case(k, b, n, chunk, st.gsu_reps, gen, **extra) for k, b, n in cases]
-    note = "" if takes_device or device == "cpu" else "measured on the CPU: bench_gsu has no device option"
-    return {"machine": ceil, "cases": rows, "device": device if takes_device else "cpu", "note": note,
-            "markdown": bench_gsu.to_markdown(rows, ceil)}
+    """bench_gsu's cases (training and serving shapes at L = 1K, 10K, 100K) against the machine's
+    bandwidth and GEMM peaks measured in the same call (CPU: its kernels are CPU kernels)."""
+    res = bench_gsu.run(st.gsu_reps, st.gsu_quick, static_reps=1)
+    res["device"] = "cpu"
+    res["note"] = "" if device == "cpu" else "measured on the CPU: bench_gsu's kernels are the CPU paths"
+    return res
 
 
 def run_ranker(out: Path, quick: bool, threads: int) -> Dict:

@@ -5,12 +5,18 @@ Sequences are dense and **right-aligned**: position ``L-1`` is the newest behavi
 lets the GSU score all positions with one batched matmul. Pooled one-id-per-sample features
 travel as a `KeyedJaggedTensor` so the EmbeddingBagCollection's input distribution can be
 pipelined by `TrainPipelineSparseDist`.
+
+Samples of one user share one history (one history per user and split), so the batch also
+carries its *history grouping*, computed on the host by the loader (`history_groups`, NumPy,
+in the DataLoader workers): the model then keeps one history row per group and never has to
+discover the grouping on the device (no ``torch.unique``, no host sync in the step).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
@@ -19,6 +25,40 @@ from torchrec.streamable import Pipelineable
 USER_FEATURES: List[str] = ["user_id", "user_f1", "user_f2", "user_f3", "user_f4", "user_f5"]
 ITEM_FEATURES: List[str] = ["item_f213", "item_f214"]
 POOLED_FEATURES: List[str] = USER_FEATURES + ITEM_FEATURES
+
+# Relative cost of one extra history row (its SCL lookup, key conversion and norms over L
+# positions) against one extra query row of the grouped GEMM: `history_groups` splits a
+# user's samples into groups of P, trading duplicated history rows for less padding.
+HISTORY_ROW_COST: int = 16
+
+
+def history_groups(user_keys: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Group a batch's samples by user: ``[B]`` keys -> ``index [B]``, ``members [U, P]`` (int64).
+
+    ``members[u]`` lists the samples whose history is row u, padded with B; ``index[b]`` is
+    sample b's row. A user with more than P samples gets several rows (the same history),
+    with P the power of two (or the largest group) minimising
+    ``rows * (P + HISTORY_ROW_COST)``: the grouped GEMM's padded work plus per-row work.
+    """
+    B = int(user_keys.shape[0])
+    if B == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 1), np.int64)
+    _, user, counts = np.unique(user_keys, return_inverse=True, return_counts=True)
+    user = user.reshape(-1)
+    largest = int(counts.max())
+    options = sorted({min(1 << e, largest) for e in range(largest.bit_length() + 1)})
+    P = min(options, key=lambda p: (int(np.sum(-(-counts // p))) * (p + HISTORY_ROW_COST), p))
+    order = np.argsort(user, kind="stable")
+    starts = np.cumsum(counts) - counts
+    rank = np.arange(B) - starts[user[order]]  # position of each sample among its user's samples
+    rows_per_user = -(-counts // P)
+    first_row = np.cumsum(rows_per_user) - rows_per_user
+    row = first_row[user[order]] + rank // P
+    index = np.empty(B, np.int64)
+    index[order] = row
+    members = np.full((int(rows_per_user.sum()), P), B, np.int64)
+    members[row, rank % P] = order
+    return index, members
 
 
 @dataclass
@@ -38,6 +78,10 @@ class Batch(Pipelineable):
         seq_cats: ``[B, L]`` int64 behaviour category rows, aligned with `seq_items`.
         seq_lengths: ``[B]`` int64 number of real behaviours (<= L); positions
             ``>= L - seq_lengths`` are real, also where their id is 0 (an out-of-vocabulary item).
+        hist_index: ``[B]`` int64, the history row of each sample (see `history_groups`).
+        hist_members: ``[U, P]`` int64, the samples of each history row, padded with B; its
+            first column is each row's first sample (where the model reads the history).
+            Both are computed from `user_keys` when not given (on the host: the loader gives them).
     """
 
     labels: torch.Tensor
@@ -50,6 +94,15 @@ class Batch(Pipelineable):
     seq_items: torch.Tensor
     seq_cats: torch.Tensor
     seq_lengths: torch.Tensor
+    hist_index: Optional[torch.Tensor] = None
+    hist_members: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        if self.hist_index is None or self.hist_members is None:
+            index, members = history_groups(self.user_keys.detach().cpu().numpy())
+            device = self.user_keys.device
+            self.hist_index = torch.from_numpy(index).to(device)
+            self.hist_members = torch.from_numpy(members).to(device)
 
     @property
     def batch_size(self) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from muse_rec.data.batch import POOLED_FEATURES, Batch, pooled_kjt
+from muse_rec.data.batch import POOLED_FEATURES, Batch, history_groups, pooled_kjt
 from muse_rec.data.prepared import PreparedData
 
 
@@ -103,6 +103,7 @@ class PreparedBatches(IterableDataset):
             a.pooled[:n, 1:6] = np.where(has_user[:, None], fields[:, 1:], 0)
             a.pooled[:n, 6:8] = attrs[:, 1:3]
             self._fill_sequences(urow, has_user, a.seq_items[:n], a.seq_cats[:n], a.seq_lengths[:n])
+        a.hist_index, a.hist_members = history_groups(a.user_keys)
         return a
 
     def _fill_sequences(self, urow: np.ndarray, has_user: np.ndarray, out_items: np.ndarray,
@@ -152,12 +153,15 @@ class BatchArrays:
     seq_items: np.ndarray  # [B, L] int32
     seq_cats: np.ndarray  # [B, L] int32
     seq_lengths: np.ndarray  # [B] int64
+    hist_index: np.ndarray  # [B] int64 history row of each sample
+    hist_members: np.ndarray  # [U, P] int64 samples of each history row, padded with B
 
     @classmethod
     def zeros(cls, B: int, L: int) -> "BatchArrays":
         return cls(np.zeros(B, np.float32), np.zeros(B, np.float32), np.zeros(B, np.int64), np.zeros(B, np.int64),
                    np.zeros((B, len(POOLED_FEATURES)), np.int32), np.zeros(B, np.int32), np.zeros(B, np.int32),
-                   np.zeros((B, L), np.int32), np.zeros((B, L), np.int32), np.zeros(B, np.int64))
+                   np.zeros((B, L), np.int32), np.zeros((B, L), np.int32), np.zeros(B, np.int64),
+                   *history_groups(np.zeros(B, np.int64)))
 
     def to_batch(self) -> Batch:
         """Widen ids to int64 tensors (the dtype TorchRec lookups take)."""
@@ -170,6 +174,7 @@ class BatchArrays:
             pooled=pooled_kjt(i64(self.pooled)), target_item=i64(self.target_item),
             target_cat=i64(self.target_cat), seq_items=i64(self.seq_items), seq_cats=i64(self.seq_cats),
             seq_lengths=torch.from_numpy(self.seq_lengths),
+            hist_index=torch.from_numpy(self.hist_index), hist_members=torch.from_numpy(self.hist_members),
         )
 
 

@@ -160,7 +160,8 @@ class OverArch(nn.Module):
         if self.recent_simtier is not None:
             scl_target, scl_seq = search.scl()
             R = recent_mask.shape[1]
-            cos, has_vec = history_cosine(scl_target, scl_seq[:, scl_seq.shape[1] - R:], search.hist.index)
+            cos, has_vec = history_cosine(scl_target, scl_seq[:, scl_seq.shape[1] - R:], search.hist.index,
+                                          members=search.hist.members)
             ok = has_vec & recent_mask
             parts.append(self.recent_simtier(torch.where(ok, cos, 0.0), ok))
         if self.recent_attention is not None:

@@ -23,7 +23,7 @@ from muse_rec.modules.cosine import (
     batched_cosine,
     check_cosine_inputs,
     check_grouped_inputs,
-    grouped_cosine,
+    grouped_cosine_topk,
     reference_cosine,
     shared_keys_cosine_topk,
 )
@@ -69,7 +69,7 @@ class CosineGSU(nn.Module):
         self.chunk_size = chunk_size
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
-                index: Optional[torch.Tensor] = None) -> GSUResult:
+                index: Optional[torch.Tensor] = None, members: Optional[torch.Tensor] = None) -> GSUResult:
         """Retrieve the top K.
 
         Args:
@@ -78,6 +78,7 @@ class CosineGSU(nn.Module):
                 with `index`: ``[U, L, D]``, one sequence per distinct user.
             mask: ``[B, L]`` (or ``[1, L]``, or ``[U, L]``) bool, True = real behaviour.
             index: ``[B]`` int64, sample b's row in `keys` (see `grouped_cosine`).
+            members: ``[U, P]`` the samples of each row (see `grouped_cosine`), optional.
 
         Returns:
             `GSUResult` with ``[B, K]`` tensors, best first; ``scores`` are cosines.
@@ -89,11 +90,7 @@ class CosineGSU(nn.Module):
             return decode_cosine_selection(values, indices, self.top_k)
         if index is not None:
             check_grouped_inputs(query, keys, mask, index)
-            L = keys.shape[1]
-            with torch.no_grad():
-                cos, has_vec = grouped_cosine(query, keys, index, self.chunk_size)
-                sel = cosine_selection_scores(cos, has_vec, mask.index_select(0, index), 0, L)
-                values, indices = torch.topk(sel, min(self.top_k, L), dim=1)
+            values, indices = grouped_cosine_topk(query, keys, mask, index, self.top_k, members)
             return decode_cosine_selection(values, indices, self.top_k)
         check_cosine_inputs(query, keys, mask)
         B, L = query.shape[0], keys.shape[1]
@@ -117,7 +114,7 @@ class CosineGSU(nn.Module):
         """MUSE's GSU: top-K by cosine of the frozen SCL vectors (see `SearchInputs`)."""
         scl_target, scl_seq = search.scl()
         h = search.hist
-        return self(scl_target, scl_seq, h.mask, h.index)
+        return self(scl_target, scl_seq, h.mask, h.index, h.members)
 
     def full_scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cosine of every position: ``[B, L]`` fp32; 0.0 at padding and where a vector is 0.
@@ -129,13 +126,13 @@ class CosineGSU(nn.Module):
 
     def full_scores_with_validity(
         self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
-        index: Optional[torch.Tensor] = None,
+        index: Optional[torch.Tensor] = None, members: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """`full_scores` plus ``has_score [B, L]`` (real behaviour and both vectors exist)."""
         if index is not None:
             if keys.shape[0] != 1:
                 check_grouped_inputs(query, keys, mask, index)
-            cos, has_vec = history_cosine(query, keys, index, self.chunk_size)
+            cos, has_vec = history_cosine(query, keys, index, self.chunk_size, members)
             has_score = has_vec & mask.index_select(0, index)
             return torch.where(has_score, cos, 0.0), has_score
         check_cosine_inputs(query, keys, mask)
@@ -168,19 +165,19 @@ class EmbeddingCosineGSU(CosineGSU):
     scores_are_scl_cosines = False  # ID cosines: an SCL-similarity ESU computes its own R
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
-                index: Optional[torch.Tensor] = None) -> GSUResult:
+                index: Optional[torch.Tensor] = None, members: Optional[torch.Tensor] = None) -> GSUResult:
         """``query [B, D]`` float, ``keys [B, L, D]`` (or ``[U, L, D]`` with `index`) float -> `GSUResult`."""
         if not (query.is_floating_point() and keys.is_floating_point()):
             raise ValueError(
                 f"EmbeddingCosineGSU expects float embeddings, got query {query.dtype}, keys {keys.dtype}"
             )
-        return super().forward(query.detach(), keys.detach(), mask, index)
+        return super().forward(query.detach(), keys.detach(), mask, index, members)
 
     def retrieve(self, search: SearchInputs) -> GSUResult:
         """SIM-soft: top-K by cosine of the (detached) ID tokens ``[item ‖ category]``."""
         seq_tok, target_tok = search.id_tokens()
         h = search.hist
-        return self(target_tok, seq_tok, h.mask, h.index)
+        return self(target_tok, seq_tok, h.mask, h.index, h.members)
 
 
 class ScoreSumGSU(nn.Module):
@@ -210,20 +207,21 @@ class ScoreSumGSU(nn.Module):
         self.chunk_size = chunk_size
 
     @torch.no_grad()
-    def id_relevance(self, target_tok: torch.Tensor, seq_tok: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def id_relevance(self, target_tok: torch.Tensor, seq_tok: torch.Tensor, index: torch.Tensor,
+                     members: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``[B, L]`` ID relevance of every position (cosine, or attention logits)."""
         if self.id_scorer is None:
-            return history_cosine(target_tok, seq_tok, index, self.chunk_size)[0]
+            return history_cosine(target_tok, seq_tok, index, self.chunk_size, members)[0]
         q = self.id_scorer.project_query(target_tok)
-        return history_dot(q, self.id_scorer.project_keys(seq_tok), index) * self.id_scorer.scale
+        return history_dot(q, self.id_scorer.project_keys(seq_tok), index, members) * self.id_scorer.scale
 
     @torch.no_grad()
     def retrieve(self, search: SearchInputs) -> GSUResult:
         scl_target, scl_seq = search.scl()
         seq_tok, target_tok = search.id_tokens()
         h = search.hist
-        mm, has_vec = history_cosine(scl_target, scl_seq, h.index, self.chunk_size)  # [B, L]
-        score = mm + self.id_weight * self.id_relevance(target_tok, seq_tok, h.index)
+        mm, has_vec = history_cosine(scl_target, scl_seq, h.index, self.chunk_size, h.members)  # [B, L]
+        score = mm + self.id_weight * self.id_relevance(target_tok, seq_tok, h.index, h.members)
         return vector_first_topk(score, has_vec, h.per_sample(h.mask), self.top_k)
 
     def extra_repr(self) -> str:

@@ -109,18 +109,18 @@ class AttentionGSU(nn.Module):
 
     @torch.no_grad()
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
-                index: Optional[torch.Tensor] = None) -> GSUResult:
+                index: Optional[torch.Tensor] = None, members: Optional[torch.Tensor] = None) -> GSUResult:
         """``query [B, Dq]``, ``keys [B, L, Dk]`` embeddings, ``mask [B, L]`` -> `GSUResult`.
 
         With `index` ``[B]``, keys/mask are ``[U, L, *]``, one sequence per distinct user,
         projected once per user. ``scores`` are the attention logits (unbounded).
         """
-        logits = self.full_logits(query, keys, mask, index)
+        logits = self.full_logits(query, keys, mask, index, members)
         return topk_eligible(logits, mask if index is None else mask.index_select(0, index), self.top_k)
 
     @torch.no_grad()
     def full_logits(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
-                    index: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    index: Optional[torch.Tensor] = None, members: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention logits of every position, ``[B, L]`` (masking left to the caller)."""
         if index is not None:
             if keys.shape[0] != 1:
@@ -128,7 +128,7 @@ class AttentionGSU(nn.Module):
             q = self.attention.project_query(query)  # [B, H]
             k = torch.cat([self.attention.project_keys(keys[:, l0 : l0 + self.chunk_size])
                            for l0 in range(0, keys.shape[1], self.chunk_size)], dim=1)  # [U, L, H]
-            return history_dot(q, k, index) * self.attention.scale
+            return history_dot(q, k, index, members) * self.attention.scale
         if keys.dim() != 3 or mask.shape != keys.shape[:2]:
             raise ValueError(f"keys must be [B, L, D] with mask [B, L]; got {tuple(keys.shape)}, {tuple(mask.shape)}")
         return torch.cat(
@@ -150,7 +150,7 @@ class AttentionGSU(nn.Module):
         """Top-K by the attention logits over the searched histories."""
         query, keys = self.keys_of(search)
         h = search.hist
-        return self(query, keys, h.mask, h.index)
+        return self(query, keys, h.mask, h.index, h.members)
 
 
 class SCLAttentionGSU(AttentionGSU):

@@ -10,7 +10,8 @@ at one of U behaviour histories ``[U, L]``.
 Every GSU therefore has ONE retrieval method, ``retrieve(SearchInputs) -> GSUResult``, and the
 scoring kernels below pick their fastest exact form from the static shape: U = 1 is one GEMM
 against the shared history (traceable by `torch.export`, no data-dependent Python); U > 1 runs
-one GEMM per distinct user (`muse_rec.modules.cosine.grouped_cosine` / `grouped_dot`).
+one padded batched GEMM over all distinct users (`muse_rec.modules.cosine.grouped_cosine` /
+`grouped_dot`), grouped as the loader grouped the batch (``members``).
 """
 from __future__ import annotations
 
@@ -32,22 +33,24 @@ class Histories:
     Attributes:
         items, cats: ``[U, L]`` int64, right-aligned. mask: ``[U, L]`` bool.
         index: ``[B]`` int64, the history row of each sample.
+        members: ``[U, P]`` int64, the samples of each row padded with B (the grouped GEMM's
+            layout, `muse_rec.modules.cosine.group_members`), or None (then derived when needed).
     """
 
     items: torch.Tensor
     cats: torch.Tensor
     mask: torch.Tensor
     index: torch.Tensor
+    members: Optional[torch.Tensor] = None
 
     @staticmethod
     def of(batch) -> "Histories":
-        """Group a `muse_rec.data.batch.Batch` by ``user_keys`` (first sample's history per user)."""
-        keys, index = torch.unique(batch.user_keys, return_inverse=True)
-        B = index.shape[0]
-        first = torch.full((keys.shape[0],), B, dtype=torch.int64, device=index.device)
-        first.scatter_reduce_(0, index, torch.arange(B, device=index.device), reduce="amin")
+        """The histories of a `muse_rec.data.batch.Batch`, grouped as the loader grouped it
+        (``hist_index``, ``hist_members``, computed on the host): no device sync, no
+        data-dependent shapes in the step. Row u reads its first member's history."""
+        first = batch.hist_members[:, 0]
         return Histories(batch.seq_items.index_select(0, first), batch.seq_cats.index_select(0, first),
-                         batch.seq_mask().index_select(0, first), index)
+                         batch.seq_mask().index_select(0, first), batch.hist_index, batch.hist_members)
 
     @staticmethod
     def one_user(items: torch.Tensor, cats: torch.Tensor, mask: torch.Tensor, candidates: int) -> "Histories":
@@ -70,14 +73,15 @@ class Histories:
 
 
 def history_cosine(query: torch.Tensor, keys: torch.Tensor, index: torch.Tensor,
-                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tuple[torch.Tensor, torch.Tensor]:
+                   chunk_rows: int = DEFAULT_CHUNK_ROWS, members: Optional[torch.Tensor] = None
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cosine of each query with every position of its history: ``[B, D]`` x ``[U, L, D]`` -> ``[B, L]``.
 
     Returns ``cos`` fp32 (0 where a vector is zero) and ``has_vector`` bool, the values of
     `grouped_cosine` (same formula: dot / (|q| |k|), clamped). No gradient.
     """
     if keys.shape[0] != 1:
-        return grouped_cosine(query, keys, index, chunk_rows)
+        return grouped_cosine(query, keys, index, chunk_rows, members)
     with torch.no_grad():
         q = query.to(torch.float32)
         k = keys[0].to(torch.float32)  # [L, D]
@@ -85,11 +89,12 @@ def history_cosine(query: torch.Tensor, keys: torch.Tensor, index: torch.Tensor,
                              torch.linalg.vector_norm(q, dim=1, keepdim=True))
 
 
-def history_dot(query: torch.Tensor, keys: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def history_dot(query: torch.Tensor, keys: torch.Tensor, index: torch.Tensor,
+                members: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``out[b, l] = query[b] . keys[index[b], l]``: ``[B, H]`` x ``[U, L, H]`` -> ``[B, L]``."""
     if keys.shape[0] == 1:
         return query @ keys[0].t()
-    return grouped_dot(query, keys, index)
+    return grouped_dot(query, keys, index, members)
 
 
 def unit_vectors(x: torch.Tensor) -> torch.Tensor:

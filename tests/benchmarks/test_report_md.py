@@ -64,3 +64,18 @@ def test_ranker_latency_reaches_the_summary() -> None:
 def test_missing_numbers_render_as_na() -> None:
     text = "\n".join(summary_lines(results()))
     assert "n/a" in text and "met)" not in text
+
+
+def test_gsu_roofline_and_ranker_bound_reach_the_summary() -> None:
+    gsu = {"markdown": "table", "wall_s": 1.0, "load_after": [1, 1, 1], "machine": {}, "cases": [
+        {"shape": "training", "B": 1000, "L": 1000, "of_roofline_cpu": 0.5, "of_roofline_wall": 0.25,
+         "bound_cpu": "compute"}]}
+    ranker = {"available": True, "command": "bench_ranker.py", "markdown": "| L |", "wall_s": 1.0,
+              "load_after": [1, 1, 1], "json": {"bench_ranker.json": {"rows": [
+                  {"L": 100000, "candidates": 1000, "score_ms_p50": 300.0, "score_ms_p99": 400.0,
+                   "p50_over_gemm_wall": 3.0, "p99_over_gemm_wall": 4.0, "p50_over_gemm_cpu": 1.5,
+                   "p99_over_gemm_cpu": 2.0}]}}}
+    text = "\n".join(summary_lines(results(gsu=gsu, ranker=ranker)))
+    assert "- GSU training B=1000 L=1,000: 50% of the compute roofline (CPU time; wall 25%)" in text
+    assert ("- ranker (L=100,000, candidates=1,000): p50 / p99 300.0 / 400.0 ms = 3.00x / 4.00x the bf16 GEMM "
+            "of the same shape (CPU time: 1.50x / 2.00x)") in text

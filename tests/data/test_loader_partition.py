@@ -6,8 +6,9 @@ from typing import List, Tuple
 
 import numpy as np
 import pytest
+import torch
 
-from muse_rec.data.batch import POOLED_FEATURES
+from muse_rec.data.batch import POOLED_FEATURES, history_groups
 from muse_rec.data.loader import make_loader
 from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData
@@ -109,3 +110,44 @@ def test_bad_arguments(prepared: str) -> None:
         make_loader(prepared, "train", BATCH, SEQ_LEN, start_batch=10**6)
     with pytest.raises(KeyError, match="unknown split"):
         make_loader(prepared, "valid", BATCH, SEQ_LEN)
+
+
+def _check_groups(b) -> None:
+    """The batch's history grouping: each row's members are samples of one user with one
+    history; each sample is listed exactly once, in the row `hist_index` names."""
+    B = b.batch_size
+    index, members = b.hist_index, b.hist_members
+    assert index.dtype == members.dtype == torch.int64 and index.shape == (B,)
+    listed = members[members < B]
+    assert sorted(listed.tolist()) == list(range(B))
+    for u in range(members.shape[0]):
+        row = members[u][members[u] < B]
+        assert row.numel() >= 1 and (index[row] == u).all()
+        assert (b.user_keys[row] == b.user_keys[row[0]]).all()
+        assert (b.seq_items[row] == b.seq_items[row[0]]).all() and (b.seq_lengths[row] == b.seq_lengths[row[0]]).all()
+
+
+@pytest.mark.parametrize("workers,shuffle", [(0, None), (1, 3)])
+def test_batches_carry_the_history_grouping(prepared: str, workers: int, shuffle) -> None:
+    loader = make_loader(prepared, "train", BATCH, SEQ_LEN, num_workers=workers, shuffle_seed=shuffle)
+    for b in loader:
+        _check_groups(b)
+        # The same grouping a hand-built batch gets (computed from user_keys).
+        again = history_groups(b.user_keys.numpy())
+        assert torch.equal(torch.from_numpy(again[0]), b.hist_index)
+        assert torch.equal(torch.from_numpy(again[1]), b.hist_members)
+
+
+def test_history_groups_split_large_users() -> None:
+    """One user with 40 samples among 30 singletons: its samples are split over several rows
+    of P (trading duplicate history rows for padding), and every sample is kept."""
+    keys = np.concatenate([np.full(40, 7), np.arange(100, 130)])
+    np.random.default_rng(0).shuffle(keys)
+    index, members = history_groups(keys)
+    U, P = members.shape
+    assert P < 40 and U > 31
+    assert sorted(members[members < keys.size].tolist()) == list(range(keys.size))
+    for u in range(U):
+        row = members[u][members[u] < keys.size]
+        assert len(set(keys[row].tolist())) == 1 and (index[row] == u).all()
+    assert history_groups(np.zeros(0, np.int64))[1].shape == (0, 1)

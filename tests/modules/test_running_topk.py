@@ -1,0 +1,59 @@
+"""The native running top-K against `torch.topk` and its plain-PyTorch twin."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from muse_rec.modules import running_topk as RT
+
+pytestmark = pytest.mark.skipif(RT.native_library() is None, reason="no C compiler for the native top-K")
+
+
+def stream(scores: torch.Tensor, chunk: int):
+    return [(scores[:, c:c + chunk], c) for c in range(0, scores.shape[1], chunk)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+# (500, 64, 8) and (3000, 1000, 400): the buffer (4k) is a whole number of 32-blocks, so the
+# first fill ends exactly full (a past overflow).
+@pytest.mark.parametrize("cols,chunk,k", [(5000, 700, 50), (97, 33, 10), (1000, 1000, 1), (31, 31, 40),
+                                          (500, 64, 8), (3000, 1000, 400)])
+def test_matches_torch_topk(dtype, cols, chunk, k):
+    gen = torch.Generator().manual_seed(cols + k)
+    scores = torch.randn(37, cols, generator=gen).to(dtype)
+    sel = RT.RunningTopK(37, k)
+    for s, c0 in stream(scores, chunk):
+        sel.update(s, c0)
+    vals, idx = sel.result()
+    kk = min(k, cols)
+    ref_v, _ = torch.topk(scores.float(), kk, dim=1)
+    assert torch.equal(vals[:, :kk], ref_v)
+    assert torch.equal(scores.float().gather(1, idx[:, :kk]), vals[:, :kk])  # indices point at the values
+    assert (idx[:, :kk].sort(1).values.diff(dim=1) > 0).all()  # no position twice
+    assert (vals[:, kk:] == RT.EMPTY_VALUE).all() and (idx[:, kk:] == -1).all()
+    tv, ti = RT.torch_running_topk(stream(scores, chunk), 37, k)
+    assert torch.equal(tv, vals)
+
+
+def test_ties_and_strided_rows():
+    """Many equal values (bf16-like) and a chunk that is a strided view of a wider matrix."""
+    gen = torch.Generator().manual_seed(0)
+    wide = torch.randint(0, 5, (8, 3000), generator=gen).float()
+    sel = RT.RunningTopK(8, 20)
+    for c0 in range(0, 3000, 512):
+        sel.update(wide[:, c0:c0 + 512], c0)
+    vals, idx = sel.result()
+    assert (vals == 4).all()
+    assert torch.equal(wide.gather(1, idx), vals)
+    # Ties come out lowest position first, deterministically.
+    assert (idx.diff(dim=1) > 0).all()
+
+
+def test_bad_input():
+    sel = RT.RunningTopK(3, 2)
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        sel.update(torch.zeros(3, 4, dtype=torch.float64), 0)
+    with pytest.raises(ValueError, match=r"\[r, C\]"):
+        sel.update(torch.zeros(4, 4), 0)
+    with pytest.raises(ValueError, match="k must be"):
+        RT.RunningTopK(3, 0)
