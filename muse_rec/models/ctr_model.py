@@ -109,7 +109,7 @@ class LifelongCTRModel(nn.Module):
             device=device,
         )
         d_tok = self.sparse_arch.token_dim
-        g, e, s = spec.gsu, spec.esu, spec.short_term
+        g, e, s, pz = spec.gsu, spec.esu, spec.short_term, spec.parametrization
         self.top_k = min(g.top_k, seq_len)
         self.recent = min(s.recent, seq_len)
         self.uses_scl = g.kind in ("cosine_scl", "cooccurrence_scl", "scl_attention") or (
@@ -118,11 +118,11 @@ class LifelongCTRModel(nn.Module):
         # ESU attention first: TWIN's GSU scores with the same projections (consistency).
         self.esu_attention: Optional[nn.Module] = None
         if e.attention == "ta":
-            self.esu_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, device=device)
+            self.esu_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, parametrization=pz, device=device)
         elif e.attention == "sa_ta":
             self.esu_attention = SemanticAwareTargetAttention(
                 d_tok, d_tok, e.attention_hidden, variant=e.sa_ta_variant,
-                temperature_init=e.temperature_init, device=device)
+                temperature_init=e.temperature_init, parametrization=pz, device=device)
 
         self.gsu: Optional[nn.Module] = None
         self.mm_gsu: Optional[nn.Module] = None
@@ -139,7 +139,8 @@ class LifelongCTRModel(nn.Module):
         elif g.kind == "scl_attention":
             # Multimodal attention retrieval, TWIN's consistency applied to SCL vectors: the same
             # projections score the whole sequence (no grad) and attend over the K retrieved.
-            self.scl_attention = TargetAttention(SCL_DIM, SCL_DIM, e.attention_hidden, device=device)
+            self.scl_attention = TargetAttention(SCL_DIM, SCL_DIM, e.attention_hidden, parametrization=pz,
+                                                 device=device)
             self.gsu = AttentionGSU(self.scl_attention, self.top_k)
         elif g.kind == "category":
             self.gsu = CategoryGSU(self.top_k)
@@ -153,7 +154,8 @@ class LifelongCTRModel(nn.Module):
 
         self.simtier = SimTier(e.num_tiers, e.tier_width, device=device) if e.simtier else None
         self.recent_simtier = SimTier(e.num_tiers, e.tier_width, device=device) if (s.simtier and self.uses_scl) else None
-        self.recent_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, device=device) if s.attention else None
+        self.recent_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, parametrization=pz,
+                                                device=device) if s.attention else None
 
         width = self.sparse_arch.pooled_dim + d_tok  # pooled features + target token
         if self.simtier is not None:
@@ -169,7 +171,7 @@ class LifelongCTRModel(nn.Module):
         if s.mean_pool:
             width += d_tok * (2 if self.gsu is not None else 1)
         self.tower = MLPTower(width, tuple(spec.tower_hidden), activation=spec.tower_activation,
-                              dropout=spec.dropout, device=device)
+                              dropout=spec.dropout, parametrization=pz, device=device)
 
     # ------------------------------------------------------------------------------------------
     def retrieve(self, batch: Batch, hist: "Histories", scl_target: Optional[torch.Tensor],
