@@ -105,8 +105,9 @@ def run_dir(out: Path, cfg: Config, seed: int) -> Path:
     return out / "runs" / f"{cfg.key}-s{seed}"
 
 
-def command(cfg: Config, seed: int, out: Path, prepared: str, sparse: str) -> List[str]:
-    overrides = [*PUBLISHED, *SPARSE[sparse], f"data.prepared={prepared}", "data.num_workers=0",
+def command(cfg: Config, seed: int, out: Path, prepared: str, sparse: str, sparse_lr: Optional[float]) -> List[str]:
+    lr = () if sparse_lr is None else (f"train.sparse_optimizer.lr={sparse_lr}",)
+    overrides = [*PUBLISHED, *SPARSE[sparse], *lr, f"data.prepared={prepared}", "data.num_workers=0",
                  "train.eval_batch_size=1000", f"train.seed={seed}", f"output_dir={run_dir(out, cfg, seed)}",
                  "train.checkpoint_every=0", *cfg.overrides]
     cmd = [sys.executable, "-m", "muse_rec.cli", "train", "--spec", str(REPO / cfg.spec), "--device", "cpu"]
@@ -122,7 +123,8 @@ def read_gauc(path: Path) -> Optional[float]:
         return None
 
 
-def run_all(jobs: List[Tuple[Config, int]], out: Path, prepared: str, sparse: str, parallel: int) -> None:
+def run_all(jobs: List[Tuple[Config, int]], out: Path, prepared: str, sparse: str, sparse_lr: Optional[float],
+            parallel: int) -> None:
     """Run every pending (config, seed), ``parallel`` processes at a time; failures are logged, not fatal."""
     pending = [(c, s) for c, s in jobs if read_gauc(run_dir(out, c, s)) is None]
     print(f"[study] {len(jobs) - len(pending)} runs done, {len(pending)} to go", flush=True)
@@ -136,7 +138,7 @@ def run_all(jobs: List[Tuple[Config, int]], out: Path, prepared: str, sparse: st
             if rd.exists():  # an interrupted run: start it again from scratch
                 shutil.rmtree(rd)
             log = open(out / "logs" / f"{cfg.key}-s{seed}.log", "w")
-            proc = subprocess.Popen(command(cfg, seed, out, prepared, sparse), stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(command(cfg, seed, out, prepared, sparse, sparse_lr), stdout=log, stderr=subprocess.STDOUT,
                                     env=env, cwd=REPO)
             running.append((proc, cfg, seed, time.time()))
         time.sleep(1.0)
@@ -222,6 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="trainings at a time (1 thread each)")
     ap.add_argument("--sparse", choices=tuple(SPARSE), default="adagrad",
                     help="sparse optimizer of every run: adagrad (row-wise, lr 0.05), adam (lr 2e-3), profile")
+    ap.add_argument("--sparse-lr", type=float, default=None, help="override the sparse optimizer's lr")
     ap.add_argument("--spec", default="specs/demo/muse.yaml", help="ablation: the MUSE spec to ablate")
     ap.add_argument("--spec-dir", default="specs/demo", help="methods: where <method>.yaml live")
     ap.add_argument("--only", default="", help="comma-separated config keys to run (default all)")
@@ -229,15 +232,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = args.out / args.sparse
+    out = args.out / (args.sparse + ("" if args.sparse_lr is None else f"_lr{args.sparse_lr:g}"))
     configs = ablation_configs(args.spec) if args.what == "ablation" else method_configs(args.spec_dir)
     todo = [c for c in configs if not args.only or c.key in args.only.split(",")]
     if not args.report_only:
         # Seed-major, the first config's method (MUSE) before the others: partial results are a table.
         jobs = sorted(((c, s) for s in seeds for c in todo), key=lambda j: j[0].spec != todo[0].spec)
-        run_all(jobs, out, args.prepared, args.sparse, args.jobs)
+        run_all(jobs, out, args.prepared, args.sparse, args.sparse_lr, args.jobs)
     rows = summarize(configs, seeds, out)
-    (out / f"{args.what}.json").write_text(json.dumps({"seeds": seeds, "sparse": args.sparse,
+    (out / f"{args.what}.json").write_text(json.dumps({"seeds": seeds, "sparse": args.sparse, "sparse_lr": args.sparse_lr,
                                                        "published": PUBLISHED, "rows": rows}, indent=1))
     if args.what == "ablation":
         md = ablation_markdown(rows)
