@@ -170,10 +170,15 @@ def _fmt(r: Dict) -> str:
 def ablation_markdown(rows: Dict[str, Dict]) -> str:
     base, ref = rows["ours"]["mean"], rows["reference"]["mean"]
     lines = ["| parametrization | GAUC mean ± std | Δ vs ours | Δ vs reference |", "|---|---|---|---|"]
+    skipped = [r["label"] for r in rows.values() if r["mean"] is None]
     for r in rows.values():
-        d0 = "" if r["mean"] is None or base is None else f"{r['mean'] - base:+.4f}"
-        d1 = "" if r["mean"] is None or ref is None else f"{r['mean'] - ref:+.4f}"
+        if r["mean"] is None:
+            continue
+        d0 = "" if base is None else f"{r['mean'] - base:+.4f}"
+        d1 = "" if ref is None else f"{r['mean'] - ref:+.4f}"
         lines.append(f"| {r['label']} | {_fmt(r)} | {d0} | {d1} |")
+    if skipped:
+        lines += ["", "Not run: " + "; ".join(skipped) + "."]
     return "\n".join(lines) + "\n"
 
 
