@@ -164,7 +164,10 @@ def summarize(configs: List[Config], seeds: Sequence[int], out: Path) -> Dict[st
 
 
 def _fmt(r: Dict) -> str:
-    return "missing" if r["mean"] is None else f"{r['mean']:.4f} ± {r['std']:.4f} (n={len(r['gauc'])})"
+    if r["mean"] is None:
+        return "missing"
+    n = len(r["gauc"])
+    return f"{r['mean']:.4f} ± {r['std']:.4f} (n={n})" if n > 1 else f"{r['mean']:.4f} (n=1)"
 
 
 def ablation_markdown(rows: Dict[str, Dict]) -> str:
