@@ -1,0 +1,47 @@
+"""benchmarks/accuracy_study.py: each ablation row flips exactly one knob; tables render partial results."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import accuracy_study as study
+from muse_rec.spec import load_spec
+
+
+def resolved(cfg: study.Config) -> dict:
+    cmd = study.command(cfg, 0, Path("/out"), "PREPARED", "adagrad", None)
+    sets = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--set" and not cmd[i + 1].startswith("output_dir")]
+    return load_spec(cmd[cmd.index("--spec") + 1], sets).to_dict()
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def test_each_ablation_row_differs_from_its_base_by_one_difference():
+    rows = {c.key: c for c in study.ablation_configs("specs/demo/muse.yaml")}
+    ours, ref = flat(resolved(rows["ours"])), flat(resolved(rows["reference"]))
+    for name in study.DIFFERENCES:
+        slug = study._slug(name)
+        plus, minus = flat(resolved(rows["ours_plus_" + slug])), flat(resolved(rows["reference_minus_" + slug]))
+        changed = {k for k in ours if ours[k] != plus[k]}
+        assert changed and changed == {k for k in ref if ref[k] != minus[k]}, name
+        assert all(plus[k] == ref[k] and minus[k] == ours[k] for k in changed), name
+    # The committed MUSE spec = the reference parametrization except the bias (docs/accuracy.md).
+    pub = flat(resolved(next(c for c in study.method_configs("specs/demo") if c.key == "muse__published")))
+    assert {k for k in ref if ref[k] != pub[k]} == {"model.parametrization.linear_bias"}
+
+
+def test_tables_render_partial_results(tmp_path):
+    cfgs = study.method_configs("specs/demo")
+    run = study.run_dir(tmp_path, cfgs[0], 0)
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"gauc": 0.61}))
+    rows = study.summarize(cfgs, [0, 1], tmp_path)
+    md = study.methods_markdown(rows, 0.005, {"popularity": 0.55, "mean_topk_similarity": 0.66})
+    assert "| muse | 0.6100 (n=1) | missing | missing |  | no (-0.0500) |" in md
+    abl = study.summarize(study.ablation_configs("specs/demo/muse.yaml"), [0], tmp_path)
+    assert "Not run: ours (torch defaults)" in study.ablation_markdown(abl)
