@@ -22,6 +22,7 @@ it is reloaded from the prepared data (`PreparedData.scl()`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -229,8 +230,14 @@ def load_program(exported_dir: str, expect_sha256: Optional[str] = None) -> torc
     manifest = read_manifest(exported_dir)
     _register_fake_classes()
     program = Path(exported_dir) / str(manifest["program"])
+    # torch.export logs a damaged archive's traceback as a warning before its legacy fallback
+    # fails too; the one-line ExportError below says the same to the user.
+    export_log = logging.getLogger("torch.export")
+    was_disabled, export_log.disabled = export_log.disabled, True
     try:
         return torch.export.load(str(program)).module()
     except Exception as e:  # zipfile / torch raise assorted types for a damaged archive
         raise ExportError(f"{program}: cannot load the exported program ({type(e).__name__}: "
                           f"{' '.join(str(e).split())[:300]}); re-export") from None
+    finally:
+        export_log.disabled = was_disabled

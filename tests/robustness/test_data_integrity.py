@@ -58,29 +58,27 @@ def _poke(path, index, value) -> None:
     del arr
 
 
-@pytest.mark.parametrize("rel,index,value,needle", [
-    ("train/seq_items.npy", 3, 10**6, "item row 1000000 at [3] is outside"),
-    ("test/sample_items.npy", 0, -1, "item row -1 at [0] is outside"),
-    ("train/user_fields.npy", 7, 10**6, "user_f1 row 1000000 at [1, 1] is outside"),
-    ("train/labels.npy", 2, 3, "label 3 at [2] is outside [0, 2)"),
-    ("vocab/item.npy", 1, -(2**62), "not strictly increasing at [1]"),
-])
-def test_check_names_out_of_range_and_unsorted_values(prep_copy, rel, index, value, needle):
-    _poke(prep_copy / rel, index, value)
-    assert_bad_input(cli("check", str(prep_copy)), rel, needle)
-
-
-def test_check_names_non_monotone_offsets(prep_copy):
+def test_check_names_every_out_of_range_unsorted_or_inconsistent_array(prep_copy):
+    """One damaged copy, one scan: each problem is reported on its own line naming file and index."""
     off = np.load(prep_copy / "train" / "seq_offsets.npy")
-    _poke(prep_copy / "train" / "seq_offsets.npy", 2, int(off[1]) - 1 if off[1] > 0 else int(off[3]) + 1)
-    assert_bad_input(cli("check", str(prep_copy)), "train/seq_offsets.npy", "non-decreasing")
-
-
-def test_check_names_scl_row_of_item_without_vector(prep_copy):
     present = np.load(prep_copy / "items" / "scl_present.npy")
     absent = int(np.flatnonzero(~present)[1])  # [0] is row 0
-    _poke(prep_copy / "items" / "scl.npy", absent * 128, 5)
-    assert_bad_input(cli("check", str(prep_copy)), "items/scl.npy", f"row {absent} has an SCL vector")
+    damage = [
+        ("train/seq_items.npy", 3, 10**6, "item row 1000000 at [3] is outside"),
+        ("test/sample_items.npy", 0, -1, "item row -1 at [0] is outside"),
+        ("train/user_fields.npy", 7, 10**6, "user_f1 row 1000000 at [1, 1] is outside"),
+        ("train/labels.npy", 2, 3, "label 3 at [2] is outside [0, 2)"),
+        ("vocab/item.npy", 2, -(2**63), "not strictly increasing at [2]"),
+        ("train/seq_offsets.npy", 2, int(off[1]) - 1, "not non-decreasing at [2]"),
+        ("items/scl.npy", absent * 128, 5, f"row {absent} has an SCL vector"),
+    ]
+    assert off[1] > 0
+    for rel, index, value, _ in damage:
+        _poke(prep_copy / rel, index, value)
+    out = cli("check", str(prep_copy))
+    for rel, _, _, needle in damage:
+        assert_bad_input(out, rel, needle)
+    assert f"{len(damage)} problem(s)" in out.stderr
 
 
 def test_resume_on_other_data_with_same_vocabularies_is_refused(trained, prep_copy, tmp_path):
