@@ -134,6 +134,12 @@ def _local_parts(value: object) -> Iterator[torch.Tensor]:
             yield from _local_parts(v)
 
 
+def _all_finite(t: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """In chunks: a whole-table isfinite mask would cost a byte per element (GBs at full scale)."""
+    flat = t.detach().reshape(-1)
+    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
+
+
 def _first_non_finite(state: Dict) -> Optional[str]:
     """The first key of ``state`` (model, then optimizer) holding a NaN/Inf on this rank."""
     for section in ("model", "optim"):
@@ -142,7 +148,7 @@ def _first_non_finite(state: Dict) -> Optional[str]:
             entries = entries.get("state", {})
         for key, value in entries.items():
             for t in _local_parts(value):
-                if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+                if t.is_floating_point() and not _all_finite(t):
                     return f"{section}.{key}" if section == "optim" else key
     return None
 

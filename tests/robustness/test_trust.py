@@ -7,6 +7,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,34 @@ def test_added_file_is_refused(trained, tmp_path):
 
 
 def _crafted_export(trained, tmp_path: Path) -> tuple:
+    """The real export with its first weight switched to a pickled payload (a valid PT2 archive)."""
     evil = tmp_path / "evil-export"
     shutil.copytree(trained.exported, evil)
     marker = tmp_path / "PWNED-export"
-    (evil / "ranker.pt2").write_bytes(pickle.dumps(_Payload(marker)))
+    src = zipfile.ZipFile(trained.exported / "ranker.pt2")
+    cfg_name = next(n for n in src.namelist() if n.endswith("weights/model_weights_config.json"))
+    cfg = json.loads(src.read(cfg_name))
+    meta = next(iter(cfg["config"].values()))
+    meta["use_pickle"] = True  # torch.export.load then torch.load(..., weights_only=False)s the file
+    target = cfg_name.rsplit("/", 1)[0] + "/" + meta["path_name"]
+    with zipfile.ZipFile(evil / "ranker.pt2", "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == cfg_name:
+                data = json.dumps(cfg).encode()
+            elif info.filename == target:
+                data = pickle.dumps(_Payload(marker))
+            out.writestr(info.filename, data)
     return evil, marker
+
+
+def test_the_crafted_export_payload_is_live(trained, tmp_path):
+    """Control: torch.export.load of the crafted archive runs the payload."""
+    evil, marker = _crafted_export(trained, tmp_path)
+    code = f"import torch\ntry: torch.export.load({str(evil / 'ranker.pt2')!r})\nexcept Exception: pass\n"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), timeout=120, check=True,
+                   capture_output=True)
+    assert marker.exists()
 
 
 def test_tampered_export_is_refused_before_torch_export_load(trained, tmp_path, monkeypatch):
@@ -107,6 +131,10 @@ def test_tampered_export_is_refused_before_torch_export_load(trained, tmp_path, 
     req.write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
     out = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(evil), "--request", str(req))
     assert_bad_input(out, str(evil / "ranker.pt2"), "SHA-256 differs")
+    write_manifest(evil)  # a forged manifest: only the pinned digest catches it
+    out = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(evil), "--request", str(req),
+              "--expect-sha256", read_digest(trained.exported))
+    assert_bad_input(out, str(evil), "is not the expected")
     assert not marker.exists()
 
 
