@@ -61,6 +61,9 @@ def _open_data(spec: Spec) -> PreparedData:
     try:
         return PreparedData(spec.data.prepared)
     except (FileNotFoundError, PreparedDataError) as e:
+        if isinstance(e, PreparedDataError) and "no meta.json" not in str(e):
+            # Prepared, but damaged or inconsistent: the message names the file.
+            raise RunError(f"data.prepared = {spec.data.prepared!r}: {e}") from None
         raise RunError(
             f"data.prepared = {spec.data.prepared!r}: no prepared data there ({e}). "
             "Create it with `muse-rec synth RAW && muse-rec prepare RAW PREPARED` or point the spec at it."
