@@ -113,3 +113,17 @@ def test_checkpoint_of_another_model_is_one_line_not_a_traceback(trained, tmp_pa
     out = cli(command, "--spec", SPEC, *trained.sets(["model.embedding_dim=8"]), *extra)
     assert_bad_input(out, "step-00000002", "does not fit this model")
     assert not (tmp_path / "ev").exists() and not (tmp_path / "ex").exists()
+
+
+def test_two_ranks_refuse_a_used_run_dir_together_without_hanging(trained, tmp_path):
+    """Rank 0 decides and broadcasts: both ranks exit with the same one-line reason, none waits forever."""
+    from tests.training.conftest import run_ranks
+
+    runs = trained.copy_run(tmp_path / "runs")
+    before = snapshot(runs / "din")
+    out = run_ranks(["train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu"],
+                    nproc=2, check=False, timeout=300)
+    assert out.returncode != 0
+    lines = [ln for ln in out.stderr.splitlines() if "muse-rec train:" in ln and "already holds a run" in ln]
+    assert len(lines) == 2, out.stderr[-3000:]  # one per rank
+    assert snapshot(runs / "din") == before
