@@ -46,5 +46,6 @@ def run(args: argparse.Namespace) -> int:
         return report("export", e)
     tables = manifest.get("tables") or {}
     print(json.dumps({"out": args.out, "seq_len": manifest["seq_len"], "quantized": manifest["quantized"],
-                      "bytes_per_row": tables.get("bytes_per_row"), "export_seconds": manifest["export_seconds"], "sha256": manifest.get("sha256")}))
+                      "bytes_per_row": tables.get("bytes_per_row"), "export_seconds": manifest["export_seconds"],
+                      "sha256": manifest.get("sha256")}))
     return 0

@@ -3,8 +3,9 @@
 Opening validates `meta.json` (present, known format version, every listed array present with
 the shape and dtype the counts imply, and as many bytes on disk as its header promises) so a
 half-prepared, truncated or mismatched directory fails here with a message naming the file
-instead of deep inside training. Opening reads only headers; `muse-rec check` scans the values. Arrays are mapped lazily and never pickled, so the
-object can be sent to DataLoader workers cheaply.
+instead of deep inside training. Opening reads only headers; `muse-rec check` scans the values.
+Arrays are mapped lazily and never pickled, so the object can be sent to DataLoader workers
+cheaply.
 """
 from __future__ import annotations
 

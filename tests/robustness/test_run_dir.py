@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -69,7 +68,8 @@ def test_lock_of_a_dead_process_does_not_block(prepared_tiny, tmp_path):
     run_dir = tmp_path / "runs" / "din"
     run_dir.mkdir(parents=True)
     (run_dir / LOCK_FILE).write_text(json.dumps({"host": "h", "pid": 999999, "started": "x", "command": "dead"}))
-    out = cli("train", "--spec", SPEC, *sets(prepared_tiny, tmp_path / "runs", ["train.max_steps=1"]), "--device", "cpu")
+    out = cli("train", "--spec", SPEC, *sets(prepared_tiny, tmp_path / "runs", ["train.max_steps=1"]),
+              "--device", "cpu")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (run_dir / "checkpoints" / "step-00000001").is_dir()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -12,16 +13,15 @@ from muse_rec.spec import SpecError, load_spec
 from muse_rec.training.trainer import _write_json
 from tests.robustness.conftest import SPEC, assert_bad_input, cli
 
+SPEC_PATH = Path(__file__).resolve().parents[2] / SPEC
+
 
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "inf", "nan", "1e999"])
 def test_non_finite_numbers_in_a_spec_are_refused(tmp_path, value):
     spec = tmp_path / "s.yaml"
-    spec.write_text(f"extends: {(SPEC_PATH).resolve()}\ntrain:\n  dense_optimizer:\n    lr: {value}\n")
+    spec.write_text(f"extends: {SPEC_PATH}\ntrain:\n  dense_optimizer:\n    lr: {value}\n")
     with pytest.raises(SpecError, match=r"s.yaml: train.dense_optimizer.lr: expected a finite number"):
         load_spec(spec)
-
-
-SPEC_PATH = __import__("pathlib").Path(__file__).resolve().parents[2] / SPEC
 
 
 def test_set_error_names_the_override():
