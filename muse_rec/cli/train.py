@@ -15,9 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True, help="spec file, e.g. specs/demo/muse.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set train.max_steps=20 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="the run directory holds an earlier run: move it to a sibling <dir>.old-<time> and start fresh")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    how.add_argument("--overwrite", action="store_true",
+                     help="the run directory holds an earlier run: move it to <dir>.old-<time> and start fresh")
     p.add_argument("--allow-data-mismatch", action="store_true",
                    help="--resume even though the checkpoint was trained on other prepared data")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")

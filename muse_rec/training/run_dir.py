@@ -112,7 +112,7 @@ def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:
     lock = RunDirLock.acquire(run_dir)
     try:
         used = previous_contents(run_dir)
-        if used and not resume:
+        if used and not resume:  # (resume wins over overwrite: see claim_run_dir)
             if not overwrite:
                 shown = ", ".join(used[:6]) + (", ..." if len(used) > 6 else "")
                 raise RunDirError(f"{run_dir}: already holds a run ({shown}); continue it with --resume, "
@@ -134,10 +134,10 @@ def claim_run_dir(run_dir: Path, is_main: bool, resume: bool, overwrite: bool) -
 
     Returns the lock on the main rank (None elsewhere). Raises `RunDirError` on every rank
     when the directory is locked by a live process, or holds a run and neither ``resume``
-    nor ``overwrite`` is set.
+    nor ``overwrite`` is set. ``resume`` wins over ``overwrite``: a job started with
+    ``--overwrite`` and restarted by torchrun (which the trainer turns into a resume) must
+    continue its own run, not move it aside. The CLI refuses both flags together.
     """
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite contradict each other: continue the run or replace it")
     lock, err = None, None
     if is_main:
         try:

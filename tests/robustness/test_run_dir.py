@@ -39,6 +39,7 @@ def test_overwrite_moves_the_old_run_aside_whole(trained, tmp_path):
 
 
 def test_resume_continues_and_overwrite_with_resume_is_refused(trained, tmp_path):
+    """--resume continues the run; --resume with --overwrite is a usage error (exit 2, nothing touched)."""
     runs = trained.copy_run(tmp_path / "runs")
     out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu",
               "--resume")
@@ -47,7 +48,7 @@ def test_resume_continues_and_overwrite_with_resume_is_refused(trained, tmp_path
     before = snapshot(runs / "din")
     out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=4"]), "--device", "cpu",
               "--resume", "--overwrite")
-    assert_bad_input(out, "--resume and --overwrite")
+    assert_bad_input(out, "argument --overwrite: not allowed with argument --resume")
     assert snapshot(runs / "din") == before
 
 
@@ -127,3 +128,15 @@ def test_two_ranks_refuse_a_used_run_dir_together_without_hanging(trained, tmp_p
     lines = [ln for ln in out.stderr.splitlines() if "muse-rec train:" in ln and "already holds a run" in ln]
     assert len(lines) == 2, out.stderr[-3000:]  # one per rank
     assert snapshot(runs / "din") == before
+
+
+def test_restarted_overwrite_job_continues_its_own_run(tmp_path):
+    """torchrun restarts a job started with --overwrite as a resume: its directory must not be moved."""
+    from muse_rec.training.run_dir import claim_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "spec.yaml").write_text("name: x\n")
+    lock = claim_run_dir(run_dir, is_main=True, resume=True, overwrite=True)
+    lock.release()
+    assert (run_dir / "spec.yaml").exists() and not list(tmp_path.glob("run.old-*"))
