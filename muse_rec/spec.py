@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -191,11 +192,34 @@ class Spec:
 
 
 def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Spec:
-    """Read a spec file (following ``extends:``), apply ``key.path=value`` overrides, validate."""
+    """Read a spec file (following ``extends:``), apply ``key.path=value`` overrides, validate.
+
+    An invalid value set by an override is reported as ``--set key=value: key: ...`` (the
+    override is what to fix), anything else as ``<spec file>: key: ...``.
+    """
     raw = _read_with_extends(Path(path), seen=())
     for ov in overrides:
         _apply_override(raw, ov, str(path))
-    return from_dict(raw, source=str(path))
+    try:
+        return from_dict(raw, source=str(path))
+    except SpecError as e:
+        prefix, msg = f"{path}: ", str(e)
+        if msg.startswith(prefix):
+            rest = msg[len(prefix):]
+            ov = _override_of(rest.split(": ", 1)[0], overrides)
+            if ov is not None:
+                raise SpecError(f"--set {ov}: {rest}") from None
+        raise
+
+
+def _override_of(key: str, overrides: Sequence[str]) -> Optional[str]:
+    """The last override that set ``key`` (or a mapping above it, or a key below it), if any."""
+    key = key.split("[", 1)[0]
+    for ov in reversed(list(overrides)):
+        k = ov.split("=", 1)[0].strip()
+        if k == key or key.startswith(k + ".") or k.startswith(key + "."):
+            return ov
+    return None
 
 
 def from_dict(raw: Dict[str, Any], source: str = "<spec>") -> Spec:
@@ -204,15 +228,33 @@ def from_dict(raw: Dict[str, Any], source: str = "<spec>") -> Spec:
     return spec
 
 
-def _read_with_extends(path: Path, seen: Tuple[Path, ...]) -> Dict[str, Any]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (a second value would silently win)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_with_extends(path: Path, seen: Tuple[Path, ...], referenced_by: Optional[Path] = None) -> Dict[str, Any]:
     if not path.exists():
+        if referenced_by is not None:
+            raise SpecError(f"{referenced_by}: extends: {path}: spec file not found")
         raise SpecError(f"{path}: spec file not found")
     if path.resolve() in seen:
         raise SpecError(f"{path}: 'extends' cycle: " + " -> ".join(str(p) for p in seen + (path,)))
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+        raise SpecError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read ({e})") from None
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: top level must be a mapping, got {type(doc).__name__}")
     parents = doc.pop("extends", None)
@@ -224,7 +266,7 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...]) -> Dict[str, Any]:
         raise SpecError(f"{path}: extends: expected a path or a list of paths, got {parents!r}")
     merged: Dict[str, Any] = {}
     for parent in parents:
-        merged = _deep_merge(merged, _read_with_extends(path.parent / parent, seen + (path.resolve(),)))
+        merged = _deep_merge(merged, _read_with_extends(path.parent / parent, seen + (path.resolve(),), path))
     return _deep_merge(merged, doc)
 
 
@@ -318,7 +360,13 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
                 raise bad("a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise bad("a finite number") from None
+        if not math.isfinite(number):  # YAML's .inf / .nan, or 'inf' / 'nan' strings
+            raise bad("a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise bad("a string")

@@ -1,12 +1,12 @@
 """`muse-rec evaluate --spec FILE [--checkpoint DIR] --out DIR`: metrics of a checkpoint.
 
 Works at any world size (launch several ranks with torchrun / TorchX): the checkpoint is
-resharded on load and the metrics are exact over the whole split.
+resharded on load and the metrics are exact over the whole split. The checkpoint is checked
+against its SHA-256 manifest before anything in it is unpickled (README "Trust model").
 """
 from __future__ import annotations
 
 import argparse
-import sys
 
 HELP = "evaluate a checkpoint (exact GAUC / AUC / logloss, grouped GAUC, predictions) at any world size"
 
@@ -17,17 +17,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the run's latest)")
     p.add_argument("--out", required=True, help="where metrics.json and predictions.parquet go")
     p.add_argument("--max-batches", type=int, default=0, help="per rank; 0 = the whole split")
+    p.add_argument("--expect-sha256", default=None, metavar="DIGEST",
+                   help="refuse the checkpoint unless its SHA-256 digest (logged when it was saved) is this")
+    p.add_argument("--allow-data-mismatch", action="store_true",
+                   help="evaluate even though the checkpoint was trained on other prepared data")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.spec import SpecError, load_spec
-    from muse_rec.training.trainer import RunError, evaluate_checkpoint
+    from muse_rec.cli.errors import bad_input_errors, report
+    from muse_rec.spec import load_spec
+    from muse_rec.training.trainer import evaluate_checkpoint
 
     try:
         spec = load_spec(args.spec, args.set)
-        evaluate_checkpoint(spec, args.checkpoint, args.out, device_type=args.device, max_batches=args.max_batches)
-    except (SpecError, RunError) as e:
-        print(f"muse-rec evaluate: {e}", file=sys.stderr)
-        return 2
+        evaluate_checkpoint(spec, args.checkpoint, args.out, device_type=args.device, max_batches=args.max_batches,
+                            allow_data_mismatch=args.allow_data_mismatch, expect_sha256=args.expect_sha256)
+    except bad_input_errors() as e:
+        return report("evaluate", e)
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 HELP = "export a checkpoint as a quantized torch.export ranking program (one user, B candidates)"
 
@@ -26,22 +25,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bytes each quantized row is padded to (16 = TorchRec default; 4 is tighter on CPU)")
     p.add_argument("--max-candidates", type=int, default=4096, help="largest B the program accepts")
     p.add_argument("--float", dest="quantize", action="store_false", help="export without quantizing (comparison)")
+    p.add_argument("--expect-sha256", default=None, metavar="DIGEST",
+                   help="refuse the checkpoint unless its SHA-256 digest (logged when it was saved) is this")
+    p.add_argument("--allow-data-mismatch", action="store_true",
+                   help="export even though the checkpoint was trained on other prepared data")
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.data.prepared import PreparedDataError
-    from muse_rec.serving.export import ExportError, export_model
-    from muse_rec.spec import SpecError, load_spec
+    from muse_rec.cli.errors import bad_input_errors, report
+    from muse_rec.serving.export import export_model
+    from muse_rec.spec import load_spec
 
     try:
         spec = load_spec(args.spec, args.set)
         manifest = export_model(spec, args.out, checkpoint=args.checkpoint, seq_len=args.seq_len,
                                 scl_dtype=args.scl_dtype, row_alignment=args.row_alignment,
-                                max_candidates=args.max_candidates, quantize=args.quantize)
-    except (SpecError, ExportError, PreparedDataError, ValueError) as e:
-        print(f"muse-rec export: {e}", file=sys.stderr)
-        return 2
+                                max_candidates=args.max_candidates, quantize=args.quantize,
+                                allow_data_mismatch=args.allow_data_mismatch, expect_sha256=args.expect_sha256)
+    except bad_input_errors() + (ValueError,) as e:
+        return report("export", e)
     tables = manifest.get("tables") or {}
     print(json.dumps({"out": args.out, "seq_len": manifest["seq_len"], "quantized": manifest["quantized"],
-                      "bytes_per_row": tables.get("bytes_per_row"), "export_seconds": manifest["export_seconds"]}))
+                      "bytes_per_row": tables.get("bytes_per_row"), "export_seconds": manifest["export_seconds"],
+                      "sha256": manifest.get("sha256")}))
     return 0

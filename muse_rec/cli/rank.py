@@ -22,14 +22,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request", required=True, help="JSON request file ('-' = stdin)")
     p.add_argument("--split", default=None, help="prepared split whose user table holds histories (default: eval split)")
     p.add_argument("--seq-len", type=int, default=None, help="serving history length (default: spec / exported)")
+    p.add_argument("--expect-sha256", default=None, metavar="DIGEST",
+                   help="refuse the checkpoint / exported program unless its SHA-256 digest is this")
+    p.add_argument("--allow-data-mismatch", action="store_true",
+                   help="serve even though the model was made from other prepared data")
 
 
 def run(args: argparse.Namespace) -> int:
     from muse_rec.serving.request import RequestError, parse_requests
 
     try:
-        text = sys.stdin.read() if args.request == "-" else open(args.request, encoding="utf-8").read()
-        requests = parse_requests(text)  # before the heavy imports: a bad request fails fast
+        # Bytes: parse_requests decodes them and names a non-UTF-8 file as a RequestError.
+        if args.request == "-":
+            text = sys.stdin.buffer.read()
+        else:
+            with open(args.request, "rb") as f:
+                text = f.read()
+        requests = parse_requests(text, source=args.request)  # before the heavy imports: fails fast
     except OSError as e:
         print(f"muse-rec rank: cannot read request {args.request}: {e}", file=sys.stderr)
         return 2
@@ -37,22 +46,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"muse-rec rank: {e}", file=sys.stderr)
         return 2
 
-    from muse_rec.data.prepared import PreparedDataError
-    from muse_rec.serving.export import ExportError
+    from muse_rec.cli.errors import bad_input_errors, report
     from muse_rec.serving.ranker import Ranker, rank_all
-    from muse_rec.spec import SpecError, load_spec
+    from muse_rec.spec import load_spec
 
     try:
         spec = load_spec(args.spec, args.set)
         if args.exported:
-            ranker = Ranker.from_exported(spec, args.exported, seq_len=args.seq_len, split=args.split)
+            ranker = Ranker.from_exported(spec, args.exported, seq_len=args.seq_len, split=args.split,
+                                          allow_data_mismatch=args.allow_data_mismatch,
+                                          expect_sha256=args.expect_sha256)
         else:
-            ranker = Ranker.from_checkpoint(spec, args.checkpoint, seq_len=args.seq_len, split=args.split)
+            ranker = Ranker.from_checkpoint(spec, args.checkpoint, seq_len=args.seq_len, split=args.split,
+                                            allow_data_mismatch=args.allow_data_mismatch,
+                                            expect_sha256=args.expect_sha256)
         with ranker:
             responses = rank_all(ranker, requests)
-    except (RequestError, SpecError, ExportError, PreparedDataError, ValueError) as e:
-        print(f"muse-rec rank: {e}", file=sys.stderr)
-        return 2
-    single = not text.lstrip().startswith("[")
+    except bad_input_errors() + (ValueError,) as e:
+        return report("rank", e)
+    single = not text.lstrip().startswith(b"[")
     print(json.dumps(responses[0] if single else responses))
     return 0

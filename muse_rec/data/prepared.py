@@ -1,12 +1,15 @@
 """`PreparedData`: read-only, memory-mapped view of a directory written by `muse-rec prepare`.
 
 Opening validates `meta.json` (present, known format version, every listed array present with
-the shape the counts imply) so a half-prepared or mismatched directory fails here with a clear
-message instead of deep inside training. Arrays are mapped lazily and never pickled, so the
-object can be sent to DataLoader workers cheaply.
+the shape and dtype the counts imply, and as many bytes on disk as its header promises) so a
+half-prepared, truncated or mismatched directory fails here with a message naming the file
+instead of deep inside training. Opening reads only headers; `muse-rec check` scans the values.
+Arrays are mapped lazily and never pickled, so the object can be sent to DataLoader workers
+cheaply.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Dict, Optional, Tuple
@@ -14,7 +17,6 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from iopath.common.file_io import g_pathmgr
 
-from muse_rec.data.files import read_npy_shape
 from muse_rec.data.prepare import (FORMAT_VERSION, ITEM_ATTR_COLUMNS, SAMPLE_ARRAYS, USER_FIELD_COLUMNS, VOCAB_NAMES,
                                    output_files)
 from muse_rec.data.reader import join_path
@@ -24,6 +26,35 @@ from muse_rec.data.vocab import Vocab
 
 class PreparedDataError(ValueError):
     """The directory is not (or not completely, or not compatibly) prepared."""
+
+
+# The dtype `muse-rec prepare` writes each array with, by file name (the split directory omitted).
+_DTYPES: Dict[str, str] = {
+    "items/attrs.npy": "int32", "items/scl.npy": "int8", "items/scl_present.npy": "bool",
+    "items/popularity.npy": "int64", "vocab": "int64",
+    "user_keys.npy": "int64", "user_fields.npy": "int32", "user_sorted_keys.npy": "int64",
+    "user_sorted_index.npy": "int64", "seq_offsets.npy": "int64", "seq_items.npy": "int32",
+    "seq_cats.npy": "int32", "labels.npy": "int8", "sample_user_keys.npy": "int64",
+    "sample_item_keys.npy": "int64", "sample_user_rows.npy": "int32", "sample_items.npy": "int32",
+    "sample_users.npy": "int64",
+}
+# Bytes of each array's head and tail hashed into the fingerprint (cheap: no full read).
+_FINGERPRINT_SAMPLE = 1 << 16
+
+
+def expected_dtype(rel: str) -> np.dtype:
+    """The dtype prepare writes ``rel`` (e.g. "train/seq_items.npy") with."""
+    key = rel if rel.startswith("items/") else "vocab" if rel.startswith("vocab/") else rel.split("/", 1)[1]
+    return np.dtype(_DTYPES[key])
+
+
+def _npy_layout(path: str) -> Tuple[Tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset in bytes) from a `.npy` header; ValueError if it is not one."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        return tuple(shape), dtype, f.tell()
 
 
 def _expected_shapes(meta: dict) -> Dict[str, Tuple[int, ...]]:
@@ -70,8 +101,13 @@ class PreparedData:
         if meta_path is None or not os.path.exists(meta_path):
             raise PreparedDataError(f"{path}: no meta.json - not a prepared directory, or `muse-rec prepare` "
                                     "did not finish (run it again; it resumes)")
-        with open(meta_path, encoding="utf-8") as f:
-            self.meta: dict = json.load(f)
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                self.meta: dict = json.load(f)
+        except (ValueError, OSError) as e:
+            raise PreparedDataError(f"{meta_path}: unreadable ({e}); re-run `muse-rec prepare`") from None
+        if not isinstance(self.meta, dict):
+            raise PreparedDataError(f"{meta_path}: expected a JSON object")
         version = self.meta.get("format_version")
         if version != FORMAT_VERSION:
             raise PreparedDataError(f"{meta_path}: format_version {version}, this code reads {FORMAT_VERSION}; "
@@ -80,14 +116,57 @@ class PreparedData:
         if missing:
             raise PreparedDataError(f"{meta_path}: missing key(s) {missing}")
         self.vocab_sizes: Dict[str, int] = {k: int(v) for k, v in self.meta["vocab_sizes"].items()}
-        for rel, want in _expected_shapes(self.meta).items():
+        try:
+            expected = _expected_shapes(self.meta)
+        except (KeyError, TypeError) as e:
+            raise PreparedDataError(f"{meta_path}: malformed (missing or wrong entry {e})") from None
+        for rel, want in expected.items():
             local = self._local(rel, must_exist=False)
             if local is None or not os.path.exists(local):
                 raise PreparedDataError(f"{join_path(path, rel)}: missing (listed by meta.json)")
-            shape, _ = read_npy_shape(local)
-            if shape != want:
-                raise PreparedDataError(f"{join_path(path, rel)}: shape {shape}, meta.json implies {want}")
+            self._check_array(local, join_path(path, rel), want, expected_dtype(rel))
         self._arrays: Dict[str, np.ndarray] = {}
+        self._fingerprint: Optional[str] = None
+
+    @staticmethod
+    def _check_array(local: str, shown: str, want: Tuple[int, ...], dtype: np.dtype) -> None:
+        """Header shape and dtype as meta.json implies, and the file holds every byte of the data."""
+        try:
+            shape, got_dtype, offset = _npy_layout(local)
+        except (ValueError, OSError, EOFError) as e:
+            raise PreparedDataError(f"{shown}: not a readable .npy file ({e}); re-run `muse-rec prepare`") from None
+        if shape != want:
+            raise PreparedDataError(f"{shown}: shape {shape}, meta.json implies {want}")
+        if got_dtype != dtype:
+            raise PreparedDataError(f"{shown}: dtype {got_dtype}, prepare writes {dtype}")
+        need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = os.path.getsize(local)
+        if size != need:
+            raise PreparedDataError(f"{shown}: {size} bytes on disk, its header needs {need} "
+                                    f"({'truncated' if size < need else 'trailing data'}); re-run `muse-rec prepare`")
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the prepared data (hex, 20 chars), recorded in checkpoints and exports.
+
+        Covers meta.json (counts, vocabulary sizes, the raw inputs' fingerprint; not the paths
+        or prepare's performance knobs), and per array its header, size and the first and last
+        64 KiB. Cheap (~5 MB read), so it tells datasets apart without reading them in full.
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            ident = {k: v for k, v in self.meta.items() if k not in ("source", "config")}
+            h.update(json.dumps(ident, sort_keys=True).encode())
+            for rel in sorted(_expected_shapes(self.meta)):
+                local = self._local(rel)
+                size = os.path.getsize(local)  # type: ignore[arg-type]
+                h.update(f"{rel}:{size}".encode())
+                with open(local, "rb") as f:  # type: ignore[arg-type]
+                    h.update(f.read(_FINGERPRINT_SAMPLE))
+                    f.seek(max(0, size - _FINGERPRINT_SAMPLE))
+                    h.update(f.read(_FINGERPRINT_SAMPLE))
+            self._fingerprint = h.hexdigest()[:20]
+        return self._fingerprint
 
     # Memory maps are per process: drop them when pickled (DataLoader workers re-map).
     def __getstate__(self) -> dict:

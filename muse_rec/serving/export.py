@@ -5,6 +5,7 @@
     ranker.pt2        the ExportedProgram (torch.export.save): the one-user signature of
                       `muse_rec.serving.inference`, a dynamic candidate count B, history length L fixed
     manifest.json     inputs (names, shapes, dtypes), L, B range, table bytes per row, source run
+    SHA256SUMS.json   SHA-256 of both (muse_rec.integrity): checked before the program is unpickled
 
 Loading and running the program needs torch, torchrec and fbgemm only (not muse_rec)::
 
@@ -21,6 +22,7 @@ it is reloaded from the prepared data (`PreparedData.scl()`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -31,11 +33,12 @@ import torchrec
 
 from muse_rec.data.batch import ITEM_FEATURES, USER_FEATURES
 from muse_rec.data.prepared import PreparedData
+from muse_rec.integrity import verify, write_manifest
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving
 from muse_rec.spec import Spec
-from muse_rec.training.checkpoint import latest_checkpoint, load_checkpoint
+from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_position
 
 PROGRAM_FILE = "ranker.pt2"
 MANIFEST_FILE = "manifest.json"
@@ -60,8 +63,16 @@ def resolve_checkpoint(spec: Spec, checkpoint: Optional[str]) -> Path:
     return ck
 
 
+def check_data_fingerprint(source: Path, recorded: Optional[str], data: PreparedData, allow: bool) -> None:
+    """``source`` (checkpoint or export) was made from ``data`` (same fingerprint), unless ``allow``."""
+    if recorded and recorded != data.fingerprint and not allow:
+        raise ExportError(f"{source}: made from other prepared data (fingerprint {recorded}) than {data.path} "
+                          f"(fingerprint {data.fingerprint}); use the same data or pass --allow-data-mismatch")
+
+
 def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str] = None,
-                       seq_len: Optional[int] = None) -> Tuple[LifelongCTRModel, Path]:
+                       seq_len: Optional[int] = None, allow_data_mismatch: bool = False,
+                       expect_sha256: Optional[str] = None) -> Tuple[LifelongCTRModel, Path]:
     """A trained `LifelongCTRModel` on CPU, unsharded, eval mode, SCL table loaded.
 
     Args:
@@ -70,12 +81,17 @@ def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str]
         checkpoint: checkpoint directory; None = the run's latest.
         seq_len: L of the built model (parameters do not depend on it; only ``top_k`` and
             ``recent`` are capped at it); None = the spec's.
+        allow_data_mismatch: accept a checkpoint trained on other prepared data.
+        expect_sha256: the checkpoint's pinned digest (its manifest is checked in any case).
     """
     ck = resolve_checkpoint(spec, checkpoint)
+    check_data_fingerprint(ck, read_position(ck).data_fingerprint, data, allow_data_mismatch)
     train_model = build_train_model(spec.model, data.vocab_sizes, seq_len or spec.data.seq_len,
                                     device=torch.device("cpu"))
     try:
-        load_checkpoint(ck, train_model, None, skip=is_frozen_key)
+        load_checkpoint(ck, train_model, None, skip=is_frozen_key, expect_sha256=expect_sha256)
+    except CheckpointError:
+        raise  # names the directory and the integrity failure or the mismatched keys
     except Exception as e:  # DCP raises assorted types for a mismatched checkpoint
         raise ExportError(f"{ck}: cannot load into the model of this spec ({type(e).__name__}: {e}); "
                           "is it the spec and prepared data the run was trained with?") from e
@@ -139,7 +155,8 @@ def export_program(model: torch.nn.Module, seq_len: int,
 
 def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq_len: Optional[int] = None,
                  scl_dtype: str = "int8", row_alignment: int = DEFAULT_ROW_ALIGNMENT,
-                 max_candidates: int = DEFAULT_MAX_CANDIDATES, quantize: bool = True) -> Dict[str, object]:
+                 max_candidates: int = DEFAULT_MAX_CANDIDATES, quantize: bool = True,
+                 allow_data_mismatch: bool = False, expect_sha256: Optional[str] = None) -> Dict[str, object]:
     """Load, quantize, export and save; returns the manifest (also written to ``out_dir``).
 
     Args:
@@ -150,7 +167,8 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
     data = PreparedData(spec.data.prepared)
     L = seq_len or spec.data.seq_len
     start = time.perf_counter()
-    model, ck = load_trained_model(spec, data, checkpoint, seq_len=L)
+    model, ck = load_trained_model(spec, data, checkpoint, seq_len=L, allow_data_mismatch=allow_data_mismatch,
+                                   expect_sha256=expect_sha256)
     try:
         serving = InferenceModel(model)
     except NotImplementedError as e:
@@ -188,11 +206,13 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
         "checkpoint": str(ck),
         "prepared": spec.data.prepared,
         "vocab_sizes": dict(data.vocab_sizes),
+        "data_fingerprint": data.fingerprint,
         "versions": {"torch": torch.__version__, "torchrec": getattr(torchrec, "__version__", "unknown")},
         "export_seconds": round(time.perf_counter() - start, 2),
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    return manifest
+    # The artifact's identity (not stored in manifest.json, which it covers): pin it when serving.
+    return {**manifest, "sha256": write_manifest(out)}
 
 
 def read_manifest(exported_dir: str) -> Dict[str, object]:
@@ -200,17 +220,43 @@ def read_manifest(exported_dir: str) -> Dict[str, object]:
     path = Path(exported_dir) / MANIFEST_FILE
     if not path.exists():
         raise ExportError(f"{exported_dir}: no {MANIFEST_FILE} - not a directory written by `muse-rec export`")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise ExportError(f"{path}: not valid JSON ({e}); re-export") from None
+    if not isinstance(manifest, dict):
+        raise ExportError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     for key in ("program", "seq_len", "min_candidates", "max_candidates", "vocab_sizes"):
         if key not in manifest:
             raise ExportError(f"{path}: missing key {key!r}")
+    for key in ("seq_len", "min_candidates", "max_candidates"):
+        if not isinstance(manifest[key], int) or isinstance(manifest[key], bool) or manifest[key] < 1:
+            raise ExportError(f"{path}: {key}: expected a positive integer, got {manifest[key]!r}")
+    if not isinstance(manifest["program"], str) or not isinstance(manifest["vocab_sizes"], dict):
+        raise ExportError(f"{path}: 'program' must be a file name and 'vocab_sizes' an object")
     if not (Path(exported_dir) / manifest["program"]).exists():
         raise ExportError(f"{exported_dir}: the program file {manifest['program']!r} is missing")
     return manifest
 
 
-def load_program(exported_dir: str) -> torch.nn.Module:
-    """The exported program as a callable module (torch + torchrec + fbgemm; see the module docstring)."""
+def load_program(exported_dir: str, expect_sha256: Optional[str] = None) -> torch.nn.Module:
+    """The exported program as a callable module (torch + torchrec + fbgemm; see the module docstring).
+
+    The directory is checked against its SHA-256 manifest (and ``expect_sha256``) first:
+    `torch.export.load` unpickles parts of the file, so nothing unverified reaches it.
+    """
+    verify(exported_dir, expect_sha256)  # IntegrityError names the file
     manifest = read_manifest(exported_dir)
     _register_fake_classes()
-    return torch.export.load(str(Path(exported_dir) / manifest["program"])).module()
+    program = Path(exported_dir) / str(manifest["program"])
+    # torch.export logs a damaged archive's traceback as a warning before its legacy fallback
+    # fails too; the one-line ExportError below says the same to the user.
+    export_log = logging.getLogger("torch.export")
+    was_disabled, export_log.disabled = export_log.disabled, True
+    try:
+        return torch.export.load(str(program)).module()
+    except Exception as e:  # zipfile / torch raise assorted types for a damaged archive
+        raise ExportError(f"{program}: cannot load the exported program ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:300]}); re-export") from None
+    finally:
+        export_log.disabled = was_disabled

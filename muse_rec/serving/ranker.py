@@ -24,6 +24,7 @@ Documented handling of bad input (never a crash, never a silent wrong score):
 from __future__ import annotations
 
 from concurrent.futures import Future
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -33,7 +34,8 @@ import torch
 from muse_rec.data.batch import USER_FEATURES
 from muse_rec.data.prepared import PreparedData
 from muse_rec.serving.cache import AsyncLRUCache
-from muse_rec.serving.export import ExportError, load_program, load_trained_model, read_manifest
+from muse_rec.serving.export import (ExportError, check_data_fingerprint, load_program, load_trained_model,
+                                     read_manifest)
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.request import RankRequest, RequestError, validate_request
 from muse_rec.spec import Spec
@@ -121,9 +123,9 @@ class FloatScorer:
 class ExportedScorer:
     """An exported program (`muse-rec export`); history length fixed, any B from 1 to its maximum."""
 
-    def __init__(self, exported_dir: str) -> None:
+    def __init__(self, exported_dir: str, expect_sha256: Optional[str] = None) -> None:
+        self.program = load_program(exported_dir, expect_sha256)  # verifies the files first
         self.manifest = read_manifest(exported_dir)
-        self.program = load_program(exported_dir)
         # Programs of SCL models take the history's SCL vectors (prefetched into the cache).
         self.needs_scl = "seq_scl" in self.manifest.get("inputs", {})
         self.fixed_len: Optional[int] = int(self.manifest["seq_len"])
@@ -189,19 +191,23 @@ class Ranker:
     # ---- construction -----------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, spec: Spec, checkpoint: Optional[str] = None, seq_len: Optional[int] = None,
-                        split: Optional[str] = None, **kwargs) -> "Ranker":
+                        split: Optional[str] = None, allow_data_mismatch: bool = False,
+                        expect_sha256: Optional[str] = None, **kwargs) -> "Ranker":
         """A float Ranker from a training checkpoint (default: the run's latest)."""
         data = PreparedData(spec.data.prepared)
         L = seq_len or spec.data.seq_len
-        model, _ = load_trained_model(spec, data, checkpoint, seq_len=spec.data.seq_len)
+        model, _ = load_trained_model(spec, data, checkpoint, seq_len=spec.data.seq_len,
+                                      allow_data_mismatch=allow_data_mismatch, expect_sha256=expect_sha256)
         return cls(FloatScorer(InferenceModel(model)), data, split or spec.data.eval_split, L, **kwargs)
 
     @classmethod
     def from_exported(cls, spec: Spec, exported_dir: str, seq_len: Optional[int] = None,
-                      split: Optional[str] = None, **kwargs) -> "Ranker":
+                      split: Optional[str] = None, allow_data_mismatch: bool = False,
+                      expect_sha256: Optional[str] = None, **kwargs) -> "Ranker":
         """A Ranker over an exported program; checks it was exported on this spec's vocabularies."""
         data = PreparedData(spec.data.prepared)
-        scorer = ExportedScorer(exported_dir)
+        scorer = ExportedScorer(exported_dir, expect_sha256)
+        check_data_fingerprint(Path(exported_dir), scorer.manifest.get("data_fingerprint"), data, allow_data_mismatch)
         if scorer.manifest["vocab_sizes"] != dict(data.vocab_sizes):
             raise ValueError(f"{exported_dir} was exported with other vocabularies than {spec.data.prepared} "
                              "holds; serve it with the prepared data it was trained on")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, List, Union
+from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
 
@@ -64,14 +64,41 @@ def validate_request(obj: Any, where: str = "request") -> RankRequest:
     return RankRequest(user=int(user), candidates=np.asarray(cands, dtype=np.int64))
 
 
-def parse_requests(text: Union[str, bytes]) -> List[RankRequest]:
-    """Decode a JSON document holding one request or a list of requests."""
+def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    seen: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in seen:  # json.loads would silently keep the last value
+            raise RequestError(f"duplicate key {k!r} in an object")
+        seen[k] = v
+    return seen
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(f"{name} is not valid JSON (only finite numbers are)")
+
+
+def parse_requests(text: Union[str, bytes], source: str = "request") -> List[RankRequest]:
+    """Decode a JSON document (UTF-8) holding one request or a list of requests.
+
+    Args:
+        text: the document; bytes are decoded as UTF-8 (anything else is a `RequestError`).
+        source: what to call the document in error messages (e.g. the file name).
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RequestError(f"{source}: not UTF-8 text (byte {e.start}: {text[e.start:e.start + 1]!r})") from None
     try:
-        doc = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(f"request is not valid JSON: {e}") from None
+        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise RequestError(f"{source}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise RequestError(f"{source}: JSON nested too deeply (a request is one object with two fields)") from None
+    except RequestError as e:
+        raise RequestError(f"{source}: {e}") from None
     if isinstance(doc, list):
         if not doc:
-            raise RequestError("request list is empty")
+            raise RequestError(f"{source}: request list is empty")
         return [validate_request(r, f"request[{i}]") for i, r in enumerate(doc)]
     return [validate_request(doc)]

@@ -5,6 +5,7 @@ Layout of a run directory's ``checkpoints/``::
     step-00000040/           one complete checkpoint (DCP shards + .metadata)
         position.json        {"step": 40, "epoch": 0, "batch_in_epoch": 40, "world_size": 2, ...}
         rng-<rank>.pt        each rank's torch RNG state (dropout, shuffling)
+        SHA256SUMS.json      every file's SHA-256 (muse_rec.integrity), checked before loading
     step-00000080.tmp/       a save in progress or killed mid-way: never read, removed later
 
 A checkpoint is written into ``*.tmp`` and renamed by rank 0 after every rank finished, so a run
@@ -12,6 +13,12 @@ killed mid-save leaves the previous checkpoint as the latest. DCP stores each Sh
 shard with its global offsets, so a checkpoint written by N ranks loads on M ranks (resharding
 happens at load time). The frozen SCL table is not saved: it is a constant that the run reloads
 from the prepared data, and at 35M x 128 it would dominate every checkpoint.
+
+A checkpoint records the id of the run that wrote it (``position.json``: ``run_id``) and the
+fingerprint of the prepared data it was trained on (``data_fingerprint``): pruning only ever
+deletes the current run's checkpoints, and a resume / evaluation / export on other data is
+refused. A checkpoint with a non-finite weight is never written (`NonFiniteError`), and
+loading checks the integrity manifest before DCP unpickles anything.
 """
 from __future__ import annotations
 
@@ -22,12 +29,15 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+
+from muse_rec.integrity import IntegrityError, verify, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +53,49 @@ class Position:
     batch_in_epoch: int = 0
     world_size: int = 1
     samples_seen: int = 0
+    run_id: str = ""  # the run that wrote the checkpoint ("" = written before run ids existed)
+    data_fingerprint: str = ""  # PreparedData.fingerprint of the data it was trained on
 
 
-def latest_checkpoint(ckpt_root: str) -> Optional[Path]:
-    """The newest complete checkpoint under ``ckpt_root``, or None."""
-    root = Path(ckpt_root)
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read as asked; the message names the directory and why."""
+
+
+class NonFiniteError(CheckpointError):
+    """A weight or optimizer state holds NaN or Inf: such a checkpoint is never written."""
+
+
+def read_position(path: Path) -> Position:
+    """``position.json`` of a checkpoint directory (fields this version does not know are ignored)."""
+    pos_file = Path(path) / "position.json"
+    if not pos_file.exists():
+        raise CheckpointError(f"{path}: not a complete checkpoint (no position.json)")
+    try:
+        raw = json.loads(pos_file.read_text(encoding="utf-8"))
+        known = {f for f in Position.__dataclass_fields__}
+        return Position(**{k: v for k, v in raw.items() if k in known})
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{pos_file}: unreadable ({e})") from None
+
+
+def _complete(root: Path) -> List[Tuple[int, Path]]:
     if not root.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in root.iterdir()
+                  if (m := _STEP_DIR.match(p.name)) and (p / "position.json").exists())
+
+
+def _run_id_of(path: Path) -> Optional[str]:
+    try:
+        return read_position(path).run_id
+    except CheckpointError:
         return None
-    steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "position.json").exists())
-    return steps[-1][1] if steps else None
+
+
+def latest_checkpoint(ckpt_root: str, run_id: Optional[str] = None) -> Optional[Path]:
+    """The newest complete checkpoint under ``ckpt_root`` (of run ``run_id`` when given), or None."""
+    steps = [p for _, p in _complete(Path(ckpt_root)) if run_id is None or _run_id_of(p) == run_id]
+    return steps[-1] if steps else None
 
 
 def _rank() -> int:
@@ -61,6 +105,65 @@ def _rank() -> int:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def _multi_rank() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _from_main(value: Optional[str]) -> Optional[str]:
+    """Rank 0's ``value`` on every rank (so all ranks raise the same error, none hangs)."""
+    if not _multi_rank():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _local_parts(value: object) -> Iterator[torch.Tensor]:
+    """The tensors this rank holds of a state-dict value (ShardedTensor shards, DTensor local)."""
+    if hasattr(value, "local_shards"):  # ShardedTensor (a Tensor subclass: test it first)
+        for shard in value.local_shards():
+            yield shard.tensor
+    elif hasattr(value, "to_local"):  # DTensor
+        yield value.to_local()
+    elif isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _local_parts(v)
+
+
+def _all_finite(t: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """In chunks: a whole-table isfinite mask would cost a byte per element (GBs at full scale)."""
+    flat = t.detach().reshape(-1)
+    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
+
+
+def _first_non_finite(state: Dict) -> Optional[str]:
+    """The first key of ``state`` (model, then optimizer) holding a NaN/Inf on this rank."""
+    for section in ("model", "optim"):
+        entries = state.get(section, {})
+        if section == "optim":
+            entries = entries.get("state", {})
+        for key, value in entries.items():
+            for t in _local_parts(value):
+                if t.is_floating_point() and not _all_finite(t):
+                    return f"{section}.{key}" if section == "optim" else key
+    return None
+
+
+def _check_finite(state: Dict, step: int) -> None:
+    """Collective: refuse to save when any rank holds a non-finite value; name the first one."""
+    bad = _first_non_finite(state)
+    found: List[Optional[str]] = [bad]
+    if _multi_rank():
+        found = [None] * dist.get_world_size()
+        dist.all_gather_object(found, bad)
+    first = next((b for b in found if b), None)
+    if first:
+        raise NonFiniteError(f"step {step}: parameter {first!r} holds NaN/Inf - not writing a checkpoint "
+                             "(the last good checkpoint is kept); lower the learning rate or check the data")
 
 
 def _state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], skip: Callable[[str], bool]) -> Dict:
@@ -81,32 +184,44 @@ def save_checkpoint(
     skip: Callable[[str], bool] = lambda k: False,
     keep: int = 2,
 ) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    """Collective: every rank calls it. Returns the final checkpoint directory.
+
+    Raises `NonFiniteError` (on every rank, before anything is written) when a weight or an
+    optimizer state holds NaN/Inf. Only ``position.run_id``'s older checkpoints are pruned.
+    """
     root = Path(ckpt_root)
     final = root / f"step-{position.step:08d}"
     tmp = root / f"step-{position.step:08d}.tmp"
+    state = _state(model, optimizer, skip)
+    _check_finite(state, position.step)
     if _rank() == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     _barrier()
-    dcp.save(_state(model, optimizer, skip), checkpoint_id=str(tmp))
+    dcp.save(state, checkpoint_id=str(tmp))
     torch.save(torch.get_rng_state(), tmp / f"rng-{_rank()}.pt")
     _barrier()
     if _rank() == 0:
         (tmp / "position.json").write_text(json.dumps(asdict(position), indent=2))
+        digest = write_manifest(tmp)  # last: it covers every file above (all ranks' shards)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _prune(root, keep)
+        logger.info("checkpoint %s (sha256 %s)", final, digest)
+        _prune(root, keep, position.run_id)
     _barrier()
     return final
 
 
-def _prune(root: Path, keep: int) -> None:
-    """Keep the newest ``keep`` complete checkpoints; drop leftovers of killed saves."""
-    complete = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))
-    for p in complete[:-keep] if keep > 0 else []:
+def _prune(root: Path, keep: int, run_id: str) -> None:
+    """Keep the newest ``keep`` complete checkpoints of run ``run_id``; drop leftovers of killed saves.
+
+    Another run's checkpoint is never deleted (a run directory belongs to one run, see
+    run_dir.py; this is the second line of defence).
+    """
+    mine = [p for _, p in _complete(root) if _run_id_of(p) == run_id]
+    for p in mine[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
     for p in root.glob("step-*.tmp"):
         shutil.rmtree(p, ignore_errors=True)
@@ -127,16 +242,34 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: Optional[torch.optim.Optimizer],
     skip: Callable[[str], bool] = lambda k: False,
+    expect_sha256: Optional[str] = None,
 ) -> Position:
-    """Collective: load model (+ optimizer) state in place, resharding if the world size changed."""
-    pos_file = Path(path) / "position.json"
-    if not pos_file.exists():
-        raise FileNotFoundError(f"{path}: not a complete checkpoint (no position.json)")
-    position = Position(**json.loads(pos_file.read_text()))
+    """Collective: load model (+ optimizer) state in place, resharding if the world size changed.
+
+    The directory is first checked against its SHA-256 manifest (and ``expect_sha256``) on rank
+    0, before DCP unpickles its metadata. Raises `CheckpointError` (every rank) naming the
+    directory and the missing / mismatched keys; DCP's own `CheckpointException` is a
+    BaseException, so it is turned into one here.
+    """
+    err: Optional[str] = None
+    if _rank() == 0:
+        try:
+            verify(path, expect_sha256)
+        except IntegrityError as e:
+            err = str(e)
+    err = _from_main(err)
+    if err:
+        raise CheckpointError(err)
+    position = read_position(path)
     if optimizer is not None:
         _materialize_lazy_state(optimizer)
     state = _state(model, optimizer, skip)
-    dcp.load(state, checkpoint_id=str(path))
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except CheckpointException as e:
+        raise CheckpointError(f"{path}: does not fit this model: {_failure_summary(e)}") from None
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        raise CheckpointError(f"{path}: does not fit this model: {_one_line(e)}") from None
     # Load the complete state dict: sharded collections' load hooks expect every table of theirs,
     # the skipped (frozen) ones simply keep their current values.
     full = model.state_dict()
@@ -150,5 +283,16 @@ def load_checkpoint(
         optimizer.load_state_dict(full_osd)
     rng = Path(path) / f"rng-{_rank()}.pt"
     if rng.exists() and position.world_size == (dist.get_world_size() if dist.is_initialized() else 1):
-        torch.set_rng_state(torch.load(rng))
+        torch.set_rng_state(torch.load(rng, weights_only=True))
     return position
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:600]}"
+
+
+def _failure_summary(e: CheckpointException) -> str:
+    """DCP's per-rank failures, one line (its str() is a multi-line traceback dump)."""
+    msgs = sorted({_one_line(exc) for exc, _ in e.failures.values()})
+    return "; ".join(msgs) if msgs else "unknown failure"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import numbers
 import os
 import signal
 import time
@@ -32,10 +34,12 @@ from muse_rec.distributed.planner import training_constraints
 from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
 from muse_rec.models.ctr_model import build_train_model, is_frozen_key
 from muse_rec.spec import Spec
-from muse_rec.training.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
+from muse_rec.training.checkpoint import (Position, latest_checkpoint, load_checkpoint, read_position,
+                                          save_checkpoint)
 from muse_rec.training.evaluate import evaluate
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog
 from muse_rec.training.quiet import quiet_known_warnings
+from muse_rec.training.run_dir import claim_run_dir, new_run_id
 
 logger = logging.getLogger("muse_rec")
 
@@ -66,17 +70,46 @@ def _open_data(spec: Spec) -> PreparedData:
     try:
         return PreparedData(spec.data.prepared)
     except (FileNotFoundError, PreparedDataError) as e:
+        if isinstance(e, PreparedDataError) and "no meta.json" not in str(e):
+            # Prepared, but damaged or inconsistent: the message names the file.
+            raise RunError(f"data.prepared = {spec.data.prepared!r}: {e}") from None
         raise RunError(
             f"data.prepared = {spec.data.prepared!r}: no prepared data there ({e}). "
             "Create it with `muse-rec synth RAW && muse-rec prepare RAW PREPARED` or point the spec at it."
         ) from None
 
 
+def _read_run_json(run_json: Path) -> Dict:
+    """A run directory's run.json ({} when absent); RunError naming it when unreadable."""
+    if not run_json.exists():
+        return {}
+    try:
+        prev = json.loads(run_json.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise RunError(f"{run_json}: unreadable ({e})") from None
+    if not isinstance(prev, dict):
+        raise RunError(f"{run_json}: expected a JSON object")
+    return prev
+
+
+def _check_data_fingerprint(ck: Path, data: PreparedData, allow: bool) -> None:
+    """The checkpoint was trained on this prepared data (same fingerprint), unless ``allow``."""
+    recorded = read_position(ck).data_fingerprint
+    if recorded and recorded != data.fingerprint:
+        if allow:
+            logger.warning("%s was trained on other prepared data (fingerprint %s, %s has %s); "
+                           "continuing because of --allow-data-mismatch", ck, recorded, data.path, data.fingerprint)
+            return
+        raise RunError(f"{ck}: trained on other prepared data (fingerprint {recorded}) than data.prepared = "
+                       f"{data.path!r} (fingerprint {data.fingerprint}); use the same data or pass "
+                       "--allow-data-mismatch if that is intended")
+
+
 def _check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
     """A resumed run must see the same vocabularies it was started with."""
-    if not run_json.exists():
+    prev = _read_run_json(run_json)
+    if not prev:
         return
-    prev = json.loads(run_json.read_text())
     if prev.get("vocab_sizes") != dict(data.vocab_sizes):
         diff = {k: (prev.get("vocab_sizes", {}).get(k), v) for k, v in data.vocab_sizes.items() if prev.get("vocab_sizes", {}).get(k) != v}
         raise RunError(
@@ -85,8 +118,15 @@ def _check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
         )
 
 
-def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -> Dict:
-    """Train (and evaluate) `spec` on this rank. Collective: every rank of the job calls it."""
+def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, overwrite: bool = False,
+          allow_data_mismatch: bool = False) -> Dict:
+    """Train (and evaluate) `spec` on this rank. Collective: every rank of the job calls it.
+
+    The run directory belongs to this run (run_dir.py): a fresh run into a used one is refused
+    unless ``overwrite`` (the old run is moved aside); ``resume`` continues the run there. The
+    run's files (spec.yaml, run.json) are written only once the checkpoint (if any) loaded, so
+    a refused resume leaves the directory exactly as it was.
+    """
     env = init_distributed(DistEnv.from_environ(device_type=device_type))
     _setup_logging(env)
     restart = int(os.environ.get(RESTART_COUNT_ENV, "0") or 0)
@@ -97,11 +137,10 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
     t = spec.train
     run_dir = Path(spec.run_dir)
     data = _open_data(spec)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            _check_run_compat(run_dir / "run.json", data, env)
-        (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    lock = claim_run_dir(run_dir, env.is_main, resume, overwrite)  # noqa: F841 (held until the run ends)
+    prev_run = _read_run_json(run_dir / "run.json") if resume else {}
+    if resume:  # every rank checks (same files), so all raise together instead of some hanging
+        _check_run_compat(run_dir / "run.json", data, env)
     torch.manual_seed(t.seed)
 
     seq_len = spec.data.seq_len
@@ -113,18 +152,25 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
     dmp, optimizer, skip = build_sharded(spec, data, env)
 
     ckpt_root = run_dir / "checkpoints"
-    position = Position(world_size=env.world_size)
+    ck = latest_checkpoint(str(ckpt_root)) if resume else None
+    run_id = prev_run.get("run_id") or (read_position(ck).run_id if ck is not None else "") or new_run_id()
+    position = Position(world_size=env.world_size, run_id=run_id, data_fingerprint=data.fingerprint)
     if resume:
-        ck = latest_checkpoint(str(ckpt_root))
+        ck = latest_checkpoint(str(ckpt_root), run_id=run_id) or ck
         if ck is None:
             logger.info("--resume: no checkpoint under %s yet, starting from step 0", ckpt_root)
         else:
+            _check_data_fingerprint(ck, data, allow_data_mismatch)
             position = load_checkpoint(ck, dmp, optimizer, skip=skip)
             logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)",
                         ck, position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
             position.world_size = env.world_size
+            position.run_id, position.data_fingerprint = run_id, data.fingerprint
     if env.is_main:
+        # Only now, with the checkpoint loaded, does the run record describe this run.
+        (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         (run_dir / "run.json").write_text(json.dumps({
+            "run_id": run_id, "data_fingerprint": data.fingerprint,
             "vocab_sizes": dict(data.vocab_sizes), "world_size": env.world_size, "device": str(env.device),
             "sparse_optimizer": asdict(t.sparse_optimizer), "dense_optimizer": asdict(t.dense_optimizer),
             "sparse_optimizer_route": FusedOptimizerConfig(name=t.sparse_optimizer.name).route(env.device.type),
@@ -212,6 +258,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
                     writer.add_scalar(f"eval/{k}", result[k], position.step)
             writer.close()
         logger.info("done: %s", _summary_line(result))
+    if lock is not None:
+        lock.release()
     return result
 
 
@@ -239,17 +287,25 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
 
 
 def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
-                        device_type: Optional[str] = None, max_batches: int = 0) -> Dict:
-    """Evaluate a checkpoint (default: the run's latest) on ``spec.data.eval_split`` at this world size."""
+                        device_type: Optional[str] = None, max_batches: int = 0,
+                        allow_data_mismatch: bool = False, expect_sha256: Optional[str] = None) -> Dict:
+    """Evaluate a checkpoint (default: the run's latest) on ``spec.data.eval_split`` at this world size.
+
+    The checkpoint is verified against its SHA-256 manifest (and ``expect_sha256``) before it is
+    read, and must have been trained on ``spec.data.prepared`` unless ``allow_data_mismatch``.
+    """
     env = init_distributed(DistEnv.from_environ(device_type=device_type))
     _setup_logging(env)
     data = _open_data(spec)
-    ck = Path(checkpoint) if checkpoint else latest_checkpoint(str(Path(spec.run_dir) / "checkpoints"))
+    run_dir = Path(spec.run_dir)
+    run_id = _read_run_json(run_dir / "run.json").get("run_id") if not checkpoint else None
+    ck = Path(checkpoint) if checkpoint else latest_checkpoint(str(run_dir / "checkpoints"), run_id=run_id)
     if ck is None or not (ck / "position.json").exists():
-        raise RunError(f"no complete checkpoint at {checkpoint or Path(spec.run_dir) / 'checkpoints'}")
+        raise RunError(f"no complete checkpoint at {checkpoint or run_dir / 'checkpoints'}")
     _check_run_compat(ck.parent.parent / "run.json", data, env)
+    _check_data_fingerprint(ck, data, allow_data_mismatch)
     dmp, _, skip = build_sharded(spec, data, env)
-    position = load_checkpoint(ck, dmp, None, skip=skip)
+    position = load_checkpoint(ck, dmp, None, skip=skip, expect_sha256=expect_sha256)
     out = Path(out_dir)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -272,9 +328,34 @@ def _summary_line(r: Dict) -> str:
 
 
 def _write_json(path: Path, obj: Dict) -> None:
+    """Strict JSON (no NaN/Infinity): an undefined metric becomes null, with its reason beside it."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    tmp.write_text(json.dumps(_finite_or_null(obj), indent=2, default=float, allow_nan=False))
     os.replace(tmp, path)
+
+
+def _finite_or_null(obj: Dict) -> Dict:
+    """Non-finite numbers -> None, and ``"<key>_undefined"`` says why (e.g. a single-class split's AUC)."""
+    out: Dict = {}
+    for k, v in obj.items():
+        if _non_finite(v):
+            out[k] = None
+            out[f"{k}_undefined"] = f"{v}: undefined for this data (e.g. AUC of a split with one class, or no samples)"
+        else:
+            out[k] = _clean(v)
+    return out
+
+
+def _non_finite(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isfinite(float(v))
+
+
+def _clean(v: object) -> object:
+    if isinstance(v, dict):
+        return _finite_or_null(v)
+    if isinstance(v, (list, tuple)):
+        return [None if _non_finite(x) else _clean(x) for x in v]
+    return v
 
 
 def make_pipeline(kind: str, dmp: torch.nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv):

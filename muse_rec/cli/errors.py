@@ -1,0 +1,50 @@
+"""Which exceptions are the user's bad input (exit 2, one line) rather than a bug (exit 1, traceback).
+
+Exit codes of every command: 0 ok, 2 bad input (the one-line message names the file, key or
+flag), 1 a bug (a traceback; please report it). The imports are lazy: evaluated only when an
+exception reaches a command's boundary, so a command's start-up stays light.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Tuple, Type
+
+
+def bad_input_errors() -> Tuple[Type[BaseException], ...]:
+    """Exception types that mean "the input is wrong", for ``except bad_input_errors() as e``."""
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    from muse_rec.data.prepared import PreparedDataError
+    from muse_rec.integrity import IntegrityError
+    from muse_rec.serving.request import RequestError
+    from muse_rec.spec import SpecError
+    from muse_rec.training.checkpoint import CheckpointError
+    from muse_rec.training.run_dir import RunDirError
+    from muse_rec.training.trainer import RunError
+
+    errors: Tuple[Type[BaseException], ...] = (SpecError, RunError, RunDirError, CheckpointError, PreparedDataError,
+                                               IntegrityError, RequestError, CheckpointException)
+    try:
+        from muse_rec.serving.export import ExportError
+
+        errors += (ExportError,)
+    except ImportError:  # serving extras broken: training commands still classify their errors
+        pass
+    return errors
+
+
+def report(command: str, e: BaseException) -> int:
+    """Print ``muse-rec <command>: <one line>`` to stderr; returns exit code 2."""
+    text = " ".join(str(e).split()) if not _is_checkpoint_exception(e) else _dcp_line(e)
+    print(f"muse-rec {command}: {text}", file=sys.stderr)
+    return 2
+
+
+def _is_checkpoint_exception(e: BaseException) -> bool:
+    return type(e).__name__ == "CheckpointException" and hasattr(e, "failures")
+
+
+def _dcp_line(e: BaseException) -> str:
+    from muse_rec.training.checkpoint import _failure_summary
+
+    return f"checkpoint does not fit this model: {_failure_summary(e)}"  # type: ignore[arg-type]

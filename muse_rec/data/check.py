@@ -1,0 +1,140 @@
+"""`check_prepared`: the full scan of a prepared directory's values (`muse-rec check PREPARED`).
+
+Opening `PreparedData` already checks every array's header and size against meta.json. This
+scan reads every value, in chunks (memory stays ~`CHUNK` elements whatever the data size),
+and checks what the model would otherwise trust silently: an out-of-range row id is replaced
+by row 0 inside FBGEMM's lookups, an unsorted vocabulary maps ids to the wrong rows, a
+non-monotone offset gives a user another user's behaviours.
+
+Checked:
+
+* vocabularies: raw keys strictly increasing (binary search needs it);
+* item / category / user / attribute rows everywhere: ``0 <= row < vocab_sizes[table]``;
+* ``seq_offsets``: starts at 0, non-decreasing, ends at the behaviour count;
+* user tables: sorted keys sorted, sorted index a permutation target in range;
+* samples: labels in {0, 1}; ``sample_users`` in ``[-1, user_rows)``;
+* SCL: ``scl_present[0]`` is False and items without an SCL vector have an all-zero row;
+* popularity: non-negative.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from muse_rec.data.prepare import ITEM_ATTR_COLUMNS, USER_FIELD_COLUMNS, VOCAB_NAMES
+from muse_rec.data.prepared import PreparedData
+from muse_rec.data.reader import join_path
+
+CHUNK = 1 << 24  # elements per read (~128 MB of int64 at most)
+
+
+@dataclass
+class CheckReport:
+    """Result of a scan: ``problems`` (one line each, naming the file) and how much was read."""
+
+    path: str
+    problems: List[str] = field(default_factory=list)
+    arrays: int = 0
+    values: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _chunks(arr: np.ndarray, rows: int = CHUNK):
+    step = max(1, rows // max(1, int(np.prod(arr.shape[1:], dtype=np.int64))))
+    for lo in range(0, arr.shape[0], step):
+        yield lo, np.asarray(arr[lo:lo + step])
+
+
+class _Scan:
+    def __init__(self, data: PreparedData, report: CheckReport) -> None:
+        self.data, self.report = data, report
+
+    def problem(self, rel: str, msg: str) -> None:
+        self.report.problems.append(f"{join_path(self.data.path, rel)}: {msg}")
+
+    def rows(self, rel: str, limit: int, column: Optional[int] = None, what: str = "", low: int = 0) -> None:
+        """Every value (of ``column``) in ``[low, limit)``; reports the first offender."""
+        arr = self.data.array(rel)
+        self.report.arrays += 1
+        for lo, block in _chunks(arr):
+            vals = block if column is None else block[:, column]
+            self.report.values += int(vals.size)
+            bad = np.flatnonzero((vals < low) | (vals >= limit))
+            if bad.size:
+                i = lo + int(bad[0])
+                where = f"[{i}]" if column is None else f"[{i}, {column}]"
+                self.problem(rel, f"{what or 'value'} {int(vals[bad[0]])} at {where} is outside [{low}, {limit}) "
+                                  f"({bad.size} such value(s) in this chunk alone)")
+                return
+
+    def ordered(self, rel: str, strict: bool) -> None:
+        arr = self.data.array(rel)
+        self.report.arrays += 1
+        prev = None
+        for lo, block in _chunks(arr):
+            self.report.values += int(block.size)
+            if prev is not None and block.size:
+                block_with_prev = np.concatenate([[prev], block])
+                base = lo - 1
+            else:
+                block_with_prev, base = block, lo
+            step = np.diff(block_with_prev)
+            bad = np.flatnonzero(step <= 0 if strict else step < 0)
+            if bad.size:
+                i = base + int(bad[0]) + 1
+                self.problem(rel, f"not {'strictly increasing' if strict else 'non-decreasing'} at [{i}]")
+                return
+            if block.size:
+                prev = block[-1]
+
+    def check(self, rel: str, cond: Callable[[], bool], msg: str) -> None:
+        if not cond():
+            self.problem(rel, msg)
+
+
+def check_prepared(path: str) -> CheckReport:
+    """Scan every array of the prepared directory ``path``; `PreparedDataError` if it does not open."""
+    data = PreparedData(path)
+    report = CheckReport(path=path)
+    s = _Scan(data, report)
+    vs = data.vocab_sizes
+    for name in VOCAB_NAMES:
+        s.ordered(f"vocab/{name}.npy", strict=True)
+    for col, name in enumerate(ITEM_ATTR_COLUMNS):
+        s.rows("items/attrs.npy", vs[name], column=col, what=f"{name} row")
+    s.rows("items/popularity.npy", np.iinfo(np.int64).max, what="count")
+    present = data.scl_present()
+    s.check("items/scl_present.npy", lambda: present.shape[0] == 0 or not bool(present[0]),
+            "row 0 (unknown item) is marked as having an SCL vector")
+    scl = data.scl()
+    report.arrays += 1
+    for lo, block in _chunks(scl):
+        report.values += int(block.size)
+        absent = ~np.asarray(present[lo:lo + block.shape[0]])
+        nonzero = np.flatnonzero(absent & block.any(axis=1))
+        if nonzero.size:
+            s.problem("items/scl.npy", f"row {lo + int(nonzero[0])} has an SCL vector but scl_present says it "
+                                       "has none (the GSU would use it)")
+            break
+    for split, meta in data.meta["splits"].items():
+        u, b = int(meta["user_rows"]), int(meta["behaviours"])
+        off = data.array(f"{split}/seq_offsets.npy")
+        s.check(f"{split}/seq_offsets.npy", lambda: int(off[0]) == 0 and int(off[-1]) == b,
+                f"must start at 0 and end at the behaviour count {b}, got {int(off[0])} .. {int(off[-1])}")
+        s.ordered(f"{split}/seq_offsets.npy", strict=False)
+        s.rows(f"{split}/seq_items.npy", vs["item"], what="item row")
+        s.rows(f"{split}/seq_cats.npy", vs["category"], what="category row")
+        for col, name in enumerate(USER_FIELD_COLUMNS):
+            s.rows(f"{split}/user_fields.npy", vs[name], column=col, what=f"{name} row")
+        s.ordered(f"{split}/user_sorted_keys.npy", strict=False)
+        s.rows(f"{split}/user_sorted_index.npy", u, what="user row")
+        s.rows(f"{split}/labels.npy", 2, what="label")
+        s.rows(f"{split}/sample_items.npy", vs["item"], what="item row")
+        s.rows(f"{split}/sample_user_rows.npy", vs["user_id"], what="user_id row")
+        s.rows(f"{split}/sample_users.npy", u, low=-1, what="user-feature row")
+    return report

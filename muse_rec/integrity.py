@@ -1,0 +1,107 @@
+"""SHA-256 manifests of artifact directories (checkpoints, exported programs), checked before loading.
+
+DCP checkpoints (``.metadata``) and ``torch.export`` programs contain pickles, and unpickling
+runs code. So every loader in muse_rec checks the directory against its manifest *before* it
+opens any pickle:
+
+    <artifact dir>/SHA256SUMS.json   {"format": "muse_rec.sha256/1", "files": {"rel/path": "<hex>"},
+                                      "digest": "<hex>"}
+
+``digest`` is the artifact's identity: SHA-256 of the sorted ``"<sha256>  <rel/path>\\n"`` lines
+(the `sha256sum` format) of every file in it. The manifest alone detects corruption, truncation,
+a swapped or added file; it cannot stop someone who hands you a whole directory and writes a
+matching manifest. For that, pin the digest you got from a trusted place (the training run's
+log, `run.json`, the export's stdout): ``--expect-sha256 <digest>`` recomputes it from the files
+and refuses anything else. See README "Trust model".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+MANIFEST = "SHA256SUMS.json"
+FORMAT = "muse_rec.sha256/1"
+_CHUNK = 1 << 20
+
+
+class IntegrityError(ValueError):
+    """An artifact does not match its manifest or the pinned digest; nothing was unpickled."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _artifact_files(root: Path) -> Iterable[str]:
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            rel = os.path.relpath(os.path.join(dirpath, n), root).replace(os.sep, "/")
+            if rel != MANIFEST:
+                yield rel
+
+
+def _digest(files: Dict[str, str]) -> str:
+    listing = "".join(f"{sha}  {rel}\n" for rel, sha in sorted(files.items()))
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
+def write_manifest(root: str | os.PathLike) -> str:
+    """Hash every file under ``root`` into ``root/SHA256SUMS.json`` (atomically); returns the digest."""
+    root = Path(root)
+    files = {rel: file_sha256(root / rel) for rel in sorted(_artifact_files(root))}
+    digest = _digest(files)
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"format": FORMAT, "files": files, "digest": digest}, indent=1))
+    os.replace(tmp, root / MANIFEST)
+    return digest
+
+
+def read_digest(root: str | os.PathLike) -> Optional[str]:
+    """The digest recorded in ``root``'s manifest (None when there is none); not verified."""
+    try:
+        return json.loads((Path(root) / MANIFEST).read_text()).get("digest")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def verify(root: str | os.PathLike, expect_sha256: Optional[str] = None) -> str:
+    """Check every file of ``root`` against its manifest (and ``expect_sha256``); returns the digest.
+
+    Raises:
+        IntegrityError: naming the artifact and the first file that differs, is missing or is
+            not listed; or the pinned digest that does not match. Nothing is unpickled here.
+    """
+    root = Path(root)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise IntegrityError(f"{root}: no {MANIFEST} integrity manifest - not written by this version of "
+                             "muse_rec, or not by muse_rec at all; refusing to unpickle it (see README 'Trust model')")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        listed: Dict[str, str] = manifest["files"]
+        if manifest.get("format") != FORMAT or not isinstance(listed, dict):
+            raise ValueError(f"format {manifest.get('format')!r}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise IntegrityError(f"{mpath}: unreadable integrity manifest ({e})") from None
+    present = set(_artifact_files(root))
+    extra = sorted(present - set(listed))
+    if extra:
+        raise IntegrityError(f"{root / extra[0]}: not listed in {MANIFEST} (added after the artifact was written)")
+    actual: Dict[str, str] = {}
+    for rel in sorted(listed):
+        if rel not in present:
+            raise IntegrityError(f"{root / rel}: missing (listed in {MANIFEST})")
+        actual[rel] = file_sha256(root / rel)
+        if actual[rel] != listed[rel]:
+            raise IntegrityError(f"{root / rel}: SHA-256 differs from {MANIFEST} (corrupted or tampered with)")
+    digest = _digest(actual)
+    if expect_sha256 is not None and digest != expect_sha256.strip().lower():
+        raise IntegrityError(f"{root}: SHA-256 digest {digest} is not the expected {expect_sha256}")
+    return digest

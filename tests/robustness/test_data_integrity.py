@@ -1,0 +1,98 @@
+"""Items 4 and 6 of issue 13: prepared data is checked on open, scanned by `muse-rec check`, and
+a checkpoint trained on other data is refused unless --allow-data-mismatch."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from muse_rec.data.prepared import PreparedData, PreparedDataError
+from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets, snapshot
+
+
+@pytest.fixture
+def prep_copy(prepared_tiny, tmp_path):
+    dest = tmp_path / "prepared"
+    shutil.copytree(prepared_tiny, dest)
+    return dest
+
+
+def _header_len(path) -> int:
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        np.lib.format.read_array_header_1_0(f)
+        return f.tell()
+
+
+def test_truncated_array_is_named_on_open(prep_copy, tmp_path):
+    target = prep_copy / "train" / "seq_items.npy"
+    with open(target, "r+b") as f:
+        f.truncate(target.stat().st_size - 4)
+    with pytest.raises(PreparedDataError, match=r"train/seq_items.npy: .* bytes on disk.*truncated"):
+        PreparedData(str(prep_copy))
+    out = cli("train", "--spec", SPEC, *sets(prep_copy, tmp_path / "runs", ["train.max_steps=1"]), "--device", "cpu")
+    assert_bad_input(out, "train/seq_items.npy", "truncated")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.yaml"))
+    assert_bad_input(cli("check", str(prep_copy)), "train/seq_items.npy", "truncated")
+
+
+def test_wrong_dtype_is_named_on_open(prep_copy):
+    target = prep_copy / "test" / "labels.npy"
+    np.save(target, np.load(target).astype(np.int64))
+    with pytest.raises(PreparedDataError, match=r"test/labels.npy: dtype int64, prepare writes int8"):
+        PreparedData(str(prep_copy))
+
+
+def test_check_passes_on_clean_data(prepared_tiny):
+    out = cli("check", str(prepared_tiny))
+    assert out.returncode == 0, out.stderr
+    assert ": ok (" in out.stdout
+
+
+def _poke(path, index, value) -> None:
+    """Overwrite element ``index`` (flat) of a .npy in place, header untouched."""
+    arr = np.load(path, mmap_mode="r+")
+    arr.reshape(-1)[index] = value
+    arr.flush()
+    del arr
+
+
+def test_check_names_every_out_of_range_unsorted_or_inconsistent_array(prep_copy):
+    """One damaged copy, one scan: each problem is reported on its own line naming file and index."""
+    off = np.load(prep_copy / "train" / "seq_offsets.npy")
+    present = np.load(prep_copy / "items" / "scl_present.npy")
+    absent = int(np.flatnonzero(~present)[1])  # [0] is row 0
+    damage = [
+        ("train/seq_items.npy", 3, 10**6, "item row 1000000 at [3] is outside"),
+        ("test/sample_items.npy", 0, -1, "item row -1 at [0] is outside"),
+        ("train/user_fields.npy", 7, 10**6, "user_f1 row 1000000 at [1, 1] is outside"),
+        ("train/labels.npy", 2, 3, "label 3 at [2] is outside [0, 2)"),
+        ("vocab/item.npy", 2, -(2**63), "not strictly increasing at [2]"),
+        ("train/seq_offsets.npy", 2, int(off[1]) - 1, "not non-decreasing at [2]"),
+        ("items/scl.npy", absent * 128, 5, f"row {absent} has an SCL vector"),
+    ]
+    assert off[1] > 0
+    for rel, index, value, _ in damage:
+        _poke(prep_copy / rel, index, value)
+    out = cli("check", str(prep_copy))
+    for rel, _, _, needle in damage:
+        assert_bad_input(out, rel, needle)
+    assert f"{len(damage)} problem(s)" in out.stderr
+
+
+def test_resume_on_other_data_with_same_vocabularies_is_refused(trained, prep_copy, tmp_path):
+    """Same shapes and vocabularies, other labels: only the fingerprint tells them apart."""
+    labels = np.load(prep_copy / "train" / "labels.npy")
+    _poke(prep_copy / "train" / "labels.npy", 0, 1 - int(labels[0]))
+    runs = trained.copy_run(tmp_path / "runs")
+    before = snapshot(runs / "din")
+    args = ["train", "--spec", SPEC, *sets(prep_copy, runs, ["train.max_steps=3"]), "--device", "cpu", "--resume"]
+    assert_bad_input(cli(*args), "step-00000002", "other prepared data", "--allow-data-mismatch")
+    assert snapshot(runs / "din") == before
+    for command, extra in (("evaluate", ["--out", str(tmp_path / "ev")]), ("export", ["--out", str(tmp_path / "ex")])):
+        out = cli(command, "--spec", SPEC, *sets(prep_copy, runs), *extra)
+        assert_bad_input(out, "other prepared data", "--allow-data-mismatch")
+    out = cli(*args, "--allow-data-mismatch")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "--allow-data-mismatch" in out.stderr  # the warning says what was overridden

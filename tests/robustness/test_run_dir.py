@@ -1,0 +1,142 @@
+"""Items 1-3 of issue 13: a run directory belongs to one run, one process, and a refused resume changes nothing."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from muse_rec.training.checkpoint import Position, latest_checkpoint, read_position, save_checkpoint
+from muse_rec.training.run_dir import LOCK_FILE, RunDirLock
+from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets, snapshot
+
+
+def test_fresh_run_into_used_run_dir_is_refused_and_changes_nothing(trained, tmp_path):
+    runs = trained.copy_run(tmp_path / "runs")
+    before = snapshot(runs / "din")
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu")
+    assert_bad_input(out, str(runs / "din"), "already holds a run", "--resume", "--overwrite")
+    assert snapshot(runs / "din") == before
+
+
+def test_overwrite_moves_the_old_run_aside_whole(trained, tmp_path):
+    runs = trained.copy_run(tmp_path / "runs")
+    before = snapshot(runs / "din")
+    old_run_id = json.loads((runs / "din" / "run.json").read_text())["run_id"]
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu",
+              "--overwrite")
+    assert out.returncode == 0, out.stderr[-3000:]
+    moved = [p for p in runs.iterdir() if p.name.startswith("din.old-")]
+    assert len(moved) == 1 and str(moved[0]) in out.stderr
+    after_old = snapshot(moved[0])
+    assert after_old == before
+    new_run_id = json.loads((runs / "din" / "run.json").read_text())["run_id"]
+    assert new_run_id != old_run_id
+    ckpts = sorted((runs / "din" / "checkpoints").iterdir())
+    assert [p.name for p in ckpts] == ["step-00000003"]
+    assert read_position(ckpts[0]).run_id == new_run_id
+
+
+def test_resume_continues_and_overwrite_with_resume_is_refused(trained, tmp_path):
+    """--resume continues the run; --resume with --overwrite is a usage error (exit 2, nothing touched)."""
+    runs = trained.copy_run(tmp_path / "runs")
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu",
+              "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from" in out.stderr and "step 2" in out.stderr
+    before = snapshot(runs / "din")
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=4"]), "--device", "cpu",
+              "--resume", "--overwrite")
+    assert_bad_input(out, "argument --overwrite: not allowed with argument --resume")
+    assert snapshot(runs / "din") == before
+
+
+def test_second_process_on_a_locked_run_dir_exits_2_naming_the_holder(prepared_tiny, tmp_path):
+    run_dir = tmp_path / "runs" / "din"
+    lock = RunDirLock.acquire(run_dir, command="muse-rec train --spec held-by-the-test")
+    try:
+        out = cli("train", "--spec", SPEC, *sets(prepared_tiny, tmp_path / "runs", ["train.max_steps=1"]),
+                  "--device", "cpu", "--resume")
+        assert_bad_input(out, str(run_dir), "in use by another run", f"pid {os.getpid()}", "held-by-the-test")
+        assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]  # nothing written
+    finally:
+        lock.release()
+
+
+def test_lock_of_a_dead_process_does_not_block(prepared_tiny, tmp_path):
+    """A killed run leaves the lock file with its holder info but no lock: the next run proceeds."""
+    run_dir = tmp_path / "runs" / "din"
+    run_dir.mkdir(parents=True)
+    (run_dir / LOCK_FILE).write_text(json.dumps({"host": "h", "pid": 999999, "started": "x", "command": "dead"}))
+    out = cli("train", "--spec", SPEC, *sets(prepared_tiny, tmp_path / "runs", ["train.max_steps=1"]),
+              "--device", "cpu")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "step-00000001").is_dir()
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+
+def test_pruning_never_touches_another_runs_checkpoints(tmp_path):
+    """An old run's later checkpoints (steps 5, 6) must neither evict nor outrank the new run's."""
+    root = tmp_path / "checkpoints"
+    model = _Tiny()
+    for step in (5, 6):
+        save_checkpoint(str(root), model, None, Position(step=step, run_id="old"))
+    for step in (1, 2, 3):
+        save_checkpoint(str(root), model, None, Position(step=step, run_id="new"))
+    names = sorted(p.name for p in root.iterdir())
+    assert names == ["step-00000002", "step-00000003", "step-00000005", "step-00000006"]
+    assert latest_checkpoint(str(root), run_id="new") == root / "step-00000003"
+
+
+def test_failed_resume_leaves_spec_and_run_record_untouched(trained, tmp_path):
+    """A resume with a model that does not fit the checkpoint: exit 2 naming the keys; spec.yaml unchanged."""
+    runs = trained.copy_run(tmp_path / "runs")
+    before = snapshot(runs / "din")
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3", "model.embedding_dim=8"]),
+              "--device", "cpu", "--resume")
+    assert_bad_input(out, "step-00000002", "does not fit this model")
+    assert "size" in out.stderr.lower() or "mismatch" in out.stderr.lower()
+    assert snapshot(runs / "din") == before
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "rank"])
+def test_checkpoint_of_another_model_is_one_line_not_a_traceback(trained, tmp_path, command):
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
+    extra = {"evaluate": ["--out", str(tmp_path / "ev")], "export": ["--out", str(tmp_path / "ex")],
+             "rank": ["--request", str(req)]}[command]
+    out = cli(command, "--spec", SPEC, *trained.sets(["model.embedding_dim=8"]), *extra)
+    assert_bad_input(out, "step-00000002", "does not fit this model")
+    assert not (tmp_path / "ev").exists() and not (tmp_path / "ex").exists()
+
+
+def test_two_ranks_refuse_a_used_run_dir_together_without_hanging(trained, tmp_path):
+    """Rank 0 decides and broadcasts: both ranks exit with the same one-line reason, none waits forever."""
+    from tests.training.conftest import run_ranks
+
+    runs = trained.copy_run(tmp_path / "runs")
+    before = snapshot(runs / "din")
+    out = run_ranks(["train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu"],
+                    nproc=2, check=False, timeout=300)
+    assert out.returncode != 0
+    lines = [ln for ln in out.stderr.splitlines() if "muse-rec train:" in ln and "already holds a run" in ln]
+    assert len(lines) == 2, out.stderr[-3000:]  # one per rank
+    assert snapshot(runs / "din") == before
+
+
+def test_restarted_overwrite_job_continues_its_own_run(tmp_path):
+    """torchrun restarts a job started with --overwrite as a resume: its directory must not be moved."""
+    from muse_rec.training.run_dir import claim_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "spec.yaml").write_text("name: x\n")
+    lock = claim_run_dir(run_dir, is_main=True, resume=True, overwrite=True)
+    lock.release()
+    assert (run_dir / "spec.yaml").exists() and not list(tmp_path.glob("run.old-*"))

@@ -1,0 +1,70 @@
+"""Items 5 (specs), 7 and 10 of issue 13: non-finite numbers, --set / extends / duplicate-key
+errors, request files that are not UTF-8, nested too deep or have duplicate keys, strict metrics.json."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from muse_rec.serving.request import RequestError, parse_requests
+from muse_rec.spec import SpecError, load_spec
+from muse_rec.training.trainer import _write_json
+from tests.robustness.conftest import SPEC, assert_bad_input, cli
+
+SPEC_PATH = Path(__file__).resolve().parents[2] / SPEC
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "inf", "nan", "1e999"])
+def test_non_finite_numbers_in_a_spec_are_refused(tmp_path, value):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"extends: {SPEC_PATH}\ntrain:\n  dense_optimizer:\n    lr: {value}\n")
+    with pytest.raises(SpecError, match=r"s.yaml: train.dense_optimizer.lr: expected a finite number"):
+        load_spec(spec)
+
+
+def test_set_error_names_the_override():
+    out = cli("train", "--spec", SPEC, "--set", "model.gsu.top_k=lots")
+    assert_bad_input(out, "--set model.gsu.top_k=lots: model.gsu.top_k: expected an integer")
+    with pytest.raises(SpecError, match=r"^--set train.sparse_optimizer.lr=.inf: train.sparse_optimizer.lr: "):
+        load_spec(SPEC_PATH, ["train.sparse_optimizer.lr=.inf"])
+    with pytest.raises(SpecError, match=r"^--set model.gsu.topk=3: model.gsu.topk: unknown key"):
+        load_spec(SPEC_PATH, ["model.gsu.topk=3"])
+
+
+def test_missing_extends_names_the_referencing_file(tmp_path):
+    spec = tmp_path / "child.yaml"
+    spec.write_text("extends: nowhere/parent.yaml\nname: x\n")
+    with pytest.raises(SpecError, match=r"child.yaml: extends: .*nowhere/parent.yaml: spec file not found"):
+        load_spec(spec)
+
+
+def test_duplicate_keys_in_a_spec_are_an_error(tmp_path):
+    spec = tmp_path / "dup.yaml"
+    spec.write_text("name: a\ntrain:\n  batch_size: 8\n  batch_size: 16\n")
+    with pytest.raises(SpecError, match=r"dup.yaml: not valid YAML: .*duplicate key 'batch_size'.*line 4"):
+        load_spec(spec)
+
+
+@pytest.mark.parametrize("payload,needle", [
+    (b'{"user": 1, "candidates": [1, 2]}\xff\xfe', "not UTF-8 text"),
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    (b'{"user": 1, "candidates": [1], "candidates": [2]}', "duplicate key 'candidates'"),
+    (b'{"user": NaN, "candidates": [1]}', "NaN is not valid JSON"),
+])
+def test_bad_request_files_exit_2_in_one_line(tmp_path, payload, needle):
+    req = tmp_path / "req.json"
+    req.write_bytes(payload)
+    out = cli("rank", "--spec", SPEC, "--request", str(req))  # refused before any model or data is read
+    assert_bad_input(out, str(req), needle)
+    with pytest.raises(RequestError, match=needle):
+        parse_requests(payload)
+
+
+def test_metrics_json_is_strict_json(tmp_path):
+    path = tmp_path / "metrics.json"
+    _write_json(path, {"gauc": float("nan"), "auc": 0.5, "grouped": {"x": float("inf"), "n": 3}, "xs": [1.0, math.nan]})
+    doc = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert doc["gauc"] is None and "undefined" in doc["gauc_undefined"] and doc["auc"] == 0.5
+    assert doc["grouped"]["x"] is None and doc["grouped"]["n"] == 3 and doc["xs"] == [1.0, None]

@@ -1,0 +1,177 @@
+"""Items 7 and 9 of issue 13: artifacts are checked against their SHA-256 manifest before any pickle
+in them is opened; a crafted checkpoint or export never runs its payload."""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from muse_rec.integrity import MANIFEST, IntegrityError, read_digest, verify, write_manifest
+from tests.conftest import REPO, subprocess_env
+from tests.robustness.conftest import SPEC, assert_bad_input, cli
+
+
+class _Payload:
+    """Unpickling this creates ``marker`` (stands for any code an attacker would run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _crafted_checkpoint(trained, tmp_path: Path) -> tuple:
+    src = sorted((trained.run_dir / "checkpoints").iterdir())[-1]
+    evil = tmp_path / "evil-ckpt"
+    shutil.copytree(src, evil)
+    marker = tmp_path / "PWNED"
+    (evil / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    return src, evil, marker
+
+
+def test_the_crafted_checkpoint_payload_is_live(trained, tmp_path):
+    """Control: DCP itself unpickles .metadata, so loading the crafted checkpoint would run the payload."""
+    _, evil, marker = _crafted_checkpoint(trained, tmp_path)
+    code = ("import torch.distributed.checkpoint as dcp, sys\n"
+            f"try: dcp.FileSystemReader({str(evil)!r}).read_metadata()\nexcept Exception: pass\n")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), timeout=120, check=True)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "rank"])
+def test_tampered_checkpoint_is_refused_before_unpickling(trained, tmp_path, command):
+    _, evil, marker = _crafted_checkpoint(trained, tmp_path)
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
+    extra = {"evaluate": ["--out", str(tmp_path / "o")], "export": ["--out", str(tmp_path / "o")],
+             "rank": ["--request", str(req)]}[command]
+    out = cli(command, "--spec", SPEC, *trained.sets(), "--checkpoint", str(evil), *extra)
+    assert_bad_input(out, str(evil / ".metadata"), "SHA-256 differs")
+    assert not marker.exists()
+    assert not (tmp_path / "o").exists()
+
+
+def test_forged_manifest_is_caught_by_the_pinned_digest(trained, tmp_path):
+    src, evil, marker = _crafted_checkpoint(trained, tmp_path)
+    write_manifest(evil)  # the attacker also rewrites SHA256SUMS.json
+    pinned = read_digest(src)
+    assert pinned and verify(src, pinned) == pinned
+    out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--checkpoint", str(evil), "--out", str(tmp_path / "o"),
+              "--expect-sha256", pinned)
+    assert_bad_input(out, str(evil), f"is not the expected {pinned}")
+    assert not marker.exists()
+
+
+def test_checkpoint_without_manifest_is_refused(trained, tmp_path):
+    src = sorted((trained.run_dir / "checkpoints").iterdir())[-1]
+    bare = tmp_path / "bare"
+    shutil.copytree(src, bare)
+    (bare / MANIFEST).unlink()
+    out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--checkpoint", str(bare), "--out", str(tmp_path / "o"))
+    assert_bad_input(out, str(bare), "no SHA256SUMS.json")
+
+
+def test_added_file_is_refused(trained, tmp_path):
+    src = sorted((trained.run_dir / "checkpoints").iterdir())[-1]
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    (copy / "rng-7.pt").write_bytes(b"x")
+    with pytest.raises(IntegrityError, match=r"rng-7.pt: not listed"):
+        verify(copy)
+
+
+def _crafted_export(trained, tmp_path: Path) -> tuple:
+    """The real export with its first weight switched to a pickled payload (a valid PT2 archive)."""
+    evil = tmp_path / "evil-export"
+    shutil.copytree(trained.exported, evil)
+    marker = tmp_path / "PWNED-export"
+    src = zipfile.ZipFile(trained.exported / "ranker.pt2")
+    cfg_name = next(n for n in src.namelist() if n.endswith("weights/model_weights_config.json"))
+    cfg = json.loads(src.read(cfg_name))
+    meta = next(iter(cfg["config"].values()))
+    meta["use_pickle"] = True  # torch.export.load then torch.load(..., weights_only=False)s the file
+    target = cfg_name.rsplit("/", 1)[0] + "/" + meta["path_name"]
+    with zipfile.ZipFile(evil / "ranker.pt2", "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == cfg_name:
+                data = json.dumps(cfg).encode()
+            elif info.filename == target:
+                data = pickle.dumps(_Payload(marker))
+            out.writestr(info.filename, data)
+    return evil, marker
+
+
+def test_the_crafted_export_payload_is_live(trained, tmp_path):
+    """Control: torch.export.load of the crafted archive runs the payload."""
+    evil, marker = _crafted_export(trained, tmp_path)
+    code = f"import torch\ntry: torch.export.load({str(evil / 'ranker.pt2')!r})\nexcept Exception: pass\n"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), timeout=120, check=True,
+                   capture_output=True)
+    assert marker.exists()
+
+
+def test_tampered_export_is_refused_before_torch_export_load(trained, tmp_path, monkeypatch):
+    import torch
+
+    from muse_rec.serving.export import load_program
+
+    evil, marker = _crafted_export(trained, tmp_path)
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: pytest.fail("torch.export.load reached"))
+    with pytest.raises(IntegrityError, match=r"ranker.pt2: SHA-256 differs"):
+        load_program(str(evil))
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
+    out = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(evil), "--request", str(req))
+    assert_bad_input(out, str(evil / "ranker.pt2"), "SHA-256 differs")
+    write_manifest(evil)  # a forged manifest: only the pinned digest catches it
+    out = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(evil), "--request", str(req),
+              "--expect-sha256", read_digest(trained.exported))
+    assert_bad_input(out, str(evil), "is not the expected")
+    assert not marker.exists()
+
+
+def test_export_digest_is_printed_and_pinnable(trained, tmp_path):
+    digest = read_digest(trained.exported)
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
+    ok = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(trained.exported), "--request", str(req),
+             "--expect-sha256", digest)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert len(json.loads(ok.stdout)["scores"]) == 2
+    bad = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(trained.exported), "--request", str(req),
+              "--expect-sha256", "0" * 64)
+    assert_bad_input(bad, "is not the expected " + "0" * 64)
+
+
+def test_truncated_program_and_bad_manifest_are_named(trained, tmp_path):
+    """Even with a manifest rewritten to match (so integrity passes), the damaged file is named."""
+    from muse_rec.serving.export import ExportError, load_program, read_manifest
+
+    trunc = tmp_path / "trunc"
+    shutil.copytree(trained.exported, trunc)
+    prog = trunc / "ranker.pt2"
+    prog.write_bytes(prog.read_bytes()[: prog.stat().st_size // 2])
+    with pytest.raises(IntegrityError, match=r"ranker.pt2: SHA-256 differs"):
+        load_program(str(trunc))
+    write_manifest(trunc)
+    with pytest.raises(ExportError, match=r"ranker.pt2: cannot load the exported program"):
+        load_program(str(trunc))
+    badman = tmp_path / "badman"
+    shutil.copytree(trained.exported, badman)
+    (badman / "manifest.json").write_text("{not json")
+    write_manifest(badman)
+    with pytest.raises(ExportError, match=r"manifest.json: not valid JSON"):
+        read_manifest(str(badman))
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
+    for d, needle in ((trunc, "ranker.pt2: cannot load"), (badman, "manifest.json: not valid JSON")):
+        out = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(d), "--request", str(req))
+        assert_bad_input(out, needle)
