@@ -126,6 +126,7 @@ class TrainSpec:
     log_every: int = 20  # batches between progress/TensorBoard updates
     checkpoint_every: int = 0  # batches; 0 = only at the end
     eval_at_end: bool = True
+    check_floors: bool = True  # after eval: compare GAUC with the model-free floors (muse-rec baselines)
     pipeline: Literal["sparse_dist", "base"] = "sparse_dist"
 
 

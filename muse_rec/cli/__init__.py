@@ -13,7 +13,8 @@ import sys
 from typing import List, Optional
 
 # Order shown in --help: the flow of a run.
-COMMANDS = ["info", "synth", "prepare", "train", "evaluate", "plan", "export", "rank", "compare", "reproduce"]
+COMMANDS = ["info", "synth", "prepare", "baselines", "train", "evaluate", "plan", "export", "rank", "compare",
+            "reproduce"]
 
 
 def _available() -> List[str]:

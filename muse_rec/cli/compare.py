@@ -1,7 +1,11 @@
 """`muse-rec compare RUN_DIR...`: the comparison table of finished runs, with seed-to-seed spread.
 
 Runs of the same method with different seeds are grouped: the table shows the mean and the
-standard deviation over seeds, so a gap between methods can be read against the noise.
+standard deviation over seeds, so a gap between methods can be read against the noise. The
+model-free floors of the runs' data (`muse-rec baselines`) are rows of the same table, marked
+``floor:``; methods below the best floor are named. Floors come from ``--floors FILE``, else
+from the runs' metrics.json (a run records them when ``train.check_floors`` is on), else they
+are computed for the runs' ``data.prepared`` and cached under ``--floors-cache``.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method, margin vs a baseline"
 
@@ -19,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run directories (each holding metrics.json)")
     p.add_argument("--baseline", default="DIN", help="method to measure margins against (default DIN)")
     p.add_argument("--out", default=None, help="also write the table (Markdown) and JSON next to this path")
+    p.add_argument("--floors", default=None, metavar="FILE",
+                   help="model-free floors to show (JSON of `muse-rec baselines --out`); default: the runs' own")
+    p.add_argument("--no-floors", action="store_true", help="do not show the model-free floors")
+    p.add_argument("--floors-cache", default=None, metavar="DIR",
+                   help="where floors computed here are cached (default: <first run's parent>/.floors)")
 
 
 def load_runs(paths: List[str]) -> List[Dict]:
@@ -53,15 +62,89 @@ def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
     return rows
 
 
+def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str]) -> Tuple[Optional[Dict], str]:
+    """``({name: {description, gauc, auc, logloss}}, where from)`` for the runs, or ``(None, why not)``."""
+    recorded = [r["floors"] for r in runs if r.get("floors")]
+    if recorded:
+        if any(f != recorded[0] for f in recorded):
+            return recorded[0], (f"recorded by {paths[0]}; the runs recorded different floors (other data, split "
+                                 "or seq_len): compare runs of one data set, or pass --floors FILE")
+        return recorded[0], "recorded by the runs"
+    spec_file = Path(paths[0]) / "spec.yaml"
+    if not spec_file.exists():
+        return None, f"{spec_file} not found, so the runs' data is unknown (pass --floors FILE)"
+    import yaml
+
+    from muse_rec.data.prepared import PreparedData, PreparedDataError
+    from muse_rec.metrics.floors import FloorOptions, FloorsError, cached_floors
+
+    try:
+        d = (yaml.safe_load(spec_file.read_text()) or {})["data"]
+        data = PreparedData(d["prepared"])
+        result = cached_floors(data, d.get("eval_split", "test"), FloorOptions(seq_len=int(d.get("seq_len", 0))),
+                               cache or str(Path(paths[0]).resolve().parent / ".floors"), d.get("train_split", "train"))
+    except (KeyError, TypeError, ValueError, yaml.YAMLError, PreparedDataError, FloorsError, FileNotFoundError) as e:
+        return None, f"cannot compute them for {spec_file}'s data: {type(e).__name__}: {e}"
+    return result["floors"], f"computed for {d['prepared']} ({d.get('eval_split', 'test')})"
+
+
+def load_floors(path: str) -> Dict:
+    """The ``floors`` of a `muse-rec baselines --out` file (or of a run's metrics.json)."""
+    f = Path(path)
+    try:
+        doc = json.loads(f.read_text())
+        floors = doc["floors"]
+        if not isinstance(floors, dict) or not all("gauc" in v for v in floors.values()):
+            raise KeyError("floors")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--floors {f}: no such file (write one with `muse-rec baselines PREPARED --out FILE`)")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` ({type(e).__name__}: {e})")
+    return floors
+
+
+def floor_rows(floors: Dict, base: Optional[Dict]) -> List[Dict]:
+    """One table row per floor, marked ``floor:``; margin vs the baseline method like the models."""
+    rows = []
+    for name, f in floors.items():
+        row = {"method": f"floor: {f.get('description', name)}", "gauc": f.get("gauc"), "auc": f.get("auc"),
+               "logloss": f.get("logloss")}
+        if base is not None and "gauc" in base and f.get("gauc") is not None:
+            row["gauc_vs_" + base["method"]] = f["gauc"] - base["gauc"]
+        rows.append(row)
+    return rows
+
+
+def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
+    """Which methods are below the best floor (by mean GAUC over seeds)."""
+    measured = [k for k in floors if floors[k].get("gauc") is not None]
+    if not measured:
+        return "model-free floors: none has a GAUC"
+    name = max(measured, key=lambda k: floors[k]["gauc"])
+    best = floors[name]
+    below = [f"{r['method']} ({r['gauc']:.4f})" for r in model_rows if "gauc" in r and r["gauc"] < best["gauc"]]
+    head = f"best model-free floor: {best.get('description', name)} GAUC {best['gauc']:.4f}"
+    if below:
+        return f"{head}; BELOW it: {', '.join(below)} - check the learning rates, the number of steps and the data"
+    return f"{head}; every method is above it"
+
+
 def run(args: argparse.Namespace) -> int:
     from muse_rec.metrics import metrics_table, save_metrics_json
 
     try:
         runs = load_runs(args.runs)
-    except FileNotFoundError as e:
+        floors, source = (None, "--no-floors") if args.no_floors else (
+            (load_floors(args.floors), args.floors) if args.floors else _floors_of_runs(args.runs, runs, args.floors_cache))
+    except (FileNotFoundError, ValueError) as e:
         print(f"muse-rec compare: {e}", file=sys.stderr)
         return 2
+    if floors is None and not args.no_floors:
+        print(f"muse-rec compare: model-free floors not shown: {source}", file=sys.stderr)
     rows = summarise(runs, args.baseline)
+    model_rows = list(rows)
+    if floors:
+        rows = rows + floor_rows(floors, next((r for r in rows if r["method"].lower() == args.baseline.lower()), None))
     cols = [c for c in ["method", "seeds", "gauc", "gauc_std", "auc", "auc_std", "logloss",
                         "train_samples_per_s", "wall_seconds"] + [k for k in rows[0] if k.startswith("gauc_vs_")]
             if any(c in r for r in rows)]
@@ -70,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     base = next((r for r in rows if r["method"].lower() == args.baseline.lower()), None)
     verdicts = []
-    for r in rows:
+    for r in model_rows:
         if base is None or r is base or "gauc" not in r:
             continue
         stds = [s for s in (r.get("gauc_std"), base.get("gauc_std")) if s is not None]
@@ -81,11 +164,13 @@ def run(args: argparse.Namespace) -> int:
                             f"{min(r['seeds'], base['seeds'])}+ seeds) {spread:.4f}; margin = {margin / max(spread, 1e-12):.1f} x spread")
         else:
             verdicts.append(f"{r['method']} - {base['method']}: {margin:+.4f} GAUC (one seed each: no spread measured)")
+    if floors:
+        verdicts.append(floor_verdict(model_rows, floors) + f" (floors {source})")
     for v in verdicts:
         print(v)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".md").write_text(table + "\n\n" + "\n".join(verdicts) + "\n")
-        save_metrics_json(out.with_suffix(".json"), {"rows": rows, "verdicts": verdicts})
+        save_metrics_json(out.with_suffix(".json"), {"rows": rows, "verdicts": verdicts, "floors": floors})
     return 0

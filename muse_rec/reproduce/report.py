@@ -81,9 +81,56 @@ def _claim_lines(verdicts: Sequence[Verdict]) -> str:
     return "\n".join(f"- {v.sentence}" for v in verdicts)
 
 
+def run_floors(metrics: RunMetrics) -> Optional[Dict]:
+    """The model-free floors the runs recorded (``train.check_floors``; every run of a plan
+    trains on one data set, so the first run's are everyone's); None when no run has them."""
+    for by_seed in metrics.values():
+        for m in by_seed.values():
+            if m.get("floors") and any(f.get("gauc") is not None for f in m["floors"].values()):
+                return m["floors"]
+    return None
+
+
+def _best_floor(floors: Dict) -> tuple:
+    name = max((k for k in floors if floors[k].get("gauc") is not None), key=lambda k: floors[k]["gauc"])
+    return name, floors[name]
+
+
+def _floor_rows(floors: Dict, ref: Stats, width: int) -> List[List[str]]:
+    """Rows ``floor: ...`` for a paper table of ``width`` columns (GAUC, gap to the reference)."""
+    rows = []
+    for name, f in floors.items():
+        gap = f["gauc"] - ref.mean if f.get("gauc") is not None and ref.mean is not None else None
+        row = [f"floor: {f.get('description', name)}", "-", "-", f"{_fmt(f.get('gauc'))} (model-free)",
+               _fmt(gap, sign=True), _fmt(f.get("auc")), _fmt(f.get("logloss"))]
+        rows.append(row + ["-", "`muse-rec baselines`"][: width - len(row)])
+    return rows
+
+
+def floors_section(floors: Dict, plan: Plan, metrics: RunMetrics) -> str:
+    """The floors, and every configuration whose mean GAUC over seeds is below the best one."""
+    name, best = _best_floor(floors)
+    rows = [[f"`{k}`", f.get("description", k), _fmt(f.get("gauc")), _fmt(f.get("auc")), _fmt(f.get("logloss"))]
+            for k, f in floors.items()]
+    below = []
+    for cfg in dict.fromkeys(r.config.id for r in plan.runs):
+        s = metric_stats(metrics, cfg)
+        if s.mean is not None and s.mean < best["gauc"]:
+            below.append(f"`{cfg}` ({s.mean:.4f})")
+    verdict = (f"**Below the best floor** ({best.get('description', name)}, GAUC {best['gauc']:.4f}): "
+               f"{', '.join(below)}. A score without training ranks better than these: check their learning rates "
+               "and number of steps (an ID-only method may also simply lack the SCL signal the floors use)."
+               if below else
+               f"Every configuration is above the best floor ({best.get('description', name)}, GAUC {best['gauc']:.4f}).")
+    return "\n".join(["## Model-free floors", "",
+                      "Scores computed without training (`muse-rec baselines`, docs/metrics.md) on the same evaluation "
+                      "split, with the same exact metrics; logloss `-` where the score is not a probability.", "",
+                      _md_table(["floor", "what", "GAUC", "AUC", "logloss"], rows), "", verdict, ""])
+
+
 def table_section(table: PaperTable, plan: Plan, metrics: RunMetrics, out: Path,
-                  min_z: float = DEFAULT_MIN_Z) -> tuple:
-    """Markdown of one paper table + its verdicts + its figure (or None)."""
+                  min_z: float = DEFAULT_MIN_Z, floors: Optional[Dict] = None) -> tuple:
+    """Markdown of one paper table (+ the model-free floors as rows) + its verdicts + its figure."""
     stats = {r.label: metric_stats(metrics, plan.config_of(table.key, r.label)) for r in table.rows}
     paper = {r.label: r.paper_gauc for r in table.rows}
     ref, p_ref = stats[table.reference], paper[table.reference]
@@ -98,6 +145,8 @@ def table_section(table: PaperTable, plan: Plan, metrics: RunMetrics, out: Path,
                      _fmt(auc.mean), _fmt(ll.mean), str(s.n), f"`{cfg}`"])
     header = ["row", "paper GAUC", f"paper Δ vs {table.reference}", "our GAUC (mean ± std)",
               f"our Δ vs {table.reference}", "our AUC", "our logloss", "seeds", "runs"]
+    if floors:
+        rows += _floor_rows(floors, ref, len(header))
     verdicts = [evaluate_claim(c, stats, paper, min_z) for c in table.claims]
     fig = plots.plot_table(table, stats, out / f"{table.key}.png")
     md = [f"## {table.title}", "", f"Paper: {table.paper_setting}.", "", _md_table(header, rows), ""]
@@ -188,9 +237,10 @@ def write_report(plan: Plan, metrics: RunMetrics, out: Path, context: Sequence[s
     report = Report(markdown="")
     report.missing_runs = [r.name for r in plan.runs if r.seed not in metrics.get(r.config.id, {})]
     sections: List[str] = []
+    floors = run_floors(metrics)
     for key in plan.what:
         if key in PAPER_TABLES:
-            md, verdicts, fig = table_section(PAPER_TABLES[key], plan, metrics, out, min_z)
+            md, verdicts, fig = table_section(PAPER_TABLES[key], plan, metrics, out, min_z, floors)
         elif key == "fig5":
             md, verdicts, fig = fig5_section(plan, metrics, out, min_z)
         else:
@@ -213,6 +263,8 @@ def write_report(plan: Plan, metrics: RunMetrics, out: Path, context: Sequence[s
     if report.missing_runs:
         head += [f"**Missing runs** (failed or not yet trained; their cells are incomplete): "
                  f"{', '.join(report.missing_runs)}", ""]
+    if floors:
+        head += [floors_section(floors, plan, metrics)]
     failed = [v.sentence for v in every if v.status != HOLDS]
     deviations = (SYNTHETIC_DEVIATIONS if synthetic else ()) + COMMON_DEVIATIONS
     tail = ["## Where and why this differs from the paper", ""] + [f"- {d}" for d in deviations] + [""]

@@ -181,6 +181,11 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
                            num_workers=spec.data.num_workers, predictions_path=str(run_dir / "predictions.parquet"))
         result.update(metrics)
         result["eval_seconds"] = time.perf_counter() - eval_start
+        if t.check_floors and env.is_main:  # cached beside the run directory: computed once per data set
+            from muse_rec.metrics.floors import check_run_against_floors
+
+            result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
+                                                   str(run_dir.parent / ".floors"), spec.data.train_split))
     result["wall_seconds"] = train_seconds
     if env.is_main:
         _write_json(run_dir / "metrics.json", result)

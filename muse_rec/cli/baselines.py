@@ -1,0 +1,70 @@
+"""`muse-rec baselines PREPARED [--split test]`: the model-free floors of a prepared data set.
+
+Prints one row per floor (GAUC, AUC, logloss; see `muse_rec.metrics.floors`) and, with
+``--out``, writes the same as strict JSON. Exit 2 with one line on bad input (not a prepared
+directory, unknown split, a split where GAUC is undefined); floors that cannot be computed on
+this data (no SCL vectors) are skipped with a warning, the others still reported.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Dict
+
+HELP = "model-free floors (popularity, SCL cosines, top-K similarity, logistic regression) with exact GAUC/AUC/logloss"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from muse_rec.metrics.floors import FloorOptions
+
+    d = FloorOptions()
+    p.add_argument("prepared", help="output directory of `muse-rec prepare` (any iopath path)")
+    p.add_argument("--split", default="test", help="split to score (default test)")
+    p.add_argument("--train-split", default="train", help="split the popularity and regression learn from")
+    p.add_argument("--seq-len", type=int, default=d.seq_len,
+                   help="newest behaviours per user the history floors see; 0 = whole history (default); "
+                        "a run's own check uses its data.seq_len")
+    p.add_argument("--top-k", type=int, default=d.top_k, help=f"K of the mean top-K similarity (default {d.top_k})")
+    p.add_argument("--recent", type=int, default=d.recent, help=f"window of the recent-mean cosine (default {d.recent})")
+    p.add_argument("--prior-strength", type=float, default=d.prior_strength,
+                   help=f"pseudo-impressions of the popularity smoothing (default {d.prior_strength:g})")
+    p.add_argument("--lr-train-samples", type=int, default=d.lr_train_samples,
+                   help=f"train samples the logistic regression is fitted on (default {d.lr_train_samples:,})")
+    p.add_argument("--out", default=None, help="also write the floors as JSON to this file")
+
+
+def floors_table(result: Dict) -> str:
+    """The floors of `compute_floors` as a Markdown table (best floor marked)."""
+    from muse_rec.metrics import metrics_table
+
+    rows = [{"floor": name + (" (best)" if name == result["best"]["name"] else ""), "what": f["description"],
+             "gauc": f["gauc"], "auc": f["auc"], "logloss": f["logloss"]} for name, f in result["floors"].items()]
+    return metrics_table(rows, ["floor", "what", "gauc", "auc", "logloss"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from muse_rec.data.prepared import PreparedData, PreparedDataError
+    from muse_rec.metrics.floors import FloorOptions, FloorsError, compute_floors
+    from muse_rec.metrics.report import save_metrics_json
+
+    opts = FloorOptions(seq_len=args.seq_len, recent=args.recent, top_k=args.top_k,
+                        prior_strength=args.prior_strength, lr_train_samples=args.lr_train_samples)
+    try:
+        data = PreparedData(args.prepared)
+        for split in (args.split, args.train_split):
+            if split not in data.meta["splits"]:
+                raise FloorsError(f"{args.prepared}: no split {split!r} (have {sorted(data.meta['splits'])})")
+        result = compute_floors(data, args.split, opts, args.train_split)
+    except (PreparedDataError, FloorsError, FileNotFoundError) as e:
+        print(f"muse-rec baselines: {e}", file=sys.stderr)
+        return 2
+    for name, why in result["skipped"].items():
+        print(f"muse-rec baselines: WARNING: floor {name} skipped: {why}", file=sys.stderr)
+    print(f"{result['prepared']}, split {result['split']}: {result['samples']:,} samples, {result['users']:,} users "
+          f"({result['gauc_users']:,} with both labels enter GAUC), train CTR {result['prior_ctr']:.4f}, "
+          f"{100 * result['targets_with_scl']:.1f}% of targets have an SCL vector")
+    print(floors_table(result))
+    print("logloss '-': the score is a similarity, not a probability (only popularity and the regression are).")
+    if args.out:
+        print(f"wrote {save_metrics_json(args.out, result)}")
+    return 0

@@ -1,0 +1,242 @@
+"""Per-sample scores of the model-free floors (see `muse_rec.metrics.floors` for the floors).
+
+- `ItemCtr`: train impressions and clicks per item, the smoothed CTR (leave-one-out on train).
+- `scl_scores` / `split_scores`: the SCL cosine floors, streamed over a split.
+
+Missing vectors follow the GSU's rule (`NO_VECTOR_SCORE`): a sample whose target has no SCL
+vector, or whose history window has none, has no cosine and scores -1.1, below every real cosine.
+
+Memory: the split is read in chunks of whole users (samples sorted by user, so each history
+is gathered once); a chunk holds at most ``chunk_slots`` (sample, history position) pairs, i.e.
+at most ``chunk_slots x 128`` B of int8 vectors and ``chunk_slots x 4`` B of fp32 cosines
+(default 2^20: ~130 MB + 4 MB), however long the histories. Only the per-sample scores
+(4 x 8 B per sample) and the metric inputs stay for the whole split: the metrics need them all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from muse_rec.data.prepared import PreparedData
+from muse_rec.modules.cosine import grouped_cosine
+from muse_rec.modules.selection import NO_VECTOR_SCORE, cosine_selection_scores, decode_cosine_selection
+
+SCL_FLOORS = ("cos_mean_history", "cos_mean_recent", "mean_topk_similarity")
+
+
+class FloorsError(ValueError):
+    """The floors cannot be computed on this data (the message says which file / split / why)."""
+
+
+@dataclass(frozen=True)
+class FloorOptions:
+    """Knobs of the floors (all recorded in the result so a cache can tell runs apart).
+
+    Attributes:
+        seq_len: behaviours per user the history floors see (the newest); 0 = the whole stored
+            history. A run's check uses its ``data.seq_len``, so the floor sees what the model sees.
+        recent: behaviours of ``cos_mean_recent`` (the newest ones).
+        top_k: K of ``mean_topk_similarity`` (the paper's GSU keeps 50).
+        prior_strength: ``a`` of the popularity smoothing, in pseudo-impressions at the prior CTR.
+            20 lets an item's own clicks outweigh the prior once it has a few dozen impressions.
+        lr_train_samples: train samples the logistic regression is fitted on (a seeded uniform
+            subsample when the split is larger): 5 weights need far fewer than a release's 76M.
+        lr_l2: L2 penalty on the standardised weights (per-sample loss scale); keeps Newton's
+            Hessian invertible when a feature is constant (e.g. no SCL vectors at all).
+        chunk_samples: most samples per streamed chunk.
+        chunk_slots: most (sample x history position) pairs per chunk: the memory bound (see the
+            module docstring). A single user longer than that still forms one chunk.
+        seed: seed of the train subsample.
+    """
+
+    seq_len: int = 0
+    recent: int = 50
+    top_k: int = 50
+    prior_strength: float = 20.0
+    lr_train_samples: int = 200_000
+    lr_l2: float = 1e-4
+    chunk_samples: int = 1024
+    chunk_slots: int = 1 << 20
+    seed: int = 0
+
+    def check(self) -> None:
+        for key in ("recent", "top_k", "chunk_samples", "chunk_slots", "lr_train_samples"):
+            if getattr(self, key) <= 0:
+                raise FloorsError(f"floors option {key} must be > 0, got {getattr(self, key)}")
+        if self.seq_len < 0:
+            raise FloorsError(f"floors option seq_len must be >= 0 (0 = whole history), got {self.seq_len}")
+        if not self.prior_strength > 0 or not self.lr_l2 > 0:
+            raise FloorsError(f"floors options prior_strength and lr_l2 must be > 0, got "
+                              f"{self.prior_strength}, {self.lr_l2}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Popularity: smoothed train CTR per item.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ItemCtr:
+    """Train impressions and clicks per item row, and the smoothing that turns them into a CTR."""
+
+    impressions: np.ndarray  # [n_items] int64, memory-mapped items/popularity.npy
+    clicked_items: np.ndarray  # [C] int64 sorted distinct item rows with >= 1 train click
+    clicks: np.ndarray  # [C] int64 clicks of those rows
+    prior: float  # global train CTR
+    strength: float  # a
+
+    @classmethod
+    def from_train(cls, data: PreparedData, split: str, strength: float, chunk: int = 1 << 22) -> "ItemCtr":
+        """Count clicks per target item over the train split, ``chunk`` samples at a time.
+
+        Only clicked targets are kept (one int32 each, then one sort), not an ``[n_items]`` array:
+        the full vocabulary has 243M rows.
+        """
+        n = data.num_samples(split)
+        if n == 0:
+            raise FloorsError(f"{data.path}: split {split!r} has no samples; the popularity floor needs train clicks")
+        labels, items = data.array(f"{split}/labels.npy"), data.array(f"{split}/sample_items.npy")
+        clicked: List[np.ndarray] = []
+        for lo in range(0, n, chunk):
+            y = np.asarray(labels[lo:lo + chunk])
+            clicked.append(np.asarray(items[lo:lo + chunk])[y == 1])
+        rows, counts = np.unique(np.concatenate(clicked), return_counts=True)
+        prior = float(counts.sum()) / n
+        return cls(data.item_popularity(), rows.astype(np.int64), counts.astype(np.int64), prior, strength)
+
+    def clicks_of(self, items: np.ndarray) -> np.ndarray:
+        """``[n]`` int64 train clicks of item rows ``items [n]``."""
+        if self.clicked_items.size == 0:
+            return np.zeros(items.shape, np.int64)
+        pos = np.minimum(np.searchsorted(self.clicked_items, items), self.clicked_items.size - 1)
+        return np.where(self.clicked_items[pos] == items, self.clicks[pos], 0)
+
+    def ctr(self, items: np.ndarray, own_labels: Optional[np.ndarray] = None) -> np.ndarray:
+        """``[n]`` float64 smoothed CTR; with ``own_labels`` (train samples) leave-one-out, so a
+        train sample's feature does not contain its own label."""
+        clicks = self.clicks_of(items).astype(np.float64)
+        imps = np.asarray(self.impressions[items]).astype(np.float64)
+        if own_labels is not None:
+            clicks, imps = clicks - own_labels, imps - 1.0
+        a = self.strength
+        return (clicks + a * self.prior) / (imps + a)
+
+
+# ----------------------------------------------------------------------------------------------
+# SCL floors: one chunk of samples at a time, histories gathered once per user.
+# ----------------------------------------------------------------------------------------------
+
+
+def _cos_with_sum(target: np.ndarray, summed: np.ndarray) -> np.ndarray:
+    """``[n]`` float64 cosine of int8 ``target [n, D]`` with summed vectors ``[n, D]``; the
+    sentinel where either is zero. A sum of vectors points where their mean points."""
+    t, s = target.astype(np.float64), summed.astype(np.float64)
+    denom = np.linalg.norm(t, axis=1) * np.linalg.norm(s, axis=1)
+    ok = denom > 0
+    cos = np.einsum("nd,nd->n", t, s) / np.where(ok, denom, 1.0)
+    return np.where(ok, np.clip(cos, -1.0, 1.0), NO_VECTOR_SCORE)
+
+
+def _histories(data: PreparedData, split: str, user_rows: np.ndarray, seq_len: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Right-aligned histories of ``user_rows [U]``: item rows ``[U, Lmax]`` int64 (0 = padding)
+    and ``mask [U, Lmax]`` bool, newest behaviour last, the newest ``seq_len`` kept (0 = all)."""
+    off = data.array(f"{split}/seq_offsets.npy")
+    end = np.asarray(off[user_rows + 1]).astype(np.int64)
+    length = end - np.asarray(off[user_rows]).astype(np.int64)
+    if seq_len:
+        length = np.minimum(length, seq_len)
+    width = int(length.max()) if length.size else 0
+    pos = np.arange(width, dtype=np.int64)
+    mask = pos[None, :] >= (width - length)[:, None]
+    items = np.zeros((user_rows.size, width), np.int64)
+    items[mask] = np.asarray(data.array(f"{split}/seq_items.npy")[((end - width)[:, None] + pos[None, :])[mask]])
+    return items, mask
+
+
+def scl_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptions) -> Dict[str, np.ndarray]:
+    """The three SCL floors of samples ``idx [n]`` (positions in ``split``): name -> ``[n]`` float64."""
+    scl = data.scl()
+    n = idx.size
+    target = np.asarray(scl[np.asarray(data.array(f"{split}/sample_items.npy")[idx])])  # [n, D] int8
+    users = np.asarray(data.array(f"{split}/sample_users.npy")[idx]).astype(np.int64)
+    has_user = users >= 0
+    out = {name: np.full(n, NO_VECTOR_SCORE) for name in SCL_FLOORS}
+    if not has_user.any():
+        return out
+    rows, index = np.unique(users[has_user], return_inverse=True)
+    items, mask = _histories(data, split, rows, opts.seq_len)
+    if items.shape[1] == 0:
+        return out
+    keys = np.asarray(scl[items])  # [U, Lmax, D] int8; padding is row 0, the zero vector
+    # int32 is exact up to 2^31 / 127 = 16.9M behaviours per user and sums ~2.5x faster than int64.
+    summed = keys.sum(axis=1, dtype=np.int32)  # [U, D]
+    recent = keys[:, -opts.recent:].sum(axis=1, dtype=np.int32)
+    out["cos_mean_history"][has_user] = _cos_with_sum(target[has_user], summed[index])
+    out["cos_mean_recent"][has_user] = _cos_with_sum(target[has_user], recent[index])
+    # Top-K exactly as the cosine GSU selects: its kernel, its sentinels, its decoding.
+    index_t = torch.from_numpy(index.astype(np.int64))
+    cos, has_vector = grouped_cosine(torch.from_numpy(target[has_user]), torch.from_numpy(keys), index_t)
+    width = keys.shape[1]
+    sel = cosine_selection_scores(cos, has_vector, torch.from_numpy(mask)[index_t], 0, width)
+    values, positions = torch.topk(sel, min(opts.top_k, width), dim=1)
+    picked = decode_cosine_selection(values, positions, opts.top_k)
+    count = picked.has_score.sum(1)
+    mean = picked.scores.to(torch.float64).sum(1) / count.clamp_min(1)
+    out["mean_topk_similarity"][has_user] = torch.where(count > 0, mean, NO_VECTOR_SCORE).numpy()
+    return out
+
+
+def _user_chunks(users_sorted: np.ndarray, lengths: np.ndarray, max_samples: int, max_slots: int) -> Iterator[slice]:
+    """Slices of ``users_sorted [n]`` (ascending user rows) holding whole users, each with at most
+    ``max_samples`` samples and ``samples x longest history <= max_slots`` (at least one user).
+
+    Args:
+        lengths: ``[n]`` history length each sample's floors see.
+    """
+    n = users_sorted.size
+    if n == 0:
+        return
+    starts = np.flatnonzero(np.concatenate(([True], users_sorted[1:] != users_sorted[:-1])))
+    ends = np.append(starts[1:], n)
+    group_len = lengths[starts]
+    g = 0
+    while g < starts.size:
+        h = min(starts.size, g + max_samples)  # a user has >= 1 sample: never more groups than samples
+        samples = ends[g:h] - starts[g]
+        ok = (samples <= max_samples) & (samples * np.maximum.accumulate(group_len[g:h]) <= max_slots)
+        take = max(1, ok.size if ok.all() else int(np.argmin(ok)))  # ok is monotone: leading Trues
+        yield slice(int(starts[g]), int(ends[g + take - 1]))
+        g += take
+
+
+def _history_lengths(data: PreparedData, split: str, users: np.ndarray, seq_len: int) -> np.ndarray:
+    """``[n]`` int64 behaviours the floors see per sample (0 without a user row)."""
+    off = data.array(f"{split}/seq_offsets.npy")
+    u = np.where(users >= 0, users, 0)
+    length = np.where(users >= 0, np.asarray(off[u + 1]) - np.asarray(off[u]), 0).astype(np.int64)
+    return np.minimum(length, seq_len) if seq_len else length
+
+
+def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptions, ctr: ItemCtr,
+                 with_scl: bool, leave_one_out: bool = False) -> Dict[str, np.ndarray]:
+    """Floor scores of samples ``idx`` (any order, streamed in user order): name -> ``[n]``."""
+    n = idx.size
+    labels = np.asarray(data.array(f"{split}/labels.npy")[idx]).astype(np.float64)
+    items = np.asarray(data.array(f"{split}/sample_items.npy")[idx]).astype(np.int64)
+    out = {"popularity": ctr.ctr(items, labels if leave_one_out else None)}
+    if not with_scl:
+        return out
+    for name in SCL_FLOORS:
+        out[name] = np.empty(n, np.float64)
+    users = np.asarray(data.array(f"{split}/sample_users.npy")[idx]).astype(np.int64)
+    by_user = np.argsort(users, kind="stable")  # one user's samples share a chunk (history read once)
+    users_sorted = users[by_user]
+    lengths = _history_lengths(data, split, users_sorted, opts.seq_len)
+    for cut in _user_chunks(users_sorted, lengths, opts.chunk_samples, opts.chunk_slots):
+        part = np.sort(by_user[cut])  # ascending positions read the memory maps forward
+        for name, v in scl_scores(data, split, idx[part], opts).items():
+            out[name][part] = v
+    return out

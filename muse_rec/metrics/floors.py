@@ -1,0 +1,271 @@
+"""Model-free floors: the scores every CTR practitioner checks before trusting a model.
+
+Each floor scores every sample of a prepared split without training a network; the project's
+exact metrics (`muse_rec.metrics.kernels`: GAUC, AUC, logloss) then say how far it gets. A
+model whose GAUC is below the best floor has learned less than a one-line heuristic.
+
+Floors (``FLOORS``, name -> what):
+
+- ``popularity``: smoothed train CTR of the target item,
+  ``(clicks + a * prior) / (impressions + a)``, ``prior`` = the global train CTR, ``a`` =
+  ``FloorOptions.prior_strength``; items never a train target get the prior.
+- ``cos_mean_history``: cosine of the target's SCL vector with the mean SCL vector of the
+  user's history (the newest ``seq_len`` behaviours; all of them when ``seq_len`` = 0).
+- ``cos_mean_recent``: the same over the newest ``recent`` behaviours (default 50).
+- ``mean_topk_similarity``: mean of the K highest cosines of the target with the history,
+  selected by the multimodal GSU's own rule (`muse_rec.modules.selection`): only behaviours
+  with a vector have a cosine; slots without one are not averaged.
+- ``logistic_regression``: the four scores above (cosines 0 where missing, plus a "missing"
+  indicator) standardised, fitted on (a fixed subsample of) the train split by Newton's method
+  with a small L2 penalty, evaluated on the split.
+
+Scores: `muse_rec.metrics.floor_scores` (missing vectors, memory bound). Here: the regression,
+the metrics of every floor, the cache and a trained run's check.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from muse_rec.data.prepared import PreparedData
+from muse_rec.metrics.floor_scores import SCL_FLOORS, FloorOptions, FloorsError, ItemCtr, split_scores
+from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, auc, logloss, user_auc
+from muse_rec.metrics.report import save_metrics_json
+
+__all__ = ["FLOORS", "FloorOptions", "FloorsError", "ItemCtr", "below_floor_message", "cached_floors",
+           "check_run_against_floors", "compute_floors", "fit_logistic", "lr_features", "split_scores"]
+
+logger = logging.getLogger("muse_rec")
+
+# Bumped whenever a floor's definition changes: cached floor files of another version are stale.
+FLOORS_VERSION = 1
+
+FLOORS: Dict[str, str] = {
+    "popularity": "smoothed train CTR of the target item",
+    "cos_mean_history": "cos(target, mean history SCL)",
+    "cos_mean_recent": "cos(target, mean SCL of the newest {recent})",
+    "mean_topk_similarity": "mean of the top-{top_k} SCL cosines (GSU rule)",
+    "logistic_regression": "logistic regression on the floors above, fitted on train",
+}
+# Floors whose scores are click probabilities, so their logloss means something. The cosines
+# are not; their logloss is reported as None ("-"), not invented by an arbitrary squashing.
+PROBABILITY_FLOORS = ("popularity", "logistic_regression")
+
+
+def describe(name: str, opts: FloorOptions) -> str:
+    """The human name of floor ``name`` (with its K / recent window filled in)."""
+    return FLOORS[name].format(recent=opts.recent, top_k=opts.top_k)
+
+
+# ----------------------------------------------------------------------------------------------
+# Logistic regression on the floors.
+# ----------------------------------------------------------------------------------------------
+
+
+def lr_features(scores: Dict[str, np.ndarray]) -> np.ndarray:
+    """``[n, F]`` float64: logit of the smoothed CTR, the SCL floors (0 where missing) and one
+    "some cosine missing" indicator, so a missing value is not read as a real cosine of -1.1."""
+    p = np.clip(scores["popularity"], DEFAULT_LOGLOSS_EPS, 1 - DEFAULT_LOGLOSS_EPS)
+    cols = [np.log(p / (1 - p))]
+    names = [k for k in SCL_FLOORS if k in scores]
+    missing = np.zeros(p.shape, bool)
+    for k in names:
+        gone = scores[k] < -1.0
+        missing |= gone
+        cols.append(np.where(gone, 0.0, scores[k]))
+    if names:
+        cols.append(missing.astype(np.float64))
+    return np.stack(cols, axis=1)
+
+
+@dataclass
+class LogisticModel:
+    """``p = sigmoid(((x - mean) / scale) . w + b)``."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: float
+    iterations: int
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        z = ((x - self.mean) / self.scale) @ self.weights + self.bias
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iter: int = 50, tol: float = 1e-10) -> LogisticModel:
+    """Newton's method on ``mean logloss + l2/2 |w|^2`` over standardised ``x [n, F]``, ``y [n]``.
+
+    Why Newton and not SGD/LBFGS: with F <= 5 features the Hessian is tiny, the objective is
+    strictly convex, and Newton converges to the exact optimum in ~10 deterministic steps with
+    no learning rate to tune (a floor must not depend on tuning).
+    """
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale = np.where(scale > 0, scale, 1.0)  # a constant column becomes 0; the L2 keeps H regular
+    z = np.concatenate([(x - mean) / scale, np.ones((x.shape[0], 1))], axis=1)
+    theta = np.zeros(z.shape[1])
+    reg = np.full(z.shape[1], l2)
+    reg[-1] = 0.0  # the bias is not penalised
+    it = 0
+    for it in range(1, max_iter + 1):
+        p = 1.0 / (1.0 + np.exp(-(z @ theta)))
+        grad = z.T @ (p - y) / y.size + reg * theta
+        hess = (z * (p * (1 - p))[:, None]).T @ z / y.size + np.diag(reg)
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.max(np.abs(step)) < tol:
+            break
+    return LogisticModel(mean, scale, theta[:-1], float(theta[-1]), it)
+
+
+# ----------------------------------------------------------------------------------------------
+# Everything together.
+# ----------------------------------------------------------------------------------------------
+
+
+def _metrics(user_keys: np.ndarray, labels: np.ndarray, scores: np.ndarray, probability: bool) -> Dict:
+    per_user = user_auc(user_keys, scores, labels)
+    return {"gauc": per_user.gauc(), "auc": auc(scores, labels),
+            "logloss": logloss(scores, labels) if probability else None,
+            "gauc_users": int(per_user.valid.sum()), "gauc_samples": per_user.gauc_samples}
+
+
+def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions = FloorOptions(),
+                   train_split: str = "train") -> Dict:
+    """Every floor's GAUC / AUC / logloss on ``split`` (strict-JSON-able dict, see docs/metrics.md).
+
+    Raises:
+        FloorsError: the split is empty, has no user with both a click and a non-click (GAUC is
+            undefined), or train has no samples. Floors that cannot be computed (no SCL vectors;
+            train with a single label value for the regression) are skipped and listed in
+            ``skipped`` with the reason.
+    """
+    opts.check()
+    n = data.num_samples(split)
+    if n == 0:
+        raise FloorsError(f"{data.path}: split {split!r} has no samples")
+    user_keys = np.asarray(data.array(f"{split}/sample_user_keys.npy"))
+    labels = np.asarray(data.array(f"{split}/labels.npy"))
+    per_user = user_auc(user_keys, np.zeros(n), labels)
+    if not per_user.valid.any():
+        raise FloorsError(
+            f"{data.path}: split {split!r}: none of its {per_user.user_keys.size} users has both a click and a "
+            f"non-click ({int(labels.sum())} clicks in {n} samples), so GAUC is undefined for any scorer")
+    skipped: Dict[str, str] = {}
+    with_scl = bool(np.asarray(data.scl_present()).any())
+    if not with_scl:
+        for name in SCL_FLOORS:
+            skipped[name] = "the prepared data has no SCL vectors (items/scl_present.npy is all False)"
+    ctr = ItemCtr.from_train(data, train_split, opts.prior_strength)
+    scores = split_scores(data, split, np.arange(n, dtype=np.int64), opts, ctr, with_scl)
+
+    train_n = data.num_samples(train_split)
+    rng = np.random.default_rng(opts.seed)
+    fit_idx = (np.arange(train_n, dtype=np.int64) if train_n <= opts.lr_train_samples
+               else np.sort(rng.choice(train_n, opts.lr_train_samples, replace=False)))
+    y_fit = np.asarray(data.array(f"{train_split}/labels.npy")[fit_idx]).astype(np.float64)
+    model: Optional[LogisticModel] = None
+    if not with_scl:
+        skipped["logistic_regression"] = "only the popularity floor is available (no SCL vectors): nothing to combine"
+    elif y_fit.min() == y_fit.max():
+        skipped["logistic_regression"] = f"the {fit_idx.size} train samples it is fitted on all have label {int(y_fit[0])}"
+    else:
+        train_scores = split_scores(data, train_split, fit_idx, opts, ctr, with_scl, leave_one_out=True)
+        model = fit_logistic(lr_features(train_scores), y_fit, opts.lr_l2)
+        scores["logistic_regression"] = model.predict(lr_features(scores))
+
+    floors: Dict[str, Dict] = {}
+    for name in FLOORS:
+        if name in scores:
+            floors[name] = {"description": describe(name, opts),
+                            **_metrics(user_keys, labels, scores[name], name in PROBABILITY_FLOORS)}
+    best = max(floors, key=lambda k: floors[k]["gauc"])
+    target_vec = np.asarray(data.scl_present()[np.asarray(data.array(f"{split}/sample_items.npy"))])
+    result = {
+        "version": FLOORS_VERSION, "prepared": str(data.path), "split": split, "train_split": train_split,
+        "options": asdict(opts), "samples": n, "users": int(per_user.user_keys.size),
+        "gauc_users": int(per_user.valid.sum()), "positives": int(labels.sum()),
+        "prior_ctr": ctr.prior, "targets_with_scl": float(target_vec.mean()),
+        "floors": floors, "skipped": skipped, "best": {"name": best, **floors[best]},
+    }
+    if model is not None:
+        result["logistic_regression"] = {"fitted_on": int(fit_idx.size), "newton_iterations": model.iterations,
+                                         "weights": model.weights.tolist(), "bias": model.bias}
+    return result
+
+
+def below_floor_message(gauc: float, floors: Dict) -> Tuple[bool, str]:
+    """``(below, sentence)`` comparing a model's GAUC with the best floor of `compute_floors`."""
+    best = floors["best"]
+    name, value = best["description"], best["gauc"]
+    if math.isnan(gauc):
+        return False, f"GAUC is undefined; the best model-free floor '{name}' reaches {value:.4f}"
+    if gauc < value:
+        return True, (f"GAUC {gauc:.4f} is below the model-free floor '{name}' {value:.4f} "
+                      f"({gauc - value:+.4f}): a score without training ranks this split better than the model; check "
+                      "the learning rates, the number of steps and the data")
+    return False, f"GAUC {gauc:.4f} is above the best model-free floor '{name}' {value:.4f} ({gauc - value:+.4f})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache: `compare` and `reproduce` read floors many times; they are computed once per data set.
+# ----------------------------------------------------------------------------------------------
+
+
+def cache_name(data: PreparedData, split: str, opts: FloorOptions, train_split: str = "train") -> str:
+    """File name unique to (the prepared data's meta.json, splits, options, FLOORS_VERSION).
+
+    meta.json carries the input fingerprint and every count, so re-preparing other data under
+    the same path gives another name (no stale floors)."""
+    key = json.dumps({"meta": data.meta, "split": split, "train_split": train_split, "options": asdict(opts),
+                      "version": FLOORS_VERSION}, sort_keys=True, default=str)
+    return f"floors-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def cached_floors(data: PreparedData, split: str, opts: FloorOptions, cache_dir: str,
+                  train_split: str = "train") -> Dict:
+    """`compute_floors`, read from ``cache_dir`` when already computed there, else computed and
+    written there (atomically). ``cache_dir`` is never inside the prepared data, which may be
+    read-only or shared."""
+    path = Path(cache_dir) / cache_name(data, split, opts, train_split)
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            logger.warning("%s: unreadable cached floors, recomputing", path)
+    result = compute_floors(data, split, opts, train_split)
+    save_metrics_json(path, result)
+    return json.loads(path.read_text())  # what a later cache hit returns (NaN -> null)
+
+
+def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc: Optional[float], cache_dir: str,
+                             train_split: str = "train") -> Dict:
+    """A finished run's check (`train.check_floors`): the floors of its eval split at its
+    ``seq_len`` (cached in ``cache_dir``), logged beside its GAUC; a WARNING when it is below.
+
+    Returns the keys the run records in metrics.json: ``floors`` (name -> description, gauc,
+    auc, logloss), ``best_floor`` and ``below_floor``; or ``floors_error`` when the floors
+    cannot be computed on this data (the run itself is not failed for that).
+    """
+    start = time.perf_counter()
+    try:
+        result = cached_floors(data, split, FloorOptions(seq_len=seq_len), cache_dir, train_split)
+    except FloorsError as e:
+        logger.warning("model-free floors not checked: %s", e)
+        return {"floors_error": str(e)}
+    keep = ("description", "gauc", "auc", "logloss")
+    floors = {k: {f: v.get(f) for f in keep} for k, v in result["floors"].items()}
+    below, sentence = below_floor_message(float("nan") if gauc is None else gauc, result)
+    (logger.warning if below else logger.info)("%s [floors: %s, split %s, seq_len %d; %.1f s]", sentence,
+                                              data.path, split, seq_len, time.perf_counter() - start)
+    return {"floors": floors, "best_floor": {"name": result["best"]["name"], "gauc": result["best"]["gauc"]},
+            "below_floor": below}

@@ -1,0 +1,422 @@
+"""Model-free floors (`muse_rec.metrics.floors`) against a brute-force computation, and bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+
+from muse_rec.cli import main as cli_main
+from muse_rec.data.prepare import PrepareConfig, prepare
+from muse_rec.data.prepared import PreparedData
+from muse_rec.data.synth import write_synthetic_release
+from muse_rec.data.synth_config import SynthConfig
+from muse_rec.metrics.floors import (FloorOptions, FloorsError, ItemCtr, below_floor_message, cached_floors,
+                                     compute_floors, fit_logistic, lr_features, split_scores)
+
+NO_VEC = -1.1
+# Small windows so the seq_len cap, the recent window and K all bind on the tiny release
+# (histories there are up to 200 long); small chunks so both chunk bounds cut the split.
+OPTS = FloorOptions(seq_len=60, recent=7, top_k=9, prior_strength=5.0, chunk_samples=97, chunk_slots=2000)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("floors")
+    write_synthetic_release(str(root / "raw"), SynthConfig.preset("tiny"), progress=False, diagnostics=False)
+    prepare(str(root / "raw"), str(root / "prepared"), PrepareConfig(progress=False))
+    return root / "prepared"
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _rewrite(path: Path, fn) -> None:
+    a = np.load(path)
+    np.save(path, fn(a.copy()))
+
+
+@pytest.fixture(scope="module")
+def holes(tiny: Path, tmp_path_factory) -> Path:
+    """The tiny set with the edge cases the floors must handle: targets and behaviour items
+    without an SCL vector, and test samples whose user has no history row."""
+    d = _copy(tiny, tmp_path_factory.mktemp("holes") / "prepared")
+    rng = np.random.default_rng(3)
+    n_items = np.load(d / "items/scl.npy", mmap_mode="r").shape[0]
+    drop = rng.choice(np.arange(1, n_items), n_items // 5, replace=False)  # 20% of items lose their vector
+
+    def zero_rows(a):
+        a[drop] = 0
+        return a
+
+    _rewrite(d / "items/scl.npy", zero_rows)
+    _rewrite(d / "items/scl_present.npy", zero_rows)
+    no_user = rng.choice(np.load(d / "test/labels.npy").size, 40, replace=False)
+
+    def orphan(a):
+        a[no_user] = -1
+        return a
+
+    _rewrite(d / "test/sample_users.npy", orphan)
+    return d
+
+
+# ----------------------------------------------------------------------------------------------
+# Brute force: one sample at a time, float64, no shared code with floors.py.
+# ----------------------------------------------------------------------------------------------
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return NO_VEC if na == 0 or nb == 0 else float(np.clip(a @ b / (na * nb), -1, 1))
+
+
+def brute_scores(d: Path, split: str, opts: FloorOptions) -> Dict[str, np.ndarray]:
+    ld = lambda rel: np.load(d / rel)  # noqa: E731
+    scl = ld("items/scl.npy")
+    tr_items, tr_labels = ld("train/sample_items.npy"), ld("train/labels.npy")
+    prior = tr_labels.sum() / tr_labels.size
+    imps: Dict[int, int] = {}
+    clicks: Dict[int, int] = {}
+    for i, y in zip(tr_items.tolist(), tr_labels.tolist()):
+        imps[i] = imps.get(i, 0) + 1
+        clicks[i] = clicks.get(i, 0) + y
+    items, users = ld(f"{split}/sample_items.npy"), ld(f"{split}/sample_users.npy")
+    off, seq = ld(f"{split}/seq_offsets.npy"), ld(f"{split}/seq_items.npy")
+    out = {k: [] for k in ("popularity", "cos_mean_history", "cos_mean_recent", "mean_topk_similarity")}
+    for item, u in zip(items.tolist(), users.tolist()):
+        a = opts.prior_strength
+        out["popularity"].append((clicks.get(item, 0) + a * prior) / (imps.get(item, 0) + a))
+        hist = seq[off[u]:off[u + 1]][-opts.seq_len:] if u >= 0 else seq[:0]
+        vecs = scl[hist].astype(np.float64)
+        t = scl[item]
+        out["cos_mean_history"].append(_cos(t, vecs.mean(0)) if len(hist) else NO_VEC)
+        out["cos_mean_recent"].append(_cos(t, vecs[-opts.recent:].mean(0)) if len(hist) else NO_VEC)
+        sims = sorted((_cos(t, v) for v in vecs if np.any(v) and np.any(t)), reverse=True)[:opts.top_k]
+        out["mean_topk_similarity"].append(float(np.mean(sims)) if sims else NO_VEC)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def brute_gauc(users: np.ndarray, s: np.ndarray, y: np.ndarray) -> float:
+    num = den = 0.0
+    for u in np.unique(users):
+        m = users == u
+        pos, neg = s[m][y[m] == 1], s[m][y[m] == 0]
+        if len(pos) and len(neg):
+            diff = pos[:, None] - neg[None, :]
+            num += m.sum() * ((diff > 0).mean() + 0.5 * (diff == 0).mean())
+            den += m.sum()
+    return num / den
+
+
+def brute_auc(s: np.ndarray, y: np.ndarray) -> float:
+    diff = s[y == 1][:, None] - s[y == 0][None, :]
+    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+
+
+# fp32 cosine kernels (grouped_cosine) vs fp64: int8 dot products are exact in fp32, the norms
+# and the division round once each: relative error a few fp32 ulps (6e-8) -> 1e-6 is ample;
+# the mean of K such values keeps the bound. Mean-vector cosines are computed in fp64 (1e-12).
+COS_TOL = {"popularity": 1e-12, "cos_mean_history": 1e-12, "cos_mean_recent": 1e-12, "mean_topk_similarity": 1e-6}
+
+
+@pytest.mark.parametrize("which", ["tiny", "holes"])
+def test_scores_and_metrics_match_brute_force(which, tiny, holes):
+    d = tiny if which == "tiny" else holes
+    data = PreparedData(str(d))
+    n = data.num_samples("test")
+    ctr = ItemCtr.from_train(data, "train", OPTS.prior_strength)
+    ours = split_scores(data, "test", np.arange(n), OPTS, ctr, with_scl=True)
+    ref = brute_scores(d, "test", OPTS)
+    for k, v in ref.items():
+        np.testing.assert_allclose(ours[k], v, rtol=0, atol=COS_TOL[k], err_msg=k)
+    if which == "holes":  # the edge cases really occur
+        assert (ref["mean_topk_similarity"] == NO_VEC).sum() >= 40
+        assert (ref["cos_mean_history"] == NO_VEC).any() and (ref["cos_mean_history"] > NO_VEC).any()
+
+    result = compute_floors(data, "test", OPTS)
+    users, y = np.load(d / "test/sample_user_keys.npy"), np.load(d / "test/labels.npy")
+    for k, v in ours.items():
+        # The metrics of the scores just checked, by pairwise counting (the scores themselves
+        # differ from fp64 by <= 1e-6, which can flip near-ties between users, so the metric is
+        # checked on the scores the floor produced).
+        f = result["floors"][k]
+        assert f["gauc"] == pytest.approx(brute_gauc(users, v, y), abs=1e-12), k
+        assert f["auc"] == pytest.approx(brute_auc(v, y), abs=1e-12), k
+    p = np.clip(ref["popularity"], 1e-7, 1 - 1e-7)
+    assert result["floors"]["popularity"]["logloss"] == pytest.approx(
+        -np.mean(np.where(y == 1, np.log(p), np.log(1 - p))), rel=1e-12)
+    assert result["floors"]["cos_mean_history"]["logloss"] is None  # not a probability
+    best = max(result["floors"], key=lambda k: result["floors"][k]["gauc"])
+    assert result["best"]["name"] == best
+
+
+def test_user_chunks_hold_whole_users_within_both_bounds():
+    from muse_rec.metrics.floor_scores import _user_chunks
+
+    rng = np.random.default_rng(1)
+    users = np.sort(rng.integers(-1, 60, 700))
+    per_user_len = rng.integers(0, 300, 61)
+    lengths = np.where(users >= 0, per_user_len[users + 1], 0)
+    lengths[users == 7] = 5000  # one user alone exceeds the slot budget: it still gets a chunk
+    cuts = list(_user_chunks(users, lengths, 50, 3000))
+    assert cuts[0].start == 0 and cuts[-1].stop == users.size
+    assert all(a.stop == b.start for a, b in zip(cuts, cuts[1:]))
+    for c in cuts:
+        u, ln = users[c], lengths[c]
+        assert c.start == 0 or users[c.start - 1] != u[0]  # whole users only
+        n = c.stop - c.start
+        assert (n <= 50 and n * ln.max() <= 3000) or np.unique(u).size == 1
+    # Greedy: merging any chunk with the next user's samples would break a bound.
+    for a, b in zip(cuts, cuts[1:]):
+        nxt = users[b.start:b.stop] == users[b.start]
+        n = a.stop - a.start + int(nxt.sum())
+        assert n > 50 or n * max(lengths[a].max(), lengths[b.start]) > 3000
+
+
+def test_popularity_is_leave_one_out_on_train(tiny):
+    data = PreparedData(str(tiny))
+    ctr = ItemCtr.from_train(data, "train", 5.0)
+    items, y = np.load(tiny / "train/sample_items.npy"), np.load(tiny / "train/labels.npy").astype(float)
+    i = int(np.flatnonzero(y == 1)[0])
+    same = items == items[i]
+    clicks_others, imps_others = y[same].sum() - 1, same.sum() - 1
+    want = (clicks_others + 5.0 * ctr.prior) / (imps_others + 5.0)
+    got = ctr.ctr(items[i:i + 1], y[i:i + 1])[0]
+    assert got == pytest.approx(want, rel=1e-12)
+    # Unseen item -> the prior.
+    unseen = np.flatnonzero(np.asarray(data.item_popularity()) == 0)[:1]
+    assert ctr.ctr(unseen)[0] == pytest.approx(ctr.prior, rel=1e-12)
+
+
+def test_logistic_regression_reaches_the_penalised_optimum():
+    """Newton's answer has zero gradient of its objective (checked independently here) and
+    recovers a planted model."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 3)) * [1.0, 3.0, 0.5] + [0.0, 2.0, -1.0]
+    w_true = np.array([1.0, -0.5, 2.0])
+    y = (rng.random(20000) < 1 / (1 + np.exp(-(x @ w_true - 0.3)))).astype(float)
+    m = fit_logistic(x, y, l2=1e-4)
+    z = (x - m.mean) / m.scale
+    p = m.predict(x)
+    grad_w = z.T @ (p - y) / y.size + 1e-4 * m.weights
+    grad_b = np.mean(p - y)
+    assert np.max(np.abs(grad_w)) < 1e-9 and abs(grad_b) < 1e-9
+    # The planted weights lie within 5 standard errors (inverse Fisher information) of the fit.
+    zb = np.concatenate([z, np.ones((y.size, 1))], axis=1)
+    se = np.sqrt(np.diag(np.linalg.inv((zb * (p * (1 - p))[:, None]).T @ zb)))[:3] / m.scale
+    assert np.all(np.abs(m.weights / m.scale - w_true) < 5 * se), (m.weights / m.scale, se)
+
+
+def test_regression_floor_is_fitted_on_train_features(tiny):
+    data = PreparedData(str(tiny))
+    result = compute_floors(data, "test", OPTS)
+    lr = result["logistic_regression"]
+    ctr = ItemCtr.from_train(data, "train", OPTS.prior_strength)
+    n = data.num_samples("train")
+    feats = split_scores(data, "train", np.arange(n), OPTS, ctr, with_scl=True, leave_one_out=True)
+    m = fit_logistic(lr_features(feats), np.load(tiny / "train/labels.npy").astype(float), OPTS.lr_l2)
+    np.testing.assert_allclose(lr["weights"], m.weights, rtol=1e-9)
+    assert lr["fitted_on"] == n and 0.0 < result["floors"]["logistic_regression"]["logloss"] < 1.0
+
+
+def test_message_says_below_or_above():
+    floors = {"best": {"name": "cos_mean_history", "description": "cos(target, mean history SCL)", "gauc": 0.63}}
+    below, msg = below_floor_message(0.61, floors)
+    assert below and "GAUC 0.6100 is below the model-free floor 'cos(target, mean history SCL)' 0.6300" in msg
+    below, msg = below_floor_message(0.65, floors)
+    assert not below and "above" in msg
+
+
+def test_cache_is_reused_and_keyed_by_options(tiny, tmp_path):
+    data = PreparedData(str(tiny))
+    a = cached_floors(data, "test", OPTS, str(tmp_path))
+    files = list(tmp_path.glob("floors-test-*.json"))
+    assert len(files) == 1 and a == json.loads(files[0].read_text())
+    files[0].write_text(files[0].read_text().replace('"version": 1', '"version": 1, "marker": 7'))
+    assert cached_floors(data, "test", OPTS, str(tmp_path))["marker"] == 7  # read, not recomputed
+    cached_floors(data, "test", FloorOptions(top_k=3), str(tmp_path))
+    assert len(list(tmp_path.glob("floors-test-*.json"))) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI and bad input.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_cli_prints_table_and_writes_strict_json(tiny, tmp_path, capsys):
+    out = tmp_path / "floors.json"
+    assert cli_main(["baselines", str(tiny), "--top-k", "9", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in ("popularity", "cos_mean_history", "cos_mean_recent", "mean_topk_similarity", "logistic_regression"):
+        assert name in text
+    assert "(best)" in text
+    got = json.loads(out.read_text())  # strict JSON: json.loads would reject NaN only if parse_constant says so
+    assert "NaN" not in out.read_text() and got["options"]["top_k"] == 9
+
+
+def test_no_scl_vectors_skips_those_floors_with_a_warning(tiny, tmp_path, capsys):
+    d = _copy(tiny, tmp_path / "prepared")
+    _rewrite(d / "items/scl.npy", lambda a: np.zeros_like(a))
+    _rewrite(d / "items/scl_present.npy", lambda a: np.zeros_like(a))
+    assert cli_main(["baselines", str(d), "--out", str(tmp_path / "f.json")]) == 0
+    captured = capsys.readouterr()
+    assert "floor cos_mean_history skipped: the prepared data has no SCL vectors" in captured.err
+    got = json.loads((tmp_path / "f.json").read_text())
+    assert list(got["floors"]) == ["popularity"] and got["best"]["name"] == "popularity"
+    assert all(v is not None for v in got["floors"]["popularity"].values())
+
+
+def test_one_class_test_users_is_a_clear_error(tiny, tmp_path, capsys):
+    d = _copy(tiny, tmp_path / "prepared")
+    users = np.load(d / "test/sample_user_keys.npy")
+    # Every user's impressions get that user's first label: each user is one-class.
+    first = {u: y for u, y in zip(users[::-1].tolist(), np.load(d / "test/labels.npy")[::-1].tolist())}
+    _rewrite(d / "test/labels.npy", lambda a: np.array([first[u] for u in users.tolist()], dtype=a.dtype))
+    out = tmp_path / "f.json"
+    assert cli_main(["baselines", str(d), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "split 'test': none of its" in err and "GAUC is undefined" in err
+    assert "Traceback" not in err and not out.exists()
+    with pytest.raises(FloorsError):
+        compute_floors(PreparedData(str(d)), "test", OPTS)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--split", "valid"], "no split 'valid'"),
+    (["--top-k", "0"], "top_k must be > 0"),
+])
+def test_bad_arguments_exit_2(tiny, capsys, args, words):
+    assert cli_main(["baselines", str(tiny), *args]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_not_a_prepared_directory_exits_2(tmp_path, capsys):
+    assert cli_main(["baselines", str(tmp_path)]) == 2
+    assert "no meta.json" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Beside the models: compare, the reproduce report, a trained run's check.
+# ----------------------------------------------------------------------------------------------
+
+FAKE_FLOORS = {
+    "popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.52, "auc": 0.53, "logloss": 0.41},
+    "cos_mean_history": {"description": "cos(target, mean history SCL)", "gauc": 0.63, "auc": 0.62, "logloss": None},
+}
+
+
+def _fake_run(d: Path, method: str, gauc: float, floors=None, spec_data=None) -> Path:
+    d.mkdir(parents=True)
+    m = {"method": method, "gauc": gauc, "auc": gauc, "logloss": 0.4, "train_samples_per_s": 100.0}
+    if floors:
+        m["floors"] = floors
+    (d / "metrics.json").write_text(json.dumps(m))
+    if spec_data:
+        import yaml
+
+        (d / "spec.yaml").write_text(yaml.safe_dump({"data": spec_data}))
+    return d
+
+
+def test_compare_shows_recorded_floors_and_who_is_below(tmp_path, capsys):
+    din = _fake_run(tmp_path / "din", "DIN", 0.61, FAKE_FLOORS)
+    muse = _fake_run(tmp_path / "muse", "MUSE", 0.66, FAKE_FLOORS)
+    assert cli_main(["compare", str(din), str(muse), "--out", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "| floor: cos(target, mean history SCL)" in text and "0.6300" in text
+    assert "best model-free floor: cos(target, mean history SCL) GAUC 0.6300; BELOW it: DIN (0.6100)" in text
+    assert "MUSE (" not in text.split("BELOW it:")[1].split("\n")[0]
+    saved = json.loads((tmp_path / "cmp.json").read_text())
+    assert saved["floors"] == FAKE_FLOORS and any(r["method"].startswith("floor: ") for r in saved["rows"])
+    assert cli_main(["compare", str(din), "--no-floors"]) == 0
+    assert "floor:" not in capsys.readouterr().out
+
+
+def test_compare_computes_floors_for_the_runs_data_once(tiny, tmp_path, capsys):
+    spec_data = {"prepared": str(tiny), "eval_split": "test", "train_split": "train", "seq_len": 60}
+    run = _fake_run(tmp_path / "runs" / "din", "DIN", 0.5, spec_data=spec_data)
+    assert cli_main(["compare", str(run)]) == 0
+    assert "floor: cos(target, mean history SCL)" in capsys.readouterr().out
+    cached = list((tmp_path / "runs" / ".floors").glob("floors-test-*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["options"]["seq_len"] == 60
+    stamp = cached[0].stat().st_mtime_ns
+    assert cli_main(["compare", str(run)]) == 0
+    assert cached[0].stat().st_mtime_ns == stamp  # read from the cache, not recomputed
+
+
+@pytest.mark.parametrize("content, words", [(None, "no such file"), ("{]", "not a floors file"),
+                                             ('{"rows": []}', "not a floors file")])
+def test_compare_bad_floors_file_exits_2(tmp_path, capsys, content, words):
+    run = _fake_run(tmp_path / "din", "DIN", 0.6)
+    f = tmp_path / "floors.json"
+    if content is not None:
+        f.write_text(content)
+    assert cli_main(["compare", str(run), "--floors", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_reproduce_report_shows_floors_in_its_tables(tmp_path):
+    from muse_rec.reproduce.plan import build_plan
+    from muse_rec.reproduce.report import write_report
+    from muse_rec.reproduce.results import load_metrics
+    from tests.reproduce.test_report import write_fake_runs
+
+    plan = build_plan(["table5"], seeds=2)
+    write_fake_runs(tmp_path, plan)  # GAUC: DIN 0.55, ..., MUSE 0.64
+    for f in (tmp_path / "runs").glob("*/metrics.json"):
+        m = json.loads(f.read_text())
+        f.write_text(json.dumps({**m, "floors": FAKE_FLOORS}))
+    md = write_report(plan, load_metrics(tmp_path, plan), tmp_path).markdown
+    assert "## Model-free floors" in md
+    table5 = md[md.index("## Table 5"):]
+    assert "| floor: cos(target, mean history SCL) | - | - | 0.6300 (model-free) |" in table5
+    below = md[md.index("**Below the best floor**"):].split("\n")[0]
+    assert "`din`" in below and "`muse`" not in below
+
+
+def test_trained_run_records_its_floor_check(tiny, tmp_path):
+    import subprocess
+
+    from tests.conftest import REPO, subprocess_env, venv_bin
+
+    def train(name: str, *extra: str) -> subprocess.CompletedProcess:
+        sets = [f"data.prepared={tiny}", f"output_dir={tmp_path}/{{name}}", f"name={name}", "data.seq_len=60",
+                "train.batch_size=64", "train.eval_batch_size=512", "model.tower_hidden=[32]", "train.max_steps=3",
+                "model.gsu.top_k=20", *extra]
+        cmd = [venv_bin("muse-rec"), "train", "--spec", "specs/demo/din.yaml"] + [a for s in sets for a in ("--set", s)]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    log = train("checked").stderr
+    m = json.loads((tmp_path / "checked" / "metrics.json").read_text())
+    best = m["best_floor"]
+    assert set(m["floors"]) == {"popularity", "cos_mean_history", "cos_mean_recent", "mean_topk_similarity",
+                                "logistic_regression"}
+    assert best["gauc"] == max(f["gauc"] for f in m["floors"].values())
+    assert m["below_floor"] == (m["gauc"] < best["gauc"])
+    words = "is below the model-free floor" if m["below_floor"] else "is above the best model-free floor"
+    assert f"GAUC {m['gauc']:.4f} {words}" in log
+    # Same floors as `muse-rec baselines` at the run's seq_len, cached beside the run.
+    want = compute_floors(PreparedData(str(tiny)), "test", FloorOptions(seq_len=60))
+    assert m["floors"]["cos_mean_history"]["gauc"] == pytest.approx(want["floors"]["cos_mean_history"]["gauc"], abs=0)
+    assert list((tmp_path / ".floors").glob("floors-test-*.json"))
+
+    train("unchecked", "train.check_floors=false", "train.max_steps=1")
+    assert "floors" not in json.loads((tmp_path / "unchecked" / "metrics.json").read_text())
+
+
+def test_compare_without_known_data_says_why_floors_are_missing(tmp_path, capsys):
+    run = _fake_run(tmp_path / "din", "DIN", 0.6)  # no floors recorded, no spec.yaml
+    assert cli_main(["compare", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "model-free floors not shown:" in captured.err and "spec.yaml not found" in captured.err
+    assert "floor:" not in captured.out
