@@ -86,6 +86,30 @@ class ShortTermSpec:
 
 
 @dataclass
+class ParametrizationSpec:
+    """How the dense layers start and how the output is shaped (docs/accuracy.md has the study).
+
+    The reference's list (MUSE.md) vs torch's defaults: at the published lr (AdamW 2e-4,
+    batch 1000, one epoch) these decide how fast the dense part learns. Defaults are the
+    reference's (they train best at the published settings: docs/accuracy.md); each knob's
+    comment names torch's value, which `benchmarks/accuracy_study.py` ablates.
+    """
+
+    # "normal_fan_in": W ~ N(0, 1) / sqrt(fan_in) (the reference); "torch": nn.Linear's default
+    # kaiming-uniform, U(+-1/sqrt(fan_in)), i.e. std 1/sqrt(3 fan_in). Every Linear: tower and
+    # attention projections.
+    linear_init: Literal["torch", "normal_fan_in"] = "normal_fan_in"
+    linear_bias: Optional[float] = 0.1  # constant bias init (reference 0.1); None = torch's U(+-1/sqrt(fan_in))
+    attention_bias: bool = True  # W_q / W_k / W_v carry a bias (the reference's do)
+    dice_alpha_init: float = -0.25  # Dice's per-feature g on the negative side (reference -0.25)
+    dice_norm_affine: bool = False  # learnable scale/shift in Dice's LayerNorm (reference: none)
+    dice_norm_eps: float = 1e-12  # Dice's LayerNorm epsilon (reference 1e-12)
+    # "one_logit": Linear(., 1) + BCE. "two_logits_dice": the reference's Linear(., 2) -> Dice(2)
+    # -> softmax CE; the model returns z1 - z0 (softmax CE over [z0, z1] == BCE on z1 - z0).
+    output_head: Literal["one_logit", "two_logits_dice"] = "two_logits_dice"
+
+
+@dataclass
 class ModelSpec:
     method: str = "muse"  # a label for tables and plots; behaviour comes from the keys below
     embedding_dim: int = 16  # item / category / user id dims
@@ -98,6 +122,7 @@ class ModelSpec:
     tower_hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
     tower_activation: Literal["dice", "relu"] = "dice"
     dropout: float = 0.0
+    parametrization: ParametrizationSpec = field(default_factory=ParametrizationSpec)
 
 
 @dataclass
@@ -310,6 +335,7 @@ def _check_values(spec: Spec, source: str) -> None:
     need(m.embedding_dim > 0 and m.small_dim > 0, "model.embedding_dim", "dims must be > 0")
     need(all(h > 0 for h in m.tower_hidden) and m.tower_hidden, "model.tower_hidden", "a non-empty list of positive widths")
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    need(m.parametrization.dice_norm_eps > 0, "model.parametrization.dice_norm_eps", "must be > 0")
     need(m.esu.num_tiers > 0 and m.esu.tier_width > 0, "model.esu.num_tiers", "tiers must be positive")
     need(m.gsu.kind != "none" or not m.esu.simtier, "model.esu.simtier",
          "SimTier needs retrieved similarities: set model.gsu.kind or esu.simtier: false")

@@ -111,7 +111,7 @@ class LifelongCTRModel(nn.Module):
             device=device,
         )
         d_tok = self.sparse_arch.token_dim
-        g, e, s = spec.gsu, spec.esu, spec.short_term
+        g, e, s, pz = spec.gsu, spec.esu, spec.short_term, spec.parametrization
         self.top_k = min(g.top_k, seq_len)
         self.recent = min(s.recent, seq_len)
         self.uses_scl = g.kind in SCL_GSU_KINDS or (
@@ -120,14 +120,15 @@ class LifelongCTRModel(nn.Module):
         # ESU attention first: TWIN's GSU scores with the same projections (consistency).
         esu_attention: Optional[nn.Module] = None
         if e.attention == "ta":
-            esu_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, device=device)
+            esu_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, parametrization=pz, device=device)
         elif e.attention == "sa_ta":
             esu_attention = SemanticAwareTargetAttention(
                 d_tok, d_tok, e.attention_hidden, variant=e.sa_ta_variant,
-                temperature_init=e.temperature_init, device=device)
+                temperature_init=e.temperature_init, parametrization=pz, device=device)
         # Multimodal attention retrieval, TWIN's consistency applied to SCL vectors: the same
         # projections score the whole sequence (no grad) and attend over the K retrieved.
-        scl_attention = (TargetAttention(SCL_DIM, SCL_DIM, e.attention_hidden, device=device)
+        scl_attention = (TargetAttention(SCL_DIM, SCL_DIM, e.attention_hidden, parametrization=pz,
+                                         device=device)
                          if g.kind == "scl_attention" else None)
         self.gsu = build_gsu(spec, self.top_k, esu_attention, scl_attention)
         self.over_arch = OverArch(spec, self.sparse_arch.pooled_dim, d_tok, self.gsu is not None, self.uses_scl,

@@ -99,7 +99,7 @@ class OverArch(nn.Module):
                  esu_attention: Optional[nn.Module], scl_attention: Optional[TargetAttention],
                  similarity: Optional[nn.Module], device: Optional[torch.device] = None) -> None:
         super().__init__()
-        e, s = spec.esu, spec.short_term
+        e, s, pz = spec.esu, spec.short_term, spec.parametrization
         self.has_gsu = has_gsu
         self.similarity = similarity
         self.simtier = SimTier(e.num_tiers, e.tier_width, device=device) if e.simtier else None
@@ -108,7 +108,8 @@ class OverArch(nn.Module):
         # SA-TA reads R too; a plain TA does not (decided here, once).
         self.attention_reads_similarity = e.attention == "sa_ta"
         self.recent_simtier = SimTier(e.num_tiers, e.tier_width, device=device) if (s.simtier and uses_scl) else None
-        self.recent_attention = (TargetAttention(token_dim, token_dim, e.attention_hidden, device=device)
+        self.recent_attention = (TargetAttention(token_dim, token_dim, e.attention_hidden, parametrization=pz,
+                                                 device=device)
                                  if s.attention else None)
         self.mean_pool = s.mean_pool
         if (self.simtier is not None or self.attention_reads_similarity) and similarity is None:
@@ -129,7 +130,7 @@ class OverArch(nn.Module):
             widths += [token_dim] * (2 if has_gsu else 1)
         self.input_dim = sum(widths)
         self.tower = MLPTower(self.input_dim, tuple(spec.tower_hidden), activation=spec.tower_activation,
-                              dropout=spec.dropout, device=device)
+                              dropout=spec.dropout, parametrization=pz, device=device)
 
     def features(self, pooled: torch.Tensor, target_tok: torch.Tensor, gsu_tok: torch.Tensor,
                  recent_tok: torch.Tensor, recent_mask: torch.Tensor, res: Optional[GSUResult],

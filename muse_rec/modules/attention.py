@@ -12,6 +12,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from muse_rec.modules.parametrization import DEFAULT_PARAMETRIZATION, ParamLinear
+from muse_rec.spec import ParametrizationSpec
+
 ATTENTION_VARIANTS = ("paper", "reference")
 
 
@@ -45,7 +48,8 @@ class TargetAttention(nn.Module):
         activation: "none" or "silu", applied after each projection (the MUSE reference
             applies SiLU; the logits are then no longer bilinear).
         scaled: divide logits by sqrt(H).
-        bias: bias terms in the projections.
+        bias: bias terms in the projections (None: ``parametrization.attention_bias``).
+        parametrization: projections' init (`ParametrizationSpec`).
         device: where parameters live (``meta`` allowed).
 
     Example::
@@ -62,15 +66,19 @@ class TargetAttention(nn.Module):
         value_dim: Optional[int] = None,
         activation: str = "none",
         scaled: bool = True,
-        bias: bool = False,
+        bias: Optional[bool] = None,
+        parametrization: ParametrizationSpec = DEFAULT_PARAMETRIZATION,
         device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
         if activation not in ("none", "silu"):
             raise ValueError(f"activation must be 'none' or 'silu', got {activation!r}")
-        self.w_q = nn.Linear(query_dim, hidden_dim, bias=bias, device=device)
-        self.w_k = nn.Linear(key_dim, hidden_dim, bias=bias, device=device)
-        self.w_v = nn.Linear(key_dim, value_dim, bias=bias, device=device) if value_dim is not None else None
+        p = parametrization
+        bias = p.attention_bias if bias is None else bias
+        self.w_q = ParamLinear(query_dim, hidden_dim, bias=bias, parametrization=p, device=device)
+        self.w_k = ParamLinear(key_dim, hidden_dim, bias=bias, parametrization=p, device=device)
+        self.w_v = ParamLinear(key_dim, value_dim, bias=bias, parametrization=p, device=device) \
+            if value_dim is not None else None
         self.act: nn.Module = nn.SiLU() if activation == "silu" else nn.Identity()
         self.scale = 1.0 / math.sqrt(hidden_dim) if scaled else 1.0
         self.output_dim = value_dim if value_dim is not None else key_dim
@@ -121,6 +129,7 @@ class SemanticAwareTargetAttention(nn.Module):
         variant: "paper" or "reference".
         temperature_init: tau's initial value ("reference" only).
         gate_init: initial g1, g2, g3.
+        parametrization: projections' init and bias (`ParametrizationSpec`).
         device: where parameters live (``meta`` allowed).
 
     Example::
@@ -138,6 +147,7 @@ class SemanticAwareTargetAttention(nn.Module):
         variant: str = "paper",
         temperature_init: float = 0.1,
         gate_init: float = 1.0,
+        parametrization: ParametrizationSpec = DEFAULT_PARAMETRIZATION,
         device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
@@ -153,6 +163,7 @@ class SemanticAwareTargetAttention(nn.Module):
             value_dim=value_dim if value_dim is not None else key_dim,
             activation="silu" if variant == "reference" else "none",
             scaled=variant == "paper",
+            parametrization=parametrization,
             device=device,
         )
         self.gates = nn.Parameter(torch.empty(3, device=device))  # g1, g2, g3

@@ -6,29 +6,44 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from muse_rec.modules.parametrization import DEFAULT_PARAMETRIZATION, ParamLinear
+from muse_rec.spec import ParametrizationSpec
+
 TOWER_ACTIVATIONS = ("dice", "relu")
+OUTPUT_HEADS = ("one_logit", "two_logits_dice")
 
 
 class Dice(nn.Module):
     """Dice activation with LayerNorm inside (as the MUSE reference uses it).
 
-    ``p = sigmoid(LN(x))``; ``out = p * x + (1 - p) * alpha * x``, alpha per feature
-    (init 0, so Dice starts as a data-adaptive gate between x and 0).
+    ``p = sigmoid(LN(x))``; ``out = p * x + (1 - p) * alpha * x``, alpha per feature.
+    alpha init 0 starts Dice as a data-adaptive gate between x and 0; the reference starts it
+    at -0.25 (a leaky, sign-flipping negative side) and uses a LayerNorm without affine, eps 1e-12.
 
     Args:
         dim: feature size (last axis of ``x [..., dim]``).
         eps: LayerNorm epsilon.
+        alpha_init: initial alpha of every feature.
+        affine: learnable LayerNorm scale/shift.
         device: where parameters live (``meta`` allowed).
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, device: Optional[torch.device] = None) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, alpha_init: float = 0.0, affine: bool = True,
+                 device: Optional[torch.device] = None) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps, device=device)
+        self.alpha_init = alpha_init
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=affine, device=device)
         self.alpha = nn.Parameter(torch.empty(dim, device=device))
         self.reset_parameters()
 
+    @classmethod
+    def of(cls, dim: int, parametrization: ParametrizationSpec, device: Optional[torch.device] = None) -> "Dice":
+        """Dice as ``parametrization`` (``dice_*`` knobs) says."""
+        p = parametrization
+        return cls(dim, eps=p.dice_norm_eps, alpha_init=p.dice_alpha_init, affine=p.dice_norm_affine, device=device)
+
     def reset_parameters(self) -> None:
-        nn.init.zeros_(self.alpha)
+        nn.init.constant_(self.alpha, self.alpha_init)
         self.norm.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,10 +52,11 @@ class Dice(nn.Module):
         return p * x + (1.0 - p) * self.alpha * x
 
 
-def make_activation(name: str, dim: int, device: Optional[torch.device] = None) -> nn.Module:
-    """"dice" -> `Dice(dim)`, "relu" -> `nn.ReLU()`."""
+def make_activation(name: str, dim: int, device: Optional[torch.device] = None,
+                    parametrization: ParametrizationSpec = DEFAULT_PARAMETRIZATION) -> nn.Module:
+    """"dice" -> `Dice.of(dim, parametrization)`, "relu" -> `nn.ReLU()`."""
     if name == "dice":
-        return Dice(dim, device=device)
+        return Dice.of(dim, parametrization, device=device)
     if name == "relu":
         return nn.ReLU()
     raise ValueError(f"activation must be one of {TOWER_ACTIVATIONS}, got {name!r}")
@@ -49,11 +65,17 @@ def make_activation(name: str, dim: int, device: Optional[torch.device] = None) 
 class MLPTower(nn.Module):
     """MLP ending in ONE logit per sample (1 logit + BCE == 2 logits + softmax CE).
 
+    With ``parametrization.output_head == "two_logits_dice"`` the last layer is the
+    reference's ``Linear(., 2) -> Dice(2)`` giving ``[z0, z1]``, and the tower returns
+    ``z1 - z0``: softmax CE over ``[z0, z1]`` equals BCE on ``z1 - z0`` exactly, so the loss,
+    metrics and serving still see one logit per sample.
+
     Args:
         in_dim: width of the concatenated features ``[B, in_dim]``.
         hidden: hidden widths (the reference's 256-128-64).
         activation: "dice" (reference) or "relu".
         dropout: dropout after each hidden activation (0 = none).
+        parametrization: Linear/Dice init and output head (`ParametrizationSpec`).
         device: where parameters live (``meta`` allowed).
 
     Example::
@@ -68,9 +90,13 @@ class MLPTower(nn.Module):
         hidden: Sequence[int] = (256, 128, 64),
         activation: str = "dice",
         dropout: float = 0.0,
+        parametrization: ParametrizationSpec = DEFAULT_PARAMETRIZATION,
         device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
+        p = parametrization
+        if p.output_head not in OUTPUT_HEADS:
+            raise ValueError(f"output_head must be one of {OUTPUT_HEADS}, got {p.output_head!r}")
         if in_dim < 1 or any(h < 1 for h in hidden):
             raise ValueError(f"in_dim and hidden widths must be >= 1, got {in_dim}, {tuple(hidden)}")
         if not 0.0 <= dropout < 1.0:
@@ -78,19 +104,25 @@ class MLPTower(nn.Module):
         layers = []
         width = in_dim
         for h in hidden:
-            layers += [nn.Linear(width, h, device=device), make_activation(activation, h, device)]
+            layers += [ParamLinear(width, h, parametrization=p, device=device),
+                       make_activation(activation, h, device, p)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = h
-        layers.append(nn.Linear(width, 1, device=device))
+        self.two_logits = p.output_head == "two_logits_dice"
+        if self.two_logits:
+            layers += [ParamLinear(width, 2, parametrization=p, device=device), Dice.of(2, p, device=device)]
+        else:
+            layers.append(ParamLinear(width, 1, parametrization=p, device=device))
         self.layers = nn.Sequential(*layers)
         self.in_dim = in_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_dim]`` -> logit ``[B]``."""
+        """``[B, in_dim]`` -> logit ``[B]`` (``z1 - z0`` with the two-logit head)."""
         if x.dim() != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"tower input must be [B, {self.in_dim}], got {tuple(x.shape)}")
-        return self.layers(x).squeeze(1)
+        out = self.layers(x)
+        return out[:, 1] - out[:, 0] if self.two_logits else out.squeeze(1)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

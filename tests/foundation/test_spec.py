@@ -45,6 +45,10 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"model": {"tower_hidden": []}}, "model.tower_hidden"),
         ({"train": {"batch_size": True}}, "train.batch_size: expected an integer"),
         ({"data": "x"}, "data: expected a mapping"),
+        ({"model": {"parametrization": {"output_head": "three"}}}, "model.parametrization.output_head: must be one"),
+        ({"model": {"parametrization": {"linear_init": "xavier"}}}, "model.parametrization.linear_init: must be one"),
+        ({"model": {"parametrization": {"dice_norm_eps": 0}}}, "model.parametrization.dice_norm_eps: must be > 0"),
+        ({"model": {"parametrization": {"linear_bias": "x"}}}, "model.parametrization.linear_bias: expected a number"),
     ],
 )
 def test_bad_specs_name_the_key(raw, message):

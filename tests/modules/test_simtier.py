@@ -50,3 +50,11 @@ def test_init_and_meta_and_errors():
         st(torch.zeros(1, 3), torch.ones(1, 3))
     with pytest.raises(ValueError, match="similarities"):
         st(torch.zeros(1, 3), torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_weight_init_is_uniform_zero_one():
+    torch.manual_seed(0)
+    w = SimTier(num_tiers=20000, tier_width=0.1).weight.detach()
+    assert w.min().item() >= 0.0 and w.max().item() <= 1.0
+    # U(0,1): mean 1/2, std 1/sqrt(12); 20k draws -> standard errors 0.002 / 0.0015.
+    assert abs(w.mean().item() - 0.5) < 0.01 and abs(w.std().item() - 12 ** -0.5) < 0.01

@@ -43,3 +43,96 @@ def test_masked_mean():
     x = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 5.0], [6.0, 6.0], [7.0, 7.0]]])
     mask = torch.tensor([[True, True, False], [False, False, False]])
     torch.testing.assert_close(masked_mean(x, mask), torch.tensor([[2.0, 3.0], [0.0, 0.0]]))
+
+
+# --------------------------------------------------------------------------------------------
+# Parametrization knobs (model.parametrization): each test reads the actual init statistics.
+# --------------------------------------------------------------------------------------------
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+
+from muse_rec.modules.parametrization import (  # noqa: E402
+    REFERENCE_PARAMETRIZATION,
+    TORCH_PARAMETRIZATION,
+    ParamLinear,
+)
+from muse_rec.modules.tower import Dice as _Dice  # noqa: E402
+
+FAN_IN, FAN_OUT = 400, 300  # 120k weights: the sample std's relative error is ~1/sqrt(2n) = 0.2%
+
+
+def _knobs(**kw):
+    return dataclasses.replace(TORCH_PARAMETRIZATION, **kw)
+
+
+def test_linear_normal_fan_in_has_std_one_over_sqrt_fan_in():
+    torch.manual_seed(0)
+    w = ParamLinear(FAN_IN, FAN_OUT, parametrization=_knobs(linear_init="normal_fan_in")).weight
+    # 2% = 10 standard errors of the sample std; torch's init (std 1/sqrt(3 fan_in)) is 42% off.
+    assert abs(w.std().item() * math.sqrt(FAN_IN) - 1.0) < 0.02
+    assert abs(w.mean().item()) * math.sqrt(FAN_IN) < 0.02  # mean 0 (standard error 0.003)
+    # Normal, not uniform: ~8% of N(0,1) lies beyond sqrt(3), where U(+-sqrt(3)) has nothing.
+    assert (w.abs() * math.sqrt(FAN_IN) > math.sqrt(3.0)).float().mean().item() > 0.07
+
+
+def test_linear_torch_init_is_uniform_bounded():
+    torch.manual_seed(0)
+    lin = ParamLinear(FAN_IN, FAN_OUT, parametrization=TORCH_PARAMETRIZATION)
+    bound = 1.0 / math.sqrt(FAN_IN)
+    assert lin.weight.abs().max().item() <= bound
+    assert abs(lin.weight.std().item() * math.sqrt(3 * FAN_IN) - 1.0) < 0.02
+    assert lin.bias.abs().max().item() <= bound and lin.bias.std().item() > 0  # torch's uniform bias
+
+
+def test_linear_bias_constant():
+    lin = ParamLinear(FAN_IN, FAN_OUT, parametrization=_knobs(linear_bias=0.1))
+    assert torch.equal(lin.bias, torch.full((FAN_OUT,), 0.1))
+
+
+def test_tower_applies_knobs_to_every_linear_and_survives_meta_materialisation():
+    """DMP builds on meta, then calls reset_parameters of every submodule (children first)."""
+    p = REFERENCE_PARAMETRIZATION
+    tower = MLPTower(FAN_IN, hidden=(FAN_OUT, 64), parametrization=p, device=torch.device("meta"))
+    tower.to_empty(device="cpu")
+    torch.manual_seed(0)
+    tower.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    linears = [m for m in tower.modules() if isinstance(m, torch.nn.Linear)]
+    assert [lin.out_features for lin in linears] == [FAN_OUT, 64, 2]
+    for lin in linears:
+        assert torch.equal(lin.bias, torch.full_like(lin.bias, 0.1))
+    assert abs(linears[0].weight.std().item() * math.sqrt(FAN_IN) - 1.0) < 0.02
+
+
+def test_dice_knobs():
+    d = _Dice.of(7, _knobs(dice_alpha_init=-0.25, dice_norm_affine=False, dice_norm_eps=1e-12))
+    assert torch.equal(d.alpha, torch.full((7,), -0.25))
+    assert d.norm.weight is None and d.norm.bias is None and d.norm.eps == 1e-12
+    torch.manual_seed(0)
+    x = torch.randn(3, 7)
+    mu, var = x.mean(1, keepdim=True), x.var(1, unbiased=False, keepdim=True)
+    s = torch.sigmoid((x - mu) / torch.sqrt(var + 1e-12))
+    torch.testing.assert_close(d(x), s * x + (1 - s) * -0.25 * x)
+    default = _Dice.of(7, TORCH_PARAMETRIZATION)
+    assert torch.equal(default.alpha, torch.zeros(7)) and default.norm.weight is not None
+    assert default.norm.eps == 1e-5
+
+
+def test_dice_on_the_two_output_logits_and_z1_minus_z0():
+    torch.manual_seed(0)
+    tower = MLPTower(10, hidden=(8,), parametrization=_knobs(output_head="two_logits_dice", dice_alpha_init=-0.25))
+    head_linear, head_dice = tower.layers[-2], tower.layers[-1]
+    assert isinstance(head_dice, _Dice) and head_linear.out_features == 2
+    x = torch.randn(5, 10)
+    z = tower.layers(x)  # [B, 2] = Dice(Linear(.)) of the hidden features
+    torch.testing.assert_close(z, head_dice(head_linear(tower.layers[:-2](x))))
+    torch.testing.assert_close(tower(x), z[:, 1] - z[:, 0])
+
+
+def test_two_logit_softmax_ce_equals_bce_on_the_difference():
+    """The reference's loss (softmax CE over [z0, z1]) is the 1-logit BCE on z1 - z0: exactly."""
+    torch.manual_seed(0)
+    z = torch.randn(64, 2, dtype=torch.float64) * 3
+    y = (torch.rand(64) < 0.3).to(torch.float64)
+    ce = torch.nn.functional.cross_entropy(z, y.long(), reduction="none")
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 1] - z[:, 0], y, reduction="none")
+    torch.testing.assert_close(ce, bce, atol=1e-12, rtol=1e-12)

@@ -46,3 +46,38 @@ def test_every_method_learns(method, prepared):
 def test_every_ablation_spec_trains(ablation, prepared):
     losses = _losses(SPECS / "ablations" / f"{ablation}.yaml", prepared, rounds=2)
     assert all(torch.isfinite(torch.tensor(losses))), losses
+
+
+def test_din_ref_is_the_reference_codes_din_and_din_is_id_only(prepared):
+    """din = the paper's ID-only DIN; din_ref = the reference code's DIN (multimodal SimTier over
+    the recent 50). Both skip the long-term search. (That din_ref trains: test_every_method_learns.)"""
+    from muse_rec.models.ctr_model import build_train_model
+
+    assert {"din", "din_ref"} <= set(METHODS)
+    sizes = PreparedData(str(prepared)).vocab_sizes
+    models = {m: build_train_model(load_spec(SPECS / "methods" / f"{m}.yaml").model, sizes, seq_len=1000,
+                                   device=torch.device("meta")).model for m in ("din", "din_ref")}
+    for m in models.values():
+        assert m.gsu is None and m.simtier is None and m.esu_attention is None and m.recent_attention is not None
+    assert not models["din"].uses_scl and models["din"].recent_simtier is None
+    assert models["din_ref"].uses_scl and models["din_ref"].recent_simtier is not None
+
+
+def test_spec_parametrization_reaches_every_dense_layer(prepared):
+    """model.parametrization of base.yaml (the reference's) is what the built MUSE model uses."""
+    from muse_rec.models.ctr_model import build_train_model
+    from muse_rec.modules import Dice
+    from muse_rec.modules.parametrization import ParamLinear
+
+    spec = load_spec(SPECS / "methods" / "muse.yaml")
+    p = spec.model.parametrization
+    assert (p.linear_init, p.linear_bias, p.attention_bias, p.output_head) == \
+        ("normal_fan_in", 0.1, True, "two_logits_dice")
+    assert spec.train.dense_optimizer.weight_decay == 0.01
+    model = build_train_model(spec.model, PreparedData(str(prepared)).vocab_sizes, seq_len=1000).model
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, ParamLinear) and m.parametrization == p for m in linears)
+    assert all(torch.equal(m.bias, torch.full_like(m.bias, 0.1)) for m in linears)
+    dice = [m for m in model.modules() if isinstance(m, Dice)]
+    assert len(dice) == len(spec.model.tower_hidden) + 1  # + the one on the 2 output logits
+    assert all(torch.equal(d.alpha, torch.full_like(d.alpha, -0.25)) and d.norm.weight is None for d in dice)

@@ -1,0 +1,255 @@
+"""Accuracy at the paper's published settings: the parametrization ablation and the per-method check.
+
+Two tables (docs/accuracy.md shows them):
+
+* ``ablation``: MUSE at the published settings (batch 1000, dense AdamW 2e-4, one epoch), with
+  torch's parametrization ("ours") and each difference to the reference's (MUSE.md) switched
+  ON alone, then the whole reference parametrization and the reference with each difference
+  switched OFF alone. Which rows move GAUC is which differences decide the learning speed.
+* ``methods``: every method of ``specs/methods`` (+ ``din_ref``) with its spec as committed, at
+  the published settings, with 5x the dense lr, and with 4x the steps (batch 250: the same one
+  epoch in 4x the steps). The published settings are "not limiting" when their GAUC is within
+  ``--tolerance`` of the best of the other two. Model-free floors (``muse-rec baselines``) are
+  added when that command exists.
+
+Every run is ``muse-rec train`` in its own process (OMP_NUM_THREADS=1, ``--jobs`` at a time),
+with its run directory under ``OUT/runs``; a run whose ``metrics.json`` exists is skipped, so
+re-running resumes. Writes ``OUT/<table>.json`` and ``OUT/<table>.md``.
+
+Example::
+
+    muse-rec synth data/demo/raw --preset demo && muse-rec prepare data/demo/raw data/demo/prepared
+    python benchmarks/accuracy_study.py results/accuracy --prepared data/demo/prepared --what ablation
+    python benchmarks/accuracy_study.py results/accuracy --prepared data/demo/prepared --what methods
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED = ("train.batch_size=1000", "train.dense_optimizer.lr=2.0e-4", "train.epochs=1")
+SPARSE = {  # the sparse optimizer of every run of a study (CPU: FBGEMM has no fused Adam)
+    "adagrad": ("train.sparse_optimizer.name=exact_row_wise_adagrad", "train.sparse_optimizer.lr=0.05"),
+    "adam": ("train.sparse_optimizer.name=adam", "train.sparse_optimizer.lr=2.0e-3"),
+    "profile": (),
+}
+P = "model.parametrization."
+# Each difference between torch's parametrization and the reference's: (ours, reference) overrides.
+DIFFERENCES: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
+    "linear W ~ N(0,1)/sqrt(fan_in)": ((P + "linear_init=torch",), (P + "linear_init=normal_fan_in",)),
+    "linear bias 0.1": ((P + "linear_bias=null",), (P + "linear_bias=0.1",)),
+    "attention projections with bias": ((P + "attention_bias=false",), (P + "attention_bias=true",)),
+    "Dice g init -0.25": ((P + "dice_alpha_init=0.0",), (P + "dice_alpha_init=-0.25",)),
+    "Dice LayerNorm no affine, eps 1e-12": ((P + "dice_norm_affine=true", P + "dice_norm_eps=1.0e-5"),
+                                            (P + "dice_norm_affine=false", P + "dice_norm_eps=1.0e-12")),
+    "2 logits + Dice + softmax CE": ((P + "output_head=one_logit",), (P + "output_head=two_logits_dice",)),
+    "AdamW weight_decay 0.01": (("train.dense_optimizer.weight_decay=0.0",),
+                                ("train.dense_optimizer.weight_decay=0.01",)),
+}
+METHODS = ("muse", "din", "din_ref", "sim_hard", "sim_soft", "twin", "miss")
+SETTINGS = {  # name -> overrides on top of PUBLISHED
+    "published": (),
+    "5x dense lr": ("train.dense_optimizer.lr=1.0e-3",),
+    "4x steps (batch 250)": ("train.batch_size=250",),
+}
+
+
+@dataclass
+class Config:
+    """One row of a table: a spec, its overrides, and where its seeds' runs live."""
+
+    key: str  # file-system safe
+    label: str
+    spec: str
+    overrides: Tuple[str, ...]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
+
+
+def _all(which: str, names: Sequence[str] = ()) -> Tuple[str, ...]:
+    """Every difference at its ``which`` (0 ours, 1 reference) value, except ``names`` flipped."""
+    out: List[str] = []
+    for name, pair in DIFFERENCES.items():
+        side = int(which == "reference") ^ int(name in names)
+        out += pair[side]
+    return tuple(out)
+
+
+def ablation_configs(spec: str) -> List[Config]:
+    rows = [Config("ours", "ours (torch defaults)", spec, _all("ours"))]
+    rows += [Config("ours_plus_" + _slug(n), f"ours + {n}", spec, _all("ours", [n])) for n in DIFFERENCES]
+    rows.append(Config("reference", "reference (all of MUSE.md)", spec, _all("reference")))
+    rows += [Config("reference_minus_" + _slug(n), f"reference - {n}", spec, _all("reference", [n]))
+             for n in DIFFERENCES]
+    return rows
+
+
+def method_configs(spec_dir: str) -> List[Config]:
+    return [Config(f"{m}__{_slug(s)}", f"{m} | {s}", f"{spec_dir}/{m}.yaml", ov)
+            for m in METHODS for s, ov in SETTINGS.items()]
+
+
+def run_dir(out: Path, cfg: Config, seed: int) -> Path:
+    return out / "runs" / f"{cfg.key}-s{seed}"
+
+
+def command(cfg: Config, seed: int, out: Path, prepared: str, sparse: str, sparse_lr: Optional[float]) -> List[str]:
+    lr = () if sparse_lr is None else (f"train.sparse_optimizer.lr={sparse_lr}",)
+    overrides = [*PUBLISHED, *SPARSE[sparse], *lr, f"data.prepared={prepared}", "data.num_workers=0",
+                 "train.eval_batch_size=1000", f"train.seed={seed}", f"output_dir={run_dir(out, cfg, seed)}",
+                 "train.checkpoint_every=0", *cfg.overrides]
+    cmd = [sys.executable, "-m", "muse_rec.cli", "train", "--spec", str(REPO / cfg.spec), "--device", "cpu"]
+    for o in overrides:
+        cmd += ["--set", o]
+    return cmd
+
+
+def read_gauc(path: Path) -> Optional[float]:
+    try:
+        return float(json.loads((path / "metrics.json").read_text())["gauc"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def run_all(jobs: List[Tuple[Config, int]], out: Path, prepared: str, sparse: str, sparse_lr: Optional[float],
+            parallel: int) -> None:
+    """Run every pending (config, seed), ``parallel`` processes at a time; failures are logged, not fatal."""
+    pending = [(c, s) for c, s in jobs if read_gauc(run_dir(out, c, s)) is None]
+    print(f"[study] {len(jobs) - len(pending)} runs done, {len(pending)} to go", flush=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    running: List[Tuple[subprocess.Popen, Config, int, float]] = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            cfg, seed = pending.pop(0)
+            rd = run_dir(out, cfg, seed)
+            if rd.exists():  # an interrupted run: start it again from scratch
+                shutil.rmtree(rd)
+            log = open(out / "logs" / f"{cfg.key}-s{seed}.log", "w")
+            proc = subprocess.Popen(command(cfg, seed, out, prepared, sparse, sparse_lr), stdout=log, stderr=subprocess.STDOUT,
+                                    env=env, cwd=REPO)
+            running.append((proc, cfg, seed, time.time()))
+        time.sleep(1.0)
+        for item in list(running):
+            proc, cfg, seed, t0 = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            g = read_gauc(run_dir(out, cfg, seed))
+            status = f"GAUC {g:.4f}" if g is not None else f"FAILED rc={proc.returncode} (see logs/{cfg.key}-s{seed}.log)"
+            print(f"[study] {cfg.label} seed {seed}: {status} in {time.time() - t0:.0f}s; "
+                  f"{len(pending) + len(running)} left", flush=True)
+
+
+def summarize(configs: List[Config], seeds: Sequence[int], out: Path) -> Dict[str, Dict]:
+    rows = {}
+    for c in configs:
+        g = [x for x in (read_gauc(run_dir(out, c, s)) for s in seeds) if x is not None]
+        rows[c.key] = {"label": c.label, "spec": c.spec, "overrides": list(c.overrides), "gauc": g,
+                       "mean": statistics.fmean(g) if g else None,
+                       "std": statistics.stdev(g) if len(g) > 1 else 0.0 if g else None}
+    return rows
+
+
+def _fmt(r: Dict) -> str:
+    return "missing" if r["mean"] is None else f"{r['mean']:.4f} ± {r['std']:.4f} (n={len(r['gauc'])})"
+
+
+def ablation_markdown(rows: Dict[str, Dict]) -> str:
+    base, ref = rows["ours"]["mean"], rows["reference"]["mean"]
+    lines = ["| parametrization | GAUC mean ± std | Δ vs ours | Δ vs reference |", "|---|---|---|---|"]
+    for r in rows.values():
+        d0 = "" if r["mean"] is None or base is None else f"{r['mean'] - base:+.4f}"
+        d1 = "" if r["mean"] is None or ref is None else f"{r['mean'] - ref:+.4f}"
+        lines.append(f"| {r['label']} | {_fmt(r)} | {d0} | {d1} |")
+    return "\n".join(lines) + "\n"
+
+
+def methods_markdown(rows: Dict[str, Dict], tolerance: float, floors: Optional[Dict[str, float]]) -> str:
+    best_floor = max(floors.values()) if floors else None
+    head = "| method | " + " | ".join(SETTINGS) + " | published within {:.3f} of best? |".format(tolerance)
+    if best_floor is not None:
+        head += f" above best floor ({best_floor:.4f})? |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for m in METHODS:
+        cells = [rows[f"{m}__{_slug(s)}"] for s in SETTINGS]
+        pub, others = cells[0]["mean"], [c["mean"] for c in cells[1:] if c["mean"] is not None]
+        ok = "" if pub is None or not others else ("yes" if pub >= max(others) - tolerance else
+                                                    f"no ({pub - max(others):+.4f})")
+        line = f"| {m} | " + " | ".join(_fmt(c) for c in cells) + f" | {ok} |"
+        if best_floor is not None:
+            line += "" if pub is None else (" yes |" if pub > best_floor else f" no ({pub - best_floor:+.4f}) |")
+        lines.append(line)
+    if floors:
+        lines += ["", "| model-free floor (test) | GAUC |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in floors.items()]
+    return "\n".join(lines) + "\n"
+
+
+def model_free_floors(prepared: str, out: Path) -> Optional[Dict[str, float]]:
+    """GAUC of each floor of ``muse-rec baselines PREPARED --split test`` (None if that command is absent)."""
+    path = out / "floors.json"
+    if not path.exists():
+        proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", "baselines", prepared, "--split", "test",
+                               "--json"], capture_output=True, text=True, cwd=REPO,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        if proc.returncode != 0:
+            print(f"[study] no model-free floors: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+            return None
+        path.write_text(proc.stdout)
+    doc = json.loads(path.read_text())
+    floors = doc.get("floors", doc)
+    return {k: float(v["gauc"] if isinstance(v, dict) else v) for k, v in floors.items()
+            if not isinstance(v, dict) or v.get("gauc") is not None}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--prepared", required=True, help="output of `muse-rec prepare` (e.g. of --preset demo)")
+    ap.add_argument("--what", choices=("ablation", "methods"), required=True)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--jobs", type=int, default=2, help="trainings at a time (1 thread each)")
+    ap.add_argument("--sparse", choices=tuple(SPARSE), default="adagrad",
+                    help="sparse optimizer of every run: adagrad (row-wise, lr 0.05), adam (lr 2e-3), profile")
+    ap.add_argument("--sparse-lr", type=float, default=None, help="override the sparse optimizer's lr")
+    ap.add_argument("--spec", default="specs/demo/muse.yaml", help="ablation: the MUSE spec to ablate")
+    ap.add_argument("--spec-dir", default="specs/demo", help="methods: where <method>.yaml live")
+    ap.add_argument("--only", default="", help="comma-separated config keys to run (default all)")
+    ap.add_argument("--tolerance", type=float, default=0.005)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = args.out / (args.sparse + ("" if args.sparse_lr is None else f"_lr{args.sparse_lr:g}"))
+    configs = ablation_configs(args.spec) if args.what == "ablation" else method_configs(args.spec_dir)
+    todo = [c for c in configs if not args.only or c.key in args.only.split(",")]
+    if not args.report_only:
+        # Seed-major, the first config's method (MUSE) before the others: partial results are a table.
+        jobs = sorted(((c, s) for s in seeds for c in todo), key=lambda j: j[0].spec != todo[0].spec)
+        run_all(jobs, out, args.prepared, args.sparse, args.sparse_lr, args.jobs)
+    rows = summarize(configs, seeds, out)
+    (out / f"{args.what}.json").write_text(json.dumps({"seeds": seeds, "sparse": args.sparse, "sparse_lr": args.sparse_lr,
+                                                       "published": PUBLISHED, "rows": rows}, indent=1))
+    if args.what == "ablation":
+        md = ablation_markdown(rows)
+    else:
+        md = methods_markdown(rows, args.tolerance, model_free_floors(args.prepared, out))
+    (out / f"{args.what}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
