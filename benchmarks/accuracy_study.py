@@ -170,10 +170,15 @@ def _fmt(r: Dict) -> str:
 def ablation_markdown(rows: Dict[str, Dict]) -> str:
     base, ref = rows["ours"]["mean"], rows["reference"]["mean"]
     lines = ["| parametrization | GAUC mean ± std | Δ vs ours | Δ vs reference |", "|---|---|---|---|"]
+    skipped = [r["label"] for r in rows.values() if r["mean"] is None]
     for r in rows.values():
-        d0 = "" if r["mean"] is None or base is None else f"{r['mean'] - base:+.4f}"
-        d1 = "" if r["mean"] is None or ref is None else f"{r['mean'] - ref:+.4f}"
+        if r["mean"] is None:
+            continue
+        d0 = "" if base is None else f"{r['mean'] - base:+.4f}"
+        d1 = "" if ref is None else f"{r['mean'] - ref:+.4f}"
         lines.append(f"| {r['label']} | {_fmt(r)} | {d0} | {d1} |")
+    if skipped:
+        lines += ["", "Not run: " + "; ".join(skipped) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +195,7 @@ def methods_markdown(rows: Dict[str, Dict], tolerance: float, floors: Optional[D
                                                     f"no ({pub - max(others):+.4f})")
         line = f"| {m} | " + " | ".join(_fmt(c) for c in cells) + f" | {ok} |"
         if best_floor is not None:
-            line += "" if pub is None else (" yes |" if pub > best_floor else f" no ({pub - best_floor:+.4f}) |")
+            line += "  |" if pub is None else (" yes |" if pub > best_floor else f" no ({pub - best_floor:+.4f}) |")
         lines.append(line)
     if floors:
         lines += ["", "| model-free floor (test) | GAUC |", "|---|---|"]
@@ -203,16 +208,13 @@ def model_free_floors(prepared: str, out: Path) -> Optional[Dict[str, float]]:
     path = out / "floors.json"
     if not path.exists():
         proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", "baselines", prepared, "--split", "test",
-                               "--json"], capture_output=True, text=True, cwd=REPO,
+                               "--out", str(path)], capture_output=True, text=True, cwd=REPO,
                               env=dict(os.environ, OMP_NUM_THREADS="1"))
-        if proc.returncode != 0:
+        if proc.returncode != 0 or not path.exists():
             print(f"[study] no model-free floors: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
             return None
-        path.write_text(proc.stdout)
-    doc = json.loads(path.read_text())
-    floors = doc.get("floors", doc)
-    return {k: float(v["gauc"] if isinstance(v, dict) else v) for k, v in floors.items()
-            if not isinstance(v, dict) or v.get("gauc") is not None}
+    floors = json.loads(path.read_text())["floors"]
+    return {k: float(v["gauc"]) for k, v in floors.items() if v.get("gauc") is not None}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

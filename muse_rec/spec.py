@@ -130,6 +130,14 @@ class ModelSpec:
     parametrization: ParametrizationSpec = field(default_factory=ParametrizationSpec)
 
 
+# Names `train.sparse_optimizer.name` may take: FBGEMM's fused embedding optimizers
+# (`muse_rec.env.fused_optimizers("cuda")`, which CPU narrows further) plus ``adam``, which CPU
+# runs as `RowSparseAdam` (torch SparseAdam's update on touched rows). Kept literal so loading a
+# spec never imports FBGEMM; a test checks it against FBGEMM's list.
+SPARSE_OPTIMIZER_NAMES = ("adam", "ema_in_place_row_wise_adagrad", "exact_adagrad", "exact_row_wise_adagrad",
+                          "exact_sgd", "lamb", "lars_sgd", "partial_row_wise_adam", "partial_row_wise_lamb")
+
+
 @dataclass
 class OptimizerSpec:
     name: str
@@ -145,8 +153,9 @@ class TrainSpec:
     eval_batch_size: int = 1000
     epochs: int = 1
     max_steps: int = 0  # 0 = whole epochs; >0 stops early (quick runs, tests)
-    # The paper trains embeddings with Adam (lr 2e-3). Fused Adam is CUDA-only in FBGEMM, so the
-    # CPU specs name a fused optimizer CPU supports; the run prints what it uses.
+    # The paper trains embeddings with SparseAdam (lr 2e-3): `{name: adam, lr: 2.0e-3}` runs as
+    # FBGEMM's fused Adam on CUDA and as RowSparseAdam on CPU (same lazy update, touched rows
+    # only; docs/sharding.md). Other names are FBGEMM fused optimizers; the run logs its route.
     sparse_optimizer: OptimizerSpec = field(
         default_factory=lambda: OptimizerSpec(name="exact_row_wise_adagrad", lr=2e-2, eps=1e-8)
     )
@@ -355,6 +364,12 @@ def _check_values(spec: Spec, source: str) -> None:
     need(t.max_steps >= 0, "train.max_steps", "must be >= 0")
     for k, o in (("train.sparse_optimizer", t.sparse_optimizer), ("train.dense_optimizer", t.dense_optimizer)):
         need(o.lr > 0, f"{k}.lr", "must be > 0")
+        need(all(0.0 <= b < 1.0 for b in o.betas), f"{k}.betas", "each must be in [0, 1)")
+        need(o.eps > 0, f"{k}.eps", "must be > 0")
+        need(o.weight_decay >= 0, f"{k}.weight_decay", "must be >= 0")
+    need(t.sparse_optimizer.name in SPARSE_OPTIMIZER_NAMES, "train.sparse_optimizer.name",
+         f"unknown {t.sparse_optimizer.name!r}; one of {', '.join(SPARSE_OPTIMIZER_NAMES)} "
+         "(adam = SparseAdam semantics on CPU and CUDA)")
     need(t.dense_optimizer.name in ("adam", "adamw", "sgd", "adagrad"), "train.dense_optimizer.name",
          "must be one of adam, adamw, sgd, adagrad")
     need(spec.name.replace("-", "").replace("_", "").isalnum(), "name", "letters, digits, - and _ only")

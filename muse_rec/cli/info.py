@@ -1,4 +1,4 @@
-"""`muse-rec info`: versions, device, supported fused embedding optimizers, install consistency."""
+"""`muse-rec info`: versions, device, embedding optimizers and their routes, install consistency."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def collect() -> dict:
+    from muse_rec.distributed.sharders import ROW_SPARSE_ADAM, ROW_SPARSE_ADAM_NAMES, sparse_optimizer_route
     from muse_rec.env import fused_optimizers, inspect_stack
 
     import torch
@@ -32,6 +33,9 @@ def collect() -> dict:
         "cuda_names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
         "backend": "nccl" if cuda else "gloo",
         "fused_embedding_optimizers": fused_optimizers(dev),
+        # Optimizers this device runs outside FBGEMM's fused kernels, and how.
+        "row_sparse_embedding_optimizers": [n for n in ROW_SPARSE_ADAM_NAMES
+                                            if sparse_optimizer_route(n, dev) == ROW_SPARSE_ADAM],
         "consistent": rep.consistent,
         "problems": rep.problems,
     }
@@ -55,11 +59,13 @@ def run(args: argparse.Namespace) -> int:
             ("device", f"{info['device']} x {info['cuda_devices']} {info['cuda_names']}" if info["cuda_devices"] else "cpu (no CUDA device)"),
             ("process group", info["backend"]),
             ("fused embedding optimizers", ", ".join(info["fused_embedding_optimizers"])),
+            ("row-sparse embedding optimizers", ", ".join(info["row_sparse_embedding_optimizers"]) or "none needed"),
             ("install", "consistent" if info["consistent"] else "INCONSISTENT: " + "; ".join(info["problems"])),
         ]
         w = max(len(k) for k, _ in rows)
         for k, v in rows:
             print(f"{k:<{w}}  {v}")
-        if info["device"] == "cpu":
-            print("note: Adam as a fused embedding optimizer needs CUDA; on CPU specs use exact_row_wise_adagrad or exact_adagrad.")
+        if info["row_sparse_embedding_optimizers"]:
+            print(f"note: train.sparse_optimizer.name: adam runs on {info['device']} as RowSparseAdam (FBGEMM has no "
+                  "fused CPU Adam): torch SparseAdam's update on the rows each step touched; CUDA uses FBGEMM's fused Adam.")
     return 0 if info["consistent"] else 1

@@ -3,7 +3,10 @@
 The canonical TorchRec wiring (facebookresearch/dlrm ``torchrec_dlrm``): plan -> DMP with
 sharders that carry the fused optimizer -> a dense optimizer over the parameters DMP did
 not fuse -> one `CombinedOptimizer` the train loop steps. Fused tables are updated inside
-the backward; ``CombinedOptimizer.step()`` only steps the dense part for them.
+the backward; ``CombinedOptimizer.step()`` only steps the dense part for them. On CPU with
+``adam`` (no fused Adam in FBGEMM) the tables are instead updated by a `RowSparseAdam` that
+`shard_model` attaches to the DMP and `combined_optimizer` steps (touched rows only, torch
+SparseAdam's update; `muse_rec.distributed.sparse_adam`).
 
     env = init_distributed()
     model = MyModel(..., device=torch.device("meta"))
@@ -12,7 +15,7 @@ the backward; ``CombinedOptimizer.step()`` only steps the dense part for them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -26,9 +29,21 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.planner import make_plan, topology_for
-from muse_rec.distributed.sharders import FusedOptimizerConfig, check_frozen_output_dtype, make_sharders
+from muse_rec.distributed.sharders import (
+    ROW_SPARSE_ADAM,
+    FusedOptimizerConfig,
+    check_frozen_output_dtype,
+    make_sharders,
+)
+from muse_rec.distributed.sparse_adam import RowSparseAdam
+from muse_rec.models.frozen_scl import FrozenEmbeddingCollection
 
 DenseOptimizerFactory = Callable[[List[nn.Parameter]], torch.optim.Optimizer]
+# Attribute of a DMP holding its RowSparseAdam (CPU Adam route), and its CombinedOptimizer key.
+_ROW_SPARSE_ATTR = "_muse_row_sparse_adam"
+ROW_SPARSE_KEY = "row_sparse_adam"
+# FBGEMM fused optimizers that read Adam's betas as `beta1`/`beta2` fused params.
+_FUSED_WITH_BETAS = ("adam", "partial_row_wise_adam", "lamb", "partial_row_wise_lamb")
 
 
 def shard_model(
@@ -40,6 +55,7 @@ def shard_model(
     fused_eps: float = 1e-8,
     fused_weight_decay: float = 0.0,
     fused_extra: Optional[Mapping[str, Any]] = None,
+    fused_betas: Tuple[float, float] = (0.9, 0.999),
     frozen_output_dtype: SparseType = SparseType.FP32,
     constraints: Optional[Mapping[str, ParameterConstraints]] = None,
     sharders: Optional[List[ModuleSharder[nn.Module]]] = None,
@@ -54,16 +70,19 @@ def shard_model(
         plan: a plan from `planner.make_plan` (same sharders!); None = plan here for `env`.
         fused_optimizer: FBGEMM in-backward optimizer of trainable tables; must be one of
             ``muse_rec.env.fused_optimizers(env.device.type)`` (on CPU no Adam).
-        fused_lr, fused_eps, fused_weight_decay, fused_extra: its hyper-parameters.
+        fused_lr, fused_eps, fused_weight_decay, fused_extra, fused_betas: its hyper-parameters
+            (betas reach FBGEMM as ``beta1``/``beta2`` for its Adam/LAMB, and `RowSparseAdam`).
         frozen_output_dtype: output dtype of frozen-table lookups; FP16 only with a row-wise
             frozen table on several ranks (checked; see `sharders`).
         constraints: planner constraints when `plan` is None (default: `make_constraints`).
         sharders: override the sharders entirely (then the fused_* arguments are unused).
         sparse_optimizer: an optimizer spec (``.name``, ``.lr``, ``.eps``, ``.weight_decay``,
-            e.g. ``muse_rec.spec.OptimizerSpec``); when given it replaces the fused_* arguments.
+            ``.betas``, e.g. ``muse_rec.spec.OptimizerSpec``); when given it replaces the
+            fused_* arguments.
 
     Returns:
-        The DMP; ``dmp.fused_optimizer`` holds the fused tables' optimizers.
+        The DMP; ``dmp.fused_optimizer`` holds the fused tables' optimizers, and on the CPU
+        Adam route `row_sparse_adam(dmp)` the `RowSparseAdam` that trains the tables.
     """
     if not dist.is_initialized():
         raise RuntimeError("shard_model needs a process group: call muse_rec.distributed.env.init_distributed() first")
@@ -71,25 +90,39 @@ def shard_model(
         fused_optimizer, fused_lr = sparse_optimizer.name, sparse_optimizer.lr
         fused_eps = getattr(sparse_optimizer, "eps", fused_eps)
         fused_weight_decay = getattr(sparse_optimizer, "weight_decay", fused_weight_decay)
+        fused_betas = tuple(getattr(sparse_optimizer, "betas", fused_betas))  # type: ignore[assignment]
+    config = FusedOptimizerConfig(
+        name=fused_optimizer,
+        learning_rate=fused_lr,
+        eps=fused_eps,
+        weight_decay=fused_weight_decay,
+        extra={**({"beta1": fused_betas[0], "beta2": fused_betas[1]} if fused_optimizer in _FUSED_WITH_BETAS else {}),
+               **dict(fused_extra or {})},
+    )
+    row_sparse = sharders is None and config.route(env.device.type) == ROW_SPARSE_ADAM
     if sharders is None:
-        config = FusedOptimizerConfig(
-            name=fused_optimizer,
-            learning_rate=fused_lr,
-            eps=fused_eps,
-            weight_decay=fused_weight_decay,
-            extra=dict(fused_extra or {}),
-        )
         sharders = make_sharders(config, env.device.type, frozen_output_dtype)
     if plan is None:
         plan = make_plan(model, topology_for(env), sharders, dict(constraints) if constraints else None)
     check_frozen_output_dtype(model, plan, sharders, env.world_size)
-    return DistributedModelParallel(
+    frozen = [path for path, m in model.named_modules() if isinstance(m, FrozenEmbeddingCollection)]
+    dmp = DistributedModelParallel(
         module=model,
         env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
         device=env.device,
         plan=plan,
         sharders=sharders,
     )
+    if row_sparse:
+        tables = [k for k in dmp.fused_optimizer.params if not any(k.startswith(f + ".") for f in frozen)]
+        setattr(dmp, _ROW_SPARSE_ATTR, RowSparseAdam(dmp, tables, lr=fused_lr, betas=fused_betas, eps=fused_eps,
+                                                     weight_decay=fused_weight_decay))
+    return dmp
+
+
+def row_sparse_adam(dmp: DistributedModelParallel) -> Optional[RowSparseAdam]:
+    """The `RowSparseAdam` training `dmp`'s tables (CPU Adam route), or None (fused route)."""
+    return getattr(dmp, _ROW_SPARSE_ATTR, None)
 
 
 def dense_parameters(dmp: DistributedModelParallel) -> Mapping[str, nn.Parameter]:
@@ -130,8 +163,11 @@ def combined_optimizer(
     dense_weight_decay: float = 0.0,
     factory: Optional[DenseOptimizerFactory] = None,
 ) -> CombinedOptimizer:
-    """``CombinedOptimizer([fused, dense])``; the dense part is omitted when there is none."""
+    """``CombinedOptimizer([fused, row-sparse Adam, dense])``; absent parts are omitted."""
     parts: List[Any] = [dmp.fused_optimizer]
+    sparse = row_sparse_adam(dmp)
+    if sparse is not None:
+        parts.append((ROW_SPARSE_KEY, sparse))
     if dense_parameters(dmp):
         parts.append(dense_optimizer(dmp, dense_lr, dense_weight_decay, factory))
     return CombinedOptimizer(parts)

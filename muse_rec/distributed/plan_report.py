@@ -44,6 +44,7 @@ from muse_rec.distributed.planner import (
     planner_reservation,
     sharding_planner,
 )
+from muse_rec.distributed.sharders import state_optimizer
 
 # Kernels whose rows (and fused-optimizer state) live in device memory on CUDA.
 DEVICE_MEMORY_KERNELS = (EmbeddingComputeKernel.FUSED.value, EmbeddingComputeKernel.DENSE.value)
@@ -273,7 +274,7 @@ def _rank_reports(tables: Sequence[TableReport], world_size: int, usable_hbm: in
 def _optimizer_name(sharders: Sequence[ModuleSharder[nn.Module]]) -> str:
     """The fused optimizer of the trainable tables (the first sharder carrying one)."""
     for s in sharders:
-        optim = (getattr(s, "fused_params", None) or {}).get("optimizer")
+        optim = state_optimizer(s)
         if optim is not None:
             return getattr(optim, "value", str(optim))
     return "none"

@@ -32,7 +32,7 @@ from torchrec.distributed.types import ModuleSharder, ShardingPlan
 from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS, BaseEmbeddingConfig
 
 from muse_rec.distributed.env import DistEnv
-from muse_rec.distributed.sharders import EBC_SHARDING_TYPES, EC_SHARDING_TYPES
+from muse_rec.distributed.sharders import EBC_SHARDING_TYPES, EC_SHARDING_TYPES, state_optimizer
 
 GiB = 1024**3
 # TorchRec's default HBM margin (EmbeddingShardingPlanner builds this reservation when given
@@ -206,9 +206,7 @@ def plan_summary(
     module: nn.Module, plan: ShardingPlan, sharders: Sequence[ModuleSharder[nn.Module]]
 ) -> List[TableSummary]:
     """Per-table rows, dim, dtype, sharding, kernel, ranks and bytes of `plan` for `module`."""
-    optimizer_by_type = {
-        s.module_type: (s.fused_params or {}).get("optimizer") for s in sharders  # type: ignore[attr-defined]
-    }
+    optimizer_by_type = {s.module_type: state_optimizer(s) for s in sharders}  # type: ignore[attr-defined]
     out: List[TableSummary] = []
     for name, (path, cfg) in embedding_tables(module).items():
         module_plan = plan.get_plan_for_module(path)

@@ -17,6 +17,10 @@ Three sharders, one per kind of table in `SparseArch`:
 
 The fused (in-backward) optimizer of the trainable tables is validated against what FBGEMM
 supports on the device (`muse_rec.env.fused_optimizers`); nothing is substituted silently.
+One exception, by design: ``adam`` on CPU, where FBGEMM has no fused Adam, takes the
+`ROW_SPARSE_ADAM` route (`sparse_optimizer_route`): the trainable tables keep the fused kernel
+with a no-op ``exact_sgd`` at lr 0 and `muse_rec.distributed.sparse_adam.RowSparseAdam` applies
+torch SparseAdam's update to the touched rows (see that module for why this route).
 """
 from __future__ import annotations
 
@@ -46,6 +50,12 @@ EBC_SHARDING_TYPES: List[str] = [
     ShardingType.TABLE_ROW_WISE.value,
     ShardingType.TABLE_COLUMN_WISE.value,
 ]
+# How the trainable tables are updated (`sparse_optimizer_route`).
+FBGEMM_FUSED = "fbgemm_fused"  # FBGEMM's optimizer inside the TBE backward
+ROW_SPARSE_ADAM = "row_sparse_adam"  # CPU Adam: RowSparseAdam after the backward, touched rows only
+# Optimizer names this project's `RowSparseAdam` serves where FBGEMM has no fused kernel for them.
+ROW_SPARSE_ADAM_NAMES = ("adam",)
+
 # Kernels that keep a table's rows as plain fused TBE weights (HBM, UVM or a UVM cache);
 # key-value / SSD kernels are left out for the frozen table: they have their own load path.
 FROZEN_KERNELS: List[str] = [
@@ -73,13 +83,23 @@ class FusedOptimizerConfig:
     weight_decay: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def route(self, device_type: str) -> str:
+        """`FBGEMM_FUSED` or `ROW_SPARSE_ADAM` for this optimizer on `device_type`."""
+        return sparse_optimizer_route(self.name, device_type)
+
     def fused_params(self, device_type: str) -> Dict[str, Any]:
-        """TorchRec ``fused_params`` for `device_type`; raises if FBGEMM lacks the optimizer there."""
+        """TorchRec ``fused_params`` for `device_type`; raises if neither FBGEMM nor
+        `RowSparseAdam` serves the optimizer there."""
+        if self.route(device_type) == ROW_SPARSE_ADAM:
+            # The kernel's own optimizer is never invoked (RowSparseAdam detaches the lookups);
+            # exact_sgd at lr 0 keeps no state and is a no-op even if it were.
+            return {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0}
         supported = fused_optimizers(device_type)
         if self.name not in supported:
+            also = [n for n in ROW_SPARSE_ADAM_NAMES if n not in supported and device_type != "cuda"]
             raise ValueError(
                 f"fused optimizer {self.name!r} is not supported on {device_type} by FBGEMM; "
-                f"supported there: {supported}"
+                f"supported there: {supported + also}"
             )
         params: Dict[str, Any] = {
             "optimizer": EmbOptimType(self.name),
@@ -89,6 +109,22 @@ class FusedOptimizerConfig:
         }
         params.update(self.extra)
         return params
+
+
+def sparse_optimizer_route(name: str, device_type: str) -> str:
+    """Which code updates the trainable tables for optimizer `name` on `device_type`.
+
+    CUDA: always FBGEMM's fused optimizer (fused Adam included). CPU: FBGEMM's fused kernels
+    for what they support; ``adam`` goes to `RowSparseAdam` (lazy Adam on touched rows).
+    """
+    return ROW_SPARSE_ADAM if device_type != "cuda" and name in ROW_SPARSE_ADAM_NAMES else FBGEMM_FUSED
+
+
+def describe_sparse_route(name: str, lr: float, device_type: str) -> str:
+    """One line for logs and `muse-rec info`: what updates the ID tables."""
+    if sparse_optimizer_route(name, device_type) == ROW_SPARSE_ADAM:
+        return f"{name} (lr {lr:g}) via RowSparseAdam on {device_type}: torch SparseAdam's update, touched rows only"
+    return f"{name} (lr {lr:g}) fused by FBGEMM on {device_type}"
 
 
 class TrainableEmbeddingCollectionSharder(EmbeddingCollectionSharder):
@@ -103,6 +139,27 @@ class TrainableEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
 
     def sharding_types(self, compute_device_type: str) -> List[str]:
         return list(EBC_SHARDING_TYPES)
+
+
+class RowSparseAdamECSharder(TrainableEmbeddingCollectionSharder):
+    """Trainable EC sharder of the `ROW_SPARSE_ADAM` route: the plain ``fused`` kernel only
+    (RowSparseAdam taps FBGEMM's CPU kernel modules; UVM/caching kernels are CUDA's)."""
+
+    # The optimizer whose state the tables carry (for plan reports): RowSparseAdam keeps Adam's
+    # two fp32 moments per element, although the kernel's own fused optimizer is exact_sgd.
+    state_optimizer = EmbOptimType.ADAM
+
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
+        return [EmbeddingComputeKernel.FUSED.value]
+
+
+class RowSparseAdamEBCSharder(TrainableEmbeddingBagCollectionSharder):
+    """Trainable EBC sharder of the `ROW_SPARSE_ADAM` route (see `RowSparseAdamECSharder`)."""
+
+    state_optimizer = EmbOptimType.ADAM
+
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
+        return [EmbeddingComputeKernel.FUSED.value]
 
 
 class FrozenEmbeddingCollectionSharder(EmbeddingCollectionSharder):
@@ -135,6 +192,12 @@ class FrozenEmbeddingCollectionSharder(EmbeddingCollectionSharder):
         return [k for k in super().compute_kernels(sharding_type, compute_device_type) if k in FROZEN_KERNELS]
 
 
+def state_optimizer(sharder: ModuleSharder[nn.Module]) -> Any:
+    """The optimizer whose per-row state `sharder`'s tables carry: its fused optimizer, or
+    Adam for the `ROW_SPARSE_ADAM` sharders (None when it carries no optimizer)."""
+    return getattr(sharder, "state_optimizer", None) or (getattr(sharder, "fused_params", None) or {}).get("optimizer")
+
+
 def make_sharders(
     optimizer: FusedOptimizerConfig,
     device_type: str,
@@ -148,9 +211,12 @@ def make_sharders(
         frozen_output_dtype: output dtype of frozen lookups (see the frozen sharder).
     """
     fused = optimizer.fused_params(device_type)
+    row_sparse = optimizer.route(device_type) == ROW_SPARSE_ADAM
+    ebc = RowSparseAdamEBCSharder if row_sparse else TrainableEmbeddingBagCollectionSharder
+    ec = RowSparseAdamECSharder if row_sparse else TrainableEmbeddingCollectionSharder
     return [
-        TrainableEmbeddingBagCollectionSharder(fused_params=dict(fused)),
-        TrainableEmbeddingCollectionSharder(fused_params=dict(fused)),
+        ebc(fused_params=dict(fused)),
+        ec(fused_params=dict(fused)),
         FrozenEmbeddingCollectionSharder(output_dtype=frozen_output_dtype),
     ]  # type: ignore[list-item]
 

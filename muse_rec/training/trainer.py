@@ -29,6 +29,7 @@ from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
 from muse_rec.distributed.planner import make_constraints
+from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
 from muse_rec.models.ctr_model import build_train_model, is_frozen_key
 from muse_rec.models.frozen_scl import SCL_TABLE
 from muse_rec.spec import Spec
@@ -113,13 +114,15 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None) -
         (run_dir / "run.json").write_text(json.dumps({
             "vocab_sizes": dict(data.vocab_sizes), "world_size": env.world_size, "device": str(env.device),
             "sparse_optimizer": asdict(t.sparse_optimizer), "dense_optimizer": asdict(t.dense_optimizer),
+            "sparse_optimizer_route": FusedOptimizerConfig(name=t.sparse_optimizer.name).route(env.device.type),
             "batches_per_epoch": train_loader_len, "total_steps": total_steps,
         }, indent=2))
         logger.info(
             "training %s: %d rank(s) on %s, %d steps of %d x %d samples, seq_len %d; "
-            "embeddings: fused %s (lr %g), dense: %s (lr %g)",
+            "embeddings: %s; dense: %s (lr %g)",
             spec.name, env.world_size, env.device, total_steps - position.step, env.world_size, t.batch_size, seq_len,
-            t.sparse_optimizer.name, t.sparse_optimizer.lr, t.dense_optimizer.name, t.dense_optimizer.lr,
+            describe_sparse_route(t.sparse_optimizer.name, t.sparse_optimizer.lr, env.device.type),
+            t.dense_optimizer.name, t.dense_optimizer.lr,
         )
 
     writer = None
@@ -204,6 +207,10 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
     Returns ``(dmp, optimizer, skip)``; ``skip(key)`` is True for state that checkpoints leave
     out (the frozen SCL table, reloaded from the prepared data instead).
     """
+    try:  # an optimizer neither FBGEMM nor RowSparseAdam serves on this device
+        FusedOptimizerConfig(name=spec.train.sparse_optimizer.name).fused_params(env.device.type)
+    except ValueError as e:
+        raise RunError(f"train.sparse_optimizer.name: {e}") from None
     model = build_train_model(spec.model, data.vocab_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"))
     # The frozen SCL lookups are the largest all-to-all of a step ([U*L, 128] per rank): send them
     # as fp16 (exact for the int8 values). TorchRec 1.8 returns correct fp16 lookups across ranks

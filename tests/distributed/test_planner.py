@@ -41,9 +41,11 @@ def test_constraints_refuse_data_parallel_and_unknown_tables() -> None:
 
 
 def test_fused_optimizer_validated_per_device() -> None:
-    with pytest.raises(ValueError, match="'adam' is not supported on cpu.*exact_row_wise_adagrad"):
-        FusedOptimizerConfig(name="adam").fused_params("cpu")
+    with pytest.raises(ValueError, match="'lamb' is not supported on cpu.*exact_row_wise_adagrad"):
+        FusedOptimizerConfig(name="lamb").fused_params("cpu")
     assert FusedOptimizerConfig(name="adam").fused_params("cuda")["learning_rate"] == 2e-3
+    # adam on CPU: RowSparseAdam updates the tables, the kernel's own optimizer is a no-op.
+    assert FusedOptimizerConfig(name="adam").fused_params("cpu")["learning_rate"] == 0.0
     frozen = make_sharders(FusedOptimizerConfig(), "cpu")[-1]
     assert frozen.fused_params["learning_rate"] == 0.0
     assert "data_parallel" not in frozen.sharding_types("cpu")

@@ -19,12 +19,16 @@ def test_info_json():
         assert info["backend"] == "gloo"
         assert "exact_row_wise_adagrad" in info["fused_embedding_optimizers"]
         assert "adam" not in info["fused_embedding_optimizers"]  # CUDA-only in FBGEMM
+        assert info["row_sparse_embedding_optimizers"] == ["adam"]  # ... so CPU runs it as RowSparseAdam
+    else:
+        assert info["row_sparse_embedding_optimizers"] == []  # CUDA: FBGEMM's fused Adam
 
 
 def test_info_table_and_help():
     out = subprocess.run([venv_bin("muse-rec"), "info"], capture_output=True, text=True, env=subprocess_env())
     assert out.returncode == 0, out.stderr
     assert "fused embedding optimizers" in out.stdout and "consistent" in out.stdout
+    assert "row-sparse embedding optimizers" in out.stdout
     help_out = subprocess.run([venv_bin("muse-rec"), "--help"], capture_output=True, text=True, env=subprocess_env())
     assert help_out.returncode == 0 and "info" in help_out.stdout
 

@@ -14,11 +14,13 @@ def test_missing_data_path_is_a_clear_error(tmp_path):
     assert "data.prepared" in out.stderr and "nope" in out.stderr and "muse-rec prepare" in out.stderr
 
 
-def test_adam_on_cpu_is_refused_not_substituted(prepared, tmp_path):
+def test_cuda_only_optimizer_on_cpu_is_refused_not_substituted(prepared, tmp_path):
+    # lamb is fused on CUDA only; adam works on CPU too (RowSparseAdam, tests/training/test_cpu_adam.py).
     out = run_ranks(train_args("specs/demo/muse.yaml", prepared, tmp_path,
-                               ["train.sparse_optimizer.name=adam", "train.max_steps=1"]), nproc=1, check=False)
-    assert out.returncode != 0
-    assert "adam" in out.stderr and "exact_row_wise_adagrad" in out.stderr
+                               ["train.sparse_optimizer.name=lamb", "train.max_steps=1"]), nproc=1, check=False)
+    assert out.returncode == 2
+    assert "train.sparse_optimizer.name" in out.stderr and "'lamb'" in out.stderr
+    assert "exact_row_wise_adagrad" in out.stderr and "adam" in out.stderr
     assert not (tmp_path / "muse" / "metrics.json").exists()
 
 
