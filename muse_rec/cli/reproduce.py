@@ -188,7 +188,8 @@ def run_fusion(args: argparse.Namespace) -> int:
     context = [f"data: `muse-rec synth {' '.join(synth_args)} --scl-quality Q` per Q (same world and seed)",
                f"methods: {', '.join(f'{lb} (specs/demo/{st}.yaml)' for lb, st in FUSION_METHODS)}; "
                f"{execution.nproc} rank(s) per training, {args.parallel} at once",
-               f"wall {(time.perf_counter() - started) / 60:.1f} min (shared machine: timings are noisy)",
+               ("report written from the finished runs (--report-only)" if args.report_only else
+                f"wall {(time.perf_counter() - started) / 60:.1f} min (shared machine: timings are noisy)"),
                f"command: `muse-rec reproduce {out} {' '.join(flags)}`"]
     path, fig, holds = write_fusion_report(out, table, qualities, context)
     print(f"[reproduce] wrote {path}" + (f" and {fig.name}" if fig else "")

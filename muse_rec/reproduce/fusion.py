@@ -4,7 +4,7 @@ Beyond the paper (docs/fusion.md). One synthetic release per SCL quality Q (`mus
 --scl-quality Q`, the same world and seed: only the SCL table on disk differs), each method
 trained at every seed on it. Layout::
 
-    OUT/fusion.json                 what was asked; a re-run must agree
+    OUT/reproduce.json              what was asked; a re-run must agree
     OUT/q<Q>/data/raw, prepared     the release of quality Q and its prepared copy
     OUT/q<Q>/runs/<method>-s<seed>/ one training each (metrics.json = finished: skipped on re-run)
     OUT/q<Q>/logs/, progress.jsonl  as `muse_rec.reproduce.runner` writes them
@@ -19,8 +19,8 @@ better than each of them (by more than that standard error) at some Q.
 """
 from __future__ import annotations
 
-import json
 import math
+import statistics
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +99,19 @@ def sem(s: Stats) -> Optional[float]:
     return None if s.std is None else s.std / math.sqrt(s.n)
 
 
+def diff_se(a: Stats, b: Stats) -> float:
+    """Standard error of ``mean(a) - mean(b)``.
+
+    Paired by seed when both finished the same seeds (>= 2): runs at one seed share the release,
+    the data order and the initialisation seed, so the gap is measured per seed and its spread
+    is training noise only (as the Fig. 6 gains, `results.group_gains`). Otherwise unpaired,
+    ``sqrt(se_a^2 + se_b^2)``.
+    """
+    if a.seeds == b.seeds and a.n >= 2:
+        return statistics.stdev([x - y for x, y in zip(a.values, b.values)]) / math.sqrt(a.n)
+    return math.sqrt((sem(a) or 0.0) ** 2 + (sem(b) or 0.0) ** 2)
+
+
 @dataclass
 class PointVerdict:
     """The criterion at one Q: fusion vs the best single-similarity method."""
@@ -118,9 +131,6 @@ def judge_point(q: float, stats: Dict[str, Stats]) -> Optional[PointVerdict]:
     others = [(label, stats.get(label)) for label, _ in FUSION_METHODS if label != FUSION_LABEL]
     if fus is None or fus.mean is None or any(s is None or s.mean is None for _, s in others):
         return None
-
-    def diff_se(a: Stats, b: Stats) -> float:
-        return math.sqrt((sem(a) or 0.0) ** 2 + (sem(b) or 0.0) ** 2)
 
     best_label, best = max(others, key=lambda kv: kv[1].mean)
     gap, se = fus.mean - best.mean, diff_se(fus, best)
@@ -148,7 +158,7 @@ def criterion(verdicts: Sequence[PointVerdict], qualities: Sequence[float]) -> T
         return False, f"the fusion is more than one standard error below the best method at Q = {worse}"
     if beaten != need:
         return False, f"never better (by > 1 standard error) than {sorted(need - beaten)} at any Q"
-    return True, ("holds: at every Q the fusion is within one standard error of the best single-similarity "
+    return True, ("at every Q the fusion is within one standard error of the best single-similarity "
                   "method or above it, and it beats each of MUSE and SIM-soft by more than one standard error somewhere")
 
 
@@ -162,13 +172,14 @@ def write_fusion_report(out: Path, table: Dict[float, Dict[str, Stats]], qualiti
 
     labels = [label for label, _ in FUSION_METHODS]
     lines = ["# Beyond the paper: ID + multimodal fusion against SCL quality", "",
-             "GAUC on the test split, mean +- standard error over seeds (n = seeds finished). "
+             "GAUC on the test split, mean +- standard error over seeds (n = seeds finished); the gap's standard "
+             "error is paired by seed (same release, data order and initialisation seed). "
              "Q = share of each written SCL vector that is cluster signal (`muse-rec synth --scl-quality Q`; "
              "the click model always uses the true vectors).", "",
              "| SCL quality Q | " + " | ".join(labels) + " | fusion - best (SE) |",
              "|---|" + "---|" * (len(labels) + 1)]
     verdicts: List[PointVerdict] = []
-    for q in qualities:
+    for q in sorted(qualities, reverse=True):
         row = table.get(q, {})
         cells = []
         for label in labels:

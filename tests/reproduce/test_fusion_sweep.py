@@ -11,6 +11,7 @@ from muse_rec.reproduce.fusion import (
     DEFAULT_QUALITIES,
     FUSION_METHODS,
     criterion,
+    diff_se,
     fusion_plan,
     judge_point,
     parse_qualities,
@@ -81,3 +82,14 @@ def test_cli_dry_run_and_errors(capsys, tmp_path: Path):
     assert "--scl-qualities" in capsys.readouterr().err
     assert main(["reproduce", str(tmp_path), "--what", "fusion", "--prepared", "x"]) == 2
     assert "synthetic" in capsys.readouterr().err
+
+
+def test_gap_standard_error_is_paired_by_seed():
+    # Seed 0 is bad for both methods: unpaired, the spread swamps the gap; paired, it cancels.
+    a, b = _stats(0.58, 0.64, 0.63), _stats(0.56, 0.62, 0.62)
+    paired = diff_se(a, b)
+    diffs = [0.02, 0.02, 0.01]
+    want = (sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2) ** 0.5 / 3 ** 0.5
+    assert abs(paired - want) < 1e-12
+    other_seeds = Stats([0.56, 0.62, 0.62], [3, 4, 5])
+    assert diff_se(a, other_seeds) > 5 * paired  # unpaired: sqrt(se_a^2 + se_b^2)
