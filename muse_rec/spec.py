@@ -57,9 +57,10 @@ class GSUSpec:
     id_score: Literal["none", "cosine", "attention"] = "none"
     id_weight: float = 1.0
     chunk_size: int = 4096  # positions scored per chunk (bounds the GSU's working memory)
-    # kind fusion only (docs/fusion.md): "union" = each similarity's best K/2 (multimodal, ID),
-    # "gated" = top-K of the gated sum of both, standardised per user (gate: the ESU's).
-    fusion: Literal["union", "gated"] = "union"
+    # kind fusion only (docs/fusion.md): "union" = MUSE's K picks and SIM-soft's K picks (2K slots),
+    # "half" = each similarity's best K/2 (K slots), "gated" = top-K of the gated sum of both,
+    # standardised per user (gate: the ESU's).
+    fusion: Literal["union", "half", "gated"] = "union"
 
 
 @dataclass

@@ -6,10 +6,11 @@ which a user cannot know in advance. The fusion reads both, everywhere:
 
 * GSU (`FusionGSU`), one of two rules (``model.gsu.fusion``):
 
-  - ``union``: the K/2 best by the multimodal cosine (MUSE's rule: behaviours without an SCL
-    vector last) interleaved with the K/2 best by the ID cosine (SIM-soft's rule), duplicates
-    dropped, K slots filled (`merge_gsu_results`). Needs no learning to be robust: whichever
-    similarity is informative contributes half of the picks.
+  - ``union``: MUSE's K picks (multimodal cosine; behaviours without an SCL vector last) and
+    SIM-soft's K picks (ID cosine), ``2K`` slots, a position picked by both kept once (its second
+    slot invalid). The ESU sees everything either method's ESU sees; needs no learning to be robust.
+  - ``half``: the K/2 best of each, interleaved by rank, duplicates replaced by the next best
+    (`merge_gsu_results`), K slots (measured to lose to MUSE at informative vectors: docs/fusion.md).
   - ``gated``: top-K of ``lam * z_mm + (1 - lam) * z_id``, each score standardised per sample
     over its history (the cosines live on different scales), ``lam = sigmoid(theta)`` the gate
     of the ESU's fused SA-TA (TWIN-style consistency: the gate learns there, through the ESU,
@@ -39,7 +40,7 @@ from muse_rec.modules.search import SearchInputs, history_cosine
 from muse_rec.modules.selection import GSUResult, topk_eligible
 from muse_rec.modules.simtier import SimTier
 
-FUSION_RULES = ("union", "gated")
+FUSION_RULES = ("union", "half", "gated")
 # Standardisation floor: a history whose scores are all equal (std 0) keeps its order (all 0).
 _STD_FLOOR = 1e-6
 # Behaviours without an SCL vector sit this far (in standard deviations) below the sample's lowest
@@ -136,12 +137,26 @@ def reference_fused_scores(mm: torch.Tensor, has_vec: torch.Tensor, ids: torch.T
     return out
 
 
+def union_of(a: GSUResult, b: GSUResult) -> GSUResult:
+    """``a``'s slots then ``b``'s (``[B, K_a + K_b]``); a valid slot of ``b`` whose position ``a``
+    already holds becomes invalid, so every position is attended and counted once."""
+    dup = (b.indices.unsqueeze(2) == a.indices.unsqueeze(1)) & a.valid.unsqueeze(1)  # [B, K_b, K_a]
+    b_valid = b.valid & ~dup.any(dim=2)
+    return GSUResult(
+        indices=torch.cat([a.indices, torch.where(b_valid, b.indices, 0)], dim=1),
+        scores=torch.cat([a.scores.float(), torch.where(b_valid, b.scores.float(), 0.0)], dim=1),
+        valid=torch.cat([a.valid, b_valid], dim=1),
+        has_score=torch.cat([a.has_score, b.has_score & b_valid], dim=1),
+    )
+
+
 class FusionGSU(nn.Module):
-    """The fusion GSU (module docstring): ``union`` of the two top-K/2, or the ``gated`` sum.
+    """The fusion GSU (module docstring): ``union`` of both top-K (2K slots), ``half`` (K/2 of each)
+    or the ``gated`` sum (K slots).
 
     Args:
         top_k: K.
-        rule: "union" or "gated".
+        rule: "union", "half" or "gated".
         gate: the ESU's `FusionGate` (shared, not copied; read without gradient here); required
             for "gated".
         chunk_size: SCL rows converted per step (see `CosineGSU`).
@@ -167,6 +182,8 @@ class FusionGSU(nn.Module):
     def retrieve(self, search: SearchInputs) -> GSUResult:
         """K positions per sample (see `SearchInputs`); no gradient through the selection."""
         if self.rule == "union":
+            return union_of(self.multimodal.retrieve(search), self.ids.retrieve(search))
+        if self.rule == "half":
             # Rank-interleaved merge of each side's top-K: the first K distinct positions hold
             # each side's best ~K/2 (a duplicate is replaced by the next best of either side).
             return merge_gsu_results(self.multimodal.retrieve(search), self.ids.retrieve(search), self.top_k)

@@ -81,10 +81,24 @@ def test_gate_fully_on_multimodal_is_muse_and_fully_on_ids_is_sim_soft(U, B):
     assert mid != _picks(CosineGSU(K).retrieve(s)) and mid != _picks(EmbeddingCosineGSU(K).retrieve(s))
 
 
-def test_union_holds_each_similaritys_best_half_and_nothing_else():
-    s = _search(no_vector=0.0)
+def test_union_is_muses_and_sim_softs_picks_each_position_once():
+    s = _search()
     K = 10
     res = FusionGSU(K, "union").retrieve(s)
+    assert res.indices.shape[1] == 2 * K
+    mm, ids = _picks(CosineGSU(K).retrieve(s)), _picks(EmbeddingCosineGSU(K).retrieve(s))
+    for b, picks in enumerate(_picks(res)):
+        assert len(picks) == len(set(picks))  # a position picked by both is attended once
+        assert set(picks) == set(mm[b]) | set(ids[b])
+        assert picks[: len(mm[b])] == mm[b]  # MUSE's slots first, unchanged (scores, has_score too)
+    muse = CosineGSU(K).retrieve(s)
+    assert torch.equal(res.scores[:, :K], muse.scores) and torch.equal(res.has_score[:, :K], muse.has_score)
+
+
+def test_half_holds_each_similaritys_best_half_and_nothing_else():
+    s = _search(no_vector=0.0)
+    K = 10
+    res = FusionGSU(K, "half").retrieve(s)
     mm, ids = _picks(CosineGSU(K).retrieve(s)), _picks(EmbeddingCosineGSU(K).retrieve(s))
     for b, picks in enumerate(_picks(res)):
         assert len(picks) == len(set(picks)) == min(K, int(s.hist.per_sample(s.hist.mask)[b].sum()))
@@ -95,12 +109,13 @@ def test_union_holds_each_similaritys_best_half_and_nothing_else():
 def test_short_history_gives_invalid_slots_not_padding():
     s = _search(U=2, B=2, L=8)
     s.hist.mask[1, :6] = False
-    for gsu in (FusionGSU(6, "union"), _gated(6, 0.5)):
+    for gsu in (FusionGSU(6, "union"), FusionGSU(6, "half"), _gated(6, 0.5)):
         res = gsu.retrieve(s)
         rows = s.hist.index
         for b in range(2):
             n_real = int(s.hist.mask[rows[b]].sum())
-            assert int(res.valid[b].sum()) == min(6, n_real)
+            assert int(res.valid[b].sum()) == min(6, n_real) if gsu.rule != "union" else \
+                min(6, n_real) <= int(res.valid[b].sum()) <= min(12, n_real)
             assert s.hist.mask[rows[b], res.indices[b][res.valid[b]]].all()
 
 
