@@ -23,7 +23,10 @@ which a user cannot know in advance. The fusion reads both, everywhere:
   relevance ``R_f = lam * R_mm + (1 - lam) * R_id`` with the learned gate ``lam``
   (``alpha = g1 alpha_ID + g2 R_f / tau + g3 alpha_ID R_f / tau``), so the gate gets gradient.
 
-`reference_fused_scores` is the plain per-sample loop the fast path is tested against.
+The method's spec (`specs/methods/muse_fusion.yaml`) uses the ``union`` GSU with MUSE's ESU (SCL
+cosines of all picks): at the published settings the ID embeddings are barely trained and the
+both-similarity ESU lost to it (docs/fusion.md); the ESU parts here are its ``esu.similarity:
+fusion`` option. `reference_fused_scores` is the plain per-sample loop the fast path is tested against.
 """
 from __future__ import annotations
 
