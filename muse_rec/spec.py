@@ -51,13 +51,17 @@ class GSUSpec:
     """General Search Unit: which behaviours of the whole sequence reach the ESU."""
 
     kind: Literal["none", "cosine_scl", "category", "id_cosine", "attention", "cooccurrence_scl",
-                  "scl_attention"] = "cosine_scl"
+                  "scl_attention", "fusion"] = "cosine_scl"
     top_k: int = 50
     # cosine_scl only: add an ID relevance to the multimodal cosine before the top-K (the
     # paper's GSU-scoring ablation: MM cos + ID cos, MM cos + ID attention).
     id_score: Literal["none", "cosine", "attention"] = "none"
     id_weight: float = 1.0
     chunk_size: int = 4096  # positions scored per chunk (bounds the GSU's working memory)
+    # kind fusion only (docs/fusion.md): "union" = MUSE's K picks and SIM-soft's K picks (2K slots),
+    # "half" = each similarity's best K/2 (K slots), "gated" = top-K of the gated sum of both,
+    # standardised per user (gate: the ESU's).
+    fusion: Literal["union", "half", "gated"] = "union"
 
 
 @dataclass
@@ -69,7 +73,9 @@ class ESUSpec:
     sa_ta_variant: Literal["paper", "reference"] = "reference"
     # R, the similarities SimTier and SA-TA read: cosine of the frozen SCL vectors (MUSE) or of the
     # (detached) trainable ID tokens (the ID-only baselines, e.g. TWIN's TA + SimTier).
-    similarity: Literal["scl", "id"] = "scl"
+    # "fusion": both, R [B, K, 2]; SimTier per similarity, SA-TA over lam * R_mm + (1 - lam) * R_id.
+    similarity: Literal["scl", "id", "fusion"] = "scl"
+    fusion_gate_init: float = 0.5  # similarity fusion: initial lam, the multimodal share
     num_tiers: int = 22
     tier_width: float = 0.1
     attention_hidden: int = 32  # width of the W_q / W_k / W_v projections
@@ -391,6 +397,10 @@ def _check_values(spec: Spec, source: str) -> None:
          "an added ID score needs model.gsu.kind: cosine_scl")
     need(m.gsu.id_score != "attention" or m.esu.attention != "none", "model.gsu.id_score",
          "'attention' scores with the ESU's ID attention (TWIN-style): set model.esu.attention")
+    need(m.gsu.kind != "fusion" or m.gsu.fusion != "gated"
+         or (m.esu.attention == "sa_ta" and m.esu.similarity == "fusion"), "model.gsu.fusion",
+         "'gated' reads the gate of the fusion SA-TA: set model.esu.attention: sa_ta and model.esu.similarity: fusion")
+    need(0.0 < m.esu.fusion_gate_init < 1.0, "model.esu.fusion_gate_init", "must be in (0, 1)")
     need(m.gsu.kind != "attention" or m.esu.attention == "ta", "model.gsu.kind",
          "'attention' (TWIN) retrieves with the ESU's target attention: set model.esu.attention: ta")
     need(0 < m.short_term.recent <= d.seq_len, "model.short_term.recent", f"must be in 1..data.seq_len ({d.seq_len})")

@@ -33,7 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{','.join(map(str, QUICK_FIG5_LENGTHS))}: a few minutes")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per cell (default 3; --quick {QUICK_SEEDS})")
     p.add_argument("--what", default=WHAT_ALL,
-                   help="comma-separated experiments: table5,table3,table1,table2,fig5,fig6 (default all)")
+                   help="comma-separated experiments: table5,table3,table1,table2,fig5,fig6 (default all); or 'fusion' "
+                        "alone: GAUC of MUSE, SIM-soft and MUSE-fusion against SCL quality (docs/fusion.md)")
+    p.add_argument("--scl-qualities", default=None,
+                   help="--what fusion: SCL qualities Q of the sweep (default 1,0.5,0.2,0)")
+    p.add_argument("--parallel", type=int, default=2,
+                   help="--what fusion: trainings at once (one per quality; default 2)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prepared", default=None, help="prepared real Taobao-MM data (any iopath path; `muse-rec prepare --vocab p90`)")
     src.add_argument("--raw", default=None, help="raw real Taobao-MM release (any iopath path): prepared into OUT/data/prepared first")
@@ -57,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.reproduce.runner import Execution, ReproduceError, check_manifest, execute, prepare_data
     from muse_rec.spec import SpecError
 
+    if "fusion" in [w.strip().lower() for w in args.what.split(",")]:
+        return run_fusion(args)
     started = time.perf_counter()
     out = Path(args.out)
     real = bool(args.prepared or args.raw)
@@ -135,3 +142,57 @@ def _context(out: Path, source: str, synth_args: List[str], args: argparse.Names
     cmd = " ".join(["muse-rec reproduce", str(out)] + (["--quick"] if args.quick else []) + flags)
     lines.append(f"command: `{cmd}`")
     return lines
+
+
+def run_fusion(args: argparse.Namespace) -> int:
+    """``--what fusion``: the SCL-quality sweep of MUSE, SIM-soft and MUSE-fusion (synthetic data only)."""
+    from muse_rec.reproduce.fusion import DEFAULT_QUALITIES, FUSION_METHODS, collect, fusion_plan, parse_qualities, \
+        run_sweep, write_fusion_report
+    from muse_rec.reproduce.runner import Execution, ReproduceError
+
+    started = time.perf_counter()
+    out = Path(args.out)
+    if args.what.strip().lower() != "fusion":
+        print(f"muse-rec reproduce: --what {args.what!r}: 'fusion' runs alone (its own data per SCL quality); "
+              "run the paper's experiments in another OUT", file=sys.stderr)
+        return 2
+    if args.prepared or args.raw:
+        print("muse-rec reproduce: --what fusion sweeps the synthetic release's SCL quality; --prepared/--raw do not apply",
+              file=sys.stderr)
+        return 2
+    try:
+        qualities = parse_qualities(args.scl_qualities) if args.scl_qualities else DEFAULT_QUALITIES
+        seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else 3)
+        plans = {q: fusion_plan(q, seeds) for q in qualities}
+    except ValueError as e:
+        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        return 2
+    if args.parallel < 1:
+        print(f"muse-rec reproduce: --parallel {args.parallel}: must be >= 1", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(json.dumps({f"{q:g}": p.to_dict() for q, p in plans.items()}, indent=2))
+        return 0
+    synth_args = list(QUICK_SYNTH_ARGS if args.quick else DEFAULT_SYNTH_ARGS)
+    execution = Execution(nproc=args.nproc or 1, device=args.device or "cpu", threads_per_rank=args.threads,
+                          extra_overrides=tuple(args.set))
+    try:
+        table = run_sweep(out, qualities, seeds, synth_args, execution, parallel=args.parallel,
+                          train=not args.report_only)
+    except (ReproduceError, ValueError) as e:
+        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        return 2
+    flags = (["--quick"] if args.quick else []) + [f"--seeds {seeds}", "--what fusion",
+                                                   f"--scl-qualities {','.join(f'{q:g}' for q in qualities)}"]
+    flags += [f"--set {kv}" for kv in args.set]
+    context = [f"data: `muse-rec synth {' '.join(synth_args)} --scl-quality Q` per Q (same world and seed)",
+               f"methods: {', '.join(f'{lb} (specs/demo/{st}.yaml)' for lb, st in FUSION_METHODS)}; "
+               f"{execution.nproc} rank(s) per training, {args.parallel} at once",
+               ("report written from the finished runs (--report-only)" if args.report_only else
+                f"wall {(time.perf_counter() - started) / 60:.1f} min (shared machine: timings are noisy)"),
+               f"command: `muse-rec reproduce {out} {' '.join(flags)}`"]
+    path, fig, holds = write_fusion_report(out, table, qualities, context)
+    print(f"[reproduce] wrote {path}" + (f" and {fig.name}" if fig else "")
+          + f"; fusion criterion {'holds' if holds else 'does not hold'}")
+    missing = sum(len(p.runs) for p in plans.values()) - sum(s.n for row in table.values() for s in row.values())
+    return 1 if missing and not args.report_only else 0

@@ -66,6 +66,7 @@ class SynthConfig:
     item_bias_std: float = _knob(0.3, "per-item attractiveness (logit), learnable from ids")
     impression_noise_std: float = _knob(0.5, "per-impression logit noise (unpredictable label noise)")
     # --- missing values ----------------------------------------------------------------
+    scl_quality: float = _knob(1.0, "share of each written SCL vector that is its item's cluster signal: written = normalise(sqrt(Q) * item vector + sqrt(1 - Q) * unit noise); 1 = informative, 0 = useless (the click model keeps the true vectors)")
     scl_behaviour_coverage: float = _knob(0.9, "the SCL table holds the most frequent behaviour items covering this share of behaviours, plus every target ('p90')")
     item_features_missing: float = _knob(0.02, "share of items without an item_features row")
     user_field_missing: float = _knob(0.02, "share of 130_x user fields set to 0 (missing)")
@@ -141,7 +142,7 @@ class SynthConfig:
                      "multi_category_fraction", "primary_category_share", "full_history_share",
                      "long_session_share", "sibling_session_share", "recent_share", "repeat_share",
                      "target_long_share", "target_recent_share", "target_sibling_share", "item_features_missing",
-                     "user_field_missing", "item_attr_missing"):
+                     "user_field_missing", "item_attr_missing", "scl_quality"):
             v = getattr(self, name)
             need(0.0 <= v <= 1.0, f"{name}={v} must be in [0, 1]")
         need(0.0 < self.positive_rate < 1.0, f"positive_rate={self.positive_rate} must be in (0, 1)")

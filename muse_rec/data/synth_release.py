@@ -67,6 +67,31 @@ class IdHasher:
         return np.where(missing, 0, ids)
 
 
+def _unit_noise(cfg: SynthConfig, items: np.ndarray, dim: int) -> np.ndarray:
+    """``[N, dim]`` float64 unit vectors, independent of the clusters, a pure function of
+    (seed, item index): counter-based (hash + Box-Muller), so every writer of the SCL table,
+    whatever blocks it writes in, gets the same noise for an item."""
+    key = stage_rng(cfg, 13).integers(0, 2**64, dtype=np.uint64)
+    counter = (items.astype(np.uint64)[:, None] * np.uint64(2 * dim) + np.arange(2 * dim, dtype=np.uint64)) ^ key
+    u = ((_mix64(counter) >> np.uint64(11)).astype(np.float64) + 0.5) / float(2**53)  # (0, 1)
+    g = np.sqrt(-2.0 * np.log(u[:, :dim])) * np.cos(2.0 * np.pi * u[:, dim:])
+    return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+def written_scl_int8(cfg: SynthConfig, items: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """The SCL table's int8 rows ``[N, D]`` of ``items [N]`` (dense indices) whose true unit
+    vectors are ``vectors [N, D]``: at ``cfg.scl_quality`` Q < 1 the written vector is
+    ``normalise(sqrt(Q) v + sqrt(1 - Q) n)`` with item-fixed unit noise n (`_unit_noise`), so
+    only a share Q of it is cluster signal. Q = 1 writes the true vectors (byte-identical to a
+    release made without the knob). Only the table on disk changes; the click model keeps v."""
+    v = vectors
+    Q = float(cfg.scl_quality)
+    if Q < 1.0:
+        mixed = np.sqrt(Q) * v.astype(np.float64) + np.sqrt(1.0 - Q) * _unit_noise(cfg, items, v.shape[1])
+        v = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+    return np.trunc(INT8_SCALE * np.clip(v, -1.0, 1.0)).astype(np.int8)
+
+
 def _list_array(offsets: np.ndarray, values: pa.Array, typ: pa.DataType) -> pa.Array:
     if offsets[-1] > np.iinfo(np.int32).max:
         # The release uses 32-bit list offsets; one table this large would need chunked writing.
@@ -167,7 +192,7 @@ def item_tables(cfg: SynthConfig, cat: Catalogue, histories: List[History], imps
     scl_ids = ids("item", scl_items)
     o = np.argsort(scl_ids, kind="stable")
     scl_items, scl_ids = scl_items[o], scl_ids[o]
-    q = np.trunc(INT8_SCALE * np.clip(cat.item_vec[scl_items], -1.0, 1.0)).astype(np.int8)
+    q = written_scl_int8(cfg, scl_items, cat.item_vec[scl_items])
     D = q.shape[1]
     offsets = np.arange(0, D * scl_items.shape[0] + 1, D)
     scl = _table("scl", {

@@ -45,11 +45,12 @@ from muse_rec.modules import (
     SemanticAwareTargetAttention,
     TargetAttention,
 )
+from muse_rec.modules.fusion import FusionGSU, FusionSemanticAttention
 from muse_rec.spec import ModelSpec
 
 SCL_DIM = 128
 # GSU kinds that read the frozen SCL vectors of the whole history.
-SCL_GSU_KINDS = ("cosine_scl", "cooccurrence_scl", "scl_attention")
+SCL_GSU_KINDS = ("cosine_scl", "cooccurrence_scl", "scl_attention", "fusion")
 
 __all__ = ["Histories", "LifelongCTRModel", "LifelongCTRTrain", "build_gsu", "build_train_model"]
 
@@ -81,6 +82,9 @@ def build_gsu(spec: ModelSpec, top_k: int, esu_attention: Optional[nn.Module],
         return AttentionGSU(id_attention, top_k)
     if g.kind == "cooccurrence_scl":
         return MISSGSU(top_k, chunk_size=g.chunk_size)
+    if g.kind == "fusion":
+        gate = esu_attention.fusion_gate if isinstance(esu_attention, FusionSemanticAttention) else None
+        return FusionGSU(top_k, g.fusion, gate, chunk_size=g.chunk_size)
     raise ValueError(f"model.gsu.kind: unknown {g.kind!r}")
 
 
@@ -115,12 +119,16 @@ class LifelongCTRModel(nn.Module):
         self.top_k = min(g.top_k, seq_len)
         self.recent = min(s.recent, seq_len)
         self.uses_scl = g.kind in SCL_GSU_KINDS or (
-            e.similarity == "scl" and (e.simtier or e.attention == "sa_ta" or s.simtier))
+            e.similarity in ("scl", "fusion") and (e.simtier or e.attention == "sa_ta" or s.simtier))
 
         # ESU attention first: TWIN's GSU scores with the same projections (consistency).
         esu_attention: Optional[nn.Module] = None
         if e.attention == "ta":
             esu_attention = TargetAttention(d_tok, d_tok, e.attention_hidden, parametrization=pz, device=device)
+        elif e.attention == "sa_ta" and e.similarity == "fusion":
+            esu_attention = FusionSemanticAttention(
+                d_tok, d_tok, e.attention_hidden, variant=e.sa_ta_variant, temperature_init=e.temperature_init,
+                gate_init_mm=e.fusion_gate_init, parametrization=pz, device=device)
         elif e.attention == "sa_ta":
             esu_attention = SemanticAwareTargetAttention(
                 d_tok, d_tok, e.attention_hidden, variant=e.sa_ta_variant,

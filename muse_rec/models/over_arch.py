@@ -32,6 +32,7 @@ from torch import nn
 
 from muse_rec.modules import GSUResult, MLPTower, SearchInputs, SimTier, TargetAttention, masked_mean
 from muse_rec.modules.cosine import finish_cosine
+from muse_rec.modules.fusion import FusionSimilarity, FusionSimTier
 from muse_rec.modules.search import history_cosine, unit_vectors
 from muse_rec.spec import ModelSpec
 
@@ -78,6 +79,8 @@ def make_similarity(spec: ModelSpec, gsu: Optional[nn.Module]) -> Optional[nn.Mo
         return None
     if e.similarity == "id":
         return IdCosineSimilarity()
+    if e.similarity == "fusion":
+        return FusionSimilarity()
     return GSUScoresSimilarity() if gsu.scores_are_scl_cosines else SCLCosineSimilarity()
 
 
@@ -102,7 +105,8 @@ class OverArch(nn.Module):
         e, s, pz = spec.esu, spec.short_term, spec.parametrization
         self.has_gsu = has_gsu
         self.similarity = similarity
-        self.simtier = SimTier(e.num_tiers, e.tier_width, device=device) if e.simtier else None
+        simtier_kind = FusionSimTier if e.similarity == "fusion" else SimTier  # fusion: one per similarity
+        self.simtier = simtier_kind(e.num_tiers, e.tier_width, device=device) if e.simtier else None
         self.scl_attention = scl_attention
         self.esu_attention = esu_attention
         # SA-TA reads R too; a plain TA does not (decided here, once).
@@ -117,7 +121,7 @@ class OverArch(nn.Module):
 
         widths = [pooled_dim, token_dim]  # the same order as `forward` appends
         if has_gsu and self.simtier is not None:
-            widths.append(e.num_tiers)
+            widths.append(self.simtier.output_dim)
         if has_gsu and scl_attention is not None:
             widths.append(SCL_DIM)
         if has_gsu and esu_attention is not None:

@@ -116,6 +116,29 @@ def plot_fig6(by_seq: List[GroupGain], by_pop: List[GroupGain], path: Path) -> O
     return _save(fig, path)
 
 
+def plot_fusion(qualities: Sequence[float], table: Mapping[float, Mapping[str, Stats]], labels: Sequence[str],
+                path: Path) -> Optional[Path]:
+    """GAUC of each method against SCL quality Q (+- standard error over seeds)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn = False
+    for label in labels:
+        pts = [(q, table[q][label]) for q in sorted(qualities) if q in table and table[q].get(label)
+               and table[q][label].mean is not None]
+        if not pts:
+            continue
+        drawn = True
+        ax.errorbar([q for q, _ in pts], [s.mean for _, s in pts],
+                    yerr=[(s.std or 0.0) / max(s.n, 1) ** 0.5 for _, s in pts], marker="o", capsize=4, label=label)
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("SCL quality Q (share of the multimodal vector that is signal)")
+    ax.set_ylabel("test GAUC (mean +- standard error)")
+    ax.set_title("ID + multimodal fusion vs MUSE and SIM-soft")
+    ax.legend()
+    return _save(fig, path)
+
+
 def _save(fig: "plt.Figure", path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)

@@ -1,0 +1,192 @@
+"""ID + multimodal fusion (muse_rec/modules/fusion.py): reference vs fast path, the extremes of the
+gate (MUSE's and SIM-soft's selections), the union rule, gradients of the gates, spec errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from muse_rec.modules import CosineGSU, EmbeddingCosineGSU, Histories, SearchInputs, SemanticAwareTargetAttention
+from muse_rec.modules.fusion import (
+    FusionGSU,
+    FusionSemanticAttention,
+    FusionSimilarity,
+    FusionSimTier,
+    FusionGate,
+    fused_scores,
+    reference_fused_scores,
+)
+from muse_rec.modules.search import history_cosine
+from muse_rec.spec import SpecError, load_spec
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+# fp32 standardised scores are O(1-5); fp32 rounding of mean/std/cosine gives errors ~1e-6.
+FP32_TOL = 1e-4
+
+
+def _search(U: int = 3, B: int = 7, L: int = 40, D: int = 16, seed: int = 0, no_vector: float = 0.2):
+    """Random histories with padding (left) and behaviours without an SCL vector (all-zero int8)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(L // 3, L + 1, (U,), generator=g)
+    lengths[0] = L
+    mask = torch.arange(L).unsqueeze(0) >= (L - lengths).unsqueeze(1)  # right-aligned
+    scl_seq = torch.randint(-127, 128, (U, L, 128), generator=g, dtype=torch.int64).to(torch.int8)
+    scl_seq[torch.rand(U, L, generator=g) < no_vector] = 0
+    scl_seq[~mask] = 0
+    scl_target = torch.randint(-127, 128, (B, 128), generator=g, dtype=torch.int64).to(torch.int8)
+    seq_tok = torch.randn(U, L, D, generator=g)
+    target_tok = torch.randn(B, D, generator=g)
+    index = torch.randint(0, U, (B,), generator=g)
+    index[:U] = torch.arange(U)
+    items = torch.randint(1, 1000, (U, L), generator=g)
+    hist = Histories(items, items % 7, mask, index)
+    return SearchInputs(hist, torch.randint(1, 1000, (B,), generator=g), torch.randint(1, 7, (B,), generator=g),
+                        scl_target, scl_seq, id_token_fn=lambda: (seq_tok, target_tok))
+
+
+def _gated(top_k: int, lam: float) -> FusionGSU:
+    gate = FusionGate(0.5)
+    with torch.no_grad():  # sigmoid(+-inf) is exactly 1 / 0
+        gate.theta.fill_(float("inf") if lam == 1.0 else float("-inf") if lam == 0.0 else float(torch.logit(torch.tensor(lam))))
+    return FusionGSU(top_k, "gated", gate)
+
+
+def _picks(res):
+    return [[int(i) for i, v in zip(row_i, row_v) if v] for row_i, row_v in zip(res.indices, res.valid)]
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 0.5, 1.0])
+def test_fused_scores_match_the_reference_loop(lam):
+    s = _search()
+    h = s.hist
+    mm, has_vec = history_cosine(*s.scl(), h.index)
+    seq_tok, target_tok = s.id_tokens()
+    ids, _ = history_cosine(target_tok, seq_tok, h.index)
+    eligible = h.per_sample(h.mask)
+    fast = fused_scores(mm, has_vec, ids, eligible, torch.tensor(lam))
+    ref = reference_fused_scores(mm, has_vec, ids, eligible, lam)
+    assert (fast.double() - ref)[eligible].abs().max() < FP32_TOL
+
+
+@pytest.mark.parametrize("U,B", [(3, 7), (1, 5)])  # grouped training batch; serving (one user, B candidates)
+def test_gate_fully_on_multimodal_is_muse_and_fully_on_ids_is_sim_soft(U, B):
+    s = _search(U=U, B=B)
+    K = 12
+    assert _picks(_gated(K, 1.0).retrieve(s)) == _picks(CosineGSU(K).retrieve(s))
+    assert _picks(_gated(K, 0.0).retrieve(s)) == _picks(EmbeddingCosineGSU(K).retrieve(s))
+    # In between it is neither (the test above is not vacuous: the two selections differ).
+    mid = _picks(_gated(K, 0.5).retrieve(s))
+    assert _picks(CosineGSU(K).retrieve(s)) != _picks(EmbeddingCosineGSU(K).retrieve(s))
+    assert mid != _picks(CosineGSU(K).retrieve(s)) and mid != _picks(EmbeddingCosineGSU(K).retrieve(s))
+
+
+def test_union_is_muses_and_sim_softs_picks_each_position_once():
+    s = _search()
+    K = 10
+    res = FusionGSU(K, "union").retrieve(s)
+    assert res.indices.shape[1] == 2 * K
+    mm, ids = _picks(CosineGSU(K).retrieve(s)), _picks(EmbeddingCosineGSU(K).retrieve(s))
+    for b, picks in enumerate(_picks(res)):
+        assert len(picks) == len(set(picks))  # a position picked by both is attended once
+        assert set(picks) == set(mm[b]) | set(ids[b])
+        assert picks[: len(mm[b])] == mm[b]  # MUSE's slots first, unchanged (scores, has_score too)
+    muse = CosineGSU(K).retrieve(s)
+    assert torch.equal(res.scores[:, :K], muse.scores) and torch.equal(res.has_score[:, :K], muse.has_score)
+
+
+def test_half_holds_each_similaritys_best_half_and_nothing_else():
+    s = _search(no_vector=0.0)
+    K = 10
+    res = FusionGSU(K, "half").retrieve(s)
+    mm, ids = _picks(CosineGSU(K).retrieve(s)), _picks(EmbeddingCosineGSU(K).retrieve(s))
+    for b, picks in enumerate(_picks(res)):
+        assert len(picks) == len(set(picks)) == min(K, int(s.hist.per_sample(s.hist.mask)[b].sum()))
+        assert set(mm[b][: K // 2]) <= set(picks) and set(ids[b][: K // 2]) <= set(picks)
+        assert set(picks) <= set(mm[b]) | set(ids[b])
+
+
+def test_short_history_gives_invalid_slots_not_padding():
+    s = _search(U=2, B=2, L=8)
+    s.hist.mask[1, :6] = False
+    for gsu in (FusionGSU(6, "union"), FusionGSU(6, "half"), _gated(6, 0.5)):
+        res = gsu.retrieve(s)
+        rows = s.hist.index
+        for b in range(2):
+            n_real = int(s.hist.mask[rows[b]].sum())
+            assert int(res.valid[b].sum()) == min(6, n_real) if gsu.rule != "union" else \
+                min(6, n_real) <= int(res.valid[b].sum()) <= min(12, n_real)
+            assert s.hist.mask[rows[b], res.indices[b][res.valid[b]]].all()
+
+
+def _sata_inputs(B=4, K=6, D=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(B, D, generator=g), torch.randn(B, K, D, generator=g)
+    sim = torch.rand(B, K, 2, generator=g) * 2 - 1
+    mask = torch.rand(B, K, generator=g) < 0.8
+    mask[:, 0] = True
+    return q, k, sim, mask
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_fused_sata_at_the_extremes_is_sata_on_one_similarity(variant):
+    q, k, sim, mask = _sata_inputs()
+    torch.manual_seed(0)
+    fused = FusionSemanticAttention(8, 8, 8, variant=variant)
+    plain = SemanticAwareTargetAttention(8, 8, 8, variant=variant)
+    plain.load_state_dict({n: p for n, p in fused.state_dict().items() if not n.startswith("fusion_gate")})
+    for theta, col in ((float("inf"), 0), (float("-inf"), 1)):
+        with torch.no_grad():
+            fused.fusion_gate.theta.fill_(theta)
+        assert torch.allclose(fused(q, k, sim, mask), plain(q, k, sim[..., col], mask), atol=1e-6)
+
+
+def test_gates_receive_gradient():
+    q, k, sim, mask = _sata_inputs()
+    att = FusionSemanticAttention(8, 8, 8, variant="reference")
+    att(q, k, sim, mask).pow(2).sum().backward()
+    g = att.fusion_gate.theta.grad
+    assert g is not None and torch.isfinite(g) and g.abs() > 0
+    tiers = FusionSimTier()
+    ok = torch.ones_like(sim, dtype=torch.bool)
+    tiers(sim, ok).sum().backward()
+    assert tiers.multimodal.weight.grad.abs().sum() > 0 and tiers.ids.weight.grad.abs().sum() > 0
+    # The similarities are inputs: no gradient flows into them.
+    sim_req = sim.clone().requires_grad_(True)
+    att(q, k, sim_req, mask).sum().backward()
+    assert sim_req.grad is None
+
+
+def test_fusion_similarity_is_both_cosines_of_the_picks():
+    s = _search()
+    res = FusionGSU(8, "union").retrieve(s)
+    seq_tok, target_tok = s.id_tokens()
+    gsu_tok = s.hist.at(seq_tok, res.indices)
+    sim, ok = FusionSimilarity()(res, s, target_tok, gsu_tok)
+    scl_t, scl_s = s.scl()
+    picked = s.hist.at(scl_s, res.indices).double()
+    want_mm = torch.nn.functional.cosine_similarity(picked, scl_t.double().unsqueeze(1), dim=-1)
+    want_id = torch.nn.functional.cosine_similarity(gsu_tok.double(), target_tok.double().unsqueeze(1), dim=-1)
+    assert (sim[..., 0].double() - want_mm)[ok[..., 0]].abs().max() < FP32_TOL
+    assert (sim[..., 1].double() - want_id)[ok[..., 1]].abs().max() < FP32_TOL
+    assert torch.equal(ok[..., 1], res.valid)
+    assert not ok[..., 0][(picked == 0).all(-1)].any()  # no SCL vector -> no multimodal similarity
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="rule"):
+        FusionGSU(5, "sum")
+    with pytest.raises(ValueError, match="gate"):
+        FusionGSU(5, "gated")
+    with pytest.raises(ValueError, match="gate init"):
+        FusionGate(1.0)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["model.gsu.fusion=gated", "model.esu.similarity=scl"], "model.gsu.fusion"),
+    (["model.gsu.fusion=sum"], "model.gsu.fusion"),
+    (["model.esu.fusion_gate_init=1.5"], "model.esu.fusion_gate_init"),
+])
+def test_bad_fusion_specs_name_the_key(overrides, key):
+    with pytest.raises(SpecError, match=key.replace(".", r"\.")):
+        load_spec(SPECS / "methods" / "muse_fusion.yaml", overrides)
