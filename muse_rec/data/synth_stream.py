@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from muse_rec.data import schema as S
 from muse_rec.data.synth_config import SynthConfig
 from muse_rec.data.synth_diagnostics import group_auc
-from muse_rec.data.synth_release import IdHasher, INT8_SCALE, USER_FIELD_NAMESPACE, release_schema, samples_table
+from muse_rec.data.synth_release import (IdHasher, USER_FIELD_NAMESPACE, release_schema, samples_table,
+                                         written_scl_int8)
 from muse_rec.data.synth_world import (VECTOR_BLOCK, Catalogue, Impressions, Users, affinities_of, build_catalogue,
                                        build_impressions, build_timelines, build_users, item_vector_block, ranges)
 
@@ -171,8 +172,9 @@ def _write_items(staging: str, cfg: SynthConfig, cat: Catalogue, ids: IdHasher,
         hi = min(I, lo + group)
         parts = []
         for block in range(lo // VECTOR_BLOCK, (hi + VECTOR_BLOCK - 1) // VECTOR_BLOCK):
-            q = np.trunc(INT8_SCALE * np.clip(item_vector_block(cfg, cat, block), -1.0, 1.0)).astype(np.int8)
             b_lo = block * VECTOR_BLOCK
+            vectors = item_vector_block(cfg, cat, block)
+            q = written_scl_int8(cfg, np.arange(b_lo, b_lo + vectors.shape[0]), vectors)
             offsets = np.arange(0, D * q.shape[0] + 1, D)
             parts.append(pa.Table.from_arrays(
                 [pa.array(ids("item", np.arange(b_lo, b_lo + q.shape[0]))), _list(offsets, q.reshape(-1), scl_type)],

@@ -20,7 +20,6 @@ the contract of TorchRec's `TrainPipelineSparseDist`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
 import torch
