@@ -140,10 +140,24 @@ def reference_fused_scores(mm: torch.Tensor, has_vec: torch.Tensor, ids: torch.T
     return out
 
 
-def union_of(a: GSUResult, b: GSUResult) -> GSUResult:
-    """``a``'s slots then ``b``'s (``[B, K_a + K_b]``); a valid slot of ``b`` whose position ``a``
-    already holds becomes invalid, so every position is attended and counted once."""
-    dup = (b.indices.unsqueeze(2) == a.indices.unsqueeze(1)) & a.valid.unsqueeze(1)  # [B, K_b, K_a]
+def union_of(a: GSUResult, b: GSUResult, a_rows: Optional[torch.Tensor] = None,
+             b_rows: Optional[torch.Tensor] = None) -> GSUResult:
+    """``a``'s slots then ``b``'s (``[B, K_a + K_b]``); a valid slot of ``b`` whose behaviour ``a``
+    already holds becomes invalid, so every behaviour is attended and counted once.
+
+    A behaviour is identified by ``a_rows [B, K_a, F]`` / ``b_rows [B, K_b, F]`` (its embedding
+    rows, e.g. item and category; None = by position). Why by rows and not by position: the
+    same item at several positions of a history has the same ID token and SCL vector, so the
+    two cosines tie exactly there, and which of those positions a kernel returns depends on
+    its arithmetic (the serving GEMM vs the grouped training GEMM round the ID cosines of equal
+    tokens differently by column). Deduplicating by position would then attend such an item
+    once in one path and twice in the other; by rows the union depends only on the multisets
+    of picked behaviours, which the ties do not change.
+    """
+    if a_rows is None or b_rows is None:
+        a_rows, b_rows = a.indices.unsqueeze(2), b.indices.unsqueeze(2)
+    same = (b_rows.unsqueeze(2) == a_rows.unsqueeze(1)).all(dim=3)  # [B, K_b, K_a]
+    dup = same & a.valid.unsqueeze(1)
     b_valid = b.valid & ~dup.any(dim=2)
     return GSUResult(
         indices=torch.cat([a.indices, torch.where(b_valid, b.indices, 0)], dim=1),
@@ -151,6 +165,12 @@ def union_of(a: GSUResult, b: GSUResult) -> GSUResult:
         valid=torch.cat([a.valid, b_valid], dim=1),
         has_score=torch.cat([a.has_score, b.has_score & b_valid], dim=1),
     )
+
+
+def behaviour_rows(search: SearchInputs, res: GSUResult) -> torch.Tensor:
+    """``[B, K, 2]`` (item row, category row) of each pick: what its ID token and SCL vector read."""
+    h = search.hist
+    return torch.stack([h.at(h.items, res.indices), h.at(h.cats, res.indices)], dim=2)
 
 
 class FusionGSU(nn.Module):
@@ -185,7 +205,8 @@ class FusionGSU(nn.Module):
     def retrieve(self, search: SearchInputs) -> GSUResult:
         """K positions per sample (see `SearchInputs`); no gradient through the selection."""
         if self.rule == "union":
-            return union_of(self.multimodal.retrieve(search), self.ids.retrieve(search))
+            mm, ids = self.multimodal.retrieve(search), self.ids.retrieve(search)
+            return union_of(mm, ids, behaviour_rows(search, mm), behaviour_rows(search, ids))
         if self.rule == "half":
             # Rank-interleaved merge of each side's top-K: the first K distinct positions hold
             # each side's best ~K/2 (a duplicate is replaced by the next best of either side).

@@ -14,10 +14,13 @@ from muse_rec.modules.fusion import (
     FusionSimilarity,
     FusionSimTier,
     FusionGate,
+    behaviour_rows,
     fused_scores,
     reference_fused_scores,
+    union_of,
 )
 from muse_rec.modules.search import history_cosine
+from muse_rec.modules.selection import GSUResult
 from muse_rec.spec import SpecError, load_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -81,7 +84,14 @@ def test_gate_fully_on_multimodal_is_muse_and_fully_on_ids_is_sim_soft(U, B):
     assert mid != _picks(CosineGSU(K).retrieve(s)) and mid != _picks(EmbeddingCosineGSU(K).retrieve(s))
 
 
-def test_union_is_muses_and_sim_softs_picks_each_position_once():
+def _rows(s, b, picks):
+    """(item, category) rows of sample b's picked positions."""
+    h = s.hist
+    u = int(h.index[b])
+    return [(int(h.items[u, p]), int(h.cats[u, p])) for p in picks]
+
+
+def test_union_is_muses_and_sim_softs_picks_each_behaviour_once():
     s = _search()
     K = 10
     res = FusionGSU(K, "union").retrieve(s)
@@ -89,10 +99,29 @@ def test_union_is_muses_and_sim_softs_picks_each_position_once():
     mm, ids = _picks(CosineGSU(K).retrieve(s)), _picks(EmbeddingCosineGSU(K).retrieve(s))
     for b, picks in enumerate(_picks(res)):
         assert len(picks) == len(set(picks))  # a position picked by both is attended once
-        assert set(picks) == set(mm[b]) | set(ids[b])
         assert picks[: len(mm[b])] == mm[b]  # MUSE's slots first, unchanged (scores, has_score too)
+        # SIM-soft's picks follow, less the behaviours (item, category) MUSE already holds.
+        muse_rows = set(_rows(s, b, mm[b]))
+        assert picks[len(mm[b]):] == [p for p, r in zip(ids[b], _rows(s, b, ids[b])) if r not in muse_rows]
     muse = CosineGSU(K).retrieve(s)
     assert torch.equal(res.scores[:, :K], muse.scores) and torch.equal(res.has_score[:, :K], muse.has_score)
+
+
+def test_union_counts_a_repeated_item_once_whichever_position_each_side_returned():
+    """The same item at two positions ties exactly in both cosines; the training and serving kernels
+    may return different positions of it (float ID cosines of equal tokens round differently per
+    GEMM column). The union must not depend on which: deduplicated by (item, category), not position."""
+    def res(positions):
+        p = torch.tensor([positions])
+        return GSUResult(p, torch.full(p.shape, 0.5), torch.ones(p.shape, dtype=torch.bool),
+                         torch.ones(p.shape, dtype=torch.bool))
+    items = torch.tensor([[5, 9, 7, 9, 3]])  # item 9 at positions 1 and 3
+    hist = Histories(items, items % 4, torch.ones(1, 5, dtype=torch.bool), torch.zeros(1, dtype=torch.int64))
+    s = SearchInputs(hist, torch.tensor([1]), torch.tensor([1]), None, None)
+    for a_pos, b_pos in (([1, 0], [1, 2]), ([1, 0], [3, 2]), ([3, 0], [1, 2])):
+        a, b = res(a_pos), res(b_pos)
+        u = union_of(a, b, behaviour_rows(s, a), behaviour_rows(s, b))
+        assert sorted(int(items[0, i]) for i in u.indices[0][u.valid[0]]) == [5, 7, 9]
 
 
 def test_half_holds_each_similaritys_best_half_and_nothing_else():
