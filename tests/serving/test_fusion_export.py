@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from muse_rec.data.prepared import PreparedData
-from muse_rec.serving import Ranker
+from muse_rec.serving import FloatScorer, InferenceModel, Ranker
 from muse_rec.serving.export import load_trained_model
+from muse_rec.serving.quantize import quantize_for_serving
 from muse_rec.spec import load_spec
 from tests.conftest import REPO
 from tests.serving.conftest import SEQ_LEN, _cli
 from tests.serving.helpers import training_predictions
-from tests.serving.test_ranker import EXPORTED_TOL, _ranker_probs
+from tests.serving.test_ranker import FLOAT_TOL, ROUNDING_P, _ranker_probs
 
 FUSION_SPEC = REPO / "specs" / "demo" / "muse_fusion.yaml"
 
@@ -29,13 +30,23 @@ def fusion_run(trained_run, tmp_path_factory):
 
 
 def test_exported_fusion_ranker_matches_the_training_forward(fusion_run, trained_run):
+    """The float Ranker == the trained model's training forward (FLOAT_TOL); the exported program
+    == the eager int8 model (`muse-rec export`'s quantization) up to float rounding (ROUNDING_P)."""
     spec, exported = fusion_run
     data = PreparedData(str(trained_run.prepared))
     model, _ = load_trained_model(spec, data)
     ref = training_predictions(model, data, "test", SEQ_LEN)
     assert ref.probs.std() > 1e-4  # the scores differ: the comparison is not empty
-    with Ranker.from_exported(spec, str(exported)) as r:
-        out = _ranker_probs(r, ref, max_users=40)
-    done = ~np.isnan(out)
+    with Ranker(FloatScorer(InferenceModel(model)), data, "test", SEQ_LEN) as fl:
+        flt = _ranker_probs(fl, ref, max_users=40)
+    done = ~np.isnan(flt)
     assert done.sum() > 200
-    assert np.abs(out[done] - ref.probs[done]).max() < EXPORTED_TOL
+    assert np.abs(flt[done] - ref.probs[done]).max() < FLOAT_TOL
+    int8 = InferenceModel(load_trained_model(spec, data)[0])
+    quantize_for_serving(int8, data.scl(), "int8")
+    with Ranker.from_exported(spec, str(exported)) as r, Ranker(FloatScorer(int8), data, "test", SEQ_LEN) as eager:
+        out = _ranker_probs(r, ref, max_users=40)
+        want = _ranker_probs(eager, ref, max_users=40)
+    assert np.array_equal(np.isnan(out), ~done)
+    assert np.abs(out[done] - want[done]).max() <= ROUNDING_P
+    assert np.abs(out[done] - ref.probs[done]).max() > 0.0  # int8, not the float model
