@@ -7,8 +7,9 @@ which a user cannot know in advance. The fusion reads both, everywhere:
 * GSU (`FusionGSU`), one of two rules (``model.gsu.fusion``):
 
   - ``union``: MUSE's K picks (multimodal cosine; behaviours without an SCL vector last) and
-    SIM-soft's K picks (ID cosine), ``2K`` slots, a position picked by both kept once (its second
-    slot invalid). The ESU sees everything either method's ESU sees; needs no learning to be robust.
+    SIM-soft's K picks (ID cosine), ``2K`` slots, a behaviour (item, category) picked by both kept
+    once (its second slot invalid; `union_of` says why not by position). The ESU sees everything
+    either method's ESU sees; needs no learning to be robust.
   - ``half``: the K/2 best of each, interleaved by rank, duplicates replaced by the next best
     (`merge_gsu_results`), K slots (measured to lose to MUSE at informative vectors: docs/fusion.md).
   - ``gated``: top-K of ``lam * z_mm + (1 - lam) * z_id``, each score standardised per sample
