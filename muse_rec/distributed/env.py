@@ -140,7 +140,15 @@ def init_distributed(
         )
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
-    if launched:
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if launched and restart not in ("", "0"):
+        # A restarted attempt (torchrun --max-restarts): the rendezvous store can still hold the
+        # failed attempt's keys (the dead ranks' gloo addresses), and a new rank that reads one
+        # fails with "connectFullMesh ... Connection refused". Give every attempt its own key space.
+        store, _, _ = next(dist.rendezvous("env://", rank=env.rank, world_size=env.world_size, timeout=timeout))
+        dist.init_process_group(backend=env.backend, store=dist.PrefixStore(f"muse_rec/attempt-{restart}", store),
+                                rank=env.rank, world_size=env.world_size, timeout=timeout)
+    elif launched:
         dist.init_process_group(backend=env.backend, rank=env.rank, world_size=env.world_size, timeout=timeout)
     else:
         # A single process without a launcher: an in-memory store, no port, and nothing written

@@ -258,6 +258,11 @@ class FusionSimTier(nn.Module):
         self.ids = SimTier(num_tiers, tier_width, device=device)
         self.output_dim = 2 * num_tiers
 
+    def counts(self, similarities: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+        """Hard tier counts of both similarities: ``[B, K, 2]``, ``[B, K, 2]`` -> ``[B, 2 * num_tiers]``."""
+        return torch.cat([self.multimodal.counts(similarities[..., 0], ok[..., 0]),
+                          self.ids.counts(similarities[..., 1], ok[..., 1])], dim=1)
+
     def forward(self, similarities: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
         """``similarities [B, K, 2]``, ``ok [B, K, 2]`` bool -> ``[B, 2 * num_tiers]``."""
         return torch.cat([self.multimodal(similarities[..., 0], ok[..., 0]),

@@ -28,7 +28,7 @@ from muse_rec.spec import ParametrizationSpec
 TORCH_PARAMETRIZATION = ParametrizationSpec(
     linear_init="torch", linear_bias=None, attention_bias=False, dice_alpha_init=0.0,
     dice_norm_affine=True, dice_norm_eps=1e-5, output_head="one_logit")
-REFERENCE_PARAMETRIZATION = ParametrizationSpec(linear_bias=0.1)  # all of MUSE.md's list
+REFERENCE_PARAMETRIZATION = ParametrizationSpec(linear_bias=0.1, output_head="two_logits_dice")  # all of MUSE.md's list
 DEFAULT_PARAMETRIZATION = TORCH_PARAMETRIZATION
 
 

@@ -41,8 +41,8 @@ ROUNDING = 1e-5  # logits; the float forward's own parity tolerance
 def decisions_read_ids(model) -> bool:
     """True when a GSU pick or a SimTier count depends on ID embeddings (may flip under int8)."""
     g, e = model.spec.gsu, model.spec.esu
-    return g.kind in ("id_cosine", "attention") or g.id_score != "none" or (
-        e.similarity == "id" and model.over_arch.similarity is not None)
+    return g.kind in ("id_cosine", "attention", "fusion") or g.id_score != "none" or (
+        e.similarity in ("id", "fusion") and model.over_arch.similarity is not None)
 
 
 def _table_params(model) -> Dict[str, torch.nn.Parameter]:

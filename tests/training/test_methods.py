@@ -73,16 +73,16 @@ def test_spec_parametrization_reaches_every_dense_layer(prepared):
     spec = load_spec(SPECS / "methods" / "muse.yaml")
     p = spec.model.parametrization
     assert (p.linear_init, p.linear_bias, p.attention_bias, p.output_head) == \
-        ("normal_fan_in", None, True, "two_logits_dice")
+        ("normal_fan_in", None, True, "one_logit")
     assert spec.train.dense_optimizer.weight_decay == 0.01
     model = build_train_model(spec.model, PreparedData(str(prepared)).vocab_sizes, seq_len=1000).model
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(isinstance(m, ParamLinear) and m.parametrization == p for m in linears)
     # torch's uniform bias (not the reference's constant 0.1: docs/accuracy.md), every layer biased
-    assert all(m.bias is not None and m.bias.std() > 0 and m.bias.abs().max() <= m.in_features ** -0.5
-               for m in linears)
+    assert all(m.bias is not None and (m.bias.numel() == 1 or m.bias.std() > 0)  # the 1-logit head has one bias
+               and m.bias.abs().max() <= m.in_features ** -0.5 for m in linears)
     wide = max(linears, key=lambda m: m.weight.numel())  # N(0,1)/sqrt(fan_in), not torch's uniform
     assert abs(wide.weight.std().item() * wide.in_features ** 0.5 - 1.0) < 0.05
     dice = [m for m in model.modules() if isinstance(m, Dice)]
-    assert len(dice) == len(spec.model.tower_hidden) + 1  # + the one on the 2 output logits
+    assert len(dice) == len(spec.model.tower_hidden)  # one logit: no Dice on the output (base.yaml)
     assert all(torch.equal(d.alpha, torch.full_like(d.alpha, -0.25)) and d.norm.weight is None for d in dice)
