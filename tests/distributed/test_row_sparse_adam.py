@@ -9,18 +9,15 @@ contribution from the other rank, another bias correction - shows up as mismatch
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from muse_rec.distributed.env import DistEnv, destroy_distributed, free_port, init_distributed
+from muse_rec.distributed.env import DistEnv, destroy_distributed, init_distributed
 from tests.distributed.row_sparse_adam_worker import POOL_KEY, SEQ_KEY, run_case
+from tests.distributed.spawn import run_worker_ranks
 
-REPO = Path(__file__).resolve().parents[2]
 CASES = ("table_wise", "row_wise", "column_wise")
 
 
@@ -83,25 +80,8 @@ def test_dense_adam_semantics_would_fail(env, monkeypatch) -> None:
 def test_two_ranks_match_sparse_adam_on_the_global_batch(env, tmp_path: Path) -> None:
     """2 gloo ranks == SparseAdam on the global batch; their row-wise checkpoint loads on 1 rank
     (DCP reshards tables and moments) into exactly the reference's tables and moments."""
-    port, world = str(free_port()), 2
-    procs = []
-    for rank in range(world):
-        child_env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                         LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                         OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.distributed.row_sparse_adam_worker", str(tmp_path)],
-            cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = []
-    for p in procs:
-        try:
-            outputs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("2-rank worker timed out")
-    for rank, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{out[-4000:]}"
+    world = 2
+    run_worker_ranks("tests.distributed.row_sparse_adam_worker", tmp_path, world, timeout=300)
     shards = {}
     for rank in range(world):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
