@@ -69,7 +69,9 @@ def test_two_hosts_match_one_host(prepared, tmp_path):
 
 def test_rank_killed_mid_epoch_restarts_and_resumes(prepared, tmp_path):
     full = tmp_path / "full"
-    run_ranks(train_args(SPEC, prepared, full, COMMON), nproc=2)
+    # Bit for bit needs the same thread count in both runs (CPU kernels split their reductions by
+    # thread): the profile below pins its ranks to 1 thread, whatever the suite's OMP_NUM_THREADS.
+    run_ranks(train_args(SPEC, prepared, full, COMMON), nproc=2, env_extra={"OMP_NUM_THREADS": "1"})
 
     # The profile's max_restarts reaches torchrun through the component; rank 1 SIGKILLs itself
     # after step 6 (checkpoint at step 4), in the first attempt only. Two restarts, not one: once
