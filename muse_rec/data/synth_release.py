@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -114,9 +114,11 @@ class History:
     items: np.ndarray  # [sum len] dense item index, oldest -> newest
 
 
-def snapshot(cfg: SynthConfig, users: Users, tl_offsets: np.ndarray, tl_items: np.ndarray, split: str) -> History:
-    """Train snapshot: train users' first `train_len` behaviours. Test snapshot: test users'
-    whole timelines. Both keep at most the newest `max_seq_len`."""
+def snapshot_window(cfg: SynthConfig, users: Users, tl_offsets: np.ndarray, split: str
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, start, lengths)`` of a split's snapshot in the timelines: the users in it, and
+    where each one's kept history (at most the newest `max_seq_len` behaviours) starts and how
+    long it is. Shared by `snapshot` and the streaming writer."""
     if split == "train":
         rows = np.arange(users.n_train, dtype=np.int64)
         end = tl_offsets[rows] + users.train_len[rows]
@@ -124,7 +126,13 @@ def snapshot(cfg: SynthConfig, users: Users, tl_offsets: np.ndarray, tl_items: n
         rows = np.flatnonzero(users.in_test).astype(np.int64)
         end = tl_offsets[rows + 1]
     start = np.maximum(tl_offsets[rows], end - cfg.max_seq_len)
-    lengths = end - start
+    return rows, start, end - start
+
+
+def snapshot(cfg: SynthConfig, users: Users, tl_offsets: np.ndarray, tl_items: np.ndarray, split: str) -> History:
+    """Train snapshot: train users' first `train_len` behaviours. Test snapshot: test users'
+    whole timelines. Both keep at most the newest `max_seq_len`."""
+    rows, start, lengths = snapshot_window(cfg, users, tl_offsets, split)
     rows_perm = stage_rng(cfg, 5 if split == "train" else 6).permutation(rows.shape[0])
     rows, start, lengths = rows[rows_perm], start[rows_perm], lengths[rows_perm]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

@@ -29,7 +29,7 @@ from muse_rec.data import schema as S
 from muse_rec.data.synth_config import SynthConfig
 from muse_rec.data.synth_diagnostics import group_auc
 from muse_rec.data.synth_release import (IdHasher, USER_FIELD_NAMESPACE, release_schema, samples_table,
-                                         written_scl_int8)
+                                         snapshot_window, written_scl_int8)
 from muse_rec.data.synth_world import (VECTOR_BLOCK, Catalogue, Impressions, Users, affinities_of, build_catalogue,
                                        build_impressions, build_timelines, build_users, item_vector_block, ranges)
 
@@ -92,23 +92,11 @@ def _write_samples(table: StagedTable, imp: Impressions, ids: IdHasher, rows_per
         table.write(samples_table(Impressions(imp.user[sl], imp.item[sl], imp.prob[sl], imp.label[sl]), ids))
 
 
-def _snapshot_rows(cfg: SynthConfig, users: Users, tl_offsets: np.ndarray, split: str) -> Tuple[np.ndarray, ...]:
-    """(rows, start, lengths) of a chunk's snapshot, as `synth_release.snapshot` cuts it."""
-    if split == "train":
-        rows = np.arange(users.n_train, dtype=np.int64)
-        end = tl_offsets[rows] + users.train_len[rows]
-    else:
-        rows = np.flatnonzero(users.in_test).astype(np.int64)
-        end = tl_offsets[rows + 1]
-    start = np.maximum(tl_offsets[rows], end - cfg.max_seq_len)
-    return rows, start, end - start
-
-
 def _user_batch(cfg: SynthConfig, cat: Catalogue, users: Users, lo: int, tl: Tuple[np.ndarray, np.ndarray],
                 split: str, ids: IdHasher) -> Tuple[Optional[pa.Table], np.ndarray]:
     """One chunk's rows of `<split>_user_features` (None when the chunk has none) and their lengths."""
     tl_offsets, tl_items = tl
-    rows, start, lengths = _snapshot_rows(cfg, users, tl_offsets, split)
+    rows, start, lengths = snapshot_window(cfg, users, tl_offsets, split)
     if rows.size == 0:
         return None, lengths
     offsets = np.concatenate([[0], np.cumsum(lengths)])
