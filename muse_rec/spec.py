@@ -58,10 +58,11 @@ class GSUSpec:
     id_score: Literal["none", "cosine", "attention"] = "none"
     id_weight: float = 1.0
     chunk_size: int = 4096  # positions scored per chunk (bounds the GSU's working memory)
-    # kind fusion only (docs/fusion.md): "union" = MUSE's K picks and SIM-soft's K picks (2K slots),
-    # "half" = each similarity's best K/2 (K slots), "gated" = top-K of the gated sum of both,
-    # standardised per user (gate: the ESU's).
-    fusion: Literal["union", "half", "gated"] = "union"
+    # kind fusion only (docs/fusion.md): "branches" = MUSE's K picks and SIM-soft's K picks, each
+    # read by its own ESU pass, the tower sees both; "union" = both top-K as one set of 2K slots
+    # (a behaviour picked by both once); "half" = each similarity's best K/2 (K slots); "gated" =
+    # top-K of the gated sum of both, standardised per user (gate: the ESU's).
+    fusion: Literal["branches", "union", "half", "gated"] = "union"
 
 
 @dataclass
@@ -122,6 +123,12 @@ class ParametrizationSpec:
     # size, so the reference head jumps by ~1.16 z where z0 = z1 = z (a discontinuous model: an
     # int8 table or a different summation order flips it), and it moves GAUC by +0.01 at most.
     output_head: Literal["one_logit", "two_logits_dice"] = "one_logit"
+    # Bias of the one output logit. "train_prior": log(p / (1 - p)), p = the click rate of the
+    # prepared train split (its meta.json), so the model starts at the base rate. With "linear"
+    # (as every other Linear; the reference) the model starts near p = 0.5 while ~14% click, and at
+    # the published lr (2e-4: a weight moves ~0.01 in 50 steps) the first epoch is spent moving
+    # the mean logit to ~-1.8 instead of ranking: MUSE 0.634 -> 0.662 GAUC (docs/accuracy.md).
+    output_bias: Literal["linear", "train_prior"] = "train_prior"
 
 
 @dataclass

@@ -146,6 +146,19 @@ class PreparedData:
                                     f"({'truncated' if size < need else 'trailing data'}); re-run `muse-rec prepare`")
 
     @property
+    def train_positive_rate(self) -> float:
+        """The click rate of the train split, from meta.json (``splits.train.positive_rate``), in [0, 1]."""
+        try:
+            rate = self.meta["splits"]["train"]["positive_rate"]
+        except (KeyError, TypeError):
+            raise PreparedDataError(f"{join_path(self.path, 'meta.json')}: no splits.train.positive_rate; "
+                                    "re-run `muse-rec prepare`") from None
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            raise PreparedDataError(f"{join_path(self.path, 'meta.json')}: splits.train.positive_rate must be a "
+                                    f"number in [0, 1], got {rate!r}")
+        return float(rate)
+
+    @property
     def fingerprint(self) -> str:
         """Identity of the prepared data (hex, 20 chars), recorded in checkpoints and exports.
 

@@ -45,6 +45,7 @@ from muse_rec.modules import (
     TargetAttention,
 )
 from muse_rec.modules.fusion import FusionGSU, FusionSemanticAttention
+from muse_rec.modules.parametrization import prior_logit
 from muse_rec.spec import ModelSpec
 
 SCL_DIM = 128
@@ -99,10 +100,13 @@ class LifelongCTRModel(nn.Module):
         table_sizes: rows per embedding table (the prepared data's vocab sizes).
         seq_len: L, the behaviours kept per user.
         device: where parameters are built; ``meta`` for DistributedModelParallel.
+        positive_rate: the train split's click rate, the output logit's initial bias under
+            ``parametrization.output_bias: train_prior``. None (planning, or weights that a
+            checkpoint replaces next) = the output bias starts as every Linear's.
     """
 
     def __init__(self, spec: ModelSpec, table_sizes: Mapping[str, int], seq_len: int,
-                 device: Optional[torch.device] = None) -> None:
+                 device: Optional[torch.device] = None, positive_rate: Optional[float] = None) -> None:
         super().__init__()
         self.spec = spec
         self.seq_len = seq_len
@@ -138,8 +142,11 @@ class LifelongCTRModel(nn.Module):
                                          device=device)
                          if g.kind == "scl_attention" else None)
         self.gsu = build_gsu(spec, self.top_k, esu_attention, scl_attention)
+        output_bias = (prior_logit(positive_rate)
+                       if pz.output_bias == "train_prior" and positive_rate is not None else None)
         self.over_arch = OverArch(spec, self.sparse_arch.pooled_dim, d_tok, self.gsu is not None, self.uses_scl,
-                                  esu_attention, scl_attention, make_similarity(spec, self.gsu), device=device)
+                                  esu_attention, scl_attention, make_similarity(spec, self.gsu),
+                                  output_bias=output_bias, device=device)
 
     # ------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -244,6 +251,12 @@ def is_frozen_key(key: str) -> bool:
 
 
 def build_train_model(spec: ModelSpec, table_sizes: Mapping[str, int], seq_len: int,
-                      device: Optional[torch.device] = None) -> LifelongCTRTrain:
-    """The trainable model of a spec, ready for `shard_model` (build it on ``meta``)."""
-    return LifelongCTRTrain(LifelongCTRModel(spec, table_sizes, seq_len, device=device))
+                      device: Optional[torch.device] = None,
+                      positive_rate: Optional[float] = None) -> LifelongCTRTrain:
+    """The trainable model of a spec, ready for `shard_model` (build it on ``meta``).
+
+    ``positive_rate``: the train click rate (`PreparedData.train_positive_rate`), for the output
+    logit's prior; see `LifelongCTRModel`.
+    """
+    return LifelongCTRTrain(LifelongCTRModel(spec, table_sizes, seq_len, device=device,
+                                             positive_rate=positive_rate))

@@ -18,6 +18,12 @@ TA over the recent R        D_tok            ``short_term.attention``
 mean of recent, of picks    D_tok (x2)       ``short_term.mean_pool`` (picks: with a GSU)
 ==========================  ===============  ===========================================
 
+With the fusion GSU's ``branches`` rule the picks are two branches of K (MUSE's, SIM-soft's):
+the ESU parts (SimTier, attention, mean of picks) are computed once per branch and the tower
+reads both, branch after branch. The attention is shared by the branches (one ID-token space);
+each branch has its own SimTier, since the two halves' similarity histograms differ by
+construction (MUSE's picks are the highest SCL cosines).
+
 R, the similarity of each pick to the target, is chosen once at construction
 (`make_similarity`): the GSU's own SCL cosines when it has them, else the SCL cosine of the
 picks, or (``esu.similarity: id``) the cosine of the ID tokens.
@@ -32,7 +38,7 @@ from torch import nn
 
 from muse_rec.modules import GSUResult, MLPTower, SearchInputs, SimTier, TargetAttention, masked_mean
 from muse_rec.modules.cosine import finish_cosine
-from muse_rec.modules.fusion import FusionSimilarity, FusionSimTier
+from muse_rec.modules.fusion import BRANCH_RULES, FusionSimilarity, FusionSimTier, branch_slices
 from muse_rec.modules.search import history_cosine, unit_vectors
 from muse_rec.spec import ModelSpec
 
@@ -95,18 +101,23 @@ class OverArch(nn.Module):
         esu_attention: the ESU's TA / SA-TA (shared with a TWIN-style GSU), or None.
         scl_attention: attention over the picks' SCL vectors (shared with `SCLAttentionGSU`), or None.
         similarity: the R module (`make_similarity`), or None.
+        output_bias: initial bias of the output logit (`MLPTower`); None = as every Linear.
         device: where parameters are built (``meta`` allowed).
     """
 
     def __init__(self, spec: ModelSpec, pooled_dim: int, token_dim: int, has_gsu: bool, uses_scl: bool,
                  esu_attention: Optional[nn.Module], scl_attention: Optional[TargetAttention],
-                 similarity: Optional[nn.Module], device: Optional[torch.device] = None) -> None:
+                 similarity: Optional[nn.Module], output_bias: Optional[float] = None,
+                 device: Optional[torch.device] = None) -> None:
         super().__init__()
         e, s, pz = spec.esu, spec.short_term, spec.parametrization
         self.has_gsu = has_gsu
         self.similarity = similarity
+        self.branches = 2 if (spec.gsu.kind == "fusion" and spec.gsu.fusion in BRANCH_RULES) else 1
         simtier_kind = FusionSimTier if e.similarity == "fusion" else SimTier  # fusion: one per similarity
         self.simtier = simtier_kind(e.num_tiers, e.tier_width, device=device) if e.simtier else None
+        self.branch_simtier = (simtier_kind(e.num_tiers, e.tier_width, device=device)
+                               if e.simtier and self.branches == 2 else None)
         self.scl_attention = scl_attention
         self.esu_attention = esu_attention
         # SA-TA reads R too; a plain TA does not (decided here, once).
@@ -120,21 +131,22 @@ class OverArch(nn.Module):
             raise ValueError("model.esu: SimTier / SA-TA read similarities R but no similarity was built")
 
         widths = [pooled_dim, token_dim]  # the same order as `forward` appends
-        if has_gsu and self.simtier is not None:
-            widths.append(self.simtier.output_dim)
-        if has_gsu and scl_attention is not None:
-            widths.append(SCL_DIM)
-        if has_gsu and esu_attention is not None:
-            widths.append(token_dim)
+        for _ in range(self.branches if has_gsu else 0):
+            if self.simtier is not None:
+                widths.append(self.simtier.output_dim)
+            if scl_attention is not None:
+                widths.append(SCL_DIM)
+            if esu_attention is not None:
+                widths.append(token_dim)
         if self.recent_simtier is not None:
             widths.append(e.num_tiers)
         if self.recent_attention is not None:
             widths.append(token_dim)
         if self.mean_pool:
-            widths += [token_dim] * (2 if has_gsu else 1)
+            widths += [token_dim] * (1 + (self.branches if has_gsu else 0))
         self.input_dim = sum(widths)
         self.tower = MLPTower(self.input_dim, tuple(spec.tower_hidden), activation=spec.tower_activation,
-                              dropout=spec.dropout, parametrization=pz, device=device)
+                              dropout=spec.dropout, parametrization=pz, output_bias=output_bias, device=device)
 
     def features(self, pooled: torch.Tensor, target_tok: torch.Tensor, gsu_tok: torch.Tensor,
                  recent_tok: torch.Tensor, recent_mask: torch.Tensor, res: Optional[GSUResult],
@@ -147,21 +159,15 @@ class OverArch(nn.Module):
             res: the GSU's picks (None without a GSU). search: SCL vectors and histories.
         """
         parts: List[torch.Tensor] = [pooled, target_tok]
+        branches: List[Tuple[GSUResult, torch.Tensor]] = []
         if res is not None:
-            sim = sim_ok = None
-            if self.similarity is not None:
-                sim, sim_ok = self.similarity(res, search, target_tok, gsu_tok)
-            if self.simtier is not None:
-                parts.append(self.simtier(sim, sim_ok))
-            if self.scl_attention is not None:
-                scl_target, scl_seq = search.scl()
-                parts.append(self.scl_attention(unit_vectors(scl_target),
-                                                unit_vectors(search.hist.at(scl_seq, res.indices)), res.valid))
-            if self.esu_attention is not None:
-                if self.attention_reads_similarity:
-                    parts.append(self.esu_attention(target_tok, gsu_tok, sim, res.valid))
-                else:
-                    parts.append(self.esu_attention(target_tok, gsu_tok, res.valid))
+            if self.branches == 1:
+                branches = [(res, gsu_tok)]
+            else:
+                K = res.top_k // self.branches
+                branches = [(r, gsu_tok[:, i * K:(i + 1) * K]) for i, r in enumerate(branch_slices(res, self.branches))]
+            for simtier, (r, tok) in zip((self.simtier, self.branch_simtier), branches):
+                parts += self._esu(simtier, target_tok, tok, r, search)
         if self.recent_simtier is not None:
             scl_target, scl_seq = search.scl()
             R = recent_mask.shape[1]
@@ -173,9 +179,28 @@ class OverArch(nn.Module):
             parts.append(self.recent_attention(target_tok, recent_tok, recent_mask))
         if self.mean_pool:
             parts.append(masked_mean(recent_tok, recent_mask))
-            if res is not None:
-                parts.append(masked_mean(gsu_tok, res.valid))
+            parts += [masked_mean(tok, r.valid) for r, tok in branches]
         return torch.cat(parts, dim=-1)
+
+    def _esu(self, simtier: Optional[nn.Module], target_tok: torch.Tensor, gsu_tok: torch.Tensor, res: GSUResult,
+             search: SearchInputs) -> List[torch.Tensor]:
+        """The ESU's features of one set of picks (``res [B, K]``, ``gsu_tok [B, K, D_tok]``)."""
+        parts: List[torch.Tensor] = []
+        sim = sim_ok = None
+        if self.similarity is not None:
+            sim, sim_ok = self.similarity(res, search, target_tok, gsu_tok)
+        if simtier is not None:
+            parts.append(simtier(sim, sim_ok))
+        if self.scl_attention is not None:
+            scl_target, scl_seq = search.scl()
+            parts.append(self.scl_attention(unit_vectors(scl_target),
+                                            unit_vectors(search.hist.at(scl_seq, res.indices)), res.valid))
+        if self.esu_attention is not None:
+            if self.attention_reads_similarity:
+                parts.append(self.esu_attention(target_tok, gsu_tok, sim, res.valid))
+            else:
+                parts.append(self.esu_attention(target_tok, gsu_tok, res.valid))
+        return parts
 
     def forward(self, pooled: torch.Tensor, target_tok: torch.Tensor, gsu_tok: torch.Tensor,
                 recent_tok: torch.Tensor, recent_mask: torch.Tensor, res: Optional[GSUResult],

@@ -4,8 +4,12 @@ MUSE retrieves by the cosine of frozen multimodal (SCL) vectors, SIM-soft by the
 trainable ID tokens ``[item ‖ category]``. Which is better depends on the SCL vectors' quality,
 which a user cannot know in advance. The fusion reads both, everywhere:
 
-* GSU (`FusionGSU`), one of two rules (``model.gsu.fusion``):
+* GSU (`FusionGSU`), one of four rules (``model.gsu.fusion``):
 
+  - ``branches``: MUSE's K picks then SIM-soft's K picks, ``2K`` slots kept apart (`side_by_side`):
+    the ESU runs once over each half (`OverArch`), so the tower reads MUSE's ESU features and
+    SIM-soft's side by side and learns which to trust. A behaviour picked by both is in both
+    halves, once per half: each half is exactly what that method's own ESU would read.
   - ``union``: MUSE's K picks (multimodal cosine; behaviours without an SCL vector last) and
     SIM-soft's K picks (ID cosine), ``2K`` slots, a behaviour (item, category) picked by both kept
     once (its second slot invalid; `union_of` says why not by position). The ESU sees everything
@@ -44,7 +48,9 @@ from muse_rec.modules.search import SearchInputs, history_cosine
 from muse_rec.modules.selection import GSUResult, topk_eligible
 from muse_rec.modules.simtier import SimTier
 
-FUSION_RULES = ("union", "half", "gated")
+FUSION_RULES = ("branches", "union", "half", "gated")
+# Rules whose 2K slots are two K-slot branches, each read by its own ESU pass.
+BRANCH_RULES = ("branches",)
 # Standardisation floor: a history whose scores are all equal (std 0) keeps its order (all 0).
 _STD_FLOOR = 1e-6
 # Behaviours without an SCL vector sit this far (in standard deviations) below the sample's lowest
@@ -168,6 +174,24 @@ def union_of(a: GSUResult, b: GSUResult, a_rows: Optional[torch.Tensor] = None,
     )
 
 
+def side_by_side(a: GSUResult, b: GSUResult) -> GSUResult:
+    """``a``'s slots then ``b``'s, ``[B, K_a + K_b]``, nothing dropped (the ``branches`` rule)."""
+    return GSUResult(indices=torch.cat([a.indices, b.indices], dim=1),
+                     scores=torch.cat([a.scores.float(), b.scores.float()], dim=1),
+                     valid=torch.cat([a.valid, b.valid], dim=1),
+                     has_score=torch.cat([a.has_score, b.has_score], dim=1))
+
+
+def branch_slices(res: GSUResult, branches: int) -> Tuple[GSUResult, ...]:
+    """Cut ``res [B, branches * K]`` back into its ``branches`` results of K slots (inverse of `side_by_side`)."""
+    K = res.top_k // branches
+    if K * branches != res.top_k:
+        raise ValueError(f"{res.top_k} slots do not split into {branches} equal branches")
+    return tuple(GSUResult(res.indices[:, i * K:(i + 1) * K], res.scores[:, i * K:(i + 1) * K],
+                           res.valid[:, i * K:(i + 1) * K], res.has_score[:, i * K:(i + 1) * K])
+                 for i in range(branches))
+
+
 def behaviour_rows(search: SearchInputs, res: GSUResult) -> torch.Tensor:
     """``[B, K, 2]`` (item row, category row) of each pick: what its ID token and SCL vector read."""
     h = search.hist
@@ -175,12 +199,12 @@ def behaviour_rows(search: SearchInputs, res: GSUResult) -> torch.Tensor:
 
 
 class FusionGSU(nn.Module):
-    """The fusion GSU (module docstring): ``union`` of both top-K (2K slots), ``half`` (K/2 of each)
-    or the ``gated`` sum (K slots).
+    """The fusion GSU (module docstring): both top-K as two ``branches`` or their ``union`` (2K slots),
+    ``half`` (K/2 of each) or the ``gated`` sum (K slots).
 
     Args:
         top_k: K.
-        rule: "union", "half" or "gated".
+        rule: "branches", "union", "half" or "gated".
         gate: the ESU's `FusionGate` (shared, not copied; read without gradient here); required
             for "gated".
         chunk_size: SCL rows converted per step (see `CosineGSU`).
@@ -205,6 +229,8 @@ class FusionGSU(nn.Module):
     @torch.no_grad()
     def retrieve(self, search: SearchInputs) -> GSUResult:
         """K positions per sample (see `SearchInputs`); no gradient through the selection."""
+        if self.rule == "branches":
+            return side_by_side(self.multimodal.retrieve(search), self.ids.retrieve(search))
         if self.rule == "union":
             mm, ids = self.multimodal.retrieve(search), self.ids.retrieve(search)
             return union_of(mm, ids, behaviour_rows(search, mm), behaviour_rows(search, ids))

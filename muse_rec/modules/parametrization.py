@@ -27,8 +27,9 @@ from muse_rec.spec import ParametrizationSpec
 # reference's parametrization instead (`ParametrizationSpec()`).
 TORCH_PARAMETRIZATION = ParametrizationSpec(
     linear_init="torch", linear_bias=None, attention_bias=False, dice_alpha_init=0.0,
-    dice_norm_affine=True, dice_norm_eps=1e-5, output_head="one_logit")
-REFERENCE_PARAMETRIZATION = ParametrizationSpec(linear_bias=0.1, output_head="two_logits_dice")  # all of MUSE.md's list
+    dice_norm_affine=True, dice_norm_eps=1e-5, output_head="one_logit", output_bias="linear")
+REFERENCE_PARAMETRIZATION = ParametrizationSpec(linear_bias=0.1, output_head="two_logits_dice",
+                                                output_bias="linear")  # all of MUSE.md's list
 DEFAULT_PARAMETRIZATION = TORCH_PARAMETRIZATION
 
 
@@ -39,14 +40,17 @@ class ParamLinear(nn.Linear):
         in_features, out_features, bias: as `nn.Linear`.
         parametrization: ``linear_init`` ("torch" | "normal_fan_in") and ``linear_bias``
             (a constant, or None for torch's uniform bias).
+        bias_init: a constant bias for this layer only, over ``linear_bias`` (the output
+            logit's prior, `prior_logit`); None = ``linear_bias``.
         device: where parameters live (``meta`` allowed).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  parametrization: ParametrizationSpec = DEFAULT_PARAMETRIZATION,
-                 device: Optional[torch.device] = None) -> None:
-        # nn.Linear.__init__ calls reset_parameters, which reads self.parametrization.
+                 bias_init: Optional[float] = None, device: Optional[torch.device] = None) -> None:
+        # nn.Linear.__init__ calls reset_parameters, which reads these two.
         self.parametrization = parametrization
+        self.bias_init = bias_init
         super().__init__(in_features, out_features, bias=bias, device=device)
 
     def reset_parameters(self) -> None:
@@ -55,9 +59,18 @@ class ParamLinear(nn.Linear):
         with torch.no_grad():
             if p.linear_init == "normal_fan_in":
                 nn.init.normal_(self.weight, mean=0.0, std=1.0 / math.sqrt(self.in_features))
-            if self.bias is not None and p.linear_bias is not None:
-                nn.init.constant_(self.bias, p.linear_bias)
+            bias = self.bias_init if self.bias_init is not None else p.linear_bias
+            if self.bias is not None and bias is not None:
+                nn.init.constant_(self.bias, bias)
 
     def extra_repr(self) -> str:
         p = self.parametrization
-        return f"{super().extra_repr()}, init={p.linear_init}, bias_init={p.linear_bias}"
+        bias = self.bias_init if self.bias_init is not None else p.linear_bias
+        return f"{super().extra_repr()}, init={p.linear_init}, bias_init={bias}"
+
+
+def prior_logit(positive_rate: float) -> float:
+    """log(p / (1 - p)): the logit whose sigmoid is the click rate ``p`` (in (0, 1))."""
+    if not 0.0 < positive_rate < 1.0:  # also rejects NaN
+        raise ValueError(f"a click rate must be in (0, 1) for a prior logit, got {positive_rate}")
+    return math.log(positive_rate / (1.0 - positive_rate))

@@ -76,6 +76,8 @@ class MLPTower(nn.Module):
         activation: "dice" (reference) or "relu".
         dropout: dropout after each hidden activation (0 = none).
         parametrization: Linear/Dice init and output head (`ParametrizationSpec`).
+        output_bias: constant initial bias of the one output logit (`prior_logit` of the
+            train click rate); None = as every Linear. Not with the two-logit head.
         device: where parameters live (``meta`` allowed).
 
     Example::
@@ -91,12 +93,17 @@ class MLPTower(nn.Module):
         activation: str = "dice",
         dropout: float = 0.0,
         parametrization: ParametrizationSpec = DEFAULT_PARAMETRIZATION,
+        output_bias: Optional[float] = None,
         device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
         p = parametrization
         if p.output_head not in OUTPUT_HEADS:
             raise ValueError(f"output_head must be one of {OUTPUT_HEADS}, got {p.output_head!r}")
+        if output_bias is not None and p.output_head != "one_logit":
+            # Dice's LayerNorm over [z0, z1] erases any constant put on the two logits.
+            raise ValueError("model.parametrization.output_bias: 'train_prior' needs output_head 'one_logit' "
+                             f"(got {p.output_head!r}); use output_bias: linear with it")
         if in_dim < 1 or any(h < 1 for h in hidden):
             raise ValueError(f"in_dim and hidden widths must be >= 1, got {in_dim}, {tuple(hidden)}")
         if not 0.0 <= dropout < 1.0:
@@ -113,7 +120,7 @@ class MLPTower(nn.Module):
         if self.two_logits:
             layers += [ParamLinear(width, 2, parametrization=p, device=device), Dice.of(2, p, device=device)]
         else:
-            layers.append(ParamLinear(width, 1, parametrization=p, device=device))
+            layers.append(ParamLinear(width, 1, parametrization=p, bias_init=output_bias, device=device))
         self.layers = nn.Sequential(*layers)
         self.in_dim = in_dim
 

@@ -263,6 +263,17 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     return result
 
 
+def _output_prior(spec: Spec, data: PreparedData) -> Optional[float]:
+    """The train click rate the output logit starts at (``output_bias: train_prior``), else None."""
+    if spec.model.parametrization.output_bias != "train_prior":
+        return None
+    rate = data.train_positive_rate
+    if not 0.0 < rate < 1.0:
+        raise RunError(f"{spec.data.prepared}: the train split's click rate is {rate:g} (one class): a CTR model "
+                       "needs clicks and non-clicks (model.parametrization.output_bias: train_prior)")
+    return rate
+
+
 def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
     """Model on meta -> DMP (planner picks the sharding) -> SCL loaded -> combined optimizer.
 
@@ -273,7 +284,8 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
         FusedOptimizerConfig(name=spec.train.sparse_optimizer.name).fused_params(env.device.type)
     except ValueError as e:
         raise RunError(f"train.sparse_optimizer.name: {e}") from None
-    model = build_train_model(spec.model, data.vocab_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"))
+    model = build_train_model(spec.model, data.vocab_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"),
+                              positive_rate=_output_prior(spec, data))
     # The frozen SCL lookups are the largest all-to-all of a step ([U*L, 128] per rank): send them
     # as fp16 (exact for the int8 values). TorchRec 1.8 returns correct fp16 lookups across ranks
     # only for row-wise tables (docs/sharding.md), so with several ranks the SCL table is row-wise.

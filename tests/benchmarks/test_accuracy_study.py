@@ -30,11 +30,18 @@ def test_each_ablation_row_differs_from_its_base_by_one_difference():
         changed = {k for k in ours if ours[k] != plus[k]}
         assert changed and changed == {k for k in ref if ref[k] != minus[k]}, name
         assert all(plus[k] == ref[k] and minus[k] == ours[k] for k in changed), name
-    # The committed MUSE spec = the reference parametrization except the bias and the 2-logit head
-    # (docs/accuracy.md).
+    # The committed MUSE spec = the reference parametrization except the bias and the 2-logit head,
+    # plus the train-prior output bias (docs/accuracy.md); neither ours nor the reference has the prior.
     pub = flat(resolved(next(c for c in study.method_configs("specs/demo") if c.key == "muse__published")))
     assert {k for k in ref if ref[k] != pub[k]} == {"model.parametrization.linear_bias",
-                                                    "model.parametrization.output_head"}
+                                                    "model.parametrization.output_head",
+                                                    "model.parametrization.output_bias"}
+    assert ours["model.parametrization.output_bias"] == ref["model.parametrization.output_bias"] == "linear"
+    assert pub["model.parametrization.output_bias"] == "train_prior"
+    spec, minus = flat(resolved(rows["spec"])), flat(resolved(rows["spec_minus_train_prior"]))
+    assert {k for k in spec if spec[k] != minus[k]} == {"model.parametrization.output_bias"}
+    plus_prior = flat(resolved(rows["ours_plus_train_prior"]))
+    assert {k for k in ours if ours[k] != plus_prior[k]} == {"model.parametrization.output_bias"}
 
 
 def test_tables_render_partial_results(tmp_path):

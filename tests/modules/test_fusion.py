@@ -15,6 +15,7 @@ from muse_rec.modules.fusion import (
     FusionSimTier,
     FusionGate,
     behaviour_rows,
+    branch_slices,
     fused_scores,
     reference_fused_scores,
     union_of,
@@ -124,6 +125,69 @@ def test_union_counts_a_repeated_item_once_whichever_position_each_side_returned
         assert sorted(int(items[0, i]) for i in u.indices[0][u.valid[0]]) == [5, 7, 9]
 
 
+@pytest.mark.parametrize("U,B", [(3, 7), (1, 5)])
+def test_branches_are_muses_and_sim_softs_picks_side_by_side(U, B):
+    s = _search(U=U, B=B)
+    K = 10
+    mm, ids = branch_slices(FusionGSU(K, "branches").retrieve(s), 2)
+    for got, want in ((mm, CosineGSU(K).retrieve(s)), (ids, EmbeddingCosineGSU(K).retrieve(s))):
+        for field in ("indices", "scores", "valid", "has_score"):
+            assert torch.equal(getattr(got, field), getattr(want, field)), field
+    assert _picks(mm) != _picks(ids)  # the two branches differ: the comparison is not vacuous
+    with pytest.raises(ValueError, match="equal branches"):
+        branch_slices(mm, 3)
+
+
+def _over_arch(spec_file: str, esu_attention, P: int, D: int):
+    from muse_rec.models.over_arch import OverArch, make_similarity
+    from muse_rec.models.ctr_model import build_gsu
+
+    spec = load_spec(SPECS / spec_file).model
+    gsu = build_gsu(spec, spec.gsu.top_k, esu_attention, None)
+    return OverArch(spec, P, D, True, True, esu_attention, None, make_similarity(spec, gsu)), gsu
+
+
+def test_branches_tower_input_is_muses_esu_features_then_sim_softs():
+    """With shared attention and the same SimTier weights, the `branches` fusion's tower input holds
+    MUSE's ESU features of MUSE's picks and SIM-soft's of SIM-soft's picks, nothing mixed."""
+    torch.manual_seed(0)
+    B, P, D, R = 7, 5, 16, 6
+    K = load_spec(SPECS / "methods" / "muse.yaml").model.gsu.top_k
+    s = _search(L=2 * K, no_vector=0.1)
+    spec = load_spec(SPECS / "methods" / "muse.yaml").model
+    sata = SemanticAwareTargetAttention(D, D, spec.esu.attention_hidden, variant=spec.esu.sa_ta_variant)
+    fusion, fusion_gsu = _over_arch("ablations/fusion_branches.yaml", sata, P, D)
+    muse, muse_gsu = _over_arch("methods/muse.yaml", sata, P, D)
+    soft, soft_gsu = _over_arch("methods/sim_soft.yaml", sata, P, D)
+    muse.simtier.load_state_dict(fusion.simtier.state_dict())
+    soft.simtier.load_state_dict(fusion.branch_simtier.state_dict())
+    for other in (muse, soft):
+        other.recent_simtier.load_state_dict(fusion.recent_simtier.state_dict())
+        other.recent_attention.load_state_dict(fusion.recent_attention.state_dict())
+    pooled, target_tok = torch.randn(B, P), s.id_tokens()[1]
+    recent_tok, recent_mask = torch.randn(B, R, D), torch.rand(B, R) < 0.8
+
+    def feats(arch, gsu):
+        res = gsu.retrieve(s)
+        tok = torch.where(res.valid.unsqueeze(2), s.hist.at(s.id_tokens()[0], res.indices), 0.0)
+        return arch.features(pooled, target_tok, tok, recent_tok, recent_mask, res, s)
+
+    f, m, o = feats(fusion, fusion_gsu), feats(muse, muse_gsu), feats(soft, soft_gsu)
+    T = spec.esu.num_tiers
+    esu = T + D  # SimTier + SA-TA per branch
+    head = P + D
+    assert f.shape[1] == m.shape[1] + esu + D == o.shape[1] + esu + D
+    # [pooled, target | MUSE's ESU | SIM-soft's ESU | recent SimTier, recent TA, recent mean | picks means]
+    # MUSE's SA-TA reads its GSU's cosines, the fusion's recomputes them from the picks' vectors:
+    # fp32 dot products of int8 vectors in another order, ~1e-7 apart, through one softmax.
+    torch.testing.assert_close(f[:, :head + esu], m[:, :head + esu], rtol=0, atol=1e-5)
+    torch.testing.assert_close(f[:, head + esu:head + 2 * esu], o[:, head:head + esu], rtol=0, atol=1e-5)
+    tail = T + 2 * D
+    torch.testing.assert_close(f[:, head + 2 * esu:head + 2 * esu + tail], m[:, head + esu:head + esu + tail])
+    torch.testing.assert_close(f[:, -2 * D:-D], m[:, -D:])
+    torch.testing.assert_close(f[:, -D:], o[:, -D:])
+
+
 def test_half_holds_each_similaritys_best_half_and_nothing_else():
     s = _search(no_vector=0.0)
     K = 10
@@ -138,13 +202,13 @@ def test_half_holds_each_similaritys_best_half_and_nothing_else():
 def test_short_history_gives_invalid_slots_not_padding():
     s = _search(U=2, B=2, L=8)
     s.hist.mask[1, :6] = False
-    for gsu in (FusionGSU(6, "union"), FusionGSU(6, "half"), _gated(6, 0.5)):
+    for gsu in (FusionGSU(6, "branches"), FusionGSU(6, "union"), FusionGSU(6, "half"), _gated(6, 0.5)):
         res = gsu.retrieve(s)
         rows = s.hist.index
         for b in range(2):
             n_real = int(s.hist.mask[rows[b]].sum())
-            assert int(res.valid[b].sum()) == min(6, n_real) if gsu.rule != "union" else \
-                min(6, n_real) <= int(res.valid[b].sum()) <= min(12, n_real)
+            assert int(res.valid[b].sum()) == min(6, n_real) if gsu.rule in ("half", "gated") else \
+                min(6, n_real) <= int(res.valid[b].sum()) <= 2 * min(6, n_real)
             assert s.hist.mask[rows[b], res.indices[b][res.valid[b]]].all()
 
 

@@ -136,3 +136,23 @@ def test_two_logit_softmax_ce_equals_bce_on_the_difference():
     ce = torch.nn.functional.cross_entropy(z, y.long(), reduction="none")
     bce = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 1] - z[:, 0], y, reduction="none")
     torch.testing.assert_close(ce, bce, atol=1e-12, rtol=1e-12)
+
+
+def test_output_bias_starts_the_logit_at_the_prior_and_survives_meta_materialisation():
+    """`output_bias` sets only the output logit's bias; DMP's reset on meta keeps it."""
+    from muse_rec.modules.parametrization import prior_logit
+
+    b = prior_logit(0.137)
+    assert b == math.log(0.137 / 0.863)
+    tower = MLPTower(FAN_IN, hidden=(FAN_OUT, 64), parametrization=TORCH_PARAMETRIZATION, output_bias=b,
+                     device=torch.device("meta"))
+    tower.to_empty(device="cpu")
+    tower.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    linears = [m for m in tower.modules() if isinstance(m, torch.nn.Linear)]
+    assert torch.equal(linears[-1].bias, torch.full((1,), b))
+    assert all(lin.bias.std() > 0 for lin in linears[:-1])  # the hidden layers keep their own init
+    with pytest.raises(ValueError, match="output_bias"):
+        MLPTower(4, hidden=(3,), parametrization=_knobs(output_head="two_logits_dice"), output_bias=b)
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="click rate"):
+            prior_logit(bad)

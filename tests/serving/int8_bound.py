@@ -66,7 +66,7 @@ def _logits_and_decisions(model, args):
             dec.append(torch.where(res.valid, res.indices, -1))
             return res
         gsu.retrieve = retrieve
-    for m in (model.over_arch.simtier, model.over_arch.recent_simtier):
+    for m in (model.over_arch.simtier, model.over_arch.branch_simtier, model.over_arch.recent_simtier):
         if m is not None:
             hooks.append(m.register_forward_hook(
                 lambda mod, inp, out: dec.append(mod.counts(*inp).to(torch.int64))))

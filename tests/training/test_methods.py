@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,44 @@ def test_spec_parametrization_reaches_every_dense_layer(prepared):
     dice = [m for m in model.modules() if isinstance(m, Dice)]
     assert len(dice) == len(spec.model.tower_hidden)  # one logit: no Dice on the output (base.yaml)
     assert all(torch.equal(d.alpha, torch.full_like(d.alpha, -0.25)) and d.norm.weight is None for d in dice)
+
+
+def _output_linear(module: torch.nn.Module) -> torch.nn.Linear:
+    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+
+
+def test_trained_model_starts_its_logit_at_the_train_click_rate(prepared, tmp_path):
+    """output_bias: train_prior (the specs' default) reaches the sharded model from meta.json."""
+    import math
+    import shutil
+
+    from muse_rec.training.trainer import RunError
+
+    data = PreparedData(str(prepared))
+    rate = data.train_positive_rate
+    assert rate == data.meta["splits"]["train"]["positive_rate"] and 0.0 < rate < 1.0
+    env = init_distributed()
+    spec = load_spec(SPECS / "demo" / "muse.yaml", [f"data.prepared={prepared}", *FAST])
+    assert spec.model.parametrization.output_bias == "train_prior"
+    dmp, _, _ = build_sharded(spec, data, env)
+    bias = _output_linear(dmp.module).bias
+    assert bias.shape == (1,) and bias.item() == pytest.approx(math.log(rate / (1 - rate)), abs=1e-6)
+    linear = load_spec(SPECS / "demo" / "muse.yaml", [f"data.prepared={prepared}", *FAST,
+                                                       "model.parametrization.output_bias=linear"])
+    torch.manual_seed(0)
+    other = _output_linear(build_sharded(linear, data, env)[0].module).bias
+    assert abs(other.item()) <= 32 ** -0.5  # torch's uniform bias of a fan-in-32 layer, not the prior
+
+    # A train split with one class has no prior: one line naming the data, not a -inf bias.
+    one_class = tmp_path / "prepared"
+    shutil.copytree(prepared, one_class)
+    meta = json.loads((one_class / "meta.json").read_text())
+    meta["splits"]["train"]["positive_rate"] = 0.0
+    (one_class / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(RunError, match="one class"):
+        build_sharded(load_spec(SPECS / "demo" / "muse.yaml", [f"data.prepared={one_class}", *FAST]),
+                      PreparedData(str(one_class)), env)
+    meta["splits"]["train"]["positive_rate"] = "0.1"
+    (one_class / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(Exception, match=r"splits.train.positive_rate must be a number"):
+        PreparedData(str(one_class)).train_positive_rate
