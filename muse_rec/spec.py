@@ -62,7 +62,7 @@ class GSUSpec:
     # read by its own ESU pass, the tower sees both; "union" = both top-K as one set of 2K slots
     # (a behaviour picked by both once); "half" = each similarity's best K/2 (K slots); "gated" =
     # top-K of the gated sum of both, standardised per user (gate: the ESU's).
-    fusion: Literal["branches", "union", "half", "gated"] = "union"
+    fusion: Literal["branches", "union", "half", "gated"] = "branches"
 
 
 @dataclass
@@ -100,8 +100,9 @@ class ParametrizationSpec:
     The reference's list (MUSE.md) vs torch's defaults: at the published lr (AdamW 2e-4,
     batch 1000, one epoch) these decide how fast the dense part learns. Defaults are the
     reference's except ``linear_bias`` (what trains best at the published settings:
-    docs/accuracy.md) and ``output_head`` (the reference's is discontinuous, see below); each knob's comment names torch's value, which
-    `benchmarks/accuracy_study.py` ablates.
+    docs/accuracy.md) and ``output_head`` (the reference's is discontinuous, see below), plus
+    ``output_bias`` (ours: the logit starts at the train click rate). Each knob's comment names
+    torch's value, which `benchmarks/accuracy_study.py` ablates.
     """
 
     # "normal_fan_in": W ~ N(0, 1) / sqrt(fan_in) (the reference); "torch": nn.Linear's default

@@ -28,10 +28,10 @@ which a user cannot know in advance. The fusion reads both, everywhere:
   relevance ``R_f = lam * R_mm + (1 - lam) * R_id`` with the learned gate ``lam``
   (``alpha = g1 alpha_ID + g2 R_f / tau + g3 alpha_ID R_f / tau``), so the gate gets gradient.
 
-The method's spec (`specs/methods/muse_fusion.yaml`) uses the ``union`` GSU with MUSE's ESU (SCL
-cosines of all picks): at the published settings the ID embeddings are barely trained and the
-both-similarity ESU lost to it (docs/fusion.md); the ESU parts here are its ``esu.similarity:
-fusion`` option. `reference_fused_scores` is the plain per-sample loop the fast path is tested against.
+The method's spec (`specs/methods/muse_fusion.yaml`) uses the ``branches`` GSU with MUSE's ESU
+(SCL cosines of the picks) over each branch: it was the only rule that never lost to the better of
+MUSE and SIM-soft by more than a standard error across SCL qualities (docs/fusion.md); the ESU
+parts here are the ``esu.similarity: fusion`` option, measured weaker at the published settings. `reference_fused_scores` is the plain per-sample loop the fast path is tested against.
 """
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ class FusionGSU(nn.Module):
 
     scores_are_scl_cosines = False
 
-    def __init__(self, top_k: int, rule: str = "union", gate: Optional[FusionGate] = None,
+    def __init__(self, top_k: int, rule: str = "branches", gate: Optional[FusionGate] = None,
                  chunk_size: int = DEFAULT_CHUNK_ROWS) -> None:
         super().__init__()
         if rule not in FUSION_RULES:

@@ -156,7 +156,7 @@ def test_branches_tower_input_is_muses_esu_features_then_sim_softs():
     s = _search(L=2 * K, no_vector=0.1)
     spec = load_spec(SPECS / "methods" / "muse.yaml").model
     sata = SemanticAwareTargetAttention(D, D, spec.esu.attention_hidden, variant=spec.esu.sa_ta_variant)
-    fusion, fusion_gsu = _over_arch("ablations/fusion_branches.yaml", sata, P, D)
+    fusion, fusion_gsu = _over_arch("methods/muse_fusion.yaml", sata, P, D)
     muse, muse_gsu = _over_arch("methods/muse.yaml", sata, P, D)
     soft, soft_gsu = _over_arch("methods/sim_soft.yaml", sata, P, D)
     muse.simtier.load_state_dict(fusion.simtier.state_dict())
