@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.distributed.plan_fit import PlanSetup, attempt, diagnose, format_what_if, what_if
     from muse_rec.distributed.plan_report import format_report, report_to_dict
     from muse_rec.distributed.planner import GiB
+    from muse_rec.distributed.rank_memory import spec_rank_overhead_bytes
     from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
     from muse_rec.models.ctr_model import build_train_model
     from muse_rec.spec import SpecError, load_spec
@@ -157,13 +158,17 @@ def run(args: argparse.Namespace) -> int:
     def build(table_sizes: Mapping[str, int]) -> torch.nn.Module:
         return build_train_model(spec.model, table_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"))
 
+    model = build(sizes)
     setup = PlanSetup(
         compute_device=args.device,
         hbm_bytes_per_rank=int(args.hbm_gib * GiB) if args.device == "cuda" else None,
         ddr_bytes_per_rank=int(args.ddr_gib * GiB),
         allow_uvm=not args.no_uvm,
+        # What a rank holds outside the tables (CPU: runtime, a step, loader workers, a checkpoint's
+        # copy of its trainable tables: rank_memory), as training reserves it. Computed for
+        # --world-size; the what-if rows reuse that value.
+        dense_bytes=spec_rank_overhead_bytes(spec, model, args.device, args.world_size),
     )
-    model = build(sizes)
     main = attempt(model, setup, args.world_size, sharders, verbose=args.verbose)
     out: Dict = {"spec": args.spec, "name": spec.name, "vocab_sizes": sizes, "vocab_source": source,
                  "setup": {"world_size": args.world_size, "device": args.device, "hbm_gib": args.hbm_gib,

@@ -60,6 +60,7 @@ def shard_model(
     constraints: Optional[Mapping[str, ParameterConstraints]] = None,
     sharders: Optional[List[ModuleSharder[nn.Module]]] = None,
     sparse_optimizer: Optional[Any] = None,
+    dense_bytes: Optional[int] = None,
 ) -> DistributedModelParallel:
     """Shard `model` (built on ``meta`` or any device) over the process group.
 
@@ -80,6 +81,8 @@ def shard_model(
         sparse_optimizer: an optimizer spec (``.name``, ``.lr``, ``.eps``, ``.weight_decay``,
             ``.betas``, e.g. ``muse_rec.spec.OptimizerSpec``); when given it replaces the
             fused_* arguments.
+        dense_bytes: per-rank memory outside the tables for the planner's reservation when
+            `plan` is None (`planner.make_plan`); None = TorchRec's estimate.
 
     Returns:
         The DMP; ``dmp.fused_optimizer`` holds the fused tables' optimizers, and on the CPU
@@ -96,7 +99,8 @@ def shard_model(
     if sharders is None:
         sharders = make_sharders(config, env.device.type, frozen_output_dtype)
     if plan is None:
-        plan = make_plan(model, topology_for(env), sharders, dict(constraints) if constraints else None)
+        plan = make_plan(model, topology_for(env), sharders, dict(constraints) if constraints else None,
+                         dense_bytes=dense_bytes)
     check_frozen_output_dtype(model, plan, sharders, env.world_size)
     frozen = [path for path, m in model.named_modules() if isinstance(m, FrozenEmbeddingCollection)]
     dmp = DistributedModelParallel(

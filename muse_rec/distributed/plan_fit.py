@@ -39,12 +39,15 @@ class PlanSetup:
         ddr_bytes_per_rank: host memory per rank; None = TorchRec's default.
         allow_uvm: False restricts every table to the ``fused`` kernel (rows in HBM on CUDA):
             no ``fused_uvm``/``fused_uvm_caching``.
+        dense_bytes: per-rank memory outside the tables for the planner's reservation, as
+            training passes it (`rank_memory.rank_overhead_bytes`); None = TorchRec's estimate.
     """
 
     compute_device: str = "cuda"
     hbm_bytes_per_rank: Optional[int] = None
     ddr_bytes_per_rank: Optional[int] = None
     allow_uvm: bool = True
+    dense_bytes: Optional[int] = None
 
     def topology(self, world_size: int) -> Topology:
         return make_topology(world_size, self.compute_device, hbm_bytes_per_rank=self.hbm_bytes_per_rank,
@@ -94,7 +97,7 @@ def attempt(module: nn.Module, setup: PlanSetup, world_size: int,
     """Plan `module` on `setup` at `world_size`; a planner failure becomes ``Attempt.error``."""
     try:
         report = plan_report(module, setup.topology(world_size), sharders, setup.constraints(module, world_size),
-                             verbose)
+                             verbose, setup.dense_bytes)
     except PlannerError as e:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         return Attempt(world_size, None, f"TorchRec planner: {first}")
@@ -149,7 +152,7 @@ def format_what_if(rows: Sequence[WhatIfRow]) -> str:
 def table_bytes(module: nn.Module, setup: PlanSetup, sharders: Sequence[ModuleSharder[nn.Module]]) -> PlanReport:
     """A 1-rank plan with unbounded memory: per-table weights and optimizer state, no limit in play."""
     big = replace(setup, hbm_bytes_per_rank=_UNBOUNDED_BYTES, ddr_bytes_per_rank=_UNBOUNDED_BYTES)
-    return plan_report(module, big.topology(1), sharders, setup.constraints(module))
+    return plan_report(module, big.topology(1), sharders, setup.constraints(module), dense_bytes=setup.dense_bytes)
 
 
 def min_world_size(module: nn.Module, setup: PlanSetup, sharders: Sequence[ModuleSharder[nn.Module]],

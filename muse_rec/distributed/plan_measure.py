@@ -9,9 +9,11 @@ constraints, fp16 frozen lookups), then reports:
 * ``rss_anon_delta_bytes``: the rank's anonymous RSS after sharding minus before building.
 
 `planned(spec, sizes, world_size)` runs the plan report for the same spec on a CPU topology and
-returns, per rank, weights + fused-optimizer state (what the tables should hold) and the plan's
-DDR total. `compare` puts both side by side; benchmarks/bench_scale.py --train-memory and
-tests/distributed/test_plan_vs_measured.py use it.
+returns, per rank, weights + fused-optimizer state (what the tables should hold), the plan's
+DDR total for the tables, and the predicted whole rank (tables + the reservation for what the
+rank holds outside them, `rank_memory`). `compare` puts both side by side;
+benchmarks/bench_scale.py (--plan-check, --train-check) and tests/distributed/test_plan_vs_measured.py
+use them.
 """
 from __future__ import annotations
 
@@ -96,6 +98,7 @@ def measure(spec_path: str, sizes: Mapping[str, int], world_size: int, overrides
 def planned(spec_path: str, sizes: Mapping[str, int], world_size: int, overrides: Sequence[str] = ()) -> List[Dict]:
     """What `muse-rec plan --device cpu` predicts per rank: weights + optimizer state, and DDR."""
     from muse_rec.distributed.plan_fit import PlanSetup, attempt
+    from muse_rec.distributed.rank_memory import spec_rank_overhead_bytes
     from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
     from muse_rec.spec import load_spec
 
@@ -103,11 +106,14 @@ def planned(spec_path: str, sizes: Mapping[str, int], world_size: int, overrides
     opt = spec.train.sparse_optimizer
     sharders = make_sharders(FusedOptimizerConfig(name=opt.name, learning_rate=opt.lr, eps=opt.eps,
                                                   weight_decay=opt.weight_decay), "cpu")
-    result = attempt(_model(spec, sizes), PlanSetup(compute_device="cpu"), world_size, sharders)
+    model = _model(spec, sizes)
+    setup = PlanSetup(compute_device="cpu", dense_bytes=spec_rank_overhead_bytes(spec, model, "cpu", world_size))
+    result = attempt(model, setup, world_size, sharders)
     if result.report is None:
         raise RuntimeError(f"no plan for {world_size} CPU ranks: {result.error}")
     return [{"rank": r.rank, "table_bytes": r.weight_bytes + r.optimizer_bytes, "weight_bytes": r.weight_bytes,
-             "optimizer_bytes": r.optimizer_bytes, "ddr_bytes": r.ddr_bytes} for r in result.report.ranks]
+             "optimizer_bytes": r.optimizer_bytes, "ddr_bytes": r.ddr_bytes, "reserved_ddr_bytes": r.reserved_ddr_bytes,
+             "predicted_ddr_bytes": r.predicted_ddr_bytes} for r in result.report.ranks]
 
 
 def compare(spec_path: str, sizes: Mapping[str, int], world_size: int, overrides: Sequence[str] = ()) -> List[Dict]:

@@ -12,6 +12,12 @@ per-shard storage estimate through a `Stats` hook. Then it adds what the planner
   state beside the weights: in HBM for the ``fused`` kernel on CUDA, in host memory (UVM) for
   ``fused_uvm``/``fused_uvm_caching`` and on CPU. The report adds it there, and a plan
   `fits` only if every rank holds it within what the planner may use.
+* **Memory outside the tables.** What the planner's storage reservation sets aside per rank
+  for everything but the embedding kernels (TorchRec's own estimate: dense parameters and KJTs;
+  with ``dense_bytes`` from `rank_memory.spec_rank_overhead_bytes`, as training passes it: the
+  process runtime, a step, the loader workers and a checkpoint's copy of the trainable tables)
+  is reported as ``reserved_*_bytes``; ``predicted_*_bytes`` = tables + state + that
+  reservation, the rank's whole memory.
 
 Units: bytes everywhere; ``GiB`` = 2**30.
 
@@ -35,6 +41,7 @@ from torchrec.distributed.types import ModuleSharder, ShardingPlan
 from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS
 
 from muse_rec.distributed.planner import (
+    PLANNER_RESERVED_FRACTION,
     GiB,
     TableSummary,
     embedding_tables,
@@ -106,10 +113,22 @@ class RankReport:
     ddr_bytes: int
     usable_hbm_bytes: int
     usable_ddr_bytes: int
+    reserved_hbm_bytes: int = 0  # the reservation's dense + KJT part (the margin percentage excluded)
+    reserved_ddr_bytes: int = 0
 
     @property
     def fits(self) -> bool:
         return self.hbm_bytes <= self.usable_hbm_bytes and self.ddr_bytes <= self.usable_ddr_bytes
+
+    @property
+    def predicted_hbm_bytes(self) -> int:
+        """The rank's whole device memory: tables + state + what the reservation holds back."""
+        return self.hbm_bytes + self.reserved_hbm_bytes
+
+    @property
+    def predicted_ddr_bytes(self) -> int:
+        """The rank's whole host memory (on CPU, the process): tables + state + reservation."""
+        return self.ddr_bytes + self.reserved_ddr_bytes
 
 
 @dataclass(frozen=True)
@@ -162,12 +181,13 @@ def usable_per_rank(
     topology: Topology,
     sharders: Sequence[ModuleSharder[nn.Module]],
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
+    dense_bytes: Optional[int] = None,
 ) -> Tuple[int, int]:
     """(HBM, DDR) bytes per rank the planner may fill: the caps minus the planner's reservation.
 
     Raises TorchRec's `PlannerError` when the reservation alone exceeds the HBM cap.
     """
-    reserved = planner_reservation().reserve(
+    reserved = planner_reservation(dense_bytes).reserve(
         topology=topology, batch_size=BATCH_SIZE,  # the planner's default batch size
         module=module, sharders=list(sharders), constraints=constraints,
     )
@@ -180,6 +200,7 @@ def run_planner(
     sharders: Sequence[ModuleSharder[nn.Module]],
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
     verbose: bool = False,
+    dense_bytes: Optional[int] = None,
 ) -> Tuple[ShardingPlan, List[ShardingOption]]:
     """Plan like `planner.make_plan` (single process) and also return the chosen sharding options.
 
@@ -188,7 +209,7 @@ def run_planner(
     """
     recorder = _BestPlanRecorder()
     stats: List[Stats] = [recorder] + ([EmbeddingStats()] if verbose else [])
-    planner = sharding_planner(module, topology, constraints, stats=stats)
+    planner = sharding_planner(module, topology, constraints, stats=stats, dense_bytes=dense_bytes)
     with planner_logging(verbose):
         plan = planner.plan(module, list(sharders))
     assert recorder.best_plan is not None  # the planner logs stats whenever it returns a plan
@@ -201,14 +222,20 @@ def plan_report(
     sharders: Sequence[ModuleSharder[nn.Module]],
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
     verbose: bool = False,
+    dense_bytes: Optional[int] = None,
 ) -> PlanReport:
     """Plan `module` on `topology` and account weights, optimizer state and memory per rank.
 
+    `dense_bytes`: per-rank memory outside the tables, as training passes it (`make_plan`).
     Raises TorchRec's `PlannerError` when the planner finds no plan (see `plan_fit.diagnose`).
     """
     constraints = constraints if constraints is not None else make_constraints(module)
-    plan, options = run_planner(module, topology, sharders, constraints, verbose)
-    usable_hbm, usable_ddr = usable_per_rank(module, topology, sharders, constraints)
+    plan, options = run_planner(module, topology, sharders, constraints, verbose, dense_bytes)
+    usable_hbm, usable_ddr = usable_per_rank(module, topology, sharders, constraints, dense_bytes)
+    # The reservation without its HBM margin percentage: what the rest of the job holds.
+    cap = topology.devices[0].storage
+    reserved_hbm = max(0, int((1 - PLANNER_RESERVED_FRACTION) * cap.hbm) - usable_hbm)
+    reserved_ddr = max(0, cap.ddr - usable_ddr)
     by_name = {o.name: o for o in options}
     configs = embedding_tables(module)
     tables: List[TableReport] = []
@@ -240,12 +267,13 @@ def plan_report(
         ddr_cap_bytes=topology.devices[0].storage.ddr,
         optimizer=_optimizer_name(sharders),
         tables=tuple(tables),
-        ranks=_rank_reports(tables, topology.world_size, usable_hbm, usable_ddr),
+        ranks=_rank_reports(tables, topology.world_size, usable_hbm, usable_ddr, reserved_hbm, reserved_ddr),
         plan=plan,
     )
 
 
-def _rank_reports(tables: Sequence[TableReport], world_size: int, usable_hbm: int, usable_ddr: int) -> Tuple[RankReport, ...]:
+def _rank_reports(tables: Sequence[TableReport], world_size: int, usable_hbm: int, usable_ddr: int,
+                  reserved_hbm: int = 0, reserved_ddr: int = 0) -> Tuple[RankReport, ...]:
     acc = {r: dict(weight=0, state=0, p_hbm=0, p_ddr=0, extra_hbm=0, extra_ddr=0) for r in range(world_size)}
     for t in tables:
         weights_on: Dict[int, int] = {}
@@ -266,6 +294,7 @@ def _rank_reports(tables: Sequence[TableReport], world_size: int, usable_hbm: in
             planner_hbm_bytes=a["p_hbm"], planner_ddr_bytes=a["p_ddr"],
             hbm_bytes=a["p_hbm"] + a["extra_hbm"], ddr_bytes=a["p_ddr"] + a["extra_ddr"],
             usable_hbm_bytes=usable_hbm, usable_ddr_bytes=usable_ddr,
+            reserved_hbm_bytes=reserved_hbm, reserved_ddr_bytes=reserved_ddr,
         )
         for r, a in sorted(acc.items())
     )
@@ -302,7 +331,8 @@ def report_to_dict(report: PlanReport) -> Dict[str, Any]:
         "fits": report.fits,
         "overflow": report.overflow(),
         "tables": tables,
-        "ranks": [dict(asdict(r), fits=r.fits) for r in report.ranks],
+        "ranks": [dict(asdict(r), fits=r.fits, predicted_hbm_bytes=r.predicted_hbm_bytes,
+                       predicted_ddr_bytes=r.predicted_ddr_bytes) for r in report.ranks],
         "totals": report.totals(),
     }
 
@@ -332,6 +362,12 @@ def format_report(report: PlanReport) -> str:
     tot = report.totals()
     lines.append(f"{'all':>4} {g(tot['weight_bytes']):>9} {g(tot['optimizer_bytes']):>9} {g(tot['planner_hbm_bytes']):>12} "
                  f"{g(tot['hbm_bytes']):>9} {'':>10} {g(tot['planner_ddr_bytes']):>12} {g(tot['ddr_bytes']):>9}")
+    r0 = report.ranks[0] if report.ranks else None
+    if r0 is not None and (r0.reserved_hbm_bytes or r0.reserved_ddr_bytes):
+        lines.append(f"outside the tables (planner's reservation: runtime, activations, loader, checkpoint copy) "
+                     f"per rank: HBM {g(r0.reserved_hbm_bytes)}, DDR {g(r0.reserved_ddr_bytes)} GiB; predicted per rank "
+                     + ", ".join(f"{r.rank}: HBM {g(r.predicted_hbm_bytes)} DDR {g(r.predicted_ddr_bytes)}"
+                                 for r in report.ranks[:8]) + (" ..." if len(report.ranks) > 8 else ""))
     uncounted = sum(t.optimizer_bytes_uncounted for t in report.tables)
     if uncounted:
         lines.append(f"note: the planner's HBM/DDR estimates leave out {g(uncounted)} GiB of fused-optimizer state; "

@@ -8,6 +8,7 @@ Every rank runs `train(spec)`; rank 0 logs, writes TensorBoard scalars and the r
     <run_dir>/tensorboard/        train/loss, train/samples_per_s, eval/*
     <run_dir>/metrics.json        final GAUC / AUC / logloss (+ grouped) and throughput
     <run_dir>/predictions.parquet per-sample (user, item, label, score)
+    <run_dir>/memory/rank<r>.json  every rank: bytes its embedding kernels hold, RSS after sharding, peak RSS
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
 from muse_rec.distributed.planner import training_constraints
+from muse_rec.distributed.rank_memory import spec_rank_overhead_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
 from muse_rec.models.ctr_model import build_train_model, is_frozen_key
 from muse_rec.spec import Spec
@@ -150,6 +152,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     total_steps = t.epochs * train_loader_len if not t.max_steps else min(t.max_steps, t.epochs * train_loader_len)
 
     dmp, optimizer, skip = build_sharded(spec, data, env)
+    memory = _rank_memory(dmp, env)
+    _write_rank_memory(run_dir, env, memory)
 
     ckpt_root = run_dir / "checkpoints"
     ck = latest_checkpoint(str(ckpt_root)) if resume else None
@@ -250,6 +254,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
                                                    str(run_dir.parent / ".floors"), spec.data.train_split))
     result["wall_seconds"] = train_seconds
+    memory["peak_rss_bytes"] = _status_bytes("VmHWM")  # the kernel's high-water mark of this process
+    _write_rank_memory(run_dir, env, memory)
     if env.is_main:
         _write_json(run_dir / "metrics.json", result)
         if writer is not None:
@@ -261,6 +267,33 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     if lock is not None:
         lock.release()
     return result
+
+
+def _status_bytes(key: str) -> int:
+    """A byte field of /proc/self/status (e.g. ``RssAnon``, ``VmHWM``); 0 where there is none."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _rank_memory(dmp: torch.nn.Module, env: DistEnv) -> Dict:
+    """This rank's memory once sharded: the bytes FBGEMM's kernels hold (weights + fused-optimizer
+    state, what `muse-rec plan` predicts per rank) and the process's RSS then."""
+    from muse_rec.distributed.plan_measure import kernel_tensor_bytes
+
+    return {"rank": env.rank, "world_size": env.world_size, "table_bytes": kernel_tensor_bytes(dmp),
+            "rss_anon_bytes_after_shard": _status_bytes("RssAnon"), "rss_bytes_after_shard": _status_bytes("VmRSS")}
+
+
+def _write_rank_memory(run_dir: Path, env: DistEnv, memory: Dict) -> None:
+    out = run_dir / "memory"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{env.rank}.json").write_text(json.dumps(memory, indent=2) + "\n")
 
 
 def _output_prior(spec: Spec, data: PreparedData) -> Optional[float]:
@@ -290,8 +323,10 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
     # as fp16 (exact for the int8 values). TorchRec 1.8 returns correct fp16 lookups across ranks
     # only for row-wise tables (docs/sharding.md), so with several ranks the SCL table is row-wise.
     constraints = training_constraints(model, env.world_size)
+    # The planner reserves per rank what the job holds outside the tables (`muse-rec plan` shows it).
+    dense_bytes = spec_rank_overhead_bytes(spec, model, env.device.type, env.world_size)
     dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer, constraints=constraints,
-                      frozen_output_dtype=SparseType.FP16)
+                      frozen_output_dtype=SparseType.FP16, dense_bytes=dense_bytes)
     arch = dmp.module.model.sparse_arch
     arch.load_scl_(data.scl())  # frozen: loaded, never trained, never saved
     optimizer = build_optimizer(dmp, spec.train.dense_optimizer)

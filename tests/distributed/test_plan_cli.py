@@ -19,6 +19,7 @@ from muse_rec.cli.plan import parse_world_sizes
 from muse_rec.distributed.plan_fit import PlanSetup, attempt
 from muse_rec.distributed.plan_report import plan_report
 from muse_rec.distributed.planner import GiB, make_plan
+from muse_rec.distributed.rank_memory import rank_overhead_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
 from muse_rec.models.ctr_model import build_train_model
 from muse_rec.models.sparse_arch import REQUIRED_TABLES
@@ -192,6 +193,20 @@ def test_cpu_topology_keeps_everything_in_host_memory(tmp_path, capsys, monkeypa
         rows, dim, elem, optim = want[t["table"]]
         assert t["optimizer_bytes"] == rows * STATE_PER_ROW[optim](dim) and t["state_memory"] == "ddr"
     assert all(r["hbm_bytes"] == 0 and r["ddr_bytes"] >= r["weight_bytes"] + r["optimizer_bytes"] for r in plan["ranks"])
+    # The whole rank: tables + state + the reservation for what a CPU rank holds outside them
+    # (runtime, a step, loader workers, and a checkpoint's copy of the rank's half of the
+    # trainable tables with their state: rank_memory), reported beside the tables.
+    spec = load_spec(REPO / P90, ["train.sparse_optimizer.name=exact_row_wise_adagrad"])
+    runtime = rank_overhead_bytes(spec.train.batch_size, spec.train.eval_batch_size, spec.data.seq_len,
+                                  spec.data.num_workers, world_size=2)
+    assert 0.5 * GiB < runtime < 1.5 * GiB
+    trainable = sum(rows * (dim * elem + STATE_PER_ROW[optim](dim)) for name, (rows, dim, elem, optim) in want.items()
+                    if name != "scl")
+    outside = runtime + -(-trainable // 2)
+    for r in plan["ranks"]:
+        # TorchRec adds its KJT estimate (20 copies of a 512-sample batch: kilobytes) to ours.
+        assert outside <= r["reserved_ddr_bytes"] < outside + 2**20, r
+        assert r["predicted_ddr_bytes"] == r["ddr_bytes"] + r["reserved_ddr_bytes"]
 
 
 def test_bad_input_is_named(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,92 @@
+"""Memory of a CPU training rank outside its embedding tables, for the planner's reservation.
+
+TorchRec's planner places tables into what is left of a rank's memory after its storage
+reservation; `muse-rec plan` reports that reservation per rank beside the tables
+(`plan_report.RankReport.reserved_ddr_bytes`), so tables + state + reservation is its
+prediction of the rank's whole memory. Left to itself the reservation is TorchRec's heuristic,
+6 x the dense parameters + 20 copies of a 512-sample KJT: ~4 MB for MUSE on CPU. What a CPU
+training rank really holds outside its tables (measured, docs/benchmarks.md "Scale"; 1.6-2.6
+GiB at 30M items):
+
+* the process itself: Python, torch, FBGEMM, TorchRec and our modules imported, the process
+  group and the DMP built (~290 MiB anonymous RSS with tiny tables), plus what a step keeps
+  (autograd state, the fused optimizer's workspace, allocator arenas): ``RUNTIME_BYTES``;
+* a step's working set and the batches in flight through the loader, which grow with the
+  positions of a batch (batch x seq_len: sequence ids, the [users, L, 128] SCL lookups, GSU
+  scores): ``BYTES_PER_POSITION`` per position of the larger of the train and eval batches;
+* each loader worker (a forked process; its own pages, measured as PSS): ``WORKER_BYTES``;
+* with several ranks, the all-to-all buffers of the sequence lookups:
+  ``COLLECTIVE_BYTES_PER_POSITION``;
+* a checkpoint: `torch.distributed.checkpoint` copies each trainable table's local shard out
+  of the kernel's flat weight buffer (a view into a larger storage is cloned before it is
+  written), weights and fused-optimizer state alike, so while a checkpoint is saved the rank
+  holds its trainable tables twice (the frozen SCL table is never saved): `trainable_table_bytes`
+  / world size (even row-wise shards). At 30M items that is 1.9 GiB on one rank, the largest
+  term; it scales with the vocabulary, the others do not.
+
+The first four terms (~0.5-0.8 GiB, independent of the vocabulary) are constants measured
+with specs/taobao_mm_full/muse.yaml (L = 1000) on a 20,000-item release-shaped synthetic set
+(four runs: batch 250 and 1000, 1 and 2 workers, 1 and 2 gloo ranks; the peak anonymous
+proportional set size of each rank with its loader workers minus the bytes its embedding
+kernels hold), then checked, not fitted, at 30M items (`bench_scale.py --train-check`: within
+2.2% per rank). Few points: other batch sizes, sequence lengths and worker counts are an
+extrapolation; far below them (batch 64, L = 200) the estimate is ~0.14 GiB high (measured). They are
+for this stack (torch 2.13 CPU, FBGEMM 1.8, TorchRec 1.8); on CUDA the reservation is left to
+TorchRec (activations live in HBM there and were not measured).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from torch import nn
+from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS
+
+MiB = 1024**2
+
+RUNTIME_BYTES = 440 * MiB
+BYTES_PER_POSITION = 254
+WORKER_BYTES = 27 * MiB
+COLLECTIVE_BYTES_PER_POSITION = 75
+
+
+def rank_overhead_bytes(batch_size: int, eval_batch_size: int, seq_len: int, num_workers: int,
+                        world_size: int) -> int:
+    """Estimated bytes of a CPU training rank outside its embedding kernels (see module doc)."""
+    positions = max(batch_size, eval_batch_size) * seq_len
+    total = RUNTIME_BYTES + BYTES_PER_POSITION * positions + WORKER_BYTES * max(0, num_workers)
+    if world_size > 1:
+        total += COLLECTIVE_BYTES_PER_POSITION * positions
+    return int(total)
+
+
+def trainable_table_bytes(module: nn.Module, sharders: Sequence) -> int:
+    """Weights + per-row optimizer state of every trainable (not frozen) table of `module`
+    (unsharded; ``meta`` is fine), with the optimizer `sharders` give each collection type."""
+    from muse_rec.distributed.planner import _STATE_BYTES_PER_ROW, embedding_tables
+    from muse_rec.distributed.sharders import state_optimizer
+    from muse_rec.models.frozen_scl import FrozenEmbeddingCollection
+
+    optimizer_by_type = {s.module_type: state_optimizer(s) for s in sharders}
+    total = 0
+    for path, cfg in embedding_tables(module).values():
+        owner = module.get_submodule(path)
+        if isinstance(owner, FrozenEmbeddingCollection):
+            continue
+        state = _STATE_BYTES_PER_ROW.get(optimizer_by_type.get(type(owner)), lambda dim: 0)
+        row_bytes = cfg.embedding_dim * DATA_TYPE_NUM_BITS[cfg.data_type] // 8 + state(cfg.embedding_dim)
+        total += cfg.num_embeddings * row_bytes
+    return total
+
+
+def spec_rank_overhead_bytes(spec, module: nn.Module, device_type: str, world_size: int) -> Optional[int]:
+    """What a rank of `spec`'s job holds outside its embedding kernels on `device_type` (CPU):
+    `rank_overhead_bytes` + the checkpoint's copy of its share of the trainable tables.
+    None off CPU (TorchRec's own estimate stays)."""
+    if device_type != "cpu":
+        return None
+    from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
+
+    sharders = make_sharders(FusedOptimizerConfig(name=spec.train.sparse_optimizer.name), device_type)
+    checkpoint_copy = -(-trainable_table_bytes(module, sharders) // max(1, world_size))
+    return rank_overhead_bytes(spec.train.batch_size, spec.train.eval_batch_size, spec.data.seq_len,
+                               spec.data.num_workers, world_size) + checkpoint_copy
