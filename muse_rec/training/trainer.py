@@ -152,8 +152,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     total_steps = t.epochs * train_loader_len if not t.max_steps else min(t.max_steps, t.epochs * train_loader_len)
 
     dmp, optimizer, skip = build_sharded(spec, data, env)
+    # Measured now, written with the results: a run that stops early (e.g. a refused resume)
+    # must leave the run directory as it found it.
     memory = _rank_memory(dmp, env)
-    _write_rank_memory(run_dir, env, memory)
 
     ckpt_root = run_dir / "checkpoints"
     ck = latest_checkpoint(str(ckpt_root)) if resume else None
