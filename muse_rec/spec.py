@@ -419,6 +419,9 @@ def _check_values(spec: Spec, source: str) -> None:
     need(all(h > 0 for h in m.tower_hidden) and m.tower_hidden, "model.tower_hidden", "a non-empty list of positive widths")
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     need(m.parametrization.dice_norm_eps > 0, "model.parametrization.dice_norm_eps", "must be > 0")
+    need(m.parametrization.output_bias != "train_prior" or m.parametrization.output_head == "one_logit",
+         "model.parametrization.output_bias", "'train_prior' needs output_head: one_logit (Dice's LayerNorm over "
+         "two logits erases a constant bias); set output_bias: linear with two_logits_dice")
     need(m.esu.num_tiers > 0 and m.esu.tier_width > 0, "model.esu.num_tiers", "tiers must be positive")
     need(m.gsu.kind != "none" or not m.esu.simtier, "model.esu.simtier",
          "SimTier needs retrieved similarities: set model.gsu.kind or esu.simtier: false")

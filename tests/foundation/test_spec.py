@@ -51,6 +51,9 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"model": {"parametrization": {"output_head": "three"}}}, "model.parametrization.output_head: must be one"),
         ({"model": {"parametrization": {"linear_init": "xavier"}}}, "model.parametrization.linear_init: must be one"),
         ({"model": {"parametrization": {"dice_norm_eps": 0}}}, "model.parametrization.dice_norm_eps: must be > 0"),
+        ({"model": {"parametrization": {"output_head": "two_logits_dice"}}},
+         "model.parametrization.output_bias: 'train_prior' needs output_head: one_logit"),
+        ({"model": {"parametrization": {"output_bias": "zero"}}}, "model.parametrization.output_bias: must be one"),
         ({"model": {"parametrization": {"linear_bias": "x"}}}, "model.parametrization.linear_bias: expected a number"),
     ],
 )
