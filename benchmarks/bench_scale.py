@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 SCALE = {"items": 30_000_000, "users": 1_000_000, "clusters": 250_000, "categories": 10_000}
@@ -59,17 +59,22 @@ def _env() -> Dict[str, str]:
     return env
 
 
-def _status_kib(pid: int) -> Dict[str, int]:
+def _proc_kib(pid: int, name: str, keys: Tuple[str, ...]) -> Dict[str, int]:
+    """The ``keys`` (kB fields) of /proc/PID/<name>; {} once the process is gone."""
     out = {}
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        with open(f"/proc/{pid}/{name}", encoding="ascii") as f:
             for line in f:
                 key, _, rest = line.partition(":")
-                if key in ("RssAnon", "RssFile", "RssShmem", "VmRSS"):
+                if key in keys:
                     out[key] = int(rest.split()[0])
-    except (FileNotFoundError, ProcessLookupError):
+    except (OSError, ValueError):
         pass
     return out
+
+
+def _status_kib(pid: int) -> Dict[str, int]:
+    return _proc_kib(pid, "status", ("RssAnon", "RssFile", "RssShmem", "VmRSS"))
 
 
 def run_measured(cmd: List[str]) -> Dict[str, float]:
@@ -231,16 +236,7 @@ def _env_rank(pid: int) -> Optional[int]:
 
 
 def _pss_kib(pid: int) -> Dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("Pss", "Pss_Anon"):
-                    out[key] = int(rest.split()[0])
-    except (OSError, ValueError):
-        pass
-    return out
+    return _proc_kib(pid, "smaps_rollup", ("Pss", "Pss_Anon"))
 
 
 class RankSampler:
@@ -344,21 +340,22 @@ def train_check(prepared: Path, out: Path, world_sizes: List[int], steps: int,
             kib = sampler.peak.get(r, {})
             mem = json.loads((run_dir / "memory" / f"rank{r}.json").read_text())
             anon, total = kib.get("RssAnon", 0) * 1024, kib.get("VmRSS", 0) * 1024
+            pss_anon = kib.get("Pss_Anon", 0) * 1024
+            predicted_ratio = pss_anon / max(1, p["predicted_ddr_bytes"])
             rows.append({
                 "rank": r, "planned_table_bytes": p["table_bytes"], "planned_ddr_bytes": p["ddr_bytes"],
                 "measured_table_bytes": mem["table_bytes"], "table_ratio": mem["table_bytes"] / max(1, p["table_bytes"]),
                 "peak_rss_anon_bytes": anon, "peak_rss_bytes": max(total, mem.get("peak_rss_bytes", 0)),
-                "peak_pss_anon_bytes": kib.get("Pss_Anon", 0) * 1024, "peak_pss_bytes": kib.get("Pss", 0) * 1024,
+                "peak_pss_anon_bytes": pss_anon, "peak_pss_bytes": kib.get("Pss", 0) * 1024,
                 "rss_anon_after_shard_bytes": mem["rss_anon_bytes_after_shard"],
                 "loader_workers": kib.get("workers", 0),
                 "rss_anon_ratio": anon / max(1, p["ddr_bytes"]),
-                "pss_anon_ratio": kib.get("Pss_Anon", 0) * 1024 / max(1, p["ddr_bytes"]),
+                "pss_anon_ratio": pss_anon / max(1, p["ddr_bytes"]),
                 # The plan's whole rank: tables + state + the reservation for the rest (rank_memory),
                 # against the rank's peak with its loader workers (their own pages: PSS).
                 "reserved_bytes": p["reserved_ddr_bytes"], "predicted_bytes": p["predicted_ddr_bytes"],
-                "predicted_ratio": kib.get("Pss_Anon", 0) * 1024 / max(1, p["predicted_ddr_bytes"]),
-                "within_tolerance": abs(kib.get("Pss_Anon", 0) * 1024 / max(1, p["predicted_ddr_bytes"]) - 1)
-                <= TRAIN_CHECK_TOLERANCE,
+                "predicted_ratio": predicted_ratio,
+                "within_tolerance": abs(predicted_ratio - 1) <= TRAIN_CHECK_TOLERANCE,
                 "rss_anon_series_mib": sampler.series.get(r, []),
             })
         res = {"prepared": str(prepared), "vocab_sizes": sizes, "world_size": ws, "steps": metrics.get("steps"),

@@ -163,9 +163,8 @@ class OverArch(nn.Module):
         if res is not None:
             if self.branches == 1:
                 branches = [(res, gsu_tok)]
-            else:
-                K = res.top_k // self.branches
-                branches = [(r, gsu_tok[:, i * K:(i + 1) * K]) for i, r in enumerate(branch_slices(res, self.branches))]
+            else:  # the picks' tokens cut as `branch_slices` cuts the picks: equal K-slot halves
+                branches = list(zip(branch_slices(res, self.branches), gsu_tok.chunk(self.branches, dim=1)))
             for simtier, (r, tok) in zip((self.simtier, self.branch_simtier), branches):
                 parts += self._esu(simtier, target_tok, tok, r, search)
         if self.recent_simtier is not None:
