@@ -102,6 +102,20 @@ def _flat(batch: pa.RecordBatch, col: str) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
+def _flag_bits(path: str) -> np.ndarray:
+    """The bool array at `path` (e.g. items/scl_present.npy, ``[n_items]``) packed 8 flags per byte.
+
+    Counting flags of 800M behaviour rows gathers from this array at random; packed it is 8x
+    smaller and stays in the cache (30M items: 3.75 MB) where the bool array (30 MB) does not.
+    """
+    return np.packbits(np.load(path, mmap_mode="r"), bitorder="little")
+
+
+def _count_flagged(bits: np.ndarray, rows: np.ndarray) -> int:
+    """How many of `rows` (int row numbers) have their flag set in `_flag_bits` output."""
+    return int(np.count_nonzero((bits[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1))
+
+
 def _lengths(batch: pa.RecordBatch, col: str) -> np.ndarray:
     return S.list_lengths(batch.column(batch.schema.get_field_index(col))).to_numpy(zero_copy_only=False)
 
@@ -110,6 +124,7 @@ class _Prepare:
     def __init__(self, raw: RawRelease, out: str, cfg: PrepareConfig) -> None:
         self.raw, self.out, self.cfg = raw, out, cfg
         self.build = os.path.join(out, BUILD_DIR)
+        self._vocabs: Dict[str, Vocab] = {}
         ident = {"version": FORMAT_VERSION, "vocab": cfg.vocab, "inputs": raw.fingerprint()}
         self.fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -143,7 +158,10 @@ class _Prepare:
         bar.close()
 
     def vocab(self, name: str) -> Vocab:
-        return Vocab.load(self.path("vocab", f"{name}.npy"), name)
+        """The built vocabulary `name`, loaded once: its lookup index is then built once per run."""
+        if name not in self._vocabs:
+            self._vocabs[name] = Vocab.load(self.path("vocab", f"{name}.npy"), name)
+        return self._vocabs[name]
 
     # ---- steps ------------------------------------------------------------------------------
     def step_vocab(self) -> Dict[str, object]:
@@ -205,7 +223,7 @@ class _Prepare:
         table = f"{split}_user_features"
         users, items, cats = self.vocab("user_id"), self.vocab("item"), self.vocab("category")
         fields = [self.vocab(v) for v in USER_FIELD_VOCABS.values()]
-        present = np.load(self.path("items", "scl_present.npy"), mmap_mode="r")
+        present = _flag_bits(self.path("items", "scl_present.npy"))
         behaviours = with_scl = unknown = 0
         d = lambda name: self.path(split, name)  # noqa: E731
         with NpyStreamWriter(d("user_keys.npy"), np.int64) as wk, \
@@ -227,7 +245,7 @@ class _Prepare:
                 wi.append(irows)
                 wc.append(cats.rows(_flat(batch, S.SEQ_CATS)))
                 behaviours += int(irows.size)
-                with_scl += int(present[irows].sum())
+                with_scl += _count_flagged(present, irows)
                 unknown += int((irows == 0).sum())
         # Sorted index for sample -> user lookup; a stable sort keeps the FIRST row of a duplicated user.
         keys = np.load(d("user_keys.npy"))
@@ -249,7 +267,7 @@ class _Prepare:
         users, items = self.vocab("user_id"), self.vocab("item")
         sorted_keys = np.load(self.path(split, "user_sorted_keys.npy"), mmap_mode="r")
         sorted_index = np.load(self.path(split, "user_sorted_index.npy"), mmap_mode="r")
-        present = np.load(self.path("items", "scl_present.npy"), mmap_mode="r")
+        present = _flag_bits(self.path("items", "scl_present.npy"))
         stats = {"samples": 0, "positives": 0, "samples_without_user_row": 0, "samples_unseen_user": 0,
                  "samples_unknown_target": 0, "targets_with_scl": 0}
         d = lambda name: self.path(split, name)  # noqa: E731
@@ -276,7 +294,7 @@ class _Prepare:
                 stats["samples_without_user_row"] += int((uidx < 0).sum())
                 stats["samples_unseen_user"] += int((urows == 0).sum())
                 stats["samples_unknown_target"] += int((irows == 0).sum())
-                stats["targets_with_scl"] += int(present[irows].sum())
+                stats["targets_with_scl"] += _count_flagged(present, irows)
         if stats["samples_without_user_row"]:
             warnings.warn(f"{table}: {stats['samples_without_user_row']} of {stats['samples']} samples have no "
                           f"row in {split}_user_features; they get an empty history and unknown user fields")

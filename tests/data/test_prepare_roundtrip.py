@@ -118,6 +118,14 @@ def test_meta_counts(synthetic: Dict[str, str]) -> None:
     test_users = pq.read_table(os.path.join(raw, S.TABLES["test_user_features"].file)).column(S.USER).to_pylist()
     assert meta["test_users_unseen_in_train"] == sum(u not in train_users for u in test_users) > 0
     assert 0 < meta["splits"]["train"]["scl_coverage_behaviours"] < 1
+    # The SCL counts (packed-bit gathers in prepare) against a plain count over the prepared arrays.
+    present = np.load(os.path.join(synthetic["full"], "items", "scl_present.npy"))
+    for split in S.SPLITS:
+        seq = np.load(os.path.join(synthetic["full"], split, "seq_items.npy"))
+        targets = np.load(os.path.join(synthetic["full"], split, "sample_items.npy"))
+        m = meta["splits"][split]
+        assert m["behaviours_with_scl"] == int(present[seq].sum()) > 0
+        assert m["targets_with_scl"] == int(present[targets].sum()) > 0
 
 
 def test_fixture_tables_round_trip(taobao_fixtures: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""External partitioned sort, searchsorted remapping and the streamed .npy writer."""
+"""External partitioned sort, bucket-indexed remapping and the streamed .npy writer."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from muse_rec.data.files import NpyStreamWriter, read_npy_shape
-from muse_rec.data.vocab import SortedKeyBuilder, Vocab, partition_of, partition_starts
+from muse_rec.data.vocab import (INDEX_MIN_IDS, LOOKUP_BLOCK, KeyRangeIndex, SortedKeyBuilder, Vocab, partition_of,
+                                 partition_starts, sorted_distinct)
 
 I64 = np.iinfo(np.int64)
 
@@ -73,16 +74,60 @@ def test_stream_writer_publishes_nothing_on_error(tmp_path: Path) -> None:
         NpyStreamWriter(str(path), np.int32, (4,)).append(np.zeros((2, 3)))
 
 
-def test_large_lookups_are_deduplicated_with_the_same_rows() -> None:
-    from muse_rec.data.vocab import DEDUP_MIN_IDS, Vocab
+def _key_sets() -> dict:
+    rng = np.random.default_rng(3)
+    return {
+        "hashed": np.unique(rng.integers(I64.min, I64.max, 60_000, dtype=np.int64, endpoint=True)),
+        "dense": np.arange(1, 30_001, dtype=np.int64),
+        "extremes": np.array([I64.min, -1, 1, I64.max], np.int64),
+        "single": np.array([42], np.int64),
+        # one dense cluster and one far sparse one: most buckets empty, a few full (many search steps)
+        "clustered": np.unique(np.concatenate([rng.integers(1, 2_000, 20_000),
+                                               rng.integers(2**60, 2**60 + 10**12, 20_000)])).astype(np.int64),
+    }
 
+
+@pytest.mark.parametrize("name", list(_key_sets()))
+def test_key_range_index_equals_searchsorted(name: str) -> None:
+    keys = _key_sets()[name]
+    rng = np.random.default_rng(4)
+    with np.errstate(over="ignore"):
+        queries = np.concatenate([keys, keys - 1, keys + 1,  # every key and both neighbours (wrapping)
+                                  rng.integers(I64.min, I64.max, 5_000, dtype=np.int64, endpoint=True),
+                                  np.array([I64.min, I64.max, 0, -1, 1], np.int64)])
+    idx = KeyRangeIndex(keys)
+    np.testing.assert_array_equal(idx.lower_bound(queries), np.searchsorted(keys, queries))
+    assert idx.start[-1] == keys.size and np.all(np.diff(idx.start) >= 0)
+
+
+def test_key_range_index_needs_its_last_search_step() -> None:
+    """The step count is exactly what the largest bucket needs: one step fewer misses keys."""
+    keys = _key_sets()["clustered"]
+    idx = KeyRangeIndex(keys)
+    idx.steps -= 1
+    assert not np.array_equal(idx.lower_bound(keys), np.arange(keys.size))
+
+
+def test_bulk_lookups_use_the_index_with_the_same_rows() -> None:
     rng = np.random.default_rng(1)
     keys = np.unique(rng.integers(-2**62, 2**62, 50_000))
     v = Vocab(keys)
-    known = keys[rng.integers(0, keys.size, DEDUP_MIN_IDS)]  # many repeats, as behaviour ids
+    # many repeats, as behaviour ids; more than two lookup blocks, the last one partial
+    known = keys[rng.integers(0, keys.size, 2 * LOOKUP_BLOCK + 1000)]
     ids = np.concatenate([known, rng.integers(-2**62, 2**62, 1000), np.zeros(24, np.int64)]).reshape(-1, 8)
-    assert ids.size > DEDUP_MIN_IDS
+    assert ids.size >= INDEX_MIN_IDS and ids.size % LOOKUP_BLOCK
     got = v.rows(ids)
+    assert v._index is not None  # the bulk path ran
     assert got.shape == ids.shape and got.dtype == np.int32
-    assert np.array_equal(got, v._rows(ids))  # the per-id search, no deduplication
+    small = np.array_split(ids.reshape(-1), ids.size // (INDEX_MIN_IDS // 2))  # each below INDEX_MIN_IDS: no index
+    per_id = np.concatenate([Vocab(keys).rows(c) for c in small])
+    np.testing.assert_array_equal(got.reshape(-1), per_id)
     assert np.array_equal(keys[got[got > 0] - 1], ids[got > 0]) and (got[ids == 0] == 0).all()
+    unknown = ~np.isin(ids, keys)
+    assert (got[unknown] == 0).all() and (got[~unknown] > 0).all()
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 10_000])
+def test_sorted_distinct_equals_unique(n: int) -> None:
+    ids = np.random.default_rng(n).integers(-50, 50, n).astype(np.int64)
+    np.testing.assert_array_equal(sorted_distinct(ids), np.unique(ids))
