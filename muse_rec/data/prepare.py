@@ -160,7 +160,7 @@ class _Prepare:
     def vocab(self, name: str) -> Vocab:
         """The built vocabulary `name`, loaded once: its lookup index is then built once per run."""
         if name not in self._vocabs:
-            self._vocabs[name] = Vocab.load(self.path("vocab", f"{name}.npy"), name)
+            self._vocabs[name] = Vocab.load(self.path("vocab", f"{name}.npy"), name, bulk=True)
         return self._vocabs[name]
 
     # ---- steps ------------------------------------------------------------------------------

@@ -2,13 +2,14 @@
 
 A vocabulary is the sorted array of its distinct raw ids (0 excluded: 0 means missing); raw id
 ``keys[r - 1]`` owns row ``r`` and row 0 is padding/unknown. Lookup is a binary search in the
-(memory-mapped) key array, narrowed first by a bucket index (`KeyRangeIndex`), so remapping needs
-no hash table in memory and its cost per id stays flat as the vocabulary grows.
+(memory-mapped) key array, so remapping needs no hash table in memory; bulk users (`prepare`)
+narrow it first by a bucket index (`KeyRangeIndex`), which keeps the cost per id nearly flat as
+the vocabulary outgrows the caches.
 
 Building the key array never holds more than one partition in memory: ids are spilled to
 `num_partitions` files by their top bits (after flipping the sign bit, so partition order is
-signed-integer order), then each partition is `np.unique`-d and appended to the output in
-order, which yields a globally sorted array.
+signed-integer order), then each partition is deduplicated (`sorted_distinct`) and appended to
+the output in order, which yields a globally sorted array.
 """
 from __future__ import annotations
 
@@ -198,16 +199,21 @@ class Vocab:
     Args:
         keys: sorted distinct int64 raw ids, ``[n]`` (memory-mapped is fine).
         name: used in error messages.
+        bulk: build a `KeyRangeIndex` on the first lookup of >= INDEX_MIN_IDS ids and use it
+            from then on (`prepare`: billions of ids). Off by default: a server or a notebook
+            that looks up a few ids should not pay its memory (4 B per 1-2 keys: 512 MB for the
+            release's 243M items) or its build time (~1 s per 30M keys) on some larger request.
     """
 
-    def __init__(self, keys: np.ndarray, name: str = "vocab") -> None:
+    def __init__(self, keys: np.ndarray, name: str = "vocab", bulk: bool = False) -> None:
         self.keys = keys
         self.name = name
+        self.bulk = bulk
         self._index: Optional[KeyRangeIndex] = None
 
     @classmethod
-    def load(cls, path: str, name: str = "vocab") -> "Vocab":
-        return cls(np.load(path, mmap_mode="r"), name)
+    def load(cls, path: str, name: str = "vocab", bulk: bool = False) -> "Vocab":
+        return cls(np.load(path, mmap_mode="r"), name, bulk)
 
     @property
     def size(self) -> int:
@@ -220,7 +226,7 @@ class Vocab:
         if self.keys.shape[0] == 0:
             return np.zeros(ids.shape, dtype=np.int32)
         flat = ids.reshape(-1)
-        if flat.size < INDEX_MIN_IDS:
+        if flat.size < INDEX_MIN_IDS or not self.bulk:
             return self._rows(flat, np.searchsorted(self.keys, flat)).reshape(ids.shape)
         if self._index is None:  # built once per Vocab, on the first bulk lookup
             self._index = KeyRangeIndex(self.keys)

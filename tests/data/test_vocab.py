@@ -111,16 +111,19 @@ def test_key_range_index_needs_its_last_search_step() -> None:
 def test_bulk_lookups_use_the_index_with_the_same_rows() -> None:
     rng = np.random.default_rng(1)
     keys = np.unique(rng.integers(-2**62, 2**62, 50_000))
-    v = Vocab(keys)
+    v = Vocab(keys, bulk=True)
     # many repeats, as behaviour ids; more than two lookup blocks, the last one partial
     known = keys[rng.integers(0, keys.size, 2 * LOOKUP_BLOCK + 1000)]
     ids = np.concatenate([known, rng.integers(-2**62, 2**62, 1000), np.zeros(24, np.int64)]).reshape(-1, 8)
     assert ids.size >= INDEX_MIN_IDS and ids.size % LOOKUP_BLOCK
     got = v.rows(ids)
     assert v._index is not None  # the bulk path ran
+    plain = Vocab(keys)  # not bulk: never builds an index, same rows
+    np.testing.assert_array_equal(plain.rows(ids), got)
+    assert plain._index is None
     assert got.shape == ids.shape and got.dtype == np.int32
     small = np.array_split(ids.reshape(-1), ids.size // (INDEX_MIN_IDS // 2))  # each below INDEX_MIN_IDS: no index
-    per_id = np.concatenate([Vocab(keys).rows(c) for c in small])
+    per_id = np.concatenate([Vocab(keys, bulk=True).rows(c) for c in small])
     np.testing.assert_array_equal(got.reshape(-1), per_id)
     assert np.array_equal(keys[got[got > 0] - 1], ids[got > 0]) and (got[ids == 0] == 0).all()
     unknown = ~np.isin(ids, keys)
