@@ -26,11 +26,15 @@ import torch
 from torch import nn
 
 
-def rss_anon_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
+def status_bytes(key: str) -> int:
+    """A byte field of /proc/self/status (e.g. ``RssAnon``, ``VmRSS``, ``VmHWM``); 0 where there is none."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
 
 
@@ -72,12 +76,12 @@ def _worker(rank: int, world_size: int, port: int, spec_path: str, overrides: Se
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
     env = init_distributed(DistEnv.from_environ(device_type="cpu"))
     spec = load_spec(spec_path, list(overrides))
-    before = rss_anon_bytes()
+    before = status_bytes("RssAnon")
     model = _model(spec, sizes)
     dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer,
                       constraints=training_constraints(model, world_size), frozen_output_dtype=SparseType.FP16)
-    res = {"rank": rank, "table_bytes": kernel_tensor_bytes(dmp), "rss_anon_delta_bytes": rss_anon_bytes() - before,
-           "rss_anon_bytes": rss_anon_bytes()}
+    res = {"rank": rank, "table_bytes": kernel_tensor_bytes(dmp), "rss_anon_delta_bytes": status_bytes("RssAnon") - before,
+           "rss_anon_bytes": status_bytes("RssAnon")}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w", encoding="utf-8") as f:
         json.dump(res, f)
     destroy_distributed()

@@ -59,14 +59,17 @@ class ParamLinear(nn.Linear):
         with torch.no_grad():
             if p.linear_init == "normal_fan_in":
                 nn.init.normal_(self.weight, mean=0.0, std=1.0 / math.sqrt(self.in_features))
-            bias = self.bias_init if self.bias_init is not None else p.linear_bias
-            if self.bias is not None and bias is not None:
-                nn.init.constant_(self.bias, bias)
+            if self.bias is not None and self.initial_bias is not None:
+                nn.init.constant_(self.bias, self.initial_bias)
+
+    @property
+    def initial_bias(self) -> Optional[float]:
+        """The constant the bias starts at: this layer's ``bias_init``, else ``linear_bias``
+        (None = torch's uniform bias)."""
+        return self.bias_init if self.bias_init is not None else self.parametrization.linear_bias
 
     def extra_repr(self) -> str:
-        p = self.parametrization
-        bias = self.bias_init if self.bias_init is not None else p.linear_bias
-        return f"{super().extra_repr()}, init={p.linear_init}, bias_init={bias}"
+        return f"{super().extra_repr()}, init={self.parametrization.linear_init}, bias_init={self.initial_bias}"
 
 
 def prior_logit(positive_rate: float) -> float:

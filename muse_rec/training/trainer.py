@@ -31,6 +31,7 @@ from muse_rec.data.loader import make_loader
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
+from muse_rec.distributed.plan_measure import kernel_tensor_bytes, status_bytes
 from muse_rec.distributed.planner import training_constraints
 from muse_rec.distributed.rank_memory import spec_rank_overhead_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
@@ -255,7 +256,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
                                                    str(run_dir.parent / ".floors"), spec.data.train_split))
     result["wall_seconds"] = train_seconds
-    memory["peak_rss_bytes"] = _status_bytes("VmHWM")  # the kernel's high-water mark of this process
+    memory["peak_rss_bytes"] = status_bytes("VmHWM")  # the kernel's high-water mark of this process
     _write_rank_memory(run_dir, env, memory)
     if env.is_main:
         _write_json(run_dir / "metrics.json", result)
@@ -270,25 +271,11 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     return result
 
 
-def _status_bytes(key: str) -> int:
-    """A byte field of /proc/self/status (e.g. ``RssAnon``, ``VmHWM``); 0 where there is none."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _rank_memory(dmp: torch.nn.Module, env: DistEnv) -> Dict:
     """This rank's memory once sharded: the bytes FBGEMM's kernels hold (weights + fused-optimizer
     state, what `muse-rec plan` predicts per rank) and the process's RSS then."""
-    from muse_rec.distributed.plan_measure import kernel_tensor_bytes
-
     return {"rank": env.rank, "world_size": env.world_size, "table_bytes": kernel_tensor_bytes(dmp),
-            "rss_anon_bytes_after_shard": _status_bytes("RssAnon"), "rss_bytes_after_shard": _status_bytes("VmRSS")}
+            "rss_anon_bytes_after_shard": status_bytes("RssAnon"), "rss_bytes_after_shard": status_bytes("VmRSS")}
 
 
 def _write_rank_memory(run_dir: Path, env: DistEnv, memory: Dict) -> None:
