@@ -21,6 +21,8 @@ Example::
     muse-rec synth data/demo/raw --preset demo && muse-rec prepare data/demo/raw data/demo/prepared
     python benchmarks/accuracy_study.py results/accuracy --prepared data/demo/prepared --what ablation
     python benchmarks/accuracy_study.py results/accuracy --prepared data/demo/prepared --what methods
+    # the reference code's training recipe (MUSE.md's parametrization + sparse Adam), every method:
+    python benchmarks/accuracy_study.py results/accuracy --prepared data/demo/prepared --what methods --parametrization reference --sparse adam
 """
 from __future__ import annotations
 
@@ -107,8 +109,17 @@ def ablation_configs(spec: str) -> List[Config]:
     return rows
 
 
-def method_configs(spec_dir: str) -> List[Config]:
-    return [Config(f"{m}__{_slug(s)}", f"{m} | {s}", f"{spec_dir}/{m}.yaml", ov)
+# `--parametrization`: the committed specs' own, or every knob at the reference's value (MUSE.md,
+# no train prior). With `--sparse adam` the second is the reference code's whole training recipe in
+# this implementation: the rows to set beside the reference code's own runs (docs/accuracy.md).
+PARAMETRIZATIONS = ("spec", "reference")
+
+
+def method_configs(spec_dir: str, parametrization: str = "spec") -> List[Config]:
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
+    extra = _all("reference") if parametrization == "reference" else ()
+    return [Config(f"{m}__{_slug(s)}", f"{m} | {s}", f"{spec_dir}/{m}.yaml", (*extra, *ov))
             for m in METHODS for s, ov in SETTINGS.items()]
 
 
@@ -243,13 +254,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--sparse-lr", type=float, default=None, help="override the sparse optimizer's lr")
     ap.add_argument("--spec", default="specs/demo/muse.yaml", help="ablation: the MUSE spec to ablate")
     ap.add_argument("--spec-dir", default="specs/demo", help="methods: where <method>.yaml live")
+    ap.add_argument("--parametrization", choices=PARAMETRIZATIONS, default="spec",
+                    help="methods: the specs' parametrization, or the reference's (all of MUSE.md, no train prior)")
     ap.add_argument("--only", default="", help="comma-separated config keys to run (default all)")
     ap.add_argument("--tolerance", type=float, default=0.005)
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = args.out / (args.sparse + ("" if args.sparse_lr is None else f"_lr{args.sparse_lr:g}"))
-    configs = ablation_configs(args.spec) if args.what == "ablation" else method_configs(args.spec_dir)
+    out = args.out / (args.sparse + ("" if args.sparse_lr is None else f"_lr{args.sparse_lr:g}")
+                      + ("" if args.parametrization == "spec" else f"_{args.parametrization}_parametrization"))
+    configs = (ablation_configs(args.spec) if args.what == "ablation"
+               else method_configs(args.spec_dir, args.parametrization))
     todo = [c for c in configs if not args.only or c.key in args.only.split(",")]
     if not args.report_only:
         # Seed-major, the first config's method (MUSE) before the others: partial results are a table.

@@ -54,3 +54,17 @@ def test_tables_render_partial_results(tmp_path):
     assert "| muse | 0.6100 (n=1) | missing | missing |  | no (-0.0500) |" in md
     abl = study.summarize(study.ablation_configs("specs/demo/muse.yaml"), [0], tmp_path)
     assert "Not run: ours (torch defaults)" in study.ablation_markdown(abl)
+
+
+def test_reference_parametrization_rows_are_the_ablation_reference_row_at_each_setting():
+    abl = flat(resolved(next(c for c in study.ablation_configs("specs/demo/muse.yaml") if c.key == "reference")))
+    rows = {c.key: c for c in study.method_configs("specs/demo", "reference")}
+    assert flat(resolved(rows["muse__published"])) == abl
+    lr = flat(resolved(rows["muse__5x_dense_lr"]))
+    assert {k for k in abl if abl[k] != lr[k]} == {"train.dense_optimizer.lr"} and lr["train.dense_optimizer.lr"] == 1e-3
+    # Every method gets the reference's knobs (DIN too), the setting's overrides still win.
+    din = flat(resolved(rows["din__4x_steps__batch_250"]))
+    assert din["model.parametrization.output_head"] == "two_logits_dice" and din["train.batch_size"] == 250
+    assert din["model.parametrization.output_bias"] == "linear"
+    spec_rows = {c.key: c for c in study.method_configs("specs/demo")}
+    assert flat(resolved(spec_rows["din__4x_steps__batch_250"]))["model.parametrization.output_bias"] == "train_prior"
