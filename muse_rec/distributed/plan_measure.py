@@ -80,8 +80,9 @@ def _worker(rank: int, world_size: int, port: int, spec_path: str, overrides: Se
     model = _model(spec, sizes)
     dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer,
                       constraints=training_constraints(model, world_size), frozen_output_dtype=SparseType.FP16)
-    res = {"rank": rank, "table_bytes": kernel_tensor_bytes(dmp), "rss_anon_delta_bytes": status_bytes("RssAnon") - before,
-           "rss_anon_bytes": status_bytes("RssAnon")}
+    after = status_bytes("RssAnon")  # one read: the delta and the absolute figure describe the same moment
+    res = {"rank": rank, "table_bytes": kernel_tensor_bytes(dmp), "rss_anon_delta_bytes": after - before,
+           "rss_anon_bytes": after}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w", encoding="utf-8") as f:
         json.dump(res, f)
     destroy_distributed()
