@@ -80,14 +80,17 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
 
 
-# Neither torch nor the reference starts the output logit at the train click rate; the specs do
-# (`output_bias: train_prior`). The ours/reference rows switch it off, the "spec" rows show it.
+# Ours, in neither torch nor the reference: the output logit starts at the train click rate
+# (`output_bias: train_prior`) and the tower's Linears after an activation start with He's gain for it
+# (`tower_gain: activation`). The ours/reference rows switch both off, the "spec" rows show them.
 NO_PRIOR = (P + "output_bias=linear",)
+NO_GAIN = (P + "tower_gain=unit",)
+BEYOND_BOTH = (*NO_PRIOR, *NO_GAIN)
 
 
 def _all(which: str, names: Sequence[str] = ()) -> Tuple[str, ...]:
     """Every difference at its ``which`` (0 ours, 1 reference) value, except ``names`` flipped."""
-    out: List[str] = list(NO_PRIOR)
+    out: List[str] = list(BEYOND_BOTH)
     for name, pair in DIFFERENCES.items():
         side = int(which == "reference") ^ int(name in names)
         out += pair[side]
@@ -100,12 +103,16 @@ def ablation_configs(spec: str) -> List[Config]:
     rows.append(Config("reference", "reference (all of MUSE.md)", spec, _all("reference")))
     rows += [Config("reference_minus_" + _slug(n), f"reference - {n}", spec, _all("reference", [n]))
              for n in DIFFERENCES]
-    # Ours beyond the reference: the output logit starts at the train click rate.
+    # Ours beyond the reference: the output logit starts at the train click rate, He's gain after Dice.
     rows.append(Config("ours_plus_train_prior", "ours + output bias = train prior", spec,
                        tuple(o for o in _all("ours") if o not in NO_PRIOR)))
-    rows.append(Config("spec", "the spec as committed (reference - bias 0.1 - 2 logits + train prior)", spec, ()))
+    rows.append(Config("ours_plus_tower_gain", "ours + tower gain = He's for the activation", spec,
+                       tuple(o for o in _all("ours") if o not in NO_GAIN)))
+    rows.append(Config("spec", "the spec as committed (reference - bias 0.1 - 2 logits + train prior + tower gain)",
+                       spec, ()))
     rows.append(Config("spec_minus_train_prior", "the spec - train prior (output bias as every Linear)", spec,
                        NO_PRIOR))
+    rows.append(Config("spec_minus_tower_gain", "the spec - tower gain (unit, as the reference)", spec, NO_GAIN))
     return rows
 
 

@@ -27,9 +27,9 @@ from muse_rec.spec import ParametrizationSpec
 # reference's parametrization instead (`ParametrizationSpec()`).
 TORCH_PARAMETRIZATION = ParametrizationSpec(
     linear_init="torch", linear_bias=None, attention_bias=False, dice_alpha_init=0.0,
-    dice_norm_affine=True, dice_norm_eps=1e-5, output_head="one_logit", output_bias="linear")
+    dice_norm_affine=True, dice_norm_eps=1e-5, output_head="one_logit", output_bias="linear", tower_gain="unit")
 REFERENCE_PARAMETRIZATION = ParametrizationSpec(linear_bias=0.1, output_head="two_logits_dice",
-                                                output_bias="linear")  # all of MUSE.md's list
+                                                output_bias="linear", tower_gain="unit")  # all of MUSE.md's list
 DEFAULT_PARAMETRIZATION = TORCH_PARAMETRIZATION
 
 
@@ -42,15 +42,21 @@ class ParamLinear(nn.Linear):
             (a constant, or None for torch's uniform bias).
         bias_init: a constant bias for this layer only, over ``linear_bias`` (the output
             logit's prior, `prior_logit`); None = ``linear_bias``.
+        gain: multiplies the initial weights (the tower's activation gain, `activation_gain`;
+            1 = the init ``linear_init`` names).
         device: where parameters live (``meta`` allowed).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  parametrization: ParametrizationSpec = DEFAULT_PARAMETRIZATION,
-                 bias_init: Optional[float] = None, device: Optional[torch.device] = None) -> None:
-        # nn.Linear.__init__ calls reset_parameters, which reads these two.
+                 bias_init: Optional[float] = None, gain: float = 1.0,
+                 device: Optional[torch.device] = None) -> None:
+        if not (gain > 0 and math.isfinite(gain)):
+            raise ValueError(f"a Linear's init gain must be a positive number, got {gain}")
+        # nn.Linear.__init__ calls reset_parameters, which reads these three.
         self.parametrization = parametrization
         self.bias_init = bias_init
+        self.gain = gain
         super().__init__(in_features, out_features, bias=bias, device=device)
 
     def reset_parameters(self) -> None:
@@ -59,6 +65,8 @@ class ParamLinear(nn.Linear):
         with torch.no_grad():
             if p.linear_init == "normal_fan_in":
                 nn.init.normal_(self.weight, mean=0.0, std=1.0 / math.sqrt(self.in_features))
+            if self.gain != 1.0:
+                self.weight.mul_(self.gain)
             if self.bias is not None and self.initial_bias is not None:
                 nn.init.constant_(self.bias, self.initial_bias)
 
@@ -69,7 +77,8 @@ class ParamLinear(nn.Linear):
         return self.bias_init if self.bias_init is not None else self.parametrization.linear_bias
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, init={self.parametrization.linear_init}, bias_init={self.initial_bias}"
+        return (f"{super().extra_repr()}, init={self.parametrization.linear_init}, gain={self.gain:.4g}, "
+                f"bias_init={self.initial_bias}")
 
 
 def prior_logit(positive_rate: float) -> float:

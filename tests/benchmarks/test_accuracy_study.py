@@ -31,17 +31,23 @@ def test_each_ablation_row_differs_from_its_base_by_one_difference():
         assert changed and changed == {k for k in ref if ref[k] != minus[k]}, name
         assert all(plus[k] == ref[k] and minus[k] == ours[k] for k in changed), name
     # The committed MUSE spec = the reference parametrization except the bias and the 2-logit head,
-    # plus the train-prior output bias (docs/accuracy.md); neither ours nor the reference has the prior.
+    # plus the train-prior output bias and He's tower gain (docs/accuracy.md); neither ours nor the
+    # reference has those two.
     pub = flat(resolved(next(c for c in study.method_configs("specs/demo") if c.key == "muse__published")))
     assert {k for k in ref if ref[k] != pub[k]} == {"model.parametrization.linear_bias",
                                                     "model.parametrization.output_head",
-                                                    "model.parametrization.output_bias"}
+                                                    "model.parametrization.output_bias",
+                                                    "model.parametrization.tower_gain"}
     assert ours["model.parametrization.output_bias"] == ref["model.parametrization.output_bias"] == "linear"
+    assert ours["model.parametrization.tower_gain"] == ref["model.parametrization.tower_gain"] == "unit"
     assert pub["model.parametrization.output_bias"] == "train_prior"
-    spec, minus = flat(resolved(rows["spec"])), flat(resolved(rows["spec_minus_train_prior"]))
-    assert {k for k in spec if spec[k] != minus[k]} == {"model.parametrization.output_bias"}
-    plus_prior = flat(resolved(rows["ours_plus_train_prior"]))
-    assert {k for k in ours if ours[k] != plus_prior[k]} == {"model.parametrization.output_bias"}
+    assert pub["model.parametrization.tower_gain"] == "activation"
+    spec = flat(resolved(rows["spec"]))
+    for knob in ("train_prior", "tower_gain"):
+        key = "model.parametrization." + ("output_bias" if knob == "train_prior" else knob)
+        minus, plus = flat(resolved(rows["spec_minus_" + knob])), flat(resolved(rows["ours_plus_" + knob]))
+        assert {k for k in spec if spec[k] != minus[k]} == {key}, knob
+        assert {k for k in ours if ours[k] != plus[k]} == {key}, knob
 
 
 def test_tables_render_partial_results(tmp_path):
@@ -65,6 +71,6 @@ def test_reference_parametrization_rows_are_the_ablation_reference_row_at_each_s
     # Every method gets the reference's knobs (DIN too), the setting's overrides still win.
     din = flat(resolved(rows["din__4x_steps__batch_250"]))
     assert din["model.parametrization.output_head"] == "two_logits_dice" and din["train.batch_size"] == 250
-    assert din["model.parametrization.output_bias"] == "linear"
+    assert din["model.parametrization.output_bias"] == "linear" and din["model.parametrization.tower_gain"] == "unit"
     spec_rows = {c.key: c for c in study.method_configs("specs/demo")}
     assert flat(resolved(spec_rows["din__4x_steps__batch_250"]))["model.parametrization.output_bias"] == "train_prior"

@@ -54,6 +54,7 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"model": {"parametrization": {"output_head": "two_logits_dice"}}},
          "model.parametrization.output_bias: 'train_prior' needs output_head: one_logit"),
         ({"model": {"parametrization": {"output_bias": "zero"}}}, "model.parametrization.output_bias: must be one"),
+        ({"model": {"parametrization": {"tower_gain": "he"}}}, "model.parametrization.tower_gain: must be one"),
         ({"model": {"parametrization": {"linear_bias": "x"}}}, "model.parametrization.linear_bias: expected a number"),
     ],
 )

@@ -156,3 +156,76 @@ def test_output_bias_starts_the_logit_at_the_prior_and_survives_meta_materialisa
     for bad in (0.0, 1.0, float("nan")):
         with pytest.raises(ValueError, match="click rate"):
             prior_logit(bad)
+
+
+# --- tower_gain: He's gain for the tower's activation ---------------------------------------
+from muse_rec.modules.tower import activation_gain  # noqa: E402
+
+
+def _dice_second_moment_sampled(alpha: float, n: int, width: int, seed: int = 0):
+    """E[Dice(x)^2] of the real module on x ~ N(0,1) [n, width], and its standard error."""
+    torch.manual_seed(seed)
+    dice = _Dice.of(width, _knobs(dice_alpha_init=alpha, dice_norm_affine=False, dice_norm_eps=1e-12))
+    with torch.no_grad():
+        sq = dice(torch.randn(n, width, dtype=torch.float64).float()).double() ** 2
+    return sq.mean().item(), sq.std().item() / math.sqrt(sq.numel())
+
+
+def test_activation_gain_is_hes_rule_for_dice_and_relu():
+    assert activation_gain("relu") == torch.nn.init.calculate_gain("relu")  # sqrt(2)
+    reference = _knobs(dice_alpha_init=-0.25)
+    gain = activation_gain("dice", reference)
+    # The module itself, sampled: 4M values give a standard error of ~0.03% on E[Dice^2]; the
+    # LayerNorm over 1,024 features standardises with the row's own mean/std, a relative bias of
+    # ~1/width = 0.1%. 0.5% covers both (5x), and alpha 0 (gain 1.677, 7% off) is far outside.
+    m2, se = _dice_second_moment_sampled(-0.25, 4096, 1024)
+    assert abs(gain ** -2 / m2 - 1.0) < 0.005, (gain ** -2, m2, se)
+    assert abs(gain - 1.8081) < 1e-4
+    assert abs(activation_gain("dice", _knobs(dice_alpha_init=0.0)) - gain) > 0.1
+    with pytest.raises(ValueError, match="activation must be one of"):
+        activation_gain("gelu")
+
+
+def _preactivation_second_moments(parametrization, width: int = 1024, depth: int = 3):
+    torch.manual_seed(0)
+    tower = MLPTower(width, hidden=(width,) * depth, parametrization=parametrization)
+    moments, h = [], torch.randn(2048, width)
+    with torch.no_grad():
+        for layer in tower.layers:
+            h = layer(h)
+            if isinstance(layer, torch.nn.Linear) and layer.out_features == width:
+                moments.append(h.pow(2).mean().item())
+    return moments
+
+
+def test_tower_gain_keeps_the_first_layers_scale_through_dice():
+    """With `tower_gain: activation` every hidden pre-activation has the input's second moment;
+    with `unit` (the reference) each Dice passes on 0.31 of it."""
+    he = _preactivation_second_moments(dataclasses.replace(REFERENCE_PARAMETRIZATION, linear_bias=None,
+                                                           tower_gain="activation"))
+    unit = _preactivation_second_moments(dataclasses.replace(REFERENCE_PARAMETRIZATION, linear_bias=None,
+                                                             tower_gain="unit"))
+    # A 1024-wide Gaussian layer's realised gain varies by ~sqrt(2/1024) = 4% and the torch bias adds
+    # ~1/(3 fan_in) = 0.03%: 12% bounds three layers of it; `unit` ends at 0.31^2 = 0.09.
+    assert all(abs(m - 1.0) < 0.12 for m in he), he
+    assert abs(unit[2] - 0.3059 ** 2) < 0.02 and unit[2] < 0.15, unit
+
+
+def test_tower_gain_on_every_linear_after_an_activation_and_through_meta():
+    p = dataclasses.replace(REFERENCE_PARAMETRIZATION, tower_gain="activation")
+    tower = MLPTower(FAN_IN, hidden=(FAN_OUT, FAN_OUT), parametrization=p, device=torch.device("meta"))
+    tower.to_empty(device="cpu")
+    torch.manual_seed(0)
+    tower.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    linears = [m for m in tower.modules() if isinstance(m, torch.nn.Linear)]
+    scales = [lin.weight.std().item() * math.sqrt(lin.in_features) for lin in linears]
+    # 120k / 90k weights: sample std within 0.3% (1 standard error); 2% as the tests above. The
+    # 2-logit head has 600 weights (standard error 3%): 15%.
+    assert abs(scales[0] - 1.0) < 0.02 and abs(scales[1] - 1.8081) < 0.02 * 1.8081, scales
+    assert abs(scales[2] - 1.8081) < 0.15 * 1.8081, scales
+    assert [lin.gain for lin in linears] == [1.0, activation_gain("dice", p), activation_gain("dice", p)]
+    unit = MLPTower(FAN_IN, hidden=(FAN_OUT,), parametrization=dataclasses.replace(p, tower_gain="unit"))
+    assert [lin.gain for lin in unit.modules() if isinstance(lin, torch.nn.Linear)] == [1.0, 1.0]
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="init gain"):
+            ParamLinear(3, 2, gain=bad)
