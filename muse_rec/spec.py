@@ -133,8 +133,8 @@ class ParametrizationSpec:
     # Init gain of the tower's Linears that read an activation (every hidden layer after the first,
     # and the output layer). "unit": std 1/sqrt(fan_in) as the reference; that keeps the scale only
     # through a linear map, and each Dice (alpha -0.25) passes on E[Dice(z)^2] = 0.31 of its input's
-    # second moment, so the output layer reads activations 5.7x smaller (in std) than the tower
-    # input. "activation" (ours): He's rule for the tower's activation, gain = 1/sqrt(E[act(z)^2]),
+    # second moment, so the output layer reads activations 1.81^3 = 5.9x smaller (in std) than the
+    # first layer's pre-activations. "activation" (ours): He's rule for the tower's activation, gain = 1/sqrt(E[act(z)^2]),
     # z ~ N(0,1) (Dice at alpha -0.25: 1.81; ReLU: sqrt(2)), so every layer starts at the first
     # layer's scale: MUSE +0.004 to +0.011 GAUC at the published settings, level when trained
     # longer (docs/accuracy.md).

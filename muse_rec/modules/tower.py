@@ -48,10 +48,15 @@ class Dice(nn.Module):
         nn.init.constant_(self.alpha, self.alpha_init)
         self.norm.reset_parameters()
 
+    @staticmethod
+    def gated(x: torch.Tensor, normalized: torch.Tensor, alpha) -> torch.Tensor:
+        """Dice's output for ``x`` given its normalised copy (the gate's input) and ``alpha``."""
+        p = torch.sigmoid(normalized)
+        return p * x + (1.0 - p) * alpha * x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., dim]`` -> ``[..., dim]``."""
-        p = torch.sigmoid(self.norm(x))
-        return p * x + (1.0 - p) * self.alpha * x
+        return self.gated(x, self.norm(x), self.alpha)
 
 
 def make_activation(name: str, dim: int, device: Optional[torch.device] = None,
@@ -81,10 +86,10 @@ def activation_gain(name: str, parametrization: ParametrizationSpec = DEFAULT_PA
     if name == "relu":
         return nn.init.calculate_gain("relu")
     if name == "dice":
-        z, w = np.polynomial.hermite_e.hermegauss(_HERMITE_NODES)
-        gate = 1.0 / (1.0 + np.exp(-z))
-        dice = z * (gate + parametrization.dice_alpha_init * (1.0 - gate))
-        second_moment = float((w * dice ** 2).sum() / math.sqrt(2.0 * math.pi))
+        nodes, weights = np.polynomial.hermite_e.hermegauss(_HERMITE_NODES)
+        z, w = torch.from_numpy(nodes), torch.from_numpy(weights)  # float64
+        dice = Dice.gated(z, z, parametrization.dice_alpha_init)  # LN(x) = z for standardised inputs
+        second_moment = float((w * dice ** 2).sum()) / math.sqrt(2.0 * math.pi)
         return 1.0 / math.sqrt(second_moment)
     raise ValueError(f"activation must be one of {TOWER_ACTIVATIONS}, got {name!r}")
 
