@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="external sort uses 2**bits spill partitions (more = less memory per partition)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an OUT that holds a different prepared dataset (otherwise refused)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress report (bars on a terminal, one line per step in a log)")
     p.add_argument("--json", action="store_true", help="print meta.json to stdout when done")
 
 

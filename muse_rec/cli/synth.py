@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train impressions wanted: sets --samples-per-user to N / users (scale preset: ~11M)")
     p.add_argument("--no-diagnostics", action="store_true",
                    help="skip the oracle GAUC diagnostics written to the manifest")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress report (a bar on a terminal, one line per stage in a log)")
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     knobs = p.add_argument_group("generator knobs (override the preset; defaults shown are the demo preset's)")
     for f in _config_fields():

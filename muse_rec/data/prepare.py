@@ -18,6 +18,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterator, List
@@ -68,7 +70,8 @@ class PrepareConfig:
         spill_buffer_bytes: per vocabulary, ids buffered before appending to spill files.
         partition_bytes: output bytes per partition of the per-item arrays (SCL, attributes,
             popularity), which are filled by external partitioning, not a memory map (files.py).
-        progress: show tqdm bars.
+        progress: report progress: tqdm bars on a terminal, else one line per finished step
+            (logs and CI get no carriage-return bars).
     """
 
     vocab: str = "full"
@@ -125,6 +128,8 @@ class _Prepare:
         self.raw, self.out, self.cfg = raw, out, cfg
         self.build = os.path.join(out, BUILD_DIR)
         self._vocabs: Dict[str, Vocab] = {}
+        self.bars = cfg.progress and sys.stderr.isatty()
+        self.step_lines = cfg.progress and not self.bars
         ident = {"version": FORMAT_VERSION, "vocab": cfg.vocab, "inputs": raw.fingerprint()}
         self.fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -139,10 +144,18 @@ class _Prepare:
             with open(marker, encoding="utf-8") as f:
                 done = json.load(f)
             if done.get("fingerprint") == self.fingerprint:
+                self._say(f"{step}: already done, kept")
                 return done["stats"]
+        t0 = time.perf_counter()
         stats = fn()
         write_json(marker, {"fingerprint": self.fingerprint, "stats": stats})
+        self._say(f"{step}: done in {time.perf_counter() - t0:.1f} s")
         return stats
+
+    def _say(self, line: str) -> None:
+        """One progress line for a non-interactive log (a terminal has the bars instead)."""
+        if self.step_lines:
+            print(f"[prepare] {line}", file=sys.stderr, flush=True)
 
     def path(self, *parts: str) -> str:
         p = os.path.join(self.build, *parts)
@@ -151,7 +164,7 @@ class _Prepare:
 
     def batches(self, table: str, cols: List[str]) -> Iterator[pa.RecordBatch]:
         t: RawTable = self.raw[table]
-        bar = tqdm(total=t.num_rows, unit="row", desc=f"{table}", disable=not self.cfg.progress, leave=False)
+        bar = tqdm(total=t.num_rows, unit="row", desc=f"{table}", disable=not self.bars, leave=False)
         for b in t.iter_batches(cols, self.cfg.batch_rows):
             yield b
             bar.update(b.num_rows)

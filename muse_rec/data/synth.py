@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Dict, Optional
 
@@ -53,7 +54,7 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
     Args:
         out_dir: local directory (created if missing); release tables there are overwritten.
         cfg: generator knobs.
-        progress: show a tqdm bar per stage.
+        progress: report progress: a tqdm bar on a terminal, else one line per stage.
         diagnostics: score the oracle diagnostics on the test split; default: when
             ``cfg.diagnostics_max_users > 0``.
     Returns:
@@ -71,11 +72,15 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
     t0 = time.perf_counter()
     from tqdm import tqdm
 
-    bar = tqdm(total=8 + int(run_diag), desc="synth", unit="stage", disable=not progress)
+    # A bar on a terminal; in a log (no terminal) one line per stage instead of carriage returns.
+    bars = progress and sys.stderr.isatty()
+    bar = tqdm(total=8 + int(run_diag), desc="synth", unit="stage", disable=not bars)
 
     def step(what: str) -> None:
         bar.set_postfix_str(what)
         bar.update(1)
+        if progress and not bars:
+            print(f"[synth] {what} done at {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
     cat = build_catalogue(cfg)
     step("catalogue")
@@ -130,7 +135,7 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
     }
     if run_diag:
         max_users = cfg.diagnostics_max_users or None
-        manifest["diagnostics"] = release_diagnostics(out_dir, "test", max_users=max_users, progress=progress)
+        manifest["diagnostics"] = release_diagnostics(out_dir, "test", max_users=max_users, progress=bars)
         step("diagnostics")
     bar.close()
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
