@@ -105,6 +105,20 @@ def _flat(batch: pa.RecordBatch, col: str) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
+def user_feature_rows(sorted_keys: np.ndarray, sorted_index: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
+    """int64 row in a split's user-feature table of each raw user id ``[N]``; -1 where it has none.
+
+    `sorted_keys` / `sorted_index` are the split's ``user_sorted_keys.npy`` (raw ids, ascending) and
+    ``user_sorted_index.npy`` (their rows), written by `step_users`; `PreparedData` reads the same.
+    """
+    ids = np.asarray(user_ids, dtype=np.int64)
+    if sorted_keys.shape[0] == 0:
+        return np.full(ids.shape, -1, np.int64)
+    pos = np.minimum(np.searchsorted(sorted_keys, ids), sorted_keys.shape[0] - 1)
+    found = np.asarray(sorted_keys[pos]) == ids
+    return np.where(found, np.asarray(sorted_index[pos]), -1).astype(np.int64, copy=False)
+
+
 def _flag_bits(path: str) -> np.ndarray:
     """The bool array at `path` (e.g. items/scl_present.npy, ``[n_items]``) packed 8 flags per byte.
 
@@ -294,12 +308,7 @@ class _Prepare:
                 labels = _flat(batch, S.LABEL).reshape(-1, S.LABEL_WIDTH)[:, 1].astype(np.int8)
                 ukeys, ikeys = _flat(batch, S.USER), _flat(batch, S.ITEM)
                 urows, irows = users.rows(ukeys), items.rows(ikeys)
-                if sorted_keys.shape[0]:
-                    pos = np.minimum(np.searchsorted(sorted_keys, ukeys), sorted_keys.shape[0] - 1)
-                    found = np.asarray(sorted_keys[pos]) == ukeys
-                    uidx = np.where(found, np.asarray(sorted_index[pos]), -1)
-                else:
-                    uidx = np.full(ukeys.shape, -1, np.int64)
+                uidx = user_feature_rows(sorted_keys, sorted_index, ukeys)
                 for w, a in ((wl, labels), (wuk, ukeys), (wik, ikeys), (wur, urows), (wir, irows), (wu, uidx)):
                     w.append(a)
                 stats["samples"] += int(labels.size)

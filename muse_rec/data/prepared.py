@@ -18,7 +18,7 @@ import numpy as np
 from iopath.common.file_io import g_pathmgr
 
 from muse_rec.data.prepare import (FORMAT_VERSION, ITEM_ATTR_COLUMNS, SAMPLE_ARRAYS, USER_FIELD_COLUMNS, VOCAB_NAMES,
-                                   output_files)
+                                   output_files, user_feature_rows)
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SCL_DIM, SPLITS
 from muse_rec.data.vocab import Vocab
@@ -238,13 +238,8 @@ class PreparedData:
     def user_row_index(self, split: str, raw_user_ids: np.ndarray) -> np.ndarray:
         """int64 index into the split's user-feature rows for each raw user id; -1 where absent."""
         self._split(split)
-        ids = np.asarray(raw_user_ids, dtype=np.int64)
-        keys = self.array(f"{split}/user_sorted_keys.npy")
-        if keys.shape[0] == 0:
-            return np.full(ids.shape, -1, np.int64)
-        pos = np.minimum(np.searchsorted(keys, ids), keys.shape[0] - 1)
-        found = np.asarray(keys[pos]) == ids
-        return np.where(found, np.asarray(self.array(f"{split}/user_sorted_index.npy")[pos]), -1)
+        return user_feature_rows(self.array(f"{split}/user_sorted_keys.npy"),
+                                 self.array(f"{split}/user_sorted_index.npy"), raw_user_ids)
 
     def user_history(self, split: str, raw_user_id: int) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(item rows int32 ``[n]``, category rows int32 ``[n]``, user_f1..f5 rows int32 ``[5]``) of a
