@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -204,14 +205,15 @@ def write_streamed_release(out_dir: str, cfg: SynthConfig, progress: bool = Fals
     t0 = time.perf_counter()
     marks: Dict[str, float] = {}
 
+    # Progress goes to stderr: stdout carries the summary, or the manifest under `synth --json`.
     def tick(stage: str, n: int) -> None:
         if progress:
-            print(f"[synth] {stage}: +{n:,} in {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"[synth] {stage}: +{n:,} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
     def done(stage: str) -> None:
         marks[stage] = round(time.perf_counter() - t0, 1)
         if progress:
-            print(f"[synth] {stage} done at {marks[stage]:.0f} s", flush=True)
+            print(f"[synth] {stage} done at {marks[stage]:.0f} s", file=sys.stderr, flush=True)
 
     try:
         cat = build_catalogue(cfg, with_vectors=False)

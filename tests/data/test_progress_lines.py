@@ -5,6 +5,7 @@ output must then hold no carriage-return bars, and name every finished step once
 """
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -67,3 +68,13 @@ def test_no_progress_is_silent_and_a_terminal_gets_bars(tiny_raw, tmp_path, caps
     assert main(["prepare", str(tiny_raw), str(tmp_path / "tty")]) == 0
     err = capsys.readouterr().err
     assert "[prepare]" not in err and "row" in err  # tqdm's bars (unit "row"), not the log lines
+
+
+@pytest.mark.parametrize("writer", ["memory", "stream"])
+def test_synth_json_stdout_is_only_the_manifest(writer, tmp_path, capsys):
+    """Progress lines go to stderr with either writer, so `synth --json` stays parseable."""
+    assert main(["synth", str(tmp_path / "raw"), "--preset", "tiny", "--writer", writer, "--no-diagnostics",
+                 "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["config"]["writer"] == writer
+    assert "[synth] " in err
