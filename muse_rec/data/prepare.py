@@ -142,8 +142,7 @@ class _Prepare:
         self.raw, self.out, self.cfg = raw, out, cfg
         self.build = os.path.join(out, BUILD_DIR)
         self._vocabs: Dict[str, Vocab] = {}
-        self.bars = cfg.progress and sys.stderr.isatty()
-        self.step_lines = cfg.progress and not self.bars
+        self.bars = cfg.progress and sys.stderr.isatty()  # else (progress in a log): `_say`'s lines
         ident = {"version": FORMAT_VERSION, "vocab": cfg.vocab, "inputs": raw.fingerprint()}
         self.fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -168,7 +167,7 @@ class _Prepare:
 
     def _say(self, line: str) -> None:
         """One progress line for a non-interactive log (a terminal has the bars instead)."""
-        if self.step_lines:
+        if self.cfg.progress and not self.bars:
             print(f"[prepare] {line}", file=sys.stderr, flush=True)
 
     def path(self, *parts: str) -> str:
