@@ -42,7 +42,6 @@ def test_prepare_in_a_log_prints_one_line_per_step(tiny_raw, tmp_path, capsys):
     assert all(" done in " in ln for ln in lines)
 
 
-
 def test_prepare_resumed_after_a_crash_says_which_steps_it_kept(tiny_raw, tmp_path, capsys, monkeypatch):
     from muse_rec.data import prepare as P
 
@@ -59,6 +58,7 @@ def test_prepare_resumed_after_a_crash_says_which_steps_it_kept(tiny_raw, tmp_pa
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[prepare] ")]
     assert lines[:-1] == [f"[prepare] {s}: already done, kept" for s in PREPARE_STEPS[:-1]]
     assert lines[-1].startswith("[prepare] popularity: done in ")
+
 
 def test_no_progress_is_silent_and_a_terminal_gets_bars(tiny_raw, tmp_path, capsys, monkeypatch):
     assert main(["prepare", str(tiny_raw), str(tmp_path / "quiet"), "--no-progress"]) == 0
