@@ -81,11 +81,13 @@ def _slug(text: str) -> str:
 
 
 # Ours, in neither torch nor the reference: the output logit starts at the train click rate
-# (`output_bias: train_prior`) and the tower's Linears after an activation start with He's gain for it
-# (`tower_gain: activation`). The ours/reference rows switch both off, the "spec" rows show them.
+# (`output_bias: train_prior`), the tower's Linears after an activation start with He's gain for it
+# (`tower_gain: activation`), and the SCL histograms alone make the first Linear's fan-in
+# (`tower_fan_in: scl_histograms`). The ours/reference rows switch all three off, the "spec" rows show them.
 NO_PRIOR = (P + "output_bias=linear",)
 NO_GAIN = (P + "tower_gain=unit",)
-BEYOND_BOTH = (*NO_PRIOR, *NO_GAIN)
+NO_FAN_IN = (P + "tower_fan_in=all",)
+BEYOND_BOTH = (*NO_PRIOR, *NO_GAIN, *NO_FAN_IN)
 
 
 def _all(which: str, names: Sequence[str] = ()) -> Tuple[str, ...]:
@@ -108,11 +110,15 @@ def ablation_configs(spec: str) -> List[Config]:
                        tuple(o for o in _all("ours") if o not in NO_PRIOR)))
     rows.append(Config("ours_plus_tower_gain", "ours + tower gain = He's for the activation", spec,
                        tuple(o for o in _all("ours") if o not in NO_GAIN)))
-    rows.append(Config("spec", "the spec as committed (reference - bias 0.1 - 2 logits + train prior + tower gain)",
-                       spec, ()))
+    rows.append(Config("ours_plus_tower_fan_in", "ours + first Linear's fan-in = the SCL histograms", spec,
+                       tuple(o for o in _all("ours") if o not in NO_FAN_IN)))
+    rows.append(Config("spec", "the spec as committed (reference - bias 0.1 - 2 logits + train prior + tower gain "
+                       "+ SCL-histogram fan-in)", spec, ()))
     rows.append(Config("spec_minus_train_prior", "the spec - train prior (output bias as every Linear)", spec,
                        NO_PRIOR))
     rows.append(Config("spec_minus_tower_gain", "the spec - tower gain (unit, as the reference)", spec, NO_GAIN))
+    rows.append(Config("spec_minus_tower_fan_in", "the spec - SCL-histogram fan-in (all columns, as the reference)",
+                       spec, NO_FAN_IN))
     return rows
 
 

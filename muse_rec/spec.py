@@ -139,6 +139,15 @@ class ParametrizationSpec:
     # layer's scale: MUSE +0.004 to +0.011 GAUC at the published settings, level when trained
     # longer (docs/accuracy.md).
     tower_gain: Literal["unit", "activation"] = "activation"
+    # Which inputs make the fan-in of the tower's FIRST Linear. "all": every column, as LeCun's rule
+    # and the reference (std 1/sqrt(in_dim)). That rule assumes every input starts at unit scale; in
+    # this tower only the SimTier histograms of SCL cosines do (functions of the frozen SCL vectors,
+    # O(1) from step 0), while every ID-derived column starts at the ID tables' ~1e-3 (an ID cosine
+    # is scale-free but noise until the tables learn). "scl_histograms" (ours): the weights reading
+    # those histogram columns start at std 1/sqrt(their count), the rest stay 1/sqrt(in_dim), so the
+    # first pre-activations have the histograms' second moment instead of 1/7 of it (MUSE: 44 of 308
+    # columns). Models without such columns (DIN, TWIN, MISS) are unchanged (docs/accuracy.md).
+    tower_fan_in: Literal["all", "scl_histograms"] = "scl_histograms"
 
 
 @dataclass

@@ -18,6 +18,10 @@ TA over the recent R        D_tok            ``short_term.attention``
 mean of recent, of picks    D_tok (x2)       ``short_term.mean_pool`` (picks: with a GSU)
 ==========================  ===============  ===========================================
 
+The SimTier histograms of SCL cosines are the only parts at unit scale from the first step (the
+others start at the ID tables' ~1e-3): with ``parametrization.tower_fan_in: scl_histograms`` they
+alone make the fan-in of the tower's first Linear (`scl_histogram_columns`).
+
 With the fusion GSU's ``branches`` rule the picks are two branches of K (MUSE's, SIM-soft's):
 the ESU parts (SimTier, attention, mean of picks) are computed once per branch and the tower
 reads both, branch after branch. The attention is shared by the branches (one ID-token space);
@@ -130,23 +134,31 @@ class OverArch(nn.Module):
         if (self.simtier is not None or self.attention_reads_similarity) and similarity is None:
             raise ValueError("model.esu: SimTier / SA-TA read similarities R but no similarity was built")
 
-        widths = [pooled_dim, token_dim]  # the same order as `forward` appends
+        # (width, how many of its leading columns are a SimTier histogram of SCL cosines), in the
+        # order `forward` appends the parts.
+        scl_histogram = {"scl": e.num_tiers, "fusion": e.num_tiers, "id": 0}[e.similarity]
+        parts = [(pooled_dim, 0), (token_dim, 0)]
         for _ in range(self.branches if has_gsu else 0):
-            if self.simtier is not None:
-                widths.append(self.simtier.output_dim)
+            if self.simtier is not None:  # FusionSimTier: the SCL histogram first, then the ID one
+                parts.append((self.simtier.output_dim, scl_histogram))
             if scl_attention is not None:
-                widths.append(SCL_DIM)
+                parts.append((SCL_DIM, 0))
             if esu_attention is not None:
-                widths.append(token_dim)
+                parts.append((token_dim, 0))
         if self.recent_simtier is not None:
-            widths.append(e.num_tiers)
+            parts.append((e.num_tiers, e.num_tiers))  # always SCL cosines
         if self.recent_attention is not None:
-            widths.append(token_dim)
+            parts.append((token_dim, 0))
         if self.mean_pool:
-            widths += [token_dim] * (1 + (self.branches if has_gsu else 0))
-        self.input_dim = sum(widths)
+            parts += [(token_dim, 0)] * (1 + (self.branches if has_gsu else 0))
+        self.input_dim = sum(w for w, _ in parts)
+        starts = [sum(w for w, _ in parts[:i]) for i in range(len(parts))]
+        self.scl_histogram_columns = tuple(c for start, (_, n) in zip(starts, parts) for c in range(start, start + n))
+        fan_in = (self.scl_histogram_columns if pz.tower_fan_in == "scl_histograms" and self.scl_histogram_columns
+                  else None)
         self.tower = MLPTower(self.input_dim, tuple(spec.tower_hidden), activation=spec.tower_activation,
-                              dropout=spec.dropout, parametrization=pz, output_bias=output_bias, device=device)
+                              dropout=spec.dropout, parametrization=pz, output_bias=output_bias,
+                              fan_in_columns=fan_in, device=device)
 
     def features(self, pooled: torch.Tensor, target_tok: torch.Tensor, gsu_tok: torch.Tensor,
                  recent_tok: torch.Tensor, recent_mask: torch.Tensor, res: Optional[GSUResult],

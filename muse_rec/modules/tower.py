@@ -111,6 +111,8 @@ class MLPTower(nn.Module):
             (``tower_gain``: `activation_gain` or 1) and the output head (`ParametrizationSpec`).
         output_bias: constant initial bias of the one output logit (`prior_logit` of the
             train click rate); None = as every Linear. Not with the two-logit head.
+        fan_in_columns: the input columns that make the first Linear's fan-in
+            (``tower_fan_in``, chosen by `OverArch`); None = all ``in_dim``.
         device: where parameters live (``meta`` allowed).
 
     Example::
@@ -127,6 +129,7 @@ class MLPTower(nn.Module):
         dropout: float = 0.0,
         parametrization: ParametrizationSpec = DEFAULT_PARAMETRIZATION,
         output_bias: Optional[float] = None,
+        fan_in_columns: Optional[Sequence[int]] = None,
         device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
@@ -144,13 +147,13 @@ class MLPTower(nn.Module):
         # Every Linear but the first reads an activation's output: He's gain keeps its scale.
         after_activation = activation_gain(activation, p) if p.tower_gain == "activation" else 1.0
         layers = []
-        width, gain = in_dim, 1.0
+        width, gain, columns = in_dim, 1.0, fan_in_columns
         for h in hidden:
-            layers += [ParamLinear(width, h, parametrization=p, gain=gain, device=device),
+            layers += [ParamLinear(width, h, parametrization=p, gain=gain, fan_in_columns=columns, device=device),
                        make_activation(activation, h, device, p)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
-            width, gain = h, after_activation
+            width, gain, columns = h, after_activation, None
         self.two_logits = p.output_head == "two_logits_dice"
         if self.two_logits:
             layers += [ParamLinear(width, 2, parametrization=p, gain=gain, device=device),

@@ -31,19 +31,22 @@ def test_each_ablation_row_differs_from_its_base_by_one_difference():
         assert changed and changed == {k for k in ref if ref[k] != minus[k]}, name
         assert all(plus[k] == ref[k] and minus[k] == ours[k] for k in changed), name
     # The committed MUSE spec = the reference parametrization except the bias and the 2-logit head,
-    # plus the train-prior output bias and He's tower gain (docs/accuracy.md); neither ours nor the
-    # reference has those two.
+    # plus the train-prior output bias, He's tower gain and the SCL-histogram fan-in (docs/accuracy.md);
+    # neither ours nor the reference has those three.
     pub = flat(resolved(next(c for c in study.method_configs("specs/demo") if c.key == "muse__published")))
     assert {k for k in ref if ref[k] != pub[k]} == {"model.parametrization.linear_bias",
                                                     "model.parametrization.output_head",
                                                     "model.parametrization.output_bias",
-                                                    "model.parametrization.tower_gain"}
+                                                    "model.parametrization.tower_gain",
+                                                    "model.parametrization.tower_fan_in"}
     assert ours["model.parametrization.output_bias"] == ref["model.parametrization.output_bias"] == "linear"
     assert ours["model.parametrization.tower_gain"] == ref["model.parametrization.tower_gain"] == "unit"
+    assert ours["model.parametrization.tower_fan_in"] == ref["model.parametrization.tower_fan_in"] == "all"
     assert pub["model.parametrization.output_bias"] == "train_prior"
     assert pub["model.parametrization.tower_gain"] == "activation"
+    assert pub["model.parametrization.tower_fan_in"] == "scl_histograms"
     spec = flat(resolved(rows["spec"]))
-    for knob in ("train_prior", "tower_gain"):
+    for knob in ("train_prior", "tower_gain", "tower_fan_in"):
         key = "model.parametrization." + ("output_bias" if knob == "train_prior" else knob)
         minus, plus = flat(resolved(rows["spec_minus_" + knob])), flat(resolved(rows["ours_plus_" + knob]))
         assert {k for k in spec if spec[k] != minus[k]} == {key}, knob
@@ -72,5 +75,6 @@ def test_reference_parametrization_rows_are_the_ablation_reference_row_at_each_s
     din = flat(resolved(rows["din__4x_steps__batch_250"]))
     assert din["model.parametrization.output_head"] == "two_logits_dice" and din["train.batch_size"] == 250
     assert din["model.parametrization.output_bias"] == "linear" and din["model.parametrization.tower_gain"] == "unit"
+    assert din["model.parametrization.tower_fan_in"] == "all"
     spec_rows = {c.key: c for c in study.method_configs("specs/demo")}
     assert flat(resolved(spec_rows["din__4x_steps__batch_250"]))["model.parametrization.output_bias"] == "train_prior"
