@@ -36,7 +36,11 @@ def bad_input_errors() -> Tuple[Type[BaseException], ...]:
 def report(command: str, e: BaseException) -> int:
     """Print ``muse-rec <command>: <one line>`` to stderr; returns exit code 2."""
     text = " ".join(str(e).split()) if not _is_checkpoint_exception(e) else _dcp_line(e)
-    print(f"muse-rec {command}: {text}", file=sys.stderr)
+    # One write for the line and its newline: every rank of a job reports its error, and with
+    # PYTHONUNBUFFERED (usual in containers) print() writes the text and the newline separately,
+    # so two ranks' lines could merge into one on the shared stderr.
+    sys.stderr.write(f"muse-rec {command}: {text}\n")
+    sys.stderr.flush()
     return 2
 
 

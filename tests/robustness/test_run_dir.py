@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -128,6 +129,25 @@ def test_two_ranks_refuse_a_used_run_dir_together_without_hanging(trained, tmp_p
     lines = [ln for ln in out.stderr.splitlines() if "muse-rec train:" in ln and "already holds a run" in ln]
     assert len(lines) == 2, out.stderr[-3000:]  # one per rank
     assert snapshot(runs / "din") == before
+
+
+def test_an_error_line_reaches_stderr_in_one_write(monkeypatch):
+    """Every rank reports; with PYTHONUNBUFFERED each write goes straight to the shared pipe, so a
+    line written in two pieces (text, then newline) can merge with another rank's."""
+    import io
+
+    from muse_rec.cli.errors import report
+
+    writes = []
+
+    class Unbuffered(io.StringIO):
+        def write(self, text):
+            writes.append(text)
+            return len(text)
+
+    monkeypatch.setattr(sys, "stderr", Unbuffered())
+    assert report("train", RuntimeError("runs/din: already holds\n a run")) == 2
+    assert writes == ["muse-rec train: runs/din: already holds a run\n"]
 
 
 def test_restarted_overwrite_job_continues_its_own_run(tmp_path):
