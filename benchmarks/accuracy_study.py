@@ -82,12 +82,14 @@ def _slug(text: str) -> str:
 
 # Ours, in neither torch nor the reference: the output logit starts at the train click rate
 # (`output_bias: train_prior`), the tower's Linears after an activation start with He's gain for it
-# (`tower_gain: activation`), and the SCL histograms alone make the first Linear's fan-in
-# (`tower_fan_in: scl_histograms`). The ours/reference rows switch all three off, the "spec" rows show them.
+# (`tower_gain: activation`), the SCL histograms alone make the first Linear's fan-in
+# (`tower_fan_in: scl_histograms`), and every SimTier tier weight starts at U(0, 1)'s RMS instead of a
+# draw (`simtier_init: constant`). The ours/reference rows switch all four off, the "spec" rows show them.
 NO_PRIOR = (P + "output_bias=linear",)
 NO_GAIN = (P + "tower_gain=unit",)
 NO_FAN_IN = (P + "tower_fan_in=all",)
-BEYOND_BOTH = (*NO_PRIOR, *NO_GAIN, *NO_FAN_IN)
+NO_CONSTANT_SIMTIER = (P + "simtier_init=uniform",)
+BEYOND_BOTH = (*NO_PRIOR, *NO_GAIN, *NO_FAN_IN, *NO_CONSTANT_SIMTIER)
 
 
 def _all(which: str, names: Sequence[str] = ()) -> Tuple[str, ...]:
@@ -112,13 +114,17 @@ def ablation_configs(spec: str) -> List[Config]:
                        tuple(o for o in _all("ours") if o not in NO_GAIN)))
     rows.append(Config("ours_plus_tower_fan_in", "ours + first Linear's fan-in = the SCL histograms", spec,
                        tuple(o for o in _all("ours") if o not in NO_FAN_IN)))
+    rows.append(Config("ours_plus_simtier_init", "ours + SimTier weights start constant (U(0,1)'s RMS)", spec,
+                       tuple(o for o in _all("ours") if o not in NO_CONSTANT_SIMTIER)))
     rows.append(Config("spec", "the spec as committed (reference - bias 0.1 - 2 logits + train prior + tower gain "
-                       "+ SCL-histogram fan-in)", spec, ()))
+                       "+ SCL-histogram fan-in + constant SimTier init)", spec, ()))
     rows.append(Config("spec_minus_train_prior", "the spec - train prior (output bias as every Linear)", spec,
                        NO_PRIOR))
     rows.append(Config("spec_minus_tower_gain", "the spec - tower gain (unit, as the reference)", spec, NO_GAIN))
     rows.append(Config("spec_minus_tower_fan_in", "the spec - SCL-histogram fan-in (all columns, as the reference)",
                        spec, NO_FAN_IN))
+    rows.append(Config("spec_minus_simtier_init", "the spec - constant SimTier init (U(0,1) draws, as the reference)",
+                       spec, NO_CONSTANT_SIMTIER))
     return rows
 
 

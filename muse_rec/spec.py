@@ -148,6 +148,14 @@ class ParametrizationSpec:
     # first pre-activations have the histograms' second moment instead of 1/7 of it (MUSE: 44 of 308
     # columns). Models without such columns (DIN, TWIN, MISS) are unchanged (docs/accuracy.md).
     tower_fan_in: Literal["all", "scl_histograms"] = "scl_histograms"
+    # How every SimTier's tier weights w start (the histogram is log1p(count) * w). "uniform": each
+    # w ~ U(0, 1), the reference. Under Adam a weight moves ~lr per step whatever its size, so a tier
+    # drawn at w ~ 0.05 stays almost invisible to the tower for the whole epoch at lr 2e-4 (w moves
+    # <= 0.02 in 80 steps): which tiers the model can use depends on the seed. "constant" (ours):
+    # every w starts at 1/sqrt(3), the RMS of U(0, 1), so the histograms keep the reference's
+    # second moment without the draw: MUSE +0.004 to +0.009 GAUC at the published settings on five
+    # synthetic sets (docs/accuracy.md).
+    simtier_init: Literal["uniform", "constant"] = "constant"
 
 
 @dataclass

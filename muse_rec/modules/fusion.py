@@ -278,10 +278,11 @@ class FusionSimTier(nn.Module):
     Each has its own learnable tier weights (the learned gate of that similarity's counts).
     """
 
-    def __init__(self, num_tiers: int = 22, tier_width: float = 0.1, device: Optional[torch.device] = None) -> None:
+    def __init__(self, num_tiers: int = 22, tier_width: float = 0.1, init: str = "uniform",
+                 device: Optional[torch.device] = None) -> None:
         super().__init__()
-        self.multimodal = SimTier(num_tiers, tier_width, device=device)
-        self.ids = SimTier(num_tiers, tier_width, device=device)
+        self.multimodal = SimTier(num_tiers, tier_width, init=init, device=device)
+        self.ids = SimTier(num_tiers, tier_width, init=init, device=device)
         self.output_dim = 2 * num_tiers
 
     def counts(self, similarities: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:

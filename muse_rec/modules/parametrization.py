@@ -28,9 +28,10 @@ from muse_rec.spec import ParametrizationSpec
 TORCH_PARAMETRIZATION = ParametrizationSpec(
     linear_init="torch", linear_bias=None, attention_bias=False, dice_alpha_init=0.0,
     dice_norm_affine=True, dice_norm_eps=1e-5, output_head="one_logit", output_bias="linear", tower_gain="unit",
-    tower_fan_in="all")
+    tower_fan_in="all", simtier_init="uniform")
 REFERENCE_PARAMETRIZATION = ParametrizationSpec(linear_bias=0.1, output_head="two_logits_dice", output_bias="linear",
-                                                tower_gain="unit", tower_fan_in="all")  # all of MUSE.md's list
+                                                tower_gain="unit", tower_fan_in="all",
+                                                simtier_init="uniform")  # all of MUSE.md's list
 DEFAULT_PARAMETRIZATION = TORCH_PARAMETRIZATION
 
 

@@ -5,14 +5,21 @@ vectors). [-1, 1] is cut into tiers of width 0.1; the reference's bin of a cosin
 ``ceil(r / 0.1) + 10``, i.e. tier t holds ``((t - 11) * 0.1, (t - 10) * 0.1]`` (tier 0 holds
 exactly -1, tier 20 holds (0.9, 1.0], tier 21 catches r a rounding error above 1), so 22
 tiers. Counts are hard (R carries no gradient: it comes from frozen embeddings); the output
-per tier is ``log(1 + count) * w_tier`` with learnable ``w`` initialised U(0, 1).
+per tier is ``log(1 + count) * w_tier`` with learnable ``w`` initialised U(0, 1) (the
+reference) or at 1/sqrt(3) everywhere, the RMS of U(0, 1) (``simtier_init: constant``).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import nn
+
+SIMTIER_INITS = ("uniform", "constant")
+# sqrt(E[w^2]) for w ~ U(0, 1): the constant init keeps the uniform draw's second moment, so the
+# histograms start at the scale the tower's fan-in rule assumes, only without the per-tier draw.
+UNIFORM_RMS = 1.0 / math.sqrt(3.0)
 
 
 class SimTier(nn.Module):
@@ -22,6 +29,8 @@ class SimTier(nn.Module):
         num_tiers: number of tiers (22 covers [-1, 1] at width 0.1 with the reference's
             binning); cosines outside the covered range are clamped into the end tiers.
         tier_width: width of a tier in cosine units.
+        init: "uniform" (w ~ U(0, 1), the reference) or "constant" (w = 1/sqrt(3), the
+            RMS of U(0, 1): every tier equally visible from the first step).
         device: where ``w`` lives (``meta`` allowed).
 
     Example::
@@ -30,10 +39,14 @@ class SimTier(nn.Module):
         feats = st(gsu.scores, gsu.has_score)   # [B, 22]
     """
 
-    def __init__(self, num_tiers: int = 22, tier_width: float = 0.1, device: Optional[torch.device] = None) -> None:
+    def __init__(self, num_tiers: int = 22, tier_width: float = 0.1, init: str = "uniform",
+                 device: Optional[torch.device] = None) -> None:
         super().__init__()
         if num_tiers < 1 or tier_width <= 0:
             raise ValueError(f"num_tiers must be >= 1 and tier_width > 0, got {num_tiers}, {tier_width}")
+        if init not in SIMTIER_INITS:
+            raise ValueError(f"model.parametrization.simtier_init must be one of {SIMTIER_INITS}, got {init!r}")
+        self.init = init
         self.num_tiers = num_tiers
         self.tier_width = tier_width
         # Tier of r = ceil(r / width) + offset, where offset puts r = -1 into tier 0.
@@ -42,7 +55,10 @@ class SimTier(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.uniform_(self.weight, 0.0, 1.0)
+        if self.init == "constant":
+            nn.init.constant_(self.weight, UNIFORM_RMS)
+        else:
+            nn.init.uniform_(self.weight, 0.0, 1.0)
 
     def tiers(self, similarities: torch.Tensor) -> torch.Tensor:
         """Tier index ``[B, K]`` int64 of each similarity."""
@@ -72,4 +88,4 @@ class SimTier(nn.Module):
         return self.num_tiers
 
     def extra_repr(self) -> str:
-        return f"num_tiers={self.num_tiers}, tier_width={self.tier_width}"
+        return f"num_tiers={self.num_tiers}, tier_width={self.tier_width}, init={self.init}"

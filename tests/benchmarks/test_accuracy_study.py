@@ -31,22 +31,25 @@ def test_each_ablation_row_differs_from_its_base_by_one_difference():
         assert changed and changed == {k for k in ref if ref[k] != minus[k]}, name
         assert all(plus[k] == ref[k] and minus[k] == ours[k] for k in changed), name
     # The committed MUSE spec = the reference parametrization except the bias and the 2-logit head,
-    # plus the train-prior output bias, He's tower gain and the SCL-histogram fan-in (docs/accuracy.md);
-    # neither ours nor the reference has those three.
+    # plus the train-prior output bias, He's tower gain, the SCL-histogram fan-in and the constant SimTier
+    # init (docs/accuracy.md); neither ours nor the reference has those four.
     pub = flat(resolved(next(c for c in study.method_configs("specs/demo") if c.key == "muse__published")))
     assert {k for k in ref if ref[k] != pub[k]} == {"model.parametrization.linear_bias",
                                                     "model.parametrization.output_head",
                                                     "model.parametrization.output_bias",
                                                     "model.parametrization.tower_gain",
-                                                    "model.parametrization.tower_fan_in"}
+                                                    "model.parametrization.tower_fan_in",
+                                                    "model.parametrization.simtier_init"}
     assert ours["model.parametrization.output_bias"] == ref["model.parametrization.output_bias"] == "linear"
     assert ours["model.parametrization.tower_gain"] == ref["model.parametrization.tower_gain"] == "unit"
     assert ours["model.parametrization.tower_fan_in"] == ref["model.parametrization.tower_fan_in"] == "all"
     assert pub["model.parametrization.output_bias"] == "train_prior"
     assert pub["model.parametrization.tower_gain"] == "activation"
+    assert ours["model.parametrization.simtier_init"] == ref["model.parametrization.simtier_init"] == "uniform"
     assert pub["model.parametrization.tower_fan_in"] == "scl_histograms"
+    assert pub["model.parametrization.simtier_init"] == "constant"
     spec = flat(resolved(rows["spec"]))
-    for knob in ("train_prior", "tower_gain", "tower_fan_in"):
+    for knob in ("train_prior", "tower_gain", "tower_fan_in", "simtier_init"):
         key = "model.parametrization." + ("output_bias" if knob == "train_prior" else knob)
         minus, plus = flat(resolved(rows["spec_minus_" + knob])), flat(resolved(rows["ours_plus_" + knob]))
         assert {k for k in spec if spec[k] != minus[k]} == {key}, knob
@@ -76,5 +79,6 @@ def test_reference_parametrization_rows_are_the_ablation_reference_row_at_each_s
     assert din["model.parametrization.output_head"] == "two_logits_dice" and din["train.batch_size"] == 250
     assert din["model.parametrization.output_bias"] == "linear" and din["model.parametrization.tower_gain"] == "unit"
     assert din["model.parametrization.tower_fan_in"] == "all"
+    assert flat(resolved(rows["twin__published"]))["model.parametrization.simtier_init"] == "uniform"
     spec_rows = {c.key: c for c in study.method_configs("specs/demo")}
     assert flat(resolved(spec_rows["din__4x_steps__batch_250"]))["model.parametrization.output_bias"] == "train_prior"

@@ -19,7 +19,7 @@ from muse_rec.spec import load_spec
 from tests.conftest import REPO
 
 SEQ_LEN = 100
-MARKER = 7.0  # a SimTier value log1p(count) * w with w ~ U(0, 1) and count <= K never equals it exactly
+MARKER = 7.0  # a SimTier value log1p(count) * w with w <= 1 and count <= K never equals it exactly
 SPECS = ["methods/muse.yaml", "methods/muse_fusion.yaml", "methods/din.yaml", "methods/din_ref.yaml",
          "methods/sim_hard.yaml", "methods/sim_soft.yaml", "methods/twin.yaml", "methods/miss.yaml",
          "ablations/fusion_esu_both.yaml", "ablations/gsu_score_mm_attention.yaml", "ablations/esu_ta.yaml"]
