@@ -85,11 +85,18 @@ def _slug(text: str) -> str:
 # (`tower_gain: activation`), the SCL histograms alone make the first Linear's fan-in
 # (`tower_fan_in: scl_histograms`), and every SimTier tier weight starts at U(0, 1)'s RMS instead of a
 # draw (`simtier_init: constant`). The ours/reference rows switch all four off, the "spec" rows show them.
-NO_PRIOR = (P + "output_bias=linear",)
-NO_GAIN = (P + "tower_gain=unit",)
-NO_FAN_IN = (P + "tower_fan_in=all",)
-NO_CONSTANT_SIMTIER = (P + "simtier_init=uniform",)
-BEYOND_BOTH = (*NO_PRIOR, *NO_GAIN, *NO_FAN_IN, *NO_CONSTANT_SIMTIER)
+# Each: (row-key slug, "ours + ..." label, "the spec - ..." label, the override that switches it off).
+BEYOND: Tuple[Tuple[str, str, str, Tuple[str, ...]], ...] = (
+    ("train_prior", "output bias = train prior", "train prior (output bias as every Linear)",
+     (P + "output_bias=linear",)),
+    ("tower_gain", "tower gain = He's for the activation", "tower gain (unit, as the reference)",
+     (P + "tower_gain=unit",)),
+    ("tower_fan_in", "first Linear's fan-in = the SCL histograms",
+     "SCL-histogram fan-in (all columns, as the reference)", (P + "tower_fan_in=all",)),
+    ("simtier_init", "SimTier weights start constant (U(0,1)'s RMS)",
+     "constant SimTier init (U(0,1) draws, as the reference)", (P + "simtier_init=uniform",)),
+)
+BEYOND_BOTH = tuple(o for *_, off in BEYOND for o in off)
 
 
 def _all(which: str, names: Sequence[str] = ()) -> Tuple[str, ...]:
@@ -107,24 +114,12 @@ def ablation_configs(spec: str) -> List[Config]:
     rows.append(Config("reference", "reference (all of MUSE.md)", spec, _all("reference")))
     rows += [Config("reference_minus_" + _slug(n), f"reference - {n}", spec, _all("reference", [n]))
              for n in DIFFERENCES]
-    # Ours beyond the reference: the output logit starts at the train click rate, He's gain after Dice.
-    rows.append(Config("ours_plus_train_prior", "ours + output bias = train prior", spec,
-                       tuple(o for o in _all("ours") if o not in NO_PRIOR)))
-    rows.append(Config("ours_plus_tower_gain", "ours + tower gain = He's for the activation", spec,
-                       tuple(o for o in _all("ours") if o not in NO_GAIN)))
-    rows.append(Config("ours_plus_tower_fan_in", "ours + first Linear's fan-in = the SCL histograms", spec,
-                       tuple(o for o in _all("ours") if o not in NO_FAN_IN)))
-    rows.append(Config("ours_plus_simtier_init", "ours + SimTier weights start constant (U(0,1)'s RMS)", spec,
-                       tuple(o for o in _all("ours") if o not in NO_CONSTANT_SIMTIER)))
+    # Ours beyond the reference (BEYOND): each switched on alone over ours, and off alone from the spec.
+    rows += [Config("ours_plus_" + key, f"ours + {plus}", spec, tuple(o for o in _all("ours") if o not in off))
+             for key, plus, _, off in BEYOND]
     rows.append(Config("spec", "the spec as committed (reference - bias 0.1 - 2 logits + train prior + tower gain "
                        "+ SCL-histogram fan-in + constant SimTier init)", spec, ()))
-    rows.append(Config("spec_minus_train_prior", "the spec - train prior (output bias as every Linear)", spec,
-                       NO_PRIOR))
-    rows.append(Config("spec_minus_tower_gain", "the spec - tower gain (unit, as the reference)", spec, NO_GAIN))
-    rows.append(Config("spec_minus_tower_fan_in", "the spec - SCL-histogram fan-in (all columns, as the reference)",
-                       spec, NO_FAN_IN))
-    rows.append(Config("spec_minus_simtier_init", "the spec - constant SimTier init (U(0,1) draws, as the reference)",
-                       spec, NO_CONSTANT_SIMTIER))
+    rows += [Config("spec_minus_" + key, f"the spec - {minus}", spec, off) for key, _, minus, off in BEYOND]
     return rows
 
 

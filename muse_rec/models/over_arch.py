@@ -119,14 +119,15 @@ class OverArch(nn.Module):
         self.similarity = similarity
         self.branches = 2 if (spec.gsu.kind == "fusion" and spec.gsu.fusion in BRANCH_RULES) else 1
         simtier_kind = FusionSimTier if e.similarity == "fusion" else SimTier  # fusion: one per similarity
-        self.simtier = simtier_kind(e.num_tiers, e.tier_width, pz.simtier_init, device=device) if e.simtier else None
-        self.branch_simtier = (simtier_kind(e.num_tiers, e.tier_width, pz.simtier_init, device=device)
+        self.simtier = (simtier_kind(e.num_tiers, e.tier_width, init=pz.simtier_init, device=device)
+                        if e.simtier else None)
+        self.branch_simtier = (simtier_kind(e.num_tiers, e.tier_width, init=pz.simtier_init, device=device)
                                if e.simtier and self.branches == 2 else None)
         self.scl_attention = scl_attention
         self.esu_attention = esu_attention
         # SA-TA reads R too; a plain TA does not (decided here, once).
         self.attention_reads_similarity = e.attention == "sa_ta"
-        self.recent_simtier = (SimTier(e.num_tiers, e.tier_width, pz.simtier_init, device=device)
+        self.recent_simtier = (SimTier(e.num_tiers, e.tier_width, init=pz.simtier_init, device=device)
                                if (s.simtier and uses_scl) else None)
         self.recent_attention = (TargetAttention(token_dim, token_dim, e.attention_hidden, parametrization=pz,
                                                  device=device)

@@ -7,8 +7,12 @@ from pathlib import Path
 from typing import List, Sequence
 
 import pytest
+import torch
 
+from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import free_port
+from muse_rec.models.ctr_model import LifelongCTRModel
+from muse_rec.spec import load_spec
 from tests.conftest import REPO, subprocess_env, venv_bin
 
 # Small enough that a 2-rank job takes seconds: L = 100, batch 64.
@@ -56,3 +60,12 @@ def train_args(spec: str, prepared: Path, out_dir: Path, extra: Sequence[str] = 
 
 def metrics(path: Path) -> dict:
     return json.loads((path / "metrics.json").read_text())
+
+
+def build_model(spec_file: str, prepared: Path, extra: Sequence[str] = (), seq_len: int = 100,
+                seed: int = 0) -> LifelongCTRModel:
+    """`LifelongCTRModel` of ``specs/<spec_file>`` (plus ``extra`` overrides) over ``prepared``'s
+    vocabularies, with the init drawn after ``torch.manual_seed(seed)``."""
+    spec = load_spec(REPO / "specs" / spec_file, [f"data.seq_len={seq_len}", *extra])
+    torch.manual_seed(seed)
+    return LifelongCTRModel(spec.model, PreparedData(str(prepared)).vocab_sizes, seq_len=seq_len)

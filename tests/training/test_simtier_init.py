@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from muse_rec.data.prepared import PreparedData
 from muse_rec.models.ctr_model import LifelongCTRModel
 from muse_rec.modules import SimTier
 from muse_rec.modules.fusion import FusionSimTier
@@ -21,6 +20,7 @@ from muse_rec.modules.parametrization import REFERENCE_PARAMETRIZATION, TORCH_PA
 from muse_rec.modules.simtier import UNIFORM_RMS
 from muse_rec.spec import load_spec
 from tests.conftest import REPO
+from tests.training.conftest import build_model
 
 SEQ_LEN = 100
 SPECS = ["methods/muse.yaml", "methods/muse_fusion.yaml", "methods/din.yaml", "methods/din_ref.yaml",
@@ -37,10 +37,7 @@ SIMTIERS = {"methods/muse.yaml": 2, "methods/muse_fusion.yaml": 3, "methods/din.
 
 
 def _model(spec_file: str, prepared: Path, init: str, seed: int = 0) -> LifelongCTRModel:
-    spec = load_spec(REPO / "specs" / spec_file, [f"data.seq_len={SEQ_LEN}",
-                                                  f"model.parametrization.simtier_init={init}"])
-    torch.manual_seed(seed)
-    return LifelongCTRModel(spec.model, PreparedData(str(prepared)).vocab_sizes, seq_len=SEQ_LEN)
+    return build_model(spec_file, prepared, [f"model.parametrization.simtier_init={init}"], SEQ_LEN, seed)
 
 
 def _simtiers(model: torch.nn.Module):

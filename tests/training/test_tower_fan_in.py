@@ -13,10 +13,8 @@ import pytest
 import torch
 
 from muse_rec.data.loader import make_loader
-from muse_rec.data.prepared import PreparedData
 from muse_rec.models.ctr_model import LifelongCTRModel
-from muse_rec.spec import load_spec
-from tests.conftest import REPO
+from tests.training.conftest import build_model
 
 SEQ_LEN = 100
 MARKER = 7.0  # a SimTier value log1p(count) * w with w <= 1 and count <= K never equals it exactly
@@ -26,10 +24,7 @@ SPECS = ["methods/muse.yaml", "methods/muse_fusion.yaml", "methods/din.yaml", "m
 
 
 def _model(spec_file: str, prepared: Path, fan_in: str, seed: int = 0) -> LifelongCTRModel:
-    spec = load_spec(REPO / "specs" / spec_file, [f"data.seq_len={SEQ_LEN}",
-                                                  f"model.parametrization.tower_fan_in={fan_in}"])
-    torch.manual_seed(seed)
-    return LifelongCTRModel(spec.model, PreparedData(str(prepared)).vocab_sizes, seq_len=SEQ_LEN)
+    return build_model(spec_file, prepared, [f"model.parametrization.tower_fan_in={fan_in}"], SEQ_LEN, seed)
 
 
 def _scl_histograms(model: LifelongCTRModel):
