@@ -234,6 +234,16 @@ class Spec:
 # ----------------------------------------------------------------------------------------------
 
 
+def literal_choices(cls: type, name: str) -> Tuple[Any, ...]:
+    """The values the ``Literal`` field ``name`` of spec dataclass ``cls`` allows, in declaration
+    order. Modules that also run without a spec check their arguments against this instead of a
+    copy of the list, so a new choice is added in one place."""
+    tp = typing.get_type_hints(cls).get(name)
+    if typing.get_origin(tp) is not Literal:
+        raise TypeError(f"{cls.__name__}.{name} is not a Literal field of the spec")
+    return typing.get_args(tp)
+
+
 def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Spec:
     """Read a spec file (following ``extends:``), apply ``key.path=value`` overrides, validate.
 

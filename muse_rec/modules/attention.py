@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from muse_rec.modules.parametrization import DEFAULT_PARAMETRIZATION, ParamLinear
-from muse_rec.spec import ParametrizationSpec
+from muse_rec.spec import ESUSpec, ParametrizationSpec, literal_choices
 
-ATTENTION_VARIANTS = ("paper", "reference")
+ATTENTION_VARIANTS = literal_choices(ESUSpec, "sa_ta_variant")
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

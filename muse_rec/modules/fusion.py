@@ -47,8 +47,9 @@ from muse_rec.modules.gsu_baselines import merge_gsu_results
 from muse_rec.modules.search import SearchInputs, history_cosine
 from muse_rec.modules.selection import GSUResult, topk_eligible
 from muse_rec.modules.simtier import SimTier
+from muse_rec.spec import GSUSpec, literal_choices
 
-FUSION_RULES = ("branches", "union", "half", "gated")
+FUSION_RULES = literal_choices(GSUSpec, "fusion")
 # Rules whose 2K slots are two K-slot branches, each read by its own ESU pass.
 BRANCH_RULES = ("branches",)
 # Standardisation floor: a history whose scores are all equal (std 0) keeps its order (all 0).

@@ -16,7 +16,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-SIMTIER_INITS = ("uniform", "constant")
+from muse_rec.spec import ParametrizationSpec, literal_choices
+
+SIMTIER_INITS = literal_choices(ParametrizationSpec, "simtier_init")
 # sqrt(E[w^2]) for w ~ U(0, 1): the constant init keeps the uniform draw's second moment, so the
 # histograms start at the scale the tower's fan-in rule assumes, only without the per-tier draw.
 UNIFORM_RMS = 1.0 / math.sqrt(3.0)

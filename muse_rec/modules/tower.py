@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from muse_rec.modules.parametrization import DEFAULT_PARAMETRIZATION, ParamLinear
-from muse_rec.spec import ParametrizationSpec
+from muse_rec.spec import ModelSpec, ParametrizationSpec, literal_choices
 
-TOWER_ACTIVATIONS = ("dice", "relu")
-OUTPUT_HEADS = ("one_logit", "two_logits_dice")
+TOWER_ACTIVATIONS = literal_choices(ModelSpec, "tower_activation")
+OUTPUT_HEADS = literal_choices(ParametrizationSpec, "output_head")
 
 
 class Dice(nn.Module):

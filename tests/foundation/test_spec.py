@@ -83,3 +83,16 @@ def test_scientific_notation_learning_rates():
     # YAML 1.1 reads `2e-3` as a string; the spec accepts it as the number users mean.
     s = from_dict({"train": {"dense_optimizer": {"name": "adamw", "lr": "2e-3"}}})
     assert s.train.dense_optimizer.lr == pytest.approx(2e-3)
+
+
+def test_literal_choices_are_the_spec_fields_own_values():
+    from muse_rec.modules.simtier import SIMTIER_INITS, SimTier
+    from muse_rec.spec import ParametrizationSpec, literal_choices
+
+    assert literal_choices(ParametrizationSpec, "simtier_init") == ("uniform", "constant") == SIMTIER_INITS
+    # A module built without a spec refuses a value the spec would refuse, and only those.
+    with pytest.raises(ValueError, match="simtier_init"):
+        SimTier(init="ones")
+    for name in ("linear_bias", "no_such_field"):  # Optional[float]; not a field
+        with pytest.raises(TypeError, match=f"ParametrizationSpec.{name} is not a Literal"):
+            literal_choices(ParametrizationSpec, name)

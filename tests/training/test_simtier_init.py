@@ -86,4 +86,3 @@ def test_every_simtier_of_a_model_follows_the_knob(prepared, spec_file):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), k
-
