@@ -235,6 +235,14 @@ class PreparedData:
     def num_samples(self, split: str) -> int:
         return int(self._split(split)["samples"])
 
+    def num_positives(self, split: str) -> int:
+        """The split's clicks (``splits.<split>.positives`` of meta.json), in [0, samples]."""
+        n, samples = self._split(split).get("positives"), self.num_samples(split)
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= samples:
+            raise PreparedDataError(f"{join_path(self.path, 'meta.json')}: splits.{split}.positives must be an "
+                                    f"integer in [0, {samples}], got {n!r}; re-run `muse-rec prepare`")
+        return n
+
     def user_row_index(self, split: str, raw_user_ids: np.ndarray) -> np.ndarray:
         """int64 index into the split's user-feature rows for each raw user id; -1 where absent."""
         self._split(split)

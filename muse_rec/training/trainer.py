@@ -150,6 +150,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     train_loader_len = len(make_loader(data, spec.data.train_split, t.batch_size, seq_len, rank=env.rank, world_size=env.world_size))
     if train_loader_len == 0:
         raise RunError(f"data.prepared = {spec.data.prepared!r}: split {spec.data.train_split!r} has no samples")
+    # Shown at the start: at a fixed lr, how far one epoch gets follows its clicks (docs/accuracy.md).
+    train_samples, train_clicks = data.num_samples(spec.data.train_split), data.num_positives(spec.data.train_split)
     total_steps = t.epochs * train_loader_len if not t.max_steps else min(t.max_steps, t.epochs * train_loader_len)
 
     dmp, optimizer, skip = build_sharded(spec, data, env)
@@ -184,8 +186,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         }, indent=2))
         logger.info(
             "training %s: %d rank(s) on %s, %d steps of %d x %d samples, seq_len %d; "
-            "embeddings: %s; dense: %s (lr %g)",
+            "split %s: %s impressions, %s clicks (%.1f%%); embeddings: %s; dense: %s (lr %g)",
             spec.name, env.world_size, env.device, total_steps - position.step, env.world_size, t.batch_size, seq_len,
+            spec.data.train_split, f"{train_samples:,}", f"{train_clicks:,}", 100.0 * train_clicks / train_samples,
             describe_sparse_route(t.sparse_optimizer.name, t.sparse_optimizer.lr, env.device.type),
             t.dense_optimizer.name, t.dense_optimizer.lr,
         )

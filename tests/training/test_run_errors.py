@@ -43,3 +43,27 @@ def test_bad_spec_key_names_the_key(tmp_path):
     out = run_ranks(["train", "--spec", "specs/demo/muse.yaml", "--set", "model.gsu.top_k=lots"], nproc=1, check=False)
     assert out.returncode == 2
     assert "model.gsu.top_k: expected an integer" in out.stderr
+
+
+def test_start_line_shows_the_epochs_clicks_and_a_bad_count_is_one_line(prepared, tmp_path):
+    """The start line reports the train split's impressions and clicks (what sets how far one epoch
+    gets at a fixed lr, docs/accuracy.md); a damaged count in meta.json is exit 2 naming the key."""
+    import shutil
+
+    split = json.loads((prepared / "meta.json").read_text())["splits"]["train"]
+    out = run_ranks(train_args("specs/demo/din.yaml", prepared, tmp_path, ["train.max_steps=1", "train.eval_at_end=false"]),
+                    nproc=1)
+    start = next(line for line in out.stderr.splitlines() if "training din" in line)
+    assert f"split train: {split['samples']:,} impressions, {split['positives']:,} clicks " \
+           f"({100 * split['positives'] / split['samples']:.1f}%)" in start, start
+
+    damaged = tmp_path / "prepared"
+    shutil.copytree(prepared, damaged)
+    meta = json.loads((damaged / "meta.json").read_text())
+    meta["splits"]["train"]["positives"] = split["samples"] + 1
+    (damaged / "meta.json").write_text(json.dumps(meta))
+    out = run_ranks(train_args("specs/demo/din.yaml", damaged, tmp_path / "runs2", ["train.max_steps=1"]),
+                    nproc=1, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "splits.train.positives must be an integer in [0, " in out.stderr
+    assert not (tmp_path / "runs2" / "din" / "run.json").exists()
