@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from muse_rec.data.batch import history_groups
-from muse_rec.modules.cosine import grouped_cosine_topk, shared_keys_cosine_topk, static_shared_keys_cosine_topk
+from muse_rec.modules.cosine import grouped_cosine_topk
+from muse_rec.modules.shared_keys_cosine import shared_keys_cosine_topk, static_shared_keys_cosine_topk
 
 SCL_DIM = 128
 TOP_K = 50

@@ -21,21 +21,16 @@ torch 2.13, one thread; ``benchmarks/bench_gsu.py``):
   u8 x s8 -> fp32) only ~2x, while its bf16 GEMM (AMX) is ~8x faster but only writes bf16.
 * Training (`grouped_cosine`): one padded batched GEMM ``[U, P, D] x [U, D, C]`` in fp32
   (exact), queries grouped by history row (`group_members`), positions in chunks.
-* Serving (`shared_keys_cosine_topk`, ~1,000 candidates x up to 100K behaviours): the bf16
-  GEMM of unit vectors shortlists 2K candidates per row with a fused running top-K
-  (`muse_rec.modules.running_topk`), the shortlist is re-scored exactly, and a per-row
-  certificate (exact K-th score above the shortlist's approximate floor plus the bf16 error
-  bound `APPROX_COSINE_BOUND`) proves the exact top-K was found; rows without the
-  certificate are recomputed on the exact path. Never a ``[B, L]`` matrix.
+* Serving (one user's history against ~1,000 candidates): `muse_rec.modules.shared_keys_cosine`,
+  which builds on the exact arithmetic here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 
-from muse_rec.modules.running_topk import RunningTopK, int8_gathered_dots, int8_unit_rows_bf16, native_library
+from muse_rec.modules.running_topk import RunningTopK, native_library
 from muse_rec.modules.selection import cosine_selection_scores
 
 # Default number of key rows converted to fp32 at once: 2048 x 128 x 4 B = 1 MiB (an L2).
@@ -44,31 +39,9 @@ DEFAULT_CHUNK_ROWS: int = 2048
 # 4 MiB at D = 128: large enough that each per-history GEMM has a few hundred columns).
 GROUPED_CHUNK_ROWS: int = 8192
 
-_F32_U: float = 2.0 ** -24  # fp32 unit roundoff
+F32_UNIT_ROUNDOFF: float = 2.0 ** -24
 # |cos_fast - cos_exact| / |cos| for int8 (or fp16) inputs: see the module docstring.
-INT8_COSINE_BOUND: float = 4 * _F32_U
-_BF16_U: float = 2.0 ** -8  # bf16 unit roundoff (8 significant bits)
-
-
-def approx_cosine_bound(dim: int) -> float:
-    """Bound on ``|a - cos|`` of the serving shortlist score ``a = bf16(bf16(q/|q|) . bf16(k/|k|))``.
-
-    Rounding each unit vector's components to bf16 moves the dot product by at most
-    ``(2u + u^2) * sum |q_i k_i| <= 2u + u^2`` (Cauchy-Schwarz, u = 2^-8); the fp32
-    accumulation of D exact bf16 products adds ``<= D * 2^-24 (1 + u)^2``; rounding the
-    output to bf16 adds ``<= u (1 + 2u + u^2)``; the fp32 divisions before rounding add
-    ``<= 2 * 2^-24``. Summed (rounded up): ``3u + 4u^2 + (D + 4) 2^-24``.
-    """
-    return 3 * _BF16_U + 4 * _BF16_U**2 + (dim + 4) * _F32_U
-
-
-# Shortlist per row on the serving path, as a multiple of K: wide enough that the bf16
-# error band (~0.012 in cosine) rarely holds more than the extra K near the K-th score;
-# rows where it does are retried with a 4x longer shortlist.
-SHORTLIST_FACTOR: int = 2
-# Positions per shortlist GEMM: [1000, 512] bf16 scores = 1 MiB, read back by the running
-# top-K while still in L2 (2048 columns spill it and cost ~1.5x in the selection).
-SHORTLIST_CHUNK: int = 512
+INT8_COSINE_BOUND: float = 4 * F32_UNIT_ROUNDOFF
 
 
 def eager_cpu(x: torch.Tensor) -> bool:
@@ -147,7 +120,7 @@ def _grouped_queries(query: torch.Tensor, members: torch.Tensor) -> torch.Tensor
     return padded[members]
 
 
-def _rows_as_fp32(src: torch.Tensor, buf: Optional[torch.Tensor]) -> torch.Tensor:
+def rows_as_fp32(src: torch.Tensor, buf: Optional[torch.Tensor]) -> torch.Tensor:
     """``src`` as fp32; a view when it already is, else converted into (a prefix of) ``buf``."""
     if src.dtype == torch.float32:
         return src
@@ -194,7 +167,7 @@ def batched_cosine(
         b1 = min(B, b0 + b_step)
         for l0 in range(0, L, l_step):
             l1 = min(L, l0 + l_step)
-            kf = _rows_as_fp32(keys[b0:b1, l0:l1], buf)  # [b, c, D]
+            kf = rows_as_fp32(keys[b0:b1, l0:l1], buf)  # [b, c, D]
             torch.linalg.vector_norm(kf, dim=2, out=norms[b0:b1, l0:l1])
             if gemv:
                 for i in range(b1 - b0):
@@ -276,7 +249,7 @@ def grouped_cosine_topk(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Top-K cosine selection of each query over its own history, running over chunks of L.
 
-    Same contract as `shared_keys_cosine_topk` (values are `cosine_selection_scores`,
+    Same contract as `muse_rec.modules.shared_keys_cosine.shared_keys_cosine_topk` (values are `cosine_selection_scores`,
     descending; ``k = min(K, L)``) for the grouped training shape; memory is
     ``O(B * chunk_positions)`` for any L. Per chunk: `grouped_cosine`'s exact GEMM, then the
     fused native running top-K on the CPU in eager mode, `torch.topk` merges otherwise.
@@ -336,252 +309,6 @@ def finish_cosine(
     has_vector = denom > 0
     cos = torch.where(has_vector, dots / denom.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
     return cos.clamp_(-1.0, 1.0), has_vector
-
-
-@torch.no_grad()
-def shared_keys_cosine_topk(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    mask: torch.Tensor,
-    top_k: int,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Running top-K of many queries against ONE shared sequence (the serving shape).
-
-    Args:
-        query: ``[B, D]`` candidates' vectors.
-        keys: ``[L, D]`` the user's sequence.
-        mask: ``[L]`` bool, True = real behaviour.
-        top_k: K.
-        chunk_rows: positions per step.
-
-    Returns:
-        ``values [B, k]`` cosine selection scores (see `cosine_selection_scores`),
-        descending, and ``indices [B, k]`` int64, ``k = min(K, L)``.
-
-    Eager on the CPU with the native running top-K: the certified bf16 shortlist (module
-    docstring); while tracing (``torch.export`` of the serving program) or elsewhere:
-    `static_shared_keys_cosine_topk`, static shapes only.
-    """
-    if eager_cpu(query) and eager_cpu(keys) and keys.shape[0] > 0 and native_library() is not None:
-        return certified_shared_keys_cosine_topk(query, keys, mask, top_k, chunk_rows)
-    return static_shared_keys_cosine_topk(query, keys, mask, top_k, chunk_rows)
-
-
-@torch.no_grad()
-def static_shared_keys_cosine_topk(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    mask: torch.Tensor,
-    top_k: int,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """`shared_keys_cosine_topk` with static shapes only (traceable by ``torch.export``).
-
-    Per chunk of C positions the whole selection score is ONE GEMM with a bias:
-    ``sel = bias + q_hat @ (k / |k|)^T`` where ``q_hat`` is the unit query, and columns that
-    are padding or have no vector get a zero key row and their sentinel as bias (exactly,
-    since ``0 * x = 0``). No elementwise pass over ``[B, C]`` is needed before ``topk``.
-
-    Args:
-        query: ``[B, D]`` candidates' vectors.
-        keys: ``[L, D]`` the user's sequence.
-        mask: ``[L]`` bool, True = real behaviour.
-        top_k: K.
-        chunk_rows: positions per step.
-
-    Returns:
-        ``values [B, k]`` cosine selection scores (see `cosine_selection_scores`),
-        descending, and ``indices [B, k]`` int64, ``k = min(K, L)``.
-    """
-    L, D = keys.shape
-    q = query.to(torch.float32)
-    q_norm = torch.linalg.vector_norm(q, dim=1, keepdim=True)  # [B, 1]
-    q_hat = q / q_norm.clamp_min(torch.finfo(torch.float32).tiny)  # zero rows stay zero
-    step = max(1, chunk_rows)
-    buf = None
-    if keys.dtype != torch.float32:
-        buf = torch.empty(min(L, step) * D, dtype=torch.float32, device=keys.device)
-    best_vals: Optional[torch.Tensor] = None
-    best_idx: Optional[torch.Tensor] = None
-    # Column sentinels of every position (what a position scores without a cosine).
-    fill = cosine_selection_scores(
-        torch.zeros(1, L, device=keys.device), torch.zeros(1, L, dtype=torch.bool, device=keys.device),
-        mask.unsqueeze(0), 0, L,
-    )[0]  # [L]
-    for l0 in range(0, L, step):
-        l1 = min(L, l0 + step)
-        kf = _rows_as_fp32(keys[l0:l1], buf)  # [C, D]
-        k_norm = torch.linalg.vector_norm(kf, dim=1)  # [C]
-        scored = (k_norm > 0) & mask[l0:l1]
-        inv = torch.where(scored, 1.0 / k_norm.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
-        bias = torch.where(scored, 0.0, fill[l0:l1])
-        sel = torch.addmm(bias.unsqueeze(0), q_hat, (kf * inv.unsqueeze(1)).t())  # [B, C]
-        vals, arg = torch.topk(sel, min(top_k, sel.shape[1]), dim=1)
-        idx = arg + l0
-        if best_vals is not None:
-            vals, arg = torch.topk(torch.cat([best_vals, vals], 1), min(top_k, best_vals.shape[1] + vals.shape[1]), dim=1)
-            idx = torch.gather(torch.cat([best_idx, idx], 1), 1, arg)
-        best_vals, best_idx = vals, idx
-    assert best_vals is not None and best_idx is not None
-    # Rows whose query has no vector: no cosines, only the sentinels (newest real first).
-    # Branch-free (no data-dependent Python control flow, so the op stays exportable).
-    no_query = (q_norm == 0)  # [B, 1]
-    fvals, fidx = torch.topk(fill, min(top_k, L))
-    best_vals = torch.where(no_query, fvals.unsqueeze(0), best_vals)
-    best_idx = torch.where(no_query, fidx.unsqueeze(0), best_idx)
-    # Cosines may exceed [-1, 1] by an ulp; sentinels are below -1 and stay as they are.
-    best_vals = torch.where(best_vals > -1.01, best_vals.clamp(-1.0, 1.0), best_vals)
-    return best_vals, best_idx
-
-
-def _row_norms(keys: torch.Tensor, chunk_rows: int) -> torch.Tensor:
-    """``[L, D]`` -> ``[L]`` fp32 L2 norms (exact squared sums for int8), fp32 chunk by chunk."""
-    out = torch.empty(keys.shape[0], dtype=torch.float32, device=keys.device)
-    for l0 in range(0, keys.shape[0], chunk_rows):
-        torch.linalg.vector_norm(keys[l0:l0 + chunk_rows].to(torch.float32), dim=1, out=out[l0:l0 + chunk_rows])
-    return out
-
-
-@dataclass
-class SharedKeys:
-    """One history prepared for `certified_shared_keys_cosine_topk` (per user: a Ranker can
-    build it at prefetch time, off the request path).
-
-    Attributes:
-        keys: ``[L, D]`` the history's vectors as given. mask: ``[L]`` bool.
-        pos: ``[n]`` int64 positions with a cosine (real and non-zero vector).
-        unit: ``[n, D]`` bf16 unit vectors of those positions. norms: ``[n]`` fp32 exact norms.
-        fill: ``[L]`` fp32 selection score of every position without a cosine (sentinels).
-    """
-
-    keys: torch.Tensor
-    mask: torch.Tensor
-    pos: torch.Tensor
-    unit: torch.Tensor
-    norms: torch.Tensor
-    fill: torch.Tensor
-
-
-@torch.no_grad()
-def prepare_shared_keys(keys: torch.Tensor, mask: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> SharedKeys:
-    """`SharedKeys` of ``keys [L, D]``, ``mask [L]`` (one pass over the keys; native for int8)."""
-    L, D = keys.shape
-    if keys.dtype == torch.int8 and native_library() is not None:
-        k = keys.contiguous()
-        # Non-zero rows, 8 bytes at a time when the row length allows it.
-        nz = (k.view(torch.int64) if D % 8 == 0 else k).ne(0).any(1)
-        pos = (mask & nz).nonzero().squeeze(1)
-        unit, norms = int8_unit_rows_bf16(k, pos)
-    else:
-        k_norm = _row_norms(keys, chunk_rows)
-        pos = (mask & (k_norm > 0)).nonzero().squeeze(1)
-        norms = k_norm[pos]
-        unit = (keys.index_select(0, pos).to(torch.float32) / norms.unsqueeze(1)).to(torch.bfloat16)
-    fill = cosine_selection_scores(
-        torch.zeros(1, L, device=keys.device), torch.zeros(1, L, dtype=torch.bool, device=keys.device),
-        mask.unsqueeze(0), 0, L)[0]
-    return SharedKeys(keys, mask, pos, unit, norms, fill)
-
-
-def _shortlist(q_hat: torch.Tensor, unit: torch.Tensor, kp: int, chunk_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Approximate top-``kp`` of ``q_hat [B, D] @ unit[n, D]^T`` (bf16), chunk by chunk."""
-    B, n = q_hat.shape[0], unit.shape[0]
-    sel = RunningTopK(B, kp)
-    step = max(1, chunk_rows)
-    out = torch.empty(B * min(step, n), dtype=torch.bfloat16)
-    for c0 in range(0, n, step):
-        c1 = min(n, c0 + step)
-        scores = out[: B * (c1 - c0)].view(B, c1 - c0)
-        torch.mm(q_hat, unit[c0:c1].t(), out=scores)
-        sel.update(scores, c0)
-    return sel.result(sort=False)
-
-
-@torch.no_grad()
-def certified_shared_keys_cosine_topk(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    mask: torch.Tensor,
-    top_k: int,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    prepared: Optional[SharedKeys] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """`shared_keys_cosine_topk` by a bf16 shortlist, exact re-scoring and a per-row certificate.
-
-    1. `prepare_shared_keys` (or `prepared`): positions with a cosine, their bf16 unit vectors.
-    2. Per chunk, ``bf16(q_hat) @ unit^T`` (oneDNN; AMX where present) -> `RunningTopK` keeps
-       the ``K' = SHORTLIST_FACTOR * K`` best approximate scores per row.
-    3. The shortlist is re-scored exactly (int8 dot products, `finish_cosine`'s arithmetic).
-    4. Certificate: every position off the shortlist has approximate score <= the
-       shortlist's floor ``a_K'``, so exact cosine <= ``a_K' + eps`` (`approx_cosine_bound`).
-       Where the exact K-th score exceeds that (plus the fp32 bound), the top-K is exact up
-       to ties. Other rows (near-duplicates around the K-th score) are retried with a 4x
-       longer shortlist, then on the static path.
-    5. Sentinels (no-vector / padding positions, the same for every row) are merged in.
-    """
-    L, D = keys.shape
-    B = query.shape[0]
-    k = min(top_k, L)
-    sk = prepared if prepared is not None else prepare_shared_keys(keys, mask, chunk_rows)
-    q = query.to(torch.float32)
-    q_norm = torch.linalg.vector_norm(q, dim=1, keepdim=True)  # [B, 1]
-    n = int(sk.pos.numel())
-    vals, idx = q.new_empty(B, 0), sk.pos.new_empty(B, 0)
-    bad = torch.zeros(B, dtype=torch.bool)
-    if n > 0:
-        q_hat = (q / q_norm.clamp_min(torch.finfo(torch.float32).tiny)).to(torch.bfloat16)
-        vals, idx, bad = _certified_rows(query, q, q_norm, q_hat, sk, min(SHORTLIST_FACTOR * k, n), k, chunk_rows)
-        if bool(bad.any()):  # retry the uncertified rows with a longer shortlist
-            rows = bad.nonzero().squeeze(1)
-            v2, i2, bad2 = _certified_rows(query[rows], q[rows], q_norm[rows], q_hat[rows], sk,
-                                           min(4 * SHORTLIST_FACTOR * k, n), k, chunk_rows)
-            vals[rows], idx[rows] = v2, i2
-            bad = torch.zeros_like(bad)
-            bad[rows] = bad2
-    # Sentinels of the positions without a cosine, shared by all rows; cosines outrank them.
-    others = sk.fill.clone()
-    others[sk.pos] = float("-inf")
-    fv, fi = torch.topk(others, k)
-    all_v = torch.cat([vals, fv.unsqueeze(0).expand(B, -1)], 1)
-    all_i = torch.cat([idx, fi.unsqueeze(0).expand(B, -1)], 1)
-    best_v, j = torch.sort(all_v, dim=1, descending=True, stable=True)  # keeps the tie order
-    best_v, best_i = best_v[:, :k], torch.gather(all_i, 1, j[:, :k])
-    # Rows whose query has no vector: no cosines, only the sentinels (newest real first).
-    no_query = q_norm == 0  # [B, 1]
-    nv, ni = torch.topk(sk.fill, k)
-    best_v = torch.where(no_query, nv.unsqueeze(0), best_v)
-    best_i = torch.where(no_query, ni.unsqueeze(0), best_i)
-    if bool(bad.any()):
-        rows = bad.nonzero().squeeze(1)
-        rv, ri = static_shared_keys_cosine_topk(query[rows], keys, mask, top_k, chunk_rows)
-        best_v[rows], best_i[rows] = rv, ri
-    return best_v, best_i
-
-
-def _certified_rows(query: torch.Tensor, q: torch.Tensor, q_norm: torch.Tensor, q_hat: torch.Tensor,
-                    sk: SharedKeys, kp: int, k: int, chunk_rows: int
-                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Steps 2-4 for some rows: exact ``[B, min(k, kp)]`` cosines, positions, uncertified rows."""
-    B, D = q.shape
-    approx, cand = _shortlist(q_hat, sk.unit, kp, SHORTLIST_CHUNK)  # cand: indices into sk.pos
-    cpos = sk.pos[cand]  # [B, K'] positions
-    if query.dtype == torch.int8 and sk.keys.dtype == torch.int8:
-        dots = int8_gathered_dots(query, sk.keys, cpos)  # exact, no gathered copy
-    else:
-        picked = sk.keys.index_select(0, cpos.view(-1)).view(B, kp, D).to(torch.float32)
-        dots = torch.bmm(picked, q.unsqueeze(2)).squeeze(2)
-    cos, _ = finish_cosine(dots, sk.norms[cand], q_norm)
-    # Best first, equal cosines lowest position first (the order of `RunningTopK`, so the
-    # grouped training path and this one pick the same behaviours among exact ties).
-    cpos, by_pos = torch.sort(cpos, dim=1)
-    vals, order = torch.sort(cos.gather(1, by_pos), dim=1, descending=True, stable=True)
-    vals, idx = vals[:, :min(k, kp)], torch.gather(cpos, 1, order[:, :min(k, kp)])
-    bad = torch.zeros(B, dtype=torch.bool)
-    if kp < sk.pos.numel():
-        floor = approx.min(dim=1).values + approx_cosine_bound(D) + INT8_COSINE_BOUND
-        bad = (vals[:, -1] <= floor) & (q_norm[:, 0] > 0)
-    return vals, idx, bad
 
 
 @torch.no_grad()

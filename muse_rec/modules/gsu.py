@@ -2,7 +2,8 @@
 
 r_i = cos(v_a, v_i) for every behaviour i of the sequence; keep the top K. The selection
 rules (padding, behaviours without an SCL vector, short users, K > L) are defined once in
-`muse_rec.modules.selection`; the kernels in `muse_rec.modules.cosine`.
+`muse_rec.modules.selection`; the kernels in `muse_rec.modules.cosine` (training) and
+`muse_rec.modules.shared_keys_cosine` (serving).
 
 Example::
 
@@ -25,8 +26,8 @@ from muse_rec.modules.cosine import (
     check_grouped_inputs,
     grouped_cosine_topk,
     reference_cosine,
-    shared_keys_cosine_topk,
 )
+from muse_rec.modules.shared_keys_cosine import shared_keys_cosine_topk
 from muse_rec.modules.search import SearchInputs, history_cosine, history_dot
 from muse_rec.modules.selection import (
     GSUResult,

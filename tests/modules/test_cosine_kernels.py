@@ -10,16 +10,19 @@ import torch
 
 from muse_rec.modules import cosine as C
 from muse_rec.modules import running_topk as RT
+from muse_rec.modules import shared_keys_cosine as SK
 from muse_rec.modules.cosine import (
     INT8_COSINE_BOUND,
-    approx_cosine_bound,
-    certified_shared_keys_cosine_topk,
     group_members,
     grouped_cosine,
     grouped_cosine_topk,
     grouped_dot,
     member_positions,
     reference_cosine,
+)
+from muse_rec.modules.shared_keys_cosine import (
+    approx_cosine_bound,
+    certified_shared_keys_cosine_topk,
     static_shared_keys_cosine_topk,
 )
 from muse_rec.modules.gsu import reference_cosine_topk
@@ -167,7 +170,7 @@ def test_certificate_sends_tied_rows_to_the_exact_path(monkeypatch):
         calls.append(q.shape[0])
         return static_shared_keys_cosine_topk(q, *args)
 
-    monkeypatch.setattr(C, "static_shared_keys_cosine_topk", spy)
+    monkeypatch.setattr(SK, "static_shared_keys_cosine_topk", spy)
     vals, idx = certified_shared_keys_cosine_topk(query, keys, mask, 50, 512)
     assert calls and calls[0] >= 1  # row 0 (the near-duplicates' own vector) was not certifiable
     ref = reference_cosine_topk(query, keys.unsqueeze(0), mask.unsqueeze(0), 50)
@@ -180,7 +183,7 @@ def test_static_and_dispatching_paths_agree():
     keys = int8_scl(700, gen=gen)
     query = int8_scl(20, gen=gen)
     mask = torch.arange(700) >= 100
-    a = C.shared_keys_cosine_topk(query, keys, mask, 30, 128)
+    a = SK.shared_keys_cosine_topk(query, keys, mask, 30, 128)
     b = static_shared_keys_cosine_topk(query, keys, mask, 30, 128)
     torch.testing.assert_close(a[0], b[0], atol=2e-6, rtol=0)
 
