@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from muse_rec.modules.running_topk import RunningTopK, native_library
+from muse_rec.modules.running_topk import RunningTopK, native_library, torch_running_topk
 from muse_rec.modules.selection import cosine_selection_scores
 
 # Default number of key rows converted to fp32 at once: 2048 x 128 x 4 B = 1 MiB (an L2).
@@ -263,29 +263,20 @@ def grouped_cosine_topk(
     k = min(top_k, L)
     if members is None:
         members = group_members(index, U)
-    native = eager_cpu(query) and native_library() is not None
-    sel = RunningTopK(B, k) if native and k > 0 else None
-    best_v: Optional[torch.Tensor] = None
-    best_i: Optional[torch.Tensor] = None
-    for l0 in range(0, L, chunk_positions):
-        l1 = min(L, l0 + chunk_positions)
-        dots, key_norms, q_norm = _grouped_dots(query, keys, index, DEFAULT_CHUNK_ROWS, members, l0, l1)
-        cos, has_vec = finish_cosine(dots, key_norms.index_select(0, index), q_norm.unsqueeze(1))
-        scores = cosine_selection_scores(cos, has_vec, mask[:, l0:l1].index_select(0, index), l0, L)
-        if sel is not None:
+
+    def chunks():  # (selection scores [B, C], first position) per chunk of positions
+        for l0 in range(0, L, chunk_positions):
+            l1 = min(L, l0 + chunk_positions)
+            dots, key_norms, q_norm = _grouped_dots(query, keys, index, DEFAULT_CHUNK_ROWS, members, l0, l1)
+            cos, has_vec = finish_cosine(dots, key_norms.index_select(0, index), q_norm.unsqueeze(1))
+            yield cosine_selection_scores(cos, has_vec, mask[:, l0:l1].index_select(0, index), l0, L), l0
+
+    if k > 0 and eager_cpu(query) and native_library() is not None:
+        sel = RunningTopK(B, k)
+        for scores, l0 in chunks():
             sel.update(scores, l0)
-            continue
-        v, i = torch.topk(scores, min(k, l1 - l0), dim=1)
-        i = i + l0
-        if best_v is not None and best_i is not None:
-            v, j = torch.topk(torch.cat([best_v, v], 1), min(k, best_v.shape[1] + v.shape[1]), dim=1)
-            i = torch.gather(torch.cat([best_i, i], 1), 1, j)
-        best_v, best_i = v, i
-    if sel is not None:
         return sel.result()
-    if best_v is None or best_i is None:
-        return query.new_zeros((B, 0), dtype=torch.float32), query.new_zeros((B, 0), dtype=torch.int64)
-    return best_v, best_i
+    return torch_running_topk(chunks(), B, k, device=query.device)  # k <= L columns: never padded
 
 
 def grouped_dot(query: torch.Tensor, keys: torch.Tensor, index: torch.Tensor,

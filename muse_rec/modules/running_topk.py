@@ -356,11 +356,13 @@ def int8_unit_rows_bf16(keys: torch.Tensor, pos: torch.Tensor) -> Tuple[torch.Te
     return out, norms
 
 
-def torch_running_topk(chunks, rows: int, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def torch_running_topk(chunks, rows: int, k: int,
+                       device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """`RunningTopK`'s contract in plain PyTorch: ``chunks`` yields ``(scores [R, C], col0)``.
 
     Merges each chunk's top-k into the running best with `torch.topk` (static shapes, so it
-    traces); padding slots are ``EMPTY_VALUE`` / -1 as in the native kernel.
+    traces); padding slots are ``EMPTY_VALUE`` / -1 as in the native kernel. ``device``: where
+    the result of an empty stream lives (otherwise the chunks' device).
     """
     best_v: Optional[torch.Tensor] = None
     best_i: Optional[torch.Tensor] = None
@@ -373,8 +375,8 @@ def torch_running_topk(chunks, rows: int, k: int) -> Tuple[torch.Tensor, torch.T
             i = torch.gather(torch.cat([best_i, i], 1), 1, j)
         best_v, best_i = v, i
     if best_v is None:
-        best_v = torch.empty(rows, 0)
-        best_i = torch.empty(rows, 0, dtype=torch.int64)
+        best_v = torch.empty(rows, 0, device=device)
+        best_i = torch.empty(rows, 0, dtype=torch.int64, device=device)
     short = k - best_v.shape[1]
     if short > 0:
         best_v = torch.cat([best_v, best_v.new_full((rows, short), EMPTY_VALUE)], 1)

@@ -32,7 +32,13 @@ from muse_rec.modules.cosine import (
     finish_cosine,
     rows_as_fp32,
 )
-from muse_rec.modules.running_topk import RunningTopK, int8_gathered_dots, int8_unit_rows_bf16, native_library
+from muse_rec.modules.running_topk import (
+    RunningTopK,
+    int8_gathered_dots,
+    int8_unit_rows_bf16,
+    native_library,
+    torch_running_topk,
+)
 from muse_rec.modules.selection import cosine_selection_scores
 
 _BF16_U: float = 2.0 ** -8  # bf16 unit roundoff (8 significant bits)
@@ -123,28 +129,24 @@ def static_shared_keys_cosine_topk(
     buf = None
     if keys.dtype != torch.float32:
         buf = torch.empty(min(L, step) * D, dtype=torch.float32, device=keys.device)
-    best_vals: Optional[torch.Tensor] = None
-    best_idx: Optional[torch.Tensor] = None
     # Column sentinels of every position (what a position scores without a cosine).
     fill = cosine_selection_scores(
         torch.zeros(1, L, device=keys.device), torch.zeros(1, L, dtype=torch.bool, device=keys.device),
         mask.unsqueeze(0), 0, L,
     )[0]  # [L]
-    for l0 in range(0, L, step):
-        l1 = min(L, l0 + step)
-        kf = rows_as_fp32(keys[l0:l1], buf)  # [C, D]
-        k_norm = torch.linalg.vector_norm(kf, dim=1)  # [C]
-        scored = (k_norm > 0) & mask[l0:l1]
-        inv = torch.where(scored, 1.0 / k_norm.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
-        bias = torch.where(scored, 0.0, fill[l0:l1])
-        sel = torch.addmm(bias.unsqueeze(0), q_hat, (kf * inv.unsqueeze(1)).t())  # [B, C]
-        vals, arg = torch.topk(sel, min(top_k, sel.shape[1]), dim=1)
-        idx = arg + l0
-        if best_vals is not None:
-            vals, arg = torch.topk(torch.cat([best_vals, vals], 1), min(top_k, best_vals.shape[1] + vals.shape[1]), dim=1)
-            idx = torch.gather(torch.cat([best_idx, idx], 1), 1, arg)
-        best_vals, best_idx = vals, idx
-    assert best_vals is not None and best_idx is not None
+
+    def chunks():  # (selection scores [B, C], first position) per chunk of positions
+        for l0 in range(0, L, step):
+            l1 = min(L, l0 + step)
+            kf = rows_as_fp32(keys[l0:l1], buf)  # [C, D]
+            k_norm = torch.linalg.vector_norm(kf, dim=1)  # [C]
+            scored = (k_norm > 0) & mask[l0:l1]
+            inv = torch.where(scored, 1.0 / k_norm.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+            bias = torch.where(scored, 0.0, fill[l0:l1])
+            yield torch.addmm(bias.unsqueeze(0), q_hat, (kf * inv.unsqueeze(1)).t()), l0  # [B, C]
+
+    # k = min(K, L) <= the L columns streamed, so nothing is padded.
+    best_vals, best_idx = torch_running_topk(chunks(), query.shape[0], min(top_k, L), device=keys.device)
     # Rows whose query has no vector: no cosines, only the sentinels (newest real first).
     # Branch-free (no data-dependent Python control flow, so the op stays exportable).
     no_query = (q_norm == 0)  # [B, 1]

@@ -12,6 +12,7 @@ from muse_rec.modules import cosine as C
 from muse_rec.modules import running_topk as RT
 from muse_rec.modules import shared_keys_cosine as SK
 from muse_rec.modules.cosine import (
+    F32_UNIT_ROUNDOFF,
     INT8_COSINE_BOUND,
     group_members,
     grouped_cosine,
@@ -52,11 +53,12 @@ def grouped_case(U: int, L: int, seed: int):
     return query, keys, mask, index
 
 
-def assert_same_topk(values, indices, ref, top_k: int, tie_gap: float = 1e-5) -> None:
-    """Same selection as the fp64 reference up to ties, scores within the int8 bound."""
+def assert_same_topk(values, indices, ref, top_k: int, tie_gap: float = 1e-5, abs_bound: float = 0.0) -> None:
+    """Same selection as the fp64 reference up to ties, scores within the int8 bound (or within
+    ``abs_bound`` when given, for a path that is not exact on int8)."""
     fast = decode_cosine_selection(values, indices, top_k)
     assert torch.equal(fast.valid, ref.valid) and torch.equal(fast.has_score, ref.has_score)
-    bound = INT8_COSINE_BOUND * ref.scores.abs() + 1e-12
+    bound = abs_bound if abs_bound else INT8_COSINE_BOUND * ref.scores.abs() + 1e-12
     assert ((fast.scores.double() - ref.scores).abs() <= bound).all()
     gaps = (ref.scores[:, :-1] - ref.scores[:, 1:]).abs()
     distinct = torch.ones_like(ref.valid)
@@ -147,6 +149,25 @@ def test_certified_matches_reference(L, chunk):
     vals, idx = certified_shared_keys_cosine_topk(query, keys, mask, 50, chunk)
     ref = reference_cosine_topk(query, keys.unsqueeze(0), mask.unsqueeze(0), 50)
     assert_same_topk(vals, idx, ref, 50)
+
+
+@pytest.mark.parametrize("L,chunk", [(5000, 512), (333, 100)])
+def test_static_path_matches_reference_across_chunks(L, chunk):
+    """The static (exportable) path merges its chunks into the reference's selection. Its scores
+    are fp32 GEMMs of fp32 unit vectors: each unit component is off by <= 3 ulps (norm, division),
+    a product by <= 7, and the fp32 sum of D products adds <= D - 1 (Cauchy-Schwarz: the
+    products' magnitudes sum to <= 1), so |score - cos| <= (D + 8) * 2^-24; positions are compared
+    wherever the reference's neighbours are further apart than twice that."""
+    gen = torch.Generator().manual_seed(L + 1)
+    keys = int8_scl(L, gen=gen)
+    keys[:: 7] = 0
+    query = int8_scl(64, gen=gen)
+    query[5] = 0
+    mask = torch.arange(L) >= L // 10
+    vals, idx = static_shared_keys_cosine_topk(query, keys, mask, 50, chunk)
+    ref = reference_cosine_topk(query, keys.unsqueeze(0), mask.unsqueeze(0), 50)
+    bound = (D + 8) * F32_UNIT_ROUNDOFF
+    assert_same_topk(vals, idx, ref, 50, tie_gap=2 * bound, abs_bound=bound)
 
 
 @needs_native
