@@ -109,17 +109,7 @@ def static_shared_keys_cosine_topk(
     ``sel = bias + q_hat @ (k / |k|)^T`` where ``q_hat`` is the unit query, and columns that
     are padding or have no vector get a zero key row and their sentinel as bias (exactly,
     since ``0 * x = 0``). No elementwise pass over ``[B, C]`` is needed before ``topk``.
-
-    Args:
-        query: ``[B, D]`` candidates' vectors.
-        keys: ``[L, D]`` the user's sequence.
-        mask: ``[L]`` bool, True = real behaviour.
-        top_k: K.
-        chunk_rows: positions per step.
-
-    Returns:
-        ``values [B, k]`` cosine selection scores (see `cosine_selection_scores`),
-        descending, and ``indices [B, k]`` int64, ``k = min(K, L)``.
+    Arguments and result as `shared_keys_cosine_topk`.
     """
     L, D = keys.shape
     q = query.to(torch.float32)
