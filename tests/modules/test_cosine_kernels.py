@@ -53,6 +53,18 @@ def grouped_case(U: int, L: int, seed: int):
     return query, keys, mask, index
 
 
+def shared_keys_case(L: int, seed: int):
+    """One history of L behaviours (every 7th without an SCL vector, the oldest tenth padding)
+    and 64 targets (one without a vector): the serving shape."""
+    gen = torch.Generator().manual_seed(seed)
+    keys = int8_scl(L, gen=gen)
+    keys[:: 7] = 0
+    query = int8_scl(64, gen=gen)
+    query[5] = 0
+    mask = torch.arange(L) >= L // 10
+    return query, keys, mask
+
+
 def assert_same_topk(values, indices, ref, top_k: int, tie_gap: float = 1e-5, abs_bound: float = 0.0) -> None:
     """Same selection as the fp64 reference up to ties, scores within the int8 bound (or within
     ``abs_bound`` when given, for a path that is not exact on int8)."""
@@ -140,12 +152,7 @@ def test_approx_bound_holds_and_is_tight():
 @needs_native
 @pytest.mark.parametrize("L,chunk", [(5000, 512), (333, 100), (40, 2048)])
 def test_certified_matches_reference(L, chunk):
-    gen = torch.Generator().manual_seed(L)
-    keys = int8_scl(L, gen=gen)
-    keys[:: 7] = 0
-    query = int8_scl(64, gen=gen)
-    query[5] = 0
-    mask = torch.arange(L) >= L // 10
+    query, keys, mask = shared_keys_case(L, seed=L)
     vals, idx = certified_shared_keys_cosine_topk(query, keys, mask, 50, chunk)
     ref = reference_cosine_topk(query, keys.unsqueeze(0), mask.unsqueeze(0), 50)
     assert_same_topk(vals, idx, ref, 50)
@@ -158,12 +165,7 @@ def test_static_path_matches_reference_across_chunks(L, chunk):
     a product by <= 7, and the fp32 sum of D products adds <= D - 1 (Cauchy-Schwarz: the
     products' magnitudes sum to <= 1), so |score - cos| <= (D + 8) * 2^-24; positions are compared
     wherever the reference's neighbours are further apart than twice that."""
-    gen = torch.Generator().manual_seed(L + 1)
-    keys = int8_scl(L, gen=gen)
-    keys[:: 7] = 0
-    query = int8_scl(64, gen=gen)
-    query[5] = 0
-    mask = torch.arange(L) >= L // 10
+    query, keys, mask = shared_keys_case(L, seed=L + 1)
     vals, idx = static_shared_keys_cosine_topk(query, keys, mask, 50, chunk)
     ref = reference_cosine_topk(query, keys.unsqueeze(0), mask.unsqueeze(0), 50)
     bound = (D + 8) * F32_UNIT_ROUNDOFF
