@@ -145,16 +145,16 @@ class PreparedData:
             raise PreparedDataError(f"{shown}: {size} bytes on disk, its header needs {need} "
                                     f"({'truncated' if size < need else 'trailing data'}); re-run `muse-rec prepare`")
 
-    @property
-    def train_positive_rate(self) -> float:
-        """The click rate of the train split, from meta.json (``splits.train.positive_rate``), in [0, 1]."""
+    def positive_rate(self, split: str) -> float:
+        """The split's click rate, from meta.json (``splits.<split>.positive_rate``), in [0, 1]."""
+        entry = self._split(split)  # an unknown split is its own error, not a missing rate
         try:
-            rate = self.meta["splits"]["train"]["positive_rate"]
+            rate = entry["positive_rate"]
         except (KeyError, TypeError):
-            raise PreparedDataError(f"{join_path(self.path, 'meta.json')}: no splits.train.positive_rate; "
+            raise PreparedDataError(f"{join_path(self.path, 'meta.json')}: no splits.{split}.positive_rate; "
                                     "re-run `muse-rec prepare`") from None
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-            raise PreparedDataError(f"{join_path(self.path, 'meta.json')}: splits.train.positive_rate must be a "
+            raise PreparedDataError(f"{join_path(self.path, 'meta.json')}: splits.{split}.positive_rate must be a "
                                     f"number in [0, 1], got {rate!r}")
         return float(rate)
 

@@ -255,7 +255,7 @@ def build_train_model(spec: ModelSpec, table_sizes: Mapping[str, int], seq_len: 
                       positive_rate: Optional[float] = None) -> LifelongCTRTrain:
     """The trainable model of a spec, ready for `shard_model` (build it on ``meta``).
 
-    ``positive_rate``: the train click rate (`PreparedData.train_positive_rate`), for the output
+    ``positive_rate``: the train split's click rate (`PreparedData.positive_rate`), for the output
     logit's prior; see `LifelongCTRModel`.
     """
     return LifelongCTRTrain(LifelongCTRModel(spec, table_sizes, seq_len, device=device,

@@ -288,12 +288,12 @@ def _write_rank_memory(run_dir: Path, env: DistEnv, memory: Dict) -> None:
 
 
 def _output_prior(spec: Spec, data: PreparedData) -> Optional[float]:
-    """The train click rate the output logit starts at (``output_bias: train_prior``), else None."""
+    """The click rate of ``data.train_split`` the output logit starts at (``output_bias: train_prior``), else None."""
     if spec.model.parametrization.output_bias != "train_prior":
         return None
-    rate = data.train_positive_rate
+    rate = data.positive_rate(spec.data.train_split)
     if not 0.0 < rate < 1.0:
-        raise RunError(f"{spec.data.prepared}: the train split's click rate is {rate:g} (one class): a CTR model "
+        raise RunError(f"{spec.data.prepared}: split {spec.data.train_split!r} has click rate {rate:g} (one class): a CTR model "
                        "needs clicks and non-clicks (model.parametrization.output_bias: train_prior)")
     return rate
 

@@ -108,7 +108,7 @@ def test_trained_model_starts_its_logit_at_the_train_click_rate(prepared, tmp_pa
     from muse_rec.training.trainer import RunError
 
     data = PreparedData(str(prepared))
-    rate = data.train_positive_rate
+    rate = data.positive_rate("train")
     assert rate == data.meta["splits"]["train"]["positive_rate"] and 0.0 < rate < 1.0
     env = init_distributed()
     spec = load_spec(SPECS / "demo" / "muse.yaml", [f"data.prepared={prepared}", *FAST])
@@ -122,16 +122,23 @@ def test_trained_model_starts_its_logit_at_the_train_click_rate(prepared, tmp_pa
     other = _output_linear(build_sharded(linear, data, env)[0].module).bias
     assert abs(other.item()) <= 32 ** -0.5  # torch's uniform bias of a fan-in-32 layer, not the prior
 
+    # The prior is the click rate of the split the run trains on (data.train_split), not of "train".
+    other_rate = data.positive_rate("test")
+    assert abs(math.log(other_rate / (1 - other_rate)) - math.log(rate / (1 - rate))) > 1e-3  # tells them apart
+    on_test = load_spec(SPECS / "demo" / "muse.yaml", [f"data.prepared={prepared}", *FAST, "data.train_split=test"])
+    bias = _output_linear(build_sharded(on_test, data, env)[0].module).bias
+    assert bias.item() == pytest.approx(math.log(other_rate / (1 - other_rate)), abs=1e-6)
+
     # A train split with one class has no prior: one line naming the data, not a -inf bias.
     one_class = tmp_path / "prepared"
     shutil.copytree(prepared, one_class)
     meta = json.loads((one_class / "meta.json").read_text())
     meta["splits"]["train"]["positive_rate"] = 0.0
     (one_class / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(RunError, match="one class"):
+    with pytest.raises(RunError, match="split 'train' has click rate 0 \\(one class\\)"):
         build_sharded(load_spec(SPECS / "demo" / "muse.yaml", [f"data.prepared={one_class}", *FAST]),
                       PreparedData(str(one_class)), env)
     meta["splits"]["train"]["positive_rate"] = "0.1"
     (one_class / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(Exception, match=r"splits.train.positive_rate must be a number"):
-        PreparedData(str(one_class)).train_positive_rate
+        PreparedData(str(one_class)).positive_rate("train")
