@@ -175,3 +175,23 @@ def test_truncated_program_and_bad_manifest_are_named(trained, tmp_path):
     for d, needle in ((trunc, "ranker.pt2: cannot load"), (badman, "manifest.json: not valid JSON")):
         out = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(d), "--request", str(req))
         assert_bad_input(out, needle)
+
+
+def test_manifest_of_many_files_is_sha256sum_and_names_the_first_bad_file(tmp_path):
+    """The files are hashed concurrently; each hash must still land on its own file, the digest
+    is `sha256sum`'s listing hashed, and of two corrupted files the sorted-first is named."""
+    import hashlib
+
+    payloads = {f"d{i % 3}/__{i}_0.distcp": bytes([i]) * (i * 70_001 + 1) for i in range(12)}
+    for rel, data in payloads.items():
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    digest = write_manifest(tmp_path)
+    files = json.loads((tmp_path / MANIFEST).read_text())["files"]
+    assert files == {rel: hashlib.sha256(data).hexdigest() for rel, data in payloads.items()}
+    listing = "".join(f"{hashlib.sha256(payloads[rel]).hexdigest()}  {rel}\n" for rel in sorted(payloads))
+    assert digest == hashlib.sha256(listing.encode()).hexdigest() == verify(tmp_path)
+    for rel in ("d2/__5_0.distcp", "d1/__7_0.distcp"):
+        (tmp_path / rel).write_bytes(b"x" + payloads[rel][1:])
+    with pytest.raises(IntegrityError, match=r"d1/__7_0\.distcp: SHA-256 differs"):
+        verify(tmp_path)
