@@ -70,8 +70,9 @@ def _setup_logging(env: DistEnv) -> None:
 
 
 def _open_data(spec: Spec) -> PreparedData:
+    """The spec's prepared data, with its ``data.train_split`` and ``data.eval_split`` present."""
     try:
-        return PreparedData(spec.data.prepared)
+        data = PreparedData(spec.data.prepared)
     except (FileNotFoundError, PreparedDataError) as e:
         if isinstance(e, PreparedDataError) and "no meta.json" not in str(e):
             # Prepared, but damaged or inconsistent: the message names the file.
@@ -80,6 +81,12 @@ def _open_data(spec: Spec) -> PreparedData:
             f"data.prepared = {spec.data.prepared!r}: no prepared data there ({e}). "
             "Create it with `muse-rec synth RAW && muse-rec prepare RAW PREPARED` or point the spec at it."
         ) from None
+    for key in ("train_split", "eval_split"):
+        split = getattr(spec.data, key)
+        if split not in data.meta["splits"]:
+            raise RunError(f"data.{key} = {split!r}: {spec.data.prepared} has no such split "
+                           f"(it has {sorted(data.meta['splits'])})")
+    return data
 
 
 def _read_run_json(run_json: Path) -> Dict:

@@ -1,5 +1,6 @@
 """Items 5 (specs), 7 and 10 of issue 13: non-finite numbers, --set / extends / duplicate-key
-errors, request files that are not UTF-8, nested too deep or have duplicate keys, strict metrics.json."""
+errors, request files that are not UTF-8, nested too deep or have duplicate keys, strict metrics.json;
+a spec naming a split the prepared data does not have."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import pytest
 from muse_rec.serving.request import RequestError, parse_requests
 from muse_rec.spec import SpecError, load_spec
 from muse_rec.training.trainer import _write_json
-from tests.robustness.conftest import SPEC, assert_bad_input, cli
+from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / SPEC
 
@@ -68,3 +69,18 @@ def test_metrics_json_is_strict_json(tmp_path):
     doc = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert doc["gauc"] is None and "undefined" in doc["gauc_undefined"] and doc["auc"] == 0.5
     assert doc["grouped"]["x"] is None and doc["grouped"]["n"] == 3 and doc["xs"] == [1.0, None]
+
+
+@pytest.mark.parametrize("key", ["train_split", "eval_split"])
+def test_a_split_the_data_does_not_have_is_named_before_anything_is_written(prepared_tiny, tmp_path, key):
+    runs = tmp_path / "runs"
+    out = cli("train", "--spec", SPEC, *sets(prepared_tiny, runs, ["train.max_steps=1", f"data.{key}=valid"]),
+              "--device", "cpu")
+    assert_bad_input(out, f"data.{key} = 'valid'", "no such split", "['test', 'train']")
+    assert not runs.exists()
+
+
+def test_evaluate_names_an_unknown_eval_split(trained, tmp_path):
+    out = cli("evaluate", "--spec", SPEC, *trained.sets(["data.eval_split=valid"]), "--out", str(tmp_path / "ev"))
+    assert_bad_input(out, "data.eval_split = 'valid'", "no such split")
+    assert not (tmp_path / "ev").exists()
