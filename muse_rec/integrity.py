@@ -93,6 +93,8 @@ def verify(root: str | os.PathLike, expect_sha256: Optional[str] = None) -> str:
             not listed; or the pinned digest that does not match. Nothing is unpickled here.
     """
     root = Path(root)
+    if not root.is_dir():
+        raise IntegrityError(f"{root}: no such directory")
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise IntegrityError(f"{root}: no {MANIFEST} integrity manifest - not written by this version of "

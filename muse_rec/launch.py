@@ -58,6 +58,7 @@ class LaunchProfile:
         return f"{self.nodes}x{self.procs_per_node}"
 
 
+MAX_PORT = 65535
 _INT_KEYS = ("nodes", "procs_per_node", "cpu", "gpu", "memMB", "rdzv_port", "max_restarts", "max_retries")
 _STR_KEYS = ("scheduler", "spec", "image", "description")
 
@@ -94,6 +95,8 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
                 raise ProfileError(f"{p}: {key}.{k}: expected a string, got {d[k]!r}")
         if d["nodes"] < 1 or d["procs_per_node"] < 1:
             raise ProfileError(f"{p}: {key}: nodes and procs_per_node must be >= 1")
+        if not 1 <= d.get("rdzv_port", 29500) <= MAX_PORT:
+            raise ProfileError(f"{p}: {key}.rdzv_port: must be a TCP port in [1, {MAX_PORT}], got {d['rdzv_port']}")
         env = d.get("env") or {}
         if not isinstance(env, dict):
             raise ProfileError(f"{p}: {key}.env: expected a mapping")
@@ -175,6 +178,8 @@ def build_app(
     """
     from torchx.components import dist
 
+    if not 0 <= rdzv_port <= MAX_PORT:
+        raise ProfileError(f"--rdzv-port {rdzv_port}: must be a TCP port in [1, {MAX_PORT}] (0 = the profile's)")
     env = dict(profile.env)
     restarts = profile.max_restarts if max_restarts is None else max_restarts
     if restarts:

@@ -43,6 +43,7 @@ def floors_table(result: Dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from muse_rec.cli.errors import OutputPathError, check_output_path
     from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.metrics.floors import FloorOptions, FloorsError, compute_floors
     from muse_rec.metrics.report import save_metrics_json
@@ -50,12 +51,14 @@ def run(args: argparse.Namespace) -> int:
     opts = FloorOptions(seq_len=args.seq_len, recent=args.recent, top_k=args.top_k,
                         prior_strength=args.prior_strength, lr_train_samples=args.lr_train_samples)
     try:
+        if args.out:
+            check_output_path(args.out, "--out", directory=False)
         data = PreparedData(args.prepared)
         for split in (args.split, args.train_split):
             if split not in data.meta["splits"]:
                 raise FloorsError(f"{args.prepared}: no split {split!r} (have {sorted(data.meta['splits'])})")
         result = compute_floors(data, args.split, opts, args.train_split)
-    except (PreparedDataError, FloorsError, FileNotFoundError) as e:
+    except (PreparedDataError, FloorsError, FileNotFoundError, OutputPathError) as e:
         print(f"muse-rec baselines: {e}", file=sys.stderr)
         return 2
     for name, why in result["skipped"].items():
@@ -66,5 +69,9 @@ def run(args: argparse.Namespace) -> int:
     print(floors_table(result))
     print("logloss '-': the score is a similarity, not a probability (only popularity and the regression are).")
     if args.out:
-        print(f"wrote {save_metrics_json(args.out, result)}")
+        try:
+            print(f"wrote {save_metrics_json(args.out, result)}")
+        except OSError as e:
+            print(f"muse-rec baselines: --out {args.out}: cannot write ({e})", file=sys.stderr)
+            return 2
     return 0

@@ -130,13 +130,16 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from muse_rec.cli.errors import OutputPathError, check_output_path
     from muse_rec.metrics import metrics_table, save_metrics_json
 
     try:
+        if args.out:
+            check_output_path(args.out, "--out", directory=False)
         runs = load_runs(args.runs)
         floors, source = (None, "--no-floors") if args.no_floors else (
             (load_floors(args.floors), args.floors) if args.floors else _floors_of_runs(args.runs, runs, args.floors_cache))
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, OutputPathError) as e:
         print(f"muse-rec compare: {e}", file=sys.stderr)
         return 2
     if floors is None and not args.no_floors:
@@ -170,7 +173,11 @@ def run(args: argparse.Namespace) -> int:
         print(v)
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(table + "\n\n" + "\n".join(verdicts) + "\n")
-        save_metrics_json(out.with_suffix(".json"), {"rows": rows, "verdicts": verdicts, "floors": floors})
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.with_suffix(".md").write_text(table + "\n\n" + "\n".join(verdicts) + "\n")
+            save_metrics_json(out.with_suffix(".json"), {"rows": rows, "verdicts": verdicts, "floors": floors})
+        except OSError as e:
+            print(f"muse-rec compare: --out {args.out}: cannot write ({e})", file=sys.stderr)
+            return 2
     return 0

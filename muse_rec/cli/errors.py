@@ -6,8 +6,37 @@ exception reaches a command's boundary, so a command's start-up stays light.
 """
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Tuple, Type
+
+
+class OutputPathError(ValueError):
+    """An output location (``--out``, ``OUT``) that cannot be created or written."""
+
+
+def check_output_path(path: str, flag: str, directory: bool = True) -> None:
+    """Refuse an output location before any work is done; creates nothing.
+
+    ``path`` is a directory the command creates (``directory``) or a file it writes. It must
+    not be an existing file (resp. directory), and its nearest existing ancestor must be a
+    directory this process can write. Anything the OS still refuses at write time (a read-only
+    mount, a full disk) is reported by the command as one line naming the path (OSError).
+    """
+    p = Path(path).absolute()
+    if p.exists():
+        if directory and not p.is_dir():
+            raise OutputPathError(f"{flag} {path}: exists and is not a directory")
+        if not directory and p.is_dir():
+            raise OutputPathError(f"{flag} {path}: is a directory, expected a file path")
+        target = p if directory else p.parent
+    else:
+        target = next(a for a in p.parents if a.exists())
+        if not target.is_dir():
+            raise OutputPathError(f"{flag} {path}: cannot be created: {target} is not a directory")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {path}: cannot be written: {target} is not writable by this user")
 
 
 def bad_input_errors() -> Tuple[Type[BaseException], ...]:
@@ -23,7 +52,7 @@ def bad_input_errors() -> Tuple[Type[BaseException], ...]:
     from muse_rec.training.trainer import RunError
 
     errors: Tuple[Type[BaseException], ...] = (SpecError, RunError, RunDirError, CheckpointError, PreparedDataError,
-                                               IntegrityError, RequestError, CheckpointException)
+                                               IntegrityError, RequestError, CheckpointException, OutputPathError)
     try:
         from muse_rec.serving.export import ExportError
 

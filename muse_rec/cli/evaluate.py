@@ -25,14 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.cli.errors import bad_input_errors, report
+    from muse_rec.cli.errors import bad_input_errors, check_output_path, report
     from muse_rec.spec import load_spec
     from muse_rec.training.trainer import evaluate_checkpoint
 
+    if args.max_batches < 0:
+        return report("evaluate", ValueError(f"--max-batches {args.max_batches}: must be >= 0 (0 = the whole split)"))
     try:
+        check_output_path(args.out, "--out")
         spec = load_spec(args.spec, args.set)
         evaluate_checkpoint(spec, args.checkpoint, args.out, device_type=args.device, max_batches=args.max_batches,
                             allow_data_mismatch=args.allow_data_mismatch, expect_sha256=args.expect_sha256)
-    except bad_input_errors() as e:
+    except bad_input_errors() + (OSError,) as e:  # OSError: the OS refused to write --out
         return report("evaluate", e)
     return 0

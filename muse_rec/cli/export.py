@@ -32,17 +32,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.cli.errors import bad_input_errors, report
+    from muse_rec.cli.errors import bad_input_errors, check_output_path, report
     from muse_rec.serving.export import export_model
     from muse_rec.spec import load_spec
 
     try:
+        check_output_path(args.out, "--out")
         spec = load_spec(args.spec, args.set)
         manifest = export_model(spec, args.out, checkpoint=args.checkpoint, seq_len=args.seq_len,
                                 scl_dtype=args.scl_dtype, row_alignment=args.row_alignment,
                                 max_candidates=args.max_candidates, quantize=args.quantize,
                                 allow_data_mismatch=args.allow_data_mismatch, expect_sha256=args.expect_sha256)
-    except bad_input_errors() + (ValueError,) as e:
+    except bad_input_errors() + (ValueError, OSError) as e:  # OSError: the OS refused to write --out
         return report("export", e)
     tables = manifest.get("tables") or {}
     print(json.dumps({"out": args.out, "seq_len": manifest["seq_len"], "quantized": manifest["quantized"],

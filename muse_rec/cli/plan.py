@@ -127,6 +127,7 @@ def _quiet_planner(verbose: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from muse_rec.cli.errors import check_output_path
     from muse_rec.distributed.plan_fit import PlanSetup, attempt, diagnose, format_what_if, what_if
     from muse_rec.distributed.plan_report import format_report, report_to_dict
     from muse_rec.distributed.planner import GiB
@@ -142,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         if args.hbm_gib <= 0 or args.ddr_gib <= 0:
             raise ValueError("--hbm-gib and --ddr-gib must be > 0")
         world_sizes = parse_world_sizes(args.what_if) if args.what_if else []
+        if args.json and args.json != "-":
+            check_output_path(args.json, "--json", directory=False)
         spec = load_spec(args.spec, args.set)
         sizes, source = resolve_vocab_sizes(spec, args.spec, args.prepared or "")
         opt = spec.train.sparse_optimizer
@@ -204,6 +207,10 @@ def run(args: argparse.Namespace) -> int:
         if to_stdout:
             print(text)
         else:
-            with open(args.json, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
+            try:
+                with open(args.json, "w", encoding="utf-8") as f:
+                    f.write(text + "\n")
+            except OSError as e:
+                print(f"muse-rec plan: --json {args.json}: cannot write ({e})", file=sys.stderr)
+                return 2
     return 0 if main.fits else 1

@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 HELP = "reproduce the paper's tables and figures (Tables 5/3/1/2, Figs. 5/6): train, then write OUT/report.md + PNGs"
 
@@ -55,6 +55,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a claimed gap holds when it is at least this many standard errors (default 2)")
 
 
+def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
+    """The one-line reason the flags that both paths share are unusable, else None."""
+    import math
+
+    from muse_rec.cli.errors import OutputPathError, check_output_path
+
+    if args.nproc is not None and args.nproc < 1:
+        return f"--nproc {args.nproc}: must be >= 1"
+    if args.threads < 1:
+        return f"--threads {args.threads}: must be >= 1"
+    if not (math.isfinite(args.min_z) and args.min_z >= 0):
+        return f"--min-z {args.min_z}: must be a finite number >= 0"
+    try:
+        check_output_path(args.out, "OUT")
+    except OutputPathError as e:
+        return str(e)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from muse_rec.reproduce.plan import FIG5_LENGTHS, REAL, SYNTHETIC, build_plan, parse_what
     from muse_rec.reproduce.report import write_report
@@ -62,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.reproduce.runner import Execution, ReproduceError, check_manifest, execute, prepare_data
     from muse_rec.spec import SpecError
 
+    bad = _bad_arguments(args)
+    if bad:
+        print(f"muse-rec reproduce: {bad}", file=sys.stderr)
+        return 2
     if "fusion" in [w.strip().lower() for w in args.what.split(",")]:
         return run_fusion(args)
     started = time.perf_counter()
@@ -97,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             log = execute(plan, out, prepared, Execution(nproc=nproc, device=device, threads_per_rank=args.threads,
                                                          extra_overrides=tuple(args.set)))
         metrics = load_metrics(out, plan)
-    except (ReproduceError, ValueError) as e:
+    except (ReproduceError, ValueError, OSError) as e:  # OSError: the OS refused to write under OUT
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2
     context = _context(out, source, synth_args, args, nproc, device, plan, log, time.perf_counter() - started)
@@ -179,7 +202,7 @@ def run_fusion(args: argparse.Namespace) -> int:
     try:
         table = run_sweep(out, qualities, seeds, synth_args, execution, parallel=args.parallel,
                           train=not args.report_only)
-    except (ReproduceError, ValueError) as e:
+    except (ReproduceError, ValueError, OSError) as e:  # OSError: the OS refused to write under OUT
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2
     flags = (["--quick"] if args.quick else []) + [f"--seeds {seeds}", "--what fusion",

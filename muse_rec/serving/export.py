@@ -86,7 +86,7 @@ def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str]
     """
     ck = resolve_checkpoint(spec, checkpoint)
     check_data_fingerprint(ck, read_position(ck).data_fingerprint, data, allow_data_mismatch)
-    train_model = build_train_model(spec.model, data.vocab_sizes, seq_len or spec.data.seq_len,
+    train_model = build_train_model(spec.model, data.vocab_sizes, spec.data.seq_len if seq_len is None else seq_len,
                                     device=torch.device("cpu"))
     try:
         load_checkpoint(ck, train_model, None, skip=is_frozen_key, expect_sha256=expect_sha256)
@@ -164,8 +164,10 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
             left-padded); None = the spec's ``data.seq_len``.
         quantize: False exports the float model (for comparison; tables stay fp32/fp16).
     """
+    L = spec.data.seq_len if seq_len is None else seq_len
+    if L < 1:
+        raise ValueError(f"seq_len must be >= 1, got {L}")
     data = PreparedData(spec.data.prepared)
-    L = seq_len or spec.data.seq_len
     start = time.perf_counter()
     model, ck = load_trained_model(spec, data, checkpoint, seq_len=L, allow_data_mismatch=allow_data_mismatch,
                                    expect_sha256=expect_sha256)

@@ -195,7 +195,7 @@ class Ranker:
                         expect_sha256: Optional[str] = None, **kwargs) -> "Ranker":
         """A float Ranker from a training checkpoint (default: the run's latest)."""
         data = PreparedData(spec.data.prepared)
-        L = seq_len or spec.data.seq_len
+        L = spec.data.seq_len if seq_len is None else seq_len
         model, _ = load_trained_model(spec, data, checkpoint, seq_len=spec.data.seq_len,
                                       allow_data_mismatch=allow_data_mismatch, expect_sha256=expect_sha256)
         return cls(FloatScorer(InferenceModel(model)), data, split or spec.data.eval_split, L, **kwargs)
@@ -211,7 +211,7 @@ class Ranker:
         if scorer.manifest["vocab_sizes"] != dict(data.vocab_sizes):
             raise ValueError(f"{exported_dir} was exported with other vocabularies than {spec.data.prepared} "
                              "holds; serve it with the prepared data it was trained on")
-        return cls(scorer, data, split or spec.data.eval_split, seq_len or scorer.fixed_len, **kwargs)
+        return cls(scorer, data, split or spec.data.eval_split, scorer.fixed_len if seq_len is None else seq_len, **kwargs)
 
     # ---- per user ---------------------------------------------------------------------------
     def prefetch(self, user: int) -> "Future[UserContext]":

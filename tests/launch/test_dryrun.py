@@ -68,6 +68,7 @@ def test_bad_launch_requests_exit_2_with_one_line():
          "profiles.multi-node.scheduler_args.account: not an option of the slurm scheduler"),
         (["--profile", "cpu-demo", "--dryrun", "--set", "train.nope=1"], "train.nope"),
         (["--profile", "cpu-demo", "--dryrun", "--spec", "specs/missing.yaml"], "specs/missing.yaml"),
+        (["--profile", "cpu-demo", "--dryrun", "--rdzv-port", "99999"], "--rdzv-port 99999: must be a TCP port"),
     ]
     for args, message in cases:
         out = launch(*args)
@@ -88,3 +89,18 @@ def test_torchx_run_keeps_working_and_warns_on_another_scheduler():
     assert out.returncode == 0, out.stderr
     assert ("profile 'multi-node' is meant for the slurm scheduler, but this `torchx run` submits to local_cwd"
             in out.stderr)
+
+
+def test_a_profile_with_a_port_out_of_range_is_named(tmp_path):
+    from muse_rec.launch import ProfileError, load_profiles
+
+    profiles = yaml.safe_load((REPO / "torchx.yaml").read_text())
+    profiles["profiles"]["cpu-demo"]["rdzv_port"] = 70000
+    path = tmp_path / "torchx.yaml"
+    path.write_text(yaml.safe_dump(profiles))
+    try:
+        load_profiles(str(path))
+    except ProfileError as e:
+        assert "cpu-demo.rdzv_port: must be a TCP port in [1, 65535], got 70000" in str(e)
+    else:
+        raise AssertionError("a port above 65535 was accepted")

@@ -1,0 +1,75 @@
+"""An output location that cannot be created, and numeric flags out of range: one line naming the
+flag or path, exit 2, before any work and without touching what is there."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from muse_rec.cli.errors import OutputPathError, check_output_path
+from tests.robustness.conftest import SPEC, assert_bad_input, cli
+
+
+def test_check_output_path_creates_nothing_and_names_the_culprit(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("kept")
+    check_output_path(str(tmp_path / "new" / "deeper"), "--out")  # a missing chain under a directory is fine
+    check_output_path(str(tmp_path / "new" / "x.json"), "--out", directory=False)
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # nothing created
+    with pytest.raises(OutputPathError, match=rf"--out {blocker}/sub: cannot be created: {blocker} is not a directory"):
+        check_output_path(str(blocker / "sub"), "--out")
+    with pytest.raises(OutputPathError, match=rf"OUT {blocker}: exists and is not a directory"):
+        check_output_path(str(blocker), "OUT")
+    with pytest.raises(OutputPathError, match=rf"--out {tmp_path}: is a directory, expected a file path"):
+        check_output_path(str(tmp_path), "--out", directory=False)
+    assert blocker.read_text() == "kept"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "compare", "baselines", "reproduce"])
+def test_an_output_under_a_file_is_refused_before_any_work(trained, tmp_path, command):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("kept")
+    out = str(blocker / ("x.json" if command in ("compare", "baselines") else "out"))
+    args = {"evaluate": ["evaluate", "--spec", SPEC, *trained.sets(), "--out", out],
+            "export": ["export", "--spec", SPEC, *trained.sets(), "--out", out],
+            "compare": ["compare", str(trained.run_dir), "--no-floors", "--out", out],
+            "baselines": ["baselines", str(trained.prepared), "--out", out],
+            "reproduce": ["reproduce", out, "--quick", "--report-only"]}[command]
+    result = cli(*args)
+    assert_bad_input(result, "OUT" if command == "reproduce" else "--out", out,
+                     f"cannot be created: {blocker} is not a directory")
+    assert blocker.read_text() == "kept" and sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["evaluate", "--max-batches", "-1"], "--max-batches -1: must be >= 0"),
+    (["export", "--seq-len", "0"], "seq_len must be >= 1, got 0"),
+    (["rank", "--seq-len", "0"], "seq_len and max_batch must be >= 1, got 0"),
+    (["reproduce", "--nproc", "0"], "--nproc 0: must be >= 1"),
+    (["reproduce", "--threads", "0"], "--threads 0: must be >= 1"),
+    (["reproduce", "--min-z", "-1"], "--min-z -1.0: must be a finite number >= 0"),
+])
+def test_numeric_flags_out_of_range_are_refused(trained, tmp_path, args, needle):
+    """0 used to mean "the default" for --seq-len and --nproc, and negatives went through."""
+    command, flags = args[0], args[1:]
+    if command == "reproduce":
+        full = ["reproduce", str(tmp_path / "rep"), "--quick", "--dry-run", *flags]
+    elif command == "rank":
+        (tmp_path / "req.json").write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
+        full = ["rank", "--spec", SPEC, *trained.sets(), "--request", str(tmp_path / "req.json"), *flags]
+    else:
+        full = [command, "--spec", SPEC, *trained.sets(), "--out", str(tmp_path / "out"), *flags]
+    assert_bad_input(cli(*full), needle)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "rep").exists()
+
+
+def test_plan_json_under_a_file_and_a_missing_exported_program_are_one_line(trained, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("kept")
+    out = cli("plan", "--spec", SPEC, "--prepared", str(trained.prepared), "--json", str(blocker / "plan.json"))
+    assert_bad_input(out, f"--json {blocker / 'plan.json'}", f"{blocker} is not a directory")
+    (tmp_path / "req.json").write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
+    out = cli("rank", "--spec", SPEC, *trained.sets(), "--request", str(tmp_path / "req.json"),
+              "--exported", str(tmp_path / "missing"))
+    assert_bad_input(out, f"{tmp_path / 'missing'}: no such directory")
