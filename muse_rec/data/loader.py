@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from muse_rec.data.batch import POOLED_FEATURES, Batch, history_groups, pooled_kjt
-from muse_rec.data.prepared import PreparedData
+from muse_rec.data.prepared import PreparedData, PreparedDataError
 
 
 class PreparedBatches(IterableDataset):
@@ -71,11 +71,13 @@ class PreparedBatches(IterableDataset):
             idx = np.random.default_rng((self.shuffle_seed, block)).permutation(idx)
         return idx
 
+    @staticmethod
+    def _index(idx: np.ndarray, contiguous: bool):
+        """``idx`` as a slice when it is one run (a slice of a memory map reads sequentially)."""
+        return slice(int(idx[0]), int(idx[0]) + idx.size) if contiguous else idx
+
     def _take(self, rel: str, idx: np.ndarray, contiguous: bool) -> np.ndarray:
-        arr = self.data.array(f"{self.split}/{rel}.npy")
-        if contiguous:
-            return np.asarray(arr[idx[0]:idx[0] + idx.size]) if idx.size else np.asarray(arr[:0])
-        return arr[idx]
+        return np.asarray(self.data.array(f"{self.split}/{rel}.npy")[self._index(idx, contiguous)])
 
     def make_batch(self, idx: np.ndarray) -> Batch:
         """Build a `Batch` of B rows from sample positions `idx` (n <= B); rows n..B-1 are padding."""
@@ -91,15 +93,19 @@ class PreparedBatches(IterableDataset):
             a.weights[:n] = 1.0
             a.user_keys[:n] = self._take("sample_user_keys", idx, contiguous)
             a.item_keys[:n] = self._take("sample_item_keys", idx, contiguous)
-            items = self._take("sample_items", idx, contiguous)
+            # Every row id is range-checked as it is read (PreparedData.in_range): FBGEMM would
+            # silently clamp an out-of-range one to row 0.
+            items = self.data.item_rows(self.split, self._index(idx, contiguous))
             a.target_item[:n] = items
-            attrs = self.data.item_attrs()[items]  # [n, 3]: category, f213, f214
+            attrs = self.data.target_attrs(items)  # [n, 3]: category, f213, f214
             a.target_cat[:n] = attrs[:, 0]
-            users = self._take("sample_users", idx, contiguous)
+            users = self.data.user_rows(self.split, self._index(idx, contiguous))
             has_user = users >= 0
             urow = np.where(has_user, users, 0)
-            fields = self.data.array(f"{self.split}/user_fields.npy")[urow]  # [n, 6]
-            a.pooled[:n, 0] = self._take("sample_user_rows", idx, contiguous)
+            fields = self.data.user_fields(self.split, urow)  # [n, 6]
+            a.pooled[:n, 0] = self.data.in_range(f"{self.split}/sample_user_rows.npy",
+                                                 self._take("sample_user_rows", idx, contiguous),
+                                                 self.data.vocab_sizes["user_id"], "user_id row")
             a.pooled[:n, 1:6] = np.where(has_user[:, None], fields[:, 1:], 0)
             a.pooled[:n, 6:8] = attrs[:, 1:3]
             self._fill_sequences(urow, has_user, a.seq_items[:n], a.seq_cats[:n], a.seq_lengths[:n])
@@ -110,9 +116,8 @@ class PreparedBatches(IterableDataset):
                         out_cats: np.ndarray, out_lengths: np.ndarray) -> None:
         """Write the newest <= L behaviours of each user right-aligned into ``out_*[n, L]``."""
         L = self.seq_len
-        offsets = self.data.array(f"{self.split}/seq_offsets.npy")
-        end = np.asarray(offsets[urow + 1])
-        full_len = np.where(has_user, end - np.asarray(offsets[urow]), 0)
+        start, end = self.data.history_bounds(self.split, urow)
+        full_len = np.where(has_user, end - start, 0)
         take = np.minimum(full_len, L)
         out_lengths[:] = take
         if not take.any():
@@ -123,8 +128,8 @@ class PreparedBatches(IterableDataset):
         # Source index of position p in row i: end_i - L + p (only meaningful where mask holds).
         src = (end - L)[:, None] + pos[None, :]
         src = src[mask]
-        out_items[mask] = self.data.array(f"{self.split}/seq_items.npy")[src]
-        out_cats[mask] = self.data.array(f"{self.split}/seq_cats.npy")[src]
+        out_items[mask] = self.data.seq_rows(self.split, "items", src)
+        out_cats[mask] = self.data.seq_rows(self.split, "cats", src)
 
     def __iter__(self) -> Iterator[Union[Batch, "BatchArrays"]]:
         info = get_worker_info()
@@ -136,7 +141,14 @@ class PreparedBatches(IterableDataset):
             # through torch's shared-memory path, whose per-batch allocation of ~16 MB costs
             # more than building the batch; the consumer converts with `to_batch()`.
             for j in range(self.start_batch + info.id, self.batches_per_rank, info.num_workers):
-                yield self.make_arrays(self.sample_indices(j))
+                try:
+                    arrays = self.make_arrays(self.sample_indices(j))
+                except PreparedDataError as e:
+                    # Raised here, torch would hand it on with the worker's traceback folded into
+                    # its message; the user needs the one line that names the file.
+                    yield _DataFault(str(e))
+                    return
+                yield arrays
 
 
 @dataclass
@@ -178,6 +190,19 @@ class BatchArrays:
         )
 
 
+@dataclass
+class _DataFault:
+    """A worker's `PreparedDataError`, re-raised by `PreparedLoader` in the consuming process."""
+
+    message: str
+
+
+def _arrays_or_raise(item: Union["BatchArrays", _DataFault]) -> "BatchArrays":
+    if isinstance(item, _DataFault):
+        raise PreparedDataError(item.message)
+    return item
+
+
 class PreparedLoader:
     """Iterable of `Batch` with `__len__`; uses a torch DataLoader when `num_workers` > 0."""
 
@@ -194,7 +219,7 @@ class PreparedLoader:
             batches: Iterator[Batch] = iter(self.dataset)  # type: ignore[assignment]
         else:
             loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=2)
-            batches = (arrays.to_batch() for arrays in loader)
+            batches = (_arrays_or_raise(arrays).to_batch() for arrays in loader)
         for batch in batches:
             yield batch.pin_memory() if self.pin_memory else batch
 

@@ -24,6 +24,10 @@ from muse_rec.data.schema import SCL_DIM, SPLITS
 from muse_rec.data.vocab import Vocab
 
 
+# The table whose rows each per-behaviour array holds (seq_items.npy -> item, ...).
+_SEQ_TABLES: Dict[str, str] = {"items": "item", "cats": "category"}
+
+
 class PreparedDataError(ValueError):
     """The directory is not (or not completely, or not compatibly) prepared."""
 
@@ -206,6 +210,65 @@ class PreparedData:
             self._arrays[rel] = arr
         return arr
 
+    def in_range(self, rel: str, values: np.ndarray, limit: int, what: str, low: int = 0) -> np.ndarray:
+        """``values`` read from ``rel``, after checking that each lies in ``[low, limit)``.
+
+        Every row id that indexes a table (an embedding table in the model, the SCL table in the
+        floors) passes through here where it is read: an out-of-range row would otherwise be
+        clamped to row 0 inside FBGEMM's lookup, or wrap around in a NumPy gather, silently.
+        Opening reads only headers (the full scan is `muse-rec check`); this costs one min and
+        one max per gather.
+        """
+        if values.size and (values.min() < low or values.max() >= limit):
+            bad = values[(values < low) | (values >= limit)].flat[0]
+            raise PreparedDataError(f"{join_path(self.path, rel)}: {what} {int(bad)} is outside [{low}, {limit}); the "
+                                    "data is damaged or was not written by `muse-rec prepare` "
+                                    f"(`muse-rec check {self.path}` lists every problem)")
+        return values
+
+    def item_rows(self, split: str, idx: np.ndarray) -> np.ndarray:
+        """int32 item rows of the split's samples ``idx`` (targets), range-checked."""
+        rel = f"{split}/sample_items.npy"
+        return self.in_range(rel, np.asarray(self.array(rel)[idx]), self.vocab_sizes["item"], "item row")
+
+    def target_attrs(self, items: np.ndarray) -> np.ndarray:
+        """int32 ``[n, 3]`` (category, item_f213, item_f214) rows of item rows ``items``, range-checked."""
+        attrs = np.asarray(self.item_attrs()[items])
+        for col, name in enumerate(ITEM_ATTR_COLUMNS):
+            self.in_range("items/attrs.npy", attrs[:, col], self.vocab_sizes[name], f"{name} row")
+        return attrs
+
+    def user_rows(self, split: str, idx: np.ndarray) -> np.ndarray:
+        """int64 user-feature rows of the split's samples ``idx``; -1 = no feature row. Range-checked."""
+        rel = f"{split}/sample_users.npy"
+        return self.in_range(rel, np.asarray(self.array(rel)[idx]).astype(np.int64),
+                             int(self._split(split)["user_rows"]), "user-feature row", low=-1)
+
+    def history_bounds(self, split: str, user_rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """int64 (start, end) of each user-feature row's behaviours in ``seq_items`` (rows >= 0),
+        checked: ``0 <= start <= end <= behaviours``; a bad offset would give another user's history."""
+        rel, b = f"{split}/seq_offsets.npy", int(self._split(split)["behaviours"])
+        off = self.array(rel)
+        start, end = np.asarray(off[user_rows]).astype(np.int64), np.asarray(off[user_rows + 1]).astype(np.int64)
+        self.in_range(rel, start, b + 1, "offset")
+        self.in_range(rel, end - start, b + 1, "history length")
+        self.in_range(rel, end, b + 1, "offset")
+        return start, end
+
+    def seq_rows(self, split: str, which: str, positions: np.ndarray) -> np.ndarray:
+        """int32 rows of the split's behaviours at ``positions``: ``which`` = "items" (item rows)
+        or "cats" (category rows), range-checked."""
+        rel, table = f"{split}/seq_{which}.npy", _SEQ_TABLES[which]
+        return self.in_range(rel, np.asarray(self.array(rel)[positions]), self.vocab_sizes[table], f"{table} row")
+
+    def user_fields(self, split: str, user_rows: np.ndarray) -> np.ndarray:
+        """int32 ``[n, 6]`` (user_id, user_f1..f5) rows of user-feature rows ``user_rows``, range-checked."""
+        rel = f"{split}/user_fields.npy"
+        fields = np.asarray(self.array(rel)[user_rows])
+        for col, name in enumerate(USER_FIELD_COLUMNS):
+            self.in_range(rel, fields[..., col], self.vocab_sizes[name], f"{name} row")
+        return fields
+
     def _split(self, split: str) -> dict:
         if split not in self.meta["splits"]:
             raise KeyError(f"{self.path}: unknown split {split!r}; have {sorted(self.meta['splits'])}")
@@ -245,9 +308,9 @@ class PreparedData:
 
     def user_row_index(self, split: str, raw_user_ids: np.ndarray) -> np.ndarray:
         """int64 index into the split's user-feature rows for each raw user id; -1 where absent."""
-        self._split(split)
-        return user_feature_rows(self.array(f"{split}/user_sorted_keys.npy"),
-                                 self.array(f"{split}/user_sorted_index.npy"), raw_user_ids)
+        rel = f"{split}/user_sorted_index.npy"
+        rows = user_feature_rows(self.array(f"{split}/user_sorted_keys.npy"), self.array(rel), raw_user_ids)
+        return self.in_range(rel, rows, int(self._split(split)["user_rows"]), "user row", low=-1)
 
     def user_history(self, split: str, raw_user_id: int) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(item rows int32 ``[n]``, category rows int32 ``[n]``, user_f1..f5 rows int32 ``[5]``) of a
@@ -255,9 +318,7 @@ class PreparedData:
         u = int(self.user_row_index(split, np.array([raw_user_id]))[0])
         if u < 0:
             return None
-        off = self.array(f"{split}/seq_offsets.npy")
-        lo, hi = int(off[u]), int(off[u + 1])
-        items = np.array(self.array(f"{split}/seq_items.npy")[lo:hi])
-        cats = np.array(self.array(f"{split}/seq_cats.npy")[lo:hi])
-        fields = np.array(self.array(f"{split}/user_fields.npy")[u, 1:])
-        return items, cats, fields
+        start, end = self.history_bounds(split, np.array([u]))
+        positions = np.arange(start[0], end[0])
+        return (self.seq_rows(split, "items", positions), self.seq_rows(split, "cats", positions),
+                self.user_fields(split, np.array([u]))[0, 1:])

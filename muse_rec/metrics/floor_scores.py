@@ -143,16 +143,15 @@ def _cos_with_sum(target: np.ndarray, summed: np.ndarray) -> np.ndarray:
 def _histories(data: PreparedData, split: str, user_rows: np.ndarray, seq_len: int) -> Tuple[np.ndarray, np.ndarray]:
     """Right-aligned histories of ``user_rows [U]``: item rows ``[U, Lmax]`` int64 (0 = padding)
     and ``mask [U, Lmax]`` bool, newest behaviour last, the newest ``seq_len`` kept (0 = all)."""
-    off = data.array(f"{split}/seq_offsets.npy")
-    end = np.asarray(off[user_rows + 1]).astype(np.int64)
-    length = end - np.asarray(off[user_rows]).astype(np.int64)
+    start, end = data.history_bounds(split, user_rows)
+    length = end - start
     if seq_len:
         length = np.minimum(length, seq_len)
     width = int(length.max()) if length.size else 0
     pos = np.arange(width, dtype=np.int64)
     mask = pos[None, :] >= (width - length)[:, None]
     items = np.zeros((user_rows.size, width), np.int64)
-    items[mask] = np.asarray(data.array(f"{split}/seq_items.npy")[((end - width)[:, None] + pos[None, :])[mask]])
+    items[mask] = data.seq_rows(split, "items", ((end - width)[:, None] + pos[None, :])[mask])
     return items, mask
 
 
@@ -160,8 +159,8 @@ def scl_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptio
     """The three SCL floors of samples ``idx [n]`` (positions in ``split``): name -> ``[n]`` float64."""
     scl = data.scl()
     n = idx.size
-    target = np.asarray(scl[np.asarray(data.array(f"{split}/sample_items.npy")[idx])])  # [n, D] int8
-    users = np.asarray(data.array(f"{split}/sample_users.npy")[idx]).astype(np.int64)
+    target = np.asarray(scl[data.item_rows(split, idx)])  # [n, D] int8
+    users = data.user_rows(split, idx)
     has_user = users >= 0
     out = {name: np.full(n, NO_VECTOR_SCORE) for name in SCL_FLOORS}
     if not has_user.any():
@@ -214,9 +213,8 @@ def _user_chunks(users_sorted: np.ndarray, lengths: np.ndarray, max_samples: int
 
 def _history_lengths(data: PreparedData, split: str, users: np.ndarray, seq_len: int) -> np.ndarray:
     """``[n]`` int64 behaviours the floors see per sample (0 without a user row)."""
-    off = data.array(f"{split}/seq_offsets.npy")
-    u = np.where(users >= 0, users, 0)
-    length = np.where(users >= 0, np.asarray(off[u + 1]) - np.asarray(off[u]), 0).astype(np.int64)
+    start, end = data.history_bounds(split, np.where(users >= 0, users, 0))
+    length = np.where(users >= 0, end - start, 0)
     return np.minimum(length, seq_len) if seq_len else length
 
 
@@ -225,13 +223,13 @@ def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOpt
     """Floor scores of samples ``idx`` (any order, streamed in user order): name -> ``[n]``."""
     n = idx.size
     labels = np.asarray(data.array(f"{split}/labels.npy")[idx]).astype(np.float64)
-    items = np.asarray(data.array(f"{split}/sample_items.npy")[idx]).astype(np.int64)
+    items = data.item_rows(split, idx).astype(np.int64)
     out = {"popularity": ctr.ctr(items, labels if leave_one_out else None)}
     if not with_scl:
         return out
     for name in SCL_FLOORS:
         out[name] = np.empty(n, np.float64)
-    users = np.asarray(data.array(f"{split}/sample_users.npy")[idx]).astype(np.int64)
+    users = data.user_rows(split, idx)
     by_user = np.argsort(users, kind="stable")  # one user's samples share a chunk (history read once)
     users_sorted = users[by_user]
     lengths = _history_lengths(data, split, users_sorted, opts.seq_len)

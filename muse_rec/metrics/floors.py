@@ -189,7 +189,7 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
             floors[name] = {"description": describe(name, opts),
                             **_metrics(user_keys, labels, scores[name], name in PROBABILITY_FLOORS)}
     best = max(floors, key=lambda k: floors[k]["gauc"])
-    target_vec = np.asarray(data.scl_present()[np.asarray(data.array(f"{split}/sample_items.npy"))])
+    target_vec = np.asarray(data.scl_present()[data.item_rows(split, slice(None))])
     result = {
         "version": FLOORS_VERSION, "prepared": str(data.path), "split": split, "train_split": train_split,
         "options": asdict(opts), "samples": n, "users": int(per_user.user_keys.size),

@@ -184,7 +184,6 @@ class Ranker:
         self.scorer, self.data, self.split, self.seq_len = scorer, data, split, seq_len
         self.max_batch = min(max_batch, scorer.max_candidates or max_batch)
         self._users, self._items = data.vocab("user_id"), data.vocab("item")
-        self._attrs = data.item_attrs()
         self.cache: AsyncLRUCache[UserContext] = AsyncLRUCache(
             self._load_user, lambda c: c.nbytes, cache_bytes, max_workers)
 
@@ -239,7 +238,7 @@ class Ranker:
         if not np.issubdtype(raw.dtype, np.integer):
             raise RequestError(f"candidates: expected int64 item ids, got dtype {raw.dtype}")
         rows = self._items.rows(raw.astype(np.int64)).astype(np.int64)
-        attrs = np.asarray(self._attrs[rows]).astype(np.int64)  # [C, 3]: category, f213, f214
+        attrs = self.data.target_attrs(rows).astype(np.int64)  # [C, 3]: category, f213, f214
         return {"items": rows, "cats": attrs[:, 0], "attrs": attrs[:, 1:], "unknown": rows == 0}
 
     def score(self, user: int, candidate_item_ids: Sequence[int]) -> np.ndarray:

@@ -96,3 +96,70 @@ def test_resume_on_other_data_with_same_vocabularies_is_refused(trained, prep_co
     out = cli(*args, "--allow-data-mismatch")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "--allow-data-mismatch" in out.stderr  # the warning says what was overridden
+
+
+def _newest_behaviour_of_first_sample(prep: PreparedData, split: str) -> int:
+    """Position in ``seq_items`` of the newest behaviour of the user of the split's sample 0."""
+    u = int(prep.array(f"{split}/sample_users.npy")[0])
+    off = prep.array(f"{split}/seq_offsets.npy")
+    assert u >= 0 and off[u + 1] > off[u]
+    return int(off[u + 1]) - 1
+
+
+def _damage_cases(prep: PreparedData):
+    """(file, flat index, value, what the message says) for each array a batch reads row ids from."""
+    pos = _newest_behaviour_of_first_sample(prep, "train")
+    u = int(prep.array("train/sample_users.npy")[0])
+    item = int(prep.array("train/sample_items.npy")[0])
+    off = prep.array("train/seq_offsets.npy")
+    return [
+        ("train/seq_items.npy", pos, 10**6, "item row 1000000 is outside"),
+        ("train/seq_cats.npy", pos, -3, "category row -3 is outside"),
+        ("train/sample_items.npy", 0, -1, "item row -1 is outside"),
+        ("train/sample_users.npy", 0, 10**6, "user-feature row 1000000 is outside"),
+        ("train/user_fields.npy", u * 6 + 2, 10**6, "user_f2 row 1000000 is outside"),
+        ("items/attrs.npy", item * 3 + 1, 10**6, "item_f213 row 1000000 is outside"),
+        ("train/seq_offsets.npy", u + 1, int(off[u]) - 1, "history length -1 is outside"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_a_batch_refuses_out_of_range_rows_naming_the_file(prepared_tiny, tmp_path, case):
+    """Row ids are checked where a batch reads them: FBGEMM would clamp a bad one to row 0 and a
+    NumPy gather would wrap a negative one, silently. In a DataLoader worker too, as one line."""
+    from muse_rec.data.loader import make_loader
+
+    dest = tmp_path / "prepared"
+    shutil.copytree(prepared_tiny, dest)
+    rel, index, value, needle = _damage_cases(PreparedData(str(dest)))[case]
+    first = next(iter(make_loader(str(dest), "train", 64, 50)))  # undamaged: reads fine
+    assert first.seq_lengths[0] > 0
+    _poke(dest / rel, index, value)
+    for workers in (0, 1):
+        with pytest.raises(PreparedDataError) as e:
+            next(iter(make_loader(str(dest), "train", 64, 50, num_workers=workers)))
+        assert f"{rel}: {needle}" in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_out_of_range_rows_stop_train_and_baselines_in_one_line(prep_copy, tmp_path):
+    prep = PreparedData(str(prep_copy))
+    _poke(prep_copy / "train/seq_items.npy", _newest_behaviour_of_first_sample(prep, "train"), 10**6)
+    _poke(prep_copy / "test/sample_items.npy", 0, -1)  # NumPy would have read the last SCL row
+    out = cli("train", "--spec", SPEC, *sets(prep_copy, tmp_path / "runs", ["train.max_steps=1"]), "--device", "cpu")
+    assert_bad_input(out, "train/seq_items.npy: item row 1000000 is outside", "muse-rec check")
+    assert_bad_input(cli("baselines", str(prep_copy)), "test/sample_items.npy: item row -1 is outside")
+
+
+def test_serving_histories_refuse_out_of_range_rows(prep_copy):
+    """The ranker reads a user's history through `PreparedData.user_history`: same check."""
+    prep = PreparedData(str(prep_copy))
+    raw_user = int(prep.array("test/user_keys.npy")[0])
+    items, cats, fields = prep.user_history("test", raw_user)
+    assert items.size > 0 and fields.shape == (5,)
+    u = int(prep.user_row_index("test", np.array([raw_user]))[0])
+    _poke(prep_copy / "test/seq_cats.npy", int(prep.array("test/seq_offsets.npy")[u]), 10**6)
+    with pytest.raises(PreparedDataError, match=r"test/seq_cats.npy: category row 1000000 is outside"):
+        PreparedData(str(prep_copy)).user_history("test", raw_user)
+    _poke(prep_copy / "test/user_sorted_index.npy", 0, -7)
+    with pytest.raises(PreparedDataError, match=r"test/user_sorted_index.npy: user row -7 is outside \[-1, "):
+        PreparedData(str(prep_copy)).user_row_index("test", np.array(prep.array("test/user_sorted_keys.npy")[:1]))
