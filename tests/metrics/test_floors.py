@@ -363,6 +363,27 @@ def test_compare_bad_floors_file_exits_2(tmp_path, capsys, content, words):
     assert words in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("content, words", [
+    ('{"gauc": 0.6', "metrics.json: not valid JSON"),
+    ("[1, 2]", "metrics.json: expected a JSON object, got list"),
+    ('{"gauc": 0.6}', "metrics.json: method: expected the method's name, got None"),
+    ('{"method": 5, "gauc": 0.6}', "metrics.json: method: expected the method's name, got 5"),
+    ('{"method": "DIN", "gauc": "0.6"}', "metrics.json: gauc: expected a finite number or null, got '0.6'"),
+    ('{"method": "DIN", "gauc": NaN}', "metrics.json: gauc: expected a finite number or null, got nan"),
+    ('{"method": "DIN", "gauc": 0.6, "floors": {"x": {"gauc": "a"}}}', "metrics.json: floors.x.gauc: expected"),
+    ('{"method": "DIN", "gauc": 0.6, "floors": [1]}', "metrics.json: floors: expected {name:"),
+])
+def test_compare_names_the_key_of_a_malformed_metrics_json(tmp_path, capsys, content, words):
+    """A run directory from elsewhere is untrusted: one line naming file and key, not a traceback."""
+    good = _fake_run(tmp_path / "din", "DIN", 0.6)
+    bad = tmp_path / "other"
+    bad.mkdir()
+    (bad / "metrics.json").write_text(content)
+    assert cli_main(["compare", str(good), str(bad), "--no-floors"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad / 'metrics.json'}" in err and words in err and "Traceback" not in err, err
+
+
 def test_reproduce_report_shows_floors_in_its_tables(tmp_path):
     from muse_rec.reproduce.plan import build_plan
     from muse_rec.reproduce.report import write_report
