@@ -26,7 +26,10 @@ def _config_fields():
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from muse_rec.data.synth_config import SynthConfig
 
-    p.add_argument("out", metavar="OUT", help="output directory (created; release tables in it are overwritten)")
+    p.add_argument("out", metavar="OUT", help="output directory (created; a synthetic release in it is replaced, "
+                                              "release tables synth did not write are not, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace release tables in OUT even if `muse-rec synth` did not write them")
     p.add_argument("--preset", choices=SynthConfig.PRESETS, default="demo",
                    help="size preset: tiny (unit tests), demo (README demo, ~50k train samples), medium (~5x demo), "
                         "scale (release-shaped, streamed in bounded memory: 30M items, 1M users, ~11M train samples)")
@@ -74,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         m = write_synthetic_release(args.out, cfg, progress=not args.quiet,
-                                    diagnostics=False if args.no_diagnostics else None)
-    except (NotADirectoryError, PermissionError) as e:
+                                    diagnostics=False if args.no_diagnostics else None, overwrite=args.overwrite)
+    except (NotADirectoryError, PermissionError, FileExistsError) as e:
         print(f"muse-rec synth: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk: nothing was published (tables are staged, then renamed)

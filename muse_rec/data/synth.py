@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -47,12 +47,21 @@ def _lengths(h: History) -> Dict[str, float]:
             "median": float(np.median(n)) if n.size else 0.0, "max": int(n.max(initial=0))}
 
 
+def foreign_tables(out_dir: str) -> List[str]:
+    """Release tables in ``out_dir`` that `muse-rec synth` did not write (no synth manifest there):
+    a real download, which overwriting would destroy."""
+    if not os.path.isdir(out_dir) or os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
+        return []
+    return [t.file for t in S.TABLES.values() if os.path.exists(os.path.join(out_dir, t.file))]
+
+
 def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = False,
-                            diagnostics: Optional[bool] = None) -> Dict[str, object]:
+                            diagnostics: Optional[bool] = None, overwrite: bool = False) -> Dict[str, object]:
     """Generate and write a synthetic release; returns the manifest (also written to `out_dir`).
 
     Args:
-        out_dir: local directory (created if missing); release tables there are overwritten.
+        out_dir: local directory (created if missing); a synthetic release there is replaced.
+            Release tables that synth did not write raise FileExistsError unless ``overwrite``.
         cfg: generator knobs.
         progress: report progress: a tqdm bar on a terminal, else one line per stage.
         diagnostics: score the oracle diagnostics on the test split; default: when
@@ -61,6 +70,10 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
         ``{"format", "version", "config", "files", "stats", "truth", "diagnostics", "seconds"}``.
     """
     cfg.validate()
+    found = foreign_tables(out_dir)
+    if found and not overwrite:
+        raise FileExistsError(f"{out_dir} holds release tables that `muse-rec synth` did not write ({', '.join(found)}): "
+                              "refusing to overwrite them; choose another OUT (or pass --overwrite)")
     if cfg.writer == "stream":
         from muse_rec.data.synth_stream import write_streamed_release
 

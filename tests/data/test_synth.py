@@ -238,3 +238,26 @@ def test_cli_writes_release_and_prints_next_step(tmp_path: Path, capsys) -> None
     assert manifest["stats"]["train_users"] == _read(out, "train_user_features").num_rows == 60
     assert main(["synth", str(tmp_path / "bad"), "--preset", "tiny", "--categories", "999", "--quiet"]) == 2
     assert "categories" in capsys.readouterr().err
+
+
+def test_cli_never_overwrites_release_tables_it_did_not_write(tmp_path: Path, capsys) -> None:
+    """A real download in OUT (tables, no synth manifest) is kept: exit 2 naming the tables;
+    a synthetic release there is replaced; --overwrite replaces the real one too."""
+    from muse_rec.cli import main
+
+    real = tmp_path / "taobao_mm"
+    real.mkdir()
+    (real / "train_samples.parquet").write_bytes(b"the user's licensed download")
+    (real / "item_features.parquet").write_bytes(b"another table")
+    args = ["--preset", "tiny", "--users", "40", "--quiet", "--no-diagnostics"]
+    assert main(["synth", str(real), *args]) == 2
+    err = capsys.readouterr().err
+    assert "did not write (train_samples.parquet, item_features.parquet)" in err and "--overwrite" in err
+    assert (real / "train_samples.parquet").read_bytes() == b"the user's licensed download"
+    assert sorted(p.name for p in real.iterdir()) == ["item_features.parquet", "train_samples.parquet"]
+    synthetic = tmp_path / "synthetic"
+    assert main(["synth", str(synthetic), *args, "--seed", "1"]) == 0
+    assert main(["synth", str(synthetic), *args, "--seed", "2"]) == 0  # its own release: replaced
+    assert json.loads((synthetic / MANIFEST_NAME).read_text())["config"]["seed"] == 2
+    assert main(["synth", str(real), *args, "--overwrite"]) == 0
+    assert (real / MANIFEST_NAME).exists() and _read(real, "train_samples").num_rows > 0
