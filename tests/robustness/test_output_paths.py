@@ -73,3 +73,14 @@ def test_plan_json_under_a_file_and_a_missing_exported_program_are_one_line(trai
     out = cli("rank", "--spec", SPEC, *trained.sets(), "--request", str(tmp_path / "req.json"),
               "--exported", str(tmp_path / "missing"))
     assert_bad_input(out, f"{tmp_path / 'missing'}: no such directory")
+
+
+def test_export_into_a_directory_holding_other_files_is_refused(trained, tmp_path):
+    """The integrity manifest covers every file of the export directory: someone else's files
+    there would become part of the artifact (and a run directory's checkpoints would be hashed)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    result = cli("export", "--spec", SPEC, *trained.sets(), "--out", str(out))
+    assert_bad_input(result, f"--out {out}: holds files that are not an export (notes.txt)")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "kept"
