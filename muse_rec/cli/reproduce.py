@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.reproduce.plan import FIG5_LENGTHS, REAL, SYNTHETIC, build_plan, parse_what
     from muse_rec.reproduce.report import write_report
     from muse_rec.reproduce.results import load_metrics
-    from muse_rec.reproduce.runner import Execution, ReproduceError, check_manifest, execute, prepare_data
+    from muse_rec.reproduce.runner import (Execution, ReproduceError, check_manifest, check_prepared, execute,
+                                           prepare_data)
     from muse_rec.spec import SpecError
 
     bad = _bad_arguments(args)
@@ -112,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         nproc = nproc or (max(1, torch.cuda.device_count()) if device == "cuda" else 2)
     source = args.prepared or args.raw or "synthetic"
     try:
+        if args.prepared and not args.report_only:  # before OUT records it: a typo must not pin OUT to it
+            check_prepared(args.prepared)
         check_manifest(out, {"data": source, "synth_args": synth_args})
         (out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
         log = None

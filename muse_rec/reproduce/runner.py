@@ -165,6 +165,7 @@ def execute(plan: Plan, out: Path, prepared: str, execution: Execution = Executi
     """Train every run of ``plan`` that has no metrics.json yet; returns what happened."""
     log = RunLog()
     pending = [r for r in plan.runs if not is_done(out, r)]
+    _preflight(out, prepared, pending, execution.extra_overrides)
     log.skipped = [r.name for r in plan.runs if is_done(out, r)]
     say(f"[reproduce] {len(plan.runs)} runs in the plan: {len(log.skipped)} already done, {len(pending)} to train "
         f"({execution.nproc} rank(s) x {execution.threads_per_rank} thread(s), device {execution.device or 'auto'})")
@@ -186,6 +187,35 @@ def execute(plan: Plan, out: Path, prepared: str, execution: Execution = Executi
         say(f"[reproduce] run {bad.name} FAILED; see {out / 'logs' / f'train-{attempt}.log'}; continuing with the rest")
         pending = started_not_done[1:]
     return log
+
+
+def check_prepared(prepared: str) -> None:
+    """ReproduceError unless ``prepared`` opens as prepared data (meta.json and array headers)."""
+    from muse_rec.data.prepared import PreparedData, PreparedDataError
+
+    try:
+        PreparedData(prepared)
+    except (PreparedDataError, FileNotFoundError) as e:
+        raise ReproduceError(f"prepared data {prepared}: {e}") from None
+
+
+def _preflight(out: Path, prepared: str, runs: List[Run], extra: Sequence[str]) -> None:
+    """Refuse, before any training, what would fail every run the same way: prepared data that
+    does not open, or a ``--set`` override that a run's spec does not accept. A run whose own
+    configuration is broken still fails alone (the worker records it and the job goes on)."""
+    from muse_rec.spec import SpecError, load_spec
+
+    check_prepared(prepared)
+    for r in runs:
+        own = run_overrides(out, r, prepared)
+        try:
+            load_spec(r.config.spec_path, own)
+        except SpecError:
+            continue
+        try:
+            load_spec(r.config.spec_path, own + list(extra))
+        except SpecError as e:
+            raise ReproduceError(f"run {r.name}: {e}") from None
 
 
 def _launch(plan: Plan, out: Path, prepared: str, runs: List[Run], ex: Execution, attempt: int,

@@ -33,3 +33,20 @@ def test_report_only_over_finished_runs(capsys, tmp_path: Path):
     # The same OUT with another data source is refused.
     assert main(["reproduce", str(tmp_path), "--prepared", "/elsewhere", "--report-only"]) == 2
     assert "reproduce.json" in capsys.readouterr().err
+
+
+def test_what_would_fail_every_run_is_refused_before_training(capsys, tmp_path: Path):
+    """Unreadable --prepared data or a --set key no spec has: one line, exit 2, nothing trained,
+    and OUT is not pinned to the mistyped data (a corrected rerun starts normally)."""
+    out = tmp_path / "out"
+    assert main(["reproduce", str(out), "--prepared", str(tmp_path / "typo"), "--what", "table5", "--seeds", "1"]) == 2
+    assert f"prepared data {tmp_path / 'typo'}" in capsys.readouterr().err and not out.exists()
+    raw, prepared = tmp_path / "raw", tmp_path / "prepared"
+    assert main(["synth", str(raw), "--preset", "tiny", "--quiet", "--no-diagnostics"]) == 0
+    assert main(["prepare", str(raw), str(prepared), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["reproduce", str(out), "--prepared", str(prepared), "--what", "table5", "--seeds", "1",
+                 "--set", "train.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "--set train.nope=1: train.nope: unknown key" in err and "Traceback" not in err, err
+    assert not (out / "logs").exists() and not (out / "runs").exists()
