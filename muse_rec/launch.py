@@ -71,7 +71,7 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
     try:
         doc = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ProfileError(f"{p}: not valid YAML: {e}") from None
+        raise ProfileError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
     profiles = doc.get("profiles") if isinstance(doc, dict) else None
     if not isinstance(profiles, dict) or not profiles:
         raise ProfileError(f"{p}: profiles: expected a mapping of profile name -> settings")
@@ -100,6 +100,9 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
         env = d.get("env") or {}
         if not isinstance(env, dict):
             raise ProfileError(f"{p}: {key}.env: expected a mapping")
+        for k, v in env.items():
+            if not isinstance(v, (str, int, float, bool)):
+                raise ProfileError(f"{p}: {key}.env.{k}: expected a scalar, got {v!r}")
         sched_args = d.get("scheduler_args") or {}
         if not isinstance(sched_args, dict):
             raise ProfileError(f"{p}: {key}.scheduler_args: expected a mapping of option -> value")

@@ -104,3 +104,16 @@ def test_a_profile_with_a_port_out_of_range_is_named(tmp_path):
         assert "cpu-demo.rdzv_port: must be a TCP port in [1, 65535], got 70000" in str(e)
     else:
         raise AssertionError("a port above 65535 was accepted")
+
+
+def test_a_malformed_profiles_file_is_one_line_naming_the_key(tmp_path):
+    path = tmp_path / "torchx.yaml"
+    path.write_text("profiles: [\n")
+    out = launch("--profile", "cpu-demo", "--dryrun", "--profiles-file", str(path))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert f"{path}: not valid YAML" in out.stderr
+    profiles = yaml.safe_load((REPO / "torchx.yaml").read_text())
+    profiles["profiles"]["cpu-demo"]["env"] = {"OMP_NUM_THREADS": [1, 2]}
+    path.write_text(yaml.safe_dump(profiles))
+    out = launch("--profile", "cpu-demo", "--dryrun", "--profiles-file", str(path))
+    assert out.returncode == 2 and "profiles.cpu-demo.env.OMP_NUM_THREADS: expected a scalar" in out.stderr, out.stderr
