@@ -2,7 +2,8 @@
 
 Exit codes of every command: 0 ok, 2 bad input (the one-line message names the file, key or
 flag), 1 a bug (a traceback; please report it). The imports are lazy: evaluated only when an
-exception reaches a command's boundary, so a command's start-up stays light.
+exception reaches a command's boundary, so a command's start-up stays light. Output locations
+are checked up front (`check_output_path`), so a bad ``--out`` fails before any work.
 """
 from __future__ import annotations
 
