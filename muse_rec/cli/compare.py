@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -31,51 +30,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where floors computed here are cached (default: <first run's parent>/.floors)")
 
 
-METRICS = ("gauc", "auc", "logloss", "train_samples_per_s", "wall_seconds")
-
-
-def _number_or_none(v: object) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
-
-
-def _checked_floors(floors: object, where: str) -> Dict:
-    """``floors`` ({name: {gauc, ...}}) of a metrics.json or baselines file; ValueError naming ``where``."""
-    if not isinstance(floors, dict) or not all(isinstance(v, dict) and "gauc" in v for v in floors.values()):
-        raise ValueError(f"{where}: floors: expected {{name: {{gauc, auc, logloss, ...}}}}")
-    for name, v in floors.items():
-        for k in ("gauc", "auc", "logloss"):
-            if not _number_or_none(v.get(k)):
-                raise ValueError(f"{where}: floors.{name}.{k}: expected a finite number or null, got {v[k]!r}")
-    return floors
-
-
 def load_runs(paths: List[str]) -> List[Dict]:
     """Each run's metrics.json, checked: a JSON object with a ``method`` name and numeric metrics
     (a run directory from elsewhere is untrusted input); ValueError naming the file and key."""
+    from muse_rec.metrics.report import read_run_metrics
+
     runs = []
     for p in paths:
         f = Path(p) / "metrics.json"
         if not f.exists():
             raise FileNotFoundError(f"{f}: no metrics.json (did the run finish? evaluate it with `muse-rec train --resume`)")
-        try:
-            doc = json.loads(f.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{f}: not valid JSON ({e})") from None
-        if not isinstance(doc, dict):
-            raise ValueError(f"{f}: expected a JSON object, got {type(doc).__name__}")
-        if not isinstance(doc.get("method"), str) or not doc["method"]:
-            raise ValueError(f"{f}: method: expected the method's name, got {doc.get('method')!r}")
-        for k in METRICS:
-            if not _number_or_none(doc.get(k)):
-                raise ValueError(f"{f}: {k}: expected a finite number or null, got {doc[k]!r}")
-        if doc.get("floors") is not None:
-            _checked_floors(doc["floors"], str(f))
-        runs.append(doc)
+        runs.append(read_run_metrics(f))
     return runs
 
 
 def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
     """One row per method: seeds, mean and std (over seeds) of each metric, margin vs baseline."""
+    from muse_rec.metrics.report import METRICS
+
     by_method: Dict[str, List[Dict]] = {}
     for r in runs:
         by_method.setdefault(r["method"], []).append(r)
@@ -124,9 +96,11 @@ def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str]) ->
 
 def load_floors(path: str) -> Dict:
     """The ``floors`` of a `muse-rec baselines --out` file (or of a run's metrics.json)."""
+    from muse_rec.metrics.report import check_floors
+
     f = Path(path)
     try:
-        floors = _checked_floors(json.loads(f.read_text())["floors"], f"--floors {f}")
+        floors = check_floors(json.loads(f.read_text())["floors"], f"--floors {f}")
     except FileNotFoundError:
         raise FileNotFoundError(f"--floors {f}: no such file (write one with `muse-rec baselines PREPARED --out FILE`)")
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:

@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.serving.export import export_model
     from muse_rec.spec import load_spec
 
+    if args.seq_len is not None and args.seq_len < 1:
+        return report("export", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for data.seq_len)"))
     try:
         check_output_path(args.out, "--out")
         spec = load_spec(args.spec, args.set)

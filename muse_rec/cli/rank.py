@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.serving.ranker import Ranker, rank_all
     from muse_rec.spec import load_spec
 
+    if args.seq_len is not None and args.seq_len < 1:
+        return report("rank", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for the spec's / program's)"))
     try:
         spec = load_spec(args.spec, args.set)
         if args.exported:

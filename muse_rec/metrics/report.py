@@ -101,6 +101,47 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+# The metrics a run's metrics.json holds as numbers (or null), besides its ``method`` name.
+METRICS = ("gauc", "auc", "logloss", "train_samples_per_s", "wall_seconds")
+
+
+def _number_or_none(v: object) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def check_floors(floors: object, where: str) -> Dict:
+    """``floors`` ({name: {gauc, auc, logloss, ...}}) of a metrics.json or `muse-rec baselines` file,
+    returned once checked; ValueError naming ``where`` and the key otherwise."""
+    if not isinstance(floors, dict) or not all(isinstance(v, dict) and "gauc" in v for v in floors.values()):
+        raise ValueError(f"{where}: floors: expected {{name: {{gauc, auc, logloss, ...}}}}")
+    for name, v in floors.items():
+        for k in ("gauc", "auc", "logloss"):
+            if not _number_or_none(v.get(k)):
+                raise ValueError(f"{where}: floors.{name}.{k}: expected a finite number or null, got {v[k]!r}")
+    return floors
+
+
+def read_run_metrics(path: str | os.PathLike) -> Dict[str, Any]:
+    """A run's metrics.json, checked: a JSON object with a ``method`` name, finite (or null)
+    metrics and well-formed floors. A run directory can come from elsewhere, so a malformed file
+    is a ValueError naming the file and the key, not a KeyError deep in a report."""
+    f = Path(path)
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{f}: expected a JSON object, got {type(doc).__name__}")
+    if not isinstance(doc.get("method"), str) or not doc["method"]:
+        raise ValueError(f"{f}: method: expected the method's name, got {doc.get('method')!r}")
+    for k in METRICS:
+        if not _number_or_none(doc.get(k)):
+            raise ValueError(f"{f}: {k}: expected a finite number or null, got {doc[k]!r}")
+    if doc.get("floors") is not None:
+        check_floors(doc["floors"], str(f))
+    return doc
+
+
 def save_metrics_json(path: str | os.PathLike, metrics: Dict[str, Any]) -> Path:
     """Write ``metrics`` as indented strict JSON, atomically (temp file + rename); returns the path.
 

@@ -7,13 +7,13 @@ same data order, same initialisation seed) so that the spread covers training no
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from muse_rec.metrics.report import read_run_metrics
 from muse_rec.reproduce.plan import Plan
 
 # config id -> seed -> the run's metrics.json
@@ -54,10 +54,10 @@ def load_metrics(out: Path, plan: Plan) -> RunMetrics:
         if not path.exists():
             continue
         try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); delete the run directory to re-train it") from None
-        if "gauc" not in metrics:
+            metrics = read_run_metrics(path)
+        except ValueError as e:
+            raise ValueError(f"{e}; delete the run directory to re-train it") from None
+        if metrics.get("gauc") is None:
             raise ValueError(f"{path}: no 'gauc' key (was the run trained with train.eval_at_end=false?)")
         found.setdefault(run.config.id, {})[run.seed] = metrics
     return found

@@ -50,3 +50,16 @@ def test_what_would_fail_every_run_is_refused_before_training(capsys, tmp_path: 
     err = capsys.readouterr().err
     assert "--set train.nope=1: train.nope: unknown key" in err and "Traceback" not in err, err
     assert not (out / "logs").exists() and not (out / "runs").exists()
+
+
+def test_report_only_names_the_key_of_a_malformed_run(capsys, tmp_path: Path):
+    """The report reads each run's metrics.json with the same checks as `compare`."""
+    plan = build_plan(("table5",), seeds=1)
+    write_fake_runs(tmp_path, plan)
+    bad = tmp_path / "runs" / plan.runs[0].name / "metrics.json"
+    doc = json.loads(bad.read_text())
+    doc["auc"] = "0.7"
+    bad.write_text(json.dumps(doc))
+    assert main(["reproduce", str(tmp_path), "--what", "table5", "--seeds", "1", "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: auc: expected a finite number or null, got '0.7'" in err and "Traceback" not in err, err

@@ -44,8 +44,8 @@ def test_an_output_under_a_file_is_refused_before_any_work(trained, tmp_path, co
 
 @pytest.mark.parametrize("args, needle", [
     (["evaluate", "--max-batches", "-1"], "--max-batches -1: must be >= 0"),
-    (["export", "--seq-len", "0"], "seq_len must be >= 1, got 0"),
-    (["rank", "--seq-len", "0"], "seq_len and max_batch must be >= 1, got 0"),
+    (["export", "--seq-len", "0"], "--seq-len 0: must be >= 1"),
+    (["rank", "--seq-len", "0"], "--seq-len 0: must be >= 1"),
     (["reproduce", "--nproc", "0"], "--nproc 0: must be >= 1"),
     (["reproduce", "--threads", "0"], "--threads 0: must be >= 1"),
     (["reproduce", "--min-z", "-1"], "--min-z -1.0: must be a finite number >= 0"),
