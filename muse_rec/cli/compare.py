@@ -135,7 +135,7 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.cli.errors import OutputPathError, check_output_path
+    from muse_rec.cli.errors import check_output_path
     from muse_rec.metrics import metrics_table, save_metrics_json
 
     try:
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         runs = load_runs(args.runs)
         floors, source = (None, "--no-floors") if args.no_floors else (
             (load_floors(args.floors), args.floors) if args.floors else _floors_of_runs(args.runs, runs, args.floors_cache))
-    except (FileNotFoundError, ValueError, OutputPathError) as e:
+    except (FileNotFoundError, ValueError) as e:  # OutputPathError is a ValueError
         print(f"muse-rec compare: {e}", file=sys.stderr)
         return 2
     if floors is None and not args.no_floors:
