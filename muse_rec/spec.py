@@ -182,6 +182,16 @@ SPARSE_OPTIMIZER_NAMES = ("adam", "ema_in_place_row_wise_adagrad", "exact_adagra
                           "exact_sgd", "lamb", "lars_sgd", "partial_row_wise_adam", "partial_row_wise_lamb")
 
 
+# The ID tables every model has (rows per table: `data.vocab_sizes`), in
+# `muse_rec.models.sparse_arch.REQUIRED_TABLES` order. Kept literal so loading a spec never
+# imports torch; a test checks it against the model's list.
+ID_TABLES = ("item", "category", "user_id", "user_f1", "user_f2", "user_f3", "user_f4", "user_f5",
+             "item_f213", "item_f214")
+# Tables `model.small_features` may shrink: item and category share one EmbeddingCollection,
+# which needs one dim for both.
+SMALL_DIM_TABLES = ID_TABLES[2:]
+
+
 @dataclass
 class OptimizerSpec:
     name: str
@@ -451,21 +461,39 @@ def _check_values(spec: Spec, source: str) -> None:
     need(m.gsu.kind != "attention" or m.esu.attention == "ta", "model.gsu.kind",
          "'attention' (TWIN) retrieves with the ESU's target attention: set model.esu.attention: ta")
     need(0 < m.short_term.recent <= d.seq_len, "model.short_term.recent", f"must be in 1..data.seq_len ({d.seq_len})")
-    need(m.embedding_dim > 0 and m.small_dim > 0, "model.embedding_dim", "dims must be > 0")
+    need(m.embedding_dim > 0, "model.embedding_dim", "must be > 0")
+    need(m.small_dim > 0, "model.small_dim", "must be > 0")
+    unknown = [f for f in m.small_features if f not in SMALL_DIM_TABLES]
+    need(not unknown, "model.small_features", f"{', '.join(map(repr, unknown))} cannot take model.small_dim; "
+         f"choose from {', '.join(SMALL_DIM_TABLES)} (item and category share one dim)")
+    need(len(set(m.small_features)) == len(m.small_features), "model.small_features", "lists a table twice")
+    need(m.init_std > 0, "model.init_std", "must be > 0 (the ID tables' trunc-normal std)")
+    need(m.esu.attention_hidden > 0, "model.esu.attention_hidden", "must be > 0")
+    need(m.esu.temperature_init > 0, "model.esu.temperature_init", "must be > 0 (SA-TA divides by it)")
+    unknown = [k for k in d.vocab_sizes if k not in ID_TABLES]
+    need(not unknown, "data.vocab_sizes", f"unknown table {unknown[0]!r} (tables: {', '.join(ID_TABLES)})" if unknown else "")
+    small = {k: v for k, v in d.vocab_sizes.items() if v < 1}
+    need(not small, "data.vocab_sizes", f"{small}: rows must be >= 1 (row 0 = padding)")
     need(all(h > 0 for h in m.tower_hidden) and m.tower_hidden, "model.tower_hidden", "a non-empty list of positive widths")
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     need(m.parametrization.dice_norm_eps > 0, "model.parametrization.dice_norm_eps", "must be > 0")
     need(m.parametrization.output_bias != "train_prior" or m.parametrization.output_head == "one_logit",
          "model.parametrization.output_bias", "'train_prior' needs output_head: one_logit (Dice's LayerNorm over "
          "two logits erases a constant bias); set output_bias: linear with two_logits_dice")
-    need(m.esu.num_tiers > 0 and m.esu.tier_width > 0, "model.esu.num_tiers", "tiers must be positive")
+    need(m.esu.num_tiers > 0, "model.esu.num_tiers", "must be > 0")
+    need(m.esu.tier_width > 0, "model.esu.tier_width", "must be > 0")
     need(m.gsu.kind != "none" or not m.esu.simtier, "model.esu.simtier",
          "SimTier needs retrieved similarities: set model.gsu.kind or esu.simtier: false")
     need(m.gsu.kind != "none" or m.esu.attention == "none", "model.esu.attention",
          "an ESU attention needs a GSU: set model.gsu.kind or esu.attention: none")
-    need(t.batch_size > 0 and t.eval_batch_size > 0, "train.batch_size", "must be > 0")
+    need(t.batch_size > 0, "train.batch_size", "must be > 0")
+    need(t.eval_batch_size > 0, "train.eval_batch_size", "must be > 0")
     need(t.epochs > 0, "train.epochs", "must be > 0")
     need(t.max_steps >= 0, "train.max_steps", "must be >= 0")
+    need(t.log_every > 0, "train.log_every", "must be > 0")
+    need(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = only at the end)")
+    need(t.seed >= 0, "train.seed", "must be >= 0")
+    need(t.shuffle_seed is None or t.shuffle_seed >= 0, "train.shuffle_seed", "must be >= 0 (or null: file order)")
     for k, o in (("train.sparse_optimizer", t.sparse_optimizer), ("train.dense_optimizer", t.dense_optimizer)):
         need(o.lr > 0, f"{k}.lr", "must be > 0")
         need(all(0.0 <= b < 1.0 for b in o.betas), f"{k}.betas", "each must be in [0, 1)")

@@ -99,9 +99,6 @@ def resolve_vocab_sizes(spec, spec_path: str, prepared: str = "") -> Tuple[Dict[
         missing = [t for t in REQUIRED_TABLES if t not in sizes]
         if missing:
             raise ValueError(f"{spec_path}: data.vocab_sizes lacks {missing} (needs {REQUIRED_TABLES})")
-        bad = {k: v for k, v in sizes.items() if v < 1}
-        if bad:
-            raise ValueError(f"{spec_path}: data.vocab_sizes {bad}: rows must be >= 1 (row 0 = padding)")
         return sizes, source
     from muse_rec.data.prepared import PreparedData, PreparedDataError
 

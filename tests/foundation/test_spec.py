@@ -56,6 +56,23 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"model": {"parametrization": {"output_bias": "zero"}}}, "model.parametrization.output_bias: must be one"),
         ({"model": {"parametrization": {"tower_gain": "he"}}}, "model.parametrization.tower_gain: must be one"),
         ({"model": {"parametrization": {"linear_bias": "x"}}}, "model.parametrization.linear_bias: expected a number"),
+        # Each of these reached the model or the trainer before as a traceback (ZeroDivisionError,
+        # KeyError, negative dimension), went through silently, or named another key.
+        ({"train": {"log_every": 0}}, "train.log_every: must be > 0"),
+        ({"train": {"checkpoint_every": -5}}, "train.checkpoint_every: must be >= 0"),
+        ({"train": {"seed": -1}}, "train.seed: must be >= 0"),
+        ({"train": {"shuffle_seed": -3}}, "train.shuffle_seed: must be >= 0"),
+        ({"train": {"eval_batch_size": 0}}, "train.eval_batch_size: must be > 0"),
+        ({"model": {"small_dim": 0}}, "model.small_dim: must be > 0"),
+        ({"model": {"init_std": 0}}, "model.init_std: must be > 0"),
+        ({"model": {"small_features": ["item"]}}, "model.small_features: 'item' cannot take model.small_dim"),
+        ({"model": {"small_features": ["nope"]}}, "model.small_features: 'nope' cannot"),
+        ({"model": {"small_features": ["user_f2", "user_f2"]}}, "model.small_features: lists a table twice"),
+        ({"model": {"esu": {"attention_hidden": 0}}}, "model.esu.attention_hidden: must be > 0"),
+        ({"model": {"esu": {"temperature_init": -1}}}, "model.esu.temperature_init: must be > 0"),
+        ({"model": {"esu": {"tier_width": 0}}}, "model.esu.tier_width: must be > 0"),
+        ({"data": {"vocab_sizes": {"bogus": 10}}}, "data.vocab_sizes: unknown table 'bogus'"),
+        ({"data": {"vocab_sizes": {"item": 0}}}, "data.vocab_sizes: {'item': 0}: rows must be >= 1"),
     ],
 )
 def test_bad_specs_name_the_key(raw, message):
@@ -96,3 +113,12 @@ def test_literal_choices_are_the_spec_fields_own_values():
     for name in ("linear_bias", "no_such_field"):  # Optional[float]; not a field
         with pytest.raises(TypeError, match=f"ParametrizationSpec.{name} is not a Literal"):
             literal_choices(ParametrizationSpec, name)
+
+
+def test_spec_table_names_are_the_models():
+    """`ID_TABLES` is a literal (loading a spec imports no torch): it must be the model's list."""
+    from muse_rec.models.sparse_arch import REQUIRED_TABLES
+    from muse_rec.spec import ID_TABLES, SMALL_DIM_TABLES
+
+    assert list(ID_TABLES) == REQUIRED_TABLES
+    assert set(ID_TABLES) - set(SMALL_DIM_TABLES) == {"item", "category"}
