@@ -54,9 +54,8 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             check_output_path(args.out, "--out", directory=False)
         data = PreparedData(args.prepared)
-        for split in (args.split, args.train_split):
-            if split not in data.meta["splits"]:
-                raise FloorsError(f"{args.prepared}: no split {split!r} (have {sorted(data.meta['splits'])})")
+        for split, flag in ((args.split, "--split"), (args.train_split, "--train-split")):
+            data.require_split(split, flag)
         result = compute_floors(data, args.split, opts, args.train_split)
     except (PreparedDataError, FloorsError, FileNotFoundError, OutputPathError) as e:
         print(f"muse-rec baselines: {e}", file=sys.stderr)

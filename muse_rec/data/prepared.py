@@ -151,7 +151,7 @@ class PreparedData:
 
     def positive_rate(self, split: str) -> float:
         """The split's click rate, from meta.json (``splits.<split>.positive_rate``), in [0, 1]."""
-        entry = self._split(split)  # an unknown split is its own error, not a missing rate
+        entry = self.require_split(split)  # an unknown split is its own error, not a missing rate
         try:
             rate = entry["positive_rate"]
         except (KeyError, TypeError):
@@ -242,12 +242,12 @@ class PreparedData:
         """int64 user-feature rows of the split's samples ``idx``; -1 = no feature row. Range-checked."""
         rel = f"{split}/sample_users.npy"
         return self.in_range(rel, np.asarray(self.array(rel)[idx]).astype(np.int64),
-                             int(self._split(split)["user_rows"]), "user-feature row", low=-1)
+                             int(self.require_split(split)["user_rows"]), "user-feature row", low=-1)
 
     def history_bounds(self, split: str, user_rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """int64 (start, end) of each user-feature row's behaviours in ``seq_items`` (rows >= 0),
         checked: ``0 <= start <= end <= behaviours``; a bad offset would give another user's history."""
-        rel, b = f"{split}/seq_offsets.npy", int(self._split(split)["behaviours"])
+        rel, b = f"{split}/seq_offsets.npy", int(self.require_split(split)["behaviours"])
         off = self.array(rel)
         start, end = np.asarray(off[user_rows]).astype(np.int64), np.asarray(off[user_rows + 1]).astype(np.int64)
         self.in_range(rel, start, b + 1, "offset")
@@ -269,10 +269,14 @@ class PreparedData:
             self.in_range(rel, fields[..., col], self.vocab_sizes[name], f"{name} row")
         return fields
 
-    def _split(self, split: str) -> dict:
+    def require_split(self, split: str, key: str = "split") -> dict:
+        """meta.json's entry for ``split``. An unknown split raises `PreparedDataError` naming
+        ``key``, the spec key or flag that chose it (e.g. ``data.eval_split``, ``--split``)."""
         if split not in self.meta["splits"]:
-            raise KeyError(f"{self.path}: unknown split {split!r}; have {sorted(self.meta['splits'])}")
+            raise PreparedDataError(f"{key} = {split!r}: {self.path} has no such split "
+                                    f"(it has {sorted(self.meta['splits'])})")
         return self.meta["splits"][split]
+
 
     def vocab(self, name: str) -> Vocab:
         if name not in self.vocab_sizes:
@@ -296,11 +300,11 @@ class PreparedData:
         return self.array("items/popularity.npy")
 
     def num_samples(self, split: str) -> int:
-        return int(self._split(split)["samples"])
+        return int(self.require_split(split)["samples"])
 
     def num_positives(self, split: str) -> int:
         """The split's clicks (``splits.<split>.positives`` of meta.json), in [0, samples]."""
-        n, samples = self._split(split).get("positives"), self.num_samples(split)
+        n, samples = self.require_split(split).get("positives"), self.num_samples(split)
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= samples:
             raise PreparedDataError(f"{join_path(self.path, 'meta.json')}: splits.{split}.positives must be an "
                                     f"integer in [0, {samples}], got {n!r}; re-run `muse-rec prepare`")
@@ -310,7 +314,7 @@ class PreparedData:
         """int64 index into the split's user-feature rows for each raw user id; -1 where absent."""
         rel = f"{split}/user_sorted_index.npy"
         rows = user_feature_rows(self.array(f"{split}/user_sorted_keys.npy"), self.array(rel), raw_user_ids)
-        return self.in_range(rel, rows, int(self._split(split)["user_rows"]), "user row", low=-1)
+        return self.in_range(rel, rows, int(self.require_split(split)["user_rows"]), "user row", low=-1)
 
     def user_history(self, split: str, raw_user_id: int) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(item rows int32 ``[n]``, category rows int32 ``[n]``, user_f1..f5 rows int32 ``[5]``) of a

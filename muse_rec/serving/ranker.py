@@ -174,8 +174,7 @@ class Ranker:
     def __init__(self, scorer: Scorer, data: PreparedData, split: str = "test", seq_len: int = 1000,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, max_workers: int = 2,
                  max_batch: int = DEFAULT_MAX_BATCH) -> None:
-        if split not in data.meta["splits"]:
-            raise ValueError(f"{data.path}: unknown split {split!r}; have {sorted(data.meta['splits'])}")
+        data.require_split(split)
         if seq_len < 1 or max_batch < 1:
             raise ValueError(f"seq_len and max_batch must be >= 1, got {seq_len}, {max_batch}")
         if scorer.fixed_len is not None and seq_len > scorer.fixed_len:

@@ -81,11 +81,11 @@ def _open_data(spec: Spec) -> PreparedData:
             f"data.prepared = {spec.data.prepared!r}: no prepared data there ({e}). "
             "Create it with `muse-rec synth RAW && muse-rec prepare RAW PREPARED` or point the spec at it."
         ) from None
-    for key in ("train_split", "eval_split"):
-        split = getattr(spec.data, key)
-        if split not in data.meta["splits"]:
-            raise RunError(f"data.{key} = {split!r}: {spec.data.prepared} has no such split "
-                           f"(it has {sorted(data.meta['splits'])})")
+    try:
+        for key in ("train_split", "eval_split"):
+            data.require_split(getattr(spec.data, key), f"data.{key}")
+    except PreparedDataError as e:
+        raise RunError(str(e)) from None
     return data
 
 

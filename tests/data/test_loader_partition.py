@@ -11,7 +11,7 @@ import torch
 from muse_rec.data.batch import POOLED_FEATURES, history_groups
 from muse_rec.data.loader import make_loader
 from muse_rec.data.prepare import PrepareConfig, prepare
-from muse_rec.data.prepared import PreparedData
+from muse_rec.data.prepared import PreparedData, PreparedDataError
 from tests.data.rawgen import write_raw_release
 
 BATCH = 16
@@ -108,7 +108,7 @@ def test_bad_arguments(prepared: str) -> None:
         make_loader(prepared, "train", BATCH, SEQ_LEN, rank=2, world_size=2)
     with pytest.raises(ValueError, match="start_batch"):
         make_loader(prepared, "train", BATCH, SEQ_LEN, start_batch=10**6)
-    with pytest.raises(KeyError, match="unknown split"):
+    with pytest.raises(PreparedDataError, match="split = .valid.: .* has no such split"):
         make_loader(prepared, "valid", BATCH, SEQ_LEN)
 
 

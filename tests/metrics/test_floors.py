@@ -289,7 +289,8 @@ def test_one_class_test_users_is_a_clear_error(tiny, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--split", "valid"], "no split 'valid'"),
+    (["--split", "valid"], "--split = 'valid': "),
+    (["--train-split", "valid"], "--train-split = 'valid': "),
     (["--top-k", "0"], "top_k must be > 0"),
 ])
 def test_bad_arguments_exit_2(tiny, capsys, args, words):
