@@ -120,6 +120,7 @@ class SynthConfig:
             if not ok:
                 problems.append(msg)
 
+        need(self.seed >= 0, f"seed={self.seed} must be >= 0")  # NumPy's generators take no negative seed
         need(self.users >= 1, f"users={self.users} must be >= 1")
         need(self.clusters >= 1, f"clusters={self.clusters} must be >= 1")
         need(1 <= self.categories <= self.clusters,

@@ -217,6 +217,8 @@ def test_config_errors_name_the_knob(tmp_path: Path) -> None:
         write_synthetic_release(str(tmp_path), _tiny(categories=500))
     with pytest.raises(ValueError, match="recent_share"):
         _tiny(recent_share=1.5).validate()
+    with pytest.raises(ValueError, match=r"seed=-1 must be >= 0"):  # was NumPy's traceback
+        _tiny(seed=-1).validate()
     with pytest.raises(ValueError, match="unknown synth preset 'huge'"):
         SynthConfig.preset("huge")
     with pytest.raises(KeyError, match="nope"):
