@@ -12,7 +12,8 @@ Checked:
 * item / category / user / attribute rows everywhere: ``0 <= row < vocab_sizes[table]``;
 * ``seq_offsets``: starts at 0, non-decreasing, ends at the behaviour count;
 * user tables: sorted keys sorted, sorted index a permutation target in range;
-* samples: labels in {0, 1}; ``sample_users`` in ``[-1, user_rows)``;
+* samples: labels in {0, 1}, as many clicks (and the click rate) as meta.json says;
+  ``sample_users`` in ``[-1, user_rows)``;
 * SCL: ``scl_present[0]`` is False and items without an SCL vector have an all-zero row;
 * popularity: non-negative.
 """
@@ -24,8 +25,9 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from muse_rec.data.prepare import ITEM_ATTR_COLUMNS, USER_FIELD_COLUMNS, VOCAB_NAMES
-from muse_rec.data.prepared import PreparedData
+from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.data.reader import join_path
+from muse_rec.data.schema import SPLITS
 
 CHUNK = 1 << 24  # elements per read (~128 MB of int64 at most)
 
@@ -97,6 +99,23 @@ class _Scan:
             self.problem(rel, msg)
 
 
+def _check_clicks(s: _Scan, split: str) -> None:
+    """meta.json's click count and rate of ``split`` are its labels': the trainer starts the
+    output logit at that rate (`output_bias: train_prior`) and logs the count."""
+    rel = f"{split}/labels.npy"
+    clicks = sum(int(np.count_nonzero(block == 1)) for _, block in _chunks(s.data.array(rel)))
+    try:
+        told, rate = s.data.num_positives(split), s.data.positive_rate(split)
+    except PreparedDataError as e:
+        s.report.problems.append(str(e))
+        return
+    samples = s.data.num_samples(split)
+    if told != clicks:
+        s.problem(rel, f"{clicks:,} clicks, meta.json's splits.{split}.positives says {told:,}")
+    elif samples and abs(rate - clicks / samples) > 1e-12:
+        s.problem(rel, f"click rate {clicks / samples!r}, meta.json's splits.{split}.positive_rate says {rate!r}")
+
+
 def check_prepared(path: str) -> CheckReport:
     """Scan every array of the prepared directory ``path``; `PreparedDataError` if it does not open."""
     data = PreparedData(path)
@@ -121,7 +140,8 @@ def check_prepared(path: str) -> CheckReport:
             s.problem("items/scl.npy", f"row {lo + int(nonzero[0])} has an SCL vector but scl_present says it "
                                        "has none (the GSU would use it)")
             break
-    for split, meta in data.meta["splits"].items():
+    for split in SPLITS:
+        meta = data.require_split(split)  # its counts were checked when `data` opened
         u, b = int(meta["user_rows"]), int(meta["behaviours"])
         off = data.array(f"{split}/seq_offsets.npy")
         s.check(f"{split}/seq_offsets.npy", lambda: int(off[0]) == 0 and int(off[-1]) == b,
@@ -134,6 +154,7 @@ def check_prepared(path: str) -> CheckReport:
         s.ordered(f"{split}/user_sorted_keys.npy", strict=False)
         s.rows(f"{split}/user_sorted_index.npy", u, what="user row")
         s.rows(f"{split}/labels.npy", 2, what="label")
+        _check_clicks(s, split)
         s.rows(f"{split}/sample_items.npy", vs["item"], what="item row")
         s.rows(f"{split}/sample_user_rows.npy", vs["user_id"], what="user_id row")
         s.rows(f"{split}/sample_users.npy", u, low=-1, what="user-feature row")

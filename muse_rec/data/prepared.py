@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Dict, Optional, Tuple
 
@@ -59,6 +60,27 @@ def _npy_layout(path: str) -> Tuple[Tuple[int, ...], np.dtype, int]:
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read(f)
         return tuple(shape), dtype, f.tell()
+
+
+def meta_number(meta: dict, meta_path: str, dotted: str, low: float, high: Optional[float] = None,
+                integer: bool = True) -> float:
+    """The number at ``dotted`` (e.g. "splits.train.samples") of a parsed meta.json, in [low, high].
+
+    meta.json is read from disk and may come from elsewhere: a missing entry, a string, a bool or
+    a value out of range is a `PreparedDataError` naming the file and the entry, not a
+    ``KeyError`` or a wrong shape further on.
+    """
+    node = meta
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            raise PreparedDataError(f"{meta_path}: no {dotted}; re-run `muse-rec prepare`")
+        node = node[key]
+    kinds = (int,) if integer else (int, float)
+    if isinstance(node, bool) or not isinstance(node, kinds) or not low <= node <= (math.inf if high is None else high):
+        what = "an integer" if integer else "a number"
+        where = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise PreparedDataError(f"{meta_path}: {dotted} must be {what} {where}, got {node!r}; re-run `muse-rec prepare`")
+    return node
 
 
 def _expected_shapes(meta: dict) -> Dict[str, Tuple[int, ...]]:
@@ -116,14 +138,19 @@ class PreparedData:
         if version != FORMAT_VERSION:
             raise PreparedDataError(f"{meta_path}: format_version {version}, this code reads {FORMAT_VERSION}; "
                                     "re-run `muse-rec prepare`")
-        missing = [k for k in ("vocab_sizes", "splits") if k not in self.meta]
-        if missing:
-            raise PreparedDataError(f"{meta_path}: missing key(s) {missing}")
-        self.vocab_sizes: Dict[str, int] = {k: int(v) for k, v in self.meta["vocab_sizes"].items()}
-        try:
-            expected = _expected_shapes(self.meta)
-        except (KeyError, TypeError) as e:
-            raise PreparedDataError(f"{meta_path}: malformed (missing or wrong entry {e})") from None
+        shown = join_path(path, "meta.json")
+        # Every count the layout is computed from, checked before it sizes anything.
+        for name in VOCAB_NAMES:
+            meta_number(self.meta, shown, f"vocab_sizes.{name}", 1)  # row 0 (padding) included
+        splits = self.meta.get("splits")
+        extra = sorted(set(splits) - set(SPLITS)) if isinstance(splits, dict) else []
+        if extra:  # only these have arrays checked against meta.json below
+            raise PreparedDataError(f"{shown}: splits.{extra[0]}: `muse-rec prepare` writes only {SPLITS}")
+        for split in SPLITS:
+            for key in ("user_rows", "samples", "behaviours"):
+                meta_number(self.meta, shown, f"splits.{split}.{key}", 0)
+        self.vocab_sizes: Dict[str, int] = {k: self.meta["vocab_sizes"][k] for k in VOCAB_NAMES}
+        expected = _expected_shapes(self.meta)
         for rel, want in expected.items():
             local = self._local(rel, must_exist=False)
             if local is None or not os.path.exists(local):
@@ -151,16 +178,9 @@ class PreparedData:
 
     def positive_rate(self, split: str) -> float:
         """The split's click rate, from meta.json (``splits.<split>.positive_rate``), in [0, 1]."""
-        entry = self.require_split(split)  # an unknown split is its own error, not a missing rate
-        try:
-            rate = entry["positive_rate"]
-        except (KeyError, TypeError):
-            raise PreparedDataError(f"{join_path(self.path, 'meta.json')}: no splits.{split}.positive_rate; "
-                                    "re-run `muse-rec prepare`") from None
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-            raise PreparedDataError(f"{join_path(self.path, 'meta.json')}: splits.{split}.positive_rate must be a "
-                                    f"number in [0, 1], got {rate!r}")
-        return float(rate)
+        self.require_split(split)  # an unknown split is its own error, not a missing rate
+        return float(meta_number(self.meta, join_path(self.path, "meta.json"), f"splits.{split}.positive_rate",
+                                 0.0, 1.0, integer=False))
 
     @property
     def fingerprint(self) -> str:
@@ -304,11 +324,9 @@ class PreparedData:
 
     def num_positives(self, split: str) -> int:
         """The split's clicks (``splits.<split>.positives`` of meta.json), in [0, samples]."""
-        n, samples = self.require_split(split).get("positives"), self.num_samples(split)
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= samples:
-            raise PreparedDataError(f"{join_path(self.path, 'meta.json')}: splits.{split}.positives must be an "
-                                    f"integer in [0, {samples}], got {n!r}; re-run `muse-rec prepare`")
-        return n
+        self.require_split(split)
+        return int(meta_number(self.meta, join_path(self.path, "meta.json"), f"splits.{split}.positives",
+                               0, self.num_samples(split)))
 
     def user_row_index(self, split: str, raw_user_ids: np.ndarray) -> np.ndarray:
         """int64 index into the split's user-feature rows for each raw user id; -1 where absent."""

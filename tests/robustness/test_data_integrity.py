@@ -2,6 +2,8 @@
 a checkpoint trained on other data is refused unless --allow-data-mismatch."""
 from __future__ import annotations
 
+import json
+import re
 import shutil
 
 import numpy as np
@@ -42,6 +44,45 @@ def test_wrong_dtype_is_named_on_open(prep_copy):
     np.save(target, np.load(target).astype(np.int64))
     with pytest.raises(PreparedDataError, match=r"test/labels.npy: dtype int64, prepare writes int8"):
         PreparedData(str(prep_copy))
+
+
+def _edit_meta(root, edit) -> None:
+    meta = json.loads((root / "meta.json").read_text())
+    edit(meta)
+    (root / "meta.json").write_text(json.dumps(meta))
+
+
+# meta.json from elsewhere: each edit reached a bare `int('x')` ValueError traceback, a
+# "missing or wrong entry list indices must be integers" message, or silently other arrays.
+META_DAMAGE = {
+    "vocab size a string": (lambda m: m["vocab_sizes"].update(item="x"), "vocab_sizes.item must be an integer >= 1, got 'x'"),
+    "vocab size a bool": (lambda m: m["vocab_sizes"].update(category=True), "vocab_sizes.category must be an integer"),
+    "vocab size missing": (lambda m: m["vocab_sizes"].pop("user_f3"), "no vocab_sizes.user_f3"),
+    "samples negative": (lambda m: m["splits"]["train"].update(samples=-4), "splits.train.samples must be an integer >= 0, got -4"),
+    "splits a list": (lambda m: m.update(splits=[]), "no splits.train.user_rows"),
+    "split entry null": (lambda m: m["splits"].update(test=None), "no splits.test.user_rows"),
+    "an extra split": (lambda m: m["splits"].update(valid=m["splits"]["test"]), "splits.valid: `muse-rec prepare` writes only"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(META_DAMAGE))
+def test_damaged_meta_json_is_named_on_open(prep_copy, case):
+    edit, needle = META_DAMAGE[case]
+    _edit_meta(prep_copy, edit)
+    with pytest.raises(PreparedDataError, match=re.escape(needle)):
+        PreparedData(str(prep_copy))
+    assert_bad_input(cli("check", str(prep_copy)), "meta.json", needle)
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("positives", 7, "clicks, meta.json's splits.train.positives says 7"),
+    ("positive_rate", 0.5, "meta.json's splits.train.positive_rate says 0.5"),
+])
+def test_check_compares_meta_clicks_with_the_labels(prep_copy, key, value, needle):
+    """The train prior and the start line read these; `check` used to pass them unread."""
+    _edit_meta(prep_copy, lambda m: m["splits"]["train"].update({key: value}))
+    PreparedData(str(prep_copy))  # in range: opening cannot tell
+    assert_bad_input(cli("check", str(prep_copy)), "train/labels.npy", needle)
 
 
 def test_check_passes_on_clean_data(prepared_tiny):
