@@ -99,6 +99,14 @@ def _read_run_json(run_json: Path) -> Dict:
         raise RunError(f"{run_json}: unreadable ({e})") from None
     if not isinstance(prev, dict):
         raise RunError(f"{run_json}: expected a JSON object")
+    # The two entries a resumed or evaluated run reads back (the rest is for people).
+    run_id = prev.get("run_id")
+    if run_id is not None and not isinstance(run_id, str):
+        raise RunError(f"{run_json}: run_id must be a string, got {run_id!r}")
+    sizes = prev.get("vocab_sizes")
+    if sizes is not None and not (isinstance(sizes, dict) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in sizes.values())):
+        raise RunError(f"{run_json}: vocab_sizes must map each table to its row count, got {sizes!r}")
     return prev
 
 

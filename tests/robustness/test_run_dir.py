@@ -106,6 +106,25 @@ def test_failed_resume_leaves_spec_and_run_record_untouched(trained, tmp_path):
     assert snapshot(runs / "din") == before
 
 
+@pytest.mark.parametrize("command", ["resume", "evaluate"])
+@pytest.mark.parametrize("entry, value, needle", [
+    ("vocab_sizes", [1, 2], "vocab_sizes must map each table to its row count"),  # was AttributeError
+    ("run_id", [1], "run_id must be a string"),  # was written back into the new run.json
+])
+def test_damaged_run_json_is_named_and_changes_nothing(trained, tmp_path, command, entry, value, needle):
+    runs = trained.copy_run(tmp_path / "runs")
+    record = json.loads((runs / "din" / "run.json").read_text())
+    record[entry] = value
+    (runs / "din" / "run.json").write_text(json.dumps(record))
+    before = snapshot(runs / "din")
+    if command == "resume":
+        out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu", "--resume")
+    else:
+        out = cli("evaluate", "--spec", SPEC, *sets(trained.prepared, runs), "--out", str(tmp_path / "ev"))
+    assert_bad_input(out, "run.json", needle)
+    assert snapshot(runs / "din") == before and not (tmp_path / "ev").exists()
+
+
 @pytest.mark.parametrize("command", ["evaluate", "export", "rank"])
 def test_checkpoint_of_another_model_is_one_line_not_a_traceback(trained, tmp_path, command):
     req = tmp_path / "req.json"
