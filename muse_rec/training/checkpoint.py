@@ -22,6 +22,7 @@ loading checks the integrity manifest before DCP unpickles anything.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -72,10 +73,22 @@ def read_position(path: Path) -> Position:
         raise CheckpointError(f"{path}: not a complete checkpoint (no position.json)")
     try:
         raw = json.loads(pos_file.read_text(encoding="utf-8"))
-        known = {f for f in Position.__dataclass_fields__}
-        return Position(**{k: v for k, v in raw.items() if k in known})
-    except (ValueError, TypeError, AttributeError) as e:
+    except (ValueError, OSError) as e:
         raise CheckpointError(f"{pos_file}: unreadable ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{pos_file}: expected a JSON object")
+    # A checkpoint may come from elsewhere: each field the resume reads is checked here, once,
+    # instead of failing as a TypeError (or a loader's range error) deep inside the run.
+    for f in dataclasses.fields(Position):
+        if f.name not in raw:
+            continue
+        v, low = raw[f.name], (1 if f.name == "world_size" else 0)
+        if f.type == "int":
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise CheckpointError(f"{pos_file}: {f.name} must be an integer >= {low}, got {v!r}")
+        elif not isinstance(v, str):
+            raise CheckpointError(f"{pos_file}: {f.name} must be a string, got {v!r}")
+    return Position(**{f.name: raw[f.name] for f in dataclasses.fields(Position) if f.name in raw})
 
 
 def _complete(root: Path) -> List[Tuple[int, Path]]:
@@ -86,6 +99,7 @@ def _complete(root: Path) -> List[Tuple[int, Path]]:
 
 
 def _run_id_of(path: Path) -> Optional[str]:
+    """The run that wrote ``path``; None when its position.json is unreadable (pruning skips it)."""
     try:
         return read_position(path).run_id
     except CheckpointError:
@@ -93,8 +107,13 @@ def _run_id_of(path: Path) -> Optional[str]:
 
 
 def latest_checkpoint(ckpt_root: str, run_id: Optional[str] = None) -> Optional[Path]:
-    """The newest complete checkpoint under ``ckpt_root`` (of run ``run_id`` when given), or None."""
-    steps = [p for _, p in _complete(Path(ckpt_root)) if run_id is None or _run_id_of(p) == run_id]
+    """The newest complete checkpoint under ``ckpt_root`` (of run ``run_id`` when given), or None.
+
+    A step directory appears only once whole (saved under ``.tmp``, then renamed), so an
+    unreadable position.json is damage, not a crash mid-save: `CheckpointError` naming it,
+    instead of silently resuming from an older checkpoint.
+    """
+    steps = [p for _, p in _complete(Path(ckpt_root)) if run_id is None or read_position(p).run_id == run_id]
     return steps[-1] if steps else None
 
 

@@ -187,6 +187,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             position = load_checkpoint(ck, dmp, optimizer, skip=skip)
             logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)",
                         ck, position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
+            if position.batch_in_epoch > train_loader_len:
+                raise RunError(f"{ck}: position.json puts the run at batch {position.batch_in_epoch} of an epoch of "
+                               f"{train_loader_len} batches; resume with the batch size and data it was trained with")
             position.world_size = env.world_size
             position.run_id, position.data_fingerprint = run_id, data.fingerprint
     if env.is_main:

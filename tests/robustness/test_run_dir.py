@@ -125,6 +125,43 @@ def test_damaged_run_json_is_named_and_changes_nothing(trained, tmp_path, comman
     assert snapshot(runs / "din") == before and not (tmp_path / "ev").exists()
 
 
+def _forge_position(run_dir, edit) -> None:
+    """Edit the newest checkpoint's position.json and re-write its manifest, as a checkpoint
+    from elsewhere would come (the integrity check passes; the values are what is wrong)."""
+    from muse_rec.integrity import write_manifest
+
+    ck = latest_checkpoint(str(run_dir / "checkpoints"))
+    pos = json.loads((ck / "position.json").read_text())
+    (ck / "position.json").write_text(json.dumps(edit(pos)))
+    write_manifest(ck)
+
+
+@pytest.mark.parametrize("command", ["resume", "evaluate"])
+@pytest.mark.parametrize("edit, needle", [
+    (lambda p: {**p, "step": "x"}, "step must be an integer >= 0, got 'x'"),  # was a TypeError traceback
+    (lambda p: {**p, "world_size": 0}, "world_size must be an integer >= 1"),
+    (lambda p: [p], "expected a JSON object"),  # was skipped: the run resumed from an older checkpoint
+])
+def test_damaged_position_json_is_named_and_changes_nothing(trained, tmp_path, command, edit, needle):
+    runs = trained.copy_run(tmp_path / "runs")
+    _forge_position(runs / "din", edit)
+    before = snapshot(runs / "din")
+    if command == "resume":
+        out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu", "--resume")
+    else:
+        out = cli("evaluate", "--spec", SPEC, *sets(trained.prepared, runs), "--out", str(tmp_path / "ev"))
+    assert_bad_input(out, "position.json", needle)
+    assert snapshot(runs / "din") == before and not (tmp_path / "ev").exists()
+
+
+def test_resume_position_beyond_the_epoch_is_named(trained, tmp_path):
+    """A batch_in_epoch past the epoch's end was the loader's ValueError traceback."""
+    runs = trained.copy_run(tmp_path / "runs")
+    _forge_position(runs / "din", lambda p: {**p, "batch_in_epoch": 10 ** 6})
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu", "--resume")
+    assert_bad_input(out, "position.json puts the run at batch 1000000 of an epoch of")
+
+
 @pytest.mark.parametrize("command", ["evaluate", "export", "rank"])
 def test_checkpoint_of_another_model_is_one_line_not_a_traceback(trained, tmp_path, command):
     req = tmp_path / "req.json"
