@@ -249,6 +249,10 @@ def read_manifest(exported_dir: str) -> Dict[str, object]:
             raise ExportError(f"{path}: {key}: expected a positive integer, got {manifest[key]!r}")
     if not isinstance(manifest["program"], str) or not isinstance(manifest["vocab_sizes"], dict):
         raise ExportError(f"{path}: 'program' must be a file name and 'vocab_sizes' an object")
+    # Only the directory's own files are covered by its SHA256SUMS.json: a program named by a
+    # path ("../x.pt2", "/tmp/x.pt2") would be unpickled unverified.
+    if Path(manifest["program"]).name != manifest["program"] or manifest["program"] in ("", ".", ".."):
+        raise ExportError(f"{path}: program: expected a file name inside {exported_dir}, got {manifest['program']!r}")
     if not (Path(exported_dir) / manifest["program"]).exists():
         raise ExportError(f"{exported_dir}: the program file {manifest['program']!r} is missing")
     return manifest

@@ -177,6 +177,24 @@ def test_truncated_program_and_bad_manifest_are_named(trained, tmp_path):
         assert_bad_input(out, needle)
 
 
+@pytest.mark.parametrize("name", ["../outside.pt2", "ABS"])
+def test_program_outside_the_verified_directory_is_refused(trained, tmp_path, name):
+    """SHA256SUMS.json covers the export directory only: a manifest naming a program elsewhere
+    made `load_program` unpickle a file nothing had verified."""
+    from muse_rec.serving.export import ExportError, load_program
+
+    exp = tmp_path / "exp"
+    shutil.copytree(trained.exported, exp)
+    outside = tmp_path / "outside.pt2"
+    shutil.copy(exp / "ranker.pt2", outside)  # loadable: on the old code this file was loaded
+    manifest = json.loads((exp / "manifest.json").read_text())
+    manifest["program"] = str(outside) if name == "ABS" else name
+    (exp / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(exp)  # the directory itself verifies
+    with pytest.raises(ExportError, match=r"program: expected a file name inside"):
+        load_program(str(exp))
+
+
 def test_manifest_of_many_files_is_sha256sum_and_names_the_first_bad_file(tmp_path):
     """The files are hashed concurrently; each hash must still land on its own file, the digest
     is `sha256sum`'s listing hashed, and of two corrupted files the sorted-first is named."""
