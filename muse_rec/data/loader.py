@@ -103,9 +103,7 @@ class PreparedBatches(IterableDataset):
             has_user = users >= 0
             urow = np.where(has_user, users, 0)
             fields = self.data.user_fields(self.split, urow)  # [n, 6]
-            a.pooled[:n, 0] = self.data.in_range(f"{self.split}/sample_user_rows.npy",
-                                                 self._take("sample_user_rows", idx, contiguous),
-                                                 self.data.vocab_sizes["user_id"], "user_id row")
+            a.pooled[:n, 0] = self.data.user_id_rows(self.split, self._index(idx, contiguous))
             a.pooled[:n, 1:6] = np.where(has_user[:, None], fields[:, 1:], 0)
             a.pooled[:n, 6:8] = attrs[:, 1:3]
             self._fill_sequences(urow, has_user, a.seq_items[:n], a.seq_cats[:n], a.seq_lengths[:n])

@@ -258,6 +258,11 @@ class PreparedData:
             self.in_range("items/attrs.npy", attrs[:, col], self.vocab_sizes[name], f"{name} row")
         return attrs
 
+    def user_id_rows(self, split: str, idx) -> np.ndarray:
+        """int32 ``user_id`` table rows of the split's samples ``idx`` (0 = unknown user), range-checked."""
+        rel = f"{split}/sample_user_rows.npy"
+        return self.in_range(rel, np.asarray(self.array(rel)[idx]), self.vocab_sizes["user_id"], "user_id row")
+
     def user_rows(self, split: str, idx: np.ndarray) -> np.ndarray:
         """int64 user-feature rows of the split's samples ``idx``; -1 = no feature row. Range-checked."""
         rel = f"{split}/sample_users.npy"
