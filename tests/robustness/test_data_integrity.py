@@ -161,10 +161,11 @@ def _damage_cases(prep: PreparedData):
         ("train/user_fields.npy", u * 6 + 2, 10**6, "user_f2 row 1000000 is outside"),
         ("items/attrs.npy", item * 3 + 1, 10**6, "item_f213 row 1000000 is outside"),
         ("train/seq_offsets.npy", u + 1, int(off[u]) - 1, "history length -1 is outside"),
+        ("train/sample_user_rows.npy", 0, 10**6, "user_id row 1000000 is outside"),
     ]
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", range(8))
 def test_a_batch_refuses_out_of_range_rows_naming_the_file(prepared_tiny, tmp_path, case):
     """Row ids are checked where a batch reads them: FBGEMM would clamp a bad one to row 0 and a
     NumPy gather would wrap a negative one, silently. In a DataLoader worker too, as one line."""
