@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import warnings
 from typing import Dict, List, Mapping, Tuple
@@ -137,8 +138,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.world_size < 1 or args.max_world_size < 1:
             raise ValueError("--world-size and --max-world-size must be >= 1")
-        if args.hbm_gib <= 0 or args.ddr_gib <= 0:
-            raise ValueError("--hbm-gib and --ddr-gib must be > 0")
+        for flag, gib in (("--hbm-gib", args.hbm_gib), ("--ddr-gib", args.ddr_gib)):
+            if not 0 < gib < math.inf:  # also refuses nan
+                raise ValueError(f"{flag} {gib}: must be a finite number > 0")
         world_sizes = parse_world_sizes(args.what_if) if args.what_if else []
         if args.json and args.json != "-":
             check_output_path(args.json, "--json", directory=False)

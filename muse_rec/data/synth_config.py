@@ -8,6 +8,7 @@ logit units (the click model is a logistic model).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -120,6 +121,9 @@ class SynthConfig:
             if not ok:
                 problems.append(msg)
 
+        for f in dataclasses.fields(self):  # inf reached NumPy's samplers as a traceback
+            v = getattr(self, f.name)
+            need(not isinstance(v, float) or math.isfinite(v), f"{f.name}={v} must be finite")
         need(self.seed >= 0, f"seed={self.seed} must be >= 0")  # NumPy's generators take no negative seed
         need(self.users >= 1, f"users={self.users} must be >= 1")
         need(self.clusters >= 1, f"clusters={self.clusters} must be >= 1")

@@ -219,6 +219,9 @@ def test_config_errors_name_the_knob(tmp_path: Path) -> None:
         _tiny(recent_share=1.5).validate()
     with pytest.raises(ValueError, match=r"seed=-1 must be >= 0"):  # was NumPy's traceback
         _tiny(seed=-1).validate()
+    for knob in ("samples_per_user", "cluster_size_sigma", "item_zipf"):  # a traceback or accepted
+        with pytest.raises(ValueError, match=rf"{knob}=inf must be finite"):
+            _tiny(**{knob: float("inf")}).validate()
     with pytest.raises(ValueError, match="unknown synth preset 'huge'"):
         SynthConfig.preset("huge")
     with pytest.raises(KeyError, match="nope"):
