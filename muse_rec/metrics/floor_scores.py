@@ -68,9 +68,9 @@ class FloorOptions:
                 raise FloorsError(f"floors option {key} must be > 0, got {getattr(self, key)}")
         if self.seq_len < 0:
             raise FloorsError(f"floors option seq_len must be >= 0 (0 = whole history), got {self.seq_len}")
-        if not self.prior_strength > 0 or not self.lr_l2 > 0:
-            raise FloorsError(f"floors options prior_strength and lr_l2 must be > 0, got "
-                              f"{self.prior_strength}, {self.lr_l2}")
+        for key in ("prior_strength", "lr_l2"):  # inf: popularity becomes inf/inf = nan
+            if not 0 < getattr(self, key) < float("inf"):
+                raise FloorsError(f"floors option {key} must be a finite number > 0, got {getattr(self, key)}")
 
 
 # ----------------------------------------------------------------------------------------------
