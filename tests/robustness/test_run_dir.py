@@ -106,6 +106,14 @@ def test_failed_resume_leaves_spec_and_run_record_untouched(trained, tmp_path):
     assert snapshot(runs / "din") == before
 
 
+def _read_back(command: str, trained, runs, ev):
+    """The two commands that read a run directory back: `train --resume` and `evaluate`."""
+    if command == "resume":
+        return cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu",
+                   "--resume")
+    return cli("evaluate", "--spec", SPEC, *sets(trained.prepared, runs), "--out", str(ev))
+
+
 @pytest.mark.parametrize("command", ["resume", "evaluate"])
 @pytest.mark.parametrize("entry, value, needle", [
     ("vocab_sizes", [1, 2], "vocab_sizes must map each table to its row count"),  # was AttributeError
@@ -117,10 +125,7 @@ def test_damaged_run_json_is_named_and_changes_nothing(trained, tmp_path, comman
     record[entry] = value
     (runs / "din" / "run.json").write_text(json.dumps(record))
     before = snapshot(runs / "din")
-    if command == "resume":
-        out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu", "--resume")
-    else:
-        out = cli("evaluate", "--spec", SPEC, *sets(trained.prepared, runs), "--out", str(tmp_path / "ev"))
+    out = _read_back(command, trained, runs, tmp_path / "ev")
     assert_bad_input(out, "run.json", needle)
     assert snapshot(runs / "din") == before and not (tmp_path / "ev").exists()
 
@@ -146,10 +151,7 @@ def test_damaged_position_json_is_named_and_changes_nothing(trained, tmp_path, c
     runs = trained.copy_run(tmp_path / "runs")
     _forge_position(runs / "din", edit)
     before = snapshot(runs / "din")
-    if command == "resume":
-        out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu", "--resume")
-    else:
-        out = cli("evaluate", "--spec", SPEC, *sets(trained.prepared, runs), "--out", str(tmp_path / "ev"))
+    out = _read_back(command, trained, runs, tmp_path / "ev")
     assert_bad_input(out, "position.json", needle)
     assert snapshot(runs / "din") == before and not (tmp_path / "ev").exists()
 
@@ -158,7 +160,7 @@ def test_resume_position_beyond_the_epoch_is_named(trained, tmp_path):
     """A batch_in_epoch past the epoch's end was the loader's ValueError traceback."""
     runs = trained.copy_run(tmp_path / "runs")
     _forge_position(runs / "din", lambda p: {**p, "batch_in_epoch": 10 ** 6})
-    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu", "--resume")
+    out = _read_back("resume", trained, runs, tmp_path / "ev")
     assert_bad_input(out, "position.json puts the run at batch 1000000 of an epoch of")
 
 
