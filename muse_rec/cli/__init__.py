@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+import warnings
 from typing import List, Optional
 
 # Order shown in --help: the flow of a run.
@@ -43,7 +45,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    warnings.formatwarning = _one_line_warning(args.command)
     return int(args._run(args) or 0)
+
+
+def _one_line_warning(command: str):
+    """A warning as one line: muse_rec's own say what happened to the user's data and need no
+    source location; a library's keep ``file:line`` but not the echoed source line."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if os.path.abspath(filename).startswith(package + os.sep):
+            return f"muse-rec {command}: warning: {message}\n"
+        return f"{filename}:{lineno}: {category.__name__}: {' '.join(str(message).split())}\n"
+
+    return format_warning
 
 
 def _help_line(name: str) -> str:

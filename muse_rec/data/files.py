@@ -158,6 +158,7 @@ class PartitionedScatterWriter(_PublishOnExit):
         os.makedirs(spill_dir, exist_ok=True)
         self._pending: dict = {}
         self._pending_bytes = 0
+        self.repeated_rows = 0  # puts of a row that already had one (set by `close`)
 
     def _spill(self, p: int, kind: str) -> str:
         return os.path.join(self.spill_dir, f"{p}.{kind}")
@@ -206,6 +207,7 @@ class PartitionedScatterWriter(_PublishOnExit):
                     else:
                         block[rows] = vals  # numpy assigns in order: the last put of a row wins
                     touched[rows] = True
+                    self.repeated_rows += int(rows.shape[0]) - int(np.count_nonzero(touched))
                     del rows, vals
                 out.append(block)
                 if present is not None:

@@ -225,25 +225,32 @@ class _Prepare:
         vocabs = [self.vocab("category")] + [self.vocab(v) for v in ITEM_ATTR_VOCABS.values()]
         part = self.cfg.partition_bytes
         with PartitionedScatterWriter(self.path("items", "attrs.npy"), np.int32, (n, len(ITEM_ATTR_COLUMNS)),
-                                      self.path("spill", "attrs"), part) as w:
+                                      self.path("spill", "attrs"), part) as attrs_writer:
             for batch in self.batches("item_features", [S.ITEM, S.ITEM_CAT, *S.ITEM_ATTRS]):
                 rows = items.rows(_flat(batch, S.ITEM))
                 keep = rows > 0
                 cols = [S.ITEM_CAT, *S.ITEM_ATTRS]
                 vals = np.stack([v.rows(_flat(batch, c)) for v, c in zip(vocabs, cols)], axis=1)
-                w.put(rows[keep], vals[keep])
+                attrs_writer.put(rows[keep], vals[keep])
         # Row 0 (padding / unknown) is never put: it stays a zero vector and "not present".
         with PartitionedScatterWriter(self.path("items", "scl.npy"), np.int8, (n, S.SCL_DIM),
                                       self.path("spill", "scl"), part,
-                                      present_path=self.path("items", "scl_present.npy")) as w:
+                                      present_path=self.path("items", "scl_present.npy")) as scl_writer:
             for batch in self.batches("scl", [S.ITEM, S.SCL_VECTOR]):
                 rows = items.rows(_flat(batch, S.ITEM))
                 vecs = _flat(batch, S.SCL_VECTOR).astype(np.int8).reshape(-1, S.SCL_DIM)
                 keep = rows > 0
-                w.put(rows[keep], vecs[keep])
+                scl_writer.put(rows[keep], vecs[keep])
         present = np.load(self.path("items", "scl_present.npy"), mmap_mode="r")
         covered = sum(int(np.count_nonzero(present[lo:lo + (1 << 24)])) for lo in range(0, n, 1 << 24))
-        return {"items": n - 1, "items_with_scl": covered}
+        # A release from elsewhere may list an item twice (possibly with other values): the last
+        # row wins, as for a user's duplicate rows the first does; either way it is counted.
+        for table, writer in (("item_features", attrs_writer), ("scl", scl_writer)):
+            if writer.repeated_rows:
+                warnings.warn(f"{S.TABLES[table].file}: {writer.repeated_rows} duplicate item row(s); "
+                              "the last row of each item is used")
+        return {"items": n - 1, "items_with_scl": covered, "duplicate_item_rows": attrs_writer.repeated_rows,
+                "duplicate_scl_rows": scl_writer.repeated_rows}
 
     def step_users(self, split: str) -> Dict[str, object]:
         table = f"{split}_user_features"

@@ -20,6 +20,10 @@ def test_console_script_prepares_fixtures(taobao_fixtures: Path, tmp_path: Path)
     assert meta == PreparedData(str(out)).meta
     assert meta["splits"]["train"]["samples"] == 10 and meta["splits"]["test"]["positives"] == 1
     assert "no row in train_user_features" in done.stderr  # the documented warning reaches the user
+    # ... as one line of its own, not Python's "file:line: UserWarning:" plus the echoed source line
+    assert any(ln.startswith("muse-rec prepare: warning: train_samples: ") and "no row in" in ln
+               for ln in done.stderr.splitlines()), done.stderr
+    assert "warnings.warn(" not in done.stderr and "UserWarning" not in done.stderr, done.stderr
     again = subprocess.run(cmd[:-1], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "prepared" in again.stdout
 

@@ -148,3 +148,46 @@ def test_file_uri_input(taobao_fixtures: Path, tmp_path: Path) -> None:
         meta = prepare(f"file://{taobao_fixtures}", str(tmp_path / "p"), CFG)
     assert meta["splits"]["train"]["samples"] == 10
     assert PreparedData(f"file://{tmp_path / 'p'}").num_samples("test") == 10
+
+
+def test_duplicate_rows_are_counted_and_resolved_as_documented(synthetic: Dict[str, str], tmp_path: Path) -> None:
+    """A release from elsewhere may list an item or a user twice, with other values: the last
+    item_features / SCL row of an item is used, the first user row of a user; each is counted in
+    meta.json and warned about (the item rows were silently resolved before)."""
+    import shutil
+
+    import pyarrow as pa
+
+    raw = tmp_path / "raw"
+    shutil.copytree(synthetic["raw"], raw)
+    items = pq.read_table(raw / S.TABLES["item_features"].file)
+    first = items.slice(0, 1).to_pylist()[0]
+    other_cat = next(c for c in items.column(S.ITEM_CAT).to_pylist() if c != first[S.ITEM_CAT])
+    pq.write_table(pa.concat_tables([items, pa.Table.from_pylist([{**first, S.ITEM_CAT: other_cat}],
+                                                                  schema=items.schema)]),
+                   raw / S.TABLES["item_features"].file)
+    scl = pq.read_table(raw / S.TABLES["scl"].file)
+    scl_first = scl.slice(0, 1).to_pylist()[0]
+    flipped = [-v if v != -128 else 127 for v in scl_first[S.SCL_VECTOR]]
+    pq.write_table(pa.concat_tables([scl, pa.Table.from_pylist([{**scl_first, S.SCL_VECTOR: flipped}] * 2,
+                                                                schema=scl.schema)]),
+                   raw / S.TABLES["scl"].file)
+    users = pq.read_table(raw / S.TABLES["train_user_features"].file)
+    pq.write_table(pa.concat_tables([users, users.slice(0, 3)]), raw / S.TABLES["train_user_features"].file)
+
+    out = str(tmp_path / "prepared")
+    with pytest.warns(UserWarning) as caught:
+        meta = prepare(str(raw), out, CFG)
+    said = " | ".join(str(w.message) for w in caught)
+    assert "item_features.parquet: 1 duplicate item row(s); the last row" in said, said
+    assert "scl_embedding_int8_p90.parquet: 2 duplicate item row(s)" in said, said
+    assert "train_user_features: 3 duplicate user row(s)" in said, said
+    assert (meta["items"]["duplicate_item_rows"], meta["items"]["duplicate_scl_rows"]) == (1, 2)
+    assert meta["splits"]["train"]["duplicate_user_rows"] == 3
+
+    data = PreparedData(out)
+    row = int(data.vocab("item").rows(np.array([first[S.ITEM]]))[0])
+    cat_row = int(data.vocab("category").rows(np.array([other_cat]))[0])
+    assert int(data.item_attrs()[row, 0]) == cat_row  # the last row's category
+    scl_row = int(data.vocab("item").rows(np.array([scl_first[S.ITEM]]))[0])
+    assert data.scl()[scl_row].tolist() == flipped  # the last SCL row

@@ -59,3 +59,18 @@ def test_fused_optimizers_on_cpu_are_accepted_by_fbgemm():
     except Exception:
         adam_on_cpu = False
     assert not adam_on_cpu, "FBGEMM now supports Adam on CPU: update muse_rec.env.fused_optimizers"
+
+
+def test_warnings_are_one_line_each():
+    """muse_rec's own warnings speak to the user; a library's keep their location, on one line."""
+    import os
+
+    import muse_rec
+    from muse_rec.cli import _one_line_warning
+
+    fmt = _one_line_warning("prepare")
+    ours = os.path.join(os.path.dirname(muse_rec.__file__), "data", "prepare.py")
+    assert fmt("3 duplicate rows", UserWarning, ours, 286, "warnings.warn(...)") == \
+        "muse-rec prepare: warning: 3 duplicate rows\n"
+    lib = "/usr/lib/python3/site-packages/torch/x.py"
+    assert fmt("a\n  b", FutureWarning, lib, 7, "src") == f"{lib}:7: FutureWarning: a b\n"
