@@ -202,12 +202,17 @@ class PartitionedScatterWriter(_PublishOnExit):
                 if os.path.exists(self._spill(p, "rows")):
                     rows = np.fromfile(self._spill(p, "rows"), np.int64) - lo
                     vals = np.fromfile(self._spill(p, "vals"), self.dtype).reshape((rows.shape[0],) + self.row_shape)
+                    touched[rows] = True
+                    repeated = int(rows.shape[0]) - int(np.count_nonzero(touched))
+                    self.repeated_rows += repeated
                     if self.mode == "add":
                         np.add.at(block, rows, vals)
                     else:
-                        block[rows] = vals  # numpy assigns in order: the last put of a row wins
-                    touched[rows] = True
-                    self.repeated_rows += int(rows.shape[0]) - int(np.count_nonzero(touched))
+                        if repeated:  # NumPy leaves the winner of a repeated index unspecified: keep the last put
+                            _, last = np.unique(rows[::-1], return_index=True)
+                            keep = rows.shape[0] - 1 - last
+                            rows, vals = rows[keep], vals[keep]
+                        block[rows] = vals
                     del rows, vals
                 out.append(block)
                 if present is not None:

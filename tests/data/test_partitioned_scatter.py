@@ -29,10 +29,12 @@ def test_matches_in_memory_scatter(tmp_path: Path, mode: str) -> None:
             if mode == "add":
                 np.add.at(want, rows, vals)
             else:
-                want[rows] = vals  # numpy: the last assignment of a repeated row wins
+                for r, v in zip(rows, vals):  # in order, so the last put of a repeated row wins
+                    want[r] = v
             touched[rows] = True
     got = np.load(tmp_path / "a.npy")
     assert got.shape == (n, d) and np.array_equal(got, want)
+    assert w.repeated_rows == 40 * 500 - int(touched.sum())  # what prepare reports as duplicate rows
     assert np.array_equal(np.load(tmp_path / "p.npy"), touched)
     assert not (tmp_path / "spill").exists()
 
