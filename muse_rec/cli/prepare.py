@@ -40,6 +40,7 @@ def _os_error(e: OSError, out: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from muse_rec.data.prepare import DifferentDatasetError, PrepareConfig, prepare
     from muse_rec.data.schema import RawDataError
+    from muse_rec.dirlock import DirLockError
 
     try:
         cfg = PrepareConfig(vocab=args.vocab, batch_rows=args.batch_rows, partition_bits=args.partition_bits,
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     except RawDataError as e:
         print(f"muse-rec prepare: bad input: {e}", file=sys.stderr)
         return 2
-    except DifferentDatasetError as e:
+    except (DifferentDatasetError, DirLockError) as e:
         print(f"muse-rec prepare: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -22,6 +22,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Dict, Iterator, List
 
 import numpy as np
@@ -33,6 +34,7 @@ from muse_rec.data import schema as S
 from muse_rec.data.files import NpyStreamWriter, PartitionedScatterWriter, save_npy, write_json
 from muse_rec.data.reader import RawRelease, RawTable
 from muse_rec.data.vocab import SortedKeyBuilder, Vocab
+from muse_rec.dirlock import DirLock
 
 FORMAT_VERSION = 1
 VOCAB_MODES = ("full", "p90")
@@ -400,29 +402,36 @@ def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite:
     with RawRelease(raw) as release:  # opens and schema-checks all six tables before any work
         job = _Prepare(release, out, cfg)
         _check_out(out)
-        meta_path = os.path.join(out, "meta.json")
-        if os.path.exists(meta_path):
-            try:
-                with open(meta_path, encoding="utf-8") as f:
-                    old = json.load(f)
-            except (OSError, ValueError):
-                old = {}
-            if old.get("fingerprint") == job.fingerprint and all(
-                    os.path.exists(os.path.join(out, r)) for r in old.get("files", [])):
-                return old
-            if old.get("fingerprint") != job.fingerprint and not overwrite:
-                raise DifferentDatasetError(
-                    f"{out} already holds a different prepared dataset (from {old.get('source', '?')}, "
-                    f"vocab {old.get('vocab_mode', '?')}, fingerprint {old.get('fingerprint', '?')}); "
-                    "pass --overwrite to replace it or choose another OUT")
-        os.makedirs(job.build, exist_ok=True)
-        stats: Dict[str, Dict[str, object]] = {}
-        stats["vocab"] = job.run_step("vocab", job.step_vocab)
-        stats["items"] = job.run_step("items", job.step_items)
-        for split in S.SPLITS:
-            stats[f"users_{split}"] = job.run_step(f"users_{split}", lambda s=split: job.step_users(s))
-            stats[f"samples_{split}"] = job.run_step(f"samples_{split}", lambda s=split: job.step_samples(s))
-        stats["popularity"] = job.run_step("popularity", job.step_popularity)
-        meta = job.meta(stats)
-        job.publish(meta)
-        return meta
+        # One prepare per OUT at a time: two would append to the same spill files.
+        with DirLock.acquire(Path(out), holder="another prepare", hint="wait for it to end or choose another OUT"):
+            return _prepare_into(job, out, overwrite)
+
+
+def _prepare_into(job: "_Prepare", out: str, overwrite: bool) -> Dict[str, object]:
+    """`prepare`'s work, with OUT checked and locked."""
+    meta_path = os.path.join(out, "meta.json")
+    if os.path.exists(meta_path):
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = {}
+        if old.get("fingerprint") == job.fingerprint and all(
+                os.path.exists(os.path.join(out, r)) for r in old.get("files", [])):
+            return old
+        if old.get("fingerprint") != job.fingerprint and not overwrite:
+            raise DifferentDatasetError(
+                f"{out} already holds a different prepared dataset (from {old.get('source', '?')}, "
+                f"vocab {old.get('vocab_mode', '?')}, fingerprint {old.get('fingerprint', '?')}); "
+                "pass --overwrite to replace it or choose another OUT")
+    os.makedirs(job.build, exist_ok=True)
+    stats: Dict[str, Dict[str, object]] = {}
+    stats["vocab"] = job.run_step("vocab", job.step_vocab)
+    stats["items"] = job.run_step("items", job.step_items)
+    for split in S.SPLITS:
+        stats[f"users_{split}"] = job.run_step(f"users_{split}", lambda s=split: job.step_users(s))
+        stats[f"samples_{split}"] = job.run_step(f"samples_{split}", lambda s=split: job.step_samples(s))
+    stats["popularity"] = job.run_step("popularity", job.step_popularity)
+    meta = job.meta(stats)
+    job.publish(meta)
+    return meta

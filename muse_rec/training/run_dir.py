@@ -5,10 +5,8 @@ Two rules keep a run's files (spec.yaml, run.json, checkpoints, metrics) describ
 * **one run per directory**: a fresh run (not ``--resume``) into a directory that already holds
   anything is refused, unless ``--overwrite``, which *moves* the old run aside as a whole to a
   sibling ``<run_dir>.old-<UTC time>/`` (nothing is deleted; remove it yourself when sure);
-* **one process per directory**: the main rank holds an exclusive ``fcntl.flock`` on
-  ``<run_dir>/.lock`` for the run's life. The kernel drops the lock when the process dies,
-  so a lock left by a killed run is never "stale": the next run simply gets it. The file
-  holds the holder's host, pid, start time and command, which a refused run prints.
+* **one process per directory**: the main rank holds the directory's lock
+  (`muse_rec.dirlock`: ``<run_dir>/.lock``) for the run's life.
 
 A restarted elastic job (torchrun / TorchX ``max_retries``) continues its own run: the
 trainer treats it as ``--resume``, which never refuses a used directory.
@@ -19,21 +17,18 @@ Only the main rank touches the lock and the directory; the other ranks receive i
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
-import json
 import os
-import socket
 import sys
 import uuid
 from pathlib import Path
-from typing import IO, List, Optional
+from typing import List, Optional
 
 import torch.distributed as dist
 
-LOCK_FILE = ".lock"
+from muse_rec.dirlock import LOCK_FILE, DirLock, DirLockError
 
 
-class RunDirError(ValueError):
+class RunDirError(DirLockError):
     """The run directory is in use by another process or holds another run."""
 
 
@@ -42,49 +37,13 @@ def new_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
-class RunDirLock:
-    """An exclusive lock on ``<run_dir>/.lock``, held until `release` or the process ends."""
-
-    def __init__(self, run_dir: Path, handle: IO[str]) -> None:
-        self.run_dir, self._handle = run_dir, handle
+class RunDirLock(DirLock):
+    """The lock of a run directory (`muse_rec.dirlock`); its refusal is a `RunDirError`."""
 
     @classmethod
-    def acquire(cls, run_dir: Path, command: Optional[str] = None) -> "RunDirLock":
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            handle = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")  # "a+": never truncate another's info
-        except OSError as e:
-            raise RunDirError(f"{run_dir}: cannot create the run directory or its lock ({e.strerror})") from None
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = _describe(handle.read())
-            handle.close()
-            raise RunDirError(f"{run_dir}: in use by another run ({holder}); wait for it to end or "
-                              "choose another output_dir") from None
-        info = {"host": socket.gethostname(), "pid": os.getpid(),
-                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "command": command if command is not None else " ".join(sys.argv)}
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(info) + "\n")
-        handle.flush()
-        return cls(run_dir, handle)
-
-    def release(self) -> None:
-        """Drop the lock (idempotent). The holder info stays in the file; it is only read while locked."""
-        if not self._handle.closed:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
-
-
-def _describe(text: str) -> str:
-    try:
-        info = json.loads(text)
-        return f"pid {info['pid']} on {info['host']} since {info['started']}: {info['command']}"
-    except (ValueError, KeyError, TypeError):
-        return "holder unknown"
+    def acquire(cls, run_dir: Path, command: Optional[str] = None) -> "RunDirLock":  # type: ignore[override]
+        return super().acquire(run_dir, command, holder="another run",
+                               hint="wait for it to end or choose another output_dir", error=RunDirError)
 
 
 def previous_contents(run_dir: Path) -> List[str]:

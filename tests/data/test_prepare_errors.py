@@ -108,3 +108,21 @@ def test_out_with_a_different_dataset_needs_overwrite(raw: Path, tmp_path: Path,
     assert _run(capsys, str(raw), str(out))[0] == 0  # the same dataset: returns the finished result
     assert _run(capsys, str(raw), str(out), "--vocab", "p90", "--overwrite")[0] == 0
     assert json.loads((out / "meta.json").read_text())["vocab_mode"] == "p90"
+
+
+def test_a_second_prepare_into_the_same_out_is_refused(raw: Path, tmp_path: Path, capsys) -> None:
+    """Two prepares into one OUT appended to the same spill files; the second now waits its turn
+    (one line naming the holder) and writes nothing."""
+    from muse_rec.dirlock import LOCK_FILE, DirLock
+
+    out = tmp_path / "o"
+    lock = DirLock.acquire(out, command="muse-rec prepare held-by-the-test")
+    try:
+        rc, err = _run(capsys, str(raw), str(out))
+        line = _one_line(err)
+        assert rc == 2 and f"{out}: in use by another prepare" in line and "held-by-the-test" in line, line
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
+    finally:
+        lock.release()
+    rc, err = _run(capsys, str(raw), str(out))  # the lock is gone with its holder
+    assert rc == 0 and (out / "meta.json").exists(), err

@@ -1,0 +1,78 @@
+"""An exclusive lock on a directory that one command writes at a time (a run, a prepared set).
+
+The holder keeps an ``fcntl.flock`` on ``<dir>/.lock`` while it writes. The kernel drops the
+lock when the process dies, so a lock left by a killed process is never "stale": the next one
+simply gets it. The file holds the holder's host, pid, start time and command, which a refused
+process prints, so the user knows what to wait for.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import IO, Optional, Type
+
+LOCK_FILE = ".lock"
+
+
+class DirLockError(ValueError):
+    """The directory cannot be locked: another process holds it, or it cannot be created."""
+
+
+class DirLock:
+    """An exclusive lock on ``<directory>/.lock``, held until `release` or the process ends."""
+
+    def __init__(self, directory: Path, handle: IO[str]) -> None:
+        self.directory, self._handle = directory, handle
+
+    @classmethod
+    def acquire(cls, directory: Path, command: Optional[str] = None, *, holder: str = "another process",
+                hint: str = "wait for it to end", error: Type[DirLockError] = DirLockError) -> "DirLock":
+        """Create ``directory`` if needed and lock it, or raise ``error`` naming the holder.
+
+        ``holder`` and ``hint`` word the refusal ("in use by <holder> (pid ...); <hint>").
+        """
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            handle = open(directory / LOCK_FILE, "a+", encoding="utf-8")  # "a+": never truncate another's info
+        except OSError as e:
+            raise error(f"{directory}: cannot create the directory or its lock ({e.strerror})") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            who = _describe(handle.read())
+            handle.close()
+            raise error(f"{directory}: in use by {holder} ({who}); {hint}") from None
+        info = {"host": socket.gethostname(), "pid": os.getpid(),
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "command": command if command is not None else " ".join(sys.argv)}
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(info) + "\n")
+        handle.flush()
+        return cls(directory, handle)
+
+    def release(self) -> None:
+        """Drop the lock (idempotent). The holder info stays in the file; it is only read while locked."""
+        if not self._handle.closed:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+
+    def __enter__(self) -> "DirLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _describe(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"pid {info['pid']} on {info['host']} since {info['started']}: {info['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
