@@ -45,8 +45,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    warnings.formatwarning = _one_line_warning(args.command)
-    return int(args._run(args) or 0)
+    previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.command)
+    try:
+        return int(args._run(args) or 0)
+    finally:  # main() also runs in-process (tests, notebooks): leave the caller's format as it was
+        warnings.formatwarning = previous
 
 
 def _one_line_warning(command: str):
