@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -34,6 +35,7 @@ from muse_rec.data.synth_diagnostics import group_auc, release_diagnostics
 from muse_rec.data.synth_release import (IdHasher, History, item_tables, samples_table, snapshot, user_table,
                                          write_table)
 from muse_rec.data.synth_world import build_catalogue, build_impressions, build_timelines, build_users
+from muse_rec.dirlock import DirLock
 
 MANIFEST_NAME = "_synth_manifest.json"  # leading "_": not a release table, readers skip it
 MANIFEST_VERSION = 1
@@ -70,17 +72,23 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
         ``{"format", "version", "config", "files", "stats", "truth", "diagnostics", "seconds"}``.
     """
     cfg.validate()
-    found = foreign_tables(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"synth output {out_dir!r} exists and is not a directory")
+    found = foreign_tables(out_dir)  # before the lock: a refused OUT is left exactly as it was
     if found and not overwrite:
         raise FileExistsError(f"{out_dir} holds release tables that `muse-rec synth` did not write ({', '.join(found)}): "
                               "refusing to overwrite them; choose another OUT (or pass --overwrite)")
-    if cfg.writer == "stream":
-        from muse_rec.data.synth_stream import write_streamed_release
+    # One synth per OUT at a time: two would leave a release mixing both runs' tables.
+    with DirLock.acquire(Path(out_dir), holder="another synth", hint="wait for it to end or choose another OUT"):
+        if cfg.writer == "stream":
+            from muse_rec.data.synth_stream import write_streamed_release
 
-        return write_streamed_release(out_dir, cfg, progress=progress)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise NotADirectoryError(f"synth output {out_dir!r} exists and is not a directory")
-    os.makedirs(out_dir, exist_ok=True)
+            return write_streamed_release(out_dir, cfg, progress=progress)
+        return _write_in_memory(out_dir, cfg, progress, diagnostics)
+
+
+def _write_in_memory(out_dir: str, cfg: SynthConfig, progress: bool, diagnostics: Optional[bool]) -> Dict[str, object]:
+    """`write_synthetic_release` with the whole release built in memory (presets up to medium)."""
     run_diag = cfg.diagnostics_max_users > 0 if diagnostics is None else diagnostics
     t0 = time.perf_counter()
     from tqdm import tqdm

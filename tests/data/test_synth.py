@@ -55,7 +55,8 @@ def test_release_passes_the_reader_schema_and_value_rules(release: Path) -> None
         S.check_schema(spec, pf.schema_arrow, path)
         for rg in range(pf.num_row_groups):
             S.check_batch(spec, pf.read_row_group(rg).to_batches()[0], path, rg)
-    assert sorted(os.listdir(release)) == sorted([MANIFEST_NAME] + [s.file for s in S.TABLES.values()])
+    # the tables, the manifest and the lock synth held while it wrote (muse_rec.dirlock)
+    assert sorted(os.listdir(release)) == sorted([".lock", MANIFEST_NAME] + [s.file for s in S.TABLES.values()])
 
 
 def test_same_seed_gives_byte_identical_tables_and_another_seed_does_not(release: Path, tmp_path: Path) -> None:
@@ -266,3 +267,22 @@ def test_cli_never_overwrites_release_tables_it_did_not_write(tmp_path: Path, ca
     assert json.loads((synthetic / MANIFEST_NAME).read_text())["config"]["seed"] == 2
     assert main(["synth", str(real), *args, "--overwrite"]) == 0
     assert (real / MANIFEST_NAME).exists() and _read(real, "train_samples").num_rows > 0
+
+
+def test_a_second_synth_into_the_same_out_is_refused(tmp_path: Path, capsys) -> None:
+    """Two synths into one OUT (other seeds) could publish a release mixing both runs' tables;
+    the second now exits 2 naming the holder and writes nothing."""
+    from muse_rec.cli import main
+    from muse_rec.dirlock import LOCK_FILE, DirLock
+
+    out = tmp_path / "raw"
+    args = ["--preset", "tiny", "--users", "40", "--quiet", "--no-diagnostics"]
+    lock = DirLock.acquire(out, command="muse-rec synth held-by-the-test")
+    try:
+        assert main(["synth", str(out), *args]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: in use by another synth" in err and "held-by-the-test" in err, err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
+    finally:
+        lock.release()
+    assert main(["synth", str(out), *args]) == 0

@@ -80,7 +80,7 @@ def test_full_disk_publishes_nothing(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(synth_stream.StagedTable, "write", write_until_full)
     with pytest.raises(OSError):
         write_synthetic_release(str(tmp_path), _cfg())
-    assert sorted(os.listdir(tmp_path)) == []  # no table, no manifest, no staging left behind
+    assert sorted(os.listdir(tmp_path)) == [".lock"]  # no table, no manifest, no staging left behind
 
 
 def test_full_disk_cli_one_line(tmp_path: Path) -> None:
