@@ -1,4 +1,5 @@
-"""An exclusive lock on a directory that one command writes at a time (a run, a prepared set).
+"""An exclusive lock on a directory that one command writes at a time (a run, a prepared set, a
+synthetic release).
 
 The holder keeps an ``fcntl.flock`` on ``<dir>/.lock`` while it writes. The kernel drops the
 lock when the process dies, so a lock left by a killed process is never "stale": the next one
