@@ -492,7 +492,6 @@ def _check_values(spec: Spec, source: str) -> None:
     need(t.max_steps >= 0, "train.max_steps", "must be >= 0")
     need(t.log_every > 0, "train.log_every", "must be > 0")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = only at the end)")
-    need(t.seed >= 0, "train.seed", "must be >= 0")
     need(t.shuffle_seed is None or t.shuffle_seed >= 0, "train.shuffle_seed", "must be >= 0 (or null: file order)")
     for k, o in (("train.sparse_optimizer", t.sparse_optimizer), ("train.dense_optimizer", t.dense_optimizer)):
         need(o.lr > 0, f"{k}.lr", "must be > 0")
