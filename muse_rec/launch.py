@@ -95,20 +95,16 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
                 raise ProfileError(f"{p}: {key}.{k}: expected a string, got {d[k]!r}")
         if d["nodes"] < 1 or d["procs_per_node"] < 1:
             raise ProfileError(f"{p}: {key}: nodes and procs_per_node must be >= 1")
-        if not 1 <= d.get("rdzv_port", 29500) <= MAX_PORT:
+        if "rdzv_port" in d and not 1 <= d["rdzv_port"] <= MAX_PORT:
             raise ProfileError(f"{p}: {key}.rdzv_port: must be a TCP port in [1, {MAX_PORT}], got {d['rdzv_port']}")
-        env = d.get("env") or {}
-        if not isinstance(env, dict):
-            raise ProfileError(f"{p}: {key}.env: expected a mapping")
-        for k, v in env.items():
-            if not isinstance(v, (str, int, float, bool)):
-                raise ProfileError(f"{p}: {key}.env.{k}: expected a scalar, got {v!r}")
-        sched_args = d.get("scheduler_args") or {}
-        if not isinstance(sched_args, dict):
-            raise ProfileError(f"{p}: {key}.scheduler_args: expected a mapping of option -> value")
-        for k, v in sched_args.items():
-            if not isinstance(v, (str, int, float, bool)):
-                raise ProfileError(f"{p}: {key}.scheduler_args.{k}: expected a scalar, got {v!r}")
+        env, sched_args = d.get("env") or {}, d.get("scheduler_args") or {}
+        for field_name, mapping, expected in (("env", env, "a mapping"),
+                                              ("scheduler_args", sched_args, "a mapping of option -> value")):
+            if not isinstance(mapping, dict):
+                raise ProfileError(f"{p}: {key}.{field_name}: expected {expected}")
+            for k, v in mapping.items():
+                if not isinstance(v, (str, int, float, bool)):
+                    raise ProfileError(f"{p}: {key}.{field_name}.{k}: expected a scalar, got {v!r}")
         out[name] = LaunchProfile(
             name=name,
             scheduler=d["scheduler"],
