@@ -62,27 +62,6 @@ def _npy_layout(path: str) -> Tuple[Tuple[int, ...], np.dtype, int]:
         return tuple(shape), dtype, f.tell()
 
 
-def meta_number(meta: dict, meta_path: str, dotted: str, low: float, high: Optional[float] = None,
-                integer: bool = True) -> float:
-    """The number at ``dotted`` (e.g. "splits.train.samples") of a parsed meta.json, in [low, high].
-
-    meta.json is read from disk and may come from elsewhere: a missing entry, a string, a bool or
-    a value out of range is a `PreparedDataError` naming the file and the entry, not a
-    ``KeyError`` or a wrong shape further on.
-    """
-    node = meta
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            raise PreparedDataError(f"{meta_path}: no {dotted}; re-run `muse-rec prepare`")
-        node = node[key]
-    kinds = (int,) if integer else (int, float)
-    if isinstance(node, bool) or not isinstance(node, kinds) or not low <= node <= (math.inf if high is None else high):
-        what = "an integer" if integer else "a number"
-        where = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise PreparedDataError(f"{meta_path}: {dotted} must be {what} {where}, got {node!r}; re-run `muse-rec prepare`")
-    return node
-
-
 def _expected_shapes(meta: dict) -> Dict[str, Tuple[int, ...]]:
     n_items = meta["vocab_sizes"]["item"]
     shapes: Dict[str, Tuple[int, ...]] = {
@@ -138,17 +117,17 @@ class PreparedData:
         if version != FORMAT_VERSION:
             raise PreparedDataError(f"{meta_path}: format_version {version}, this code reads {FORMAT_VERSION}; "
                                     "re-run `muse-rec prepare`")
-        shown = join_path(path, "meta.json")
+        self._meta_shown = join_path(path, "meta.json")
         # Every count the layout is computed from, checked before it sizes anything.
         for name in VOCAB_NAMES:
-            meta_number(self.meta, shown, f"vocab_sizes.{name}", 1)  # row 0 (padding) included
+            self.meta_number(f"vocab_sizes.{name}", 1)  # row 0 (padding) included
         splits = self.meta.get("splits")
         extra = sorted(set(splits) - set(SPLITS)) if isinstance(splits, dict) else []
         if extra:  # only these have arrays checked against meta.json below
-            raise PreparedDataError(f"{shown}: splits.{extra[0]}: `muse-rec prepare` writes only {SPLITS}")
+            raise PreparedDataError(f"{self._meta_shown}: splits.{extra[0]}: `muse-rec prepare` writes only {SPLITS}")
         for split in SPLITS:
             for key in ("user_rows", "samples", "behaviours"):
-                meta_number(self.meta, shown, f"splits.{split}.{key}", 0)
+                self.meta_number(f"splits.{split}.{key}", 0)
         self.vocab_sizes: Dict[str, int] = {k: self.meta["vocab_sizes"][k] for k in VOCAB_NAMES}
         expected = _expected_shapes(self.meta)
         for rel, want in expected.items():
@@ -158,6 +137,26 @@ class PreparedData:
             self._check_array(local, join_path(path, rel), want, expected_dtype(rel))
         self._arrays: Dict[str, np.ndarray] = {}
         self._fingerprint: Optional[str] = None
+
+    def meta_number(self, dotted: str, low: float, high: Optional[float] = None, integer: bool = True) -> float:
+        """The number at ``dotted`` (e.g. "splits.train.samples") of meta.json, in [low, high].
+
+        meta.json is read from disk and may come from elsewhere: a missing entry, a string, a bool
+        or a value out of range is a `PreparedDataError` naming the file and the entry, not a
+        ``KeyError`` or a wrong shape further on.
+        """
+        node = self.meta
+        for key in dotted.split("."):
+            if not isinstance(node, dict) or key not in node:
+                raise PreparedDataError(f"{self._meta_shown}: no {dotted}; re-run `muse-rec prepare`")
+            node = node[key]
+        kinds = (int,) if integer else (int, float)
+        if isinstance(node, bool) or not isinstance(node, kinds) or not low <= node <= (math.inf if high is None else high):
+            what = "an integer" if integer else "a number"
+            where = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise PreparedDataError(f"{self._meta_shown}: {dotted} must be {what} {where}, got {node!r}; "
+                                    "re-run `muse-rec prepare`")
+        return node
 
     @staticmethod
     def _check_array(local: str, shown: str, want: Tuple[int, ...], dtype: np.dtype) -> None:
@@ -179,8 +178,7 @@ class PreparedData:
     def positive_rate(self, split: str) -> float:
         """The split's click rate, from meta.json (``splits.<split>.positive_rate``), in [0, 1]."""
         self.require_split(split)  # an unknown split is its own error, not a missing rate
-        return float(meta_number(self.meta, join_path(self.path, "meta.json"), f"splits.{split}.positive_rate",
-                                 0.0, 1.0, integer=False))
+        return float(self.meta_number(f"splits.{split}.positive_rate", 0.0, 1.0, integer=False))
 
     @property
     def fingerprint(self) -> str:
@@ -302,7 +300,6 @@ class PreparedData:
                                     f"(it has {sorted(self.meta['splits'])})")
         return self.meta["splits"][split]
 
-
     def vocab(self, name: str) -> Vocab:
         if name not in self.vocab_sizes:
             raise KeyError(f"unknown vocabulary {name!r}; have {sorted(self.vocab_sizes)}")
@@ -330,8 +327,7 @@ class PreparedData:
     def num_positives(self, split: str) -> int:
         """The split's clicks (``splits.<split>.positives`` of meta.json), in [0, samples]."""
         self.require_split(split)
-        return int(meta_number(self.meta, join_path(self.path, "meta.json"), f"splits.{split}.positives",
-                               0, self.num_samples(split)))
+        return int(self.meta_number(f"splits.{split}.positives", 0, self.num_samples(split)))
 
     def user_row_index(self, split: str, raw_user_ids: np.ndarray) -> np.ndarray:
         """int64 index into the split's user-feature rows for each raw user id; -1 where absent."""

@@ -115,9 +115,11 @@ def test_literal_choices_are_the_spec_fields_own_values():
 
 
 def test_spec_table_names_are_the_models():
-    """`ID_TABLES` is a literal (loading a spec imports no torch): it must be the model's list."""
+    """`ID_TABLES` is a literal (loading a spec imports no torch): it must be the model's list and
+    the vocabularies `muse-rec prepare` writes."""
+    from muse_rec.data.prepare import VOCAB_NAMES
     from muse_rec.models.sparse_arch import REQUIRED_TABLES
     from muse_rec.spec import ID_TABLES, SMALL_DIM_TABLES
 
-    assert list(ID_TABLES) == REQUIRED_TABLES
+    assert list(ID_TABLES) == REQUIRED_TABLES == VOCAB_NAMES
     assert set(ID_TABLES) - set(SMALL_DIM_TABLES) == {"item", "category"}
