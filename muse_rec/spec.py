@@ -463,6 +463,11 @@ def _check_values(spec: Spec, source: str) -> None:
     need(0 < m.short_term.recent <= d.seq_len, "model.short_term.recent", f"must be in 1..data.seq_len ({d.seq_len})")
     need(m.embedding_dim > 0, "model.embedding_dim", "must be > 0")
     need(m.small_dim > 0, "model.small_dim", "must be > 0")
+    # FBGEMM's table kernels (CPU and CUDA) take rows whose width is a multiple of 4; TorchRec
+    # asserts it only when the tables are sharded, after the run has started.
+    need(m.embedding_dim % 4 == 0, "model.embedding_dim", f"{m.embedding_dim} must be a multiple of 4 (FBGEMM's row width)")
+    need(not m.small_features or m.small_dim % 4 == 0, "model.small_dim",
+         f"{m.small_dim} must be a multiple of 4 (FBGEMM's row width; it sizes {', '.join(m.small_features)})")
     unknown = [f for f in m.small_features if f not in SMALL_DIM_TABLES]
     need(not unknown, "model.small_features", f"{', '.join(map(repr, unknown))} cannot take model.small_dim; "
          f"choose from {', '.join(SMALL_DIM_TABLES)} (item and category share one dim)")

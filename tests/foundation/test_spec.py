@@ -72,6 +72,9 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"model": {"esu": {"tier_width": 0}}}, "model.esu.tier_width: must be > 0"),
         ({"data": {"vocab_sizes": {"bogus": 10}}}, "data.vocab_sizes: unknown table 'bogus'"),
         ({"data": {"vocab_sizes": {"item": 0}}}, "data.vocab_sizes: {'item': 0}: rows must be >= 1"),
+        # TorchRec's AssertionError traceback once the tables were sharded, before.
+        ({"model": {"embedding_dim": 18}}, "model.embedding_dim: 18 must be a multiple of 4"),
+        ({"model": {"small_dim": 6, "small_features": ["user_f1"]}}, "model.small_dim: 6 must be a multiple of 4"),
     ],
 )
 def test_bad_specs_name_the_key(raw, message):
