@@ -22,7 +22,8 @@ from torchrec.distributed.planner.types import ParameterConstraints, PlannerErro
 from torchrec.distributed.types import ModuleSharder
 
 from muse_rec.distributed.plan_report import PlanReport, plan_report, usable_per_rank
-from muse_rec.distributed.planner import GiB, make_constraints, make_topology, training_constraints
+from muse_rec.distributed.planner import (GiB, make_constraints, make_topology, planner_error_line, rank_memory_line,
+                                          training_constraints)
 
 # Memory per rank of the "unbounded" topology used only to size tables without a real limit.
 _UNBOUNDED_BYTES = 1 << 60
@@ -64,9 +65,8 @@ class PlanSetup:
 
     def memory(self) -> str:
         """``HBM 80 GiB, DDR 512 GiB per rank[, UVM off]`` (the caps TorchRec plans with)."""
-        storage = self.topology(1).devices[0].storage
         uvm = "" if self.allow_uvm else ", UVM off"
-        return f"HBM {storage.hbm / GiB:g} GiB, DDR {storage.ddr / GiB:g} GiB per rank{uvm}"
+        return rank_memory_line(self.topology(1)) + uvm
 
     def describe(self, world_size: int) -> str:
         return f"{world_size} x {self.compute_device} ({self.memory()})"
@@ -99,8 +99,7 @@ def attempt(module: nn.Module, setup: PlanSetup, world_size: int,
         report = plan_report(module, setup.topology(world_size), sharders, setup.constraints(module, world_size),
                              verbose, setup.dense_bytes)
     except PlannerError as e:
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        return Attempt(world_size, None, f"TorchRec planner: {first}")
+        return Attempt(world_size, None, f"TorchRec planner: {planner_error_line(e)}")
     return Attempt(world_size, report, None)
 
 

@@ -13,17 +13,19 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.distributed.collective_utils import invoke_on_rank_and_broadcast_result
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import (
     KernelConfig,
     ParameterConstraints,
+    PlannerError,
     Stats,
     TopologyFactory,
     TrainerConfig,
@@ -78,6 +80,12 @@ def make_topology(
         ),
         kernel_config=KernelConfig(compute_device=compute_device),
     )
+
+
+def rank_memory_line(topology: Topology) -> str:
+    """``HBM 80 GiB, DDR 512 GiB per rank``: the caps the planner plans `topology` with."""
+    storage = topology.devices[0].storage
+    return f"HBM {storage.hbm / GiB:g} GiB, DDR {storage.ddr / GiB:g} GiB per rank"
 
 
 def topology_for(env: DistEnv, **caps: Optional[int]) -> Topology:
@@ -155,15 +163,37 @@ def make_plan(
     """Plan the sharding of `module` (unsharded; ``meta`` is fine, nothing is allocated).
 
     When a multi-rank process group exists, rank 0 plans and broadcasts, so every rank
-    shards identically. `verbose` logs TorchRec's plan tables (printed only at INFO).
+    shards identically. Raises `PlanDoesNotFit` on every rank when nothing fits. `verbose` logs TorchRec's plan tables (printed only at INFO).
     `dense_bytes`: per-rank memory outside the embedding tables (`rank_memory.rank_overhead_bytes`),
     reserved before tables are placed; None = TorchRec's estimate from the dense parameters.
     """
     planner = sharding_planner(module, topology, constraints, dense_bytes=dense_bytes)
+
+    def plan_or_failure() -> Union[ShardingPlan, PlanDoesNotFit]:
+        # Returned, not raised: with several ranks TorchRec's `collective_plan` plans on rank 0
+        # only, and a raise there would leave every other rank waiting in the broadcast.
+        try:
+            return planner.plan(module, sharders)
+        except PlannerError as e:
+            return PlanDoesNotFit(planner_error_line(e))
+
     with planner_logging(verbose):
         if dist.is_initialized() and dist.get_world_size() > 1:
-            return planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
-        return planner.plan(module, sharders)
+            result = invoke_on_rank_and_broadcast_result(dist.GroupMember.WORLD, 0, plan_or_failure)
+        else:
+            result = plan_or_failure()
+    if isinstance(result, PlanDoesNotFit):
+        raise result
+    return result
+
+
+class PlanDoesNotFit(ValueError):
+    """TorchRec's planner found no sharding plan for the topology (raised on every rank)."""
+
+
+def planner_error_line(e: PlannerError) -> str:
+    """The first line of a `PlannerError` (what went wrong; the rest is TorchRec's storage dump)."""
+    return next((ln.strip().rstrip(".") for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
 def planner_reservation(dense_bytes: Optional[int] = None) -> HeuristicalStorageReservation:

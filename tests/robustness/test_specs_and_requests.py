@@ -84,3 +84,25 @@ def test_evaluate_names_an_unknown_eval_split(trained, tmp_path):
     out = cli("evaluate", "--spec", SPEC, *trained.sets(["data.eval_split=valid"]), "--out", str(tmp_path / "ev"))
     assert_bad_input(out, "data.eval_split = 'valid'", "no such split")
     assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_a_job_the_planner_cannot_fit_is_one_line_on_every_rank(prepared_tiny, tmp_path, nproc):
+    """A batch whose working set exceeds a rank's memory: TorchRec's `PlannerError` traceback before,
+    on rank 0 only (the other ranks waited in the plan's broadcast). Now every rank exits with one line
+    naming the keys that size the reservation and the command that says what would fit."""
+    from tests.training.conftest import run_ranks
+
+    runs = tmp_path / "runs"
+    out = run_ranks(["train", "--spec", SPEC, *sets(prepared_tiny, runs, ["train.batch_size=100000000"]),
+                     "--device", "cpu"], nproc=nproc, check=False, timeout=300)
+    # With 2 ranks torchrun itself ends with its ChildFailedError report; no rank may show one.
+    assert "PlannerError" not in out.stderr and "]: Traceback" not in out.stderr, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("muse-rec train: no sharding plan fits")]
+    assert len(lines) == nproc, out.stderr[-3000:]  # one per rank
+    for ln in lines:
+        assert f"{nproc} x cpu" in ln and "insufficient storage" in ln and "train.batch_size 100000000" in ln, ln
+        assert f"muse-rec plan --spec SPEC --prepared {prepared_tiny} --device cpu --world-size {nproc}" in ln, ln
+    if nproc == 1:
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert not (runs / "din" / "run.json").exists()  # nothing of a run was written
