@@ -219,6 +219,9 @@ class FitDiagnosis:
         min_fit: the smallest fitting world size at the same memory per rank (None: > limit).
         uvm_fit: when UVM was off, the smallest fitting world size with UVM on.
         max_rows: the largest rows of `scaled_table` that fit at this world size.
+        reserved_bytes_per_rank: what the planner reserves per rank before any row (the job's
+            memory outside the tables, `PlanSetup.dense_bytes`, plus TorchRec's margins); when it
+            alone exceeds the memory, no world size and no vocabulary fits, and the searches are skipped.
     """
 
     setup: PlanSetup
@@ -231,6 +234,7 @@ class FitDiagnosis:
     uvm_fit: Optional[Attempt]
     scaled_table: str
     max_rows: Optional[int]
+    reserved_bytes_per_rank: int = 0
 
     def message(self) -> str:
         g = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
@@ -239,6 +243,15 @@ class FitDiagnosis:
                  "tables (weights + fused-optimizer state):"]
         for name, rows, dim, dtype, w, s in self.tables[:4]:
             lines.append(f"  {name}: {rows:,} rows x {dim} {dtype} = {g(w)}" + (f" + {g(s)} state" if s else ""))
+        if self.usable_bytes_per_rank <= 0:
+            # More ranks or fewer rows cannot help: the reservation is per rank and comes first.
+            lines += [f"  all tables: {g(total)}; but each rank reserves {g(self.reserved_bytes_per_rank)} outside the "
+                      f"tables (runtime, a step's batch x seq_len working set, loader workers, a checkpoint's copy), "
+                      f"more than its memory ({self.setup.memory()})",
+                      "what would fit:",
+                      "  - a smaller working set per rank: lower train.batch_size, train.eval_batch_size, data.seq_len "
+                      "or data.num_workers (more ranks do not shrink it), or more memory per rank"]
+            return "\n".join(lines)
         usable = self.usable_bytes_per_rank * self.world_size
         culprits, acc = [], 0
         for name, *_, w, s in self.tables:
@@ -283,14 +296,19 @@ def diagnose(build_model: ModelFactory, vocab_sizes: Mapping[str, int], setup: P
         key=lambda x: -(x[4] + x[5]),
     ))
     total = sum(w + s for *_, w, s in tables)
+    raw = setup.topology(1).devices[0].storage
     try:
-        hbm, ddr = usable_per_rank(module, setup.topology(world_size), sharders, setup.constraints(module, world_size))
+        hbm, ddr = usable_per_rank(module, setup.topology(world_size), sharders, setup.constraints(module, world_size),
+                                   setup.dense_bytes)
     except PlannerError:  # the reservation alone exceeds the HBM cap
-        hbm, ddr = 0, setup.topology(1).devices[0].storage.ddr
+        hbm, ddr = 0, raw.ddr
     if setup.compute_device != "cuda":
-        usable = ddr
+        usable, reserved = max(0, ddr), raw.ddr - ddr
     else:
-        usable = hbm + (ddr if setup.allow_uvm else 0)
+        usable = max(0, hbm) + (max(0, ddr) if setup.allow_uvm else 0)
+        reserved = raw.hbm - hbm + (raw.ddr - ddr if setup.allow_uvm else 0)
+    if usable <= 0:
+        return FitDiagnosis(setup, world_size, failed.reason, tables, 0, limit, None, None, scaled_table, None, reserved)
     min_fit = min_world_size(module, setup, sharders, total, limit)
     uvm_fit = None
     if not setup.allow_uvm:
@@ -299,4 +317,4 @@ def diagnose(build_model: ModelFactory, vocab_sizes: Mapping[str, int], setup: P
     if scaled_table in vocab_sizes:
         max_rows = max_rows_that_fit(build_model, vocab_sizes, scaled_table, setup, world_size, sharders)
     return FitDiagnosis(setup, world_size, failed.reason, tables, usable, limit, min_fit, uvm_fit,
-                        scaled_table, max_rows)
+                        scaled_table, max_rows, reserved)

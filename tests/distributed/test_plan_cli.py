@@ -209,6 +209,30 @@ def test_cpu_topology_keeps_everything_in_host_memory(tmp_path, capsys, monkeypa
         assert r["predicted_ddr_bytes"] == r["ddr_bytes"] + r["reserved_ddr_bytes"]
 
 
+def test_a_reservation_larger_than_the_rank_is_named_not_blamed_on_the_tables(tmp_path, capsys, monkeypatch):
+    # A batch whose working set alone exceeds a CPU rank's memory. Before, the diagnosis left the
+    # reservation out: "2 rank(s) offer 1024.0 GiB for rows (enough in sum: the planner could not
+    # partition the tables)", and it searched world sizes and vocabularies that cannot help.
+    overrides = ["train.sparse_optimizer.name=exact_row_wise_adagrad", "train.batch_size=100000000"]
+    out = _plan_inproc(capsys, monkeypatch, "--spec", P90, "--device", "cpu", "--world-size", "2",
+                       "--max-world-size", "4", *(a for o in overrides for a in ("--set", o)),
+                       "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 1, out.stderr
+    spec = load_spec(REPO / P90, overrides)
+    runtime = rank_overhead_bytes(spec.train.batch_size, spec.train.eval_batch_size, spec.data.seq_len,
+                                  spec.data.num_workers, world_size=2)
+    assert runtime > 512 * GiB  # the premise: the step alone is larger than the rank
+    want = _expected_tables(P90, "exact_row_wise_adagrad")
+    trainable = sum(rows * (dim * elem + STATE_PER_ROW[optim](dim)) for name, (rows, dim, elem, optim) in want.items()
+                    if name != "scl")
+    reserved = runtime + -(-trainable // 2)  # + TorchRec's KJT estimate: kilobytes, below the 0.1 GiB shown
+    assert f"each rank reserves {reserved / GiB:.1f} GiB outside the tables" in out.stderr, out.stderr
+    assert "more than its memory (HBM 0 GiB, DDR 512 GiB per rank)" in out.stderr
+    assert "lower train.batch_size" in out.stderr and "offer" not in out.stderr and "more ranks:" not in out.stderr
+    diag = json.loads((tmp_path / "r.json").read_text())["diagnosis"]
+    assert diag["min_world_size"] is None and diag["max_rows"] == {"item": None}
+
+
 def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
     run = lambda *a: _plan_inproc(capsys, monkeypatch, *a)  # noqa: E731
     spec = tmp_path / "nosizes.yaml"
