@@ -246,11 +246,12 @@ class FitDiagnosis:
         if self.usable_bytes_per_rank <= 0:
             # More ranks or fewer rows cannot help: the reservation is per rank and comes first.
             lines += [f"  all tables: {g(total)}; but each rank reserves {g(self.reserved_bytes_per_rank)} outside the "
-                      f"tables (runtime, a step's batch x seq_len working set, loader workers, a checkpoint's copy), "
+                      f"tables (runtime, a step's batch x seq_len working set, loader workers, the dense layers' training "
+                      f"state, a checkpoint's copy), "
                       f"more than its memory ({self.setup.memory()})",
                       "what would fit:",
                       "  - a smaller working set per rank: lower train.batch_size, train.eval_batch_size, data.seq_len "
-                      "or data.num_workers (more ranks do not shrink it), or more memory per rank"]
+                      "or data.num_workers, or a narrower model.tower_hidden (more ranks do not shrink it), or more memory per rank"]
             return "\n".join(lines)
         usable = self.usable_bytes_per_rank * self.world_size
         culprits, acc = [], 0

@@ -24,6 +24,12 @@ GiB at 30M items):
   / world size (even row-wise shards). At 30M items that is 1.9 GiB on one rank, the largest
   term; it scales with the vocabulary, the others do not.
 
+* the dense parameters (tower, attentions, SimTiers), replicated on every rank: the fp32
+  weight, its gradient and the dense optimizer's two moments (AdamW), ``DENSE_BYTES_PER_PARAMETER``
+  each: `dense_parameter_bytes`. For the paper's MUSE (126k parameters) that is 1.9 MiB, inside the
+  measured constants below; it is a term so that a much wider tower is reserved for, not
+  discovered by the allocator mid-build.
+
 The first four terms (~0.5-0.8 GiB, independent of the vocabulary) are constants measured
 with specs/taobao_mm_full/muse.yaml (L = 1000) on a 20,000-item release-shaped synthetic set
 (four runs: batch 250 and 1000, 1 and 2 workers, 1 and 2 gloo ranks; the peak anonymous
@@ -47,6 +53,7 @@ RUNTIME_BYTES = 440 * MiB
 BYTES_PER_POSITION = 254
 WORKER_BYTES = 27 * MiB
 COLLECTIVE_BYTES_PER_POSITION = 75
+DENSE_BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW's exp_avg and exp_avg_sq
 
 
 def rank_overhead_bytes(batch_size: int, eval_batch_size: int, seq_len: int, num_workers: int,
@@ -57,6 +64,16 @@ def rank_overhead_bytes(batch_size: int, eval_batch_size: int, seq_len: int, num
     if world_size > 1:
         total += COLLECTIVE_BYTES_PER_POSITION * positions
     return int(total)
+
+
+def dense_parameter_bytes(module: nn.Module) -> int:
+    """`DENSE_BYTES_PER_PARAMETER` x the parameters of `module` outside its embedding collections
+    (unsharded; ``meta`` is fine): what the replicated dense part holds on each rank while training."""
+    from torchrec import EmbeddingBagCollection, EmbeddingCollection
+
+    tables = {id(p) for m in module.modules() if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection))
+              for p in m.parameters()}
+    return DENSE_BYTES_PER_PARAMETER * sum(p.numel() for p in module.parameters() if id(p) not in tables)
 
 
 def trainable_table_bytes(module: nn.Module, sharders: Sequence) -> int:
@@ -80,8 +97,8 @@ def trainable_table_bytes(module: nn.Module, sharders: Sequence) -> int:
 
 def spec_rank_overhead_bytes(spec, module: nn.Module, device_type: str, world_size: int) -> Optional[int]:
     """What a rank of `spec`'s job holds outside its embedding kernels on `device_type` (CPU):
-    `rank_overhead_bytes` + the checkpoint's copy of its share of the trainable tables.
-    None off CPU (TorchRec's own estimate stays)."""
+    `rank_overhead_bytes` + the checkpoint's copy of its share of the trainable tables + the dense
+    parameters' training state. None off CPU (TorchRec's own estimate stays)."""
     if device_type != "cpu":
         return None
     from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
@@ -89,4 +106,4 @@ def spec_rank_overhead_bytes(spec, module: nn.Module, device_type: str, world_si
     sharders = make_sharders(FusedOptimizerConfig(name=spec.train.sparse_optimizer.name), device_type)
     checkpoint_copy = -(-trainable_table_bytes(module, sharders) // max(1, world_size))
     return rank_overhead_bytes(spec.train.batch_size, spec.train.eval_batch_size, spec.data.seq_len,
-                               spec.data.num_workers, world_size) + checkpoint_copy
+                               spec.data.num_workers, world_size) + checkpoint_copy + dense_parameter_bytes(module)

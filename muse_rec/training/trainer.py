@@ -33,7 +33,7 @@ from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
 from muse_rec.distributed.plan_measure import kernel_tensor_bytes, status_bytes
 from muse_rec.distributed.planner import PlanDoesNotFit, rank_memory_line, topology_for, training_constraints
-from muse_rec.distributed.rank_memory import spec_rank_overhead_bytes
+from muse_rec.distributed.rank_memory import dense_parameter_bytes, spec_rank_overhead_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
 from muse_rec.models.ctr_model import build_train_model, is_frozen_key
 from muse_rec.spec import Spec
@@ -316,13 +316,15 @@ def _output_prior(spec: Spec, data: PreparedData) -> Optional[float]:
     return rate
 
 
-def _plan_failure(spec: Spec, env: DistEnv, dense_bytes: Optional[int], e: PlanDoesNotFit) -> str:
+def _plan_failure(spec: Spec, env: DistEnv, model: torch.nn.Module, dense_bytes: Optional[int], e: PlanDoesNotFit) -> str:
     """One line: why no plan fits this job, what it reserves outside the tables, where to look next."""
     reserved = ""
     if dense_bytes is not None:
-        reserved = (f"; each rank also holds {dense_bytes / 2**30:.1f} GiB outside the tables (runtime, a step of "
+        gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+        reserved = (f"; each rank also holds {gib(dense_bytes)} outside the tables (runtime, a step of "
                     f"train.batch_size {spec.train.batch_size} / train.eval_batch_size {spec.train.eval_batch_size} "
-                    f"x data.seq_len {spec.data.seq_len}, data.num_workers {spec.data.num_workers}, a checkpoint's copy)")
+                    f"x data.seq_len {spec.data.seq_len}, data.num_workers {spec.data.num_workers}, the dense layers' "
+                    f"training state {gib(dense_parameter_bytes(model))}, a checkpoint's copy)")
     return (f"no sharding plan fits {env.world_size} x {env.device.type} ({rank_memory_line(topology_for(env))}): "
             f"TorchRec planner: {e}{reserved}; `muse-rec plan --spec SPEC --prepared {spec.data.prepared} "
             f"--device {env.device.type} --world-size {env.world_size}` shows the tables and what would fit")
@@ -350,7 +352,7 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
         dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer, constraints=constraints,
                           frozen_output_dtype=SparseType.FP16, dense_bytes=dense_bytes)
     except PlanDoesNotFit as e:
-        raise RunError(_plan_failure(spec, env, dense_bytes, e)) from None
+        raise RunError(_plan_failure(spec, env, model, dense_bytes, e)) from None
     arch = dmp.module.model.sparse_arch
     arch.load_scl_(data.scl())  # frozen: loaded, never trained, never saved
     optimizer = build_optimizer(dmp, spec.train.dense_optimizer)

@@ -59,9 +59,15 @@ def _expected_tables(spec_path: str, optimizer: str):
     return out
 
 
-def _model(spec_path: str):
-    spec = load_spec(REPO / spec_path)
+def _model(spec_path: str, overrides=()):
+    spec = load_spec(REPO / spec_path, overrides)
     return build_train_model(spec.model, spec.data.vocab_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"))
+
+
+def _dense_state_bytes(spec_path: str, overrides=()) -> int:
+    """fp32 weight + gradient + AdamW's two moments (16 bytes) per parameter outside the ID tables."""
+    model = _model(spec_path, overrides)
+    return 16 * sum(p.numel() for name, p in model.named_parameters() if "sparse_arch" not in name)
 
 
 def test_specs_carry_the_published_sizes():
@@ -202,7 +208,7 @@ def test_cpu_topology_keeps_everything_in_host_memory(tmp_path, capsys, monkeypa
     assert 0.5 * GiB < runtime < 1.5 * GiB
     trainable = sum(rows * (dim * elem + STATE_PER_ROW[optim](dim)) for name, (rows, dim, elem, optim) in want.items()
                     if name != "scl")
-    outside = runtime + -(-trainable // 2)
+    outside = runtime + -(-trainable // 2) + _dense_state_bytes(P90)
     for r in plan["ranks"]:
         # TorchRec adds its KJT estimate (20 copies of a 512-sample batch: kilobytes) to ours.
         assert outside <= r["reserved_ddr_bytes"] < outside + 2**20, r
@@ -225,12 +231,29 @@ def test_a_reservation_larger_than_the_rank_is_named_not_blamed_on_the_tables(tm
     want = _expected_tables(P90, "exact_row_wise_adagrad")
     trainable = sum(rows * (dim * elem + STATE_PER_ROW[optim](dim)) for name, (rows, dim, elem, optim) in want.items()
                     if name != "scl")
-    reserved = runtime + -(-trainable // 2)  # + TorchRec's KJT estimate: kilobytes, below the 0.1 GiB shown
+    # + TorchRec's KJT estimate: kilobytes, below the 0.1 GiB shown
+    reserved = runtime + -(-trainable // 2) + _dense_state_bytes(P90, overrides)
     assert f"each rank reserves {reserved / GiB:.1f} GiB outside the tables" in out.stderr, out.stderr
     assert "more than its memory (HBM 0 GiB, DDR 512 GiB per rank)" in out.stderr
     assert "lower train.batch_size" in out.stderr and "offer" not in out.stderr and "more ranks:" not in out.stderr
     diag = json.loads((tmp_path / "r.json").read_text())["diagnosis"]
     assert diag["min_world_size"] is None and diag["max_rows"] == {"item": None}
+
+
+def test_the_reservation_grows_with_the_dense_parameters(tmp_path, capsys, monkeypatch):
+    # A 4x wider first tower layer is reserved for (weights, gradients, AdamW's two moments), not
+    # discovered by the allocator mid-build. Its extra parameters, from the shapes alone (tower
+    # input 308 = the spec's concatenated features): Linear 308 -> w (+ bias), Dice's per-unit g,
+    # Linear w -> 128.
+    reserved = {}
+    for width in (256, 1024):
+        out = _plan_inproc(capsys, monkeypatch, "--spec", P90, "--device", "cpu", "--world-size", "1",
+                           "--set", "train.sparse_optimizer.name=exact_row_wise_adagrad",
+                           "--set", f"model.tower_hidden=[{width},128,64]", "--json", str(tmp_path / f"{width}.json"))
+        assert out.returncode == 0, out.stderr
+        reserved[width] = json.loads((tmp_path / f"{width}.json").read_text())["plan"]["ranks"][0]["reserved_ddr_bytes"]
+    extra = lambda w: 308 * w + w + w + w * 128  # noqa: E731
+    assert reserved[1024] - reserved[256] == 16 * (extra(1024) - extra(256))
 
 
 def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
