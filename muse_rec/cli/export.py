@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.cli.errors import bad_input_errors, check_output_path, report
     from muse_rec.serving.export import export_model
     from muse_rec.spec import load_spec
+    from muse_rec.training.quiet import quiet_known_warnings
 
+    quiet_known_warnings()
     if args.seq_len is not None and args.seq_len < 1:
         return report("export", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for data.seq_len)"))
     try:

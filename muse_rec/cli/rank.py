@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.cli.errors import bad_input_errors, report
     from muse_rec.serving.ranker import Ranker, rank_all
     from muse_rec.spec import load_spec
+    from muse_rec.training.quiet import quiet_known_warnings
 
+    quiet_known_warnings()
     if args.seq_len is not None and args.seq_len < 1:
         return report("rank", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for the spec's / program's)"))
     try:

@@ -1,7 +1,7 @@
 """Silence the library warnings a user can do nothing about, so the run's log stays readable.
 
-Each filter names one message of torch/TorchRec 2.13/1.8 that fires on every run and says
-nothing about the user's job; anything else still prints.
+Each filter names one message of torch/TorchRec 2.13/1.8 that fires on every run (training, or
+export / rank) and says nothing about the user's job; anything else still prints.
 """
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ _KNOWN = [
     (FutureWarning, r"`broadcast_buffers` is deprecated"),
     # FBGEMM's CPU build lacks the SSD optimizers' lookup modules (CUDA/SSD only).
     (DeprecationWarning, r"Failed to import: fbgemm_gpu\.split_embedding_codegen_lookup_invokers"),
+    # DCP reading a checkpoint in one process without a process group: what export and rank do.
+    (UserWarning, r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to load in a single"),
+    # torch.export's archive writer on weights that share no storage group; ours are all on CPU.
+    (UserWarning, r"No complete tensor found in the group! Returning the first one"),
 ]
 
 
@@ -40,3 +44,7 @@ def quiet_known_warnings() -> None:
     logging.getLogger("torchrec.distributed.comm").addFilter(
         _DropMessages("TORCHREC_RESOLVED_POD_SIZE not set", "[Connection] intra_group", "[Connection] cross_group"))
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    # Loading an exported program: one line per unbacked size symbol (the data-dependent top-k and
+    # history lengths) that the saved graph no longer names; ~20 per load, none actionable.
+    logging.getLogger("torch._export.serde.serialize").addFilter(
+        _DropMessages("did not appear in the graph that was deserialized"))
