@@ -181,7 +181,9 @@ def scl_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptio
     width = keys.shape[1]
     sel = cosine_selection_scores(cos, has_vector, torch.from_numpy(mask)[index_t], 0, width)
     values, positions = torch.topk(sel, min(opts.top_k, width), dim=1)
-    picked = decode_cosine_selection(values, positions, opts.top_k)
+    # Decoded at the width topk returned, not padded to K: padding slots hold no score and do not
+    # change the mean, and a K far beyond every history would allocate [chunk, K].
+    picked = decode_cosine_selection(values, positions, values.shape[1])
     count = picked.has_score.sum(1)
     mean = picked.scores.to(torch.float64).sum(1) / count.clamp_min(1)
     out["mean_topk_similarity"][has_user] = torch.where(count > 0, mean, NO_VECTOR_SCORE).numpy()

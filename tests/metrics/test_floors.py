@@ -157,6 +157,20 @@ def test_scores_and_metrics_match_brute_force(which, tiny, holes):
     assert result["best"]["name"] == best
 
 
+def test_a_k_beyond_every_history_is_the_mean_of_all_cosines(tiny):
+    """K larger than any history (here 10^9): the mean over every behaviour with a vector, as brute
+    force says. Before, the selection was padded to K slots: a [chunk, 10^9] allocation traceback."""
+    from dataclasses import replace
+
+    data = PreparedData(str(tiny))
+    opts = replace(OPTS, top_k=10**9)
+    n = data.num_samples("test")
+    ours = split_scores(data, "test", np.arange(n), opts, ItemCtr.from_train(data, "train", opts.prior_strength),
+                        with_scl=True)
+    ref = brute_scores(tiny, "test", opts)["mean_topk_similarity"]
+    np.testing.assert_allclose(ours["mean_topk_similarity"], ref, rtol=0, atol=COS_TOL["mean_topk_similarity"])
+
+
 def test_user_chunks_hold_whole_users_within_both_bounds():
     from muse_rec.metrics.floor_scores import _user_chunks
 
