@@ -24,6 +24,7 @@ QUICK_FIG5_LENGTHS = (50, 200, 1000)
 QUICK_SYNTH_ARGS = ("--preset", "demo", "--users", "1200")
 DEFAULT_SYNTH_ARGS = ("--preset", "demo")
 WHAT_ALL = "table5,table3,table1,table2,fig5,fig6"
+FUSION_PARALLEL = 2  # --what fusion: trainings at once by default (one per SCL quality; 2 cores)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "alone: GAUC of MUSE, SIM-soft and MUSE-fusion against SCL quality (docs/fusion.md)")
     p.add_argument("--scl-qualities", default=None,
                    help="--what fusion: SCL qualities Q of the sweep (default 1,0.5,0.2,0)")
-    p.add_argument("--parallel", type=int, default=2,
-                   help="--what fusion: trainings at once (one per quality; default 2)")
+    p.add_argument("--parallel", type=int, default=None,
+                   help=f"--what fusion: trainings at once (one per quality; default {FUSION_PARALLEL})")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prepared", default=None, help="prepared real Taobao-MM data (any iopath path; `muse-rec prepare --vocab p90`)")
     src.add_argument("--raw", default=None, help="raw real Taobao-MM release (any iopath path): prepared into OUT/data/prepared first")
@@ -78,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.reproduce.plan import FIG5_LENGTHS, REAL, SYNTHETIC, build_plan, parse_what
     from muse_rec.reproduce.report import write_report
     from muse_rec.reproduce.results import load_metrics
-    from muse_rec.reproduce.runner import (Execution, ReproduceError, check_manifest, check_prepared, execute,
-                                           prepare_data)
+    from muse_rec.reproduce.runner import (Execution, ReproduceError, check_manifest, check_overrides, check_prepared,
+                                           execute, prepare_data)
     from muse_rec.spec import SpecError
 
     bad = _bad_arguments(args)
@@ -88,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if "fusion" in [w.strip().lower() for w in args.what.split(",")]:
         return run_fusion(args)
+    for flag, value in (("--scl-qualities", args.scl_qualities), ("--parallel", args.parallel)):
+        if value is not None:  # silently ignored before
+            print(f"muse-rec reproduce: {flag} applies to --what fusion only", file=sys.stderr)
+            return 2
     started = time.perf_counter()
     out = Path(args.out)
     real = bool(args.prepared or args.raw)
@@ -98,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         what = parse_what(args.what)
         prepared_hint = args.prepared or str(out / "data" / "prepared")
         plan = build_plan(what, seeds, lengths, REAL if real else SYNTHETIC, prepared=prepared_hint)
-    except (ValueError, SpecError) as e:
+        check_overrides(out, prepared_hint, plan.runs, args.set)
+    except (ValueError, SpecError, ReproduceError) as e:
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -193,8 +199,9 @@ def run_fusion(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2
-    if args.parallel < 1:
-        print(f"muse-rec reproduce: --parallel {args.parallel}: must be >= 1", file=sys.stderr)
+    parallel = FUSION_PARALLEL if args.parallel is None else args.parallel
+    if parallel < 1:
+        print(f"muse-rec reproduce: --parallel {parallel}: must be >= 1", file=sys.stderr)
         return 2
     if args.dry_run:
         print(json.dumps({f"{q:g}": p.to_dict() for q, p in plans.items()}, indent=2))
@@ -203,7 +210,7 @@ def run_fusion(args: argparse.Namespace) -> int:
     execution = Execution(nproc=args.nproc or 1, device=args.device or "cpu", threads_per_rank=args.threads,
                           extra_overrides=tuple(args.set))
     try:
-        table = run_sweep(out, qualities, seeds, synth_args, execution, parallel=args.parallel,
+        table = run_sweep(out, qualities, seeds, synth_args, execution, parallel=parallel,
                           train=not args.report_only)
     except (ReproduceError, ValueError, OSError) as e:  # OSError: the OS refused to write under OUT
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
@@ -213,7 +220,7 @@ def run_fusion(args: argparse.Namespace) -> int:
     flags += [f"--set {kv}" for kv in args.set]
     context = [f"data: `muse-rec synth {' '.join(synth_args)} --scl-quality Q` per Q (same world and seed)",
                f"methods: {', '.join(f'{lb} (specs/demo/{st}.yaml)' for lb, st in FUSION_METHODS)}; "
-               f"{execution.nproc} rank(s) per training, {args.parallel} at once",
+               f"{execution.nproc} rank(s) per training, {parallel} at once",
                ("report written from the finished runs (--report-only)" if args.report_only else
                 f"wall {(time.perf_counter() - started) / 60:.1f} min (shared machine: timings are noisy)"),
                f"command: `muse-rec reproduce {out} {' '.join(flags)}`"]

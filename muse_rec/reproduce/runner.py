@@ -203,9 +203,18 @@ def _preflight(out: Path, prepared: str, runs: List[Run], extra: Sequence[str]) 
     """Refuse, before any training, what would fail every run the same way: prepared data that
     does not open, or a ``--set`` override that a run's spec does not accept. A run whose own
     configuration is broken still fails alone (the worker records it and the job goes on)."""
+    check_prepared(prepared)
+    check_overrides(out, prepared, runs, extra)
+
+
+def check_overrides(out: Path, prepared: str, runs: Sequence[Run], extra: Sequence[str]) -> None:
+    """ReproduceError naming the first run whose spec refuses the ``--set`` overrides ``extra``
+    (runs that fail without them are left to fail alone). Needs no data: `muse-rec reproduce`
+    calls it before it makes any, so a typo costs no synth."""
     from muse_rec.spec import SpecError, load_spec
 
-    check_prepared(prepared)
+    if not extra:
+        return
     for r in runs:
         own = run_overrides(out, r, prepared)
         try:

@@ -52,6 +52,21 @@ def test_what_would_fail_every_run_is_refused_before_training(capsys, tmp_path: 
     assert not (out / "logs").exists() and not (out / "runs").exists()
 
 
+def test_a_bad_set_or_a_fusion_flag_is_refused_before_any_data_is_made(capsys, tmp_path: Path):
+    """On the synthetic path a --set typo was found only after the release was synthesised and
+    prepared (minutes), and --dry-run printed a plan with it; --scl-qualities / --parallel without
+    --what fusion were ignored. Now each is one line, exit 2, and OUT is never created."""
+    out = tmp_path / "out"
+    for extra, words in ((["--set", "train.nope=1"], "run din-s0: --set train.nope=1: train.nope: unknown key"),
+                         (["--set", "train.batch_size=0", "--dry-run"], "--set train.batch_size=0: train.batch_size: must be > 0"),
+                         (["--scl-qualities", "0.5"], "--scl-qualities applies to --what fusion only"),
+                         (["--parallel", "3"], "--parallel applies to --what fusion only")):
+        assert main(["reproduce", str(out), "--quick", "--what", "table5", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, (extra, err)
+        assert not out.exists(), extra
+
+
 def test_report_only_names_the_key_of_a_malformed_run(capsys, tmp_path: Path):
     """The report reads each run's metrics.json with the same checks as `compare`."""
     plan = build_plan(("table5",), seeds=1)
