@@ -33,7 +33,6 @@ class SynthConfig:
     unseen_test_fraction: float = _knob(0.1, "test users not in train, as a share of the test users taken from train")
     seed: int = _knob(0, "random seed; the same seed gives byte-identical Parquet files")
     # --- semantic space ----------------------------------------------------------------
-    scl_dim: int = _knob(128, "SCL vector width (the release uses 128)")
     item_noise: float = _knob(0.8, "item SCL = centroid + item_noise * unit Gaussian; within-cluster cosine ~ 1/(1+noise^2)")
     category_semantic_weight: float = _knob(0.2, "share of a cluster centroid along its category direction (same-category clusters are closer)")
     multi_category_fraction: float = _knob(0.3, "share of clusters whose items spread over several categories")
@@ -113,6 +112,11 @@ class SynthConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def test_users_from_train(self) -> int:
+        """Train users that also get test impressions: ``round(users x test_user_fraction)``."""
+        return int(round(self.users * self.test_user_fraction))
+
     def validate(self) -> None:
         """Raise ValueError naming the first knob that is out of range."""
         problems: List[str] = []
@@ -126,6 +130,9 @@ class SynthConfig:
             need(not isinstance(v, float) or math.isfinite(v), f"{f.name}={v} must be finite")
         need(self.seed >= 0, f"seed={self.seed} must be >= 0")  # NumPy's generators take no negative seed
         need(self.users >= 1, f"users={self.users} must be >= 1")
+        # `muse-rec prepare` refuses a release without test impressions (it has nothing to evaluate).
+        need(self.test_users_from_train >= 1, f"users={self.users} x test_user_fraction={self.test_user_fraction} "
+             "rounds to 0 test users; the release needs a test split")
         need(self.clusters >= 1, f"clusters={self.clusters} must be >= 1")
         need(1 <= self.categories <= self.clusters,
              f"categories={self.categories} must be in [1, clusters={self.clusters}] (categories are coarser than clusters)")
@@ -134,7 +141,6 @@ class SynthConfig:
              f"need 1 <= min_seq_len={self.min_seq_len} <= max_seq_len={self.max_seq_len}")
         need(self.writer in self.WRITERS, f"writer={self.writer!r} must be one of {self.WRITERS}")
         need(self.samples_per_user >= 1, f"samples_per_user={self.samples_per_user} must be >= 1")
-        need(self.scl_dim >= 2, f"scl_dim={self.scl_dim} must be >= 2")
         need(self.max_long_interests >= 1, f"max_long_interests={self.max_long_interests} must be >= 1")
         need(self.mean_long_interests >= 1, f"mean_long_interests={self.mean_long_interests} must be >= 1")
         need(self.session_len >= 1, f"session_len={self.session_len} must be >= 1")

@@ -154,7 +154,7 @@ def _write_items(staging: str, cfg: SynthConfig, cat: Catalogue, ids: IdHasher,
                  tick: Callable[[str, int], None]) -> Dict[str, int]:
     """item_features and SCL for every catalogue item, `row_group_rows` items per row group."""
     feats, scl = StagedTable(staging, "item_features"), StagedTable(staging, "scl")
-    I, D = cat.item_cluster.shape[0], cfg.scl_dim
+    I, D = cat.item_cluster.shape[0], S.SCL_DIM
     group = max(1, cfg.row_group_rows // VECTOR_BLOCK) * VECTOR_BLOCK  # whole vector blocks per row group
     scl_type = release_schema("scl").field(S.SCL_VECTOR).type
     for lo in range(0, I, group):

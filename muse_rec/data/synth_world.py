@@ -29,6 +29,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from muse_rec.data.schema import SCL_DIM
 from muse_rec.data.synth_config import SynthConfig
 
 # 130_x user-field vocabulary sizes (130_4 grows with the user count, 130_5 reuses 130_1's
@@ -67,7 +68,7 @@ def user_field_cardinalities(cfg: SynthConfig) -> Tuple[int, ...]:
 
 @dataclass
 class Catalogue:
-    """Items in dense rows. I items, C clusters, K categories, D = scl_dim."""
+    """Items in dense rows. I items, C clusters, K categories, D = SCL_DIM (the release's width)."""
 
     centroid: np.ndarray  # [C, D] float32 unit cluster centroids
     cluster_cdf: np.ndarray  # [C] float64 cumulative cluster popularity (ends at 1)
@@ -116,7 +117,7 @@ def item_vector_block(cfg: SynthConfig, cat: "Catalogue", block: int) -> np.ndar
     from the block's own stream so each block is regenerated identically on every call."""
     lo = block * VECTOR_BLOCK
     hi = min(cat.item_cluster.shape[0], lo + VECTOR_BLOCK)
-    noise = _unit_noise(np.random.default_rng([cfg.seed, _VECTOR_STAGE, block]), hi - lo, cfg.scl_dim)
+    noise = _unit_noise(np.random.default_rng([cfg.seed, _VECTOR_STAGE, block]), hi - lo, SCL_DIM)
     return scl_vectors(cfg, cat.centroid[cat.item_cluster[lo:hi]], noise)
 
 
@@ -124,7 +125,7 @@ def build_catalogue(cfg: SynthConfig, with_vectors: bool = True) -> Catalogue:
     """The catalogue; ``with_vectors=False`` (streaming world) leaves ``item_vec`` None and skips its
     [I, D] draw, so the later draws (and thus that world) differ from the in-memory one."""
     rng = stage_rng(cfg, 1)
-    C, K, I, D = cfg.clusters, cfg.categories, cfg.items, cfg.scl_dim
+    C, K, I, D = cfg.clusters, cfg.categories, cfg.items, SCL_DIM
     size_w = rng.lognormal(0.0, cfg.cluster_size_sigma, C)
     sizes = 1 + rng.multinomial(I - C, size_w / size_w.sum())
     item_cluster = np.repeat(np.arange(C, dtype=np.int64), sizes)
@@ -213,7 +214,7 @@ class Users:
 def build_users(cfg: SynthConfig, cat: Catalogue) -> Users:
     rng = stage_rng(cfg, 2)
     n_train = cfg.users
-    n_from_train = int(round(n_train * cfg.test_user_fraction))
+    n_from_train = cfg.test_users_from_train
     n_unseen = int(round(n_from_train * cfg.unseen_test_fraction))
     U = n_train + n_unseen
     in_test = np.zeros(U, dtype=bool)

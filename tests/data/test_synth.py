@@ -223,6 +223,10 @@ def test_config_errors_name_the_knob(tmp_path: Path) -> None:
     for knob in ("samples_per_user", "cluster_size_sigma", "item_zipf"):  # a traceback or accepted
         with pytest.raises(ValueError, match=rf"{knob}=inf must be finite"):
             _tiny(**{knob: float("inf")}).validate()
+    # A release `muse-rec prepare` refuses ("test_samples: empty table"), written without a word before.
+    for knobs in ({"users": 1}, {"test_user_fraction": 0.0}):
+        with pytest.raises(ValueError, match=r"rounds to 0 test users; the release needs a test split"):
+            _tiny(**knobs).validate()
     with pytest.raises(ValueError, match="unknown synth preset 'huge'"):
         SynthConfig.preset("huge")
     with pytest.raises(KeyError, match="nope"):
