@@ -11,8 +11,10 @@ allocating a table, e.g. an 8 x 80 GiB GPU node from a CPU box:
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch.distributed as dist
@@ -85,11 +87,31 @@ def make_topology(
 def rank_memory_line(topology: Topology) -> str:
     """``HBM 80 GiB, DDR 512 GiB per rank``: the caps the planner plans `topology` with."""
     storage = topology.devices[0].storage
-    return f"HBM {storage.hbm / GiB:g} GiB, DDR {storage.ddr / GiB:g} GiB per rank"
+    return f"HBM {storage.hbm / GiB:.4g} GiB, DDR {storage.ddr / GiB:.4g} GiB per rank"
+
+
+def host_memory_bytes() -> int:
+    """This host's physical memory, or its cgroup's memory limit when that is lower (a container's)."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # v2 writes "max" when unlimited
+            total = min(total, int(text))
+    return total
 
 
 def topology_for(env: DistEnv, **caps: Optional[int]) -> Topology:
-    """`make_topology` for the running job (`caps`: ``hbm_bytes_per_rank``, ``ddr_bytes_per_rank``)."""
+    """`make_topology` for the running job (`caps`: ``hbm_bytes_per_rank``, ``ddr_bytes_per_rank``).
+
+    On CPU the DDR cap defaults to this host's memory shared by its ranks: TorchRec's default
+    (128 GiB per rank, whatever the host has) would plan a job the host cannot hold and leave it
+    to the OOM killer mid-run instead of a one-line refusal (`PlanDoesNotFit`) before it starts.
+    """
+    if env.device.type == "cpu" and caps.get("ddr_bytes_per_rank") is None:
+        caps["ddr_bytes_per_rank"] = host_memory_bytes() // max(1, env.local_world_size)
     return make_topology(env.world_size, env.device.type, env.local_world_size, **caps)
 
 

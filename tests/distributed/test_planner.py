@@ -1,6 +1,8 @@
 """Planning on meta (no allocation), constraints, summaries; DistEnv parsing; sharder checks."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -61,3 +63,24 @@ def test_dist_env_from_variables() -> None:
         DistEnv.from_environ({"RANK": "4", "WORLD_SIZE": "4"}, "cpu")
     with pytest.raises(ValueError, match="WORLD_SIZE='two'"):
         DistEnv.from_environ({"WORLD_SIZE": "two"}, "cpu")
+
+
+def test_a_cpu_job_plans_with_this_hosts_memory_and_a_misfit_is_plan_does_not_fit(monkeypatch) -> None:
+    """TorchRec's CPU default (128 GiB per rank, whatever the host has) planned jobs the host cannot
+    hold: ~11 GiB of p90 tables (35.4M items; 8.4 GiB of SCL alone) were "placed" on an 8 GiB host and
+    the OOM killer ended the run. The DDR cap is the host's memory shared by its ranks."""
+    from muse_rec.distributed import planner
+
+    assert 0 < planner.host_memory_bytes() <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    monkeypatch.setattr(planner, "host_memory_bytes", lambda: 12 * GiB)
+    env = DistEnv(rank=0, world_size=4, local_rank=0, local_world_size=2, device=torch.device("cpu"), backend="gloo")
+    assert planner.topology_for(env).devices[0].storage.ddr == 6 * GiB
+    assert planner.topology_for(env, ddr_bytes_per_rank=GiB).devices[0].storage.ddr == GiB  # an explicit cap wins
+    assert "DDR 6 GiB per rank" in planner.rank_memory_line(planner.topology_for(env))
+    arch = SparseArch(P90, device=torch.device("meta"))
+    one_rank = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend="gloo")
+    monkeypatch.setattr(planner, "host_memory_bytes", lambda: 8 * GiB)
+    with pytest.raises(planner.PlanDoesNotFit, match="insufficient storage$"):
+        make_plan(arch, planner.topology_for(one_rank), make_sharders(FusedOptimizerConfig(), "cpu"))
+    monkeypatch.setattr(planner, "host_memory_bytes", lambda: 64 * GiB)  # the same tables on a larger host
+    make_plan(arch, planner.topology_for(one_rank), make_sharders(FusedOptimizerConfig(), "cpu"))
