@@ -15,13 +15,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True, help="the spec the checkpoint was trained with")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (repeatable)")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the run's latest)")
-    p.add_argument("--out", required=True, help="where metrics.json and predictions.parquet go")
+    p.add_argument("--out", required=True, help="where metrics.json and predictions.parquet go: a new or empty "
+                   "directory, or an earlier evaluation's (replaced)")
     p.add_argument("--max-batches", type=int, default=0, help="per rank; 0 = the whole split")
     p.add_argument("--expect-sha256", default=None, metavar="DIGEST",
                    help="refuse the checkpoint unless its SHA-256 digest (logged when it was saved) is this")
     p.add_argument("--allow-data-mismatch", action="store_true",
                    help="evaluate even though the checkpoint was trained on other prepared data")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+
+
+# What an evaluation writes into --out (and its atomic-write temporary): an --out holding only these
+# is an earlier evaluation, replaced; anything else (a run directory, say) is refused.
+EVALUATION_FILES = ("metrics.json", "metrics.json.tmp", "predictions.parquet")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batches < 0:
         return report("evaluate", ValueError(f"--max-batches {args.max_batches}: must be >= 0 (0 = the whole split)"))
     try:
-        check_output_path(args.out, "--out")
+        check_output_path(args.out, "--out", replaces=EVALUATION_FILES)
         spec = load_spec(args.spec, args.set)
         evaluate_checkpoint(spec, args.checkpoint, args.out, device_type=args.device, max_batches=args.max_batches,
                             allow_data_mismatch=args.allow_data_mismatch, expect_sha256=args.expect_sha256)

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from muse_rec.cli.errors import OutputPathError, check_output_path
-from tests.robustness.conftest import SPEC, assert_bad_input, cli
+from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets
 
 
 def test_check_output_path_creates_nothing_and_names_the_culprit(tmp_path):
@@ -24,6 +24,23 @@ def test_check_output_path_creates_nothing_and_names_the_culprit(tmp_path):
     with pytest.raises(OutputPathError, match=rf"--out {tmp_path}: is a directory, expected a file path"):
         check_output_path(str(tmp_path), "--out", directory=False)
     assert blocker.read_text() == "kept"
+
+
+def test_evaluate_into_a_run_directory_is_refused_and_an_earlier_evaluation_is_replaced(trained, tmp_path):
+    """`--out` = the run directory overwrote the run's own metrics.json (its training result and floor
+    check) with the evaluation's, silently. Now only a new, empty or earlier evaluation's --out is taken."""
+    runs = trained.copy_run(tmp_path / "runs")
+    run_dir = runs / "din"
+    run_sets = sets(trained.prepared, runs)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    out = cli("evaluate", "--spec", SPEC, *run_sets, "--out", str(run_dir), "--max-batches", "1")
+    assert_bad_input(out, f"--out {run_dir}: holds files this command did not write", "write into a new or empty directory")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    ev = tmp_path / "ev"
+    for batches in ("1", "2"):  # the second replaces the first
+        out = cli("evaluate", "--spec", SPEC, *run_sets, "--out", str(ev), "--max-batches", batches)
+        assert out.returncode == 0, out.stderr[-2000:]
+    assert sorted(p.name for p in ev.iterdir()) == ["metrics.json", "predictions.parquet"]
 
 
 @pytest.mark.parametrize("command", ["evaluate", "export", "compare", "baselines", "reproduce"])
