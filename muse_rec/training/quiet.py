@@ -17,6 +17,8 @@ _KNOWN = [
     (FutureWarning, r"`broadcast_buffers` is deprecated"),
     # FBGEMM's CPU build lacks the SSD optimizers' lookup modules (CUDA/SSD only).
     (DeprecationWarning, r"Failed to import: fbgemm_gpu\.split_embedding_codegen_lookup_invokers"),
+    # DCP planning the load of TorchRec's sharded tables (ShardedTensor: TorchRec's, not ours to change).
+    (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor"),
     # DCP reading a checkpoint in one process without a process group: what export and rank do.
     (UserWarning, r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to load in a single"),
     # torch.export's archive writer on weights that share no storage group; ours are all on CPU.

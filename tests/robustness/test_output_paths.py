@@ -40,6 +40,7 @@ def test_evaluate_into_a_run_directory_is_refused_and_an_earlier_evaluation_is_r
     for batches in ("1", "2"):  # the second replaces the first
         out = cli("evaluate", "--spec", SPEC, *run_sets, "--out", str(ev), "--max-batches", batches)
         assert out.returncode == 0, out.stderr[-2000:]
+        assert "Warning" not in out.stderr, out.stderr[-2000:]  # DCP's ShardedTensor FutureWarnings, before
     assert sorted(p.name for p in ev.iterdir()) == ["metrics.json", "predictions.parquet"]
 
 
