@@ -19,9 +19,13 @@ from typing import Dict, List, Optional, Tuple
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method, margin vs a baseline"
 
 
+DEFAULT_BASELINE = "DIN"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run directories (each holding metrics.json)")
-    p.add_argument("--baseline", default="DIN", help="method to measure margins against (default DIN)")
+    p.add_argument("--baseline", default=None,
+                   help=f"method to measure margins against (default {DEFAULT_BASELINE}, when a run has it)")
     p.add_argument("--out", default=None, help="also write the table (Markdown) and JSON next to this path")
     p.add_argument("--floors", default=None, metavar="FILE",
                    help="model-free floors to show (JSON of `muse-rec baselines --out`); default: the runs' own")
@@ -35,13 +39,27 @@ def load_runs(paths: List[str]) -> List[Dict]:
     (a run directory from elsewhere is untrusted input); ValueError naming the file and key."""
     from muse_rec.metrics.report import read_run_metrics
 
-    runs = []
+    runs: List[Dict] = []
+    seen: Dict[Path, str] = {}
     for p in paths:
         f = Path(p) / "metrics.json"
         if not f.exists():
             raise FileNotFoundError(f"{f}: no metrics.json (did the run finish? evaluate it with `muse-rec train --resume`)")
+        if f.resolve() in seen:  # it would count as a second seed of its method, with a spread of 0
+            raise ValueError(f"{p}: the same run as {seen[f.resolve()]}, given twice; each run counts once as a seed")
+        seen[f.resolve()] = p
         runs.append(read_run_metrics(f))
     return runs
+
+
+def baseline_method(runs: List[Dict], asked: Optional[str]) -> str:
+    """The method margins are measured against: ``asked`` (ValueError when no run has it), else the default."""
+    if asked is None:
+        return DEFAULT_BASELINE
+    methods = sorted({r["method"] for r in runs})
+    if asked.lower() not in {m.lower() for m in methods}:
+        raise ValueError(f"--baseline {asked!r}: no run of that method (the runs': {', '.join(methods)})")
+    return asked
 
 
 def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
@@ -142,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             check_output_path(args.out, "--out", directory=False)
         runs = load_runs(args.runs)
+        baseline = baseline_method(runs, args.baseline)
         floors, source = (None, "--no-floors") if args.no_floors else (
             (load_floors(args.floors), args.floors) if args.floors else _floors_of_runs(args.runs, runs, args.floors_cache))
     except (FileNotFoundError, ValueError) as e:  # OutputPathError is a ValueError
@@ -149,17 +168,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if floors is None and not args.no_floors:
         print(f"muse-rec compare: model-free floors not shown: {source}", file=sys.stderr)
-    rows = summarise(runs, args.baseline)
+    rows = summarise(runs, baseline)
     model_rows = list(rows)
     if floors:
-        rows = rows + floor_rows(floors, next((r for r in rows if r["method"].lower() == args.baseline.lower()), None))
+        rows = rows + floor_rows(floors, next((r for r in rows if r["method"].lower() == baseline.lower()), None))
     cols = [c for c in ["method", "seeds", "gauc", "gauc_std", "auc", "auc_std", "logloss",
                         "train_samples_per_s", "wall_seconds"] + [k for k in rows[0] if k.startswith("gauc_vs_")]
             if any(c in r for r in rows)]
     table = metrics_table(rows, cols, formats={"train_samples_per_s": ",.0f", "wall_seconds": ".1f"}
                           if "wall_seconds" in cols else {"train_samples_per_s": ",.0f"})
     print(table)
-    base = next((r for r in rows if r["method"].lower() == args.baseline.lower()), None)
+    base = next((r for r in rows if r["method"].lower() == baseline.lower()), None)
     verdicts = []
     for r in model_rows:
         if base is None or r is base or "gauc" not in r:

@@ -355,6 +355,21 @@ def test_compare_shows_recorded_floors_and_who_is_below(tmp_path, capsys):
     assert "floor:" not in capsys.readouterr().out
 
 
+def test_compare_refuses_a_run_given_twice_and_an_absent_baseline(tmp_path, capsys):
+    """Both went through before: the same run twice became a method with 2 seeds and a spread of 0,
+    and a --baseline no run has silently dropped the margins."""
+    din = _fake_run(tmp_path / "din", "DIN", 0.61)
+    muse = _fake_run(tmp_path / "muse", "MUSE", 0.66)
+    assert cli_main(["compare", str(din), str(muse), str(tmp_path / "muse" / ".." / "din"), "--no-floors"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'muse' / '..' / 'din'}: the same run as {din}, given twice" in err, err
+    assert cli_main(["compare", str(din), str(muse), "--no-floors", "--baseline", "TWIN"]) == 2
+    assert "--baseline 'TWIN': no run of that method (the runs': DIN, MUSE)" in capsys.readouterr().err
+    assert cli_main(["compare", str(din), str(muse), "--no-floors", "--baseline", "muse"]) == 0  # case-insensitive
+    assert "DIN - MUSE: -0.0500 GAUC" in capsys.readouterr().out
+    assert cli_main(["compare", str(muse), "--no-floors"]) == 0  # the default baseline may be absent
+
+
 def test_compare_computes_floors_for_the_runs_data_once(tiny, tmp_path, capsys):
     spec_data = {"prepared": str(tiny), "eval_split": "test", "train_split": "train", "seq_len": 60}
     run = _fake_run(tmp_path / "runs" / "din", "DIN", 0.5, spec_data=spec_data)
