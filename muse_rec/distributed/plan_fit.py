@@ -22,8 +22,8 @@ from torchrec.distributed.planner.types import ParameterConstraints, PlannerErro
 from torchrec.distributed.types import ModuleSharder
 
 from muse_rec.distributed.plan_report import PlanReport, plan_report, usable_per_rank
-from muse_rec.distributed.planner import (GiB, make_constraints, make_topology, planner_error_line, rank_memory_line,
-                                          training_constraints)
+from muse_rec.distributed.planner import (GiB, format_gib, make_constraints, make_topology, planner_error_line,
+                                          rank_memory_line, training_constraints)
 
 # Memory per rank of the "unbounded" topology used only to size tables without a real limit.
 _UNBOUNDED_BYTES = 1 << 60
@@ -237,7 +237,7 @@ class FitDiagnosis:
     reserved_bytes_per_rank: int = 0
 
     def message(self) -> str:
-        g = lambda b: f"{b / GiB:.1f} GiB"  # noqa: E731
+        g = format_gib
         total = sum(w + s for *_, w, s in self.tables)
         lines = [f"no plan fits on {self.setup.describe(self.world_size)}: {self.reason}",
                  "tables (weights + fused-optimizer state):"]

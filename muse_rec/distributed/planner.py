@@ -84,6 +84,11 @@ def make_topology(
     )
 
 
+def format_gib(nbytes: float) -> str:
+    """``12.3 GiB``: a byte count as the plan's one-line messages show it."""
+    return f"{nbytes / GiB:.1f} GiB"
+
+
 def rank_memory_line(topology: Topology) -> str:
     """``HBM 80 GiB, DDR 512 GiB per rank``: the caps the planner plans `topology` with."""
     storage = topology.devices[0].storage

@@ -32,7 +32,8 @@ from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
 from muse_rec.distributed.plan_measure import kernel_tensor_bytes, status_bytes
-from muse_rec.distributed.planner import PlanDoesNotFit, rank_memory_line, topology_for, training_constraints
+from muse_rec.distributed.planner import (PlanDoesNotFit, format_gib, rank_memory_line, topology_for,
+                                         training_constraints)
 from muse_rec.distributed.rank_memory import dense_parameter_bytes, spec_rank_overhead_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
 from muse_rec.models.ctr_model import build_train_model, is_frozen_key
@@ -320,11 +321,10 @@ def _plan_failure(spec: Spec, env: DistEnv, model: torch.nn.Module, dense_bytes:
     """One line: why no plan fits this job, what it reserves outside the tables, where to look next."""
     reserved = ""
     if dense_bytes is not None:
-        gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
-        reserved = (f"; each rank also holds {gib(dense_bytes)} outside the tables (runtime, a step of "
+        reserved = (f"; each rank also holds {format_gib(dense_bytes)} outside the tables (runtime, a step of "
                     f"train.batch_size {spec.train.batch_size} / train.eval_batch_size {spec.train.eval_batch_size} "
                     f"x data.seq_len {spec.data.seq_len}, data.num_workers {spec.data.num_workers}, the dense layers' "
-                    f"training state {gib(dense_parameter_bytes(model))}, a checkpoint's copy)")
+                    f"training state {format_gib(dense_parameter_bytes(model))}, a checkpoint's copy)")
     return (f"no sharding plan fits {env.world_size} x {env.device.type} ({rank_memory_line(topology_for(env))}): "
             f"TorchRec planner: {e}{reserved}; `muse-rec plan --spec SPEC --prepared {spec.data.prepared} "
             f"--device {env.device.type} --world-size {env.world_size}` shows the tables and what would fit")
