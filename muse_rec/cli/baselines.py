@@ -43,7 +43,7 @@ def floors_table(result: Dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.cli.errors import OutputPathError, check_output_path
+    from muse_rec.output_paths import OutputPathError, check_output_path
     from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.metrics.floors import FloorOptions, FloorsError, compute_floors
     from muse_rec.metrics.report import save_metrics_json

@@ -153,7 +153,7 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.cli.errors import check_output_path
+    from muse_rec.output_paths import check_output_path
     from muse_rec.metrics import metrics_table, save_metrics_json
 
     try:

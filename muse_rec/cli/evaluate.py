@@ -31,15 +31,21 @@ EVALUATION_FILES = ("metrics.json", "metrics.json.tmp", "predictions.parquet")
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.cli.errors import bad_input_errors, check_output_path, report
-    from muse_rec.spec import load_spec
-    from muse_rec.training.trainer import evaluate_checkpoint
+    from muse_rec.cli.errors import report
+    from muse_rec.output_paths import OutputPathError, check_output_path
+    from muse_rec.spec import SpecError, load_spec
 
     if args.max_batches < 0:
         return report("evaluate", ValueError(f"--max-batches {args.max_batches}: must be >= 0 (0 = the whole split)"))
-    try:
+    try:  # before torch's and TorchRec's imports (seconds): a bad --out or spec fails at once
         check_output_path(args.out, "--out", replaces=EVALUATION_FILES)
         spec = load_spec(args.spec, args.set)
+    except (OutputPathError, SpecError) as e:
+        return report("evaluate", e)
+    from muse_rec.cli.errors import bad_input_errors
+    from muse_rec.training.trainer import evaluate_checkpoint
+
+    try:
         evaluate_checkpoint(spec, args.checkpoint, args.out, device_type=args.device, max_batches=args.max_batches,
                             allow_data_mismatch=args.allow_data_mismatch, expect_sha256=args.expect_sha256)
     except bad_input_errors() + (OSError,) as e:  # OSError: the OS refused to write --out

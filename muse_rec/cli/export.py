@@ -32,17 +32,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.cli.errors import bad_input_errors, check_output_path, report
-    from muse_rec.serving.export import export_model
-    from muse_rec.spec import load_spec
-    from muse_rec.training.quiet import quiet_known_warnings
+    from muse_rec.cli.errors import report
+    from muse_rec.spec import SpecError, load_spec
 
-    quiet_known_warnings()
     if args.seq_len is not None and args.seq_len < 1:
         return report("export", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for data.seq_len)"))
     try:
-        check_output_path(args.out, "--out")
-        spec = load_spec(args.spec, args.set)
+        spec = load_spec(args.spec, args.set)  # before torch's and TorchRec's imports (seconds): a typo fails at once
+    except SpecError as e:
+        return report("export", e)
+    from muse_rec.cli.errors import bad_input_errors
+    from muse_rec.quiet import quiet_known_warnings
+    from muse_rec.serving.export import export_model
+
+    quiet_known_warnings()
+    try:
         manifest = export_model(spec, args.out, checkpoint=args.checkpoint, seq_len=args.seq_len,
                                 scl_dtype=args.scl_dtype, row_alignment=args.row_alignment,
                                 max_candidates=args.max_candidates, quantize=args.quantize,

@@ -123,19 +123,10 @@ def _quiet_planner(verbose: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from muse_rec.cli.errors import check_output_path
-    from muse_rec.distributed.plan_fit import PlanSetup, attempt, diagnose, format_what_if, what_if
-    from muse_rec.distributed.plan_report import format_report, report_to_dict
-    from muse_rec.distributed.planner import GiB
-    from muse_rec.distributed.rank_memory import spec_rank_overhead_bytes
-    from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
-    from muse_rec.models.ctr_model import build_train_model
+    from muse_rec.output_paths import check_output_path
     from muse_rec.spec import SpecError, load_spec
 
-    _quiet_planner(args.verbose)
-    try:
+    try:  # the flags, --json and the spec before torch's and TorchRec's imports (seconds): a typo fails at once
         if args.world_size < 1 or args.max_world_size < 1:
             raise ValueError("--world-size and --max-world-size must be >= 1")
         for flag, gib in (("--hbm-gib", args.hbm_gib), ("--ddr-gib", args.ddr_gib)):
@@ -145,6 +136,20 @@ def run(args: argparse.Namespace) -> int:
         if args.json and args.json != "-":
             check_output_path(args.json, "--json", directory=False)
         spec = load_spec(args.spec, args.set)
+    except (SpecError, ValueError) as e:  # OutputPathError is a ValueError
+        print(f"muse-rec plan: {e}", file=sys.stderr)
+        return 2
+    import torch
+
+    from muse_rec.distributed.plan_fit import PlanSetup, attempt, diagnose, format_what_if, what_if
+    from muse_rec.distributed.plan_report import format_report, report_to_dict
+    from muse_rec.distributed.planner import GiB
+    from muse_rec.distributed.rank_memory import spec_rank_overhead_bytes
+    from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
+    from muse_rec.models.ctr_model import build_train_model
+
+    _quiet_planner(args.verbose)
+    try:
         sizes, source = resolve_vocab_sizes(spec, args.spec, args.prepared or "")
         opt = spec.train.sparse_optimizer
         try:

@@ -46,16 +46,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"muse-rec rank: {e}", file=sys.stderr)
         return 2
 
-    from muse_rec.cli.errors import bad_input_errors, report
-    from muse_rec.serving.ranker import Ranker, rank_all
-    from muse_rec.spec import load_spec
-    from muse_rec.training.quiet import quiet_known_warnings
+    from muse_rec.cli.errors import report
+    from muse_rec.spec import SpecError, load_spec
 
-    quiet_known_warnings()
     if args.seq_len is not None and args.seq_len < 1:
         return report("rank", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for the spec's / program's)"))
     try:
-        spec = load_spec(args.spec, args.set)
+        spec = load_spec(args.spec, args.set)  # before torch's and TorchRec's imports (seconds): a typo fails at once
+    except SpecError as e:
+        return report("rank", e)
+    from muse_rec.cli.errors import bad_input_errors
+    from muse_rec.quiet import quiet_known_warnings
+    from muse_rec.serving.ranker import Ranker, rank_all
+
+    quiet_known_warnings()
+    try:
         if args.exported:
             ranker = Ranker.from_exported(spec, args.exported, seq_len=args.seq_len, split=args.split,
                                           allow_data_mismatch=args.allow_data_mismatch,

@@ -60,7 +60,7 @@ def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
     """The one-line reason the flags that both paths share are unusable, else None."""
     import math
 
-    from muse_rec.cli.errors import OutputPathError, check_output_path
+    from muse_rec.output_paths import OutputPathError, check_output_path
 
     if args.nproc is not None and args.nproc < 1:
         return f"--nproc {args.nproc}: must be >= 1"

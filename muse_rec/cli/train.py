@@ -25,12 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.cli.errors import bad_input_errors, report
-    from muse_rec.spec import load_spec
+    from muse_rec.cli.errors import report
+    from muse_rec.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec, args.set)  # before torch's and TorchRec's imports (seconds): a typo fails at once
+    except SpecError as e:
+        return report("train", e)
+    from muse_rec.cli.errors import bad_input_errors
     from muse_rec.training.trainer import train
 
     try:
-        spec = load_spec(args.spec, args.set)
         train(spec, resume=args.resume, device_type=args.device, overwrite=args.overwrite,
               allow_data_mismatch=args.allow_data_mismatch)
     except bad_input_errors() as e:

@@ -35,6 +35,7 @@ from muse_rec.data.batch import ITEM_FEATURES, USER_FEATURES
 from muse_rec.data.prepared import PreparedData
 from muse_rec.integrity import MANIFEST as INTEGRITY_MANIFEST, verify, write_manifest
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
+from muse_rec.output_paths import check_output_path
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving
 from muse_rec.spec import Spec
@@ -42,6 +43,9 @@ from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, loa
 
 PROGRAM_FILE = "ranker.pt2"
 MANIFEST_FILE = "manifest.json"
+# What an export writes into its directory (with an interrupted one's leftovers): the names a new
+# export may replace there.
+EXPORT_FILES = (PROGRAM_FILE, MANIFEST_FILE, "partial-" + PROGRAM_FILE, INTEGRITY_MANIFEST, INTEGRITY_MANIFEST + ".tmp")
 # The program takes any candidate count from 1 (traced size-obliviously, see `export_program`).
 MIN_CANDIDATES = 1
 DEFAULT_MAX_CANDIDATES = 4096
@@ -153,18 +157,6 @@ def export_program(model: torch.nn.Module, seq_len: int,
             return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
 
 
-def _check_export_dir(out: Path) -> None:
-    """``out`` must be new, empty or an earlier export (which is replaced): the integrity manifest
-    covers every file in the directory, so other files would become part of the artifact."""
-    if not out.is_dir():
-        return
-    ours = {PROGRAM_FILE, MANIFEST_FILE, "partial-" + PROGRAM_FILE, INTEGRITY_MANIFEST, INTEGRITY_MANIFEST + ".tmp"}
-    other = sorted(p.name for p in out.iterdir() if p.name not in ours)
-    if other:
-        raise ExportError(f"--out {out}: holds files that are not an export ({', '.join(other[:3])}"
-                          f"{', ...' if len(other) > 3 else ''}); export into a new or empty directory")
-
-
 def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq_len: Optional[int] = None,
                  scl_dtype: str = "int8", row_alignment: int = DEFAULT_ROW_ALIGNMENT,
                  max_candidates: int = DEFAULT_MAX_CANDIDATES, quantize: bool = True,
@@ -179,7 +171,9 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
     L = spec.data.seq_len if seq_len is None else seq_len
     if L < 1:
         raise ValueError(f"seq_len must be >= 1, got {L}")
-    _check_export_dir(Path(out_dir))
+    # A new, empty or earlier export's directory only: the integrity manifest covers every file
+    # in it, so other files would become part of the artifact.
+    check_output_path(out_dir, "--out", replaces=EXPORT_FILES)
     data = PreparedData(spec.data.prepared)
     start = time.perf_counter()
     model, ck = load_trained_model(spec, data, checkpoint, seq_len=L, allow_data_mismatch=allow_data_mismatch,

@@ -42,7 +42,7 @@ from muse_rec.training.checkpoint import (Position, latest_checkpoint, load_chec
                                           save_checkpoint)
 from muse_rec.training.evaluate import evaluate
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog
-from muse_rec.training.quiet import quiet_known_warnings
+from muse_rec.quiet import quiet_known_warnings
 from muse_rec.training.run_dir import claim_run_dir, new_run_id
 
 logger = logging.getLogger("muse_rec")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from muse_rec.cli.errors import OutputPathError, check_output_path
+from muse_rec.output_paths import OutputPathError, check_output_path
 from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets
 
 
@@ -100,5 +100,6 @@ def test_export_into_a_directory_holding_other_files_is_refused(trained, tmp_pat
     out.mkdir()
     (out / "notes.txt").write_text("kept")
     result = cli("export", "--spec", SPEC, *trained.sets(), "--out", str(out))
-    assert_bad_input(result, f"--out {out}: holds files that are not an export (notes.txt)")
+    assert_bad_input(result, f"--out {out}: holds files this command did not write (notes.txt)",
+                     "write into a new or empty directory")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "kept"

@@ -34,6 +34,29 @@ def test_set_error_names_the_override():
         load_spec(SPEC_PATH, ["model.gsu.topk=3"])
 
 
+# `muse-rec <command>` in a fresh interpreter where importing torch fails: a command that
+# reaches torch's (or TorchRec's) import before refusing a bad spec raises ImportError instead.
+_WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; from muse_rec.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "rank", "plan"])
+def test_a_bad_spec_is_refused_before_torch_is_imported(tmp_path, command):
+    """Every command that reads a spec checks it (and its --set) first: a typo costs no torch /
+    TorchRec start-up (seconds) before its one-line message."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, subprocess_env
+
+    (tmp_path / "req.json").write_text(json.dumps({"user": 1, "candidates": [1]}))
+    extra = {"evaluate": ["--out", str(tmp_path / "eval")], "export": ["--out", str(tmp_path / "exp")],
+             "rank": ["--request", str(tmp_path / "req.json")]}.get(command, [])
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, command, "--spec", SPEC, "--set", "model.gsu.top_k=lots",
+                          *extra], cwd=REPO, capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert_bad_input(out, f"muse-rec {command}: --set model.gsu.top_k=lots: model.gsu.top_k: expected an integer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["req.json"]  # nothing written
+
+
 def test_missing_extends_names_the_referencing_file(tmp_path):
     spec = tmp_path / "child.yaml"
     spec.write_text("extends: nowhere/parent.yaml\nname: x\n")

@@ -1,0 +1,46 @@
+"""Output locations (``--out``, ``OUT``, ``--json``): refused before any work, creating nothing.
+
+Shared by the commands (checked up front, so a bad location fails in a second, before the
+heavy imports) and by library entry points that write a directory whose every file matters
+(``export_model``: the integrity manifest covers the whole directory).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Collection, Optional
+
+
+class OutputPathError(ValueError):
+    """An output location (``--out``, ``OUT``) that cannot be created or written."""
+
+
+def check_output_path(path: str, flag: str, directory: bool = True, replaces: Optional[Collection[str]] = None) -> None:
+    """Refuse an output location before any work is done; creates nothing.
+
+    ``path`` is a directory the command creates (``directory``) or a file it writes. It must
+    not be an existing file (resp. directory), and its nearest existing ancestor must be a
+    directory this process can write. ``replaces``: the names the command writes into its
+    directory; an existing one may then hold only those (an earlier output, replaced), so
+    nothing else in it (a run directory's metrics.json, say) is overwritten or mixed in.
+    Anything the OS still refuses at write time (a read-only mount, a full disk) is reported by
+    the command as one line naming the path (OSError).
+    """
+    p = Path(path).absolute()
+    if p.exists():
+        if directory and not p.is_dir():
+            raise OutputPathError(f"{flag} {path}: exists and is not a directory")
+        if directory and replaces is not None:
+            other = sorted(c.name for c in p.iterdir() if c.name not in replaces)
+            if other:
+                raise OutputPathError(f"{flag} {path}: holds files this command did not write ({', '.join(other[:3])}"
+                                      f"{', ...' if len(other) > 3 else ''}); write into a new or empty directory")
+        if not directory and p.is_dir():
+            raise OutputPathError(f"{flag} {path}: is a directory, expected a file path")
+        target = p if directory else p.parent
+    else:
+        target = next(a for a in p.parents if a.exists())
+        if not target.is_dir():
+            raise OutputPathError(f"{flag} {path}: cannot be created: {target} is not a directory")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {path}: cannot be written: {target} is not writable by this user")
