@@ -8,27 +8,25 @@
 - `predictions_io`: per-sample predictions as a Parquet dataset directory.
 - `report`: comparison tables and atomic JSON.
 """
-from muse_rec.metrics.accumulator import PredictionAccumulator
-from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, UserAuc, auc, gauc, logloss, user_auc
-from muse_rec.metrics.compute import compute_metrics
-from muse_rec.metrics.grouped import DEFAULT_POPULARITY_EDGES, DEFAULT_SEQ_LEN_EDGES, Bins, quantile_edges
-from muse_rec.metrics.predictions_io import read_predictions
-from muse_rec.metrics.report import metrics_table, save_metrics_json
+import importlib
+from typing import Any
 
-__all__ = [
-    "DEFAULT_LOGLOSS_EPS",
-    "DEFAULT_POPULARITY_EDGES",
-    "DEFAULT_SEQ_LEN_EDGES",
-    "Bins",
-    "PredictionAccumulator",
-    "UserAuc",
-    "auc",
-    "compute_metrics",
-    "gauc",
-    "logloss",
-    "metrics_table",
-    "quantile_edges",
-    "read_predictions",
-    "save_metrics_json",
-    "user_auc",
-]
+# Lazy: `report` and `kernels` are NumPy only, and `muse-rec compare` (which needs only them)
+# should refuse a missing run directory before paying for torch's import; `accumulator` and
+# `gather` need torch.
+_EXPORTS = {
+    "PredictionAccumulator": "muse_rec.metrics.accumulator",
+    **{name: "muse_rec.metrics.kernels" for name in ("DEFAULT_LOGLOSS_EPS", "UserAuc", "auc", "gauc", "logloss", "user_auc")},
+    "compute_metrics": "muse_rec.metrics.compute",
+    **{name: "muse_rec.metrics.grouped" for name in ("DEFAULT_POPULARITY_EDGES", "DEFAULT_SEQ_LEN_EDGES", "Bins", "quantile_edges")},
+    "read_predictions": "muse_rec.metrics.predictions_io",
+    "metrics_table": "muse_rec.metrics.report",
+    "save_metrics_json": "muse_rec.metrics.report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'muse_rec.metrics' has no attribute {name!r}")

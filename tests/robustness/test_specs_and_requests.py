@@ -39,22 +39,32 @@ def test_set_error_names_the_override():
 _WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; from muse_rec.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "export", "rank", "plan"])
-def test_a_bad_spec_is_refused_before_torch_is_imported(tmp_path, command):
-    """Every command that reads a spec checks it (and its --set) first: a typo costs no torch /
-    TorchRec start-up (seconds) before its one-line message."""
+def _cli_without_torch(*args: str):
     import subprocess
     import sys
 
     from tests.conftest import REPO, subprocess_env
 
+    return subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=subprocess_env())
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "rank", "plan"])
+def test_a_bad_spec_is_refused_before_torch_is_imported(tmp_path, command):
+    """Every command that reads a spec checks it (and its --set) first: a typo costs no torch /
+    TorchRec start-up (seconds) before its one-line message."""
     (tmp_path / "req.json").write_text(json.dumps({"user": 1, "candidates": [1]}))
     extra = {"evaluate": ["--out", str(tmp_path / "eval")], "export": ["--out", str(tmp_path / "exp")],
              "rank": ["--request", str(tmp_path / "req.json")]}.get(command, [])
-    out = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, command, "--spec", SPEC, "--set", "model.gsu.top_k=lots",
-                          *extra], cwd=REPO, capture_output=True, text=True, timeout=120, env=subprocess_env())
+    out = _cli_without_torch(command, "--spec", SPEC, "--set", "model.gsu.top_k=lots", *extra)
     assert_bad_input(out, f"muse-rec {command}: --set model.gsu.top_k=lots: model.gsu.top_k: expected an integer")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["req.json"]  # nothing written
+
+
+def test_compare_refuses_a_missing_run_before_torch_is_imported(tmp_path):
+    """`compare` reads JSON files: a run directory without metrics.json is named at once."""
+    out = _cli_without_torch("compare", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert_bad_input(out, f"muse-rec compare: {tmp_path / 'a'}/metrics.json: no metrics.json")
 
 
 def test_missing_extends_names_the_referencing_file(tmp_path):
