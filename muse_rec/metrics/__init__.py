@@ -8,8 +8,7 @@
 - `predictions_io`: per-sample predictions as a Parquet dataset directory.
 - `report`: comparison tables and atomic JSON.
 """
-import importlib
-from typing import Any
+from muse_rec.lazy_exports import lazy_getattr
 
 # Lazy: `report` and `kernels` are NumPy only, and `muse-rec compare` (which needs only them)
 # should refuse a missing run directory before paying for torch's import; `accumulator` and
@@ -25,8 +24,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'muse_rec.metrics' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

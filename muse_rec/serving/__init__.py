@@ -8,26 +8,16 @@
 - `ranker`: `Ranker` (`muse-rec rank`): prefetch a user's sequence + SCL vectors, score candidates.
 See docs/serving.md.
 """
-import importlib
-from typing import Any
+from muse_rec.lazy_exports import lazy_getattr
 
 # Lazy: `muse_rec.serving.request` (pure Python + NumPy) must stay importable without torch, so
 # that `muse-rec rank` rejects a malformed request before paying for the model imports.
 _EXPORTS = {
     "AsyncLRUCache": "muse_rec.serving.cache",
     "InferenceModel": "muse_rec.serving.inference",
-    "ExportedScorer": "muse_rec.serving.ranker",
-    "FloatScorer": "muse_rec.serving.ranker",
-    "Ranker": "muse_rec.serving.ranker",
-    "UserContext": "muse_rec.serving.ranker",
-    "RankRequest": "muse_rec.serving.request",
-    "RequestError": "muse_rec.serving.request",
-    "parse_requests": "muse_rec.serving.request",
+    **{name: "muse_rec.serving.ranker" for name in ("ExportedScorer", "FloatScorer", "Ranker", "UserContext")},
+    **{name: "muse_rec.serving.request" for name in ("RankRequest", "RequestError", "parse_requests")},
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'muse_rec.serving' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
