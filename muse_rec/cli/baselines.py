@@ -15,7 +15,7 @@ HELP = "model-free floors (popularity, SCL cosines, top-K similarity, logistic r
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from muse_rec.metrics.floors import FloorOptions
+    from muse_rec.metrics.floor_options import FloorOptions
 
     d = FloorOptions()
     p.add_argument("prepared", help="output directory of `muse-rec prepare` (any iopath path)")
@@ -43,21 +43,29 @@ def floors_table(result: Dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.output_paths import OutputPathError, check_output_path
     from muse_rec.data.prepared import PreparedData, PreparedDataError
-    from muse_rec.metrics.floors import FloorOptions, FloorsError, compute_floors
-    from muse_rec.metrics.report import save_metrics_json
+    from muse_rec.metrics.floor_options import FloorOptions, FloorsError
+    from muse_rec.output_paths import OutputPathError, check_output_path
 
     opts = FloorOptions(seq_len=args.seq_len, recent=args.recent, top_k=args.top_k,
                         prior_strength=args.prior_strength, lr_train_samples=args.lr_train_samples)
-    try:
+    bad_input = (PreparedDataError, FloorsError, FileNotFoundError, OutputPathError)
+    try:  # the options, --out and the data's layout before torch's import (seconds): a typo fails at once
+        opts.check()
         if args.out:
             check_output_path(args.out, "--out", directory=False)
         data = PreparedData(args.prepared)
         for split, flag in ((args.split, "--split"), (args.train_split, "--train-split")):
             data.require_split(split, flag)
+    except bad_input as e:
+        print(f"muse-rec baselines: {e}", file=sys.stderr)
+        return 2
+    from muse_rec.metrics.floors import compute_floors
+    from muse_rec.metrics.report import save_metrics_json
+
+    try:
         result = compute_floors(data, args.split, opts, args.train_split)
-    except (PreparedDataError, FloorsError, FileNotFoundError, OutputPathError) as e:
+    except bad_input as e:
         print(f"muse-rec baselines: {e}", file=sys.stderr)
         return 2
     for name, why in result["skipped"].items():

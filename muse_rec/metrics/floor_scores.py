@@ -21,56 +21,11 @@ import numpy as np
 import torch
 
 from muse_rec.data.prepared import PreparedData
+from muse_rec.metrics.floor_options import FloorOptions, FloorsError
 from muse_rec.modules.cosine import grouped_cosine
 from muse_rec.modules.selection import NO_VECTOR_SCORE, cosine_selection_scores, decode_cosine_selection
 
 SCL_FLOORS = ("cos_mean_history", "cos_mean_recent", "mean_topk_similarity")
-
-
-class FloorsError(ValueError):
-    """The floors cannot be computed on this data (the message says which file / split / why)."""
-
-
-@dataclass(frozen=True)
-class FloorOptions:
-    """Knobs of the floors (all recorded in the result so a cache can tell runs apart).
-
-    Attributes:
-        seq_len: behaviours per user the history floors see (the newest); 0 = the whole stored
-            history. A run's check uses its ``data.seq_len``, so the floor sees what the model sees.
-        recent: behaviours of ``cos_mean_recent`` (the newest ones).
-        top_k: K of ``mean_topk_similarity`` (the paper's GSU keeps 50).
-        prior_strength: ``a`` of the popularity smoothing, in pseudo-impressions at the prior CTR.
-            20 lets an item's own clicks outweigh the prior once it has a few dozen impressions.
-        lr_train_samples: train samples the logistic regression is fitted on (a seeded uniform
-            subsample when the split is larger): 5 weights need far fewer than a release's 76M.
-        lr_l2: L2 penalty on the standardised weights (per-sample loss scale); keeps Newton's
-            Hessian invertible when a feature is constant (e.g. no SCL vectors at all).
-        chunk_samples: most samples per streamed chunk.
-        chunk_slots: most (sample x history position) pairs per chunk: the memory bound (see the
-            module docstring). A single user longer than that still forms one chunk.
-        seed: seed of the train subsample.
-    """
-
-    seq_len: int = 0
-    recent: int = 50
-    top_k: int = 50
-    prior_strength: float = 20.0
-    lr_train_samples: int = 200_000
-    lr_l2: float = 1e-4
-    chunk_samples: int = 1024
-    chunk_slots: int = 1 << 20
-    seed: int = 0
-
-    def check(self) -> None:
-        for key in ("recent", "top_k", "chunk_samples", "chunk_slots", "lr_train_samples"):
-            if getattr(self, key) <= 0:
-                raise FloorsError(f"floors option {key} must be > 0, got {getattr(self, key)}")
-        if self.seq_len < 0:
-            raise FloorsError(f"floors option seq_len must be >= 0 (0 = whole history), got {self.seq_len}")
-        for key in ("prior_strength", "lr_l2"):  # inf: popularity becomes inf/inf = nan
-            if not 0 < getattr(self, key) < float("inf"):
-                raise FloorsError(f"floors option {key} must be a finite number > 0, got {getattr(self, key)}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from muse_rec.data.prepared import PreparedData
-from muse_rec.metrics.floor_scores import SCL_FLOORS, FloorOptions, FloorsError, ItemCtr, split_scores
+from muse_rec.metrics.floor_options import FloorOptions, FloorsError
+from muse_rec.metrics.floor_scores import SCL_FLOORS, ItemCtr, split_scores
 from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, auc, logloss, user_auc
 from muse_rec.metrics.report import save_metrics_json
 
