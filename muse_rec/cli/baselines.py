@@ -45,27 +45,23 @@ def floors_table(result: Dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.metrics.floor_options import FloorOptions, FloorsError
+    from muse_rec.metrics.report import save_metrics_json
     from muse_rec.output_paths import OutputPathError, check_output_path
 
     opts = FloorOptions(seq_len=args.seq_len, recent=args.recent, top_k=args.top_k,
                         prior_strength=args.prior_strength, lr_train_samples=args.lr_train_samples)
-    bad_input = (PreparedDataError, FloorsError, FileNotFoundError, OutputPathError)
-    try:  # the options, --out and the data's layout before torch's import (seconds): a typo fails at once
+    try:
+        # The options, --out and the data's layout first: the scoring code imports torch (seconds).
         opts.check()
         if args.out:
             check_output_path(args.out, "--out", directory=False)
         data = PreparedData(args.prepared)
         for split, flag in ((args.split, "--split"), (args.train_split, "--train-split")):
             data.require_split(split, flag)
-    except bad_input as e:
-        print(f"muse-rec baselines: {e}", file=sys.stderr)
-        return 2
-    from muse_rec.metrics.floors import compute_floors
-    from muse_rec.metrics.report import save_metrics_json
+        from muse_rec.metrics.floors import compute_floors
 
-    try:
         result = compute_floors(data, args.split, opts, args.train_split)
-    except bad_input as e:
+    except (PreparedDataError, FloorsError, FileNotFoundError, OutputPathError) as e:
         print(f"muse-rec baselines: {e}", file=sys.stderr)
         return 2
     for name, why in result["skipped"].items():

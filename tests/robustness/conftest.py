@@ -24,8 +24,22 @@ FAST = ["data.seq_len=50", "train.batch_size=64", "train.eval_batch_size=512", "
 
 def cli(*args: str, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
     """`muse-rec <args>` in a subprocess (the user's view: exit code, stdout, stderr)."""
-    return subprocess.run([sys.executable, "-m", "muse_rec.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=subprocess_env(**env))
+    return _python(["-m", "muse_rec.cli", *args], timeout, env)
+
+
+# A fresh interpreter where importing torch fails: a command that reaches torch's (or TorchRec's)
+# import before it refuses a bad input raises ImportError instead of its one line.
+_WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; from muse_rec.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def cli_without_torch(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """`muse-rec <args>` in a subprocess that cannot import torch."""
+    return _python(["-c", _WITHOUT_TORCH, *args], timeout, {})
+
+
+def _python(argv: Sequence[str], timeout: int, env: Dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=subprocess_env(**env))
 
 
 def assert_bad_input(out: subprocess.CompletedProcess, *needles: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from muse_rec.serving.request import RequestError, parse_requests
 from muse_rec.spec import SpecError, load_spec
 from muse_rec.training.trainer import _write_json
-from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets
+from tests.robustness.conftest import SPEC, assert_bad_input, cli, cli_without_torch, sets
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / SPEC
 
@@ -34,21 +34,6 @@ def test_set_error_names_the_override():
         load_spec(SPEC_PATH, ["model.gsu.topk=3"])
 
 
-# `muse-rec <command>` in a fresh interpreter where importing torch fails: a command that
-# reaches torch's (or TorchRec's) import before refusing a bad spec raises ImportError instead.
-_WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; from muse_rec.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
-def _cli_without_torch(*args: str):
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO, subprocess_env
-
-    return subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env=subprocess_env())
-
-
 @pytest.mark.parametrize("command", ["train", "evaluate", "export", "rank", "plan"])
 def test_a_bad_spec_is_refused_before_torch_is_imported(tmp_path, command):
     """Every command that reads a spec checks it (and its --set) first: a typo costs no torch /
@@ -56,7 +41,7 @@ def test_a_bad_spec_is_refused_before_torch_is_imported(tmp_path, command):
     (tmp_path / "req.json").write_text(json.dumps({"user": 1, "candidates": [1]}))
     extra = {"evaluate": ["--out", str(tmp_path / "eval")], "export": ["--out", str(tmp_path / "exp")],
              "rank": ["--request", str(tmp_path / "req.json")]}.get(command, [])
-    out = _cli_without_torch(command, "--spec", SPEC, "--set", "model.gsu.top_k=lots", *extra)
+    out = cli_without_torch(command, "--spec", SPEC, "--set", "model.gsu.top_k=lots", *extra)
     assert_bad_input(out, f"muse-rec {command}: --set model.gsu.top_k=lots: model.gsu.top_k: expected an integer")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["req.json"]  # nothing written
 
@@ -64,11 +49,11 @@ def test_a_bad_spec_is_refused_before_torch_is_imported(tmp_path, command):
 def test_compare_and_baselines_refuse_a_missing_input_before_torch_is_imported(tmp_path):
     """`compare` reads JSON files, `baselines` checks its options and the prepared layout first:
     a missing run directory, prepared directory or a bad option is named at once."""
-    out = _cli_without_torch("compare", str(tmp_path / "a"), str(tmp_path / "b"))
+    out = cli_without_torch("compare", str(tmp_path / "a"), str(tmp_path / "b"))
     assert_bad_input(out, f"muse-rec compare: {tmp_path / 'a'}/metrics.json: no metrics.json")
-    out = _cli_without_torch("baselines", str(tmp_path / "prepared"))
+    out = cli_without_torch("baselines", str(tmp_path / "prepared"))
     assert_bad_input(out, f"muse-rec baselines: {tmp_path / 'prepared'}: no meta.json")
-    out = _cli_without_torch("baselines", str(tmp_path / "prepared"), "--top-k", "0")
+    out = cli_without_torch("baselines", str(tmp_path / "prepared"), "--top-k", "0")
     assert_bad_input(out, "muse-rec baselines: floors option top_k must be > 0, got 0")
     assert not any(tmp_path.iterdir())  # nothing written
 
