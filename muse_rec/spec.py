@@ -220,6 +220,9 @@ class TrainSpec:
     checkpoint_every: int = 0  # batches; 0 = only at the end
     eval_at_end: bool = True
     check_floors: bool = True  # after eval: compare GAUC with the model-free floors (muse-rec baselines)
+    # The start of a run warns when it trains on fewer clicks than this (0 = never): how far one
+    # epoch gets at a fixed dense lr follows its clicks (docs/accuracy.md). specs/base.yaml sets it.
+    warn_below_clicks: int = 0
     pipeline: Literal["sparse_dist", "base"] = "sparse_dist"
 
 
@@ -497,6 +500,7 @@ def _check_values(spec: Spec, source: str) -> None:
     need(t.max_steps >= 0, "train.max_steps", "must be >= 0")
     need(t.log_every > 0, "train.log_every", "must be > 0")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = only at the end)")
+    need(t.warn_below_clicks >= 0, "train.warn_below_clicks", "must be >= 0 (0 = never warn)")
     need(t.shuffle_seed is None or t.shuffle_seed >= 0, "train.shuffle_seed", "must be >= 0 (or null: file order)")
     for k, o in (("train.sparse_optimizer", t.sparse_optimizer), ("train.dense_optimizer", t.dense_optimizer)):
         need(o.lr > 0, f"{k}.lr", "must be > 0")

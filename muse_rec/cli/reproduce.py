@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         prepared_hint = args.prepared or str(out / "data" / "prepared")
         plan = build_plan(what, seeds, lengths, REAL if real else SYNTHETIC, prepared=prepared_hint)
         check_overrides(out, prepared_hint, plan.runs, args.set)
+        if args.prepared and not args.report_only:  # before torch's import (seconds) and before OUT records it
+            check_prepared(args.prepared)
     except (ValueError, SpecError, ReproduceError) as e:
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2
@@ -119,8 +121,6 @@ def run(args: argparse.Namespace) -> int:
         nproc = nproc or (max(1, torch.cuda.device_count()) if device == "cuda" else 2)
     source = args.prepared or args.raw or "synthetic"
     try:
-        if args.prepared and not args.report_only:  # before OUT records it: a typo must not pin OUT to it
-            check_prepared(args.prepared)
         check_manifest(out, {"data": source, "synth_args": synth_args})
         (out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
         log = None

@@ -155,10 +155,12 @@ def _needed_cells(what: Sequence[str], fig5_lengths: Sequence[int]) -> List[Tupl
 
 
 def _fingerprint(spec_path: Path, overrides: Sequence[str]) -> str:
-    """Hash of the resolved spec without its labels (name, output_dir, model.method) and the
-    planning-only data.vocab_sizes."""
+    """Hash of the resolved spec without its labels (name, output_dir, model.method), the
+    planning-only data.vocab_sizes and the keys that change what a run logs, not what it trains
+    (the method specs and the ablations may come from profiles that set them differently)."""
     d = load_spec(spec_path, list(overrides)).to_dict()
     d.pop("name"), d.pop("output_dir"), d["model"].pop("method"), d["data"].pop("vocab_sizes")
+    d["train"].pop("log_every"), d["train"].pop("warn_below_clicks")
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 

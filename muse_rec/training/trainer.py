@@ -41,7 +41,7 @@ from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import (Position, latest_checkpoint, load_checkpoint, read_position,
                                           save_checkpoint)
 from muse_rec.training.evaluate import evaluate
-from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog
+from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
 from muse_rec.quiet import quiet_known_warnings
 from muse_rec.training.run_dir import claim_run_dir, new_run_id
 
@@ -211,6 +211,10 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             describe_sparse_route(t.sparse_optimizer.name, t.sparse_optimizer.lr, env.device.type),
             t.dense_optimizer.name, t.dense_optimizer.lr,
         )
+        warning = few_clicks_warning(train_clicks, total_steps / train_loader_len, t.warn_below_clicks,
+                                     env.world_size * t.batch_size, t.dense_optimizer.lr)
+        if warning:
+            logger.warning(warning)
 
     writer = None
     if env.is_main:

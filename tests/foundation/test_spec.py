@@ -60,6 +60,8 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         # KeyError, negative dimension), went through silently, or named another key.
         ({"train": {"log_every": 0}}, "train.log_every: must be > 0"),
         ({"train": {"checkpoint_every": -5}}, "train.checkpoint_every: must be >= 0"),
+        ({"train": {"warn_below_clicks": -1}}, "train.warn_below_clicks: must be >= 0"),
+        ({"train": {"warn_below_clicks": "many"}}, "train.warn_below_clicks: expected an integer"),
         ({"train": {"shuffle_seed": -3}}, "train.shuffle_seed: must be >= 0"),
         ({"train": {"eval_batch_size": 0}}, "train.eval_batch_size: must be > 0"),
         ({"model": {"small_dim": 0}}, "model.small_dim: must be > 0"),

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog
+from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
 
 
 def test_loss_monitor_means_and_names_the_first_non_finite_step():
@@ -36,6 +36,19 @@ def test_loss_monitor_add_never_syncs_with_the_host(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(NonFiniteLoss, match="from step 2 on"):
         m.check(3)
+
+
+def test_few_clicks_warning_counts_the_clicks_the_run_trains_on():
+    # Clicks of one epoch x the epochs run (a fraction when train.max_steps stops it early).
+    assert few_clicks_warning(6797, 1.0, 20000, 1000, 2e-4).startswith(
+        "this run trains on 6,797 clicks (1,000 samples per step, dense lr 0.0002), fewer than "
+        "train.warn_below_clicks = 20,000:")
+    assert "specs/profiles/demo.yaml" in few_clicks_warning(6797, 1.0, 20000, 1000, 2e-4)
+    assert "trains on 3,398 clicks" in few_clicks_warning(6797, 0.5, 20000, 1000, 2e-4)  # round(3398.5)
+    assert few_clicks_warning(10000, 2.0, 20000, 1000, 2e-4) is None  # two epochs: 20,000, not fewer
+    assert "trains on 19,999 clicks" in few_clicks_warning(19999, 1.0, 20000, 1000, 2e-4)
+    assert few_clicks_warning(20000, 1.0, 20000, 1000, 2e-4) is None
+    assert few_clicks_warning(1, 1.0, 0, 1000, 2e-4) is None  # 0 = never
 
 
 def test_progress_lines_without_a_terminal(caplog):

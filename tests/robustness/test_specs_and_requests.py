@@ -46,15 +46,18 @@ def test_a_bad_spec_is_refused_before_torch_is_imported(tmp_path, command):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["req.json"]  # nothing written
 
 
-def test_compare_and_baselines_refuse_a_missing_input_before_torch_is_imported(tmp_path):
-    """`compare` reads JSON files, `baselines` checks its options and the prepared layout first:
-    a missing run directory, prepared directory or a bad option is named at once."""
+def test_compare_baselines_and_reproduce_refuse_a_missing_input_before_torch_is_imported(tmp_path):
+    """`compare` reads JSON files, `baselines` and `reproduce --prepared` check their options and
+    the prepared layout first: a missing run directory, prepared directory or a bad option is named
+    at once."""
     out = cli_without_torch("compare", str(tmp_path / "a"), str(tmp_path / "b"))
     assert_bad_input(out, f"muse-rec compare: {tmp_path / 'a'}/metrics.json: no metrics.json")
     out = cli_without_torch("baselines", str(tmp_path / "prepared"))
     assert_bad_input(out, f"muse-rec baselines: {tmp_path / 'prepared'}: no meta.json")
     out = cli_without_torch("baselines", str(tmp_path / "prepared"), "--top-k", "0")
     assert_bad_input(out, "muse-rec baselines: floors option top_k must be > 0, got 0")
+    out = cli_without_torch("reproduce", str(tmp_path / "out"), "--prepared", str(tmp_path / "prepared"))
+    assert_bad_input(out, f"muse-rec reproduce: prepared data {tmp_path / 'prepared'}: ", "no meta.json")
     assert not any(tmp_path.iterdir())  # nothing written
 
 
