@@ -8,7 +8,8 @@ opens any pickle:
                                       "digest": "<hex>"}
 
 ``digest`` is the artifact's identity: SHA-256 of the sorted ``"<sha256>  <rel/path>\\n"`` lines
-(the `sha256sum` format) of every file in it. The manifest alone detects corruption, truncation,
+(the `sha256sum` format) of every file in it but the writer's ``.lock`` (muse_rec.dirlock: holder
+info, never loaded). The manifest alone detects corruption, truncation,
 a swapped or added file; it cannot stop someone who hands you a whole directory and writes a
 matching manifest. For that, pin the digest you got from a trusted place (the training run's
 log, `run.json`, the export's stdout): ``--expect-sha256 <digest>`` recomputes it from the files
@@ -22,6 +23,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
+
+from muse_rec.dirlock import LOCK_FILE
 
 MANIFEST = "SHA256SUMS.json"
 FORMAT = "muse_rec.sha256/1"
@@ -57,7 +60,8 @@ def _artifact_files(root: Path) -> Iterable[str]:
     for dirpath, _, names in os.walk(root):
         for n in names:
             rel = os.path.relpath(os.path.join(dirpath, n), root).replace(os.sep, "/")
-            if rel != MANIFEST:
+            # The lock the writing command held (muse_rec.dirlock): holder info, never loaded.
+            if rel not in (MANIFEST, LOCK_FILE):
                 yield rel
 
 

@@ -33,6 +33,7 @@ import torchrec
 
 from muse_rec.data.batch import ITEM_FEATURES, USER_FEATURES
 from muse_rec.data.prepared import PreparedData
+from muse_rec.dirlock import LOCK_FILE, DirLock
 from muse_rec.integrity import MANIFEST as INTEGRITY_MANIFEST, verify, write_manifest
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
 from muse_rec.output_paths import check_output_path
@@ -43,9 +44,10 @@ from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, loa
 
 PROGRAM_FILE = "ranker.pt2"
 MANIFEST_FILE = "manifest.json"
-# What an export writes into its directory (with an interrupted one's leftovers): the names a new
-# export may replace there.
-EXPORT_FILES = (PROGRAM_FILE, MANIFEST_FILE, "partial-" + PROGRAM_FILE, INTEGRITY_MANIFEST, INTEGRITY_MANIFEST + ".tmp")
+# What an export writes into its directory (with an interrupted one's leftovers and the lock it
+# writes under): the names a new export may replace there.
+EXPORT_FILES = (PROGRAM_FILE, MANIFEST_FILE, "partial-" + PROGRAM_FILE, INTEGRITY_MANIFEST, INTEGRITY_MANIFEST + ".tmp",
+                LOCK_FILE)
 # The program takes any candidate count from 1 (traced size-obliviously, see `export_program`).
 MIN_CANDIDATES = 1
 DEFAULT_MAX_CANDIDATES = 4096
@@ -184,11 +186,6 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
         raise ExportError(str(e)) from None
     report = quantize_for_serving(serving, data.scl(), scl_dtype, row_alignment).to_dict() if quantize else None
     program = export_program(serving, L, max_candidates)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ("partial-" + PROGRAM_FILE)  # torch.export.save wants a .pt2 name
-    torch.export.save(program, str(tmp))
-    os.replace(tmp, out / PROGRAM_FILE)
     manifest: Dict[str, object] = {
         "format": "muse_rec.ranker/1",
         "program": PROGRAM_FILE,
@@ -217,11 +214,19 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
         "vocab_sizes": dict(data.vocab_sizes),
         "data_fingerprint": data.fingerprint,
         "versions": {"torch": torch.__version__, "torchrec": getattr(torchrec, "__version__", "unknown")},
-        "export_seconds": round(time.perf_counter() - start, 2),
     }
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    # The artifact's identity (not stored in manifest.json, which it covers): pin it when serving.
-    return {**manifest, "sha256": write_manifest(out)}
+    out = Path(out_dir)
+    # Locked only around the writes: a failed load or trace leaves no directory behind, and two
+    # exports into one directory cannot mix one's program with the other's manifest.
+    with DirLock.acquire(out, holder="another export", hint="wait for it to end or choose another --out"):
+        check_output_path(out_dir, "--out", replaces=EXPORT_FILES)  # again: it may have changed while we traced
+        tmp = out / ("partial-" + PROGRAM_FILE)  # torch.export.save wants a .pt2 name
+        torch.export.save(program, str(tmp))
+        os.replace(tmp, out / PROGRAM_FILE)
+        manifest["export_seconds"] = round(time.perf_counter() - start, 2)
+        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        # The artifact's identity (not stored in manifest.json, which it covers): pin it when serving.
+        return {**manifest, "sha256": write_manifest(out)}
 
 
 def read_manifest(exported_dir: str) -> Dict[str, object]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
 from muse_rec.output_paths import OutputPathError, check_output_path
-from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets
+from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets, snapshot
 
 
 def test_check_output_path_creates_nothing_and_names_the_culprit(tmp_path):
@@ -103,3 +104,25 @@ def test_export_into_a_directory_holding_other_files_is_refused(trained, tmp_pat
     assert_bad_input(result, f"--out {out}: holds files this command did not write (notes.txt)",
                      "write into a new or empty directory")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "kept"
+
+
+def test_an_export_into_a_directory_another_export_is_writing_is_refused(trained, tmp_path):
+    """Two exports into one directory would leave one's program beside the other's manifest: the
+    one that finds the directory locked is refused, naming the holder, and writes nothing; once
+    free, a new export replaces the earlier one in place (its lock file is not part of the
+    artifact)."""
+    from muse_rec.dirlock import DirLock
+    from muse_rec.integrity import verify
+
+    out = tmp_path / "exported"
+    shutil.copytree(trained.exported, out)  # an earlier export, being rewritten by another process
+    before = snapshot(out)
+    with DirLock.acquire(out, command="muse-rec export (the test's holder)"):
+        refused = cli("export", "--spec", SPEC, *trained.sets(), "--out", str(out))
+    assert_bad_input(refused, f"{out}: in use by another export (pid {os.getpid()} on ",
+                     "muse-rec export (the test's holder)); wait for it to end or choose another --out")
+    assert snapshot(out) == before
+    again = cli("export", "--spec", SPEC, *trained.sets(), "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert verify(out) == json.loads(again.stdout)["sha256"]
+    assert (out / ".lock").exists() and sorted(snapshot(out)) == sorted(before)

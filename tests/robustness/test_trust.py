@@ -213,3 +213,18 @@ def test_manifest_of_many_files_is_sha256sum_and_names_the_first_bad_file(tmp_pa
         (tmp_path / rel).write_bytes(b"x" + payloads[rel][1:])
     with pytest.raises(IntegrityError, match=r"d1/__7_0\.distcp: SHA-256 differs"):
         verify(tmp_path)
+
+
+def test_the_writers_lock_file_is_not_part_of_the_artifact(tmp_path):
+    """An export directory keeps the `.lock` its writer held (holder info, never loaded): the next
+    writer rewrites it, so it is left out of the manifest; only the top-level one is."""
+    (tmp_path / "a.bin").write_bytes(b"a")
+    (tmp_path / ".lock").write_text('{"pid": 1}')
+    digest = write_manifest(tmp_path)
+    assert set(json.loads((tmp_path / MANIFEST).read_text())["files"]) == {"a.bin"}
+    (tmp_path / ".lock").write_text('{"pid": 2}')
+    assert verify(tmp_path) == digest
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".lock").write_text("x")
+    with pytest.raises(IntegrityError, match=r"sub/\.lock: not listed"):
+        verify(tmp_path)
