@@ -102,10 +102,10 @@ def few_clicks_warning(clicks: int, epochs: float, threshold: int, samples_per_s
     # Clicks, not steps or impressions: at a fixed dense lr the sets measured in docs/accuracy.md
     # order by the clicks of their epoch, not by its steps.
     return (f"this run trains on {seen:,} clicks ({samples_per_step:,} samples per step, dense lr {dense_lr:g}), "
-            f"fewer than train.warn_below_clicks = {threshold:,}: on every synthetic set this small, one epoch at "
-            "batch 1000 and dense lr 2e-4 left 0.004-0.010 GAUC to a 5x higher lr (docs/accuracy.md); to get a "
-            "model at its best on such data, use a smaller batch or a higher dense lr, e.g. specs/profiles/demo.yaml "
-            "(batch 256, dense lr 1e-3)")
+            f"fewer than train.warn_below_clicks = {threshold:,}: on the synthetic sets measured, one epoch at "
+            "batch 1000 and dense lr 2e-4 over fewer clicks left 0.002-0.021 GAUC to a 5x higher dense lr, the more "
+            "the fewer the clicks (docs/accuracy.md); to get a model at its best on such data, use a smaller batch "
+            "or a higher dense lr, e.g. specs/profiles/demo.yaml (batch 256, dense lr 1e-3)")
 
 
 class ProgressLog:
