@@ -22,10 +22,10 @@ from torchrec.distributed.planner.types import ParameterConstraints, PlannerErro
 from torchrec.distributed.types import ModuleSharder
 
 from muse_rec.distributed.plan_report import PlanReport, plan_report, usable_per_rank
-from muse_rec.distributed.planner import (GiB, format_gib, make_constraints, make_topology, planner_error_line,
-                                          rank_memory_line, training_constraints)
+from muse_rec.distributed.planner import (PLANNER_RESERVED_FRACTION, GiB, format_gib, make_constraints, make_topology,
+                                          planner_error_line, rank_memory_line, training_constraints)
 
-# Memory per rank of the "unbounded" topology used only to size tables without a real limit.
+# Memory per rank of the "unbounded" topology: sizes tables, and measures an HBM overdraft, without a real limit.
 _UNBOUNDED_BYTES = 1 << 60
 ModelFactory = Callable[[Mapping[str, int]], nn.Module]
 
@@ -245,9 +245,10 @@ class FitDiagnosis:
             lines.append(f"  {name}: {rows:,} rows x {dim} {dtype} = {g(w)}" + (f" + {g(s)} state" if s else ""))
         if self.usable_bytes_per_rank <= 0:
             # More ranks or fewer rows cannot help: the reservation is per rank and comes first.
-            lines += [f"  all tables: {g(total)}; but each rank reserves {g(self.reserved_bytes_per_rank)} outside the "
-                      f"tables (runtime, a step's batch x seq_len working set, loader workers, the dense layers' training "
-                      f"state, a checkpoint's copy), "
+            where = "of its HBM " if self.setup.compute_device == "cuda" else ""
+            lines += [f"  all tables: {g(total)}; but each rank reserves {g(self.reserved_bytes_per_rank)} {where}outside "
+                      f"the tables (runtime, a step's batch x seq_len working set, loader workers, the dense layers' "
+                      f"training state, a checkpoint's copy), "
                       f"more than its memory ({self.setup.memory()})",
                       "what would fit:",
                       "  - a smaller working set per rank: lower train.batch_size, train.eval_batch_size, data.seq_len "
@@ -279,6 +280,26 @@ class FitDiagnosis:
         return "\n".join(lines)
 
 
+def _usable_per_rank_signed(module: nn.Module, setup: PlanSetup, world_size: int,
+                            sharders: Sequence[ModuleSharder[nn.Module]]) -> Tuple[int, int]:
+    """(HBM, DDR) bytes per rank the planner may fill, HBM negative by what the reservation
+    overdraws it (e.g. a tower too wide for one GPU). TorchRec raises instead of returning a
+    negative figure, so an overdraft is measured under a cap it cannot reach and carried back to
+    the real cap: the reservation is PLANNER_RESERVED_FRACTION of the cap plus fixed bytes."""
+    args = (sharders, setup.constraints(module, world_size), setup.dense_bytes)
+    try:
+        return usable_per_rank(module, setup.topology(world_size), *args)
+    except PlannerError:
+        cap = setup.topology(1).devices[0].storage.hbm
+        roomy = replace(setup, hbm_bytes_per_rank=_UNBOUNDED_BYTES)
+        probe = roomy.topology(1).devices[0].storage.hbm
+        try:
+            hbm, ddr = usable_per_rank(module, roomy.topology(world_size), *args)
+        except PlannerError:  # beyond even the probe: name at least that much
+            hbm, ddr = 0, roomy.topology(1).devices[0].storage.ddr
+        return hbm - round((1.0 - PLANNER_RESERVED_FRACTION) * (probe - cap)), ddr
+
+
 def diagnose(build_model: ModelFactory, vocab_sizes: Mapping[str, int], setup: PlanSetup, world_size: int,
              sharders: Sequence[ModuleSharder[nn.Module]], failed: Attempt, limit: int = 128,
              scaled_table: str = "item") -> FitDiagnosis:
@@ -298,15 +319,13 @@ def diagnose(build_model: ModelFactory, vocab_sizes: Mapping[str, int], setup: P
     ))
     total = sum(w + s for *_, w, s in tables)
     raw = setup.topology(1).devices[0].storage
-    try:
-        hbm, ddr = usable_per_rank(module, setup.topology(world_size), sharders, setup.constraints(module, world_size),
-                                   setup.dense_bytes)
-    except PlannerError:  # the reservation alone exceeds the HBM cap
-        hbm, ddr = 0, raw.ddr
+    hbm, ddr = _usable_per_rank_signed(module, setup, world_size, sharders)
     if setup.compute_device != "cuda":
         usable, reserved = max(0, ddr), raw.ddr - ddr
+    elif hbm < 0:  # TorchRec plans no table, UVM or not, once the reservation overdraws HBM
+        usable, reserved = 0, raw.hbm - hbm
     else:
-        usable = max(0, hbm) + (max(0, ddr) if setup.allow_uvm else 0)
+        usable = hbm + (max(0, ddr) if setup.allow_uvm else 0)
         reserved = raw.hbm - hbm + (raw.ddr - ddr if setup.allow_uvm else 0)
     if usable <= 0:
         return FitDiagnosis(setup, world_size, failed.reason, tables, 0, limit, None, None, scaled_table, None, reserved)

@@ -240,6 +240,27 @@ def test_a_reservation_larger_than_the_rank_is_named_not_blamed_on_the_tables(tm
     assert diag["min_world_size"] is None and diag["max_rows"] == {"item": None}
 
 
+def test_a_tower_too_wide_for_the_gpu_is_named_with_uvm_on(tmp_path, capsys, monkeypatch):
+    # TorchRec refuses a reservation that overdraws HBM without saying by how much to us. Before,
+    # the diagnosis then counted the DDR that UVM offers as room for rows: "8 rank(s) offer 4096.0
+    # GiB for rows (enough in sum: the planner could not partition the tables)", and advised "a
+    # smaller item vocabulary: at most ~0 rows", while the dense layers alone overfill the GPU.
+    import re
+
+    out = _plan_inproc(capsys, monkeypatch, "--spec", P90, "--world-size", "8", "--max-world-size", "16",
+                       "--set", "model.tower_hidden=[1000000000]", "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 1, out.stderr
+    # TorchRec's own figure: the HBM left after its reservation, negative (its "GB" are GiB).
+    left = float(re.search(r"Storage\(hbm = (-[0-9.]+) GB", out.stderr).group(1))
+    cap = float(re.search(r"no plan fits on 8 x cuda \(HBM ([0-9.]+) GiB", out.stderr).group(1))
+    assert left < -1000
+    assert f"each rank reserves {cap - left:.1f} GiB of its HBM outside the tables" in out.stderr, out.stderr
+    assert "narrower model.tower_hidden" in out.stderr
+    assert "offer" not in out.stderr and "more ranks:" not in out.stderr and "vocabulary" not in out.stderr
+    diag = json.loads((tmp_path / "r.json").read_text())["diagnosis"]
+    assert diag["min_world_size"] is None
+
+
 def test_the_reservation_grows_with_the_dense_parameters(tmp_path, capsys, monkeypatch):
     # A 4x wider first tower layer is reserved for (weights, gradients, AdamW's two moments), not
     # discovered by the allocator mid-build. Its extra parameters, from the shapes alone (tower
