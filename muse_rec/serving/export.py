@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -44,10 +45,13 @@ from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, loa
 
 PROGRAM_FILE = "ranker.pt2"
 MANIFEST_FILE = "manifest.json"
-# What an export writes into its directory (with an interrupted one's leftovers and the lock it
-# writes under): the names a new export may replace there.
-EXPORT_FILES = (PROGRAM_FILE, MANIFEST_FILE, "partial-" + PROGRAM_FILE, INTEGRITY_MANIFEST, INTEGRITY_MANIFEST + ".tmp",
-                LOCK_FILE)
+# Where an export writes its files before they replace an earlier export's (inside its directory).
+STAGING_DIR = ".staging"
+# What an interrupted export of an earlier version may have left beside its files.
+_OLD_LEFTOVERS = ("partial-" + PROGRAM_FILE, INTEGRITY_MANIFEST + ".tmp")
+# What an export writes into its directory (with the lock it writes under and an interrupted
+# one's leftovers): the names a new export may replace there.
+EXPORT_FILES = (PROGRAM_FILE, MANIFEST_FILE, INTEGRITY_MANIFEST, LOCK_FILE, STAGING_DIR) + _OLD_LEFTOVERS
 # The program takes any candidate count from 1 (traced size-obliviously, see `export_program`).
 MIN_CANDIDATES = 1
 DEFAULT_MAX_CANDIDATES = 4096
@@ -220,13 +224,31 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
     # exports into one directory cannot mix one's program with the other's manifest.
     with DirLock.acquire(out, holder="another export", hint="wait for it to end or choose another --out"):
         check_output_path(out_dir, "--out", replaces=EXPORT_FILES)  # again: it may have changed while we traced
-        tmp = out / ("partial-" + PROGRAM_FILE)  # torch.export.save wants a .pt2 name
-        torch.export.save(program, str(tmp))
-        os.replace(tmp, out / PROGRAM_FILE)
+        digest = _write_staged(out, program, manifest, start)
+    # The artifact's identity (not stored in manifest.json, which it covers): pin it when serving.
+    return {**manifest, "sha256": digest}
+
+
+def _write_staged(out: Path, program: torch.export.ExportedProgram, manifest: Dict[str, object], start: float) -> str:
+    """Write the export into ``out/.staging`` (hashed there: the same relative names), then move
+    its three files over an earlier export's. A failure while writing or hashing, e.g. a full
+    disk, leaves the earlier export whole; only a kill between the three renames can mix them,
+    which its integrity manifest then refuses. Returns the digest."""
+    stage = out / STAGING_DIR
+    shutil.rmtree(stage, ignore_errors=True)  # an interrupted export's
+    for name in _OLD_LEFTOVERS:  # or they would be files the new integrity manifest does not list
+        (out / name).unlink(missing_ok=True)
+    stage.mkdir()
+    try:
+        torch.export.save(program, str(stage / PROGRAM_FILE))
         manifest["export_seconds"] = round(time.perf_counter() - start, 2)
-        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        # The artifact's identity (not stored in manifest.json, which it covers): pin it when serving.
-        return {**manifest, "sha256": write_manifest(out)}
+        (stage / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        digest = write_manifest(stage)
+        for name in (PROGRAM_FILE, MANIFEST_FILE, INTEGRITY_MANIFEST):
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return digest
 
 
 def read_manifest(exported_dir: str) -> Dict[str, object]:

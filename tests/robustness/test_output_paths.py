@@ -126,3 +126,36 @@ def test_an_export_into_a_directory_another_export_is_writing_is_refused(trained
     assert again.returncode == 0, again.stderr[-3000:]
     assert verify(out) == json.loads(again.stdout)["sha256"]
     assert (out / ".lock").exists() and sorted(snapshot(out)) == sorted(before)
+
+
+def test_a_re_export_that_fails_midway_keeps_the_earlier_export(trained, tmp_path, monkeypatch):
+    """The new files are written and hashed in `.staging` and only then moved over the earlier
+    export's: a failure before that (here the integrity manifest's write, as on a full disk) leaves
+    the earlier export whole and verifiable, and no staging directory behind. Before, the new
+    program and manifest.json had already replaced the old ones, so the export was lost."""
+    import errno
+
+    from muse_rec.integrity import verify
+    from muse_rec.serving import export as export_module
+    from muse_rec.spec import load_spec
+    from tests.conftest import REPO
+
+    out = tmp_path / "exported"
+    shutil.copytree(trained.exported, out)
+    digest, before = verify(out), snapshot(out)
+    spec = load_spec(REPO / SPEC, trained.sets()[1::2])  # the overrides of --set pairs
+
+    def full_disk(root):
+        raise OSError(errno.ENOSPC, "No space left on device", str(root))
+
+    monkeypatch.setattr(export_module, "write_manifest", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export_module.export_model(spec, str(out))
+    assert verify(out) == digest and snapshot(out) == before
+    assert not (out / export_module.STAGING_DIR).exists()
+    # An earlier version's interrupted export left a partial program beside its files: the next
+    # export removes it, or its integrity manifest would not list it.
+    monkeypatch.undo()
+    (out / "partial-ranker.pt2").write_bytes(b"half a program")
+    manifest = export_module.export_model(spec, str(out))
+    assert verify(out) == manifest["sha256"] and not (out / "partial-ranker.pt2").exists()
