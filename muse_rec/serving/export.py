@@ -35,7 +35,7 @@ import torchrec
 from muse_rec.data.batch import ITEM_FEATURES, USER_FEATURES
 from muse_rec.data.prepared import PreparedData
 from muse_rec.dirlock import LOCK_FILE, DirLock
-from muse_rec.integrity import MANIFEST as INTEGRITY_MANIFEST, verify, write_manifest
+from muse_rec.integrity import MANIFEST as INTEGRITY_MANIFEST, IntegrityError, verify, write_manifest
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
 from muse_rec.output_paths import check_output_path
 from muse_rec.serving.inference import InferenceModel
@@ -285,7 +285,13 @@ def load_program(exported_dir: str, expect_sha256: Optional[str] = None) -> torc
     The directory is checked against its SHA-256 manifest (and ``expect_sha256``) first:
     `torch.export.load` unpickles parts of the file, so nothing unverified reaches it.
     """
-    verify(exported_dir, expect_sha256)  # IntegrityError names the file
+    try:
+        verify(exported_dir, expect_sha256)  # IntegrityError names the file
+    except IntegrityError as e:
+        if (Path(exported_dir) / STAGING_DIR).exists():  # only a killed export leaves it (`_write_staged`)
+            raise IntegrityError(f"{e}; {Path(exported_dir) / STAGING_DIR} holds an export that was stopped while "
+                                 "writing: export again, or delete it to serve the earlier export") from None
+        raise
     manifest = read_manifest(exported_dir)
     _register_fake_classes()
     program = Path(exported_dir) / str(manifest["program"])

@@ -159,3 +159,20 @@ def test_a_re_export_that_fails_midway_keeps_the_earlier_export(trained, tmp_pat
     (out / "partial-ranker.pt2").write_bytes(b"half a program")
     manifest = export_module.export_model(spec, str(out))
     assert verify(out) == manifest["sha256"] and not (out / "partial-ranker.pt2").exists()
+
+
+def test_a_killed_export_s_staging_directory_is_named_when_the_export_is_loaded(trained, tmp_path):
+    """A kill (not an exception) leaves `.staging` beside the earlier export's files: loading says
+    what it is and what to do; once it is gone the earlier export loads as before."""
+    from muse_rec.integrity import IntegrityError
+    from muse_rec.serving.export import STAGING_DIR, load_program
+
+    out = tmp_path / "exported"
+    shutil.copytree(trained.exported, out)
+    (out / STAGING_DIR).mkdir()
+    (out / STAGING_DIR / "ranker.pt2").write_bytes(b"half a program")
+    with pytest.raises(IntegrityError, match=rf"\.staging/ranker\.pt2: not listed .*; {out / STAGING_DIR} holds an "
+                                             "export that was stopped while writing: export again, or delete it"):
+        load_program(str(out))
+    shutil.rmtree(out / STAGING_DIR)
+    assert load_program(str(out)) is not None
