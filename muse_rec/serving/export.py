@@ -288,9 +288,10 @@ def load_program(exported_dir: str, expect_sha256: Optional[str] = None) -> torc
     try:
         verify(exported_dir, expect_sha256)  # IntegrityError names the file
     except IntegrityError as e:
-        if (Path(exported_dir) / STAGING_DIR).exists():  # only a killed export leaves it (`_write_staged`)
-            raise IntegrityError(f"{e}; {Path(exported_dir) / STAGING_DIR} holds an export that was stopped while "
-                                 "writing: export again, or delete it to serve the earlier export") from None
+        if (Path(exported_dir) / STAGING_DIR).exists():  # an export running now, or one killed (`_write_staged`)
+            raise IntegrityError(f"{e}; {Path(exported_dir) / STAGING_DIR} holds an export being written or stopped "
+                                 "while writing: wait for it, export again, or delete it to serve the earlier "
+                                 "export") from None
         raise
     manifest = read_manifest(exported_dir)
     _register_fake_classes()

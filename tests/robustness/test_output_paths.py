@@ -162,8 +162,9 @@ def test_a_re_export_that_fails_midway_keeps_the_earlier_export(trained, tmp_pat
 
 
 def test_a_killed_export_s_staging_directory_is_named_when_the_export_is_loaded(trained, tmp_path):
-    """A kill (not an exception) leaves `.staging` beside the earlier export's files: loading says
-    what it is and what to do; once it is gone the earlier export loads as before."""
+    """A running export, or a kill (not an exception), leaves `.staging` beside the earlier
+    export's files: loading says what it is and what to do; once it is gone the earlier export
+    loads as before."""
     from muse_rec.integrity import IntegrityError
     from muse_rec.serving.export import STAGING_DIR, load_program
 
@@ -172,7 +173,8 @@ def test_a_killed_export_s_staging_directory_is_named_when_the_export_is_loaded(
     (out / STAGING_DIR).mkdir()
     (out / STAGING_DIR / "ranker.pt2").write_bytes(b"half a program")
     with pytest.raises(IntegrityError, match=rf"\.staging/ranker\.pt2: not listed .*; {out / STAGING_DIR} holds an "
-                                             "export that was stopped while writing: export again, or delete it"):
+                                             "export being written or stopped while writing: wait for it, export "
+                                             "again, or delete it to serve the earlier export"):
         load_program(str(out))
     shutil.rmtree(out / STAGING_DIR)
     assert load_program(str(out)) is not None
