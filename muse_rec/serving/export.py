@@ -34,24 +34,17 @@ import torchrec
 
 from muse_rec.data.batch import ITEM_FEATURES, USER_FEATURES
 from muse_rec.data.prepared import PreparedData
-from muse_rec.dirlock import LOCK_FILE, DirLock
-from muse_rec.integrity import MANIFEST as INTEGRITY_MANIFEST, IntegrityError, verify, write_manifest
+from muse_rec.dirlock import DirLock
+from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
 from muse_rec.output_paths import check_output_path
+from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, OLD_LEFTOVERS,
+                                             PROGRAM_FILE, STAGING_DIR)
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_position
 
-PROGRAM_FILE = "ranker.pt2"
-MANIFEST_FILE = "manifest.json"
-# Where an export writes its files before they replace an earlier export's (inside its directory).
-STAGING_DIR = ".staging"
-# What an interrupted export of an earlier version may have left beside its files.
-_OLD_LEFTOVERS = ("partial-" + PROGRAM_FILE, INTEGRITY_MANIFEST + ".tmp")
-# What an export writes into its directory (with the lock it writes under and an interrupted
-# one's leftovers): the names a new export may replace there.
-EXPORT_FILES = (PROGRAM_FILE, MANIFEST_FILE, INTEGRITY_MANIFEST, LOCK_FILE, STAGING_DIR) + _OLD_LEFTOVERS
 # The program takes any candidate count from 1 (traced size-obliviously, see `export_program`).
 MIN_CANDIDATES = 1
 DEFAULT_MAX_CANDIDATES = 4096
@@ -236,7 +229,7 @@ def _write_staged(out: Path, program: torch.export.ExportedProgram, manifest: Di
     which its integrity manifest then refuses. Returns the digest."""
     stage = out / STAGING_DIR
     shutil.rmtree(stage, ignore_errors=True)  # an interrupted export's
-    for name in _OLD_LEFTOVERS:  # or they would be files the new integrity manifest does not list
+    for name in OLD_LEFTOVERS:  # or they would be files the new integrity manifest does not list
         (out / name).unlink(missing_ok=True)
     stage.mkdir()
     try:

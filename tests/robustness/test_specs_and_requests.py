@@ -61,6 +61,23 @@ def test_compare_baselines_and_reproduce_refuse_a_missing_input_before_torch_is_
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("command", ["export", "evaluate"])
+def test_a_bad_out_is_refused_before_torch_is_imported(tmp_path, command):
+    """`export` and `evaluate` check --out (under a file; holding someone else's files) before the
+    torch / TorchRec start-up (seconds), as they check the spec."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("kept")
+    out = cli_without_torch(command, "--spec", SPEC, "--out", str(blocker / "out"))
+    assert_bad_input(out, f"muse-rec {command}: --out {blocker / 'out'}: cannot be created: {blocker} is not a directory")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("kept")
+    out = cli_without_torch(command, "--spec", SPEC, "--out", str(theirs))
+    assert_bad_input(out, f"muse-rec {command}: --out {theirs}: holds files this command did not write (notes.txt)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "theirs"] and blocker.read_text() == "kept"
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+
+
 def test_missing_extends_names_the_referencing_file(tmp_path):
     spec = tmp_path / "child.yaml"
     spec.write_text("extends: nowhere/parent.yaml\nname: x\n")
