@@ -175,8 +175,8 @@ def run(args: argparse.Namespace) -> int:
     cols = [c for c in ["method", "seeds", "gauc", "gauc_std", "auc", "auc_std", "logloss",
                         "train_samples_per_s", "wall_seconds"] + [k for k in rows[0] if k.startswith("gauc_vs_")]
             if any(c in r for r in rows)]
-    table = metrics_table(rows, cols, formats={"train_samples_per_s": ",.0f", "wall_seconds": ".1f"}
-                          if "wall_seconds" in cols else {"train_samples_per_s": ",.0f"})
+    formats = {c: f for c, f in (("train_samples_per_s", ",.0f"), ("wall_seconds", ".1f")) if c in cols}
+    table = metrics_table(rows, cols, formats=formats)  # `muse-rec evaluate`'s metrics.json has neither
     print(table)
     base = next((r for r in rows if r["method"].lower() == baseline.lower()), None)
     verdicts = []

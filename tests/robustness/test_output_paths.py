@@ -43,6 +43,10 @@ def test_evaluate_into_a_run_directory_is_refused_and_an_earlier_evaluation_is_r
         assert out.returncode == 0, out.stderr[-2000:]
         assert "Warning" not in out.stderr, out.stderr[-2000:]  # DCP's ShardedTensor FutureWarnings, before
     assert sorted(p.name for p in ev.iterdir()) == ["metrics.json", "predictions.parquet"]
+    # An evaluation's metrics.json has no training speed or wall time: compare showed a traceback.
+    shown = cli("compare", str(ev), "--no-floors")
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr[-2000:]
+    assert "| DIN " in shown.stdout, shown.stdout
 
 
 @pytest.mark.parametrize("command", ["evaluate", "export", "compare", "baselines", "reproduce"])
