@@ -242,6 +242,33 @@ class Spec:
         return dataclasses.asdict(self)
 
 
+# Keys of a resolved spec that name or place a run, or change only what it logs, checks or
+# writes and how fast, never what it trains: two runs that differ only in them are the same
+# configuration (`training_settings`). A key names its whole subtree.
+NON_TRAINING_KEYS = ("name", "output_dir", "data.vocab_sizes", "data.num_workers", "train.eval_batch_size",
+                     "train.log_every", "train.checkpoint_every", "train.check_floors", "train.warn_below_clicks")
+
+
+def training_settings(resolved: Dict[str, Any], leave_out: Sequence[str] = ()) -> Dict[str, Any]:
+    """A resolved spec (``Spec.to_dict()``, or a run's spec.yaml) as ``{dotted.key: value}``
+    without `NON_TRAINING_KEYS` and ``leave_out``: what decides the trained model."""
+    dropped = tuple(NON_TRAINING_KEYS) + tuple(leave_out)
+    flat: Dict[str, Any] = {}
+
+    def walk(d: Dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if any(key == x or key.startswith(x + ".") for x in dropped):
+                continue
+            if isinstance(v, dict) and v:
+                walk(v, key + ".")
+            else:
+                flat[key] = v
+
+    walk(resolved, "")
+    return flat
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading and validation.
 # ----------------------------------------------------------------------------------------------

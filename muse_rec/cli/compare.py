@@ -1,7 +1,12 @@
 """`muse-rec compare RUN_DIR...`: the comparison table of finished runs, with seed-to-seed spread.
 
-Runs of the same method with different seeds are grouped: the table shows the mean and the
-standard deviation over seeds, so a gap between methods can be read against the noise. The
+Runs of the same method and settings with different seeds are grouped: the table shows the mean
+and the standard deviation over seeds, so a gap between methods can be read against the noise.
+The settings are each run's spec.yaml (the resolved spec it trained with) without its seed and
+the keys that do not change what is trained (`muse_rec.spec.training_settings`): runs of one
+method that differ in more (another lr, another batch size) are separate rows, labelled by the
+keys that differ; two runs with the same settings and seed (a copied run directory, a re-run)
+are refused, as they would count as two seeds. The
 model-free floors of the runs' data (`muse-rec baselines`) are rows of the same table, marked
 ``floor:``; methods below the best floor are named. Floors come from ``--floors FILE``, else
 from the runs' metrics.json (a run records them when ``train.check_floors`` is on), else they
@@ -41,6 +46,8 @@ def load_runs(paths: List[str]) -> List[Dict]:
 
     runs: List[Dict] = []
     seen: Dict[Path, str] = {}
+    configs: Dict[str, str] = {}
+    settings: List[Optional[Dict]] = []
     for p in paths:
         f = Path(p) / "metrics.json"
         if not f.exists():
@@ -49,7 +56,67 @@ def load_runs(paths: List[str]) -> List[Dict]:
             raise ValueError(f"{p}: the same run as {seen[f.resolve()]}, given twice; each run counts once as a seed")
         seen[f.resolve()] = p
         runs.append(read_run_metrics(f))
+        settings.append(_settings_of(Path(p)))
+        if settings[-1] is not None:  # a copied run directory, or a re-run: not another seed
+            key = json.dumps([runs[-1]["method"], settings[-1]], sort_keys=True, default=str)
+            if key in configs:
+                raise ValueError(f"{p}: the same method, spec and train.seed ({settings[-1].get('train.seed')}) as "
+                                 f"{configs[key]} (a copy or a re-run, not another seed); give each seed's run once")
+            configs[key] = p
+    for r, label in zip(runs, _setting_labels(runs, settings)):
+        if label:
+            r["setting"] = label
     return runs
+
+
+def _settings_of(run_dir: Path) -> Optional[Dict]:
+    """The training settings of a run directory's spec.yaml (with its seed), None without one
+    (e.g. a metrics.json written by hand); ValueError naming the file if it is not a spec."""
+    import yaml
+
+    from muse_rec.spec import training_settings
+
+    f = run_dir / "spec.yaml"
+    if not f.exists():
+        return None
+    try:
+        doc = yaml.safe_load(f.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{f}: expected the run's resolved spec (a mapping), got {type(doc).__name__}")
+    return training_settings(doc)
+
+
+def _setting_labels(runs: List[Dict], settings: List[Optional[Dict]]) -> List[str]:
+    """Per run, "" when every run of its method has the same settings (seeds aside); otherwise
+    the keys in which its method's runs differ, with this run's values ("no spec.yaml" without one)."""
+    labels = [""] * len(runs)
+    for method in dict.fromkeys(r["method"] for r in runs):
+        idx = [i for i, r in enumerate(runs) if r["method"] == method]
+        unseeded = [None if settings[i] is None else {k: v for k, v in settings[i].items() if k != "train.seed"}
+                    for i in idx]
+        if len({json.dumps(u, sort_keys=True, default=str) for u in unseeded}) < 2:
+            continue
+        known = [u for u in unseeded if u is not None]
+        keys = sorted({k for u in known for k in u})
+        differ = [k for k in keys if len({json.dumps(u.get(k, "<absent>"), default=str) for u in known}) > 1]
+        for i, u in zip(idx, unseeded):
+            if u is None:
+                labels[i] = "no spec.yaml"
+                continue
+            shown = ", ".join(f"{k}={_value(u.get(k, '<absent>'))}" for k in differ[:3]) or "with spec.yaml"
+            labels[i] = shown + (f", ... ({len(differ)} keys differ)" if len(differ) > 3 else "")
+    return labels
+
+
+def _name(row: Dict) -> str:
+    """A table row's method, with its setting when its method has several."""
+    return f"{row['method']} [{row['setting']}]" if row.get("setting") else row["method"]
+
+
+def _value(v: object) -> str:
+    return v if isinstance(v, str) else json.dumps(v, default=str)
 
 
 def baseline_method(runs: List[Dict], asked: Optional[str]) -> str:
@@ -63,15 +130,16 @@ def baseline_method(runs: List[Dict], asked: Optional[str]) -> str:
 
 
 def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
-    """One row per method: seeds, mean and std (over seeds) of each metric, margin vs baseline."""
+    """One row per method and setting (`load_runs`): seeds, mean and std (over seeds) of each
+    metric, margin vs baseline (its first setting, when it has several)."""
     from muse_rec.metrics.report import METRICS
 
-    by_method: Dict[str, List[Dict]] = {}
+    groups: Dict[Tuple[str, str], List[Dict]] = {}
     for r in runs:
-        by_method.setdefault(r["method"], []).append(r)
+        groups.setdefault((r["method"], r.get("setting", "")), []).append(r)
     rows = []
-    for method, rs in by_method.items():
-        row: Dict = {"method": method, "seeds": len(rs)}
+    for (method, setting), rs in groups.items():
+        row: Dict = {"method": method, **({"setting": setting} if setting else {}), "seeds": len(rs)}
         for k in METRICS:
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
@@ -145,7 +213,7 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
         return "model-free floors: none has a GAUC"
     name = max(measured, key=lambda k: floors[k]["gauc"])
     best = floors[name]
-    below = [f"{r['method']} ({r['gauc']:.4f})" for r in model_rows if "gauc" in r and r["gauc"] < best["gauc"]]
+    below = [f"{_name(r)} ({r['gauc']:.4f})" for r in model_rows if "gauc" in r and r["gauc"] < best["gauc"]]
     head = f"best model-free floor: {best.get('description', name)} GAUC {best['gauc']:.4f}"
     if below:
         return f"{head}; BELOW it: {', '.join(below)} - check the learning rates, the number of steps and the data"
@@ -172,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     model_rows = list(rows)
     if floors:
         rows = rows + floor_rows(floors, next((r for r in rows if r["method"].lower() == baseline.lower()), None))
-    cols = [c for c in ["method", "seeds", "gauc", "gauc_std", "auc", "auc_std", "logloss",
+    cols = [c for c in ["method", "setting", "seeds", "gauc", "gauc_std", "auc", "auc_std", "logloss",
                         "train_samples_per_s", "wall_seconds"] + [k for k in rows[0] if k.startswith("gauc_vs_")]
             if any(c in r for r in rows)]
     formats = {c: f for c, f in (("train_samples_per_s", ",.0f"), ("wall_seconds", ".1f")) if c in cols}
@@ -187,10 +255,10 @@ def run(args: argparse.Namespace) -> int:
         margin = r["gauc"] - base["gauc"]
         if stds:
             spread = max(stds)
-            verdicts.append(f"{r['method']} - {base['method']}: {margin:+.4f} GAUC; seed-to-seed spread (std, "
+            verdicts.append(f"{_name(r)} - {_name(base)}: {margin:+.4f} GAUC; seed-to-seed spread (std, "
                             f"{min(r['seeds'], base['seeds'])}+ seeds) {spread:.4f}; margin = {margin / max(spread, 1e-12):.1f} x spread")
         else:
-            verdicts.append(f"{r['method']} - {base['method']}: {margin:+.4f} GAUC (one seed each: no spread measured)")
+            verdicts.append(f"{_name(r)} - {_name(base)}: {margin:+.4f} GAUC (one seed each: no spread measured)")
     if floors:
         verdicts.append(floor_verdict(model_rows, floors) + f" (floors {source})")
     for v in verdicts:

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from muse_rec.reproduce.paper import FIG5_LENGTHS, PAPER_TABLES, TableRow, fig5_row
-from muse_rec.spec import load_spec
+from muse_rec.spec import load_spec, training_settings
 
 EXPERIMENTS: Tuple[str, ...] = ("table5", "table3", "table1", "table2", "fig5", "fig6")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -155,12 +155,10 @@ def _needed_cells(what: Sequence[str], fig5_lengths: Sequence[int]) -> List[Tupl
 
 
 def _fingerprint(spec_path: Path, overrides: Sequence[str]) -> str:
-    """Hash of the resolved spec without its labels (name, output_dir, model.method), the
-    planning-only data.vocab_sizes and the keys that change what a run logs, not what it trains
-    (the method specs and the ablations may come from profiles that set them differently)."""
-    d = load_spec(spec_path, list(overrides)).to_dict()
-    d.pop("name"), d.pop("output_dir"), d["model"].pop("method"), d["data"].pop("vocab_sizes")
-    d["train"].pop("log_every"), d["train"].pop("warn_below_clicks")
+    """Hash of the resolved spec's training settings (`training_settings`: without its name,
+    place and the keys that change only what a run logs; the method specs and the ablations may
+    come from profiles that set those differently) and without the label model.method."""
+    d = training_settings(load_spec(spec_path, list(overrides)).to_dict(), leave_out=("model.method",))
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -1,0 +1,86 @@
+"""`muse-rec compare` groups runs by method AND training settings (each run's spec.yaml, seed
+aside): runs of one method at another lr are another row, and a copied run directory (same spec,
+same seed) is refused instead of counting as a second seed with a spread of 0."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from muse_rec.cli import main as cli_main
+from muse_rec.spec import load_spec, training_settings
+
+SPEC = Path(__file__).resolve().parents[2] / "specs/methods/muse.yaml"
+
+
+def _run(d: Path, gauc: float, overrides: Sequence[str] = ()) -> Path:
+    """A finished run directory as the trainer leaves it: metrics.json + the resolved spec.yaml."""
+    d.mkdir(parents=True)
+    spec = load_spec(SPEC, list(overrides))
+    (d / "metrics.json").write_text(json.dumps({"method": spec.model.method, "gauc": gauc, "auc": gauc,
+                                                "logloss": 0.4}))
+    (d / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return d
+
+
+def test_runs_at_another_lr_are_another_row_labelled_by_the_key_that_differs(tmp_path, capsys):
+    runs = [_run(tmp_path / "p0", 0.66), _run(tmp_path / "p1", 0.67, ["train.seed=1"]),
+            _run(tmp_path / "f0", 0.70, ["train.dense_optimizer.lr=1e-3"]),
+            _run(tmp_path / "f1", 0.72, ["train.dense_optimizer.lr=1e-3", "train.seed=1"])]
+    assert cli_main(["compare", *map(str, runs), "--no-floors", "--out", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
+    assert [(r["method"], r["setting"], r["seeds"]) for r in rows] == [
+        ("MUSE", "train.dense_optimizer.lr=0.0002", 2), ("MUSE", "train.dense_optimizer.lr=0.001", 2)]
+    assert abs(rows[0]["gauc"] - 0.665) < 1e-12 and abs(rows[1]["gauc"] - 0.71) < 1e-12
+    assert abs(rows[1]["gauc_std"] - 0.02 ** 0.5 / 10) < 1e-12  # the spread of 0.70 and 0.72, not of all four
+    assert "| setting " in capsys.readouterr().out
+
+
+def test_runs_differing_only_in_what_they_log_or_where_they_live_are_one_setting(tmp_path, capsys):
+    a = _run(tmp_path / "a", 0.66, ["name=first", "output_dir=elsewhere", "train.log_every=1"])
+    b = _run(tmp_path / "b", 0.68, ["train.seed=1", "train.warn_below_clicks=0", "train.eval_batch_size=64"])
+    assert cli_main(["compare", str(a), str(b), "--no-floors", "--out", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
+    assert [(r["method"], r.get("setting"), r["seeds"]) for r in rows] == [("MUSE", None, 2)]
+    assert "setting" not in capsys.readouterr().out
+
+
+def test_a_copied_run_directory_is_refused_not_counted_as_a_seed(tmp_path, capsys):
+    a = _run(tmp_path / "a", 0.66)
+    b = _run(tmp_path / "b", 0.68, ["train.seed=1"])
+    shutil.copytree(a, tmp_path / "a_copy")
+    assert cli_main(["compare", str(a), str(b), str(tmp_path / "a_copy"), "--no-floors"]) == 2
+    err = capsys.readouterr().err
+    assert (f"muse-rec compare: {tmp_path / 'a_copy'}: the same method, spec and train.seed (0) as {a} "
+            "(a copy or a re-run, not another seed); give each seed's run once") in err, err
+
+
+def test_a_run_without_spec_yaml_beside_runs_with_one_is_its_own_row(tmp_path):
+    a = _run(tmp_path / "a", 0.66)
+    b = _run(tmp_path / "b", 0.68, ["train.seed=1"])
+    (b / "spec.yaml").unlink()
+    assert cli_main(["compare", str(a), str(b), "--no-floors", "--out", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
+    assert [(r["setting"], r["seeds"]) for r in rows] == [("with spec.yaml", 1), ("no spec.yaml", 1)]
+
+
+def test_a_malformed_spec_yaml_names_the_file(tmp_path, capsys):
+    a = _run(tmp_path / "a", 0.66)
+    b = _run(tmp_path / "b", 0.68, ["train.seed=1"])
+    for text, words in (("train: [1,\n", "not valid YAML"), ("- 1\n- 2\n", "expected the run's resolved spec")):
+        (b / "spec.yaml").write_text(text)
+        assert cli_main(["compare", str(a), str(b), "--no-floors"]) == 2
+        err = capsys.readouterr().err
+        assert f"muse-rec compare: {b / 'spec.yaml'}: {words}" in err and "Traceback" not in err, err
+
+
+def test_training_settings_leave_out_labels_and_logging_only():
+    base = training_settings(load_spec(SPEC).to_dict())
+    assert "train.seed" in base and "train.dense_optimizer.lr" in base and "model.gsu.top_k" in base
+    assert not any(k.startswith(("name", "output_dir", "data.vocab_sizes", "train.log_every")) for k in base)
+    relabelled = training_settings(load_spec(SPEC, ["name=x", "train.log_every=3", "data.num_workers=2"]).to_dict())
+    assert relabelled == base
+    assert training_settings(load_spec(SPEC, ["train.batch_size=250"]).to_dict()) != base
