@@ -85,8 +85,10 @@ class _Scan:
                 base = lo - 1
             else:
                 block_with_prev, base = block, lo
-            step = np.diff(block_with_prev)
-            bad = np.flatnonzero(step <= 0 if strict else step < 0)
+            # Compared, not subtracted: the vocabularies hold hashed int64 keys, and np.diff of two
+            # keys more than 2**63 apart wraps around to a negative step.
+            later, earlier = block_with_prev[1:], block_with_prev[:-1]
+            bad = np.flatnonzero(later <= earlier if strict else later < earlier)
             if bad.size:
                 i = base + int(bad[0]) + 1
                 self.problem(rel, f"not {'strictly increasing' if strict else 'non-decreasing'} at [{i}]")

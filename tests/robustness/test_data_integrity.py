@@ -91,6 +91,29 @@ def test_check_passes_on_clean_data(prepared_tiny):
     assert ": ok (" in out.stdout
 
 
+def test_check_accepts_sorted_keys_more_than_2_to_the_63_apart(prep_copy):
+    """Vocabularies hold hashed int64 keys. A small one (a user field with 8 values) has
+    neighbours more than 2**63 apart, whose difference wraps around in int64: the check used
+    np.diff and flagged freshly prepared data as "not strictly increasing" (seen on a synthetic
+    release with 3,000 users). Sortedness is a comparison, not a subtraction."""
+    from muse_rec.data.check import check_prepared
+
+    path = prep_copy / "vocab" / "user_f1.npy"
+    keys = np.load(path, mmap_mode="r+")
+    n = keys.shape[0]
+    assert n >= 3
+    wide = np.array([-(2**63) + 5] + [2**62 + i for i in range(n - 1)], dtype=keys.dtype)
+    assert int(wide[1]) - int(wide[0]) > 2**63 and np.diff(wide)[0] < 0  # the wrap the old check tripped on
+    keys[:] = wide
+    keys.flush()
+    del keys
+    report = check_prepared(str(prep_copy))
+    assert report.ok, report.problems
+    _poke(path, 2, 2**62)  # a real repeat is still one
+    problems = check_prepared(str(prep_copy)).problems
+    assert len(problems) == 1 and problems[0].endswith("vocab/user_f1.npy: not strictly increasing at [2]"), problems
+
+
 def _poke(path, index, value) -> None:
     """Overwrite element ``index`` (flat) of a .npy in place, header untouched."""
     arr = np.load(path, mmap_mode="r+")
