@@ -101,12 +101,17 @@ def _setting_labels(runs: List[Dict], settings: List[Optional[Dict]]) -> List[st
         known = [u for u in unseeded if u is not None]
         keys = sorted({k for u in known for k in u})
         differ = [k for k in keys if len({json.dumps(u.get(k, "<absent>"), default=str) for u in known}) > 1]
-        for i, u in zip(idx, unseeded):
+        def label(u: Optional[Dict], shown: int) -> str:
             if u is None:
-                labels[i] = "no spec.yaml"
-                continue
-            shown = ", ".join(f"{k}={_value(u.get(k, '<absent>'))}" for k in differ[:3]) or "with spec.yaml"
-            labels[i] = shown + (f", ... ({len(differ)} keys differ)" if len(differ) > 3 else "")
+                return "no spec.yaml"
+            text = ", ".join(f"{k}={_value(u.get(k, '<absent>'))}" for k in differ[:shown]) or "with spec.yaml"
+            return text + (f", ... ({len(differ)} keys differ)" if len(differ) > shown else "")
+
+        # Rows are grouped by label: show every differing key when the first three would merge two settings.
+        distinct = {json.dumps(u, sort_keys=True, default=str): u for u in unseeded}.values()
+        shown = 3 if len({label(u, 3) for u in distinct}) == len(distinct) else len(differ)
+        for i, u in zip(idx, unseeded):
+            labels[i] = label(u, shown)
     return labels
 
 

@@ -84,3 +84,16 @@ def test_training_settings_leave_out_labels_and_logging_only():
     relabelled = training_settings(load_spec(SPEC, ["name=x", "train.log_every=3", "data.num_workers=2"]).to_dict())
     assert relabelled == base
     assert training_settings(load_spec(SPEC, ["train.batch_size=250"]).to_dict()) != base
+
+
+def test_settings_that_agree_on_the_first_differing_keys_stay_apart(tmp_path):
+    """Labels show three of the differing keys; when two settings agree on those three, every
+    differing key is shown, so the two are not merged into one row."""
+    many = ["data.seq_len=500", "model.gsu.top_k=20", "train.batch_size=250"]
+    runs = [_run(tmp_path / "a", 0.60), _run(tmp_path / "b", 0.62, many),
+            _run(tmp_path / "c", 0.64, [*many, "train.dense_optimizer.lr=1e-3"])]
+    assert cli_main(["compare", *map(str, runs), "--no-floors", "--out", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
+    assert [r["seeds"] for r in rows] == [1, 1, 1], rows
+    assert rows[2]["setting"] == ("data.seq_len=500, model.gsu.top_k=20, train.batch_size=250, "
+                                  "train.dense_optimizer.lr=0.001")
