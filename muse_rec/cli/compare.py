@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method, margin vs a baseline"
+HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
 
 
 DEFAULT_BASELINE = "DIN"
