@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2
     context = _context(out, source, synth_args, args, nproc, device, plan, log, time.perf_counter() - started)
-    per_run = [m.get("wall_seconds", 0.0) + m.get("eval_seconds", 0.0) for runs in metrics.values() for m in runs.values()]
+    per_run = [(m.get("wall_seconds") or 0.0) + (m.get("eval_seconds") or 0.0) for runs in metrics.values() for m in runs.values()]
     if per_run:
         context.append(f"training + evaluation time summed over the {len(per_run)} finished runs: "
                        f"{sum(per_run) / 60:.1f} min (from metrics.json; excludes process start-up)")

@@ -203,6 +203,13 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             "sparse_optimizer_route": FusedOptimizerConfig(name=t.sparse_optimizer.name).route(env.device.type),
             "batches_per_epoch": train_loader_len, "total_steps": total_steps,
         }, indent=2))
+    # A resumed run that had already trained to its end: evaluated again, its checkpoint and its
+    # training figures (samples/s, wall time) left as they were.
+    finished = not (position.step < total_steps and position.epoch < t.epochs)
+    if env.is_main and finished:
+        logger.info("%s: already trained (step %d of %d); evaluating its checkpoint only", spec.name,
+                    position.step, total_steps)
+    elif env.is_main:
         logger.info(
             "training %s: %d rank(s) on %s, %d steps of %d x %d samples, seq_len %d; "
             "split %s: %s impressions, %s clicks (%.1f%%); embeddings: %s; dense: %s (lr %g)",
@@ -220,7 +227,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     if env.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=position.step or None)
+        # Hides the events a crashed process logged after its last checkpoint (step T), which
+        # this one logs again from T + 1; the events up to T stay.
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=position.step + 1 if position.step else None)
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     kill_rank, kill_step = _kill_request(env)
     train_seconds, train_samples = 0.0, 0
@@ -266,10 +275,14 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             position.batch_in_epoch = 0
     progress.close()
     _checked_loss(monitor, position.step, env)  # never save a checkpoint after a non-finite loss
-    save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip)
+    if not finished:  # else the checkpoint it resumed from is this state already
+        save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip)
 
     result: Dict = {"method": spec.model.method, "name": spec.name, "world_size": env.world_size,
-                    "steps": position.step, "train_samples_per_s": train_samples / max(train_seconds, 1e-9)}
+                    "steps": position.step, "train_samples_per_s": train_samples / max(train_seconds, 1e-9),
+                    "wall_seconds": train_seconds}
+    if finished:  # no step ran here: the figures of the process that trained it, if it recorded them
+        result.update(_training_figures(run_dir / "metrics.json"))
     if t.eval_at_end:
         eval_start = time.perf_counter()
         metrics = evaluate(dmp, data, spec.data.eval_split, t.eval_batch_size, seq_len, env,
@@ -281,7 +294,6 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
 
             result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
                                                    str(run_dir.parent / ".floors"), spec.data.train_split))
-    result["wall_seconds"] = train_seconds
     memory["peak_rss_bytes"] = status_bytes("VmHWM")  # the kernel's high-water mark of this process
     _write_rank_memory(run_dir, env, memory)
     if env.is_main:
@@ -400,8 +412,21 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
 
 def _summary_line(r: Dict) -> str:
     parts = [f"{k}={r[k]:.4f}" for k in ("gauc", "auc", "logloss") if k in r]
-    parts.append(f"train {r['train_samples_per_s']:,.0f} samples/s")
+    if r.get("train_samples_per_s") is not None:
+        parts.append(f"train {r['train_samples_per_s']:,.0f} samples/s")
     return ", ".join(parts)
+
+
+def _training_figures(metrics_json: Path) -> Dict:
+    """``train_samples_per_s`` and ``wall_seconds`` as an earlier process of the run recorded them
+    in ``metrics_json`` (None each where it did not, or the file is unreadable: only figures)."""
+    try:
+        prev = json.loads(metrics_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        prev = {}
+    prev = prev if isinstance(prev, dict) else {}
+    return {k: prev[k] if isinstance(prev.get(k), (int, float)) and not isinstance(prev.get(k), bool)
+            and math.isfinite(prev[k]) else None for k in ("train_samples_per_s", "wall_seconds")}
 
 
 def _write_json(path: Path, obj: Dict) -> None:

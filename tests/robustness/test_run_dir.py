@@ -53,6 +53,38 @@ def test_resume_continues_and_overwrite_with_resume_is_refused(trained, tmp_path
     assert snapshot(runs / "din") == before
 
 
+def test_resuming_a_finished_run_evaluates_it_and_keeps_its_checkpoint_and_training_figures(trained, tmp_path):
+    """Before, it saved the same step again (new bytes, so a pinned --expect-sha256 no longer
+    matched) and recorded "train 0 samples/s" and 0 s of training over the figures of the run."""
+    runs = trained.copy_run(tmp_path / "runs")
+    before = json.loads((runs / "din" / "metrics.json").read_text())
+    checkpoints = snapshot(runs / "din" / "checkpoints")
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=2"]), "--device", "cpu",
+              "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "din: already trained (step 2 of 2); evaluating its checkpoint only" in out.stderr, out.stderr[-3000:]
+    assert "(sha256 " not in out.stderr, out.stderr[-3000:]  # no "checkpoint DIR/step-... (sha256 ...)" save line
+    assert "done: train 0 samples/s" not in out.stderr, out.stderr[-3000:]
+    assert snapshot(runs / "din" / "checkpoints") == checkpoints
+    after = json.loads((runs / "din" / "metrics.json").read_text())
+    for key in ("train_samples_per_s", "wall_seconds", "steps"):  # (the fixture's run skips evaluation)
+        assert after[key] == before[key] and before[key], (key, before.get(key), after.get(key))
+
+
+def test_a_resumed_run_keeps_the_tensorboard_points_up_to_its_checkpoint(trained, tmp_path):
+    """TensorBoard's purge_step hides events at steps >= it. The resumed process logs from the
+    checkpoint's step T + 1 on, so purging from T (as before) lost the loss logged at step T."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = trained.copy_run(tmp_path / "runs")  # trained to step 2 with a loss point per step
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu",
+              "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]
+    events = EventAccumulator(str(runs / "din" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+
+
 def test_second_process_on_a_locked_run_dir_exits_2_naming_the_holder(prepared_tiny, tmp_path):
     run_dir = tmp_path / "runs" / "din"
     lock = RunDirLock.acquire(run_dir, command="muse-rec train --spec held-by-the-test")
