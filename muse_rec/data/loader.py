@@ -12,6 +12,11 @@ Every batch is built with NumPy gathers on memory-mapped arrays: no per-row Pyth
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
@@ -216,10 +221,28 @@ class PreparedLoader:
         if self.num_workers == 0:
             batches: Iterator[Batch] = iter(self.dataset)  # type: ignore[assignment]
         else:
-            loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=2)
+            loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=2,
+                                worker_init_fn=functools.partial(_die_with, os.getpid()))
             batches = (_arrays_or_raise(arrays).to_batch() for arrays in loader)
         for batch in batches:
             yield batch.pin_memory() if self.pin_memory else batch
+
+
+def _die_with(parent_pid: int, _worker_id: int) -> None:
+    """DataLoader worker init: the kernel kills this worker when its trainer dies (Linux).
+
+    A worker is a fork of the trainer, so it holds the run directory's lock and the trainer's
+    stdout. torch's own check (the parent's pid, every 5 s) never runs while the worker is
+    blocked handing a batch larger than a pipe buffer (~64 KiB) to a trainer that was killed:
+    the worker then blocks forever, the lock stays taken (a resume, or torchrun's restart, is
+    refused) and a pipe reading the trainer's output never ends.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the trainer died before the request above
+        os._exit(1)
 
 
 def make_loader(data: Union[PreparedData, str], split: str, batch_size: int, seq_len: int, rank: int = 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,6 +84,52 @@ def test_a_resumed_run_keeps_the_tensorboard_points_up_to_its_checkpoint(trained
     events = EventAccumulator(str(runs / "din" / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+
+
+def test_a_crashed_run_leaves_no_loader_worker_holding_its_run_directory(prepared_tiny, tmp_path):
+    """A DataLoader worker is a fork of the trainer: it shares the run directory's lock and the
+    trainer's stdout. When the trainer died (here: exits hard after a checkpoint, as on a kill or
+    an OOM) while the worker was writing a batch larger than a pipe holds (~64 KiB) to it, the
+    worker blocked forever on that write: the lock stayed taken, so `--resume` (or torchrun's
+    restart) was refused, and `muse-rec train ... | tee log` never returned. Workers now die
+    with the trainer."""
+    import fcntl
+    import subprocess
+    import time
+
+    from tests.conftest import REPO, subprocess_env
+
+    runs = tmp_path / "runs"
+    # Batches of 256 x 200 behaviours (~0.5 MB) with one worker prefetching ahead of the trainer.
+    args = [sys.executable, "-m", "muse_rec.cli", "train", "--spec", SPEC, "--device", "cpu",
+            *sets(prepared_tiny, runs, ["data.num_workers=1", "train.batch_size=256", "data.seq_len=200",
+                                        "train.max_steps=6", "train.checkpoint_every=2"])]
+    with open(tmp_path / "crash.log", "w") as log:  # a file, not a pipe: the call returns when the trainer ends
+        crashed = subprocess.run(args, cwd=REPO, stdout=log, stderr=log, timeout=300,
+                                 env=subprocess_env(MUSE_REC_CRASH_AFTER_STEP="2"))
+    assert crashed.returncode == 3, (tmp_path / "crash.log").read_text()[-3000:]
+    try:
+        deadline = time.monotonic() + 20  # SIGKILL on the parent's death is immediate; torch's own check: 5 s
+        with open(runs / "din" / ".lock", "a+") as lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    assert time.monotonic() < deadline, "a process of the crashed run still holds its run directory"
+                    time.sleep(0.2)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    finally:  # never leave an orphan behind in CI, whatever the outcome
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and str(runs) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    os.kill(int(proc.name), 9)
+            except (OSError, ProcessLookupError):
+                pass
+    resumed = cli("train", "--spec", SPEC, "--device", "cpu", "--resume",
+                  *sets(prepared_tiny, runs, ["data.num_workers=1", "train.batch_size=256", "data.seq_len=200",
+                                              "train.max_steps=6", "train.checkpoint_every=2"]))
+    assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr[-3000:]
 
 
 def test_second_process_on_a_locked_run_dir_exits_2_naming_the_holder(prepared_tiny, tmp_path):
