@@ -48,8 +48,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.command)
     try:
         return int(args._run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a bug: a line saying what to do, not a traceback
+        sys.stderr.write(f"\nmuse-rec {args.command}: interrupted{_AFTER_AN_INTERRUPT.get(args.command, '')}\n")
+        return 130  # 128 + SIGINT, the shell's convention
     finally:  # main() also runs in-process (tests, notebooks): leave the caller's format as it was
         warnings.formatwarning = previous
+
+
+# What an interrupted command leaves and how to go on (docs/data.md, docs/reproduce.md, run_dir.py).
+_AFTER_AN_INTERRUPT = {
+    "train": ("; --resume continues it from its last checkpoint (one every train.checkpoint_every steps; "
+              "without one, from step 0), --overwrite starts over"),
+    "prepare": "; run the same command again: it skips the steps already done",
+    "reproduce": "; run the same command again: it skips the runs already done and resumes the others",
+}
 
 
 def _one_line_warning(command: str):

@@ -297,3 +297,30 @@ def test_restarted_overwrite_job_continues_its_own_run(tmp_path):
     lock = claim_run_dir(run_dir, is_main=True, resume=True, overwrite=True)
     lock.release()
     assert (run_dir / "spec.yaml").exists() and not list(tmp_path.glob("run.old-*"))
+
+
+def test_ctrl_c_during_training_is_one_line_saying_how_to_go_on(prepared_tiny, tmp_path):
+    """Ctrl-C printed torch's backward traceback (~30 lines) and exited 1, like a bug."""
+    import signal
+    import subprocess
+
+    from tests.conftest import REPO, subprocess_env
+
+    args = [sys.executable, "-m", "muse_rec.cli", "train", "--spec", SPEC, "--device", "cpu",
+            *sets(prepared_tiny, tmp_path / "runs", ["train.epochs=1000"])]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env(), start_new_session=True)  # its own group, as a terminal's job
+    try:
+        for line in proc.stderr:  # interrupt once it trains
+            if " step " in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: every process of the job
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=120) == 130, rest[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest[-3000:]
+    assert rest.strip().splitlines()[-1] == (
+        "muse-rec train: interrupted; --resume continues it from its last checkpoint (one every "
+        "train.checkpoint_every steps; without one, from step 0), --overwrite starts over"), rest[-3000:]
