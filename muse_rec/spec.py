@@ -18,7 +18,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -252,21 +252,20 @@ NON_TRAINING_KEYS = ("name", "output_dir", "data.vocab_sizes", "data.num_workers
 def training_settings(resolved: Dict[str, Any], leave_out: Sequence[str] = ()) -> Dict[str, Any]:
     """A resolved spec (``Spec.to_dict()``, or a run's spec.yaml) as ``{dotted.key: value}``
     without `NON_TRAINING_KEYS` and ``leave_out``: what decides the trained model."""
-    dropped = tuple(NON_TRAINING_KEYS) + tuple(leave_out)
-    flat: Dict[str, Any] = {}
+    return dict(dotted_items(resolved, skip=tuple(NON_TRAINING_KEYS) + tuple(leave_out)))
 
-    def walk(d: Dict[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if any(key == x or key.startswith(x + ".") for x in dropped):
-                continue
-            if isinstance(v, dict) and v:
-                walk(v, key + ".")
-            else:
-                flat[key] = v
 
-    walk(resolved, "")
-    return flat
+def dotted_items(tree: Dict[str, Any], skip: Sequence[str] = (), prefix: str = "") -> Iterator[Tuple[str, Any]]:
+    """The leaves of a nested mapping as ``("a.b.c", value)``, depth first in the mapping's order;
+    a key in ``skip`` (dotted) is left out with everything below it, an empty mapping yields nothing."""
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if key in skip:
+            continue
+        if isinstance(v, dict):
+            yield from dotted_items(v, skip, key + ".")
+        else:
+            yield key, v
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from muse_rec.reproduce.paper import FIG5_LENGTHS, PAPER_TABLES, TableRow, fig5_row
-from muse_rec.spec import load_spec, training_settings
+from muse_rec.spec import dotted_items, load_spec, training_settings
 
 EXPERIMENTS: Tuple[str, ...] = ("table5", "table3", "table1", "table2", "fig5", "fig6")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -119,20 +119,8 @@ def profile_overlay(profile: Profile, specs_dir: Path = SPECS_DIR) -> Tuple[str,
     doc = yaml.safe_load(path.read_text()) or {}
     if "extends" in doc:
         raise ValueError(f"{path}: a profile overlay must not use 'extends'")
-    out: List[str] = []
-
-    def walk(node: Dict, prefix: str) -> None:
-        for k, v in node.items():
-            key = f"{prefix}{k}"
-            if key in _OVERLAY_SKIP:
-                continue
-            if isinstance(v, dict):
-                walk(v, key + ".")
-            else:
-                out.append(f"{key}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
-
-    walk(doc, "")
-    return tuple(out)
+    return tuple(f"{key}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                 for key, v in dotted_items(doc, skip=_OVERLAY_SKIP))
 
 
 def all_rows(fig5_lengths: Sequence[int] = FIG5_LENGTHS) -> List[Tuple[str, TableRow]]:
