@@ -419,14 +419,15 @@ def _summary_line(r: Dict) -> str:
 
 def _training_figures(metrics_json: Path) -> Dict:
     """``train_samples_per_s`` and ``wall_seconds`` as an earlier process of the run recorded them
-    in ``metrics_json`` (None each where it did not, or the file is unreadable: only figures)."""
+    in ``metrics_json``; None each where it did not, or the file is missing or not a valid run's
+    metrics.json (they are only figures: their loss does not stop the run)."""
+    from muse_rec.metrics.report import read_run_metrics  # checks each figure is a finite number or null
+
     try:
-        prev = json.loads(metrics_json.read_text(encoding="utf-8"))
+        prev = read_run_metrics(metrics_json)
     except (OSError, ValueError):
         prev = {}
-    prev = prev if isinstance(prev, dict) else {}
-    return {k: prev[k] if isinstance(prev.get(k), (int, float)) and not isinstance(prev.get(k), bool)
-            and math.isfinite(prev[k]) else None for k in ("train_samples_per_s", "wall_seconds")}
+    return {k: prev.get(k) for k in ("train_samples_per_s", "wall_seconds")}
 
 
 def _write_json(path: Path, obj: Dict) -> None:
