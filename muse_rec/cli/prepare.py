@@ -13,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from muse_rec.data.prepare import PrepareConfig, VOCAB_MODES
 
     d = PrepareConfig()
-    p.add_argument("raw", help="directory (any iopath path) holding the six raw Parquet tables")
+    p.add_argument("raw", help="directory (any iopath path) holding the six raw Parquet tables, each one file "
+                   "or a directory / NAME-*.parquet files of parts (docs/data.md)")
     p.add_argument("out", help="local output directory; re-running resumes / skips finished steps")
     p.add_argument("--vocab", choices=VOCAB_MODES, default=d.vocab,
                    help="item vocabulary: full = every id seen; p90 = SCL items + all targets (docs/data.md)")

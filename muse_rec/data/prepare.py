@@ -249,7 +249,7 @@ class _Prepare:
         # row wins, as for a user's duplicate rows the first does; either way it is counted.
         for table, writer in (("item_features", attrs_writer), ("scl", scl_writer)):
             if writer.repeated_rows:
-                warnings.warn(f"{S.TABLES[table].file}: {writer.repeated_rows} duplicate item row(s); "
+                warnings.warn(f"{self.raw[table].path}: {writer.repeated_rows} duplicate item row(s); "
                               "the last row of each item is used")
         return {"items": n - 1, "items_with_scl": covered, "duplicate_item_rows": attrs_writer.repeated_rows,
                 "duplicate_scl_rows": scl_writer.repeated_rows}
@@ -402,6 +402,9 @@ def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite:
     with RawRelease(raw) as release:  # opens and schema-checks all six tables before any work
         job = _Prepare(release, out, cfg)
         _check_out(out)
+        for name, table in release.tables.items():
+            if len(table.parts) > 1:
+                job._say(f"{name}: {len(table.parts)} Parquet parts ({table.path}), read in name order")
         # One prepare per OUT at a time: two would append to the same spill files.
         with DirLock.acquire(Path(out), holder="another prepare", hint="wait for it to end or choose another OUT"):
             return _prepare_into(job, out, overwrite)

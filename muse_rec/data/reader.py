@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Sequence
+import re
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,11 +54,71 @@ def join_path(root: str, name: str) -> str:
     return root.rstrip("/") + "/" + name
 
 
-class RawTable:
-    """One raw table, opened and schema-checked.
+PARQUET_SUFFIX = ".parquet"
+
+
+def _is_part_name(name: str) -> bool:
+    """A data file of a table's directory: ``*.parquet``, not hidden and not a writer's ``_SUCCESS``,
+    ``_metadata`` or ``.crc`` side file."""
+    return name.endswith(PARQUET_SUFFIX) and not name.startswith((".", "_"))
+
+
+def _name_order(name: str) -> List[object]:
+    """Natural order: ``part-9`` before ``part-10`` where a writer did not zero-pad."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _listdir(path: str) -> List[str]:
+    return sorted((n.rstrip("/").rsplit("/", 1)[-1] for n in g_pathmgr.ls(path)), key=_name_order)
+
+
+def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
+    """Where table `spec` is under the release directory `root`, and its Parquet files in read order.
+
+    A table is the one file `<stem>.parquet` (as in the release), or, written by Spark, Hive or a
+    split download, several parts: the ``*.parquet`` files of a directory `<stem>.parquet/` or
+    `<stem>/`, or files `<stem>-*.parquet` beside the other tables. Parts are read in name order,
+    numbers by value (``part-9`` before ``part-10``). More than one of these layouts for a table is
+    ambiguous and refused, as is a table's directory holding a sub-directory (its rows would
+    otherwise be left out silently).
+    """
+    stem = spec.file[: -len(PARQUET_SUFFIX)]
+    layouts: List[Tuple[str, List[str]]] = []  # (where, its part paths)
+    for d in (join_path(root, spec.file), join_path(root, stem)):
+        if not g_pathmgr.exists(d):
+            continue
+        if not g_pathmgr.isdir(d):
+            if d.endswith(PARQUET_SUFFIX):
+                layouts.append((d, [d]))
+            continue
+        names = _listdir(d)
+        subdirs = [n for n in names if not n.startswith((".", "_")) and g_pathmgr.isdir(join_path(d, n))]
+        if subdirs:
+            raise raw_error(d, f"holds the sub-directory '{subdirs[0]}'; the directory of table {spec.name} "
+                            "must hold its Parquet parts directly")
+        parts = [join_path(d, n) for n in names if _is_part_name(n)]
+        if not parts:
+            raise raw_error(d, f"directory of table {spec.name} holds no *.parquet part file")
+        layouts.append((d + "/", parts))
+    if g_pathmgr.isdir(root):
+        shards = [join_path(root, n) for n in _listdir(root)
+                  if n.startswith(stem + "-") and _is_part_name(n) and not g_pathmgr.isdir(join_path(root, n))]
+        if shards:
+            layouts.append((join_path(root, stem + "-*.parquet"), shards))
+    if not layouts:
+        raise raw_error(join_path(root, spec.file), f"file not found (table {spec.name}; also looked for a "
+                        f"directory {stem}/ or {stem}.parquet/ of Parquet parts and {stem}-*.parquet files)")
+    if len(layouts) > 1:
+        raise raw_error(root, f"table {spec.name} is there more than once: "
+                        + " and ".join(w for w, _ in layouts) + "; keep one")
+    return layouts[0]
+
+
+class ParquetPart:
+    """One Parquet file of a raw table: opened, footer read, schema checked.
 
     Args:
-        path: iopath path or URI of the Parquet file.
+        path: iopath path or URI of the file.
         spec: the table's `TableSpec`.
     """
 
@@ -67,25 +128,27 @@ class RawTable:
         if not g_pathmgr.exists(path):
             raise raw_error(path, f"file not found (table {spec.name})")
         if g_pathmgr.isdir(path):
-            raise raw_error(path, f"is a directory, expected the Parquet file of table {spec.name}")
+            raise raw_error(path, f"is a directory, expected a Parquet file of table {spec.name}")
         self._fh = g_pathmgr.open(path, "rb")
         try:
             self._pf = pq.ParquetFile(self._fh, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
         except (pa.ArrowException, OSError) as e:
             self._fh.close()
             raise raw_error(path, f"not a readable Parquet file (truncated or corrupt?): {e}") from e
-        check_schema(spec, self._pf.schema_arrow, path)
-        meta = self._pf.metadata
-        if meta.num_rows == 0:
-            raise raw_error(path, f"empty table (0 rows); table {spec.name} must have rows")
+        try:
+            check_schema(spec, self._pf.schema_arrow, path)
+        except RawDataError:
+            self._fh.close()
+            raise
 
     @property
     def num_rows(self) -> int:
         return int(self._pf.metadata.num_rows)
 
     @property
-    def num_row_groups(self) -> int:
-        return int(self._pf.metadata.num_row_groups)
+    def schema(self) -> pa.Schema:
+        """The file's Arrow schema (from its footer)."""
+        return self._pf.schema_arrow
 
     def fingerprint(self) -> Dict[str, object]:
         """Cheap identity of the file's content: size and mtime where the file is local, plus a hash
@@ -106,13 +169,68 @@ class RawTable:
             out.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
         return out
 
+    def iter_batches(self, sub: TableSpec, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Record batches of `sub`'s columns, row group by row group, each checked against `sub`."""
+        cols = list(sub.columns)
+        for rg in range(self._pf.metadata.num_row_groups):
+            try:
+                for batch in self._pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=cols):
+                    check_batch(sub, batch, self.path, rg)
+                    yield batch
+            except RawDataError:
+                raise
+            except (pa.ArrowException, OSError) as e:
+                raise raw_error(self.path, f"cannot decode (truncated or corrupt?): {e}", row_group=rg) from e
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class RawTable:
+    """One raw table, held in one Parquet file or several parts; every part opened and
+    schema-checked up front.
+
+    Args:
+        paths: iopath path(s) or URI(s) of the table's Parquet file or parts, in read order
+            (`table_parts` finds them in a release directory).
+        spec: the table's `TableSpec`.
+        where: what messages call the table (default: its file, or its parts' directory).
+    """
+
+    def __init__(self, paths: Union[str, Sequence[str]], spec: TableSpec, where: Optional[str] = None) -> None:
+        self.paths = [paths] if isinstance(paths, str) else list(paths)
+        self.path = where or (self.paths[0] if len(self.paths) == 1 else os.path.dirname(self.paths[0]) + "/")
+        self.spec = spec
+        self.parts: List[ParquetPart] = []
+        try:
+            for p in self.paths:
+                self.parts.append(ParquetPart(p, spec))
+        except Exception:
+            self.close()
+            raise
+        if self.num_rows == 0:
+            where = self.path if len(self.parts) == 1 else f"{self.path} ({len(self.parts)} parts)"
+            self.close()
+            raise raw_error(where, f"empty table (0 rows); table {spec.name} must have rows")
+
+    @property
+    def num_rows(self) -> int:
+        return sum(p.num_rows for p in self.parts)
+
+    def fingerprint(self) -> Dict[str, object]:
+        """A part's fingerprint (`ParquetPart.fingerprint`), or for several parts all of theirs."""
+        if len(self.parts) == 1:
+            return self.parts[0].fingerprint()
+        return {"path": self.path, "rows": self.num_rows, "parts": [p.fingerprint() for p in self.parts]}
+
     def iter_batches(
         self, columns: Optional[Sequence[str]] = None, batch_rows: int = DEFAULT_BATCH_ROWS
     ) -> Iterator[pa.RecordBatch]:
-        """Yield record batches of at most `batch_rows` rows, row group by row group, in file order.
+        """Yield record batches of at most `batch_rows` rows, part by part and row group by row
+        group, in file order.
 
         Only `columns` (default: the spec's columns) are decoded; every batch is checked against
-        the spec's value rules for those columns.
+        the spec's value rules for those columns (an error names the part file and row group).
         """
         cols: List[str] = list(columns) if columns is not None else list(self.spec.columns)
         unknown = [c for c in cols if c not in self.spec.columns]
@@ -126,19 +244,12 @@ class RawTable:
             tuple(g for g in self.spec.equal_len_lists if all(c in cols for c in g)),
             tuple(c for c in self.spec.one_hot if c in cols),
         )
-        for rg in range(self.num_row_groups):
-            try:
-                it = self._pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=cols)
-                for batch in it:
-                    check_batch(sub, batch, self.path, rg)
-                    yield batch
-            except RawDataError:
-                raise
-            except (pa.ArrowException, OSError) as e:
-                raise raw_error(self.path, f"cannot decode (truncated or corrupt?): {e}", row_group=rg) from e
+        for part in self.parts:
+            yield from part.iter_batches(sub, batch_rows)
 
     def close(self) -> None:
-        self._fh.close()
+        for p in self.parts:
+            p.close()
 
     def __enter__(self) -> "RawTable":
         return self
@@ -151,15 +262,21 @@ class RawRelease:
     """The six tables of a raw release directory (any iopath path); all opened and checked up front.
 
     Args:
-        root: directory holding the six Parquet files named as in `muse_rec.data.schema.TABLES`.
+        root: directory holding the six tables named as in `muse_rec.data.schema.TABLES`, each one
+            Parquet file or several parts (`table_parts`).
     """
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.tables: Dict[str, RawTable] = {}
+        if not g_pathmgr.exists(root):
+            raise raw_error(root, "no such directory (the raw release: a directory holding the six tables)")
+        if not g_pathmgr.isdir(root):
+            raise raw_error(root, "is not a directory (the raw release: a directory holding the six tables)")
         try:
             for name, spec in TABLES.items():
-                self.tables[name] = RawTable(join_path(root, spec.file), spec)
+                where, parts = table_parts(root, spec)
+                self.tables[name] = RawTable(parts, spec, where)
         except Exception:
             self.close()
             raise

@@ -1,0 +1,138 @@
+"""A raw table in several Parquet parts (a Spark/Hive directory or a split download) prepares to the
+same bytes as the one-file table; ambiguous or malformed layouts are one-line errors naming the path."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Dict
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from muse_rec.data import schema as S
+from muse_rec.data.prepare import PrepareConfig, prepare
+from tests.data.rawgen import write_raw_release
+
+CFG = PrepareConfig(batch_rows=50, partition_bits=3, spill_buffer_bytes=4096, progress=False)
+SPLIT = ("train_samples", "train_user_features", "test_samples", "scl")  # tables written in parts
+N_PARTS = 11  # unpadded names part-0 .. part-10: a name sort would read part-10 third
+
+
+LAYOUTS: Dict[str, Callable[[Path, str, int], Path]] = {
+    "directory": lambda raw, stem, i: raw / stem / f"part-{i}.parquet",
+    "spark_directory": lambda raw, stem, i: raw / f"{stem}.parquet" / f"part-{i}-c000.snappy.parquet",
+    "shards_beside": lambda raw, stem, i: raw / f"{stem}-{i}.parquet",
+}
+
+
+def _split_into_parts(raw: Path, layout: str) -> None:
+    """Rewrite the SPLIT tables of `raw` as N_PARTS parts in `layout` (part 1 empty), plus the side
+    files writers leave (they must be ignored)."""
+    for name in SPLIT:
+        file = raw / S.TABLES[name].file
+        stem = S.TABLES[name].file[: -len(".parquet")]
+        table = pq.read_table(file)
+        os.remove(file)
+        cuts = np.linspace(0, table.num_rows, N_PARTS, dtype=int).tolist()
+        cuts.insert(1, cuts[0])  # part 1 is empty: Spark writes such parts
+        for i in range(N_PARTS):
+            path = LAYOUTS[layout](raw, stem, i)
+            path.parent.mkdir(exist_ok=True)
+            pq.write_table(table.slice(cuts[i], cuts[i + 1] - cuts[i]), path, row_group_size=7)
+        if layout != "shards_beside":
+            for side in ("_SUCCESS", ".part-0.parquet.crc", "metadata.json"):
+                (path.parent / side).write_text("{}")
+
+
+@pytest.fixture(scope="module")
+def one_file(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    raw = tmp_path_factory.mktemp("raw")
+    write_raw_release(str(raw))
+    out = raw.parent / "prepared_one_file"
+    with pytest.warns(UserWarning, match="no row in"):
+        prepare(str(raw), str(out), CFG)
+    return {"raw": raw, "out": out}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_table_in_parts_prepares_to_the_same_arrays(one_file: Dict[str, Path], tmp_path: Path, layout: str) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(one_file["raw"], raw)
+    _split_into_parts(raw, layout)
+    assert not (raw / "train_samples.parquet").is_file()
+    out = tmp_path / "prepared"
+    with pytest.warns(UserWarning, match="no row in"):
+        meta = prepare(str(raw), str(out), CFG)
+    want = sorted(p.relative_to(one_file["out"]) for p in one_file["out"].rglob("*.npy"))
+    assert want and want == sorted(p.relative_to(out) for p in out.rglob("*.npy"))
+    for rel in want:  # the same rows in the same order: labels.npy would differ under a name sort
+        assert (out / rel).read_bytes() == (one_file["out"] / rel).read_bytes(), rel
+    assert meta["splits"] == json.loads((one_file["out"] / "meta.json").read_text())["splits"]
+
+
+def _prepare_cli(raw: Path, out: Path, capsys: pytest.CaptureFixture) -> str:
+    from muse_rec.cli import main
+
+    assert main(["prepare", str(raw), str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def raw(one_file: Dict[str, Path], tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    shutil.copytree(one_file["raw"], raw)
+    return raw
+
+
+def test_a_table_there_twice_is_refused(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (raw / "train_samples").mkdir()
+    shutil.copy(raw / "train_samples.parquet", raw / "train_samples" / "part-0.parquet")
+    err = _prepare_cli(raw, tmp_path / "out", capsys)
+    assert "table train_samples is there more than once" in err and "train_samples/" in err, err
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_a_table_directory_without_parts_is_refused(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    os.remove(raw / "item_features.parquet")
+    (raw / "item_features").mkdir()
+    (raw / "item_features" / "_SUCCESS").write_text("")
+    err = _prepare_cli(raw, tmp_path / "out", capsys)
+    assert "item_features: directory of table item_features holds no *.parquet part file" in err, err
+
+
+def test_a_table_directory_with_a_sub_directory_is_refused(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _split_into_parts(raw, "directory")
+    (raw / "train_samples" / "date=2025-01-02").mkdir()
+    err = _prepare_cli(raw, tmp_path / "out", capsys)
+    assert "holds the sub-directory 'date=2025-01-02'" in err, err
+
+
+def test_a_bad_part_is_named(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _split_into_parts(raw, "directory")
+    part = raw / "train_samples" / "part-7.parquet"
+    part.write_bytes(part.read_bytes()[:100])
+    err = _prepare_cli(raw, tmp_path / "out", capsys)
+    assert f"{part}: not a readable Parquet file (truncated or corrupt?)" in err, err
+
+
+def test_parts_that_are_all_empty_are_an_empty_table(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    file = raw / "test_samples.parquet"
+    empty = pq.read_table(file).slice(0, 0)
+    os.remove(file)
+    for i in range(2):
+        pq.write_table(empty, raw / f"test_samples-{i}.parquet")
+    err = _prepare_cli(raw, tmp_path / "out", capsys)
+    assert "test_samples-*.parquet (2 parts): empty table (0 rows)" in err, err
+
+
+@pytest.mark.parametrize("what", ["missing", "a_file"])
+def test_a_raw_that_is_not_a_directory_is_named(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                what: str) -> None:
+    path = tmp_path / "nothing" if what == "missing" else raw / "item_features.parquet"
+    err = _prepare_cli(path, tmp_path / "out", capsys)
+    assert f"{path}: " + ("no such directory" if what == "missing" else "is not a directory") in err, err
