@@ -115,7 +115,10 @@ def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
 
 
 class ParquetPart:
-    """One Parquet file of a raw table: opened, footer read, schema checked.
+    """One Parquet file of a raw table: footer read and schema checked when made.
+
+    No file stays open between reads: a table may have hundreds of parts (Spark writes 200 by
+    default), six tables more than a process's usual limit of 1,024 open files.
 
     Args:
         path: iopath path or URI of the file.
@@ -129,31 +132,27 @@ class ParquetPart:
             raise raw_error(path, f"file not found (table {spec.name})")
         if g_pathmgr.isdir(path):
             raise raw_error(path, f"is a directory, expected a Parquet file of table {spec.name}")
-        self._fh = g_pathmgr.open(path, "rb")
-        try:
-            self._pf = pq.ParquetFile(self._fh, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
-        except (pa.ArrowException, OSError) as e:
-            self._fh.close()
-            raise raw_error(path, f"not a readable Parquet file (truncated or corrupt?): {e}") from e
-        try:
-            check_schema(spec, self._pf.schema_arrow, path)
-        except RawDataError:
-            self._fh.close()
-            raise
+        with g_pathmgr.open(path, "rb") as fh:
+            try:
+                pf = pq.ParquetFile(fh, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+                self._meta, self._schema = pf.metadata, pf.schema_arrow
+            except (pa.ArrowException, OSError) as e:
+                raise raw_error(path, f"not a readable Parquet file (truncated or corrupt?): {e}") from e
+        check_schema(spec, self._schema, path)
 
     @property
     def num_rows(self) -> int:
-        return int(self._pf.metadata.num_rows)
+        return int(self._meta.num_rows)
 
     @property
     def schema(self) -> pa.Schema:
         """The file's Arrow schema (from its footer)."""
-        return self._pf.schema_arrow
+        return self._schema
 
     def fingerprint(self) -> Dict[str, object]:
         """Cheap identity of the file's content: size and mtime where the file is local, plus a hash
         of the footer (schema, row-group sizes, column-chunk offsets and statistics); no data read."""
-        meta = self._pf.metadata
+        meta = self._meta
         chunks = []
         for i in range(meta.num_row_groups):
             rg = meta.row_group(i)
@@ -161,7 +160,7 @@ class ParquetPart:
                 col = rg.column(c)
                 stats = col.statistics.to_dict() if col.statistics is not None else None
                 chunks.append([rg.num_rows, col.data_page_offset, col.total_compressed_size, str(stats)])
-        digest = hashlib.sha256(json.dumps([str(self._pf.schema_arrow), chunks, meta.created_by]).encode())
+        digest = hashlib.sha256(json.dumps([str(self._schema), chunks, meta.created_by]).encode())
         out: Dict[str, object] = {"path": self.path, "rows": self.num_rows, "footer_sha256": digest.hexdigest()[:16]}
         local = self.path[len(FILE_URI_PREFIX):] if self.path.startswith(FILE_URI_PREFIX) else self.path
         if "://" not in local and os.path.exists(local):
@@ -170,24 +169,28 @@ class ParquetPart:
         return out
 
     def iter_batches(self, sub: TableSpec, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        """Record batches of `sub`'s columns, row group by row group, each checked against `sub`."""
+        """Record batches of `sub`'s columns, row group by row group, each checked against `sub`;
+        the file is open only while they are read."""
         cols = list(sub.columns)
-        for rg in range(self._pf.metadata.num_row_groups):
-            try:
-                for batch in self._pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=cols):
-                    check_batch(sub, batch, self.path, rg)
-                    yield batch
-            except RawDataError:
-                raise
-            except (pa.ArrowException, OSError) as e:
-                raise raw_error(self.path, f"cannot decode (truncated or corrupt?): {e}", row_group=rg) from e
-
-    def close(self) -> None:
-        self._fh.close()
+        try:
+            fh = g_pathmgr.open(self.path, "rb")
+        except OSError as e:
+            raise raw_error(self.path, f"cannot open: {e.strerror or e}") from e
+        with fh:
+            pf = pq.ParquetFile(fh, metadata=self._meta, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+            for rg in range(self._meta.num_row_groups):
+                try:
+                    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=cols):
+                        check_batch(sub, batch, self.path, rg)
+                        yield batch
+                except RawDataError:
+                    raise
+                except (pa.ArrowException, OSError) as e:
+                    raise raw_error(self.path, f"cannot decode (truncated or corrupt?): {e}", row_group=rg) from e
 
 
 class RawTable:
-    """One raw table, held in one Parquet file or several parts; every part opened and
+    """One raw table, held in one Parquet file or several parts; every part's footer read and
     schema-checked up front.
 
     Args:
@@ -201,16 +204,9 @@ class RawTable:
         self.paths = [paths] if isinstance(paths, str) else list(paths)
         self.path = where or (self.paths[0] if len(self.paths) == 1 else os.path.dirname(self.paths[0]) + "/")
         self.spec = spec
-        self.parts: List[ParquetPart] = []
-        try:
-            for p in self.paths:
-                self.parts.append(ParquetPart(p, spec))
-        except Exception:
-            self.close()
-            raise
+        self.parts = [ParquetPart(p, spec) for p in self.paths]
         if self.num_rows == 0:
             where = self.path if len(self.parts) == 1 else f"{self.path} ({len(self.parts)} parts)"
-            self.close()
             raise raw_error(where, f"empty table (0 rows); table {spec.name} must have rows")
 
     @property
@@ -248,8 +244,7 @@ class RawTable:
             yield from part.iter_batches(sub, batch_rows)
 
     def close(self) -> None:
-        for p in self.parts:
-            p.close()
+        """Nothing to release (parts are open only while read); kept for `with` blocks."""
 
     def __enter__(self) -> "RawTable":
         return self
@@ -259,7 +254,7 @@ class RawTable:
 
 
 class RawRelease:
-    """The six tables of a raw release directory (any iopath path); all opened and checked up front.
+    """The six tables of a raw release directory (any iopath path); all footers checked up front.
 
     Args:
         root: directory holding the six tables named as in `muse_rec.data.schema.TABLES`, each one
@@ -273,13 +268,9 @@ class RawRelease:
             raise raw_error(root, "no such directory (the raw release: a directory holding the six tables)")
         if not g_pathmgr.isdir(root):
             raise raw_error(root, "is not a directory (the raw release: a directory holding the six tables)")
-        try:
-            for name, spec in TABLES.items():
-                where, parts = table_parts(root, spec)
-                self.tables[name] = RawTable(parts, spec, where)
-        except Exception:
-            self.close()
-            raise
+        for name, spec in TABLES.items():
+            where, parts = table_parts(root, spec)
+            self.tables[name] = RawTable(parts, spec, where)
 
     def __getitem__(self, name: str) -> RawTable:
         return self.tables[name]

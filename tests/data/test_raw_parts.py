@@ -28,17 +28,17 @@ LAYOUTS: Dict[str, Callable[[Path, str, int], Path]] = {
 }
 
 
-def _split_into_parts(raw: Path, layout: str) -> None:
-    """Rewrite the SPLIT tables of `raw` as N_PARTS parts in `layout` (part 1 empty), plus the side
+def _split_into_parts(raw: Path, layout: str, n_parts: int = N_PARTS) -> None:
+    """Rewrite the SPLIT tables of `raw` as `n_parts` parts in `layout` (part 1 empty), plus the side
     files writers leave (they must be ignored)."""
     for name in SPLIT:
         file = raw / S.TABLES[name].file
         stem = S.TABLES[name].file[: -len(".parquet")]
         table = pq.read_table(file)
         os.remove(file)
-        cuts = np.linspace(0, table.num_rows, N_PARTS, dtype=int).tolist()
+        cuts = np.linspace(0, table.num_rows, n_parts, dtype=int).tolist()
         cuts.insert(1, cuts[0])  # part 1 is empty: Spark writes such parts
-        for i in range(N_PARTS):
+        for i in range(n_parts):
             path = LAYOUTS[layout](raw, stem, i)
             path.parent.mkdir(exist_ok=True)
             pq.write_table(table.slice(cuts[i], cuts[i + 1] - cuts[i]), path, row_group_size=7)
@@ -71,6 +71,26 @@ def test_a_table_in_parts_prepares_to_the_same_arrays(one_file: Dict[str, Path],
     for rel in want:  # the same rows in the same order: labels.npy would differ under a name sort
         assert (out / rel).read_bytes() == (one_file["out"] / rel).read_bytes(), rel
     assert meta["splits"] == json.loads((one_file["out"] / "meta.json").read_text())["splits"]
+
+
+def test_more_parts_than_the_open_file_limit(one_file: Dict[str, Path], tmp_path: Path) -> None:
+    """4 tables x 60 parts under a limit of 64 open files (a one-file prepare needs < 24): a part
+    is open only while it is read (holding them all open failed with 'Too many open files')."""
+    import resource
+    import subprocess
+
+    from tests.conftest import subprocess_env, venv_bin
+
+    raw = tmp_path / "raw"
+    shutil.copytree(one_file["raw"], raw)
+    _split_into_parts(raw, "directory", n_parts=60)
+    out = tmp_path / "prepared"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))  # noqa: E731
+    r = subprocess.run([venv_bin("muse-rec"), "prepare", str(raw), str(out), "--no-progress"], env=subprocess_env(),
+                       capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert r.returncode == 0, r.stderr
+    for rel in ("train/labels.npy", "train/seq_items.npy", "test/sample_items.npy"):
+        assert (out / rel).read_bytes() == (one_file["out"] / rel).read_bytes(), rel
 
 
 def _prepare_cli(raw: Path, out: Path, capsys: pytest.CaptureFixture) -> str:
