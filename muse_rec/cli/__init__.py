@@ -10,6 +10,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import select
 import sys
 import warnings
 from typing import List, Optional
@@ -51,8 +52,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a bug: a line saying what to do, not a traceback
         sys.stderr.write(f"\nmuse-rec {args.command}: interrupted{_AFTER_AN_INTERRUPT.get(args.command, '')}\n")
         return 130  # 128 + SIGINT, the shell's convention
+    except BrokenPipeError:
+        # The reader of the output went away (`muse-rec rank ... | head`): end quietly, as a Unix
+        # tool killed by SIGPIPE does. Any other broken pipe (a worker's, a peer's) is a real error.
+        closed = [fd for fd in (1, 2) if _pipe_closed(fd)]
+        if not closed:
+            raise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in closed:  # else Python reports the failed flush of the closed stream at exit
+            os.dup2(devnull, fd)
+        return 141  # 128 + SIGPIPE, the shell's convention
     finally:  # main() also runs in-process (tests, notebooks): leave the caller's format as it was
         warnings.formatwarning = previous
+
+
+def _pipe_closed(fd: int) -> bool:
+    """Whether `fd` is a pipe whose reading end is closed (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll() (not Linux/macOS) or no such fd
+        return False
 
 
 # What an interrupted command leaves and how to go on (docs/data.md, docs/reproduce.md, run_dir.py).

@@ -1,8 +1,8 @@
 """Which exceptions are the user's bad input (exit 2, one line) rather than a bug (exit 1, traceback).
 
 Exit codes of every command: 0 ok, 2 bad input (the one-line message names the file, key or
-flag), 130 interrupted (Ctrl-C; `muse_rec.cli.main` says how to go on), 1 a bug (a traceback;
-please report it). The imports are lazy: evaluated only when an
+flag), 130 interrupted (Ctrl-C; `muse_rec.cli.main` says how to go on), 141 the reader of the
+output went away (quietly), 1 a bug (a traceback; please report it). The imports are lazy: evaluated only when an
 exception reaches a command's boundary, so a command's start-up stays light. Output locations
 are checked up front (`muse_rec.output_paths`), so a bad ``--out`` fails before any work.
 """
