@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prepared", metavar="PATH", default=None,
                    help="take every table's rows from this prepared set's meta.json (overrides data.vocab_sizes)")
     p.add_argument("--world-size", type=int, default=DEFAULT_WORLD_SIZE, help=f"ranks (default {DEFAULT_WORLD_SIZE})")
+    p.add_argument("--local-world-size", type=int, default=None, metavar="N",
+                   help="ranks per host (default: cuda up to 8 ranks one host, beyond equal hosts of the most GPUs "
+                        "up to 8 that divide the world size; cpu one host); the planner costs traffic inside a "
+                        "host and between hosts differently, and shards table_row_wise tables over one host's ranks")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="compute device of the planned job (default cuda; planning itself runs on CPU)")
     p.add_argument("--hbm-gib", type=float, default=DEFAULT_HBM_GIB,
@@ -129,6 +133,12 @@ def run(args: argparse.Namespace) -> int:
     try:  # the flags, --json and the spec before torch's and TorchRec's imports (seconds): a typo fails at once
         if args.world_size < 1 or args.max_world_size < 1:
             raise ValueError("--world-size and --max-world-size must be >= 1")
+        if args.local_world_size is not None and not 1 <= args.local_world_size <= args.world_size:
+            raise ValueError(f"--local-world-size {args.local_world_size}: must be in [1, --world-size "
+                             f"{args.world_size}]")
+        if args.device == "cuda" and (args.local_world_size or 0) > 128:
+            raise ValueError(f"--local-world-size {args.local_world_size}: torch numbers at most 128 CUDA devices "
+                             "per host")
         for flag, gib in (("--hbm-gib", args.hbm_gib), ("--ddr-gib", args.ddr_gib)):
             if not 0 < gib < math.inf:  # also refuses nan
                 raise ValueError(f"{flag} {gib}: must be a finite number > 0")
@@ -171,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         hbm_bytes_per_rank=int(args.hbm_gib * GiB) if args.device == "cuda" else None,
         ddr_bytes_per_rank=int(args.ddr_gib * GiB),
         allow_uvm=not args.no_uvm,
+        ranks_per_host=args.local_world_size,
         # What a rank holds outside the tables (CPU: runtime, a step, loader workers, a checkpoint's
         # copy of its trainable tables: rank_memory), as training reserves it. Computed for
         # --world-size; the what-if rows reuse that value.
@@ -178,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
     )
     main = attempt(model, setup, args.world_size, sharders, verbose=args.verbose)
     out: Dict = {"spec": args.spec, "name": spec.name, "vocab_sizes": sizes, "vocab_source": source,
-                 "setup": {"world_size": args.world_size, "device": args.device, "hbm_gib": args.hbm_gib,
+                 "setup": {"world_size": args.world_size, "ranks_per_host": setup.local_world_size(args.world_size),
+                           "device": args.device, "hbm_gib": args.hbm_gib,
                            "ddr_gib": args.ddr_gib, "allow_uvm": setup.allow_uvm},
                  "fits": main.fits, "plan": None, "what_if": [], "diagnosis": None}
     to_stdout = args.json == "-"

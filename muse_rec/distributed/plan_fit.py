@@ -22,8 +22,9 @@ from torchrec.distributed.planner.types import ParameterConstraints, PlannerErro
 from torchrec.distributed.types import ModuleSharder
 
 from muse_rec.distributed.plan_report import PlanReport, plan_report, usable_per_rank
-from muse_rec.distributed.planner import (PLANNER_RESERVED_FRACTION, GiB, format_gib, make_constraints, make_topology,
-                                          planner_error_line, rank_memory_line, training_constraints)
+from muse_rec.distributed.planner import (PLANNER_RESERVED_FRACTION, GiB, default_ranks_per_host, format_gib,
+                                          make_constraints, make_topology, planner_error_line, rank_memory_line,
+                                          training_constraints)
 
 # Memory per rank of the "unbounded" topology: sizes tables, and measures an HBM overdraft, without a real limit.
 _UNBOUNDED_BYTES = 1 << 60
@@ -42,6 +43,8 @@ class PlanSetup:
             no ``fused_uvm``/``fused_uvm_caching``.
         dense_bytes: per-rank memory outside the tables for the planner's reservation, as
             training passes it (`rank_memory.rank_overhead_bytes`); None = TorchRec's estimate.
+        ranks_per_host: ranks on one host (at most the world size); None =
+            `planner.default_ranks_per_host` (CUDA: hosts of 8 GPUs).
     """
 
     compute_device: str = "cuda"
@@ -49,10 +52,16 @@ class PlanSetup:
     ddr_bytes_per_rank: Optional[int] = None
     allow_uvm: bool = True
     dense_bytes: Optional[int] = None
+    ranks_per_host: Optional[int] = None
+
+    def local_world_size(self, world_size: int) -> int:
+        if self.ranks_per_host:
+            return min(self.ranks_per_host, world_size)
+        return default_ranks_per_host(world_size, self.compute_device)
 
     def topology(self, world_size: int) -> Topology:
-        return make_topology(world_size, self.compute_device, hbm_bytes_per_rank=self.hbm_bytes_per_rank,
-                             ddr_bytes_per_rank=self.ddr_bytes_per_rank)
+        return make_topology(world_size, self.compute_device, self.local_world_size(world_size),
+                             hbm_bytes_per_rank=self.hbm_bytes_per_rank, ddr_bytes_per_rank=self.ddr_bytes_per_rank)
 
     def constraints(self, module: nn.Module, world_size: int = 1) -> Dict[str, ParameterConstraints]:
         """Training's constraints at `world_size` (`planner.training_constraints`: a row-wise SCL
@@ -69,7 +78,11 @@ class PlanSetup:
         return rank_memory_line(self.topology(1)) + uvm
 
     def describe(self, world_size: int) -> str:
-        return f"{world_size} x {self.compute_device} ({self.memory()})"
+        """``16 x cuda on 2 hosts of 8 (HBM 80 GiB, ...)``; one host goes unsaid."""
+        local = self.local_world_size(world_size)
+        hosts = -(-world_size // local)
+        where = f" on {hosts} hosts of {local}" if hosts > 1 else ""
+        return f"{world_size} x {self.compute_device}{where} ({self.memory()})"
 
 
 @dataclass(frozen=True)

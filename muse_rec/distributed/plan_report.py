@@ -137,6 +137,7 @@ class PlanReport:
 
     world_size: int
     compute_device: str
+    ranks_per_host: int
     hbm_cap_bytes: int
     ddr_cap_bytes: int
     optimizer: str
@@ -263,6 +264,7 @@ def plan_report(
     return PlanReport(
         world_size=topology.world_size,
         compute_device=topology.compute_device,
+        ranks_per_host=topology.local_world_size,
         hbm_cap_bytes=topology.devices[0].storage.hbm,
         ddr_cap_bytes=topology.devices[0].storage.ddr,
         optimizer=_optimizer_name(sharders),
@@ -325,6 +327,7 @@ def report_to_dict(report: PlanReport) -> Dict[str, Any]:
     return {
         "world_size": report.world_size,
         "compute_device": report.compute_device,
+        "ranks_per_host": report.ranks_per_host,
         "hbm_cap_bytes_per_rank": report.hbm_cap_bytes,
         "ddr_cap_bytes_per_rank": report.ddr_cap_bytes,
         "fused_optimizer": report.optimizer,
@@ -342,7 +345,9 @@ def format_report(report: PlanReport) -> str:
     g = lambda b: f"{b / GiB:.3f}"  # noqa: E731
     head = (f"{'table':<10} {'rows':>11} {'dim':>4} {'dtype':>5} {'sharding':<17} {'kernel':<17} "
             f"{'ranks':<9} {'weights':>9} {'opt.state':>9} {'state in':>8}")
-    lines = [f"plan: {report.world_size} x {report.compute_device}, per rank HBM {g(report.hbm_cap_bytes)} GiB, "
+    hosts = -(-report.world_size // report.ranks_per_host)
+    where = f" on {hosts} hosts of {report.ranks_per_host}" if hosts > 1 else ""
+    lines = [f"plan: {report.world_size} x {report.compute_device}{where}, per rank HBM {g(report.hbm_cap_bytes)} GiB, "
              f"DDR {g(report.ddr_cap_bytes)} GiB; fused optimizer {report.optimizer}  (sizes in GiB)", head, "-" * len(head)]
     for t in report.tables:
         s = t.summary

@@ -54,6 +54,22 @@ _STATE_BYTES_PER_ROW = {
 }
 
 
+GPUS_PER_HOST = 8  # the usual GPU node (HGX/DGX): what a CUDA plan assumes unless told otherwise
+# torch.device's index is an int8: a host of more ranks cannot be placed (TorchRec's placement
+# builds torch.device("cuda", rank % ranks_per_host)).
+MAX_DEVICES_PER_HOST = 128
+
+
+def default_ranks_per_host(world_size: int, compute_device: str) -> int:
+    """Ranks per host a plan assumes when not told: a CPU world is one host; a CUDA world of up to
+    `GPUS_PER_HOST` ranks is one host, a larger one equal hosts of as many GPUs as divide it up to 8
+    (8 where 8 divides it; 12 ranks: 2 hosts of 6). Equal hosts: TorchRec places table_row_wise
+    shards host by host."""
+    if compute_device != "cuda" or world_size <= GPUS_PER_HOST:
+        return world_size
+    return max(n for n in range(1, GPUS_PER_HOST + 1) if world_size % n == 0)
+
+
 def make_topology(
     world_size: int,
     compute_device: str = "cpu",
@@ -66,17 +82,24 @@ def make_topology(
     Args:
         world_size: total ranks.
         compute_device: ``cpu`` or ``cuda``.
-        local_world_size: ranks per host (default: all on one host).
+        local_world_size: ranks per host (default: `default_ranks_per_host`); the planner costs
+            communication inside a host and between hosts differently.
         hbm_bytes_per_rank: device memory per rank (CUDA); None = TorchRec's default.
         ddr_bytes_per_rank: host memory per rank; None = TorchRec's default. On CPU this is
             where tables live.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
+    local = local_world_size or default_ranks_per_host(world_size, compute_device)
+    if not 1 <= local <= world_size:
+        raise ValueError(f"ranks per host must be in [1, world size {world_size}], got {local}")
+    if compute_device == "cuda" and local > MAX_DEVICES_PER_HOST:
+        raise ValueError(f"ranks per host {local} > {MAX_DEVICES_PER_HOST}: torch numbers at most "
+                         f"{MAX_DEVICES_PER_HOST} CUDA devices per host")
     return TopologyFactory.create_topology(
         trainer_config=TrainerConfig(
             world_size=world_size,
-            local_world_size=local_world_size or world_size,
+            local_world_size=local,
             hbm_cap_bytes=hbm_bytes_per_rank,
             ddr_cap_bytes=ddr_bytes_per_rank,
         ),
@@ -85,7 +108,10 @@ def make_topology(
 
 
 def format_gib(nbytes: float) -> str:
-    """``12.3 GiB``: a byte count as the plan's one-line messages show it."""
+    """``12.3 GiB``: a byte count as the plan's one-line messages show it (under 0.1 GiB in MiB,
+    ``15.4 MiB``, rather than a ``0.0 GiB`` that reads as nothing)."""
+    if abs(nbytes) < 0.1 * GiB:
+        return f"{nbytes / (1 << 20):.1f} MiB"
     return f"{nbytes / GiB:.1f} GiB"
 
 

@@ -330,3 +330,34 @@ def test_plan_uses_the_constraints_training_shards_with():
     report = attempt(model, Setup(compute_device="cpu"), 2, sharders).report
     scl = next(t for t in report.tables if t.summary.table == "scl")
     assert scl.summary.sharding_type == "row_wise" and sorted({s.rank for s in scl.shards}) == [0, 1]
+
+
+def test_a_cuda_plan_beyond_128_ranks_fills_hosts_of_8(capsys, monkeypatch):
+    """A CUDA world used to be planned as one host of every rank: beyond 128 ranks TorchRec's
+    placement then built torch.device("cuda", 128), past torch's int8 device index (a traceback:
+    "Invalid device string: 'cuda:-128'"), and below it table_row_wise shards spanned the world."""
+    out = _plan_inproc(capsys, monkeypatch, "--spec", FULL, "--world-size", "136", "--json", "-")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["setup"]["ranks_per_host"] == doc["plan"]["ranks_per_host"] == 8  # 136 = 17 hosts of 8
+    assert "plan: 136 x cuda on 17 hosts of 8," in out.stderr
+    placed = {s["rank"] for t in doc["plan"]["tables"] for s in t["shards"]}
+    assert max(placed) > 128
+    for t in doc["plan"]["tables"]:
+        if t["sharding_type"] == "table_row_wise":  # TorchRec shards these over one host's ranks
+            assert len({s["rank"] // 8 for s in t["shards"]}) == 1, t["table"]
+
+
+def test_ranks_per_host_can_be_set_and_is_checked(capsys, monkeypatch):
+    from muse_rec.distributed.planner import default_ranks_per_host
+
+    assert [default_ranks_per_host(w, "cuda") for w in (1, 6, 8, 9, 12, 14, 16, 17, 136)] == [1, 6, 8, 3, 6, 7, 8, 1, 8]
+    assert default_ranks_per_host(300, "cpu") == 300  # a CPU plan: one host
+    run = lambda *a: _plan_inproc(capsys, monkeypatch, "--spec", FULL, *a)  # noqa: E731
+    out = run("--world-size", "16", "--local-world-size", "16", "--json", "-")
+    assert out.returncode == 0 and json.loads(out.stdout)["plan"]["ranks_per_host"] == 16, out.stderr
+    assert "plan: 16 x cuda, per rank" in out.stderr  # one host goes unsaid
+    for ws, local, said in (("16", "0", "must be in [1, --world-size 16]"), ("4", "8", "must be in [1, --world-size 4]"),
+                            ("256", "256", "torch numbers at most 128 CUDA devices per host")):
+        out = run("--world-size", ws, "--local-world-size", local)
+        assert out.returncode == 2 and f"--local-world-size {local}: {said}" in out.stderr, out.stderr
