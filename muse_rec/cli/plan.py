@@ -35,9 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="take every table's rows from this prepared set's meta.json (overrides data.vocab_sizes)")
     p.add_argument("--world-size", type=int, default=DEFAULT_WORLD_SIZE, help=f"ranks (default {DEFAULT_WORLD_SIZE})")
     p.add_argument("--local-world-size", type=int, default=None, metavar="N",
-                   help="ranks per host (default: cuda up to 8 ranks one host, beyond equal hosts of the most GPUs "
-                        "up to 8 that divide the world size; cpu one host); the planner costs traffic inside a "
-                        "host and between hosts differently, and shards table_row_wise tables over one host's ranks")
+                   help="ranks per host, dividing --world-size (default: cuda equal hosts of up to 8 GPUs, cpu one "
+                        "host; what-if rows: equal hosts of at most N); the planner costs traffic inside a host and "
+                        "between hosts differently, and shards table_row_wise tables over one host's ranks")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="compute device of the planned job (default cuda; planning itself runs on CPU)")
     p.add_argument("--hbm-gib", type=float, default=DEFAULT_HBM_GIB,
@@ -133,10 +133,11 @@ def run(args: argparse.Namespace) -> int:
     try:  # the flags, --json and the spec before torch's and TorchRec's imports (seconds): a typo fails at once
         if args.world_size < 1 or args.max_world_size < 1:
             raise ValueError("--world-size and --max-world-size must be >= 1")
-        if args.local_world_size is not None and not 1 <= args.local_world_size <= args.world_size:
-            raise ValueError(f"--local-world-size {args.local_world_size}: must be in [1, --world-size "
-                             f"{args.world_size}]")
-        if args.device == "cuda" and (args.local_world_size or 0) > 128:
+        if args.local_world_size is not None and not (
+                1 <= args.local_world_size <= args.world_size and args.world_size % args.local_world_size == 0):
+            raise ValueError(f"--local-world-size {args.local_world_size}: must divide --world-size "
+                             f"{args.world_size} (equal hosts)")
+        if args.device == "cuda" and (args.local_world_size or 0) > 128:  # planner.MAX_DEVICES_PER_HOST
             raise ValueError(f"--local-world-size {args.local_world_size}: torch numbers at most 128 CUDA devices "
                              "per host")
         for flag, gib in (("--hbm-gib", args.hbm_gib), ("--ddr-gib", args.ddr_gib)):

@@ -22,9 +22,9 @@ from torchrec.distributed.planner.types import ParameterConstraints, PlannerErro
 from torchrec.distributed.types import ModuleSharder
 
 from muse_rec.distributed.plan_report import PlanReport, plan_report, usable_per_rank
-from muse_rec.distributed.planner import (PLANNER_RESERVED_FRACTION, GiB, default_ranks_per_host, format_gib,
+from muse_rec.distributed.planner import (PLANNER_RESERVED_FRACTION, GiB, format_gib, hosts_phrase,
                                           make_constraints, make_topology, planner_error_line, rank_memory_line,
-                                          training_constraints)
+                                          ranks_per_host, training_constraints)
 
 # Memory per rank of the "unbounded" topology: sizes tables, and measures an HBM overdraft, without a real limit.
 _UNBOUNDED_BYTES = 1 << 60
@@ -43,8 +43,8 @@ class PlanSetup:
             no ``fused_uvm``/``fused_uvm_caching``.
         dense_bytes: per-rank memory outside the tables for the planner's reservation, as
             training passes it (`rank_memory.rank_overhead_bytes`); None = TorchRec's estimate.
-        ranks_per_host: ranks on one host (at most the world size); None =
-            `planner.default_ranks_per_host` (CUDA: hosts of 8 GPUs).
+        ranks_per_host: ranks on one host, at most; a world size it does not divide gets equal
+            hosts of fewer (`planner.ranks_per_host`). None = CUDA hosts of up to 8 GPUs, CPU one host.
     """
 
     compute_device: str = "cuda"
@@ -55,9 +55,7 @@ class PlanSetup:
     ranks_per_host: Optional[int] = None
 
     def local_world_size(self, world_size: int) -> int:
-        if self.ranks_per_host:
-            return min(self.ranks_per_host, world_size)
-        return default_ranks_per_host(world_size, self.compute_device)
+        return ranks_per_host(world_size, self.compute_device, self.ranks_per_host)
 
     def topology(self, world_size: int) -> Topology:
         return make_topology(world_size, self.compute_device, self.local_world_size(world_size),
@@ -79,9 +77,7 @@ class PlanSetup:
 
     def describe(self, world_size: int) -> str:
         """``16 x cuda on 2 hosts of 8 (HBM 80 GiB, ...)``; one host goes unsaid."""
-        local = self.local_world_size(world_size)
-        hosts = -(-world_size // local)
-        where = f" on {hosts} hosts of {local}" if hosts > 1 else ""
+        where = hosts_phrase(world_size, self.local_world_size(world_size))
         return f"{world_size} x {self.compute_device}{where} ({self.memory()})"
 
 

@@ -45,6 +45,7 @@ from muse_rec.distributed.planner import (
     GiB,
     TableSummary,
     embedding_tables,
+    hosts_phrase,
     make_constraints,
     plan_summary,
     planner_logging,
@@ -345,8 +346,7 @@ def format_report(report: PlanReport) -> str:
     g = lambda b: f"{b / GiB:.3f}"  # noqa: E731
     head = (f"{'table':<10} {'rows':>11} {'dim':>4} {'dtype':>5} {'sharding':<17} {'kernel':<17} "
             f"{'ranks':<9} {'weights':>9} {'opt.state':>9} {'state in':>8}")
-    hosts = -(-report.world_size // report.ranks_per_host)
-    where = f" on {hosts} hosts of {report.ranks_per_host}" if hosts > 1 else ""
+    where = hosts_phrase(report.world_size, report.ranks_per_host)
     lines = [f"plan: {report.world_size} x {report.compute_device}{where}, per rank HBM {g(report.hbm_cap_bytes)} GiB, "
              f"DDR {g(report.ddr_cap_bytes)} GiB; fused optimizer {report.optimizer}  (sizes in GiB)", head, "-" * len(head)]
     for t in report.tables:

@@ -60,14 +60,21 @@ GPUS_PER_HOST = 8  # the usual GPU node (HGX/DGX): what a CUDA plan assumes unle
 MAX_DEVICES_PER_HOST = 128
 
 
-def default_ranks_per_host(world_size: int, compute_device: str) -> int:
-    """Ranks per host a plan assumes when not told: a CPU world is one host; a CUDA world of up to
-    `GPUS_PER_HOST` ranks is one host, a larger one equal hosts of as many GPUs as divide it up to 8
-    (8 where 8 divides it; 12 ranks: 2 hosts of 6). Equal hosts: TorchRec places table_row_wise
-    shards host by host."""
-    if compute_device != "cuda" or world_size <= GPUS_PER_HOST:
-        return world_size
-    return max(n for n in range(1, GPUS_PER_HOST + 1) if world_size % n == 0)
+def ranks_per_host(world_size: int, compute_device: str, at_most: Optional[int] = None) -> int:
+    """Ranks per host a plan assumes: equal hosts (TorchRec places table_row_wise shards host by
+    host) of the most ranks that divide `world_size`, up to `at_most`. Without `at_most`: a CPU
+    world is one host, a CUDA world hosts of up to `GPUS_PER_HOST` GPUs (16 ranks: 2 hosts of 8;
+    12: 2 of 6)."""
+    if at_most is None:
+        if compute_device != "cuda":
+            return world_size
+        at_most = GPUS_PER_HOST
+    return max(n for n in range(1, min(at_most, world_size) + 1) if world_size % n == 0)
+
+
+def hosts_phrase(world_size: int, per_host: int) -> str:
+    """`` on 2 hosts of 8`` for a plan's one-line description; empty for one host."""
+    return f" on {world_size // per_host} hosts of {per_host}" if per_host < world_size else ""
 
 
 def make_topology(
@@ -82,7 +89,7 @@ def make_topology(
     Args:
         world_size: total ranks.
         compute_device: ``cpu`` or ``cuda``.
-        local_world_size: ranks per host (default: `default_ranks_per_host`); the planner costs
+        local_world_size: ranks per host (default: `ranks_per_host`); the planner costs
             communication inside a host and between hosts differently.
         hbm_bytes_per_rank: device memory per rank (CUDA); None = TorchRec's default.
         ddr_bytes_per_rank: host memory per rank; None = TorchRec's default. On CPU this is
@@ -90,7 +97,7 @@ def make_topology(
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    local = local_world_size or default_ranks_per_host(world_size, compute_device)
+    local = local_world_size or ranks_per_host(world_size, compute_device)
     if not 1 <= local <= world_size:
         raise ValueError(f"ranks per host must be in [1, world size {world_size}], got {local}")
     if compute_device == "cuda" and local > MAX_DEVICES_PER_HOST:

@@ -349,15 +349,17 @@ def test_a_cuda_plan_beyond_128_ranks_fills_hosts_of_8(capsys, monkeypatch):
 
 
 def test_ranks_per_host_can_be_set_and_is_checked(capsys, monkeypatch):
-    from muse_rec.distributed.planner import default_ranks_per_host
+    from muse_rec.distributed.planner import ranks_per_host
 
-    assert [default_ranks_per_host(w, "cuda") for w in (1, 6, 8, 9, 12, 14, 16, 17, 136)] == [1, 6, 8, 3, 6, 7, 8, 1, 8]
-    assert default_ranks_per_host(300, "cpu") == 300  # a CPU plan: one host
+    assert [ranks_per_host(w, "cuda") for w in (1, 6, 8, 9, 12, 14, 16, 17, 136)] == [1, 6, 8, 3, 6, 7, 8, 1, 8]
+    assert ranks_per_host(300, "cpu") == 300  # a CPU plan: one host
+    assert [ranks_per_host(w, "cpu", at_most=4) for w in (2, 8, 12, 6)] == [2, 4, 4, 3]  # --local-world-size 4
     run = lambda *a: _plan_inproc(capsys, monkeypatch, "--spec", FULL, *a)  # noqa: E731
     out = run("--world-size", "16", "--local-world-size", "16", "--json", "-")
     assert out.returncode == 0 and json.loads(out.stdout)["plan"]["ranks_per_host"] == 16, out.stderr
     assert "plan: 16 x cuda, per rank" in out.stderr  # one host goes unsaid
-    for ws, local, said in (("16", "0", "must be in [1, --world-size 16]"), ("4", "8", "must be in [1, --world-size 4]"),
+    for ws, local, said in (("16", "0", "must divide --world-size 16"), ("4", "8", "must divide --world-size 4"),
+                            ("16", "6", "must divide --world-size 16"),
                             ("256", "256", "torch numbers at most 128 CUDA devices per host")):
         out = run("--world-size", ws, "--local-world-size", local)
         assert out.returncode == 2 and f"--local-world-size {local}: {said}" in out.stderr, out.stderr
