@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -56,6 +57,10 @@ class Position:
     samples_seen: int = 0
     run_id: str = ""  # the run that wrote the checkpoint ("" = written before run ids existed)
     data_fingerprint: str = ""  # PreparedData.fingerprint of the data it was trained on
+    # Seconds spent in training steps up to here, summed over every process of the run whose steps
+    # a checkpoint kept, so a resumed run reports its whole samples/s and time; None = a checkpoint
+    # written before this was recorded.
+    train_seconds: Optional[float] = None
 
 
 class CheckpointError(ValueError):
@@ -86,6 +91,9 @@ def read_position(path: Path) -> Position:
         if f.type == "int":
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise CheckpointError(f"{pos_file}: {f.name} must be an integer >= {low}, got {v!r}")
+        elif f.type == "Optional[float]":
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
+                raise CheckpointError(f"{pos_file}: {f.name} must be a finite number >= 0 or null, got {v!r}")
         elif not isinstance(v, str):
             raise CheckpointError(f"{pos_file}: {f.name} must be a string, got {v!r}")
     return Position(**{f.name: raw[f.name] for f in dataclasses.fields(Position) if f.name in raw})

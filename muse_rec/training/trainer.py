@@ -178,7 +178,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     ckpt_root = run_dir / "checkpoints"
     ck = latest_checkpoint(str(ckpt_root)) if resume else None
     run_id = prev_run.get("run_id") or (read_position(ck).run_id if ck is not None else "") or new_run_id()
-    position = Position(world_size=env.world_size, run_id=run_id, data_fingerprint=data.fingerprint)
+    position = Position(world_size=env.world_size, run_id=run_id, data_fingerprint=data.fingerprint, train_seconds=0.0)
     if resume:
         ck = latest_checkpoint(str(ckpt_root), run_id=run_id) or ck
         if ck is None:
@@ -253,7 +253,10 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             position.step += 1
             position.batch_in_epoch += 1
             position.samples_seen += samples_per_step
-            train_seconds += time.perf_counter() - step_start
+            step_seconds = time.perf_counter() - step_start
+            train_seconds += step_seconds
+            if position.train_seconds is not None:
+                position.train_seconds += step_seconds
             train_samples += samples_per_step
             progress.step()
             saving = bool(t.checkpoint_every and position.step % t.checkpoint_every == 0 and position.step < total_steps)
@@ -281,7 +284,10 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     result: Dict = {"method": spec.model.method, "name": spec.name, "world_size": env.world_size,
                     "steps": position.step, "train_samples_per_s": train_samples / max(train_seconds, 1e-9),
                     "wall_seconds": train_seconds}
-    if finished:  # no step ran here: the figures of the process that trained it, if it recorded them
+    if position.train_seconds:  # the whole run's figures, over every process whose steps it kept
+        result.update(train_samples_per_s=position.samples_seen / position.train_seconds,
+                      wall_seconds=position.train_seconds)
+    elif finished:  # a checkpoint without them, no step ran here: what the process that trained it recorded
         result.update(_training_figures(run_dir / "metrics.json"))
     if t.eval_at_end:
         eval_start = time.perf_counter()

@@ -72,6 +72,22 @@ def test_resuming_a_finished_run_evaluates_it_and_keeps_its_checkpoint_and_train
         assert after[key] == before[key] and before[key], (key, before.get(key), after.get(key))
 
 
+def test_a_resumed_run_reports_the_training_figures_of_the_whole_run(trained, tmp_path):
+    """Before, metrics.json's samples/s and training time were the resuming process's alone (here
+    steps 3-4 of 4): the checkpoint now carries the time of the steps it holds."""
+    runs = trained.copy_run(tmp_path / "runs")  # trained to step 2
+    first = read_position(latest_checkpoint(str(runs / "din" / "checkpoints")))
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=4"]), "--device", "cpu",
+              "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = read_position(latest_checkpoint(str(runs / "din" / "checkpoints")))
+    assert last.step == 4 and last.samples_seen == 2 * first.samples_seen > 0
+    m = json.loads((runs / "din" / "metrics.json").read_text())
+    assert m["wall_seconds"] == last.train_seconds > first.train_seconds > 0
+    # samples/s x time = every sample of the run's 4 steps (was: of the 2 steps the resuming process ran)
+    assert m["train_samples_per_s"] * m["wall_seconds"] == pytest.approx(last.samples_seen, rel=1e-9)
+
+
 def test_a_resumed_run_keeps_the_tensorboard_points_up_to_its_checkpoint(trained, tmp_path):
     """TensorBoard's purge_step hides events at steps >= it. The resumed process logs from the
     checkpoint's step T + 1 on, so purging from T (as before) lost the loss logged at step T."""
@@ -225,6 +241,7 @@ def _forge_position(run_dir, edit) -> None:
     (lambda p: {**p, "step": "x"}, "step must be an integer >= 0, got 'x'"),  # was a TypeError traceback
     (lambda p: {**p, "world_size": 0}, "world_size must be an integer >= 1"),
     (lambda p: [p], "expected a JSON object"),  # was skipped: the run resumed from an older checkpoint
+    (lambda p: {**p, "train_seconds": "x"}, "train_seconds must be a finite number >= 0 or null, got 'x'"),
 ])
 def test_damaged_position_json_is_named_and_changes_nothing(trained, tmp_path, command, edit, needle):
     runs = trained.copy_run(tmp_path / "runs")
