@@ -72,6 +72,18 @@ def _listdir(path: str) -> List[str]:
     return sorted((n.rstrip("/").rsplit("/", 1)[-1] for n in g_pathmgr.ls(path)), key=_name_order)
 
 
+def table_locations(root: str, spec: TableSpec) -> List[str]:
+    """Every place table `spec` is under the directory `root`, unchecked: its file
+    `<stem>.parquet`, a directory `<stem>.parquet/` or `<stem>/`, and ``<stem>-*.parquet`` (one
+    entry for all such files)."""
+    stem = spec.file[: -len(PARQUET_SUFFIX)]
+    found = [d for d in (join_path(root, spec.file), join_path(root, stem))
+             if g_pathmgr.exists(d) and (g_pathmgr.isdir(d) or d.endswith(PARQUET_SUFFIX))]
+    if g_pathmgr.isdir(root) and any(n.startswith(stem + "-") and _is_part_name(n) for n in _listdir(root)):
+        found.append(join_path(root, stem + "-*.parquet"))
+    return found
+
+
 def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
     """Where table `spec` is under the release directory `root`, and its Parquet files in read order.
 
@@ -83,35 +95,28 @@ def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
     otherwise be left out silently).
     """
     stem = spec.file[: -len(PARQUET_SUFFIX)]
-    layouts: List[Tuple[str, List[str]]] = []  # (where, its part paths)
-    for d in (join_path(root, spec.file), join_path(root, stem)):
-        if not g_pathmgr.exists(d):
-            continue
-        if not g_pathmgr.isdir(d):
-            if d.endswith(PARQUET_SUFFIX):
-                layouts.append((d, [d]))
-            continue
-        names = _listdir(d)
-        subdirs = [n for n in names if not n.startswith((".", "_")) and g_pathmgr.isdir(join_path(d, n))]
-        if subdirs:
-            raise raw_error(d, f"holds the sub-directory '{subdirs[0]}'; the directory of table {spec.name} "
-                            "must hold its Parquet parts directly")
-        parts = [join_path(d, n) for n in names if _is_part_name(n)]
-        if not parts:
-            raise raw_error(d, f"directory of table {spec.name} holds no *.parquet part file")
-        layouts.append((d + "/", parts))
-    if g_pathmgr.isdir(root):
-        shards = [join_path(root, n) for n in _listdir(root)
-                  if n.startswith(stem + "-") and _is_part_name(n) and not g_pathmgr.isdir(join_path(root, n))]
-        if shards:
-            layouts.append((join_path(root, stem + "-*.parquet"), shards))
-    if not layouts:
+    found = table_locations(root, spec)
+    if not found:
         raise raw_error(join_path(root, spec.file), f"file not found (table {spec.name}; also looked for a "
                         f"directory {stem}/ or {stem}.parquet/ of Parquet parts and {stem}-*.parquet files)")
-    if len(layouts) > 1:
+    if len(found) > 1:
         raise raw_error(root, f"table {spec.name} is there more than once: "
-                        + " and ".join(w for w, _ in layouts) + "; keep one")
-    return layouts[0]
+                        + " and ".join(w + ("/" if g_pathmgr.isdir(w) else "") for w in found) + "; keep one")
+    where = found[0]
+    if where.endswith("-*.parquet"):
+        return where, [join_path(root, n) for n in _listdir(root)
+                       if n.startswith(stem + "-") and _is_part_name(n) and not g_pathmgr.isdir(join_path(root, n))]
+    if not g_pathmgr.isdir(where):
+        return where, [where]
+    names = _listdir(where)
+    subdirs = [n for n in names if not n.startswith((".", "_")) and g_pathmgr.isdir(join_path(where, n))]
+    if subdirs:
+        raise raw_error(where, f"holds the sub-directory '{subdirs[0]}'; the directory of table {spec.name} "
+                        "must hold its Parquet parts directly")
+    parts = [join_path(where, n) for n in names if _is_part_name(n)]
+    if not parts:
+        raise raw_error(where, f"directory of table {spec.name} holds no *.parquet part file")
+    return where + "/", parts
 
 
 class ParquetPart:

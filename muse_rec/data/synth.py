@@ -50,11 +50,15 @@ def _lengths(h: History) -> Dict[str, float]:
 
 
 def foreign_tables(out_dir: str) -> List[str]:
-    """Release tables in ``out_dir`` that `muse-rec synth` did not write (no synth manifest there):
-    a real download, which overwriting would destroy."""
+    """Release tables in ``out_dir`` that `muse-rec synth` did not write (no synth manifest there),
+    as one file or in parts: a real download, which overwriting would destroy (or, for parts,
+    leave beside the synthetic tables as a release that is there twice)."""
+    from muse_rec.data.reader import table_locations
+
     if not os.path.isdir(out_dir) or os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
         return []
-    return [t.file for t in S.TABLES.values() if os.path.exists(os.path.join(out_dir, t.file))]
+    return [os.path.relpath(loc, out_dir) + ("/" if os.path.isdir(loc) else "")
+            for t in S.TABLES.values() for loc in table_locations(out_dir, t)]
 
 
 def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = False,

@@ -273,6 +273,21 @@ def test_cli_never_overwrites_release_tables_it_did_not_write(tmp_path: Path, ca
     assert (real / MANIFEST_NAME).exists() and _read(real, "train_samples").num_rows > 0
 
 
+def test_a_real_release_in_parts_is_kept_too(tmp_path: Path, capsys) -> None:
+    """Tables in parts (docs/data.md) were not seen as a real release: synth wrote its six files
+    beside them, leaving a release with two train_samples (prepare refuses such a table)."""
+    from muse_rec.cli import main
+
+    real = tmp_path / "taobao_mm"
+    (real / "train_samples").mkdir(parents=True)
+    (real / "train_samples" / "part-0.parquet").write_bytes(b"the user's licensed download")
+    (real / "scl_embedding_int8_p90-00000-of-00002.parquet").write_bytes(b"a split table")
+    assert main(["synth", str(real), "--preset", "tiny", "--users", "40", "--quiet", "--no-diagnostics"]) == 2
+    err = capsys.readouterr().err
+    assert "did not write (train_samples/, scl_embedding_int8_p90-*.parquet)" in err, err
+    assert sorted(p.name for p in real.iterdir()) == ["scl_embedding_int8_p90-00000-of-00002.parquet", "train_samples"]
+
+
 def test_a_second_synth_into_the_same_out_is_refused(tmp_path: Path, capsys) -> None:
     """Two synths into one OUT (other seeds) could publish a release mixing both runs' tables;
     the second now exits 2 naming the holder and writes nothing."""
