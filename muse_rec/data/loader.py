@@ -245,6 +245,15 @@ def _die_with(parent_pid: int, _worker_id: int) -> None:
         os._exit(1)
 
 
+def samples_in_step(step_in_epoch: int, batch_size: int, world_size: int, num_samples: int) -> int:
+    """Real (non-padding) samples of one training step over all ranks: the step covers global
+    batches ``step * W .. step * W + W - 1``, i.e. rows ``[step * W * B, (step + 1) * W * B)`` of
+    the split's ``num_samples``, so only an epoch's last step is short. A shuffled epoch moves its
+    one partial batch to another step; the epoch's total is the same."""
+    per_step = batch_size * world_size
+    return max(0, min(per_step, num_samples - step_in_epoch * per_step))
+
+
 def make_loader(data: Union[PreparedData, str], split: str, batch_size: int, seq_len: int, rank: int = 0,
                 world_size: int = 1, num_workers: int = 0, start_batch: int = 0,
                 shuffle_seed: Optional[int] = None, pin_memory: bool = False) -> PreparedLoader:

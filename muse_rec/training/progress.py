@@ -114,15 +114,14 @@ class ProgressLog:
     Args:
         total_steps: the run's last step.
         start_step: the step it starts from (resumed runs start later).
-        samples_per_step: samples of one step over all ranks.
         is_main: only rank 0 shows anything.
         writer: TensorBoard SummaryWriter (rank 0) or None.
         tty: show a bar instead of lines; default: stderr is a terminal.
     """
 
-    def __init__(self, total_steps: int, start_step: int, samples_per_step: int, is_main: bool,
-                 writer=None, tty: Optional[bool] = None) -> None:
-        self.total_steps, self.samples_per_step, self.writer = total_steps, samples_per_step, writer
+    def __init__(self, total_steps: int, start_step: int, is_main: bool, writer=None,
+                 tty: Optional[bool] = None) -> None:
+        self.total_steps, self.writer = total_steps, writer
         self.is_main = is_main
         self.tty = sys.stderr.isatty() if tty is None else tty
         self._bar = None
@@ -131,9 +130,11 @@ class ProgressLog:
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         self._run_start, self._run_start_step = time.perf_counter(), start_step
-        self._window_start, self._window_step = time.perf_counter(), start_step
+        self._window_start, self._window_step, self._window_samples = time.perf_counter(), start_step, 0
 
-    def step(self) -> None:
+    def step(self, samples: int) -> None:
+        """One step done, of `samples` real samples over all ranks."""
+        self._window_samples += samples
         if self._bar is not None:
             self._bar.update(1)
 
@@ -141,8 +142,8 @@ class ProgressLog:
         """The log cadence: rate over the interval, loss, ETA over the whole run so far."""
         now = time.perf_counter()
         steps = step - self._window_step
-        rate = steps * self.samples_per_step / max(now - self._window_start, 1e-9)
-        self._window_start, self._window_step = now, step
+        rate = self._window_samples / max(now - self._window_start, 1e-9)
+        self._window_start, self._window_step, self._window_samples = now, step, 0
         if not self.is_main or steps <= 0:
             return
         if self.writer is not None:

@@ -27,7 +27,7 @@ import torch
 import yaml
 from fbgemm_gpu.split_embedding_configs import SparseType
 
-from muse_rec.data.loader import make_loader
+from muse_rec.data.loader import make_loader, samples_in_step
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
@@ -167,7 +167,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     if train_loader_len == 0:
         raise RunError(f"data.prepared = {spec.data.prepared!r}: split {spec.data.train_split!r} has no samples")
     # Shown at the start: at a fixed lr, how far one epoch gets follows its clicks (docs/accuracy.md).
-    train_samples, train_clicks = data.num_samples(spec.data.train_split), data.num_positives(spec.data.train_split)
+    split_samples, train_clicks = data.num_samples(spec.data.train_split), data.num_positives(spec.data.train_split)
     total_steps = t.epochs * train_loader_len if not t.max_steps else min(t.max_steps, t.epochs * train_loader_len)
 
     dmp, optimizer, skip = build_sharded(spec, data, env)
@@ -214,7 +214,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             "training %s: %d rank(s) on %s, %d steps of %d x %d samples, seq_len %d; "
             "split %s: %s impressions, %s clicks (%.1f%%); embeddings: %s; dense: %s (lr %g)",
             spec.name, env.world_size, env.device, total_steps - position.step, env.world_size, t.batch_size, seq_len,
-            spec.data.train_split, f"{train_samples:,}", f"{train_clicks:,}", 100.0 * train_clicks / train_samples,
+            spec.data.train_split, f"{split_samples:,}", f"{train_clicks:,}", 100.0 * train_clicks / split_samples,
             describe_sparse_route(t.sparse_optimizer.name, t.sparse_optimizer.lr, env.device.type),
             t.dense_optimizer.name, t.dense_optimizer.lr,
         )
@@ -232,9 +232,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=position.step + 1 if position.step else None)
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     kill_rank, kill_step = _kill_request(env)
-    train_seconds, train_samples = 0.0, 0
-    samples_per_step = t.batch_size * env.world_size
-    progress = ProgressLog(total_steps, position.step, samples_per_step, env.is_main, writer)
+    train_seconds, samples_trained = 0.0, 0  # by this process
+    progress = ProgressLog(total_steps, position.step, env.is_main, writer)
     monitor = LossMonitor(position.step, env.device)
     dmp.train()
     while position.step < total_steps and position.epoch < t.epochs:
@@ -250,15 +249,17 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             step_start = time.perf_counter()
             loss, _, _ = pipeline.progress(it)
             monitor.add(loss)  # on device: no host sync per step
+            # Padding rows of the epoch's last step are not samples: they would inflate samples/s.
+            samples = samples_in_step(position.batch_in_epoch, t.batch_size, env.world_size, split_samples)
             position.step += 1
             position.batch_in_epoch += 1
-            position.samples_seen += samples_per_step
+            position.samples_seen += samples
             step_seconds = time.perf_counter() - step_start
             train_seconds += step_seconds
             if position.train_seconds is not None:
                 position.train_seconds += step_seconds
-            train_samples += samples_per_step
-            progress.step()
+            samples_trained += samples
+            progress.step(samples)
             saving = bool(t.checkpoint_every and position.step % t.checkpoint_every == 0 and position.step < total_steps)
             if saving or position.step % t.log_every == 0 or position.step == total_steps:
                 # The host reads the loss only here; a non-finite one stops the run before any save.
@@ -282,7 +283,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip)
 
     result: Dict = {"method": spec.model.method, "name": spec.name, "world_size": env.world_size,
-                    "steps": position.step, "train_samples_per_s": train_samples / max(train_seconds, 1e-9),
+                    "steps": position.step, "train_samples_per_s": samples_trained / max(train_seconds, 1e-9),
                     "wall_seconds": train_seconds}
     if position.train_seconds:  # the whole run's figures, over every process whose steps it kept
         result.update(train_samples_per_s=position.samples_seen / position.train_seconds,

@@ -151,3 +151,18 @@ def test_history_groups_split_large_users() -> None:
         row = members[u][members[u] < keys.size]
         assert len(set(keys[row].tolist())) == 1 and (index[row] == u).all()
     assert history_groups(np.zeros(0, np.int64))[1].shape == (0, 1)
+
+
+@pytest.mark.parametrize("world", [1, 3, 8])
+def test_samples_in_step_counts_the_real_rows_each_step_delivers(prepared: str, world: int) -> None:
+    """What training counts as a step's samples (samples/s, position.samples_seen) is the rows the
+    ranks' batches of that step hold without padding; it counted batch x world, padding included."""
+    from muse_rec.data.loader import samples_in_step
+
+    n = PreparedData(prepared).num_samples("train")
+    per_rank = [[int(b.weights.bool().sum()) for b in make_loader(prepared, "train", BATCH, SEQ_LEN, rank=r,
+                                                                   world_size=world)] for r in range(world)]
+    steps = len(per_rank[0])
+    delivered = [sum(rows[s] for rows in per_rank) for s in range(steps)]
+    assert delivered == [samples_in_step(s, BATCH, world, n) for s in range(steps)]
+    assert sum(delivered) == n and delivered[-1] < BATCH * world  # the fixture's last step is short

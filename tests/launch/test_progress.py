@@ -51,6 +51,29 @@ def test_few_clicks_warning_counts_the_clicks_the_run_trains_on():
     assert few_clicks_warning(1, 1.0, 0, 1000, 2e-4) is None  # 0 = never
 
 
+def test_the_samples_per_s_of_an_interval_count_its_real_samples(monkeypatch):
+    """An epoch's last step is short (padding rows are not samples): the interval's rate counts
+    what each step reported, not steps x batch."""
+    import muse_rec.training.progress as progress
+
+    clock = iter([100.0, 100.0, 104.0])  # made at t = 100 s (run and window start), the interval at 104 s
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+
+    class Writer:
+        def __init__(self):
+            self.values = {}
+
+        def add_scalar(self, tag, value, step):
+            self.values[tag] = value
+
+    w = Writer()
+    p = ProgressLog(total_steps=4, start_step=0, is_main=True, writer=w, tty=False)
+    for samples in (128, 128, 128, 40):
+        p.step(samples)
+    p.interval(4, None)
+    assert w.values["train/samples_per_s"] == (3 * 128 + 40) / 4.0  # was 4 * 128 / 4
+
+
 def test_progress_lines_without_a_terminal(caplog):
     class Writer:
         def __init__(self):
@@ -60,10 +83,10 @@ def test_progress_lines_without_a_terminal(caplog):
             self.scalars.append((tag, step))
 
     w = Writer()
-    p = ProgressLog(total_steps=8, start_step=0, samples_per_step=128, is_main=True, writer=w, tty=False)
+    p = ProgressLog(total_steps=8, start_step=0, is_main=True, writer=w, tty=False)
     with caplog.at_level(logging.INFO, logger="muse_rec"):
         for step in range(1, 9):
-            p.step()
+            p.step(128)
             if step % 4 == 0:
                 p.interval(step, 0.5)
     lines = [r.getMessage() for r in caplog.records]
@@ -73,7 +96,7 @@ def test_progress_lines_without_a_terminal(caplog):
     assert w.scalars == [("train/loss", 4), ("train/samples_per_s", 4), ("train/loss", 8), ("train/samples_per_s", 8)]
     # Other ranks print nothing and write no scalars.
     caplog.clear()
-    q = ProgressLog(total_steps=8, start_step=0, samples_per_step=128, is_main=False, writer=None, tty=False)
+    q = ProgressLog(total_steps=8, start_step=0, is_main=False, writer=None, tty=False)
     q.interval(4, 0.5)
     assert not caplog.records
 
