@@ -19,9 +19,10 @@ import numbers
 import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import yaml
@@ -299,8 +300,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         if t.check_floors and env.is_main:  # cached beside the run directory: computed once per data set
             from muse_rec.metrics.floors import check_run_against_floors
 
-            result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
-                                                   str(run_dir.parent / ".floors"), spec.data.train_split))
+            with _all_cores():
+                result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
+                                                       str(run_dir.parent / ".floors"), spec.data.train_split))
     memory["peak_rss_bytes"] = status_bytes("VmHWM")  # the kernel's high-water mark of this process
     _write_rank_memory(run_dir, env, memory)
     if env.is_main:
@@ -314,6 +316,26 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     if lock is not None:
         lock.release()
     return result
+
+
+@contextmanager
+def _all_cores() -> Iterator[None]:
+    """torch's intra-op threads raised to the cores this process may run on, then restored.
+
+    For rank 0's floor check: it runs after every rank has finished evaluating, so the cores
+    torchrun shares out (OMP_NUM_THREADS=1 per rank) are idle; on the release's 23M-sample test
+    split it is a CPU pass of tens of minutes on one thread (docs/metrics.md).
+    """
+    before = torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or before
+    torch.set_num_threads(max(before, cores))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _rank_memory(dmp: torch.nn.Module, env: DistEnv) -> Dict:
