@@ -55,12 +55,13 @@ def join_path(root: str, name: str) -> str:
 
 
 PARQUET_SUFFIX = ".parquet"
+_HIDDEN = (".", "_")  # name prefixes of hidden entries and writers' side files (_SUCCESS, _metadata, .crc)
 
 
 def _is_part_name(name: str) -> bool:
     """A data file of a table's directory: ``*.parquet``, not hidden and not a writer's ``_SUCCESS``,
     ``_metadata`` or ``.crc`` side file."""
-    return name.endswith(PARQUET_SUFFIX) and not name.startswith((".", "_"))
+    return name.endswith(PARQUET_SUFFIX) and not name.startswith(_HIDDEN)
 
 
 def _name_order(name: str) -> List[object]:
@@ -72,14 +73,26 @@ def _listdir(path: str) -> List[str]:
     return sorted((n.rstrip("/").rsplit("/", 1)[-1] for n in g_pathmgr.ls(path)), key=_name_order)
 
 
+def _stem(spec: TableSpec) -> str:
+    return spec.file[: -len(PARQUET_SUFFIX)]
+
+
+def _shards_beside(root: str, stem: str) -> List[str]:
+    """The files ``<stem>-*.parquet`` directly in the directory `root`, in read order."""
+    if not g_pathmgr.isdir(root):
+        return []
+    names = [n for n in _listdir(root) if n.startswith(stem + "-") and _is_part_name(n)]
+    return [p for p in (join_path(root, n) for n in names) if not g_pathmgr.isdir(p)]
+
+
 def table_locations(root: str, spec: TableSpec) -> List[str]:
     """Every place table `spec` is under the directory `root`, unchecked: its file
     `<stem>.parquet`, a directory `<stem>.parquet/` or `<stem>/`, and ``<stem>-*.parquet`` (one
     entry for all such files)."""
-    stem = spec.file[: -len(PARQUET_SUFFIX)]
+    stem = _stem(spec)
     found = [d for d in (join_path(root, spec.file), join_path(root, stem))
              if g_pathmgr.exists(d) and (g_pathmgr.isdir(d) or d.endswith(PARQUET_SUFFIX))]
-    if g_pathmgr.isdir(root) and any(n.startswith(stem + "-") and _is_part_name(n) for n in _listdir(root)):
+    if _shards_beside(root, stem):
         found.append(join_path(root, stem + "-*.parquet"))
     return found
 
@@ -94,7 +107,7 @@ def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
     ambiguous and refused, as is a table's directory holding a sub-directory (its rows would
     otherwise be left out silently).
     """
-    stem = spec.file[: -len(PARQUET_SUFFIX)]
+    stem = _stem(spec)
     found = table_locations(root, spec)
     if not found:
         raise raw_error(join_path(root, spec.file), f"file not found (table {spec.name}; also looked for a "
@@ -104,12 +117,11 @@ def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
                         + " and ".join(w + ("/" if g_pathmgr.isdir(w) else "") for w in found) + "; keep one")
     where = found[0]
     if where.endswith("-*.parquet"):
-        return where, [join_path(root, n) for n in _listdir(root)
-                       if n.startswith(stem + "-") and _is_part_name(n) and not g_pathmgr.isdir(join_path(root, n))]
+        return where, _shards_beside(root, stem)
     if not g_pathmgr.isdir(where):
         return where, [where]
     names = _listdir(where)
-    subdirs = [n for n in names if not n.startswith((".", "_")) and g_pathmgr.isdir(join_path(where, n))]
+    subdirs = [n for n in names if not n.startswith(_HIDDEN) and g_pathmgr.isdir(join_path(where, n))]
     if subdirs:
         raise raw_error(where, f"holds the sub-directory '{subdirs[0]}'; the directory of table {spec.name} "
                         "must hold its Parquet parts directly")
