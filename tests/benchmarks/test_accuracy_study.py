@@ -31,14 +31,13 @@ def test_each_ablation_row_differs_from_its_base_by_one_difference():
         assert changed and changed == {k for k in ref if ref[k] != minus[k]}, name
         assert all(plus[k] == ref[k] and minus[k] == ours[k] for k in changed), name
     # The committed MUSE spec = the reference parametrization except the bias and the 2-logit head,
-    # plus the train-prior output bias, He's tower gain, the SCL-histogram fan-in and the constant SimTier
-    # init (docs/accuracy.md); neither ours nor the reference has those four.
+    # plus the train-prior output bias, He's tower gain and the constant SimTier init (docs/accuracy.md);
+    # neither ours nor the reference has those three. All three keep LeCun's fan-in over every column.
     pub = flat(resolved(next(c for c in study.method_configs("specs/demo") if c.key == "muse__published")))
     assert {k for k in ref if ref[k] != pub[k]} == {"model.parametrization.linear_bias",
                                                     "model.parametrization.output_head",
                                                     "model.parametrization.output_bias",
                                                     "model.parametrization.tower_gain",
-                                                    "model.parametrization.tower_fan_in",
                                                     "model.parametrization.simtier_init"}
     assert ours["model.parametrization.output_bias"] == ref["model.parametrization.output_bias"] == "linear"
     assert ours["model.parametrization.tower_gain"] == ref["model.parametrization.tower_gain"] == "unit"
@@ -46,14 +45,18 @@ def test_each_ablation_row_differs_from_its_base_by_one_difference():
     assert pub["model.parametrization.output_bias"] == "train_prior"
     assert pub["model.parametrization.tower_gain"] == "activation"
     assert ours["model.parametrization.simtier_init"] == ref["model.parametrization.simtier_init"] == "uniform"
-    assert pub["model.parametrization.tower_fan_in"] == "scl_histograms"
+    assert pub["model.parametrization.tower_fan_in"] == "all"
     assert pub["model.parametrization.simtier_init"] == "constant"
     spec = flat(resolved(rows["spec"]))
-    for knob in ("train_prior", "tower_gain", "tower_fan_in", "simtier_init"):
+    for knob in ("train_prior", "tower_gain", "simtier_init"):
         key = "model.parametrization." + ("output_bias" if knob == "train_prior" else knob)
         minus, plus = flat(resolved(rows["spec_minus_" + knob])), flat(resolved(rows["ours_plus_" + knob]))
         assert {k for k in spec if spec[k] != minus[k]} == {key}, knob
         assert {k for k in ours if ours[k] != plus[k]} == {key}, knob
+    # The SCL-histogram fan-in is an option: one row switches it on over the spec, nothing else.
+    plus = flat(resolved(rows["spec_plus_tower_fan_in"]))
+    assert {k for k in spec if spec[k] != plus[k]} == {"model.parametrization.tower_fan_in"}
+    assert plus["model.parametrization.tower_fan_in"] == "scl_histograms"
 
 
 def test_tables_render_partial_results(tmp_path):
