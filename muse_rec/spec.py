@@ -147,8 +147,8 @@ class ParametrizationSpec:
     # than to the ID columns, a prior for semantic signal; on synthetic sets where item popularity
     # carries the clicks, as on the real release (the paper's DIN, ID-only, is 0.007 GAUC below MUSE),
     # it cost MUSE 0.010-0.013 GAUC at the published settings, against -0.002 to +0.003 in its favour
-    # (mean +0.0001) where the semantics carry them (docs/accuracy.md). Models without such columns (DIN, TWIN, MISS)
-    # are unchanged.
+    # (mean +0.0001) where the semantics carry them (docs/accuracy.md). Models without such columns
+    # (DIN, TWIN, MISS) are unchanged.
     tower_fan_in: Literal["all", "scl_histograms"] = "all"
     # How every SimTier's tier weights w start (the histogram is log1p(count) * w). "uniform": each
     # w ~ U(0, 1), the reference. Under Adam a weight moves ~lr per step whatever its size, so a tier
