@@ -85,16 +85,23 @@ def _shards_beside(root: str, stem: str) -> List[str]:
     return [p for p in (join_path(root, n) for n in names) if not g_pathmgr.isdir(p)]
 
 
+def _locate(root: str, spec: TableSpec) -> Tuple[List[str], List[str]]:
+    """`table_locations`, and the ``<stem>-*.parquet`` files it found (listed once: on a remote
+    store every listing and stat is a request)."""
+    stem = _stem(spec)
+    found = [d for d in (join_path(root, spec.file), join_path(root, stem))
+             if g_pathmgr.exists(d) and (g_pathmgr.isdir(d) or d.endswith(PARQUET_SUFFIX))]
+    shards = _shards_beside(root, stem)
+    if shards:
+        found.append(join_path(root, stem + "-*.parquet"))
+    return found, shards
+
+
 def table_locations(root: str, spec: TableSpec) -> List[str]:
     """Every place table `spec` is under the directory `root`, unchecked: its file
     `<stem>.parquet`, a directory `<stem>.parquet/` or `<stem>/`, and ``<stem>-*.parquet`` (one
     entry for all such files)."""
-    stem = _stem(spec)
-    found = [d for d in (join_path(root, spec.file), join_path(root, stem))
-             if g_pathmgr.exists(d) and (g_pathmgr.isdir(d) or d.endswith(PARQUET_SUFFIX))]
-    if _shards_beside(root, stem):
-        found.append(join_path(root, stem + "-*.parquet"))
-    return found
+    return _locate(root, spec)[0]
 
 
 def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
@@ -108,7 +115,7 @@ def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
     otherwise be left out silently).
     """
     stem = _stem(spec)
-    found = table_locations(root, spec)
+    found, shards = _locate(root, spec)
     if not found:
         raise raw_error(join_path(root, spec.file), f"file not found (table {spec.name}; also looked for a "
                         f"directory {stem}/ or {stem}.parquet/ of Parquet parts and {stem}-*.parquet files)")
@@ -117,7 +124,7 @@ def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
                         + " and ".join(w + ("/" if g_pathmgr.isdir(w) else "") for w in found) + "; keep one")
     where = found[0]
     if where.endswith("-*.parquet"):
-        return where, _shards_beside(root, stem)
+        return where, shards
     if not g_pathmgr.isdir(where):
         return where, [where]
     names = _listdir(where)
