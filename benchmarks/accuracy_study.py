@@ -100,12 +100,13 @@ OPTIONS: Tuple[Tuple[str, str, Tuple[str, ...], Tuple[str, ...]], ...] = (
     ("tower_fan_in", "first Linear's fan-in = the SCL histograms (an option)",
      (P + "tower_fan_in=scl_histograms",), (P + "tower_fan_in=all",)),
 )
-BEYOND_BOTH = (*(o for *_, off in BEYOND for o in off), *(o for *_, off in OPTIONS for o in off))
+# Every choice of ours (BEYOND and OPTIONS) at the reference's value: the base of the ours/reference rows.
+OURS_OFF = (*(o for *_, off in BEYOND for o in off), *(o for *_, off in OPTIONS for o in off))
 
 
 def _all(which: str, names: Sequence[str] = ()) -> Tuple[str, ...]:
     """Every difference at its ``which`` (0 ours, 1 reference) value, except ``names`` flipped."""
-    out: List[str] = list(BEYOND_BOTH)
+    out: List[str] = list(OURS_OFF)
     for name, pair in DIFFERENCES.items():
         side = int(which == "reference") ^ int(name in names)
         out += pair[side]
