@@ -32,8 +32,8 @@ import numpy as np
 from muse_rec.data import schema as S
 from muse_rec.data.synth_config import SynthConfig
 from muse_rec.data.synth_diagnostics import group_auc, release_diagnostics
-from muse_rec.data.synth_release import (IdHasher, History, item_tables, samples_table, snapshot, user_table,
-                                         write_table)
+from muse_rec.data.synth_release import (IdHasher, History, item_tables, publish_release, samples_table, snapshot,
+                                         staged_release, user_table, write_table)
 from muse_rec.data.synth_world import build_catalogue, build_impressions, build_timelines, build_users
 from muse_rec.dirlock import DirLock
 
@@ -119,18 +119,6 @@ def _write_in_memory(out_dir: str, cfg: SynthConfig, progress: bool, diagnostics
     items = item_tables(cfg, cat, list(hists.values()), list(imps.values()), ids)
     step("item tables")
 
-    files = {}
-    for split in S.SPLITS:
-        files[f"{split}_samples"] = write_table(samples_table(imps[split], ids), out_dir, f"{split}_samples",
-                                                cfg.row_group_rows)
-        step(f"{split} samples")
-        files[f"{split}_user_features"] = write_table(user_table(hists[split], users, cat, ids), out_dir,
-                                                      f"{split}_user_features", cfg.user_row_group_rows)
-    step("user features")
-    files["item_features"] = write_table(items["item_features"], out_dir, "item_features", cfg.row_group_rows)
-    files["scl"] = write_table(items["scl"], out_dir, "scl", cfg.row_group_rows)
-    step("item features + SCL")
-
     train_users = set(hists["train"].users.tolist())
     stats: Dict[str, object] = {
         "users_total": users.n_users,
@@ -148,6 +136,23 @@ def _write_in_memory(out_dir: str, cfg: SynthConfig, progress: bool, diagnostics
     }
     # The ceiling: the generator's own click probability without the per-impression noise.
     truth = {split: group_auc(imps[split].label, imps[split].prob, imps[split].user) for split in S.SPLITS}
+
+    files, diag = {}, None
+    with staged_release(out_dir) as staging:
+        for split in S.SPLITS:
+            files[f"{split}_samples"] = write_table(samples_table(imps[split], ids), staging, f"{split}_samples",
+                                                    cfg.row_group_rows)
+            step(f"{split} samples")
+            files[f"{split}_user_features"] = write_table(user_table(hists[split], users, cat, ids), staging,
+                                                          f"{split}_user_features", cfg.user_row_group_rows)
+        step("user features")
+        files["item_features"] = write_table(items["item_features"], staging, "item_features", cfg.row_group_rows)
+        files["scl"] = write_table(items["scl"], staging, "scl", cfg.row_group_rows)
+        step("item features + SCL")
+        if run_diag:
+            diag = release_diagnostics(staging, "test", max_users=cfg.diagnostics_max_users or None, progress=bars)
+            step("diagnostics")
+        publish_release(staging, out_dir, MANIFEST_NAME)
     manifest: Dict[str, object] = {
         "format": "taobao-mm-raw (synthetic)",
         "generator": "muse_rec.data.synth",
@@ -156,17 +161,17 @@ def _write_in_memory(out_dir: str, cfg: SynthConfig, progress: bool, diagnostics
         "files": {k: os.path.basename(v) for k, v in files.items()},
         "stats": stats,
         "truth": truth,
-        "diagnostics": None,
+        "diagnostics": diag,
     }
-    if run_diag:
-        max_users = cfg.diagnostics_max_users or None
-        manifest["diagnostics"] = release_diagnostics(out_dir, "test", max_users=max_users, progress=bars)
-        step("diagnostics")
     bar.close()
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
-    path = os.path.join(out_dir, MANIFEST_NAME)
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def write_manifest(out_dir: str, manifest: Dict[str, object]) -> None:
+    """Write ``_synth_manifest.json`` last, atomically: its presence marks a complete synthetic release."""
     tmp = os.path.join(out_dir, f".{MANIFEST_NAME}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-    return manifest
+    os.replace(tmp, os.path.join(out_dir, MANIFEST_NAME))

@@ -4,14 +4,18 @@ Layout: exactly the release's file names, column names, column order and Arrow t
 (`muse_rec.data.schema.TABLES`; list children are named ``element`` as in the release).
 Raw ids are a keyed bijection of the dense indices (SplitMix64's finaliser, one key per id
 namespace), so they spread over the whole signed int64 range, never collide inside a namespace,
-and are 0 only where a value is missing. Tables go to a hidden temporary name first and are
-renamed into place, so a killed run never leaves a half-written table under a release name.
+and are 0 only where a value is missing. All six tables are written to a hidden staging directory
+first and renamed into place together (`publish_release`), so a killed run never leaves a
+half-written table, or a release mixing two runs, under a release name.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import shutil
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +25,7 @@ from muse_rec.data import schema as S
 from muse_rec.data.synth_config import SynthConfig
 from muse_rec.data.synth_world import Catalogue, Impressions, Users, ranges, stage_rng
 
+STAGING_DIR = ".synth-staging"  # hidden: readers open the six tables by name
 INT8_SCALE = 127.0  # the release stores trunc(127 * clip(v, -1, 1))
 NAMESPACES = ("user", "item", "category", "130_1", "130_2", "130_3", "130_4", "213", "214")
 # 130_5 shares 130_1's value vocabulary in the release, so it shares its hash key too.
@@ -220,14 +225,53 @@ def item_tables(cfg: SynthConfig, cat: Catalogue, histories: List[History], imps
     return {"item_features": features, "scl": scl, "stats": stats}
 
 
-def write_table(table: pa.Table, out_dir: str, name: str, row_group_rows: int) -> str:
-    """Write one release table atomically; returns its final path."""
-    final = os.path.join(out_dir, S.TABLES[name].file)
-    tmp = os.path.join(out_dir, f".{S.TABLES[name].file}.tmp-{os.getpid()}")
+def write_table(table: pa.Table, staging: str, name: str, row_group_rows: int) -> str:
+    """Write one release table into the staging directory (`staged_release`); returns its path there."""
+    path = os.path.join(staging, S.TABLES[name].file)
+    pq.write_table(table, path, row_group_size=row_group_rows, compression="snappy")
+    return path
+
+
+@contextlib.contextmanager
+def staged_release(out_dir: str) -> Iterator[str]:
+    """A fresh ``OUT/.synth-staging/`` to write the six tables into; removed if the body raises.
+
+    Readers open the six tables by name, so nothing staged is ever read as part of the release.
+    A staging directory left by a killed run was never published and is dropped.
+    """
+    staging = os.path.join(out_dir, STAGING_DIR)
+    if os.path.exists(staging):
+        shutil.rmtree(staging)
+    os.makedirs(staging)
     try:
-        pq.write_table(table, tmp, row_group_size=row_group_rows, compression="snappy")
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return final
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def publish_release(staging: str, out_dir: str, manifest_name: str) -> None:
+    """Replace the release in `out_dir` by the six complete tables in `staging`.
+
+    Every old copy of a table goes first: the old manifest, then the one file, a directory of parts
+    (``<stem>.parquet/`` or ``<stem>/``) or ``<stem>-*.parquet`` files (a release the user asked synth
+    to ``--overwrite``). A part left beside the new file would make the table ambiguous, and an old
+    directory would refuse the rename half way, leaving a release of mixed runs. Only then are the
+    staged files renamed in (same file system: cheap, and none can fail on a directory in the way).
+    """
+    from muse_rec.data.reader import table_locations
+
+    old_manifest = os.path.join(out_dir, manifest_name)
+    if os.path.exists(old_manifest):
+        os.remove(old_manifest)
+    for spec in S.TABLES.values():
+        for where in table_locations(out_dir, spec):
+            if where.endswith("-*.parquet"):
+                for part in glob.glob(glob.escape(where[: -len("*.parquet")]) + "*.parquet"):
+                    if os.path.isfile(part):  # as the reader: a directory of that name is no part
+                        os.remove(part)
+            elif os.path.isdir(where):
+                shutil.rmtree(where)
+    for spec in S.TABLES.values():
+        os.replace(os.path.join(staging, spec.file), os.path.join(out_dir, spec.file))
+    shutil.rmtree(staging)

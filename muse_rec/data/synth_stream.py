@@ -8,16 +8,15 @@ histories user chunk by user chunk (`build_timelines` with one stream per chunk)
 item gets an item_features row (less the missing share) and an SCL row, so item_features and the
 SCL table hold all `items` rows, as the full release's item table does.
 
-Crash safety: tables go to ``OUT/.synth-staging/`` (hidden; readers open the six tables by
-name), each file is fsync-ed when complete; only when all six are complete are they renamed
-into ``OUT`` and the manifest written last. A kill or a full disk therefore leaves no table
-under a release name that a reader would take; a failed run removes its staging directory.
+Crash safety: tables go to ``OUT/.synth-staging/`` (`synth_release.staged_release`: hidden;
+readers open the six tables by name), each file is fsync-ed when complete; only when all six are
+complete do they replace the release in ``OUT`` (`synth_release.publish_release`) and the manifest
+is written last. A kill or a full disk therefore leaves no table under a release name that a
+reader would take; a failed run removes its staging directory.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -29,12 +28,12 @@ import pyarrow.parquet as pq
 from muse_rec.data import schema as S
 from muse_rec.data.synth_config import SynthConfig
 from muse_rec.data.synth_diagnostics import group_auc
-from muse_rec.data.synth_release import (IdHasher, USER_FIELD_NAMESPACE, release_schema, samples_table,
-                                         snapshot_window, written_scl_int8)
+from muse_rec.data.synth_release import (IdHasher, USER_FIELD_NAMESPACE, publish_release,
+                                         release_schema, samples_table, snapshot_window, staged_release,
+                                         written_scl_int8)
 from muse_rec.data.synth_world import (VECTOR_BLOCK, Catalogue, Impressions, Users, affinities_of, build_catalogue,
                                        build_impressions, build_timelines, build_users, item_vector_block, ranges)
 
-STAGING_DIR = ".synth-staging"
 USER_CHUNK = 2048  # users per generated history chunk (~1.2M behaviours, ~200 MB of temporaries)
 _ITEM_STAGE = 11  # stream of the item_features missing-value draws, one per item block
 
@@ -193,15 +192,11 @@ def write_streamed_release(out_dir: str, cfg: SynthConfig, progress: bool = Fals
         cfg: generator knobs (``writer="stream"``).
         progress: log one line per stage with its throughput.
     """
-    from muse_rec.data.synth import MANIFEST_NAME, MANIFEST_VERSION
+    from muse_rec.data.synth import MANIFEST_NAME, MANIFEST_VERSION, write_manifest
 
     cfg.validate()
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(f"synth output {out_dir!r} exists and is not a directory")
-    staging = os.path.join(out_dir, STAGING_DIR)
-    if os.path.exists(staging):
-        shutil.rmtree(staging)  # left by a killed run: never published, safe to drop
-    os.makedirs(staging)
     t0 = time.perf_counter()
     marks: Dict[str, float] = {}
 
@@ -215,7 +210,7 @@ def write_streamed_release(out_dir: str, cfg: SynthConfig, progress: bool = Fals
         if progress:
             print(f"[synth] {stage} done at {marks[stage]:.0f} s", file=sys.stderr, flush=True)
 
-    try:
+    with staged_release(out_dir) as staging:
         cat = build_catalogue(cfg, with_vectors=False)
         users = build_users(cfg, cat)
         done("catalogue and users")
@@ -239,9 +234,7 @@ def write_streamed_release(out_dir: str, cfg: SynthConfig, progress: bool = Fals
         done("item tables")
         stats.update(_write_users(staging, cfg, cat, users, ids, tick))
         done("user tables")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        publish_release(staging, out_dir, MANIFEST_NAME)
     manifest: Dict[str, object] = {
         "format": "taobao-mm-raw (synthetic, streamed)",
         "generator": "muse_rec.data.synth_stream",
@@ -254,15 +247,6 @@ def write_streamed_release(out_dir: str, cfg: SynthConfig, progress: bool = Fals
         "stage_seconds": marks,
         **(manifest_extra or {}),
     }
-    old_manifest = os.path.join(out_dir, MANIFEST_NAME)
-    if os.path.exists(old_manifest):
-        os.remove(old_manifest)
-    for name in S.TABLES:
-        os.replace(os.path.join(staging, S.TABLES[name].file), os.path.join(out_dir, S.TABLES[name].file))
-    shutil.rmtree(staging)
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
-    tmp = os.path.join(out_dir, f".{MANIFEST_NAME}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(tmp, old_manifest)
+    write_manifest(out_dir, manifest)
     return manifest

@@ -288,6 +288,39 @@ def test_a_real_release_in_parts_is_kept_too(tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in real.iterdir()) == ["scl_embedding_int8_p90-00000-of-00002.parquet", "train_samples"]
 
 
+@pytest.mark.parametrize("writer", ["memory", "stream"])
+def test_overwrite_replaces_a_release_in_parts_whole(tmp_path: Path, writer: str) -> None:
+    """--overwrite over a release kept in parts (a directory of parts, <stem>-*.parquet files) left
+    those parts beside the new files: a table there twice, which prepare refuses; and an old
+    <stem>.parquet/ directory stopped the renames half way, after the samples tables were already
+    replaced: a release mixing two runs. Every old copy of each table now goes, and the new
+    release reads as one."""
+    from muse_rec.cli import main
+    from muse_rec.data.reader import RawRelease, table_locations
+    from muse_rec.data.synth_release import STAGING_DIR
+
+    real = tmp_path / "taobao_mm"
+    (real / "train_samples").mkdir(parents=True)
+    (real / "train_samples" / "part-0.parquet").write_bytes(b"old part")
+    (real / "item_features.parquet").mkdir()
+    (real / "item_features.parquet" / "part-0.parquet").write_bytes(b"old part")
+    for i in range(2):
+        (real / f"scl_embedding_int8_p90-0000{i}-of-00002.parquet").write_bytes(b"old part")
+    (real / "notes.txt").write_text("the user's own file")
+    args = ["--preset", "tiny", "--users", "40", "--quiet", "--no-diagnostics", "--overwrite"]
+    if writer == "stream":
+        args = ["--preset", "scale", "--users", "300", "--items", "3000", "--clusters", "60", "--categories", "12",
+                "--quiet", "--overwrite"]
+    assert main(["synth", str(real), *args]) == 0
+    assert {p.name for p in real.iterdir()} == {*(t.file for t in S.TABLES.values()), MANIFEST_NAME, ".lock",
+                                                "notes.txt"}
+    assert not (real / STAGING_DIR).exists()
+    for spec in S.TABLES.values():
+        assert table_locations(str(real), spec) == [str(real / spec.file)]
+    release = RawRelease(str(real))  # every table opens as the one new file
+    assert release["train_samples"].num_rows == json.loads((real / MANIFEST_NAME).read_text())["stats"]["train_samples"]
+
+
 def test_a_second_synth_into_the_same_out_is_refused(tmp_path: Path, capsys) -> None:
     """Two synths into one OUT (other seeds) could publish a release mixing both runs' tables;
     the second now exits 2 naming the holder and writes nothing."""

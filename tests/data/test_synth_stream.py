@@ -18,7 +18,7 @@ from muse_rec.data import schema as S
 from muse_rec.data import synth_stream
 from muse_rec.data.reader import RawRelease
 from muse_rec.data.synth import MANIFEST_NAME, SynthConfig, write_synthetic_release
-from muse_rec.data.synth_release import release_schema
+from muse_rec.data.synth_release import STAGING_DIR, release_schema
 from tests.conftest import REPO, subprocess_env
 
 TINY = dict(users=300, items=3000, clusters=60, categories=12, max_seq_len=200, row_group_rows=1000,
@@ -102,7 +102,7 @@ def test_kill_mid_write_leaves_no_readable_table(tmp_path: Path) -> None:
            "--users", "8000", "--clusters", "1000", "--categories", "50", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    staging = out / synth_stream.STAGING_DIR
+    staging = out / STAGING_DIR
     deadline = time.time() + 240
     try:  # kill once a table is being written (a staged file has data)
         while time.time() < deadline and proc.poll() is None:
