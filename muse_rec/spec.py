@@ -218,7 +218,7 @@ class TrainSpec:
     dense_optimizer: OptimizerSpec = field(default_factory=lambda: OptimizerSpec(name="adamw", lr=2e-4))
     shuffle_seed: Optional[int] = None  # None = file order, as the reference (no shuffle)
     seed: int = 0
-    log_every: int = 20  # batches between progress/TensorBoard updates
+    log_every: int = 20  # batches between progress/TensorBoard updates (and eval progress lines in a log)
     checkpoint_every: int = 0  # batches; 0 = only at the end
     eval_at_end: bool = True
     check_floors: bool = True  # after eval: compare GAUC with the model-free floors (muse-rec baselines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from datetime import timedelta
 from typing import Dict, Optional
 
 import torch
@@ -28,12 +29,15 @@ def predict(
     num_workers: int = 0,
     max_batches: int = 0,
     progress: bool = True,
+    log_every: int = 0,
 ) -> PredictionAccumulator:
     """Score every sample of ``split`` once (each rank its share) into an accumulator.
 
     Args:
         model: the `LifelongCTRTrain` wrapper (sharded or not); its ``model`` gives logits.
         max_batches: stop after this many batches per rank (0 = the whole split).
+        progress: rank 0 shows a bar on a terminal; without one (a cluster log) it logs one line
+            every ``log_every`` batches (0 = none), as training does.
     """
     loader = make_loader(data, split, batch_size, seq_len, rank=env.rank, world_size=env.world_size, num_workers=num_workers)
     popularity = torch.from_numpy(data.item_popularity().astype("int64"))
@@ -41,8 +45,10 @@ def predict(
     was_training = model.training
     model.eval()
     n = len(loader) if not max_batches else min(max_batches, len(loader))
-    bar = tqdm(total=n, desc=f"eval {split}", unit="batch", disable=not (progress and env.is_main and sys.stderr.isatty()), dynamic_ncols=True)
-    start = time.perf_counter()
+    tty = progress and env.is_main and sys.stderr.isatty()
+    lines = progress and env.is_main and not tty and log_every > 0
+    bar = tqdm(total=n, desc=f"eval {split}", unit="batch", disable=not tty, dynamic_ncols=True)
+    start, samples = time.perf_counter(), 0
     for i, batch in enumerate(loader):
         if i >= n:
             break
@@ -58,11 +64,21 @@ def predict(
             item_popularity=popularity[batch.target_item.cpu()],
         )
         bar.update(1)
+        samples += int(labels.numel())
+        if lines and (i + 1) % log_every == 0 and i + 1 < n:
+            _log_line(split, i + 1, n, samples, time.perf_counter() - start)
     bar.close()
     model.train(was_training)
     if env.is_main:
         logger.info("scored %s batches of %s in %.1f s", n, split, time.perf_counter() - start)
     return acc
+
+
+def _log_line(split: str, done: int, total: int, samples: int, seconds: float) -> None:
+    """One progress line of an evaluation in a log: rank 0's batches, its rate and the ETA."""
+    eta = timedelta(seconds=round(seconds / done * (total - done)))
+    logger.info("eval %s: batch %d/%d (%d%%) | %s samples/s on this rank | ETA %s", split, done, total,
+                100 * done // total, f"{samples / max(seconds, 1e-9):,.0f}", eta)
 
 
 def evaluate(
@@ -75,9 +91,11 @@ def evaluate(
     num_workers: int = 0,
     predictions_path: Optional[str] = None,
     max_batches: int = 0,
+    log_every: int = 0,
 ) -> Dict:
     """Exact GAUC / AUC / logloss (+ grouped GAUC) over the whole split, identical on every rank."""
-    acc = predict(model, data, split, batch_size, seq_len, env, num_workers=num_workers, max_batches=max_batches)
+    acc = predict(model, data, split, batch_size, seq_len, env, num_workers=num_workers, max_batches=max_batches,
+                  log_every=log_every)
     metrics = acc.compute()
     if predictions_path:
         acc.write_parquet(predictions_path)

@@ -294,7 +294,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     if t.eval_at_end:
         eval_start = time.perf_counter()
         metrics = evaluate(dmp, data, spec.data.eval_split, t.eval_batch_size, seq_len, env,
-                           num_workers=spec.data.num_workers, predictions_path=str(run_dir / "predictions.parquet"))
+                           num_workers=spec.data.num_workers, predictions_path=str(run_dir / "predictions.parquet"),
+                           log_every=t.log_every)
         result.update(metrics)
         result["eval_seconds"] = time.perf_counter() - eval_start
         if t.check_floors and env.is_main:  # cached beside the run directory: computed once per data set
@@ -429,7 +430,7 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
         out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(dmp, data, spec.data.eval_split, spec.train.eval_batch_size, spec.data.seq_len, env,
                        num_workers=spec.data.num_workers, predictions_path=str(out / "predictions.parquet"),
-                       max_batches=max_batches)
+                       max_batches=max_batches, log_every=spec.train.log_every)
     metrics.update({"method": spec.model.method, "name": spec.name, "checkpoint": str(ck),
                     "step": position.step, "world_size": env.world_size})
     if env.is_main:

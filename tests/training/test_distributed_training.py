@@ -70,8 +70,14 @@ def test_checkpoint_metrics_identical_at_one_and_two_ranks(prepared, tmp_path):
     for ov in overrides(prepared, tmp_path):
         sets += ["--set", ov]
     ev1, ev2 = tmp_path / "eval1", tmp_path / "eval2"
-    run_ranks(["evaluate", "--spec", spec, *sets, "--out", str(ev1)], nproc=1)  # 2-rank checkpoint on 1 rank
-    run_ranks(["evaluate", "--spec", spec, *sets, "--out", str(ev2)], nproc=2)
+    one = run_ranks(["evaluate", "--spec", spec, *sets, "--out", str(ev1)], nproc=1)  # 2-rank checkpoint on 1 rank
+    two = run_ranks(["evaluate", "--spec", spec, *sets, "--out", str(ev2)], nproc=2)
+    # In a log (no terminal) rank 0 reports every train.log_every (2) batches, not only at the end.
+    for out, batches in ((one, 7), (two, 4)):
+        lines = [ln for ln in out.stderr.splitlines() if "eval test: batch " in ln]
+        assert [ln.split("eval test: batch ")[1].split(" ")[0] for ln in lines] == \
+            [f"{b}/{batches}" for b in range(2, batches, 2)], out.stderr[-3000:]
+        assert all("samples/s on this rank | ETA " in ln for ln in lines)
     m1, m2 = metrics(ev1), metrics(ev2)
     assert (m1["world_size"], m2["world_size"]) == (1, 2)
     assert m1["samples"] == m2["samples"] > 0
