@@ -35,7 +35,6 @@ class SpecError(ValueError):
 @dataclass
 class DataSpec:
     prepared: str = "data/demo/prepared"  # iopath path to the output of `muse-rec prepare`
-    raw: Optional[str] = None  # raw release (for `muse-rec prepare` driven by the spec)
     seq_len: int = 1000  # behaviours kept per user (the newest)
     num_workers: int = 1  # loader worker processes per rank
     train_split: str = "train"
