@@ -169,6 +169,7 @@ def execute(plan: Plan, out: Path, prepared: str, execution: Execution = Executi
     log.skipped = [r.name for r in plan.runs if is_done(out, r)]
     say(f"[reproduce] {len(plan.runs)} runs in the plan: {len(log.skipped)} already done, {len(pending)} to train "
         f"({execution.nproc} rank(s) x {execution.threads_per_rank} thread(s), device {execution.device or 'auto'})")
+    precompute_floors(out, prepared, pending, execution.extra_overrides, say)
     attempt = 0
     while pending:
         attempt += 1
@@ -187,6 +188,40 @@ def execute(plan: Plan, out: Path, prepared: str, execution: Execution = Executi
         say(f"[reproduce] run {bad.name} FAILED; see {out / 'logs' / f'train-{attempt}.log'}; continuing with the rest")
         pending = started_not_done[1:]
     return log
+
+
+def precompute_floors(out: Path, prepared: str, runs: Sequence[Run], extra: Sequence[str], say: Printer) -> None:
+    """The model-free floors the runs check after training (`train.check_floors`), computed here
+    into the cache they read (`<run dir's parent>/.floors/`), before the job starts.
+
+    Why here: in the job, rank 0 would compute them after its first run while the other ranks wait
+    in the next run's first collective, which fails at the process group's timeout (10 minutes) on
+    a split the size of the release's (~20-40 min on one core, docs/metrics.md). Here, before any
+    rank starts, they use every core. Runs whose spec does not load are left to fail in the job.
+    """
+    from muse_rec.data.prepared import PreparedData
+    from muse_rec.metrics.floor_options import FloorOptions
+    from muse_rec.metrics.floors import FloorsError, cached_floors
+    from muse_rec.spec import SpecError, load_spec
+
+    wanted = {}
+    for r in runs:
+        try:
+            spec = load_spec(r.config.spec_path, run_overrides(out, r, prepared, extra))
+        except SpecError:
+            continue
+        if spec.train.check_floors and spec.train.eval_at_end:
+            key = (spec.data.prepared, spec.data.eval_split, spec.data.seq_len, spec.data.train_split)
+            wanted.setdefault(key, str(run_dir(out, r).resolve().parent / ".floors"))
+    for (path, split, seq_len, train_split), cache in wanted.items():
+        start = time.perf_counter()
+        try:
+            cached_floors(PreparedData(path), split, FloorOptions(seq_len=seq_len), cache, train_split)
+        except FloorsError as e:  # each run records floors_error itself; the runs go on
+            say(f"[reproduce] model-free floors of {split} at seq_len {seq_len} not computed: {e}")
+            continue
+        say(f"[reproduce] model-free floors of {split} at seq_len {seq_len}: ready in "
+            f"{_fmt_s(time.perf_counter() - start)} (cached in {cache})")
 
 
 def check_prepared(prepared: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,37 @@ def test_tiny_end_to_end_with_a_failing_run_and_resume(tmp_path: Path):
     assert "fig6" in report.figures and report.figures["fig6"].stat().st_size > 10_000
     assert "## Fig. 6" in (out / "report.md").read_text()
     assert json.loads((out / "runs" / "muse-s0" / "metrics.json").read_text())["steps"] == 2
+
+
+def test_floors_are_ready_before_the_job_starts(tmp_path: Path, monkeypatch):
+    """In the job rank 0 computed the floors after its first run while the other ranks waited in the
+    next run's first collective: past the process group's 10-minute timeout on a release-sized split.
+    `execute` now computes them into the runs' cache before it launches anything; a run that does not
+    check floors adds nothing."""
+    from muse_rec.data.prepared import PreparedData
+    from muse_rec.metrics.floor_options import FloorOptions
+    from muse_rec.metrics.floors import cache_name
+    from muse_rec.reproduce import runner
+
+    out = tmp_path / "out"
+    prepared = prepare_data(out, None, None, ["--preset", "tiny"], say=lambda s: None)
+    plan = build_plan(("fig6",), seeds=1, prepared=prepared)
+    cache = out / "runs" / ".floors"
+    data = PreparedData(prepared)
+    at_launch = {}
+
+    def launch(plan_, out_, prepared_, runs, ex, attempt, log, say):
+        at_launch.update({p.name: p.stat().st_size for p in cache.glob("*.json")} if cache.exists() else {})
+        return [r.name for r in runs], [r.name for r in runs]
+
+    monkeypatch.setattr(runner, "_launch", launch)
+    lines = []
+    ex = Execution(nproc=2, device="cpu", extra_overrides=("data.seq_len=100",))
+    execute(plan, out, prepared, ex, say=lines.append)
+    assert list(at_launch) == [cache_name(data, "test", FloorOptions(seq_len=100), "train")]  # one set for both runs
+    assert [ln for ln in lines if "model-free floors of test at seq_len 100: ready in" in ln], lines
+    at_launch.clear()
+    lines.clear()
+    shutil.rmtree(cache)
+    execute(plan, out, prepared, Execution(nproc=2, extra_overrides=("train.check_floors=false",)), say=lines.append)
+    assert not at_launch and not cache.exists() and not [ln for ln in lines if "floors" in ln]
