@@ -37,6 +37,7 @@ from muse_rec.data.vocab import SortedKeyBuilder, Vocab
 from muse_rec.dirlock import DirLock
 
 FORMAT_VERSION = 1
+POPULARITY_SPLIT = "train"  # the split whose targets items/popularity.npy counts
 VOCAB_MODES = ("full", "p90")
 # Vocabulary name -> where its ids come from is decided in `_vocab_sources`.
 VOCAB_NAMES: List[str] = ["item", "category", "user_id", "user_f1", "user_f2", "user_f3", "user_f4",
@@ -332,7 +333,7 @@ class _Prepare:
 
     def step_popularity(self) -> Dict[str, object]:
         n = self.vocab("item").size
-        targets = np.load(self.path("train", "sample_items.npy"), mmap_mode="r")
+        targets = np.load(self.path(POPULARITY_SPLIT, "sample_items.npy"), mmap_mode="r")
         chunk = self.cfg.batch_rows * 64
         with PartitionedScatterWriter(self.path("items", "popularity.npy"), np.int64, (n,),
                                       self.path("spill", "popularity"), self.cfg.partition_bytes, mode="add") as w:

@@ -18,8 +18,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from iopath.common.file_io import g_pathmgr
 
-from muse_rec.data.prepare import (FORMAT_VERSION, ITEM_ATTR_COLUMNS, SAMPLE_ARRAYS, USER_FIELD_COLUMNS, VOCAB_NAMES,
-                                   output_files, user_feature_rows)
+from muse_rec.data.prepare import (FORMAT_VERSION, ITEM_ATTR_COLUMNS, POPULARITY_SPLIT, SAMPLE_ARRAYS,
+                                   USER_FIELD_COLUMNS, VOCAB_NAMES, output_files, user_feature_rows)
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SCL_DIM, SPLITS
 from muse_rec.data.vocab import Vocab
@@ -318,7 +318,7 @@ class PreparedData:
         return self.array("items/attrs.npy")
 
     def item_popularity(self) -> np.ndarray:
-        """int64 ``[n_items]``: how often each item is a train target."""
+        """int64 ``[n_items]``: how often each item is a target of split `POPULARITY_SPLIT`."""
         return self.array("items/popularity.npy")
 
     def num_samples(self, split: str) -> int:

@@ -15,12 +15,12 @@ at most ``chunk_slots x 128`` B of int8 vectors and ``chunk_slots x 4`` B of fp3
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from muse_rec.data.prepared import PreparedData
+from muse_rec.data.prepared import POPULARITY_SPLIT, PreparedData
 from muse_rec.metrics.floor_options import FloorOptions, FloorsError
 from muse_rec.modules.cosine import grouped_cosine
 from muse_rec.modules.selection import NO_VECTOR_SCORE, cosine_selection_scores, decode_cosine_selection
@@ -34,45 +34,70 @@ SCL_FLOORS = ("cos_mean_history", "cos_mean_recent", "mean_topk_similarity")
 
 
 @dataclass
-class ItemCtr:
-    """Train impressions and clicks per item row, and the smoothing that turns them into a CTR."""
+class SparseCounts:
+    """Counts of a few item rows out of a vocabulary too large for an ``[n_items]`` array (243M rows)."""
 
-    impressions: np.ndarray  # [n_items] int64, memory-mapped items/popularity.npy
-    clicked_items: np.ndarray  # [C] int64 sorted distinct item rows with >= 1 train click
-    clicks: np.ndarray  # [C] int64 clicks of those rows
-    prior: float  # global train CTR
+    rows: np.ndarray  # [C] int64 sorted distinct item rows
+    counts: np.ndarray  # [C] int64 their counts
+
+    @classmethod
+    def of(cls, chunks: Iterator[np.ndarray]) -> "SparseCounts":
+        """Occurrences of each row over ``chunks`` of item rows: one ``np.unique`` per chunk, then one merge."""
+        rows, counts = [], []
+        for c in chunks:
+            r, n = np.unique(c, return_counts=True)
+            rows.append(r.astype(np.int64))
+            counts.append(n.astype(np.int64))
+        if not rows:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        merged, inverse = np.unique(np.concatenate(rows), return_inverse=True)
+        return cls(merged, np.bincount(inverse, weights=np.concatenate(counts)).astype(np.int64))
+
+    def __getitem__(self, items: np.ndarray) -> np.ndarray:
+        """``[n]`` int64 counts of item rows ``items [n]`` (0 for rows never counted)."""
+        items = np.asarray(items)
+        if self.rows.size == 0:
+            return np.zeros(items.shape, np.int64)
+        pos = np.minimum(np.searchsorted(self.rows, items), self.rows.size - 1)
+        return np.where(self.rows[pos] == items, self.counts[pos], 0)
+
+
+@dataclass
+class ItemCtr:
+    """Impressions and clicks per item row on the split the popularity floor is fitted on, and the
+    smoothing that turns them into a CTR."""
+
+    impressions: Union[np.ndarray, SparseCounts]  # indexable by item rows: [n] -> [n] counts
+    clicks: SparseCounts  # clicks of the items with >= 1 click
+    prior: float  # the split's CTR
     strength: float  # a
 
     @classmethod
     def from_train(cls, data: PreparedData, split: str, strength: float, chunk: int = 1 << 22) -> "ItemCtr":
-        """Count clicks per target item over the train split, ``chunk`` samples at a time.
+        """Count clicks (and impressions) per target item over ``split``, ``chunk`` samples at a time.
 
-        Only clicked targets are kept (one int32 each, then one sort), not an ``[n_items]`` array:
-        the full vocabulary has 243M rows.
+        Impressions of the split ``prepare`` counts them on (`POPULARITY_SPLIT`) are its
+        ``items/popularity.npy``, memory-mapped; on any other split they are counted here, as the
+        clicks are, so both come from the same samples (a CTR above 1 otherwise).
         """
         n = data.num_samples(split)
         if n == 0:
             raise FloorsError(f"{data.path}: split {split!r} has no samples; the popularity floor needs train clicks")
         labels, items = data.array(f"{split}/labels.npy"), data.array(f"{split}/sample_items.npy")
-        clicked: List[np.ndarray] = []
-        for lo in range(0, n, chunk):
-            y = np.asarray(labels[lo:lo + chunk])
-            clicked.append(np.asarray(items[lo:lo + chunk])[y == 1])
-        rows, counts = np.unique(np.concatenate(clicked), return_counts=True)
-        prior = float(counts.sum()) / n
-        return cls(data.item_popularity(), rows.astype(np.int64), counts.astype(np.int64), prior, strength)
 
-    def clicks_of(self, items: np.ndarray) -> np.ndarray:
-        """``[n]`` int64 train clicks of item rows ``items [n]``."""
-        if self.clicked_items.size == 0:
-            return np.zeros(items.shape, np.int64)
-        pos = np.minimum(np.searchsorted(self.clicked_items, items), self.clicked_items.size - 1)
-        return np.where(self.clicked_items[pos] == items, self.clicks[pos], 0)
+        def targets(clicked_only: bool) -> Iterator[np.ndarray]:
+            for lo in range(0, n, chunk):
+                rows = np.asarray(items[lo:lo + chunk])
+                yield rows[np.asarray(labels[lo:lo + chunk]) == 1] if clicked_only else rows
+
+        clicks = SparseCounts.of(targets(clicked_only=True))
+        impressions = data.item_popularity() if split == POPULARITY_SPLIT else SparseCounts.of(targets(False))
+        return cls(impressions, clicks, float(clicks.counts.sum()) / n, strength)
 
     def ctr(self, items: np.ndarray, own_labels: Optional[np.ndarray] = None) -> np.ndarray:
         """``[n]`` float64 smoothed CTR; with ``own_labels`` (train samples) leave-one-out, so a
         train sample's feature does not contain its own label."""
-        clicks = self.clicks_of(items).astype(np.float64)
+        clicks = self.clicks[items].astype(np.float64)
         imps = np.asarray(self.impressions[items]).astype(np.float64)
         if own_labels is not None:
             clicks, imps = clicks - own_labels, imps - 1.0

@@ -47,7 +47,7 @@ __all__ = ["FLOORS", "FloorOptions", "FloorsError", "ItemCtr", "below_floor_mess
 logger = logging.getLogger("muse_rec")
 
 # Bumped whenever a floor's definition changes: cached floor files of another version are stale.
-FLOORS_VERSION = 1
+FLOORS_VERSION = 2  # 2: the popularity floor counts impressions on its fit split, not always on train
 
 FLOORS: Dict[str, str] = {
     "popularity": "smoothed train CTR of the target item",

@@ -14,7 +14,7 @@ from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData
 from muse_rec.data.synth import write_synthetic_release
 from muse_rec.data.synth_config import SynthConfig
-from muse_rec.metrics.floors import (FloorOptions, FloorsError, ItemCtr, below_floor_message, cached_floors,
+from muse_rec.metrics.floors import (FLOORS_VERSION, FloorOptions, FloorsError, ItemCtr, below_floor_message, cached_floors,
                                      compute_floors, fit_logistic, lr_features, split_scores)
 
 NO_VEC = -1.1
@@ -77,10 +77,10 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return NO_VEC if na == 0 or nb == 0 else float(np.clip(a @ b / (na * nb), -1, 1))
 
 
-def brute_scores(d: Path, split: str, opts: FloorOptions) -> Dict[str, np.ndarray]:
+def brute_scores(d: Path, split: str, opts: FloorOptions, fit_split: str = "train") -> Dict[str, np.ndarray]:
     ld = lambda rel: np.load(d / rel)  # noqa: E731
     scl = ld("items/scl.npy")
-    tr_items, tr_labels = ld("train/sample_items.npy"), ld("train/labels.npy")
+    tr_items, tr_labels = ld(f"{fit_split}/sample_items.npy"), ld(f"{fit_split}/labels.npy")
     prior = tr_labels.sum() / tr_labels.size
     imps: Dict[int, int] = {}
     clicks: Dict[int, int] = {}
@@ -209,6 +209,24 @@ def test_popularity_is_leave_one_out_on_train(tiny):
     assert ctr.ctr(unseen)[0] == pytest.approx(ctr.prior, rel=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [7, 1 << 22])
+def test_popularity_fitted_on_another_split_counts_its_impressions_there(tiny, chunk):
+    """`baselines --train-split test` took clicks from test but impressions from items/popularity.npy,
+    which counts train targets: a smoothed CTR above 1 (2.16 for an item clicked 40 times in test and
+    never shown in train). Both counts now come from the split the floor is fitted on, also when
+    its samples are counted in chunks (7 samples: many partial counts merged)."""
+    data = PreparedData(str(tiny))
+    n = data.num_samples("test")
+    ctr = ItemCtr.from_train(data, "test", OPTS.prior_strength, chunk=chunk)
+    ours = split_scores(data, "test", np.arange(n), OPTS, ctr, with_scl=True)["popularity"]
+    ref = brute_scores(tiny, "test", OPTS, fit_split="test")["popularity"]
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+    assert ours.max() <= 1.0
+    # The data really has test targets the train split never showed, or shows a different number of times.
+    items = np.load(tiny / "test/sample_items.npy")
+    assert (np.bincount(items, minlength=data.item_popularity().size) != np.asarray(data.item_popularity())).any()
+
+
 def test_logistic_regression_reaches_the_penalised_optimum():
     """Newton's answer has zero gradient of its objective (checked independently here) and
     recovers a planted model."""
@@ -253,7 +271,9 @@ def test_cache_is_reused_and_keyed_by_options(tiny, tmp_path):
     a = cached_floors(data, "test", OPTS, str(tmp_path))
     files = list(tmp_path.glob("floors-test-*.json"))
     assert len(files) == 1 and a == json.loads(files[0].read_text())
-    files[0].write_text(files[0].read_text().replace('"version": 1', '"version": 1, "marker": 7'))
+    text = files[0].read_text()
+    assert f'"version": {FLOORS_VERSION}' in text
+    files[0].write_text(text.replace(f'"version": {FLOORS_VERSION}', f'"version": {FLOORS_VERSION}, "marker": 7'))
     assert cached_floors(data, "test", OPTS, str(tmp_path))["marker"] == 7  # read, not recomputed
     cached_floors(data, "test", FloorOptions(top_k=3), str(tmp_path))
     assert len(list(tmp_path.glob("floors-test-*.json"))) == 2
