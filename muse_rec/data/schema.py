@@ -97,17 +97,20 @@ def raw_error(file: str, msg: str, row_group: Optional[int] = None, column: Opti
 def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> None:
     """Fail unless every required column is present with its Arrow type (extra columns are fine)."""
     for name, want in spec.columns.items():
-        idx = schema.get_field_index(name)
-        if idx < 0:
+        found = schema.get_all_field_indices(name)
+        if not found:
             raise raw_error(file, f"missing column (table {spec.name} needs {sorted(spec.columns)})", column=name)
-        got = schema.field(idx).type
+        if len(found) > 1:  # e.g. an export that repeats a column after a join: which one is meant?
+            raise raw_error(file, f"appears {len(found)} times (columns {found}); keep one", column=name)
+        got = schema.field(found[0]).type
         # Compare list types by value type only: the child field may be named 'item' or 'element'.
         if pa.types.is_list(want):
             ok = (pa.types.is_list(got) or pa.types.is_large_list(got)) and got.value_type == want.value_type
         else:
             ok = got == want
-        if not ok:
-            raise raw_error(file, f"type {got}, expected {want}", column=name)
+        if not ok:  # a list is named by its value type: its child field's name does not matter
+            expected = f"a list of {want.value_type}" if pa.types.is_list(want) else str(want)
+            raise raw_error(file, f"type {got}, expected {expected}", column=name)
 
 
 def list_lengths(arr: pa.Array) -> pa.Array:

@@ -70,6 +70,9 @@ CASES = {
                           [S.LABEL, "row group 2", "not one-hot"]),
     "list lengths differ": ("train_user_features", lambda t: _set_row(t, S.SEQ_CATS, 40, [5] * 71),
                             [S.SEQ_CATS, "row group 1", "differ in length"]),
+    # An export that repeats a column after a join: was "missing column", which it is not.
+    "duplicated column": ("item_features", lambda t: t.append_column(S.ITEM_CAT, t.column(S.ITEM_CAT)),
+                          [S.ITEM_CAT, "appears 2 times"]),
     "empty table": ("item_features", lambda t: t.slice(0, 0), ["empty table"]),
     "null id": ("train_samples", lambda t: _set_row(t, S.ITEM, BAD_ROW, None), [S.ITEM, "null"]),
     "null behaviour": ("train_user_features", lambda t: _set_row(t, S.SEQ_ITEMS, 50, [1, None]),
