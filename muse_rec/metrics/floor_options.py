@@ -27,7 +27,8 @@ class FloorOptions:
             Hessian invertible when a feature is constant (e.g. no SCL vectors at all).
         chunk_samples: most samples per streamed chunk.
         chunk_slots: most (sample x history position) pairs per chunk: the memory bound (see the
-            module docstring). A single user longer than that still forms one chunk.
+            module docstring). A user over it is split into pieces; one sample's history longer
+            than that is still one chunk.
         seed: seed of the train subsample.
     """
 

@@ -7,7 +7,7 @@ Missing vectors follow the GSU's rule (`NO_VECTOR_SCORE`): a sample whose target
 vector, or whose history window has none, has no cosine and scores -1.1, below every real cosine.
 
 Memory: the split is read in chunks of whole users (samples sorted by user, so each history
-is gathered once); a chunk holds at most ``chunk_slots`` (sample, history position) pairs, i.e.
+is gathered once; a user too large for one chunk is split into pieces); a chunk holds at most ``chunk_slots`` (sample, history position) pairs, i.e.
 at most ``chunk_slots x 128`` B of int8 vectors and ``chunk_slots x 4`` B of fp32 cosines
 (default 2^20: ~130 MB + 4 MB), however long the histories. Only the per-sample scores
 (4 x 8 B per sample) and the metric inputs stay for the whole split: the metrics need them all.
@@ -171,8 +171,14 @@ def scl_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptio
 
 
 def _user_chunks(users_sorted: np.ndarray, lengths: np.ndarray, max_samples: int, max_slots: int) -> Iterator[slice]:
-    """Slices of ``users_sorted [n]`` (ascending user rows) holding whole users, each with at most
-    ``max_samples`` samples and ``samples x longest history <= max_slots`` (at least one user).
+    """Slices of ``users_sorted [n]`` (ascending user rows), each with at most ``max_samples``
+    samples and ``samples x longest history <= max_slots``, holding whole users (a history is
+    gathered once per chunk), as many as fit.
+
+    A user who alone breaks a bound (many impressions over a long history, e.g. ``--seq-len 0``
+    on data without the release's cap of 1,000) is split into pieces that keep both, so the memory
+    stays bounded; its history is then gathered once per piece. A piece holds one sample at least,
+    so a single history longer than ``max_slots`` is still one chunk.
 
     Args:
         lengths: ``[n]`` history length each sample's floors see.
@@ -188,7 +194,13 @@ def _user_chunks(users_sorted: np.ndarray, lengths: np.ndarray, max_samples: int
         h = min(starts.size, g + max_samples)  # a user has >= 1 sample: never more groups than samples
         samples = ends[g:h] - starts[g]
         ok = (samples <= max_samples) & (samples * np.maximum.accumulate(group_len[g:h]) <= max_slots)
-        take = max(1, ok.size if ok.all() else int(np.argmin(ok)))  # ok is monotone: leading Trues
+        if not ok[0]:  # this user alone breaks a bound: pieces of its samples
+            per = max(1, min(max_samples, max_slots // max(int(group_len[g]), 1)))
+            for lo in range(int(starts[g]), int(ends[g]), per):
+                yield slice(lo, min(lo + per, int(ends[g])))
+            g += 1
+            continue
+        take = ok.size if ok.all() else int(np.argmin(ok))  # ok is monotone: leading Trues
         yield slice(int(starts[g]), int(ends[g + take - 1]))
         g += take
 

@@ -172,23 +172,42 @@ def test_a_k_beyond_every_history_is_the_mean_of_all_cosines(tiny):
 
 
 def test_user_chunks_hold_whole_users_within_both_bounds():
+    """Chunks keep both bounds and hold whole users, as many as fit; a user who alone breaks a bound
+    is split into pieces that keep them (it formed one chunk of samples x its whole history: 5.4 GB
+    for 800 impressions over a 300k history at `baselines --seq-len 0`)."""
     from muse_rec.metrics.floor_scores import _user_chunks
 
     rng = np.random.default_rng(1)
-    users = np.sort(rng.integers(-1, 60, 700))
+    users = np.sort(np.concatenate([rng.integers(-1, 60, 700), np.full(120, 9), np.full(3, 7)]))
     per_user_len = rng.integers(0, 300, 61)
     lengths = np.where(users >= 0, per_user_len[users + 1], 0)
-    lengths[users == 7] = 5000  # one user alone exceeds the slot budget: it still gets a chunk
+    lengths[users == 7] = 5000  # one history alone exceeds the slot budget: one sample per chunk
+    lengths[users == 9] = 100  # 120+ samples x 100: pieces of 30 samples (3000 slots)
     cuts = list(_user_chunks(users, lengths, 50, 3000))
     assert cuts[0].start == 0 and cuts[-1].stop == users.size
     assert all(a.stop == b.start for a, b in zip(cuts, cuts[1:]))
+    count = {int(u): int((users == u).sum()) for u in np.unique(users)}
+    ulen = {int(u): int(lengths[users == u][0]) for u in np.unique(users)}
+    too_big = {u for u in count if count[u] > 50 or count[u] * ulen[u] > 3000}
+    assert {7, 9} <= too_big
+    split = {u: 0 for u in too_big}
     for c in cuts:
         u, ln = users[c], lengths[c]
-        assert c.start == 0 or users[c.start - 1] != u[0]  # whole users only
         n = c.stop - c.start
-        assert (n <= 50 and n * ln.max() <= 3000) or np.unique(u).size == 1
-    # Greedy: merging any chunk with the next user's samples would break a bound.
+        assert n <= 50 and (n * ln.max() <= 3000 or n == 1), (c, n, ln.max())
+        whole = (c.start == 0 or users[c.start - 1] != u[0]) and (c.stop == users.size or users[c.stop] != u[-1])
+        if int(u[0]) in too_big:  # a user who alone breaks a bound is cut, and its pieces hold nothing else
+            assert np.unique(u).size == 1
+            split[int(u[0])] += 1
+        else:
+            assert whole
+    for u in too_big:
+        assert split[u] == -(-count[u] // max(1, min(50, 3000 // max(ulen[u], 1)))), u
+    assert split[7] == count[7] and split[9] == 5  # 123 samples in pieces of 30
+    # Greedy: merging any chunk of whole users with the next user's samples would break a bound.
     for a, b in zip(cuts, cuts[1:]):
+        if users[a.start] in split or users[b.start] in split:
+            continue
         nxt = users[b.start:b.stop] == users[b.start]
         n = a.stop - a.start + int(nxt.sum())
         assert n > 50 or n * max(lengths[a].max(), lengths[b.start]) > 3000
