@@ -54,6 +54,7 @@ class Position:
     epoch: int = 0
     batch_in_epoch: int = 0
     world_size: int = 1
+    batch_size: int = 0  # train.batch_size per rank of the steps so far (0 = not recorded: older checkpoints)
     samples_seen: int = 0
     run_id: str = ""  # the run that wrote the checkpoint ("" = written before run ids existed)
     data_fingerprint: str = ""  # PreparedData.fingerprint of the data it was trained on

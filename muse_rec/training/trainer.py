@@ -28,7 +28,7 @@ import torch
 import yaml
 from fbgemm_gpu.split_embedding_configs import SparseType
 
-from muse_rec.data.loader import make_loader, samples_in_step
+from muse_rec.data.loader import make_loader, resume_batch, samples_in_step
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
@@ -179,7 +179,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     ckpt_root = run_dir / "checkpoints"
     ck = latest_checkpoint(str(ckpt_root)) if resume else None
     run_id = prev_run.get("run_id") or (read_position(ck).run_id if ck is not None else "") or new_run_id()
-    position = Position(world_size=env.world_size, run_id=run_id, data_fingerprint=data.fingerprint, train_seconds=0.0)
+    position = Position(world_size=env.world_size, batch_size=t.batch_size, run_id=run_id,
+                        data_fingerprint=data.fingerprint, train_seconds=0.0)
     if resume:
         ck = latest_checkpoint(str(ckpt_root), run_id=run_id) or ck
         if ck is None:
@@ -189,10 +190,15 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             position = load_checkpoint(ck, dmp, optimizer, skip=skip)
             logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)",
                         ck, position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
+            try:  # the checkpoint's place in its epoch, in this run's steps
+                position.batch_in_epoch = resume_batch(position.batch_in_epoch, position.batch_size,
+                                                       position.world_size, t.batch_size, env.world_size)
+            except ValueError as e:
+                raise RunError(f"{ck}: {e}") from None
             if position.batch_in_epoch > train_loader_len:
                 raise RunError(f"{ck}: position.json puts the run at batch {position.batch_in_epoch} of an epoch of "
                                f"{train_loader_len} batches; resume with the batch size and data it was trained with")
-            position.world_size = env.world_size
+            position.world_size, position.batch_size = env.world_size, t.batch_size
             position.run_id, position.data_fingerprint = run_id, data.fingerprint
     if env.is_main:
         # Only now, with the checkpoint loaded, does the run record describe this run.

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from muse_rec.data.batch import POOLED_FEATURES, history_groups
-from muse_rec.data.loader import make_loader
+from muse_rec.data.loader import make_loader, resume_batch
 from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from tests.data.rawgen import write_raw_release
@@ -80,6 +80,39 @@ def test_start_batch_resumes_exactly(prepared: str) -> None:
         tail, m = _sample_ids(prepared, 1, 3, workers=workers, start_batch=2)
         assert m == n - 2
         assert tail == [s for b in per_batch[2:] for s in b]
+
+
+@pytest.mark.parametrize("shuffle", [None, 5])
+@pytest.mark.parametrize("saved_world,steps,world", [(1, 4, 2), (2, 3, 3), (4, 3, 2), (3, 2, 1), (2, 0, 3)])
+def test_an_epoch_resumed_on_another_world_size_trains_every_sample_once(prepared: str, shuffle, saved_world: int,
+                                                                        steps: int, world: int) -> None:
+    """A checkpoint `steps` into an epoch on `saved_world` ranks, resumed on `world`: the steps before
+    and after hold every sample exactly once. The trainer passed the saved per-rank count on as the
+    new start (4 steps of 1 rank resumed on 2 ranks skipped global batches 4-7 and re-read none)."""
+    before: Counter = Counter()
+    for rank in range(saved_world):
+        loader = make_loader(prepared, "train", BATCH, SEQ_LEN, rank=rank, world_size=saved_world,
+                             shuffle_seed=shuffle)
+        for j, b in enumerate(loader):
+            if j == steps:
+                break
+            real = b.weights.bool()
+            before.update(zip(b.user_keys[real].tolist(), b.item_keys[real].tolist(), b.labels[real].tolist()))
+    start = resume_batch(steps, BATCH, saved_world, BATCH, world)
+    after: Counter = Counter()
+    for rank in range(world):
+        after.update(_sample_ids(prepared, rank, world, start_batch=start, shuffle_seed=shuffle)[0])
+    assert before + after == _all_samples(prepared) and not (set(before) & set(after))
+
+
+def test_resume_refuses_what_cannot_continue_the_epoch_exactly() -> None:
+    assert resume_batch(0, 64, 3, 32, 2) == 0  # an epoch's end: any batch size and world size
+    assert resume_batch(5, 0, 1, 64, 1) == 5  # batch size not recorded (older checkpoints): taken as equal
+    with pytest.raises(ValueError, match=r"train.batch_size 64; at 32 .* resume with train.batch_size=64"):
+        resume_batch(5, 64, 1, 32, 1)
+    with pytest.raises(ValueError, match=r"saved by 1 rank\(s\) 3 step\(s\) into an epoch, after 3 global batches, "
+                                         r"where 2 ranks cannot continue evenly: .* divides 3, e.g. 1"):
+        resume_batch(3, 64, 1, 64, 2)
 
 
 def test_shuffle_is_deterministic_and_complete(prepared: str) -> None:

@@ -75,3 +75,36 @@ def test_start_line_shows_the_epochs_clicks_and_a_bad_count_is_one_line(prepared
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "splits.train.positives must be an integer in [0, " in out.stderr
     assert not (tmp_path / "runs2" / "din" / "run.json").exists()
+
+
+def test_resume_continues_the_epoch_on_other_ranks_and_refuses_another_batch_size(prepared, tmp_path):
+    """A resume read the checkpoint's per-rank step as this run's: on other ranks or at another
+    batch size it re-read or skipped part of the epoch, silently, and rewrote spec.yaml. Now the
+    place in the epoch carries over between world sizes, and what cannot carry over exits 2 with
+    the run directory as it was (tests/data/test_loader_partition.py checks the samples)."""
+    spec, run = "specs/demo/din.yaml", tmp_path / "din"
+
+    def resume(nproc, extra):
+        return run_ranks(train_args(spec, prepared, tmp_path, ["train.eval_at_end=false", *extra]) + ["--resume"],
+                         nproc=nproc, check=False)
+
+    def position():
+        last = sorted((run / "checkpoints").iterdir())[-1]
+        return json.loads((last / "position.json").read_text())
+
+    run_ranks(train_args(spec, prepared, tmp_path, ["train.max_steps=3", "train.eval_at_end=false"]), nproc=1)
+    assert {k: position()[k] for k in ("batch_in_epoch", "world_size", "batch_size")} == \
+        {"batch_in_epoch": 3, "world_size": 1, "batch_size": 64}
+    before = {f: (run / f).read_text() for f in ("spec.yaml", "run.json")}
+    for nproc, extra, words in ((1, ["train.max_steps=6", "train.batch_size=32"],
+                                 "at train.batch_size 64; at 32 the rest of that epoch would re-read or skip samples"),
+                                (2, ["train.max_steps=6"], "after 3 global batches, where 2 ranks cannot continue")):
+        out = resume(nproc, extra)
+        # Each rank exits 2 with the line; torchrun itself then exits 1 (docs/launch.md).
+        assert out.returncode == (2 if nproc == 1 else 1) and words in out.stderr, out.stderr[-3000:]
+        assert {f: (run / f).read_text() for f in before} == before
+    assert resume(1, ["train.max_steps=4"]).returncode == 0  # 4 global batches done: 2 ranks go on at their step 2
+    out = resume(2, ["train.max_steps=5"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {k: position()[k] for k in ("step", "batch_in_epoch", "world_size")} == \
+        {"step": 5, "batch_in_epoch": 3, "world_size": 2}
