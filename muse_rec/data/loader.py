@@ -94,7 +94,8 @@ class PreparedBatches(IterableDataset):
         contiguous = n > 0 and int(idx[-1]) - int(idx[0]) + 1 == n and bool(np.all(np.diff(idx) == 1))
         a = BatchArrays.zeros(B, L)
         if n:
-            a.labels[:n] = self._take("labels", idx, contiguous)
+            labels = self._take("labels", idx, contiguous)
+            a.labels[:n] = self.data.in_range(f"{self.split}/labels.npy", labels, 2, "label")
             a.weights[:n] = 1.0
             a.user_keys[:n] = self._take("sample_user_keys", idx, contiguous)
             a.item_keys[:n] = self._take("sample_item_keys", idx, contiguous)

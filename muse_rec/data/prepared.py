@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 from iopath.common.file_io import g_pathmgr
@@ -243,6 +243,12 @@ class PreparedData:
                                     "data is damaged or was not written by `muse-rec prepare` "
                                     f"(`muse-rec check {self.path}` lists every problem)")
         return values
+
+    def labels(self, split: str, idx: Union[np.ndarray, slice] = slice(None)) -> np.ndarray:
+        """int8 labels of the split's samples ``idx``, checked to be 0 or 1 (a BCE target of 7 would
+        train silently, and the metrics would refuse it only after the run)."""
+        rel = f"{split}/labels.npy"
+        return self.in_range(rel, np.asarray(self.array(rel)[idx]), 2, "label")
 
     def item_rows(self, split: str, idx: np.ndarray) -> np.ndarray:
         """int32 item rows of the split's samples ``idx`` (targets), range-checked."""

@@ -83,12 +83,12 @@ class ItemCtr:
         n = data.num_samples(split)
         if n == 0:
             raise FloorsError(f"{data.path}: split {split!r} has no samples; the popularity floor needs train clicks")
-        labels, items = data.array(f"{split}/labels.npy"), data.array(f"{split}/sample_items.npy")
+        items = data.array(f"{split}/sample_items.npy")
 
         def targets(clicked_only: bool) -> Iterator[np.ndarray]:
             for lo in range(0, n, chunk):
                 rows = np.asarray(items[lo:lo + chunk])
-                yield rows[np.asarray(labels[lo:lo + chunk]) == 1] if clicked_only else rows
+                yield rows[data.labels(split, slice(lo, lo + chunk)) == 1] if clicked_only else rows
 
         clicks = SparseCounts.of(targets(clicked_only=True))
         impressions = data.item_popularity() if split == POPULARITY_SPLIT else SparseCounts.of(targets(False))
@@ -216,7 +216,7 @@ def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOpt
                  with_scl: bool, leave_one_out: bool = False) -> Dict[str, np.ndarray]:
     """Floor scores of samples ``idx`` (any order, streamed in user order): name -> ``[n]``."""
     n = idx.size
-    labels = np.asarray(data.array(f"{split}/labels.npy")[idx]).astype(np.float64)
+    labels = data.labels(split, idx).astype(np.float64)
     items = data.item_rows(split, idx).astype(np.int64)
     out = {"popularity": ctr.ctr(items, labels if leave_one_out else None)}
     if not with_scl:

@@ -155,7 +155,7 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     if n == 0:
         raise FloorsError(f"{data.path}: split {split!r} has no samples")
     user_keys = np.asarray(data.array(f"{split}/sample_user_keys.npy"))
-    labels = np.asarray(data.array(f"{split}/labels.npy"))
+    labels = data.labels(split)
     per_user = user_auc(user_keys, np.zeros(n), labels)
     if not per_user.valid.any():
         raise FloorsError(
@@ -173,7 +173,7 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     rng = np.random.default_rng(opts.seed)
     fit_idx = (np.arange(train_n, dtype=np.int64) if train_n <= opts.lr_train_samples
                else np.sort(rng.choice(train_n, opts.lr_train_samples, replace=False)))
-    y_fit = np.asarray(data.array(f"{train_split}/labels.npy")[fit_idx]).astype(np.float64)
+    y_fit = data.labels(train_split, fit_idx).astype(np.float64)
     model: Optional[LogisticModel] = None
     if not with_scl:
         skipped["logistic_regression"] = "only the popularity floor is available (no SCL vectors): nothing to combine"

@@ -185,10 +185,11 @@ def _damage_cases(prep: PreparedData):
         ("items/attrs.npy", item * 3 + 1, 10**6, "item_f213 row 1000000 is outside"),
         ("train/seq_offsets.npy", u + 1, int(off[u]) - 1, "history length -1 is outside"),
         ("train/sample_user_rows.npy", 0, 10**6, "user_id row 1000000 is outside"),
+        ("train/labels.npy", 0, 7, "label 7 is outside [0, 2)"),  # trained as a BCE target of 7
     ]
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(9))
 def test_a_batch_refuses_out_of_range_rows_naming_the_file(prepared_tiny, tmp_path, case):
     """Row ids are checked where a batch reads them: FBGEMM would clamp a bad one to row 0 and a
     NumPy gather would wrap a negative one, silently. In a DataLoader worker too, as one line."""
@@ -213,6 +214,17 @@ def test_out_of_range_rows_stop_train_and_baselines_in_one_line(prep_copy, tmp_p
     out = cli("train", "--spec", SPEC, *sets(prep_copy, tmp_path / "runs", ["train.max_steps=1"]), "--device", "cpu")
     assert_bad_input(out, "train/seq_items.npy: item row 1000000 is outside", "muse-rec check")
     assert_bad_input(cli("baselines", str(prep_copy)), "test/sample_items.npy: item row -1 is outside")
+
+
+def test_labels_outside_0_1_stop_train_and_baselines_in_one_line(prep_copy, tmp_path):
+    """A label of 7 trained as a BCE target and wrote a checkpoint; the metrics then refused it with
+    a traceback (exit 1), and so did `baselines`. Labels are now checked where they are read."""
+    _poke(prep_copy / "train/labels.npy", 3, 7)
+    _poke(prep_copy / "test/labels.npy", 0, 5)
+    out = cli("train", "--spec", SPEC, *sets(prep_copy, tmp_path / "runs", ["train.max_steps=1"]), "--device", "cpu")
+    assert_bad_input(out, "train/labels.npy: label 7 is outside [0, 2)", "muse-rec check")
+    assert not list((tmp_path / "runs").rglob("step-*"))  # no checkpoint of a model trained on it
+    assert_bad_input(cli("baselines", str(prep_copy)), "test/labels.npy: label 5 is outside [0, 2)")
 
 
 def test_serving_histories_refuse_out_of_range_rows(prep_copy):
