@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -467,6 +468,15 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     raise SpecError(f"{source}: {key}: unsupported type {tp}")  # a schema bug, not a user error
 
 
+def _only_name_field(template: str) -> bool:
+    """``template.format(name=...)`` works: balanced braces, no placeholder but a plain ``{name}``."""
+    try:
+        return all(field in (None, "name") and not fmt and not conv
+                   for _, field, fmt, conv in string.Formatter().parse(template))
+    except ValueError:  # an unbalanced brace
+        return False
+
+
 def _check_values(spec: Spec, source: str) -> None:
     """Range checks that types cannot express."""
 
@@ -540,3 +550,5 @@ def _check_values(spec: Spec, source: str) -> None:
     need(t.dense_optimizer.name in ("adam", "adamw", "sgd", "adagrad"), "train.dense_optimizer.name",
          "must be one of adam, adamw, sgd, adagrad")
     need(spec.name.replace("-", "").replace("_", "").isalnum(), "name", "letters, digits, - and _ only")
+    need(_only_name_field(spec.output_dir), "output_dir",
+         f"{spec.output_dir!r}: the only placeholder is {{name}} (write a literal brace as {{{{ or }}}})")

@@ -77,12 +77,22 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         # TorchRec's AssertionError traceback once the tables were sharded, before.
         ({"model": {"embedding_dim": 18}}, "model.embedding_dim: 18 must be a multiple of 4"),
         ({"model": {"small_dim": 6, "small_features": ["user_f1"]}}, "model.small_dim: 6 must be a multiple of 4"),
+        # A KeyError / ValueError traceback from every command that made the run directory, before.
+        ({"output_dir": "runs/{method}"}, "output_dir: 'runs/{method}': the only placeholder is {name}"),
+        ({"output_dir": "runs/{name"}, "output_dir: 'runs/{name': the only placeholder is {name}"),
+        ({"output_dir": "runs/{}"}, "output_dir: 'runs/{}': the only placeholder"),
+        ({"output_dir": "runs/{name!r}"}, "output_dir: 'runs/{name!r}': the only placeholder"),
     ],
 )
 def test_bad_specs_name_the_key(raw, message):
     with pytest.raises(SpecError, match=message.replace("[", r"\[")) as e:
         from_dict(raw, source="bad.yaml")
     assert str(e.value).startswith("bad.yaml: ")
+
+
+def test_output_dir_takes_name_and_literal_braces():
+    assert from_dict({"name": "m1", "output_dir": "/r/{{x}}/{name}-{name}"}).run_dir == "/r/{x}/m1-m1"
+    assert from_dict({"output_dir": "/r/plain"}).run_dir == "/r/plain"
 
 
 def test_bad_files(tmp_path):
