@@ -146,8 +146,14 @@ class _Prepare:
         self.build = os.path.join(out, BUILD_DIR)
         self._vocabs: Dict[str, Vocab] = {}
         self.bars = cfg.progress and sys.stderr.isatty()  # else (progress in a log): `_say`'s lines
-        ident = {"version": FORMAT_VERSION, "vocab": cfg.vocab, "inputs": raw.fingerprint()}
-        self.fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+        self.fingerprint = self._identity(raw.fingerprint())
+        # What earlier versions recorded (the raw paths as given): their output is this same dataset
+        # when it matches, so it is neither refused nor prepared again.
+        self.legacy_fingerprint = self._identity(raw.fingerprint(legacy=True))
+
+    def _identity(self, inputs: Dict[str, object]) -> str:
+        ident = {"version": FORMAT_VERSION, "vocab": self.cfg.vocab, "inputs": inputs}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
     # ---- step bookkeeping -------------------------------------------------------------------
     def _marker(self, step: str) -> str:
@@ -420,10 +426,10 @@ def _prepare_into(job: "_Prepare", out: str, overwrite: bool) -> Dict[str, objec
                 old = json.load(f)
         except (OSError, ValueError):
             old = {}
-        if old.get("fingerprint") == job.fingerprint and all(
-                os.path.exists(os.path.join(out, r)) for r in old.get("files", [])):
+        same = old.get("fingerprint") in (job.fingerprint, job.legacy_fingerprint)
+        if same and all(os.path.exists(os.path.join(out, r)) for r in old.get("files", [])):
             return old
-        if old.get("fingerprint") != job.fingerprint and not overwrite:
+        if not same and not overwrite:
             raise DifferentDatasetError(
                 f"{out} already holds a different prepared dataset (from {old.get('source', '?')}, "
                 f"vocab {old.get('vocab_mode', '?')}, fingerprint {old.get('fingerprint', '?')}); "

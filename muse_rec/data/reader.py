@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -97,6 +98,11 @@ def _locate(root: str, spec: TableSpec) -> Tuple[List[str], List[str]]:
     return found, shards
 
 
+def _inside(path: str, root: str) -> str:
+    """``path`` relative to the release directory ``root`` (both as given: local paths or URIs)."""
+    return posixpath.relpath(path.rstrip("/"), root.rstrip("/")) + ("/" if path.endswith("/") else "")
+
+
 def table_locations(root: str, spec: TableSpec) -> List[str]:
     """Every place table `spec` is under the directory `root`, unchecked: its file
     `<stem>.parquet`, a directory `<stem>.parquet/` or `<stem>/`, and ``<stem>-*.parquet`` (one
@@ -173,9 +179,15 @@ class ParquetPart:
         """The file's Arrow schema (from its footer)."""
         return self._schema
 
-    def fingerprint(self) -> Dict[str, object]:
-        """Cheap identity of the file's content: size and mtime where the file is local, plus a hash
-        of the footer (schema, row-group sizes, column-chunk offsets and statistics); no data read."""
+    def fingerprint(self, root: str, legacy: bool = False) -> Dict[str, object]:
+        """Cheap identity of the file's content: its path inside the release directory ``root`` (not
+        how ``root`` is spelled), its size and mtime where the file is local (a rewritten file is
+        another input, even where its footer is unchanged), and a hash of its footer (schema,
+        row-group sizes, column-chunk offsets and statistics); no data read.
+
+        ``legacy``: with the path as given instead, as prepared directories of earlier versions
+        recorded it (`muse_rec.data.prepare` accepts both).
+        """
         meta = self._meta
         chunks = []
         for i in range(meta.num_row_groups):
@@ -185,7 +197,8 @@ class ParquetPart:
                 stats = col.statistics.to_dict() if col.statistics is not None else None
                 chunks.append([rg.num_rows, col.data_page_offset, col.total_compressed_size, str(stats)])
         digest = hashlib.sha256(json.dumps([str(self._schema), chunks, meta.created_by]).encode())
-        out: Dict[str, object] = {"path": self.path, "rows": self.num_rows, "footer_sha256": digest.hexdigest()[:16]}
+        path = self.path if legacy else _inside(self.path, root)
+        out: Dict[str, object] = {"path": path, "rows": self.num_rows, "footer_sha256": digest.hexdigest()[:16]}
         local = self.path[len(FILE_URI_PREFIX):] if self.path.startswith(FILE_URI_PREFIX) else self.path
         if "://" not in local and os.path.exists(local):
             st = os.stat(local)
@@ -237,11 +250,12 @@ class RawTable:
     def num_rows(self) -> int:
         return sum(p.num_rows for p in self.parts)
 
-    def fingerprint(self) -> Dict[str, object]:
+    def fingerprint(self, root: str, legacy: bool = False) -> Dict[str, object]:
         """A part's fingerprint (`ParquetPart.fingerprint`), or for several parts all of theirs."""
         if len(self.parts) == 1:
-            return self.parts[0].fingerprint()
-        return {"path": self.path, "rows": self.num_rows, "parts": [p.fingerprint() for p in self.parts]}
+            return self.parts[0].fingerprint(root, legacy)
+        return {"path": self.path if legacy else _inside(self.path, root), "rows": self.num_rows,
+                "parts": [p.fingerprint(root, legacy) for p in self.parts]}
 
     def iter_batches(
         self, columns: Optional[Sequence[str]] = None, batch_rows: int = DEFAULT_BATCH_ROWS
@@ -299,8 +313,9 @@ class RawRelease:
     def __getitem__(self, name: str) -> RawTable:
         return self.tables[name]
 
-    def fingerprint(self) -> Dict[str, object]:
-        return {name: t.fingerprint() for name, t in self.tables.items()}
+    def fingerprint(self, legacy: bool = False) -> Dict[str, object]:
+        """Every table's `RawTable.fingerprint`: the release's content, wherever it lies."""
+        return {name: t.fingerprint(self.root, legacy) for name, t in self.tables.items()}
 
     def close(self) -> None:
         for t in self.tables.values():

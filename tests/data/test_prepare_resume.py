@@ -1,7 +1,9 @@
 """A failed run exposes nothing a loader would read; a re-run skips finished steps; changed input redoes them."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -83,13 +85,50 @@ def test_complete_output_is_not_recomputed_until_input_changes(raw: Path, tmp_pa
         p90 = P.prepare(str(raw), str(out), p90_cfg, overwrite=True)
     assert p90["fingerprint"] != first["fingerprint"]
     assert p90["vocab_sizes"]["item"] < first["vocab_sizes"]["item"]
-    # Touching an input (new mtime) changes the fingerprint, so it is recomputed.
+    # Touching an input (new mtime) changes the fingerprint, so it is recomputed: an edit in place
+    # may leave the footer as it was (one label of a row group).
     path = raw / "item_features.parquet"
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     with pytest.warns(UserWarning):
         again = P.prepare(str(raw), str(out), CFG, overwrite=True)
     assert again["fingerprint"] != first["fingerprint"]
+
+
+def test_the_same_release_under_another_path_is_the_same_input(raw: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fingerprint held the raw paths as spelled: `prepare raw OUT` after `prepare /abs/raw OUT`,
+    or the release moved, was "a different prepared dataset" (exit 2), and its prepared data refused
+    the checkpoints of the first. It now holds each file's place inside the release (with its size,
+    mtime and footer). What earlier versions recorded (the legacy fingerprint) still matches, so
+    their outputs are not prepared again."""
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning):
+        first = P.prepare(str(raw), str(out), CFG)
+
+    def no_reading(*a, **k):
+        raise AssertionError("the same input must not be read again")
+
+    moved = tmp_path / "elsewhere" / "raw moved"
+    moved.parent.mkdir()
+    os.symlink(raw, tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(RawTable, "iter_batches", no_reading)
+        for spelling in ("raw", "./raw/", str(tmp_path / "link"), f"file://{raw}"):
+            assert P.prepare(spelling, str(out), CFG) == first, spelling
+        shutil.move(str(raw), str(moved))  # mtimes kept
+        assert P.prepare(str(moved), str(out), CFG) == first
+
+    # An output of an earlier version, which recorded the legacy fingerprint, is this dataset.
+    meta = json.loads((out / "meta.json").read_text())
+    with P.RawRelease(str(moved)) as release:
+        meta["fingerprint"] = P._Prepare(release, str(out), CFG).legacy_fingerprint
+    assert meta["fingerprint"] != first["fingerprint"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    with monkeypatch.context() as m:
+        m.setattr(RawTable, "iter_batches", no_reading)
+        assert P.prepare(str(moved), str(out), CFG) == meta
 
 
 def test_bad_vocab_mode(raw: Path, tmp_path: Path) -> None:
