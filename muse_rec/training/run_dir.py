@@ -67,6 +67,25 @@ def move_aside(run_dir: Path) -> Path:
     return dest
 
 
+# What a run writes in its directory: checked before any step, so an unwritable one fails in one
+# line at the start, not as a traceback at the first checkpoint after the run record was rewritten.
+RUN_SUBDIRS = ("checkpoints", "tensorboard", "memory")
+RUN_FILES = ("spec.yaml", "run.json", "metrics.json", "predictions.parquet")
+
+
+def _check_writable(run_dir: Path) -> None:
+    """RunDirError naming the first place in ``run_dir`` this run could not write."""
+    for name in RUN_SUBDIRS:
+        p = run_dir / name
+        if p.exists() and not (p.is_dir() and os.access(p, os.W_OK | os.X_OK)):
+            raise RunDirError(f"{p}: not a writable directory (the run writes its {name} there); "
+                              "fix it or choose another output_dir")
+    for name in RUN_FILES:
+        p = run_dir / name
+        if p.exists() and (p.is_dir() or not os.access(p, os.W_OK)):
+            raise RunDirError(f"{p}: not a writable file (the run rewrites it); fix it or choose another output_dir")
+
+
 def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:
     lock = RunDirLock.acquire(run_dir)
     try:
@@ -79,6 +98,7 @@ def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:
                                   "or choose another output_dir")
             moved = move_aside(run_dir)
             print(f"muse-rec: --overwrite: moved the previous run in {run_dir} to {moved}", file=sys.stderr)
+        _check_writable(run_dir)
     except OSError as e:
         lock.release()
         raise RunDirError(f"{run_dir}: cannot move the previous run aside ({e})") from None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -199,6 +200,27 @@ def test_failed_resume_leaves_spec_and_run_record_untouched(trained, tmp_path):
     assert_bad_input(out, "step-00000002", "does not fit this model")
     assert "size" in out.stderr.lower() or "mismatch" in out.stderr.lower()
     assert snapshot(runs / "din") == before
+
+
+@pytest.mark.parametrize("blocked", ["checkpoints", "metrics.json"])
+def test_an_unwritable_place_in_the_run_dir_fails_before_training(trained, tmp_path, blocked):
+    """`checkpoints` as a file: the resume trained, rewrote spec.yaml and run.json, then failed at its
+    first save with a NotADirectoryError traceback. Now one line before any step, nothing changed."""
+    runs = trained.copy_run(tmp_path / "runs")
+    run = runs / "din"
+    if blocked == "checkpoints":
+        shutil.move(str(run / "checkpoints"), str(tmp_path / "kept"))
+        (run / "checkpoints").write_text("not a directory")
+    else:
+        (run / "metrics.json").unlink()
+        (run / "metrics.json").mkdir()
+    before = snapshot(run)
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu",
+              "--resume")
+    kind = "directory" if blocked == "checkpoints" else "file"
+    assert_bad_input(out, f"{run / blocked}: not a writable {kind}")
+    assert "training din" not in out.stderr
+    assert snapshot(run) == before
 
 
 def _read_back(command: str, trained, runs, ev):
