@@ -6,6 +6,7 @@ export / rank) and says nothing about the user's job; anything else still prints
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 _KNOWN = [
@@ -45,6 +46,13 @@ def quiet_known_warnings() -> None:
     # TorchRec logs its intra/cross-host process groups at WARNING on every rank of every run.
     logging.getLogger("torchrec.distributed.comm").addFilter(
         _DropMessages("TORCHREC_RESOLVED_POD_SIZE not set", "[Connection] intra_group", "[Connection] cross_group"))
+    # Two TorchRec messages logged on the root logger: its KJT note when `export --float` traces the
+    # unquantized model, and, in a single process (no torchrun), its fallback of the hosts' local
+    # world size to the world size of 1, which is then exact. With several processes it stays.
+    root = ["Trying to non-strict torch.export KJT to_dict"]
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        root.append("Could not determine LOCAL_WORLD_SIZE from environment")
+    logging.getLogger().addFilter(_DropMessages(*root))
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     # Loading an exported program: one line per unbacked size symbol (the data-dependent top-k and
     # history lengths) that the saved graph no longer names; ~20 per load, none actionable.

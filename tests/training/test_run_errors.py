@@ -60,6 +60,8 @@ def test_start_line_shows_the_epochs_clicks_and_a_bad_count_is_one_line(prepared
     # The demo profile is the few-clicks warning's advice, so it sets the warning off; the paper's
     # specs (specs/base.yaml: 20,000) warn on this tiny set, with the clicks of the whole epoch.
     assert "warn_below_clicks" not in out.stderr
+    # TorchRec's root-logger note that one process's local world size falls back to its world size (1).
+    assert "LOCAL_WORLD_SIZE" not in out.stderr, out.stderr[-2000:]
     out = run_ranks(train_args("specs/methods/din.yaml", prepared, tmp_path / "paper", ["train.eval_at_end=false"]),
                     nproc=1)
     assert f"this run trains on {split['positives']:,} clicks (64 samples per step, dense lr 0.0002), " \

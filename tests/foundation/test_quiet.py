@@ -1,0 +1,36 @@
+"""`quiet_known_warnings` drops the library messages a user can do nothing about, and only those."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, subprocess_env
+
+# A fresh interpreter: the filters are process-wide, and `logging.warning` on the root logger is how
+# TorchRec emits both messages (torchrec/distributed/comm.py, torchrec/sparse/jagged_tensor.py).
+_EMIT = """
+import logging, sys
+from muse_rec.quiet import quiet_known_warnings
+quiet_known_warnings()
+logging.warning("Could not determine LOCAL_WORLD_SIZE from environment, falling back to WORLD_SIZE.")
+logging.warning("Trying to non-strict torch.export KJT to_dict, which is extremely slow and not recommended!")
+logging.warning("a message of the user's job")
+"""
+
+
+@pytest.mark.parametrize("world_size,local_size_note", [(None, False), ("1", False), ("4", True)])
+def test_root_logger_notes_are_dropped_where_they_say_nothing(world_size, local_size_note):
+    """One process: falling back to a local world size of 1 is exact, so the note (printed on about
+    one run in three, before a bad input's one line too) goes; with several processes it may
+    matter, and stays. The KJT export note always goes; anything else stays."""
+    env = subprocess_env(**({"WORLD_SIZE": world_size} if world_size else {}))
+    if world_size is None:
+        env.pop("WORLD_SIZE", None)
+    out = subprocess.run([sys.executable, "-c", _EMIT], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert ("LOCAL_WORLD_SIZE" in out.stderr) == local_size_note, out.stderr
+    assert "non-strict torch.export KJT" not in out.stderr
+    assert "a message of the user's job" in out.stderr
