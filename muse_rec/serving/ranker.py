@@ -209,6 +209,10 @@ class Ranker:
         if scorer.manifest["vocab_sizes"] != dict(data.vocab_sizes):
             raise ValueError(f"{exported_dir} was exported with other vocabularies than {spec.data.prepared} "
                              "holds; serve it with the prepared data it was trained on")
+        method = scorer.manifest.get("method")
+        if method is not None and method != spec.model.method:  # the program is whole: the spec's model is unused
+            raise ValueError(f"{exported_dir} holds a {method} model (its manifest.json), the spec's model.method is "
+                             f"{spec.model.method}: pass the spec it was exported from")
         return cls(scorer, data, split or spec.data.eval_split, scorer.fixed_len if seq_len is None else seq_len, **kwargs)
 
     # ---- per user ---------------------------------------------------------------------------

@@ -185,6 +185,20 @@ def test_rank_cli(trained_run, reference, tmp_path):
     assert out[1]["known_user"] is False and out[1]["unknown_candidates"] == [1]
 
 
+def test_rank_cli_refuses_an_export_of_another_method(trained_run, tmp_path):
+    """A MUSE export ranked under the DIN spec (or the reverse) went through with exit 0 and no word:
+    the user believed they ranked with the spec's model. The manifest names the method."""
+    req = tmp_path / "req.json"
+    req.write_text('{"user": 1, "candidates": [2]}')
+    other = "specs/demo/din.yaml"
+    proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", "rank", "--spec", other, *trained_run.cli_sets(),
+                           "--request", str(req), "--exported", str(trained_run.exported)],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{trained_run.exported} holds a MUSE model (its manifest.json), the spec's model.method is DIN" \
+        in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("payload,match", [
     ("{not json", "not valid JSON"),
     ('{"user": 1, "candidates": []}', "empty"),
