@@ -246,9 +246,11 @@ class Spec:
 
 # Keys of a resolved spec that name or place a run, or change only what it logs, checks or
 # writes and how fast, never what it trains: two runs that differ only in them are the same
-# configuration (`training_settings`). A key names its whole subtree.
+# configuration (`training_settings`). A key names its whole subtree. `data.raw` is no key any more
+# (nothing read it); the spec.yaml of older runs still holds it.
 NON_TRAINING_KEYS = ("name", "output_dir", "data.vocab_sizes", "data.num_workers", "train.eval_batch_size",
-                     "train.log_every", "train.checkpoint_every", "train.check_floors", "train.warn_below_clicks")
+                     "train.log_every", "train.checkpoint_every", "train.check_floors", "train.warn_below_clicks",
+                     "data.raw")
 
 
 def training_settings(resolved: Dict[str, Any], leave_out: Sequence[str] = ()) -> Dict[str, Any]:

@@ -48,6 +48,19 @@ def test_runs_differing_only_in_what_they_log_or_where_they_live_are_one_setting
     assert "setting" not in capsys.readouterr().out
 
 
+def test_a_run_from_before_data_raw_was_dropped_is_the_same_setting(tmp_path):
+    """Runs made before 53eb75e hold `data.raw: null` in spec.yaml (a key nothing read): compare put
+    them in another row than the same settings' newer runs ("data.raw=null" vs "<absent>")."""
+    old = _run(tmp_path / "old", 0.66)
+    doc = yaml.safe_load((old / "spec.yaml").read_text())
+    doc["data"]["raw"] = None
+    (old / "spec.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    new = _run(tmp_path / "new", 0.68, ["train.seed=1"])
+    assert cli_main(["compare", str(old), str(new), "--no-floors", "--out", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
+    assert [(r["method"], r.get("setting"), r["seeds"]) for r in rows] == [("MUSE", None, 2)]
+
+
 def test_a_copied_run_directory_is_refused_not_counted_as_a_seed(tmp_path, capsys):
     a = _run(tmp_path / "a", 0.66)
     b = _run(tmp_path / "b", 0.68, ["train.seed=1"])
