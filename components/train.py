@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import torchx.specs as specs
 
-from muse_rec.launch import build_app, get_profile, split_overrides
+from muse_rec.launch import build_app, get_profile, preflight, split_overrides
 
 
 def train(
@@ -41,17 +41,27 @@ def train(
         profiles_file: another launch-profiles file instead of torchx.yaml
     """
     # Primitive arguments only (TorchX decodes the command line by the annotations).
-    p = get_profile(profile, profiles_file or None)
-    chosen = _scheduler_of_this_torchx_run(sys.argv)
-    if chosen is not None and chosen != p.scheduler:
-        print(
-            f"muse_rec: WARNING: profile {p.name!r} is meant for the {p.scheduler} scheduler, but this "
-            f"`torchx run` submits to {chosen} ({p.nodes} node(s) x {p.procs_per_node} process(es)); "
-            f"`muse-rec launch --profile {p.name}` uses the profile's scheduler and options",
-            file=sys.stderr,
-        )
-    return build_app(p, spec=spec, overrides=split_overrides(set), resume=resume, rdzv_port=rdzv_port,
-                     max_restarts=None if max_restarts < 0 else max_restarts)
+    chosen = _scheduler_of_this_torchx_run(sys.argv)  # None: not `torchx run` (`muse-rec launch`, a test)
+    try:
+        p = get_profile(profile, profiles_file or None)
+        if chosen is not None:
+            if chosen != p.scheduler:
+                print(
+                    f"muse_rec: WARNING: profile {p.name!r} is meant for the {p.scheduler} scheduler, but this "
+                    f"`torchx run` submits to {chosen} ({p.nodes} node(s) x {p.procs_per_node} process(es)); "
+                    f"`muse-rec launch --profile {p.name}` uses the profile's scheduler and options",
+                    file=sys.stderr,
+                )
+            # As `muse-rec launch` does: a bad spec, override or used run directory fails here, in one
+            # line, not on every rank once the job runs.
+            preflight(p, chosen, spec, split_overrides(set), resume)
+        return build_app(p, spec=spec, overrides=split_overrides(set), resume=resume, rdzv_port=rdzv_port,
+                         max_restarts=None if max_restarts < 0 else max_restarts)
+    except ValueError as e:  # ProfileError, SpecError, RunDirError: the user's input
+        if chosen is None:
+            raise
+        print(f"muse_rec: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _scheduler_of_this_torchx_run(argv: List[str]) -> Optional[str]:

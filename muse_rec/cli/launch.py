@@ -40,14 +40,15 @@ def run(args: argparse.Namespace) -> int:
     from torchx.runner import get_runner
     from torchx.specs import AppState
 
-    from muse_rec.launch import ProfileError, build_app, get_profile, scheduler_cfg
-    from muse_rec.spec import SpecError, load_spec
+    from muse_rec.launch import ProfileError, build_app, get_profile, preflight, scheduler_cfg
+    from muse_rec.spec import SpecError
 
     try:
         profile = get_profile(args.profile, args.profiles_file or None)
         profile.scheduler_args.update(_pairs(args.scheduler_arg, "--scheduler-arg"))
         spec = args.spec or profile.spec
-        load_spec(spec, args.set)  # a bad spec or override fails here, not on every rank later
+        # A bad spec, override or used run directory fails here, not on every rank later.
+        preflight(profile, profile.scheduler, spec, args.set, args.resume)
         app = build_app(profile, spec=spec, overrides=args.set, resume=args.resume, rdzv_port=args.rdzv_port)
     except (ProfileError, SpecError, ValueError) as e:
         print(f"muse-rec launch: {e}", file=sys.stderr)

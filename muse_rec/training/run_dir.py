@@ -23,8 +23,6 @@ import uuid
 from pathlib import Path
 from typing import List, Optional
 
-import torch.distributed as dist
-
 from muse_rec.dirlock import LOCK_FILE, DirLock, DirLockError
 
 
@@ -51,6 +49,13 @@ def previous_contents(run_dir: Path) -> List[str]:
     if not run_dir.is_dir():
         return []
     return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+
+
+def used_run_dir_message(run_dir: Path, used: List[str]) -> str:
+    """Why a fresh run into ``run_dir`` (holding ``used``) is refused, and what to do instead."""
+    shown = ", ".join(used[:6]) + (", ..." if len(used) > 6 else "")
+    return (f"{run_dir}: already holds a run ({shown}); continue it with --resume, start over with --overwrite "
+            "(moves it to a sibling .old-<time> directory) or choose another output_dir")
 
 
 def move_aside(run_dir: Path) -> Path:
@@ -92,10 +97,7 @@ def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:
         used = previous_contents(run_dir)
         if used and not resume:  # (resume wins over overwrite: see claim_run_dir)
             if not overwrite:
-                shown = ", ".join(used[:6]) + (", ..." if len(used) > 6 else "")
-                raise RunDirError(f"{run_dir}: already holds a run ({shown}); continue it with --resume, "
-                                  "start over with --overwrite (moves it to a sibling .old-<time> directory) "
-                                  "or choose another output_dir")
+                raise RunDirError(used_run_dir_message(run_dir, used))
             moved = move_aside(run_dir)
             print(f"muse-rec: --overwrite: moved the previous run in {run_dir} to {moved}", file=sys.stderr)
         _check_writable(run_dir)
@@ -123,6 +125,8 @@ def claim_run_dir(run_dir: Path, is_main: bool, resume: bool, overwrite: bool) -
             lock = _claim_on_main(run_dir, resume, overwrite)
         except RunDirError as e:
             err = str(e)
+    import torch.distributed as dist  # here: `muse-rec launch` checks a run directory without torch
+
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [err]
         dist.broadcast_object_list(box, src=0)

@@ -91,6 +91,36 @@ def test_torchx_run_keeps_working_and_warns_on_another_scheduler():
             in out.stderr)
 
 
+def test_bad_requests_and_a_used_run_dir_are_refused_before_submitting(tmp_path):
+    """`torchx run` printed a ProfileError traceback (exit 1) for an unknown profile, and submitted a
+    bad --set or a fresh run into a used run directory, which then failed on every rank (torchrun's
+    traceback, exit 1). Both entry points now refuse them in one line, exit 2, before submitting."""
+    used = tmp_path / "runs" / "din"
+    used.mkdir(parents=True)
+    (used / "spec.yaml").write_text("a previous run")
+    into_used = f"output_dir={tmp_path}/runs/{{name}}"
+
+    def torchx_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([venv_bin("torchx"), "--log_level", "WARNING", "run", "-s", "local_cwd",
+                               "components/train.py:train", *args], capture_output=True, text=True, cwd=REPO,
+                              env=subprocess_env(), timeout=120)
+
+    for out, words in (
+            (torchx_run("--profile", "nope"), "no profile 'nope'"),
+            (torchx_run("--profile", "cpu-demo", "--set", "train.bogus=1"), "train.bogus: unknown key"),
+            (torchx_run("--profile", "cpu-demo", "--spec", "specs/demo/din.yaml", "--set", into_used),
+             f"{used}: already holds a run (spec.yaml); continue it with --resume"),
+            (launch("--profile", "cpu-demo", "--spec", "specs/demo/din.yaml", "--set", into_used),
+             f"{used}: already holds a run (spec.yaml)")):
+        assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+        assert words in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert sorted(p.name for p in used.iterdir()) == ["spec.yaml"]
+    # --resume continues the run there: not refused (dry run: nothing submitted).
+    out = launch("--profile", "cpu-demo", "--spec", "specs/demo/din.yaml", "--set", into_used, "--resume", "--dryrun")
+    assert out.returncode == 0, out.stderr
+
+
 def test_a_profile_with_a_port_out_of_range_is_named(tmp_path):
     from muse_rec.launch import ProfileError, load_profiles
 
