@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -311,7 +312,13 @@ def load_checkpoint(
         optimizer.load_state_dict(full_osd)
     rng = Path(path) / f"rng-{_rank()}.pt"
     if rng.exists() and position.world_size == (dist.get_world_size() if dist.is_initialized() else 1):
-        torch.set_rng_state(torch.load(rng, weights_only=True))
+        try:
+            state = torch.load(rng, weights_only=True)
+            if not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.dim() == 1):
+                raise TypeError(f"expected a 1-D uint8 tensor, got {type(state).__name__}")
+            torch.set_rng_state(state)
+        except (RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as e:
+            raise CheckpointError(f"{rng}: not a torch RNG state ({_one_line(e)})") from None
     return position
 
 

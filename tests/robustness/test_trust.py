@@ -14,7 +14,7 @@ import pytest
 
 from muse_rec.integrity import MANIFEST, IntegrityError, read_digest, verify, write_manifest
 from tests.conftest import REPO, subprocess_env
-from tests.robustness.conftest import SPEC, assert_bad_input, cli
+from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets, snapshot
 
 
 class _Payload:
@@ -67,6 +67,23 @@ def test_forged_manifest_is_caught_by_the_pinned_digest(trained, tmp_path):
               "--expect-sha256", pinned)
     assert_bad_input(out, str(evil), f"is not the expected {pinned}")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("rng_state", ["a dict", "a tensor of another size"])
+def test_a_sealed_checkpoint_with_a_foreign_rng_state_is_one_line(trained, tmp_path, rng_state):
+    """A checkpoint whose manifest verifies (re-sealed) but whose rng-0.pt is no torch RNG state:
+    `train --resume` ended in torch.set_rng_state's TypeError / RuntimeError traceback."""
+    import torch
+
+    runs = trained.copy_run(tmp_path / "runs")
+    ck = sorted((runs / "din" / "checkpoints").iterdir())[-1]
+    torch.save({"not": "a state"} if rng_state == "a dict" else torch.zeros(7, dtype=torch.uint8), ck / "rng-0.pt")
+    write_manifest(ck)
+    before = snapshot(runs / "din")
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu",
+              "--resume")
+    assert_bad_input(out, f"{ck / 'rng-0.pt'}: not a torch RNG state")
+    assert snapshot(runs / "din") == before
 
 
 def test_checkpoint_without_manifest_is_refused(trained, tmp_path):
