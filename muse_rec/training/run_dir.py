@@ -74,21 +74,23 @@ def move_aside(run_dir: Path) -> Path:
 
 # What a run writes in its directory: checked before any step, so an unwritable one fails in one
 # line at the start, not as a traceback at the first checkpoint after the run record was rewritten.
-RUN_SUBDIRS = ("checkpoints", "tensorboard", "memory")
-RUN_FILES = ("spec.yaml", "run.json", "metrics.json", "predictions.parquet")
+RUN_SUBDIRS = ("checkpoints", "tensorboard", "memory", "predictions.parquet")  # predictions: a part per rank
+RUN_FILES = ("spec.yaml", "run.json")  # rewritten in place (metrics.json is replaced: the directory's write)
 
 
 def _check_writable(run_dir: Path) -> None:
     """RunDirError naming the first place in ``run_dir`` this run could not write."""
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise RunDirError(f"{run_dir}: not a writable directory; fix it or choose another output_dir")
     for name in RUN_SUBDIRS:
         p = run_dir / name
         if p.exists() and not (p.is_dir() and os.access(p, os.W_OK | os.X_OK)):
             raise RunDirError(f"{p}: not a writable directory (the run writes its {name} there); "
                               "fix it or choose another output_dir")
-    for name in RUN_FILES:
+    for name in RUN_FILES + ("metrics.json",):
         p = run_dir / name
-        if p.exists() and (p.is_dir() or not os.access(p, os.W_OK)):
-            raise RunDirError(f"{p}: not a writable file (the run rewrites it); fix it or choose another output_dir")
+        if p.is_dir() or (name in RUN_FILES and p.exists() and not os.access(p, os.W_OK)):
+            raise RunDirError(f"{p}: not a writable file (the run writes it); fix it or choose another output_dir")
 
 
 def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:

@@ -223,6 +223,19 @@ def test_an_unwritable_place_in_the_run_dir_fails_before_training(trained, tmp_p
     assert snapshot(run) == before
 
 
+def test_a_run_that_has_evaluated_resumes(trained, tmp_path):
+    """Its predictions.parquet is a directory (a part per rank): the writability check first took it
+    for a file and refused every resume of an evaluated run, re-evaluation and reproduce's included."""
+    runs = trained.copy_run(tmp_path / "runs")
+    for steps in (3, 4):
+        out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, [f"train.max_steps={steps}",
+                                                                           "train.eval_at_end=true"]),
+                  "--device", "cpu", "--resume")
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert (runs / "din" / "predictions.parquet").is_dir()
+    assert json.loads((runs / "din" / "metrics.json").read_text())["steps"] == 4
+
+
 def _read_back(command: str, trained, runs, ev):
     """The two commands that read a run directory back: `train --resume` and `evaluate`."""
     if command == "resume":
