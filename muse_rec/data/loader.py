@@ -54,7 +54,7 @@ class PreparedBatches(IterableDataset):
         self.rank, self.world_size, self.shuffle_seed = rank, world_size, shuffle_seed
         self.num_samples = self.data.num_samples(split)
         self.global_batches = -(-self.num_samples // batch_size)
-        self.batches_per_rank = -(-self.global_batches // world_size)
+        self.batches_per_rank = steps_per_epoch(self.num_samples, batch_size, world_size)
         if not 0 <= start_batch <= self.batches_per_rank:
             raise ValueError(f"start_batch {start_batch} not in [0, {self.batches_per_rank}]")
         self.start_batch = start_batch
@@ -94,8 +94,7 @@ class PreparedBatches(IterableDataset):
         contiguous = n > 0 and int(idx[-1]) - int(idx[0]) + 1 == n and bool(np.all(np.diff(idx) == 1))
         a = BatchArrays.zeros(B, L)
         if n:
-            labels = self._take("labels", idx, contiguous)
-            a.labels[:n] = self.data.in_range(f"{self.split}/labels.npy", labels, 2, "label")
+            a.labels[:n] = self.data.labels(self.split, self._index(idx, contiguous))
             a.weights[:n] = 1.0
             a.user_keys[:n] = self._take("sample_user_keys", idx, contiguous)
             a.item_keys[:n] = self._take("sample_item_keys", idx, contiguous)
@@ -253,6 +252,13 @@ def samples_in_step(step_in_epoch: int, batch_size: int, world_size: int, num_sa
     one partial batch to another step; the epoch's total is the same."""
     per_step = batch_size * world_size
     return max(0, min(per_step, num_samples - step_in_epoch * per_step))
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
+    """Steps of one epoch: every rank's batch count, the global batches ``ceil(N / B)`` dealt round
+    robin over ``W`` ranks (the last step's missing batches are padding)."""
+    global_batches = -(-num_samples // batch_size)
+    return -(-global_batches // world_size)
 
 
 def resume_batch(batch_in_epoch: int, saved_batch_size: int, saved_world_size: int, batch_size: int,

@@ -28,7 +28,7 @@ import torch
 import yaml
 from fbgemm_gpu.split_embedding_configs import SparseType
 
-from muse_rec.data.loader import make_loader, resume_batch, samples_in_step
+from muse_rec.data.loader import make_loader, resume_batch, samples_in_step, steps_per_epoch
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
@@ -169,7 +169,6 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         raise RunError(f"data.prepared = {spec.data.prepared!r}: split {spec.data.train_split!r} has no samples")
     # Shown at the start: at a fixed lr, how far one epoch gets follows its clicks (docs/accuracy.md).
     split_samples, train_clicks = data.num_samples(spec.data.train_split), data.num_positives(spec.data.train_split)
-    total_steps = t.epochs * train_loader_len if not t.max_steps else min(t.max_steps, t.epochs * train_loader_len)
 
     dmp, optimizer, skip = build_sharded(spec, data, env)
     # Measured now, written with the results: a run that stops early (e.g. a refused resume)
@@ -190,6 +189,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             position = load_checkpoint(ck, dmp, optimizer, skip=skip)
             logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)",
                         ck, position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
+            saved_len = steps_per_epoch(split_samples, position.batch_size or t.batch_size, position.world_size)
+            if position.batch_in_epoch == saved_len:  # saved on an epoch's last step before this version moved on
+                position.epoch, position.batch_in_epoch = position.epoch + 1, 0
             try:  # the checkpoint's place in its epoch, in this run's steps
                 position.batch_in_epoch = resume_batch(position.batch_in_epoch, position.batch_size,
                                                        position.world_size, t.batch_size, env.world_size)
@@ -200,6 +202,11 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                                f"{train_loader_len} batches; resume with the batch size and data it was trained with")
             position.world_size, position.batch_size = env.world_size, t.batch_size
             position.run_id, position.data_fingerprint = run_id, data.fingerprint
+    # The run ends after train.epochs epochs (or train.max_steps steps): counted from where it stands, as
+    # a resume on another number of ranks has steps of another size behind it.
+    total_steps = position.step + max(0, (t.epochs - position.epoch) * train_loader_len - position.batch_in_epoch)
+    if t.max_steps:
+        total_steps = min(t.max_steps, total_steps)
     if env.is_main:
         # Only now, with the checkpoint loaded, does the run record describe this run.
         (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
@@ -261,6 +268,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             position.step += 1
             position.batch_in_epoch += 1
             position.samples_seen += samples
+            if position.batch_in_epoch >= train_loader_len:  # the epoch is done: a checkpoint now starts the next
+                position.epoch += 1
+                position.batch_in_epoch = 0
             step_seconds = time.perf_counter() - step_start
             train_seconds += step_seconds
             if position.train_seconds is not None:
@@ -281,9 +291,6 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                 logger.warning("%s: rank %d kills itself with SIGKILL after step %d", KILL_ENV, env.rank, kill_step)
                 os.kill(os.getpid(), signal.SIGKILL)
         _detach(pipeline)
-        if position.batch_in_epoch >= train_loader_len:
-            position.epoch += 1
-            position.batch_in_epoch = 0
     progress.close()
     _checked_loss(monitor, position.step, env)  # never save a checkpoint after a non-finite loss
     if not finished:  # else the checkpoint it resumed from is this state already

@@ -110,3 +110,43 @@ def test_resume_continues_the_epoch_on_other_ranks_and_refuses_another_batch_siz
     assert out.returncode == 0, out.stderr[-3000:]
     assert {k: position()[k] for k in ("step", "batch_in_epoch", "world_size")} == \
         {"step": 5, "batch_in_epoch": 3, "world_size": 2}
+
+
+def test_a_checkpoint_at_an_epochs_end_resumes_on_other_ranks(prepared, tmp_path):
+    """A `checkpoint_every` save on an epoch's last step recorded (epoch e, batch len(loader)), the
+    epoch not yet rolled over: on other ranks that read as more global batches than the epoch has
+    (45 at batch 100 on this set, 46 "done" from 23 steps of 2 ranks) and the resume was refused.
+    Such a save is now (e + 1, 0); one written before this version is read the same way."""
+    import shutil
+
+    from muse_rec.integrity import write_manifest
+
+    spec, run = "specs/demo/din.yaml", tmp_path / "din"
+    common = ["train.batch_size=100", "train.epochs=2", "train.eval_at_end=false"]
+    run_ranks(train_args(spec, prepared, tmp_path, [*common, "train.checkpoint_every=45", "train.max_steps=46"]),
+              nproc=1)
+    ck = run / "checkpoints" / "step-00000045"
+    pos = json.loads((ck / "position.json").read_text())
+    assert (pos["epoch"], pos["batch_in_epoch"]) == (1, 0), pos
+    shutil.rmtree(run / "checkpoints" / "step-00000046")
+    saved = tmp_path / "step-45"
+    shutil.copytree(ck, saved)
+    for legacy in (False, True):
+        if legacy:  # as the previous version wrote it
+            shutil.rmtree(run / "checkpoints")
+            (run / "checkpoints").mkdir()
+            shutil.copytree(saved, ck)
+            (ck / "position.json").write_text(json.dumps({**pos, "epoch": 0, "batch_in_epoch": 45, "batch_size": 0}))
+            write_manifest(ck)
+        out = run_ranks(train_args(spec, prepared, tmp_path, [*common, "train.max_steps=47"]) + ["--resume"], nproc=2,
+                        check=False)
+        assert out.returncode == 0, out.stderr[-3000:]
+        last = json.loads((run / "checkpoints" / "step-00000047" / "position.json").read_text())
+        assert {k: last[k] for k in ("step", "epoch", "batch_in_epoch", "world_size")} == \
+            {"step": 47, "epoch": 1, "batch_in_epoch": 2, "world_size": 2}, (legacy, last)
+    # Without max_steps the run ends with its epochs, whatever the steps behind it were worth: the
+    # second epoch's 23 steps of 2 ranks (steps 45-68), not 2 x 23 = 46 steps in all.
+    out = run_ranks(train_args(spec, prepared, tmp_path, common) + ["--resume"], nproc=2, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = json.loads((run / "checkpoints" / "step-00000068" / "position.json").read_text())
+    assert (last["epoch"], last["batch_in_epoch"]) == (2, 0), last
