@@ -81,14 +81,17 @@ def _claim_lines(verdicts: Sequence[Verdict]) -> str:
     return "\n".join(f"- {v.sentence}" for v in verdicts)
 
 
-def run_floors(metrics: RunMetrics) -> Optional[Dict]:
-    """The model-free floors the runs recorded (``train.check_floors``; every run of a plan
-    trains on one data set, so the first run's are everyone's); None when no run has them."""
-    for by_seed in metrics.values():
+def run_floors(metrics: RunMetrics) -> Dict[str, Dict]:
+    """Per configuration, the model-free floors its runs recorded (``train.check_floors``). Each run
+    computes them at its own ``data.seq_len``, so configurations at other lengths (Fig. 5) have other
+    floors. Configurations whose runs recorded none are left out."""
+    out: Dict[str, Dict] = {}
+    for cfg, by_seed in metrics.items():
         for m in by_seed.values():
             if m.get("floors") and any(f.get("gauc") is not None for f in m["floors"].values()):
-                return m["floors"]
-    return None
+                out[cfg] = m["floors"]
+                break
+    return out
 
 
 def _best_floor(floors: Dict) -> tuple:
@@ -107,29 +110,42 @@ def _floor_rows(floors: Dict, ref: Stats, width: int) -> List[List[str]]:
     return rows
 
 
-def floors_section(floors: Dict, plan: Plan, metrics: RunMetrics) -> str:
-    """The floors, and every configuration whose mean GAUC over seeds is below the best one."""
-    name, best = _best_floor(floors)
-    rows = [[f"`{k}`", f.get("description", k), _fmt(f.get("gauc")), _fmt(f.get("auc")), _fmt(f.get("logloss"))]
-            for k, f in floors.items()]
-    below = []
+def floors_section(floors: Dict[str, Dict], plan: Plan, metrics: RunMetrics) -> str:
+    """The floors (`run_floors`), and every configuration whose mean GAUC over seeds is below its own
+    best one; one table per set of floors when configurations recorded different ones."""
+    groups: Dict[str, List[str]] = {}
     for cfg in dict.fromkeys(r.config.id for r in plan.runs):
-        s = metric_stats(metrics, cfg)
-        if s.mean is not None and s.mean < best["gauc"]:
-            below.append(f"`{cfg}` ({s.mean:.4f})")
-    verdict = (f"**Below the best floor** ({best.get('description', name)}, GAUC {best['gauc']:.4f}): "
-               f"{', '.join(below)}. A score without training ranks better than these: check their learning rates "
-               "and number of steps (an ID-only method may also simply lack the SCL signal the floors use)."
-               if below else
-               f"Every configuration is above the best floor ({best.get('description', name)}, GAUC {best['gauc']:.4f}).")
-    return "\n".join(["## Model-free floors", "",
-                      "Scores computed without training (`muse-rec baselines`, docs/metrics.md) on the same evaluation "
-                      "split, with the same exact metrics; logloss `-` where the score is not a probability.", "",
-                      _md_table(["floor", "what", "GAUC", "AUC", "logloss"], rows), "", verdict, ""])
+        if cfg in floors:
+            groups.setdefault(json.dumps(floors[cfg], sort_keys=True), []).append(cfg)
+    md = ["## Model-free floors", "",
+          "Scores computed without training (`muse-rec baselines`, docs/metrics.md) on the same evaluation "
+          "split, with the same exact metrics; logloss `-` where the score is not a probability."
+          + (" Each run computes them at its own `data.seq_len`: one table per set of floors." if len(groups) > 1
+             else ""), ""]
+    for cfgs in groups.values():
+        own = floors[cfgs[0]]
+        name, best = _best_floor(own)
+        if len(groups) > 1:
+            md += [f"### The floors of {', '.join(f'`{c}`' for c in cfgs)}", ""]
+        rows = [[f"`{k}`", f.get("description", k), _fmt(f.get("gauc")), _fmt(f.get("auc")), _fmt(f.get("logloss"))]
+                for k, f in own.items()]
+        below = []
+        for cfg in cfgs:
+            s = metric_stats(metrics, cfg)
+            if s.mean is not None and s.mean < best["gauc"]:
+                below.append(f"`{cfg}` ({s.mean:.4f})")
+        which = "Every configuration" if len(groups) == 1 else "Each of these"
+        verdict = (f"**Below the best floor** ({best.get('description', name)}, GAUC {best['gauc']:.4f}): "
+                   f"{', '.join(below)}. A score without training ranks better than these: check their learning "
+                   "rates and number of steps (an ID-only method may also simply lack the SCL signal the floors use)."
+                   if below else
+                   f"{which} is above the best floor ({best.get('description', name)}, GAUC {best['gauc']:.4f}).")
+        md += [_md_table(["floor", "what", "GAUC", "AUC", "logloss"], rows), "", verdict, ""]
+    return "\n".join(md)
 
 
 def table_section(table: PaperTable, plan: Plan, metrics: RunMetrics, out: Path,
-                  min_z: float = DEFAULT_MIN_Z, floors: Optional[Dict] = None) -> tuple:
+                  min_z: float = DEFAULT_MIN_Z, floors: Optional[Dict[str, Dict]] = None) -> tuple:
     """Markdown of one paper table (+ the model-free floors as rows) + its verdicts + its figure."""
     stats = {r.label: metric_stats(metrics, plan.config_of(table.key, r.label)) for r in table.rows}
     paper = {r.label: r.paper_gauc for r in table.rows}
@@ -145,8 +161,9 @@ def table_section(table: PaperTable, plan: Plan, metrics: RunMetrics, out: Path,
                      _fmt(auc.mean), _fmt(ll.mean), str(s.n), f"`{cfg}`"])
     header = ["row", "paper GAUC", f"paper Δ vs {table.reference}", "our GAUC (mean ± std)",
               f"our Δ vs {table.reference}", "our AUC", "our logloss", "seeds", "runs"]
-    if floors:
-        rows += _floor_rows(floors, ref, len(header))
+    own = (floors or {}).get(plan.config_of(table.key, table.reference))  # the reference row's (its seq_len)
+    if own:
+        rows += _floor_rows(own, ref, len(header))
     verdicts = [evaluate_claim(c, stats, paper, min_z) for c in table.claims]
     fig = plots.plot_table(table, stats, out / f"{table.key}.png")
     md = [f"## {table.title}", "", f"Paper: {table.paper_setting}.", "", _md_table(header, rows), ""]

@@ -151,3 +151,48 @@ def test_real_data_report_drops_the_synthetic_caveats(tmp_path: Path):
     write_fake_runs(tmp_path, plan)
     md = write_report(plan, load_metrics(tmp_path, plan), tmp_path, synthetic=False).markdown
     assert "planted" not in md and "MISS** is approximated" in md
+
+
+def _floors(best: float) -> Dict:
+    return {"popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.52, "auc": 0.53,
+                           "logloss": 0.41},
+            "mean_topk_similarity": {"description": "mean of the top-50 SCL cosines", "gauc": best, "auc": best,
+                                     "logloss": None}}
+
+
+def test_each_configuration_is_held_to_the_floors_of_its_own_sequence_length(tmp_path):
+    """Runs compute their floors at their own data.seq_len (best 0.5453 at 50, 0.5742 at 200 on the tiny
+    set). The report held every configuration to the first run's floors: with fig5 alone that was
+    muse_len50's, so N=200, N=1000 and DIN at 0.550-0.566 read "above the best floor" (0.5453)."""
+    plan = build_plan(("fig5",), seeds=2, fig5_lengths=LENGTHS)
+    gauc = {"muse_len50": 0.55, "muse_len200": 0.56, "muse": 0.565, "din": 0.55}
+    for run in plan.runs:
+        cfg = run.config.id
+        m = {"method": cfg, "gauc": gauc[cfg] + 0.001 * run.seed, "auc": 0.6, "logloss": 0.4,
+             "floors": _floors(0.5453 if cfg == "muse_len50" else 0.5742)}
+        d = tmp_path / "runs" / run.name
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(m))
+    md = write_report(plan, load_metrics(tmp_path, plan), tmp_path).markdown
+    section = md[md.index("## Model-free floors"):]
+    section = section[:section.index("\n## ", 5)]
+    assert "### The floors of `muse_len50`" in section and "### The floors of `muse_len200`, `muse`, `din`" in section
+    assert "Each of these is above the best floor (mean of the top-50 SCL cosines, GAUC 0.5453)" in section
+    assert ("**Below the best floor** (mean of the top-50 SCL cosines, GAUC 0.5742): `muse_len200` (0.5605), "
+            "`muse` (0.5655), `din` (0.5505)") in section
+    assert "Every configuration is above" not in section
+
+
+def test_one_set_of_floors_is_one_table_and_the_paper_tables_show_it(tmp_path):
+    plan = build_plan(("table5",), seeds=2)
+    for run in plan.runs:
+        m = {"method": run.config.id, "gauc": GAUC[run.config.id], "auc": 0.6, "logloss": 0.4,
+             "floors": _floors(0.545)}
+        d = tmp_path / "runs" / run.name
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(m))
+    md = write_report(plan, load_metrics(tmp_path, plan), tmp_path).markdown
+    section = md[md.index("## Model-free floors"):]
+    assert "###" not in section[:section.index("\n## ", 5)]
+    assert "**Below the best floor** (mean of the top-50 SCL cosines, GAUC 0.5450): `sim_hard` (0.5400)" in section
+    assert "| floor: mean of the top-50 SCL cosines | - | - | 0.5450 (model-free) |" in md
