@@ -144,7 +144,9 @@ def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
         groups.setdefault((r["method"], r.get("setting", "")), []).append(r)
     rows = []
     for (method, setting), rs in groups.items():
-        row: Dict = {"method": method, **({"setting": setting} if setting else {}), "seeds": len(rs)}
+        # Seeds that measured the GAUC: a run whose GAUC is undefined (null) adds no sample to it.
+        row: Dict = {"method": method, **({"setting": setting} if setting else {}),
+                     "seeds": sum(r.get("gauc") is not None for r in rs)}
         for k in METRICS:
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
@@ -256,12 +258,14 @@ def run(args: argparse.Namespace) -> int:
     for r in model_rows:
         if base is None or r is base or "gauc" not in r:
             continue
-        stds = [s for s in (r.get("gauc_std"), base.get("gauc_std")) if s is not None]
+        measured = [(x, x["gauc_std"]) for x in (r, base) if x.get("gauc_std") is not None]
         margin = r["gauc"] - base["gauc"]
-        if stds:
-            spread = max(stds)
-            verdicts.append(f"{_name(r)} - {_name(base)}: {margin:+.4f} GAUC; seed-to-seed spread (std, "
-                            f"{min(r['seeds'], base['seeds'])}+ seeds) {spread:.4f}; margin = {margin / max(spread, 1e-12):.1f} x spread")
+        if measured:
+            spread = max(std for _, std in measured)
+            whose = (f"{r['seeds']} and {base['seeds']} seeds" if len(measured) == 2 else
+                     f"{_name(measured[0][0])}'s, {measured[0][0]['seeds']} seeds; the other has one")
+            verdicts.append(f"{_name(r)} - {_name(base)}: {margin:+.4f} GAUC; seed-to-seed spread (std, {whose}) "
+                            f"{spread:.4f}; margin = {margin / max(spread, 1e-12):.1f} x spread")
         else:
             verdicts.append(f"{_name(r)} - {_name(base)}: {margin:+.4f} GAUC (one seed each: no spread measured)")
     if floors:

@@ -110,3 +110,21 @@ def test_settings_that_agree_on_the_first_differing_keys_stay_apart(tmp_path):
     assert [r["seeds"] for r in rows] == [1, 1, 1], rows
     assert rows[2]["setting"] == ("data.seq_len=500, model.gsu.top_k=20, train.batch_size=250, "
                                   "train.dense_optimizer.lr=0.001")
+
+
+def test_a_run_without_a_gauc_is_no_seed_and_the_spread_says_whose_it_is(tmp_path, capsys):
+    """DIN with one GAUC and one null (a split where it is undefined) read "seeds 2", and the verdict
+    said "spread (std, 2+ seeds)" for a spread that was MUSE's alone."""
+    def fake(d: Path, method: str, gauc) -> Path:
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"method": method, "gauc": gauc, "auc": 0.6, "logloss": 0.4}))
+        return d
+
+    runs = [fake(tmp_path / f"m{i}", "MUSE", g) for i, g in enumerate((0.60, 0.62, 0.67))]
+    runs += [fake(tmp_path / "d1", "DIN", 0.58), fake(tmp_path / "d2", "DIN", None)]
+    assert cli_main(["compare", *map(str, runs), "--no-floors", "--baseline", "DIN",
+                     "--out", str(tmp_path / "cmp")]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "cmp.json").read_text())["rows"]}
+    assert (rows["MUSE"]["seeds"], rows["DIN"]["seeds"]) == (3, 1)
+    out = capsys.readouterr().out
+    assert "MUSE - DIN: +0.0500 GAUC; seed-to-seed spread (std, MUSE's, 3 seeds; the other has one) 0.0361" in out
