@@ -74,21 +74,21 @@ def compute_metrics(
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
     n = scores.shape[0]
-    check_scores_labels(scores, labels)
     optional = {"seq_lengths": seq_lengths, "item_popularity": item_popularity, "weights": weights}
-    for name, col in [("user_keys", user_keys)] + list(optional.items()):
+    for name, col in [("user_keys", user_keys), ("labels", labels)] + list(optional.items()):
         if col is not None and np.shape(col) != (n,):
             raise ValueError(f"{name} has shape {np.shape(col)}, expected ({n},) like scores")
-    if n and (scores.min() < 0.0 or scores.max() > 1.0):
-        raise ValueError(
-            f"scores must be probabilities in [0, 1], found range [{scores.min()}, {scores.max()}]; "
-            "pass sigmoid(logits)"
-        )
-    if weights is not None:
+    if weights is not None:  # first: a padding row holds no real score or label to check
         keep = real_sample_mask(weights)
         user_keys, labels, scores = user_keys[keep], labels[keep], scores[keep]
         seq_lengths = None if seq_lengths is None else np.asarray(seq_lengths)[keep]
         item_popularity = None if item_popularity is None else np.asarray(item_popularity)[keep]
+    check_scores_labels(scores, labels)
+    if scores.size and (scores.min() < 0.0 or scores.max() > 1.0):
+        raise ValueError(
+            f"scores must be probabilities in [0, 1], found range [{scores.min()}, {scores.max()}]; "
+            "pass sigmoid(logits)"
+        )
 
     score_rank, n_scores = dense_rank(scores)
     order = canonical_order(user_keys, scores, labels, score_rank)

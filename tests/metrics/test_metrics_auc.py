@@ -120,6 +120,15 @@ def test_bad_input_is_a_clear_error(kwargs, message):
         compute_metrics(**args)
 
 
+@pytest.mark.parametrize("pad_score,pad_label", [(np.nan, 0), (0.5, -1), (7.0, 1)])
+def test_padding_rows_are_dropped_before_they_are_checked(pad_score, pad_label):
+    """The docstring says weight-0 rows are dropped first; they were checked first (a NaN, a label -1
+    or a score of 7 in a padding row was a ValueError), unlike `PredictionAccumulator.update`."""
+    out = compute_metrics(np.array([1, 1, 1]), np.array([1, 0, pad_label]), np.array([0.9, 0.5, pad_score]),
+                          weights=np.array([1, 1, 0]))
+    assert out["gauc"] == out["auc"] == 1.0 and out["samples"] == 2
+
+
 def test_canonical_order_packed_key_equals_lexsort(monkeypatch):
     import muse_rec.metrics.kernels as kernels
 
