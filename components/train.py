@@ -54,7 +54,7 @@ def train(
                 )
             # As `muse-rec launch` does: a bad spec, override or used run directory fails here, in one
             # line, not on every rank once the job runs.
-            preflight(p, chosen, spec, split_overrides(set), resume)
+            preflight(p, chosen, spec, split_overrides(set), resume, resume_flag="--resume True")
         return build_app(p, spec=spec, overrides=split_overrides(set), resume=resume, rdzv_port=rdzv_port,
                          max_restarts=None if max_restarts < 0 else max_restarts)
     except ValueError as e:  # ProfileError, SpecError, RunDirError: the user's input

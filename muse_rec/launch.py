@@ -158,11 +158,12 @@ def train_args(spec: str, overrides: List[str], resume: bool, command: str = "tr
 
 
 def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides: Sequence[str] = (),
-              resume: bool = False) -> None:
+              resume: bool = False, resume_flag: str = "--resume") -> None:
     """What would fail on every rank once the job runs, refused before it is submitted: a spec or
     override that does not load (`SpecError`), and on `local_cwd`, whose ranks run in this directory
     on this machine, a fresh run into a used run directory (`RunDirError`, as `muse-rec train` words
-    it). Elsewhere (a container, a cluster) the directory may not be visible from here: the ranks check it."""
+    it, with ``resume_flag`` as the caller's command spells it). Elsewhere (a container, a cluster) the
+    directory may not be visible from here: the ranks check it."""
     from muse_rec.spec import load_spec
     from muse_rec.training.run_dir import RunDirError, previous_contents, used_run_dir_message
 
@@ -171,7 +172,7 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
         run_dir = Path(resolved.run_dir)
         used = previous_contents(run_dir)
         if used:
-            raise RunDirError(used_run_dir_message(run_dir, used))
+            raise RunDirError(used_run_dir_message(run_dir, used, resume_flag, overwrite=False))
 
 
 def build_app(

@@ -51,11 +51,13 @@ def previous_contents(run_dir: Path) -> List[str]:
     return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
 
 
-def used_run_dir_message(run_dir: Path, used: List[str]) -> str:
-    """Why a fresh run into ``run_dir`` (holding ``used``) is refused, and what to do instead."""
+def used_run_dir_message(run_dir: Path, used: List[str], resume_flag: str = "--resume",
+                         overwrite: bool = True) -> str:
+    """Why a fresh run into ``run_dir`` (holding ``used``) is refused, and what to do instead, in the
+    flags of the command that refuses it (``torchx run`` spells a bool ``--resume True``)."""
     shown = ", ".join(used[:6]) + (", ..." if len(used) > 6 else "")
-    return (f"{run_dir}: already holds a run ({shown}); continue it with --resume, start over with --overwrite "
-            "(moves it to a sibling .old-<time> directory) or choose another output_dir")
+    over = "start over with --overwrite (moves it to a sibling .old-<time> directory) " if overwrite else ""
+    return f"{run_dir}: already holds a run ({shown}); continue it with {resume_flag}, {over}or choose another output_dir"
 
 
 def move_aside(run_dir: Path) -> Path:

@@ -109,9 +109,9 @@ def test_bad_requests_and_a_used_run_dir_are_refused_before_submitting(tmp_path)
             (torchx_run("--profile", "nope"), "no profile 'nope'"),
             (torchx_run("--profile", "cpu-demo", "--set", "train.bogus=1"), "train.bogus: unknown key"),
             (torchx_run("--profile", "cpu-demo", "--spec", "specs/demo/din.yaml", "--set", into_used),
-             f"{used}: already holds a run (spec.yaml); continue it with --resume"),
+             f"{used}: already holds a run (spec.yaml); continue it with --resume True, or choose another"),
             (launch("--profile", "cpu-demo", "--spec", "specs/demo/din.yaml", "--set", into_used),
-             f"{used}: already holds a run (spec.yaml)")):
+             f"{used}: already holds a run (spec.yaml); continue it with --resume, or choose another output_dir")):
         assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
         assert words in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
