@@ -25,11 +25,17 @@ runs=()
 for seed in $(seq 0 $((SEEDS - 1))); do
   for method in din muse; do
     name="$method-seed$seed"
+    runs+=("runs/demo/$name")
+    if [[ -f "runs/demo/$name/metrics.json" ]]; then  # a second demo: its finished runs are kept, not refused
+      echo "== $name: already trained (runs/demo/$name; delete it to train again)"
+      continue
+    fi
+    resume=()  # an interrupted demo's run goes on from its last checkpoint
+    if [[ -d "runs/demo/$name" ]]; then resume=(--resume True); fi
     echo "== train $name: 2 gloo ranks via torchx (profile cpu-demo, spec specs/demo/$method.yaml)"
     # --log_level WARNING: TorchX's own bookkeeping lines off; the ranks' progress lines stay.
     torchx --log_level WARNING run -s local_cwd components/train.py:train --profile cpu-demo --spec "specs/demo/$method.yaml" \
-      --set "name=$name,train.seed=$seed,data.prepared=$PREPARED"
-    runs+=("runs/demo/$name")
+      --set "name=$name,train.seed=$seed,data.prepared=$PREPARED" "${resume[@]}"
   done
 done
 
