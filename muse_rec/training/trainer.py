@@ -200,6 +200,10 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             if position.batch_in_epoch > train_loader_len:
                 raise RunError(f"{ck}: position.json puts the run at batch {position.batch_in_epoch} of an epoch of "
                                f"{train_loader_len} batches; resume with the batch size and data it was trained with")
+            if position.batch_in_epoch == train_loader_len:
+                # Exactly the epoch's end (an older checkpoint, its batch size unrecorded, resumed at another):
+                # the next epoch's start; the step loop would otherwise find no step left in this one, forever.
+                position.epoch, position.batch_in_epoch = position.epoch + 1, 0
             position.world_size, position.batch_size = env.world_size, t.batch_size
             position.run_id, position.data_fingerprint = run_id, data.fingerprint
     # The run ends after train.epochs epochs (or train.max_steps steps): counted from where it stands, as
@@ -232,7 +236,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             describe_sparse_route(t.sparse_optimizer.name, t.sparse_optimizer.lr, env.device.type),
             t.dense_optimizer.name, t.dense_optimizer.lr,
         )
-        warning = few_clicks_warning(train_clicks, total_steps / train_loader_len, t.warn_below_clicks,
+        # Epochs of the whole run: those behind it (steps of another size, after a resume on other ranks) and ahead.
+        epochs = position.epoch + (position.batch_in_epoch + total_steps - position.step) / train_loader_len
+        warning = few_clicks_warning(train_clicks, epochs, t.warn_below_clicks,
                                      env.world_size * t.batch_size, t.dense_optimizer.lr)
         if warning:
             logger.warning(warning)

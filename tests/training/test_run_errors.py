@@ -150,3 +150,26 @@ def test_a_checkpoint_at_an_epochs_end_resumes_on_other_ranks(prepared, tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     last = json.loads((run / "checkpoints" / "step-00000068" / "position.json").read_text())
     assert (last["epoch"], last["batch_in_epoch"]) == (2, 0), last
+
+
+def test_a_resume_landing_on_an_epochs_end_moves_on_and_counts_its_epochs(prepared, tmp_path):
+    """An older checkpoint (batch size unrecorded) 24 steps of 64 into an epoch, resumed on 2 ranks at
+    batch 200 (12 steps an epoch), landed on batch 12 of 12: the step loop found no step left and
+    rebuilt its loader forever, holding the run directory. It is now the next epoch's start. The
+    few-clicks warning counts the run's own epochs (2: 1,184 clicks), not steps of another size."""
+    from muse_rec.integrity import write_manifest
+
+    spec, run = "specs/demo/din.yaml", tmp_path / "din"
+    run_ranks(train_args(spec, prepared, tmp_path, ["train.max_steps=24", "train.eval_at_end=false"]), nproc=1)
+    ck = run / "checkpoints" / "step-00000024"
+    pos = json.loads((ck / "position.json").read_text())
+    (ck / "position.json").write_text(json.dumps({**pos, "batch_size": 0}))  # as before it was recorded
+    write_manifest(ck)
+    split = json.loads((prepared / "meta.json").read_text())["splits"]["train"]
+    out = run_ranks(train_args(spec, prepared, tmp_path, ["train.batch_size=200", "train.epochs=2",
+                                                          "train.eval_at_end=false", "train.warn_below_clicks=1000000"])
+                    + ["--resume"], nproc=2, check=False, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = json.loads((run / "checkpoints" / "step-00000036" / "position.json").read_text())
+    assert (last["epoch"], last["batch_in_epoch"]) == (2, 0), last
+    assert f"this run trains on {2 * split['positives']:,} clicks" in out.stderr, out.stderr[-3000:]
