@@ -255,6 +255,9 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     base = next((r for r in rows if r["method"].lower() == baseline.lower()), None)
     verdicts = []
+    if base is not None and "gauc" not in base:  # every run of it has an undefined GAUC: no margin to measure
+        verdicts.append(f"{_name(base)}: no run has a GAUC (undefined on its split), so no margin against it")
+        base = None
     for r in model_rows:
         if base is None or r is base or "gauc" not in r:
             continue

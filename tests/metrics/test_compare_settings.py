@@ -128,3 +128,16 @@ def test_a_run_without_a_gauc_is_no_seed_and_the_spread_says_whose_it_is(tmp_pat
     assert (rows["MUSE"]["seeds"], rows["DIN"]["seeds"]) == (3, 1)
     out = capsys.readouterr().out
     assert "MUSE - DIN: +0.0500 GAUC; seed-to-seed spread (std, MUSE's, 3 seeds; the other has one) 0.0361" in out
+
+
+def test_a_baseline_without_any_gauc_is_said_not_a_traceback(tmp_path, capsys):
+    """Every DIN run with a null GAUC: compare raised KeyError 'gauc' (exit 1)."""
+    def fake(d: Path, method: str, gauc) -> Path:
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"method": method, "gauc": gauc, "auc": 0.6, "logloss": 0.4}))
+        return d
+
+    runs = [fake(tmp_path / "m1", "MUSE", 0.60), fake(tmp_path / "m2", "MUSE", 0.62),
+            fake(tmp_path / "d1", "DIN", None), fake(tmp_path / "d2", "DIN", None)]
+    assert cli_main(["compare", *map(str, runs), "--no-floors", "--baseline", "DIN"]) == 0
+    assert "DIN: no run has a GAUC (undefined on its split), so no margin against it" in capsys.readouterr().out
