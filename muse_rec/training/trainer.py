@@ -189,22 +189,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             position = load_checkpoint(ck, dmp, optimizer, skip=skip)
             logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)",
                         ck, position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
-            saved_len = steps_per_epoch(split_samples, position.batch_size or t.batch_size, position.world_size)
-            if position.batch_in_epoch == saved_len:  # saved on an epoch's last step before this version moved on
-                position.epoch, position.batch_in_epoch = position.epoch + 1, 0
-            try:  # the checkpoint's place in its epoch, in this run's steps
-                position.batch_in_epoch = resume_batch(position.batch_in_epoch, position.batch_size,
-                                                       position.world_size, t.batch_size, env.world_size)
-            except ValueError as e:
-                raise RunError(f"{ck}: {e}") from None
-            if position.batch_in_epoch > train_loader_len:
-                raise RunError(f"{ck}: position.json puts the run at batch {position.batch_in_epoch} of an epoch of "
-                               f"{train_loader_len} batches; resume with the batch size and data it was trained with")
-            if position.batch_in_epoch == train_loader_len:
-                # Exactly the epoch's end (an older checkpoint, its batch size unrecorded, resumed at another):
-                # the next epoch's start; the step loop would otherwise find no step left in this one, forever.
-                position.epoch, position.batch_in_epoch = position.epoch + 1, 0
-            position.world_size, position.batch_size = env.world_size, t.batch_size
+            _place_in_epoch(position, ck, split_samples, t.batch_size, env.world_size, train_loader_len)
             position.run_id, position.data_fingerprint = run_id, data.fingerprint
     # The run ends after train.epochs epochs (or train.max_steps steps): counted from where it stands, as
     # a resume on another number of ranks has steps of another size behind it.
@@ -369,6 +354,28 @@ def _write_rank_memory(run_dir: Path, env: DistEnv, memory: Dict) -> None:
     out = run_dir / "memory"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{env.rank}.json").write_text(json.dumps(memory, indent=2) + "\n")
+
+
+def _place_in_epoch(position: Position, ck: Path, split_samples: int, batch_size: int, world_size: int,
+                    steps: int) -> None:
+    """Re-express a loaded checkpoint's place in its epoch in this run's steps (``steps`` an epoch at
+    ``batch_size`` x ``world_size``), in place; RunError where the epoch cannot continue exactly."""
+    saved_len = steps_per_epoch(split_samples, position.batch_size or batch_size, position.world_size)
+    if position.batch_in_epoch == saved_len:  # saved on an epoch's last step before the roll-over moved in
+        position.epoch, position.batch_in_epoch = position.epoch + 1, 0
+    try:
+        position.batch_in_epoch = resume_batch(position.batch_in_epoch, position.batch_size, position.world_size,
+                                               batch_size, world_size)
+    except ValueError as e:
+        raise RunError(f"{ck}: {e}") from None
+    if position.batch_in_epoch > steps:
+        raise RunError(f"{ck}: position.json puts the run at batch {position.batch_in_epoch} of an epoch of "
+                       f"{steps} batches; resume with the batch size and data it was trained with")
+    if position.batch_in_epoch == steps:
+        # Exactly the epoch's end (an older checkpoint, its batch size unrecorded, resumed at another):
+        # the next epoch's start; the step loop would otherwise find no step left in this one, forever.
+        position.epoch, position.batch_in_epoch = position.epoch + 1, 0
+    position.world_size, position.batch_size = world_size, batch_size
 
 
 def _output_prior(spec: Spec, data: PreparedData) -> Optional[float]:
