@@ -110,19 +110,20 @@ class LifelongCTRModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.seq_len = seq_len
+        g, e, s, pz = spec.gsu, spec.esu, spec.short_term, spec.parametrization
+        self.uses_scl = g.kind in SCL_GSU_KINDS or (
+            e.similarity in ("scl", "fusion") and (e.simtier or e.attention == "sa_ta" or s.simtier))
         self.sparse_arch = SparseArch(
             table_sizes,
             id_dim=spec.embedding_dim,
             dim_overrides={f: spec.small_dim for f in spec.small_features},
             init_std=spec.init_std,
             device=device,
+            with_scl=self.uses_scl,
         )
         d_tok = self.sparse_arch.token_dim
-        g, e, s, pz = spec.gsu, spec.esu, spec.short_term, spec.parametrization
         self.top_k = min(g.top_k, seq_len)
         self.recent = min(s.recent, seq_len)
-        self.uses_scl = g.kind in SCL_GSU_KINDS or (
-            e.similarity in ("scl", "fusion") and (e.simtier or e.attention == "sa_ta" or s.simtier))
 
         # ESU attention first: TWIN's GSU scores with the same projections (consistency).
         esu_attention: Optional[nn.Module] = None

@@ -104,6 +104,7 @@ class SparseArch(nn.Module):
         scl_data_type: DataType = DataType.FP16,
         init_std: float = 1e-3,
         device: Optional[torch.device] = None,
+        with_scl: bool = True,
     ) -> None:
         super().__init__()
         overrides = dict(dim_overrides or {})
@@ -158,7 +159,9 @@ class SparseArch(nn.Module):
             ],
             device=device,
         )
-        self.scl = FrozenSCL(int(table_sizes[ITEM_TABLE]), scl_dim, scl_data_type, device=device)
+        # Only for a model that reads SCL vectors: at the full vocabulary the table is 58 GiB (fp16) to
+        # shard and ~35 GB (int8) to ship in an exported ranker, dead weight for DIN or TWIN.
+        self.scl = FrozenSCL(int(table_sizes[ITEM_TABLE]), scl_dim, scl_data_type, device=device) if with_scl else None
 
     @property
     def token_dim(self) -> int:
@@ -273,8 +276,13 @@ class SparseArch(nn.Module):
         return self.scl(target_item, seq_items, seq_mask)
 
     def load_scl_(self, array: np.ndarray) -> int:
-        """Fill the (local shards of the) SCL table from the prepared ``[n_items, scl_dim]`` array."""
-        return self.scl.load_(array)
+        """Fill the (local shards of the) SCL table from the prepared ``[n_items, scl_dim]`` array
+        (rows written; 0 for a model without the table)."""
+        return self.scl.load_(array) if self.scl is not None else 0
+
+    def collections(self) -> "tuple[nn.Module, ...]":
+        """The embedding collections it holds: pooled, ids, and the SCL table's where it has one."""
+        return (self.pooled, self.ids) + ((self.scl.collection,) if self.scl is not None else ())
 
     def forward(self, pooled: KeyedJaggedTensor) -> KeyedTensor:
         """The pooled lookup; the sequence lookups depend on the GSU, see `id_tokens`."""

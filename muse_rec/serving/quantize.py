@@ -82,18 +82,18 @@ def quantize_for_serving(
     if row_alignment < 1:
         raise ValueError(f"row_alignment must be >= 1, got {row_alignment}")
     arch = model.model.sparse_arch
-    scl = arch.scl
-    if scl_dtype == "int8" and tuple(scl_array.shape) != (scl.num_rows, scl.dim):
+    scl = arch.scl  # None for a model that reads no SCL vectors
+    if scl is not None and scl_dtype == "int8" and tuple(scl_array.shape) != (scl.num_rows, scl.dim):
         raise ValueError(f"SCL array has shape {tuple(scl_array.shape)}, the model's table is "
                          f"({scl.num_rows}, {scl.dim})")
-    for collection in (arch.pooled, arch.ids, scl.collection):
+    for collection in arch.collections():
         setattr(collection, MODULE_ATTR_ROW_ALIGNMENT_INT, row_alignment)
     mapping = dict(DEFAULT_QUANT_MAPPING)
     mapping[torch.typename(FrozenEmbeddingCollection)] = QuantEmbeddingCollection
     per_table = {SCL_TABLE: torch.float16} if scl_dtype == "fp16" else None
     model.eval()
     quantize_inference_model(model, quantization_mapping=mapping, per_table_weight_dtype=per_table)
-    if scl_dtype == "int8":
+    if scl is not None and scl_dtype == "int8":
         write_exact_int8_(scl.collection, SCL_TABLE, scl_array)
     return _report(model, scl_dtype)
 
@@ -133,7 +133,7 @@ def dequantized_tables(model: InferenceModel) -> Dict[str, torch.Tensor]:
     """
     arch = model.model.sparse_arch
     out: Dict[str, torch.Tensor] = {}
-    for collection in (arch.pooled, arch.ids, arch.scl.collection):
+    for collection in arch.collections():
         for tbe in collection._emb_modules:
             names = [spec[0] for spec in tbe.embedding_specs]
             for name, (w, scale_bias) in zip(names, tbe.split_embedding_weights(split_scale_shifts=True)):
@@ -148,7 +148,7 @@ def dequantized_tables(model: InferenceModel) -> Dict[str, torch.Tensor]:
 def _report(model: InferenceModel, scl_dtype: str) -> QuantizationReport:
     rep = QuantizationReport(scl_dtype=scl_dtype)
     arch = model.model.sparse_arch
-    for collection in (arch.pooled, arch.ids, arch.scl.collection):
+    for collection in arch.collections():
         if not isinstance(collection, (QuantEmbeddingBagCollection, QuantEmbeddingCollection)):
             raise RuntimeError(f"{type(collection).__name__} was not quantized")
         holder = collection.embedding_bags if isinstance(collection, QuantEmbeddingBagCollection) else collection.embeddings

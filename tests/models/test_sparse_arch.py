@@ -122,3 +122,23 @@ def test_masked_kjt_round_trip() -> None:
     assert torch.equal(dense, (x * m).float())
     with pytest.raises(ValueError, match="'a'"):
         masked_kjt(["a"], [x], [m[:, :2]])
+
+
+@pytest.mark.parametrize("method", ["din", "din_ref", "sim_hard", "sim_soft", "twin", "miss", "muse"])
+def test_only_models_that_read_scl_vectors_hold_the_scl_table(method: str) -> None:
+    """DIN and TWIN read no SCL vector, yet built, sharded, planned and exported the frozen SCL table:
+    58 GiB (fp16) of a full-vocabulary plan and ~35 GB of an int8 ranker, dead weight. The table is
+    now there exactly when the model reads SCL vectors (`uses_scl`), so the planner sees no other."""
+    from muse_rec.distributed.planner import embedding_tables
+    from muse_rec.models.ctr_model import build_train_model
+    from muse_rec.spec import load_spec
+
+    spec = load_spec(f"specs/taobao_mm_full/{method}.yaml")
+    model = build_train_model(spec.model, {**SIZES, "item": 243_363_021}, seq_len=spec.data.seq_len,
+                              device=torch.device("meta"))
+    uses_scl = model.model.uses_scl
+    assert uses_scl == (method not in ("din", "twin"))
+    assert ("scl" in embedding_tables(model)) == uses_scl
+    assert (model.model.sparse_arch.scl is None) == (not uses_scl)
+    if not uses_scl:  # the trainer and export load the prepared SCL array into every model: nothing to fill
+        assert model.model.sparse_arch.load_scl_(np.zeros((1, 128), np.int8)) == 0
