@@ -175,13 +175,13 @@ def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str]) ->
     import yaml
 
     from muse_rec.data.prepared import PreparedData, PreparedDataError
-    from muse_rec.metrics.floors import FloorOptions, FloorsError, cached_floors
+    from muse_rec.metrics.floors import FloorsError, floors_of_run, run_floors_cache
 
     try:
         d = (yaml.safe_load(spec_file.read_text()) or {})["data"]
         data = PreparedData(d["prepared"])
-        result = cached_floors(data, d.get("eval_split", "test"), FloorOptions(seq_len=int(d.get("seq_len", 0))),
-                               cache or str(Path(paths[0]).resolve().parent / ".floors"), d.get("train_split", "train"))
+        result = floors_of_run(data, d.get("eval_split", "test"), int(d.get("seq_len", 0)),
+                               cache or run_floors_cache(str(Path(paths[0]).resolve())), d.get("train_split", "train"))
     except (KeyError, TypeError, ValueError, yaml.YAMLError, PreparedDataError, FloorsError, FileNotFoundError) as e:
         return None, f"cannot compute them for {spec_file}'s data: {type(e).__name__}: {e}"
     return result["floors"], f"computed for {d['prepared']} ({d.get('eval_split', 'test')})"

@@ -248,6 +248,19 @@ def cached_floors(data: PreparedData, split: str, opts: FloorOptions, cache_dir:
     return json.loads(path.read_text())  # what a later cache hit returns (NaN -> null)
 
 
+def run_floors_cache(run_dir: str) -> str:
+    """Where a run's floor check caches its floors: ``<run dir's parent>/.floors/``, shared by the
+    runs of one output root (all of `muse-rec reproduce`, or runs compared together)."""
+    return str(Path(run_dir).parent / ".floors")
+
+
+def floors_of_run(data: PreparedData, split: str, seq_len: int, cache_dir: str, train_split: str = "train") -> Dict:
+    """The floors a run checks (`cached_floors`): its eval ``split`` at its ``seq_len``, fitted on
+    ``train_split``. The trainer, `muse-rec reproduce` (before its job) and `compare` ask the same
+    way, so they read one cache file."""
+    return cached_floors(data, split, FloorOptions(seq_len=seq_len), cache_dir, train_split)
+
+
 def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc: Optional[float], cache_dir: str,
                              train_split: str = "train") -> Dict:
     """A finished run's check (`train.check_floors`): the floors of its eval split at its
@@ -259,7 +272,7 @@ def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc:
     """
     start = time.perf_counter()
     try:
-        result = cached_floors(data, split, FloorOptions(seq_len=seq_len), cache_dir, train_split)
+        result = floors_of_run(data, split, seq_len, cache_dir, train_split)
     except FloorsError as e:
         logger.warning("model-free floors not checked: %s", e)
         return {"floors_error": str(e)}

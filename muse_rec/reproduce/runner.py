@@ -200,8 +200,7 @@ def precompute_floors(out: Path, prepared: str, runs: Sequence[Run], extra: Sequ
     rank starts, they use every core. Runs whose spec does not load are left to fail in the job.
     """
     from muse_rec.data.prepared import PreparedData
-    from muse_rec.metrics.floor_options import FloorOptions
-    from muse_rec.metrics.floors import FloorsError, cached_floors
+    from muse_rec.metrics.floors import FloorsError, floors_of_run, run_floors_cache
     from muse_rec.spec import SpecError, load_spec
 
     wanted = {}
@@ -212,11 +211,11 @@ def precompute_floors(out: Path, prepared: str, runs: Sequence[Run], extra: Sequ
             continue
         if spec.train.check_floors and spec.train.eval_at_end:
             key = (spec.data.prepared, spec.data.eval_split, spec.data.seq_len, spec.data.train_split)
-            wanted.setdefault(key, str(run_dir(out, r).resolve().parent / ".floors"))
+            wanted.setdefault(key, run_floors_cache(spec.run_dir))
     for (path, split, seq_len, train_split), cache in wanted.items():
         start = time.perf_counter()
         try:
-            cached_floors(PreparedData(path), split, FloorOptions(seq_len=seq_len), cache, train_split)
+            floors_of_run(PreparedData(path), split, seq_len, cache, train_split)
         except FloorsError as e:  # each run records floors_error itself; the runs go on
             say(f"[reproduce] model-free floors of {split} at seq_len {seq_len} not computed: {e}")
             continue
