@@ -86,7 +86,7 @@ def _shards_beside(root: str, stem: str) -> List[str]:
     return [p for p in (join_path(root, n) for n in names) if not g_pathmgr.isdir(p)]
 
 
-def _locate(root: str, spec: TableSpec) -> Tuple[List[str], List[str]]:
+def locate_table(root: str, spec: TableSpec) -> Tuple[List[str], List[str]]:
     """`table_locations`, and the ``<stem>-*.parquet`` files it found (listed once: on a remote
     store every listing and stat is a request)."""
     stem = _stem(spec)
@@ -107,7 +107,7 @@ def table_locations(root: str, spec: TableSpec) -> List[str]:
     """Every place table `spec` is under the directory `root`, unchecked: its file
     `<stem>.parquet`, a directory `<stem>.parquet/` or `<stem>/`, and ``<stem>-*.parquet`` (one
     entry for all such files)."""
-    return _locate(root, spec)[0]
+    return locate_table(root, spec)[0]
 
 
 def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
@@ -121,7 +121,7 @@ def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
     otherwise be left out silently).
     """
     stem = _stem(spec)
-    found, shards = _locate(root, spec)
+    found, shards = locate_table(root, spec)
     if not found:
         raise raw_error(join_path(root, spec.file), f"file not found (table {spec.name}; also looked for a "
                         f"directory {stem}/ or {stem}.parquet/ of Parquet parts and {stem}-*.parquet files)")

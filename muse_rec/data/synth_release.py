@@ -11,7 +11,6 @@ half-written table, or a release mixing two runs, under a release name.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 from dataclasses import dataclass
@@ -259,18 +258,17 @@ def publish_release(staging: str, out_dir: str, manifest_name: str) -> None:
     directory would refuse the rename half way, leaving a release of mixed runs. Only then are the
     staged files renamed in (same file system: cheap, and none can fail on a directory in the way).
     """
-    from muse_rec.data.reader import table_locations
+    from muse_rec.data.reader import locate_table
 
     old_manifest = os.path.join(out_dir, manifest_name)
     if os.path.exists(old_manifest):
         os.remove(old_manifest)
     for spec in S.TABLES.values():
-        for where in table_locations(out_dir, spec):
-            if where.endswith("-*.parquet"):
-                for part in glob.glob(glob.escape(where[: -len("*.parquet")]) + "*.parquet"):
-                    if os.path.isfile(part):  # as the reader: a directory of that name is no part
-                        os.remove(part)
-            elif os.path.isdir(where):
+        found, shards = locate_table(out_dir, spec)  # the places the reader would take the table from
+        for part in shards:
+            os.remove(part)
+        for where in found:
+            if os.path.isdir(where):
                 shutil.rmtree(where)
     for spec in S.TABLES.values():
         os.replace(os.path.join(staging, spec.file), os.path.join(out_dir, spec.file))
