@@ -7,15 +7,16 @@ Missing vectors follow the GSU's rule (`NO_VECTOR_SCORE`): a sample whose target
 vector, or whose history window has none, has no cosine and scores -1.1, below every real cosine.
 
 Memory: the split is read in chunks of whole users (samples sorted by user, so each history
-is gathered once; a user too large for one chunk is split into pieces); a chunk holds at most ``chunk_slots`` (sample, history position) pairs, i.e.
-at most ``chunk_slots x 128`` B of int8 vectors and ``chunk_slots x 4`` B of fp32 cosines
-(default 2^20: ~130 MB + 4 MB), however long the histories. Only the per-sample scores
+is gathered once; a user too large for one chunk is split into pieces); a chunk holds at most
+``chunk_slots`` (sample, history position) pairs, i.e. at most ``chunk_slots x 128`` B of int8
+vectors and ``chunk_slots x 4`` B of fp32 cosines (default 2^20: ~130 MB + 4 MB), however long
+the histories. Only the per-sample scores
 (4 x 8 B per sample) and the metric inputs stay for the whole split: the metrics need them all.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch

@@ -57,7 +57,8 @@ def used_run_dir_message(run_dir: Path, used: List[str], resume_flag: str = "--r
     flags of the command that refuses it (``torchx run`` spells a bool ``--resume True``)."""
     shown = ", ".join(used[:6]) + (", ..." if len(used) > 6 else "")
     over = "start over with --overwrite (moves it to a sibling .old-<time> directory) " if overwrite else ""
-    return f"{run_dir}: already holds a run ({shown}); continue it with {resume_flag}, {over}or choose another output_dir"
+    return (f"{run_dir}: already holds a run ({shown}); continue it with {resume_flag}, {over}"
+            "or choose another output_dir")
 
 
 def move_aside(run_dir: Path) -> Path:
@@ -77,7 +78,8 @@ def move_aside(run_dir: Path) -> Path:
 # What a run writes in its directory: checked before any step, so an unwritable one fails in one
 # line at the start, not as a traceback at the first checkpoint after the run record was rewritten.
 RUN_SUBDIRS = ("checkpoints", "tensorboard", "memory", "predictions.parquet")  # predictions: a part per rank
-RUN_FILES = ("spec.yaml", "run.json")  # rewritten in place (metrics.json is replaced: the directory's write)
+RUN_FILES = ("spec.yaml", "run.json")  # rewritten in place
+RUN_REPLACED = ("metrics.json",)  # written beside and renamed over: only the directory's write matters
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -89,10 +91,14 @@ def _check_writable(run_dir: Path) -> None:
         if p.exists() and not (p.is_dir() and os.access(p, os.W_OK | os.X_OK)):
             raise RunDirError(f"{p}: not a writable directory (the run writes its {name} there); "
                               "fix it or choose another output_dir")
-    for name in RUN_FILES + ("metrics.json",):
+    for name in RUN_FILES:
         p = run_dir / name
-        if p.is_dir() or (name in RUN_FILES and p.exists() and not os.access(p, os.W_OK)):
+        if p.exists() and (p.is_dir() or not os.access(p, os.W_OK)):
             raise RunDirError(f"{p}: not a writable file (the run writes it); fix it or choose another output_dir")
+    for name in RUN_REPLACED:
+        if (run_dir / name).is_dir():
+            raise RunDirError(f"{run_dir / name}: not a writable file (the run writes it); fix it or choose "
+                              "another output_dir")
 
 
 def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:
