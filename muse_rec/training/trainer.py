@@ -494,12 +494,15 @@ def _write_json(path: Path, obj: Dict) -> None:
 
 
 def _finite_or_null(obj: Dict) -> Dict:
-    """Non-finite numbers -> None, and ``"<key>_undefined"`` says why (e.g. a single-class split's AUC)."""
+    """Non-finite numbers -> None, and ``"<key>_undefined"`` says why: NaN is a metric undefined for
+    this data (a single-class split's AUC), +-inf an unbounded value (the last bin's open upper edge)."""
     out: Dict = {}
     for k, v in obj.items():
         if _non_finite(v):
             out[k] = None
-            out[f"{k}_undefined"] = f"{v}: undefined for this data (e.g. AUC of a split with one class, or no samples)"
+            out[f"{k}_undefined"] = (
+                f"{v}: undefined for this data (e.g. AUC of a split with one class, or no samples)"
+                if math.isnan(float(v)) else f"{v}: unbounded (e.g. the open upper edge of the last bin)")
         else:
             out[k] = _clean(v)
     return out

@@ -113,6 +113,8 @@ def test_metrics_json_is_strict_json(tmp_path):
     doc = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert doc["gauc"] is None and "undefined" in doc["gauc_undefined"] and doc["auc"] == 0.5
     assert doc["grouped"]["x"] is None and doc["grouped"]["n"] == 3 and doc["xs"] == [1.0, None]
+    # An infinite value (the last seq-length bin's open upper edge) is not "undefined for this data".
+    assert "unbounded" in doc["grouped"]["x_undefined"] and "undefined for this data" not in doc["grouped"]["x_undefined"]
 
 
 @pytest.mark.parametrize("key", ["train_split", "eval_split"])
