@@ -4,11 +4,16 @@ from __future__ import annotations
 import logging
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
+from muse_rec.training.progress import (ADVISED_DENSE_LR, ADVISED_SAMPLES_PER_STEP, LossMonitor, NonFiniteLoss,
+                                        ProgressLog, few_clicks_warning)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_loss_monitor_means_and_names_the_first_non_finite_step():
@@ -49,6 +54,23 @@ def test_few_clicks_warning_counts_the_clicks_the_run_trains_on():
     assert "trains on 19,999 clicks" in few_clicks_warning(19999, 1.0, 20000, 1000, 2e-4)
     assert few_clicks_warning(20000, 1.0, 20000, 1000, 2e-4) is None
     assert few_clicks_warning(1, 1.0, 0, 1000, 2e-4) is None  # 0 = never
+
+
+def test_few_clicks_warning_advises_only_what_the_run_does_not_already_do():
+    both = few_clicks_warning(6797, 1.0, 20000, 1000, 2e-4)
+    assert "use a smaller batch or a higher dense lr, e.g. specs/profiles/demo.yaml (batch 256, dense lr 0.001)" in both
+    at_1e3 = few_clicks_warning(6797, 1.0, 20000, 1000, 1e-3)
+    assert "use a smaller batch, e.g." in at_1e3 and "or a higher dense lr" not in at_1e3
+    small_batch = few_clicks_warning(6797, 1.0, 20000, 256, 2e-4)
+    assert "use a higher dense lr, e.g." in small_batch and "smaller batch" not in small_batch
+    assert few_clicks_warning(6797, 1.0, 20000, 256, 1e-3) is None  # already the advice: nothing to say
+    assert few_clicks_warning(6797, 1.0, 20000, 128, 2e-3) is None
+
+
+def test_the_advised_settings_are_the_demo_profiles():
+    profile = yaml.safe_load((REPO / "specs" / "profiles" / "demo.yaml").read_text())["train"]
+    assert profile["batch_size"] == ADVISED_SAMPLES_PER_STEP
+    assert profile["dense_optimizer"]["lr"] == ADVISED_DENSE_LR
 
 
 def test_the_samples_per_s_of_an_interval_count_its_real_samples(monkeypatch):
