@@ -65,7 +65,8 @@ class SimTier(nn.Module):
     def tiers(self, similarities: torch.Tensor) -> torch.Tensor:
         """Tier index ``[B, K]`` int64 of each similarity."""
         # fp64 division so that e.g. 0.3 / 0.1 is not pushed across a boundary by fp32 noise
-        # more than the input itself already is.
+        # more than the input itself already is: float32 0.3 is 0.30000001192..., tier 14 as the
+        # interval says; an fp32 division rounds it to exactly 3.0, tier 13 (tested at every edge).
         t = torch.ceil(similarities.detach().to(torch.float64) / self.tier_width).to(torch.int64)
         return (t + self.offset).clamp_(0, self.num_tiers - 1)
 

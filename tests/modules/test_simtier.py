@@ -16,6 +16,21 @@ def test_tiers_follow_reference_binning():
     assert st.tiers(r).tolist() == [[20, 20, 11, 8, 0, 10, 20, 1, 21]]
 
 
+def test_float32_inputs_at_the_tier_edges_go_where_their_exact_value_lies():
+    """Tier t holds ((t - 11) / 10, (t - 10) / 10] of the input's exact value. float32 has no 0.3: the
+    nearest float32 is 0.30000001192..., above the edge, so tier 14, not 13. An fp32 division (0.3f / 0.1f
+    rounds to exactly 3.0) would put every one of these a tier lower, so this pins the fp64 division."""
+    from fractions import Fraction
+
+    edges = [0.1, 0.2, 0.3, 0.4, 0.6, 0.8, -0.7, -0.9, 0.5, -0.5]
+    r = torch.tensor([edges], dtype=torch.float32)
+    # Independent of the implementation: the smallest t with exact(r) <= (t - 10) / 10.
+    expected = [math.ceil(Fraction(float(x)) * 10) + 10 for x in r[0].tolist()]
+    assert expected[:8] == [12, 13, 14, 15, 17, 19, 4, 2]  # the float32 neighbours lie past the decimal edge
+    assert expected[8:] == [15, 5]  # 0.5 is exact in float32: it is the edge itself, the upper end of tier 15
+    assert SimTier().tiers(r).tolist() == [expected]
+
+
 def test_counts_and_output_hand_computed():
     st = SimTier()
     with torch.no_grad():
