@@ -30,8 +30,14 @@ def silu(x: float) -> float:
 
 
 @pytest.mark.parametrize("variant", ["paper", "reference"])
-def test_sata_three_behaviour_hand_example(variant):
+@pytest.mark.parametrize("gates,temperature", [((1.0, 1.0, 1.0), 0.1), ((2.0, 3.0, 5.0), 0.5)],
+                         ids=["at_init", "distinct_gates"])  # distinct values: a swapped gate or R * tau fails
+def test_sata_three_behaviour_hand_example(variant, gates, temperature):
     m = identity_sata(variant)
+    with torch.no_grad():
+        m.gates.copy_(torch.tensor(gates))
+        if m.temperature is not None:
+            m.temperature.fill_(temperature)
     q = torch.tensor([[1.0, 0.0]])
     k = torch.tensor([KEYS])
     out = m(q, k, torch.tensor([R]), torch.ones(1, 3, dtype=torch.bool))
@@ -41,10 +47,11 @@ def test_sata_three_behaviour_hand_example(variant):
     else:  # SiLU after each projection, no sqrt(D), R / 0.1
         qp = [silu(x) for x in (1.0, 0.0)]
         kp = [[silu(x) for x in row] for row in KEYS]
-        scale, r = 1.0, [x / 0.1 for x in R]
+        scale, r = 1.0, [x / temperature for x in R]
         vals = kp
     a_id = [scale * sum(a * b for a, b in zip(row, qp)) for row in kp]
-    alpha = [a + ri + a * ri for a, ri in zip(a_id, r)]  # g1 = g2 = g3 = 1
+    g1, g2, g3 = gates
+    alpha = [g1 * a + g2 * ri + g3 * a * ri for a, ri in zip(a_id, r)]
     w = softmax_list(alpha)
     expected = [sum(w[i] * vals[i][d] for i in range(3)) for d in range(2)]
     torch.testing.assert_close(out[0], torch.tensor(expected), atol=1e-6, rtol=1e-6)
