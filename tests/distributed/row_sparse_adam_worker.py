@@ -97,8 +97,12 @@ def local_shards(st: ShardedTensor) -> List[Tuple[Tuple[int, int], torch.Tensor]
     return [(tuple(s.metadata.shard_offsets), s.tensor) for s in st.local_shards()]  # type: ignore[misc]
 
 
-def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "") -> Dict[str, object]:
+def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
+             weight_decay: float = 0.0) -> Dict[str, object]:
     """Train `steps` steps sharded and on the reference; compare every local shard bit for bit.
+
+    With `weight_decay`, the reference is SparseAdam (which has none) on ``g + weight_decay * w`` for the
+    rows the step touched: L2 decay as FBGEMM's Adam applies it, and none for rows not looked up.
 
     With `save_to`, also write a project checkpoint of the sharded model + optimizer to
     ``save_to/ckpt`` and (rank 0) the reference's tables and moments to ``save_to/reference.pt``."""
@@ -113,7 +117,7 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "") -> 
     model = Tables(torch.device("meta"))
     constraints = make_constraints(model, {"t": [sharding], "p": [sharding]})
     dmp = shard_model(model, env, fused_optimizer="adam", fused_lr=LR, fused_betas=BETAS, fused_eps=EPS,
-                      constraints=constraints)
+                      fused_weight_decay=weight_decay, constraints=constraints)
     opt = combined_optimizer(dmp, dense_lr=0.0)
     sparse = row_sparse_adam(dmp)
     assert sparse is not None, "adam on CPU must take the RowSparseAdam route"
@@ -142,6 +146,12 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "") -> 
         gpool = torch.cat([p["gpool"] for p in parts])
         ref_loss = (ref_seq(ids) * torch.cat([p["gseq"] for p in parts])).sum() + (ref_pool(pids) * gpool[bags]).sum()
         (ref_loss / env.world_size).backward()  # exact: a power of two
+        if weight_decay:
+            for ref in (ref_seq, ref_pool):
+                g = ref.weight.grad.coalesce()
+                rows = g.indices()[0]
+                ref.weight.grad = torch.sparse_coo_tensor(
+                    g.indices(), g.values().add(ref.weight.detach()[rows], alpha=weight_decay), g.shape)
         ref_opt.step()
         (touched_early if step < 2 else touched_late).update(ids.tolist())
 

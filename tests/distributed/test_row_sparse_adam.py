@@ -49,6 +49,13 @@ def test_one_rank_matches_sparse_adam_bit_for_bit(env, sharding: str) -> None:
     _check(run_case(env, sharding))
 
 
+@pytest.mark.parametrize("sharding", ["table_wise", "row_wise"])
+def test_weight_decay_is_l2_on_the_touched_rows_only(env, sharding: str) -> None:
+    """`train.sparse_optimizer.weight_decay` on CPU: SparseAdam on g + wd * w for the rows looked up
+    (early-only and never-touched rows keep their values: no decay without a lookup)."""
+    _check(run_case(env, sharding, weight_decay=0.25))  # g + wd * w: the same fp32 op on both sides, so still bit-exact
+
+
 def test_dense_adam_semantics_would_fail(env, monkeypatch) -> None:
     """The comparison catches moments/weights that move for untouched rows (dense Adam)."""
     from muse_rec.distributed import sparse_adam
