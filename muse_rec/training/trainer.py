@@ -28,7 +28,7 @@ import torch
 import yaml
 from fbgemm_gpu.split_embedding_configs import SparseType
 
-from muse_rec.data.loader import make_loader, resume_batch, samples_in_step, steps_per_epoch
+from muse_rec.data.loader import PreparedLoader, make_loader, resume_batch, samples_in_step, steps_per_epoch
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
@@ -138,6 +138,18 @@ def _check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
         )
 
 
+def epoch_loader(data: PreparedData, spec: Spec, rank: int, world_size: int, position: Position) -> PreparedLoader:
+    """This rank's train batches from ``position`` to the end of its epoch. A seeded shuffle
+    (``train.shuffle_seed``) draws each epoch's order with seed ``shuffle_seed + epoch``: a new order
+    per epoch, and the same one again when a run resumes inside it."""
+    t = spec.train
+    return make_loader(
+        data, spec.data.train_split, t.batch_size, spec.data.seq_len, rank=rank, world_size=world_size,
+        num_workers=spec.data.num_workers, start_batch=position.batch_in_epoch,
+        shuffle_seed=None if t.shuffle_seed is None else t.shuffle_seed + position.epoch,
+    )
+
+
 def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, overwrite: bool = False,
           allow_data_mismatch: bool = False) -> Dict:
     """Train (and evaluate) `spec` on this rank. Collective: every rank of the job calls it.
@@ -242,11 +254,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     monitor = LossMonitor(position.step, env.device)
     dmp.train()
     while position.step < total_steps and position.epoch < t.epochs:
-        loader = make_loader(
-            data, spec.data.train_split, t.batch_size, seq_len, rank=env.rank, world_size=env.world_size,
-            num_workers=spec.data.num_workers, start_batch=position.batch_in_epoch,
-            shuffle_seed=None if t.shuffle_seed is None else t.shuffle_seed + position.epoch,
-        )
+        loader = epoch_loader(data, spec, env.rank, env.world_size, position)
         pipeline = make_pipeline(t.pipeline, dmp, optimizer, env)
         it = iter(loader)
         steps_this_epoch = min(train_loader_len - position.batch_in_epoch, total_steps - position.step)

@@ -199,3 +199,33 @@ def test_samples_in_step_counts_the_real_rows_each_step_delivers(prepared: str, 
     delivered = [sum(rows[s] for rows in per_rank) for s in range(steps)]
     assert delivered == [samples_in_step(s, BATCH, world, n) for s in range(steps)]
     assert sum(delivered) == n and delivered[-1] < BATCH * world  # the fixture's last step is short
+
+
+def test_each_epoch_of_a_seeded_shuffle_reads_a_new_order_and_a_resume_the_same(prepared: str) -> None:
+    """The trainer's loader (`epoch_loader`): epoch e reads with seed shuffle_seed + e, so epochs 0 and 1
+    differ in order while each holds every sample once; a resume inside epoch 1 continues its order; and
+    no seed is file order every epoch."""
+    from muse_rec.spec import load_spec
+    from muse_rec.training.checkpoint import Position
+    from muse_rec.training.trainer import epoch_loader
+    from tests.conftest import REPO
+
+    data = PreparedData(prepared)
+
+    def order(spec, epoch: int, batch: int = 0) -> List[int]:
+        loader = epoch_loader(data, spec, 0, 1, Position(epoch=epoch, batch_in_epoch=batch))
+        return [i for j in range(loader.dataset.start_batch, loader.dataset.batches_per_rank)
+                for i in loader.dataset.sample_indices(j).tolist()]
+
+    seeded = load_spec(REPO / "specs" / "demo" / "din.yaml",
+                       [f"data.prepared={prepared}", f"train.batch_size={BATCH}", "data.seq_len=100",
+                        "train.shuffle_seed=7"])
+    n = data.num_samples("train")
+    e0, e1 = order(seeded, 0), order(seeded, 1)
+    assert sorted(e0) == sorted(e1) == list(range(n)) and e0 != e1
+    shuffled = make_loader(prepared, "train", BATCH, SEQ_LEN, shuffle_seed=8).dataset
+    assert e1 == [i for j in range(shuffled.batches_per_rank) for i in shuffled.sample_indices(j).tolist()]
+    assert order(seeded, 1, batch=2) == e1[2 * BATCH:]  # a resume inside epoch 1 continues its order
+    plain = load_spec(REPO / "specs" / "demo" / "din.yaml",
+                      [f"data.prepared={prepared}", f"train.batch_size={BATCH}", "data.seq_len=100"])
+    assert order(plain, 0) == order(plain, 1) == list(range(n))
