@@ -128,14 +128,32 @@ def test_dice_on_the_two_output_logits_and_z1_minus_z0():
     torch.testing.assert_close(tower(x), z[:, 1] - z[:, 0])
 
 
-def test_two_logit_softmax_ce_equals_bce_on_the_difference():
-    """The reference's loss (softmax CE over [z0, z1]) is the 1-logit BCE on z1 - z0: exactly."""
+def test_training_loss_on_the_two_logit_head_is_the_references_softmax_ce():
+    """The trainer's loss (`LifelongCTRTrain`: weighted BCE on the model's one logit) with the
+    two-logit head is the reference's softmax CE over its [z0, z1], weighted the same way (padding
+    rows weigh 0): the head's sign and the loss wrapper together, not only the identity in torch."""
+    from types import SimpleNamespace
+
+    from muse_rec.models.ctr_model import LifelongCTRTrain
+
     torch.manual_seed(0)
-    z = torch.randn(64, 2, dtype=torch.float64) * 3
-    y = (torch.rand(64) < 0.3).to(torch.float64)
-    ce = torch.nn.functional.cross_entropy(z, y.long(), reduction="none")
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 1] - z[:, 0], y, reduction="none")
-    torch.testing.assert_close(ce, bce, atol=1e-12, rtol=1e-12)
+    tower = MLPTower(10, hidden=(8,), parametrization=_knobs(output_head="two_logits_dice", dice_alpha_init=-0.25))
+    x = torch.randn(64, 10)
+    with torch.no_grad():  # spread the two logits so the loss is far from log 2 on most rows
+        tower.layers[-2].weight.mul_(4)
+    batch = SimpleNamespace(x=x, labels=(torch.rand(64) < 0.3).float(), weights=(torch.arange(64) < 60).float())
+
+    class OnX(torch.nn.Module):
+        def forward(self, b):
+            return tower(b.x)
+
+    loss, _ = LifelongCTRTrain(OnX())(batch)  # type: ignore[arg-type]
+    z = tower.layers(x)  # [B, 2]
+    ce = torch.nn.functional.cross_entropy(z, batch.labels.long(), reduction="none")
+    expected = (ce * batch.weights).sum() / batch.weights.sum()
+    # fp32: BCE on z1 - z0 and softmax CE round differently, by a few ulps of a loss ~0.7.
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
+    assert abs(float(expected) - math.log(2)) > 0.05  # the logits really differ: a z0 - z1 sign would show
 
 
 def test_output_bias_starts_the_logit_at_the_prior_and_survives_meta_materialisation():
