@@ -71,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
           f"{100 * result['targets_with_scl']:.1f}% of targets have an SCL vector")
     print(floors_table(result))
     print("logloss '-': the score is a similarity, not a probability (only popularity and the regression are).")
+    missing = 1.0 - result["targets_with_scl"]
+    if missing > 0 and "cos_mean_history" in result["floors"]:
+        # Said because it can dominate: where targets without a vector are the popular ones, the cosine
+        # floors fall below 0.5 on data whose vectors do carry signal (the regression sees popularity too).
+        print(f"the cosine floors rank the {100 * missing:.1f}% of targets without an SCL vector below every target "
+              "with one (score -1.1, the GSU's rule for behaviours without a vector)")
     if args.out:
         try:
             print(f"wrote {save_metrics_json(args.out, result)}")

@@ -314,6 +314,19 @@ def test_cli_prints_table_and_writes_strict_json(tiny, tmp_path, capsys):
     assert "NaN" not in out.read_text() and got["options"]["top_k"] == 9
 
 
+def test_cli_says_how_the_cosine_floors_rank_targets_without_a_vector(tiny, holes, capsys):
+    assert cli_main(["baselines", str(holes)]) == 0
+    text = capsys.readouterr().out
+    data = PreparedData(str(holes))
+    missing = 100 * float(1 - np.asarray(data.scl_present())[data.item_rows("test", slice(None))].mean())
+    assert 5 < missing < 50  # the fixture drops 20% of the items' vectors
+    assert f"{100 - missing:.1f}% of targets have an SCL vector" in text
+    assert f"rank the {missing:.1f}% of targets without an SCL vector below every target with one" in text
+    assert cli_main(["baselines", str(tiny)]) == 0
+    full = capsys.readouterr().out
+    assert "100.0% of targets have an SCL vector" in full and "without an SCL vector" not in full
+
+
 def test_no_scl_vectors_skips_those_floors_with_a_warning(tiny, tmp_path, capsys):
     d = _copy(tiny, tmp_path / "prepared")
     _rewrite(d / "items/scl.npy", lambda a: np.zeros_like(a))
