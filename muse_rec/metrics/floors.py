@@ -6,7 +6,7 @@ model whose GAUC is below the best floor has learned less than a one-line heuris
 
 Floors (``FLOORS``, name -> what):
 
-- ``popularity``: smoothed train CTR of the target item,
+- ``popularity``: smoothed train CTR of the target item (of the fit split, `--train-split`),
   ``(clicks + a * prior) / (impressions + a)``, ``prior`` = the global train CTR, ``a`` =
   ``FloorOptions.prior_strength``; items never a train target get the prior.
 - ``cos_mean_history``: cosine of the target's SCL vector with the mean SCL vector of the
@@ -50,20 +50,22 @@ logger = logging.getLogger("muse_rec")
 FLOORS_VERSION = 2  # 2: the popularity floor counts impressions on its fit split, not always on train
 
 FLOORS: Dict[str, str] = {
-    "popularity": "smoothed train CTR of the target item",
-    "cos_mean_history": "cos(target, mean history SCL)",
+    "popularity": "smoothed {train_split} CTR of the target item",
+    "cos_mean_history": "cos(target, mean history SCL){window}",
     "cos_mean_recent": "cos(target, mean SCL of the newest {recent})",
-    "mean_topk_similarity": "mean of the top-{top_k} SCL cosines (GSU rule)",
-    "logistic_regression": "logistic regression on the floors above, fitted on train",
+    "mean_topk_similarity": "mean of the top-{top_k} SCL cosines (GSU rule){window}",
+    "logistic_regression": "logistic regression on the floors above, fitted on {train_split}",
 }
 # Floors whose scores are click probabilities, so their logloss means something. The cosines
 # are not; their logloss is reported as None ("-"), not invented by an arbitrary squashing.
 PROBABILITY_FLOORS = ("popularity", "logistic_regression")
 
 
-def describe(name: str, opts: FloorOptions) -> str:
-    """The human name of floor ``name`` (with its K / recent window filled in)."""
-    return FLOORS[name].format(recent=opts.recent, top_k=opts.top_k)
+def describe(name: str, opts: FloorOptions, train_split: str = "train") -> str:
+    """The human name of floor ``name``, with its K, recent window, history window (when the floors
+    see only the newest ``seq_len``, as a run's check does) and fit split filled in."""
+    window = f", newest {opts.seq_len:,}" if opts.seq_len else ""
+    return FLOORS[name].format(recent=opts.recent, top_k=opts.top_k, window=window, train_split=train_split)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +180,7 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     if not with_scl:
         skipped["logistic_regression"] = "only the popularity floor is available (no SCL vectors): nothing to combine"
     elif y_fit.min() == y_fit.max():
-        skipped["logistic_regression"] = f"the {fit_idx.size} train samples it is fitted on all have label {int(y_fit[0])}"
+        skipped["logistic_regression"] = f"the {fit_idx.size} {train_split} samples it is fitted on all have label {int(y_fit[0])}"
     else:
         train_scores = split_scores(data, train_split, fit_idx, opts, ctr, with_scl, leave_one_out=True)
         model = fit_logistic(lr_features(train_scores), y_fit, opts.lr_l2)
@@ -187,7 +189,7 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     floors: Dict[str, Dict] = {}
     for name in FLOORS:
         if name in scores:
-            floors[name] = {"description": describe(name, opts),
+            floors[name] = {"description": describe(name, opts, train_split),
                             **_metrics(user_keys, labels, scores[name], name in PROBABILITY_FLOORS)}
     best = max(floors, key=lambda k: floors[k]["gauc"])
     target_vec = np.asarray(data.scl_present()[data.item_rows(split, slice(None))])

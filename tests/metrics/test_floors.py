@@ -277,6 +277,19 @@ def test_regression_floor_is_fitted_on_train_features(tiny):
     assert lr["fitted_on"] == n and 0.0 < result["floors"]["logistic_regression"]["logloss"] < 1.0
 
 
+def test_descriptions_name_the_history_window_and_the_fit_split(tiny):
+    """A run's check sees the newest data.seq_len behaviours and `--train-split` may fit on another
+    split: both show in the names, so a run's floor row and the CLI's whole-history one are told apart."""
+    whole = compute_floors(PreparedData(str(tiny)), "test", FloorOptions(top_k=9))["floors"]
+    assert whole["cos_mean_history"]["description"] == "cos(target, mean history SCL)"
+    assert whole["logistic_regression"]["description"] == "logistic regression on the floors above, fitted on train"
+    capped = compute_floors(PreparedData(str(tiny)), "test", FloorOptions(seq_len=60, top_k=9), "test")["floors"]
+    assert capped["cos_mean_history"]["description"] == "cos(target, mean history SCL), newest 60"
+    assert capped["mean_topk_similarity"]["description"] == "mean of the top-9 SCL cosines (GSU rule), newest 60"
+    assert capped["popularity"]["description"] == "smoothed test CTR of the target item"
+    assert capped["logistic_regression"]["description"].endswith("fitted on test")
+
+
 def test_message_says_below_or_above():
     floors = {"best": {"name": "cos_mean_history", "description": "cos(target, mean history SCL)", "gauc": 0.63}}
     below, msg = below_floor_message(0.61, floors)
