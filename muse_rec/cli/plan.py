@@ -183,10 +183,10 @@ def run(args: argparse.Namespace) -> int:
         ddr_bytes_per_rank=int(args.ddr_gib * GiB),
         allow_uvm=not args.no_uvm,
         ranks_per_host=args.local_world_size,
-        # What a rank holds outside the tables (CPU: runtime, a step, loader workers, a checkpoint's
-        # copy of its trainable tables: rank_memory), as training reserves it. Computed for
-        # --world-size; the what-if rows reuse that value.
-        dense_bytes=spec_rank_overhead_bytes(spec, model, args.device, args.world_size),
+        # What a rank holds outside the tables (CPU: runtime, a step, loader workers, its share of a
+        # checkpoint's copy of the trainable tables: rank_memory), as training reserves it, at each
+        # world size a what-if row or a search tries.
+        rank_overhead=lambda world_size: spec_rank_overhead_bytes(spec, model, args.device, world_size),
     )
     main = attempt(model, setup, args.world_size, sharders, verbose=args.verbose)
     out: Dict = {"spec": args.spec, "name": spec.name, "vocab_sizes": sizes, "vocab_source": source,

@@ -5,9 +5,10 @@ are allowed). `what_if` plans one setup for many world sizes; `diagnose` explain
 which tables, how big, and what would fit instead: the minimum world size at the same memory
 per rank, UVM caching (when it was off), and the largest item vocabulary that fits.
 
-"Fits" always means `PlanReport.fits`: the planner found a plan AND every rank also holds the
-fused-optimizer state the planner does not count (see `plan_report`). Searches assume fitting
-is monotone in the world size and in the item rows (more ranks / fewer rows never hurt).
+"Fits" always means `PlanReport.fits`: the planner found a plan, its shards' fused-optimizer
+state included (`optimizer_state`), within what every rank may fill. Searches assume fitting is
+monotone in the world size and in the item rows (more ranks / fewer rows never hurt), which holds
+because each world size is planned with its own reservation (`PlanSetup.rank_overhead`).
 """
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ class PlanSetup:
             no ``fused_uvm``/``fused_uvm_caching``.
         dense_bytes: per-rank memory outside the tables for the planner's reservation, as
             training passes it (`rank_memory.rank_overhead_bytes`); None = TorchRec's estimate.
+        rank_overhead: the same as a function of the world size, which wins over `dense_bytes`
+            when given: on CPU a rank's share of the checkpoint's copy of the tables shrinks with
+            more ranks (`rank_memory.spec_rank_overhead_bytes`), so a search over world sizes must
+            not reuse one world size's figure.
         ranks_per_host: ranks on one host, at most; a world size it does not divide gets equal
             hosts of fewer (`planner.ranks_per_host`). None = CUDA hosts of up to 8 GPUs, CPU one host.
     """
@@ -53,6 +58,11 @@ class PlanSetup:
     allow_uvm: bool = True
     dense_bytes: Optional[int] = None
     ranks_per_host: Optional[int] = None
+    rank_overhead: Optional[Callable[[int], Optional[int]]] = None
+
+    def dense_bytes_at(self, world_size: int) -> Optional[int]:
+        """Per-rank memory outside the tables at `world_size` (see `rank_overhead`)."""
+        return self.rank_overhead(world_size) if self.rank_overhead is not None else self.dense_bytes
 
     def local_world_size(self, world_size: int) -> int:
         return ranks_per_host(world_size, self.compute_device, self.ranks_per_host)
@@ -106,7 +116,7 @@ def attempt(module: nn.Module, setup: PlanSetup, world_size: int,
     """Plan `module` on `setup` at `world_size`; a planner failure becomes ``Attempt.error``."""
     try:
         report = plan_report(module, setup.topology(world_size), sharders, setup.constraints(module, world_size),
-                             verbose, setup.dense_bytes)
+                             verbose, setup.dense_bytes_at(world_size))
     except PlannerError as e:
         return Attempt(world_size, None, f"TorchRec planner: {planner_error_line(e)}")
     return Attempt(world_size, report, None)
@@ -160,22 +170,22 @@ def format_what_if(rows: Sequence[WhatIfRow]) -> str:
 def table_bytes(module: nn.Module, setup: PlanSetup, sharders: Sequence[ModuleSharder[nn.Module]]) -> PlanReport:
     """A 1-rank plan with unbounded memory: per-table weights and optimizer state, no limit in play."""
     big = replace(setup, hbm_bytes_per_rank=_UNBOUNDED_BYTES, ddr_bytes_per_rank=_UNBOUNDED_BYTES)
-    return plan_report(module, big.topology(1), sharders, setup.constraints(module), dense_bytes=setup.dense_bytes)
+    return plan_report(module, big.topology(1), sharders, setup.constraints(module), dense_bytes=setup.dense_bytes_at(1))
 
 
 def min_world_size(module: nn.Module, setup: PlanSetup, sharders: Sequence[ModuleSharder[nn.Module]],
-                   total_bytes: int, limit: int) -> Optional[Attempt]:
-    """The smallest world size <= `limit` that fits (its `Attempt`), or None.
+                   total_bytes: int, limit: int, start: int = 1) -> Optional[Attempt]:
+    """The smallest world size in [`start`, `limit`] that fits (its `Attempt`), or None.
 
     Starts at a true lower bound, `total_bytes` (weights + state) over the raw memory per rank
-    that may hold rows, then doubles and bisects.
+    that may hold rows (or `start` when larger), then doubles and bisects.
     """
     storage = setup.topology(1).devices[0].storage
     if setup.compute_device != "cuda":
         per_rank = storage.ddr
     else:
         per_rank = storage.hbm + (storage.ddr if setup.allow_uvm else 0)
-    lo = max(1, math.ceil(total_bytes / max(per_rank, 1)))
+    lo = max(start, math.ceil(total_bytes / max(per_rank, 1)))
     if lo > limit:
         return None
     failed, hi = lo - 1, lo
@@ -253,15 +263,20 @@ class FitDiagnosis:
         for name, rows, dim, dtype, w, s in self.tables[:4]:
             lines.append(f"  {name}: {rows:,} rows x {dim} {dtype} = {g(w)}" + (f" + {g(s)} state" if s else ""))
         if self.usable_bytes_per_rank <= 0:
-            # More ranks or fewer rows cannot help: the reservation is per rank and comes first.
+            # Fewer rows cannot help: the reservation is per rank and comes first. More ranks help only
+            # where it holds a share of the tables (a CPU rank's share of the checkpoint's copy).
             where = "of its HBM " if self.setup.compute_device == "cuda" else ""
             lines += [f"  all tables: {g(total)}; but each rank reserves {g(self.reserved_bytes_per_rank)} {where}outside "
                       f"the tables (runtime, a step's batch x seq_len working set, loader workers, the dense layers' "
                       f"training state, a checkpoint's copy), "
                       f"more than its memory ({self.setup.memory()})",
-                      "what would fit:",
-                      "  - a smaller working set per rank: lower train.batch_size, train.eval_batch_size, data.seq_len "
-                      "or data.num_workers, or a narrower model.tower_hidden (more ranks do not shrink it), or more memory per rank"]
+                      "what would fit:"]
+            if self.min_fit is not None:
+                lines.append(f"  - more ranks (each holds a smaller share of the checkpoint's copy): "
+                             f"{self.setup.describe(self.min_fit.world_size)}")
+            lines.append("  - a smaller working set per rank: lower train.batch_size, train.eval_batch_size, data.seq_len "
+                         "or data.num_workers, or a narrower model.tower_hidden"
+                         + ("" if self.min_fit is not None else " (more ranks do not shrink it)") + ", or more memory per rank")
             return "\n".join(lines)
         usable = self.usable_bytes_per_rank * self.world_size
         culprits, acc = [], 0
@@ -295,7 +310,7 @@ def _usable_per_rank_signed(module: nn.Module, setup: PlanSetup, world_size: int
     overdraws it (e.g. a tower too wide for one GPU). TorchRec raises instead of returning a
     negative figure, so an overdraft is measured under a cap it cannot reach and carried back to
     the real cap: the reservation is PLANNER_RESERVED_FRACTION of the cap plus fixed bytes."""
-    args = (sharders, setup.constraints(module, world_size), setup.dense_bytes)
+    args = (sharders, setup.constraints(module, world_size), setup.dense_bytes_at(world_size))
     try:
         return usable_per_rank(module, setup.topology(world_size), *args)
     except PlannerError:
@@ -337,7 +352,10 @@ def diagnose(build_model: ModelFactory, vocab_sizes: Mapping[str, int], setup: P
         usable = hbm + (max(0, ddr) if setup.allow_uvm else 0)
         reserved = raw.hbm - hbm + (raw.ddr - ddr if setup.allow_uvm else 0)
     if usable <= 0:
-        return FitDiagnosis(setup, world_size, failed.reason, tables, 0, limit, None, None, scaled_table, None, reserved)
+        # A reservation that depends on the world size may shrink below the memory with more ranks.
+        min_fit = min_world_size(module, setup, sharders, total, limit, start=world_size + 1) \
+            if setup.rank_overhead is not None else None
+        return FitDiagnosis(setup, world_size, failed.reason, tables, 0, limit, min_fit, None, scaled_table, None, reserved)
     min_fit = min_world_size(module, setup, sharders, total, limit)
     uvm_fit = None
     if not setup.allow_uvm:

@@ -3,15 +3,12 @@
 `plan_report` runs TorchRec's planner exactly as training does (`planner.make_plan`: the same
 sharders, constraints and storage reservation; a test checks the plans are identical) on an
 unsharded model, ``meta`` included (nothing is allocated), and records the planner's own
-per-shard storage estimate through a `Stats` hook. Then it adds what the planner leaves out:
+per-shard storage estimate through a `Stats` hook. That estimate includes each shard's
+fused-optimizer state (`optimizer_state.FusedOptimizerStateEstimator`: TorchRec alone does not
+count the state our sharders carry; Adam on the full item table is 29 GiB), in the memory FBGEMM
+keeps it in: HBM for the ``fused`` kernel on CUDA, host memory for the UVM kernels and on CPU.
+The report adds:
 
-* **Fused-optimizer state.** TorchRec's storage estimator counts optimizer state only for
-  parameters tagged by ``apply_optimizer_in_backward`` (``param._optimizer_classes``); the
-  fused optimizer our sharders carry in ``fused_params`` is invisible to it. Adam on the full
-  item table (243M x 16 fp32) is 29 GiB of state the planner never sees. FBGEMM keeps the
-  state beside the weights: in HBM for the ``fused`` kernel on CUDA, in host memory (UVM) for
-  ``fused_uvm``/``fused_uvm_caching`` and on CPU. The report adds it there, and a plan
-  `fits` only if every rank holds it within what the planner may use.
 * **Memory outside the tables.** What the planner's storage reservation sets aside per rank
   for everything but the embedding kernels (TorchRec's own estimate: dense parameters and KJTs;
   with ``dense_bytes`` from `rank_memory.spec_rank_overhead_bytes`, as training passes it: the
@@ -32,7 +29,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.planner import Topology
 from torchrec.distributed.planner.constants import BATCH_SIZE
 from torchrec.distributed.planner.stats import EmbeddingStats
@@ -52,18 +48,18 @@ from muse_rec.distributed.planner import (
     planner_reservation,
     sharding_planner,
 )
+from muse_rec.distributed.optimizer_state import DEVICE_MEMORY_KERNELS
 from muse_rec.distributed.sharders import state_optimizer
 
-# Kernels whose rows (and fused-optimizer state) live in device memory on CUDA.
-DEVICE_MEMORY_KERNELS = (EmbeddingComputeKernel.FUSED.value, EmbeddingComputeKernel.DENSE.value)
 
 
 @dataclass(frozen=True)
 class ShardReport:
     """One shard: its rank, offsets/sizes (rows, cols) and the planner's storage estimate.
 
-    ``planner_hbm_bytes``/``planner_ddr_bytes`` are TorchRec's numbers: weights (for a UVM cache
-    the cached fraction in HBM and all rows in DDR), lookup inputs/outputs, cache metadata.
+    ``planner_hbm_bytes``/``planner_ddr_bytes`` are the planner's numbers: weights (for a UVM cache
+    the cached fraction in HBM and all rows in DDR), fused-optimizer state, lookup inputs/outputs,
+    cache metadata.
     """
 
     rank: int
@@ -80,15 +76,12 @@ class ShardReport:
 class TableReport:
     """A table of the plan: `planner.TableSummary` plus its shards and where its state lives.
 
-    ``optimizer_bytes_uncounted``: fused-optimizer state the planner did not include in its
-    estimate (all of ``summary.optimizer_bytes`` unless the weight carries optimizer classes).
-    ``state_memory``: ``hbm`` or ``ddr``, where FBGEMM keeps that state for this kernel.
+    ``state_memory``: ``hbm`` or ``ddr``, where FBGEMM keeps the fused-optimizer state for this kernel.
     """
 
     summary: TableSummary
     bytes_per_element: int
     shards: Tuple[ShardReport, ...]
-    optimizer_bytes_uncounted: int
     state_memory: str
 
     @property
@@ -99,7 +92,8 @@ class TableReport:
 
 @dataclass(frozen=True)
 class RankReport:
-    """Memory of one rank. ``hbm_bytes``/``ddr_bytes`` = the planner's estimate + uncounted state.
+    """Memory of one rank. ``hbm_bytes``/``ddr_bytes``: the planner's estimate of its shards
+    (weights, fused-optimizer state, lookup buffers); ``optimizer_bytes`` the state's share of them.
 
     ``usable_*``: what the planner may place there (cap minus its reservation); ``fits`` compares
     the totals with them.
@@ -108,8 +102,6 @@ class RankReport:
     rank: int
     weight_bytes: int
     optimizer_bytes: int
-    planner_hbm_bytes: int
-    planner_ddr_bytes: int
     hbm_bytes: int
     ddr_bytes: int
     usable_hbm_bytes: int
@@ -153,7 +145,7 @@ class PlanReport:
 
     def totals(self) -> Dict[str, int]:
         """Sums over ranks of every `RankReport` byte field."""
-        keys = ("weight_bytes", "optimizer_bytes", "planner_hbm_bytes", "planner_ddr_bytes", "hbm_bytes", "ddr_bytes")
+        keys = ("weight_bytes", "optimizer_bytes", "hbm_bytes", "ddr_bytes")
         return {k: sum(getattr(r, k) for r in self.ranks) for k in keys}
 
     def overflow(self) -> List[str]:
@@ -211,7 +203,7 @@ def run_planner(
     """
     recorder = _BestPlanRecorder()
     stats: List[Stats] = [recorder] + ([EmbeddingStats()] if verbose else [])
-    planner = sharding_planner(module, topology, constraints, stats=stats, dense_bytes=dense_bytes)
+    planner = sharding_planner(module, topology, sharders, constraints, stats=stats, dense_bytes=dense_bytes)
     with planner_logging(verbose):
         plan = planner.plan(module, list(sharders))
     assert recorder.best_plan is not None  # the planner logs stats whenever it returns a plan
@@ -254,14 +246,9 @@ def plan_report(
             )
             for s in option.shards
         )
-        # The planner includes state only for weights tagged with in-backward optimizer classes.
-        counted = bool(getattr(option.tensor, "_optimizer_classes", None))
         in_device = topology.compute_device == "cuda" and summary.compute_kernel in DEVICE_MEMORY_KERNELS
-        tables.append(TableReport(
-            summary=summary, bytes_per_element=elem, shards=shards,
-            optimizer_bytes_uncounted=0 if counted else summary.optimizer_bytes,
-            state_memory="hbm" if in_device else "ddr",
-        ))
+        tables.append(TableReport(summary=summary, bytes_per_element=elem, shards=shards,
+                                  state_memory="hbm" if in_device else "ddr"))
     return PlanReport(
         world_size=topology.world_size,
         compute_device=topology.compute_device,
@@ -277,25 +264,20 @@ def plan_report(
 
 def _rank_reports(tables: Sequence[TableReport], world_size: int, usable_hbm: int, usable_ddr: int,
                   reserved_hbm: int = 0, reserved_ddr: int = 0) -> Tuple[RankReport, ...]:
-    acc = {r: dict(weight=0, state=0, p_hbm=0, p_ddr=0, extra_hbm=0, extra_ddr=0) for r in range(world_size)}
+    acc = {r: dict(weight=0, state=0, hbm=0, ddr=0) for r in range(world_size)}
     for t in tables:
         weights_on: Dict[int, int] = {}
         for s in t.shards:
             a = acc[s.rank]
             a["weight"] += s.weight_bytes
-            a["p_hbm"] += s.planner_hbm_bytes
-            a["p_ddr"] += s.planner_ddr_bytes
+            a["hbm"] += s.planner_hbm_bytes
+            a["ddr"] += s.planner_ddr_bytes
             weights_on[s.rank] = weights_on.get(s.rank, 0) + s.weight_bytes
         for rank, total in t.summary.bytes_per_rank.items():
-            state = total - weights_on.get(rank, 0)  # plan_summary's bytes = weights + state
-            acc[rank]["state"] += state
-            if t.optimizer_bytes_uncounted:
-                acc[rank]["extra_hbm" if t.state_memory == "hbm" else "extra_ddr"] += state
+            acc[rank]["state"] += total - weights_on.get(rank, 0)  # plan_summary's bytes = weights + state
     return tuple(
         RankReport(
-            rank=r, weight_bytes=a["weight"], optimizer_bytes=a["state"],
-            planner_hbm_bytes=a["p_hbm"], planner_ddr_bytes=a["p_ddr"],
-            hbm_bytes=a["p_hbm"] + a["extra_hbm"], ddr_bytes=a["p_ddr"] + a["extra_ddr"],
+            rank=r, weight_bytes=a["weight"], optimizer_bytes=a["state"], hbm_bytes=a["hbm"], ddr_bytes=a["ddr"],
             usable_hbm_bytes=usable_hbm, usable_ddr_bytes=usable_ddr,
             reserved_hbm_bytes=reserved_hbm, reserved_ddr_bytes=reserved_ddr,
         )
@@ -320,7 +302,7 @@ def report_to_dict(report: PlanReport) -> Dict[str, Any]:
         s["ranks"] = list(t.summary.ranks)
         s["bytes_per_rank"] = {str(k): v for k, v in sorted(t.summary.bytes_per_rank.items())}
         s.update(bytes_per_element=t.bytes_per_element, total_bytes=t.total_bytes,
-                 optimizer_bytes_uncounted_by_planner=t.optimizer_bytes_uncounted, state_memory=t.state_memory,
+                 state_memory=t.state_memory,
                  planner_hbm_bytes=sum(x.planner_hbm_bytes for x in t.shards),
                  planner_ddr_bytes=sum(x.planner_ddr_bytes for x in t.shards),
                  shards=[asdict(x) for x in t.shards])
@@ -355,28 +337,24 @@ def format_report(report: PlanReport) -> str:
             f"{s.table:<10} {s.rows:>11} {s.dim:>4} {s.dtype:>5} {s.sharding_type:<17} {s.compute_kernel:<17} "
             f"{_ranks(s.ranks):<9} {g(s.weight_bytes):>9} {g(s.optimizer_bytes):>9} {t.state_memory:>8}"
         )
-    rhead = (f"{'rank':>4} {'weights':>9} {'opt.state':>9} {'HBM(planner)':>12} {'HBM':>9} {'HBM usable':>10} "
-             f"{'DDR(planner)':>12} {'DDR':>9} {'DDR usable':>10}  fits")
+    rhead = (f"{'rank':>4} {'weights':>9} {'opt.state':>9} {'HBM':>9} {'HBM usable':>10} "
+             f"{'DDR':>9} {'DDR usable':>10}  fits")
     lines += ["", rhead, "-" * len(rhead)]
     for r in report.ranks:
         lines.append(
-            f"{r.rank:>4} {g(r.weight_bytes):>9} {g(r.optimizer_bytes):>9} {g(r.planner_hbm_bytes):>12} "
-            f"{g(r.hbm_bytes):>9} {g(r.usable_hbm_bytes):>10} {g(r.planner_ddr_bytes):>12} {g(r.ddr_bytes):>9} "
+            f"{r.rank:>4} {g(r.weight_bytes):>9} {g(r.optimizer_bytes):>9} "
+            f"{g(r.hbm_bytes):>9} {g(r.usable_hbm_bytes):>10} {g(r.ddr_bytes):>9} "
             f"{g(r.usable_ddr_bytes):>10}  {'yes' if r.fits else 'NO'}"
         )
     tot = report.totals()
-    lines.append(f"{'all':>4} {g(tot['weight_bytes']):>9} {g(tot['optimizer_bytes']):>9} {g(tot['planner_hbm_bytes']):>12} "
-                 f"{g(tot['hbm_bytes']):>9} {'':>10} {g(tot['planner_ddr_bytes']):>12} {g(tot['ddr_bytes']):>9}")
+    lines.append(f"{'all':>4} {g(tot['weight_bytes']):>9} {g(tot['optimizer_bytes']):>9} "
+                 f"{g(tot['hbm_bytes']):>9} {'':>10} {g(tot['ddr_bytes']):>9}")
     r0 = report.ranks[0] if report.ranks else None
     if r0 is not None and (r0.reserved_hbm_bytes or r0.reserved_ddr_bytes):
         lines.append(f"outside the tables (planner's reservation: runtime, activations, loader, dense state, checkpoint copy) "
                      f"per rank: HBM {g(r0.reserved_hbm_bytes)}, DDR {g(r0.reserved_ddr_bytes)} GiB; predicted per rank "
                      + ", ".join(f"{r.rank}: HBM {g(r.predicted_hbm_bytes)} DDR {g(r.predicted_ddr_bytes)}"
                                  for r in report.ranks[:8]) + (" ..." if len(report.ranks) > 8 else ""))
-    uncounted = sum(t.optimizer_bytes_uncounted for t in report.tables)
-    if uncounted:
-        lines.append(f"note: the planner's HBM/DDR estimates leave out {g(uncounted)} GiB of fused-optimizer state; "
-                     "HBM/DDR columns add it where FBGEMM keeps it")
     lines.append("verdict: fits" if report.fits else "verdict: DOES NOT FIT (" + "; ".join(report.overflow()) + ")")
     return "\n".join(lines)
 

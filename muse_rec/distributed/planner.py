@@ -23,6 +23,9 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.distributed.collective_utils import invoke_on_rank_and_broadcast_result
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.constants import BATCH_SIZE, DEFAULT_PERF_ESTIMATOR
+from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
+from torchrec.distributed.planner.shard_estimators import EmbeddingPerfEstimatorFactory, EmbeddingStorageEstimator
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import (
     KernelConfig,
@@ -36,23 +39,14 @@ from torchrec.distributed.types import ModuleSharder, ShardingPlan
 from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS, BaseEmbeddingConfig
 
 from muse_rec.distributed.env import DistEnv
-from muse_rec.distributed.sharders import EBC_SHARDING_TYPES, EC_SHARDING_TYPES, state_optimizer
+from muse_rec.distributed.optimizer_state import FusedOptimizerStateEstimator, state_bytes, state_optimizers_by_module
+from muse_rec.distributed.sharders import EBC_SHARDING_TYPES, EC_SHARDING_TYPES
 
 GiB = 1024**3
 # TorchRec's default HBM margin (EmbeddingShardingPlanner builds this reservation when given
 # none); passed explicitly so a report knows the capacity the planner planned against.
 PLANNER_RESERVED_FRACTION = 0.15
 PLANNER_LOGGER = "torchrec.distributed.planner"
-# Fused-optimizer state bytes per row, as a function of the row width; FBGEMM keeps fp32 state.
-_STATE_BYTES_PER_ROW = {
-    EmbOptimType.EXACT_SGD: lambda dim: 0,
-    EmbOptimType.EXACT_ROWWISE_ADAGRAD: lambda dim: 4,
-    EmbOptimType.EMAINPLACE_ROWWISE_ADAGRAD: lambda dim: 4,
-    EmbOptimType.EXACT_ADAGRAD: lambda dim: 4 * dim,
-    EmbOptimType.ADAM: lambda dim: 8 * dim,
-    EmbOptimType.PARTIAL_ROWWISE_ADAM: lambda dim: 4 * dim + 4,
-}
-
 
 GPUS_PER_HOST = 8  # the usual GPU node (HGX/DGX): what a CUDA plan assumes unless told otherwise
 # torch.device's index is an int8: a host of more ranks cannot be placed (TorchRec's placement
@@ -227,7 +221,7 @@ def make_plan(
     `dense_bytes`: per-rank memory outside the embedding tables (`rank_memory.rank_overhead_bytes`),
     reserved before tables are placed; None = TorchRec's estimate from the dense parameters.
     """
-    planner = sharding_planner(module, topology, constraints, dense_bytes=dense_bytes)
+    planner = sharding_planner(module, topology, sharders, constraints, dense_bytes=dense_bytes)
 
     def plan_or_failure() -> Union[ShardingPlan, PlanDoesNotFit]:
         # Returned, not raised: with several ranks TorchRec's `collective_plan` plans on rank 0
@@ -270,15 +264,28 @@ def planner_reservation(dense_bytes: Optional[int] = None) -> HeuristicalStorage
 def sharding_planner(
     module: nn.Module,
     topology: Topology,
+    sharders: Sequence[ModuleSharder[nn.Module]],
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
     stats: Optional[List[Stats]] = None,
     dense_bytes: Optional[int] = None,
 ) -> EmbeddingShardingPlanner:
     """The one planner configuration that training (`make_plan`) and `muse-rec plan` share,
-    so the plan a report shows is the plan a run uses."""
+    so the plan a report shows is the plan a run uses.
+
+    TorchRec's own enumerator and estimators, plus `FusedOptimizerStateEstimator`: every shard's
+    storage includes the `sharders`' fused-optimizer state, so no placement overfills a rank with it.
+    """
+    constraints = constraints if constraints is not None else make_constraints(module)
+    estimators = [
+        EmbeddingPerfEstimatorFactory.create(DEFAULT_PERF_ESTIMATOR, topology=topology, constraints=constraints),
+        EmbeddingStorageEstimator(topology=topology, constraints=constraints),
+        FusedOptimizerStateEstimator(topology, sharders),  # after the storage estimate it adds to
+    ]
     return EmbeddingShardingPlanner(
         topology=topology,
-        constraints=constraints if constraints is not None else make_constraints(module),
+        enumerator=EmbeddingEnumerator(topology=topology, batch_size=BATCH_SIZE, constraints=constraints,
+                                       estimator=estimators),
+        constraints=constraints,
         storage_reservation=planner_reservation(dense_bytes),
         stats=stats,
     )
@@ -318,7 +325,7 @@ def plan_summary(
     module: nn.Module, plan: ShardingPlan, sharders: Sequence[ModuleSharder[nn.Module]]
 ) -> List[TableSummary]:
     """Per-table rows, dim, dtype, sharding, kernel, ranks and bytes of `plan` for `module`."""
-    optimizer_by_type = {s.module_type: state_optimizer(s) for s in sharders}  # type: ignore[attr-defined]
+    optimizer_by_type = state_optimizers_by_module(sharders)
     out: List[TableSummary] = []
     for name, (path, cfg) in embedding_tables(module).items():
         module_plan = plan.get_plan_for_module(path)
@@ -326,7 +333,6 @@ def plan_summary(
             raise KeyError(f"plan has no entry for table {name!r} of module {path!r}")
         ps = module_plan[name]
         optim = optimizer_by_type.get(type(module.get_submodule(path)))
-        state = _STATE_BYTES_PER_ROW.get(optim, lambda dim: 0) if optim is not None else (lambda dim: 0)
         elem = DATA_TYPE_NUM_BITS[cfg.data_type] // 8
         weights: Dict[int, int] = {}
         states: Dict[int, int] = {}
@@ -336,7 +342,7 @@ def plan_summary(
             placed = [(r, cfg.num_embeddings, cfg.embedding_dim) for r in ps.ranks or []]
         for rank, rows, cols in placed:
             weights[rank] = weights.get(rank, 0) + rows * cols * elem
-            states[rank] = states.get(rank, 0) + rows * state(cols)
+            states[rank] = states.get(rank, 0) + state_bytes(optim, rows, cols)
         out.append(
             TableSummary(
                 table=name,

@@ -79,19 +79,18 @@ def dense_parameter_bytes(module: nn.Module) -> int:
 def trainable_table_bytes(module: nn.Module, sharders: Sequence) -> int:
     """Weights + per-row optimizer state of every trainable (not frozen) table of `module`
     (unsharded; ``meta`` is fine), with the optimizer `sharders` give each collection type."""
-    from muse_rec.distributed.planner import _STATE_BYTES_PER_ROW, embedding_tables
-    from muse_rec.distributed.sharders import state_optimizer
+    from muse_rec.distributed.optimizer_state import state_bytes, state_optimizers_by_module
+    from muse_rec.distributed.planner import embedding_tables
     from muse_rec.models.frozen_scl import FrozenEmbeddingCollection
 
-    optimizer_by_type = {s.module_type: state_optimizer(s) for s in sharders}
+    optimizer_by_type = state_optimizers_by_module(sharders)
     total = 0
     for path, cfg in embedding_tables(module).values():
         owner = module.get_submodule(path)
         if isinstance(owner, FrozenEmbeddingCollection):
             continue
-        state = _STATE_BYTES_PER_ROW.get(optimizer_by_type.get(type(owner)), lambda dim: 0)
-        row_bytes = cfg.embedding_dim * DATA_TYPE_NUM_BITS[cfg.data_type] // 8 + state(cfg.embedding_dim)
-        total += cfg.num_embeddings * row_bytes
+        weights = cfg.num_embeddings * cfg.embedding_dim * DATA_TYPE_NUM_BITS[cfg.data_type] // 8
+        total += weights + state_bytes(optimizer_by_type.get(type(owner)), cfg.num_embeddings, cfg.embedding_dim)
     return total
 
 

@@ -19,7 +19,7 @@ from muse_rec.cli.plan import parse_world_sizes
 from muse_rec.distributed.plan_fit import PlanSetup, attempt
 from muse_rec.distributed.plan_report import plan_report
 from muse_rec.distributed.planner import GiB, make_plan
-from muse_rec.distributed.rank_memory import rank_overhead_bytes
+from muse_rec.distributed.rank_memory import rank_overhead_bytes, spec_rank_overhead_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
 from muse_rec.models.ctr_model import build_train_model
 from muse_rec.models.sparse_arch import REQUIRED_TABLES
@@ -102,8 +102,8 @@ def test_full_vocabulary_on_8_h100_plans_and_accounts_every_byte(tmp_path):
         assert sum(s["weight_bytes"] for s in t["shards"]) == weights, name
         assert {s["rank"] for s in t["shards"]} <= set(range(8)) and t["shards"], name
         assert sum(t["bytes_per_rank"].values()) == weights + state, name
-        # The planner's estimate covers at least the rows it placed on each medium.
-        assert t["planner_hbm_bytes"] + t["planner_ddr_bytes"] >= weights, name
+        # The planner's estimate covers the rows it placed and their fused-optimizer state.
+        assert t["planner_hbm_bytes"] + t["planner_ddr_bytes"] >= weights + state, name
         total_weights += weights
         total_state += state
 
@@ -112,10 +112,9 @@ def test_full_vocabulary_on_8_h100_plans_and_accounts_every_byte(tmp_path):
     assert totals["weight_bytes"] == total_weights and totals["optimizer_bytes"] == total_state
     for key, value in totals.items():  # per-rank sums equal the totals
         assert sum(r[key] for r in ranks) == value, key
-    # The planner does not see fused-optimizer state; the report adds all of it on top.
-    uncounted = sum(t["optimizer_bytes_uncounted_by_planner"] for t in plan["tables"])
-    assert uncounted == total_state
-    assert (totals["hbm_bytes"] + totals["ddr_bytes"]) - (totals["planner_hbm_bytes"] + totals["planner_ddr_bytes"]) == uncounted
+    # The ranks' memory is the planner's own estimate, state included (nothing added after planning).
+    assert totals["hbm_bytes"] + totals["ddr_bytes"] == sum(t["planner_hbm_bytes"] + t["planner_ddr_bytes"]
+                                                            for t in plan["tables"])
     assert all(r["fits"] and r["hbm_bytes"] <= r["usable_hbm_bytes"] < 80 * GiB for r in ranks)
 
 
@@ -173,19 +172,53 @@ def test_too_small_topology_says_what_would_fit(tmp_path):
     assert 0 < max_item < 243_363_021
 
 
-def test_fused_optimizer_state_the_planner_misses_makes_a_plan_not_fit():
-    # p90 on one 16 GiB GPU, rows in HBM: weights (~11 GiB) fit the planner's 13.6 GiB, but Adam's
-    # two moments on the item table (+4.2 GiB) do not: the planner says yes, the report says no.
+def test_the_planner_places_rows_with_their_fused_optimizer_state():
+    """p90 on one 16 GiB GPU, rows in HBM: the weights (~11 GiB) fit the 13.6 GiB the planner may fill,
+    with Adam's two moments on the item table (+4.2 GiB) they do not. TorchRec's planner alone counts no
+    state for our sharders and placed them; with `FusedOptimizerStateEstimator` it refuses."""
     model = _model(P90)
     sharders = make_sharders(FusedOptimizerConfig(name="adam"), "cuda")
     a = attempt(model, PlanSetup("cuda", 16 * GiB, 512 * GiB, allow_uvm=False), 1, sharders)
-    assert a.report is not None and a.error is None  # TorchRec found a plan
-    rank = a.report.ranks[0]
-    assert rank.planner_hbm_bytes <= rank.usable_hbm_bytes < rank.hbm_bytes
-    assert not a.fits and "rank 0: HBM" in a.reason
-    items = 35_458_499
-    assert rank.hbm_bytes - rank.planner_hbm_bytes == sum(t.summary.optimizer_bytes for t in a.report.tables)
-    assert next(t for t in a.report.tables if t.summary.table == "item").summary.optimizer_bytes == items * 8 * 16
+    assert a.report is None and not a.fits and a.error.startswith("TorchRec planner:"), a.error
+    # Exact: each shard's estimate is TorchRec's plus rows x the optimizer's state per row, where it lives.
+    roomy = attempt(model, PlanSetup("cuda", 80 * GiB, 512 * GiB, allow_uvm=False), 1, sharders)
+    item = next(t for t in roomy.report.tables if t.summary.table == "item")
+    assert item.summary.optimizer_bytes == 35_458_499 * 8 * 16 and item.state_memory == "hbm"
+    assert sum(s.planner_hbm_bytes for s in item.shards) >= item.summary.weight_bytes + item.summary.optimizer_bytes
+
+
+def test_cpu_full_vocabulary_fits_at_more_ranks_once_it_fits():
+    """More ranks never hurt: the full vocabulary with Adam on 24 GiB CPU ranks fit at 8 and not at 12 or
+    16, because the planner put the 243M-row item table table-wise on one rank (its weights fit, its
+    29 GiB of state did not), and the advice then named fewer ranks as "more ranks"."""
+    model = _model(FULL)
+    sharders = make_sharders(FusedOptimizerConfig(name="adam"), "cpu")
+    setup = PlanSetup("cpu", ddr_bytes_per_rank=24 * GiB, dense_bytes=2 * GiB)
+    for world_size in (8, 16):
+        a = attempt(model, setup, world_size, sharders)
+        assert a.fits, (world_size, a.reason)
+        item = next(t for t in a.report.tables if t.summary.table == "item")
+        per_rank = item.summary.bytes_per_rank
+        assert max(per_rank.values()) <= 24 * GiB and len(per_rank) > 1, (world_size, item.summary.sharding_type)
+
+
+def test_cpu_advice_counts_the_checkpoint_share_at_each_world_size(capsys, monkeypatch):
+    """A CPU rank reserves its share of the checkpoint's copy of the tables (1/W of 43.5 GiB here), so
+    one rank reserves more than its 24 GiB but more ranks fit. The advice reused one world size's
+    reservation for every other one and said "more ranks do not shrink it"."""
+    out = _plan_inproc(capsys, monkeypatch, "--spec", FULL, "--device", "cpu", "--ddr-gib", "24", "--world-size", "1",
+                       "--json", "-")
+    assert out.returncode == 1
+    assert "each rank reserves" in out.stderr and "more ranks do not shrink it" not in out.stderr
+    n = json.loads(out.stdout)["diagnosis"]["min_world_size"]
+    assert isinstance(n, int) and n > 1 and f"more ranks (each holds a smaller share of the checkpoint's copy): {n} x cpu" in out.stderr
+    # The claim holds at each world size's own reservation: n fits, n - 1 does not.
+    spec = load_spec(REPO / FULL)
+    model = _model(FULL)
+    sharders = make_sharders(FusedOptimizerConfig(name="adam"), "cpu")
+    setup = PlanSetup("cpu", ddr_bytes_per_rank=24 * GiB,
+                      rank_overhead=lambda w: spec_rank_overhead_bytes(spec, model, "cpu", w))
+    assert attempt(model, setup, n, sharders).fits and not attempt(model, setup, n - 1, sharders).fits
 
 
 def test_cpu_topology_keeps_everything_in_host_memory(tmp_path, capsys, monkeypatch):
