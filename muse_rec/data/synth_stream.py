@@ -31,7 +31,7 @@ from muse_rec.data.synth_diagnostics import group_auc
 from muse_rec.data.synth_release import (IdHasher, USER_FIELD_NAMESPACE, publish_release,
                                          release_schema, samples_table, snapshot_window, staged_release,
                                          written_scl_int8)
-from muse_rec.data.synth_world import (VECTOR_BLOCK, Catalogue, Impressions, Users, affinities_of, build_catalogue,
+from muse_rec.data.synth_world import (VECTOR_BLOCK, Catalogue, Impressions, Users, affinities_in_chunks, build_catalogue,
                                        build_impressions, build_timelines, build_users, item_vector_block, ranges)
 
 USER_CHUNK = 2048  # users per generated history chunk (~1.2M behaviours, ~200 MB of temporaries)
@@ -78,9 +78,9 @@ def _blocked_affinities(cfg: SynthConfig) -> Callable:
             if idx.size == 0:
                 continue
             block = int(item[idx[0]] // VECTOR_BLOCK)
-            vecs = item_vector_block(cfg, cat, block)
-            aff_long[idx], aff_recent[idx] = affinities_of(cat, users, sample_user[idx],
-                                                           vecs[item[idx] - block * VECTOR_BLOCK])
+            vecs, base = item_vector_block(cfg, cat, block), block * VECTOR_BLOCK
+            aff_long[idx], aff_recent[idx] = affinities_in_chunks(cat, users, sample_user[idx], item[idx],
+                                                                  lambda rows: vecs[rows - base])
         return aff_long, aff_recent
 
     return affinities

@@ -343,15 +343,22 @@ def affinities_of(cat: Catalogue, users: Users, u: np.ndarray, v: np.ndarray) ->
     return best, aff_recent
 
 
-def _affinities(cat: Catalogue, users: Users, sample_user: np.ndarray, item: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """`affinities_of` for targets `item` [n] of an in-memory catalogue, in blocks of rows."""
+def affinities_in_chunks(cat: Catalogue, users: Users, sample_user: np.ndarray, item: np.ndarray,
+                         vectors: Callable[[np.ndarray], np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """`affinities_of` for targets `item` [n], gathering their vectors (`vectors(items) -> [m, D]`)
+    _CHUNK samples at a time: the [n, D] gathers would otherwise hold ~1 KB per impression at once."""
     n = item.shape[0]
     aff_long = np.full(n, -1.0, dtype=np.float32)
     aff_recent = np.empty(n, dtype=np.float32)
     for lo in range(0, n, _CHUNK):
         sl = slice(lo, min(n, lo + _CHUNK))
-        aff_long[sl], aff_recent[sl] = affinities_of(cat, users, sample_user[sl], cat.item_vec[item[sl]])
+        aff_long[sl], aff_recent[sl] = affinities_of(cat, users, sample_user[sl], vectors(item[sl]))
     return aff_long, aff_recent
+
+
+def _affinities(cat: Catalogue, users: Users, sample_user: np.ndarray, item: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """`affinities_of` for targets `item` [n] of an in-memory catalogue."""
+    return affinities_in_chunks(cat, users, sample_user, item, lambda rows: cat.item_vec[rows])
 
 
 Affinities = Callable[[Catalogue, Users, np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]
