@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             data.require_split(split, flag)
         from muse_rec.metrics.floors import compute_floors
 
-        result = compute_floors(data, args.split, opts, args.train_split)
+        result = compute_floors(data, args.split, opts, args.train_split,
+                                say=lambda line: print(line, file=sys.stderr, flush=True))
     except (PreparedDataError, FloorsError, FileNotFoundError, OutputPathError) as e:
         print(f"muse-rec baselines: {e}", file=sys.stderr)
         return 2

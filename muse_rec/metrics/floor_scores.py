@@ -16,7 +16,7 @@ the histories. Only the per-sample scores
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -214,8 +214,10 @@ def _history_lengths(data: PreparedData, split: str, users: np.ndarray, seq_len:
 
 
 def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptions, ctr: ItemCtr,
-                 with_scl: bool, leave_one_out: bool = False) -> Dict[str, np.ndarray]:
-    """Floor scores of samples ``idx`` (any order, streamed in user order): name -> ``[n]``."""
+                 with_scl: bool, leave_one_out: bool = False,
+                 on_chunk: Optional[Callable[[int], None]] = None) -> Dict[str, np.ndarray]:
+    """Floor scores of samples ``idx`` (any order, streamed in user order): name -> ``[n]``.
+    ``on_chunk(done)`` is called after each chunk of users with the samples scored so far."""
     n = idx.size
     labels = data.labels(split, idx).astype(np.float64)
     items = data.item_rows(split, idx).astype(np.int64)
@@ -228,8 +230,12 @@ def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOpt
     by_user = np.argsort(users, kind="stable")  # one user's samples share a chunk (history read once)
     users_sorted = users[by_user]
     lengths = _history_lengths(data, split, users_sorted, opts.seq_len)
+    done = 0
     for cut in _user_chunks(users_sorted, lengths, opts.chunk_samples, opts.chunk_slots):
         part = np.sort(by_user[cut])  # ascending positions read the memory maps forward
         for name, v in scl_scores(data, split, idx[part], opts).items():
             out[name][part] = v
+        done += part.size
+        if on_chunk is not None:
+            on_chunk(done)
     return out

@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -45,6 +45,9 @@ __all__ = ["FLOORS", "FloorOptions", "FloorsError", "ItemCtr", "below_floor_mess
            "check_run_against_floors", "compute_floors", "fit_logistic", "lr_features", "split_scores"]
 
 logger = logging.getLogger("muse_rec")
+# A progress line at most this often while the floors are scored: on a release-sized test split
+# (~23M samples) they take many minutes, and a log that says nothing for that long looks hung.
+PROGRESS_EVERY_S = 10.0
 
 # Bumped whenever a floor's definition changes: cached floor files of another version are stale.
 FLOORS_VERSION = 2  # 2: the popularity floor counts impressions on its fit split, not always on train
@@ -142,9 +145,28 @@ def _metrics(user_keys: np.ndarray, labels: np.ndarray, scores: np.ndarray, prob
             "gauc_users": int(per_user.valid.sum()), "gauc_samples": per_user.gauc_samples}
 
 
+def scoring_progress(say: Optional[Callable[[str], None]], what: str, total: int) -> Optional[Callable[[int], None]]:
+    """An ``on_chunk`` for `split_scores` that says ``floors: <what>: k of n samples scored (p%), t s``
+    at most every `PROGRESS_EVERY_S` (nothing for a split scored faster), or None without ``say``."""
+    if say is None:
+        return None
+    start = last = time.perf_counter()
+
+    def on_chunk(done: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= PROGRESS_EVERY_S:
+            last = now
+            say(f"floors: {what}: {done:,} of {total:,} samples scored ({100 * done / max(total, 1):.0f}%), "
+                f"{now - start:.0f} s")
+
+    return on_chunk
+
+
 def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions = FloorOptions(),
-                   train_split: str = "train") -> Dict:
+                   train_split: str = "train", say: Optional[Callable[[str], None]] = None) -> Dict:
     """Every floor's GAUC / AUC / logloss on ``split`` (strict-JSON-able dict, see docs/metrics.md).
+    ``say``: where progress lines go while the splits are scored (`scoring_progress`).
 
     Raises:
         FloorsError: the split is empty, has no user with both a click and a non-click (GAUC is
@@ -169,7 +191,8 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
         for name in SCL_FLOORS:
             skipped[name] = "the prepared data has no SCL vectors (items/scl_present.npy is all False)"
     ctr = ItemCtr.from_train(data, train_split, opts.prior_strength)
-    scores = split_scores(data, split, np.arange(n, dtype=np.int64), opts, ctr, with_scl)
+    scores = split_scores(data, split, np.arange(n, dtype=np.int64), opts, ctr, with_scl,
+                          on_chunk=scoring_progress(say, f"split {split}", n))
 
     train_n = data.num_samples(train_split)
     rng = np.random.default_rng(opts.seed)
@@ -182,7 +205,9 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     elif y_fit.min() == y_fit.max():
         skipped["logistic_regression"] = f"the {fit_idx.size} {train_split} samples it is fitted on all have label {int(y_fit[0])}"
     else:
-        train_scores = split_scores(data, train_split, fit_idx, opts, ctr, with_scl, leave_one_out=True)
+        train_scores = split_scores(data, train_split, fit_idx, opts, ctr, with_scl, leave_one_out=True,
+                                    on_chunk=scoring_progress(say, f"split {train_split} (the regression's fit)",
+                                                              fit_idx.size))
         model = fit_logistic(lr_features(train_scores), y_fit, opts.lr_l2)
         scores["logistic_regression"] = model.predict(lr_features(scores))
 
@@ -245,7 +270,8 @@ def cached_floors(data: PreparedData, split: str, opts: FloorOptions, cache_dir:
             return json.loads(path.read_text())
         except json.JSONDecodeError:
             logger.warning("%s: unreadable cached floors, recomputing", path)
-    result = compute_floors(data, split, opts, train_split)
+    logger.info("computing the model-free floors of %s split %s (cached in %s)", data.path, split, cache_dir)
+    result = compute_floors(data, split, opts, train_split, say=logger.info)
     save_metrics_json(path, result)
     return json.loads(path.read_text())  # what a later cache hit returns (NaN -> null)
 
