@@ -48,6 +48,9 @@ ITEM_ATTR_VOCABS = dict(zip(S.ITEM_ATTRS, ["item_f213", "item_f214"]))
 ITEM_ATTR_COLUMNS = ["category", "item_f213", "item_f214"]
 USER_FIELD_COLUMNS = ["user_id", "user_f1", "user_f2", "user_f3", "user_f4", "user_f5"]
 BUILD_DIR = ".build"
+# In a log (no terminal bars), a line at most this often while a step reads a table: at the
+# release's size one step reads billions of behaviours for minutes.
+PROGRESS_EVERY_S = 30.0
 SAMPLE_ARRAYS = ["labels", "sample_user_keys", "sample_item_keys", "sample_user_rows", "sample_items", "sample_users"]
 USER_ARRAYS = ["user_keys", "user_fields", "user_sorted_keys", "user_sorted_index", "seq_offsets", "seq_items",
                "seq_cats"]
@@ -169,6 +172,7 @@ class _Prepare:
                 self._say(f"{step}: already done, kept")
                 return done["stats"]
         t0 = time.perf_counter()
+        self._say(f"{step}: started")
         stats = fn()
         write_json(marker, {"fingerprint": self.fingerprint, "stats": stats})
         self._say(f"{step}: done in {time.perf_counter() - t0:.1f} s")
@@ -187,9 +191,17 @@ class _Prepare:
     def batches(self, table: str, cols: List[str]) -> Iterator[pa.RecordBatch]:
         t: RawTable = self.raw[table]
         bar = tqdm(total=t.num_rows, unit="row", desc=f"{table}", disable=not self.bars, leave=False)
+        start = last = time.perf_counter()
+        done = 0
         for b in t.iter_batches(cols, self.cfg.batch_rows):
             yield b
             bar.update(b.num_rows)
+            done += b.num_rows
+            now = time.perf_counter()
+            if now - last >= PROGRESS_EVERY_S:  # bars or not: _say prints only without them
+                last = now
+                self._say(f"  {table}: {done:,} of {t.num_rows:,} rows ({100 * done / max(t.num_rows, 1):.0f}%), "
+                          f"{now - start:.0f} s")
         bar.close()
 
     def vocab(self, name: str) -> Vocab:
