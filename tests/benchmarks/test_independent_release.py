@@ -1,0 +1,41 @@
+"""benchmarks/independent_release.py: a release the project's reader takes as the real one, made
+without muse_rec, with the world its docstring describes (non-unit SCL rows, missing rows)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from muse_rec.data import schema as S
+from muse_rec.data.prepare import PrepareConfig, prepare
+from muse_rec.data.prepared import PreparedData
+from muse_rec.data.reader import RawRelease
+from muse_rec.data.synth_release import release_schema
+from tests.conftest import REPO, subprocess_env
+
+SCRIPT = REPO / "benchmarks" / "independent_release.py"
+
+
+def test_writes_the_release_layout_without_muse_rec_and_prepares(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    # -I: isolated (no cwd, no PYTHONPATH on sys.path); a muse_rec import would fail from there.
+    out = subprocess.run([sys.executable, "-I", str(SCRIPT), str(raw), "--users", "200", "--seed", "3"],
+                         capture_output=True, text=True, cwd=tmp_path, env=subprocess_env(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "muse_rec" not in SCRIPT.read_text().split('"""', 2)[2]  # no import of the project
+    with RawRelease(str(raw)) as release:  # the reader's schema and value checks
+        for name, table in release.tables.items():
+            assert [p.schema for p in table.parts] == [release_schema(name)], name
+    scl = pq.read_table(raw / S.TABLES["scl"].file)
+    rows = np.stack(scl.column(scl.schema.names[-1]).to_numpy(zero_copy_only=False)).astype(np.float64)
+    norms = np.linalg.norm(rows, axis=1)
+    assert norms.min() < 60 and norms.max() > 200  # per-item norms, not 127 x a unit vector
+
+    prepare(str(raw), str(tmp_path / "prepared"), PrepareConfig(progress=False))
+    data = PreparedData(str(tmp_path / "prepared"))
+    assert data.num_samples("train") > 1000 and 0.05 < data.num_positives("train") / data.num_samples("train") < 0.25
+    present = np.asarray(data.scl_present())[data.item_rows("test", slice(None))]
+    assert 0.5 < present.mean() < 0.95  # a share of the targets has no SCL row
