@@ -186,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
         # What a rank holds outside the tables (CPU: runtime, a step, loader workers, its share of a
         # checkpoint's copy of the trainable tables: rank_memory), as training reserves it, at each
         # world size a what-if row or a search tries.
-        rank_overhead=lambda world_size: spec_rank_overhead_bytes(spec, model, args.device, world_size),
+        rank_overhead=(lambda module, world_size: spec_rank_overhead_bytes(spec, module, args.device, world_size))
+        if args.device == "cpu" else None,
     )
     main = attempt(model, setup, args.world_size, sharders, verbose=args.verbose)
     out: Dict = {"spec": args.spec, "name": spec.name, "vocab_sizes": sizes, "vocab_source": source,

@@ -14,7 +14,7 @@ Units: bytes.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
@@ -25,25 +25,58 @@ from torchrec.distributed.types import ModuleSharder
 
 from muse_rec.distributed.sharders import state_optimizer
 
-# State bytes per row as a function of the shard's row width; FBGEMM keeps fp32 state (the
-# row-wise optimizers one fp32 per row of each shard).
-STATE_BYTES_PER_ROW: Dict[Any, Callable[[int], int]] = {
-    EmbOptimType.EXACT_SGD: lambda dim: 0,
-    EmbOptimType.EXACT_ROWWISE_ADAGRAD: lambda dim: 4,
-    EmbOptimType.EMAINPLACE_ROWWISE_ADAGRAD: lambda dim: 4,
-    EmbOptimType.EXACT_ADAGRAD: lambda dim: 4 * dim,
-    EmbOptimType.ADAM: lambda dim: 8 * dim,
-    EmbOptimType.PARTIAL_ROWWISE_ADAM: lambda dim: 4 * dim + 4,
+# fp32 state per shard of each FBGEMM optimizer: (values per element, values per row). FBGEMM keeps a
+# per-element moment beside the rows (HBM for `fused`, host memory for the UVM kernels) and a per-row
+# one in device memory whatever the kernel (`construct_split_state`: "if optimizer state is rowwise,
+# optimizer is on device"). An optimizer missing here is an error, not free.
+STATE_FLOATS: Dict[Any, Tuple[int, int]] = {
+    EmbOptimType.EXACT_SGD: (0, 0),
+    EmbOptimType.EXACT_ROWWISE_ADAGRAD: (0, 1),
+    EmbOptimType.EMAINPLACE_ROWWISE_ADAGRAD: (0, 1),
+    EmbOptimType.EXACT_ADAGRAD: (1, 0),
+    EmbOptimType.ADAM: (2, 0),
+    EmbOptimType.PARTIAL_ROWWISE_ADAM: (1, 1),
+    EmbOptimType.LAMB: (2, 0),
+    EmbOptimType.PARTIAL_ROWWISE_LAMB: (1, 1),
+    EmbOptimType.LARS_SGD: (1, 0),
 }
-# Kernels whose rows (and fused-optimizer state) live in device memory on CUDA; every other
-# kernel, and every kernel on CPU, keeps the state in host memory beside the rows.
-DEVICE_MEMORY_KERNELS = (EmbeddingComputeKernel.FUSED.value, EmbeddingComputeKernel.DENSE.value)
+STATE_VALUE_BYTES = 4  # FBGEMM's moments are fp32 (no optimizer_state_dtypes is set)
+# The kernel whose rows (and per-element state) live in device memory on CUDA; the UVM kernels keep
+# them in host memory, and on CPU everything is host memory. (`dense` is data-parallel only, which no
+# sharder here allows.)
+DEVICE_MEMORY_KERNELS = (EmbeddingComputeKernel.FUSED.value,)
+
+
+def _floats(optimizer: Any) -> Tuple[int, int]:
+    if optimizer is None:
+        return 0, 0
+    if optimizer not in STATE_FLOATS:
+        raise ValueError(f"no state size known for the fused optimizer {getattr(optimizer, 'value', optimizer)!r}")
+    return STATE_FLOATS[optimizer]
 
 
 def state_bytes(optimizer: Any, rows: int, dim: int) -> int:
-    """State bytes of a ``rows x dim`` shard under `optimizer` (0 for None or an unknown one)."""
-    per_row = STATE_BYTES_PER_ROW.get(optimizer) if optimizer is not None else None
-    return rows * per_row(dim) if per_row is not None else 0
+    """State bytes of a ``rows x dim`` shard under `optimizer` (0 for None: a frozen table)."""
+    per_element, per_row = _floats(optimizer)
+    return rows * (per_element * dim + per_row) * STATE_VALUE_BYTES
+
+
+def state_placement(optimizer: Any, rows: int, dim: int, compute_device: str, kernel: str) -> Tuple[int, int]:
+    """(HBM, host) bytes of a shard's state: see `STATE_FLOATS` for where FBGEMM keeps each part."""
+    per_element, per_row = _floats(optimizer)
+    element_bytes = rows * per_element * dim * STATE_VALUE_BYTES
+    row_bytes = rows * per_row * STATE_VALUE_BYTES
+    if compute_device != "cuda":
+        return 0, element_bytes + row_bytes
+    if kernel in DEVICE_MEMORY_KERNELS:
+        return element_bytes + row_bytes, 0
+    return row_bytes, element_bytes
+
+
+def state_memory(optimizer: Any, compute_device: str, kernel: str) -> str:
+    """Where a table's state lives: ``hbm``, ``ddr``, ``hbm+ddr`` (per-row part in HBM) or ``-`` (none)."""
+    hbm, ddr = state_placement(optimizer, 1, 1, compute_device, kernel)
+    return "+".join(m for m, b in (("hbm", hbm), ("ddr", ddr)) if b) or "-"
 
 
 def state_optimizers_by_module(sharders: Sequence[ModuleSharder[nn.Module]]) -> Dict[type, Any]:
@@ -52,11 +85,13 @@ def state_optimizers_by_module(sharders: Sequence[ModuleSharder[nn.Module]]) -> 
 
 
 class FusedOptimizerStateEstimator(ShardEstimator):
-    """Adds each shard's fused-optimizer state to TorchRec's storage estimate (runs after it).
+    """Adds each shard's fused-optimizer state to TorchRec's storage estimate (must run after it:
+    `EmbeddingStorageEstimator` assigns each shard a fresh storage, this adds to it).
 
     Args:
         topology: the planner's topology (its compute device decides HBM or host memory).
         sharders: the sharders the plan is made for (their optimizers, by module type).
+        constraints: unused; `ShardEstimator`'s constructor signature.
     """
 
     def __init__(self, topology: Topology, sharders: Sequence[ModuleSharder[nn.Module]],
@@ -70,11 +105,10 @@ class FusedOptimizerStateEstimator(ShardEstimator):
             if getattr(option.tensor, "_optimizer_classes", None):
                 continue  # tagged for in-backward optimizers: TorchRec counted the state itself
             optimizer = self._optimizers.get(type(option.module[1]))
-            in_device = self._compute_device == "cuda" and option.compute_kernel in DEVICE_MEMORY_KERNELS
             for shard in option.shards:
-                extra = state_bytes(optimizer, shard.size[0], shard.size[1])
-                if extra and shard.storage is not None:
-                    if in_device:
-                        shard.storage.hbm += extra
-                    else:
-                        shard.storage.ddr += extra
+                hbm, ddr = state_placement(optimizer, shard.size[0], shard.size[1], self._compute_device,
+                                           option.compute_kernel)
+                if hbm or ddr:
+                    assert shard.storage is not None, "FusedOptimizerStateEstimator runs after the storage estimator"
+                    shard.storage.hbm += hbm
+                    shard.storage.ddr += ddr

@@ -7,8 +7,9 @@ per rank, UVM caching (when it was off), and the largest item vocabulary that fi
 
 "Fits" always means `PlanReport.fits`: the planner found a plan, its shards' fused-optimizer
 state included (`optimizer_state`), within what every rank may fill. Searches assume fitting is
-monotone in the world size and in the item rows (more ranks / fewer rows never hurt), which holds
-because each world size is planned with its own reservation (`PlanSetup.rank_overhead`).
+monotone in the world size and in the item rows (more ranks / fewer rows never hurt); TorchRec's
+greedy placement does not promise it, but each world size and vocabulary is planned with its own
+reservation (`PlanSetup.rank_overhead`), so no search step reuses another one's figure.
 """
 from __future__ import annotations
 
@@ -44,10 +45,10 @@ class PlanSetup:
             no ``fused_uvm``/``fused_uvm_caching``.
         dense_bytes: per-rank memory outside the tables for the planner's reservation, as
             training passes it (`rank_memory.rank_overhead_bytes`); None = TorchRec's estimate.
-        rank_overhead: the same as a function of the world size, which wins over `dense_bytes`
-            when given: on CPU a rank's share of the checkpoint's copy of the tables shrinks with
-            more ranks (`rank_memory.spec_rank_overhead_bytes`), so a search over world sizes must
-            not reuse one world size's figure.
+        rank_overhead: the same as a function of the model planned and the world size, which wins
+            over `dense_bytes` when given: on CPU a rank's share of the checkpoint's copy of the
+            tables shrinks with more ranks and fewer rows (`rank_memory.spec_rank_overhead_bytes`),
+            so a search over world sizes or vocabularies must not reuse one plan's figure.
         ranks_per_host: ranks on one host, at most; a world size it does not divide gets equal
             hosts of fewer (`planner.ranks_per_host`). None = CUDA hosts of up to 8 GPUs, CPU one host.
     """
@@ -58,11 +59,11 @@ class PlanSetup:
     allow_uvm: bool = True
     dense_bytes: Optional[int] = None
     ranks_per_host: Optional[int] = None
-    rank_overhead: Optional[Callable[[int], Optional[int]]] = None
+    rank_overhead: Optional[Callable[[nn.Module, int], Optional[int]]] = None
 
-    def dense_bytes_at(self, world_size: int) -> Optional[int]:
-        """Per-rank memory outside the tables at `world_size` (see `rank_overhead`)."""
-        return self.rank_overhead(world_size) if self.rank_overhead is not None else self.dense_bytes
+    def dense_bytes_at(self, module: nn.Module, world_size: int) -> Optional[int]:
+        """Per-rank memory outside the tables of `module` at `world_size` (see `rank_overhead`)."""
+        return self.rank_overhead(module, world_size) if self.rank_overhead is not None else self.dense_bytes
 
     def local_world_size(self, world_size: int) -> int:
         return ranks_per_host(world_size, self.compute_device, self.ranks_per_host)
@@ -116,7 +117,7 @@ def attempt(module: nn.Module, setup: PlanSetup, world_size: int,
     """Plan `module` on `setup` at `world_size`; a planner failure becomes ``Attempt.error``."""
     try:
         report = plan_report(module, setup.topology(world_size), sharders, setup.constraints(module, world_size),
-                             verbose, setup.dense_bytes_at(world_size))
+                             verbose, setup.dense_bytes_at(module, world_size))
     except PlannerError as e:
         return Attempt(world_size, None, f"TorchRec planner: {planner_error_line(e)}")
     return Attempt(world_size, report, None)
@@ -170,7 +171,7 @@ def format_what_if(rows: Sequence[WhatIfRow]) -> str:
 def table_bytes(module: nn.Module, setup: PlanSetup, sharders: Sequence[ModuleSharder[nn.Module]]) -> PlanReport:
     """A 1-rank plan with unbounded memory: per-table weights and optimizer state, no limit in play."""
     big = replace(setup, hbm_bytes_per_rank=_UNBOUNDED_BYTES, ddr_bytes_per_rank=_UNBOUNDED_BYTES)
-    return plan_report(module, big.topology(1), sharders, setup.constraints(module), dense_bytes=setup.dense_bytes_at(1))
+    return plan_report(module, big.topology(1), sharders, setup.constraints(module), dense_bytes=setup.dense_bytes_at(module, 1))
 
 
 def min_world_size(module: nn.Module, setup: PlanSetup, sharders: Sequence[ModuleSharder[nn.Module]],
@@ -239,8 +240,9 @@ class FitDiagnosis:
         uvm_fit: when UVM was off, the smallest fitting world size with UVM on.
         max_rows: the largest rows of `scaled_table` that fit at this world size.
         reserved_bytes_per_rank: what the planner reserves per rank before any row (the job's
-            memory outside the tables, `PlanSetup.dense_bytes`, plus TorchRec's margins); when it
-            alone exceeds the memory, no world size and no vocabulary fits, and the searches are skipped.
+            memory outside the tables, `PlanSetup.dense_bytes_at`, plus TorchRec's margins); when it
+            alone exceeds the memory, no vocabulary fits and that search is skipped; more ranks are
+            searched only where the reservation shrinks with them (`PlanSetup.rank_overhead`).
     """
 
     setup: PlanSetup
@@ -310,7 +312,7 @@ def _usable_per_rank_signed(module: nn.Module, setup: PlanSetup, world_size: int
     overdraws it (e.g. a tower too wide for one GPU). TorchRec raises instead of returning a
     negative figure, so an overdraft is measured under a cap it cannot reach and carried back to
     the real cap: the reservation is PLANNER_RESERVED_FRACTION of the cap plus fixed bytes."""
-    args = (sharders, setup.constraints(module, world_size), setup.dense_bytes_at(world_size))
+    args = (sharders, setup.constraints(module, world_size), setup.dense_bytes_at(module, world_size))
     try:
         return usable_per_rank(module, setup.topology(world_size), *args)
     except PlannerError:

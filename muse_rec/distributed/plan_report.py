@@ -36,6 +36,7 @@ from torchrec.distributed.planner.types import ParameterConstraints, ShardingOpt
 from torchrec.distributed.types import ModuleSharder, ShardingPlan
 from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS
 
+from muse_rec.distributed.optimizer_state import state_memory, state_optimizers_by_module
 from muse_rec.distributed.planner import (
     PLANNER_RESERVED_FRACTION,
     GiB,
@@ -48,9 +49,7 @@ from muse_rec.distributed.planner import (
     planner_reservation,
     sharding_planner,
 )
-from muse_rec.distributed.optimizer_state import DEVICE_MEMORY_KERNELS
 from muse_rec.distributed.sharders import state_optimizer
-
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,8 @@ class ShardReport:
 class TableReport:
     """A table of the plan: `planner.TableSummary` plus its shards and where its state lives.
 
-    ``state_memory``: ``hbm`` or ``ddr``, where FBGEMM keeps the fused-optimizer state for this kernel.
+    ``state_memory``: where FBGEMM keeps the fused-optimizer state for this kernel: ``hbm``, ``ddr``,
+    ``hbm+ddr`` (a UVM kernel's per-row moment in HBM, its per-element ones in host memory) or ``-``.
     """
 
     summary: TableSummary
@@ -231,6 +231,7 @@ def plan_report(
     reserved_hbm = max(0, int((1 - PLANNER_RESERVED_FRACTION) * cap.hbm) - usable_hbm)
     reserved_ddr = max(0, cap.ddr - usable_ddr)
     by_name = {o.name: o for o in options}
+    optimizers = state_optimizers_by_module(sharders)
     configs = embedding_tables(module)
     tables: List[TableReport] = []
     for summary in plan_summary(module, plan, sharders):
@@ -246,9 +247,9 @@ def plan_report(
             )
             for s in option.shards
         )
-        in_device = topology.compute_device == "cuda" and summary.compute_kernel in DEVICE_MEMORY_KERNELS
+        optimizer = optimizers.get(type(module.get_submodule(summary.module)))
         tables.append(TableReport(summary=summary, bytes_per_element=elem, shards=shards,
-                                  state_memory="hbm" if in_device else "ddr"))
+                                  state_memory=state_memory(optimizer, topology.compute_device, summary.compute_kernel)))
     return PlanReport(
         world_size=topology.world_size,
         compute_device=topology.compute_device,

@@ -194,7 +194,7 @@ def test_cpu_full_vocabulary_fits_at_more_ranks_once_it_fits():
     model = _model(FULL)
     sharders = make_sharders(FusedOptimizerConfig(name="adam"), "cpu")
     setup = PlanSetup("cpu", ddr_bytes_per_rank=24 * GiB, dense_bytes=2 * GiB)
-    for world_size in (8, 16):
+    for world_size in (8, 12, 16):
         a = attempt(model, setup, world_size, sharders)
         assert a.fits, (world_size, a.reason)
         item = next(t for t in a.report.tables if t.summary.table == "item")
@@ -217,8 +217,29 @@ def test_cpu_advice_counts_the_checkpoint_share_at_each_world_size(capsys, monke
     model = _model(FULL)
     sharders = make_sharders(FusedOptimizerConfig(name="adam"), "cpu")
     setup = PlanSetup("cpu", ddr_bytes_per_rank=24 * GiB,
-                      rank_overhead=lambda w: spec_rank_overhead_bytes(spec, model, "cpu", w))
+                      rank_overhead=lambda module, w: spec_rank_overhead_bytes(spec, module, "cpu", w))
     assert attempt(model, setup, n, sharders).fits and not attempt(model, setup, n - 1, sharders).fits
+
+
+def test_cpu_largest_vocabulary_counts_its_own_checkpoint_share(capsys, monkeypatch):
+    """The vocabulary search plans each candidate with that vocabulary's own reservation (its smaller
+    checkpoint copy): it reused the full vocabulary's and named 110M item rows at 4 x 24 GiB, where 148M fit."""
+    out = _plan_inproc(capsys, monkeypatch, "--spec", FULL, "--device", "cpu", "--ddr-gib", "24", "--world-size", "4",
+                       "--json", "-")
+    assert out.returncode == 1
+    rows = json.loads(out.stdout)["diagnosis"]["max_rows"]["item"]
+    spec = load_spec(REPO / FULL)
+    sharders = make_sharders(FusedOptimizerConfig(name="adam"), "cpu")
+    setup = PlanSetup("cpu", ddr_bytes_per_rank=24 * GiB,
+                      rank_overhead=lambda module, w: spec_rank_overhead_bytes(spec, module, "cpu", w))
+
+    def fits(item_rows: int) -> bool:
+        sizes = dict(spec.data.vocab_sizes, item=item_rows)
+        model = build_train_model(spec.model, sizes, seq_len=spec.data.seq_len, device=torch.device("meta"))
+        return attempt(model, setup, 4, sharders).fits
+
+    # The search bisects to 2% of the full rows (4.9M): the answer fits and 2% more does not.
+    assert fits(rows) and not fits(rows + 243_363_021 // 50)
 
 
 def test_cpu_topology_keeps_everything_in_host_memory(tmp_path, capsys, monkeypatch):
@@ -230,7 +251,8 @@ def test_cpu_topology_keeps_everything_in_host_memory(tmp_path, capsys, monkeypa
     want = _expected_tables(P90, "exact_row_wise_adagrad")
     for t in plan["tables"]:
         rows, dim, elem, optim = want[t["table"]]
-        assert t["optimizer_bytes"] == rows * STATE_PER_ROW[optim](dim) and t["state_memory"] == "ddr"
+        state = rows * STATE_PER_ROW[optim](dim)
+        assert t["optimizer_bytes"] == state and t["state_memory"] == ("ddr" if state else "-")
     assert all(r["hbm_bytes"] == 0 and r["ddr_bytes"] >= r["weight_bytes"] + r["optimizer_bytes"] for r in plan["ranks"])
     # The whole rank: tables + state + the reservation for what a CPU rank holds outside them
     # (runtime, a step, loader workers, and a checkpoint's copy of the rank's half of the
