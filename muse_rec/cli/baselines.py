@@ -76,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
     if missing > 0 and "cos_mean_history" in result["floors"]:
         # Said because it can dominate: where targets without a vector are the popular ones, the cosine
         # floors fall below 0.5 on data whose vectors do carry signal (the regression sees popularity too).
+        from muse_rec.modules.selection import NO_VECTOR_SCORE
+
         print(f"the cosine floors rank the {100 * missing:.1f}% of targets without an SCL vector below every target "
-              "with one (score -1.1, the GSU's rule for behaviours without a vector)")
+              f"with one (score {NO_VECTOR_SCORE}, the GSU's rule for behaviours without a vector)")
     if args.out:
         try:
             print(f"wrote {save_metrics_json(args.out, result)}")

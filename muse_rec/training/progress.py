@@ -87,27 +87,29 @@ class LossMonitor:
 
 # What the few-clicks warning advises: the demo profile's (specs/profiles/demo.yaml) batch and dense
 # lr, measured on data this small in docs/accuracy.md. A test checks they are the profile's.
-ADVISED_SAMPLES_PER_STEP = 256
+ADVISED_BATCH_SIZE = 256  # per rank, as train.batch_size
 ADVISED_DENSE_LR = 1e-3
 
 
 def few_clicks_warning(clicks: int, epochs: float, threshold: int, samples_per_step: int,
-                       dense_lr: float) -> Optional[str]:
+                       dense_lr: float, batch_size: Optional[int] = None) -> Optional[str]:
     """The start-of-run warning for a run that trains on fewer clicks than ``threshold``
-    (``train.warn_below_clicks``; 0 = never), or None; also None when the run already steps as
-    often and as far as the advice would have it (batch and dense lr at least the demo profile's).
+    (``train.warn_below_clicks``; 0 = never), or None; also None when the run already has what the
+    advice would give it: a batch per rank at most the demo profile's and a dense lr at least its.
 
     Args:
         clicks: positive impressions in one epoch of the train split.
         epochs: epochs the run trains for (a fraction where ``train.max_steps`` stops it early).
         threshold: the spec's ``train.warn_below_clicks``.
         samples_per_step, dense_lr: the run's, shown beside the settings the warning was measured at.
+        batch_size: the run's ``train.batch_size`` per rank (default: ``samples_per_step``, one rank).
     """
     seen = round(clicks * epochs)
     if threshold <= 0 or seen >= threshold:
         return None
     # Only the changes this run does not already have: advising a higher lr to a run at 1e-3 misleads.
-    advice = ([] if samples_per_step <= ADVISED_SAMPLES_PER_STEP else ["a smaller batch"]) + \
+    per_rank = samples_per_step if batch_size is None else batch_size
+    advice = ([] if per_rank <= ADVISED_BATCH_SIZE else ["a smaller batch"]) + \
         ([] if dense_lr >= ADVISED_DENSE_LR else ["a higher dense lr"])
     if not advice:
         return None
@@ -117,7 +119,7 @@ def few_clicks_warning(clicks: int, epochs: float, threshold: int, samples_per_s
             f"fewer than train.warn_below_clicks = {threshold:,}: on the synthetic sets measured, one epoch at "
             "batch 1000 and dense lr 2e-4 over fewer clicks left 0.002-0.021 GAUC to a 5x higher dense lr, the more "
             f"the fewer the clicks (docs/accuracy.md); to get a model at its best on such data, use {' or '.join(advice)}, "
-            f"e.g. specs/profiles/demo.yaml (batch {ADVISED_SAMPLES_PER_STEP}, dense lr {ADVISED_DENSE_LR:g})")
+            f"e.g. specs/profiles/demo.yaml (batch {ADVISED_BATCH_SIZE}, dense lr {ADVISED_DENSE_LR:g})")
 
 
 class ProgressLog:

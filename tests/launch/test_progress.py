@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from muse_rec.training.progress import (ADVISED_DENSE_LR, ADVISED_SAMPLES_PER_STEP, LossMonitor, NonFiniteLoss,
+from muse_rec.training.progress import (ADVISED_DENSE_LR, ADVISED_BATCH_SIZE, LossMonitor, NonFiniteLoss,
                                         ProgressLog, few_clicks_warning)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,11 +65,15 @@ def test_few_clicks_warning_advises_only_what_the_run_does_not_already_do():
     assert "use a higher dense lr, e.g." in small_batch and "smaller batch" not in small_batch
     assert few_clicks_warning(6797, 1.0, 20000, 256, 1e-3) is None  # already the advice: nothing to say
     assert few_clicks_warning(6797, 1.0, 20000, 128, 2e-3) is None
+    # The batch advised is per rank: 2 ranks x 256 already have it.
+    two_ranks = few_clicks_warning(6797, 1.0, 20000, 512, 2e-4, batch_size=256)
+    assert "use a higher dense lr, e.g." in two_ranks and "smaller batch" not in two_ranks
+    assert few_clicks_warning(6797, 1.0, 20000, 512, 1e-3, batch_size=256) is None
 
 
 def test_the_advised_settings_are_the_demo_profiles():
     profile = yaml.safe_load((REPO / "specs" / "profiles" / "demo.yaml").read_text())["train"]
-    assert profile["batch_size"] == ADVISED_SAMPLES_PER_STEP
+    assert profile["batch_size"] == ADVISED_BATCH_SIZE
     assert profile["dense_optimizer"]["lr"] == ADVISED_DENSE_LR
 
 

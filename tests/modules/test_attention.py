@@ -44,7 +44,7 @@ def test_sata_three_behaviour_hand_example(variant, gates, temperature):
     if variant == "paper":
         qp, kp, scale, r = [1.0, 0.0], KEYS, 1 / math.sqrt(2), R
         vals = KEYS
-    else:  # SiLU after each projection, no sqrt(D), R / 0.1
+    else:  # SiLU after each projection, no sqrt(D), R / temperature
         qp = [silu(x) for x in (1.0, 0.0)]
         kp = [[silu(x) for x in row] for row in KEYS]
         scale, r = 1.0, [x / temperature for x in R]
