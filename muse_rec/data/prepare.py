@@ -48,6 +48,9 @@ ITEM_ATTR_VOCABS = dict(zip(S.ITEM_ATTRS, ["item_f213", "item_f214"]))
 ITEM_ATTR_COLUMNS = ["category", "item_f213", "item_f214"]
 USER_FIELD_COLUMNS = ["user_id", "user_f1", "user_f2", "user_f3", "user_f4", "user_f5"]
 BUILD_DIR = ".build"
+# The release's SCL rows are int8 = trunc(127 x clip(v)) of unit vectors: norms ~122 (121.7-122.9 on the
+# fixtures' rows). Rows outside this range are vectors of another kind; prepare says so.
+SCL_ROW_NORM_RANGE = (100.0, 128.0)
 # In a log (no terminal bars), a line at most this often while a step reads a table: at the
 # release's size one step reads billions of behaviours for minutes.
 PROGRESS_EVERY_S = 30.0
@@ -257,11 +260,23 @@ class _Prepare:
         with PartitionedScatterWriter(self.path("items", "scl.npy"), np.int8, (n, S.SCL_DIM),
                                       self.path("spill", "scl"), part,
                                       present_path=self.path("items", "scl_present.npy")) as scl_writer:
+            off_norm, norm_lo, norm_hi = 0, np.inf, 0.0
             for batch in self.batches("scl", [S.ITEM, S.SCL_VECTOR]):
                 rows = items.rows(_flat(batch, S.ITEM))
                 vecs = _flat(batch, S.SCL_VECTOR).astype(np.int8).reshape(-1, S.SCL_DIM)
                 keep = rows > 0
                 scl_writer.put(rows[keep], vecs[keep])
+                norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs, dtype=np.int64).astype(np.float64))
+                norms = norms[norms > 0]  # an all-zero row is "no vector", counted elsewhere
+                off_norm += int(np.count_nonzero((norms < SCL_ROW_NORM_RANGE[0]) | (norms > SCL_ROW_NORM_RANGE[1])))
+                if norms.size:
+                    norm_lo, norm_hi = min(norm_lo, float(norms.min())), max(norm_hi, float(norms.max()))
+        if off_norm:
+            lo, hi = SCL_ROW_NORM_RANGE
+            warnings.warn(f"{self.raw['scl'].path}: {off_norm} SCL row(s) have an int8 norm outside [{lo:g}, {hi:g}] "
+                          f"(norms {norm_lo:.0f}-{norm_hi:.0f}; the release's rows are trunc(127 x a unit vector), ~122): "
+                          "cosines (the GSU, SimTier, SA-TA) do not see a row's norm, but the baselines' mean history "
+                          "vector weights each row by it")
         present = np.load(self.path("items", "scl_present.npy"), mmap_mode="r")
         covered = sum(int(np.count_nonzero(present[lo:lo + (1 << 24)])) for lo in range(0, n, 1 << 24))
         # A release from elsewhere may list an item twice (possibly with other values): the last
@@ -271,7 +286,7 @@ class _Prepare:
                 warnings.warn(f"{self.raw[table].path}: {writer.repeated_rows} duplicate item row(s); "
                               "the last row of each item is used")
         return {"items": n - 1, "items_with_scl": covered, "duplicate_item_rows": attrs_writer.repeated_rows,
-                "duplicate_scl_rows": scl_writer.repeated_rows}
+                "duplicate_scl_rows": scl_writer.repeated_rows, "scl_rows_off_norm": off_norm}
 
     def step_users(self, split: str) -> Dict[str, object]:
         table = f"{split}_user_features"

@@ -41,3 +41,21 @@ def test_writes_the_release_layout_without_muse_rec_and_prepares(tmp_path: Path)
     assert data.num_samples("train") > 1000 and 0.05 < data.num_positives("train") / data.num_samples("train") < 0.25
     present = np.asarray(data.scl_present())[data.item_rows("test", slice(None))]
     assert 0.5 < present.mean() < 0.95  # a share of the targets has no SCL row
+
+
+def test_prepare_names_scl_rows_that_are_not_unit_vectors(tmp_path: Path) -> None:
+    """The independent world's rows have per-item norms (14-377): prepare says so once, with the range;
+    the fixtures' release rows (norms ~122) and `muse-rec synth`'s give no such warning."""
+    import pytest
+
+    raw = tmp_path / "raw"
+    subprocess.run([sys.executable, str(SCRIPT), str(raw), "--users", "60"], check=True, capture_output=True,
+                   env=subprocess_env(), timeout=300)
+    with pytest.warns(UserWarning, match=r"SCL row\(s\) have an int8 norm outside \[100, 128\]") as caught:
+        prepare(str(raw), str(tmp_path / "prepared"), PrepareConfig(progress=False))
+    scl = pq.read_table(raw / S.TABLES["scl"].file)
+    norms = np.linalg.norm(np.stack(scl.column(scl.schema.names[-1]).to_numpy(zero_copy_only=False)).astype(np.float64), axis=1)
+    norms = norms[norms > 0]
+    off = int(np.count_nonzero((norms < 100) | (norms > 128)))
+    message = next(str(w.message) for w in caught if "int8 norm outside" in str(w.message))
+    assert f": {off} SCL row(s)" in message and f"(norms {norms.min():.0f}-{norms.max():.0f};" in message
