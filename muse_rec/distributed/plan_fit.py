@@ -265,8 +265,8 @@ class FitDiagnosis:
         for name, rows, dim, dtype, w, s in self.tables[:4]:
             lines.append(f"  {name}: {rows:,} rows x {dim} {dtype} = {g(w)}" + (f" + {g(s)} state" if s else ""))
         if self.usable_bytes_per_rank <= 0:
-            # Fewer rows cannot help: the reservation is per rank and comes first. More ranks help only
-            # where it holds a share of the tables (a CPU rank's share of the checkpoint's copy).
+            # The reservation is per rank and comes first. More ranks or fewer rows help only where it
+            # holds a share of the tables (a CPU rank's share of the checkpoint's copy).
             where = "of its HBM " if self.setup.compute_device == "cuda" else ""
             lines += [f"  all tables: {g(total)}; but each rank reserves {g(self.reserved_bytes_per_rank)} {where}outside "
                       f"the tables (runtime, a step's batch x seq_len working set, loader workers, the dense layers' "
@@ -276,6 +276,9 @@ class FitDiagnosis:
             if self.min_fit is not None:
                 lines.append(f"  - more ranks (each holds a smaller share of the checkpoint's copy): "
                              f"{self.setup.describe(self.min_fit.world_size)}")
+            if self.max_rows is not None:
+                lines.append(f"  - a smaller {self.scaled_table} vocabulary (a smaller checkpoint copy): at most "
+                             f"~{self.max_rows:,} rows fit on {self.setup.describe(self.world_size)}")
             lines.append("  - a smaller working set per rank: lower train.batch_size, train.eval_batch_size, data.seq_len "
                          "or data.num_workers, or a narrower model.tower_hidden"
                          + ("" if self.min_fit is not None else " (more ranks do not shrink it)") + ", or more memory per rank")
@@ -354,10 +357,15 @@ def diagnose(build_model: ModelFactory, vocab_sizes: Mapping[str, int], setup: P
         usable = hbm + (max(0, ddr) if setup.allow_uvm else 0)
         reserved = raw.hbm - hbm + (raw.ddr - ddr if setup.allow_uvm else 0)
     if usable <= 0:
-        # A reservation that depends on the world size may shrink below the memory with more ranks.
-        min_fit = min_world_size(module, setup, sharders, total, limit, start=world_size + 1) \
-            if setup.rank_overhead is not None else None
-        return FitDiagnosis(setup, world_size, failed.reason, tables, 0, limit, min_fit, None, scaled_table, None, reserved)
+        # A reservation that depends on the world size and the tables (a CPU rank's share of the
+        # checkpoint's copy) may shrink below the memory with more ranks or fewer rows; a fixed one cannot.
+        min_fit = max_rows = None
+        if setup.rank_overhead is not None:
+            min_fit = min_world_size(module, setup, sharders, total, limit, start=world_size + 1)
+            if scaled_table in vocab_sizes:
+                max_rows = max_rows_that_fit(build_model, vocab_sizes, scaled_table, setup, world_size, sharders) or None
+        return FitDiagnosis(setup, world_size, failed.reason, tables, 0, limit, min_fit, None, scaled_table, max_rows,
+                            reserved)
     min_fit = min_world_size(module, setup, sharders, total, limit)
     uvm_fit = None
     if not setup.allow_uvm:

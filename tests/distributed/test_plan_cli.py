@@ -210,8 +210,11 @@ def test_cpu_advice_counts_the_checkpoint_share_at_each_world_size(capsys, monke
                        "--json", "-")
     assert out.returncode == 1
     assert "each rank reserves" in out.stderr and "more ranks do not shrink it" not in out.stderr
-    n = json.loads(out.stdout)["diagnosis"]["min_world_size"]
+    diagnosis = json.loads(out.stdout)["diagnosis"]
+    n, rows = diagnosis["min_world_size"], diagnosis["max_rows"]["item"]
     assert isinstance(n, int) and n > 1 and f"more ranks (each holds a smaller share of the checkpoint's copy): {n} x cpu" in out.stderr
+    # A smaller vocabulary shrinks the checkpoint's copy too: the search runs, and its answer fits on one rank.
+    assert 0 < rows < 243_363_021 and f"at most ~{rows:,} rows fit on 1 x cpu" in out.stderr
     # The claim holds at each world size's own reservation: n fits, n - 1 does not.
     spec = load_spec(REPO / FULL)
     model = _model(FULL)
@@ -219,6 +222,9 @@ def test_cpu_advice_counts_the_checkpoint_share_at_each_world_size(capsys, monke
     setup = PlanSetup("cpu", ddr_bytes_per_rank=24 * GiB,
                       rank_overhead=lambda module, w: spec_rank_overhead_bytes(spec, module, "cpu", w))
     assert attempt(model, setup, n, sharders).fits and not attempt(model, setup, n - 1, sharders).fits
+    smaller = build_train_model(spec.model, dict(spec.data.vocab_sizes, item=rows), seq_len=spec.data.seq_len,
+                                device=torch.device("meta"))
+    assert attempt(smaller, setup, 1, sharders).fits
 
 
 def test_cpu_largest_vocabulary_counts_its_own_checkpoint_share(capsys, monkeypatch):
