@@ -60,7 +60,7 @@ def load_runs(paths: List[str]) -> List[Dict]:
         if settings[-1] is not None:  # a copied run directory, or a re-run: not another seed
             key = json.dumps([runs[-1]["method"], settings[-1]], sort_keys=True, default=str)
             if key in configs:
-                raise ValueError(f"{p}: the same method, spec and train.seed ({settings[-1].get('train.seed')}) as "
+                raise ValueError(f"{p}: the same method, spec, ranks and train.seed ({settings[-1].get('train.seed')}) as "
                                  f"{configs[key]} (a copy or a re-run, not another seed); give each seed's run once")
             configs[key] = p
     for r, label in zip(runs, _setting_labels(runs, settings)):
@@ -70,7 +70,9 @@ def load_runs(paths: List[str]) -> List[Dict]:
 
 
 def _settings_of(run_dir: Path) -> Optional[Dict]:
-    """The training settings of a run directory's spec.yaml (with its seed), None without one
+    """The training settings of a run directory's spec.yaml (with its seed) and, from its run.json,
+    the number of ranks it trained on (``world_size``: N ranks of train.batch_size step N times as
+    few times, so 1 and 2 ranks are two settings, not a run and its copy). None without a spec.yaml
     (e.g. a metrics.json written by hand); ValueError naming the file if it is not a spec."""
     import yaml
 
@@ -85,7 +87,28 @@ def _settings_of(run_dir: Path) -> Optional[Dict]:
         raise ValueError(f"{f}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{f}: expected the run's resolved spec (a mapping), got {type(doc).__name__}")
-    return training_settings(doc)
+    settings = training_settings(doc)
+    world_size = _world_size_of(run_dir / "run.json")
+    if world_size is not None:
+        settings["world_size"] = world_size
+    return settings
+
+
+def _world_size_of(run_json: Path) -> Optional[int]:
+    """``world_size`` of a run's run.json (the ranks its last session trained on), None without
+    the file or the key (older runs); ValueError naming the file when it is not a positive integer."""
+    if not run_json.exists():
+        return None
+    try:
+        doc = json.loads(run_json.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{run_json}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or "world_size" not in doc:
+        return None
+    n = doc["world_size"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{run_json}: world_size: expected a positive integer, got {n!r}")
+    return n
 
 
 def _setting_labels(runs: List[Dict], settings: List[Optional[Dict]]) -> List[str]:

@@ -67,8 +67,23 @@ def test_a_copied_run_directory_is_refused_not_counted_as_a_seed(tmp_path, capsy
     shutil.copytree(a, tmp_path / "a_copy")
     assert cli_main(["compare", str(a), str(b), str(tmp_path / "a_copy"), "--no-floors"]) == 2
     err = capsys.readouterr().err
-    assert (f"muse-rec compare: {tmp_path / 'a_copy'}: the same method, spec and train.seed (0) as {a} "
+    assert (f"muse-rec compare: {tmp_path / 'a_copy'}: the same method, spec, ranks and train.seed (0) as {a} "
             "(a copy or a re-run, not another seed); give each seed's run once") in err, err
+
+
+def test_the_same_seed_on_another_number_of_ranks_is_another_setting(tmp_path, capsys):
+    """1 and 2 ranks of train.batch_size train on other global batches and step counts: two rows, not a
+    run and its copy (compare refused them as "a copy or a re-run"). The ranks come from run.json."""
+    one, two = _run(tmp_path / "r1", 0.766), _run(tmp_path / "r2", 0.761)
+    for d, n in ((one, 1), (two, 2)):
+        (d / "run.json").write_text(json.dumps({"run_id": d.name, "world_size": n}))
+    assert cli_main(["compare", str(one), str(two), "--no-floors", "--out", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
+    assert [(r["setting"], r["seeds"]) for r in rows] == [("world_size=1", 1), ("world_size=2", 1)]
+    (two / "run.json").write_text(json.dumps({"run_id": "r2", "world_size": "two"}))
+    assert cli_main(["compare", str(one), str(two), "--no-floors"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"muse-rec compare: {two / 'run.json'}: world_size: expected a positive integer, got 'two'"], err
 
 
 def test_a_run_without_spec_yaml_beside_runs_with_one_is_its_own_row(tmp_path):
