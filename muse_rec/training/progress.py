@@ -48,20 +48,22 @@ class LossMonitor:
         self._step = torch.full((), start_step, dtype=torch.int64, device=device)
         self._first_bad = torch.full((), _NONE, dtype=torch.int64, device=device)
         self._sum = torch.zeros((), dtype=torch.float64, device=device)
-        self._count = 0  # host-side: steps added since the last check
+        self._count = 0.0  # host-side: samples (or steps) added since the last check
 
-    def add(self, loss: torch.Tensor) -> None:
-        """Account one step's loss (a 0-d tensor); queues device ops only."""
+    def add(self, loss: torch.Tensor, samples: float = 1.0) -> None:
+        """Account one step's loss (a 0-d tensor, the mean over this rank's ``samples`` real rows);
+        queues device ops only. Weighting by ``samples`` makes the logged loss the mean per sample:
+        a rank whose batch is all padding (an epoch's last step) reports 0 and must not halve it."""
         loss = loss.detach()
         self._step.add_(1)
-        self._sum.add_(loss.to(torch.float64))
+        self._sum.add_(loss.to(torch.float64) * samples)
         bad = ~torch.isfinite(loss)
         # Keep the first bad step: only overwrite while still _NONE.
         self._first_bad.copy_(torch.where(bad & (self._first_bad == _NONE), self._step, self._first_bad))
-        self._count += 1
+        self._count += samples
 
     def check(self, step: int, world_size: int = 1) -> Optional[float]:
-        """Mean loss since the last check over all ranks (None if no step); raises NonFiniteLoss.
+        """Mean loss per sample since the last check over all ranks (None if none); raises NonFiniteLoss.
 
         Collective when ``world_size > 1``: every rank calls it at the same steps, so every
         rank learns of a non-finite loss on any rank and all stop together.
@@ -81,7 +83,7 @@ class LossMonitor:
                 f"no checkpoint was written after step {bad - 1}. Lower the learning rate or check the data."
             )
         self._sum.zero_()
-        self._count = 0
+        self._count = 0.0
         return loss_sum / count if count else None
 
 

@@ -28,6 +28,21 @@ def test_loss_monitor_means_and_names_the_first_non_finite_step():
         m.check(17)
 
 
+def test_loss_monitor_means_per_sample_not_per_rank_step():
+    """An epoch's last step on 2 ranks: rank 0 holds 200 real rows (loss 0.375), rank 1 only padding (its
+    loss 0 over 0 rows). That step weighs 200 samples, not half the logged mean: a mean over the ranks'
+    steps logged 0.1875 for it. Summing the two ranks' monitors is what `check`'s all-reduce does (values
+    exact in binary)."""
+    rank0, rank1 = LossMonitor(0, torch.device("cpu")), LossMonitor(0, torch.device("cpu"))
+    rank0.add(torch.tensor(0.5), 1000)
+    rank1.add(torch.tensor(0.25), 1000)
+    rank0.add(torch.tensor(0.375), 200)
+    rank1.add(torch.tensor(0.0), 0)
+    total = rank0._sum + rank1._sum
+    assert float(total) / (rank0._count + rank1._count) == (500 + 250 + 75) / 2200
+    assert rank1.check(2) == pytest.approx(0.25, rel=1e-15)  # one rank alone: its own samples only
+
+
 def test_loss_monitor_add_never_syncs_with_the_host(monkeypatch):
     m = LossMonitor(start_step=0, device=torch.device("cpu"))
 
