@@ -19,7 +19,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
 
@@ -81,10 +81,7 @@ def _settings_of(run_dir: Path) -> Optional[Dict]:
     f = run_dir / "spec.yaml"
     if not f.exists():
         return None
-    try:
-        doc = yaml.safe_load(f.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"{f}: not valid YAML ({' '.join(str(e).split())})") from None
+    doc = _read_document(f, yaml.safe_load, (yaml.YAMLError,), "YAML")
     if not isinstance(doc, dict):
         raise ValueError(f"{f}: expected the run's resolved spec (a mapping), got {type(doc).__name__}")
     settings = training_settings(doc)
@@ -94,15 +91,20 @@ def _settings_of(run_dir: Path) -> Optional[Dict]:
     return settings
 
 
+def _read_document(path: Path, parse: Callable[[str], Any], errors: Tuple[type, ...], kind: str) -> Any:
+    """`parse` of a run's text file; ValueError naming the file when it is not valid `kind` or not UTF-8."""
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except (*errors, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid {kind} ({' '.join(str(e).split())})") from None
+
+
 def _world_size_of(run_json: Path) -> Optional[int]:
     """``world_size`` of a run's run.json (the ranks its last session trained on), None without
     the file or the key (older runs); ValueError naming the file when it is not a positive integer."""
     if not run_json.exists():
         return None
-    try:
-        doc = json.loads(run_json.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{run_json}: not valid JSON ({e})") from None
+    doc = _read_document(run_json, json.loads, (json.JSONDecodeError,), "JSON")
     if not isinstance(doc, dict) or "world_size" not in doc:
         return None
     n = doc["world_size"]
