@@ -64,12 +64,23 @@ class PreparedBatches(IterableDataset):
     def __len__(self) -> int:
         return self.batches_per_rank - self.start_batch
 
-    def sample_indices(self, j: int) -> np.ndarray:
-        """Sample positions (int64, <= B of them) of this rank's j-th batch."""
+    def _block(self, j: int) -> Optional[int]:
+        """The block of B consecutive samples this rank's j-th batch reads (None: a padding batch)."""
         g = self.rank + j * self.world_size
         if g >= self.global_batches:
+            return None
+        return int(self._block_order[g]) if self.shuffle_seed is not None else g
+
+    def batch_rows(self, j: int) -> int:
+        """Real (non-padding) rows of this rank's j-th batch, without building its indices."""
+        block = self._block(j)
+        return 0 if block is None else min(self.batch_size, self.num_samples - block * self.batch_size)
+
+    def sample_indices(self, j: int) -> np.ndarray:
+        """Sample positions (int64, <= B of them) of this rank's j-th batch."""
+        block = self._block(j)
+        if block is None:
             return np.zeros(0, np.int64)
-        block = int(self._block_order[g]) if self.shuffle_seed is not None else g
         lo = block * self.batch_size
         idx = np.arange(lo, min(lo + self.batch_size, self.num_samples), dtype=np.int64)
         if self.shuffle_seed is not None:

@@ -262,7 +262,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             step_start = time.perf_counter()
             loss, _, _ = pipeline.progress(it)
             # On device (no host sync per step), weighted by this rank's real rows of the step's batch.
-            monitor.add(loss, loader.dataset.sample_indices(position.batch_in_epoch).size)
+            monitor.add(loss, loader.dataset.batch_rows(position.batch_in_epoch))
             # Padding rows of the epoch's last step are not samples: they would inflate samples/s.
             samples = samples_in_step(position.batch_in_epoch, t.batch_size, env.world_size, split_samples)
             position.step += 1

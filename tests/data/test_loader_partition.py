@@ -229,3 +229,17 @@ def test_each_epoch_of_a_seeded_shuffle_reads_a_new_order_and_a_resume_the_same(
     plain = load_spec(REPO / "specs" / "demo" / "din.yaml",
                       [f"data.prepared={prepared}", f"train.batch_size={BATCH}", "data.seq_len=100"])
     assert order(plain, 0) == order(plain, 1) == list(range(n))
+
+
+@pytest.mark.parametrize("world,shuffle", [(1, None), (3, None), (3, 5)])
+def test_batch_rows_counts_each_batchs_real_rows_without_building_it(prepared: str, world: int, shuffle) -> None:
+    """What the trainer weights a rank's logged loss by: its batch's real rows, the size of the batch's
+    sample positions, including the short block and the padding batches of an epoch's last step."""
+    for rank in range(world):
+        ds = make_loader(prepared, "train", BATCH, SEQ_LEN, rank=rank, world_size=world, shuffle_seed=shuffle).dataset
+        rows = [ds.batch_rows(j) for j in range(ds.batches_per_rank)]
+        assert rows == [ds.sample_indices(j).size for j in range(ds.batches_per_rank)]
+    n = PreparedData(prepared).num_samples("train")
+    assert n % BATCH and sum(make_loader(prepared, "train", BATCH, SEQ_LEN, rank=r, world_size=world,
+                                         shuffle_seed=shuffle).dataset.batch_rows(j)
+                             for r in range(world) for j in range(ds.batches_per_rank)) == n
