@@ -51,7 +51,7 @@ def worker(args: argparse.Namespace) -> None:
     from muse_rec.distributed.env import DistEnv, destroy_distributed, init_distributed
     from muse_rec.distributed.model_parallel import row_sparse_adam
     from muse_rec.spec import load_spec
-    from muse_rec.training.trainer import build_sharded, make_pipeline
+    from muse_rec.training.build import build_sharded, make_pipeline
 
     env = init_distributed(DistEnv.from_environ(device_type="cpu"))
     data = PreparedData(args.prepared)

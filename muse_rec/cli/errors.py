@@ -23,7 +23,7 @@ def bad_input_errors() -> Tuple[Type[BaseException], ...]:
     from muse_rec.spec import SpecError
     from muse_rec.training.checkpoint import CheckpointError
     from muse_rec.training.run_dir import RunDirError
-    from muse_rec.training.trainer import RunError
+    from muse_rec.training.run_record import RunError
 
     errors: Tuple[Type[BaseException], ...] = (SpecError, RunError, RunDirError, CheckpointError, PreparedDataError,
                                                IntegrityError, RequestError, CheckpointException, OutputPathError)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import numbers
 import os
 import signal
 import time
@@ -26,25 +24,22 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import yaml
-from fbgemm_gpu.split_embedding_configs import SparseType
 
-from muse_rec.data.loader import PreparedLoader, make_loader, resume_batch, samples_in_step, steps_per_epoch
+from muse_rec.data.loader import PreparedLoader, make_loader, samples_in_step
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
-from muse_rec.distributed.model_parallel import build_optimizer, shard_model
-from muse_rec.distributed.plan_measure import kernel_tensor_bytes, status_bytes
-from muse_rec.distributed.planner import (PlanDoesNotFit, format_gib, rank_memory_line, topology_for,
-                                         training_constraints)
-from muse_rec.distributed.rank_memory import dense_parameter_bytes, spec_rank_overhead_bytes
+from muse_rec.distributed.plan_measure import status_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
-from muse_rec.models.ctr_model import build_train_model, is_frozen_key
+from muse_rec.quiet import quiet_known_warnings
 from muse_rec.spec import Spec
-from muse_rec.training.checkpoint import (Position, latest_checkpoint, load_checkpoint, read_position,
-                                          save_checkpoint)
+from muse_rec.training.build import build_sharded, make_pipeline
+from muse_rec.training.checkpoint import Position, latest_checkpoint, load_checkpoint, read_position, save_checkpoint
 from muse_rec.training.evaluate import evaluate
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
-from muse_rec.quiet import quiet_known_warnings
+from muse_rec.training.results import rank_memory, summary_line, training_figures, write_json, write_rank_memory
 from muse_rec.training.run_dir import claim_run_dir, new_run_id
+from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_run_compat, place_in_epoch,
+                                          read_run_json)
 
 logger = logging.getLogger("muse_rec")
 
@@ -55,10 +50,6 @@ CRASH_ENV = "MUSE_REC_CRASH_AFTER_STEP"
 KILL_ENV = "MUSE_REC_KILL_RANK_AFTER_STEP"
 # torchrun sets it in every worker: 0 in the first attempt, n after the n-th restart.
 RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
-
-
-class RunError(RuntimeError):
-    """The run cannot start as asked (data, spec and checkpoint disagree); the message says why."""
 
 
 def _setup_logging(env: DistEnv) -> None:
@@ -89,53 +80,6 @@ def _open_data(spec: Spec) -> PreparedData:
     except PreparedDataError as e:
         raise RunError(str(e)) from None
     return data
-
-
-def _read_run_json(run_json: Path) -> Dict:
-    """A run directory's run.json ({} when absent); RunError naming it when unreadable."""
-    if not run_json.exists():
-        return {}
-    try:
-        prev = json.loads(run_json.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise RunError(f"{run_json}: unreadable ({e})") from None
-    if not isinstance(prev, dict):
-        raise RunError(f"{run_json}: expected a JSON object")
-    # The two entries a resumed or evaluated run reads back (the rest is for people).
-    run_id = prev.get("run_id")
-    if run_id is not None and not isinstance(run_id, str):
-        raise RunError(f"{run_json}: run_id must be a string, got {run_id!r}")
-    sizes = prev.get("vocab_sizes")
-    if sizes is not None and not (isinstance(sizes, dict) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in sizes.values())):
-        raise RunError(f"{run_json}: vocab_sizes must map each table to its row count, got {sizes!r}")
-    return prev
-
-
-def _check_data_fingerprint(ck: Path, data: PreparedData, allow: bool) -> None:
-    """The checkpoint was trained on this prepared data (same fingerprint), unless ``allow``."""
-    recorded = read_position(ck).data_fingerprint
-    if recorded and recorded != data.fingerprint:
-        if allow:
-            logger.warning("%s was trained on other prepared data (fingerprint %s, %s has %s); "
-                           "continuing because of --allow-data-mismatch", ck, recorded, data.path, data.fingerprint)
-            return
-        raise RunError(f"{ck}: trained on other prepared data (fingerprint {recorded}) than data.prepared = "
-                       f"{data.path!r} (fingerprint {data.fingerprint}); use the same data or pass "
-                       "--allow-data-mismatch if that is intended")
-
-
-def _check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
-    """A resumed run must see the same vocabularies it was started with."""
-    prev = _read_run_json(run_json)
-    if not prev:
-        return
-    if prev.get("vocab_sizes") != dict(data.vocab_sizes):
-        diff = {k: (prev.get("vocab_sizes", {}).get(k), v) for k, v in data.vocab_sizes.items() if prev.get("vocab_sizes", {}).get(k) != v}
-        raise RunError(
-            f"{run_json}: the checkpoint was trained on other vocabularies than data.prepared now has "
-            f"(table: (checkpoint, data)) {diff}; re-prepare the same data or start a new run directory"
-        )
 
 
 def epoch_loader(data: PreparedData, spec: Spec, rank: int, world_size: int, position: Position) -> PreparedLoader:
@@ -170,9 +114,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     run_dir = Path(spec.run_dir)
     data = _open_data(spec)
     lock = claim_run_dir(run_dir, env.is_main, resume, overwrite)  # noqa: F841 (held until the run ends)
-    prev_run = _read_run_json(run_dir / "run.json") if resume else {}
+    prev_run = read_run_json(run_dir / "run.json") if resume else {}
     if resume:  # every rank checks (same files), so all raise together instead of some hanging
-        _check_run_compat(run_dir / "run.json", data, env)
+        check_run_compat(run_dir / "run.json", data, env)
     torch.manual_seed(t.seed)
 
     seq_len = spec.data.seq_len
@@ -185,7 +129,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     dmp, optimizer, skip = build_sharded(spec, data, env)
     # Measured now, written with the results: a run that stops early (e.g. a refused resume)
     # must leave the run directory as it found it.
-    memory = _rank_memory(dmp, env)
+    memory = rank_memory(dmp, env)
 
     ckpt_root = run_dir / "checkpoints"
     ck = latest_checkpoint(str(ckpt_root)) if resume else None
@@ -197,11 +141,11 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         if ck is None:
             logger.info("--resume: no checkpoint under %s yet, starting from step 0", ckpt_root)
         else:
-            _check_data_fingerprint(ck, data, allow_data_mismatch)
+            check_data_fingerprint(ck, data, allow_data_mismatch)
             position = load_checkpoint(ck, dmp, optimizer, skip=skip)
             logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)",
                         ck, position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
-            _place_in_epoch(position, ck, split_samples, t.batch_size, env.world_size, train_loader_len)
+            place_in_epoch(position, ck, split_samples, t.batch_size, env.world_size, train_loader_len)
             position.run_id, position.data_fingerprint = run_id, data.fingerprint
     # The run ends after train.epochs epochs (or train.max_steps steps): counted from where it stands, as
     # a resume on another number of ranks has steps of another size behind it.
@@ -303,7 +247,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         result.update(train_samples_per_s=position.samples_seen / position.train_seconds,
                       wall_seconds=position.train_seconds)
     elif finished:  # a checkpoint without them, no step ran here: what the process that trained it recorded
-        result.update(_training_figures(run_dir / "metrics.json"))
+        result.update(training_figures(run_dir / "metrics.json"))
     if t.eval_at_end:
         eval_start = time.perf_counter()
         metrics = evaluate(dmp, data, spec.data.eval_split, t.eval_batch_size, seq_len, env,
@@ -318,15 +262,15 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                 result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
                                                        run_floors_cache(str(run_dir)), spec.data.train_split))
     memory["peak_rss_bytes"] = status_bytes("VmHWM")  # the kernel's high-water mark of this process
-    _write_rank_memory(run_dir, env, memory)
+    write_rank_memory(run_dir, env, memory)
     if env.is_main:
-        _write_json(run_dir / "metrics.json", result)
+        write_json(run_dir / "metrics.json", result)
         if writer is not None:
             for k in ("gauc", "auc", "logloss"):
                 if k in result:
                     writer.add_scalar(f"eval/{k}", result[k], position.step)
             writer.close()
-        logger.info("done: %s", _summary_line(result))
+        logger.info("done: %s", summary_line(result))
     if lock is not None:
         lock.release()
     return result
@@ -352,94 +296,6 @@ def _all_cores() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _rank_memory(dmp: torch.nn.Module, env: DistEnv) -> Dict:
-    """This rank's memory once sharded: the bytes FBGEMM's kernels hold (weights + fused-optimizer
-    state, what `muse-rec plan` predicts per rank) and the process's RSS then."""
-    return {"rank": env.rank, "world_size": env.world_size, "table_bytes": kernel_tensor_bytes(dmp),
-            "rss_anon_bytes_after_shard": status_bytes("RssAnon"), "rss_bytes_after_shard": status_bytes("VmRSS")}
-
-
-def _write_rank_memory(run_dir: Path, env: DistEnv, memory: Dict) -> None:
-    out = run_dir / "memory"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"rank{env.rank}.json").write_text(json.dumps(memory, indent=2) + "\n")
-
-
-def _place_in_epoch(position: Position, ck: Path, split_samples: int, batch_size: int, world_size: int,
-                    steps: int) -> None:
-    """Re-express a loaded checkpoint's place in its epoch in this run's steps (``steps`` an epoch at
-    ``batch_size`` x ``world_size``), in place; RunError where the epoch cannot continue exactly."""
-    saved_len = steps_per_epoch(split_samples, position.batch_size or batch_size, position.world_size)
-    if position.batch_in_epoch == saved_len:  # saved on an epoch's last step before the roll-over moved in
-        position.epoch, position.batch_in_epoch = position.epoch + 1, 0
-    try:
-        position.batch_in_epoch = resume_batch(position.batch_in_epoch, position.batch_size, position.world_size,
-                                               batch_size, world_size)
-    except ValueError as e:
-        raise RunError(f"{ck}: {e}") from None
-    if position.batch_in_epoch > steps:
-        raise RunError(f"{ck}: position.json puts the run at batch {position.batch_in_epoch} of an epoch of "
-                       f"{steps} batches; resume with the batch size and data it was trained with")
-    if position.batch_in_epoch == steps:
-        # Exactly the epoch's end (an older checkpoint, its batch size unrecorded, resumed at another):
-        # the next epoch's start; the step loop would otherwise find no step left in this one, forever.
-        position.epoch, position.batch_in_epoch = position.epoch + 1, 0
-    position.world_size, position.batch_size = world_size, batch_size
-
-
-def _output_prior(spec: Spec, data: PreparedData) -> Optional[float]:
-    """The click rate of ``data.train_split`` the output logit starts at (``output_bias: train_prior``), else None."""
-    if spec.model.parametrization.output_bias != "train_prior":
-        return None
-    rate = data.positive_rate(spec.data.train_split)
-    if not 0.0 < rate < 1.0:
-        raise RunError(f"{spec.data.prepared}: split {spec.data.train_split!r} has click rate {rate:g} (one class): a CTR model "
-                       "needs clicks and non-clicks (model.parametrization.output_bias: train_prior)")
-    return rate
-
-
-def _plan_failure(spec: Spec, env: DistEnv, model: torch.nn.Module, dense_bytes: Optional[int], e: PlanDoesNotFit) -> str:
-    """One line: why no plan fits this job, what it reserves outside the tables, where to look next."""
-    reserved = ""
-    if dense_bytes is not None:
-        reserved = (f"; each rank also holds {format_gib(dense_bytes)} outside the tables (runtime, a step of "
-                    f"train.batch_size {spec.train.batch_size} / train.eval_batch_size {spec.train.eval_batch_size} "
-                    f"x data.seq_len {spec.data.seq_len}, data.num_workers {spec.data.num_workers}, the dense layers' "
-                    f"training state {format_gib(dense_parameter_bytes(model))}, a checkpoint's copy)")
-    return (f"no sharding plan fits {env.world_size} x {env.device.type} ({rank_memory_line(topology_for(env))}): "
-            f"TorchRec planner: {e}{reserved}; `muse-rec plan --spec SPEC --prepared {spec.data.prepared} "
-            f"--device {env.device.type} --world-size {env.world_size}` shows the tables and what would fit")
-
-
-def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
-    """Model on meta -> DMP (planner picks the sharding) -> SCL loaded -> combined optimizer.
-
-    Returns ``(dmp, optimizer, skip)``; ``skip(key)`` is True for state that checkpoints leave
-    out (the frozen SCL table, reloaded from the prepared data instead).
-    """
-    try:  # an optimizer neither FBGEMM nor RowSparseAdam serves on this device
-        FusedOptimizerConfig(name=spec.train.sparse_optimizer.name).fused_params(env.device.type)
-    except ValueError as e:
-        raise RunError(f"train.sparse_optimizer.name: {e}") from None
-    model = build_train_model(spec.model, data.vocab_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"),
-                              positive_rate=_output_prior(spec, data))
-    # The frozen SCL lookups are the largest all-to-all of a step ([U*L, 128] per rank): send them
-    # as fp16 (exact for the int8 values). TorchRec 1.8 returns correct fp16 lookups across ranks
-    # only for row-wise tables (docs/sharding.md), so with several ranks the SCL table is row-wise.
-    constraints = training_constraints(model, env.world_size)
-    # The planner reserves per rank what the job holds outside the tables (`muse-rec plan` shows it).
-    dense_bytes = spec_rank_overhead_bytes(spec, model, env.device.type, env.world_size)
-    try:
-        dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer, constraints=constraints,
-                          frozen_output_dtype=SparseType.FP16, dense_bytes=dense_bytes)
-    except PlanDoesNotFit as e:
-        raise RunError(_plan_failure(spec, env, model, dense_bytes, e)) from None
-    arch = dmp.module.model.sparse_arch
-    arch.load_scl_(data.scl())  # frozen: loaded, never trained, never saved
-    optimizer = build_optimizer(dmp, spec.train.dense_optimizer)
-    return dmp, optimizer, is_frozen_key
-
-
 def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
                         device_type: Optional[str] = None, max_batches: int = 0,
                         allow_data_mismatch: bool = False, expect_sha256: Optional[str] = None) -> Dict:
@@ -452,12 +308,12 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
     _setup_logging(env)
     data = _open_data(spec)
     run_dir = Path(spec.run_dir)
-    run_id = _read_run_json(run_dir / "run.json").get("run_id") if not checkpoint else None
+    run_id = read_run_json(run_dir / "run.json").get("run_id") if not checkpoint else None
     ck = Path(checkpoint) if checkpoint else latest_checkpoint(str(run_dir / "checkpoints"), run_id=run_id)
     if ck is None or not (ck / "position.json").exists():
         raise RunError(f"no complete checkpoint at {checkpoint or run_dir / 'checkpoints'}")
-    _check_run_compat(ck.parent.parent / "run.json", data, env)
-    _check_data_fingerprint(ck, data, allow_data_mismatch)
+    check_run_compat(ck.parent.parent / "run.json", data, env)
+    check_data_fingerprint(ck, data, allow_data_mismatch)
     dmp, _, skip = build_sharded(spec, data, env)
     position = load_checkpoint(ck, dmp, None, skip=skip, expect_sha256=expect_sha256)
     out = Path(out_dir)
@@ -469,71 +325,10 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
     metrics.update({"method": spec.model.method, "name": spec.name, "checkpoint": str(ck),
                     "step": position.step, "world_size": env.world_size})
     if env.is_main:
-        _write_json(out / "metrics.json", metrics)
+        write_json(out / "metrics.json", metrics)
         logger.info("evaluated %s at %d rank(s): %s", ck, env.world_size,
                     ", ".join(f"{k}={metrics[k]:.4f}" for k in ("gauc", "auc", "logloss") if k in metrics))
     return metrics
-
-
-def _summary_line(r: Dict) -> str:
-    parts = [f"{k}={r[k]:.4f}" for k in ("gauc", "auc", "logloss") if k in r]
-    if r.get("train_samples_per_s") is not None:
-        parts.append(f"train {r['train_samples_per_s']:,.0f} samples/s")
-    return ", ".join(parts)
-
-
-def _training_figures(metrics_json: Path) -> Dict:
-    """``train_samples_per_s`` and ``wall_seconds`` as an earlier process of the run recorded them
-    in ``metrics_json``; None each where it did not, or the file is missing or not a valid run's
-    metrics.json (they are only figures: their loss does not stop the run)."""
-    from muse_rec.metrics.report import read_run_metrics  # checks each figure is a finite number or null
-
-    try:
-        prev = read_run_metrics(metrics_json)
-    except (OSError, ValueError):
-        prev = {}
-    return {k: prev.get(k) for k in ("train_samples_per_s", "wall_seconds")}
-
-
-def _write_json(path: Path, obj: Dict) -> None:
-    """Strict JSON (no NaN/Infinity): an undefined metric becomes null, with its reason beside it."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite_or_null(obj), indent=2, default=float, allow_nan=False))
-    os.replace(tmp, path)
-
-
-def _finite_or_null(obj: Dict) -> Dict:
-    """Non-finite numbers -> None, and ``"<key>_undefined"`` says why: NaN is a metric undefined for
-    this data (a single-class split's AUC), +-inf an unbounded value (the last bin's open upper edge)."""
-    out: Dict = {}
-    for k, v in obj.items():
-        if _non_finite(v):
-            out[k] = None
-            out[f"{k}_undefined"] = (
-                f"{v}: undefined for this data (e.g. AUC of a split with one class, or no samples)"
-                if math.isnan(float(v)) else f"{v}: unbounded (e.g. the open upper edge of the last bin)")
-        else:
-            out[k] = _clean(v)
-    return out
-
-
-def _non_finite(v: object) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isfinite(float(v))
-
-
-def _clean(v: object) -> object:
-    if isinstance(v, dict):
-        return _finite_or_null(v)
-    if isinstance(v, (list, tuple)):
-        return [None if _non_finite(x) else _clean(x) for x in v]
-    return v
-
-
-def make_pipeline(kind: str, dmp: torch.nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv):
-    from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
-
-    cls = TrainPipelineSparseDist if kind == "sparse_dist" else TrainPipelineBase
-    return cls(dmp, optimizer, env.device)
 
 
 def _checked_loss(monitor: LossMonitor, step: int, env: DistEnv) -> Optional[float]:

@@ -11,7 +11,7 @@ import pytest
 
 from muse_rec.serving.request import RequestError, parse_requests
 from muse_rec.spec import SpecError, load_spec
-from muse_rec.training.trainer import _write_json
+from muse_rec.training.results import write_json
 from tests.robustness.conftest import SPEC, assert_bad_input, cli, cli_without_torch, sets
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / SPEC
@@ -109,7 +109,7 @@ def test_bad_request_files_exit_2_in_one_line(tmp_path, payload, needle):
 
 def test_metrics_json_is_strict_json(tmp_path):
     path = tmp_path / "metrics.json"
-    _write_json(path, {"gauc": float("nan"), "auc": 0.5, "grouped": {"x": float("inf"), "n": 3}, "xs": [1.0, math.nan]})
+    write_json(path, {"gauc": float("nan"), "auc": 0.5, "grouped": {"x": float("inf"), "n": 3}, "xs": [1.0, math.nan]})
     doc = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert doc["gauc"] is None and "undefined" in doc["gauc_undefined"] and doc["auc"] == 0.5
     assert doc["grouped"]["x"] is None and doc["grouped"]["n"] == 3 and doc["xs"] == [1.0, None]

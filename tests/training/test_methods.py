@@ -12,7 +12,7 @@ from muse_rec.data.loader import make_loader
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import init_distributed
 from muse_rec.spec import load_spec
-from muse_rec.training.trainer import make_pipeline, build_sharded
+from muse_rec.training.build import build_sharded, make_pipeline
 from tests.training.conftest import FAST
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -102,7 +102,7 @@ def test_trained_model_starts_its_logit_at_the_train_click_rate(prepared, tmp_pa
     import math
     import shutil
 
-    from muse_rec.training.trainer import RunError
+    from muse_rec.training.run_record import RunError
 
     data = PreparedData(str(prepared))
     rate = data.positive_rate("train")

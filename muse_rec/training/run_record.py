@@ -1,0 +1,92 @@
+"""What a run directory records about its run, and the checks a resume or an evaluation makes on it.
+
+``run.json`` (the run's id and vocabularies), the checkpoint's data fingerprint and its place in
+the epoch must agree with the data and the ranks now at hand; each check raises `RunError`
+naming the file where they do not.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict
+
+from muse_rec.data.loader import resume_batch, steps_per_epoch
+from muse_rec.data.prepared import PreparedData
+from muse_rec.distributed.env import DistEnv
+from muse_rec.training.checkpoint import Position, read_position
+
+logger = logging.getLogger("muse_rec")
+
+
+class RunError(RuntimeError):
+    """The run cannot start as asked (data, spec and checkpoint disagree); the message says why."""
+
+
+def read_run_json(run_json: Path) -> Dict:
+    """A run directory's run.json ({} when absent); RunError naming it when unreadable."""
+    if not run_json.exists():
+        return {}
+    try:
+        prev = json.loads(run_json.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise RunError(f"{run_json}: unreadable ({e})") from None
+    if not isinstance(prev, dict):
+        raise RunError(f"{run_json}: expected a JSON object")
+    # The two entries a resumed or evaluated run reads back (the rest is for people).
+    run_id = prev.get("run_id")
+    if run_id is not None and not isinstance(run_id, str):
+        raise RunError(f"{run_json}: run_id must be a string, got {run_id!r}")
+    sizes = prev.get("vocab_sizes")
+    if sizes is not None and not (isinstance(sizes, dict) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in sizes.values())):
+        raise RunError(f"{run_json}: vocab_sizes must map each table to its row count, got {sizes!r}")
+    return prev
+
+
+def check_data_fingerprint(ck: Path, data: PreparedData, allow: bool) -> None:
+    """The checkpoint was trained on this prepared data (same fingerprint), unless ``allow``."""
+    recorded = read_position(ck).data_fingerprint
+    if recorded and recorded != data.fingerprint:
+        if allow:
+            logger.warning("%s was trained on other prepared data (fingerprint %s, %s has %s); "
+                           "continuing because of --allow-data-mismatch", ck, recorded, data.path, data.fingerprint)
+            return
+        raise RunError(f"{ck}: trained on other prepared data (fingerprint {recorded}) than data.prepared = "
+                       f"{data.path!r} (fingerprint {data.fingerprint}); use the same data or pass "
+                       "--allow-data-mismatch if that is intended")
+
+
+def check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
+    """A resumed run must see the same vocabularies it was started with."""
+    prev = read_run_json(run_json)
+    if not prev:
+        return
+    if prev.get("vocab_sizes") != dict(data.vocab_sizes):
+        diff = {k: (prev.get("vocab_sizes", {}).get(k), v) for k, v in data.vocab_sizes.items() if prev.get("vocab_sizes", {}).get(k) != v}
+        raise RunError(
+            f"{run_json}: the checkpoint was trained on other vocabularies than data.prepared now has "
+            f"(table: (checkpoint, data)) {diff}; re-prepare the same data or start a new run directory"
+        )
+
+
+def place_in_epoch(position: Position, ck: Path, split_samples: int, batch_size: int, world_size: int,
+                    steps: int) -> None:
+    """Re-express a loaded checkpoint's place in its epoch in this run's steps (``steps`` an epoch at
+    ``batch_size`` x ``world_size``), in place; RunError where the epoch cannot continue exactly."""
+    saved_len = steps_per_epoch(split_samples, position.batch_size or batch_size, position.world_size)
+    if position.batch_in_epoch == saved_len:  # saved on an epoch's last step before the roll-over moved in
+        position.epoch, position.batch_in_epoch = position.epoch + 1, 0
+    try:
+        position.batch_in_epoch = resume_batch(position.batch_in_epoch, position.batch_size, position.world_size,
+                                               batch_size, world_size)
+    except ValueError as e:
+        raise RunError(f"{ck}: {e}") from None
+    if position.batch_in_epoch > steps:
+        raise RunError(f"{ck}: position.json puts the run at batch {position.batch_in_epoch} of an epoch of "
+                       f"{steps} batches; resume with the batch size and data it was trained with")
+    if position.batch_in_epoch == steps:
+        # Exactly the epoch's end (an older checkpoint, its batch size unrecorded, resumed at another):
+        # the next epoch's start; the step loop would otherwise find no step left in this one, forever.
+        position.epoch, position.batch_in_epoch = position.epoch + 1, 0
+    position.world_size, position.batch_size = world_size, batch_size
