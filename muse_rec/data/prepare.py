@@ -260,14 +260,17 @@ class _Prepare:
         with PartitionedScatterWriter(self.path("items", "scl.npy"), np.int8, (n, S.SCL_DIM),
                                       self.path("spill", "scl"), part,
                                       present_path=self.path("items", "scl_present.npy")) as scl_writer:
-            off_norm, norm_lo, norm_hi = 0, np.inf, 0.0
+            off_norm, all_zero, norm_lo, norm_hi = 0, 0, np.inf, 0.0
             for batch in self.batches("scl", [S.ITEM, S.SCL_VECTOR]):
                 rows = items.rows(_flat(batch, S.ITEM))
                 vecs = _flat(batch, S.SCL_VECTOR).astype(np.int8).reshape(-1, S.SCL_DIM)
-                keep = rows > 0
-                scl_writer.put(rows[keep], vecs[keep])
                 norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs, dtype=np.int64).astype(np.float64))
-                norms = norms[norms > 0]  # an all-zero row is "no vector", counted elsewhere
+                # An all-zero row has no direction: the cosines (GSU, SimTier, SA-TA) read it as "no SCL
+                # vector", so it is not put, and the item is "not present" wherever coverage is counted.
+                keep = (rows > 0) & (norms > 0)
+                all_zero += int(np.count_nonzero(norms == 0))
+                scl_writer.put(rows[keep], vecs[keep])
+                norms = norms[norms > 0]
                 off_norm += int(np.count_nonzero((norms < SCL_ROW_NORM_RANGE[0]) | (norms > SCL_ROW_NORM_RANGE[1])))
                 if norms.size:
                     norm_lo, norm_hi = min(norm_lo, float(norms.min())), max(norm_hi, float(norms.max()))
@@ -277,6 +280,9 @@ class _Prepare:
                           f"(norms {norm_lo:.0f}-{norm_hi:.0f}; the release's rows are trunc(127 x a unit vector), ~122): "
                           "cosines (the GSU, SimTier, SA-TA) do not see a row's norm, but the baselines' mean history "
                           "vector weights each row by it")
+        if all_zero:
+            warnings.warn(f"{self.raw['scl'].path}: {all_zero} SCL row(s) are all zeros; their items count as "
+                          "having no SCL vector (the model's rule for a zero vector)")
         present = np.load(self.path("items", "scl_present.npy"), mmap_mode="r")
         covered = sum(int(np.count_nonzero(present[lo:lo + (1 << 24)])) for lo in range(0, n, 1 << 24))
         # A release from elsewhere may list an item twice (possibly with other values): the last
@@ -286,7 +292,8 @@ class _Prepare:
                 warnings.warn(f"{self.raw[table].path}: {writer.repeated_rows} duplicate item row(s); "
                               "the last row of each item is used")
         return {"items": n - 1, "items_with_scl": covered, "duplicate_item_rows": attrs_writer.repeated_rows,
-                "duplicate_scl_rows": scl_writer.repeated_rows, "scl_rows_off_norm": off_norm}
+                "duplicate_scl_rows": scl_writer.repeated_rows, "scl_rows_off_norm": off_norm,
+                "scl_rows_all_zero": all_zero}
 
     def step_users(self, split: str) -> Dict[str, object]:
         table = f"{split}_user_features"

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from iopath.common.file_io import NativePathHandler, g_pathmgr
 
-from muse_rec.data.schema import TABLES, RawDataError, TableSpec, check_batch, check_schema, raw_error
+from muse_rec.data.schema import TABLES, RawDataError, TableSpec, cast_batch, check_batch, check_schema, raw_error
 
 DEFAULT_BATCH_ROWS = 65_536
 # Bytes of a column chunk read ahead at a time. Without a buffer size (and with pre-buffering),
@@ -168,7 +168,7 @@ class ParquetPart:
                 self._meta, self._schema = pf.metadata, pf.schema_arrow
             except (pa.ArrowException, OSError) as e:
                 raise raw_error(path, f"not a readable Parquet file (truncated or corrupt?): {e}") from e
-        check_schema(spec, self._schema, path)
+        self._casts = check_schema(spec, self._schema, path)  # columns stored in another integer type
 
     @property
     def num_rows(self) -> int:
@@ -214,11 +214,17 @@ class ParquetPart:
         except OSError as e:
             raise raw_error(self.path, f"cannot open: {e.strerror or e}") from e
         with fh:
-            pf = pq.ParquetFile(fh, metadata=self._meta, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+            # Page checksums, where the writer stored them (parquet-mr, Spark), are verified: a page
+            # whose bytes changed on disk then fails to decode instead of yielding other values.
+            pf = pq.ParquetFile(fh, metadata=self._meta, buffer_size=READ_BUFFER_BYTES, pre_buffer=False,
+                                page_checksum_verification=True)
+            first_row = 0  # the file's row number of the next batch's first row
             for rg in range(self._meta.num_row_groups):
                 try:
                     for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=cols):
-                        check_batch(sub, batch, self.path, rg)
+                        batch = cast_batch(batch, self._casts, self.path, rg)
+                        check_batch(sub, batch, self.path, rg, first_row)
+                        first_row += batch.num_rows
                         yield batch
                 except RawDataError:
                     raise

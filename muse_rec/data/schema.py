@@ -94,8 +94,21 @@ def raw_error(file: str, msg: str, row_group: Optional[int] = None, column: Opti
     return RawDataError(f"{_where(file, row_group, column)}: {msg}")
 
 
-def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> None:
-    """Fail unless every required column is present with its Arrow type (extra columns are fine)."""
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.DataType]:
+    """Fail unless every required column is present with its Arrow type, or one that holds the same
+    values (extra columns are fine). Returns the columns to cast, column -> the spec's type.
+
+    Other writers store the same integers in other types: int32 ids, ``list<int64>`` labels (pandas
+    from Python lists), ``fixed_size_list<int8>[128]`` SCL rows (polars ``Array``). Any integer type,
+    and any list of integers (``list``, ``large_list`` or ``fixed_size_list``), is accepted and cast
+    to the release's type as it is read; a value that does not fit is a `RawDataError` then. Floats
+    and strings are not: their conversion to an id is a choice this reader does not make for you.
+    """
+    casts: Dict[str, pa.DataType] = {}
     for name, want in spec.columns.items():
         found = schema.get_all_field_indices(name)
         if not found:
@@ -103,14 +116,35 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> None:
         if len(found) > 1:  # e.g. an export that repeats a column after a join: which one is meant?
             raise raw_error(file, f"appears {len(found)} times (columns {found}); keep one", column=name)
         got = schema.field(found[0]).type
-        # Compare list types by value type only: the child field may be named 'item' or 'element'.
         if pa.types.is_list(want):
-            ok = (pa.types.is_list(got) or pa.types.is_large_list(got)) and got.value_type == want.value_type
+            # A list is named by its value type: its child field's name ('item', 'element') does not matter.
+            ok = _is_list(got) and pa.types.is_integer(got.value_type)
+            exact = (pa.types.is_list(got) or pa.types.is_large_list(got)) and got.value_type == want.value_type
         else:
-            ok = got == want
-        if not ok:  # a list is named by its value type: its child field's name does not matter
-            expected = f"a list of {want.value_type}" if pa.types.is_list(want) else str(want)
+            ok, exact = pa.types.is_integer(got), got == want
+        if not ok:
+            expected = (f"a list of {want.value_type} (or a list, large_list or fixed_size_list of another integer type)"
+                        if pa.types.is_list(want) else f"{want} (or another integer type)")
             raise raw_error(file, f"type {got}, expected {expected}", column=name)
+        if not exact:
+            casts[name] = want
+    return casts
+
+
+def cast_batch(batch: pa.RecordBatch, casts: Dict[str, pa.DataType], file: str, row_group: int) -> pa.RecordBatch:
+    """`batch` with the columns of `casts` (from `check_schema`) cast to the release's types; a
+    `RawDataError` naming the column where a value does not fit (e.g. 300 in an int8 label)."""
+    todo = {n: t for n, t in casts.items() if n in batch.schema.names}
+    if not todo:
+        return batch
+    arrays = list(batch.columns)
+    for name, want in todo.items():
+        i = batch.schema.get_field_index(name)
+        try:
+            arrays[i] = arrays[i].cast(want)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise raw_error(file, f"type {arrays[i].type}: a value does not fit {want} ({e})", row_group, name) from None
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
 def list_lengths(arr: pa.Array) -> pa.Array:
@@ -118,31 +152,47 @@ def list_lengths(arr: pa.Array) -> pa.Array:
     return pc.fill_null(pc.list_value_length(arr), 0)
 
 
-def check_batch(spec: TableSpec, batch: pa.RecordBatch, file: str, row_group: int) -> None:
-    """Check one record batch against the value rules of `spec` (vectorised, no per-row Python)."""
+def check_batch(spec: TableSpec, batch: pa.RecordBatch, file: str, row_group: int, first_row: int = 0) -> None:
+    """Check one record batch against the value rules of `spec` (vectorised, no per-row Python).
+
+    ``first_row``: the file's row number of the batch's first row, so that a message names the
+    row as the file counts it (the reader yields a row group in batches of ``batch_rows``).
+    """
+    def rows(bad: np.ndarray) -> Tuple[str, int]:  # ("3 of rows 8192-12287", the first bad row), the file's numbering
+        last = first_row + batch.num_rows - 1
+        return f"{bad.size} of rows {first_row}-{last}", first_row + int(bad[0])
+
     for name in spec.columns:
         col = batch.column(batch.schema.get_field_index(name))
         if col.null_count:
-            raise raw_error(file, f"{col.null_count} null value(s)", row_group, name)
-        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-            inner = pc.list_flatten(col).null_count
-            if inner:
-                raise raw_error(file, f"{inner} null list element(s)", row_group, name)
+            bad = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
+            count, row = rows(bad)
+            raise raw_error(file, f"{count} are null (first: row {row})", row_group, name)
+        if _is_list(col.type):
+            inner = pc.list_flatten(col)
+            if inner.null_count:
+                parents = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
+                bad = np.unique(parents[inner.is_null().to_numpy(zero_copy_only=False)])
+                count, row = rows(bad)
+                raise raw_error(file, f"{inner.null_count} null list element(s) in {count} (first: row {row})",
+                                row_group, name)
     for name, want in spec.fixed_list_len.items():
         lens = list_lengths(batch.column(batch.schema.get_field_index(name))).to_numpy(zero_copy_only=False)
         bad = np.flatnonzero(lens != want)
         if bad.size:
-            raise raw_error(file, f"{bad.size} row(s) have list length != {want} "
-                            f"(first: row {int(bad[0])} has {int(lens[bad[0]])})", row_group, name)
+            count, row = rows(bad)
+            raise raw_error(file, f"{count} have list length != {want} (first: row {row} has {int(lens[bad[0]])})",
+                            row_group, name)
     for group in spec.equal_len_lists:
         first = list_lengths(batch.column(batch.schema.get_field_index(group[0]))).to_numpy(zero_copy_only=False)
         for other in group[1:]:
             lens = list_lengths(batch.column(batch.schema.get_field_index(other))).to_numpy(zero_copy_only=False)
             bad = np.flatnonzero(lens != first)
             if bad.size:
+                count, row = rows(bad)
                 r = int(bad[0])
-                raise raw_error(file, f"{bad.size} row(s) differ in length from '{group[0]}' "
-                                f"(first: row {r}: {int(lens[r])} vs {int(first[r])})", row_group, other)
+                raise raw_error(file, f"{count} differ in length from '{group[0]}' "
+                                f"(first: row {row}: {int(lens[r])} vs {int(first[r])})", row_group, other)
     for name in spec.one_hot:
         col = batch.column(batch.schema.get_field_index(name))
         flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -151,5 +201,6 @@ def check_batch(spec: TableSpec, batch: pa.RecordBatch, file: str, row_group: in
         ok = ((mat == 0) | (mat == 1)).all(axis=1) & (mat.sum(axis=1) == 1)
         bad = np.flatnonzero(~ok)
         if bad.size:
-            raise raw_error(file, f"{bad.size} row(s) are not one-hot (first: row {int(bad[0])} = "
-                            f"{mat[bad[0]].tolist()})", row_group, name)
+            count, row = rows(bad)
+            raise raw_error(file, f"{count} are not one-hot (first: row {row} = {mat[bad[0]].tolist()})",
+                            row_group, name)

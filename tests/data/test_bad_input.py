@@ -65,18 +65,18 @@ CASES = {
     "wrong type": ("train_samples", lambda t: t.set_column(1, S.USER, t.column(S.USER).cast(pa.string())),
                    [S.USER, "type string", "expected int64"]),
     "wrong SCL length": ("scl", lambda t: _set_row(t, S.SCL_VECTOR, BAD_ROW, [1] * 127),
-                         [S.SCL_VECTOR, "row group 2", "!= 128"]),
+                         [S.SCL_VECTOR, "row group 2", "!= 128", "1 of rows 74-110", "first: row 80 has 127"]),
     "label not one-hot": ("train_samples", lambda t: _set_row(t, S.LABEL, BAD_ROW, [1, 1]),
-                          [S.LABEL, "row group 2", "not one-hot"]),
+                          [S.LABEL, "row group 2", "not one-hot", "first: row 80 = [1, 1]"]),
     "list lengths differ": ("train_user_features", lambda t: _set_row(t, S.SEQ_CATS, 40, [5] * 71),
-                            [S.SEQ_CATS, "row group 1", "differ in length"]),
+                            [S.SEQ_CATS, "row group 1", "differ in length", "first: row 40: 71 vs"]),
     # An export that repeats a column after a join: was "missing column", which it is not.
     "duplicated column": ("item_features", lambda t: t.append_column(S.ITEM_CAT, t.column(S.ITEM_CAT)),
                           [S.ITEM_CAT, "appears 2 times"]),
     "empty table": ("item_features", lambda t: t.slice(0, 0), ["empty table"]),
-    "null id": ("train_samples", lambda t: _set_row(t, S.ITEM, BAD_ROW, None), [S.ITEM, "null"]),
+    "null id": ("train_samples", lambda t: _set_row(t, S.ITEM, BAD_ROW, None), [S.ITEM, "null", "first: row 80"]),
     "null behaviour": ("train_user_features", lambda t: _set_row(t, S.SEQ_ITEMS, 50, [1, None]),
-                       [S.SEQ_ITEMS, "row group 1", "null list element"]),
+                       [S.SEQ_ITEMS, "row group 1", "null list element", "first: row 50"]),
 }
 
 

@@ -1,0 +1,169 @@
+"""The raw release as other writers store it: the same integers in other Arrow types, pages with
+checksums, all-zero SCL rows, and errors that name the row as the file counts it."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Dict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from muse_rec.data import schema as S
+from muse_rec.data.prepare import PrepareConfig, prepare
+from muse_rec.data.prepared import PreparedData
+from muse_rec.data.schema import RawDataError
+from tests.data.rawgen import write_raw_release
+
+CFG = PrepareConfig(batch_rows=40, partition_bits=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    raw = tmp_path_factory.mktemp("raw_types")
+    write_raw_release(str(raw), n_train_users=60, n_test_users=20, n_items=300, seed=5)
+    return raw
+
+
+def _prepare(raw: Path, out: Path) -> Path:
+    with pytest.warns(UserWarning):  # the release of rawgen has samples without user rows, etc.
+        prepare(str(raw), str(out), CFG)
+    return out
+
+
+@pytest.fixture(scope="module")
+def good_out(good: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _prepare(good, tmp_path_factory.mktemp("raw_types_out") / "out")
+
+
+def _arrays(out: Path) -> Dict[str, bytes]:
+    """Every array the prepared directory holds, by its path inside it (meta.json aside: it records
+    the input files' footers, which differ by construction)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.npy"))}
+
+
+def _copy_with(good: Path, tmp_path: Path, table: str, edit: Callable[[pa.Table], pa.Table]) -> Path:
+    raw = tmp_path / "raw"
+    shutil.copytree(good, raw)
+    path = raw / S.TABLES[table].file
+    pq.write_table(edit(pq.read_table(path)), path, row_group_size=37)
+    return raw
+
+
+def _cast(col: str, to: pa.DataType, safe: bool = True) -> Callable[[pa.Table], pa.Table]:
+    def edit(t: pa.Table) -> pa.Table:
+        i = t.schema.get_field_index(col)
+        return t.set_column(i, col, t.column(col).cast(to, safe=safe))
+    return edit
+
+
+SAME_VALUES = {
+    # pandas writes Python lists of ints as list<int64>
+    "labels as list<int64>": ("train_samples", _cast(S.LABEL, pa.list_(pa.int64()))),
+    # polars' Array(Int8, 128)
+    "SCL as fixed_size_list<int8>[128]": ("scl", _cast(S.SCL_VECTOR, pa.list_(pa.int8(), S.SCL_DIM))),
+    "SCL as list<int16>": ("scl", _cast(S.SCL_VECTOR, pa.list_(pa.int16()))),
+    "history as large_list<int64>": ("test_user_features", _cast(S.SEQ_ITEMS, pa.large_list(pa.int64()))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAME_VALUES))
+def test_the_same_integers_in_another_type_prepare_to_the_same_arrays(good, good_out, tmp_path, case):
+    table, edit = SAME_VALUES[case]
+    raw = _copy_with(good, tmp_path, table, edit)
+    assert _arrays(_prepare(raw, tmp_path / "out")) == _arrays(good_out)
+
+
+def test_narrower_integer_ids_prepare_as_their_int64_values(good, tmp_path):
+    """An int32 id column holds what int64 would: the prepared arrays are those of the int64 file."""
+    small = lambda t: t.set_column(t.schema.get_field_index("213"), "213",  # noqa: E731
+                                   pa.array(np.arange(t.num_rows) % 11 - 5, pa.int64()))
+    wide = _prepare(_copy_with(good, tmp_path / "a", "item_features", small), tmp_path / "a" / "out")
+    narrow_raw = _copy_with(good, tmp_path / "b", "item_features", lambda t: _cast("213", pa.int32())(small(t)))
+    assert pq.read_schema(narrow_raw / S.TABLES["item_features"].file).field("213").type == pa.int32()
+    assert _arrays(_prepare(narrow_raw, tmp_path / "b" / "out")) == _arrays(wide)
+
+
+def _set(col: str, row: int, value: object, to: pa.DataType) -> Callable[[pa.Table], pa.Table]:
+    def edit(t: pa.Table) -> pa.Table:
+        values = t.column(col).to_pylist()
+        values[row] = value
+        return t.set_column(t.schema.get_field_index(col), col, pa.array(values, to))
+    return edit
+
+
+REFUSED = {
+    "a label that does not fit int8": (
+        "train_samples", _set(S.LABEL, 5, [0, 300], pa.list_(pa.int64())), [S.LABEL, "does not fit", "int8"]),
+    "an id above int64's range": (
+        "item_features", lambda t: t.set_column(t.schema.get_field_index("213"), "213",
+                                                pa.array([2**63] * t.num_rows, pa.uint64())),
+        ["'213'", "does not fit", "int64"]),
+    "ids as floats": ("train_samples", _cast(S.USER, pa.float64(), safe=False), [S.USER, "type double", "expected int64"]),
+    "SCL as a list of floats": ("scl", _cast(S.SCL_VECTOR, pa.list_(pa.float32())), [S.SCL_VECTOR, "expected a list of int8"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_values_another_type_cannot_hold_are_refused_by_column(good, tmp_path, case):
+    table, edit, words = REFUSED[case]
+    raw = _copy_with(good, tmp_path, table, edit)
+    with pytest.raises(RawDataError) as err:
+        prepare(str(raw), str(tmp_path / "out"), CFG)
+    assert str(raw / S.TABLES[table].file) in str(err.value)
+    for w in words:
+        assert w in str(err.value), f"{w!r} not in {err.value}"
+
+
+def test_a_bad_row_is_named_as_the_file_counts_it_inside_a_large_row_group(good, tmp_path):
+    """One row group of 1,000 rows read in batches of 40: the message's row is the file's row 80,
+    not the 0th row of its batch, and its count is of that batch's rows."""
+    raw = tmp_path / "raw"
+    shutil.copytree(good, raw)
+    path = raw / S.TABLES["scl"].file
+    t = _set(S.SCL_VECTOR, 80, [1] * 127, pa.list_(pa.int8()))(pq.read_table(path))
+    pq.write_table(t, path, row_group_size=1000)
+    with pytest.raises(RawDataError, match=r"row group 0, column '205_c': 1 of rows 80-119 have list length "
+                                           r"!= 128 \(first: row 80 has 127\)"):
+        prepare(str(raw), str(tmp_path / "out"), CFG)
+
+
+def _corrupt_a_data_page(path: Path) -> None:
+    """Flip 64 bytes in the middle of the first column chunk (one plain page: past its header)."""
+    col = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    start = col.data_page_offset + col.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    for i in range(start, start + 64):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_a_page_whose_checksum_fails_is_refused_not_read_as_other_values(good, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(good, raw)
+    path = raw / S.TABLES["train_user_features"].file
+    # Uncompressed and plain: the flipped bytes still decode as other ids; only the CRC tells.
+    pq.write_table(pq.read_table(path), path, compression="none", use_dictionary=False,
+                   write_page_checksum=True, row_group_size=10_000)
+    _corrupt_a_data_page(path)
+    pq.read_table(path)  # without verification the file reads "fine": the damage is silent
+    with pytest.raises(RawDataError, match=r"train_user_features\.parquet, row group 0: cannot decode .*CRC"):
+        prepare(str(raw), str(tmp_path / "out"), CFG)
+
+
+def test_an_all_zero_scl_row_is_no_vector(good, good_out, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(good, raw)
+    path = raw / S.TABLES["scl"].file
+    t = pq.read_table(path)
+    item = t.column(S.ITEM)[3].as_py()
+    pq.write_table(_set(S.SCL_VECTOR, 3, [0] * S.SCL_DIM, pa.list_(pa.int8()))(t), path, row_group_size=37)
+    with pytest.warns(UserWarning, match="1 SCL row.s. are all zeros"):
+        prepare(str(raw), str(tmp_path / "out"), CFG)
+    data, before = PreparedData(str(tmp_path / "out")), PreparedData(str(good_out))
+    row = int(np.searchsorted(np.asarray(data.array("vocab/item.npy")), item)) + 1
+    assert bool(before.scl_present()[row]) and not bool(data.scl_present()[row])
+    items, items_before = data.meta["items"], before.meta["items"]
+    assert items["scl_rows_all_zero"] == 1 and items["items_with_scl"] == items_before["items_with_scl"] - 1
