@@ -1,0 +1,287 @@
+"""Reading a spec file: ``extends:`` chains, ``--set`` overrides, type coercion, value checks.
+
+Every key is checked against the dataclasses of `muse_rec.spec.schema`; an error names the file
+(or the override) and the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import string
+import typing
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from muse_rec.spec.schema import ID_TABLES, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError
+
+
+def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Spec:
+    """Read a spec file (following ``extends:``), apply ``key.path=value`` overrides, validate.
+
+    An invalid value set by an override is reported as ``--set key=value: key: ...`` (the
+    override is what to fix), anything else as ``<spec file>: key: ...``.
+    """
+    raw = _read_with_extends(Path(path), seen=())
+    for ov in overrides:
+        _apply_override(raw, ov, str(path))
+    try:
+        return from_dict(raw, source=str(path))
+    except SpecError as e:
+        prefix, msg = f"{path}: ", str(e)
+        if msg.startswith(prefix):
+            rest = msg[len(prefix):]
+            ov = _override_of(rest.split(": ", 1)[0], overrides)
+            if ov is not None:
+                raise SpecError(f"--set {ov}: {rest}") from None
+        raise
+
+
+def _override_of(key: str, overrides: Sequence[str]) -> Optional[str]:
+    """The last override that set ``key`` (or a mapping above it, or a key below it), if any."""
+    key = key.split("[", 1)[0]
+    for ov in reversed(list(overrides)):
+        k = ov.split("=", 1)[0].strip()
+        if k == key or key.startswith(k + ".") or k.startswith(key + "."):
+            return ov
+    return None
+
+
+def from_dict(raw: Dict[str, Any], source: str = "<spec>") -> Spec:
+    spec = _build(Spec, raw, source, prefix="")
+    _check_values(spec, source)
+    return spec
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (a second value would silently win)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_with_extends(path: Path, seen: Tuple[Path, ...], referenced_by: Optional[Path] = None) -> Dict[str, Any]:
+    if not path.exists():
+        if referenced_by is not None:
+            raise SpecError(f"{referenced_by}: extends: {path}: spec file not found")
+        raise SpecError(f"{path}: spec file not found")
+    if path.resolve() in seen:
+        raise SpecError(f"{path}: 'extends' cycle: " + " -> ".join(str(p) for p in seen + (path,)))
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read ({e})") from None
+    if not isinstance(doc, dict):
+        raise SpecError(f"{path}: top level must be a mapping, got {type(doc).__name__}")
+    parents = doc.pop("extends", None)
+    if parents is None:
+        return doc
+    # One parent or a list (e.g. a method spec + a data/scale profile), merged in order.
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise SpecError(f"{path}: extends: expected a path or a list of paths, got {parents!r}")
+    merged: Dict[str, Any] = {}
+    for parent in parents:
+        merged = _deep_merge(merged, _read_with_extends(path.parent / parent, seen + (path.resolve(),), path))
+    return _deep_merge(merged, doc)
+
+
+def _deep_merge(base: Dict[str, Any], child: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in child.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _apply_override(raw: Dict[str, Any], override: str, source: str) -> None:
+    if "=" not in override:
+        raise SpecError(f"override {override!r}: expected key.path=value")
+    key, value = override.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"override {override!r}: {p} is not a mapping")
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise SpecError(f"override {override!r}: value is not valid YAML ({e.problem})") from None
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: {where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise SpecError(f"{source}: {prefix}{unknown[0]}: unknown key (known under {where}: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            value = raw[f.name]
+            # A partial mapping for a nested section keeps the defaults of the keys it omits.
+            if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+                if dataclasses.is_dataclass(default):
+                    value = _deep_merge(dataclasses.asdict(default), value)
+            kwargs[f.name] = _coerce(hints[f.name], value, source, prefix + f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise SpecError(f"{source}: {prefix}{f.name}: required key is missing")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    bad = lambda what: SpecError(f"{source}: {key}: expected {what}, got {value!r}")  # noqa: E731
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key + ".")
+    if origin is Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, source, key)
+    if origin is Literal:
+        if value not in args:
+            raise SpecError(f"{source}: {key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise bad("a list")
+        return [_coerce(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad(f"a list of {len(args)}")
+        return tuple(_coerce(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return {str(k): _coerce(args[1], v, source, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        # YAML reads 2e-3 as a string (it wants 2.0e-3); accept both spellings.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        try:
+            number = float(value)
+        except OverflowError:
+            raise bad("a finite number") from None
+        if not math.isfinite(number):  # YAML's .inf / .nan, or 'inf' / 'nan' strings
+            raise bad("a finite number")
+        return number
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    raise SpecError(f"{source}: {key}: unsupported type {tp}")  # a schema bug, not a user error
+
+
+def _only_name_field(template: str) -> bool:
+    """``template.format(name=...)`` works: balanced braces, no placeholder but a plain ``{name}``."""
+    try:
+        return all(field in (None, "name") and not fmt and not conv
+                   for _, field, fmt, conv in string.Formatter().parse(template))
+    except ValueError:  # an unbalanced brace
+        return False
+
+
+def _check_values(spec: Spec, source: str) -> None:
+    """Range checks that types cannot express."""
+
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise SpecError(f"{source}: {key}: {msg}")
+
+    m, t, d = spec.model, spec.train, spec.data
+    need(d.seq_len > 0, "data.seq_len", "must be > 0")
+    need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(m.gsu.top_k > 0, "model.gsu.top_k", "must be > 0")
+    need(m.gsu.top_k <= d.seq_len, "model.gsu.top_k", f"must be <= data.seq_len ({d.seq_len})")
+    need(m.gsu.chunk_size > 0, "model.gsu.chunk_size", "must be > 0")
+    need(m.gsu.id_score == "none" or m.gsu.kind == "cosine_scl", "model.gsu.id_score",
+         "an added ID score needs model.gsu.kind: cosine_scl")
+    need(m.gsu.id_score != "attention" or m.esu.attention != "none", "model.gsu.id_score",
+         "'attention' scores with the ESU's ID attention (TWIN-style): set model.esu.attention")
+    need(m.gsu.kind != "fusion" or m.gsu.fusion != "gated"
+         or (m.esu.attention == "sa_ta" and m.esu.similarity == "fusion"), "model.gsu.fusion",
+         "'gated' reads the gate of the fusion SA-TA: set model.esu.attention: sa_ta and model.esu.similarity: fusion")
+    need(0.0 < m.esu.fusion_gate_init < 1.0, "model.esu.fusion_gate_init", "must be in (0, 1)")
+    need(m.gsu.kind != "attention" or m.esu.attention == "ta", "model.gsu.kind",
+         "'attention' (TWIN) retrieves with the ESU's target attention: set model.esu.attention: ta")
+    need(0 < m.short_term.recent <= d.seq_len, "model.short_term.recent", f"must be in 1..data.seq_len ({d.seq_len})")
+    need(m.embedding_dim > 0, "model.embedding_dim", "must be > 0")
+    need(m.small_dim > 0, "model.small_dim", "must be > 0")
+    # FBGEMM's table kernels (CPU and CUDA) take rows whose width is a multiple of 4; TorchRec
+    # asserts it only when the tables are sharded, after the run has started.
+    need(m.embedding_dim % 4 == 0, "model.embedding_dim", f"{m.embedding_dim} must be a multiple of 4 (FBGEMM's row width)")
+    need(not m.small_features or m.small_dim % 4 == 0, "model.small_dim",
+         f"{m.small_dim} must be a multiple of 4 (FBGEMM's row width; it sizes {', '.join(m.small_features)})")
+    unknown = [f for f in m.small_features if f not in SMALL_DIM_TABLES]
+    need(not unknown, "model.small_features", f"{', '.join(map(repr, unknown))} cannot take model.small_dim; "
+         f"choose from {', '.join(SMALL_DIM_TABLES)} (item and category share one dim)")
+    need(len(set(m.small_features)) == len(m.small_features), "model.small_features", "lists a table twice")
+    need(m.init_std > 0, "model.init_std", "must be > 0 (the ID tables' trunc-normal std)")
+    need(m.esu.attention_hidden > 0, "model.esu.attention_hidden", "must be > 0")
+    need(m.esu.temperature_init > 0, "model.esu.temperature_init", "must be > 0 (SA-TA divides by it)")
+    unknown = [k for k in d.vocab_sizes if k not in ID_TABLES]
+    need(not unknown, "data.vocab_sizes", f"unknown table {unknown[0]!r} (tables: {', '.join(ID_TABLES)})" if unknown else "")
+    small = {k: v for k, v in d.vocab_sizes.items() if v < 1}
+    need(not small, "data.vocab_sizes", f"{small}: rows must be >= 1 (row 0 = padding)")
+    need(all(h > 0 for h in m.tower_hidden) and m.tower_hidden, "model.tower_hidden", "a non-empty list of positive widths")
+    need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    need(m.parametrization.dice_norm_eps > 0, "model.parametrization.dice_norm_eps", "must be > 0")
+    need(m.parametrization.output_bias != "train_prior" or m.parametrization.output_head == "one_logit",
+         "model.parametrization.output_bias", "'train_prior' needs output_head: one_logit (Dice's LayerNorm over "
+         "two logits erases a constant bias); set output_bias: linear with two_logits_dice")
+    need(m.esu.num_tiers > 0, "model.esu.num_tiers", "must be > 0")
+    need(m.esu.tier_width > 0, "model.esu.tier_width", "must be > 0")
+    need(m.gsu.kind != "none" or not m.esu.simtier, "model.esu.simtier",
+         "SimTier needs retrieved similarities: set model.gsu.kind or esu.simtier: false")
+    need(m.gsu.kind != "none" or m.esu.attention == "none", "model.esu.attention",
+         "an ESU attention needs a GSU: set model.gsu.kind or esu.attention: none")
+    need(t.batch_size > 0, "train.batch_size", "must be > 0")
+    need(t.eval_batch_size > 0, "train.eval_batch_size", "must be > 0")
+    need(t.epochs > 0, "train.epochs", "must be > 0")
+    need(t.max_steps >= 0, "train.max_steps", "must be >= 0")
+    need(t.log_every > 0, "train.log_every", "must be > 0")
+    need(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = only at the end)")
+    need(t.warn_below_clicks >= 0, "train.warn_below_clicks", "must be >= 0 (0 = never warn)")
+    need(t.shuffle_seed is None or t.shuffle_seed >= 0, "train.shuffle_seed", "must be >= 0 (or null: file order)")
+    for k, o in (("train.sparse_optimizer", t.sparse_optimizer), ("train.dense_optimizer", t.dense_optimizer)):
+        need(o.lr > 0, f"{k}.lr", "must be > 0")
+        need(all(0.0 <= b < 1.0 for b in o.betas), f"{k}.betas", "each must be in [0, 1)")
+        need(o.eps > 0, f"{k}.eps", "must be > 0")
+        need(o.weight_decay >= 0, f"{k}.weight_decay", "must be >= 0")
+    need(t.sparse_optimizer.name in SPARSE_OPTIMIZER_NAMES, "train.sparse_optimizer.name",
+         f"unknown {t.sparse_optimizer.name!r}; one of {', '.join(SPARSE_OPTIMIZER_NAMES)} "
+         "(adam = SparseAdam semantics on CPU and CUDA)")
+    need(t.dense_optimizer.name in ("adam", "adamw", "sgd", "adagrad"), "train.dense_optimizer.name",
+         "must be one of adam, adamw, sgd, adagrad")
+    need(spec.name.replace("-", "").replace("_", "").isalnum(), "name", "letters, digits, - and _ only")
+    need(_only_name_field(spec.output_dir), "output_dir",
+         f"{spec.output_dir!r}: the only placeholder is {{name}} (write a literal brace as {{{{ or }}}})")
