@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
+
+import yaml
 
 from muse_rec.data.loader import resume_batch, steps_per_epoch
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
+from muse_rec.spec import Spec, training_settings
 from muse_rec.training.checkpoint import Position, read_position
 
 logger = logging.getLogger("muse_rec")
@@ -68,6 +71,39 @@ def check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
             f"{run_json}: the checkpoint was trained on other vocabularies than data.prepared now has "
             f"(table: (checkpoint, data)) {diff}; re-prepare the same data or start a new run directory"
         )
+
+
+# What a resume may change of the run's spec.yaml: how far it trains, where its data lies (its
+# identity is the fingerprint, checked apart), what and whether it evaluates at the end, the step
+# pipeline (the same math), and the batch size (`place_in_epoch` refuses one the epoch cannot
+# continue at). Any other training setting (`muse_rec.spec.training_settings`) would make the run
+# one thing and its spec.yaml, which `compare` groups runs by, another.
+RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.batch_size", "data.prepared", "data.eval_split",
+                     "train.eval_at_end", "train.pipeline")
+
+
+def check_resume_settings(spec_yaml: Path, spec: Spec) -> None:
+    """A resumed run trains on with the settings it was started with (its ``spec.yaml``), up to
+    `RESUMABLE_CHANGES`; RunError naming the keys that differ. Keys only one side knows (a spec
+    written by another version of this project) are not compared."""
+    if not spec_yaml.exists():
+        return
+    try:
+        before: Any = yaml.safe_load(spec_yaml.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        raise RunError(f"{spec_yaml}: unreadable ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(before, dict):
+        raise RunError(f"{spec_yaml}: expected a mapping (the run's resolved spec), got {type(before).__name__}")
+    was = training_settings(before, leave_out=RESUMABLE_CHANGES)
+    # Compared as spec.yaml will hold it (a tuple is a list in YAML).
+    now = training_settings(yaml.safe_load(yaml.safe_dump(spec.to_dict())), leave_out=RESUMABLE_CHANGES)
+    diff = {k: (was[k], now[k]) for k in was if k in now and was[k] != now[k]}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:4])
+        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        raise RunError(f"{spec_yaml}: --resume with other training settings than the run was started with "
+                       f"({shown}{more}); resume with its settings (--spec {spec_yaml}), or train them as a new run "
+                       "(another output_dir, or --overwrite)")
 
 
 def place_in_epoch(position: Position, ck: Path, split_samples: int, batch_size: int, world_size: int,

@@ -38,8 +38,8 @@ from muse_rec.training.evaluate import evaluate
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
 from muse_rec.training.results import rank_memory, summary_line, training_figures, write_json, write_rank_memory
 from muse_rec.training.run_dir import claim_run_dir, new_run_id
-from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_run_compat, place_in_epoch,
-                                          read_run_json)
+from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_resume_settings, check_run_compat,
+                                          place_in_epoch, read_run_json)
 
 logger = logging.getLogger("muse_rec")
 
@@ -117,6 +117,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     prev_run = read_run_json(run_dir / "run.json") if resume else {}
     if resume:  # every rank checks (same files), so all raise together instead of some hanging
         check_run_compat(run_dir / "run.json", data, env)
+        check_resume_settings(run_dir / "spec.yaml", spec)
     torch.manual_seed(t.seed)
 
     seq_len = spec.data.seq_len

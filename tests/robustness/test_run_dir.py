@@ -192,11 +192,18 @@ def test_pruning_never_touches_another_runs_checkpoints(tmp_path):
 
 
 def test_failed_resume_leaves_spec_and_run_record_untouched(trained, tmp_path):
-    """A resume with a model that does not fit the checkpoint: exit 2 naming the keys; spec.yaml unchanged."""
+    """A resume with a model that does not fit the checkpoint: exit 2 naming the keys; spec.yaml unchanged.
+    The run's spec.yaml refuses it first; without one (a run directory of an earlier version, or
+    one copied without it) the checkpoint's shapes do."""
     runs = trained.copy_run(tmp_path / "runs")
     before = snapshot(runs / "din")
-    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3", "model.embedding_dim=8"]),
-              "--device", "cpu", "--resume")
+    args = ("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3", "model.embedding_dim=8"]),
+            "--device", "cpu", "--resume")
+    assert_bad_input(cli(*args), "spec.yaml", "model.embedding_dim: 16 -> 8")
+    assert snapshot(runs / "din") == before
+    (runs / "din" / "spec.yaml").unlink()
+    before = snapshot(runs / "din")
+    out = cli(*args)
     assert_bad_input(out, "step-00000002", "does not fit this model")
     assert "size" in out.stderr.lower() or "mismatch" in out.stderr.lower()
     assert snapshot(runs / "din") == before
@@ -376,3 +383,20 @@ def test_ctrl_c_during_training_is_one_line_saying_how_to_go_on(prepared_tiny, t
     assert rest.strip().splitlines()[-1] == (
         "muse-rec train: interrupted; --resume continues it from its last checkpoint (one every "
         "train.checkpoint_every steps; without one, from step 0), --overwrite starts over"), rest[-3000:]
+
+
+def test_a_resume_with_other_training_settings_is_refused_and_changes_nothing(trained, tmp_path):
+    """Before, `--resume --set train.dense_optimizer.lr=0.5` trained on at 0.5 and wrote lr 0.5 into
+    spec.yaml, which `compare` groups runs by, over steps trained at the run's own lr."""
+    runs = trained.copy_run(tmp_path / "runs")
+    before = snapshot(runs / "din")
+    for change, words in ((["train.dense_optimizer.lr=0.5"], "train.dense_optimizer.lr: 0.001 -> 0.5"),
+                          (["train.seed=7", "model.dropout=0.2"], "train.seed: 0 -> 7")):
+        out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3", *change]),
+                  "--device", "cpu", "--resume")
+        assert_bad_input(out, str(runs / "din" / "spec.yaml"), "--resume with other training settings", words)
+        assert snapshot(runs / "din") == before
+    # How far it trains (and the data's path, checked by its fingerprint) may change: the run goes on.
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3", "train.epochs=2"]),
+              "--device", "cpu", "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]

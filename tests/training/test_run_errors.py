@@ -160,13 +160,15 @@ def test_a_resume_landing_on_an_epochs_end_moves_on_and_counts_its_epochs(prepar
     from muse_rec.integrity import write_manifest
 
     spec, run = "specs/demo/din.yaml", tmp_path / "din"
-    run_ranks(train_args(spec, prepared, tmp_path, ["train.max_steps=24", "train.eval_at_end=false"]), nproc=1)
+    # Dense lr 2e-4: at the demo profile's 1e-3 and a batch <= 256 the warning has nothing to advise
+    # (and a resume keeps the run's settings).
+    run_ranks(train_args(spec, prepared, tmp_path, ["train.max_steps=24", "train.eval_at_end=false",
+                                                    "train.dense_optimizer.lr=2e-4"]), nproc=1)
     ck = run / "checkpoints" / "step-00000024"
     pos = json.loads((ck / "position.json").read_text())
     (ck / "position.json").write_text(json.dumps({**pos, "batch_size": 0}))  # as before it was recorded
     write_manifest(ck)
     split = json.loads((prepared / "meta.json").read_text())["splits"]["train"]
-    # Dense lr 2e-4: at the demo profile's 1e-3 and a batch <= 256 the warning has nothing to advise.
     out = run_ranks(train_args(spec, prepared, tmp_path, ["train.batch_size=200", "train.epochs=2",
                                                           "train.eval_at_end=false", "train.warn_below_clicks=1000000",
                                                           "train.dense_optimizer.lr=2e-4"])
