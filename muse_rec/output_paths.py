@@ -44,3 +44,27 @@ def check_output_path(path: str, flag: str, directory: bool = True, replaces: Op
             raise OutputPathError(f"{flag} {path}: cannot be created: {target} is not a directory")
     if not os.access(target, os.W_OK | os.X_OK):
         raise OutputPathError(f"{flag} {path}: cannot be written: {target} is not writable by this user")
+
+
+# The file that marks a directory as a command's output, and what to call it. A command that
+# writes into a directory it may share with its user's own files (synth's release directory may
+# hold a LICENSE) or that resumes its own (reproduce's OUT) refuses one marked as another's.
+# Literal names: checked before any heavy import; tests check them against the writers' constants.
+REPRODUCE_MANIFEST = "reproduce.json"
+OUTPUT_MARKERS = (
+    ("meta.json", "prepared data (meta.json)"),
+    ("run.json", "a training run (run.json)"),
+    ("ranker.pt2", "an export (ranker.pt2)"),
+    (REPRODUCE_MANIFEST, f"a reproduce OUT ({REPRODUCE_MANIFEST})"),
+    ("predictions.parquet", "an evaluation (predictions.parquet)"),
+    ("_synth_manifest.json", "a synthetic release (_synth_manifest.json)"),
+)
+
+
+def output_of_another_command(path: Path, own: str = "") -> Optional[str]:
+    """What `path` holds when it is another muse-rec command's output (e.g. "prepared data
+    (meta.json)"), else None; ``own``: the marker of the asking command's output, not counted."""
+    for marker, kind in OUTPUT_MARKERS:
+        if marker != own and (path / marker).exists():
+            return kind
+    return None

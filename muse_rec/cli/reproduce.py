@@ -60,7 +60,7 @@ def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
     """The one-line reason the flags that both paths share are unusable, else None."""
     import math
 
-    from muse_rec.output_paths import OutputPathError, check_output_path
+    from muse_rec.output_paths import REPRODUCE_MANIFEST, OutputPathError, check_output_path, output_of_another_command
 
     if args.nproc is not None and args.nproc < 1:
         return f"--nproc {args.nproc}: must be >= 1"
@@ -72,6 +72,13 @@ def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
         check_output_path(args.out, "OUT")
     except OutputPathError as e:
         return str(e)
+    # OUT is reproduce's own (re-running resumes it): one it did not start is refused, or its
+    # plan and report files would land among another command's (an export then fails its integrity check).
+    out = Path(args.out)
+    if out.is_dir() and not (out / REPRODUCE_MANIFEST).exists() and any(out.iterdir()):
+        kind = output_of_another_command(out, own=REPRODUCE_MANIFEST)
+        held = kind or "files reproduce did not write (" + ", ".join(sorted(p.name for p in out.iterdir())[:3]) + ")"
+        return f"OUT {args.out}: holds {held}; reproduce writes into a new or empty directory, or one it started"
     return None
 
 
@@ -178,8 +185,8 @@ def _context(out: Path, source: str, synth_args: List[str], args: argparse.Names
 
 def run_fusion(args: argparse.Namespace) -> int:
     """``--what fusion``: the SCL-quality sweep of MUSE, SIM-soft and MUSE-fusion (synthetic data only)."""
-    from muse_rec.reproduce.fusion import DEFAULT_QUALITIES, FUSION_METHODS, collect, fusion_plan, parse_qualities, \
-        run_sweep, write_fusion_report
+    from muse_rec.reproduce.fusion import DEFAULT_QUALITIES, FUSION_METHODS, fusion_plan, parse_qualities, run_sweep, \
+        write_fusion_report
     from muse_rec.reproduce.runner import Execution, ReproduceError
 
     started = time.perf_counter()

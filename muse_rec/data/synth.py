@@ -36,6 +36,7 @@ from muse_rec.data.synth_release import (IdHasher, History, item_tables, publish
                                          staged_release, user_table, write_table)
 from muse_rec.data.synth_world import build_catalogue, build_impressions, build_timelines, build_users
 from muse_rec.dirlock import DirLock
+from muse_rec.output_paths import output_of_another_command
 
 MANIFEST_NAME = "_synth_manifest.json"  # leading "_": not a release table, readers skip it
 MANIFEST_VERSION = 1
@@ -78,6 +79,11 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
     cfg.validate()
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(f"synth output {out_dir!r} exists and is not a directory")
+    # Another command's output (prepared data, a run, an export) is never a release directory,
+    # --overwrite or not: the tables would land beside its files. Checked before the lock, as below.
+    other = output_of_another_command(Path(out_dir), own=MANIFEST_NAME) if os.path.isdir(out_dir) else None
+    if other:
+        raise FileExistsError(f"{out_dir} holds {other}, not a release: choose another OUT for the synthetic release")
     found = foreign_tables(out_dir)  # before the lock: a refused OUT is left exactly as it was
     if found and not overwrite:
         raise FileExistsError(f"{out_dir} holds release tables that `muse-rec synth` did not write ({', '.join(found)}): "

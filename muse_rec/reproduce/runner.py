@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from muse_rec.output_paths import REPRODUCE_MANIFEST
 from muse_rec.reproduce.plan import REPO_ROOT, Plan, Run
 
 Printer = Callable[[str], None]
@@ -87,9 +88,14 @@ def run_overrides(out: Path, run: Run, prepared: str, extra: Sequence[str] = ())
 
 def check_manifest(out: Path, wanted: Dict) -> None:
     """Record what OUT was made from; refuse to mix data sources or sizes in one OUT."""
-    path = out / "reproduce.json"
+    path = out / REPRODUCE_MANIFEST
     if path.exists():
-        have = json.loads(path.read_text())
+        try:
+            have = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise ReproduceError(f"{path}: unreadable ({e}); pass another OUT directory") from None
+        if not isinstance(have, dict):
+            raise ReproduceError(f"{path}: expected a JSON object; pass another OUT directory")
         diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
         if diff:
             raise ReproduceError(
@@ -104,14 +110,25 @@ def _cli(*args: str) -> List[str]:
     return [sys.executable, "-m", "muse_rec.cli", *args]
 
 
+def local_absolute(path: str) -> str:
+    """``path`` made absolute where it is local (a URI of another filesystem as given).
+
+    Every subprocess here runs in the repository (the specs are relative to it), so a relative
+    path handed to one as typed named a directory there, not where the user stood."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def prepare_data(out: Path, raw: Optional[str], prepared: Optional[str], synth_args: Sequence[str],
                  say: Printer = say_now) -> str:
-    """Return the prepared-data path the runs read: given, prepared from ``raw``, or synthesised.
+    """Return the prepared-data path the runs read: given, prepared from ``raw``, or synthesised;
+    local paths absolute (`local_absolute`).
 
     ``synth_args`` are extra `muse-rec synth` flags (the size of the synthetic release).
     """
     if prepared:
-        return prepared
+        return local_absolute(prepared)
+    out = Path(local_absolute(str(out)))
+    raw = local_absolute(raw) if raw else None
     target = out / "data" / "prepared"
     if raw is None:
         raw_dir = out / "data" / "raw"
@@ -163,6 +180,7 @@ def _read_events(path: Path, offset: int) -> Tuple[List[Dict], int]:
 def execute(plan: Plan, out: Path, prepared: str, execution: Execution = Execution(),
             say: Printer = say_now) -> RunLog:
     """Train every run of ``plan`` that has no metrics.json yet; returns what happened."""
+    prepared = local_absolute(prepared)  # the training job runs in the repository
     log = RunLog()
     pending = [r for r in plan.runs if not is_done(out, r)]
     _preflight(out, prepared, pending, execution.extra_overrides)

@@ -100,3 +100,21 @@ def test_floors_are_ready_before_the_job_starts(tmp_path: Path, monkeypatch):
     shutil.rmtree(cache)
     execute(plan, out, prepared, Execution(nproc=2, extra_overrides=("train.check_floors=false",)), say=lines.append)
     assert not at_launch and not cache.exists() and not [ln for ln in lines if "floors" in ln]
+
+
+def test_a_relative_out_is_prepared_where_the_user_stands_not_in_the_repository(tmp_path, monkeypatch):
+    """The synth and prepare subprocesses run in the repository: `reproduce run1 --quick` from
+    another directory wrote REPO/run1/data/{raw,prepared}, then failed to find them."""
+    from muse_rec.reproduce.plan import REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    name = f"rel-{tmp_path.name}"
+    try:
+        prepared = prepare_data(Path(name), None, None, ["--preset", "tiny", "--no-diagnostics"], say=lambda s: None)
+        assert prepared == str(tmp_path / name / "data" / "prepared")
+        assert (tmp_path / name / "data" / "prepared" / "meta.json").exists()
+    finally:
+        stray = REPO_ROOT / name
+        found = stray.exists()
+        shutil.rmtree(stray, ignore_errors=True)
+    assert not found, f"wrote into the repository: {stray}"

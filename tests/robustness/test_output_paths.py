@@ -182,3 +182,53 @@ def test_a_killed_export_s_staging_directory_is_named_when_the_export_is_loaded(
         load_program(str(out))
     shutil.rmtree(out / STAGING_DIR)
     assert load_program(str(out)) is not None
+
+
+@pytest.mark.parametrize("what", ["exported", "run", "prepared"])
+def test_reproduce_into_another_command_s_output_is_refused_and_writes_nothing(trained, tmp_path, what):
+    """`reproduce EXPORT --report-only` exited 0 and added plan.json, report.* and reproduce.json
+    to the export, whose integrity manifest then refused it for serving."""
+    src = {"exported": trained.exported, "run": trained.run_dir, "prepared": trained.prepared}[what]
+    target = tmp_path / what
+    shutil.copytree(src, target)
+    before, names = snapshot(target), sorted(os.listdir(target))
+    out = cli("reproduce", str(target), "--quick", "--report-only")
+    kind = {"exported": "an export (ranker.pt2)", "run": "a training run (run.json)",
+            "prepared": "prepared data (meta.json)"}[what]
+    assert_bad_input(out, f"OUT {target}: holds {kind}", "new or empty directory")
+    assert snapshot(target) == before and sorted(os.listdir(target)) == names
+
+
+def test_reproduce_into_a_directory_of_other_files_is_refused_but_resumes_its_own(tmp_path):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    assert_bad_input(cli("reproduce", str(target), "--quick", "--report-only", "--what", "table5"),
+                     f"OUT {target}: holds files reproduce did not write (notes.txt)")
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
+    own = tmp_path / "own"
+    for _ in range(2):  # its own OUT, started once, is taken again (re-running resumes)
+        out = cli("reproduce", str(own), "--quick", "--report-only", "--what", "table5")
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert (own / "reproduce.json").exists() and (own / "report.md").exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_synth_into_prepared_data_is_refused_even_with_overwrite(trained, tmp_path, overwrite):
+    """It wrote the six raw tables and its manifest beside meta.json, exit 0."""
+    target = tmp_path / "prepared"
+    shutil.copytree(trained.prepared, target)
+    before, names = snapshot(target), sorted(os.listdir(target))
+    out = cli("synth", str(target), "--preset", "tiny", "--quiet", *(["--overwrite"] if overwrite else []))
+    assert_bad_input(out, str(target), "holds prepared data (meta.json), not a release")
+    assert snapshot(target) == before and sorted(os.listdir(target)) == names
+
+
+def test_output_markers_are_the_writers_own_file_names():
+    """output_paths spells the marker files literally (no heavy imports); they must be the writers'."""
+    from muse_rec.data.synth import MANIFEST_NAME
+    from muse_rec.output_paths import OUTPUT_MARKERS
+    from muse_rec.serving.export_layout import PROGRAM_FILE
+
+    markers = {m for m, _ in OUTPUT_MARKERS}
+    assert {MANIFEST_NAME, PROGRAM_FILE, "meta.json", "run.json", "reproduce.json", "predictions.parquet"} == markers
