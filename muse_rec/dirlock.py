@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import IO, Optional, Type
+from typing import IO, Optional, Sequence, Type
 
 LOCK_FILE = ".lock"
 
@@ -27,8 +27,12 @@ class DirLockError(ValueError):
 class DirLock:
     """An exclusive lock on ``<directory>/.lock``, held until `release` or the process ends."""
 
-    def __init__(self, directory: Path, handle: IO[str]) -> None:
+    def __init__(self, directory: Path, handle: IO[str], before: Optional[str] = None,
+                 created: Sequence[Path] = ()) -> None:
         self.directory, self._handle = directory, handle
+        # What `abandon` puts back: the lock file's text before (None: there was no lock file)
+        # and the directories `acquire` created, innermost first.
+        self._before, self._created = before, list(created)
 
     @classmethod
     def acquire(cls, directory: Path, command: Optional[str] = None, *, holder: str = "another process",
@@ -37,6 +41,8 @@ class DirLock:
 
         ``holder`` and ``hint`` word the refusal ("in use by <holder> (pid ...); <hint>").
         """
+        created = [d for d in (directory, *directory.parents) if not d.exists()]
+        had_lock_file = (directory / LOCK_FILE).exists()
         try:
             directory.mkdir(parents=True, exist_ok=True)
             handle = open(directory / LOCK_FILE, "a+", encoding="utf-8")  # "a+": never truncate another's info
@@ -53,16 +59,41 @@ class DirLock:
                 "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "command": command if command is not None else " ".join(sys.argv)}
         handle.seek(0)
+        before = handle.read() if had_lock_file else None
+        handle.seek(0)
         handle.truncate()
         handle.write(json.dumps(info) + "\n")
         handle.flush()
-        return cls(directory, handle)
+        return cls(directory, handle, before, created)
 
     def release(self) -> None:
         """Drop the lock (idempotent). The holder info stays in the file; it is only read while locked."""
         if not self._handle.closed:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
             self._handle.close()
+
+    def abandon(self) -> None:
+        """Release, and leave the directory as `acquire` found it: the lock file's earlier text back
+        (or no lock file), the directories it created removed where still empty. For a command
+        refused after it took the lock (a used run directory): a refused command writes nothing."""
+        if self._handle.closed:
+            return
+        lock_file = self.directory / LOCK_FILE
+        try:
+            if self._before is None:
+                lock_file.unlink(missing_ok=True)  # while still held: nobody can have taken it since
+            else:
+                self._handle.seek(0)
+                self._handle.truncate()
+                self._handle.write(self._before)
+                self._handle.flush()
+        finally:
+            self.release()
+        for d in self._created:
+            try:
+                d.rmdir()
+            except OSError:  # not empty (or not ours to remove): leave it
+                break
 
     def __enter__(self) -> "DirLock":
         return self

@@ -112,10 +112,10 @@ def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:
             print(f"muse-rec: --overwrite: moved the previous run in {run_dir} to {moved}", file=sys.stderr)
         _check_writable(run_dir)
     except OSError as e:
-        lock.release()
+        lock.abandon()
         raise RunDirError(f"{run_dir}: cannot move the previous run aside ({e})") from None
     except RunDirError:
-        lock.release()
+        lock.abandon()  # a refused run leaves the directory as it was, its lock file included
         raise
     return lock
 

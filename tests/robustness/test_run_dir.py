@@ -16,11 +16,19 @@ from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets, snapsho
 
 
 def test_fresh_run_into_used_run_dir_is_refused_and_changes_nothing(trained, tmp_path):
+    """Nothing, the lock file included: the refused process wrote its own pid and command over the
+    run's holder info (and left a .lock in a directory of other files)."""
     runs = trained.copy_run(tmp_path / "runs")
-    before = snapshot(runs / "din")
+    before, lock = snapshot(runs / "din"), (runs / "din" / LOCK_FILE).read_bytes()
     out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu")
     assert_bad_input(out, str(runs / "din"), "already holds a run", "--resume", "--overwrite")
-    assert snapshot(runs / "din") == before
+    assert snapshot(runs / "din") == before and (runs / "din" / LOCK_FILE).read_bytes() == lock
+    other = tmp_path / "other" / "din"
+    other.mkdir(parents=True)
+    (other / "a.txt").write_text("mine")
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, other.parent, ["train.max_steps=3"]), "--device", "cpu")
+    assert_bad_input(out, str(other), "already holds a run (a.txt)")
+    assert sorted(os.listdir(other)) == ["a.txt"]
 
 
 def test_overwrite_moves_the_old_run_aside_whole(trained, tmp_path):
@@ -400,3 +408,25 @@ def test_a_resume_with_other_training_settings_is_refused_and_changes_nothing(tr
     out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3", "train.epochs=2"]),
               "--device", "cpu", "--resume")
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_an_abandoned_lock_leaves_the_directory_as_it_found_it(tmp_path):
+    """`DirLock.abandon`: no lock file where there was none, the earlier holder info where there
+    was one, and the directories it created removed (only while empty)."""
+    from muse_rec.dirlock import DirLock
+
+    fresh = tmp_path / "a" / "b"
+    DirLock.acquire(fresh).abandon()
+    assert not (tmp_path / "a").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / LOCK_FILE).write_text('{"pid": 1}\n')
+    lock = DirLock.acquire(kept)
+    assert (kept / LOCK_FILE).read_text() != '{"pid": 1}\n'  # held: its holder info is written
+    lock.abandon()
+    assert (kept / LOCK_FILE).read_text() == '{"pid": 1}\n'
+    busy = tmp_path / "busy"
+    lock = DirLock.acquire(busy)
+    (busy / "x").write_text("written while held")
+    lock.abandon()
+    assert sorted(os.listdir(busy)) == ["x"]
