@@ -1,7 +1,8 @@
 """The run spec: one declarative YAML file drives a run, from data paths to learning rates.
 
 A spec file may ``extends:`` another (path relative to itself); mappings are deep-merged,
-the child winning. ``--set key.path=value`` overrides apply last. Every key is validated
+the child winning. ``--set key.path=value`` overrides apply last (a mapping value is merged
+key by key, as a child file's would be). An empty file is refused. Every key is validated
 against the dataclasses of `muse_rec.spec.schema`: unknown keys, wrong types and bad values raise `SpecError`
 naming the file and the dotted key, e.g. ``specs/muse.yaml: model.gsu.top_k: expected int, got 'fifty'``.
 

@@ -61,6 +61,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden here
+                continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -77,11 +79,14 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...], referenced_by: Option
     if path.resolve() in seen:
         raise SpecError(f"{path}: 'extends' cycle: " + " -> ".join(str(p) for p in seen + (path,)))
     try:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: cannot read ({e})") from None
+    if doc is None or doc == {}:  # an empty or comment-only file: truncated, or the wrong file
+        raise SpecError(f"{path}: empty spec (no keys); a spec extends another or sets its keys "
+                        "(e.g. extends: ../base.yaml and data.prepared)")
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: top level must be a mapping, got {type(doc).__name__}")
     parents = doc.pop("extends", None)
@@ -105,19 +110,26 @@ def _deep_merge(base: Dict[str, Any], child: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _apply_override(raw: Dict[str, Any], override: str, source: str) -> None:
+    """``key.path=value`` set in ``raw`` (the merged spec file); a mapping value is merged into the
+    mapping there key by key, as a file that extends the spec would merge it."""
     if "=" not in override:
         raise SpecError(f"override {override!r}: expected key.path=value")
     key, value = override.split("=", 1)
-    node = raw
     parts = key.strip().split(".")
-    for p in parts[:-1]:
+    if not all(parts):
+        raise SpecError(f"override {override!r}: expected key.path=value, with a name between every two dots")
+    node = raw
+    for i, p in enumerate(parts[:-1]):
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise SpecError(f"override {override!r}: {p} is not a mapping")
+            raise SpecError(f"override {override!r}: {'.'.join(parts[:i + 1])} is not a mapping in {source} "
+                            f"(it holds {node!r})")
     try:
-        node[parts[-1]] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:
         raise SpecError(f"override {override!r}: value is not valid YAML ({e.problem})") from None
+    old = node.get(parts[-1])
+    node[parts[-1]] = _deep_merge(old, parsed) if isinstance(parsed, dict) and isinstance(old, dict) else parsed
 
 
 def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:

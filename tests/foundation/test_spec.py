@@ -1,6 +1,7 @@
 """Specs: every file in specs/ loads; malformed specs fail naming the file and the key."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,50 @@ def test_bad_files(tmp_path):
         load_spec(SPECS / "methods/muse.yaml", overrides=["model.tower_hidden=[64,"])
     with pytest.raises(SpecError, match="expected key.path=value"):
         load_spec(SPECS / "methods/muse.yaml", overrides=["train.batch_size"])
+
+
+def test_empty_specs_and_empty_key_parts_are_refused(tmp_path):
+    """An empty or comment-only file (truncated, or the wrong one) trained the schema's defaults, exit 0."""
+    for text in ("", "# only a comment\n", "{}\n"):
+        (tmp_path / "empty.yaml").write_text(text)
+        with pytest.raises(SpecError, match=r"empty.yaml: empty spec \(no keys\)"):
+            load_spec(tmp_path / "empty.yaml")
+    (tmp_path / "child.yaml").write_text("extends: empty.yaml\ntrain: {seed: 3}\n")
+    with pytest.raises(SpecError, match=r"empty.yaml: empty spec"):  # a parent too
+        load_spec(tmp_path / "child.yaml")
+    for bad in ("=3", "train..seed=1", ".seed=1"):  # "=3" said ": unknown key"
+        with pytest.raises(SpecError, match=f"override '{re.escape(bad)}': expected key.path=value, with a name"):
+            load_spec(SPECS / "methods/muse.yaml", overrides=[bad])
+    (tmp_path / "listdata.yaml").write_text("extends: " + str(SPECS / "methods/muse.yaml") + "\ndata: [1, 2]\n")
+    with pytest.raises(SpecError, match=r"override 'data.prepared=x': data is not a mapping in .*listdata.yaml"):
+        load_spec(tmp_path / "listdata.yaml", overrides=["data.prepared=x"])
+
+
+def test_a_mapping_override_merges_key_by_key_as_extends_does(tmp_path):
+    """`--set 'train.dense_optimizer={name: sgd}'` replaced the section: the spec's lr and weight
+    decay fell back to the schema's defaults, unlike the same mapping in a file that extends it."""
+    spec = SPECS / "demo/muse.yaml"
+    base = load_spec(spec).train.dense_optimizer
+    by_set = load_spec(spec, overrides=["train.dense_optimizer={name: sgd}"]).train.dense_optimizer
+    (tmp_path / "child.yaml").write_text(f"extends: {spec}\ntrain: {{dense_optimizer: {{name: sgd}}}}\n")
+    by_file = load_spec(tmp_path / "child.yaml").train.dense_optimizer
+    assert by_set == by_file and by_set.name == "sgd"
+    assert (by_set.lr, by_set.weight_decay) == (base.lr, base.weight_decay) != (2e-4, 0.0)
+    # A non-mapping value still replaces: a list is one value.
+    assert load_spec(spec, overrides=["model.tower_hidden=[8]"]).model.tower_hidden == [8]
+
+
+def test_yaml_merge_keys_work_and_duplicate_keys_are_still_refused(tmp_path):
+    """`<<: *anchor` failed with "could not determine a constructor for the tag ...merge"."""
+    (tmp_path / "merge.yaml").write_text(
+        f"extends: {SPECS / 'demo/muse.yaml'}\n"
+        "train:\n  sparse_optimizer: &opt {name: exact_row_wise_adagrad, lr: 0.03}\n"
+        "  dense_optimizer: {<<: *opt, name: adamw, lr: 0.002}\n")
+    t = load_spec(tmp_path / "merge.yaml").train
+    assert (t.sparse_optimizer.lr, t.dense_optimizer.name, t.dense_optimizer.lr) == (0.03, "adamw", 0.002)
+    (tmp_path / "dup.yaml").write_text("train: {seed: 1, seed: 2}\n")
+    with pytest.raises(SpecError, match="duplicate key 'seed'"):
+        load_spec(tmp_path / "dup.yaml")
 
 
 def test_scientific_notation_learning_rates():
