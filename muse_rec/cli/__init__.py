@@ -13,7 +13,7 @@ import os
 import select
 import sys
 import warnings
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 # Order shown in --help: the flow of a run.
 COMMANDS = ["info", "synth", "prepare", "check", "baselines", "train", "launch", "evaluate", "plan", "export", "rank",
@@ -24,25 +24,37 @@ def _available() -> List[str]:
     return [c for c in COMMANDS if importlib.util.find_spec(f"muse_rec.cli.{c}") is not None]
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as every other bad input here: one line naming the flag,
+    ``muse-rec <command>: <what> (see muse-rec <command> --help)``, exit 2 (not the usage block)."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="muse-rec",
         description="MUSE lifelong user-interest CTR models on TorchRec. "
         "Typical flow: synth|prepare -> train -> evaluate -> export/rank.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
+    command_parser: argparse.ArgumentParser = parser
     for name in _available():
         # Import only the chosen command's module; the others show a one-line help.
         if name == chosen:
             mod = importlib.import_module(f"muse_rec.cli.{name}")
-            p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
-            mod.add_arguments(p)
-            p.set_defaults(_run=mod.run)
+            command_parser = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+            mod.add_arguments(command_parser)
+            command_parser.set_defaults(_run=mod.run)
         else:
             sub.add_parser(name, help=_help_line(name), add_help=False)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command they were given to (argparse names only "muse-rec")
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2

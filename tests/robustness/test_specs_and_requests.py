@@ -152,3 +152,17 @@ def test_a_job_the_planner_cannot_fit_is_one_line_on_every_rank(prepared_tiny, t
     if nproc == 1:
         assert out.returncode == 2 and "Traceback" not in out.stderr
     assert not (runs / "din" / "run.json").exists()  # nothing of a run was written
+
+
+@pytest.mark.parametrize("args, line", [
+    (["plan", "--spec", SPEC, "--world-size", "abc"],
+     "muse-rec plan: argument --world-size: invalid int value: 'abc' (see muse-rec plan --help)"),
+    (["train", "--spec", SPEC, "--bogus"], "muse-rec train: unrecognized arguments: --bogus (see muse-rec train --help)"),
+    (["rank", "--spec", SPEC], "muse-rec rank: the following arguments are required: --request"),
+    (["frobnicate"], "muse-rec: argument COMMAND: invalid choice: 'frobnicate'"),
+])
+def test_usage_errors_are_one_line_naming_the_command(args, line):
+    """argparse printed its usage block and then the error (7 lines), and named an unknown flag of
+    `train` as the top-level command's."""
+    out = cli_without_torch(*args)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith(line), out.stderr
