@@ -98,7 +98,7 @@ def verify(root: str | os.PathLike, expect_sha256: Optional[str] = None) -> str:
     """
     root = Path(root)
     if not root.is_dir():
-        raise IntegrityError(f"{root}: no such directory")
+        raise IntegrityError(f"{root}: {'is a file, not a directory' if root.exists() else 'no such directory'}")
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise IntegrityError(f"{root}: no {MANIFEST} integrity manifest - not written by this version of "

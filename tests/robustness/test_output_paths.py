@@ -96,6 +96,9 @@ def test_plan_json_under_a_file_and_a_missing_exported_program_are_one_line(trai
     out = cli("rank", "--spec", SPEC, *trained.sets(), "--request", str(tmp_path / "req.json"),
               "--exported", str(tmp_path / "missing"))
     assert_bad_input(out, f"{tmp_path / 'missing'}: no such directory")
+    out = cli("rank", "--spec", SPEC, *trained.sets(), "--request", str(tmp_path / "req.json"),
+              "--exported", str(tmp_path / "req.json"))  # a file: was "no such directory" too
+    assert_bad_input(out, f"{tmp_path / 'req.json'}: is a file, not a directory")
 
 
 def test_export_into_a_directory_holding_other_files_is_refused(trained, tmp_path):
