@@ -61,6 +61,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.command)
     try:
         return int(args._run(args) or 0)
+    except MemoryError as e:
+        # What runs out is what the spec or the input sized (a spec's model.esu.num_tiers = 1e9
+        # asked for tens of GB): a line saying so, not a traceback.
+        detail = f" ({' '.join(str(e).split())[:200]})" if str(e) else ""
+        sys.stderr.write(f"muse-rec {args.command}: out of memory{detail}: the spec or its input asks for more than "
+                         "this machine holds; check their sizes (model.*, data.seq_len, train.batch_size)\n")
+        return 2
     except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a bug: a line saying what to do, not a traceback
         sys.stderr.write(f"\nmuse-rec {args.command}: interrupted{_AFTER_AN_INTERRUPT.get(args.command, '')}\n")
         return 130  # 128 + SIGINT, the shell's convention

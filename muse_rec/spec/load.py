@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from muse_rec.spec.schema import ID_TABLES, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError
+from muse_rec.spec.schema import ID_TABLES, MAX_EMBEDDING_DIM, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError
 
 
 def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Spec:
@@ -246,8 +246,9 @@ def _check_values(spec: Spec, source: str) -> None:
     need(m.gsu.kind != "attention" or m.esu.attention == "ta", "model.gsu.kind",
          "'attention' (TWIN) retrieves with the ESU's target attention: set model.esu.attention: ta")
     need(0 < m.short_term.recent <= d.seq_len, "model.short_term.recent", f"must be in 1..data.seq_len ({d.seq_len})")
-    need(m.embedding_dim > 0, "model.embedding_dim", "must be > 0")
-    need(m.small_dim > 0, "model.small_dim", "must be > 0")
+    for key, dim in (("model.embedding_dim", m.embedding_dim), ("model.small_dim", m.small_dim)):
+        need(0 < dim <= MAX_EMBEDDING_DIM, key, f"must be in 1..{MAX_EMBEDDING_DIM} (a table row's width; "
+             "TorchRec's planning time grows with it)")
     # FBGEMM's table kernels (CPU and CUDA) take rows whose width is a multiple of 4; TorchRec
     # asserts it only when the tables are sharded, after the run has started.
     need(m.embedding_dim % 4 == 0, "model.embedding_dim", f"{m.embedding_dim} must be a multiple of 4 (FBGEMM's row width)")
@@ -271,7 +272,13 @@ def _check_values(spec: Spec, source: str) -> None:
          "model.parametrization.output_bias", "'train_prior' needs output_head: one_logit (Dice's LayerNorm over "
          "two logits erases a constant bias); set output_bias: linear with two_logits_dice")
     need(m.esu.num_tiers > 0, "model.esu.num_tiers", "must be > 0")
-    need(m.esu.tier_width > 0, "model.esu.tier_width", "must be > 0")
+    need(0 < m.esu.tier_width <= 2, "model.esu.tier_width", "must be in (0, 2] (cosine units)")
+    # SimTier puts cosine r in tier ceil(r / w) + round(1 / w): cosine 1 lands in tier ceil(1/w) + round(1/w)
+    # and no tier past it is ever filled. One spare is allowed, as the reference's 22 tiers at w = 0.1.
+    last = math.ceil(1.0 / m.esu.tier_width) + round(1.0 / m.esu.tier_width)
+    need(m.esu.num_tiers <= last + 2, "model.esu.num_tiers", f"{m.esu.num_tiers} tiers at tier_width "
+         f"{m.esu.tier_width:g}: cosine 1 falls in tier {last} (counting from 0) and no later tier is ever filled; "
+         f"at most {last + 2} (one spare, as the reference's 22 at 0.1)")
     need(m.gsu.kind != "none" or not m.esu.simtier, "model.esu.simtier",
          "SimTier needs retrieved similarities: set model.gsu.kind or esu.simtier: false")
     need(m.gsu.kind != "none" or m.esu.attention == "none", "model.esu.attention",

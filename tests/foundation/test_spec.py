@@ -65,14 +65,22 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"train": {"warn_below_clicks": "many"}}, "train.warn_below_clicks: expected an integer"),
         ({"train": {"shuffle_seed": -3}}, "train.shuffle_seed: must be >= 0"),
         ({"train": {"eval_batch_size": 0}}, "train.eval_batch_size: must be > 0"),
-        ({"model": {"small_dim": 0}}, "model.small_dim: must be > 0"),
+        ({"model": {"small_dim": 0}}, "model.small_dim: must be in 1..65536"),
         ({"model": {"init_std": 0}}, "model.init_std: must be > 0"),
         ({"model": {"small_features": ["item"]}}, "model.small_features: 'item' cannot take model.small_dim"),
         ({"model": {"small_features": ["nope"]}}, "model.small_features: 'nope' cannot"),
         ({"model": {"small_features": ["user_f2", "user_f2"]}}, "model.small_features: lists a table twice"),
         ({"model": {"esu": {"attention_hidden": 0}}}, "model.esu.attention_hidden: must be > 0"),
         ({"model": {"esu": {"temperature_init": -1}}}, "model.esu.temperature_init: must be > 0"),
-        ({"model": {"esu": {"tier_width": 0}}}, "model.esu.tier_width: must be > 0"),
+        ({"model": {"esu": {"tier_width": 0}}}, "model.esu.tier_width: must be in .0, 2] .cosine units"),
+        ({"model": {"esu": {"tier_width": 2.5}}}, "model.esu.tier_width: must be in .0, 2] .cosine units"),
+        # 1e9 tiers: a MemoryError traceback (or the kernel's OOM kill) building the tower; any
+        # tier past the one cosine 1 falls in is never filled.
+        ({"model": {"esu": {"num_tiers": 23}}}, "model.esu.num_tiers: 23 tiers at tier_width 0.1: cosine 1 falls in tier 20"),
+        ({"model": {"esu": {"num_tiers": 10**9}}}, "model.esu.num_tiers: 1000000000 tiers"),
+        ({"model": {"esu": {"num_tiers": 43, "tier_width": 0.05}}}, "cosine 1 falls in tier 40 .* at most 42"),
+        # 16M columns: `plan` and `train` ran TorchRec's enumerator for minutes with no output.
+        ({"model": {"embedding_dim": 65540}}, "model.embedding_dim: must be in 1..65536"),
         ({"data": {"vocab_sizes": {"bogus": 10}}}, "data.vocab_sizes: unknown table 'bogus'"),
         ({"data": {"vocab_sizes": {"item": 0}}}, "data.vocab_sizes: {'item': 0}: rows must be >= 1"),
         # TorchRec's AssertionError traceback once the tables were sharded, before.

@@ -166,3 +166,18 @@ def test_usage_errors_are_one_line_naming_the_command(args, line):
     `train` as the top-level command's."""
     out = cli_without_torch(*args)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith(line), out.stderr
+
+
+def test_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """Whatever a spec or an input sizes past the machine ends as one line with exit 2 (a
+    MemoryError traceback reached the user from `plan` with model.esu.num_tiers = 1e9)."""
+    from muse_rec import cli
+    from muse_rec.cli import info
+
+    def run(args):
+        raise MemoryError("Unable to allocate 37.3 GiB for an array")
+
+    monkeypatch.setattr(info, "run", run)
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("muse-rec info: out of memory (Unable to allocate 37.3 GiB"), err
