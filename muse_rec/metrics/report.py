@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from muse_rec.json_files import read_json_object
+
 MISSING = "-"  # shown for absent, None and NaN cells
 
 
@@ -126,12 +128,7 @@ def read_run_metrics(path: str | os.PathLike) -> Dict[str, Any]:
     metrics and well-formed floors. A run directory can come from elsewhere, so a malformed file
     is a ValueError naming the file and the key, not a KeyError deep in a report."""
     f = Path(path)
-    try:
-        doc = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{f}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{f}: expected a JSON object, got {type(doc).__name__}")
+    doc = read_json_object(f)
     if not isinstance(doc.get("method"), str) or not doc["method"]:
         raise ValueError(f"{f}: method: expected the method's name, got {doc.get('method')!r}")
     for k in METRICS:

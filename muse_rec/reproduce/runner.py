@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from muse_rec.json_files import read_json_object
 from muse_rec.output_paths import REPRODUCE_MANIFEST
 from muse_rec.reproduce.plan import REPO_ROOT, Plan, Run
 
@@ -90,12 +91,7 @@ def check_manifest(out: Path, wanted: Dict) -> None:
     """Record what OUT was made from; refuse to mix data sources or sizes in one OUT."""
     path = out / REPRODUCE_MANIFEST
     if path.exists():
-        try:
-            have = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            raise ReproduceError(f"{path}: unreadable ({e}); pass another OUT directory") from None
-        if not isinstance(have, dict):
-            raise ReproduceError(f"{path}: expected a JSON object; pass another OUT directory")
+        have = read_json_object(path, ReproduceError, advice="; pass another OUT directory")
         diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
         if diff:
             raise ReproduceError(

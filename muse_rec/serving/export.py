@@ -36,6 +36,7 @@ from muse_rec.data.batch import ITEM_FEATURES, USER_FEATURES
 from muse_rec.data.prepared import PreparedData
 from muse_rec.dirlock import DirLock
 from muse_rec.integrity import IntegrityError, verify, write_manifest
+from muse_rec.json_files import read_json_object
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
 from muse_rec.output_paths import check_output_path
 from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, OLD_LEFTOVERS,
@@ -249,12 +250,7 @@ def read_manifest(exported_dir: str) -> Dict[str, object]:
     path = Path(exported_dir) / MANIFEST_FILE
     if not path.exists():
         raise ExportError(f"{exported_dir}: no {MANIFEST_FILE} - not a directory written by `muse-rec export`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise ExportError(f"{path}: not valid JSON ({e}); re-export") from None
-    if not isinstance(manifest, dict):
-        raise ExportError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    manifest = read_json_object(path, ExportError, advice="; re-export")
     for key in ("program", "seq_len", "min_candidates", "max_candidates", "vocab_sizes"):
         if key not in manifest:
             raise ExportError(f"{path}: missing key {key!r}")

@@ -41,6 +41,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from muse_rec.integrity import IntegrityError, verify, write_manifest
+from muse_rec.json_files import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +79,7 @@ def read_position(path: Path) -> Position:
     pos_file = Path(path) / "position.json"
     if not pos_file.exists():
         raise CheckpointError(f"{path}: not a complete checkpoint (no position.json)")
-    try:
-        raw = json.loads(pos_file.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{pos_file}: unreadable ({e})") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{pos_file}: expected a JSON object")
+    raw = read_json_object(pos_file, CheckpointError)
     # A checkpoint may come from elsewhere: each field the resume reads is checked here, once,
     # instead of failing as a TypeError (or a loader's range error) deep inside the run.
     for f in dataclasses.fields(Position):

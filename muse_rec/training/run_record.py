@@ -6,7 +6,6 @@ naming the file where they do not.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict
@@ -16,6 +15,7 @@ import yaml
 from muse_rec.data.loader import resume_batch, steps_per_epoch
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
+from muse_rec.json_files import read_json_object
 from muse_rec.spec import Spec, training_settings
 from muse_rec.training.checkpoint import Position, read_position
 
@@ -30,12 +30,7 @@ def read_run_json(run_json: Path) -> Dict:
     """A run directory's run.json ({} when absent); RunError naming it when unreadable."""
     if not run_json.exists():
         return {}
-    try:
-        prev = json.loads(run_json.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise RunError(f"{run_json}: unreadable ({e})") from None
-    if not isinstance(prev, dict):
-        raise RunError(f"{run_json}: expected a JSON object")
+    prev = read_json_object(run_json, RunError)
     # The two entries a resumed or evaluated run reads back (the rest is for people).
     run_id = prev.get("run_id")
     if run_id is not None and not isinstance(run_id, str):

@@ -1,0 +1,33 @@
+"""`read_json_object`: the one reader of run.json, position.json, manifest.json, metrics.json and
+reproduce.json; each malformed file is one line naming it, in the caller's error type."""
+from __future__ import annotations
+
+import pytest
+
+from muse_rec.json_files import read_json_object
+
+
+class Refused(ValueError):
+    pass
+
+
+@pytest.mark.parametrize("content, words", [
+    (b'{"a": 1', "not valid JSON (Expecting ',' delimiter: line 1 column 8 (char 7))"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+    (b"\xff\xfe{}", "not valid JSON ("),
+    (b"", "not valid JSON (Expecting value"),
+])
+def test_a_malformed_file_is_named_in_the_callers_error(tmp_path, content, words):
+    path = tmp_path / "run.json"
+    path.write_bytes(content)
+    with pytest.raises(Refused) as e:
+        read_json_object(path, Refused, advice="; start a new run")
+    assert str(e.value).startswith(f"{path}: {words}") and str(e.value).endswith("; start a new run")
+
+
+def test_a_directory_in_its_place_and_a_good_object(tmp_path):
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(Refused, match=r"d.json: cannot read \(Is a directory\)"):
+        read_json_object(tmp_path / "d.json", Refused)
+    (tmp_path / "ok.json").write_text('{"run_id": "x", "n": [1]}')
+    assert read_json_object(tmp_path / "ok.json") == {"run_id": "x", "n": [1]}
