@@ -72,14 +72,28 @@ def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
         check_output_path(args.out, "OUT")
     except OutputPathError as e:
         return str(e)
-    # OUT is reproduce's own (re-running resumes it): one it did not start is refused, or its
-    # plan and report files would land among another command's (an export then fails its integrity check).
+    # OUT is reproduce's own (re-running resumes it): one that holds anything else is refused, or
+    # its plan and report files would land among another command's (an export then fails its
+    # integrity check). Finished runs under OUT/runs are its own kind, started or not by it.
     out = Path(args.out)
-    if out.is_dir() and not (out / REPRODUCE_MANIFEST).exists() and any(out.iterdir()):
-        kind = output_of_another_command(out, own=REPRODUCE_MANIFEST)
-        held = kind or "files reproduce did not write (" + ", ".join(sorted(p.name for p in out.iterdir())[:3]) + ")"
-        return f"OUT {args.out}: holds {held}; reproduce writes into a new or empty directory, or one it started"
+    if out.is_dir() and not (out / REPRODUCE_MANIFEST).exists():
+        other = sorted(p.name for p in out.iterdir() if not _written_by_reproduce(p.name))
+        if other:
+            held = (output_of_another_command(out, own=REPRODUCE_MANIFEST)
+                    or f"files reproduce did not write ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''})")
+            return f"OUT {args.out}: holds {held}; reproduce writes into a new or empty directory, or one it started"
     return None
+
+
+# What reproduce writes in OUT (runner.py, report.py, fusion.py): its runs, logs, data, plan, report,
+# figures and, for --what fusion, one q<quality> directory per SCL quality.
+_REPRODUCE_ENTRIES = ("runs", "logs", "data", "plan.json", "report.md", "report.json", "progress.jsonl",
+                      "fusion_report.md")
+
+
+def _written_by_reproduce(name: str) -> bool:
+    return (name in _REPRODUCE_ENTRIES or name.endswith(".png")
+            or (name.startswith("q") and name[1:].replace(".", "", 1).isdigit()))
 
 
 def run(args: argparse.Namespace) -> int:
