@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         context.append(f"training + evaluation time summed over the {len(per_run)} finished runs: "
                        f"{sum(per_run) / 60:.1f} min (from metrics.json; excludes process start-up)")
     report = write_report(plan, metrics, out, context, min_z=args.min_z, synthetic=not real)
-    print(f"[reproduce] wrote {out / 'report.md'} and {', '.join(p.name for p in report.figures.values())}")
+    figures = ", ".join(p.name for p in report.figures.values())
+    print(f"[reproduce] wrote {out / 'report.md'}" + (f" and {figures}" if figures else " (no figure: no finished runs)"))
     held = [v for vs in report.verdicts.values() for v in vs]
     print(f"[reproduce] claims holding here: {sum(v.holds for v in held)} of {len(held)}"
           + (f"; missing runs: {len(report.missing_runs)}" if report.missing_runs else ""))

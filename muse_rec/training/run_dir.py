@@ -21,7 +21,8 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import List, Optional
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
 
 from muse_rec.dirlock import LOCK_FILE, DirLock, DirLockError
 
@@ -51,12 +52,25 @@ def previous_contents(run_dir: Path) -> List[str]:
     return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
 
 
+# What marks a directory as a run's (its record, or a checkpoint of a run whose record was not
+# written yet): only such a directory can be continued with --resume.
+RUN_MARKERS = ("run.json", "spec.yaml", "checkpoints")
+
+
+def holds_a_run(used: List[str]) -> bool:
+    """Whether a directory holding ``used`` (`previous_contents`) holds a run."""
+    return any(name in RUN_MARKERS for name in used)
+
+
 def used_run_dir_message(run_dir: Path, used: List[str], resume_flag: str = "--resume",
                          overwrite: bool = True) -> str:
     """Why a fresh run into ``run_dir`` (holding ``used``) is refused, and what to do instead, in the
     flags of the command that refuses it (``torchx run`` spells a bool ``--resume True``)."""
     shown = ", ".join(used[:6]) + (", ..." if len(used) > 6 else "")
     over = "start over with --overwrite (moves it to a sibling .old-<time> directory) " if overwrite else ""
+    if not holds_a_run(used):  # a folder of other files: there is no run to continue
+        over = "move them aside with --overwrite (to a sibling .old-<time> directory) " if overwrite else ""
+        return f"{run_dir}: holds files that are not a run ({shown}); {over}or choose another output_dir"
     return (f"{run_dir}: already holds a run ({shown}); continue it with {resume_flag}, {over}"
             "or choose another output_dir")
 
@@ -105,6 +119,9 @@ def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:
     lock = RunDirLock.acquire(run_dir)
     try:
         used = previous_contents(run_dir)
+        if used and resume and not holds_a_run(used):  # it would train into the folder beside them
+            raise RunDirError(f"{run_dir}: --resume: holds no run to continue ({', '.join(used[:6])}"
+                              f"{', ...' if len(used) > 6 else ''}); choose another output_dir")
         if used and not resume:  # (resume wins over overwrite: see claim_run_dir)
             if not overwrite:
                 raise RunDirError(used_run_dir_message(run_dir, used))
@@ -144,3 +161,17 @@ def claim_run_dir(run_dir: Path, is_main: bool, resume: bool, overwrite: bool) -
     if err:
         raise RunDirError(err)
     return lock
+
+
+@contextmanager
+def given_back_on_error(lock: Optional[RunDirLock]) -> Iterator[None]:
+    """An exception in the block (a refused resume, no plan that fits, a damaged checkpoint) gives
+    the run directory back as `claim_run_dir` found it (`DirLock.abandon`): its lock file's holder
+    info restored, a directory the claim created removed. For the part of a run before it writes
+    anything; ``lock`` is None on the ranks that do not hold it."""
+    try:
+        yield
+    except BaseException:
+        if lock is not None:
+            lock.abandon()
+        raise

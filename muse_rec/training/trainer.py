@@ -37,7 +37,7 @@ from muse_rec.training.checkpoint import Position, latest_checkpoint, load_check
 from muse_rec.training.evaluate import evaluate
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
 from muse_rec.training.results import rank_memory, summary_line, training_figures, write_json, write_rank_memory
-from muse_rec.training.run_dir import claim_run_dir, new_run_id
+from muse_rec.training.run_dir import claim_run_dir, given_back_on_error, new_run_id
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_resume_settings, check_run_compat,
                                           place_in_epoch, read_run_json)
 
@@ -113,46 +113,48 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     t = spec.train
     run_dir = Path(spec.run_dir)
     data = _open_data(spec)
-    lock = claim_run_dir(run_dir, env.is_main, resume, overwrite)  # noqa: F841 (held until the run ends)
-    prev_run = read_run_json(run_dir / "run.json") if resume else {}
-    if resume:  # every rank checks (same files), so all raise together instead of some hanging
-        check_run_compat(run_dir / "run.json", data, env)
-        check_resume_settings(run_dir / "spec.yaml", spec)
-    torch.manual_seed(t.seed)
+    lock = claim_run_dir(run_dir, env.is_main, resume, overwrite)  # held until the run ends
+    with given_back_on_error(lock):  # until the run record is written, a refusal leaves no trace
+        prev_run = read_run_json(run_dir / "run.json") if resume else {}
+        if resume:  # every rank checks (same files), so all raise together instead of some hanging
+            check_run_compat(run_dir / "run.json", data, env)
+            check_resume_settings(run_dir / "spec.yaml", spec)
+        torch.manual_seed(t.seed)
 
-    seq_len = spec.data.seq_len
-    train_loader_len = len(make_loader(data, spec.data.train_split, t.batch_size, seq_len, rank=env.rank, world_size=env.world_size))
-    if train_loader_len == 0:
-        raise RunError(f"data.prepared = {spec.data.prepared!r}: split {spec.data.train_split!r} has no samples")
-    # Shown at the start: at a fixed lr, how far one epoch gets follows its clicks (docs/accuracy.md).
-    split_samples, train_clicks = data.num_samples(spec.data.train_split), data.num_positives(spec.data.train_split)
+        seq_len = spec.data.seq_len
+        train_loader_len = len(make_loader(data, spec.data.train_split, t.batch_size, seq_len, rank=env.rank,
+                                           world_size=env.world_size))
+        if train_loader_len == 0:
+            raise RunError(f"data.prepared = {spec.data.prepared!r}: split {spec.data.train_split!r} has no samples")
+        # Shown at the start: at a fixed lr, how far one epoch gets follows its clicks (docs/accuracy.md).
+        split_samples, train_clicks = data.num_samples(spec.data.train_split), data.num_positives(spec.data.train_split)
 
-    dmp, optimizer, skip = build_sharded(spec, data, env)
-    # Measured now, written with the results: a run that stops early (e.g. a refused resume)
-    # must leave the run directory as it found it.
-    memory = rank_memory(dmp, env)
+        dmp, optimizer, skip = build_sharded(spec, data, env)
+        # Measured now, written with the results: a run that stops early (e.g. a refused resume)
+        # must leave the run directory as it found it.
+        memory = rank_memory(dmp, env)
 
-    ckpt_root = run_dir / "checkpoints"
-    ck = latest_checkpoint(str(ckpt_root)) if resume else None
-    run_id = prev_run.get("run_id") or (read_position(ck).run_id if ck is not None else "") or new_run_id()
-    position = Position(world_size=env.world_size, batch_size=t.batch_size, run_id=run_id,
-                        data_fingerprint=data.fingerprint, train_seconds=0.0)
-    if resume:
-        ck = latest_checkpoint(str(ckpt_root), run_id=run_id) or ck
-        if ck is None:
-            logger.info("--resume: no checkpoint under %s yet, starting from step 0", ckpt_root)
-        else:
-            check_data_fingerprint(ck, data, allow_data_mismatch)
-            position = load_checkpoint(ck, dmp, optimizer, skip=skip)
-            logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)",
-                        ck, position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
-            place_in_epoch(position, ck, split_samples, t.batch_size, env.world_size, train_loader_len)
-            position.run_id, position.data_fingerprint = run_id, data.fingerprint
-    # The run ends after train.epochs epochs (or train.max_steps steps): counted from where it stands, as
-    # a resume on another number of ranks has steps of another size behind it.
-    total_steps = position.step + max(0, (t.epochs - position.epoch) * train_loader_len - position.batch_in_epoch)
-    if t.max_steps:
-        total_steps = min(t.max_steps, total_steps)
+        ckpt_root = run_dir / "checkpoints"
+        ck = latest_checkpoint(str(ckpt_root)) if resume else None
+        run_id = prev_run.get("run_id") or (read_position(ck).run_id if ck is not None else "") or new_run_id()
+        position = Position(world_size=env.world_size, batch_size=t.batch_size, run_id=run_id,
+                            data_fingerprint=data.fingerprint, train_seconds=0.0)
+        if resume:
+            ck = latest_checkpoint(str(ckpt_root), run_id=run_id) or ck
+            if ck is None:
+                logger.info("--resume: no checkpoint under %s yet, starting from step 0", ckpt_root)
+            else:
+                check_data_fingerprint(ck, data, allow_data_mismatch)
+                position = load_checkpoint(ck, dmp, optimizer, skip=skip)
+                logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)", ck,
+                            position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
+                place_in_epoch(position, ck, split_samples, t.batch_size, env.world_size, train_loader_len)
+                position.run_id, position.data_fingerprint = run_id, data.fingerprint
+        # The run ends after train.epochs epochs (or train.max_steps steps): counted from where it stands, as
+        # a resume on another number of ranks has steps of another size behind it.
+        total_steps = position.step + max(0, (t.epochs - position.epoch) * train_loader_len - position.batch_in_epoch)
+        if t.max_steps:
+            total_steps = min(t.max_steps, total_steps)
     if env.is_main:
         # Only now, with the checkpoint loaded, does the run record describe this run.
         (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))

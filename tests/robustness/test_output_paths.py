@@ -235,3 +235,21 @@ def test_output_markers_are_the_writers_own_file_names():
 
     markers = {m for m, _ in OUTPUT_MARKERS}
     assert {MANIFEST_NAME, PROGRAM_FILE, "meta.json", "run.json", "reproduce.json", "predictions.parquet"} == markers
+
+
+@pytest.mark.parametrize("what", ["exported", "run", "folder"])
+def test_prepare_into_another_command_s_output_or_a_folder_of_files_is_refused(trained, tmp_path, what):
+    """It added items/, vocab/, train/, test/ and meta.json to a run or an export (whose integrity
+    check then refused it for serving), exit 0."""
+    target = tmp_path / what
+    if what == "folder":
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    else:
+        shutil.copytree(trained.exported if what == "exported" else trained.run_dir, target)
+    before, names = snapshot(target), sorted(os.listdir(target))
+    out = cli("prepare", str(trained.prepared.parent / "raw"), str(target), "--no-progress")
+    kind = {"exported": "an export (ranker.pt2)", "run": "a training run (run.json)",
+            "folder": "files prepare did not write (notes.txt)"}[what]
+    assert_bad_input(out, f"{target}: holds {kind}", "new or empty directory")
+    assert snapshot(target) == before and sorted(os.listdir(target)) == names

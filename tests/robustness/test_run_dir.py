@@ -27,7 +27,12 @@ def test_fresh_run_into_used_run_dir_is_refused_and_changes_nothing(trained, tmp
     other.mkdir(parents=True)
     (other / "a.txt").write_text("mine")
     out = cli("train", "--spec", SPEC, *sets(trained.prepared, other.parent, ["train.max_steps=3"]), "--device", "cpu")
-    assert_bad_input(out, str(other), "already holds a run (a.txt)")
+    assert_bad_input(out, str(other), "holds files that are not a run (a.txt)", "choose another output_dir")
+    assert "--resume" not in out.stderr  # it advised --resume, which then trained into the folder
+    assert sorted(os.listdir(other)) == ["a.txt"]
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, other.parent, ["train.max_steps=3"]), "--device", "cpu",
+              "--resume")
+    assert_bad_input(out, str(other), "--resume: holds no run to continue (a.txt)")
     assert sorted(os.listdir(other)) == ["a.txt"]
 
 
@@ -397,13 +402,14 @@ def test_a_resume_with_other_training_settings_is_refused_and_changes_nothing(tr
     """Before, `--resume --set train.dense_optimizer.lr=0.5` trained on at 0.5 and wrote lr 0.5 into
     spec.yaml, which `compare` groups runs by, over steps trained at the run's own lr."""
     runs = trained.copy_run(tmp_path / "runs")
-    before = snapshot(runs / "din")
+    before, lock = snapshot(runs / "din"), (runs / "din" / LOCK_FILE).read_bytes()
     for change, words in ((["train.dense_optimizer.lr=0.5"], "train.dense_optimizer.lr: 0.001 -> 0.5"),
                           (["train.seed=7", "model.dropout=0.2"], "train.seed: 0 -> 7")):
         out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3", *change]),
                   "--device", "cpu", "--resume")
         assert_bad_input(out, str(runs / "din" / "spec.yaml"), "--resume with other training settings", words)
-        assert snapshot(runs / "din") == before
+        # The lock file too: the refused process's holder info replaced the run's.
+        assert snapshot(runs / "din") == before and (runs / "din" / LOCK_FILE).read_bytes() == lock
     # How far it trains (and the data's path, checked by its fingerprint) may change: the run goes on.
     out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3", "train.epochs=2"]),
               "--device", "cpu", "--resume")
