@@ -283,6 +283,7 @@ class RawTable:
             {c: n for c, n in self.spec.fixed_list_len.items() if c in cols},
             tuple(g for g in self.spec.equal_len_lists if all(c in cols for c in g)),
             tuple(c for c in self.spec.one_hot if c in cols),
+            tuple(c for c in self.spec.null_is_empty if c in cols),
         )
         for part in self.parts:
             yield from part.iter_batches(sub, batch_rows)

@@ -39,6 +39,8 @@ class TableSpec:
         fixed_list_len: list column -> the exact length every row must have.
         equal_len_lists: groups of list columns that must have equal lengths row by row.
         one_hot: list columns that must hold exactly one 1 and zeros elsewhere.
+        null_is_empty: list columns where a null list means an empty one (a user table built by a
+            left join writes null for a user without behaviours); nulls elsewhere are refused.
     """
 
     name: str
@@ -47,6 +49,7 @@ class TableSpec:
     fixed_list_len: Dict[str, int] = field(default_factory=dict)
     equal_len_lists: Tuple[Tuple[str, ...], ...] = ()
     one_hot: Tuple[str, ...] = ()
+    null_is_empty: Tuple[str, ...] = ()
 
 
 _I64 = pa.int64()
@@ -64,9 +67,9 @@ TABLES: Dict[str, TableSpec] = {
         TableSpec("test_samples", "test_samples.parquet", _SAMPLES_COLUMNS,
                   fixed_list_len={LABEL: LABEL_WIDTH}, one_hot=(LABEL,)),
         TableSpec("train_user_features", "train_user_features.parquet", _USER_COLUMNS,
-                  equal_len_lists=((SEQ_ITEMS, SEQ_CATS),)),
+                  equal_len_lists=((SEQ_ITEMS, SEQ_CATS),), null_is_empty=(SEQ_ITEMS, SEQ_CATS)),
         TableSpec("test_user_features", "test_user_features.parquet", _USER_COLUMNS,
-                  equal_len_lists=((SEQ_ITEMS, SEQ_CATS),)),
+                  equal_len_lists=((SEQ_ITEMS, SEQ_CATS),), null_is_empty=(SEQ_ITEMS, SEQ_CATS)),
         TableSpec("item_features", "item_features.parquet",
                   {ITEM: _I64, ITEM_CAT: _I64, **{c: _I64 for c in ITEM_ATTRS}}),
         TableSpec("scl", "scl_embedding_int8_p90.parquet", {ITEM: _I64, SCL_VECTOR: _LIST_I8},
@@ -164,7 +167,7 @@ def check_batch(spec: TableSpec, batch: pa.RecordBatch, file: str, row_group: in
 
     for name in spec.columns:
         col = batch.column(batch.schema.get_field_index(name))
-        if col.null_count:
+        if col.null_count and name not in spec.null_is_empty:
             bad = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
             count, row = rows(bad)
             raise raw_error(file, f"{count} are null (first: row {row})", row_group, name)

@@ -167,3 +167,37 @@ def test_an_all_zero_scl_row_is_no_vector(good, good_out, tmp_path):
     assert bool(before.scl_present()[row]) and not bool(data.scl_present()[row])
     items, items_before = data.meta["items"], before.meta["items"]
     assert items["scl_rows_all_zero"] == 1 and items["items_with_scl"] == items_before["items_with_scl"] - 1
+
+
+def _histories(rows, value):
+    def edit(t: pa.Table) -> pa.Table:
+        for col in (S.SEQ_ITEMS, S.SEQ_CATS):
+            values = t.column(col).to_pylist()
+            for r in rows:
+                values[r] = value
+            t = t.set_column(t.schema.get_field_index(col), col, pa.array(values, pa.list_(pa.int64())))
+        return t
+    return edit
+
+
+def test_a_null_history_is_an_empty_one(good, tmp_path):
+    """A user table built by a left join writes null for a user without behaviours: it was refused
+    ("1 of rows ... are null"); it now prepares exactly as the same table with empty lists."""
+    empty = _prepare(_copy_with(good, tmp_path / "a", "train_user_features", _histories([3, 7], [])),
+                     tmp_path / "a" / "out")
+    nulls = _prepare(_copy_with(good, tmp_path / "b", "train_user_features", _histories([3, 7], None)),
+                     tmp_path / "b" / "out")
+    assert _arrays(nulls) == _arrays(empty)
+    offsets = np.load(nulls / "train" / "seq_offsets.npy")
+    assert offsets[4] == offsets[3] and offsets[8] == offsets[7]
+
+
+def test_a_null_in_one_history_list_beside_behaviours_in_the_other_is_refused(good, tmp_path):
+    def edit(t: pa.Table) -> pa.Table:
+        values = t.column(S.SEQ_CATS).to_pylist()
+        row = next(i for i, v in enumerate(t.column(S.SEQ_ITEMS).to_pylist()) if v)
+        values[row] = None
+        return t.set_column(t.schema.get_field_index(S.SEQ_CATS), S.SEQ_CATS, pa.array(values, pa.list_(pa.int64())))
+    raw = _copy_with(good, tmp_path, "train_user_features", edit)
+    with pytest.raises(RawDataError, match=f"column '{S.SEQ_CATS}': 1 of rows .* differ in length"):
+        prepare(str(raw), str(tmp_path / "out"), CFG)
