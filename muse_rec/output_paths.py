@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Collection, Optional
+from typing import Callable, Collection, Optional, Union
 
 
 class OutputPathError(ValueError):
     """An output location (``--out``, ``OUT``) that cannot be created or written."""
 
 
-def check_output_path(path: str, flag: str, directory: bool = True, replaces: Optional[Collection[str]] = None) -> None:
+def check_output_path(path: str, flag: str, directory: bool = True,
+                      replaces: Union[None, Collection[str], Callable[[str], bool]] = None, own_marker: str = "") -> None:
     """Refuse an output location before any work is done; creates nothing.
 
     ``path`` is a directory the command creates (``directory``) or a file it writes. It must
     not be an existing file (resp. directory), and its nearest existing ancestor must be a
     directory this process can write. ``replaces``: the names the command writes into its
-    directory; an existing one may then hold only those (an earlier output, replaced), so
-    nothing else in it (a run directory's metrics.json, say) is overwritten or mixed in.
+    directory (or a test of a name); an existing one may then hold only those (an earlier output,
+    replaced), so nothing else in it (a run directory's metrics.json, say) is overwritten or mixed
+    in. The refusal names another command's output where the directory is one
+    (`output_of_another_command`; ``own_marker``: the asking command's own marker, not counted).
     Anything the OS still refuses at write time (a read-only mount, a full disk) is reported by
     the command as one line naming the path (OSError).
     """
@@ -31,10 +34,12 @@ def check_output_path(path: str, flag: str, directory: bool = True, replaces: Op
         if directory and not p.is_dir():
             raise OutputPathError(f"{flag} {path}: exists and is not a directory")
         if directory and replaces is not None:
-            other = sorted(c.name for c in p.iterdir() if c.name not in replaces)
+            is_own = replaces if callable(replaces) else replaces.__contains__
+            other = sorted(c.name for c in p.iterdir() if not is_own(c.name))
             if other:
-                raise OutputPathError(f"{flag} {path}: holds files this command did not write ({', '.join(other[:3])}"
-                                      f"{', ...' if len(other) > 3 else ''}); write into a new or empty directory")
+                held = (output_of_another_command(p, own=own_marker) or "files this command did not write "
+                        f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''})")
+                raise OutputPathError(f"{flag} {path}: holds {held}; write into a new or empty directory")
         if not directory and p.is_dir():
             raise OutputPathError(f"{flag} {path}: is a directory, expected a file path")
         target = p if directory else p.parent

@@ -60,7 +60,7 @@ def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
     """The one-line reason the flags that both paths share are unusable, else None."""
     import math
 
-    from muse_rec.output_paths import REPRODUCE_MANIFEST, OutputPathError, check_output_path, output_of_another_command
+    from muse_rec.output_paths import REPRODUCE_MANIFEST, OutputPathError, check_output_path
 
     if args.nproc is not None and args.nproc < 1:
         return f"--nproc {args.nproc}: must be >= 1"
@@ -68,20 +68,15 @@ def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
         return f"--threads {args.threads}: must be >= 1"
     if not (math.isfinite(args.min_z) and args.min_z >= 0):
         return f"--min-z {args.min_z}: must be a finite number >= 0"
+    # OUT is reproduce's own (re-running resumes it, whatever it holds): one it did not start may
+    # hold only its kinds of entries (finished runs under OUT/runs), or its plan and report files would
+    # land among another command's (an export then fails its integrity check).
+    started = (Path(args.out) / REPRODUCE_MANIFEST).exists()
     try:
-        check_output_path(args.out, "OUT")
+        check_output_path(args.out, "OUT", replaces=None if started else _written_by_reproduce,
+                          own_marker=REPRODUCE_MANIFEST)
     except OutputPathError as e:
         return str(e)
-    # OUT is reproduce's own (re-running resumes it): one that holds anything else is refused, or
-    # its plan and report files would land among another command's (an export then fails its
-    # integrity check). Finished runs under OUT/runs are its own kind, started or not by it.
-    out = Path(args.out)
-    if out.is_dir() and not (out / REPRODUCE_MANIFEST).exists():
-        other = sorted(p.name for p in out.iterdir() if not _written_by_reproduce(p.name))
-        if other:
-            held = (output_of_another_command(out, own=REPRODUCE_MANIFEST)
-                    or f"files reproduce did not write ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''})")
-            return f"OUT {args.out}: holds {held}; reproduce writes into a new or empty directory, or one it started"
     return None
 
 

@@ -35,7 +35,7 @@ from muse_rec.data.files import NpyStreamWriter, PartitionedScatterWriter, save_
 from muse_rec.data.reader import RawRelease, RawTable
 from muse_rec.data.vocab import SortedKeyBuilder, Vocab
 from muse_rec.dirlock import LOCK_FILE, DirLock
-from muse_rec.output_paths import output_of_another_command
+from muse_rec.output_paths import check_output_path
 
 FORMAT_VERSION = 1
 POPULARITY_SPLIT = "train"  # the split whose targets items/popularity.npy counts
@@ -425,25 +425,15 @@ class _Prepare:
         shutil.rmtree(self.build)
 
 
-class OutputInUseError(ValueError):
-    """OUT holds something `prepare` did not write (another command's output, a user's files)."""
-
-
 def _check_out(out: str) -> None:
     """OUT must be a writable directory (created if missing) holding nothing but an earlier
-    preparation's files; raises OSError or `OutputInUseError` naming the path."""
+    preparation's files; raises OSError or `OutputPathError` naming the path."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", out)
-    if os.path.isdir(out):
-        # Anything else would end up beside the arrays (a run's or an export's directory: the
-        # export then fails its integrity check), and `--overwrite` replaces a dataset, not those.
-        own = {"meta.json", BUILD_DIR, LOCK_FILE} | {f.split("/")[0] for f in output_files()}
-        other = sorted(n for n in os.listdir(out) if n not in own)
-        if other:
-            kind = output_of_another_command(Path(out), own="meta.json")
-            held = kind or f"files prepare did not write ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''})"
-            raise OutputInUseError(f"{out}: holds {held}; prepare writes into a new or empty directory, "
-                                   "or one it prepared")
+    # Anything else would end up beside the arrays (a run's or an export's directory: the export
+    # then fails its integrity check), and `--overwrite` replaces a dataset, not those.
+    own = {"meta.json", BUILD_DIR, LOCK_FILE} | {f.split("/")[0] for f in output_files()}
+    check_output_path(out, "OUT", replaces=own, own_marker="meta.json")
     os.makedirs(out, exist_ok=True)
     if not os.access(out, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, "permission denied", out)

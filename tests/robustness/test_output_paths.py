@@ -35,7 +35,7 @@ def test_evaluate_into_a_run_directory_is_refused_and_an_earlier_evaluation_is_r
     run_sets = sets(trained.prepared, runs)
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
     out = cli("evaluate", "--spec", SPEC, *run_sets, "--out", str(run_dir), "--max-batches", "1")
-    assert_bad_input(out, f"--out {run_dir}: holds files this command did not write", "write into a new or empty directory")
+    assert_bad_input(out, f"--out {run_dir}: holds a training run (run.json)", "write into a new or empty directory")
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
     ev = tmp_path / "ev"
     for batches in ("1", "2"):  # the second replaces the first
@@ -207,7 +207,7 @@ def test_reproduce_into_a_directory_of_other_files_is_refused_but_resumes_its_ow
     target.mkdir()
     (target / "notes.txt").write_text("mine")
     assert_bad_input(cli("reproduce", str(target), "--quick", "--report-only", "--what", "table5"),
-                     f"OUT {target}: holds files reproduce did not write (notes.txt)")
+                     f"OUT {target}: holds files this command did not write (notes.txt)")
     assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
     own = tmp_path / "own"
     for _ in range(2):  # its own OUT, started once, is taken again (re-running resumes)
@@ -250,6 +250,6 @@ def test_prepare_into_another_command_s_output_or_a_folder_of_files_is_refused(t
     before, names = snapshot(target), sorted(os.listdir(target))
     out = cli("prepare", str(trained.prepared.parent / "raw"), str(target), "--no-progress")
     kind = {"exported": "an export (ranker.pt2)", "run": "a training run (run.json)",
-            "folder": "files prepare did not write (notes.txt)"}[what]
+            "folder": "files this command did not write (notes.txt)"}[what]
     assert_bad_input(out, f"{target}: holds {kind}", "new or empty directory")
     assert snapshot(target) == before and sorted(os.listdir(target)) == names
