@@ -169,7 +169,9 @@ def embedding_tables(module: nn.Module) -> Dict[str, Tuple[str, BaseEmbeddingCon
 def make_constraints(
     module: nn.Module, sharding_types: Optional[Mapping[str, Sequence[str]]] = None
 ) -> Dict[str, ParameterConstraints]:
-    """Per-table constraints: allowed sharding types (never ``data_parallel``).
+    """Per-table constraints: allowed sharding types (never ``data_parallel``) and, where the model
+    states them (`feature_lookups`), each feature's ids per sample, which TorchRec's planner
+    calls pooling factors and costs lookups and all-to-alls with.
 
     Args:
         module: the unsharded model (any device, ``meta`` included).
@@ -181,16 +183,34 @@ def make_constraints(
     unknown = sorted(set(chosen) - set(tables))
     if unknown:
         raise KeyError(f"sharding_types names unknown tables {unknown}; tables: {sorted(tables)}")
+    lookups = feature_lookups(module)
     constraints: Dict[str, ParameterConstraints] = {}
-    for name, (path, _) in tables.items():
+    for name, (path, config) in tables.items():
         owner = module.get_submodule(path)
         allowed = EBC_SHARDING_TYPES if isinstance(owner, EmbeddingBagCollection) else EC_SHARDING_TYPES
         wanted = list(chosen.get(name, allowed))
         bad = [t for t in wanted if t not in allowed]
         if bad:
             raise ValueError(f"table {name!r}: sharding types {bad} not allowed; allowed: {allowed}")
-        constraints[name] = ParameterConstraints(sharding_types=wanted)
+        extra = {}
+        if lookups is not None:
+            missing = [f for f in config.feature_names if f not in lookups]
+            if missing:
+                raise KeyError(f"table {name!r}: the model states no lookups per sample for features {missing}")
+            extra["pooling_factors"] = [float(lookups[f]) for f in config.feature_names]
+        constraints[name] = ParameterConstraints(sharding_types=wanted, **extra)
     return constraints
+
+
+def feature_lookups(module: nn.Module) -> Optional[Mapping[str, float]]:
+    """Ids per sample of every embedding feature, from the first submodule of `module` that states
+    them (`LifelongCTRModel.lookups_per_sample`); None for bare collections, which the planner
+    then costs at TorchRec's default of one id per sample and table."""
+    for m in module.modules():
+        stated = getattr(m, "lookups_per_sample", None)
+        if callable(stated):
+            return stated()
+    return None
 
 
 def training_constraints(module: nn.Module, world_size: int) -> Optional[Dict[str, ParameterConstraints]]:

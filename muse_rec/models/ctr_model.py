@@ -20,16 +20,18 @@ the contract of TorchRec's `TrainPipelineSparseDist`.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
-from muse_rec.data.batch import Batch
+from muse_rec.data.batch import POOLED_FEATURES, Batch
 from muse_rec.models.over_arch import OverArch, make_similarity
-from muse_rec.models.sparse_arch import SparseArch
+from muse_rec.models.frozen_scl import SCL_SEQ_FEATURE, SCL_TARGET_FEATURE
+from muse_rec.models.sparse_arch import (GSU_CAT, GSU_ITEM, RECENT_CAT, RECENT_ITEM, TARGET_CAT,
+                                        TARGET_ITEM, SparseArch)
 from muse_rec.modules import (
     MISSGSU,
     AttentionGSU,
@@ -59,7 +61,8 @@ def build_gsu(spec: ModelSpec, top_k: int, esu_attention: Optional[nn.Module],
               scl_attention: Optional[TargetAttention]) -> Optional[nn.Module]:
     """The GSU module of ``spec.gsu`` (the only place its ``kind`` string is read), or None.
 
-    Every returned module has ``retrieve(SearchInputs) -> GSUResult`` and ``scores_are_scl_cosines``.
+    Every returned module has ``retrieve(SearchInputs) -> GSUResult``, ``scores_are_scl_cosines``,
+    ``reads_id_tokens`` (it scores the history's ID tokens) and ``slots`` (positions per sample).
     TWIN-style GSUs hold a reference to the ESU's attention (consistency), not a copy.
     """
     g = spec.gsu
@@ -148,6 +151,27 @@ class LifelongCTRModel(nn.Module):
         self.over_arch = OverArch(spec, self.sparse_arch.pooled_dim, d_tok, self.gsu is not None, self.uses_scl,
                                   esu_attention, scl_attention, make_similarity(spec, self.gsu),
                                   output_bias=output_bias, device=device)
+
+    def lookups_per_sample(self) -> Dict[str, float]:
+        """Ids each embedding feature looks up per training sample, at the spec's worst case: every
+        sample its own user, with a full history of ``seq_len`` behaviours (all with SCL vectors).
+
+        TorchRec's planner calls this a feature's pooling factor and costs each table's lookups
+        and all-to-alls with it; without it every table counts one id per sample, and the planner
+        placed the item table (~100 ids per sample) whole on one rank next to tables of one id.
+        """
+        L, gsu = float(self.seq_len), self.gsu
+        retrieved = float(gsu.slots) if gsu is not None else 0.0  # DIN: one invalid slot, no id
+        # An ID-scoring GSU also looks the whole history and the target up without gradient,
+        # through the gsu_* features (`SparseArch.sequence_tokens_no_grad`).
+        scored = L + 1.0 if gsu is not None and gsu.reads_id_tokens else 0.0
+        lookups = {f: 1.0 for f in POOLED_FEATURES}
+        for item, cat, n in ((TARGET_ITEM, TARGET_CAT, 1.0), (GSU_ITEM, GSU_CAT, retrieved + scored),
+                             (RECENT_ITEM, RECENT_CAT, float(self.recent))):
+            lookups[item] = lookups[cat] = n
+        if self.uses_scl:
+            lookups.update({SCL_TARGET_FEATURE: 1.0, SCL_SEQ_FEATURE: L})
+        return lookups
 
     # ------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:

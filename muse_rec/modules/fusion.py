@@ -212,6 +212,7 @@ class FusionGSU(nn.Module):
     """
 
     scores_are_scl_cosines = False
+    reads_id_tokens = True  # every rule scores the ID cosines too
 
     def __init__(self, top_k: int, rule: str = "branches", gate: Optional[FusionGate] = None,
                  chunk_size: int = DEFAULT_CHUNK_ROWS) -> None:
@@ -226,6 +227,11 @@ class FusionGSU(nn.Module):
         self.chunk_size = chunk_size
         self.multimodal = CosineGSU(top_k, chunk_size=chunk_size)
         self.ids = EmbeddingCosineGSU(top_k, chunk_size=chunk_size)
+
+    @property
+    def slots(self) -> int:
+        """Positions `retrieve` returns per sample: 2K for ``branches`` and ``union``, else K."""
+        return 2 * self.top_k if self.rule in ("branches", "union") else self.top_k
 
     @torch.no_grad()
     def retrieve(self, search: SearchInputs) -> GSUResult:

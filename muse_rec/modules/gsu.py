@@ -62,12 +62,20 @@ class CosineGSU(nn.Module):
 
     # The selection scores are SCL cosines: the ESU may read them as R (no second cosine).
     scores_are_scl_cosines = True
+    # Whether `retrieve` reads the ID tokens of the whole history (`SearchInputs.id_tokens`): L more
+    # ids per history through the item and category tables, which the sharding planner costs.
+    reads_id_tokens = False
 
     def __init__(self, top_k: int = 50, chunk_size: int = DEFAULT_CHUNK_ROWS) -> None:
         super().__init__()
         _validate_top_k(top_k, chunk_size)
         self.top_k = top_k
         self.chunk_size = chunk_size
+
+    @property
+    def slots(self) -> int:
+        """Positions `retrieve` returns per sample (K)."""
+        return self.top_k
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 index: Optional[torch.Tensor] = None, members: Optional[torch.Tensor] = None) -> GSUResult:
@@ -164,6 +172,7 @@ class EmbeddingCosineGSU(CosineGSU):
     """
 
     scores_are_scl_cosines = False  # ID cosines: an SCL-similarity ESU computes its own R
+    reads_id_tokens = True
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 index: Optional[torch.Tensor] = None, members: Optional[torch.Tensor] = None) -> GSUResult:
@@ -197,6 +206,7 @@ class ScoreSumGSU(nn.Module):
     """
 
     scores_are_scl_cosines = False
+    reads_id_tokens = True
 
     def __init__(self, top_k: int, id_weight: float = 1.0, id_scorer: Optional[nn.Module] = None,
                  chunk_size: int = DEFAULT_CHUNK_ROWS) -> None:
@@ -206,6 +216,11 @@ class ScoreSumGSU(nn.Module):
         self.id_weight = id_weight
         self.id_scorer = id_scorer
         self.chunk_size = chunk_size
+
+    @property
+    def slots(self) -> int:
+        """Positions `retrieve` returns per sample (K)."""
+        return self.top_k
 
     @torch.no_grad()
     def id_relevance(self, target_tok: torch.Tensor, seq_tok: torch.Tensor, index: torch.Tensor,

@@ -48,6 +48,7 @@ class CategoryGSU(nn.Module):
     """
 
     scores_are_scl_cosines = False
+    reads_id_tokens = False
 
     def __init__(self, top_k: int = 50, unknown_category: Optional[int] = 0) -> None:
         super().__init__()
@@ -55,6 +56,11 @@ class CategoryGSU(nn.Module):
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.top_k = top_k
         self.unknown_category = unknown_category
+
+    @property
+    def slots(self) -> int:
+        """Positions `retrieve` returns per sample (K)."""
+        return self.top_k
 
     @torch.no_grad()
     def forward(self, target_cat: torch.Tensor, seq_cats: torch.Tensor, mask: torch.Tensor) -> GSUResult:
@@ -98,6 +104,7 @@ class AttentionGSU(nn.Module):
     """
 
     scores_are_scl_cosines = False
+    reads_id_tokens = True  # TWIN: attention over the history's ID tokens
 
     def __init__(self, attention: TargetAttention, top_k: int = 50, chunk_size: int = 1024) -> None:
         super().__init__()
@@ -106,6 +113,11 @@ class AttentionGSU(nn.Module):
         self.attention = attention
         self.top_k = top_k
         self.chunk_size = chunk_size
+
+    @property
+    def slots(self) -> int:
+        """Positions `retrieve` returns per sample (K)."""
+        return self.top_k
 
     @torch.no_grad()
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
@@ -161,6 +173,8 @@ class SCLAttentionGSU(AttentionGSU):
     vectors as unit vectors (`unit_vectors`), as the cosine GSU effectively does: the int8
     storage (norm ~127) would make the logits ~10^4 times too large and the softmax one-hot.
     """
+
+    reads_id_tokens = False
 
     def keys_of(self, search: SearchInputs):
         scl_target, scl_seq = search.scl()
@@ -259,12 +273,18 @@ class MISSGSU(nn.Module):
     """
 
     scores_are_scl_cosines = False
+    reads_id_tokens = False
 
     def __init__(self, top_k: int = 50, chunk_size: int = 2048) -> None:
         super().__init__()
         self.top_k = top_k
         self.cooccurrence = CooccurrenceGSU(top_k)
         self.multimodal = CosineGSU(top_k, chunk_size=chunk_size)
+
+    @property
+    def slots(self) -> int:
+        """Positions `retrieve` returns per sample (K)."""
+        return self.top_k
 
     def retrieve(self, search: SearchInputs) -> GSUResult:
         h = search.hist
