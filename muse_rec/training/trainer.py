@@ -285,7 +285,9 @@ def _all_cores() -> Iterator[None]:
 
     For rank 0's floor check: it runs after every rank has finished evaluating, so the cores
     torchrun shares out (OMP_NUM_THREADS=1 per rank) are idle; on the release's 23M-sample test
-    split it is a CPU pass of tens of minutes on one thread (docs/metrics.md).
+    split it is a CPU pass of tens of minutes on one thread (docs/metrics.md). The check scores
+    that many chunks at once, one thread each (`floor_scores.split_scores`), so a core another
+    job holds slows one chunk instead of every op.
     """
     before = torch.get_num_threads()
     try:

@@ -559,3 +559,43 @@ def test_compare_without_known_data_says_why_floors_are_missing(tmp_path, capsys
     captured = capsys.readouterr()
     assert "model-free floors not shown:" in captured.err and "spec.yaml not found" in captured.err
     assert "floor:" not in captured.out
+
+
+def test_chunks_are_scored_on_torchs_threads_with_the_same_result(holes, monkeypatch):
+    """`split_scores` scores whole chunks on `torch.get_num_threads()` threads, each op on one
+    intra-op thread (2 intra-op threads on 2 shared cores ran 4-10x slower than one: every op's
+    barrier waited for a descheduled thread). Same scores as one thread, progress in order,
+    torch's thread count given back."""
+    import threading
+
+    import torch
+
+    from muse_rec.metrics import floor_scores
+
+    data = PreparedData(str(holes))
+    n = data.num_samples("test")
+    ctr = ItemCtr.from_train(data, "train", OPTS.prior_strength)
+    seen = []
+    real = floor_scores.scl_scores
+
+    def spy(*args, **kwargs):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(floor_scores, "scl_scores", spy)
+    before = torch.get_num_threads()
+    results = {}
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            seen.clear()
+            done = []
+            results[threads] = split_scores(data, "test", np.arange(n), OPTS, ctr, with_scl=True, on_chunk=done.append)
+            assert torch.get_num_threads() == threads  # given back
+            assert done == sorted(done) and done[-1] == n and len(done) == len(seen) > 3
+            assert {t for _, t in seen} == {1}  # each chunk's ops on one intra-op thread
+    finally:
+        torch.set_num_threads(before)
+    assert len({ident for ident, _ in seen}) > 1  # 3 threads really shared the chunks
+    for k in results[1]:
+        np.testing.assert_array_equal(results[3][k], results[1][k], err_msg=k)
