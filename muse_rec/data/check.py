@@ -13,14 +13,16 @@ Checked:
 * ``seq_offsets``: starts at 0, non-decreasing, ends at the behaviour count;
 * user tables: sorted keys sorted, sorted index a permutation target in range;
 * samples: labels in {0, 1}, as many clicks (and the click rate) as meta.json says;
-  ``sample_users`` in ``[-1, user_rows)``;
+  ``sample_users`` in ``[-1, user_rows)``; each sample's raw user and item keys are those of its
+  user row and item row (GAUC groups by the keys, the model reads the rows), and a sample without
+  a row has a key that has none;
 * SCL: ``scl_present[0]`` is False and items without an SCL vector have an all-zero row;
 * popularity: non-negative.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Set
 
 import numpy as np
 
@@ -38,8 +40,13 @@ class CheckReport:
 
     path: str
     problems: List[str] = field(default_factory=list)
-    arrays: int = 0
+    files: Set[str] = field(default_factory=set)
     values: int = 0
+
+    @property
+    def arrays(self) -> int:
+        """Distinct array files read."""
+        return len(self.files)
 
     @property
     def ok(self) -> bool:
@@ -62,7 +69,7 @@ class _Scan:
     def rows(self, rel: str, limit: int, column: Optional[int] = None, what: str = "", low: int = 0) -> None:
         """Every value (of ``column``) in ``[low, limit)``; reports the first offender."""
         arr = self.data.array(rel)
-        self.report.arrays += 1
+        self.report.files.add(rel)
         for lo, block in _chunks(arr):
             vals = block if column is None else block[:, column]
             self.report.values += int(vals.size)
@@ -76,7 +83,7 @@ class _Scan:
 
     def ordered(self, rel: str, strict: bool) -> None:
         arr = self.data.array(rel)
-        self.report.arrays += 1
+        self.report.files.add(rel)
         prev = None
         for lo, block in _chunks(arr):
             self.report.values += int(block.size)
@@ -118,6 +125,36 @@ def _check_clicks(s: _Scan, split: str) -> None:
         s.problem(rel, f"click rate {clicks / samples!r}, meta.json's splits.{split}.positive_rate says {rate!r}")
 
 
+def _same_keys(s: _Scan, rel_keys: str, rel_rows: str, table: np.ndarray, sorted_keys: np.ndarray, what: str,
+               offset: int = 0, unknown: int = -1) -> None:
+    """Each sample's raw key (``rel_keys``) is the key of the row it was given (``rel_rows``):
+    ``table[row - offset]``; a sample given ``unknown`` must have a key ``sorted_keys`` lacks.
+
+    The rows are what the model reads and the keys what GAUC groups users by and `rank` returns:
+    two arrays that must tell the same story (checked after the rows were found in range)."""
+    keys, rows = s.data.array(rel_keys), s.data.array(rel_rows)
+    s.report.files.add(rel_keys)
+    for lo, block in _chunks(keys):
+        s.report.values += int(block.size)
+        r = np.asarray(rows[lo:lo + block.size])
+        known = r != unknown
+        want = np.asarray(table[r[known] - offset]) if known.any() else block[:0]
+        bad = np.flatnonzero(block[known] != want)
+        if bad.size:
+            i = int(np.flatnonzero(known)[bad[0]])
+            s.problem(rel_keys, f"[{lo + i}] is {what} key {int(block[i])}, but its row {int(r[i])} ({rel_rows}) "
+                                f"holds key {int(want[bad[0]])} ({bad.size} such sample(s) in this chunk alone)")
+            return
+        lost = block[~known]
+        pos = np.minimum(np.searchsorted(sorted_keys, lost), max(sorted_keys.size - 1, 0))
+        found = np.flatnonzero(sorted_keys[pos] == lost) if sorted_keys.size else pos[:0]
+        if found.size:
+            i = int(np.flatnonzero(~known)[found[0]])
+            s.problem(rel_keys, f"[{lo + i}] is {what} key {int(block[i])}, which has a row, but {rel_rows} "
+                                f"says it has none ({unknown})")
+            return
+
+
 def check_prepared(path: str) -> CheckReport:
     """Scan every array of the prepared directory ``path``; `PreparedDataError` if it does not open."""
     data = PreparedData(path)
@@ -130,10 +167,11 @@ def check_prepared(path: str) -> CheckReport:
         s.rows("items/attrs.npy", vs[name], column=col, what=f"{name} row")
     s.rows("items/popularity.npy", np.iinfo(np.int64).max, what="count")
     present = data.scl_present()
+    report.files.add("items/scl_present.npy")
     s.check("items/scl_present.npy", lambda: present.shape[0] == 0 or not bool(present[0]),
             "row 0 (unknown item) is marked as having an SCL vector")
     scl = data.scl()
-    report.arrays += 1
+    report.files.add("items/scl.npy")
     for lo, block in _chunks(scl):
         report.values += int(block.size)
         absent = ~np.asarray(present[lo:lo + block.shape[0]])
@@ -157,7 +195,21 @@ def check_prepared(path: str) -> CheckReport:
         s.rows(f"{split}/user_sorted_index.npy", u, what="user row")
         s.rows(f"{split}/labels.npy", 2, what="label")
         _check_clicks(s, split)
+        before = len(report.problems)
         s.rows(f"{split}/sample_items.npy", vs["item"], what="item row")
         s.rows(f"{split}/sample_user_rows.npy", vs["user_id"], what="user_id row")
         s.rows(f"{split}/sample_users.npy", u, low=-1, what="user-feature row")
+        if len(report.problems) == before:  # rows in range: the keys can be looked up by them
+            user_keys = np.asarray(data.array(f"{split}/user_keys.npy"))
+            sorted_keys = np.asarray(data.array(f"{split}/user_sorted_keys.npy"))
+            report.files.add(f"{split}/user_keys.npy")
+            s.check(f"{split}/user_sorted_keys.npy",
+                    lambda: np.array_equal(sorted_keys, user_keys[np.asarray(data.array(f"{split}/user_sorted_index.npy"))]),
+                    f"is not {split}/user_keys.npy ordered by user_sorted_index.npy (a sample's key would find "
+                    "another user's row)")
+            _same_keys(s, f"{split}/sample_user_keys.npy", f"{split}/sample_users.npy", user_keys, sorted_keys,
+                       "user")
+            item_vocab = np.asarray(data.array("vocab/item.npy"))
+            _same_keys(s, f"{split}/sample_item_keys.npy", f"{split}/sample_items.npy", item_vocab, item_vocab,
+                       "item", offset=1, unknown=0)
     return report

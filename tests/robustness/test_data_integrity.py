@@ -240,3 +240,46 @@ def test_serving_histories_refuse_out_of_range_rows(prep_copy):
     _poke(prep_copy / "test/user_sorted_index.npy", 0, -7)
     with pytest.raises(PreparedDataError, match=r"test/user_sorted_index.npy: user row -7 is outside \[-1, "):
         PreparedData(str(prep_copy)).user_row_index("test", np.array(prep.array("test/user_sorted_keys.npy")[:1]))
+
+
+def test_check_compares_each_samples_keys_with_its_rows(prep_copy):
+    """GAUC groups samples by their raw user key and the model reads their rows: `check` read the
+    rows only, so keys rewritten to another user's (GAUC on other groups: the regression floor
+    moved 0.7807 -> 0.7885 on a damaged copy) or a reordered user table scanned "ok"."""
+    from muse_rec.data.check import check_prepared
+
+    def load(rel):
+        return np.load(prep_copy / rel)
+
+    su, uk = load("train/sample_users.npy"), load("train/user_keys.npy")
+    a = int(np.flatnonzero(su >= 0)[5])
+    b = int(np.flatnonzero((su >= 0) & (su != su[a]))[0])
+    tsu, tuk = load("test/sample_users.npy"), load("test/user_keys.npy")
+    d = int(np.flatnonzero(tsu >= 0)[2])
+    items, vocab = load("test/sample_items.npy"), load("vocab/item.npy")
+    c = int(np.flatnonzero(items > 1)[3])
+    damage = [  # one per file: a file's scan names its first offender
+        ("train/sample_user_keys.npy", a, int(uk[su[b]]),
+         f"train/sample_user_keys.npy: [{a}] is user key {int(uk[su[b]])}, but its row {int(su[a])} "
+         f"(train/sample_users.npy) holds key {int(uk[su[a]])}"),
+        ("test/sample_users.npy", d, -1,
+         f"test/sample_user_keys.npy: [{d}] is user key {int(tuk[tsu[d]])}, which has a row, but "
+         "test/sample_users.npy says it has none (-1)"),
+        ("test/sample_item_keys.npy", c, int(vocab[0]),
+         f"test/sample_item_keys.npy: [{c}] is item key {int(vocab[0])}, but its row {int(items[c])} "
+         f"(test/sample_items.npy) holds key {int(vocab[items[c] - 1])}"),
+    ]
+    for rel, index, value, _ in damage:
+        _poke(prep_copy / rel, index, value)
+    problems = check_prepared(str(prep_copy)).problems
+    assert len(problems) == len(damage), problems
+    for (_, _, _, needle), line in zip(damage, problems):
+        assert line.endswith(needle) or needle in line, (needle, line)
+
+    # The user table reordered (keys no longer those the sorted index points at): named once per split file.
+    keys = np.load(prep_copy / "test/user_keys.npy")
+    np.save(prep_copy / "test/user_keys.npy", keys[::-1].copy())
+    problems = check_prepared(str(prep_copy)).problems
+    assert any("test/user_sorted_keys.npy: is not test/user_keys.npy ordered by user_sorted_index.npy" in p
+               for p in problems), problems
+    assert any("test/sample_user_keys.npy: [" in p for p in problems), problems
