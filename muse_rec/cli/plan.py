@@ -25,6 +25,11 @@ DEFAULT_WORLD_SIZE = 8
 DEFAULT_HBM_GIB = 80.0  # one H100/A100-80GB
 DEFAULT_DDR_GIB = 512.0  # host memory per rank
 DEFAULT_SEARCH_LIMIT = 128  # largest world size the "what would fit" search tries
+# The most ranks one `plan` command plans (its world size, each what-if row, and the what-if rows
+# together). TorchRec's planner costs ~22 ms and ~0.2 MB per rank on this 2-core box (measured: 2,048
+# ranks 44 s / 0.58 GB, 4,096 ranks 89 s / 0.81 GB), so 16,384 is ~6 min and ~3 GB; 100,000 ranks
+# ran until the kernel killed it, with no output.
+MAX_PLAN_RANKS = 16384
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,7 +71,13 @@ def parse_world_sizes(text: str) -> List[int]:
             raise ValueError(f"--what-if {text!r}: {part!r} is not N or N-M") from None
         if a < 1 or b < a:
             raise ValueError(f"--what-if {text!r}: {part!r} must be N >= 1 or N-M with 1 <= N <= M")
+        if b > MAX_PLAN_RANKS:
+            raise ValueError(f"--what-if {text!r}: {part!r} goes past {MAX_PLAN_RANKS:,} ranks, the most one "
+                             "command plans (TorchRec's planner: ~22 ms a rank)")
         sizes.update(range(a, b + 1))
+        if sum(sizes) > MAX_PLAN_RANKS:
+            raise ValueError(f"--what-if {text!r}: its rows add up to more than {MAX_PLAN_RANKS:,} ranks, the most "
+                             "one command plans (TorchRec's planner: ~22 ms a rank); ask for fewer sizes, e.g. 1,2,4,8")
     return sorted(sizes)
 
 
@@ -83,9 +94,15 @@ def prepared_vocab_sizes(path: str) -> Dict[str, int]:
             meta = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"--prepared {path}: cannot read {meta_path} ({e}); run `muse-rec prepare` first") from None
+    from muse_rec.spec.schema import MAX_TABLE_ROWS
+
     sizes = meta.get("vocab_sizes") if isinstance(meta, dict) else None
-    if not isinstance(sizes, dict) or not all(isinstance(v, int) and v >= 1 for v in sizes.values()):
+    if not isinstance(sizes, dict):
         raise ValueError(f"--prepared {path}: {meta_path} has no valid vocab_sizes")
+    for name, rows in sizes.items():
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= MAX_TABLE_ROWS:
+            raise ValueError(f"--prepared {path}: {meta_path}: vocab_sizes.{name} must be an integer in "
+                             f"1..{MAX_TABLE_ROWS:,}, got {rows!r}")
     return dict(sizes)
 
 
@@ -131,8 +148,10 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.spec import SpecError, load_spec
 
     try:  # the flags, --json and the spec before torch's and TorchRec's imports (seconds): a typo fails at once
-        if args.world_size < 1 or args.max_world_size < 1:
-            raise ValueError("--world-size and --max-world-size must be >= 1")
+        for flag, n in (("--world-size", args.world_size), ("--max-world-size", args.max_world_size)):
+            if not 1 <= n <= MAX_PLAN_RANKS:
+                raise ValueError(f"{flag} {n}: must be in 1..{MAX_PLAN_RANKS:,} (TorchRec's planner takes ~22 ms and "
+                                 "~0.2 MB a rank: 89 s and 0.8 GB at 4,096)")
         if args.local_world_size is not None and not (
                 1 <= args.local_world_size <= args.world_size and args.world_size % args.local_world_size == 0):
             raise ValueError(f"--local-world-size {args.local_world_size}: must divide --world-size "
@@ -143,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         for flag, gib in (("--hbm-gib", args.hbm_gib), ("--ddr-gib", args.ddr_gib)):
             if not 0 < gib < math.inf:  # also refuses nan
                 raise ValueError(f"{flag} {gib}: must be a finite number > 0")
-        world_sizes = parse_world_sizes(args.what_if) if args.what_if else []
+        world_sizes = parse_world_sizes(args.what_if) if args.what_if is not None else []
         if args.json and args.json != "-":
             check_output_path(args.json, "--json", directory=False)
         spec = load_spec(args.spec, args.set)

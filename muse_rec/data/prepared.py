@@ -22,6 +22,7 @@ from muse_rec.data.prepare import (FORMAT_VERSION, ITEM_ATTR_COLUMNS, POPULARITY
                                    USER_FIELD_COLUMNS, VOCAB_NAMES, output_files, user_feature_rows)
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SCL_DIM, SPLITS
+from muse_rec.spec.schema import MAX_TABLE_ROWS
 from muse_rec.data.vocab import Vocab
 
 
@@ -120,7 +121,7 @@ class PreparedData:
         self._meta_shown = join_path(path, "meta.json")
         # Every count the layout is computed from, checked before it sizes anything.
         for name in VOCAB_NAMES:
-            self.meta_number(f"vocab_sizes.{name}", 1)  # row 0 (padding) included
+            self.meta_number(f"vocab_sizes.{name}", 1, MAX_TABLE_ROWS)  # row 0 (padding) included
         splits = self.meta.get("splits")
         extra = sorted(set(splits) - set(SPLITS)) if isinstance(splits, dict) else []
         if extra:  # only these have arrays checked against meta.json below

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from muse_rec.spec.schema import ID_TABLES, MAX_EMBEDDING_DIM, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError
+from muse_rec.spec.schema import ID_TABLES, MAX_EMBEDDING_DIM, MAX_TABLE_ROWS, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError
 
 
 def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Spec:
@@ -233,7 +233,8 @@ def _check_values(spec: Spec, source: str) -> None:
     need(d.seq_len > 0, "data.seq_len", "must be > 0")
     need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     need(m.gsu.top_k > 0, "model.gsu.top_k", "must be > 0")
-    need(m.gsu.top_k <= d.seq_len, "model.gsu.top_k", f"must be <= data.seq_len ({d.seq_len})")
+    # Only a model with a long-term search reads K (DIN's gsu.kind none keeps the base spec's 50).
+    need(m.gsu.kind == "none" or m.gsu.top_k <= d.seq_len, "model.gsu.top_k", f"must be <= data.seq_len ({d.seq_len})")
     need(m.gsu.chunk_size > 0, "model.gsu.chunk_size", "must be > 0")
     need(m.gsu.id_score == "none" or m.gsu.kind == "cosine_scl", "model.gsu.id_score",
          "an added ID score needs model.gsu.kind: cosine_scl")
@@ -263,8 +264,9 @@ def _check_values(spec: Spec, source: str) -> None:
     need(m.esu.temperature_init > 0, "model.esu.temperature_init", "must be > 0 (SA-TA divides by it)")
     unknown = [k for k in d.vocab_sizes if k not in ID_TABLES]
     need(not unknown, "data.vocab_sizes", f"unknown table {unknown[0]!r} (tables: {', '.join(ID_TABLES)})" if unknown else "")
-    small = {k: v for k, v in d.vocab_sizes.items() if v < 1}
-    need(not small, "data.vocab_sizes", f"{small}: rows must be >= 1 (row 0 = padding)")
+    small = {k: v for k, v in d.vocab_sizes.items() if not 1 <= v <= MAX_TABLE_ROWS}
+    need(not small, "data.vocab_sizes", f"{small}: rows must be in 1..{MAX_TABLE_ROWS:,} (row 0 = padding; "
+         "the most a table's byte counts can describe)")
     need(all(h > 0 for h in m.tower_hidden) and m.tower_hidden, "model.tower_hidden", "a non-empty list of positive widths")
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     need(m.parametrization.dice_norm_eps > 0, "model.parametrization.dice_norm_eps", "must be > 0")

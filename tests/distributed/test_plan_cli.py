@@ -365,9 +365,32 @@ def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
 def test_parse_world_sizes():
     assert parse_world_sizes("1-16") == list(range(1, 17))
     assert parse_world_sizes("8,1-2,2") == [1, 2, 8]
-    for bad in ("0-4", "4-2", "x", "1-"):
+    for bad in ("0-4", "4-2", "x", "1-", ""):  # "" was accepted: no what-if table, exit 0
         with pytest.raises(ValueError, match="--what-if"):
             parse_world_sizes(bad)
+    # Each size, and all of them together, within what one command plans: 1-10^8 built a set of 10^8
+    # sizes, and one huge size ran the planner until the kernel killed it.
+    assert parse_world_sizes("1-180")[-1] == 180  # 16,290 ranks in all
+    for bad, needle in (("16385", "goes past 16,384 ranks"), ("1-100000000", "goes past"),
+                        ("1-181", "add up to more than 16,384")):
+        with pytest.raises(ValueError, match=needle):
+            parse_world_sizes(bad)
+
+
+def test_huge_world_sizes_and_tables_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    # 10^8 ranks: the planner grew until the OOM killer ended it (rc 137, no output); 10^20 ranks and
+    # 10^20 rows: OverflowError / TypeError tracebacks.
+    run = lambda *a: _plan_inproc(capsys, monkeypatch, *a)  # noqa: E731
+    for flag, value in (("--world-size", "100000000"), ("--world-size", str(10**20)), ("--max-world-size", "16385")):
+        out = run("--spec", P90, flag, value)
+        assert out.returncode == 2 and f"{flag} {value}: must be in 1..16,384" in out.stderr, out.stderr
+    out = run("--spec", P90, "--set", f"data.vocab_sizes.item={10**20}")
+    assert out.returncode == 2 and "data.vocab_sizes: {'item': 100000000000000000000}: rows must be in 1.." in out.stderr
+    meta = tmp_path / "p" / "meta.json"
+    meta.parent.mkdir()
+    meta.write_text(json.dumps({"vocab_sizes": {**{t: 10 for t in REQUIRED_TABLES}, "item": 10**20}}))
+    out = run("--spec", P90, "--prepared", str(meta.parent))
+    assert out.returncode == 2 and "vocab_sizes.item must be an integer in 1..8,796,093,022,208" in out.stderr, out.stderr
 
 
 def test_prepared_sizes_override_the_spec(tmp_path, capsys, monkeypatch):

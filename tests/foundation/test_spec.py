@@ -82,7 +82,9 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         # 16M columns: `plan` and `train` ran TorchRec's enumerator for minutes with no output.
         ({"model": {"embedding_dim": 65540}}, "model.embedding_dim: must be in 1..65536"),
         ({"data": {"vocab_sizes": {"bogus": 10}}}, "data.vocab_sizes: unknown table 'bogus'"),
-        ({"data": {"vocab_sizes": {"item": 0}}}, "data.vocab_sizes: {'item': 0}: rows must be >= 1"),
+        ({"data": {"vocab_sizes": {"item": 0}}}, "data.vocab_sizes: {'item': 0}: rows must be in 1..8,796,093,022,208"),
+        # An overflow traceback describing the tables on the meta device, before.
+        ({"data": {"vocab_sizes": {"item": 10**20}}}, "data.vocab_sizes: {'item': 100000000000000000000}: rows must be in 1.."),
         # TorchRec's AssertionError traceback once the tables were sharded, before.
         ({"model": {"embedding_dim": 18}}, "model.embedding_dim: 18 must be a multiple of 4"),
         ({"model": {"small_dim": 6, "small_features": ["user_f1"]}}, "model.small_dim: 6 must be a multiple of 4"),
@@ -97,6 +99,15 @@ def test_bad_specs_name_the_key(raw, message):
     with pytest.raises(SpecError, match=message.replace("[", r"\[")) as e:
         from_dict(raw, source="bad.yaml")
     assert str(e.value).startswith("bad.yaml: ")
+
+
+def test_a_model_without_long_term_search_takes_any_top_k():
+    """DIN (gsu.kind none) reads no K: a short sequence was refused for the base spec's K = 50."""
+    s = from_dict({"data": {"seq_len": 10}, "model": {"gsu": {"kind": "none"}, "esu": {"simtier": False, "attention": "none"},
+                                                      "short_term": {"recent": 10}}})
+    assert s.model.gsu.top_k == 50 and s.data.seq_len == 10
+    with pytest.raises(SpecError, match="model.gsu.top_k: must be <= data.seq_len"):
+        from_dict({"data": {"seq_len": 10}, "model": {"short_term": {"recent": 10}}})
 
 
 def test_output_dir_takes_name_and_literal_braces():
