@@ -34,5 +34,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"muse-rec check: {args.prepared}: {len(report.problems)} problem(s); re-run `muse-rec prepare`",
               file=sys.stderr)
         return 2
-    print(f"{args.prepared}: ok ({report.arrays} arrays, {report.values:,} values checked in {seconds:.1f} s)")
+    # Its fingerprint, as runs and checkpoints record it (`data_fingerprint` in run.json); meta.json's
+    # own `fingerprint` is of the raw files it was prepared from.
+    print(f"{args.prepared}: ok ({report.arrays} arrays, {report.values:,} values checked in {seconds:.1f} s); "
+          f"data fingerprint {report.fingerprint} (run.json's data_fingerprint)")
     return 0

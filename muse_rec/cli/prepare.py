@@ -66,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(meta, indent=2, sort_keys=True))
     else:
         tr, te = meta["splits"]["train"], meta["splits"]["test"]
-        print(f"prepared {args.out}: train {tr['samples']} samples / {tr['user_rows']} users, "
-              f"test {te['samples']} samples / {te['user_rows']} users; "
-              f"vocab ({meta['vocab_mode']}) items {meta['vocab_sizes']['item']}, "
-              f"categories {meta['vocab_sizes']['category']}; positive rate train {tr['positive_rate']:.4f}")
+        # Vocabulary rows count row 0 (unknown / padding): the distinct ids are one fewer. User rows
+        # are the user table's rows; a sample's user may have none (`prepare` warns).
+        vs = meta["vocab_sizes"]
+        print(f"prepared {args.out}: train {tr['samples']:,} samples, {tr['user_rows']:,} user rows; "
+              f"test {te['samples']:,} samples, {te['user_rows']:,} user rows; "
+              f"vocabularies ({meta['vocab_mode']}): {vs['item'] - 1:,} items, {vs['category'] - 1:,} categories "
+              f"(+ row 0 each); click rate train {tr['positive_rate']:.4f}")
     return 0

@@ -42,6 +42,7 @@ class CheckReport:
     problems: List[str] = field(default_factory=list)
     files: Set[str] = field(default_factory=set)
     values: int = 0
+    fingerprint: str = ""  # `PreparedData.fingerprint`: the one run.json and checkpoints record
 
     @property
     def arrays(self) -> int:
@@ -158,7 +159,7 @@ def _same_keys(s: _Scan, rel_keys: str, rel_rows: str, table: np.ndarray, sorted
 def check_prepared(path: str) -> CheckReport:
     """Scan every array of the prepared directory ``path``; `PreparedDataError` if it does not open."""
     data = PreparedData(path)
-    report = CheckReport(path=path)
+    report = CheckReport(path=path, fingerprint=data.fingerprint)
     s = _Scan(data, report)
     vs = data.vocab_sizes
     for name in VOCAB_NAMES:

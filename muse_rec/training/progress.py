@@ -94,7 +94,8 @@ ADVISED_DENSE_LR = 1e-3
 
 
 def few_clicks_warning(clicks: int, epochs: float, threshold: int, samples_per_step: int,
-                       dense_lr: float, batch_size: Optional[int] = None) -> Optional[str]:
+                       dense_lr: float, batch_size: Optional[int] = None,
+                       full_epochs: Optional[float] = None) -> Optional[str]:
     """The start-of-run warning for a run that trains on fewer clicks than ``threshold``
     (``train.warn_below_clicks``; 0 = never), or None; also None when the run already has what the
     advice would give it: a batch per rank at most the demo profile's and a dense lr at least its.
@@ -105,10 +106,16 @@ def few_clicks_warning(clicks: int, epochs: float, threshold: int, samples_per_s
         threshold: the spec's ``train.warn_below_clicks``.
         samples_per_step, dense_lr: the run's, shown beside the settings the warning was measured at.
         batch_size: the run's ``train.batch_size`` per rank (default: ``samples_per_step``, one rank).
+        full_epochs: the epochs it would train without ``train.max_steps`` (default: ``epochs``).
     """
     seen = round(clicks * epochs)
     if threshold <= 0 or seen >= threshold:
         return None
+    full = round(clicks * (epochs if full_epochs is None else full_epochs))
+    if full >= threshold:  # train.max_steps cuts the run short: that, not the data, is what to say
+        return (f"this run trains on {seen:,} clicks, fewer than train.warn_below_clicks = {threshold:,}, because "
+                f"train.max_steps stops it after {epochs:.2f} of its {full_epochs:g} epoch(s) ({full:,} clicks): "
+                "a model trained this briefly is far from its best; lift train.max_steps for one")
     # Only the changes this run does not already have: advising a higher lr to a run at 1e-3 misleads.
     per_rank = samples_per_step if batch_size is None else batch_size
     advice = ([] if per_rank <= ADVISED_BATCH_SIZE else ["a smaller batch"]) + \

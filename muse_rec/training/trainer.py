@@ -183,7 +183,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         # Epochs of the whole run: those behind it (steps of another size, after a resume on other ranks) and ahead.
         epochs = position.epoch + (position.batch_in_epoch + total_steps - position.step) / train_loader_len
         warning = few_clicks_warning(train_clicks, epochs, t.warn_below_clicks,
-                                     env.world_size * t.batch_size, t.dense_optimizer.lr, t.batch_size)
+                                     env.world_size * t.batch_size, t.dense_optimizer.lr, t.batch_size,
+                                     full_epochs=float(t.epochs))
         if warning:
             logger.warning(warning)
 

@@ -71,6 +71,18 @@ def test_few_clicks_warning_counts_the_clicks_the_run_trains_on():
     assert few_clicks_warning(1, 1.0, 0, 1000, 2e-4) is None  # 0 = never
 
 
+def test_few_clicks_warning_names_max_steps_when_it_cuts_the_run_short():
+    # 40,932 clicks in the epoch, max_steps stopping it after 10 of 166 steps: the warning advised a
+    # smaller batch or a higher lr, as if the data were too small.
+    w = few_clicks_warning(40932, 10 / 166, 20000, 2000, 2e-4, 1000, full_epochs=1.0)
+    assert w == ("this run trains on 2,466 clicks, fewer than train.warn_below_clicks = 20,000, because "
+                 "train.max_steps stops it after 0.06 of its 1 epoch(s) (40,932 clicks): a model trained this "
+                 "briefly is far from its best; lift train.max_steps for one")
+    # Too few clicks even without the cap: the data's advice, as before.
+    assert "use a smaller batch or a higher dense lr" in few_clicks_warning(6797, 0.5, 20000, 1000, 2e-4, full_epochs=1.0)
+    assert few_clicks_warning(40932, 1.0, 20000, 1000, 2e-4, full_epochs=1.0) is None
+
+
 def test_few_clicks_warning_advises_only_what_the_run_does_not_already_do():
     both = few_clicks_warning(6797, 1.0, 20000, 1000, 2e-4)
     assert "use a smaller batch or a higher dense lr, e.g. specs/profiles/demo.yaml (batch 256, dense lr 0.001)" in both

@@ -89,6 +89,10 @@ def test_check_passes_on_clean_data(prepared_tiny):
     out = cli("check", str(prepared_tiny))
     assert out.returncode == 0, out.stderr
     assert ": ok (" in out.stdout
+    # The fingerprint runs record (run.json's data_fingerprint), not meta.json's of the raw files.
+    fp = PreparedData(str(prepared_tiny)).fingerprint
+    assert f"data fingerprint {fp} (run.json's data_fingerprint)" in out.stdout
+    assert fp != json.loads((prepared_tiny / "meta.json").read_text())["fingerprint"]
 
 
 def test_check_accepts_sorted_keys_more_than_2_to_the_63_apart(prep_copy):
