@@ -25,8 +25,8 @@ DEFAULT_WORLD_SIZE = 8
 DEFAULT_HBM_GIB = 80.0  # one H100/A100-80GB
 DEFAULT_DDR_GIB = 512.0  # host memory per rank
 DEFAULT_SEARCH_LIMIT = 128  # largest world size the "what would fit" search tries
-# The most ranks one `plan` command plans (its world size, each what-if row, and the what-if rows
-# together). TorchRec's planner costs ~22 ms and ~0.2 MB per rank on this 2-core box (measured: 2,048
+# The most ranks one `plan` flag may ask for (its world size, its search limit, each what-if row,
+# and the what-if rows together). TorchRec's planner costs ~22 ms and ~0.2 MB per rank on this 2-core box (measured: 2,048
 # ranks 44 s / 0.58 GB, 4,096 ranks 89 s / 0.81 GB), so 16,384 is ~6 min and ~3 GB; 100,000 ranks
 # ran until the kernel killed it, with no output.
 MAX_PLAN_RANKS = 16384

@@ -192,11 +192,11 @@ def check_prepared(path: str) -> CheckReport:
         s.rows(f"{split}/seq_cats.npy", vs["category"], what="category row")
         for col, name in enumerate(USER_FIELD_COLUMNS):
             s.rows(f"{split}/user_fields.npy", vs[name], column=col, what=f"{name} row")
+        before = len(report.problems)  # the key checks below index by these rows: only once all are in range
         s.ordered(f"{split}/user_sorted_keys.npy", strict=False)
         s.rows(f"{split}/user_sorted_index.npy", u, what="user row")
         s.rows(f"{split}/labels.npy", 2, what="label")
         _check_clicks(s, split)
-        before = len(report.problems)
         s.rows(f"{split}/sample_items.npy", vs["item"], what="item row")
         s.rows(f"{split}/sample_user_rows.npy", vs["user_id"], what="user_id row")
         s.rows(f"{split}/sample_users.npy", u, low=-1, what="user-feature row")

@@ -279,7 +279,7 @@ class _Prepare:
         if off_norm:
             lo, hi = SCL_ROW_NORM_RANGE
             warnings.warn(f"{self.raw['scl'].path}: {off_norm:,} of its {nonzero:,} non-zero SCL rows "
-                          f"({100.0 * off_norm / nonzero:.0f}%) have an int8 norm outside [{lo:g}, {hi:g}] "
+                          f"({100.0 * off_norm / nonzero:.1f}%) have an int8 norm outside [{lo:g}, {hi:g}] "
                           f"(norms {norm_lo:.0f}-{norm_hi:.0f}; the release's rows are trunc(127 x a unit vector), ~122): "
                           "cosines (the GSU, SimTier, SA-TA) do not see a row's norm, but the baselines' mean history "
                           "vector weights each row by it")

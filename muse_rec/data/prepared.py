@@ -22,8 +22,8 @@ from muse_rec.data.prepare import (FORMAT_VERSION, ITEM_ATTR_COLUMNS, POPULARITY
                                    USER_FIELD_COLUMNS, VOCAB_NAMES, output_files, user_feature_rows)
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SCL_DIM, SPLITS
-from muse_rec.spec.schema import MAX_TABLE_ROWS
 from muse_rec.data.vocab import Vocab
+from muse_rec.spec.schema import MAX_TABLE_ROWS
 
 
 # The table whose rows each per-behaviour array holds (seq_items.npy -> item, ...).

@@ -4,7 +4,8 @@ TorchRec's planner places tables into what is left of a rank's memory after its 
 reservation; `muse-rec plan` reports that reservation per rank beside the tables
 (`plan_report.RankReport.reserved_ddr_bytes`), so tables + state + reservation is its
 prediction of the rank's whole memory. Left to itself the reservation is TorchRec's heuristic,
-6 x the dense parameters + 20 copies of a 512-sample KJT: ~4 MB for MUSE on CPU. What a CPU
+6 x the dense parameters + 20 copies of a 512-sample KJT: ~0.1 GiB for MUSE at L = 1,000 on CPU
+(the KJT at the model's ids per sample, docs/plan.md), the dense part ~3 MB. What a CPU
 training rank really holds outside its tables (measured, docs/benchmarks.md "Scale"; 1.6-2.6
 GiB at 30M items):
 

@@ -10,7 +10,7 @@ Memory: the split is read in chunks of whole users (samples sorted by user, so e
 is gathered once; a user too large for one chunk is split into pieces); a chunk holds at most
 ``chunk_slots`` (sample, history position) pairs, i.e. at most ``chunk_slots x 128`` B of int8
 vectors and ``chunk_slots x 4`` B of fp32 cosines (default 2^20: ~130 MB + 4 MB), however long
-the histories. Only the per-sample scores
+the histories; the chunks scored at once on several threads share that bound. Only the per-sample scores
 (4 x 8 B per sample) and the metric inputs stay for the whole split: the metrics need them all.
 """
 from __future__ import annotations
@@ -233,14 +233,16 @@ def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOpt
     by_user = np.argsort(users, kind="stable")  # one user's samples share a chunk (history read once)
     users_sorted = users[by_user]
     lengths = _history_lengths(data, split, users_sorted, opts.seq_len)
-    cuts = _user_chunks(users_sorted, lengths, opts.chunk_samples, opts.chunk_slots)
 
     def score(cut: slice) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
         part = np.sort(by_user[cut])  # ascending positions read the memory maps forward
         return part, scl_scores(data, split, idx[part], opts)
 
     done = 0
-    with _chunks_in_parallel() as workers, ThreadPoolExecutor(workers) as pool:
+    with _chunks_in_parallel() as workers, \
+            ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        # The chunks in flight share the memory bound: ``chunk_slots`` pairs in all, not per thread.
+        cuts = _user_chunks(users_sorted, lengths, opts.chunk_samples, max(1, opts.chunk_slots // workers))
         for part, scores in _bounded_map(pool, score, cuts, workers):
             for name, v in scores.items():
                 out[name][part] = v
@@ -252,15 +254,17 @@ def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOpt
 
 @contextmanager
 def _chunks_in_parallel() -> Iterator[int]:
-    """Score chunks on as many threads as torch may use (`torch.get_num_threads()`), each chunk on one.
+    """Score chunks on as many threads as torch may use (`torch.get_num_threads()`), each chunk on one
+    (the pool's threads start at one intra-op thread; the caller's count is given back at the end).
 
     Why not torch's intra-op threads: a chunk is some twenty small ops (a GEMM per few hundred
     history positions, norms, a top-K), each an OpenMP region that ends at a barrier. When
     another job holds one of the cores, every barrier waits for a thread the kernel has not
-    scheduled: on 2 shared cores 2 intra-op threads scored a split 4-10x slower than one (measured
-    85 s vs 21 s, 3:26 vs 0:19). Whole chunks on separate threads never wait for each other (the ops
-    release the GIL), so a busy core only slows its own chunk. The results are the same: each chunk
-    is scored exactly as before (int8 dot products are exact in fp32, `muse_rec.modules.cosine`).
+    scheduled: on 2 shared cores 2 intra-op threads scored a split 3-10x slower than one (measured:
+    68 s vs 20 s with a busy loop on the other core, 17 s this way; 3:26 vs 0:19 beside another
+    job). Whole chunks on separate threads never wait for each other (the ops release the GIL), so a
+    busy core only slows its own chunk. The results are the same: each chunk is scored exactly as
+    before (int8 dot products are exact in fp32, `muse_rec.modules.cosine`).
     """
     workers = max(1, torch.get_num_threads())
     torch.set_num_threads(1)
@@ -271,8 +275,8 @@ def _chunks_in_parallel() -> Iterator[int]:
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterator, ahead: int) -> Iterator:
-    """``fn`` over ``items`` on ``pool``, results in order, at most ``ahead`` chunks in flight (each
-    holds up to ``chunk_slots`` int8 vectors: memory grows with the threads, not with the split)."""
+    """``fn`` over ``items`` on ``pool``, results in order, at most ``ahead`` chunks in flight (the
+    caller sizes them so that together they hold at most ``chunk_slots`` pairs)."""
     pending: Deque[Future] = deque()
     for item in items:
         pending.append(pool.submit(fn, item))

@@ -177,9 +177,9 @@ ID_TABLES = ("item", "category", "user_id", "user_f1", "user_f2", "user_f3", "us
 MAX_EMBEDDING_DIM = 65536
 # The most rows a table may have: every byte count of the widest table (rows x MAX_EMBEDDING_DIM
 # x 16 B: the fp32 weight, Adam's two moments and a checkpoint's copy) fits in an int64, as torch
-# sizes and TorchRec's plans need (2^43, ~8.8e12 rows: 36,000x the release's 243M items). Above it
-# the model's tables could not even be described on the meta device (an overflow traceback).
-MAX_TABLE_ROWS = 2**63 // (MAX_EMBEDDING_DIM * 16)
+# sizes and TorchRec's plans need (2^43 - 1, ~8.8e12 rows: 36,000x the release's 243M items). Above
+# it the model's tables could not even be described on the meta device (an overflow traceback).
+MAX_TABLE_ROWS = (2**63 - 1) // (MAX_EMBEDDING_DIM * 16)
 # Tables `model.small_features` may shrink: item and category share one EmbeddingCollection,
 # which needs one dim for both.
 SMALL_DIM_TABLES = ID_TABLES[2:]

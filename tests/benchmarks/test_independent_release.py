@@ -51,12 +51,12 @@ def test_prepare_names_scl_rows_that_are_not_unit_vectors(tmp_path: Path) -> Non
     raw = tmp_path / "raw"
     subprocess.run([sys.executable, str(SCRIPT), str(raw), "--users", "60"], check=True, capture_output=True,
                    env=subprocess_env(), timeout=300)
-    with pytest.warns(UserWarning, match=r"non-zero SCL rows \(\d+%\) have an int8 norm outside \[100, 128\]") as caught:
+    with pytest.warns(UserWarning, match=r"non-zero SCL rows \([\d.]+%\) have an int8 norm outside \[100, 128\]") as caught:
         prepare(str(raw), str(tmp_path / "prepared"), PrepareConfig(progress=False))
     scl = pq.read_table(raw / S.TABLES["scl"].file)
     norms = np.linalg.norm(np.stack(scl.column(scl.schema.names[-1]).to_numpy(zero_copy_only=False)).astype(np.float64), axis=1)
     norms = norms[norms > 0]
     off = int(np.count_nonzero((norms < 100) | (norms > 128)))
     message = next(str(w.message) for w in caught if "int8 norm outside" in str(w.message))
-    assert f": {off:,} of its {norms.size:,} non-zero SCL rows ({100 * off / norms.size:.0f}%)" in message
+    assert f": {off:,} of its {norms.size:,} non-zero SCL rows ({100 * off / norms.size:.1f}%)" in message
     assert f"(norms {norms.min():.0f}-{norms.max():.0f};" in message

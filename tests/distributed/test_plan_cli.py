@@ -390,7 +390,7 @@ def test_huge_world_sizes_and_tables_are_refused_in_one_line(tmp_path, capsys, m
     meta.parent.mkdir()
     meta.write_text(json.dumps({"vocab_sizes": {**{t: 10 for t in REQUIRED_TABLES}, "item": 10**20}}))
     out = run("--spec", P90, "--prepared", str(meta.parent))
-    assert out.returncode == 2 and "vocab_sizes.item must be an integer in 1..8,796,093,022,208" in out.stderr, out.stderr
+    assert out.returncode == 2 and "vocab_sizes.item must be an integer in 1..8,796,093,022,207" in out.stderr, out.stderr
 
 
 def test_prepared_sizes_override_the_spec(tmp_path, capsys, monkeypatch):

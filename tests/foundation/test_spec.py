@@ -82,7 +82,7 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         # 16M columns: `plan` and `train` ran TorchRec's enumerator for minutes with no output.
         ({"model": {"embedding_dim": 65540}}, "model.embedding_dim: must be in 1..65536"),
         ({"data": {"vocab_sizes": {"bogus": 10}}}, "data.vocab_sizes: unknown table 'bogus'"),
-        ({"data": {"vocab_sizes": {"item": 0}}}, "data.vocab_sizes: {'item': 0}: rows must be in 1..8,796,093,022,208"),
+        ({"data": {"vocab_sizes": {"item": 0}}}, "data.vocab_sizes: {'item': 0}: rows must be in 1..8,796,093,022,207"),
         # An overflow traceback describing the tables on the meta device, before.
         ({"data": {"vocab_sizes": {"item": 10**20}}}, "data.vocab_sizes: {'item': 100000000000000000000}: rows must be in 1.."),
         # TorchRec's AssertionError traceback once the tables were sharded, before.

@@ -68,9 +68,9 @@ def test_stated_lookups_are_what_a_worst_case_forward_sends(spec_file):
     model = _model(spec_file)
     stated = model.lookups_per_sample()
     sent = _ids_sent(model, _worst_case_batch())
-    features = {f for c in model.sparse_arch.collections()
-                for f in (c.embedding_bag_configs() if hasattr(c, "embedding_bag_configs") else c.embedding_configs())
-                for f in f.feature_names}
+    features = {name for c in model.sparse_arch.collections()
+                for config in (c.embedding_bag_configs() if hasattr(c, "embedding_bag_configs") else c.embedding_configs())
+                for name in config.feature_names}
     assert set(stated) == features
     per_sample = {f: sent[f] / B for f in features}
     if getattr(model.gsu, "rule", None) == "union":

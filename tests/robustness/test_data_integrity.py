@@ -287,3 +287,12 @@ def test_check_compares_each_samples_keys_with_its_rows(prep_copy):
     assert any("test/user_sorted_keys.npy: is not test/user_keys.npy ordered by user_sorted_index.npy" in p
                for p in problems), problems
     assert any("test/sample_user_keys.npy: [" in p for p in problems), problems
+
+
+def test_check_names_a_sorted_index_past_the_user_table_instead_of_crashing(prep_copy):
+    # The key checks index the user table by user_sorted_index.npy: run before its range was known
+    # good, an index past the table was an IndexError traceback (a negative one wraps silently).
+    rows = int(np.load(prep_copy / "test/user_keys.npy").shape[0])
+    _poke(prep_copy / "test/user_sorted_index.npy", 0, rows + 5)
+    out = cli("check", str(prep_copy))
+    assert_bad_input(out, "test/user_sorted_index.npy", f"user row {rows + 5} at [0] is outside [0, {rows})")
