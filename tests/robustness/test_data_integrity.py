@@ -55,7 +55,11 @@ def _edit_meta(root, edit) -> None:
 # meta.json from elsewhere: each edit reached a bare `int('x')` ValueError traceback, a
 # "missing or wrong entry list indices must be integers" message, or silently other arrays.
 META_DAMAGE = {
-    "vocab size a string": (lambda m: m["vocab_sizes"].update(item="x"), "vocab_sizes.item must be an integer >= 1, got 'x'"),
+    "vocab size a string": (lambda m: m["vocab_sizes"].update(item="x"),
+                            "vocab_sizes.item must be an integer in [1, 8796093022207], got 'x'"),
+    # 10^20 rows: an overflow traceback describing the tables, before.
+    "vocab size past int64 bytes": (lambda m: m["vocab_sizes"].update(item=10**20),
+                                    "vocab_sizes.item must be an integer in [1, 8796093022207], got 100000000000000000000"),
     "vocab size a bool": (lambda m: m["vocab_sizes"].update(category=True), "vocab_sizes.category must be an integer"),
     "vocab size missing": (lambda m: m["vocab_sizes"].pop("user_f3"), "no vocab_sizes.user_f3"),
     "samples negative": (lambda m: m["splits"]["train"].update(samples=-4), "splits.train.samples must be an integer >= 0, got -4"),
