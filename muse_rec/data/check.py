@@ -21,6 +21,7 @@ Checked:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Set
 
@@ -126,10 +127,11 @@ def _check_clicks(s: _Scan, split: str) -> None:
         s.problem(rel, f"click rate {clicks / samples!r}, meta.json's splits.{split}.positive_rate says {rate!r}")
 
 
-def _same_keys(s: _Scan, rel_keys: str, rel_rows: str, table: np.ndarray, sorted_keys: np.ndarray, what: str,
-               offset: int = 0, unknown: int = -1) -> None:
-    """Each sample's raw key (``rel_keys``) is the key of the row it was given (``rel_rows``):
-    ``table[row - offset]``; a sample given ``unknown`` must have a key ``sorted_keys`` lacks.
+def _same_keys(s: _Scan, rel_keys: str, rel_rows: str, key_of: Callable[[np.ndarray], np.ndarray],
+               row_of: Callable[[np.ndarray], np.ndarray], what: str, unknown: int) -> None:
+    """Each sample's raw key (``rel_keys``) is the key of the row it was given (``rel_rows``,
+    ``key_of``); a sample given ``unknown`` must have a key without a row (``row_of``, the lookup
+    `PreparedData` serves requests with).
 
     The rows are what the model reads and the keys what GAUC groups users by and `rank` returns:
     two arrays that must tell the same story (checked after the rows were found in range)."""
@@ -139,16 +141,14 @@ def _same_keys(s: _Scan, rel_keys: str, rel_rows: str, table: np.ndarray, sorted
         s.report.values += int(block.size)
         r = np.asarray(rows[lo:lo + block.size])
         known = r != unknown
-        want = np.asarray(table[r[known] - offset]) if known.any() else block[:0]
+        want = key_of(r[known])
         bad = np.flatnonzero(block[known] != want)
         if bad.size:
             i = int(np.flatnonzero(known)[bad[0]])
             s.problem(rel_keys, f"[{lo + i}] is {what} key {int(block[i])}, but its row {int(r[i])} ({rel_rows}) "
                                 f"holds key {int(want[bad[0]])} ({bad.size} such sample(s) in this chunk alone)")
             return
-        lost = block[~known]
-        pos = np.minimum(np.searchsorted(sorted_keys, lost), max(sorted_keys.size - 1, 0))
-        found = np.flatnonzero(sorted_keys[pos] == lost) if sorted_keys.size else pos[:0]
+        found = np.flatnonzero(row_of(block[~known]) != unknown)
         if found.size:
             i = int(np.flatnonzero(~known)[found[0]])
             s.problem(rel_keys, f"[{lo + i}] is {what} key {int(block[i])}, which has a row, but {rel_rows} "
@@ -202,15 +202,15 @@ def check_prepared(path: str) -> CheckReport:
         s.rows(f"{split}/sample_users.npy", u, low=-1, what="user-feature row")
         if len(report.problems) == before:  # rows in range: the keys can be looked up by them
             user_keys = np.asarray(data.array(f"{split}/user_keys.npy"))
-            sorted_keys = np.asarray(data.array(f"{split}/user_sorted_keys.npy"))
             report.files.add(f"{split}/user_keys.npy")
             s.check(f"{split}/user_sorted_keys.npy",
-                    lambda: np.array_equal(sorted_keys, user_keys[np.asarray(data.array(f"{split}/user_sorted_index.npy"))]),
+                    lambda: np.array_equal(data.array(f"{split}/user_sorted_keys.npy"),
+                                           user_keys[np.asarray(data.array(f"{split}/user_sorted_index.npy"))]),
                     f"is not {split}/user_keys.npy ordered by user_sorted_index.npy (a sample's key would find "
                     "another user's row)")
-            _same_keys(s, f"{split}/sample_user_keys.npy", f"{split}/sample_users.npy", user_keys, sorted_keys,
-                       "user")
-            item_vocab = np.asarray(data.array("vocab/item.npy"))
-            _same_keys(s, f"{split}/sample_item_keys.npy", f"{split}/sample_items.npy", item_vocab, item_vocab,
-                       "item", offset=1, unknown=0)
+            _same_keys(s, f"{split}/sample_user_keys.npy", f"{split}/sample_users.npy", lambda r: user_keys[r],
+                       functools.partial(data.user_row_index, split), "user", unknown=-1)
+            items = data.vocab("item")
+            _same_keys(s, f"{split}/sample_item_keys.npy", f"{split}/sample_items.npy", items.key_of, items.rows,
+                       "item", unknown=0)
     return report
