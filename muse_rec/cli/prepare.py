@@ -40,9 +40,9 @@ def _os_error(e: OSError, out: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from muse_rec.data.prepare import DifferentDatasetError, PrepareConfig, prepare
-    from muse_rec.output_paths import OutputPathError
     from muse_rec.data.schema import RawDataError
     from muse_rec.dirlock import DirLockError
+    from muse_rec.output_paths import OutputPathError
 
     try:
         cfg = PrepareConfig(vocab=args.vocab, batch_rows=args.batch_rows, partition_bits=args.partition_bits,

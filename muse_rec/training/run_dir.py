@@ -20,8 +20,8 @@ import datetime as _dt
 import os
 import sys
 import uuid
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, List, Optional
 
 from muse_rec.dirlock import LOCK_FILE, DirLock, DirLockError
