@@ -44,7 +44,19 @@ def _validate_top_k(top_k: int, chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
 
-class CosineGSU(nn.Module):
+class RetrievesTopK:
+    """Mixin of a GSU whose `retrieve` returns ``top_k`` positions per sample (every GSU but the
+    fusion GSU's two-branch rules): its ``slots``, which the sharding planner costs."""
+
+    top_k: int
+
+    @property
+    def slots(self) -> int:
+        """Positions `retrieve` returns per sample (K)."""
+        return self.top_k
+
+
+class CosineGSU(RetrievesTopK, nn.Module):
     """MUSE's GSU: top-K behaviours by cosine of (frozen) SCL vectors. No parameters.
 
     Two shapes are served by the same call:
@@ -71,11 +83,6 @@ class CosineGSU(nn.Module):
         _validate_top_k(top_k, chunk_size)
         self.top_k = top_k
         self.chunk_size = chunk_size
-
-    @property
-    def slots(self) -> int:
-        """Positions `retrieve` returns per sample (K)."""
-        return self.top_k
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 index: Optional[torch.Tensor] = None, members: Optional[torch.Tensor] = None) -> GSUResult:
@@ -190,7 +197,7 @@ class EmbeddingCosineGSU(CosineGSU):
         return self(target_tok, seq_tok, h.mask, h.index, h.members)
 
 
-class ScoreSumGSU(nn.Module):
+class ScoreSumGSU(RetrievesTopK, nn.Module):
     """GSU-scoring ablation: multimodal cosine + ``id_weight`` x an ID relevance, one top-K.
 
     The ID relevance is the cosine of the ID tokens (``id_scorer`` = None) or the logits of the
@@ -216,11 +223,6 @@ class ScoreSumGSU(nn.Module):
         self.id_weight = id_weight
         self.id_scorer = id_scorer
         self.chunk_size = chunk_size
-
-    @property
-    def slots(self) -> int:
-        """Positions `retrieve` returns per sample (K)."""
-        return self.top_k
 
     @torch.no_grad()
     def id_relevance(self, target_tok: torch.Tensor, seq_tok: torch.Tensor, index: torch.Tensor,

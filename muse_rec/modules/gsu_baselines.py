@@ -13,7 +13,7 @@ from torch import nn
 
 from muse_rec.modules.attention import TargetAttention
 from muse_rec.modules.cosine import check_grouped_inputs
-from muse_rec.modules.gsu import CosineGSU
+from muse_rec.modules.gsu import CosineGSU, RetrievesTopK
 from muse_rec.modules.search import SearchInputs, history_dot, unit_vectors
 from muse_rec.modules.selection import GSUResult, topk_eligible
 
@@ -33,7 +33,7 @@ def _positions(seq: torch.Tensor) -> torch.Tensor:
     return torch.arange(seq.shape[1], device=seq.device, dtype=torch.float32).unsqueeze(0)
 
 
-class CategoryGSU(nn.Module):
+class CategoryGSU(RetrievesTopK, nn.Module):
     """SIM-hard: the K most recent behaviours whose category equals the target's.
 
     Slots come newest first; ``valid`` is False beyond the user's matches; ``scores`` are
@@ -57,11 +57,6 @@ class CategoryGSU(nn.Module):
         self.top_k = top_k
         self.unknown_category = unknown_category
 
-    @property
-    def slots(self) -> int:
-        """Positions `retrieve` returns per sample (K)."""
-        return self.top_k
-
     @torch.no_grad()
     def forward(self, target_cat: torch.Tensor, seq_cats: torch.Tensor, mask: torch.Tensor) -> GSUResult:
         """``target_cat [B]``, ``seq_cats [B, L]``, ``mask [B, L]`` -> `GSUResult` ``[B, K]``."""
@@ -82,7 +77,7 @@ class CategoryGSU(nn.Module):
         return f"top_k={self.top_k}, unknown_category={self.unknown_category}"
 
 
-class AttentionGSU(nn.Module):
+class AttentionGSU(RetrievesTopK, nn.Module):
     """TWIN: retrieve by the ESU's own target-attention logits over the whole sequence.
 
     TWIN's point is consistency: the GSU ranks behaviours with the same relevance the ESU's
@@ -113,11 +108,6 @@ class AttentionGSU(nn.Module):
         self.attention = attention
         self.top_k = top_k
         self.chunk_size = chunk_size
-
-    @property
-    def slots(self) -> int:
-        """Positions `retrieve` returns per sample (K)."""
-        return self.top_k
 
     @torch.no_grad()
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
@@ -264,7 +254,7 @@ class CooccurrenceGSU(nn.Module):
         return res
 
 
-class MISSGSU(nn.Module):
+class MISSGSU(RetrievesTopK, nn.Module):
     """MISS: the ID co-occurrence GSU's picks merged (`merge_gsu_results`) with the multimodal GSU's.
 
     Args:
@@ -280,11 +270,6 @@ class MISSGSU(nn.Module):
         self.top_k = top_k
         self.cooccurrence = CooccurrenceGSU(top_k)
         self.multimodal = CosineGSU(top_k, chunk_size=chunk_size)
-
-    @property
-    def slots(self) -> int:
-        """Positions `retrieve` returns per sample (K)."""
-        return self.top_k
 
     def retrieve(self, search: SearchInputs) -> GSUResult:
         h = search.hist
