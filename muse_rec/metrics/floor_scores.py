@@ -10,7 +10,8 @@ Memory: the split is read in chunks of whole users (samples sorted by user, so e
 is gathered once; a user too large for one chunk is split into pieces); a chunk holds at most
 ``chunk_slots`` (sample, history position) pairs, i.e. at most ``chunk_slots x 128`` B of int8
 vectors and ``chunk_slots x 4`` B of fp32 cosines (default 2^20: ~130 MB + 4 MB), however long
-the histories; the chunks scored at once on several threads share that bound. Only the per-sample scores
+the histories (plus 16 MB a thread for the exact cosines of the top-K, `PICKED_PAIRS`); the chunks scored at
+once on several threads share that bound. Only the per-sample scores
 (4 x 8 B per sample) and the metric inputs stay for the whole split: the metrics need them all.
 """
 from __future__ import annotations
@@ -30,6 +31,8 @@ from muse_rec.modules.cosine import grouped_cosine
 from muse_rec.modules.selection import NO_VECTOR_SCORE, cosine_selection_scores, decode_cosine_selection
 
 SCL_FLOORS = ("cos_mean_history", "cos_mean_recent", "mean_topk_similarity")
+# (sample, top-K slot) pairs whose vectors `_picked_cosines` gathers at once: 2^14 x 128 x 8 B = 16 MB.
+PICKED_PAIRS = 1 << 14
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,14 +117,48 @@ class ItemCtr:
 # ----------------------------------------------------------------------------------------------
 
 
+def tie_exact_cosine(dot: np.ndarray, sq_a: np.ndarray, sq_b: np.ndarray) -> np.ndarray:
+    """Cosine ``dot / sqrt(sq_a * sq_b)`` of integer vectors from their exact dot product and squared
+    norms (float64 holding integers), as ONE rounding of the exact value; the sentinel
+    (`NO_VECTOR_SCORE`) where either vector is zero. Shapes broadcast.
+
+    Why not ``dot / (|a| |b|)`` (or fp32, as the GSU selects): the two square roots round apart, so
+    cosines that are equal, e.g. a target that is also in the history (exactly 1), come out as 1.0
+    or 0.99999994 depending on the vector. GAUC counts a tie as half a pair; rounding noise would
+    order those pairs instead (it moved ``mean_topk_similarity`` by 0.0004-0.0012 GAUC on a set with
+    repeated items). Here ``s = dot |dot| / (sq_a sq_b)`` is the correctly rounded value of an exact
+    rational while ``sq_a sq_b < 2^53`` (two SCL rows: < (128 x 128^2)^2 = 4.4e12), and
+    ``sign(s) sqrt(|s|)`` is one monotone function of it: equal cosines give equal floats. Past
+    2^53 (sums of thousands of rows) it is still within an ulp or two.
+    """
+    product = sq_a * sq_b
+    ok = product > 0
+    s = np.clip(dot * np.abs(dot) / np.where(ok, product, 1.0), -1.0, 1.0)
+    return np.where(ok, np.sign(s) * np.sqrt(np.abs(s)), NO_VECTOR_SCORE)
+
+
 def _cos_with_sum(target: np.ndarray, summed: np.ndarray) -> np.ndarray:
     """``[n]`` float64 cosine of int8 ``target [n, D]`` with summed vectors ``[n, D]``; the
     sentinel where either is zero. A sum of vectors points where their mean points."""
-    t, s = target.astype(np.float64), summed.astype(np.float64)
-    denom = np.linalg.norm(t, axis=1) * np.linalg.norm(s, axis=1)
-    ok = denom > 0
-    cos = np.einsum("nd,nd->n", t, s) / np.where(ok, denom, 1.0)
-    return np.where(ok, np.clip(cos, -1.0, 1.0), NO_VECTOR_SCORE)
+    t, s = target.astype(np.float64), summed.astype(np.float64)  # integers: exact sums below
+    return tie_exact_cosine(np.einsum("nd,nd->n", t, s), np.einsum("nd,nd->n", t, t), np.einsum("nd,nd->n", s, s))
+
+
+def _picked_cosines(target: np.ndarray, keys: np.ndarray, index: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``[n, k]`` float64 `tie_exact_cosine` of each target ``[n, D]`` int8 with the history positions
+    ``positions [n, k]`` of its user ``index [n]`` in ``keys [U, L, D]`` int8 (the sentinel where a
+    vector is zero). Gathered ``PICKED_PAIRS`` (sample, slot) pairs at a time: 16 MB of float64."""
+    n, k = positions.shape
+    out = np.empty((n, k), np.float64)
+    t = target.astype(np.float64)
+    sq_t = np.einsum("nd,nd->n", t, t)
+    step = max(1, PICKED_PAIRS // max(k, 1))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        v = keys[index[lo:hi, None], positions[lo:hi]].astype(np.float64)  # [s, k, D]
+        out[lo:hi] = tie_exact_cosine(np.einsum("skd,sd->sk", v, t[lo:hi]), sq_t[lo:hi, None],
+                                      np.einsum("skd,skd->sk", v, v))
+    return out
 
 
 def _histories(data: PreparedData, split: str, user_rows: np.ndarray, seq_len: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -168,9 +205,17 @@ def scl_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptio
     # Decoded at the width topk returned, not padded to K: padding slots hold no score and do not
     # change the mean, and a K far beyond every history would allocate [chunk, K].
     picked = decode_cosine_selection(values, positions, values.shape[1])
-    count = picked.has_score.sum(1)
-    mean = picked.scores.to(torch.float64).sum(1) / count.clamp_min(1)
-    out["mean_topk_similarity"][has_user] = torch.where(count > 0, mean, NO_VECTOR_SCORE).numpy()
+    has_score = picked.has_score.numpy()
+    # The GSU's fp32 cosines chose the K; their values are averaged exactly (`tie_exact_cosine`),
+    # summed one after another in descending order (cumsum is sequential; sum is pairwise, so its
+    # rounding would depend on the chunk's width): float addition is not associative, and equal
+    # multisets of cosines must give equal means wherever their samples are.
+    exact = np.where(has_score, _picked_cosines(target[has_user], keys, index, picked.indices.numpy()), -np.inf)
+    ordered = -np.sort(-exact, axis=1)
+    count = has_score.sum(1)
+    running = np.cumsum(np.where(np.isfinite(ordered), ordered, 0.0), axis=1)
+    total = running[np.arange(count.size), np.maximum(count - 1, 0)]
+    out["mean_topk_similarity"][has_user] = np.where(count > 0, total / np.maximum(count, 1), NO_VECTOR_SCORE)
     return out
 
 

@@ -50,8 +50,9 @@ logger = logging.getLogger("muse_rec")
 PROGRESS_EVERY_S = 10.0
 
 # Bumped whenever a floor's definition changes: cached floor files of another version are stale.
-FLOORS_VERSION = 3  # 2: the popularity floor counts impressions on its fit split, not always on train;
-# 3: the floor names say their history window and fit split (cached files keep the names they were made with)
+FLOORS_VERSION = 4  # 2: the popularity floor counts impressions on its fit split, not always on train;
+# 3: the floor names say their history window and fit split (cached files keep the names they were made with);
+# 4: the SCL cosines are rounded once from exact integers, so equal cosines tie (`floor_scores.tie_exact_cosine`)
 
 FLOORS: Dict[str, str] = {
     "popularity": "smoothed {train_split} CTR of the target item",

@@ -121,10 +121,11 @@ def brute_auc(s: np.ndarray, y: np.ndarray) -> float:
     return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
 
 
-# fp32 cosine kernels (grouped_cosine) vs fp64: int8 dot products are exact in fp32, the norms
-# and the division round once each: relative error a few fp32 ulps (6e-8) -> 1e-6 is ample;
-# the mean of K such values keeps the bound. Mean-vector cosines are computed in fp64 (1e-12).
-COS_TOL = {"popularity": 1e-12, "cos_mean_history": 1e-12, "cos_mean_recent": 1e-12, "mean_topk_similarity": 1e-6}
+# Every score is float64 from exact integer sums: the floors round once (`tie_exact_cosine`), brute
+# force rounds its two norms and a division; both within a few ulps of the exact value (~1e-16), far
+# inside 1e-12. (The top-K are chosen by the GSU's fp32 cosines: a near-tie within ~1e-7 at the K-th
+# slot could swap a slot; this fixed fixture has none, so a swap would show as a failure here.)
+COS_TOL = {"popularity": 1e-12, "cos_mean_history": 1e-12, "cos_mean_recent": 1e-12, "mean_topk_similarity": 1e-12}
 
 
 @pytest.mark.parametrize("which", ["tiny", "holes"])
@@ -599,3 +600,95 @@ def test_chunks_are_scored_on_torchs_threads_with_the_same_result(holes, monkeyp
     assert len({ident for ident, _ in seen}) > 1  # 3 threads really shared the chunks
     for k in results[1]:
         np.testing.assert_array_equal(results[3][k], results[1][k], err_msg=k)
+
+
+def _vectors_whose_fp32_self_cosine_is_and_is_not_one() -> tuple:
+    """Two int8 vectors: the GSU's fp32 kernel gives one of them cos(v, v) = 1.0, the other not."""
+    import torch
+
+    from muse_rec.modules.cosine import grouped_cosine
+
+    v = np.random.default_rng(0).integers(-127, 128, size=(256, 128)).astype(np.int8)
+    cos, _ = grouped_cosine(torch.from_numpy(v), torch.from_numpy(v[:, None, :]), torch.arange(len(v)))
+    exact_one = (cos[:, 0] == 1.0).numpy()
+    assert exact_one.any() and not exact_one.all()  # else this test would show nothing
+    return v[np.flatnonzero(exact_one)[0]], v[np.flatnonzero(~exact_one)[0]]
+
+
+def test_tie_exact_cosine_rounds_equal_cosines_to_equal_floats():
+    from muse_rec.metrics.floor_scores import tie_exact_cosine
+
+    one, other = _vectors_whose_fp32_self_cosine_is_and_is_not_one()
+    for v in (one, other):
+        w = v.astype(np.float64)
+        assert tie_exact_cosine(w @ w, w @ w, w @ w) == 1.0
+        assert tie_exact_cosine(-(w @ w), w @ w, w @ w) == -1.0
+        assert tie_exact_cosine(3 * (w @ w), w @ w, 9 * (w @ w)) == 1.0  # the history's sum: 3 copies
+    # cos = 1/2 from different integers: (dot, |a|^2 |b|^2) = (1, 2 x 2) and (3, 6 x 6)
+    assert tie_exact_cosine(np.float64(1), 2.0, 2.0) == tie_exact_cosine(np.float64(3), 6.0, 6.0) == 0.5
+    assert tie_exact_cosine(np.float64(0), 0.0, 5.0) == NO_VEC  # a zero vector: the GSU's sentinel
+    a, b = one.astype(np.float64), other.astype(np.float64)
+    assert tie_exact_cosine(a @ b, a @ a, b @ b) == pytest.approx(a @ b / np.sqrt(a @ a) / np.sqrt(b @ b), abs=1e-15)
+
+
+def test_equal_cosines_of_repeated_items_tie_in_the_top_k_floor(tiny, tmp_path):
+    """A target that is also in the history has cosine exactly 1 with it. The GSU's fp32 kernel gives
+    1.0 for some vectors and 0.99999994 for others, and GAUC then ordered pairs that are ties
+    (0.0004-0.0012 GAUC of mean_topk_similarity on a set with repeated items). One test user's
+    history is made of copies of its two targets a and b (a's vector gets fp32 self-cosine 1.0, b's
+    not): both samples must score exactly 1.0 in the top-K floor, and 1.0 in cos_mean_history for a
+    window of only a."""
+    d = _copy(tiny, tmp_path / "prepared")
+    users, items = np.load(d / "test/sample_users.npy"), np.load(d / "test/sample_items.npy")
+    off = np.load(d / "test/seq_offsets.npy")
+    u = next(int(u) for u in np.unique(users[users >= 0])
+             if off[u + 1] - off[u] >= 2 * OPTS.top_k and np.unique(items[users == u]).size >= 2)
+    a, b = np.unique(items[users == u])[:2]
+    va, vb = _vectors_whose_fp32_self_cosine_is_and_is_not_one()
+
+    def put(arr):
+        arr[a], arr[b] = va, vb
+        return arr
+
+    _rewrite(d / "items/scl.npy", put)
+    _rewrite(d / "items/scl_present.npy", lambda arr: (arr.__setitem__([a, b], 1), arr)[1])
+    n_hist = int(off[u + 1] - off[u])
+
+    def history(arr):
+        arr[off[u]:off[u + 1]] = np.resize([a, b], n_hist)  # alternating: at least K copies of each
+        return arr
+
+    _rewrite(d / "test/seq_items.npy", history)
+    data = PreparedData(str(d))
+    n = data.num_samples("test")
+    ctr = ItemCtr.from_train(data, "train", OPTS.prior_strength)
+    scores = split_scores(data, "test", np.arange(n), OPTS, ctr, with_scl=True)["mean_topk_similarity"]
+    mine = (users == u) & np.isin(items, [a, b])
+    assert set(items[mine].tolist()) == {a, b}
+    assert (scores[mine] == 1.0).all(), scores[mine]
+
+    _rewrite(d / "test/seq_items.npy", lambda arr: (arr.__setitem__(slice(off[u], off[u + 1]), b), arr)[1])
+    only_b = split_scores(PreparedData(str(d)), "test", np.arange(n), OPTS, ctr, with_scl=True)
+    assert (only_b["cos_mean_history"][mine & (items == b)] == 1.0).all()
+    assert (only_b["mean_topk_similarity"][mine & (items == b)] == 1.0).all()
+
+
+def test_a_samples_top_k_mean_does_not_depend_on_its_chunk(tiny):
+    """The top-K mean of a sample is the same float whether its chunk's histories are padded to its own
+    length or to a longer user's (more empty slots): ties across chunks stay ties."""
+    from dataclasses import replace
+
+    from muse_rec.metrics.floor_scores import scl_scores
+
+    data = PreparedData(str(tiny))
+    opts = replace(OPTS, seq_len=0, top_k=40)
+    users = data.user_rows("test", np.arange(data.num_samples("test")))
+    start, end = data.history_bounds("test", np.where(users >= 0, users, 0))
+    length = np.where(users >= 0, end - start, 0)
+    short = np.flatnonzero((length >= opts.top_k // 2) & (length < opts.top_k))  # fewer than K behaviours
+    longest = int(np.argmax(length))
+    assert short.size >= 20 and length[longest] > 3 * opts.top_k
+    for i in short[:20]:
+        alone = scl_scores(data, "test", np.array([i]), opts)["mean_topk_similarity"][0]
+        padded = scl_scores(data, "test", np.array([i, longest]), opts)["mean_topk_similarity"][0]
+        assert alone == padded, (i, alone, padded)
