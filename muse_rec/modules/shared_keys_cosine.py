@@ -13,8 +13,9 @@ matrix:
   score above the shortlist's approximate floor plus the bf16 error bound `approx_cosine_bound`)
   proves the exact top-K was found; rows without the certificate are retried with a longer
   shortlist, then recomputed on the static path.
-* `static_shared_keys_cosine_topk`: static shapes only, one GEMM with a bias per chunk;
-  what ``torch.export`` traces for the serving program.
+* `static_shared_keys_cosine_topk`: static shapes only, one exact GEMM per chunk and
+  `finish_cosine`'s arithmetic (the training path's cosines, bit for bit); what ``torch.export``
+  traces for the serving program.
 * `shared_keys_cosine_topk` dispatches between the two.
 """
 from __future__ import annotations
@@ -105,16 +106,18 @@ def static_shared_keys_cosine_topk(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """`shared_keys_cosine_topk` with static shapes only (traceable by ``torch.export``).
 
-    Per chunk of C positions the whole selection score is ONE GEMM with a bias:
-    ``sel = bias + q_hat @ (k / |k|)^T`` where ``q_hat`` is the unit query, and columns that
-    are padding or have no vector get a zero key row and their sentinel as bias (exactly,
-    since ``0 * x = 0``). No elementwise pass over ``[B, C]`` is needed before ``topk``.
+    Per chunk of C positions: the exact dot products ``q @ k^T`` (one fp32 GEMM, exact on int8
+    values) and `finish_cosine`'s arithmetic, so every cosine is the same fp32 number, bit for bit,
+    as the training path's (`muse_rec.modules.cosine.grouped_cosine`) and the certified path's.
+    Why not the cheaper GEMM of unit vectors: it rounds each component, and an exact cosine of 0
+    (orthogonal int8 vectors are common) came out as +-1e-8, on the SimTier tier edge at 0: the
+    exported program put it in another tier than training did, and moved a click probability by
+    ~1e-3. Columns that are padding or have no vector take their sentinel.
     Arguments and result as `shared_keys_cosine_topk`.
     """
     L, D = keys.shape
     q = query.to(torch.float32)
     q_norm = torch.linalg.vector_norm(q, dim=1, keepdim=True)  # [B, 1]
-    q_hat = q / q_norm.clamp_min(torch.finfo(torch.float32).tiny)  # zero rows stay zero
     step = max(1, chunk_rows)
     buf = None
     if keys.dtype != torch.float32:
@@ -131,9 +134,8 @@ def static_shared_keys_cosine_topk(
             kf = rows_as_fp32(keys[l0:l1], buf)  # [C, D]
             k_norm = torch.linalg.vector_norm(kf, dim=1)  # [C]
             scored = (k_norm > 0) & mask[l0:l1]
-            inv = torch.where(scored, 1.0 / k_norm.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
-            bias = torch.where(scored, 0.0, fill[l0:l1])
-            yield torch.addmm(bias.unsqueeze(0), q_hat, (kf * inv.unsqueeze(1)).t()), l0  # [B, C]
+            cos, _ = finish_cosine(q @ kf.t(), k_norm.unsqueeze(0), q_norm)  # [B, C]
+            yield torch.where(scored.unsqueeze(0), cos, fill[l0:l1].unsqueeze(0)), l0
 
     # k = min(K, L) <= the L columns streamed, so nothing is padded.
     best_vals, best_idx = torch_running_topk(chunks(), query.shape[0], min(top_k, L), device=keys.device)
@@ -143,8 +145,6 @@ def static_shared_keys_cosine_topk(
     fvals, fidx = torch.topk(fill, min(top_k, L))
     best_vals = torch.where(no_query, fvals.unsqueeze(0), best_vals)
     best_idx = torch.where(no_query, fidx.unsqueeze(0), best_idx)
-    # Cosines may exceed [-1, 1] by an ulp; sentinels are below -1 and stay as they are.
-    best_vals = torch.where(best_vals > -1.01, best_vals.clamp(-1.0, 1.0), best_vals)
     return best_vals, best_idx
 
 

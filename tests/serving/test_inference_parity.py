@@ -61,3 +61,27 @@ def test_every_spec_serves_the_training_function(trained_model, spec_file):
     out = _inference_probs(InferenceModel(model), ref)
     assert np.abs(out - ref.probs).max() < FLOAT_TOL
     assert ref.probs.std() > 1e-4
+
+
+def test_the_static_path_the_export_traces_serves_the_training_function(trained_model, monkeypatch):
+    """The exported program runs the static cosine top-K (`static_shared_keys_cosine_topk`), not the
+    eager certified one. Forced here in eager mode, the whole one-user forward through it gives the
+    training probabilities. (Its cosines are now the training path's bit for bit:
+    `test_static_path_scores_bit_for_bit_as_the_training_path`; this tiny set happens to have no
+    exact cosine of 0 in a top-K, where the old unit-vector GEMM moved a float export by 1e-3.)"""
+    from muse_rec.modules import shared_keys_cosine as SK
+
+    model, data = trained_model
+    ref = training_predictions(model, data, "test", SEQ_LEN)
+    calls = []
+    real = SK.static_shared_keys_cosine_topk
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(SK, "native_library", lambda: None)  # the dispatcher's eager fast path off
+    monkeypatch.setattr(SK, "static_shared_keys_cosine_topk", spy)
+    out = _inference_probs(InferenceModel(model), ref)
+    assert calls  # the static path really ran
+    assert np.abs(out - ref.probs).max() < FLOAT_TOL
