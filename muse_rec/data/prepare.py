@@ -454,6 +454,10 @@ def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite:
         for name, table in release.tables.items():
             if len(table.parts) > 1:
                 job._say(f"{name}: {len(table.parts)} Parquet parts ({table.path}), read in name order")
+            if name in release.skipped:  # said, so that a part a writer named oddly is never lost unseen
+                skipped = release.skipped[name]
+                warnings.warn(f"{table.path}: skipped {len(skipped)} file(s) that are not Parquet (table {name}): "
+                              + ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))
         # One prepare per OUT at a time: two would append to the same spill files.
         with DirLock.acquire(Path(out), holder="another prepare", hint="wait for it to end or choose another OUT"):
             return _prepare_into(job, out, overwrite)

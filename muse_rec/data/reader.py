@@ -59,10 +59,23 @@ PARQUET_SUFFIX = ".parquet"
 _HIDDEN = (".", "_")  # name prefixes of hidden entries and writers' side files (_SUCCESS, _metadata, .crc)
 
 
+_PARQUET_MAGIC = b"PAR1"  # the first (and last) 4 bytes of every Parquet file
+
+
 def _is_part_name(name: str) -> bool:
     """A data file of a table's directory: ``*.parquet``, not hidden and not a writer's ``_SUCCESS``,
     ``_metadata`` or ``.crc`` side file."""
     return name.endswith(PARQUET_SUFFIX) and not name.startswith(_HIDDEN)
+
+
+def _starts_as_parquet(path: str) -> bool:
+    """Whether the file begins with Parquet's magic bytes. Hive names its parts ``000000_0`` and other
+    writers ``part-00001-c000``, with no suffix: skipping them would leave their rows out silently."""
+    try:
+        with g_pathmgr.open(path, "rb") as fh:
+            return fh.read(len(_PARQUET_MAGIC)) == _PARQUET_MAGIC
+    except OSError as e:
+        raise raw_error(path, f"cannot read it to tell whether it is a Parquet part ({e.strerror or e})") from None
 
 
 def _name_order(name: str) -> List[object]:
@@ -110,15 +123,17 @@ def table_locations(root: str, spec: TableSpec) -> List[str]:
     return locate_table(root, spec)[0]
 
 
-def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
-    """Where table `spec` is under the release directory `root`, and its Parquet files in read order.
+def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str], List[str]]:
+    """Where table `spec` is under the release directory `root`, its Parquet files in read order, and
+    the names of the files of its directory that were skipped as not Parquet.
 
     A table is the one file `<stem>.parquet` (as in the release), or, written by Spark, Hive or a
-    split download, several parts: the ``*.parquet`` files of a directory `<stem>.parquet/` or
-    `<stem>/`, or files `<stem>-*.parquet` beside the other tables. Parts are read in name order,
-    numbers by value (``part-9`` before ``part-10``). More than one of these layouts for a table is
-    ambiguous and refused, as is a table's directory holding a sub-directory (its rows would
-    otherwise be left out silently).
+    split download, several parts: the files of a directory `<stem>.parquet/` or `<stem>/` (those
+    named ``*.parquet`` and those that begin as Parquet files do, whatever their name: Hive's
+    ``000000_0``; hidden and ``_`` files are writers' side files), or files `<stem>-*.parquet` beside
+    the other tables. Parts are read in name order, numbers by value (``part-9`` before ``part-10``).
+    More than one of these layouts for a table is ambiguous and refused, as is a table's directory
+    holding a sub-directory (its rows would otherwise be left out silently).
     """
     stem = _stem(spec)
     found, shards = locate_table(root, spec)
@@ -130,18 +145,20 @@ def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str]]:
                         + " and ".join(w + ("/" if g_pathmgr.isdir(w) else "") for w in found) + "; keep one")
     where = found[0]
     if where.endswith("-*.parquet"):
-        return where, shards
+        return where, shards, []
     if not g_pathmgr.isdir(where):
-        return where, [where]
-    names = _listdir(where)
-    subdirs = [n for n in names if not n.startswith(_HIDDEN) and g_pathmgr.isdir(join_path(where, n))]
+        return where, [where], []
+    names = [n for n in _listdir(where) if not n.startswith(_HIDDEN)]
+    subdirs = [n for n in names if g_pathmgr.isdir(join_path(where, n))]
     if subdirs:
         raise raw_error(where, f"holds the sub-directory '{subdirs[0]}'; the directory of table {spec.name} "
                         "must hold its Parquet parts directly")
-    parts = [join_path(where, n) for n in names if _is_part_name(n)]
+    is_part = {n: _is_part_name(n) or _starts_as_parquet(join_path(where, n)) for n in names}
+    parts = [join_path(where, n) for n in names if is_part[n]]
+    skipped = [n for n in names if not is_part[n]]
     if not parts:
-        raise raw_error(where, f"directory of table {spec.name} holds no *.parquet part file")
-    return where + "/", parts
+        raise raw_error(where, f"directory of table {spec.name} holds no Parquet part file")
+    return where + "/", parts, skipped
 
 
 class ParquetPart:
@@ -313,9 +330,12 @@ class RawRelease:
             raise raw_error(root, "no such directory (the raw release: a directory holding the six tables)")
         if not g_pathmgr.isdir(root):
             raise raw_error(root, "is not a directory (the raw release: a directory holding the six tables)")
+        self.skipped: Dict[str, List[str]] = {}  # table -> files of its directory that are not Parquet
         for name, spec in TABLES.items():
-            where, parts = table_parts(root, spec)
+            where, parts, skipped = table_parts(root, spec)
             self.tables[name] = RawTable(parts, spec, where)
+            if skipped:
+                self.skipped[name] = skipped
 
     def __getitem__(self, name: str) -> RawTable:
         return self.tables[name]

@@ -25,6 +25,9 @@ LAYOUTS: Dict[str, Callable[[Path, str, int], Path]] = {
     "directory": lambda raw, stem, i: raw / stem / f"part-{i}.parquet",
     "spark_directory": lambda raw, stem, i: raw / f"{stem}.parquet" / f"part-{i}-c000.snappy.parquet",
     "shards_beside": lambda raw, stem, i: raw / f"{stem}-{i}.parquet",
+    # Hive names its parts 000000_0 and some writers part-00001-c000: no suffix, read by their
+    # magic bytes (skipped before: their rows were silently left out)
+    "hive_directory": lambda raw, stem, i: raw / stem / (f"part-{i}.PARQUET" if i % 2 else f"part-{i}-c000"),
 }
 
 
@@ -122,7 +125,7 @@ def test_a_table_directory_without_parts_is_refused(raw: Path, tmp_path: Path, c
     (raw / "item_features").mkdir()
     (raw / "item_features" / "_SUCCESS").write_text("")
     err = _prepare_cli(raw, tmp_path / "out", capsys)
-    assert "item_features: directory of table item_features holds no *.parquet part file" in err, err
+    assert "item_features: directory of table item_features holds no Parquet part file" in err, err
 
 
 def test_a_table_directory_with_a_sub_directory_is_refused(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -156,3 +159,17 @@ def test_a_raw_that_is_not_a_directory_is_named(raw: Path, tmp_path: Path, capsy
     path = tmp_path / "nothing" if what == "missing" else raw / "item_features.parquet"
     err = _prepare_cli(path, tmp_path / "out", capsys)
     assert f"{path}: " + ("no such directory" if what == "missing" else "is not a directory") in err, err
+
+
+def test_files_of_a_table_directory_that_are_not_parquet_are_named(raw: Path, tmp_path: Path) -> None:
+    """Side files without Parquet's magic bytes are skipped, and prepare says which, so that a part
+    lost for its name never goes unseen."""
+    _split_into_parts(raw, "directory", n_parts=3)
+    scl_dir = raw / S.TABLES["scl"].file[: -len(".parquet")]
+    (scl_dir / "notes.txt").write_text("rows 0-99 from the March export")
+    with pytest.warns(UserWarning) as seen:
+        prepare(str(raw), str(tmp_path / "prepared"), CFG)
+    lines = [str(w.message) for w in seen if "not Parquet" in str(w.message)]
+    assert len(lines) == len(SPLIT), lines  # one line per table written in parts
+    scl = next(line for line in lines if "table scl" in line)
+    assert str(scl_dir) in scl and "skipped 2 file(s)" in scl and "metadata.json, notes.txt" in scl
