@@ -69,7 +69,7 @@ def resolve_checkpoint(spec: Spec, checkpoint: Optional[str]) -> Path:
 
 def check_data_fingerprint(source: Path, recorded: Optional[str], data: PreparedData, allow: bool) -> None:
     """``source`` (checkpoint or export) was made from ``data`` (same fingerprint), unless ``allow``."""
-    if recorded and recorded != data.fingerprint and not allow:
+    if recorded and not data.made_from(recorded) and not allow:
         raise ExportError(f"{source}: made from other prepared data (fingerprint {recorded}) than {data.path} "
                           f"(fingerprint {data.fingerprint}); use the same data or pass --allow-data-mismatch")
 

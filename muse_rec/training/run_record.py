@@ -45,7 +45,7 @@ def read_run_json(run_json: Path) -> Dict:
 def check_data_fingerprint(ck: Path, data: PreparedData, allow: bool) -> None:
     """The checkpoint was trained on this prepared data (same fingerprint), unless ``allow``."""
     recorded = read_position(ck).data_fingerprint
-    if recorded and recorded != data.fingerprint:
+    if recorded and not data.made_from(recorded):
         if allow:
             logger.warning("%s was trained on other prepared data (fingerprint %s, %s has %s); "
                            "continuing because of --allow-data-mismatch", ck, recorded, data.path, data.fingerprint)
