@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -42,6 +43,7 @@ from muse_rec.output_paths import check_output_path
 from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, OLD_LEFTOVERS,
                                              PROGRAM_FILE, STAGING_DIR)
 from muse_rec.serving.inference import InferenceModel
+from muse_rec.serving.int8_check import check_requests, deviation_report, score_requests, warning_text
 from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_position
@@ -182,7 +184,16 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
         serving = InferenceModel(model)
     except NotImplementedError as e:
         raise ExportError(str(e)) from None
-    report = quantize_for_serving(serving, data.scl(), scl_dtype, row_alignment).to_dict() if quantize else None
+    report = int8_check = None
+    if quantize:
+        # The same requests before and after quantizing (in place): how far int8 moves the scores.
+        requests = check_requests(data, spec.data.eval_split)
+        float_scores = score_requests(serving, data, requests, L)
+        report = quantize_for_serving(serving, data.scl(), scl_dtype, row_alignment).to_dict()
+        int8_check = deviation_report(requests, float_scores, score_requests(serving, data, requests, L))
+        if int8_check["max_abs_dp"] > int8_check["warn_above"]:
+            gsu = model.gsu
+            warnings.warn(warning_text(int8_check, spec.model.method, gsu is not None and gsu.reads_id_tokens))
     program = export_program(serving, L, max_candidates)
     manifest: Dict[str, object] = {
         "format": "muse_rec.ranker/1",
@@ -205,6 +216,7 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
         "max_candidates": max_candidates,
         "quantized": quantize,
         "tables": report,
+        "int8_check": int8_check,
         "spec_name": spec.name,
         "method": spec.model.method,
         "checkpoint": str(ck),
