@@ -49,7 +49,10 @@ def quiet_known_warnings() -> None:
     # Two TorchRec messages logged on the root logger: its KJT note when `export --float` traces the
     # unquantized model, and, in a single process (no torchrun), its fallback of the hosts' local
     # world size to the world size of 1, which is then exact. With several processes it stays.
-    root = ["Trying to non-strict torch.export KJT to_dict"]
+    # DCP's note (with a traceback) when a checkpoint's .metadata cannot be read, before it fails
+    # anyway: the error then names the file and what failed in one line.
+    root = ["Trying to non-strict torch.export KJT to_dict", "Global metadata is not found",
+            "Rank local metadata is not found"]
     if os.environ.get("WORLD_SIZE", "1") == "1":
         root.append("Could not determine LOCAL_WORLD_SIZE from environment")
     logging.getLogger().addFilter(_DropMessages(*root))

@@ -52,6 +52,6 @@ def _is_checkpoint_exception(e: BaseException) -> bool:
 
 
 def _dcp_line(e: BaseException) -> str:
-    from muse_rec.training.checkpoint import _failure_summary
+    from muse_rec.training.checkpoint import describe_load_failure
 
-    return f"checkpoint does not fit this model: {_failure_summary(e)}"  # type: ignore[arg-type]
+    return f"checkpoint {describe_load_failure(e)}"  # type: ignore[arg-type]

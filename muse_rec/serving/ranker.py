@@ -124,6 +124,7 @@ class ExportedScorer:
     """An exported program (`muse-rec export`); history length fixed, any B from 1 to its maximum."""
 
     def __init__(self, exported_dir: str, expect_sha256: Optional[str] = None) -> None:
+        self.exported_dir = exported_dir
         self.program = load_program(exported_dir, expect_sha256)  # verifies the files first
         self.manifest = read_manifest(exported_dir)
         # Programs of SCL models take the history's SCL vectors (prefetched into the cache).
@@ -138,7 +139,14 @@ class ExportedScorer:
     @torch.no_grad()
     def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         extra = (ctx.seq_scl,) if self.needs_scl else ()
-        return self.program(ctx.seq_items, ctx.seq_cats, ctx.seq_length, ctx.user_fields, items, cats, attrs, *extra)
+        try:
+            return self.program(ctx.seq_items, ctx.seq_cats, ctx.seq_length, ctx.user_fields, items, cats, attrs,
+                                *extra)
+        except (RuntimeError, AssertionError, ValueError, TypeError) as e:
+            # The inputs are built from manifest.json (L, which inputs): a program it does not describe
+            # (an edited or mismatched manifest, both re-hashed) fails its own shape guards here.
+            raise ExportError(f"{self.exported_dir}: the exported program refuses the inputs its manifest.json "
+                              f"describes ({type(e).__name__}: {' '.join(str(e).split())[:300]}); re-export") from None
 
 
 Scorer = Union[FloatScorer, ExportedScorer]

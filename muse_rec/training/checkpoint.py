@@ -292,7 +292,9 @@ def load_checkpoint(
     try:
         dcp.load(state, checkpoint_id=str(path))
     except CheckpointException as e:
-        raise CheckpointError(f"{path}: does not fit this model: {_failure_summary(e)}") from None
+        raise CheckpointError(f"{path}: {describe_load_failure(e)}") from None
+    except _UNREADABLE as e:
+        raise CheckpointError(f"{path}: {_DAMAGED}: {_one_line(e)}") from None
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         raise CheckpointError(f"{path}: does not fit this model: {_one_line(e)}") from None
     # Load the complete state dict: sharded collections' load hooks expect every table of theirs,
@@ -327,3 +329,18 @@ def _failure_summary(e: CheckpointException) -> str:
     """DCP's per-rank failures, one line (its str() is a multi-line traceback dump)."""
     msgs = sorted({_one_line(exc) for exc, _ in e.failures.values()})
     return "; ".join(msgs) if msgs else "unknown failure"
+
+
+# What reading a damaged file raises (a truncated pickle or tensor file); DCP's reader reports an
+# unreadable .metadata as "metadata is None". Such files match their SHA-256 manifest only when they
+# were written damaged (or the manifest was rewritten): the checkpoint is unusable, not a misfit.
+_UNREADABLE = (EOFError, pickle.UnpicklingError)
+_DAMAGED = "damaged, its files cannot be read (use another checkpoint, e.g. an earlier step)"
+
+
+def describe_load_failure(e: CheckpointException) -> str:
+    """One line for a failed `dcp.load`: damaged files, or a checkpoint of another model."""
+    failures = [exc for exc, _ in e.failures.values()]
+    if any(isinstance(exc, _UNREADABLE) or "metadata is None" in str(exc) for exc in failures):
+        return f"{_DAMAGED}: {_failure_summary(e)}"
+    return f"does not fit this model: {_failure_summary(e)}"

@@ -245,3 +245,36 @@ def test_the_writers_lock_file_is_not_part_of_the_artifact(tmp_path):
     (tmp_path / "sub" / ".lock").write_text("x")
     with pytest.raises(IntegrityError, match=r"sub/\.lock: not listed"):
         verify(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["metadata", "tensors"])
+def test_a_damaged_checkpoint_with_a_matching_manifest_is_named_in_one_line(trained, tmp_path, damage):
+    """Files written damaged (or a manifest rewritten after the damage) pass the integrity check;
+    DCP then failed with its tracebacks on stderr and the message blamed the model ("does not fit
+    this model: EOFError:"). Now: one line saying the checkpoint is damaged."""
+    src = sorted((trained.run_dir / "checkpoints").iterdir())[-1]
+    ck = tmp_path / "ck"
+    shutil.copytree(src, ck)
+    victim = ck / ".metadata" if damage == "metadata" else sorted(ck.glob("*.distcp"))[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+    write_manifest(ck)
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
+    out = cli("rank", "--spec", SPEC, *trained.sets(), "--checkpoint", str(ck), "--request", str(req))
+    assert_bad_input(out, str(ck), "damaged, its files cannot be read")
+    assert "does not fit this model" not in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr[-3000:]
+
+
+def test_a_manifest_that_does_not_describe_its_program_is_one_line(trained, tmp_path):
+    """A manifest.json whose history length is not the program's (edited, then re-hashed): the program's
+    own shape guard failed with a traceback and exit 1."""
+    exp = tmp_path / "exp"
+    shutil.copytree(trained.exported, exp)
+    manifest = json.loads((exp / "manifest.json").read_text())
+    manifest["seq_len"] = manifest["seq_len"] // 2
+    (exp / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(exp)
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
+    out = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(exp), "--request", str(req))
+    assert_bad_input(out, str(exp), "refuses the inputs its manifest.json describes", "re-export")
