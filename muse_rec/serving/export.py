@@ -148,6 +148,10 @@ def export_program(model: torch.nn.Module, seq_len: int,
     if takes_scl(model):
         dynamic["seq_scl"] = None
     example = example_inputs(seq_len, with_scl=takes_scl(model))
+    # A ranking program never trains: saved without requires_grad, its scores are plain tensors
+    # (with it, every call built an autograd graph and `.numpy()` of the scores failed).
+    for p in model.parameters():
+        p.requires_grad_(False)
     with torch.no_grad():
         # One eager call first: TorchRec's quantized collections cache their feature order on
         # the first forward, with a `torch.tensor(data=...)` call that export cannot trace.

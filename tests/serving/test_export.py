@@ -200,3 +200,15 @@ def test_a_large_int8_deviation_is_a_warning_that_names_float(trained_run, tmp_p
     with pytest.warns(UserWarning, match=r"int8 tables move MUSE's click probabilities by up to .* --float"):
         manifest = export_model(trained_run.spec(), str(tmp_path / "exported"))
     assert manifest["int8_check"]["samples_above_warn"] > 0
+
+
+def test_the_program_returns_plain_scores_without_autograd(trained_run):
+    """Loaded as docs/serving.md shows, the program's scores are plain tensors: before, its weights kept
+    requires_grad, every call built an autograd graph and `scores.numpy()` raised."""
+    from muse_rec.serving.export import example_inputs, load_program
+
+    manifest = read_manifest(str(trained_run.exported))
+    program = load_program(str(trained_run.exported))
+    assert not any(p.requires_grad for p in program.parameters())
+    scores = program(*example_inputs(manifest["seq_len"], with_scl="seq_scl" in manifest["inputs"]))
+    assert not scores.requires_grad and scores.numpy().shape == (scores.shape[0],)
