@@ -36,7 +36,7 @@ from muse_rec.data.reader import RawRelease, RawTable
 from muse_rec.data.vocab import SortedKeyBuilder, Vocab
 from muse_rec.dirlock import LOCK_FILE, DirLock
 from muse_rec.output_paths import check_output_path
-
+from muse_rec.terminal import shows_bars
 FORMAT_VERSION = 1
 POPULARITY_SPLIT = "train"  # the split whose targets items/popularity.npy counts
 VOCAB_MODES = ("full", "p90")
@@ -152,7 +152,7 @@ class _Prepare:
         self.raw, self.out, self.cfg = raw, out, cfg
         self.build = os.path.join(out, BUILD_DIR)
         self._vocabs: Dict[str, Vocab] = {}
-        self.bars = cfg.progress and sys.stderr.isatty()  # else (progress in a log): `_say`'s lines
+        self.bars = shows_bars(cfg.progress)  # else (progress in a log): `_say`'s lines
         self.fingerprint = self._identity(raw.fingerprint())
         # What earlier versions recorded (the raw paths as given): their output is this same dataset
         # when it matches, so it is neither refused nor prepared again.

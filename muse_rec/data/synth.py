@@ -37,7 +37,7 @@ from muse_rec.data.synth_release import (IdHasher, History, item_tables, publish
 from muse_rec.data.synth_world import build_catalogue, build_impressions, build_timelines, build_users
 from muse_rec.dirlock import DirLock
 from muse_rec.output_paths import output_of_another_command
-
+from muse_rec.terminal import shows_bars
 MANIFEST_NAME = "_synth_manifest.json"  # leading "_": not a release table, readers skip it
 MANIFEST_VERSION = 1
 
@@ -104,7 +104,7 @@ def _write_in_memory(out_dir: str, cfg: SynthConfig, progress: bool, diagnostics
     from tqdm import tqdm
 
     # A bar on a terminal; in a log (no terminal) one line per stage instead of carriage returns.
-    bars = progress and sys.stderr.isatty()
+    bars = shows_bars(progress)
     bar = tqdm(total=8 + int(run_diag), desc="synth", unit="stage", disable=not bars)
 
     def step(what: str) -> None:

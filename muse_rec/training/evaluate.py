@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from datetime import timedelta
 from typing import Dict, Optional
@@ -14,6 +13,7 @@ from muse_rec.data.loader import make_loader
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
 from muse_rec.metrics import PredictionAccumulator
+from muse_rec.terminal import shows_bars
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def predict(
     was_training = model.training
     model.eval()
     n = len(loader) if not max_batches else min(max_batches, len(loader))
-    tty = progress and env.is_main and sys.stderr.isatty()
+    tty = env.is_main and shows_bars(progress)
     lines = progress and env.is_main and not tty and log_every > 0
     bar = tqdm(total=n, desc=f"eval {split}", unit="batch", disable=not tty, dynamic_ncols=True)
     start, samples = time.perf_counter(), 0

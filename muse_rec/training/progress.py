@@ -18,13 +18,14 @@ scalar of every interval (train/loss, train/samples_per_s).
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from datetime import timedelta
 from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from muse_rec.terminal import shows_bars
 
 logger = logging.getLogger("muse_rec")
 
@@ -146,7 +147,7 @@ class ProgressLog:
                  tty: Optional[bool] = None) -> None:
         self.total_steps, self.writer = total_steps, writer
         self.is_main = is_main
-        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.tty = shows_bars() if tty is None else tty
         self._bar = None
         if is_main and self.tty:
             from tqdm import tqdm
