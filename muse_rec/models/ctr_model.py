@@ -28,6 +28,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from muse_rec.data.batch import POOLED_FEATURES, Batch
+from muse_rec.data.schema import SCL_DIM
 from muse_rec.models.over_arch import OverArch, make_similarity
 from muse_rec.models.frozen_scl import SCL_SEQ_FEATURE, SCL_TARGET_FEATURE
 from muse_rec.models.sparse_arch import (GSU_CAT, GSU_ITEM, RECENT_CAT, RECENT_ITEM, TARGET_CAT,
@@ -50,7 +51,6 @@ from muse_rec.modules.fusion import FusionGSU, FusionSemanticAttention
 from muse_rec.modules.parametrization import prior_logit
 from muse_rec.spec import ModelSpec
 
-SCL_DIM = 128
 # GSU kinds that read the frozen SCL vectors of the whole history.
 SCL_GSU_KINDS = ("cosine_scl", "cooccurrence_scl", "scl_attention", "fusion")
 

@@ -28,6 +28,8 @@ from torchrec.modules.embedding_configs import data_type_to_dtype
 
 from torchrec import KeyedJaggedTensor
 
+from muse_rec.data.schema import SCL_DIM
+
 SCL_TABLE = "scl"
 SCL_TARGET_FEATURE = "scl_target"
 SCL_SEQ_FEATURE = "scl_seq"
@@ -65,7 +67,7 @@ class FrozenSCL(nn.Module):
     def __init__(
         self,
         num_rows: int,
-        dim: int = 128,
+        dim: int = SCL_DIM,
         data_type: DataType = DataType.FP16,
         device: Optional[torch.device] = None,
     ) -> None:

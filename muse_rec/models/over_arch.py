@@ -40,13 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from muse_rec.data.schema import SCL_DIM
 from muse_rec.modules import GSUResult, MLPTower, SearchInputs, SimTier, TargetAttention, masked_mean
 from muse_rec.modules.cosine import finish_cosine
 from muse_rec.modules.fusion import BRANCH_RULES, FusionSimilarity, FusionSimTier, branch_slices
 from muse_rec.modules.search import history_cosine, unit_vectors
 from muse_rec.spec import ModelSpec
 
-SCL_DIM = 128
 
 
 class GSUScoresSimilarity(nn.Module):

@@ -36,6 +36,7 @@ from torchrec import (
 )
 
 from muse_rec.data.batch import POOLED_FEATURES
+from muse_rec.data.schema import SCL_DIM
 from muse_rec.models.frozen_scl import FrozenSCL
 from muse_rec.models.sparse_ids import dense_from_jagged, masked_kjt
 
@@ -100,7 +101,7 @@ class SparseArch(nn.Module):
         table_sizes: Mapping[str, int],
         id_dim: int = 16,
         dim_overrides: Optional[Mapping[str, int]] = None,
-        scl_dim: int = 128,
+        scl_dim: int = SCL_DIM,
         scl_data_type: DataType = DataType.FP16,
         init_std: float = 1e-3,
         device: Optional[torch.device] = None,

@@ -35,6 +35,7 @@ import torchrec
 
 from muse_rec.data.batch import ITEM_FEATURES, USER_FEATURES
 from muse_rec.data.prepared import PreparedData
+from muse_rec.data.schema import SCL_DIM
 from muse_rec.dirlock import DirLock
 from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import read_json_object
@@ -53,7 +54,6 @@ MIN_CANDIDATES = 1
 DEFAULT_MAX_CANDIDATES = 4096
 INPUT_NAMES = ("seq_items", "seq_cats", "seq_length", "user_fields", "cand_items", "cand_cats", "cand_attrs",
                "seq_scl")
-SCL_DIM = 128
 
 
 class ExportError(RuntimeError):
