@@ -148,26 +148,32 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                 position = load_checkpoint(ck, dmp, optimizer, skip=skip)
                 logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)", ck,
                             position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
-                place_in_epoch(position, ck, split_samples, t.batch_size, env.world_size, train_loader_len)
+                if not (t.max_steps and position.step >= t.max_steps):  # else nothing is left to train: no
+                    # place in the epoch to continue from (3 steps of 1 rank cannot go on evenly on 2)
+                    place_in_epoch(position, ck, split_samples, t.batch_size, env.world_size, train_loader_len)
                 position.run_id, position.data_fingerprint = run_id, data.fingerprint
         # The run ends after train.epochs epochs (or train.max_steps steps): counted from where it stands, as
         # a resume on another number of ranks has steps of another size behind it.
         total_steps = position.step + max(0, (t.epochs - position.epoch) * train_loader_len - position.batch_in_epoch)
         if t.max_steps:
             total_steps = min(t.max_steps, total_steps)
-    if env.is_main:
+    # A resumed run that had already trained to its end: evaluated again, its checkpoint, its record
+    # (run.json: the ranks it trained on, its steps) and its training figures left as they were.
+    finished = not (position.step < total_steps and position.epoch < t.epochs)
+    keep_record = finished and (run_dir / "run.json").exists()
+    # The ranks the run's weights were trained on (compare groups runs by them), not those of a
+    # later evaluation-only resume.
+    trained_world_size = position.world_size if finished else env.world_size
+    if env.is_main and not keep_record:
         # Only now, with the checkpoint loaded, does the run record describe this run.
         (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         (run_dir / "run.json").write_text(json.dumps({
             "run_id": run_id, "data_fingerprint": data.fingerprint,
-            "vocab_sizes": dict(data.vocab_sizes), "world_size": env.world_size, "device": str(env.device),
+            "vocab_sizes": dict(data.vocab_sizes), "world_size": trained_world_size, "device": str(env.device),
             "sparse_optimizer": asdict(t.sparse_optimizer), "dense_optimizer": asdict(t.dense_optimizer),
             "sparse_optimizer_route": FusedOptimizerConfig(name=t.sparse_optimizer.name).route(env.device.type),
             "batches_per_epoch": train_loader_len, "total_steps": total_steps,
         }, indent=2))
-    # A resumed run that had already trained to its end: evaluated again, its checkpoint and its
-    # training figures (samples/s, wall time) left as they were.
-    finished = not (position.step < total_steps and position.epoch < t.epochs)
     if env.is_main and finished:
         logger.info("%s: already trained (step %d of %d); evaluating its checkpoint only", spec.name,
                     position.step, total_steps)
@@ -244,7 +250,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     if not finished:  # else the checkpoint it resumed from is this state already
         save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip)
 
-    result: Dict = {"method": spec.model.method, "name": spec.name, "world_size": env.world_size,
+    result: Dict = {"method": spec.model.method, "name": spec.name, "world_size": trained_world_size,
                     "steps": position.step, "train_samples_per_s": samples_trained / max(train_seconds, 1e-9),
                     "wall_seconds": train_seconds}
     if position.train_seconds:  # the whole run's figures, over every process whose steps it kept
@@ -258,6 +264,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                            num_workers=spec.data.num_workers, predictions_path=str(run_dir / "predictions.parquet"),
                            log_every=t.log_every)
         result.update(metrics)
+        # The metrics' world_size is the evaluation's; the run's stays the ranks that trained it.
+        result.update(world_size=trained_world_size, eval_world_size=metrics.get("world_size", env.world_size))
         result["eval_seconds"] = time.perf_counter() - eval_start
         if t.check_floors and env.is_main:  # cached beside the run directory: computed once per data set
             from muse_rec.metrics.floors import check_run_against_floors, run_floors_cache

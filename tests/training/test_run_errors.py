@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 
-from tests.training.conftest import run_ranks, train_args
+from tests.training.conftest import metrics, run_ranks, train_args
 
 
 def test_missing_data_path_is_a_clear_error(tmp_path):
@@ -177,3 +177,23 @@ def test_a_resume_landing_on_an_epochs_end_moves_on_and_counts_its_epochs(prepar
     last = json.loads((run / "checkpoints" / "step-00000036" / "position.json").read_text())
     assert (last["epoch"], last["batch_in_epoch"]) == (2, 0), last
     assert f"this run trains on {2 * split['positives']:,} clicks" in out.stderr, out.stderr[-3000:]
+
+
+def test_an_evaluation_only_resume_keeps_the_runs_ranks(prepared, tmp_path):
+    """A run trained to its end on 1 rank, `--resume`d on 2 ranks (nothing left to train: evaluated
+    again). Its record said 2 ranks afterwards, and `compare` then took a real 2-rank run of the same
+    seed for a copy of it; at 3 steps the resume was even refused, as if 2 ranks had to continue the
+    epoch. The run keeps its record; the evaluation's ranks are noted apart."""
+    spec, run = "specs/demo/din.yaml", tmp_path / "din"
+    common = ["train.max_steps=3", "train.check_floors=false"]
+    run_ranks(train_args(spec, prepared, tmp_path, common), nproc=1)
+    record = (run / "run.json").read_text()
+    first = metrics(run)
+    assert (first["world_size"], first["eval_world_size"]) == (1, 1)
+    out = run_ranks(train_args(spec, prepared, tmp_path, common) + ["--resume"], nproc=2, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "evaluating its checkpoint only" in out.stderr
+    again = metrics(run)
+    assert (again["world_size"], again["eval_world_size"]) == (1, 2) and again["steps"] == 3
+    assert again["gauc"] == first["gauc"]  # exact metrics: the same at any evaluation world size
+    assert (run / "run.json").read_text() == record
