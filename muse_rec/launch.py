@@ -161,18 +161,32 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
               resume: bool = False, resume_flag: str = "--resume") -> None:
     """What would fail on every rank once the job runs, refused before it is submitted: a spec or
     override that does not load (`SpecError`), and on `local_cwd`, whose ranks run in this directory
-    on this machine, a fresh run into a used run directory (`RunDirError`, as `muse-rec train` words
-    it, with ``resume_flag`` as the caller's command spells it). Elsewhere (a container, a cluster) the
+    on this machine, a fresh run into a used run directory, or a resume into a directory in use, one
+    holding no run, or with other training settings (`RunDirError`, as `muse-rec train` words it, with
+    ``resume_flag`` as the caller's command spells it). Elsewhere (a container, a cluster) the
     directory may not be visible from here: the ranks check it."""
     from muse_rec.spec import load_spec
-    from muse_rec.training.run_dir import RunDirError, previous_contents, used_run_dir_message
+    from muse_rec.training.run_dir import RunDirError, check_resumable, previous_contents, used_run_dir_message
+    from muse_rec.training.run_record import RunError, check_resume_settings
 
     resolved = load_spec(spec or profile.spec, list(overrides))
-    if scheduler == "local_cwd" and not resume:
-        run_dir = Path(resolved.run_dir)
+    if scheduler != "local_cwd":
+        return
+    run_dir = Path(resolved.run_dir)
+    if not resume:
         used = previous_contents(run_dir)
         if used:
             raise RunDirError(used_run_dir_message(run_dir, used, resume_flag, overwrite=False))
+        return
+    # A resume's refusals that need neither the data nor a checkpoint, said once here as `muse-rec
+    # train` words them, not by every rank amid torchrun's tracebacks: a directory in use or holding
+    # no run, other training settings than the run's. (A number of ranks that cannot continue the
+    # checkpoint's epoch needs both: the ranks still say it.)
+    check_resumable(run_dir)
+    try:
+        check_resume_settings(run_dir / "spec.yaml", resolved)
+    except RunError as e:  # a ValueError, as the callers expect of the user's input
+        raise RunDirError(str(e)) from None
 
 
 def build_app(

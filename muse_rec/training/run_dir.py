@@ -137,6 +137,12 @@ def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:
     return lock
 
 
+def check_resumable(run_dir: Path) -> None:
+    """`claim_run_dir`'s refusals of a resume, checked and let go: RunDirError when ``run_dir`` is in
+    use or holds something that is not a run; the directory is left exactly as it was found."""
+    _claim_on_main(run_dir, resume=True, overwrite=False).abandon()
+
+
 def claim_run_dir(run_dir: Path, is_main: bool, resume: bool, overwrite: bool) -> Optional[RunDirLock]:
     """Collective: lock ``run_dir`` for this run (main rank) and apply the one-run rule.
 

@@ -59,7 +59,25 @@ def _setup_logging(env: DistEnv) -> None:
     # Root stays at WARNING (libraries' INFO chatter off); our logger says what the job does.
     logging.basicConfig(level=logging.WARNING, format=f"[%(asctime)s rank{env.rank}] %(message)s",
                         datefmt="%H:%M:%S", force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_MarkedFormatter(handler.formatter))
     logger.setLevel(level)
+
+
+class _MarkedFormatter(logging.Formatter):
+    """The run log's format, with "WARNING: " / "ERROR: " before such messages: in a log of progress
+    lines, what needs the user's attention (a run below its floor, a resume of nothing) must stand out."""
+
+    def __init__(self, inner: Optional[logging.Formatter]) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        if record.levelno < logging.WARNING:
+            return text
+        head, sep, rest = text.partition("] ")
+        return f"{head}{sep}{record.levelname}: {rest}" if sep else f"{record.levelname}: {text}"
 
 
 def _open_data(spec: Spec) -> PreparedData:
@@ -141,7 +159,10 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                             data_fingerprint=data.fingerprint, train_seconds=0.0)
         if resume:
             ck = latest_checkpoint(str(ckpt_root), run_id=run_id) or ck
-            if ck is None:
+            if ck is None and not prev_run and not restart:  # the user's --resume, and nothing there
+                logger.warning("--resume: %s holds no run (no run.json, no checkpoint): starting a new run from "
+                               "step 0; if you meant to continue a run, check output_dir and name", run_dir)
+            elif ck is None:  # a restart before the first checkpoint, or a run that saved none yet
                 logger.info("--resume: no checkpoint under %s yet, starting from step 0", ckpt_root)
             else:
                 check_data_fingerprint(ck, data, allow_data_mismatch)

@@ -95,10 +95,12 @@ def test_bad_requests_and_a_used_run_dir_are_refused_before_submitting(tmp_path)
     """`torchx run` printed a ProfileError traceback (exit 1) for an unknown profile, and submitted a
     bad --set or a fresh run into a used run directory, which then failed on every rank (torchrun's
     traceback, exit 1). Both entry points now refuse them in one line, exit 2, before submitting."""
+    from muse_rec.spec import load_spec
+
     used = tmp_path / "runs" / "din"
     used.mkdir(parents=True)
-    (used / "spec.yaml").write_text("a previous run")
     into_used = f"output_dir={tmp_path}/runs/{{name}}"
+    (used / "spec.yaml").write_text(yaml.safe_dump(load_spec(REPO / "specs/demo/din.yaml", [into_used]).to_dict()))
 
     def torchx_run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([venv_bin("torchx"), "--log_level", "WARNING", "run", "-s", "local_cwd",
@@ -147,3 +149,35 @@ def test_a_malformed_profiles_file_is_one_line_naming_the_key(tmp_path):
     path.write_text(yaml.safe_dump(profiles))
     out = launch("--profile", "cpu-demo", "--dryrun", "--profiles-file", str(path))
     assert out.returncode == 2 and "profiles.cpu-demo.env.OMP_NUM_THREADS: expected a scalar" in out.stderr, out.stderr
+
+
+def test_a_resume_that_every_rank_would_refuse_is_refused_before_submitting(tmp_path):
+    """`muse-rec launch --resume` submitted a resume with other training settings, or into a run
+    directory in use, and every rank refused it amid torchrun's tracebacks (exit 1). Now one line,
+    exit 2, before submitting, as `muse-rec train` words it; the directory is left as it was."""
+    from muse_rec.dirlock import DirLock
+    from muse_rec.spec import load_spec
+
+    run = tmp_path / "runs" / "din"
+    run.mkdir(parents=True)
+    into = f"output_dir={tmp_path}/runs/{{name}}"
+    (run / "spec.yaml").write_text(yaml.safe_dump(load_spec(REPO / "specs/demo/din.yaml", [into]).to_dict()))
+    (run / "run.json").write_text('{"run_id": "r1"}')
+    before = sorted(p.name for p in run.iterdir())
+    common = ("--profile", "cpu-demo", "--spec", "specs/demo/din.yaml", "--set", into, "--resume", "--dryrun")
+    out = launch(*common, "--set", "train.dense_optimizer.lr=0.005")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "--resume with other training settings" in out.stderr and "train.dense_optimizer.lr" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    with DirLock.acquire(run, holder="a test"):
+        out = launch(*common)
+    assert out.returncode == 2 and f"{run}: in use by" in out.stderr and len(out.stderr.strip().splitlines()) == 1, \
+        out.stderr[-3000:]
+    assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == before  # (the test's own lock file)
+    out = launch(*common)  # the same settings, free: submitted (a dry run prints the job)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (tmp_path / "runs" / "other").mkdir()
+    (tmp_path / "runs" / "other" / "notes.txt").write_text("not a run")
+    out = launch("--profile", "cpu-demo", "--spec", "specs/demo/din.yaml", "--set", into, "--set", "name=other",
+                 "--resume", "--dryrun")
+    assert out.returncode == 2 and "holds no run to continue" in out.stderr, out.stderr[-3000:]

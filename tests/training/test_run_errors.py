@@ -197,3 +197,14 @@ def test_an_evaluation_only_resume_keeps_the_runs_ranks(prepared, tmp_path):
     assert (again["world_size"], again["eval_world_size"]) == (1, 2) and again["steps"] == 3
     assert again["gauc"] == first["gauc"]  # exact metrics: the same at any evaluation world size
     assert (run / "run.json").read_text() == record
+
+
+def test_a_resume_of_nothing_says_it_starts_a_new_run(prepared, tmp_path):
+    """`--resume` into a directory with no run (a mistyped output_dir or name) trained from scratch
+    with only an INFO line. It still starts (a torchrun restart before the first checkpoint needs
+    that), but says so as a warning naming the directory."""
+    out = run_ranks(train_args("specs/demo/din.yaml", prepared, tmp_path, ["train.max_steps=1", "train.eval_at_end=false"])
+                    + ["--resume"], nproc=1, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    warned = [ln for ln in out.stderr.splitlines() if "] WARNING: --resume:" in ln and "holds no run" in ln]
+    assert warned and str(tmp_path / "din") in warned[0] and "check output_dir and name" in warned[0], out.stderr[-3000:]
