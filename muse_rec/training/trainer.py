@@ -157,6 +157,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         run_id = prev_run.get("run_id") or (read_position(ck).run_id if ck is not None else "") or new_run_id()
         position = Position(world_size=env.world_size, batch_size=t.batch_size, run_id=run_id,
                             data_fingerprint=data.fingerprint, train_seconds=0.0)
+        saved_world_size = env.world_size  # the ranks that trained the weights loaded (none: this run's)
         if resume:
             ck = latest_checkpoint(str(ckpt_root), run_id=run_id) or ck
             if ck is None and not prev_run and not restart:  # the user's --resume, and nothing there
@@ -167,6 +168,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             else:
                 check_data_fingerprint(ck, data, allow_data_mismatch)
                 position = load_checkpoint(ck, dmp, optimizer, skip=skip)
+                saved_world_size = position.world_size  # before `place_in_epoch` re-expresses it in this run's
                 logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)", ck,
                             position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
                 if not (t.max_steps and position.step >= t.max_steps):  # else nothing is left to train: no
@@ -184,7 +186,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     keep_record = finished and (run_dir / "run.json").exists()
     # The ranks the run's weights were trained on (compare groups runs by them), not those of a
     # later evaluation-only resume.
-    trained_world_size = position.world_size if finished else env.world_size
+    trained_world_size = saved_world_size if finished else env.world_size
     if env.is_main and not keep_record:
         # Only now, with the checkpoint loaded, does the run record describe this run.
         (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
 from tests.training.conftest import metrics, run_ranks, train_args
 
@@ -179,13 +180,16 @@ def test_a_resume_landing_on_an_epochs_end_moves_on_and_counts_its_epochs(prepar
     assert f"this run trains on {2 * split['positives']:,} clicks" in out.stderr, out.stderr[-3000:]
 
 
-def test_an_evaluation_only_resume_keeps_the_runs_ranks(prepared, tmp_path):
+@pytest.mark.parametrize("end", ["max_steps", "epochs"])
+def test_an_evaluation_only_resume_keeps_the_runs_ranks(prepared, tmp_path, end):
     """A run trained to its end on 1 rank, `--resume`d on 2 ranks (nothing left to train: evaluated
     again). Its record said 2 ranks afterwards, and `compare` then took a real 2-rank run of the same
     seed for a copy of it; at 3 steps the resume was even refused, as if 2 ranks had to continue the
     epoch. The run keeps its record; the evaluation's ranks are noted apart."""
     spec, run = "specs/demo/din.yaml", tmp_path / "din"
-    common = ["train.max_steps=3", "train.check_floors=false"]
+    # Ended by train.max_steps (3 steps of 1 rank: 2 cannot continue that epoch evenly) or by the
+    # spec's one epoch (at batch 500: 9 steps), the usual end.
+    common = ["train.check_floors=false", *(["train.max_steps=3"] if end == "max_steps" else ["train.batch_size=500"])]
     run_ranks(train_args(spec, prepared, tmp_path, common), nproc=1)
     record = (run / "run.json").read_text()
     first = metrics(run)
@@ -194,7 +198,7 @@ def test_an_evaluation_only_resume_keeps_the_runs_ranks(prepared, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "evaluating its checkpoint only" in out.stderr
     again = metrics(run)
-    assert (again["world_size"], again["eval_world_size"]) == (1, 2) and again["steps"] == 3
+    assert (again["world_size"], again["eval_world_size"]) == (1, 2) and again["steps"] == first["steps"]
     assert again["gauc"] == first["gauc"]  # exact metrics: the same at any evaluation world size
     assert (run / "run.json").read_text() == record
 
