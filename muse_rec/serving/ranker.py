@@ -34,8 +34,8 @@ import torch
 from muse_rec.data.batch import USER_FEATURES
 from muse_rec.data.prepared import PreparedData
 from muse_rec.serving.cache import AsyncLRUCache
-from muse_rec.serving.export import (ExportError, check_data_fingerprint, load_program, load_trained_model,
-                                     read_manifest)
+from muse_rec.serving.export import (ExportError, check_data_fingerprint, example_inputs, load_program,
+                                     load_trained_model, read_manifest)
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.request import RankRequest, RequestError, validate_request
 from muse_rec.spec import Spec
@@ -124,7 +124,6 @@ class ExportedScorer:
     """An exported program (`muse-rec export`); history length fixed, any B from 1 to its maximum."""
 
     def __init__(self, exported_dir: str, expect_sha256: Optional[str] = None) -> None:
-        self.exported_dir = exported_dir
         self.program = load_program(exported_dir, expect_sha256)  # verifies the files first
         self.manifest = read_manifest(exported_dir)
         # Programs of SCL models take the history's SCL vectors (prefetched into the cache).
@@ -135,18 +134,20 @@ class ExportedScorer:
             raise ExportError(f"{exported_dir}: exported by an older muse-rec for at least "
                               f"{self.manifest['min_candidates']} candidates; re-export it (`muse-rec export`)")
         self.max_candidates: Optional[int] = int(self.manifest["max_candidates"])
+        # Requests are built from manifest.json (L, which inputs). A program it does not describe (an
+        # edited or mismatched manifest, re-hashed) would fail its own shape guards on every request,
+        # with a traceback: tried once here on the manifest's shapes instead.
+        try:
+            with torch.no_grad():
+                self.program(*example_inputs(self.fixed_len, candidates=1, with_scl=self.needs_scl))
+        except (RuntimeError, AssertionError, ValueError, TypeError) as e:
+            raise ExportError(f"{exported_dir}: the exported program refuses the inputs its manifest.json describes "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); re-export") from None
 
     @torch.no_grad()
     def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         extra = (ctx.seq_scl,) if self.needs_scl else ()
-        try:
-            return self.program(ctx.seq_items, ctx.seq_cats, ctx.seq_length, ctx.user_fields, items, cats, attrs,
-                                *extra)
-        except (RuntimeError, AssertionError, ValueError, TypeError) as e:
-            # The inputs are built from manifest.json (L, which inputs): a program it does not describe
-            # (an edited or mismatched manifest, both re-hashed) fails its own shape guards here.
-            raise ExportError(f"{self.exported_dir}: the exported program refuses the inputs its manifest.json "
-                              f"describes ({type(e).__name__}: {' '.join(str(e).split())[:300]}); re-export") from None
+        return self.program(ctx.seq_items, ctx.seq_cats, ctx.seq_length, ctx.user_fields, items, cats, attrs, *extra)
 
 
 Scorer = Union[FloatScorer, ExportedScorer]
