@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, List, Optional, Set
 
 import numpy as np
 
-from muse_rec.data.prepare import ITEM_ATTR_COLUMNS, USER_FIELD_COLUMNS, VOCAB_NAMES
+from muse_rec.data.prepare import ITEM_ATTR_COLUMNS, USER_FIELD_COLUMNS, VOCAB_NAMES, output_files
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SPLITS
+from muse_rec.integrity import hash_files
 
 CHUNK = 1 << 24  # elements per read (~128 MB of int64 at most)
 
@@ -213,4 +215,26 @@ def check_prepared(path: str) -> CheckReport:
             items = data.vocab("item")
             _same_keys(s, f"{split}/sample_item_keys.npy", f"{split}/sample_items.npy", items.key_of, items.rows,
                        "item", unknown=0)
+    _check_content(s)
     return report
+
+
+def _check_content(s: _Scan) -> None:
+    """Every array against the SHA-256 prepare recorded in meta.json (``content_sha256``; prepared data
+    of earlier versions has none): a change after prepare that keeps every row in range, e.g. two
+    labels swapped, is found here and nowhere else."""
+    recorded = s.data.meta.get("content_sha256")
+    if not isinstance(recorded, dict) or "://" in s.data.path:
+        return
+    root, expected = Path(s.data.path), set(output_files())
+    for rel in sorted(set(recorded) - expected):  # meta.json is input too: never hash a path it makes up
+        s.problem("meta.json", f"content_sha256 lists {rel!r}, which is not a prepared array")
+    recorded = {rel: sha for rel, sha in recorded.items() if rel in expected}
+    present = sorted(rel for rel in recorded if (root / rel).is_file())
+    actual = hash_files(root, present)
+    for rel in sorted(recorded):
+        if rel not in actual:
+            s.problem(rel, "missing (meta.json's content_sha256 lists it)")
+        elif actual[rel] != recorded[rel]:
+            s.problem(rel, "content differs from meta.json's content_sha256 (changed after prepare): prepare the "
+                           "release again")

@@ -94,3 +94,34 @@ def test_a_fingerprint_recorded_by_an_earlier_version_still_matches(raw, tmp_pat
     other[0] = 1 - other[0]
     np.save(tmp_path / "a" / "train/labels.npy", other)
     assert not PreparedData(str(tmp_path / "a")).made_from(legacy)
+
+
+def test_prepare_records_each_arrays_sha256_and_the_fingerprint_covers_it(raw, tmp_path):
+    """The sampled blocks see only part of a large array; the SHA-256 of every array, taken once by
+    prepare, makes any difference in content another fingerprint (a corrected release with the same
+    counts included)."""
+    data = _prepare(raw, tmp_path / "a")
+    recorded = data.meta["content_sha256"]
+    assert sorted(recorded) == sorted(data.meta["files"])
+    for rel in ("train/labels.npy", "items/scl.npy"):
+        assert recorded[rel] == hashlib.sha256((tmp_path / "a" / rel).read_bytes()).hexdigest()
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    meta["content_sha256"]["test/seq_items.npy"] = "0" * 64
+    (tmp_path / "a" / "meta.json").write_text(json.dumps(meta))
+    assert PreparedData(str(tmp_path / "a")).fingerprint != data.fingerprint
+
+
+def test_check_finds_a_change_that_keeps_every_row_in_range(raw, tmp_path, capsys):
+    """Two train labels swapped after prepare: the counts and every range check still pass; only the
+    recorded SHA-256 tells."""
+    from muse_rec.cli import main
+
+    _prepare(raw, tmp_path / "a")
+    labels = np.load(tmp_path / "a" / "train/labels.npy")
+    i, j = int(np.flatnonzero(labels == 1)[0]), int(np.flatnonzero(labels == 0)[-1])
+    labels[[i, j]] = labels[[j, i]]
+    np.save(tmp_path / "a" / "train/labels.npy", labels)
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "train/labels.npy: content differs from meta.json's content_sha256" in err, err

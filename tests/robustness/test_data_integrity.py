@@ -115,6 +115,7 @@ def test_check_accepts_sorted_keys_more_than_2_to_the_63_apart(prep_copy):
     keys[:] = wide
     keys.flush()
     del keys
+    _as_prepared(path)
     report = check_prepared(str(prep_copy))
     assert report.ok, report.problems
     _poke(path, 2, 2**62)  # a real repeat is still one
@@ -123,11 +124,25 @@ def test_check_accepts_sorted_keys_more_than_2_to_the_63_apart(prep_copy):
 
 
 def _poke(path, index, value) -> None:
-    """Overwrite element ``index`` (flat) of a .npy in place, header untouched."""
+    """Overwrite element ``index`` (flat) of a .npy in place, header untouched, as if prepare had
+    written it so (its SHA-256 in meta.json follows: these tests are about what the range and key
+    checks find; `tests/data/test_prepared_fingerprint.py` covers a change after prepare)."""
     arr = np.load(path, mmap_mode="r+")
     arr.reshape(-1)[index] = value
     arr.flush()
     del arr
+    _as_prepared(path)
+
+
+def _as_prepared(path) -> None:
+    """Record the array's current SHA-256 in its prepared directory's meta.json (``content_sha256``)."""
+    import hashlib
+
+    root = path.parent.parent
+    meta = json.loads((root / "meta.json").read_text())
+    rel = path.relative_to(root).as_posix()
+    meta["content_sha256"][rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (root / "meta.json").write_text(json.dumps(meta))
 
 
 def test_check_names_every_out_of_range_unsorted_or_inconsistent_array(prep_copy):
