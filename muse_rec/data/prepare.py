@@ -38,6 +38,7 @@ from muse_rec.dirlock import LOCK_FILE, DirLock
 from muse_rec.integrity import hash_files
 from muse_rec.output_paths import check_output_path
 from muse_rec.terminal import shows_bars
+
 FORMAT_VERSION = 1
 POPULARITY_SPLIT = "train"  # the split whose targets items/popularity.npy counts
 VOCAB_MODES = ("full", "p90")

@@ -207,6 +207,8 @@ class PreparedData:
         return recorded == self.fingerprint or recorded == self._content_hash(("source", "config"), 0)
 
     def _content_hash(self, skip_meta: Tuple[str, ...], interior_blocks: int) -> str:
+        """20 hex chars of SHA-256 over meta.json without ``skip_meta`` and, per array, its name, size,
+        head, tail and ``interior_blocks`` evenly spaced 64 KiB blocks."""
         h = hashlib.sha256()
         ident = {k: v for k, v in self.meta.items() if k not in skip_meta}
         h.update(json.dumps(ident, sort_keys=True).encode())

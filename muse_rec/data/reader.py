@@ -63,19 +63,34 @@ _PARQUET_MAGIC = b"PAR1"  # the first (and last) 4 bytes of every Parquet file
 
 
 def _is_part_name(name: str) -> bool:
-    """A data file of a table's directory: ``*.parquet``, not hidden and not a writer's ``_SUCCESS``,
-    ``_metadata`` or ``.crc`` side file."""
+    """A data file of a table's directory by its name: ``*.parquet``, not hidden and not a writer's
+    ``_SUCCESS``, ``_metadata`` or ``.crc`` side file (`table_parts` also reads files that begin as
+    Parquet, whatever their name)."""
     return name.endswith(PARQUET_SUFFIX) and not name.startswith(_HIDDEN)
 
 
 def _starts_as_parquet(path: str) -> bool:
     """Whether the file begins with Parquet's magic bytes. Hive names its parts ``000000_0`` and other
-    writers ``part-00001-c000``, with no suffix: skipping them would leave their rows out silently."""
+    writers ``part-00001-c000``, with no suffix: skipping them would leave their rows out silently.
+    Reads 4 bytes (a remote handler may fetch more; only files without the suffix are probed)."""
     try:
         with g_pathmgr.open(path, "rb") as fh:
             return fh.read(len(_PARQUET_MAGIC)) == _PARQUET_MAGIC
-    except OSError as e:
-        raise raw_error(path, f"cannot read it to tell whether it is a Parquet part ({e.strerror or e})") from None
+    except Exception as e:  # iopath handlers raise their own types, not only OSError
+        raise raw_error(path, f"cannot read it to tell whether it is a Parquet part "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _is_empty_file(path: str) -> bool:
+    """A zero-byte file (Hive writes one for an empty bucket): no rows, skipped without a warning."""
+    local = path[len(FILE_URI_PREFIX):] if path.startswith(FILE_URI_PREFIX) else path
+    try:
+        if "://" not in local:
+            return os.path.getsize(local) == 0
+        with g_pathmgr.open(path, "rb") as fh:  # remote: reading up to one byte tells empty from not
+            return len(fh.read(1)) == 0
+    except Exception:  # a handler that cannot tell: `_starts_as_parquet` then names the file
+        return False
 
 
 def _name_order(name: str) -> List[object]:
@@ -153,6 +168,7 @@ def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str], List[str]]:
     if subdirs:
         raise raw_error(where, f"holds the sub-directory '{subdirs[0]}'; the directory of table {spec.name} "
                         "must hold its Parquet parts directly")
+    names = [n for n in names if _is_part_name(n) or not _is_empty_file(join_path(where, n))]
     is_part = {n: _is_part_name(n) or _starts_as_parquet(join_path(where, n)) for n in names}
     parts = [join_path(where, n) for n in names if is_part[n]]
     skipped = [n for n in names if not is_part[n]]

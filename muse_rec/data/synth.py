@@ -38,6 +38,7 @@ from muse_rec.data.synth_world import build_catalogue, build_impressions, build_
 from muse_rec.dirlock import DirLock
 from muse_rec.output_paths import output_of_another_command
 from muse_rec.terminal import shows_bars
+
 MANIFEST_NAME = "_synth_manifest.json"  # leading "_": not a release table, readers skip it
 MANIFEST_VERSION = 1
 

@@ -119,7 +119,8 @@ class ItemCtr:
 
 def tie_exact_cosine(dot: np.ndarray, sq_a: np.ndarray, sq_b: np.ndarray) -> np.ndarray:
     """Cosine ``dot / sqrt(sq_a * sq_b)`` of integer vectors from their exact dot product and squared
-    norms (float64 holding integers), as ONE rounding of the exact value; the sentinel
+    norms (float64 holding integers), as one monotone function of one correctly rounded value, so
+    equal cosines give equal floats; the sentinel
     (`NO_VECTOR_SCORE`) where either vector is zero. Shapes broadcast.
 
     Why not ``dot / (|a| |b|)`` (or fp32, as the GSU selects): the two square roots round apart, so

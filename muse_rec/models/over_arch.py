@@ -48,7 +48,6 @@ from muse_rec.modules.search import history_cosine, unit_vectors
 from muse_rec.spec import ModelSpec
 
 
-
 class GSUScoresSimilarity(nn.Module):
     """R = the cosine GSU's own selection scores (SCL cosines, already computed)."""
 

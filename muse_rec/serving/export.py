@@ -138,7 +138,8 @@ def _register_fake_classes() -> None:
 
 def export_program(model: torch.nn.Module, seq_len: int,
                    max_candidates: int = DEFAULT_MAX_CANDIDATES) -> torch.export.ExportedProgram:
-    """`torch.export` (non-strict) of an `InferenceModel` (float or quantized), B dynamic."""
+    """`torch.export` (non-strict) of an `InferenceModel` (float or quantized), B dynamic. Turns off
+    ``requires_grad`` on the model's parameters for good: a ranking program is not trained."""
     _register_fake_classes()
     if max_candidates < MIN_CANDIDATES:
         raise ValueError(f"max_candidates must be >= {MIN_CANDIDATES}, got {max_candidates}")
@@ -192,9 +193,13 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
     if quantize:
         # The same requests before and after quantizing (in place): how far int8 moves the scores.
         requests = check_requests(data, spec.data.eval_split)
-        float_scores = score_requests(serving, data, requests, L)
-        report = quantize_for_serving(serving, data.scl(), scl_dtype, row_alignment).to_dict()
-        int8_check = deviation_report(requests, float_scores, score_requests(serving, data, requests, L))
+        try:
+            float_scores = score_requests(serving, data, requests, L)
+            report = quantize_for_serving(serving, data.scl(), scl_dtype, row_alignment).to_dict()
+            int8_check = deviation_report(requests, float_scores, score_requests(serving, data, requests, L))
+        except RuntimeError as e:  # the Ranker refuses non-finite scores: weights that are not numbers
+            raise ExportError(f"{ck}: the model cannot score the {spec.data.eval_split} split's first users "
+                              f"({' '.join(str(e).split())[:300]}); export another checkpoint") from None
         if int8_check["max_abs_dp"] > int8_check["warn_above"]:
             gsu = model.gsu
             warnings.warn(warning_text(int8_check, spec.model.method, gsu is not None and gsu.reads_id_tokens))

@@ -39,6 +39,7 @@ class CheckRequests:
 
     @property
     def samples(self) -> int:
+        """Candidates over all requests (one sample each)."""
         return int(sum(c.size for c in self.candidates))
 
 

@@ -288,7 +288,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                            log_every=t.log_every)
         result.update(metrics)
         # The metrics' world_size is the evaluation's; the run's stays the ranks that trained it.
-        result.update(world_size=trained_world_size, eval_world_size=metrics.get("world_size", env.world_size))
+        result.update(world_size=trained_world_size, eval_world_size=metrics.get("world_size", env.world_size),
+                      eval_split=spec.data.eval_split)  # a resume may evaluate another split than spec.yaml names
         result["eval_seconds"] = time.perf_counter() - eval_start
         if t.check_floors and env.is_main:  # cached beside the run directory: computed once per data set
             from muse_rec.metrics.floors import check_run_against_floors, run_floors_cache

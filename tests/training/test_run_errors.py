@@ -199,6 +199,7 @@ def test_an_evaluation_only_resume_keeps_the_runs_ranks(prepared, tmp_path, end)
     assert "evaluating its checkpoint only" in out.stderr
     again = metrics(run)
     assert (again["world_size"], again["eval_world_size"]) == (1, 2) and again["steps"] == first["steps"]
+    assert again["eval_split"] == "test"
     assert again["gauc"] == first["gauc"]  # exact metrics: the same at any evaluation world size
     assert (run / "run.json").read_text() == record
 
