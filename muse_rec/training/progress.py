@@ -141,18 +141,23 @@ class ProgressLog:
         is_main: only rank 0 shows anything.
         writer: TensorBoard SummaryWriter (rank 0) or None.
         tty: show a bar instead of lines; default: stderr is a terminal.
+        done_before: the work behind ``start_step`` in this run's steps (default ``start_step``). A run
+            resumed on another number of ranks has steps of another size behind it: 15 steps of 2 ranks
+            are 30 of 1, and the share done is counted in those (35 of 66, not step 20 of 51).
     """
 
     def __init__(self, total_steps: int, start_step: int, is_main: bool, writer=None,
-                 tty: Optional[bool] = None) -> None:
+                 tty: Optional[bool] = None, done_before: Optional[int] = None) -> None:
         self.total_steps, self.writer = total_steps, writer
         self.is_main = is_main
         self.tty = shows_bars() if tty is None else tty
+        self._done_before = start_step if done_before is None else done_before
+        self._work = self._done_before + max(0, total_steps - start_step)  # the whole run, in this run's steps
         self._bar = None
         if is_main and self.tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+            self._bar = tqdm(total=self._work, initial=self._done_before, unit="step", dynamic_ncols=True)
         self._run_start, self._run_start_step = time.perf_counter(), start_step
         self._window_start, self._window_step, self._window_samples = time.perf_counter(), start_step, 0
 
@@ -181,8 +186,9 @@ class ProgressLog:
         done = step - self._run_start_step
         per_step = (now - self._run_start) / max(done, 1)
         eta = timedelta(seconds=round(per_step * (self.total_steps - step)))
-        logger.info("step %d/%d (%d%%) | %s samples/s | loss %s | ETA %s", step, self.total_steps,
-                    100 * step // max(self.total_steps, 1), f"{rate:,.0f}", loss_text, eta)
+        share = 100 * (self._done_before + step - self._run_start_step) // max(self._work, 1)
+        logger.info("step %d/%d (%d%%) | %s samples/s | loss %s | ETA %s", step, self.total_steps, share,
+                    f"{rate:,.0f}", loss_text, eta)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -227,7 +227,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     kill_rank, kill_step = _kill_request(env)
     train_seconds, samples_trained = 0.0, 0  # by this process
-    progress = ProgressLog(total_steps, position.step, env.is_main, writer)
+    # The work behind the run in this run's steps: after a resume on other ranks, its steps were of another size.
+    progress = ProgressLog(total_steps, position.step, env.is_main, writer,
+                           done_before=position.epoch * train_loader_len + position.batch_in_epoch)
     monitor = LossMonitor(position.step, env.device)
     dmp.train()
     while position.step < total_steps and position.epoch < t.epochs:

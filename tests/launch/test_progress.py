@@ -154,6 +154,17 @@ def test_progress_lines_without_a_terminal(caplog):
     assert not caplog.records
 
 
+def test_the_share_done_counts_steps_of_another_size_behind_a_resume(caplog):
+    """15 steps of 2 ranks resumed on 1 rank: 30 of its steps are done, 36 left (66 in all). The line
+    said "step 20/51 (39%)" after 5 more steps, going back from the 45% logged before the resume."""
+    p = ProgressLog(total_steps=51, start_step=15, is_main=True, tty=False, done_before=30)
+    with caplog.at_level(logging.INFO, logger="muse_rec"):
+        for step in range(16, 21):
+            p.step(500)
+        p.interval(20, 0.4)
+    assert caplog.records[0].getMessage().startswith("step 20/51 (53%)")  # 35 of 66
+
+
 @pytest.mark.multiprocess
 def test_non_finite_loss_stops_the_run_before_any_later_checkpoint(prepared, tmp_path):
     from tests.training.conftest import run_ranks, train_args
