@@ -69,28 +69,17 @@ def _is_part_name(name: str) -> bool:
     return name.endswith(PARQUET_SUFFIX) and not name.startswith(_HIDDEN)
 
 
-def _starts_as_parquet(path: str) -> bool:
-    """Whether the file begins with Parquet's magic bytes. Hive names its parts ``000000_0`` and other
-    writers ``part-00001-c000``, with no suffix: skipping them would leave their rows out silently.
-    Reads 4 bytes (a remote handler may fetch more; only files without the suffix are probed)."""
+def _leading_bytes(path: str) -> bytes:
+    """The first 4 bytes of a file without the ``.parquet`` suffix: Parquet's magic makes it a part
+    (Hive names its parts ``000000_0``, other writers ``part-00001-c000``: skipping them would leave
+    their rows out silently), none at all is an empty file (Hive's empty bucket). One read through
+    iopath, local or remote; only files without the suffix are probed."""
     try:
         with g_pathmgr.open(path, "rb") as fh:
-            return fh.read(len(_PARQUET_MAGIC)) == _PARQUET_MAGIC
+            return fh.read(len(_PARQUET_MAGIC))
     except Exception as e:  # iopath handlers raise their own types, not only OSError
         raise raw_error(path, f"cannot read it to tell whether it is a Parquet part "
                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
-
-
-def _is_empty_file(path: str) -> bool:
-    """A zero-byte file (Hive writes one for an empty bucket): no rows, skipped without a warning."""
-    local = path[len(FILE_URI_PREFIX):] if path.startswith(FILE_URI_PREFIX) else path
-    try:
-        if "://" not in local:
-            return os.path.getsize(local) == 0
-        with g_pathmgr.open(path, "rb") as fh:  # remote: reading up to one byte tells empty from not
-            return len(fh.read(1)) == 0
-    except Exception:  # a handler that cannot tell: `_starts_as_parquet` then names the file
-        return False
 
 
 def _name_order(name: str) -> List[object]:
@@ -168,10 +157,9 @@ def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str], List[str]]:
     if subdirs:
         raise raw_error(where, f"holds the sub-directory '{subdirs[0]}'; the directory of table {spec.name} "
                         "must hold its Parquet parts directly")
-    names = [n for n in names if _is_part_name(n) or not _is_empty_file(join_path(where, n))]
-    is_part = {n: _is_part_name(n) or _starts_as_parquet(join_path(where, n)) for n in names}
-    parts = [join_path(where, n) for n in names if is_part[n]]
-    skipped = [n for n in names if not is_part[n]]
+    head = {n: _leading_bytes(join_path(where, n)) for n in names if not _is_part_name(n)}
+    parts = [join_path(where, n) for n in names if head.get(n, _PARQUET_MAGIC) == _PARQUET_MAGIC]
+    skipped = [n for n, b in head.items() if b not in (_PARQUET_MAGIC, b"")]  # b"": empty, skipped quietly
     if not parts:
         raise raw_error(where, f"directory of table {spec.name} holds no Parquet part file")
     return where + "/", parts, skipped
