@@ -288,10 +288,12 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         metrics = evaluate(dmp, data, spec.data.eval_split, t.eval_batch_size, seq_len, env,
                            num_workers=spec.data.num_workers, predictions_path=str(run_dir / "predictions.parquet"),
                            log_every=t.log_every)
-        result.update(metrics)
-        # The metrics' world_size is the evaluation's; the run's stays the ranks that trained it.
-        result.update(world_size=trained_world_size, eval_world_size=metrics.get("world_size", env.world_size),
-                      eval_split=spec.data.eval_split)  # a resume may evaluate another split than spec.yaml names
+        # The metrics' world_size is the evaluation's, kept apart from the ranks that trained the run; and
+        # the split, as a resume may evaluate another one than spec.yaml names.
+        evaluated = {**metrics, "eval_world_size": metrics.get("world_size", env.world_size),
+                     "eval_split": spec.data.eval_split}
+        evaluated.pop("world_size", None)
+        result.update(evaluated)
         result["eval_seconds"] = time.perf_counter() - eval_start
         if t.check_floors and env.is_main:  # cached beside the run directory: computed once per data set
             from muse_rec.metrics.floors import check_run_against_floors, run_floors_cache
