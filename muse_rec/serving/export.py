@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+import numpy as np
 import torch
 import torchrec
 
@@ -193,13 +194,17 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
     if quantize:
         # The same requests before and after quantizing (in place): how far int8 moves the scores.
         requests = check_requests(data, spec.data.eval_split)
-        try:
-            float_scores = score_requests(serving, data, requests, L)
-            report = quantize_for_serving(serving, data.scl(), scl_dtype, row_alignment).to_dict()
-            int8_check = deviation_report(requests, float_scores, score_requests(serving, data, requests, L))
-        except RuntimeError as e:  # the Ranker refuses non-finite scores: weights that are not numbers
-            raise ExportError(f"{ck}: the model cannot score the {spec.data.eval_split} split's first users "
-                              f"({' '.join(str(e).split())[:300]}); export another checkpoint") from None
+
+        def scores() -> np.ndarray:
+            try:
+                return score_requests(serving, data, requests, L)
+            except RuntimeError as e:  # the Ranker refuses non-finite scores: weights that are not numbers
+                raise ExportError(f"{ck}: the model cannot score the {spec.data.eval_split} split's first users "
+                                  f"({' '.join(str(e).split())[:300]}); export another checkpoint") from None
+
+        float_scores = scores()
+        report = quantize_for_serving(serving, data.scl(), scl_dtype, row_alignment).to_dict()
+        int8_check = deviation_report(requests, float_scores, scores())
         if int8_check["max_abs_dp"] > int8_check["warn_above"]:
             gsu = model.gsu
             warnings.warn(warning_text(int8_check, spec.model.method, gsu is not None and gsu.reads_id_tokens))
