@@ -167,7 +167,7 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
     directory may not be visible from here: the ranks check it."""
     from muse_rec.spec import load_spec
     from muse_rec.training.run_dir import RunDirError, check_resumable, previous_contents, used_run_dir_message
-    from muse_rec.training.run_record import RunError, check_resume_settings
+    from muse_rec.training.run_record import RunError, check_resume_place, check_resume_settings
 
     resolved = load_spec(spec or profile.spec, list(overrides))
     if scheduler != "local_cwd":
@@ -178,13 +178,14 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
         if used:
             raise RunDirError(used_run_dir_message(run_dir, used, resume_flag, overwrite=False))
         return
-    # A resume's refusals that need neither the data nor a checkpoint, said once here as `muse-rec
-    # train` words them, not by every rank amid torchrun's tracebacks: a directory in use or holding
-    # no run, other training settings than the run's. (A number of ranks that cannot continue the
-    # checkpoint's epoch needs both: the ranks still say it.)
+    # A resume's refusals, said once here as `muse-rec train` words them, not by every rank amid
+    # torchrun's tracebacks: a directory in use or holding no run, other training settings than the
+    # run's, a number of ranks that cannot continue the checkpoint's epoch (from its position.json and
+    # the data's meta.json; a checkpoint or data that cannot be read is said as the ranks would).
     check_resumable(run_dir)
     try:
         check_resume_settings(run_dir / "spec.yaml", resolved)
+        check_resume_place(run_dir, resolved, profile.world_size)
     except RunError as e:  # a ValueError, as the callers expect of the user's input
         raise RunDirError(str(e)) from None
 

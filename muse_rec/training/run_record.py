@@ -17,7 +17,7 @@ from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
 from muse_rec.json_files import read_json_object
 from muse_rec.spec import Spec, training_settings
-from muse_rec.training.checkpoint import Position, read_position
+from muse_rec.training.checkpoint import Position, latest_checkpoint, read_position
 
 logger = logging.getLogger("muse_rec")
 
@@ -121,3 +121,26 @@ def place_in_epoch(position: Position, ck: Path, split_samples: int, batch_size:
         # the next epoch's start; the step loop would otherwise find no step left in this one, forever.
         position.epoch, position.batch_in_epoch = position.epoch + 1, 0
     position.world_size, position.batch_size = world_size, batch_size
+
+
+def resume_place(position: Position, ck: Path, spec: Spec, split_samples: int, world_size: int, steps: int) -> None:
+    """`place_in_epoch` for a resume of ``spec``'s run on ``world_size`` ranks (``steps`` an epoch of
+    them), unless the checkpoint has trained its ``train.max_steps``: nothing is left to continue
+    then (3 steps of 1 rank cannot go on evenly on 2, and need not: the resume only evaluates)."""
+    if not (spec.train.max_steps and position.step >= spec.train.max_steps):
+        place_in_epoch(position, ck, split_samples, spec.train.batch_size, world_size, steps)
+
+
+def check_resume_place(run_dir: Path, spec: Spec, world_size: int) -> None:
+    """`resume_place` of the run's latest checkpoint on ``world_size`` ranks, checked before a job
+    is submitted, from the checkpoint's position.json and the prepared data's meta.json alone (no
+    weights, no arrays read): RunError naming the checkpoint where the epoch cannot continue there.
+    Nothing to check where the run has no checkpoint yet."""
+    run_id = read_run_json(run_dir / "run.json").get("run_id")
+    ck = latest_checkpoint(str(run_dir / "checkpoints"), run_id=run_id) or latest_checkpoint(str(run_dir / "checkpoints"))
+    if ck is None:
+        return
+    data = PreparedData(spec.data.prepared)
+    split_samples = data.num_samples(spec.data.train_split)
+    resume_place(read_position(ck), ck, spec, split_samples, world_size,
+                 steps_per_epoch(split_samples, spec.train.batch_size, world_size))

@@ -39,7 +39,7 @@ from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, 
 from muse_rec.training.results import rank_memory, summary_line, training_figures, write_json, write_rank_memory
 from muse_rec.training.run_dir import claim_run_dir, given_back_on_error, new_run_id
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_resume_settings, check_run_compat,
-                                          place_in_epoch, read_run_json)
+                                          read_run_json, resume_place)
 
 logger = logging.getLogger("muse_rec")
 
@@ -171,9 +171,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                 saved_world_size = position.world_size  # before `place_in_epoch` re-expresses it in this run's
                 logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)", ck,
                             position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
-                if not (t.max_steps and position.step >= t.max_steps):  # else nothing is left to train: no
-                    # place in the epoch to continue from (3 steps of 1 rank cannot go on evenly on 2)
-                    place_in_epoch(position, ck, split_samples, t.batch_size, env.world_size, train_loader_len)
+                resume_place(position, ck, spec, split_samples, env.world_size, train_loader_len)
                 position.run_id, position.data_fingerprint = run_id, data.fingerprint
         # The run ends after train.epochs epochs (or train.max_steps steps): counted from where it stands, as
         # a resume on another number of ranks has steps of another size behind it.

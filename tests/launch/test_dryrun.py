@@ -1,6 +1,7 @@
 """`muse-rec launch --dryrun`: the profile decides the scheduler; Slurm and Kubernetes jobs as submitted."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import yaml
@@ -181,3 +182,38 @@ def test_a_resume_that_every_rank_would_refuse_is_refused_before_submitting(tmp_
     out = launch("--profile", "cpu-demo", "--spec", "specs/demo/din.yaml", "--set", into, "--set", "name=other",
                  "--resume", "--dryrun")
     assert out.returncode == 2 and "holds no run to continue" in out.stderr, out.stderr[-3000:]
+
+
+def test_a_resume_on_ranks_that_cannot_continue_the_epoch_is_refused_before_submitting(tmp_path, prepared):
+    """A checkpoint saved 3 steps into an epoch by 1 rank (3 global batches done) cannot go on evenly
+    on the profile's 2 ranks: `muse-rec launch --resume` submitted it, and each rank refused it amid
+    torchrun's tracebacks (exit 1). Now one line, exit 2, before submitting, from the checkpoint's
+    position.json and the data's meta.json; 4 batches done, or a run already at its max_steps (an
+    evaluation-only resume), are submitted."""
+    from muse_rec.spec import load_spec
+
+    run = tmp_path / "runs" / "din"
+    into = [f"output_dir={tmp_path}/runs/{{name}}", f"data.prepared={prepared}", "train.batch_size=64"]
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "spec.yaml").write_text(yaml.safe_dump(load_spec(REPO / "specs/demo/din.yaml", into).to_dict()))
+    (run / "run.json").write_text('{"run_id": "r1"}')
+    ck = run / "checkpoints" / "step-00000003"
+    ck.mkdir()
+
+    def position(batches: int) -> None:
+        ck.joinpath("position.json").write_text(json.dumps(
+            {"step": batches, "epoch": 0, "batch_in_epoch": batches, "world_size": 1, "batch_size": 64, "run_id": "r1"}))
+
+    common = ["--profile", "cpu-demo", "--spec", "specs/demo/din.yaml", "--resume", "--dryrun"]
+    for ov in into:
+        common += ["--set", ov]
+    position(3)
+    out = launch(*common)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert f"{ck}: it was saved by 1 rank(s) 3 step(s) into an epoch" in out.stderr, out.stderr
+    assert "2 ranks cannot continue evenly" in out.stderr, out.stderr
+    assert launch(*common, "--set", "train.max_steps=3").returncode == 0  # nothing left to train: evaluates
+    position(4)
+    out = launch(*common)
+    assert out.returncode == 0, out.stderr[-3000:]
