@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import warnings
 from typing import Dict, List, Mapping, Tuple
@@ -24,6 +23,9 @@ HELP = "show the sharding plan (per table, per rank, what-if over world sizes) o
 DEFAULT_WORLD_SIZE = 8
 DEFAULT_HBM_GIB = 80.0  # one H100/A100-80GB
 DEFAULT_DDR_GIB = 512.0  # host memory per rank
+# Memory per rank the plan takes (1 PiB): far above any machine, and its bytes still an integer the
+# planner's arithmetic handles (1e300 GiB overflowed `int`).
+MAX_GIB_PER_RANK = 2.0 ** 20
 DEFAULT_SEARCH_LIMIT = 128  # largest world size the "what would fit" search tries
 # The most ranks one `plan` flag may ask for (its world size, its search limit, each what-if row,
 # and the what-if rows together). TorchRec's planner costs ~22 ms and ~0.2 MB per rank on this 2-core box (measured: 2,048
@@ -160,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--local-world-size {args.local_world_size}: torch numbers at most 128 CUDA devices "
                              "per host")
         for flag, gib in (("--hbm-gib", args.hbm_gib), ("--ddr-gib", args.ddr_gib)):
-            if not 0 < gib < math.inf:  # also refuses nan
-                raise ValueError(f"{flag} {gib}: must be a finite number > 0")
+            if not 0 < gib <= MAX_GIB_PER_RANK:  # also refuses nan and inf
+                raise ValueError(f"{flag} {gib}: must be a number > 0 and <= {MAX_GIB_PER_RANK:g} (GiB per rank)")
         world_sizes = parse_world_sizes(args.what_if) if args.what_if is not None else []
         if args.json and args.json != "-":
             check_output_path(args.json, "--json", directory=False)

@@ -357,9 +357,11 @@ def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
     partial.write_text(f"extends: {REPO / 'specs/demo/muse.yaml'}\ndata:\n  vocab_sizes: {{item: 100}}\n")
     out = run("--spec", str(partial))
     assert out.returncode == 2 and "data.vocab_sizes lacks" in out.stderr and "category" in out.stderr
-    for flag, value in (("--hbm-gib", "nan"), ("--ddr-gib", "inf")):  # were int(nan) / int(inf) tracebacks
+    # nan / inf were int(nan) / int(inf) tracebacks, 1e300 an OverflowError in int(gib * GiB)
+    for flag, value in (("--hbm-gib", "nan"), ("--ddr-gib", "inf"), ("--hbm-gib", "1e300"), ("--ddr-gib", "1e300")):
         out = run("--spec", FULL, flag, value)
-        assert out.returncode == 2 and f"{flag} {value}: must be a finite number > 0" in out.stderr, out.stderr
+        assert out.returncode == 2 and f"{flag} {float(value)}: must be a number > 0 and <= 1.04858e+06" in out.stderr, \
+            out.stderr
 
 
 def test_parse_world_sizes():
