@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from muse_rec.json_files import read_json_object
+
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
 
 
@@ -217,13 +219,19 @@ def load_floors(path: str) -> Dict:
     from muse_rec.metrics.report import check_floors
 
     f = Path(path)
-    try:
-        floors = check_floors(json.loads(f.read_text())["floors"], f"--floors {f}")
-    except FileNotFoundError:
+    if not f.exists():
         raise FileNotFoundError(f"--floors {f}: no such file (write one with `muse-rec baselines PREPARED --out FILE`)")
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+    # A directory, an unreadable or non-UTF-8 file: one line naming the flag (was a traceback / a bare codec error).
+    try:
+        doc = read_json_object(f)
+    except ValueError as e:  # "<file>: cannot read (...)" / "<file>: not valid JSON (...)"
+        raise ValueError(f"--floors {e}: not a floors file of `muse-rec baselines --out`") from None
+    if "floors" not in doc:
+        raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` (no 'floors' entry)")
+    try:
+        return check_floors(doc["floors"], f"--floors {f}")
+    except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` ({type(e).__name__}: {e})")
-    return floors
 
 
 def floor_rows(floors: Dict, base: Optional[Dict]) -> List[Dict]:

@@ -470,16 +470,24 @@ def test_compare_computes_floors_for_the_runs_data_once(tiny, tmp_path, capsys):
     assert cached[0].stat().st_mtime_ns == stamp  # read from the cache, not recomputed
 
 
-@pytest.mark.parametrize("content, words", [(None, "no such file"), ("{]", "not a floors file"),
-                                             ('{"rows": []}', "not a floors file")])
+@pytest.mark.parametrize("content, words", [
+    (None, "no such file"), ("{]", "not valid JSON"), ('{"rows": []}', "no 'floors' entry"),
+    ("[1]", "expected a JSON object, got list"),
+    ("DIR", "cannot read"),  # was an IsADirectoryError traceback
+    (b"\xff\xfe\x00garbage", "not valid JSON")])  # was one line naming neither the flag nor the file
 def test_compare_bad_floors_file_exits_2(tmp_path, capsys, content, words):
     run = _fake_run(tmp_path / "din", "DIN", 0.6)
     f = tmp_path / "floors.json"
-    if content is not None:
+    if content == "DIR":
+        f.mkdir()
+    elif isinstance(content, bytes):
+        f.write_bytes(content)
+    elif content is not None:
         f.write_text(content)
     assert cli_main(["compare", str(run), "--floors", str(f)]) == 2
     err = capsys.readouterr().err
-    assert words in err and "Traceback" not in err
+    assert f"--floors {f}" in err and words in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("content, words", [
