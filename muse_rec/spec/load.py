@@ -10,6 +10,7 @@ import math
 import os
 import string
 import typing
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
@@ -64,6 +65,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden here
                 continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if not isinstance(key, Hashable):  # `? [a, b]`: SafeLoader's own check below refuses it in
+                break  # one line ("found unhashable key"); `key in seen` raised a bare TypeError
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (a second value would silently win)", key_node.start_mark)

@@ -172,6 +172,12 @@ def test_yaml_merge_keys_work_and_duplicate_keys_are_still_refused(tmp_path):
     (tmp_path / "dup.yaml").write_text("train: {seed: 1, seed: 2}\n")
     with pytest.raises(SpecError, match="duplicate key 'seed'"):
         load_spec(tmp_path / "dup.yaml")
+    # A list or a mapping as a key (`? [a, b]`): the duplicate check's `key in seen` raised a bare
+    # TypeError (a traceback in every command reading a spec); now PyYAML's own one-line refusal.
+    for text in ("name: x\n? [a, b]\n: 2\n", "name: x\na: {? {x: 1} : 2}\n"):
+        (tmp_path / "key.yaml").write_text(text)
+        with pytest.raises(SpecError, match="not valid YAML: .*found unhashable key"):
+            load_spec(tmp_path / "key.yaml")
 
 
 def test_scientific_notation_learning_rates():
