@@ -17,6 +17,7 @@ def bad_input_errors() -> Tuple[Type[BaseException], ...]:
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
     from muse_rec.data.prepared import PreparedDataError
+    from muse_rec.distributed.env import DeviceError
     from muse_rec.integrity import IntegrityError
     from muse_rec.output_paths import OutputPathError
     from muse_rec.serving.request import RequestError
@@ -26,7 +27,8 @@ def bad_input_errors() -> Tuple[Type[BaseException], ...]:
     from muse_rec.training.run_record import RunError
 
     errors: Tuple[Type[BaseException], ...] = (SpecError, RunError, RunDirError, CheckpointError, PreparedDataError,
-                                               IntegrityError, RequestError, CheckpointException, OutputPathError)
+                                               IntegrityError, RequestError, CheckpointException, OutputPathError,
+                                               DeviceError)
     try:
         from muse_rec.serving.export import ExportError
 

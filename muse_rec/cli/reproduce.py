@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.reproduce.report import write_report
     from muse_rec.reproduce.results import load_metrics
     from muse_rec.reproduce.runner import (Execution, ReproduceError, check_manifest, check_overrides, check_prepared,
-                                           execute, prepare_data)
+                                           check_raw, execute, prepare_data)
     from muse_rec.spec import SpecError
 
     bad = _bad_arguments(args)
@@ -122,6 +122,12 @@ def run(args: argparse.Namespace) -> int:
         check_overrides(out, prepared_hint, plan.runs, args.set)
         if args.prepared and not args.report_only:  # before torch's import (seconds) and before OUT records it
             check_prepared(args.prepared)
+        if args.raw and not args.report_only and not (out / "data" / "prepared" / "meta.json").exists():
+            check_raw(args.raw)  # as --prepared: before OUT records it (a prepared OUT reads no raw)
+        if args.device == "cuda":
+            from muse_rec.distributed.env import check_device
+
+            check_device("cuda")  # else synth and prepare ran before every run failed on it
     except (ValueError, SpecError, ReproduceError) as e:
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2

@@ -78,9 +78,8 @@ class DistEnv:
             )
         if device_type is None:
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        check_device(device_type)
         if device_type == "cuda":
-            if not torch.cuda.is_available():
-                raise RuntimeError("device_type='cuda' was asked for but torch.cuda.is_available() is False")
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
             backend = "nccl"
         elif device_type == "cpu":
@@ -89,6 +88,17 @@ class DistEnv:
         else:
             raise ValueError(f"device_type must be 'cpu' or 'cuda', got {device_type!r}")
         return cls(rank, world_size, local_rank, local_world_size, device, backend)
+
+
+class DeviceError(ValueError):
+    """The device asked for is not on this machine (the user's input, not a bug: exit 2)."""
+
+
+def check_device(device_type: str) -> None:
+    """DeviceError where ``device_type`` is "cuda" and torch sees no CUDA device here."""
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda: torch sees no CUDA device on this machine (torch.cuda.is_available() is "
+                          "False); use --device cpu, or a machine and install with CUDA (README, \"CUDA\")")
 
 
 def _int_var(env: Mapping[str, str], name: str, default: int) -> int:

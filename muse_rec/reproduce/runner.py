@@ -247,6 +247,19 @@ def check_prepared(prepared: str) -> None:
         raise ReproduceError(f"prepared data {prepared}: {e}") from None
 
 
+def check_raw(raw: str) -> None:
+    """ReproduceError unless ``raw`` opens as a raw release: its six tables found, every footer and
+    schema read (what `muse-rec prepare` checks before any work), so a wrong --raw costs nothing."""
+    from muse_rec.data.reader import RawRelease
+    from muse_rec.data.schema import RawDataError
+
+    try:
+        with RawRelease(raw):
+            pass
+    except RawDataError as e:  # "<file or table>: <why>"
+        raise ReproduceError(f"--raw: {e}") from None
+
+
 def _preflight(out: Path, prepared: str, runs: List[Run], extra: Sequence[str]) -> None:
     """Refuse, before any training, what would fail every run the same way: prepared data that
     does not open, or a ``--set`` override that a run's spec does not accept. A run whose own

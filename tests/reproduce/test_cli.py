@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from muse_rec.cli import main
 from muse_rec.reproduce.plan import build_plan
 from tests.reproduce.test_report import write_fake_runs
@@ -50,6 +52,42 @@ def test_what_would_fail_every_run_is_refused_before_training(capsys, tmp_path: 
     err = capsys.readouterr().err
     assert "--set train.nope=1: train.nope: unknown key" in err and "Traceback" not in err, err
     assert not (out / "logs").exists() and not (out / "runs").exists()
+
+
+def test_a_raw_release_that_does_not_open_is_refused_before_anything_is_written(capsys, tmp_path: Path):
+    """A mistyped --raw passed --dry-run (exit 0), and a real run wrote OUT/plan.json and
+    reproduce.json before prepare failed on it in three lines. Now one line, exit 2, OUT untouched,
+    as --prepared; the raw release's own problems are named too (here: a table missing)."""
+    out = tmp_path / "out"
+    for extra in (["--dry-run"], []):
+        assert main(["reproduce", str(out), "--quick", "--raw", str(tmp_path / "typo"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == (f"muse-rec reproduce: --raw: {tmp_path / 'typo'}: no such directory (the raw release: "
+                               "a directory holding the six tables)"), err
+        assert not out.exists()
+    raw = tmp_path / "raw"
+    assert main(["synth", str(raw), "--preset", "tiny", "--quiet", "--no-diagnostics"]) == 0
+    next(raw.glob("item_features*")).rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["reproduce", str(out), "--quick", "--raw", str(raw)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("muse-rec reproduce: --raw: ") and "item_features" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA: --device cuda is valid")
+def test_device_cuda_without_cuda_is_bad_input(capsys, tmp_path: Path):
+    """`--device cuda` where torch sees no CUDA device was a RuntimeError traceback (exit 1) in train
+    and evaluate, and reproduce ran synth and prepare before its first run failed on it."""
+    line = "--device cuda: torch sees no CUDA device on this machine"
+    assert main(["reproduce", str(tmp_path / "out"), "--quick", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert line in err and len(err.splitlines()) == 1 and not (tmp_path / "out").exists(), err
+    spec = Path(__file__).resolve().parents[2] / "specs" / "demo" / "din.yaml"
+    for cmd in (["train", "--spec", str(spec)], ["evaluate", "--spec", str(spec), "--out", str(tmp_path / "ev")]):
+        assert main([*cmd, "--set", f"output_dir={tmp_path}/runs/{{name}}", "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert line in err and "Traceback" not in err and len(err.splitlines()) == 1, err
 
 
 def test_a_bad_set_or_a_fusion_flag_is_refused_before_any_data_is_made(capsys, tmp_path: Path):
