@@ -61,12 +61,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.command)
     try:
         return int(args._run(args) or 0)
-    except MemoryError as e:
+    except (MemoryError, RuntimeError) as e:
         # What runs out is what the spec or the input sized (a spec's model.esu.num_tiers = 1e9
-        # asked for tens of GB): a line saying so, not a traceback.
+        # asked for tens of GB, export --seq-len 1e12 for 8 TB): a line saying so, not a traceback.
+        if not _out_of_memory(e):
+            raise
         detail = f" ({' '.join(str(e).split())[:200]})" if str(e) else ""
         sys.stderr.write(f"muse-rec {args.command}: out of memory{detail}: the spec or its input asks for more than "
-                         "this machine holds; check their sizes (model.*, data.seq_len, train.batch_size)\n")
+                         "this machine holds; check their sizes (model.*, data.seq_len, train.batch_size, a flag such as "
+                         "--seq-len)\n")
         return 2
     except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a bug: a line saying what to do, not a traceback
         sys.stderr.write(f"\nmuse-rec {args.command}: interrupted{_AFTER_AN_INTERRUPT.get(args.command, '')}\n")
@@ -83,6 +86,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 141  # 128 + SIGPIPE, the shell's convention
     finally:  # main() also runs in-process (tests, notebooks): leave the caller's format as it was
         warnings.formatwarning = previous
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, or torch's: a failed CPU allocation is a RuntimeError that says so, a
+    CUDA one a ``torch.OutOfMemoryError`` (named, not imported: torch may not be loaded)."""
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "DefaultCPUAllocator: can't allocate memory" in str(e))
 
 
 def _pipe_closed(fd: int) -> bool:

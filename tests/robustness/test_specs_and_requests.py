@@ -181,3 +181,25 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys):
     assert cli.main(["info"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("muse-rec info: out of memory (Unable to allocate 37.3 GiB"), err
+
+
+def test_torchs_failed_allocation_is_out_of_memory_too(monkeypatch, capsys):
+    """torch reports a failed CPU allocation as a RuntimeError, not a MemoryError: `export --seq-len
+    1000000000000` (8 TB of example inputs) ended in its traceback, exit 1. Any other RuntimeError
+    is still a bug's traceback."""
+    import torch
+
+    from muse_rec import cli
+    from muse_rec.cli import info
+
+    monkeypatch.setattr(info, "run", lambda args: torch.zeros(2**50, dtype=torch.int8))  # 1 PiB: beyond any address space
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("muse-rec info: out of memory (") and "can't allocate" in err, err
+
+    def bug(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(info, "run", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["info"])
