@@ -3,12 +3,20 @@
 Shared by the commands (checked up front, so a bad location fails in a second, before the
 heavy imports) and by library entry points that write a directory whose every file matters
 (``export_model``: the integrity manifest covers the whole directory).
+
+One rule for both kinds of output: another command's output directory (`OUTPUT_MARKERS`:
+prepared data, a run, an export, a checkpoint, ...) belongs to that command. A directory output
+may not be one, and a file output (``baselines --out``, ``compare --out``, ``plan --json``) may
+not be written directly into one, whatever its name: it would replace one of the artifact's own
+files (its meta.json, run.json, metrics.json, manifest.json) or be an extra file its readers
+refuse (a checkpoint's or an export's integrity manifest lists every file; ``prepare`` takes an
+OUT holding only its own files).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Collection, Optional, Union
+from typing import Callable, Collection, Optional, Tuple, Union
 
 
 class OutputPathError(ValueError):
@@ -26,6 +34,7 @@ def check_output_path(path: str, flag: str, directory: bool = True,
     replaced), so nothing else in it (a run directory's metrics.json, say) is overwritten or mixed
     in. The refusal names another command's output where the directory is one
     (`output_of_another_command`; ``own_marker``: the asking command's own marker, not counted).
+    A file output is refused inside another command's output directory (`inside_another_command_s_output`).
     Anything the OS still refuses at write time (a read-only mount, a full disk) is reported by
     the command as one line naming the path (OSError).
     """
@@ -47,6 +56,12 @@ def check_output_path(path: str, flag: str, directory: bool = True,
         target = next(a for a in p.parents if a.exists())
         if not target.is_dir():
             raise OutputPathError(f"{flag} {path}: cannot be created: {target} is not a directory")
+    if not directory:
+        inside = inside_another_command_s_output(p, own=own_marker)
+        if inside is not None:
+            folder, held = inside
+            raise OutputPathError(f"{flag} {path}: {folder} holds {held}, whose files this command must not replace "
+                                  "or add to; write the file outside that directory")
     if not os.access(target, os.W_OK | os.X_OK):
         raise OutputPathError(f"{flag} {path}: cannot be written: {target} is not writable by this user")
 
@@ -60,6 +75,9 @@ OUTPUT_MARKERS = (
     ("meta.json", "prepared data (meta.json)"),
     ("run.json", "a training run (run.json)"),
     ("ranker.pt2", "an export (ranker.pt2)"),
+    # muse_rec.integrity.MANIFEST, after the export's marker: an export has one too. Every file of the
+    # directory is listed in it, so an added one is refused as tampering when the checkpoint loads.
+    ("SHA256SUMS.json", "a checkpoint (SHA256SUMS.json)"),
     (REPRODUCE_MANIFEST, f"a reproduce OUT ({REPRODUCE_MANIFEST})"),
     ("predictions.parquet", "an evaluation (predictions.parquet)"),
     ("_synth_manifest.json", "a synthetic release (_synth_manifest.json)"),
@@ -72,4 +90,20 @@ def output_of_another_command(path: Path, own: str = "") -> Optional[str]:
     for marker, kind in OUTPUT_MARKERS:
         if marker != own and (path / marker).exists():
             return kind
+    return None
+
+
+def inside_another_command_s_output(file: Path, own: str = "") -> Optional[Tuple[Path, str]]:
+    """``(directory, what it holds)`` when the file ``file`` would be written directly into another
+    muse-rec command's output directory (`output_of_another_command`), else None.
+
+    Any name is refused there, not only the artifact's own files: those would be replaced, and an
+    added one makes the artifact fail its readers' checks (the integrity manifest of a checkpoint
+    or an export lists every file; ``prepare`` resumes only an OUT holding its own files). Both the
+    directory as named and, where ``file`` is a symbolic link, the one its target lies in."""
+    file = Path(file).absolute()
+    for folder in dict.fromkeys((file.parent, Path(os.path.realpath(file)).parent)):
+        held = output_of_another_command(folder, own=own) if folder.is_dir() else None
+        if held:
+            return folder, held
     return None

@@ -230,11 +230,13 @@ def test_synth_into_prepared_data_is_refused_even_with_overwrite(trained, tmp_pa
 def test_output_markers_are_the_writers_own_file_names():
     """output_paths spells the marker files literally (no heavy imports); they must be the writers'."""
     from muse_rec.data.synth import MANIFEST_NAME
+    from muse_rec.integrity import MANIFEST as INTEGRITY_MANIFEST
     from muse_rec.output_paths import OUTPUT_MARKERS
     from muse_rec.serving.export_layout import PROGRAM_FILE
 
     markers = {m for m, _ in OUTPUT_MARKERS}
-    assert {MANIFEST_NAME, PROGRAM_FILE, "meta.json", "run.json", "reproduce.json", "predictions.parquet"} == markers
+    assert {MANIFEST_NAME, PROGRAM_FILE, INTEGRITY_MANIFEST, "meta.json", "run.json", "reproduce.json",
+            "predictions.parquet"} == markers
 
 
 @pytest.mark.parametrize("what", ["exported", "run", "folder"])
@@ -253,3 +255,74 @@ def test_prepare_into_another_command_s_output_or_a_folder_of_files_is_refused(t
             "folder": "files this command did not write (notes.txt)"}[what]
     assert_bad_input(out, f"{target}: holds {kind}", "new or empty directory")
     assert snapshot(target) == before and sorted(os.listdir(target)) == names
+
+
+# (command, artifact, file name): the artifact's own file it overwrote, exit 0 (prepared data then
+# unreadable, a run's result or an export's manifest replaced), or a file added to it (the prepared
+# data's `prepare` refuses it as not its own; a checkpoint's integrity manifest as tampering).
+_INTO_ARTIFACTS = [
+    ("baselines", "prepared", "meta.json"),
+    ("baselines", "prepared", "floors.json"),
+    ("plan", "run", "run.json"),
+    ("plan", "exported", "manifest.json"),
+    ("compare", "run", "metrics"),  # --out STEM writes STEM.md and STEM.json: the run's metrics.json
+    ("compare", "checkpoint", "position"),  # the checkpoint's position.json
+]
+_HOLDS = {"prepared": "prepared data (meta.json)", "run": "a training run (run.json)",
+          "exported": "an export (ranker.pt2)", "checkpoint": "a checkpoint (SHA256SUMS.json)"}
+
+
+def _file_output_args(command: str, trained, out: str) -> list:
+    return {"baselines": ["baselines", str(trained.prepared), "--out", out],
+            "plan": ["plan", "--spec", SPEC, "--prepared", str(trained.prepared), "--json", out],
+            "compare": ["compare", str(trained.run_dir), "--no-floors", "--out", out]}[command]
+
+
+@pytest.mark.parametrize("command, what, name", _INTO_ARTIFACTS)
+def test_a_file_output_into_another_command_s_output_is_refused_and_changes_nothing(trained, tmp_path, command,
+                                                                                    what, name):
+    """`baselines --out`, `plan --json` and `compare --out` wrote their file into the artifact
+    directory, exit 0: over its own files or beside them. Refused like a directory output there."""
+    if what == "checkpoint":
+        src = next((trained.run_dir / "checkpoints").glob("step-*"))
+    else:
+        src = {"prepared": trained.prepared, "run": trained.run_dir, "exported": trained.exported}[what]
+    target = tmp_path / what
+    shutil.copytree(src, target)
+    before, names = snapshot(target), sorted(os.listdir(target))
+    out = str(target / name)
+    flag = "--json" if command == "plan" else "--out"
+    result = cli(*_file_output_args(command, trained, out))
+    assert_bad_input(result, f"muse-rec {command}: {flag} {out}: {target} holds {_HOLDS[what]}",
+                     "write the file outside that directory")
+    assert len(result.stderr.splitlines()) == 1, result.stderr[-2000:]
+    assert snapshot(target) == before and sorted(os.listdir(target)) == names  # byte-identical, nothing added
+
+
+@pytest.mark.parametrize("command", ["baselines", "plan", "compare"])
+def test_a_file_output_beside_unrelated_files_is_written_and_replaces_its_own(trained, tmp_path, command):
+    """An ordinary folder takes the file, beside the user's files; a second run replaces its own."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "data.json").write_text("{}")  # a JSON file of the user's, not an artifact marker
+    out = folder / ("plan.json" if command == "plan" else "floors.json" if command == "baselines" else "cmp")
+    written = [out] if command != "compare" else [out.with_suffix(".md"), out.with_suffix(".json")]
+    for _ in range(2):
+        result = cli(*_file_output_args(command, trained, str(out)))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert all(json.loads(p.read_text()) for p in written if p.suffix == ".json")
+    assert sorted(os.listdir(folder)) == sorted(["notes.txt", "data.json"] + [p.name for p in written])
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "data.json").read_text() == "{}"
+
+
+def test_a_file_output_through_a_link_into_an_artifact_is_refused(trained, tmp_path):
+    """A symbolic link to an artifact's file is opened through: the link's target directory counts."""
+    target = tmp_path / "prepared"
+    shutil.copytree(trained.prepared, target)
+    before = snapshot(target)
+    link = tmp_path / "floors.json"
+    link.symlink_to(target / "meta.json")
+    result = cli(*_file_output_args("baselines", trained, str(link)))
+    assert_bad_input(result, f"--out {link}: {target} holds prepared data (meta.json)")
+    assert snapshot(target) == before and link.is_symlink()
