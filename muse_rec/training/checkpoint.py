@@ -8,6 +8,9 @@ Layout of a run directory's ``checkpoints/``::
         SHA256SUMS.json      every file's SHA-256 (muse_rec.integrity), checked before loading
     step-00000080.tmp/       a save in progress or killed mid-way: never read, removed later
 
+A step directory gets its final name only once whole, so one without position.json is damage:
+the newest such directory is refused (`latest_checkpoint`), never passed over for an older one.
+
 A checkpoint is written into ``*.tmp`` and renamed by rank 0 after every rank finished, so a run
 killed mid-save leaves the previous checkpoint as the latest. DCP stores each ShardedTensor
 shard with its global offsets, so a checkpoint written by N ranks loads on M ranks (resharding
@@ -97,11 +100,16 @@ def read_position(path: Path) -> Position:
     return Position(**{f.name: raw[f.name] for f in dataclasses.fields(Position) if f.name in raw})
 
 
-def _complete(root: Path) -> List[Tuple[int, Path]]:
+def _step_dirs(root: Path) -> List[Tuple[int, Path]]:
+    """Every ``step-NNNNNNNN`` directory under ``root`` (final names only: ``.tmp`` staging
+    directories never match), oldest first, complete or not."""
     if not root.is_dir():
         return []
-    return sorted((int(m.group(1)), p) for p in root.iterdir()
-                  if (m := _STEP_DIR.match(p.name)) and (p / "position.json").exists())
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir())
+
+
+def _complete(root: Path) -> List[Tuple[int, Path]]:
+    return [(step, p) for step, p in _step_dirs(root) if (p / "position.json").exists()]
 
 
 def _run_id_of(path: Path) -> Optional[str]:
@@ -112,15 +120,45 @@ def _run_id_of(path: Path) -> Optional[str]:
         return None
 
 
+def _damaged(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path / 'position.json'}: missing, so the checkpoint is damaged (a step directory gets its name only "
+        f"once complete: this is no interrupted save); remove {path} to fall back to the previous checkpoint")
+
+
+def _newest(steps: List[Tuple[int, Path]], run_id: Optional[str]) -> Optional[Path]:
+    """`latest_checkpoint` on one listing of the step directories, looked at newest first."""
+    for _, p in reversed(steps):
+        if not (p / "position.json").exists():
+            # Newer than any checkpoint of the run found so far, and whose it is cannot be told:
+            # it may be the run's newest, so it is refused rather than passed over.
+            raise _damaged(p)
+        if run_id is None or read_position(p).run_id == run_id:
+            return p
+    return None
+
+
 def latest_checkpoint(ckpt_root: str, run_id: Optional[str] = None) -> Optional[Path]:
     """The newest complete checkpoint under ``ckpt_root`` (of run ``run_id`` when given), or None.
 
-    A step directory appears only once whole (saved under ``.tmp``, then renamed), so an
-    unreadable position.json is damage, not a crash mid-save: `CheckpointError` naming it,
-    instead of silently resuming from an older checkpoint.
+    A step directory appears only once whole (saved under ``.tmp``, then renamed), so a newest
+    step directory without a position.json, or with an unreadable one, is damage, not a crash
+    mid-save: `CheckpointError` naming it, instead of silently resuming from an older checkpoint.
+    Only the step directories from the newest down to the checkpoint returned are looked at: an
+    older damaged one (or one that pruning is deleting) does not stop the use of a newer one.
+    ``.tmp`` directories (saves in progress or killed) are never looked at.
     """
-    steps = [p for _, p in _complete(Path(ckpt_root)) if run_id is None or read_position(p).run_id == run_id]
-    return steps[-1] if steps else None
+    root = Path(ckpt_root)
+    for attempt in range(3):
+        steps = _step_dirs(root)
+        try:
+            return _newest(steps, run_id)
+        except CheckpointError:
+            # A save that finished meanwhile may have pruned the directory taken for the newest (one
+            # checkpoint kept): damage only if the listing still stands.
+            if attempt == 2 or _step_dirs(root) == steps:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _rank() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.training.conftest import metrics, run_ranks, train_args
 
@@ -213,3 +214,80 @@ def test_a_resume_of_nothing_says_it_starts_a_new_run(prepared, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     warned = [ln for ln in out.stderr.splitlines() if "] WARNING: --resume:" in ln and "holds no run" in ln]
     assert warned and str(tmp_path / "din") in warned[0] and "check output_dir and name" in warned[0], out.stderr[-3000:]
+
+
+def _step_dir(root, step: int, run_id: str = "r", position: bool = True):
+    """A checkpoint directory as `save_checkpoint` leaves it (as far as `latest_checkpoint` looks):
+    position.json listed in SHA256SUMS.json; ``position=False`` = it was lost since."""
+    d = root / f"step-{step:08d}"
+    d.mkdir(parents=True)
+    (d / "position.json").write_text(json.dumps({"step": step, "run_id": run_id}))
+    (d / "SHA256SUMS.json").write_text(json.dumps({"format": "muse_rec.sha256/1",
+                                                   "files": {"position.json": "0" * 64}, "digest": "0" * 64}))
+    if not position:
+        (d / "position.json").unlink()
+    return d
+
+
+@pytest.mark.parametrize("run_id", [None, "r"])
+def test_the_newest_checkpoint_without_position_json_is_refused_not_passed_over(tmp_path, run_id):
+    """A step directory gets its final name only once whole (it is written as .tmp), so the newest one
+    without position.json is damage: `evaluate`, `train --resume`, `export` and `rank` silently used the
+    older checkpoint. Now a CheckpointError (exit 2) naming the file and how to go on."""
+    from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    _step_dir(root, 2)
+    damaged = _step_dir(root, 4, position=False)
+    (root / "step-00000006.tmp").mkdir()  # a save in progress: never looked at
+    with pytest.raises(CheckpointError) as e:
+        latest_checkpoint(str(root), run_id=run_id)
+    assert str(e.value).startswith(f"{damaged / 'position.json'}: missing, so the checkpoint is damaged")
+    assert f"remove {damaged} to fall back to the previous checkpoint" in str(e.value)
+
+
+@pytest.mark.parametrize("run_id", [None, "r"])
+def test_staging_and_older_damaged_step_directories_do_not_stop_the_newest(tmp_path, run_id):
+    """.tmp directories (saves in progress or killed), other names, and a damaged (or being pruned)
+    directory older than the newest checkpoint are not in the way; steps order by number."""
+    from muse_rec.training.checkpoint import latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    _step_dir(root, 3, position=False)
+    _step_dir(root, 9)
+    newest = _step_dir(root, 10)
+    for name in ("step-00000011.tmp", "step-12", "step-000000013"):
+        (root / name).mkdir()
+    (root / "step-00000014").write_text("a file, not a checkpoint directory")
+    assert latest_checkpoint(str(root), run_id=run_id) == newest
+    assert latest_checkpoint(str(tmp_path / "nothing")) is None
+
+
+def test_a_checkpoint_pruned_while_it_is_looked_up_is_not_called_damaged(tmp_path, monkeypatch):
+    """With one checkpoint kept, a save that finishes during the look-up renames step 6 in and deletes
+    step 4 (position.json may go first): the look-up lists again and takes step 6."""
+    from muse_rec.training import checkpoint
+
+    root = tmp_path / "checkpoints"
+    newest = _step_dir(root, 6)
+    listings = [[(4, root / "step-00000004")]]  # what was listed before the save finished
+    real = checkpoint._step_dirs
+    monkeypatch.setattr(checkpoint, "_step_dirs", lambda r: listings.pop() if listings else real(r))
+    assert checkpoint.latest_checkpoint(str(root)) == newest
+
+
+def test_pruning_keeps_a_damaged_step_directory_and_resumes_from_the_newest(tmp_path):
+    """A damaged directory (no position.json: whose run it is cannot be told) is never pruned; once a
+    newer checkpoint exists it is passed over (it is not the newest)."""
+    from muse_rec.training.checkpoint import Position, latest_checkpoint, save_checkpoint
+
+    root = tmp_path / "checkpoints"
+    model = torch.nn.Linear(2, 1)
+    for step in (1, 2):
+        save_checkpoint(str(root), model, None, Position(step=step, run_id="r"))
+    damaged = _step_dir(root, 3, position=False)
+    (root / "step-00000004.tmp").mkdir()  # left by a killed save of step 4
+    save_checkpoint(str(root), model, None, Position(step=4, run_id="r"))
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000003", "step-00000004"]
+    assert damaged.is_dir()
+    assert latest_checkpoint(str(root)) == latest_checkpoint(str(root), run_id="r") == root / "step-00000004"
