@@ -89,12 +89,25 @@ def read_digest(root: str | os.PathLike) -> Optional[str]:
         return None
 
 
+def _outside(root: Path, rel: str, resolve: bool = False) -> bool:
+    """``rel`` (a name listed in ``root``'s manifest) is absolute or has a ``..`` part; with
+    ``resolve``, also one whose place, symbolic links followed, is outside ``root``."""
+    if not isinstance(rel, str) or os.path.isabs(rel) or ".." in rel.replace(os.sep, "/").split("/"):
+        return True
+    if not resolve:
+        return False
+    real = os.path.realpath(root)
+    return os.path.commonpath([real, os.path.realpath(root / rel)]) != real
+
+
 def verify(root: str | os.PathLike, expect_sha256: Optional[str] = None) -> str:
     """Check every file of ``root`` against its manifest (and ``expect_sha256``); returns the digest.
 
     Raises:
         IntegrityError: naming the artifact and the first file that differs, is missing or is
-            not listed; or the pinned digest that does not match. Nothing is unpickled here.
+            not listed; a listed name outside the directory (absolute, with a ``..`` part, or
+            reached through a symbolic link); or the pinned digest that does not match. Nothing
+            is unpickled here.
     """
     root = Path(root)
     if not root.is_dir():
@@ -111,6 +124,12 @@ def verify(root: str | os.PathLike, expect_sha256: Optional[str] = None) -> str:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise IntegrityError(f"{mpath}: unreadable integrity manifest ({e})") from None
     present = set(_artifact_files(root))
+    # A name the directory's own walk did not find may lie outside it (through a symbolic link to a
+    # directory); one that was found is read where it is, as before.
+    outside = next((rel for rel in sorted(listed) if _outside(root, rel, resolve=rel not in present)), None)
+    if outside is not None:
+        raise IntegrityError(f"{mpath}: lists {outside!r}, which names a path outside {root} (a manifest covers "
+                             "its own directory only: tampered with, or not written by muse_rec)")
     extra = sorted(present - set(listed))
     if extra:
         raise IntegrityError(f"{root / extra[0]}: not listed in {MANIFEST} (added after the artifact was written)")

@@ -278,3 +278,61 @@ def test_a_manifest_that_does_not_describe_its_program_is_one_line(trained, tmp_
     req.write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
     out = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(exp), "--request", str(req))
     assert_bad_input(out, str(exp), "refuses the inputs its manifest.json describes", "re-export")
+
+
+def test_the_runs_newest_checkpoint_without_position_json_is_refused(trained, tmp_path):
+    """The run's newest checkpoint lost its position.json (its SHA256SUMS.json still lists it):
+    `evaluate` evaluated the older checkpoint, exit 0, no warning. A step directory is renamed into
+    place only once whole, so this is damage: exit 2 naming the file, nothing written."""
+    runs = trained.copy_run(tmp_path / "runs")
+    ckpts = runs / "din" / "checkpoints"
+    older = sorted(ckpts.iterdir())[-1]
+    newest = ckpts / f"step-{int(older.name[5:]) + 1:08d}"
+    shutil.copytree(older, newest)
+    (newest / "position.json").unlink()
+    assert "position.json" in json.loads((newest / MANIFEST).read_text())["files"]
+    before = snapshot(runs / "din")
+    out = cli("evaluate", "--spec", SPEC, *sets(trained.prepared, runs), "--out", str(tmp_path / "ev"))
+    assert_bad_input(out, f"{newest / 'position.json'}: missing, so the checkpoint is damaged", f"remove {newest}")
+    assert "evaluated" not in out.stderr and not (tmp_path / "ev").exists()
+    assert snapshot(runs / "din") == before
+
+
+def _outside_listing(tmp_path: Path, name: str) -> tuple:
+    """A sealed directory whose manifest also lists ``name`` - a file outside it, with the right hash."""
+    from muse_rec.integrity import file_sha256
+
+    art = tmp_path / "art" / "ck"
+    art.mkdir(parents=True)
+    (art / "position.json").write_text("{}")
+    outside = tmp_path / "art" / "run.json"
+    outside.write_text('{"run_id": "r"}')
+    if name == "LINK":  # a symbolic link to a directory outside: the directory's walk does not enter it
+        (art / "sub").symlink_to(tmp_path / "art", target_is_directory=True)
+        name = "sub/run.json"
+    write_manifest(art)
+    manifest = json.loads((art / MANIFEST).read_text())
+    manifest["files"][str(outside) if name == "ABS" else name] = file_sha256(outside)
+    (art / MANIFEST).write_text(json.dumps(manifest))
+    return art, str(outside) if name == "ABS" else name
+
+
+@pytest.mark.parametrize("name", ["../run.json", "ABS", "./../ck/../run.json", "LINK"])
+def test_a_manifest_listing_a_path_outside_its_directory_says_so(tmp_path, name):
+    """Refused before, but as "missing (listed in SHA256SUMS.json)" although the file exists."""
+    art, listed = _outside_listing(tmp_path, name)
+    with pytest.raises(IntegrityError) as e:
+        verify(art)
+    assert str(e.value).startswith(f"{art / MANIFEST}: lists {listed!r}, which names a path outside {art} ")
+    assert "missing" not in str(e.value)
+
+
+def test_a_symlinked_file_inside_the_directory_still_verifies(tmp_path):
+    """Only names the directory's own walk does not find are resolved: a listed file that is a
+    symbolic link (a copy made with `cp -s`) is read and hashed where it is, as before."""
+    (tmp_path / "real.bin").write_bytes(b"weights")
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "w.bin").symlink_to(tmp_path / "real.bin")
+    digest = write_manifest(art)
+    assert verify(art) == digest
