@@ -24,6 +24,12 @@ def tmp_name(path: str) -> str:
     return f"{path}.tmp.{os.getpid()}"
 
 
+def tmp_of(name: str) -> str:
+    """The name a `tmp_name` file stands for (``meta.json.tmp.1011`` -> ``meta.json``), else ""."""
+    base, sep, pid = name.rpartition(".tmp.")
+    return base if sep and pid.isdigit() else ""
+
+
 def _npy_header(dtype: np.dtype, shape: Tuple[int, ...]) -> bytes:
     d = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
     text = repr(d)

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from muse_rec.data import schema as S
-from muse_rec.data.files import NpyStreamWriter, PartitionedScatterWriter, save_npy, write_json
+from muse_rec.data.files import NpyStreamWriter, PartitionedScatterWriter, save_npy, tmp_of, write_json
 from muse_rec.data.reader import RawRelease, RawTable
 from muse_rec.data.vocab import SortedKeyBuilder, Vocab
 from muse_rec.dirlock import LOCK_FILE, DirLock
@@ -444,7 +444,8 @@ def _check_out(out: str) -> None:
     # Anything else would end up beside the arrays (a run's or an export's directory: the export
     # then fails its integrity check), and `--overwrite` replaces a dataset, not those.
     own = {"meta.json", BUILD_DIR, LOCK_FILE} | {f.split("/")[0] for f in output_files()}
-    check_output_path(out, "OUT", replaces=own, own_marker="meta.json")
+    # A run killed while publishing meta.json leaves its temporary file (`tmp_name`): its own too.
+    check_output_path(out, "OUT", replaces=lambda name: name in own or tmp_of(name) in own, own_marker="meta.json")
 
 
 def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite: bool = False) -> Dict[str, object]:
@@ -472,6 +473,9 @@ def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite:
 def _prepare_into(job: "_Prepare", out: str, overwrite: bool) -> Dict[str, object]:
     """`prepare`'s work, with OUT checked and locked."""
     meta_path = os.path.join(out, "meta.json")
+    for name in os.listdir(out):  # meta.json's temporary file of a run killed while publishing it
+        if tmp_of(name) == "meta.json":
+            os.remove(os.path.join(out, name))
     if os.path.exists(meta_path):
         try:
             with open(meta_path, encoding="utf-8") as f:

@@ -157,3 +157,32 @@ def test_interrupted_publish_is_finished_by_the_next_run(raw: Path, tmp_path: Pa
     meta = P.prepare(str(raw), str(out), CFG)
     data = PreparedData(str(out))  # validates every file's shape against meta.json
     assert data.meta == meta and sorted(meta["files"]) == P.output_files()
+
+
+def test_a_run_killed_while_writing_meta_json_is_resumed(raw: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prepare killed while it wrote meta.json (its temporary `meta.json.tmp.<pid>` left in OUT)
+    made the next run refuse OUT as holding "files this command did not write". Now the next run
+    removes that leftover and finishes, with the arrays of a run never killed."""
+    out = tmp_path / "out"
+    real_write_json = P.write_json
+
+    def killed_in_meta(path: str, obj) -> None:
+        if os.path.basename(path) == "meta.json":
+            Path(f"{path}.tmp.99999999").write_text('{"format_vers')  # what a SIGKILL mid-write leaves
+            raise KeyboardInterrupt("killed while writing meta.json")
+        real_write_json(path, obj)
+
+    with monkeypatch.context() as m:
+        m.setattr(P, "write_json", killed_in_meta)
+        with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
+            P.prepare(str(raw), str(out), CFG)
+    assert (out / "meta.json.tmp.99999999").exists() and not (out / "meta.json").exists()
+    meta = P.prepare(str(raw), str(out), CFG)
+    assert sorted(p.name for p in out.iterdir() if ".tmp." in p.name) == []
+    fresh = tmp_path / "fresh"
+    with pytest.warns(UserWarning):
+        P.prepare(str(raw), str(fresh), CFG)
+    assert PreparedData(str(out)).meta == meta
+    for rel in meta["files"]:
+        np.testing.assert_array_equal(np.load(out / rel), np.load(fresh / rel), err_msg=rel)
