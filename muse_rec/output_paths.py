@@ -107,3 +107,20 @@ def inside_another_command_s_output(file: Path, own: str = "") -> Optional[Tuple
         if held:
             return folder, held
     return None
+
+
+def replace_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: into a temporary file beside it, then moved
+    over it in one rename. A write that fails (a full disk) leaves an earlier file as it was, and
+    no half-written file under the name a reader opens; the OSError is the caller's to report."""
+    p = Path(path)
+    tmp = p.with_name(f"{p.name}.tmp.{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as e:  # a failed write names no file: say which
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write {p}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -261,7 +261,7 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.output_paths import check_output_path
+    from muse_rec.output_paths import check_output_path, replace_text
     from muse_rec.metrics import metrics_table, save_metrics_json
 
     try:
@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.with_suffix(".md").write_text(table + "\n\n" + "\n".join(verdicts) + "\n")
+            replace_text(out.with_suffix(".md"), table + "\n\n" + "\n".join(verdicts) + "\n")  # whole or not at all
             save_metrics_json(out.with_suffix(".json"), {"rows": rows, "verdicts": verdicts, "floors": floors})
         except OSError as e:
             print(f"muse-rec compare: --out {args.out}: cannot write ({e})", file=sys.stderr)

@@ -146,7 +146,7 @@ def _quiet_planner(verbose: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.output_paths import check_output_path
+    from muse_rec.output_paths import check_output_path, replace_text
     from muse_rec.spec import SpecError, load_spec
 
     try:  # the flags, --json and the spec before torch's and TorchRec's imports (seconds): a typo fails at once
@@ -247,8 +247,7 @@ def run(args: argparse.Namespace) -> int:
             print(text)
         else:
             try:
-                with open(args.json, "w", encoding="utf-8") as f:
-                    f.write(text + "\n")
+                replace_text(args.json, text + "\n")  # an earlier plan stays whole if this write fails
             except OSError as e:
                 print(f"muse-rec plan: --json {args.json}: cannot write ({e})", file=sys.stderr)
                 return 2

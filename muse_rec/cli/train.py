@@ -38,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         train(spec, resume=args.resume, device_type=args.device, overwrite=args.overwrite,
               allow_data_mismatch=args.allow_data_mismatch)
-    except bad_input_errors() as e:
+    except bad_input_errors() + (OSError,) as e:  # OSError: the OS refused a write (a full disk)
         return report("train", e)
     return 0

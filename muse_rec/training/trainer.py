@@ -30,6 +30,7 @@ from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.plan_measure import status_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
+from muse_rec.output_paths import replace_text
 from muse_rec.quiet import quiet_known_warnings
 from muse_rec.spec import Spec
 from muse_rec.training.build import build_sharded, make_pipeline
@@ -187,8 +188,10 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     trained_world_size = saved_world_size if finished else env.world_size
     if env.is_main and not keep_record:
         # Only now, with the checkpoint loaded, does the run record describe this run.
-        (run_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        (run_dir / "run.json").write_text(json.dumps({
+        # Each whole or not at all: a resume that cannot write (a full disk) must not leave a cut
+        # spec.yaml, which every later --resume is compared against.
+        replace_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        replace_text(run_dir / "run.json", json.dumps({
             "run_id": run_id, "data_fingerprint": data.fingerprint,
             "vocab_sizes": dict(data.vocab_sizes), "world_size": trained_world_size, "device": str(env.device),
             "sparse_optimizer": asdict(t.sparse_optimizer), "dense_optimizer": asdict(t.dense_optimizer),

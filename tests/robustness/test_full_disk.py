@@ -1,0 +1,65 @@
+"""A write that fails part-way (a full disk, simulated by a file-size limit) leaves what was written
+before as it was: `plan --json` and `compare --out` over an earlier result, and a `train --resume`
+that cannot rewrite its run record (it left spec.yaml cut at the limit, so every later --resume was
+refused as "other training settings" against the cut file, and exited 1 with a traceback)."""
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import subprocess
+import sys
+
+from tests.conftest import REPO, subprocess_env
+from tests.robustness.conftest import SPEC, assert_bad_input, cli, snapshot
+
+LIMIT_BYTES = 1024  # smaller than each file rewritten here, larger than nothing
+
+
+def full_disk_cli(*args: str, limit_bytes: int = LIMIT_BYTES) -> subprocess.CompletedProcess:
+    """`muse-rec <args>` where no file may grow past ``limit_bytes``: a write beyond fails with EFBIG,
+    as on a full disk (SIGXFSZ ignored, as a shell's `trap '' XFSZ; ulimit -f` does)."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.run([sys.executable, "-m", "muse_rec.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=subprocess_env(), preexec_fn=limit)
+
+
+def test_plan_and_compare_keep_their_earlier_output_when_a_write_fails(tmp_path, trained):
+    plan_json = tmp_path / "plan.json"
+    args = ["plan", "--spec", "specs/taobao_mm_full/muse.yaml", "--world-size", "8", "--json", str(plan_json)]
+    assert cli(*args).returncode == 0
+    before = plan_json.read_bytes()
+    assert len(before) > LIMIT_BYTES
+    out = full_disk_cli(*args, "--world-size", "16")
+    assert_bad_input(out, "--json", str(plan_json), "cannot write")
+    assert plan_json.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+
+    table = tmp_path / "cmp"
+    assert cli("compare", str(trained.run_dir), "--no-floors", "--out", str(table)).returncode == 0
+    md = table.with_suffix(".md")
+    earlier = md.read_bytes()
+    assert len(earlier) > 64
+    out = full_disk_cli("compare", str(trained.run_dir), "--no-floors", "--out", str(table), limit_bytes=64)
+    assert_bad_input(out, "--out", str(table), "cannot write")
+    assert md.read_bytes() == earlier  # was left empty
+
+
+def test_a_resume_that_cannot_write_its_run_record_keeps_it_and_resumes_later(tmp_path, trained):
+    runs = trained.copy_run(tmp_path / "runs")
+    run = runs / "din"
+    sets = []
+    for ov in trained.sets(["train.max_steps=3"]):
+        sets.append(ov.replace(str(trained.runs), str(runs)))
+    before = snapshot(run)
+    assert len((run / "spec.yaml").read_bytes()) > LIMIT_BYTES
+    out = full_disk_cli("train", "--spec", SPEC, *sets, "--device", "cpu", "--resume")
+    assert_bad_input(out, "cannot write", str(run / "spec.yaml"))
+    after = snapshot(run)
+    assert {k: after.get(k) for k in before if not k.startswith("tensorboard")} == \
+        {k: v for k, v in before.items() if not k.startswith("tensorboard")}
+    out = cli("train", "--spec", SPEC, *sets, "--device", "cpu", "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["total_steps"] == 3
