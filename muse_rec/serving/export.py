@@ -264,7 +264,7 @@ def _write_staged(out: Path, program: torch.export.ExportedProgram, manifest: Di
         manifest["export_seconds"] = round(time.perf_counter() - start, 2)
         (stage / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         digest = write_manifest(stage)
-        for name in (PROGRAM_FILE, MANIFEST_FILE, INTEGRITY_MANIFEST):
+        for name in (PROGRAM_FILE, MANIFEST_FILE, INTEGRITY_MANIFEST):  # the program first: `load_program`'s advice
             os.replace(stage / name, out / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -303,10 +303,14 @@ def load_program(exported_dir: str, expect_sha256: Optional[str] = None) -> torc
     try:
         verify(exported_dir, expect_sha256)  # IntegrityError names the file
     except IntegrityError as e:
-        if (Path(exported_dir) / STAGING_DIR).exists():  # an export running now, or one killed (`_write_staged`)
-            raise IntegrityError(f"{e}; {Path(exported_dir) / STAGING_DIR} holds an export being written or stopped "
-                                 "while writing: wait for it, export again, or delete it to serve the earlier "
-                                 "export") from None
+        stage = Path(exported_dir) / STAGING_DIR
+        if stage.exists():  # an export running now, or one killed (`_write_staged`)
+            # `_write_staged` moves the program in first: while the stage still holds it, nothing of
+            # the earlier export was replaced; once it is gone, the earlier export is partly replaced.
+            earlier = ("or delete it to serve the earlier export" if (stage / PROGRAM_FILE).exists() else
+                       "the earlier export's files are already partly replaced, so export again")
+            raise IntegrityError(f"{e}; {stage} holds an export being written or stopped while writing: wait for "
+                                 f"it, {earlier}") from None
         raise
     manifest = read_manifest(exported_dir)
     _register_fake_classes()

@@ -180,11 +180,20 @@ def test_a_killed_export_s_staging_directory_is_named_when_the_export_is_loaded(
     (out / STAGING_DIR).mkdir()
     (out / STAGING_DIR / "ranker.pt2").write_bytes(b"half a program")
     with pytest.raises(IntegrityError, match=rf"\.staging/ranker\.pt2: not listed .*; {out / STAGING_DIR} holds an "
-                                             "export being written or stopped while writing: wait for it, export "
-                                             "again, or delete it to serve the earlier export"):
+                                             "export being written or stopped while writing: wait for it, "
+                                             "or delete it to serve the earlier export"):
         load_program(str(out))
     shutil.rmtree(out / STAGING_DIR)
     assert load_program(str(out)) is not None
+    # Killed between the moves: the new program is in, the earlier manifest still beside it. Deleting
+    # the stage serves nothing then (the advice said it would serve the earlier export).
+    (out / STAGING_DIR).mkdir()
+    (out / STAGING_DIR / "manifest.json").write_text("{}")
+    (out / "ranker.pt2").write_bytes(b"the new program")
+    with pytest.raises(IntegrityError, match=rf"\.staging/manifest\.json: not listed .*; {out / STAGING_DIR} holds an export "
+                                             "being written or stopped while writing: wait for it, the earlier "
+                                             "export's files are already partly replaced, so export again"):
+        load_program(str(out))
 
 
 @pytest.mark.parametrize("what", ["exported", "run", "prepared"])
