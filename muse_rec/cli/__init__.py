@@ -92,7 +92,7 @@ def _out_of_memory(e: BaseException) -> bool:
     """Python's MemoryError, or torch's: a failed CPU allocation is a RuntimeError that says so, a
     CUDA one a ``torch.OutOfMemoryError`` (named, not imported: torch may not be loaded)."""
     return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
-            or "DefaultCPUAllocator: can't allocate memory" in str(e))
+            or (type(e) is RuntimeError and "DefaultCPUAllocator: can't allocate memory" in str(e)))
 
 
 def _pipe_closed(fd: int) -> bool:

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                              "per host")
         for flag, gib in (("--hbm-gib", args.hbm_gib), ("--ddr-gib", args.ddr_gib)):
             if not 0 < gib <= MAX_GIB_PER_RANK:  # also refuses nan and inf
-                raise ValueError(f"{flag} {gib}: must be a number > 0 and <= {MAX_GIB_PER_RANK:g} (GiB per rank)")
+                raise ValueError(f"{flag} {gib}: must be a number > 0 and <= {MAX_GIB_PER_RANK:.0f} (GiB per rank: 1 PiB)")
         world_sizes = parse_world_sizes(args.what_if) if args.what_if is not None else []
         if args.json and args.json != "-":
             check_output_path(args.json, "--json", directory=False)

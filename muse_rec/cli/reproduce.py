@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             check_prepared(args.prepared)
         if args.raw and not args.report_only and not (out / "data" / "prepared" / "meta.json").exists():
             check_raw(args.raw)  # as --prepared: before OUT records it (a prepared OUT reads no raw)
-        if args.device == "cuda":
+        if args.device == "cuda" and not (args.dry_run or args.report_only):
             from muse_rec.distributed.env import check_device
 
             check_device("cuda")  # else synth and prepare ran before every run failed on it

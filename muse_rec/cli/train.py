@@ -33,11 +33,12 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as e:
         return report("train", e)
     from muse_rec.cli.errors import bad_input_errors
+    from muse_rec.output_paths import OutputWriteError
     from muse_rec.training.trainer import train
 
     try:
         train(spec, resume=args.resume, device_type=args.device, overwrite=args.overwrite,
               allow_data_mismatch=args.allow_data_mismatch)
-    except bad_input_errors() + (OSError,) as e:  # OSError: the OS refused a write (a full disk)
+    except bad_input_errors() + (OutputWriteError,) as e:  # the OS refused to write the run record (a full disk)
         return report("train", e)
     return 0

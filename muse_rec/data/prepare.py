@@ -445,7 +445,7 @@ def _check_out(out: str) -> None:
     # then fails its integrity check), and `--overwrite` replaces a dataset, not those.
     own = {"meta.json", BUILD_DIR, LOCK_FILE} | {f.split("/")[0] for f in output_files()}
     # A run killed while publishing meta.json leaves its temporary file (`tmp_name`): its own too.
-    check_output_path(out, "OUT", replaces=lambda name: name in own or tmp_of(name) in own, own_marker="meta.json")
+    check_output_path(out, "OUT", replaces=lambda name: name in own or tmp_of(name) == "meta.json", own_marker="meta.json")
 
 
 def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite: bool = False) -> Dict[str, object]:

@@ -122,8 +122,8 @@ def _run_id_of(path: Path) -> Optional[str]:
 
 def _damaged(path: Path) -> CheckpointError:
     return CheckpointError(
-        f"{path / 'position.json'}: missing, so the checkpoint is damaged (a step directory gets its name only "
-        f"once complete: this is no interrupted save); remove {path} to fall back to the previous checkpoint")
+        f"{path / 'position.json'}: missing, so the checkpoint is damaged or partly deleted (a step directory gets "
+        f"its name only once complete); remove {path} to fall back to the previous checkpoint")
 
 
 def _newest(steps: List[Tuple[int, Path]], run_id: Optional[str]) -> Optional[Path]:

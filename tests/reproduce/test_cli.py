@@ -83,6 +83,9 @@ def test_device_cuda_without_cuda_is_bad_input(capsys, tmp_path: Path):
     assert main(["reproduce", str(tmp_path / "out"), "--quick", "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert line in err and len(err.splitlines()) == 1 and not (tmp_path / "out").exists(), err
+    # Previewing a GPU plan on a laptop trains nothing: allowed.
+    assert main(["reproduce", str(tmp_path / "out"), "--quick", "--device", "cuda", "--dry-run"]) == 0
+    capsys.readouterr()
     spec = Path(__file__).resolve().parents[2] / "specs" / "demo" / "din.yaml"
     for cmd in (["train", "--spec", str(spec)], ["evaluate", "--spec", str(spec), "--out", str(tmp_path / "ev")]):
         assert main([*cmd, "--set", f"output_dir={tmp_path}/runs/{{name}}", "--device", "cuda"]) == 2

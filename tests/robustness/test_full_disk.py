@@ -56,7 +56,7 @@ def test_a_resume_that_cannot_write_its_run_record_keeps_it_and_resumes_later(tm
     before = snapshot(run)
     assert len((run / "spec.yaml").read_bytes()) > LIMIT_BYTES
     out = full_disk_cli("train", "--spec", SPEC, *sets, "--device", "cpu", "--resume")
-    assert_bad_input(out, "cannot write", str(run / "spec.yaml"))
+    assert_bad_input(out, "File too large", str(run / "spec.yaml"))
     after = snapshot(run)
     assert {k: after.get(k) for k in before if not k.startswith("tensorboard")} == \
         {k: v for k, v in before.items() if not k.startswith("tensorboard")}
