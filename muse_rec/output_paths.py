@@ -108,24 +108,3 @@ def inside_another_command_s_output(file: Path, own: str = "") -> Optional[Tuple
             return folder, held
     return None
 
-
-class OutputWriteError(OSError):
-    """The OS refused to write an output (a full disk, a file-size limit); names the file."""
-
-
-def replace_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all: into a temporary file beside it, then moved
-    over it in one rename (over a symbolic link's target, as writing through the link would). A
-    write that fails (a full disk) leaves an earlier file as it was, and no half-written file under
-    the name a reader opens: `OutputWriteError` naming the file, for the caller to report."""
-    p = Path(os.path.realpath(path))
-    tmp = p.with_name(f"{p.name}.tmp.{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, p)
-    except OSError as e:  # a failed write names no file: say which
-        tmp.unlink(missing_ok=True)
-        raise OutputWriteError(e.errno, e.strerror or str(e), str(path)) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

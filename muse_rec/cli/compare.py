@@ -261,7 +261,8 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.output_paths import check_output_path, replace_text
+    from muse_rec.data.files import replace_text
+    from muse_rec.output_paths import check_output_path
     from muse_rec.metrics import metrics_table, save_metrics_json
 
     try:

@@ -146,7 +146,8 @@ def _quiet_planner(verbose: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.output_paths import check_output_path, replace_text
+    from muse_rec.data.files import replace_text
+    from muse_rec.output_paths import check_output_path
     from muse_rec.spec import SpecError, load_spec
 
     try:  # the flags, --json and the spec before torch's and TorchRec's imports (seconds): a typo fails at once

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as e:
         return report("train", e)
     from muse_rec.cli.errors import bad_input_errors
-    from muse_rec.output_paths import OutputWriteError
+    from muse_rec.data.files import OutputWriteError
     from muse_rec.training.trainer import train
 
     try:

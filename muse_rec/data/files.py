@@ -1,7 +1,9 @@
-"""Crash-safe file writing for prepared data: streamed `.npy` arrays and JSON, published atomically.
+"""Crash-safe file writing: text and JSON files (prepared data's, a run's record, a command's
+output) and streamed `.npy` arrays, published atomically.
 
-Everything is written under a temporary name and moved into place with `os.replace` once
-complete, so a killed run never leaves a half-written file under a name a loader would open.
+Everything is written under a temporary name (`tmp_name`) and moved into place with `os.replace`
+once complete, so a killed run never leaves a half-written file under a name a loader would open,
+and a failed write (a full disk) leaves an earlier file as it was.
 `NpyStreamWriter` appends rows of unknown total count and fixes the `.npy` header at the end:
 1-D and 2-D headers of the NPY 1.0 format fit a fixed 128-byte block whatever the row count,
 so the data never has to be copied.
@@ -239,12 +241,39 @@ def save_npy(path: str, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+class OutputWriteError(OSError):
+    """The OS refused to write an output (a full disk, a file-size limit); names the file."""
+
+
+def replace_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: into a temporary file beside it, then moved
+    over it in one rename (over a symbolic link's target, as writing through the link would). A
+    write that fails (a full disk) leaves an earlier file as it was, and no half-written file under
+    the name a reader opens: `OutputWriteError` naming the file, for the caller to report."""
+    real = os.path.realpath(path)
+    tmp = tmp_name(real)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, real)
+    except OSError as e:  # a failed write names no file: say which
+        _remove_quietly(tmp)
+        raise OutputWriteError(e.errno, e.strerror or str(e), str(path)) from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def write_json(path: str, obj: Any) -> None:
-    tmp = tmp_name(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """``obj`` as indented JSON with sorted keys, whole or not at all (`replace_text`)."""
+    replace_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_npy_shape(path: str) -> Tuple[Tuple[int, ...], np.dtype]:

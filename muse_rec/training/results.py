@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 from pathlib import Path
 from typing import Dict
 
 import torch
 
+from muse_rec.data.files import replace_text
 from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.plan_measure import kernel_tensor_bytes, status_bytes
 
@@ -50,9 +50,7 @@ def training_figures(metrics_json: Path) -> Dict:
 
 def write_json(path: Path, obj: Dict) -> None:
     """Strict JSON (no NaN/Infinity): an undefined metric becomes null, with its reason beside it."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(finite_or_null(obj), indent=2, default=float, allow_nan=False))
-    os.replace(tmp, path)
+    replace_text(path, json.dumps(finite_or_null(obj), indent=2, default=float, allow_nan=False))
 
 
 def finite_or_null(obj: Dict) -> Dict:

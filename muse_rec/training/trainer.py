@@ -25,12 +25,12 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 import yaml
 
+from muse_rec.data.files import replace_text
 from muse_rec.data.loader import PreparedLoader, make_loader, samples_in_step
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.plan_measure import status_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
-from muse_rec.output_paths import replace_text
 from muse_rec.quiet import quiet_known_warnings
 from muse_rec.spec import Spec
 from muse_rec.training.build import build_sharded, make_pipeline
