@@ -161,6 +161,13 @@ def latest_checkpoint(ckpt_root: str, run_id: Optional[str] = None) -> Optional[
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def checkpoint_to_resume(ckpt_root: str, run_id: Optional[str]) -> Optional[Path]:
+    """The checkpoint a resume continues from: the newest of run ``run_id`` (run.json's), else the
+    newest of any run (no run.json, or one written before run ids; a checkpoint of another run left
+    behind is then the one found, as before run ids existed)."""
+    return (latest_checkpoint(ckpt_root, run_id=run_id) if run_id else None) or latest_checkpoint(ckpt_root)
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -17,7 +17,7 @@ from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
 from muse_rec.json_files import read_json_object
 from muse_rec.spec import Spec, training_settings
-from muse_rec.training.checkpoint import Position, latest_checkpoint, read_position
+from muse_rec.training.checkpoint import Position, checkpoint_to_resume, read_position
 
 logger = logging.getLogger("muse_rec")
 
@@ -136,8 +136,7 @@ def check_resume_place(run_dir: Path, spec: Spec, world_size: int) -> None:
     is submitted, from the checkpoint's position.json and the prepared data's meta.json alone (no
     weights, no arrays read): RunError naming the checkpoint where the epoch cannot continue there.
     Nothing to check where the run has no checkpoint yet."""
-    run_id = read_run_json(run_dir / "run.json").get("run_id")
-    ck = latest_checkpoint(str(run_dir / "checkpoints"), run_id=run_id) or latest_checkpoint(str(run_dir / "checkpoints"))
+    ck = checkpoint_to_resume(str(run_dir / "checkpoints"), read_run_json(run_dir / "run.json").get("run_id"))
     if ck is None:
         return
     data = PreparedData(spec.data.prepared)

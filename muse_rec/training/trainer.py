@@ -34,7 +34,8 @@ from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_
 from muse_rec.quiet import quiet_known_warnings
 from muse_rec.spec import Spec
 from muse_rec.training.build import build_sharded, make_pipeline
-from muse_rec.training.checkpoint import Position, latest_checkpoint, load_checkpoint, read_position, save_checkpoint
+from muse_rec.training.checkpoint import (Position, checkpoint_to_resume, latest_checkpoint, load_checkpoint,
+                                         read_position, save_checkpoint)
 from muse_rec.training.evaluate import evaluate
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
 from muse_rec.training.results import rank_memory, summary_line, training_figures, write_json, write_rank_memory
@@ -154,13 +155,12 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         memory = rank_memory(dmp, env)
 
         ckpt_root = run_dir / "checkpoints"
-        ck = latest_checkpoint(str(ckpt_root)) if resume else None
+        ck = checkpoint_to_resume(str(ckpt_root), prev_run.get("run_id")) if resume else None
         run_id = prev_run.get("run_id") or (read_position(ck).run_id if ck is not None else "") or new_run_id()
         position = Position(world_size=env.world_size, batch_size=t.batch_size, run_id=run_id,
                             data_fingerprint=data.fingerprint, train_seconds=0.0)
         saved_world_size = env.world_size  # the ranks that trained the weights loaded (none: this run's)
         if resume:
-            ck = latest_checkpoint(str(ckpt_root), run_id=run_id) or ck
             if ck is None and not prev_run and not restart:  # the user's --resume, and nothing there
                 logger.warning("--resume: %s holds no run (no run.json, no checkpoint): starting a new run from "
                                "step 0; if you meant to continue a run, check output_dir and name", run_dir)
