@@ -261,9 +261,10 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.data.files import replace_text
+    from muse_rec.data.files import replace_texts
     from muse_rec.output_paths import check_output_path
-    from muse_rec.metrics import metrics_table, save_metrics_json
+    from muse_rec.metrics import metrics_table
+    from muse_rec.metrics.report import metrics_json_text
 
     try:
         if args.out:
@@ -313,8 +314,10 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            replace_text(out.with_suffix(".md"), table + "\n\n" + "\n".join(verdicts) + "\n")  # whole or not at all
-            save_metrics_json(out.with_suffix(".json"), {"rows": rows, "verdicts": verdicts, "floors": floors})
+            # Both or neither: a failed write leaves the earlier pair, never one of each run.
+            replace_texts({out.with_suffix(".md"): table + "\n\n" + "\n".join(verdicts) + "\n",
+                           out.with_suffix(".json"): metrics_json_text({"rows": rows, "verdicts": verdicts,
+                                                                        "floors": floors})})
         except OSError as e:
             print(f"muse-rec compare: --out {args.out}: cannot write ({e})", file=sys.stderr)
             return 2

@@ -25,9 +25,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
 
 
-# What an evaluation writes into --out (and its atomic-write temporary): an --out holding only these
-# is an earlier evaluation, replaced; anything else (a run directory, say) is refused.
-EVALUATION_FILES = ("metrics.json", "metrics.json.tmp", "predictions.parquet")
+# What an evaluation writes into --out: an --out holding only these (and metrics.json's temporary
+# file, left by an evaluation killed while writing it) is an earlier evaluation, replaced; anything
+# else (a run directory, say) is refused.
+EVALUATION_FILES = ("metrics.json", "predictions.parquet")
+
+
+def _is_evaluation_file(name: str) -> bool:
+    from muse_rec.data.files import tmp_of
+
+    return name in EVALUATION_FILES or tmp_of(name) == "metrics.json"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batches < 0:
         return report("evaluate", ValueError(f"--max-batches {args.max_batches}: must be >= 0 (0 = the whole split)"))
     try:  # before torch's and TorchRec's imports (seconds): a bad --out or spec fails at once
-        check_output_path(args.out, "--out", replaces=EVALUATION_FILES)
+        check_output_path(args.out, "--out", replaces=_is_evaluation_file, own_marker="predictions.parquet")
         spec = load_spec(args.spec, args.set)
     except (OutputPathError, SpecError) as e:
         return report("evaluate", e)

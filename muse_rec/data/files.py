@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import struct
-from typing import Any, Tuple
+from typing import Any, List, Mapping, Tuple
 
 import numpy as np
 
@@ -244,24 +244,46 @@ def save_npy(path: str, arr: np.ndarray) -> None:
 class OutputWriteError(OSError):
     """The OS refused to write an output (a full disk, a file-size limit); names the file."""
 
+    @classmethod
+    def naming(cls, e: OSError, path: str | os.PathLike) -> "OutputWriteError":
+        """``e`` (whose text often names no file: pyarrow's "Error writing bytes to file") with ``path``."""
+        if e.errno is None:
+            out = cls(f"{e}: {str(path)!r}")
+            out.filename = str(path)
+            return out
+        return cls(e.errno, e.strerror or str(e), str(path))
+
 
 def replace_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all: into a temporary file beside it, then moved
     over it in one rename (over a symbolic link's target, as writing through the link would). A
     write that fails (a full disk) leaves an earlier file as it was, and no half-written file under
     the name a reader opens: `OutputWriteError` naming the file, for the caller to report."""
-    real = os.path.realpath(path)
-    tmp = tmp_name(real)
+    replace_texts({path: text})
+
+
+def replace_texts(texts: Mapping[str | os.PathLike, str]) -> None:
+    """`replace_text` for files that belong together (a report's .md and .json): every one is
+    written to its temporary file before the first rename, so a failed write (a full disk)
+    replaces none of them; the renames that follow do not allocate and do not fail that way."""
+    staged: List[Tuple[str, str, str]] = []  # (as given, its target, its temporary file)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, real)
-    except OSError as e:  # a failed write names no file: say which
-        _remove_quietly(tmp)
-        raise OutputWriteError(e.errno, e.strerror or str(e), str(path)) from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+        for path, text in texts.items():
+            real = os.path.realpath(path)
+            staged.append((str(path), real, tmp_name(real)))
+            try:
+                with open(staged[-1][2], "w", encoding="utf-8") as f:
+                    f.write(text)
+            except OSError as e:  # a failed write names no file: say which
+                raise OutputWriteError.naming(e, path) from None
+        for path, real, tmp in staged:
+            try:
+                os.replace(tmp, real)
+            except OSError as e:
+                raise OutputWriteError.naming(e, path) from None
+    finally:
+        for _, _, tmp in staged:
+            _remove_quietly(tmp)
 
 
 def _remove_quietly(path: str) -> None:

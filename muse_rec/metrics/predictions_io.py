@@ -22,6 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from muse_rec.data.files import OutputWriteError
+
 PART_PATTERN = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
 COLUMN_ORDER = ["user_key", "item_key", "label", "score", "seq_length", "item_popularity"]
 
@@ -69,6 +71,8 @@ def write_part(directory: str | os.PathLike, columns: Dict[str, np.ndarray], ran
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, final)
+    except OSError as e:  # pyarrow's "Error writing bytes to file" names no file (a full disk)
+        raise OutputWriteError.naming(e, final) from None
     finally:
         if tmp.exists():
             tmp.unlink()

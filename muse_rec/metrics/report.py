@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from muse_rec.data.files import replace_text
 from muse_rec.json_files import read_json_object
 
 MISSING = "-"  # shown for absent, None and NaN cells
@@ -139,20 +139,16 @@ def read_run_metrics(path: str | os.PathLike) -> Dict[str, Any]:
     return doc
 
 
-def save_metrics_json(path: str | os.PathLike, metrics: Dict[str, Any]) -> Path:
-    """Write ``metrics`` as indented strict JSON, atomically (temp file + rename); returns the path.
+def metrics_json_text(metrics: Dict[str, Any]) -> str:
+    """``metrics`` as indented strict JSON text (NaN and inf become ``null``), newline-terminated."""
+    return json.dumps(to_jsonable(metrics), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
-    NaN and inf become ``null``. Parent directories are created.
-    """
+
+def save_metrics_json(path: str | os.PathLike, metrics: Dict[str, Any]) -> Path:
+    """Write ``metrics`` as `metrics_json_text`, whole or not at all (`replace_text`: through a
+    symbolic link, `OutputWriteError` naming the file); returns the path. Parent directories are
+    created."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_jsonable(metrics), indent=2, sort_keys=False, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    replace_text(p, metrics_json_text(metrics))
     return p

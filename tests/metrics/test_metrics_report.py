@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import resource
+import signal
+import stat
 
 import numpy as np
 import pytest
 import torch
 
+from muse_rec.data.files import OutputWriteError
 from muse_rec.metrics import metrics_table, save_metrics_json
 
 ROWS = [
@@ -59,3 +65,28 @@ def test_save_metrics_json_is_strict_and_atomic(tmp_path):
     }
     save_metrics_json(path, {"gauc": 0.7})  # overwrite in place
     assert json.loads(path.read_text()) == {"gauc": 0.7}
+
+
+def test_save_metrics_json_writes_through_a_link_with_the_usual_mode_and_names_the_file_it_cannot_write(tmp_path):
+    """It wrote through `mkstemp`: the file got mode 0600 (unreadable by the group that reads the
+    results), a symbolic link at the path was replaced by a file, and a failed write named no file."""
+    target = tmp_path / "results" / "floors.json"
+    target.parent.mkdir()
+    link = tmp_path / "floors.json"
+    link.symlink_to(target)
+    save_metrics_json(link, {"gauc": 0.7})
+    assert link.is_symlink() and json.loads(target.read_text()) == {"gauc": 0.7}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    earlier = target.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8, hard))  # a full disk: no file may grow past 8 bytes
+    try:
+        with pytest.raises(OutputWriteError, match=re.escape(f"File too large: '{link}'")):
+            save_metrics_json(link, {"gauc": 0.8})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert target.read_bytes() == earlier and sorted(p.name for p in target.parent.iterdir()) == ["floors.json"]

@@ -47,6 +47,30 @@ def test_plan_and_compare_keep_their_earlier_output_when_a_write_fails(tmp_path,
     assert md.read_bytes() == earlier  # was left empty
 
 
+def test_compare_replaces_its_table_and_its_json_together_or_neither(tmp_path, trained):
+    """compare wrote its .md, then its .json: a disk that took the first and not the second left the
+    new table beside the earlier JSON, two runs' results presented as one."""
+    table = tmp_path / "cmp"
+    assert cli("compare", str(trained.run_dir), "--no-floors", "--out", str(table)).returncode == 0
+    md, js = table.with_suffix(".md"), table.with_suffix(".json")
+    fits = len(md.read_bytes())  # room for the new table, not for its JSON
+    assert fits < len(js.read_bytes())
+    md.write_text("earlier table\n")
+    js.write_text('{"rows": []}\n')
+    out = full_disk_cli("compare", str(trained.run_dir), "--no-floors", "--out", str(table), limit_bytes=fits)
+    assert_bad_input(out, "--out", str(table), "cannot write", str(js))
+    assert md.read_text() == "earlier table\n" and js.read_text() == '{"rows": []}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.json", "cmp.md"]
+
+
+def test_evaluate_names_the_file_a_full_disk_refused(tmp_path, trained):
+    """pyarrow's "Error writing bytes to file" named no file; the line now does."""
+    ev = tmp_path / "ev"
+    out = full_disk_cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "1")
+    assert_bad_input(out, "File too large", str(ev / "predictions.parquet" / "part-00000-of-00001.parquet"))
+    assert not (ev / "metrics.json").exists()
+
+
 def test_a_resume_that_cannot_write_its_run_record_keeps_it_and_resumes_later(tmp_path, trained):
     runs = trained.copy_run(tmp_path / "runs")
     run = runs / "din"

@@ -49,6 +49,21 @@ def test_evaluate_into_a_run_directory_is_refused_and_an_earlier_evaluation_is_r
     assert "| DIN " in shown.stdout, shown.stdout
 
 
+def test_an_evaluation_killed_while_writing_metrics_json_is_replaced_by_the_next(trained, tmp_path):
+    """The metrics.json temporary of an evaluation killed mid-write made every later `evaluate --out`
+    into that directory refuse it as "holds an evaluation (predictions.parquet)", i.e. its own kind of
+    output, with no way on but deleting files by hand."""
+    ev = tmp_path / "ev"
+    out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    (ev / "metrics.json.tmp.4242").write_text('{"gauc": 0.')  # what a kill during the write leaves
+    out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    (ev / "notes.txt").write_text("mine")  # a file evaluate never writes is still refused, and named
+    out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "1")
+    assert_bad_input(out, f"--out {ev}: holds files this command did not write (notes.txt)")
+
+
 @pytest.mark.parametrize("command", ["evaluate", "export", "compare", "baselines", "reproduce"])
 def test_an_output_under_a_file_is_refused_before_any_work(trained, tmp_path, command):
     blocker = tmp_path / "a_file"
