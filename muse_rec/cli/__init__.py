@@ -71,6 +71,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "this machine holds; check their sizes (model.*, data.seq_len, train.batch_size, a flag such as "
                          "--seq-len)\n")
         return 2
+    except FileNotFoundError as e:
+        # torch (and TorchRec through it) picks its cache directory at import: with no writable
+        # temporary directory (a full disk, a read-only /tmp) Python's tempfile raises this, before
+        # the command has done anything. The environment, not a bug: say what to change.
+        if "No usable temporary directory" not in str(e):
+            raise
+        sys.stderr.write(f"muse-rec {args.command}: {' '.join(str(e).split())}: torch needs one to start; free space "
+                         "there or point TMPDIR at a writable directory with free space\n")
+        return 2
     except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a bug: a line saying what to do, not a traceback
         sys.stderr.write(f"\nmuse-rec {args.command}: interrupted{_AFTER_AN_INTERRUPT.get(args.command, '')}\n")
         return 130  # 128 + SIGINT, the shell's convention

@@ -87,3 +87,10 @@ def test_a_resume_that_cannot_write_its_run_record_keeps_it_and_resumes_later(tm
     out = cli("train", "--spec", SPEC, *sets, "--device", "cpu", "--resume")
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((run / "run.json").read_text())["total_steps"] == 3
+
+
+def test_a_disk_too_full_for_torch_to_start_is_one_line():
+    """torch picks its cache directory at import; with no file writable anywhere Python's tempfile
+    raised, and every command that imports torch showed that traceback and exited 1."""
+    out = full_disk_cli("plan", "--spec", "specs/taobao_mm_full/muse.yaml", "--world-size", "8", limit_bytes=0)
+    assert_bad_input(out, "muse-rec plan: ", "No usable temporary directory", "TMPDIR")
