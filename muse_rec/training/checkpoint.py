@@ -275,9 +275,13 @@ def save_checkpoint(
     if _rank() == 0:
         (tmp / "position.json").write_text(json.dumps(asdict(position), indent=2))
         digest = write_manifest(tmp)  # last: it covers every file above (all ranks' shards)
-        if final.exists():
-            shutil.rmtree(final)
+        replaced = root / f"step-{position.step:08d}.replaced"
+        if final.exists():  # a save of a step saved before (a resume): renamed aside, then deleted, so
+            # a kill during the (slow) delete leaves a whole checkpoint under the step's name, not a half one
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
         os.replace(tmp, final)
+        shutil.rmtree(replaced, ignore_errors=True)
         logger.info("checkpoint %s (sha256 %s)", final, digest)
         _prune(root, keep, position.run_id)
     _barrier()
@@ -293,7 +297,7 @@ def _prune(root: Path, keep: int, run_id: str) -> None:
     mine = [p for _, p in _complete(root) if _run_id_of(p) == run_id]
     for p in mine[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob("step-*.tmp"):
+    for p in [*root.glob("step-*.tmp"), *root.glob("step-*.replaced")]:
         shutil.rmtree(p, ignore_errors=True)
 
 

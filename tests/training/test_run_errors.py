@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -291,3 +292,33 @@ def test_pruning_keeps_a_damaged_step_directory_and_resumes_from_the_newest(tmp_
     assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000003", "step-00000004"]
     assert damaged.is_dir()
     assert latest_checkpoint(str(root)) == latest_checkpoint(str(root), run_id="r") == root / "step-00000004"
+
+
+def test_a_save_killed_while_deleting_the_step_it_replaces_leaves_a_whole_checkpoint(tmp_path, monkeypatch):
+    """Saving a step saved before (a resume) deleted the old step directory in place, then renamed the
+    new one in: a kill during the delete left the step half-deleted, the newest checkpoint refused as
+    damaged. The old directory is now renamed aside first and deleted after the new one is in place."""
+    from muse_rec.training import checkpoint
+    from muse_rec.training.checkpoint import Position, latest_checkpoint, save_checkpoint
+
+    root = tmp_path / "checkpoints"
+    model = torch.nn.Linear(2, 1)
+    save_checkpoint(str(root), model, None, Position(step=2, run_id="r"))
+    real_rmtree = checkpoint.shutil.rmtree
+
+    def killed_half_way(path, *args, **kwargs):  # the first file goes, then the process is killed
+        if (Path(path) / "position.json").exists():
+            (Path(path) / "position.json").unlink()
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(str(root), model, None, Position(step=2, run_id="r"))
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
+    newest = latest_checkpoint(str(root), run_id="r")
+    assert newest == root / "step-00000002" and (newest / "position.json").exists()
+    save_checkpoint(str(root), model, None, Position(step=3, run_id="r"))  # the next save clears what was left
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000003"]
