@@ -19,7 +19,6 @@ the tables and makes the exit status 1; the other sections still run. See docs/b
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform

@@ -11,7 +11,7 @@ import pytest
 
 from muse_rec.data import schema as S
 from muse_rec.data.synth import SynthConfig, write_synthetic_release
-from muse_rec.data.synth_release import INT8_SCALE, IdHasher, written_scl_int8
+from muse_rec.data.synth_release import INT8_SCALE, written_scl_int8
 from muse_rec.data.synth_world import build_catalogue
 
 

@@ -1,7 +1,6 @@
 """int8 serving vs the float model: a per-sample bound derived from the tables (see int8_bound.py)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
