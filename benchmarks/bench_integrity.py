@@ -5,7 +5,7 @@
 A DCP checkpoint is one large file per rank; `muse_rec.integrity` hashes every file of it at
 each save (`write_manifest`) and before each load (`verify`). This writes ``--files`` random files
 of ``--mb`` MiB (the shape of a ``--files``-rank checkpoint), then hashes them serially
-(`file_sha256` in a loop: what the manifest code did before) and concurrently (`_hash_files`),
+(`file_sha256` in a loop: what the manifest code did before) and concurrently (`hash_files`),
 alternating which goes first so both see the same machine load, and checks both give the same
 hashes. Prints the median throughput of each, their ratio, and the load average before and
 after (these machines are shared: read the ratio, not the MB/s). The page cache holds the files
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
-from muse_rec.integrity import _hash_files, file_sha256
+from muse_rec.integrity import hash_files, file_sha256
 
 
 def _timed(fn: Callable[[], Dict[str, str]]) -> tuple:
@@ -48,7 +48,7 @@ def main(argv: List[str] | None = None) -> None:
                 for _ in range(a.mb):
                     f.write(os.urandom(1 << 20))
         serial = lambda: {rel: file_sha256(root / rel) for rel in rels}  # noqa: E731
-        threaded = lambda: _hash_files(root, rels)  # noqa: E731
+        threaded = lambda: hash_files(root, rels)  # noqa: E731
         serial()  # warm the page cache
         times: Dict[str, list] = {"serial": [], "threaded": []}
         for rep in range(a.reps):
