@@ -23,8 +23,12 @@ def full_disk_cli(*args: str, limit_bytes: int = LIMIT_BYTES) -> subprocess.Comp
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
+    env = subprocess_env()
+    # torch records its cache directory in this process's environment once it has picked one (after
+    # another test imported it here); a user's shell has none, so the command picks its own.
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     return subprocess.run([sys.executable, "-m", "muse_rec.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=subprocess_env(), preexec_fn=limit)
+                          timeout=300, env=env, preexec_fn=limit)
 
 
 def test_plan_and_compare_keep_their_earlier_output_when_a_write_fails(tmp_path, trained):
