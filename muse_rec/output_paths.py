@@ -107,4 +107,3 @@ def inside_another_command_s_output(file: Path, own: str = "") -> Optional[Tuple
         if held:
             return folder, held
     return None
-

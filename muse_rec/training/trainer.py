@@ -25,7 +25,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 import yaml
 
-from muse_rec.data.files import replace_text
+from muse_rec.data.files import replace_texts
 from muse_rec.data.loader import PreparedLoader, make_loader, samples_in_step
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
@@ -188,16 +188,18 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     trained_world_size = saved_world_size if finished else env.world_size
     if env.is_main and not keep_record:
         # Only now, with the checkpoint loaded, does the run record describe this run.
-        # Each whole or not at all: a resume that cannot write (a full disk) must not leave a cut
-        # spec.yaml, which every later --resume is compared against.
-        replace_text(run_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        replace_text(run_dir / "run.json", json.dumps({
-            "run_id": run_id, "data_fingerprint": data.fingerprint,
-            "vocab_sizes": dict(data.vocab_sizes), "world_size": trained_world_size, "device": str(env.device),
-            "sparse_optimizer": asdict(t.sparse_optimizer), "dense_optimizer": asdict(t.dense_optimizer),
-            "sparse_optimizer_route": FusedOptimizerConfig(name=t.sparse_optimizer.name).route(env.device.type),
-            "batches_per_epoch": train_loader_len, "total_steps": total_steps,
-        }, indent=2))
+        # Both whole, or neither replaced: a resume that cannot write (a full disk) must not leave a
+        # cut spec.yaml, which every later --resume is compared against, nor a new spec.yaml beside
+        # the earlier run.json.
+        replace_texts({
+            run_dir / "spec.yaml": yaml.safe_dump(spec.to_dict(), sort_keys=False),
+            run_dir / "run.json": json.dumps({
+                "run_id": run_id, "data_fingerprint": data.fingerprint,
+                "vocab_sizes": dict(data.vocab_sizes), "world_size": trained_world_size, "device": str(env.device),
+                "sparse_optimizer": asdict(t.sparse_optimizer), "dense_optimizer": asdict(t.dense_optimizer),
+                "sparse_optimizer_route": FusedOptimizerConfig(name=t.sparse_optimizer.name).route(env.device.type),
+                "batches_per_epoch": train_loader_len, "total_steps": total_steps,
+            }, indent=2)})
     if env.is_main and finished:
         logger.info("%s: already trained (step %d of %d); evaluating its checkpoint only", spec.name,
                     position.step, total_steps)

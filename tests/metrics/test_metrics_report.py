@@ -90,3 +90,18 @@ def test_save_metrics_json_writes_through_a_link_with_the_usual_mode_and_names_t
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
     assert target.read_bytes() == earlier and sorted(p.name for p in target.parent.iterdir()) == ["floors.json"]
+
+
+def test_replace_texts_replaces_every_file_or_none(tmp_path):
+    """Files that belong together (compare's .md and .json, a run's spec.yaml and run.json): a write
+    that fails on the second leaves the first as it was, and no temporary file behind."""
+    from muse_rec.data.files import replace_texts
+
+    first, second = tmp_path / "spec.yaml", tmp_path / "gone" / "run.json"  # the second cannot be created
+    first.write_text("earlier\n")
+    with pytest.raises(OutputWriteError, match=re.escape(str(second))):
+        replace_texts({first: "new\n", second: "{}\n"})
+    assert first.read_text() == "earlier\n" and sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+    second.parent.mkdir()
+    replace_texts({first: "new\n", second: "{}\n"})
+    assert first.read_text() == "new\n" and second.read_text() == "{}\n"
