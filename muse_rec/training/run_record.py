@@ -125,10 +125,15 @@ def place_in_epoch(position: Position, ck: Path, split_samples: int, batch_size:
 
 def resume_place(position: Position, ck: Path, spec: Spec, split_samples: int, world_size: int, steps: int) -> None:
     """`place_in_epoch` for a resume of ``spec``'s run on ``world_size`` ranks (``steps`` an epoch of
-    them), unless the checkpoint has trained its ``train.max_steps``: nothing is left to continue
-    then (3 steps of 1 rank cannot go on evenly on 2, and need not: the resume only evaluates)."""
-    if not (spec.train.max_steps and position.step >= spec.train.max_steps):
-        place_in_epoch(position, ck, split_samples, spec.train.batch_size, world_size, steps)
+    them), unless the checkpoint has trained its ``train.max_steps``, or stands in an epoch at or past
+    its ``train.epochs`` (lowered on resume): nothing is left to continue then (3 steps of 1 rank
+    cannot go on evenly on 2, and need not: the resume only evaluates)."""
+    t = spec.train
+    if t.max_steps and position.step >= t.max_steps:
+        return
+    if position.epoch >= t.epochs:
+        return
+    place_in_epoch(position, ck, split_samples, t.batch_size, world_size, steps)
 
 
 def check_resume_place(run_dir: Path, spec: Spec, world_size: int) -> None:

@@ -189,7 +189,8 @@ def test_a_resume_on_ranks_that_cannot_continue_the_epoch_is_refused_before_subm
     on the profile's 2 ranks: `muse-rec launch --resume` submitted it, and each rank refused it amid
     torchrun's tracebacks (exit 1). Now one line, exit 2, before submitting, from the checkpoint's
     position.json and the data's meta.json; 4 batches done, or a run already at its max_steps (an
-    evaluation-only resume), are submitted."""
+    evaluation-only resume), are submitted; so is one that stopped in an epoch that a lowered
+    train.epochs no longer trains (it was refused as if that epoch had to go on)."""
     from muse_rec.spec import load_spec
 
     run = tmp_path / "runs" / "din"
@@ -200,9 +201,10 @@ def test_a_resume_on_ranks_that_cannot_continue_the_epoch_is_refused_before_subm
     ck = run / "checkpoints" / "step-00000003"
     ck.mkdir()
 
-    def position(batches: int) -> None:
+    def position(batches: int, epoch: int = 0) -> None:
         ck.joinpath("position.json").write_text(json.dumps(
-            {"step": batches, "epoch": 0, "batch_in_epoch": batches, "world_size": 1, "batch_size": 64, "run_id": "r1"}))
+            {"step": batches, "epoch": epoch, "batch_in_epoch": batches, "world_size": 1, "batch_size": 64,
+             "run_id": "r1"}))
 
     common = ["--profile", "cpu-demo", "--spec", "specs/demo/din.yaml", "--resume", "--dryrun"]
     for ov in into:
@@ -214,6 +216,11 @@ def test_a_resume_on_ranks_that_cannot_continue_the_epoch_is_refused_before_subm
     assert f"{ck}: it was saved by 1 rank(s) 3 step(s) into an epoch" in out.stderr, out.stderr
     assert "2 ranks cannot continue evenly" in out.stderr, out.stderr
     assert launch(*common, "--set", "train.max_steps=3").returncode == 0  # nothing left to train: evaluates
+    position(3, epoch=1)  # 3 steps into the second epoch of a 2-epoch run
+    out = launch(*common, "--set", "train.epochs=2")
+    assert out.returncode == 2 and "2 ranks cannot continue evenly" in out.stderr, out.stderr[-3000:]
+    out = launch(*common, "--set", "train.epochs=1")  # that epoch is no longer trained: evaluates
+    assert out.returncode == 0, out.stderr[-3000:]
     position(4)
     out = launch(*common)
     assert out.returncode == 0, out.stderr[-3000:]
