@@ -39,6 +39,8 @@ def main(argv: List[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.files < 1 or a.mb < 1 or a.reps < 1:
         p.error("--files, --mb and --reps must be >= 1")
+    if a.dir is not None and not Path(a.dir).is_dir():
+        p.error(f"--dir {a.dir}: no such directory")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=a.dir) as d:
         root = Path(d)
