@@ -20,22 +20,15 @@ def bad_input_errors() -> Tuple[Type[BaseException], ...]:
     from muse_rec.distributed.env import DeviceError
     from muse_rec.integrity import IntegrityError
     from muse_rec.output_paths import OutputPathError
+    from muse_rec.serving.export_layout import ExportError  # without torch.export and TorchRec (seconds)
     from muse_rec.serving.request import RequestError
     from muse_rec.spec import SpecError
     from muse_rec.training.checkpoint import CheckpointError
     from muse_rec.training.run_dir import RunDirError
     from muse_rec.training.run_record import RunError
 
-    errors: Tuple[Type[BaseException], ...] = (SpecError, RunError, RunDirError, CheckpointError, PreparedDataError,
-                                               IntegrityError, RequestError, CheckpointException, OutputPathError,
-                                               DeviceError)
-    try:
-        from muse_rec.serving.export import ExportError
-
-        errors += (ExportError,)
-    except ImportError:  # serving extras broken: training commands still classify their errors
-        pass
-    return errors
+    return (SpecError, RunError, RunDirError, CheckpointError, PreparedDataError, IntegrityError, RequestError,
+            CheckpointException, OutputPathError, DeviceError, ExportError)
 
 
 def report(command: str, e: BaseException) -> int:

@@ -25,6 +25,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from muse_rec.data.batch import POOLED_FEATURES, Batch, history_groups, pooled_kjt
+# The epoch arithmetic lives apart (no TorchRec import): the trainer's and the launcher's resume
+# checks use it before anything heavy is imported. Re-exported here, where readers look for it.
+from muse_rec.data.epochs import resume_batch, samples_in_step, steps_per_epoch  # noqa: F401
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 
 
@@ -254,47 +257,6 @@ def _die_with(parent_pid: int, _worker_id: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the trainer died before the request above
         os._exit(1)
-
-
-def samples_in_step(step_in_epoch: int, batch_size: int, world_size: int, num_samples: int) -> int:
-    """Real (non-padding) samples of one training step over all ranks: the step covers global
-    batches ``step * W .. step * W + W - 1``, i.e. rows ``[step * W * B, (step + 1) * W * B)`` of
-    the split's ``num_samples``, so only an epoch's last step is short. A shuffled epoch moves its
-    one partial batch to another step; the epoch's total is the same."""
-    per_step = batch_size * world_size
-    return max(0, min(per_step, num_samples - step_in_epoch * per_step))
-
-
-def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
-    """Steps of one epoch: every rank's batch count, the global batches ``ceil(N / B)`` dealt round
-    robin over ``W`` ranks (the last step's missing batches are padding)."""
-    global_batches = -(-num_samples // batch_size)
-    return -(-global_batches // world_size)
-
-
-def resume_batch(batch_in_epoch: int, saved_batch_size: int, saved_world_size: int, batch_size: int,
-                 world_size: int) -> int:
-    """This run's first step of the epoch a checkpoint stopped in (its ``start_batch``), at this run's
-    batch size and world size: step ``j`` of ``W`` ranks trains global batches ``j * W .. j * W + W - 1``
-    (also when shuffled: the batch order depends on the batch size only), so the checkpoint's
-    ``batch_in_epoch * saved_world_size`` global batches are done.
-
-    ``saved_batch_size`` 0 = not recorded (older checkpoints): taken to be ``batch_size``.
-    Raises ValueError where the rest of the epoch cannot start exactly there: another batch size
-    mid-epoch (other batches, another shuffle), or a world size that does not divide the batches done.
-    """
-    if batch_in_epoch == 0:
-        return 0
-    if saved_batch_size and saved_batch_size != batch_size:
-        raise ValueError(f"it stopped {batch_in_epoch} step(s) into an epoch at train.batch_size {saved_batch_size}; "
-                         f"at {batch_size} the rest of that epoch would re-read or skip samples: resume with "
-                         f"train.batch_size={saved_batch_size}")
-    done = batch_in_epoch * saved_world_size
-    if done % world_size:
-        raise ValueError(f"it was saved by {saved_world_size} rank(s) {batch_in_epoch} step(s) into an epoch, "
-                         f"after {done} global batches, where {world_size} ranks cannot continue evenly: resume on "
-                         f"a number of ranks that divides {done}, e.g. {saved_world_size}")
-    return done // world_size
 
 
 def make_loader(data: Union[PreparedData, str], split: str, batch_size: int, seq_len: int, rank: int = 0,

@@ -43,7 +43,7 @@ from muse_rec.json_files import read_json_object
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
 from muse_rec.output_paths import check_output_path
 from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, OLD_LEFTOVERS,
-                                             PROGRAM_FILE, STAGING_DIR)
+                                             PROGRAM_FILE, STAGING_DIR, ExportError)
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.int8_check import check_requests, deviation_report, score_requests, warning_text
 from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving
@@ -55,10 +55,6 @@ MIN_CANDIDATES = 1
 DEFAULT_MAX_CANDIDATES = 4096
 INPUT_NAMES = ("seq_items", "seq_cats", "seq_length", "user_fields", "cand_items", "cand_cats", "cand_attrs",
                "seq_scl")
-
-
-class ExportError(RuntimeError):
-    """Export cannot proceed as asked (no checkpoint, bad directory, unsupported spec)."""
 
 
 def resolve_checkpoint(spec: Spec, checkpoint: Optional[str]) -> Path:

@@ -41,7 +41,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import read_json_object
@@ -304,6 +303,9 @@ def _prune(root: Path, keep: int, run_id: str) -> None:
 def _materialize_lazy_state(optimizer: torch.optim.Optimizer) -> None:
     """Create the dense optimizers' state (torch builds it at the first step) so DCP can load
     into it in place. The dummy step's effect on parameters is overwritten by the model load."""
+    # Here, not at the top: the resume checks import this module before the training stack (TorchRec).
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+
     parts = [o for _, o in optimizer.optimizers] if isinstance(optimizer, CombinedOptimizer) else [optimizer]
     for opt in parts:
         if isinstance(opt, KeyedOptimizerWrapper) and not opt.state:

@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 import yaml
 
-from muse_rec.data.loader import resume_batch, steps_per_epoch
+from muse_rec.data.epochs import resume_batch, steps_per_epoch
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
 from muse_rec.json_files import read_json_object

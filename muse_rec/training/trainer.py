@@ -20,28 +20,32 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
 
 import torch
 import yaml
 
 from muse_rec.data.files import replace_texts
-from muse_rec.data.loader import PreparedLoader, make_loader, samples_in_step
+from muse_rec.data.epochs import samples_in_step
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.plan_measure import status_bytes
-from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
 from muse_rec.quiet import quiet_known_warnings
 from muse_rec.spec import Spec
-from muse_rec.training.build import build_sharded, make_pipeline
 from muse_rec.training.checkpoint import (Position, checkpoint_to_resume, latest_checkpoint, load_checkpoint,
                                          read_position, save_checkpoint)
-from muse_rec.training.evaluate import evaluate
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
 from muse_rec.training.results import rank_memory, summary_line, training_figures, write_json, write_rank_memory
 from muse_rec.training.run_dir import claim_run_dir, given_back_on_error, new_run_id
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_resume_settings, check_run_compat,
                                           read_run_json, resume_place)
+
+if TYPE_CHECKING:
+    from muse_rec.data.loader import PreparedLoader
+
+# The training stack (TorchRec and FBGEMM: ~4 s of imports per process) is imported inside `train`
+# and `evaluate_checkpoint`, after their run-directory, data and resume checks: a refused run
+# answers without it (tests/robustness/test_run_dir.py checks the module stays light).
 
 logger = logging.getLogger("muse_rec")
 
@@ -106,6 +110,8 @@ def epoch_loader(data: PreparedData, spec: Spec, rank: int, world_size: int, pos
     """This rank's train batches from ``position`` to the end of its epoch. A seeded shuffle
     (``train.shuffle_seed``) draws each epoch's order with seed ``shuffle_seed + epoch``: a new order
     per epoch, and the same one again when a run resumes inside it."""
+    from muse_rec.data.loader import make_loader
+
     t = spec.train
     return make_loader(
         data, spec.data.train_split, t.batch_size, spec.data.seq_len, rank=rank, world_size=world_size,
@@ -139,6 +145,11 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         if resume:  # every rank checks (same files), so all raise together instead of some hanging
             check_run_compat(run_dir / "run.json", data, env)
             check_resume_settings(run_dir / "spec.yaml", spec)
+        from muse_rec.data.loader import make_loader
+        from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
+        from muse_rec.training.build import build_sharded, make_pipeline
+        from muse_rec.training.evaluate import evaluate
+
         torch.manual_seed(t.seed)
 
         seq_len = spec.data.seq_len
@@ -359,6 +370,9 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
         raise RunError(f"no complete checkpoint at {checkpoint or run_dir / 'checkpoints'}")
     check_run_compat(ck.parent.parent / "run.json", data, env)
     check_data_fingerprint(ck, data, allow_data_mismatch)
+    from muse_rec.training.build import build_sharded
+    from muse_rec.training.evaluate import evaluate
+
     dmp, _, skip = build_sharded(spec, data, env)
     position = load_checkpoint(ck, dmp, None, skip=skip, expect_sha256=expect_sha256)
     out = Path(out_dir)

@@ -36,6 +36,23 @@ def test_fresh_run_into_used_run_dir_is_refused_and_changes_nothing(trained, tmp
     assert sorted(os.listdir(other)) == ["a.txt"]
 
 
+def test_a_refused_run_answers_before_the_training_stack_is_imported(trained, tmp_path):
+    """A run refused for its run directory imported TorchRec and FBGEMM first (~4 s a process, about
+    half of such a refusal). The checks now run before those imports; the refusal is the same line."""
+    import subprocess
+
+    from tests.conftest import REPO, subprocess_env
+
+    runs = trained.copy_run(tmp_path / "runs")
+    args = ["train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu"]
+    probe = ("import sys; from muse_rec.cli import main; code = main(sys.argv[1:]); "
+             "print('training stack imported:', 'torchrec' in sys.modules, 'fbgemm_gpu' in sys.modules); sys.exit(code)")
+    out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=REPO,
+                         env=subprocess_env(), timeout=300)
+    assert_bad_input(out, str(runs / "din"), "already holds a run")
+    assert "training stack imported: False False" in out.stdout, (out.stdout, out.stderr[-2000:])
+
+
 def test_overwrite_moves_the_old_run_aside_whole(trained, tmp_path):
     runs = trained.copy_run(tmp_path / "runs")
     before = snapshot(runs / "din")
