@@ -25,9 +25,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from muse_rec.data.batch import POOLED_FEATURES, Batch, history_groups, pooled_kjt
-# The epoch arithmetic lives apart (no TorchRec import): the trainer's and the launcher's resume
-# checks use it before anything heavy is imported. Re-exported here, where readers look for it.
-from muse_rec.data.epochs import resume_batch, samples_in_step, steps_per_epoch  # noqa: F401
+# The epoch arithmetic lives apart (no TorchRec import): the resume checks use it before the
+# training stack is imported.
+from muse_rec.data.epochs import steps_per_epoch
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 
 

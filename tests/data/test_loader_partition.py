@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from muse_rec.data.batch import POOLED_FEATURES, history_groups
-from muse_rec.data.loader import make_loader, resume_batch
+from muse_rec.data.epochs import resume_batch
+from muse_rec.data.loader import make_loader
 from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from tests.data.rawgen import write_raw_release
@@ -190,7 +191,7 @@ def test_history_groups_split_large_users() -> None:
 def test_samples_in_step_counts_the_real_rows_each_step_delivers(prepared: str, world: int) -> None:
     """What training counts as a step's samples (samples/s, position.samples_seen) is the rows the
     ranks' batches of that step hold without padding; it counted batch x world, padding included."""
-    from muse_rec.data.loader import samples_in_step
+    from muse_rec.data.epochs import samples_in_step
 
     n = PreparedData(prepared).num_samples("train")
     per_rank = [[int(b.weights.bool().sum()) for b in make_loader(prepared, "train", BATCH, SEQ_LEN, rank=r,
