@@ -30,7 +30,7 @@ def minor(version: str) -> str:
 
 
 def fbgemm_for_torch(torch_version: str) -> str:
-    """The FBGEMM (and TorchRec) release to install beside a given torch, e.g. '2.11.0' -> '1.6.0'."""
+    """The FBGEMM release to install beside a given torch, e.g. '2.11.0' -> '1.6.0'."""
     want = minor(torch_version)
     for fb, tv in FBGEMM_TORCH_MINOR.items():
         if tv == want:
@@ -39,3 +39,18 @@ def fbgemm_for_torch(torch_version: str) -> str:
         f"no known FBGEMM release for torch {torch_version}; known pairs: "
         + ", ".join(f"fbgemm {fb} <-> torch {tv}" for fb, tv in FBGEMM_TORCH_MINOR.items())
     )
+
+
+def cuda_requirements(torch_version: str) -> list:
+    """pip requirements of the CUDA profile beside a machine's own torch, e.g. for '2.11.0':
+    ['fbgemm-gpu==1.6.0', 'torchrec==1.6.*', 'tensordict==0.15.3'].
+
+    TorchRec is pinned by minor, not to a patch: its patch releases are not FBGEMM's (torchrec
+    1.6.1 goes with fbgemm-gpu 1.6.0; there is no torchrec 1.6.0). tensordict 0.15 requires
+    torch >= 2.11, so an older torch gets the last release without that floor; otherwise pip
+    would replace the machine's CUDA torch with the newest one to satisfy it.
+    """
+    fb = fbgemm_for_torch(torch_version)
+    major, minor_ = (int(x) for x in minor(torch_version).split("."))
+    tensordict = "tensordict==0.15.3" if (major, minor_) >= (2, 11) else "tensordict==0.14.3"
+    return [f"fbgemm-gpu=={fb}", f"torchrec=={minor(fb)}.*", tensordict]

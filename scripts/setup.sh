@@ -52,23 +52,31 @@ case "$PROFILE" in
   cpu)
     echo "[setup] torch==$TORCH (CPU) + fbgemm-gpu-cpu==$FBGEMM"
     pipq "torch==$TORCH" "fbgemm-gpu-cpu==$FBGEMM"
+    TORCHREC_REQ="torchrec==$TORCHREC"
+    TENSORDICT_REQ="tensordict==0.15.3"
     ;;
   cuda)
     # The CUDA machine brings its own torch; install the fbgemm-gpu release that matches its
     # minor version (table in muse_rec/_versions.py), e.g. torch 2.11 <-> fbgemm-gpu 1.6.
     tv=$("$VPY" -c "import torch; print(torch.__version__)" 2>/dev/null || true)
     [[ -n "$tv" ]] || { echo "[setup] CUDA profile: install torch (CUDA build) into $VENV first" >&2; exit 2; }
-    FB=$("$VPY" -c "import runpy; v=runpy.run_path('muse_rec/_versions.py'); print(v['fbgemm_for_torch']('$tv'))")
-    echo "[setup] torch $tv (CUDA) -> fbgemm-gpu==$FB"
-    pipq "fbgemm-gpu==$FB"
+    # TorchRec and tensordict follow torch too (muse_rec/_versions.py: cuda_requirements); a
+    # constraint on the installed torch stops pip from replacing it to satisfy any of them.
+    mapfile -t REQS < <("$VPY" -c "import runpy; v=runpy.run_path('muse_rec/_versions.py'); print('\n'.join(v['cuda_requirements']('$tv')))")
+    echo "[setup] torch $tv (CUDA) -> ${REQS[*]}"
+    echo "torch==${tv}" > "$VENV/.torch-constraint.txt"
+    PIP+=(-c "$VENV/.torch-constraint.txt")
+    pipq "${REQS[0]}"
+    TORCHREC_REQ="${REQS[1]}"
+    TENSORDICT_REQ="${REQS[2]}"
     ;;
   *) echo "[setup] unknown MUSE_REC_PROFILE=$PROFILE (cpu|cuda)" >&2; exit 2 ;;
 esac
 
-echo "[setup] torchrec==$TORCHREC (--no-deps) and its light dependencies"
-pipq "torchmetrics==1.0.3" "tensordict==0.15.3" "pyre-extensions==0.0.32" "iopath==0.1.10" \
+echo "[setup] $TORCHREC_REQ (--no-deps) and its light dependencies"
+pipq "torchmetrics==1.0.3" "$TENSORDICT_REQ" "pyre-extensions==0.0.32" "iopath==0.1.10" \
   "torchx==$TORCHX" tqdm
-pipq --no-deps "torchrec==$TORCHREC"
+pipq --no-deps "$TORCHREC_REQ"
 
 echo "[setup] muse_rec (editable)${EXTRAS:+ with [$EXTRAS]}"
 pipq -e ".${EXTRAS:+[$EXTRAS]}"
