@@ -55,6 +55,15 @@ FBGEMM_FUSED = "fbgemm_fused"  # FBGEMM's optimizer inside the TBE backward
 ROW_SPARSE_ADAM = "row_sparse_adam"  # CPU Adam: RowSparseAdam after the backward, touched rows only
 # Optimizer names this project's `RowSparseAdam` serves where FBGEMM has no fused kernel for them.
 ROW_SPARSE_ADAM_NAMES = ("adam",)
+# Optimizers whose kernels apply `weight_decay`, per device. FBGEMM's Adam/LAMB/LARS kernels
+# (CUDA) decay decoupled, on the rows a step touches: w -= lr * (adam_step + weight_decay * w);
+# RowSparseAdam (CPU adam) does the same. FBGEMM's Adagrad/SGD kernels run with TorchRec's
+# default weight_decay_mode NONE and drop it (measured on CPU: identical rows with 0 and 0.5),
+# so a non-zero weight_decay there is refused rather than silently ignored.
+DECAYING_OPTIMIZERS = {
+    "cuda": ("adam", "partial_row_wise_adam", "lamb", "partial_row_wise_lamb", "lars_sgd"),
+    "cpu": ROW_SPARSE_ADAM_NAMES,
+}
 
 # Kernels that keep a table's rows as plain fused TBE weights (HBM, UVM or a UVM cache);
 # key-value / SSD kernels are left out for the frozen table: they have their own load path.
@@ -73,7 +82,7 @@ class FusedOptimizerConfig:
         name: an FBGEMM `EmbOptimType` value, e.g. ``exact_row_wise_adagrad``.
         learning_rate: sparse learning rate (2e-3 in the reference).
         eps: optimizer epsilon.
-        weight_decay: L2 decay applied by the fused optimizer (0 = none).
+        weight_decay: decoupled decay of the touched rows (``DECAYING_OPTIMIZERS``; 0 = none).
         extra: further FBGEMM fused params passed through (e.g. ``beta1`` for Adam on CUDA).
     """
 
@@ -87,9 +96,19 @@ class FusedOptimizerConfig:
         """`FBGEMM_FUSED` or `ROW_SPARSE_ADAM` for this optimizer on `device_type`."""
         return sparse_optimizer_route(self.name, device_type)
 
+    def check_weight_decay(self, device_type: str) -> None:
+        """Raise ValueError if `weight_decay` is set but this optimizer on `device_type` would drop it."""
+        decaying = DECAYING_OPTIMIZERS["cuda" if device_type == "cuda" else "cpu"]
+        if self.weight_decay and self.name not in decaying:
+            raise ValueError(
+                f"{self.weight_decay:g} would be ignored: {self.name!r} on {device_type} applies no weight decay "
+                f"(FBGEMM's kernel runs without a decay mode); set 0, or use one that decays the rows it "
+                f"touches there: {', '.join(decaying)}")
+
     def fused_params(self, device_type: str) -> Dict[str, Any]:
         """TorchRec ``fused_params`` for `device_type`; raises if neither FBGEMM nor
-        `RowSparseAdam` serves the optimizer there."""
+        `RowSparseAdam` serves the optimizer there, or if it would drop `weight_decay`."""
+        self.check_weight_decay(device_type)
         if self.route(device_type) == ROW_SPARSE_ADAM:
             # The kernel's own optimizer is never invoked (RowSparseAdam detaches the lookups);
             # exact_sgd at lr 0 keeps no state and is a no-op even if it were.

@@ -33,8 +33,9 @@ first use, so a model built only for evaluation never makes those pages resident
 Bias correction counts training steps of this optimizer (one per ``step()`` after a backward),
 as FBGEMM's fused Adam counts iterations; SparseAdam counts per table, which is the same when
 every table is in every step's loss (true for the models here: all tables are looked up each
-batch). Weight decay, if set, is L2 added to the touched rows' gradients (FBGEMM's default
-Adam mode); SparseAdam itself has none (the paper's setting: 0).
+batch). Weight decay, if set, is decoupled and lazy as in FBGEMM's fused Adam on CUDA: a touched
+row also loses ``lr * weight_decay * w`` (its value before the step), its moments see only the
+gradient, and untouched rows do not decay; SparseAdam itself has none (the paper's setting: 0).
 """
 from __future__ import annotations
 
@@ -229,8 +230,8 @@ class RowSparseAdam(KeyedOptimizer):
             if rows.numel() == 0:
                 continue
             w_old = shard.weight.index_select(0, rows)
-            if wd:
-                grad = grad.add(w_old.float(), alpha=wd)
+            # Decoupled, as FBGEMM's CUDA Adam: w - lr * (adam_step + wd * w), from the old w.
+            decay = w_old * (lr * wd) if wd else None
             # torch.optim._functional.sparse_adam, op for op (same rounding).
             m_old = shard.exp_avg.index_select(0, rows)
             v_old = shard.exp_avg_sq.index_select(0, rows)
@@ -241,7 +242,10 @@ class RowSparseAdam(KeyedOptimizer):
             t = int(self._steps[shard.key])
             step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
             update = -step_size * m_new.div_(v_new.sqrt_().add_(eps))
-            shard.weight.index_copy_(0, rows, w_old.add_(update.to(w_old.dtype)))
+            w_new = w_old.add_(update.to(w_old.dtype))
+            if decay is not None:
+                w_new.sub_(decay)
+            shard.weight.index_copy_(0, rows, w_new)
 
     def post_load_state_dict(self) -> None:
         # Moments and steps were copied in place (KeyedOptimizer.load_state_dict).

@@ -48,10 +48,15 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
     Returns ``(dmp, optimizer, skip)``; ``skip(key)`` is True for state that checkpoints leave
     out (the frozen SCL table, reloaded from the prepared data instead).
     """
+    sparse = spec.train.sparse_optimizer
     try:  # an optimizer neither FBGEMM nor RowSparseAdam serves on this device
-        FusedOptimizerConfig(name=spec.train.sparse_optimizer.name).fused_params(env.device.type)
+        FusedOptimizerConfig(name=sparse.name).fused_params(env.device.type)
     except ValueError as e:
         raise RunError(f"train.sparse_optimizer.name: {e}") from None
+    try:  # a weight decay its kernel would drop
+        FusedOptimizerConfig(name=sparse.name, weight_decay=sparse.weight_decay).check_weight_decay(env.device.type)
+    except ValueError as e:
+        raise RunError(f"train.sparse_optimizer.weight_decay: {e}") from None
     model = build_train_model(spec.model, data.vocab_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"),
                               positive_rate=_output_prior(spec, data))
     # The frozen SCL lookups are the largest all-to-all of a step ([U*L, 128] per rank): send them

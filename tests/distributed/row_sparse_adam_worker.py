@@ -101,8 +101,9 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
              weight_decay: float = 0.0) -> Dict[str, object]:
     """Train `steps` steps sharded and on the reference; compare every local shard bit for bit.
 
-    With `weight_decay`, the reference is SparseAdam (which has none) on ``g + weight_decay * w`` for the
-    rows the step touched: L2 decay as FBGEMM's Adam applies it, and none for rows not looked up.
+    With `weight_decay`, the reference is SparseAdam (which has none) followed by ``w -= lr * weight_decay *
+    w_before`` on the rows the step touched (padding row 0 aside): decoupled decay as FBGEMM's fused Adam
+    applies it on CUDA, and none for rows not looked up.
 
     With `save_to`, also write a project checkpoint of the sharded model + optimizer to
     ``save_to/ckpt`` and (rank 0) the reference's tables and moments to ``save_to/reference.pt``."""
@@ -146,13 +147,16 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
         gpool = torch.cat([p["gpool"] for p in parts])
         ref_loss = (ref_seq(ids) * torch.cat([p["gseq"] for p in parts])).sum() + (ref_pool(pids) * gpool[bags]).sum()
         (ref_loss / env.world_size).backward()  # exact: a power of two
+        decays = []
         if weight_decay:
             for ref in (ref_seq, ref_pool):
-                g = ref.weight.grad.coalesce()
-                rows = g.indices()[0]
-                ref.weight.grad = torch.sparse_coo_tensor(
-                    g.indices(), g.values().add(ref.weight.detach()[rows], alpha=weight_decay), g.shape)
+                rows = ref.weight.grad.coalesce().indices()[0]
+                rows = rows[rows != 0]  # padding_idx: never updated
+                decays.append((ref, rows, ref.weight.detach()[rows] * (LR * weight_decay)))
         ref_opt.step()
+        with torch.no_grad():
+            for ref, rows, decay in decays:
+                ref.weight[rows] = ref.weight[rows] - decay
         (touched_early if step < 2 else touched_late).update(ids.tolist())
 
     ref_state = {SEQ_KEY: ref_opt.state[ref_seq.weight], POOL_KEY: ref_opt.state[ref_pool.weight]}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
 
 from muse_rec.distributed.env import DistEnv, destroy_distributed, init_distributed
 from tests.distributed.row_sparse_adam_worker import POOL_KEY, SEQ_KEY, run_case
@@ -50,10 +51,37 @@ def test_one_rank_matches_sparse_adam_bit_for_bit(env, sharding: str) -> None:
 
 
 @pytest.mark.parametrize("sharding", ["table_wise", "row_wise"])
-def test_weight_decay_is_l2_on_the_touched_rows_only(env, sharding: str) -> None:
-    """`train.sparse_optimizer.weight_decay` on CPU: SparseAdam on g + wd * w for the rows looked up
-    (early-only and never-touched rows keep their values: no decay without a lookup)."""
-    _check(run_case(env, sharding, weight_decay=0.25))  # g + wd * w: the same fp32 op on both sides, so still bit-exact
+def test_weight_decay_is_decoupled_on_the_touched_rows_only(env, sharding: str) -> None:
+    """`train.sparse_optimizer.weight_decay` on CPU, as FBGEMM's fused Adam on CUDA: SparseAdam's step,
+    then w -= lr * wd * w_before for the rows looked up; the moments see only the gradient, and
+    early-only and never-touched rows keep their values (no decay without a lookup)."""
+    _check(run_case(env, sharding, weight_decay=0.25))  # the same fp32 ops in the same order: still bit-exact
+
+
+def test_fbgemm_cpu_adagrad_drops_weight_decay_so_a_run_refuses_it() -> None:
+    """Why `DECAYING_OPTIMIZERS` leaves FBGEMM's CPU kernels out: the same step with weight_decay 0 and
+    0.5 gives identical rows. If FBGEMM starts applying it, this fails and the table should allow it."""
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (ComputeDevice,
+                                                                        SplitTableBatchedEmbeddingBagsCodegen)
+
+    from muse_rec.distributed.sharders import FusedOptimizerConfig
+
+    rows = []
+    for wd in (0.0, 0.5):
+        tbe = SplitTableBatchedEmbeddingBagsCodegen([(10, 4, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+                                                    optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, learning_rate=0.1,
+                                                    weight_decay=wd)
+        with torch.no_grad():
+            tbe.split_embedding_weights()[0].copy_(torch.arange(40.0).view(10, 4) / 10)
+        tbe(torch.tensor([1, 2]), torch.tensor([0, 1, 2])).mul(torch.tensor([1.0, -2.0, 3.0, 0.5])).sum().backward()
+        rows.append(tbe.split_embedding_weights()[0][1:3].clone())
+    # With L2 or decoupled decay, row 1 ([0.4 .. 0.7]) would move by lr * 0.5 * w ~ 0.02 more than without.
+    assert torch.equal(rows[0], rows[1])
+    with pytest.raises(ValueError, match=r"0.5 would be ignored: 'exact_row_wise_adagrad' on cpu"):
+        FusedOptimizerConfig(name="exact_row_wise_adagrad", weight_decay=0.5).fused_params("cpu")
+    FusedOptimizerConfig(name="adam", weight_decay=0.5).fused_params("cpu")  # RowSparseAdam decays
+    FusedOptimizerConfig(name="adam", weight_decay=0.5).check_weight_decay("cuda")  # FBGEMM's Adam decays
 
 
 def test_dense_adam_semantics_would_fail(env, monkeypatch) -> None:

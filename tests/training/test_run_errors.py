@@ -27,6 +27,16 @@ def test_cuda_only_optimizer_on_cpu_is_refused_not_substituted(prepared, tmp_pat
     assert not (tmp_path / "muse" / "metrics.json").exists()
 
 
+def test_a_weight_decay_the_kernel_would_drop_is_refused(prepared, tmp_path):
+    # The demo's exact_row_wise_adagrad runs in FBGEMM without a decay mode: 0.01 would change nothing.
+    out = run_ranks(train_args("specs/demo/muse.yaml", prepared, tmp_path,
+                               ["train.sparse_optimizer.weight_decay=0.01", "train.max_steps=1"]), nproc=1, check=False)
+    assert out.returncode == 2, out.stderr
+    assert "train.sparse_optimizer.weight_decay" in out.stderr and "'exact_row_wise_adagrad' on cpu" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "muse" / "metrics.json").exists()
+
+
 def test_resume_on_other_vocabularies_is_refused(prepared, tmp_path):
     run_ranks(train_args("specs/demo/din.yaml", prepared, tmp_path, ["train.max_steps=2", "train.eval_at_end=false"]),
               nproc=1)
