@@ -28,6 +28,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from muse_rec.distributed.env import DistEnv
+from muse_rec.distributed.fused_step_count import count_only_training_lookups
 from muse_rec.distributed.planner import make_plan, topology_for
 from muse_rec.distributed.sharders import (
     FusedOptimizerConfig,
@@ -110,6 +111,7 @@ def shard_model(
         plan=plan,
         sharders=sharders,
     )
+    count_only_training_lookups(dmp)  # FBGEMM would count no-grad lookups as optimizer steps
     adam = row_sparse_optimizer(sharders)  # the sharders (given or made here) decide the route
     if adam is not None:
         tables = [k for k in dmp.fused_optimizer.params if not any(k.startswith(f + ".") for f in frozen)]

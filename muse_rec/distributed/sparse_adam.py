@@ -140,7 +140,7 @@ class RowSparseAdam(KeyedOptimizer):
         self._routes: Dict[int, Tuple[List[_FeatureRoute], int]] = {}
         self._tapped_since_step = False
         self._state_zeroed = False
-        for kernel in _fused_kernels(dmp):
+        for kernel in fused_kernels(dmp):
             routes = _kernel_routes(kernel, by_ptr)
             if routes is None:
                 continue
@@ -263,7 +263,7 @@ def _like(template: ShardedTensor, shards: List[Shard]) -> ShardedTensor:
     )
 
 
-def _fused_kernels(dmp: nn.Module) -> List[nn.Module]:
+def fused_kernels(dmp: nn.Module) -> List[nn.Module]:
     """The FBGEMM fused kernel modules of every sharded (bag) collection of `dmp`."""
     out: List[nn.Module] = []
     for module in dmp.modules():

@@ -82,9 +82,10 @@ def global_batch(step: int, world: int, per_rank: int = 4) -> List[Dict[str, tor
     return out
 
 
-def sharded_step(dmp: nn.Module, opt: torch.optim.Optimizer, rank: int, world: int, step: int) -> None:
+def sharded_step(dmp: nn.Module, opt: torch.optim.Optimizer, rank: int, world: int, step: int,
+                 device: torch.device = torch.device("cpu")) -> None:
     """One training step of the sharded model on this rank's slice of `global_batch(step)`."""
-    mine = global_batch(step, world)[rank]
+    mine = {k: v.to(device) for k, v in global_batch(step, world)[rank].items()}
     seq = KeyedJaggedTensor(keys=["f"], values=mine["ids"], lengths=mine["lengths"])
     pool = KeyedJaggedTensor(keys=["g"], values=mine["pids"], lengths=mine["plengths"])
     opt.zero_grad()
@@ -98,8 +99,14 @@ def local_shards(st: ShardedTensor) -> List[Tuple[Tuple[int, int], torch.Tensor]
 
 
 def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
-             weight_decay: float = 0.0) -> Dict[str, object]:
+             weight_decay: float = 0.0, atol: float = 0.0, ref_lr: float = LR) -> Dict[str, object]:
     """Train `steps` steps sharded and on the reference; compare every local shard bit for bit.
+    `ref_lr` (tests of the comparison itself) gives the reference another learning rate.
+
+    On CUDA the tables train with FBGEMM's fused Adam instead of RowSparseAdam: weights are compared
+    within `atol` (its kernel rounds differently), its state is not (FBGEMM names and lays it out its
+    own way), and the padding row is not kept still (FBGEMM knows no padding_idx: `row0_moved` says
+    whether it moved).
 
     With `weight_decay`, the reference is SparseAdam (which has none) followed by ``w -= lr * weight_decay *
     w_before`` on the rows the step touched (padding row 0 aside): decoupled decay as FBGEMM's fused Adam
@@ -108,12 +115,16 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
     With `save_to`, also write a project checkpoint of the sharded model + optimizer to
     ``save_to/ckpt`` and (rank 0) the reference's tables and moments to ``save_to/reference.pt``."""
     torch.manual_seed(0)
-    ref_seq = nn.Embedding(ROWS, DIM, sparse=True, padding_idx=0)
-    ref_pool = nn.Embedding(POOL_ROWS, POOL_DIM, sparse=True, padding_idx=0)
+    dev = env.device
+    fused = dev.type == "cuda"
+    pad = None if fused else 0
+    ref_seq = nn.Embedding(ROWS, DIM, sparse=True, padding_idx=pad)
+    ref_pool = nn.Embedding(POOL_ROWS, POOL_DIM, sparse=True, padding_idx=pad)
     with torch.no_grad():  # row 0 nonzero too: padding must stay put even if it is not zero
         ref_seq.weight.normal_(0, 0.1)
         ref_pool.weight.normal_(0, 0.1)
-    ref_opt = torch.optim.SparseAdam([ref_seq.weight, ref_pool.weight], lr=LR, betas=BETAS, eps=EPS)
+    ref_init_row0 = ref_seq.weight.detach()[0].clone()
+    ref_opt = torch.optim.SparseAdam([ref_seq.weight, ref_pool.weight], lr=ref_lr, betas=BETAS, eps=EPS)
 
     model = Tables(torch.device("meta"))
     constraints = make_constraints(model, {"t": [sharding], "p": [sharding]})
@@ -121,7 +132,7 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
                       fused_weight_decay=weight_decay, constraints=constraints)
     opt = combined_optimizer(dmp, dense_lr=0.0)
     sparse = row_sparse_adam(dmp)
-    assert sparse is not None, "adam on CPU must take the RowSparseAdam route"
+    assert (sparse is None) == fused, "adam: RowSparseAdam on CPU, FBGEMM's fused Adam on CUDA"
     state = dmp.state_dict()
     plan = {k: len(state[k].local_shards()) for k in (SEQ_KEY, POOL_KEY) if state[k].local_shards()}
     with torch.no_grad():
@@ -132,11 +143,13 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
     touched_late: Set[int] = set()
     touched_early: Set[int] = set()
     for step in range(steps):
-        sharded_step(dmp, opt, env.rank, env.world_size, step)
+        sharded_step(dmp, opt, env.rank, env.world_size, step, dev)
         # A no-grad lookup (evaluation) in between must not count as a touch.
         with torch.no_grad():
-            dmp(KeyedJaggedTensor(keys=["f"], values=torch.arange(ROWS), lengths=torch.tensor([ROWS] + [0] * 3)),
-                KeyedJaggedTensor(keys=["g"], values=torch.arange(4), lengths=torch.ones(4, dtype=torch.int64)))
+            dmp(KeyedJaggedTensor(keys=["f"], values=torch.arange(ROWS, device=dev),
+                                  lengths=torch.tensor([ROWS] + [0] * 3, device=dev)),
+                KeyedJaggedTensor(keys=["g"], values=torch.arange(4, device=dev),
+                                  lengths=torch.ones(4, dtype=torch.int64, device=dev)))
         parts = global_batch(step, env.world_size)
 
         ref_opt.zero_grad()
@@ -151,8 +164,8 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
         if weight_decay:
             for ref in (ref_seq, ref_pool):
                 rows = ref.weight.grad.coalesce().indices()[0]
-                rows = rows[rows != 0]  # padding_idx: never updated
-                decays.append((ref, rows, ref.weight.detach()[rows] * (LR * weight_decay)))
+                rows = rows[rows != 0] if pad == 0 else rows  # padding_idx: never updated
+                decays.append((ref, rows, ref.weight.detach()[rows] * (ref_lr * weight_decay)))
         ref_opt.step()
         with torch.no_grad():
             for ref, rows, decay in decays:
@@ -163,7 +176,19 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
     ref_weight = {SEQ_KEY: ref_seq.weight.detach(), POOL_KEY: ref_pool.weight.detach()}
     state = dmp.state_dict()
     osd = opt.state_dict()["state"]
-    report: Dict[str, object] = {"plan_local_shards": plan, "mismatch": {}, "step": {}}
+    report: Dict[str, object] = {"plan_local_shards": plan, "mismatch": {}, "step": {}, "max_abs_diff": 0.0}
+    if fused:
+        for key in plan:
+            for (r, c), t in local_shards(state[key]):
+                want = ref_weight[key][r : r + t.shape[0], c : c + t.shape[1]]
+                diff = (t.detach().cpu().float() - want).abs()
+                report["max_abs_diff"] = max(report["max_abs_diff"], float(diff.max()))  # type: ignore[type-var]
+                bad = (diff > atol).any(dim=1).nonzero().flatten() + r
+                if bad.numel():
+                    report["mismatch"][f"{key}:weight"] = bad.tolist()  # type: ignore[index]
+        report["padding_row_trained"] = bool((ref_seq.weight.detach()[0] != ref_init_row0).any())
+        report["ref_step"] = int(ref_opt.state[ref_seq.weight]["step"])
+        return report
     for key in plan:  # the tables with a shard on this rank
         ostate = osd[f"row_sparse_adam.{key}"]
         report["step"][key] = int(ostate["step"])  # type: ignore[index]

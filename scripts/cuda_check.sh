@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# What to run first on a CUDA machine, after `MUSE_REC_PROFILE=cuda bash scripts/setup.sh`:
+# the stack, the CUDA-only tests (FBGEMM's fused Adam against torch SparseAdam, sync-free steps,
+# metrics on CUDA tensors), then MUSE trained end to end with the paper's embedding optimizer
+# (`adam`: FBGEMM fused on CUDA) beside the same run on CPU (RowSparseAdam), on a tiny synthetic
+# release. Exit code != 0 if anything fails. CI never runs this (it has no GPU).
+#   PYTHON=python3 bash scripts/cuda_check.sh      (default .venv/bin/python)
+#   CHECK_DIR=/tmp/muse_rec_cuda_check             (where data and runs go; emptied first)
+#   DEVICES="cuda cpu"                             (the end-to-end runs; DEVICES=cpu rehearses it anywhere)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+W="${CHECK_DIR:-/tmp/muse_rec_cuda_check}"
+DEVICES="${DEVICES:-cuda cpu}"
+rm -rf "$W" && mkdir -p "$W"
+mr() { "$PY" -m muse_rec.cli "$@"; }
+t0=$(date +%s)
+step() { echo "== [$(( $(date +%s) - t0 )) s] $*"; }
+
+step "stack"
+mr info
+if [[ " $DEVICES " == *" cuda "* ]]; then
+  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device: this check is for a CUDA machine'; print(torch.cuda.get_device_name(0))"
+fi
+
+step "CUDA-only tests"
+failed=0  # a failing test does not stop the end-to-end runs below; the exit code reports it
+"$PY" -m pytest -q -s -p no:cacheprovider tests/distributed/test_fused_adam_cuda.py \
+  tests/distributed/test_fused_step_count.py tests/models/test_sync_free_step.py \
+  tests/metrics/test_metrics_accumulator.py || failed=1
+
+step "tiny synthetic release -> prepared"
+mr synth "$W/raw" --preset tiny --quiet --no-diagnostics
+mr prepare "$W/raw" "$W/prepared" --no-progress
+
+# Same spec, seed and data on both devices; only the embedding optimizer's implementation differs.
+# SIM-soft also looks its ID table up without grad (whole-sequence scoring) in every step.
+METHODS="muse sim_soft"
+for method in $METHODS; do
+  for device in $DEVICES; do
+    step "train $method, sparse_optimizer adam, on $device"
+    mr train --spec "specs/demo/$method.yaml" --device "$device" \
+      --set "name=$method-$device" --set "output_dir=$W/runs/{name}" --set "data.prepared=$W/prepared" \
+      --set train.sparse_optimizer.name=adam --set train.sparse_optimizer.lr=0.002 \
+      --set train.batch_size=500 --set train.eval_batch_size=512 --set train.epochs=2
+  done
+done
+
+step "side by side (test split)"
+for method in $METHODS; do
+  for device in $DEVICES; do
+    "$PY" -c "import json, sys; m = json.load(open(sys.argv[1]))
+print(f'{sys.argv[2]:16s} GAUC {m[\"gauc\"]:.4f}  AUC {m[\"auc\"]:.4f}  logloss {m[\"logloss\"]:.4f}')" \
+      "$W/runs/$method-$device/metrics.json" "$method $device"
+  done
+done
+step "done"
+[[ $failed == 0 ]] || { echo "== the CUDA-only tests failed (above)"; exit 1; }
