@@ -1,7 +1,8 @@
 """Silence the library warnings a user can do nothing about, so the run's log stays readable.
 
-Each filter names one message of torch/TorchRec 2.13/1.8 that fires on every run (training, or
-export / rank) and says nothing about the user's job; anything else still prints.
+Each filter names one message of torch/TorchRec/FBGEMM (2.13/1.8 on CPU; 2.11/1.6 on CUDA, as seen
+on an H200 by scripts/cuda_check.sh) that fires on every run (training, or export / rank) and says
+nothing about the user's job; anything else still prints.
 """
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ _KNOWN = [
     (UserWarning, r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to load in a single"),
     # torch.export's archive writer on weights that share no storage group; ours are all on CPU.
     (UserWarning, r"No complete tensor found in the group! Returning the first one"),
+    # CUDA (torch 2.11, TorchRec/FBGEMM 1.6): TorchRec's own call of a torch helper it should migrate;
+    (UserWarning, r"`_get_pg_default_device` will be deprecated"),
+    # FBGEMM's note that its Adam kernel is "experimental" (built without tuning; docs/sharding.md);
+    (UserWarning, r"\[FBGEMM_GPU\] NOTE: The training optimizer '[a-z_]+' is marked as"),
+    # a B200-only backward path reported off on every other GPU;
+    (UserWarning, r"TBE B200 optimization: device_major="),
+    # nccl's barrier picking the current device, which is the rank's own (set by DistEnv).
+    (UserWarning, r"barrier\(\): using the device under current context"),
 ]
 
 
@@ -51,8 +60,10 @@ def quiet_known_warnings() -> None:
     # world size to the world size of 1, which is then exact. With several processes it stays.
     # DCP's note (with a traceback) when a checkpoint's .metadata cannot be read, before it fails
     # anyway: the error then names the file and what failed in one line.
+    # FBGEMM 1.6's import-time warning, once per library it loads (14, each 6 lines), that its own
+    # table lacks 1.6: muse_rec's version guard (env.check_stack) has checked the torch/FBGEMM pair.
     root = ["Trying to non-strict torch.export KJT to_dict", "Global metadata is not found",
-            "Rank local metadata is not found"]
+            "Rank local metadata is not found", "_fbgemm_torch_compat_table has no entry for"]
     if os.environ.get("WORLD_SIZE", "1") == "1":
         root.append("Could not determine LOCAL_WORLD_SIZE from environment")
     logging.getLogger().addFilter(_DropMessages(*root))

@@ -14,6 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def collect() -> dict:
+    from muse_rec.quiet import quiet_known_warnings
+
+    quiet_known_warnings()  # before FBGEMM's import-time notes
     from muse_rec.distributed.sharders import ROW_SPARSE_ADAM, ROW_SPARSE_ADAM_NAMES, sparse_optimizer_route
     from muse_rec.env import fused_optimizers, inspect_stack
 
