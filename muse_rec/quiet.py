@@ -28,11 +28,13 @@ _KNOWN = [
     # CUDA (torch 2.11, TorchRec/FBGEMM 1.6): TorchRec's own call of a torch helper it should migrate;
     (UserWarning, r"`_get_pg_default_device` will be deprecated"),
     # FBGEMM's note that its Adam kernel is "experimental" (built without tuning; docs/sharding.md);
-    (UserWarning, r"\[FBGEMM_GPU\] NOTE: The training optimizer '[a-z_]+' is marked as"),
+    (UserWarning, r"(?:\x1b\[\d+m)?\s*\[FBGEMM_GPU\] NOTE: The training optimizer '[a-z_]+' is marked as"),
     # a B200-only backward path reported off on every other GPU;
     (UserWarning, r"TBE B200 optimization: device_major="),
-    # nccl's barrier picking the current device, which is the rank's own (set by DistEnv).
+    # nccl's barrier picking the current device, which is the rank's own (set by DistEnv);
     (UserWarning, r"barrier\(\): using the device under current context"),
+    # TorchRec asking a gloo+nccl process group for "the" default device (it then takes cpu).
+    (UserWarning, r"Multiple backends are registered with this ProcessGroup"),
 ]
 
 
@@ -64,8 +66,9 @@ def quiet_known_warnings() -> None:
     # table lacks 1.6: muse_rec's version guard (env.check_stack) has checked the torch/FBGEMM pair.
     root = ["Trying to non-strict torch.export KJT to_dict", "Global metadata is not found",
             "Rank local metadata is not found", "_fbgemm_torch_compat_table has no entry for"]
-    if os.environ.get("WORLD_SIZE", "1") == "1":
-        root.append("Could not determine LOCAL_WORLD_SIZE from environment")
+    if os.environ.get("WORLD_SIZE", "1") == "1":  # TorchRec 1.8, and 1.6's second one
+        root += ["Could not determine LOCAL_WORLD_SIZE from environment",
+                 "Could not determine TOPOLOGY_DOMAIN_MULTIPLE from environment"]
     logging.getLogger().addFilter(_DropMessages(*root))
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     # Loading an exported program: one line per unbacked size symbol (the data-dependent top-k and

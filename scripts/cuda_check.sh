@@ -7,6 +7,7 @@
 #   PYTHON=python3 bash scripts/cuda_check.sh      (default .venv/bin/python)
 #   CHECK_DIR=/tmp/muse_rec_cuda_check             (where data and runs go; emptied first)
 #   DEVICES="cuda cpu"                             (the end-to-end runs; DEVICES=cpu rehearses it anywhere)
+#   METHODS="muse sim_soft"                        (specs/demo/<method>.yaml to train; "all" = every one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -35,7 +36,8 @@ mr prepare "$W/raw" "$W/prepared" --no-progress
 
 # Same spec, seed and data on both devices; only the embedding optimizer's implementation differs.
 # SIM-soft also looks its ID table up without grad (whole-sequence scoring) in every step.
-METHODS="muse sim_soft"
+METHODS="${METHODS:-muse sim_soft}"
+if [[ "$METHODS" == all ]]; then METHODS=$(cd specs/demo && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' '); fi
 for method in $METHODS; do
   for device in $DEVICES; do
     step "train $method, sparse_optimizer adam, on $device"
@@ -54,5 +56,17 @@ print(f'{sys.argv[2]:16s} GAUC {m[\"gauc\"]:.4f}  AUC {m[\"auc\"]:.4f}  logloss 
       "$W/runs/$method-$device/metrics.json" "$method $device"
   done
 done
+if [[ " $METHODS " == *" muse "* ]]; then
+  first=${DEVICES%% *}
+  step "the $first-trained MUSE checkpoint on CPU: evaluate, then export for serving"
+  run_keys=(--set "name=muse-$first" --set "output_dir=$W/runs/{name}" --set "data.prepared=$W/prepared"
+            --set train.sparse_optimizer.name=adam --set train.sparse_optimizer.lr=0.002
+            --set train.batch_size=500 --set train.eval_batch_size=512 --set train.epochs=2)
+  mr evaluate --spec specs/demo/muse.yaml "${run_keys[@]}" --device cpu --out "$W/eval-cpu"
+  "$PY" -c "import json, sys; a, b = (json.load(open(p)) for p in sys.argv[1:])
+print(f'GAUC trained on $first {a[\"gauc\"]:.6f}, re-evaluated on cpu {b[\"gauc\"]:.6f}')" \
+    "$W/runs/muse-$first/metrics.json" "$W/eval-cpu/metrics.json"
+  mr export --spec specs/demo/muse.yaml "${run_keys[@]}" --out "$W/export"
+fi
 step "done"
 [[ $failed == 0 ]] || { echo "== the CUDA-only tests failed (above)"; exit 1; }

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         return report("export", e)
     from muse_rec.cli.errors import bad_input_errors
     from muse_rec.quiet import quiet_known_warnings
+
+    quiet_known_warnings()  # before FBGEMM's import-time notes
     from muse_rec.serving.export import export_model
 
     quiet_known_warnings()
