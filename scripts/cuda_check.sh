@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What to run first on a CUDA machine, after `MUSE_REC_PROFILE=cuda bash scripts/setup.sh`:
 # the stack, the CUDA-only tests (FBGEMM's fused Adam against torch SparseAdam, sync-free steps,
-# metrics on CUDA tensors), then MUSE trained end to end with the paper's embedding optimizer
-# (`adam`: FBGEMM fused on CUDA) beside the same run on CPU (RowSparseAdam), on a tiny synthetic
-# release. Exit code != 0 if anything fails. CI never runs this (it has no GPU).
+# metrics on CUDA tensors), then MUSE and SIM-soft trained end to end with the paper's embedding
+# optimizer (`adam`: FBGEMM fused on CUDA) beside the same runs on CPU (RowSparseAdam), on a tiny
+# synthetic release, and the first device's MUSE checkpoint evaluated and exported on CPU.
+# Exit code != 0 if anything fails. CI never runs this (it has no GPU).
 #   PYTHON=python3 bash scripts/cuda_check.sh      (default .venv/bin/python)
 #   CHECK_DIR=/tmp/muse_rec_cuda_check             (where data and runs go; emptied first)
 #   DEVICES="cuda cpu"                             (the end-to-end runs; DEVICES=cpu rehearses it anywhere)
