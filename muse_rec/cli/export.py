@@ -50,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     quiet_known_warnings()  # before FBGEMM's import-time notes
     from muse_rec.serving.export import export_model
 
-    quiet_known_warnings()
     try:
         manifest = export_model(spec, args.out, checkpoint=args.checkpoint, seq_len=args.seq_len,
                                 scl_dtype=args.scl_dtype, row_alignment=args.row_alignment,
