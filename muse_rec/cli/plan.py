@@ -185,9 +185,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         sizes, source = resolve_vocab_sizes(spec, args.spec, args.prepared or "")
         opt = spec.train.sparse_optimizer
+        config = FusedOptimizerConfig(name=opt.name, learning_rate=opt.lr, eps=opt.eps, weight_decay=opt.weight_decay)
         try:
-            sharders = make_sharders(FusedOptimizerConfig(name=opt.name, learning_rate=opt.lr, eps=opt.eps,
-                                                          weight_decay=opt.weight_decay), args.device)
+            config.check_weight_decay(args.device)
+        except ValueError as e:
+            raise ValueError(f"{args.spec}: train.sparse_optimizer.weight_decay: {e}") from None
+        try:
+            sharders = make_sharders(config, args.device)
         except ValueError as e:
             raise ValueError(f"{args.spec}: train.sparse_optimizer.name: {e} "
                              "(override with --set train.sparse_optimizer.name=exact_row_wise_adagrad)") from None

@@ -353,6 +353,9 @@ def test_bad_input_is_named(tmp_path, capsys, monkeypatch):
     assert out.returncode == 2 and "data.vocab_sizes" in out.stderr and "data.prepared" in out.stderr
     out = run("--spec", FULL, "--device", "cpu", "--set", "train.sparse_optimizer.name=lamb")  # fused LAMB is CUDA-only
     assert out.returncode == 2 and "train.sparse_optimizer.name" in out.stderr and "lamb" in out.stderr
+    out = run("--spec", FULL, "--device", "cpu", "--set", "train.sparse_optimizer.name=exact_row_wise_adagrad",
+              "--set", "train.sparse_optimizer.weight_decay=0.1")  # FBGEMM's CPU Adagrad would drop it
+    assert out.returncode == 2 and "train.sparse_optimizer.weight_decay: 0.1 would be ignored" in out.stderr
     partial = tmp_path / "partial.yaml"
     partial.write_text(f"extends: {REPO / 'specs/demo/muse.yaml'}\ndata:\n  vocab_sizes: {{item: 100}}\n")
     out = run("--spec", str(partial))
