@@ -21,6 +21,7 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 # `python -m pip ...` is logged, `import torch` answers a CUDA torch, the rest is real Python.
 if [[ "$1" == "-m" && "$2" == "pip" ]]; then echo "${@:3}" >> "$PIP_LOG"; exit 0; fi
 if [[ "$1" == "-c" && "$2" == *"import torch"* ]]; then echo "$FAKE_TORCH"; exit 0; fi
+if [[ "$1" == "-m" && "$2" == "muse_rec.cli" ]]; then echo "(muse-rec $3)"; exit 0; fi  # nothing was installed
 exec "$REAL_PYTHON" "$@"
 """
 
