@@ -33,8 +33,11 @@ _KNOWN = [
     (UserWarning, r"TBE B200 optimization: device_major="),
     # nccl's barrier picking the current device, which is the rank's own (set by DistEnv);
     (UserWarning, r"barrier\(\): using the device under current context"),
-    # TorchRec asking a gloo+nccl process group for "the" default device (it then takes cpu).
+    # TorchRec asking a gloo+nccl process group for "the" default device (it then takes cpu);
     (UserWarning, r"Multiple backends are registered with this ProcessGroup"),
+    # TorchRec 1.6's torch.export size checks (torchrec/pt2/checks.py) on torch 2.11, at export.
+    (FutureWarning, r"guard_size_oblivious will be removed"),
+    (FutureWarning, r"_check_is_size will be removed in a future PyTorch release"),
 ]
 
 

@@ -27,6 +27,9 @@ for m in ("`_get_pg_default_device` will be deprecated, it only stays for backwa
           "barrier(): using the device under current context. You can specify `device_id`",
           "a warning about the user's job"):
     warnings.warn(m, UserWarning)
+for m in ("guard_size_oblivious will be removed. Consider using explicit unbacked handling",
+          "_check_is_size will be removed in a future PyTorch release along with guard_size_oblivious."):
+    warnings.warn(m, FutureWarning)
 """
 
 
@@ -47,6 +50,7 @@ def test_root_logger_notes_are_dropped_where_they_say_nothing(world_size, local_
     assert "a message of the user's job" in out.stderr
     # The CUDA stack's (torch 2.11, TorchRec/FBGEMM 1.6) notes seen on an H200, and only those.
     for note in ("_fbgemm_torch_compat_table", "_get_pg_default_device", "[FBGEMM_GPU] NOTE", "TBE B200",
-                 "barrier(): using the device", "Multiple backends are registered"):
+                 "barrier(): using the device", "Multiple backends are registered", "guard_size_oblivious",
+                 "_check_is_size"):
         assert note not in out.stderr, note
     assert "a warning about the user's job" in out.stderr
