@@ -55,9 +55,10 @@ FBGEMM_FUSED = "fbgemm_fused"  # FBGEMM's optimizer inside the TBE backward
 ROW_SPARSE_ADAM = "row_sparse_adam"  # CPU Adam: RowSparseAdam after the backward, touched rows only
 # Optimizer names this project's `RowSparseAdam` serves where FBGEMM has no fused kernel for them.
 ROW_SPARSE_ADAM_NAMES = ("adam",)
-# Optimizers whose kernels apply `weight_decay`, per device. FBGEMM's Adam/LAMB/LARS kernels
-# (CUDA) decay decoupled, on the rows a step touches: w -= lr * (adam_step + weight_decay * w);
-# RowSparseAdam (CPU adam) does the same. FBGEMM's Adagrad/SGD kernels run with TorchRec's
+# Optimizers whose kernels apply `weight_decay`, per device. FBGEMM's Adam kernels (CUDA) decay
+# decoupled, on the rows a step touches: w -= lr * (adam_step + weight_decay * w), and RowSparseAdam
+# (CPU adam) does the same; its LAMB and LARS kernels apply it inside their own (trust-ratio)
+# updates. FBGEMM's Adagrad/SGD kernels run with TorchRec's
 # default weight_decay_mode NONE and drop it (measured on CPU: identical rows with 0 and 0.5),
 # so a non-zero weight_decay there is refused rather than silently ignored.
 DECAYING_OPTIMIZERS = {
@@ -82,7 +83,8 @@ class FusedOptimizerConfig:
         name: an FBGEMM `EmbOptimType` value, e.g. ``exact_row_wise_adagrad``.
         learning_rate: sparse learning rate (2e-3 in the reference).
         eps: optimizer epsilon.
-        weight_decay: decoupled decay of the touched rows (``DECAYING_OPTIMIZERS``; 0 = none).
+        weight_decay: decay of the touched rows, for the optimizers of ``DECAYING_OPTIMIZERS``
+            (decoupled for Adam; 0 = none).
         extra: further FBGEMM fused params passed through (e.g. ``beta1`` for Adam on CUDA).
     """
 
