@@ -33,16 +33,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from muse_rec.cli.errors import report
+    from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.output_paths import OutputPathError, check_output_path
-    from muse_rec.serving.export_layout import EXPORT_FILES
+    from muse_rec.serving.export_layout import EXPORT_FILES, ExportError, check_checkpoint_present
     from muse_rec.spec import SpecError, load_spec
 
     if args.seq_len is not None and args.seq_len < 1:
         return report("export", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for data.seq_len)"))
-    try:  # before torch's and TorchRec's imports (seconds): a typo or a bad --out fails at once
+    try:  # before torch's and TorchRec's imports (~4 s): a typo, a bad --out, no data or no checkpoint fails at once
         spec = load_spec(args.spec, args.set)
         check_output_path(args.out, "--out", replaces=EXPORT_FILES)  # `export_model` checks again when it writes
-    except (SpecError, OutputPathError) as e:
+        PreparedData(spec.data.prepared)  # opened again, and checked whole, by `export_model`
+        check_checkpoint_present(spec.run_dir, args.checkpoint)
+    except (SpecError, OutputPathError, PreparedDataError, ExportError) as e:
         return report("export", e)
     from muse_rec.cli.errors import bad_input_errors
     from muse_rec.quiet import quiet_known_warnings

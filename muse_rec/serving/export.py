@@ -43,7 +43,7 @@ from muse_rec.json_files import read_json_object
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
 from muse_rec.output_paths import check_output_path
 from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, OLD_LEFTOVERS,
-                                             PROGRAM_FILE, STAGING_DIR, ExportError)
+                                             PROGRAM_FILE, STAGING_DIR, ExportError, no_checkpoint)
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.int8_check import check_requests, deviation_report, score_requests, warning_text
 from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving
@@ -61,8 +61,7 @@ def resolve_checkpoint(spec: Spec, checkpoint: Optional[str]) -> Path:
     """The checkpoint directory to read: ``checkpoint`` or the run's latest."""
     ck = Path(checkpoint) if checkpoint else latest_checkpoint(str(Path(spec.run_dir) / "checkpoints"))
     if ck is None or not (ck / "position.json").exists():
-        raise ExportError(f"no complete checkpoint at {checkpoint or Path(spec.run_dir) / 'checkpoints'} "
-                          "(train first, or pass --checkpoint DIR)")
+        raise no_checkpoint(checkpoint or Path(spec.run_dir) / "checkpoints")
     return ck
 
 

@@ -6,6 +6,9 @@ command's error handling can name `ExportError` without them.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 from muse_rec.dirlock import LOCK_FILE
 from muse_rec.integrity import MANIFEST as INTEGRITY_MANIFEST
 
@@ -22,3 +25,20 @@ EXPORT_FILES = (PROGRAM_FILE, MANIFEST_FILE, INTEGRITY_MANIFEST, LOCK_FILE, STAG
 
 class ExportError(RuntimeError):
     """Export cannot proceed as asked (no checkpoint, bad directory, unsupported spec)."""
+
+
+def no_checkpoint(where: object) -> ExportError:
+    """The error for a run with no checkpoint to export (or a --checkpoint that is not one)."""
+    return ExportError(f"no complete checkpoint at {where} (train first, or pass --checkpoint DIR)")
+
+
+def check_checkpoint_present(run_dir: str, checkpoint: Optional[str]) -> None:
+    """Cheap pre-check, before torch's import: `checkpoint` holds a position.json, or (None) the run
+    has a ``checkpoints`` directory with something in it. `resolve_checkpoint` then checks it whole."""
+    if checkpoint:
+        if not (Path(checkpoint) / "position.json").exists():
+            raise no_checkpoint(checkpoint)
+        return
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir() or not any(not p.name.startswith(".") for p in root.iterdir()):
+        raise no_checkpoint(root)
