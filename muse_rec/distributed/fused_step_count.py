@@ -9,6 +9,11 @@ correction at 3x the step count: updates off by up to sqrt(3) for the first few 
 Measured on an H200 with fbgemm-gpu 1.6 (tests/distributed/test_fused_adam_cuda.py, one no-grad
 lookup between steps): rows 7e-3 away from SparseAdam's after 4 steps at lr 2e-2 without this,
 1.6e-7 with it. The fix puts the counters back after a no-grad lookup; the lookup is untouched.
+
+Neither TorchRec's checkpoint nor its optimizer state holds that counter: a resumed run's FBGEMM
+started its bias correction again from step 1 (tiny steps for the first hundreds of updates, as
+beta2^t decays), where an uninterrupted run was at step N. `load_checkpoint` (with an optimizer)
+calls `set_fused_optimizer_step` with the checkpoint's step, as RowSparseAdam's saved step does on CPU.
 """
 from __future__ import annotations
 
@@ -44,3 +49,13 @@ def count_only_training_lookups(dmp: nn.Module) -> int:
         kernel.register_forward_pre_hook(before)
         kernel.register_forward_hook(after)
     return len(kernels)
+
+
+def set_fused_optimizer_step(dmp: nn.Module, step: int) -> None:
+    """Set every fused kernel's optimizer step of `dmp` to `step` (the training steps a loaded
+    checkpoint has behind it), so the next training lookup counts step + 1."""
+    for kernel in fused_kernels(dmp):
+        tbe = kernel.emb_module  # type: ignore[attr-defined]
+        for name in _COUNTERS:
+            if hasattr(tbe, name):
+                getattr(tbe, name).fill_(step)

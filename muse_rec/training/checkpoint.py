@@ -359,6 +359,11 @@ def load_checkpoint(
         if "param_groups" in state["optim"]:  # KeyedOptimizer saves them only when asked to
             full_osd["param_groups"] = state["optim"]["param_groups"]
         optimizer.load_state_dict(full_osd)
+        # FBGEMM's fused optimizers keep their step count (Adam's bias correction) outside any state
+        # dict: without this a resumed run's Adam would start its bias correction over.
+        from muse_rec.distributed.fused_step_count import set_fused_optimizer_step
+
+        set_fused_optimizer_step(model, position.step)
     rng = Path(path) / f"rng-{_rank()}.pt"
     if rng.exists() and position.world_size == (dist.get_world_size() if dist.is_initialized() else 1):
         try:

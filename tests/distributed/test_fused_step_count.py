@@ -48,3 +48,38 @@ def test_no_grad_lookups_leave_the_step_count_alone(env):
     assert _steps(dmp) == [(a + 1, b + 1) for a, b in start]
     _lookup(dmp)
     assert _steps(dmp) == [(a + 2, b + 2) for a, b in start]
+
+
+def test_a_loaded_checkpoint_gives_fbgemm_its_step_back(env, tmp_path):
+    """TorchRec's checkpoint does not hold FBGEMM's step count: loaded into a new model it would read 0,
+    and Adam's bias correction would start over. Loading with an optimizer (a resume) sets it from the
+    checkpoint's position; loading for evaluation (no optimizer) leaves it."""
+    from muse_rec.distributed.model_parallel import combined_optimizer
+    from muse_rec.training.checkpoint import Position, load_checkpoint, save_checkpoint
+
+    def sharded():
+        model = Tables(torch.device("meta"))
+        dmp = shard_model(model, env, fused_optimizer="exact_row_wise_adagrad", fused_lr=0.1,
+                          constraints=make_constraints(model, {"t": ["table_wise"], "p": ["table_wise"]}))
+        return dmp, combined_optimizer(dmp, dense_lr=0.0)
+
+    def train_step(dmp, opt):
+        seq, pool = dmp(KeyedJaggedTensor(keys=["f"], values=torch.tensor([1, 2, 3]), lengths=torch.tensor([2, 1])),
+                        KeyedJaggedTensor(keys=["g"], values=torch.tensor([1, 2]), lengths=torch.tensor([1, 1])))
+        (seq.sum() + pool.sum()).backward()
+        opt.step()
+        opt.zero_grad()
+
+    trained, opt = sharded()
+    for _ in range(3):
+        train_step(trained, opt)
+    assert _steps(trained) == [(3, 3), (3, 3)]
+    ck = save_checkpoint(str(tmp_path / "ckpt"), trained, opt, Position(step=3, world_size=1))
+    evaluated, _ = sharded()
+    load_checkpoint(ck, evaluated, None)
+    assert _steps(evaluated) == [(0, 0), (0, 0)]  # what TorchRec's state restores: nothing
+    resumed, opt = sharded()
+    load_checkpoint(ck, resumed, opt)
+    assert _steps(resumed) == [(3, 3), (3, 3)]
+    train_step(resumed, opt)
+    assert _steps(resumed) == [(4, 4), (4, 4)]  # as the uninterrupted run's next step
