@@ -186,15 +186,12 @@ def run(args: argparse.Namespace) -> int:
         sizes, source = resolve_vocab_sizes(spec, args.spec, args.prepared or "")
         opt = spec.train.sparse_optimizer
         config = FusedOptimizerConfig(name=opt.name, learning_rate=opt.lr, eps=opt.eps, weight_decay=opt.weight_decay)
-        try:
-            config.check_weight_decay(args.device)
-        except ValueError as e:
-            raise ValueError(f"{args.spec}: train.sparse_optimizer.weight_decay: {e}") from None
-        try:
-            sharders = make_sharders(config, args.device)
-        except ValueError as e:
-            raise ValueError(f"{args.spec}: train.sparse_optimizer.name: {e} "
-                             "(override with --set train.sparse_optimizer.name=exact_row_wise_adagrad)") from None
+        problem = config.problem(args.device)
+        if problem is not None:
+            field, why = problem
+            hint = " (override with --set train.sparse_optimizer.name=exact_row_wise_adagrad)" if field == "name" else ""
+            raise ValueError(f"{args.spec}: train.sparse_optimizer.{field}: {why}{hint}")
+        sharders = make_sharders(config, args.device)
     except (SpecError, ValueError) as e:
         print(f"muse-rec plan: {e}", file=sys.stderr)
         return 2

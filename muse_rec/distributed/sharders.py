@@ -25,7 +25,7 @@ torch SparseAdam's update to the touched rows (see that module for why this rout
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Type
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
 from torch import nn
@@ -107,14 +107,10 @@ class FusedOptimizerConfig:
                 f"(FBGEMM's kernel runs without a decay mode); set 0, or use one that decays the rows it "
                 f"touches there: {', '.join(decaying)}")
 
-    def fused_params(self, device_type: str) -> Dict[str, Any]:
-        """TorchRec ``fused_params`` for `device_type`; raises if neither FBGEMM nor
-        `RowSparseAdam` serves the optimizer there, or if it would drop `weight_decay`."""
-        self.check_weight_decay(device_type)
+    def check_supported(self, device_type: str) -> None:
+        """Raise ValueError unless FBGEMM or `RowSparseAdam` serves this optimizer on `device_type`."""
         if self.route(device_type) == ROW_SPARSE_ADAM:
-            # The kernel's own optimizer is never invoked (RowSparseAdam detaches the lookups);
-            # exact_sgd at lr 0 keeps no state and is a no-op even if it were.
-            return {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0}
+            return
         supported = fused_optimizers(device_type)
         if self.name not in supported:
             also = [n for n in ROW_SPARSE_ADAM_NAMES if n not in supported and device_type != "cuda"]
@@ -122,6 +118,27 @@ class FusedOptimizerConfig:
                 f"fused optimizer {self.name!r} is not supported on {device_type} by FBGEMM; "
                 f"supported there: {supported + also}"
             )
+
+    def problem(self, device_type: str) -> Optional[Tuple[str, str]]:
+        """What stops this config on `device_type`, the optimizer before its decay: ``(key, why)``
+        with key ``name`` or ``weight_decay`` (callers prefix their spec section), or None."""
+        for key, check in (("name", self.check_supported), ("weight_decay", self.check_weight_decay)):
+            try:
+                check(device_type)
+            except ValueError as e:
+                return key, str(e)
+        return None
+
+    def fused_params(self, device_type: str) -> Dict[str, Any]:
+        """TorchRec ``fused_params`` for `device_type`; raises ValueError with `problem`'s reason if
+        neither FBGEMM nor `RowSparseAdam` serves the optimizer there, or if it would drop `weight_decay`."""
+        problem = self.problem(device_type)
+        if problem is not None:
+            raise ValueError(problem[1])
+        if self.route(device_type) == ROW_SPARSE_ADAM:
+            # The kernel's own optimizer is never invoked (RowSparseAdam detaches the lookups);
+            # exact_sgd at lr 0 keeps no state and is a no-op even if it were.
+            return {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.0}
         params: Dict[str, Any] = {
             "optimizer": EmbOptimType(self.name),
             "learning_rate": self.learning_rate,

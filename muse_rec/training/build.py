@@ -49,14 +49,10 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
     out (the frozen SCL table, reloaded from the prepared data instead).
     """
     sparse = spec.train.sparse_optimizer
-    try:  # an optimizer neither FBGEMM nor RowSparseAdam serves on this device
-        FusedOptimizerConfig(name=sparse.name).fused_params(env.device.type)
-    except ValueError as e:
-        raise RunError(f"train.sparse_optimizer.name: {e}") from None
-    try:  # a weight decay its kernel would drop
-        FusedOptimizerConfig(name=sparse.name, weight_decay=sparse.weight_decay).check_weight_decay(env.device.type)
-    except ValueError as e:
-        raise RunError(f"train.sparse_optimizer.weight_decay: {e}") from None
+    # An optimizer neither FBGEMM nor RowSparseAdam serves on this device, or a decay its kernel would drop.
+    problem = FusedOptimizerConfig(name=sparse.name, weight_decay=sparse.weight_decay).problem(env.device.type)
+    if problem is not None:
+        raise RunError(f"train.sparse_optimizer.{problem[0]}: {problem[1]}")
     model = build_train_model(spec.model, data.vocab_sizes, seq_len=spec.data.seq_len, device=torch.device("meta"),
                               positive_rate=_output_prior(spec, data))
     # The frozen SCL lookups are the largest all-to-all of a step ([U*L, 128] per rank): send them
