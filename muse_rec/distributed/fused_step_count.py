@@ -17,7 +17,7 @@ calls `set_fused_optimizer_step` with the checkpoint's step, as RowSparseAdam's 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import torch
 from torch import nn
@@ -30,19 +30,17 @@ _COUNTERS = ("iter_cpu", "iter")  # FBGEMM's host copy (read by the kernel) and 
 def count_only_training_lookups(dmp: nn.Module) -> int:
     """Hook every fused kernel of `dmp` so that a forward without grad leaves its optimizer's step
     counters as they were. Returns the number of kernels hooked."""
-    saved: Dict[int, Tuple[torch.Tensor, ...]] = {}
+    saved: Dict[int, Dict[str, torch.Tensor]] = {}
 
     def before(kernel: nn.Module, _args: Any) -> None:
         if not torch.is_grad_enabled():
             tbe = kernel.emb_module  # type: ignore[attr-defined]
-            saved[id(kernel)] = tuple(getattr(tbe, c).clone() for c in _COUNTERS if hasattr(tbe, c))
+            saved[id(kernel)] = {c: getattr(tbe, c).clone() for c in _COUNTERS if hasattr(tbe, c)}
 
     def after(kernel: nn.Module, _args: Any, _out: Any) -> None:
-        counters = saved.pop(id(kernel), None)
-        if counters is not None:
-            tbe = kernel.emb_module  # type: ignore[attr-defined]
-            for name, value in zip((c for c in _COUNTERS if hasattr(tbe, c)), counters):
-                getattr(tbe, name).copy_(value)
+        tbe = kernel.emb_module  # type: ignore[attr-defined]
+        for name, value in saved.pop(id(kernel), {}).items():
+            getattr(tbe, name).copy_(value)
 
     kernels = fused_kernels(dmp)
     for kernel in kernels:
