@@ -9,6 +9,7 @@ TORCH_VERSION = "2.13.0"
 FBGEMM_VERSION = "1.8.0"
 TORCHREC_VERSION = "1.8.0"
 TORCHX_VERSION = "0.7.0"
+TENSORDICT_VERSION = "0.15.3"  # TorchRec's; needs torch >= 2.11 (`cuda_requirements`)
 
 # Each FBGEMM release is built against exactly one torch minor (fbgemm_gpu/__init__.py holds
 # the same table); a mismatch fails at import with an undefined symbol. TorchRec releases
@@ -52,5 +53,5 @@ def cuda_requirements(torch_version: str) -> list:
     """
     fb = fbgemm_for_torch(torch_version)
     major, minor_ = (int(x) for x in minor(torch_version).split("."))
-    tensordict = "tensordict==0.15.3" if (major, minor_) >= (2, 11) else "tensordict==0.14.3"
+    tensordict = f"tensordict=={TENSORDICT_VERSION}" if (major, minor_) >= (2, 11) else "tensordict==0.14.3"
     return [f"fbgemm-gpu=={fb}", f"torchrec=={minor(fb)}.*", tensordict]

@@ -38,14 +38,15 @@ mr prepare "$W/raw" "$W/prepared" --no-progress
 # Same spec, seed and data on both devices; only the embedding optimizer's implementation differs.
 # SIM-soft also looks its ID table up without grad (whole-sequence scoring) in every step.
 METHODS="${METHODS:-muse sim_soft}"
+# Every run's keys but its name: the evaluate / export below find the run with the same ones.
+run_keys=(--set "output_dir=$W/runs/{name}" --set "data.prepared=$W/prepared"
+          --set train.sparse_optimizer.name=adam --set train.sparse_optimizer.lr=0.002
+          --set train.batch_size=500 --set train.eval_batch_size=512 --set train.epochs=2)
 if [[ "$METHODS" == all ]]; then METHODS=$(cd specs/demo && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' '); fi
 for method in $METHODS; do
   for device in $DEVICES; do
     step "train $method, sparse_optimizer adam, on $device"
-    mr train --spec "specs/demo/$method.yaml" --device "$device" \
-      --set "name=$method-$device" --set "output_dir=$W/runs/{name}" --set "data.prepared=$W/prepared" \
-      --set train.sparse_optimizer.name=adam --set train.sparse_optimizer.lr=0.002 \
-      --set train.batch_size=500 --set train.eval_batch_size=512 --set train.epochs=2
+    mr train --spec "specs/demo/$method.yaml" --device "$device" --set "name=$method-$device" "${run_keys[@]}"
   done
 done
 
@@ -60,14 +61,11 @@ done
 if [[ " $METHODS " == *" muse "* ]]; then
   first=${DEVICES%% *}
   step "the $first-trained MUSE checkpoint on CPU: evaluate, then export for serving"
-  run_keys=(--set "name=muse-$first" --set "output_dir=$W/runs/{name}" --set "data.prepared=$W/prepared"
-            --set train.sparse_optimizer.name=adam --set train.sparse_optimizer.lr=0.002
-            --set train.batch_size=500 --set train.eval_batch_size=512 --set train.epochs=2)
-  mr evaluate --spec specs/demo/muse.yaml "${run_keys[@]}" --device cpu --out "$W/eval-cpu"
+  mr evaluate --spec specs/demo/muse.yaml --set "name=muse-$first" "${run_keys[@]}" --device cpu --out "$W/eval-cpu"
   "$PY" -c "import json, sys; a, b = (json.load(open(p)) for p in sys.argv[1:])
 print(f'GAUC trained on $first {a[\"gauc\"]:.6f}, re-evaluated on cpu {b[\"gauc\"]:.6f}')" \
     "$W/runs/muse-$first/metrics.json" "$W/eval-cpu/metrics.json"
-  mr export --spec specs/demo/muse.yaml "${run_keys[@]}" --out "$W/export"
+  mr export --spec specs/demo/muse.yaml --set "name=muse-$first" "${run_keys[@]}" --out "$W/export"
 fi
 step "done"
 [[ $failed == 0 ]] || { echo "== the CUDA-only tests failed (above)"; exit 1; }

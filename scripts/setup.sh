@@ -25,6 +25,7 @@ TORCH=$(pin TORCH_VERSION)
 FBGEMM=$(pin FBGEMM_VERSION)
 TORCHREC=$(pin TORCHREC_VERSION)
 TORCHX=$(pin TORCHX_VERSION)
+TENSORDICT=$(pin TENSORDICT_VERSION)
 
 stamp="$VENV/.muse_rec_setup"
 want="$PROFILE torch=$TORCH fbgemm=$FBGEMM torchrec=$TORCHREC torchx=$TORCHX extras=$EXTRAS $(sha1sum setup.cfg | cut -c1-12)"
@@ -53,7 +54,7 @@ case "$PROFILE" in
     echo "[setup] torch==$TORCH (CPU) + fbgemm-gpu-cpu==$FBGEMM"
     pipq "torch==$TORCH" "fbgemm-gpu-cpu==$FBGEMM"
     TORCHREC_REQ="torchrec==$TORCHREC"
-    TENSORDICT_REQ="tensordict==0.15.3"
+    TENSORDICT_REQ="tensordict==$TENSORDICT"
     ;;
   cuda)
     # The CUDA machine brings its own torch; install the fbgemm-gpu release that matches its
