@@ -105,8 +105,8 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
 
     On CUDA the tables train with FBGEMM's fused Adam instead of RowSparseAdam: weights are compared
     within `atol` (its kernel rounds differently), its state is not (FBGEMM names and lays it out its
-    own way), and the padding row is not kept still (FBGEMM knows no padding_idx: `row0_moved` says
-    whether it moved).
+    own way), and the padding row is not kept still (FBGEMM knows no padding_idx: `padding_row_trained`
+    says whether it moved).
 
     With `weight_decay`, the reference is SparseAdam (which has none) followed by ``w -= lr * weight_decay *
     w_before`` on the rows the step touched (padding row 0 aside): decoupled decay as FBGEMM's fused Adam
@@ -187,7 +187,7 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
                 if bad.numel():
                     report["mismatch"][f"{key}:weight"] = bad.tolist()  # type: ignore[index]
         report["padding_row_trained"] = bool((ref_seq.weight.detach()[0] != ref_init_row0).any())
-        report["ref_step"] = int(ref_opt.state[ref_seq.weight]["step"])
+        report["ref_step"] = int(ref_state[SEQ_KEY]["step"])
         return report
     for key in plan:  # the tables with a shard on this rank
         ostate = osd[f"row_sparse_adam.{key}"]
