@@ -25,16 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
 
 
-# What an evaluation writes into --out: an --out holding only these (and metrics.json's temporary
-# file, left by an evaluation killed while writing it) is an earlier evaluation, replaced; anything
-# else (a run directory, say) is refused.
+# What an evaluation writes into --out: an --out holding only these (the lock an evaluation holds
+# while it writes, and metrics.json's temporary file, left by an evaluation killed while writing it)
+# is an earlier evaluation, replaced; anything else (a run directory, say) is refused.
 EVALUATION_FILES = ("metrics.json", "predictions.parquet")
 
 
 def _is_evaluation_file(name: str) -> bool:
     from muse_rec.data.files import tmp_of
+    from muse_rec.dirlock import LOCK_FILE
 
-    return name in EVALUATION_FILES or tmp_of(name) == "metrics.json"
+    return name in EVALUATION_FILES or name == LOCK_FILE or tmp_of(name) == "metrics.json"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,9 @@ trainer treats it as ``--resume``, which never refuses a used directory.
 
 Only the main rank touches the lock and the directory; the other ranks receive its verdict
 (`claim_run_dir` broadcasts it), so every rank raises the same error and none hangs.
+
+An evaluation's ``--out`` follows the second rule too (`claim_evaluation_dir`); the first is the
+command's (`muse-rec evaluate` replaces an earlier evaluation and refuses anything else).
 """
 from __future__ import annotations
 
@@ -22,9 +25,13 @@ import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, TypeVar
 
+from muse_rec.data.files import tmp_of
 from muse_rec.dirlock import LOCK_FILE, DirLock, DirLockError
+
+
+_Lock = TypeVar("_Lock", bound=DirLock)
 
 
 class RunDirError(DirLockError):
@@ -152,10 +159,16 @@ def claim_run_dir(run_dir: Path, is_main: bool, resume: bool, overwrite: bool) -
     ``--overwrite`` and restarted by torchrun (which the trainer turns into a resume) must
     continue its own run, not move it aside. The CLI refuses both flags together.
     """
+    return _main_rank_verdict(lambda: _claim_on_main(run_dir, resume, overwrite), is_main)
+
+
+def _main_rank_verdict(claim: Callable[[], _Lock], is_main: bool) -> Optional[_Lock]:
+    """Collective: ``claim`` on the main rank only; its `RunDirError` is raised on every rank (the
+    main rank broadcasts it), so the other ranks never wait in a collective the main rank left."""
     lock, err = None, None
     if is_main:
         try:
-            lock = _claim_on_main(run_dir, resume, overwrite)
+            lock = claim()
         except RunDirError as e:
             err = str(e)
     import torch.distributed as dist  # here: `muse-rec launch` checks a run directory without torch
@@ -167,6 +180,29 @@ def claim_run_dir(run_dir: Path, is_main: bool, resume: bool, overwrite: bool) -
     if err:
         raise RunDirError(err)
     return lock
+
+
+def claim_evaluation_dir(out: Path, is_main: bool) -> Optional[DirLock]:
+    """Collective: lock an evaluation's ``--out`` (main rank) for the evaluation's life.
+
+    Two evaluations into one directory would leave one's metrics.json beside the other's
+    predictions; the second is refused (`RunDirError` on every rank), naming the holder. Under
+    the lock no other evaluation is writing, so a metrics.json temporary found there is a killed
+    one's (`muse_rec.data.files.tmp_name`) and is removed. Returns the lock on the main rank.
+    """
+    def claim() -> DirLock:
+        lock = DirLock.acquire(out, holder="another evaluation", hint="wait for it to end or choose another --out",
+                               error=RunDirError)
+        try:
+            for p in out.iterdir():
+                if tmp_of(p.name) == "metrics.json":
+                    p.unlink()
+        except OSError as e:
+            lock.abandon()
+            raise RunDirError(f"{out}: cannot remove a killed evaluation's temporary file ({e})") from None
+        return lock
+
+    return _main_rank_verdict(claim, is_main)
 
 
 @contextmanager

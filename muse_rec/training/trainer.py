@@ -36,7 +36,7 @@ from muse_rec.training.checkpoint import (Position, checkpoint_to_resume, latest
                                          read_position, save_checkpoint)
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
 from muse_rec.training.results import rank_memory, summary_line, training_figures, write_json, write_rank_memory
-from muse_rec.training.run_dir import claim_run_dir, given_back_on_error, new_run_id
+from muse_rec.training.run_dir import claim_evaluation_dir, claim_run_dir, given_back_on_error, new_run_id
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_resume_settings, check_run_compat,
                                           read_run_json, resume_place)
 
@@ -376,17 +376,20 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
     dmp, _, skip = build_sharded(spec, data, env)
     position = load_checkpoint(ck, dmp, None, skip=skip, expect_sha256=expect_sha256)
     out = Path(out_dir)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate(dmp, data, spec.data.eval_split, spec.train.eval_batch_size, spec.data.seq_len, env,
-                       num_workers=spec.data.num_workers, predictions_path=str(out / "predictions.parquet"),
-                       max_batches=max_batches, log_every=spec.train.log_every)
-    metrics.update({"method": spec.model.method, "name": spec.name, "checkpoint": str(ck),
-                    "step": position.step, "world_size": env.world_size})
-    if env.is_main:
-        write_json(out / "metrics.json", metrics)
-        logger.info("evaluated %s at %d rank(s): %s", ck, env.world_size,
-                    ", ".join(f"{k}={metrics[k]:.4f}" for k in ("gauc", "auc", "logloss") if k in metrics))
+    lock = claim_evaluation_dir(out, env.is_main)  # creates it; refused on every rank while another evaluation writes
+    try:
+        metrics = evaluate(dmp, data, spec.data.eval_split, spec.train.eval_batch_size, spec.data.seq_len, env,
+                           num_workers=spec.data.num_workers, predictions_path=str(out / "predictions.parquet"),
+                           max_batches=max_batches, log_every=spec.train.log_every)
+        metrics.update({"method": spec.model.method, "name": spec.name, "checkpoint": str(ck),
+                        "step": position.step, "world_size": env.world_size})
+        if env.is_main:
+            write_json(out / "metrics.json", metrics)
+            logger.info("evaluated %s at %d rank(s): %s", ck, env.world_size,
+                        ", ".join(f"{k}={metrics[k]:.4f}" for k in ("gauc", "auc", "logloss") if k in metrics))
+    finally:
+        if lock is not None:
+            lock.release()
     return metrics
 
 

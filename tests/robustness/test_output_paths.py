@@ -42,7 +42,7 @@ def test_evaluate_into_a_run_directory_is_refused_and_an_earlier_evaluation_is_r
         out = cli("evaluate", "--spec", SPEC, *run_sets, "--out", str(ev), "--max-batches", batches)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "Warning" not in out.stderr, out.stderr[-2000:]  # DCP's ShardedTensor FutureWarnings, before
-    assert sorted(p.name for p in ev.iterdir()) == ["metrics.json", "predictions.parquet"]
+    assert sorted(p.name for p in ev.iterdir()) == [".lock", "metrics.json", "predictions.parquet"]
     # An evaluation's metrics.json has no training speed or wall time: compare showed a traceback.
     shown = cli("compare", str(ev), "--no-floors")
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr[-2000:]
@@ -59,9 +59,34 @@ def test_an_evaluation_killed_while_writing_metrics_json_is_replaced_by_the_next
     (ev / "metrics.json.tmp.4242").write_text('{"gauc": 0.')  # what a kill during the write leaves
     out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "2")
     assert out.returncode == 0, out.stderr[-2000:]
+    # ... and removed by it (under the lock no other evaluation can be writing it): it stayed for good.
+    assert sorted(p.name for p in ev.iterdir()) == [".lock", "metrics.json", "predictions.parquet"]
     (ev / "notes.txt").write_text("mine")  # a file evaluate never writes is still refused, and named
     out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "1")
     assert_bad_input(out, f"--out {ev}: holds files this command did not write (notes.txt)")
+
+
+def test_an_evaluation_into_a_directory_another_evaluation_is_writing_is_refused(trained, tmp_path):
+    """Two evaluations into one --out (of two checkpoints, say) left one's metrics.json beside the
+    other's predictions, and neither was told. The one that finds --out locked is refused, naming the
+    holder, and changes nothing there (a killed one's temporary file included: the holder may be
+    writing it); once free, the next evaluation replaces the earlier one."""
+    from muse_rec.dirlock import DirLock
+
+    ev = tmp_path / "ev"
+    out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    (ev / "metrics.json.tmp.4242").write_text('{"gauc": 0.')
+    before, one_batch = snapshot(ev), json.loads((ev / "metrics.json").read_text())["samples"]
+    with DirLock.acquire(ev, command="muse-rec evaluate (the test's holder)"):
+        refused = cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "2")
+        assert snapshot(ev) == before
+    assert_bad_input(refused, f"{ev}: in use by another evaluation (pid {os.getpid()} on ",
+                     "muse-rec evaluate (the test's holder)); wait for it to end or choose another --out")
+    again = cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((ev / "metrics.json").read_text())["samples"] > one_batch  # two batches now
+    assert sorted(p.name for p in ev.iterdir()) == [".lock", "metrics.json", "predictions.parquet"]
 
 
 @pytest.mark.parametrize("command", ["evaluate", "export", "compare", "baselines", "reproduce"])

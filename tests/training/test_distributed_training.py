@@ -6,6 +6,7 @@ import subprocess
 import pandas as pd
 import pytest
 
+from muse_rec.dirlock import DirLock
 from muse_rec.distributed.env import free_port
 from muse_rec.metrics import read_predictions
 from tests.conftest import REPO, subprocess_env, venv_bin
@@ -84,3 +85,11 @@ def test_checkpoint_metrics_identical_at_one_and_two_ranks(prepared, tmp_path):
     for k in ("gauc", "auc", "logloss"):
         assert m1[k] == m2[k], (k, m1[k], m2[k])
     assert m1["by_seq_length"] == m2["by_seq_length"] and m1["by_popularity"] == m2["by_popularity"]
+    # An --out another evaluation is writing: rank 0 is refused by the lock and rank 1 with it (the
+    # verdict is broadcast), in one line each, instead of rank 1 waiting in a collective.
+    with DirLock.acquire(ev2, command="muse-rec evaluate (the test's holder)"):
+        refused = run_ranks(["evaluate", "--spec", spec, *sets, "--out", str(ev2)], nproc=2, check=False, timeout=240)
+    assert refused.returncode != 0, refused.stderr[-3000:]
+    lines = [ln for ln in refused.stderr.splitlines() if "in use by another evaluation" in ln]
+    assert len(lines) == 2 and all("muse-rec evaluate: " in ln for ln in lines), refused.stderr[-3000:]
+    assert metrics(ev2) == m2  # nothing of the refused evaluation was written
