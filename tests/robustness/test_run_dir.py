@@ -392,13 +392,22 @@ def test_ctrl_c_during_training_is_one_line_saying_how_to_go_on(prepared_tiny, t
     """Ctrl-C printed torch's backward traceback (~30 lines) and exited 1, like a bug."""
     import signal
     import subprocess
+    import threading
 
     from tests.conftest import REPO, subprocess_env
 
     args = [sys.executable, "-m", "muse_rec.cli", "train", "--spec", SPEC, "--device", "cpu",
             *sets(prepared_tiny, tmp_path / "runs", ["train.epochs=1000"])]
+    # Ctrl-C's default action in the job, whatever this suite was started from: a shell without job
+    # control starts a background command (`.ci/run &`) with SIGINT ignored, every child inherits
+    # that, and Python then never raises KeyboardInterrupt (the run trained on for its 1000 epochs).
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=subprocess_env(), start_new_session=True)  # its own group, as a terminal's job
+                            env=subprocess_env(), start_new_session=True,  # its own group, as a terminal's job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # Reading stderr to its end waits for the process: a run that ignored the interrupt would hang the
+    # suite instead of failing this test.
+    watchdog = threading.Timer(240, os.killpg, (proc.pid, signal.SIGKILL))
+    watchdog.start()
     try:
         for line in proc.stderr:  # interrupt once it trains
             if " step " in line:
@@ -407,6 +416,7 @@ def test_ctrl_c_during_training_is_one_line_saying_how_to_go_on(prepared_tiny, t
         rest = proc.stderr.read()
         assert proc.wait(timeout=120) == 130, rest[-3000:]
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest[-3000:]
