@@ -32,6 +32,16 @@ def tmp_of(name: str) -> str:
     return base if sep and pid.isdigit() else ""
 
 
+def remove_killed_tmps(directory: str | os.PathLike, name: str) -> None:
+    """Remove the `tmp_name` files of ``directory/name`` that writers killed mid-write left behind.
+
+    Only for a writer holding the directory's lock (`muse_rec.dirlock`): every writer of ``name``
+    holds it, so none of these files can belong to a live one. OSError if one cannot be removed."""
+    for entry in os.listdir(directory):
+        if tmp_of(entry) == name:
+            os.remove(os.path.join(directory, entry))
+
+
 def _npy_header(dtype: np.dtype, shape: Tuple[int, ...]) -> bytes:
     d = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
     text = repr(d)

@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from muse_rec.data import schema as S
-from muse_rec.data.files import NpyStreamWriter, PartitionedScatterWriter, save_npy, tmp_of, write_json
+from muse_rec.data.files import (NpyStreamWriter, PartitionedScatterWriter, remove_killed_tmps, save_npy, tmp_of,
+                                 write_json)
 from muse_rec.data.reader import RawRelease, RawTable
 from muse_rec.data.vocab import SortedKeyBuilder, Vocab
 from muse_rec.dirlock import LOCK_FILE, DirLock
@@ -473,9 +474,7 @@ def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite:
 def _prepare_into(job: "_Prepare", out: str, overwrite: bool) -> Dict[str, object]:
     """`prepare`'s work, with OUT checked and locked."""
     meta_path = os.path.join(out, "meta.json")
-    for name in os.listdir(out):  # meta.json's temporary file of a run killed while publishing it
-        if tmp_of(name) == "meta.json":
-            os.remove(os.path.join(out, name))
+    remove_killed_tmps(out, "meta.json")  # of a run killed while publishing it
     if os.path.exists(meta_path):
         try:
             with open(meta_path, encoding="utf-8") as f:

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, TypeVar
 
-from muse_rec.data.files import tmp_of
+from muse_rec.data.files import remove_killed_tmps
 from muse_rec.dirlock import LOCK_FILE, DirLock, DirLockError
 
 
@@ -194,9 +194,7 @@ def claim_evaluation_dir(out: Path, is_main: bool) -> Optional[DirLock]:
         lock = DirLock.acquire(out, holder="another evaluation", hint="wait for it to end or choose another --out",
                                error=RunDirError)
         try:
-            for p in out.iterdir():
-                if tmp_of(p.name) == "metrics.json":
-                    p.unlink()
+            remove_killed_tmps(out, "metrics.json")
         except OSError as e:
             lock.abandon()
             raise RunDirError(f"{out}: cannot remove a killed evaluation's temporary file ({e})") from None
