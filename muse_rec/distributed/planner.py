@@ -23,7 +23,6 @@ from torchrec import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.distributed.collective_utils import invoke_on_rank_and_broadcast_result
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.constants import BATCH_SIZE, DEFAULT_PERF_ESTIMATOR
-from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 from torchrec.distributed.planner.shard_estimators import EmbeddingPerfEstimatorFactory, EmbeddingStorageEstimator
 from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import (
@@ -38,6 +37,7 @@ from torchrec.distributed.types import ModuleSharder, ShardingPlan
 from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS, BaseEmbeddingConfig
 
 from muse_rec.distributed.env import DistEnv
+from muse_rec.distributed.ordered_enumerator import OrderedEmbeddingEnumerator
 from muse_rec.distributed.optimizer_state import FusedOptimizerStateEstimator, state_bytes, state_optimizers_by_module
 from muse_rec.distributed.sharders import EBC_SHARDING_TYPES, EC_SHARDING_TYPES
 
@@ -291,8 +291,9 @@ def sharding_planner(
     """The one planner configuration that training (`make_plan`) and `muse-rec plan` share,
     so the plan a report shows is the plan a run uses.
 
-    TorchRec's own enumerator and estimators, plus `FusedOptimizerStateEstimator`: every shard's
-    storage includes the `sharders`' fused-optimizer state, so no placement overfills a rank with it.
+    TorchRec's own enumerator (its options in a fixed order: `OrderedEmbeddingEnumerator`) and
+    estimators, plus `FusedOptimizerStateEstimator`: every shard's storage includes the `sharders`'
+    fused-optimizer state, so no placement overfills a rank with it.
     """
     constraints = constraints if constraints is not None else make_constraints(module)
     estimators = [
@@ -302,8 +303,8 @@ def sharding_planner(
     ]
     return EmbeddingShardingPlanner(
         topology=topology,
-        enumerator=EmbeddingEnumerator(topology=topology, batch_size=BATCH_SIZE, constraints=constraints,
-                                       estimator=estimators),
+        enumerator=OrderedEmbeddingEnumerator(topology=topology, batch_size=BATCH_SIZE, constraints=constraints,
+                                              estimator=estimators),
         constraints=constraints,
         storage_reservation=planner_reservation(dense_bytes),
         stats=stats,
