@@ -48,8 +48,10 @@ def load_runs(paths: List[str]) -> List[Dict]:
 
     runs: List[Dict] = []
     seen: Dict[Path, str] = {}
+    models: Dict[Path, str] = {}
     configs: Dict[str, str] = {}
     settings: List[Optional[Dict]] = []
+    splits: Dict[str, str] = {}
     for p in paths:
         f = Path(p) / "metrics.json"
         if not f.exists():
@@ -58,17 +60,53 @@ def load_runs(paths: List[str]) -> List[Dict]:
             raise ValueError(f"{p}: the same run as {seen[f.resolve()]}, given twice; each run counts once as a seed")
         seen[f.resolve()] = p
         runs.append(read_run_metrics(f))
-        settings.append(_settings_of(Path(p)))
+        scored, trained_in = _scored_model(Path(p), runs[-1], f)
+        if scored in models:  # a run and an evaluation of it, or two evaluations: one model, not two seeds
+            raise ValueError(f"{p}: scores the same trained model as {models[scored]} ({scored}); each trained "
+                             "model counts once as a seed")
+        models[scored] = p
+        split = runs[-1].get("eval_split")
+        if split is not None:
+            splits.setdefault(str(split), p)
+        settings.append(_settings_of(trained_in) if trained_in is not None else None)
         if settings[-1] is not None:  # a copied run directory, or a re-run: not another seed
             key = json.dumps([runs[-1]["method"], settings[-1]], sort_keys=True, default=str)
             if key in configs:
                 raise ValueError(f"{p}: the same method, spec, ranks and train.seed ({settings[-1].get('train.seed')}) as "
                                  f"{configs[key]} (a copy or a re-run, not another seed); give each seed's run once")
             configs[key] = p
+    if len(splits) > 1:
+        shown = ", ".join(f"{where}: {split}" for split, where in splits.items())
+        raise ValueError(f"the runs were scored on different splits ({shown}); compare scores of one split")
     for r, label in zip(runs, _setting_labels(runs, settings)):
         if label:
             r["setting"] = label
     return runs
+
+
+def _scored_model(path: Path, metrics: Dict, f: Path) -> Tuple[Path, Optional[Path]]:
+    """(what identifies the model ``metrics`` score, the run directory that trained it or None).
+
+    A run directory scores its own model. An evaluation (`muse-rec evaluate --out`) names its
+    checkpoint: the model is that checkpoint's run (``RUN/checkpoints/step-N``; any step of one run is
+    one seed), whose spec.yaml gives its settings, else the checkpoint itself. A partial evaluation
+    (``--max-batches``) is refused: it scores part of the split. ValueError naming the file and key."""
+    partial = metrics.get("max_batches", 0)
+    if isinstance(partial, bool) or not isinstance(partial, int) or partial < 0:
+        raise ValueError(f"{f}: max_batches: expected an integer >= 0, got {partial!r}")
+    if partial:
+        raise ValueError(f"{path}: a partial evaluation (--max-batches {partial}) scores part of the split; compare "
+                         "whole-split evaluations")
+    if "checkpoint" not in metrics:
+        return path.resolve(), path
+    ck = metrics["checkpoint"]
+    if not isinstance(ck, str) or not ck:
+        raise ValueError(f"{f}: checkpoint: expected the evaluated checkpoint's path, got {ck!r}")
+    ck_path = Path(ck).resolve()  # older evaluations recorded it as given: relative to where compare runs
+    run = ck_path.parent.parent
+    if ck_path.parent.name == "checkpoints" and (run / "spec.yaml").exists():
+        return run, run
+    return ck_path, None
 
 
 def _settings_of(run_dir: Path) -> Optional[Dict]:

@@ -49,6 +49,7 @@ from muse_rec.serving.int8_check import check_requests, deviation_report, score_
 from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_position
+from muse_rec.training.run_record import check_model_settings
 
 # The program takes any candidate count from 1 (traced size-obliviously, see `export_program`).
 MIN_CANDIDATES = 1
@@ -88,6 +89,7 @@ def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str]
     """
     ck = resolve_checkpoint(spec, checkpoint)
     check_data_fingerprint(ck, read_position(ck).data_fingerprint, data, allow_data_mismatch)
+    check_model_settings(ck, spec)  # loading checks shapes only: another method's weights may fit them
     train_model = build_train_model(spec.model, data.vocab_sizes, spec.data.seq_len if seq_len is None else seq_len,
                                     device=torch.device("cpu"))
     try:

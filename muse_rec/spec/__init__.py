@@ -19,8 +19,10 @@ from __future__ import annotations
 from muse_rec.spec.load import from_dict, load_spec
 from muse_rec.spec.schema import (ID_TABLES, NON_TRAINING_KEYS, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, DataSpec,
                                   ESUSpec, GSUSpec, ModelSpec, OptimizerSpec, ParametrizationSpec, ShortTermSpec, Spec,
-                                  SpecError, TrainSpec, dotted_items, literal_choices, training_settings)
+                                  SpecError, TrainSpec, dotted_items, literal_choices, model_settings,
+                                  training_settings)
 
 __all__ = ["DataSpec", "ESUSpec", "GSUSpec", "ID_TABLES", "ModelSpec", "NON_TRAINING_KEYS", "OptimizerSpec",
            "ParametrizationSpec", "SMALL_DIM_TABLES", "SPARSE_OPTIMIZER_NAMES", "ShortTermSpec", "Spec", "SpecError",
-           "TrainSpec", "dotted_items", "from_dict", "literal_choices", "load_spec", "training_settings"]
+           "TrainSpec", "dotted_items", "from_dict", "literal_choices", "load_spec", "model_settings",
+           "training_settings"]

@@ -244,6 +244,23 @@ NON_TRAINING_KEYS = ("name", "output_dir", "data.vocab_sizes", "data.num_workers
                      "data.raw")
 
 
+# Keys of ``model`` that set only how a model starts (its init), how it trains (dropout) or how fast it
+# computes (the GSU's chunking): a checkpoint's weights replace what they chose, so a checkpoint
+# evaluated or served under a spec that differs only in them is the same model (`model_settings`).
+MODEL_INIT_KEYS = ("model.init_std", "model.dropout", "model.gsu.chunk_size", "model.esu.fusion_gate_init",
+                   "model.esu.temperature_init", "model.parametrization.linear_init",
+                   "model.parametrization.linear_bias", "model.parametrization.dice_alpha_init",
+                   "model.parametrization.output_bias", "model.parametrization.tower_gain",
+                   "model.parametrization.tower_fan_in", "model.parametrization.simtier_init")
+
+
+def model_settings(resolved: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``model.*`` keys of a resolved spec (or of ``{"model": <a checkpoint's model.json>}``) that
+    decide what a trained model computes, as ``{dotted.key: value}``: `MODEL_INIT_KEYS` left out."""
+    model = resolved.get("model")
+    return dict(dotted_items(model, skip=MODEL_INIT_KEYS, prefix="model.")) if isinstance(model, dict) else {}
+
+
 def training_settings(resolved: Dict[str, Any], leave_out: Sequence[str] = ()) -> Dict[str, Any]:
     """A resolved spec (``Spec.to_dict()``, or a run's spec.yaml) as ``{dotted.key: value}``
     without `NON_TRAINING_KEYS` and ``leave_out``: what decides the trained model."""

@@ -4,6 +4,7 @@ Layout of a run directory's ``checkpoints/``::
 
     step-00000040/           one complete checkpoint (DCP shards + .metadata)
         position.json        {"step": 40, "epoch": 0, "batch_in_epoch": 40, "world_size": 2, ...}
+        model.json           the resolved spec's ``model`` mapping it was trained with
         rng-<rank>.pt        each rank's torch RNG state (dropout, shuffling)
         SHA256SUMS.json      every file's SHA-256 (muse_rec.integrity), checked before loading
     step-00000080.tmp/       a save in progress or killed mid-way: never read, removed later
@@ -35,7 +36,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -48,6 +49,7 @@ from muse_rec.json_files import read_json_object
 logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+MODEL_RECORD = "model.json"  # the model settings a checkpoint was trained with (older checkpoints lack it)
 
 
 @dataclass
@@ -252,8 +254,13 @@ def save_checkpoint(
     position: Position,
     skip: Callable[[str], bool] = lambda k: False,
     keep: int = 2,
+    model_spec: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint directory.
+
+    ``model_spec`` (the resolved spec's ``model`` mapping) is written as ``model.json``, so an
+    evaluation or export under another model's spec is refused by name (`run_record.check_model_settings`)
+    even where the other model's tensors happen to have the same shapes.
 
     Raises `NonFiniteError` (on every rank, before anything is written) when a weight or an
     optimizer state holds NaN/Inf. Only ``position.run_id``'s older checkpoints are pruned.
@@ -273,6 +280,8 @@ def save_checkpoint(
     _barrier()
     if _rank() == 0:
         (tmp / "position.json").write_text(json.dumps(asdict(position), indent=2))
+        if model_spec is not None:
+            (tmp / MODEL_RECORD).write_text(json.dumps(model_spec, indent=2))
         digest = write_manifest(tmp)  # last: it covers every file above (all ranks' shards)
         replaced = root / f"step-{position.step:08d}.replaced"
         if final.exists():  # a save of a step saved before (a resume): renamed aside, then deleted, so

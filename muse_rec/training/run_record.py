@@ -6,9 +6,10 @@ naming the file where they do not.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import yaml
 
@@ -16,8 +17,8 @@ from muse_rec.data.epochs import resume_batch, steps_per_epoch
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
 from muse_rec.json_files import read_json_object
-from muse_rec.spec import Spec, training_settings
-from muse_rec.training.checkpoint import Position, checkpoint_to_resume, read_position
+from muse_rec.spec import Spec, model_settings, training_settings
+from muse_rec.training.checkpoint import MODEL_RECORD, Position, checkpoint_to_resume, read_position
 
 logger = logging.getLogger("muse_rec")
 
@@ -55,6 +56,39 @@ def check_data_fingerprint(ck: Path, data: PreparedData, allow: bool) -> None:
                        "--allow-data-mismatch if that is intended")
 
 
+def _recorded_model(ck: Path) -> Tuple[Optional[Dict[str, Any]], Optional[Path]]:
+    """(`model_settings` the checkpoint was trained with, the file they come from): its model.json, else
+    the spec.yaml of the run directory it lies in; (None, None) for an older checkpoint outside its run."""
+    record = ck / MODEL_RECORD
+    if record.exists():
+        return model_settings({"model": read_json_object(record, RunError)}), record
+    spec_yaml = ck.parent.parent / "spec.yaml"
+    if ck.parent.name != "checkpoints" or not spec_yaml.exists():
+        return None, None
+    return model_settings(_read_spec_yaml(spec_yaml)), spec_yaml
+
+
+def check_model_settings(ck: Path, spec: Spec) -> None:
+    """``spec``'s model is the one checkpoint ``ck`` was trained with (`model_settings`: keys that only
+    set the init aside); RunError naming the keys that differ. Loading alone checks only the tensors'
+    shapes, so another method whose tensors happen to fit (MUSE's weights under SIM-hard's spec) or
+    another top-k would be scored, exported or served under the wrong name without it. Keys only one
+    side knows are not compared."""
+    was, source = _recorded_model(ck)
+    if was is None:
+        return
+    now = model_settings(json.loads(json.dumps(spec.to_dict())))  # as the record holds it (tuples as lists)
+    # Keys only one side knows (a record of another version of this project) are not compared, as on --resume.
+    diff = {k: (was[k], now[k]) for k in was if k in now and was[k] != now[k]}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items())[:4])
+        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        run_spec = ck.parent.parent / "spec.yaml"
+        use = f"--spec {run_spec}" if ck.parent.name == "checkpoints" and run_spec.exists() else "the spec it was trained with"
+        raise RunError(f"{ck}: trained with other model settings than the spec ({shown}{more}; from {source.name}); "
+                       f"use {use}")
+
+
 def check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
     """A resumed run must see the same vocabularies it was started with."""
     prev = read_run_json(run_json)
@@ -83,13 +117,7 @@ def check_resume_settings(spec_yaml: Path, spec: Spec) -> None:
     written by another version of this project) are not compared."""
     if not spec_yaml.exists():
         return
-    try:
-        before: Any = yaml.safe_load(spec_yaml.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
-        raise RunError(f"{spec_yaml}: unreadable ({' '.join(str(e).split())[:200]})") from None
-    if not isinstance(before, dict):
-        raise RunError(f"{spec_yaml}: expected a mapping (the run's resolved spec), got {type(before).__name__}")
-    was = training_settings(before, leave_out=RESUMABLE_CHANGES)
+    was = training_settings(_read_spec_yaml(spec_yaml), leave_out=RESUMABLE_CHANGES)
     # Compared as spec.yaml will hold it (a tuple is a list in YAML).
     now = training_settings(yaml.safe_load(yaml.safe_dump(spec.to_dict())), leave_out=RESUMABLE_CHANGES)
     diff = {k: (was[k], now[k]) for k in was if k in now and was[k] != now[k]}
@@ -99,6 +127,17 @@ def check_resume_settings(spec_yaml: Path, spec: Spec) -> None:
         raise RunError(f"{spec_yaml}: --resume with other training settings than the run was started with "
                        f"({shown}{more}); resume with its settings (--spec {spec_yaml}), or train them as a new run "
                        "(another output_dir, or --overwrite)")
+
+
+def _read_spec_yaml(spec_yaml: Path) -> Dict[str, Any]:
+    """A run directory's spec.yaml (its resolved spec); RunError naming it when unreadable."""
+    try:
+        doc: Any = yaml.safe_load(spec_yaml.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        raise RunError(f"{spec_yaml}: unreadable ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(doc, dict):
+        raise RunError(f"{spec_yaml}: expected a mapping (the run's resolved spec), got {type(doc).__name__}")
+    return doc
 
 
 def place_in_epoch(position: Position, ck: Path, split_samples: int, batch_size: int, world_size: int,

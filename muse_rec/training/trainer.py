@@ -32,8 +32,9 @@ from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.plan_measure import status_bytes
 from muse_rec.quiet import quiet_known_warnings
 from muse_rec.spec import Spec
-from muse_rec.training.checkpoint import (Position, checkpoint_to_resume, latest_checkpoint, load_checkpoint,
-                                         read_position, save_checkpoint)
+from muse_rec.training.checkpoint import (Position, checkpoint_to_resume, load_checkpoint, read_position,
+                                         save_checkpoint)
+from muse_rec.training.checkpoint_choice import evaluation_checkpoint, load_for_evaluation
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
 from muse_rec.training.results import rank_memory, summary_line, training_figures, write_json, write_rank_memory
 from muse_rec.training.run_dir import claim_evaluation_dir, claim_run_dir, given_back_on_error, new_run_id
@@ -166,6 +167,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         memory = rank_memory(dmp, env)
 
         ckpt_root = run_dir / "checkpoints"
+        model_record = json.loads(json.dumps(spec.to_dict()["model"]))  # each checkpoint's model.json
         ck = checkpoint_to_resume(str(ckpt_root), prev_run.get("run_id")) if resume else None
         run_id = prev_run.get("run_id") or (read_position(ck).run_id if ck is not None else "") or new_run_id()
         position = Position(world_size=env.world_size, batch_size=t.batch_size, run_id=run_id,
@@ -275,7 +277,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                 # The host reads the loss only here; a non-finite one stops the run before any save.
                 progress.interval(position.step, _checked_loss(monitor, position.step, env))
             if saving:
-                save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip)
+                save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip, model_spec=model_record)
             if crash_after and position.step == crash_after:
                 logger.warning("%s=%d: exiting hard to simulate a crash", CRASH_ENV, crash_after)
                 progress.close()
@@ -287,7 +289,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     progress.close()
     _checked_loss(monitor, position.step, env)  # never save a checkpoint after a non-finite loss
     if not finished:  # else the checkpoint it resumed from is this state already
-        save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip)
+        save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip, model_spec=model_record)
 
     result: Dict = {"method": spec.model.method, "name": spec.name, "world_size": trained_world_size,
                     "steps": position.step, "train_samples_per_s": samples_trained / max(train_seconds, 1e-9),
@@ -358,31 +360,30 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
     """Evaluate a checkpoint (default: the run's latest) on ``spec.data.eval_split`` at this world size.
 
     The checkpoint is verified against its SHA-256 manifest (and ``expect_sha256``) before it is
-    read, and must have been trained on ``spec.data.prepared`` unless ``allow_data_mismatch``.
+    read, must have been trained with ``spec``'s model and on ``spec.data.prepared`` unless
+    ``allow_data_mismatch``; the run's newest is read again where a run still training deletes it
+    meanwhile (`checkpoint_choice`).
     """
     env = init_distributed(DistEnv.from_environ(device_type=device_type))
     _setup_logging(env)
     data = _open_data(spec)
-    run_dir = Path(spec.run_dir)
-    run_id = read_run_json(run_dir / "run.json").get("run_id") if not checkpoint else None
-    ck = Path(checkpoint) if checkpoint else latest_checkpoint(str(run_dir / "checkpoints"), run_id=run_id)
-    if ck is None or not (ck / "position.json").exists():
-        raise RunError(f"no complete checkpoint at {checkpoint or run_dir / 'checkpoints'}")
-    check_run_compat(ck.parent.parent / "run.json", data, env)
-    check_data_fingerprint(ck, data, allow_data_mismatch)
+    # Checked before the model is built (seconds): a wrong checkpoint, data or spec fails at once.
+    ck = evaluation_checkpoint(spec, checkpoint, data, env, allow_data_mismatch)
     from muse_rec.training.build import build_sharded
     from muse_rec.training.evaluate import evaluate
 
     dmp, _, skip = build_sharded(spec, data, env)
-    position = load_checkpoint(ck, dmp, None, skip=skip, expect_sha256=expect_sha256)
+    ck, position = load_for_evaluation(ck, spec, checkpoint, data, env, dmp, skip, allow_data_mismatch, expect_sha256)
     out = Path(out_dir)
     lock = claim_evaluation_dir(out, env.is_main)  # creates it; refused on every rank while another evaluation writes
     try:
         metrics = evaluate(dmp, data, spec.data.eval_split, spec.train.eval_batch_size, spec.data.seq_len, env,
                            num_workers=spec.data.num_workers, predictions_path=str(out / "predictions.parquet"),
                            max_batches=max_batches, log_every=spec.train.log_every)
-        metrics.update({"method": spec.model.method, "name": spec.name, "checkpoint": str(ck),
-                        "step": position.step, "world_size": env.world_size})
+        # What was scored: `compare` counts one model once and refuses scores of other splits or partial ones.
+        metrics.update({"method": spec.model.method, "name": spec.name, "checkpoint": str(ck.resolve()),
+                        "step": position.step, "world_size": env.world_size, "eval_split": spec.data.eval_split,
+                        "max_batches": max_batches})
         if env.is_main:
             write_json(out / "metrics.json", metrics)
             logger.info("evaluated %s at %d rank(s): %s", ck, env.world_size,

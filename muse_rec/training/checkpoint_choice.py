@@ -1,0 +1,88 @@
+"""The checkpoint an evaluation reads: chosen by rank 0 for every rank, checked against the spec and
+the data, and chosen again when the run that wrote it, still training, deletes it meanwhile.
+
+A training run keeps only its newest checkpoints (`checkpoint.save_checkpoint`'s ``keep``): each save
+deletes the older ones. An evaluation of a run's latest checkpoint started while the run trains
+spends seconds building the model and reading the shards, long enough, at a checkpoint every few
+steps, for the checkpoint it chose to be deleted under it. Ranks that each listed the directory could
+also pick different checkpoints, so rank 0 chooses and broadcasts.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from muse_rec.data.prepared import PreparedData
+from muse_rec.distributed.env import DistEnv
+from muse_rec.spec import Spec
+from muse_rec.training.checkpoint import CheckpointError, Position, latest_checkpoint, load_checkpoint
+from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_model_settings, check_run_compat,
+                                          read_run_json)
+
+logger = logging.getLogger("muse_rec")
+
+# Times an evaluation reads the run's newest checkpoint again after the one it chose was deleted.
+DELETED_RETRIES = 3
+
+
+def _main_rank_value(compute: Callable[[], Tuple[Optional[str], Optional[str]]], env: DistEnv) -> Optional[str]:
+    """Rank 0's ``(value, error)`` on every rank: the value, or the error raised as `RunError` on every
+    rank (none waits in a collective that rank 0 left)."""
+    box = list(compute()) if env.is_main else [None, None]
+    if env.world_size > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(box, src=0)
+    if box[1]:
+        raise RunError(box[1])
+    return box[0]
+
+
+def evaluation_checkpoint(spec: Spec, checkpoint: Optional[str], data: PreparedData, env: DistEnv,
+                          allow_data_mismatch: bool = False) -> Path:
+    """Collective: ``checkpoint``, or the newest of ``spec``'s run, checked: complete, trained on the
+    vocabularies and (unless ``allow_data_mismatch``) the prepared data of ``data``, with ``spec``'s model.
+    `RunError` on every rank naming what does not fit."""
+    def choose() -> Tuple[Optional[str], Optional[str]]:
+        run_dir = Path(spec.run_dir)
+        try:
+            run_id = read_run_json(run_dir / "run.json").get("run_id") if not checkpoint else None
+            ck = Path(checkpoint) if checkpoint else latest_checkpoint(str(run_dir / "checkpoints"), run_id=run_id)
+            if ck is None or not (ck / "position.json").exists():
+                raise RunError(f"no complete checkpoint at {checkpoint or run_dir / 'checkpoints'}")
+            check_run_compat(ck.parent.parent / "run.json", data, env)
+            check_data_fingerprint(ck, data, allow_data_mismatch)
+            check_model_settings(ck, spec)
+        except (RunError, CheckpointError) as e:
+            return None, str(e)
+        return str(ck), None
+
+    return Path(str(_main_rank_value(choose, env)))
+
+
+def load_for_evaluation(ck: Path, spec: Spec, checkpoint: Optional[str], data: PreparedData, env: DistEnv,
+                        model: torch.nn.Module, skip: Callable[[str], bool], allow_data_mismatch: bool = False,
+                        expect_sha256: Optional[str] = None) -> Tuple[Path, Position]:
+    """Collective: load ``ck`` (from `evaluation_checkpoint`) into ``model``; (the checkpoint read, its position).
+
+    Where ``ck`` was deleted while it was read (the run is still training) and the user named no
+    ``checkpoint``, the run's newest is chosen and read again, up to `DELETED_RETRIES` times."""
+    for _ in range(DELETED_RETRIES):
+        try:
+            return ck, load_checkpoint(ck, model, None, skip=skip, expect_sha256=expect_sha256)
+        except (CheckpointError, OSError):
+            gone = _main_rank_value(lambda: ("gone" if not ck.exists() else None, None), env) == "gone"
+            if not gone:
+                raise
+            if checkpoint:
+                raise RunError(f"{ck}: deleted while it was read: the run that wrote it is still training and "
+                               "keeps only its newest checkpoints; copy the checkpoint out first, or evaluate the "
+                               "run's latest (no --checkpoint)") from None
+        logger.warning("%s was deleted while it was read (its run is still training and keeps only its newest "
+                       "checkpoints): reading the run's newest checkpoint instead", ck)
+        ck = evaluation_checkpoint(spec, None, data, env, allow_data_mismatch)
+    raise RunError(f"{spec.run_dir}: {DELETED_RETRIES} checkpoints in a row were deleted while they were read: the "
+                   "run is still training with a short train.checkpoint_every; evaluate it once it has finished")
