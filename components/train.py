@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import torchx.specs as specs
 
-from muse_rec.launch import build_app, get_profile, preflight, split_overrides
+from muse_rec.launch import LOCAL_SCHEDULER, build_app, get_profile, local_start_problem, preflight, split_overrides
 
 
 def train(
@@ -55,13 +55,21 @@ def train(
             # As `muse-rec launch` does: a bad spec, override or used run directory fails here, in one
             # line, not on every rank once the job runs.
             preflight(p, chosen, spec, split_overrides(set), resume, resume_flag="--resume True")
-        return build_app(p, spec=spec, overrides=split_overrides(set), resume=resume, rdzv_port=rdzv_port,
-                         max_restarts=None if max_restarts < 0 else max_restarts)
+        # On local_cwd torchrun is this interpreter's (the one running `torchx`), not the PATH's.
+        app = build_app(p, spec=spec, overrides=split_overrides(set), resume=resume, rdzv_port=rdzv_port,
+                        max_restarts=None if max_restarts < 0 else max_restarts, scheduler=chosen)
     except ValueError as e:  # ProfileError, SpecError, RunDirError: the user's input
         if chosen is None:
             raise
         print(f"muse_rec: {' '.join(str(e).split())}", file=sys.stderr)
         raise SystemExit(2) from None
+    # A local job whose program is missing fails with "structured_error_msg: <NONE>" and its
+    # reason in logs that `torchx run` deletes: say it now, in one line.
+    problem = local_start_problem(app) if chosen == LOCAL_SCHEDULER else None
+    if problem:
+        print(f"muse_rec: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return app
 
 
 def _scheduler_of_this_torchx_run(argv: List[str]) -> Optional[str]:

@@ -7,11 +7,18 @@ resources, image, restarts); the spec decides WHAT runs. `components/train.py` (
 """
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import yaml
+
+if TYPE_CHECKING:  # for annotations only: torchx is imported where it is used, as in build_app
+    from torchx.specs import AppDef, Role
 
 DEFAULT_PROFILES = Path(__file__).resolve().parents[1] / "torchx.yaml"
 DEFAULT_IMAGE = "ghcr.io/pytorch/torchx:0.7.0"
@@ -19,6 +26,8 @@ DEFAULT_IMAGE = "ghcr.io/pytorch/torchx:0.7.0"
 # TorchX 0.7's dist.ddp has no max_restarts argument, so the profile's value travels this way.
 TORCHRUN_MAX_RESTARTS_ENV = "PET_MAX_RESTARTS"
 ROLE_NAME = "trainer"
+# The scheduler whose ranks run here, in this directory and this Python environment.
+LOCAL_SCHEDULER = "local_cwd"
 
 
 class ProfileError(ValueError):
@@ -197,6 +206,7 @@ def build_app(
     resume: bool = False,
     rdzv_port: int = 0,
     max_restarts: Optional[int] = None,
+    scheduler: Optional[str] = None,
 ):
     """The TorchX AppDef of `muse-rec train` on every rank of `profile` (torchrun via dist.ddp).
 
@@ -207,6 +217,8 @@ def build_app(
         resume: continue from the run directory's latest checkpoint.
         rdzv_port: c10d rendezvous port (0 = the profile's).
         max_restarts: torchrun worker-group restarts (None = the profile's).
+        scheduler: the scheduler it is submitted to (None = the profile's); on local_cwd torchrun
+            is this interpreter's, elsewhere the `torchrun` on the node's or image's PATH.
     """
     from torchx.components import dist
 
@@ -232,7 +244,47 @@ def build_app(
     # dist.ddp names the role after the module ("cli"); schedulers name jobs, pods and log
     # files after it (Slurm job "trainer-0", pod "trainer-0", local log "trainer/0").
     app.roles[0].name = ROLE_NAME
+    if (scheduler or profile.scheduler) == LOCAL_SCHEDULER:
+        _use_this_pythons_torchrun(app.roles[0])
     return app
+
+
+def _use_this_pythons_torchrun(role: "Role") -> None:
+    """Start torchrun as ``<this interpreter> -m torch.distributed.run`` instead of by name.
+
+    dist.ddp runs ``bash -c "torchrun ..."``, so the ranks ran whichever torchrun the PATH held:
+    none where the venv is not activated (`.venv/bin/muse-rec launch`), another environment's
+    where one is. On local_cwd the ranks run here, and the interpreter building the app (that of
+    `muse-rec` or `torchx`) is the one that has torch and muse_rec. A remote node or image cannot
+    be assumed to have this path, so there the command keeps TorchX's `torchrun`.
+    """
+    prefix = "torchrun "
+    if role.args[:1] != ["-c"] or len(role.args) != 2 or not role.args[1].startswith(prefix):
+        raise RuntimeError(f"TorchX's dist.ddp no longer runs `bash -c 'torchrun ...'` (role args {role.args!r}): "
+                           "muse_rec/launch.py:_use_this_pythons_torchrun needs updating")
+    role.args[1] = f"{shlex.quote(sys.executable)} -m torch.distributed.run {role.args[1][len(prefix):]}"
+
+
+def local_start_problem(app: "AppDef") -> Optional[str]:
+    """Why local_cwd could not start `app` on this machine, in one line naming what to do, or None.
+
+    The local scheduler starts each role's entrypoint found on the role's PATH, then this
+    process's, then the working directory. A missing entrypoint is a traceback from TorchX, a
+    missing program in its ``bash -c`` command a job FAILED with ``structured_error_msg: <NONE>``
+    and the reason in logs TorchX deletes: both are looked up here, before submitting.
+    """
+    for role in app.roles:
+        path = os.pathsep.join(p for p in (role.env.get("PATH"), os.environ.get("PATH"), os.getcwd()) if p)
+        if shutil.which(role.entrypoint, path=path) is None:
+            return (f"cannot start the {role.name} role: its entrypoint {role.entrypoint!r} is not found on PATH; "
+                    f"install it or put its directory on PATH")
+        if Path(role.entrypoint).name in ("bash", "sh") and role.args[:1] == ["-c"] and len(role.args) > 1:
+            words = shlex.split(role.args[1])
+            if words and shutil.which(words[0], path=path) is None:
+                return (f"cannot start the {role.name} role: {words[0]!r}, which its command starts, is not found "
+                        f"on PATH; put the bin directory of the Python environment holding torch and muse_rec "
+                        f"first on PATH (e.g. PATH=$PWD/.venv/bin:$PATH)")
+    return None
 
 
 def scheduler_cfg(profile: LaunchProfile, scheduler: str, runner) -> Dict[str, object]:

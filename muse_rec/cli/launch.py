@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from torchx.runner import get_runner
     from torchx.specs import AppState
 
-    from muse_rec.launch import ProfileError, build_app, get_profile, preflight, scheduler_cfg
+    from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, get_profile, local_start_problem,
+                                 preflight, scheduler_cfg)
     from muse_rec.spec import SpecError
 
     try:
@@ -74,6 +75,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"# muse-rec launch --profile {profile.name} --dryrun: {where}; spec {spec}")
             print(info)
             return 0
+        if profile.scheduler == LOCAL_SCHEDULER:
+            # A program that is not there fails the job at once, its reason lost with the
+            # job's temporary logs: said here instead, before anything starts.
+            problem = local_start_problem(app)
+            if problem:
+                print(f"muse-rec launch: {problem}", file=sys.stderr)
+                return 2
         handle = runner.schedule(info)
         print(f"muse-rec launch: submitted {handle} ({where})", file=sys.stderr)
         local = profile.scheduler.startswith("local")
