@@ -401,6 +401,12 @@ class _Prepare:
                 "scl_coverage_targets": s["targets_with_scl"] / max(s["samples"], 1),
                 "scl_coverage_behaviours": u["behaviours_with_scl"] / max(u["behaviours"], 1),
             }
+        train = splits["train"]
+        if train["samples"] and not train["targets_with_scl"] and not train["behaviours_with_scl"]:
+            # Every id valid, every table well formed, and still no match: the classic id-space mix-up.
+            warnings.warn(f"{self.raw['scl'].path}: not one train target or behaviour item has an SCL vector (its "
+                          "item ids match none of the samples' items: another id space, or another release's table?); "
+                          "the methods that read SCL vectors (MUSE, SIM-soft, DIN-ref...) would see only zero vectors")
         return {
             "format_version": FORMAT_VERSION,
             "fingerprint": self.fingerprint,

@@ -8,6 +8,7 @@ from typing import Callable, Dict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -201,3 +202,19 @@ def test_a_null_in_one_history_list_beside_behaviours_in_the_other_is_refused(go
     raw = _copy_with(good, tmp_path, "train_user_features", edit)
     with pytest.raises(RawDataError, match=f"column '{S.SEQ_CATS}': 1 of rows .* differ in length"):
         prepare(str(raw), str(tmp_path / "out"), CFG)
+
+
+def test_an_scl_table_that_matches_no_item_is_named(good, tmp_path):
+    # The classic id-space mix-up: every row valid, no item id in common with the samples. Before, the
+    # prepared data had SCL coverage 0.0 in meta.json and nothing said so.
+    raw = _copy_with(good, tmp_path, "scl", lambda t: t.set_column(
+        t.schema.get_field_index(S.ITEM), S.ITEM, pc.add(t.column(S.ITEM), 10**12)))
+    with pytest.warns(UserWarning) as seen:
+        prepare(str(raw), str(tmp_path / "out"), CFG)
+    named = [str(w.message) for w in seen if "not one train target or behaviour item has an SCL vector" in str(w.message)]
+    assert len(named) == 1 and S.TABLES["scl"].file in named[0], [str(w.message) for w in seen]
+    assert PreparedData(str(tmp_path / "out")).meta["splits"]["train"]["scl_coverage_behaviours"] == 0.0
+    # A release where the ids do match says nothing of the kind.
+    with pytest.warns(UserWarning) as seen:
+        prepare(str(good), str(tmp_path / "out_good"), CFG)
+    assert not [w for w in seen if "SCL vector (its item ids" in str(w.message)]
