@@ -231,8 +231,10 @@ def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str]) ->
     recorded = [r["floors"] for r in runs if r.get("floors")]
     if recorded:
         if any(f != recorded[0] for f in recorded):
-            return recorded[0], (f"recorded by {paths[0]}; the runs recorded different floors (other data, split "
-                                 "or seq_len): compare runs of one data set, or pass --floors FILE")
+            # One run's floors would judge the others by another data set's: a run above its own floor was
+            # called BELOW the first run's. No verdict beats a wrong one; each run's log has its own.
+            return None, ("the runs recorded different floors (other data, split or seq_len), so no one floor "
+                          "judges them all; compare runs of one data set, or pass --floors FILE")
         return recorded[0], "recorded by the runs"
     spec_file = Path(paths[0]) / "spec.yaml"
     if not spec_file.exists():

@@ -156,3 +156,24 @@ def test_a_baseline_without_any_gauc_is_said_not_a_traceback(tmp_path, capsys):
             fake(tmp_path / "d1", "DIN", None), fake(tmp_path / "d2", "DIN", None)]
     assert cli_main(["compare", *map(str, runs), "--no-floors", "--baseline", "DIN"]) == 0
     assert "DIN: no run has a GAUC (undefined on its split), so no margin against it" in capsys.readouterr().out
+
+
+def test_runs_that_recorded_different_floors_are_not_judged_by_one_of_them(tmp_path, capsys):
+    # Two data sets: the second run is above its own floor (0.60) but below the first's (0.70). Before,
+    # compare showed the first run's floors and called the second "BELOW it".
+    def floors(gauc: float) -> dict:
+        return {"popularity": {"description": "item popularity", "gauc": gauc, "auc": gauc, "logloss": 0.4}}
+
+    runs = []
+    for name, gauc, floor in (("a", 0.75, 0.70), ("b", 0.65, 0.60)):
+        d = _run(tmp_path / name, gauc, [f"train.seed={len(runs)}"])
+        doc = json.loads((d / "metrics.json").read_text())
+        (d / "metrics.json").write_text(json.dumps({**doc, "floors": floors(floor)}))
+        runs.append(d)
+    assert cli_main(["compare", *map(str, runs)]) == 0
+    out = capsys.readouterr()
+    assert "BELOW" not in out.out and "floor:" not in out.out
+    assert "floors not shown: the runs recorded different floors" in out.err
+    # Runs of one data set keep theirs.
+    assert cli_main(["compare", str(runs[0])]) == 0
+    assert "floor: item popularity" in capsys.readouterr().out
