@@ -175,7 +175,8 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
     ``resume_flag`` as the caller's command spells it). Elsewhere (a container, a cluster) the
     directory may not be visible from here: the ranks check it."""
     from muse_rec.spec import load_spec
-    from muse_rec.training.run_dir import RunDirError, check_resumable, previous_contents, used_run_dir_message
+    from muse_rec.training.run_dir import (RunDirError, check_not_inside_an_artifact, check_resumable, previous_contents,
+                                           used_run_dir_message)
     from muse_rec.training.run_record import RunError, check_resume_place, check_resume_settings
 
     resolved = load_spec(spec or profile.spec, list(overrides))
@@ -183,6 +184,7 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
         return
     run_dir = Path(resolved.run_dir)
     if not resume:
+        check_not_inside_an_artifact(run_dir, f"output_dir {run_dir}")
         used = previous_contents(run_dir)
         if used:
             raise RunDirError(used_run_dir_message(run_dir, used, resume_flag, overwrite=False))

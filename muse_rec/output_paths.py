@@ -10,13 +10,15 @@ may not be one, and a file output (``baselines --out``, ``compare --out``, ``pla
 not be written directly into one, whatever its name: it would replace one of the artifact's own
 files (its meta.json, run.json, metrics.json, manifest.json) or be an extra file its readers
 refuse (a checkpoint's or an export's integrity manifest lists every file; ``prepare`` takes an
-OUT holding only its own files).
+OUT holding only its own files). No output, file or directory, may lie deeper inside one either
+(`enclosing_output`): the artifact's next writer would refuse its directory, or move the nested
+output away with it (``train --overwrite``).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Collection, Optional, Tuple, Union
+from typing import Callable, Collection, Optional, Sequence, Tuple, Union
 
 
 class OutputPathError(ValueError):
@@ -34,7 +36,8 @@ def check_output_path(path: str, flag: str, directory: bool = True,
     replaced), so nothing else in it (a run directory's metrics.json, say) is overwritten or mixed
     in. The refusal names another command's output where the directory is one
     (`output_of_another_command`; ``own_marker``: the asking command's own marker, not counted).
-    A file output is refused inside another command's output directory (`inside_another_command_s_output`).
+    A file output is refused inside another command's output directory (`inside_another_command_s_output`),
+    and any output at any depth inside a closed artifact (`check_not_inside_another_output`).
     Anything the OS still refuses at write time (a read-only mount, a full disk) is reported by
     the command as one line naming the path (OSError).
     """
@@ -62,6 +65,7 @@ def check_output_path(path: str, flag: str, directory: bool = True,
             folder, held = inside
             raise OutputPathError(f"{flag} {path}: {folder} holds {held}, whose files this command must not replace "
                                   "or add to; write the file outside that directory")
+    check_not_inside_another_output(p, f"{flag} {path}")
     if not os.access(target, os.W_OK | os.X_OK):
         raise OutputPathError(f"{flag} {path}: cannot be written: {target} is not writable by this user")
 
@@ -84,10 +88,12 @@ OUTPUT_MARKERS = (
 )
 
 
-def output_of_another_command(path: Path, own: str = "") -> Optional[str]:
+def output_of_another_command(path: Path, own: str = "",
+                              markers: Sequence[Tuple[str, str]] = OUTPUT_MARKERS) -> Optional[str]:
     """What `path` holds when it is another muse-rec command's output (e.g. "prepared data
-    (meta.json)"), else None; ``own``: the marker of the asking command's output, not counted."""
-    for marker, kind in OUTPUT_MARKERS:
+    (meta.json)"), else None; ``own``: the marker of the asking command's output, not counted;
+    ``markers``: the kinds of output looked for."""
+    for marker, kind in markers:
         if marker != own and (path / marker).exists():
             return kind
     return None
@@ -106,4 +112,52 @@ def inside_another_command_s_output(file: Path, own: str = "") -> Optional[Tuple
         held = output_of_another_command(folder, own=own) if folder.is_dir() else None
         if held:
             return folder, held
+    return None
+
+
+# The outputs nothing may be written inside, at any depth: each is one artifact that its next
+# writer replaces or moves as a whole, or that a manifest or `prepare` checks entry by entry. A
+# reproduce OUT and a synthetic release are left out: they hold other commands' outputs by design
+# (reproduce writes its data, prepared data and runs under OUT; a release may hold the user's files).
+CLOSED_MARKERS = tuple((m, kind) for m, kind in OUTPUT_MARKERS if m not in (REPRODUCE_MANIFEST, "_synth_manifest.json"))
+
+
+def enclosing_output(path: Path) -> Optional[Tuple[Path, str]]:
+    """``(directory, what it holds)`` for the nearest ancestor of ``path`` that is a closed
+    artifact (`CLOSED_MARKERS`), else None. Ancestors of the path as named and, where a symbolic
+    link leads elsewhere, of its real location."""
+    path = Path(path).absolute()
+    for start in dict.fromkeys((path, Path(os.path.realpath(path)))):
+        for folder in start.parents:
+            held = output_of_another_command(folder, markers=CLOSED_MARKERS)
+            if held:
+                return folder, held
+    return None
+
+
+def check_not_inside_another_output(path: Path, what: str) -> None:
+    """OutputPathError when ``path`` (``what``: its flag and name as the user wrote them) lies inside a
+    closed artifact (`enclosing_output`), naming both."""
+    inside = enclosing_output(path)
+    if inside is not None:
+        folder, held = inside
+        raise OutputPathError(f"{what}: inside {folder}, which holds {held}; that directory is one artifact, "
+                              "nothing else may be written into it: choose a path outside it")
+
+
+def output_within(root: Path, own: Callable[[str], bool]) -> Optional[Tuple[Path, str]]:
+    """``(directory, what it holds)`` for another command's output (`output_of_another_command`) that
+    is ``root`` itself or lies anywhere under it, the entries of ``root`` that ``own`` names aside
+    (the asking command's own files, e.g. a run's checkpoints); else None. For a command about to
+    move or replace everything else in ``root``."""
+    held = output_of_another_command(root, markers=[(m, kind) for m, kind in OUTPUT_MARKERS if not own(m)])
+    if held:
+        return root, held
+    for entry in sorted(root.iterdir()):
+        if own(entry.name) or entry.is_symlink() or not entry.is_dir():
+            continue
+        for folder, _, _ in os.walk(entry):  # not into linked directories: moving the link moves no files
+            held = output_of_another_command(Path(folder))
+            if held:
+                return Path(folder), held
     return None

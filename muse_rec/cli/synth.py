@@ -69,6 +69,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from muse_rec.data.synth import MANIFEST_NAME, write_synthetic_release
     from muse_rec.dirlock import DirLockError
+    from muse_rec.output_paths import OutputPathError
 
     try:
         cfg = config_from_args(args)
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         m = write_synthetic_release(args.out, cfg, progress=not args.quiet,
                                     diagnostics=False if args.no_diagnostics else None, overwrite=args.overwrite)
-    except (NotADirectoryError, PermissionError, FileExistsError, DirLockError) as e:
+    except (NotADirectoryError, PermissionError, FileExistsError, DirLockError, OutputPathError) as e:
         print(f"muse-rec synth: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk: nothing was published (tables are staged, then renamed)

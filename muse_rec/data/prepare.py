@@ -445,14 +445,15 @@ def _check_out(out: str) -> None:
     preparation's files; raises OSError or `OutputPathError` naming the path."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", out)
-    os.makedirs(out, exist_ok=True)
-    if not os.access(out, os.W_OK | os.X_OK):
+    if os.path.exists(out) and not os.access(out, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, "permission denied", out)
     # Anything else would end up beside the arrays (a run's or an export's directory: the export
     # then fails its integrity check), and `--overwrite` replaces a dataset, not those.
     own = {"meta.json", BUILD_DIR, LOCK_FILE} | {f.split("/")[0] for f in output_files()}
     # A run killed while publishing meta.json leaves its temporary file (`tmp_name`): its own too.
+    # Before OUT is created: one inside another command's output is refused leaving nothing there.
     check_output_path(out, "OUT", replaces=lambda name: name in own or tmp_of(name) == "meta.json", own_marker="meta.json")
+    os.makedirs(out, exist_ok=True)
 
 
 def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite: bool = False) -> Dict[str, object]:

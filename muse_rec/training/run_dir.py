@@ -27,8 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, TypeVar
 
-from muse_rec.data.files import remove_killed_tmps
+from muse_rec.data.files import remove_killed_tmps, tmp_of
 from muse_rec.dirlock import LOCK_FILE, DirLock, DirLockError
+from muse_rec.output_paths import OutputPathError, check_not_inside_another_output, output_within
 
 
 _Lock = TypeVar("_Lock", bound=DirLock)
@@ -122,7 +123,24 @@ def _check_writable(run_dir: Path) -> None:
                               "another output_dir")
 
 
+def check_not_inside_an_artifact(out: Path, what: str) -> None:
+    """RunDirError when the run or evaluation directory ``out`` lies inside another command's output
+    (`muse_rec.output_paths.enclosing_output`); ``what`` names it as the user gave it. Before the
+    lock, which would create ``out`` there."""
+    try:
+        check_not_inside_another_output(out, what)
+    except OutputPathError as e:
+        raise RunDirError(str(e)) from None
+
+
+def _is_run_entry(name: str) -> bool:
+    """A name the run writes in its directory (its checkpoints are other commands' kind of output)."""
+    return (name in RUN_MARKERS + RUN_SUBDIRS + RUN_FILES + RUN_REPLACED or name == LOCK_FILE
+            or tmp_of(name) == "metrics.json")
+
+
 def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:
+    check_not_inside_an_artifact(run_dir, f"output_dir {run_dir}")
     lock = RunDirLock.acquire(run_dir)
     try:
         used = previous_contents(run_dir)
@@ -132,6 +150,12 @@ def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:
         if used and not resume:  # (resume wins over overwrite: see claim_run_dir)
             if not overwrite:
                 raise RunDirError(used_run_dir_message(run_dir, used))
+            # Moving it would take another command's output (prepared data, an export, a run
+            # nested in a folder of runs) away from where its users look for it.
+            other = output_within(run_dir, own=_is_run_entry)
+            if other is not None:
+                raise RunDirError(f"{run_dir}: --overwrite would move {other[0]} aside with it, which holds "
+                                  f"{other[1]}; move that out yourself or choose another output_dir")
             moved = move_aside(run_dir)
             print(f"muse-rec: --overwrite: moved the previous run in {run_dir} to {moved}", file=sys.stderr)
         _check_writable(run_dir)
@@ -191,6 +215,7 @@ def claim_evaluation_dir(out: Path, is_main: bool) -> Optional[DirLock]:
     one's (`muse_rec.data.files.tmp_name`) and is removed. Returns the lock on the main rank.
     """
     def claim() -> DirLock:
+        check_not_inside_an_artifact(out, f"--out {out}")
         lock = DirLock.acquire(out, holder="another evaluation", hint="wait for it to end or choose another --out",
                                error=RunDirError)
         try:

@@ -375,3 +375,87 @@ def test_a_file_output_through_a_link_into_an_artifact_is_refused(trained, tmp_p
     result = cli(*_file_output_args("baselines", trained, str(link)))
     assert_bad_input(result, f"--out {link}: {target} holds prepared data (meta.json)")
     assert snapshot(target) == before and link.is_symlink()
+
+
+def test_check_output_path_refuses_any_depth_inside_an_artifact_but_not_inside_a_workspace(tmp_path):
+    """Only the directory directly holding a file output was looked at: a directory output, or a
+    file one level deeper, inside prepared data was taken. A reproduce OUT and a synthetic release
+    hold other commands' outputs by design (reproduce writes its data and runs there)."""
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text("{}")
+    for path, directory in ((prepared / "sub", True), (prepared / "a" / "b", True), (prepared / "a" / "x.json", False)):
+        with pytest.raises(OutputPathError, match=rf"--out {path}: inside {prepared}, which holds prepared data "
+                                                  r"\(meta\.json\); .*choose a path outside it"):
+            check_output_path(str(path), "--out", directory=directory)
+    (tmp_path / "link").symlink_to(prepared)  # through a link to it, or a link whose target lies in it
+    (tmp_path / "alias").symlink_to(prepared / "sub")
+    for path in (tmp_path / "link" / "sub", tmp_path / "alias"):
+        with pytest.raises(OutputPathError, match=rf"inside .*, which holds prepared data"):
+            check_output_path(str(path), "OUT")
+    assert sorted(os.listdir(prepared)) == ["meta.json"]
+    for marker in ("reproduce.json", "_synth_manifest.json"):
+        workspace = tmp_path / marker.strip("_").split(".")[0]
+        workspace.mkdir()
+        (workspace / marker).write_text("{}")
+        check_output_path(str(workspace / "data" / "prepared"), "OUT")
+
+
+def _evaluation(trained, tmp_path) -> Path:
+    ev = tmp_path / "evaluation"
+    out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return ev
+
+
+# (command, the artifact its output is nested in): each was rc 0, after which the artifact was
+# unusable (an export: "sub/.lock: not listed in SHA256SUMS.json"; prepared data: `prepare` refused
+# it as holding files it did not write) or its next `train --overwrite` moved the nested output away.
+_NESTED = [("export", "exported"), ("evaluate", "prepared"), ("export", "prepared"), ("prepare", "prepared"),
+           ("train", "prepared"), ("train", "run"), ("evaluate", "checkpoint"), ("evaluate", "evaluation"),
+           ("synth", "run"), ("reproduce", "exported"), ("baselines", "prepared")]
+_KIND = {**_HOLDS, "evaluation": "an evaluation (predictions.parquet)"}
+
+
+@pytest.mark.parametrize("command, what", _NESTED)
+def test_a_directory_output_inside_another_command_s_output_is_refused(trained, tmp_path, command, what):
+    if what == "evaluation":
+        target = _evaluation(trained, tmp_path)
+    else:
+        src = {"prepared": trained.prepared, "run": trained.run_dir, "exported": trained.exported,
+               "checkpoint": next((trained.run_dir / "checkpoints").glob("step-*"))}[what]
+        target = tmp_path / what
+        shutil.copytree(src, target)
+    before, names = snapshot(target), sorted(os.listdir(target))
+    nested = target / "sub"
+    out = str(nested / "floors.json") if command == "baselines" else str(nested)
+    args = {"export": ["export", "--spec", SPEC, *trained.sets(), "--out", out],
+            "evaluate": ["evaluate", "--spec", SPEC, *trained.sets(), "--out", out, "--max-batches", "1"],
+            "prepare": ["prepare", str(trained.prepared.parent / "raw"), out, "--no-progress"],
+            "train": ["train", "--spec", SPEC, *trained.sets([f"output_dir={out}", "train.max_steps=1"]),
+                      "--device", "cpu"],
+            "synth": ["synth", out, "--preset", "tiny", "--quiet", "--no-diagnostics"],
+            "reproduce": ["reproduce", out, "--quick", "--report-only"],
+            "baselines": ["baselines", str(trained.prepared), "--out", out]}[command]
+    flag = {"prepare": "OUT", "synth": "OUT", "reproduce": "OUT", "train": "output_dir"}.get(command, "--out")
+    result = cli(*args)
+    assert_bad_input(result, f"{flag} {out}: inside {target}, which holds {_KIND[what]}", "choose a path outside it")
+    assert snapshot(target) == before and sorted(os.listdir(target)) == names  # nothing added, nothing changed
+
+
+@pytest.mark.parametrize("what", ["parent", "prepared"])
+def test_train_overwrite_does_not_move_another_command_s_output_aside(trained, tmp_path, what):
+    """`--overwrite` moved everything in output_dir to <dir>.old-<time>: a folder of runs (output_dir =
+    their parent) or prepared data went with it, away from where their users look for them."""
+    if what == "parent":
+        root = trained.copy_run(tmp_path / "runs")
+        run_dir, holder, kind = root, root / "din", "a training run (run.json)"
+    else:
+        root = run_dir = holder = tmp_path / "prepared"
+        shutil.copytree(trained.prepared, root)
+        kind = "prepared data (meta.json)"
+    before = snapshot(root)
+    out = cli("train", "--spec", SPEC, *trained.sets([f"output_dir={run_dir}", "train.max_steps=1"]),
+              "--device", "cpu", "--overwrite")
+    assert_bad_input(out, f"{run_dir}: --overwrite would move {holder} aside with it, which holds {kind}")
+    assert snapshot(root) == before and not list(tmp_path.glob("*.old-*"))
