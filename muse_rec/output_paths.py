@@ -13,6 +13,9 @@ refuse (a checkpoint's or an export's integrity manifest lists every file; ``pre
 OUT holding only its own files). No output, file or directory, may lie deeper inside one either
 (`enclosing_output`): the artifact's next writer would refuse its directory, or move the nested
 output away with it (``train --overwrite``).
+
+Outputs are local paths: a ``file://`` URI names the local path after the prefix, as for the
+readers (`strip_file_uri`); a URI of another scheme is refused (`local_output`).
 """
 from __future__ import annotations
 
@@ -25,9 +28,30 @@ class OutputPathError(ValueError):
     """An output location (``--out``, ``OUT``) that cannot be created or written."""
 
 
+FILE_URI_PREFIX = "file://"
+
+
+def strip_file_uri(path: str) -> str:
+    """``file:///abs/path`` as the local path ``/abs/path``; any other path as given. The readers'
+    rule (iopath's handler for ``file://``, `muse_rec.data.reader.FileURIHandler`), so a URI names
+    the same directory to the command that writes it and to those that read it."""
+    return path[len(FILE_URI_PREFIX):] if path.startswith(FILE_URI_PREFIX) else path
+
+
+def local_output(path: str, flag: str) -> str:
+    """The local path an output location names (`strip_file_uri`); OutputPathError for a URI of
+    another scheme, which `Path` would otherwise take as a relative directory (``./s3:/bucket``)."""
+    local = strip_file_uri(path)
+    if "://" in local:
+        raise OutputPathError(f"{flag} {path}: not a local path; outputs are written to local directories "
+                              f"(a {FILE_URI_PREFIX} URI names one)")
+    return local
+
+
 def check_output_path(path: str, flag: str, directory: bool = True,
-                      replaces: Union[None, Collection[str], Callable[[str], bool]] = None, own_marker: str = "") -> None:
-    """Refuse an output location before any work is done; creates nothing.
+                      replaces: Union[None, Collection[str], Callable[[str], bool]] = None, own_marker: str = "") -> str:
+    """Refuse an output location before any work is done; creates nothing. Returns the local path
+    it names (`local_output`: a ``file://`` URI's path), the one to write.
 
     ``path`` is a directory the command creates (``directory``) or a file it writes. It must
     not be an existing file (resp. directory), and its nearest existing ancestor must be a
@@ -41,7 +65,8 @@ def check_output_path(path: str, flag: str, directory: bool = True,
     Anything the OS still refuses at write time (a read-only mount, a full disk) is reported by
     the command as one line naming the path (OSError).
     """
-    p = Path(path).absolute()
+    local = local_output(path, flag)
+    p = Path(local).absolute()
     if p.exists():
         if directory and not p.is_dir():
             raise OutputPathError(f"{flag} {path}: exists and is not a directory")
@@ -68,6 +93,7 @@ def check_output_path(path: str, flag: str, directory: bool = True,
     check_not_inside_another_output(p, f"{flag} {path}")
     if not os.access(target, os.W_OK | os.X_OK):
         raise OutputPathError(f"{flag} {path}: cannot be written: {target} is not writable by this user")
+    return local
 
 
 # The file that marks a directory as a command's output, and what to call it. A command that

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         # The options, --out and the data's layout first: the scoring code imports torch (seconds).
         opts.check()
         if args.out:
-            check_output_path(args.out, "--out", directory=False)
+            args.out = check_output_path(args.out, "--out", directory=False)
         data = PreparedData(args.prepared)
         for split, flag in ((args.split, "--split"), (args.train_split, "--train-split")):
             data.require_split(split, flag)

@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.out:
-            check_output_path(args.out, "--out", directory=False)
+            args.out = check_output_path(args.out, "--out", directory=False)
         runs = load_runs(args.runs)
         baseline = baseline_method(runs, args.baseline)
         floors, source = (None, "--no-floors") if args.no_floors else (

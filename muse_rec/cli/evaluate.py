@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batches < 0:
         return report("evaluate", ValueError(f"--max-batches {args.max_batches}: must be >= 0 (0 = the whole split)"))
     try:  # before torch's and TorchRec's imports (seconds): a bad --out or spec fails at once
-        check_output_path(args.out, "--out", replaces=_is_evaluation_file, own_marker="predictions.parquet")
+        args.out = check_output_path(args.out, "--out", replaces=_is_evaluation_file, own_marker="predictions.parquet")
         spec = load_spec(args.spec, args.set)
     except (OutputPathError, SpecError) as e:
         return report("evaluate", e)

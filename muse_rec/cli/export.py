@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         return report("export", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for data.seq_len)"))
     try:  # before torch's and TorchRec's imports (~4 s): a typo, a bad --out, no data or no checkpoint fails at once
         spec = load_spec(args.spec, args.set)
-        check_output_path(args.out, "--out", replaces=EXPORT_FILES)  # `export_model` checks again when it writes
+        args.out = check_output_path(args.out, "--out", replaces=EXPORT_FILES)  # `export_model` checks again when it writes
         PreparedData(spec.data.prepared)  # opened again, and checked whole, by `export_model`
         check_checkpoint_present(spec.run_dir, args.checkpoint)
     except (SpecError, OutputPathError, PreparedDataError, ExportError) as e:

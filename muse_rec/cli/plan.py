@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"{flag} {gib}: must be a number > 0 and <= {MAX_GIB_PER_RANK:.0f} (GiB per rank: 1 PiB)")
         world_sizes = parse_world_sizes(args.what_if) if args.what_if is not None else []
         if args.json and args.json != "-":
-            check_output_path(args.json, "--json", directory=False)
+            args.json = check_output_path(args.json, "--json", directory=False)
         spec = load_spec(args.spec, args.set)
     except (SpecError, ValueError) as e:  # OutputPathError is a ValueError
         print(f"muse-rec plan: {e}", file=sys.stderr)

@@ -37,7 +37,7 @@ from muse_rec.data.reader import RawRelease, RawTable
 from muse_rec.data.vocab import SortedKeyBuilder, Vocab
 from muse_rec.dirlock import LOCK_FILE, DirLock
 from muse_rec.integrity import hash_files
-from muse_rec.output_paths import check_output_path
+from muse_rec.output_paths import check_output_path, local_output
 from muse_rec.terminal import shows_bars
 
 FORMAT_VERSION = 1
@@ -457,12 +457,14 @@ def _check_out(out: str) -> None:
 
 
 def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite: bool = False) -> Dict[str, object]:
-    """Prepare the raw release at `raw` (any iopath path) into local directory `out`; return meta.json.
+    """Prepare the raw release at `raw` (any iopath path) into local directory `out` (a path or a
+    ``file://`` URI, as the readers take it); return meta.json.
 
     An `out` holding a prepared dataset of other inputs is refused (DifferentDatasetError) unless
     `overwrite`; the same inputs resume or return the finished result.
     """
     cfg.validate()
+    out = local_output(out, "OUT")  # before `out` names any file: "file:///x" is no relative directory
     with RawRelease(raw) as release:  # opens and schema-checks all six tables before any work
         job = _Prepare(release, out, cfg)
         _check_out(out)

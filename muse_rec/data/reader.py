@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from iopath.common.file_io import NativePathHandler, g_pathmgr
 
 from muse_rec.data.schema import TABLES, RawDataError, TableSpec, cast_batch, check_batch, check_schema, raw_error
+from muse_rec.output_paths import FILE_URI_PREFIX, strip_file_uri
 
 DEFAULT_BATCH_ROWS = 65_536
 # Bytes of a column chunk read ahead at a time. Without a buffer size (and with pre-buffering),
@@ -26,24 +27,20 @@ DEFAULT_BATCH_ROWS = 65_536
 # writer's row-group size (a 1M-row row group of 1000-long histories is GBs); with it, memory is
 # bounded by the batch of rows decoded (measured: tests/data/test_reader_memory.py).
 READ_BUFFER_BYTES = 1 << 20
-FILE_URI_PREFIX = "file://"
 
 
 class FileURIHandler(NativePathHandler):
-    """``file:///abs/path`` URIs as local paths (iopath ships no handler for the ``file://`` scheme)."""
+    """``file:///abs/path`` URIs as local paths (iopath ships no handler for the ``file://`` scheme).
+    The outputs' rule too (`strip_file_uri`): a URI names one directory to writers and readers."""
 
     def _get_supported_prefixes(self) -> List[str]:
         return [FILE_URI_PREFIX]
 
-    @staticmethod
-    def _strip(path: str) -> str:
-        return path[len(FILE_URI_PREFIX):] if path.startswith(FILE_URI_PREFIX) else path
-
     def _get_path_with_cwd(self, path: str) -> str:
-        return super()._get_path_with_cwd(self._strip(path))
+        return super()._get_path_with_cwd(strip_file_uri(path))
 
     def _get_local_path(self, path: str, force: bool = False, **kwargs: object) -> str:
-        return super()._get_local_path(self._strip(path), force=force, **kwargs)
+        return super()._get_local_path(strip_file_uri(path), force=force, **kwargs)
 
 
 if FILE_URI_PREFIX not in g_pathmgr._path_handlers:  # idempotent across re-imports
@@ -220,7 +217,7 @@ class ParquetPart:
         digest = hashlib.sha256(json.dumps([str(self._schema), chunks, meta.created_by]).encode())
         path = self.path if legacy else _inside(self.path, root)
         out: Dict[str, object] = {"path": path, "rows": self.num_rows, "footer_sha256": digest.hexdigest()[:16]}
-        local = self.path[len(FILE_URI_PREFIX):] if self.path.startswith(FILE_URI_PREFIX) else self.path
+        local = strip_file_uri(self.path)
         if "://" not in local and os.path.exists(local):
             st = os.stat(local)
             out.update(size=st.st_size, mtime_ns=st.st_mtime_ns)

@@ -36,7 +36,7 @@ from muse_rec.data.synth_release import (IdHasher, History, item_tables, publish
                                          staged_release, user_table, write_table)
 from muse_rec.data.synth_world import build_catalogue, build_impressions, build_timelines, build_users
 from muse_rec.dirlock import DirLock
-from muse_rec.output_paths import check_not_inside_another_output, output_of_another_command
+from muse_rec.output_paths import check_not_inside_another_output, local_output, output_of_another_command
 from muse_rec.terminal import shows_bars
 
 MANIFEST_NAME = "_synth_manifest.json"  # leading "_": not a release table, readers skip it
@@ -68,8 +68,8 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
     """Generate and write a synthetic release; returns the manifest (also written to `out_dir`).
 
     Args:
-        out_dir: local directory (created if missing); a synthetic release there is replaced.
-            Refused (OutputPathError) inside another command's output.
+        out_dir: local directory or ``file://`` URI (created if missing); a synthetic release there is
+            replaced. Refused (OutputPathError) inside another command's output.
             Release tables that synth did not write raise FileExistsError unless ``overwrite``.
         cfg: generator knobs.
         progress: report progress: a tqdm bar on a terminal, else one line per stage.
@@ -79,7 +79,8 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
         ``{"format", "version", "config", "files", "stats", "truth", "diagnostics", "seconds"}``.
     """
     cfg.validate()
-    check_not_inside_another_output(Path(out_dir), f"OUT {out_dir}")
+    given, out_dir = out_dir, local_output(out_dir, "OUT")
+    check_not_inside_another_output(Path(out_dir), f"OUT {given}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(f"synth output {out_dir!r} exists and is not a directory")
     # Another command's output (prepared data, a run, an export) is never a release directory,

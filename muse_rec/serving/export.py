@@ -178,7 +178,7 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
         raise ValueError(f"seq_len must be >= 1, got {L}")
     # A new, empty or earlier export's directory only: the integrity manifest covers every file
     # in it, so other files would become part of the artifact.
-    check_output_path(out_dir, "--out", replaces=EXPORT_FILES)
+    out_dir = check_output_path(out_dir, "--out", replaces=EXPORT_FILES)
     data = PreparedData(spec.data.prepared)
     start = time.perf_counter()
     model, ck = load_trained_model(spec, data, checkpoint, seq_len=L, allow_data_mismatch=allow_data_mismatch,

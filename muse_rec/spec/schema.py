@@ -229,7 +229,11 @@ class Spec:
 
     @property
     def run_dir(self) -> str:
-        return self.output_dir.format(name=self.name)
+        """The local run directory: ``output_dir`` with {name} filled in, a ``file://`` URI as its path
+        (`muse_rec.output_paths.strip_file_uri`, the readers' rule)."""
+        from muse_rec.output_paths import strip_file_uri
+
+        return strip_file_uri(self.output_dir.format(name=self.name))
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

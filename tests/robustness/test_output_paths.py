@@ -459,3 +459,56 @@ def test_train_overwrite_does_not_move_another_command_s_output_aside(trained, t
               "--device", "cpu", "--overwrite")
     assert_bad_input(out, f"{run_dir}: --overwrite would move {holder} aside with it, which holds {kind}")
     assert snapshot(root) == before and not list(tmp_path.glob("*.old-*"))
+
+
+@pytest.mark.parametrize("command", ["prepare", "synth", "evaluate", "export", "baselines", "train"])
+def test_a_file_uri_output_is_the_local_directory_the_readers_take_it_for(trained, tmp_path, command):
+    """`prepare RAW file:///abs/out` said "prepared file:///abs/out" but wrote ./file:/abs/out (Path
+    took the URI for a relative path), so `check file:///abs/out`, which reads it through iopath as
+    /abs/out, found no meta.json. Every output location takes a file:// URI as the readers do."""
+    from tests.conftest import REPO
+
+    out = tmp_path / ("floors.json" if command == "baselines" else "out")
+    uri = "file://" + str(out)
+    args = {"prepare": ["prepare", str(trained.prepared.parent / "raw"), uri, "--no-progress"],
+            "synth": ["synth", uri, "--preset", "tiny", "--quiet", "--no-diagnostics"],
+            "evaluate": ["evaluate", "--spec", SPEC, *trained.sets(), "--out", uri, "--max-batches", "1"],
+            "export": ["export", "--spec", SPEC, *trained.sets(), "--out", uri],
+            "baselines": ["baselines", str(trained.prepared), "--out", uri],
+            "train": ["train", "--spec", SPEC, *trained.sets([f"output_dir={uri}", "train.max_steps=1"]),
+                      "--device", "cpu"]}[command]
+    stray = REPO / "file:"
+    try:
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert not stray.exists()
+    finally:
+        if stray.exists():  # what the old code wrote under the repository
+            shutil.rmtree(stray)
+    written = {"prepare": "meta.json", "synth": "_synth_manifest.json", "evaluate": "metrics.json",
+               "export": "ranker.pt2", "train": "run.json"}
+    assert (out / written[command]).is_file() if command != "baselines" else json.loads(out.read_text())
+    if command == "prepare":
+        checked = cli("check", uri)
+        assert checked.returncode == 0, checked.stderr[-3000:]
+
+
+@pytest.mark.parametrize("command", ["prepare", "synth", "evaluate", "train"])
+def test_an_output_uri_of_another_filesystem_is_refused(trained, tmp_path, command):
+    """`s3://bucket/out` was written to ./s3:/bucket/out: outputs are local; one line, exit 2."""
+    from tests.conftest import REPO
+
+    uri = "s3://bucket/out"
+    args = {"prepare": ["prepare", str(trained.prepared.parent / "raw"), uri, "--no-progress"],
+            "synth": ["synth", uri, "--preset", "tiny", "--quiet", "--no-diagnostics"],
+            "evaluate": ["evaluate", "--spec", SPEC, *trained.sets(), "--out", uri, "--max-batches", "1"],
+            "train": ["train", "--spec", SPEC, *trained.sets([f"output_dir={uri}", "train.max_steps=1"]),
+                      "--device", "cpu"]}[command]
+    stray = REPO / "s3:"
+    try:
+        result = cli(*args)
+        assert not stray.exists()
+    finally:
+        if stray.exists():
+            shutil.rmtree(stray)
+    assert_bad_input(result, uri, "not a local path")
