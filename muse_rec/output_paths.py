@@ -146,16 +146,21 @@ def inside_another_command_s_output(file: Path, own: str = "") -> Optional[Tuple
 # reproduce OUT and a synthetic release are left out: they hold other commands' outputs by design
 # (reproduce writes its data, prepared data and runs under OUT; a release may hold the user's files).
 CLOSED_MARKERS = tuple((m, kind) for m, kind in OUTPUT_MARKERS if m not in (REPRODUCE_MANIFEST, "_synth_manifest.json"))
+# A second entry each closed artifact always holds beside its marker: "meta.json" and "run.json" are
+# common names, and a stray one in a home directory must not close every directory below it.
+CLOSED_CONFIRMED_BY = {"meta.json": "vocab", "run.json": "spec.yaml", "ranker.pt2": "manifest.json",
+                       "SHA256SUMS.json": "position.json", "predictions.parquet": "metrics.json"}
 
 
 def enclosing_output(path: Path) -> Optional[Tuple[Path, str]]:
     """``(directory, what it holds)`` for the nearest ancestor of ``path`` that is a closed
-    artifact (`CLOSED_MARKERS`), else None. Ancestors of the path as named and, where a symbolic
+    artifact (`CLOSED_MARKERS`, with its `CLOSED_CONFIRMED_BY` entry), else None. Ancestors of the path as named and, where a symbolic
     link leads elsewhere, of its real location."""
     path = Path(path).absolute()
     for start in dict.fromkeys((path, Path(os.path.realpath(path)))):
         for folder in start.parents:
-            held = output_of_another_command(folder, markers=CLOSED_MARKERS)
+            held = output_of_another_command(folder, markers=[(m, kind) for m, kind in CLOSED_MARKERS
+                                                               if (folder / CLOSED_CONFIRMED_BY[m]).exists()])
             if held:
                 return folder, held
     return None

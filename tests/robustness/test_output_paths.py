@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -382,7 +383,7 @@ def test_check_output_path_refuses_any_depth_inside_an_artifact_but_not_inside_a
     file one level deeper, inside prepared data was taken. A reproduce OUT and a synthetic release
     hold other commands' outputs by design (reproduce writes its data and runs there)."""
     prepared = tmp_path / "prepared"
-    prepared.mkdir()
+    (prepared / "vocab").mkdir(parents=True)
     (prepared / "meta.json").write_text("{}")
     for path, directory in ((prepared / "sub", True), (prepared / "a" / "b", True), (prepared / "a" / "x.json", False)):
         with pytest.raises(OutputPathError, match=rf"--out {path}: inside {prepared}, which holds prepared data "
@@ -391,9 +392,15 @@ def test_check_output_path_refuses_any_depth_inside_an_artifact_but_not_inside_a
     (tmp_path / "link").symlink_to(prepared)  # through a link to it, or a link whose target lies in it
     (tmp_path / "alias").symlink_to(prepared / "sub")
     for path in (tmp_path / "link" / "sub", tmp_path / "alias"):
-        with pytest.raises(OutputPathError, match=rf"inside .*, which holds prepared data"):
+        with pytest.raises(OutputPathError, match=r"inside .*, which holds prepared data"):
             check_output_path(str(path), "OUT")
-    assert sorted(os.listdir(prepared)) == ["meta.json"]
+    assert sorted(os.listdir(prepared)) == ["meta.json", "vocab"]
+    # A lone file of a common name (a meta.json or run.json in a home directory) closes nothing.
+    home = tmp_path / "home"
+    home.mkdir()
+    for marker in ("meta.json", "run.json"):
+        (home / marker).write_text("{}")
+    check_output_path(str(home / "runs" / "muse"), "OUT")
     for marker in ("reproduce.json", "_synth_manifest.json"):
         workspace = tmp_path / marker.strip("_").split(".")[0]
         workspace.mkdir()
