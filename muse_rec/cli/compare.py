@@ -52,6 +52,7 @@ def load_runs(paths: List[str]) -> List[Dict]:
     configs: Dict[str, str] = {}
     settings: List[Optional[Dict]] = []
     splits: Dict[str, str] = {}
+    extents: Dict[int, str] = {}  # batches per rank scored (0 = the whole split) -> the first entry that did
     for p in paths:
         f = Path(p) / "metrics.json"
         if not f.exists():
@@ -68,6 +69,7 @@ def load_runs(paths: List[str]) -> List[Dict]:
         split = runs[-1].get("eval_split")
         if split is not None:
             splits.setdefault(str(split), p)
+        extents.setdefault(_max_batches(runs[-1], f), p)
         settings.append(_settings_of(trained_in) if trained_in is not None else None)
         if settings[-1] is not None:  # a copied run directory, or a re-run: not another seed
             key = json.dumps([runs[-1]["method"], settings[-1]], sort_keys=True, default=str)
@@ -78,10 +80,22 @@ def load_runs(paths: List[str]) -> List[Dict]:
     if len(splits) > 1:
         shown = ", ".join(f"{where}: {split}" for split, where in splits.items())
         raise ValueError(f"the runs were scored on different splits ({shown}); compare scores of one split")
+    if len(extents) > 1:  # a partial evaluation (--max-batches) beside whole-split scores, or another part
+        shown = ", ".join(f"{where}: " + (f"the first {n} batch(es) per rank" if n else "the whole split")
+                          for n, where in extents.items())
+        raise ValueError(f"the runs scored different parts of the split ({shown}); compare scores of the same part")
     for r, label in zip(runs, _setting_labels(runs, settings)):
         if label:
             r["setting"] = label
     return runs
+
+
+def _max_batches(metrics: Dict, f: Path) -> int:
+    """Batches per rank an evaluation scored (``--max-batches``; 0 = the whole split, as every run)."""
+    n = metrics.get("max_batches", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{f}: max_batches: expected an integer >= 0, got {n!r}")
+    return n
 
 
 def _scored_model(path: Path, metrics: Dict, f: Path) -> Tuple[Path, Optional[Path]]:
@@ -89,14 +103,8 @@ def _scored_model(path: Path, metrics: Dict, f: Path) -> Tuple[Path, Optional[Pa
 
     A run directory scores its own model. An evaluation (`muse-rec evaluate --out`) names its
     checkpoint: the model is that checkpoint's run (``RUN/checkpoints/step-N``; any step of one run is
-    one seed), whose spec.yaml gives its settings, else the checkpoint itself. A partial evaluation
-    (``--max-batches``) is refused: it scores part of the split. ValueError naming the file and key."""
-    partial = metrics.get("max_batches", 0)
-    if isinstance(partial, bool) or not isinstance(partial, int) or partial < 0:
-        raise ValueError(f"{f}: max_batches: expected an integer >= 0, got {partial!r}")
-    if partial:
-        raise ValueError(f"{path}: a partial evaluation (--max-batches {partial}) scores part of the split; compare "
-                         "whole-split evaluations")
+    one seed), whose spec.yaml gives its settings, else the checkpoint itself.
+    ValueError naming the file and key."""
     if "checkpoint" not in metrics:
         return path.resolve(), path
     ck = metrics["checkpoint"]

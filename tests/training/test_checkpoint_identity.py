@@ -105,7 +105,9 @@ def test_compare_counts_a_trained_model_once_and_one_split(runs, tmp_path):
         _one_line_refusal(compare(*pair), "scores the same trained model", str((runs / "seed0").resolve()))
     partial = evaluate("seed1", "partial", "--max-batches", "1")
     assert json.loads((partial / "metrics.json").read_text())["max_batches"] == 1
-    _one_line_refusal(compare(runs / "seed0", partial), "a partial evaluation (--max-batches 1)")
+    _one_line_refusal(compare(runs / "seed0", partial), "scored different parts of the split",
+                      "the first 1 batch(es) per rank", "the whole split")
+    assert compare(partial).returncode == 0  # alone, or beside scores of the same part, it is shown
     on_train = evaluate("seed1", "on_train", "--set", "data.eval_split=train")
     _one_line_refusal(compare(runs / "seed0", on_train), "different splits", "test", "train")
 
