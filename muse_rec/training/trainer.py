@@ -30,6 +30,7 @@ from muse_rec.data.epochs import samples_in_step
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.plan_measure import status_bytes
+from muse_rec.output_paths import strip_file_uri
 from muse_rec.quiet import quiet_known_warnings
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import (Position, checkpoint_to_resume, load_checkpoint, read_position,
@@ -105,6 +106,19 @@ def _open_data(spec: Spec) -> PreparedData:
     except PreparedDataError as e:
         raise RunError(str(e)) from None
     return data
+
+
+def spec_record(spec: Spec) -> Dict:
+    """The resolved spec as a run's spec.yaml holds it: ``output_dir`` (its {name} filled in) and a local
+    ``data.prepared`` as absolute paths, so ``--spec RUN/spec.yaml`` (what a refusal or the docs suggest
+    for evaluate, export, rank) names the same run and data from any working directory. URIs of other
+    schemes are kept as written."""
+    record = spec.to_dict()
+    record["output_dir"] = os.path.abspath(spec.run_dir)
+    prepared = strip_file_uri(spec.data.prepared)
+    if "://" not in prepared:
+        record["data"]["prepared"] = os.path.abspath(prepared)
+    return record
 
 
 def epoch_loader(data: PreparedData, spec: Spec, rank: int, world_size: int, position: Position) -> PreparedLoader:
@@ -205,7 +219,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         # cut spec.yaml, which every later --resume is compared against, nor a new spec.yaml beside
         # the earlier run.json.
         replace_texts({
-            run_dir / "spec.yaml": yaml.safe_dump(spec.to_dict(), sort_keys=False),
+            run_dir / "spec.yaml": yaml.safe_dump(spec_record(spec), sort_keys=False),
             run_dir / "run.json": json.dumps({
                 "run_id": run_id, "data_fingerprint": data.fingerprint,
                 "vocab_sizes": dict(data.vocab_sizes), "world_size": trained_world_size, "device": str(env.device),

@@ -339,6 +339,17 @@ def test_checkpoint_of_another_model_is_one_line_not_a_traceback(trained, tmp_pa
     extra = {"evaluate": ["--out", str(tmp_path / "ev")], "export": ["--out", str(tmp_path / "ex")],
              "rank": ["--request", str(req)]}[command]
     out = cli(command, "--spec", SPEC, *trained.sets(["model.embedding_dim=8"]), *extra)
+    assert_bad_input(out, "step-00000002", "trained with other model settings than the spec",
+                     "model.embedding_dim: 16 -> 8")
+    assert not (tmp_path / "ev").exists() and not (tmp_path / "ex").exists()
+    # A checkpoint that records no model (written before model.json, outside its run): loading refuses it.
+    from muse_rec.integrity import write_manifest
+
+    old = tmp_path / "old" / "step-00000002"
+    shutil.copytree(next((trained.run_dir / "checkpoints").glob("step-00000002")), old)
+    (old / "model.json").unlink()
+    write_manifest(old)
+    out = cli(command, "--spec", SPEC, *trained.sets(["model.embedding_dim=8"]), "--checkpoint", str(old), *extra)
     assert_bad_input(out, "step-00000002", "does not fit this model")
     assert not (tmp_path / "ev").exists() and not (tmp_path / "ex").exists()
 

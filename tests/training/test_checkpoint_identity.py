@@ -19,6 +19,7 @@ import pytest
 
 from muse_rec.integrity import write_manifest
 from muse_rec.spec import load_spec
+from tests.conftest import REPO
 from tests.training.conftest import metrics, overrides, run_ranks, train_args
 
 MUSE = "specs/methods/muse.yaml"
@@ -163,3 +164,30 @@ def test_a_checkpoint_deleted_while_it_is_read_is_replaced_by_the_runs_newest(ru
     with pytest.raises(CheckpointError, match="damaged"):
         evaluate_checkpoint(spec, None, str(tmp_path / "ev3"))
     assert len(seen) == 1
+
+
+def test_a_runs_spec_yaml_names_its_run_and_data_from_any_directory(prepared, tmp_path):
+    # Trained with paths relative to where it ran: its spec.yaml kept them so, and `--spec RUN/spec.yaml`
+    # (what the refusals above suggest) found no prepared data from anywhere else.
+    import os
+    import subprocess
+
+    from tests.conftest import subprocess_env, venv_bin
+
+    work = tmp_path / "work"
+    work.mkdir()
+    sets = ["--set", f"data.prepared={os.path.relpath(prepared, work)}", "--set", "output_dir=runs/{name}",
+            "--set", "name=rel", "--set", "train.max_steps=2", "--set", "train.check_floors=false"]
+    for ov in ["data.seq_len=100", "train.batch_size=64", "train.eval_batch_size=256", "model.tower_hidden=[64,32]"]:
+        sets += ["--set", ov]
+    out = subprocess.run([venv_bin("muse-rec"), "train", "--spec", str(REPO / MUSE), *sets], cwd=work,
+                         capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = work / "runs" / "rel"
+    record = load_spec(run / "spec.yaml")
+    assert record.data.prepared == str(prepared.resolve()) and record.run_dir == str(run.resolve())
+    out = subprocess.run([venv_bin("muse-rec"), "evaluate", "--spec", str(run / "spec.yaml"), "--out",
+                          str(tmp_path / "ev")], cwd=tmp_path, capture_output=True, text=True, env=subprocess_env(),
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert metrics(tmp_path / "ev")["gauc"] == metrics(run)["gauc"]
