@@ -35,11 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.cli.errors import report
     from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.output_paths import OutputPathError, check_output_path
-    from muse_rec.serving.export_layout import EXPORT_FILES, ExportError, check_checkpoint_present
+    from muse_rec.serving.export_layout import EXPORT_FILES, ExportError, check_checkpoint_present, check_max_candidates
     from muse_rec.spec import SpecError, load_spec
 
     if args.seq_len is not None and args.seq_len < 1:
         return report("export", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for data.seq_len)"))
+    try:
+        check_max_candidates(args.max_candidates)
+    except ValueError as e:
+        return report("export", e)
     try:  # before torch's and TorchRec's imports (~4 s): a typo, a bad --out, no data or no checkpoint fails at once
         spec = load_spec(args.spec, args.set)
         args.out = check_output_path(args.out, "--out", replaces=EXPORT_FILES)  # `export_model` checks again when it writes

@@ -42,8 +42,9 @@ from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import read_json_object
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
 from muse_rec.output_paths import check_output_path
-from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, OLD_LEFTOVERS,
-                                             PROGRAM_FILE, STAGING_DIR, ExportError, no_checkpoint)
+from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, MIN_CANDIDATES,
+                                             OLD_LEFTOVERS, PROGRAM_FILE, STAGING_DIR, ExportError,
+                                             check_max_candidates, no_checkpoint)
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.int8_check import check_requests, deviation_report, score_requests, warning_text
 from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving
@@ -51,9 +52,10 @@ from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_position
 from muse_rec.training.run_record import check_model_settings
 
-# The program takes any candidate count from 1 (traced size-obliviously, see `export_program`).
-MIN_CANDIDATES = 1
+# The program takes any candidate count from MIN_CANDIDATES (traced size-obliviously, see `export_program`).
 DEFAULT_MAX_CANDIDATES = 4096
+# Candidates of the traced example; fewer where the program takes fewer (any B in range works after tracing).
+EXAMPLE_CANDIDATES = 8
 INPUT_NAMES = ("seq_items", "seq_cats", "seq_length", "user_fields", "cand_items", "cand_cats", "cand_attrs",
                "seq_scl")
 
@@ -139,14 +141,16 @@ def export_program(model: torch.nn.Module, seq_len: int,
     """`torch.export` (non-strict) of an `InferenceModel` (float or quantized), B dynamic. Turns off
     ``requires_grad`` on the model's parameters for good: a ranking program is not trained."""
     _register_fake_classes()
-    if max_candidates < MIN_CANDIDATES:
-        raise ValueError(f"max_candidates must be >= {MIN_CANDIDATES}, got {max_candidates}")
-    B = torch.export.Dim("candidates", min=MIN_CANDIDATES, max=max_candidates)
+    check_max_candidates(max_candidates)
+    # A Dim needs min < max: a program for exactly one candidate has a static candidate size.
+    B = {0: torch.export.Dim("candidates", min=MIN_CANDIDATES, max=max_candidates)} if max_candidates > 1 else None
     dynamic = {"seq_items": None, "seq_cats": None, "seq_length": None, "user_fields": None,
-               "cand_items": {0: B}, "cand_cats": {0: B}, "cand_attrs": {0: B}}
+               "cand_items": B, "cand_cats": B, "cand_attrs": B}
     if takes_scl(model):
         dynamic["seq_scl"] = None
-    example = example_inputs(seq_len, with_scl=takes_scl(model))
+    # The example must lie in the range it is traced for (8 candidates under --max-candidates 2 was a
+    # ConstraintViolationError traceback).
+    example = example_inputs(seq_len, candidates=min(EXAMPLE_CANDIDATES, max_candidates), with_scl=takes_scl(model))
     # A ranking program never trains: saved without requires_grad, its scores are plain tensors
     # (with it, every call built an autograd graph and `.numpy()` of the scores failed).
     for p in model.parameters():

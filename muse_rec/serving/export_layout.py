@@ -13,6 +13,9 @@ from muse_rec.dirlock import LOCK_FILE
 from muse_rec.integrity import MANIFEST as INTEGRITY_MANIFEST
 
 PROGRAM_FILE = "ranker.pt2"
+# Candidates one call of an exported program may score: at least one, at most the int32 range (a
+# candidate count is a tensor size; beyond it the manifest would promise what no call can do).
+MIN_CANDIDATES, MAX_CANDIDATES = 1, 2**31 - 1
 MANIFEST_FILE = "manifest.json"
 # Where an export writes its files before they replace an earlier export's (inside its directory).
 STAGING_DIR = ".staging"
@@ -21,6 +24,12 @@ OLD_LEFTOVERS = ("partial-" + PROGRAM_FILE, INTEGRITY_MANIFEST + ".tmp")
 # What an export writes into its directory (with the lock it writes under and an interrupted
 # one's leftovers): the names a new export may replace there.
 EXPORT_FILES = (PROGRAM_FILE, MANIFEST_FILE, INTEGRITY_MANIFEST, LOCK_FILE, STAGING_DIR) + OLD_LEFTOVERS
+
+
+def check_max_candidates(max_candidates: int) -> None:
+    """ValueError naming ``--max-candidates`` unless it is in [`MIN_CANDIDATES`, `MAX_CANDIDATES`]."""
+    if not MIN_CANDIDATES <= max_candidates <= MAX_CANDIDATES:
+        raise ValueError(f"--max-candidates {max_candidates}: must be in [{MIN_CANDIDATES}, {MAX_CANDIDATES:,}]")
 
 
 class ExportError(RuntimeError):

@@ -12,7 +12,8 @@ import torch
 
 from muse_rec.serving.export import MANIFEST_FILE, PROGRAM_FILE, ExportError, read_manifest
 from muse_rec.serving.inference import InferenceModel
-from tests.serving.conftest import SEQ_LEN
+from tests.conftest import subprocess_env
+from tests.serving.conftest import SEQ_LEN, SPEC
 from tests.serving.helpers import training_predictions
 from tests.serving.int8_bound import ROUNDING, SAFETY, first_order_bound, quantized_twins
 
@@ -222,3 +223,45 @@ def test_the_program_returns_plain_scores_without_autograd(trained_run):
     assert not any(p.requires_grad for p in program.parameters())
     scores = program(*example_inputs(manifest["seq_len"], with_scl="seq_scl" in manifest["inputs"]))
     assert not scores.requires_grad and scores.numpy().shape == (scores.shape[0],)
+
+
+@pytest.mark.parametrize("max_candidates", [1, 3])
+def test_a_program_for_fewer_candidates_than_the_traced_example_exports_and_scores_alike(trained_run, tmp_path,
+                                                                                      max_candidates):
+    # The program was traced with an example of 8 candidates whatever --max-candidates said: 2-7 ended in a
+    # ConstraintViolationError traceback (exit 1), 1 in "Cannot create Dim with inconsistent min=1, max=1".
+    from muse_rec.data.prepared import PreparedData
+    from muse_rec.serving.export import load_program
+
+    out = tmp_path / "x"
+    proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", "export", "--spec", str(SPEC),
+                           *trained_run.cli_sets(), "--out", str(out), "--max-candidates", str(max_candidates)],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_manifest(str(out))["max_candidates"] == max_candidates
+    small, default = load_program(str(out)), load_program(str(trained_run.exported))
+    sizes = PreparedData(str(trained_run.prepared)).vocab_sizes
+    gen = torch.Generator().manual_seed(0)
+    rows = lambda table, *shape: torch.randint(1, sizes[table], shape, generator=gen)  # noqa: E731
+    history = (rows("item", 1, SEQ_LEN), rows("category", 1, SEQ_LEN), torch.tensor([SEQ_LEN]),
+               torch.stack([rows(t, 1) for t in ("user_id", "user_f1", "user_f2", "user_f3", "user_f4", "user_f5")], 1))
+    scl = torch.from_numpy(np.asarray(PreparedData(str(trained_run.prepared)).scl()))[history[0]]
+    with torch.no_grad():
+        for b in range(1, max_candidates + 1):
+            cands = (rows("item", b), rows("category", b),
+                     torch.stack([rows(t, b) for t in ("item_f213", "item_f214")], 1))
+            got, want = small(*history, *cands, scl), default(*history, *cands, scl)
+            # The same int8 tables and ops: only the traced shapes differ.
+            assert got.shape == (b,) and torch.equal(got, want), (b, got, want)
+        with pytest.raises(Exception):
+            small(*history, *(t.repeat(max_candidates + 1, *[1] * (t.dim() - 1))[:max_candidates + 1] for t in cands), scl)
+
+
+def test_max_candidates_out_of_range_is_one_line_before_anything_loads(trained_run, tmp_path):
+    for bad in ("0", str(2**31), "99999999999999999999"):
+        proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", "export", "--spec", str(SPEC),
+                               *trained_run.cli_sets(), "--out", str(tmp_path / "x"), "--max-candidates", bad],
+                              capture_output=True, text=True, env=subprocess_env(), timeout=120)
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            f"muse-rec export: --max-candidates {bad}: must be in [1, 2,147,483,647]"), proc.stderr[-1000:]
+        assert not (tmp_path / "x").exists()
