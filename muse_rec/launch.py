@@ -175,11 +175,12 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
     ``resume_flag`` as the caller's command spells it). Elsewhere (a container, a cluster) the
     directory may not be visible from here: the ranks check it."""
     from muse_rec.spec import load_spec
-    from muse_rec.training.run_dir import (RunDirError, check_not_inside_an_artifact, check_resumable, previous_contents,
-                                           used_run_dir_message)
+    from muse_rec.training.run_dir import (RunDirError, check_not_inside_an_artifact, check_resumable,
+                                           check_spec_names_its_run, previous_contents, used_run_dir_message)
     from muse_rec.training.run_record import RunError, check_resume_place, check_resume_settings
 
     resolved = load_spec(spec or profile.spec, list(overrides))
+    check_spec_names_its_run(spec or profile.spec, resolved.run_dir)
     if scheduler != "local_cwd":
         return
     run_dir = Path(resolved.run_dir)

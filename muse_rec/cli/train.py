@@ -28,9 +28,12 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.cli.errors import report
     from muse_rec.spec import SpecError, load_spec
 
+    from muse_rec.training.run_dir import RunDirError, check_spec_names_its_run
+
     try:
         spec = load_spec(args.spec, args.set)  # before torch's and TorchRec's imports (seconds): a typo fails at once
-    except SpecError as e:
+        check_spec_names_its_run(args.spec, spec.run_dir)
+    except (SpecError, RunDirError) as e:
         return report("train", e)
     from muse_rec.cli.errors import bad_input_errors
     from muse_rec.data.files import OutputWriteError

@@ -39,6 +39,19 @@ class RunDirError(DirLockError):
     """The run directory is in use by another process or holds another run."""
 
 
+def check_spec_names_its_run(spec_file: str, run_dir: str) -> None:
+    """RunDirError where ``spec_file`` is a run's spec.yaml (beside its run.json) whose ``output_dir``
+    names another directory: a copied run directory's spec.yaml still names the original (spec.yaml
+    holds it absolute), so training with it, --resume included, would write into the original."""
+    holder = Path(spec_file).parent
+    if Path(spec_file).name != "spec.yaml" or not (holder / "run.json").exists():
+        return
+    if Path(run_dir).resolve() != holder.resolve():
+        raise RunDirError(f"{spec_file}: the spec.yaml of the run in {holder}, but its output_dir is {run_dir}: "
+                          f"training with it would write there; add --set output_dir={holder} to train this "
+                          "copy (or another output_dir for a new run)")
+
+
 def new_run_id() -> str:
     """A unique id for a fresh run: UTC start time + random suffix (sorts by start time)."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]

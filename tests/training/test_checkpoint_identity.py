@@ -191,3 +191,17 @@ def test_a_runs_spec_yaml_names_its_run_and_data_from_any_directory(prepared, tm
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert metrics(tmp_path / "ev")["gauc"] == metrics(run)["gauc"]
+
+
+def test_a_copied_runs_spec_yaml_does_not_train_into_the_original(runs, tmp_path):
+    # spec.yaml names its run by absolute path: `--spec COPY/spec.yaml --resume` resumed (and re-evaluated,
+    # rewriting its metrics.json) the original run, not the copy.
+    copy = tmp_path / "copy"
+    shutil.copytree(runs / "seed1", copy, ignore=shutil.ignore_patterns("*.lock"))
+    original = {p: p.read_bytes() for p in (runs / "seed1").rglob("*") if p.is_file() and p.name != ".lock"}
+    out = run_ranks(["train", "--spec", str(copy / "spec.yaml"), "--resume"], 1, check=False)
+    _one_line_refusal(out, f"{copy / 'spec.yaml'}: the spec.yaml of the run in {copy}",
+                      f"output_dir is {(runs / 'seed1').resolve()}", f"--set output_dir={copy}")
+    assert {p: p.read_bytes() for p in (runs / "seed1").rglob("*") if p.is_file() and p.name != ".lock"} == original
+    out = run_ranks(["train", "--spec", str(copy / "spec.yaml"), "--resume", "--set", f"output_dir={copy}"], 1)
+    assert metrics(copy)["gauc"] == metrics(runs / "seed1")["gauc"]
