@@ -128,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
             from muse_rec.distributed.env import check_device
 
             check_device("cuda")  # else synth and prepare ran before every run failed on it
+        if args.dry_run:  # what the real command would refuse, it refuses too (and records nothing)
+            check_manifest(out, {"data": args.prepared or args.raw or "synthetic", "synth_args": synth_args},
+                           record=False)
     except (ValueError, SpecError, ReproduceError) as e:
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2

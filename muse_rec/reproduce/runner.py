@@ -87,8 +87,9 @@ def run_overrides(out: Path, run: Run, prepared: str, extra: Sequence[str] = ())
     ] + list(extra)
 
 
-def check_manifest(out: Path, wanted: Dict) -> None:
-    """Record what OUT was made from; refuse to mix data sources or sizes in one OUT."""
+def check_manifest(out: Path, wanted: Dict, record: bool = True) -> None:
+    """Record what OUT was made from (unless ``record`` is False: a dry run only checks); refuse to mix
+    data sources or sizes in one OUT."""
     path = out / REPRODUCE_MANIFEST
     if path.exists():
         have = read_json_object(path, ReproduceError, advice="; pass another OUT directory")
@@ -98,8 +99,9 @@ def check_manifest(out: Path, wanted: Dict) -> None:
                 f"{path}: {out} was started with other settings (key: (before, now)) {diff}; "
                 "finish it with the same options or pass another OUT directory")
         return
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(wanted, indent=2) + "\n")
+    if record:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(wanted, indent=2) + "\n")
 
 
 def _cli(*args: str) -> List[str]:

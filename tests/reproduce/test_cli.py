@@ -18,6 +18,23 @@ def test_dry_run_prints_the_quick_plan(capsys, tmp_path: Path):
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
+def test_a_dry_run_refuses_what_the_real_command_would(capsys, tmp_path: Path):
+    # An OUT started at --quick: the default size is another synthetic release. The dry run printed a plan
+    # and exited 0 where the real command exits 2 ("started with other settings").
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = out / "reproduce.json"
+    assert main(["reproduce", str(out), "--quick", "--dry-run"]) == 0 and not manifest.exists()
+    capsys.readouterr()
+    from muse_rec.cli.reproduce import QUICK_SYNTH_ARGS
+
+    manifest.write_text(json.dumps({"data": "synthetic", "synth_args": list(QUICK_SYNTH_ARGS)}))
+    assert main(["reproduce", str(out), "--quick", "--dry-run"]) == 0
+    capsys.readouterr()
+    assert main(["reproduce", str(out), "--seeds", "3", "--dry-run"]) == 2
+    assert "was started with other settings" in capsys.readouterr().err
+
+
 def test_bad_what_is_a_clear_error(capsys, tmp_path: Path):
     assert main(["reproduce", str(tmp_path), "--what", "table4"]) == 2
     assert "table4" in capsys.readouterr().err
