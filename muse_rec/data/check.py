@@ -46,6 +46,8 @@ class CheckReport:
     files: Set[str] = field(default_factory=set)
     values: int = 0
     fingerprint: str = ""  # `PreparedData.fingerprint`: the one run.json and checkpoints record
+    # Whether the arrays were compared with meta.json's content_sha256 (absent: earlier versions, or removed).
+    content_verified: bool = False
 
     @property
     def arrays(self) -> int:
@@ -178,10 +180,16 @@ def check_prepared(path: str) -> CheckReport:
     for lo, block in _chunks(scl):
         report.values += int(block.size)
         absent = ~np.asarray(present[lo:lo + block.shape[0]])
-        nonzero = np.flatnonzero(absent & block.any(axis=1))
+        has_values = block.any(axis=1)
+        nonzero = np.flatnonzero(absent & has_values)
         if nonzero.size:
             s.problem("items/scl.npy", f"row {lo + int(nonzero[0])} has an SCL vector but scl_present says it "
                                        "has none (the GSU would use it)")
+            break
+        zero = np.flatnonzero(~absent & ~has_values)
+        if zero.size:  # prepare's rule: an all-zero vector is no vector (the floors and coverage count it absent)
+            s.problem("items/scl_present.npy", f"row {lo + int(zero[0])} is marked as having an SCL vector but its "
+                                               "items/scl.npy row is all zeros")
             break
     for split in SPLITS:
         meta = data.require_split(split)  # its counts were checked when `data` opened
@@ -226,6 +234,7 @@ def _check_content(s: _Scan) -> None:
     recorded = s.data.meta.get("content_sha256")
     if not isinstance(recorded, dict) or "://" in s.data.path:
         return
+    s.report.content_verified = True
     root, expected = Path(s.data.path), set(output_files())
     for rel in sorted(set(recorded) - expected):  # meta.json is input too: never hash a path it makes up
         s.problem("meta.json", f"content_sha256 lists {rel!r}, which is not a prepared array")

@@ -97,6 +97,26 @@ def test_check_passes_on_clean_data(prepared_tiny):
     fp = PreparedData(str(prepared_tiny)).fingerprint
     assert f"data fingerprint {fp} (run.json's data_fingerprint)" in out.stdout
     assert fp != json.loads((prepared_tiny / "meta.json").read_text())["fingerprint"]
+    assert "contents not compared" not in out.stderr
+
+
+def test_check_says_when_it_could_not_compare_contents(prep_copy):
+    # Without meta.json's content_sha256, swapped labels pass every range check: `check` said "ok" as if
+    # it had verified them.
+    _edit_meta(prep_copy, lambda m: m.pop("content_sha256"))
+    out = cli("check", str(prep_copy))
+    assert out.returncode == 0 and ": ok (" in out.stdout, out.stderr
+    assert "WARNING" in out.stderr and "contents not compared with meta.json's content_sha256" in out.stderr
+
+
+def test_check_names_an_scl_row_marked_present_but_all_zero(prep_copy):
+    # prepare's rule: an all-zero vector is no vector; a present flag on one went unseen.
+    present = np.load(prep_copy / "items" / "scl_present.npy")
+    row = int(np.flatnonzero(present)[0])
+    for col in range(128):
+        _poke(prep_copy / "items" / "scl.npy", row * 128 + col, 0)
+    assert_bad_input(cli("check", str(prep_copy)), "items/scl_present.npy",
+                     f"row {row} is marked as having an SCL vector but its items/scl.npy row is all zeros")
 
 
 def test_check_accepts_sorted_keys_more_than_2_to_the_63_apart(prep_copy):
