@@ -67,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for name, why in result["skipped"].items():
         print(f"muse-rec baselines: WARNING: floor {name} skipped: {why}", file=sys.stderr)
+    if args.split == args.train_split:  # the item CTRs include each scored sample's own label
+        print(f"muse-rec baselines: WARNING: --split and --train-split are both {args.split!r}: the popularity floor "
+              "counts each scored sample's own click (in-sample), so it reads higher than any model can score "
+              "honestly; fit on another split for a floor to compare models with", file=sys.stderr)
     print(f"{result['prepared']}, split {result['split']}: {result['samples']:,} samples, {result['users']:,} users "
           f"({result['gauc_users']:,} with both labels enter GAUC), train CTR {result['prior_ctr']:.4f}, "
           f"{100 * result['targets_with_scl']:.1f}% of targets have an SCL vector")

@@ -329,6 +329,16 @@ def test_cli_prints_table_and_writes_strict_json(tiny, tmp_path, capsys):
     assert "NaN" not in out.read_text() and got["options"]["top_k"] == 9
 
 
+def test_cli_warns_when_the_floors_are_fitted_on_the_split_they_score(tiny, capsys):
+    # Popularity fitted on the scored split counts each sample's own click: GAUC far above any honest model,
+    # printed as "(best)" with no word.
+    assert cli_main(["baselines", str(tiny), "--top-k", "9"]) == 0
+    assert "in-sample" not in capsys.readouterr().err
+    assert cli_main(["baselines", str(tiny), "--top-k", "9", "--train-split", "test"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: --split and --train-split are both 'test'" in err and "in-sample" in err
+
+
 def test_cli_says_how_the_cosine_floors_rank_targets_without_a_vector(tiny, holes, capsys):
     assert cli_main(["baselines", str(holes)]) == 0
     text = capsys.readouterr().out
