@@ -41,7 +41,7 @@ from muse_rec.dirlock import DirLock
 from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import read_json_object
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
-from muse_rec.output_paths import check_output_path
+from muse_rec.output_paths import check_output_path, output_of_another_command
 from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, MIN_CANDIDATES,
                                              OLD_LEFTOVERS, PROGRAM_FILE, STAGING_DIR, ExportError,
                                              check_max_candidates, no_checkpoint)
@@ -301,6 +301,13 @@ def load_program(exported_dir: str, expect_sha256: Optional[str] = None) -> torc
     The directory is checked against its SHA-256 manifest (and ``expect_sha256``) first:
     `torch.export.load` unpickles parts of the file, so nothing unverified reaches it.
     """
+    root = Path(exported_dir)
+    if root.is_dir() and not (root / PROGRAM_FILE).exists() and not (root / MANIFEST_FILE).exists() \
+            and not (root / STAGING_DIR).exists():
+        # Said before the integrity check, whose "not written by muse_rec" misleads for a run directory.
+        held = output_of_another_command(root)
+        raise ExportError(f"{exported_dir}: not an export (no {PROGRAM_FILE}, no {MANIFEST_FILE})"
+                          + (f"; it holds {held}" if held else "") + "; pass the --out of `muse-rec export`")
     try:
         verify(exported_dir, expect_sha256)  # IntegrityError names the file
     except IntegrityError as e:

@@ -336,3 +336,13 @@ def test_a_symlinked_file_inside_the_directory_still_verifies(tmp_path):
     (art / "w.bin").symlink_to(tmp_path / "real.bin")
     digest = write_manifest(art)
     assert verify(art) == digest
+
+
+def test_a_directory_that_is_no_export_is_named_as_such(trained, tmp_path):
+    # A run directory passed as --exported was "not written by this version of muse_rec, or not by muse_rec
+    # at all": true of no file in it, and no hint that an export was meant.
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
+    out = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(trained.run_dir), "--request", str(req))
+    assert_bad_input(out, f"{trained.run_dir}: not an export (no ranker.pt2, no manifest.json); it holds a training "
+                          "run (run.json); pass the --out of `muse-rec export`")
