@@ -311,6 +311,22 @@ class PreparedData:
         rel, table = f"{split}/seq_{which}.npy", _SEQ_TABLES[which]
         return self.in_range(rel, np.asarray(self.array(rel)[positions]), self.vocab_sizes[table], f"{table} row")
 
+    def check_sample_rows(self, split: str, chunk: int = 1 << 22) -> None:
+        """Range-check every per-sample and per-user row of ``split`` (labels, target item, user_id and
+        user-feature rows, user fields), as its batches would one by one; the histories (the bulk of a
+        split, billions of rows on the release) are left to the batches and `muse-rec check`.
+        `PreparedDataError` naming the file. A trainer calls it for the split it evaluates at the end,
+        so damage there stops the run before its training, not after."""
+        n, u = self.num_samples(split), int(self.require_split(split)["user_rows"])
+        for lo in range(0, n, chunk):
+            idx = slice(lo, min(n, lo + chunk))
+            self.labels(split, idx)
+            self.item_rows(split, idx)
+            self.user_id_rows(split, idx)
+            self.user_rows(split, idx)
+        for lo in range(0, u, chunk):
+            self.user_fields(split, slice(lo, min(u, lo + chunk)))
+
     def user_fields(self, split: str, user_rows: np.ndarray) -> np.ndarray:
         """int32 ``[n, 6]`` (user_id, user_f1..f5) rows of user-feature rows ``user_rows``, range-checked."""
         rel = f"{split}/user_fields.npy"

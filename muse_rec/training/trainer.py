@@ -103,6 +103,10 @@ def _open_data(spec: Spec) -> PreparedData:
     try:
         for key in ("train_split", "eval_split"):
             data.require_split(getattr(spec.data, key), f"data.{key}")
+        if spec.train.eval_at_end and spec.data.eval_split != spec.data.train_split:
+            # The train split's rows are checked batch by batch as it trains; damage in the eval split's
+            # would otherwise surface only after the whole run (seconds for the release's test split).
+            data.check_sample_rows(spec.data.eval_split)
     except PreparedDataError as e:
         raise RunError(str(e)) from None
     return data

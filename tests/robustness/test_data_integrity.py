@@ -253,20 +253,35 @@ def test_a_batch_refuses_out_of_range_rows_naming_the_file(prepared_tiny, tmp_pa
 def test_out_of_range_rows_stop_train_and_baselines_in_one_line(prep_copy, tmp_path):
     prep = PreparedData(str(prep_copy))
     _poke(prep_copy / "train/seq_items.npy", _newest_behaviour_of_first_sample(prep, "train"), 10**6)
-    _poke(prep_copy / "test/sample_items.npy", 0, -1)  # NumPy would have read the last SCL row
     out = cli("train", "--spec", SPEC, *sets(prep_copy, tmp_path / "runs", ["train.max_steps=1"]), "--device", "cpu")
     assert_bad_input(out, "train/seq_items.npy: item row 1000000 is outside", "muse-rec check")
+    _poke(prep_copy / "test/sample_items.npy", 0, -1)  # NumPy would have read the last SCL row
     assert_bad_input(cli("baselines", str(prep_copy)), "test/sample_items.npy: item row -1 is outside")
+
+
+@pytest.mark.parametrize("rel, index, value, needle", [
+    ("test/user_fields.npy", 7, 10**6, "user_f1 row 1000000 is outside"),
+    ("test/sample_items.npy", 0, -1, "item row -1 is outside"),
+    ("test/labels.npy", 0, 5, "label 5 is outside [0, 2)"),
+])
+def test_damage_in_the_split_evaluated_at_the_end_stops_the_run_before_it_trains(prep_copy, tmp_path, rel, index,
+                                                                                 value, needle):
+    # It trained the whole run and wrote its checkpoints, then failed at the evaluation.
+    _poke(prep_copy / rel, index, value)
+    out = cli("train", "--spec", SPEC, *sets(prep_copy, tmp_path / "runs", ["train.max_steps=1", "train.eval_at_end=true"]),
+              "--device", "cpu")
+    assert_bad_input(out, f"{rel}: {needle}", "muse-rec check")
+    assert "step 1/" not in out.stderr and not (tmp_path / "runs").exists()
 
 
 def test_labels_outside_0_1_stop_train_and_baselines_in_one_line(prep_copy, tmp_path):
     """A label of 7 trained as a BCE target and wrote a checkpoint; the metrics then refused it with
     a traceback (exit 1), and so did `baselines`. Labels are now checked where they are read."""
     _poke(prep_copy / "train/labels.npy", 3, 7)
-    _poke(prep_copy / "test/labels.npy", 0, 5)
     out = cli("train", "--spec", SPEC, *sets(prep_copy, tmp_path / "runs", ["train.max_steps=1"]), "--device", "cpu")
     assert_bad_input(out, "train/labels.npy: label 7 is outside [0, 2)", "muse-rec check")
     assert not list((tmp_path / "runs").rglob("step-*"))  # no checkpoint of a model trained on it
+    _poke(prep_copy / "test/labels.npy", 0, 5)
     assert_bad_input(cli("baselines", str(prep_copy)), "test/labels.npy: label 5 is outside [0, 2)")
 
 
