@@ -1,15 +1,18 @@
 """Ranking requests: parse and validate the JSON that `muse-rec rank` and the Ranker accept.
 
 A request is ``{"user": <int>, "candidates": [<int>, ...]}`` with raw (hashed, int64) ids as in
-the Taobao-MM release; a file may hold one request or a JSON list of them. Anything else is a
+the Taobao-MM release; a file may hold one request or a JSON list of them. An id may also be a
+decimal string (``"-4611686018427387904"``), as proto3's JSON mapping writes int64: a JavaScript
+client cannot send an exact integer beyond 2^53 as a number. Anything else is a
 `RequestError` whose message says which request and which field is wrong; nothing malformed
 reaches the model.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -34,9 +37,17 @@ class RankRequest:
     candidates: np.ndarray
 
 
-def _is_int(x: Any) -> bool:
+_DECIMAL = re.compile(r"-?[0-9]{1,20}")
+
+
+def _int64(x: Any) -> Optional[int]:
+    """``x`` as an int64 id: a JSON integer, or a decimal string of one; None for anything else."""
+    if isinstance(x, str) and _DECIMAL.fullmatch(x):
+        x = int(x)
     # bool is an int subclass in Python; true/false is never an id.
-    return isinstance(x, int) and not isinstance(x, bool)
+    if isinstance(x, int) and not isinstance(x, bool) and _INT64_MIN <= x <= _INT64_MAX:
+        return x
+    return None
 
 
 def validate_request(obj: Any, where: str = "request") -> RankRequest:
@@ -50,18 +61,21 @@ def validate_request(obj: Any, where: str = "request") -> RankRequest:
     extra = sorted(set(obj) - set(REQUEST_KEYS))
     if extra:
         raise RequestError(f"{where}: unknown field(s) {extra}; a request has exactly {list(REQUEST_KEYS)}")
-    user = obj["user"]
-    if not _is_int(user) or not _INT64_MIN <= user <= _INT64_MAX:
-        raise RequestError(f"{where}.user: expected an int64 user id, got {user!r}")
+    user = _int64(obj["user"])
+    if user is None:
+        raise RequestError(f"{where}.user: expected an int64 user id (an integer or a decimal string), "
+                           f"got {obj['user']!r}")
     cands = obj["candidates"]
     if not isinstance(cands, list):
         raise RequestError(f"{where}.candidates: expected a list of int64 item ids, got {type(cands).__name__}")
     if not cands:
         raise RequestError(f"{where}.candidates: empty - nothing to rank")
-    for i, c in enumerate(cands):
-        if not _is_int(c) or not _INT64_MIN <= c <= _INT64_MAX:
-            raise RequestError(f"{where}.candidates[{i}]: expected an int64 item id, got {c!r}")
-    return RankRequest(user=int(user), candidates=np.asarray(cands, dtype=np.int64))
+    ids = [_int64(c) for c in cands]
+    for i, c in enumerate(ids):
+        if c is None:
+            raise RequestError(f"{where}.candidates[{i}]: expected an int64 item id (an integer or a decimal "
+                               f"string), got {cands[i]!r}")
+    return RankRequest(user=user, candidates=np.asarray(ids, dtype=np.int64))
 
 
 def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:

@@ -71,6 +71,14 @@ def test_get_async_returns_before_the_load_finishes():
     ('{"user": 1.0, "candidates": [1]}', "user: expected an int64"),
     ('{"user": 1, "candidates": {"a": 1}}', "expected a list"),
     ('{"user": 1, "candidates": [null]}', r"candidates\[0\]"),
+    # Decimal strings are ids (proto3's int64 mapping); nothing else written as a string is.
+    ('{"user": "12a", "candidates": [1]}', "user: expected an int64 user id"),
+    ('{"user": " 12", "candidates": [1]}', "user: expected an int64 user id"),
+    ('{"user": "+12", "candidates": [1]}', "user: expected an int64 user id"),
+    ('{"user": "", "candidates": [1]}', "user: expected an int64 user id"),
+    ('{"user": "1.0", "candidates": [1]}', "user: expected an int64 user id"),
+    ('{"user": 1, "candidates": ["9223372036854775808"]}', r"candidates\[0\]: expected an int64 item id"),
+    ('{"user": 1, "candidates": [2, "-9223372036854775809"]}', r"candidates\[1\]: expected an int64 item id"),
 ])
 def test_parse_requests_errors(text, match):
     with pytest.raises(RequestError, match=match):
@@ -82,3 +90,10 @@ def test_parse_requests_one_and_many():
     assert one[0].user == -5 and one[0].candidates.dtype == np.int64 and one[0].candidates[0] == (1 << 63) - 1
     many = parse_requests('[{"user": 1, "candidates": [2]}, {"user": 3, "candidates": [4, 5]}]')
     assert [r.user for r in many] == [1, 3]
+
+
+def test_ids_may_be_decimal_strings_as_proto3_writes_int64():
+    # A JavaScript client cannot send 2^63 - 1 as a JSON number (it rounds beyond 2^53): the string was refused.
+    got = parse_requests('{"user": "-9223372036854775808", "candidates": ["9223372036854775807", 3, "007"]}')[0]
+    assert got.user == -(1 << 63) and isinstance(got.user, int)
+    assert got.candidates.dtype == np.int64 and got.candidates.tolist() == [(1 << 63) - 1, 3, 7]
