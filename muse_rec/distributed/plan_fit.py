@@ -268,9 +268,11 @@ class FitDiagnosis:
             # The reservation is per rank and comes first. More ranks or fewer rows help only where it
             # holds a share of the tables (a CPU rank's share of the checkpoint's copy).
             where = "of its HBM " if self.setup.compute_device == "cuda" else ""
+            held = ("runtime, a step's batch x seq_len working set, loader workers, the dense layers' training state, "
+                    "a checkpoint's copy" if self.setup.compute_device == "cpu" else
+                    "TorchRec's estimate of the dense parameters and input batches")
             lines += [f"  all tables: {g(total)}; but each rank reserves {g(self.reserved_bytes_per_rank)} {where}outside "
-                      f"the tables (runtime, a step's batch x seq_len working set, loader workers, the dense layers' "
-                      f"training state, a checkpoint's copy), "
+                      f"the tables ({held}), "
                       f"more than its memory ({self.setup.memory()})",
                       "what would fit:"]
             if self.min_fit is not None:

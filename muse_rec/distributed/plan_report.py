@@ -352,7 +352,11 @@ def format_report(report: PlanReport) -> str:
                  f"{g(tot['hbm_bytes']):>9} {'':>10} {g(tot['ddr_bytes']):>9}")
     r0 = report.ranks[0] if report.ranks else None
     if r0 is not None and (r0.reserved_hbm_bytes or r0.reserved_ddr_bytes):
-        lines.append(f"outside the tables (planner's reservation: runtime, activations, loader, dense state, checkpoint copy) "
+        # On CPU the reservation is this project's measured rank overhead; elsewhere TorchRec's own estimate.
+        what = ("runtime, activations, loader, dense state, checkpoint copy" if report.compute_device == "cpu" else
+                f"TorchRec's estimate of the dense parameters and input batches, beside its {PLANNER_RESERVED_FRACTION:.0%} "
+                "HBM margin")
+        lines.append(f"outside the tables (planner's reservation: {what}) "
                      f"per rank: HBM {g(r0.reserved_hbm_bytes)}, DDR {g(r0.reserved_ddr_bytes)} GiB; predicted per rank "
                      + ", ".join(f"{r.rank}: HBM {g(r.predicted_hbm_bytes)} DDR {g(r.predicted_ddr_bytes)}"
                                  for r in report.ranks[:8]) + (" ..." if len(report.ranks) > 8 else ""))

@@ -492,3 +492,15 @@ def test_the_item_table_is_spread_over_every_cpu_rank(world_size):
         table = next(t for t in report.tables if t.summary.table == name)
         assert table.summary.sharding_type == "row_wise", (name, table.summary)
         assert sorted({s.rank for s in table.shards}) == list(range(world_size)), name
+
+
+def test_the_reservation_line_names_what_each_device_reserves(capsys, monkeypatch):
+    # On CUDA the reservation is TorchRec's own estimate; the line listed the CPU rank's parts (loader,
+    # checkpoint copy), which a GPU plan does not reserve.
+    cuda = _plan_inproc(capsys, monkeypatch, "--spec", FULL, "--world-size", "8", "--device", "cuda")
+    line = next(ln for ln in cuda.stdout.splitlines() if ln.startswith("outside the tables"))
+    assert "TorchRec's estimate of the dense parameters and input batches, beside its 15% HBM margin" in line
+    assert "checkpoint copy" not in line
+    cpu = _plan_inproc(capsys, monkeypatch, "--spec", FULL, "--world-size", "64", "--device", "cpu", "--ddr-gib", "512")
+    line = next(ln for ln in cpu.stdout.splitlines() if ln.startswith("outside the tables"))
+    assert "runtime, activations, loader, dense state, checkpoint copy" in line
