@@ -143,8 +143,8 @@ def test_unknown_candidates_are_flagged_and_scored_as_row_zero(float_ranker, ref
 
 @pytest.mark.parametrize("bad,match", [
     ({"user": 1, "candidates": []}, "empty"),
-    ({"user": "1", "candidates": [1]}, "user: expected an int64"),
-    ({"user": 1, "candidates": [1, "2"]}, r"candidates\[1\]"),
+    ({"user": "1a", "candidates": [1]}, "user: expected an int64"),  # a decimal string is an id
+    ({"user": 1, "candidates": [1, "2.0"]}, r"candidates\[1\]"),
     ({"user": 1, "candidates": [True]}, r"candidates\[0\]"),
     ({"user": 1}, "missing field"),
     ({"user": 1, "candidates": [1], "k": 3}, "unknown field"),
