@@ -103,10 +103,6 @@ def _open_data(spec: Spec) -> PreparedData:
     try:
         for key in ("train_split", "eval_split"):
             data.require_split(getattr(spec.data, key), f"data.{key}")
-        if spec.train.eval_at_end and spec.data.eval_split != spec.data.train_split:
-            # The train split's rows are checked batch by batch as it trains; damage in the eval split's
-            # would otherwise surface only after the whole run (seconds for the release's test split).
-            data.check_sample_rows(spec.data.eval_split)
     except PreparedDataError as e:
         raise RunError(str(e)) from None
     return data
@@ -158,6 +154,14 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     t = spec.train
     run_dir = Path(spec.run_dir)
     data = _open_data(spec)
+    if t.eval_at_end and spec.data.eval_split != spec.data.train_split:
+        # The train split's rows are checked batch by batch as it trains; damage in the eval split's would
+        # otherwise surface only after the whole run (seconds for the release's test split). Not in
+        # `_open_data`: an evaluation reads those rows at once anyway, and checked them twice.
+        try:
+            data.check_sample_rows(spec.data.eval_split)
+        except PreparedDataError as e:
+            raise RunError(str(e)) from None
     lock = claim_run_dir(run_dir, env.is_main, resume, overwrite)  # held until the run ends
     with given_back_on_error(lock):  # until the run record is written, a refusal leaves no trace
         prev_run = read_run_json(run_dir / "run.json") if resume else {}
