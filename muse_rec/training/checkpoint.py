@@ -36,7 +36,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -49,6 +49,7 @@ from muse_rec.json_files import read_json_object
 logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+T = TypeVar("T")
 MODEL_RECORD = "model.json"  # the model settings a checkpoint was trained with (older checkpoints lack it)
 
 
@@ -182,8 +183,9 @@ def _multi_rank() -> bool:
     return dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _from_main(value: Optional[str]) -> Optional[str]:
-    """Rank 0's ``value`` on every rank (so all ranks raise the same error, none hangs)."""
+def from_main_rank(value: T) -> T:
+    """Rank 0's ``value`` (any picklable) on every rank, so all ranks act alike (raise the same error,
+    read the same checkpoint) and none hangs; collective where several ranks run."""
     if not _multi_rank():
         return value
     box = [value]
@@ -342,7 +344,7 @@ def load_checkpoint(
             verify(path, expect_sha256)
         except IntegrityError as e:
             err = str(e)
-    err = _from_main(err)
+    err = from_main_rank(err)
     if err:
         raise CheckpointError(err)
     position = read_position(path)

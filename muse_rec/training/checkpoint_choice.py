@@ -18,7 +18,8 @@ import torch
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
 from muse_rec.spec import Spec
-from muse_rec.training.checkpoint import CheckpointError, Position, latest_checkpoint, load_checkpoint
+from muse_rec.training.checkpoint import (CheckpointError, Position, from_main_rank, latest_checkpoint,
+                                         load_checkpoint)
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_model_settings, check_run_compat,
                                           read_run_json)
 
@@ -28,17 +29,13 @@ logger = logging.getLogger("muse_rec")
 DELETED_RETRIES = 3
 
 
-def _main_rank_value(compute: Callable[[], Tuple[Optional[str], Optional[str]]], env: DistEnv) -> Optional[str]:
-    """Rank 0's ``(value, error)`` on every rank: the value, or the error raised as `RunError` on every
-    rank (none waits in a collective that rank 0 left)."""
-    box = list(compute()) if env.is_main else [None, None]
-    if env.world_size > 1:
-        import torch.distributed as dist
-
-        dist.broadcast_object_list(box, src=0)
-    if box[1]:
-        raise RunError(box[1])
-    return box[0]
+def _main_rank_choice(compute: Callable[[], Tuple[Optional[str], Optional[str]]], env: DistEnv) -> str:
+    """Rank 0's ``(value, error)`` of ``compute`` on every rank: the value, or the error raised as
+    `RunError` on every rank (none waits in a collective that rank 0 left)."""
+    value, error = from_main_rank(compute() if env.is_main else (None, None))
+    if error:
+        raise RunError(error)
+    return str(value)
 
 
 def evaluation_checkpoint(spec: Spec, checkpoint: Optional[str], data: PreparedData, env: DistEnv,
@@ -60,7 +57,7 @@ def evaluation_checkpoint(spec: Spec, checkpoint: Optional[str], data: PreparedD
             return None, str(e)
         return str(ck), None
 
-    return Path(str(_main_rank_value(choose, env)))
+    return Path(_main_rank_choice(choose, env))
 
 
 def load_for_evaluation(ck: Path, spec: Spec, checkpoint: Optional[str], data: PreparedData, env: DistEnv,
@@ -74,8 +71,7 @@ def load_for_evaluation(ck: Path, spec: Spec, checkpoint: Optional[str], data: P
         try:
             return ck, load_checkpoint(ck, model, None, skip=skip, expect_sha256=expect_sha256)
         except (CheckpointError, OSError):
-            gone = _main_rank_value(lambda: ("gone" if not ck.exists() else None, None), env) == "gone"
-            if not gone:
+            if not from_main_rank(not ck.exists() if env.is_main else False):  # rank 0's view: one answer for all
                 raise
             if checkpoint:
                 raise RunError(f"{ck}: deleted while it was read: the run that wrote it is still training and "
