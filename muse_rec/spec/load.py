@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from muse_rec.spec.schema import ID_TABLES, MAX_EMBEDDING_DIM, MAX_TABLE_ROWS, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError
+from muse_rec.spec.schema import (ID_TABLES, MAX_EMBEDDING_DIM, MAX_TABLE_ROWS, MIN_TIER_WIDTH, SMALL_DIM_TABLES,
+                                  SPARSE_OPTIMIZER_NAMES, Spec, SpecError)
 
 
 def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Spec:
@@ -277,7 +278,8 @@ def _check_values(spec: Spec, source: str) -> None:
          "model.parametrization.output_bias", "'train_prior' needs output_head: one_logit (Dice's LayerNorm over "
          "two logits erases a constant bias); set output_bias: linear with two_logits_dice")
     need(m.esu.num_tiers > 0, "model.esu.num_tiers", "must be > 0")
-    need(0 < m.esu.tier_width <= 2, "model.esu.tier_width", "must be in (0, 2] (cosine units)")
+    need(MIN_TIER_WIDTH <= m.esu.tier_width <= 2, "model.esu.tier_width",
+         f"must be in [2^-24 = {MIN_TIER_WIDTH!r}, 2] (cosine units; float32 cosines near 1 are that far apart)")
     # SimTier puts cosine r in tier ceil(r / w) + round(1 / w): cosine 1 lands in tier ceil(1/w) + round(1/w)
     # and no tier past it is ever filled. One spare is allowed, as the reference's 22 tiers at w = 0.1.
     last = math.ceil(1.0 / m.esu.tier_width) + round(1.0 / m.esu.tier_width)

@@ -180,6 +180,11 @@ MAX_EMBEDDING_DIM = 65536
 # sizes and TorchRec's plans need (2^43 - 1, ~8.8e12 rows: 36,000x the release's 243M items). Above
 # it the model's tables could not even be described on the meta device (an overflow traceback).
 MAX_TABLE_ROWS = (2**63 - 1) // (MAX_EMBEDDING_DIM * 16)
+# The narrowest SimTier tier (cosine units): float32's spacing just below 1, so no narrower tier parts two
+# of the (float32) cosines it bins there. The tier index, about 2 / tier_width, then fits int64 many times
+# over; 5e-324 divided into inf (an OverflowError traceback loading the spec), 1e-20 overflowed SimTier's
+# int64 tier offset in the first step (a traceback once the run had started).
+MIN_TIER_WIDTH = 2.0**-24
 # Tables `model.small_features` may shrink: item and category share one EmbeddingCollection,
 # which needs one dim for both.
 SMALL_DIM_TABLES = ID_TABLES[2:]

@@ -72,8 +72,12 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"model": {"small_features": ["user_f2", "user_f2"]}}, "model.small_features: lists a table twice"),
         ({"model": {"esu": {"attention_hidden": 0}}}, "model.esu.attention_hidden: must be > 0"),
         ({"model": {"esu": {"temperature_init": -1}}}, "model.esu.temperature_init: must be > 0"),
-        ({"model": {"esu": {"tier_width": 0}}}, "model.esu.tier_width: must be in .0, 2] .cosine units"),
-        ({"model": {"esu": {"tier_width": 2.5}}}, "model.esu.tier_width: must be in .0, 2] .cosine units"),
+        ({"model": {"esu": {"tier_width": 0}}}, "model.esu.tier_width: must be in [2.-24 = 5.960464477539063e-08, 2] .cosine units"),
+        ({"model": {"esu": {"tier_width": 2.5}}}, "model.esu.tier_width: must be in [2.-24 = 5.960464477539063e-08, 2] .cosine units"),
+        # 5e-324: 1 / tier_width is inf, an OverflowError traceback loading the spec in every command;
+        # 1e-20: SimTier's int64 tier offset overflowed in the first training step.
+        ({"model": {"esu": {"tier_width": 5e-324}}}, "model.esu.tier_width: must be in [2.-24 = 5.960464477539063e-08, 2]"),
+        ({"model": {"esu": {"tier_width": 1e-20}}}, "model.esu.tier_width: must be in [2.-24 = 5.960464477539063e-08, 2]"),
         # 1e9 tiers: a MemoryError traceback (or the kernel's OOM kill) building the tower; any
         # tier past the one cosine 1 falls in is never filled.
         ({"model": {"esu": {"num_tiers": 23}}}, "model.esu.num_tiers: 23 tiers at tier_width 0.1: cosine 1 falls in tier 20"),
