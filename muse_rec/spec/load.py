@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from muse_rec.spec.schema import (ID_TABLES, MAX_EMBEDDING_DIM, MAX_TABLE_ROWS, MIN_TIER_WIDTH, SMALL_DIM_TABLES,
-                                  SPARSE_OPTIMIZER_NAMES, Spec, SpecError)
+from muse_rec.spec.schema import (ID_TABLES, MAX_EMBEDDING_DIM, MAX_SEED, MAX_TABLE_ROWS, MIN_TIER_WIDTH,
+                                  SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError)
 
 
 def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Spec:
@@ -298,6 +298,8 @@ def _check_values(spec: Spec, source: str) -> None:
     need(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = only at the end)")
     need(t.warn_below_clicks >= 0, "train.warn_below_clicks", "must be >= 0 (0 = never warn)")
     need(t.shuffle_seed is None or t.shuffle_seed >= 0, "train.shuffle_seed", "must be >= 0 (or null: file order)")
+    need(0 <= t.seed <= MAX_SEED, "train.seed",
+         f"must be in 0..{MAX_SEED} (torch's generator seed, an unsigned 64-bit integer)")
     for k, o in (("train.sparse_optimizer", t.sparse_optimizer), ("train.dense_optimizer", t.dense_optimizer)):
         need(o.lr > 0, f"{k}.lr", "must be > 0")
         need(all(0.0 <= b < 1.0 for b in o.betas), f"{k}.betas", "each must be in [0, 1)")

@@ -185,6 +185,10 @@ MAX_TABLE_ROWS = (2**63 - 1) // (MAX_EMBEDDING_DIM * 16)
 # over; 5e-324 divided into inf (an OverflowError traceback loading the spec), 1e-20 overflowed SimTier's
 # int64 tier offset in the first step (a traceback once the run had started).
 MIN_TIER_WIDTH = 2.0**-24
+# The largest `train.seed`: torch's generator seed is an unsigned 64-bit integer. torch.manual_seed refuses
+# more (a ValueError traceback once the run had started) and takes a negative seed modulo 2^64, so -1
+# trained the same model as 2^64 - 1 under another name.
+MAX_SEED = 2**64 - 1
 # Tables `model.small_features` may shrink: item and category share one EmbeddingCollection,
 # which needs one dim for both.
 SMALL_DIM_TABLES = ID_TABLES[2:]

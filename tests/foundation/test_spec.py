@@ -64,6 +64,9 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"train": {"warn_below_clicks": -1}}, "train.warn_below_clicks: must be >= 0"),
         ({"train": {"warn_below_clicks": "many"}}, "train.warn_below_clicks: expected an integer"),
         ({"train": {"shuffle_seed": -3}}, "train.shuffle_seed: must be >= 0"),
+        # torch.manual_seed's ValueError traceback once the run had started; -1 trained as 2^64 - 1.
+        ({"train": {"seed": 2**64}}, "train.seed: must be in 0..18446744073709551615"),
+        ({"train": {"seed": -1}}, "train.seed: must be in 0..18446744073709551615"),
         ({"train": {"eval_batch_size": 0}}, "train.eval_batch_size: must be > 0"),
         ({"model": {"small_dim": 0}}, "model.small_dim: must be in 1..65536"),
         ({"model": {"init_std": 0}}, "model.init_std: must be > 0"),
