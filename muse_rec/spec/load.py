@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from muse_rec.spec.schema import (ID_TABLES, MAX_EMBEDDING_DIM, MAX_SEED, MAX_TABLE_ROWS, MIN_TIER_WIDTH,
-                                  SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError)
+from muse_rec.spec.schema import (ID_TABLES, MAX_EMBEDDING_DIM, MAX_LAYER_WIDTH, MAX_SEED, MAX_TABLE_ROWS,
+                                  MIN_TIER_WIDTH, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError)
 
 
 def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Spec:
@@ -264,14 +264,15 @@ def _check_values(spec: Spec, source: str) -> None:
          f"choose from {', '.join(SMALL_DIM_TABLES)} (item and category share one dim)")
     need(len(set(m.small_features)) == len(m.small_features), "model.small_features", "lists a table twice")
     need(m.init_std > 0, "model.init_std", "must be > 0 (the ID tables' trunc-normal std)")
-    need(m.esu.attention_hidden > 0, "model.esu.attention_hidden", "must be > 0")
+    need(0 < m.esu.attention_hidden <= MAX_LAYER_WIDTH, "model.esu.attention_hidden", f"must be in 1..{MAX_LAYER_WIDTH}")
     need(m.esu.temperature_init > 0, "model.esu.temperature_init", "must be > 0 (SA-TA divides by it)")
     unknown = [k for k in d.vocab_sizes if k not in ID_TABLES]
     need(not unknown, "data.vocab_sizes", f"unknown table {unknown[0]!r} (tables: {', '.join(ID_TABLES)})" if unknown else "")
     small = {k: v for k, v in d.vocab_sizes.items() if not 1 <= v <= MAX_TABLE_ROWS}
     need(not small, "data.vocab_sizes", f"{small}: rows must be in 1..{MAX_TABLE_ROWS:,} (row 0 = padding; "
          "the most a table's byte counts can describe)")
-    need(all(h > 0 for h in m.tower_hidden) and m.tower_hidden, "model.tower_hidden", "a non-empty list of positive widths")
+    need(all(0 < h <= MAX_LAYER_WIDTH for h in m.tower_hidden) and m.tower_hidden, "model.tower_hidden",
+         f"a non-empty list of widths in 1..{MAX_LAYER_WIDTH}")
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     need(m.parametrization.dice_norm_eps > 0, "model.parametrization.dice_norm_eps", "must be > 0")
     need(m.parametrization.output_bias != "train_prior" or m.parametrization.output_head == "one_logit",

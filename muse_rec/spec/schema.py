@@ -175,6 +175,11 @@ ID_TABLES = ("item", "category", "user_id", "user_f1", "user_f2", "user_f3", "us
 # 128 columns and deep-copies every option: measured on `muse-rec plan` (1 CPU rank), 3.3 s at 1,024,
 # 5.2 s at 65,536, past 100 s at 1,048,576 with no output. The paper's tables are 16-128 wide.
 MAX_EMBEDDING_DIM = 65536
+# The widest dense layer a spec may ask for (a `model.tower_hidden` width, `model.esu.attention_hidden`):
+# 4,096x the paper's widest (256). At it, with the widest ID rows, every layer's byte count stays far
+# inside the int64 sizes torch and TorchRec's planner compute with, so `plan` and `train` say what does
+# not fit; 2^70 overflowed torch's storage size building the model on the meta device (a traceback).
+MAX_LAYER_WIDTH = 2**20
 # The most rows a table may have: every byte count of the widest table (rows x MAX_EMBEDDING_DIM
 # x 16 B: the fp32 weight, Adam's two moments and a checkpoint's copy) fits in an int64, as torch
 # sizes and TorchRec's plans need (2^43 - 1, ~8.8e12 rows: 36,000x the release's 243M items). Above

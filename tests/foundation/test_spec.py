@@ -73,7 +73,10 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"model": {"small_features": ["item"]}}, "model.small_features: 'item' cannot take model.small_dim"),
         ({"model": {"small_features": ["nope"]}}, "model.small_features: 'nope' cannot"),
         ({"model": {"small_features": ["user_f2", "user_f2"]}}, "model.small_features: lists a table twice"),
-        ({"model": {"esu": {"attention_hidden": 0}}}, "model.esu.attention_hidden: must be > 0"),
+        ({"model": {"esu": {"attention_hidden": 0}}}, "model.esu.attention_hidden: must be in 1..1048576"),
+        # 2^70: torch's "Storage size calculation overflowed" traceback building the model in plan and train.
+        ({"model": {"esu": {"attention_hidden": 2**70}}}, "model.esu.attention_hidden: must be in 1..1048576"),
+        ({"model": {"tower_hidden": [64, 2**70]}}, "model.tower_hidden: a non-empty list of widths in 1..1048576"),
         ({"model": {"esu": {"temperature_init": -1}}}, "model.esu.temperature_init: must be > 0"),
         ({"model": {"esu": {"tier_width": 0}}}, "model.esu.tier_width: must be in [2.-24 = 5.960464477539063e-08, 2] .cosine units"),
         ({"model": {"esu": {"tier_width": 2.5}}}, "model.esu.tier_width: must be in [2.-24 = 5.960464477539063e-08, 2] .cosine units"),
