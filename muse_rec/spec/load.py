@@ -142,7 +142,9 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
         raise SpecError(f"{source}: {where}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    # By their text: YAML keys need not be strings (`1:`, `~:`, `yes:` -> True), and sorting a mix of
+    # types raised a bare TypeError (a traceback in every command reading the spec).
+    unknown = sorted(set(raw) - names, key=str)
     if unknown:
         raise SpecError(f"{source}: {prefix}{unknown[0]}: unknown key (known under {where}: {', '.join(sorted(names))})")
     kwargs = {}

@@ -111,6 +111,16 @@ def test_bad_specs_name_the_key(raw, message):
     assert str(e.value).startswith("bad.yaml: ")
 
 
+@pytest.mark.parametrize("text, key", [("1: a\nfoo: b\n", "1"), ("train: {yes: a, foo: b}\n", "train.True"),
+                                       ("~: a\nfoo: b\n", "None")])
+def test_keys_that_are_not_strings_are_unknown_keys(tmp_path, text, key):
+    """Two unknown keys of different types (a YAML int, bool or null beside a string) were sorted
+    together: a bare TypeError, a traceback in every command reading the spec."""
+    (tmp_path / "keys.yaml").write_text(text)
+    with pytest.raises(SpecError, match=f"keys.yaml: {re.escape(key)}: unknown key"):
+        load_spec(tmp_path / "keys.yaml")
+
+
 def test_a_model_without_long_term_search_takes_any_top_k():
     """DIN (gsu.kind none) reads no K: a short sequence was refused for the base spec's K = 50."""
     s = from_dict({"data": {"seq_len": 10}, "model": {"gsu": {"kind": "none"}, "esu": {"simtier": False, "attention": "none"},
