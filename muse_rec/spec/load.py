@@ -57,6 +57,10 @@ def from_dict(raw: Dict[str, Any], source: str = "<spec>") -> Spec:
     return spec
 
 
+# What a spec nested past PyYAML's (recursive) parser is told; no spec key nests more than 4 deep.
+_TOO_DEEP = "nested too deeply to parse"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
 
@@ -86,6 +90,8 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...], referenced_by: Option
         doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively: ~500 levels of [[[...]]] was a traceback
+        raise SpecError(f"{path}: not valid YAML: {_TOO_DEEP}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: cannot read ({e})") from None
     if doc is None or doc == {}:  # an empty or comment-only file: truncated, or the wrong file
@@ -132,6 +138,8 @@ def _apply_override(raw: Dict[str, Any], override: str, source: str) -> None:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:
         raise SpecError(f"override {override!r}: value is not valid YAML ({e.problem})") from None
+    except RecursionError:
+        raise SpecError(f"override {override!r}: value is not valid YAML ({_TOO_DEEP})") from None
     old = node.get(parts[-1])
     node[parts[-1]] = _deep_merge(old, parsed) if isinstance(parsed, dict) and isinstance(old, dict) else parsed
 

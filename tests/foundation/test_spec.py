@@ -121,6 +121,17 @@ def test_keys_that_are_not_strings_are_unknown_keys(tmp_path, text, key):
         load_spec(tmp_path / "keys.yaml")
 
 
+def test_yaml_nested_too_deeply_is_refused_in_one_line(tmp_path):
+    """PyYAML composes nested nodes recursively: a few thousand levels of brackets (in a file or a
+    --set value) were a RecursionError traceback in every command reading the spec."""
+    deep = "[" * 5000 + "]" * 5000
+    (tmp_path / "deep.yaml").write_text(f"name: {deep}\n")
+    with pytest.raises(SpecError, match="deep.yaml: not valid YAML: nested too deeply to parse"):
+        load_spec(tmp_path / "deep.yaml")
+    with pytest.raises(SpecError, match=r"override 'name=\[\[.*: value is not valid YAML \(nested too deeply to parse\)"):
+        load_spec(SPECS / "methods/muse.yaml", overrides=[f"name={deep}"])
+
+
 def test_a_model_without_long_term_search_takes_any_top_k():
     """DIN (gsu.kind none) reads no K: a short sequence was refused for the base spec's K = 50."""
     s = from_dict({"data": {"seq_len": 10}, "model": {"gsu": {"kind": "none"}, "esu": {"simtier": False, "attention": "none"},
