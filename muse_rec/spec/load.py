@@ -80,10 +80,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _read_with_extends(path: Path, seen: Tuple[Path, ...], referenced_by: Optional[Path] = None) -> Dict[str, Any]:
-    if not path.exists():
-        if referenced_by is not None:
-            raise SpecError(f"{referenced_by}: extends: {path}: spec file not found")
-        raise SpecError(f"{path}: spec file not found")
+    # A parent that cannot be read is named as its child's `extends:` names it: that is the line to fix.
+    where = str(path) if referenced_by is None else f"{referenced_by}: extends: {path}"
+    try:
+        found = path.exists()
+    except OSError as e:  # a name longer than the filesystem takes (ENAMETOOLONG) was a traceback
+        raise SpecError(f"{where}: cannot read ({e})") from None
+    if not found:
+        raise SpecError(f"{where}: spec file not found")
     if path.resolve() in seen:
         raise SpecError(f"{path}: 'extends' cycle: " + " -> ".join(str(p) for p in seen + (path,)))
     try:
@@ -93,7 +97,7 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...], referenced_by: Option
     except RecursionError:  # PyYAML composes nested nodes recursively: ~500 levels of [[[...]]] was a traceback
         raise SpecError(f"{path}: not valid YAML: {_TOO_DEEP}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path}: cannot read ({e})") from None
+        raise SpecError(f"{where}: cannot read ({e})") from None
     if doc is None or doc == {}:  # an empty or comment-only file: truncated, or the wrong file
         raise SpecError(f"{path}: empty spec (no keys); a spec extends another or sets its keys "
                         "(e.g. extends: ../base.yaml and data.prepared)")

@@ -161,6 +161,21 @@ def test_bad_files(tmp_path):
         load_spec(SPECS / "methods/muse.yaml", overrides=["train.batch_size"])
 
 
+def test_a_parent_that_cannot_be_read_is_named_with_the_extends_naming_it(tmp_path):
+    """A path too long for the filesystem was an OSError traceback (path.exists raised ENAMETOOLONG), and
+    a parent that is a directory was named alone, not the file and key that extend it."""
+    long_name = "a" * 5000 + ".yaml"
+    with pytest.raises(SpecError, match=r"a\.yaml: cannot read \(.*File name too long"):
+        load_spec(tmp_path / long_name)
+    (tmp_path / "child.yaml").write_text(f"extends: {long_name}\nname: c\n")
+    with pytest.raises(SpecError, match=r"child.yaml: extends: .*a\.yaml: cannot read \(.*File name too long"):
+        load_spec(tmp_path / "child.yaml")
+    (tmp_path / "parent").mkdir()
+    (tmp_path / "child.yaml").write_text("extends: parent\nname: c\n")
+    with pytest.raises(SpecError, match=r"child.yaml: extends: .*parent: cannot read \(.*Is a directory"):
+        load_spec(tmp_path / "child.yaml")
+
+
 def test_empty_specs_and_empty_key_parts_are_refused(tmp_path):
     """An empty or comment-only file (truncated, or the wrong one) trained the schema's defaults, exit 0."""
     for text in ("", "# only a comment\n", "{}\n"):
