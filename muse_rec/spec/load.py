@@ -328,5 +328,7 @@ def _check_values(spec: Spec, source: str) -> None:
     need(spec.name.replace("-", "").replace("_", "").isalnum(), "name", "letters, digits, - and _ only")
     need(_only_name_field(spec.output_dir), "output_dir",
          f"{spec.output_dir!r}: the only placeholder is {{name}} (write a literal brace as {{{{ or }}}})")
+    # The OS takes no path with a NUL byte: "embedded null byte" tracebacks wherever the run directory was opened.
+    need("\0" not in spec.output_dir, "output_dir", f"{spec.output_dir!r}: holds a NUL character, which no path can")
     need("://" not in spec.run_dir, "output_dir",
          f"{spec.output_dir!r}: not a local path; a run is written to a local directory (a file:// URI names one)")

@@ -103,6 +103,8 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"output_dir": "runs/{name"}, "output_dir: 'runs/{name': the only placeholder is {name}"),
         ({"output_dir": "runs/{}"}, "output_dir: 'runs/{}': the only placeholder"),
         ({"output_dir": "runs/{name!r}"}, "output_dir: 'runs/{name!r}': the only placeholder"),
+        # `train` raised ValueError "embedded null byte" (a traceback) opening the run directory.
+        ({"output_dir": "runs/a\0b"}, r"output_dir: 'runs/a\\x00b': holds a NUL character"),
     ],
 )
 def test_bad_specs_name_the_key(raw, message):
