@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import reprlib
 import string
 import typing
 from collections.abc import Hashable
@@ -55,6 +56,19 @@ def from_dict(raw: Dict[str, Any], source: str = "<spec>") -> Spec:
     spec = _build(Spec, raw, source, prefix="")
     _check_values(spec, source)
     return spec
+
+
+# How an error quotes a bad value: enough to recognise it, bounded whatever the file holds (a 200,000-item
+# list was a 1.4 MB error "line"; YAML aliases nesting lists ten-fold per level, the "billion laughs",
+# ran out of memory spelling the value out).
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel = 2
+_SHOWN.maxstring = _SHOWN.maxother = 120
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to a line's length (`_SHOWN`'s limits)."""
+    return _SHOWN.repr(value)
 
 
 # What a spec nested past PyYAML's (recursive) parser is told; no spec key nests more than 4 deep.
@@ -109,7 +123,7 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...], referenced_by: Option
     # One parent or a list (e.g. a method spec + a data/scale profile), merged in order.
     parents = [parents] if isinstance(parents, str) else parents
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
-        raise SpecError(f"{path}: extends: expected a path or a list of paths, got {parents!r}")
+        raise SpecError(f"{path}: extends: expected a path or a list of paths, got {_shown(parents)}")
     merged: Dict[str, Any] = {}
     for parent in parents:
         merged = _deep_merge(merged, _read_with_extends(path.parent / parent, seen + (path.resolve(),), path))
@@ -137,7 +151,7 @@ def _apply_override(raw: Dict[str, Any], override: str, source: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise SpecError(f"override {override!r}: {'.'.join(parts[:i + 1])} is not a mapping in {source} "
-                            f"(it holds {node!r})")
+                            f"(it holds {_shown(node)})")
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:
@@ -151,7 +165,7 @@ def _apply_override(raw: Dict[str, Any], override: str, source: str) -> None:
 def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     where = prefix.rstrip(".") or "<top level>"
     if not isinstance(raw, dict):
-        raise SpecError(f"{source}: {where}: expected a mapping, got {raw!r}")
+        raise SpecError(f"{source}: {where}: expected a mapping, got {_shown(raw)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     # By their text: YAML keys need not be strings (`1:`, `~:`, `yes:` -> True), and sorting a mix of
@@ -176,7 +190,7 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
 
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    bad = lambda what: SpecError(f"{source}: {key}: expected {what}, got {value!r}")  # noqa: E731
+    bad = lambda what: SpecError(f"{source}: {key}: expected {what}, got {_shown(value)}")  # noqa: E731
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, source, key + ".")
     if origin is Union:  # Optional[X]
@@ -186,7 +200,7 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         return _coerce(inner[0], value, source, key)
     if origin is Literal:
         if value not in args:
-            raise SpecError(f"{source}: {key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+            raise SpecError(f"{source}: {key}: must be one of {', '.join(map(repr, args))}, got {_shown(value)}")
         return value
     if origin in (list, List):
         if not isinstance(value, list):

@@ -134,6 +134,17 @@ def test_yaml_nested_too_deeply_is_refused_in_one_line(tmp_path):
         load_spec(SPECS / "methods/muse.yaml", overrides=[f"name={deep}"])
 
 
+def test_a_huge_bad_value_is_quoted_in_a_line_of_bounded_length(tmp_path):
+    """The error spelled the whole value out: ten-fold YAML aliases (the "billion laughs") made a
+    3.6 MB error line here (at a few more levels, memory ran out first)."""
+    levels = 6  # 10^6 items: megabytes spelled out, still quick to build
+    anchors = ", ".join(f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels))
+    (tmp_path / "laughs.yaml").write_text(f"name: [&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], {anchors}]\n")
+    with pytest.raises(SpecError, match=r"laughs.yaml: name: expected a string, got \[\[1, 1, 1, 1, 1, 1, \.\.\.\], ") as e:
+        load_spec(tmp_path / "laughs.yaml")
+    assert len(str(e.value).split(" got ", 1)[1]) < 400  # was 3.6 MB
+
+
 def test_a_model_without_long_term_search_takes_any_top_k():
     """DIN (gsu.kind none) reads no K: a short sequence was refused for the base spec's K = 50."""
     s = from_dict({"data": {"seq_len": 10}, "model": {"gsu": {"kind": "none"}, "esu": {"simtier": False, "attention": "none"},
