@@ -25,9 +25,11 @@ def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> S
     """Read a spec file (following ``extends:``), apply ``key.path=value`` overrides, validate.
 
     An invalid value set by an override is reported as ``--set key=value: key: ...`` (the
-    override is what to fix), anything else as ``<spec file>: key: ...``.
+    override is what to fix), one set by a file that the spec extends as ``<that file> (extended by
+    <spec file>): key: ...``, anything else as ``<spec file>: key: ...``.
     """
-    raw = _read_with_extends(Path(path), seen=())
+    files: List[Tuple[Path, Dict[str, Any]]] = []
+    raw = _read_with_extends(Path(path), seen=(), files=files)
     for ov in overrides:
         _apply_override(raw, ov, str(path))
     try:
@@ -36,10 +38,29 @@ def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> S
         prefix, msg = f"{path}: ", str(e)
         if msg.startswith(prefix):
             rest = msg[len(prefix):]
-            ov = _override_of(rest.split(": ", 1)[0], overrides)
+            key = rest.split(": ", 1)[0]
+            ov = _override_of(key, overrides)
             if ov is not None:
                 raise SpecError(f"--set {ov}: {rest}") from None
+            # A parent's key was reported against the file given, where the user found no such line.
+            origin = next((f for f, doc in reversed(files) if _file_sets(doc, key)), None)
+            if origin is not None and origin != Path(path):
+                raise SpecError(f"{origin} (extended by {path}): {rest}") from None
         raise
+
+
+def _file_sets(doc: Dict[str, Any], key: str) -> bool:
+    """Whether a file's own keys (``doc``) set ``key`` of an error (``a.b[0]``): the key, a mapping
+    holding it or a value above it. A walk down the key's path: aliases may nest a file's values
+    without bound (or in a cycle), so its tree is never walked whole."""
+    node: Any = doc
+    for part in key.split("[", 1)[0].split("."):
+        if not isinstance(node, dict):
+            return True  # a value above the key, where the merged spec has a mapping no more
+        if part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _override_of(key: str, overrides: Sequence[str]) -> Optional[str]:
@@ -93,7 +114,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _read_with_extends(path: Path, seen: Tuple[Path, ...], referenced_by: Optional[Path] = None) -> Dict[str, Any]:
+def _read_with_extends(path: Path, seen: Tuple[Path, ...], files: List[Tuple[Path, Dict[str, Any]]],
+                       referenced_by: Optional[Path] = None) -> Dict[str, Any]:
+    """``path`` merged over its ``extends:`` chain; ``files`` gets ``(file, its own keys)`` of each file
+    in the order they are merged (the last one that sets a key is the one whose value wins)."""
     # A parent that cannot be read is named as its child's `extends:` names it: that is the line to fix.
     where = str(path) if referenced_by is None else f"{referenced_by}: extends: {path}"
     try:
@@ -118,15 +142,14 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...], referenced_by: Option
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: top level must be a mapping, got {type(doc).__name__}")
     parents = doc.pop("extends", None)
-    if parents is None:
-        return doc
     # One parent or a list (e.g. a method spec + a data/scale profile), merged in order.
-    parents = [parents] if isinstance(parents, str) else parents
+    parents = [] if parents is None else [parents] if isinstance(parents, str) else parents
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
         raise SpecError(f"{path}: extends: expected a path or a list of paths, got {_shown(parents)}")
     merged: Dict[str, Any] = {}
     for parent in parents:
-        merged = _deep_merge(merged, _read_with_extends(path.parent / parent, seen + (path.resolve(),), path))
+        merged = _deep_merge(merged, _read_with_extends(path.parent / parent, seen + (path.resolve(),), files, path))
+    files.append((path, doc))
     return _deep_merge(merged, doc)
 
 

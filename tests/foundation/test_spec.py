@@ -189,6 +189,28 @@ def test_a_parent_that_cannot_be_read_is_named_with_the_extends_naming_it(tmp_pa
         load_spec(tmp_path / "child.yaml")
 
 
+def test_a_bad_key_set_by_a_parent_names_the_parent(tmp_path):
+    """A parent's bad key was reported against the file given, where the user found no such line."""
+    parent, child = tmp_path / "parent.yaml", tmp_path / "child.yaml"
+    for text, error in (("train: {batchsize: 5}", "train.batchsize: unknown key"),
+                        ("model: {gsu: {top_k: 5000}}", "model.gsu.top_k: must be <= data.seq_len")):
+        parent.write_text(f"extends: {SPECS / 'demo/muse.yaml'}\n{text}\n")
+        child.write_text("extends: parent.yaml\nname: child\n")
+        with pytest.raises(SpecError, match=re.escape(f"{parent} (extended by {child}): {error}")):
+            load_spec(child)
+    # The child's own value wins and is named as the child's; an override's as the override.
+    child.write_text("extends: parent.yaml\nmodel: {gsu: {top_k: 6000}}\n")
+    with pytest.raises(SpecError, match=re.escape(f"{child}: model.gsu.top_k: must be <= data.seq_len")):
+        load_spec(child)
+    with pytest.raises(SpecError, match=re.escape("--set model.gsu.top_k=7000: model.gsu.top_k: must be <=")):
+        load_spec(child, overrides=["model.gsu.top_k=7000"])
+    # A file's keys are looked up along the error's key, never walked whole: an alias cycle stays one line.
+    parent.write_text(f"extends: {SPECS / 'demo/muse.yaml'}\nmodel: &m {{gsu: *m}}\n")
+    child.write_text("extends: parent.yaml\nname: child\n")
+    with pytest.raises(SpecError, match=re.escape(f"{parent} (extended by {child}): model.gsu.gsu: unknown key")):
+        load_spec(child)
+
+
 def test_empty_specs_and_empty_key_parts_are_refused(tmp_path):
     """An empty or comment-only file (truncated, or the wrong one) trained the schema's defaults, exit 0."""
     for text in ("", "# only a comment\n", "{}\n"):
