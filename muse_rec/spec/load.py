@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from muse_rec.spec.schema import (ID_TABLES, MAX_EMBEDDING_DIM, MAX_LAYER_WIDTH, MAX_SEED, MAX_TABLE_ROWS,
-                                  MIN_TIER_WIDTH, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError)
+from muse_rec.spec.schema import (ID_TABLES, MAX_EMBEDDING_DIM, MAX_LAYER_WIDTH, MAX_PATH_PART_BYTES, MAX_SEED,
+                                  MAX_TABLE_ROWS, MIN_TIER_WIDTH, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError)
 
 
 def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Spec:
@@ -367,5 +367,9 @@ def _check_values(spec: Spec, source: str) -> None:
          f"{spec.output_dir!r}: the only placeholder is {{name}} (write a literal brace as {{{{ or }}}})")
     # The OS takes no path with a NUL byte: "embedded null byte" tracebacks wherever the run directory was opened.
     need("\0" not in spec.output_dir, "output_dir", f"{spec.output_dir!r}: holds a NUL character, which no path can")
+    long = [part for part in Path(spec.run_dir).parts
+            if len(part.encode("utf-8", "surrogateescape")) > MAX_PATH_PART_BYTES]
+    need(not long, "output_dir", f"{spec.output_dir!r} (name {_shown(spec.name)}): a file name in a path is at most "
+         f"{MAX_PATH_PART_BYTES} bytes, {_shown(long[0] if long else '')} is longer")
     need("://" not in spec.run_dir, "output_dir",
          f"{spec.output_dir!r}: not a local path; a run is written to a local directory (a file:// URI names one)")

@@ -194,6 +194,10 @@ MIN_TIER_WIDTH = 2.0**-24
 # more (a ValueError traceback once the run had started) and takes a negative seed modulo 2^64, so -1
 # trained the same model as 2^64 - 1 under another name.
 MAX_SEED = 2**64 - 1
+# The longest name of one file or directory, in bytes, that the filesystems runs are written to take
+# (NAME_MAX of ext4, XFS, btrfs, APFS, NFS): a longer `output_dir` part (or `name` filled into it) was an
+# OSError traceback ("File name too long") from train and launch.
+MAX_PATH_PART_BYTES = 255
 # Tables `model.small_features` may shrink: item and category share one EmbeddingCollection,
 # which needs one dim for both.
 SMALL_DIM_TABLES = ID_TABLES[2:]

@@ -103,6 +103,9 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"output_dir": "runs/{name"}, "output_dir: 'runs/{name': the only placeholder is {name}"),
         ({"output_dir": "runs/{}"}, "output_dir: 'runs/{}': the only placeholder"),
         ({"output_dir": "runs/{name!r}"}, "output_dir: 'runs/{name!r}': the only placeholder"),
+        # An OSError "File name too long" traceback from train and launch.
+        ({"name": "a" * 256}, "output_dir: 'runs/{name}' .name 'a+...a+'.: a file name in a path is at most 255 bytes"),
+        ({"output_dir": "/r/" + "é" * 128 + "/{name}"}, "output_dir: '/r/é+/{name}' .name 'muse'.: .* at most 255 bytes, 'é+...é+' is longer"),
         # `train` raised ValueError "embedded null byte" (a traceback) opening the run directory.
         ({"output_dir": "runs/a\0b"}, r"output_dir: 'runs/a\\x00b': holds a NUL character"),
     ],
