@@ -77,14 +77,15 @@ def is_done(out: Path, run: Run) -> bool:
     return (run_dir(out, run) / "metrics.json").exists()
 
 
+def _per_run_keys(out: Path, run: Run, prepared: str) -> Dict[str, str]:
+    """What reproduce sets itself for each run: where its results are found and which seed it is."""
+    return {"name": run.name, "output_dir": f"{(out / 'runs').resolve()}/{{name}}", "train.seed": str(run.seed),
+            "data.prepared": prepared}
+
+
 def run_overrides(out: Path, run: Run, prepared: str, extra: Sequence[str] = ()) -> List[str]:
     """The full override list of one run: the plan's, then name / output dir / seed / data."""
-    return list(run.config.overrides) + [
-        f"name={run.name}",
-        f"output_dir={(out / 'runs').resolve()}/{{name}}",
-        f"train.seed={run.seed}",
-        f"data.prepared={prepared}",
-    ] + list(extra)
+    return list(run.config.overrides) + [f"{k}={v}" for k, v in _per_run_keys(out, run, prepared).items()] + list(extra)
 
 
 def check_manifest(out: Path, wanted: Dict, record: bool = True) -> None:
@@ -274,20 +275,26 @@ def check_overrides(out: Path, prepared: str, runs: Sequence[Run], extra: Sequen
     """ReproduceError naming the first run whose spec refuses the ``--set`` overrides ``extra``
     (runs that fail without them are left to fail alone). Needs no data: `muse-rec reproduce`
     calls it before it makes any, so a typo costs no synth."""
-    from muse_rec.spec import SpecError, load_spec
+    from muse_rec.spec import SpecError, dotted_items, load_spec
 
     if not extra:
         return
     for r in runs:
         own = run_overrides(out, r, prepared)
         try:
-            load_spec(r.config.spec_path, own)
+            planned = dict(dotted_items(load_spec(r.config.spec_path, own).to_dict()))
         except SpecError:
             continue
         try:
-            load_spec(r.config.spec_path, own + list(extra))
+            resolved = dict(dotted_items(load_spec(r.config.spec_path, own + list(extra)).to_dict()))
         except SpecError as e:
             raise ReproduceError(f"run {r.name}: {e}") from None
+        # A --set of these silently broke the report: train.seed=3 trained every seed alike (a spread of 0),
+        # name / output_dir wrote every run to one directory, data.prepared trained on other data than OUT's.
+        changed = [k for k in _per_run_keys(out, r, prepared) if planned[k] != resolved[k]]
+        if changed:
+            raise ReproduceError(f"--set {changed[0]}: reproduce sets it for each run itself (--seeds for the seeds, "
+                                 "--prepared for the data, OUT for the run directories)")
 
 
 def _launch(plan: Plan, out: Path, prepared: str, runs: List[Run], ex: Execution, attempt: int,

@@ -125,6 +125,22 @@ def test_a_bad_set_or_a_fusion_flag_is_refused_before_any_data_is_made(capsys, t
         assert not out.exists(), extra
 
 
+def test_a_set_of_what_reproduce_sets_per_run_is_refused(capsys, tmp_path: Path):
+    """`--set train.seed=3` trained every seed alike (the report's seed spread 0, its margins in units
+    of it meaningless), `--set name=x` / `output_dir` put every run in one directory, `data.prepared`
+    trained on other data than OUT records: each was accepted without a word."""
+    out = tmp_path / "out"
+    for extra, key in ((["--set", "train.seed=3"], "train.seed"), (["--set", "train={seed: 3}", "--dry-run"], "train.seed"),
+                       (["--set", "name=x"], "name"), (["--set", f"output_dir={tmp_path}/r"], "output_dir"),
+                       (["--set", f"data.prepared={tmp_path}/p"], "data.prepared")):
+        assert main(["reproduce", str(out), "--quick", "--what", "table5", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert f"--set {key}: reproduce sets it for each run itself" in err and len(err.splitlines()) == 1, (extra, err)
+        assert not out.exists(), extra
+    # What it does not set per run stays the user's: allowed.
+    assert main(["reproduce", str(out), "--quick", "--what", "table5", "--set", "train.batch_size=500", "--dry-run"]) == 0
+
+
 def test_report_only_names_the_key_of_a_malformed_run(capsys, tmp_path: Path):
     """The report reads each run's metrics.json with the same checks as `compare`."""
     plan = build_plan(("table5",), seeds=1)
