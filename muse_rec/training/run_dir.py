@@ -60,6 +60,19 @@ def new_run_id() -> str:
 class RunDirLock(DirLock):
     """The lock of a run directory (`muse_rec.dirlock`); its refusal is a `RunDirError`."""
 
+    moved_to: Optional[Path] = None  # where --overwrite moved the previous run (`move_aside`), if it did
+
+    def abandon(self) -> None:
+        """`DirLock.abandon`, with a previous run that --overwrite moved aside moved back while nothing
+        was written in its place: a run refused after the claim (a sparse optimizer the device lacks,
+        no plan that fits) left it in ``<dir>.old-<time>`` and an empty run directory behind."""
+        if self.moved_to is not None and not self._handle.closed and not previous_contents(self.directory):
+            for name in previous_contents(self.moved_to):
+                os.replace(self.moved_to / name, self.directory / name)
+            self.moved_to.rmdir()
+            self.moved_to = None
+        super().abandon()
+
     @classmethod
     def acquire(cls, run_dir: Path, command: Optional[str] = None) -> "RunDirLock":  # type: ignore[override]
         return super().acquire(run_dir, command, holder="another run",
@@ -169,8 +182,7 @@ def _claim_on_main(run_dir: Path, resume: bool, overwrite: bool) -> RunDirLock:
             if other is not None:
                 raise RunDirError(f"{run_dir}: --overwrite would move {other[0]} aside with it, which holds "
                                   f"{other[1]}; move that out yourself or choose another output_dir")
-            moved = move_aside(run_dir)
-            print(f"muse-rec: --overwrite: moved the previous run in {run_dir} to {moved}", file=sys.stderr)
+            lock.moved_to = move_aside(run_dir)  # said once the run goes on (`given_back_on_error`)
         _check_writable(run_dir)
     except OSError as e:
         lock.abandon()
@@ -246,10 +258,13 @@ def given_back_on_error(lock: Optional[RunDirLock]) -> Iterator[None]:
     """An exception in the block (a refused resume, no plan that fits, a damaged checkpoint) gives
     the run directory back as `claim_run_dir` found it (`DirLock.abandon`): its lock file's holder
     info restored, a directory the claim created removed. For the part of a run before it writes
-    anything; ``lock`` is None on the ranks that do not hold it."""
+    anything; ``lock`` is None on the ranks that do not hold it. A previous run that --overwrite moved
+    aside is moved back on an exception (`RunDirLock.abandon`), else said where it went."""
     try:
         yield
     except BaseException:
         if lock is not None:
             lock.abandon()
         raise
+    if lock is not None and lock.moved_to is not None:
+        print(f"muse-rec: --overwrite: moved the previous run in {lock.directory} to {lock.moved_to}", file=sys.stderr)

@@ -71,6 +71,22 @@ def test_overwrite_moves_the_old_run_aside_whole(trained, tmp_path):
     assert read_position(ckpts[0]).run_id == new_run_id
 
 
+def test_an_overwrite_refused_after_the_claim_puts_the_old_run_back(trained, tmp_path):
+    """--overwrite moved the old run aside before the spec's device checks: a sparse optimizer the
+    device lacks (or no sharding plan that fits) was refused after the move, leaving the run in
+    din.old-<time> and an empty din/ behind, and a 'moved the previous run' line beside the error."""
+    runs = trained.copy_run(tmp_path / "runs")
+    before, lock = snapshot(runs / "din"), (runs / "din" / LOCK_FILE).read_bytes()
+    for bad in ("train.sparse_optimizer.name=lamb", "train.batch_size=1000000000"):
+        out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3", bad]), "--device", "cpu",
+                  "--overwrite")
+        assert_bad_input(out, *(("train.sparse_optimizer.name", "not supported on cpu") if "lamb" in bad
+                                else ("no sharding plan fits",)))
+        assert "moved the previous run" not in out.stderr, out.stderr[-2000:]
+        assert sorted(p.name for p in runs.iterdir()) == ["din"], bad
+        assert snapshot(runs / "din") == before and (runs / "din" / LOCK_FILE).read_bytes() == lock, bad
+
+
 def test_resume_continues_and_overwrite_with_resume_is_refused(trained, tmp_path):
     """--resume continues the run; --resume with --overwrite is a usage error (exit 2, nothing touched)."""
     runs = trained.copy_run(tmp_path / "runs")
