@@ -48,6 +48,15 @@ def local_output(path: str, flag: str) -> str:
     return local
 
 
+def output_exists(path: Path, flag: str, shown: str) -> bool:
+    """``path.exists()``; OutputPathError naming ``flag`` and ``shown`` (the path as given) where the OS
+    refuses to look (a name longer than the filesystem takes: ENAMETOOLONG was a traceback)."""
+    try:
+        return path.exists()
+    except OSError as e:
+        raise OutputPathError(f"{flag} {shown}: {e.strerror}") from None
+
+
 def check_output_path(path: str, flag: str, directory: bool = True,
                       replaces: Union[None, Collection[str], Callable[[str], bool]] = None, own_marker: str = "") -> str:
     """Refuse an output location before any work is done; creates nothing. Returns the local path
@@ -67,7 +76,7 @@ def check_output_path(path: str, flag: str, directory: bool = True,
     """
     local = local_output(path, flag)
     p = Path(local).absolute()
-    if p.exists():
+    if output_exists(p, flag, path):
         if directory and not p.is_dir():
             raise OutputPathError(f"{flag} {path}: exists and is not a directory")
         if directory and replaces is not None:

@@ -60,7 +60,7 @@ def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
     """The one-line reason the flags that both paths share are unusable, else None."""
     import math
 
-    from muse_rec.output_paths import REPRODUCE_MANIFEST, OutputPathError, check_output_path, local_output
+    from muse_rec.output_paths import REPRODUCE_MANIFEST, OutputPathError, check_output_path, local_output, output_exists
 
     if args.nproc is not None and args.nproc < 1:
         return f"--nproc {args.nproc}: must be >= 1"
@@ -72,7 +72,7 @@ def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
     # hold only its kinds of entries (finished runs under OUT/runs), or its plan and report files would
     # land among another command's (an export then fails its integrity check).
     try:
-        started = (Path(local_output(args.out, "OUT")) / REPRODUCE_MANIFEST).exists()
+        started = output_exists(Path(local_output(args.out, "OUT")) / REPRODUCE_MANIFEST, "OUT", args.out)
         args.out = check_output_path(args.out, "OUT", replaces=None if started else _written_by_reproduce,
                                      own_marker=REPRODUCE_MANIFEST)
     except OutputPathError as e:

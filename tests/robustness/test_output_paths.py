@@ -28,6 +28,21 @@ def test_check_output_path_creates_nothing_and_names_the_culprit(tmp_path):
     assert blocker.read_text() == "kept"
 
 
+def test_an_output_name_too_long_for_the_filesystem_is_one_line(tmp_path, capsys):
+    """`evaluate --out`, `export --out`, `plan --json`, `reproduce OUT` with a name past NAME_MAX (255
+    bytes) were an OSError traceback ("File name too long") from the up-front check itself."""
+    from muse_rec.cli import main
+
+    long = tmp_path / ("a" * 300)
+    for target, directory in ((long, True), (long / "x", True), (tmp_path / ("b" * 300 + ".json"), False)):
+        with pytest.raises(OutputPathError, match=r"--out .*: File name too long$"):
+            check_output_path(str(target), "--out", directory=directory)
+    assert main(["reproduce", str(long), "--quick", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("muse-rec reproduce: OUT ") and err.endswith(": File name too long\n"), err
+    assert os.listdir(tmp_path) == []
+
+
 def test_evaluate_into_a_run_directory_is_refused_and_an_earlier_evaluation_is_replaced(trained, tmp_path):
     """`--out` = the run directory overwrote the run's own metrics.json (its training result and floor
     check) with the evaluation's, silently. Now only a new, empty or earlier evaluation's --out is taken."""
