@@ -10,11 +10,12 @@ so the data never has to be copied.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import struct
-from typing import Any, List, Mapping, Tuple
+from typing import IO, Any, Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -262,6 +263,60 @@ class OutputWriteError(OSError):
             out.filename = str(path)
             return out
         return cls(e.errno, e.strerror or str(e), str(path))
+
+
+class _FirstRefusedWrite(io.RawIOBase):
+    """A binary file for torch's zip writer (`torch.save`, `torch.export.save`) that keeps the first
+    write the OS refused and drops every write after it. torch reports a refused write only as
+    "unexpected pos", and writes again from its writer's destructor, where a second failure aborts
+    the whole process (std::terminate, exit 134) instead of raising."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        super().__init__()
+        self._f = f
+        self.error: Optional[OSError] = None
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:  # torch.export.save warns about a file-like that is not
+        return self._f.seekable()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def write(self, data: Any) -> int:
+        if self.error is None:
+            try:
+                self._f.write(data)
+            except OSError as e:
+                self.error = e
+        return memoryview(data).nbytes  # "written": torch must not write again to report it
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self._f.flush()
+            except OSError as e:
+                self.error = e
+
+
+def write_binary(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Call ``write`` with a file open on ``path`` (e.g. ``lambda f: torch.save(obj, f)``):
+    `OutputWriteError` naming ``path`` where the OS refused a write (a full disk, a file-size
+    limit), not torch's "unexpected pos" or its abort. A refused file is left for the caller."""
+    try:
+        with open(path, "wb") as f:
+            guarded = _FirstRefusedWrite(f)
+            write(guarded)
+            guarded.flush()
+    except OSError as e:  # open, or the close's last flush
+        raise OutputWriteError.naming(e, path) from None
+    if guarded.error is not None:
+        raise OutputWriteError.naming(guarded.error, path) from None
 
 
 def replace_text(path: str | os.PathLike, text: str) -> None:

@@ -35,6 +35,7 @@ import torch
 import torchrec
 
 from muse_rec.data.batch import ITEM_FEATURES, USER_FEATURES
+from muse_rec.data.files import write_binary
 from muse_rec.data.prepared import PreparedData
 from muse_rec.data.schema import SCL_DIM
 from muse_rec.dirlock import DirLock
@@ -261,7 +262,8 @@ def _write_staged(out: Path, program: torch.export.ExportedProgram, manifest: Di
         (out / name).unlink(missing_ok=True)
     stage.mkdir()
     try:
-        torch.export.save(program, str(stage / PROGRAM_FILE))
+        # Through a guarded file: on a full disk torch.export.save aborts the process (exit 134).
+        write_binary(stage / PROGRAM_FILE, lambda f: torch.export.save(program, f))
         manifest["export_seconds"] = round(time.perf_counter() - start, 2)
         (stage / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         digest = write_manifest(stage)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,3 +99,15 @@ def test_a_disk_too_full_for_torch_to_start_is_one_line():
     raised, and every command that imports torch showed that traceback and exited 1."""
     out = full_disk_cli("plan", "--spec", "specs/taobao_mm_full/muse.yaml", "--world-size", "8", limit_bytes=0)
     assert_bad_input(out, "muse-rec plan: ", "No usable temporary directory", "TMPDIR")
+
+
+def test_export_on_a_full_disk_is_one_line_and_keeps_the_earlier_export(tmp_path, trained):
+    """torch.export.save writes again from its writer's destructor after a refused write: the
+    process aborted (std::terminate, exit 134, a native stack dump) instead of one line."""
+    exported = tmp_path / "exported"
+    shutil.copytree(trained.exported, exported)
+    before = snapshot(exported)
+    out = full_disk_cli("export", "--spec", SPEC, *trained.sets(), "--out", str(exported))
+    assert_bad_input(out, "File too large", "ranker.pt2")
+    assert snapshot(exported) == before and sorted(p.name for p in exported.iterdir()) == sorted(
+        p.name for p in trained.exported.iterdir())
