@@ -43,6 +43,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
+from muse_rec.data.files import write_binary
 from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import read_json_object
 
@@ -73,6 +74,21 @@ class Position:
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be written or read as asked; the message names the directory and why."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """The OS refused a write of a checkpoint (a full disk, a file-size limit): that step is not saved."""
+
+
+def _write_refused(tmp: Path, detail: str) -> CheckpointWriteError:
+    """The one line for a save the OS refused: it names the step's staging directory, the free
+    space there (a file-size limit refuses with space left) and how to go on."""
+    try:
+        free = f"{shutil.disk_usage(tmp.parent).free:,} bytes free there"
+    except OSError:
+        free = "free space unknown"
+    return CheckpointWriteError(f"{tmp}: cannot write this checkpoint ({detail}; {free}); the checkpoints saved "
+                                "before it are whole: free space, then continue the run with --resume")
 
 
 class NonFiniteError(CheckpointError):
@@ -277,14 +293,24 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     _barrier()
-    dcp.save(state, checkpoint_id=str(tmp))
-    torch.save(torch.get_rng_state(), tmp / f"rng-{_rank()}.pt")
+    # A refused write (a full disk) reached the user as DCP's "unexpected pos" under a load's
+    # words ("does not fit this model"), or as torch.save's traceback: said as what it is.
+    try:
+        dcp.save(state, checkpoint_id=str(tmp))
+        write_binary(tmp / f"rng-{_rank()}.pt", lambda f: torch.save(torch.get_rng_state(), f))
+    except CheckpointException as e:  # raised on every rank: DCP gathers each rank's failures
+        raise _write_refused(tmp, _failure_summary(e)) from None
+    except OSError as e:
+        raise _write_refused(tmp, " ".join(str(e).split())) from None
     _barrier()
     if _rank() == 0:
-        (tmp / "position.json").write_text(json.dumps(asdict(position), indent=2))
-        if model_spec is not None:
-            (tmp / MODEL_RECORD).write_text(json.dumps(model_spec, indent=2))
-        digest = write_manifest(tmp)  # last: it covers every file above (all ranks' shards)
+        try:
+            (tmp / "position.json").write_text(json.dumps(asdict(position), indent=2))
+            if model_spec is not None:
+                (tmp / MODEL_RECORD).write_text(json.dumps(model_spec, indent=2))
+            digest = write_manifest(tmp)  # last: it covers every file above (all ranks' shards)
+        except OSError as e:
+            raise _write_refused(tmp, " ".join(str(e).split())) from None
         replaced = root / f"step-{position.step:08d}.replaced"
         if final.exists():  # a save of a step saved before (a resume): renamed aside, then deleted, so
             # a kill during the (slow) delete leaves a whole checkpoint under the step's name, not a half one

@@ -111,3 +111,23 @@ def test_export_on_a_full_disk_is_one_line_and_keeps_the_earlier_export(tmp_path
     assert_bad_input(out, "File too large", "ranker.pt2")
     assert snapshot(exported) == before and sorted(p.name for p in exported.iterdir()) == sorted(
         p.name for p in trained.exported.iterdir())
+
+
+def test_a_checkpoint_the_disk_refuses_is_said_as_such_and_the_run_resumes_later(tmp_path, trained):
+    """A refused checkpoint write reached the user as DCP's "unexpected pos" under a load's words:
+    "checkpoint does not fit this model", as if the spec were wrong."""
+    runs = trained.copy_run(tmp_path / "runs")
+    run = runs / "din"
+    sets = [ov.replace(str(trained.runs), str(runs)) for ov in trained.sets(["train.max_steps=3"])]
+    before = snapshot(run / "checkpoints")
+    shard_bytes = max(p.stat().st_size for p in (run / "checkpoints").rglob("*.distcp"))
+    record_bytes = max(len((run / name).read_bytes()) for name in ("spec.yaml", "run.json"))
+    assert record_bytes < shard_bytes // 2  # a limit between them fails the checkpoint, not the run record
+    out = full_disk_cli("train", "--spec", SPEC, *sets, "--device", "cpu", "--resume", limit_bytes=shard_bytes // 2)
+    assert_bad_input(out, str(run / "checkpoints" / "step-00000003.tmp"), "cannot write this checkpoint", "--resume")
+    assert "does not fit" not in out.stderr
+    # the saved checkpoints as they were; the refused one only in its staging directory, never read
+    assert {k: v for k, v in snapshot(run / "checkpoints").items() if not k.startswith("step-00000003.tmp/")} == before
+    out = cli("train", "--spec", SPEC, *sets, "--device", "cpu", "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["total_steps"] == 3
