@@ -87,11 +87,41 @@ _REPRODUCE_ENTRIES = ("runs", "logs", "data", "plan.json", "report.md", "report.
 
 
 def _written_by_reproduce(name: str) -> bool:
-    return (name in _REPRODUCE_ENTRIES or name.endswith(".png")
+    from muse_rec.dirlock import LOCK_FILE
+
+    return (name in _REPRODUCE_ENTRIES or name == LOCK_FILE or name.endswith(".png")
             or (name.startswith("q") and name[1:].replace(".", "", 1).isdigit()))
 
 
 def run(args: argparse.Namespace) -> int:
+    """The reproduction, holding OUT's lock (`muse_rec.dirlock`) unless it is a dry run, which writes
+    nothing: two reproductions in one OUT trained the same runs at once, one of them then "FAILED"
+    on the other's run directory lock, and each wrote its report over the other's."""
+    bad = _bad_arguments(args)  # also makes args.out the local path
+    if bad:
+        print(f"muse-rec reproduce: {bad}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return _run(args)
+    from muse_rec.dirlock import DirLock, DirLockError
+
+    try:
+        lock = DirLock.acquire(Path(args.out), holder="another reproduce", hint="wait for it to end or choose another OUT")
+    except DirLockError as e:
+        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        return 2
+    code: Optional[int] = None
+    try:
+        code = _run(args)
+        return code
+    finally:
+        if code == 2:  # refused: OUT is left as it was found (a new OUT not created)
+            lock.abandon()
+        else:
+            lock.release()
+
+
+def _run(args: argparse.Namespace) -> int:
     from muse_rec.reproduce.plan import FIG5_LENGTHS, REAL, SYNTHETIC, build_plan, parse_what
     from muse_rec.reproduce.report import write_report
     from muse_rec.reproduce.results import load_metrics
@@ -99,10 +129,6 @@ def run(args: argparse.Namespace) -> int:
                                            check_raw, execute, prepare_data)
     from muse_rec.spec import SpecError
 
-    bad = _bad_arguments(args)
-    if bad:
-        print(f"muse-rec reproduce: {bad}", file=sys.stderr)
-        return 2
     if "fusion" in [w.strip().lower() for w in args.what.split(",")]:
         return run_fusion(args)
     for flag, value in (("--scl-qualities", args.scl_qualities), ("--parallel", args.parallel)):

@@ -152,3 +152,19 @@ def test_report_only_names_the_key_of_a_malformed_run(capsys, tmp_path: Path):
     assert main(["reproduce", str(tmp_path), "--what", "table5", "--seeds", "1", "--report-only"]) == 2
     err = capsys.readouterr().err
     assert f"{bad}: auc: expected a finite number or null, got '0.7'" in err and "Traceback" not in err, err
+
+
+def test_a_second_reproduce_into_an_out_in_use_is_refused_naming_the_holder(capsys, tmp_path: Path):
+    """Two reproductions in one OUT trained the same runs at once: one "FAILED" a run on the other's
+    run-directory lock (exit 1) and each wrote its report over the other's."""
+    from muse_rec.dirlock import DirLock
+
+    write_fake_runs(tmp_path, build_plan(("table5",), seeds=1))
+    with DirLock.acquire(tmp_path, "muse-rec reproduce OUT --what table5"):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        assert main(["reproduce", str(tmp_path), "--what", "table5", "--seeds", "1", "--report-only"]) == 2
+        err = capsys.readouterr().err
+        assert "in use by another reproduce" in err and "muse-rec reproduce OUT --what table5" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no report written over the other's
+    assert main(["reproduce", str(tmp_path), "--what", "table5", "--seeds", "1", "--report-only"]) == 0
+    assert (tmp_path / "report.md").exists()
