@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -145,9 +146,33 @@ def prepare_data(out: Path, raw: Optional[str], prepared: Optional[str], synth_a
     return str(target)
 
 
+# Linux's prctl option that has the kernel send a signal to a process when the one that started it dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def ends_with_this_process() -> Optional[Callable[[], None]]:
+    """A ``preexec_fn`` for the subprocesses that write into OUT: each gets SIGTERM when this process
+    dies, even of SIGKILL, which no handler here sees (Linux; elsewhere None). A killed reproduce left
+    its training job running: it kept writing OUT's runs and logs, and the next reproduce then failed
+    those runs on their run-directory locks. torchrun, sent SIGTERM, stops its ranks."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # this process died before the call: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_death_signal
+
+
 def _check_call(cmd: List[str], what: str) -> None:
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, preexec_fn=ends_with_this_process())
     if proc.returncode != 0:
         raise ReproduceError(f"muse-rec {what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     print(f"[reproduce] {what} done in {time.perf_counter() - started:.0f} s", flush=True)
@@ -320,27 +345,33 @@ def _launch(plan: Plan, out: Path, prepared: str, runs: List[Run], ex: Execution
     total, done_before = len(plan.runs), len(plan.runs) - len(runs)
     job_start = time.perf_counter()
     with open(out / "logs" / f"train-{attempt}.log", "w") as logf:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, env=env)
-        while True:
-            rc = proc.poll()
-            events, offset = _read_events(progress, offset)
-            for e in events:
-                if e["event"] == "start":
-                    started.append(e["name"])
-                    say(f"[reproduce] [{done_before + len(finished) + 1}/{total}] training {e['name']} ...")
-                elif e["event"] == "done":
-                    finished.append(e["name"])
-                    log.seconds[e["name"]] = e["seconds"]
-                    left = len(runs) - len(finished)
-                    # Per-run mean over this job, start-up included, so the estimate is honest.
-                    per_run = (time.perf_counter() - job_start) / len(finished)
-                    gauc = e.get("gauc")
-                    say(f"[reproduce]   {e['name']} done in {_fmt_s(e['seconds'])}"
-                        + (f" (GAUC {gauc:.4f})" if isinstance(gauc, float) else "")
-                        + f"; {left} left, ~{_fmt_s(per_run * left)} to go")
-            if rc is not None:
-                break
-            time.sleep(ex.poll_seconds)
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=ends_with_this_process())
+        try:
+            while True:
+                rc = proc.poll()
+                events, offset = _read_events(progress, offset)
+                for e in events:
+                    if e["event"] == "start":
+                        started.append(e["name"])
+                        say(f"[reproduce] [{done_before + len(finished) + 1}/{total}] training {e['name']} ...")
+                    elif e["event"] == "done":
+                        finished.append(e["name"])
+                        log.seconds[e["name"]] = e["seconds"]
+                        left = len(runs) - len(finished)
+                        # Per-run mean over this job, start-up included, so the estimate is honest.
+                        per_run = (time.perf_counter() - job_start) / len(finished)
+                        gauc = e.get("gauc")
+                        say(f"[reproduce]   {e['name']} done in {_fmt_s(e['seconds'])}"
+                            + (f" (GAUC {gauc:.4f})" if isinstance(gauc, float) else "")
+                            + f"; {left} left, ~{_fmt_s(per_run * left)} to go")
+                if rc is not None:
+                    break
+                time.sleep(ex.poll_seconds)
+        finally:
+            if proc.poll() is None:  # interrupted here (Ctrl-C sent to this process alone): the job stops too
+                proc.terminate()
+                proc.wait()
     if rc != 0:
         say(f"[reproduce] training job exited with {rc}")
     return finished, started

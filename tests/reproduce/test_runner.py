@@ -2,17 +2,25 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import List
 
 import pytest
 
+from muse_rec.cli import main
 from muse_rec.reproduce.plan import Config, Run, build_plan
 from muse_rec.reproduce.report import write_report
 from muse_rec.reproduce.results import load_metrics
 from muse_rec.reproduce.runner import (
     Execution, ReproduceError, _read_events, check_manifest, execute, is_done, prepare_data, run_overrides,
 )
+from tests.conftest import REPO, subprocess_env
 
 
 def test_run_overrides_put_name_seed_and_data_last(tmp_path: Path):
@@ -118,3 +126,43 @@ def test_a_relative_out_is_prepared_where_the_user_stands_not_in_the_repository(
         found = stray.exists()
         shutil.rmtree(stray, ignore_errors=True)
     assert not found, f"wrote into the repository: {stray}"
+
+
+def _processes_naming(path: Path) -> List[int]:
+    """Pids of the processes whose command line names ``path`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(path).encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:  # ended meanwhile
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+def test_a_killed_reproduce_leaves_no_training_job_running(tmp_path: Path):
+    """SIGKILL (or a SIGTERM) of `muse-rec reproduce` left its torchrun job training OUT's runs in the
+    background: the next reproduce then failed those runs on their run-directory locks."""
+    raw, prepared, out = tmp_path / "raw", tmp_path / "prepared", tmp_path / "out"
+    assert main(["synth", str(raw), "--preset", "tiny", "--quiet", "--no-diagnostics"]) == 0
+    assert main(["prepare", str(raw), str(prepared), "--no-progress"]) == 0
+    cmd = [sys.executable, "-m", "muse_rec.cli", "reproduce", str(out), "--prepared", str(prepared), "--what", "table1",
+           "--seeds", "1", "--nproc", "1", "--set", "train.epochs=1000"]  # trains far longer than the test waits
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while '"start"' not in ((out / "progress.jsonl").read_text() if (out / "progress.jsonl").exists() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert _processes_naming(out)  # the job (torchrun and its rank) is running
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 60  # torchrun stops its rank on SIGTERM within seconds
+        while _processes_naming(out) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_naming(out)
+    finally:
+        proc.kill()
+        for pid in _processes_naming(out):  # the job this test started, where it outlived its parent
+            os.kill(pid, signal.SIGKILL)
