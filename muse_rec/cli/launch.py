@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from torchx.runner import get_runner
+    from torchx.schedulers.local_scheduler import SignalException
     from torchx.specs import AppState
 
     from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, get_profile, local_start_problem,
@@ -89,7 +90,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"follow it with: torchx status {handle}  |  torchx log {handle}", file=sys.stderr)
             return 0
         logs = _stream_logs(runner, handle)
-        status = runner.wait(handle, wait_interval=1)
+        try:
+            status = runner.wait(handle, wait_interval=1)
+        except SignalException as e:
+            # The local scheduler turns SIGINT / SIGTERM into this exception (a traceback, exit 1, before);
+            # closing the runner stops the job's processes, so the line after it is true.
+            runner.close()
+            print(f"muse-rec launch: interrupted ({e.sigval.name}); its ranks were stopped: the same command with "
+                  "--resume continues the run from its last checkpoint (one every train.checkpoint_every steps; "
+                  "without one, from step 0)", file=sys.stderr)
+            return 128 + int(e.sigval)  # the shell's convention, as for Ctrl-C elsewhere
         logs.join(timeout=30)
         state = status.state if status else None
         print(f"muse-rec launch: {handle} finished: {state}", file=sys.stderr)

@@ -1,0 +1,47 @@
+"""An interrupted local launch (Ctrl-C, a SIGTERM sent to `muse-rec launch`) stops its ranks and says
+in one line how to continue; TorchX's local scheduler raised its SignalException as a traceback, exit 1."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from tests.conftest import REPO, subprocess_env
+from tests.reproduce.test_runner import _processes_naming
+from tests.training.conftest import free_port, overrides
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks in /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_local_launch_stops_its_ranks_and_says_how_to_resume(prepared, tmp_path: Path, sig):
+    sets: List[str] = []
+    # Trains far longer than the test waits; a checkpoint at every step shows that training runs.
+    for ov in overrides(prepared, tmp_path, ["train.epochs=1000", "train.checkpoint_every=1"]):
+        sets += ["--set", ov]
+    log = tmp_path / "launch.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "muse_rec.cli", "launch", "--profile", "cpu-single", "--spec",
+                                 "specs/demo/din.yaml", *sets, "--rdzv-port", str(free_port())],
+                                cwd=REPO, env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "din" / "checkpoints").glob("step-*[0-9]")):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == 128 + sig, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "Traceback" not in text, text[-3000:]
+        last = text.strip().splitlines()[-1]
+        assert last.startswith(f"muse-rec launch: interrupted ({sig.name})") and "--resume" in last, last
+        deadline = time.monotonic() + 60  # the rank (and its torchrun) stop with the launcher
+        while _processes_naming(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_naming(tmp_path)
+    finally:
+        proc.kill()
