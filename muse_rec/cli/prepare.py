@@ -62,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"muse-rec prepare: {_os_error(e, args.out)}", file=sys.stderr)
         return 2
+    except MemoryError as e:  # said as such: a failed allocation while decoding read as a corrupt raw file
+        detail = f" ({' '.join(str(e).split())[:200]})" if str(e) else ""
+        print(f"muse-rec prepare: out of memory{detail}: a smaller --batch-rows (now {args.batch_rows:,}) holds fewer "
+              f"rows at once, a larger --partition-bits (now {args.partition_bits}) smaller spill partitions; "
+              "run again: finished steps are kept", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(meta, indent=2, sort_keys=True))
     else:

@@ -244,7 +244,7 @@ class ParquetPart:
                         check_batch(sub, batch, self.path, rg, first_row)
                         first_row += batch.num_rows
                         yield batch
-                except RawDataError:
+                except (RawDataError, MemoryError):  # pyarrow's ArrowMemoryError is a MemoryError: not damage
                     raise
                 except (pa.ArrowException, OSError) as e:
                     raise raw_error(self.path, f"cannot decode (truncated or corrupt?): {e}", row_group=rg) from e

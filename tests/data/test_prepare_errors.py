@@ -127,3 +127,21 @@ def test_a_second_prepare_into_the_same_out_is_refused(raw: Path, tmp_path: Path
         lock.release()
     rc, err = _run(capsys, str(raw), str(out))  # the lock is gone with its holder
     assert rc == 0 and (out / "meta.json").exists(), err
+
+
+def test_out_of_memory_while_decoding_is_not_called_a_corrupt_file(raw: Path, tmp_path: Path, capsys,
+                                                                   monkeypatch) -> None:
+    """Under a memory limit, pyarrow's failed allocation was reported as the raw file's damage:
+    "bad input: ...parquet, row group 0: cannot decode (truncated or corrupt?): realloc of size ... failed"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def no_memory(self, *args, **kwargs):
+        raise pa.lib.ArrowMemoryError("realloc of size 16777216 failed")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", no_memory)
+    rc, err = _run(capsys, str(raw), str(tmp_path / "o"), "--batch-rows", "4096")
+    line = _one_line(err)
+    assert rc == 2 and "out of memory" in line and "realloc of size 16777216 failed" in line, line
+    assert "corrupt" not in line and "--batch-rows (now 4,096)" in line
