@@ -19,6 +19,8 @@ from typing import Mapping, Optional
 import torch
 import torch.distributed as dist
 
+from muse_rec.lifetime import end_with_torchrun
+
 # Used only when the launcher set no rendezvous address (single process runs).
 DEFAULT_MASTER_ADDR = "127.0.0.1"
 
@@ -135,6 +137,7 @@ def init_distributed(
         The `DistEnv` in use.
     """
     env = env if env is not None else DistEnv.from_environ()
+    end_with_torchrun()  # a rank whose torchrun was killed went on training, its job reported FAILED
     if dist.is_initialized():
         if dist.get_world_size() != env.world_size or dist.get_rank() != env.rank:
             raise RuntimeError(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from muse_rec.json_files import read_json_object
+from muse_rec.lifetime import ending_with_this_process
 from muse_rec.output_paths import REPRODUCE_MANIFEST
 from muse_rec.reproduce.plan import REPO_ROOT, Plan, Run
 
@@ -146,33 +146,9 @@ def prepare_data(out: Path, raw: Optional[str], prepared: Optional[str], synth_a
     return str(target)
 
 
-# Linux's prctl option that has the kernel send a signal to a process when the one that started it dies.
-_PR_SET_PDEATHSIG = 1
-
-
-def ends_with_this_process() -> Optional[Callable[[], None]]:
-    """A ``preexec_fn`` for the subprocesses that write into OUT: each gets SIGTERM when this process
-    dies, even of SIGKILL, which no handler here sees (Linux; elsewhere None). A killed reproduce left
-    its training job running: it kept writing OUT's runs and logs, and the next reproduce then failed
-    those runs on their run-directory locks. torchrun, sent SIGTERM, stops its ranks."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
-    parent = os.getpid()
-
-    def set_death_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # this process died before the call: no signal will come
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return set_death_signal
-
-
 def _check_call(cmd: List[str], what: str) -> None:
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, preexec_fn=ends_with_this_process())
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, preexec_fn=ending_with_this_process())
     if proc.returncode != 0:
         raise ReproduceError(f"muse-rec {what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     print(f"[reproduce] {what} done in {time.perf_counter() - started:.0f} s", flush=True)
@@ -346,7 +322,7 @@ def _launch(plan: Plan, out: Path, prepared: str, runs: List[Run], ex: Execution
     job_start = time.perf_counter()
     with open(out / "logs" / f"train-{attempt}.log", "w") as logf:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=ends_with_this_process())
+                                preexec_fn=ending_with_this_process())
         try:
             while True:
                 rc = proc.poll()

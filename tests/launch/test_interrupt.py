@@ -1,7 +1,9 @@
 """An interrupted local launch (Ctrl-C, a SIGTERM sent to `muse-rec launch`) stops its ranks and says
-in one line how to continue; TorchX's local scheduler raised its SignalException as a traceback, exit 1."""
+in one line how to continue; TorchX's local scheduler raised its SignalException as a traceback, exit 1.
+A rank whose torchrun is killed ends with it."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from typing import List
 
 import pytest
 
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, subprocess_env, venv_bin
 from tests.reproduce.test_runner import _processes_naming
 from tests.training.conftest import free_port, overrides
 
@@ -45,3 +47,30 @@ def test_an_interrupted_local_launch_stops_its_ranks_and_says_how_to_resume(prep
         assert not _processes_naming(tmp_path)
     finally:
         proc.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+def test_a_rank_ends_when_its_torchrun_is_killed(prepared, tmp_path: Path):
+    """SIGKILL of torchrun (the OOM killer, kill -9) left its ranks training in the background, holding
+    the run directory, after `muse-rec launch` had reported the job FAILED."""
+    cmd = [venv_bin("torchrun"), "--nnodes", "1", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+           "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "-m", "muse_rec.cli", "train", "--spec", "specs/demo/din.yaml",
+           "--device", "cpu"]
+    for ov in overrides(prepared, tmp_path, ["train.epochs=1000", "train.checkpoint_every=1"]):
+        cmd += ["--set", ov]
+    agent = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "din" / "checkpoints").glob("step-*[0-9]")):
+            assert agent.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        agent.kill()
+        agent.wait()
+        deadline = time.monotonic() + 60
+        while _processes_naming(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_naming(tmp_path)
+    finally:
+        agent.kill()
+        for pid in _processes_naming(tmp_path):  # the rank this test started, where it outlived its torchrun
+            os.kill(pid, signal.SIGKILL)
