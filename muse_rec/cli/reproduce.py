@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from muse_rec.data.files import replace_text
     from muse_rec.reproduce.plan import FIG5_LENGTHS, REAL, SYNTHETIC, build_plan, parse_what
     from muse_rec.reproduce.report import write_report
     from muse_rec.reproduce.results import load_metrics
@@ -173,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
     source = args.prepared or args.raw or "synthetic"
     try:
         check_manifest(out, {"data": source, "synth_args": synth_args})
-        (out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+        replace_text(out / "plan.json", json.dumps(plan.to_dict(), indent=2) + "\n")  # names the file it cannot write
         log = None
         if not args.report_only:
             prepared = prepare_data(out, args.raw, args.prepared, synth_args)
@@ -188,7 +189,11 @@ def _run(args: argparse.Namespace) -> int:
     if per_run:
         context.append(f"training + evaluation time summed over the {len(per_run)} finished runs: "
                        f"{sum(per_run) / 60:.1f} min (from metrics.json; excludes process start-up)")
-    report = write_report(plan, metrics, out, context, min_z=args.min_z, synthetic=not real)
+    try:
+        report = write_report(plan, metrics, out, context, min_z=args.min_z, synthetic=not real)
+    except OSError as e:  # the OS refused a figure or the report (a full disk): named, the earlier ones whole
+        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        return 2
     figures = ", ".join(p.name for p in report.figures.values())
     print(f"[reproduce] wrote {out / 'report.md'}" + (f" and {figures}" if figures else " (no figure: no finished runs)"))
     held = [v for vs in report.verdicts.values() for v in vs]
@@ -276,7 +281,11 @@ def run_fusion(args: argparse.Namespace) -> int:
                ("report written from the finished runs (--report-only)" if args.report_only else
                 f"wall {(time.perf_counter() - started) / 60:.1f} min (shared machine: timings are noisy)"),
                f"command: `muse-rec reproduce {out} {' '.join(flags)}`"]
-    path, fig, holds = write_fusion_report(out, table, qualities, context)
+    try:
+        path, fig, holds = write_fusion_report(out, table, qualities, context)
+    except OSError as e:  # as for the paper's report: a figure or the report the OS refused, named
+        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        return 2
     print(f"[reproduce] wrote {path}" + (f" and {fig.name}" if fig else "")
           + f"; fusion criterion {'holds' if holds else 'does not hold'}")
     missing = sum(len(p.runs) for p in plans.values()) - sum(s.n for row in table.values() for s in row.values())

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from muse_rec.data.files import replace_text
 from muse_rec.reproduce.plan import SPECS_DIR, SYNTHETIC, Config, Plan, Run
 from muse_rec.reproduce.results import Stats, load_metrics, metric_stats
 from muse_rec.reproduce.runner import Execution, Printer, check_manifest, execute, prepare_data, say_now
@@ -202,5 +203,5 @@ def write_fusion_report(out: Path, table: Dict[float, Dict[str, Stats]], qualiti
     if fig is not None:
         lines += [f"![GAUC against SCL quality]({fig.name})", ""]
     path = out / "fusion_report.md"
-    path.write_text("\n".join(lines))
+    replace_text(path, "\n".join(lines))  # whole or not at all, naming the file it cannot write
     return path, fig, holds

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
@@ -18,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from muse_rec.data.files import OutputWriteError, tmp_name  # noqa: E402
 from muse_rec.reproduce.paper import PaperTable  # noqa: E402
 from muse_rec.reproduce.results import GroupGain, Stats  # noqa: E402
 
@@ -140,7 +142,17 @@ def plot_fusion(qualities: Sequence[float], table: Mapping[float, Mapping[str, S
 
 
 def _save(fig: "plt.Figure", path: Path) -> Path:
+    """Save ``fig`` whole or not at all (written beside, then renamed over an earlier figure): a full
+    disk left a cut PNG under the figure's name, and a traceback. `OutputWriteError` names the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    tmp = tmp_name(str(path))
+    try:
+        fig.savefig(tmp, dpi=DPI, format=path.suffix.lstrip("."))
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputWriteError.naming(e, path) from None
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from muse_rec.data.files import replace_texts
 from muse_rec.reproduce import plots
 from muse_rec.reproduce.claims import DEFAULT_MIN_Z, HOLDS, Verdict, compare_sentence, evaluate_claim
 from muse_rec.reproduce.paper import FIG5_CLAIM, FIG6_CLAIMS, PAPER_TABLES, PaperTable
@@ -288,8 +289,8 @@ def write_report(plan: Plan, metrics: RunMetrics, out: Path, context: Sequence[s
     tail += ["Claims that did not hold (or were within noise) here:", ""]
     tail += [f"- {s}" for s in failed] if failed else ["- none"]
     report.markdown = "\n".join(head + sections + tail) + "\n"
-    (out / "report.md").write_text(report.markdown)
-    (out / "report.json").write_text(json.dumps(
+    # Both or neither (a full disk): never a new report.md beside the earlier report.json.
+    replace_texts({out / "report.md": report.markdown, out / "report.json": json.dumps(
         {k: [{"status": v.status, "sentence": v.sentence, "gap": v.gap} for v in vs]
-         for k, vs in report.verdicts.items()}, indent=2) + "\n")
+         for k, vs in report.verdicts.items()}, indent=2) + "\n"})
     return report

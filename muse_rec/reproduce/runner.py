@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from muse_rec.data.files import replace_text
 from muse_rec.json_files import read_json_object
 from muse_rec.lifetime import ending_with_this_process
 from muse_rec.output_paths import REPRODUCE_MANIFEST
@@ -103,7 +104,7 @@ def check_manifest(out: Path, wanted: Dict, record: bool = True) -> None:
         return
     if record:
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(wanted, indent=2) + "\n")
+        replace_text(path, json.dumps(wanted, indent=2) + "\n")  # names the file it cannot write
 
 
 def _cli(*args: str) -> List[str]:

@@ -168,3 +168,21 @@ def test_a_second_reproduce_into_an_out_in_use_is_refused_naming_the_holder(caps
         assert sorted(p.name for p in tmp_path.iterdir()) == before  # no report written over the other's
     assert main(["reproduce", str(tmp_path), "--what", "table5", "--seeds", "1", "--report-only"]) == 0
     assert (tmp_path / "report.md").exists()
+
+
+def test_a_report_the_disk_refuses_is_one_line_and_keeps_the_earlier_figures(tmp_path: Path):
+    """A full disk cut the figure under its own name (a PNG that looks written) and ended in a
+    traceback, exit 1; report.md and report.json were written one after the other."""
+    from tests.robustness.test_full_disk import full_disk_cli
+
+    write_fake_runs(tmp_path, build_plan(("table5",), seeds=2))
+    args = ["reproduce", str(tmp_path), "--what", "table5", "--seeds", "2", "--report-only"]
+    assert main(args) == 0
+    png = tmp_path / "table5.png"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != ".lock"}
+    limit = len(png.read_bytes()) // 2  # room for the plan, not for the figure
+    assert limit > len((tmp_path / "plan.json").read_bytes())
+    out = full_disk_cli(*args, limit_bytes=limit)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1] == f"muse-rec reproduce: [Errno 27] File too large: '{png}'"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != ".lock"} == before
