@@ -51,6 +51,7 @@ from muse_rec.serving.int8_check import check_requests, deviation_report, score_
 from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_position
+from muse_rec.training.checkpoint_choice import DELETED_RETRIES, deleted_too_often, deleted_while_read
 from muse_rec.training.run_record import check_model_settings
 
 # The program takes any candidate count from MIN_CANDIDATES (traced size-obliviously, see `export_program`).
@@ -90,18 +91,27 @@ def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str]
         allow_data_mismatch: accept a checkpoint trained on other prepared data.
         expect_sha256: the checkpoint's pinned digest (its manifest is checked in any case).
     """
-    ck = resolve_checkpoint(spec, checkpoint)
-    check_data_fingerprint(ck, read_position(ck).data_fingerprint, data, allow_data_mismatch)
-    check_model_settings(ck, spec)  # loading checks shapes only: another method's weights may fit them
     train_model = build_train_model(spec.model, data.vocab_sizes, spec.data.seq_len if seq_len is None else seq_len,
                                     device=torch.device("cpu"))
-    try:
-        load_checkpoint(ck, train_model, None, skip=is_frozen_key, expect_sha256=expect_sha256)
-    except CheckpointError:
-        raise  # names the directory and the integrity failure or the mismatched keys
-    except Exception as e:  # DCP raises assorted types for a mismatched checkpoint
-        raise ExportError(f"{ck}: cannot load into the model of this spec ({type(e).__name__}: {e}); "
-                          "is it the spec and prepared data the run was trained with?") from e
+    # A run still training deletes its older checkpoints: the one chosen may go while it is read, as
+    # for an evaluation (`checkpoint_choice`); the failure then named a missing shard "does not fit this
+    # model", or a missing manifest "not written by muse_rec".
+    for _ in range(DELETED_RETRIES):
+        ck = resolve_checkpoint(spec, checkpoint)
+        check_data_fingerprint(ck, read_position(ck).data_fingerprint, data, allow_data_mismatch)
+        check_model_settings(ck, spec)  # loading checks shapes only: another method's weights may fit them
+        try:
+            load_checkpoint(ck, train_model, None, skip=is_frozen_key, expect_sha256=expect_sha256)
+            break
+        except CheckpointError:  # names the directory and the integrity failure or the mismatched keys
+            if ck.exists():
+                raise
+            deleted_while_read(ck, checkpoint)
+        except Exception as e:  # DCP raises assorted types for a mismatched checkpoint
+            raise ExportError(f"{ck}: cannot load into the model of this spec ({type(e).__name__}: {e}); "
+                              "is it the spec and prepared data the run was trained with?") from e
+    else:
+        raise deleted_too_often(spec)
     model = train_model.model
     model.sparse_arch.load_scl_(data.scl())
     return model.eval(), ck

@@ -8,6 +8,7 @@ Layout of a run directory's ``checkpoints/``::
         rng-<rank>.pt        each rank's torch RNG state (dropout, shuffling)
         SHA256SUMS.json      every file's SHA-256 (muse_rec.integrity), checked before loading
     step-00000080.tmp/       a save in progress or killed mid-way: never read, removed later
+    step-00000040.replaced/  a checkpoint renamed aside to be deleted (pruned, or saved again): never read
 
 A step directory gets its final name only once whole, so one without position.json is damage:
 the newest such directory is refused (`latest_checkpoint`), never passed over for an older one.
@@ -332,7 +333,15 @@ def _prune(root: Path, keep: int, run_id: str) -> None:
     """
     mine = [p for _, p in _complete(root) if _run_id_of(p) == run_id]
     for p in mine[:-keep] if keep > 0 else []:
-        shutil.rmtree(p, ignore_errors=True)
+        # Renamed aside, then deleted: an evaluation or export reading it meanwhile finds its name gone at
+        # once (and reads the run's newest instead), not a directory losing its files one by one.
+        aside = p.with_name(p.name + ".replaced")
+        shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.replace(p, aside)
+        except OSError:
+            aside = p
+        shutil.rmtree(aside, ignore_errors=True)
     for p in [*root.glob("step-*.tmp"), *root.glob("step-*.replaced")]:
         shutil.rmtree(p, ignore_errors=True)
 

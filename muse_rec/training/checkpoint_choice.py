@@ -73,12 +73,23 @@ def load_for_evaluation(ck: Path, spec: Spec, checkpoint: Optional[str], data: P
         except (CheckpointError, OSError):
             if not from_main_rank(not ck.exists() if env.is_main else False):  # rank 0's view: one answer for all
                 raise
-            if checkpoint:
-                raise RunError(f"{ck}: deleted while it was read: the run that wrote it is still training and "
-                               "keeps only its newest checkpoints; copy the checkpoint out first, or evaluate the "
-                               "run's latest (no --checkpoint)") from None
-        logger.warning("%s was deleted while it was read (its run is still training and keeps only its newest "
-                       "checkpoints): reading the run's newest checkpoint instead", ck)
+            deleted_while_read(ck, checkpoint)
         ck = evaluation_checkpoint(spec, None, data, env, allow_data_mismatch)
-    raise RunError(f"{spec.run_dir}: {DELETED_RETRIES} checkpoints in a row were deleted while they were read: the "
-                   "run is still training with a short train.checkpoint_every; evaluate it once it has finished")
+    raise deleted_too_often(spec)
+
+
+def deleted_while_read(ck: Path, checkpoint: Optional[str]) -> None:
+    """After a read of ``ck`` failed because ``ck`` is gone: `RunError` where the user named it
+    (``checkpoint``), else a warning; the caller then reads the run's newest checkpoint."""
+    if checkpoint:
+        raise RunError(f"{ck}: deleted while it was read: the run that wrote it is still training and keeps only "
+                       "its newest checkpoints; copy the checkpoint out first, or use the run's latest (no "
+                       "--checkpoint)") from None
+    logger.warning("%s was deleted while it was read (its run is still training and keeps only its newest "
+                   "checkpoints): reading the run's newest checkpoint instead", ck)
+
+
+def deleted_too_often(spec: Spec) -> RunError:
+    """The error once `DELETED_RETRIES` checkpoints in a row were deleted while they were read."""
+    return RunError(f"{spec.run_dir}: {DELETED_RETRIES} checkpoints in a row were deleted while they were read: the "
+                    "run is still training with a short train.checkpoint_every; try again once it has finished")
