@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Callable, Optional
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator, List, Optional
 
 _PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its parent dies
 
@@ -49,3 +51,31 @@ def end_with_torchrun() -> None:
     prctl = _prctl()
     if prctl is not None and TORCHRUN_WORKER_ENV in os.environ:
         _end_with(os.getppid(), prctl)
+
+
+# The signals that Python turns into an exception where the program happens to be (KeyboardInterrupt,
+# and SIGTERM in `muse_rec.cli.main`).
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """SIGINT / SIGTERM that arrive in the block take effect when it ends. For writes that must not be
+    cut by an exception: raised inside torch's zip writer one aborted the process (std::terminate,
+    exit 134), inside DCP's save it became the save's failure. Only signals with a Python handler are
+    deferred (a default action ends the process at once, which the writers' staging survives); only
+    on the main thread, the one Python's handlers run on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: List[int] = []
+    previous = {s: h for s in INTERRUPTS if callable(h := signal.getsignal(s))}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if caught:
+            signal.raise_signal(caught[0])  # now to the handler it was meant for

@@ -47,6 +47,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from muse_rec.data.files import write_binary
 from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import read_json_object
+from muse_rec.lifetime import interrupts_deferred
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +290,14 @@ def save_checkpoint(
     tmp = root / f"step-{position.step:08d}.tmp"
     state = _state(model, optimizer, skip)
     _check_finite(state, position.step)
+    with interrupts_deferred():  # Ctrl-C / SIGTERM: the save finishes first (a run stopped there resumes from it)
+        _save(root, final, tmp, state, position, keep, model_spec)
+    return final
+
+
+def _save(root: Path, final: Path, tmp: Path, state: Dict, position: Position, keep: int,
+          model_spec: Optional[Dict[str, Any]]) -> None:
+    """`save_checkpoint`'s writes: staged in ``tmp``, renamed to ``final``, older ones pruned."""
     if _rank() == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -322,7 +331,6 @@ def save_checkpoint(
         logger.info("checkpoint %s (sha256 %s)", final, digest)
         _prune(root, keep, position.run_id)
     _barrier()
-    return final
 
 
 def _prune(root: Path, keep: int, run_id: str) -> None:

@@ -61,3 +61,37 @@ def test_a_pruned_checkpoint_leaves_its_name_at_once(tmp_path, monkeypatch):
     C._prune(root, keep=2, run_id="r")
     assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000003"]
     assert "step-00000001" not in deleted and "step-00000001.replaced" in deleted
+
+
+def test_ctrl_c_during_a_checkpoint_save_takes_effect_once_the_save_is_whole(tmp_path, monkeypatch):
+    """Ctrl-C raised KeyboardInterrupt inside DCP's save, which reported it as the save's failure:
+    `train` said "checkpoint does not fit this model: KeyboardInterrupt" (exit 2), or torch's zip writer
+    aborted the process (exit 134)."""
+    import os
+    import signal
+
+    import torch
+
+    from muse_rec.training import checkpoint as C
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+    real_save = C.dcp.save
+
+    def save_interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, mid-save
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(C.dcp, "save", save_interrupted)
+    root = tmp_path / "checkpoints"
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever the runner set
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            C.save_checkpoint(str(root), Tiny(), None, C.Position(step=1, run_id="r"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000001"]  # whole, under its final name
+    assert C.latest_checkpoint(str(root), run_id="r") == root / "step-00000001"
