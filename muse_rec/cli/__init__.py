@@ -11,7 +11,9 @@ import importlib
 import importlib.util
 import os
 import select
+import signal
 import sys
+import threading
 import warnings
 from typing import List, NoReturn, Optional
 
@@ -59,6 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.command)
+    previous_term = _terminate_as_interrupt()
     try:
         return int(args._run(args) or 0)
     except (MemoryError, RuntimeError) as e:
@@ -80,9 +83,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(f"muse-rec {args.command}: {' '.join(str(e).split())}: torch needs one to start; free space "
                          "there or point TMPDIR at a writable directory with free space\n")
         return 2
-    except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a bug: a line saying what to do, not a traceback
+    except KeyboardInterrupt as e:  # Ctrl-C is the user's choice, not a bug: a line saying what to do, not a traceback
         sys.stderr.write(f"\nmuse-rec {args.command}: interrupted{_AFTER_AN_INTERRUPT.get(args.command, '')}\n")
-        return 130  # 128 + SIGINT, the shell's convention
+        return 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)  # the shell's convention
     except BrokenPipeError:
         # The reader of the output went away (`muse-rec rank ... | head`): end quietly, as a Unix
         # tool killed by SIGPIPE does. Any other broken pipe (a worker's, a peer's) is a real error.
@@ -93,8 +96,30 @@ def main(argv: Optional[List[str]] = None) -> int:
         for fd in closed:  # else Python reports the failed flush of the closed stream at exit
             os.dup2(devnull, fd)
         return 141  # 128 + SIGPIPE, the shell's convention
-    finally:  # main() also runs in-process (tests, notebooks): leave the caller's format as it was
+    finally:  # main() also runs in-process (tests, notebooks): leave the caller's format and handler as they were
         warnings.formatwarning = previous
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's preemption, ``kill PID``), raised where Python was and handled as Ctrl-C is."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+def _terminate_as_interrupt() -> Optional[object]:
+    """Make SIGTERM end the command as Ctrl-C does (its cleanup, then one line saying how to go on,
+    exit 143): it ended silently. Not in a torchrun rank, whose torchrun sends SIGTERM to stop it and
+    escalates to SIGKILL only after a wait, which a rank blocked in a collective would then cost; not
+    off the main thread (no handler can be set there). Returns the previous handler (None: unchanged)."""
+    from muse_rec.lifetime import TORCHRUN_WORKER_ENV
+
+    if TORCHRUN_WORKER_ENV in os.environ or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -74,3 +74,31 @@ def test_a_rank_ends_when_its_torchrun_is_killed(prepared, tmp_path: Path):
         agent.kill()
         for pid in _processes_naming(tmp_path):  # the rank this test started, where it outlived its torchrun
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_terminated_train_says_how_to_continue_and_resumes(prepared, tmp_path: Path):
+    """SIGTERM (a cluster's preemption, `kill PID`) ended `muse-rec train` silently (killed by the signal):
+    the log said nothing of what happened or what to do."""
+    sets: List[str] = []
+    for ov in overrides(prepared, tmp_path, ["train.epochs=1000", "train.checkpoint_every=1"]):
+        sets += ["--set", ov]
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "muse_rec.cli", "train", "--spec", "specs/demo/din.yaml", *sets,
+                                 "--device", "cpu"], cwd=REPO, env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "din" / "checkpoints").glob("step-*[0-9]")):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        proc.terminate()
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+        last = log.read_text().strip().splitlines()[-1]
+        assert last.startswith("muse-rec train: interrupted") and "--resume" in last, last
+    finally:
+        proc.kill()
+    step = max(int(p.name.split("-")[1]) for p in (tmp_path / "din" / "checkpoints").glob("step-*[0-9]"))
+    out = subprocess.run([sys.executable, "-m", "muse_rec.cli", "train", "--spec", "specs/demo/din.yaml", *sets,
+                          "--set", f"train.max_steps={step + 1}", "--device", "cpu", "--resume"],
+                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and f"resumed from {tmp_path / 'din' / 'checkpoints'}" in out.stderr, out.stderr[-3000:]
