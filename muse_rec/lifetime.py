@@ -29,10 +29,18 @@ def _prctl() -> Optional[Callable[..., int]]:
     return ctypes.CDLL(None, use_errno=True).prctl
 
 
-def _end_with(parent: int, prctl: Callable[..., int]) -> None:
-    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _end_with(parent: int, prctl: Callable[..., int], sig: int = signal.SIGTERM) -> None:
+    prctl(_PR_SET_PDEATHSIG, sig)
     if os.getppid() != parent:  # the parent died before the call: no signal will come
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
+
+
+def end_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """Have the kernel send ``sig`` to this process when its parent, pid ``parent``, dies (at once if
+    it already has); nothing where the signal does not exist."""
+    prctl = _prctl()
+    if prctl is not None:
+        _end_with(parent, prctl, sig)
 
 
 def ending_with_this_process() -> Optional[Callable[[], None]]:
@@ -48,9 +56,8 @@ def ending_with_this_process() -> Optional[Callable[[], None]]:
 
 def end_with_torchrun() -> None:
     """In a rank that torchrun started: end when that torchrun ends (nothing in any other process)."""
-    prctl = _prctl()
-    if prctl is not None and TORCHRUN_WORKER_ENV in os.environ:
-        _end_with(os.getppid(), prctl)
+    if TORCHRUN_WORKER_ENV in os.environ:
+        end_with_parent(os.getppid())
 
 
 # The signals that Python turns into an exception where the program happens to be (KeyboardInterrupt,

@@ -12,11 +12,9 @@ Every batch is built with NumPy gathers on memory-mapped arrays: no per-row Pyth
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
@@ -29,6 +27,7 @@ from muse_rec.data.batch import POOLED_FEATURES, Batch, history_groups, pooled_k
 # training stack is imported.
 from muse_rec.data.epochs import steps_per_epoch
 from muse_rec.data.prepared import PreparedData, PreparedDataError
+from muse_rec.lifetime import end_with_parent
 
 
 class PreparedBatches(IterableDataset):
@@ -251,12 +250,7 @@ def _die_with(parent_pid: int, _worker_id: int) -> None:
     the worker then blocks forever, the lock stays taken (a resume, or torchrun's restart, is
     refused) and a pipe reading the trainer's output never ends.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    pr_set_pdeathsig = 1  # <linux/prctl.h>
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the trainer died before the request above
-        os._exit(1)
+    end_with_parent(parent_pid, signal.SIGKILL)
 
 
 def make_loader(data: Union[PreparedData, str], split: str, batch_size: int, seq_len: int, rank: int = 0,
