@@ -89,12 +89,18 @@ def run(args: argparse.Namespace) -> int:
         if not (local or args.wait):
             print(f"follow it with: torchx status {handle}  |  torchx log {handle}", file=sys.stderr)
             return 0
-        logs = _stream_logs(runner, handle)
+        stopped = threading.Event()
+        logs = _stream_logs(runner, handle, stopped)
         try:
             status = runner.wait(handle, wait_interval=1)
         except SignalException as e:
-            # The local scheduler turns SIGINT / SIGTERM into this exception (a traceback, exit 1, before);
-            # closing the runner stops the job's processes, so the line after it is true.
+            # The local scheduler turns SIGINT / SIGTERM into this exception (a traceback, exit 1, before).
+            # Cancelled first, closed after: the log follower sees the job end and prints its last lines
+            # (closing deletes the job's log directory, under a follower still reading it: its traceback
+            # came after the line below). Closing stops whatever is left, so that line is true.
+            stopped.set()
+            runner.cancel(handle)
+            logs.join(timeout=_LOG_FOLLOWER_GRACE_S)
             runner.close()
             print(f"muse-rec launch: interrupted ({e.sigval.name}); its ranks were stopped: the same command with "
                   "--resume continues the run from its last checkpoint (one every train.checkpoint_every steps; "
@@ -118,11 +124,25 @@ def _pairs(items: List[str], flag: str) -> Dict[str, str]:
     return out
 
 
-def _stream_logs(runner, handle: str) -> threading.Thread:
-    """Every rank's log lines on stderr while the job runs (TorchX's own log follower)."""
+# How long an interrupted launch waits for the log follower to print the stopped ranks' last lines.
+_LOG_FOLLOWER_GRACE_S = 10.0
+
+
+def _stream_logs(runner, handle: str, stopped: threading.Event) -> threading.Thread:
+    """Every rank's log lines on stderr while the job runs (TorchX's own log follower). Once
+    ``stopped`` is set (the launch was interrupted and closed the job), the follower's failure is
+    expected and not shown: closing deletes the job's log directory under it, which TorchX's
+    follower reported as a FileNotFoundError traceback after the launch's last line."""
     from torchx.cli.cmd_log import get_logs
 
-    t = threading.Thread(target=get_logs, kwargs={"file": sys.stderr, "runner": runner, "identifier": handle,
-                                                   "regex": None, "should_tail": True}, daemon=True)
+    def follow() -> None:
+        try:
+            get_logs(file=sys.stderr, runner=runner, identifier=handle, regex=None, should_tail=True)
+        except Exception as e:  # noqa: BLE001 - a thread's exception would be a traceback on stderr
+            if not stopped.is_set():
+                print(f"muse-rec launch: stopped following the ranks' logs ({type(e).__name__}: "
+                      f"{' '.join(str(e).split())}); the job goes on: torchx log {handle}", file=sys.stderr)
+
+    t = threading.Thread(target=follow, daemon=True)
     t.start()
     return t
