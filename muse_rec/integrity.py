@@ -104,8 +104,8 @@ def verify(root: str | os.PathLike, expect_sha256: Optional[str] = None) -> str:
     """Check every file of ``root`` against its manifest (and ``expect_sha256``); returns the digest.
 
     Raises:
-        IntegrityError: naming the artifact and the first file that differs, is missing or is
-            not listed; a listed name outside the directory (absolute, with a ``..`` part, or
+        IntegrityError: naming the artifact and the first file that differs, is missing, cannot be
+            read (e.g. a dangling symbolic link) or is not listed; a listed name outside the directory (absolute, with a ``..`` part, or
             reached through a symbolic link); or the pinned digest that does not match. Nothing
             is unpickled here.
     """
@@ -136,7 +136,10 @@ def verify(root: str | os.PathLike, expect_sha256: Optional[str] = None) -> str:
     missing = sorted(set(listed) - present)
     if missing:
         raise IntegrityError(f"{root / missing[0]}: missing (listed in {MANIFEST})")
-    actual = hash_files(root, sorted(listed))
+    try:
+        actual = hash_files(root, sorted(listed))
+    except OSError as e:  # a listed name that is a dangling symbolic link, or a file that cannot be read
+        raise IntegrityError(f"{e.filename or root}: cannot be read ({e.strerror or e}); the artifact is damaged") from None
     for rel in sorted(listed):
         if actual[rel] != listed[rel]:
             raise IntegrityError(f"{root / rel}: SHA-256 differs from {MANIFEST} (corrupted or tampered with)")

@@ -346,3 +346,15 @@ def test_a_directory_that_is_no_export_is_named_as_such(trained, tmp_path):
     out = cli("rank", "--spec", SPEC, *trained.sets(), "--exported", str(trained.run_dir), "--request", str(req))
     assert_bad_input(out, f"{trained.run_dir}: not an export (no ranker.pt2, no manifest.json); it holds a training "
                           "run (run.json); pass the --out of `muse-rec export`")
+
+
+def test_a_listed_file_that_is_a_dangling_symbolic_link_is_named(tmp_path):
+    """A listed file replaced by a symbolic link to nothing: the directory's walk lists the link, so it
+    was neither "missing" nor "not listed", and hashing it raised FileNotFoundError (a traceback, exit 1)."""
+    (tmp_path / "position.json").write_text("{}")
+    (tmp_path / ".metadata").write_bytes(b"m")
+    write_manifest(tmp_path)
+    (tmp_path / ".metadata").unlink()
+    (tmp_path / ".metadata").symlink_to(tmp_path / "gone")
+    with pytest.raises(IntegrityError, match=rf"^{tmp_path / '.metadata'}: cannot be read \(No such file"):
+        verify(tmp_path)
