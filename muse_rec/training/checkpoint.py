@@ -74,6 +74,11 @@ class Position:
     train_seconds: Optional[float] = None
 
 
+# The largest integer a position.json field may hold: the step fills the fused optimizers' int64 step
+# tensors, so a larger one (JSON has no bound) was an OverflowError traceback on --resume.
+_POSITION_INT_MAX = torch.iinfo(torch.int64).max
+
+
 class CheckpointError(ValueError):
     """A checkpoint cannot be written or read as asked; the message names the directory and why."""
 
@@ -110,8 +115,8 @@ def read_position(path: Path) -> Position:
             continue
         v, low = raw[f.name], (1 if f.name == "world_size" else 0)
         if f.type == "int":
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise CheckpointError(f"{pos_file}: {f.name} must be an integer >= {low}, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= _POSITION_INT_MAX:
+                raise CheckpointError(f"{pos_file}: {f.name} must be a 64-bit integer >= {low}, got {v!r}")
         elif f.type == "Optional[float]":
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
                 raise CheckpointError(f"{pos_file}: {f.name} must be a finite number >= 0 or null, got {v!r}")

@@ -326,8 +326,10 @@ def _forge_position(run_dir, edit) -> None:
 
 @pytest.mark.parametrize("command", ["resume", "evaluate"])
 @pytest.mark.parametrize("edit, needle", [
-    (lambda p: {**p, "step": "x"}, "step must be an integer >= 0, got 'x'"),  # was a TypeError traceback
-    (lambda p: {**p, "world_size": 0}, "world_size must be an integer >= 1"),
+    (lambda p: {**p, "step": "x"}, "step must be a 64-bit integer >= 0, got 'x'"),  # was a TypeError traceback
+    (lambda p: {**p, "world_size": 0}, "world_size must be a 64-bit integer >= 1"),
+    # JSON has no bound: the step filled the fused optimizers' int64 step tensors, an OverflowError traceback
+    (lambda p: {**p, "step": 10 ** 30}, f"step must be a 64-bit integer >= 0, got {10 ** 30}"),
     (lambda p: [p], "expected a JSON object"),  # was skipped: the run resumed from an older checkpoint
     (lambda p: {**p, "train_seconds": "x"}, "train_seconds must be a finite number >= 0 or null, got 'x'"),
 ])
