@@ -260,10 +260,13 @@ class PreparedData:
         """
         if values.size and (values.min() < low or values.max() >= limit):
             bad = values[(values < low) | (values >= limit)].flat[0]
-            raise PreparedDataError(f"{join_path(self.path, rel)}: {what} {int(bad)} is outside [{low}, {limit}); the "
-                                    "data is damaged or was not written by `muse-rec prepare` "
-                                    f"(`muse-rec check {self.path}` lists every problem)")
+            raise self._damaged(rel, f"{what} {int(bad)} is outside [{low}, {limit})")
         return values
+
+    def _damaged(self, rel: str, what: str) -> PreparedDataError:
+        """The error for array ``rel`` holding what prepare never writes (``what``), naming the file."""
+        return PreparedDataError(f"{join_path(self.path, rel)}: {what}; the data is damaged or was not written by "
+                                 f"`muse-rec prepare` (`muse-rec check {self.path}` lists every problem)")
 
     def labels(self, split: str, idx: Union[np.ndarray, slice] = slice(None)) -> np.ndarray:
         """int8 labels of the split's samples ``idx``, checked to be 0 or 1 (a BCE target of 7 would
@@ -349,8 +352,16 @@ class PreparedData:
         return Vocab(self.array(f"vocab/{name}.npy"), name)
 
     def scl(self) -> np.ndarray:
-        """int8 ``[vocab_sizes["item"], 128]`` SCL vectors by item row; zero rows where absent."""
-        return self.array("items/scl.npy")
+        """int8 ``[vocab_sizes["item"], 128]`` SCL vectors by item row; zero rows where absent.
+
+        Row 0 (padding, unknown items) is checked to be zero here, where every reader gets the
+        table: the frozen SCL table refused it with a ValueError traceback, and the floors would
+        have scored padding as a vector."""
+        rel = "items/scl.npy"
+        arr = self.array(rel)
+        if np.any(np.asarray(arr[0]) != 0):
+            raise self._damaged(rel, "row 0 (padding, unknown items) is not all zeros")
+        return arr
 
     def scl_present(self) -> np.ndarray:
         """bool ``[vocab_sizes["item"]]``: the item has an SCL vector (row 0 is False)."""

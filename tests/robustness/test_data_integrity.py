@@ -285,6 +285,17 @@ def test_labels_outside_0_1_stop_train_and_baselines_in_one_line(prep_copy, tmp_
     assert_bad_input(cli("baselines", str(prep_copy)), "test/labels.npy: label 5 is outside [0, 2)")
 
 
+def test_a_nonzero_scl_padding_row_stops_train_and_baselines_in_one_line(prep_copy, tmp_path):
+    """Row 0 of items/scl.npy (padding, unknown items) not zero: the frozen SCL table refused it with
+    a ValueError traceback (exit 1) naming no file."""
+    _poke(prep_copy / "items/scl.npy", 3, 9)
+    out = cli("train", "--spec", SPEC, *sets(prep_copy, tmp_path / "runs", ["train.max_steps=1"]), "--device", "cpu")
+    assert_bad_input(out, "items/scl.npy: row 0 (padding, unknown items) is not all zeros", "muse-rec check")
+    assert_bad_input(cli("baselines", str(prep_copy)), "items/scl.npy: row 0 (padding, unknown items) is not all zeros")
+    out = cli("check", str(prep_copy))  # the scan still lists it among every problem
+    assert out.returncode == 2 and "items/scl.npy: row 0 has an SCL vector but scl_present says" in out.stdout + out.stderr
+
+
 def test_serving_histories_refuse_out_of_range_rows(prep_copy):
     """The ranker reads a user's history through `PreparedData.user_history`: same check."""
     prep = PreparedData(str(prep_copy))
