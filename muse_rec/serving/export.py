@@ -43,8 +43,8 @@ from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import read_json_object
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
 from muse_rec.output_paths import check_output_path, output_of_another_command
-from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, MIN_CANDIDATES,
-                                             OLD_LEFTOVERS, PROGRAM_FILE, STAGING_DIR, ExportError,
+from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, MANIFEST_FORMAT,
+                                             MIN_CANDIDATES, OLD_LEFTOVERS, PROGRAM_FILE, STAGING_DIR, ExportError,
                                              check_max_candidates, no_checkpoint)
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.int8_check import check_requests, deviation_report, score_requests, warning_text
@@ -222,7 +222,7 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
             warnings.warn(warning_text(int8_check, spec.model.method, gsu is not None and gsu.reads_id_tokens))
     program = export_program(serving, L, max_candidates)
     manifest: Dict[str, object] = {
-        "format": "muse_rec.ranker/1",
+        "format": MANIFEST_FORMAT,
         "program": PROGRAM_FILE,
         "inputs": {
             "seq_items": {"shape": [1, L], "dtype": "int64", "doc": "behaviour item rows, right-aligned, 0 = padding"},
@@ -290,14 +290,17 @@ def read_manifest(exported_dir: str) -> Dict[str, object]:
     if not path.exists():
         raise ExportError(f"{exported_dir}: no {MANIFEST_FILE} - not a directory written by `muse-rec export`")
     manifest = read_json_object(path, ExportError, advice="; re-export")
-    for key in ("program", "seq_len", "min_candidates", "max_candidates", "vocab_sizes"):
+    for key in ("format", "program", "inputs", "seq_len", "min_candidates", "max_candidates", "vocab_sizes"):
         if key not in manifest:
             raise ExportError(f"{path}: missing key {key!r}")
+    if manifest["format"] != MANIFEST_FORMAT:
+        raise ExportError(f"{path}: format {manifest['format']!r}, this version reads {MANIFEST_FORMAT!r}; re-export")
     for key in ("seq_len", "min_candidates", "max_candidates"):
         if not isinstance(manifest[key], int) or isinstance(manifest[key], bool) or manifest[key] < 1:
             raise ExportError(f"{path}: {key}: expected a positive integer, got {manifest[key]!r}")
-    if not isinstance(manifest["program"], str) or not isinstance(manifest["vocab_sizes"], dict):
-        raise ExportError(f"{path}: 'program' must be a file name and 'vocab_sizes' an object")
+    # 'inputs' decides which tensors a request is built with (a string there was a TypeError traceback).
+    if not isinstance(manifest["program"], str) or not all(isinstance(manifest[k], dict) for k in ("vocab_sizes", "inputs")):
+        raise ExportError(f"{path}: 'program' must be a file name and 'vocab_sizes' and 'inputs' objects")
     # Only the directory's own files are covered by its SHA256SUMS.json: a program named by a
     # path ("../x.pt2", "/tmp/x.pt2") would be unpickled unverified.
     if Path(manifest["program"]).name != manifest["program"] or manifest["program"] in ("", ".", ".."):

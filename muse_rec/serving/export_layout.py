@@ -17,6 +17,8 @@ PROGRAM_FILE = "ranker.pt2"
 # candidate count is a tensor size; beyond it the manifest would promise what no call can do).
 MIN_CANDIDATES, MAX_CANDIDATES = 1, 2**31 - 1
 MANIFEST_FILE = "manifest.json"
+# manifest.json's ``format``: the layout of the manifest and of the program's inputs it describes.
+MANIFEST_FORMAT = "muse_rec.ranker/1"
 # Where an export writes its files before they replace an earlier export's (inside its directory).
 STAGING_DIR = ".staging"
 # What an interrupted export of an earlier version may have left beside its files.

@@ -127,7 +127,7 @@ class ExportedScorer:
         self.program = load_program(exported_dir, expect_sha256)  # verifies the files first
         self.manifest = read_manifest(exported_dir)
         # Programs of SCL models take the history's SCL vectors (prefetched into the cache).
-        self.needs_scl = "seq_scl" in self.manifest.get("inputs", {})
+        self.needs_scl = "seq_scl" in self.manifest["inputs"]
         self.fixed_len: Optional[int] = int(self.manifest["seq_len"])
         self.min_len = self.fixed_len
         if int(self.manifest["min_candidates"]) > 1:

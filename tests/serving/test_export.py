@@ -111,10 +111,19 @@ def test_exported_accepts_candidate_counts_in_range(trained_run):
 def test_read_manifest_errors(tmp_path, trained_run):
     with pytest.raises(ExportError, match="no manifest.json"):
         read_manifest(str(tmp_path))
-    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"program": "x.pt2", "seq_len": 1, "min_candidates": 1,
-                                                      "max_candidates": 4, "vocab_sizes": {}}))
+    good = {"format": "muse_rec.ranker/1", "program": "x.pt2", "inputs": {}, "seq_len": 1, "min_candidates": 1,
+            "max_candidates": 4, "vocab_sizes": {}}
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(good))
     with pytest.raises(ExportError, match="program file 'x.pt2' is missing"):
         read_manifest(str(tmp_path))
+    # Sealed by a rewritten SHA256SUMS.json, so only these checks stand between the file and the ranker:
+    # 'inputs' not an object was a TypeError traceback (exit 1), another format was read as this one.
+    (tmp_path / "x.pt2").write_bytes(b"")
+    for edit, needle in (({"inputs": 5}, "'inputs' objects"), ({"format": "x"}, "format 'x', this version reads"),
+                         ({"inputs": None} | {"format": None}, "format None")):
+        (tmp_path / MANIFEST_FILE).write_text(json.dumps({**good, **edit}))
+        with pytest.raises(ExportError, match=needle):
+            read_manifest(str(tmp_path))
 
 
 def test_export_cli_without_checkpoint_or_data_fails_clearly_before_torchrec(trained_run, tmp_path):
