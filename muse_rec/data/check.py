@@ -29,7 +29,7 @@ from typing import Callable, List, Optional, Set
 import numpy as np
 
 from muse_rec.data.prepare import ITEM_ATTR_COLUMNS, USER_FIELD_COLUMNS, VOCAB_NAMES, output_files
-from muse_rec.data.prepared import PreparedData, PreparedDataError
+from muse_rec.data.prepared import POPULARITY_LIMIT, PreparedData, PreparedDataError
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SPLITS
 from muse_rec.integrity import hash_files
@@ -170,7 +170,7 @@ def check_prepared(path: str) -> CheckReport:
         s.ordered(f"vocab/{name}.npy", strict=True)
     for col, name in enumerate(ITEM_ATTR_COLUMNS):
         s.rows("items/attrs.npy", vs[name], column=col, what=f"{name} row")
-    s.rows("items/popularity.npy", np.iinfo(np.int64).max, what="count")
+    s.rows("items/popularity.npy", POPULARITY_LIMIT, what="count")
     present = data.scl_present()
     report.files.add("items/scl_present.npy")
     s.check("items/scl_present.npy", lambda: present.shape[0] == 0 or not bool(present[0]),

@@ -26,6 +26,8 @@ from muse_rec.data.vocab import Vocab
 from muse_rec.spec.schema import MAX_TABLE_ROWS
 
 
+# Bound of items/popularity.npy's counts (>= 0; `muse-rec check` scans the same).
+POPULARITY_LIMIT = int(np.iinfo(np.int64).max)
 # The table whose rows each per-behaviour array holds (seq_items.npy -> item, ...).
 _SEQ_TABLES: Dict[str, str] = {"items": "item", "cats": "category"}
 
@@ -372,8 +374,11 @@ class PreparedData:
         return self.array("items/attrs.npy")
 
     def item_popularity(self) -> np.ndarray:
-        """int64 ``[n_items]``: how often each item is a target of split `POPULARITY_SPLIT`."""
-        return self.array("items/popularity.npy")
+        """int64 ``[n_items]``: how often each item is a target of split `POPULARITY_SPLIT`, range-checked
+        (one pass over the mapped array): a negative count failed the evaluation's popularity groups with
+        a ValueError traceback after the whole run had trained."""
+        rel = "items/popularity.npy"
+        return self.in_range(rel, self.array(rel), POPULARITY_LIMIT, "count")
 
     def num_samples(self, split: str) -> int:
         return int(self.require_split(split)["samples"])

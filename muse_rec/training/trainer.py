@@ -154,12 +154,15 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     t = spec.train
     run_dir = Path(spec.run_dir)
     data = _open_data(spec)
-    if t.eval_at_end and spec.data.eval_split != spec.data.train_split:
-        # The train split's rows are checked batch by batch as it trains; damage in the eval split's would
-        # otherwise surface only after the whole run (seconds for the release's test split). Not in
-        # `_open_data`: an evaluation reads those rows at once anyway, and checked them twice.
+    if t.eval_at_end:
+        # The train split's rows are checked batch by batch as it trains; damage in the eval split's, or in
+        # the item popularities its GAUC is grouped by, would otherwise surface only after the whole run
+        # (seconds for the release's test split). Not in `_open_data`: an evaluation reads those at once
+        # anyway, and checked them twice.
         try:
-            data.check_sample_rows(spec.data.eval_split)
+            if spec.data.eval_split != spec.data.train_split:
+                data.check_sample_rows(spec.data.eval_split)
+            data.item_popularity()
         except PreparedDataError as e:
             raise RunError(str(e)) from None
     lock = claim_run_dir(run_dir, env.is_main, resume, overwrite)  # held until the run ends

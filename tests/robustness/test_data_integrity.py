@@ -296,6 +296,20 @@ def test_a_nonzero_scl_padding_row_stops_train_and_baselines_in_one_line(prep_co
     assert out.returncode == 2 and "items/scl.npy: row 0 has an SCL vector but scl_present says" in out.stdout + out.stderr
 
 
+def test_a_negative_item_popularity_stops_train_before_it_trains_and_evaluate_in_one_line(trained, prep_copy, tmp_path):
+    """A negative count in items/popularity.npy: the run trained and wrote its checkpoints, then its
+    evaluation failed in the popularity groups with a ValueError traceback (exit 1)."""
+    _poke(prep_copy / "items/popularity.npy", 5, -5)
+    needle = "items/popularity.npy: count -5 is outside [0, "
+    out = cli("train", "--spec", SPEC, *sets(prep_copy, tmp_path / "runs", ["train.max_steps=1", "train.eval_at_end=true"]),
+              "--device", "cpu")
+    assert_bad_input(out, needle, "muse-rec check")
+    assert "step 1/" not in out.stderr and not (tmp_path / "runs").exists()
+    runs = trained.copy_run(tmp_path / "trained")
+    out = cli("evaluate", "--spec", SPEC, *sets(prep_copy, runs), "--allow-data-mismatch", "--out", str(tmp_path / "ev"))
+    assert_bad_input(out, needle)
+
+
 def test_serving_histories_refuse_out_of_range_rows(prep_copy):
     """The ranker reads a user's history through `PreparedData.user_history`: same check."""
     prep = PreparedData(str(prep_copy))
