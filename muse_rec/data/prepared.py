@@ -61,13 +61,13 @@ def expected_dtype(rel: str) -> np.dtype:
     return np.dtype(_DTYPES[key])
 
 
-def _npy_layout(path: str) -> Tuple[Tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset in bytes) from a `.npy` header; ValueError if it is not one."""
+def _npy_layout(path: str) -> Tuple[Tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset in bytes) from a `.npy` header; ValueError if it is not one."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(f)
-        return tuple(shape), dtype, f.tell()
+        shape, fortran_order, dtype = read(f)
+        return tuple(shape), bool(fortran_order), dtype, f.tell()
 
 
 def _expected_shapes(meta: dict) -> Dict[str, Tuple[int, ...]]:
@@ -168,15 +168,19 @@ class PreparedData:
 
     @staticmethod
     def _check_array(local: str, shown: str, want: Tuple[int, ...], dtype: np.dtype) -> None:
-        """Header shape and dtype as meta.json implies, and the file holds every byte of the data."""
+        """Header shape, dtype and (C) order as prepare writes them, and the file holds every byte of the data."""
         try:
-            shape, got_dtype, offset = _npy_layout(local)
+            shape, fortran_order, got_dtype, offset = _npy_layout(local)
         except (ValueError, OSError, EOFError) as e:
             raise PreparedDataError(f"{shown}: not a readable .npy file ({e}); re-run `muse-rec prepare`") from None
         if shape != want:
             raise PreparedDataError(f"{shown}: shape {shape}, meta.json implies {want}")
         if got_dtype != dtype:
             raise PreparedDataError(f"{shown}: dtype {got_dtype}, prepare writes {dtype}")
+        # The same bytes read column-major are another table (SCL vectors, item attributes, user fields
+        # transposed), every value still in range: nothing downstream would notice.
+        if fortran_order and len(shape) > 1:
+            raise PreparedDataError(f"{shown}: header says Fortran (column-major) order, prepare writes C order")
         need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         size = os.path.getsize(local)
         if size != need:

@@ -46,6 +46,16 @@ def test_wrong_dtype_is_named_on_open(prep_copy):
         PreparedData(str(prep_copy))
 
 
+def test_column_major_array_is_named_on_open(prep_copy):
+    """A 2-D array whose header says Fortran order: NumPy maps the same bytes transposed, every value still
+    in range (SCL vectors, item attributes), and training read them so without a word."""
+    target = prep_copy / "items" / "scl.npy"
+    arr = np.load(target)
+    np.save(target, np.asfortranarray(arr.T.copy().reshape(arr.shape)))  # same shape, column-major header
+    with pytest.raises(PreparedDataError, match=r"items/scl.npy: header says Fortran \(column-major\) order"):
+        PreparedData(str(prep_copy))
+
+
 def _edit_meta(root, edit) -> None:
     meta = json.loads((root / "meta.json").read_text())
     edit(meta)
