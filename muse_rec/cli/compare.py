@@ -143,7 +143,9 @@ def _read_document(path: Path, parse: Callable[[str], Any], errors: Tuple[type, 
     """`parse` of a run's text file; ValueError naming the file when it is not valid `kind` or not UTF-8."""
     try:
         return parse(path.read_text(encoding="utf-8"))
-    except (*errors, UnicodeDecodeError) as e:
+    # ValueError: not UTF-8, or a value the parser cannot convert (an integer past Python's 4,300-digit bound, a
+    # YAML date 2026-13-01)
+    except (*errors, ValueError) as e:
         raise ValueError(f"{path}: not valid {kind} ({' '.join(str(e).split())})") from None
 
 
@@ -152,7 +154,7 @@ def _world_size_of(run_json: Path) -> Optional[int]:
     the file or the key (older runs); ValueError naming the file when it is not a positive integer."""
     if not run_json.exists():
         return None
-    doc = _read_document(run_json, json.loads, (json.JSONDecodeError,), "JSON")
+    doc = _read_document(run_json, json.loads, (), "JSON")
     if not isinstance(doc, dict) or "world_size" not in doc:
         return None
     n = doc["world_size"]

@@ -136,6 +136,9 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...], files: List[Tuple[Pat
         raise SpecError(f"{path}: not valid YAML: {_TOO_DEEP}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{where}: cannot read ({e})") from None
+    # A scalar YAML's constructors cannot convert: an integer past Python's 4,300-digit bound, a date 2026-13-01.
+    except ValueError as e:
+        raise SpecError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if doc is None or doc == {}:  # an empty or comment-only file: truncated, or the wrong file
         raise SpecError(f"{path}: empty spec (no keys); a spec extends another or sets its keys "
                         "(e.g. extends: ../base.yaml and data.prepared)")
@@ -181,6 +184,8 @@ def _apply_override(raw: Dict[str, Any], override: str, source: str) -> None:
         raise SpecError(f"override {override!r}: value is not valid YAML ({e.problem})") from None
     except RecursionError:
         raise SpecError(f"override {override!r}: value is not valid YAML ({_TOO_DEEP})") from None
+    except ValueError as e:  # as in a spec file: an integer of too many digits, an impossible date
+        raise SpecError(f"override {override!r}: value is not valid YAML ({' '.join(str(e).split())})") from None
     old = node.get(parts[-1])
     node[parts[-1]] = _deep_merge(old, parsed) if isinstance(parsed, dict) and isinstance(old, dict) else parsed
 

@@ -133,7 +133,8 @@ def _read_spec_yaml(spec_yaml: Path) -> Dict[str, Any]:
     """A run directory's spec.yaml (its resolved spec); RunError naming it when unreadable."""
     try:
         doc: Any = yaml.safe_load(spec_yaml.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+    # ValueError: not UTF-8, or a scalar YAML cannot convert (an integer of too many digits, an impossible date)
+    except (yaml.YAMLError, OSError, ValueError) as e:
         raise RunError(f"{spec_yaml}: unreadable ({' '.join(str(e).split())[:200]})") from None
     if not isinstance(doc, dict):
         raise RunError(f"{spec_yaml}: expected a mapping (the run's resolved spec), got {type(doc).__name__}")

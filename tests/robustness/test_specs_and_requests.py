@@ -12,6 +12,7 @@ import pytest
 from muse_rec.serving.request import RequestError, parse_requests
 from muse_rec.spec import SpecError, load_spec
 from muse_rec.training.results import write_json
+from tests.conftest import REPO
 from tests.robustness.conftest import SPEC, assert_bad_input, cli, cli_without_torch, sets
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / SPEC
@@ -90,6 +91,26 @@ def test_duplicate_keys_in_a_spec_are_an_error(tmp_path):
     spec.write_text("name: a\ntrain:\n  batch_size: 8\n  batch_size: 16\n")
     with pytest.raises(SpecError, match=r"dup.yaml: not valid YAML: .*duplicate key 'batch_size'.*line 4"):
         load_spec(spec)
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "2026-13-01"])
+def test_a_value_yaml_cannot_convert_is_named_in_one_line(trained, tmp_path, value):
+    """An integer past Python's 4,300-digit bound or an impossible date in a spec, an override or a run's
+    spec.yaml, or a huge integer in its run.json: the parser's ValueError was a traceback (exit 1), or in
+    `compare` one line that named no file."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"extends: {REPO / SPEC}\ntrain:\n  seed: {value}\n")
+    assert_bad_input(cli("evaluate", "--spec", str(spec), "--out", str(tmp_path / "ev")), str(spec), "not valid YAML")
+    assert_bad_input(cli("evaluate", "--spec", SPEC, "--set", f"train.seed={value}", "--out", str(tmp_path / "ev")),
+                     "override 'train.seed=", "not valid YAML")
+    run = trained.copy_run(tmp_path / "runs") / "din"
+    spec_yaml = (run / "spec.yaml").read_text()
+    (run / "spec.yaml").write_text(spec_yaml.replace("seed: ", f"seed: {value} #", 1))
+    assert_bad_input(cli("compare", str(run)), str(run / "spec.yaml"))
+    (run / "spec.yaml").write_text(spec_yaml)
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "world_size": 0})
+                                  .replace('"world_size": 0', '"world_size": ' + "9" * 5000))
+    assert_bad_input(cli("compare", str(run)), str(run / "run.json"))
 
 
 @pytest.mark.parametrize("payload,needle", [
