@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -68,6 +68,16 @@ def _recorded_model(ck: Path) -> Tuple[Optional[Dict[str, Any]], Optional[Path]]
     return model_settings(_read_spec_yaml(spec_yaml)), spec_yaml
 
 
+_SECTION = "<a mapping>"  # how a section is shown where the other side holds a single value
+
+
+def _value_vs_section(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
+    """Dotted keys that hold a value in one of the flattened mappings ``a``, ``b`` and a section in the other."""
+    def clashes(x: Dict[str, Any], y: Dict[str, Any]) -> List[str]:
+        return [k for k in x if k not in y and any(other.startswith(k + ".") for other in y)]
+    return sorted(clashes(a, b) + clashes(b, a))
+
+
 def check_model_settings(ck: Path, spec: Spec) -> None:
     """``spec``'s model is the one checkpoint ``ck`` was trained with (`model_settings`: keys that only
     set the init aside); RunError naming the keys that differ. Loading alone checks only the tensors'
@@ -80,6 +90,9 @@ def check_model_settings(ck: Path, spec: Spec) -> None:
     now = model_settings(json.loads(json.dumps(spec.to_dict())))  # as the record holds it (tuples as lists)
     # Keys only one side knows (a record of another version of this project) are not compared, as on --resume.
     diff = {k: (was[k], now[k]) for k in was if k in now and was[k] != now[k]}
+    # But a value on one side where the other has a section (`"gsu": "x"` in a damaged record) is known to
+    # both: skipped as unknown, it let the record pass without comparing that section at all.
+    diff.update({k: (was.get(k, _SECTION), now.get(k, _SECTION)) for k in _value_vs_section(was, now)})
     if diff:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items())[:4])
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""

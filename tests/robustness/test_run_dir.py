@@ -492,3 +492,27 @@ def test_an_abandoned_lock_leaves_the_directory_as_it_found_it(tmp_path):
     (busy / "x").write_text("written while held")
     lock.abandon()
     assert sorted(os.listdir(busy)) == ["x"]
+
+
+@pytest.mark.parametrize("where", ["record", "spec"])
+def test_a_model_section_replaced_by_a_value_is_a_difference_not_an_unknown_key(tmp_path, where):
+    """A checkpoint's model.json whose section is a single value (``"esu": "x"``, re-hashed) shared no
+    dotted key with the spec's ``model.esu.*``, so nothing of it was compared and the record passed."""
+    from muse_rec.spec import load_spec
+    from muse_rec.training.run_record import RunError, check_model_settings
+    from tests.conftest import REPO
+
+    spec = load_spec(REPO / "specs/demo/muse.yaml")
+    record = json.loads(json.dumps(spec.to_dict()["model"]))
+    section = next(k for k, v in record.items() if isinstance(v, dict))
+    if where == "record":
+        record[section] = "x"
+    else:  # the record holds a section where the spec has a value
+        scalar = next(k for k, v in record.items() if not isinstance(v, dict))
+        record[scalar] = {"x": 1}
+        section = scalar
+    ck = tmp_path / "step-00000001"
+    ck.mkdir()
+    (ck / "model.json").write_text(json.dumps(record))
+    with pytest.raises(RunError, match=rf"other model settings than the spec \(model\.{section}: "):
+        check_model_settings(ck, spec)
