@@ -128,6 +128,14 @@ def move_aside(run_dir: Path) -> Path:
 RUN_SUBDIRS = ("checkpoints", "tensorboard", "memory", "predictions.parquet")  # predictions: a part per rank
 RUN_FILES = ("spec.yaml", "run.json")  # rewritten in place
 RUN_REPLACED = ("metrics.json",)  # written beside and renamed over: only the directory's write matters
+RUN_RANK_FILES = "memory"  # the subdirectory whose files (rank<r>.json) each rank rewrites
+
+
+def _rewritten_files(run_dir: Path) -> Iterator[Path]:
+    """The files in ``run_dir`` that a run rewrites, as they are there now."""
+    yield from (run_dir / name for name in RUN_FILES + RUN_REPLACED)
+    if (run_dir / RUN_RANK_FILES).is_dir():
+        yield from sorted((run_dir / RUN_RANK_FILES).iterdir())
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -143,10 +151,15 @@ def _check_writable(run_dir: Path) -> None:
         p = run_dir / name
         if p.exists() and (p.is_dir() or not os.access(p, os.W_OK)):
             raise RunDirError(f"{p}: not a writable file (the run writes it); fix it or choose another output_dir")
-    for name in RUN_REPLACED:
-        if (run_dir / name).is_dir():
-            raise RunDirError(f"{run_dir / name}: not a writable file (the run writes it); fix it or choose "
-                              "another output_dir")
+    # A run directory may come from elsewhere: the run writes these files where a symbolic link points
+    # (anywhere: a resume overwrote the target), or failed at its end with a traceback on a dangling link or
+    # a directory in their place, after it had trained.
+    for p in _rewritten_files(run_dir):
+        if p.is_symlink():
+            raise RunDirError(f"{p}: a symbolic link (to {os.readlink(p)}); the run rewrites this file and would "
+                              "write there: remove the link or choose another output_dir")
+        if p.is_dir():
+            raise RunDirError(f"{p}: not a writable file (the run writes it); fix it or choose another output_dir")
 
 
 def check_not_inside_an_artifact(out: Path, what: str) -> None:

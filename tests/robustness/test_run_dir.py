@@ -276,6 +276,31 @@ def test_an_unwritable_place_in_the_run_dir_fails_before_training(trained, tmp_p
     assert snapshot(run) == before
 
 
+@pytest.mark.parametrize("name", ["memory/rank0.json", "metrics.json", "run.json", "spec.yaml"])
+@pytest.mark.parametrize("kind", ["link", "dangling link", "directory"])
+def test_a_link_or_directory_where_the_run_rewrites_a_file_is_refused_before_training(trained, tmp_path, name, kind):
+    """A run directory from elsewhere with a symbolic link in place of a file the run rewrites: the resume
+    overwrote the link's target (any file the user can write); a dangling link or a directory in place of
+    memory/rank0.json failed at the run's end with a traceback (exit 1), after it had trained."""
+    runs = trained.copy_run(tmp_path / "runs")
+    run = runs / "din"
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("not the run's")
+    place = run / name
+    assert place.is_file()
+    place.unlink()
+    if kind == "directory":
+        place.mkdir()
+    else:
+        place.symlink_to(victim if kind == "link" else tmp_path / "gone")
+    before = snapshot(run)
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu",
+              "--resume")
+    assert_bad_input(out, str(place), "symbolic link" if "link" in kind else "not a writable file")
+    assert "training din" not in out.stderr
+    assert snapshot(run) == before and victim.read_text() == "not the run's"
+
+
 def test_a_run_that_has_evaluated_resumes(trained, tmp_path):
     """Its predictions.parquet is a directory (a part per rank): the writability check first took it
     for a file and refused every resume of an evaluated run, re-evaluation and reproduce's included."""
