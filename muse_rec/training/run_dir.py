@@ -151,15 +151,21 @@ def _check_writable(run_dir: Path) -> None:
         p = run_dir / name
         if p.exists() and (p.is_dir() or not os.access(p, os.W_OK)):
             raise RunDirError(f"{p}: not a writable file (the run writes it); fix it or choose another output_dir")
-    # A run directory may come from elsewhere: the run writes these files where a symbolic link points
-    # (anywhere: a resume overwrote the target), or failed at its end with a traceback on a dangling link or
-    # a directory in their place, after it had trained.
     for p in _rewritten_files(run_dir):
-        if p.is_symlink():
-            raise RunDirError(f"{p}: a symbolic link (to {os.readlink(p)}); the run rewrites this file and would "
-                              "write there: remove the link or choose another output_dir")
-        if p.is_dir():
-            raise RunDirError(f"{p}: not a writable file (the run writes it); fix it or choose another output_dir")
+        _check_rewritable(p, "the run", "output_dir")
+
+
+def _check_rewritable(p: Path, writer: str, option: str) -> None:
+    """RunDirError when ``p``, a file that ``writer`` rewrites, is a symbolic link or a directory.
+
+    A run or evaluation directory may come from elsewhere: its files are written where a symbolic link
+    points (anywhere: a resume overwrote the target), and a dangling link or a directory in their place
+    failed at the end with a traceback, after the whole run had trained."""
+    if p.is_symlink():
+        raise RunDirError(f"{p}: a symbolic link (to {os.readlink(p)}); {writer} rewrites this file and would "
+                          f"write there: remove the link or choose another {option}")
+    if p.is_dir():
+        raise RunDirError(f"{p}: not a writable file ({writer} writes it); fix it or choose another {option}")
 
 
 def check_not_inside_an_artifact(out: Path, what: str) -> None:
@@ -258,9 +264,13 @@ def claim_evaluation_dir(out: Path, is_main: bool) -> Optional[DirLock]:
                                error=RunDirError)
         try:
             remove_killed_tmps(out, "metrics.json")
+            _check_rewritable(out / "metrics.json", "the evaluation", "--out")
         except OSError as e:
             lock.abandon()
             raise RunDirError(f"{out}: cannot remove a killed evaluation's temporary file ({e})") from None
+        except RunDirError:
+            lock.abandon()
+            raise
         return lock
 
     return _main_rank_verdict(claim, is_main)

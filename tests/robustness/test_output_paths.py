@@ -534,3 +534,17 @@ def test_an_output_uri_of_another_filesystem_is_refused(trained, tmp_path, comma
         if stray.exists():
             shutil.rmtree(stray)
     assert_bad_input(result, uri, "not a local path")
+
+
+def test_an_earlier_evaluation_whose_metrics_json_is_a_symbolic_link_is_refused(trained, tmp_path):
+    """An evaluation directory from elsewhere whose metrics.json is a link: the evaluation replacing it
+    wrote its metrics over the link's target (any file the user can write)."""
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("not the evaluation's")
+    (ev / "metrics.json").symlink_to(victim)
+    out = cli("evaluate", "--spec", SPEC, *sets(trained.prepared, trained.copy_run(tmp_path / "runs")), "--out", str(ev),
+              "--max-batches", "1")
+    assert_bad_input(out, f"{ev / 'metrics.json'}: a symbolic link", "choose another --out")
+    assert victim.read_text() == "not the evaluation's" and not (ev / "predictions.parquet").exists()
