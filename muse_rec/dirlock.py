@@ -9,6 +9,7 @@ process prints, so the user knows what to wait for.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import fcntl
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import IO, Optional, Sequence, Type
 
 LOCK_FILE = ".lock"
+_LOCK_MODE = 0o666  # as open() creates a file: the umask decides
 
 
 class DirLockError(ValueError):
@@ -45,8 +47,14 @@ class DirLock:
         had_lock_file = (directory / LOCK_FILE).exists()
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            handle = open(directory / LOCK_FILE, "a+", encoding="utf-8")  # "a+": never truncate another's info
+            # "a+" (append): never truncate another's info. O_NOFOLLOW: a directory from elsewhere may hold a
+            # symbolic link here, and the holder info was written where it pointed (any file the user can write).
+            fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, _LOCK_MODE)
+            handle = os.fdopen(fd, "a+", encoding="utf-8")
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise error(f"{directory / LOCK_FILE}: a symbolic link; the lock would write its holder info where "
+                            "it points: remove it") from None
             raise error(f"{directory}: cannot create the directory or its lock ({e.strerror})") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -541,3 +541,20 @@ def test_a_model_section_replaced_by_a_value_is_a_difference_not_an_unknown_key(
     (ck / "model.json").write_text(json.dumps(record))
     with pytest.raises(RunError, match=rf"other model settings than the spec \(model\.{section}: "):
         check_model_settings(ck, spec)
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_kept(tmp_path):
+    """A directory from elsewhere (a run, an evaluation, an export) whose .lock is a symbolic link: every
+    command that took the lock wrote its holder info over the link's target (any file the user can write)."""
+    from muse_rec.dirlock import DirLock, DirLockError
+
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("not a lock")
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(DirLockError, match=rf"^{d / LOCK_FILE}: a symbolic link; the lock would write"):
+        DirLock.acquire(d)
+    assert victim.read_text() == "not a lock"
+    with DirLock.acquire(tmp_path / "fresh") as lock:  # an ordinary lock still works
+        assert json.loads((tmp_path / "fresh" / LOCK_FILE).read_text())["pid"] == os.getpid() and lock
