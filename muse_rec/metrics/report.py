@@ -111,6 +111,22 @@ def _number_or_none(v: object) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 
 
+# Where each metric a metrics.json holds lies: (G)AUC is a probability; logloss, speed and time are not
+# negative. A file from elsewhere with a GAUC of 1e30 or an AUC of -3 was tabulated as a result.
+_METRIC_RANGES = {"gauc": (0.0, 1.0), "auc": (0.0, 1.0)}
+_NOT_NEGATIVE = (0.0, math.inf)
+
+
+def _check_metric(where: str, key: str, v: object) -> None:
+    """ValueError naming ``where`` and ``key`` (dotted; its last part is the metric) unless ``v`` is null or a
+    finite number in the metric's range."""
+    if not _number_or_none(v):
+        raise ValueError(f"{where}: {key}: expected a finite number or null, got {v!r}")
+    low, high = _METRIC_RANGES.get(key.rsplit(".", 1)[-1], _NOT_NEGATIVE)
+    if v is not None and not low <= v <= high:  # type: ignore[operator]
+        raise ValueError(f"{where}: {key}: expected a value in [{low:g}, {high:g}] or null, got {v!r}")
+
+
 def check_floors(floors: object, where: str) -> Dict:
     """``floors`` ({name: {gauc, auc, logloss, ...}}) of a metrics.json or `muse-rec baselines` file,
     returned once checked; ValueError naming ``where`` and the key otherwise."""
@@ -118,8 +134,7 @@ def check_floors(floors: object, where: str) -> Dict:
         raise ValueError(f"{where}: floors: expected {{name: {{gauc, auc, logloss, ...}}}}")
     for name, v in floors.items():
         for k in ("gauc", "auc", "logloss"):
-            if not _number_or_none(v.get(k)):
-                raise ValueError(f"{where}: floors.{name}.{k}: expected a finite number or null, got {v[k]!r}")
+            _check_metric(where, f"floors.{name}.{k}", v.get(k))
     return floors
 
 
@@ -132,8 +147,7 @@ def read_run_metrics(path: str | os.PathLike) -> Dict[str, Any]:
     if not isinstance(doc.get("method"), str) or not doc["method"]:
         raise ValueError(f"{f}: method: expected the method's name, got {doc.get('method')!r}")
     for k in METRICS:
-        if not _number_or_none(doc.get(k)):
-            raise ValueError(f"{f}: {k}: expected a finite number or null, got {doc[k]!r}")
+        _check_metric(str(f), k, doc.get(k))
     if doc.get("floors") is not None:
         check_floors(doc["floors"], str(f))
     return doc

@@ -509,6 +509,11 @@ def test_compare_bad_floors_file_exits_2(tmp_path, capsys, content, words):
     ('{"method": "DIN", "gauc": NaN}', "metrics.json: gauc: expected a finite number or null, got nan"),
     ('{"method": "DIN", "gauc": 0.6, "floors": {"x": {"gauc": "a"}}}', "metrics.json: floors.x.gauc: expected"),
     ('{"method": "DIN", "gauc": 0.6, "floors": [1]}', "metrics.json: floors: expected {name:"),
+    # Finite but impossible: tabulated as the run's result before.
+    ('{"method": "DIN", "gauc": 1e30}', "metrics.json: gauc: expected a value in [0, 1] or null, got 1e+30"),
+    ('{"method": "DIN", "gauc": 0.6, "auc": -3}', "metrics.json: auc: expected a value in [0, 1] or null, got -3"),
+    ('{"method": "DIN", "gauc": 0.6, "logloss": -0.5}', "metrics.json: logloss: expected a value in [0, inf] or null"),
+    ('{"method": "DIN", "gauc": 0.6, "floors": {"x": {"gauc": 2}}}', "metrics.json: floors.x.gauc: expected a value in"),
 ])
 def test_compare_names_the_key_of_a_malformed_metrics_json(tmp_path, capsys, content, words):
     """A run directory from elsewhere is untrusted: one line naming file and key, not a traceback."""
