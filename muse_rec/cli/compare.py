@@ -140,9 +140,12 @@ def _settings_of(run_dir: Path) -> Optional[Dict]:
 
 
 def _read_document(path: Path, parse: Callable[[str], Any], errors: Tuple[type, ...], kind: str) -> Any:
-    """`parse` of a run's text file; ValueError naming the file when it is not valid `kind` or not UTF-8."""
+    """`parse` of a run's text file; ValueError naming the file when it cannot be read (a directory in its
+    place was an IsADirectoryError traceback), is not valid `kind` or not UTF-8."""
     try:
         return parse(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
     # ValueError: not UTF-8, or a value the parser cannot convert (an integer past Python's 4,300-digit bound, a
     # YAML date 2026-13-01)
     except (*errors, ValueError) as e:

@@ -526,6 +526,17 @@ def test_compare_names_the_key_of_a_malformed_metrics_json(tmp_path, capsys, con
     assert f"{bad / 'metrics.json'}" in err and words in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("name", ["spec.yaml", "run.json"])
+def test_compare_names_a_runs_spec_yaml_or_run_json_that_is_a_directory(tmp_path, capsys, name):
+    """A directory in place of a run's spec.yaml or run.json: an IsADirectoryError traceback (exit 1)."""
+    # run.json is read beside a spec.yaml only
+    run = _fake_run(tmp_path / "din", "DIN", 0.6, spec_data={"seq_len": 50} if name == "run.json" else None)
+    (run / name).mkdir()
+    assert cli_main(["compare", str(run), "--no-floors"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / name}: cannot read (Is a directory)" in err and "Traceback" not in err, err
+
+
 def test_reproduce_report_shows_floors_in_its_tables(tmp_path):
     from muse_rec.reproduce.plan import build_plan
     from muse_rec.reproduce.report import write_report
