@@ -548,3 +548,18 @@ def test_an_earlier_evaluation_whose_metrics_json_is_a_symbolic_link_is_refused(
               "--max-batches", "1")
     assert_bad_input(out, f"{ev / 'metrics.json'}: a symbolic link", "choose another --out")
     assert victim.read_text() == "not the evaluation's" and not (ev / "predictions.parquet").exists()
+
+
+@pytest.mark.parametrize("path", ["", "file://"])
+def test_an_empty_output_path_is_refused_not_taken_for_the_current_directory(tmp_path, monkeypatch, capsys, path):
+    """`synth ''` wrote a whole release into the directory it was run from (Path('') is '.'), among
+    the user's own files; every output location now refuses an empty path, naming the flag."""
+    from muse_rec.cli import main
+
+    for flag, directory in (("OUT", True), ("--out", False)):
+        with pytest.raises(OutputPathError, match=rf"^{flag} '{path}': empty path"):
+            check_output_path(path, flag, directory=directory)
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", path, "--preset", "tiny", "--quiet", "--no-diagnostics"]) == 2
+    assert capsys.readouterr().err == f"muse-rec synth: OUT '{path}': empty path; name the output location\n"
+    assert os.listdir(tmp_path) == []
