@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Collection, Optional, Sequence, Tuple, Union
+from typing import Callable, Collection, Mapping, Optional, Sequence, Tuple, Union
 
 
 class OutputPathError(ValueError):
@@ -107,6 +107,24 @@ def check_output_path(path: str, flag: str, directory: bool = True,
     if not os.access(target, os.W_OK | os.X_OK):
         raise OutputPathError(f"{flag} {path}: cannot be written: {target} is not writable by this user")
     return local
+
+
+def check_not_an_input(path: str, flag: str, inputs: Mapping[str, Optional[str]]) -> None:
+    """OutputPathError when the file output ``path`` (``flag``'s) is one of the command's input files
+    (``inputs``: flag -> path, None where not given), as named or through a link: ``plan --json
+    spec.yaml`` wrote the plan over the spec it read, silently."""
+    out = Path(strip_file_uri(path)).absolute()
+    for input_flag, given in inputs.items():
+        if given is None:
+            continue
+        source = Path(strip_file_uri(given)).absolute()
+        try:
+            same = os.path.samefile(out, source)  # also a hard link, a link to it, or another spelling
+        except OSError:  # one of them does not exist: then only the same name is the same file
+            same = os.path.realpath(out) == os.path.realpath(source)
+        if same:
+            raise OutputPathError(f"{flag} {path}: is the {input_flag} file this command reads; write the output "
+                                  "to another path")
 
 
 # The file that marks a directory as a command's output, and what to call it. A command that

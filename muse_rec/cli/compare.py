@@ -313,15 +313,22 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
     return f"{head}; every method is above it"
 
 
+def _written_files(out: str) -> Tuple[Path, Path]:
+    """The table (Markdown) and JSON files ``--out OUT`` writes, next to OUT."""
+    return Path(out).with_suffix(".md"), Path(out).with_suffix(".json")
+
+
 def run(args: argparse.Namespace) -> int:
     from muse_rec.data.files import replace_texts
-    from muse_rec.output_paths import check_output_path
+    from muse_rec.output_paths import check_not_an_input, check_output_path
     from muse_rec.metrics import metrics_table
     from muse_rec.metrics.report import metrics_json_text
 
     try:
         if args.out:
             args.out = check_output_path(args.out, "--out", directory=False)
+            for written in _written_files(args.out):
+                check_not_an_input(str(written), "--out", {"--floors": args.floors})
         runs = load_runs(args.runs)
         baseline = baseline_method(runs, args.baseline)
         floors, source = (None, "--no-floors") if args.no_floors else (
@@ -368,9 +375,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             # Both or neither: a failed write leaves the earlier pair, never one of each run.
-            replace_texts({out.with_suffix(".md"): table + "\n\n" + "\n".join(verdicts) + "\n",
-                           out.with_suffix(".json"): metrics_json_text({"rows": rows, "verdicts": verdicts,
-                                                                        "floors": floors})})
+            markdown, as_json = _written_files(args.out)
+            replace_texts({markdown: table + "\n\n" + "\n".join(verdicts) + "\n",
+                           as_json: metrics_json_text({"rows": rows, "verdicts": verdicts, "floors": floors})})
         except OSError as e:
             print(f"muse-rec compare: --out {args.out}: cannot write ({e})", file=sys.stderr)
             return 2

@@ -147,7 +147,7 @@ def _quiet_planner(verbose: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from muse_rec.data.files import replace_text
-    from muse_rec.output_paths import check_output_path
+    from muse_rec.output_paths import check_not_an_input, check_output_path
     from muse_rec.spec import SpecError, load_spec
 
     try:  # the flags, --json and the spec before torch's and TorchRec's imports (seconds): a typo fails at once
@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         world_sizes = parse_world_sizes(args.what_if) if args.what_if is not None else []
         if args.json and args.json != "-":
             args.json = check_output_path(args.json, "--json", directory=False)
+            check_not_an_input(args.json, "--json", {"--spec": args.spec})
         spec = load_spec(args.spec, args.set)
     except (SpecError, ValueError) as e:  # OutputPathError is a ValueError
         print(f"muse-rec plan: {e}", file=sys.stderr)

@@ -563,3 +563,26 @@ def test_an_empty_output_path_is_refused_not_taken_for_the_current_directory(tmp
     assert main(["synth", path, "--preset", "tiny", "--quiet", "--no-diagnostics"]) == 2
     assert capsys.readouterr().err == f"muse-rec synth: OUT '{path}': empty path; name the output location\n"
     assert os.listdir(tmp_path) == []
+
+
+def test_a_file_output_that_is_an_input_of_the_command_is_refused(prepared_tiny, tmp_path, capsys):
+    """`plan --json spec.yaml` wrote the plan over the spec it had just read (the spec was lost), and
+    `compare --out F --floors F.json` its table over the floors file it read; now one line, exit 2."""
+    from muse_rec.cli import main
+    from tests.conftest import REPO
+
+    spec = tmp_path / "muse.yaml"
+    spec.write_text(f"extends: [{REPO / 'specs/demo/muse.yaml'}]\ndata: {{prepared: {prepared_tiny}}}\n")  # plannable
+    link = tmp_path / "link.yaml"
+    link.symlink_to(spec)
+    floors = tmp_path / "floors.json"
+    floors.write_text("{}")
+    kept = {p: p.read_bytes() for p in (spec, floors)}
+    for target in (spec, link):
+        assert main(["plan", "--spec", str(spec), "--world-size", "1", "--json", str(target)]) == 2
+        assert capsys.readouterr().err == (f"muse-rec plan: --json {target}: is the --spec file this command reads; "
+                                           "write the output to another path\n")
+    assert main(["compare", str(tmp_path / "run"), "--floors", str(floors), "--out", str(tmp_path / "floors")]) == 2
+    assert capsys.readouterr().err == (f"muse-rec compare: --out {floors}: is the --floors file this command reads; "
+                                       "write the output to another path\n")
+    assert {p: p.read_bytes() for p in (spec, floors)} == kept
