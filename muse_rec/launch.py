@@ -78,9 +78,11 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
     if not p.exists():
         raise ProfileError(f"{p}: launch profiles file not found")
     try:
-        doc = yaml.safe_load(p.read_text()) or {}
+        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ProfileError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
+    except (OSError, UnicodeDecodeError) as e:  # a directory (IsADirectoryError: a traceback), unreadable, not text
+        raise ProfileError(f"{p}: cannot read the launch profiles file ({e})") from None
     profiles = doc.get("profiles") if isinstance(doc, dict) else None
     if not isinstance(profiles, dict) or not profiles:
         raise ProfileError(f"{p}: profiles: expected a mapping of profile name -> settings")

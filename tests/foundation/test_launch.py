@@ -97,3 +97,18 @@ def test_scheduler_args_are_checked_against_the_scheduler(tmp_path):
         scheduler_cfg(get_profile("s", str(f)), "slurm", runner)
     with pytest.raises(ProfileError, match=r"profiles.k.scheduler_args.queue: required by the kubernetes scheduler"):
         scheduler_cfg(get_profile("k", str(f)), "kubernetes", runner)
+
+
+def test_a_profiles_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, capsys):
+    """`launch --profiles-file DIR` was an IsADirectoryError traceback, and a binary file a bare
+    "'utf-8' codec can't decode ..." line that named no file."""
+    from muse_rec.cli import main
+
+    binary = tmp_path / "p.yaml"
+    binary.write_bytes(b"profiles: \xf0\x28\x8c\x28\n")
+    for bad in (tmp_path, binary):
+        with pytest.raises(ProfileError, match=rf"^{bad}: cannot read the launch profiles file \("):
+            load_profiles(str(bad))
+        assert main(["launch", "--profile", "cpu-demo", "--dryrun", "--profiles-file", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"muse-rec launch: {bad}: cannot read the launch profiles file (") and err.count("\n") == 1
