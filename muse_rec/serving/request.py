@@ -38,6 +38,22 @@ class RankRequest:
 
 
 _DECIMAL = re.compile(r"-?[0-9]{1,20}")
+# int64's extremes have 19 digits: a longer JSON integer is out of range whatever its digits, and
+# Python refuses to convert one of more than 4,300 digits at all (a ValueError traceback from
+# json.loads, sys.int_info.default_max_str_digits), so it is kept as its text and named.
+_INT64_DIGITS = len(str(_INT64_MAX))
+
+
+class _LongInteger(str):
+    """A JSON integer literal too long for int64, shown by its length (it may have thousands of digits)."""
+
+    def __repr__(self) -> str:
+        return f"an integer of {len(self.lstrip('-'))} digits"
+
+
+def _json_int(text: str) -> Union[int, _LongInteger]:
+    """json's ``parse_int``: the integer, or for one longer than int64 takes, its `_LongInteger` text."""
+    return int(text) if len(text.lstrip("-")) <= _INT64_DIGITS else _LongInteger(text)
 
 
 def _int64(x: Any) -> Optional[int]:
@@ -104,7 +120,7 @@ def parse_requests(text: Union[str, bytes], source: str = "request") -> List[Ran
         except UnicodeDecodeError as e:
             raise RequestError(f"{source}: not UTF-8 text (byte {e.start}: {text[e.start:e.start + 1]!r})") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant, parse_int=_json_int)
     except json.JSONDecodeError as e:
         raise RequestError(f"{source}: not valid JSON: {e}") from None
     except RecursionError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,22 @@ def test_bad_request_files_exit_2_in_one_line(tmp_path, payload, needle):
     out = cli("rank", "--spec", SPEC, "--request", str(req))  # refused before any model or data is read
     assert_bad_input(out, str(req), needle)
     with pytest.raises(RequestError, match=needle):
+        parse_requests(payload)
+
+
+@pytest.mark.parametrize("field,payload", [
+    ("request.candidates[1]", b'{"user": 1, "candidates": [1, ' + b"9" * 5000 + b"]}"),
+    ("request[0].user", b'[{"user": -' + b"1" * 4301 + b', "candidates": [1]}]'),
+    ("request.user", b'{"user": 12345678901234567890, "candidates": [1]}'),  # 20 digits: past int64 too
+])
+def test_an_integer_id_of_thousands_of_digits_is_named_by_its_field(tmp_path, field, payload):
+    """An id of more than 4,300 digits was a ValueError traceback from json.loads (Python's limit
+    on integer conversion), exit 1; it is refused like any id beyond int64, naming its field."""
+    req = tmp_path / "req.json"
+    req.write_bytes(payload)
+    out = cli("rank", "--spec", SPEC, "--request", str(req))
+    assert_bad_input(out, f"{field}: expected an int64", "an integer of")
+    with pytest.raises(RequestError, match=rf"^{re.escape(field)}: expected an int64 .*got an integer of \d+ digits$"):
         parse_requests(payload)
 
 
