@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import Dict
 
+from muse_rec.cli.flags import int64
+
 HELP = "model-free floors (popularity, SCL cosines, top-K similarity, logistic regression) with exact GAUC/AUC/logloss"
 
 
@@ -21,14 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prepared", help="output directory of `muse-rec prepare` (any iopath path)")
     p.add_argument("--split", default="test", help="split to score (default test)")
     p.add_argument("--train-split", default="train", help="split the popularity and regression learn from")
-    p.add_argument("--seq-len", type=int, default=d.seq_len,
+    p.add_argument("--seq-len", type=int64, default=d.seq_len,
                    help="newest behaviours per user the history floors see; 0 = whole history (default); "
                         "a run's own check uses its data.seq_len")
-    p.add_argument("--top-k", type=int, default=d.top_k, help=f"K of the mean top-K similarity (default {d.top_k})")
-    p.add_argument("--recent", type=int, default=d.recent, help=f"window of the recent-mean cosine (default {d.recent})")
+    p.add_argument("--top-k", type=int64, default=d.top_k, help=f"K of the mean top-K similarity (default {d.top_k})")
+    p.add_argument("--recent", type=int64, default=d.recent, help=f"window of the recent-mean cosine (default {d.recent})")
     p.add_argument("--prior-strength", type=float, default=d.prior_strength,
                    help=f"pseudo-impressions of the popularity smoothing (default {d.prior_strength:g})")
-    p.add_argument("--lr-train-samples", type=int, default=d.lr_train_samples,
+    p.add_argument("--lr-train-samples", type=int64, default=d.lr_train_samples,
                    help=f"train samples the logistic regression is fitted on (default {d.lr_train_samples:,})")
     p.add_argument("--out", default=None, help="also write the floors as JSON to this file")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from muse_rec.cli.flags import int64
+
 HELP = "evaluate a checkpoint (exact GAUC / AUC / logloss, grouped GAUC, predictions) at any world size"
 
 
@@ -17,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the run's latest)")
     p.add_argument("--out", required=True, help="where metrics.json and predictions.parquet go: a new or empty "
                    "directory, or an earlier evaluation's (replaced)")
-    p.add_argument("--max-batches", type=int, default=0, help="per rank; 0 = the whole split")
+    p.add_argument("--max-batches", type=int64, default=0, help="per rank; 0 = the whole split")
     p.add_argument("--expect-sha256", default=None, metavar="DIGEST",
                    help="refuse the checkpoint unless its SHA-256 digest (logged when it was saved) is this")
     p.add_argument("--allow-data-mismatch", action="store_true",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from muse_rec.cli.flags import int64
+
 HELP = "export a checkpoint as a quantized torch.export ranking program (one user, B candidates)"
 
 
@@ -18,12 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (repeatable)")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the run's latest)")
     p.add_argument("--out", required=True, help="output directory (ranker.pt2 + manifest.json)")
-    p.add_argument("--seq-len", type=int, default=None, help="the program's history length L (default: data.seq_len)")
+    p.add_argument("--seq-len", type=int64, default=None, help="the program's history length L (default: data.seq_len)")
     p.add_argument("--scl-dtype", choices=["int8", "fp16"], default="int8",
                    help="frozen SCL table storage (int8 is lossless for the int8 release vectors)")
-    p.add_argument("--row-alignment", type=int, default=16,
+    p.add_argument("--row-alignment", type=int64, default=16,
                    help="bytes each quantized row is padded to (16 = TorchRec default; 4 is tighter on CPU)")
-    p.add_argument("--max-candidates", type=int, default=4096, help="largest B the program accepts")
+    p.add_argument("--max-candidates", type=int64, default=4096, help="largest B the program accepts")
     p.add_argument("--float", dest="quantize", action="store_false", help="export without quantizing (comparison)")
     p.add_argument("--expect-sha256", default=None, metavar="DIGEST",
                    help="refuse the checkpoint unless its SHA-256 digest (logged when it was saved) is this")

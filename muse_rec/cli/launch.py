@@ -18,6 +18,8 @@ import sys
 import threading
 from typing import Dict, List
 
+from muse_rec.cli.flags import int64
+
 HELP = "submit training to the launch profile's scheduler (local, Slurm, Kubernetes) via TorchX"
 
 
@@ -31,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print what would be submitted (sbatch script, Kubernetes job, local processes); submit nothing")
     p.add_argument("--scheduler-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="set or replace one of the profile's scheduler_args, e.g. partition=debug (repeatable)")
-    p.add_argument("--rdzv-port", type=int, default=0, help="c10d rendezvous port (default: the profile's)")
+    p.add_argument("--rdzv-port", type=int64, default=0, help="c10d rendezvous port (default: the profile's)")
     p.add_argument("--profiles-file", default="", help="another launch-profiles file instead of torchx.yaml")
     p.add_argument("--wait", action="store_true", help="remote schedulers: wait for the job and stream its logs")
 

@@ -18,6 +18,8 @@ import sys
 import warnings
 from typing import Dict, List, Mapping, Tuple
 
+from muse_rec.cli.flags import int64
+
 HELP = "show the sharding plan (per table, per rank, what-if over world sizes) of a spec for any GPU/CPU topology"
 
 DEFAULT_WORLD_SIZE = 8
@@ -40,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a spec key, e.g. --set train.sparse_optimizer.name=exact_row_wise_adagrad")
     p.add_argument("--prepared", metavar="PATH", default=None,
                    help="take every table's rows from this prepared set's meta.json (overrides data.vocab_sizes)")
-    p.add_argument("--world-size", type=int, default=DEFAULT_WORLD_SIZE, help=f"ranks (default {DEFAULT_WORLD_SIZE})")
-    p.add_argument("--local-world-size", type=int, default=None, metavar="N",
+    p.add_argument("--world-size", type=int64, default=DEFAULT_WORLD_SIZE, help=f"ranks (default {DEFAULT_WORLD_SIZE})")
+    p.add_argument("--local-world-size", type=int64, default=None, metavar="N",
                    help="ranks per host, dividing --world-size (default: cuda equal hosts of up to 8 GPUs, cpu one "
                         "host; what-if rows: equal hosts of at most N); the planner costs traffic inside a host and "
                         "between hosts differently, and shards table_row_wise tables over one host's ranks")
@@ -55,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="only the 'fused' kernel (all rows in HBM): no fused_uvm / fused_uvm_caching")
     p.add_argument("--what-if", metavar="RANGE", default=None,
                    help="also plan these world sizes, e.g. 1-16 or 1,2,4,8")
-    p.add_argument("--max-world-size", type=int, default=DEFAULT_SEARCH_LIMIT,
+    p.add_argument("--max-world-size", type=int64, default=DEFAULT_SEARCH_LIMIT,
                    help=f"largest world size tried when searching what would fit (default {DEFAULT_SEARCH_LIMIT})")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the plan as JSON to PATH ('-' = stdout)")
     p.add_argument("--verbose", action="store_true", help="also log TorchRec's own planner tables")

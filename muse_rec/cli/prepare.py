@@ -6,6 +6,8 @@ import errno
 import json
 import sys
 
+from muse_rec.cli.flags import int64
+
 HELP = "build vocabularies, remap ids and pack SCL vectors + per-user sequences from the raw Taobao-MM tables (resumable)"
 
 
@@ -18,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="local output directory; re-running resumes / skips finished steps")
     p.add_argument("--vocab", choices=VOCAB_MODES, default=d.vocab,
                    help="item vocabulary: full = every id seen; p90 = SCL items + all targets (docs/data.md)")
-    p.add_argument("--batch-rows", type=int, default=d.batch_rows, help="rows per decoded record batch")
-    p.add_argument("--partition-bits", type=int, default=d.partition_bits,
+    p.add_argument("--batch-rows", type=int64, default=d.batch_rows, help="rows per decoded record batch")
+    p.add_argument("--partition-bits", type=int64, default=d.partition_bits,
                    help="external sort uses 2**bits spill partitions (more = less memory per partition)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an OUT that holds a different prepared dataset (otherwise refused)")

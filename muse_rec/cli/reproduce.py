@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from muse_rec.cli.flags import int64
+
 HELP = "reproduce the paper's tables and figures (Tables 5/3/1/2, Figs. 5/6): train, then write OUT/report.md + PNGs"
 
 QUICK_SEEDS = 2
@@ -32,21 +34,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"smaller synthetic release (1,200 users), {QUICK_SEEDS} seeds, Fig. 5 at N="
                         f"{','.join(map(str, QUICK_FIG5_LENGTHS))}: a few minutes")
-    p.add_argument("--seeds", type=int, default=None, help=f"seeds per cell (default 3; --quick {QUICK_SEEDS})")
+    p.add_argument("--seeds", type=int64, default=None, help=f"seeds per cell (default 3; --quick {QUICK_SEEDS})")
     p.add_argument("--what", default=WHAT_ALL,
                    help="comma-separated experiments: table5,table3,table1,table2,fig5,fig6 (default all); or 'fusion' "
                         "alone: GAUC of MUSE, SIM-soft and MUSE-fusion against SCL quality (docs/fusion.md)")
     p.add_argument("--scl-qualities", default=None,
                    help="--what fusion: SCL qualities Q of the sweep (default 1,0.5,0.2,0)")
-    p.add_argument("--parallel", type=int, default=None,
+    p.add_argument("--parallel", type=int64, default=None,
                    help=f"--what fusion: trainings at once (one per quality; default {FUSION_PARALLEL})")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prepared", default=None, help="prepared real Taobao-MM data (any iopath path; `muse-rec prepare --vocab p90`)")
     src.add_argument("--raw", default=None, help="raw real Taobao-MM release (any iopath path): prepared into OUT/data/prepared first")
-    p.add_argument("--nproc", type=int, default=None,
+    p.add_argument("--nproc", type=int64, default=None,
                    help="ranks per training job (default: the GPU count with CUDA, else 2: on the 2-core box 2 ranks x 1 "
                         "thread are ~4x faster than 1 process x 2 threads)")
-    p.add_argument("--threads", type=int, default=1, help="OMP threads per rank (default 1)")
+    p.add_argument("--threads", type=int64, default=1, help="OMP threads per rank (default 1)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="spec override applied to every run (repeatable), e.g. train.batch_size=1000")

@@ -11,10 +11,12 @@ import json
 import sys
 from typing import Any, Dict
 
+from muse_rec.cli.flags import int64
+
 HELP = "write a synthetic Taobao-MM release (six raw tables) with planted long-term semantic interests"
 
 
-_TYPES = {"int": int, "float": float, "str": str}  # SynthConfig annotations are strings (PEP 563)
+_TYPES = {"int": int64, "float": float, "str": str}  # SynthConfig annotations are strings (PEP 563)
 
 
 def _config_fields():
@@ -33,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=SynthConfig.PRESETS, default="demo",
                    help="size preset: tiny (unit tests), demo (README demo, ~50k train samples), medium (~5x demo), "
                         "scale (release-shaped, streamed in bounded memory: 30M items, 1M users, ~11M train samples)")
-    p.add_argument("--samples", type=int, default=None, metavar="N",
+    p.add_argument("--samples", type=int64, default=None, metavar="N",
                    help="train impressions wanted: sets --samples-per-user to N / users (scale preset: ~11M)")
     p.add_argument("--no-diagnostics", action="store_true",
                    help="skip the oracle GAUC diagnostics written to the manifest")
@@ -44,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         typ = _TYPES[f.type] if isinstance(f.type, str) else f.type
         knobs.add_argument(flag, dest=f"knob_{f.name}", type=typ, default=None,
-                           metavar="N" if typ is int else "X",
+                           metavar="N" if typ is int64 else "X",
                            help=f"{f.metadata.get('help', '')} (demo: {f.default})".replace("%", "%%"))
 
 

@@ -243,3 +243,20 @@ def test_torchs_failed_allocation_is_out_of_memory_too(monkeypatch, capsys):
     monkeypatch.setattr(info, "run", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["info"])
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["synth", "OUT", "--preset", "tiny", "--users", str(1 << 63)], "--users"),
+    (["synth", "OUT", "--preset", "tiny", "--row-group-rows", str(1 << 63)], "--row-group-rows"),
+    (["prepare", "RAW", "OUT", "--batch-rows", str(1 << 63)], "--batch-rows"),
+    (["baselines", "PREPARED", "--seq-len", str(1 << 63)], "--seq-len"),
+    (["evaluate", "--spec", SPEC, "--out", "OUT", "--max-batches", str(-(1 << 63) - 1)], "--max-batches"),
+    (["export", "--spec", SPEC, "--out", "OUT", "--row-alignment", str(1 << 70)], "--row-alignment"),
+])
+def test_an_integer_flag_beyond_int64_is_a_usage_error_naming_it(tmp_path, args, flag):
+    """An integer flag past int64 reached NumPy / PyArrow as an OverflowError or ValueError traceback
+    (synth --users 2**63, prepare --batch-rows 2**63, baselines --seq-len 2**63), exit 1."""
+    out = cli_without_torch(*[str(tmp_path / a) if a.isupper() else a for a in args])  # OUT, RAW: never here
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert out.stderr.startswith(f"muse-rec {args[0]}: argument {flag}: {args[args.index(flag) + 1]}: outside the "
+                                 "64-bit integers"), out.stderr

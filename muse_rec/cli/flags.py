@@ -1,0 +1,20 @@
+"""argparse value types shared by the commands' flags."""
+from __future__ import annotations
+
+import argparse
+
+# Every integer flag ends in NumPy, PyArrow or torch, which hold it as a C int64: past that, a
+# value was an OverflowError ("Python int too large to convert to C long") or a NumPy ValueError
+# traceback from deep inside the command (synth --users, prepare --batch-rows, baselines --seq-len).
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def int64(text: str) -> int:
+    """An integer flag's value: a base-10 integer within int64 (argparse names the flag on error)."""
+    try:
+        value = int(text)
+    except ValueError:  # argparse's own wording for type=int
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise argparse.ArgumentTypeError(f"{text}: outside the 64-bit integers ({INT64_MIN:,} to {INT64_MAX:,})")
+    return value
