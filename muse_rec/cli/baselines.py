@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Dict
 
-from muse_rec.cli.flags import int64
+from muse_rec.cli.flags import int64, nonempty_path
 
 HELP = "model-free floors (popularity, SCL cosines, top-K similarity, logistic regression) with exact GAUC/AUC/logloss"
 
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from muse_rec.metrics.floor_options import FloorOptions
 
     d = FloorOptions()
-    p.add_argument("prepared", help="output directory of `muse-rec prepare` (any iopath path)")
+    p.add_argument("prepared", type=nonempty_path, help="output directory of `muse-rec prepare` (any iopath path)")
     p.add_argument("--split", default="test", help="split to score (default test)")
     p.add_argument("--train-split", default="train", help="split the popularity and regression learn from")
     p.add_argument("--seq-len", type=int64, default=d.seq_len,
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"pseudo-impressions of the popularity smoothing (default {d.prior_strength:g})")
     p.add_argument("--lr-train-samples", type=int64, default=d.lr_train_samples,
                    help=f"train samples the logistic regression is fitted on (default {d.lr_train_samples:,})")
-    p.add_argument("--out", default=None, help="also write the floors as JSON to this file")
+    p.add_argument("--out", type=nonempty_path, default=None, help="also write the floors as JSON to this file")
 
 
 def floors_table(result: Dict) -> str:

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from muse_rec.cli.flags import nonempty_path
 from muse_rec.json_files import read_json_object
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
@@ -30,14 +31,14 @@ DEFAULT_BASELINE = "DIN"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", help="run directories (each holding metrics.json)")
+    p.add_argument("runs", type=nonempty_path, nargs="+", help="run directories (each holding metrics.json)")
     p.add_argument("--baseline", default=None,
                    help=f"method to measure margins against (default {DEFAULT_BASELINE}, when a run has it)")
-    p.add_argument("--out", default=None, help="also write the table (Markdown) and JSON next to this path")
-    p.add_argument("--floors", default=None, metavar="FILE",
+    p.add_argument("--out", type=nonempty_path, default=None, help="also write the table (Markdown) and JSON next to this path")
+    p.add_argument("--floors", type=nonempty_path, default=None, metavar="FILE",
                    help="model-free floors to show (JSON of `muse-rec baselines --out`); default: the runs' own")
     p.add_argument("--no-floors", action="store_true", help="do not show the model-free floors")
-    p.add_argument("--floors-cache", default=None, metavar="DIR",
+    p.add_argument("--floors-cache", type=nonempty_path, default=None, metavar="DIR",
                    help="where floors computed here are cached (default: <first run's parent>/.floors)")
 
 

@@ -18,3 +18,11 @@ def int64(text: str) -> int:
     if not INT64_MIN <= value <= INT64_MAX:
         raise argparse.ArgumentTypeError(f"{text}: outside the 64-bit integers ({INT64_MIN:,} to {INT64_MAX:,})")
     return value
+
+
+def nonempty_path(text: str) -> str:
+    """A file or directory flag's value: not empty (``--out ''`` was taken as no --out at all, so
+    nothing was written, and ``--exported ''`` as no --exported: the run's checkpoint was served)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path: name a file or directory")
+    return text

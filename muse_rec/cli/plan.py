@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import Dict, List, Mapping, Tuple
 
-from muse_rec.cli.flags import int64
+from muse_rec.cli.flags import int64, nonempty_path
 
 HELP = "show the sharding plan (per table, per rank, what-if over world sizes) of a spec for any GPU/CPU topology"
 
@@ -37,10 +37,10 @@ MAX_PLAN_RANKS = 16384
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spec", required=True, help="spec file, e.g. specs/taobao_mm_full/muse.yaml")
+    p.add_argument("--spec", type=nonempty_path, required=True, help="spec file, e.g. specs/taobao_mm_full/muse.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set train.sparse_optimizer.name=exact_row_wise_adagrad")
-    p.add_argument("--prepared", metavar="PATH", default=None,
+    p.add_argument("--prepared", type=nonempty_path, metavar="PATH", default=None,
                    help="take every table's rows from this prepared set's meta.json (overrides data.vocab_sizes)")
     p.add_argument("--world-size", type=int64, default=DEFAULT_WORLD_SIZE, help=f"ranks (default {DEFAULT_WORLD_SIZE})")
     p.add_argument("--local-world-size", type=int64, default=None, metavar="N",
@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also plan these world sizes, e.g. 1-16 or 1,2,4,8")
     p.add_argument("--max-world-size", type=int64, default=DEFAULT_SEARCH_LIMIT,
                    help=f"largest world size tried when searching what would fit (default {DEFAULT_SEARCH_LIMIT})")
-    p.add_argument("--json", metavar="PATH", default=None, help="also write the plan as JSON to PATH ('-' = stdout)")
+    p.add_argument("--json", type=nonempty_path, metavar="PATH", default=None, help="also write the plan as JSON to PATH ('-' = stdout)")
     p.add_argument("--verbose", action="store_true", help="also log TorchRec's own planner tables")
 
 

@@ -6,7 +6,7 @@ import errno
 import json
 import sys
 
-from muse_rec.cli.flags import int64
+from muse_rec.cli.flags import int64, nonempty_path
 
 HELP = "build vocabularies, remap ids and pack SCL vectors + per-user sequences from the raw Taobao-MM tables (resumable)"
 
@@ -15,9 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from muse_rec.data.prepare import PrepareConfig, VOCAB_MODES
 
     d = PrepareConfig()
-    p.add_argument("raw", help="directory (any iopath path) holding the six raw Parquet tables, each one file "
+    p.add_argument("raw", type=nonempty_path, help="directory (any iopath path) holding the six raw Parquet tables, each one file "
                    "or a directory / NAME-*.parquet files of parts (docs/data.md)")
-    p.add_argument("out", help="local output directory; re-running resumes / skips finished steps")
+    p.add_argument("out", type=nonempty_path, help="local output directory; re-running resumes / skips finished steps")
     p.add_argument("--vocab", choices=VOCAB_MODES, default=d.vocab,
                    help="item vocabulary: full = every id seen; p90 = SCL items + all targets (docs/data.md)")
     p.add_argument("--batch-rows", type=int64, default=d.batch_rows, help="rows per decoded record batch")

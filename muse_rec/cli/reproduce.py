@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from muse_rec.cli.flags import int64
+from muse_rec.cli.flags import int64, nonempty_path
 
 HELP = "reproduce the paper's tables and figures (Tables 5/3/1/2, Figs. 5/6): train, then write OUT/report.md + PNGs"
 
@@ -30,7 +30,7 @@ FUSION_PARALLEL = 2  # --what fusion: trainings at once by default (one per SCL 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", help="output directory (runs, logs, report.md, PNGs); re-running resumes")
+    p.add_argument("out", type=nonempty_path, help="output directory (runs, logs, report.md, PNGs); re-running resumes")
     p.add_argument("--quick", action="store_true",
                    help=f"smaller synthetic release (1,200 users), {QUICK_SEEDS} seeds, Fig. 5 at N="
                         f"{','.join(map(str, QUICK_FIG5_LENGTHS))}: a few minutes")
@@ -43,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", type=int64, default=None,
                    help=f"--what fusion: trainings at once (one per quality; default {FUSION_PARALLEL})")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prepared", default=None, help="prepared real Taobao-MM data (any iopath path; `muse-rec prepare --vocab p90`)")
-    src.add_argument("--raw", default=None, help="raw real Taobao-MM release (any iopath path): prepared into OUT/data/prepared first")
+    src.add_argument("--prepared", type=nonempty_path, default=None, help="prepared real Taobao-MM data (any iopath path; `muse-rec prepare --vocab p90`)")
+    src.add_argument("--raw", type=nonempty_path, default=None, help="raw real Taobao-MM release (any iopath path): prepared into OUT/data/prepared first")
     p.add_argument("--nproc", type=int64, default=None,
                    help="ranks per training job (default: the GPU count with CUDA, else 2: on the 2-core box 2 ranks x 1 "
                         "thread are ~4x faster than 1 process x 2 threads)")

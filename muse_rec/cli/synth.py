@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any, Dict
 
-from muse_rec.cli.flags import int64
+from muse_rec.cli.flags import int64, nonempty_path
 
 HELP = "write a synthetic Taobao-MM release (six raw tables) with planted long-term semantic interests"
 
@@ -28,7 +28,7 @@ def _config_fields():
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from muse_rec.data.synth_config import SynthConfig
 
-    p.add_argument("out", metavar="OUT", help="output directory (created; a synthetic release in it is replaced, "
+    p.add_argument("out", type=nonempty_path, metavar="OUT", help="output directory (created; a synthetic release in it is replaced, "
                                               "release tables synth did not write are not, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace release tables in OUT even if `muse-rec synth` did not write them")

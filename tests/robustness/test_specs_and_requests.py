@@ -260,3 +260,19 @@ def test_an_integer_flag_beyond_int64_is_a_usage_error_naming_it(tmp_path, args,
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
     assert out.stderr.startswith(f"muse-rec {args[0]}: argument {flag}: {args[args.index(flag) + 1]}: outside the "
                                  "64-bit integers"), out.stderr
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["baselines", "PREPARED", "--out", ""], "--out"),  # was taken as no --out: nothing written, exit 0
+    (["compare", "RUN", "--out", ""], "--out"),
+    (["plan", "--spec", SPEC, "--json", ""], "--json"),
+    (["plan", "--spec", SPEC, "--prepared", ""], "--prepared"),  # was: the spec's vocab_sizes, silently
+    (["rank", "--spec", SPEC, "--exported", "", "--request", "REQ"], "--exported"),  # was: the run's checkpoint
+    (["evaluate", "--spec", SPEC, "--checkpoint", "", "--out", "OUT"], "--checkpoint"),
+    (["check", ""], "prepared"),
+])
+def test_an_empty_path_flag_is_a_usage_error_naming_it(tmp_path, args, flag):
+    """A path flag given as '' was read as the flag left out (or as the current directory)."""
+    out = cli_without_torch(*[str(tmp_path / a) if a.isupper() else a for a in args])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert out.stderr.startswith(f"muse-rec {args[0]}: argument {flag}: empty path"), out.stderr
