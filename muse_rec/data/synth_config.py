@@ -13,6 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
 
+# The largest count knob (and Poisson mean) synth takes: `prepare` writes ids, vocabulary rows and
+# per-user positions as int32, so a release with more users, items or behaviours is of no use.
+MAX_COUNT = 2**31 - 1
+# Knobs no count or size: the seed (NumPy takes any non-negative integer) and the row caps of the
+# oracle diagnostics and of Parquet row groups, which only bound what is read or written at once.
+_UNBOUNDED = ("seed", "diagnostics_max_users", "row_group_rows", "user_row_group_rows")
+# The float knobs that are a mean count (NumPy's Poisson sampler refuses a mean past ~9e18).
+_MEANS = ("samples_per_user", "mean_long_interests", "test_extra_behaviours", "session_len")
+
+
 def _knob(default: Any, help: str) -> Any:  # noqa: A002 - `help` mirrors argparse
     return field(default=default, metadata={"help": help})
 
@@ -129,6 +139,13 @@ class SynthConfig:
         for f in dataclasses.fields(self):  # inf reached NumPy's samplers as a traceback
             v = getattr(self, f.name)
             need(not isinstance(v, float) or math.isfinite(v), f"{f.name}={v} must be finite")
+            # A count or a Poisson mean past int32 was a NumPy traceback ("array is too big", "lam value too
+            # large", an int64 overflow), and no release that large could be prepared anyway.
+            counted = (isinstance(v, int) and f.name not in _UNBOUNDED) or f.name in _MEANS
+            need(not counted or v <= MAX_COUNT or not math.isfinite(v),  # a non-finite one is named above
+                 f"{f.name}={v} must be <= {MAX_COUNT:,} (prepared data holds ids and positions as int32)")
+        if problems:  # the checks below compute with the knobs (inf * a share was an OverflowError)
+            raise ValueError("invalid SynthConfig: " + "; ".join(problems))
         need(self.seed >= 0, f"seed={self.seed} must be >= 0")  # NumPy's generators take no negative seed
         need(self.users >= 1, f"users={self.users} must be >= 1")
         # `muse-rec prepare` refuses a release without test impressions (it has nothing to evaluate).

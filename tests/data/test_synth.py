@@ -236,6 +236,26 @@ def test_config_errors_name_the_knob(tmp_path: Path) -> None:
         write_synthetic_release(str(tmp_path / "file"), _tiny())
 
 
+@pytest.mark.parametrize("knob, value", [
+    ("test_user_fraction", float("inf")),  # an OverflowError from the test-user count, before the finite check
+    ("users", 2**62), ("items", 2**62), ("max_seq_len", 2**62), ("secondary_categories", 2**62),  # NumPy tracebacks
+    ("shops_per_cluster", 2**62),  # silently wrapped the shop ids past int64
+    ("samples_per_user", 1e30), ("mean_long_interests", 1e30), ("test_extra_behaviours", 1e30),  # "lam too large"
+])
+def test_a_knob_too_large_is_named_not_a_numpy_traceback(tmp_path: Path, capsys, knob: str, value: float) -> None:
+    """`muse-rec synth --users 2**62` (and the others here) ended in a NumPy ValueError or OverflowError
+    traceback, exit 1: every count and mean count is now refused past int32, the prepared ids' type."""
+    from muse_rec.cli import main
+    from muse_rec.data.synth_config import MAX_COUNT
+
+    flag = "--" + knob.replace("_", "-")
+    assert main(["synth", str(tmp_path / "out"), "--preset", "tiny", "--quiet", flag, str(value)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"muse-rec synth: invalid SynthConfig: {knob}=") and err.count("\n") == 1, err
+    assert ("must be finite" if value == float("inf") else f"must be <= {MAX_COUNT:,}") in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_writes_release_and_prints_next_step(tmp_path: Path, capsys) -> None:
     from muse_rec.cli import main
 
