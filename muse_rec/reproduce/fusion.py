@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from muse_rec.data.files import replace_text
-from muse_rec.reproduce.plan import SPECS_DIR, SYNTHETIC, Config, Plan, Run
+from muse_rec.reproduce.plan import SPECS_DIR, SYNTHETIC, Config, Plan, Run, check_seeds
 from muse_rec.reproduce.results import Stats, load_metrics, metric_stats
 from muse_rec.reproduce.runner import Execution, Printer, check_manifest, execute, prepare_data, say_now
 
@@ -55,8 +55,7 @@ def quality_dir(out: Path, q: float) -> Path:
 
 def fusion_plan(q: float, seeds: int, specs_dir: Path = SPECS_DIR) -> Plan:
     """The runs at one quality: every method of `FUSION_METHODS` x seeds 0 .. seeds-1."""
-    if seeds < 1:
-        raise ValueError(f"--seeds {seeds}: need at least 1 seed")
+    check_seeds(seeds)
     configs = {stem: Config(stem, str(specs_dir / "demo" / f"{stem}.yaml"), ()) for _, stem in FUSION_METHODS}
     for c in configs.values():
         if not Path(c.spec_path).exists():

@@ -186,3 +186,16 @@ def test_a_report_the_disk_refuses_is_one_line_and_keeps_the_earlier_figures(tmp
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert out.stderr.strip().splitlines()[-1] == f"muse-rec reproduce: [Errno 27] File too large: '{png}'"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != ".lock"} == before
+
+
+@pytest.mark.timeout(60)  # the old code never ended
+@pytest.mark.parametrize("what", [[], ["--what", "fusion"]])
+def test_seeds_past_the_most_a_plan_takes_are_refused_at_once(capsys, tmp_path: Path, what):
+    """`reproduce --dry-run --seeds 2**62` never ended: the plan lists every run before it prints."""
+    from muse_rec.reproduce.plan import MAX_SEEDS
+
+    assert main(["reproduce", str(tmp_path / "out"), "--dry-run", "--seeds", str(2**62), *what]) == 2
+    assert capsys.readouterr().err == f"muse-rec reproduce: --seeds {2**62}: need 1 to {MAX_SEEDS:,} seeds\n"
+    assert main(["reproduce", str(tmp_path / "out"), "--dry-run", "--seeds", "0", *what]) == 2
+    assert "--seeds 0: need 1 to" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
