@@ -104,6 +104,8 @@ def check_output_path(path: str, flag: str, directory: bool = True,
             raise OutputPathError(f"{flag} {path}: {folder} holds {held}, whose files this command must not replace "
                                   "or add to; write the file outside that directory")
     check_not_inside_another_output(p, f"{flag} {path}")
+    if directory:  # a file is written through a link to nowhere (it creates the target); a directory is not
+        check_not_dangling(p, f"{flag} {path}")
     if not os.access(target, os.W_OK | os.X_OK):
         raise OutputPathError(f"{flag} {path}: cannot be written: {target} is not writable by this user")
     return local
@@ -205,6 +207,15 @@ def check_not_inside_another_output(path: Path, what: str) -> None:
         folder, held = inside
         raise OutputPathError(f"{what}: inside {folder}, which holds {held}; that directory is one artifact, "
                               "nothing else may be written into it: choose a path outside it")
+
+
+def check_not_dangling(path: Path, what: str) -> None:
+    """OutputPathError when ``path`` (``what``: its flag and name as given) is a symbolic link to nowhere:
+    creating it failed later as mkdir's bare "File exists" (prepare, synth) or "exists and is not a
+    directory" (evaluate), naming no flag."""
+    if path.is_symlink() and not path.exists():
+        raise OutputPathError(f"{what}: a symbolic link to {os.readlink(path)}, which does not exist; "
+                              "name an existing location or remove the link")
 
 
 def output_within(root: Path, own: Callable[[str], bool]) -> Optional[Tuple[Path, str]]:

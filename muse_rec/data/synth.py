@@ -36,7 +36,8 @@ from muse_rec.data.synth_release import (IdHasher, History, item_tables, publish
                                          staged_release, user_table, write_table)
 from muse_rec.data.synth_world import build_catalogue, build_impressions, build_timelines, build_users
 from muse_rec.dirlock import DirLock
-from muse_rec.output_paths import check_not_inside_another_output, local_output, output_of_another_command
+from muse_rec.output_paths import (check_not_dangling, check_not_inside_another_output, local_output,
+                                   output_of_another_command)
 from muse_rec.terminal import shows_bars
 
 MANIFEST_NAME = "_synth_manifest.json"  # leading "_": not a release table, readers skip it
@@ -81,6 +82,7 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
     cfg.validate()
     given, out_dir = out_dir, local_output(out_dir, "OUT")
     check_not_inside_another_output(Path(out_dir), f"OUT {given}")
+    check_not_dangling(Path(out_dir), f"OUT {given}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(f"synth output {out_dir!r} exists and is not a directory")
     # Another command's output (prepared data, a run, an export) is never a release directory,

@@ -590,3 +590,19 @@ def test_a_file_output_that_is_an_input_of_the_command_is_refused(prepared_tiny,
     assert capsys.readouterr().err == (f"muse-rec compare: --out {floors}: is the --floors file this command reads; "
                                        "write the output to another path\n")
     assert {p: p.read_bytes() for p in (spec, floors)} == kept
+
+
+def test_an_output_that_is_a_dangling_link_is_refused_naming_the_flag(tmp_path, capsys):
+    """A dangling symbolic link as OUT / --out was "OUT: File exists" (prepare), "cannot create the
+    directory or its lock (File exists)" (synth) or "exists and is not a directory" (evaluate)."""
+    from muse_rec.cli import main
+
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(OutputPathError, match=rf"^--out {link}: a symbolic link to {tmp_path / 'gone'}, which "
+                                              "does not exist"):
+        check_output_path(str(link), "--out")
+    check_output_path(str(link), "--out", directory=False)  # a file is written through it, creating the target
+    assert main(["synth", str(link), "--preset", "tiny", "--quiet", "--no-diagnostics"]) == 2
+    assert capsys.readouterr().err.startswith(f"muse-rec synth: OUT {link}: a symbolic link to ")
+    assert os.listdir(tmp_path) == ["out"] and not (tmp_path / "gone").exists()
