@@ -122,11 +122,17 @@ def _terminate_as_interrupt() -> Optional[object]:
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+# torch's RuntimeErrors for a tensor larger than any machine holds: a failed CPU allocation, and a
+# size whose bytes overflow int64 before any allocation (export --seq-len 2**62 was a traceback).
+_TORCH_TOO_LARGE = ("DefaultCPUAllocator: can't allocate memory", "Storage size calculation overflowed")
+
+
 def _out_of_memory(e: BaseException) -> bool:
-    """Python's MemoryError, or torch's: a failed CPU allocation is a RuntimeError that says so, a
-    CUDA one a ``torch.OutOfMemoryError`` (named, not imported: torch may not be loaded)."""
+    """Python's MemoryError, or torch's: a failed CPU allocation (or one too large to size) is a
+    RuntimeError that says so, a CUDA one a ``torch.OutOfMemoryError`` (named, not imported: torch
+    may not be loaded)."""
     return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
-            or (type(e) is RuntimeError and "DefaultCPUAllocator: can't allocate memory" in str(e)))
+            or (type(e) is RuntimeError and any(m in str(e) for m in _TORCH_TOO_LARGE)))
 
 
 def _pipe_closed(fd: int) -> bool:

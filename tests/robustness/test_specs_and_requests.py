@@ -276,3 +276,17 @@ def test_an_empty_path_flag_is_a_usage_error_naming_it(tmp_path, args, flag):
     out = cli_without_torch(*[str(tmp_path / a) if a.isupper() else a for a in args])
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
     assert out.stderr.startswith(f"muse-rec {args[0]}: argument {flag}: empty path"), out.stderr
+
+
+def test_a_tensor_too_large_to_size_is_out_of_memory_too(monkeypatch, capsys):
+    """`export --seq-len 2**62`: torch refuses to size the example inputs ("Storage size calculation
+    overflowed") before allocating anything; that was a RuntimeError traceback, exit 1."""
+    import torch
+
+    from muse_rec import cli
+    from muse_rec.cli import info
+
+    monkeypatch.setattr(info, "run", lambda args: torch.zeros(1, 2**62, dtype=torch.int64))
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("muse-rec info: out of memory (") and "overflowed" in err, err
