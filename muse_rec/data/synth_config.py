@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -16,6 +17,12 @@ from typing import Any, Dict, List
 # The largest count knob (and Poisson mean) synth takes: `prepare` writes ids, vocabulary rows and
 # per-user positions as int32, so a release with more users, items or behaviours is of no use.
 MAX_COUNT = 2**31 - 1
+# The largest log-normal sigma of the cluster and category weights: exp(sigma * z), summed over up to
+# MAX_COUNT of them, stays finite in float64 for draws up to 10 standard deviations (more than any of
+# ~1e23 draws reaches); past it the weights overflowed to inf and NumPy's sampler refused the NaN
+# probabilities with a traceback (--cluster-size-sigma 1e30).
+_LARGEST_DRAW_SIGMAS = 10
+MAX_LOGNORMAL_SIGMA = (math.log(sys.float_info.max) - math.log(MAX_COUNT)) / _LARGEST_DRAW_SIGMAS
 # Knobs no count or size: the seed (NumPy takes any non-negative integer) and the row caps of the
 # oracle diagnostics and of Parquet row groups, which only bound what is read or written at once.
 _UNBOUNDED = ("seed", "diagnostics_max_users", "row_group_rows", "user_row_group_rows")
@@ -185,5 +192,8 @@ class SynthConfig:
                      "impression_noise_std"):
             v = getattr(self, name)
             need(v >= 0.0, f"{name}={v} must be >= 0")
+        need(self.cluster_size_sigma <= MAX_LOGNORMAL_SIGMA,
+             f"cluster_size_sigma={self.cluster_size_sigma} must be <= {MAX_LOGNORMAL_SIGMA:.1f} (the log-normal "
+             "cluster and category weights overflow float64 past it)")
         if problems:
             raise ValueError("invalid SynthConfig: " + "; ".join(problems))

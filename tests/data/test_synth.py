@@ -256,6 +256,20 @@ def test_a_knob_too_large_is_named_not_a_numpy_traceback(tmp_path: Path, capsys,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_cluster_size_sigma_whose_weights_overflow_is_named(tmp_path: Path, capsys) -> None:
+    """`synth --cluster-size-sigma 1e30`: the log-normal weights overflowed to inf and NumPy's multinomial
+    refused the NaN probabilities with a traceback, exit 1; the largest sigma that stays finite works."""
+    from muse_rec.cli import main
+    from muse_rec.data.synth_config import MAX_LOGNORMAL_SIGMA
+
+    assert main(["synth", str(tmp_path / "bad"), "--preset", "tiny", "--quiet", "--cluster-size-sigma", "1e30"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"muse-rec synth: invalid SynthConfig: cluster_size_sigma=1e+30 must be <= {MAX_LOGNORMAL_SIGMA:.1f} "
+                   "(the log-normal cluster and category weights overflow float64 past it)\n"), err
+    assert not (tmp_path / "bad").exists()
+    write_synthetic_release(str(tmp_path / "edge"), _tiny(cluster_size_sigma=MAX_LOGNORMAL_SIGMA), diagnostics=False)
+
+
 def test_cli_writes_release_and_prints_next_step(tmp_path: Path, capsys) -> None:
     from muse_rec.cli import main
 
