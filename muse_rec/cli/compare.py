@@ -35,9 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", default=None,
                    help=f"method to measure margins against (default {DEFAULT_BASELINE}, when a run has it)")
     p.add_argument("--out", type=nonempty_path, default=None, help="also write the table (Markdown) and JSON next to this path")
-    p.add_argument("--floors", type=nonempty_path, default=None, metavar="FILE",
-                   help="model-free floors to show (JSON of `muse-rec baselines --out`); default: the runs' own")
-    p.add_argument("--no-floors", action="store_true", help="do not show the model-free floors")
+    # One or the other: `--floors F --no-floors` showed none and never read F (a missing F passed unnoticed).
+    floors = p.add_mutually_exclusive_group()
+    floors.add_argument("--floors", type=nonempty_path, default=None, metavar="FILE",
+                        help="model-free floors to show (JSON of `muse-rec baselines --out`); default: the runs' own")
+    floors.add_argument("--no-floors", action="store_true", help="do not show the model-free floors")
     p.add_argument("--floors-cache", type=nonempty_path, default=None, metavar="DIR",
                    help="where floors computed here are cached (default: <first run's parent>/.floors)")
 

@@ -290,3 +290,10 @@ def test_a_tensor_too_large_to_size_is_out_of_memory_too(monkeypatch, capsys):
     assert cli.main(["info"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("muse-rec info: out of memory (") and "overflowed" in err, err
+
+
+def test_compare_floors_and_no_floors_together_is_a_usage_error():
+    """`compare RUN --floors F --no-floors` showed no floors and never read F, exit 0, even with F missing."""
+    out = cli_without_torch("compare", "RUN", "--floors", "missing.json", "--no-floors")
+    assert out.returncode == 2 and out.stderr == ("muse-rec compare: argument --no-floors: not allowed with argument "
+                                                  "--floors (see muse-rec compare --help)\n"), out.stderr
