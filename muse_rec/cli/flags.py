@@ -23,6 +23,16 @@ def int64(text: str) -> int:
 def nonempty_path(text: str) -> str:
     """A file or directory flag's value: not empty (``--out ''`` was taken as no --out at all, so
     nothing was written, and ``--exported ''`` as no --exported: the run's checkpoint was served)."""
+    return _nonempty(text, "empty path: name a file or directory")
+
+
+def nonempty(text: str) -> str:
+    """A named value's flag (a split, a list): not empty (``rank --split ''`` was taken as no --split:
+    the spec's eval split served, and ``reproduce --scl-qualities ''`` as the default qualities)."""
+    return _nonempty(text, "empty value: give one, or leave the flag out for its default")
+
+
+def _nonempty(text: str, why: str) -> str:
     if not text:
-        raise argparse.ArgumentTypeError("empty path: name a file or directory")
+        raise argparse.ArgumentTypeError(why)
     return text

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from muse_rec.cli.flags import int64, nonempty_path
+from muse_rec.cli.flags import int64, nonempty, nonempty_path
 
 HELP = "rank candidates for users from a checkpoint or an exported program (JSON request -> JSON scores)"
 
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", type=nonempty_path, default=None, help="checkpoint directory (default: the run's latest)")
     src.add_argument("--exported", type=nonempty_path, default=None, help="directory written by `muse-rec export`")
     p.add_argument("--request", type=nonempty_path, required=True, help="JSON request file ('-' = stdin)")
-    p.add_argument("--split", default=None, help="prepared split whose user table holds histories (default: eval split)")
+    p.add_argument("--split", type=nonempty, default=None, help="prepared split whose user table holds histories (default: eval split)")
     p.add_argument("--seq-len", type=int64, default=None, help="serving history length (default: spec / exported)")
     p.add_argument("--expect-sha256", default=None, metavar="DIGEST",
                    help="refuse the checkpoint / exported program unless its SHA-256 digest is this")

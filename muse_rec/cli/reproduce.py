@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from muse_rec.cli.flags import int64, nonempty_path
+from muse_rec.cli.flags import int64, nonempty, nonempty_path
 
 HELP = "reproduce the paper's tables and figures (Tables 5/3/1/2, Figs. 5/6): train, then write OUT/report.md + PNGs"
 
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--what", default=WHAT_ALL,
                    help="comma-separated experiments: table5,table3,table1,table2,fig5,fig6 (default all); or 'fusion' "
                         "alone: GAUC of MUSE, SIM-soft and MUSE-fusion against SCL quality (docs/fusion.md)")
-    p.add_argument("--scl-qualities", default=None,
+    p.add_argument("--scl-qualities", type=nonempty, default=None,
                    help="--what fusion: SCL qualities Q of the sweep (default 1,0.5,0.2,0)")
     p.add_argument("--parallel", type=int64, default=None,
                    help=f"--what fusion: trainings at once (one per quality; default {FUSION_PARALLEL})")

@@ -297,3 +297,14 @@ def test_compare_floors_and_no_floors_together_is_a_usage_error():
     out = cli_without_torch("compare", "RUN", "--floors", "missing.json", "--no-floors")
     assert out.returncode == 2 and out.stderr == ("muse-rec compare: argument --no-floors: not allowed with argument "
                                                   "--floors (see muse-rec compare --help)\n"), out.stderr
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["rank", "--spec", SPEC, "--request", "REQ", "--split", ""], "--split"),  # was: the spec's eval split
+    (["reproduce", "OUT", "--dry-run", "--what", "fusion", "--scl-qualities", ""], "--scl-qualities"),  # the default
+])
+def test_an_empty_value_flag_is_a_usage_error_naming_it(tmp_path, args, flag):
+    """A value flag given as '' was read as the flag left out: its default was used without a word."""
+    out = cli_without_torch(*[str(tmp_path / a) if a.isupper() else a for a in args])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert out.stderr.startswith(f"muse-rec {args[0]}: argument {flag}: empty value"), out.stderr
