@@ -127,9 +127,6 @@ def parse_requests(text: Union[str, bytes], source: str = "request") -> List[Ran
         raise RequestError(f"{source}: JSON nested too deeply (a request is one object with two fields)") from None
     except RequestError as e:
         raise RequestError(f"{source}: {e}") from None
-    except ValueError:  # Python's bound on the digits of an integer it converts from text (4,300 by default)
-        raise RequestError(f"{source}: a number with more digits than can be read (an int64 id has at most "
-                           f"{len(str(_INT64_MIN))} characters)") from None
     if isinstance(doc, list):
         if not doc:
             raise RequestError(f"{source}: request list is empty")
