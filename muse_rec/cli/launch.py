@@ -14,6 +14,7 @@ print the app handle and how to follow it.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import threading
 from typing import Dict, List
@@ -97,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
             status = runner.wait(handle, wait_interval=1)
         except SignalException as e:
             # The local scheduler turns SIGINT / SIGTERM into this exception (a traceback, exit 1, before).
-            # Cancelled first, closed after: the log follower sees the job end and prints its last lines
-            # (closing deletes the job's log directory, under a follower still reading it: its traceback
-            # came after the line below). Closing stops whatever is left, so that line is true.
+            # Cancelled first, closed after: the log follower sees the job end (closing deletes the job's
+            # log directory under a follower still reading it: its traceback came after the line below).
+            # Closing stops whatever is left, so that line is true.
             stopped.set()
             runner.cancel(handle)
             logs.join(timeout=_LOG_FOLLOWER_GRACE_S)
@@ -126,20 +127,40 @@ def _pairs(items: List[str], flag: str) -> Dict[str, str]:
     return out
 
 
-# How long an interrupted launch waits for the log follower to print the stopped ranks' last lines.
+# How long an interrupted launch waits for the log follower to see the cancelled job end.
 _LOG_FOLLOWER_GRACE_S = 10.0
 
 
+class _UntilStopped(io.TextIOBase):
+    """``sys.stderr`` until ``stopped`` is set, then nothing. What the ranks' logs hold after an
+    interrupt is torchrun's own report of the SIGTERM that cancelling sends it (a traceback from its
+    agent) and the ranks' shutdown: the launch's one line says what happened and how to go on."""
+
+    def __init__(self, stopped: threading.Event) -> None:
+        super().__init__()
+        self._stopped = stopped
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not self._stopped.is_set():
+            sys.stderr.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _stream_logs(runner, handle: str, stopped: threading.Event) -> threading.Thread:
-    """Every rank's log lines on stderr while the job runs (TorchX's own log follower). Once
-    ``stopped`` is set (the launch was interrupted and closed the job), the follower's failure is
-    expected and not shown: closing deletes the job's log directory under it, which TorchX's
-    follower reported as a FileNotFoundError traceback after the launch's last line."""
+    """Every rank's log lines on stderr while the job runs (TorchX's own log follower), none once
+    ``stopped`` is set (`_UntilStopped`). A follower failure then is expected and not shown either;
+    one while the job runs is one line."""
     from torchx.cli.cmd_log import get_logs
 
     def follow() -> None:
         try:
-            get_logs(file=sys.stderr, runner=runner, identifier=handle, regex=None, should_tail=True)
+            get_logs(file=_UntilStopped(stopped), runner=runner, identifier=handle, regex=None, should_tail=True)
         except Exception as e:  # noqa: BLE001 - a thread's exception would be a traceback on stderr
             if not stopped.is_set():
                 print(f"muse-rec launch: stopped following the ranks' logs ({type(e).__name__}: "
