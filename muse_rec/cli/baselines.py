@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="newest behaviours per user the history floors see; 0 = whole history (default); "
                         "a run's own check uses its data.seq_len")
     p.add_argument("--top-k", type=int64, default=d.top_k, help=f"K of the mean top-K similarity (default {d.top_k})")
-    p.add_argument("--recent", type=int64, default=d.recent, help=f"window of the recent-mean cosine (default {d.recent})")
+    p.add_argument("--recent", type=int64, default=d.recent,
+                   help=f"window of the recent-mean cosine (default {d.recent})")
     p.add_argument("--prior-strength", type=float, default=d.prior_strength,
                    help=f"pseudo-impressions of the popularity smoothing (default {d.prior_strength:g})")
     p.add_argument("--lr-train-samples", type=int64, default=d.lr_train_samples,

@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", type=nonempty_path, nargs="+", help="run directories (each holding metrics.json)")
     p.add_argument("--baseline", default=None,
                    help=f"method to measure margins against (default {DEFAULT_BASELINE}, when a run has it)")
-    p.add_argument("--out", type=nonempty_path, default=None, help="also write the table (Markdown) and JSON next to this path")
+    p.add_argument("--out", type=nonempty_path, default=None,
+                   help="also write the table (Markdown) and JSON next to this path")
     # One or the other: `--floors F --no-floors` showed none and never read F (a missing F passed unnoticed).
     floors = p.add_mutually_exclusive_group()
     floors.add_argument("--floors", type=nonempty_path, default=None, metavar="FILE",

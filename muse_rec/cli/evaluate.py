@@ -16,8 +16,10 @@ HELP = "evaluate a checkpoint (exact GAUC / AUC / logloss, grouped GAUC, predict
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", type=nonempty_path, required=True, help="the spec the checkpoint was trained with")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (repeatable)")
-    p.add_argument("--checkpoint", type=nonempty_path, default=None, help="checkpoint directory (default: the run's latest)")
-    p.add_argument("--out", type=nonempty_path, required=True, help="where metrics.json and predictions.parquet go: a new or empty "
+    p.add_argument("--checkpoint", type=nonempty_path, default=None,
+                   help="checkpoint directory (default: the run's latest)")
+    p.add_argument("--out", type=nonempty_path, required=True,
+                   help="where metrics.json and predictions.parquet go: a new or empty "
                    "directory, or an earlier evaluation's (replaced)")
     p.add_argument("--max-batches", type=int64, default=0, help="per rank; 0 = the whole split")
     p.add_argument("--expect-sha256", default=None, metavar="DIGEST",

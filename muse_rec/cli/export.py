@@ -18,7 +18,8 @@ HELP = "export a checkpoint as a quantized torch.export ranking program (one use
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", type=nonempty_path, required=True, help="the spec the checkpoint was trained with")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (repeatable)")
-    p.add_argument("--checkpoint", type=nonempty_path, default=None, help="checkpoint directory (default: the run's latest)")
+    p.add_argument("--checkpoint", type=nonempty_path, default=None,
+                   help="checkpoint directory (default: the run's latest)")
     p.add_argument("--out", type=nonempty_path, required=True, help="output directory (ranker.pt2 + manifest.json)")
     p.add_argument("--seq-len", type=int64, default=None, help="the program's history length L (default: data.seq_len)")
     p.add_argument("--scl-dtype", choices=["int8", "fp16"], default="int8",

@@ -59,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also plan these world sizes, e.g. 1-16 or 1,2,4,8")
     p.add_argument("--max-world-size", type=int64, default=DEFAULT_SEARCH_LIMIT,
                    help=f"largest world size tried when searching what would fit (default {DEFAULT_SEARCH_LIMIT})")
-    p.add_argument("--json", type=nonempty_path, metavar="PATH", default=None, help="also write the plan as JSON to PATH ('-' = stdout)")
+    p.add_argument("--json", type=nonempty_path, metavar="PATH", default=None,
+                   help="also write the plan as JSON to PATH ('-' = stdout)")
     p.add_argument("--verbose", action="store_true", help="also log TorchRec's own planner tables")
 
 

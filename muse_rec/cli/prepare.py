@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from muse_rec.data.prepare import PrepareConfig, VOCAB_MODES
 
     d = PrepareConfig()
-    p.add_argument("raw", type=nonempty_path, help="directory (any iopath path) holding the six raw Parquet tables, each one file "
+    p.add_argument("raw", type=nonempty_path,
+                   help="directory (any iopath path) holding the six raw Parquet tables, each one file "
                    "or a directory / NAME-*.parquet files of parts (docs/data.md)")
     p.add_argument("out", type=nonempty_path, help="local output directory; re-running resumes / skips finished steps")
     p.add_argument("--vocab", choices=VOCAB_MODES, default=d.vocab,
@@ -25,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="external sort uses 2**bits spill partitions (more = less memory per partition)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an OUT that holds a different prepared dataset (otherwise refused)")
-    p.add_argument("--no-progress", action="store_true", help="no progress report (bars on a terminal, one line per step in a log)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress report (bars on a terminal, one line per step in a log)")
     p.add_argument("--json", action="store_true", help="print meta.json to stdout when done")
 
 

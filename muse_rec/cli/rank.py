@@ -16,13 +16,16 @@ HELP = "rank candidates for users from a checkpoint or an exported program (JSON
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spec", type=nonempty_path, required=True, help="the spec the model was trained with (data paths, model)")
+    p.add_argument("--spec", type=nonempty_path, required=True,
+                   help="the spec the model was trained with (data paths, model)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (repeatable)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", type=nonempty_path, default=None, help="checkpoint directory (default: the run's latest)")
+    src.add_argument("--checkpoint", type=nonempty_path, default=None,
+                     help="checkpoint directory (default: the run's latest)")
     src.add_argument("--exported", type=nonempty_path, default=None, help="directory written by `muse-rec export`")
     p.add_argument("--request", type=nonempty_path, required=True, help="JSON request file ('-' = stdin)")
-    p.add_argument("--split", type=nonempty, default=None, help="prepared split whose user table holds histories (default: eval split)")
+    p.add_argument("--split", type=nonempty, default=None,
+                   help="prepared split whose user table holds histories (default: eval split)")
     p.add_argument("--seq-len", type=int64, default=None, help="serving history length (default: spec / exported)")
     p.add_argument("--expect-sha256", default=None, metavar="DIGEST",
                    help="refuse the checkpoint / exported program unless its SHA-256 digest is this")

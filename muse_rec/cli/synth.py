@@ -28,7 +28,8 @@ def _config_fields():
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from muse_rec.data.synth_config import SynthConfig
 
-    p.add_argument("out", type=nonempty_path, metavar="OUT", help="output directory (created; a synthetic release in it is replaced, "
+    p.add_argument("out", type=nonempty_path, metavar="OUT",
+                   help="output directory (created; a synthetic release in it is replaced, "
                                               "release tables synth did not write are not, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace release tables in OUT even if `muse-rec synth` did not write them")
@@ -39,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train impressions wanted: sets --samples-per-user to N / users (scale preset: ~11M)")
     p.add_argument("--no-diagnostics", action="store_true",
                    help="skip the oracle GAUC diagnostics written to the manifest")
-    p.add_argument("--quiet", action="store_true", help="no progress report (a bar on a terminal, one line per stage in a log)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress report (a bar on a terminal, one line per stage in a log)")
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     knobs = p.add_argument_group("generator knobs (override the preset; defaults shown are the demo preset's)")
     for f in _config_fields():
