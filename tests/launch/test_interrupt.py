@@ -14,7 +14,7 @@ from typing import List
 import pytest
 
 from tests.conftest import REPO, subprocess_env, venv_bin
-from tests.reproduce.test_runner import _processes_naming
+from tests.reproduce.test_runner import _processes_naming, kill_and_expect_processes_naming_gone
 from tests.training.conftest import free_port, overrides
 
 
@@ -64,12 +64,7 @@ def test_a_rank_ends_when_its_torchrun_is_killed(prepared, tmp_path: Path):
         while not list((tmp_path / "din" / "checkpoints").glob("step-*[0-9]")):
             assert agent.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        agent.kill()
-        agent.wait()
-        deadline = time.monotonic() + 60
-        while _processes_naming(tmp_path) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not _processes_naming(tmp_path)
+        kill_and_expect_processes_naming_gone(agent, tmp_path)
     finally:
         agent.kill()
         for pid in _processes_naming(tmp_path):  # the rank this test started, where it outlived its torchrun

@@ -140,6 +140,17 @@ def _processes_naming(path: Path) -> List[int]:
     return pids
 
 
+def kill_and_expect_processes_naming_gone(proc: subprocess.Popen, path: Path, within_s: float = 60.0) -> None:
+    """SIGKILL ``proc``, then assert that every process naming ``path`` (its children: torchrun, the
+    ranks) ends within ``within_s`` seconds: a parent-death signal reaches them, the kill does not."""
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + within_s
+    while _processes_naming(path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes_naming(path)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
 def test_a_killed_reproduce_leaves_no_training_job_running(tmp_path: Path):
     """SIGKILL (or a SIGTERM) of `muse-rec reproduce` left its torchrun job training OUT's runs in the
@@ -156,12 +167,7 @@ def test_a_killed_reproduce_leaves_no_training_job_running(tmp_path: Path):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
         assert _processes_naming(out)  # the job (torchrun and its rank) is running
-        proc.kill()
-        proc.wait()
-        deadline = time.monotonic() + 60  # torchrun stops its rank on SIGTERM within seconds
-        while _processes_naming(out) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not _processes_naming(out)
+        kill_and_expect_processes_naming_gone(proc, out)  # torchrun stops its rank on SIGTERM within seconds
     finally:
         proc.kill()
         for pid in _processes_naming(out):  # the job this test started, where it outlived its parent
