@@ -12,6 +12,10 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Type
 
+# The integers NumPy, torch and PyArrow hold as a C int64. JSON and the command line bound none: a
+# larger integer (a request id, a position.json step, a flag) was an OverflowError deep in a command.
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
 
 def read_json_object(path: str | os.PathLike, error: Type[Exception] = ValueError, advice: str = "") -> Dict[str, Any]:
     """The JSON object in ``path``; ``error("<path>: ...<advice>")`` when the file cannot be read,

@@ -6,7 +6,7 @@ import argparse
 # Every integer flag ends in NumPy, PyArrow or torch, which hold it as a C int64: past that, a
 # value was an OverflowError ("Python int too large to convert to C long") or a NumPy ValueError
 # traceback from deep inside the command (synth --users, prepare --batch-rows, baselines --seq-len).
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+from muse_rec.json_files import INT64_MAX, INT64_MIN
 
 
 def int64(text: str) -> int:

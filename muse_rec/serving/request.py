@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+from muse_rec.json_files import INT64_MAX, INT64_MIN
+
 REQUEST_KEYS = ("user", "candidates")
 
 
@@ -41,7 +42,7 @@ _DECIMAL = re.compile(r"-?[0-9]{1,20}")
 # int64's extremes have 19 digits: a longer JSON integer is out of range whatever its digits, and
 # Python refuses to convert one of more than 4,300 digits at all (a ValueError traceback from
 # json.loads, sys.int_info.default_max_str_digits), so it is kept as its text and named.
-_INT64_DIGITS = len(str(_INT64_MAX))
+_INT64_DIGITS = len(str(INT64_MAX))
 
 
 class _LongInteger(str):
@@ -61,7 +62,7 @@ def _int64(x: Any) -> Optional[int]:
     if isinstance(x, str) and _DECIMAL.fullmatch(x):
         x = int(x)
     # bool is an int subclass in Python; true/false is never an id.
-    if isinstance(x, int) and not isinstance(x, bool) and _INT64_MIN <= x <= _INT64_MAX:
+    if isinstance(x, int) and not isinstance(x, bool) and INT64_MIN <= x <= INT64_MAX:
         return x
     return None
 

@@ -46,7 +46,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from muse_rec.data.files import write_binary
 from muse_rec.integrity import IntegrityError, verify, write_manifest
-from muse_rec.json_files import read_json_object
+from muse_rec.json_files import INT64_MAX, read_json_object
 from muse_rec.lifetime import interrupts_deferred
 
 logger = logging.getLogger(__name__)
@@ -72,11 +72,6 @@ class Position:
     # a checkpoint kept, so a resumed run reports its whole samples/s and time; None = a checkpoint
     # written before this was recorded.
     train_seconds: Optional[float] = None
-
-
-# The largest integer a position.json field may hold: the step fills the fused optimizers' int64 step
-# tensors, so a larger one (JSON has no bound) was an OverflowError traceback on --resume.
-_POSITION_INT_MAX = torch.iinfo(torch.int64).max
 
 
 class CheckpointError(ValueError):
@@ -114,8 +109,8 @@ def read_position(path: Path) -> Position:
         if f.name not in raw:
             continue
         v, low = raw[f.name], (1 if f.name == "world_size" else 0)
-        if f.type == "int":
-            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= _POSITION_INT_MAX:
+        if f.type == "int":  # the step fills the fused optimizers' int64 step tensors: JSON bounds no integer
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= INT64_MAX:
                 raise CheckpointError(f"{pos_file}: {f.name} must be a 64-bit integer >= {low}, got {v!r}")
         elif f.type == "Optional[float]":
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
