@@ -63,7 +63,6 @@ def gemm_bound(candidates: int, L: int, reps: int) -> Dict[str, float]:
         o = torch.empty(candidates, L, dtype=dtype)
         wall, cpu = median_times(lambda: torch.mm(a, b.t(), out=o), reps)
         out[f"gemm_{name}_ms_wall"], out[f"gemm_{name}_ms_cpu"] = wall * 1e3, cpu * 1e3
-        del o
     return out
 
 
