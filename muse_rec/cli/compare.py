@@ -56,6 +56,7 @@ def load_runs(paths: List[str]) -> List[Dict]:
     configs: Dict[str, str] = {}
     settings: List[Optional[Dict]] = []
     splits: Dict[str, str] = {}
+    datasets: Dict[str, str] = {}  # data fingerprint -> the first run that scored that prepared data
     extents: Dict[int, str] = {}  # batches per rank scored (0 = the whole split) -> the first entry that did
     for p in paths:
         f = Path(p) / "metrics.json"
@@ -73,6 +74,9 @@ def load_runs(paths: List[str]) -> List[Dict]:
         split = runs[-1].get("eval_split")
         if split is not None:
             splits.setdefault(str(split), p)
+        fingerprint = _scored_data(Path(p), runs[-1], f)
+        if fingerprint is not None:
+            datasets.setdefault(fingerprint, p)
         extents.setdefault(_max_batches(runs[-1], f), p)
         settings.append(_settings_of(trained_in) if trained_in is not None else None)
         if settings[-1] is not None:  # a copied run directory, or a re-run: not another seed
@@ -84,6 +88,10 @@ def load_runs(paths: List[str]) -> List[Dict]:
     if len(splits) > 1:
         shown = ", ".join(f"{where}: {split}" for split, where in splits.items())
         raise ValueError(f"the runs were scored on different splits ({shown}); compare scores of one split")
+    if len(datasets) > 1:  # a GAUC on one test set says nothing about a gap to a GAUC on another
+        shown = ", ".join(f"{where}: {fp}" for fp, where in datasets.items())
+        raise ValueError(f"the runs were scored on different prepared data (data fingerprints {shown}); "
+                         "compare runs of one data set")
     if len(extents) > 1:  # a partial evaluation (--max-batches) beside whole-split scores, or another part
         shown = ", ".join(f"{where}: " + (f"the first {n} batch(es) per rank" if n else "the whole split")
                           for n, where in extents.items())
@@ -119,6 +127,19 @@ def _scored_model(path: Path, metrics: Dict, f: Path) -> Tuple[Path, Optional[Pa
     if ck_path.parent.name == "checkpoints" and (run / "spec.yaml").exists():
         return run, run
     return ck_path, None
+
+
+def _scored_data(path: Path, metrics: Dict, f: Path) -> Optional[str]:
+    """The fingerprint of the prepared data ``metrics`` scored: its ``data_fingerprint``, else (a run
+    directory from before it was recorded there) its run.json's, the data the run trained and was
+    evaluated on; None when unknown (an older evaluation, a hand-written metrics.json).
+    ValueError naming the file and key."""
+    fingerprint = metrics.get("data_fingerprint")
+    if fingerprint is None and "checkpoint" not in metrics:
+        fingerprint, f = _run_record(path / "run.json").get("data_fingerprint"), path / "run.json"
+    if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint):
+        raise ValueError(f"{f}: data_fingerprint: expected the prepared data's fingerprint, got {fingerprint!r}")
+    return fingerprint
 
 
 def _settings_of(run_dir: Path) -> Optional[Dict]:
@@ -159,15 +180,22 @@ def _read_document(path: Path, parse: Callable[[str], Any], errors: Tuple[type, 
 def _world_size_of(run_json: Path) -> Optional[int]:
     """``world_size`` of a run's run.json (the ranks its last session trained on), None without
     the file or the key (older runs); ValueError naming the file when it is not a positive integer."""
-    if not run_json.exists():
-        return None
-    doc = _read_document(run_json, json.loads, (), "JSON")
-    if not isinstance(doc, dict) or "world_size" not in doc:
+    doc = _run_record(run_json)
+    if "world_size" not in doc:
         return None
     n = doc["world_size"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"{run_json}: world_size: expected a positive integer, got {n!r}")
     return n
+
+
+def _run_record(run_json: Path) -> Dict:
+    """A run's run.json as a mapping; empty without the file (a hand-written run) or when it is not
+    a JSON object; ValueError naming the file when it cannot be read or parsed."""
+    if not run_json.exists():
+        return {}
+    doc = _read_document(run_json, json.loads, (), "JSON")
+    return doc if isinstance(doc, dict) else {}
 
 
 def _setting_labels(runs: List[Dict], settings: List[Optional[Dict]]) -> List[str]:

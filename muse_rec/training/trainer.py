@@ -330,9 +330,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                            num_workers=spec.data.num_workers, predictions_path=str(run_dir / "predictions.parquet"),
                            log_every=t.log_every)
         # The metrics' world_size is the evaluation's, kept apart from the ranks that trained the run; and
-        # the split, as a resume may evaluate another one than spec.yaml names.
+        # the split, as a resume may evaluate another one than spec.yaml names, and the data it scored.
         evaluated = {**metrics, "eval_world_size": metrics.get("world_size", env.world_size),
-                     "eval_split": spec.data.eval_split}
+                     "eval_split": spec.data.eval_split, "data_fingerprint": data.fingerprint}
         evaluated.pop("world_size", None)
         result.update(evaluated)
         result["eval_seconds"] = time.perf_counter() - eval_start
@@ -405,10 +405,11 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
         metrics = evaluate(dmp, data, spec.data.eval_split, spec.train.eval_batch_size, spec.data.seq_len, env,
                            num_workers=spec.data.num_workers, predictions_path=str(out / "predictions.parquet"),
                            max_batches=max_batches, log_every=spec.train.log_every)
-        # What was scored: `compare` counts one model once and refuses scores of other splits or partial ones.
+        # What was scored: `compare` counts one model once and refuses scores of other splits, other data or
+        # partial ones.
         metrics.update({"method": spec.model.method, "name": spec.name, "checkpoint": str(ck.resolve()),
                         "step": position.step, "world_size": env.world_size, "eval_split": spec.data.eval_split,
-                        "max_batches": max_batches})
+                        "data_fingerprint": data.fingerprint, "max_batches": max_batches})
         if env.is_main:
             write_json(out / "metrics.json", metrics)
             logger.info("evaluated %s at %d rank(s): %s", ck, env.world_size,

@@ -177,3 +177,29 @@ def test_runs_that_recorded_different_floors_are_not_judged_by_one_of_them(tmp_p
     # Runs of one data set keep theirs.
     assert cli_main(["compare", str(runs[0])]) == 0
     assert "floor: item popularity" in capsys.readouterr().out
+
+
+def test_runs_scored_on_different_prepared_data_are_refused_naming_them(tmp_path, capsys):
+    """DIN on one prepared set and MUSE on another: compare printed "MUSE - DIN: +0.0838 GAUC ... margin =
+    2.0 x spread", a gap between GAUCs of two different test sets, and said only (on stderr) that the
+    floors were not shown. The data a run scored is its metrics.json's data_fingerprint, else its
+    run.json's (runs written before metrics.json recorded it)."""
+    din, same = _run(tmp_path / "din", 0.56), _run(tmp_path / "din_same", 0.57, ["train.seed=1"])
+    muse = _run(tmp_path / "muse", 0.65, ["train.seed=2"])
+    for d, fingerprint in ((din, "aaaa"), (same, "aaaa")):  # as the trainer writes run.json
+        doc = json.loads((d / "metrics.json").read_text())
+        (d / "metrics.json").write_text(json.dumps({**doc, "method": "DIN"}))
+        (d / "run.json").write_text(json.dumps({"run_id": d.name, "data_fingerprint": fingerprint, "world_size": 1}))
+    doc = json.loads((muse / "metrics.json").read_text())
+    (muse / "metrics.json").write_text(json.dumps({**doc, "data_fingerprint": "bbbb"}))
+    assert cli_main(["compare", str(din), str(same), "--no-floors"]) == 0
+    capsys.readouterr()
+    assert cli_main(["compare", str(din), str(same), str(muse), "--no-floors", "--out", str(tmp_path / "cmp")]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and not (tmp_path / "cmp.md").exists()
+    assert out.err == (f"muse-rec compare: the runs were scored on different prepared data (data fingerprints {din}: "
+                       f"aaaa, {muse}: bbbb); compare runs of one data set\n"), out.err
+    (muse / "metrics.json").write_text(json.dumps({**doc, "data_fingerprint": 7}))
+    assert cli_main(["compare", str(din), str(muse), "--no-floors"]) == 2
+    assert f"{muse / 'metrics.json'}: data_fingerprint: expected the prepared data's fingerprint, got 7" in \
+        capsys.readouterr().err

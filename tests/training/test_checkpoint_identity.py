@@ -100,6 +100,9 @@ def test_compare_counts_a_trained_model_once_and_one_split(runs, tmp_path):
         return run_ranks(["compare", *map(str, paths), "--no-floors"], 1, check=False)
 
     a, b = evaluate("seed0", "a"), evaluate("seed0", "b")
+    # The data each scored, so that compare refuses runs of other data sets in one table.
+    fingerprint = json.loads((runs / "seed0" / "run.json").read_text())["data_fingerprint"]
+    assert metrics(a)["data_fingerprint"] == metrics(runs / "seed0")["data_fingerprint"] == fingerprint
     older = sorted((runs / "seed0" / "checkpoints").glob("step-*"))[0]
     older_step = evaluate("seed0", "older", "--checkpoint", str(older))
     for pair in ((a, b), (runs / "seed0", a), (a, older_step)):
