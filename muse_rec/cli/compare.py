@@ -394,8 +394,12 @@ def run(args: argparse.Namespace) -> int:
             spread = max(std for _, std in measured)
             whose = (f"{r['seeds']} and {base['seeds']} seeds" if len(measured) == 2 else
                      f"{_name(measured[0][0])}'s, {measured[0][0]['seeds']} seeds; the other has one")
+            # Seeds with equal GAUCs (a model that scores every sample alike reaches 0.5 at every seed) have
+            # no spread to divide by: the ratio was margin / 1e-12, "50000000000.0 x spread".
+            ratio = (f"margin = {margin / spread:.1f} x spread" if spread > 0 else
+                     "no margin-to-spread ratio (the seeds' GAUCs are equal)")
             verdicts.append(f"{_name(r)} - {_name(base)}: {margin:+.4f} GAUC; seed-to-seed spread (std, {whose}) "
-                            f"{spread:.4f}; margin = {margin / max(spread, 1e-12):.1f} x spread")
+                            f"{spread:.4f}; {ratio}")
         else:
             verdicts.append(f"{_name(r)} - {_name(base)}: {margin:+.4f} GAUC (one seed each: no spread measured)")
     if floors:

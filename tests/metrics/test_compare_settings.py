@@ -203,3 +203,20 @@ def test_runs_scored_on_different_prepared_data_are_refused_naming_them(tmp_path
     assert cli_main(["compare", str(din), str(muse), "--no-floors"]) == 2
     assert f"{muse / 'metrics.json'}: data_fingerprint: expected the prepared data's fingerprint, got 7" in \
         capsys.readouterr().err
+
+
+def test_seeds_with_equal_gaucs_give_no_ratio_rather_than_a_division_by_1e_12(tmp_path, capsys):
+    """Two seeds of each method with equal GAUCs (a spread of exactly 0): compare printed
+    "margin = 50000000000.0 x spread", the margin divided by the 1e-12 that stood in for the spread."""
+    def fake(d: Path, method: str, gauc: float) -> Path:
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"method": method, "gauc": gauc, "auc": 0.6, "logloss": 0.4}))
+        return d
+
+    runs = [fake(tmp_path / "d1", "DIN", 0.5), fake(tmp_path / "d2", "DIN", 0.5),
+            fake(tmp_path / "m1", "MUSE", 0.55), fake(tmp_path / "m2", "MUSE", 0.55)]
+    assert cli_main(["compare", *map(str, runs), "--no-floors"]) == 0
+    out = capsys.readouterr().out
+    assert ("MUSE - DIN: +0.0500 GAUC; seed-to-seed spread (std, 2 and 2 seeds) 0.0000; no margin-to-spread ratio "
+            "(the seeds' GAUCs are equal)") in out, out
+    assert " x spread" not in out
