@@ -79,6 +79,9 @@ def load_runs(paths: List[str]) -> List[Dict]:
             datasets.setdefault(fingerprint, p)
         extents.setdefault(_max_batches(runs[-1], f), p)
         settings.append(_settings_of(trained_in) if trained_in is not None else None)
+        if settings[-1] is not None and "data.train_split" in settings[-1]:  # for `split_warnings`
+            runs[-1]["train_split"] = settings[-1]["data.train_split"]
+            runs[-1].setdefault("eval_split", settings[-1].get("data.eval_split"))
         if settings[-1] is not None:  # a copied run directory, or a re-run: not another seed
             key = json.dumps([runs[-1]["method"], settings[-1]], sort_keys=True, default=str)
             if key in configs:
@@ -100,6 +103,26 @@ def load_runs(paths: List[str]) -> List[Dict]:
         if label:
             r["setting"] = label
     return runs
+
+
+def split_warnings(paths: List[str], runs: List[Dict]) -> List[str]:
+    """Warnings about the splits the runs (`load_runs`) trained on: a run scored on the split it trained
+    on (its GAUC is no held-out score), and runs trained on different splits (their gaps mix the training
+    data with the method; within one method they are separate rows, across methods nothing showed it)."""
+    out = []
+    leaked = [p for p, r in zip(paths, runs) if r.get("train_split") is not None
+              and r.get("train_split") == r.get("eval_split")]
+    if leaked:
+        out.append(f"{', '.join(leaked)}: trained on the split scored here ({runs[paths.index(leaked[0])]['eval_split']}): "
+                   "its GAUC is not a held-out score")
+    trained: Dict[str, str] = {}  # train split -> the first run trained on it
+    for p, r in zip(paths, runs):
+        if r.get("train_split") is not None:
+            trained.setdefault(str(r["train_split"]), p)
+    if len(trained) > 1:
+        shown = ", ".join(f"{where}: {split}" for split, where in trained.items())
+        out.append(f"the runs trained on different splits ({shown}): a gap between them is not the methods' alone")
+    return out
 
 
 def _max_batches(metrics: Dict, f: Path) -> int:
@@ -368,6 +391,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:  # OutputPathError is a ValueError
         print(f"muse-rec compare: {e}", file=sys.stderr)
         return 2
+    for warning in split_warnings(args.runs, runs):
+        print(f"muse-rec compare: WARNING: {warning}", file=sys.stderr)
     if floors is None and not args.no_floors:
         print(f"muse-rec compare: model-free floors not shown: {source}", file=sys.stderr)
     rows = summarise(runs, baseline)

@@ -220,3 +220,21 @@ def test_seeds_with_equal_gaucs_give_no_ratio_rather_than_a_division_by_1e_12(tm
     assert ("MUSE - DIN: +0.0500 GAUC; seed-to-seed spread (std, 2 and 2 seeds) 0.0000; no margin-to-spread ratio "
             "(the seeds' GAUCs are equal)") in out, out
     assert " x spread" not in out
+
+
+def test_runs_trained_on_the_scored_split_or_on_other_splits_are_warned_about_by_name(tmp_path, capsys):
+    """DIN trained on `test` and scored on it (GAUC 0.898, a leak) beside MUSE trained on `train`: compare
+    showed "MUSE - DIN: -0.25 GAUC" with no word that DIN's row had seen its test labels; within one
+    method only a `setting` label showed it, across methods nothing."""
+    din = _run(tmp_path / "din", 0.898, ["data.train_split=test"])
+    doc = json.loads((din / "metrics.json").read_text())
+    (din / "metrics.json").write_text(json.dumps({**doc, "method": "DIN", "eval_split": "test"}))
+    muse = [_run(tmp_path / f"muse{i}", 0.65 + i / 100, [f"train.seed={i}"]) for i in (1, 2)]
+    assert cli_main(["compare", str(din), *map(str, muse), "--no-floors"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"muse-rec compare: WARNING: {din}: trained on the split scored here (test): its GAUC is not a "
+                   "held-out score",
+                   f"muse-rec compare: WARNING: the runs trained on different splits ({din}: test, {muse[0]}: train): "
+                   "a gap between them is not the methods' alone"], err
+    assert cli_main(["compare", *map(str, muse), "--no-floors"]) == 0
+    assert capsys.readouterr().err == ""
