@@ -68,8 +68,9 @@ class Gap:
     def noise_words(self, unit: str) -> str:
         if self.spread is None or self.se is None:
             return "one seed: noise not measured"
-        ratio = self.gap / self.spread if self.spread > 0 else math.inf
-        return (f"{ratio:.1f} x the seed spread (pooled std {self.spread:.4f}{unit}; "
+        # Seeds that agree exactly have no spread to divide by: "inf x" read the same for a gap of either sign.
+        ratio = f"{self.gap / self.spread:.1f} x the seed spread" if self.spread > 0 else "no seed spread"
+        return (f"{ratio} (pooled std {self.spread:.4f}{unit}; "
                 f"s.e. of the gap {self.se:.4f}{unit}; {self.n} seeds)")
 
 

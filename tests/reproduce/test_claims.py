@@ -76,3 +76,12 @@ def test_paper_gap_comes_from_the_table():
     assert "(paper +0.0044)" in v.sentence
     with pytest.raises(KeyError, match="no such row"):
         evaluate_claim(Claim("beats", "SimTier", "TB"), stats, paper)
+
+
+def test_seeds_that_agree_exactly_give_no_ratio_whatever_the_gaps_sign():
+    """Two cells whose seeds agree exactly (a spread of 0): a gap of -0.0100 read "inf x the seed spread",
+    the sign of a gap the same sentence calls not holding."""
+    for kind, (a, b) in (("beats", (0.50, 0.51)), ("not_worse", (0.50, 0.51)), ("beats", (0.52, 0.51))):
+        v = compare_sentence(kind, "A", "B", S(a, a), S(b, b))
+        assert "inf" not in v.sentence and f"{a - b:+.4f} GAUC here, no seed spread (pooled std 0.0000 GAUC; " \
+            in v.sentence, v.sentence
