@@ -53,7 +53,13 @@ class Gap:
     gap: float
     spread: Optional[float]
     se: Optional[float]
-    n: int
+    n_a: int  # seeds of each cell: a failed run leaves one cell with fewer
+    n_b: int
+
+    @property
+    def n(self) -> int:
+        """The fewer seeds of the two cells."""
+        return min(self.n_a, self.n_b)
 
     @classmethod
     def of(cls, a: Stats, b: Stats) -> "Gap":
@@ -63,7 +69,7 @@ class Gap:
         if a.std is not None and b.std is not None:
             spread = math.sqrt((a.std ** 2 + b.std ** 2) / 2)
             se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
-        return cls(a.mean - b.mean, spread, se, min(a.n, b.n))
+        return cls(a.mean - b.mean, spread, se, a.n, b.n)
 
     def noise_words(self, unit: str) -> str:
         if self.spread is None or self.se is None:
@@ -71,7 +77,11 @@ class Gap:
         # Seeds that agree exactly have no spread to divide by: "inf x" read the same for a gap of either sign.
         ratio = f"{self.gap / self.spread:.1f} x the seed spread" if self.spread > 0 else "no seed spread"
         return (f"{ratio} (pooled std {self.spread:.4f}{unit}; "
-                f"s.e. of the gap {self.se:.4f}{unit}; {self.n} seeds)")
+                f"s.e. of the gap {self.se:.4f}{unit}; {self.seeds_words()})")
+
+    def seeds_words(self) -> str:
+        """"3 seeds", or "3 and 2 seeds" (A's, B's) where a cell has fewer: the fewer alone hid the other's."""
+        return f"{self.n_a} seeds" if self.n_a == self.n_b else f"{self.n_a} and {self.n_b} seeds"
 
 
 def judge(kind: str, gap: Gap, min_z: float = DEFAULT_MIN_Z) -> str:

@@ -85,3 +85,10 @@ def test_seeds_that_agree_exactly_give_no_ratio_whatever_the_gaps_sign():
         v = compare_sentence(kind, "A", "B", S(a, a), S(b, b))
         assert "inf" not in v.sentence and f"{a - b:+.4f} GAUC here, no seed spread (pooled std 0.0000 GAUC; " \
             in v.sentence, v.sentence
+
+
+def test_cells_with_different_numbers_of_seeds_say_both():
+    """A at 3 seeds, B at 2 (a failed run): the sentence said "2 seeds", as if A had two."""
+    v = compare_sentence("beats", "A", "B", S(0.60, 0.62, 0.64), S(0.51, 0.52))
+    assert v.sentence.endswith("s.e. of the gap 0.0126 GAUC; 3 and 2 seeds): **holds**."), v.sentence
+    assert "; 2 seeds)" in compare_sentence("beats", "A", "B", S(0.60, 0.62), S(0.51, 0.52)).sentence
