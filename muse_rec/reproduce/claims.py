@@ -40,6 +40,7 @@ class Verdict:
     status: str
     sentence: str
     gap: Optional[float] = None
+    by_sign: bool = False  # one seed in a cell: no noise measured, the gap's sign alone decided
 
     @property
     def holds(self) -> bool:
@@ -109,7 +110,7 @@ def compare_sentence(kind: str, subject: str, other: str, a: Stats, b: Stats, pa
     status = judge(kind, g, min_z)
     paper = f" (paper {paper_gap:+.{digits}f})" if paper_gap is not None else ""
     return Verdict(status, f"{subject} {verb} {other}: {g.gap:+.{digits}f}{unit} here{paper}, "
-                           f"{g.noise_words(unit)}: **{status}**.", g.gap)
+                           f"{g.noise_words(unit)}: **{status}**.", g.gap, by_sign=g.se is None)
 
 
 def evaluate_claim(claim: Claim, stats: Mapping[str, Stats], paper: Mapping[str, Optional[float]],
@@ -145,4 +146,5 @@ def _best(subject: str, stats: Mapping[str, Stats], paper: Mapping[str, Optional
         return Verdict(FAILS, f"{subject} is the best of the {len(measured)} rows: the best here is {top}, "
                               f"{-g.gap:.4f} GAUC above {subject}{paper_words}: **{FAILS}**.", g.gap)
     return Verdict(status, f"{subject} is the best of the {len(measured)} rows: {g.gap:+.4f} GAUC above the "
-                           f"runner-up {runner_up}{paper_words}, {g.noise_words(' GAUC')}: **{status}**.", g.gap)
+                           f"runner-up {runner_up}{paper_words}, {g.noise_words(' GAUC')}: **{status}**.", g.gap,
+                   by_sign=g.se is None)

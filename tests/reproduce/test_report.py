@@ -137,6 +137,23 @@ def test_missing_run_is_reported_and_cell_uses_the_rest(tmp_path: Path):
     assert "| TWIN | 0.6098 | +0.0016 | 0.5690 ± 0.0014 |" in report.markdown
 
 
+def test_claims_decided_on_one_seed_are_counted_apart_in_the_header(tmp_path: Path):
+    """One seed measures no noise, so its claims are decided by the gap's sign: the header's count
+    said they held by its ">= 2 standard errors" rule."""
+    plan = build_plan(("table5",), seeds=1)
+    write_fake_runs(tmp_path, plan)
+    report = write_report(plan, load_metrics(tmp_path, plan), tmp_path)
+    held = [v for v in report.verdicts["table5"] if v.status == HOLDS]
+    assert held and all(v.by_sign for v in held)
+    assert (f"- claims that hold here: **{len(held)} of {len(report.verdicts['table5'])}** ({len(held)} of them on "
+            "one seed: decided by the gap's sign alone)") in report.markdown
+    three = tmp_path / "three"
+    plan = build_plan(("table5",), seeds=3)
+    write_fake_runs(three, plan)
+    report = write_report(plan, load_metrics(three, plan), three)
+    assert not any(v.by_sign for v in report.verdicts["table5"]) and "on one seed" not in report.markdown
+
+
 def test_corrupt_metrics_file_names_the_file(tmp_path: Path):
     plan = build_plan(("fig6",), seeds=1)
     d = tmp_path / "runs" / "din-s0"
