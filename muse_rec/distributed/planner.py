@@ -134,6 +134,20 @@ def host_memory_bytes() -> int:
     return total
 
 
+def available_memory_bytes() -> int:
+    """Bytes this process can still allocate: the host's available memory (psutil: what the kernel can
+    give without swapping), or less when the process's address-space limit (``ulimit -v``) leaves less."""
+    import resource
+
+    import psutil
+
+    available = psutil.virtual_memory().available
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit != resource.RLIM_INFINITY:
+        available = min(available, max(0, limit - psutil.Process().memory_info().vms))
+    return available
+
+
 def topology_for(env: DistEnv, **caps: Optional[int]) -> Topology:
     """`make_topology` for the running job (`caps`: ``hbm_bytes_per_rank``, ``ddr_bytes_per_rank``).
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -39,6 +40,7 @@ from muse_rec.data.files import write_binary
 from muse_rec.data.prepared import PreparedData
 from muse_rec.data.schema import SCL_DIM
 from muse_rec.dirlock import DirLock
+from muse_rec.distributed.planner import available_memory_bytes, format_gib
 from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import read_json_object
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
@@ -117,16 +119,40 @@ def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str]
     return model.eval(), ck
 
 
+def _example_shapes(seq_len: int, candidates: int, with_scl: bool) -> Tuple[Tuple[Tuple[int, ...], torch.dtype], ...]:
+    """``(shape, dtype)`` of each of the program's inputs: what `example_inputs` allocates."""
+    ids = (((1, seq_len), torch.int64), ((1, seq_len), torch.int64), ((1,), torch.int64),
+           ((1, len(USER_FEATURES)), torch.int64), ((candidates,), torch.int64), ((candidates,), torch.int64),
+           ((candidates, len(ITEM_FEATURES)), torch.int64))
+    return ids + ((((1, seq_len, SCL_DIM), torch.int8),) if with_scl else ())
+
+
 def example_inputs(seq_len: int, candidates: int = 8, with_scl: bool = False) -> Tuple[torch.Tensor, ...]:
     """Inputs of the right shapes and dtypes for tracing (row 0 = padding/unknown everywhere).
 
     ``with_scl`` appends ``seq_scl [1, L, 128]`` int8 (programs of models that read SCL vectors).
     """
-    z = torch.zeros
-    ids = (z(1, seq_len, dtype=torch.int64), z(1, seq_len, dtype=torch.int64), z(1, dtype=torch.int64),
-           z(1, len(USER_FEATURES), dtype=torch.int64), z(candidates, dtype=torch.int64),
-           z(candidates, dtype=torch.int64), z(candidates, len(ITEM_FEATURES), dtype=torch.int64))
-    return ids + ((z(1, seq_len, SCL_DIM, dtype=torch.int8),) if with_scl else ())
+    return tuple(torch.zeros(shape, dtype=dtype) for shape, dtype in _example_shapes(seq_len, candidates, with_scl))
+
+
+def example_input_bytes(seq_len: int, candidates: int = 8, with_scl: bool = False) -> int:
+    """Bytes `example_inputs` allocates (Python integers: no overflow, nothing allocated)."""
+    return sum(math.prod(shape) * dtype.itemsize for shape, dtype in _example_shapes(seq_len, candidates, with_scl))
+
+
+def check_history_fits(seq_len: int, with_scl: bool, key: str = "--seq-len") -> None:
+    """Refuse (`ExportError` naming ``key``) a history length whose inputs alone exceed the memory this
+    process can still take: checking and tracing the program allocate one user's whole history of L
+    positions (ids, and SCL rows for a model that reads them) at least once, and more than that was
+    never refused: 2**31 was OOM-killed after minutes, with no message. A lower bound (the forward's
+    activations come on top), so a length that fits is never refused."""
+    need = example_input_bytes(seq_len, EXAMPLE_CANDIDATES, with_scl)
+    available = available_memory_bytes()
+    if need > available:
+        raise ExportError(f"{key} {seq_len}: one history of that length needs at least {need:,} bytes "
+                          f"({format_gib(need)}: the program's [1, L] inputs{' with their SCL rows' if with_scl else ''}), "
+                          f"more than the {available:,} bytes ({format_gib(available)}) of memory available; "
+                          f"export a shorter history")
 
 
 def takes_scl(model: InferenceModel) -> bool:
@@ -202,6 +228,8 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
         serving = InferenceModel(model)
     except NotImplementedError as e:
         raise ExportError(str(e)) from None
+    # Before anything of length L is allocated (the int8 check's requests, the trace's example).
+    check_history_fits(L, takes_scl(serving), "--seq-len" if seq_len is not None else "data.seq_len")
     report = int8_check = None
     if quantize:
         # The same requests before and after quantizing (in place): how far int8 moves the scores.

@@ -306,3 +306,25 @@ def test_an_empty_value_flag_is_a_usage_error_naming_it(tmp_path, args, flag):
     out = cli_without_torch(*[str(tmp_path / a) if a.isupper() else a for a in args])
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
     assert out.stderr.startswith(f"muse-rec {args[0]}: argument {flag}: empty value"), out.stderr
+
+
+def test_export_history_bytes_are_what_the_example_inputs_allocate():
+    """The bound `export` checks a history length against is the bytes its example inputs really take."""
+    from muse_rec.serving.export import example_input_bytes, example_inputs
+
+    for with_scl in (False, True):
+        real = sum(t.numel() * t.element_size() for t in example_inputs(50, 8, with_scl))
+        assert example_input_bytes(50, 8, with_scl) == real
+
+
+def test_export_refuses_a_history_longer_than_memory_before_allocating_it(trained, tmp_path):
+    """`export --seq-len 2**31` was OOM-killed after ~150 s with no message (its inputs alone are 32 GiB+);
+    now refused up front naming the flag, the bytes needed and those available. 2**40 (16 TiB of ids)
+    exceeds any host's memory, so the test allocates nothing large on any machine."""
+    from muse_rec.serving.export import example_input_bytes
+
+    out = cli("export", "--spec", SPEC, *trained.sets(), "--out", str(tmp_path / "ex"), "--seq-len", str(2**40))
+    # DIN's program takes no SCL rows
+    assert_bad_input(out, f"--seq-len {2**40}: one history of that length needs at least {example_input_bytes(2**40):,} bytes",
+                     "of memory available")
+    assert not (tmp_path / "ex").exists()
