@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from muse_rec.cli.flags import nonempty_path
+from muse_rec.cli.flags import input_file, nonempty_path
 from muse_rec.json_files import read_json_object
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write the table (Markdown) and JSON next to this path")
     # One or the other: `--floors F --no-floors` showed none and never read F (a missing F passed unnoticed).
     floors = p.add_mutually_exclusive_group()
-    floors.add_argument("--floors", type=nonempty_path, default=None, metavar="FILE",
+    floors.add_argument("--floors", type=input_file, default=None, metavar="FILE",
                         help="model-free floors to show (JSON of `muse-rec baselines --out`); default: the runs' own")
     floors.add_argument("--no-floors", action="store_true", help="do not show the model-free floors")
     p.add_argument("--floors-cache", type=nonempty_path, default=None, metavar="DIR",

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 
 # Every integer flag ends in NumPy, PyArrow or torch, which hold it as a C int64: past that, a
 # value was an OverflowError ("Python int too large to convert to C long") or a NumPy ValueError
@@ -24,6 +26,33 @@ def nonempty_path(text: str) -> str:
     """A file or directory flag's value: not empty (``--out ''`` was taken as no --out at all, so
     nothing was written, and ``--exported ''`` as no --exported: the run's checkpoint was served)."""
     return _nonempty(text, "empty path: name a file or directory")
+
+
+def input_file(text: str) -> str:
+    """A flag naming a file the command reads whole (``--spec``, ``--floors``, ``--request``,
+    ``--profiles-file``): not empty, and not a FIFO, device or socket. Such a file was read like any
+    other: a FIFO blocked the command until something wrote to it (forever, with no message), a
+    device such as /dev/zero never ends. A missing file or a directory is left to the command's own
+    one-line error, which names what it expected there."""
+    return _not_special(nonempty_path(text))
+
+
+def optional_input_file(text: str) -> str:
+    """`input_file` whose empty value means the default (``launch --spec ''``: the profile's spec)."""
+    return _not_special(text) if text else text
+
+
+def _not_special(text: str) -> str:
+    try:
+        mode = os.stat(text).st_mode  # follows links: what is read is the link's target
+    except (OSError, ValueError):  # missing, unreadable, a NUL byte: the command says so, naming it
+        return text
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return text
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+    raise argparse.ArgumentTypeError(f"{text}: {kind}, not a regular file (it would be read whole: a FIFO blocks "
+                                     "until written to, a device never ends); give a file")
 
 
 def nonempty(text: str) -> str:

@@ -19,14 +19,14 @@ import sys
 import threading
 from typing import Dict, List
 
-from muse_rec.cli.flags import int64
+from muse_rec.cli.flags import int64, optional_input_file
 
 HELP = "submit training to the launch profile's scheduler (local, Slurm, Kubernetes) via TorchX"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", required=True, help="launch profile in torchx.yaml, e.g. cpu-demo, multi-node")
-    p.add_argument("--spec", default="", help="spec file (default: the profile's spec)")
+    p.add_argument("--spec", type=optional_input_file, default="", help="spec file (default: the profile's spec)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set train.max_steps=20 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="set or replace one of the profile's scheduler_args, e.g. partition=debug (repeatable)")
     p.add_argument("--rdzv-port", type=int64, default=0, help="c10d rendezvous port (default: the profile's)")
-    p.add_argument("--profiles-file", default="", help="another launch-profiles file instead of torchx.yaml")
+    p.add_argument("--profiles-file", type=optional_input_file, default="", help="another launch-profiles file instead of torchx.yaml")
     p.add_argument("--wait", action="store_true", help="remote schedulers: wait for the job and stream its logs")
 
 

@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import Dict, List, Mapping, Tuple
 
-from muse_rec.cli.flags import int64, nonempty_path
+from muse_rec.cli.flags import input_file, int64, nonempty_path
 
 HELP = "show the sharding plan (per table, per rank, what-if over world sizes) of a spec for any GPU/CPU topology"
 
@@ -37,7 +37,7 @@ MAX_PLAN_RANKS = 16384
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spec", type=nonempty_path, required=True, help="spec file, e.g. specs/taobao_mm_full/muse.yaml")
+    p.add_argument("--spec", type=input_file, required=True, help="spec file, e.g. specs/taobao_mm_full/muse.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set train.sparse_optimizer.name=exact_row_wise_adagrad")
     p.add_argument("--prepared", type=nonempty_path, metavar="PATH", default=None,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from muse_rec.cli.flags import nonempty_path
+from muse_rec.cli.flags import input_file
 
 HELP = "train and evaluate a spec (one rank; launch many with torchx run components/train.py:train)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spec", type=nonempty_path, required=True, help="spec file, e.g. specs/demo/muse.yaml")
+    p.add_argument("--spec", type=input_file, required=True, help="spec file, e.g. specs/demo/muse.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set train.max_steps=20 (repeatable)")
     how = p.add_mutually_exclusive_group()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -328,3 +329,23 @@ def test_export_refuses_a_history_longer_than_memory_before_allocating_it(traine
     assert_bad_input(out, f"--seq-len {2**40}: one history of that length needs at least {example_input_bytes(2**40):,} bytes",
                      "of memory available")
     assert not (tmp_path / "ex").exists()
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["train", "--spec", "FIFO"], "--spec"),
+    (["evaluate", "--spec", "FIFO", "--out", "OUT"], "--spec"),
+    (["export", "--spec", "FIFO", "--out", "OUT"], "--spec"),
+    (["plan", "--spec", "FIFO"], "--spec"),
+    (["rank", "--spec", "FIFO", "--request", "REQ"], "--spec"),
+    (["rank", "--spec", SPEC, "--request", "FIFO"], "--request"),
+    (["compare", "RUN", "--floors", "FIFO"], "--floors"),
+    (["launch", "--profile", "cpu-demo", "--dryrun", "--spec", "FIFO"], "--spec"),
+    (["launch", "--profile", "cpu-demo", "--dryrun", "--profiles-file", "FIFO"], "--profiles-file"),
+])
+def test_an_input_file_flag_naming_a_fifo_is_refused(tmp_path, args, flag):
+    """`--spec FIFO` (and every flag naming a file read whole) blocked forever waiting for a writer."""
+    os.mkfifo(tmp_path / "FIFO")
+    out = cli_without_torch(*[str(tmp_path / a) if a.isupper() else a for a in args], timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert out.stderr.startswith(f"muse-rec {args[0]}: argument {flag}: {tmp_path / 'FIFO'}: a FIFO (named pipe), "
+                                 "not a regular file"), out.stderr
