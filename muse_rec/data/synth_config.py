@@ -23,6 +23,24 @@ MAX_COUNT = 2**31 - 1
 # probabilities with a traceback (--cluster-size-sigma 1e30).
 _LARGEST_DRAW_SIGMAS = 10
 MAX_LOGNORMAL_SIGMA = (math.log(sys.float_info.max) - math.log(MAX_COUNT)) / _LARGEST_DRAW_SIGMAS
+# The largest click-model weight (it multiplies a cosine, at most 1), and the half-width of the bracket the
+# logit intercept is solved in: sigmoid(30) = 1 - 9e-14, so a term past it makes clicks a deterministic step
+# and leaves the intercept no room to reach positive_rate (long_weight 1e30 gave 98% positives for a 13.7%
+# target, user_bias_std 1e30 a ceiling GAUC of nan, exit 0).
+MAX_LOGIT_SCALE = 30.0
+_WEIGHT_KNOBS = ("long_weight", "recent_weight")
+# The largest logit standard deviation: its largest draw (_LARGEST_DRAW_SIGMAS of them) stays in that bracket
+# (user_bias_std 30 missed a 13.7% positive_rate by 3 points, with an overflow warning).
+MAX_LOGIT_STD = MAX_LOGIT_SCALE / _LARGEST_DRAW_SIGMAS
+_STD_KNOBS = ("user_bias_std", "item_bias_std", "impression_noise_std")
+# The largest popularity exponent (cluster_zipf, item_zipf, interest_popularity_power): float64 holds 52
+# fraction bits, so past 52 the second-ranked weight (2^-exponent of the first) is below the first's
+# resolution and the draw is the most popular one only, a release with one item per cluster.
+MAX_POPULARITY_EXPONENT = float(sys.float_info.mant_dig - 1)
+_EXPONENT_KNOBS = ("cluster_zipf", "item_zipf", "interest_popularity_power")
+# The largest item_noise: the within-cluster cosine 1 / (1 + noise^2) falls below float32's epsilon (the
+# SCL vectors are float32) past 2^11.5, so the vectors hold no cluster signal (scl_quality 0 asks for that).
+MAX_ITEM_NOISE = 2.0 ** (23 / 2)  # 1 / sqrt(float32 epsilon, 2^-23)
 # Knobs no count or size: the seed (NumPy takes any non-negative integer) and the row caps of the
 # oracle diagnostics and of Parquet row groups, which only bound what is read or written at once.
 _UNBOUNDED = ("seed", "diagnostics_max_users", "row_group_rows", "user_row_group_rows")
@@ -192,6 +210,16 @@ class SynthConfig:
                      "impression_noise_std"):
             v = getattr(self, name)
             need(v >= 0.0, f"{name}={v} must be >= 0")
+        for name, most in [(k, MAX_LOGIT_SCALE) for k in _WEIGHT_KNOBS] + [(k, MAX_LOGIT_STD) for k in _STD_KNOBS]:
+            v = getattr(self, name)
+            need(v <= most, f"{name}={v} must be <= {most:g} (logit units: past it clicks are a deterministic step "
+                 "and positive_rate cannot be reached)")
+        for name in _EXPONENT_KNOBS:
+            v = getattr(self, name)
+            need(v <= MAX_POPULARITY_EXPONENT, f"{name}={v} must be <= {MAX_POPULARITY_EXPONENT:g} (past it every "
+                 "draw is the most popular one: float64 cannot hold the second's weight)")
+        need(self.item_noise <= MAX_ITEM_NOISE, f"item_noise={self.item_noise} must be <= {MAX_ITEM_NOISE:.0f} (past it "
+             "the within-cluster cosine is below float32's epsilon: no cluster signal; scl_quality 0 asks for that)")
         need(self.cluster_size_sigma <= MAX_LOGNORMAL_SIGMA,
              f"cluster_size_sigma={self.cluster_size_sigma} must be <= {MAX_LOGNORMAL_SIGMA:.1f} (the log-normal "
              "cluster and category weights overflow float64 past it)")

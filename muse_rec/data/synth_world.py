@@ -30,13 +30,13 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from muse_rec.data.schema import SCL_DIM
-from muse_rec.data.synth_config import SynthConfig
+from muse_rec.data.synth_config import MAX_LOGIT_SCALE, SynthConfig
 
 # 130_x user-field vocabulary sizes (130_4 grows with the user count, 130_5 reuses 130_1's
 # vocabulary as the real release does); user_field_cardinalities() fills in 130_4.
 USER_FIELD_VOCAB = (8, 3, 40, 0, 8)
 USER_GROUP_EFFECT_STD = 0.3  # logit effect of the 130_1 group on click propensity
-_INTERCEPT_BRACKET = (-30.0, 30.0)
+_INTERCEPT_BRACKET = (-MAX_LOGIT_SCALE, MAX_LOGIT_SCALE)
 _CHUNK = 65536  # samples per block when gathering [n, D] vectors
 # Items per independently seeded block of SCL vectors in the streaming world (`item_vector_block`):
 # any block can be regenerated alone, so 30M+ item vectors never need to sit in memory at once.

@@ -372,3 +372,32 @@ def test_a_second_synth_into_the_same_out_is_refused(tmp_path: Path, capsys) -> 
     finally:
         lock.release()
     assert main(["synth", str(out), *args]) == 0
+
+
+@pytest.mark.parametrize("knob, bound", [
+    ("long_weight", "MAX_LOGIT_SCALE"), ("recent_weight", "MAX_LOGIT_SCALE"),
+    ("user_bias_std", "MAX_LOGIT_STD"), ("item_bias_std", "MAX_LOGIT_STD"), ("impression_noise_std", "MAX_LOGIT_STD"),
+    ("cluster_zipf", "MAX_POPULARITY_EXPONENT"), ("item_zipf", "MAX_POPULARITY_EXPONENT"),
+    ("interest_popularity_power", "MAX_POPULARITY_EXPONENT"), ("item_noise", "MAX_ITEM_NOISE"),
+])
+def test_a_float_knob_past_its_meaningful_range_is_named(tmp_path: Path, capsys, knob: str, bound: str) -> None:
+    """`synth --long-weight 1e30` wrote a release with 98% positives for a 13.7% positive_rate,
+    `--user-bias-std 1e30` one whose ceiling GAUC was nan, `--item-noise 1e30` SCL vectors with no
+    cluster signal, a Zipf exponent 1e30 one item per cluster, all exit 0. Past its bound each knob
+    is refused naming it; at the bound the release still hits positive_rate."""
+    from muse_rec.cli import main
+    from muse_rec.data import synth_config
+
+    flag = "--" + knob.replace("_", "-")
+    assert main(["synth", str(tmp_path / "bad"), "--preset", "tiny", "--quiet", flag, "1e30"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"muse-rec synth: invalid SynthConfig: {knob}=1e+30 must be <= ") and err.count("\n") == 1, err
+    assert not (tmp_path / "bad").exists()
+    most = getattr(synth_config, bound)
+    m = write_synthetic_release(str(tmp_path / "edge"), _tiny(**{knob: most}), diagnostics=False, progress=False)
+    st, rate = m["stats"], _tiny().positive_rate
+    n = st["train_samples"] + st["test_samples"]
+    clicked = st["train_positive_rate"] * st["train_samples"] + st["test_positive_rate"] * st["test_samples"]
+    # The intercept is solved on both splits' logits for a mean click probability of exactly `rate`, so
+    # the clicks are a binomial draw around it: 5 standard deviations of the realised rate.
+    assert abs(clicked / n - rate) <= 5 * (rate * (1 - rate) / n) ** 0.5, (clicked / n, rate)
