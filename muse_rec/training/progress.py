@@ -46,6 +46,7 @@ class LossMonitor:
     """
 
     def __init__(self, start_step: int, device: torch.device) -> None:
+        self._start = start_step
         self._step = torch.full((), start_step, dtype=torch.int64, device=device)
         self._first_bad = torch.full((), _NONE, dtype=torch.int64, device=device)
         self._sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -81,11 +82,22 @@ class LossMonitor:
             raise NonFiniteLoss(
                 f"training loss is not finite (NaN or inf) from step {bad} on; stopped at step {step} "
                 f"(the loss is checked every train.log_every steps and before each checkpoint); "
-                f"no checkpoint was written after step {bad - 1}. Lower the learning rate or check the data."
+                f"no checkpoint was written after step {bad - 1}. {self._advice(bad)}"
             )
         self._sum.zero_()
         self._count = 0.0
         return loss_sum / count if count else None
+
+    def _advice(self, bad: int) -> str:
+        """What to change: the first step's loss is that of the weights the run started with (no update
+        applied yet), so the learning rate cannot be its cause (model.init_std 1e30 was told to lower it)."""
+        if bad == self._start + 1 and self._start == 0:
+            return ("No update had been applied yet, so it is not the learning rate: check the model's "
+                    "initialisation (model.init_std, model.parametrization.*) or the data.")
+        if bad == self._start + 1:
+            return (f"No update had been applied since the step-{self._start} checkpoint this run resumed from, so "
+                    "it is not the learning rate: check that checkpoint's weights or the data.")
+        return "Lower the learning rate or check the data."
 
 
 # What the few-clicks warning advises: the demo profile's (specs/profiles/demo.yaml) batch and dense

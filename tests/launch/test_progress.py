@@ -184,3 +184,21 @@ def test_non_finite_loss_stops_the_run_before_any_later_checkpoint(prepared, tmp
     steps = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
     assert steps and max(steps) == first - 1, (steps, first)
     assert not (run / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("start, values, advice", [
+    (0, (math.nan,), "No update had been applied yet, so it is not the learning rate: check the model's "
+                     "initialisation (model.init_std, model.parametrization.*) or the data."),
+    (10, (math.inf,), "No update had been applied since the step-10 checkpoint this run resumed from, so it is not "
+                      "the learning rate: check that checkpoint's weights or the data."),
+    (0, (0.5, math.nan), "Lower the learning rate or check the data."),
+])
+def test_a_loss_not_finite_before_any_update_does_not_blame_the_learning_rate(start, values, advice):
+    """`train --set model.init_std=1e30` failed at step 1 with "Lower the learning rate": no update had
+    been applied, so the starting weights (or the data) were the cause."""
+    m = LossMonitor(start_step=start, device=torch.device("cpu"))
+    for v in values:
+        m.add(torch.tensor(v))
+    with pytest.raises(NonFiniteLoss) as e:
+        m.check(start + len(values))
+    assert str(e.value).endswith(advice), str(e.value)

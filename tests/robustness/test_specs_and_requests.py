@@ -349,3 +349,11 @@ def test_an_input_file_flag_naming_a_fifo_is_refused(tmp_path, args, flag):
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
     assert out.stderr.startswith(f"muse-rec {args[0]}: argument {flag}: {tmp_path / 'FIFO'}: a FIFO (named pipe), "
                                  "not a regular file"), out.stderr
+
+
+def test_a_model_whose_init_gives_a_non_finite_loss_is_not_told_to_lower_the_learning_rate(prepared_tiny, tmp_path):
+    """`train --set model.init_std=1e30`: the ID rows (2e30) square past float32 and the first step's loss
+    is NaN; the advice was "Lower the learning rate", which had not acted yet."""
+    out = cli("train", "--spec", SPEC, *sets(prepared_tiny, tmp_path / "runs", ["train.max_steps=2", "model.init_std=1e30"]),
+              "--device", "cpu")
+    assert_bad_input(out, "from step 1 on", "not the learning rate", "model.init_std")
