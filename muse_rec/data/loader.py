@@ -13,6 +13,7 @@ Every batch is built with NumPy gathers on memory-mapped arrays: no per-row Pyth
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 from dataclasses import dataclass
@@ -219,13 +220,28 @@ def _arrays_or_raise(item: Union["BatchArrays", _DataFault]) -> "BatchArrays":
     return item
 
 
+logger = logging.getLogger("muse_rec")
+
+
+def usable_workers(requested: int) -> int:
+    """The loader workers a rank starts for ``data.num_workers`` = ``requested``: at most the CPUs this
+    process may run on. A worker builds whole batches on one CPU, so more cannot run at once; each
+    extra one only costs a fork and ~27 MiB (`rank_memory.WORKER_BYTES`): data.num_workers 1000 forked
+    1000 processes on a 2-CPU host. The batches and their order do not depend on the count."""
+    return min(requested, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 class PreparedLoader:
     """Iterable of `Batch` with `__len__`; uses a torch DataLoader when `num_workers` > 0."""
 
     def __init__(self, dataset: PreparedBatches, num_workers: int = 0, pin_memory: bool = False) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.dataset, self.num_workers, self.pin_memory = dataset, num_workers, pin_memory
+        usable = usable_workers(num_workers)
+        if usable < num_workers:
+            logger.warning("data.num_workers %d: more than the %d CPUs this process may use; starting %d loader "
+                           "workers (the batches are the same)", num_workers, usable, usable)
+        self.dataset, self.num_workers, self.pin_memory = dataset, usable, pin_memory
 
     def __len__(self) -> int:
         return len(self.dataset)

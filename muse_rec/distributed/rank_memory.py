@@ -48,6 +48,8 @@ from typing import Optional, Sequence
 from torch import nn
 from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS
 
+from muse_rec.data.loader import usable_workers
+
 MiB = 1024**2
 
 RUNTIME_BYTES = 440 * MiB
@@ -61,7 +63,8 @@ def rank_overhead_bytes(batch_size: int, eval_batch_size: int, seq_len: int, num
                         world_size: int) -> int:
     """Estimated bytes of a CPU training rank outside its embedding kernels (see module doc)."""
     positions = max(batch_size, eval_batch_size) * seq_len
-    total = RUNTIME_BYTES + BYTES_PER_POSITION * positions + WORKER_BYTES * max(0, num_workers)
+    # The workers the loader really starts (never more than the CPUs: `usable_workers`).
+    total = RUNTIME_BYTES + BYTES_PER_POSITION * positions + WORKER_BYTES * usable_workers(max(0, num_workers))
     if world_size > 1:
         total += COLLECTIVE_BYTES_PER_POSITION * positions
     return int(total)

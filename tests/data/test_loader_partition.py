@@ -244,3 +244,16 @@ def test_batch_rows_counts_each_batchs_real_rows_without_building_it(prepared: s
     assert n % BATCH and sum(make_loader(prepared, "train", BATCH, SEQ_LEN, rank=r, world_size=world,
                                          shuffle_seed=shuffle).dataset.batch_rows(j)
                              for r in range(world) for j in range(ds.batches_per_rank)) == n
+
+
+def test_more_workers_than_cpus_start_one_per_cpu_with_the_same_batches(prepared: str, caplog) -> None:
+    """`data.num_workers: 1000` forked 1000 loader processes (a 2-CPU host: ~27 MiB and a fork each, none
+    of them able to run at once); a rank now starts one per CPU it may use, says so naming the key, and
+    delivers the same batches in the same order."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    loader = make_loader(prepared, "train", BATCH, SEQ_LEN, num_workers=1000)
+    assert loader.num_workers == cpus
+    assert f"data.num_workers 1000: more than the {cpus} CPUs this process may use" in caplog.text
+    assert _sample_ids(prepared, 0, 1, workers=1000) == _sample_ids(prepared, 0, 1, workers=0)
