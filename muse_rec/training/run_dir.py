@@ -30,6 +30,7 @@ from typing import Callable, Iterator, List, Optional, TypeVar
 from muse_rec.data.files import remove_killed_tmps, tmp_of
 from muse_rec.dirlock import LOCK_FILE, DirLock, DirLockError
 from muse_rec.output_paths import OutputPathError, check_not_inside_another_output, output_within
+from muse_rec.spec import load_spec
 
 
 _Lock = TypeVar("_Lock", bound=DirLock)
@@ -42,11 +43,15 @@ class RunDirError(DirLockError):
 def check_spec_names_its_run(spec_file: str, run_dir: str) -> None:
     """RunDirError where ``spec_file`` is a run's spec.yaml (beside its run.json) whose ``output_dir``
     names another directory: a copied run directory's spec.yaml still names the original (spec.yaml
-    holds it absolute), so training with it, --resume included, would write into the original."""
+    holds it absolute), so training with it, --resume included, would write into the original.
+    ``run_dir`` is the run directory after the command's overrides: one that ``--set output_dir``
+    moved away from the file's own is the user's choice (a new run from a run's settings), not refused."""
     holder = Path(spec_file).parent
     if Path(spec_file).name != "spec.yaml" or not (holder / "run.json").exists():
         return
-    if Path(run_dir).resolve() != holder.resolve():
+    if Path(run_dir).resolve() == holder.resolve():
+        return
+    if Path(load_spec(spec_file).run_dir).resolve() == Path(run_dir).resolve():  # the file's own output_dir
         raise RunDirError(f"{spec_file}: the spec.yaml of the run in {holder}, but its output_dir is {run_dir}: "
                           f"training with it would write there; add --set output_dir={holder} to train this "
                           "copy (or another output_dir for a new run)")

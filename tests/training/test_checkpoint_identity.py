@@ -208,3 +208,15 @@ def test_a_copied_runs_spec_yaml_does_not_train_into_the_original(runs, tmp_path
     assert {p: p.read_bytes() for p in (runs / "seed1").rglob("*") if p.is_file() and p.name != ".lock"} == original
     out = run_ranks(["train", "--spec", str(copy / "spec.yaml"), "--resume", "--set", f"output_dir={copy}"], 1)
     assert metrics(copy)["gauc"] == metrics(runs / "seed1")["gauc"]
+
+
+def test_a_runs_spec_yaml_with_another_output_dir_trains_a_new_run_there(runs, tmp_path):
+    # The refusal above says "(or another output_dir for a new run)": a run's spec.yaml with --set output_dir=NEW
+    # (another seed of the same settings) was refused with that very advice, whatever output_dir was set.
+    original = {p: p.read_bytes() for p in (runs / "seed0").rglob("*") if p.is_file() and p.name != ".lock"}
+    new = tmp_path / "seed2"
+    run_ranks(["train", "--spec", str(runs / "seed0" / "spec.yaml"), "--set", f"output_dir={new}",
+               "--set", "train.seed=2", "--set", "train.max_steps=2"], 1)
+    assert metrics(new)["steps"] == 2
+    assert load_spec(new / "spec.yaml").train.seed == 2
+    assert {p: p.read_bytes() for p in (runs / "seed0").rglob("*") if p.is_file() and p.name != ".lock"} == original
