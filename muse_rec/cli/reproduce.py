@@ -49,9 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="raw real Taobao-MM release (any iopath path): prepared into OUT/data/prepared first")
     p.add_argument("--nproc", type=int64, default=None,
                    help="ranks per training job (default: the GPU count with CUDA, else 2: on the 2-core box 2 ranks x 1 "
-                        "thread are ~4x faster than 1 process x 2 threads)")
+                        "thread are ~4x faster than 1 process x 2 threads; --what fusion: 1, --parallel trainings "
+                        "at once)")
     p.add_argument("--threads", type=int64, default=1, help="OMP threads per rank (default 1)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda when available (--what fusion: cpu)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="spec override applied to every run (repeatable), e.g. train.batch_size=1000")
     p.add_argument("--report-only", action="store_true", help="train nothing; write the report from the finished runs")
