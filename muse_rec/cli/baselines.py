@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
                         prior_strength=args.prior_strength, lr_train_samples=args.lr_train_samples)
     try:
         # The options, --out and the data's layout first: the scoring code imports torch (seconds).
-        opts.check()
+        # Named as the flag that set it (--top-k, --prior-strength, ...); the options no flag sets keep defaults.
+        opts.check(name=lambda key: "--" + key.replace("_", "-"))
         if args.out:
             args.out = check_output_path(args.out, "--out", directory=False)
         data = PreparedData(args.prepared)

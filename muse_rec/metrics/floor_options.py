@@ -4,6 +4,7 @@ the scoring code's imports (seconds)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 
 class FloorsError(ValueError):
@@ -42,12 +43,13 @@ class FloorOptions:
     chunk_slots: int = 1 << 20
     seed: int = 0
 
-    def check(self) -> None:
+    def check(self, name: Callable[[str], str] = lambda key: f"floors option {key}") -> None:
+        """FloorsError naming the first bad option as ``name(field)`` (`muse-rec baselines` names its flag)."""
         for key in ("recent", "top_k", "chunk_samples", "chunk_slots", "lr_train_samples"):
             if getattr(self, key) <= 0:
-                raise FloorsError(f"floors option {key} must be > 0, got {getattr(self, key)}")
+                raise FloorsError(f"{name(key)} must be > 0, got {getattr(self, key)}")
         if self.seq_len < 0:
-            raise FloorsError(f"floors option seq_len must be >= 0 (0 = whole history), got {self.seq_len}")
+            raise FloorsError(f"{name('seq_len')} must be >= 0 (0 = whole history), got {self.seq_len}")
         for key in ("prior_strength", "lr_l2"):  # inf: popularity becomes inf/inf = nan
             if not 0 < getattr(self, key) < float("inf"):
-                raise FloorsError(f"floors option {key} must be a finite number > 0, got {getattr(self, key)}")
+                raise FloorsError(f"{name(key)} must be a finite number > 0, got {getattr(self, key)}")

@@ -58,7 +58,9 @@ def test_compare_baselines_and_reproduce_refuse_a_missing_input_before_torch_is_
     out = cli_without_torch("baselines", str(tmp_path / "prepared"))
     assert_bad_input(out, f"muse-rec baselines: {tmp_path / 'prepared'}: no meta.json")
     out = cli_without_torch("baselines", str(tmp_path / "prepared"), "--top-k", "0")
-    assert_bad_input(out, "muse-rec baselines: floors option top_k must be > 0, got 0")
+    assert_bad_input(out, "muse-rec baselines: --top-k must be > 0, got 0")  # the flag, not the field
+    out = cli_without_torch("baselines", str(tmp_path / "prepared"), "--prior-strength", "inf")
+    assert_bad_input(out, "muse-rec baselines: --prior-strength must be a finite number > 0, got inf")
     out = cli_without_torch("reproduce", str(tmp_path / "out"), "--prepared", str(tmp_path / "prepared"))
     assert_bad_input(out, f"muse-rec reproduce: prepared data {tmp_path / 'prepared'}: ", "no meta.json")
     assert not any(tmp_path.iterdir())  # nothing written
