@@ -65,6 +65,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (MemoryError, RuntimeError) as e:
+        from muse_rec.cli.errors import lost_a_peer, report_lost_peer
+
+        if lost_a_peer(e):  # another rank ended (bad data only it read, a kill): its own line says why
+            return report_lost_peer(args.command, e)
         # What runs out is what the spec or the input sized (a spec's model.esu.num_tiers = 1e9
         # asked for tens of GB, export --seq-len 1e12 for 8 TB): a line saying so, not a traceback.
         if not _out_of_memory(e):

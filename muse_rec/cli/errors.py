@@ -2,7 +2,9 @@
 
 Exit codes of every command: 0 ok, 2 bad input (the one-line message names the file, key or
 flag), 130 interrupted (Ctrl-C; `muse_rec.cli.main` says how to go on), 141 the reader of the
-output went away (quietly), 1 a bug (a traceback; please report it). The imports are lazy: evaluated only when an
+output went away (quietly), 1 a bug (a traceback; please report it), or a rank of a job whose
+collective failed because another rank's process ended (one line: `lost_a_peer`; the cause is that
+rank's to say). The imports are lazy: evaluated only when an
 exception reaches a command's boundary, so a command's start-up stays light. Output locations
 are checked up front (`muse_rec.output_paths`), so a bad ``--out`` fails before any work.
 """
@@ -50,3 +52,33 @@ def _dcp_line(e: BaseException) -> str:
     from muse_rec.training.checkpoint import describe_load_failure
 
     return f"checkpoint {describe_load_failure(e)}"  # type: ignore[arg-type]
+
+
+# What gloo's TCP transport raises (a plain RuntimeError) on a rank whose collective has another rank at
+# its other end that is gone: that process ended (its own error, a SIGKILL, the OOM killer).
+_GLOO_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_a_peer(e: BaseException) -> bool:
+    """Whether ``e`` is this rank's collective failing because another rank of a multi-rank job ended.
+
+    torch.distributed is looked up, not imported: a command that never loaded it has no peers."""
+    dist = sys.modules.get("torch.distributed")
+    if not isinstance(e, RuntimeError) or dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    text = str(e)
+    return dist.get_world_size() > 1 and "gloo" in text and any(m in text for m in _GLOO_PEER_GONE)
+
+
+def report_lost_peer(command: str, e: BaseException) -> int:
+    """One line for `lost_a_peer`: the rank that ended says why (its own line, or torchrun's report of its
+    signal), so this rank's traceback through TorchRec's collectives only buried that; returns 1 (the job
+    failed, not this rank's input)."""
+    import torch.distributed as dist
+
+    what = next(m for m in _GLOO_PEER_GONE if m in str(e))
+    sys.stderr.write(f"muse-rec {command}: rank {dist.get_rank()} of {dist.get_world_size()}: stopped, another rank "
+                     f"of the job ended during a collective (gloo: {what}); that rank's error, or torchrun's report "
+                     "of its exit, says why\n")
+    sys.stderr.flush()
+    return 1

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -332,3 +334,20 @@ def test_a_save_killed_while_deleting_the_step_it_replaces_leaves_a_whole_checkp
     assert newest == root / "step-00000002" and (newest / "position.json").exists()
     save_checkpoint(str(root), model, None, Position(step=3, run_id="r"))  # the next save clears what was left
     assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000003"]
+
+
+def test_damage_that_only_one_rank_reads_ends_every_rank_in_one_line(prepared, tmp_path):
+    """A label that only rank 1's first batch reads: rank 1 exits 2 naming the file, and rank 0, whose
+    collective then failed (gloo: "Connection closed by peer"), printed a traceback through TorchRec's
+    pipeline before torchrun stopped it. Now it says in one line that another rank ended."""
+    damaged = tmp_path / "prepared"
+    shutil.copytree(prepared, damaged)
+    labels = np.load(damaged / "train" / "labels.npy", mmap_mode="r+")
+    labels[64 + 6] = 7  # sample 70: global batch 1 at batch size 64, the first one of rank 1 on 2 ranks
+    labels.flush()
+    del labels
+    out = run_ranks(train_args("specs/demo/din.yaml", damaged, tmp_path), nproc=2, check=False, timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]  # torchrun's code for a failed worker (docs/launch.md)
+    assert f"muse-rec train: {damaged}/train/labels.npy: label 7 is outside [0, 2)" in out.stderr
+    # torch prefixes a rank's uncaught exception with "[rank0]:"; torchrun's own report follows it.
+    assert not [line for line in out.stderr.splitlines() if line.startswith("[rank0]:")], out.stderr[-4000:]
