@@ -48,6 +48,7 @@ from muse_rec.data.files import write_binary
 from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import INT64_MAX, read_json_object
 from muse_rec.lifetime import interrupts_deferred
+from muse_rec.metrics.gather import all_gather_objects
 
 logger = logging.getLogger(__name__)
 
@@ -419,6 +420,7 @@ def load_checkpoint(
 
         set_fused_optimizer_step(model, position.step)
     rng = Path(path) / f"rng-{_rank()}.pt"
+    bad_rng: Optional[str] = None
     if rng.exists() and position.world_size == (dist.get_world_size() if dist.is_initialized() else 1):
         try:
             state = torch.load(rng, weights_only=True)
@@ -426,7 +428,12 @@ def load_checkpoint(
                 raise TypeError(f"expected a 1-D uint8 tensor, got {type(state).__name__}")
             torch.set_rng_state(state)
         except (RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as e:
-            raise CheckpointError(f"{rng}: not a torch RNG state ({_one_line(e)})") from None
+            bad_rng = f"{rng}: not a torch RNG state ({_one_line(e)})"
+    # Each rank reads only its own rng-<rank>.pt: one rank's damaged file raised on that rank alone, while
+    # the others rewrote the run record for the resume and trained into a collective it never joined.
+    bad_rng = next((b for b in all_gather_objects(bad_rng) if b), None)
+    if bad_rng:
+        raise CheckpointError(bad_rng)
     return position
 
 

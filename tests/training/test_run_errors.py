@@ -351,3 +351,26 @@ def test_damage_that_only_one_rank_reads_ends_every_rank_in_one_line(prepared, t
     assert f"muse-rec train: {damaged}/train/labels.npy: label 7 is outside [0, 2)" in out.stderr
     # torch prefixes a rank's uncaught exception with "[rank0]:"; torchrun's own report follows it.
     assert not [line for line in out.stderr.splitlines() if line.startswith("[rank0]:")], out.stderr[-4000:]
+
+
+def test_a_damaged_file_that_only_rank_1_loads_refuses_the_resume_on_every_rank(prepared, tmp_path):
+    """Each rank reads only its own rng-<rank>.pt of a checkpoint. A damaged rng-1.pt (its manifest
+    rewritten to match: the file as saved, not a flipped bit) raised on rank 1 alone; rank 0 went on,
+    rewrote the run record with the resume's settings (run.json's total_steps) and trained into a
+    collective rank 1 never joined. Now every rank refuses, naming the file, before anything is written."""
+    from muse_rec.integrity import write_manifest
+
+    spec, run = "specs/demo/din.yaml", tmp_path / "din"
+    first = train_args(spec, prepared, tmp_path, ["train.max_steps=2", "train.eval_at_end=false"])
+    run_ranks(first, nproc=2)
+    ck = run / "checkpoints" / "step-00000002"
+    (ck / "rng-1.pt").write_bytes(b"not a tensor")
+    write_manifest(ck)
+    before = {f: (run / f).read_text() for f in ("spec.yaml", "run.json")}
+    out = run_ranks(train_args(spec, prepared, tmp_path, ["train.max_steps=4", "train.eval_at_end=false"])
+                    + ["--resume"], nproc=2, check=False, timeout=300)
+    assert out.returncode != 0, out.stderr[-3000:]
+    line = f"muse-rec train: {ck}/rng-1.pt: not a torch RNG state"
+    assert out.stderr.count(line) == 2, out.stderr[-3000:]  # rank 1's own, and rank 0's (the same line)
+    assert {f: (run / f).read_text() for f in before} == before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
