@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 from contextlib import contextmanager
@@ -52,6 +53,16 @@ def ending_with_this_process() -> Optional[Callable[[], None]]:
         return None
     parent = os.getpid()
     return lambda: _end_with(parent, prctl)
+
+
+def torchrun_job() -> Optional[str]:
+    """The torchrun job this process is a rank of, the same in each of its restarted attempts (None outside
+    torchrun): its rendezvous run id (TorchX gives each submission its own), or where that is torchrun's
+    default "none", shared by every job, the host and pid of the torchrun agent that started this rank."""
+    run_id = os.environ.get(TORCHRUN_WORKER_ENV)
+    if run_id is None or run_id != "none":
+        return run_id
+    return f"{socket.gethostname()}:{os.getppid()}"
 
 
 def end_with_torchrun() -> None:

@@ -30,15 +30,17 @@ from muse_rec.data.epochs import samples_in_step
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.plan_measure import status_bytes
+from muse_rec.lifetime import torchrun_job
 from muse_rec.output_paths import strip_file_uri
 from muse_rec.quiet import quiet_known_warnings
 from muse_rec.spec import Spec
-from muse_rec.training.checkpoint import (Position, checkpoint_to_resume, load_checkpoint, read_position,
-                                         save_checkpoint)
+from muse_rec.training.checkpoint import (Position, checkpoint_to_resume, from_main_rank, load_checkpoint,
+                                         read_position, save_checkpoint)
 from muse_rec.training.checkpoint_choice import evaluation_checkpoint, load_for_evaluation
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
 from muse_rec.training.results import rank_memory, summary_line, training_figures, write_json, write_rank_memory
-from muse_rec.training.run_dir import claim_evaluation_dir, claim_run_dir, given_back_on_error, new_run_id
+from muse_rec.training.run_dir import (RunDirError, claim_evaluation_dir, claim_run_dir, given_back_on_error,
+                                      new_run_id, previous_contents, used_run_dir_message)
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_resume_settings, check_run_compat,
                                           read_run_json, resume_place)
 
@@ -147,7 +149,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     env = init_distributed(DistEnv.from_environ(device_type=device_type))
     _setup_logging(env)
     restart = int(os.environ.get(RESTART_COUNT_ENV, "0") or 0)
-    if restart and not resume:
+    restarted_fresh_run = bool(restart and not resume)
+    if restarted_fresh_run:
         # torchrun restarted the job after a rank failed: continue from the last checkpoint.
         logger.warning("restart %d of the job (torchrun --max-restarts): resuming from the latest checkpoint", restart)
         resume = True
@@ -168,6 +171,15 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     lock = claim_run_dir(run_dir, env.is_main, resume, overwrite)  # held until the run ends
     with given_back_on_error(lock):  # until the run record is written, a refusal leaves no trace
         prev_run = read_run_json(run_dir / "run.json") if resume else {}
+        if restarted_fresh_run:
+            # The first attempt of this fresh run was refused, the directory holding an earlier run (or other
+            # files): the restart must refuse it again, not continue a run some other job wrote. Rank 0's
+            # verdict: it wrote the job into run.json, and on another host a rank's job id can read otherwise.
+            used = previous_contents(run_dir)
+            refusal = used_run_dir_message(run_dir, used) if used and prev_run.get("job") != torchrun_job() else None
+            refusal = from_main_rank(refusal)
+            if refusal:
+                raise RunDirError(refusal)
         if resume:  # every rank checks (same files), so all raise together instead of some hanging
             check_run_compat(run_dir / "run.json", data, env)
             check_resume_settings(run_dir / "spec.yaml", spec)
@@ -233,6 +245,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             run_dir / "spec.yaml": yaml.safe_dump(spec_record(spec), sort_keys=False),
             run_dir / "run.json": json.dumps({
                 "run_id": run_id, "data_fingerprint": data.fingerprint,
+                "job": torchrun_job(),  # a restarted attempt of this job continues this run, no other job's
                 "vocab_sizes": dict(data.vocab_sizes), "world_size": trained_world_size, "device": str(env.device),
                 "sparse_optimizer": asdict(t.sparse_optimizer), "dense_optimizer": asdict(t.dense_optimizer),
                 "sparse_optimizer_route": FusedOptimizerConfig(name=t.sparse_optimizer.name).route(env.device.type),

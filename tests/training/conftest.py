@@ -36,12 +36,13 @@ def overrides(prepared: Path, out_dir: Path, extra: Sequence[str] = ()) -> List[
 
 
 def run_ranks(args: Sequence[str], nproc: int, env_extra: dict | None = None, check: bool = True,
-              timeout: int = 600) -> subprocess.CompletedProcess:
-    """`muse-rec <args>` on `nproc` gloo ranks through torchrun (1 = a plain process)."""
+              timeout: int = 600, torchrun_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """`muse-rec <args>` on `nproc` gloo ranks through torchrun (1 = a plain process), with
+    ``torchrun_args`` (e.g. ``--max-restarts 1``) before torchrun's own."""
     if nproc == 1:
         cmd = [venv_bin("muse-rec"), *args]
     else:
-        cmd = [venv_bin("torchrun"), "--nnodes", "1", "--nproc_per_node", str(nproc),
+        cmd = [venv_bin("torchrun"), *torchrun_args, "--nnodes", "1", "--nproc_per_node", str(nproc),
                "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
                "-m", "muse_rec.cli", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout,

@@ -374,3 +374,21 @@ def test_a_damaged_file_that_only_rank_1_loads_refuses_the_resume_on_every_rank(
     assert out.stderr.count(line) == 2, out.stderr[-3000:]  # rank 1's own, and rank 0's (the same line)
     assert {f: (run / f).read_text() for f in before} == before
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
+
+
+def test_a_restart_of_a_refused_fresh_run_does_not_continue_the_earlier_run(prepared, tmp_path):
+    """A fresh run into a directory holding an earlier run is refused (exit 2). Under torchrun's
+    --max-restarts (the cluster profiles' max_restarts, whose schedulers `muse-rec launch` cannot check
+    the directory for) the restarted attempt resumes, and it resumed the earlier run: trained it on, wrote
+    its checkpoints and metrics, exit 0. A restart now resumes only a run its own job started."""
+    spec, run = "specs/demo/din.yaml", tmp_path / "din"
+    args = train_args(spec, prepared, tmp_path, ["train.max_steps=2", "train.eval_at_end=false"])
+    run_ranks(args, nproc=1)
+    before = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
+    out = run_ranks(train_args(spec, prepared, tmp_path, ["train.max_steps=4", "train.eval_at_end=false"]),
+                    nproc=2, check=False, timeout=300, torchrun_args=["--max-restarts", "1"])
+    assert out.returncode != 0, out.stderr[-3000:]
+    assert f"muse-rec train: {run}: already holds a run" in out.stderr
+    assert "restart 1 of the job" in out.stderr  # the restart ran, and was refused too
+    after = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
+    assert after == before
