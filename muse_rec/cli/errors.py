@@ -19,7 +19,7 @@ def bad_input_errors() -> Tuple[Type[BaseException], ...]:
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
     from muse_rec.data.prepared import PreparedDataError
-    from muse_rec.distributed.env import DeviceError
+    from muse_rec.distributed.env import DeviceError, LaunchEnvError
     from muse_rec.integrity import IntegrityError
     from muse_rec.output_paths import OutputPathError
     from muse_rec.serving.export_layout import ExportError  # without torch.export and TorchRec (seconds)
@@ -30,7 +30,7 @@ def bad_input_errors() -> Tuple[Type[BaseException], ...]:
     from muse_rec.training.run_record import RunError
 
     return (SpecError, RunError, RunDirError, CheckpointError, PreparedDataError, IntegrityError, RequestError,
-            CheckpointException, OutputPathError, DeviceError, ExportError)
+            CheckpointException, OutputPathError, DeviceError, LaunchEnvError, ExportError)
 
 
 def report(command: str, e: BaseException) -> int:

@@ -72,9 +72,9 @@ class DistEnv:
         local_rank = _int_var(env, "LOCAL_RANK", rank)
         local_world_size = _int_var(env, "LOCAL_WORLD_SIZE", world_size)
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"environment has RANK={rank}, WORLD_SIZE={world_size}: need 0 <= RANK < WORLD_SIZE")
+            raise LaunchEnvError(f"environment has RANK={rank}, WORLD_SIZE={world_size}: need 0 <= RANK < WORLD_SIZE")
         if not 0 <= local_rank < local_world_size:
-            raise ValueError(
+            raise LaunchEnvError(
                 f"environment has LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world_size}: "
                 "need 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE"
             )
@@ -96,6 +96,11 @@ class DeviceError(ValueError):
     """The device asked for is not on this machine (the user's input, not a bug: exit 2)."""
 
 
+class LaunchEnvError(ValueError):
+    """The launcher's variables (RANK, WORLD_SIZE, ...) are malformed or inconsistent: a hand-written job
+    script's or a scheduler template's input, not a bug (exit 2, the line naming the variable)."""
+
+
 def check_device(device_type: str) -> None:
     """DeviceError where ``device_type`` is "cuda" and torch sees no CUDA device here."""
     if device_type == "cuda" and not torch.cuda.is_available():
@@ -110,7 +115,7 @@ def _int_var(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+        raise LaunchEnvError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
 def free_port(host: str = DEFAULT_MASTER_ADDR) -> int:
@@ -147,7 +152,7 @@ def init_distributed(
         return env
     launched = "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
     if env.world_size > 1 and not launched:
-        raise RuntimeError(
+        raise LaunchEnvError(
             f"WORLD_SIZE={env.world_size} but MASTER_ADDR/MASTER_PORT are not set: "
             "launch with torchrun or `torchx run ... dist.ddp`"
         )

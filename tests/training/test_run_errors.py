@@ -392,3 +392,18 @@ def test_a_restart_of_a_refused_fresh_run_does_not_continue_the_earlier_run(prep
     assert "restart 1 of the job" in out.stderr  # the restart ran, and was refused too
     after = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
     assert after == before
+
+
+@pytest.mark.parametrize("variables, words", [
+    ({"RANK": "x"}, "environment variable RANK='x' is not an integer"),
+    ({"RANK": "5", "WORLD_SIZE": "2"}, "environment has RANK=5, WORLD_SIZE=2: need 0 <= RANK < WORLD_SIZE"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE=2 but MASTER_ADDR/MASTER_PORT are not set"),
+])
+def test_a_bad_rank_environment_is_one_line(prepared, tmp_path, variables, words):
+    """The launcher's variables (RANK, WORLD_SIZE, ...: a hand-written job script, a scheduler's
+    template) set wrong were a traceback through DistEnv, exit 1; now the line naming the variable, exit 2."""
+    out = run_ranks(train_args("specs/demo/din.yaml", prepared, tmp_path), nproc=1, check=False, timeout=120,
+                    env_extra=variables)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(f"muse-rec train: {words}"), \
+        out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "din").exists()
