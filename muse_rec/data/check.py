@@ -231,13 +231,20 @@ def _check_content(s: _Scan) -> None:
     """Every array against the SHA-256 prepare recorded in meta.json (``content_sha256``; prepared data
     of earlier versions has none): a change after prepare that keeps every row in range, e.g. two
     labels swapped, is found here and nowhere else."""
-    recorded = s.data.meta.get("content_sha256")
-    if not isinstance(recorded, dict) or "://" in s.data.path:
+    if "content_sha256" not in s.data.meta or "://" in s.data.path:  # the caller warns: not compared
+        return
+    recorded = s.data.meta["content_sha256"]
+    if not isinstance(recorded, dict):  # present but malformed is damage, not an earlier version's meta.json
+        s.problem("meta.json", f"content_sha256 must be an object of array path -> SHA-256, got {recorded!r:.60}")
         return
     s.report.content_verified = True
     root, expected = Path(s.data.path), set(output_files())
     for rel in sorted(set(recorded) - expected):  # meta.json is input too: never hash a path it makes up
         s.problem("meta.json", f"content_sha256 lists {rel!r}, which is not a prepared array")
+    # prepare records every array: one left out (or an empty object) would pass unhashed, its
+    # content unverified while `check` says ok.
+    for rel in sorted(expected - set(recorded)):
+        s.problem("meta.json", f"content_sha256 has no entry for {rel!r} (prepare records every array)")
     recorded = {rel: sha for rel, sha in recorded.items() if rel in expected}
     present = sorted(rel for rel in recorded if (root / rel).is_file())
     actual = hash_files(root, present)

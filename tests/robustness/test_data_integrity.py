@@ -119,6 +119,30 @@ def test_check_says_when_it_could_not_compare_contents(prep_copy):
     assert "WARNING" in out.stderr and "contents not compared with meta.json's content_sha256" in out.stderr
 
 
+# content_sha256 present but emptied, cut short or of another type: `check` hashed only the entries
+# listed (none, or not the labels) and said "ok" without the WARNING, two swapped labels unseen.
+SHA_DAMAGE = {
+    "an empty object": (lambda m: m.update(content_sha256={}), "content_sha256 has no entry for 'items/attrs.npy'"),
+    "the labels' entry removed": (lambda m: m["content_sha256"].pop("train/labels.npy"),
+                                  "content_sha256 has no entry for 'train/labels.npy'"),
+    "a list": (lambda m: m.update(content_sha256=["train/labels.npy"]), "content_sha256 must be an object"),
+    "null": (lambda m: m.update(content_sha256=None), "content_sha256 must be an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHA_DAMAGE))
+def test_check_names_a_damaged_content_sha256(prep_copy, case):
+    labels = np.load(prep_copy / "train" / "labels.npy")
+    i, j = int(np.flatnonzero(labels == 1)[0]), int(np.flatnonzero(labels == 0)[-1])
+    labels[[i, j]] = labels[[j, i]]  # every count and range check still passes
+    np.save(prep_copy / "train" / "labels.npy", labels)
+    edit, needle = SHA_DAMAGE[case]
+    _edit_meta(prep_copy, edit)
+    out = cli("check", str(prep_copy))
+    assert_bad_input(out, "meta.json", needle)
+    assert ": ok (" not in out.stdout
+
+
 def test_check_names_an_scl_row_marked_present_but_all_zero(prep_copy):
     # prepare's rule: an all-zero vector is no vector; a present flag on one went unseen.
     present = np.load(prep_copy / "items" / "scl_present.npy")
