@@ -33,6 +33,7 @@ from muse_rec.data.prepared import POPULARITY_LIMIT, PreparedData, PreparedDataE
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SPLITS
 from muse_rec.integrity import hash_files
+from muse_rec.output_paths import strip_file_uri
 
 CHUNK = 1 << 24  # elements per read (~128 MB of int64 at most)
 
@@ -231,14 +232,16 @@ def _check_content(s: _Scan) -> None:
     """Every array against the SHA-256 prepare recorded in meta.json (``content_sha256``; prepared data
     of earlier versions has none): a change after prepare that keeps every row in range, e.g. two
     labels swapped, is found here and nowhere else."""
-    if "content_sha256" not in s.data.meta or "://" in s.data.path:  # the caller warns: not compared
+    # A file:// URI is the local directory it names (the readers' rule): only another scheme is remote.
+    local = strip_file_uri(s.data.path)
+    if "content_sha256" not in s.data.meta or "://" in local:  # the caller warns: not compared
         return
     recorded = s.data.meta["content_sha256"]
     if not isinstance(recorded, dict):  # present but malformed is damage, not an earlier version's meta.json
         s.problem("meta.json", f"content_sha256 must be an object of array path -> SHA-256, got {recorded!r:.60}")
         return
     s.report.content_verified = True
-    root, expected = Path(s.data.path), set(output_files())
+    root, expected = Path(local), set(output_files())
     for rel in sorted(set(recorded) - expected):  # meta.json is input too: never hash a path it makes up
         s.problem("meta.json", f"content_sha256 lists {rel!r}, which is not a prepared array")
     # prepare records every array: one left out (or an empty object) would pass unhashed, its

@@ -409,3 +409,16 @@ def test_check_names_a_sorted_index_past_the_user_table_instead_of_crashing(prep
     _poke(prep_copy / "test/user_sorted_index.npy", 0, rows + 5)
     out = cli("check", str(prep_copy))
     assert_bad_input(out, "test/user_sorted_index.npy", f"user row {rows + 5} at [0] is outside [0, {rows})")
+
+
+def test_check_compares_contents_through_a_file_uri(prep_copy):
+    """A file:// URI names the local directory (the readers' rule), but `check` took it for a remote
+    path: it hashed nothing, warned "contents not compared" and passed two swapped labels (exit 0)."""
+    uri = f"file://{prep_copy.resolve()}"
+    out = cli("check", uri)
+    assert out.returncode == 0 and "contents not compared" not in out.stderr, out.stderr
+    labels = np.load(prep_copy / "train" / "labels.npy")
+    i, j = int(np.flatnonzero(labels == 1)[0]), int(np.flatnonzero(labels == 0)[-1])
+    labels[[i, j]] = labels[[j, i]]
+    np.save(prep_copy / "train" / "labels.npy", labels)
+    assert_bad_input(cli("check", uri), "train/labels.npy", "content differs from meta.json's content_sha256")
