@@ -93,7 +93,10 @@ def prepared_vocab_sizes(path: str) -> Dict[str, int]:
     of its meta.json alone. Raises ValueError naming the file."""
     import os
 
-    meta_path = os.path.join(path, "meta.json")
+    from muse_rec.output_paths import strip_file_uri
+
+    # A file:// URI names the local directory, as for every reader of prepared data (train, check).
+    meta_path = os.path.join(strip_file_uri(path), "meta.json")
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)

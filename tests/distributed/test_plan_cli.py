@@ -439,6 +439,20 @@ def test_prepared_sizes_override_the_spec(tmp_path, capsys, monkeypatch):
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_prepared_as_a_file_uri_is_the_local_directory(tmp_path, capsys, monkeypatch):
+    # train and check read data.prepared=file:///abs as /abs; plan --prepared opened the URI as a
+    # relative file name: "cannot read file:///abs/meta.json", exit 2.
+    sizes = {t: 7 + i for i, t in enumerate(REQUIRED_TABLES)}
+    prepared = tmp_path / "prep"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text(json.dumps({"vocab_sizes": sizes}))
+    out = _plan_inproc(capsys, monkeypatch, "--spec", P90, "--prepared", f"file://{prepared}", "--device", "cpu",
+                       "--world-size", "1", "--set", "train.sparse_optimizer.name=exact_row_wise_adagrad",
+                       "--json", str(tmp_path / "p.json"))
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "p.json").read_text())["vocab_sizes"] == sizes
+
+
 def test_plan_uses_the_constraints_training_shards_with():
     # Two ranks: training forces a row-wise SCL table (fp16 frozen lookups); the plan must too,
     # else it predicts a table-wise SCL on one rank and the per-rank memory is wrong.
