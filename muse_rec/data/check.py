@@ -14,8 +14,8 @@ Checked:
 * user tables: sorted keys sorted, sorted index a permutation target in range;
 * samples: labels in {0, 1}, as many clicks (and the click rate) as meta.json says;
   ``sample_users`` in ``[-1, user_rows)``; each sample's raw user and item keys are those of its
-  user row and item row (GAUC groups by the keys, the model reads the rows), and a sample without
-  a row has a key that has none;
+  user-feature row, ``user_id`` row and item row (GAUC groups by the keys, the model reads the
+  rows), and a sample without a row has a key that has none;
 * SCL: ``scl_present[0]`` is False and items without an SCL vector have an all-zero row;
 * popularity: non-negative.
 """
@@ -224,6 +224,11 @@ def check_prepared(path: str) -> CheckReport:
             items = data.vocab("item")
             _same_keys(s, f"{split}/sample_item_keys.npy", f"{split}/sample_items.npy", items.key_of, items.rows,
                        "item", unknown=0)
+            # The model's user_id embedding row, a third row per sample: another user's row there trains
+            # and scores the sample with that user's id embedding.
+            user_ids = data.vocab("user_id")
+            _same_keys(s, f"{split}/sample_user_keys.npy", f"{split}/sample_user_rows.npy", user_ids.key_of,
+                       user_ids.rows, "user", unknown=0)
     _check_content(s)
     return report
 

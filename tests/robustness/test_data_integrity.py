@@ -386,11 +386,16 @@ def test_check_compares_each_samples_keys_with_its_rows(prep_copy):
          f"test/sample_item_keys.npy: [{c}] is item key {int(vocab[0])}, but its row {int(items[c])} "
          f"(test/sample_items.npy) holds key {int(vocab[items[c] - 1])}"),
     ]
+    needles = [needle for *_, needle in damage]
+    # The rewritten train key is not that of the sample's user_id row either (the model's id embedding).
+    sur, uid = load("train/sample_user_rows.npy"), load("vocab/user_id.npy")
+    needles.insert(1, f"train/sample_user_keys.npy: [{a}] is user key {int(uk[su[b]])}, but its row {int(sur[a])} "
+                      f"(train/sample_user_rows.npy) holds key {int(uid[sur[a] - 1])}")
     for rel, index, value, _ in damage:
         _poke(prep_copy / rel, index, value)
     problems = check_prepared(str(prep_copy)).problems
-    assert len(problems) == len(damage), problems
-    for (_, _, _, needle), line in zip(damage, problems):
+    assert len(problems) == len(needles), problems
+    for needle, line in zip(needles, problems):
         assert line.endswith(needle) or needle in line, (needle, line)
 
     # The user table reordered (keys no longer those the sorted index points at): named once per split file.
@@ -422,3 +427,15 @@ def test_check_compares_contents_through_a_file_uri(prep_copy):
     labels[[i, j]] = labels[[j, i]]
     np.save(prep_copy / "train" / "labels.npy", labels)
     assert_bad_input(cli("check", uri), "train/labels.npy", "content differs from meta.json's content_sha256")
+
+
+def test_check_names_a_sample_given_another_users_id_row(prep_copy):
+    """sample_user_rows is the model's user_id embedding row of each sample; `check` compared the keys with
+    the item rows and the user-feature rows, not with it: another user's row there (in range, its SHA-256
+    recorded as prepare's) said ok."""
+    path = prep_copy / "train" / "sample_user_rows.npy"
+    rows = np.load(path)
+    other = int(np.flatnonzero(rows != rows[0])[0])
+    _poke(path, 0, int(rows[other]))
+    assert_bad_input(cli("check", str(prep_copy)), "train/sample_user_keys.npy",
+                     f"[0] is user key", f"its row {int(rows[other])} (train/sample_user_rows.npy) holds key")
