@@ -37,6 +37,7 @@ from muse_rec.data.reader import RawRelease, RawTable
 from muse_rec.data.vocab import SortedKeyBuilder, Vocab
 from muse_rec.dirlock import LOCK_FILE, DirLock
 from muse_rec.integrity import hash_files
+from muse_rec.json_files import read_json_object
 from muse_rec.output_paths import check_output_path, local_output
 from muse_rec.terminal import shows_bars
 
@@ -173,9 +174,14 @@ class _Prepare:
         """Run `fn` unless a marker with this input fingerprint says it already finished."""
         marker = self._marker(step)
         if os.path.exists(marker):
-            with open(marker, encoding="utf-8") as f:
-                done = json.load(f)
-            if done.get("fingerprint") == self.fingerprint:
+            # prepare's own record, but a copied or damaged OUT may hold anything there: a record
+            # that cannot be read as one is a step not done (its outputs are written again).
+            try:
+                done = read_json_object(marker)
+            except ValueError as e:
+                warnings.warn(f"{e}; doing step {step!r} again")
+                done = {}
+            if done.get("fingerprint") == self.fingerprint and isinstance(done.get("stats"), dict):
                 self._say(f"{step}: already done, kept")
                 return done["stats"]
         t0 = time.perf_counter()

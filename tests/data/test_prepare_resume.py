@@ -186,3 +186,29 @@ def test_a_run_killed_while_writing_meta_json_is_resumed(raw: Path, tmp_path: Pa
     assert PreparedData(str(out)).meta == meta
     for rel in meta["files"]:
         np.testing.assert_array_equal(np.load(out / rel), np.load(fresh / rel), err_msg=rel)
+
+
+@pytest.mark.parametrize("damage", ["not json", "a list", "no stats", "stats null"])
+def test_a_damaged_step_record_is_a_step_to_do_again(raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     damage: str) -> None:
+    """A step's record in OUT/.build/done/ that is not prepare's JSON object (a copied or damaged OUT) was
+    a JSONDecodeError / AttributeError / KeyError traceback on the re-run, or (stats null) a meta.json
+    with ``"items": null``; the step is done again and the output is a fresh run's."""
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _crash_on_test_samples(m)
+        with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
+            P.prepare(str(raw), str(out), CFG)
+    marker = out / P.BUILD_DIR / "done" / "items.json"
+    fingerprint = json.loads(marker.read_text())["fingerprint"]
+    marker.write_text({"not json": "{x", "a list": "[]", "no stats": json.dumps({"fingerprint": fingerprint}),
+                       "stats null": json.dumps({"fingerprint": fingerprint, "stats": None})}[damage])
+    with pytest.warns(UserWarning) as said:
+        meta = P.prepare(str(raw), str(out), CFG)
+    if damage in ("not json", "a list"):
+        assert any(f"{marker}: " in str(w.message) and "doing step 'items' again" in str(w.message)
+                   for w in said), [str(w.message) for w in said]
+    fresh = tmp_path / "fresh"
+    with pytest.warns(UserWarning):
+        want = P.prepare(str(raw), str(fresh), CFG)
+    assert meta["items"] == want["items"] and meta["content_sha256"] == want["content_sha256"]
