@@ -486,18 +486,30 @@ def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite:
             return _prepare_into(job, out, overwrite)
 
 
+def _opens(out: str) -> bool:
+    """Whether ``out`` opens as prepared data (meta.json's entries, every array's header and size):
+    a finished preparation. meta.json's own file list is no proof: it may be cut short, or the counts
+    the summary prints be missing (a KeyError traceback once the fingerprint matched)."""
+    from muse_rec.data.prepared import PreparedData, PreparedDataError  # it imports this module
+
+    try:
+        PreparedData(out)
+    except PreparedDataError:
+        return False
+    return True
+
+
 def _prepare_into(job: "_Prepare", out: str, overwrite: bool) -> Dict[str, object]:
     """`prepare`'s work, with OUT checked and locked."""
     meta_path = os.path.join(out, "meta.json")
     remove_killed_tmps(out, "meta.json")  # of a run killed while publishing it
     if os.path.exists(meta_path):
-        try:
-            with open(meta_path, encoding="utf-8") as f:
-                old = json.load(f)
-        except (OSError, ValueError):
+        try:  # any other JSON value is as unreadable as broken JSON: not this dataset's record
+            old = read_json_object(meta_path)
+        except ValueError:
             old = {}
         same = old.get("fingerprint") in (job.fingerprint, job.legacy_fingerprint)
-        if same and all(os.path.exists(os.path.join(out, r)) for r in old.get("files", [])):
+        if same and _opens(out):
             return old
         if not same and not overwrite:
             raise DifferentDatasetError(

@@ -212,3 +212,29 @@ def test_a_damaged_step_record_is_a_step_to_do_again(raw: Path, tmp_path: Path, 
     with pytest.warns(UserWarning):
         want = P.prepare(str(raw), str(fresh), CFG)
     assert meta["items"] == want["items"] and meta["content_sha256"] == want["content_sha256"]
+
+
+@pytest.mark.parametrize("damage", ["a list", "a string", "files not a list", "files of numbers", "files empty",
+                                    "only the fingerprint"])
+def test_a_damaged_meta_json_in_out_is_never_taken_for_a_finished_preparation(raw: Path, tmp_path: Path,
+                                                                               damage: str) -> None:
+    """OUT's meta.json is read back to tell a finished preparation: a JSON list or string was an
+    AttributeError traceback, a ``files`` entry not a list of names a TypeError; with the right
+    fingerprint but the counts gone, the run returned it as finished and the summary raised KeyError."""
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning):
+        want = P.prepare(str(raw), str(out), CFG)
+    fp = want["fingerprint"]
+    text = {"a list": "[]", "a string": '"x"', "files not a list": json.dumps({"fingerprint": fp, "files": 5}),
+            "files of numbers": json.dumps({"fingerprint": fp, "files": [5]}),
+            "files empty": json.dumps({"fingerprint": fp, "files": []}),
+            "only the fingerprint": json.dumps({"fingerprint": fp})}[damage]
+    (out / "meta.json").write_text(text)
+    if damage in ("a list", "a string"):  # no record of any dataset: refused as another one's OUT
+        with pytest.raises(P.DifferentDatasetError, match="already holds a different prepared dataset"):
+            P.prepare(str(raw), str(out), CFG)
+        return
+    with pytest.warns(UserWarning):  # this dataset's, not finished: prepared again
+        meta = P.prepare(str(raw), str(out), CFG)
+    assert meta["splits"] == want["splits"] and meta["content_sha256"] == want["content_sha256"]
+    assert PreparedData(str(out)).meta["splits"] == want["splits"]
