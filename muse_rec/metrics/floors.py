@@ -36,10 +36,11 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from muse_rec.data.prepared import PreparedData
+from muse_rec.json_files import read_json_object
 from muse_rec.metrics.floor_options import FloorOptions, FloorsError
 from muse_rec.metrics.floor_scores import SCL_FLOORS, ItemCtr, split_scores
 from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, auc, logloss, user_auc
-from muse_rec.metrics.report import save_metrics_json
+from muse_rec.metrics.report import check_floors, save_metrics_json
 
 __all__ = ["FLOORS", "FloorOptions", "FloorsError", "ItemCtr", "below_floor_message", "cached_floors",
            "check_run_against_floors", "compute_floors", "fit_logistic", "lr_features", "split_scores"]
@@ -268,14 +269,32 @@ def cached_floors(data: PreparedData, split: str, opts: FloorOptions, cache_dir:
     read-only or shared."""
     path = Path(cache_dir) / cache_name(data, split, opts, train_split)
     if path.exists():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            logger.warning("%s: unreadable cached floors, recomputing", path)
+        cached = _read_cached(path)
+        if cached is not None:
+            return cached
     logger.info("computing the model-free floors of %s split %s (cached in %s)", data.path, split, cache_dir)
     result = compute_floors(data, split, opts, train_split, say=logger.info)
     save_metrics_json(path, result)
     return json.loads(path.read_text())  # what a later cache hit returns (NaN -> null)
+
+
+def _read_cached(path: Path) -> Optional[Dict]:
+    """The floors `cached_floors` wrote to ``path``, or None (a warning said why) where the file is not
+    such a result: a damaged cache is recomputed, not a traceback at the end of a training run."""
+    try:
+        doc = read_json_object(path)
+        floors = check_floors(doc.get("floors"), str(path))
+        best = doc.get("best")
+        name = best.get("name") if isinstance(best, dict) else None
+        # Its readers take the best floor's description and GAUC from here: it must be one of the floors
+        # (whose GAUC check_floors found a finite number or null), with both.
+        if not (isinstance(name, str) and name in floors and best == {"name": name, **floors[name]}
+                and isinstance(best.get("description"), str) and best.get("gauc") is not None):
+            raise ValueError(f"{path}: best: expected one of its floors, got {best!r:.80}")
+    except ValueError as e:
+        logger.warning("%s: unreadable cached floors, recomputing", e)
+        return None
+    return doc
 
 
 def run_floors_cache(run_dir: str) -> str:

@@ -313,6 +313,29 @@ def test_cache_is_reused_and_keyed_by_options(tiny, tmp_path):
     assert len(list(tmp_path.glob("floors-test-*.json"))) == 2
 
 
+@pytest.mark.parametrize("damage", ["binary", "a list", "an empty object", "floors of numbers", "best null",
+                                    "best not a floor"])
+def test_a_damaged_cache_file_is_recomputed(tiny, tmp_path, caplog, damage):
+    """A cache file that is not the floors it cached: non-UTF-8 bytes were a UnicodeDecodeError (only a
+    JSONDecodeError was caught), other JSON a TypeError / KeyError in its reader; at the end of a
+    training run (`check_run_against_floors`) either was a traceback, exit 1, before metrics.json."""
+    data = PreparedData(str(tiny))
+    want = cached_floors(data, "test", OPTS, str(tmp_path))
+    path, = tmp_path.glob("floors-test-*.json")
+    doc = json.loads(path.read_text())
+    if damage == "binary":
+        path.write_bytes(b"\xff\xfe{")
+    else:
+        doc = {"a list": [], "an empty object": {}, "floors of numbers": {**doc, "floors": {"popularity": 0.5}},
+               "best null": {**doc, "best": None},
+               "best not a floor": {**doc, "best": {**doc["best"], "name": "absent"}}}[damage]
+        path.write_text(json.dumps(doc))
+    with caplog.at_level("WARNING", logger="muse_rec"):
+        assert cached_floors(data, "test", OPTS, str(tmp_path)) == want
+    assert f"{path}: " in caplog.text and "unreadable cached floors, recomputing" in caplog.text, caplog.text
+    assert json.loads(path.read_text()) == want  # written again
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI and bad input.
 # ----------------------------------------------------------------------------------------------
