@@ -185,11 +185,22 @@ CLOSED_CONFIRMED_BY = {"meta.json": "vocab", "run.json": "spec.yaml", "ranker.pt
                        "SHA256SUMS.json": "position.json", "predictions.parquet": "metrics.json"}
 
 
+def _up_as_the_os_goes(path: Path) -> Path:
+    """``path`` (absolute) with each ``..`` after an existing directory taken as the OS takes it: the
+    parent of that directory's real location, so ``RUN/../x`` is a sibling of RUN, not inside it. A
+    ``..`` after a name that does not exist yet is kept: creating the output creates that name, and
+    ``RUN/new/..`` then is RUN itself."""
+    out = Path(path.anchor)
+    for part in path.parts[1:]:
+        out = Path(os.path.realpath(out)).parent if part == ".." and out.is_dir() else out / part
+    return out
+
+
 def enclosing_output(path: Path) -> Optional[Tuple[Path, str]]:
     """``(directory, what it holds)`` for the nearest ancestor of ``path`` that is a closed
     artifact (`CLOSED_MARKERS`, with its `CLOSED_CONFIRMED_BY` entry), else None. Ancestors of the path as named and, where a symbolic
     link leads elsewhere, of its real location."""
-    path = Path(path).absolute()
+    path = _up_as_the_os_goes(Path(path).absolute())
     for start in dict.fromkeys((path, Path(os.path.realpath(path)))):
         for folder in start.parents:
             held = output_of_another_command(folder, markers=[(m, kind) for m, kind in CLOSED_MARKERS

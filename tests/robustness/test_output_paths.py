@@ -423,6 +423,25 @@ def test_check_output_path_refuses_any_depth_inside_an_artifact_but_not_inside_a
         check_output_path(str(workspace / "data" / "prepared"), "OUT")
 
 
+def test_a_path_that_goes_up_out_of_an_artifact_is_beside_it_not_inside(prepared_tiny, tmp_path):
+    """`PREPARED/../x` names a sibling of PREPARED, as the OS resolves it; the ancestors were taken from the
+    path as spelled, so `baselines --out PREPARED/../floors.json`, `evaluate --out RUN/../eval` and
+    `synth PREPARED/../raw` were refused as "inside PREPARED" (exit 2)."""
+    prepared = tmp_path / "prepared"
+    shutil.copytree(prepared_tiny, prepared)
+    before = snapshot(prepared)
+    out = cli("baselines", str(prepared), "--out", f"{prepared}/../floors.json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "floors.json").is_file()
+    check_output_path(f"{prepared}/../raw", "OUT")
+    check_output_path(f"{prepared}/vocab/../../raw", "OUT")
+    # Still inside: down again into it, or up from a name inside it that the command would create first.
+    for path in (f"{prepared}/vocab/../sub", f"{prepared}/new/..", f"{prepared}/new/../sub"):
+        with pytest.raises(OutputPathError, match=rf"inside {prepared}, which holds prepared data"):
+            check_output_path(path, "OUT")
+    assert snapshot(prepared) == before
+
+
 def _evaluation(trained, tmp_path) -> Path:
     ev = tmp_path / "evaluation"
     out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "1")
