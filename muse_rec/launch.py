@@ -116,6 +116,10 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
             for k, v in mapping.items():
                 if not isinstance(v, (str, int, float, bool)):
                     raise ProfileError(f"{p}: {key}.{field_name}.{k}: expected a scalar, got {v!r}")
+                # What the OS refuses in an environment: starting the ranks was a ValueError traceback.
+                if field_name == "env" and (not str(k) or "=" in str(k) or "\0" in str(k) or "\0" in str(v)):
+                    raise ProfileError(f"{p}: {key}.env.{k!r}: not an environment variable: a name must be non-empty "
+                                       "without '=', and neither name nor value may hold a NUL character")
         out[name] = LaunchProfile(
             name=name,
             scheduler=d["scheduler"],

@@ -152,6 +152,22 @@ def test_a_malformed_profiles_file_is_one_line_naming_the_key(tmp_path):
     assert out.returncode == 2 and "profiles.cpu-demo.env.OMP_NUM_THREADS: expected a scalar" in out.stderr, out.stderr
 
 
+def test_a_profile_env_the_os_refuses_is_named_before_anything_starts(tmp_path):
+    """A name with '=' or a NUL character in a profile's env passed every check and, at the launch, was
+    subprocess's 'illegal environment variable name' / 'embedded null byte' ValueError traceback (exit 1)."""
+    profiles = yaml.safe_load((REPO / "torchx.yaml").read_text())
+    path = tmp_path / "torchx.yaml"
+    for env in ({"OMP=NUM": "1"}, {"OMP_NUM_THREADS": "1\0"}, {"BAD\0NAME": "1"}):
+        profiles["profiles"]["cpu-demo"]["env"] = env
+        path.write_text(yaml.safe_dump(profiles))
+        out = launch("--profile", "cpu-demo", "--profiles-file", str(path), "--set", f"output_dir={tmp_path}/runs/x",
+                     "--set", f"data.prepared={tmp_path}/absent")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (out.returncode, out.stderr[-3000:])
+        assert f"{path}: profiles.cpu-demo.env.{next(iter(env))!r}: not an environment variable" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_resume_that_every_rank_would_refuse_is_refused_before_submitting(tmp_path):
     """`muse-rec launch --resume` submitted a resume with other training settings, or into a run
     directory in use, and every rank refused it amid torchrun's tracebacks (exit 1). Now one line,
