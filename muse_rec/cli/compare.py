@@ -294,32 +294,54 @@ def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
     return rows
 
 
+def _floor_setting(spec_file: Path) -> Tuple[str, str, int, str]:
+    """(prepared data, eval split, seq_len, train split) of a run's spec.yaml: what its floors are of.
+    KeyError / TypeError / ValueError / yaml.YAMLError / OSError where the file does not say."""
+    import yaml
+
+    d = (yaml.safe_load(spec_file.read_text()) or {})["data"]
+    return (str(d["prepared"]), str(d.get("eval_split", "test")), int(d.get("seq_len", 0)),
+            str(d.get("train_split", "train")))
+
+
+_OTHER_FLOORS = "so no one floor judges them all; compare runs of one data set, or pass --floors FILE"
+
+
 def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str]) -> Tuple[Optional[Dict], str]:
     """``({name: {description, gauc, auc, logloss}}, where from)`` for the runs, or ``(None, why not)``."""
     recorded = [r["floors"] for r in runs if r.get("floors")]
-    if recorded:
-        if any(f != recorded[0] for f in recorded):
-            # One run's floors would judge the others by another data set's: a run above its own floor was
-            # called BELOW the first run's. No verdict beats a wrong one; each run's log has its own.
-            return None, ("the runs recorded different floors (other data, split or seq_len), so no one floor "
-                          "judges them all; compare runs of one data set, or pass --floors FILE")
+    if recorded and any(f != recorded[0] for f in recorded):
+        # One run's floors would judge the others by another data set's: a run above its own floor was
+        # called BELOW the first run's. No verdict beats a wrong one; each run's log has its own.
+        return None, f"the runs recorded different floors (other data, split or seq_len), {_OTHER_FLOORS}"
+    if len(recorded) == len(runs):
         return recorded[0], "recorded by the runs"
-    spec_file = Path(paths[0]) / "spec.yaml"
-    if not spec_file.exists():
-        return None, f"{spec_file} not found, so the runs' data is unknown (pass --floors FILE)"
     import yaml
 
     from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.metrics.floors import FloorsError, floors_of_run, run_floors_cache
 
+    # A run recorded none (train.check_floors false): the floors are computed, for every run's data at
+    # once; the first run's alone judged runs of other data, split or seq_len (the verdict then
+    # depended on the order the runs were given in).
+    settings: Dict[Path, Tuple[str, str, int, str]] = {}
+    for path in paths:
+        spec_file = Path(path) / "spec.yaml"
+        if not spec_file.exists():
+            return None, f"{spec_file} not found, so the runs' data is unknown (pass --floors FILE)"
+        try:
+            settings[spec_file] = _floor_setting(spec_file)
+        except (KeyError, TypeError, ValueError, yaml.YAMLError, OSError) as e:
+            return None, f"cannot compute them for {spec_file}'s data: {type(e).__name__}: {e}"
+    if len(set(settings.values())) > 1:
+        return None, f"the runs are of different data, split or seq_len (their spec.yaml), {_OTHER_FLOORS}"
+    spec_file, (prepared, split, seq_len, train_split) = next(iter(settings.items()))
     try:
-        d = (yaml.safe_load(spec_file.read_text()) or {})["data"]
-        data = PreparedData(d["prepared"])
-        result = floors_of_run(data, d.get("eval_split", "test"), int(d.get("seq_len", 0)),
-                               cache or run_floors_cache(str(Path(paths[0]).resolve())), d.get("train_split", "train"))
-    except (KeyError, TypeError, ValueError, yaml.YAMLError, PreparedDataError, FloorsError, FileNotFoundError) as e:
+        result = floors_of_run(PreparedData(prepared), split, seq_len,
+                               cache or run_floors_cache(str(Path(paths[0]).resolve())), train_split)
+    except (PreparedDataError, FloorsError, FileNotFoundError, ValueError) as e:
         return None, f"cannot compute them for {spec_file}'s data: {type(e).__name__}: {e}"
-    return result["floors"], f"computed for {d['prepared']} ({d.get('eval_split', 'test')})"
+    return result["floors"], f"computed for {prepared} ({split})"
 
 
 def load_floors(path: str) -> Dict:

@@ -503,6 +503,25 @@ def test_compare_computes_floors_for_the_runs_data_once(tiny, tmp_path, capsys):
     assert cached[0].stat().st_mtime_ns == stamp  # read from the cache, not recomputed
 
 
+def test_compare_computes_no_one_floor_for_runs_of_different_seq_len(tiny, tmp_path, capsys):
+    """Runs that recorded no floors (train.check_floors false) of one data set at seq_len 60 and 20: the
+    first run's floors judged both, so the verdict and the floor rows changed with the order the runs
+    were given in."""
+    def spec_data(seq_len: int) -> dict:
+        return {"prepared": str(tiny), "eval_split": "test", "train_split": "train", "seq_len": seq_len}
+
+    a = _fake_run(tmp_path / "runs" / "a", "DIN", 0.5, spec_data=spec_data(60))
+    b = _fake_run(tmp_path / "runs" / "b", "MUSE", 0.5, spec_data=spec_data(20))
+    for runs in ((a, b), (b, a)):
+        assert cli_main(["compare", *map(str, runs)]) == 0
+        out = capsys.readouterr()
+        assert "floor:" not in out.out and "BELOW" not in out.out, out.out
+        assert "floors not shown: the runs are of different data, split or seq_len" in out.err, out.err
+    c = _fake_run(tmp_path / "runs" / "c", "MUSE", 0.5, spec_data=spec_data(60))  # one data set: shown
+    assert cli_main(["compare", str(a), str(c)]) == 0
+    assert "floor: cos(target, mean history SCL), newest 60" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("content, words", [
     (None, "no such file"), ("{]", "not valid JSON"), ('{"rows": []}', "no 'floors' entry"),
     ("[1]", "expected a JSON object, got list"),
