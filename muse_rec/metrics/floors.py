@@ -40,7 +40,7 @@ from muse_rec.json_files import read_json_object
 from muse_rec.metrics.floor_options import FloorOptions, FloorsError
 from muse_rec.metrics.floor_scores import SCL_FLOORS, ItemCtr, split_scores
 from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, auc, logloss, user_auc
-from muse_rec.metrics.report import check_floors, save_metrics_json
+from muse_rec.metrics.report import check_floors, metrics_json_text, save_metrics_json
 
 __all__ = ["FLOORS", "FloorOptions", "FloorsError", "ItemCtr", "below_floor_message", "cached_floors",
            "check_run_against_floors", "compute_floors", "fit_logistic", "lr_features", "split_scores"]
@@ -274,7 +274,12 @@ def cached_floors(data: PreparedData, split: str, opts: FloorOptions, cache_dir:
             return cached
     logger.info("computing the model-free floors of %s split %s (cached in %s)", data.path, split, cache_dir)
     result = compute_floors(data, split, opts, train_split, say=logger.info)
-    save_metrics_json(path, result)
+    try:
+        save_metrics_json(path, result)
+    except OSError as e:  # only a cache (a file in its directory's place, no room, read-only): said, not fatal
+        logger.warning("floors not cached, %s could not be written (%s); they are computed again next time",
+                       path, e)
+        return json.loads(metrics_json_text(result))  # as a cache hit would return them (NaN -> null)
     return json.loads(path.read_text())  # what a later cache hit returns (NaN -> null)
 
 

@@ -336,6 +336,20 @@ def test_a_damaged_cache_file_is_recomputed(tiny, tmp_path, caplog, damage):
     assert json.loads(path.read_text()) == want  # written again
 
 
+def test_a_cache_that_cannot_be_written_is_said_and_the_floors_returned(tiny, tmp_path, caplog):
+    """A file where the cache directory goes (or no room, a read-only directory): the FileExistsError of
+    its mkdir was a traceback at the end of a training run (`check_run_against_floors`), exit 1, before
+    metrics.json; the floors are only cached there."""
+    data = PreparedData(str(tiny))
+    want = cached_floors(data, "test", OPTS, str(tmp_path / "writable"))
+    blocked = tmp_path / ".floors"
+    blocked.write_text("not a directory")
+    with caplog.at_level("WARNING", logger="muse_rec"):
+        assert cached_floors(data, "test", OPTS, str(blocked)) == want
+    assert f"floors not cached, {blocked}/floors-test-" in caplog.text, caplog.text
+    assert blocked.read_text() == "not a directory"
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI and bad input.
 # ----------------------------------------------------------------------------------------------
