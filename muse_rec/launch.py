@@ -106,6 +106,13 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
                 raise ProfileError(f"{p}: {key}.{k}: expected a string, got {d[k]!r}")
         if d["nodes"] < 1 or d["procs_per_node"] < 1:
             raise ProfileError(f"{p}: {key}: nodes and procs_per_node must be >= 1")
+        # Every rank plans the sharding for the whole world at its start, as `plan` does: past plan's
+        # bound that takes many minutes and GBs per rank (10^20 processes hung torchrun, silently).
+        from muse_rec.cli.plan import MAX_PLAN_RANKS
+
+        if d["nodes"] * d["procs_per_node"] > MAX_PLAN_RANKS:
+            raise ProfileError(f"{p}: {key}: nodes x procs_per_node = {d['nodes'] * d['procs_per_node']:,} ranks, "
+                               f"more than the {MAX_PLAN_RANKS:,} a sharding plan is made for (see `muse-rec plan`)")
         if "rdzv_port" in d and not 1 <= d["rdzv_port"] <= MAX_PORT:
             raise ProfileError(f"{p}: {key}.rdzv_port: must be a TCP port in [1, {MAX_PORT}], got {d['rdzv_port']}")
         env, sched_args = d.get("env") or {}, d.get("scheduler_args") or {}

@@ -139,6 +139,27 @@ def test_a_profile_with_a_port_out_of_range_is_named(tmp_path):
         raise AssertionError("a port above 65535 was accepted")
 
 
+def test_a_profile_wider_than_a_plan_is_refused(tmp_path):
+    """procs_per_node 10^20 was submitted ("1 node(s) x 100000000000000000000 process(es)") and torchrun hung
+    without a word; every rank plans the whole world's sharding, which `plan` bounds at MAX_PLAN_RANKS."""
+    from muse_rec.cli.plan import MAX_PLAN_RANKS
+
+    profiles = yaml.safe_load((REPO / "torchx.yaml").read_text())
+    path = tmp_path / "torchx.yaml"
+    for nodes, procs in ((1, 10**20), (MAX_PLAN_RANKS, 2)):
+        profiles["profiles"]["cpu-demo"].update(nodes=nodes, procs_per_node=procs)
+        path.write_text(yaml.safe_dump(profiles))
+        out = launch("--profile", "cpu-demo", "--profiles-file", str(path), "--set", f"output_dir={tmp_path}/runs/x")
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (out.returncode, out.stderr[-3000:])
+        assert (f"{path}: profiles.cpu-demo: nodes x procs_per_node = {nodes * procs:,} ranks, more than the "
+                f"{MAX_PLAN_RANKS:,}") in out.stderr, out.stderr
+    profiles["profiles"]["cpu-demo"].update(nodes=MAX_PLAN_RANKS // 8, procs_per_node=8)  # the bound itself: fine
+    path.write_text(yaml.safe_dump(profiles))
+    from muse_rec.launch import load_profiles
+
+    assert load_profiles(str(path))["cpu-demo"].world_size == MAX_PLAN_RANKS
+
+
 def test_a_malformed_profiles_file_is_one_line_naming_the_key(tmp_path):
     path = tmp_path / "torchx.yaml"
     path.write_text("profiles: [\n")
