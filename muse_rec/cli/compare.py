@@ -407,6 +407,12 @@ def run(args: argparse.Namespace) -> int:
             for written in _written_files(args.out):
                 check_not_an_input(str(written), "--out", {"--floors": args.floors})
         runs = load_runs(args.runs)
+        if args.floors_cache and not (args.no_floors or args.floors):
+            from muse_rec.metrics.floors import is_cache_file
+
+            # An output directory like any other: it was created and written inside prepared data or a
+            # run (artifacts nothing else may be written into), and a file there was a traceback.
+            args.floors_cache = check_output_path(args.floors_cache, "--floors-cache", replaces=is_cache_file)
         baseline = baseline_method(runs, args.baseline)
         floors, source = (None, "--no-floors") if args.no_floors else (
             (load_floors(args.floors), args.floors) if args.floors else _floors_of_runs(args.runs, runs, args.floors_cache))

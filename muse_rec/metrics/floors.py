@@ -35,6 +35,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from muse_rec.data.files import tmp_of
 from muse_rec.data.prepared import PreparedData
 from muse_rec.json_files import read_json_object
 from muse_rec.metrics.floor_options import FloorOptions, FloorsError
@@ -260,6 +261,13 @@ def cache_name(data: PreparedData, split: str, opts: FloorOptions, train_split: 
     key = json.dumps({"meta": data.meta, "split": split, "train_split": train_split, "options": asdict(opts),
                       "version": FLOORS_VERSION}, sort_keys=True, default=str)
     return f"floors-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def is_cache_file(name: str) -> bool:
+    """Whether ``name`` is one `cached_floors` writes in its cache directory (`cache_name`), or the
+    temporary file of a write that was killed."""
+    base = tmp_of(name) or name
+    return base.startswith("floors-") and base.endswith(".json")
 
 
 def cached_floors(data: PreparedData, split: str, opts: FloorOptions, cache_dir: str,

@@ -536,6 +536,29 @@ def test_compare_computes_no_one_floor_for_runs_of_different_seq_len(tiny, tmp_p
     assert "floor: cos(target, mean history SCL), newest 60" in capsys.readouterr().out
 
 
+def test_compare_floors_cache_is_checked_as_an_output_directory(tiny, tmp_path, capsys):
+    """--floors-cache PREPARED wrote its floors-*.json into the prepared data (an artifact nothing may be
+    written into; `prepare` then refused it), --floors-cache RUN into a run, and a file there was a
+    FileExistsError traceback."""
+    spec_data = {"prepared": str(tiny), "eval_split": "test", "train_split": "train", "seq_len": 60}
+    run = _fake_run(tmp_path / "runs" / "din", "DIN", 0.5, spec_data=spec_data)
+    (run / "run.json").write_text("{}")  # a run directory's confirmed markers (output_paths.CLOSED_CONFIRMED_BY)
+    blocked = tmp_path / "file.json"
+    blocked.write_text("{}")
+    before = sorted(p.name for p in tiny.iterdir())
+    for cache, words in ((tiny, "holds prepared data (meta.json)"), (tiny / "sub", f"inside {tiny}, which holds"),
+                         (run, "holds a training run (run.json)"), (blocked, "exists and is not a directory")):
+        assert cli_main(["compare", str(run), "--floors-cache", str(cache)]) == 2
+        err = capsys.readouterr().err
+        assert f"--floors-cache {cache}: {words}" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tiny.iterdir()) == before
+    cache = tmp_path / "cache"
+    for _ in range(2):  # a new directory, then its own cache again
+        assert cli_main(["compare", str(run), "--floors-cache", str(cache)]) == 0
+        assert "floor: cos(target, mean history SCL)" in capsys.readouterr().out
+    assert [p.name.startswith("floors-test-") for p in cache.iterdir()] == [True]
+
+
 @pytest.mark.parametrize("content, words", [
     (None, "no such file"), ("{]", "not valid JSON"), ('{"rows": []}', "no 'floors' entry"),
     ("[1]", "expected a JSON object, got list"),
