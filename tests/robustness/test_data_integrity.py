@@ -438,4 +438,4 @@ def test_check_names_a_sample_given_another_users_id_row(prep_copy):
     other = int(np.flatnonzero(rows != rows[0])[0])
     _poke(path, 0, int(rows[other]))
     assert_bad_input(cli("check", str(prep_copy)), "train/sample_user_keys.npy",
-                     f"[0] is user key", f"its row {int(rows[other])} (train/sample_user_rows.npy) holds key")
+                     "[0] is user key", f"its row {int(rows[other])} (train/sample_user_rows.npy) holds key")
