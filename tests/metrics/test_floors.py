@@ -440,8 +440,8 @@ def test_one_class_test_users_is_a_clear_error(tiny, tmp_path, capsys):
 @pytest.mark.parametrize("args, words", [
     (["--split", "valid"], "--split = 'valid': "),
     (["--train-split", "valid"], "--train-split = 'valid': "),
-    (["--top-k", "0"], "top_k must be > 0"),
-    (["--prior-strength", "inf"], "prior_strength must be a finite number > 0, got inf"),  # was a NaN traceback
+    (["--top-k", "0"], "--top-k must be > 0"),
+    (["--prior-strength", "inf"], "--prior-strength must be a finite number > 0, got inf"),  # was a NaN traceback
 ])
 def test_bad_arguments_exit_2(tiny, capsys, args, words):
     assert cli_main(["baselines", str(tiny), *args]) == 2
