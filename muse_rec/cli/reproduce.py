@@ -68,8 +68,12 @@ def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
 
     from muse_rec.output_paths import REPRODUCE_MANIFEST, OutputPathError, check_output_path, local_output, output_exists
 
-    if args.nproc is not None and args.nproc < 1:
-        return f"--nproc {args.nproc}: must be >= 1"
+    from muse_rec.cli.plan import MAX_PLAN_RANKS
+
+    # Every rank plans the sharding for all of them at its start: past plan's own bound that is minutes
+    # and GBs per rank (and --nproc 1000000 was accepted, to fork that many processes).
+    if args.nproc is not None and not 1 <= args.nproc <= MAX_PLAN_RANKS:
+        return f"--nproc {args.nproc}: must be in 1..{MAX_PLAN_RANKS:,}"
     if args.threads < 1:
         return f"--threads {args.threads}: must be >= 1"
     if not (math.isfinite(args.min_z) and args.min_z >= 0):

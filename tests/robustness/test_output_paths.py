@@ -125,7 +125,8 @@ def test_an_output_under_a_file_is_refused_before_any_work(trained, tmp_path, co
     (["evaluate", "--max-batches", "-1"], "--max-batches -1: must be >= 0"),
     (["export", "--seq-len", "0"], "--seq-len 0: must be >= 1"),
     (["rank", "--seq-len", "0"], "--seq-len 0: must be >= 1"),
-    (["reproduce", "--nproc", "0"], "--nproc 0: must be >= 1"),
+    (["reproduce", "--nproc", "0"], "--nproc 0: must be in 1..16,384"),
+    (["reproduce", "--nproc", "1000000"], "--nproc 1000000: must be in 1..16,384"),  # was accepted
     (["reproduce", "--threads", "0"], "--threads 0: must be >= 1"),
     (["reproduce", "--min-z", "-1"], "--min-z -1.0: must be a finite number >= 0"),
 ])
