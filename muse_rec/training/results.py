@@ -25,7 +25,7 @@ def rank_memory(dmp: torch.nn.Module, env: DistEnv) -> Dict:
 def write_rank_memory(run_dir: Path, env: DistEnv, memory: Dict) -> None:
     out = run_dir / "memory"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"rank{env.rank}.json").write_text(json.dumps(memory, indent=2) + "\n")
+    write_json(out / f"rank{env.rank}.json", memory)  # whole or not at all, as every file of a run
 
 
 def summary_line(r: Dict) -> str:
