@@ -158,7 +158,9 @@ class PartitionedScatterWriter(_PublishOnExit):
         spill_dir: scratch directory (created; removed by `close`).
         partition_bytes: output bytes per partition (the peak memory of `close` is ~2-3x this).
         buffer_bytes: pairs buffered in memory before they are appended to the spill files.
-        present_path: optionally also publish a bool `.npy` [rows] marking rows that got a put.
+        present_path: optionally also publish a bool `.npy` [rows] marking rows whose final value
+            (after every put) is not all zeros: an all-zero SCL row is no vector, and a later
+            all-zero put of a row must clear the presence an earlier put gave it.
         mode: ``"assign"`` or ``"add"``.
     """
 
@@ -234,8 +236,8 @@ class PartitionedScatterWriter(_PublishOnExit):
                         block[rows] = vals
                     del rows, vals
                 out.append(block)
-                if present is not None:
-                    present.append(touched)
+                if present is not None:  # rows never put are zeros, so `touched` is implied
+                    present.append(block.reshape(block.shape[0], -1).any(axis=1))
         if present is not None:
             present.close()
         shutil.rmtree(self.spill_dir, ignore_errors=True)

@@ -276,8 +276,9 @@ class _Prepare:
                 vecs = _flat(batch, S.SCL_VECTOR).astype(np.int8).reshape(-1, S.SCL_DIM)
                 norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs, dtype=np.int64).astype(np.float64))
                 # An all-zero row has no direction: the cosines (GSU, SimTier, SA-TA) read it as "no SCL
-                # vector", so it is not put, and the item is "not present" wherever coverage is counted.
-                keep = (rows > 0) & (norms > 0)
+                # vector", and the writer marks only non-zero rows present. It is still put: as an item's
+                # last row it must win over an earlier one (the last row is used) and count as a duplicate.
+                keep = rows > 0
                 all_zero += int(np.count_nonzero(norms == 0))
                 scl_writer.put(rows[keep], vecs[keep])
                 norms = norms[norms > 0]

@@ -170,6 +170,33 @@ def test_an_all_zero_scl_row_is_no_vector(good, good_out, tmp_path):
     assert items["scl_rows_all_zero"] == 1 and items["items_with_scl"] == items_before["items_with_scl"] - 1
 
 
+def test_an_items_last_scl_row_wins_even_when_all_zero(good, good_out, tmp_path):
+    """Duplicate SCL rows: the last row of an item is used, and an all-zero row is no vector, so an
+    item whose last row is zeros has none (before: the zero row was dropped, the earlier vector kept,
+    and the row missing from `duplicate_scl_rows`); an all-zero row followed by a vector has that one."""
+    raw = tmp_path / "raw"
+    shutil.copytree(good, raw)
+    path = raw / S.TABLES["scl"].file
+    t = pq.read_table(path)
+    zero_last, vec_last = t.column(S.ITEM)[3].as_py(), t.column(S.ITEM)[4].as_py()
+    vec = t.column(S.SCL_VECTOR)[4].as_py()
+    extra = pa.table({S.ITEM: pa.array([zero_last, vec_last], pa.int64()),
+                      S.SCL_VECTOR: pa.array([[0] * S.SCL_DIM, vec], pa.list_(pa.int8()))})
+    first_zero = _set(S.SCL_VECTOR, 4, [0] * S.SCL_DIM, pa.list_(pa.int8()))(t)  # vec_last: zeros, then `vec`
+    pq.write_table(pa.concat_tables([first_zero, extra]), path, row_group_size=37)
+    with pytest.warns(UserWarning, match="2 SCL row.s. are all zeros"):
+        prepare(str(raw), str(tmp_path / "out"), CFG)
+    data, before = PreparedData(str(tmp_path / "out")), PreparedData(str(good_out))
+    keys = np.asarray(data.array("vocab/item.npy"))
+    zrow, vrow = (int(np.searchsorted(keys, k)) + 1 for k in (zero_last, vec_last))
+    assert bool(before.scl_present()[zrow]) and not bool(data.scl_present()[zrow])
+    assert not data.scl()[zrow].any()
+    assert bool(data.scl_present()[vrow]) and data.scl()[vrow].tolist() == vec
+    items, items_before = data.meta["items"], before.meta["items"]
+    assert items["duplicate_scl_rows"] == items_before["duplicate_scl_rows"] + 2
+    assert items["items_with_scl"] == items_before["items_with_scl"] - 1
+
+
 def _histories(rows, value):
     def edit(t: pa.Table) -> pa.Table:
         for col in (S.SEQ_ITEMS, S.SEQ_CATS):
