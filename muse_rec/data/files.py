@@ -176,7 +176,11 @@ class PartitionedScatterWriter(_PublishOnExit):
         self.partitions = max(1, -(-self.shape[0] // self.partition_rows))
         self.spill_dir, self.present_path, self.mode = spill_dir, present_path, mode
         self.buffer_bytes = buffer_bytes
-        os.makedirs(spill_dir, exist_ok=True)
+        if os.path.exists(spill_dir):
+            # Leftovers of a killed run (SIGKILL, OOM: no `abort`): appended to, their pairs would be
+            # put again (mode "add" doubled popularity; "assign" counted every row as repeated).
+            shutil.rmtree(spill_dir)
+        os.makedirs(spill_dir)
         self._pending: dict = {}
         self._pending_bytes = 0
         self.repeated_rows = 0  # puts of a row that already had one (set by `close`)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +160,44 @@ def test_interrupted_publish_is_finished_by_the_next_run(raw: Path, tmp_path: Pa
     meta = P.prepare(str(raw), str(out), CFG)
     data = PreparedData(str(out))  # validates every file's shape against meta.json
     assert data.meta == meta and sorted(meta["files"]) == P.output_files()
+
+
+# A child that prepares and SIGKILLs itself inside `PartitionedScatterWriter.close` of the step whose
+# spill directory is argv[3], after that step's pairs reached its spill files: what an OOM kill or a
+# `kill -9` leaves (no `abort`, so the spill files stay).
+_KILLED_IN_SCATTER = """
+import os, signal, sys
+from muse_rec.data import files as F
+from muse_rec.data import prepare as P
+raw, out, which = sys.argv[1:4]
+real = F.PartitionedScatterWriter.close
+def close(self):
+    self._flush()
+    if os.path.basename(self.spill_dir) == which:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(self)
+F.PartitionedScatterWriter.close = close
+P.prepare(raw, out, P.PrepareConfig(batch_rows=64, partition_bits=2, progress=False))
+"""
+
+
+@pytest.mark.parametrize("step", ["popularity", "scl"])
+def test_a_run_killed_while_scattering_item_arrays_resumes_to_the_same_data(raw: Path, tmp_path: Path,
+                                                                           step: str) -> None:
+    """The per-item writers appended to a killed run's spill files: the resumed run added every
+    popularity count twice and counted every SCL row as a duplicate. Now it starts them over."""
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    child = subprocess.run([sys.executable, "-c", _KILLED_IN_SCATTER, str(raw), str(out), step],
+                           capture_output=True, text=True)
+    assert child.returncode == -9, child.stderr
+    assert (out / P.BUILD_DIR / "spill" / step).is_dir()  # the killed run's pairs are still there
+    with warnings.catch_warnings():  # which steps warn depends on where the child died
+        warnings.simplefilter("ignore")
+        meta = P.prepare(str(raw), str(out), CFG)
+        want = P.prepare(str(raw), str(fresh), CFG)
+    assert meta["items"] == want["items"] and meta["popularity"] == want["popularity"]
+    for rel in ("items/popularity.npy", "items/scl.npy", "items/scl_present.npy", "items/attrs.npy"):
+        np.testing.assert_array_equal(np.load(out / rel), np.load(fresh / rel), err_msg=rel)
 
 
 def test_a_run_killed_while_writing_meta_json_is_resumed(raw: Path, tmp_path: Path,
