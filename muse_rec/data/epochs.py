@@ -8,15 +8,6 @@ the batches exactly as these functions count them (see its module docstring).
 from __future__ import annotations
 
 
-def samples_in_step(step_in_epoch: int, batch_size: int, world_size: int, num_samples: int) -> int:
-    """Real (non-padding) samples of one training step over all ranks: the step covers global
-    batches ``step * W .. step * W + W - 1``, i.e. rows ``[step * W * B, (step + 1) * W * B)`` of
-    the split's ``num_samples``, so only an epoch's last step is short. A shuffled epoch moves its
-    one partial batch to another step; the epoch's total is the same."""
-    per_step = batch_size * world_size
-    return max(0, min(per_step, num_samples - step_in_epoch * per_step))
-
-
 def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
     """Steps of one epoch: every rank's batch count, the global batches ``ceil(N / B)`` dealt round
     robin over ``W`` ranks (the last step's missing batches are padding)."""

@@ -69,15 +69,28 @@ class PreparedBatches(IterableDataset):
 
     def _block(self, j: int) -> Optional[int]:
         """The block of B consecutive samples this rank's j-th batch reads (None: a padding batch)."""
-        g = self.rank + j * self.world_size
+        return self._global_block(self.rank + j * self.world_size)
+
+    def _global_block(self, g: int) -> Optional[int]:
+        """The block of B consecutive samples global batch ``g`` reads (None: a padding batch)."""
         if g >= self.global_batches:
             return None
         return int(self._block_order[g]) if self.shuffle_seed is not None else g
 
+    def _block_rows(self, block: Optional[int]) -> int:
+        """Real rows of ``block`` (B, or fewer for the split's last block; 0 for padding)."""
+        return 0 if block is None else min(self.batch_size, self.num_samples - block * self.batch_size)
+
     def batch_rows(self, j: int) -> int:
         """Real (non-padding) rows of this rank's j-th batch, without building its indices."""
-        block = self._block(j)
-        return 0 if block is None else min(self.batch_size, self.num_samples - block * self.batch_size)
+        return self._block_rows(self._block(j))
+
+    def step_rows(self, j: int) -> int:
+        """Real rows of step ``j`` over all ranks (global batches ``j * W .. j * W + W - 1``): what the
+        step trains on. A shuffle moves the epoch's one short block to any step, so this reads the
+        shuffled order: ``j * W * B`` counting from the split's start missed it (a mid-epoch
+        checkpoint's ``samples_seen`` counted the short block's missing rows as trained)."""
+        return sum(self._block_rows(self._global_block(j * self.world_size + r)) for r in range(self.world_size))
 
     def sample_indices(self, j: int) -> np.ndarray:
         """Sample positions (int64, <= B of them) of this rank's j-th batch."""

@@ -26,7 +26,6 @@ import torch
 import yaml
 
 from muse_rec.data.files import replace_texts
-from muse_rec.data.epochs import samples_in_step
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.plan_measure import status_bytes
@@ -301,8 +300,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             loss, _, _ = pipeline.progress(it)
             # On device (no host sync per step), weighted by this rank's real rows of the step's batch.
             monitor.add(loss, loader.dataset.batch_rows(position.batch_in_epoch))
-            # Padding rows of the epoch's last step are not samples: they would inflate samples/s.
-            samples = samples_in_step(position.batch_in_epoch, t.batch_size, env.world_size, split_samples)
+            # Padding rows are not samples: they would inflate samples/s and position.samples_seen.
+            samples = loader.dataset.step_rows(position.batch_in_epoch)
             position.step += 1
             position.batch_in_epoch += 1
             position.samples_seen += samples

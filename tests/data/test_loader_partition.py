@@ -187,19 +187,19 @@ def test_history_groups_split_large_users() -> None:
     assert history_groups(np.zeros(0, np.int64))[1].shape == (0, 1)
 
 
-@pytest.mark.parametrize("world", [1, 3, 8])
-def test_samples_in_step_counts_the_real_rows_each_step_delivers(prepared: str, world: int) -> None:
+@pytest.mark.parametrize("world,shuffle", [(1, None), (3, None), (8, None), (1, 5), (3, 5)])
+def test_step_rows_counts_the_real_rows_each_step_delivers(prepared: str, world: int, shuffle) -> None:
     """What training counts as a step's samples (samples/s, position.samples_seen) is the rows the
-    ranks' batches of that step hold without padding; it counted batch x world, padding included."""
-    from muse_rec.data.epochs import samples_in_step
-
+    ranks' batches of that step hold without padding; it counted batch x world, padding included, and
+    then the rows from the split's start, which a shuffle's short block, moved to another step, is not."""
     n = PreparedData(prepared).num_samples("train")
-    per_rank = [[int(b.weights.bool().sum()) for b in make_loader(prepared, "train", BATCH, SEQ_LEN, rank=r,
-                                                                   world_size=world)] for r in range(world)]
+    loaders = [make_loader(prepared, "train", BATCH, SEQ_LEN, rank=r, world_size=world, shuffle_seed=shuffle)
+               for r in range(world)]
+    per_rank = [[int(b.weights.bool().sum()) for b in loader] for loader in loaders]
     steps = len(per_rank[0])
     delivered = [sum(rows[s] for rows in per_rank) for s in range(steps)]
-    assert delivered == [samples_in_step(s, BATCH, world, n) for s in range(steps)]
-    assert sum(delivered) == n and delivered[-1] < BATCH * world  # the fixture's last step is short
+    assert delivered == [loaders[0].dataset.step_rows(s) for s in range(steps)]
+    assert sum(delivered) == n and min(delivered) < BATCH * world  # the fixture has a short block
 
 
 def test_each_epoch_of_a_seeded_shuffle_reads_a_new_order_and_a_resume_the_same(prepared: str) -> None:
