@@ -70,8 +70,8 @@ class Position:
     run_id: str = ""  # the run that wrote the checkpoint ("" = written before run ids existed)
     data_fingerprint: str = ""  # PreparedData.fingerprint of the data it was trained on
     # Wall seconds of the training loop up to here (steps, loss checks, logging, earlier checkpoints),
-    # summed over every process of the run whose steps a checkpoint kept, so a resumed run reports its whole samples/s and time; None = a checkpoint
-    # written before this was recorded.
+    # summed over every process of the run whose steps a checkpoint kept, so a resumed run reports its
+    # whole samples/s and time; None = a checkpoint written before this was recorded.
     train_seconds: Optional[float] = None
 
 
