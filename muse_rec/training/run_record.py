@@ -104,11 +104,14 @@ def check_model_settings(ck: Path, spec: Spec) -> None:
 
 def check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
     """A resumed run must see the same vocabularies it was started with."""
-    prev = read_run_json(run_json)
-    if not prev:
+    # A run.json without vocab_sizes (empty, or another writer's) has nothing to compare, as with no
+    # run.json at all: the checkpoint's data fingerprint, checked apart, still ties the run to its data.
+    # (It was compared as all None: "(None, 2631)" per table, where an empty run.json passed.)
+    recorded = read_run_json(run_json).get("vocab_sizes")
+    if recorded is None:
         return
-    if prev.get("vocab_sizes") != dict(data.vocab_sizes):
-        diff = {k: (prev.get("vocab_sizes", {}).get(k), v) for k, v in data.vocab_sizes.items() if prev.get("vocab_sizes", {}).get(k) != v}
+    if recorded != dict(data.vocab_sizes):
+        diff = {k: (recorded.get(k), v) for k, v in data.vocab_sizes.items() if recorded.get(k) != v}
         raise RunError(
             f"{run_json}: the checkpoint was trained on other vocabularies than data.prepared now has "
             f"(table: (checkpoint, data)) {diff}; re-prepare the same data or start a new run directory"

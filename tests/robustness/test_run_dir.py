@@ -338,6 +338,18 @@ def test_damaged_run_json_is_named_and_changes_nothing(trained, tmp_path, comman
     assert snapshot(runs / "din") == before and not (tmp_path / "ev").exists()
 
 
+def test_a_run_json_without_vocab_sizes_resumes_as_one_without_run_json(trained, tmp_path):
+    """Nothing recorded is nothing to compare, as for an empty run.json (which resumed): a run.json
+    lacking only vocab_sizes was refused with every table's size shown as (None, n)."""
+    runs = trained.copy_run(tmp_path / "runs")
+    record = json.loads((runs / "din" / "run.json").read_text())
+    record.pop("vocab_sizes")
+    (runs / "din" / "run.json").write_text(json.dumps(record))
+    out = _read_back("resume", trained, runs, tmp_path / "ev")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((runs / "din" / "run.json").read_text())["vocab_sizes"]  # the resume records them again
+
+
 def _forge_position(run_dir, edit) -> None:
     """Edit the newest checkpoint's position.json and re-write its manifest, as a checkpoint
     from elsewhere would come (the integrity check passes; the values are what is wrong)."""
