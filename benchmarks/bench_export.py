@@ -30,7 +30,7 @@ import torch
 
 from muse_rec.data.batch import POOLED_FEATURES
 from muse_rec.models.ctr_model import build_train_model
-from muse_rec.serving.export import MANIFEST_FILE, PROGRAM_FILE, export_program, takes_scl
+from muse_rec.serving.export import MANIFEST_FORMAT, PROGRAM_FILE, _write_staged, export_program, takes_scl
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.quantize import quantize_for_serving
 from muse_rec.serving.ranker import ExportedScorer, FloatScorer, build_context, score_in_batches
@@ -71,11 +71,12 @@ def export_to(model, scl: np.ndarray, seq_len: int, max_candidates: int, out: Pa
     inf = InferenceModel(model)
     quantize_for_serving(inf, scl, "int8")
     program = export_program(inf, seq_len, max_candidates)
-    torch.export.save(program, str(out / PROGRAM_FILE))
     inputs = {"seq_scl": {}} if takes_scl(inf) else {}
-    (out / MANIFEST_FILE).write_text(json.dumps({"program": PROGRAM_FILE, "seq_len": seq_len, "min_candidates": 1,
-                                                 "max_candidates": max_candidates, "vocab_sizes": {},
-                                                 "inputs": inputs}))
+    # Written as `muse-rec export` writes it (with its integrity manifest, which the loader requires);
+    # the manifest holds what the ExportedScorer reads.
+    _write_staged(out, program, {"format": MANIFEST_FORMAT, "program": PROGRAM_FILE, "seq_len": seq_len,
+                                 "min_candidates": 1, "max_candidates": max_candidates, "vocab_sizes": {},
+                                 "inputs": inputs}, t0)
     return time.perf_counter() - t0
 
 
