@@ -28,6 +28,7 @@ from muse_rec.modules.cosine import (
     reference_cosine,
 )
 from muse_rec.modules.shared_keys_cosine import shared_keys_cosine_topk
+from muse_rec.modules.running_topk import topk_lowest_position_first
 from muse_rec.modules.search import SearchInputs, history_cosine, history_dot
 from muse_rec.modules.selection import (
     GSUResult,
@@ -123,7 +124,7 @@ class CosineGSU(RetrievesTopK, nn.Module):
                 )
             else:
                 sel = self._selection_scores(query, keys, mask)
-                values, indices = torch.topk(sel, min(self.top_k, L), dim=1)
+                values, indices = topk_lowest_position_first(sel, min(self.top_k, L))
         return decode_cosine_selection(values, indices, self.top_k)
 
     def retrieve(self, search: SearchInputs) -> GSUResult:
@@ -260,7 +261,9 @@ def reference_cosine_topk(
     pos = torch.arange(L, dtype=torch.float64)
     no_vec = -1.1 + 0.05 * pos / max(L, 1)  # newest first, below every cosine
     sel = torch.where(m & has_vec, cos, torch.where(m, no_vec, -3.0))
-    values, indices = torch.topk(sel, min(top_k, L), dim=1)
+    # Equal cosines: lowest position first (a stable sort, plainly; the fast paths use an int64 key).
+    values, order = torch.sort(sel, dim=1, descending=True, stable=True)
+    values, indices = values[:, :min(top_k, L)], order[:, :min(top_k, L)]
     n_pad = top_k - values.shape[1]
     values = torch.cat([values, torch.full((B, n_pad), -3.0, dtype=torch.float64)], 1)
     indices = torch.cat([indices, torch.zeros((B, n_pad), dtype=torch.int64)], 1)

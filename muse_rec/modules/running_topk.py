@@ -46,15 +46,20 @@ typedef struct { float v; int64_t i; } pair_t;
 
 static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
 
-/* Reorder a[0..n) so that its k largest values come first (any order): quickselect. */
+/* The selection order: higher value first, equal values lowest position first. A total order
+   (positions are distinct in a row), so WHICH of several equal values at the K-th place are kept
+   is defined, and every top-K path (this kernel, `torch_running_topk`) keeps the same ones. */
+static inline int better(pair_t a, pair_t b) { return a.v > b.v || (a.v == b.v && a.i < b.i); }
+
+/* Reorder a[0..n) so that its k best pairs (`better`) come first (any order): quickselect. */
 static void select_largest(pair_t* a, int64_t n, int64_t k) {
   int64_t lo = 0, hi = n - 1;
   while (lo < hi) {  /* Hoare partition: a[lo..j] >= pivot >= a[i..hi], a(j..i) == pivot */
-    float pivot = a[lo + (hi - lo) / 2].v;
+    pair_t pivot = a[lo + (hi - lo) / 2];
     int64_t i = lo, j = hi;
     while (i <= j) {
-      while (a[i].v > pivot) i++;
-      while (a[j].v < pivot) j--;
+      while (better(a[i], pivot)) i++;
+      while (better(pivot, a[j])) j--;
       if (i <= j) { pair_t t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
     }
     if (k - 1 <= j) hi = j; else if (k - 1 >= i) lo = i; else return;
@@ -93,6 +98,8 @@ static inline uint32_t beats_bf16(const uint16_t* s, float t) {
 }
 #endif
 
+/* Strictly above the threshold (the K-th kept value): positions arrive in increasing order
+   (`RunningTopK.update`'s contract), so a later value equal to it loses the tie to every kept one. */
 #define OFFER(v, pos)                                                                    \
   if ((v) > t) {                                                                         \
     b[n].v = (v); b[n].i = (pos); n++;                                                   \
@@ -298,7 +305,8 @@ class RunningTopK:
     def update(self, scores: torch.Tensor, col0: int, row0: int = 0) -> None:
         """Offer ``scores [r, C]`` (unit column stride) for rows ``row0 .. row0 + r``; column j
         is position ``col0 + j``. Row blocks let a caller keep its chunk and these rows'
-        buffers in cache together."""
+        buffers in cache together. Each row's chunks must come in increasing ``col0`` (equal
+        values are kept lowest position first, which the kernel decides as they arrive)."""
         r = scores.shape[0] if scores.dim() == 2 else -1
         if r < 0 or row0 < 0 or row0 + r > self.rows or scores.device.type != "cpu":
             raise ValueError(f"scores must be a CPU [r, C] tensor for rows within [0, {self.rows}), got "
@@ -356,6 +364,27 @@ def int8_unit_rows_bf16(keys: torch.Tensor, pos: torch.Tensor) -> Tuple[torch.Te
     return out, norms
 
 
+def topk_lowest_position_first(scores: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``scores [R, C]`` (not NaN) -> the k best ``values [R, k]`` descending and their columns
+    ``[R, k]``, equal values lowest column first (the native kernel's order).
+
+    `torch.topk` keeps any of several equal values at the k-th place: a user's repeated item
+    (equal cosines) then made the training and serving GSUs keep different positions, and MISS's
+    merge, which drops positions the other GSU took, scored the same sample differently (up to
+    7e-4 in probability). One `torch.topk` of an int64 key ``(value order, C - 1 - column)`` is a
+    total order: ~2-3x a float topk on the CPU, against ~7-20x for a stable sort of the chunk.
+    """
+    if scores.dtype != torch.float32:
+        raise ValueError(f"float32 scores expected, got {scores.dtype}")
+    # Float order as int32 order: non-negative floats compare as their bits, negative ones
+    # reversed (flip the 31 magnitude bits). `+ 0.0` makes -0.0 +0.0 (equal floats, one key).
+    bits = (scores + 0.0).view(torch.int32)
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
+    columns = torch.arange(scores.shape[1], dtype=torch.int64, device=scores.device)
+    _, j = torch.topk((ordered << 32) | (scores.shape[1] - 1 - columns), k, dim=1)
+    return scores.gather(1, j), j
+
+
 def torch_running_topk(chunks, rows: int, k: int,
                        device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """`RunningTopK`'s contract in plain PyTorch: ``chunks`` yields ``(scores [R, C], col0)``.
@@ -368,10 +397,10 @@ def torch_running_topk(chunks, rows: int, k: int,
     best_i: Optional[torch.Tensor] = None
     for scores, col0 in chunks:
         s = scores.to(torch.float32)
-        v, i = torch.topk(s, min(k, s.shape[1]), dim=1)
+        v, i = topk_lowest_position_first(s, min(k, s.shape[1]))
         i = i + col0
-        if best_v is not None:
-            v, j = torch.topk(torch.cat([best_v, v], 1), min(k, best_v.shape[1] + v.shape[1]), dim=1)
+        if best_v is not None:  # the kept positions precede this chunk's: ties stay lowest first
+            v, j = topk_lowest_position_first(torch.cat([best_v, v], 1), min(k, best_v.shape[1] + v.shape[1]))
             i = torch.gather(torch.cat([best_i, i], 1), 1, j)
         best_v, best_i = v, i
     if best_v is None:

@@ -196,6 +196,32 @@ def test_static_path_scores_bit_for_bit_as_the_training_path(chunk):
         assert vals[b][idx[b] == pos].item() == 0.0
 
 
+@pytest.mark.parametrize("chunk", [4096, 37])
+def test_every_path_keeps_the_same_positions_among_tied_cosines(chunk):
+    """K smaller than the number of exact ties (each query's own vector repeated 3K times among
+    other vectors): training's grouped path, the exported (static) path and the certified eager
+    path keep the same K positions, the lowest ones. Before, each kept its own subset of the
+    copies; MISS's merge reads positions, and the same trained MISS scored a sample 7e-4 apart
+    served and evaluated (and 1e-4 apart between two evaluation batch sizes)."""
+    gen = torch.Generator().manual_seed(5)
+    K = 8
+    query = int8_scl(6, gen=gen)
+    keys = int8_scl(400, gen=gen)
+    copies = torch.arange(3 * K) * 13 + 7  # scattered positions, all inside L = 400
+    keys[copies] = query[0]
+    keys[copies[::2] + 1] = query[1]
+    mask = torch.ones(400, dtype=torch.bool)
+    index = torch.zeros(query.shape[0], dtype=torch.long)
+    train_vals, train_idx = grouped_cosine_topk(query, keys.unsqueeze(0), mask.unsqueeze(0), index, top_k=K)
+    static_vals, static_idx = static_shared_keys_cosine_topk(query, keys, mask, K, chunk)
+    assert torch.equal(train_vals, static_vals) and torch.equal(train_idx, static_idx)
+    assert torch.equal(train_idx[0], copies[:K])  # cosine 1 at every copy: the K lowest positions
+    assert torch.equal(train_idx[1], (copies[::2] + 1)[:K])
+    if RT.native_library() is not None:
+        cert_vals, cert_idx = certified_shared_keys_cosine_topk(query, keys, mask, K, chunk)
+        assert torch.equal(cert_vals, train_vals) and torch.equal(cert_idx, train_idx)
+
+
 @needs_native
 def test_certificate_sends_tied_rows_to_the_exact_path(monkeypatch):
     """A history of near-duplicates around the K-th score: the shortlist cannot be certified,

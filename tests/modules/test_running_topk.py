@@ -49,6 +49,39 @@ def test_ties_and_strided_rows():
     assert (idx.diff(dim=1) > 0).all()
 
 
+@pytest.mark.parametrize("chunk", [512, 100, 3000])
+def test_equal_values_at_the_kth_place_keep_the_lowest_positions(chunk):
+    """WHICH of many equal values make the top-K is defined (lowest positions), in both the native
+    kernel and `torch_running_topk`: a user's repeated item gives equal cosines at many positions,
+    and the training path (native) and the exported serving path (torch) kept different ones, so
+    MISS (whose merge drops positions the other GSU took) served other scores than it trained."""
+    gen = torch.Generator().manual_seed(3)
+    wide = torch.randint(0, 5, (8, 3000), generator=gen).float()
+    k = 20
+    # Exact expectation: the value is the row's maximum, the positions its first k occurrences.
+    expected = torch.stack([(row == row.max()).nonzero().squeeze(1)[:k] for row in wide])
+    sel = RT.RunningTopK(8, k)
+    for s, c0 in stream(wide, chunk):
+        sel.update(s, c0)
+    vals, idx = sel.result()
+    assert torch.equal(idx, expected)
+    tv, ti = RT.torch_running_topk(stream(wide, chunk), 8, k)
+    assert torch.equal(ti, expected) and torch.equal(tv, vals)
+
+
+def test_lowest_position_first_orders_negative_values_and_zeros_as_floats():
+    """The int64 key of `topk_lowest_position_first` orders negative values (the GSU's sentinels,
+    negative cosines), -0.0 == +0.0 and -FLT_MAX as float comparison does: same picks as a stable
+    descending sort (ties lowest column first), for every k."""
+    gen = torch.Generator().manual_seed(4)
+    pool = torch.tensor([-3.0, -1.1, -1.05, -0.5, -0.0, 0.0, 0.25, 1.0, RT.EMPTY_VALUE, -1e-30, 1e-30])
+    scores = pool[torch.randint(0, pool.numel(), (16, 300), generator=gen)]
+    ref_v, ref_j = torch.sort(scores, dim=1, descending=True, stable=True)
+    for k in (1, 7, 150, 300):
+        v, j = RT.topk_lowest_position_first(scores, k)
+        assert torch.equal(j, ref_j[:, :k]) and torch.equal(v, ref_v[:, :k])
+
+
 def test_bad_input():
     sel = RT.RunningTopK(3, 2)
     with pytest.raises(ValueError, match="float32 or bfloat16"):
