@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import yaml
 
+from muse_rec.distributed import MAX_PLAN_RANKS
+
 if TYPE_CHECKING:  # for annotations only: torchx is imported where it is used, as in build_app
     from torchx.specs import AppDef, Role
 
@@ -108,8 +110,6 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
             raise ProfileError(f"{p}: {key}: nodes and procs_per_node must be >= 1")
         # Every rank plans the sharding for the whole world at its start, as `plan` does: past plan's
         # bound that takes many minutes and GBs per rank (10^20 processes hung torchrun, silently).
-        from muse_rec.cli.plan import MAX_PLAN_RANKS
-
         if d["nodes"] * d["procs_per_node"] > MAX_PLAN_RANKS:
             raise ProfileError(f"{p}: {key}: nodes x procs_per_node = {d['nodes'] * d['procs_per_node']:,} ranks, "
                                f"more than the {MAX_PLAN_RANKS:,} a sharding plan is made for (see `muse-rec plan`)")

@@ -19,6 +19,7 @@ import warnings
 from typing import Dict, List, Mapping, Tuple
 
 from muse_rec.cli.flags import input_file, int64, nonempty_path
+from muse_rec.distributed import MAX_PLAN_RANKS
 
 HELP = "show the sharding plan (per table, per rank, what-if over world sizes) of a spec for any GPU/CPU topology"
 
@@ -29,11 +30,6 @@ DEFAULT_DDR_GIB = 512.0  # host memory per rank
 # planner's arithmetic handles (1e300 GiB overflowed `int`).
 MAX_GIB_PER_RANK = 2.0 ** 20
 DEFAULT_SEARCH_LIMIT = 128  # largest world size the "what would fit" search tries
-# The most ranks one `plan` flag may ask for (its world size, its search limit, each what-if row,
-# and the what-if rows together). TorchRec's planner costs ~22 ms and ~0.2 MB per rank on this 2-core box (measured: 2,048
-# ranks 44 s / 0.58 GB, 4,096 ranks 89 s / 0.81 GB), so 16,384 is ~6 min and ~3 GB; 100,000 ranks
-# ran until the kernel killed it, with no output.
-MAX_PLAN_RANKS = 16384
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -68,7 +68,7 @@ def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
 
     from muse_rec.output_paths import REPRODUCE_MANIFEST, OutputPathError, check_output_path, local_output, output_exists
 
-    from muse_rec.cli.plan import MAX_PLAN_RANKS
+    from muse_rec.distributed import MAX_PLAN_RANKS
 
     # Every rank plans the sharding for all of them at its start: past plan's own bound that is minutes
     # and GBs per rank (and --nproc 1000000 was accepted, to fork that many processes).

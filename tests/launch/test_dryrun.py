@@ -142,7 +142,7 @@ def test_a_profile_with_a_port_out_of_range_is_named(tmp_path):
 def test_a_profile_wider_than_a_plan_is_refused(tmp_path):
     """procs_per_node 10^20 was submitted ("1 node(s) x 100000000000000000000 process(es)") and torchrun hung
     without a word; every rank plans the whole world's sharding, which `plan` bounds at MAX_PLAN_RANKS."""
-    from muse_rec.cli.plan import MAX_PLAN_RANKS
+    from muse_rec.distributed import MAX_PLAN_RANKS
 
     profiles = yaml.safe_load((REPO / "torchx.yaml").read_text())
     path = tmp_path / "torchx.yaml"
