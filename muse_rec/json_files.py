@@ -9,18 +9,37 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
-from typing import Any, Dict, Type
+from typing import Any, Dict, Optional, Type
 
 # The integers NumPy, torch and PyArrow hold as a C int64. JSON and the command line bound none: a
 # larger integer (a request id, a position.json step, a flag) was an OverflowError deep in a command.
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
+def special_file_kind(path: str | os.PathLike) -> Optional[str]:
+    """What ``path`` is where it exists and is neither a regular file nor a directory ("a FIFO (named
+    pipe)", "a character device", ...), else None (missing and unreadable paths included: the reader
+    names those). Such a file read whole blocks (a FIFO, until something writes to it: forever, with no
+    message) or never ends (/dev/zero), so every file read whole is asked first."""
+    try:
+        mode = os.stat(path).st_mode  # follows links: what is read is the link's target
+    except (OSError, ValueError):  # missing, unreadable, a NUL byte in the name
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+
+
 def read_json_object(path: str | os.PathLike, error: Type[Exception] = ValueError, advice: str = "") -> Dict[str, Any]:
     """The JSON object in ``path``; ``error("<path>: ...<advice>")`` when the file cannot be read,
     is not UTF-8 JSON, or holds another JSON value. ``advice``: what to do, e.g. "; re-export"."""
     p = Path(path)
+    kind = special_file_kind(p)
+    if kind:
+        raise error(f"{p}: {kind}, not a regular file{advice}")
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except OSError as e:

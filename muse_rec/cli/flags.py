@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import stat
 
 # Every integer flag ends in NumPy, PyArrow or torch, which hold it as a C int64: past that, a
 # value was an OverflowError ("Python int too large to convert to C long") or a NumPy ValueError
 # traceback from deep inside the command (synth --users, prepare --batch-rows, baselines --seq-len).
-from muse_rec.json_files import INT64_MAX, INT64_MIN
+from muse_rec.json_files import INT64_MAX, INT64_MIN, special_file_kind
 
 
 def int64(text: str) -> int:
@@ -43,14 +41,9 @@ def optional_input_file(text: str) -> str:
 
 
 def _not_special(text: str) -> str:
-    try:
-        mode = os.stat(text).st_mode  # follows links: what is read is the link's target
-    except (OSError, ValueError):  # missing, unreadable, a NUL byte: the command says so, naming it
+    kind = special_file_kind(text)  # a missing or unreadable path: the command says so, naming it
+    if kind is None:
         return text
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return text
-    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
-            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
     raise argparse.ArgumentTypeError(f"{text}: {kind}, not a regular file (it would be read whole: a FIFO blocks "
                                      "until written to, a device never ends); give a file")
 

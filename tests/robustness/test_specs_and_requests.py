@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -351,6 +352,42 @@ def test_an_input_file_flag_naming_a_fifo_is_refused(tmp_path, args, flag):
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
     assert out.stderr.startswith(f"muse-rec {args[0]}: argument {flag}: {tmp_path / 'FIFO'}: a FIFO (named pipe), "
                                  "not a regular file"), out.stderr
+
+
+def test_a_fifo_read_by_a_command_but_named_by_no_flag_is_refused(tmp_path):
+    """The flags are asked before parsing; a spec's `extends:` parent and a run's metrics.json are not
+    flags, and a FIFO there blocked train and compare forever (here: the 30 s timeout)."""
+    os.mkfifo(tmp_path / "parent.yaml")
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\n")
+    out = cli_without_torch("train", "--spec", str(tmp_path / "child.yaml"), timeout=30)
+    assert_bad_input(out, f"{tmp_path / 'child.yaml'}: extends: {tmp_path / 'parent.yaml'}: a FIFO (named pipe), "
+                          "not a regular file")
+    (tmp_path / "run").mkdir()
+    os.mkfifo(tmp_path / "run" / "metrics.json")
+    out = cli_without_torch("compare", str(tmp_path / "run"), "--no-floors", timeout=30)
+    assert_bad_input(out, f"{tmp_path / 'run' / 'metrics.json'}: a FIFO (named pipe), not a regular file")
+
+
+def test_read_json_object_refuses_a_fifo_instead_of_waiting_for_a_writer(tmp_path):
+    from muse_rec.json_files import read_json_object
+
+    os.mkfifo(tmp_path / "run.json")
+    result = {}
+
+    def read() -> None:
+        try:
+            read_json_object(tmp_path / "run.json", advice="; re-run")
+        except ValueError as e:
+            result["error"] = str(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # blocked on the FIFO (the old code): release it, then fail
+        with open(tmp_path / "run.json", "w") as f:
+            f.write("{}")
+        reader.join(10)
+    assert result.get("error") == f"{tmp_path / 'run.json'}: a FIFO (named pipe), not a regular file; re-run"
 
 
 def test_a_model_whose_init_gives_a_non_finite_loss_is_not_told_to_lower_the_learning_rate(prepared_tiny, tmp_path):
