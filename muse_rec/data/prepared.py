@@ -23,11 +23,12 @@ from muse_rec.data.prepare import (FORMAT_VERSION, ITEM_ATTR_COLUMNS, POPULARITY
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SCL_DIM, SPLITS
 from muse_rec.data.vocab import Vocab
+from muse_rec.json_files import INT64_MAX
 from muse_rec.spec.schema import MAX_TABLE_ROWS
 
 
 # Bound of items/popularity.npy's counts (>= 0; `muse-rec check` scans the same).
-POPULARITY_LIMIT = int(np.iinfo(np.int64).max)
+POPULARITY_LIMIT = INT64_MAX
 # The table whose rows each per-behaviour array holds (seq_items.npy -> item, ...).
 _SEQ_TABLES: Dict[str, str] = {"items": "item", "cats": "category"}
 
