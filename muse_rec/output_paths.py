@@ -43,9 +43,9 @@ def local_output(path: str, flag: str) -> str:
     another scheme, which `Path` would otherwise take as a relative directory (``./s3:/bucket``),
     and for an empty one, which `Path` takes as the current directory (``synth ''`` wrote a release
     among the files of wherever it was run)."""
-    if not strip_file_uri(path):
-        raise OutputPathError(f"{flag} {path!r}: empty path; name the output location")
     local = strip_file_uri(path)
+    if not local:
+        raise OutputPathError(f"{flag} {path!r}: empty path; name the output location")
     if "://" in local:
         raise OutputPathError(f"{flag} {path}: not a local path; outputs are written to local directories "
                               f"(a {FILE_URI_PREFIX} URI names one)")
