@@ -287,8 +287,8 @@ def cached_floors(data: PreparedData, split: str, opts: FloorOptions, cache_dir:
     except OSError as e:  # only a cache (a file in its directory's place, no room, read-only): said, not fatal
         logger.warning("floors not cached, %s could not be written (%s); they are computed again next time",
                        path, e)
-        return json.loads(metrics_json_text(result))  # as a cache hit would return them (NaN -> null)
-    return json.loads(path.read_text())  # what a later cache hit returns (NaN -> null)
+    # What a later cache hit returns (NaN -> null), from the text written, not read back from the file.
+    return json.loads(metrics_json_text(result))
 
 
 def _read_cached(path: Path) -> Optional[Dict]:
