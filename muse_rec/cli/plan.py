@@ -20,6 +20,7 @@ from typing import Dict, List, Mapping, Tuple
 
 from muse_rec.cli.flags import input_file, int64, nonempty_path
 from muse_rec.distributed import MAX_PLAN_RANKS
+from muse_rec.json_files import read_json_object
 
 HELP = "show the sharding plan (per table, per rank, what-if over world sizes) of a spec for any GPU/CPU topology"
 
@@ -93,14 +94,13 @@ def prepared_vocab_sizes(path: str) -> Dict[str, int]:
 
     # A file:// URI names the local directory, as for every reader of prepared data (train, check).
     meta_path = os.path.join(strip_file_uri(path), "meta.json")
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--prepared {path}: cannot read {meta_path} ({e}); run `muse-rec prepare` first") from None
+    try:  # the reader of every JSON file from outside: a FIFO, a list or broken JSON is one line naming it
+        meta = read_json_object(meta_path, advice="; run `muse-rec prepare` first")
+    except ValueError as e:
+        raise ValueError(f"--prepared {path}: {e}") from None
     from muse_rec.spec.schema import MAX_TABLE_ROWS
 
-    sizes = meta.get("vocab_sizes") if isinstance(meta, dict) else None
+    sizes = meta.get("vocab_sizes")
     if not isinstance(sizes, dict):
         raise ValueError(f"--prepared {path}: {meta_path} has no valid vocab_sizes")
     for name, rows in sizes.items():
