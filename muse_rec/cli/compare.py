@@ -299,10 +299,10 @@ def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
 
 def _floor_setting(spec_file: Path) -> Tuple[str, str, int, str]:
     """(prepared data, eval split, seq_len, train split) of a run's spec.yaml: what its floors are of.
-    KeyError / TypeError / ValueError / yaml.YAMLError / OSError where the file does not say."""
+    KeyError / TypeError / ValueError (`_read_document`'s, naming the file) where the file does not say."""
     import yaml
 
-    d = (yaml.safe_load(spec_file.read_text()) or {})["data"]
+    d = (_read_document(spec_file, yaml.safe_load, (yaml.YAMLError,), "YAML") or {})["data"]
     return (str(d["prepared"]), str(d.get("eval_split", "test")), int(d.get("seq_len", 0)),
             str(d.get("train_split", "train")))
 
@@ -319,8 +319,6 @@ def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str]) ->
         return None, f"the runs recorded different floors (other data, split or seq_len), {_OTHER_FLOORS}"
     if len(recorded) == len(runs):
         return recorded[0], "recorded by the runs"
-    import yaml
-
     from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.metrics.floors import FloorsError, floors_of_run, run_floors_cache
 
@@ -334,7 +332,7 @@ def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str]) ->
             return None, f"{spec_file} not found, so the runs' data is unknown (pass --floors FILE)"
         try:
             settings[spec_file] = _floor_setting(spec_file)
-        except (KeyError, TypeError, ValueError, yaml.YAMLError, OSError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             return None, f"cannot compute them for {spec_file}'s data: {type(e).__name__}: {e}"
     if len(set(settings.values())) > 1:
         return None, f"the runs are of different data, split or seq_len (their spec.yaml), {_OTHER_FLOORS}"
