@@ -50,7 +50,7 @@ from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MA
                                              check_max_candidates, no_checkpoint)
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.int8_check import check_requests, deviation_report, score_requests, warning_text
-from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving
+from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving, without_table_views
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_position
 from muse_rec.training.checkpoint_choice import DELETED_RETRIES, deleted_too_often, deleted_while_read
@@ -199,7 +199,8 @@ def export_program(model: torch.nn.Module, seq_len: int,
         # Size-oblivious tracing: without it a dynamic size is assumed >= 2 while tracing, and the
         # sizes TorchRec's lookups derive from B (unbacked: sums of KJT lengths) inherit that bound
         # as a runtime assertion, so the program would refuse one candidate.
-        with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        # Each quantized table traced once, from its TBE (not also from TorchRec's state_dict views).
+        with torch.fx.experimental._config.patch(backed_size_oblivious=True), without_table_views(model):
             return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
 
 

@@ -14,8 +14,9 @@ matches exact type names, so it is added to the mapping here.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Literal
+from typing import Dict, Iterator, List, Literal, Tuple
 
 import numpy as np
 import torch
@@ -143,6 +144,34 @@ def dequantized_tables(model: InferenceModel) -> Dict[str, torch.Tensor]:
                 sb = scale_bias.contiguous().view(torch.float16).float()  # [rows, 2]: scale, bias
                 out[name] = w.float() * sb[:, :1] + sb[:, 1:]
     return out
+
+
+@contextmanager
+def without_table_views(model: nn.Module) -> Iterator[None]:
+    """Inside the block, ``model``'s quantized collections hold each table's rows once: in their TBE.
+
+    TorchRec's quantized collections register every table a second time, as the buffers
+    ``embedding_bags.<t>.weight`` / ``embeddings.<t>.weight`` (views into the TBE's storage, there for
+    their state_dict); their forward reads only the TBE. `torch.export` lifts those views as buffers and
+    the TBE's storage as a constant, and saves and reloads each separately: the program held every table
+    twice on disk and in memory. The views are taken off for the block and put back after it.
+    """
+    taken: List[Tuple[nn.Module, Dict[str, torch.Tensor]]] = []
+    try:
+        for collection in model.modules():
+            if isinstance(collection, QuantEmbeddingBagCollection):
+                holder = collection.embedding_bags
+            elif isinstance(collection, QuantEmbeddingCollection):
+                holder = collection.embeddings
+            else:
+                continue
+            for table in holder.values():
+                taken.append((table, dict(table._buffers)))
+                table._buffers.clear()
+        yield
+    finally:
+        for table, buffers in taken:
+            table._buffers.update(buffers)
 
 
 def _report(model: InferenceModel, scl_dtype: str) -> QuantizationReport:

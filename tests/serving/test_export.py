@@ -234,6 +234,25 @@ def test_the_program_returns_plain_scores_without_autograd(trained_run):
     assert not scores.requires_grad and scores.numpy().shape == (scores.shape[0],)
 
 
+def test_the_program_stores_each_quantized_table_once(trained_run):
+    """Every uint8 byte the program stores, beside the TBEs' one type code per feature (`weights_tys`),
+    is a table row, stored once: the manifest's rows x bytes per row, each table padded to FBGEMM's
+    cache line as its TBE lays them out. Before, TorchRec's state_dict views of the tables
+    (`embeddings.<t>.weight`) were saved beside the TBEs' storage, so the file and the loaded program
+    held every table twice (2x the bytes per row the manifest and docs/serving.md state)."""
+    from fbgemm_gpu.split_table_batched_embeddings_ops_inference import align_to_cacheline
+
+    from muse_rec.serving.export import _register_fake_classes
+
+    _register_fake_classes()
+    program = torch.export.load(str(trained_run.exported / PROGRAM_FILE))
+    stored = {**program.state_dict, **program.constants}
+    row_bytes = sum(t.numel() for name, t in stored.items()
+                    if isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and not name.endswith(".weights_tys"))
+    tables = read_manifest(str(trained_run.exported))["tables"]
+    assert row_bytes == sum(align_to_cacheline(tables["rows"][t] * tables["bytes_per_row"][t]) for t in tables["rows"])
+
+
 @pytest.mark.parametrize("max_candidates", [1, 3])
 def test_a_program_for_fewer_candidates_than_the_traced_example_exports_and_scores_alike(trained_run, tmp_path,
                                                                                       max_candidates):
