@@ -90,6 +90,15 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:  # a full disk: nothing was published (tables are staged, then renamed)
         print(f"muse-rec synth: cannot write {args.out}: {e.strerror or e} (nothing was published)", file=sys.stderr)
         return 2
+    except MemoryError as e:
+        # Sized by the knobs, not by a spec: the generic line named model.* and train.batch_size. The
+        # memory writer holds every user's history at once; the stream writer is bounded by a row group.
+        hint = ("pass --writer stream (bounded memory) or lower --users / --max-seq-len" if cfg.writer == "memory"
+                else "lower these sizes or --user-row-group-rows (users per row group)")
+        print(f"muse-rec synth: out of memory ({' '.join(str(e).split())[:200]}) with --writer {cfg.writer}, "
+              f"--users {cfg.users:,}, --items {cfg.items:,}, --max-seq-len {cfg.max_seq_len:,}: {hint} "
+              "(nothing was published)", file=sys.stderr)
+        return 2
     if cfg.writer == "stream" and not args.json:
         st = m["stats"]
         print(f"synthetic Taobao-MM ({args.preset}, streamed, seed {cfg.seed}) -> {args.out}  [{m['seconds']:.1f} s]")

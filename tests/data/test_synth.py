@@ -401,3 +401,33 @@ def test_a_float_knob_past_its_meaningful_range_is_named(tmp_path: Path, capsys,
     # The intercept is solved on both splits' logits for a mean click probability of exactly `rate`, so
     # the clicks are a binomial draw around it: 5 standard deviations of the realised rate.
     assert abs(clicked / n - rate) <= 5 * (rate * (1 - rate) / n) ** 0.5, (clicked / n, rate)
+
+
+@pytest.mark.parametrize("writer, module, function, hint", [
+    ("memory", "muse_rec.data.synth", "user_table", "--writer stream"),
+    ("stream", "muse_rec.data.synth_stream", "build_timelines", "--user-row-group-rows"),
+])
+def test_out_of_memory_names_the_synth_sizes_and_keeps_the_earlier_release(
+        tmp_path: Path, capsys, monkeypatch, writer: str, module: str, function: str, hint: str) -> None:
+    """A release too large for this machine (seen at --users 150,000 of the demo preset under a 4 GB limit)
+    ends with one line naming synth's own size flags and the writer to use, and the release already in
+    OUT stays whole. Before, the line was the training commands' (model.*, data.seq_len, train.batch_size)."""
+    import importlib
+
+    from muse_rec.cli import main
+
+    out = tmp_path / "raw"
+    args = ["--preset", "tiny", "--users", "40", "--quiet", "--no-diagnostics", "--writer", writer]
+    assert main(["synth", str(out), *args]) == 0
+    before = _digests(out)
+
+    def exhausted(*_a, **_k):
+        raise MemoryError("Unable to allocate 709. MiB for an array with shape (92868394,) and data type int64")
+
+    monkeypatch.setattr(importlib.import_module(module), function, exhausted)
+    capsys.readouterr()
+    assert main(["synth", str(out), *args, "--seed", "7"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("muse-rec synth: out of memory (Unable to allocate"), err
+    assert f"--writer {writer}" in err and "--users 40" in err and hint in err and "model." not in err, err
+    assert _digests(out) == before
