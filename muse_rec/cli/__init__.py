@@ -58,8 +58,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:  # named by the command they were given to (argparse names only "muse-rec")
         command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "_run", None):
-        parser.print_help()
-        return 0 if args.command is None else 2
+        # No command is a usage error (argparse's exit 2), not a request for help (`--help`, exit 0):
+        # a script whose command word went missing (an empty variable) ran nothing and looked successful.
+        parser.print_help(sys.stderr)
+        return 2
     previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.command)
     previous_term = _terminate_as_interrupt()
     try:

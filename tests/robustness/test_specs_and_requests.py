@@ -210,6 +210,15 @@ def test_usage_errors_are_one_line_naming_the_command(args, line):
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith(line), out.stderr
 
 
+def test_no_command_is_a_usage_error_but_help_is_not():
+    """`muse-rec` with no command printed the usage and exited 0, as if it had run something; argparse's
+    convention for a missing required argument is exit 2. `muse-rec --help` still exits 0."""
+    out = cli_without_torch()
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.startswith("usage: muse-rec"), out
+    out = cli_without_torch("--help")
+    assert out.returncode == 0 and out.stdout.startswith("usage: muse-rec"), out
+
+
 def test_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys):
     """Whatever a spec or an input sizes past the machine ends as one line with exit 2 (a
     MemoryError traceback reached the user from `plan` with model.esu.num_tiers = 1e9)."""
