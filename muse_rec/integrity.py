@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from muse_rec.dirlock import LOCK_FILE
+from muse_rec.json_files import read_json_object, special_file_kind
 
 MANIFEST = "SHA256SUMS.json"
 FORMAT = "muse_rec.sha256/1"
 _CHUNK = 1 << 20
+_DAMAGED = "; the artifact is damaged"
 
 
 class IntegrityError(ValueError):
@@ -113,16 +115,16 @@ def verify(root: str | os.PathLike, expect_sha256: Optional[str] = None) -> str:
     if not root.is_dir():
         raise IntegrityError(f"{root}: {'is a file, not a directory' if root.exists() else 'no such directory'}")
     mpath = root / MANIFEST
-    if not mpath.is_file():
+    if not mpath.exists():
         raise IntegrityError(f"{root}: no {MANIFEST} integrity manifest - not written by this version of "
                              "muse_rec, or not by muse_rec at all; refusing to unpickle it (see README 'Trust model')")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        listed: Dict[str, str] = manifest["files"]
-        if manifest.get("format") != FORMAT or not isinstance(listed, dict):
-            raise ValueError(f"format {manifest.get('format')!r}")
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise IntegrityError(f"{mpath}: unreadable integrity manifest ({e})") from None
+    # A FIFO, a directory or a file that cannot be read there is named as such (a directory was called
+    # "no manifest"); a FIFO is refused before it is opened.
+    manifest = read_json_object(mpath, IntegrityError, advice=_DAMAGED)
+    listed = manifest.get("files")
+    if manifest.get("format") != FORMAT or not isinstance(listed, dict):
+        what = f"format {manifest.get('format')!r}" if manifest.get("format") != FORMAT else "no 'files' object"
+        raise IntegrityError(f"{mpath}: unreadable integrity manifest ({what})")
     present = set(_artifact_files(root))
     # A name the directory's own walk did not find may lie outside it (through a symbolic link to a
     # directory); one that was found is read where it is, as before.
@@ -136,10 +138,13 @@ def verify(root: str | os.PathLike, expect_sha256: Optional[str] = None) -> str:
     missing = sorted(set(listed) - present)
     if missing:
         raise IntegrityError(f"{root / missing[0]}: missing (listed in {MANIFEST})")
+    special = next(((rel, kind) for rel in sorted(listed) if (kind := special_file_kind(root / rel))), None)
+    if special is not None:  # opening a FIFO to hash it blocked the load forever (even SIGTERM waited on it)
+        raise IntegrityError(f"{root / special[0]}: {special[1]}, not a regular file{_DAMAGED}")
     try:
         actual = hash_files(root, sorted(listed))
     except OSError as e:  # a listed name that is a dangling symbolic link, or a file that cannot be read
-        raise IntegrityError(f"{e.filename or root}: cannot be read ({e.strerror or e}); the artifact is damaged") from None
+        raise IntegrityError(f"{e.filename or root}: cannot be read ({e.strerror or e}){_DAMAGED}") from None
     for rel in sorted(listed):
         if actual[rel] != listed[rel]:
             raise IntegrityError(f"{root / rel}: SHA-256 differs from {MANIFEST} (corrupted or tampered with)")

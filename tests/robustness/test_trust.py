@@ -3,10 +3,12 @@ in them is opened; a crafted checkpoint or export never runs its payload."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -358,3 +360,57 @@ def test_a_listed_file_that_is_a_dangling_symbolic_link_is_named(tmp_path):
     (tmp_path / ".metadata").symlink_to(tmp_path / "gone")
     with pytest.raises(IntegrityError, match=rf"^{tmp_path / '.metadata'}: cannot be read \(No such file"):
         verify(tmp_path)
+
+
+def _verify_unblocking_fifos(root: Path) -> str:
+    """`verify(root)`'s IntegrityError text; a verify blocked on opening a FIFO (the old code) is released by
+    writing to every FIFO under ``root`` after a wait, and then fails the test."""
+    result = {}
+
+    def run() -> None:
+        try:
+            verify(root)
+        except IntegrityError as e:
+            result["error"] = str(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():
+        for fifo in (p for p in root.rglob("*") if p.is_fifo()):
+            with open(fifo, "w"):
+                pass
+        worker.join(10)
+        pytest.fail(f"verify blocked on a FIFO ({result})")
+    return result.get("error", "")
+
+
+def test_a_listed_file_replaced_by_a_fifo_is_refused_without_opening_it(tmp_path):
+    """`rank --exported DIR` with DIR/ranker.pt2 a FIFO: hashing it blocked forever, and SIGTERM (timeout)
+    did not end the command either (the hashing thread stayed blocked in open)."""
+    (tmp_path / "ranker.pt2").write_bytes(b"p")
+    write_manifest(tmp_path)
+    (tmp_path / "ranker.pt2").unlink()
+    os.mkfifo(tmp_path / "ranker.pt2")
+    assert _verify_unblocking_fifos(tmp_path) == (f"{tmp_path / 'ranker.pt2'}: a FIFO (named pipe), not a regular "
+                                                  "file; the artifact is damaged")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "not utf-8"])
+def test_a_manifest_that_is_no_regular_utf8_file_is_named_as_such(tmp_path, kind):
+    """SHA256SUMS.json as a directory or a FIFO was reported as "no SHA256SUMS.json integrity manifest - not
+    written by this version of muse_rec", which it is not; now the file and what it is are named."""
+    (tmp_path / "ranker.pt2").write_bytes(b"p")
+    write_manifest(tmp_path)
+    manifest = tmp_path / MANIFEST
+    manifest.unlink()
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    elif kind == "directory":
+        manifest.mkdir()
+    else:
+        manifest.write_bytes(b"\xff\xfe{}")
+    expected = {"fifo": "a FIFO (named pipe), not a regular file", "directory": "cannot read (Is a directory)",
+                "not utf-8": "not valid JSON ("}[kind]
+    error = _verify_unblocking_fifos(tmp_path)
+    assert error.startswith(f"{manifest}: {expected}") and error.endswith("; the artifact is damaged"), error
