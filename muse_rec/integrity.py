@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from muse_rec.dirlock import LOCK_FILE
-from muse_rec.json_files import read_json_object, special_file_kind
+from muse_rec.json_files import read_json_object, refuse_special_file
 
 MANIFEST = "SHA256SUMS.json"
 FORMAT = "muse_rec.sha256/1"
@@ -138,9 +138,8 @@ def verify(root: str | os.PathLike, expect_sha256: Optional[str] = None) -> str:
     missing = sorted(set(listed) - present)
     if missing:
         raise IntegrityError(f"{root / missing[0]}: missing (listed in {MANIFEST})")
-    special = next(((rel, kind) for rel in sorted(listed) if (kind := special_file_kind(root / rel))), None)
-    if special is not None:  # opening a FIFO to hash it blocked the load forever (even SIGTERM waited on it)
-        raise IntegrityError(f"{root / special[0]}: {special[1]}, not a regular file{_DAMAGED}")
+    for rel in sorted(listed):  # opening a FIFO to hash it blocked the load forever (even SIGTERM waited on it)
+        refuse_special_file(root / rel, IntegrityError, _DAMAGED)
     try:
         actual = hash_files(root, sorted(listed))
     except OSError as e:  # a listed name that is a dangling symbolic link, or a file that cannot be read

@@ -33,13 +33,19 @@ def special_file_kind(path: str | os.PathLike) -> Optional[str]:
             else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
 
 
+def refuse_special_file(path: str | os.PathLike, error: Type[Exception] = ValueError, advice: str = "") -> None:
+    """``error("<path>: a FIFO (named pipe), not a regular file<advice>")`` where `special_file_kind` names
+    one: asked before a file is opened to be read, which for a FIFO blocks until something writes to it."""
+    kind = special_file_kind(path)
+    if kind:
+        raise error(f"{path}: {kind}, not a regular file{advice}")
+
+
 def read_json_object(path: str | os.PathLike, error: Type[Exception] = ValueError, advice: str = "") -> Dict[str, Any]:
     """The JSON object in ``path``; ``error("<path>: ...<advice>")`` when the file cannot be read,
     is not UTF-8 JSON, or holds another JSON value. ``advice``: what to do, e.g. "; re-export"."""
     p = Path(path)
-    kind = special_file_kind(p)
-    if kind:
-        raise error(f"{p}: {kind}, not a regular file{advice}")
+    refuse_special_file(p, error, advice)
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except OSError as e:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from muse_rec.cli.flags import input_file, nonempty_path
-from muse_rec.json_files import read_json_object, special_file_kind
+from muse_rec.json_files import read_json_object, refuse_special_file
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
 
@@ -190,9 +190,7 @@ def _settings_of(run_dir: Path) -> Optional[Dict]:
 def _read_document(path: Path, parse: Callable[[str], Any], errors: Tuple[type, ...], kind: str) -> Any:
     """`parse` of a run's text file; ValueError naming the file when it cannot be read (a directory in its
     place was an IsADirectoryError traceback), is not valid `kind` or not UTF-8."""
-    kind_of_file = special_file_kind(path)  # a FIFO there blocked compare forever
-    if kind_of_file:
-        raise ValueError(f"{path}: {kind_of_file}, not a regular file")
+    refuse_special_file(path)  # a FIFO there blocked compare forever
     try:
         return parse(path.read_text(encoding="utf-8"))
     except OSError as e:
