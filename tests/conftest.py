@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
+from typing import Callable, Type
 
 import pytest
 
@@ -30,3 +32,30 @@ def subprocess_env(**extra: str) -> dict:
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra)
     return env
+
+
+FIFO_WAIT_S = 10  # seconds: far longer than any call below takes when it does not block
+
+
+def error_of_call_unblocking_fifos(call: Callable[[], object], root: Path, error: Type[BaseException]) -> str:
+    """The text of the ``error`` that ``call()`` raises ("" if none). A call still blocked after a wait (it
+    opened a FIFO under ``root`` to read it, and a FIFO's reader waits for a writer) is released by opening
+    every FIFO there for writing, and the test fails: the code under test read a FIFO it should refuse."""
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            call()
+        except error as e:
+            result["error"] = str(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(FIFO_WAIT_S)
+    if worker.is_alive():
+        for fifo in (p for p in root.rglob("*") if p.is_fifo()):
+            with open(fifo, "w"):
+                pass
+        worker.join(FIFO_WAIT_S)
+        pytest.fail(f"blocked reading a FIFO under {root} ({result})")
+    return result.get("error", "")

@@ -16,7 +16,7 @@ import yaml
 from muse_rec.data.epochs import resume_batch, steps_per_epoch
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
-from muse_rec.json_files import read_json_object
+from muse_rec.json_files import read_json_object, refuse_special_file
 from muse_rec.spec import Spec, model_settings, training_settings
 from muse_rec.training.checkpoint import MODEL_RECORD, Position, checkpoint_to_resume, read_position
 
@@ -147,6 +147,7 @@ def check_resume_settings(spec_yaml: Path, spec: Spec) -> None:
 
 def _read_spec_yaml(spec_yaml: Path) -> Dict[str, Any]:
     """A run directory's spec.yaml (its resolved spec); RunError naming it when unreadable."""
+    refuse_special_file(spec_yaml, RunError)  # a FIFO there blocked `train --resume` forever
     try:
         doc: Any = yaml.safe_load(spec_yaml.read_text(encoding="utf-8"))
     # ValueError: not UTF-8, or a scalar YAML cannot convert (an integer of too many digits, an impossible date)

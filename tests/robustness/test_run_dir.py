@@ -570,3 +570,19 @@ def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_kept(tmp_
     assert victim.read_text() == "not a lock"
     with DirLock.acquire(tmp_path / "fresh") as lock:  # an ordinary lock still works
         assert json.loads((tmp_path / "fresh" / LOCK_FILE).read_text())["pid"] == os.getpid() and lock
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_run_spec_yaml_that_is_no_regular_file_is_named_on_resume(tmp_path, kind):
+    """`train --resume` with the run's spec.yaml a FIFO blocked forever (its settings were read whole to
+    compare them with the spec's); it is refused in one line naming the file, as a directory is."""
+    from muse_rec.spec import load_spec
+    from muse_rec.training.run_record import RunError, check_resume_settings
+    from tests.conftest import REPO, error_of_call_unblocking_fifos
+
+    spec_yaml = tmp_path / "spec.yaml"
+    os.mkfifo(spec_yaml) if kind == "fifo" else spec_yaml.mkdir()
+    spec = load_spec(REPO / SPEC)
+    error = error_of_call_unblocking_fifos(lambda: check_resume_settings(spec_yaml, spec), tmp_path, RunError)
+    expected = "a FIFO (named pipe), not a regular file" if kind == "fifo" else "unreadable ([Errno 21] Is a directory"
+    assert error.startswith(f"{spec_yaml}: {expected}"), error

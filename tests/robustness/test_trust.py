@@ -8,14 +8,13 @@ import pickle
 import shutil
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from muse_rec.integrity import MANIFEST, IntegrityError, read_digest, verify, write_manifest
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, error_of_call_unblocking_fifos, subprocess_env
 from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets, snapshot
 
 
@@ -362,29 +361,6 @@ def test_a_listed_file_that_is_a_dangling_symbolic_link_is_named(tmp_path):
         verify(tmp_path)
 
 
-def _verify_unblocking_fifos(root: Path) -> str:
-    """`verify(root)`'s IntegrityError text; a verify blocked on opening a FIFO (the old code) is released by
-    writing to every FIFO under ``root`` after a wait, and then fails the test."""
-    result = {}
-
-    def run() -> None:
-        try:
-            verify(root)
-        except IntegrityError as e:
-            result["error"] = str(e)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(10)
-    if worker.is_alive():
-        for fifo in (p for p in root.rglob("*") if p.is_fifo()):
-            with open(fifo, "w"):
-                pass
-        worker.join(10)
-        pytest.fail(f"verify blocked on a FIFO ({result})")
-    return result.get("error", "")
-
-
 def test_a_listed_file_replaced_by_a_fifo_is_refused_without_opening_it(tmp_path):
     """`rank --exported DIR` with DIR/ranker.pt2 a FIFO: hashing it blocked forever, and SIGTERM (timeout)
     did not end the command either (the hashing thread stayed blocked in open)."""
@@ -392,8 +368,8 @@ def test_a_listed_file_replaced_by_a_fifo_is_refused_without_opening_it(tmp_path
     write_manifest(tmp_path)
     (tmp_path / "ranker.pt2").unlink()
     os.mkfifo(tmp_path / "ranker.pt2")
-    assert _verify_unblocking_fifos(tmp_path) == (f"{tmp_path / 'ranker.pt2'}: a FIFO (named pipe), not a regular "
-                                                  "file; the artifact is damaged")
+    error = error_of_call_unblocking_fifos(lambda: verify(tmp_path), tmp_path, IntegrityError)
+    assert error == f"{tmp_path / 'ranker.pt2'}: a FIFO (named pipe), not a regular file; the artifact is damaged"
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory", "not utf-8"])
@@ -412,5 +388,5 @@ def test_a_manifest_that_is_no_regular_utf8_file_is_named_as_such(tmp_path, kind
         manifest.write_bytes(b"\xff\xfe{}")
     expected = {"fifo": "a FIFO (named pipe), not a regular file", "directory": "cannot read (Is a directory)",
                 "not utf-8": "not valid JSON ("}[kind]
-    error = _verify_unblocking_fifos(tmp_path)
+    error = error_of_call_unblocking_fifos(lambda: verify(tmp_path), tmp_path, IntegrityError)
     assert error.startswith(f"{manifest}: {expected}") and error.endswith("; the artifact is damaged"), error
