@@ -23,7 +23,7 @@ from muse_rec.data.prepare import (FORMAT_VERSION, ITEM_ATTR_COLUMNS, POPULARITY
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SCL_DIM, SPLITS
 from muse_rec.data.vocab import Vocab
-from muse_rec.json_files import INT64_MAX
+from muse_rec.json_files import INT64_MAX, read_json_object, refuse_special_file
 from muse_rec.spec.schema import MAX_TABLE_ROWS
 
 
@@ -54,6 +54,7 @@ _FINGERPRINT_INTERIOR_BLOCKS = 8
 # meta.json keys the fingerprint leaves out: where the data came from and how prepare ran, not
 # what it holds ("fingerprint" is the raw files' own: their paths, mtimes and Parquet footers).
 _NOT_CONTENT = ("source", "config", "fingerprint")
+_RE_PREPARE = "; re-run `muse-rec prepare`"  # what to do about a damaged file of the directory
 
 
 def expected_dtype(rel: str) -> np.dtype:
@@ -115,13 +116,8 @@ class PreparedData:
         if meta_path is None or not os.path.exists(meta_path):
             raise PreparedDataError(f"{path}: no meta.json - not a prepared directory, or `muse-rec prepare` "
                                     "did not finish (run it again; it resumes)")
-        try:
-            with open(meta_path, encoding="utf-8") as f:
-                self.meta: dict = json.load(f)
-        except (ValueError, OSError) as e:
-            raise PreparedDataError(f"{meta_path}: unreadable ({e}); re-run `muse-rec prepare`") from None
-        if not isinstance(self.meta, dict):
-            raise PreparedDataError(f"{meta_path}: expected a JSON object")
+        # A FIFO there blocked every command that reads the data (check, train, evaluate) forever.
+        self.meta: dict = read_json_object(meta_path, PreparedDataError, advice=_RE_PREPARE)
         version = self.meta.get("format_version")
         if version != FORMAT_VERSION:
             raise PreparedDataError(f"{meta_path}: format_version {version}, this code reads {FORMAT_VERSION}; "
@@ -170,6 +166,7 @@ class PreparedData:
     @staticmethod
     def _check_array(local: str, shown: str, want: Tuple[int, ...], dtype: np.dtype) -> None:
         """Header shape, dtype and (C) order as prepare writes them, and the file holds every byte of the data."""
+        refuse_special_file(local, PreparedDataError, _RE_PREPARE)  # reading a FIFO's header blocked forever
         try:
             shape, fortran_order, got_dtype, offset = _npy_layout(local)
         except (ValueError, OSError, EOFError) as e:

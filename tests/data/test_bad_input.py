@@ -17,6 +17,7 @@ from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.data.reader import RawTable
 from muse_rec.data.schema import RawDataError
+from tests.conftest import error_of_call_unblocking_fifos
 from tests.data.rawgen import write_raw_release
 
 CFG = PrepareConfig(batch_rows=40, partition_bits=2, progress=False)
@@ -144,6 +145,17 @@ def test_prepared_dir_validation(workspace, tmp_path: Path) -> None:
     (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(PreparedDataError, match="format_version"):
         PreparedData(str(out))
+
+
+@pytest.mark.parametrize("rel", ["meta.json", "train/labels.npy"])
+def test_a_prepared_file_that_is_a_fifo_is_refused_without_reading_it(workspace, rel: str) -> None:
+    """`check`, `train`, `evaluate` on a prepared directory whose meta.json or an array is a FIFO blocked
+    forever (the file was opened to be read, and a FIFO's reader waits for a writer)."""
+    _, out = workspace
+    (out / rel).unlink()
+    os.mkfifo(out / rel)
+    error = error_of_call_unblocking_fifos(lambda: PreparedData(str(out)), out, PreparedDataError)
+    assert error == f"{out / rel}: a FIFO (named pipe), not a regular file; re-run `muse-rec prepare`"
 
 
 def test_sample_without_user_row_gets_empty_history(workspace) -> None:
