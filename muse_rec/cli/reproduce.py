@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from muse_rec.cli.flags import int64, nonempty, nonempty_path
+from muse_rec.json_files import read_json_object
 
 HELP = "reproduce the paper's tables and figures (Tables 5/3/1/2, Figs. 5/6): train, then write OUT/report.md + PNGs"
 
@@ -191,10 +192,10 @@ def _run(args: argparse.Namespace) -> int:
             log = execute(plan, out, prepared, Execution(nproc=nproc, device=device, threads_per_rank=args.threads,
                                                          extra_overrides=tuple(args.set)))
         metrics = load_metrics(out, plan)
+        context = _context(out, source, synth_args, args, nproc, device, plan, log, time.perf_counter() - started)
     except (ReproduceError, ValueError, OSError) as e:  # OSError: the OS refused to write under OUT
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2
-    context = _context(out, source, synth_args, args, nproc, device, plan, log, time.perf_counter() - started)
     per_run = [(m.get("wall_seconds") or 0.0) + (m.get("eval_seconds") or 0.0) for runs in metrics.values() for m in runs.values()]
     if per_run:
         context.append(f"training + evaluation time summed over the {len(per_run)} finished runs: "
@@ -218,8 +219,8 @@ def _context(out: Path, source: str, synth_args: List[str], args: argparse.Names
     if source == "synthetic":
         lines.append(f"data: synthetic release `muse-rec synth {' '.join(synth_args)}` (planted semantics; see the end)")
         manifest = out / "data" / "raw" / "_synth_manifest.json"
-        if manifest.exists():
-            m = json.loads(manifest.read_text())
+        if manifest.exists():  # a FIFO there blocked the report forever; a directory or bad JSON was a traceback
+            m = read_json_object(manifest, advice="; remove OUT/data/raw (with OUT/data/prepared) to synthesize it again")
             st, truth = m.get("stats", {}), m.get("truth", {}).get("test", {})
             lines.append(f"synthetic release: {st.get('train_samples', '?')} train / {st.get('test_samples', '?')} test "
                          f"impressions, {st.get('test_users', '?')} test users; ceiling test GAUC of the true click "

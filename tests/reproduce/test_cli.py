@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from muse_rec.cli import main
 from muse_rec.reproduce.plan import build_plan
+from tests.conftest import error_of_call_unblocking_fifos
 from tests.reproduce.test_report import write_fake_runs
 
 
@@ -152,6 +154,26 @@ def test_report_only_names_the_key_of_a_malformed_run(capsys, tmp_path: Path):
     assert main(["reproduce", str(tmp_path), "--what", "table5", "--seeds", "1", "--report-only"]) == 2
     err = capsys.readouterr().err
     assert f"{bad}: auc: expected a finite number or null, got '0.7'" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("kind, says", [("fifo", "a FIFO (named pipe), not a regular file"),
+                                         ("directory", "cannot read (Is a directory)"),
+                                         ("not json", "not valid JSON ("), ("a list", "expected a JSON object, got list")])
+def test_a_damaged_synthetic_release_manifest_is_one_line_naming_it(capsys, tmp_path: Path, kind, says):
+    """The report's context line reads OUT/data/raw/_synth_manifest.json: a FIFO there blocked `reproduce
+    --report-only` forever, a directory, bad JSON or a list was a traceback (exit 1)."""
+    write_fake_runs(tmp_path, build_plan(("table5",), seeds=1))
+    manifest = tmp_path / "data" / "raw" / "_synth_manifest.json"
+    manifest.parent.mkdir(parents=True)
+    {"fifo": os.mkfifo, "directory": Path.mkdir, "not json": lambda p: p.write_text("{"),
+     "a list": lambda p: p.write_text("[1]")}[kind](manifest)
+    codes = []
+    report = ["reproduce", str(tmp_path), "--what", "table5", "--seeds", "1", "--report-only"]
+    assert error_of_call_unblocking_fifos(lambda: codes.append(main(report)), tmp_path, Exception) == ""
+    assert codes == [2]
+    err = capsys.readouterr().err
+    assert err.startswith(f"muse-rec reproduce: {manifest}: {says}") and err.count("\n") == 1, err
+    assert not (tmp_path / "report.md").exists()
 
 
 def test_a_second_reproduce_into_an_out_in_use_is_refused_naming_the_holder(capsys, tmp_path: Path):
