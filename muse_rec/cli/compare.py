@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from muse_rec.cli.flags import input_file, nonempty_path
+from muse_rec.cli.flags import input_file, input_path, nonempty_path
 from muse_rec.json_files import read_json_object, refuse_special_file
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
@@ -31,7 +31,7 @@ DEFAULT_BASELINE = "DIN"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", type=nonempty_path, nargs="+", help="run directories (each holding metrics.json)")
+    p.add_argument("runs", type=input_path, nargs="+", help="run directories (each holding metrics.json)")
     p.add_argument("--baseline", default=None,
                    help=f"method to measure margins against (default {DEFAULT_BASELINE}, when a run has it)")
     p.add_argument("--out", type=nonempty_path, default=None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from muse_rec.cli.flags import input_file, int64, nonempty_path
+from muse_rec.cli.flags import input_file, input_path, int64, nonempty_path
 
 HELP = "evaluate a checkpoint (exact GAUC / AUC / logloss, grouped GAUC, predictions) at any world size"
 
@@ -16,7 +16,7 @@ HELP = "evaluate a checkpoint (exact GAUC / AUC / logloss, grouped GAUC, predict
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", type=input_file, required=True, help="the spec the checkpoint was trained with")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (repeatable)")
-    p.add_argument("--checkpoint", type=nonempty_path, default=None,
+    p.add_argument("--checkpoint", type=input_path, default=None,
                    help="checkpoint directory (default: the run's latest)")
     p.add_argument("--out", type=nonempty_path, required=True,
                    help="where metrics.json and predictions.parquet go: a new or empty "

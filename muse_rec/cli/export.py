@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from muse_rec.cli.flags import input_file, int64, nonempty_path
+from muse_rec.cli.flags import input_file, input_path, int64, nonempty_path
 
 HELP = "export a checkpoint as a quantized torch.export ranking program (one user, B candidates)"
 
@@ -18,7 +18,7 @@ HELP = "export a checkpoint as a quantized torch.export ranking program (one use
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", type=input_file, required=True, help="the spec the checkpoint was trained with")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (repeatable)")
-    p.add_argument("--checkpoint", type=nonempty_path, default=None,
+    p.add_argument("--checkpoint", type=input_path, default=None,
                    help="checkpoint directory (default: the run's latest)")
     p.add_argument("--out", type=nonempty_path, required=True, help="output directory (ranker.pt2 + manifest.json)")
     p.add_argument("--seq-len", type=int64, default=None, help="the program's history length L (default: data.seq_len)")

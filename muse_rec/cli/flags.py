@@ -7,6 +7,7 @@ import argparse
 # value was an OverflowError ("Python int too large to convert to C long") or a NumPy ValueError
 # traceback from deep inside the command (synth --users, prepare --batch-rows, baselines --seq-len).
 from muse_rec.json_files import INT64_MAX, INT64_MIN, special_file_kind
+from muse_rec.output_paths import strip_file_uri
 
 
 def int64(text: str) -> int:
@@ -26,18 +27,26 @@ def nonempty_path(text: str) -> str:
     return _nonempty(text, "empty path: name a file or directory")
 
 
+def input_path(text: str) -> str:
+    """A flag naming a local file or directory the command reads (``--checkpoint``, ``--exported``,
+    compare's run directories): not empty, and a ``file://`` URI as the local path it names
+    (`strip_file_uri`), as prepared data and every output take one; it was looked up as a relative
+    path (``file:/abs/...``: "no such directory")."""
+    return nonempty_path(strip_file_uri(text))
+
+
 def input_file(text: str) -> str:
     """A flag naming a file the command reads whole (``--spec``, ``--floors``, ``--request``,
-    ``--profiles-file``): not empty, and not a FIFO, device or socket. Such a file was read like any
-    other: a FIFO blocked the command until something wrote to it (forever, with no message), a
-    device such as /dev/zero never ends. A missing file or a directory is left to the command's own
+    ``--profiles-file``): an `input_path` that is not a FIFO, device or socket. Such a file was read
+    like any other: a FIFO blocked the command until something wrote to it (forever, with no message),
+    a device such as /dev/zero never ends. A missing file or a directory is left to the command's own
     one-line error, which names what it expected there."""
-    return _not_special(nonempty_path(text))
+    return _not_special(input_path(text))
 
 
 def optional_input_file(text: str) -> str:
     """`input_file` whose empty value means the default (``launch --spec ''``: the profile's spec)."""
-    return _not_special(text) if text else text
+    return input_file(text) if text else text
 
 
 def _not_special(text: str) -> str:

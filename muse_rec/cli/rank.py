@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from muse_rec.cli.flags import input_file, int64, nonempty, nonempty_path
+from muse_rec.cli.flags import input_file, input_path, int64, nonempty
 
 HELP = "rank candidates for users from a checkpoint or an exported program (JSON request -> JSON scores)"
 
@@ -20,9 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the spec the model was trained with (data paths, model)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (repeatable)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", type=nonempty_path, default=None,
+    src.add_argument("--checkpoint", type=input_path, default=None,
                      help="checkpoint directory (default: the run's latest)")
-    src.add_argument("--exported", type=nonempty_path, default=None, help="directory written by `muse-rec export`")
+    src.add_argument("--exported", type=input_path, default=None, help="directory written by `muse-rec export`")
     p.add_argument("--request", type=input_file, required=True, help="JSON request file ('-' = stdin)")
     p.add_argument("--split", type=nonempty, default=None,
                    help="prepared split whose user table holds histories (default: eval split)")

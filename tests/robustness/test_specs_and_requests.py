@@ -363,6 +363,44 @@ def test_an_input_file_flag_naming_a_fifo_is_refused(tmp_path, args, flag):
                                  "not a regular file"), out.stderr
 
 
+@pytest.mark.parametrize("command, flag", [
+    ("train", "--spec"), ("evaluate", "--spec"), ("evaluate", "--checkpoint"), ("export", "--spec"),
+    ("export", "--checkpoint"), ("plan", "--spec"), ("rank", "--spec"), ("rank", "--checkpoint"),
+    ("rank", "--exported"), ("rank", "--request"), ("compare", "runs"), ("compare", "--floors"),
+    ("launch", "--spec"), ("launch", "--profiles-file"),
+])
+def test_a_file_uri_input_flag_names_the_local_path(tmp_path, command, flag):
+    """Prepared data and every output took a file:// URI as the local path after the prefix; these input
+    flags took it as a relative path (`--spec file:///abs/din.yaml`: "file:/abs/din.yaml: spec file not
+    found"), and `file://` alone as a path rather than an empty one."""
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"muse_rec.cli.{command}").add_arguments(parser)
+    to_value = next(a.type for a in parser._actions if flag in a.option_strings or a.dest == flag)
+    assert to_value(f"file://{tmp_path / 'x'}") == str(tmp_path / "x")
+    with pytest.raises(argparse.ArgumentTypeError, match="empty path"):
+        to_value("file://")
+
+
+def test_rank_and_compare_read_file_uris_as_the_local_paths(trained, tmp_path):
+    """The same answer for file:// URIs as for the paths they name (each flag was refused: "no such
+    directory", "spec file not found", "cannot read request")."""
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"user": 1, "candidates": [1, 2]}))
+    uri = lambda p: f"file://{Path(p).resolve()}"  # noqa: E731
+    ranked = [cli("rank", "--spec", spec, *trained.sets(), "--exported", exported, "--request", request)
+              for spec, exported, request in ((str(REPO / SPEC), str(trained.exported), str(req)),
+                                              (uri(REPO / SPEC), uri(trained.exported), uri(req)))]
+    assert ranked[0].returncode == 0 and ranked[1].stdout == ranked[0].stdout, ranked[1].stderr[-2000:]
+    checkpoint = sorted((trained.run_dir / "checkpoints").iterdir())[-1]
+    out = cli("rank", "--spec", SPEC, *trained.sets(), "--checkpoint", uri(checkpoint), "--request", str(req))
+    assert out.returncode == 0, out.stderr[-2000:]
+    compared = [cli("compare", run, "--no-floors") for run in (str(trained.run_dir), uri(trained.run_dir))]
+    assert compared[0].returncode == 0 and compared[1].stdout == compared[0].stdout, compared[1].stderr[-2000:]
+
+
 def test_a_fifo_read_by_a_command_but_named_by_no_flag_is_refused(tmp_path):
     """The flags are asked before parsing; a spec's `extends:` parent and a run's metrics.json are not
     flags, and a FIFO there blocked train and compare forever (here: the 30 s timeout)."""
