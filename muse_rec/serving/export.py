@@ -345,6 +345,12 @@ def load_program(exported_dir: str, expect_sha256: Optional[str] = None) -> torc
     The directory is checked against its SHA-256 manifest (and ``expect_sha256``) first:
     `torch.export.load` unpickles parts of the file, so nothing unverified reaches it.
     """
+    return load_export(exported_dir, expect_sha256)[0]
+
+
+def load_export(exported_dir: str, expect_sha256: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, object]]:
+    """`load_program`'s module and the manifest.json (`read_manifest`) it was loaded by, read once: a
+    caller that read the file again could get another manifest than its program's (replaced between)."""
     root = Path(exported_dir)
     if root.is_dir() and not (root / PROGRAM_FILE).exists() and not (root / MANIFEST_FILE).exists() \
             and not (root / STAGING_DIR).exists():
@@ -372,7 +378,7 @@ def load_program(exported_dir: str, expect_sha256: Optional[str] = None) -> torc
     export_log = logging.getLogger("torch.export")
     was_disabled, export_log.disabled = export_log.disabled, True
     try:
-        return torch.export.load(str(program)).module()
+        return torch.export.load(str(program)).module(), manifest
     except Exception as e:  # zipfile / torch raise assorted types for a damaged archive
         raise ExportError(f"{program}: cannot load the exported program ({type(e).__name__}: "
                           f"{' '.join(str(e).split())[:300]}); re-export") from None

@@ -34,8 +34,7 @@ import torch
 from muse_rec.data.batch import USER_FEATURES
 from muse_rec.data.prepared import PreparedData
 from muse_rec.serving.cache import AsyncLRUCache
-from muse_rec.serving.export import (ExportError, check_data_fingerprint, example_inputs, load_program,
-                                     load_trained_model, read_manifest)
+from muse_rec.serving.export import ExportError, check_data_fingerprint, example_inputs, load_export, load_trained_model
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.request import RankRequest, RequestError, validate_request
 from muse_rec.spec import Spec
@@ -124,8 +123,7 @@ class ExportedScorer:
     """An exported program (`muse-rec export`); history length fixed, any B from 1 to its maximum."""
 
     def __init__(self, exported_dir: str, expect_sha256: Optional[str] = None) -> None:
-        self.program = load_program(exported_dir, expect_sha256)  # verifies the files first
-        self.manifest = read_manifest(exported_dir)
+        self.program, self.manifest = load_export(exported_dir, expect_sha256)  # verifies the files first
         # Programs of SCL models take the history's SCL vectors (prefetched into the cache).
         self.needs_scl = "seq_scl" in self.manifest["inputs"]
         self.fixed_len: Optional[int] = int(self.manifest["seq_len"])

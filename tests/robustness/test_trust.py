@@ -390,3 +390,27 @@ def test_a_manifest_that_is_no_regular_utf8_file_is_named_as_such(tmp_path, kind
                 "not utf-8": "not valid JSON ("}[kind]
     error = error_of_call_unblocking_fifos(lambda: verify(tmp_path), tmp_path, IntegrityError)
     assert error.startswith(f"{manifest}: {expected}") and error.endswith("; the artifact is damaged"), error
+
+
+def test_an_exported_scorer_keeps_the_manifest_its_program_was_loaded_by(trained, tmp_path, monkeypatch):
+    """`ExportedScorer` read manifest.json twice, in `load_program` and again itself: a manifest replaced
+    between the two reads (a re-export into the same directory) gave a scorer whose manifest (history
+    length, candidate bound, inputs) was not its program's. It is read once now."""
+    from muse_rec.serving import export
+    from muse_rec.serving.ranker import ExportedScorer
+
+    exported = tmp_path / "exported"
+    shutil.copytree(trained.exported, exported)
+    loaded = {}
+    read = export.read_manifest
+
+    def read_then_replace(exported_dir: str):
+        manifest = loaded.setdefault("manifest", read(exported_dir))
+        replaced = dict(manifest, max_candidates=int(manifest["max_candidates"]) + 1)
+        (exported / "manifest.json").write_text(json.dumps(replaced))  # the next reader sees another manifest
+        return manifest
+
+    monkeypatch.setattr(export, "read_manifest", read_then_replace)
+    scorer = ExportedScorer(str(exported))
+    assert scorer.manifest == loaded["manifest"]
+    assert scorer.max_candidates == loaded["manifest"]["max_candidates"]
