@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from iopath.common.file_io import NativePathHandler, g_pathmgr
 
 from muse_rec.data.schema import TABLES, RawDataError, TableSpec, cast_batch, check_batch, check_schema, raw_error
+from muse_rec.json_files import refuse_special_file
 from muse_rec.output_paths import FILE_URI_PREFIX, strip_file_uri
 
 DEFAULT_BATCH_ROWS = 65_536
@@ -71,12 +72,19 @@ def _leading_bytes(path: str) -> bytes:
     (Hive names its parts ``000000_0``, other writers ``part-00001-c000``: skipping them would leave
     their rows out silently), none at all is an empty file (Hive's empty bucket). One read through
     iopath, local or remote; only files without the suffix are probed."""
+    _refuse_special(path)
     try:
         with g_pathmgr.open(path, "rb") as fh:
             return fh.read(len(_PARQUET_MAGIC))
     except Exception as e:  # iopath handlers raise their own types, not only OSError
         raise raw_error(path, f"cannot read it to tell whether it is a Parquet part "
                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _refuse_special(path: str) -> None:
+    """RawDataError naming ``path`` where it is a local FIFO, device or socket (`refuse_special_file`):
+    opening a FIFO to read it blocked `prepare` forever. A remote path is left to its handler."""
+    refuse_special_file(strip_file_uri(path), RawDataError, "; the raw tables must be regular Parquet files")
 
 
 def _name_order(name: str) -> List[object]:
@@ -180,6 +188,7 @@ class ParquetPart:
             raise raw_error(path, f"file not found (table {spec.name})")
         if g_pathmgr.isdir(path):
             raise raw_error(path, f"is a directory, expected a Parquet file of table {spec.name}")
+        _refuse_special(path)
         with g_pathmgr.open(path, "rb") as fh:
             try:
                 pf = pq.ParquetFile(fh, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)

@@ -158,6 +158,26 @@ def test_a_prepared_file_that_is_a_fifo_is_refused_without_reading_it(workspace,
     assert error == f"{out / rel}: a FIFO (named pipe), not a regular file; re-run `muse-rec prepare`"
 
 
+@pytest.mark.parametrize("part", [False, True])
+def test_a_raw_table_that_is_a_fifo_is_refused_without_reading_it(workspace, tmp_path: Path, part: bool) -> None:
+    """`prepare RAW OUT` with a table (or a part of a table's directory without the .parquet suffix,
+    probed for Parquet's magic) that is a FIFO blocked forever opening it."""
+    raw, _ = workspace
+    table = raw / S.TABLES["item_features"].file
+    if part:  # the table as a directory of parts: the real one, and a FIFO named as Hive names its parts
+        table.rename(tmp_path / "whole.parquet")
+        table.mkdir()
+        (tmp_path / "whole.parquet").rename(table / "part-0.parquet")
+        fifo = table / "000000_0"
+    else:
+        table.unlink()
+        fifo = table
+    os.mkfifo(fifo)
+    error = error_of_call_unblocking_fifos(lambda: prepare(str(raw), str(tmp_path / "new"), CFG), raw, RawDataError)
+    assert error == f"{fifo}: a FIFO (named pipe), not a regular file; the raw tables must be regular Parquet files"
+    assert not (tmp_path / "new").exists()
+
+
 def test_sample_without_user_row_gets_empty_history(workspace) -> None:
     """Documented handling (docs/data.md): kept, warned, counted; empty history, unknown user fields."""
     raw, out = workspace
