@@ -85,9 +85,9 @@ def write_manifest(root: str | os.PathLike) -> str:
 
 def read_digest(root: str | os.PathLike) -> Optional[str]:
     """The digest recorded in ``root``'s manifest (None when there is none); not verified."""
-    try:
-        return json.loads((Path(root) / MANIFEST).read_text()).get("digest")
-    except (OSError, ValueError, AttributeError):
+    try:  # read_json_object: a FIFO there blocked the caller forever
+        return read_json_object(Path(root) / MANIFEST).get("digest")
+    except ValueError:  # missing, unreadable, not JSON or not an object
         return None
 
 

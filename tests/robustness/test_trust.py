@@ -414,3 +414,11 @@ def test_an_exported_scorer_keeps_the_manifest_its_program_was_loaded_by(trained
     scorer = ExportedScorer(str(exported))
     assert scorer.manifest == loaded["manifest"]
     assert scorer.max_candidates == loaded["manifest"]["max_candidates"]
+
+
+def test_read_digest_of_a_manifest_that_is_a_fifo_is_none_without_waiting(tmp_path):
+    """`read_digest` read SHA256SUMS.json with read_text: a FIFO there blocked its caller forever."""
+    os.mkfifo(tmp_path / MANIFEST)
+    digests = []
+    assert error_of_call_unblocking_fifos(lambda: digests.append(read_digest(tmp_path)), tmp_path, Exception) == ""
+    assert digests == [None]
