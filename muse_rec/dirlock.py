@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import IO, Optional, Sequence, Type
 
+from muse_rec.json_files import refuse_special_file
+
 LOCK_FILE = ".lock"
 _LOCK_MODE = 0o666  # as open() creates a file: the umask decides
 
@@ -45,6 +47,9 @@ class DirLock:
         """
         created = [d for d in (directory, *directory.parents) if not d.exists()]
         had_lock_file = (directory / LOCK_FILE).exists()
+        # A FIFO there opened (read-write does not block) but could not be used as a file: "cannot create
+        # the directory or its lock (None)".
+        refuse_special_file(directory / LOCK_FILE, error, "; the lock is a regular file: remove it")
         try:
             directory.mkdir(parents=True, exist_ok=True)
             # "a+" (append): never truncate another's info. O_NOFOLLOW: a directory from elsewhere may hold a

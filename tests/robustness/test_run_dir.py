@@ -586,3 +586,15 @@ def test_a_run_spec_yaml_that_is_no_regular_file_is_named_on_resume(tmp_path, ki
     error = error_of_call_unblocking_fifos(lambda: check_resume_settings(spec_yaml, spec), tmp_path, RunError)
     expected = "a FIFO (named pipe), not a regular file" if kind == "fifo" else "unreadable ([Errno 21] Is a directory"
     assert error.startswith(f"{spec_yaml}: {expected}"), error
+
+
+def test_a_lock_file_that_is_a_fifo_is_named_as_such(tmp_path):
+    """A directory from elsewhere whose .lock is a FIFO: opened read-write it did not block, but the holder
+    info could not be written: "cannot create the directory or its lock (None)", naming neither."""
+    from muse_rec.dirlock import DirLock, DirLockError
+
+    os.mkfifo(tmp_path / LOCK_FILE)
+    with pytest.raises(DirLockError) as refused:
+        DirLock.acquire(tmp_path)
+    assert str(refused.value) == (f"{tmp_path / LOCK_FILE}: a FIFO (named pipe), not a regular file; the lock is a "
+                                  "regular file: remove it")
