@@ -15,9 +15,12 @@ import json
 import os
 import shutil
 import struct
-from typing import IO, Any, Callable, List, Mapping, Optional, Tuple
+from typing import IO, TYPE_CHECKING, Any, Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 NPY_HEADER_BYTES = 128  # fixed header block: magic(6) + version(2) + len(2) + dict, multiple of 64
 _MAGIC = b"\x93NUMPY\x01\x00"
@@ -379,3 +382,12 @@ def read_npy_shape(path: str) -> Tuple[Tuple[int, ...], np.dtype]:
             shape, _, dtype = np.lib.format.read_array_header_2_0(f)
     return tuple(shape), dtype
 
+
+def local_parquet_file(path: str | os.PathLike, mode: str = "rb") -> "pa.NativeFile":
+    """``path`` opened as pyarrow's native file, for `pyarrow.parquet` to read or write (``mode`` "rb"
+    or "wb"). Given a path as text, pyarrow encodes it as UTF-8 and fails on a name that is not
+    (``synth`` and ``evaluate`` into ``/data/caf\xe9`` were UnicodeEncodeError tracebacks); its bytes
+    as the OS holds them (`os.fsencode`) open any local name, with no Python-level I/O in between."""
+    import pyarrow as pa  # here: most users of this module write no Parquet
+
+    return pa.OSFile(os.fsencode(path), mode)

@@ -17,12 +17,14 @@ top-k, as in MUSE's GSU.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from muse_rec.data import schema as S
+from muse_rec.data.files import local_parquet_file
 
 NO_SCL_SCORE = -1.1  # below every real cosine
 DEFAULT_TOP_K = 20
@@ -77,7 +79,10 @@ def release_diagnostics(release_dir: str, split: str = "test", top_k: int = DEFA
     """
     if split not in S.SPLITS:
         raise ValueError(f"split must be one of {S.SPLITS}, got {split!r}")
-    read = lambda name, cols: pq.read_table(os.path.join(release_dir, S.TABLES[name].file), columns=cols)  # noqa: E731
+    def read(name: str, cols: List[str]) -> pa.Table:
+        with local_parquet_file(os.path.join(release_dir, S.TABLES[name].file)) as source:
+            return pq.read_table(source, columns=cols)
+
     scl = read("scl", [S.ITEM, S.SCL_VECTOR])
     scl_ids = scl.column(S.ITEM).to_numpy()
     vec = scl.column(S.SCL_VECTOR).combine_chunks().flatten().to_numpy().astype(np.float32)

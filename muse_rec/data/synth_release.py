@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from muse_rec.data import schema as S
+from muse_rec.data.files import local_parquet_file
 from muse_rec.data.synth_config import SynthConfig
 from muse_rec.data.synth_world import Catalogue, Impressions, Users, ranges, stage_rng
 
@@ -227,7 +228,8 @@ def item_tables(cfg: SynthConfig, cat: Catalogue, histories: List[History], imps
 def write_table(table: pa.Table, staging: str, name: str, row_group_rows: int) -> str:
     """Write one release table into the staging directory (`staged_release`); returns its path there."""
     path = os.path.join(staging, S.TABLES[name].file)
-    pq.write_table(table, path, row_group_size=row_group_rows, compression="snappy")
+    with local_parquet_file(path, "wb") as sink:
+        pq.write_table(table, sink, row_group_size=row_group_rows, compression="snappy")
     return path
 
 

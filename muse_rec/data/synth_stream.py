@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from muse_rec.data import schema as S
+from muse_rec.data.files import local_parquet_file
 from muse_rec.data.synth_config import SynthConfig
 from muse_rec.data.synth_diagnostics import group_auc
 from muse_rec.data.synth_release import (IdHasher, USER_FIELD_NAMESPACE, publish_release,
@@ -45,7 +46,8 @@ class StagedTable:
         self.name = name
         self.path = os.path.join(staging, S.TABLES[name].file)
         self.rows = 0
-        self._w = pq.ParquetWriter(self.path, release_schema(name), compression="snappy")
+        self._sink = local_parquet_file(self.path, "wb")
+        self._w = pq.ParquetWriter(self._sink, release_schema(name), compression="snappy")
 
     def write(self, table: pa.Table) -> None:
         """Write `table` as ONE row group (however many chunks it holds)."""
@@ -54,6 +56,7 @@ class StagedTable:
 
     def close(self) -> None:
         self._w.close()
+        self._sink.close()  # the writer leaves a file it was given open
         fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(fd)  # the data is on disk before the rename can publish it

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from muse_rec.data.files import OutputWriteError
+from muse_rec.data.files import OutputWriteError, local_parquet_file
 
 PART_PATTERN = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
 COLUMN_ORDER = ["user_key", "item_key", "label", "score", "seq_length", "item_popularity"]
@@ -69,7 +69,8 @@ def write_part(directory: str | os.PathLike, columns: Dict[str, np.ndarray], ran
     final = d / part_name(rank, world)
     tmp = d / f".{final.name}.tmp-{os.getpid()}"
     try:
-        pq.write_table(table, tmp)
+        with local_parquet_file(tmp, "wb") as sink:
+            pq.write_table(table, sink)
         os.replace(tmp, final)
     except OSError as e:  # pyarrow's "Error writing bytes to file" names no file (a full disk)
         raise OutputWriteError.naming(e, final) from None
@@ -87,7 +88,7 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     """
     p = Path(path)
     if p.is_file():
-        return pq.read_table(p).to_pandas()
+        return _read_part(p)
     if not p.is_dir():
         raise FileNotFoundError(f"no predictions at {p}")
     parts = sorted((int(m.group(1)), int(m.group(2)), f) for f in p.iterdir() if (m := PART_PATTERN.match(f.name)))
@@ -100,4 +101,9 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     ranks = [r for r, _, _ in parts]
     if ranks != list(range(world)):
         raise ValueError(f"{p}: expected parts of ranks 0..{world - 1}, found ranks {ranks}")
-    return pd.concat([pq.read_table(f).to_pandas() for _, _, f in parts], ignore_index=True)
+    return pd.concat([_read_part(f) for _, _, f in parts], ignore_index=True)
+
+
+def _read_part(path: Path) -> pd.DataFrame:
+    with local_parquet_file(path) as source:
+        return pq.read_table(source).to_pandas()

@@ -431,3 +431,13 @@ def test_out_of_memory_names_the_synth_sizes_and_keeps_the_earlier_release(
     assert err.count("\n") == 1 and err.startswith("muse-rec synth: out of memory (Unable to allocate"), err
     assert f"--writer {writer}" in err and "--users 40" in err and hint in err and "model." not in err, err
     assert _digests(out) == before
+
+
+@pytest.mark.parametrize("writer", ["memory", "stream"])
+def test_a_release_directory_whose_name_is_not_utf8_is_written_and_read(tmp_path: Path, writer: str) -> None:
+    """`synth /data/caf\\xe9`: pyarrow encoded the text path as UTF-8 and failed on the byte the OS holds
+    (UnicodeEncodeError traceback, nothing published); the Parquet files are opened by their OS bytes now."""
+    out = tmp_path / os.fsdecode(b"caf\xe9")  # a name Linux takes and UTF-8 cannot encode
+    write_synthetic_release(str(out), _tiny(seed=0, writer=writer))
+    assert all((out / name).is_file() for name in (MANIFEST_NAME, *(S.TABLES[n].file for n in TABLE_NAMES)))
+    assert release_diagnostics(str(out))["samples"] > 0

@@ -1,6 +1,8 @@
 """`PredictionAccumulator` in one process, and the Parquet predictions round trip."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -137,3 +139,13 @@ def test_cuda_tensors_are_copied_to_cpu():
     got = acc.compute()
     got.pop("world_size")
     assert repr(got) == repr(_reference(d))
+
+
+def test_predictions_under_a_name_that_is_not_utf8_are_written_and_read(tmp_path):
+    """`evaluate --out /data/caf\xe9` scored the split, then pyarrow failed to encode the path as UTF-8
+    (UnicodeEncodeError traceback, no predictions); the part is written and read by its OS bytes now."""
+    directory = tmp_path / os.fsdecode(b"caf\xe9")
+    cols = {"user_key": np.arange(3), "item_key": np.arange(3), "label": np.array([0, 1, 0]),
+            "score": np.array([0.1, 0.9, 0.2], np.float32)}
+    write_part(directory, cols, rank=0, world=1)
+    assert read_predictions(directory)["label"].tolist() == [0, 1, 0]
