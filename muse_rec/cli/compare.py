@@ -295,14 +295,25 @@ def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
     return rows
 
 
-def _floor_setting(spec_file: Path) -> Tuple[str, str, int, str]:
-    """(prepared data, eval split, seq_len, train split) of a run's spec.yaml: what its floors are of.
-    KeyError / TypeError / ValueError (`_read_document`'s, naming the file) where the file does not say."""
+def _floor_setting(run: str, metrics: Dict) -> Tuple[Path, Tuple[str, str, int, str]]:
+    """(the file that says, (prepared data, eval split, seq_len, train split)): what a run's floors are of,
+    from its spec.yaml, or for an evaluation (no spec.yaml) from the ``data`` its metrics.json records.
+    FileNotFoundError where neither says; ValueError naming the file where it does not say."""
     import yaml
 
-    d = (_read_document(spec_file, yaml.safe_load, (yaml.YAMLError,), "YAML") or {})["data"]
-    return (str(d["prepared"]), str(d.get("eval_split", "test")), int(d.get("seq_len", 0)),
-            str(d.get("train_split", "train")))
+    where = Path(run) / "spec.yaml"
+    if where.exists():
+        doc = _read_document(where, yaml.safe_load, (yaml.YAMLError,), "YAML")
+    elif "data" in metrics:  # `muse-rec evaluate` records the data it scored
+        where, doc = Path(run) / "metrics.json", metrics
+    else:
+        raise FileNotFoundError(f"{where} not found, so the runs' data is unknown (pass --floors FILE)")
+    try:
+        d = doc["data"]
+        return where, (str(d["prepared"]), str(d.get("eval_split", "test")), int(d.get("seq_len", 0)),
+                       str(d.get("train_split", "train")))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{where}: {type(e).__name__}: {e}") from None
 
 
 _OTHER_FLOORS = "so no one floor judges them all; compare runs of one data set, or pass --floors FILE"
@@ -317,29 +328,33 @@ def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str]) ->
         return None, f"the runs recorded different floors (other data, split or seq_len), {_OTHER_FLOORS}"
     if len(recorded) == len(runs):
         return recorded[0], "recorded by the runs"
+    partial = next((p for p, r in zip(paths, runs) if r.get("max_batches")), None)
+    if partial is not None:  # floors are of the whole split
+        return None, f"{partial} scored only part of the split (--max-batches); the floors are of the whole split"
     from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.metrics.floors import FloorsError, floors_of_run, run_floors_cache
 
-    # A run recorded none (train.check_floors false): the floors are computed, for every run's data at
-    # once; the first run's alone judged runs of other data, split or seq_len (the verdict then
+    # A run recorded none (train.check_floors false, or an evaluation): the floors are computed, for every
+    # run's data at once; the first run's alone judged runs of other data, split or seq_len (the verdict then
     # depended on the order the runs were given in).
     settings: Dict[Path, Tuple[str, str, int, str]] = {}
-    for path in paths:
-        spec_file = Path(path) / "spec.yaml"
-        if not spec_file.exists():
-            return None, f"{spec_file} not found, so the runs' data is unknown (pass --floors FILE)"
+    for path, metrics in zip(paths, runs):
         try:
-            settings[spec_file] = _floor_setting(spec_file)
-        except (KeyError, TypeError, ValueError) as e:
-            return None, f"cannot compute them for {spec_file}'s data: {type(e).__name__}: {e}"
+            where, setting = _floor_setting(path, metrics)
+        except FileNotFoundError as e:
+            return None, str(e)
+        except ValueError as e:
+            return None, f"cannot compute them, the data is not known: {e}"
+        settings[where] = setting
     if len(set(settings.values())) > 1:
-        return None, f"the runs are of different data, split or seq_len (their spec.yaml), {_OTHER_FLOORS}"
-    spec_file, (prepared, split, seq_len, train_split) = next(iter(settings.items()))
+        return None, (f"the runs are of different data, split or seq_len (their spec.yaml, or the data an evaluation "
+                      f"recorded), {_OTHER_FLOORS}")
+    where, (prepared, split, seq_len, train_split) = next(iter(settings.items()))
     try:
         result = floors_of_run(PreparedData(prepared), split, seq_len,
                                cache or run_floors_cache(str(Path(paths[0]).resolve())), train_split)
     except (PreparedDataError, FloorsError, FileNotFoundError, ValueError) as e:
-        return None, f"cannot compute them for {spec_file}'s data: {type(e).__name__}: {e}"
+        return None, f"cannot compute them for {where}'s data: {type(e).__name__}: {e}"
     return result["floors"], f"computed for {prepared} ({split})"
 
 

@@ -109,6 +109,10 @@ def _open_data(spec: Spec) -> PreparedData:
     return data
 
 
+# The spec's `data` keys an evaluation's metrics.json records (its `data`): what its model-free floors are of.
+SCORED_DATA_KEYS = ("prepared", "train_split", "eval_split", "seq_len")
+
+
 def spec_record(spec: Spec) -> Dict:
     """The resolved spec as a run's spec.yaml holds it: ``output_dir`` (its {name} filled in) and a local
     ``data.prepared`` as absolute paths, so ``--spec RUN/spec.yaml`` (what a refusal or the docs suggest
@@ -424,10 +428,11 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
                            num_workers=spec.data.num_workers, predictions_path=str(out / "predictions.parquet"),
                            max_batches=max_batches, log_every=spec.train.log_every)
         # What was scored: `compare` counts one model once and refuses scores of other splits, other data or
-        # partial ones.
+        # partial ones; it computes the model-free floors of `data` (an evaluation has no spec.yaml of its own).
         metrics.update({"method": spec.model.method, "name": spec.name, "checkpoint": str(ck.resolve()),
                         "step": position.step, "world_size": env.world_size, "eval_split": spec.data.eval_split,
-                        "data_fingerprint": data.fingerprint, "max_batches": max_batches})
+                        "data_fingerprint": data.fingerprint, "max_batches": max_batches,
+                        "data": {k: spec_record(spec)["data"][k] for k in SCORED_DATA_KEYS}})
         if env.is_main:
             write_json(out / "metrics.json", metrics)
             logger.info("evaluated %s at %d rank(s): %s", ck, env.world_size,

@@ -517,6 +517,43 @@ def test_compare_computes_floors_for_the_runs_data_once(tiny, tmp_path, capsys):
     assert cached[0].stat().st_mtime_ns == stamp  # read from the cache, not recomputed
 
 
+def _fake_evaluation(d: Path, method: str, gauc: float, data: dict, max_batches: int = 0) -> Path:
+    """An `evaluate --out` directory: metrics.json naming its checkpoint and the data it scored, no spec.yaml."""
+    run = _fake_run(d, method, gauc)
+    m = json.loads((run / "metrics.json").read_text())
+    m.update(checkpoint=str(d.parent / f"{d.name}-run" / "checkpoints" / "step-00000003"), max_batches=max_batches,
+             eval_split=data.get("eval_split", "test"), data=data)
+    (run / "metrics.json").write_text(json.dumps(m))
+    return run
+
+
+def test_compare_computes_floors_for_evaluations_from_the_data_they_recorded(tiny, tmp_path, capsys):
+    """`muse-rec evaluate` writes no spec.yaml: evaluations compared (alone, or beside a run) showed no floors,
+    "spec.yaml not found, so the runs' data is unknown", though each names the data it scored."""
+    data = {"prepared": str(tiny), "eval_split": "test", "train_split": "train", "seq_len": 60}
+    din = _fake_evaluation(tmp_path / "evals" / "din", "DIN", 0.5, data)
+    muse = _fake_evaluation(tmp_path / "evals" / "muse", "MUSE", 0.9, data)
+    run = _fake_run(tmp_path / "evals" / "sim", "SIM-hard", 0.5, spec_data=data)
+    for runs in ((din, muse), (run, din)):
+        assert cli_main(["compare", *map(str, runs)]) == 0
+        out = capsys.readouterr()
+        assert "floor: cos(target, mean history SCL), newest 60" in out.out and "floors not shown" not in out.err, out
+    other = _fake_evaluation(tmp_path / "evals" / "other", "TWIN", 0.5, {**data, "seq_len": 20})
+    assert cli_main(["compare", str(din), str(other)]) == 0
+    out = capsys.readouterr()
+    assert "floor:" not in out.out and "floors not shown: the runs are of different data, split or seq_len" in out.err
+    # A partial evaluation (--max-batches) is not judged by floors of the whole split.
+    part = _fake_evaluation(tmp_path / "evals" / "part", "DIN", 0.5, data, max_batches=2)
+    assert cli_main(["compare", str(part)]) == 0
+    out = capsys.readouterr()
+    assert "floor:" not in out.out and f"floors not shown: {part} scored only part of the split" in out.err, out.err
+    # Recorded data that does not say: named, not a traceback.
+    bad = _fake_evaluation(tmp_path / "evals" / "bad", "DIN", 0.5, {"seq_len": "x"})
+    assert cli_main(["compare", str(bad)]) == 0
+    err = capsys.readouterr().err
+    assert f"cannot compute them, the data is not known: {bad / 'metrics.json'}: KeyError" in err, err
+
+
 def test_compare_computes_no_one_floor_for_runs_of_different_seq_len(tiny, tmp_path, capsys):
     """Runs that recorded no floors (train.check_floors false) of one data set at seq_len 60 and 20: the
     first run's floors judged both, so the verdict and the floor rows changed with the order the runs

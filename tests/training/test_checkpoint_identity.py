@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
+import yaml
 
 from muse_rec.integrity import write_manifest
 from muse_rec.spec import load_spec
@@ -103,6 +104,9 @@ def test_compare_counts_a_trained_model_once_and_one_split(runs, tmp_path):
     # The data each scored, so that compare refuses runs of other data sets in one table.
     fingerprint = json.loads((runs / "seed0" / "run.json").read_text())["data_fingerprint"]
     assert metrics(a)["data_fingerprint"] == metrics(runs / "seed0")["data_fingerprint"] == fingerprint
+    # ... and its spec's data keys, from which compare computes the floors (an evaluation has no spec.yaml).
+    data = yaml.safe_load((runs / "seed0" / "spec.yaml").read_text())["data"]
+    assert metrics(a)["data"] == {k: data[k] for k in ("prepared", "train_split", "eval_split", "seq_len")}
     older = sorted((runs / "seed0" / "checkpoints").glob("step-*"))[0]
     older_step = evaluate("seed0", "older", "--checkpoint", str(older))
     for pair in ((a, b), (runs / "seed0", a), (a, older_step)):
