@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from muse_rec.cli.flags import input_file, input_path, nonempty_path
 from muse_rec.json_files import read_json_object, refuse_special_file
+from muse_rec.metrics.floor_options import ID_FLOORS, best_id_floor
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
 
@@ -399,9 +400,14 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
     best = floors[name]
     below = [f"{_name(r)} ({r['gauc']:.4f})" for r in model_rows if "gauc" in r and r["gauc"] < best["gauc"]]
     head = f"best model-free floor: {best.get('description', name)} GAUC {best['gauc']:.4f}"
-    if below:
-        return f"{head}; BELOW it: {', '.join(below)} - check the learning rates, the number of steps and the data"
-    return f"{head}; every method is above it"
+    if not below:
+        return f"{head}; every method is above it"
+    text = f"{head}; BELOW it: {', '.join(below)} - check the learning rates, the number of steps and the data"
+    id_best = None if name in ID_FLOORS else best_id_floor(floors)
+    if id_best is not None:  # DIN below a floor of SCL cosines may only lack the vectors, not training
+        text += (f" (a model that reads no SCL vectors, as DIN and TWIN, cannot see what that floor reads: the best "
+                 f"floor without them is {id_best.get('description', '')} GAUC {id_best['gauc']:.4f})")
+    return text
 
 
 def _written_files(out: str) -> Tuple[Path, Path]:

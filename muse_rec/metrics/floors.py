@@ -38,7 +38,7 @@ import numpy as np
 from muse_rec.data.files import tmp_of
 from muse_rec.data.prepared import PreparedData
 from muse_rec.json_files import read_json_object
-from muse_rec.metrics.floor_options import FloorOptions, FloorsError
+from muse_rec.metrics.floor_options import ID_FLOORS, FloorOptions, FloorsError, best_id_floor
 from muse_rec.metrics.floor_scores import SCL_FLOORS, ItemCtr, split_scores
 from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, auc, logloss, user_auc
 from muse_rec.metrics.report import check_floors, metrics_json_text, save_metrics_json
@@ -235,17 +235,28 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     return result
 
 
-def below_floor_message(gauc: float, floors: Dict) -> Tuple[bool, str]:
-    """``(below, sentence)`` comparing a model's GAUC with the best floor of `compute_floors`."""
+def below_floor_message(gauc: float, floors: Dict, reads_scl: bool = True) -> Tuple[bool, str]:
+    """``(below, sentence)`` comparing a model's GAUC with the best floor of `compute_floors`. For a model
+    that reads no SCL vectors (``reads_scl`` False) below a floor that reads them, the sentence also
+    measures it against the best floor without them (`ID_FLOORS`): only below that one is its training
+    in doubt; above it, the SCL vectors carry signal the model cannot see."""
     best = floors["best"]
     name, value = best["description"], best["gauc"]
     if math.isnan(gauc):
         return False, f"GAUC is undefined; the best model-free floor '{name}' reaches {value:.4f}"
-    if gauc < value:
-        return True, (f"GAUC {gauc:.4f} is below the model-free floor '{name}' {value:.4f} "
-                      f"({gauc - value:+.4f}): a score without training ranks this split better than the model; check "
-                      "the learning rates, the number of steps and the data")
-    return False, f"GAUC {gauc:.4f} is above the best model-free floor '{name}' {value:.4f} ({gauc - value:+.4f})"
+    if gauc >= value:
+        return False, f"GAUC {gauc:.4f} is above the best model-free floor '{name}' {value:.4f} ({gauc - value:+.4f})"
+    sentence = f"GAUC {gauc:.4f} is below the model-free floor '{name}' {value:.4f} ({gauc - value:+.4f})"
+    advice = "check the learning rates, the number of steps and the data"
+    id_best = None if reads_scl or best["name"] in ID_FLOORS else best_id_floor(floors.get("floors", {}))
+    if id_best is None:
+        return True, f"{sentence}: a score without training ranks this split better than the model; {advice}"
+    against = f"'{id_best['description']}' {id_best['gauc']:.4f} ({gauc - id_best['gauc']:+.4f})"
+    if gauc < id_best["gauc"]:
+        return True, (f"{sentence}, and below the best floor without SCL vectors (this model reads none), {against}: "
+                      f"a score without training ranks this split better than the model; {advice}")
+    return True, (f"{sentence}, which reads SCL vectors; this model reads none, and it is above the best floor "
+                  f"without them, {against}: the SCL vectors carry signal this model cannot see")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,13 +335,14 @@ def floors_of_run(data: PreparedData, split: str, seq_len: int, cache_dir: str, 
 
 
 def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc: Optional[float], cache_dir: str,
-                             train_split: str = "train") -> Dict:
+                             train_split: str = "train", reads_scl: bool = True) -> Dict:
     """A finished run's check (`train.check_floors`): the floors of its eval split at its
     ``seq_len`` (cached in ``cache_dir``), logged beside its GAUC; a WARNING when it is below.
 
     Returns the keys the run records in metrics.json: ``floors`` (name -> description, gauc,
     auc, logloss), ``best_floor`` and ``below_floor``; or ``floors_error`` when the floors
-    cannot be computed on this data (the run itself is not failed for that).
+    cannot be computed on this data (the run itself is not failed for that). ``reads_scl``: whether
+    the run's model reads SCL vectors (`below_floor_message`).
     """
     start = time.perf_counter()
     try:
@@ -340,7 +352,7 @@ def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc:
         return {"floors_error": str(e)}
     keep = ("description", "gauc", "auc", "logloss")
     floors = {k: {f: v.get(f) for f in keep} for k, v in result["floors"].items()}
-    below, sentence = below_floor_message(float("nan") if gauc is None else gauc, result)
+    below, sentence = below_floor_message(float("nan") if gauc is None else gauc, result, reads_scl)
     (logger.warning if below else logger.info)("%s [floors: %s, split %s, seq_len %d; %.1f s]", sentence,
                                               data.path, split, seq_len, time.perf_counter() - start)
     return {"floors": floors, "best_floor": {"name": result["best"]["name"], "gauc": result["best"]["gauc"]},

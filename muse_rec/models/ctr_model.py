@@ -51,9 +51,6 @@ from muse_rec.modules.fusion import FusionGSU, FusionSemanticAttention
 from muse_rec.modules.parametrization import prior_logit
 from muse_rec.spec import ModelSpec
 
-# GSU kinds that read the frozen SCL vectors of the whole history.
-SCL_GSU_KINDS = ("cosine_scl", "cooccurrence_scl", "scl_attention", "fusion")
-
 __all__ = ["Histories", "LifelongCTRModel", "LifelongCTRTrain", "build_gsu", "build_train_model"]
 
 
@@ -114,8 +111,7 @@ class LifelongCTRModel(nn.Module):
         self.spec = spec
         self.seq_len = seq_len
         g, e, s, pz = spec.gsu, spec.esu, spec.short_term, spec.parametrization
-        self.uses_scl = g.kind in SCL_GSU_KINDS or (
-            e.similarity in ("scl", "fusion") and (e.simtier or e.attention == "sa_ta" or s.simtier))
+        self.uses_scl = spec.reads_scl
         self.sparse_arch = SparseArch(
             table_sizes,
             id_dim=spec.embedding_dim,

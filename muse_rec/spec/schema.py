@@ -28,6 +28,10 @@ class DataSpec:
     vocab_sizes: Dict[str, int] = field(default_factory=dict)
 
 
+# GSU kinds that read the frozen SCL vectors of the whole history.
+SCL_GSU_KINDS = ("cosine_scl", "cooccurrence_scl", "scl_attention", "fusion")
+
+
 @dataclass
 class GSUSpec:
     """General Search Unit: which behaviours of the whole sequence reach the ESU."""
@@ -156,6 +160,14 @@ class ModelSpec:
     tower_activation: Literal["dice", "relu"] = "dice"
     dropout: float = 0.0
     parametrization: ParametrizationSpec = field(default_factory=ParametrizationSpec)
+
+    @property
+    def reads_scl(self) -> bool:
+        """Whether the model looks the frozen SCL vectors up (its GSU searches by them, or its ESU or the
+        recent SimTier reads their similarities): not DIN or TWIN."""
+        e = self.esu
+        return self.gsu.kind in SCL_GSU_KINDS or (
+            e.similarity in ("scl", "fusion") and (e.simtier or e.attention == "sa_ta" or self.short_term.simtier))
 
 
 # Names `train.sparse_optimizer.name` may take: FBGEMM's fused embedding optimizers

@@ -363,7 +363,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
 
             with _all_cores():
                 result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
-                                                       run_floors_cache(str(run_dir)), spec.data.train_split))
+                                                       run_floors_cache(str(run_dir)), spec.data.train_split,
+                                                       spec.model.reads_scl))
     memory["peak_rss_bytes"] = status_bytes("VmHWM")  # the kernel's high-water mark of this process
     write_rank_memory(run_dir, env, memory)
     if env.is_main:

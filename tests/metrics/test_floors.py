@@ -300,6 +300,26 @@ def test_message_says_below_or_above():
     assert not below and "above" in msg
 
 
+def test_message_measures_a_model_without_scl_vectors_against_the_floor_without_them():
+    """DIN below a floor of SCL cosines was told to check its learning rates, the number of steps and the data,
+    though it reads no SCL vectors: above the popularity floor it has learned what its inputs carry."""
+    floors = {"best": {"name": "cos_mean_history", "description": "cos(target, mean history SCL)", "gauc": 0.63},
+              "floors": {"popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.55},
+                         "cos_mean_history": {"description": "cos(target, mean history SCL)", "gauc": 0.63}}}
+    below, msg = below_floor_message(0.60, floors, reads_scl=False)
+    assert below and "GAUC 0.6000 is below the model-free floor 'cos(target, mean history SCL)' 0.6300" in msg, msg
+    assert "this model reads none, and it is above the best floor without them, 'smoothed train CTR" in msg, msg
+    assert "0.5500 (+0.0500)" in msg and "check the learning rates" not in msg, msg
+    below, msg = below_floor_message(0.50, floors, reads_scl=False)  # below the floor without vectors too
+    assert below and "below the best floor without SCL vectors (this model reads none)" in msg, msg
+    assert "0.5500 (-0.0500)" in msg and "check the learning rates" in msg, msg
+    for reads_scl in (True, False):  # a model that reads them, or a best floor without them: as before
+        assert "check the learning rates" in below_floor_message(0.60, floors, reads_scl=True)[1]
+        pop_best = {**floors, "best": {"name": "popularity", **floors["floors"]["popularity"]}}
+        below, msg = below_floor_message(0.50, pop_best, reads_scl=reads_scl)
+        assert below and "check the learning rates" in msg and "SCL vectors" not in msg, msg
+
+
 def test_cache_is_reused_and_keyed_by_options(tiny, tmp_path):
     data = PreparedData(str(tiny))
     a = cached_floors(data, "test", OPTS, str(tmp_path))
@@ -483,6 +503,8 @@ def test_compare_shows_recorded_floors_and_who_is_below(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| floor: cos(target, mean history SCL)" in text and "0.6300" in text
     assert "best model-free floor: cos(target, mean history SCL) GAUC 0.6300; BELOW it: DIN (0.6100)" in text
+    assert ("(a model that reads no SCL vectors, as DIN and TWIN, cannot see what that floor reads: the best floor "
+            "without them is smoothed train CTR of the target item GAUC 0.5200)") in text, text
     assert "MUSE (" not in text.split("BELOW it:")[1].split("\n")[0]
     saved = json.loads((tmp_path / "cmp.json").read_text())
     assert saved["floors"] == FAKE_FLOORS and any(r["method"].startswith("floor: ") for r in saved["rows"])
@@ -695,6 +717,8 @@ def test_trained_run_records_its_floor_check(tiny, tmp_path):
     assert m["below_floor"] == (m["gauc"] < best["gauc"])
     words = "is below the model-free floor" if m["below_floor"] else "is above the best model-free floor"
     assert f"GAUC {m['gauc']:.4f} {words}" in log
+    if m["below_floor"] and best["name"] != "popularity":  # DIN reads no SCL vectors: measured without them too
+        assert "this model reads none" in log, log
     # Same floors as `muse-rec baselines` at the run's seq_len, cached beside the run.
     want = compute_floors(PreparedData(str(tiny)), "test", FloorOptions(seq_len=60))
     assert m["floors"]["cos_mean_history"]["gauc"] == pytest.approx(want["floors"]["cos_mean_history"]["gauc"], abs=0)
