@@ -405,8 +405,9 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
     text = f"{head}; BELOW it: {', '.join(below)} - check the learning rates, the number of steps and the data"
     id_best = None if name in ID_FLOORS else best_id_floor(floors)
     if id_best is not None:  # DIN below a floor of SCL cosines may only lack the vectors, not training
+        id_name, id_floor = id_best
         text += (f" (a model that reads no SCL vectors, as DIN and TWIN, cannot see what that floor reads: the best "
-                 f"floor without them is {id_best.get('description', '')} GAUC {id_best['gauc']:.4f})")
+                 f"floor without them is {id_floor.get('description', id_name)} GAUC {id_floor['gauc']:.4f})")
     return text
 
 

@@ -4,7 +4,7 @@ the scoring code's imports (seconds)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 # Floors that read no SCL vector: a model that reads none (DIN, TWIN) has every input they have.
 ID_FLOORS = ("popularity",)
@@ -58,8 +58,8 @@ class FloorOptions:
                 raise FloorsError(f"{name(key)} must be a finite number > 0, got {getattr(self, key)}")
 
 
-def best_id_floor(floors: Dict[str, Dict]) -> Optional[Dict]:
-    """The best of ``floors`` (name -> description, gauc, ...) that reads no SCL vector (`ID_FLOORS`), None
-    without one."""
-    measured = [f for name, f in floors.items() if name in ID_FLOORS and f.get("gauc") is not None]
-    return max(measured, key=lambda f: f["gauc"]) if measured else None
+def best_id_floor(floors: Dict[str, Dict]) -> Optional[Tuple[str, Dict]]:
+    """``(name, floor)``: the best of ``floors`` (name -> description, gauc, ...) that reads no SCL vector
+    (`ID_FLOORS`), None without one."""
+    measured = [(name, f) for name, f in floors.items() if name in ID_FLOORS and f.get("gauc") is not None]
+    return max(measured, key=lambda item: item[1]["gauc"]) if measured else None

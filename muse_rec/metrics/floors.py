@@ -251,8 +251,9 @@ def below_floor_message(gauc: float, floors: Dict, reads_scl: bool = True) -> Tu
     id_best = None if reads_scl or best["name"] in ID_FLOORS else best_id_floor(floors.get("floors", {}))
     if id_best is None:
         return True, f"{sentence}: a score without training ranks this split better than the model; {advice}"
-    against = f"'{id_best['description']}' {id_best['gauc']:.4f} ({gauc - id_best['gauc']:+.4f})"
-    if gauc < id_best["gauc"]:
+    id_name, id_floor = id_best
+    against = f"'{id_floor.get('description', id_name)}' {id_floor['gauc']:.4f} ({gauc - id_floor['gauc']:+.4f})"
+    if gauc < id_floor["gauc"]:
         return True, (f"{sentence}, and below the best floor without SCL vectors (this model reads none), {against}: "
                       f"a score without training ranks this split better than the model; {advice}")
     return True, (f"{sentence}, which reads SCL vectors; this model reads none, and it is above the best floor "
