@@ -7,13 +7,16 @@
   table is stored int8 **losslessly**: each row holds ``v + 128`` as uint8 with scale 1.0 and
   bias -128.0 (both exact in fp16), so the lookup returns ``v`` exactly. That is 128 + 4 bytes
   per row (+ alignment padding) instead of 256 (fp16 in training), with cosines identical to
-  the training model's. ``scl_dtype="fp16"`` keeps TorchRec's fp16 table instead.
+  the training model's. That collection is built directly (`exact_int8_collection`), not by
+  TorchRec from the float table: its quantization would be overwritten anyway, and held ~260 B
+  per row at once beside the fp16 table. ``scl_dtype="fp16"`` keeps TorchRec's fp16 table instead.
 
 The frozen table is a `FrozenEmbeddingCollection` (an EC subclass); TorchRec's default mapping
 matches exact type names, so it is added to the mapping here.
 """
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Literal, Tuple
@@ -21,12 +24,14 @@ from typing import Dict, Iterator, List, Literal, Tuple
 import numpy as np
 import torch
 from torch import nn
-from torchrec.inference.modules import DEFAULT_QUANT_MAPPING, quantize_inference_model
+from torchrec import EmbeddingConfig
+from torchrec.inference.modules import DEFAULT_QUANT_MAPPING, DEFAULT_QUANTIZATION_DTYPE, quantize_inference_model
+from torchrec.modules.embedding_configs import dtype_to_data_type
 from torchrec.quant.embedding_modules import MODULE_ATTR_ROW_ALIGNMENT_INT
 from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
 
-from muse_rec.models.frozen_scl import SCL_TABLE, FrozenEmbeddingCollection
+from muse_rec.models.frozen_scl import SCL_TABLE, FrozenEmbeddingCollection, FrozenSCL
 from muse_rec.serving.inference import InferenceModel
 
 # TorchRec's default row alignment of inference tables (bytes): what its CUDA kernels expect.
@@ -34,6 +39,9 @@ DEFAULT_ROW_ALIGNMENT = 16
 # int8 rows store v + offset as uint8 and dequantize as scale * u + bias (FBGEMM's int8 rows).
 _INT8_OFFSET = 128
 SCL_DTYPES = ("int8", "fp16")
+# SCL rows copied per step into the int8 table: bounds the one temporary (a chunk of the int8 array,
+# 1M rows x 128 B = 128 MiB) whatever the table's size.
+DEFAULT_CHUNK_ROWS = 1 << 20
 
 
 @dataclass
@@ -64,6 +72,7 @@ def quantize_for_serving(
     scl_array: np.ndarray,
     scl_dtype: Literal["int8", "fp16"] = "int8",
     row_alignment: int = DEFAULT_ROW_ALIGNMENT,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> QuantizationReport:
     """Swap every embedding collection of ``model`` for its TorchRec quantized twin, in place.
 
@@ -74,6 +83,7 @@ def quantize_for_serving(
         scl_dtype: storage of the frozen SCL table, "int8" (lossless) or "fp16".
         row_alignment: bytes each stored row is padded to (16 = TorchRec's default; 4 packs
             int8 rows tighter on CPU).
+        chunk_rows: SCL rows written per step (`write_exact_int8_`).
 
     Returns:
         A `QuantizationReport` (bytes per row of every table).
@@ -87,24 +97,76 @@ def quantize_for_serving(
     if scl is not None and scl_dtype == "int8" and tuple(scl_array.shape) != (scl.num_rows, scl.dim):
         raise ValueError(f"SCL array has shape {tuple(scl_array.shape)}, the model's table is "
                          f"({scl.num_rows}, {scl.dim})")
-    for collection in arch.collections():
-        setattr(collection, MODULE_ATTR_ROW_ALIGNMENT_INT, row_alignment)
+    _set_row_alignment(arch.collections(), row_alignment)
+    model.eval()
+    if scl is not None and scl_dtype == "int8":
+        # Not through TorchRec: it would quantize the float table (FBGEMM's fused rows, then a copy into the TBE:
+        # ~260 B per row held at once beside the fp16 table) only for every value to be overwritten. Done before
+        # `quantize_inference_model`, which then leaves the already quantized collection alone.
+        scl.collection = exact_int8_collection(_take_collection(scl), scl_array, row_alignment, chunk_rows)
     mapping = dict(DEFAULT_QUANT_MAPPING)
     mapping[torch.typename(FrozenEmbeddingCollection)] = QuantEmbeddingCollection
     per_table = {SCL_TABLE: torch.float16} if scl_dtype == "fp16" else None
-    model.eval()
     quantize_inference_model(model, quantization_mapping=mapping, per_table_weight_dtype=per_table)
-    if scl is not None and scl_dtype == "int8":
-        write_exact_int8_(scl.collection, SCL_TABLE, scl_array)
     return _report(model, scl_dtype)
 
 
+def _set_row_alignment(collections: Tuple[nn.Module, ...], row_alignment: int) -> None:
+    """The row alignment TorchRec's quantization reads from each float collection. A function of its own:
+    a loop variable in `quantize_for_serving` would keep the float SCL collection alive."""
+    for collection in collections:
+        setattr(collection, MODULE_ATTR_ROW_ALIGNMENT_INT, row_alignment)
+
+
+def _take_collection(scl: FrozenSCL) -> FloatCollectionSettings:
+    """What the int8 twin of ``scl``'s float collection needs, with the collection itself taken off
+    ``scl`` (and so freed: its table is not held while the int8 table is allocated)."""
+    collection = scl.collection
+    settings = FloatCollectionSettings(copy.deepcopy(collection.embedding_configs()), collection.need_indices(),
+                                        collection.device)
+    del scl.collection
+    return settings
+
+
+@dataclass(frozen=True)
+class FloatCollectionSettings:
+    """A float `EmbeddingCollection`'s tables and settings, without its weights."""
+
+    configs: List[EmbeddingConfig]
+    need_indices: bool
+    device: torch.device
+
+
+def exact_int8_collection(settings: FloatCollectionSettings, array: np.ndarray,
+                          row_alignment: int = DEFAULT_ROW_ALIGNMENT,
+                          chunk_rows: int = DEFAULT_CHUNK_ROWS) -> QuantEmbeddingCollection:
+    """The quantized twin of a float collection of one table, holding the int8 values ``array [rows, dim]``
+    exactly (`write_exact_int8_`): what `quantize_inference_model` followed by `write_exact_int8_` gives,
+    without a float copy of the table. TorchRec's constructor allocates the TBE's zeroed storage
+    (``rows x row bytes``, as from TorchRec's route); it is then filled a chunk of rows at a time.
+    """
+    configs = copy.deepcopy(settings.configs)
+    if len(configs) != 1:
+        raise ValueError(f"expected a collection of one table, got {[c.name for c in configs]}")
+    (config,) = configs
+    config.data_type = dtype_to_data_type(DEFAULT_QUANTIZATION_DTYPE)  # int8, as `_update_embedding_configs` sets
+    # The settings `quantize_inference_model` gives each collection it swaps: TBEs registered as submodules,
+    # the feature order cached on the first call, float lookups.
+    collection = QuantEmbeddingCollection(configs, device=settings.device, need_indices=settings.need_indices,
+                                          output_dtype=torch.float, register_tbes=True, row_alignment=row_alignment,
+                                          cache_features_order=True)
+    write_exact_int8_(collection, config.name, array, chunk_rows)
+    return collection
+
+
 @torch.no_grad()
-def write_exact_int8_(collection: nn.Module, table: str, array: np.ndarray, chunk_rows: int = 1 << 20) -> None:
+def write_exact_int8_(collection: nn.Module, table: str, array: np.ndarray,
+                      chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
     """Store int8 values ``array [rows, dim]`` exactly in an int8 table of a quantized collection.
 
     Each row gets ``u = v + 128`` (uint8), scale 1.0 and bias -128.0, so ``scale * u + bias == v``.
-    Rows are copied ``chunk_rows`` at a time (bounded temporary memory for a memory-mapped array).
+    Rows are copied ``chunk_rows`` at a time: the only temporary is one chunk of ``array`` (``chunk_rows x dim``
+    bytes), whatever the table's size.
     """
     if not isinstance(collection, QuantEmbeddingCollection):
         raise TypeError(f"expected a quantized EmbeddingCollection, got {type(collection).__name__}")
@@ -121,7 +183,11 @@ def write_exact_int8_(collection: nn.Module, table: str, array: np.ndarray, chun
     scale_bias.copy_(one_and_offset.expand_as(scale_bias))
     for start in range(0, array.shape[0], chunk_rows):
         src = torch.tensor(np.asarray(array[start:start + chunk_rows]))  # a copy: memmap slices are read-only
-        weights[start:start + src.shape[0]].copy_((src.to(torch.int16) + _INT8_OFFSET).to(torch.uint8))
+        rows = weights[start:start + src.shape[0]]
+        # In place, no wider temporary (an int16 sum was 4 B per value): v's bytes as uint8 are v mod 256,
+        # and uint8 addition wraps, so adding the offset gives v + 128 for every int8 v.
+        rows.copy_(src.view(torch.uint8))
+        rows.add_(_INT8_OFFSET)
 
 
 @torch.no_grad()

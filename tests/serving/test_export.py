@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,98 @@ def test_int8_scl_table_is_lossless(trained_run, trained_model):
     expect = torch.from_numpy(np.asarray(data.scl())).float()
     assert torch.equal(target.float(), expect)
     assert torch.equal(seq[0].float(), expect[:7])
+
+
+def _resident_bytes(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` (peak since the last reset) of this process, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    raise KeyError(field)
+
+
+def test_quantizing_holds_a_chunk_of_the_scl_table_at_most():
+    """`quantize_for_serving` holds at most one chunk of SCL rows beyond its start (and the ID tables' quantized
+    rows, once the fp16 SCL table is freed), whatever the SCL table's size. Before, TorchRec quantized the float SCL
+    table (FBGEMM's fused rows, then a copy into the TBE) and `write_exact_int8_` overwrote it through int16
+    temporaries: ~850 B per row at once (+199 MiB at 234,640 rows; +229 MiB here)."""
+    from muse_rec.models.ctr_model import build_train_model
+    from muse_rec.models.frozen_scl import SCL_TABLE
+    from muse_rec.models.sparse_arch import REQUIRED_TABLES
+    from muse_rec.serving.quantize import quantize_for_serving
+    from muse_rec.spec import load_spec
+
+    clear_refs = Path("/proc/self/clear_refs")
+    if not clear_refs.exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident size")
+    spec = load_spec(SPEC)
+    rows, small = 1 << 19, 64  # an SCL table large against the bound's terms below
+    chunk_rows = rows // 4  # several chunks, each large enough that a temporary 4 B per value would show
+    sizes = {t: small for t in REQUIRED_TABLES} | {"item": rows}
+    model = InferenceModel(build_train_model(spec.model, sizes, SEQ_LEN, device=torch.device("cpu")).model.eval())
+    scl_array = np.zeros((rows, model.model.sparse_arch.scl.dim), np.int8)
+    id_tables = {c.name: c for coll in model.model.sparse_arch.collections()[:-1]
+                 for c in (coll.embedding_bag_configs() if hasattr(coll, "embedding_bag_configs")
+                           else coll.embedding_configs())}
+    fp16_row = model.model.sparse_arch.scl.bytes_per_row
+    clear_refs.write_text("5")  # VmHWM := VmRSS
+    start = _resident_bytes("VmRSS")
+    report = quantize_for_serving(model, scl_array, "int8", chunk_rows=chunk_rows)
+    grown = _resident_bytes("VmHWM") - start
+    # The route: the fp16 SCL table is freed, then the int8 one allocated and filled from one copied chunk of
+    # rows at a time; then TorchRec quantizes each ID table: FBGEMM's fused rows (dim int8 + fp16 scale and bias)
+    # and the TBE's rows are allocated while its float table is held. So the peak is the start, or the start less
+    # what the SCL table saved plus the larger of the chunk and the ID tables' new rows.
+    scale_bias = 4
+    saved = rows * (fp16_row - report.bytes_per_row[SCL_TABLE])
+    id_rows = sum(report.rows[t] * (c.embedding_dim + scale_bias + report.bytes_per_row[t]) for t, c in id_tables.items())
+    chunk = chunk_rows * scl_array.shape[1]
+    # Resident pages also hold what is not a tensor (Python objects, the allocator's own pages; < 1 MiB measured).
+    margin = 16 << 20
+    bound = max(0, max(chunk, id_rows) - saved) + margin
+    print(f"quantize_for_serving: peak +{grown / 2**20:.1f} MiB over the start, bound {bound / 2**20:.1f} MiB, "
+          f"{rows:,} SCL rows")
+    assert grown <= bound, f"peak +{grown:,} B > {bound:,} B: the SCL table's size shows in the peak"
+
+
+def test_the_int8_scl_collection_is_the_one_torchrec_s_quantization_gave(trained_run, trained_model):
+    """The SCL collection built directly (no float copy) is TorchRec's quantized collection followed by
+    `write_exact_int8_` (the route before): the same type, settings and bytes, padding included."""
+    from muse_rec.models.frozen_scl import SCL_TABLE, FrozenEmbeddingCollection
+    from muse_rec.serving.export import load_trained_model
+    from muse_rec.serving.quantize import quantize_for_serving, write_exact_int8_
+    from torchrec.inference.modules import DEFAULT_QUANT_MAPPING, quantize_inference_model
+    from torchrec.quant.embedding_modules import MODULE_ATTR_ROW_ALIGNMENT_INT
+    from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
+
+    _, data = trained_model
+    row_alignment = 4  # not TorchRec's default: the setting must reach the table
+    ours = InferenceModel(load_trained_model(trained_run.spec(), data)[0])
+    quantize_for_serving(ours, data.scl(), "int8", row_alignment)
+    theirs = InferenceModel(load_trained_model(trained_run.spec(), data)[0]).eval()
+    for coll in theirs.model.sparse_arch.collections():
+        setattr(coll, MODULE_ATTR_ROW_ALIGNMENT_INT, row_alignment)
+    mapping = {**DEFAULT_QUANT_MAPPING, torch.typename(FrozenEmbeddingCollection): QuantEmbeddingCollection}
+    quantize_inference_model(theirs, quantization_mapping=mapping)
+    write_exact_int8_(theirs.model.sparse_arch.scl.collection, SCL_TABLE, data.scl())
+    a, b = ours.model.sparse_arch.scl.collection, theirs.model.sparse_arch.scl.collection
+    assert type(a) is type(b)
+    settings = ("_need_indices", "_output_dtype", "_device", "row_alignment", "register_tbes",
+                "_feature_names", "_feature_splits", "_embedding_names_by_batched_tables")
+    assert {k: getattr(a, k) for k in settings} == {k: getattr(b, k) for k in settings}
+    assert [vars(c) for c in a.embedding_configs()] == [vars(c) for c in b.embedding_configs()]
+    (tbe_a,), (tbe_b,) = a._emb_modules, b._emb_modules
+    assert tbe_a.embedding_specs == tbe_b.embedding_specs
+    for name, value in vars(b).items():  # the collection's flags (TorchRec's MODULE_ATTR_* settings)
+        # Not nn.Module's `training`: TorchRec's swap left the new module in training mode under an eval model
+        # (no effect on a quantized lookup); the collection built before the swap is in eval mode with the model.
+        if isinstance(value, bool) and name != "training":
+            assert getattr(a, name) == value, name
+    state_a, state_b = a.state_dict(keep_vars=True), b.state_dict(keep_vars=True)
+    assert state_a.keys() == state_b.keys()
+    for key in state_b:
+        assert torch.equal(state_a[key], state_b[key]), key
+    assert torch.equal(tbe_a.weights_host, tbe_b.weights_host)  # every stored byte, row padding included
 
 
 def test_exported_accepts_candidate_counts_in_range(trained_run):
