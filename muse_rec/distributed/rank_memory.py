@@ -48,8 +48,6 @@ from typing import Optional, Sequence
 from torch import nn
 from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS
 
-from muse_rec.data.loader import usable_workers
-
 MiB = 1024**2
 
 RUNTIME_BYTES = 440 * MiB
@@ -61,10 +59,10 @@ DENSE_BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW's exp_avg and e
 
 def rank_overhead_bytes(batch_size: int, eval_batch_size: int, seq_len: int, num_workers: int,
                         world_size: int) -> int:
-    """Estimated bytes of a CPU training rank outside its embedding kernels (see module doc)."""
+    """Estimated bytes of a CPU training rank outside its embedding kernels (see module doc);
+    ``num_workers``: the loader workers the rank starts."""
     positions = max(batch_size, eval_batch_size) * seq_len
-    # The workers the loader really starts (never more than the CPUs: `usable_workers`).
-    total = RUNTIME_BYTES + BYTES_PER_POSITION * positions + WORKER_BYTES * usable_workers(max(0, num_workers))
+    total = RUNTIME_BYTES + BYTES_PER_POSITION * positions + WORKER_BYTES * max(0, num_workers)
     if world_size > 1:
         total += COLLECTIVE_BYTES_PER_POSITION * positions
     return int(total)
@@ -98,15 +96,21 @@ def trainable_table_bytes(module: nn.Module, sharders: Sequence) -> int:
     return total
 
 
-def spec_rank_overhead_bytes(spec, module: nn.Module, device_type: str, world_size: int) -> Optional[int]:
+def spec_rank_overhead_bytes(spec, module: nn.Module, device_type: str, world_size: int,
+                             loader_workers: Optional[int] = None) -> Optional[int]:
     """What a rank of `spec`'s job holds outside its embedding kernels on `device_type` (CPU):
     `rank_overhead_bytes` + the checkpoint's copy of its share of the trainable tables + the dense
-    parameters' training state. None off CPU (TorchRec's own estimate stays)."""
+    parameters' training state. None off CPU (TorchRec's own estimate stays).
+
+    ``loader_workers``: the loader workers each rank starts. None = ``data.num_workers``: a plan is for
+    a machine whose CPUs it is not told (the loader starts them all where the CPUs allow them); training
+    passes what its loader starts on its own host (`loader.usable_workers`)."""
     if device_type != "cpu":
         return None
     from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
 
     sharders = make_sharders(FusedOptimizerConfig(name=spec.train.sparse_optimizer.name), device_type)
     checkpoint_copy = -(-trainable_table_bytes(module, sharders) // max(1, world_size))
+    workers = spec.data.num_workers if loader_workers is None else loader_workers
     return rank_overhead_bytes(spec.train.batch_size, spec.train.eval_batch_size, spec.data.seq_len,
-                               spec.data.num_workers, world_size) + checkpoint_copy + dense_parameter_bytes(module)
+                               workers, world_size) + checkpoint_copy + dense_parameter_bytes(module)

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from fbgemm_gpu.split_embedding_configs import SparseType
 
+from muse_rec.data.loader import usable_workers
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
@@ -59,8 +60,10 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
     # as fp16 (exact for the int8 values). TorchRec 1.8 returns correct fp16 lookups across ranks
     # only for row-wise tables (docs/sharding.md), so with several ranks the SCL table is row-wise.
     constraints = training_constraints(model, env.world_size)
-    # The planner reserves per rank what the job holds outside the tables (`muse-rec plan` shows it).
-    dense_bytes = spec_rank_overhead_bytes(spec, model, env.device.type, env.world_size)
+    # The planner reserves per rank what the job holds outside the tables (`muse-rec plan` shows it), here with
+    # the loader workers this host starts (at most one per CPU; a plan for another machine counts them all).
+    dense_bytes = spec_rank_overhead_bytes(spec, model, env.device.type, env.world_size,
+                                           loader_workers=usable_workers(spec.data.num_workers))
     try:
         dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer, constraints=constraints,
                           frozen_output_dtype=SparseType.FP16, dense_bytes=dense_bytes)

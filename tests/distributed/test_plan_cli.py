@@ -305,6 +305,27 @@ def test_cpu_topology_keeps_everything_in_host_memory(tmp_path, capsys, monkeypa
         assert r["predicted_ddr_bytes"] == r["ddr_bytes"] + r["reserved_ddr_bytes"]
 
 
+def test_a_cpu_plan_does_not_depend_on_the_cpus_of_the_planning_host(tmp_path, capsys, monkeypatch):
+    """`plan --device cpu` plans for the target machine, whose CPUs it is not told: each rank reserves for the
+    spec's `data.num_workers` loader workers. Before, the reservation capped them at the CPUs of the host
+    running `plan` (`loader.usable_workers`): the same command planned 7 x 27 MiB less per rank on a 1-CPU
+    host than on a 64-CPU one for `data.num_workers` 8. Training still starts (and reserves) at most one
+    worker per CPU of its own host."""
+    import os
+
+    workers = 8
+    ranks = {}
+    for cpus in (1, 64):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)))
+        monkeypatch.setattr(os, "cpu_count", lambda n=cpus: n)
+        out = _plan_inproc(capsys, monkeypatch, "--spec", P90, "--device", "cpu", "--world-size", "2",
+                           "--set", "train.sparse_optimizer.name=exact_row_wise_adagrad",
+                           "--set", f"data.num_workers={workers}", "--json", str(tmp_path / f"{cpus}.json"))
+        assert out.returncode == 0, out.stderr
+        ranks[cpus] = json.loads((tmp_path / f"{cpus}.json").read_text())["plan"]["ranks"]
+    assert ranks[1] == ranks[64]
+
+
 def test_a_reservation_larger_than_the_rank_is_named_not_blamed_on_the_tables(tmp_path, capsys, monkeypatch):
     # A batch whose working set alone exceeds a CPU rank's memory. Before, the diagnosis left the
     # reservation out: "2 rank(s) offer 1024.0 GiB for rows (enough in sum: the planner could not

@@ -139,3 +139,33 @@ def test_trained_model_starts_its_logit_at_the_train_click_rate(prepared, tmp_pa
     (one_class / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(Exception, match=r"splits.train.positive_rate must be a number"):
         PreparedData(str(one_class)).positive_rate("train")
+
+
+def test_a_training_rank_reserves_the_loader_workers_its_host_starts(prepared, monkeypatch):
+    """Training reserves memory for the loader workers it really starts: at most one per CPU of its host
+    (`loader.usable_workers`), while `muse-rec plan` reserves the spec's `data.num_workers` for a machine it
+    is not told the CPUs of (tests/distributed/test_plan_cli.py)."""
+    import os
+
+    from muse_rec.distributed.rank_memory import WORKER_BYTES
+    from muse_rec.training import build
+
+    class Planned(Exception):
+        """Stops `build_sharded` at the planner, with the reservation it passes."""
+
+    def reservation(*args, dense_bytes: int, **kwargs) -> None:
+        raise Planned(dense_bytes)
+
+    monkeypatch.setattr(build, "shard_model", reservation)
+    data, env = PreparedData(str(prepared)), init_distributed()
+
+    def reserved(workers: int, cpus: int) -> int:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+        spec = load_spec(SPECS / "demo" / "muse.yaml", [f"data.prepared={prepared}", *FAST,
+                                                         f"data.num_workers={workers}"])
+        with pytest.raises(Planned) as stopped:
+            build_sharded(spec, data, env)
+        return stopped.value.args[0]
+
+    assert reserved(8, cpus=1) == reserved(1, cpus=1)
+    assert reserved(8, cpus=64) - reserved(1, cpus=64) == 7 * WORKER_BYTES
