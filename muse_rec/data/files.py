@@ -372,17 +372,6 @@ def write_json(path: str, obj: Any) -> None:
     replace_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_npy_shape(path: str) -> Tuple[Tuple[int, ...], np.dtype]:
-    """Shape and dtype from a `.npy` header without mapping the data."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    return tuple(shape), dtype
-
-
 def local_parquet_file(path: str | os.PathLike, mode: str = "rb") -> "pa.NativeFile":
     """``path`` opened as pyarrow's native file, for `pyarrow.parquet` to read or write (``mode`` "rb"
     or "wb"). Given a path as text, pyarrow encodes it as UTF-8 and fails on a name that is not
