@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 
 # Every integer flag ends in NumPy, PyArrow or torch, which hold it as a C int64: past that, a
 # value was an OverflowError ("Python int too large to convert to C long") or a NumPy ValueError
@@ -40,13 +42,26 @@ def input_file(text: str) -> str:
     ``--profiles-file``): an `input_path` that is not a FIFO, device or socket. Such a file was read
     like any other: a FIFO blocked the command until something wrote to it (forever, with no message),
     a device such as /dev/zero never ends. A missing file or a directory is left to the command's own
-    one-line error, which names what it expected there."""
-    return _not_special(input_path(text))
+    one-line error, which names what it expected there. A symbolic link loop is named as one: the
+    command's existence check sees no file there and said "not found"."""
+    return _not_special(_not_a_loop(input_path(text)))
 
 
 def optional_input_file(text: str) -> str:
     """`input_file` whose empty value means the default (``launch --spec ''``: the profile's spec)."""
     return input_file(text) if text else text
+
+
+def _not_a_loop(text: str) -> str:
+    try:
+        os.stat(text)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # the link (or a directory on its way) leads back to itself
+            raise argparse.ArgumentTypeError(f"{text}: a symbolic link loop (following it never reaches a file); "
+                                             "give a file") from None
+    except ValueError:  # a NUL byte in the name: the command names it
+        pass
+    return text
 
 
 def _not_special(text: str) -> str:

@@ -363,6 +363,19 @@ def test_an_input_file_flag_naming_a_fifo_is_refused(tmp_path, args, flag):
                                  "not a regular file"), out.stderr
 
 
+@pytest.mark.parametrize("args, flag", [
+    (["plan", "--spec", "LOOP"], "--spec"),
+    (["rank", "--spec", SPEC, "--request", "LOOP"], "--request"),
+    (["compare", "RUN", "--floors", "LOOP"], "--floors"),
+    (["launch", "--profile", "cpu-demo", "--dryrun", "--profiles-file", "LOOP"], "--profiles-file"),
+])
+def test_an_input_file_flag_naming_a_symlink_loop_names_the_loop(tmp_path, args, flag):
+    """A link to itself is no file to `Path.exists()`: the commands said "not found" of a path that is there."""
+    (tmp_path / "LOOP").symlink_to("LOOP")
+    out = cli_without_torch(*[str(tmp_path / a) if a.isupper() else a for a in args], timeout=60)
+    assert_bad_input(out, f"argument {flag}: {tmp_path / 'LOOP'}: a symbolic link loop")
+
+
 @pytest.mark.parametrize("command, flag", [
     ("train", "--spec"), ("evaluate", "--spec"), ("evaluate", "--checkpoint"), ("export", "--spec"),
     ("export", "--checkpoint"), ("plan", "--spec"), ("rank", "--spec"), ("rank", "--checkpoint"),
