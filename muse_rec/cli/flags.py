@@ -43,8 +43,10 @@ def input_file(text: str) -> str:
     like any other: a FIFO blocked the command until something wrote to it (forever, with no message),
     a device such as /dev/zero never ends. A missing file or a directory is left to the command's own
     one-line error, which names what it expected there. A symbolic link loop is named as one: the
-    command's existence check sees no file there and said "not found"."""
-    return _not_special(_not_a_loop(input_path(text)))
+    command's existence check sees no file there and said "not found". A file named with a trailing
+    slash is refused for every such flag alike: `Path` drops the slash (``--spec din.yaml/`` loaded the
+    file) while `open` keeps it (``--request req.json/``: "Not a directory")."""
+    return _not_special(_no_trailing_slash(_not_a_loop(input_path(text))))
 
 
 def optional_input_file(text: str) -> str:
@@ -61,6 +63,14 @@ def _not_a_loop(text: str) -> str:
                                              "give a file") from None
     except ValueError:  # a NUL byte in the name: the command names it
         pass
+    return text
+
+
+def _no_trailing_slash(text: str) -> str:
+    name = text.rstrip(os.sep)
+    if name != text and name and not os.path.isdir(text) and os.path.lexists(name):
+        raise argparse.ArgumentTypeError(f"{text}: names the file {name} as a directory (the trailing "
+                                         f"{os.sep!r}); give the file without it")
     return text
 
 

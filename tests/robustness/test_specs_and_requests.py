@@ -376,6 +376,18 @@ def test_an_input_file_flag_naming_a_symlink_loop_names_the_loop(tmp_path, args,
     assert_bad_input(out, f"argument {flag}: {tmp_path / 'LOOP'}: a symbolic link loop")
 
 
+@pytest.mark.parametrize("args, flag", [
+    (["plan", "--spec", "FILE/"], "--spec"),
+    (["rank", "--spec", SPEC, "--request", "FILE/"], "--request"),
+])
+def test_an_input_file_flag_naming_a_file_with_a_trailing_slash_is_refused(tmp_path, args, flag):
+    """`--spec din.yaml/` loaded the file (pathlib drops the slash) while `--request req.json/` failed
+    as "Not a directory": both flags now refuse it alike, before any work."""
+    (tmp_path / "FILE").write_text((REPO / SPEC).read_text())
+    out = cli_without_torch(*[f"{tmp_path}/{a}" if a[0].isupper() else a for a in args], timeout=60)  # `/` would drop it
+    assert_bad_input(out, f"argument {flag}: {tmp_path / 'FILE'}/: names the file {tmp_path / 'FILE'} as a directory")
+
+
 @pytest.mark.parametrize("command, flag", [
     ("train", "--spec"), ("evaluate", "--spec"), ("evaluate", "--checkpoint"), ("export", "--spec"),
     ("export", "--checkpoint"), ("plan", "--spec"), ("rank", "--spec"), ("rank", "--checkpoint"),
