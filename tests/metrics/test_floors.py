@@ -675,6 +675,15 @@ def test_compare_names_a_runs_spec_yaml_or_run_json_that_is_a_directory(tmp_path
     assert f"{run / name}: cannot read (Is a directory)" in err and "Traceback" not in err, err
 
 
+def test_compare_names_a_file_given_as_a_run_directory(tmp_path, capsys):
+    """`compare some.json` asked whether the run had finished ("no metrics.json"): it is no run at all."""
+    given = tmp_path / "some.json"
+    given.write_text(json.dumps({"method": "DIN", "gauc": 0.6}))
+    assert cli_main(["compare", str(given), "--no-floors"]) == 2
+    err = capsys.readouterr().err
+    assert f"muse-rec compare: {given}: is a file, not a run directory" in err and "Traceback" not in err, err
+
+
 def test_reproduce_report_shows_floors_in_its_tables(tmp_path):
     from muse_rec.reproduce.plan import build_plan
     from muse_rec.reproduce.report import write_report
