@@ -158,8 +158,8 @@ def _run(args: argparse.Namespace) -> int:
         prepared_hint = args.prepared or str(out / "data" / "prepared")
         plan = build_plan(what, seeds, lengths, REAL if real else SYNTHETIC, prepared=prepared_hint)
         check_overrides(out, prepared_hint, plan.runs, args.set)
-        if args.prepared and not args.report_only:  # before torch's import (seconds) and before OUT records it
-            check_prepared(args.prepared)
+        if args.prepared:  # before torch's import (seconds) and before OUT records it; --report-only too, which
+            check_prepared(args.prepared)  # else recorded a file or a typo as OUT's data and exited 0
         if args.raw and not args.report_only and not (out / "data" / "prepared" / "meta.json").exists():
             check_raw(args.raw)  # as --prepared: before OUT records it (a prepared OUT reads no raw)
         if args.device == "cuda" and not (args.dry_run or args.report_only):

@@ -52,8 +52,19 @@ def test_report_only_over_finished_runs(capsys, tmp_path: Path):
     assert "command: `muse-rec reproduce" in md and "--what table5,fig6" in md
     assert (tmp_path / "table5.png").exists() and (tmp_path / "fig6.png").exists()
     # The same OUT with another data source is refused.
-    assert main(["reproduce", str(tmp_path), "--prepared", "/elsewhere", "--report-only"]) == 2
+    assert main(["reproduce", str(tmp_path), "--raw", "/elsewhere", "--report-only"]) == 2
     assert "reproduce.json" in capsys.readouterr().err
+
+
+def test_report_only_checks_that_prepared_is_prepared_data(capsys, tmp_path: Path):
+    """`--report-only` skipped the --prepared check: a JSON file given as --prepared was recorded as
+    OUT's data and the command exited 0. Now one line, exit 2, OUT not created."""
+    given, out = tmp_path / "some.json", tmp_path / "out"
+    given.write_text("{}")
+    assert main(["reproduce", str(out), "--prepared", str(given), "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"muse-rec reproduce: prepared data {given}: ") and err.count("\n") == 1, err
+    assert not out.exists()
 
 
 def test_what_would_fail_every_run_is_refused_before_training(capsys, tmp_path: Path):
