@@ -7,6 +7,7 @@ what the object must hold is checked by the caller.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -31,6 +32,18 @@ def special_file_kind(path: str | os.PathLike) -> Optional[str]:
         return None
     return ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
             else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+
+
+def is_symlink_loop(path: str | os.PathLike) -> bool:
+    """Whether following ``path``'s symbolic links never ends (the OS's ELOOP): a link to itself, or
+    links leading to each other. `Path.exists()` is False for one, so it looked like a missing path."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    except ValueError:  # a NUL byte in the name: no loop; the caller names the path
+        return False
+    return False
 
 
 def refuse_special_file(path: str | os.PathLike, error: Type[Exception] = ValueError, advice: str = "") -> None:

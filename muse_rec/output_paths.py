@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Callable, Collection, Mapping, Optional, Sequence, Tuple, Union
 
+from muse_rec.json_files import is_symlink_loop
+
 
 class OutputPathError(ValueError):
     """An output location (``--out``, ``OUT``) that cannot be created or written."""
@@ -80,6 +82,7 @@ def check_output_path(path: str, flag: str, directory: bool = True,
     """
     local = local_output(path, flag)
     p = Path(local).absolute()
+    check_not_a_loop(p, f"{flag} {path}")
     if output_exists(p, flag, path):
         if directory and not p.is_dir():
             raise OutputPathError(f"{flag} {path}: exists and is not a directory")
@@ -220,10 +223,20 @@ def check_not_inside_another_output(path: Path, what: str) -> None:
                               "nothing else may be written into it: choose a path outside it")
 
 
+def check_not_a_loop(path: Path, what: str) -> None:
+    """OutputPathError when ``path`` (``what``: its flag and name as given) is a symbolic link loop: a
+    file output replaced the link with the file (its target cannot be resolved, so the rename went over
+    the link itself), a directory output was called a link to nowhere."""
+    if is_symlink_loop(path):
+        raise OutputPathError(f"{what}: a symbolic link loop (following it never reaches a file or directory); "
+                              "name another location or remove the link")
+
+
 def check_not_dangling(path: Path, what: str) -> None:
     """OutputPathError when ``path`` (``what``: its flag and name as given) is a symbolic link to nowhere:
     creating it failed later as mkdir's bare "File exists" (prepare, synth) or "exists and is not a
-    directory" (evaluate), naming no flag."""
+    directory" (evaluate), naming no flag. A loop is named as one (`check_not_a_loop`)."""
+    check_not_a_loop(path, what)
     if path.is_symlink() and not path.exists():
         raise OutputPathError(f"{what}: a symbolic link to {os.readlink(path)}, which does not exist; "
                               "name an existing location or remove the link")

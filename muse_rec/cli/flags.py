@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 
 # Every integer flag ends in NumPy, PyArrow or torch, which hold it as a C int64: past that, a
 # value was an OverflowError ("Python int too large to convert to C long") or a NumPy ValueError
 # traceback from deep inside the command (synth --users, prepare --batch-rows, baselines --seq-len).
-from muse_rec.json_files import INT64_MAX, INT64_MIN, special_file_kind
+from muse_rec.json_files import INT64_MAX, INT64_MIN, is_symlink_loop, special_file_kind
 from muse_rec.output_paths import strip_file_uri
 
 
@@ -55,14 +54,8 @@ def optional_input_file(text: str) -> str:
 
 
 def _not_a_loop(text: str) -> str:
-    try:
-        os.stat(text)
-    except OSError as e:
-        if e.errno == errno.ELOOP:  # the link (or a directory on its way) leads back to itself
-            raise argparse.ArgumentTypeError(f"{text}: a symbolic link loop (following it never reaches a file); "
-                                             "give a file") from None
-    except ValueError:  # a NUL byte in the name: the command names it
-        pass
+    if is_symlink_loop(text):
+        raise argparse.ArgumentTypeError(f"{text}: a symbolic link loop (following it never reaches a file); give a file")
     return text
 
 

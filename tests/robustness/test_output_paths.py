@@ -626,3 +626,26 @@ def test_an_output_that_is_a_dangling_link_is_refused_naming_the_flag(tmp_path, 
     assert main(["synth", str(link), "--preset", "tiny", "--quiet", "--no-diagnostics"]) == 2
     assert capsys.readouterr().err.startswith(f"muse-rec synth: OUT {link}: a symbolic link to ")
     assert os.listdir(tmp_path) == ["out"] and not (tmp_path / "gone").exists()
+
+
+def test_an_output_that_is_a_symbolic_link_loop_is_refused_and_kept(prepared_tiny, tmp_path, capsys):
+    """`plan --json LOOP` and `baselines --out LOOP` replaced the looping link with the file and exited 0
+    (its target cannot be resolved, so the rename went over the link), while a directory output called
+    it a link to nowhere: every output now names the loop, exit 2, the link kept."""
+    from muse_rec.cli import main
+    from tests.conftest import REPO
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop.name)
+    for directory in (True, False):
+        with pytest.raises(OutputPathError, match=rf"^--out {loop}: a symbolic link loop"):
+            check_output_path(str(loop), "--out", directory=directory)
+    commands = {"plan": ["plan", "--spec", str(REPO / SPEC), "--set", f"data.prepared={prepared_tiny}",
+                         "--world-size", "1", "--json", str(loop)],
+                "baselines": ["baselines", str(prepared_tiny), "--out", str(loop)],
+                "synth": ["synth", str(loop), "--preset", "tiny", "--quiet", "--no-diagnostics"]}
+    for command, args in commands.items():
+        assert main(args) == 2, command
+        flag = "OUT" if command == "synth" else args[-2]
+        assert capsys.readouterr().err.startswith(f"muse-rec {command}: {flag} {loop}: a symbolic link loop")
+    assert os.listdir(tmp_path) == ["loop"] and os.readlink(loop) == loop.name
