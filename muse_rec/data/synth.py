@@ -43,6 +43,17 @@ from muse_rec.terminal import shows_bars
 MANIFEST_NAME = "_synth_manifest.json"  # leading "_": not a release table, readers skip it
 MANIFEST_VERSION = 1
 
+_INT64, _FLOAT32, _INT8, _BOOL, _OFFSET = (np.dtype(t).itemsize for t in (np.int64, np.float32, np.int8, np.bool_,
+                                                                         np.int32))
+# The memory writer's peak is `build_timelines`: eight int64 arrays (owner, position, session, cluster,
+# previous cluster, items, their source, the kept items) and four bool arrays (session starts, recent
+# zone, recent picks, repeats) as long as every user's timeline are alive at once. Measured peak resident
+# memory: 56-65 bytes per behaviour (tiny and demo sizes, max_seq_len 200 to 3,000).
+BYTES_PER_BEHAVIOUR = 8 * _INT64 + 4 * _BOOL
+# An impression: its record (user and item int64, probability float32, label int8) and its row of the
+# samples table (user and item ids int64, the one-hot label's two int8 and its list offset).
+BYTES_PER_IMPRESSION = (2 * _INT64 + _FLOAT32 + _INT8) + (2 * _INT64 + 2 * _INT8 + _OFFSET)
+
 __all__ = ["SynthConfig", "write_synthetic_release", "MANIFEST_NAME"]
 
 
@@ -64,6 +75,25 @@ def foreign_tables(out_dir: str) -> List[str]:
             for t in S.TABLES.values() for loc in table_locations(out_dir, t)]
 
 
+def memory_writer_bytes(cfg: SynthConfig) -> int:
+    """About the most memory the memory writer holds for ``cfg``'s users: their timelines
+    (`SynthConfig.expected_behaviours`) and impressions, by what each one costs at the writer's peak
+    (~45 KB per user of the demo preset). The catalogue and the interpreter come on top."""
+    return int(cfg.expected_behaviours() * BYTES_PER_BEHAVIOUR + cfg.expected_impressions() * BYTES_PER_IMPRESSION)
+
+
+def check_memory_writer_fits(cfg: SynthConfig) -> None:
+    """MemoryError, before anything is generated or written, where the memory writer would hold more
+    (`memory_writer_bytes`) than this process can allocate: a ``--users`` too large was left to the
+    kernel's OOM killer, which says nothing and may kill another process instead."""
+    from muse_rec.memory import available_memory_bytes, format_gib  # looked up here: tests patch it
+
+    need, available = memory_writer_bytes(cfg), available_memory_bytes()
+    if need > available:
+        raise MemoryError(f"the memory writer would hold about {format_gib(need)} for {cfg.users:,} users' "
+                          f"histories of up to {cfg.max_seq_len:,} behaviours; {format_gib(available)} available")
+
+
 def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = False,
                             diagnostics: Optional[bool] = None, overwrite: bool = False) -> Dict[str, object]:
     """Generate and write a synthetic release; returns the manifest (also written to `out_dir`).
@@ -72,6 +102,7 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
         out_dir: local directory or ``file://`` URI (created if missing); a synthetic release there is
             replaced. Refused (OutputPathError) inside another command's output.
             Release tables that synth did not write raise FileExistsError unless ``overwrite``.
+            MemoryError before any work where the memory writer would not fit (`check_memory_writer_fits`).
         cfg: generator knobs.
         progress: report progress: a tqdm bar on a terminal, else one line per stage.
         diagnostics: score the oracle diagnostics on the test split; default: when
@@ -94,6 +125,8 @@ def write_synthetic_release(out_dir: str, cfg: SynthConfig, progress: bool = Fal
     if found and not overwrite:
         raise FileExistsError(f"{out_dir} holds release tables that `muse-rec synth` did not write ({', '.join(found)}): "
                               "refusing to overwrite them; choose another OUT (or pass --overwrite)")
+    if cfg.writer == "memory":  # before the lock: a refused OUT is left exactly as it was
+        check_memory_writer_fits(cfg)
     # One synth per OUT at a time: two would leave a release mixing both runs' tables.
     with DirLock.acquire(Path(out_dir), holder="another synth", hint="wait for it to end or choose another OUT"):
         if cfg.writer == "stream":

@@ -111,7 +111,8 @@ class SynthConfig:
     user_row_group_rows: int = _knob(2048, "Parquet row-group size of the user-feature tables (long lists)")
     diagnostics_max_users: int = _knob(3000, "test users scored by the oracle diagnostics written to the manifest (0 = skip)")
     writer: str = _knob("memory", "'memory': build the world in memory, write each table at once (<= a few M items "
-                        "and ~100k users: ~45 KB per user at histories up to 1,000, 3.2 GB at 72k users); "
+                        "and ~100k users: ~45 KB per user at histories up to 1,000, 3.2 GB at 72k users; refused up front "
+                        "where that exceeds the memory available); "
                         "'stream': bounded memory, one row group at a time, every catalogue item in item_features "
                         "and the SCL table (muse_rec.data.synth_stream; the scale preset)")
 
@@ -152,6 +153,25 @@ class SynthConfig:
     def test_users_from_train(self) -> int:
         """Train users that also get test impressions: ``round(users x test_user_fraction)``."""
         return int(round(self.users * self.test_user_fraction))
+
+    @property
+    def unseen_test_users(self) -> int:
+        """Test users not in train: ``round(test_users_from_train x unseen_test_fraction)``."""
+        return int(round(self.test_users_from_train * self.unseen_test_fraction))
+
+    def expected_behaviours(self) -> float:
+        """The mean total length of every user's timeline up to the test snapshot (`build_users`): a
+        history length per user (`full_history_share` at `max_seq_len`, the rest log-uniform from
+        `min_seq_len`), plus `test_extra_behaviours` for each train user in the test split."""
+        lo, hi = self.min_seq_len, self.max_seq_len
+        log_uniform_mean = (hi - lo) / math.log(hi / lo) if hi > lo else float(hi)  # mean of exp(U(ln lo, ln hi))
+        per_user = self.full_history_share * hi + (1.0 - self.full_history_share) * log_uniform_mean
+        return ((self.users + self.unseen_test_users) * per_user
+                + self.test_users_from_train * self.test_extra_behaviours)
+
+    def expected_impressions(self) -> float:
+        """The mean impressions of both splits: `samples_per_user` for each train and each test user."""
+        return (self.users + self.test_users_from_train + self.unseen_test_users) * self.samples_per_user
 
     def validate(self) -> None:
         """Raise ValueError naming the first knob that is out of range."""

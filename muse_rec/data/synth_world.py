@@ -215,7 +215,7 @@ def build_users(cfg: SynthConfig, cat: Catalogue) -> Users:
     rng = stage_rng(cfg, 2)
     n_train = cfg.users
     n_from_train = cfg.test_users_from_train
-    n_unseen = int(round(n_from_train * cfg.unseen_test_fraction))
+    n_unseen = cfg.unseen_test_users
     U = n_train + n_unseen
     in_test = np.zeros(U, dtype=bool)
     in_test[rng.choice(n_train, size=n_from_train, replace=False)] = True

@@ -40,8 +40,9 @@ from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.ordered_enumerator import OrderedEmbeddingEnumerator
 from muse_rec.distributed.optimizer_state import FusedOptimizerStateEstimator, state_bytes, state_optimizers_by_module
 from muse_rec.distributed.sharders import EBC_SHARDING_TYPES, EC_SHARDING_TYPES
+# In a module of their own, so synth checks memory without TorchRec; the plan's users import them from here.
+from muse_rec.memory import GiB, format_gib  # noqa: F401
 
-GiB = 1024**3
 # TorchRec's default HBM margin (EmbeddingShardingPlanner builds this reservation when given
 # none); passed explicitly so a report knows the capacity the planner planned against.
 PLANNER_RESERVED_FRACTION = 0.15
@@ -107,14 +108,6 @@ def make_topology(
     )
 
 
-def format_gib(nbytes: float) -> str:
-    """``12.3 GiB``: a byte count as the plan's one-line messages show it (under 0.1 GiB in MiB,
-    ``15.4 MiB``, rather than a ``0.0 GiB`` that reads as nothing)."""
-    if abs(nbytes) < 0.1 * GiB:
-        return f"{nbytes / (1 << 20):.1f} MiB"
-    return f"{nbytes / GiB:.1f} GiB"
-
-
 def rank_memory_line(topology: Topology) -> str:
     """``HBM 80 GiB, DDR 512 GiB per rank``: the caps the planner plans `topology` with."""
     storage = topology.devices[0].storage
@@ -132,20 +125,6 @@ def host_memory_bytes() -> int:
         if text.isdigit():  # v2 writes "max" when unlimited
             total = min(total, int(text))
     return total
-
-
-def available_memory_bytes() -> int:
-    """Bytes this process can still allocate: the host's available memory (psutil: what the kernel can
-    give without swapping), or less when the process's address-space limit (``ulimit -v``) leaves less."""
-    import resource
-
-    import psutil
-
-    available = psutil.virtual_memory().available
-    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if limit != resource.RLIM_INFINITY:
-        available = min(available, max(0, limit - psutil.Process().memory_info().vms))
-    return available
 
 
 def topology_for(env: DistEnv, **caps: Optional[int]) -> Topology:

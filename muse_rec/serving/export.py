@@ -40,9 +40,9 @@ from muse_rec.data.files import write_binary
 from muse_rec.data.prepared import PreparedData
 from muse_rec.data.schema import SCL_DIM
 from muse_rec.dirlock import DirLock
-from muse_rec.distributed.planner import available_memory_bytes, format_gib
 from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import read_json_object
+from muse_rec.memory import available_memory_bytes, format_gib
 from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_frozen_key
 from muse_rec.output_paths import check_output_path, output_of_another_command
 from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, MANIFEST_FORMAT,

@@ -433,6 +433,40 @@ def test_out_of_memory_names_the_synth_sizes_and_keeps_the_earlier_release(
     assert _digests(out) == before
 
 
+def test_a_memory_writer_release_larger_than_memory_is_refused_before_any_work(tmp_path: Path, capsys,
+                                                                               monkeypatch) -> None:
+    """`synth OUT --users U` with the memory writer started whatever U was: past the host's memory the
+    kernel's OOM killer ended it (no message; it may kill another process). The need is estimated from
+    the config first: one line naming --users / --max-seq-len and --writer stream, exit 2, nothing written."""
+    import muse_rec.memory
+    from muse_rec.cli import main
+    from muse_rec.data.synth import memory_writer_bytes
+
+    cfg = SynthConfig.preset("tiny")
+    monkeypatch.setattr(muse_rec.memory, "available_memory_bytes", lambda: memory_writer_bytes(cfg) - 1)
+    out = tmp_path / "raw"
+    assert main(["synth", str(out), "--preset", "tiny", "--quiet", "--no-diagnostics"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("muse-rec synth: out of memory (the memory writer would hold"), err
+    assert f"--users {cfg.users:,}" in err and "--max-seq-len" in err and "--writer stream" in err, err
+    assert not out.exists()
+    # The stream writer is bounded by a row group, not by the users: it is not asked.
+    assert main(["synth", str(out), "--preset", "tiny", "--quiet", "--writer", "stream"]) == 0
+
+
+def test_the_memory_writer_s_estimate_follows_the_config_s_sizes() -> None:
+    """Derived from the sizes (users, history lengths, impressions), not a per-user constant of one preset."""
+    from muse_rec.data.synth import memory_writer_bytes
+
+    demo = SynthConfig.preset("demo")
+    assert memory_writer_bytes(demo.replace(users=2 * demo.users)) == pytest.approx(2 * memory_writer_bytes(demo),
+                                                                                    rel=1e-3)
+    assert memory_writer_bytes(demo.replace(max_seq_len=2 * demo.max_seq_len)) > 1.5 * memory_writer_bytes(demo)
+    assert memory_writer_bytes(demo.replace(samples_per_user=4 * demo.samples_per_user)) > memory_writer_bytes(demo)
+    # the writer knob's help (muse-rec synth --help): ~45 KB per user of the demo preset, histories up to 1,000
+    assert 40_000 < memory_writer_bytes(demo) / demo.users < 50_000
+
+
 @pytest.mark.parametrize("writer", ["memory", "stream"])
 def test_a_release_directory_whose_name_is_not_utf8_is_written_and_read(tmp_path: Path, writer: str) -> None:
     """`synth /data/caf\\xe9`: pyarrow encoded the text path as UTF-8 and failed on the byte the OS holds
