@@ -2,7 +2,8 @@
 
 Selection semantics (the contract the ESUs rely on):
 
-* Slots are ordered best first (highest relevance; for SIM-hard, newest first).
+* Slots are ordered best first (highest relevance; for SIM-hard, newest first); equal relevance
+  keeps the lowest position first, so a history left-padded to any length selects the same behaviours.
 * ``valid[b, k]`` is False for slots beyond what the GSU may select (the user has fewer
   eligible behaviours than K, or K > L). Their ``indices`` point at position 0 and their
   ``scores`` are 0.0, so gathering with them is always in range and harmless once masked.
@@ -24,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from muse_rec.modules.running_topk import topk_lowest_position_first
 
 # Sentinels of the cosine selection score (real cosines lie in [-1, 1]).
 NO_VECTOR_SCORE: float = -1.1  # the reference's value for "no cosine"
@@ -126,7 +129,11 @@ def topk_eligible(score: torch.Tensor, eligible: torch.Tensor, top_k: int) -> GS
         raise ValueError(f"score {tuple(score.shape)} and eligible {tuple(eligible.shape)} differ")
     sel = torch.where(eligible, score.to(torch.float32), float("-inf"))
     k = min(top_k, sel.shape[1])
-    values, indices = torch.topk(sel, k, dim=1)
+    # Equal relevance, lowest position first (as every cosine top-K): `torch.topk` keeps any of the
+    # equal values at the K-th place, and which ones depends on the row's length, so the Ranker (L = the
+    # user's behaviours) and the evaluation (L = data.seq_len) kept different behaviours where they tie
+    # (e.g. every behaviour without an SCL vector under the SCL attention GSU) and scored differently.
+    values, indices = topk_lowest_position_first(sel, k)
     values, indices = pad_to_k(values, indices, top_k, float("-inf"))
     valid = torch.isfinite(values)
     return GSUResult(

@@ -132,3 +132,54 @@ def test_scl_attention_gsu_reads_unit_vectors():
                                     as_int8[B:].unsqueeze(0)))
     w = masked_softmax(res.scores, res.valid)
     assert float(w.max()) < 2.0 / K, float(w.max())
+
+
+@pytest.mark.parametrize("pad", [0, 7, 846])
+def test_topk_eligible_keeps_equal_scores_lowest_position_first_whatever_the_padding(pad):
+    """`torch.topk` kept any of the equal scores at the K-th place, and which ones depended on the row's
+    length: the same 154 behaviours left-padded by 0, 7 or 846 positions kept different ones."""
+    from muse_rec.modules.selection import topk_eligible
+
+    n, K = 154, 50
+    score = torch.cat([torch.zeros(2, pad), torch.full((2, n), 0.25)], dim=1)
+    score[1, pad + 100] = 1.0  # one clear winner, then the ties
+    eligible = torch.arange(pad + n).unsqueeze(0).expand(2, -1) >= pad
+    res = topk_eligible(score, eligible, K)
+    assert res.valid.all()
+    assert (res.indices[0] - pad).tolist() == list(range(K))
+    assert (res.indices[1] - pad).tolist() == [100] + list(range(K - 1))
+
+
+def test_scl_attention_gsu_picks_the_same_behaviours_at_any_history_length():
+    """Every behaviour without an SCL vector has the same logit under the SCL attention GSU (its unit
+    vector is 0). Where they tie at the K-th place the Ranker's history (L = the user's behaviours) kept
+    other behaviours than the training shape (L = data.seq_len, U users), and served a trained
+    `gsu_score_mm_attention` model up to 4e-4 in probability from its evaluation."""
+    from muse_rec.modules import Histories, SCLAttentionGSU, SearchInputs
+
+    torch.manual_seed(0)
+    n, L, B, D, K = 154, 1000, 5, 128, 50
+    unit = torch.nn.functional.normalize(torch.randn(B + n, D), dim=1)
+    vectors = torch.trunc(127 * unit).to(torch.int8)
+    seq = vectors[B:].clone()
+    seq[::2] = 0  # half the behaviours have no SCL vector: more than K of them tie
+    gsu = SCLAttentionGSU(TargetAttention(D, D, 32, bias=True), top_k=K)
+    # A no-vector behaviour's projected key is the bias: about half the behaviours with a vector score
+    # above it, fewer than K, so the K-th place falls among the tied no-vector behaviours.
+    torch.nn.init.constant_(gsu.attention.w_k.bias, 1.0)
+
+    def picks(length: int, users: int) -> list:
+        items = torch.zeros(users, length, dtype=torch.long)
+        items[:, length - n:] = torch.arange(1, n + 1)
+        keys = torch.zeros(users, length, D, dtype=torch.int8)
+        keys[:, length - n:] = seq
+        mask = items > 0
+        index = torch.zeros(B, dtype=torch.long)  # every target reads user 0's history
+        hist = Histories(items, torch.zeros_like(items), mask, index)
+        res = gsu.retrieve(SearchInputs(hist, torch.arange(B), torch.zeros(B, dtype=torch.long), vectors[:B], keys))
+        assert res.valid.all()
+        return sorted(map(tuple, (res.indices - (length - n)).sort(dim=1).values.tolist()))
+
+    serving = picks(n, 1)  # the Ranker: one user, L = its behaviours
+    assert picks(L, 1) == serving  # the exported program: L = data.seq_len
+    assert picks(L, 3) == serving  # training and evaluation: U users, L = data.seq_len
