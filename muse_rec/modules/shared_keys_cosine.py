@@ -5,7 +5,7 @@ behaviours (SCL vectors, int8 ``[L, D]``), so the keys are shared by every query
 training path's grouped GEMM (`muse_rec.modules.cosine`) does not apply. Never a ``[B, L]``
 matrix:
 
-* `certified_shared_keys_cosine_topk` (eager on the CPU, with the native running top-K): the
+* `certified_shared_keys_cosine_topk` (eager on the CPU, with the native running top-K, int8 values): the
   bf16 GEMM of unit vectors (oneDNN; AMX where present, ~8x the fp32 GEMM on this project's
   CPU) shortlists ``SHORTLIST_FACTOR * K`` candidates per row with a fused running top-K
   (`muse_rec.modules.running_topk`), the shortlist is re-scored exactly (int8 dot products,
@@ -43,6 +43,12 @@ from muse_rec.modules.running_topk import (
 from muse_rec.modules.selection import cosine_selection_scores
 
 _BF16_U: float = 2.0 ** -8  # bf16 unit roundoff (8 significant bits)
+# Storage of int8 values (the release's SCL vectors; the model's SCL table holds them as fp16): every
+# dot product is an integer below 2^24, exact in fp32 in any summation order, which the certified path's
+# re-scoring and certificate rely on. Float embeddings (SIM-soft's ID tokens) take the static path,
+# whose GEMM is training's: re-scored in another order, near-ties at the K-th place kept other
+# behaviours than the evaluation did (a trained SIM-soft served up to 1e-3 from its evaluation).
+INT8_VALUED_DTYPES = (torch.int8, torch.float16)
 
 
 def approx_cosine_bound(dim: int) -> float:
@@ -87,11 +93,13 @@ def shared_keys_cosine_topk(
         ``values [B, k]`` cosine selection scores (see `cosine_selection_scores`),
         descending, and ``indices [B, k]`` int64, ``k = min(K, L)``.
 
-    Eager on the CPU with the native running top-K: the certified bf16 shortlist (module
-    docstring); while tracing (``torch.export`` of the serving program) or elsewhere:
-    `static_shared_keys_cosine_topk`, static shapes only.
+    Eager on the CPU with the native running top-K, for int8 values (`INT8_VALUED_DTYPES`): the
+    certified bf16 shortlist (module docstring); float embeddings (SIM-soft's ID tokens), while
+    tracing (``torch.export`` of the serving program) or elsewhere: `static_shared_keys_cosine_topk`,
+    static shapes only.
     """
-    if eager_cpu(query) and eager_cpu(keys) and keys.shape[0] > 0 and native_library() is not None:
+    if (query.dtype in INT8_VALUED_DTYPES and keys.dtype in INT8_VALUED_DTYPES and eager_cpu(query)
+            and eager_cpu(keys) and keys.shape[0] > 0 and native_library() is not None):
         return certified_shared_keys_cosine_topk(query, keys, mask, top_k, chunk_rows)
     return static_shared_keys_cosine_topk(query, keys, mask, top_k, chunk_rows)
 

@@ -271,3 +271,22 @@ def test_certified_without_any_cosine():
         vals, idx = certified_shared_keys_cosine_topk(query, keys, mask, 8)
         ref = reference_cosine_topk(query, keys.unsqueeze(0), mask.unsqueeze(0), 8)
         assert_same_topk(vals, idx, ref, 8)
+
+
+@pytest.mark.parametrize("L", [154, 1000])
+def test_float_embeddings_are_served_with_the_training_paths_cosines(L):
+    """SIM-soft's GSU scores float ID tokens, whose dot products are not exact: the certified serving
+    path re-scored its shortlist in another summation order than training's GEMM (cosines up to
+    ~1e-7 apart), so near-ties at the K-th place kept other behaviours, and a trained SIM-soft was
+    served up to 1e-3 in probability from its evaluation. The serving shape must give the grouped
+    training path's cosines and picks bit for bit."""
+    gen = torch.Generator().manual_seed(3)
+    B, dim = 40, 32  # D_tok = [item 16 | category 16]
+    keys = torch.randn(2, L, dim, generator=gen) * 1e-2  # ID tables start at std 1e-3..1e-2
+    keys[:, ::9] = 0  # padding-like zero tokens have no cosine
+    mask = torch.arange(L).unsqueeze(0).expand(2, -1) >= L // 10
+    query = torch.randn(B, dim, generator=gen) * 1e-2
+    want = grouped_cosine_topk(query, keys, mask, torch.zeros(B, dtype=torch.long), 50)
+    got = SK.shared_keys_cosine_topk(query, keys[0], mask[0], 50)
+    torch.testing.assert_close(got[0], want[0], atol=0, rtol=0)
+    torch.testing.assert_close(got[1], want[1], atol=0, rtol=0)
