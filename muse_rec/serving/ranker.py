@@ -8,8 +8,9 @@ batched pass.
 
 Two scorers share the request handling:
 
-* `FloatScorer`: the trained model's parameters through `InferenceModel` (any history length;
-  the cached int8 SCL vectors feed the GSU directly). Scores equal the training model's.
+* `FloatScorer`: the trained model's parameters through `InferenceModel` (any serving length, every
+  history left-padded to it as in training's batches; the cached int8 SCL vectors feed the GSU
+  directly). Scores equal the training model's.
 * `ExportedScorer`: the `torch.export` program of `muse-rec export` (quantized tables, history
   length fixed at export; it reads the same cached SCL vectors as its ``seq_scl`` input).
 
@@ -80,13 +81,17 @@ def build_context(user: int, known: bool, items: np.ndarray, cats: np.ndarray, f
         items, cats: ``[n]`` item / category rows, oldest -> newest. fields: ``[6]`` user rows.
         scl: ``[n_items, 128]`` int8 SCL table (memory-mapped is fine: only the history's rows
             are read).
-        scorer: decides the padded length (fixed for an exported program, else at least the
-            model's recent-R) and whether SCL vectors are cached.
+        scorer: decides the padded length (fixed for an exported program, else ``seq_len``, at
+            least the model's recent-R) and whether SCL vectors are cached.
     """
     n_all = int(items.shape[0])
     items, cats = items[max(0, n_all - seq_len):], cats[max(0, n_all - seq_len):]
     n = int(items.shape[0])
-    L = scorer.fixed_len or max(n, scorer.min_len)
+    # Every history at the serving length, as training's batches pad it to data.seq_len: the GSUs'
+    # reductions over L (the fusion GSU's per-history standardisation) and its top-Ks round alike only
+    # at one length; padded to the user's own n, the gated fusion GSU kept other behaviours at near-ties
+    # and served a trained model up to 5.6e-3 from its evaluation.
+    L = scorer.fixed_len or max(seq_len, scorer.min_len)
     seq_items = np.zeros((1, L), np.int64)
     seq_cats = np.zeros((1, L), np.int64)
     seq_items[0, L - n:] = items
