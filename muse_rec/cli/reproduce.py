@@ -239,6 +239,8 @@ def _context(out: Path, source: str, synth_args: List[str], args: argparse.Names
                      "(shared machine: timings are noisy)")
     flags = [f"--{k.replace('_', '-')} {v}" for k in ("seeds", "what", "prepared", "raw", "nproc", "device")
              if (v := getattr(args, k)) is not None and not (k == "what" and v == WHAT_ALL)]
+    # And what changes the runs and the verdicts: without them the command reran other runs or judged otherwise.
+    flags += [f"--set {kv}" for kv in args.set] + [f"--min-z {args.min_z:g}"]
     cmd = " ".join(["muse-rec reproduce", str(out)] + (["--quick"] if args.quick else []) + flags)
     lines.append(f"command: `{cmd}`")
     return lines

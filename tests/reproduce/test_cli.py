@@ -232,3 +232,14 @@ def test_seeds_past_the_most_a_plan_takes_are_refused_at_once(capsys, tmp_path: 
     assert main(["reproduce", str(tmp_path / "out"), "--dry-run", "--seeds", "0", *what]) == 2
     assert "--seeds 0: need 1 to" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_reports_command_names_the_overrides_and_the_threshold(capsys, tmp_path: Path):
+    """The report printed `muse-rec reproduce OUT --seeds ...` without the `--set` overrides its runs were
+    trained with and the `--min-z` its verdicts used: run again, that command trained other runs."""
+    write_fake_runs(tmp_path, build_plan(("table5",), seeds=2))
+    assert main(["reproduce", str(tmp_path), "--what", "table5", "--seeds", "2", "--report-only",
+                 "--set", "train.max_steps=8", "--min-z", "3"]) == 0
+    capsys.readouterr()
+    md = (tmp_path / "report.md").read_text()
+    assert "--set train.max_steps=8" in md and "--min-z 3" in md
