@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from muse_rec.serving.request import RequestError, parse_requests
 
+    # What every error about the request names it by: the project's bad-input line names the file.
+    source = "stdin" if args.request == "-" else args.request
     try:
         # Bytes: parse_requests decodes them and names a non-UTF-8 file as a RequestError.
         if args.request == "-":
@@ -43,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             with open(args.request, "rb") as f:
                 text = f.read()
-        requests = parse_requests(text, source=args.request)  # before the heavy imports: fails fast
+        requests = parse_requests(text, source=source)  # before the heavy imports: fails fast
     except OSError as e:
-        print(f"muse-rec rank: cannot read request {args.request}: {e}", file=sys.stderr)
+        print(f"muse-rec rank: cannot read request {source}: {e}", file=sys.stderr)
         return 2
     except RequestError as e:
         print(f"muse-rec rank: {e}", file=sys.stderr)

@@ -108,28 +108,37 @@ def _no_constant(name: str) -> Any:
     raise RequestError(f"{name} is not valid JSON (only finite numbers are)")
 
 
-def parse_requests(text: Union[str, bytes], source: str = "request") -> List[RankRequest]:
+def parse_requests(text: Union[str, bytes], source: Optional[str] = None) -> List[RankRequest]:
     """Decode a JSON document (UTF-8) holding one request or a list of requests.
 
     Args:
         text: the document; bytes are decoded as UTF-8 (anything else is a `RequestError`).
-        source: what to call the document in error messages (e.g. the file name).
+        source: what to call the document in error messages (the file name, ``stdin``); every
+            `RequestError` then starts with it, once. None: messages name only the request and field.
     """
+    try:
+        return _parse_document(text)
+    except RequestError as e:
+        if source is None:
+            raise
+        raise RequestError(f"{source}: {e}") from None
+
+
+def _parse_document(text: Union[str, bytes]) -> List[RankRequest]:
+    """`parse_requests` without the source: its messages name the request and field, or the JSON fault."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise RequestError(f"{source}: not UTF-8 text (byte {e.start}: {text[e.start:e.start + 1]!r})") from None
+            raise RequestError(f"not UTF-8 text (byte {e.start}: {text[e.start:e.start + 1]!r})") from None
     try:
         doc = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant, parse_int=_json_int)
     except json.JSONDecodeError as e:
-        raise RequestError(f"{source}: not valid JSON: {e}") from None
+        raise RequestError(f"not valid JSON: {e}") from None
     except RecursionError:
-        raise RequestError(f"{source}: JSON nested too deeply (a request is one object with two fields)") from None
-    except RequestError as e:
-        raise RequestError(f"{source}: {e}") from None
+        raise RequestError("JSON nested too deeply (a request is one object with two fields)") from None
     if isinstance(doc, list):
         if not doc:
-            raise RequestError(f"{source}: request list is empty")
+            raise RequestError("request list is empty")
         return [validate_request(r, f"request[{i}]") for i, r in enumerate(doc)]
     return [validate_request(doc)]

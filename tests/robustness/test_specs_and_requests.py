@@ -7,6 +7,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 from muse_rec.serving.request import RequestError, parse_requests
 from muse_rec.spec import SpecError, load_spec
 from muse_rec.training.results import write_json
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_env
 from tests.robustness.conftest import SPEC, assert_bad_input, cli, cli_without_torch, sets
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / SPEC
@@ -131,6 +133,27 @@ def test_bad_request_files_exit_2_in_one_line(tmp_path, payload, needle):
     assert_bad_input(out, str(req), needle)
     with pytest.raises(RequestError, match=needle):
         parse_requests(payload)
+
+
+@pytest.mark.parametrize("payload,field", [
+    (b'{"user": 1, "candidates": ["x"]}', "request.candidates[0]: expected an int64 item id"),
+    (b'[{"user": 1, "candidates": [1]}, {"user": true, "candidates": [1]}]', "request[1].user: expected an int64"),
+    (b'{"user": 1}', "request: missing field(s) ['candidates']"),
+    (b'{"user": 1, "candidates": [2], "extra": 3}', "request: unknown field(s) ['extra']"),
+    (b'{"user": 1, "candidates": [1], "user": 2}', "duplicate key 'user'"),
+])
+@pytest.mark.parametrize("from_stdin", [False, True])
+def test_a_bad_request_names_its_file_once_and_its_field(tmp_path, payload, field, from_stdin):
+    """A request's field errors named the field (``request.candidates[0]``) but not the file it came
+    from; a bad request in stdin was called ``-``. Every request error names its source once."""
+    req = tmp_path / "req.json"
+    req.write_bytes(payload)
+    argv = [sys.executable, "-m", "muse_rec.cli", "rank", "--spec", SPEC, "--request", "-" if from_stdin else str(req)]
+    out = subprocess.run(argv, cwd=REPO, env=subprocess_env(), input=payload, capture_output=True, timeout=300)
+    out = subprocess.CompletedProcess(out.args, out.returncode, out.stdout.decode(), out.stderr.decode())
+    source = "stdin" if from_stdin else str(req)
+    assert_bad_input(out, f"muse-rec rank: {source}: {field}")
+    assert out.stderr.count(source) == 1, out.stderr
 
 
 @pytest.mark.parametrize("field,payload", [
