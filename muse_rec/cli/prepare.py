@@ -5,6 +5,7 @@ import argparse
 import errno
 import json
 import sys
+from typing import Any, Dict, Optional
 
 from muse_rec.cli.flags import int64, nonempty_path
 
@@ -75,12 +76,26 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(meta, indent=2, sort_keys=True))
     else:
-        tr, te = meta["splits"]["train"], meta["splits"]["test"]
-        # Vocabulary rows count row 0 (unknown / padding): the distinct ids are one fewer. User rows
-        # are the user table's rows; a sample's user may have none (`prepare` warns).
-        vs = meta["vocab_sizes"]
-        print(f"prepared {args.out}: train {tr['samples']:,} samples, {tr['user_rows']:,} user rows; "
-              f"test {te['samples']:,} samples, {te['user_rows']:,} user rows; "
-              f"vocabularies ({meta['vocab_mode']}): {vs['item'] - 1:,} items, {vs['category'] - 1:,} categories "
-              f"(+ row 0 each); click rate train {tr['positive_rate']:.4f}")
+        print(summary_line(args.out, meta))
     return 0
+
+
+def _split_counts(split: Dict[str, Any], unseen_users: Optional[int] = None) -> str:
+    """One split's counts for `summary_line`; ``unseen_users``: its user rows not in the train vocabulary."""
+    unseen = "" if unseen_users is None else f" ({unseen_users:,} unseen in train)"
+    return (f"{split['samples']:,} samples, {split['user_rows']:,} user rows{unseen}, "
+            f"{split['behaviours_unknown_item']:,} of {split['behaviours']:,} behaviours on unknown items")
+
+
+def summary_line(out: str, meta: Dict[str, Any]) -> str:
+    """The line `prepare` ends with, read from its meta.json (nothing is counted again).
+
+    Vocabulary rows count row 0 (unknown / padding): the distinct ids are one fewer. User rows are
+    the user table's rows; a sample's user may have none (`prepare` warns). Unseen test users and
+    behaviours on unknown items all share row 0 of their vocabulary: said here, not only in meta.json."""
+    tr, te = meta["splits"]["train"], meta["splits"]["test"]
+    vs = meta["vocab_sizes"]
+    return (f"prepared {out}: train {_split_counts(tr)}; "
+            f"test {_split_counts(te, meta['test_users_unseen_in_train'])}; "
+            f"vocabularies ({meta['vocab_mode']}): {vs['item'] - 1:,} items, {vs['category'] - 1:,} categories "
+            f"(+ row 0 each); click rate train {tr['positive_rate']:.4f}")

@@ -63,3 +63,24 @@ def test_fallback_generator_is_a_valid_release(tmp_path: Path) -> None:
     bench.write_raw_fallback(str(tmp_path / "raw"), users=30, max_len=40, samples_per_user=2)
     meta = prepare(str(tmp_path / "raw"), str(tmp_path / "out"), PrepareConfig(progress=False))
     assert meta["splits"]["train"]["samples"] == 60 and meta["splits"]["train"]["samples_without_user_row"] == 0
+
+
+def test_summary_line_says_unseen_test_users_and_unknown_behaviour_items(tmp_path: Path) -> None:
+    """The line prepare ends with said neither how many test users are unseen in train nor how many
+    behaviours are on unknown items (both become row 0); only meta.json had them."""
+    from tests.data.rawgen import write_raw_release
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_raw_release(str(raw))  # has test users unseen in train and raw id 0 inside histories
+    cmd = [venv_bin("muse-rec"), "prepare", str(raw), str(out), "--no-progress"]
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    meta = PreparedData(str(out)).meta
+    tr, te = meta["splits"]["train"], meta["splits"]["test"]
+    assert meta["test_users_unseen_in_train"] > 0 and te["behaviours_unknown_item"] > 0 and te["behaviours"] >= 1000
+    line, = done.stdout.splitlines()
+    assert f"test {te['samples']:,} samples, {te['user_rows']:,} user rows " \
+           f"({meta['test_users_unseen_in_train']:,} unseen in train), " \
+           f"{te['behaviours_unknown_item']:,} of {te['behaviours']:,} behaviours on unknown items;" in line, line
+    assert f"train {tr['samples']:,} samples, {tr['user_rows']:,} user rows, " \
+           f"{tr['behaviours_unknown_item']:,} of {tr['behaviours']:,} behaviours on unknown items;" in line, line
