@@ -380,7 +380,7 @@ class _Prepare:
                 stats["samples_unknown_target"] += int((irows == 0).sum())
                 stats["targets_with_scl"] += _count_flagged(present, irows)
         if stats["samples_without_user_row"]:
-            warnings.warn(f"{table}: {stats['samples_without_user_row']} of {stats['samples']} samples have no "
+            warnings.warn(f"{table}: {stats['samples_without_user_row']:,} of {stats['samples']:,} samples have no "
                           f"row in {split}_user_features; they get an empty history and unknown user fields")
         return stats
 

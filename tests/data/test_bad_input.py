@@ -194,3 +194,24 @@ def test_sample_without_user_row_gets_empty_history(workspace) -> None:
     assert int(first.user_keys[0]) == orphan and int(first.seq_lengths[0]) == 0 and not first.seq_items[0].any()
     assert all(int(pooled[f"user_f{k}"].values()[0]) == 0 for k in range(1, 6))
     assert int(pooled["user_id"].values()[0]) > 0  # still a known train user (from train_samples)
+
+
+def test_samples_without_user_row_are_counted_with_thousands_separators(workspace) -> None:
+    """The warning printed "1000 of 1203 samples", where the project's other counts read "1,000 of 1,203"."""
+    raw, out = workspace
+    orphans = 1_000  # samples whose user has no train_user_features row: enough for a separator
+
+    def edit(t: pa.Table) -> pa.Table:
+        t = pa.concat_tables([t] * (orphans // t.num_rows + 2))
+        users = t.column(S.USER).to_pylist()
+        users[:orphans] = [123_456_789] * orphans
+        return t.set_column(t.schema.get_field_index(S.USER), S.USER, pa.array(users, pa.int64()))
+
+    total = pq.read_table(_rewrite(raw, "train_samples", edit)).num_rows
+    with pytest.warns(UserWarning) as caught:
+        meta = prepare(str(raw), str(out), CFG, overwrite=True)  # edited inputs: another dataset
+    missing = meta["splits"]["train"]["samples_without_user_row"]  # the release's own orphans too
+    assert missing >= orphans
+    said = [str(w.message) for w in caught if "no row in train_user_features" in str(w.message)]
+    assert said == [f"train_samples: {missing:,} of {total:,} samples have no row in train_user_features; "
+                    "they get an empty history and unknown user fields"], said
