@@ -379,9 +379,18 @@ class _Prepare:
                 stats["samples_unseen_user"] += int((urows == 0).sum())
                 stats["samples_unknown_target"] += int((irows == 0).sum())
                 stats["targets_with_scl"] += _count_flagged(present, irows)
-        if stats["samples_without_user_row"]:
-            warnings.warn(f"{table}: {stats['samples_without_user_row']:,} of {stats['samples']:,} samples have no "
-                          f"row in {split}_user_features; they get an empty history and unknown user fields")
+        missing, samples = stats["samples_without_user_row"], stats["samples"]
+        if missing:
+            users_table = f"{split}_user_features"
+            if missing == samples:
+                # Not one sample joins: both files are named, the likely cause with them. A warning, not an
+                # error: the release's published 10-row demo tables (taobao_mm_demo) join no sample either.
+                which = (f"all {samples:,} samples have no row in {users_table}: not one {S.USER} id of "
+                         f"{self.raw[table].path} is in {self.raw[users_table].path} (another id space, or ids "
+                         "truncated by a narrower integer column?)")
+            else:
+                which = f"{missing:,} of {samples:,} samples have no row in {users_table}"
+            warnings.warn(f"{table}: {which}; they get an empty history and unknown user fields")
         return stats
 
     def step_popularity(self) -> Dict[str, object]:
