@@ -24,9 +24,10 @@ from torchrec.distributed.planner.types import ParameterConstraints, PlannerErro
 from torchrec.distributed.types import ModuleSharder
 
 from muse_rec.distributed.plan_report import PlanReport, plan_report, usable_per_rank
-from muse_rec.distributed.planner import (PLANNER_RESERVED_FRACTION, GiB, format_gib, hosts_phrase,
+from muse_rec.distributed.planner import (PLANNER_RESERVED_FRACTION, GiB, hosts_phrase,
                                           make_constraints, make_topology, planner_error_line, rank_memory_line,
                                           ranks_per_host, training_constraints)
+from muse_rec.memory import format_gib
 
 # Memory per rank of the "unbounded" topology: sizes tables, and measures an HBM overdraft, without a real limit.
 _UNBOUNDED_BYTES = 1 << 60

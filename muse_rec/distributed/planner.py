@@ -40,8 +40,7 @@ from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.ordered_enumerator import OrderedEmbeddingEnumerator
 from muse_rec.distributed.optimizer_state import FusedOptimizerStateEstimator, state_bytes, state_optimizers_by_module
 from muse_rec.distributed.sharders import EBC_SHARDING_TYPES, EC_SHARDING_TYPES
-# In a module of their own, so synth checks memory without TorchRec; the plan's users import them from here.
-from muse_rec.memory import GiB, format_gib  # noqa: F401
+from muse_rec.memory import GiB
 
 # TorchRec's default HBM margin (EmbeddingShardingPlanner builds this reservation when given
 # none); passed explicitly so a report knows the capacity the planner planned against.

@@ -11,9 +11,10 @@ from muse_rec.data.loader import usable_workers
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
-from muse_rec.distributed.planner import PlanDoesNotFit, format_gib, rank_memory_line, topology_for, training_constraints
+from muse_rec.distributed.planner import PlanDoesNotFit, rank_memory_line, topology_for, training_constraints
 from muse_rec.distributed.rank_memory import dense_parameter_bytes, spec_rank_overhead_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig
+from muse_rec.memory import format_gib
 from muse_rec.models.ctr_model import build_train_model, is_frozen_key
 from muse_rec.spec import Spec
 from muse_rec.training.run_record import RunError
