@@ -183,3 +183,37 @@ def test_scl_attention_gsu_picks_the_same_behaviours_at_any_history_length():
     serving = picks(n, 1)  # the Ranker: one user, L = its behaviours
     assert picks(L, 1) == serving  # the exported program: L = data.seq_len
     assert picks(L, 3) == serving  # training and evaluation: U users, L = data.seq_len
+
+
+@pytest.mark.parametrize("extra", [0, 6])
+def test_scl_attention_gsu_ranks_behaviours_without_a_vector_below_every_one_with(extra):
+    """Issue 10 item 5's one rule, for the multimodal-attention GSU too: a behaviour without an SCL vector has
+    a zero unit vector, so its logit is the key bias's alone, and it outranked every behaviour with a vector
+    whose projection points away from the query (a trained `gsu_score_mm_attention` picked 373 of 28,094
+    such behaviours where the cosine GSU's rule allows 248). With K = the behaviours that have a vector they
+    are exactly the picks; with ``extra`` more slots, the behaviours without one follow, newest first."""
+    from muse_rec.modules import Histories, SCLAttentionGSU, SearchInputs
+
+    torch.manual_seed(0)
+    L, B, D = 40, 3, 128
+    vectors = torch.trunc(127 * torch.nn.functional.normalize(torch.randn(B + L, D), dim=1)).to(torch.int8)
+    seq = vectors[B:].clone()
+    without = torch.arange(1, L, 3)  # 13 behaviours without an SCL vector, 27 with
+    seq[without] = 0
+    with_vector = sorted(set(range(L)) - set(without.tolist()))
+    gsu = SCLAttentionGSU(TargetAttention(D, D, 32, bias=True), top_k=len(with_vector) + extra)
+    torch.nn.init.constant_(gsu.attention.w_k.bias, 1.0)  # the no-vector logit beats about half the others
+    items = torch.arange(1, L + 1).unsqueeze(0)
+    hist = Histories(items, torch.zeros_like(items), items > 0, torch.zeros(B, dtype=torch.long))
+    search = SearchInputs(hist, torch.arange(B), torch.zeros(B, dtype=torch.long), vectors[:B], seq.unsqueeze(0))
+    logits = gsu.full_logits(*gsu.keys_of(search), hist.mask, hist.index)
+    # The premise: some no-vector logit outranks some behaviour with a vector, for every target.
+    assert (logits[:, without].max(1).values > logits[:, with_vector].min(1).values).all()
+
+    res = gsu.retrieve(search)
+    assert res.valid.all()
+    n = len(with_vector)
+    for b in range(B):
+        assert sorted(res.indices[b, :n].tolist()) == with_vector
+        assert res.has_score[b, :n].all() and not res.has_score[b, n:].any()
+        assert res.indices[b, n:].tolist() == without.flip(0)[:extra].tolist()  # newest first
