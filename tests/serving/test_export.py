@@ -387,3 +387,18 @@ def test_max_candidates_out_of_range_is_one_line_before_anything_loads(trained_r
                               capture_output=True, text=True, env=subprocess_env(), timeout=120)
         assert proc.returncode == 2 and proc.stderr.strip().startswith(f"muse-rec export: {line}"), proc.stderr[-1000:]
         assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_export_prints_the_int8_checks_figures_beside_the_manifest(trained_run, tmp_path):
+    """The int8 check measures only the eval split's first users; below the warning's threshold its figures
+    were in manifest.json alone, so a user of a model that retrieves by ID embeddings (whose other users can
+    move more: docs/serving.md) never saw them. The command's JSON line carries them, as the manifest has them."""
+    out = tmp_path / "x"
+    proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", "export", "--spec", str(SPEC),
+                           *trained_run.cli_sets(), "--out", str(out)],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])["int8_check"]
+    check = read_manifest(str(out))["int8_check"]
+    assert printed == {k: check[k] for k in ("max_abs_dp", "p99_abs_dp", "samples", "users", "split")}
+    assert printed["users"] > 0 and printed["samples"] >= printed["users"]
