@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         check_overrides(out, prepared_hint, plan.runs, args.set)
         if args.prepared:  # before torch's import (seconds) and before OUT records it; --report-only too, which
             check_prepared(args.prepared)  # else recorded a file or a typo as OUT's data and exited 0
-        if args.raw and not args.report_only and not (out / "data" / "prepared" / "meta.json").exists():
+        if args.raw and not (out / "data" / "prepared" / "meta.json").exists():  # --report-only too, as --prepared
             check_raw(args.raw)  # as --prepared: before OUT records it (a prepared OUT reads no raw)
         if args.device == "cuda" and not (args.dry_run or args.report_only):
             from muse_rec.distributed.env import check_device

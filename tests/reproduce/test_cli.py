@@ -10,6 +10,7 @@ import pytest
 from muse_rec.cli import main
 from muse_rec.reproduce.plan import build_plan
 from tests.conftest import error_of_call_unblocking_fifos
+from tests.data.rawgen import write_raw_release
 from tests.reproduce.test_report import write_fake_runs
 
 
@@ -51,8 +52,10 @@ def test_report_only_over_finished_runs(capsys, tmp_path: Path):
     assert "## Table 5" in md and "## Fig. 6" in md and "## Table 3" not in md
     assert "command: `muse-rec reproduce" in md and "--what table5,fig6" in md
     assert (tmp_path / "table5.png").exists() and (tmp_path / "fig6.png").exists()
-    # The same OUT with another data source is refused.
-    assert main(["reproduce", str(tmp_path), "--raw", "/elsewhere", "--report-only"]) == 2
+    # The same OUT with another data source (a raw release that opens) is refused.
+    elsewhere = tmp_path / "elsewhere"
+    write_raw_release(str(elsewhere), n_train_users=4, n_test_users=2, n_items=20, n_cats=3, max_len=5)
+    assert main(["reproduce", str(tmp_path), "--raw", str(elsewhere), "--report-only"]) == 2
     assert "reproduce.json" in capsys.readouterr().err
 
 
@@ -64,6 +67,17 @@ def test_report_only_checks_that_prepared_is_prepared_data(capsys, tmp_path: Pat
     assert main(["reproduce", str(out), "--prepared", str(given), "--report-only"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"muse-rec reproduce: prepared data {given}: ") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_report_only_checks_that_raw_is_a_raw_release(capsys, tmp_path: Path):
+    """`--report-only` skipped the --raw check: a JSON file given as --raw was recorded as OUT's
+    data and the command exited 0. Now one line, exit 2, OUT not created (as --prepared)."""
+    given, out = tmp_path / "some.json", tmp_path / "out"
+    given.write_text("{}")
+    assert main(["reproduce", str(out), "--raw", str(given), "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"muse-rec reproduce: --raw: {given}: ") and err.count("\n") == 1, err
     assert not out.exists()
 
 
