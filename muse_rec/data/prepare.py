@@ -294,7 +294,7 @@ class _Prepare:
                           "cosines (the GSU, SimTier, SA-TA) do not see a row's norm, but the baselines' mean history "
                           "vector weights each row by it")
         if all_zero:
-            warnings.warn(f"{self.raw['scl'].path}: {all_zero} SCL row(s) are all zeros; their items count as "
+            warnings.warn(f"{self.raw['scl'].path}: {all_zero:,} SCL row(s) are all zeros; their items count as "
                           "having no SCL vector (the model's rule for a zero vector)")
         present = np.load(self.path("items", "scl_present.npy"), mmap_mode="r")
         covered = sum(int(np.count_nonzero(present[lo:lo + (1 << 24)])) for lo in range(0, n, 1 << 24))
@@ -302,7 +302,7 @@ class _Prepare:
         # row wins, as for a user's duplicate rows the first does; either way it is counted.
         for table, writer in (("item_features", attrs_writer), ("scl", scl_writer)):
             if writer.repeated_rows:
-                warnings.warn(f"{self.raw[table].path}: {writer.repeated_rows} duplicate item row(s); "
+                warnings.warn(f"{self.raw[table].path}: {writer.repeated_rows:,} duplicate item row(s); "
                               "the last row of each item is used")
         return {"items": n - 1, "items_with_scl": covered, "duplicate_item_rows": attrs_writer.repeated_rows,
                 "duplicate_scl_rows": scl_writer.repeated_rows, "scl_rows_off_norm": off_norm,
@@ -346,7 +346,7 @@ class _Prepare:
         unseen = int((users.rows(keys) == 0).sum())
         del keys, order, sorted_keys
         if duplicates:
-            warnings.warn(f"{table}: {duplicates} duplicate user row(s); samples use the first row of each user")
+            warnings.warn(f"{table}: {duplicates:,} duplicate user row(s); samples use the first row of each user")
         return {"user_rows": int(wk.rows), "duplicate_user_rows": duplicates, "behaviours": behaviours,
                 "behaviours_with_scl": with_scl, "behaviours_unknown_item": unknown,
                 "user_rows_unseen_in_train": unseen}

@@ -245,3 +245,29 @@ def test_an_scl_table_that_matches_no_item_is_named(good, tmp_path):
     with pytest.warns(UserWarning) as seen:
         prepare(str(good), str(tmp_path / "out_good"), CFG)
     assert not [w for w in seen if "SCL vector (its item ids" in str(w.message)]
+
+
+def test_zero_and_duplicate_row_counts_are_written_with_thousands_separators(tmp_path):
+    """The warnings for all-zero SCL rows and for duplicate item / SCL / user rows printed their
+    counts bare (`1234`) while prepare's other lines write `1,234`; now they match."""
+    raw = tmp_path / "raw"
+    write_raw_release(str(raw), n_train_users=200, n_test_users=20, n_items=1500, max_len=5, samples_per_user=1)
+    copies = 6  # enough that each count below passes a thousand
+    counts = {}
+    for name in ("item_features", "scl", "train_user_features"):
+        path = raw / S.TABLES[name].file
+        t = pq.read_table(path)
+        if name == "scl":
+            t = t.set_column(t.schema.get_field_index(S.SCL_VECTOR), S.SCL_VECTOR,
+                             pa.array([[0] * S.SCL_DIM] * t.num_rows, pa.list_(pa.int8())))
+        pq.write_table(pa.concat_tables([t] * copies), path, row_group_size=500)
+        counts[name] = t.num_rows * (copies - 1)
+    all_zero = counts["scl"] // (copies - 1) * copies
+    assert min(*counts.values(), all_zero) >= 1000  # else no separator shows
+    with pytest.warns(UserWarning) as caught:
+        prepare(str(raw), str(tmp_path / "out"), CFG)
+    said = " | ".join(str(w.message) for w in caught)
+    assert f"{S.TABLES['item_features'].file}: {counts['item_features']:,} duplicate item row(s)" in said, said
+    assert f"{S.TABLES['scl'].file}: {counts['scl']:,} duplicate item row(s)" in said, said
+    assert f"{all_zero:,} SCL row(s) are all zeros" in said, said
+    assert f"train_user_features: {counts['train_user_features']:,} duplicate user row(s)" in said, said
