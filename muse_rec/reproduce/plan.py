@@ -47,6 +47,11 @@ REAL = Profile("real", "taobao_mm_p90", ablation_overlay="profiles/taobao_mm_p90
 # Keys of a profile file that are not training settings: where runs go and the planning-only
 # vocabulary estimates (a training run sizes tables from the prepared data).
 _OVERLAY_SKIP = ("output_dir", "data.vocab_sizes", "data.prepared")
+# Keys the overlaid profile decides for every run even where its file leaves them to base.yaml: the
+# ablation specs extend the demo profile, which sets them for its tiny data (warn_below_clicks 0 =
+# never warn), so a real-data ablation kept the demo's value while the method runs used base.yaml's.
+_PROFILE_DECIDES = ("train.warn_below_clicks",)
+_BASE_SPEC = "base.yaml"
 
 
 @dataclass(frozen=True)
@@ -112,15 +117,20 @@ def parse_what(text: str) -> Tuple[str, ...]:
 
 
 def profile_overlay(profile: Profile, specs_dir: Path = SPECS_DIR) -> Tuple[str, ...]:
-    """The overlay file of ``profile`` flattened to ``key=value`` overrides (YAML flow values)."""
+    """The overlay file of ``profile`` flattened to ``key=value`` overrides (YAML flow values), plus
+    each `_PROFILE_DECIDES` key the file does not set, at base.yaml's value (what the profile's
+    own method specs resolve to)."""
     if profile.ablation_overlay is None:
         return ()
     path = specs_dir / profile.ablation_overlay
     doc = yaml.safe_load(path.read_text()) or {}
     if "extends" in doc:
         raise ValueError(f"{path}: a profile overlay must not use 'extends'")
+    items = dict(dotted_items(doc, skip=_OVERLAY_SKIP))
+    base = dict(dotted_items(yaml.safe_load((specs_dir / _BASE_SPEC).read_text()) or {}))
+    items.update({key: base[key] for key in _PROFILE_DECIDES if key not in items and key in base})
     return tuple(f"{key}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                 for key, v in dotted_items(doc, skip=_OVERLAY_SKIP))
+                 for key, v in items.items())
 
 
 def all_rows(fig5_lengths: Sequence[int] = FIG5_LENGTHS) -> List[Tuple[str, TableRow]]:

@@ -84,6 +84,33 @@ def test_real_profile_uses_p90_specs_and_overlays_ablations():
     assert profile_overlay(SYNTHETIC) == ()
 
 
+def test_the_real_profile_decides_the_few_clicks_warning_of_every_run(tmp_path: Path):
+    """The ablation specs extend the demo profile, whose `train.warn_below_clicks: 0` (never warn)
+    survived the real profile's overlay: ablations on real data never warned while the methods did.
+    Every run's composed spec now has the real profile's value: base.yaml's unless the profile sets one."""
+    import yaml
+
+    from muse_rec.reproduce.runner import run_overrides
+
+    def thresholds(specs: Path) -> dict:
+        plan = build_plan(EXPERIMENTS, seeds=1, profile=REAL, prepared="/data/p90", specs_dir=specs)
+        return {r.config.id: load_spec(r.config.spec_path, run_overrides(tmp_path / "out", r, "/data/p90"))
+                .train.warn_below_clicks for r in plan.runs}
+
+    base = yaml.safe_load((SPECS_DIR / "base.yaml").read_text())["train"]["warn_below_clicks"]
+    got = thresholds(SPECS_DIR)
+    assert got["esu_ta"] == base > 0 and set(got.values()) == {base}, got
+    specs = tmp_path / "specs"
+    shutil.copytree(SPECS_DIR, specs)
+    profile = specs / REAL.ablation_overlay
+    own = base + 1  # a value of the profile's own, neither base.yaml's nor the demo's
+    doc = yaml.safe_load(profile.read_text())
+    doc["train"]["warn_below_clicks"] = own
+    profile.write_text(yaml.safe_dump(doc))
+    got = thresholds(specs)
+    assert got["esu_ta"] == own and set(got.values()) == {own}, got
+
+
 def test_a_changed_ablation_spec_is_no_longer_shared(tmp_path: Path):
     specs = tmp_path / "specs"
     shutil.copytree(SPECS_DIR, specs)
