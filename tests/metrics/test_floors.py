@@ -875,3 +875,14 @@ def test_a_samples_top_k_mean_does_not_depend_on_its_chunk(tiny):
         alone = scl_scores(data, "test", np.array([i]), opts)["mean_topk_similarity"][0]
         padded = scl_scores(data, "test", np.array([i, longest]), opts)["mean_topk_similarity"][0]
         assert alone == padded, (i, alone, padded)
+
+
+def test_the_verdict_names_a_floor_without_a_description_by_its_key():
+    """A hand-written floors file may give a floor no description: the verdict names the best floor by its key,
+    and named the best floor without SCL vectors (added in the same change) by an empty string."""
+    from muse_rec.cli.compare import floor_verdict
+
+    floors = {"mean_topk_similarity": {"gauc": 0.70}, "popularity": {"gauc": 0.60}}
+    text = floor_verdict([{"method": "DIN", "gauc": 0.65}], floors)
+    assert "best model-free floor: mean_topk_similarity GAUC 0.7000; BELOW it: DIN (0.6500)" in text, text
+    assert "the best floor without them is popularity GAUC 0.6000" in text, text
