@@ -50,6 +50,7 @@ from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MA
                                              check_max_candidates, no_checkpoint)
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.int8_check import check_requests, deviation_report, score_requests, warning_text
+from muse_rec.serving.program_file import save_program
 from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving, without_table_views
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_position
@@ -302,7 +303,8 @@ def _write_staged(out: Path, program: torch.export.ExportedProgram, manifest: Di
     stage.mkdir()
     try:
         # Through a guarded file: on a full disk torch.export.save aborts the process (exit 134).
-        write_binary(stage / PROGRAM_FILE, lambda f: torch.export.save(program, f))
+        # `save_program`: torch's own save held two copies of each table while writing it (the peak).
+        write_binary(stage / PROGRAM_FILE, lambda f: save_program(program, f))
         manifest["export_seconds"] = round(time.perf_counter() - start, 2)
         (stage / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         digest = write_manifest(stage)
