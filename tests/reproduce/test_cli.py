@@ -59,25 +59,15 @@ def test_report_only_over_finished_runs(capsys, tmp_path: Path):
     assert "reproduce.json" in capsys.readouterr().err
 
 
-def test_report_only_checks_that_prepared_is_prepared_data(capsys, tmp_path: Path):
-    """`--report-only` skipped the --prepared check: a JSON file given as --prepared was recorded as
-    OUT's data and the command exited 0. Now one line, exit 2, OUT not created."""
+@pytest.mark.parametrize("flag, named", [("--prepared", "prepared data {}: "), ("--raw", "--raw: {}: ")])
+def test_report_only_checks_the_data_source(capsys, tmp_path: Path, flag: str, named: str):
+    """`--report-only` skipped the --prepared and --raw checks: a JSON file given there was recorded as
+    OUT's data and the command exited 0. Now one line naming it, exit 2, OUT not created."""
     given, out = tmp_path / "some.json", tmp_path / "out"
     given.write_text("{}")
-    assert main(["reproduce", str(out), "--prepared", str(given), "--report-only"]) == 2
+    assert main(["reproduce", str(out), flag, str(given), "--report-only"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"muse-rec reproduce: prepared data {given}: ") and err.count("\n") == 1, err
-    assert not out.exists()
-
-
-def test_report_only_checks_that_raw_is_a_raw_release(capsys, tmp_path: Path):
-    """`--report-only` skipped the --raw check: a JSON file given as --raw was recorded as OUT's
-    data and the command exited 0. Now one line, exit 2, OUT not created (as --prepared)."""
-    given, out = tmp_path / "some.json", tmp_path / "out"
-    given.write_text("{}")
-    assert main(["reproduce", str(out), "--raw", str(given), "--report-only"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"muse-rec reproduce: --raw: {given}: ") and err.count("\n") == 1, err
+    assert err.startswith("muse-rec reproduce: " + named.format(given)) and err.count("\n") == 1, err
     assert not out.exists()
 
 
