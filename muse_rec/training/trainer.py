@@ -430,10 +430,11 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
                            max_batches=max_batches, log_every=spec.train.log_every)
         # What was scored: `compare` counts one model once and refuses scores of other splits, other data or
         # partial ones; it computes the model-free floors of `data` (an evaluation has no spec.yaml of its own).
+        scored = spec_record(spec)["data"]  # the resolved spec once, not once per key
         metrics.update({"method": spec.model.method, "name": spec.name, "checkpoint": str(ck.resolve()),
                         "step": position.step, "world_size": env.world_size, "eval_split": spec.data.eval_split,
                         "data_fingerprint": data.fingerprint, "max_batches": max_batches,
-                        "data": {k: spec_record(spec)["data"][k] for k in SCORED_DATA_KEYS}})
+                        "data": {k: scored[k] for k in SCORED_DATA_KEYS}})
         if env.is_main:
             write_json(out / "metrics.json", metrics)
             logger.info("evaluated %s at %d rank(s): %s", ck, env.world_size,
