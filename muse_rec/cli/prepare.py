@@ -44,7 +44,7 @@ def _os_error(e: OSError, out: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from muse_rec.data.prepare import DifferentDatasetError, PrepareConfig, prepare
+    from muse_rec.data.prepare import DifferentDatasetError, PrepareConfig, PrepareFileError, prepare
     from muse_rec.data.schema import RawDataError
     from muse_rec.dirlock import DirLockError
     from muse_rec.output_paths import OutputPathError
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     except RawDataError as e:
         print(f"muse-rec prepare: bad input: {e}", file=sys.stderr)
         return 2
-    except (DifferentDatasetError, OutputPathError, DirLockError) as e:
+    except (DifferentDatasetError, PrepareFileError, OutputPathError, DirLockError) as e:
         print(f"muse-rec prepare: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -37,7 +37,7 @@ from muse_rec.data.reader import RawRelease, RawTable
 from muse_rec.data.vocab import SortedKeyBuilder, Vocab
 from muse_rec.dirlock import LOCK_FILE, DirLock
 from muse_rec.integrity import hash_files
-from muse_rec.json_files import read_json_object
+from muse_rec.json_files import read_json_object, refuse_special_file
 from muse_rec.output_paths import check_output_path, local_output
 from muse_rec.terminal import shows_bars
 
@@ -109,6 +109,11 @@ class PrepareConfig:
 
 class DifferentDatasetError(ValueError):
     """OUT already holds a prepared dataset of other inputs (or another vocabulary mode)."""
+
+
+class PrepareFileError(ValueError):
+    """A file at a name prepare writes in OUT (its build directory, an array) is a FIFO, a device or a
+    socket: something else put it there, and reading it (a FIFO: until a writer comes) never ends."""
 
 
 def _flat(batch: pa.RecordBatch, col: str) -> np.ndarray:
@@ -201,6 +206,19 @@ class _Prepare:
         os.makedirs(os.path.dirname(p), exist_ok=True)
         return p
 
+    def built(self, *parts: str) -> str:
+        """`path` of a file an earlier step wrote, to be read back (`refuse_not_built`)."""
+        p = self.path(*parts)
+        self.refuse_not_built(p)
+        return p
+
+    def refuse_not_built(self, path: str) -> None:
+        """`PrepareFileError` where ``path`` (a file a step writes) is a FIFO, device or socket: reading one
+        blocked a re-run forever (its step's done-marker says it is built). Removing that file alone leaves
+        the step marked done, its output missing: the build directory goes, the steps run again."""
+        refuse_special_file(path, PrepareFileError, f"; prepare writes regular files only: delete {self.build} "
+                            "and run again")
+
     def batches(self, table: str, cols: List[str]) -> Iterator[pa.RecordBatch]:
         t: RawTable = self.raw[table]
         bar = tqdm(total=t.num_rows, unit="row", desc=f"{table}", disable=not self.bars, leave=False)
@@ -220,7 +238,7 @@ class _Prepare:
     def vocab(self, name: str) -> Vocab:
         """The built vocabulary `name`, loaded once: its lookup index is then built once per run."""
         if name not in self._vocabs:
-            self._vocabs[name] = Vocab.load(self.path("vocab", f"{name}.npy"), name, bulk=True)
+            self._vocabs[name] = Vocab.load(self.built("vocab", f"{name}.npy"), name, bulk=True)
         return self._vocabs[name]
 
     # ---- steps ------------------------------------------------------------------------------
@@ -312,7 +330,7 @@ class _Prepare:
         table = f"{split}_user_features"
         users, items, cats = self.vocab("user_id"), self.vocab("item"), self.vocab("category")
         fields = [self.vocab(v) for v in USER_FIELD_VOCABS.values()]
-        present = _flag_bits(self.path("items", "scl_present.npy"))
+        present = _flag_bits(self.built("items", "scl_present.npy"))
         behaviours = with_scl = unknown = 0
         d = lambda name: self.path(split, name)  # noqa: E731
         with NpyStreamWriter(d("user_keys.npy"), np.int64) as wk, \
@@ -354,9 +372,9 @@ class _Prepare:
     def step_samples(self, split: str) -> Dict[str, object]:
         table = f"{split}_samples"
         users, items = self.vocab("user_id"), self.vocab("item")
-        sorted_keys = np.load(self.path(split, "user_sorted_keys.npy"), mmap_mode="r")
-        sorted_index = np.load(self.path(split, "user_sorted_index.npy"), mmap_mode="r")
-        present = _flag_bits(self.path("items", "scl_present.npy"))
+        sorted_keys = np.load(self.built(split, "user_sorted_keys.npy"), mmap_mode="r")
+        sorted_index = np.load(self.built(split, "user_sorted_index.npy"), mmap_mode="r")
+        present = _flag_bits(self.built("items", "scl_present.npy"))
         stats = {"samples": 0, "positives": 0, "samples_without_user_row": 0, "samples_unseen_user": 0,
                  "samples_unknown_target": 0, "targets_with_scl": 0}
         d = lambda name: self.path(split, name)  # noqa: E731
@@ -395,7 +413,7 @@ class _Prepare:
 
     def step_popularity(self) -> Dict[str, object]:
         n = self.vocab("item").size
-        targets = np.load(self.path(POPULARITY_SPLIT, "sample_items.npy"), mmap_mode="r")
+        targets = np.load(self.built(POPULARITY_SPLIT, "sample_items.npy"), mmap_mode="r")
         chunk = self.cfg.batch_rows * 64
         with PartitionedScatterWriter(self.path("items", "popularity.npy"), np.int64, (n,),
                                       self.path("spill", "popularity"), self.cfg.partition_bytes, mode="add") as w:
@@ -439,10 +457,13 @@ class _Prepare:
 
     def publish(self, meta: Dict[str, object]) -> None:
         final_meta = os.path.join(self.out, "meta.json")
+        files: List[str] = meta["files"]  # type: ignore[assignment]
+        moves = [(os.path.join(self.build, rel), os.path.join(self.out, rel)) for rel in files]
+        for src, dst in moves:  # what is hashed below, refused before anything moves: hashing a FIFO never ended
+            self.refuse_not_built(src if os.path.exists(src) else dst)
         if os.path.exists(final_meta):
             os.remove(final_meta)  # from here until the new meta.json lands, OUT is "not prepared"
-        for rel in meta["files"]:  # type: ignore[union-attr]
-            src, dst = os.path.join(self.build, rel), os.path.join(self.out, rel)
+        for src, dst in moves:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             if os.path.exists(src):
                 os.replace(src, dst)
@@ -451,7 +472,7 @@ class _Prepare:
         # The arrays' content, read in full once, where they now lie (one thread a file, ~1.5 GB/s
         # each): the prepared data's identity (`PreparedData.fingerprint`), whatever raw files it came
         # from, and what `muse-rec check` verifies them against.
-        meta["content_sha256"] = hash_files(Path(self.out), list(meta["files"]))  # type: ignore[arg-type]
+        meta["content_sha256"] = hash_files(Path(self.out), list(files))
         write_json(final_meta, meta)
         shutil.rmtree(self.build)
 

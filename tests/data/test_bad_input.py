@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -14,11 +16,12 @@ import pytest
 
 from muse_rec.data import schema as S
 from muse_rec.data.loader import make_loader
+from muse_rec.data import prepare as P
 from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.data.reader import RawTable
 from muse_rec.data.schema import RawDataError
-from tests.conftest import error_of_call_unblocking_fifos
+from tests.conftest import REPO, error_of_call_unblocking_fifos, subprocess_env
 from tests.data.rawgen import write_raw_release
 
 CFG = PrepareConfig(batch_rows=40, partition_bits=2, progress=False)
@@ -179,6 +182,32 @@ def test_a_raw_table_that_is_a_fifo_is_refused_without_reading_it(workspace, tmp
     error = error_of_call_unblocking_fifos(lambda: prepare(str(raw), str(tmp_path / "new"), CFG), raw, RawDataError)
     assert error == f"{fifo}: a FIFO (named pipe), not a regular file; the raw tables must be regular Parquet files"
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("rel", ["items/scl_present.npy", "items/scl.npy"])
+def test_a_build_file_that_is_a_fifo_is_refused_by_a_re_run(good: Path, tmp_path: Path, monkeypatch, rel: str) -> None:
+    """A re-run of `prepare RAW OUT` whose OUT/.build held a FIFO at a built array's name blocked forever: read
+    back by a later step (scl_present.npy) or hashed once published (scl.npy, which no step reads)."""
+    out = tmp_path / "out"
+
+    def killed(self: P._Prepare, split: str) -> None:
+        raise KeyboardInterrupt("killed")  # the steps before it are done and marked so
+
+    with monkeypatch.context() as m:
+        m.setattr(P._Prepare, "step_users", killed)
+        with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
+            prepare(str(good), str(out), CFG)
+    fifo = out / ".build" / rel
+    fifo.unlink()
+    os.mkfifo(fifo)
+    # A subprocess with a timeout: the old code's blocked read ends the test (TimeoutExpired), not the session.
+    done = subprocess.run([sys.executable, "-m", "muse_rec.cli", "prepare", str(good), str(out), "--no-progress"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (f"muse-rec prepare: {fifo}: a FIFO (named pipe), not a regular file; "
+                                            f"prepare writes regular files only: delete {out / '.build'} and run again")
+    assert fifo.is_fifo() and not (out / "meta.json").exists() and not (out / "items").exists()  # nothing moved
 
 
 def test_sample_without_user_row_gets_empty_history(workspace) -> None:
