@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from muse_rec.data.files import replace_text
-from muse_rec.json_files import read_json_object
+from muse_rec.json_files import read_json_object, refuse_special_file
 from muse_rec.lifetime import ending_with_this_process
 from muse_rec.output_paths import REPRODUCE_MANIFEST
 from muse_rec.reproduce.plan import REPO_ROOT, Plan, Run
 
 Printer = Callable[[str], None]
+PROGRESS_FILE = "progress.jsonl"  # in OUT: the worker's start/done events, read by the launcher
 
 
 def say_now(message: str) -> None:
@@ -267,8 +268,11 @@ def check_raw(raw: str) -> None:
 
 def _preflight(out: Path, prepared: str, runs: List[Run], extra: Sequence[str]) -> None:
     """Refuse, before any training, what would fail every run the same way: prepared data that
-    does not open, or a ``--set`` override that a run's spec does not accept. A run whose own
-    configuration is broken still fails alone (the worker records it and the job goes on)."""
+    does not open, a ``--set`` override that a run's spec does not accept, a progress file that is a
+    FIFO, device or socket (the launcher's read of a FIFO waited for a writer forever, or failed naming
+    no file). A run whose own configuration is broken still fails alone (the worker records it and the
+    job goes on)."""
+    refuse_special_file(out / PROGRESS_FILE, ReproduceError, "; reproduce writes its own progress there: remove it")
     check_prepared(prepared)
     check_overrides(out, prepared, runs, extra)
 
@@ -303,7 +307,7 @@ def _launch(plan: Plan, out: Path, prepared: str, runs: List[Run], ex: Execution
             log: RunLog, say: Printer) -> Tuple[List[str], List[str]]:
     """One distributed job over ``runs``; returns the names that finished and that started."""
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    progress = out / "progress.jsonl"
+    progress = out / PROGRESS_FILE
     job = {
         "device": ex.device,
         "progress": str(progress.resolve()),

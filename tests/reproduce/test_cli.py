@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from muse_rec.cli import main
 from muse_rec.reproduce.plan import build_plan
-from tests.conftest import error_of_call_unblocking_fifos
+from tests.conftest import REPO, error_of_call_unblocking_fifos, subprocess_env
 from tests.data.rawgen import write_raw_release
 from tests.reproduce.test_report import write_fake_runs
 
@@ -86,6 +88,24 @@ def test_what_would_fail_every_run_is_refused_before_training(capsys, tmp_path: 
     err = capsys.readouterr().err
     assert "--set train.nope=1: train.nope: unknown key" in err and "Traceback" not in err, err
     assert not (out / "logs").exists() and not (out / "runs").exists()
+
+
+def test_a_progress_file_that_is_a_fifo_is_refused_before_training(capsys, tmp_path: Path):
+    """OUT/progress.jsonl a FIFO: the launcher's read of it waited for a writer (forever where the job died
+    first), else failed with "underlying stream is not seekable", naming no file. Refused before any training."""
+    raw, prepared, out = tmp_path / "raw", tmp_path / "prepared", tmp_path / "out"
+    assert main(["synth", str(raw), "--preset", "tiny", "--quiet", "--no-diagnostics"]) == 0
+    assert main(["prepare", str(raw), str(prepared), "--no-progress"]) == 0
+    out.mkdir()
+    os.mkfifo(out / "progress.jsonl")
+    # A subprocess with a timeout: a blocked read ends the test (TimeoutExpired), not the session.
+    done = subprocess.run([sys.executable, "-m", "muse_rec.cli", "reproduce", str(out), "--prepared", str(prepared),
+                           "--what", "table5", "--seeds", "1", "--nproc", "1", "--device", "cpu"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == (f"muse-rec reproduce: {out / 'progress.jsonl'}: a FIFO (named pipe), not "
+                                            "a regular file; reproduce writes its own progress there: remove it")
+    assert not (out / "logs").exists() and not (out / "runs").exists()  # no job was launched
 
 
 def test_a_raw_release_that_does_not_open_is_refused_before_anything_is_written(capsys, tmp_path: Path):
