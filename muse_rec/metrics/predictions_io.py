@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from muse_rec.data.files import OutputWriteError, local_parquet_file
+from muse_rec.json_files import refuse_special_file
 
 PART_PATTERN = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
 COLUMN_ORDER = ["user_key", "item_key", "label", "score", "seq_length", "item_popularity"]
@@ -84,9 +85,10 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     """All rows of a prediction dataset directory (parts in rank order), or of one Parquet file.
 
     Raises ValueError naming the directory when parts of different runs are mixed or a rank's
-    part is missing.
+    part is missing, naming the file where it (or a part) is a FIFO, device or socket.
     """
     p = Path(path)
+    refuse_special_file(p)  # else "no predictions at" a file that is there
     if p.is_file():
         return _read_part(p)
     if not p.is_dir():
@@ -105,5 +107,6 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _read_part(path: Path) -> pd.DataFrame:
+    refuse_special_file(path)  # opening a FIFO to read it waited for a writer forever
     with local_parquet_file(path) as source:
         return pq.read_table(source).to_pandas()

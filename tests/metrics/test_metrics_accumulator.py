@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tests.conftest import error_of_call_unblocking_fifos
 from tests.metrics.metrics_reference import random_predictions
 
 from muse_rec.metrics import PredictionAccumulator, compute_metrics, read_predictions
@@ -149,3 +150,17 @@ def test_predictions_under_a_name_that_is_not_utf8_are_written_and_read(tmp_path
             "score": np.array([0.1, 0.9, 0.2], np.float32)}
     write_part(directory, cols, rank=0, world=1)
     assert read_predictions(directory)["label"].tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize("fifo_is", ["a part", "the path"])
+def test_predictions_that_are_a_fifo_are_refused_without_reading_them(tmp_path, fifo_is: str):
+    """`read_predictions` of a run whose part file was a FIFO blocked forever opening it; a FIFO given as the
+    path itself was "no predictions at" it. One line naming the file now."""
+    directory = tmp_path / "preds"
+    cols = {"user_key": np.arange(2), "item_key": np.arange(2), "label": np.array([0, 1]), "score": np.array([0.1, 0.9])}
+    write_part(directory, cols, rank=0, world=2)
+    fifo = directory / part_name(1, 2) if fifo_is == "a part" else tmp_path / "preds.parquet"
+    os.mkfifo(fifo)
+    path = directory if fifo_is == "a part" else fifo
+    error = error_of_call_unblocking_fifos(lambda: read_predictions(path), tmp_path, ValueError)
+    assert error == f"{fifo}: a FIFO (named pipe), not a regular file"
