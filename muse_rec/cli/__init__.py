@@ -43,6 +43,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "Typical flow: synth|prepare -> train -> evaluate -> export/rank.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    argv = _end_of_options(argv, parser)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     command_parser: argparse.ArgumentParser = parser
     for name in _available():
@@ -106,6 +107,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         warnings.formatwarning = previous
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
+
+
+def _end_of_options(argv: List[str], parser: argparse.ArgumentParser) -> List[str]:
+    """``argv`` without a ``--`` given before the command word: it ends muse-rec's own options, so the
+    word after it is the command (``muse-rec -- info`` runs `info`, as POSIX utilities read ``--``);
+    argparse took the ``--`` itself for the command ("invalid choice: '--'"). A ``--`` after the command
+    word is the command's own. A word after ``--`` is a command even where it starts with a dash:
+    ``muse-rec -- --help`` names no command (a usage error) and asks for no help."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            rest = argv[i + 1:]
+            if rest and rest[0].startswith("-"):
+                parser.error(f"argument COMMAND: invalid choice: {rest[0]!r} (choose from "
+                             f"{', '.join(map(repr, _available()))})")
+            return argv[:i] + rest
+        if not arg.startswith("-"):
+            break  # the command word
+    return argv
 
 
 class _Terminated(KeyboardInterrupt):

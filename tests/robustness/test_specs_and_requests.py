@@ -242,6 +242,17 @@ def test_no_command_is_a_usage_error_but_help_is_not():
     assert out.returncode == 0 and out.stdout.startswith("usage: muse-rec"), out
 
 
+def test_a_double_dash_before_the_command_ends_the_options():
+    """`muse-rec -- info` was refused ("argument COMMAND: invalid choice: '--'"): argparse took the `--` for the
+    command. It ends muse-rec's own options, so the word after it is the command, whatever it starts with."""
+    out = cli("--", "info", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["consistent"] is True, out.stderr[-2000:]
+    for word in ("frobnicate", "--help"):  # no command, and no request for help
+        out = cli_without_torch("--", word)
+        assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out
+        assert out.stderr.startswith(f"muse-rec: argument COMMAND: invalid choice: {word!r} (choose from 'info', "), out
+
+
 def test_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys):
     """Whatever a spec or an input sizes past the machine ends as one line with exit 2 (a
     MemoryError traceback reached the user from `plan` with model.esu.num_tiers = 1e9)."""
