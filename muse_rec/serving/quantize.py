@@ -94,9 +94,8 @@ def quantize_for_serving(
         raise ValueError(f"row_alignment must be >= 1, got {row_alignment}")
     arch = model.model.sparse_arch
     scl = arch.scl  # None for a model that reads no SCL vectors
-    if scl is not None and scl_dtype == "int8" and tuple(scl_array.shape) != (scl.num_rows, scl.dim):
-        raise ValueError(f"SCL array has shape {tuple(scl_array.shape)}, the model's table is "
-                         f"({scl.num_rows}, {scl.dim})")
+    if scl is not None and scl_dtype == "int8":  # refused before the model is touched: it stays as it was
+        check_exact_int8_values(SCL_TABLE, (scl.num_rows, scl.dim), scl_array, chunk_rows)
     _set_row_alignment(arch.collections(), row_alignment)
     model.eval()
     if scl is not None and scl_dtype == "int8":
@@ -159,6 +158,17 @@ def exact_int8_collection(settings: FloatCollectionSettings, array: np.ndarray,
     return collection
 
 
+def check_exact_int8_values(table: str, shape: Tuple[int, int], array: np.ndarray, chunk_rows: int) -> None:
+    """ValueError unless `write_exact_int8_` stores ``array`` in table ``table`` of ``shape`` ``[rows, dim]``
+    ``chunk_rows`` rows at a time: int8 values of that shape, a chunk of at least one row."""
+    if array.dtype != np.int8:
+        raise ValueError(f"exact int8 storage needs int8 values, got {array.dtype}")
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"table {table!r} is {tuple(shape)}, values are {tuple(array.shape)}")
+    if chunk_rows < 1:  # 0 was range()'s error; a negative count wrote no row, silently
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+
+
 @torch.no_grad()
 def write_exact_int8_(collection: nn.Module, table: str, array: np.ndarray,
                       chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
@@ -170,15 +180,12 @@ def write_exact_int8_(collection: nn.Module, table: str, array: np.ndarray,
     """
     if not isinstance(collection, QuantEmbeddingCollection):
         raise TypeError(f"expected a quantized EmbeddingCollection, got {type(collection).__name__}")
-    if array.dtype != np.int8:
-        raise ValueError(f"exact int8 storage needs int8 values, got {array.dtype}")
     names = [c.name for c in collection.embedding_configs()]
     if table not in names:
         raise KeyError(f"no table {table!r} in the collection (tables: {names})")
     (tbe,) = collection._emb_modules  # one TBE: the collection holds one int8 table
     weights, scale_bias = tbe.split_embedding_weights(split_scale_shifts=True)[names.index(table)]
-    if tuple(weights.shape) != tuple(array.shape):
-        raise ValueError(f"table {table!r} is {tuple(weights.shape)}, values are {tuple(array.shape)}")
+    check_exact_int8_values(table, tuple(weights.shape), array, chunk_rows)
     one_and_offset = torch.tensor([1.0, -float(_INT8_OFFSET)], dtype=torch.float16).view(torch.uint8)
     scale_bias.copy_(one_and_offset.expand_as(scale_bias))
     for start in range(0, array.shape[0], chunk_rows):

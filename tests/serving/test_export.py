@@ -151,6 +151,37 @@ def test_quantizing_holds_a_chunk_of_the_scl_table_at_most():
     assert grown <= bound, f"peak +{grown:,} B > {bound:,} B: the SCL table's size shows in the peak"
 
 
+@pytest.mark.parametrize("values, chunk_rows, refusal", [
+    (np.float32, 1, "exact int8 storage needs int8 values, got float32"),
+    (np.int8, 0, "chunk_rows must be >= 1, got 0"),
+])
+def test_a_refused_scl_write_leaves_the_model_as_it_was(values, chunk_rows: int, refusal: str):
+    """`quantize_for_serving` took the float SCL collection off the model before `write_exact_int8_` refused the
+    values (or range() the chunk of 0 rows): the caught refusal left a model with no SCL table (AttributeError
+    scoring it). Now refused before the model is touched: it scores as before, bit for bit."""
+    from muse_rec.data.batch import ITEM_FEATURES, USER_FEATURES
+    from muse_rec.models.ctr_model import build_train_model
+    from muse_rec.models.sparse_arch import REQUIRED_TABLES
+    from muse_rec.serving.quantize import quantize_for_serving
+    from muse_rec.spec import load_spec
+
+    rows, candidates = 64, 5
+    model = InferenceModel(build_train_model(load_spec(SPEC).model, {t: rows for t in REQUIRED_TABLES}, SEQ_LEN,
+                                             device=torch.device("cpu")).model.eval())
+    g = torch.Generator().manual_seed(0)
+    ids = lambda *shape: torch.randint(1, rows, shape, generator=g)  # noqa: E731
+    args = (ids(1, SEQ_LEN), ids(1, SEQ_LEN), torch.tensor([SEQ_LEN // 2]), ids(1, len(USER_FEATURES)),
+            ids(candidates), ids(candidates), ids(candidates, len(ITEM_FEATURES)))
+    with torch.no_grad():
+        before = model(*args)
+    scl = np.zeros((rows, model.model.sparse_arch.scl.dim), values)
+    with pytest.raises(ValueError) as refused:
+        quantize_for_serving(model, scl, "int8", chunk_rows=chunk_rows)
+    assert str(refused.value) == refusal
+    with torch.no_grad():
+        assert torch.equal(model(*args), before)
+
+
 class _OneTable(torch.nn.Module):
     """A program whose only large tensor is one table, as the SCL TBE's storage is in a ranker."""
 
