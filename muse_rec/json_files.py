@@ -46,12 +46,15 @@ def is_symlink_loop(path: str | os.PathLike) -> bool:
     return False
 
 
-def refuse_special_file(path: str | os.PathLike, error: Type[Exception] = ValueError, advice: str = "") -> None:
-    """``error("<path>: a FIFO (named pipe), not a regular file<advice>")`` where `special_file_kind` names
-    one: asked before a file is opened to be read, which for a FIFO blocks until something writes to it."""
+def refuse_special_file(path: str | os.PathLike, error: Type[Exception] = ValueError, advice: str = "",
+                        label: Optional[str] = None) -> None:
+    """``error("<label>: a FIFO (named pipe), not a regular file<advice>")`` where `special_file_kind` names
+    one: asked before a file is opened to be read, which for a FIFO blocks until something writes to it.
+    ``label``: the file as the user named it, where that is not ``path`` (a spec's parent is named by its
+    child's ``extends:`` line); ``path`` by default."""
     kind = special_file_kind(path)
     if kind:
-        raise error(f"{path}: {kind}, not a regular file{advice}")
+        raise error(f"{path if label is None else label}: {kind}, not a regular file{advice}")
 
 
 def read_json_object(path: str | os.PathLike, error: Type[Exception] = ValueError, advice: str = "") -> Dict[str, Any]:

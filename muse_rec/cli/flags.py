@@ -7,7 +7,7 @@ import os
 # Every integer flag ends in NumPy, PyArrow or torch, which hold it as a C int64: past that, a
 # value was an OverflowError ("Python int too large to convert to C long") or a NumPy ValueError
 # traceback from deep inside the command (synth --users, prepare --batch-rows, baselines --seq-len).
-from muse_rec.json_files import INT64_MAX, INT64_MIN, is_symlink_loop, special_file_kind
+from muse_rec.json_files import INT64_MAX, INT64_MIN, is_symlink_loop, refuse_special_file
 from muse_rec.output_paths import strip_file_uri
 
 
@@ -68,11 +68,10 @@ def _no_trailing_slash(text: str) -> str:
 
 
 def _not_special(text: str) -> str:
-    kind = special_file_kind(text)  # a missing or unreadable path: the command says so, naming it
-    if kind is None:
-        return text
-    raise argparse.ArgumentTypeError(f"{text}: {kind}, not a regular file (it would be read whole: a FIFO blocks "
-                                     "until written to, a device never ends); give a file")
+    # A missing or unreadable path passes: the command says so, naming it.
+    refuse_special_file(text, argparse.ArgumentTypeError, " (it would be read whole: a FIFO blocks until written to, "
+                        "a device never ends); give a file")
+    return text
 
 
 def nonempty(text: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from muse_rec.json_files import special_file_kind
+from muse_rec.json_files import refuse_special_file
 from muse_rec.spec.schema import (ID_TABLES, MAX_EMBEDDING_DIM, MAX_LAYER_WIDTH, MAX_PATH_PART_BYTES, MAX_SEED,
                                   MAX_TABLE_ROWS, MIN_TIER_WIDTH, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError)
 
@@ -127,9 +127,8 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...], files: List[Tuple[Pat
         raise SpecError(f"{where}: cannot read ({e})") from None
     if not found:
         raise SpecError(f"{where}: spec file not found")
-    kind = special_file_kind(path)  # the command line's --spec is asked already; a parent it extends is not
-    if kind:
-        raise SpecError(f"{where}: {kind}, not a regular file; name a spec file")
+    # The command line's --spec is asked already; a parent it extends is not.
+    refuse_special_file(path, SpecError, "; name a spec file", label=where)
     if path.resolve() in seen:
         raise SpecError(f"{path}: 'extends' cycle: " + " -> ".join(str(p) for p in seen + (path,)))
     try:

@@ -2,9 +2,11 @@
 reproduce.json; each malformed file is one line naming it, in the caller's error type."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from muse_rec.json_files import read_json_object
+from muse_rec.json_files import read_json_object, refuse_special_file
 
 
 class Refused(ValueError):
@@ -31,3 +33,15 @@ def test_a_directory_in_its_place_and_a_good_object(tmp_path):
         read_json_object(tmp_path / "d.json", Refused)
     (tmp_path / "ok.json").write_text('{"run_id": "x", "n": [1]}')
     assert read_json_object(tmp_path / "ok.json") == {"run_id": "x", "n": [1]}
+
+
+def test_a_special_file_is_refused_under_the_callers_label(tmp_path):
+    """A spec's parent is named as its child's `extends:` line names it: `load.py` spelled the refusal out
+    itself for that; the one helper takes the label (by default the path)."""
+    os.mkfifo(tmp_path / "parent.yaml")
+    with pytest.raises(Refused) as e:
+        refuse_special_file(tmp_path / "parent.yaml", Refused, "; name a spec file", label="child.yaml: extends: parent.yaml")
+    assert str(e.value) == "child.yaml: extends: parent.yaml: a FIFO (named pipe), not a regular file; name a spec file"
+    with pytest.raises(Refused) as e:
+        refuse_special_file(tmp_path / "parent.yaml", Refused)
+    assert str(e.value) == f"{tmp_path / 'parent.yaml'}: a FIFO (named pipe), not a regular file"
