@@ -314,7 +314,9 @@ def _launch(plan: Plan, out: Path, prepared: str, runs: List[Run], ex: Execution
         "runs": [{"name": r.name, "spec": r.config.spec_path,
                   "overrides": run_overrides(out, r, prepared, ex.extra_overrides)} for r in runs],
     }
-    job_path = out / "logs" / f"job-{attempt}.json"
+    job_path, log_path = out / "logs" / f"job-{attempt}.json", out / "logs" / f"train-{attempt}.log"
+    for path in (job_path, log_path):  # opening a FIFO to write it waited for a reader forever
+        refuse_special_file(path, ReproduceError, "; reproduce writes its own log there: remove it")
     job_path.write_text(json.dumps(job, indent=1))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ex.nproc),
            "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{_free_port()}",
@@ -325,7 +327,7 @@ def _launch(plan: Plan, out: Path, prepared: str, runs: List[Run], ex: Execution
     started: List[str] = []
     total, done_before = len(plan.runs), len(plan.runs) - len(runs)
     job_start = time.perf_counter()
-    with open(out / "logs" / f"train-{attempt}.log", "w") as logf:
+    with open(log_path, "w") as logf:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=ending_with_this_process())
         try:

@@ -90,22 +90,47 @@ def test_what_would_fail_every_run_is_refused_before_training(capsys, tmp_path: 
     assert not (out / "logs").exists() and not (out / "runs").exists()
 
 
-def test_a_progress_file_that_is_a_fifo_is_refused_before_training(capsys, tmp_path: Path):
+@pytest.fixture(scope="module")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A tiny synthetic release, prepared."""
+    root = tmp_path_factory.mktemp("tiny")
+    assert main(["synth", str(root / "raw"), "--preset", "tiny", "--quiet", "--no-diagnostics"]) == 0
+    assert main(["prepare", str(root / "raw"), str(root / "prepared"), "--no-progress"]) == 0
+    return root / "prepared"
+
+
+def _reproduce_in_a_subprocess(out: Path, prepared: Path) -> subprocess.CompletedProcess:
+    """`muse-rec reproduce OUT --prepared P` of one run, in a subprocess with a timeout: a blocked read or
+    write of a FIFO ends the test (TimeoutExpired), not the session."""
+    return subprocess.run([sys.executable, "-m", "muse_rec.cli", "reproduce", str(out), "--prepared", str(prepared),
+                           "--what", "table5", "--seeds", "1", "--nproc", "1", "--device", "cpu"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+
+
+def test_a_progress_file_that_is_a_fifo_is_refused_before_training(tiny_prepared: Path, tmp_path: Path):
     """OUT/progress.jsonl a FIFO: the launcher's read of it waited for a writer (forever where the job died
     first), else failed with "underlying stream is not seekable", naming no file. Refused before any training."""
-    raw, prepared, out = tmp_path / "raw", tmp_path / "prepared", tmp_path / "out"
-    assert main(["synth", str(raw), "--preset", "tiny", "--quiet", "--no-diagnostics"]) == 0
-    assert main(["prepare", str(raw), str(prepared), "--no-progress"]) == 0
+    out = tmp_path / "out"
     out.mkdir()
     os.mkfifo(out / "progress.jsonl")
-    # A subprocess with a timeout: a blocked read ends the test (TimeoutExpired), not the session.
-    done = subprocess.run([sys.executable, "-m", "muse_rec.cli", "reproduce", str(out), "--prepared", str(prepared),
-                           "--what", "table5", "--seeds", "1", "--nproc", "1", "--device", "cpu"],
-                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    done = _reproduce_in_a_subprocess(out, tiny_prepared)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.splitlines()[-1] == (f"muse-rec reproduce: {out / 'progress.jsonl'}: a FIFO (named pipe), not "
                                             "a regular file; reproduce writes its own progress there: remove it")
     assert not (out / "logs").exists() and not (out / "runs").exists()  # no job was launched
+
+
+@pytest.mark.parametrize("name", ["job-1.json", "train-1.log"])
+def test_a_log_file_that_is_a_fifo_is_refused_before_the_job_starts(tiny_prepared: Path, tmp_path: Path, name: str):
+    """OUT/logs/job-1.json or train-1.log a FIFO (left in an OUT): opening it to write waited for a reader forever."""
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    os.mkfifo(out / "logs" / name)
+    done = _reproduce_in_a_subprocess(out, tiny_prepared)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == (f"muse-rec reproduce: {out / 'logs' / name}: a FIFO (named pipe), not "
+                                            "a regular file; reproduce writes its own log there: remove it")
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [name]  # no job was launched
 
 
 def test_a_raw_release_that_does_not_open_is_refused_before_anything_is_written(capsys, tmp_path: Path):
