@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -24,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from muse_rec.cli.flags import input_file, input_path, nonempty_path
 from muse_rec.json_files import read_json_object, refuse_special_file
 from muse_rec.metrics.floor_options import ID_FLOORS, best_id_floor
+from muse_rec.metrics.seeds import Stats, pooled_std
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
 
@@ -271,25 +271,29 @@ def baseline_method(runs: List[Dict], asked: Optional[str]) -> str:
     return asked
 
 
+def metric_stats(runs: List[Dict], row: Dict, key: str) -> Stats:
+    """``key`` (gauc, auc, ...) over the seeds of one table row's runs (its method and setting); a run
+    whose value is undefined (null) adds no sample to it."""
+    return Stats([r[key] for r in runs if r["method"] == row["method"] and r.get("setting", "") ==
+                  row.get("setting", "") and r.get(key) is not None])
+
+
 def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
-    """One row per method and setting (`load_runs`): seeds, mean and std (over seeds) of each
-    metric, margin vs baseline (its first setting, when it has several)."""
+    """One row per method and setting (`load_runs`): seeds, mean and sample std (over seeds,
+    `muse_rec.metrics.seeds.Stats`) of each metric, margin vs baseline (its first setting, when it has
+    several)."""
     from muse_rec.metrics.report import METRICS
 
-    groups: Dict[Tuple[str, str], List[Dict]] = {}
-    for r in runs:
-        groups.setdefault((r["method"], r.get("setting", "")), []).append(r)
     rows = []
-    for (method, setting), rs in groups.items():
-        # Seeds that measured the GAUC: a run whose GAUC is undefined (null) adds no sample to it.
-        row: Dict = {"method": method, **({"setting": setting} if setting else {}),
-                     "seeds": sum(r.get("gauc") is not None for r in rs)}
+    for method, setting in dict.fromkeys((r["method"], r.get("setting", "")) for r in runs):
+        row: Dict = {"method": method, **({"setting": setting} if setting else {})}
+        row["seeds"] = metric_stats(runs, row, "gauc").n  # seeds that measured the GAUC
         for k in METRICS:
-            vals = [r[k] for r in rs if r.get(k) is not None]
-            if vals:
-                row[k] = statistics.fmean(vals)
+            s = metric_stats(runs, row, k)
+            if s.n:
+                row[k] = s.mean
                 if k in ("gauc", "auc", "logloss"):
-                    row[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+                    row[f"{k}_std"] = s.std
         rows.append(row)
     base = next((r for r in rows if r["method"].lower() == baseline.lower()), None)
     for r in rows:
@@ -464,17 +468,19 @@ def run(args: argparse.Namespace) -> int:
     for r in model_rows:
         if base is None or r is base or "gauc" not in r:
             continue
-        measured = [(x, x["gauc_std"]) for x in (r, base) if x.get("gauc_std") is not None]
+        measured = [x for x in (r, base) if x.get("gauc_std") is not None]
         margin = r["gauc"] - base["gauc"]
-        if measured:
-            spread = max(std for _, std in measured)
-            whose = (f"{r['seeds']} and {base['seeds']} seeds" if len(measured) == 2 else
-                     f"{_name(measured[0][0])}'s, {measured[0][0]['seeds']} seeds; the other has one")
+        # The spread `muse-rec reproduce` reads its gaps against, of the same runs (it was the larger of
+        # the two rows' stds here: one set of runs showed two spreads, and two margin-to-spread ratios).
+        spread = pooled_std(metric_stats(runs, r, "gauc"), metric_stats(runs, base, "gauc"))
+        if spread is not None:
+            whose = (f"pooled std, {r['seeds']} and {base['seeds']} seeds" if len(measured) == 2 else
+                     f"std, {_name(measured[0])}'s, {measured[0]['seeds']} seeds; the other has one")
             # Seeds with equal GAUCs (a model that scores every sample alike reaches 0.5 at every seed) have
             # no spread to divide by: the ratio was margin / 1e-12, "50000000000.0 x spread".
             ratio = (f"margin = {margin / spread:.1f} x spread" if spread > 0 else
                      "no margin-to-spread ratio (the seeds' GAUCs are equal)")
-            verdicts.append(f"{_name(r)} - {_name(base)}: {margin:+.4f} GAUC; seed-to-seed spread (std, {whose}) "
+            verdicts.append(f"{_name(r)} - {_name(base)}: {margin:+.4f} GAUC; seed-to-seed spread ({whose}) "
                             f"{spread:.4f}; {ratio}")
         else:
             verdicts.append(f"{_name(r)} - {_name(base)}: {margin:+.4f} GAUC (one seed each: no spread measured)")

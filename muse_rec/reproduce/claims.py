@@ -3,8 +3,9 @@
 A claim compares two cells A and B measured over seeds. The gap is ``mean(A) - mean(B)``; it
 is read against the noise of training in two ways, both printed:
 
-- the seed spread: the pooled per-run standard deviation ``sqrt((sd_A^2 + sd_B^2) / 2)``; the
-  sentence says "the gap is X x the seed spread";
+- the seed spread: the pooled per-run standard deviation (`muse_rec.metrics.seeds.pooled_std`,
+  ``sqrt((sd_A^2 + sd_B^2) / 2)`` at equal seeds; `muse-rec compare` divides its margins by the same);
+  the sentence says "the gap is X x the seed spread";
 - the standard error of the gap, ``sqrt(sd_A^2/n_A + sd_B^2/n_B)``; the verdict uses it.
 
 Verdicts (``min_z`` = 2 by default). With many seeds that is a one-sided 97.5% level; with the
@@ -23,8 +24,8 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
+from muse_rec.metrics.seeds import Stats, pooled_std
 from muse_rec.reproduce.paper import Claim
-from muse_rec.reproduce.results import Stats
 
 HOLDS = "holds"
 WITHIN_NOISE = "within noise"
@@ -49,7 +50,8 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Gap:
-    """``mean(a) - mean(b)`` with its seed spread and standard error (None with < 2 seeds)."""
+    """``mean(a) - mean(b)`` with its seed spread (`pooled_std`: None when neither cell has 2 seeds) and
+    standard error (None when either has fewer)."""
 
     gap: float
     spread: Optional[float]
@@ -66,11 +68,10 @@ class Gap:
     def of(cls, a: Stats, b: Stats) -> "Gap":
         if a.mean is None or b.mean is None:
             raise ValueError("both cells need at least one finished seed")
-        spread = se = None
+        se = None
         if a.std is not None and b.std is not None:
-            spread = math.sqrt((a.std ** 2 + b.std ** 2) / 2)
             se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
-        return cls(a.mean - b.mean, spread, se, a.n, b.n)
+        return cls(a.mean - b.mean, pooled_std(a, b), se, a.n, b.n)
 
     def noise_words(self, unit: str) -> str:
         if self.spread is None or self.se is None:

@@ -1,49 +1,24 @@
 """Read finished runs (metrics.json) and reduce them to per-cell statistics over seeds.
 
-A cell is a table row (a configuration) measured at several seeds: `Stats` keeps the per-seed
-values, their mean and sample standard deviation (the seed-to-seed spread). Fig. 6 needs the
+A cell is a table row (a configuration) measured at several seeds: `Stats`
+(`muse_rec.metrics.seeds`, shared with `muse-rec compare`) keeps the per-seed values, their mean and
+sample standard deviation (the seed-to-seed spread). Fig. 6 needs the
 gain of MUSE over DIN per sample group; it is computed per seed (MUSE seed k vs DIN seed k,
 same data order, same initialisation seed) so that the spread covers training noise only.
 """
 from __future__ import annotations
 
 import math
-import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from muse_rec.metrics.report import read_run_metrics
+from muse_rec.metrics.seeds import Stats
 from muse_rec.reproduce.plan import Plan
 
 # config id -> seed -> the run's metrics.json
 RunMetrics = Dict[str, Dict[int, Dict]]
-
-
-@dataclass
-class Stats:
-    """Values of one quantity over seeds (NaNs and missing seeds left out)."""
-
-    values: List[float] = field(default_factory=list)
-    seeds: List[int] = field(default_factory=list)
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> Optional[float]:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> Optional[float]:
-        """Sample standard deviation over seeds; None with fewer than 2 seeds."""
-        return statistics.stdev(self.values) if self.n > 1 else None
-
-    @classmethod
-    def of(cls, by_seed: Dict[int, float]) -> "Stats":
-        keep = {s: v for s, v in sorted(by_seed.items()) if v is not None and not math.isnan(v)}
-        return cls(list(keep.values()), list(keep))
 
 
 def load_metrics(out: Path, plan: Plan) -> RunMetrics:

@@ -1,0 +1,40 @@
+"""`muse-rec compare` and `muse-rec reproduce` read a gap against one seed-to-seed spread: the pooled
+standard deviation of the two cells (`muse_rec.metrics.seeds`). Compare divided its margins by the larger
+of the two rows' stds and reproduce by sqrt((sd_A^2 + sd_B^2) / 2): the same runs showed two spreads."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+from muse_rec.cli import main as cli_main
+from muse_rec.reproduce.claims import compare_sentence
+from muse_rec.reproduce.results import Stats
+
+
+def _pooled_by_hand(a: Sequence[float], b: Sequence[float]) -> float:
+    """Squared deviations from each cell's own mean, over the degrees of freedom of both."""
+    squares = sum((x - sum(c) / len(c)) ** 2 for c in (a, b) for x in c)
+    return math.sqrt(squares / (len(a) - 1 + len(b) - 1))
+
+
+@pytest.mark.parametrize("muse, din", [((0.70, 0.72), (0.60, 0.66)),  # equal seeds, unequal spreads
+                                       ((0.60, 0.62, 0.67), (0.50, 0.54))])  # a failed run: 3 and 2 seeds
+def test_compare_and_reproduce_show_one_spread_for_the_same_runs(tmp_path: Path, capsys, muse, din) -> None:
+    runs = []
+    for method, gaucs in (("MUSE", muse), ("DIN", din)):
+        for i, g in enumerate(gaucs):
+            d = tmp_path / f"{method}{i}"
+            d.mkdir()
+            (d / "metrics.json").write_text(json.dumps({"method": method, "gauc": g, "auc": 0.6, "logloss": 0.4}))
+            runs.append(str(d))
+    assert cli_main(["compare", *runs, "--no-floors"]) == 0
+    out = capsys.readouterr().out
+    spread, margin = _pooled_by_hand(muse, din), sum(muse) / len(muse) - sum(din) / len(din)
+    assert (f"MUSE - DIN: {margin:+.4f} GAUC; seed-to-seed spread (pooled std, {len(muse)} and {len(din)} seeds) "
+            f"{spread:.4f}; margin = {margin / spread:.1f} x spread") in out, out
+    sentence = compare_sentence("beats", "MUSE", "DIN", Stats(list(muse)), Stats(list(din))).sentence
+    assert f"{margin / spread:.1f} x the seed spread (pooled std {spread:.4f} GAUC;" in sentence, sentence
