@@ -46,9 +46,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where floors computed here are cached (default: <first run's parent>/.floors)")
 
 
-def load_runs(paths: List[str]) -> List[Dict]:
+# A run directory's spec.yaml as compare read it (None: no such file), by the file's resolved path.
+SpecDocs = Dict[Path, Optional[Dict]]
+
+
+def load_runs(paths: List[str], specs: Optional[SpecDocs] = None) -> List[Dict]:
     """Each run's metrics.json, checked: a JSON object with a ``method`` name and numeric metrics
-    (a run directory from elsewhere is untrusted input); ValueError naming the file and key."""
+    (a run directory from elsewhere is untrusted input); ValueError naming the file and key.
+    ``specs`` keeps the spec.yaml files read here (`_spec_doc`) for the floors to read the same."""
+    specs = {} if specs is None else specs
     from muse_rec.metrics.report import read_run_metrics
 
     runs: List[Dict] = []
@@ -81,7 +87,7 @@ def load_runs(paths: List[str]) -> List[Dict]:
         if fingerprint is not None:
             datasets.setdefault(fingerprint, p)
         extents.setdefault(_max_batches(runs[-1], f), p)
-        settings.append(_settings_of(trained_in) if trained_in is not None else None)
+        settings.append(_settings_of(trained_in, specs) if trained_in is not None else None)
         if settings[-1] is not None and "data.train_split" in settings[-1]:  # for `split_warnings`
             runs[-1]["train_split"] = settings[-1]["data.train_split"]
             runs[-1].setdefault("eval_split", settings[-1].get("data.eval_split"))
@@ -168,21 +174,34 @@ def _scored_data(path: Path, metrics: Dict, f: Path) -> Optional[str]:
     return fingerprint
 
 
-def _settings_of(run_dir: Path) -> Optional[Dict]:
-    """The training settings of a run directory's spec.yaml (with its seed) and, from its run.json,
-    the number of ranks it trained on (``world_size``: N ranks of train.batch_size step N times as
-    few times, so 1 and 2 ranks are two settings, not a run and its copy). None without a spec.yaml
-    (e.g. a metrics.json written by hand); ValueError naming the file if it is not a spec."""
+def _spec_doc(run_dir: Path, specs: SpecDocs) -> Optional[Dict]:
+    """A run directory's spec.yaml, read once per compare (kept in ``specs``): the settings a run is
+    grouped by and the data its floors are computed for came from two reads of it, so a spec.yaml
+    replaced in between (a run started again in that directory) grouped the run as one spec and
+    judged it by the floors of another's data. None without the file; ValueError naming the file
+    when it is not a spec."""
     import yaml
 
+    f = run_dir / "spec.yaml"
+    key = f.resolve()
+    if key not in specs:
+        doc = _read_document(f, yaml.safe_load, (yaml.YAMLError,), "YAML") if f.exists() else None
+        if doc is not None and not isinstance(doc, dict):
+            raise ValueError(f"{f}: expected the run's resolved spec (a mapping), got {type(doc).__name__}")
+        specs[key] = doc
+    return specs[key]
+
+
+def _settings_of(run_dir: Path, specs: SpecDocs) -> Optional[Dict]:
+    """The training settings of a run directory's spec.yaml (`_spec_doc`, with its seed) and, from its
+    run.json, the number of ranks it trained on (``world_size``: N ranks of train.batch_size step N
+    times as few times, so 1 and 2 ranks are two settings, not a run and its copy). None without a
+    spec.yaml (e.g. a metrics.json written by hand); ValueError naming the file if it is not a spec."""
     from muse_rec.spec import training_settings
 
-    f = run_dir / "spec.yaml"
-    if not f.exists():
+    doc = _spec_doc(run_dir, specs)
+    if doc is None:
         return None
-    doc = _read_document(f, yaml.safe_load, (yaml.YAMLError,), "YAML")
-    if not isinstance(doc, dict):
-        raise ValueError(f"{f}: expected the run's resolved spec (a mapping), got {type(doc).__name__}")
     settings = training_settings(doc)
     world_size = _world_size_of(run_dir / "run.json")
     if world_size is not None:
@@ -302,18 +321,15 @@ def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
     return rows
 
 
-def _floor_setting(run: str, metrics: Dict) -> Tuple[Path, Tuple[str, str, int, str]]:
+def _floor_setting(run: str, metrics: Dict, specs: SpecDocs) -> Tuple[Path, Tuple[str, str, int, str]]:
     """(the file that says, (prepared data, eval split, seq_len, train split)): what a run's floors are of,
-    from its spec.yaml, or for an evaluation (no spec.yaml) from the ``data`` its metrics.json records.
-    FileNotFoundError where neither says; ValueError naming the file where it does not say."""
-    import yaml
-
-    where = Path(run) / "spec.yaml"
-    if where.exists():
-        doc = _read_document(where, yaml.safe_load, (yaml.YAMLError,), "YAML")
-    elif "data" in metrics:  # `muse-rec evaluate` records the data it scored
+    from its spec.yaml (`_spec_doc`: as `load_runs` read it), or for an evaluation (no spec.yaml) from the
+    ``data`` its metrics.json records. FileNotFoundError where neither says; ValueError naming the file
+    where it does not say."""
+    where, doc = Path(run) / "spec.yaml", _spec_doc(Path(run), specs)
+    if doc is None and "data" in metrics:  # `muse-rec evaluate` records the data it scored
         where, doc = Path(run) / "metrics.json", metrics
-    else:
+    elif doc is None:
         raise FileNotFoundError(f"{where} not found, so the runs' data is unknown (pass --floors FILE)")
     try:
         d = doc["data"]
@@ -326,7 +342,8 @@ def _floor_setting(run: str, metrics: Dict) -> Tuple[Path, Tuple[str, str, int, 
 _OTHER_FLOORS = "so no one floor judges them all; compare runs of one data set, or pass --floors FILE"
 
 
-def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str]) -> Tuple[Optional[Dict], str]:
+def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str],
+                    specs: SpecDocs) -> Tuple[Optional[Dict], str]:
     """``({name: {description, gauc, auc, logloss}}, where from)`` for the runs, or ``(None, why not)``."""
     recorded = [r["floors"] for r in runs if r.get("floors")]
     if recorded and any(f != recorded[0] for f in recorded):
@@ -347,7 +364,7 @@ def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str]) ->
     settings: Dict[Path, Tuple[str, str, int, str]] = {}
     for path, metrics in zip(paths, runs):
         try:
-            where, setting = _floor_setting(path, metrics)
+            where, setting = _floor_setting(path, metrics, specs)
         except FileNotFoundError as e:
             return None, str(e)
         except ValueError as e:
@@ -433,7 +450,8 @@ def run(args: argparse.Namespace) -> int:
             args.out = check_output_path(args.out, "--out", directory=False)
             for written in _written_files(args.out):
                 check_not_an_input(str(written), "--out", {"--floors": args.floors})
-        runs = load_runs(args.runs)
+        specs: SpecDocs = {}
+        runs = load_runs(args.runs, specs)
         if args.floors_cache and not (args.no_floors or args.floors):
             from muse_rec.metrics.floors import is_cache_file
 
@@ -442,7 +460,7 @@ def run(args: argparse.Namespace) -> int:
             args.floors_cache = check_output_path(args.floors_cache, "--floors-cache", replaces=is_cache_file)
         baseline = baseline_method(runs, args.baseline)
         floors, source = (None, "--no-floors") if args.no_floors else (
-            (load_floors(args.floors), args.floors) if args.floors else _floors_of_runs(args.runs, runs, args.floors_cache))
+            (load_floors(args.floors), args.floors) if args.floors else _floors_of_runs(args.runs, runs, args.floors_cache, specs))
     except (FileNotFoundError, ValueError) as e:  # OutputPathError is a ValueError
         print(f"muse-rec compare: {e}", file=sys.stderr)
         return 2
