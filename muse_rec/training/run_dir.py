@@ -152,12 +152,16 @@ def _check_writable(run_dir: Path) -> None:
         if p.exists() and not (p.is_dir() and os.access(p, os.W_OK | os.X_OK)):
             raise RunDirError(f"{p}: not a writable directory (the run writes its {name} there); "
                               "fix it or choose another output_dir")
-    for name in RUN_FILES:
-        p = run_dir / name
-        if p.exists() and (p.is_dir() or not os.access(p, os.W_OK)):
-            raise RunDirError(f"{p}: not a writable file (the run writes it); fix it or choose another output_dir")
+    # What is in a file's place first (a link, a directory: `_check_rewritable`, for every rewritten file), then
+    # whether a file rewritten in place may be written. The directory test was made twice for spec.yaml and
+    # run.json, first in the writability test, so a link to a directory was called "not a writable file" and,
+    # once that was fixed, refused again as a link.
     for p in _rewritten_files(run_dir):
         _check_rewritable(p, "the run", "output_dir")
+    for name in RUN_FILES:
+        p = run_dir / name
+        if p.exists() and not os.access(p, os.W_OK):
+            raise RunDirError(f"{p}: not a writable file (the run writes it); fix it or choose another output_dir")
 
 
 def _check_rewritable(p: Path, writer: str, option: str) -> None:

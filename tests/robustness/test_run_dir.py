@@ -301,6 +301,24 @@ def test_a_link_or_directory_where_the_run_rewrites_a_file_is_refused_before_tra
     assert snapshot(run) == before and victim.read_text() == "not the run's"
 
 
+@pytest.mark.parametrize("name", ["spec.yaml", "run.json"])
+def test_a_link_to_a_directory_where_the_run_rewrites_a_file_is_named_a_link(tmp_path, name):
+    """spec.yaml (run.json) a symbolic link to a directory: the resume said "not a writable file" (the
+    directory test was made twice, first in the writability test), and once the user put a file there,
+    refused it again as a symbolic link. Now the first refusal names what is there: the link."""
+    from muse_rec.training.run_dir import RunDirError, check_resumable
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("spec.yaml", "run.json"):
+        (run / f).write_text("{}")
+    (tmp_path / "a_directory").mkdir()
+    (run / name).unlink()
+    (run / name).symlink_to(tmp_path / "a_directory")
+    with pytest.raises(RunDirError, match=rf"^{run / name}: a symbolic link \(to {tmp_path / 'a_directory'}\)"):
+        check_resumable(run)
+
+
 def test_a_run_that_has_evaluated_resumes(trained, tmp_path):
     """Its predictions.parquet is a directory (a part per rank): the writability check first took it
     for a file and refused every resume of an evaluated run, re-evaluation and reproduce's included."""
