@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from muse_rec.data.prepared import POPULARITY_SPLIT, PreparedData
+from muse_rec.data.vocab import PADDING_ROW
 from muse_rec.metrics.floor_options import FloorOptions, FloorsError
 from muse_rec.modules.cosine import grouped_cosine
 from muse_rec.modules.selection import NO_VECTOR_SCORE, cosine_selection_scores, decode_cosine_selection
@@ -102,12 +103,17 @@ class ItemCtr:
         return cls(impressions, clicks, float(clicks.counts.sum()) / n, strength)
 
     def ctr(self, items: np.ndarray, own_labels: Optional[np.ndarray] = None) -> np.ndarray:
-        """``[n]`` float64 smoothed CTR; with ``own_labels`` (train samples) leave-one-out, so a
-        train sample's feature does not contain its own label."""
+        """``[n]`` float64 smoothed CTR of item rows ``items [n]``; with ``own_labels`` (train samples)
+        leave-one-out, so a train sample's feature does not contain its own label. A target on
+        `PADDING_ROW` (no item id: raw id 0, which gets no vocabulary row) gets the prior: the
+        counts there pool every such impression, whatever its item, and made the "item's CTR" of an
+        unknown target the click rate of all of them."""
         clicks = self.clicks[items].astype(np.float64)
         imps = np.asarray(self.impressions[items]).astype(np.float64)
         if own_labels is not None:
             clicks, imps = clicks - own_labels, imps - 1.0
+        unknown = np.asarray(items) == PADDING_ROW
+        clicks, imps = np.where(unknown, 0.0, clicks), np.where(unknown, 0.0, imps)
         a = self.strength
         return (clicks + a * self.prior) / (imps + a)
 

@@ -8,7 +8,8 @@ Floors (``FLOORS``, name -> what):
 
 - ``popularity``: smoothed train CTR of the target item (of the fit split, `--train-split`),
   ``(clicks + a * prior) / (impressions + a)``, ``prior`` = the global train CTR, ``a`` =
-  ``FloorOptions.prior_strength``; items never a train target get the prior.
+  ``FloorOptions.prior_strength``; items never a train target, and targets without an item id
+  (vocabulary row 0: raw id 0), get the prior.
 - ``cos_mean_history``: cosine of the target's SCL vector with the mean SCL vector of the
   user's history (the newest ``seq_len`` behaviours; all of them when ``seq_len`` = 0).
 - ``cos_mean_recent``: the same over the newest ``recent`` behaviours (default 50).
@@ -52,9 +53,10 @@ logger = logging.getLogger("muse_rec")
 PROGRESS_EVERY_S = 10.0
 
 # Bumped whenever a floor's definition changes: cached floor files of another version are stale.
-FLOORS_VERSION = 4  # 2: the popularity floor counts impressions on its fit split, not always on train;
+FLOORS_VERSION = 5  # 2: the popularity floor counts impressions on its fit split, not always on train;
 # 3: the floor names say their history window and fit split (cached files keep the names they were made with);
-# 4: the SCL cosines are rounded once from exact integers, so equal cosines tie (`floor_scores.tie_exact_cosine`)
+# 4: the SCL cosines are rounded once from exact integers, so equal cosines tie (`floor_scores.tie_exact_cosine`);
+# 5: a target without an item id (vocabulary row 0) gets the popularity floor's prior (`ItemCtr.ctr`)
 
 FLOORS: Dict[str, str] = {
     "popularity": "smoothed {train_split} CTR of the target item",
