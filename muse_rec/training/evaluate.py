@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from muse_rec.data.loader import make_loader
 from muse_rec.data.prepared import PreparedData
+from muse_rec.data.vocab import PADDING_ROW
 from muse_rec.distributed.env import DistEnv
 from muse_rec.metrics import PredictionAccumulator
 from muse_rec.terminal import shows_bars
@@ -41,6 +42,10 @@ def predict(
     """
     loader = make_loader(data, split, batch_size, seq_len, rank=env.rank, world_size=env.world_size, num_workers=num_workers)
     popularity = torch.from_numpy(data.item_popularity().astype("int64"))
+    # Row 0 counts the train targets without an item id (raw id 0), whatever their items: no item's
+    # popularity. A target there is grouped as never a train target (the popularity floor gives it the
+    # prior); with the pooled count it joined the popular items' groups of Fig. 6.
+    popularity[PADDING_ROW] = 0
     acc = PredictionAccumulator()
     was_training = model.training
     model.eval()

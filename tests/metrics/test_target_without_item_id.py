@@ -1,8 +1,10 @@
-"""The popularity floor of a target without an item id (raw id 0, vocabulary row 0) is the prior.
+"""A target without an item id (raw id 0, vocabulary row 0) is no item: the popularity floor gives it
+the prior, and the evaluation groups it as never a train target.
 
 Row 0 of the counts pools every train impression without an item id, whatever its item: the floor
-scored such a target with the smoothed click rate of all of them, as if they were one item. Checked
-against a brute force over the raw tables (dicts keyed by raw id, no code shared with the floors)."""
+scored such a target with the smoothed click rate of all of them, as if they were one item, and the
+evaluation's popularity groups (Fig. 6) put it with items shown that many times. Checked against brute
+forces over the raw tables (dicts keyed by raw id, no code shared with the floors or the metrics)."""
 from __future__ import annotations
 
 import os
@@ -13,11 +15,15 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from muse_rec.data import schema as S
 from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData
+from muse_rec.distributed.env import DistEnv
+from muse_rec.metrics.grouped import DEFAULT_POPULARITY_EDGES
 from muse_rec.metrics.floors import FloorOptions, ItemCtr, split_scores
+from muse_rec.training.evaluate import predict
 from tests.data.rawgen import table_of, write_raw_release, write_table
 
 STRENGTH = 5.0
@@ -78,3 +84,23 @@ def test_a_target_without_an_item_id_gets_the_prior(release: Path, split: str) -
     # Both sides add and divide a handful of float64 values: a few ulps of values <= 1, far inside 1e-12.
     np.testing.assert_allclose(ours["popularity"], _brute_force(release / "raw", split, split == "train"),
                                rtol=0, atol=1e-12)
+
+
+class _Constant(torch.nn.Module):
+    """Scores every sample alike: the groups' sample counts, not the scores, are under test."""
+
+    def forward(self, batch):
+        return None, (None, torch.zeros_like(batch.labels), batch.labels)
+
+
+def test_a_target_without_an_item_id_is_grouped_as_never_a_train_target(release: Path) -> None:
+    data = PreparedData(str(release / "prepared"))
+    env = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend="gloo")
+    groups = predict(_Constant(), data, "test", 32, 8, env, progress=False).compute()["by_popularity"]
+    train_items, _ = _raw_samples(release / "raw", "train")
+    times = {i: train_items.count(i) for i in set(train_items) if i != 0}
+    test_items, _ = _raw_samples(release / "raw", "test")
+    edges = DEFAULT_POPULARITY_EDGES
+    want = [sum(lo <= times.get(i, 0) < hi for i in test_items) for lo, hi in zip(edges, edges[1:])]
+    assert 0 in test_items and max(want) < len(test_items)  # the premise: id-less targets, several groups
+    assert [g["samples"] for g in groups] == want, groups
