@@ -472,7 +472,9 @@ def run(args: argparse.Namespace) -> int:
     model_rows = list(rows)
     if floors:
         rows = rows + floor_rows(floors, next((r for r in rows if r["method"].lower() == baseline.lower()), None))
-    cols = [c for c in ["method", "setting", "seeds", "gauc", "gauc_std", "auc", "auc_std", "logloss",
+    # Every metric with its spread over seeds: the logloss column had none, though summarise measures it (the
+    # JSON held logloss_std), and a logloss gap could not be read against the noise.
+    cols = [c for c in ["method", "setting", "seeds", "gauc", "gauc_std", "auc", "auc_std", "logloss", "logloss_std",
                         "train_samples_per_s", "wall_seconds"] + [k for k in rows[0] if k.startswith("gauc_vs_")]
             if any(c in r for r in rows)]
     formats = {c: f for c, f in (("train_samples_per_s", ",.0f"), ("wall_seconds", ".1f")) if c in cols}

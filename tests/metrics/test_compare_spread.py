@@ -38,3 +38,18 @@ def test_compare_and_reproduce_show_one_spread_for_the_same_runs(tmp_path: Path,
             f"{spread:.4f}; margin = {margin / spread:.1f} x spread") in out, out
     sentence = compare_sentence("beats", "MUSE", "DIN", Stats(list(muse)), Stats(list(din))).sentence
     assert f"{margin / spread:.1f} x the seed spread (pooled std {spread:.4f} GAUC;" in sentence, sentence
+
+
+def test_the_table_shows_the_spread_of_every_metric_it_averages(tmp_path: Path, capsys) -> None:
+    """The logloss column had no spread beside it (the JSON had logloss_std): a logloss gap could not be
+    read against the noise from the table."""
+    runs = []
+    for i, logloss in enumerate((0.40, 0.43)):
+        d = tmp_path / f"DIN{i}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"method": "DIN", "gauc": 0.6, "auc": 0.6, "logloss": logloss}))
+        runs.append(str(d))
+    assert cli_main(["compare", *runs, "--no-floors"]) == 0
+    header, _, row = capsys.readouterr().out.splitlines()[:3]
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["logloss_std"] == f"{0.03 / math.sqrt(2):.4f}", cells
