@@ -35,8 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", type=input_path, nargs="+", help="run directories (each holding metrics.json)")
     p.add_argument("--baseline", default=None,
                    help=f"method to measure margins against (default {DEFAULT_BASELINE}, when a run has it)")
-    p.add_argument("--out", type=nonempty_path, default=None,
-                   help="also write the table (Markdown) and JSON next to this path")
+    # `_written_files`: "next to this path" read as a directory beside it, or as OUT itself, which is never written.
+    p.add_argument("--out", type=nonempty_path, default=None, metavar="OUT",
+                   help="also write the table and verdicts to OUT.md (Markdown) and the rows, verdicts and floors "
+                        "to OUT.json; an extension of OUT is replaced (--out cmp/t.md writes cmp/t.md and cmp/t.json)")
     # One or the other: `--floors F --no-floors` showed none and never read F (a missing F passed unnoticed).
     floors = p.add_mutually_exclusive_group()
     floors.add_argument("--floors", type=input_file, default=None, metavar="FILE",

@@ -1,4 +1,6 @@
-"""`muse-rec compare` and `muse-rec reproduce` read a gap against one seed-to-seed spread: the pooled
+"""What `muse-rec compare` shows and writes: its spreads, its table's columns, its --out files.
+
+`muse-rec compare` and `muse-rec reproduce` read a gap against one seed-to-seed spread: the pooled
 standard deviation of the two cells (`muse_rec.metrics.seeds`). Compare divided its margins by the larger
 of the two rows' stds and reproduce by sqrt((sd_A^2 + sd_B^2) / 2): the same runs showed two spreads."""
 from __future__ import annotations
@@ -53,3 +55,17 @@ def test_the_table_shows_the_spread_of_every_metric_it_averages(tmp_path: Path, 
     header, _, row = capsys.readouterr().out.splitlines()[:3]
     cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
     assert cells["logloss_std"] == f"{0.03 / math.sqrt(2):.4f}", cells
+
+
+def test_the_help_names_the_files_out_writes(tmp_path: Path, capsys) -> None:
+    """--help said "also write the table (Markdown) and JSON next to this path": neither file is at that path
+    (OUT's extension is replaced by .md and .json), and "next to" read as beside it in its directory."""
+    with pytest.raises(SystemExit):
+        cli_main(["compare", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert "OUT.md" in said and "OUT.json" in said and "--out cmp/t.md writes cmp/t.md and cmp/t.json" in said, said
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"method": "DIN", "gauc": 0.6, "auc": 0.6, "logloss": 0.4}))
+    assert cli_main(["compare", str(run), "--no-floors", "--out", str(tmp_path / "cmp" / "t.md")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["t.json", "t.md"]
