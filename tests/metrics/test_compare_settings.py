@@ -217,8 +217,8 @@ def test_seeds_with_equal_gaucs_give_no_ratio_rather_than_a_division_by_1e_12(tm
             fake(tmp_path / "m1", "MUSE", 0.55), fake(tmp_path / "m2", "MUSE", 0.55)]
     assert cli_main(["compare", *map(str, runs), "--no-floors"]) == 0
     out = capsys.readouterr().out
-    assert ("MUSE - DIN: +0.0500 GAUC; seed-to-seed spread (pooled std, 2 and 2 seeds) 0.0000; no margin-to-spread ratio "
-            "(the seeds' GAUCs are equal)") in out, out
+    assert ("MUSE - DIN: +0.0500 GAUC; seed-to-seed spread (pooled std, 2 and 2 seeds) 0.0000; "
+            "no margin-to-spread ratio (the seeds' GAUCs are equal)") in out, out
     assert " x spread" not in out
 
 
