@@ -48,15 +48,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where floors computed here are cached (default: <first run's parent>/.floors)")
 
 
-# A run directory's spec.yaml as compare read it (None: no such file), by the file's resolved path.
-SpecDocs = Dict[Path, Optional[Dict]]
+# A run directory's spec.yaml and run.json as compare read them (a spec.yaml: None without the file; a run.json:
+# {} without it), by the file's resolved path: each is read once, so what compare says of one run comes from
+# one version of each file.
+RunFiles = Dict[Path, Optional[Dict]]
 
 
-def load_runs(paths: List[str], specs: Optional[SpecDocs] = None) -> List[Dict]:
+def load_runs(paths: List[str], files_read: Optional[RunFiles] = None) -> List[Dict]:
     """Each run's metrics.json, checked: a JSON object with a ``method`` name and numeric metrics
     (a run directory from elsewhere is untrusted input); ValueError naming the file and key.
-    ``specs`` keeps the spec.yaml files read here (`_spec_doc`) for the floors to read the same."""
-    specs = {} if specs is None else specs
+    ``files_read`` keeps the spec.yaml and run.json files read here (`_spec_doc`, `_run_record`) for the floors
+    to read the same."""
+    files_read = {} if files_read is None else files_read
     from muse_rec.metrics.report import read_run_metrics
 
     runs: List[Dict] = []
@@ -85,11 +88,11 @@ def load_runs(paths: List[str], specs: Optional[SpecDocs] = None) -> List[Dict]:
         split = runs[-1].get("eval_split")
         if split is not None:
             splits.setdefault(str(split), p)
-        fingerprint = _scored_data(Path(p), runs[-1], f)
+        fingerprint = _scored_data(Path(p), runs[-1], f, files_read)
         if fingerprint is not None:
             datasets.setdefault(fingerprint, p)
         extents.setdefault(_max_batches(runs[-1], f), p)
-        settings.append(_settings_of(trained_in, specs) if trained_in is not None else None)
+        settings.append(_settings_of(trained_in, files_read) if trained_in is not None else None)
         if settings[-1] is not None and "data.train_split" in settings[-1]:  # for `split_warnings`
             runs[-1]["train_split"] = settings[-1]["data.train_split"]
             runs[-1].setdefault("eval_split", settings[-1].get("data.eval_split"))
@@ -163,21 +166,21 @@ def _scored_model(path: Path, metrics: Dict, f: Path) -> Tuple[Path, Optional[Pa
     return ck_path, None
 
 
-def _scored_data(path: Path, metrics: Dict, f: Path) -> Optional[str]:
+def _scored_data(path: Path, metrics: Dict, f: Path, files_read: RunFiles) -> Optional[str]:
     """The fingerprint of the prepared data ``metrics`` scored: its ``data_fingerprint``, else (a run
     directory from before it was recorded there) its run.json's, the data the run trained and was
     evaluated on; None when unknown (an older evaluation, a hand-written metrics.json).
     ValueError naming the file and key."""
     fingerprint = metrics.get("data_fingerprint")
     if fingerprint is None and "checkpoint" not in metrics:
-        fingerprint, f = _run_record(path / "run.json").get("data_fingerprint"), path / "run.json"
+        fingerprint, f = _run_record(path / "run.json", files_read).get("data_fingerprint"), path / "run.json"
     if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint):
         raise ValueError(f"{f}: data_fingerprint: expected the prepared data's fingerprint, got {fingerprint!r}")
     return fingerprint
 
 
-def _spec_doc(run_dir: Path, specs: SpecDocs) -> Optional[Dict]:
-    """A run directory's spec.yaml, read once per compare (kept in ``specs``): the settings a run is
+def _spec_doc(run_dir: Path, files_read: RunFiles) -> Optional[Dict]:
+    """A run directory's spec.yaml, read once per compare (kept in ``files_read``): the settings a run is
     grouped by and the data its floors are computed for came from two reads of it, so a spec.yaml
     replaced in between (a run started again in that directory) grouped the run as one spec and
     judged it by the floors of another's data. None without the file; ValueError naming the file
@@ -186,26 +189,26 @@ def _spec_doc(run_dir: Path, specs: SpecDocs) -> Optional[Dict]:
 
     f = run_dir / "spec.yaml"
     key = f.resolve()
-    if key not in specs:
+    if key not in files_read:
         doc = _read_document(f, yaml.safe_load, (yaml.YAMLError,), "YAML") if f.exists() else None
         if doc is not None and not isinstance(doc, dict):
             raise ValueError(f"{f}: expected the run's resolved spec (a mapping), got {type(doc).__name__}")
-        specs[key] = doc
-    return specs[key]
+        files_read[key] = doc
+    return files_read[key]
 
 
-def _settings_of(run_dir: Path, specs: SpecDocs) -> Optional[Dict]:
+def _settings_of(run_dir: Path, files_read: RunFiles) -> Optional[Dict]:
     """The training settings of a run directory's spec.yaml (`_spec_doc`, with its seed) and, from its
     run.json, the number of ranks it trained on (``world_size``: N ranks of train.batch_size step N
     times as few times, so 1 and 2 ranks are two settings, not a run and its copy). None without a
     spec.yaml (e.g. a metrics.json written by hand); ValueError naming the file if it is not a spec."""
     from muse_rec.spec import training_settings
 
-    doc = _spec_doc(run_dir, specs)
+    doc = _spec_doc(run_dir, files_read)
     if doc is None:
         return None
     settings = training_settings(doc)
-    world_size = _world_size_of(run_dir / "run.json")
+    world_size = _world_size_of(run_dir / "run.json", files_read)
     if world_size is not None:
         settings["world_size"] = world_size
     return settings
@@ -225,10 +228,10 @@ def _read_document(path: Path, parse: Callable[[str], Any], errors: Tuple[type, 
         raise ValueError(f"{path}: not valid {kind} ({' '.join(str(e).split())})") from None
 
 
-def _world_size_of(run_json: Path) -> Optional[int]:
+def _world_size_of(run_json: Path, files_read: RunFiles) -> Optional[int]:
     """``world_size`` of a run's run.json (the ranks its last session trained on), None without
     the file or the key (older runs); ValueError naming the file when it is not a positive integer."""
-    doc = _run_record(run_json)
+    doc = _run_record(run_json, files_read)
     if "world_size" not in doc:
         return None
     n = doc["world_size"]
@@ -237,13 +240,16 @@ def _world_size_of(run_json: Path) -> Optional[int]:
     return n
 
 
-def _run_record(run_json: Path) -> Dict:
-    """A run's run.json as a mapping; empty without the file (a hand-written run) or when it is not
-    a JSON object; ValueError naming the file when it cannot be read or parsed."""
-    if not run_json.exists():
-        return {}
-    doc = _read_document(run_json, json.loads, (), "JSON")
-    return doc if isinstance(doc, dict) else {}
+def _run_record(run_json: Path, files_read: RunFiles) -> Dict:
+    """A run's run.json as a mapping, read once per compare (kept in ``files_read``: the data fingerprint and
+    the ranks of an older run came from two reads, so a run.json replaced in between mixed two runs'
+    records); empty without the file (a hand-written run) or when it is not a JSON object; ValueError
+    naming the file when it cannot be read or parsed."""
+    key = run_json.resolve()
+    if key not in files_read:
+        doc = _read_document(run_json, json.loads, (), "JSON") if run_json.exists() else {}
+        files_read[key] = doc if isinstance(doc, dict) else {}
+    return files_read[key] or {}
 
 
 def _setting_labels(runs: List[Dict], settings: List[Optional[Dict]]) -> List[str]:
@@ -323,12 +329,12 @@ def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
     return rows
 
 
-def _floor_setting(run: str, metrics: Dict, specs: SpecDocs) -> Tuple[Path, Tuple[str, str, int, str]]:
+def _floor_setting(run: str, metrics: Dict, files_read: RunFiles) -> Tuple[Path, Tuple[str, str, int, str]]:
     """(the file that says, (prepared data, eval split, seq_len, train split)): what a run's floors are of,
     from its spec.yaml (`_spec_doc`: as `load_runs` read it), or for an evaluation (no spec.yaml) from the
     ``data`` its metrics.json records. FileNotFoundError where neither says; ValueError naming the file
     where it does not say."""
-    where, doc = Path(run) / "spec.yaml", _spec_doc(Path(run), specs)
+    where, doc = Path(run) / "spec.yaml", _spec_doc(Path(run), files_read)
     if doc is None and "data" in metrics:  # `muse-rec evaluate` records the data it scored
         where, doc = Path(run) / "metrics.json", metrics
     elif doc is None:
@@ -345,7 +351,7 @@ _OTHER_FLOORS = "so no one floor judges them all; compare runs of one data set, 
 
 
 def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str],
-                    specs: SpecDocs) -> Tuple[Optional[Dict], str]:
+                    files_read: RunFiles) -> Tuple[Optional[Dict], str]:
     """``({name: {description, gauc, auc, logloss}}, where from)`` for the runs, or ``(None, why not)``."""
     recorded = [r["floors"] for r in runs if r.get("floors")]
     if recorded and any(f != recorded[0] for f in recorded):
@@ -366,7 +372,7 @@ def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str],
     settings: Dict[Path, Tuple[str, str, int, str]] = {}
     for path, metrics in zip(paths, runs):
         try:
-            where, setting = _floor_setting(path, metrics, specs)
+            where, setting = _floor_setting(path, metrics, files_read)
         except FileNotFoundError as e:
             return None, str(e)
         except ValueError as e:
@@ -452,8 +458,8 @@ def run(args: argparse.Namespace) -> int:
             args.out = check_output_path(args.out, "--out", directory=False)
             for written in _written_files(args.out):
                 check_not_an_input(str(written), "--out", {"--floors": args.floors})
-        specs: SpecDocs = {}
-        runs = load_runs(args.runs, specs)
+        files_read: RunFiles = {}
+        runs = load_runs(args.runs, files_read)
         if args.floors_cache and not (args.no_floors or args.floors):
             from muse_rec.metrics.floors import is_cache_file
 
@@ -463,7 +469,7 @@ def run(args: argparse.Namespace) -> int:
         baseline = baseline_method(runs, args.baseline)
         floors, source = (None, "--no-floors") if args.no_floors else (
             (load_floors(args.floors), args.floors) if args.floors else
-            _floors_of_runs(args.runs, runs, args.floors_cache, specs))
+            _floors_of_runs(args.runs, runs, args.floors_cache, files_read))
     except (FileNotFoundError, ValueError) as e:  # OutputPathError is a ValueError
         print(f"muse-rec compare: {e}", file=sys.stderr)
         return 2
