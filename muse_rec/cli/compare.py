@@ -93,6 +93,9 @@ def load_runs(paths: List[str], files_read: Optional[RunFiles] = None) -> List[D
             datasets.setdefault(fingerprint, p)
         extents.setdefault(_max_batches(runs[-1], f), p)
         settings.append(_settings_of(trained_in, files_read) if trained_in is not None else None)
+        reads_scl = _reads_scl(trained_in, files_read) if trained_in is not None else None
+        if reads_scl is not None:  # for `floor_verdict`
+            runs[-1]["reads_scl"] = reads_scl
         if settings[-1] is not None and "data.train_split" in settings[-1]:  # for `split_warnings`
             runs[-1]["train_split"] = settings[-1]["data.train_split"]
             runs[-1].setdefault("eval_split", settings[-1].get("data.eval_split"))
@@ -214,6 +217,22 @@ def _settings_of(run_dir: Path, files_read: RunFiles) -> Optional[Dict]:
     return settings
 
 
+def _reads_scl(run_dir: Path, files_read: RunFiles) -> Optional[bool]:
+    """Whether the model a run directory trained reads SCL vectors (`ModelSpec.reads_scl`), from its spec.yaml
+    (the resolved spec, `_spec_doc`: the same read as its settings); None when that is unknown (no spec.yaml,
+    one without a ``model`` section, or one that is not a valid spec: a hand-written metrics.json, a spec of
+    another version)."""
+    from muse_rec.spec import SpecError, from_dict
+
+    doc = _spec_doc(run_dir, files_read)
+    if doc is None or not isinstance(doc.get("model"), dict):
+        return None
+    try:
+        return from_dict(doc, source=str(run_dir / "spec.yaml")).model.reads_scl
+    except SpecError:
+        return None
+
+
 def _read_document(path: Path, parse: Callable[[str], Any], errors: Tuple[type, ...], kind: str) -> Any:
     """`parse` of a run's text file; ValueError naming the file when it cannot be read (a directory in its
     place was an IsADirectoryError traceback), is not valid `kind` or not UTF-8."""
@@ -321,6 +340,10 @@ def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
                 row[k] = s.mean
                 if k in ("gauc", "auc", "logloss"):
                     row[f"{k}_std"] = s.std
+        reads_scl = {r.get("reads_scl") for r in runs
+                     if r["method"] == method and r.get("setting", "") == setting}
+        if len(reads_scl) == 1 and None not in reads_scl:  # known for every run of the row (`floor_verdict`)
+            row["reads_scl"] = reads_scl.pop()
         rows.append(row)
     base = next((r for r in rows if r["method"].lower() == baseline.lower()), None)
     for r in rows:
@@ -423,23 +446,49 @@ def floor_rows(floors: Dict, base: Optional[Dict]) -> List[Dict]:
 
 
 def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
-    """Which methods are below the best floor (by mean GAUC over seeds)."""
+    """Which methods are below the best floor (by mean GAUC over seeds). A row known to read no SCL vectors
+    (``reads_scl`` False, from its runs' spec.yaml) below a floor of SCL cosines but at or above the best floor
+    without them is named apart: its training is not in doubt, the SCL vectors carry signal it cannot see
+    (what its run's own line says, `muse_rec.metrics.floors.below_floor_message`)."""
     measured = [k for k in floors if floors[k].get("gauc") is not None]
     if not measured:
         return "model-free floors: none has a GAUC"
     name = max(measured, key=lambda k: floors[k]["gauc"])
     best = floors[name]
-    below = [f"{_name(r)} ({r['gauc']:.4f})" for r in model_rows if "gauc" in r and r["gauc"] < best["gauc"]]
+    below = [r for r in model_rows if "gauc" in r and r["gauc"] < best["gauc"]]
     head = f"best model-free floor: {best.get('description', name)} GAUC {best['gauc']:.4f}"
     if not below:
         return f"{head}; every method is above it"
-    text = f"{head}; BELOW it: {', '.join(below)} - check the learning rates, the number of steps and the data"
     id_best = None if name in ID_FLOORS else best_id_floor(floors)
-    if id_best is not None:  # DIN below a floor of SCL cosines may only lack the vectors, not training
+    id_gauc = id_best[1]["gauc"] if id_best is not None else None
+
+    def only_blind(r: Dict) -> bool:  # reads no SCL vectors, and no floor without them ranks better
+        return id_gauc is not None and r.get("reads_scl") is False and r["gauc"] >= id_gauc
+
+    blind = [r for r in below if only_blind(r)]
+    doubted = [r for r in below if not only_blind(r)]
+    parts = []
+    if doubted:
+        text = f"BELOW it: {_listed(doubted)} - check the learning rates, the number of steps and the data"
+        if id_best is not None and any(r.get("reads_scl") is not True for r in doubted):
+            # DIN below a floor of SCL cosines may only lack the vectors, not training
+            id_name, id_floor = id_best
+            text += (f" (a model that reads no SCL vectors, as DIN and TWIN, cannot see what that floor reads: the "
+                     f"best floor without them is {id_floor.get('description', id_name)} GAUC {id_floor['gauc']:.4f})")
+        parts.append(text)
+    if blind:
         id_name, id_floor = id_best
-        text += (f" (a model that reads no SCL vectors, as DIN and TWIN, cannot see what that floor reads: the best "
-                 f"floor without them is {id_floor.get('description', id_name)} GAUC {id_floor['gauc']:.4f})")
-    return text
+        one = len(blind) == 1
+        parts.append(f"below it only for want of SCL vectors: {_listed(blind)}, "
+                     f"{'which reads none and is' if one else 'which read none and are'} above the best floor without "
+                     f"them, {id_floor.get('description', id_name)} GAUC {id_floor['gauc']:.4f}: the SCL vectors carry "
+                     f"signal {'it' if one else 'they'} cannot see")
+    return f"{head}; " + "; ".join(parts)
+
+
+def _listed(rows: List[Dict]) -> str:
+    """``"DIN (0.6100), MUSE (0.6000)"``: the rows' names with their mean GAUC."""
+    return ", ".join(f"{_name(r)} ({r['gauc']:.4f})" for r in rows)
 
 
 def _written_files(out: str) -> Tuple[Path, Path]:

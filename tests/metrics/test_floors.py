@@ -17,6 +17,7 @@ from muse_rec.data.synth import write_synthetic_release
 from muse_rec.data.synth_config import SynthConfig
 from muse_rec.metrics.floors import (FLOORS_VERSION, FloorOptions, FloorsError, ItemCtr, below_floor_message, cached_floors,
                                      compute_floors, fit_logistic, lr_features, split_scores)
+from tests.conftest import REPO
 
 NO_VEC = -1.1
 # Small windows so the seq_len cap, the recent window and K all bind on the tiny release
@@ -510,6 +511,42 @@ def test_compare_shows_recorded_floors_and_who_is_below(tmp_path, capsys):
     assert saved["floors"] == FAKE_FLOORS and any(r["method"].startswith("floor: ") for r in saved["rows"])
     assert cli_main(["compare", str(din), "--no-floors"]) == 0
     assert "floor:" not in capsys.readouterr().out
+
+
+def _run_of_spec(d: Path, spec_file: str, method: str, gauc: float) -> Path:
+    """A fake finished run whose spec.yaml is ``spec_file`` resolved, as `train` writes it."""
+    import yaml
+
+    from muse_rec.spec import load_spec
+
+    _fake_run(d, method, gauc, FAKE_FLOORS)
+    (d / "spec.yaml").write_text(yaml.safe_dump(load_spec(REPO / spec_file).to_dict()))
+    return d
+
+
+def test_compare_does_not_doubt_the_training_of_an_id_only_model_above_the_floor_without_scl(tmp_path, capsys):
+    """DIN (reads no SCL vectors) below the best floor, a floor of SCL cosines, but above popularity, the best
+    floor without them: the run's own line says the SCL vectors carry signal it cannot see; compare said
+    "BELOW it: DIN ... - check the learning rates, the number of steps and the data" (an outside probe's DIN,
+    0.7050 under the regression's 0.7878 and above popularity's 0.6571). A model that reads SCL vectors, or one
+    below the floor without them too, is still told to check its training."""
+    din = _run_of_spec(tmp_path / "din", "specs/methods/din.yaml", "DIN", 0.61)
+    muse = _run_of_spec(tmp_path / "muse", "specs/methods/muse.yaml", "MUSE", 0.60)
+    assert cli_main(["compare", str(din), str(muse), "--no-floors"]) == 0  # the specs load
+    capsys.readouterr()
+    assert cli_main(["compare", str(din), str(muse)]) == 0
+    verdict = [line for line in capsys.readouterr().out.splitlines() if line.startswith("best model-free floor")]
+    assert len(verdict) == 1, verdict
+    doubted, _, blind = verdict[0].partition("below it only for want of SCL vectors: ")
+    assert "BELOW it: MUSE (0.6000) - check the learning rates, the number of steps and the data" in doubted, verdict
+    assert "DIN" not in doubted, verdict
+    assert blind.startswith("DIN (0.6100), which reads none and is above the best floor without them, smoothed "
+                            "train CTR of the target item GAUC 0.5200"), verdict
+    low = _run_of_spec(tmp_path / "din_low", "specs/methods/din.yaml", "DIN", 0.50)
+    assert cli_main(["compare", str(low)]) == 0
+    out = capsys.readouterr().out
+    assert "BELOW it: DIN (0.5000) - check the learning rates, the number of steps and the data" in out, out
+    assert "for want of SCL vectors" not in out, out
 
 
 def test_compare_refuses_a_run_given_twice_and_an_absent_baseline(tmp_path, capsys):
