@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from muse_rec.lifetime import end_with_torchrun
+from muse_rec.spec.schema import DEFAULT_COLLECTIVE_TIMEOUT_S
 
 # Used only when the launcher set no rendezvous address (single process runs).
 DEFAULT_MASTER_ADDR = "127.0.0.1"
@@ -127,7 +128,7 @@ def free_port(host: str = DEFAULT_MASTER_ADDR) -> int:
 
 def init_distributed(
     env: Optional[DistEnv] = None,
-    timeout: timedelta = timedelta(minutes=10),
+    timeout: timedelta = timedelta(seconds=DEFAULT_COLLECTIVE_TIMEOUT_S),
 ) -> DistEnv:
     """Create the default process group for `env` (read from the environment if None).
 
@@ -136,7 +137,9 @@ def init_distributed(
 
     Args:
         env: the process's place; default `DistEnv.from_environ()`.
-        timeout: collective timeout (large tables take a while to initialise).
+        timeout: how long a collective (and the rendezvous) waits for every rank before this rank
+            fails; a run passes its spec's ``train.collective_timeout_s``. Large tables take a while to
+            initialise, a checkpoint a while to save, and a hung rank holds the job this long.
 
     Returns:
         The `DistEnv` in use.

@@ -18,8 +18,9 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 import yaml
 
 from muse_rec.json_files import refuse_special_file
-from muse_rec.spec.schema import (ID_TABLES, MAX_EMBEDDING_DIM, MAX_LAYER_WIDTH, MAX_PATH_PART_BYTES, MAX_SEED,
-                                  MAX_TABLE_ROWS, MIN_TIER_WIDTH, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError)
+from muse_rec.spec.schema import (ID_TABLES, MAX_COLLECTIVE_TIMEOUT_S, MAX_EMBEDDING_DIM, MAX_LAYER_WIDTH,
+                                  MAX_PATH_PART_BYTES, MAX_SEED, MAX_TABLE_ROWS, MIN_COLLECTIVE_TIMEOUT_S,
+                                  MIN_TIER_WIDTH, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError)
 
 
 def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Spec:
@@ -357,6 +358,9 @@ def _check_values(spec: Spec, source: str) -> None:
     need(t.log_every > 0, "train.log_every", "must be > 0")
     need(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = only at the end)")
     need(t.warn_below_clicks >= 0, "train.warn_below_clicks", "must be >= 0 (0 = never warn)")
+    need(MIN_COLLECTIVE_TIMEOUT_S <= t.collective_timeout_s <= MAX_COLLECTIVE_TIMEOUT_S, "train.collective_timeout_s",
+         f"must be in [{MIN_COLLECTIVE_TIMEOUT_S:g}, {MAX_COLLECTIVE_TIMEOUT_S:g}] seconds (gloo counts milliseconds; "
+         "c10d's clock overflows past the top)")
     need(t.shuffle_seed is None or t.shuffle_seed >= 0, "train.shuffle_seed", "must be >= 0 (or null: file order)")
     need(0 <= t.seed <= MAX_SEED, "train.seed",
          f"must be in 0..{MAX_SEED} (torch's generator seed, an unsigned 64-bit integer)")

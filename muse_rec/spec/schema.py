@@ -206,6 +206,15 @@ MIN_TIER_WIDTH = 2.0**-24
 # more (a ValueError traceback once the run had started) and takes a negative seed modulo 2^64, so -1
 # trained the same model as 2^64 - 1 under another name.
 MAX_SEED = 2**64 - 1
+# `train.collective_timeout_s` (seconds). The default is what every run waited before it was a key
+# (10 minutes: a checkpoint save or a large table's initialisation on one rank keeps the others
+# waiting that long in its barrier).
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
+# gloo and the c10d store count the timeout in whole milliseconds: less would be 0 ms.
+MIN_COLLECTIVE_TIMEOUT_S = 1e-3
+# c10d adds the timeout to a nanosecond clock (int64, ~292 years): measured, 1e9 s (~32 years)
+# waits as asked, 9e12 s overflows and every rank's store connection "times out" at once.
+MAX_COLLECTIVE_TIMEOUT_S = 1e9
 # The longest name of one file or directory, in bytes, that the filesystems runs are written to take
 # (NAME_MAX of ext4, XFS, btrfs, APFS, NFS): a longer `output_dir` part (or `name` filled into it) was an
 # OSError traceback ("File name too long") from train and launch.
@@ -247,6 +256,9 @@ class TrainSpec:
     # epoch gets at a fixed dense lr follows its clicks (docs/accuracy.md). specs/base.yaml sets it.
     warn_below_clicks: int = 0
     pipeline: Literal["sparse_dist", "base"] = "sparse_dist"
+    # Seconds a rank waits in a collective (and in the start's rendezvous) for the other ranks before
+    # it fails: a hung or SIGSTOPped rank holds the job this long (docs/launch.md, "A hung rank").
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
 
 
 @dataclass
@@ -275,7 +287,7 @@ class Spec:
 # (nothing read it); the spec.yaml of older runs still holds it.
 NON_TRAINING_KEYS = ("name", "output_dir", "data.vocab_sizes", "data.num_workers", "train.eval_batch_size",
                      "train.log_every", "train.checkpoint_every", "train.check_floors", "train.warn_below_clicks",
-                     "data.raw")
+                     "train.collective_timeout_s", "data.raw")
 
 
 # Keys of ``model`` that set only how a model starts (its init), how it trains (dropout) or how fast it

@@ -19,6 +19,7 @@ import signal
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
 
@@ -55,7 +56,8 @@ logger = logging.getLogger("muse_rec")
 # Fault injection for the resume test: every rank exits hard right after this step.
 CRASH_ENV = "MUSE_REC_CRASH_AFTER_STEP"
 # Fault injection for the restart test: "RANK:STEP" = that rank SIGKILLs itself after that step,
-# in the job's first attempt only (a torchelastic restart, which resumes, does not repeat it).
+# in the job's first attempt only (a torchelastic restart, which resumes, does not repeat it);
+# "RANK:STEP:SIGSTOP" (any signal's name) sends that signal instead (the hung-rank test).
 KILL_ENV = "MUSE_REC_KILL_RANK_AFTER_STEP"
 # torchrun sets it in every worker: 0 in the first attempt, n after the n-th restart.
 RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
@@ -149,7 +151,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     run's files (spec.yaml, run.json) are written only once the checkpoint (if any) loaded, so
     a refused resume leaves the directory exactly as it was.
     """
-    env = init_distributed(DistEnv.from_environ(device_type=device_type))
+    env = init_distributed(DistEnv.from_environ(device_type=device_type), collective_timeout(spec))
     _setup_logging(env)
     restart = int(os.environ.get(RESTART_COUNT_ENV, "0") or 0)
     restarted_fresh_run = bool(restart and not resume)
@@ -282,7 +284,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         # this one logs again from T + 1; the events up to T stay.
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=position.step + 1 if position.step else None)
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
-    kill_rank, kill_step = _kill_request(env)
+    kill_rank, kill_step, kill_signal = _kill_request(env)
     train_seconds, samples_trained = 0.0, 0  # by this process
     # The work behind the run in this run's steps: after a resume on other ranks, its steps were of another size.
     progress = ProgressLog(total_steps, position.step, env.is_main, writer,
@@ -330,8 +332,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                 progress.close()
                 os._exit(3)
             if position.step == kill_step and env.rank == kill_rank:
-                logger.warning("%s: rank %d kills itself with SIGKILL after step %d", KILL_ENV, env.rank, kill_step)
-                os.kill(os.getpid(), signal.SIGKILL)
+                logger.warning("%s: rank %d kills itself with %s after step %d", KILL_ENV, env.rank,
+                               kill_signal.name, kill_step)
+                os.kill(os.getpid(), kill_signal)
         _detach(pipeline)
     progress.close()
     _checked_loss(monitor, position.step, env)  # never save a checkpoint after a non-finite loss
@@ -412,7 +415,7 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
     ``allow_data_mismatch``; the run's newest is read again where a run still training deletes it
     meanwhile (`checkpoint_choice`).
     """
-    env = init_distributed(DistEnv.from_environ(device_type=device_type))
+    env = init_distributed(DistEnv.from_environ(device_type=device_type), collective_timeout(spec))
     _setup_logging(env)
     data = _open_data(spec)
     # Checked before the model is built (seconds): a wrong checkpoint, data or spec fails at once.
@@ -453,13 +456,18 @@ def _checked_loss(monitor: LossMonitor, step: int, env: DistEnv) -> Optional[flo
         raise RunError(str(e)) from None
 
 
-def _kill_request(env: DistEnv) -> Tuple[int, int]:
-    """(rank, step) of KILL_ENV in the job's first attempt, else (-1, -1)."""
+def _kill_request(env: DistEnv) -> Tuple[int, int, signal.Signals]:
+    """(rank, step, signal) of KILL_ENV in the job's first attempt, else (-1, -1, SIGKILL)."""
     text = os.environ.get(KILL_ENV, "")
     if not text or int(os.environ.get(RESTART_COUNT_ENV, "0") or 0) > 0:
-        return -1, -1
-    rank, _, step = text.partition(":")
-    return int(rank), int(step)
+        return -1, -1, signal.SIGKILL
+    rank, step, *name = text.split(":")
+    return int(rank), int(step), signal.Signals[name[0]] if name else signal.SIGKILL
+
+
+def collective_timeout(spec: Spec) -> timedelta:
+    """The spec's ``train.collective_timeout_s`` as the timedelta torch.distributed takes."""
+    return timedelta(seconds=spec.train.collective_timeout_s)
 
 
 def _detach(pipeline) -> None:

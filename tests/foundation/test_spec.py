@@ -68,6 +68,10 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"train": {"seed": 2**64}}, "train.seed: must be in 0..18446744073709551615"),
         ({"train": {"seed": -1}}, "train.seed: must be in 0..18446744073709551615"),
         ({"train": {"eval_batch_size": 0}}, "train.eval_batch_size: must be > 0"),
+        # 0 s: every rank's store connection "timed out" at once; 9e12 s overflowed c10d's nanosecond clock, the same.
+        ({"train": {"collective_timeout_s": 0}}, "train.collective_timeout_s: must be in [0.001, 1e.09] seconds"),
+        ({"train": {"collective_timeout_s": 9e12}}, "train.collective_timeout_s: must be in [0.001, 1e.09] seconds"),
+        ({"train": {"collective_timeout_s": "ten"}}, "train.collective_timeout_s: expected a number"),
         ({"model": {"small_dim": 0}}, "model.small_dim: must be in 1..65536"),
         ({"model": {"init_std": 0}}, "model.init_std: must be > 0"),
         ({"model": {"small_features": ["item"]}}, "model.small_features: 'item' cannot take model.small_dim"),
