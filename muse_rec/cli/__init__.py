@@ -68,10 +68,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (MemoryError, RuntimeError) as e:
-        from muse_rec.cli.errors import lost_a_peer, report_lost_peer
+        from muse_rec.cli.errors import lost_a_peer, report_lost_peer, report_waited_past_timeout, waited_past_timeout
 
         if lost_a_peer(e):  # another rank ended (bad data only it read, a kill): its own line says why
             return report_lost_peer(args.command, e)
+        if waited_past_timeout(e):  # another rank hung: it cannot say why, so this rank names it
+            return report_waited_past_timeout(args.command, e)
         # What runs out is what the spec or the input sized (a spec's model.esu.num_tiers = 1e9
         # asked for tens of GB, export --seq-len 1e12 for 8 TB): a line saying so, not a traceback.
         if not _out_of_memory(e):

@@ -4,7 +4,8 @@ Exit codes of every command: 0 ok, 2 bad input (the one-line message names the f
 flag), 130 interrupted (Ctrl-C; `muse_rec.cli.main` says how to go on), 141 the reader of the
 output went away (quietly), 1 a bug (a traceback; please report it), or a rank of a job whose
 collective failed because another rank's process ended (one line: `lost_a_peer`; the cause is that
-rank's to say). The imports are lazy: evaluated only when an
+rank's to say) or waited past `train.collective_timeout_s` for a hung one (one line naming it where it can:
+`waited_past_timeout`). The imports are lazy: evaluated only when an
 exception reaches a command's boundary, so a command's start-up stays light. Output locations
 are checked up front (`muse_rec.output_paths`), so a bad ``--out`` fails before any work.
 """
@@ -59,15 +60,31 @@ def _dcp_line(e: BaseException) -> str:
 _GLOO_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
-def lost_a_peer(e: BaseException) -> bool:
-    """Whether ``e`` is this rank's collective failing because another rank of a multi-rank job ended.
+# What gloo raises (a plain RuntimeError, measured under torch 2.13) on a rank whose collective waited past the
+# process group's timeout (`train.collective_timeout_s`): the first where the wait itself timed out, the second
+# where an earlier timed-out wait had already closed the connection the next collective used.
+_GLOO_TIMED_OUT = ("Timed out waiting", "Application timeout caused pair closure")
 
-    torch.distributed is looked up, not imported: a command that never loaded it has no peers."""
+
+def _in_multi_rank_job(e: BaseException) -> bool:
+    """Whether ``e`` is a RuntimeError raised in a process group of several ranks. torch.distributed is looked
+    up, not imported: a command that never loaded it has no peers."""
     dist = sys.modules.get("torch.distributed")
     if not isinstance(e, RuntimeError) or dist is None or not dist.is_available() or not dist.is_initialized():
         return False
+    return dist.get_world_size() > 1
+
+
+def lost_a_peer(e: BaseException) -> bool:
+    """Whether ``e`` is this rank's collective failing because another rank of a multi-rank job ended."""
     text = str(e)
-    return dist.get_world_size() > 1 and "gloo" in text and any(m in text for m in _GLOO_PEER_GONE)
+    return _in_multi_rank_job(e) and "gloo" in text and any(m in text for m in _GLOO_PEER_GONE)
+
+
+def waited_past_timeout(e: BaseException) -> bool:
+    """Whether ``e`` is this rank's collective giving up on another rank of a multi-rank job that neither took
+    part nor ended within the collective timeout (hung, SIGSTOPped, far slower)."""
+    return _in_multi_rank_job(e) and any(m in str(e) for m in _GLOO_TIMED_OUT)
 
 
 def report_lost_peer(command: str, e: BaseException) -> int:
@@ -80,5 +97,21 @@ def report_lost_peer(command: str, e: BaseException) -> int:
     sys.stderr.write(f"muse-rec {command}: rank {dist.get_rank()} of {dist.get_world_size()}: stopped, another rank "
                      f"of the job ended during a collective (gloo: {what}); that rank's error, or torchrun's report "
                      "of its exit, says why\n")
+    sys.stderr.flush()
+    return 1
+
+
+def report_waited_past_timeout(command: str, e: BaseException) -> int:
+    """One line for `waited_past_timeout`, naming this rank and, in a job of two, the one it waited for (of more,
+    the collective's message does not say which); returns 1 (the job failed, not this rank's input)."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    other = f"rank {1 - rank}" if world == 2 else "another rank"
+    gloo = " ".join(str(e).split()).rsplit("] ", 1)[-1]  # its text without gloo's source location
+    sys.stderr.write(f"muse-rec {command}: rank {rank} of {world}: stopped, a collective waited longer than "
+                     f"train.collective_timeout_s for {other}, which neither took part nor ended (hung, stopped by "
+                     "SIGSTOP, or far slower); look there, or raise train.collective_timeout_s where that work is slow "
+                     f"by nature (gloo: {gloo})\n")
     sys.stderr.flush()
     return 1
