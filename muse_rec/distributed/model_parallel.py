@@ -29,6 +29,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.fused_step_count import count_only_training_lookups
+from muse_rec.distributed.grad_sync import sum_dense_gradients_in_parameter_order
 from muse_rec.distributed.planner import make_plan, topology_for
 from muse_rec.distributed.sharders import (
     FusedOptimizerConfig,
@@ -111,6 +112,8 @@ def shard_model(
         plan=plan,
         sharders=sharders,
     )
+    # A resume at 3+ ranks was exact only to fp32 rounding: DDP's bucket layout changes after a process's first step.
+    sum_dense_gradients_in_parameter_order(dmp, dist.GroupMember.WORLD)
     count_only_training_lookups(dmp)  # FBGEMM would count no-grad lookups as optimizer steps
     adam = row_sparse_optimizer(sharders)  # the sharders (given or made here) decide the route
     if adam is not None:
