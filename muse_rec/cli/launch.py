@@ -111,7 +111,14 @@ def run(args: argparse.Namespace) -> int:
             return 128 + int(e.sigval)  # the shell's convention, as for Ctrl-C elsewhere
         logs.join(timeout=30)
         state = status.state if status else None
-        print(f"muse-rec launch: {handle} finished: {state}", file=sys.stderr)
+        # A failed job's own lines (a rank's error, torchrun's "Root Cause") say why; this one says how to go on,
+        # as an interrupted launch's does: a killed rank (SIGKILL, the OOM killer) left its run to resume.
+        how_to_continue = "" if state == AppState.SUCCEEDED else (
+            "; the lines above say why (torchrun's 'Root Cause' names the rank that failed first). Where a rank was "
+            "killed (SIGKILL, the OOM killer) or hung, or once the cause is fixed, the same command with --resume "
+            "continues the run from its last checkpoint (one every train.checkpoint_every steps; without one, from "
+            "step 0)")
+        print(f"muse-rec launch: {handle} finished: {state}{how_to_continue}", file=sys.stderr)
         return 0 if state == AppState.SUCCEEDED else 1
     finally:
         runner.close()

@@ -100,3 +100,34 @@ def test_rank_killed_mid_epoch_restarts_and_resumes(prepared, tmp_path):
     assert "restart 1 of the job" in log and "resumed from" in log and "step-00000004" in log, log[-5000:]
     assert "SUCCEEDED" in log
     assert_same_run(full / "muse", killed / "muse")
+
+
+def test_a_launch_whose_rank_was_killed_says_how_to_continue_and_resumes(prepared, tmp_path):
+    """A local launch whose rank was SIGKILLed (no restarts) ended with "finished: FAILED" and nothing on how to
+    go on, while an interrupted one says --resume continues the run."""
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(
+        "profiles:\n"
+        "  two:\n"
+        "    scheduler: local_cwd\n"
+        "    nodes: 1\n"
+        "    procs_per_node: 2\n"
+        f"    spec: {SPEC}\n"
+        "    env: {OMP_NUM_THREADS: '1'}\n"
+    )
+    sets = []
+    for ov in overrides(prepared, tmp_path, COMMON):
+        sets += ["--set", ov]
+    launch = [venv_bin("muse-rec"), "launch", "--profile", "two", "--profiles-file", str(profiles), *sets]
+    # The kill reaches the ranks from the launcher's environment (local_cwd passes it on), so the resume
+    # below, the same command without it, is not killed again at the same step.
+    out = subprocess.run(launch, capture_output=True, text=True, cwd=REPO, timeout=600,
+                         env=subprocess_env(MUSE_REC_KILL_RANK_AFTER_STEP="1:6"))
+    log = out.stdout + out.stderr
+    assert out.returncode == 1 and "rank 1 kills itself with SIGKILL after step 6" in log, log[-5000:]
+    last = log.strip().splitlines()[-1]
+    assert "finished: FAILED; the lines above say why" in last and "the same command with --resume" in last, last
+    resumed = subprocess.run(launch + ["--resume"], capture_output=True, text=True, cwd=REPO, env=subprocess_env(),
+                             timeout=600)
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0 and "resumed from" in log and "step-00000004" in log, log[-5000:]
