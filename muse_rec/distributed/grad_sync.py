@@ -58,10 +58,14 @@ def _ordered_mean_hook(state: _ParameterOrder, bucket: dist.GradBucket) -> torch
     return work.get_future().then(scatter_back)
 
 
+def sum_in_parameter_order(ddp: DistributedDataParallel, group: dist.ProcessGroup) -> None:
+    """Make ``ddp`` average its gradients with `_ordered_mean_hook`; call before its first forward."""
+    ddp.register_comm_hook(_ParameterOrder(group, ddp.module), _ordered_mean_hook)
+
+
 def sum_dense_gradients_in_parameter_order(dmp: nn.Module, group: dist.ProcessGroup) -> None:
-    """Make the DDP that a DistributedModelParallel ``dmp`` wraps its unsharded modules in average their
-    gradients with `_ordered_mean_hook`. Call before its first forward; nothing where TorchRec made no DDP
-    (every parameter sharded)."""
+    """`sum_in_parameter_order` for the DDP that a DistributedModelParallel ``dmp`` wraps its unsharded
+    modules in; nothing where TorchRec made no DDP (every parameter sharded)."""
     ddp = dmp._dmp_wrapped_module  # TorchRec's DDP (DefaultDataParallelWrapper); no public accessor
     if isinstance(ddp, DistributedDataParallel):
-        ddp.register_comm_hook(_ParameterOrder(group, ddp.module), _ordered_mean_hook)
+        sum_in_parameter_order(ddp, group)
