@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from muse_rec.spec import SpecError, from_dict, load_spec
+from muse_rec.spec import SpecError, from_dict, load_spec, training_settings
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 ALL_SPECS = sorted(p for p in SPECS.rglob("*.yaml"))
@@ -296,3 +296,12 @@ def test_spec_table_names_are_the_models():
 
     assert list(ID_TABLES) == REQUIRED_TABLES == VOCAB_NAMES
     assert set(ID_TABLES) - set(SMALL_DIM_TABLES) == {"item", "category"}
+
+
+def test_the_collective_timeout_is_no_training_setting():
+    """`train.collective_timeout_s` says how long a rank waits for the others, not what is trained: a resume
+    with another one (a cluster's slower checkpoint store, a hang to catch sooner) is not refused."""
+    spec = SPECS / "demo" / "muse.yaml"
+    assert load_spec(spec, ["train.collective_timeout_s=60"]).train.collective_timeout_s == 60
+    assert (training_settings(load_spec(spec).to_dict())
+            == training_settings(load_spec(spec, ["train.collective_timeout_s=60"]).to_dict()))
