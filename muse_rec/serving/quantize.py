@@ -7,9 +7,11 @@
   table is stored int8 **losslessly**: each row holds ``v + 128`` as uint8 with scale 1.0 and
   bias -128.0 (both exact in fp16), so the lookup returns ``v`` exactly. That is 128 + 4 bytes
   per row (+ alignment padding) instead of 256 (fp16 in training), with cosines identical to
-  the training model's. That collection is built directly (`exact_int8_collection`), not by
-  TorchRec from the float table: its quantization would be overwritten anyway, and held ~260 B
-  per row at once beside the fp16 table. ``scl_dtype="fp16"`` keeps TorchRec's fp16 table instead.
+  the training model's. ``scl_dtype="fp16"`` stores the same values as fp16 (256 bytes per row,
+  exact). Either collection is built directly from the prepared array (`exact_scl_collection`), after
+  the float table is freed, not by TorchRec from the float table: its int8 quantization would be
+  overwritten anyway and held ~260 B per row at once beside the fp16 table, and its fp16 route
+  copied the fp16 table into the new table while holding it, and kept it after (+256 B per row).
 
 The frozen table is a `FrozenEmbeddingCollection` (an EC subclass); TorchRec's default mapping
 matches exact type names, so it is added to the mapping here.
@@ -24,7 +26,7 @@ from typing import Dict, Iterator, List, Literal, Tuple
 import numpy as np
 import torch
 from torch import nn
-from torchrec import EmbeddingConfig
+from torchrec import DataType, EmbeddingConfig
 from torchrec.inference.modules import DEFAULT_QUANT_MAPPING, DEFAULT_QUANTIZATION_DTYPE, quantize_inference_model
 from torchrec.modules.embedding_configs import dtype_to_data_type
 from torchrec.quant.embedding_modules import MODULE_ATTR_ROW_ALIGNMENT_INT
@@ -39,6 +41,8 @@ DEFAULT_ROW_ALIGNMENT = 16
 # int8 rows store v + offset as uint8 and dequantize as scale * u + bias (FBGEMM's int8 rows).
 _INT8_OFFSET = 128
 SCL_DTYPES = ("int8", "fp16")
+# The storage each `scl_dtype` gives the SCL table (`exact_scl_collection`): int8 is TorchRec's quantization dtype.
+_SCL_DATA_TYPES = {"int8": dtype_to_data_type(DEFAULT_QUANTIZATION_DTYPE), "fp16": DataType.FP16}
 # SCL rows copied per step into the int8 table: bounds the one temporary (a chunk of the int8 array,
 # 1M rows x 128 B = 128 MiB) whatever the table's size.
 DEFAULT_CHUNK_ROWS = 1 << 20
@@ -79,11 +83,11 @@ def quantize_for_serving(
     Args:
         model: the serving model (its trained model is modified in place too: they share modules).
         scl_array: the prepared int8 SCL table ``[n_items, 128]`` (`PreparedData.scl()`); written
-            losslessly into the int8 SCL table. Ignored for ``scl_dtype="fp16"``.
+            losslessly into the quantized SCL table.
         scl_dtype: storage of the frozen SCL table, "int8" (lossless) or "fp16".
         row_alignment: bytes each stored row is padded to (16 = TorchRec's default; 4 packs
             int8 rows tighter on CPU).
-        chunk_rows: SCL rows written per step (`write_exact_int8_`).
+        chunk_rows: SCL rows written per step (`write_exact_int8_`, `write_exact_fp16_`).
 
     Returns:
         A `QuantizationReport` (bytes per row of every table).
@@ -94,19 +98,20 @@ def quantize_for_serving(
         raise ValueError(f"row_alignment must be >= 1, got {row_alignment}")
     arch = model.model.sparse_arch
     scl = arch.scl  # None for a model that reads no SCL vectors
-    if scl is not None and scl_dtype == "int8":  # refused before the model is touched: it stays as it was
-        check_exact_int8_values(SCL_TABLE, (scl.num_rows, scl.dim), scl_array, chunk_rows)
+    if scl is not None:  # refused before the model is touched: it stays as it was
+        check_exact_values(SCL_TABLE, (scl.num_rows, scl.dim), scl_array, chunk_rows)
     _set_row_alignment(arch.collections(), row_alignment)
     model.eval()
-    if scl is not None and scl_dtype == "int8":
-        # Not through TorchRec: it would quantize the float table (FBGEMM's fused rows, then a copy into the TBE:
-        # ~260 B per row held at once beside the fp16 table) only for every value to be overwritten. Done before
+    if scl is not None:
+        # Not through TorchRec: for int8 it would quantize the float table (FBGEMM's fused rows, then a copy into
+        # the TBE: ~260 B per row held at once beside the fp16 table) only for every value to be overwritten; for
+        # fp16 it copied the fp16 table into the new TBE while holding it, and the new collection kept the old rows
+        # (its `_table_name_to_quantized_weights`): +256 B per row from then on. Done before
         # `quantize_inference_model`, which then leaves the already quantized collection alone.
-        scl.collection = exact_int8_collection(_take_collection(scl), scl_array, row_alignment, chunk_rows)
+        scl.collection = exact_scl_collection(_take_collection(scl), scl_array, scl_dtype, row_alignment, chunk_rows)
     mapping = dict(DEFAULT_QUANT_MAPPING)
     mapping[torch.typename(FrozenEmbeddingCollection)] = QuantEmbeddingCollection
-    per_table = {SCL_TABLE: torch.float16} if scl_dtype == "fp16" else None
-    quantize_inference_model(model, quantization_mapping=mapping, per_table_weight_dtype=per_table)
+    quantize_inference_model(model, quantization_mapping=mapping)
     return _report(model, scl_dtype)
 
 
@@ -136,37 +141,59 @@ class FloatCollectionSettings:
     device: torch.device
 
 
-def exact_int8_collection(settings: FloatCollectionSettings, array: np.ndarray,
-                          row_alignment: int = DEFAULT_ROW_ALIGNMENT,
-                          chunk_rows: int = DEFAULT_CHUNK_ROWS) -> QuantEmbeddingCollection:
+def exact_scl_collection(settings: FloatCollectionSettings, array: np.ndarray, scl_dtype: str = "int8",
+                         row_alignment: int = DEFAULT_ROW_ALIGNMENT,
+                         chunk_rows: int = DEFAULT_CHUNK_ROWS) -> QuantEmbeddingCollection:
     """The quantized twin of a float collection of one table, holding the int8 values ``array [rows, dim]``
-    exactly (`write_exact_int8_`): what `quantize_inference_model` followed by `write_exact_int8_` gives,
-    without a float copy of the table. TorchRec's constructor allocates the TBE's zeroed storage
-    (``rows x row bytes``, as from TorchRec's route); it is then filled a chunk of rows at a time.
+    exactly, stored as ``scl_dtype`` ("int8": `write_exact_int8_`, "fp16": `write_exact_fp16_`): what
+    `quantize_inference_model` followed by that write gives, without a float copy of the table. TorchRec's
+    constructor allocates the TBE's zeroed storage (``rows x row bytes``, as from TorchRec's route); it is then
+    filled a chunk of rows at a time.
     """
     configs = copy.deepcopy(settings.configs)
     if len(configs) != 1:
         raise ValueError(f"expected a collection of one table, got {[c.name for c in configs]}")
     (config,) = configs
-    config.data_type = dtype_to_data_type(DEFAULT_QUANTIZATION_DTYPE)  # int8, as `_update_embedding_configs` sets
+    config.data_type = _SCL_DATA_TYPES[scl_dtype]  # as `_update_embedding_configs` sets it
     # The settings `quantize_inference_model` gives each collection it swaps: TBEs registered as submodules,
     # the feature order cached on the first call, float lookups.
     collection = QuantEmbeddingCollection(configs, device=settings.device, need_indices=settings.need_indices,
                                           output_dtype=torch.float, register_tbes=True, row_alignment=row_alignment,
                                           cache_features_order=True)
-    write_exact_int8_(collection, config.name, array, chunk_rows)
+    write = write_exact_int8_ if scl_dtype == "int8" else write_exact_fp16_
+    write(collection, config.name, array, chunk_rows)
     return collection
 
 
-def check_exact_int8_values(table: str, shape: Tuple[int, int], array: np.ndarray, chunk_rows: int) -> None:
-    """ValueError unless `write_exact_int8_` stores ``array`` in table ``table`` of ``shape`` ``[rows, dim]``
-    ``chunk_rows`` rows at a time: int8 values of that shape, a chunk of at least one row."""
+def check_exact_values(table: str, shape: Tuple[int, int], array: np.ndarray, chunk_rows: int) -> None:
+    """ValueError unless `write_exact_int8_` / `write_exact_fp16_` store ``array`` in table ``table`` of ``shape``
+    ``[rows, dim]`` ``chunk_rows`` rows at a time: int8 values of that shape, a chunk of at least one row."""
     if array.dtype != np.int8:
-        raise ValueError(f"exact int8 storage needs int8 values, got {array.dtype}")
+        raise ValueError(f"exact storage needs int8 values, got {array.dtype}")
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"table {table!r} is {tuple(shape)}, values are {tuple(array.shape)}")
     if chunk_rows < 1:  # 0 was range()'s error; a negative count wrote no row, silently
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+
+
+def _table_rows(collection: nn.Module, table: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(values, scale_bias)`` of ``table`` in a quantized collection of one TBE, as uint8 views of its storage
+    (``values [rows, stored bytes of dim values]``; ``scale_bias`` empty for fp16)."""
+    if not isinstance(collection, QuantEmbeddingCollection):
+        raise TypeError(f"expected a quantized EmbeddingCollection, got {type(collection).__name__}")
+    names = [c.name for c in collection.embedding_configs()]
+    if table not in names:
+        raise KeyError(f"no table {table!r} in the collection (tables: {names})")
+    (tbe,) = collection._emb_modules  # one TBE: the collection holds one table
+    weights, scale_bias = tbe.split_embedding_weights(split_scale_shifts=True)[names.index(table)]
+    return weights, scale_bias
+
+
+def _chunks(array: np.ndarray, chunk_rows: int) -> Iterator[Tuple[int, torch.Tensor]]:
+    """``(first row, rows)`` of ``array`` ``chunk_rows`` at a time, each a copied tensor (memmap slices are
+    read-only): the only temporary of a write, ``chunk_rows x dim`` bytes whatever the table's size."""
+    for start in range(0, array.shape[0], chunk_rows):
+        yield start, torch.tensor(np.asarray(array[start:start + chunk_rows]))
 
 
 @torch.no_grad()
@@ -175,26 +202,31 @@ def write_exact_int8_(collection: nn.Module, table: str, array: np.ndarray,
     """Store int8 values ``array [rows, dim]`` exactly in an int8 table of a quantized collection.
 
     Each row gets ``u = v + 128`` (uint8), scale 1.0 and bias -128.0, so ``scale * u + bias == v``.
-    Rows are copied ``chunk_rows`` at a time: the only temporary is one chunk of ``array`` (``chunk_rows x dim``
-    bytes), whatever the table's size.
+    Rows are copied ``chunk_rows`` at a time (`_chunks`).
     """
-    if not isinstance(collection, QuantEmbeddingCollection):
-        raise TypeError(f"expected a quantized EmbeddingCollection, got {type(collection).__name__}")
-    names = [c.name for c in collection.embedding_configs()]
-    if table not in names:
-        raise KeyError(f"no table {table!r} in the collection (tables: {names})")
-    (tbe,) = collection._emb_modules  # one TBE: the collection holds one int8 table
-    weights, scale_bias = tbe.split_embedding_weights(split_scale_shifts=True)[names.index(table)]
-    check_exact_int8_values(table, tuple(weights.shape), array, chunk_rows)
+    weights, scale_bias = _table_rows(collection, table)
+    check_exact_values(table, tuple(weights.shape), array, chunk_rows)
     one_and_offset = torch.tensor([1.0, -float(_INT8_OFFSET)], dtype=torch.float16).view(torch.uint8)
     scale_bias.copy_(one_and_offset.expand_as(scale_bias))
-    for start in range(0, array.shape[0], chunk_rows):
-        src = torch.tensor(np.asarray(array[start:start + chunk_rows]))  # a copy: memmap slices are read-only
+    for start, src in _chunks(array, chunk_rows):
         rows = weights[start:start + src.shape[0]]
         # In place, no wider temporary (an int16 sum was 4 B per value): v's bytes as uint8 are v mod 256,
         # and uint8 addition wraps, so adding the offset gives v + 128 for every int8 v.
         rows.copy_(src.view(torch.uint8))
         rows.add_(_INT8_OFFSET)
+
+
+@torch.no_grad()
+def write_exact_fp16_(collection: nn.Module, table: str, array: np.ndarray,
+                      chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+    """Store int8 values ``array [rows, dim]`` in an fp16 table of a quantized collection (every int8 value
+    is exact in fp16: the bytes TorchRec's fp16 route wrote from the loaded fp16 table). Rows are copied
+    ``chunk_rows`` at a time (`_chunks`); the conversion is done by ``copy_`` in place, no fp16 temporary."""
+    weights, _ = _table_rows(collection, table)
+    values = weights.view(torch.float16)  # [rows, dim]: the row's bytes, padding excluded
+    check_exact_values(table, tuple(values.shape), array, chunk_rows)
+    for start, src in _chunks(array, chunk_rows):
+        values[start:start + src.shape[0]].copy_(src)
 
 
 @torch.no_grad()
