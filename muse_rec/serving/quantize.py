@@ -43,6 +43,8 @@ _INT8_OFFSET = 128
 SCL_DTYPES = ("int8", "fp16")
 # The storage each `scl_dtype` gives the SCL table (`exact_scl_collection`): int8 is TorchRec's quantization dtype.
 _SCL_DATA_TYPES = {"int8": dtype_to_data_type(DEFAULT_QUANTIZATION_DTYPE), "fp16": DataType.FP16}
+# The attribute where TorchRec's quantized collections keep the rows they were built from (`_drop_source_rows`).
+_SOURCE_ROWS = "_table_name_to_quantized_weights"
 # SCL rows copied per step into the int8 table: bounds the one temporary (a chunk of the int8 array,
 # 1M rows x 128 B = 128 MiB) whatever the table's size.
 DEFAULT_CHUNK_ROWS = 1 << 20
@@ -112,7 +114,22 @@ def quantize_for_serving(
     mapping = dict(DEFAULT_QUANT_MAPPING)
     mapping[torch.typename(FrozenEmbeddingCollection)] = QuantEmbeddingCollection
     quantize_inference_model(model, quantization_mapping=mapping)
+    _drop_source_rows(arch.collections())
     return _report(model, scl_dtype)
+
+
+def _drop_source_rows(collections: Tuple[nn.Module, ...]) -> None:
+    """Let go of the rows TorchRec's quantized collections keep after copying them into their TBEs.
+
+    `QuantEmbeddingBagCollection.from_float` / `QuantEmbeddingCollection.from_float` quantize each table
+    (FBGEMM's fused rows: ``dim`` int8 values + fp16 scale and bias) and the new collection keeps that dict
+    (``_table_name_to_quantized_weights``) after the rows are copied into its TBE: the ID tables' rows twice
+    for the rest of the export (the item table's +20 B per row). Nothing reads it after construction (TorchRec's
+    managed-collision collections read it in their own `from_float`, which serving does not use).
+    """
+    for collection in collections:
+        if getattr(collection, _SOURCE_ROWS, None) is not None:
+            setattr(collection, _SOURCE_ROWS, None)
 
 
 def _set_row_alignment(collections: Tuple[nn.Module, ...], row_alignment: int) -> None:

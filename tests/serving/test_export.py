@@ -308,6 +308,37 @@ def test_the_fp16_scl_table_is_written_without_the_float_table(monkeypatch):
                        torch.from_numpy(scl_array).float())  # every int8 value, exact in fp16
 
 
+def _tensors_in(value: object) -> list:
+    """The tensors in ``value`` and the dicts, lists and tuples it holds (not inside modules)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors_in(v)]
+    return []
+
+
+def test_quantized_collections_hold_their_rows_only_in_their_tbes():
+    """After quantizing, no collection holds a table's rows outside its TBEs. Before, TorchRec's quantized
+    collections kept the fused rows FBGEMM quantized them from (``_table_name_to_quantized_weights``): the ID
+    tables' rows twice until `muse-rec export` ended (the item table's +20 B per row)."""
+    from muse_rec.models.ctr_model import build_train_model
+    from muse_rec.models.sparse_arch import REQUIRED_TABLES
+    from muse_rec.serving.quantize import quantize_for_serving
+    from muse_rec.spec import load_spec
+
+    rows = 4096  # a copy of a table's rows has at least `rows` elements; TorchRec's other tensors here have few
+    model = InferenceModel(build_train_model(load_spec(SPEC).model, {t: rows for t in REQUIRED_TABLES}, SEQ_LEN,
+                                             device=torch.device("cpu")).model.eval())
+    quantize_for_serving(model, np.zeros((rows, model.model.sparse_arch.scl.dim), np.int8), "int8")
+    for collection in model.model.sparse_arch.collections():
+        tables = {tbe.weights_host.untyped_storage().data_ptr() for tbe in collection._emb_modules}
+        own = {k: v for k, v in vars(collection).items() if k != "_modules"}  # the TBEs' tensors are their own
+        outside = [t for t in _tensors_in(own) if t.numel() >= rows and t.untyped_storage().data_ptr() not in tables]
+        assert not outside, f"{type(collection).__name__} holds {[tuple(t.shape) for t in outside]} beside its TBEs"
+
+
 def test_exported_accepts_candidate_counts_in_range(trained_run):
     from muse_rec.serving.export import example_inputs, load_program
 
