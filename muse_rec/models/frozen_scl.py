@@ -184,12 +184,12 @@ class FrozenSCL(nn.Module):
                 # Converted by `copy_` straight from the array's memory: an fp16 copy of each chunk held 256 B per
                 # row of a 1M-row chunk (256 MiB: the peak of loading a model for export), and a column shard's
                 # slice was copied once more to be contiguous.
-                tensor[start:stop].copy_(_read_only_view(array[row0 + start : row0 + stop, col0 : col0 + cols]))
+                tensor[start:stop].copy_(read_only_view(array[row0 + start : row0 + stop, col0 : col0 + cols]))
             written += rows
         return written
 
 
-def _read_only_view(array: np.ndarray) -> torch.Tensor:
+def read_only_view(array: np.ndarray) -> torch.Tensor:
     """A tensor over ``array``'s own memory (no copy), to be read only. A memory-mapped array is read-only and
     `torch.from_numpy` warns that writing through such a tensor is undefined; nothing here writes to it."""
     with warnings.catch_warnings():

@@ -33,7 +33,7 @@ from torchrec.quant.embedding_modules import MODULE_ATTR_ROW_ALIGNMENT_INT
 from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
 
-from muse_rec.models.frozen_scl import SCL_TABLE, FrozenEmbeddingCollection, FrozenSCL
+from muse_rec.models.frozen_scl import SCL_TABLE, FrozenEmbeddingCollection, FrozenSCL, read_only_view
 from muse_rec.serving.inference import InferenceModel
 
 # TorchRec's default row alignment of inference tables (bytes): what its CUDA kernels expect.
@@ -45,8 +45,7 @@ SCL_DTYPES = ("int8", "fp16")
 _SCL_DATA_TYPES = {"int8": dtype_to_data_type(DEFAULT_QUANTIZATION_DTYPE), "fp16": DataType.FP16}
 # The attribute where TorchRec's quantized collections keep the rows they were built from (`_drop_source_rows`).
 _SOURCE_ROWS = "_table_name_to_quantized_weights"
-# SCL rows copied per step into the int8 table: bounds the one temporary (a chunk of the int8 array,
-# 1M rows x 128 B = 128 MiB) whatever the table's size.
+# SCL rows written per step into the quantized table (read in place from the array: no temporary copy).
 DEFAULT_CHUNK_ROWS = 1 << 20
 
 
@@ -207,10 +206,11 @@ def _table_rows(collection: nn.Module, table: str) -> Tuple[torch.Tensor, torch.
 
 
 def _chunks(array: np.ndarray, chunk_rows: int) -> Iterator[Tuple[int, torch.Tensor]]:
-    """``(first row, rows)`` of ``array`` ``chunk_rows`` at a time, each a copied tensor (memmap slices are
-    read-only): the only temporary of a write, ``chunk_rows x dim`` bytes whatever the table's size."""
+    """``(first row, rows)`` of ``array`` ``chunk_rows`` at a time, each a read-only tensor over the array's own
+    memory (`read_only_view`): a write holds no copy of the rows (a copied chunk was 128 MiB at 1M rows, beside
+    the new table at quantizing's peak)."""
     for start in range(0, array.shape[0], chunk_rows):
-        yield start, torch.tensor(np.asarray(array[start:start + chunk_rows]))
+        yield start, read_only_view(array[start:start + chunk_rows])
 
 
 @torch.no_grad()
