@@ -151,11 +151,12 @@ def test_quantizing_holds_a_chunk_of_the_scl_table_at_most():
     assert grown <= bound, f"peak +{grown:,} B > {bound:,} B: the SCL table's size shows in the peak"
 
 
+@pytest.mark.parametrize("scl_dtype", ["int8", "fp16"])
 @pytest.mark.parametrize("values, chunk_rows, refusal", [
     (np.float32, 1, "exact storage needs int8 values, got float32"),
     (np.int8, 0, "chunk_rows must be >= 1, got 0"),
 ])
-def test_a_refused_scl_write_leaves_the_model_as_it_was(values, chunk_rows: int, refusal: str):
+def test_a_refused_scl_write_leaves_the_model_as_it_was(values, chunk_rows: int, refusal: str, scl_dtype: str):
     """`quantize_for_serving` took the float SCL collection off the model before `write_exact_int8_` refused the
     values (or range() the chunk of 0 rows): the caught refusal left a model with no SCL table (AttributeError
     scoring it). Now refused before the model is touched: it scores as before, bit for bit."""
@@ -176,7 +177,7 @@ def test_a_refused_scl_write_leaves_the_model_as_it_was(values, chunk_rows: int,
         before = model(*args)
     scl = np.zeros((rows, model.model.sparse_arch.scl.dim), values)
     with pytest.raises(ValueError) as refused:
-        quantize_for_serving(model, scl, "int8", chunk_rows=chunk_rows)
+        quantize_for_serving(model, scl, scl_dtype, chunk_rows=chunk_rows)
     assert str(refused.value) == refusal
     with torch.no_grad():
         assert torch.equal(model(*args), before)
