@@ -268,15 +268,21 @@ def _history_lengths(data: PreparedData, split: str, users: np.ndarray, seq_len:
     return np.minimum(length, seq_len) if seq_len else length
 
 
+def popularity_scores(data: PreparedData, split: str, idx: np.ndarray, ctr: ItemCtr,
+                      leave_one_out: bool = False) -> np.ndarray:
+    """``[n]`` float64 popularity floor of samples ``idx [n]`` of ``split`` (`ItemCtr.ctr`); with
+    ``leave_one_out`` each sample's own label is taken out of its item's counts (samples of the fit split)."""
+    labels = data.labels(split, idx).astype(np.float64)
+    return ctr.ctr(data.item_rows(split, idx).astype(np.int64), labels if leave_one_out else None)
+
+
 def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptions, ctr: ItemCtr,
                  with_scl: bool, leave_one_out: bool = False,
                  on_chunk: Optional[Callable[[int], None]] = None) -> Dict[str, np.ndarray]:
     """Floor scores of samples ``idx`` (any order, streamed in user order): name -> ``[n]``.
     ``on_chunk(done)`` is called after each chunk of users with the samples scored so far."""
     n = idx.size
-    labels = data.labels(split, idx).astype(np.float64)
-    items = data.item_rows(split, idx).astype(np.int64)
-    out = {"popularity": ctr.ctr(items, labels if leave_one_out else None)}
+    out = {"popularity": popularity_scores(data, split, idx, ctr, leave_one_out)}
     if not with_scl:
         return out
     for name in SCL_FLOORS:

@@ -40,7 +40,7 @@ from muse_rec.data.files import tmp_of
 from muse_rec.data.prepared import PreparedData
 from muse_rec.json_files import read_json_object
 from muse_rec.metrics.floor_options import ID_FLOORS, FloorOptions, FloorsError, best_id_floor
-from muse_rec.metrics.floor_scores import SCL_FLOORS, ItemCtr, split_scores
+from muse_rec.metrics.floor_scores import SCL_FLOORS, ItemCtr, popularity_scores, split_scores
 from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, auc, logloss, user_auc
 from muse_rec.metrics.report import check_floors, metrics_json_text, save_metrics_json
 
@@ -169,6 +169,23 @@ def scoring_progress(say: Optional[Callable[[str], None]], what: str, total: int
     return on_chunk
 
 
+def _fit_scores(data: PreparedData, train_split: str, fit_idx: np.ndarray, opts: FloorOptions, ctr: ItemCtr,
+                scored: Optional[Dict[str, np.ndarray]], say: Optional[Callable[[str], None]]) -> Dict[str, np.ndarray]:
+    """The floors of the regression's fit samples ``fit_idx [m]`` of ``train_split`` (popularity leave-one-out).
+
+    ``scored``: the floors of every sample of ``train_split`` when that is also the split scored (name ->
+    ``[n]``), or None. Only the popularity differs on the fit (leave-one-out); a sample's SCL floors do not
+    depend on it nor on the samples scored beside it, so they are taken from there, not scored a second time
+    (that doubled `baselines --split train`: 25.5 s against 12.9 s on test, on a 250k/80k set).
+    """
+    if scored is None:
+        return split_scores(data, train_split, fit_idx, opts, ctr, with_scl=True, leave_one_out=True,
+                            on_chunk=scoring_progress(say, f"split {train_split} (the regression's fit)", fit_idx.size))
+    fit = {name: scored[name][fit_idx] for name in SCL_FLOORS}
+    fit["popularity"] = popularity_scores(data, train_split, fit_idx, ctr, leave_one_out=True)
+    return fit
+
+
 def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions = FloorOptions(),
                    train_split: str = "train", say: Optional[Callable[[str], None]] = None) -> Dict:
     """Every floor's GAUC / AUC / logloss on ``split`` (strict-JSON-able dict, see docs/metrics.md).
@@ -211,9 +228,8 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     elif y_fit.min() == y_fit.max():
         skipped["logistic_regression"] = f"the {fit_idx.size} {train_split} samples it is fitted on all have label {int(y_fit[0])}"
     else:
-        train_scores = split_scores(data, train_split, fit_idx, opts, ctr, with_scl, leave_one_out=True,
-                                    on_chunk=scoring_progress(say, f"split {train_split} (the regression's fit)",
-                                                              fit_idx.size))
+        train_scores = _fit_scores(data, train_split, fit_idx, opts, ctr, scores if split == train_split else None,
+                                   say)
         model = fit_logistic(lr_features(train_scores), y_fit, opts.lr_l2)
         scores["logistic_regression"] = model.predict(lr_features(scores))
 
