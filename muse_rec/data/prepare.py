@@ -535,13 +535,20 @@ def _prepare_into(job: "_Prepare", out: str, overwrite: bool) -> Dict[str, objec
     meta_path = os.path.join(out, "meta.json")
     remove_killed_tmps(out, "meta.json")  # of a run killed while publishing it
     if os.path.exists(meta_path):
+        unreadable = ""  # what is wrong with meta.json, where it is no JSON object (read_json_object's line)
         try:  # any other JSON value is as unreadable as broken JSON: not this dataset's record
-            old = read_json_object(meta_path)
-        except ValueError:
-            old = {}
+            old = read_json_object(meta_path)  # a FIFO is refused before it is opened, not waited on
+        except ValueError as e:
+            old, unreadable = {}, str(e)
         same = old.get("fingerprint") in (job.fingerprint, job.legacy_fingerprint)
         if same and _opens(out):
             return old
+        if unreadable and not overwrite:
+            # Still refused (it may be another command's output), but said as it is: no dataset's
+            # source, vocabulary and fingerprint to show, only the file and what is wrong with it.
+            raise DifferentDatasetError(
+                f"{unreadable}; it is no prepared dataset's record, so {out} is not taken for this one: pass "
+                f"--overwrite to replace what {out} holds, delete {meta_path}, or choose another OUT")
         if not same and not overwrite:
             raise DifferentDatasetError(
                 f"{out} already holds a different prepared dataset (from {old.get('source', '?')}, "

@@ -272,10 +272,39 @@ def test_a_damaged_meta_json_in_out_is_never_taken_for_a_finished_preparation(ra
             "only the fingerprint": json.dumps({"fingerprint": fp})}[damage]
     (out / "meta.json").write_text(text)
     if damage in ("a list", "a string"):  # no record of any dataset: refused as another one's OUT
-        with pytest.raises(P.DifferentDatasetError, match="already holds a different prepared dataset"):
+        with pytest.raises(P.DifferentDatasetError, match=r"meta\.json: expected a JSON object, got (list|str); "
+                                                          r"it is no prepared dataset's record"):
             P.prepare(str(raw), str(out), CFG)
         return
     with pytest.warns(UserWarning):  # this dataset's, not finished: prepared again
         meta = P.prepare(str(raw), str(out), CFG)
     assert meta["splits"] == want["splits"] and meta["content_sha256"] == want["content_sha256"]
     assert PreparedData(str(out)).meta["splits"] == want["splits"]
+
+
+@pytest.mark.parametrize("damage", ["a FIFO", "broken JSON"])
+def test_an_unreadable_meta_json_in_out_is_named_with_what_is_wrong(raw: Path, tmp_path: Path, capsys,
+                                                                    damage: str) -> None:
+    """OUT/meta.json a FIFO or broken JSON was refused as "OUT already holds a different prepared dataset
+    (from ?, vocab ?, fingerprint ?)": no dataset was there to name. Still refused (exit 2, nothing in OUT
+    touched, the FIFO never opened), the line now names the file, what is wrong with it and the ways on;
+    --overwrite then prepares OUT."""
+    from muse_rec.cli import main as cli_main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    meta = out / "meta.json"
+    if damage == "a FIFO":
+        os.mkfifo(meta)
+    else:
+        meta.write_text('{"fingerprint": ')
+    assert cli_main(["prepare", str(raw), str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    what = "a FIFO (named pipe), not a regular file" if damage == "a FIFO" else "not valid JSON"
+    assert err.count("\n") == 0 and err.startswith(f"muse-rec prepare: {meta}: {what}"), err
+    assert "?" not in err and "different prepared dataset" not in err, err
+    assert "--overwrite" in err and f"delete {meta}" in err, err
+    assert set(os.listdir(out)) - {".lock"} == {"meta.json"} and (damage == "a FIFO" or meta.read_text() == '{"fingerprint": ')
+    with pytest.warns(UserWarning):
+        assert cli_main(["prepare", str(raw), str(out), "--no-progress", "--overwrite"]) == 0
+    assert PreparedData(str(out)).meta["fingerprint"]
