@@ -83,8 +83,13 @@ def run(args: argparse.Namespace) -> int:
 def _split_counts(split: Dict[str, Any], unseen_users: Optional[int] = None) -> str:
     """One split's counts for `summary_line`; ``unseen_users``: its user rows not in the train vocabulary."""
     unseen = "" if unseen_users is None else f" ({unseen_users:,} unseen in train)"
-    return (f"{split['samples']:,} samples, {split['user_rows']:,} user rows{unseen}, "
-            f"{split['behaviours_unknown_item']:,} of {split['behaviours']:,} behaviours on unknown items")
+    on_row_0, without_id = split["behaviours_unknown_item"], split.get("behaviours_without_item_id")
+    if without_id is None:  # a meta.json written before the missing ids were counted apart
+        behaviours = f"{on_row_0:,} of {split['behaviours']:,} behaviours on unknown items"
+    else:  # row 0 holds both; a missing id (raw 0, padding in the raw lists) is no item absent from the vocabulary
+        behaviours = (f"{on_row_0 - without_id:,} of {split['behaviours']:,} behaviours on items outside the "
+                      f"vocabulary, {without_id:,} with no item id (raw id 0)")
+    return f"{split['samples']:,} samples, {split['user_rows']:,} user rows{unseen}, {behaviours}"
 
 
 def summary_line(out: str, meta: Dict[str, Any]) -> str:
@@ -92,7 +97,8 @@ def summary_line(out: str, meta: Dict[str, Any]) -> str:
 
     Vocabulary rows count row 0 (unknown / padding): the distinct ids are one fewer. User rows are
     the user table's rows; a sample's user may have none (`prepare` warns). Unseen test users and
-    behaviours on unknown items all share row 0 of their vocabulary: said here, not only in meta.json."""
+    behaviours on items outside the vocabulary all share row 0 of their vocabulary: said here, not only in
+    meta.json; behaviours with no item id (raw id 0) are on row 0 too, and counted apart."""
     tr, te = meta["splits"]["train"], meta["splits"]["test"]
     vs = meta["vocab_sizes"]
     return (f"prepared {out}: train {_split_counts(tr)}; "

@@ -34,7 +34,7 @@ from muse_rec.data import schema as S
 from muse_rec.data.files import (NpyStreamWriter, PartitionedScatterWriter, remove_killed_tmps, save_npy, tmp_of,
                                  write_json)
 from muse_rec.data.reader import RawRelease, RawTable
-from muse_rec.data.vocab import SortedKeyBuilder, Vocab
+from muse_rec.data.vocab import MISSING_ID, SortedKeyBuilder, Vocab
 from muse_rec.dirlock import LOCK_FILE, DirLock
 from muse_rec.integrity import hash_files
 from muse_rec.json_files import read_json_object, refuse_special_file
@@ -331,7 +331,7 @@ class _Prepare:
         users, items, cats = self.vocab("user_id"), self.vocab("item"), self.vocab("category")
         fields = [self.vocab(v) for v in USER_FIELD_VOCABS.values()]
         present = _flag_bits(self.built("items", "scl_present.npy"))
-        behaviours = with_scl = unknown = 0
+        behaviours = with_scl = unknown = without_id = 0
         d = lambda name: self.path(split, name)  # noqa: E731
         with NpyStreamWriter(d("user_keys.npy"), np.int64) as wk, \
                 NpyStreamWriter(d("user_fields.npy"), np.int32, (len(USER_FIELD_COLUMNS),)) as wf, \
@@ -348,12 +348,14 @@ class _Prepare:
                 lens = _lengths(batch, S.SEQ_ITEMS)
                 wo.append(end + np.cumsum(lens))
                 end += int(lens.sum())
-                irows = items.rows(_flat(batch, S.SEQ_ITEMS))
+                ids = _flat(batch, S.SEQ_ITEMS)
+                irows = items.rows(ids)
                 wi.append(irows)
                 wc.append(cats.rows(_flat(batch, S.SEQ_CATS)))
                 behaviours += int(irows.size)
                 with_scl += _count_flagged(present, irows)
-                unknown += int((irows == 0).sum())
+                unknown += int((irows == 0).sum())  # row 0: ids outside the vocabulary and missing ids
+                without_id += int((ids == MISSING_ID).sum())  # of those, the missing ones (raw id 0)
         # Sorted index for sample -> user lookup; a stable sort keeps the FIRST row of a duplicated user.
         keys = np.load(d("user_keys.npy"))
         order = np.argsort(keys, kind="stable")
@@ -367,6 +369,7 @@ class _Prepare:
             warnings.warn(f"{table}: {duplicates:,} duplicate user row(s); samples use the first row of each user")
         return {"user_rows": int(wk.rows), "duplicate_user_rows": duplicates, "behaviours": behaviours,
                 "behaviours_with_scl": with_scl, "behaviours_unknown_item": unknown,
+                "behaviours_without_item_id": without_id,
                 "user_rows_unseen_in_train": unseen}
 
     def step_samples(self, split: str) -> Dict[str, object]:

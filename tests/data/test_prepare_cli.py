@@ -65,22 +65,42 @@ def test_fallback_generator_is_a_valid_release(tmp_path: Path) -> None:
     assert meta["splits"]["train"]["samples"] == 60 and meta["splits"]["train"]["samples_without_user_row"] == 0
 
 
-def test_summary_line_says_unseen_test_users_and_unknown_behaviour_items(tmp_path: Path) -> None:
+@pytest.mark.parametrize("vocab", ["full", "p90"])
+def test_summary_line_says_unseen_test_users_and_unknown_behaviour_items(tmp_path: Path, vocab: str) -> None:
     """The line prepare ends with said neither how many test users are unseen in train nor how many
-    behaviours are on unknown items (both become row 0); only meta.json had them."""
-    from tests.data.rawgen import write_raw_release
+    behaviours are on unknown items (both become row 0); only meta.json had them. It then counted
+    behaviours with no item id (raw id 0, padding in the raw lists) as "on unknown items": 57,029 of them
+    on an outside set whose items were all in the vocabulary. They are counted apart now
+    (``behaviours_without_item_id``, added; ``behaviours_unknown_item`` still counts all of row 0), each
+    number checked against the raw lists: with ``--vocab full`` no behaviour is outside the vocabulary."""
+    from tests.data.rawgen import _rows, reference_vocabs, write_raw_release
 
     raw, out = tmp_path / "raw", tmp_path / "out"
     write_raw_release(str(raw))  # has test users unseen in train and raw id 0 inside histories
-    cmd = [venv_bin("muse-rec"), "prepare", str(raw), str(out), "--no-progress"]
+    cmd = [venv_bin("muse-rec"), "prepare", str(raw), str(out), "--no-progress", "--vocab", vocab]
     done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     meta = PreparedData(str(out)).meta
     tr, te = meta["splits"]["train"], meta["splits"]["test"]
-    assert meta["test_users_unseen_in_train"] > 0 and te["behaviours_unknown_item"] > 0 and te["behaviours"] >= 1000
+    assert meta["test_users_unseen_in_train"] > 0 and te["behaviours"] >= 1000
+    known = reference_vocabs(str(raw), vocab)["item"]
     line, = done.stdout.splitlines()
-    assert f"test {te['samples']:,} samples, {te['user_rows']:,} user rows " \
-           f"({meta['test_users_unseen_in_train']:,} unseen in train), " \
-           f"{te['behaviours_unknown_item']:,} of {te['behaviours']:,} behaviours on unknown items;" in line, line
-    assert f"train {tr['samples']:,} samples, {tr['user_rows']:,} user rows, " \
-           f"{tr['behaviours_unknown_item']:,} of {tr['behaviours']:,} behaviours on unknown items;" in line, line
+    for split, counts in (("train", tr), ("test", te)):
+        ids = [i for r in _rows(str(raw), f"{split}_user_features") for i in r["150_2_180"]]
+        missing, outside = sum(i == 0 for i in ids), sum(i != 0 and i not in known for i in ids)
+        assert counts["behaviours_without_item_id"] == missing > 0
+        assert counts["behaviours_unknown_item"] == missing + outside and (outside == 0) == (vocab == "full")
+        unseen = f" ({meta['test_users_unseen_in_train']:,} unseen in train)" if split == "test" else ""
+        assert f"{split} {counts['samples']:,} samples, {counts['user_rows']:,} user rows{unseen}, " \
+               f"{outside:,} of {counts['behaviours']:,} behaviours on items outside the vocabulary, " \
+               f"{missing:,} with no item id (raw id 0);" in line, line
+    assert "unknown items" not in line
+
+
+def test_summary_line_of_a_meta_json_without_the_missing_ids_keeps_its_words() -> None:
+    """A meta.json prepared before the missing ids were counted apart (prepare returns it as finished):
+    its row-0 count is said as before, not a KeyError."""
+    from muse_rec.cli.prepare import _split_counts
+
+    old = {"samples": 5, "user_rows": 2, "behaviours_unknown_item": 3, "behaviours": 40}
+    assert _split_counts(old) == "5 samples, 2 user rows, 3 of 40 behaviours on unknown items"
