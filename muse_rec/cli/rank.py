@@ -2,7 +2,8 @@
 
 The request file holds ``{"user": <int>, "candidates": [<int>, ...]}`` or a list of them (raw
 ids; ``-`` reads stdin). Prints one JSON document: a response object per request (scores in
-candidate order, ``known_user``, ``unknown_candidates``); see docs/serving.md.
+candidate order, ``has_history_row``, ``user_seen_in_train``, ``unknown_candidates``; ``known_user``,
+the older name of ``has_history_row``); see docs/serving.md.
 """
 from __future__ import annotations
 

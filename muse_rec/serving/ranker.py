@@ -17,7 +17,11 @@ Two scorers share the request handling:
 Documented handling of bad input (never a crash, never a silent wrong score):
 
 * unknown user (no row in the split's user table): the unknown-user rows and an empty
-  history, as training treats such samples; the response says ``"known_user": false``;
+  history, as training treats such samples; the response says ``"has_history_row": false``
+  (and ``"known_user": false``, its older name, kept for existing clients);
+* a user with a history row but never in the training data (a new test user): its history and fields
+  with the unknown ``user_id`` row 0; the response says ``"user_seen_in_train": false``, while
+  ``"known_user"`` is true (it only ever meant the history row);
 * unknown candidate ids (not in the item vocabulary): scored with the unknown-item row 0 (as
   training does for unseen targets) and listed in ``"unknown_candidates"`` (positions);
 * malformed requests: `muse_rec.serving.request.RequestError`.
@@ -34,6 +38,7 @@ import torch
 
 from muse_rec.data.batch import USER_FEATURES
 from muse_rec.data.prepared import PreparedData
+from muse_rec.data.vocab import PADDING_ROW
 from muse_rec.serving.cache import AsyncLRUCache
 from muse_rec.serving.export import ExportError, check_data_fingerprint, example_inputs, load_export, load_trained_model
 from muse_rec.serving.inference import InferenceModel
@@ -49,7 +54,8 @@ class UserContext:
     """What the Ranker caches per user (right-aligned, left-padded to the scorer's length).
 
     Attributes:
-        user: raw user id. known: the split has a history row for the user.
+        user: raw user id. known: the split has a history row for the user (`seen_in_train` says
+            whether its id has a row of the user_id vocabulary).
         history_length: behaviours the user has (before cutting to the serving length).
         user_fields: ``[1, 6]`` int64 rows of `USER_FEATURES`.
         seq_items, seq_cats: ``[1, L]`` int64. seq_length: ``[1]`` int64 real behaviours.
@@ -65,6 +71,12 @@ class UserContext:
     seq_cats: torch.Tensor
     seq_length: torch.Tensor
     seq_scl: Optional[torch.Tensor]
+
+    @property
+    def seen_in_train(self) -> bool:
+        """Whether the user id has a row of the ``user_id`` vocabulary (the train data's users); else the
+        model sees the unknown-user row 0, whether or not the split has a history row (`known`)."""
+        return bool(self.user_fields[0, USER_FEATURES.index("user_id")] != PADDING_ROW)
 
     @property
     def nbytes(self) -> int:
@@ -275,7 +287,9 @@ class Ranker:
         scores = self._score(ctx, cand)
         return {
             "user": req.user,
-            "known_user": ctx.known,
+            "has_history_row": ctx.known,
+            "user_seen_in_train": ctx.seen_in_train,
+            "known_user": ctx.known,  # the older name of has_history_row: read as "seen in train", it misled
             "history_length": ctx.history_length,
             "history_used": int(ctx.seq_length[0]),
             "scores": [float(s) for s in scores],

@@ -228,3 +228,19 @@ def test_float_scorer_contexts_have_the_serving_length():
     assert ctx.seq_items[0, seq_len - n:].tolist() == items.tolist() and not ctx.seq_items[0, :seq_len - n].any()
     assert int(ctx.seq_length) == n and ctx.history_length == n
     assert np.array_equal(ctx.seq_scl[0, seq_len - n:].numpy(), scl[items])
+
+
+def test_the_response_tells_a_history_row_from_a_user_seen_in_train(float_ranker, trained_model):
+    """A test user never seen in train was answered ``"known_user": true`` (it has a history row), read as
+    "the model knows this user"; it is scored with the unknown user_id row 0. ``has_history_row`` and
+    ``user_seen_in_train`` say the two apart; ``known_user`` keeps its old value for existing clients."""
+    _, data = trained_model
+    keys = np.asarray(data.array("test/user_keys.npy"))
+    seen = data.vocab("user_id").rows(keys) != 0
+    assert seen.any() and not seen.all()  # the synthetic release has test users unseen in train
+    for user, in_train in ((int(keys[np.argmin(seen)]), False), (int(keys[np.argmax(seen)]), True),
+                           (123456789, False)):  # the last: no history row either
+        has_row = data.user_history("test", user) is not None
+        resp = float_ranker.rank({"user": user, "candidates": [1]})
+        assert (resp["has_history_row"], resp["user_seen_in_train"], resp["known_user"]) == (has_row, in_train, has_row)
+        assert has_row == (user != 123456789)
