@@ -938,7 +938,8 @@ def test_floors_of_the_fit_split_score_its_samples_once(tiny, monkeypatch, fit_s
     opts = FloorOptions(**{**OPTS.__dict__, "lr_train_samples": fit_samples})
     scored = []
     real = floor_scores.scl_scores
-    monkeypatch.setattr(floor_scores, "scl_scores", lambda d, s, idx, o: (scored.append(idx.size), real(d, s, idx, o))[1])
+    monkeypatch.setattr(floor_scores, "scl_scores",
+                        lambda d, s, idx, o: (scored.append(idx.size), real(d, s, idx, o))[1])
     result = compute_floors(data, "train", opts, "train")
     assert sum(scored) == n, (sum(scored), n)
     monkeypatch.setattr(floor_scores, "scl_scores", real)
