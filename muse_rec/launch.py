@@ -209,7 +209,7 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
     # the data's meta.json; a checkpoint or data that cannot be read is said as the ranks would).
     check_resumable(run_dir)
     try:
-        check_resume_settings(run_dir / "spec.yaml", resolved)
+        check_resume_settings(run_dir / "spec.yaml", resolved, overwrite=False)  # neither command has --overwrite
         check_resume_place(run_dir, resolved, profile.world_size)
     except RunError as e:  # a ValueError, as the callers expect of the user's input
         raise RunDirError(str(e)) from None

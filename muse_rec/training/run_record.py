@@ -127,10 +127,11 @@ RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.batch_size", "dat
                      "train.eval_at_end", "train.pipeline")
 
 
-def check_resume_settings(spec_yaml: Path, spec: Spec) -> None:
+def check_resume_settings(spec_yaml: Path, spec: Spec, overwrite: bool = True) -> None:
     """A resumed run trains on with the settings it was started with (its ``spec.yaml``), up to
     `RESUMABLE_CHANGES`; RunError naming the keys that differ. Keys only one side knows (a spec
-    written by another version of this project) are not compared."""
+    written by another version of this project) are not compared. ``overwrite``: whether the
+    refusing command has ``--overwrite`` to offer (`muse-rec train` has; `launch` and `torchx run` have not)."""
     if not spec_yaml.exists():
         return
     was = training_settings(_read_spec_yaml(spec_yaml), leave_out=RESUMABLE_CHANGES)
@@ -140,9 +141,10 @@ def check_resume_settings(spec_yaml: Path, spec: Spec) -> None:
     if diff:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:4])
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        instead = "another output_dir, or --overwrite" if overwrite else "another output_dir"
         raise RunError(f"{spec_yaml}: --resume with other training settings than the run was started with "
                        f"({shown}{more}); resume with its settings (--spec {spec_yaml}), or train them as a new run "
-                       "(another output_dir, or --overwrite)")
+                       f"({instead})")
 
 
 def _read_spec_yaml(spec_yaml: Path) -> Dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 import yaml
 
 from tests.conftest import REPO, subprocess_env, venv_bin
@@ -219,6 +220,29 @@ def test_a_resume_that_every_rank_would_refuse_is_refused_before_submitting(tmp_
     out = launch("--profile", "cpu-demo", "--spec", "specs/demo/din.yaml", "--set", into, "--set", "name=other",
                  "--resume", "--dryrun")
     assert out.returncode == 2 and "holds no run to continue" in out.stderr, out.stderr[-3000:]
+
+
+def test_a_refused_resume_offers_only_flags_the_launching_command_has(tmp_path):
+    """A `--resume` with other training settings was refused, by `muse-rec launch` and by `torchx run`,
+    with "train them as a new run (another output_dir, or --overwrite)": neither command has an
+    --overwrite (`muse-rec launch --overwrite` is a usage error). Now the way out it names is one they
+    have; `muse-rec train`, which has --overwrite, still offers it."""
+    from muse_rec.launch import get_profile, preflight
+    from muse_rec.spec import load_spec
+    from muse_rec.training.run_dir import RunDirError
+    from muse_rec.training.run_record import RunError, check_resume_settings
+
+    run = tmp_path / "runs" / "din"
+    run.mkdir(parents=True)
+    into = f"output_dir={tmp_path}/runs/{{name}}"
+    (run / "spec.yaml").write_text(yaml.safe_dump(load_spec(REPO / "specs/demo/din.yaml", [into]).to_dict()))
+    (run / "run.json").write_text('{"run_id": "r1"}')
+    other_lr = [into, "train.dense_optimizer.lr=0.005"]
+    with pytest.raises(RunDirError, match="--resume with other training settings") as refused:
+        preflight(get_profile("cpu-demo"), "local_cwd", str(REPO / "specs/demo/din.yaml"), other_lr, resume=True)
+    assert "another output_dir)" in str(refused.value) and "--overwrite" not in str(refused.value)
+    with pytest.raises(RunError, match=r"\(another output_dir, or --overwrite\)"):
+        check_resume_settings(run / "spec.yaml", load_spec(REPO / "specs/demo/din.yaml", other_lr))
 
 
 def test_a_resume_on_ranks_that_cannot_continue_the_epoch_is_refused_before_submitting(tmp_path, prepared):
