@@ -47,7 +47,7 @@ from muse_rec.models.ctr_model import LifelongCTRModel, build_train_model, is_fr
 from muse_rec.output_paths import check_output_path, output_of_another_command
 from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MANIFEST_FILE, MANIFEST_FORMAT,
                                              MIN_CANDIDATES, OLD_LEFTOVERS, PROGRAM_FILE, STAGING_DIR, ExportError,
-                                             check_max_candidates, no_checkpoint)
+                                             check_max_candidates, no_checkpoint, no_named_checkpoint)
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.int8_check import check_requests, deviation_report, score_requests, warning_text
 from muse_rec.serving.program_file import save_program
@@ -69,7 +69,7 @@ def resolve_checkpoint(spec: Spec, checkpoint: Optional[str]) -> Path:
     """The checkpoint directory to read: ``checkpoint`` or the run's latest."""
     ck = Path(checkpoint) if checkpoint else latest_checkpoint(str(Path(spec.run_dir) / "checkpoints"))
     if ck is None or not (ck / "position.json").exists():
-        raise no_checkpoint(checkpoint or Path(spec.run_dir) / "checkpoints")
+        raise no_named_checkpoint(checkpoint) if checkpoint else no_checkpoint(Path(spec.run_dir) / "checkpoints")
     return ck
 
 

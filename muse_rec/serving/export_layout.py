@@ -11,6 +11,7 @@ from typing import Optional
 
 from muse_rec.dirlock import LOCK_FILE
 from muse_rec.integrity import MANIFEST as INTEGRITY_MANIFEST
+from muse_rec.training.checkpoint_names import named_checkpoint_problem
 
 PROGRAM_FILE = "ranker.pt2"
 # Candidates one call of an exported program may score: at least one, at most the int32 range (a
@@ -43,12 +44,19 @@ def no_checkpoint(where: object) -> ExportError:
     return ExportError(f"no complete checkpoint at {where} (train first, or pass --checkpoint DIR)")
 
 
+def no_named_checkpoint(checkpoint: str) -> ExportError:
+    """The error for a ``--checkpoint`` that is not a complete checkpoint: where it is a run directory
+    or a run's ``checkpoints/``, which step directory to pass instead."""
+    problem = named_checkpoint_problem(Path(checkpoint))
+    return ExportError(problem) if problem else no_checkpoint(checkpoint)
+
+
 def check_checkpoint_present(run_dir: str, checkpoint: Optional[str]) -> None:
     """Cheap pre-check, before torch's import: `checkpoint` holds a position.json, or (None) the run
     has a ``checkpoints`` directory with something in it. `resolve_checkpoint` then checks it whole."""
     if checkpoint:
         if not (Path(checkpoint) / "position.json").exists():
-            raise no_checkpoint(checkpoint)
+            raise no_named_checkpoint(checkpoint)
         return
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir() or not any(not p.name.startswith(".") for p in root.iterdir()):

@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import pickle
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,10 +48,10 @@ from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import INT64_MAX, read_json_object
 from muse_rec.lifetime import interrupts_deferred
 from muse_rec.metrics.gather import all_gather_objects
+from muse_rec.training.checkpoint_names import STEP_DIR
 
 logger = logging.getLogger(__name__)
 
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
 T = TypeVar("T")
 MODEL_RECORD = "model.json"  # the model settings a checkpoint was trained with (older checkpoints lack it)
 
@@ -126,7 +125,7 @@ def _step_dirs(root: Path) -> List[Tuple[int, Path]]:
     directories never match), oldest first, complete or not."""
     if not root.is_dir():
         return []
-    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir())
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir())
 
 
 def _complete(root: Path) -> List[Tuple[int, Path]]:

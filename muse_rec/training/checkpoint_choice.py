@@ -20,6 +20,7 @@ from muse_rec.distributed.env import DistEnv
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import (CheckpointError, Position, from_main_rank, latest_checkpoint,
                                          load_checkpoint)
+from muse_rec.training.checkpoint_names import named_checkpoint_problem
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_model_settings, check_run_compat,
                                           read_run_json)
 
@@ -49,7 +50,8 @@ def evaluation_checkpoint(spec: Spec, checkpoint: Optional[str], data: PreparedD
             run_id = read_run_json(run_dir / "run.json").get("run_id") if not checkpoint else None
             ck = Path(checkpoint) if checkpoint else latest_checkpoint(str(run_dir / "checkpoints"), run_id=run_id)
             if ck is None or not (ck / "position.json").exists():
-                raise RunError(f"no complete checkpoint at {checkpoint or run_dir / 'checkpoints'}")
+                problem = named_checkpoint_problem(ck) if checkpoint else None  # a run's directory named instead
+                raise RunError(problem or f"no complete checkpoint at {checkpoint or run_dir / 'checkpoints'}")
             check_run_compat(ck.parent.parent / "run.json", data, env)
             check_data_fingerprint(ck, data, allow_data_mismatch)
             check_model_settings(ck, spec)

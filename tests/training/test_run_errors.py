@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -407,3 +408,32 @@ def test_a_bad_rank_environment_is_one_line(prepared, tmp_path, variables, words
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(f"muse-rec train: {words}"), \
         out.stderr[-3000:]
     assert "Traceback" not in out.stderr and not (tmp_path / "din").exists()
+
+
+def test_a_run_directory_given_as_checkpoint_names_the_checkpoint_to_pass(prepared, tmp_path):
+    """`--checkpoint RUN` (or `RUN/checkpoints`) where one checkpoint is asked for was refused as
+    "no complete checkpoint at RUN" by `evaluate`, `export` and `rank`, though the run holds several
+    (export and rank added "train first, or pass --checkpoint DIR", which the user just did). Now one
+    line, exit 2, saying what the path is and naming the newest step directory to pass instead."""
+    from tests.conftest import REPO, subprocess_env, venv_bin
+
+    sets = train_args("specs/demo/din.yaml", prepared, tmp_path / "runs",
+                      ["train.max_steps=2", "train.checkpoint_every=1", "train.eval_at_end=false"])[3:]
+    run_ranks(["train", "--spec", "specs/demo/din.yaml", *sets], nproc=1)
+    run = tmp_path / "runs" / "din"
+    newest = run / "checkpoints" / "step-00000002"
+    assert (newest / "position.json").is_file()
+    request = tmp_path / "req.json"
+    request.write_text('{"user": 1, "candidates": [1]}')
+    calls = {"evaluate": ["--out", str(tmp_path / "eval")], "export": ["--out", str(tmp_path / "exported")],
+             "rank": ["--request", str(request)]}
+    for (command, extra), named, what in zip(calls.items(), (run, run / "checkpoints", run),
+                                             ("a run directory", "a run's checkpoints directory", "a run directory")):
+        out = subprocess.run([venv_bin("muse-rec"), command, "--spec", "specs/demo/din.yaml", *sets,
+                              "--checkpoint", str(named), *extra],
+                             capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (command, out.stderr[-3000:])
+        assert out.stderr.strip().splitlines() == [
+            f"muse-rec {command}: --checkpoint {named}: {what}, not one checkpoint; pass one of its step "
+            f"directories, e.g. the newest: --checkpoint {newest}"], (command, out.stderr[-3000:])
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "exported").exists()
