@@ -55,7 +55,7 @@ from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_servin
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_position
 from muse_rec.training.checkpoint_choice import DELETED_RETRIES, deleted_too_often, deleted_while_read
-from muse_rec.training.run_record import check_model_settings
+from muse_rec.training.run_record import check_model_settings, check_run_compat
 
 # The program takes any candidate count from MIN_CANDIDATES (traced size-obliviously, see `export_program`).
 DEFAULT_MAX_CANDIDATES = 4096
@@ -101,6 +101,8 @@ def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str]
     # model", or a missing manifest "not written by muse_rec".
     for _ in range(DELETED_RETRIES):
         ck = resolve_checkpoint(spec, checkpoint)
+        # Other vocabularies first: --allow-data-mismatch, which the fingerprint's refusal offers, cannot load them.
+        check_run_compat(ck.parent.parent / "run.json", data, scoring=True)
         check_data_fingerprint(ck, read_position(ck).data_fingerprint, data, allow_data_mismatch)
         check_model_settings(ck, spec)  # loading checks shapes only: another method's weights may fit them
         try:

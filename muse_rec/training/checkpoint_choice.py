@@ -52,7 +52,7 @@ def evaluation_checkpoint(spec: Spec, checkpoint: Optional[str], data: PreparedD
             if ck is None or not (ck / "position.json").exists():
                 problem = named_checkpoint_problem(ck) if checkpoint else None  # a run's directory named instead
                 raise RunError(problem or f"no complete checkpoint at {checkpoint or run_dir / 'checkpoints'}")
-            check_run_compat(ck.parent.parent / "run.json", data, env)
+            check_run_compat(ck.parent.parent / "run.json", data, scoring=True)
             check_data_fingerprint(ck, data, allow_data_mismatch)
             check_model_settings(ck, spec)
         except (RunError, CheckpointError) as e:

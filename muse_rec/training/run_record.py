@@ -15,7 +15,6 @@ import yaml
 
 from muse_rec.data.epochs import resume_batch, steps_per_epoch
 from muse_rec.data.prepared import PreparedData
-from muse_rec.distributed.env import DistEnv
 from muse_rec.json_files import read_json_object, refuse_special_file
 from muse_rec.spec import Spec, model_settings, training_settings
 from muse_rec.training.checkpoint import MODEL_RECORD, Position, checkpoint_to_resume, read_position
@@ -102,8 +101,11 @@ def check_model_settings(ck: Path, spec: Spec) -> None:
                        f"use {use}")
 
 
-def check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
-    """A resumed run must see the same vocabularies it was started with."""
+def check_run_compat(run_json: Path, data: PreparedData, scoring: bool = False) -> None:
+    """A resumed run, or one whose checkpoint is scored (``scoring``: `evaluate`, `export`, `rank`), must
+    see the same vocabularies it was started with. Tables of other sizes cannot load at all, so the
+    refusal points at the run's own data, not at --allow-data-mismatch (which admits other data of
+    the same vocabularies)."""
     # A run.json without vocab_sizes (empty, or another writer's) has nothing to compare, as with no
     # run.json at all: the checkpoint's data fingerprint, checked apart, still ties the run to its data.
     # (It was compared as all None: "(None, 2631)" per table, where an empty run.json passed.)
@@ -112,10 +114,11 @@ def check_run_compat(run_json: Path, data: PreparedData, env: DistEnv) -> None:
         return
     if recorded != dict(data.vocab_sizes):
         diff = {k: (recorded.get(k), v) for k, v in data.vocab_sizes.items() if recorded.get(k) != v}
-        raise RunError(
-            f"{run_json}: the checkpoint was trained on other vocabularies than data.prepared now has "
-            f"(table: (checkpoint, data)) {diff}; re-prepare the same data or start a new run directory"
-        )
+        instead = (f"score it with the spec it was trained with, whose data.prepared names its data "
+                   f"(--spec {run_json.parent / 'spec.yaml'}); --allow-data-mismatch cannot load tables of "
+                   "other sizes") if scoring else "re-prepare the same data or start a new run directory"
+        raise RunError(f"{run_json}: the checkpoint was trained on other vocabularies than data.prepared now has "
+                       f"(table: (checkpoint, data)) {diff}; {instead}")
 
 
 # What a resume may change of the run's spec.yaml: how far it trains, where its data lies (its

@@ -186,7 +186,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
             if refusal:
                 raise RunDirError(refusal)
         if resume:  # every rank checks (same files), so all raise together instead of some hanging
-            check_run_compat(run_dir / "run.json", data, env)
+            check_run_compat(run_dir / "run.json", data)
             check_resume_settings(run_dir / "spec.yaml", spec)
         from muse_rec.data.loader import make_loader
         from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route

@@ -437,3 +437,33 @@ def test_a_run_directory_given_as_checkpoint_names_the_checkpoint_to_pass(prepar
             f"muse-rec {command}: --checkpoint {named}: {what}, not one checkpoint; pass one of its step "
             f"directories, e.g. the newest: --checkpoint {newest}"], (command, out.stderr[-3000:])
     assert not (tmp_path / "eval").exists() and not (tmp_path / "exported").exists()
+
+
+def test_a_checkpoint_of_other_vocabularies_is_refused_naming_its_runs_spec(prepared, tmp_path):
+    """A checkpoint scored with a spec whose data.prepared has other vocabularies (the published spec
+    without the run's `--set data.prepared=...`) was refused by `evaluate` with "re-prepare the same data
+    or start a new run directory", and by `export` and `rank` with "use the same data or pass
+    --allow-data-mismatch", which then failed as "does not fit this model: ValueError: Size mismatch".
+    Now each names the run's spec.yaml and says --allow-data-mismatch cannot help (one line, exit 2)."""
+    from tests.conftest import REPO, subprocess_env, venv_bin
+
+    other = tmp_path / "other"
+    for cmd in (["synth", str(other / "raw"), "--preset", "tiny", "--users", "150", "--quiet", "--no-diagnostics"],
+                ["prepare", str(other / "raw"), str(other / "prepared"), "--no-progress"]):
+        assert subprocess.run([venv_bin("muse-rec"), *cmd], capture_output=True, env=subprocess_env()).returncode == 0
+    sets = train_args("specs/demo/din.yaml", prepared, tmp_path / "runs", ["train.max_steps=2", "train.eval_at_end=false"])[3:]
+    run_ranks(["train", "--spec", "specs/demo/din.yaml", *sets], nproc=1)
+    run = tmp_path / "runs" / "din"
+    request = tmp_path / "req.json"
+    request.write_text('{"user": 1, "candidates": [1]}')
+    calls = {"evaluate": ["--out", str(tmp_path / "eval")], "export": ["--out", str(tmp_path / "exported")],
+             "rank": ["--request", str(request)]}
+    for command, extra in calls.items():
+        out = subprocess.run([venv_bin("muse-rec"), command, "--spec", "specs/demo/din.yaml", *sets,
+                              "--set", f"data.prepared={other / 'prepared'}", "--allow-data-mismatch", *extra],
+                             capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (command, out.stderr[-3000:])
+        assert f"{run / 'run.json'}: the checkpoint was trained on other vocabularies" in out.stderr, out.stderr
+        assert (f"(--spec {run / 'spec.yaml'}); --allow-data-mismatch cannot load tables of other sizes"
+                in out.stderr), (command, out.stderr)
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "exported").exists()
