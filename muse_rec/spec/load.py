@@ -5,6 +5,7 @@ Every key is checked against the dataclasses of `muse_rec.spec.schema`; an error
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -32,6 +33,7 @@ def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> S
     """
     files: List[Tuple[Path, Dict[str, Any]]] = []
     raw = _read_with_extends(Path(path), seen=(), files=files)
+    before_overrides = copy.deepcopy(raw)
     for ov in overrides:
         _apply_override(raw, ov, str(path))
     try:
@@ -42,6 +44,8 @@ def load_spec(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> S
             rest = msg[len(prefix):]
             key = rest.split(": ", 1)[0]
             ov = _override_of(key, overrides)
+            if ov is None:  # a check across keys: a file's value refused because of an override's
+                ov = _override_that_broke(key, before_overrides, overrides, str(path))
             if ov is not None:
                 raise SpecError(f"--set {ov}: {rest}") from None
             # A parent's key was reported against the file given, where the user found no such line.
@@ -63,6 +67,28 @@ def _file_sets(doc: Dict[str, Any], key: str) -> bool:
             return False
         node = node[part]
     return True
+
+
+def _override_that_broke(key: str, before: Dict[str, Any], overrides: Sequence[str], source: str) -> Optional[str]:
+    """The last override without which ``key`` is no longer refused, where the spec files alone pass
+    (``--set data.seq_len=10`` against the files' ``model.gsu.top_k: 50``); None otherwise. ``before`` is
+    the merged files' spec before any override."""
+    def refused(kept: Sequence[str]) -> bool:
+        raw = copy.deepcopy(before)
+        try:
+            for ov in kept:
+                _apply_override(raw, ov, source)
+            from_dict(raw, source=source)
+        except SpecError as e:
+            return str(e).startswith(f"{source}: {key}: ")
+        return False
+
+    if refused(()):
+        return None  # the files' own values conflict: the file names it
+    for i in reversed(range(len(overrides))):
+        if not refused([*overrides[:i], *overrides[i + 1:]]):
+            return overrides[i]
+    return None
 
 
 def _override_of(key: str, overrides: Sequence[str]) -> Optional[str]:

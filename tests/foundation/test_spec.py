@@ -218,6 +218,22 @@ def test_a_bad_key_set_by_a_parent_names_the_parent(tmp_path):
         load_spec(child)
 
 
+def test_a_check_across_keys_broken_by_an_override_names_the_override():
+    """`--set data.seq_len=10` on specs/demo/muse.yaml was refused as "specs/demo/../methods/../base.yaml
+    (extended by specs/demo/muse.yaml): model.gsu.top_k: must be <= data.seq_len (10)": the check across
+    keys names the files' top_k, whose line is fine; the override is what broke it. Now the override is
+    named, as for a key it sets itself. Where the files alone conflict, the file is still named."""
+    muse, twin = SPECS / "demo/muse.yaml", SPECS / "demo/twin.yaml"
+    for spec, overrides, broke, error in (
+            (muse, ["train.seed=3", "data.seq_len=10", "name=x"], "data.seq_len=10",
+             "model.gsu.top_k: must be <= data.seq_len (10)"),
+            (twin, ["model.esu.attention=sa_ta"], "model.esu.attention=sa_ta", "model.gsu.kind: 'attention' (TWIN)"),
+            (muse, ["model.parametrization.output_head=two_logits_dice"],
+             "model.parametrization.output_head=two_logits_dice", "model.parametrization.output_bias: 'train_prior'")):
+        with pytest.raises(SpecError, match=re.escape(f"--set {broke}: {error}")):
+            load_spec(spec, overrides=overrides)
+
+
 def test_empty_specs_and_empty_key_parts_are_refused(tmp_path):
     """An empty or comment-only file (truncated, or the wrong one) trained the schema's defaults, exit 0."""
     for text in ("", "# only a comment\n", "{}\n"):
