@@ -74,6 +74,8 @@ def load_runs(paths: List[str], files_read: Optional[RunFiles] = None) -> List[D
         f = Path(p) / "metrics.json"
         if Path(p).exists() and not Path(p).is_dir():  # its metrics.json is missing too, but no run can hold one
             raise ValueError(f"{p}: is a file, not a run directory (give the directory holding the run's metrics.json)")
+        if not Path(p).exists():  # a typo: there is no run to finish or to evaluate
+            raise FileNotFoundError(f"{f}: no metrics.json: {p} does not exist (give a run directory)")
         if not f.exists():
             raise FileNotFoundError(f"{f}: no metrics.json (did the run finish? evaluate it with `muse-rec train --resume`)")
         if f.resolve() in seen:  # it would count as a second seed of its method, with a spread of 0

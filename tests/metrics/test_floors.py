@@ -721,6 +721,20 @@ def test_compare_names_a_file_given_as_a_run_directory(tmp_path, capsys):
     assert f"muse-rec compare: {given}: is a file, not a run directory" in err and "Traceback" not in err, err
 
 
+def test_compare_names_a_run_directory_that_does_not_exist(tmp_path, capsys):
+    """`compare runs/demo/muse-sed1` (a typo) asked whether the run had finished and advised `muse-rec
+    train --resume`: there is no run there to finish. Now it says the directory does not exist; a run
+    directory without metrics.json keeps the question."""
+    typo, unfinished = tmp_path / "muse-sed1", tmp_path / "muse-seed2"
+    unfinished.mkdir()
+    assert cli_main(["compare", str(typo), "--no-floors"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"muse-rec compare: {typo}/metrics.json: no metrics.json: {typo} does not exist (give a run directory)\n"
+    assert not typo.exists()
+    assert cli_main(["compare", str(unfinished), "--no-floors"]) == 2
+    assert "did the run finish? evaluate it with `muse-rec train --resume`" in capsys.readouterr().err
+
+
 def test_reproduce_report_shows_floors_in_its_tables(tmp_path):
     from muse_rec.reproduce.plan import build_plan
     from muse_rec.reproduce.report import write_report
