@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from muse_rec.cli.flags import input_file, input_path, nonempty_path
 from muse_rec.json_files import read_json_object, refuse_special_file
@@ -415,8 +415,9 @@ def _floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str],
     return result["floors"], f"computed for {prepared} ({split})"
 
 
-def load_floors(path: str) -> Dict:
-    """The ``floors`` of a `muse-rec baselines --out` file (or of a run's metrics.json)."""
+def load_floors(path: str, paths: Sequence[str] = (), runs: Sequence[Dict] = ()) -> Dict:
+    """The ``floors`` of a `muse-rec baselines --out` file (or of a run's metrics.json), checked to be of
+    the split the runs ``runs`` (from ``paths``) scored: ValueError naming the file otherwise."""
     from muse_rec.metrics.report import check_floors
 
     f = Path(path)
@@ -429,10 +430,31 @@ def load_floors(path: str) -> Dict:
         raise ValueError(f"--floors {e}: not a floors file of `muse-rec baselines --out`") from None
     if "floors" not in doc:
         raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` (no 'floors' entry)")
+    _check_floors_split(f, doc, paths, runs)
     try:
         return check_floors(doc["floors"], f"--floors {f}")
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` ({type(e).__name__}: {e})")
+
+
+def _check_floors_split(f: Path, doc: Dict, paths: Sequence[str], runs: Sequence[Dict]) -> None:
+    """Floors judge only the split they were computed on: ValueError naming the first run that scored
+    another split, or, scoring the whole split, another number of samples (other prepared data), whose
+    verdict they would decide. Keys a file lacks (another writer's) are not compared."""
+    split, samples = doc.get("split", doc.get("eval_split")), doc.get("samples")
+    for p, r in zip(paths, runs):
+        other_split = split is not None and r.get("eval_split") is not None and r["eval_split"] != split
+        whole = _max_batches(r, Path(p) / "metrics.json") == 0  # a partial evaluation scores fewer by design
+        other_count = (whole and isinstance(samples, int) and isinstance(r.get("samples"), int)
+                       and r["samples"] != samples)
+        if other_split or other_count:
+            where = f" of {doc['prepared']}" if isinstance(doc.get("prepared"), str) else ""
+            count = f" ({samples:,} samples)" if isinstance(samples, int) else ""
+            scored = f"{r['samples']:,} samples" if isinstance(r.get("samples"), int) else "samples"
+            raise ValueError(f"--floors {f}: floors of split {split!r}{where}{count}, but {p} scored {scored} of "
+                             f"split {r.get('eval_split')!r}: they would judge it by "
+                             "other data; pass the floors of the runs' data (`muse-rec baselines PREPARED --out FILE`) "
+                             "or leave --floors out")
 
 
 def floor_rows(floors: Dict, base: Optional[Dict]) -> List[Dict]:
@@ -519,7 +541,7 @@ def run(args: argparse.Namespace) -> int:
             args.floors_cache = check_output_path(args.floors_cache, "--floors-cache", replaces=is_cache_file)
         baseline = baseline_method(runs, args.baseline)
         floors, source = (None, "--no-floors") if args.no_floors else (
-            (load_floors(args.floors), args.floors) if args.floors else
+            (load_floors(args.floors, args.runs, runs), args.floors) if args.floors else
             _floors_of_runs(args.runs, runs, args.floors_cache, files_read))
     except (FileNotFoundError, ValueError) as e:  # OutputPathError is a ValueError
         print(f"muse-rec compare: {e}", file=sys.stderr)

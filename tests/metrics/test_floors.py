@@ -721,6 +721,28 @@ def test_compare_names_a_file_given_as_a_run_directory(tmp_path, capsys):
     assert f"muse-rec compare: {given}: is a file, not a run directory" in err and "Traceback" not in err, err
 
 
+def test_compare_refuses_floors_of_another_split_or_data_set(tmp_path, capsys):
+    """`compare RUN --floors F` with F of other prepared data (the tiny set's 1,650 test samples beside a
+    demo run of 18,952) judged the run by another data set's floors, exit 0 ("every method is above it").
+    Now one line, exit 2, naming the file, its split and samples and the run; floors of the run's own
+    split and sample count are shown as before."""
+    run = _fake_run(tmp_path / "muse", "MUSE", 0.66)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "eval_split": "test", "samples": 18952}))
+    f = tmp_path / "floors.json"
+    for split, samples, ok in (("test", 1650, False), ("train", 18952, False), ("test", 18952, True)):
+        f.write_text(json.dumps({"prepared": "data/x", "split": split, "samples": samples, "floors": FAKE_FLOORS}))
+        assert cli_main(["compare", str(run), "--floors", str(f)]) == (0 if ok else 2)
+        out = capsys.readouterr()
+        if ok:
+            assert "| floor: cos(target, mean history SCL)" in out.out, out
+            continue
+        assert out.err == (f"muse-rec compare: --floors {f}: floors of split {split!r} of data/x ({samples:,} samples), "
+                           f"but {run} scored 18,952 samples of split 'test': they would judge it by other data; pass "
+                           "the floors of the runs' data (`muse-rec baselines PREPARED --out FILE`) or leave --floors "
+                           "out\n"), out.err
+
+
 def test_compare_names_a_run_directory_that_does_not_exist(tmp_path, capsys):
     """`compare runs/demo/muse-sed1` (a typo) asked whether the run had finished and advised `muse-rec
     train --resume`: there is no run there to finish. Now it says the directory does not exist; a run
