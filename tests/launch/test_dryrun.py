@@ -50,11 +50,14 @@ def test_kubernetes_profile_prints_a_volcano_job():
     assert "local_cwd" not in out.stdout
 
 
-def test_local_profile_dryrun_and_scheduler_arg_override():
-    out = launch("--profile", "cpu-demo", "--dryrun")
+def test_local_profile_dryrun_and_scheduler_arg_override(tmp_path):
+    # The run directories go under tmp_path: the profiles' own (runs/demo/muse, runs/taobao_mm_p90/muse) are
+    # the user's, and a local launch refuses a used one (README's `muse-rec launch --profile cpu-demo` makes it).
+    into = ("--set", f"output_dir={tmp_path}/runs/{{name}}")
+    out = launch("--profile", "cpu-demo", "--dryrun", *into)
     assert out.returncode == 0, out.stderr
     assert "local_cwd, 1 node(s) x 2 process(es)" in out.stdout and "--nproc_per_node 2" in out.stdout
-    out = launch("--profile", "gpu-node", "--dryrun")
+    out = launch("--profile", "gpu-node", "--dryrun", *into)
     assert out.returncode == 0, out.stderr
     assert "local_cwd, 1 node(s) x 8 process(es)" in out.stdout and "--nproc_per_node 8" in out.stdout
     # TorchX pretty-prints the local request, wrapping long strings: compare without whitespace.
@@ -63,7 +66,8 @@ def test_local_profile_dryrun_and_scheduler_arg_override():
     assert out.returncode == 0 and out.stdout.count("--partition=debug") == 4
 
 
-def test_bad_launch_requests_exit_2_with_one_line():
+def test_bad_launch_requests_exit_2_with_one_line(tmp_path):
+    into = ["--set", f"output_dir={tmp_path}/runs/{{name}}"]  # not the user's runs/demo/muse, which may be in use
     cases = [
         (["--profile", "nope", "--dryrun"], "no profile 'nope'"),
         (["--profile", "multi-node", "--dryrun", "--scheduler-arg", "account=x"],
@@ -73,7 +77,7 @@ def test_bad_launch_requests_exit_2_with_one_line():
         (["--profile", "cpu-demo", "--dryrun", "--rdzv-port", "99999"], "--rdzv-port 99999: must be a TCP port"),
     ]
     for args, message in cases:
-        out = launch(*args)
+        out = launch(*args, *into)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
