@@ -59,3 +59,18 @@ def error_of_call_unblocking_fifos(call: Callable[[], object], root: Path, error
         worker.join(FIFO_WAIT_S)
         pytest.fail(f"blocked reading a FIFO under {root} ({result})")
     return result.get("error", "")
+
+
+def memory_mapped_scl(tmp_path: Path, rows: int = 1 << 14):
+    """``(scl, table, mapped)``: a fresh `FrozenSCL` of ``rows`` rows, random int8 SCL rows ``table [rows, dim]``
+    (row 0 zero, as prepare writes the padding row) and the same rows memory-mapped read-only from an .npy file
+    in ``tmp_path``, as `PreparedData.scl()` hands them to loading and export."""
+    import numpy as np
+
+    from muse_rec.models.frozen_scl import FrozenSCL
+
+    scl = FrozenSCL(num_rows=rows)
+    table = np.random.default_rng(0).integers(-127, 128, size=(rows, scl.dim), dtype=np.int8)
+    table[0] = 0
+    np.save(tmp_path / "scl.npy", table)
+    return scl, table, np.load(tmp_path / "scl.npy", mmap_mode="r")

@@ -122,14 +122,10 @@ def test_scl_load_converts_the_rows_without_copying_them(tmp_path) -> None:
 
     from torch.profiler import ProfilerActivity, profile
 
-    from muse_rec.models.frozen_scl import FrozenSCL
+    from tests.conftest import memory_mapped_scl
 
-    rows = 1 << 14
-    scl = FrozenSCL(num_rows=rows)
-    table = np.random.default_rng(0).integers(-127, 128, size=(rows, scl.dim), dtype=np.int8)
-    table[0] = 0
-    np.save(tmp_path / "scl.npy", table)
-    mapped = np.load(tmp_path / "scl.npy", mmap_mode="r")
+    scl, table, mapped = memory_mapped_scl(tmp_path)
+    rows = table.shape[0]
     # One chunk: a copy of it (int8: rows x dim bytes, 2 MiB) is far above what else `load_` allocates (its
     # checks and the state_dict's Python objects, a few KiB, whatever the table's size).
     chunk_bytes = rows * scl.dim

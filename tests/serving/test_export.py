@@ -193,16 +193,13 @@ def test_writing_the_scl_table_copies_no_rows(tmp_path, scl_dtype):
 
     from torch.profiler import ProfilerActivity, profile
 
-    from muse_rec.models.frozen_scl import SCL_TABLE, FrozenSCL
+    from muse_rec.models.frozen_scl import SCL_TABLE
     from muse_rec.serving.quantize import (FloatCollectionSettings, exact_scl_collection, write_exact_fp16_,
                                            write_exact_int8_)
+    from tests.conftest import memory_mapped_scl
 
-    rows = 1 << 14
-    scl = FrozenSCL(num_rows=rows)
-    table = np.random.default_rng(0).integers(-127, 128, size=(rows, scl.dim), dtype=np.int8)
-    table[0] = 0
-    np.save(tmp_path / "scl.npy", table)
-    mapped = np.load(tmp_path / "scl.npy", mmap_mode="r")
+    scl, table, mapped = memory_mapped_scl(tmp_path)
+    rows = table.shape[0]
     settings = FloatCollectionSettings(copy.deepcopy(scl.collection.embedding_configs()),
                                        scl.collection.need_indices(), scl.collection.device)
     collection = exact_scl_collection(settings, np.zeros_like(table), scl_dtype)
