@@ -100,13 +100,15 @@ class LifelongCTRModel(nn.Module):
         table_sizes: rows per embedding table (the prepared data's vocab sizes).
         seq_len: L, the behaviours kept per user.
         device: where parameters are built; ``meta`` for DistributedModelParallel.
+        scl_device: where the frozen SCL table is built; None = ``device`` (see `SparseArch`).
         positive_rate: the train split's click rate, the output logit's initial bias under
             ``parametrization.output_bias: train_prior``. None (planning, or weights that a
             checkpoint replaces next) = the output bias starts as every Linear's.
     """
 
     def __init__(self, spec: ModelSpec, table_sizes: Mapping[str, int], seq_len: int,
-                 device: Optional[torch.device] = None, positive_rate: Optional[float] = None) -> None:
+                 device: Optional[torch.device] = None, positive_rate: Optional[float] = None,
+                 scl_device: Optional[torch.device] = None) -> None:
         super().__init__()
         self.spec = spec
         self.seq_len = seq_len
@@ -119,6 +121,7 @@ class LifelongCTRModel(nn.Module):
             init_std=spec.init_std,
             device=device,
             with_scl=self.uses_scl,
+            scl_device=scl_device,
         )
         d_tok = self.sparse_arch.token_dim
         self.top_k = min(g.top_k, seq_len)
@@ -273,11 +276,12 @@ def is_frozen_key(key: str) -> bool:
 
 def build_train_model(spec: ModelSpec, table_sizes: Mapping[str, int], seq_len: int,
                       device: Optional[torch.device] = None,
-                      positive_rate: Optional[float] = None) -> LifelongCTRTrain:
+                      positive_rate: Optional[float] = None,
+                      scl_device: Optional[torch.device] = None) -> LifelongCTRTrain:
     """The trainable model of a spec, ready for `shard_model` (build it on ``meta``).
 
     ``positive_rate``: the train split's click rate (`PreparedData.positive_rate`), for the output
-    logit's prior; see `LifelongCTRModel`.
+    logit's prior; see `LifelongCTRModel`. ``scl_device``: where the frozen SCL table is built (None = ``device``).
     """
     return LifelongCTRTrain(LifelongCTRModel(spec, table_sizes, seq_len, device=device,
-                                             positive_rate=positive_rate))
+                                             positive_rate=positive_rate, scl_device=scl_device))

@@ -87,6 +87,8 @@ class SparseArch(nn.Module):
         init_std: std of the truncated-normal init of trainable tables (1e-3 in the
             reference), truncated at +-2 std.
         device: where tables are built; ``meta`` for sharding with DMP.
+        scl_device: where the SCL table is built; None = ``device`` (``meta``: none is allocated, for a
+            caller that gives the table other storage, as `muse-rec export`'s int8 check does).
 
     Example::
 
@@ -106,6 +108,7 @@ class SparseArch(nn.Module):
         init_std: float = 1e-3,
         device: Optional[torch.device] = None,
         with_scl: bool = True,
+        scl_device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
         overrides = dict(dim_overrides or {})
@@ -162,7 +165,8 @@ class SparseArch(nn.Module):
         )
         # Only for a model that reads SCL vectors: at the full vocabulary the table is 58 GiB (fp16) to
         # shard and ~35 GB (int8) to ship in an exported ranker, dead weight for DIN or TWIN.
-        self.scl = FrozenSCL(int(table_sizes[ITEM_TABLE]), scl_dim, scl_data_type, device=device) if with_scl else None
+        self.scl = FrozenSCL(int(table_sizes[ITEM_TABLE]), scl_dim, scl_data_type,
+                             device=device if scl_device is None else scl_device) if with_scl else None
 
     @property
     def token_dim(self) -> int:

@@ -51,7 +51,8 @@ from muse_rec.serving.export_layout import (EXPORT_FILES, INTEGRITY_MANIFEST, MA
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.int8_check import check_requests, deviation_report, score_requests, warning_text
 from muse_rec.serving.program_file import save_program
-from muse_rec.serving.quantize import DEFAULT_ROW_ALIGNMENT, quantize_for_serving, without_table_views
+from muse_rec.serving.quantize import (DEFAULT_ROW_ALIGNMENT, exact_float_lookups_, quantize_for_serving,
+                                       without_table_views)
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_position
 from muse_rec.training.checkpoint_choice import DELETED_RETRIES, deleted_too_often, deleted_while_read
@@ -82,7 +83,7 @@ def check_data_fingerprint(source: Path, recorded: Optional[str], data: Prepared
 
 def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str] = None,
                        seq_len: Optional[int] = None, allow_data_mismatch: bool = False,
-                       expect_sha256: Optional[str] = None) -> Tuple[LifelongCTRModel, Path]:
+                       expect_sha256: Optional[str] = None, int8_scl: bool = False) -> Tuple[LifelongCTRModel, Path]:
     """A trained `LifelongCTRModel` on CPU, unsharded, eval mode, SCL table loaded.
 
     Args:
@@ -93,9 +94,13 @@ def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str]
             ``recent`` are capped at it); None = the spec's.
         allow_data_mismatch: accept a checkpoint trained on other prepared data.
         expect_sha256: the checkpoint's pinned digest (its manifest is checked in any case).
+        int8_scl: hold the SCL table as its int8 values (`exact_float_lookups_`: lookups of the same dtype and
+            values, 144 B per row instead of the fp16 table's 256, which is never allocated); for a model that
+            is scored or quantized, not exported as float (`--float` writes the fp16 table into the program).
     """
+    cpu = torch.device("cpu")
     train_model = build_train_model(spec.model, data.vocab_sizes, spec.data.seq_len if seq_len is None else seq_len,
-                                    device=torch.device("cpu"))
+                                    device=cpu, scl_device=torch.device("meta") if int8_scl else None)
     # A run still training deletes its older checkpoints: the one chosen may go while it is read, as
     # for an evaluation (`checkpoint_choice`); the failure then named a missing shard "does not fit this
     # model", or a missing manifest "not written by muse_rec".
@@ -118,7 +123,10 @@ def load_trained_model(spec: Spec, data: PreparedData, checkpoint: Optional[str]
     else:
         raise deleted_too_often(spec)
     model = train_model.model
-    model.sparse_arch.load_scl_(data.scl())
+    if int8_scl and model.sparse_arch.scl is not None:
+        exact_float_lookups_(model.sparse_arch.scl, data.scl(), cpu)
+    else:
+        model.sparse_arch.load_scl_(data.scl())
     return model.eval(), ck
 
 
@@ -226,8 +234,10 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
     out_dir = check_output_path(out_dir, "--out", replaces=EXPORT_FILES)
     data = PreparedData(spec.data.prepared)
     start = time.perf_counter()
+    # Quantized: the int8 check's float scores read the SCL values from an int8 table (the fp16 one, 256 B per item
+    # row, was held only for them: the peak of export, ~62 GB at the 243M rows of Taobao-MM).
     model, ck = load_trained_model(spec, data, checkpoint, seq_len=L, allow_data_mismatch=allow_data_mismatch,
-                                   expect_sha256=expect_sha256)
+                                   expect_sha256=expect_sha256, int8_scl=quantize)
     try:
         serving = InferenceModel(model)
     except NotImplementedError as e:

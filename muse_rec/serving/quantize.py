@@ -181,6 +181,22 @@ def exact_scl_collection(settings: FloatCollectionSettings, array: np.ndarray, s
     return collection
 
 
+def exact_float_lookups_(scl: FrozenSCL, array: np.ndarray, device: torch.device,
+                         chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+    """Give ``scl`` an int8 table on ``device`` holding the int8 values ``array [rows, dim]`` exactly: its lookups
+    return the tensors of its float table loaded with ``array`` (`FrozenSCL.load_`): fp32 (TorchRec's float
+    collection returns every lookup as fp32, whatever its storage), the same values (every int8 value is exact
+    in fp16 and fp32). 128 + 4 B per row (+ padding to `DEFAULT_ROW_ALIGNMENT`) instead of fp16's 256. For a
+    model that is scored, never trained (TorchRec's inference table); build ``scl`` on ``meta``, so that no float
+    table is ever allocated.
+    """
+    check_exact_values(SCL_TABLE, (scl.num_rows, scl.dim), array, chunk_rows)
+    settings = FloatCollectionSettings(copy.deepcopy(scl.collection.embedding_configs()),
+                                       scl.collection.need_indices(), device)
+    del scl.collection  # a float table of this size is not held beside the int8 one
+    scl.collection = exact_scl_collection(settings, array, "int8", DEFAULT_ROW_ALIGNMENT, chunk_rows)
+
+
 def check_exact_values(table: str, shape: Tuple[int, int], array: np.ndarray, chunk_rows: int) -> None:
     """ValueError unless `write_exact_int8_` / `write_exact_fp16_` store ``array`` in table ``table`` of ``shape``
     ``[rows, dim]`` ``chunk_rows`` rows at a time: int8 values of that shape, a chunk of at least one row."""
