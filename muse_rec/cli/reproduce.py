@@ -91,17 +91,40 @@ def _bad_arguments(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
+def _nothing_to_report(args: argparse.Namespace) -> Optional[str]:
+    """The one-line refusal of --report-only where OUT holds nothing an earlier reproduce wrote, else None.
+
+    --report-only reads the runs an earlier reproduce left in OUT: a mistyped OUT was created and
+    reported as "claims holding here: 0 of 19; missing runs: 51", exit 0, as if the user's runs were lost."""
+    from muse_rec.output_paths import REPRODUCE_MANIFEST
+
+    out = Path(args.out)
+    if not args.report_only or (out / REPRODUCE_MANIFEST).exists() or _holds_reproduce_runs(out):
+        return None
+    return f"OUT {args.out}: no reproduce runs there (run without --report-only first)"
+
+
 # What reproduce writes in OUT (runner.py, report.py, fusion.py): its runs, logs, data, plan, report,
 # figures and, for --what fusion, one q<quality> directory per SCL quality.
 _REPRODUCE_ENTRIES = ("runs", "logs", "data", "plan.json", "report.md", "report.json", "progress.jsonl",
                       "fusion_report.md")
 
 
+def _is_quality_dir(name: str) -> bool:
+    """``q<quality>``: the directory of one SCL quality of --what fusion (`reproduce.fusion.quality_dir`)."""
+    return name.startswith("q") and name[1:].replace(".", "", 1).isdigit()
+
+
 def _written_by_reproduce(name: str) -> bool:
     from muse_rec.dirlock import LOCK_FILE
 
-    return (name in _REPRODUCE_ENTRIES or name == LOCK_FILE or name.endswith(".png")
-            or (name.startswith("q") and name[1:].replace(".", "", 1).isdigit()))
+    return (name in _REPRODUCE_ENTRIES or name == LOCK_FILE or name.endswith(".png") or _is_quality_dir(name))
+
+
+def _holds_reproduce_runs(out: Path) -> bool:
+    """Whether ``out`` (a directory or not there) holds runs a reproduce trained: its runs/ folder, or
+    for --what fusion one of its q<quality> folders."""
+    return out.is_dir() and any(c.is_dir() and (c.name == "runs" or _is_quality_dir(c.name)) for c in out.iterdir())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,6 +198,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0
+    nothing = _nothing_to_report(args)  # after the checks of the data it names, which say more
+    if nothing:
+        print(f"muse-rec reproduce: {nothing}", file=sys.stderr)
+        return 2
     device = args.device
     nproc = args.nproc
     if device is None or nproc is None:
@@ -276,6 +303,10 @@ def run_fusion(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps({f"{q:g}": p.to_dict() for q, p in plans.items()}, indent=2))
         return 0
+    nothing = _nothing_to_report(args)
+    if nothing:
+        print(f"muse-rec reproduce: {nothing}", file=sys.stderr)
+        return 2
     synth_args = list(QUICK_SYNTH_ARGS if args.quick else DEFAULT_SYNTH_ARGS)
     execution = Execution(nproc=args.nproc or 1, device=args.device or "cpu", threads_per_rank=args.threads,
                           extra_overrides=tuple(args.set))

@@ -61,6 +61,20 @@ def test_report_only_over_finished_runs(capsys, tmp_path: Path):
     assert "reproduce.json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("what", [[], ["--what", "fusion"]])
+@pytest.mark.parametrize("exists", [False, True])
+def test_report_only_of_an_out_without_runs_is_refused(capsys, tmp_path: Path, what, exists: bool):
+    """A mistyped OUT: `--report-only` created it, wrote "claims holding here: 0 of 19; missing runs: 51"
+    and exited 0. Now one line naming OUT, exit 2, nothing created (an empty OUT stays empty)."""
+    out = tmp_path / "typo"
+    if exists:
+        out.mkdir()
+    assert main(["reproduce", str(out), "--report-only", *what]) == 2
+    assert capsys.readouterr().err == (f"muse-rec reproduce: OUT {out}: no reproduce runs there "
+                                       "(run without --report-only first)\n")
+    assert (sorted(os.listdir(out)) == []) if exists else not out.exists()
+
+
 @pytest.mark.parametrize("flag, named", [("--prepared", "prepared data {}: "), ("--raw", "--raw: {}: ")])
 def test_report_only_checks_the_data_source(capsys, tmp_path: Path, flag: str, named: str):
     """`--report-only` skipped the --prepared and --raw checks: a JSON file given there was recorded as

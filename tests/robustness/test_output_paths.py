@@ -276,7 +276,13 @@ def test_reproduce_into_a_directory_of_other_files_is_refused_but_resumes_its_ow
                      f"OUT {target}: holds files this command did not write (notes.txt)")
     assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
     own = tmp_path / "own"
-    for _ in range(2):  # its own OUT, started once, is taken again (re-running resumes)
+    # Its own OUT, started (reproduce.json written by reproduce's own writer, as its first step does),
+    # is taken again, and again once the report is in it (re-running resumes).
+    from muse_rec.cli.reproduce import QUICK_SYNTH_ARGS
+    from muse_rec.reproduce.runner import check_manifest
+
+    check_manifest(own, {"data": "synthetic", "synth_args": list(QUICK_SYNTH_ARGS)})
+    for _ in range(2):
         out = cli("reproduce", str(own), "--quick", "--report-only", "--what", "table5")
         assert out.returncode == 0, out.stderr[-3000:]
         assert (own / "reproduce.json").exists() and (own / "report.md").exists()
