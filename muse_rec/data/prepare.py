@@ -480,6 +480,13 @@ class _Prepare:
         shutil.rmtree(self.build)
 
 
+def written_by_prepare(name: str) -> bool:
+    """Whether ``name``, an entry of OUT, is one `prepare` writes: its arrays' folders, meta.json, its
+    build directory and lock, and the temporary file a run killed while publishing meta.json leaves (`tmp_of`)."""
+    own = {"meta.json", BUILD_DIR, LOCK_FILE} | {f.split("/")[0] for f in output_files()}
+    return name in own or tmp_of(name) == "meta.json"
+
+
 def _check_out(out: str) -> None:
     """OUT must be a writable directory (created if missing) holding nothing but an earlier
     preparation's files; raises OSError or `OutputPathError` naming the path."""
@@ -489,10 +496,8 @@ def _check_out(out: str) -> None:
         raise PermissionError(errno.EACCES, "permission denied", out)
     # Anything else would end up beside the arrays (a run's or an export's directory: the export
     # then fails its integrity check), and `--overwrite` replaces a dataset, not those.
-    own = {"meta.json", BUILD_DIR, LOCK_FILE} | {f.split("/")[0] for f in output_files()}
-    # A run killed while publishing meta.json leaves its temporary file (`tmp_name`): its own too.
     # Before OUT is created: one inside another command's output is refused leaving nothing there.
-    check_output_path(out, "OUT", replaces=lambda name: name in own or tmp_of(name) == "meta.json", own_marker="meta.json")
+    check_output_path(out, "OUT", replaces=written_by_prepare, own_marker="meta.json")
     os.makedirs(out, exist_ok=True)
 
 

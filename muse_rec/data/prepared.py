@@ -18,10 +18,12 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 from iopath.common.file_io import g_pathmgr
 
-from muse_rec.data.prepare import (FORMAT_VERSION, ITEM_ATTR_COLUMNS, POPULARITY_SPLIT, SAMPLE_ARRAYS,
-                                   USER_FIELD_COLUMNS, VOCAB_NAMES, output_files, user_feature_rows)
+from muse_rec.data.prepare import (BUILD_DIR, FORMAT_VERSION, ITEM_ATTR_COLUMNS, POPULARITY_SPLIT, SAMPLE_ARRAYS,
+                                   USER_FIELD_COLUMNS, VOCAB_NAMES, output_files, user_feature_rows,
+                                   written_by_prepare)
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SCL_DIM, SPLITS
+from muse_rec.dirlock import LOCK_FILE
 from muse_rec.data.vocab import Vocab
 from muse_rec.json_files import INT64_MAX, read_json_object, refuse_special_file
 from muse_rec.spec.schema import MAX_TABLE_ROWS
@@ -97,6 +99,23 @@ def _expected_shapes(meta: dict) -> Dict[str, Tuple[int, ...]]:
     return shapes
 
 
+def _why_no_meta(path: str) -> str:
+    """Why the directory ``path`` (any iopath path) has no meta.json, in words: it does not exist, is a
+    file, holds a preparation that started (its build directory, or its lock among only prepare's files)
+    and did not finish, or is something else. A mistyped path was told "prepare did not finish"."""
+    try:
+        if not g_pathmgr.exists(path):
+            return "no such directory (`muse-rec prepare RAW OUT` writes prepared data)"
+        if not g_pathmgr.isdir(path):
+            return "not a directory (`muse-rec prepare RAW OUT` writes prepared data)"
+        names = g_pathmgr.ls(path)
+    except Exception:  # iopath handlers raise their own types: say only what is certain
+        return "not a prepared directory (`muse-rec prepare RAW OUT` writes one)"
+    if BUILD_DIR in names or (LOCK_FILE in names and all(written_by_prepare(n) for n in names)):
+        return "`muse-rec prepare` did not finish (run it again; it resumes)"
+    return "not a prepared directory (`muse-rec prepare RAW OUT` writes one)"
+
+
 class PreparedData:
     """A prepared directory.
 
@@ -114,8 +133,7 @@ class PreparedData:
         self.path = path
         meta_path = self._local("meta.json", must_exist=False)
         if meta_path is None or not os.path.exists(meta_path):
-            raise PreparedDataError(f"{path}: no meta.json - not a prepared directory, or `muse-rec prepare` "
-                                    "did not finish (run it again; it resumes)")
+            raise PreparedDataError(f"{path}: no meta.json - {_why_no_meta(path)}")
         # A FIFO there blocked every command that reads the data (check, train, evaluate) forever.
         self.meta: dict = read_json_object(meta_path, PreparedDataError, advice=_RE_PREPARE)
         version = self.meta.get("format_version")

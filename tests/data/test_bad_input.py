@@ -153,6 +153,40 @@ def test_prepared_dir_validation(workspace, tmp_path: Path) -> None:
         PreparedData(str(out))
 
 
+# What the directory holds -> what the refusal says after "no meta.json - ".
+_PREPARE_WRITES = "(`muse-rec prepare RAW OUT` writes prepared data)"
+_NOT_PREPARED = "not a prepared directory (`muse-rec prepare RAW OUT` writes one)"
+_UNFINISHED = "`muse-rec prepare` did not finish (run it again; it resumes)"
+_NO_META = {"missing": f"no such directory {_PREPARE_WRITES}", "a file": f"not a directory {_PREPARE_WRITES}",
+            "a folder of other files": _NOT_PREPARED, "another command's lock": _NOT_PREPARED,
+            "a started build": _UNFINISHED, "prepare's lock only": _UNFINISHED}
+
+
+@pytest.mark.parametrize("command", ["check", "baselines"])
+@pytest.mark.parametrize("holds", sorted(_NO_META))
+def test_a_directory_without_meta_json_is_named_for_what_it_is(capsys, tmp_path: Path, command: str,
+                                                                holds: str) -> None:
+    """`check DIR` / `baselines DIR` of a mistyped DIR said "`muse-rec prepare` did not finish (run it again;
+    it resumes)": that is said only where prepare's build directory or lock shows one started."""
+    from muse_rec.cli import main
+    from muse_rec.dirlock import LOCK_FILE
+
+    target = tmp_path / "prepared"
+    if holds == "a file":
+        target.write_text("x")
+    elif holds != "missing":
+        target.mkdir()
+        if holds == "a started build":
+            (target / P.BUILD_DIR).mkdir()
+        else:
+            entries = {"a folder of other files": ["notes.txt"], "another command's lock": ["report.md", LOCK_FILE],
+                       "prepare's lock only": [LOCK_FILE]}[holds]
+            for name in entries:
+                (target / name).write_text("")
+    assert main([command, str(target)]) == 2
+    assert capsys.readouterr().err == f"muse-rec {command}: {target}: no meta.json - {_NO_META[holds]}\n"
+
+
 @pytest.mark.parametrize("rel", ["meta.json", "train/labels.npy"])
 def test_a_prepared_file_that_is_a_fifo_is_refused_without_reading_it(workspace, rel: str) -> None:
     """`check`, `train`, `evaluate` on a prepared directory whose meta.json or an array is a FIFO blocked

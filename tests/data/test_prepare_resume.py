@@ -46,7 +46,7 @@ def test_interrupted_run_resumes_without_redoing_steps(raw: Path, tmp_path: Path
         with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
             P.prepare(str(raw), str(out), CFG)
     assert not (out / "meta.json").exists()
-    with pytest.raises(PreparedDataError, match="no meta.json"):
+    with pytest.raises(PreparedDataError, match="no meta.json - `muse-rec prepare` did not finish"):
         PreparedData(str(out))
     done = sorted(os.listdir(out / P.BUILD_DIR / "done"))
     assert done == ["items.json", "samples_train.json", "users_test.json", "users_train.json", "vocab.json"]
