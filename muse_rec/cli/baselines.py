@@ -12,6 +12,7 @@ import sys
 from typing import Dict
 
 from muse_rec.cli.flags import int64, nonempty_path
+from muse_rec.wording import count
 
 HELP = "model-free floors (popularity, SCL cosines, top-K similarity, logistic regression) with exact GAUC/AUC/logloss"
 
@@ -75,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"muse-rec baselines: WARNING: --split and --train-split are both {args.split!r}: the popularity floor "
               "counts each scored sample's own click (in-sample), so it reads higher than any model can score "
               "honestly; fit on another split for a floor to compare models with", file=sys.stderr)
-    print(f"{result['prepared']}, split {result['split']}: {result['samples']:,} samples, {result['users']:,} users "
-          f"({result['gauc_users']:,} with both labels enter GAUC), train CTR {result['prior_ctr']:.4f}, "
+    print(f"{result['prepared']}, split {result['split']}: {count(result['samples'], 'sample')}, "
+          f"{count(result['users'], 'user')} (GAUC over the {count(result['gauc_users'], 'user')} with both labels), "
+          f"train CTR {result['prior_ctr']:.4f}, "
           f"{100 * result['targets_with_scl']:.1f}% of targets have an SCL vector")
     print(floors_table(result))
     print("logloss '-': the score is a similarity, not a probability (only popularity and the regression are).")

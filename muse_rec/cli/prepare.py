@@ -8,6 +8,7 @@ import sys
 from typing import Any, Dict, Optional
 
 from muse_rec.cli.flags import int64, nonempty_path
+from muse_rec.wording import count
 
 HELP = "build vocabularies, remap ids and pack SCL vectors + per-user sequences from the raw Taobao-MM tables (resumable)"
 
@@ -85,11 +86,11 @@ def _split_counts(split: Dict[str, Any], unseen_users: Optional[int] = None) -> 
     unseen = "" if unseen_users is None else f" ({unseen_users:,} unseen in train)"
     on_row_0, without_id = split["behaviours_unknown_item"], split.get("behaviours_without_item_id")
     if without_id is None:  # a meta.json written before the missing ids were counted apart
-        behaviours = f"{on_row_0:,} of {split['behaviours']:,} behaviours on unknown items"
+        behaviours = f"{on_row_0:,} of {count(split['behaviours'], 'behaviour')} on unknown items"
     else:  # row 0 holds both; a missing id (raw 0, padding in the raw lists) is no item absent from the vocabulary
-        behaviours = (f"{on_row_0 - without_id:,} of {split['behaviours']:,} behaviours on items outside the "
+        behaviours = (f"{on_row_0 - without_id:,} of {count(split['behaviours'], 'behaviour')} on items outside the "
                       f"vocabulary, {without_id:,} with no item id (raw id 0)")
-    return f"{split['samples']:,} samples, {split['user_rows']:,} user rows{unseen}, {behaviours}"
+    return f"{count(split['samples'], 'sample')}, {count(split['user_rows'], 'user row')}{unseen}, {behaviours}"
 
 
 def summary_line(out: str, meta: Dict[str, Any]) -> str:
@@ -103,5 +104,6 @@ def summary_line(out: str, meta: Dict[str, Any]) -> str:
     vs = meta["vocab_sizes"]
     return (f"prepared {out}: train {_split_counts(tr)}; "
             f"test {_split_counts(te, meta['test_users_unseen_in_train'])}; "
-            f"vocabularies ({meta['vocab_mode']}): {vs['item'] - 1:,} items, {vs['category'] - 1:,} categories "
+            f"vocabularies ({meta['vocab_mode']}): {count(vs['item'] - 1, 'item')}, "
+            f"{count(vs['category'] - 1, 'category', 'categories')} "
             f"(+ row 0 each); click rate train {tr['positive_rate']:.4f}")

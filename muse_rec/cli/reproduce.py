@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from muse_rec.cli.flags import int64, nonempty, nonempty_path
 from muse_rec.json_files import read_json_object
+from muse_rec.wording import count
 
 HELP = "reproduce the paper's tables and figures (Tables 5/3/1/2, Figs. 5/6): train, then write OUT/report.md + PNGs"
 
@@ -225,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     per_run = [(m.get("wall_seconds") or 0.0) + (m.get("eval_seconds") or 0.0) for runs in metrics.values() for m in runs.values()]
     if per_run:
-        context.append(f"training + evaluation time summed over the {len(per_run)} finished runs: "
+        context.append(f"training + evaluation time summed over the {count(len(per_run), 'finished run')}: "
                        f"{sum(per_run) / 60:.1f} min (from metrics.json; excludes process start-up)")
     try:
         report = write_report(plan, metrics, out, context, min_z=args.min_z, synthetic=not real)
@@ -261,7 +262,8 @@ def _context(out: Path, source: str, synth_args: List[str], args: argparse.Names
                  f"({nproc} rank(s) on {device} each)")
     if log is not None:
         trained = sum(log.seconds.values())
-        lines.append(f"this invocation: trained {len(log.seconds)} runs ({trained / 60:.1f} min inside training calls), "
+        lines.append(f"this invocation: trained {count(len(log.seconds), 'run')} ({trained / 60:.1f} min inside "
+                     "training calls), "
                      f"skipped {len(log.skipped)} finished, {len(log.failed)} failed; wall {seconds / 60:.1f} min "
                      "(shared machine: timings are noisy)")
     flags = [f"--{k.replace('_', '-')} {v}" for k in ("seeds", "what", "prepared", "raw", "nproc", "device")

@@ -12,6 +12,7 @@ import sys
 from typing import Any, Dict
 
 from muse_rec.cli.flags import int64, nonempty_path
+from muse_rec.wording import count
 
 HELP = "write a synthetic Taobao-MM release (six raw tables) with planted long-term semantic interests"
 
@@ -102,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
     if cfg.writer == "stream" and not args.json:
         st = m["stats"]
         print(f"synthetic Taobao-MM ({args.preset}, streamed, seed {cfg.seed}) -> {args.out}  [{m['seconds']:.1f} s]")
-        print(f"  train: {st['train_samples']:,} samples, {st['train_user_rows']:,} users, "
-              f"{st['train_behaviours']:,} behaviours (longest {st['max_seq_len_written']})")
-        print(f"  test:  {st['test_samples']:,} samples, {st['test_user_rows']:,} users, "
-              f"{st['test_behaviours']:,} behaviours")
-        print(f"  items: {st['item_features_rows']:,} item_features rows, {st['scl_rows']:,} SCL rows")
+        print(f"  train: {count(st['train_samples'], 'sample')}, {count(st['train_user_rows'], 'user')}, "
+              f"{count(st['train_behaviours'], 'behaviour')} (longest {st['max_seq_len_written']})")
+        print(f"  test:  {count(st['test_samples'], 'sample')}, {count(st['test_user_rows'], 'user')}, "
+              f"{count(st['test_behaviours'], 'behaviour')}")
+        print(f"  items: {count(st['item_features_rows'], 'item_features row')}, {count(st['scl_rows'], 'SCL row')}")
         print(f"  ceiling test GAUC (true click model): {m['truth']['test']['gauc']:.4f}")
         print(f"next: muse-rec prepare {args.out} PREPARED")
         return 0
@@ -115,14 +116,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     st = m["stats"]
     print(f"synthetic Taobao-MM ({args.preset}, seed {cfg.seed}) -> {args.out}  [{m['seconds']:.1f} s]")
-    print(f"  train: {st['train_samples']:,} samples, {st['train_users']:,} users, "
+    print(f"  train: {count(st['train_samples'], 'sample')}, {count(st['train_users'], 'user')}, "
           f"{st['train_positive_rate']:.1%} positives, sequence length mean {st['train_seq_len']['mean']:.0f} "
           f"(max {st['train_seq_len']['max']})")
-    print(f"  test:  {st['test_samples']:,} samples, {st['test_users']:,} users "
+    print(f"  test:  {count(st['test_samples'], 'sample')}, {count(st['test_users'], 'user')} "
           f"({st['test_users_unseen_in_train']:,} unseen in train), {st['test_positive_rate']:.1%} positives")
     print(f"  items: {st['items_occurring']:,} ({st['item_features_rows']:,} with item_features, "
           f"{st['scl_rows']:,} with SCL vectors covering {st['scl_behaviour_coverage']:.0%} of behaviours), "
-          f"{st['categories_used']:,} categories")
+          f"{count(st['categories_used'], 'category', 'categories')}")
     print(f"  ceiling test GAUC (true click model): {m['truth']['test']['gauc']:.4f}")
     d = m.get("diagnostics")
     if d:

@@ -43,6 +43,7 @@ from muse_rec.metrics.floor_options import ID_FLOORS, FloorOptions, FloorsError,
 from muse_rec.metrics.floor_scores import SCL_FLOORS, ItemCtr, popularity_scores, split_scores
 from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, auc, logloss, user_auc
 from muse_rec.metrics.report import check_floors, metrics_json_text, save_metrics_json
+from muse_rec.wording import count
 
 __all__ = ["FLOORS", "FloorOptions", "FloorsError", "ItemCtr", "below_floor_message", "cached_floors",
            "check_run_against_floors", "compute_floors", "fit_logistic", "lr_features", "split_scores"]
@@ -206,8 +207,9 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     per_user = user_auc(user_keys, np.zeros(n), labels)
     if not per_user.valid.any():
         raise FloorsError(
-            f"{data.path}: split {split!r}: none of its {per_user.user_keys.size} users has both a click and a "
-            f"non-click ({int(labels.sum())} clicks in {n} samples), so GAUC is undefined for any scorer")
+            f"{data.path}: split {split!r}: none of its {count(per_user.user_keys.size, 'user')} has both a click and "
+            f"a non-click ({count(int(labels.sum()), 'click')} in {count(n, 'sample')}), so GAUC is undefined for any "
+            "scorer")
     skipped: Dict[str, str] = {}
     with_scl = bool(np.asarray(data.scl_present()).any())
     if not with_scl:
@@ -226,7 +228,8 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     if not with_scl:
         skipped["logistic_regression"] = "only the popularity floor is available (no SCL vectors): nothing to combine"
     elif y_fit.min() == y_fit.max():
-        skipped["logistic_regression"] = f"the {fit_idx.size} {train_split} samples it is fitted on all have label {int(y_fit[0])}"
+        skipped["logistic_regression"] = (f"{count(fit_idx.size, f'{train_split} sample')} to fit it on, every one "
+                                          f"with label {int(y_fit[0])}")
     else:
         train_scores = _fit_scores(data, train_split, fit_idx, opts, ctr, scores if split == train_split else None,
                                    say)

@@ -19,6 +19,7 @@ import numpy as np
 
 from muse_rec.data.prepared import PreparedData
 from muse_rec.serving.inference import InferenceModel
+from muse_rec.wording import count
 
 # Users of the eval split the check scores (all their impressions): ~700 samples on Taobao-like data,
 # a few seconds of eager forwards, enough to see a deviation that 1% of samples carry.
@@ -83,6 +84,7 @@ def warning_text(report: Dict[str, object], method: str, retrieves_by_id: bool) 
     why = (f"; {method}'s GSU retrieves behaviours by ID-embedding scores, and int8 rows change which ones"
            if retrieves_by_id else "")
     return (f"int8 tables move {method}'s click probabilities by up to {report['max_abs_dp']:.4f} "
-            f"(p99 {report['p99_abs_dp']:.4f}; {report['samples_above_warn']} of {report['samples']} samples of "
-            f"{report['users']} {report['split']} users above {report['warn_above']}){why}: export with --float "
+            f"(p99 {report['p99_abs_dp']:.4f}; {report['samples_above_warn']:,} of "
+            f"{count(report['samples'], 'sample')} of {count(report['users'], report['split'] + ' user')} above "
+            f"{report['warn_above']}){why}: export with --float "
             "to serve what was trained")
