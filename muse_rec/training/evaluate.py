@@ -15,6 +15,7 @@ from muse_rec.data.vocab import PADDING_ROW
 from muse_rec.distributed.env import DistEnv
 from muse_rec.metrics import PredictionAccumulator
 from muse_rec.terminal import shows_bars
+from muse_rec.wording import count
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def predict(
     bar.close()
     model.train(was_training)
     if env.is_main:
-        logger.info("scored %s batches of %s in %.1f s", n, split, time.perf_counter() - start)
+        logger.info("scored %s of %s in %.1f s", count(n, "batch", "batches"), split, time.perf_counter() - start)
     return acc
 
 

@@ -43,6 +43,7 @@ from muse_rec.training.run_dir import (RunDirError, claim_evaluation_dir, claim_
                                       new_run_id, previous_contents, used_run_dir_message)
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_resume_settings, check_run_compat,
                                           read_run_json, resume_place)
+from muse_rec.wording import count
 
 if TYPE_CHECKING:
     from muse_rec.data.loader import PreparedLoader
@@ -225,8 +226,9 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                 check_data_fingerprint(ck, data, allow_data_mismatch)
                 position = load_checkpoint(ck, dmp, optimizer, skip=skip)
                 saved_world_size = position.world_size  # before `place_in_epoch` re-expresses it in this run's
-                logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %d ranks, now %d)", ck,
-                            position.step, position.epoch, position.batch_in_epoch, position.world_size, env.world_size)
+                logger.info("resumed from %s (step %d, epoch %d, batch %d; saved by %s, now %d)", ck,
+                            position.step, position.epoch, position.batch_in_epoch, count(position.world_size, "rank"),
+                            env.world_size)
                 resume_place(position, ck, spec, split_samples, env.world_size, train_loader_len)
                 position.run_id, position.data_fingerprint = run_id, data.fingerprint
         # The run ends after train.epochs epochs (or train.max_steps steps): counted from where it stands, as
@@ -261,10 +263,11 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                     position.step, total_steps)
     elif env.is_main:
         logger.info(
-            "training %s: %d rank(s) on %s, %d steps of %d x %d samples, seq_len %d; "
-            "split %s: %s impressions, %s clicks (%.1f%%); embeddings: %s; dense: %s (lr %g)",
-            spec.name, env.world_size, env.device, total_steps - position.step, env.world_size, t.batch_size, seq_len,
-            spec.data.train_split, f"{split_samples:,}", f"{train_clicks:,}", 100.0 * train_clicks / split_samples,
+            "training %s: %d rank(s) on %s, %s of %d x %d samples, seq_len %d; "
+            "split %s: %s, %s (%.1f%%); embeddings: %s; dense: %s (lr %g)",
+            spec.name, env.world_size, env.device, count(total_steps - position.step, "step"), env.world_size,
+            t.batch_size, seq_len, spec.data.train_split, count(split_samples, "impression"),
+            count(train_clicks, "click"), 100.0 * train_clicks / split_samples,
             describe_sparse_route(t.sparse_optimizer.name, t.sparse_optimizer.lr, env.device.type),
             t.dense_optimizer.name, t.dense_optimizer.lr,
         )
