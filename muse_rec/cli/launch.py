@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import sys
+import tempfile
 import threading
-from typing import Dict, List
+from pathlib import Path
+from typing import Dict, List, Optional
 
 from muse_rec.cli.flags import int64, optional_input_file
+from muse_rec.exit_codes import BAD_INPUT, EXIT_CODES_ENV, recorded
 
 HELP = "submit training to the launch profile's scheduler (local, Slurm, Kubernetes) via TorchX"
 
@@ -59,11 +63,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"muse-rec launch: {e}", file=sys.stderr)
         return 2
     runner = get_runner()
+    exit_codes: Optional[Path] = None
     try:
         if profile.scheduler not in runner.scheduler_backends():
             print(f"muse-rec launch: profiles.{profile.name}.scheduler: {profile.scheduler!r} is not a TorchX "
                   f"scheduler (have: {', '.join(runner.scheduler_backends())})", file=sys.stderr)
             return 2
+        local = profile.scheduler.startswith("local")
+        if local and not args.dryrun:  # its ranks run here: each one's exit code is read back (`exit_codes`)
+            exit_codes = Path(tempfile.mkdtemp(prefix="muse-rec-launch-exit-codes-"))
+            for role in app.roles:
+                role.env[EXIT_CODES_ENV] = str(exit_codes)
         try:
             cfg = scheduler_cfg(profile, profile.scheduler, runner)
             info = runner.dryrun(app, profile.scheduler, cfg=cfg)
@@ -88,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
                 return 2
         handle = runner.schedule(info)
         print(f"muse-rec launch: submitted {handle} ({where})", file=sys.stderr)
-        local = profile.scheduler.startswith("local")
         if not (local or args.wait):
             print(f"follow it with: torchx status {handle}  |  torchx log {handle}", file=sys.stderr)
             return 0
@@ -111,6 +120,13 @@ def run(args: argparse.Namespace) -> int:
             return 128 + int(e.sigval)  # the shell's convention, as for Ctrl-C elsewhere
         logs.join(timeout=30)
         state = status.state if status else None
+        refused = sorted(r for r, c in recorded(exit_codes).items() if c == BAD_INPUT) if exit_codes else []
+        if state != AppState.SUCCEEDED and refused:
+            # Bad input, said by the rank(s) above in one line each: --resume would be refused the same way.
+            print(f"muse-rec launch: {handle} finished: {state}; rank(s) {', '.join(map(str, refused))} refused "
+                  f"the input (exit {BAD_INPUT}): the lines above name it; fix it and run the same command",
+                  file=sys.stderr)
+            return BAD_INPUT
         # A failed job's own lines (a rank's error, torchrun's "Root Cause") say why; this one says how to go on,
         # as an interrupted launch's does: a killed rank (SIGKILL, the OOM killer) left its run to resume.
         how_to_continue = "" if state == AppState.SUCCEEDED else (
@@ -122,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         return 0 if state == AppState.SUCCEEDED else 1
     finally:
         runner.close()
+        if exit_codes is not None:
+            shutil.rmtree(exit_codes, ignore_errors=True)
 
 
 def _pairs(items: List[str], flag: str) -> Dict[str, str]:
