@@ -16,9 +16,9 @@ def test_a_launch_whose_ranks_refuse_their_input_exits_2(tmp_path):
     profiles.write_text("profiles:\n  two:\n    scheduler: local_cwd\n    nodes: 1\n    procs_per_node: 2\n"
                         f"    spec: {SPEC}\n    env: {{OMP_NUM_THREADS: '1'}}\n")
     missing = tmp_path / "typo"
-    out = subprocess.run([sys.executable, "-m", "muse_rec.cli", "launch", "--profile", "two", "--profiles-file",
-                          str(profiles), "--set", f"data.prepared={missing}", "--set", f"output_dir={tmp_path / 'run'}"],
-                         capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+    launch = [sys.executable, "-m", "muse_rec.cli", "launch", "--profile", "two", "--profiles-file", str(profiles),
+              "--set", f"data.prepared={missing}", "--set", f"output_dir={tmp_path / 'run'}"]
+    out = subprocess.run(launch, capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
     log = out.stdout + out.stderr
     assert out.returncode == 2, log[-5000:]
     assert f"muse-rec train: data.prepared = '{missing}': no prepared data there" in log, log[-5000:]
