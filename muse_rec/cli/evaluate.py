@@ -7,10 +7,6 @@ against its SHA-256 manifest before anything in it is unpickled (README "Trust m
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
-from pathlib import Path
-from typing import Optional, Sequence
 
 from muse_rec.cli.flags import input_file, input_path, int64, nonempty_path
 
@@ -46,27 +42,9 @@ def _is_evaluation_file(name: str) -> bool:
     return name in EVALUATION_FILES or name == LOCK_FILE or tmp_of(name) == "metrics.json"
 
 
-RECORDED_SPEC = "spec.yaml"  # the resolved spec a run writes into its directory (`training.trainer`)
-
-
-def own_run_of_spec(spec_file: str, overrides: Sequence[str], run_dir: str) -> Optional[Path]:
-    """The run directory ``spec_file`` was recorded in, where that is not ``run_dir`` (its ``output_dir``).
-
-    A run's spec.yaml names the run's directory (``output_dir``, absolute): in a copy of the run
-    (``cp -r RUN COPY``), ``--spec COPY/spec.yaml`` scored RUN's checkpoints, silently. A spec.yaml
-    beside a run.json and a checkpoints/ folder is that run's record: its checkpoints are the ones
-    meant, unless the user set ``output_dir`` (``--set``). None where the spec file is no run's record."""
-    if "://" in spec_file or any(ov.split("=", 1)[0].strip() == "output_dir" for ov in overrides):
-        return None
-    here = Path(spec_file).absolute().parent
-    if (Path(spec_file).name != RECORDED_SPEC or not (here / "run.json").is_file()
-            or not (here / "checkpoints").is_dir()):
-        return None
-    return None if here.resolve() == Path(run_dir).absolute().resolve() else here
-
-
 def run(args: argparse.Namespace) -> int:
     from muse_rec.cli.errors import report
+    from muse_rec.cli.recorded_run import spec_of_own_run
     from muse_rec.output_paths import OutputPathError, check_output_path
     from muse_rec.spec import SpecError, load_spec
 
@@ -77,12 +55,8 @@ def run(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec, args.set)
     except (OutputPathError, SpecError) as e:
         return report("evaluate", e)
-    own = None if args.checkpoint else own_run_of_spec(args.spec, args.set, spec.run_dir)
-    if own is not None:  # a literal brace of the path is no {name} placeholder
-        print(f"muse-rec evaluate: --spec {args.spec} is the record of run {own}: scoring its checkpoints, not those "
-              f"of its output_dir {spec.run_dir} (pass --checkpoint or --set output_dir=... for another's)",
-              file=sys.stderr)
-        spec = dataclasses.replace(spec, output_dir=str(own).replace("{", "{{").replace("}", "}}"))
+    if not args.checkpoint:
+        spec = spec_of_own_run("evaluate", "scoring", args.spec, args.set, spec)
     from muse_rec.cli.errors import bad_input_errors
     from muse_rec.training.trainer import evaluate_checkpoint
 

@@ -40,6 +40,7 @@ _INT8_CHECK_SHOWN = ("max_abs_dp", "p99_abs_dp", "samples", "users", "split")
 
 def run(args: argparse.Namespace) -> int:
     from muse_rec.cli.errors import report
+    from muse_rec.cli.recorded_run import spec_of_own_run
     from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.output_paths import OutputPathError, check_output_path
     from muse_rec.serving.export_layout import EXPORT_FILES, ExportError, check_checkpoint_present, check_max_candidates
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         return report("export", e)
     try:  # before torch's and TorchRec's imports (~4 s): a typo, a bad --out, no data or no checkpoint fails at once
         spec = load_spec(args.spec, args.set)
+        if not args.checkpoint:
+            spec = spec_of_own_run("export", "exporting", args.spec, args.set, spec)
         args.out = check_output_path(args.out, "--out", replaces=EXPORT_FILES)  # `export_model` checks again when it writes
         PreparedData(spec.data.prepared)  # opened again, and checked whole, by `export_model`
         check_checkpoint_present(spec.run_dir, args.checkpoint)

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from muse_rec.cli.errors import report
+    from muse_rec.cli.recorded_run import spec_of_own_run
     from muse_rec.spec import SpecError, load_spec
 
     if args.seq_len is not None and args.seq_len < 1:
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec, args.set)  # before torch's and TorchRec's imports (seconds): a typo fails at once
     except SpecError as e:
         return report("rank", e)
+    if not args.exported and not args.checkpoint:  # a program (--exported) reads no checkpoint
+        spec = spec_of_own_run("rank", "ranking with", args.spec, args.set, spec)
     from muse_rec.cli.errors import bad_input_errors
     from muse_rec.quiet import quiet_known_warnings
     from muse_rec.serving.ranker import Ranker, rank_all
