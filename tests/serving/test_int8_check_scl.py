@@ -15,6 +15,7 @@ import torch
 
 from muse_rec.serving.inference import InferenceModel
 from tests.serving.conftest import SEQ_LEN, SPEC
+from tests.serving.helpers import fp16_and_int8_scl_twins, record_float_scl_tables
 
 # Every spec family that reads SCL vectors: MUSE's SCL-cosine GSU, SIM-soft, MISS, MUSE's fusion, the
 # attention GSU ablation (projections over the SCL vectors).
@@ -30,16 +31,9 @@ def test_export_never_allocates_the_fp16_scl_table(trained_run, tmp_path, monkey
     from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
 
     import muse_rec.serving.export as export
-    from muse_rec.models.frozen_scl import FrozenEmbeddingCollection
     from muse_rec.spec import load_spec
 
-    float_tables = []
-    build = FrozenEmbeddingCollection.__init__
-
-    def recording_build(self, *args, **kwargs):
-        build(self, *args, **kwargs)
-        float_tables.extend(str(p.device) for p in self.parameters() if not p.is_meta)
-
+    float_tables = record_float_scl_tables(monkeypatch)
     scored_with = []
     score = export.score_requests
 
@@ -47,7 +41,6 @@ def test_export_never_allocates_the_fp16_scl_table(trained_run, tmp_path, monkey
         scored_with.append(model.model.sparse_arch.scl.collection)
         return score(model, *args, **kwargs)
 
-    monkeypatch.setattr(FrozenEmbeddingCollection, "__init__", recording_build)
     monkeypatch.setattr(export, "score_requests", recording_score)
     export.export_model(load_spec(SPEC, trained_run.overrides), str(tmp_path / "out"))
     assert float_tables == [], f"a float SCL table was allocated on {float_tables}"
@@ -60,27 +53,8 @@ def test_export_never_allocates_the_fp16_scl_table(trained_run, tmp_path, monkey
 def test_the_int8_table_gives_the_float_models_scores_bit_for_bit(spec_file):
     """A model whose SCL table is int8 (`exact_float_lookups_`) scores exactly as the same model with the fp16
     table loaded from the same values: same lookup tensors (dtype and values) and same click probabilities."""
-    from muse_rec.models.ctr_model import build_train_model
-    from muse_rec.models.sparse_arch import REQUIRED_TABLES
-    from muse_rec.serving.quantize import exact_float_lookups_
-    from muse_rec.spec import load_spec
-
-    from tests.conftest import REPO
-
     rows, seq_len, candidates = 300, 50, 7
-    spec = load_spec(REPO / spec_file).model
-    sizes = {t: rows for t in REQUIRED_TABLES}
-    fp16 = build_train_model(spec, sizes, seq_len, device=torch.device("cpu")).model.eval()
-    int8 = build_train_model(spec, sizes, seq_len, device=torch.device("cpu"),
-                             scl_device=torch.device("meta")).model.eval()
-    assert fp16.uses_scl
-    trained = {k: v for k, v in fp16.state_dict().items() if not k.startswith("sparse_arch.scl.")}
-    assert not int8.load_state_dict(trained, strict=False).unexpected_keys
-    rng = np.random.default_rng(0)
-    scl = rng.integers(-128, 128, size=(rows, int8.sparse_arch.scl.dim), dtype=np.int8)  # every int8 value
-    scl[0] = 0
-    fp16.sparse_arch.load_scl_(scl)
-    exact_float_lookups_(int8.sparse_arch.scl, scl, torch.device("cpu"))
+    fp16, int8, _, rng = fp16_and_int8_scl_twins(spec_file, rows, seq_len)
     seq_items = torch.from_numpy(rng.integers(1, rows, size=(1, seq_len)))
     # seq_items, seq_cats, seq_length (5 padding positions), user_fields, cand_items, cand_cats, cand_attrs
     request = (seq_items, torch.from_numpy(rng.integers(1, rows, size=(1, seq_len))), torch.tensor([seq_len - 5]),

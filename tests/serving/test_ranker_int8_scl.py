@@ -6,13 +6,13 @@ lookups are the same values, so every score is the same bit for bit.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from muse_rec.serving import FloatScorer, InferenceModel, Ranker
 from muse_rec.serving.ranker import build_context
 from tests.serving.conftest import SEQ_LEN
+from tests.serving.helpers import fp16_and_int8_scl_twins, record_float_scl_tables
 
 # The spec families whose GSU/ESU read SCL vectors: MUSE's SCL-cosine GSU, SIM-soft, MISS, MUSE's fusion.
 _SCL_SPECS = ("specs/methods/muse.yaml", "specs/methods/sim_soft.yaml", "specs/methods/miss.yaml",
@@ -25,17 +25,9 @@ def test_checkpoint_ranker_never_allocates_the_fp16_scl_table(trained_run, train
     from torchrec import DataType
     from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
 
-    from muse_rec.models.frozen_scl import FrozenEmbeddingCollection
     from muse_rec.serving.int8_check import check_requests
 
-    float_tables = []
-    build = FrozenEmbeddingCollection.__init__
-
-    def recording_build(self, *args, **kwargs):
-        build(self, *args, **kwargs)
-        float_tables.extend(str(p.device) for p in self.parameters() if not p.is_meta)
-
-    monkeypatch.setattr(FrozenEmbeddingCollection, "__init__", recording_build)
+    float_tables = record_float_scl_tables(monkeypatch)
     spec = trained_run.spec()
     with Ranker.from_checkpoint(spec) as int8_ranker:
         assert float_tables == [], f"a float SCL table was allocated on {float_tables}"
@@ -56,27 +48,8 @@ def test_checkpoint_ranker_never_allocates_the_fp16_scl_table(trained_run, train
 def test_the_ranker_scores_of_the_int8_table_are_the_fp16_tables(spec_file):
     """The Ranker's float path (history SCL vectors from its cache, the candidates' from the model's table) scores
     a model with the int8 table exactly as the same model with the fp16 table loaded from the same values."""
-    from muse_rec.models.ctr_model import build_train_model
-    from muse_rec.models.sparse_arch import REQUIRED_TABLES
-    from muse_rec.serving.quantize import exact_float_lookups_
-    from muse_rec.spec import load_spec
-
-    from tests.conftest import REPO
-
     rows, seq_len, history, candidates = 300, 50, 45, 7
-    spec = load_spec(REPO / spec_file).model
-    sizes = {t: rows for t in REQUIRED_TABLES}
-    fp16 = build_train_model(spec, sizes, seq_len, device=torch.device("cpu")).model.eval()
-    int8 = build_train_model(spec, sizes, seq_len, device=torch.device("cpu"),
-                             scl_device=torch.device("meta")).model.eval()
-    assert fp16.uses_scl
-    trained = {k: v for k, v in fp16.state_dict().items() if not k.startswith("sparse_arch.scl.")}
-    assert not int8.load_state_dict(trained, strict=False).unexpected_keys
-    rng = np.random.default_rng(0)
-    scl = rng.integers(-128, 128, size=(rows, int8.sparse_arch.scl.dim), dtype=np.int8)  # every int8 value
-    scl[0] = 0
-    fp16.sparse_arch.load_scl_(scl)
-    exact_float_lookups_(int8.sparse_arch.scl, scl, torch.device("cpu"))
+    fp16, int8, scl, rng = fp16_and_int8_scl_twins(spec_file, rows, seq_len)
     items, cats = rng.integers(1, rows, history), rng.integers(1, rows, history)
     fields = rng.integers(0, rows, 6)
     cand = [torch.from_numpy(rng.integers(0, rows, candidates)), torch.from_numpy(rng.integers(0, rows, candidates)),
