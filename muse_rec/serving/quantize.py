@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Literal, Tuple
+from typing import Dict, Iterator, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -138,12 +138,12 @@ def _set_row_alignment(collections: Tuple[nn.Module, ...], row_alignment: int) -
         setattr(collection, MODULE_ATTR_ROW_ALIGNMENT_INT, row_alignment)
 
 
-def _take_collection(scl: FrozenSCL) -> FloatCollectionSettings:
-    """What the int8 twin of ``scl``'s float collection needs, with the collection itself taken off
-    ``scl`` (and so freed: its table is not held while the int8 table is allocated)."""
+def _take_collection(scl: FrozenSCL, device: Optional[torch.device] = None) -> FloatCollectionSettings:
+    """What the int8 twin of ``scl``'s float collection needs (on ``device``; None = the collection's), with the
+    collection itself taken off ``scl`` (and so freed: its table is not held while the int8 table is allocated)."""
     collection = scl.collection
     settings = FloatCollectionSettings(copy.deepcopy(collection.embedding_configs()), collection.need_indices(),
-                                        collection.device)
+                                        collection.device if device is None else device)
     del scl.collection
     return settings
 
@@ -191,10 +191,8 @@ def exact_float_lookups_(scl: FrozenSCL, array: np.ndarray, device: torch.device
     table is ever allocated.
     """
     check_exact_values(SCL_TABLE, (scl.num_rows, scl.dim), array, chunk_rows)
-    settings = FloatCollectionSettings(copy.deepcopy(scl.collection.embedding_configs()),
-                                       scl.collection.need_indices(), device)
-    del scl.collection  # a float table of this size is not held beside the int8 one
-    scl.collection = exact_scl_collection(settings, array, "int8", DEFAULT_ROW_ALIGNMENT, chunk_rows)
+    scl.collection = exact_scl_collection(_take_collection(scl, device), array, "int8", DEFAULT_ROW_ALIGNMENT,
+                                          chunk_rows)
 
 
 def check_exact_values(table: str, shape: Tuple[int, int], array: np.ndarray, chunk_rows: int) -> None:
