@@ -319,11 +319,15 @@ def baseline_method(runs: List[Dict], asked: Optional[str]) -> str:
     return asked
 
 
+def runs_of_row(runs: List[Dict], row: Dict) -> List[Dict]:
+    """The runs of one table row: its method and setting."""
+    return [r for r in runs if r["method"] == row["method"] and r.get("setting", "") == row.get("setting", "")]
+
+
 def metric_stats(runs: List[Dict], row: Dict, key: str) -> Stats:
-    """``key`` (gauc, auc, ...) over the seeds of one table row's runs (its method and setting); a run
-    whose value is undefined (null) adds no sample to it."""
-    return Stats([r[key] for r in runs if r["method"] == row["method"] and r.get("setting", "") ==
-                  row.get("setting", "") and r.get(key) is not None])
+    """``key`` (gauc, auc, ...) over the seeds of one table row's runs (`runs_of_row`); a run whose value is
+    undefined (null) adds no sample to it."""
+    return Stats([r[key] for r in runs_of_row(runs, row) if r.get(key) is not None])
 
 
 def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
@@ -335,15 +339,15 @@ def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
     rows = []
     for method, setting in dict.fromkeys((r["method"], r.get("setting", "")) for r in runs):
         row: Dict = {"method": method, **({"setting": setting} if setting else {})}
-        row["seeds"] = metric_stats(runs, row, "gauc").n  # seeds that measured the GAUC
+        mine = runs_of_row(runs, row)
+        row["seeds"] = metric_stats(mine, row, "gauc").n  # seeds that measured the GAUC
         for k in METRICS:
-            s = metric_stats(runs, row, k)
+            s = metric_stats(mine, row, k)
             if s.n:
                 row[k] = s.mean
                 if k in ("gauc", "auc", "logloss"):
                     row[f"{k}_std"] = s.std
-        reads_scl = {r.get("reads_scl") for r in runs
-                     if r["method"] == method and r.get("setting", "") == setting}
+        reads_scl = {r.get("reads_scl") for r in mine}
         if len(reads_scl) == 1 and None not in reads_scl:  # known for every run of the row (`floor_verdict`)
             row["reads_scl"] = reads_scl.pop()
         rows.append(row)
