@@ -48,7 +48,7 @@ from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.json_files import INT64_MAX, read_json_object
 from muse_rec.lifetime import interrupts_deferred
 from muse_rec.metrics.gather import all_gather_objects
-from muse_rec.training.checkpoint_names import STEP_DIR
+from muse_rec.training.checkpoint_names import complete_steps, step_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -120,18 +120,6 @@ def read_position(path: Path) -> Position:
     return Position(**{f.name: raw[f.name] for f in dataclasses.fields(Position) if f.name in raw})
 
 
-def _step_dirs(root: Path) -> List[Tuple[int, Path]]:
-    """Every ``step-NNNNNNNN`` directory under ``root`` (final names only: ``.tmp`` staging
-    directories never match), oldest first, complete or not."""
-    if not root.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir())
-
-
-def _complete(root: Path) -> List[Tuple[int, Path]]:
-    return [(step, p) for step, p in _step_dirs(root) if (p / "position.json").exists()]
-
-
 def _run_id_of(path: Path) -> Optional[str]:
     """The run that wrote ``path``; None when its position.json is unreadable (pruning skips it)."""
     try:
@@ -170,13 +158,13 @@ def latest_checkpoint(ckpt_root: str, run_id: Optional[str] = None) -> Optional[
     """
     root = Path(ckpt_root)
     for attempt in range(3):
-        steps = _step_dirs(root)
+        steps = step_dirs(root)
         try:
             return _newest(steps, run_id)
         except CheckpointError:
             # A save that finished meanwhile may have pruned the directory taken for the newest (one
             # checkpoint kept): damage only if the listing still stands.
-            if attempt == 2 or _step_dirs(root) == steps:
+            if attempt == 2 or step_dirs(root) == steps:
                 raise
     raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -339,7 +327,7 @@ def _prune(root: Path, keep: int, run_id: str) -> None:
     Another run's checkpoint is never deleted (a run directory belongs to one run, see
     run_dir.py; this is the second line of defence).
     """
-    mine = [p for _, p in _complete(root) if _run_id_of(p) == run_id]
+    mine = [p for _, p in complete_steps(root) if _run_id_of(p) == run_id]
     for p in mine[:-keep] if keep > 0 else []:
         # Renamed aside, then deleted: an evaluation or export reading it meanwhile finds its name gone at
         # once (and reads the run's newest instead), not a directory losing its files one by one.

@@ -12,19 +12,30 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")  # a complete checkpoint's final name (never ``.tmp`` / ``.replaced``)
 CHECKPOINTS_DIR = "checkpoints"  # a run directory's folder of step directories
 POSITION_FILE = "position.json"  # written last into a step directory: its presence marks it complete
 
 
-def newest_complete_step(root: Path) -> Optional[Path]:
-    """The highest-numbered ``step-NNNNNNNN`` directory under ``root`` that holds a position.json, or None."""
+def step_dirs(root: Path) -> List[Tuple[int, Path]]:
+    """Every ``(step, step-NNNNNNNN directory)`` under ``root`` (final names only: ``.tmp`` staging
+    directories never match), oldest first, complete or not."""
     if not root.is_dir():
-        return None
-    steps = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / POSITION_FILE).is_file()]
-    return max(steps, key=lambda p: p.name) if steps else None  # zero-padded: name order is step order
+        return []
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir())
+
+
+def complete_steps(root: Path) -> List[Tuple[int, Path]]:
+    """`step_dirs` of ``root`` that hold a position.json (complete checkpoints), oldest first."""
+    return [(step, p) for step, p in step_dirs(root) if (p / POSITION_FILE).exists()]
+
+
+def newest_complete_step(root: Path) -> Optional[Path]:
+    """The highest-numbered complete ``step-NNNNNNNN`` directory under ``root`` (`complete_steps`), or None."""
+    steps = complete_steps(root)
+    return steps[-1][1] if steps else None
 
 
 def named_checkpoint_problem(checkpoint: Path) -> Optional[str]:

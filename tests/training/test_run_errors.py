@@ -285,8 +285,8 @@ def test_a_checkpoint_pruned_while_it_is_looked_up_is_not_called_damaged(tmp_pat
     root = tmp_path / "checkpoints"
     newest = _step_dir(root, 6)
     listings = [[(4, root / "step-00000004")]]  # what was listed before the save finished
-    real = checkpoint._step_dirs
-    monkeypatch.setattr(checkpoint, "_step_dirs", lambda r: listings.pop() if listings else real(r))
+    real = checkpoint.step_dirs
+    monkeypatch.setattr(checkpoint, "step_dirs", lambda r: listings.pop() if listings else real(r))
     assert checkpoint.latest_checkpoint(str(root)) == newest
 
 
