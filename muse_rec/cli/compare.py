@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from muse_rec.cli.flags import input_file, input_path, nonempty_path
 from muse_rec.json_files import read_json_object, refuse_special_file
-from muse_rec.metrics.floor_options import ID_FLOORS, best_id_floor
+from muse_rec.metrics.floor_options import floor_standing
 from muse_rec.metrics.seeds import Stats, pooled_std
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
@@ -483,31 +483,27 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
         return "model-free floors: none has a GAUC"
     name = max(measured, key=lambda k: floors[k]["gauc"])
     best = floors[name]
-    below = [r for r in model_rows if "gauc" in r and r["gauc"] < best["gauc"]]
     head = f"best model-free floor: {best.get('description', name)} GAUC {best['gauc']:.4f}"
-    if not below:
+    standings = [(r, floor_standing(r["gauc"], name, best["gauc"], floors, r.get("reads_scl")))
+                 for r in model_rows if "gauc" in r]
+    doubted = [(r, s) for r, s in standings if s.below and not s.only_for_want_of_scl]
+    blind = [(r, s) for r, s in standings if s.only_for_want_of_scl]
+    if not doubted and not blind:
         return f"{head}; every method is above it"
-    id_best = None if name in ID_FLOORS else best_id_floor(floors)
-    id_gauc = id_best[1]["gauc"] if id_best is not None else None
-
-    def only_blind(r: Dict) -> bool:  # reads no SCL vectors, and no floor without them ranks better
-        return id_gauc is not None and r.get("reads_scl") is False and r["gauc"] >= id_gauc
-
-    blind = [r for r in below if only_blind(r)]
-    doubted = [r for r in below if not only_blind(r)]
     parts = []
     if doubted:
-        text = f"BELOW it: {_listed(doubted)} - check the learning rates, the number of steps and the data"
-        if id_best is not None and any(r.get("reads_scl") is not True for r in doubted):
-            # DIN below a floor of SCL cosines may only lack the vectors, not training
+        text = (f"BELOW it: {_listed([r for r, _ in doubted])} - check the learning rates, the number of steps "
+                "and the data")
+        id_best = next((s.id_best for _, s in doubted if s.id_best is not None), None)
+        if id_best is not None:  # DIN below a floor of SCL cosines may only lack the vectors, not training
             id_name, id_floor = id_best
             text += (f" (a model that reads no SCL vectors, as DIN and TWIN, cannot see what that floor reads: the "
                      f"best floor without them is {id_floor.get('description', id_name)} GAUC {id_floor['gauc']:.4f})")
         parts.append(text)
     if blind:
-        id_name, id_floor = id_best
+        id_name, id_floor = blind[0][1].id_best
         one = len(blind) == 1
-        parts.append(f"below it only for want of SCL vectors: {_listed(blind)}, "
+        parts.append(f"below it only for want of SCL vectors: {_listed([r for r, _ in blind])}, "
                      f"{'which reads none and is' if one else 'which read none and are'} above the best floor without "
                      f"them, {id_floor.get('description', id_name)} GAUC {id_floor['gauc']:.4f}: the SCL vectors carry "
                      f"signal {'it' if one else 'they'} cannot see")

@@ -63,3 +63,34 @@ def best_id_floor(floors: Dict[str, Dict]) -> Optional[Tuple[str, Dict]]:
     (`ID_FLOORS`), None without one."""
     measured = [(name, f) for name, f in floors.items() if name in ID_FLOORS and f.get("gauc") is not None]
     return max(measured, key=lambda item: item[1]["gauc"]) if measured else None
+
+
+@dataclass(frozen=True)
+class FloorStanding:
+    """Where a model's GAUC stands against the best floor (`floor_standing`).
+
+    Attributes:
+        below: the GAUC is below the best floor (an undefined, NaN GAUC is not).
+        id_best: ``(name, floor)`` of the best floor without SCL vectors (`best_id_floor`) when the model is
+            below a best floor that reads them and is not known to read them itself; else None.
+        only_for_want_of_scl: the model reads no SCL vectors and is at or above ``id_best``: its training is
+            not in doubt, the SCL vectors carry signal it cannot see.
+    """
+
+    below: bool
+    id_best: Optional[Tuple[str, Dict]]
+    only_for_want_of_scl: bool
+
+
+def floor_standing(gauc: float, best_name: str, best_gauc: float, floors: Dict[str, Dict],
+                   reads_scl: Optional[bool]) -> FloorStanding:
+    """The one rule behind a run's floor line (`floors.below_floor_message`) and `compare`'s verdict.
+
+    ``best_name`` / ``best_gauc``: the best floor of ``floors`` (name -> description, gauc, ...);
+    ``reads_scl``: whether the model reads SCL vectors, None when unknown (then it is held to the best floor,
+    and ``id_best`` is still given so that a message can name the floor without them)."""
+    below = gauc < best_gauc
+    id_best = (best_id_floor(floors) if below and reads_scl is not True and best_name not in ID_FLOORS
+               else None)
+    only = id_best is not None and reads_scl is False and gauc >= id_best[1]["gauc"]
+    return FloorStanding(below, id_best, only)

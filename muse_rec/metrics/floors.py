@@ -39,7 +39,7 @@ import numpy as np
 from muse_rec.data.files import tmp_of
 from muse_rec.data.prepared import PreparedData
 from muse_rec.json_files import read_json_object
-from muse_rec.metrics.floor_options import ID_FLOORS, FloorOptions, FloorsError, best_id_floor
+from muse_rec.metrics.floor_options import FloorOptions, FloorsError, floor_standing
 from muse_rec.metrics.floor_scores import SCL_FLOORS, ItemCtr, popularity_scores, split_scores
 from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, auc, logloss, user_auc
 from muse_rec.metrics.report import check_floors, metrics_json_text, save_metrics_json
@@ -269,12 +269,12 @@ def below_floor_message(gauc: float, floors: Dict, reads_scl: bool = True) -> Tu
         return False, f"GAUC {gauc:.4f} is above the best model-free floor '{name}' {value:.4f} ({gauc - value:+.4f})"
     sentence = f"GAUC {gauc:.4f} is below the model-free floor '{name}' {value:.4f} ({gauc - value:+.4f})"
     advice = "check the learning rates, the number of steps and the data"
-    id_best = None if reads_scl or best["name"] in ID_FLOORS else best_id_floor(floors.get("floors", {}))
-    if id_best is None:
+    standing = floor_standing(gauc, best["name"], value, floors.get("floors", {}), reads_scl)
+    if standing.id_best is None:
         return True, f"{sentence}: a score without training ranks this split better than the model; {advice}"
-    id_name, id_floor = id_best
+    id_name, id_floor = standing.id_best
     against = f"'{id_floor.get('description', id_name)}' {id_floor['gauc']:.4f} ({gauc - id_floor['gauc']:+.4f})"
-    if gauc < id_floor["gauc"]:
+    if not standing.only_for_want_of_scl:
         return True, (f"{sentence}, and below the best floor without SCL vectors (this model reads none), {against}: "
                       f"a score without training ranks this split better than the model; {advice}")
     return True, (f"{sentence}, which reads SCL vectors; this model reads none, and it is above the best floor "

@@ -988,3 +988,26 @@ def test_floors_of_the_fit_split_score_its_samples_once(tiny, monkeypatch, fit_s
     assert result["logistic_regression"]["fitted_on"] == fit_idx.size
     np.testing.assert_array_equal(result["logistic_regression"]["weights"], m.weights)
     assert result["logistic_regression"]["bias"] == m.bias
+
+
+@pytest.mark.parametrize("best_name", ["cos_mean_history", "popularity"])
+@pytest.mark.parametrize("reads_scl", [True, False])
+@pytest.mark.parametrize("gauc", [0.50, 0.55, 0.60, 0.63, 0.70, float("nan")])
+def test_a_run_line_and_the_compare_verdict_apply_one_rule(best_name, reads_scl, gauc):
+    """A run's floor line (`below_floor_message`) and `compare`'s verdict classify a model the same way: above the
+    best floor, below it only for want of SCL vectors, or below it (training in doubt). Both read
+    `floor_options.floor_standing`; before, each had its own copy of the rule."""
+    from muse_rec.cli.compare import floor_verdict
+
+    inner = {"popularity": {"description": "pop", "gauc": 0.55 if best_name != "popularity" else 0.66},
+             "cos_mean_history": {"description": "cos", "gauc": 0.63}}
+    result = {"best": {"name": best_name, **inner[best_name]}, "floors": inner}
+    below, msg = below_floor_message(gauc, result, reads_scl=reads_scl)
+    verdict = floor_verdict([{"method": "M", "gauc": gauc, "reads_scl": reads_scl}], inner)
+    blind_line = "carry signal this model cannot see" in msg
+    blind_verdict = "only for want of SCL vectors: M" in verdict
+    assert blind_line == blind_verdict, (msg, verdict)
+    assert below == ("BELOW it: M" in verdict or blind_verdict), (msg, verdict)
+    best = inner[best_name]["gauc"]
+    assert below == (gauc < best)  # NaN: neither
+    assert blind_line == (below and not reads_scl and best_name != "popularity" and gauc >= 0.55)
