@@ -406,11 +406,12 @@ class _Prepare:
             if missing == samples:
                 # Not one sample joins: both files are named, the likely cause with them. A warning, not an
                 # error: the release's published 10-row demo tables (taobao_mm_demo) join no sample either.
-                which = (f"all {samples:,} samples have no row in {users_table}: not one {S.USER} id of "
+                every = "the only sample has" if samples == 1 else f"all {samples:,} samples have"
+                which = (f"{every} no row in {users_table}: not one {S.USER} id of "
                          f"{self.raw[table].path} is in {self.raw[users_table].path} (another id space, or ids "
                          "truncated by a narrower integer column?)")
             else:
-                which = f"{missing:,} of {samples:,} samples have no row in {users_table}"
+                which = f"{missing:,} of {samples:,} samples {'has' if missing == 1 else 'have'} no row in {users_table}"
             warnings.warn(f"{table}: {which}; they get an empty history and unknown user fields")
         return stats
 

@@ -283,6 +283,30 @@ def test_samples_without_user_row_are_counted_with_thousands_separators(workspac
                     "they get an empty history and unknown user fields"], said
 
 
+@pytest.mark.parametrize("rows,orphans", [(1, 1), (6, 1)])
+def test_the_no_user_row_warning_counts_one_sample_in_the_singular(workspace, rows: int, orphans: int) -> None:
+    """A split of one sample whose user has no row read "all 1 samples have no row", and one orphan among
+    several "1 of 6 samples have no row"."""
+    raw, out = workspace
+
+    def edit(t: pa.Table) -> pa.Table:
+        t = t.slice(0, rows)
+        users = t.column(S.USER).to_pylist()
+        users[:orphans] = [123_456_789] * orphans
+        return t.set_column(t.schema.get_field_index(S.USER), S.USER, pa.array(users, pa.int64()))
+
+    samples = _rewrite(raw, "test_samples", edit)
+    with pytest.warns(UserWarning) as caught:
+        prepare(str(raw), str(out), CFG, overwrite=True)
+    said = [str(w.message) for w in caught if str(w.message).startswith("test_samples: ")]
+    users = raw / S.TABLES["test_user_features"].file
+    whole = (f"the only sample has no row in test_user_features: not one {S.USER} id of {samples} is in {users}"
+             if rows == 1 else f"1 of {rows} samples has no row in test_user_features")
+    assert said == [f"test_samples: {whole}" + ("" if rows > 1 else " (another id space, or ids truncated by a "
+                                                 "narrower integer column?)")
+                    + "; they get an empty history and unknown user fields"], said
+
+
 def test_samples_joining_no_user_row_name_both_files_and_the_column(workspace) -> None:
     """A writer that stored the samples' 129_1 as int32 truncated every id: no sample joined its user
     table, and the warning read like the usual few orphans ("N of N samples have no row"), naming
