@@ -262,6 +262,12 @@ def model_free_floors(prepared: str, out: Path) -> Optional[Dict[str, float]]:
     return {k: float(v["gauc"]) for k, v in floors.items() if v.get("gauc") is not None}
 
 
+def _bad(message: str) -> int:
+    """Bad input: one line on stderr, exit status 2 (no traceback)."""
+    print(f"accuracy_study.py: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
@@ -285,7 +291,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       + ("" if args.parametrization == "spec" else f"_{args.parametrization}_parametrization"))
     configs = (ablation_configs(args.spec) if args.what == "ablation"
                else method_configs(args.spec_dir, args.parametrization))
-    todo = [c for c in configs if not args.only or c.key in args.only.split(",")]
+    only = [k for k in args.only.split(",") if k]
+    unknown = [k for k in only if k not in {c.key for c in configs}]
+    if unknown:  # a typo would otherwise run nothing and print a table of "missing"
+        return _bad(f"--only: unknown key(s) {', '.join(unknown)}; the keys of --what {args.what}: "
+                    + ", ".join(c.key for c in configs))
+    todo = [c for c in configs if not only or c.key in only]
     if not args.report_only:
         # Seed-major, the first config's method (MUSE) before the others: partial results are a table.
         jobs = sorted(((c, s) for s in seeds for c in todo), key=lambda j: j[0].spec != todo[0].spec)

@@ -85,3 +85,22 @@ def test_reference_parametrization_rows_are_the_ablation_reference_row_at_each_s
     assert flat(resolved(rows["twin__published"]))["model.parametrization.simtier_init"] == "uniform"
     spec_rows = {c.key: c for c in study.method_configs("specs/demo")}
     assert flat(resolved(spec_rows["din__4x_steps__batch_250"]))["model.parametrization.output_bias"] == "train_prior"
+
+
+def _no_runs(monkeypatch):
+    """Bad input is refused before any training or floor computation starts."""
+    def fail(*a, **k):
+        raise AssertionError("a run or a floor computation started")
+    monkeypatch.setattr(study, "run_all", fail)
+    monkeypatch.setattr(study, "model_free_floors", fail)
+
+
+def test_unknown_only_key_is_refused(tmp_path, monkeypatch, capsys):
+    # A typo in --only ran nothing, exited 0 and printed a table of "missing".
+    _no_runs(monkeypatch)
+    rc = study.main([str(tmp_path / "out"), "--prepared", str(tmp_path), "--what", "methods",
+                     "--spec-dir", "specs/methods", "--only", "muse__published,muse__publishd"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "muse__publishd" in err[0] and "muse__5x_dense_lr" in err[0]
+    assert not (tmp_path / "out").exists()
