@@ -168,6 +168,8 @@ def read_gauc(path: Path) -> Optional[float]:
 def run_all(jobs: List[Tuple[Config, int]], out: Path, prepared: str, sparse: str, sparse_lr: Optional[float],
             parallel: int) -> None:
     """Run every pending (config, seed), ``parallel`` processes at a time; failures are logged, not fatal."""
+    if parallel < 1:
+        raise ValueError(f"parallel must be >= 1, got {parallel}: no run would start")
     pending = [(c, s) for c, s in jobs if read_gauc(run_dir(out, c, s)) is None]
     print(f"[study] {len(jobs) - len(pending)} runs done, {len(pending)} to go", flush=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -287,6 +289,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.jobs < 1:  # no run would ever start: the scheduler waited forever
+        return _bad(f"--jobs must be >= 1, got {args.jobs}")
     out = args.out / (args.sparse + ("" if args.sparse_lr is None else f"_lr{args.sparse_lr:g}")
                       + ("" if args.parametrization == "spec" else f"_{args.parametrization}_parametrization"))
     configs = (ablation_configs(args.spec) if args.what == "ablation"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from benchmarks import accuracy_study as study
@@ -104,3 +105,25 @@ def test_unknown_only_key_is_refused(tmp_path, monkeypatch, capsys):
     assert rc == 2 and len(err) == 1
     assert "muse__publishd" in err[0] and "muse__5x_dense_lr" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_jobs_below_one_is_refused(tmp_path, monkeypatch, capsys):
+    # --jobs 0 started no run and waited for one forever ("0 runs done, 63 to go", then nothing).
+    cfg = study.method_configs("specs/methods")[0]
+    raised = []
+
+    def call():  # in a daemon thread: the old scheduler never returned
+        try:
+            study.run_all([(cfg, 0)], tmp_path, str(tmp_path), "profile", None, 0)
+        except ValueError as e:
+            raised.append(str(e))
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "run_all(parallel=0) waits forever"
+    assert raised and "parallel" in raised[0]
+    _no_runs(monkeypatch)
+    rc = study.main([str(tmp_path / "out"), "--prepared", str(tmp_path), "--what", "methods",
+                     "--spec-dir", "specs/methods", "--jobs", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--jobs" in err[0]
