@@ -288,7 +288,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--tolerance", type=float, default=0.005)
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        return _bad(f"--seeds must be comma-separated integers (e.g. 0,1,2), got {args.seeds!r}")
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        return _bad(f"--seeds must be distinct non-negative integers, got {args.seeds!r}")
     if args.jobs < 1:  # no run would ever start: the scheduler waited forever
         return _bad(f"--jobs must be >= 1, got {args.jobs}")
     out = args.out / (args.sparse + ("" if args.sparse_lr is None else f"_lr{args.sparse_lr:g}")

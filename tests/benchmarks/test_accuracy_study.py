@@ -5,6 +5,8 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
+
 from benchmarks import accuracy_study as study
 from muse_rec.spec import load_spec
 
@@ -127,3 +129,13 @@ def test_jobs_below_one_is_refused(tmp_path, monkeypatch, capsys):
                      "--spec-dir", "specs/methods", "--jobs", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--jobs" in err[0]
+
+
+@pytest.mark.parametrize("seeds", ["a", "0,,1", "", "0,0", "-1"])
+def test_bad_seeds_are_refused(tmp_path, monkeypatch, capsys, seeds):
+    # "--seeds a" ended in a ValueError traceback; "0,0" ran seed 0 once and counted it twice.
+    _no_runs(monkeypatch)
+    rc = study.main([str(tmp_path / "out"), "--prepared", str(tmp_path), "--what", "methods",
+                     "--spec-dir", "specs/methods", "--seeds", seeds])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--seeds" in err[0]
