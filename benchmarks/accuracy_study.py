@@ -296,6 +296,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _bad(f"--seeds must be distinct non-negative integers, got {args.seeds!r}")
     if args.jobs < 1:  # no run would ever start: the scheduler waited forever
         return _bad(f"--jobs must be >= 1, got {args.jobs}")
+    # Every run and `baselines` run with cwd = the repository: a relative OUT or --prepared (the
+    # caller's cwd) would have put the runs under the repository and pointed them at other data.
+    args.out = Path(os.path.abspath(args.out))
+    if "://" not in args.prepared:
+        args.prepared = os.path.abspath(args.prepared)
     out = args.out / (args.sparse + ("" if args.sparse_lr is None else f"_lr{args.sparse_lr:g}")
                       + ("" if args.parametrization == "spec" else f"_{args.parametrization}_parametrization"))
     configs = (ablation_configs(args.spec) if args.what == "ablation"

@@ -139,3 +139,28 @@ def test_bad_seeds_are_refused(tmp_path, monkeypatch, capsys, seeds):
                      "--spec-dir", "specs/methods", "--seeds", seeds])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--seeds" in err[0]
+
+
+def test_relative_paths_are_the_callers(tmp_path, monkeypatch):
+    # The runs (and `baselines`) start with cwd = the repository: a relative OUT or --prepared, meant
+    # from the caller's directory, put the run directories under the repository and read other data,
+    # and the study then looked for their metrics.json under the caller's OUT ("FAILED").
+    seen = {}
+
+    def record(jobs, out, prepared, sparse, sparse_lr, parallel):
+        seen["cmd"] = study.command(jobs[0][0], jobs[0][1], out, prepared, sparse, sparse_lr)
+        seen["out"] = out
+        out.mkdir(parents=True)
+
+    monkeypatch.setattr(study, "run_all", record)
+    monkeypatch.setattr(study, "model_free_floors", lambda prepared, out: seen.setdefault("floors", prepared) and None)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prep").mkdir()
+    rc = study.main(["study", "--prepared", "prep", "--what", "methods", "--spec-dir", "specs/methods",
+                     "--sparse", "profile", "--only", "muse__published", "--seeds", "0"])
+    assert rc == 0
+    sets = dict(seen["cmd"][i + 1].split("=", 1) for i, c in enumerate(seen["cmd"]) if c == "--set")
+    assert sets["output_dir"] == str(tmp_path / "study" / "profile" / "runs" / "muse__published-s0")
+    assert sets["data.prepared"] == str(tmp_path / "prep") == seen["floors"]
+    assert seen["out"] == tmp_path / "study" / "profile"
+    assert (tmp_path / "study" / "profile" / "methods.md").exists()
