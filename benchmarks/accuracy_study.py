@@ -264,6 +264,38 @@ def model_free_floors(prepared: str, out: Path) -> Optional[Dict[str, float]]:
     return {k: float(v["gauc"]) for k, v in floors.items() if v.get("gauc") is not None}
 
 
+def _as_run_path(path: str) -> str:
+    """A path as the runs and `baselines` read it (cwd = the repository)."""
+    return path if "://" in path else os.path.abspath(os.path.join(REPO, path))
+
+
+def other_data(out: Path, prepared: str) -> Optional[str]:
+    """Why ``out`` holds results of other prepared data than ``prepared`` (None when it does not).
+
+    A run whose metrics.json exists is skipped and the floors are read from ``out/floors.json``: in an
+    OUT made with another --prepared, the table would show that data's GAUCs and floors as this one's.
+    """
+    want = _as_run_path(prepared)
+    floors = out / "floors.json"
+    if floors.exists():
+        try:
+            had = json.loads(floors.read_text()).get("prepared")
+        except ValueError:
+            had = None
+        if had is not None and _as_run_path(str(had)) != want:
+            return f"{floors}: the floors of {had}, not of --prepared {prepared}"
+    import yaml
+
+    for spec in sorted((out / "runs").glob("*/spec.yaml")):
+        try:
+            had = (yaml.safe_load(spec.read_text()) or {}).get("data", {}).get("prepared")
+        except (OSError, ValueError, yaml.YAMLError, AttributeError):
+            continue
+        if had is not None and _as_run_path(str(had)) != want:
+            return f"{spec.parent}: a run on {had}, not on --prepared {prepared}"
+    return None
+
+
 def _bad(message: str) -> int:
     """Bad input: one line on stderr, exit status 2 (no traceback)."""
     print(f"accuracy_study.py: {message}", file=sys.stderr)
@@ -303,6 +335,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.prepared = os.path.abspath(args.prepared)
     out = args.out / (args.sparse + ("" if args.sparse_lr is None else f"_lr{args.sparse_lr:g}")
                       + ("" if args.parametrization == "spec" else f"_{args.parametrization}_parametrization"))
+    stale = other_data(out, args.prepared)
+    if stale:
+        return _bad(f"{stale}; one OUT holds the study of one prepared data set: pass another OUT")
     configs = (ablation_configs(args.spec) if args.what == "ablation"
                else method_configs(args.spec_dir, args.parametrization))
     only = [k for k in args.only.split(",") if k]

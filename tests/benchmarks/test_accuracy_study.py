@@ -164,3 +164,31 @@ def test_relative_paths_are_the_callers(tmp_path, monkeypatch):
     assert sets["data.prepared"] == str(tmp_path / "prep") == seen["floors"]
     assert seen["out"] == tmp_path / "study" / "profile"
     assert (tmp_path / "study" / "profile" / "methods.md").exists()
+
+
+def test_an_out_of_other_prepared_data_is_refused(tmp_path, monkeypatch, capsys):
+    # A run whose metrics.json exists is skipped and the floors are read back from OUT/floors.json:
+    # re-using an OUT with another --prepared printed the first data set's GAUCs and floors as the new one's.
+    out = tmp_path / "out" / "profile"
+    cfg = study.method_configs("specs/methods")[0]
+    run = study.run_dir(out, cfg, 0)
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"gauc": 0.66}))
+    (run / "spec.yaml").write_text(f"name: muse\ndata:\n  prepared: {tmp_path / 'a'}\n")
+    args = ["--what", "methods", "--spec-dir", "specs/methods", "--sparse", "profile",
+            "--only", "muse__published", "--seeds", "0"]
+    _no_runs(monkeypatch)
+    assert study.main([str(tmp_path / "out"), "--prepared", str(tmp_path / "b"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "a") in err[0] and "muse__published-s0" in err[0]
+    (run / "spec.yaml").write_text(f"name: muse\ndata:\n  prepared: {tmp_path / 'b'}\n")
+    (out / "floors.json").write_text(json.dumps({"prepared": str(tmp_path / "a"), "floors": {}}))
+    assert study.main([str(tmp_path / "out"), "--prepared", str(tmp_path / "b"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "floors.json" in err[0]
+    # The same data (a relative path of it too) is the same study: it reports.
+    (out / "floors.json").write_text(json.dumps({"prepared": str(tmp_path / "b"), "floors": {"popularity": {"gauc": 0.6}}}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(study, "model_free_floors", lambda prepared, o: {"popularity": 0.6})
+    assert study.main([str(tmp_path / "out"), "--prepared", "b", *args, "--report-only"]) == 0
+    assert "| muse | 0.6600 (n=1) |" in capsys.readouterr().out
