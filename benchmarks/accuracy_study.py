@@ -335,6 +335,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.prepared = os.path.abspath(args.prepared)
     out = args.out / (args.sparse + ("" if args.sparse_lr is None else f"_lr{args.sparse_lr:g}")
                       + ("" if args.parametrization == "spec" else f"_{args.parametrization}_parametrization"))
+    if args.report_only and not (out / "runs").is_dir():
+        # Each --sparse / --sparse-lr / --parametrization has its own sub-directory of OUT.
+        there = sorted(p.name for p in args.out.glob("*") if (p / "runs").is_dir())
+        return _bad(f"--report-only: {out} holds no runs to report (its --sparse, --sparse-lr and --parametrization "
+                    f"pick the sub-directory of OUT; OUT has runs in: {', '.join(there) or 'none'})")
     stale = other_data(out, args.prepared)
     if stale:
         return _bad(f"{stale}; one OUT holds the study of one prepared data set: pass another OUT")

@@ -192,3 +192,15 @@ def test_an_out_of_other_prepared_data_is_refused(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(study, "model_free_floors", lambda prepared, o: {"popularity": 0.6})
     assert study.main([str(tmp_path / "out"), "--prepared", "b", *args, "--report-only"]) == 0
     assert "| muse | 0.6600 (n=1) |" in capsys.readouterr().out
+
+
+def test_report_only_without_runs_is_refused(tmp_path, monkeypatch, capsys):
+    # --report-only on an OUT (or its --sparse sub-directory) without runs ended in a FileNotFoundError
+    # traceback writing methods.json: e.g. a study run with --sparse profile, reported without it.
+    (tmp_path / "out" / "profile" / "runs").mkdir(parents=True)
+    _no_runs(monkeypatch)
+    rc = study.main([str(tmp_path / "out"), "--prepared", str(tmp_path), "--what", "methods",
+                     "--spec-dir", "specs/methods", "--report-only"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert str(tmp_path / "out" / "adagrad") in err[0] and "runs in: profile" in err[0]
