@@ -289,6 +289,7 @@ class _Prepare:
                                       self.path("spill", "scl"), part,
                                       present_path=self.path("items", "scl_present.npy")) as scl_writer:
             off_norm, all_zero, nonzero, norm_lo, norm_hi = 0, 0, 0, np.inf, 0.0
+            off_lo, off_hi = np.inf, 0.0  # the norms of the rows outside the range
             for batch in self.batches("scl", [S.ITEM, S.SCL_VECTOR]):
                 rows = items.rows(_flat(batch, S.ITEM))
                 vecs = _flat(batch, S.SCL_VECTOR).astype(np.int8).reshape(-1, S.SCL_DIM)
@@ -301,14 +302,17 @@ class _Prepare:
                 scl_writer.put(rows[keep], vecs[keep])
                 norms = norms[norms > 0]
                 nonzero += int(norms.size)
-                off_norm += int(np.count_nonzero((norms < SCL_ROW_NORM_RANGE[0]) | (norms > SCL_ROW_NORM_RANGE[1])))
+                off = norms[(norms < SCL_ROW_NORM_RANGE[0]) | (norms > SCL_ROW_NORM_RANGE[1])]
+                off_norm += int(off.size)
                 if norms.size:
                     norm_lo, norm_hi = min(norm_lo, float(norms.min())), max(norm_hi, float(norms.max()))
+                if off.size:
+                    off_lo, off_hi = min(off_lo, float(off.min())), max(off_hi, float(off.max()))
         if off_norm:
             lo, hi = SCL_ROW_NORM_RANGE
             warnings.warn(f"{self.raw['scl'].path}: {off_norm:,} of its {nonzero:,} non-zero SCL rows "
                           f"({100.0 * off_norm / nonzero:.1f}%) have an int8 norm outside [{lo:g}, {hi:g}] "
-                          f"(norms {norm_lo:.0f}-{norm_hi:.0f}; the release's rows are trunc(127 x a unit vector), ~122): "
+                          f"(theirs {off_lo:.0f}-{off_hi:.0f}, every non-zero row's {norm_lo:.0f}-{norm_hi:.0f}; the release's rows are trunc(127 x a unit vector), ~122): "
                           "cosines (the GSU, SimTier, SA-TA) do not see a row's norm, but the baselines' mean history "
                           "vector weights each row by it")
         if all_zero:

@@ -59,4 +59,4 @@ def test_prepare_names_scl_rows_that_are_not_unit_vectors(tmp_path: Path) -> Non
     off = int(np.count_nonzero((norms < 100) | (norms > 128)))
     message = next(str(w.message) for w in caught if "int8 norm outside" in str(w.message))
     assert f": {off:,} of its {norms.size:,} non-zero SCL rows ({100 * off / norms.size:.1f}%)" in message
-    assert f"(norms {norms.min():.0f}-{norms.max():.0f};" in message
+    assert f"every non-zero row's {norms.min():.0f}-{norms.max():.0f};" in message

@@ -271,3 +271,21 @@ def test_zero_and_duplicate_row_counts_are_written_with_thousands_separators(tmp
     assert f"{S.TABLES['scl'].file}: {counts['scl']:,} duplicate item row(s)" in said, said
     assert f"{all_zero:,} SCL row(s) are all zeros" in said, said
     assert f"train_user_features: {counts['train_user_features']:,} duplicate user row(s)" in said, said
+
+
+def test_the_off_norm_warning_gives_the_off_rows_norms(good, tmp_path):
+    """The warning said "2 of its N non-zero SCL rows have an int8 norm outside [100, 128] (norms
+    127-200; ...)": the range of every row, 127 inside [100, 128], read as the two rows' norms."""
+    def edit(t: pa.Table) -> pa.Table:
+        unit = [127] + [0] * (S.SCL_DIM - 1)  # norm 127: inside the range
+        vecs = [unit] * t.num_rows
+        vecs[3] = [100, 100, 50] + [0] * (S.SCL_DIM - 3)  # norm 150
+        vecs[5] = [120, 120, 120] + [0] * (S.SCL_DIM - 3)  # norm 207.8
+        return t.set_column(t.schema.get_field_index(S.SCL_VECTOR), S.SCL_VECTOR, pa.array(vecs, pa.list_(pa.int8())))
+    raw = _copy_with(good, tmp_path, "scl", edit)
+    with pytest.warns(UserWarning) as caught:
+        prepare(str(raw), str(tmp_path / "out"), CFG)
+    message = next(str(w.message) for w in caught if "int8 norm outside" in str(w.message))
+    rows = pq.read_table(raw / S.TABLES["scl"].file).num_rows
+    assert f": 2 of its {rows:,} non-zero SCL rows" in message
+    assert "(theirs 150-208, every non-zero row's 127-208;" in message, message
