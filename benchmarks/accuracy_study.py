@@ -14,7 +14,9 @@ Two tables (docs/accuracy.md shows them):
 
 Every run is ``muse-rec train`` in its own process (OMP_NUM_THREADS=1, ``--jobs`` at a time),
 with its run directory under ``OUT/runs``; a run whose ``metrics.json`` exists is skipped, so
-re-running resumes. Writes ``OUT/<table>.json`` and ``OUT/<table>.md``.
+re-running resumes. Writes ``OUT/<table>.json`` and ``OUT/<table>.md``. Exits 0 when every run it
+started finished; else, after the table, one line naming the failed runs' logs and exit status 1
+(2 when every failed run refused its input, e.g. no ``<method>.yaml`` in ``--spec-dir``).
 
 Example::
 
@@ -166,8 +168,10 @@ def read_gauc(path: Path) -> Optional[float]:
 
 
 def run_all(jobs: List[Tuple[Config, int]], out: Path, prepared: str, sparse: str, sparse_lr: Optional[float],
-            parallel: int) -> None:
-    """Run every pending (config, seed), ``parallel`` processes at a time; failures are logged, not fatal."""
+            parallel: int) -> List[Tuple[str, int]]:
+    """Run every pending (config, seed), ``parallel`` processes at a time; failures are logged, not fatal.
+
+    Returns the failed runs: (their log's name under OUT/logs, the exit status of `muse-rec train`)."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}: no run would start")
     pending = [(c, s) for c, s in jobs if read_gauc(run_dir(out, c, s)) is None]
@@ -175,6 +179,7 @@ def run_all(jobs: List[Tuple[Config, int]], out: Path, prepared: str, sparse: st
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     running: List[Tuple[subprocess.Popen, Config, int, float]] = []
+    failed: List[Tuple[str, int]] = []
     while pending or running:
         while pending and len(running) < parallel:
             cfg, seed = pending.pop(0)
@@ -192,9 +197,12 @@ def run_all(jobs: List[Tuple[Config, int]], out: Path, prepared: str, sparse: st
                 continue
             running.remove(item)
             g = read_gauc(run_dir(out, cfg, seed))
+            if g is None:
+                failed.append((f"{cfg.key}-s{seed}.log", proc.returncode))
             status = f"GAUC {g:.4f}" if g is not None else f"FAILED rc={proc.returncode} (see logs/{cfg.key}-s{seed}.log)"
             print(f"[study] {cfg.label} seed {seed}: {status} in {time.time() - t0:.0f}s; "
                   f"{len(pending) + len(running)} left", flush=True)
+    return failed
 
 
 def summarize(configs: List[Config], seeds: Sequence[int], out: Path) -> Dict[str, Dict]:
@@ -354,7 +362,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.report_only:
         # Seed-major, the first config's method (MUSE) before the others: partial results are a table.
         jobs = sorted(((c, s) for s in seeds for c in todo), key=lambda j: j[0].spec != todo[0].spec)
-        run_all(jobs, out, args.prepared, args.sparse, args.sparse_lr, args.jobs)
+        failed = run_all(jobs, out, args.prepared, args.sparse, args.sparse_lr, args.jobs)
+    else:
+        failed = []
     rows = summarize(configs, seeds, out)
     (out / f"{args.what}.json").write_text(json.dumps({"seeds": seeds, "sparse": args.sparse, "sparse_lr": args.sparse_lr,
                                                        "published": PUBLISHED, "rows": rows}, indent=1))
@@ -364,6 +374,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         md = methods_markdown(rows, args.tolerance, model_free_floors(args.prepared, out))
     (out / f"{args.what}.md").write_text(md)
     print(md)
+    if failed:  # the table shows them as "missing"; the study did not do what was asked
+        print(f"accuracy_study.py: {len(failed)} run(s) failed (exit status; logs in {out / 'logs'}): "
+              + ", ".join(f"{log} ({rc})" for log, rc in failed), file=sys.stderr)
+        # every run refused its input (exit 2: e.g. no spec in --spec-dir): the study's input is bad
+        return 2 if all(rc == 2 for _, rc in failed) else 1
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -204,3 +205,18 @@ def test_report_only_without_runs_is_refused(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert str(tmp_path / "out" / "adagrad") in err[0] and "runs in: profile" in err[0]
+
+
+@pytest.mark.parametrize("status, expected", [(3, 1), (2, 2)])
+def test_failed_runs_make_the_study_fail(tmp_path, monkeypatch, capsys, status, expected):
+    # A study whose runs all failed (e.g. --spec-dir without the specs: every `train` exits 2) printed a
+    # table of "missing" and exited 0.
+    monkeypatch.setattr(study, "command", lambda *a: [sys.executable, "-c", f"import sys; sys.exit({status})"])
+    monkeypatch.setattr(study, "model_free_floors", lambda prepared, out: None)
+    rc = study.main([str(tmp_path / "out"), "--prepared", str(tmp_path), "--what", "methods",
+                     "--spec-dir", "specs/methods", "--sparse", "profile", "--only", "muse__published", "--seeds", "0"])
+    captured = capsys.readouterr()
+    assert rc == expected
+    assert "| muse | missing |" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and f"muse__published-s0.log ({status})" in err[0]
