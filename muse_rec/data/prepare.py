@@ -312,7 +312,8 @@ class _Prepare:
             lo, hi = SCL_ROW_NORM_RANGE
             warnings.warn(f"{self.raw['scl'].path}: {off_norm:,} of its {nonzero:,} non-zero SCL rows "
                           f"({100.0 * off_norm / nonzero:.1f}%) have an int8 norm outside [{lo:g}, {hi:g}] "
-                          f"(theirs {off_lo:.0f}-{off_hi:.0f}, every non-zero row's {norm_lo:.0f}-{norm_hi:.0f}; the release's rows are trunc(127 x a unit vector), ~122): "
+                          f"(theirs {off_lo:.0f}-{off_hi:.0f}, every non-zero row's {norm_lo:.0f}-{norm_hi:.0f}; "
+                          "the release's rows are trunc(127 x a unit vector), ~122): "
                           "cosines (the GSU, SimTier, SA-TA) do not see a row's norm, but the baselines' mean history "
                           "vector weights each row by it")
         if all_zero:
