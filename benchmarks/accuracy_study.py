@@ -237,21 +237,32 @@ def ablation_markdown(rows: Dict[str, Dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def methods_markdown(rows: Dict[str, Dict], tolerance: float, floors: Optional[Dict[str, float]]) -> str:
+def methods_markdown(rows: Dict[str, Dict], tolerance: float, floors: Optional[Dict[str, float]],
+                     asked: Optional[Sequence[str]] = None) -> str:
+    """The methods table. ``asked``: the config keys this study ran (``--only``; None = all): a method none of
+    whose settings was asked or has a result is listed under "Not run" instead of as a row of "missing"."""
     best_floor = max(floors.values()) if floors else None
     head = "| method | " + " | ".join(SETTINGS) + " | published within {:.3f} of best? |".format(tolerance)
     if best_floor is not None:
         head += f" above best floor ({best_floor:.4f})? |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    not_run = []
     for m in METHODS:
-        cells = [rows[f"{m}__{_slug(s)}"] for s in SETTINGS]
+        keys = [f"{m}__{_slug(s)}" for s in SETTINGS]
+        cells = [rows[k] for k in keys]
+        if asked is not None and all(c["mean"] is None for c in cells) and not set(keys) & set(asked):
+            not_run.append(m)
+            continue
         pub, others = cells[0]["mean"], [c["mean"] for c in cells[1:] if c["mean"] is not None]
         ok = "" if pub is None or not others else ("yes" if pub >= max(others) - tolerance else
                                                     f"no ({pub - max(others):+.4f})")
         line = f"| {m} | " + " | ".join(_fmt(c) for c in cells) + f" | {ok} |"
         if best_floor is not None:
-            line += "  |" if pub is None else (" yes |" if pub > best_floor else f" no ({pub - best_floor:+.4f}) |")
+            line += "  |" if pub is None else (f" yes ({pub - best_floor:+.4f}) |" if pub > best_floor
+                                               else f" no ({pub - best_floor:+.4f}) |")
         lines.append(line)
+    if not_run:
+        lines += ["", "Not run: " + ", ".join(not_run) + "."]
     if floors:
         lines += ["", "| model-free floor (test) | GAUC |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in floors.items()]
@@ -371,7 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.what == "ablation":
         md = ablation_markdown(rows)
     else:
-        md = methods_markdown(rows, args.tolerance, model_free_floors(args.prepared, out))
+        md = methods_markdown(rows, args.tolerance, model_free_floors(args.prepared, out), [c.key for c in todo])
     (out / f"{args.what}.md").write_text(md)
     print(md)
     if failed:  # the table shows them as "missing"; the study did not do what was asked

@@ -75,6 +75,22 @@ def test_tables_render_partial_results(tmp_path):
     assert "Not run: ours (torch defaults)" in study.ablation_markdown(abl)
 
 
+def test_the_methods_table_lists_methods_not_asked_apart_and_gives_the_floor_margin(tmp_path):
+    # A study run with --only on MUSE printed six rows of "missing" for the methods it was never asked to run,
+    # and "yes" without the margin above the best floor.
+    cfgs = study.method_configs("specs/demo")
+    for seed, g in ((0, 0.70), (1, 0.72)):
+        run = study.run_dir(tmp_path, cfgs[0], seed)
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"gauc": g}))
+    rows = study.summarize(cfgs, [0, 1], tmp_path)
+    asked = ["muse__published", "din__published"]  # DIN asked but failed: still a row of "missing"
+    md = study.methods_markdown(rows, 0.005, {"popularity": 0.55, "mean_topk_similarity": 0.66}, asked)
+    assert "| muse | 0.7100 ± 0.0141 (n=2) | missing | missing |  | yes (+0.0500) |" in md, md
+    assert "| din | missing | missing | missing |" in md, md
+    assert "| sim_hard |" not in md and "Not run: din_ref, sim_hard, sim_soft, twin, miss." in md, md
+
+
 def test_reference_parametrization_rows_are_the_ablation_reference_row_at_each_setting():
     abl = flat(resolved(next(c for c in study.ablation_configs("specs/demo/muse.yaml") if c.key == "reference")))
     rows = {c.key: c for c in study.method_configs("specs/demo", "reference")}
