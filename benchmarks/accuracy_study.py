@@ -271,7 +271,18 @@ def methods_markdown(rows: Dict[str, Dict], tolerance: float, floors: Optional[D
 
 def model_free_floors(prepared: str, out: Path) -> Optional[Dict[str, float]]:
     """GAUC of each floor of ``muse-rec baselines PREPARED --split test`` (None if that command is absent)."""
+    from muse_rec.metrics.floors import FLOORS_VERSION
+
     path = out / "floors.json"
+    if path.exists():
+        try:
+            version = json.loads(path.read_text()).get("version")
+        except ValueError:
+            version = None
+        if version != FLOORS_VERSION:  # the floors of older code: another set of floors, or other values
+            print(f"[study] {path} holds floors of version {version}, this code's are version {FLOORS_VERSION}: "
+                  "computing them again", flush=True)
+            path.unlink()
     if not path.exists():
         proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", "baselines", prepared, "--split", "test",
                                "--out", str(path)], capture_output=True, text=True, cwd=REPO,

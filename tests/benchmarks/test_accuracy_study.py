@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -236,3 +237,23 @@ def test_failed_runs_make_the_study_fail(tmp_path, monkeypatch, capsys, status, 
     assert "| muse | missing |" in captured.out
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and f"muse__published-s0.log ({status})" in err[0]
+
+
+def test_floors_of_an_older_floors_version_are_computed_again(tmp_path, monkeypatch, capsys):
+    # A study's OUT/floors.json is read back on every re-run: floors written by older code (another
+    # FLOORS_VERSION: other floors or other values) were shown as this code's.
+    from muse_rec.metrics.floors import FLOORS_VERSION
+
+    path = tmp_path / "floors.json"
+    path.write_text(json.dumps({"version": FLOORS_VERSION - 1, "floors": {"popularity": {"gauc": 0.5}}}))
+    calls = []
+
+    def fake_baselines(cmd, **kwargs):
+        calls.append(cmd)
+        path.write_text(json.dumps({"version": FLOORS_VERSION, "floors": {"popularity": {"gauc": 0.6}}}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(study.subprocess, "run", fake_baselines)
+    assert study.model_free_floors("P", tmp_path) == {"popularity": 0.6}
+    assert len(calls) == 1 and "version" in capsys.readouterr().out
+    assert study.model_free_floors("P", tmp_path) == {"popularity": 0.6} and len(calls) == 1  # current: read back
