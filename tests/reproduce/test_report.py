@@ -196,8 +196,32 @@ def test_each_configuration_is_held_to_the_floors_of_its_own_sequence_length(tmp
     assert "### The floors of `muse_len50`" in section and "### The floors of `muse_len200`, `muse`, `din`" in section
     assert "Each of these is above the best floor (mean of the top-50 SCL cosines, GAUC 0.5453)" in section
     assert ("**Below the best floor** (mean of the top-50 SCL cosines, GAUC 0.5742): `muse_len200` (0.5605), "
-            "`muse` (0.5655), `din` (0.5505)") in section
+            "`muse` (0.5655).") in section
+    # DIN reads no SCL vectors and is above the popularity floor (0.52): named apart (next test)
+    assert ("Below the best floor (mean of the top-50 SCL cosines, GAUC 0.5742) only for want of SCL vectors: "
+            "`din` (0.5505)") in section
     assert "Every configuration is above" not in section
+
+
+def test_the_report_names_a_method_without_scl_vectors_apart_as_compare_does(tmp_path):
+    """The report put DIN, TWIN and MISS below a floor of SCL cosines beside the methods that read them, all told
+    to check their learning rates ("an ID-only method may also simply lack the SCL signal"), where a run's own
+    line and `compare` say which of them is above the best floor without SCL vectors (`floor_standing`)."""
+    plan = build_plan(("table5",), seeds=2)
+    gauc = {**GAUC, "din": 0.53, "twin": 0.51}  # DIN above popularity (0.52), TWIN below it
+    for run in plan.runs:
+        m = {"method": run.config.id, "gauc": gauc[run.config.id], "auc": 0.6, "logloss": 0.4,
+             "floors": _floors(0.56)}
+        d = tmp_path / "runs" / run.name
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(m))
+    md = write_report(plan, load_metrics(tmp_path, plan), tmp_path).markdown
+    section = md[md.index("## Model-free floors"):]
+    section = section[:section.index("\n## ", 5)]
+    below = section[section.index("**Below the best floor**"):section.index("Below the best floor (", 30)]
+    assert "`twin` (0.5100)" in below and "`din`" not in below, below
+    assert ("only for want of SCL vectors: `din` (0.5300): they read none, and are above the best floor without "
+            "them (smoothed train CTR of the target item, GAUC 0.5200).") in section, section
 
 
 def test_one_set_of_floors_is_one_table_and_the_paper_tables_show_it(tmp_path):
