@@ -14,7 +14,8 @@ from typing import Dict
 from muse_rec.cli.flags import int64, nonempty_path
 from muse_rec.wording import count
 
-HELP = "model-free floors (popularity, SCL cosines, top-K similarity, logistic regression) with exact GAUC/AUC/logloss"
+HELP = ("model-free floors (popularity, share of the history in the target's category, SCL cosines, top-K similarity, "
+        "logistic regression) with exact GAUC/AUC/logloss")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
           f"train CTR {result['prior_ctr']:.4f}, "
           f"{100 * result['targets_with_scl']:.1f}% of targets have an SCL vector")
     print(floors_table(result))
-    print("logloss '-': the score is a similarity, not a probability (only popularity and the regression are).")
+    print("logloss '-': the score is a similarity or a share, not a probability (only popularity and the regression "
+          "are).")
     missing = 1.0 - result["targets_with_scl"]
     if missing > 0 and "cos_mean_history" in result["floors"]:
         # Said because it can dominate: where targets without a vector are the popular ones, the cosine
@@ -90,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"the cosine floors rank the {100 * missing:.1f}% of targets without an SCL vector below every target "
               f"with one (score {NO_VECTOR_SCORE}, the GSU's rule for behaviours without a vector)")
+    unknown = 1.0 - result.get("targets_with_category", 1.0)
+    if unknown > 0 and "category_share" in result["floors"]:
+        from muse_rec.metrics.floor_scores import NO_CATEGORY_SCORE
+
+        print(f"the category floor ranks the {100 * unknown:.1f}% of targets of unknown category below every target "
+              f"of a known one (score {NO_CATEGORY_SCORE:g}, SIM-hard's rule: an unknown category matches nothing)")
     if args.out:
         try:
             print(f"wrote {save_metrics_json(args.out, result)}")

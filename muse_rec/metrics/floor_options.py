@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
-# Floors that read no SCL vector: a model that reads none (DIN, TWIN) has every input they have.
-ID_FLOORS = ("popularity",)
+# Floors that read no SCL vector: a model that reads none (DIN, TWIN) has every input they have (the
+# target item and its category, the history's categories).
+ID_FLOORS = ("popularity", "category_share")
 
 
 class FloorsError(ValueError):
@@ -26,7 +27,7 @@ class FloorOptions:
         prior_strength: ``a`` of the popularity smoothing, in pseudo-impressions at the prior CTR.
             20 lets an item's own clicks outweigh the prior once it has a few dozen impressions.
         lr_train_samples: train samples the logistic regression is fitted on (a seeded uniform
-            subsample when the split is larger): 5 weights need far fewer than a release's 76M.
+            subsample when the split is larger): 7 weights need far fewer than a release's 76M.
         lr_l2: L2 penalty on the standardised weights (per-sample loss scale); keeps Newton's
             Hessian invertible when a feature is constant (e.g. no SCL vectors at all).
         chunk_samples: most samples per streamed chunk.

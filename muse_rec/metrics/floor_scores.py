@@ -1,18 +1,24 @@
 """Per-sample scores of the model-free floors (see `muse_rec.metrics.floors` for the floors).
 
 - `ItemCtr`: train impressions and clicks per item, the smoothed CTR (leave-one-out on train).
-- `scl_scores` / `split_scores`: the SCL cosine floors, streamed over a split.
+- `category_scores`: the share of the history in the target's category (SIM-hard's GSU rule).
+- `scl_scores` / `split_scores`: the SCL cosine floors and the category floor, streamed over a split.
 
 Missing vectors follow the GSU's rule (`NO_VECTOR_SCORE`): a sample whose target has no SCL
 vector, or whose history window has none, has no cosine and scores -1.1, below every real cosine.
+The category floor follows `CategoryGSU`'s rule (`NO_CATEGORY_SCORE`): a target of unknown category
+(row 0) matches nothing, and neither does a behaviour of unknown category; a sample whose target's
+category is unknown, or whose history window is empty, has no share and scores -1, below every real one.
 
 Memory: the split is read in chunks of whole users (samples sorted by user, so each history
 is gathered once; a user too large for one chunk is split into pieces); a chunk holds at most
 ``chunk_slots`` (sample, history position) pairs, i.e. at most ``chunk_slots x 128`` B of int8
 vectors and ``chunk_slots x 4`` B of fp32 cosines (default 2^20: ~130 MB + 4 MB), however long
-the histories (plus 16 MB a thread for the exact cosines of the top-K, `PICKED_PAIRS`); the chunks scored at
-once on several threads share that bound. Only the per-sample scores
-(4 x 8 B per sample) and the metric inputs stay for the whole split: the metrics need them all.
+the histories (plus 16 MB a thread for the exact cosines of the top-K, `PICKED_PAIRS`, and, before
+them, ``chunk_slots x 9`` B for the category floor's gathered categories and matches, 9 MB); the chunks scored at
+once on several threads share that bound. Without SCL vectors only the category floor is streamed.
+Only the per-sample scores (5 x 8 B per sample) and the metric inputs stay for the whole split: the
+metrics need them all.
 """
 from __future__ import annotations
 
@@ -32,6 +38,12 @@ from muse_rec.modules.cosine import grouped_cosine
 from muse_rec.modules.selection import NO_VECTOR_SCORE, cosine_selection_scores, decode_cosine_selection
 
 SCL_FLOORS = ("cos_mean_history", "cos_mean_recent", "mean_topk_similarity")
+# The streamed floor that reads no SCL vector (it reads the behaviours' categories).
+CATEGORY_FLOOR = "category_share"
+# `category_share` of a sample without one (unknown target category, empty history window): below every share.
+NO_CATEGORY_SCORE = -1.0
+# The category row meaning "unknown" (`CategoryGSU`'s ``unknown_category``): it matches nothing.
+UNKNOWN_CATEGORY = PADDING_ROW
 # (sample, top-K slot) pairs whose vectors `_picked_cosines` gathers at once: 2^14 x 128 x 8 B = 16 MB.
 PICKED_PAIRS = 1 << 14
 
@@ -168,9 +180,11 @@ def _picked_cosines(target: np.ndarray, keys: np.ndarray, index: np.ndarray, pos
     return out
 
 
-def _histories(data: PreparedData, split: str, user_rows: np.ndarray, seq_len: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Right-aligned histories of ``user_rows [U]``: item rows ``[U, Lmax]`` int64 (0 = padding)
-    and ``mask [U, Lmax]`` bool, newest behaviour last, the newest ``seq_len`` kept (0 = all)."""
+def _histories(data: PreparedData, split: str, user_rows: np.ndarray, seq_len: int,
+               which: str = "items") -> Tuple[np.ndarray, np.ndarray]:
+    """Right-aligned histories of ``user_rows [U]``: item rows (``which`` "items") or category rows ("cats")
+    ``[U, Lmax]`` int64 (0 = padding) and ``mask [U, Lmax]`` bool, newest behaviour last, the newest
+    ``seq_len`` kept (0 = all)."""
     start, end = data.history_bounds(split, user_rows)
     length = end - start
     if seq_len:
@@ -179,8 +193,32 @@ def _histories(data: PreparedData, split: str, user_rows: np.ndarray, seq_len: i
     pos = np.arange(width, dtype=np.int64)
     mask = pos[None, :] >= (width - length)[:, None]
     items = np.zeros((user_rows.size, width), np.int64)
-    items[mask] = data.seq_rows(split, "items", ((end - width)[:, None] + pos[None, :])[mask])
+    items[mask] = data.seq_rows(split, which, ((end - width)[:, None] + pos[None, :])[mask])
     return items, mask
+
+
+def category_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptions) -> np.ndarray:
+    """``[n]`` float64 ``category_share`` of samples ``idx [n]`` (positions in ``split``): the share of the
+    user's history window (the newest ``opts.seq_len`` behaviours, 0 = all, as the SCL floors) whose category
+    is the target's (``items/attrs.npy``'s category, as the models read it). SIM-hard's rule (`CategoryGSU`):
+    a target of unknown category (`UNKNOWN_CATEGORY`) matches nothing, nor does a behaviour of unknown
+    category; such a target, a sample without a user row and an empty window score `NO_CATEGORY_SCORE`.
+    Every behaviour of the window counts in the denominator, matched or not. Within one user the history
+    is the same, so the share orders the user's samples as the count of matches does."""
+    n = idx.size
+    out = np.full(n, NO_CATEGORY_SCORE)
+    target = data.target_attrs(data.item_rows(split, idx))[:, 0].astype(np.int64)  # [n]
+    users = data.user_rows(split, idx)
+    known = (users >= 0) & (target != UNKNOWN_CATEGORY)
+    if not known.any():
+        return out
+    rows, index = np.unique(users[known], return_inverse=True)
+    cats, mask = _histories(data, split, rows, opts.seq_len, "cats")  # [U, Lmax]
+    length = mask.sum(axis=1)[index]  # [m]
+    # Padding is row 0 and a known target is not: only the window's behaviours can match.
+    hits = (cats[index] == target[known][:, None]).sum(axis=1)  # [m]; [m, Lmax] <= chunk_slots pairs
+    out[known] = np.where(length > 0, hits / np.maximum(length, 1), NO_CATEGORY_SCORE)
+    return out
 
 
 def scl_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptions) -> Dict[str, np.ndarray]:
@@ -279,13 +317,12 @@ def popularity_scores(data: PreparedData, split: str, idx: np.ndarray, ctr: Item
 def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptions, ctr: ItemCtr,
                  with_scl: bool, leave_one_out: bool = False,
                  on_chunk: Optional[Callable[[int], None]] = None) -> Dict[str, np.ndarray]:
-    """Floor scores of samples ``idx`` (any order, streamed in user order): name -> ``[n]``.
-    ``on_chunk(done)`` is called after each chunk of users with the samples scored so far."""
+    """Floor scores of samples ``idx`` (any order, streamed in user order): name -> ``[n]``: popularity,
+    the category floor and, ``with_scl``, the SCL floors. ``on_chunk(done)`` is called after each chunk of
+    users with the samples scored so far."""
     n = idx.size
     out = {"popularity": popularity_scores(data, split, idx, ctr, leave_one_out)}
-    if not with_scl:
-        return out
-    for name in SCL_FLOORS:
+    for name in (CATEGORY_FLOOR, *(SCL_FLOORS if with_scl else ())):
         out[name] = np.empty(n, np.float64)
     users = data.user_rows(split, idx)
     by_user = np.argsort(users, kind="stable")  # one user's samples share a chunk (history read once)
@@ -294,7 +331,10 @@ def split_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOpt
 
     def score(cut: slice) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
         part = np.sort(by_user[cut])  # ascending positions read the memory maps forward
-        return part, scl_scores(data, split, idx[part], opts)
+        scores = {CATEGORY_FLOOR: category_scores(data, split, idx[part], opts)}
+        if with_scl:
+            scores.update(scl_scores(data, split, idx[part], opts))
+        return part, scores
 
     done = 0
     with _chunks_in_parallel() as workers, \

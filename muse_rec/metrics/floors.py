@@ -10,15 +10,21 @@ Floors (``FLOORS``, name -> what):
   ``(clicks + a * prior) / (impressions + a)``, ``prior`` = the global train CTR, ``a`` =
   ``FloorOptions.prior_strength``; items never a train target, and targets without an item id
   (vocabulary row 0: raw id 0), get the prior.
+- ``category_share``: the share of the user's history (the newest ``seq_len`` behaviours; all of
+  them when ``seq_len`` = 0) whose category is the target's: SIM-hard's GSU rule (`CategoryGSU`). A
+  target of unknown category (row 0) matches nothing, nor does a behaviour of unknown category; such
+  a target, or an empty history, scores -1 (`NO_CATEGORY_SCORE`), below every share. It reads no SCL
+  vector (`ID_FLOORS`).
 - ``cos_mean_history``: cosine of the target's SCL vector with the mean SCL vector of the
   user's history (the newest ``seq_len`` behaviours; all of them when ``seq_len`` = 0).
 - ``cos_mean_recent``: the same over the newest ``recent`` behaviours (default 50).
 - ``mean_topk_similarity``: mean of the K highest cosines of the target with the history,
   selected by the multimodal GSU's own rule (`muse_rec.modules.selection`): only behaviours
   with a vector have a cosine; slots without one are not averaged.
-- ``logistic_regression``: the four scores above (cosines 0 where missing, plus a "missing"
-  indicator) standardised, fitted on (a fixed subsample of) the train split by Newton's method
-  with a small L2 penalty, evaluated on the split.
+- ``logistic_regression``: the five scores above (cosines and share 0 where missing, plus a
+  "missing" indicator for the cosines and one for the share) standardised, fitted on (a fixed
+  subsample of) the train split by Newton's method with a small L2 penalty, evaluated on the split.
+  Without SCL vectors it is skipped (the two floors without them are reported on their own).
 
 Scores: `muse_rec.metrics.floor_scores` (missing vectors, memory bound). Here: the regression,
 the metrics of every floor, the cache and a trained run's check.
@@ -40,7 +46,8 @@ from muse_rec.data.files import tmp_of
 from muse_rec.data.prepared import PreparedData
 from muse_rec.json_files import read_json_object
 from muse_rec.metrics.floor_options import FloorOptions, FloorsError, floor_standing
-from muse_rec.metrics.floor_scores import SCL_FLOORS, ItemCtr, popularity_scores, split_scores
+from muse_rec.metrics.floor_scores import (CATEGORY_FLOOR, NO_CATEGORY_SCORE, SCL_FLOORS, UNKNOWN_CATEGORY, ItemCtr,
+                                           popularity_scores, split_scores)
 from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, auc, logloss, user_auc
 from muse_rec.metrics.report import check_floors, metrics_json_text, save_metrics_json
 from muse_rec.wording import count
@@ -54,13 +61,15 @@ logger = logging.getLogger("muse_rec")
 PROGRESS_EVERY_S = 10.0
 
 # Bumped whenever a floor's definition changes: cached floor files of another version are stale.
-FLOORS_VERSION = 5  # 2: the popularity floor counts impressions on its fit split, not always on train;
+FLOORS_VERSION = 6  # 2: the popularity floor counts impressions on its fit split, not always on train;
 # 3: the floor names say their history window and fit split (cached files keep the names they were made with);
 # 4: the SCL cosines are rounded once from exact integers, so equal cosines tie (`floor_scores.tie_exact_cosine`);
-# 5: a target without an item id (vocabulary row 0) gets the popularity floor's prior (`ItemCtr.ctr`)
+# 5: a target without an item id (vocabulary row 0) gets the popularity floor's prior (`ItemCtr.ctr`);
+# 6: a new floor, category_share (SIM-hard's GSU rule), also a feature of the regression
 
 FLOORS: Dict[str, str] = {
     "popularity": "smoothed {train_split} CTR of the target item",
+    CATEGORY_FLOOR: "share of the history in the target's category{window}",
     "cos_mean_history": "cos(target, mean history SCL){window}",
     "cos_mean_recent": "cos(target, mean SCL of the newest {recent})",
     "mean_topk_similarity": "mean of the top-{top_k} SCL cosines (GSU rule){window}",
@@ -84,10 +93,14 @@ def describe(name: str, opts: FloorOptions, train_split: str = "train") -> str:
 
 
 def lr_features(scores: Dict[str, np.ndarray]) -> np.ndarray:
-    """``[n, F]`` float64: logit of the smoothed CTR, the SCL floors (0 where missing) and one
-    "some cosine missing" indicator, so a missing value is not read as a real cosine of -1.1."""
+    """``[n, F]`` float64: logit of the smoothed CTR, the category share (0 where missing) and its
+    "missing" indicator, the SCL floors (0 where missing) and one "some cosine missing" indicator, so a
+    missing value is not read as a real share of -1 or a real cosine of -1.1."""
     p = np.clip(scores["popularity"], DEFAULT_LOGLOSS_EPS, 1 - DEFAULT_LOGLOSS_EPS)
     cols = [np.log(p / (1 - p))]
+    if CATEGORY_FLOOR in scores:
+        gone = scores[CATEGORY_FLOOR] <= NO_CATEGORY_SCORE
+        cols += [np.where(gone, 0.0, scores[CATEGORY_FLOOR]), gone.astype(np.float64)]
     names = [k for k in SCL_FLOORS if k in scores]
     missing = np.zeros(p.shape, bool)
     for k in names:
@@ -117,7 +130,7 @@ class LogisticModel:
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iter: int = 50, tol: float = 1e-10) -> LogisticModel:
     """Newton's method on ``mean logloss + l2/2 |w|^2`` over standardised ``x [n, F]``, ``y [n]``.
 
-    Why Newton and not SGD/LBFGS: with F <= 5 features the Hessian is tiny, the objective is
+    Why Newton and not SGD/LBFGS: with F <= 7 features the Hessian is tiny, the objective is
     strictly convex, and Newton converges to the exact optimum in ~10 deterministic steps with
     no learning rate to tune (a floor must not depend on tuning).
     """
@@ -175,14 +188,14 @@ def _fit_scores(data: PreparedData, train_split: str, fit_idx: np.ndarray, opts:
     """The floors of the regression's fit samples ``fit_idx [m]`` of ``train_split`` (popularity leave-one-out).
 
     ``scored``: the floors of every sample of ``train_split`` when that is also the split scored (name ->
-    ``[n]``), or None. Only the popularity differs on the fit (leave-one-out); a sample's SCL floors do not
+    ``[n]``), or None. Only the popularity differs on the fit (leave-one-out); a sample's other floors do not
     depend on it nor on the samples scored beside it, so they are taken from there, not scored a second time
     (that doubled `baselines --split train`: 25.5 s against 12.9 s on test, on a 250k/80k set).
     """
     if scored is None:
         return split_scores(data, train_split, fit_idx, opts, ctr, with_scl=True, leave_one_out=True,
                             on_chunk=scoring_progress(say, f"split {train_split} (the regression's fit)", fit_idx.size))
-    fit = {name: scored[name][fit_idx] for name in SCL_FLOORS}
+    fit = {name: v[fit_idx] for name, v in scored.items() if name != "popularity"}
     fit["popularity"] = popularity_scores(data, train_split, fit_idx, ctr, leave_one_out=True)
     return fit
 
@@ -194,9 +207,9 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
 
     Raises:
         FloorsError: the split is empty, has no user with both a click and a non-click (GAUC is
-            undefined), or train has no samples. Floors that cannot be computed (no SCL vectors;
-            train with a single label value for the regression) are skipped and listed in
-            ``skipped`` with the reason.
+            undefined), or train has no samples. Floors that cannot be computed (the SCL floors and the
+            regression without SCL vectors; the regression on train with a single label value) are
+            skipped and listed in ``skipped`` with the reason.
     """
     opts.check()
     n = data.num_samples(split)
@@ -226,7 +239,8 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     y_fit = data.labels(train_split, fit_idx).astype(np.float64)
     model: Optional[LogisticModel] = None
     if not with_scl:
-        skipped["logistic_regression"] = "only the popularity floor is available (no SCL vectors): nothing to combine"
+        skipped["logistic_regression"] = ("it combines the SCL floors with the others, and the prepared data has no "
+                                          "SCL vectors (the floors without them are reported on their own)")
     elif y_fit.min() == y_fit.max():
         skipped["logistic_regression"] = (f"{count(fit_idx.size, f'{train_split} sample')} to fit it on, every one "
                                           f"with label {int(y_fit[0])}")
@@ -242,12 +256,15 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
             floors[name] = {"description": describe(name, opts, train_split),
                             **_metrics(user_keys, labels, scores[name], name in PROBABILITY_FLOORS)}
     best = max(floors, key=lambda k: floors[k]["gauc"])
-    target_vec = np.asarray(data.scl_present()[data.item_rows(split, slice(None))])
+    targets = data.item_rows(split, slice(None))
+    target_vec = np.asarray(data.scl_present()[targets])
+    target_cat = np.asarray(data.item_attrs()[targets, 0])
     result = {
         "version": FLOORS_VERSION, "prepared": str(data.path), "split": split, "train_split": train_split,
         "options": asdict(opts), "samples": n, "users": int(per_user.user_keys.size),
         "gauc_users": int(per_user.valid.sum()), "positives": int(labels.sum()),
         "prior_ctr": ctr.prior, "targets_with_scl": float(target_vec.mean()),
+        "targets_with_category": float((target_cat != UNKNOWN_CATEGORY).mean()),
         "floors": floors, "skipped": skipped, "best": {"name": best, **floors[best]},
     }
     if model is not None:

@@ -15,11 +15,13 @@ from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData
 from muse_rec.data.synth import write_synthetic_release
 from muse_rec.data.synth_config import SynthConfig
+from muse_rec.metrics.floor_options import ID_FLOORS
 from muse_rec.metrics.floors import (FLOORS_VERSION, FloorOptions, FloorsError, ItemCtr, below_floor_message, cached_floors,
                                      compute_floors, fit_logistic, lr_features, split_scores)
 from tests.conftest import REPO
 
 NO_VEC = -1.1
+NO_CAT = -1.0
 # Small windows so the seq_len cap, the recent window and K all bind on the tiny release
 # (histories there are up to 200 long); small chunks so both chunk bounds cut the split.
 OPTS = FloorOptions(seq_len=60, recent=7, top_k=9, prior_strength=5.0, chunk_samples=97, chunk_slots=2000)
@@ -46,7 +48,8 @@ def _rewrite(path: Path, fn) -> None:
 @pytest.fixture(scope="module")
 def holes(tiny: Path, tmp_path_factory) -> Path:
     """The tiny set with the edge cases the floors must handle: targets and behaviour items
-    without an SCL vector, and test samples whose user has no history row."""
+    without an SCL vector, test samples whose user has no history row, items and behaviours of
+    unknown category (row 0), and test users whose history row is empty."""
     d = _copy(tiny, tmp_path_factory.mktemp("holes") / "prepared")
     rng = np.random.default_rng(3)
     n_items = np.load(d / "items/scl.npy", mmap_mode="r").shape[0]
@@ -65,6 +68,18 @@ def holes(tiny: Path, tmp_path_factory) -> Path:
         return a
 
     _rewrite(d / "test/sample_users.npy", orphan)
+    unknown_cat = rng.choice(np.arange(1, n_items), n_items // 6, replace=False)  # targets of unknown category
+
+    def no_category(a):
+        a[unknown_cat, 0] = 0
+        return a
+
+    _rewrite(d / "items/attrs.npy", no_category)
+    b = np.load(d / "test/seq_cats.npy").size
+    _rewrite(d / "test/seq_cats.npy", lambda a: (a.__setitem__(rng.choice(b, b // 10, replace=False), 0), a)[1])
+    users = np.load(d / "test/sample_users.npy")
+    emptied = np.unique(users[users >= 0])[[2, 9]]  # two users with test samples lose their history: the next
+    _rewrite(d / "test/seq_offsets.npy", lambda a: (a.__setitem__(emptied + 1, a[emptied]), a)[1])  # gets it
     return d
 
 
@@ -91,11 +106,17 @@ def brute_scores(d: Path, split: str, opts: FloorOptions, fit_split: str = "trai
         clicks[i] = clicks.get(i, 0) + y
     items, users = ld(f"{split}/sample_items.npy"), ld(f"{split}/sample_users.npy")
     off, seq = ld(f"{split}/seq_offsets.npy"), ld(f"{split}/seq_items.npy")
-    out = {k: [] for k in ("popularity", "cos_mean_history", "cos_mean_recent", "mean_topk_similarity")}
+    seq_cats, item_cat = ld(f"{split}/seq_cats.npy"), ld("items/attrs.npy")[:, 0]
+    out = {k: [] for k in ("popularity", "category_share", "cos_mean_history", "cos_mean_recent",
+                           "mean_topk_similarity")}
     for item, u in zip(items.tolist(), users.tolist()):
         a = opts.prior_strength
         out["popularity"].append((clicks.get(item, 0) + a * prior) / (imps.get(item, 0) + a))
         hist = seq[off[u]:off[u + 1]][-opts.seq_len:] if u >= 0 else seq[:0]
+        cats = seq_cats[off[u]:off[u + 1]][-opts.seq_len:] if u >= 0 else seq_cats[:0]
+        c = int(item_cat[item])  # SIM-hard: an unknown category (0) matches nothing
+        out["category_share"].append(sum(1 for x in cats.tolist() if x == c) / len(cats)
+                                     if c != 0 and len(cats) else NO_CAT)
         vecs = scl[hist].astype(np.float64)
         t = scl[item]
         out["cos_mean_history"].append(_cos(t, vecs.mean(0)) if len(hist) else NO_VEC)
@@ -126,7 +147,8 @@ def brute_auc(s: np.ndarray, y: np.ndarray) -> float:
 # force rounds its two norms and a division; both within a few ulps of the exact value (~1e-16), far
 # inside 1e-12. (The top-K are chosen by the GSU's fp32 cosines: a near-tie within ~1e-7 at the K-th
 # slot could swap a slot; this fixed fixture has none, so a swap would show as a failure here.)
-COS_TOL = {"popularity": 1e-12, "cos_mean_history": 1e-12, "cos_mean_recent": 1e-12, "mean_topk_similarity": 1e-12}
+COS_TOL = {"popularity": 1e-12, "cos_mean_history": 1e-12, "cos_mean_recent": 1e-12, "mean_topk_similarity": 1e-12,
+           "category_share": 0}  # a share: one division of two integers in both
 
 
 @pytest.mark.parametrize("which", ["tiny", "holes"])
@@ -142,6 +164,7 @@ def test_scores_and_metrics_match_brute_force(which, tiny, holes):
     if which == "holes":  # the edge cases really occur
         assert (ref["mean_topk_similarity"] == NO_VEC).sum() >= 40
         assert (ref["cos_mean_history"] == NO_VEC).any() and (ref["cos_mean_history"] > NO_VEC).any()
+        assert (ref["category_share"] == NO_CAT).sum() >= 100 and (ref["category_share"] > 0).sum() >= 100
 
     result = compute_floors(data, "test", OPTS)
     users, y = np.load(d / "test/sample_user_keys.npy"), np.load(d / "test/labels.npy")
@@ -285,10 +308,12 @@ def test_descriptions_name_the_history_window_and_the_fit_split(tiny):
     split: both show in the names, so a run's floor row and the CLI's whole-history one are told apart."""
     whole = compute_floors(PreparedData(str(tiny)), "test", FloorOptions(top_k=9))["floors"]
     assert whole["cos_mean_history"]["description"] == "cos(target, mean history SCL)"
+    assert whole["category_share"]["description"] == "share of the history in the target's category"
     assert whole["logistic_regression"]["description"] == "logistic regression on the floors above, fitted on train"
     capped = compute_floors(PreparedData(str(tiny)), "test", FloorOptions(seq_len=60, top_k=9), "test")["floors"]
     assert capped["cos_mean_history"]["description"] == "cos(target, mean history SCL), newest 60"
     assert capped["mean_topk_similarity"]["description"] == "mean of the top-9 SCL cosines (GSU rule), newest 60"
+    assert capped["category_share"]["description"] == "share of the history in the target's category, newest 60"
     assert capped["popularity"]["description"] == "smoothed test CTR of the target item"
     assert capped["logistic_regression"]["description"].endswith("fitted on test")
 
@@ -380,7 +405,8 @@ def test_cli_prints_table_and_writes_strict_json(tiny, tmp_path, capsys):
     out = tmp_path / "floors.json"
     assert cli_main(["baselines", str(tiny), "--top-k", "9", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    for name in ("popularity", "cos_mean_history", "cos_mean_recent", "mean_topk_similarity", "logistic_regression"):
+    for name in ("popularity", "category_share", "cos_mean_history", "cos_mean_recent", "mean_topk_similarity",
+                 "logistic_regression"):
         assert name in text
     assert "(best)" in text
     got = json.loads(out.read_text())  # strict JSON: json.loads would reject NaN only if parse_constant says so
@@ -438,9 +464,14 @@ def test_no_scl_vectors_skips_those_floors_with_a_warning(tiny, tmp_path, capsys
     assert cli_main(["baselines", str(d), "--out", str(tmp_path / "f.json")]) == 0
     captured = capsys.readouterr()
     assert "floor cos_mean_history skipped: the prepared data has no SCL vectors" in captured.err
+    assert "floor logistic_regression skipped: it combines the SCL floors with the others" in captured.err
     got = json.loads((tmp_path / "f.json").read_text())
-    assert list(got["floors"]) == ["popularity"] and got["best"]["name"] == "popularity"
+    # The floors without SCL vectors are still reported, the category floor as on the data with them.
+    assert list(got["floors"]) == ["popularity", "category_share"]
+    assert got["best"]["name"] == max(got["floors"], key=lambda k: got["floors"][k]["gauc"])
     assert all(v is not None for v in got["floors"]["popularity"].values())
+    with_vectors = compute_floors(PreparedData(str(tiny)), "test", FloorOptions())["floors"]["category_share"]
+    assert got["floors"]["category_share"]["gauc"] == with_vectors["gauc"]
 
 
 def test_one_class_test_users_is_a_clear_error(tiny, tmp_path, capsys):
@@ -793,13 +824,13 @@ def test_trained_run_records_its_floor_check(tiny, tmp_path):
     log = train("checked").stderr
     m = json.loads((tmp_path / "checked" / "metrics.json").read_text())
     best = m["best_floor"]
-    assert set(m["floors"]) == {"popularity", "cos_mean_history", "cos_mean_recent", "mean_topk_similarity",
-                                "logistic_regression"}
+    assert set(m["floors"]) == {"popularity", "category_share", "cos_mean_history", "cos_mean_recent",
+                                "mean_topk_similarity", "logistic_regression"}
     assert best["gauc"] == max(f["gauc"] for f in m["floors"].values())
     assert m["below_floor"] == (m["gauc"] < best["gauc"])
     words = "is below the model-free floor" if m["below_floor"] else "is above the best model-free floor"
     assert f"GAUC {m['gauc']:.4f} {words}" in log
-    if m["below_floor"] and best["name"] != "popularity":  # DIN reads no SCL vectors: measured without them too
+    if m["below_floor"] and best["name"] not in ID_FLOORS:  # DIN reads no SCL vectors: measured without them too
         assert "this model reads none" in log, log
     # Same floors as `muse-rec baselines` at the run's seq_len, cached beside the run.
     want = compute_floors(PreparedData(str(tiny)), "test", FloorOptions(seq_len=60))
@@ -1011,3 +1042,133 @@ def test_a_run_line_and_the_compare_verdict_apply_one_rule(best_name, reads_scl,
     best = inner[best_name]["gauc"]
     assert below == (gauc < best)  # NaN: neither
     assert blind_line == (below and not reads_scl and best_name != "popularity" and gauc >= 0.55)
+
+
+# ----------------------------------------------------------------------------------------------
+# The category floor (SIM-hard's GSU rule).
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seq_len, chunk_slots", [(0, 150), (60, 150), (5, 20)])
+def test_category_floor_matches_brute_force_with_users_split_over_chunks(holes, seq_len, chunk_slots):
+    """`category_share`: the share of the history window in the target's category. An outside check's world,
+    where clicks follow category affinity, had a model-free count of the history's behaviours in the target's
+    category at GAUC 0.7012, above every floor reported (best 0.6482) and above MUSE (0.6581): the floors did
+    not warn. SIM-hard's GSU rule (`CategoryGSU`) is now a floor: brute force, sample by sample, on a set with
+    targets and behaviours of unknown category, empty histories and samples without a user row, at the whole
+    history and two windows, with chunks so small that users are cut into pieces; with and without the SCL
+    floors beside it."""
+    import torch
+
+    from muse_rec.metrics.floor_scores import _history_lengths, _user_chunks
+
+    data = PreparedData(str(holes))
+    n = data.num_samples("test")
+    opts = FloorOptions(**{**OPTS.__dict__, "seq_len": seq_len, "chunk_slots": chunk_slots})
+    users = data.user_rows("test", np.arange(n))
+    us = np.sort(users)
+    cuts = list(_user_chunks(us, _history_lengths(data, "test", us, seq_len), opts.chunk_samples,
+                             max(1, opts.chunk_slots // max(1, torch.get_num_threads()))))
+    assert any(us[c.start] >= 0 and us[c.start - 1] == us[c.start] for c in cuts[1:])  # a user in pieces
+    ref = brute_scores(holes, "test", opts)["category_share"]
+    ctr = ItemCtr.from_train(data, "train", opts.prior_strength)
+    for with_scl in (False, True):
+        ours = split_scores(data, "test", np.arange(n), opts, ctr, with_scl=with_scl)
+        assert ("cos_mean_history" in ours) == with_scl
+        np.testing.assert_array_equal(ours["category_share"], ref)
+    # The edge cases occur, and score -1: unknown target category, no user row, an empty history.
+    target_cat = np.load(holes / "items/attrs.npy")[np.load(holes / "test/sample_items.npy"), 0]
+    off = np.load(holes / "test/seq_offsets.npy")
+    length = np.where(users >= 0, off[users + 1] - off[np.maximum(users, 0)], 0)
+    for edge in (target_cat == 0, users < 0, (users >= 0) & (length == 0)):
+        assert edge.sum() >= 2 and (ref[edge] == NO_CAT).all()
+    assert ((ref > 0) & (ref < 1)).sum() > 100
+    if seq_len == 5:  # the window binds: a share is a multiple of 1/5
+        assert np.allclose((ref[ref >= 0] * 5) % 1, 0) and (length[ref >= 0] > 5).any()
+
+
+def test_behaviours_of_unknown_category_never_match(tiny, tmp_path):
+    """A behaviour of category 0 matches nothing, not even a target whose category was also never known
+    (SIM-hard's rule: "both unknown" says nothing about relevance); it still counts in the window."""
+    d = _copy(tiny, tmp_path / "prepared")
+    items, users = np.load(d / "test/sample_items.npy"), np.load(d / "test/sample_users.npy")
+    off = np.load(d / "test/seq_offsets.npy")
+    i = int(np.flatnonzero((users >= 0) & (off[users + 1] - off[users] >= 4))[0])
+    u, item = int(users[i]), int(items[i])
+    lo, hi = int(off[u]), int(off[u + 1])
+    cat = int(np.load(d / "items/attrs.npy")[item, 0])
+    assert cat != 0
+
+    def history(arr):  # three of the target's category, the rest unknown
+        arr[lo:hi] = 0
+        arr[hi - 3:hi] = cat
+        return arr
+
+    _rewrite(d / "test/seq_cats.npy", history)
+    data = PreparedData(str(d))
+    ctr = ItemCtr.from_train(data, "train", 5.0)
+    opts = FloorOptions(seq_len=0)
+    mine = np.flatnonzero((users == u) & (items == item))
+    got = split_scores(data, "test", mine, opts, ctr, with_scl=False)["category_share"]
+    assert (got == 3 / (hi - lo)).all(), got
+    _rewrite(d / "items/attrs.npy", lambda a: (a.__setitem__((item, 0), 0), a)[1])  # now the target is unknown
+    got = split_scores(PreparedData(str(d)), "test", mine, opts, ctr, with_scl=False)["category_share"]
+    assert (got == NO_CAT).all(), got
+
+
+def test_category_floor_is_a_floor_of_the_table_and_a_feature_of_the_regression(holes, capsys):
+    """`category_share` is reported (after popularity, before the SCL floors, named with its window), and the
+    regression reads it with a "missing" indicator of its own: -1 is not read as a share."""
+    data = PreparedData(str(holes))
+    result = compute_floors(data, "test", OPTS)
+    assert list(result["floors"]) == ["popularity", "category_share", "cos_mean_history", "cos_mean_recent",
+                                      "mean_topk_similarity", "logistic_regression"]
+    assert (result["floors"]["category_share"]["description"]
+            == "share of the history in the target's category, newest 60")
+    assert result["floors"]["category_share"]["logloss"] is None  # a share, not a probability
+    n = data.num_samples("test")
+    ours = split_scores(data, "test", np.arange(n), OPTS, ItemCtr.from_train(data, "train", OPTS.prior_strength),
+                        with_scl=True)
+    users, y = np.load(holes / "test/sample_user_keys.npy"), np.load(holes / "test/labels.npy")
+    assert result["floors"]["category_share"]["gauc"] == pytest.approx(
+        brute_gauc(users, ours["category_share"], y), abs=1e-12)
+    x = lr_features(ours)
+    gone = ours["category_share"] == NO_CAT
+    assert x.shape[1] == 7 and gone.any()
+    np.testing.assert_array_equal(x[:, 1], np.where(gone, 0.0, ours["category_share"]))
+    np.testing.assert_array_equal(x[:, 2], gone.astype(float))
+    assert len(result["logistic_regression"]["weights"]) == 7
+    cats = np.load(holes / "items/attrs.npy")[np.load(holes / "test/sample_items.npy"), 0]
+    assert result["targets_with_category"] == pytest.approx(float((cats != 0).mean()), abs=1e-15)
+    assert cli_main(["baselines", str(holes), "--top-k", "9"]) == 0
+    out = capsys.readouterr().out
+    assert "| category_share" in out and "share of the history in the target's category" in out
+    assert f"the category floor ranks the {100 * (1 - result['targets_with_category']):.1f}% of targets of " \
+           "unknown category below every target of a known one" in out, out
+
+
+def test_a_model_without_scl_vectors_below_the_category_floor_is_in_doubt():
+    """The category floor reads no SCL vector: DIN and TWIN read the target's and the history's categories. A
+    DIN below it, though above popularity, was told "the SCL vectors carry signal this model cannot see"; its
+    training is in doubt, and the run's line and compare's verdict now say so."""
+    from muse_rec.cli.compare import floor_verdict
+
+    assert "category_share" in ID_FLOORS
+    inner = {"popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.54},
+             "category_share": {"description": "share of the history in the target's category", "gauc": 0.62},
+             "mean_topk_similarity": {"description": "mean of the top-50 SCL cosines (GSU rule)", "gauc": 0.66}}
+    result = {"best": {"name": "mean_topk_similarity", **inner["mean_topk_similarity"]}, "floors": inner}
+    below, msg = below_floor_message(0.58, result, reads_scl=False)
+    assert below and ("below the best floor without SCL vectors (this model reads none), 'share of the history in "
+                      "the target's category' 0.6200 (-0.0400)") in msg, msg
+    assert "check the learning rates" in msg and "cannot see" not in msg, msg
+    verdict = floor_verdict([{"method": "DIN", "gauc": 0.58, "reads_scl": False}], inner)
+    assert "BELOW it: DIN (0.5800) - check the learning rates" in verdict, verdict
+    assert "for want of SCL vectors" not in verdict, verdict
+    # Above the category floor, below the SCL one: only for want of SCL vectors, measured against the category floor.
+    below, msg = below_floor_message(0.63, result, reads_scl=False)
+    assert below and "carry signal this model cannot see" in msg and "'share of the history" in msg, msg
+    # The category floor itself the best: a model without SCL vectors below it is in doubt, no word of SCL vectors.
+    cat_best = {"best": {"name": "category_share", **inner["category_share"]}, "floors": inner}
+    below, msg = below_floor_message(0.58, cat_best, reads_scl=False)
+    assert below and "check the learning rates" in msg and "SCL vectors" not in msg, msg
