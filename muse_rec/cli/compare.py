@@ -18,11 +18,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from muse_rec.cli.flags import input_file, input_path, nonempty_path
 from muse_rec.json_files import read_json_object, refuse_special_file
-from muse_rec.metrics.floor_options import floor_standing
+from muse_rec.metrics.floor_options import FloorStanding, floor_standing, lacked, model_reads
 from muse_rec.metrics.seeds import Stats, pooled_std
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
@@ -95,9 +95,9 @@ def load_runs(paths: List[str], files_read: Optional[RunFiles] = None) -> List[D
             datasets.setdefault(fingerprint, p)
         extents.setdefault(_max_batches(runs[-1], f), p)
         settings.append(_settings_of(trained_in, files_read) if trained_in is not None else None)
-        reads_scl = _reads_scl(trained_in, files_read) if trained_in is not None else None
-        if reads_scl is not None:  # for `floor_verdict`
-            runs[-1]["reads_scl"] = reads_scl
+        reads = _reads(trained_in, files_read) if trained_in is not None else None
+        if reads is not None:  # for `floor_verdict`
+            runs[-1]["reads"] = reads
         if settings[-1] is not None and "data.train_split" in settings[-1]:  # for `split_warnings`
             runs[-1]["train_split"] = settings[-1]["data.train_split"]
             runs[-1].setdefault("eval_split", settings[-1].get("data.eval_split"))
@@ -219,18 +219,18 @@ def _settings_of(run_dir: Path, files_read: RunFiles) -> Optional[Dict]:
     return settings
 
 
-def _reads_scl(run_dir: Path, files_read: RunFiles) -> Optional[bool]:
-    """Whether the model a run directory trained reads SCL vectors (`ModelSpec.reads_scl`), from its spec.yaml
-    (the resolved spec, `_spec_doc`: the same read as its settings); None when that is unknown (no spec.yaml,
-    one without a ``model`` section, or one that is not a valid spec: a hand-written metrics.json, a spec of
-    another version)."""
+def _reads(run_dir: Path, files_read: RunFiles) -> Optional[List[str]]:
+    """What the model a run directory trained reads of the floors' inputs (`floor_options.model_reads`: SCL
+    vectors, the long-term history), sorted, from its spec.yaml (the resolved spec, `_spec_doc`: the same read
+    as its settings); None when that is unknown (no spec.yaml, one without a ``model`` section, or one that is
+    not a valid spec: a hand-written metrics.json, a spec of another version)."""
     from muse_rec.spec import SpecError, from_dict
 
     doc = _spec_doc(run_dir, files_read)
     if doc is None or not isinstance(doc.get("model"), dict):
         return None
     try:
-        return from_dict(doc, source=str(run_dir / "spec.yaml")).model.reads_scl
+        return sorted(model_reads(from_dict(doc, source=str(run_dir / "spec.yaml")).model))
     except SpecError:
         return None
 
@@ -347,9 +347,9 @@ def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
                 row[k] = s.mean
                 if k in ("gauc", "auc", "logloss"):
                     row[f"{k}_std"] = s.std
-        reads_scl = {r.get("reads_scl") for r in mine}
-        if len(reads_scl) == 1 and None not in reads_scl:  # known for every run of the row (`floor_verdict`)
-            row["reads_scl"] = reads_scl.pop()
+        reads = {None if r.get("reads") is None else tuple(r["reads"]) for r in mine}
+        if len(reads) == 1 and None not in reads:  # known for every run of the row (`floor_verdict`)
+            row["reads"] = list(reads.pop())
         rows.append(row)
     base = next((r for r in rows if r["method"].lower() == baseline.lower()), None)
     for r in rows:
@@ -474,39 +474,46 @@ def floor_rows(floors: Dict, base: Optional[Dict]) -> List[Dict]:
 
 
 def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
-    """Which methods are below the best floor (by mean GAUC over seeds). A row known to read no SCL vectors
-    (``reads_scl`` False, from its runs' spec.yaml) below a floor of SCL cosines but at or above the best floor
-    without them is named apart: its training is not in doubt, the SCL vectors carry signal it cannot see
-    (what its run's own line says, `muse_rec.metrics.floors.below_floor_message`)."""
+    """Which methods are below the best floor (by mean GAUC over seeds). A row whose model is known not to read
+    what that floor reads (``reads``, from its runs' spec.yaml: SCL vectors, the long-term history) and is at or
+    above the best floor it can see is named apart: its training is not in doubt (`floor_options.floor_standing`,
+    the rule of a run's own line, `muse_rec.metrics.floors.below_floor_message`)."""
     measured = [k for k in floors if floors[k].get("gauc") is not None]
     if not measured:
         return "model-free floors: none has a GAUC"
     name = max(measured, key=lambda k: floors[k]["gauc"])
     best = floors[name]
     head = f"best model-free floor: {best.get('description', name)} GAUC {best['gauc']:.4f}"
-    standings = [(r, floor_standing(r["gauc"], name, best["gauc"], floors, r.get("reads_scl")))
+    standings = [(r, floor_standing(r["gauc"], name, best["gauc"], floors,
+                                    None if r.get("reads") is None else frozenset(r["reads"])))
                  for r in model_rows if "gauc" in r]
-    doubted = [(r, s) for r, s in standings if s.below and not s.only_for_want_of_scl]
-    blind = [(r, s) for r, s in standings if s.only_for_want_of_scl]
+    doubted = [(r, s) for r, s in standings if s.below and not s.only_for_want]
+    blind: Dict[Tuple[FrozenSet[str], str], List[Tuple[Dict, FloorStanding]]] = {}
+    for r, s in standings:  # grouped by what they lack and the floor they are measured against instead
+        if s.only_for_want:
+            blind.setdefault((s.lacks, s.visible_best[0]), []).append((r, s))
     if not doubted and not blind:
         return f"{head}; every method is above it"
     parts = []
     if doubted:
         text = (f"BELOW it: {_listed([r for r, _ in doubted])} - check the learning rates, the number of steps "
                 "and the data")
-        id_best = next((s.id_best for _, s in doubted if s.id_best is not None), None)
-        if id_best is not None:  # DIN below a floor of SCL cosines may only lack the vectors, not training
-            id_name, id_floor = id_best
-            text += (f" (a model that reads no SCL vectors, as DIN and TWIN, cannot see what that floor reads: the "
-                     f"best floor without them is {id_floor.get('description', id_name)} GAUC {id_floor['gauc']:.4f})")
+        hint = next((s for _, s in doubted if s.visible_best is not None), None)
+        if hint is not None:  # DIN below a floor of SCL cosines may only lack the vectors, not training
+            seen_name, seen = hint.visible_best
+            lack, them, _ = lacked(hint.lacks)
+            text += (f" (a model that does not read {lack}, as DIN, cannot see what that floor reads: the best "
+                     f"floor without {them} is {seen.get('description', seen_name)} GAUC {seen['gauc']:.4f})")
         parts.append(text)
-    if blind:
-        id_name, id_floor = blind[0][1].id_best
-        one = len(blind) == 1
-        parts.append(f"below it only for want of SCL vectors: {_listed([r for r, _ in blind])}, "
-                     f"{'which reads none and is' if one else 'which read none and are'} above the best floor without "
-                     f"them, {id_floor.get('description', id_name)} GAUC {id_floor['gauc']:.4f}: the SCL vectors carry "
-                     f"signal {'it' if one else 'they'} cannot see")
+    for (lacks, _), group in blind.items():
+        seen_name, seen = group[0][1].visible_best
+        lack, them, s_ = lacked(lacks)
+        one = len(group) == 1
+        parts.append(f"below it only for want of {lack}: {_listed([r for r, _ in group])}, "
+                     f"{'which does not read' if one else 'which do not read'} {them} and "
+                     f"{'is' if one else 'are'} above the best floor without {them}, "
+                     f"{seen.get('description', seen_name)} GAUC {seen['gauc']:.4f}: {lack} "
+                     f"carr{'ie' if s_ else 'y'}{s_} signal {'it' if one else 'they'} cannot see")
     return f"{head}; " + "; ".join(parts)
 
 

@@ -4,11 +4,24 @@ the scoring code's imports (seconds)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
-# Floors that read no SCL vector: a model that reads none (DIN, TWIN) has every input they have (the
-# target item and its category, the history's categories).
-ID_FLOORS = ("popularity", "category_share")
+# What each floor reads besides the target item, its category and the newest behaviours: "scl" (SCL vectors)
+# and "long_history" (the history beyond the newest ``recent`` behaviours, which only a model with a GSU
+# searches). A model is held to a floor only if it reads all of it (`floor_standing`); a floor not listed
+# here (a hand-written floors file) is taken to read everything.
+SCL, LONG_HISTORY = "scl", "long_history"
+FLOOR_READS: Dict[str, FrozenSet[str]] = {
+    "popularity": frozenset(),
+    "category_share": frozenset({LONG_HISTORY}),
+    "cos_mean_history": frozenset({SCL, LONG_HISTORY}),
+    "cos_mean_recent": frozenset({SCL}),
+    "mean_topk_similarity": frozenset({SCL, LONG_HISTORY}),
+    "logistic_regression": frozenset({SCL, LONG_HISTORY}),
+}
+EVERYTHING: FrozenSet[str] = frozenset({SCL, LONG_HISTORY})
+# Floors that read no SCL vector.
+ID_FLOORS = tuple(name for name, reads in FLOOR_READS.items() if SCL not in reads)
 
 
 class FloorsError(ValueError):
@@ -59,11 +72,25 @@ class FloorOptions:
                 raise FloorsError(f"{name(key)} must be a finite number > 0, got {getattr(self, key)}")
 
 
-def best_id_floor(floors: Dict[str, Dict]) -> Optional[Tuple[str, Dict]]:
-    """``(name, floor)``: the best of ``floors`` (name -> description, gauc, ...) that reads no SCL vector
-    (`ID_FLOORS`), None without one."""
-    measured = [(name, f) for name, f in floors.items() if name in ID_FLOORS and f.get("gauc") is not None]
+def floor_reads(name: str) -> FrozenSet[str]:
+    """What floor ``name`` reads (`FLOOR_READS`); everything for a name this code does not know."""
+    return FLOOR_READS.get(name, EVERYTHING)
+
+
+def best_floor_within(floors: Dict[str, Dict], reads: FrozenSet[str]) -> Optional[Tuple[str, Dict]]:
+    """``(name, floor)``: the best of ``floors`` (name -> description, gauc, ...) that reads nothing beyond
+    ``reads``, None without one."""
+    measured = [(name, f) for name, f in floors.items()
+                if floor_reads(name) <= reads and f.get("gauc") is not None]
     return max(measured, key=lambda item: item[1]["gauc"]) if measured else None
+
+
+def lacked(inputs: FrozenSet[str]) -> Tuple[str, str, str]:
+    """``(words, pronoun, verb ending)`` for what a model does not read: ("SCL vectors", "them", "") or
+    ("the long-term history", "it", "s"), or both ("SCL vectors and the long-term history", "them", "")."""
+    words = [w for key, w in ((SCL, "SCL vectors"), (LONG_HISTORY, "the long-term history")) if key in inputs]
+    one = inputs == frozenset({LONG_HISTORY})
+    return " and ".join(words), "it" if one else "them", "s" if one else ""
 
 
 @dataclass(frozen=True)
@@ -72,26 +99,41 @@ class FloorStanding:
 
     Attributes:
         below: the GAUC is below the best floor (an undefined, NaN GAUC is not).
-        id_best: ``(name, floor)`` of the best floor without SCL vectors (`best_id_floor`) when the model is
-            below a best floor that reads them and is not known to read them itself; else None.
-        only_for_want_of_scl: the model reads no SCL vectors and is at or above ``id_best``: its training is
-            not in doubt, the SCL vectors carry signal it cannot see.
+        lacks: what the best floor reads that the model does not (`FLOOR_READS`), when the model is below it;
+            for a model whose inputs are unknown, all that the best floor reads. Else empty.
+        visible_best: ``(name, floor)`` of the best floor the model can see (reading nothing it does not read)
+            when it is below a best floor it cannot see; for a model whose inputs are unknown, the best floor
+            that reads neither SCL vectors nor the long-term history, so that a message can name it. Else None.
+        only_for_want: the model is below the best floor only because that floor reads what the model does not
+            (``lacks``), and it is at or above ``visible_best``: its training is not in doubt.
     """
 
     below: bool
-    id_best: Optional[Tuple[str, Dict]]
-    only_for_want_of_scl: bool
+    lacks: FrozenSet[str]
+    visible_best: Optional[Tuple[str, Dict]]
+    only_for_want: bool
 
 
 def floor_standing(gauc: float, best_name: str, best_gauc: float, floors: Dict[str, Dict],
-                   reads_scl: Optional[bool]) -> FloorStanding:
-    """The one rule behind a run's floor line (`floors.below_floor_message`) and `compare`'s verdict.
+                   reads: Optional[FrozenSet[str]]) -> FloorStanding:
+    """The one rule behind a run's floor line (`floors.below_floor_message`), `compare`'s verdict and the
+    reproduce report's.
 
     ``best_name`` / ``best_gauc``: the best floor of ``floors`` (name -> description, gauc, ...);
-    ``reads_scl``: whether the model reads SCL vectors, None when unknown (then it is held to the best floor,
-    and ``id_best`` is still given so that a message can name the floor without them)."""
+    ``reads``: what the model reads of `FLOOR_READS`'s inputs (`ModelSpec.floor_inputs`), None when unknown
+    (then it is held to the best floor)."""
     below = gauc < best_gauc
-    id_best = (best_id_floor(floors) if below and reads_scl is not True and best_name not in ID_FLOORS
-               else None)
-    only = id_best is not None and reads_scl is False and gauc >= id_best[1]["gauc"]
-    return FloorStanding(below, id_best, only)
+    reads_known = frozenset() if reads is None else reads
+    lacks = floor_reads(best_name) - reads_known
+    if not below or not lacks:
+        return FloorStanding(below, frozenset(), None, False)
+    visible = best_floor_within(floors, reads_known)
+    only = reads is not None and visible is not None and gauc >= visible[1]["gauc"]
+    return FloorStanding(below, lacks, visible, only)
+
+
+def model_reads(model: Any) -> FrozenSet[str]:
+    """What a model (a `muse_rec.spec.ModelSpec`; not imported: this module stays light) reads of the floors' inputs (`FLOOR_READS`): SCL vectors when `ModelSpec.reads_scl`, the
+    long-term history when it has a GSU (its search reads the whole history window; without one, as DIN and
+    DIN-ref, only the newest behaviours)."""
+    return frozenset(k for k, on in ((SCL, model.reads_scl), (LONG_HISTORY, model.gsu.kind != "none")) if on)

@@ -14,7 +14,7 @@ Floors (``FLOORS``, name -> what):
   them when ``seq_len`` = 0) whose category is the target's: SIM-hard's GSU rule (`CategoryGSU`). A
   target of unknown category (row 0) matches nothing, nor does a behaviour of unknown category; such
   a target, or an empty history, scores -1 (`NO_CATEGORY_SCORE`), below every share. It reads no SCL
-  vector (`ID_FLOORS`).
+  vector, but the history beyond the newest behaviours (`floor_options.FLOOR_READS`).
 - ``cos_mean_history``: cosine of the target's SCL vector with the mean SCL vector of the
   user's history (the newest ``seq_len`` behaviours; all of them when ``seq_len`` = 0).
 - ``cos_mean_recent``: the same over the newest ``recent`` behaviours (default 50).
@@ -38,14 +38,14 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Optional, Tuple
 
 import numpy as np
 
 from muse_rec.data.files import tmp_of
 from muse_rec.data.prepared import PreparedData
 from muse_rec.json_files import read_json_object
-from muse_rec.metrics.floor_options import FloorOptions, FloorsError, floor_standing
+from muse_rec.metrics.floor_options import EVERYTHING, FloorOptions, FloorsError, floor_standing, lacked
 from muse_rec.metrics.floor_scores import (CATEGORY_FLOOR, NO_CATEGORY_SCORE, SCL_FLOORS, UNKNOWN_CATEGORY, ItemCtr,
                                            popularity_scores, split_scores)
 from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, auc, logloss, user_auc
@@ -273,11 +273,11 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     return result
 
 
-def below_floor_message(gauc: float, floors: Dict, reads_scl: bool = True) -> Tuple[bool, str]:
+def below_floor_message(gauc: float, floors: Dict, reads: FrozenSet[str] = EVERYTHING) -> Tuple[bool, str]:
     """``(below, sentence)`` comparing a model's GAUC with the best floor of `compute_floors`. For a model
-    that reads no SCL vectors (``reads_scl`` False) below a floor that reads them, the sentence also
-    measures it against the best floor without them (`ID_FLOORS`): only below that one is its training
-    in doubt; above it, the SCL vectors carry signal the model cannot see."""
+    below a floor that reads what it does not (``reads``: `floor_options.model_reads`; SCL vectors, the
+    long-term history), the sentence also measures it against the best floor it can see: only below that
+    one is its training in doubt; above it, what it cannot read carries signal it cannot see."""
     best = floors["best"]
     name, value = best["description"], best["gauc"]
     if math.isnan(gauc):
@@ -286,16 +286,17 @@ def below_floor_message(gauc: float, floors: Dict, reads_scl: bool = True) -> Tu
         return False, f"GAUC {gauc:.4f} is above the best model-free floor '{name}' {value:.4f} ({gauc - value:+.4f})"
     sentence = f"GAUC {gauc:.4f} is below the model-free floor '{name}' {value:.4f} ({gauc - value:+.4f})"
     advice = "check the learning rates, the number of steps and the data"
-    standing = floor_standing(gauc, best["name"], value, floors.get("floors", {}), reads_scl)
-    if standing.id_best is None:
+    standing = floor_standing(gauc, best["name"], value, floors.get("floors", {}), reads)
+    if standing.visible_best is None:
         return True, f"{sentence}: a score without training ranks this split better than the model; {advice}"
-    id_name, id_floor = standing.id_best
-    against = f"'{id_floor.get('description', id_name)}' {id_floor['gauc']:.4f} ({gauc - id_floor['gauc']:+.4f})"
-    if not standing.only_for_want_of_scl:
-        return True, (f"{sentence}, and below the best floor without SCL vectors (this model reads none), {against}: "
-                      f"a score without training ranks this split better than the model; {advice}")
-    return True, (f"{sentence}, which reads SCL vectors; this model reads none, and it is above the best floor "
-                  f"without them, {against}: the SCL vectors carry signal this model cannot see")
+    seen_name, seen = standing.visible_best
+    against = f"'{seen.get('description', seen_name)}' {seen['gauc']:.4f} ({gauc - seen['gauc']:+.4f})"
+    lack, them, s = lacked(standing.lacks)
+    if not standing.only_for_want:
+        return True, (f"{sentence}, and below the best floor without {lack} (this model does not read {them}), "
+                      f"{against}: a score without training ranks this split better than the model; {advice}")
+    return True, (f"{sentence}, which reads {lack}; this model does not, and it is above the best floor without "
+                  f"{them}, {against}: {lack} carr{'ie' if s else 'y'}{s} signal this model cannot see")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,14 +375,14 @@ def floors_of_run(data: PreparedData, split: str, seq_len: int, cache_dir: str, 
 
 
 def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc: Optional[float], cache_dir: str,
-                             train_split: str = "train", reads_scl: bool = True) -> Dict:
+                             train_split: str = "train", reads: FrozenSet[str] = EVERYTHING) -> Dict:
     """A finished run's check (`train.check_floors`): the floors of its eval split at its
     ``seq_len`` (cached in ``cache_dir``), logged beside its GAUC; a WARNING when it is below.
 
     Returns the keys the run records in metrics.json: ``floors`` (name -> description, gauc,
     auc, logloss), ``best_floor`` and ``below_floor``; or ``floors_error`` when the floors
-    cannot be computed on this data (the run itself is not failed for that). ``reads_scl``: whether
-    the run's model reads SCL vectors (`below_floor_message`).
+    cannot be computed on this data (the run itself is not failed for that). ``reads``: what the run's
+    model reads of the floors' inputs (`floor_options.model_reads`; `below_floor_message`).
     """
     start = time.perf_counter()
     try:
@@ -391,7 +392,7 @@ def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc:
         return {"floors_error": str(e)}
     keep = ("description", "gauc", "auc", "logloss")
     floors = {k: {f: v.get(f) for f in keep} for k, v in result["floors"].items()}
-    below, sentence = below_floor_message(float("nan") if gauc is None else gauc, result, reads_scl)
+    below, sentence = below_floor_message(float("nan") if gauc is None else gauc, result, reads)
     (logger.warning if below else logger.info)("%s [floors: %s, split %s, seq_len %d; %.1f s]", sentence,
                                               data.path, split, seq_len, time.perf_counter() - start)
     return {"floors": floors, "best_floor": {"name": result["best"]["name"], "gauc": result["best"]["gauc"]},

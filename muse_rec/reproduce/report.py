@@ -10,13 +10,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, FrozenSet, List, Optional, Sequence
 
 from muse_rec.data.files import replace_texts
 from muse_rec.reproduce import plots
 from muse_rec.reproduce.claims import DEFAULT_MIN_Z, HOLDS, Verdict, compare_sentence, evaluate_claim
 from muse_rec.reproduce.paper import FIG5_CLAIM, FIG6_CLAIMS, PAPER_TABLES, PaperTable
-from muse_rec.metrics.floor_options import floor_standing
+from muse_rec.metrics.floor_options import floor_standing, lacked, model_reads
 from muse_rec.reproduce.plan import Config, Plan
 from muse_rec.reproduce.results import GroupGain, RunMetrics, Stats, group_gains, metric_stats
 
@@ -131,41 +131,43 @@ def floors_section(floors: Dict[str, Dict], plan: Plan, metrics: RunMetrics) -> 
             md += [f"### The floors of {', '.join(f'`{c}`' for c in cfgs)}", ""]
         rows = [[f"`{k}`", f.get("description", k), _fmt(f.get("gauc")), _fmt(f.get("auc")), _fmt(f.get("logloss"))]
                 for k, f in own.items()]
-        doubted, blind, id_best = [], [], None
+        doubted: List[str] = []
+        blind: Dict[tuple, List[str]] = {}  # (what they lack, the floor they are measured against) -> rows
         for cfg in cfgs:
             s = metric_stats(metrics, cfg)
             if s.mean is None:
                 continue
-            standing = floor_standing(s.mean, name, best["gauc"], own, _reads_scl(plan.configs[cfg]))
-            id_best = id_best or standing.id_best
-            if standing.only_for_want_of_scl:
-                blind.append(f"`{cfg}` ({s.mean:.4f})")
+            standing = floor_standing(s.mean, name, best["gauc"], own, _reads(plan.configs[cfg]))
+            if standing.only_for_want:
+                blind.setdefault((standing.lacks, standing.visible_best[0]), []).append(f"`{cfg}` ({s.mean:.4f})")
             elif standing.below:
                 doubted.append(f"`{cfg}` ({s.mean:.4f})")
         which = "Every configuration" if len(groups) == 1 else "Each of these"
         floor = f"{best.get('description', name)}, GAUC {best['gauc']:.4f}"
-        id_floor = (None if id_best is None
-                    else f"{id_best[1].get('description', id_best[0])}, GAUC {id_best[1]['gauc']:.4f}")
         verdict = []
         if doubted:
             verdict.append(f"**Below the best floor** ({floor}): {', '.join(doubted)}. A score without training ranks "
                            "better than these: check their learning rates and number of steps.")
-        if blind:
-            verdict.append(f"Below the best floor ({floor}) only for want of SCL vectors: {', '.join(blind)}: they "
-                           f"read none, and are above the best floor without them ({id_floor}).")
+        for (lacks, seen_name), cfg_list in blind.items():
+            lack, them, _ = lacked(lacks)
+            seen = own[seen_name]
+            verdict.append(f"Below the best floor ({floor}) only for want of {lack}: {', '.join(cfg_list)}: they do "
+                           f"not read {them}, and are above the best floor without {them} "
+                           f"({seen.get('description', seen_name)}, GAUC {seen['gauc']:.4f}).")
         if not verdict:
             verdict.append(f"{which} is above the best floor ({floor}).")
         md += [_md_table(["floor", "what", "GAUC", "AUC", "logloss"], rows), "", " ".join(verdict), ""]
     return "\n".join(md)
 
 
-def _reads_scl(config: Config) -> Optional[bool]:
-    """Whether the configuration's model reads SCL vectors (`ModelSpec.reads_scl`); None when its spec no
-    longer loads (a report re-written after the spec files changed): such a row is held to the best floor."""
+def _reads(config: Config) -> Optional[FrozenSet[str]]:
+    """What the configuration's model reads of the floors' inputs (`floor_options.model_reads`); None when its
+    spec no longer loads (a report re-written after the spec files changed): such a row is held to the best
+    floor."""
     from muse_rec.spec import load_spec
 
     try:
-        return load_spec(config.spec_path, list(config.overrides)).model.reads_scl
+        return model_reads(load_spec(config.spec_path, list(config.overrides)).model)
     except (OSError, ValueError):  # SpecError is a ValueError
         return None
 

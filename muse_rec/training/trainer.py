@@ -365,12 +365,13 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         result.update(evaluated)
         result["eval_seconds"] = time.perf_counter() - eval_start
         if t.check_floors and env.is_main:  # cached beside the run directory: computed once per data set
+            from muse_rec.metrics.floor_options import model_reads
             from muse_rec.metrics.floors import check_run_against_floors, run_floors_cache
 
             with _all_cores():
                 result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
                                                        run_floors_cache(str(run_dir)), spec.data.train_split,
-                                                       spec.model.reads_scl))
+                                                       model_reads(spec.model)))
     memory["peak_rss_bytes"] = status_bytes("VmHWM")  # the kernel's high-water mark of this process
     write_rank_memory(run_dir, env, memory)
     if env.is_main:

@@ -15,7 +15,7 @@ from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData
 from muse_rec.data.synth import write_synthetic_release
 from muse_rec.data.synth_config import SynthConfig
-from muse_rec.metrics.floor_options import ID_FLOORS
+from muse_rec.metrics.floor_options import EVERYTHING, ID_FLOORS, LONG_HISTORY, SCL, floor_reads
 from muse_rec.metrics.floors import (FLOORS_VERSION, FloorOptions, FloorsError, ItemCtr, below_floor_message, cached_floors,
                                      compute_floors, fit_logistic, lr_features, split_scores)
 from tests.conftest import REPO
@@ -329,20 +329,23 @@ def test_message_says_below_or_above():
 def test_message_measures_a_model_without_scl_vectors_against_the_floor_without_them():
     """DIN below a floor of SCL cosines was told to check its learning rates, the number of steps and the data,
     though it reads no SCL vectors: above the popularity floor it has learned what its inputs carry."""
+    twin = frozenset({LONG_HISTORY})  # a GSU over the whole history, no SCL vectors
     floors = {"best": {"name": "cos_mean_history", "description": "cos(target, mean history SCL)", "gauc": 0.63},
               "floors": {"popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.55},
                          "cos_mean_history": {"description": "cos(target, mean history SCL)", "gauc": 0.63}}}
-    below, msg = below_floor_message(0.60, floors, reads_scl=False)
+    below, msg = below_floor_message(0.60, floors, reads=twin)
     assert below and "GAUC 0.6000 is below the model-free floor 'cos(target, mean history SCL)' 0.6300" in msg, msg
-    assert "this model reads none, and it is above the best floor without them, 'smoothed train CTR" in msg, msg
+    assert ("which reads SCL vectors; this model does not, and it is above the best floor without them, 'smoothed "
+            "train CTR") in msg, msg
     assert "0.5500 (+0.0500)" in msg and "check the learning rates" not in msg, msg
-    below, msg = below_floor_message(0.50, floors, reads_scl=False)  # below the floor without vectors too
-    assert below and "below the best floor without SCL vectors (this model reads none)" in msg, msg
+    assert msg.endswith("SCL vectors carry signal this model cannot see"), msg
+    below, msg = below_floor_message(0.50, floors, reads=twin)  # below the floor without vectors too
+    assert below and "below the best floor without SCL vectors (this model does not read them)" in msg, msg
     assert "0.5500 (-0.0500)" in msg and "check the learning rates" in msg, msg
-    for reads_scl in (True, False):  # a model that reads them, or a best floor without them: as before
-        assert "check the learning rates" in below_floor_message(0.60, floors, reads_scl=True)[1]
+    for reads in (EVERYTHING, twin):  # a model that reads them, or a best floor without them: as before
+        assert "check the learning rates" in below_floor_message(0.60, floors, reads=EVERYTHING)[1]
         pop_best = {**floors, "best": {"name": "popularity", **floors["floors"]["popularity"]}}
-        below, msg = below_floor_message(0.50, pop_best, reads_scl=reads_scl)
+        below, msg = below_floor_message(0.50, pop_best, reads=reads)
         assert below and "check the learning rates" in msg and "SCL vectors" not in msg, msg
 
 
@@ -535,8 +538,8 @@ def test_compare_shows_recorded_floors_and_who_is_below(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| floor: cos(target, mean history SCL)" in text and "0.6300" in text
     assert "best model-free floor: cos(target, mean history SCL) GAUC 0.6300; BELOW it: DIN (0.6100)" in text
-    assert ("(a model that reads no SCL vectors, as DIN and TWIN, cannot see what that floor reads: the best floor "
-            "without them is smoothed train CTR of the target item GAUC 0.5200)") in text, text
+    assert ("(a model that does not read SCL vectors and the long-term history, as DIN, cannot see what that floor "
+            "reads: the best floor without them is smoothed train CTR of the target item GAUC 0.5200)") in text, text
     assert "MUSE (" not in text.split("BELOW it:")[1].split("\n")[0]
     saved = json.loads((tmp_path / "cmp.json").read_text())
     assert saved["floors"] == FAKE_FLOORS and any(r["method"].startswith("floor: ") for r in saved["rows"])
@@ -568,11 +571,12 @@ def test_compare_does_not_doubt_the_training_of_an_id_only_model_above_the_floor
     assert cli_main(["compare", str(din), str(muse)]) == 0
     verdict = [line for line in capsys.readouterr().out.splitlines() if line.startswith("best model-free floor")]
     assert len(verdict) == 1, verdict
-    doubted, _, blind = verdict[0].partition("below it only for want of SCL vectors: ")
+    # DIN reads neither the SCL vectors nor the history beyond its newest 50 behaviours (no GSU)
+    doubted, _, blind = verdict[0].partition("below it only for want of SCL vectors and the long-term history: ")
     assert "BELOW it: MUSE (0.6000) - check the learning rates, the number of steps and the data" in doubted, verdict
     assert "DIN" not in doubted, verdict
-    assert blind.startswith("DIN (0.6100), which reads none and is above the best floor without them, smoothed "
-                            "train CTR of the target item GAUC 0.5200"), verdict
+    assert blind.startswith("DIN (0.6100), which does not read them and is above the best floor without them, "
+                            "smoothed train CTR of the target item GAUC 0.5200"), verdict
     low = _run_of_spec(tmp_path / "din_low", "specs/methods/din.yaml", "DIN", 0.50)
     assert cli_main(["compare", str(low)]) == 0
     out = capsys.readouterr().out
@@ -831,7 +835,7 @@ def test_trained_run_records_its_floor_check(tiny, tmp_path):
     words = "is below the model-free floor" if m["below_floor"] else "is above the best model-free floor"
     assert f"GAUC {m['gauc']:.4f} {words}" in log
     if m["below_floor"] and best["name"] not in ID_FLOORS:  # DIN reads no SCL vectors: measured without them too
-        assert "this model reads none" in log, log
+        assert "this model does not" in log, log
     # Same floors as `muse-rec baselines` at the run's seq_len, cached beside the run.
     want = compute_floors(PreparedData(str(tiny)), "test", FloorOptions(seq_len=60))
     assert m["floors"]["cos_mean_history"]["gauc"] == pytest.approx(want["floors"]["cos_mean_history"]["gauc"], abs=0)
@@ -1021,27 +1025,38 @@ def test_floors_of_the_fit_split_score_its_samples_once(tiny, monkeypatch, fit_s
     assert result["logistic_regression"]["bias"] == m.bias
 
 
-@pytest.mark.parametrize("best_name", ["cos_mean_history", "popularity"])
-@pytest.mark.parametrize("reads_scl", [True, False])
-@pytest.mark.parametrize("gauc", [0.50, 0.55, 0.60, 0.63, 0.70, float("nan")])
-def test_a_run_line_and_the_compare_verdict_apply_one_rule(best_name, reads_scl, gauc):
+@pytest.mark.parametrize("best_name", ["cos_mean_history", "category_share", "popularity"])
+@pytest.mark.parametrize("reads", [EVERYTHING, frozenset({LONG_HISTORY}), frozenset({SCL}), frozenset(), None])
+@pytest.mark.parametrize("gauc", [0.50, 0.55, 0.58, 0.60, 0.63, 0.70, float("nan")])
+def test_a_run_line_and_the_compare_verdict_apply_one_rule(best_name, reads, gauc):
     """A run's floor line (`below_floor_message`) and `compare`'s verdict classify a model the same way: above the
-    best floor, below it only for want of SCL vectors, or below it (training in doubt). Both read
+    best floor, below it only for want of what it does not read, or below it (training in doubt). Both read
     `floor_options.floor_standing`; before, each had its own copy of the rule."""
     from muse_rec.cli.compare import floor_verdict
 
-    inner = {"popularity": {"description": "pop", "gauc": 0.55 if best_name != "popularity" else 0.66},
-             "cos_mean_history": {"description": "cos", "gauc": 0.63}}
+    best_gauc = {"cos_mean_history": 0.63, "category_share": 0.62, "popularity": 0.66}[best_name]
+    inner = {"popularity": {"description": "pop", "gauc": 0.55 if best_name != "popularity" else best_gauc},
+             "category_share": {"description": "cat", "gauc": 0.57 if best_name != "category_share" else best_gauc},
+             "cos_mean_history": {"description": "cos", "gauc": 0.59 if best_name != "cos_mean_history" else best_gauc}}
     result = {"best": {"name": best_name, **inner[best_name]}, "floors": inner}
-    below, msg = below_floor_message(gauc, result, reads_scl=reads_scl)
-    verdict = floor_verdict([{"method": "M", "gauc": gauc, "reads_scl": reads_scl}], inner)
-    blind_line = "carry signal this model cannot see" in msg
-    blind_verdict = "only for want of SCL vectors: M" in verdict
-    assert blind_line == blind_verdict, (msg, verdict)
+    row = {"method": "M", "gauc": gauc}
+    if reads is not None:
+        row["reads"] = sorted(reads)
+        below, msg = below_floor_message(gauc, result, reads=reads)
+    else:
+        below, msg = below_floor_message(gauc, result)  # a run always knows its model; unknown = held to the best
+    verdict = floor_verdict([row], inner)
+    blind_line = "signal this model cannot see" in msg
+    blind_verdict = "only for want of" in verdict
+    if reads is not None:
+        assert blind_line == blind_verdict, (msg, verdict)
     assert below == ("BELOW it: M" in verdict or blind_verdict), (msg, verdict)
-    best = inner[best_name]["gauc"]
-    assert below == (gauc < best)  # NaN: neither
-    assert blind_line == (below and not reads_scl and best_name != "popularity" and gauc >= 0.55)
+    assert below == (gauc < best_gauc)  # NaN: neither
+    # Brute force: the floors the model can see are those reading nothing beyond what it reads.
+    needs = {"popularity": set(), "category_share": {LONG_HISTORY}, "cos_mean_history": {SCL, LONG_HISTORY}}
+    seen = [inner[k]["gauc"] for k in inner if reads is not None and needs[k] <= reads]
+    want_blind = bool(below and reads is not None and not needs[best_name] <= reads and seen and gauc >= max(seen))
+    assert blind_verdict == want_blind, (verdict, reads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1147,28 +1162,36 @@ def test_category_floor_is_a_floor_of_the_table_and_a_feature_of_the_regression(
            "unknown category below every target of a known one" in out, out
 
 
-def test_a_model_without_scl_vectors_below_the_category_floor_is_in_doubt():
-    """The category floor reads no SCL vector: DIN and TWIN read the target's and the history's categories. A
-    DIN below it, though above popularity, was told "the SCL vectors carry signal this model cannot see"; its
-    training is in doubt, and the run's line and compare's verdict now say so."""
+def test_the_category_floor_holds_a_model_with_a_gsu_not_one_that_reads_only_its_newest_behaviours():
+    """The category floor reads no SCL vector but the whole history window: TWIN (a GSU over the history, no SCL)
+    below it is in doubt; DIN (the newest 50 behaviours only) below it but above popularity only lacks the
+    long-term history. A DIN below it, though above popularity, was told "the SCL vectors carry signal this model
+    cannot see"; with the floor in `ID_FLOORS` alone it would have been told to check its learning rates."""
     from muse_rec.cli.compare import floor_verdict
 
-    assert "category_share" in ID_FLOORS
+    assert "category_share" in ID_FLOORS and floor_reads("category_share") == frozenset({LONG_HISTORY})
     inner = {"popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.54},
              "category_share": {"description": "share of the history in the target's category", "gauc": 0.62},
              "mean_topk_similarity": {"description": "mean of the top-50 SCL cosines (GSU rule)", "gauc": 0.66}}
     result = {"best": {"name": "mean_topk_similarity", **inner["mean_topk_similarity"]}, "floors": inner}
-    below, msg = below_floor_message(0.58, result, reads_scl=False)
-    assert below and ("below the best floor without SCL vectors (this model reads none), 'share of the history in "
-                      "the target's category' 0.6200 (-0.0400)") in msg, msg
+    twin, din = frozenset({LONG_HISTORY}), frozenset()
+    below, msg = below_floor_message(0.58, result, reads=twin)
+    assert below and ("below the best floor without SCL vectors (this model does not read them), 'share of the "
+                      "history in the target's category' 0.6200 (-0.0400)") in msg, msg
     assert "check the learning rates" in msg and "cannot see" not in msg, msg
-    verdict = floor_verdict([{"method": "DIN", "gauc": 0.58, "reads_scl": False}], inner)
-    assert "BELOW it: DIN (0.5800) - check the learning rates" in verdict, verdict
-    assert "for want of SCL vectors" not in verdict, verdict
+    verdict = floor_verdict([{"method": "TWIN", "gauc": 0.58, "reads": sorted(twin)},
+                             {"method": "DIN", "gauc": 0.58, "reads": sorted(din)}], inner)
+    assert "BELOW it: TWIN (0.5800) - check the learning rates" in verdict, verdict
+    assert ("below it only for want of SCL vectors and the long-term history: DIN (0.5800), which does not read "
+            "them and is above the best floor without them, smoothed train CTR of the target item GAUC 0.5400") \
+        in verdict, verdict
     # Above the category floor, below the SCL one: only for want of SCL vectors, measured against the category floor.
-    below, msg = below_floor_message(0.63, result, reads_scl=False)
+    below, msg = below_floor_message(0.63, result, reads=twin)
     assert below and "carry signal this model cannot see" in msg and "'share of the history" in msg, msg
-    # The category floor itself the best: a model without SCL vectors below it is in doubt, no word of SCL vectors.
+    # The category floor itself the best: TWIN below it is in doubt; DIN only lacks the long-term history.
     cat_best = {"best": {"name": "category_share", **inner["category_share"]}, "floors": inner}
-    below, msg = below_floor_message(0.58, cat_best, reads_scl=False)
+    below, msg = below_floor_message(0.58, cat_best, reads=twin)
     assert below and "check the learning rates" in msg and "SCL vectors" not in msg, msg
+    below, msg = below_floor_message(0.58, cat_best, reads=din)
+    assert below and msg.endswith("the long-term history carries signal this model cannot see"), msg
+    assert "which reads the long-term history; this model does not, and it is above the best floor without it" in msg

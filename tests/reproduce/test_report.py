@@ -198,8 +198,8 @@ def test_each_configuration_is_held_to_the_floors_of_its_own_sequence_length(tmp
     assert ("**Below the best floor** (mean of the top-50 SCL cosines, GAUC 0.5742): `muse_len200` (0.5605), "
             "`muse` (0.5655).") in section
     # DIN reads no SCL vectors and is above the popularity floor (0.52): named apart (next test)
-    assert ("Below the best floor (mean of the top-50 SCL cosines, GAUC 0.5742) only for want of SCL vectors: "
-            "`din` (0.5505)") in section
+    assert ("Below the best floor (mean of the top-50 SCL cosines, GAUC 0.5742) only for want of SCL vectors and the "
+            "long-term history: `din` (0.5505)") in section
     assert "Every configuration is above" not in section
 
 
@@ -220,8 +220,8 @@ def test_the_report_names_a_method_without_scl_vectors_apart_as_compare_does(tmp
     section = section[:section.index("\n## ", 5)]
     below = section[section.index("**Below the best floor**"):section.index("Below the best floor (", 30)]
     assert "`twin` (0.5100)" in below and "`din`" not in below, below
-    assert ("only for want of SCL vectors: `din` (0.5300): they read none, and are above the best floor without "
-            "them (smoothed train CTR of the target item, GAUC 0.5200).") in section, section
+    assert ("only for want of SCL vectors and the long-term history: `din` (0.5300): they do not read them, and are "
+            "above the best floor without them (smoothed train CTR of the target item, GAUC 0.5200).") in section
 
 
 def test_one_set_of_floors_is_one_table_and_the_paper_tables_show_it(tmp_path):
