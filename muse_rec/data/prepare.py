@@ -450,6 +450,15 @@ class _Prepare:
             warnings.warn(f"{self.raw['scl'].path}: not one train target or behaviour item has an SCL vector (its "
                           "item ids match none of the samples' items: another id space, or another release's table?); "
                           "the methods that read SCL vectors (MUSE, SIM-soft, DIN-ref...) would see only zero vectors")
+        if (self.cfg.vocab == "p90" and train["behaviours"] > train["behaviours_without_item_id"]
+                and train["behaviours_unknown_item"] == train["behaviours_without_item_id"]):
+            # p90 is the SCL table's items plus the targets: no frequency is counted. The release's SCL
+            # table is its p90 cut (~10% of behaviours fall outside); a table with a row for every item
+            # (`synth --preset scale`, a user's own embeddings) makes "p90" the full vocabulary, silently.
+            warnings.warn(f"--vocab p90: every train behaviour item is in the vocabulary ({stats['vocab']['item'] - 1:,} "
+                          f"items): {self.raw['scl'].path} has a row for each, so this p90 vocabulary cuts nothing "
+                          "(p90 = the SCL table's items + every target, as the release's p90 SCL table defines it; "
+                          "no frequency is counted: docs/data.md)")
         return {
             "format_version": FORMAT_VERSION,
             "fingerprint": self.fingerprint,

@@ -128,6 +128,38 @@ def test_meta_counts(synthetic: Dict[str, str]) -> None:
         assert m["targets_with_scl"] == int(present[targets].sum()) > 0
 
 
+def test_p90_that_cuts_nothing_is_warned(synthetic: Dict[str, str], tmp_path: Path) -> None:
+    """`--vocab p90` takes the SCL table's items plus the targets; it counts no frequencies. The
+    release's SCL table is its p90 cut, but an SCL table with a row for every behaviour item
+    (`synth --preset scale`, embeddings of one's own) made "p90" the full vocabulary without a word."""
+    import shutil
+
+    import pyarrow as pa
+
+    raw = tmp_path / "raw"
+    shutil.copytree(synthetic["raw"], raw)
+    seq = pq.read_table(raw / S.TABLES["train_user_features"].file).column(S.SEQ_ITEMS).to_pylist()
+    scl = pq.read_table(raw / S.TABLES["scl"].file)
+    have = set(scl.column(S.ITEM).to_pylist())
+    missing = sorted({i for row in seq for i in row if i != 0} - have)
+    assert missing, "the generator's SCL table must leave behaviour items out"
+    vec = scl.column(S.SCL_VECTOR).to_pylist()[0]
+    pq.write_table(pa.concat_tables([scl, pa.Table.from_pylist([{S.ITEM: i, S.SCL_VECTOR: vec} for i in missing],
+                                                                schema=scl.schema)]),
+                   raw / S.TABLES["scl"].file)
+    with pytest.warns(UserWarning) as caught:
+        meta = prepare(str(raw), str(tmp_path / "p90"), PrepareConfig(**{**CFG.__dict__, "vocab": "p90"}))
+    said = " | ".join(str(w.message) for w in caught)
+    train = meta["splits"]["train"]
+    assert train["behaviours_unknown_item"] == train["behaviours_without_item_id"] > 0  # raw id 0 only
+    assert "--vocab p90: every train behaviour item is in the vocabulary" in said, said
+    assert "cuts nothing" in said, said
+    # The release-like table (a cut) is not warned about.
+    with pytest.warns(UserWarning) as caught:
+        prepare(synthetic["raw"], str(tmp_path / "p90_cut"), PrepareConfig(**{**CFG.__dict__, "vocab": "p90"}))
+    assert not any("cuts nothing" in str(w.message) for w in caught)
+
+
 def test_fixture_tables_round_trip(taobao_fixtures: Path, tmp_path: Path) -> None:
     out = str(tmp_path / "prepared")
     with pytest.warns(UserWarning, match="no row in"):
