@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     from muse_rec.reproduce.report import write_report
     from muse_rec.reproduce.results import load_metrics
     from muse_rec.reproduce.runner import (Execution, ReproduceError, check_manifest, check_overrides, check_prepared,
-                                           check_raw, execute, prepare_data)
+                                           check_raw, execute, prepare_data, vocab_warning)
     from muse_rec.spec import SpecError
 
     if "fusion" in [w.strip().lower() for w in args.what.split(",")]:
@@ -182,8 +182,12 @@ def _run(args: argparse.Namespace) -> int:
         prepared_hint = args.prepared or str(out / "data" / "prepared")
         plan = build_plan(what, seeds, lengths, REAL if real else SYNTHETIC, prepared=prepared_hint)
         check_overrides(out, prepared_hint, plan.runs, args.set)
+        vocab_note = None
         if args.prepared:  # before torch's import (seconds) and before OUT records it; --report-only too, which
-            check_prepared(args.prepared)  # else recorded a file or a typo as OUT's data and exited 0
+            # else recorded a file or a typo as OUT's data and exited 0
+            vocab_note = vocab_warning(args.prepared, check_prepared(args.prepared))
+            if vocab_note:
+                print(f"muse-rec reproduce: warning: {vocab_note}", file=sys.stderr)
         if args.raw and not (out / "data" / "prepared" / "meta.json").exists():  # --report-only too, as --prepared
             check_raw(args.raw)  # as --prepared: before OUT records it (a prepared OUT reads no raw)
         if args.device == "cuda" and not (args.dry_run or args.report_only):
@@ -221,6 +225,8 @@ def _run(args: argparse.Namespace) -> int:
                                                          extra_overrides=tuple(args.set)))
         metrics = load_metrics(out, plan)
         context = _context(out, source, synth_args, args, nproc, device, plan, log, time.perf_counter() - started)
+        if vocab_note:
+            context.insert(1, f"WARNING: {vocab_note}")
     except (ReproduceError, ValueError, OSError) as e:  # OSError: the OS refused to write under OUT
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2

@@ -243,14 +243,28 @@ def precompute_floors(out: Path, prepared: str, runs: Sequence[Run], extra: Sequ
             f"{_fmt_s(time.perf_counter() - start)} (cached in {cache})")
 
 
-def check_prepared(prepared: str) -> None:
-    """ReproduceError unless ``prepared`` opens as prepared data (meta.json and array headers)."""
+def check_prepared(prepared: str) -> str:
+    """ReproduceError unless ``prepared`` opens as prepared data (meta.json and array headers);
+    returns its item vocabulary mode (``meta.json``'s ``vocab_mode``: "full", "p90", or "?")."""
     from muse_rec.data.prepared import PreparedData, PreparedDataError
 
     try:
-        PreparedData(prepared)
+        data = PreparedData(prepared)
     except (PreparedDataError, FileNotFoundError) as e:
         raise ReproduceError(f"prepared data {prepared}: {e}") from None
+    mode = data.meta.get("vocab_mode")
+    return mode if isinstance(mode, str) else "?"
+
+
+def vocab_warning(prepared: str, mode: str) -> Optional[str]:
+    """The line said when real data given as ``--prepared`` was not prepared with ``--vocab p90``: the
+    real profile (specs/taobao_mm_p90) and the paper's columns are the reference's p90 item vocabulary,
+    and training sizes its tables from the data whatever the spec says, so nothing else tells."""
+    if mode == "p90":
+        return None
+    return (f"{prepared} was prepared with --vocab {mode}, not the reference's p90 (`muse-rec prepare RAW OUT "
+            "--vocab p90`): the runs train on another item vocabulary than the paper's, whose numbers the report "
+            "sets beside them")
 
 
 def check_raw(raw: str) -> None:

@@ -306,3 +306,21 @@ def test_the_reports_command_names_the_overrides_and_the_threshold(capsys, tmp_p
     capsys.readouterr()
     md = (tmp_path / "report.md").read_text()
     assert "--set train.max_steps=8" in md and "--min-z 3" in md
+
+
+def test_real_data_not_prepared_with_p90_is_warned(capsys, tiny_prepared: Path, tmp_path: Path):
+    """`reproduce --prepared` sets the runs beside the paper's numbers, made on the reference's p90 item
+    vocabulary; training sizes its tables from the data, so data prepared with `--vocab full` trained
+    the taobao_mm_p90 specs on another vocabulary and the report said only "profile taobao_mm_p90"."""
+    out = tmp_path / "out"
+    args = ["reproduce", str(out), "--prepared", str(tiny_prepared), "--what", "table5", "--seeds", "1", "--dry-run"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "--vocab full, not the reference's p90" in err, err
+    # The report says it too, beside the data line.
+    from muse_rec.reproduce.plan import REAL
+
+    write_fake_runs(out, build_plan(("table5",), seeds=1, profile=REAL, prepared=str(tiny_prepared)))
+    assert main(args[:-1] + ["--report-only"]) == 0
+    report = (out / "report.md").read_text()
+    assert "--vocab full, not the reference's p90" in report, report[:2000]
