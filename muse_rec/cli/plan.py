@@ -230,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
     if world_sizes:
         rows = what_if(model, setup, world_sizes, sharders)
         out["what_if"] = [
-            {"world_size": r.world_size, "fits": r.fits, "max_hbm_bytes": r.max_hbm_bytes,
+            {"world_size": r.world_size, "ranks_per_host": r.ranks_per_host, "fits": r.fits,
+             "max_hbm_bytes": r.max_hbm_bytes,
              "max_ddr_bytes": r.max_ddr_bytes, "reason": r.reason,
              "big_tables": [{"table": t, "sharding_type": s, "compute_kernel": k} for t, s, k in r.big_tables]}
             for r in rows

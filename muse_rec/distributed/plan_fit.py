@@ -129,7 +129,9 @@ class WhatIfRow:
     """One world size of the what-if table.
 
     ``big_tables``: (table, sharding type, kernel) of the largest tables; ``max_*_bytes``: the
-    most loaded rank's HBM / DDR including fused-optimizer state (0 when no plan).
+    most loaded rank's HBM / DDR including fused-optimizer state (0 when no plan);
+    ``ranks_per_host``: the hosts this row was planned on (`PlanSetup.local_world_size`: a world
+    size that ``--local-world-size`` does not divide gets hosts of fewer ranks; 0 = not said).
     """
 
     world_size: int
@@ -138,6 +140,7 @@ class WhatIfRow:
     max_hbm_bytes: int
     max_ddr_bytes: int
     reason: str
+    ranks_per_host: int = 0
 
 
 def what_if(module: nn.Module, setup: PlanSetup, world_sizes: Sequence[int],
@@ -153,18 +156,23 @@ def what_if(module: nn.Module, setup: PlanSetup, world_sizes: Sequence[int],
             big = tuple((t.summary.table, t.summary.sharding_type, t.summary.compute_kernel) for t in largest)
             hbm = max(r.hbm_bytes for r in a.report.ranks)
             ddr = max(r.ddr_bytes for r in a.report.ranks)
-        rows.append(WhatIfRow(ws, a.fits, big, hbm, ddr, a.reason))
+        rows.append(WhatIfRow(ws, a.fits, big, hbm, ddr, a.reason, setup.local_world_size(ws)))
     return rows
 
 
 def format_what_if(rows: Sequence[WhatIfRow]) -> str:
-    head = f"{'ranks':>5} {'fits':<4} {'max HBM/rank':>12} {'max DDR/rank':>12}  largest tables (sharding/kernel)"
+    head = (f"{'ranks':>5} {'hosts':>8} {'fits':<4} {'max HBM/rank':>12} {'max DDR/rank':>12}  "
+            "largest tables (sharding/kernel)")
     lines = [head, "-" * len(head)]
     for r in rows:
         tables = ", ".join(f"{t}: {s}/{k}" for t, s, k in r.big_tables) or r.reason
         if r.big_tables and not r.fits:
             tables += f"  [{r.reason}]"
-        lines.append(f"{r.world_size:>5} {'yes' if r.fits else 'NO':<4} {r.max_hbm_bytes / GiB:>12.2f} "
+        # The hosts a row was planned on: TorchRec keeps table_row_wise shards inside one host, so
+        # a row of hosts of 1 (11 ranks under --local-world-size 8) can hold more than its neighbours.
+        per = r.ranks_per_host
+        hosts = "?" if per <= 0 else ("1" if per >= r.world_size else f"{r.world_size // per}x{per}")
+        lines.append(f"{r.world_size:>5} {hosts:>8} {'yes' if r.fits else 'NO':<4} {r.max_hbm_bytes / GiB:>12.2f} "
                      f"{r.max_ddr_bytes / GiB:>12.2f}  {tables}")
     return "\n".join(lines)
 

@@ -519,6 +519,21 @@ def test_ranks_per_host_can_be_set_and_is_checked(capsys, monkeypatch):
         assert out.returncode == 2 and f"--local-world-size {local}: {said}" in out.stderr, out.stderr
 
 
+def test_each_what_if_row_says_the_hosts_it_was_planned_on(capsys, monkeypatch):
+    """Under --local-world-size 8 a what-if row of 11 ranks is planned on 11 hosts of 1 and one of 12
+    on 2 hosts of 6: TorchRec keeps table_row_wise shards inside a host, so 11 and 13 ranks held more
+    than 10 and 12 (a whole user table on one rank), and neither the text nor the JSON said why."""
+    out = _plan_inproc(capsys, monkeypatch, "--spec", FULL, "--world-size", "16", "--local-world-size", "8",
+                       "--what-if", "1,8,11,12,16", "--json", "-")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["what_if"]
+    assert [(r["world_size"], r["ranks_per_host"]) for r in rows] == [(1, 1), (8, 8), (11, 1), (12, 6), (16, 8)]
+    text = out.stderr[out.stderr.index("what if"):]
+    assert "hosts" in text.splitlines()[1]
+    said = {line.split()[0]: line.split()[1] for line in text.splitlines()[3:] if line.strip()}
+    assert said == {"1": "1", "8": "1", "11": "11x1", "12": "2x6", "16": "2x8"}, text
+
+
 @pytest.mark.parametrize("world_size", [4, 16])
 def test_the_item_table_is_spread_over_every_cpu_rank(world_size):
     # The planner costs a table by its ids per sample (`LifelongCTRModel.lookups_per_sample`).
