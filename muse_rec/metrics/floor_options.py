@@ -133,7 +133,7 @@ def floor_standing(gauc: float, best_name: str, best_gauc: float, floors: Dict[s
 
 
 def model_reads(model: Any) -> FrozenSet[str]:
-    """What a model (a `muse_rec.spec.ModelSpec`; not imported: this module stays light) reads of the floors' inputs (`FLOOR_READS`): SCL vectors when `ModelSpec.reads_scl`, the
-    long-term history when it has a GSU (its search reads the whole history window; without one, as DIN and
-    DIN-ref, only the newest behaviours)."""
+    """What a model (a `muse_rec.spec.ModelSpec`; not imported: this module stays light) reads of the floors'
+    inputs (`FLOOR_READS`): SCL vectors when `ModelSpec.reads_scl`, the long-term history when it has a GSU
+    (its search reads the whole history window; without one, as DIN and DIN-ref, only the newest behaviours)."""
     return frozenset(k for k, on in ((SCL, model.reads_scl), (LONG_HISTORY, model.gsu.kind != "none")) if on)
