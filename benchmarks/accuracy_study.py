@@ -275,10 +275,7 @@ def model_free_floors(prepared: str, out: Path) -> Optional[Dict[str, float]]:
 
     path = out / "floors.json"
     if path.exists():
-        try:
-            version = json.loads(path.read_text()).get("version")
-        except ValueError:
-            version = None
+        version = _floors_file_field(path, "version")
         if version != FLOORS_VERSION:  # the floors of older code: another set of floors, or other values
             print(f"[study] {path} holds floors of version {version}, this code's are version {FLOORS_VERSION}: "
                   "computing them again", flush=True)
@@ -292,6 +289,14 @@ def model_free_floors(prepared: str, out: Path) -> Optional[Dict[str, float]]:
             return None
     floors = json.loads(path.read_text())["floors"]
     return {k: float(v["gauc"]) for k, v in floors.items() if v.get("gauc") is not None}
+
+
+def _floors_file_field(path: Path, key: str) -> object:
+    """``key`` of the floors file ``path`` (`muse-rec baselines --out`), None when the file is not JSON."""
+    try:
+        return json.loads(path.read_text()).get(key)
+    except ValueError:
+        return None
 
 
 def _as_run_path(path: str) -> str:
@@ -308,10 +313,7 @@ def other_data(out: Path, prepared: str) -> Optional[str]:
     want = _as_run_path(prepared)
     floors = out / "floors.json"
     if floors.exists():
-        try:
-            had = json.loads(floors.read_text()).get("prepared")
-        except ValueError:
-            had = None
+        had = _floors_file_field(floors, "prepared")
         if had is not None and _as_run_path(str(had)) != want:
             return f"{floors}: the floors of {had}, not of --prepared {prepared}"
     import yaml

@@ -177,6 +177,17 @@ def _floors(best: float) -> Dict:
                                      "logloss": None}}
 
 
+def _report_of_runs(tmp_path, plan, gauc: Dict[str, float], floors: Dict) -> str:
+    """The report's Markdown over finished runs of ``plan`` (every seed at its configuration's ``gauc``) that
+    recorded ``floors``."""
+    for run in plan.runs:
+        m = {"method": run.config.id, "gauc": gauc[run.config.id], "auc": 0.6, "logloss": 0.4, "floors": floors}
+        d = tmp_path / "runs" / run.name
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(m))
+    return write_report(plan, load_metrics(tmp_path, plan), tmp_path).markdown
+
+
 def test_each_configuration_is_held_to_the_floors_of_its_own_sequence_length(tmp_path):
     """Runs compute their floors at their own data.seq_len (best 0.5453 at 50, 0.5742 at 200 on the tiny
     set). The report held every configuration to the first run's floors: with fig5 alone that was
@@ -209,13 +220,7 @@ def test_the_report_names_a_method_without_scl_vectors_apart_as_compare_does(tmp
     line and `compare` say which of them is above the best floor without SCL vectors (`floor_standing`)."""
     plan = build_plan(("table5",), seeds=2)
     gauc = {**GAUC, "din": 0.53, "twin": 0.51}  # DIN above popularity (0.52), TWIN below it
-    for run in plan.runs:
-        m = {"method": run.config.id, "gauc": gauc[run.config.id], "auc": 0.6, "logloss": 0.4,
-             "floors": _floors(0.56)}
-        d = tmp_path / "runs" / run.name
-        d.mkdir(parents=True)
-        (d / "metrics.json").write_text(json.dumps(m))
-    md = write_report(plan, load_metrics(tmp_path, plan), tmp_path).markdown
+    md = _report_of_runs(tmp_path, plan, gauc, _floors(0.56))
     section = md[md.index("## Model-free floors"):]
     section = section[:section.index("\n## ", 5)]
     below = section[section.index("**Below the best floor**"):section.index("Below the best floor (", 30)]
@@ -226,13 +231,7 @@ def test_the_report_names_a_method_without_scl_vectors_apart_as_compare_does(tmp
 
 def test_one_set_of_floors_is_one_table_and_the_paper_tables_show_it(tmp_path):
     plan = build_plan(("table5",), seeds=2)
-    for run in plan.runs:
-        m = {"method": run.config.id, "gauc": GAUC[run.config.id], "auc": 0.6, "logloss": 0.4,
-             "floors": _floors(0.545)}
-        d = tmp_path / "runs" / run.name
-        d.mkdir(parents=True)
-        (d / "metrics.json").write_text(json.dumps(m))
-    md = write_report(plan, load_metrics(tmp_path, plan), tmp_path).markdown
+    md = _report_of_runs(tmp_path, plan, GAUC, _floors(0.545))
     section = md[md.index("## Model-free floors"):]
     assert "###" not in section[:section.index("\n## ", 5)]
     assert "**Below the best floor** (mean of the top-50 SCL cosines, GAUC 0.5450): `sim_hard` (0.5400)" in section
