@@ -18,11 +18,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from muse_rec.cli.flags import input_file, input_path, nonempty_path
 from muse_rec.json_files import read_json_object, refuse_special_file
-from muse_rec.metrics.floor_options import FloorStanding, floor_standing, lacked, model_reads
+from muse_rec.metrics.floor_options import floor_standing, lacked, model_reads, sort_by_standing
 from muse_rec.metrics.seeds import Stats, pooled_std
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
@@ -487,11 +487,7 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
     standings = [(r, floor_standing(r["gauc"], name, best["gauc"], floors,
                                     None if r.get("reads") is None else frozenset(r["reads"])))
                  for r in model_rows if "gauc" in r]
-    doubted = [(r, s) for r, s in standings if s.below and not s.only_for_want]
-    blind: Dict[Tuple[FrozenSet[str], str], List[Tuple[Dict, FloorStanding]]] = {}
-    for r, s in standings:  # grouped by what they lack and the floor they are measured against instead
-        if s.only_for_want:
-            blind.setdefault((s.lacks, s.visible_best[0]), []).append((r, s))
+    doubted, blind = sort_by_standing(standings)
     if not doubted and not blind:
         return f"{head}; every method is above it"
     parts = []
@@ -507,13 +503,13 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
         parts.append(text)
     for (lacks, _), group in blind.items():
         seen_name, seen = group[0][1].visible_best
-        lack, them, s_ = lacked(lacks)
+        lack, them, carry = lacked(lacks)
         one = len(group) == 1
         parts.append(f"below it only for want of {lack}: {_listed([r for r, _ in group])}, "
                      f"{'which does not read' if one else 'which do not read'} {them} and "
                      f"{'is' if one else 'are'} above the best floor without {them}, "
                      f"{seen.get('description', seen_name)} GAUC {seen['gauc']:.4f}: {lack} "
-                     f"carr{'ie' if s_ else 'y'}{s_} signal {'it' if one else 'they'} cannot see")
+                     f"{carry} signal {'it' if one else 'they'} cannot see")
     return f"{head}; " + "; ".join(parts)
 
 

@@ -4,7 +4,7 @@ the scoring code's imports (seconds)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple, TypeVar
 
 # What each floor reads besides the target item, its category and the newest behaviours: "scl" (SCL vectors)
 # and "long_history" (the history beyond the newest ``recent`` behaviours, which only a model with a GSU
@@ -20,8 +20,6 @@ FLOOR_READS: Dict[str, FrozenSet[str]] = {
     "logistic_regression": frozenset({SCL, LONG_HISTORY}),
 }
 EVERYTHING: FrozenSet[str] = frozenset({SCL, LONG_HISTORY})
-# Floors that read no SCL vector.
-ID_FLOORS = tuple(name for name, reads in FLOOR_READS.items() if SCL not in reads)
 
 
 class FloorsError(ValueError):
@@ -86,11 +84,12 @@ def best_floor_within(floors: Dict[str, Dict], reads: FrozenSet[str]) -> Optiona
 
 
 def lacked(inputs: FrozenSet[str]) -> Tuple[str, str, str]:
-    """``(words, pronoun, verb ending)`` for what a model does not read: ("SCL vectors", "them", "") or
-    ("the long-term history", "it", "s"), or both ("SCL vectors and the long-term history", "them", "")."""
+    """``(words, pronoun, "carry" agreeing)`` for what a model does not read: ("SCL vectors", "them", "carry") or
+    ("the long-term history", "it", "carries"), or both ("SCL vectors and the long-term history", "them",
+    "carry")."""
     words = [w for key, w in ((SCL, "SCL vectors"), (LONG_HISTORY, "the long-term history")) if key in inputs]
     one = inputs == frozenset({LONG_HISTORY})
-    return " and ".join(words), "it" if one else "them", "s" if one else ""
+    return " and ".join(words), "it" if one else "them", "carries" if one else "carry"
 
 
 @dataclass(frozen=True)
@@ -120,8 +119,8 @@ def floor_standing(gauc: float, best_name: str, best_gauc: float, floors: Dict[s
     reproduce report's.
 
     ``best_name`` / ``best_gauc``: the best floor of ``floors`` (name -> description, gauc, ...);
-    ``reads``: what the model reads of `FLOOR_READS`'s inputs (`ModelSpec.floor_inputs`), None when unknown
-    (then it is held to the best floor)."""
+    ``reads``: what the model reads of `FLOOR_READS`'s inputs (`model_reads`), None when unknown (then it is
+    held to the best floor)."""
     below = gauc < best_gauc
     reads_known = frozenset() if reads is None else reads
     lacks = floor_reads(best_name) - reads_known
@@ -130,6 +129,27 @@ def floor_standing(gauc: float, best_name: str, best_gauc: float, floors: Dict[s
     visible = best_floor_within(floors, reads_known)
     only = reads is not None and visible is not None and gauc >= visible[1]["gauc"]
     return FloorStanding(below, lacks, visible, only)
+
+
+T = TypeVar("T")
+
+
+Standings = List[Tuple[T, FloorStanding]]
+
+
+def sort_by_standing(standings: Iterable[Tuple[T, FloorStanding]]
+                     ) -> Tuple[Standings, Dict[Tuple[FrozenSet[str], str], Standings]]:
+    """``(doubted, only_for_want)`` of ``(model, standing)`` pairs: those below the best floor whose training is
+    in doubt, and those below it only for want of what it reads, grouped by what they lack and the floor they
+    are measured against instead (one sentence per group in `compare`'s verdict and the reproduce report)."""
+    doubted: Standings = []
+    blind: Dict[Tuple[FrozenSet[str], str], Standings] = {}
+    for model, standing in standings:
+        if standing.only_for_want:
+            blind.setdefault((standing.lacks, standing.visible_best[0]), []).append((model, standing))
+        elif standing.below:
+            doubted.append((model, standing))
+    return doubted, blind
 
 
 def model_reads(model: Any) -> FrozenSet[str]:

@@ -291,12 +291,12 @@ def below_floor_message(gauc: float, floors: Dict, reads: FrozenSet[str] = EVERY
         return True, f"{sentence}: a score without training ranks this split better than the model; {advice}"
     seen_name, seen = standing.visible_best
     against = f"'{seen.get('description', seen_name)}' {seen['gauc']:.4f} ({gauc - seen['gauc']:+.4f})"
-    lack, them, s = lacked(standing.lacks)
+    lack, them, carry = lacked(standing.lacks)
     if not standing.only_for_want:
         return True, (f"{sentence}, and below the best floor without {lack} (this model does not read {them}), "
                       f"{against}: a score without training ranks this split better than the model; {advice}")
     return True, (f"{sentence}, which reads {lack}; this model does not, and it is above the best floor without "
-                  f"{them}, {against}: {lack} carr{'ie' if s else 'y'}{s} signal this model cannot see")
+                  f"{them}, {against}: {lack} {carry} signal this model cannot see")
 
 
 # ----------------------------------------------------------------------------------------------

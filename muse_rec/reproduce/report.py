@@ -16,7 +16,7 @@ from muse_rec.data.files import replace_texts
 from muse_rec.reproduce import plots
 from muse_rec.reproduce.claims import DEFAULT_MIN_Z, HOLDS, Verdict, compare_sentence, evaluate_claim
 from muse_rec.reproduce.paper import FIG5_CLAIM, FIG6_CLAIMS, PAPER_TABLES, PaperTable
-from muse_rec.metrics.floor_options import floor_standing, lacked, model_reads
+from muse_rec.metrics.floor_options import floor_standing, lacked, model_reads, sort_by_standing
 from muse_rec.reproduce.plan import Config, Plan
 from muse_rec.reproduce.results import GroupGain, RunMetrics, Stats, group_gains, metric_stats
 
@@ -131,27 +131,21 @@ def floors_section(floors: Dict[str, Dict], plan: Plan, metrics: RunMetrics) -> 
             md += [f"### The floors of {', '.join(f'`{c}`' for c in cfgs)}", ""]
         rows = [[f"`{k}`", f.get("description", k), _fmt(f.get("gauc")), _fmt(f.get("auc")), _fmt(f.get("logloss"))]
                 for k, f in own.items()]
-        doubted: List[str] = []
-        blind: Dict[tuple, List[str]] = {}  # (what they lack, the floor they are measured against) -> rows
-        for cfg in cfgs:
-            s = metric_stats(metrics, cfg)
-            if s.mean is None:
-                continue
-            standing = floor_standing(s.mean, name, best["gauc"], own, _reads(plan.configs[cfg]))
-            if standing.only_for_want:
-                blind.setdefault((standing.lacks, standing.visible_best[0]), []).append(f"`{cfg}` ({s.mean:.4f})")
-            elif standing.below:
-                doubted.append(f"`{cfg}` ({s.mean:.4f})")
+        means = {cfg: metric_stats(metrics, cfg).mean for cfg in cfgs}
+        doubted, blind = sort_by_standing(
+            (f"`{cfg}` ({mean:.4f})", floor_standing(mean, name, best["gauc"], own, _reads(plan.configs[cfg])))
+            for cfg, mean in means.items() if mean is not None)
         which = "Every configuration" if len(groups) == 1 else "Each of these"
         floor = f"{best.get('description', name)}, GAUC {best['gauc']:.4f}"
         verdict = []
         if doubted:
-            verdict.append(f"**Below the best floor** ({floor}): {', '.join(doubted)}. A score without training ranks "
-                           "better than these: check their learning rates and number of steps.")
-        for (lacks, seen_name), cfg_list in blind.items():
+            verdict.append(f"**Below the best floor** ({floor}): {', '.join(cfg for cfg, _ in doubted)}. A score "
+                           "without training ranks better than these: check their learning rates and number of steps.")
+        for (lacks, seen_name), group in blind.items():
             lack, them, _ = lacked(lacks)
             seen = own[seen_name]
-            verdict.append(f"Below the best floor ({floor}) only for want of {lack}: {', '.join(cfg_list)}: they do "
+            verdict.append(f"Below the best floor ({floor}) only for want of {lack}: "
+                           f"{', '.join(cfg for cfg, _ in group)}: they do "
                            f"not read {them}, and are above the best floor without {them} "
                            f"({seen.get('description', seen_name)}, GAUC {seen['gauc']:.4f}).")
         if not verdict:

@@ -15,7 +15,7 @@ from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData
 from muse_rec.data.synth import write_synthetic_release
 from muse_rec.data.synth_config import SynthConfig
-from muse_rec.metrics.floor_options import EVERYTHING, ID_FLOORS, LONG_HISTORY, SCL, floor_reads
+from muse_rec.metrics.floor_options import EVERYTHING, LONG_HISTORY, SCL, floor_reads
 from muse_rec.metrics.floors import (FLOORS_VERSION, FloorOptions, FloorsError, ItemCtr, below_floor_message, cached_floors,
                                      compute_floors, fit_logistic, lr_features, split_scores)
 from tests.conftest import REPO
@@ -834,7 +834,7 @@ def test_trained_run_records_its_floor_check(tiny, tmp_path):
     assert m["below_floor"] == (m["gauc"] < best["gauc"])
     words = "is below the model-free floor" if m["below_floor"] else "is above the best model-free floor"
     assert f"GAUC {m['gauc']:.4f} {words}" in log
-    if m["below_floor"] and best["name"] not in ID_FLOORS:  # DIN reads no SCL vectors: measured without them too
+    if m["below_floor"] and floor_reads(best["name"]):  # DIN reads neither: measured against the floor it can see
         assert "this model does not" in log, log
     # Same floors as `muse-rec baselines` at the run's seq_len, cached beside the run.
     want = compute_floors(PreparedData(str(tiny)), "test", FloorOptions(seq_len=60))
@@ -1166,10 +1166,11 @@ def test_the_category_floor_holds_a_model_with_a_gsu_not_one_that_reads_only_its
     """The category floor reads no SCL vector but the whole history window: TWIN (a GSU over the history, no SCL)
     below it is in doubt; DIN (the newest 50 behaviours only) below it but above popularity only lacks the
     long-term history. A DIN below it, though above popularity, was told "the SCL vectors carry signal this model
-    cannot see"; with the floor in `ID_FLOORS` alone it would have been told to check its learning rates."""
+    cannot see"; with the floor among those without SCL vectors alone it would have been told to check its
+    learning rates."""
     from muse_rec.cli.compare import floor_verdict
 
-    assert "category_share" in ID_FLOORS and floor_reads("category_share") == frozenset({LONG_HISTORY})
+    assert floor_reads("category_share") == frozenset({LONG_HISTORY})  # no SCL vector, the long-term history
     inner = {"popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.54},
              "category_share": {"description": "share of the history in the target's category", "gauc": 0.62},
              "mean_topk_similarity": {"description": "mean of the top-50 SCL cosines (GSU rule)", "gauc": 0.66}}
