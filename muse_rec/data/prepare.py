@@ -455,8 +455,9 @@ class _Prepare:
             # p90 is the SCL table's items plus the targets: no frequency is counted. The release's SCL
             # table is its p90 cut (~10% of behaviours fall outside); a table with a row for every item
             # (`synth --preset scale`, a user's own embeddings) makes "p90" the full vocabulary, silently.
-            warnings.warn(f"--vocab p90: every train behaviour item is in the vocabulary ({stats['vocab']['item'] - 1:,} "
-                          f"items): {self.raw['scl'].path} has a row for each, so this p90 vocabulary cuts nothing "
+            warnings.warn(f"--vocab p90: every train behaviour item is in the vocabulary "
+                          f"({stats['vocab']['item'] - 1:,} items): {self.raw['scl'].path} has a row for each, so this "
+                          "p90 vocabulary cuts nothing "
                           "(p90 = the SCL table's items + every target, as the release's p90 SCL table defines it; "
                           "no frequency is counted: docs/data.md)")
         return {
