@@ -988,7 +988,7 @@ def test_a_samples_top_k_mean_does_not_depend_on_its_chunk(tiny):
 def test_the_verdict_names_a_floor_without_a_description_by_its_key():
     """A hand-written floors file may give a floor no description: the verdict names the best floor by its key,
     and named the best floor without SCL vectors (added in the same change) by an empty string."""
-    from muse_rec.cli.compare import floor_verdict
+    from muse_rec.cli.compare_floors import floor_verdict
 
     floors = {"mean_topk_similarity": {"gauc": 0.70}, "popularity": {"gauc": 0.60}}
     text = floor_verdict([{"method": "DIN", "gauc": 0.65}], floors)
@@ -1032,7 +1032,7 @@ def test_a_run_line_and_the_compare_verdict_apply_one_rule(best_name, reads, gau
     """A run's floor line (`below_floor_message`) and `compare`'s verdict classify a model the same way: above the
     best floor, below it only for want of what it does not read, or below it (training in doubt). Both read
     `floor_options.floor_standing`; before, each had its own copy of the rule."""
-    from muse_rec.cli.compare import floor_verdict
+    from muse_rec.cli.compare_floors import floor_verdict
 
     best_gauc = {"cos_mean_history": 0.63, "category_share": 0.62, "popularity": 0.66}[best_name]
     inner = {"popularity": {"description": "pop", "gauc": 0.55 if best_name != "popularity" else best_gauc},
@@ -1168,7 +1168,7 @@ def test_the_category_floor_holds_a_model_with_a_gsu_not_one_that_reads_only_its
     long-term history. A DIN below it, though above popularity, was told "the SCL vectors carry signal this model
     cannot see"; with the floor among those without SCL vectors alone it would have been told to check its
     learning rates."""
-    from muse_rec.cli.compare import floor_verdict
+    from muse_rec.cli.compare_floors import floor_verdict
 
     assert floor_reads("category_share") == frozenset({LONG_HISTORY})  # no SCL vector, the long-term history
     inner = {"popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.54},

@@ -1,0 +1,176 @@
+"""The model-free floors `muse-rec compare` shows beside the runs, and its verdict on them.
+
+Floors come from ``--floors FILE`` (`load_floors`, checked to be of the split and data the runs scored),
+else from the runs' metrics.json (a run records them when ``train.check_floors`` is on), else they are
+computed for the runs' ``data.prepared`` (`floors_of_runs`). Runs of different data, split or seq_len get
+no floors rather than another data set's. The verdict names the methods below the best floor, and apart
+those below it only for want of an input the floor reads (`floor_options.floor_standing`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from muse_rec.cli.compare_runs import RunFiles, max_batches_scored, row_name, spec_doc
+from muse_rec.json_files import read_json_object
+from muse_rec.metrics.floor_options import floor_standing, lacked, sort_by_standing
+
+
+def _floor_setting(run: str, metrics: Dict, files_read: RunFiles) -> Tuple[Path, Tuple[str, str, int, str]]:
+    """(the file that says, (prepared data, eval split, seq_len, train split)): what a run's floors are of,
+    from its spec.yaml (`spec_doc`: as `load_runs` read it), or for an evaluation (no spec.yaml) from the
+    ``data`` its metrics.json records. FileNotFoundError where neither says; ValueError naming the file
+    where it does not say."""
+    where, doc = Path(run) / "spec.yaml", spec_doc(Path(run), files_read)
+    if doc is None and "data" in metrics:  # `muse-rec evaluate` records the data it scored
+        where, doc = Path(run) / "metrics.json", metrics
+    elif doc is None:
+        raise FileNotFoundError(f"{where} not found, so the runs' data is unknown (pass --floors FILE)")
+    try:
+        d = doc["data"]
+        return where, (str(d["prepared"]), str(d.get("eval_split", "test")), int(d.get("seq_len", 0)),
+                       str(d.get("train_split", "train")))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{where}: {type(e).__name__}: {e}") from None
+
+
+_OTHER_FLOORS = "so no one floor judges them all; compare runs of one data set, or pass --floors FILE"
+
+
+def floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str],
+                    files_read: RunFiles) -> Tuple[Optional[Dict], str]:
+    """``({name: {description, gauc, auc, logloss}}, where from)`` for the runs, or ``(None, why not)``."""
+    recorded = [r["floors"] for r in runs if r.get("floors")]
+    if recorded and any(f != recorded[0] for f in recorded):
+        # One run's floors would judge the others by another data set's: a run above its own floor was
+        # called BELOW the first run's. No verdict beats a wrong one; each run's log has its own.
+        return None, f"the runs recorded different floors (other data, split or seq_len), {_OTHER_FLOORS}"
+    if len(recorded) == len(runs):
+        return recorded[0], "recorded by the runs"
+    partial = next((p for p, r in zip(paths, runs) if r.get("max_batches")), None)
+    if partial is not None:  # floors are of the whole split
+        return None, f"{partial} scored only part of the split (--max-batches); the floors are of the whole split"
+    from muse_rec.data.prepared import PreparedData, PreparedDataError
+    from muse_rec.metrics.floors import FloorsError, floors_of_run, run_floors_cache
+
+    # A run recorded none (train.check_floors false, or an evaluation): the floors are computed, for every
+    # run's data at once; the first run's alone judged runs of other data, split or seq_len (the verdict then
+    # depended on the order the runs were given in).
+    settings: Dict[Path, Tuple[str, str, int, str]] = {}
+    for path, metrics in zip(paths, runs):
+        try:
+            where, setting = _floor_setting(path, metrics, files_read)
+        except FileNotFoundError as e:
+            return None, str(e)
+        except ValueError as e:
+            return None, f"cannot compute them, the data is not known: {e}"
+        settings[where] = setting
+    if len(set(settings.values())) > 1:
+        return None, (f"the runs are of different data, split or seq_len (their spec.yaml, or the data an evaluation "
+                      f"recorded), {_OTHER_FLOORS}")
+    where, (prepared, split, seq_len, train_split) = next(iter(settings.items()))
+    try:
+        result = floors_of_run(PreparedData(prepared), split, seq_len,
+                               cache or run_floors_cache(str(Path(paths[0]).resolve())), train_split)
+    except (PreparedDataError, FloorsError, FileNotFoundError, ValueError) as e:
+        return None, f"cannot compute them for {where}'s data: {type(e).__name__}: {e}"
+    return result["floors"], f"computed for {prepared} ({split})"
+
+
+def load_floors(path: str, paths: Sequence[str] = (), runs: Sequence[Dict] = ()) -> Dict:
+    """The ``floors`` of a `muse-rec baselines --out` file (or of a run's metrics.json), checked to be of
+    the split the runs ``runs`` (from ``paths``) scored: ValueError naming the file otherwise."""
+    from muse_rec.metrics.report import check_floors
+
+    f = Path(path)
+    if not f.exists():
+        raise FileNotFoundError(f"--floors {f}: no such file (write one with `muse-rec baselines PREPARED --out FILE`)")
+    # A directory, an unreadable or non-UTF-8 file: one line naming the flag (was a traceback / a bare codec error).
+    try:
+        doc = read_json_object(f)
+    except ValueError as e:  # "<file>: cannot read (...)" / "<file>: not valid JSON (...)"
+        raise ValueError(f"--floors {e}: not a floors file of `muse-rec baselines --out`") from None
+    if "floors" not in doc:
+        raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` (no 'floors' entry)")
+    _check_floors_split(f, doc, paths, runs)
+    try:
+        return check_floors(doc["floors"], f"--floors {f}")
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` ({type(e).__name__}: {e})")
+
+
+def _check_floors_split(f: Path, doc: Dict, paths: Sequence[str], runs: Sequence[Dict]) -> None:
+    """Floors judge only the split they were computed on: ValueError naming the first run that scored
+    another split, or, scoring the whole split, another number of samples (other prepared data), whose
+    verdict they would decide. Keys a file lacks (another writer's) are not compared."""
+    split, samples = doc.get("split", doc.get("eval_split")), doc.get("samples")
+    for p, r in zip(paths, runs):
+        other_split = split is not None and r.get("eval_split") is not None and r["eval_split"] != split
+        whole = max_batches_scored(r, Path(p) / "metrics.json") == 0  # a partial evaluation scores fewer by design
+        other_count = (whole and isinstance(samples, int) and isinstance(r.get("samples"), int)
+                       and r["samples"] != samples)
+        if other_split or other_count:
+            where = f" of {doc['prepared']}" if isinstance(doc.get("prepared"), str) else ""
+            count = f" ({samples:,} samples)" if isinstance(samples, int) else ""
+            scored = f"{r['samples']:,} samples" if isinstance(r.get("samples"), int) else "samples"
+            raise ValueError(f"--floors {f}: floors of split {split!r}{where}{count}, but {p} scored {scored} of "
+                             f"split {r.get('eval_split')!r}: they would judge it by "
+                             "other data; pass the floors of the runs' data (`muse-rec baselines PREPARED --out FILE`) "
+                             "or leave --floors out")
+
+
+def floor_rows(floors: Dict, base: Optional[Dict]) -> List[Dict]:
+    """One table row per floor, marked ``floor:``; margin vs the baseline method like the models."""
+    rows = []
+    for name, f in floors.items():
+        row = {"method": f"floor: {f.get('description', name)}", "gauc": f.get("gauc"), "auc": f.get("auc"),
+               "logloss": f.get("logloss")}
+        if base is not None and "gauc" in base and f.get("gauc") is not None:
+            row["gauc_vs_" + base["method"]] = f["gauc"] - base["gauc"]
+        rows.append(row)
+    return rows
+
+
+def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
+    """Which methods are below the best floor (by mean GAUC over seeds). A row whose model is known not to read
+    what that floor reads (``reads``, from its runs' spec.yaml: SCL vectors, the long-term history) and is at or
+    above the best floor it can see is named apart: its training is not in doubt (`floor_options.floor_standing`,
+    the rule of a run's own line, `muse_rec.metrics.floors.below_floor_message`)."""
+    measured = [k for k in floors if floors[k].get("gauc") is not None]
+    if not measured:
+        return "model-free floors: none has a GAUC"
+    name = max(measured, key=lambda k: floors[k]["gauc"])
+    best = floors[name]
+    head = f"best model-free floor: {best.get('description', name)} GAUC {best['gauc']:.4f}"
+    standings = [(r, floor_standing(r["gauc"], name, best["gauc"], floors,
+                                    None if r.get("reads") is None else frozenset(r["reads"])))
+                 for r in model_rows if "gauc" in r]
+    doubted, blind = sort_by_standing(standings)
+    if not doubted and not blind:
+        return f"{head}; every method is above it"
+    parts = []
+    if doubted:
+        text = (f"BELOW it: {_listed([r for r, _ in doubted])} - check the learning rates, the number of steps "
+                "and the data")
+        hint = next((s for _, s in doubted if s.visible_best is not None), None)
+        if hint is not None:  # DIN below a floor of SCL cosines may only lack the vectors, not training
+            seen_name, seen = hint.visible_best
+            lack, them, _ = lacked(hint.lacks)
+            text += (f" (a model that does not read {lack}, as DIN, cannot see what that floor reads: the best "
+                     f"floor without {them} is {seen.get('description', seen_name)} GAUC {seen['gauc']:.4f})")
+        parts.append(text)
+    for (lacks, _), group in blind.items():
+        seen_name, seen = group[0][1].visible_best
+        lack, them, carry = lacked(lacks)
+        one = len(group) == 1
+        parts.append(f"below it only for want of {lack}: {_listed([r for r, _ in group])}, "
+                     f"{'which does not read' if one else 'which do not read'} {them} and "
+                     f"{'is' if one else 'are'} above the best floor without {them}, "
+                     f"{seen.get('description', seen_name)} GAUC {seen['gauc']:.4f}: {lack} "
+                     f"{carry} signal {'it' if one else 'they'} cannot see")
+    return f"{head}; " + "; ".join(parts)
+
+
+def _listed(rows: List[Dict]) -> str:
+    """``"DIN (0.6100), MUSE (0.6000)"``: the rows' names with their mean GAUC."""
+    return ", ".join(f"{row_name(r)} ({r['gauc']:.4f})" for r in rows)
