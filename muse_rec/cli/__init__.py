@@ -7,6 +7,7 @@ command runs, so `muse-rec info` stays fast and works even when a heavy dependen
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
 import os
@@ -195,14 +196,21 @@ def _one_line_warning(command: str):
 
 
 def _help_line(name: str) -> str:
-    """The HELP line of a command module, read from its source without importing it."""
+    """The HELP line of a command module, read from its source without importing it.
+
+    The assignment is parsed, not cut out of its first line: a HELP written over several
+    lines (a parenthesised concatenation) is one string, shown whole.
+    """
     spec = importlib.util.find_spec(f"muse_rec.cli.{name}")
     try:
-        for line in open(spec.origin, encoding="utf-8"):  # type: ignore[union-attr]
-            if line.startswith("HELP = "):
-                return line[len("HELP = ") :].strip().strip("\"'")
-    except OSError:
-        pass
+        with open(spec.origin, encoding="utf-8") as f:  # type: ignore[union-attr]
+            tree = ast.parse(f.read(), filename=spec.origin)  # type: ignore[union-attr]
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "HELP" for t in node.targets)
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            return node.value.value
     return ""
 
 
