@@ -42,6 +42,7 @@ from muse_rec.distributed.planner import (
     GiB,
     TableSummary,
     embedding_tables,
+    format_ranks,
     hosts_phrase,
     make_constraints,
     plan_summary,
@@ -364,9 +365,4 @@ def format_report(report: PlanReport) -> str:
     return "\n".join(lines)
 
 
-def _ranks(ranks: Sequence[int]) -> str:
-    """``0-7`` for a contiguous run, else a comma list."""
-    rs = sorted(ranks)
-    if len(rs) > 2 and rs == list(range(rs[0], rs[-1] + 1)):
-        return f"{rs[0]}-{rs[-1]}"
-    return ",".join(map(str, rs))
+_ranks = format_ranks  # one spelling of a table's ranks in the CLI report and in `format_summary`

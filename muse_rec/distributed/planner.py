@@ -373,19 +373,29 @@ def plan_summary(
     return out
 
 
+def format_ranks(ranks: Sequence[int]) -> str:
+    """``0-7`` for a contiguous run of more than two ranks, else a comma list (``0,2``)."""
+    rs = sorted(ranks)
+    if len(rs) > 2 and rs == list(range(rs[0], rs[-1] + 1)):
+        return f"{rs[0]}-{rs[-1]}"
+    return ",".join(map(str, rs))
+
+
 def format_summary(rows: Sequence[TableSummary]) -> str:
-    """A fixed-width text table of `plan_summary` output, with a per-rank total line."""
+    """A fixed-width text table of `plan_summary` output, with a per-rank total line.
+
+    The ranks column is never cut: a table's ranks are written whole (``0-7``), widening the row
+    where a scattered list is longer than the column."""
     head = f"{'table':<12} {'rows':>12} {'dim':>4} {'dtype':>5} {'sharding':<12} {'kernel':<18} {'ranks':<12} {'GiB':>8}"
     lines = [head, "-" * len(head)]
     totals: Dict[int, int] = {}
     for r in rows:
         for rank, b in r.bytes_per_rank.items():
             totals[rank] = totals.get(rank, 0) + b
-        ranks = ",".join(map(str, r.ranks))
         gib = sum(r.bytes_per_rank.values()) / GiB
         lines.append(
             f"{r.table:<12} {r.rows:>12} {r.dim:>4} {r.dtype:>5} {r.sharding_type:<12} "
-            f"{r.compute_kernel:<18} {ranks[:12]:<12} {gib:>8.3f}"
+            f"{r.compute_kernel:<18} {format_ranks(r.ranks):<12} {gib:>8.3f}"
         )
     lines.append("per rank GiB: " + ", ".join(f"{k}: {v / GiB:.3f}" for k, v in sorted(totals.items())))
     return "\n".join(lines)

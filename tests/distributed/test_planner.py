@@ -28,8 +28,18 @@ def test_fake_8_gpu_plan_on_meta_row_wise_scl() -> None:
     # Row-wise Adagrad keeps one fp32 per row.
     assert rows["item"].optimizer_bytes == 35_400_000 * 4
     assert sum(scl.bytes_per_rank.values()) == scl.weight_bytes
-    assert "scl" in format_summary(list(rows.values()))
+    text = format_summary(list(rows.values()))
+    scl_line = next(ln for ln in text.splitlines() if ln.startswith("scl "))
+    # every rank holding the table is named (the column once cut "0,1,...,7" to "0,1,2,3,4,5,")
+    assert " 0-7 " in scl_line, scl_line
     assert arch.scl.collection.embeddings["scl"].weight.is_meta  # planning allocated nothing
+
+
+def test_format_ranks_spells_runs_and_lists() -> None:
+    from muse_rec.distributed.planner import format_ranks
+
+    assert format_ranks(range(16)) == "0-15" and format_ranks([3, 1]) == "1,3"
+    assert format_ranks([0, 2, 4, 6, 8, 10, 12, 14]) == "0,2,4,6,8,10,12,14"  # whole, not cut to a column
 
 
 def test_constraints_refuse_data_parallel_and_unknown_tables() -> None:
