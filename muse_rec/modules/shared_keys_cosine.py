@@ -49,6 +49,20 @@ _BF16_U: float = 2.0 ** -8  # bf16 unit roundoff (8 significant bits)
 # whose GEMM is training's: re-scored in another order, near-ties at the K-th place kept other
 # behaviours than the evaluation did (a trained SIM-soft served up to 1e-3 from its evaluation).
 INT8_VALUED_DTYPES = (torch.int8, torch.float16)
+_INT8 = torch.iinfo(torch.int8)
+
+
+def int8_valued(x: torch.Tensor) -> bool:
+    """Whether every value of ``x`` is an int8 value: its dtype stores them (`INT8_VALUED_DTYPES`), or
+    it is a float tensor of integers in int8's range. The SCL table's lookups return the int8 values
+    as fp32 (TorchRec's output dtype), so the dtype alone sent MUSE's serving queries, ``[B, 128]``,
+    to the static path, ~10x slower at L = 100K; the check reads B x D values, not the history.
+    Eager tensors only (data-dependent)."""
+    if x.dtype in INT8_VALUED_DTYPES:
+        return True
+    if not x.is_floating_point():
+        return False
+    return bool(((x == torch.round(x)) & (x >= _INT8.min) & (x <= _INT8.max)).all())
 
 
 def approx_cosine_bound(dim: int) -> float:
@@ -93,13 +107,16 @@ def shared_keys_cosine_topk(
         ``values [B, k]`` cosine selection scores (see `cosine_selection_scores`),
         descending, and ``indices [B, k]`` int64, ``k = min(K, L)``.
 
-    Eager on the CPU with the native running top-K, for int8 values (`INT8_VALUED_DTYPES`): the
+    Eager on the CPU with the native running top-K, for int8 values (keys of `INT8_VALUED_DTYPES`,
+    a query of int8 values in any float dtype, `int8_valued`): the
     certified bf16 shortlist (module docstring); float embeddings (SIM-soft's ID tokens), while
     tracing (``torch.export`` of the serving program) or elsewhere: `static_shared_keys_cosine_topk`,
     static shapes only.
     """
-    if (query.dtype in INT8_VALUED_DTYPES and keys.dtype in INT8_VALUED_DTYPES and eager_cpu(query)
-            and eager_cpu(keys) and keys.shape[0] > 0 and native_library() is not None):
+    # Keys by dtype (the Ranker's cached history is int8; reading L x D values would cost a pass over
+    # the history), the query by value (checked last: only eager tensors can be read).
+    if (keys.dtype in INT8_VALUED_DTYPES and eager_cpu(query) and eager_cpu(keys) and keys.shape[0] > 0
+            and native_library() is not None and int8_valued(query)):
         return certified_shared_keys_cosine_topk(query, keys, mask, top_k, chunk_rows)
     return static_shared_keys_cosine_topk(query, keys, mask, top_k, chunk_rows)
 

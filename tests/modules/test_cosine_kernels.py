@@ -290,3 +290,29 @@ def test_float_embeddings_are_served_with_the_training_paths_cosines(L):
     got = SK.shared_keys_cosine_topk(query, keys[0], mask[0], 50)
     torch.testing.assert_close(got[0], want[0], atol=0, rtol=0)
     torch.testing.assert_close(got[1], want[1], atol=0, rtol=0)
+
+
+@needs_native
+def test_int8_values_looked_up_as_fp32_take_the_certified_path(monkeypatch):
+    """The SCL table's lookups return its int8 values as fp32 (MUSE's serving queries), while the
+    Ranker's cached history is int8: the serving shape must take the certified bf16 path for them
+    (judged by the query's values, not its dtype; ~10x faster than the static path at L = 100K), with
+    the same picks; a query of other floats stays on the static path."""
+    taken = []
+    certified = SK.certified_shared_keys_cosine_topk
+    monkeypatch.setattr(SK, "certified_shared_keys_cosine_topk",
+                        lambda *a, **k: taken.append(True) or certified(*a, **k))
+    gen = torch.Generator().manual_seed(11)
+    B, L, K = 40, 1000, 50
+    keys = int8_scl(L, gen=gen)
+    mask = torch.arange(L) >= L // 10
+    query = int8_scl(B, gen=gen).to(torch.float32)
+    vals, idx = SK.shared_keys_cosine_topk(query, keys, mask, K)
+    assert taken == [True]
+    assert_same_topk(vals, idx, reference_cosine_topk(query, keys.unsqueeze(0), mask.unsqueeze(0), K), K)
+    SK.shared_keys_cosine_topk(query + 0.5, keys, mask, K)
+    beyond = query.clone()
+    beyond[0, 0] = torch.iinfo(torch.int8).max + 1  # integers, but one outside int8's range
+    SK.shared_keys_cosine_topk(beyond, keys, mask, K)
+    assert taken == [True]
+    assert SK.int8_valued(query) and not SK.int8_valued(query + 0.5) and not SK.int8_valued(beyond)
