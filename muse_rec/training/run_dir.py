@@ -299,4 +299,6 @@ def given_back_on_error(lock: Optional[RunDirLock]) -> Iterator[None]:
             lock.abandon()
         raise
     if lock is not None and lock.moved_to is not None:
-        print(f"muse-rec: --overwrite: moved the previous run in {lock.directory} to {lock.moved_to}", file=sys.stderr)
+        # only `train` takes --overwrite; its line names the command as every other muse-rec line does
+        print(f"muse-rec train: --overwrite: moved the previous run in {lock.directory} to {lock.moved_to}",
+              file=sys.stderr)

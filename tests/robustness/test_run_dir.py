@@ -62,6 +62,8 @@ def test_overwrite_moves_the_old_run_aside_whole(trained, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     moved = [p for p in runs.iterdir() if p.name.startswith("din.old-")]
     assert len(moved) == 1 and str(moved[0]) in out.stderr
+    # the line names its command, as every other line of muse-rec does
+    assert f"muse-rec train: --overwrite: moved the previous run in {runs / 'din'} to {moved[0]}" in out.stderr
     after_old = snapshot(moved[0])
     assert after_old == before
     new_run_id = json.loads((runs / "din" / "run.json").read_text())["run_id"]
