@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             args.floors_cache = check_output_path(args.floors_cache, "--floors-cache", replaces=is_cache_file)
         baseline = baseline_method(runs, args.baseline)
         floors, source = (None, "--no-floors") if args.no_floors else (
-            (load_floors(args.floors, args.runs, runs), args.floors) if args.floors else
+            (load_floors(args.floors, args.runs, runs, files_read), args.floors) if args.floors else
             floors_of_runs(args.runs, runs, args.floors_cache, files_read))
     except (FileNotFoundError, ValueError) as e:  # OutputPathError is a ValueError
         print(f"muse-rec compare: {e}", file=sys.stderr)

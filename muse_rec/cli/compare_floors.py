@@ -77,9 +77,12 @@ def floors_of_runs(paths: List[str], runs: List[Dict], cache: Optional[str],
     return result["floors"], f"computed for {prepared} ({split})"
 
 
-def load_floors(path: str, paths: Sequence[str] = (), runs: Sequence[Dict] = ()) -> Dict:
+def load_floors(path: str, paths: Sequence[str] = (), runs: Sequence[Dict] = (),
+                files_read: Optional[RunFiles] = None) -> Dict:
     """The ``floors`` of a `muse-rec baselines --out` file (or of a run's metrics.json), checked to be of
-    the split the runs ``runs`` (from ``paths``) scored: ValueError naming the file otherwise."""
+    the split the runs ``runs`` (from ``paths``) scored, and of their history window and fit split where the
+    file says (`_check_floors_window`): ValueError naming the file otherwise. ``files_read``: the runs'
+    files as `load_runs` read them."""
     from muse_rec.metrics.report import check_floors
 
     f = Path(path)
@@ -93,6 +96,7 @@ def load_floors(path: str, paths: Sequence[str] = (), runs: Sequence[Dict] = ())
     if "floors" not in doc:
         raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` (no 'floors' entry)")
     _check_floors_split(f, doc, paths, runs)
+    _check_floors_window(f, doc, paths, runs, {} if files_read is None else files_read)
     try:
         return check_floors(doc["floors"], f"--floors {f}")
     except (KeyError, TypeError, AttributeError) as e:
@@ -117,6 +121,60 @@ def _check_floors_split(f: Path, doc: Dict, paths: Sequence[str], runs: Sequence
                              f"split {r.get('eval_split')!r}: they would judge it by "
                              "other data; pass the floors of the runs' data (`muse-rec baselines PREPARED --out FILE`) "
                              "or leave --floors out")
+
+
+def _check_floors_window(f: Path, doc: Dict, paths: Sequence[str], runs: Sequence[Dict],
+                         files_read: RunFiles) -> None:
+    """Floors judge only runs whose floors they are: a run's own are of its history window (``data.seq_len``,
+    the newest behaviours its model reads) and fitted on its train split (`floors_of_run`). ValueError naming
+    the first run whose floors another window or fit split would give: floors of the whole history judged a
+    run of the newest 50 by signal it never sees. Two windows give the same floors when both hold every
+    history of the scored split (a file of ``--seq-len 0`` beside runs of seq_len 1000 on histories of at
+    most 1000), read from the run's prepared data; where that cannot be read the windows count as different.
+    Runs whose data is unknown (no spec.yaml) and keys a file lacks (another writer's) are not compared."""
+    options = doc.get("options")
+    window = options.get("seq_len") if isinstance(options, dict) else None
+    fitted_on = doc.get("train_split")
+    longest: Dict[Tuple[str, str], Optional[int]] = {}  # (prepared, split) -> its longest history, None: unknown
+    for p, r in zip(paths, runs):
+        try:
+            _, (prepared, split, seq_len, train_split) = _floor_setting(p, r, files_read)
+        except (FileNotFoundError, ValueError):
+            continue
+        if isinstance(fitted_on, str) and fitted_on != train_split:
+            raise ValueError(f"--floors {f}: floors fitted on split {fitted_on!r}, but {p} trained on "
+                             f"{train_split!r}: its own floors are fitted there; pass them (`muse-rec baselines "
+                             f"PREPARED --train-split {train_split} --out FILE`) or leave --floors out")
+        if isinstance(window, bool) or not isinstance(window, int) or window == seq_len:
+            continue
+        if (prepared, split) not in longest:
+            longest[(prepared, split)] = _longest_history(prepared, split)
+        most = longest[(prepared, split)]
+        if most is not None and all(w == 0 or w >= most for w in (window, seq_len)):
+            continue  # both windows hold every history: the same floors
+        def shown(w: int) -> str:
+            return "the whole history" if w == 0 else f"the newest {w:,} behaviours"
+
+        known = "" if most is not None else f" (and {prepared} cannot be read to tell whether every history fits both)"
+        raise ValueError(f"--floors {f}: floors of {shown(window)}, but {p} reads {shown(seq_len)} (data.seq_len "
+                         f"{seq_len}){known}: they would judge it by what its model does not see; pass floors of its "
+                         f"window (`muse-rec baselines PREPARED --seq-len {seq_len} --out FILE`) or leave --floors out")
+
+
+def _longest_history(prepared: str, split: str) -> Optional[int]:
+    """The longest behaviour history of ``split``'s user rows in prepared data ``prepared`` (0 without any),
+    or None where the data or its offsets cannot be read."""
+    import numpy as np
+
+    from muse_rec.data.prepared import PreparedData, PreparedDataError
+
+    try:
+        data = PreparedData(prepared)
+        data.require_split(split)
+        offsets = data.array(f"{split}/seq_offsets.npy")
+        return int(np.diff(offsets).max()) if len(offsets) > 1 else 0
+    except (PreparedDataError, OSError, ValueError, KeyError):
+        return None
 
 
 def floor_rows(floors: Dict, base: Optional[Dict]) -> List[Dict]:

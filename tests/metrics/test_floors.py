@@ -778,6 +778,40 @@ def test_compare_refuses_floors_of_another_split_or_data_set(tmp_path, capsys):
                            "out\n"), out.err
 
 
+def test_compare_refuses_floors_of_another_history_window_or_fit_split(tiny, tmp_path, capsys):
+    """`compare RUN --floors F` with F of the whole history (`baselines --seq-len 0`, the default) beside a run
+    of data.seq_len 60 judged it by behaviours its model never reads, exit 0. Windows that both hold every
+    history of the split (0 and one at least the longest) give the same floors and are accepted; a window that
+    cannot be told apart (the run's data unreadable) and floors fitted on another split are refused."""
+    longest = int(np.diff(np.load(tiny / "test" / "seq_offsets.npy")).max())
+    assert 60 < longest  # the tiny release's histories are longer than the short window
+    f = tmp_path / "floors.json"
+
+    def compare(window: int, seq_len: int, prepared: Path = tiny, fitted_on: str = "train") -> str:
+        f.write_text(json.dumps({"split": "test", "train_split": fitted_on, "options": {"seq_len": window},
+                                 "floors": FAKE_FLOORS}))
+        run = tmp_path / f"run-{window}-{seq_len}-{prepared.name}-{fitted_on}"
+        _fake_run(run, "MUSE", 0.66, spec_data={"prepared": str(prepared), "eval_split": "test",
+                                                 "train_split": "train", "seq_len": seq_len})
+        code = cli_main(["compare", str(run), "--floors", str(f)])
+        out = capsys.readouterr()
+        assert code == (0 if not out.err else 2) and "Traceback" not in out.err, out
+        return out.err
+
+    for window, seq_len in ((0, longest), (0, 1000), (longest, 1000), (60, 60)):  # the same floors
+        assert compare(window, seq_len) == "", (window, seq_len)
+    run = tmp_path / "run-0-60-prepared-train"
+    assert compare(0, 60) == (f"muse-rec compare: --floors {f}: floors of the whole history, but {run} reads the newest "
+                              "60 behaviours (data.seq_len 60): they would judge it by what its model does not see; "
+                              "pass floors of its window (`muse-rec baselines PREPARED --seq-len 60 --out FILE`) or "
+                              "leave --floors out\n")
+    assert "floors of the newest 60 behaviours, but" in compare(60, 1000)
+    assert f"floors of the newest {longest - 1:,} behaviours, but" in compare(longest - 1, 0)
+    gone = tmp_path / "moved"
+    assert f"(and {gone} cannot be read to tell whether every history fits both)" in compare(0, 1000, gone)
+    assert "floors fitted on split 'test', but" in compare(0, 1000, fitted_on="test")
+
+
 def test_compare_names_a_run_directory_that_does_not_exist(tmp_path, capsys):
     """`compare runs/demo/muse-sed1` (a typo) asked whether the run had finished and advised `muse-rec
     train --resume`: there is no run there to finish. Now it says the directory does not exist; a run
