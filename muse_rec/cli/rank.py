@@ -72,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_known_warnings()
     try:
+        if args.split is not None:  # named by its flag (the Ranker names its argument), before the model loads
+            from muse_rec.data.prepared import PreparedData
+
+            PreparedData(spec.data.prepared).require_split(args.split, "--split")
         if args.exported:
             ranker = Ranker.from_exported(spec, args.exported, seq_len=args.seq_len, split=args.split,
                                           allow_data_mismatch=args.allow_data_mismatch,

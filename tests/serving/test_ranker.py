@@ -210,6 +210,14 @@ def test_rank_cli_bad_request(trained_run, tmp_path, payload, match):
     assert match in proc.stderr
 
 
+def test_rank_cli_names_an_unknown_split_by_its_flag(trained_run, tmp_path):
+    """`rank --split nosuch` said "split = 'nosuch': ... has no such split", the Ranker's argument, not the flag
+    the user typed."""
+    proc = _rank_cli(trained_run, tmp_path, '{"user": 1, "candidates": [2]}', "--split", "nosuch")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith("muse-rec rank: --split = 'nosuch': ") and "has no such split" in proc.stderr, proc.stderr
+
+
 def test_float_scorer_contexts_have_the_serving_length():
     """Training pads every history to data.seq_len; the float Ranker padded a user's to its own length,
     where the gated fusion GSU's per-history standardisation rounded otherwise and kept other behaviours
