@@ -337,7 +337,7 @@ def format_report(report: PlanReport) -> str:
         s = t.summary
         lines.append(
             f"{s.table:<10} {s.rows:>11} {s.dim:>4} {s.dtype:>5} {s.sharding_type:<17} {s.compute_kernel:<17} "
-            f"{_ranks(s.ranks):<9} {g(s.weight_bytes):>9} {g(s.optimizer_bytes):>9} {t.state_memory:>8}"
+            f"{format_ranks(s.ranks):<9} {g(s.weight_bytes):>9} {g(s.optimizer_bytes):>9} {t.state_memory:>8}"
         )
     rhead = (f"{'rank':>4} {'weights':>9} {'opt.state':>9} {'HBM':>9} {'HBM usable':>10} "
              f"{'DDR':>9} {'DDR usable':>10}  fits")
@@ -364,5 +364,3 @@ def format_report(report: PlanReport) -> str:
     lines.append("verdict: fits" if report.fits else "verdict: DOES NOT FIT (" + "; ".join(report.overflow()) + ")")
     return "\n".join(lines)
 
-
-_ranks = format_ranks  # one spelling of a table's ranks in the CLI report and in `format_summary`
