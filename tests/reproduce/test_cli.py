@@ -23,6 +23,17 @@ def test_dry_run_prints_the_quick_plan(capsys, tmp_path: Path):
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
+def test_a_dry_run_of_one_experiment_lists_only_its_cells_and_configurations(capsys, tmp_path: Path):
+    """`--what table5 --dry-run` listed all 22 cells and 17 configurations of every experiment beside the 18 runs
+    of its 6: the plan read as if it trained the ablations too."""
+    assert main(["reproduce", str(tmp_path / "out"), "--what", "table5", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    methods = ["din", "sim_hard", "sim_soft", "twin", "miss", "muse"]
+    assert list(plan["cells"]) == [f"table5/{m}" for m in ("DIN", "SIM-hard", "SIM-soft", "TWIN", "MISS", "MUSE")]
+    assert list(plan["cells"].values()) == methods and list(plan["configs"]) == methods
+    assert plan["runs"] == [f"{m}-s{s}" for m in methods for s in range(3)]
+
+
 def test_a_dry_run_refuses_what_the_real_command_would(capsys, tmp_path: Path):
     # An OUT started at --quick: the default size is another synthetic release. The dry run printed a plan
     # and exited 0 where the real command exits 2 ("started with other settings").
