@@ -414,7 +414,9 @@ def load_checkpoint(
             if not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.dim() == 1):
                 raise TypeError(f"expected a 1-D uint8 tensor, got {type(state).__name__}")
             torch.set_rng_state(state)
-        except (RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as e:
+        # Bytes that are no pickle at all make torch's weights-only unpickler fail inside itself: a missing memo
+        # entry (KeyError), an empty stack (IndexError) or a short file (EOFError), besides UnpicklingError.
+        except (RuntimeError, TypeError, ValueError, LookupError, *_UNREADABLE) as e:
             bad_rng = f"{rng}: not a torch RNG state ({_one_line(e)})"
     # Each rank reads only its own rng-<rank>.pt: one rank's damaged file raised on that rank alone, while
     # the others rewrote the run record for the resume and trained into a collective it never joined.
