@@ -121,10 +121,10 @@ def _shown(value: Any) -> str:
 
 
 # What a spec nested past PyYAML's (recursive) parser is told; no spec key nests more than 4 deep.
-_TOO_DEEP = "nested too deeply to parse"
+TOO_DEEP = "nested too deeply to parse"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
@@ -159,11 +159,11 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...], files: List[Tuple[Pat
     if path.resolve() in seen:
         raise SpecError(f"{path}: 'extends' cycle: " + " -> ".join(str(p) for p in seen + (path,)))
     try:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     except RecursionError:  # PyYAML composes nested nodes recursively: ~500 levels of [[[...]]] was a traceback
-        raise SpecError(f"{path}: not valid YAML: {_TOO_DEEP}") from None
+        raise SpecError(f"{path}: not valid YAML: {TOO_DEEP}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{where}: cannot read ({e})") from None
     # A scalar YAML's constructors cannot convert: an integer past Python's 4,300-digit bound, a date 2026-13-01.
@@ -213,7 +213,7 @@ def _apply_override(raw: Dict[str, Any], override: str, source: str) -> None:
     except yaml.YAMLError as e:
         raise SpecError(f"override {override!r}: value is not valid YAML ({e.problem})") from None
     except RecursionError:
-        raise SpecError(f"override {override!r}: value is not valid YAML ({_TOO_DEEP})") from None
+        raise SpecError(f"override {override!r}: value is not valid YAML ({TOO_DEEP})") from None
     except ValueError as e:  # as in a spec file: an integer of too many digits, an impossible date
         raise SpecError(f"override {override!r}: value is not valid YAML ({' '.join(str(e).split())})") from None
     old = node.get(parts[-1])

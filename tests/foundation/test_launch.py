@@ -1,6 +1,7 @@
 """torchx.yaml launch profiles and the TorchX component built from them."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,28 @@ def test_a_profiles_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, cap
         assert main(["launch", "--profile", "cpu-demo", "--dryrun", "--profiles-file", str(bad)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"muse-rec launch: {bad}: cannot read the launch profiles file (") and err.count("\n") == 1
+
+
+_PROFILE = "{scheduler: local_cwd, nodes: 1, procs_per_node: 1, spec: specs/demo/din.yaml"
+
+
+@pytest.mark.parametrize("text, needle", [
+    # A key given twice was silently its last value (here 2 nodes), as it is refused in a spec.
+    (f"profiles:\n  x: {_PROFILE}, nodes: 2}}\n", "duplicate key 'nodes'"),
+    (f"profiles:\n  x: {_PROFILE}}}\n  x: {_PROFILE}, nodes: 4}}\n", "duplicate key 'x'"),
+    # PyYAML's recursive composer: a RecursionError traceback (exit 1).
+    ("profiles: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply to parse"),
+    # Values YAML cannot convert: one line, but without the file's name.
+    (f"profiles:\n  x: {_PROFILE}, memMB: {'9' * 5000}}}\n", "Exceeds the limit (4300 digits)"),
+    (f"profiles:\n  x: {_PROFILE}, env: {{A: 2026-13-01}}}}\n", "month must be in 1..12"),
+])
+def test_a_profiles_file_yaml_cannot_take_as_written_is_one_line_naming_it(tmp_path, capsys, text, needle):
+    from muse_rec.cli import main
+
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    with pytest.raises(ProfileError, match=rf"^{f}: not valid YAML: .*{re.escape(needle)}"):
+        load_profiles(str(f))
+    assert main(["launch", "--profile", "x", "--dryrun", "--profiles-file", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"muse-rec launch: {f}: not valid YAML") and err.count("\n") == 1, err
