@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
     from muse_rec.data.files import replace_text
     from muse_rec.reproduce.plan import FIG5_LENGTHS, REAL, SYNTHETIC, build_plan, parse_what
     from muse_rec.reproduce.report import write_report
-    from muse_rec.reproduce.results import load_metrics
+    from muse_rec.reproduce.results import GroupTableError, load_metrics
     from muse_rec.reproduce.runner import (Execution, ReproduceError, check_manifest, check_overrides, check_prepared,
                                            check_raw, execute, prepare_data, vocab_warning)
     from muse_rec.spec import SpecError
@@ -236,7 +236,9 @@ def _run(args: argparse.Namespace) -> int:
                        f"{sum(per_run) / 60:.1f} min (from metrics.json; excludes process start-up)")
     try:
         report = write_report(plan, metrics, out, context, min_z=args.min_z, synthetic=not real)
-    except OSError as e:  # the OS refused a figure or the report (a full disk): named, the earlier ones whole
+    # OSError: the OS refused a figure or the report (a full disk): named, the earlier ones whole.
+    # GroupTableError: runs whose group tables Fig. 6 pairs hold other groups (the runs named).
+    except (OSError, GroupTableError) as e:
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2
     figures = ", ".join(p.name for p in report.figures.values())

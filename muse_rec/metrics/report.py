@@ -138,6 +138,43 @@ def check_floors(floors: object, where: str) -> Dict:
     return floors
 
 
+# A metrics.json's per-group tables (`muse-rec reproduce`'s Fig. 6 reads them) and the counts a group holds.
+GROUP_TABLES = ("by_seq_length", "by_popularity")
+_GROUP_COUNTS = ("samples", "gauc_samples")
+
+
+def check_group_tables(doc: Dict[str, Any], where: str) -> None:
+    """ValueError naming ``where`` and the key (e.g. ``by_popularity[0].gauc``) unless each group table ``doc``
+    holds is a list of objects with a string ``group``, a finite ``lo`` >= 0, counts that are integers >= 0 and
+    (G)AUCs in [0, 1] or null. A run directory can come from elsewhere: a table that was a string or a group
+    without its label was a TypeError / KeyError traceback of the report, and a group GAUC of 9 was plotted."""
+    for table in GROUP_TABLES:
+        rows = doc.get(table, [])
+        if not isinstance(rows, list):
+            raise ValueError(f"{where}: {table}: expected a list of groups, got {rows!r:.80}")
+        labels: set = set()
+        for i, g in enumerate(rows):
+            key = f"{table}[{i}]"
+            if not isinstance(g, dict):
+                raise ValueError(f"{where}: {key}: expected a group (an object), got {g!r:.80}")
+            if not isinstance(g.get("group"), str):
+                raise ValueError(f"{where}: {key}.group: expected the group's label, got {g.get('group')!r:.80}")
+            if g["group"] in labels:  # else the report blamed the other run of the pair it compares
+                raise ValueError(f"{where}: {key}.group: {g['group']!r} is an earlier group's label too")
+            labels.add(g["group"])
+            lo = g.get("lo", 0)
+            if not _number_or_none(lo) or lo is None or lo < 0:
+                raise ValueError(f"{where}: {key}.lo: expected a finite number >= 0, got {lo!r:.80}")
+            for k in _GROUP_COUNTS:
+                v = g.get(k, 0)
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise ValueError(f"{where}: {key}.{k}: expected an integer >= 0, got {v!r:.80}")
+            for k in ("gauc", "auc"):
+                v = g.get(k)
+                if not (isinstance(v, float) and math.isnan(v)):  # an empty group's, as metrics.json once wrote it
+                    _check_metric(where, f"{key}.{k}", v)
+
+
 def read_run_metrics(path: str | os.PathLike) -> Dict[str, Any]:
     """A run's metrics.json, checked: a JSON object with a ``method`` name, finite (or null)
     metrics and well-formed floors. A run directory can come from elsewhere, so a malformed file

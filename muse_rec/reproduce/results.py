@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from muse_rec.metrics.report import read_run_metrics
+from muse_rec.metrics.report import check_group_tables, read_run_metrics
 from muse_rec.metrics.seeds import Stats
 from muse_rec.reproduce.plan import Plan
 
@@ -30,6 +30,7 @@ def load_metrics(out: Path, plan: Plan) -> RunMetrics:
             continue
         try:
             metrics = read_run_metrics(path)
+            check_group_tables(metrics, str(path))  # Fig. 6 reads them; `compare` does not
         except ValueError as e:
             raise ValueError(f"{e}; delete the run directory to re-train it") from None
         if metrics.get("gauc") is None:
@@ -55,6 +56,10 @@ class GroupGain:
     gain_pct: Stats  # 100 * (model - base) / base per paired seed
 
 
+class GroupTableError(ValueError):
+    """A run lacks a group table the report reads, or two runs it pairs have other groups (bins); names the runs."""
+
+
 def group_gains(metrics: RunMetrics, model: str, base: str, table: str) -> List[GroupGain]:
     """Per-group gains of ``model`` over ``base`` from their ``table`` (``by_seq_length`` or
     ``by_popularity``) at the seeds both finished; groups with no GAUC (empty) are dropped."""
@@ -65,12 +70,13 @@ def group_gains(metrics: RunMetrics, model: str, base: str, table: str) -> List[
     for cfg, runs in ((model, m_runs), (base, b_runs)):
         for s in seeds:
             if table not in runs[s]:
-                raise ValueError(f"run {cfg}-s{s}: metrics.json has no {table!r} table (needed for Fig. 6)")
+                raise GroupTableError(f"run {cfg}-s{s}: metrics.json has no {table!r} table (needed for Fig. 6)")
     first = m_runs[seeds[0]][table]
+    named = f"{model}-s{seeds[0]}"
     out: List[GroupGain] = []
     for i, g in enumerate(first):
-        mg = {s: _group_gauc(m_runs[s][table], i, g["group"]) for s in seeds}
-        bg = {s: _group_gauc(b_runs[s][table], i, g["group"]) for s in seeds}
+        mg = {s: _group_gauc(m_runs[s][table], i, g["group"], f"{model}-s{s}", named) for s in seeds}
+        bg = {s: _group_gauc(b_runs[s][table], i, g["group"], f"{base}-s{s}", named) for s in seeds}
         gains = {s: 100.0 * (mg[s] - bg[s]) / bg[s] for s in seeds if _ok(mg[s]) and _ok(bg[s]) and bg[s] > 0}
         if not gains:
             continue
@@ -83,8 +89,9 @@ def _ok(x: Optional[float]) -> bool:
     return x is not None and not math.isnan(x)
 
 
-def _group_gauc(table: Sequence[Dict], i: int, label: str) -> Optional[float]:
+def _group_gauc(table: Sequence[Dict], i: int, label: str, run: str, first: str) -> Optional[float]:
     if i >= len(table) or table[i].get("group") != label:
-        raise ValueError(f"group tables disagree: expected group {label!r} at position {i}; "
-                         "were the runs evaluated with different bins?")
+        raise GroupTableError(f"run {run}: group tables disagree with run {first}'s: expected group {label!r} at "
+                              f"position {i}; were the runs evaluated with different bins? Delete the run directory "
+                              "to re-train it")
     return table[i].get("gauc")

@@ -241,6 +241,60 @@ def test_report_only_names_the_key_of_a_malformed_run(capsys, tmp_path: Path):
     assert f"{bad}: auc: expected a finite number or null, got '0.7'" in err and "Traceback" not in err, err
 
 
+_MUSE_GROUP_DAMAGE = {
+    "a table that is a string": (lambda m: m.update(by_seq_length="x"), "by_seq_length: expected a list of groups"),
+    "a table that is null": (lambda m: m.update(by_popularity=None), "by_popularity: expected a list of groups"),
+    "a group that is a string": (lambda m: m["by_popularity"].__setitem__(0, "x"),
+                                 "by_popularity[0]: expected a group (an object)"),
+    "a group without its label": (lambda m: m["by_popularity"][0].pop("group"),
+                                  "by_popularity[0].group: expected the group's label, got None"),
+    "a label that is a number": (lambda m: m["by_popularity"][0].update(group=5),
+                                 "by_popularity[0].group: expected the group's label, got 5"),
+    "a label given twice": (lambda m: m["by_popularity"].__setitem__(1, dict(m["by_popularity"][0])),
+                            "by_popularity[1].group: '[0,1)' is an earlier group's label too"),
+    "a lower edge that is a string": (lambda m: m["by_popularity"][0].update(lo="a"),
+                                      "by_popularity[0].lo: expected a finite number >= 0, got 'a'"),
+    "a count below 0": (lambda m: m["by_popularity"][0].update(samples=-5),
+                        "by_popularity[0].samples: expected an integer >= 0, got -5"),
+    "a gauc that is a string": (lambda m: m["by_seq_length"][1].update(gauc="0.9"),
+                                "by_seq_length[1].gauc: expected a finite number or null, got '0.9'"),
+    # Not a traceback but worse: plotted and judged as a gain of ~1,500%.
+    "a gauc of 9": (lambda m: m["by_popularity"][0].update(gauc=9.0),
+                    "by_popularity[0].gauc: expected a value in [0, 1] or null, got 9.0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_MUSE_GROUP_DAMAGE))
+def test_report_only_names_the_key_of_a_malformed_group_table(capsys, tmp_path: Path, case: str):
+    """Fig. 6 reads each run's by_seq_length / by_popularity, which `compare` does not check: a table or group of
+    the wrong type was a TypeError / KeyError / ValueError traceback of the report (exit 1)."""
+    plan = build_plan(("table5", "fig6"), seeds=1)
+    write_fake_runs(tmp_path, plan)
+    bad = tmp_path / "runs" / "muse-s0" / "metrics.json"
+    doc = json.loads(bad.read_text())
+    edit, needle = _MUSE_GROUP_DAMAGE[case]
+    edit(doc)
+    bad.write_text(json.dumps(doc))
+    assert main(["reproduce", str(tmp_path), "--what", "table5,fig6", "--seeds", "1", "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"muse-rec reproduce: {bad}: {needle}") and err.count("\n") == 1, err
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_report_only_names_both_runs_whose_group_tables_disagree(capsys, tmp_path: Path):
+    """Runs evaluated with other bins: the report's ValueError was a traceback that named neither run."""
+    plan = build_plan(("table5", "fig6"), seeds=1)
+    write_fake_runs(tmp_path, plan)
+    din = tmp_path / "runs" / "din-s0" / "metrics.json"
+    doc = json.loads(din.read_text())
+    doc["by_popularity"][1]["group"] = "[1,5)"
+    din.write_text(json.dumps(doc))
+    assert main(["reproduce", str(tmp_path), "--what", "table5,fig6", "--seeds", "1", "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("muse-rec reproduce: run din-s0: group tables disagree with run muse-s0's: expected group "
+                          "'[1,10)' at position 1") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("kind, says", [("fifo", "a FIFO (named pipe), not a regular file"),
                                          ("directory", "cannot read (Is a directory)"),
                                          ("not json", "not valid JSON ("), ("a list", "expected a JSON object, got list")])
