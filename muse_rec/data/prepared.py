@@ -138,7 +138,8 @@ class PreparedData:
         self.meta: dict = read_json_object(meta_path, PreparedDataError, advice=_RE_PREPARE)
         version = self.meta.get("format_version")
         if version != FORMAT_VERSION:
-            raise PreparedDataError(f"{meta_path}: format_version {version}, this code reads {FORMAT_VERSION}; "
+            # repr: a string "1" read "format_version 1, this code reads 1", which contradicts itself.
+            raise PreparedDataError(f"{meta_path}: format_version {version!r}, this code reads {FORMAT_VERSION}; "
                                     "re-run `muse-rec prepare`")
         self._meta_shown = join_path(path, "meta.json")
         # Every count the layout is computed from, checked before it sizes anything.

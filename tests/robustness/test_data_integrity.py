@@ -76,6 +76,8 @@ META_DAMAGE = {
     "splits a list": (lambda m: m.update(splits=[]), "no splits.train.user_rows"),
     "split entry null": (lambda m: m["splits"].update(test=None), "no splits.test.user_rows"),
     "an extra split": (lambda m: m["splits"].update(valid=m["splits"]["test"]), "splits.valid: `muse-rec prepare` writes only"),
+    # The version was shown as str() does: "format_version 1, this code reads 1".
+    "format version a string": (lambda m: m.update(format_version="1"), "format_version '1', this code reads 1"),
 }
 
 
