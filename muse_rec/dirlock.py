@@ -55,7 +55,10 @@ class DirLock:
             # "a+" (append): never truncate another's info. O_NOFOLLOW: a directory from elsewhere may hold a
             # symbolic link here, and the holder info was written where it pointed (any file the user can write).
             fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, _LOCK_MODE)
-            handle = os.fdopen(fd, "a+", encoding="utf-8")
+            # surrogateescape: a lock file of other bytes (damaged, or from elsewhere) was a UnicodeDecodeError
+            # traceback of every command locking the directory; its bytes now read as holder info nobody can
+            # parse ("holder unknown") and `abandon` writes them back unchanged.
+            handle = os.fdopen(fd, "a+", encoding="utf-8", errors="surrogateescape")
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise error(f"{directory / LOCK_FILE}: a symbolic link; the lock would write its holder info where "

@@ -618,3 +618,30 @@ def test_a_lock_file_that_is_a_fifo_is_named_as_such(tmp_path):
         DirLock.acquire(tmp_path)
     assert str(refused.value) == (f"{tmp_path / LOCK_FILE}: a FIFO (named pipe), not a regular file; the lock is a "
                                   "regular file: remove it")
+
+
+def test_a_lock_file_of_bytes_that_are_no_text_is_holder_unknown_and_kept(tmp_path):
+    """A directory from elsewhere whose .lock holds bytes that are not UTF-8: every command locking it (train,
+    evaluate, prepare, export) ended in a UnicodeDecodeError traceback, held or not."""
+    import fcntl
+
+    from muse_rec.dirlock import DirLock, DirLockError
+
+    junk = b"\xb7\xd0\xff{not text\n"
+    (tmp_path / LOCK_FILE).write_bytes(junk)
+    lock = DirLock.acquire(tmp_path)
+    lock.abandon()  # a refused command puts the earlier bytes back as they were
+    assert (tmp_path / LOCK_FILE).read_bytes() == junk
+    with open(tmp_path / LOCK_FILE) as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(DirLockError, match=r"in use by another process \(holder unknown\)"):
+            DirLock.acquire(tmp_path)
+    assert (tmp_path / LOCK_FILE).read_bytes() == junk
+
+
+def test_train_into_a_run_dir_whose_lock_file_is_no_text_resumes(trained, tmp_path):
+    runs = trained.copy_run(tmp_path / "runs")
+    (runs / "din" / LOCK_FILE).write_bytes(b"\xb7\xd0\xff")
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu",
+              "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]
