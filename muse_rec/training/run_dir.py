@@ -130,7 +130,8 @@ def move_aside(run_dir: Path) -> Path:
 
 # What a run writes in its directory: checked before any step, so an unwritable one fails in one
 # line at the start, not as a traceback at the first checkpoint after the run record was rewritten.
-RUN_SUBDIRS = ("checkpoints", "tensorboard", "memory", "predictions.parquet")  # predictions: a part per rank
+PREDICTIONS_DIR = "predictions.parquet"  # a run's or an evaluation's predictions: a Parquet part per rank
+RUN_SUBDIRS = ("checkpoints", "tensorboard", "memory", PREDICTIONS_DIR)
 RUN_FILES = ("spec.yaml", "run.json")  # rewritten in place
 RUN_REPLACED = ("metrics.json",)  # written beside and renamed over: only the directory's write matters
 RUN_RANK_FILES = "memory"  # the subdirectory whose files (rank<r>.json) each rank rewrites
@@ -147,6 +148,7 @@ def _check_writable(run_dir: Path) -> None:
     """RunDirError naming the first place in ``run_dir`` this run could not write."""
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise RunDirError(f"{run_dir}: not a writable directory; fix it or choose another output_dir")
+    _check_predictions_dir(run_dir / PREDICTIONS_DIR, "the run", "output_dir")
     for name in RUN_SUBDIRS:
         p = run_dir / name
         if p.exists() and not (p.is_dir() and os.access(p, os.W_OK | os.X_OK)):
@@ -175,6 +177,19 @@ def _check_rewritable(p: Path, writer: str, option: str) -> None:
                           f"write there: remove the link or choose another {option}")
     if p.is_dir():
         raise RunDirError(f"{p}: not a writable file ({writer} writes it); fix it or choose another {option}")
+
+
+def _check_predictions_dir(p: Path, writer: str, option: str) -> None:
+    """RunDirError when ``p``, the predictions directory ``writer`` replaces, is a symbolic link or not a directory.
+
+    Its parts are replaced and those of another world size deleted: through a link (a directory from elsewhere)
+    that was done in the link's target, and a file in its place was a ValueError traceback after the scoring."""
+    if p.is_symlink():
+        raise RunDirError(f"{p}: a symbolic link (to {os.readlink(p)}); {writer} replaces the predictions' parts "
+                          f"in this directory and would do so there: remove the link or choose another {option}")
+    if p.exists() and not p.is_dir():
+        raise RunDirError(f"{p}: not a directory ({writer} writes its predictions there, a Parquet part per rank); "
+                          f"remove it or choose another {option}")
 
 
 def check_not_inside_an_artifact(out: Path, what: str) -> None:
@@ -274,6 +289,7 @@ def claim_evaluation_dir(out: Path, is_main: bool) -> Optional[DirLock]:
         try:
             remove_killed_tmps(out, "metrics.json")
             _check_rewritable(out / "metrics.json", "the evaluation", "--out")
+            _check_predictions_dir(out / PREDICTIONS_DIR, "the evaluation", "--out")
         except OSError as e:
             lock.abandon()
             raise RunDirError(f"{out}: cannot remove a killed evaluation's temporary file ({e})") from None

@@ -576,6 +576,42 @@ def test_an_earlier_evaluation_whose_metrics_json_is_a_symbolic_link_is_refused(
     assert victim.read_text() == "not the evaluation's" and not (ev / "predictions.parquet").exists()
 
 
+@pytest.mark.parametrize("kind", ["a link to a directory", "a file"])
+def test_an_earlier_evaluation_whose_predictions_are_no_directory_of_its_own_is_refused(trained, tmp_path, kind):
+    """An evaluation directory from elsewhere whose predictions.parquet is a link to a directory: the evaluation
+    replaced the parts there, and deleted those of another world size (anything named part-*-of-*.parquet). A
+    file in its place was a ValueError traceback once the whole split had been scored."""
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    for name in ("part-00000-of-00001.parquet", "part-00001-of-00002.parquet"):
+        (victim / name).write_text("not the evaluation's")
+    if kind == "a file":
+        (ev / "predictions.parquet").write_text("x")
+    else:
+        (ev / "predictions.parquet").symlink_to(victim)
+    before = snapshot(tmp_path)
+    out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--out", str(ev), "--max-batches", "1")
+    says = "a symbolic link" if kind != "a file" else "not a directory"
+    assert_bad_input(out, f"{ev / 'predictions.parquet'}: {says}", "choose another --out")
+    assert snapshot(tmp_path) == before and not (ev / "metrics.json").exists()
+
+
+def test_a_run_whose_predictions_directory_is_a_link_is_refused_before_training(trained, tmp_path):
+    """The run's end-of-training evaluation wrote its parts into the link's target, as an evaluation did."""
+    runs = trained.copy_run(tmp_path / "runs")
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    (victim / "part-00000-of-00001.parquet").write_text("not the run's")
+    (runs / "din" / "predictions.parquet").symlink_to(victim)
+    before = snapshot(tmp_path)
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3", "train.eval_at_end=true"]),
+              "--device", "cpu", "--resume")
+    assert_bad_input(out, f"{runs / 'din' / 'predictions.parquet'}: a symbolic link", "choose another output_dir")
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("path", ["", "file://"])
 def test_an_empty_output_path_is_refused_not_taken_for_the_current_directory(tmp_path, monkeypatch, capsys, path):
     """`synth ''` wrote a whole release into the directory it was run from (Path('') is '.'), among
