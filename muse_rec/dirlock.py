@@ -122,5 +122,5 @@ def _describe(text: str) -> str:
     try:
         info = json.loads(text)
         return f"pid {info['pid']} on {info['host']} since {info['started']}: {info['command']}"
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested thousands deep
         return "holder unknown"

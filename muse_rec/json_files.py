@@ -68,6 +68,8 @@ def read_json_object(path: str | os.PathLike, error: Type[Exception] = ValueErro
         raise error(f"{p}: cannot read ({e.strerror or e}){advice}") from None
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
         raise error(f"{p}: not valid JSON ({' '.join(str(e).split())}){advice}") from None
+    except RecursionError:  # json's decoder recurses per [ or {: thousands of them were a traceback
+        raise error(f"{p}: not valid JSON (nested too deeply){advice}") from None
     if not isinstance(doc, dict):
         raise error(f"{p}: expected a JSON object, got {type(doc).__name__}{advice}")
     return doc

@@ -18,6 +18,10 @@ class Refused(ValueError):
     (b"[1, 2]", "expected a JSON object, got list"),
     (b"\xff\xfe{}", "not valid JSON ("),
     (b"", "not valid JSON (Expecting value"),
+    # json's decoder recurses per bracket: a RecursionError traceback of every command reading such a file
+    # (a meta.json, metrics.json, position.json or manifest from elsewhere).
+    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON (nested too deeply)"),
+    (b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, "not valid JSON (nested too deeply)"),
 ])
 def test_a_malformed_file_is_named_in_the_callers_error(tmp_path, content, words):
     path = tmp_path / "run.json"

@@ -639,6 +639,19 @@ def test_a_lock_file_of_bytes_that_are_no_text_is_holder_unknown_and_kept(tmp_pa
     assert (tmp_path / LOCK_FILE).read_bytes() == junk
 
 
+def test_a_held_lock_whose_holder_info_is_nested_too_deeply_is_holder_unknown(tmp_path):
+    """The refusal's description of the holder parsed its JSON: nested thousands deep, a RecursionError."""
+    import fcntl
+
+    from muse_rec.dirlock import DirLock, DirLockError
+
+    (tmp_path / LOCK_FILE).write_text("[" * 100_000 + "]" * 100_000)
+    with open(tmp_path / LOCK_FILE) as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(DirLockError, match=r"in use by another process \(holder unknown\)"):
+            DirLock.acquire(tmp_path)
+
+
 def test_train_into_a_run_dir_whose_lock_file_is_no_text_resumes(trained, tmp_path):
     runs = trained.copy_run(tmp_path / "runs")
     (runs / "din" / LOCK_FILE).write_bytes(b"\xb7\xd0\xff")
