@@ -608,6 +608,34 @@ def test_a_run_spec_yaml_that_is_no_regular_file_is_named_on_resume(tmp_path, ki
     assert error.startswith(f"{spec_yaml}: {expected}"), error
 
 
+@pytest.mark.parametrize("text, says", [
+    # PyYAML composes nested nodes recursively: a RecursionError traceback of `train --resume` and `launch`.
+    ("train: " + "[" * 5000 + "]" * 5000 + "\n", "unreadable (nested too deeply to parse)"),
+    # Read as a spec is: a key given twice was silently its last value in the comparison.
+    ("train:\n  batch_size: 64\n  batch_size: 32\n", "unreadable (duplicate key 'batch_size'"),
+])
+def test_a_run_spec_yaml_yaml_cannot_take_as_written_is_named_on_resume(tmp_path, text, says):
+    from muse_rec.spec import load_spec
+    from muse_rec.training.run_record import RunError, check_resume_settings
+    from tests.conftest import REPO
+
+    spec_yaml = tmp_path / "spec.yaml"
+    spec_yaml.write_text(text)
+    with pytest.raises(RunError) as refused:
+        check_resume_settings(spec_yaml, load_spec(REPO / SPEC))
+    assert str(refused.value).startswith(f"{spec_yaml}: {says}"), refused.value
+
+
+def test_a_run_whose_spec_yaml_is_nested_too_deeply_is_refused_in_one_line(trained, tmp_path):
+    runs = trained.copy_run(tmp_path / "runs")
+    (runs / "din" / "spec.yaml").write_text("train: " + "[" * 5000 + "]" * 5000 + "\n")
+    before = snapshot(runs / "din")
+    out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu",
+              "--resume")
+    assert_bad_input(out, f"{runs / 'din' / 'spec.yaml'}: unreadable (nested too deeply to parse)")
+    assert snapshot(runs / "din") == before
+
+
 def test_a_lock_file_that_is_a_fifo_is_named_as_such(tmp_path):
     """A directory from elsewhere whose .lock is a FIFO: opened read-write it did not block, but the holder
     info could not be written: "cannot create the directory or its lock (None)", naming neither."""
