@@ -24,6 +24,8 @@ from muse_rec.spec.schema import DEFAULT_COLLECTIVE_TIMEOUT_S
 
 # Used only when the launcher set no rendezvous address (single process runs).
 DEFAULT_MASTER_ADDR = "127.0.0.1"
+# torchrun sets it in every worker: 0 in the first attempt, n after the n-th restart (--max-restarts).
+RESTART_COUNT_VAR = "TORCHELASTIC_RESTART_COUNT"
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class DistEnv:
                 f"environment has LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world_size}: "
                 "need 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE"
             )
+        restart_count(env)  # checked with the others: a malformed one was a ValueError traceback of train
         if device_type is None:
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
         check_device(device_type)
@@ -107,6 +110,17 @@ def check_device(device_type: str) -> None:
     if device_type == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda: torch sees no CUDA device on this machine (torch.cuda.is_available() is "
                           "False); use --device cpu, or a machine and install with CUDA (README, \"CUDA\")")
+
+
+def restart_count(environ: Optional[Mapping[str, str]] = None) -> int:
+    """Which attempt of a torchrun job this process belongs to (`RESTART_COUNT_VAR`; 0: the first, or no
+    torchrun); LaunchEnvError naming the variable unless it is an integer >= 0."""
+    env = os.environ if environ is None else environ
+    count = _int_var(env, RESTART_COUNT_VAR, 0)
+    if count < 0:
+        raise LaunchEnvError(f"environment variable {RESTART_COUNT_VAR}={count} is negative (torchrun counts "
+                             "a job's restarts from 0)")
+    return count
 
 
 def _int_var(env: Mapping[str, str], name: str, default: int) -> int:
@@ -161,8 +175,8 @@ def init_distributed(
         )
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    if launched and restart not in ("", "0"):
+    restart = restart_count()
+    if launched and restart:
         # A restarted attempt (torchrun --max-restarts): the rendezvous store can still hold the
         # failed attempt's keys (the dead ranks' gloo addresses), and a new rank that reads one
         # fails with "connectFullMesh ... Connection refused". Give every attempt its own key space.

@@ -28,7 +28,7 @@ import yaml
 
 from muse_rec.data.files import replace_texts
 from muse_rec.data.prepared import PreparedData, PreparedDataError
-from muse_rec.distributed.env import DistEnv, init_distributed
+from muse_rec.distributed.env import DistEnv, init_distributed, restart_count
 from muse_rec.distributed.plan_measure import status_bytes
 from muse_rec.lifetime import torchrun_job
 from muse_rec.output_paths import strip_file_uri
@@ -60,8 +60,6 @@ CRASH_ENV = "MUSE_REC_CRASH_AFTER_STEP"
 # in the job's first attempt only (a torchelastic restart, which resumes, does not repeat it);
 # "RANK:STEP:SIGSTOP" (any signal's name) sends that signal instead (the hung-rank test).
 KILL_ENV = "MUSE_REC_KILL_RANK_AFTER_STEP"
-# torchrun sets it in every worker: 0 in the first attempt, n after the n-th restart.
-RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
 
 
 def _setup_logging(env: DistEnv) -> None:
@@ -154,7 +152,7 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     """
     env = init_distributed(DistEnv.from_environ(device_type=device_type), collective_timeout(spec))
     _setup_logging(env)
-    restart = int(os.environ.get(RESTART_COUNT_ENV, "0") or 0)
+    restart = restart_count()
     restarted_fresh_run = bool(restart and not resume)
     if restarted_fresh_run:
         # torchrun restarted the job after a rank failed: continue from the last checkpoint.
@@ -463,7 +461,7 @@ def _checked_loss(monitor: LossMonitor, step: int, env: DistEnv) -> Optional[flo
 def _kill_request(env: DistEnv) -> Tuple[int, int, signal.Signals]:
     """(rank, step, signal) of KILL_ENV in the job's first attempt, else (-1, -1, SIGKILL)."""
     text = os.environ.get(KILL_ENV, "")
-    if not text or int(os.environ.get(RESTART_COUNT_ENV, "0") or 0) > 0:
+    if not text or restart_count() > 0:
         return -1, -1, signal.SIGKILL
     rank, step, *name = text.split(":")
     return int(rank), int(step), signal.Signals[name[0]] if name else signal.SIGKILL

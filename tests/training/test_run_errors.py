@@ -399,6 +399,9 @@ def test_a_restart_of_a_refused_fresh_run_does_not_continue_the_earlier_run(prep
     ({"RANK": "x"}, "environment variable RANK='x' is not an integer"),
     ({"RANK": "5", "WORLD_SIZE": "2"}, "environment has RANK=5, WORLD_SIZE=2: need 0 <= RANK < WORLD_SIZE"),
     ({"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE=2 but MASTER_ADDR/MASTER_PORT are not set"),
+    # Read with int() where a restart resumes: a ValueError traceback.
+    ({"TORCHELASTIC_RESTART_COUNT": "x"}, "environment variable TORCHELASTIC_RESTART_COUNT='x' is not an integer"),
+    ({"TORCHELASTIC_RESTART_COUNT": "-1"}, "environment variable TORCHELASTIC_RESTART_COUNT=-1 is negative"),
 ])
 def test_a_bad_rank_environment_is_one_line(prepared, tmp_path, variables, words):
     """The launcher's variables (RANK, WORLD_SIZE, ...: a hand-written job script, a scheduler's
