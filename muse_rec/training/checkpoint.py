@@ -389,7 +389,8 @@ def load_checkpoint(
     except _UNREADABLE as e:
         raise CheckpointError(f"{path}: {_DAMAGED}: {_one_line(e)}") from None
     except (RuntimeError, ValueError, KeyError, OSError) as e:
-        raise CheckpointError(f"{path}: does not fit this model: {_one_line(e)}") from None
+        what = _DAMAGED if _DAMAGED_ZIP in str(e) else "does not fit this model"
+        raise CheckpointError(f"{path}: {what}: {_one_line(e)}") from None
     # Load the complete state dict: sharded collections' load hooks expect every table of theirs,
     # the skipped (frozen) ones simply keep their current values.
     full = model.state_dict()
@@ -442,11 +443,15 @@ def _failure_summary(e: CheckpointException) -> str:
 # were written damaged (or the manifest was rewritten): the checkpoint is unusable, not a misfit.
 _UNREADABLE = (EOFError, pickle.UnpicklingError)
 _DAMAGED = "damaged, its files cannot be read (use another checkpoint, e.g. an earlier step)"
+# What torch's zip reader raises (a RuntimeError) for a .distcp cut short at most lengths: the message
+# blamed the model ("does not fit this model"), as if the spec were wrong.
+_DAMAGED_ZIP = "PytorchStreamReader failed"
 
 
 def describe_load_failure(e: CheckpointException) -> str:
     """One line for a failed `dcp.load`: damaged files, or a checkpoint of another model."""
     failures = [exc for exc, _ in e.failures.values()]
-    if any(isinstance(exc, _UNREADABLE) or "metadata is None" in str(exc) for exc in failures):
+    if any(isinstance(exc, _UNREADABLE) or "metadata is None" in str(exc) or _DAMAGED_ZIP in str(exc)
+           for exc in failures):
         return f"{_DAMAGED}: {_failure_summary(e)}"
     return f"does not fit this model: {_failure_summary(e)}"
