@@ -179,6 +179,8 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...], files: List[Tuple[Pat
     parents = [] if parents is None else [parents] if isinstance(parents, str) else parents
     if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
         raise SpecError(f"{path}: extends: expected a path or a list of paths, got {_shown(parents)}")
+    if not all(p.strip() for p in parents):  # '' named the spec's own directory: "cannot read (Is a directory)"
+        raise SpecError(f"{path}: extends: an empty path; name the spec file this one extends")
     merged: Dict[str, Any] = {}
     for parent in parents:
         merged = _deep_merge(merged, _read_with_extends(path.parent / parent, seen + (path.resolve(),), files, path))

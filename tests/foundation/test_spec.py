@@ -181,6 +181,15 @@ def test_bad_files(tmp_path):
         load_spec(SPECS / "methods/muse.yaml", overrides=["train.batch_size"])
 
 
+@pytest.mark.parametrize("extends", ["''", "[a.yaml, ' ']"])
+def test_an_empty_extends_path_is_named_as_such(tmp_path, extends):
+    """`extends: ''` is the spec's own directory: it was refused as "extends: <dir>: cannot read (Is a directory)"."""
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    (tmp_path / "child.yaml").write_text(f"extends: {extends}\nname: c\n")
+    with pytest.raises(SpecError, match=r"child.yaml: extends: an empty path; name the spec file this one extends$"):
+        load_spec(tmp_path / "child.yaml")
+
+
 def test_a_parent_that_cannot_be_read_is_named_with_the_extends_naming_it(tmp_path):
     """A path too long for the filesystem was an OSError traceback (path.exists raised ENAMETOOLONG), and
     a parent that is a directory was named alone, not the file and key that extend it."""
