@@ -17,7 +17,10 @@ from typing import List, Optional
 
 import torchx.specs as specs
 
-from muse_rec.launch import LOCAL_SCHEDULER, build_app, get_profile, local_start_problem, preflight, split_overrides
+from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, get_profile, local_start_problem, preflight,
+                             split_overrides)
+
+PROFILES_RESTARTS = -1  # `max_restarts` meaning "the profile's"
 
 
 def train(
@@ -26,7 +29,7 @@ def train(
     set: str = "",
     resume: bool = False,
     rdzv_port: int = 0,
-    max_restarts: int = -1,
+    max_restarts: int = PROFILES_RESTARTS,
     profiles_file: str = "",
 ) -> specs.AppDef:
     """Train and evaluate one muse_rec spec with DistributedModelParallel on every rank.
@@ -43,6 +46,9 @@ def train(
     # Primitive arguments only (TorchX decodes the command line by the annotations).
     chosen = _scheduler_of_this_torchx_run(sys.argv)  # None: not `torchx run` (`muse-rec launch`, a test)
     try:
+        if max_restarts < PROFILES_RESTARTS:  # -5 was taken for -1, the profile's, without a word
+            raise ProfileError(f"--max_restarts {max_restarts}: must be >= 0, or {PROFILES_RESTARTS} for the "
+                               "profile's max_restarts")
         p = get_profile(profile, profiles_file or None)
         if chosen is not None:
             if chosen != p.scheduler:
@@ -57,7 +63,7 @@ def train(
             preflight(p, chosen, spec, split_overrides(set), resume, resume_flag="--resume True")
         # On local_cwd torchrun is this interpreter's (the one running `torchx`), not the PATH's.
         app = build_app(p, spec=spec, overrides=split_overrides(set), resume=resume, rdzv_port=rdzv_port,
-                        max_restarts=None if max_restarts < 0 else max_restarts, scheduler=chosen)
+                        max_restarts=None if max_restarts == PROFILES_RESTARTS else max_restarts, scheduler=chosen)
     except ValueError as e:  # ProfileError, SpecError, RunDirError: the user's input
         if chosen is None:
             raise

@@ -138,3 +138,16 @@ def test_a_profiles_file_yaml_cannot_take_as_written_is_one_line_naming_it(tmp_p
     assert main(["launch", "--profile", "x", "--dryrun", "--profiles-file", str(f)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"muse-rec launch: {f}: not valid YAML") and err.count("\n") == 1, err
+
+
+def test_a_max_restarts_below_minus_one_is_refused(monkeypatch, capsys):
+    """`torchx run components/train.py:train --max_restarts -5` was taken as -1 (the profile's), silently."""
+    with pytest.raises(ProfileError, match=r"^--max_restarts -5: must be >= 0, or -1 for the profile's max_restarts$"):
+        train_component(profile="cpu-demo", max_restarts=-5)
+    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "-s", "local_cwd", "components/train.py:train",
+                                     "--max_restarts", "-5"])
+    with pytest.raises(SystemExit) as ended:
+        train_component(profile="cpu-demo", max_restarts=-5)
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == "muse_rec: --max_restarts -5: must be >= 0, or -1 for the profile's max_restarts\n"
+    assert "PET_MAX_RESTARTS" not in train_component(profile="cpu-demo", max_restarts=-1).roles[0].env
