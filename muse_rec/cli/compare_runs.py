@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from muse_rec.json_files import refuse_special_file
 from muse_rec.metrics.floor_options import model_reads
+from muse_rec.spec.load import TOO_DEEP
 
 
 # A run directory's spec.yaml and run.json as compare read them (a spec.yaml: None without the file; a run.json:
@@ -161,10 +162,14 @@ def spec_doc(run_dir: Path, files_read: RunFiles) -> Optional[Dict]:
     when it is not a spec."""
     import yaml
 
+    from muse_rec.spec.load import UniqueKeyLoader
+
     f = run_dir / "spec.yaml"
     key = f.resolve()
     if key not in files_read:
-        doc = _read_document(f, yaml.safe_load, (yaml.YAMLError,), "YAML") if f.exists() else None
+        # As a spec is read (`muse_rec.spec.load`): a key given twice is refused, not silently its last value.
+        doc = (_read_document(f, lambda text: yaml.load(text, Loader=UniqueKeyLoader), (yaml.YAMLError,), "YAML")
+               if f.exists() else None)
         if doc is not None and not isinstance(doc, dict):
             raise ValueError(f"{f}: expected the run's resolved spec (a mapping), got {type(doc).__name__}")
         files_read[key] = doc
@@ -216,6 +221,8 @@ def _read_document(path: Path, parse: Callable[[str], Any], errors: Tuple[type, 
     # YAML date 2026-13-01)
     except (*errors, ValueError) as e:
         raise ValueError(f"{path}: not valid {kind} ({' '.join(str(e).split())})") from None
+    except RecursionError:  # both parsers recurse per nesting level: thousands of [[[...]]] were a traceback
+        raise ValueError(f"{path}: not valid {kind} ({TOO_DEEP})") from None
 
 
 def _world_size_of(run_json: Path, files_read: RunFiles) -> Optional[int]:

@@ -747,6 +747,22 @@ def test_compare_names_a_runs_spec_yaml_or_run_json_that_is_a_directory(tmp_path
     assert f"{run / name}: cannot read (Is a directory)" in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("text, words", [
+    ("data:\n  seq_len: " + "[" * 5000 + "]" * 5000 + "\n", "spec.yaml: not valid YAML (nested too deeply to parse)"),
+    ("data:\n  seq_len: 50\n  seq_len: 1000\n", "spec.yaml: not valid YAML (duplicate key 'seq_len' (a second value would silently win)"),
+])
+def test_compare_names_a_runs_spec_yaml_nested_too_deeply_or_with_a_key_twice(tmp_path, capsys, text, words):
+    """A run's spec.yaml nested thousands deep was a RecursionError traceback (exit 1), and a key given twice was
+    silently its last value (the run grouped and its floors computed by it), where `train --resume` and a spec
+    refuse both."""
+    run = _fake_run(tmp_path / "din", "DIN", 0.6)
+    (run / "spec.yaml").write_text(text)
+    assert cli_main(["compare", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"muse-rec compare: {run / words}"), err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
 def test_compare_names_a_file_given_as_a_run_directory(tmp_path, capsys):
     """`compare some.json` asked whether the run had finished ("no metrics.json"): it is no run at all."""
     given = tmp_path / "some.json"
