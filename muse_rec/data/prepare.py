@@ -418,6 +418,14 @@ class _Prepare:
             else:
                 which = f"{missing:,} of {samples:,} samples {'has' if missing == 1 else 'have'} no row in {users_table}"
             warnings.warn(f"{table}: {which}; they get an empty history and unknown user fields")
+        # Every target joins the item vocabulary (`step_vocab`): row 0 is a target with no item id (raw id 0; nulls are
+        # refused). All of a split's on row 0 trained and scored one padding item in silence (exit 0).
+        no_id = stats["samples_unknown_target"]
+        if no_id:
+            every = ("the only sample has" if samples == 1 else f"all {samples:,} samples have") if no_id == samples \
+                else f"{no_id:,} of {samples:,} samples {'has' if no_id == 1 else 'have'}"
+            warnings.warn(f"{table}: {every} no target item id ({S.ITEM} is 0 in {self.raw[table].path}); "
+                          "they are scored as the padding item, with no item embedding, category or SCL vector")
         return stats
 
     def step_popularity(self) -> Dict[str, object]:

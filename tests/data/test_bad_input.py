@@ -307,6 +307,29 @@ def test_the_no_user_row_warning_counts_one_sample_in_the_singular(workspace, ro
                     + "; they get an empty history and unknown user fields"], said
 
 
+@pytest.mark.parametrize("zeroed", ["all", "one"])
+def test_samples_without_a_target_item_id_are_said(workspace, zeroed: str) -> None:
+    """Samples whose target item id is 0 are scored as the padding item (row 0): a train split of them all was
+    prepared with exit 0 and not a word (meta.json alone counted them in samples_unknown_target)."""
+    raw, out = workspace
+
+    def edit(t: pa.Table) -> pa.Table:
+        items = t.column(S.ITEM).to_pylist()
+        items[: len(items) if zeroed == "all" else 1] = [0] * (len(items) if zeroed == "all" else 1)
+        return t.set_column(t.schema.get_field_index(S.ITEM), S.ITEM, pa.array(items, pa.int64()))
+
+    samples = _rewrite(raw, "train_samples", edit)
+    with pytest.warns(UserWarning) as caught:
+        meta = prepare(str(raw), str(out), CFG, overwrite=True)
+    train = meta["splits"]["train"]
+    n = train["samples"]
+    assert train["samples_unknown_target"] == (n if zeroed == "all" else 1)
+    every = f"all {n:,} samples have" if zeroed == "all" else f"1 of {n:,} samples has"
+    said = [str(w.message) for w in caught if "no target item id" in str(w.message)]
+    assert said == [f"train_samples: {every} no target item id ({S.ITEM} is 0 in {samples}); they are scored as the "
+                    "padding item, with no item embedding, category or SCL vector"], said
+
+
 def test_samples_joining_no_user_row_name_both_files_and_the_column(workspace) -> None:
     """A writer that stored the samples' 129_1 as int32 truncated every id: no sample joined its user
     table, and the warning read like the usual few orphans ("N of N samples have no row"), naming
