@@ -84,6 +84,13 @@ SHORTLIST_FACTOR: int = 2
 # Positions per shortlist GEMM: [1000, 512] bf16 scores = 1 MiB, read back by the running
 # top-K while still in L2 (2048 columns spill it and cost ~1.5x in the selection).
 SHORTLIST_CHUNK: int = 512
+# Rows and columns of every shortlist GEMM are rounded up to a multiple of this (zero rows/columns,
+# their scores never offered to the top-K). oneDNN keeps state for every bf16 GEMM shape it has run
+# (~0.6 MB each, never freed), and the exact shape was [candidates, positions with a vector in the
+# last chunk]: one new shape per history length, so a Ranker serving its 1,200 first users of the
+# medium synthetic release grew by 1.2 GB. Rounded, the shapes are at most
+# (max_batch / 64) x (SHORTLIST_CHUNK / 64), at a cost of < 64 extra rows and columns per GEMM.
+SHORTLIST_SHAPE_QUANTUM: int = 64
 
 
 @torch.no_grad()
@@ -229,15 +236,34 @@ def prepare_shared_keys(keys: torch.Tensor, mask: torch.Tensor, chunk_rows: int 
 def _shortlist(q_hat: torch.Tensor, unit: torch.Tensor, kp: int, chunk_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Approximate top-``kp`` of ``q_hat [B, D] @ unit[n, D]^T`` (bf16), chunk by chunk."""
     B, n = q_hat.shape[0], unit.shape[0]
+    D = unit.shape[1]
     sel = RunningTopK(B, kp)
     step = max(1, chunk_rows)
-    out = torch.empty(B * min(step, n), dtype=torch.bfloat16)
+    # Shapes rounded up to `SHORTLIST_SHAPE_QUANTUM` (bounded oneDNN state, see there): zero query
+    # rows and zero key columns score 0 and are cut off before the top-K sees them.
+    rows = _round_up(B)
+    q = q_hat if rows == B else torch.cat([q_hat, q_hat.new_zeros(rows - B, D)])
+    out = torch.empty(rows * _round_up(min(step, n)), dtype=torch.bfloat16)
+    padded_keys: Optional[torch.Tensor] = None  # [cols, D] for a chunk whose width is not a multiple
     for c0 in range(0, n, step):
         c1 = min(n, c0 + step)
-        scores = out[: B * (c1 - c0)].view(B, c1 - c0)
-        torch.mm(q_hat, unit[c0:c1].t(), out=scores)
-        sel.update(scores, c0)
+        width, cols = c1 - c0, _round_up(c1 - c0)
+        keys = unit[c0:c1]
+        if cols != width:
+            if padded_keys is None or padded_keys.shape[0] < cols:
+                padded_keys = unit.new_zeros(cols, D)
+            keys = padded_keys[:cols]
+            keys[:width] = unit[c0:c1]
+            keys[width:] = 0
+        scores = out[: rows * cols].view(rows, cols)
+        torch.mm(q, keys.t(), out=scores)
+        sel.update(scores[:B, :width], c0)  # row stride `cols`: the kernel takes any leading dimension
     return sel.result(sort=False)
+
+
+def _round_up(size: int) -> int:
+    """``size`` rounded up to a multiple of `SHORTLIST_SHAPE_QUANTUM` (a GEMM dimension)."""
+    return -(-size // SHORTLIST_SHAPE_QUANTUM) * SHORTLIST_SHAPE_QUANTUM
 
 
 @torch.no_grad()

@@ -157,6 +157,35 @@ def test_certified_matches_reference(L, chunk):
     assert_same_topk(vals, idx, ref, 50)
 
 
+@needs_native
+def test_shortlist_gemm_shapes_are_bounded_whatever_the_history_length_and_candidates(monkeypatch):
+    """The shortlist's bf16 GEMMs come in multiples of `SHORTLIST_SHAPE_QUANTUM` rows and columns.
+
+    oneDNN keeps ~0.6 MB of state per GEMM shape it has run; with the exact shapes, every history
+    length (and candidate count) a Ranker served was a new one, and a Ranker over the medium synthetic
+    release grew by 1.2 GB over its first 1,200 users. The selection stays the reference's."""
+    shapes = set()
+    real_mm = torch.mm
+
+    def recording_mm(a, b, *args, **kwargs):
+        if a.dtype == torch.bfloat16:
+            shapes.add((a.shape[0], b.shape[1]))
+        return real_mm(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "mm", recording_mm)
+    q_all, keys_all, _ = shared_keys_case(1100, seed=5)
+    for i, L in enumerate(range(60, 1100, 37)):  # 29 lengths, each chunk's tail another width
+        query = q_all[: 10 + i]  # and 29 candidate counts
+        keys, mask = keys_all[:L], torch.ones(L, dtype=torch.bool)
+        vals, idx = certified_shared_keys_cosine_topk(query, keys, mask, 20, 512)
+        ref = reference_cosine_topk(query, keys.unsqueeze(0), mask.unsqueeze(0), 20)
+        assert_same_topk(vals, idx, ref, 20)
+    # 29 lengths x 29 candidate counts, rows <= 64 and columns <= 512: at most 1 x 8 shapes of 64.
+    assert 0 < len(shapes) <= 8, sorted(shapes)
+    quantum = SK.SHORTLIST_SHAPE_QUANTUM
+    assert all(r % quantum == 0 and c % quantum == 0 for r, c in shapes), sorted(shapes)
+
+
 @pytest.mark.parametrize("L,chunk", [(5000, 512), (333, 100)])
 def test_static_path_matches_reference_across_chunks(L, chunk):
     """The static (exportable) path merges its chunks into the reference's selection, its scores
