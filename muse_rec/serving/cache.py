@@ -41,6 +41,7 @@ class AsyncLRUCache(Generic[V]):
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self._loader = loader
+        self.max_workers = max_workers
         self._size_of = size_of
         self.capacity_bytes = capacity_bytes
         self._entries: "OrderedDict[Hashable, Tuple[V, int]]" = OrderedDict()

@@ -252,3 +252,20 @@ def test_the_response_tells_a_history_row_from_a_user_seen_in_train(float_ranker
         resp = float_ranker.rank({"user": user, "candidates": [1]})
         assert (resp["has_history_row"], resp["user_seen_in_train"], resp["known_user"]) == (has_row, in_train, has_row)
         assert has_row == (user != 123456789)
+
+
+def test_rank_all_loads_each_user_once_when_the_contexts_exceed_the_cache(trained_model):
+    """rank_all prefetched every request's user up front and then looked each one up in the
+    cache again: with more contexts than the cache holds, the first ones were evicted before
+    they were scored and loaded a second time (2N - 1 loads for N users with no cache)."""
+    from muse_rec.serving.ranker import rank_all
+    from muse_rec.serving.request import validate_request
+
+    model, data = trained_model
+    users = np.unique(training_predictions(model, data, "test", SEQ_LEN).user_keys)[:12]
+    requests = [validate_request({"user": int(u), "candidates": [1, 2, 3]}) for u in users]
+    with Ranker(FloatScorer(InferenceModel(model)), data, "test", SEQ_LEN, cache_bytes=0) as uncached:
+        responses = rank_all(uncached, requests)
+        assert uncached.cache.misses == len(users)  # one load per user, none cached
+    with Ranker(FloatScorer(InferenceModel(model)), data, "test", SEQ_LEN) as cached:
+        assert responses == [cached.rank(r) for r in requests]  # same responses, in request order
