@@ -269,3 +269,32 @@ def test_rank_all_loads_each_user_once_when_the_contexts_exceed_the_cache(traine
         assert uncached.cache.misses == len(users)  # one load per user, none cached
     with Ranker(FloatScorer(InferenceModel(model)), data, "test", SEQ_LEN) as cached:
         assert responses == [cached.rank(r) for r in requests]  # same responses, in request order
+
+
+def test_full_history_gsus_score_in_passes_bounded_by_the_history_length(trained_model, monkeypatch):
+    """TWIN's (and SIM-soft's) GSU holds fp32 [B, L] score matrices: at L = 100K, passes of the
+    default 1,024 candidates peaked at 4.3 GB. Their passes are now bounded in B x L
+    (`FULL_SCORES_PER_PASS`, lowered here to 3 x L so that the tiny set shows it), with the same
+    scores; MUSE's chunked SCL GSU keeps its passes (a fixed cost per pass)."""
+    from muse_rec.serving import ranker as ranker_mod
+    from tests.serving.test_inference_parity import FLOAT_TOL, random_init_model
+
+    _, data = trained_model
+    per_pass = 3
+    ref = training_predictions(trained_model[0], data, "test", SEQ_LEN)
+    users, candidates = np.unique(ref.user_keys)[:3], np.unique(ref.item_keys)[:10]  # raw ids, known
+    for spec_file, bounded in (("methods/twin.yaml", True), ("methods/muse.yaml", False)):
+        model = random_init_model(spec_file, data)
+        with Ranker(FloatScorer(InferenceModel(model)), data, "test", SEQ_LEN) as whole:
+            expected = [whole.score(int(u), candidates) for u in users]
+        monkeypatch.setattr(ranker_mod, "FULL_SCORES_PER_PASS", per_pass * SEQ_LEN, raising=False)
+        scorer = FloatScorer(InferenceModel(model))
+        passes = []
+        real_call = FloatScorer.__call__
+        monkeypatch.setattr(FloatScorer, "__call__", lambda self, ctx, items, *a: passes.append(items.shape[0])
+                            or real_call(self, ctx, items, *a))
+        with Ranker(scorer, data, "test", SEQ_LEN) as split:
+            got = [split.score(int(u), candidates) for u in users]
+        monkeypatch.undo()
+        assert max(passes) == (per_pass if bounded else len(candidates)), (spec_file, passes)
+        assert max(float(np.abs(g - e).max()) for g, e in zip(got, expected)) < FLOAT_TOL, spec_file
