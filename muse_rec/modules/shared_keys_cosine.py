@@ -244,17 +244,10 @@ def _shortlist(q_hat: torch.Tensor, unit: torch.Tensor, kp: int, chunk_rows: int
     rows = _round_up(B)
     q = q_hat if rows == B else torch.cat([q_hat, q_hat.new_zeros(rows - B, D)])
     out = torch.empty(rows * _round_up(min(step, n)), dtype=torch.bfloat16)
-    padded_keys: Optional[torch.Tensor] = None  # [cols, D] for a chunk whose width is not a multiple
     for c0 in range(0, n, step):
         c1 = min(n, c0 + step)
         width, cols = c1 - c0, _round_up(c1 - c0)
-        keys = unit[c0:c1]
-        if cols != width:
-            if padded_keys is None or padded_keys.shape[0] < cols:
-                padded_keys = unit.new_zeros(cols, D)
-            keys = padded_keys[:cols]
-            keys[:width] = unit[c0:c1]
-            keys[width:] = 0
+        keys = unit[c0:c1] if cols == width else torch.cat([unit[c0:c1], unit.new_zeros(cols - width, D)])
         scores = out[: rows * cols].view(rows, cols)
         torch.mm(q, keys.t(), out=scores)
         sel.update(scores[:B, :width], c0)  # row stride `cols`: the kernel takes any leading dimension
