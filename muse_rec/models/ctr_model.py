@@ -59,7 +59,8 @@ def build_gsu(spec: ModelSpec, top_k: int, esu_attention: Optional[nn.Module],
     """The GSU module of ``spec.gsu`` (the only place its ``kind`` string is read), or None.
 
     Every returned module has ``retrieve(SearchInputs) -> GSUResult``, ``scores_are_scl_cosines``,
-    ``reads_id_tokens`` (it scores the history's ID tokens) and ``slots`` (positions per sample).
+    ``reads_id_tokens`` (it scores the history's ID tokens), ``scores_whole_history`` (a serving forward holds
+    ``[B, L]`` scores) and ``slots`` (positions per sample).
     TWIN-style GSUs hold a reference to the ESU's attention (consistency), not a copy.
     """
     g = spec.gsu

@@ -213,6 +213,7 @@ class FusionGSU(nn.Module):
 
     scores_are_scl_cosines = False
     reads_id_tokens = True  # every rule scores the ID cosines too
+    scores_whole_history = True  # the ID cosines of every position
 
     def __init__(self, top_k: int, rule: str = "branches", gate: Optional[FusionGate] = None,
                  chunk_size: int = DEFAULT_CHUNK_ROWS) -> None:

@@ -78,6 +78,10 @@ class CosineGSU(RetrievesTopK, nn.Module):
     # Whether `retrieve` reads the ID tokens of the whole history (`SearchInputs.id_tokens`): L more
     # ids per history through the item and category tables, which the sharding planner costs.
     reads_id_tokens = False
+    # Whether a serving forward holds fp32 ``[B, L]`` scores of every candidate against the whole history (the
+    # Ranker bounds the candidates per pass of such a model, `ranker.FULL_SCORES_PER_PASS`). The SCL cosine
+    # streams the int8 history in chunks instead (`shared_keys_cosine`), at a fixed cost per forward.
+    scores_whole_history = False
 
     def __init__(self, top_k: int = 50, chunk_size: int = DEFAULT_CHUNK_ROWS) -> None:
         super().__init__()
@@ -181,6 +185,7 @@ class EmbeddingCosineGSU(CosineGSU):
 
     scores_are_scl_cosines = False  # ID cosines: an SCL-similarity ESU computes its own R
     reads_id_tokens = True
+    scores_whole_history = True  # float ID tokens: the static [B, L] cosine
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 index: Optional[torch.Tensor] = None, members: Optional[torch.Tensor] = None) -> GSUResult:
@@ -215,6 +220,7 @@ class ScoreSumGSU(RetrievesTopK, nn.Module):
 
     scores_are_scl_cosines = False
     reads_id_tokens = True
+    scores_whole_history = True  # the ID scores of every position
 
     def __init__(self, top_k: int, id_weight: float = 1.0, id_scorer: Optional[nn.Module] = None,
                  chunk_size: int = DEFAULT_CHUNK_ROWS) -> None:

@@ -49,6 +49,7 @@ class CategoryGSU(RetrievesTopK, nn.Module):
 
     scores_are_scl_cosines = False
     reads_id_tokens = False
+    scores_whole_history = False
 
     def __init__(self, top_k: int = 50, unknown_category: Optional[int] = 0) -> None:
         super().__init__()
@@ -100,6 +101,7 @@ class AttentionGSU(RetrievesTopK, nn.Module):
 
     scores_are_scl_cosines = False
     reads_id_tokens = True  # TWIN: attention over the history's ID tokens
+    scores_whole_history = True  # attention logits of every position
 
     def __init__(self, attention: TargetAttention, top_k: int = 50, chunk_size: int = 1024) -> None:
         super().__init__()
@@ -276,6 +278,7 @@ class MISSGSU(RetrievesTopK, nn.Module):
 
     scores_are_scl_cosines = False
     reads_id_tokens = False
+    scores_whole_history = False
 
     def __init__(self, top_k: int = 50, chunk_size: int = 2048) -> None:
         super().__init__()

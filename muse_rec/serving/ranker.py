@@ -40,9 +40,6 @@ import torch
 from muse_rec.data.batch import USER_FEATURES
 from muse_rec.data.prepared import PreparedData
 from muse_rec.data.vocab import PADDING_ROW
-from muse_rec.modules.fusion import FusionGSU
-from muse_rec.modules.gsu import EmbeddingCosineGSU, ScoreSumGSU
-from muse_rec.modules.gsu_baselines import AttentionGSU
 from muse_rec.serving.cache import AsyncLRUCache
 from muse_rec.serving.export import ExportError, check_data_fingerprint, example_inputs, load_export, load_trained_model
 from muse_rec.serving.inference import InferenceModel
@@ -56,15 +53,11 @@ DEFAULT_MAX_BATCH = 1024  # candidates per forward (bounds the [B, chunk] GSU sc
 # contexts held outside the cache to a few.
 PREFETCH_AHEAD_PER_WORKER = 2
 # Bound on candidates x history positions per forward of a float model whose GSU scores the whole
-# history as fp32 ``[B, L]`` matrices (`FULL_HISTORY_SCORE_GSUS`): 2^24 scores, 64 MiB per matrix,
+# history as fp32 ``[B, L]`` matrices (its GSU's ``scores_whole_history``): 2^24 scores, 64 MiB per matrix,
 # so the default 1,024 candidates per pass up to L = 16K and fewer beyond. At L = 100K and 1,000
 # candidates, 1,024 per pass peaked at 4.3 GB (TWIN) and 1.3 GB (SIM-soft), 128-167 per pass at
 # 1.3 / 1.1 GB, and ran faster (TWIN 2.5 s vs 2.9-4.1 s, SIM-soft 0.87 s vs 1.48 s).
 FULL_SCORES_PER_PASS = 1 << 24
-# The GSUs that score every history position of every candidate at once (`history_cosine` /
-# `history_dot`): ID-embedding cosines (SIM-soft), attention (TWIN, SCL attention), the MM + ID
-# score sums of the GSU-scoring ablations, and fusion.
-FULL_HISTORY_SCORE_GSUS = (EmbeddingCosineGSU, AttentionGSU, ScoreSumGSU, FusionGSU)
 
 
 @dataclass
@@ -146,10 +139,11 @@ class FloatScorer:
         self.fixed_len: Optional[int] = None
         self.min_len = model.recent  # the recent-R slice needs at least R positions
         self.max_candidates: Optional[int] = None
-        # Whether a forward holds [B, L] score matrices (see FULL_SCORES_PER_PASS). MUSE's SCL
-        # cosine GSU streams the history in chunks instead, with a fixed cost per forward (at
-        # L = 100K, 167 candidates per pass took 1.7x the time of 1,024), so it is not bounded.
-        self.scores_full_history = isinstance(model.model.gsu, FULL_HISTORY_SCORE_GSUS)
+        # Whether a forward holds [B, L] score matrices (see FULL_SCORES_PER_PASS), as its GSU declares. MUSE's
+        # SCL cosine GSU streams the history in chunks instead, with a fixed cost per forward (at L = 100K,
+        # 167 candidates per pass took 1.7x the time of 1,024), so it is not bounded. No GSU (DIN): nothing.
+        gsu = model.model.gsu
+        self.scores_full_history = gsu is not None and gsu.scores_whole_history
 
     @torch.no_grad()
     def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
