@@ -152,13 +152,15 @@ def _check_floors_window(f: Path, doc: Dict, paths: Sequence[str], runs: Sequenc
         most = longest[(prepared, split)]
         if most is not None and all(w == 0 or w >= most for w in (window, seq_len)):
             continue  # both windows hold every history: the same floors
-        def shown(w: int) -> str:
-            return "the whole history" if w == 0 else f"the newest {w:,} behaviours"
-
         known = "" if most is not None else f" (and {prepared} cannot be read to tell whether every history fits both)"
-        raise ValueError(f"--floors {f}: floors of {shown(window)}, but {p} reads {shown(seq_len)} (data.seq_len "
+        raise ValueError(f"--floors {f}: floors of {_window(window)}, but {p} reads {_window(seq_len)} (data.seq_len "
                          f"{seq_len}){known}: they would judge it by what its model does not see; pass floors of its "
                          f"window (`muse-rec baselines PREPARED --seq-len {seq_len} --out FILE`) or leave --floors out")
+
+
+def _window(seq_len: int) -> str:
+    """A history window in words: ``seq_len`` 0 is the whole history."""
+    return "the whole history" if seq_len == 0 else f"the newest {seq_len:,} behaviours"
 
 
 def _longest_history(prepared: str, split: str) -> Optional[int]:
