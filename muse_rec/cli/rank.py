@@ -10,8 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import statistics
+import time
+from typing import List, Sequence
 
 from muse_rec.cli.flags import input_file, input_path, int64, nonempty
+
+MS = 1000.0  # milliseconds per second
 
 HELP = "rank candidates for users from a checkpoint or an exported program (JSON request -> JSON scores)"
 
@@ -71,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.serving.ranker import Ranker, rank_all
 
     quiet_known_warnings()
+    started = time.perf_counter()
+    latencies: List[float] = []
     try:
         if args.split is not None:  # named by its flag (the Ranker names its argument), before the model loads
             from muse_rec.data.prepared import PreparedData
@@ -84,10 +91,25 @@ def run(args: argparse.Namespace) -> int:
             ranker = Ranker.from_checkpoint(spec, args.checkpoint, seq_len=args.seq_len, split=args.split,
                                             allow_data_mismatch=args.allow_data_mismatch,
                                             expect_sha256=args.expect_sha256)
+        loaded = time.perf_counter()
         with ranker:
-            responses = rank_all(ranker, requests)
+            responses = rank_all(ranker, requests, latencies)
     except bad_input_errors() + (ValueError,) as e:
         return report("rank", e)
     single = not text.lstrip().startswith(b"[")
     print(json.dumps(responses[0] if single else responses))
+    # stdout is the JSON document alone (callers parse it); how fast it went goes to stderr.
+    print(f"muse-rec rank: {timing_summary(latencies, sum(len(r.candidates) for r in requests), loaded - started)}",
+          file=sys.stderr)
     return 0
+
+
+def timing_summary(latencies: Sequence[float], candidates: int, load_seconds: float) -> str:
+    """One line: requests and candidates scored, in how long (per request: median and slowest, in
+    ms, each from its turn to its response), after how long loading the model and its data."""
+    n = len(latencies)
+    per = (f"{latencies[0] * MS:.1f} ms" if n == 1 else
+           f"{sum(latencies):.2f} s (per request: median {statistics.median(latencies) * MS:.1f} ms, "
+           f"slowest {max(latencies) * MS:.1f} ms)")
+    return (f"{n} request{'s' if n != 1 else ''}, {candidates} candidate{'s' if candidates != 1 else ''} "
+            f"scored in {per}, after {load_seconds:.1f} s loading the model and its data")

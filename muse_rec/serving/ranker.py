@@ -28,6 +28,7 @@ Documented handling of bad input (never a crash, never a silent wrong score):
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
@@ -333,8 +334,12 @@ class Ranker:
         self.close()
 
 
-def rank_all(ranker: Ranker, requests: List[RankRequest]) -> List[Dict[str, object]]:
+def rank_all(ranker: Ranker, requests: List[RankRequest],
+             latencies: Optional[List[float]] = None) -> List[Dict[str, object]]:
     """Score ``requests`` in order, loading the users of the next ones while one is scored.
+
+    ``latencies``, when given, receives each request's seconds in order: from its turn to its
+    response, waiting for its user's context included (what a caller of this process waits).
 
     Each request's context is taken from the future its prefetch returned, not looked up in the
     cache again: the cache is bounded, and when the requests' contexts exceed it (a few thousand
@@ -349,5 +354,8 @@ def rank_all(ranker: Ranker, requests: List[RankRequest]) -> List[Dict[str, obje
         while queued < len(requests) and len(pending) <= ahead:
             pending.append(ranker.prefetch(requests[queued].user))
             queued += 1
+        start = time.perf_counter()
         out.append(ranker._respond(req, pending.popleft().result()))
+        if latencies is not None:
+            latencies.append(time.perf_counter() - start)
     return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -178,8 +179,13 @@ def test_rank_cli(trained_run, reference, tmp_path):
     reqs = [{"user": u, "candidates": items}, {"user": 5, "candidates": [items[0], 77]}]
     proc = _rank_cli(trained_run, tmp_path, json.dumps(reqs), "--exported", str(trained_run.exported))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout)  # stdout is the JSON document alone
     assert [r["user"] for r in out] == [u, 5]
+    # How fast it went, for the user, on stderr: one line counting the requests and candidates scored.
+    summary = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"muse-rec rank: 2 requests, 5 candidates scored in \d+\.\d\d s \(per request: median "
+                        r"\d+\.\d ms, slowest \d+\.\d ms\), after \d+\.\d s loading the model and its data",
+                        summary), proc.stderr[-2000:]
     with Ranker.from_exported(trained_run.spec(), str(trained_run.exported)) as r:  # the same program in-process
         np.testing.assert_allclose(out[0]["scores"], r.score(u, items), atol=ROUNDING_P, rtol=0)
     assert out[1]["known_user"] is False and out[1]["unknown_candidates"] == [1]
