@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="export even though the checkpoint was trained on other prepared data")
 
 
+# Bytes: a memory page. TorchRec pads each quantized row to a multiple of the alignment (16 for its CUDA
+# kernels, 4 is tight on CPU); past a page no kernel gains, and each table grows by the alignment per row
+# (2**40 asked for terabytes and ended in an out-of-memory line that did not name the flag).
+MAX_ROW_ALIGNMENT = 4096
+
+
 # manifest.json's int8_check keys the command prints.
 _INT8_CHECK_SHOWN = ("max_abs_dp", "p99_abs_dp", "samples", "users", "split")
 
@@ -48,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seq_len is not None and args.seq_len < 1:
         return report("export", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for data.seq_len)"))
+    if not 1 <= args.row_alignment <= MAX_ROW_ALIGNMENT:
+        return report("export", ValueError(f"--row-alignment {args.row_alignment}: must be in [1, {MAX_ROW_ALIGNMENT:,}] "
+                                           "bytes (16 = TorchRec's default, 4 is tighter on CPU)"))
     try:
         check_max_candidates(args.max_candidates)
     except ValueError as e:

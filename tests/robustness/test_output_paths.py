@@ -124,6 +124,10 @@ def test_an_output_under_a_file_is_refused_before_any_work(trained, tmp_path, co
 @pytest.mark.parametrize("args, needle", [
     (["evaluate", "--max-batches", "-1"], "--max-batches -1: must be >= 0"),
     (["export", "--seq-len", "0"], "--seq-len 0: must be >= 1"),
+    # 0 named the library's argument (row_alignment), after the model was loaded; 2**40 was one "out of memory"
+    # line that did not name the flag.
+    (["export", "--row-alignment", "0"], "--row-alignment 0: must be in [1, 4,096] bytes"),
+    (["export", "--row-alignment", str(1 << 40)], f"--row-alignment {1 << 40}: must be in [1, 4,096] bytes"),
     (["rank", "--seq-len", "0"], "--seq-len 0: must be >= 1"),
     (["reproduce", "--nproc", "0"], "--nproc 0: must be in 1..16,384"),
     (["reproduce", "--nproc", "1000000"], "--nproc 1000000: must be in 1..16,384"),  # was accepted
