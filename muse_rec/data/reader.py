@@ -249,7 +249,7 @@ class ParquetPart:
             for rg in range(self._meta.num_row_groups):
                 try:
                     for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=cols):
-                        batch = cast_batch(batch, self._casts, self.path, rg)
+                        batch = cast_batch(batch, self._casts, self.path, rg, first_row)
                         check_batch(sub, batch, self.path, rg, first_row)
                         first_row += batch.num_rows
                         yield batch

@@ -134,9 +134,33 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.
     return casts
 
 
-def cast_batch(batch: pa.RecordBatch, casts: Dict[str, pa.DataType], file: str, row_group: int) -> pa.RecordBatch:
+def _rows_phrase(bad: np.ndarray, first_row: int, num_rows: int) -> Tuple[str, int]:
+    """("3 of rows 8192-12287", the first bad row) for the batch-relative rows `bad` (ascending) of a
+    batch of `num_rows` rows whose first row is the file's row `first_row`."""
+    return f"{bad.size} of rows {first_row}-{first_row + num_rows - 1}", first_row + int(bad[0])
+
+
+def _rows_out_of_range(arr: pa.Array, want: pa.DataType) -> Tuple[np.ndarray, List[int]]:
+    """The rows of the integer (or integer list) column `arr` ``[rows]`` holding a value outside the range
+    of `want`'s integer type (ascending), and the first such row's first such value."""
+    target = want.value_type if _is_list(want) else want
+    info = np.iinfo(target.to_pandas_dtype())
+    values = pc.list_flatten(arr) if _is_list(arr.type) else arr
+    # Nulls are no range error (check_batch names them); NumPy compares every integer dtype with a
+    # Python int exactly (a uint64 above 2^63 - 1 too).
+    flat = pc.fill_null(values, 0).to_numpy(zero_copy_only=False)
+    out = np.flatnonzero((flat < info.min) | (flat > info.max))
+    if not out.size:
+        return out, []
+    rows = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)[out] if _is_list(arr.type) else out
+    return np.unique(rows), [int(flat[out[0]])]
+
+
+def cast_batch(batch: pa.RecordBatch, casts: Dict[str, pa.DataType], file: str, row_group: int,
+               first_row: int = 0) -> pa.RecordBatch:
     """`batch` with the columns of `casts` (from `check_schema`) cast to the release's types; a
-    `RawDataError` naming the column where a value does not fit (e.g. 300 in an int8 label)."""
+    `RawDataError` naming the column and the first row (as the file counts it: ``first_row`` is the
+    batch's first) where a value does not fit (e.g. 300 in an int8 label)."""
     todo = {n: t for n, t in casts.items() if n in batch.schema.names}
     if not todo:
         return batch
@@ -146,7 +170,13 @@ def cast_batch(batch: pa.RecordBatch, casts: Dict[str, pa.DataType], file: str, 
         try:
             arrays[i] = arrays[i].cast(want)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise raw_error(file, f"type {arrays[i].type}: a value does not fit {want} ({e})", row_group, name) from None
+            bad, value = _rows_out_of_range(arrays[i], want)
+            if not bad.size:  # not a range error: say what Arrow said
+                raise raw_error(file, f"type {arrays[i].type}: a value does not fit {want} ({e})", row_group,
+                                name) from None
+            count, row = _rows_phrase(bad, first_row, batch.num_rows)
+            raise raw_error(file, f"type {arrays[i].type}: a value does not fit {want} in {count} "
+                            f"(first: row {row} holds {value[0]})", row_group, name) from None
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
@@ -162,8 +192,7 @@ def check_batch(spec: TableSpec, batch: pa.RecordBatch, file: str, row_group: in
     row as the file counts it (the reader yields a row group in batches of ``batch_rows``).
     """
     def rows(bad: np.ndarray) -> Tuple[str, int]:  # ("3 of rows 8192-12287", the first bad row), the file's numbering
-        last = first_row + batch.num_rows - 1
-        return f"{bad.size} of rows {first_row}-{last}", first_row + int(bad[0])
+        return _rows_phrase(bad, first_row, batch.num_rows)
 
     for name in spec.columns:
         col = batch.column(batch.schema.get_field_index(name))

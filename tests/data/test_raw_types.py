@@ -131,6 +131,30 @@ def test_a_bad_row_is_named_as_the_file_counts_it_inside_a_large_row_group(good,
         prepare(str(raw), str(tmp_path / "out"), CFG)
 
 
+def _uint64_213_with(row: int, value: int) -> Callable[[pa.Table], pa.Table]:
+    """item_features' `213` as uint64 ids that fit int64, but for `value` at `row`."""
+    def edit(t: pa.Table) -> pa.Table:
+        ids = np.arange(1, t.num_rows + 1, dtype=np.uint64)
+        ids[row] = value
+        return t.set_column(t.schema.get_field_index("213"), "213", pa.array(ids, pa.uint64()))
+    return edit
+
+
+@pytest.mark.parametrize("table,column,edit,shown", [
+    # an int16 label list: 300 does not fit int8
+    ("train_samples", S.LABEL, _set(S.LABEL, 50, [0, 300], pa.list_(pa.int16())), 300),
+    # a uint64 id above int64's range
+    ("item_features", "213", _uint64_213_with(50, 2**63), 2**63),
+])
+def test_a_value_another_type_cannot_hold_is_named_by_its_row(good, tmp_path, table, column, edit, shown):
+    """Row 50 of the file (row group 1 of 37-row groups, read in batches of 40) holds the one value
+    that does not fit: the message names that row as the file counts it, and the value."""
+    raw = _copy_with(good, tmp_path, table, edit)
+    with pytest.raises(RawDataError, match=rf"row group 1, column '{column}': type .*: a value does not fit "
+                                           rf".* in 1 of rows 37-73 \(first: row 50 holds {shown}\)"):
+        prepare(str(raw), str(tmp_path / "out"), CFG)
+
+
 def _corrupt_a_data_page(path: Path) -> None:
     """Flip 64 bytes in the middle of the first column chunk (one plain page: past its header)."""
     col = pq.ParquetFile(path).metadata.row_group(0).column(0)
