@@ -107,7 +107,8 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.
 
     Other writers store the same integers in other types: int32 ids, ``list<int64>`` labels (pandas
     from Python lists), ``fixed_size_list<int8>[128]`` SCL rows (polars ``Array``). Any integer type,
-    and any list of integers (``list``, ``large_list`` or ``fixed_size_list``), is accepted and cast
+    and any list of integers or booleans (``list``, ``large_list`` or ``fixed_size_list``; a one-hot
+    ``list<bool>`` label), is accepted and cast
     to the release's type as it is read; a value that does not fit is a `RawDataError` then. Floats
     and strings are not: their conversion to an id is a choice this reader does not make for you.
     """
@@ -121,12 +122,15 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.
         got = schema.field(found[0]).type
         if pa.types.is_list(want):
             # A list is named by its value type: its child field's name ('item', 'element') does not matter.
-            ok = _is_list(got) and pa.types.is_integer(got.value_type)
+            # Booleans are the integers 0 and 1: a one-hot label written as list<bool> (a writer's
+            # `[y == 0, y == 1]`) casts to the same int8 values, none lost.
+            ok = _is_list(got) and (pa.types.is_integer(got.value_type) or pa.types.is_boolean(got.value_type))
             exact = (pa.types.is_list(got) or pa.types.is_large_list(got)) and got.value_type == want.value_type
         else:
             ok, exact = pa.types.is_integer(got), got == want
         if not ok:
-            expected = (f"a list of {want.value_type} (or a list, large_list or fixed_size_list of another integer type)"
+            expected = (f"a list of {want.value_type} (or a list, large_list or fixed_size_list of another integer "
+                        "type or of booleans)"
                         if pa.types.is_list(want) else f"{want} (or another integer type)")
             raise raw_error(file, f"type {got}, expected {expected}", column=name)
         if not exact:

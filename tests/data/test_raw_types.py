@@ -66,6 +66,9 @@ SAME_VALUES = {
     # polars' Array(Int8, 128)
     "SCL as fixed_size_list<int8>[128]": ("scl", _cast(S.SCL_VECTOR, pa.list_(pa.int8(), S.SCL_DIM))),
     "SCL as list<int16>": ("scl", _cast(S.SCL_VECTOR, pa.list_(pa.int16()))),
+    # a one-hot label as [y == 0, y == 1]
+    "labels as list<bool>": ("train_samples", _cast(S.LABEL, pa.list_(pa.bool_()))),
+    "labels as fixed_size_list<bool>[2]": ("test_samples", _cast(S.LABEL, pa.list_(pa.bool_(), S.LABEL_WIDTH))),
     "history as large_list<int64>": ("test_user_features", _cast(S.SEQ_ITEMS, pa.large_list(pa.int64()))),
 }
 
