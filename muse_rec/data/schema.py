@@ -101,6 +101,25 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
+def _is_bytes(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+
+
+def _bytes_as_int8_lists(arr: pa.Array) -> pa.Array:
+    """A binary column ``[rows]`` as the list of its bytes per row, each byte an int8 (two's complement:
+    NumPy's ``int8`` vector ``.tobytes()``), zero-copy: the same validity, offsets and data buffers."""
+    bufs = arr.buffers()
+    if pa.types.is_fixed_size_binary(arr.type):  # [validity, data]: row r is bytes r*w .. (r+1)*w
+        width = arr.type.byte_width
+        values = pa.Array.from_buffers(pa.int8(), (arr.offset + len(arr)) * width, [None, bufs[1]])
+        return pa.Array.from_buffers(pa.list_(pa.int8(), width), len(arr), [bufs[0]], offset=arr.offset,
+                                     children=[values])
+    # [validity, offsets, data]: a (large) binary has a (large) list's offsets
+    kind = pa.large_list(pa.int8()) if pa.types.is_large_binary(arr.type) else pa.list_(pa.int8())
+    values = pa.Array.from_buffers(pa.int8(), bufs[2].size if bufs[2] is not None else 0, [None, bufs[2]])
+    return pa.Array.from_buffers(kind, len(arr), [bufs[0], bufs[1]], offset=arr.offset, children=[values])
+
+
 def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.DataType]:
     """Fail unless every required column is present with its Arrow type, or one that holds the same
     values (extra columns are fine). Returns the columns to cast, column -> the spec's type.
@@ -108,7 +127,7 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.
     Other writers store the same integers in other types: int32 ids, ``list<int64>`` labels (pandas
     from Python lists), ``fixed_size_list<int8>[128]`` SCL rows (polars ``Array``). Any integer type,
     and any list of integers or booleans (``list``, ``large_list`` or ``fixed_size_list``; a one-hot
-    ``list<bool>`` label), is accepted and cast
+    ``list<bool>`` label), and for an int8 list (SCL rows, labels) binary of its bytes, is accepted and cast
     to the release's type as it is read; a value that does not fit is a `RawDataError` then. Floats
     and strings are not: their conversion to an id is a choice this reader does not make for you.
     """
@@ -125,12 +144,14 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.
             # Booleans are the integers 0 and 1: a one-hot label written as list<bool> (a writer's
             # `[y == 0, y == 1]`) casts to the same int8 values, none lost.
             ok = _is_list(got) and (pa.types.is_integer(got.value_type) or pa.types.is_boolean(got.value_type))
+            # Bytes are int8 values: an SCL row stored as the 128 bytes of its int8 vector.
+            ok = ok or (_is_bytes(got) and want.value_type == pa.int8())
             exact = (pa.types.is_list(got) or pa.types.is_large_list(got)) and got.value_type == want.value_type
         else:
             ok, exact = pa.types.is_integer(got), got == want
         if not ok:
             expected = (f"a list of {want.value_type} (or a list, large_list or fixed_size_list of another integer "
-                        "type or of booleans)"
+                        "type or of booleans" + (", or binary: its bytes" if want.value_type == pa.int8() else "") + ")"
                         if pa.types.is_list(want) else f"{want} (or another integer type)")
             raise raw_error(file, f"type {got}, expected {expected}", column=name)
         if not exact:
@@ -171,6 +192,8 @@ def cast_batch(batch: pa.RecordBatch, casts: Dict[str, pa.DataType], file: str, 
     arrays = list(batch.columns)
     for name, want in todo.items():
         i = batch.schema.get_field_index(name)
+        if _is_bytes(arrays[i].type):
+            arrays[i] = _bytes_as_int8_lists(arrays[i])
         try:
             arrays[i] = arrays[i].cast(want)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:

@@ -60,12 +60,24 @@ def _cast(col: str, to: pa.DataType, safe: bool = True) -> Callable[[pa.Table], 
     return edit
 
 
+def _as_bytes(col: str, to: pa.DataType) -> Callable[[pa.Table], pa.Table]:
+    """The int8 list column `col` as binary of type `to`: each row the bytes of its int8 vector."""
+    def edit(t: pa.Table) -> pa.Table:
+        rows = [None if v is None else np.asarray(v, np.int8).tobytes() for v in t.column(col).to_pylist()]
+        return t.set_column(t.schema.get_field_index(col), col, pa.array(rows, to))
+    return edit
+
+
 SAME_VALUES = {
     # pandas writes Python lists of ints as list<int64>
     "labels as list<int64>": ("train_samples", _cast(S.LABEL, pa.list_(pa.int64()))),
     # polars' Array(Int8, 128)
     "SCL as fixed_size_list<int8>[128]": ("scl", _cast(S.SCL_VECTOR, pa.list_(pa.int8(), S.SCL_DIM))),
     "SCL as list<int16>": ("scl", _cast(S.SCL_VECTOR, pa.list_(pa.int16()))),
+    # the 128 bytes of each int8 SCL vector (NumPy's tobytes()), fixed-size or not
+    "SCL as fixed_size_binary[128]": ("scl", _as_bytes(S.SCL_VECTOR, pa.binary(S.SCL_DIM))),
+    "SCL as binary": ("scl", _as_bytes(S.SCL_VECTOR, pa.binary())),
+    "SCL as large_binary": ("scl", _as_bytes(S.SCL_VECTOR, pa.large_binary())),
     # a one-hot label as [y == 0, y == 1]
     "labels as list<bool>": ("train_samples", _cast(S.LABEL, pa.list_(pa.bool_()))),
     "labels as fixed_size_list<bool>[2]": ("test_samples", _cast(S.LABEL, pa.list_(pa.bool_(), S.LABEL_WIDTH))),
@@ -107,6 +119,9 @@ REFUSED = {
         ["'213'", "does not fit", "int64"]),
     "ids as floats": ("train_samples", _cast(S.USER, pa.float64(), safe=False), [S.USER, "type double", "expected int64"]),
     "SCL as a list of floats": ("scl", _cast(S.SCL_VECTOR, pa.list_(pa.float32())), [S.SCL_VECTOR, "expected a list of int8"]),
+    "SCL bytes, one row 127 long": ("scl", lambda t: _as_bytes(S.SCL_VECTOR, pa.binary())(
+        _set(S.SCL_VECTOR, 45, [1] * (S.SCL_DIM - 1), pa.list_(pa.int8()))(t)),
+        [S.SCL_VECTOR, "row group 1", "list length != 128 (first: row 45 has 127)"]),
 }
 
 
