@@ -55,6 +55,9 @@ def join_path(root: str, name: str) -> str:
 
 PARQUET_SUFFIX = ".parquet"
 _HIDDEN = (".", "_")  # name prefixes of hidden entries and writers' side files (_SUCCESS, _metadata, .crc)
+# Logs of table formats whose directory keeps the Parquet files of earlier versions beside the live ones
+# (Delta Lake after an overwrite or delete, Hudi's older file slices): only the log says which are live.
+_TABLE_FORMAT_LOGS = {"_delta_log": "Delta Lake", ".hoodie": "Hudi"}
 
 
 _PARQUET_MAGIC = b"PAR1"  # the first (and last) 4 bytes of every Parquet file
@@ -157,7 +160,13 @@ def table_parts(root: str, spec: TableSpec) -> Tuple[str, List[str], List[str]]:
         return where, shards, []
     if not g_pathmgr.isdir(where):
         return where, [where], []
-    names = [n for n in _listdir(where) if not n.startswith(_HIDDEN)]
+    listed = _listdir(where)
+    logs = [n for n in listed if n in _TABLE_FORMAT_LOGS]
+    if logs:  # reading every part would read removed rows too, silently (a Delta overwrite: both versions)
+        raise raw_error(join_path(where, logs[0]), f"table {spec.name} is a {_TABLE_FORMAT_LOGS[logs[0]]} table: its "
+                        "directory may hold the Parquet files of removed versions, and only this log says which "
+                        "are live; export the table as plain Parquet (its current version)")
+    names = [n for n in listed if not n.startswith(_HIDDEN)]
     subdirs = [n for n in names if g_pathmgr.isdir(join_path(where, n))]
     if subdirs:
         raise raw_error(where, f"holds the sub-directory '{subdirs[0]}'; the directory of table {spec.name} "

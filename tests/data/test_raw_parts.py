@@ -174,3 +174,31 @@ def test_files_of_a_table_directory_that_are_not_parquet_are_named(raw: Path, tm
     assert len(lines) == len(SPLIT), lines  # one line per table written in parts
     scl = next(line for line in lines if "table scl" in line)
     assert str(scl_dir) in scl and "skipped 2 file(s)" in scl and "metadata.json, notes.txt" in scl
+
+
+def _as_overwritten_delta_table(raw: Path, name: str) -> Path:
+    """Table `name` of `raw` as Delta Lake leaves it after ``mode("overwrite")``: the first version's
+    part (its first 10 rows) still beside the live one, and the log that removed it. Returns the log."""
+    file = raw / S.TABLES[name].file
+    table = pq.read_table(file)
+    os.remove(file)
+    where = raw / S.TABLES[name].file[: -len(".parquet")]
+    where.mkdir()
+    old, new = "part-00000-0a-c000.snappy.parquet", "part-00000-1b-c000.snappy.parquet"
+    pq.write_table(table.slice(0, 10), where / old)
+    pq.write_table(table, where / new)
+    log = where / "_delta_log"
+    log.mkdir()
+    (log / f"{0:020d}.json").write_text(json.dumps({"add": {"path": old, "dataChange": True}}) + "\n")
+    (log / f"{1:020d}.json").write_text(json.dumps({"remove": {"path": old, "dataChange": True}}) + "\n"
+                                        + json.dumps({"add": {"path": new, "dataChange": True}}) + "\n")
+    return log
+
+
+def test_a_delta_lake_table_is_refused_not_read_with_its_removed_parts(raw: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """Every Parquet file of the directory read, the removed version's 10 rows were samples twice, silently."""
+    log = _as_overwritten_delta_table(raw, "train_samples")
+    err = _prepare_cli(raw, tmp_path / "out", capsys)
+    assert f"{log}: table train_samples is a Delta Lake table" in err and "export the table as plain Parquet" in err, err
+    assert not (tmp_path / "out" / "meta.json").exists()
