@@ -128,7 +128,8 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.
     from Python lists), ``fixed_size_list<int8>[128]`` SCL rows (polars ``Array``). Any integer type,
     and any list of integers or booleans (``list``, ``large_list`` or ``fixed_size_list``; a one-hot
     ``list<bool>`` label), and for an int8 list (SCL rows, labels) binary of its bytes, is accepted and cast
-    to the release's type as it is read; a value that does not fit is a `RawDataError` then. Floats
+    to the release's type as it is read; a value that does not fit is a `RawDataError` then. So is a column
+    (or list) of type null: its values are all nulls, refused by row where the column allows none. Floats
     and strings are not: their conversion to an id is a choice this reader does not make for you.
     """
     casts: Dict[str, pa.DataType] = {}
@@ -139,11 +140,19 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.
         if len(found) > 1:  # e.g. an export that repeats a column after a join: which one is meant?
             raise raw_error(file, f"appears {len(found)} times (columns {found}); keep one", column=name)
         got = schema.field(found[0]).type
+        if pa.types.is_null(got):
+            # Every value null, and no type to read them in: pandas writes an object column so where the
+            # part has no rows, or only null histories (a left join's users without behaviours).
+            # `check_batch` refuses each null where the column allows none, by row.
+            casts[name] = want
+            continue
         if pa.types.is_list(want):
             # A list is named by its value type: its child field's name ('item', 'element') does not matter.
             # Booleans are the integers 0 and 1: a one-hot label written as list<bool> (a writer's
             # `[y == 0, y == 1]`) casts to the same int8 values, none lost.
-            ok = _is_list(got) and (pa.types.is_integer(got.value_type) or pa.types.is_boolean(got.value_type))
+            # A list of nulls (pandas: a column of empty lists) holds no value but nulls, refused by row.
+            ok = _is_list(got) and any(is_type(got.value_type) for is_type in
+                                       (pa.types.is_integer, pa.types.is_boolean, pa.types.is_null))
             # Bytes are int8 values: an SCL row stored as the 128 bytes of its int8 vector.
             ok = ok or (_is_bytes(got) and want.value_type == pa.int8())
             exact = (pa.types.is_list(got) or pa.types.is_large_list(got)) and got.value_type == want.value_type

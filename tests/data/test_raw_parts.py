@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Dict
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -202,3 +203,23 @@ def test_a_delta_lake_table_is_refused_not_read_with_its_removed_parts(raw: Path
     err = _prepare_cli(raw, tmp_path / "out", capsys)
     assert f"{log}: table train_samples is a Delta Lake table" in err and "export the table as plain Parquet" in err, err
     assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_an_empty_part_whose_lists_have_no_type_is_an_empty_part(one_file: Dict[str, Path], tmp_path: Path) -> None:
+    """pandas writes an empty chunk's list columns as type null (an object column with no value to
+    infer from): such a part was refused ("type null, expected a list of int8"); it holds no rows."""
+    raw = tmp_path / "raw"
+    shutil.copytree(one_file["raw"], raw)
+    _split_into_parts(raw, "directory", n_parts=3)
+    for name in SPLIT:
+        stem = S.TABLES[name].file[: -len(".parquet")]
+        empty = pq.read_table(raw / stem / "part-0.parquet")  # _split_into_parts's empty part
+        assert empty.num_rows == 0
+        untyped = pa.table({f.name: pa.nulls(0) if pa.types.is_list(f.type) else empty.column(f.name)
+                            for f in empty.schema})
+        pq.write_table(untyped, raw / stem / "part-0.parquet")
+    out = tmp_path / "prepared"
+    with pytest.warns(UserWarning, match="no row in"):
+        prepare(str(raw), str(out), CFG)
+    for rel in sorted(p.relative_to(one_file["out"]) for p in one_file["out"].rglob("*.npy")):
+        assert (out / rel).read_bytes() == (one_file["out"] / rel).read_bytes(), rel

@@ -262,6 +262,37 @@ def test_a_null_history_is_an_empty_one(good, tmp_path):
     assert offsets[4] == offsets[3] and offsets[8] == offsets[7]
 
 
+def _every_history(value: object, to: pa.DataType) -> Callable[[pa.Table], pa.Table]:
+    """Every row's two history lists set to `value`, as a column of type `to`."""
+    def edit(t: pa.Table) -> pa.Table:
+        for col in (S.SEQ_ITEMS, S.SEQ_CATS):
+            t = t.set_column(t.schema.get_field_index(col), col, pa.array([value] * t.num_rows, to))
+        return t
+    return edit
+
+
+@pytest.mark.parametrize("value,stored", [
+    (None, pa.null()),  # pandas: an object column of None only
+    ([], pa.list_(pa.null())),  # pandas: an object column of empty lists only
+])
+def test_histories_without_a_type_of_their_own_are_empty_ones(good, tmp_path, value, stored):
+    """A user table (a part of one) whose users have no behaviours: pandas infers no value type and
+    writes the column as null or list<null>; it was refused ("type null"); it prepares as empty lists."""
+    typed = _prepare(_copy_with(good, tmp_path / "a", "test_user_features", _every_history([], pa.list_(pa.int64()))),
+                     tmp_path / "a" / "out")
+    raw = _copy_with(good, tmp_path / "b", "test_user_features", _every_history(value, stored))
+    assert pq.read_schema(raw / S.TABLES["test_user_features"].file).field(S.SEQ_ITEMS).type == stored
+    assert _arrays(_prepare(raw, tmp_path / "b" / "out")) == _arrays(typed)
+
+
+def test_a_column_of_type_null_where_no_null_is_allowed_is_refused_by_row(good, tmp_path):
+    raw = _copy_with(good, tmp_path, "item_features", lambda t: t.set_column(
+        t.schema.get_field_index("213"), "213", pa.nulls(t.num_rows)))
+    with pytest.raises(RawDataError, match=r"item_features\.parquet, row group 0, column '213': 37 of rows 0-36 are "
+                                           r"null \(first: row 0\)"):
+        prepare(str(raw), str(tmp_path / "out"), CFG)
+
+
 def test_a_null_in_one_history_list_beside_behaviours_in_the_other_is_refused(good, tmp_path):
     def edit(t: pa.Table) -> pa.Table:
         values = t.column(S.SEQ_CATS).to_pylist()
