@@ -14,15 +14,19 @@ import posixpath
 import re
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from iopath.common.file_io import NativePathHandler, g_pathmgr
 
-from muse_rec.data.schema import TABLES, RawDataError, TableSpec, cast_batch, check_batch, check_schema, raw_error
+from muse_rec.data.schema import (TABLES, RawDataError, TableSpec, cast_batch, check_batch, check_schema, raw_error,
+                                   rows_phrase)
 from muse_rec.json_files import refuse_special_file
 from muse_rec.output_paths import FILE_URI_PREFIX, strip_file_uri
 
 DEFAULT_BATCH_ROWS = 65_536
+FLOAT64_EXACT_BITS = 53  # float64 holds every integer up to 2^53 exactly, not every int64 id
 # Bytes of a column chunk read ahead at a time. Without a buffer size (and with pre-buffering),
 # pyarrow reads whole column chunks of a row group into memory, so memory grew with the
 # writer's row-group size (a 1M-row row group of 1000-long histories is GBs); with it, memory is
@@ -204,7 +208,35 @@ class ParquetPart:
                 self._meta, self._schema = pf.metadata, pf.schema_arrow
             except (pa.ArrowException, OSError) as e:
                 raise raw_error(path, f"not a readable Parquet file (truncated or corrupt?): {e}") from e
+        self._refuse_null_ids_stored_as_floats()
         self._casts = check_schema(spec, self._schema, path)  # columns stored in another integer type
+
+    def _refuse_null_ids_stored_as_floats(self) -> None:
+        """A `RawDataError` naming the first null row of a column of ids stored as floats, where it has one:
+        pandas writes an integer column holding a null (NaN) as float64, so the null, not the type, is
+        what the user must fix. Reads only such columns (refused by `check_schema` anyway), in batches."""
+        names = self._schema.names
+        floats = [n for n in self.spec.columns
+                  if names.count(n) == 1 and pa.types.is_floating(self._schema.field(n).type)]
+        if not floats:
+            return
+        with g_pathmgr.open(self.path, "rb") as fh:
+            pf = pq.ParquetFile(fh, metadata=self._meta, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+            for name in floats:
+                first_row = 0  # the file's row number of the batch's first row
+                for rg in range(self._meta.num_row_groups):
+                    try:
+                        for batch in pf.iter_batches(batch_size=DEFAULT_BATCH_ROWS, row_groups=[rg], columns=[name]):
+                            col = batch.column(0)
+                            nulls = np.flatnonzero(pc.is_null(col, nan_is_null=True).to_numpy(zero_copy_only=False))
+                            if nulls.size:
+                                count, row = rows_phrase(nulls, first_row, batch.num_rows)
+                                raise raw_error(self.path, f"type {col.type} (pandas writes an integer column holding "
+                                                f"a null as floats, which round ids above 2^{FLOAT64_EXACT_BITS}): "
+                                                f"{count} are null (first: row {row})", rg, name)
+                            first_row += batch.num_rows
+                    except (pa.ArrowException, OSError):  # damage: left to the type error here, and to the decode
+                        return
 
     @property
     def num_rows(self) -> int:

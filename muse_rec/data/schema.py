@@ -168,7 +168,7 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.
     return casts
 
 
-def _rows_phrase(bad: np.ndarray, first_row: int, num_rows: int) -> Tuple[str, int]:
+def rows_phrase(bad: np.ndarray, first_row: int, num_rows: int) -> Tuple[str, int]:
     """("3 of rows 8192-12287", the first bad row) for the batch-relative rows `bad` (ascending) of a
     batch of `num_rows` rows whose first row is the file's row `first_row`."""
     return f"{bad.size} of rows {first_row}-{first_row + num_rows - 1}", first_row + int(bad[0])
@@ -210,7 +210,7 @@ def cast_batch(batch: pa.RecordBatch, casts: Dict[str, pa.DataType], file: str, 
             if not bad.size:  # not a range error: say what Arrow said
                 raise raw_error(file, f"type {arrays[i].type}: a value does not fit {want} ({e})", row_group,
                                 name) from None
-            count, row = _rows_phrase(bad, first_row, batch.num_rows)
+            count, row = rows_phrase(bad, first_row, batch.num_rows)
             raise raw_error(file, f"type {arrays[i].type}: a value does not fit {want} in {count} "
                             f"(first: row {row} holds {value[0]})", row_group, name) from None
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
@@ -228,7 +228,7 @@ def check_batch(spec: TableSpec, batch: pa.RecordBatch, file: str, row_group: in
     row as the file counts it (the reader yields a row group in batches of ``batch_rows``).
     """
     def rows(bad: np.ndarray) -> Tuple[str, int]:  # ("3 of rows 8192-12287", the first bad row), the file's numbering
-        return _rows_phrase(bad, first_row, batch.num_rows)
+        return rows_phrase(bad, first_row, batch.num_rows)
 
     for name in spec.columns:
         col = batch.column(batch.schema.get_field_index(name))

@@ -173,6 +173,20 @@ def test_a_value_another_type_cannot_hold_is_named_by_its_row(good, tmp_path, ta
         prepare(str(raw), str(tmp_path / "out"), CFG)
 
 
+def test_a_null_id_pandas_stored_as_a_float_is_named_by_its_row(good, tmp_path):
+    """pandas writes an int64 column holding a null (NaN) as float64: the refusal named the type only
+    ("type double, expected int64"); it names the null row, as for an integer column."""
+    def edit(t: pa.Table) -> pa.Table:
+        ids = t.column(S.USER).to_pylist()
+        ids[50] = None
+        return t.set_column(t.schema.get_field_index(S.USER), S.USER, pa.array(ids, pa.int64()).cast(pa.float64(),
+                                                                                                      safe=False))
+    raw = _copy_with(good, tmp_path, "train_samples", edit)
+    with pytest.raises(RawDataError, match=rf"row group 1, column '{S.USER}': type double \(pandas .*\): "
+                                           r"1 of rows 37-73 are null \(first: row 50\)"):
+        prepare(str(raw), str(tmp_path / "out"), CFG)
+
+
 def _corrupt_a_data_page(path: Path) -> None:
     """Flip 64 bytes in the middle of the first column chunk (one plain page: past its header)."""
     col = pq.ParquetFile(path).metadata.row_group(0).column(0)
