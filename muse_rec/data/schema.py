@@ -102,12 +102,16 @@ def _is_list(t: pa.DataType) -> bool:
 
 
 def _is_bytes(t: pa.DataType) -> bool:
-    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+    return any(is_type(t) for is_type in (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary,
+                                          pa.types.is_binary_view))
 
 
 def _bytes_as_int8_lists(arr: pa.Array) -> pa.Array:
     """A binary column ``[rows]`` as the list of its bytes per row, each byte an int8 (two's complement:
-    NumPy's ``int8`` vector ``.tobytes()``), zero-copy: the same validity, offsets and data buffers."""
+    NumPy's ``int8`` vector ``.tobytes()``), zero-copy: the same validity, offsets and data buffers (a
+    ``binary_view`` column, pyarrow's other layout of the same bytes, is copied once)."""
+    if pa.types.is_binary_view(arr.type):  # views into several data buffers: copied into one first
+        arr = arr.cast(pa.large_binary())
     bufs = arr.buffers()
     if pa.types.is_fixed_size_binary(arr.type):  # [validity, data]: row r is bytes r*w .. (r+1)*w
         width = arr.type.byte_width

@@ -78,6 +78,8 @@ SAME_VALUES = {
     "SCL as fixed_size_binary[128]": ("scl", _as_bytes(S.SCL_VECTOR, pa.binary(S.SCL_DIM))),
     "SCL as binary": ("scl", _as_bytes(S.SCL_VECTOR, pa.binary())),
     "SCL as large_binary": ("scl", _as_bytes(S.SCL_VECTOR, pa.large_binary())),
+    # pyarrow writes a binary_view column's type into the file, and reads it back as binary_view
+    "SCL as binary_view": ("scl", _as_bytes(S.SCL_VECTOR, pa.binary_view())),
     # a one-hot label as [y == 0, y == 1]
     "labels as list<bool>": ("train_samples", _cast(S.LABEL, pa.list_(pa.bool_()))),
     "labels as fixed_size_list<bool>[2]": ("test_samples", _cast(S.LABEL, pa.list_(pa.bool_(), S.LABEL_WIDTH))),
