@@ -101,6 +101,21 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
+def _is_list_view(t: pa.DataType) -> bool:
+    return pa.types.is_list_view(t) or pa.types.is_large_list_view(t)
+
+
+def _list_view_as_list(arr: pa.Array) -> pa.Array:
+    """A (large) list_view column ``[rows]`` as a large_list of the same rows. Arrow's own cast to a list
+    returned an invalid array (pyarrow 26: "Offsets buffer size ... isn't large enough"); the rows'
+    values are taken in row order instead (a view's rows may lie anywhere in its values, overlap too)."""
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(arr) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pc.list_flatten(arr),
+                                         mask=arr.is_null() if arr.null_count else None)
+
+
 def _is_bytes(t: pa.DataType) -> bool:
     return any(is_type(t) for is_type in (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary,
                                           pa.types.is_binary_view))
@@ -130,7 +145,7 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.
 
     Other writers store the same integers in other types: int32 ids, ``list<int64>`` labels (pandas
     from Python lists), ``fixed_size_list<int8>[128]`` SCL rows (polars ``Array``). Any integer type,
-    and any list of integers or booleans (``list``, ``large_list`` or ``fixed_size_list``; a one-hot
+    and any list of integers or booleans (``list``, ``large_list``, ``fixed_size_list`` or a list view; a one-hot
     ``list<bool>`` label), and for an int8 list (SCL rows, labels) binary of its bytes, is accepted and cast
     to the release's type as it is read; a value that does not fit is a `RawDataError` then. So is a column
     (or list) of type null: its values are all nulls, refused by row where the column allows none. Floats
@@ -155,7 +170,7 @@ def check_schema(spec: TableSpec, schema: pa.Schema, file: str) -> Dict[str, pa.
             # Booleans are the integers 0 and 1: a one-hot label written as list<bool> (a writer's
             # `[y == 0, y == 1]`) casts to the same int8 values, none lost.
             # A list of nulls (pandas: a column of empty lists) holds no value but nulls, refused by row.
-            ok = _is_list(got) and any(is_type(got.value_type) for is_type in
+            ok = (_is_list(got) or _is_list_view(got)) and any(is_type(got.value_type) for is_type in
                                        (pa.types.is_integer, pa.types.is_boolean, pa.types.is_null))
             # Bytes are int8 values: an SCL row stored as the 128 bytes of its int8 vector.
             ok = ok or (_is_bytes(got) and want.value_type == pa.int8())
@@ -207,6 +222,8 @@ def cast_batch(batch: pa.RecordBatch, casts: Dict[str, pa.DataType], file: str, 
         i = batch.schema.get_field_index(name)
         if _is_bytes(arrays[i].type):
             arrays[i] = _bytes_as_int8_lists(arrays[i])
+        elif _is_list_view(arrays[i].type):
+            arrays[i] = _list_view_as_list(arrays[i])
         try:
             arrays[i] = arrays[i].cast(want)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:

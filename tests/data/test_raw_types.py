@@ -68,6 +68,23 @@ def _as_bytes(col: str, to: pa.DataType) -> Callable[[pa.Table], pa.Table]:
     return edit
 
 
+def _as_list_view(col: str, kind: Callable[[pa.DataType], pa.DataType]) -> Callable[[pa.Table], pa.Table]:
+    """The list column `col` as a (large) list view (built back to front; the file stores its rows)."""
+    def edit(t: pa.Table) -> pa.Table:
+        rows = t.column(col).to_pylist()
+        flat, offsets, sizes = [], [], []
+        for row in reversed(rows):
+            offsets.insert(0, len(flat))
+            sizes.insert(0, len(row or []))
+            flat.extend(row or [])
+        typ = t.schema.field(col).type.value_type
+        view = pa.ListViewArray if kind is pa.list_view else pa.LargeListViewArray
+        arr = view.from_arrays(offsets, sizes, pa.array(flat, typ), mask=pa.array([r is None for r in rows]))
+        assert arr.to_pylist() == rows
+        return t.set_column(t.schema.get_field_index(col), col, arr)
+    return edit
+
+
 SAME_VALUES = {
     # pandas writes Python lists of ints as list<int64>
     "labels as list<int64>": ("train_samples", _cast(S.LABEL, pa.list_(pa.int64()))),
@@ -84,6 +101,10 @@ SAME_VALUES = {
     "labels as list<bool>": ("train_samples", _cast(S.LABEL, pa.list_(pa.bool_()))),
     "labels as fixed_size_list<bool>[2]": ("test_samples", _cast(S.LABEL, pa.list_(pa.bool_(), S.LABEL_WIDTH))),
     "history as large_list<int64>": ("test_user_features", _cast(S.SEQ_ITEMS, pa.large_list(pa.int64()))),
+    # pyarrow writes a list_view column's type into the file, and reads it back as list_view
+    "history as list_view<int64>": ("train_user_features", lambda t: _as_list_view(S.SEQ_CATS, pa.list_view)(
+        _as_list_view(S.SEQ_ITEMS, pa.large_list_view)(t))),
+    "SCL as list_view<int8>": ("scl", _as_list_view(S.SCL_VECTOR, pa.list_view)),
 }
 
 
@@ -92,6 +113,16 @@ def test_the_same_integers_in_another_type_prepare_to_the_same_arrays(good, good
     table, edit = SAME_VALUES[case]
     raw = _copy_with(good, tmp_path, table, edit)
     assert _arrays(_prepare(raw, tmp_path / "out")) == _arrays(good_out)
+
+
+def test_list_view_rows_that_overlap_or_lie_out_of_order_cast_to_their_values():
+    """In memory a view's rows may share values and lie in any order, and a null row may have a size."""
+    view = pa.ListViewArray.from_arrays(pa.array([3, 0, 1, 1], pa.int32()), pa.array([1, 2, 2, 3], pa.int32()),
+                                        pa.array([1, 2, 3, 4], pa.int16()), mask=pa.array([False, True, False, False]))
+    batch = pa.RecordBatch.from_arrays([view], names=[S.SEQ_ITEMS])
+    out = S.cast_batch(batch, {S.SEQ_ITEMS: pa.list_(pa.int64())}, "f.parquet", 0).column(0)
+    out.validate(full=True)
+    assert out.type == pa.list_(pa.int64()) and out.to_pylist() == [[4], None, [2, 3], [2, 3, 4]]
 
 
 def test_narrower_integer_ids_prepare_as_their_int64_values(good, tmp_path):
