@@ -14,7 +14,7 @@ import torch
 from muse_rec.serving.export import MANIFEST_FILE, PROGRAM_FILE, ExportError, read_manifest
 from muse_rec.serving.inference import InferenceModel
 from tests.conftest import subprocess_env
-from tests.serving.conftest import SEQ_LEN, SPEC
+from tests.serving.conftest import SEQ_LEN, SPEC, _cli
 from tests.serving.helpers import training_predictions
 from tests.serving.int8_bound import ROUNDING, SAFETY, first_order_bound, quantized_twins
 
@@ -41,6 +41,24 @@ def test_manifest_and_table_bytes(trained_run):
     assert bpr["scl"] == 144
     assert bpr["item"] == 32  # 16 int8 values + 4 B scale/bias, padded to 16 (fp32 in training: 64)
     assert m["tables"]["scl_dtype"] == "int8"
+
+
+def test_a_whole_history_gsus_program_takes_the_rankers_candidates_per_pass(trained_run, tmp_path):
+    """TWIN scores every history position of every candidate as fp32 ``[B, L]`` matrices: its program takes at
+    most ``FULL_SCORES_PER_PASS // L`` candidates a call, the float Ranker's passes (unbounded, 1,000 candidates
+    at L = 100K held 2.4 GB), and the Ranker splits a request into calls of that many. MUSE's streams the
+    history in chunks: its program keeps ``--max-candidates``."""
+    from muse_rec.serving.export import DEFAULT_MAX_CANDIDATES
+    from muse_rec.serving.ranker import FULL_SCORES_PER_PASS
+
+    twin, L = SPEC.parent / "twin.yaml", 2 * FULL_SCORES_PER_PASS // DEFAULT_MAX_CANDIDATES
+    sets = [a for o in (f"data.prepared={trained_run.prepared}", f"output_dir={tmp_path}/runs/{{name}}",
+                        f"data.seq_len={SEQ_LEN}") for a in ("--set", o)]
+    _cli("train", "--spec", str(twin), *sets, "--set", "train.batch_size=128", "--set", "train.max_steps=2",
+         "--set", "train.eval_at_end=false", "--device", "cpu")
+    _cli("export", "--spec", str(twin), *sets, "--seq-len", str(L), "--out", str(tmp_path / "exported"))
+    assert read_manifest(str(tmp_path / "exported"))["max_candidates"] == FULL_SCORES_PER_PASS // L
+    assert read_manifest(str(trained_run.exported))["max_candidates"] == DEFAULT_MAX_CANDIDATES
 
 
 def test_exported_program_in_fresh_process_matches_trained_model(trained_run, trained_model, tmp_path):
