@@ -96,7 +96,15 @@ def run(args: argparse.Namespace) -> int:
             if problem:
                 print(f"muse-rec launch: {problem}", file=sys.stderr)
                 return 2
-        handle = runner.schedule(info)
+        try:
+            handle = runner.schedule(info)
+        except Exception as e:  # noqa: BLE001 - the scheduler's client: any failure here was a traceback
+            # A remote scheduler's client fails here: `sbatch` not on PATH (not a Slurm login node), a
+            # Kubernetes API that cannot be reached (no kubeconfig), a rejected request.
+            advice = _SUBMIT_ADVICE.get(profile.scheduler, "submit from where that scheduler can be reached")
+            print(f"muse-rec launch: could not submit to the {profile.scheduler} scheduler ({type(e).__name__}: "
+                  f"{' '.join(str(e).split())}); {advice}", file=sys.stderr)
+            return 1
         print(f"muse-rec launch: submitted {handle} ({where})", file=sys.stderr)
         if not (local or args.wait):
             print(f"follow it with: torchx status {handle}  |  torchx log {handle}", file=sys.stderr)
@@ -151,6 +159,13 @@ def _pairs(items: List[str], flag: str) -> Dict[str, str]:
         out[key.strip()] = value.strip()
     return out
 
+
+# What to do when a remote scheduler's client cannot submit (`muse-rec launch` calls it from this machine).
+_SUBMIT_ADVICE = {
+    "slurm": "submit from a Slurm login node, where `sbatch` is on PATH (docs/launch.md, Slurm)",
+    "kubernetes": "submit from where `kubectl` reaches the cluster (its kubeconfig, or KUBECONFIG; docs/launch.md, "
+                  "Kubernetes)",
+}
 
 # How long an interrupted launch waits for the log follower to see the cancelled job end.
 _LOG_FOLLOWER_GRACE_S = 10.0
