@@ -60,7 +60,9 @@ def train(
                 )
             # As `muse-rec launch` does: a bad spec, override or used run directory fails here, in one
             # line, not on every rank once the job runs.
-            preflight(p, chosen, spec, split_overrides(set), resume, resume_flag="--resume True")
+            # (`torchx run --dryrun` submits nothing: the data need not be there yet.)
+            preflight(p, chosen, spec, split_overrides(set), resume, resume_flag="--resume True",
+                      check_data="--dryrun" not in sys.argv)
         # On local_cwd torchrun is this interpreter's (the one running `torchx`), not the PATH's.
         app = build_app(p, spec=spec, overrides=split_overrides(set), resume=resume, rdzv_port=rdzv_port,
                         max_restarts=None if max_restarts == PROFILES_RESTARTS else max_restarts, scheduler=chosen)

@@ -188,17 +188,20 @@ def train_args(spec: str, overrides: List[str], resume: bool, command: str = "tr
 
 
 def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides: Sequence[str] = (),
-              resume: bool = False, resume_flag: str = "--resume") -> None:
+              resume: bool = False, resume_flag: str = "--resume", check_data: bool = True) -> None:
     """What would fail on every rank once the job runs, refused before it is submitted: a spec or
     override that does not load (`SpecError`), and on `local_cwd`, whose ranks run in this directory
-    on this machine, a fresh run into a used run directory, or a resume into a directory in use, one
-    holding no run, or with other training settings (`RunDirError`, as `muse-rec train` words it, with
-    ``resume_flag`` as the caller's command spells it). Elsewhere (a container, a cluster) the
-    directory may not be visible from here: the ranks check it."""
-    from muse_rec.spec import load_spec
+    on this machine, prepared data that is not there or lacks a split the spec uses (`SpecError`; not
+    when ``check_data`` is False: a dry run, which submits nothing), a fresh run into a used run
+    directory, or a resume into a directory in use, one holding no run, or with other training settings
+    (`RunDirError`, as `muse-rec train` words it, with ``resume_flag`` as the caller's command spells
+    it). Elsewhere (a container, a cluster) the data and directory may not be visible from here: the
+    ranks check them."""
+    from muse_rec.spec import SpecError, load_spec
     from muse_rec.training.run_dir import (RunDirError, check_not_inside_an_artifact, check_resumable,
                                            check_spec_names_its_run, previous_contents, used_run_dir_message)
     from muse_rec.training.run_record import RunError, check_resume_place, check_resume_settings
+    from muse_rec.training.trainer import _open_data
 
     resolved = load_spec(spec or profile.spec, list(overrides))
     check_spec_names_its_run(spec or profile.spec, resolved.run_dir)
@@ -210,17 +213,28 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
         used = previous_contents(run_dir)
         if used:
             raise RunDirError(used_run_dir_message(run_dir, used, resume_flag, overwrite=False))
-        return
-    # A resume's refusals, said once here as `muse-rec train` words them, not by every rank amid
-    # torchrun's tracebacks: a directory in use or holding no run, other training settings than the
-    # run's, a number of ranks that cannot continue the checkpoint's epoch (from its position.json and
-    # the data's meta.json; a checkpoint or data that cannot be read is said as the ranks would).
-    check_resumable(run_dir)
-    try:
-        check_resume_settings(run_dir / "spec.yaml", resolved, overwrite=False)  # neither command has --overwrite
-        check_resume_place(run_dir, resolved, profile.world_size)
-    except RunError as e:  # a ValueError, as the callers expect of the user's input
-        raise RunDirError(str(e)) from None
+    else:
+        # A resume's refusals, said once here as `muse-rec train` words them, not by every rank amid
+        # torchrun's tracebacks: a directory in use or holding no run, other training settings than the
+        # run's, a number of ranks that cannot continue the checkpoint's epoch (from its position.json and
+        # the data's meta.json; a checkpoint or data that cannot be read is said as the ranks would).
+        check_resumable(run_dir)
+        try:
+            check_resume_settings(run_dir / "spec.yaml", resolved, overwrite=False)  # neither command has --overwrite
+        except RunError as e:  # a ValueError, as the callers expect of the user's input
+            raise RunDirError(str(e)) from None
+    if check_data:
+        # Each rank refuses data that is not there in this same line (trainer._open_data): said once here,
+        # not by every rank above torchrun's ChildFailedError traceback.
+        try:
+            _open_data(resolved)
+        except RunError as e:  # a RuntimeError: as the spec's error (a ValueError), what the callers expect
+            raise SpecError(str(e)) from None
+    if resume:
+        try:
+            check_resume_place(run_dir, resolved, profile.world_size)
+        except RunError as e:
+            raise RunDirError(str(e)) from None
 
 
 def build_app(

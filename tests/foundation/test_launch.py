@@ -69,17 +69,19 @@ def test_profiles_carry_scheduler_options_and_restarts():
 
 
 def test_component_warns_when_torchx_run_scheduler_is_not_the_profiles(monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "-s", "local_cwd", "components/train.py:train",
-                                     "--profile", "multi-node"])
+    # Dry runs (`torchx run --dryrun`): a local_cwd submission would first look for the profile's prepared data.
+    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "--dryrun", "-s", "local_cwd",
+                                     "components/train.py:train", "--profile", "multi-node"])
     train_component(profile="multi-node")
     err = capsys.readouterr().err
     assert "profile 'multi-node' is meant for the slurm scheduler, but this `torchx run` submits to local_cwd" in err
-    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "--scheduler", "slurm", "components/train.py:train"])
+    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "--dryrun", "--scheduler", "slurm",
+                                     "components/train.py:train"])
     train_component(profile="multi-node")
     assert "WARNING" not in capsys.readouterr().err
     # No -s: torchx takes .torchxconfig's [cli:run] scheduler (local_cwd), so the warning shows.
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "components/train.py:train", "-s", "slurm"])
+    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "--dryrun", "components/train.py:train", "-s", "slurm"])
     train_component(profile="multi-node")
     assert "submits to local_cwd" in capsys.readouterr().err  # "-s" after the component is the component's
 
@@ -144,8 +146,8 @@ def test_a_max_restarts_below_minus_one_is_refused(monkeypatch, capsys):
     """`torchx run components/train.py:train --max_restarts -5` was taken as -1 (the profile's), silently."""
     with pytest.raises(ProfileError, match=r"^--max_restarts -5: must be >= 0, or -1 for the profile's max_restarts$"):
         train_component(profile="cpu-demo", max_restarts=-5)
-    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "-s", "local_cwd", "components/train.py:train",
-                                     "--max_restarts", "-5"])
+    monkeypatch.setattr("sys.argv", ["/x/bin/torchx", "run", "--dryrun", "-s", "local_cwd",  # (no data: a dry run)
+                                     "components/train.py:train", "--max_restarts", "-5"])
     with pytest.raises(SystemExit) as ended:
         train_component(profile="cpu-demo", max_restarts=-5)
     assert ended.value.code == 2
