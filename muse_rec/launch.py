@@ -325,6 +325,16 @@ def local_start_problem(app: "AppDef") -> Optional[str]:
     return None
 
 
+# Scheduler options that work only with a TorchX workspace (`torchx run` snapshots the working directory
+# into them), which `muse-rec launch` does not build: its jobs start in the directory they are submitted from.
+_WORKSPACE_ONLY_OPTIONS = {
+    ("slurm", "job_dir"): "muse-rec launch starts the job in the directory it is submitted from (the repository "
+                          "root, on a filesystem every node sees); with job_dir Slurm would start it in that other "
+                          "directory, which holds neither the spec nor .venv (TorchX fills it only for `torchx run`'s "
+                          "workspace); leave job_dir out (the logs go to slurm-JOBID-trainer-N.out where you submit)",
+}
+
+
 def scheduler_cfg(profile: LaunchProfile, scheduler: str, runner) -> Dict[str, object]:
     """The profile's ``scheduler_args`` typed by `scheduler`'s runopts; errors name the key.
 
@@ -339,6 +349,8 @@ def scheduler_cfg(profile: LaunchProfile, scheduler: str, runner) -> Dict[str, o
         if name not in known:
             raise ProfileError(f"{key}.{name}: not an option of the {scheduler} scheduler "
                                f"(it has: {', '.join(sorted(known))})")
+        if (scheduler, name) in _WORKSPACE_ONLY_OPTIONS:
+            raise ProfileError(f"{key}.{name}: {_WORKSPACE_ONLY_OPTIONS[scheduler, name]}")
         cfg[name] = _typed(text, known[name].opt_type, f"{key}.{name}")
     missing = [n for n, o in known.items() if o.is_required and n not in cfg]
     if missing:
