@@ -59,6 +59,9 @@ class LaunchProfile:
     max_restarts: int = 0
     # The scheduler's own retries of a failed node (Slurm requeue, Volcano maxRetry).
     max_retries: int = 0
+    # Container mounts of every node, TorchX's syntax (type=volume,src=CLAIM,dst=PATH[,readonly]): on
+    # Kubernetes the volume that output_dir and data.prepared must be on for every pod to see them.
+    mounts: List[str] = field(default_factory=list)
 
     @property
     def world_size(self) -> int:
@@ -101,7 +104,7 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
         key = f"profiles.{name}"
         if not isinstance(d, dict):
             raise ProfileError(f"{p}: {key}: expected a mapping")
-        known = set(_INT_KEYS) | set(_STR_KEYS) | {"env", "scheduler_args"}
+        known = set(_INT_KEYS) | set(_STR_KEYS) | {"env", "scheduler_args", "mounts"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ProfileError(f"{p}: {key}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
@@ -135,6 +138,7 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
                 if field_name == "env" and (not str(k) or "=" in str(k) or "\0" in str(k) or "\0" in str(v)):
                     raise ProfileError(f"{p}: {key}.env.{k!r}: not an environment variable: a name must be non-empty "
                                        "without '=', and neither name nor value may hold a NUL character")
+        mounts = _mounts(d.get("mounts") or [], f"{p}: {key}.mounts")
         out[name] = LaunchProfile(
             name=name,
             scheduler=d["scheduler"],
@@ -151,8 +155,32 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
             scheduler_args={str(k): str(v) for k, v in sched_args.items()},
             max_restarts=d.get("max_restarts", 0),
             max_retries=d.get("max_retries", 0),
+            mounts=mounts,
         )
     return out
+
+
+MOUNT_SYNTAX = "type=volume,src=CLAIM,dst=PATH[,readonly] or type=bind,src=HOST_PATH,dst=PATH[,readonly]"
+# Schedulers whose jobs run on the nodes' own filesystems: TorchX ignores a role's mounts there.
+_NO_MOUNT_SCHEDULERS = (LOCAL_SCHEDULER, "slurm")
+
+
+def _mounts(value: object, where: str) -> List[str]:
+    """A profile's ``mounts``: a list of TorchX mount strings, each checked by TorchX's own parser."""
+    from torchx.specs import parse_mounts
+
+    if not isinstance(value, list):
+        raise ProfileError(f"{where}: expected a list of mounts ({MOUNT_SYNTAX}), got {value!r}")
+    for i, mount in enumerate(value):
+        if not isinstance(mount, str) or not mount.startswith("type="):
+            raise ProfileError(f"{where}[{i}]: expected a mount {MOUNT_SYNTAX}, got {mount!r}")
+        try:
+            parse_mounts(mount.split(","))
+        except KeyError as e:  # a missing src/dst, or an option TorchX does not know
+            raise ProfileError(f"{where}[{i}]: {mount!r}: missing or unknown option {e} ({MOUNT_SYNTAX})") from None
+        except ValueError as e:  # an unknown type, a bad device permission
+            raise ProfileError(f"{where}[{i}]: {mount!r}: {e} ({MOUNT_SYNTAX})") from None
+    return list(value)
 
 
 def get_profile(name: str, path: Optional[str] = None) -> LaunchProfile:
@@ -262,6 +290,9 @@ def build_app(
 
     if not 0 <= rdzv_port <= MAX_PORT:
         raise ProfileError(f"--rdzv-port {rdzv_port}: must be a TCP port in [1, {MAX_PORT}] (0 = the profile's)")
+    if profile.mounts and (scheduler or profile.scheduler) in _NO_MOUNT_SCHEDULERS:
+        raise ProfileError(f"profiles.{profile.name}.mounts: the {scheduler or profile.scheduler} scheduler runs the "
+                           "job on the nodes' own filesystems and ignores mounts; leave them out there")
     env = dict(profile.env)
     restarts = profile.max_restarts if max_restarts is None else max_restarts
     if restarts:
@@ -278,6 +309,8 @@ def build_app(
         env=env,
         max_retries=profile.max_retries,
         rdzv_port=rdzv_port or profile.rdzv_port,
+        # TorchX takes one flat list of options; each mount begins at its type=.
+        mounts=[opt for mount in profile.mounts for opt in mount.split(",")] or None,
     )
     # dist.ddp names the role after the module ("cli"); schedulers name jobs, pods and log
     # files after it (Slurm job "trainer-0", pod "trainer-0", local log "trainer/0").
