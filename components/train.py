@@ -65,7 +65,8 @@ def train(
                       check_data="--dryrun" not in sys.argv)
         # On local_cwd torchrun is this interpreter's (the one running `torchx`), not the PATH's.
         app = build_app(p, spec=spec, overrides=split_overrides(set), resume=resume, rdzv_port=rdzv_port,
-                        max_restarts=None if max_restarts == PROFILES_RESTARTS else max_restarts, scheduler=chosen)
+                        max_restarts=None if max_restarts == PROFILES_RESTARTS else max_restarts, scheduler=chosen,
+                        rdzv_flag="--rdzv_port")
     except ValueError as e:  # ProfileError, SpecError, RunDirError: the user's input
         if chosen is None:
             raise

@@ -273,6 +273,7 @@ def build_app(
     rdzv_port: int = 0,
     max_restarts: Optional[int] = None,
     scheduler: Optional[str] = None,
+    rdzv_flag: str = "--rdzv-port",
 ):
     """The TorchX AppDef of `muse-rec train` on every rank of `profile` (torchrun via dist.ddp).
 
@@ -285,11 +286,12 @@ def build_app(
         max_restarts: torchrun worker-group restarts (None = the profile's).
         scheduler: the scheduler it is submitted to (None = the profile's); on local_cwd torchrun
             is this interpreter's, elsewhere the `torchrun` on the node's or image's PATH.
+        rdzv_flag: how the caller's command spells ``rdzv_port`` (the component: ``--rdzv_port``).
     """
     from torchx.components import dist
 
     if not 0 <= rdzv_port <= MAX_PORT:
-        raise ProfileError(f"--rdzv-port {rdzv_port}: must be a TCP port in [1, {MAX_PORT}] (0 = the profile's)")
+        raise ProfileError(f"{rdzv_flag} {rdzv_port}: must be a TCP port in [1, {MAX_PORT}] (0 = the profile's)")
     if profile.mounts and (scheduler or profile.scheduler) in _NO_MOUNT_SCHEDULERS:
         raise ProfileError(f"profiles.{profile.name}.mounts: the {scheduler or profile.scheduler} scheduler runs the "
                            "job on the nodes' own filesystems and ignores mounts; leave them out there")
