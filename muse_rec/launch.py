@@ -231,6 +231,13 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
     from muse_rec.training.run_record import RunError, check_resume_place, check_resume_settings
     from muse_rec.training.trainer import _open_data
 
+    if not spec and not Path(profile.spec).is_file():
+        # The profile's spec is a path relative to where the job is launched (and, on Slurm, run): the
+        # repository root. From elsewhere it read "specs/demo/muse.yaml: spec file not found", a file the
+        # user never named.
+        raise ProfileError(f"profiles.{profile.name}.spec: {profile.spec} is not found from {Path.cwd()}: launch "
+                           "from the repository root (a profile's spec, and a spec's output_dir and data.prepared, "
+                           "are relative to the directory the job starts in), or give --spec")
     resolved = load_spec(spec or profile.spec, list(overrides))
     check_spec_names_its_run(spec or profile.spec, resolved.run_dir)
     if scheduler != "local_cwd":

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         profile.scheduler_args.update(_pairs(args.scheduler_arg, "--scheduler-arg"))
         spec = args.spec or profile.spec
         # A bad spec, override or used run directory fails here, not on every rank later.
-        preflight(profile, profile.scheduler, spec, args.set, args.resume, check_data=not args.dryrun)
+        preflight(profile, profile.scheduler, args.spec, args.set, args.resume, check_data=not args.dryrun)
         app = build_app(profile, spec=spec, overrides=args.set, resume=args.resume, rdzv_port=args.rdzv_port)
     except (ProfileError, SpecError, ValueError) as e:
         print(f"muse-rec launch: {e}", file=sys.stderr)
