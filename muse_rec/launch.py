@@ -13,7 +13,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Collection, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -377,23 +377,27 @@ _WORKSPACE_ONLY_OPTIONS = {
 }
 
 
-def scheduler_cfg(profile: LaunchProfile, scheduler: str, runner) -> Dict[str, object]:
+def scheduler_cfg(profile: LaunchProfile, scheduler: str, runner,
+                  given_by_flag: Collection[str] = ()) -> Dict[str, object]:
     """The profile's ``scheduler_args`` typed by `scheduler`'s runopts; errors name the key.
 
     An option the scheduler does not know, or a required one the profile lacks (e.g. the
-    Volcano ``queue`` of kubernetes), raises ProfileError naming ``profiles.NAME.scheduler_args``.
+    Volcano ``queue`` of kubernetes), raises ProfileError naming ``profiles.NAME.scheduler_args``,
+    or, for an option in ``given_by_flag``, the ``--scheduler-arg`` that set it.
     """
     opts = runner.scheduler_run_opts(scheduler)
     key = f"profiles.{profile.name}.scheduler_args"
     known = {name: opt for name, opt in opts}
     cfg: Dict[str, object] = {}
     for name, text in profile.scheduler_args.items():
+        # An option given on the command line is not in the profiles file: name the flag the user typed.
+        where = f"--scheduler-arg {name}" if name in given_by_flag else f"{key}.{name}"
         if name not in known:
-            raise ProfileError(f"{key}.{name}: not an option of the {scheduler} scheduler "
+            raise ProfileError(f"{where}: not an option of the {scheduler} scheduler "
                                f"(it has: {', '.join(sorted(known))})")
         if (scheduler, name) in _WORKSPACE_ONLY_OPTIONS:
-            raise ProfileError(f"{key}.{name}: {_WORKSPACE_ONLY_OPTIONS[scheduler, name]}")
-        cfg[name] = _typed(text, known[name].opt_type, f"{key}.{name}")
+            raise ProfileError(f"{where}: {_WORKSPACE_ONLY_OPTIONS[scheduler, name]}")
+        cfg[name] = _typed(text, known[name].opt_type, where)
     missing = [n for n, o in known.items() if o.is_required and n not in cfg]
     if missing:
         raise ProfileError(f"{key}.{missing[0]}: required by the {scheduler} scheduler "

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         profile = get_profile(args.profile, args.profiles_file or None)
-        profile.scheduler_args.update(_pairs(args.scheduler_arg, "--scheduler-arg"))
+        from_flags = _pairs(args.scheduler_arg, "--scheduler-arg")
+        profile.scheduler_args.update(from_flags)
         spec = args.spec or profile.spec
         # A bad spec, override or used run directory fails here, not on every rank later.
         preflight(profile, profile.scheduler, args.spec, args.set, args.resume, check_data=not args.dryrun)
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             for role in app.roles:
                 role.env[EXIT_CODES_ENV] = str(exit_codes)
         try:
-            cfg = scheduler_cfg(profile, profile.scheduler, runner)
+            cfg = scheduler_cfg(profile, profile.scheduler, runner, given_by_flag=from_flags)
             info = runner.dryrun(app, profile.scheduler, cfg=cfg)
         except ProfileError as e:
             print(f"muse-rec launch: {e}", file=sys.stderr)

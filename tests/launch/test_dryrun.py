@@ -70,8 +70,10 @@ def test_bad_launch_requests_exit_2_with_one_line(tmp_path):
     into = ["--set", f"output_dir={tmp_path}/runs/{{name}}"]  # not the user's runs/demo/muse, which may be in use
     cases = [
         (["--profile", "nope", "--dryrun"], "no profile 'nope'"),
+        # Named as the user gave it: "profiles.multi-node.scheduler_args.account" sent them to torchx.yaml, which
+        # holds no such key.
         (["--profile", "multi-node", "--dryrun", "--scheduler-arg", "account=x"],
-         "profiles.multi-node.scheduler_args.account: not an option of the slurm scheduler"),
+         "muse-rec launch: --scheduler-arg account: not an option of the slurm scheduler"),
         (["--profile", "cpu-demo", "--dryrun", "--set", "train.nope=1"], "train.nope"),
         (["--profile", "cpu-demo", "--dryrun", "--spec", "specs/missing.yaml"], "specs/missing.yaml"),
         (["--profile", "cpu-demo", "--dryrun", "--rdzv-port", "99999"], "--rdzv-port 99999: must be a TCP port"),

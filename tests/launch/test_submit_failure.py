@@ -32,6 +32,6 @@ def test_a_slurm_job_dir_is_refused_by_muse_rec_launch(tmp_path):
                              env=subprocess_env(PATH=str(tmp_path)), timeout=120)
         assert out.returncode == 2, (dry, out.returncode, out.stderr[-3000:])
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]
-        assert "muse-rec launch: profiles.multi-node.scheduler_args.job_dir: muse-rec launch starts the job in the " \
+        assert "muse-rec launch: --scheduler-arg job_dir: muse-rec launch starts the job in the " \
                "directory it is submitted from" in out.stderr, out.stderr
     assert not job_dir.exists()
