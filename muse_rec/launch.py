@@ -229,7 +229,7 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
     from muse_rec.training.run_dir import (RunDirError, check_not_inside_an_artifact, check_resumable,
                                            check_spec_names_its_run, previous_contents, used_run_dir_message)
     from muse_rec.training.run_record import RunError, check_resume_place, check_resume_settings
-    from muse_rec.training.trainer import _open_data
+    from muse_rec.training.trainer import open_spec_data
 
     if not spec and not Path(profile.spec).is_file():
         # The profile's spec is a path relative to where the job is launched (and, on Slurm, run): the
@@ -259,10 +259,10 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
         except RunError as e:  # a ValueError, as the callers expect of the user's input
             raise RunDirError(str(e)) from None
     if check_data:
-        # Each rank refuses data that is not there in this same line (trainer._open_data): said once here,
-        # not by every rank above torchrun's ChildFailedError traceback.
+        # Each rank refuses data that is not there in this same line (`training.trainer.open_spec_data`): said
+        # once here, not by every rank above torchrun's ChildFailedError traceback.
         try:
-            _open_data(resolved)
+            open_spec_data(resolved)
         except RunError as e:  # a RuntimeError: as the spec's error (a ValueError), what the callers expect
             raise SpecError(str(e)) from None
     if resume:

@@ -90,8 +90,9 @@ class _MarkedFormatter(logging.Formatter):
         return f"{head}{sep}{record.levelname}: {rest}" if sep else f"{record.levelname}: {text}"
 
 
-def _open_data(spec: Spec) -> PreparedData:
-    """The spec's prepared data, with its ``data.train_split`` and ``data.eval_split`` present."""
+def open_spec_data(spec: Spec) -> PreparedData:
+    """The spec's prepared data, with its ``data.train_split`` and ``data.eval_split`` present; `RunError`
+    naming ``data.prepared`` or the split otherwise (every rank, and `muse-rec launch` before it submits)."""
     try:
         data = PreparedData(spec.data.prepared)
     except (FileNotFoundError, PreparedDataError) as e:
@@ -160,11 +161,11 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         resume = True
     t = spec.train
     run_dir = Path(spec.run_dir)
-    data = _open_data(spec)
+    data = open_spec_data(spec)
     if t.eval_at_end:
         # The train split's rows are checked batch by batch as it trains; damage in the eval split's, or in
         # the item popularities its GAUC is grouped by, would otherwise surface only after the whole run
-        # (seconds for the release's test split). Not in `_open_data`: an evaluation reads those at once
+        # (seconds for the release's test split). Not in `open_spec_data`: an evaluation reads those at once
         # anyway, and checked them twice.
         try:
             if spec.data.eval_split != spec.data.train_split:
@@ -419,7 +420,7 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
     """
     env = init_distributed(DistEnv.from_environ(device_type=device_type), collective_timeout(spec))
     _setup_logging(env)
-    data = _open_data(spec)
+    data = open_spec_data(spec)
     # Checked before the model is built (seconds): a wrong checkpoint, data or spec fails at once.
     ck = evaluation_checkpoint(spec, checkpoint, data, env, allow_data_mismatch)
     from muse_rec.training.build import build_sharded
