@@ -26,6 +26,9 @@ from muse_rec.spec.schema import DEFAULT_COLLECTIVE_TIMEOUT_S
 DEFAULT_MASTER_ADDR = "127.0.0.1"
 # torchrun sets it in every worker: 0 in the first attempt, n after the n-th restart (--max-restarts).
 RESTART_COUNT_VAR = "TORCHELASTIC_RESTART_COUNT"
+# Slurm sets it in a requeued job: how many times the job was requeued. TorchX's Slurm script requeues a
+# failed job up to the profile's max_retries; the requeued job's torchrun starts again at restart 0.
+SCHEDULER_RETRY_VAR = "SLURM_RESTART_COUNT"
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,18 @@ def restart_count(environ: Optional[Mapping[str, str]] = None) -> int:
     if count < 0:
         raise LaunchEnvError(f"environment variable {RESTART_COUNT_VAR}={count} is negative (torchrun counts "
                              "a job's restarts from 0)")
+    return count
+
+
+def scheduler_retry_count(environ: Optional[Mapping[str, str]] = None) -> int:
+    """How many times the scheduler re-ran this job (`SCHEDULER_RETRY_VAR`: Slurm's requeues, which TorchX's
+    script makes up to ``max_retries``; 0: the first run, or a scheduler that counts none); LaunchEnvError
+    naming the variable unless it is an integer >= 0."""
+    env = os.environ if environ is None else environ
+    count = _int_var(env, SCHEDULER_RETRY_VAR, 0)
+    if count < 0:
+        raise LaunchEnvError(f"environment variable {SCHEDULER_RETRY_VAR}={count} is negative (Slurm counts a "
+                             "job's requeues from 0)")
     return count
 
 

@@ -28,7 +28,7 @@ import yaml
 
 from muse_rec.data.files import replace_texts
 from muse_rec.data.prepared import PreparedData, PreparedDataError
-from muse_rec.distributed.env import DistEnv, init_distributed, restart_count
+from muse_rec.distributed.env import DistEnv, init_distributed, restart_count, scheduler_retry_count
 from muse_rec.distributed.plan_measure import status_bytes
 from muse_rec.lifetime import torchrun_job
 from muse_rec.output_paths import strip_file_uri
@@ -153,11 +153,15 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     """
     env = init_distributed(DistEnv.from_environ(device_type=device_type), collective_timeout(spec))
     _setup_logging(env)
-    restart = restart_count()
-    restarted_fresh_run = bool(restart and not resume)
+    restart, retry = restart_count(), scheduler_retry_count()
+    restarted_fresh_run = bool((restart or retry) and not resume)
     if restarted_fresh_run:
-        # torchrun restarted the job after a rank failed: continue from the last checkpoint.
-        logger.warning("restart %d of the job (torchrun --max-restarts): resuming from the latest checkpoint", restart)
+        # torchrun restarted the job after a rank failed, or the scheduler ran it again (a Slurm requeue, whose
+        # torchrun counts from 0 again; before, that attempt was refused as a fresh run into a used directory,
+        # so max_retries could never continue a run): continue from the last checkpoint.
+        attempt = (f"restart {restart} of the job (torchrun --max-restarts)" if restart else
+                   f"retry {retry} of the job (its scheduler's requeue, the profile's max_retries)")
+        logger.warning("%s: resuming from the latest checkpoint", attempt)
         resume = True
     t = spec.train
     run_dir = Path(spec.run_dir)
@@ -462,7 +466,7 @@ def _checked_loss(monitor: LossMonitor, step: int, env: DistEnv) -> Optional[flo
 def _kill_request(env: DistEnv) -> Tuple[int, int, signal.Signals]:
     """(rank, step, signal) of KILL_ENV in the job's first attempt, else (-1, -1, SIGKILL)."""
     text = os.environ.get(KILL_ENV, "")
-    if not text or restart_count() > 0:
+    if not text or restart_count() > 0 or scheduler_retry_count() > 0:
         return -1, -1, signal.SIGKILL
     rank, step, *name = text.split(":")
     return int(rank), int(step), signal.Signals[name[0]] if name else signal.SIGKILL

@@ -395,8 +395,32 @@ def test_a_restart_of_a_refused_fresh_run_does_not_continue_the_earlier_run(prep
     assert after == before
 
 
+def test_a_slurm_requeue_of_a_run_continues_it(prepared, tmp_path):
+    """TorchX's Slurm script requeues a failed job up to the profile's max_retries. The requeued job's torchrun
+    starts again at restart 0 (SLURM_RESTART_COUNT=1 tells the requeue), and the trainer refused it as a fresh
+    run into a used directory, exit 2: a retry could never continue the run. Now it resumes from the run's
+    latest checkpoint, as a torchrun restart does (the same job: a requeue keeps the Slurm job id, which
+    TorchX makes the rendezvous id)."""
+    from muse_rec.training.trainer import KILL_ENV
+
+    run = tmp_path / "din"
+    args = train_args("specs/demo/din.yaml", prepared, tmp_path,
+                      ["train.max_steps=4", "train.checkpoint_every=2", "train.eval_at_end=false"])
+    job = ["--rdzv-id", "slurm-job-42"]
+    first = run_ranks(args, nproc=2, check=False, timeout=300, torchrun_args=job, env_extra={KILL_ENV: "1:3"})
+    assert first.returncode != 0, first.stderr[-3000:]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"], first.stderr[-3000:]
+    again = run_ranks(args, nproc=2, check=False, timeout=300, torchrun_args=job,
+                      env_extra={KILL_ENV: "1:3", "SLURM_RESTART_COUNT": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "retry 1 of the job (its scheduler's requeue" in again.stderr, again.stderr[-3000:]
+    assert (run / "checkpoints" / "step-00000004").is_dir()
+    assert json.loads((run / "checkpoints" / "step-00000004" / "position.json").read_text())["step"] == 4
+
+
 @pytest.mark.parametrize("variables, words", [
     ({"RANK": "x"}, "environment variable RANK='x' is not an integer"),
+    ({"SLURM_RESTART_COUNT": "-1"}, "environment variable SLURM_RESTART_COUNT=-1 is negative"),
     ({"RANK": "5", "WORLD_SIZE": "2"}, "environment has RANK=5, WORLD_SIZE=2: need 0 <= RANK < WORLD_SIZE"),
     ({"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE=2 but MASTER_ADDR/MASTER_PORT are not set"),
     # Read with int() where a restart resumes: a ValueError traceback.
