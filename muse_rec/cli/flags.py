@@ -8,7 +8,7 @@ import os
 # value was an OverflowError ("Python int too large to convert to C long") or a NumPy ValueError
 # traceback from deep inside the command (synth --users, prepare --batch-rows, baselines --seq-len).
 from muse_rec.json_files import INT64_MAX, INT64_MIN, is_symlink_loop, refuse_special_file
-from muse_rec.output_paths import strip_file_uri
+from muse_rec.output_paths import FILE_URI_PREFIX, strip_file_uri
 
 
 def int64(text: str) -> int:
@@ -32,8 +32,13 @@ def input_path(text: str) -> str:
     """A flag naming a local file or directory the command reads (``--checkpoint``, ``--exported``,
     compare's run directories): not empty, and a ``file://`` URI as the local path it names
     (`strip_file_uri`), as prepared data and every output take one; it was looked up as a relative
-    path (``file:/abs/...``: "no such directory")."""
-    return nonempty_path(strip_file_uri(text))
+    path (``file:/abs/...``: "no such directory"). A URI of another scheme is refused: `Path` took it for a
+    relative path and collapsed its '//' ("s3:/bucket/x.yaml: spec file not found")."""
+    local = strip_file_uri(text)
+    if "://" in local:
+        raise argparse.ArgumentTypeError(f"{text}: not a local path; this flag reads a local file or directory "
+                                         f"(a {FILE_URI_PREFIX} URI names one): copy it here first")
+    return nonempty_path(local)
 
 
 def input_file(text: str) -> str:

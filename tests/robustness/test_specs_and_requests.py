@@ -323,6 +323,22 @@ def test_an_empty_path_flag_is_a_usage_error_naming_it(tmp_path, args, flag):
     assert out.stderr.startswith(f"muse-rec {args[0]}: argument {flag}: empty path"), out.stderr
 
 
+@pytest.mark.parametrize("args, flag", [
+    (["train", "--spec", "s3://bucket/x.yaml"], "--spec"),  # was "s3:/bucket/x.yaml: spec file not found"
+    (["launch", "--profile", "cpu-demo", "--spec", "gs://bucket/x.yaml"], "--spec"),
+    (["rank", "--spec", SPEC, "--request", "https://host/req.json"], "--request"),
+    (["evaluate", "--spec", SPEC, "--checkpoint", "s3://bucket/run/checkpoints/step-1", "--out", "OUT"], "--checkpoint"),
+    (["compare", "hdfs://cluster/runs/muse"], "runs"),
+])
+def test_a_remote_uri_where_a_local_file_is_read_is_named_as_one(tmp_path, args, flag):
+    """A URI of another scheme than file:// was taken as a relative path, its '//' collapsed by Path:
+    "s3:/bucket/x.yaml: spec file not found", a file the user never named. These flags read local files."""
+    out = cli_without_torch(*[str(tmp_path / a) if a.isupper() else a for a in args])
+    uri = next(a for a in args if "://" in a)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert out.stderr.startswith(f"muse-rec {args[0]}: argument {flag}: {uri}: not a local path"), out.stderr
+
+
 def test_a_tensor_too_large_to_size_is_out_of_memory_too(monkeypatch, capsys):
     """`export --seq-len 2**62`: torch refuses to size the example inputs ("Storage size calculation
     overflowed") before allocating anything; that was a RuntimeError traceback, exit 1."""
