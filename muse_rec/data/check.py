@@ -28,7 +28,7 @@ from typing import Callable, List, Optional, Set
 
 import numpy as np
 
-from muse_rec.data.prepare import ITEM_ATTR_COLUMNS, USER_FIELD_COLUMNS, VOCAB_NAMES, output_files
+from muse_rec.data.prepare_config import ITEM_ATTR_COLUMNS, USER_FIELD_COLUMNS, VOCAB_NAMES, output_files
 from muse_rec.data.prepared import POPULARITY_LIMIT, PreparedData, PreparedDataError
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SPLITS

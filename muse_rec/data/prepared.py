@@ -18,9 +18,10 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 from iopath.common.file_io import g_pathmgr
 
-from muse_rec.data.prepare import (BUILD_DIR, FORMAT_VERSION, ITEM_ATTR_COLUMNS, POPULARITY_SPLIT, SAMPLE_ARRAYS,
-                                   USER_FIELD_COLUMNS, VOCAB_NAMES, output_files, user_feature_rows,
-                                   written_by_prepare)
+from muse_rec.data.prepare import written_by_prepare
+from muse_rec.data.prepare_config import (BUILD_DIR, FORMAT_VERSION, ITEM_ATTR_COLUMNS, POPULARITY_SPLIT,
+                                          SAMPLE_ARRAYS, USER_FIELD_COLUMNS, VOCAB_NAMES, output_files,
+                                          user_feature_rows)
 from muse_rec.data.reader import join_path
 from muse_rec.data.schema import SCL_DIM, SPLITS
 from muse_rec.dirlock import LOCK_FILE

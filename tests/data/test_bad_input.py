@@ -17,6 +17,7 @@ import pytest
 from muse_rec.data import schema as S
 from muse_rec.data.loader import make_loader
 from muse_rec.data import prepare as P
+from muse_rec.data import prepare_steps
 from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.data.reader import RawTable
@@ -224,11 +225,11 @@ def test_a_build_file_that_is_a_fifo_is_refused_by_a_re_run(good: Path, tmp_path
     back by a later step (scl_present.npy) or hashed once published (scl.npy, which no step reads)."""
     out = tmp_path / "out"
 
-    def killed(self: P._Prepare, split: str) -> None:
+    def killed(self: prepare_steps.Prepare, split: str) -> None:
         raise KeyboardInterrupt("killed")  # the steps before it are done and marked so
 
     with monkeypatch.context() as m:
-        m.setattr(P._Prepare, "step_users", killed)
+        m.setattr(prepare_steps.Prepare, "step_users", killed)
         with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
             prepare(str(good), str(out), CFG)
     fifo = out / ".build" / rel

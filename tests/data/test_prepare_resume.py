@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from muse_rec.data import prepare as P
+from muse_rec.data import prepare_steps
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.data.reader import RawTable
 from tests.data.rawgen import write_raw_release
@@ -28,14 +29,14 @@ def raw(tmp_path: Path) -> Path:
 
 
 def _crash_on_test_samples(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = P._Prepare.step_samples
+    real = prepare_steps.Prepare.step_samples
 
-    def step(self: P._Prepare, split: str):
+    def step(self: prepare_steps.Prepare, split: str):
         if split == "test":
             raise KeyboardInterrupt("killed")  # what Ctrl-C / a dying job looks like mid-run
         return real(self, split)
 
-    monkeypatch.setattr(P._Prepare, "step_samples", step)
+    monkeypatch.setattr(prepare_steps.Prepare, "step_samples", step)
 
 
 def test_interrupted_run_resumes_without_redoing_steps(raw: Path, tmp_path: Path,
@@ -53,7 +54,7 @@ def test_interrupted_run_resumes_without_redoing_steps(raw: Path, tmp_path: Path
 
     calls = []
     for step in ("step_vocab", "step_items", "step_users"):
-        monkeypatch.setattr(P._Prepare, step, lambda self, *a, _s=step: calls.append(_s))
+        monkeypatch.setattr(prepare_steps.Prepare, step, lambda self, *a, _s=step: calls.append(_s))
     with pytest.warns(UserWarning):
         meta = P.prepare(str(raw), str(out), CFG)
     assert calls == [], f"finished steps were redone: {calls}"
@@ -126,7 +127,7 @@ def test_the_same_release_under_another_path_is_the_same_input(raw: Path, tmp_pa
     # An output of an earlier version, which recorded the legacy fingerprint, is this dataset.
     meta = json.loads((out / "meta.json").read_text())
     with P.RawRelease(str(moved)) as release:
-        meta["fingerprint"] = P._Prepare(release, str(out), CFG).legacy_fingerprint
+        meta["fingerprint"] = prepare_steps.Prepare(release, str(out), CFG).legacy_fingerprint
     assert meta["fingerprint"] != first["fingerprint"]
     (out / "meta.json").write_text(json.dumps(meta))
     with monkeypatch.context() as m:
@@ -206,7 +207,7 @@ def test_a_run_killed_while_writing_meta_json_is_resumed(raw: Path, tmp_path: Pa
     made the next run refuse OUT as holding "files this command did not write". Now the next run
     removes that leftover and finishes, with the arrays of a run never killed."""
     out = tmp_path / "out"
-    real_write_json = P.write_json
+    real_write_json = prepare_steps.write_json
 
     def killed_in_meta(path: str, obj) -> None:
         if os.path.basename(path) == "meta.json":
@@ -215,7 +216,7 @@ def test_a_run_killed_while_writing_meta_json_is_resumed(raw: Path, tmp_path: Pa
         real_write_json(path, obj)
 
     with monkeypatch.context() as m:
-        m.setattr(P, "write_json", killed_in_meta)
+        m.setattr(prepare_steps, "write_json", killed_in_meta)
         with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
             P.prepare(str(raw), str(out), CFG)
     assert (out / "meta.json.tmp.99999999").exists() and not (out / "meta.json").exists()

@@ -45,9 +45,9 @@ def test_prepare_in_a_log_prints_a_start_and_an_end_line_per_step(tiny_raw, tmp_
 def test_prepare_in_a_log_says_how_far_a_step_read_each_interval(tiny_raw, tmp_path, capsys, monkeypatch):
     """A step that reads a table for minutes (users_train: 171M behaviours in 18 s, the release ~40x that)
     prints a line per interval (here: every batch of rows) instead of nothing until it ends."""
-    from muse_rec.data import prepare as P
+    from muse_rec.data import prepare_steps
 
-    monkeypatch.setattr(P, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(prepare_steps, "PROGRESS_EVERY_S", 0.0)
     assert main(["prepare", str(tiny_raw), str(tmp_path / "prepared"), "--batch-rows", "64"]) == 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[prepare]   train_samples: ")]
     assert len(lines) >= 2
@@ -57,14 +57,14 @@ def test_prepare_in_a_log_says_how_far_a_step_read_each_interval(tiny_raw, tmp_p
 
 
 def test_prepare_resumed_after_a_crash_says_which_steps_it_kept(tiny_raw, tmp_path, capsys, monkeypatch):
-    from muse_rec.data import prepare as P
+    from muse_rec.data import prepare_steps
 
     def crash(self):
         raise RuntimeError("killed")
 
     out = tmp_path / "prepared"
     with monkeypatch.context() as m:
-        m.setattr(P._Prepare, "step_popularity", crash)
+        m.setattr(prepare_steps.Prepare, "step_popularity", crash)
         with pytest.raises(RuntimeError, match="killed"):
             main(["prepare", str(tiny_raw), str(out)])
     capsys.readouterr()
