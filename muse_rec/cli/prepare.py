@@ -22,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or a directory / NAME-*.parquet files of parts (docs/data.md)")
     p.add_argument("out", type=nonempty_path, help="local output directory; re-running resumes / skips finished steps")
     p.add_argument("--vocab", choices=VOCAB_MODES, default=d.vocab,
-                   help="item vocabulary: full = every id seen; p90 = SCL items + all targets (docs/data.md)")
+                   help="item vocabulary: full = SCL items + all targets + item_features items + train "
+                   "history items (items seen only in test histories map to row 0); p90 = SCL items + all targets "
+                   "(docs/data.md)")
     p.add_argument("--batch-rows", type=int64, default=d.batch_rows, help="rows per decoded record batch")
     p.add_argument("--partition-bits", type=int64, default=d.partition_bits,
                    help="external sort uses 2**bits spill partitions (more = less memory per partition)")
