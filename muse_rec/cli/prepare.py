@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     d = PrepareConfig()
     p.add_argument("raw", type=nonempty_path,
-                   help="directory (any iopath path) holding the six raw Parquet tables, each one file "
+                   help="directory (a local path or file:// URI) holding the six raw Parquet tables, each one file "
                    "or a directory / NAME-*.parquet files of parts (docs/data.md)")
     p.add_argument("out", type=nonempty_path, help="local output directory; re-running resumes / skips finished steps")
     p.add_argument("--vocab", choices=VOCAB_MODES, default=d.vocab,

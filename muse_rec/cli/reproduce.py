@@ -46,9 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"--what fusion: trainings at once (one per quality; default {FUSION_PARALLEL})")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prepared", type=nonempty_path, default=None,
-                     help="prepared real Taobao-MM data (any iopath path; `muse-rec prepare --vocab p90`)")
+                     help="prepared real Taobao-MM data (a local path or file:// URI; `muse-rec prepare --vocab p90`)")
     src.add_argument("--raw", type=nonempty_path, default=None,
-                     help="raw real Taobao-MM release (any iopath path): prepared into OUT/data/prepared first")
+                     help="raw real Taobao-MM release (a local path or file:// URI): prepared into OUT/data/prepared "
+                     "first")
     p.add_argument("--nproc", type=int64, default=None,
                    help="ranks per training job (default: the GPU count with CUDA, else 2: on the 2-core box 2 ranks x 1 "
                         "thread are ~4x faster than 1 process x 2 threads; --what fusion: 1, --parallel trainings "

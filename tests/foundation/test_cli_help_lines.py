@@ -27,3 +27,16 @@ def test_prepare_s_vocab_help_says_what_full_leaves_out() -> None:
     text = next(a.help for a in p._actions if "--vocab" in a.option_strings)
     assert "every id seen" not in text
     assert "test histor" in text
+
+
+@pytest.mark.parametrize("name", ["prepare", "reproduce", "baselines"])
+def test_path_helps_promise_only_what_the_cli_reads(name: str) -> None:
+    # The CLI registers no iopath handler but file://: `reproduce --prepared s3://...` (docs/reproduce.md's own
+    # example) was "no meta.json - no such directory", exit 2, where the help said "any iopath path".
+    import argparse
+
+    p = argparse.ArgumentParser()
+    importlib.import_module(f"muse_rec.cli.{name}").add_arguments(p)
+    helps = " ".join(a.help or "" for a in p._actions)
+    assert "any iopath path" not in helps
+    assert "file://" in helps
