@@ -85,6 +85,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"muse-rec launch: the {profile.scheduler} scheduler needs the Python package {e.name!r} "
                   f"(pip install {e.name})", file=sys.stderr)
             return 2
+        except FileNotFoundError as e:
+            # TorchX runs a program to apply a scheduler option, e.g. `nvidia-smi` for local_cwd's
+            # auto_set_cuda_visible_devices: where it is not installed that was a traceback (exit 1).
+            program = e.filename or str(e)
+            gpu_opt = "auto_set_cuda_visible_devices"
+            if gpu_opt in profile.scheduler_args:
+                origin = f"--scheduler-arg {gpu_opt}" if gpu_opt in from_flags \
+                    else f"profiles.{profile.name}.scheduler_args.{gpu_opt}"
+                print(f"muse-rec launch: {origin}: TorchX runs {program!r} for it, which is not on PATH here "
+                      "(no NVIDIA driver on this machine?); leave the option out", file=sys.stderr)
+            else:
+                print(f"muse-rec launch: the {profile.scheduler} scheduler needs the program {program!r}, which is "
+                      "not on PATH here", file=sys.stderr)
+            return 2
         where = f"{profile.scheduler}, {profile.nodes} node(s) x {profile.procs_per_node} process(es)"
         if args.dryrun:
             print(f"# muse-rec launch --profile {profile.name} --dryrun: {where}; spec {spec}")

@@ -153,3 +153,19 @@ def test_a_max_restarts_below_minus_one_is_refused(monkeypatch, capsys):
     assert ended.value.code == 2
     assert capsys.readouterr().err == "muse_rec: --max_restarts -5: must be >= 0, or -1 for the profile's max_restarts\n"
     assert "PET_MAX_RESTARTS" not in train_component(profile="cpu-demo", max_restarts=-1).roles[0].env
+
+
+def test_a_scheduler_option_whose_program_is_missing_is_one_line_naming_it(capsys):
+    """`launch --profile gpu-node --scheduler-arg auto_set_cuda_visible_devices=True` (the option TorchX's GPU
+    banner names) on a machine without `nvidia-smi`: TorchX's FileNotFoundError was a traceback, exit 1."""
+    import shutil
+
+    from muse_rec.cli import main
+
+    if shutil.which("nvidia-smi"):
+        pytest.skip("nvidia-smi is installed here")
+    assert main(["launch", "--profile", "gpu-node", "--dryrun",
+                 "--scheduler-arg", "auto_set_cuda_visible_devices=True"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("muse-rec launch: --scheduler-arg auto_set_cuda_visible_devices: TorchX runs 'nvidia-smi' for it, "
+                   "which is not on PATH here (no NVIDIA driver on this machine?); leave the option out\n"), err
