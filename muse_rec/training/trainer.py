@@ -101,7 +101,9 @@ def open_spec_data(spec: Spec) -> PreparedData:
             raise RunError(f"data.prepared = {spec.data.prepared!r}: {e}") from None
         raise RunError(
             f"data.prepared = {spec.data.prepared!r}: no prepared data there ({e}). "
-            "Create it with `muse-rec synth RAW && muse-rec prepare RAW PREPARED` or point the spec at it."
+            "Prepare the release into it with `muse-rec prepare RAW PREPARED` (the Taobao-MM tables as downloaded, or "
+            "a synthetic release from `muse-rec synth RAW`), or point the spec at prepared data: --set "
+            "data.prepared=PREPARED."
         ) from None
     try:
         for key in ("train_split", "eval_split"):

@@ -24,6 +24,9 @@ def test_missing_prepared_data_is_one_line_before_submitting(tmp_path):
         assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]
         assert f"data.prepared = '{tmp_path}/absent': no prepared data there" in out.stderr, out.stderr
+        # What to do, for the real release too: it suggested synthetic data only, and no flag to point elsewhere.
+        assert "`muse-rec prepare RAW PREPARED` (the Taobao-MM tables as downloaded" in out.stderr, out.stderr
+        assert out.stderr.rstrip().endswith("--set data.prepared=PREPARED."), out.stderr
     assert not (tmp_path / "runs").exists()
     dry = _run(venv_bin("muse-rec"), "launch", "--profile", "cpu-single", "--spec", "specs/demo/din.yaml", *sets,
                "--dryrun")
