@@ -48,7 +48,8 @@ class PrepareConfig:
     """Knobs of `prepare`.
 
     Attributes:
-        vocab: "full" (every id seen) or "p90" (the reference's item vocabulary; docs/data.md).
+        vocab: "full" (SCL items, every target, item_features items and train-history items) or "p90"
+            (SCL items and every target: the reference's item vocabulary; docs/data.md).
         batch_rows: rows per decoded record batch (memory per batch ~ batch_rows x 1000 ids x 8 B
             for user-feature tables).
         partition_bits: external-sort partitions = 2**partition_bits.
