@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Dict
 
-from muse_rec.cli.flags import int64, nonempty_path
+from muse_rec.cli.flags import int64, local_data_path, nonempty_path
 from muse_rec.wording import count
 
 HELP = ("model-free floors (popularity, share of the history in the target's category, SCL cosines, top-K similarity, "
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from muse_rec.metrics.floor_options import FloorOptions
 
     d = FloorOptions()
-    p.add_argument("prepared", type=nonempty_path, help="output directory of `muse-rec prepare` (a local path or file:// URI)")
+    p.add_argument("prepared", type=local_data_path, help="output directory of `muse-rec prepare` (a local path or file:// URI)")
     p.add_argument("--split", default="test", help="split to score (default test)")
     p.add_argument("--train-split", default="train", help="split the popularity and regression learn from")
     p.add_argument("--seq-len", type=int64, default=d.seq_len,

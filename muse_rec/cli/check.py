@@ -10,13 +10,13 @@ import argparse
 import sys
 import time
 
-from muse_rec.cli.flags import nonempty_path
+from muse_rec.cli.flags import local_data_path
 
 HELP = "scan a prepared directory: ids within vocabularies, offsets monotone, SCL rows, labels"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("prepared", type=nonempty_path, help="directory written by `muse-rec prepare`")
+    p.add_argument("prepared", type=local_data_path, help="directory written by `muse-rec prepare`")
 
 
 def run(args: argparse.Namespace) -> int:

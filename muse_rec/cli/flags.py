@@ -34,11 +34,23 @@ def input_path(text: str) -> str:
     (`strip_file_uri`), as prepared data and every output take one; it was looked up as a relative
     path (``file:/abs/...``: "no such directory"). A URI of another scheme is refused: `Path` took it for a
     relative path and collapsed its '//' ("s3:/bucket/x.yaml: spec file not found")."""
-    local = strip_file_uri(text)
-    if "://" in local:
+    return nonempty_path(strip_file_uri(_local(text)))
+
+
+def local_data_path(text: str) -> str:
+    """A flag naming raw or prepared data (prepare's RAW, baselines' and check's PREPARED, reproduce's
+    --raw / --prepared): not empty, local, its ``file://`` URI kept as given (the data readers take it, and
+    prepare records the raw path as given). A URI of another scheme was "no meta.json - no such
+    directory": the command line registers no reader for it."""
+    return nonempty_path(_local(text))
+
+
+def _local(text: str) -> str:
+    """``text``; ArgumentTypeError for a URI of another scheme than ``file://``."""
+    if "://" in strip_file_uri(text):
         raise argparse.ArgumentTypeError(f"{text}: not a local path; this flag reads a local file or directory "
                                          f"(a {FILE_URI_PREFIX} URI names one): copy it here first")
-    return nonempty_path(local)
+    return text
 
 
 def input_file(text: str) -> str:

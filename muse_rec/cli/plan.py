@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import Dict, List, Mapping, Tuple
 
-from muse_rec.cli.flags import input_file, int64, nonempty_path
+from muse_rec.cli.flags import input_file, int64, local_data_path, nonempty_path
 from muse_rec.distributed import MAX_PLAN_RANKS
 from muse_rec.json_files import read_json_object
 
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", type=input_file, required=True, help="spec file, e.g. specs/taobao_mm_full/muse.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set train.sparse_optimizer.name=exact_row_wise_adagrad")
-    p.add_argument("--prepared", type=nonempty_path, metavar="PATH", default=None,
+    p.add_argument("--prepared", type=local_data_path, metavar="PATH", default=None,
                    help="take every table's rows from this prepared set's meta.json (overrides data.vocab_sizes)")
     p.add_argument("--world-size", type=int64, default=DEFAULT_WORLD_SIZE, help=f"ranks (default {DEFAULT_WORLD_SIZE})")
     p.add_argument("--local-world-size", type=int64, default=None, metavar="N",

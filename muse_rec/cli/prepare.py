@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, Dict, Optional
 
-from muse_rec.cli.flags import int64, nonempty_path
+from muse_rec.cli.flags import int64, local_data_path, nonempty_path
 from muse_rec.wording import count
 
 HELP = "build vocabularies, remap ids and pack SCL vectors + per-user sequences from the raw Taobao-MM tables (resumable)"
@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from muse_rec.data.prepare import PrepareConfig, VOCAB_MODES
 
     d = PrepareConfig()
-    p.add_argument("raw", type=nonempty_path,
+    p.add_argument("raw", type=local_data_path,
                    help="directory (a local path or file:// URI) holding the six raw Parquet tables, each one file "
                    "or a directory / NAME-*.parquet files of parts (docs/data.md)")
     p.add_argument("out", type=nonempty_path, help="local output directory; re-running resumes / skips finished steps")

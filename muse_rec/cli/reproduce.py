@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from muse_rec.cli.flags import int64, nonempty, nonempty_path
+from muse_rec.cli.flags import int64, local_data_path, nonempty, nonempty_path
 from muse_rec.json_files import read_json_object
 from muse_rec.wording import count
 
@@ -45,9 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", type=int64, default=None,
                    help=f"--what fusion: trainings at once (one per quality; default {FUSION_PARALLEL})")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prepared", type=nonempty_path, default=None,
+    src.add_argument("--prepared", type=local_data_path, default=None,
                      help="prepared real Taobao-MM data (a local path or file:// URI; `muse-rec prepare --vocab p90`)")
-    src.add_argument("--raw", type=nonempty_path, default=None,
+    src.add_argument("--raw", type=local_data_path, default=None,
                      help="raw real Taobao-MM release (a local path or file:// URI): prepared into OUT/data/prepared "
                      "first")
     p.add_argument("--nproc", type=int64, default=None,

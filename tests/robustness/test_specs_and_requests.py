@@ -329,6 +329,13 @@ def test_an_empty_path_flag_is_a_usage_error_naming_it(tmp_path, args, flag):
     (["rank", "--spec", SPEC, "--request", "https://host/req.json"], "--request"),
     (["evaluate", "--spec", SPEC, "--checkpoint", "s3://bucket/run/checkpoints/step-1", "--out", "OUT"], "--checkpoint"),
     (["compare", "hdfs://cluster/runs/muse"], "runs"),
+    # The data flags (their file:// URIs kept as given): "no meta.json - no such directory" before.
+    (["prepare", "s3://bucket/taobao_mm", "OUT"], "raw"),
+    (["baselines", "s3://bucket/prepared"], "prepared"),
+    (["check", "gs://bucket/prepared"], "prepared"),
+    (["plan", "--spec", SPEC, "--prepared", "s3://bucket/prepared"], "--prepared"),
+    (["reproduce", "OUT", "--prepared", "s3://bucket/prepared", "--dry-run"], "--prepared"),
+    (["reproduce", "OUT", "--raw", "hdfs://cluster/taobao_mm", "--dry-run"], "--raw"),
 ])
 def test_a_remote_uri_where_a_local_file_is_read_is_named_as_one(tmp_path, args, flag):
     """A URI of another scheme than file:// was taken as a relative path, its '//' collapsed by Path:
