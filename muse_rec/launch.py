@@ -367,6 +367,22 @@ def local_start_problem(app: "AppDef") -> Optional[str]:
     return None
 
 
+def local_gpu_shortfall(profile: LaunchProfile) -> Optional[str]:
+    """A warning, where a local profile asks for GPUs that this machine's torch does not see, or None.
+
+    The ranks then train on CPU (each rank's device falls back to it) and the job ends SUCCEEDED: only the
+    first training line ("8 rank(s) on cpu") said so. A CPU-only torch is `scripts/setup.sh`'s default."""
+    if profile.scheduler != LOCAL_SCHEDULER or profile.gpu <= 0:
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return (f"warning: profile {profile.name} asks for {profile.gpu} GPU(s) per node, but this torch sees none "
+            f"(torch {torch.__version__}; a CPU-only install? `muse-rec info` says, `MUSE_REC_PROFILE=cuda bash "
+            f"scripts/setup.sh` installs the CUDA build): its {profile.world_size} rank(s) would train on CPU")
+
+
 # Scheduler options that work only with a TorchX workspace (`torchx run` snapshots the working directory
 # into them), which `muse-rec launch` does not build: its jobs start in the directory they are submitted from.
 _WORKSPACE_ONLY_OPTIONS = {

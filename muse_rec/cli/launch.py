@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from torchx.schedulers.local_scheduler import SignalException
     from torchx.specs import AppState
 
-    from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, get_profile, local_start_problem,
-                                 preflight, scheduler_cfg)
+    from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, get_profile, local_gpu_shortfall,
+                                 local_start_problem, preflight, scheduler_cfg)
     from muse_rec.spec import SpecError
 
     try:
@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
                       "not on PATH here", file=sys.stderr)
             return 2
         where = f"{profile.scheduler}, {profile.nodes} node(s) x {profile.procs_per_node} process(es)"
+        shortfall = local_gpu_shortfall(profile)
+        if shortfall:
+            print(f"muse-rec launch: {shortfall}", file=sys.stderr)
         if args.dryrun:
             print(f"# muse-rec launch --profile {profile.name} --dryrun: {where}; spec {spec}")
             print(info)

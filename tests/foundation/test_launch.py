@@ -169,3 +169,26 @@ def test_a_scheduler_option_whose_program_is_missing_is_one_line_naming_it(capsy
     err = capsys.readouterr().err
     assert err == ("muse-rec launch: --scheduler-arg auto_set_cuda_visible_devices: TorchX runs 'nvidia-smi' for it, "
                    "which is not on PATH here (no NVIDIA driver on this machine?); leave the option out\n"), err
+
+
+def test_a_gpu_profile_on_a_torch_without_cuda_says_its_ranks_would_train_on_cpu(capsys, monkeypatch):
+    """`launch --profile gpu-node` on a CPU-only torch (setup.sh's default) trained its 8 ranks on CPU and ended
+    SUCCEEDED; only the first training line ("8 rank(s) on cpu") said so. Now one warning line at launch."""
+    import torch
+
+    from muse_rec.cli import main
+    from muse_rec.launch import local_gpu_shortfall
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["launch", "--profile", "gpu-node", "--dryrun"]) == 0
+    warning = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("muse-rec launch: warning:")]
+    assert warning == [f"muse-rec launch: warning: profile gpu-node asks for 8 GPU(s) per node, but this torch sees "
+                       f"none (torch {torch.__version__}; a CPU-only install? `muse-rec info` says, `MUSE_REC_PROFILE="
+                       "cuda bash scripts/setup.sh` installs the CUDA build): its 8 rank(s) would train on CPU"], warning
+    assert main(["launch", "--profile", "cpu-demo", "--dryrun"]) == 0  # a CPU profile asks for no GPU
+    assert "asks for" not in capsys.readouterr().err
+    # Where torch sees a GPU, and on a cluster scheduler (its nodes' torch is not this one), nothing is said.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert local_gpu_shortfall(get_profile("gpu-node")) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert local_gpu_shortfall(get_profile("multi-node")) is None
