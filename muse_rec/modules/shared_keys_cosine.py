@@ -170,6 +170,9 @@ def static_shared_keys_cosine_topk(
             kf = rows_as_fp32(keys[l0:l1], buf)  # [C, D]
             k_norm = torch.linalg.vector_norm(kf, dim=1)  # [C]
             scored = (k_norm > 0) & mask[l0:l1]
+            if keys.dtype == torch.int8:
+                yield int8_keys_selection_scores(q @ kf.t(), k_norm, q_norm, scored, fill[l0:l1]), l0
+                continue
             cos, _ = finish_cosine(q @ kf.t(), k_norm.unsqueeze(0), q_norm)  # [B, C]
             yield torch.where(scored.unsqueeze(0), cos, fill[l0:l1].unsqueeze(0)), l0
 
@@ -182,6 +185,32 @@ def static_shared_keys_cosine_topk(
     best_vals = torch.where(no_query, fvals.unsqueeze(0), best_vals)
     best_idx = torch.where(no_query, fidx.unsqueeze(0), best_idx)
     return best_vals, best_idx
+
+
+def int8_keys_selection_scores(dots: torch.Tensor, key_norms: torch.Tensor, query_norms: torch.Tensor,
+                               scored: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """The static path's selection scores of a chunk of int8 keys, ``[B, C]`` fp32: the cosine
+    ``clamp(dots / (|k| |q|), -1, 1)`` where ``scored``, ``fill`` elsewhere; 3 passes over ``[B, C]``
+    (``mul``, ``div``, ``clamp``) instead of the 7 of `finish_cosine` and a sentinels' ``where`` (``mul``,
+    ``gt``, ``clamp_min``, ``div``, ``where``, ``clamp``, ``where``): ~0.45 s of the exported MUSE
+    program's call at L = 100K, 1,000 candidates.
+
+    Args: ``dots [B, C]`` exact dot products; ``key_norms [C]`` of int8 keys; ``query_norms [B, 1]``;
+    ``scored [C]`` bool (real behaviour with a non-zero key); ``fill [C]`` the sentinels.
+
+    The same fp32 bits as `finish_cosine` + ``where`` for every row whose query norm is 0 (a row the
+    caller replaces by the sentinels) or at least the smallest normal fp32 (every query of int8 values:
+    norm 0 or >= 1): an int8 key's norm is 0 or >= 1 (the root of an integer sum of squares), so at a
+    scored column ``|k| |q| >= |q| >= tiny`` (rounding is monotone): ``gt`` is True and ``clamp_min``
+    leaves it, and the quotient is the same division of the same numbers. Unscored columns get
+    ``fill`` from clamp bounds ``lo = hi = fill`` (``min(max(x, f), f) = f`` for any x not NaN); the
+    norms are raised to 1 and ``tiny`` where they are 0 so that no 0 / 0 makes a NaN there.
+    """
+    tiny = torch.finfo(torch.float32).tiny
+    lo = torch.where(scored, -1.0, fill)  # [C]
+    hi = torch.where(scored, 1.0, fill)
+    denom = key_norms.clamp_min(1.0) * query_norms.clamp_min(tiny)  # [B, C]
+    return dots.div_(denom).clamp_(lo, hi)
 
 
 def _row_norms(keys: torch.Tensor, chunk_rows: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from muse_rec.modules.shared_keys_cosine import (
     static_shared_keys_cosine_topk,
 )
 from muse_rec.modules.gsu import reference_cosine_topk
-from muse_rec.modules.selection import decode_cosine_selection
+from muse_rec.modules.selection import cosine_selection_scores, decode_cosine_selection
 
 D = 128
 needs_native = pytest.mark.skipif(RT.native_library() is None, reason="no C compiler for the native top-K")
@@ -346,3 +346,61 @@ def test_int8_values_looked_up_as_fp32_take_the_certified_path(monkeypatch):
     SK.shared_keys_cosine_topk(beyond, keys, mask, K)
     assert taken == [torch.int8]
     assert SK.int8_valued(query) and not SK.int8_valued(query + 0.5) and not SK.int8_valued(beyond)
+
+
+def _old_selection_scores(dots, key_norms, query_norms, scored, fill):
+    """What the static path computed before `int8_keys_selection_scores`: `finish_cosine`, then the sentinels."""
+    cos, _ = C.finish_cosine(dots, key_norms.unsqueeze(0), query_norms)
+    return torch.where(scored.unsqueeze(0), cos, fill.unsqueeze(0))
+
+
+@pytest.mark.parametrize("query_kind", ["int8", "float"])
+def test_int8_keys_selection_scores_are_finish_cosines_bit_for_bit(query_kind):
+    """The static path's arithmetic for int8 keys gives `finish_cosine`'s fp32 bits and the sentinels at every
+    position of every row whose query has a vector: keys without a vector, padding with and without one,
+    a key parallel to a query (cosine rounded above 1, clamped), an orthogonal one (exactly 0), repeats, and
+    queries of int8 values or of any floats (norms normal)."""
+    gen = torch.Generator().manual_seed(3)
+    L = 300
+    keys = int8_scl(L, gen=gen)
+    query = int8_scl(40, gen=gen).to(torch.float32) if query_kind == "int8" else torch.randn(40, D, generator=gen)
+    query[0] = 0
+    keys[::5] = 0
+    keys[1::7] = keys[2]
+    keys[3] = query[1].round().clamp(-127, 127).to(torch.int8)
+    keys[4] = torch.stack([keys[3][1::2], -keys[3][0::2]], dim=1).reshape(D)  # orthogonal to keys[3]
+    mask = torch.rand(L, generator=gen) > 0.2
+    kf = keys.to(torch.float32)
+    dots = query @ kf.t()
+    key_norms = torch.linalg.vector_norm(kf, dim=1)
+    query_norms = torch.linalg.vector_norm(query, dim=1, keepdim=True)
+    scored = (key_norms > 0) & mask
+    fill = cosine_selection_scores(torch.zeros(1, L), torch.zeros(1, L, dtype=torch.bool), mask.unsqueeze(0), 0, L)[0]
+    old = _old_selection_scores(dots.clone(), key_norms, query_norms, scored, fill)
+    new = SK.int8_keys_selection_scores(dots.clone(), key_norms, query_norms, scored, fill)
+    rows = query_norms[:, 0] > 0  # a row without a vector is replaced by the sentinels' top-K
+    assert torch.equal(new[rows].view(torch.int32), old[rows].view(torch.int32))
+    assert not new.isnan().any()
+
+
+def test_the_exported_static_path_makes_three_passes_over_a_chunk_of_int8_keys():
+    """Traced (what `muse-rec export` writes for MUSE: int8 history, candidates' SCL rows as fp32), each
+    chunk of positions costs its GEMM and 3 elementwise ops over the ``[B, C]`` scores (``mul``, ``div``,
+    ``clamp``) before the top-K, not `finish_cosine`'s 6 and the sentinels' ``where``: ~0.45 s of a 2.1 s
+    call at L = 100K, 1,000 candidates."""
+    B, chunk, chunks, K = 6, 2048, 2, 50
+
+    class Static(torch.nn.Module):
+        def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor):
+            return static_shared_keys_cosine_topk(query, keys, mask, K, chunk)
+
+    example = (torch.randn(B, D), torch.zeros(chunks * chunk, D, dtype=torch.int8),
+               torch.ones(chunks * chunk, dtype=torch.bool))
+    with torch.no_grad():
+        program = torch.export.export(Static(), example)
+    aten = torch.ops.aten
+    # Not a pass of its own: the GEMM that makes the scores, an alias, fp32 -> fp32 (the same tensor).
+    not_passes = {aten.matmul.default, aten.alias.default, aten.to.dtype}
+    passes = [n.target for n in program.graph.nodes if n.op == "call_function" and n.target not in not_passes
+              and tuple(getattr(n.meta.get("val"), "shape", ())) == (B, chunk)]
+    assert len(passes) <= 3 * chunks, passes
