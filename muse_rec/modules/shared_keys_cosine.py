@@ -164,6 +164,15 @@ def static_shared_keys_cosine_topk(
         mask.unsqueeze(0), 0, L,
     )[0]  # [L]
 
+    # Int8 keys: every chunk's scores and denominators are written into these two [B, C] buffers (flat, so
+    # that the last, narrower chunk's prefix is contiguous), not into new tensors: in the exported program a
+    # fresh 16 MB [1000, 4096] tensor per GEMM and per denominator, ~50 of them a call at L = 100K, cost their
+    # pages' first touch each time. A chunk's scores live until the next chunk: `torch_running_topk` keeps
+    # copies of its top k only.
+    B = q.shape[0]
+    score_buf = torch.empty(B * min(L, step), dtype=torch.float32, device=keys.device)
+    denom_buf = torch.empty(B * min(L, step), dtype=torch.float32, device=keys.device)
+
     def chunks():  # (selection scores [B, C], first position) per chunk of positions
         for l0 in range(0, L, step):
             l1 = min(L, l0 + step)
@@ -171,7 +180,10 @@ def static_shared_keys_cosine_topk(
             k_norm = torch.linalg.vector_norm(kf, dim=1)  # [C]
             scored = (k_norm > 0) & mask[l0:l1]
             if keys.dtype == torch.int8:
-                yield int8_keys_selection_scores(q @ kf.t(), k_norm, q_norm, scored, fill[l0:l1]), l0
+                width = B * (l1 - l0)
+                dots = torch.mm(q, kf.t(), out=score_buf[:width].view(B, l1 - l0))
+                yield int8_keys_selection_scores(dots, k_norm, q_norm, scored, fill[l0:l1],
+                                                 denom_buf[:width].view(B, l1 - l0)), l0
                 continue
             cos, _ = finish_cosine(q @ kf.t(), k_norm.unsqueeze(0), q_norm)  # [B, C]
             yield torch.where(scored.unsqueeze(0), cos, fill[l0:l1].unsqueeze(0)), l0
@@ -188,7 +200,8 @@ def static_shared_keys_cosine_topk(
 
 
 def int8_keys_selection_scores(dots: torch.Tensor, key_norms: torch.Tensor, query_norms: torch.Tensor,
-                               scored: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+                               scored: torch.Tensor, fill: torch.Tensor,
+                               denom_out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The static path's selection scores of a chunk of int8 keys, ``[B, C]`` fp32: the cosine
     ``clamp(dots / (|k| |q|), -1, 1)`` where ``scored``, ``fill`` elsewhere; 3 passes over ``[B, C]``
     (``mul``, ``div``, ``clamp``) instead of the 7 of `finish_cosine` and a sentinels' ``where`` (``mul``,
@@ -196,7 +209,8 @@ def int8_keys_selection_scores(dots: torch.Tensor, key_norms: torch.Tensor, quer
     program's call at L = 100K, 1,000 candidates.
 
     Args: ``dots [B, C]`` exact dot products; ``key_norms [C]`` of int8 keys; ``query_norms [B, 1]``;
-    ``scored [C]`` bool (real behaviour with a non-zero key); ``fill [C]`` the sentinels.
+    ``scored [C]`` bool (real behaviour with a non-zero key); ``fill [C]`` the sentinels; ``denom_out [B, C]``
+    where to write the denominators (None: a new tensor). The result is ``dots``, overwritten.
 
     The same fp32 bits as `finish_cosine` + ``where`` for every row whose query norm is 0 (a row the
     caller replaces by the sentinels) or at least the smallest normal fp32 (every query of int8 values:
@@ -209,7 +223,7 @@ def int8_keys_selection_scores(dots: torch.Tensor, key_norms: torch.Tensor, quer
     tiny = torch.finfo(torch.float32).tiny
     lo = torch.where(scored, -1.0, fill)  # [C]
     hi = torch.where(scored, 1.0, fill)
-    denom = key_norms.clamp_min(1.0) * query_norms.clamp_min(tiny)  # [B, C]
+    denom = torch.mul(key_norms.clamp_min(1.0), query_norms.clamp_min(tiny), out=denom_out)  # [B, C]
     return dots.div_(denom).clamp_(lo, hi)
 
 
