@@ -118,23 +118,21 @@ def check_device(device_type: str) -> None:
 def restart_count(environ: Optional[Mapping[str, str]] = None) -> int:
     """Which attempt of a torchrun job this process belongs to (`RESTART_COUNT_VAR`; 0: the first, or no
     torchrun); LaunchEnvError naming the variable unless it is an integer >= 0."""
-    env = os.environ if environ is None else environ
-    count = _int_var(env, RESTART_COUNT_VAR, 0)
-    if count < 0:
-        raise LaunchEnvError(f"environment variable {RESTART_COUNT_VAR}={count} is negative (torchrun counts "
-                             "a job's restarts from 0)")
-    return count
+    return _count_var(environ, RESTART_COUNT_VAR, "torchrun counts a job's restarts from 0")
 
 
 def scheduler_retry_count(environ: Optional[Mapping[str, str]] = None) -> int:
     """How many times the scheduler re-ran this job (`SCHEDULER_RETRY_VAR`: Slurm's requeues, which TorchX's
     script makes up to ``max_retries``; 0: the first run, or a scheduler that counts none); LaunchEnvError
     naming the variable unless it is an integer >= 0."""
-    env = os.environ if environ is None else environ
-    count = _int_var(env, SCHEDULER_RETRY_VAR, 0)
+    return _count_var(environ, SCHEDULER_RETRY_VAR, "Slurm counts a job's requeues from 0")
+
+
+def _count_var(environ: Optional[Mapping[str, str]], name: str, counts: str) -> int:
+    """The count in environment variable ``name`` (0 where unset); LaunchEnvError unless an integer >= 0."""
+    count = _int_var(os.environ if environ is None else environ, name, 0)
     if count < 0:
-        raise LaunchEnvError(f"environment variable {SCHEDULER_RETRY_VAR}={count} is negative (Slurm counts a "
-                             "job's requeues from 0)")
+        raise LaunchEnvError(f"environment variable {name}={count} is negative ({counts})")
     return count
 
 
