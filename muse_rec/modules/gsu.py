@@ -79,7 +79,7 @@ class CosineGSU(RetrievesTopK, nn.Module):
     # ids per history through the item and category tables, which the sharding planner costs.
     reads_id_tokens = False
     # Whether a serving forward holds fp32 ``[B, L]`` scores of every candidate against the whole history (the
-    # Ranker bounds the candidates per pass of such a model, `ranker.FULL_SCORES_PER_PASS`). The SCL cosine
+    # Ranker bounds the candidates per pass of such a model, `inference.FULL_SCORES_PER_PASS`). The SCL cosine
     # streams the int8 history in chunks instead (`shared_keys_cosine`), at a fixed cost per forward.
     scores_whole_history = False
 

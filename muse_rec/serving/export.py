@@ -215,20 +215,6 @@ def export_program(model: torch.nn.Module, seq_len: int,
             return torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
 
 
-def candidates_per_call(model: InferenceModel, seq_len: int, max_candidates: int) -> int:
-    """The program's largest candidate count B: ``max_candidates``, and for a model whose GSU scores every
-    history position as fp32 ``[B, L]`` matrices (``scores_whole_history``: TWIN, SIM-soft, ...) at most
-    ``FULL_SCORES_PER_PASS // L``, the float Ranker's bound per pass (`muse_rec.serving.ranker`); the Ranker
-    splits a request into calls of at most this many. Unbounded, TWIN's program scored 1,000 candidates at
-    L = 100K at 2.4 GB maximum RSS."""
-    from muse_rec.serving.ranker import FULL_SCORES_PER_PASS  # the Ranker imports this module
-
-    gsu = model.model.gsu
-    if gsu is None or not gsu.scores_whole_history:
-        return max_candidates
-    return max(MIN_CANDIDATES, min(max_candidates, FULL_SCORES_PER_PASS // seq_len))
-
-
 def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq_len: Optional[int] = None,
                  scl_dtype: str = "int8", row_alignment: int = DEFAULT_ROW_ALIGNMENT,
                  max_candidates: int = DEFAULT_MAX_CANDIDATES, quantize: bool = True,
@@ -276,7 +262,10 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
         if int8_check["max_abs_dp"] > int8_check["warn_above"]:
             gsu = model.gsu
             warnings.warn(warning_text(int8_check, spec.model.method, gsu is not None and gsu.reads_id_tokens))
-    max_candidates = candidates_per_call(serving, L, max_candidates)
+    # A GSU that scores the whole history as fp32 [B, L] takes the float Ranker's bound per pass as the program's
+    # largest B (the Ranker splits requests by it): unbounded, TWIN's program scored 1,000 candidates at L = 100K
+    # at 2.4 GB maximum RSS.
+    max_candidates = serving.candidates_per_pass(max_candidates, L)
     program = export_program(serving, L, max_candidates)
     manifest: Dict[str, object] = {
         "format": MANIFEST_FORMAT,

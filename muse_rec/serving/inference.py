@@ -33,6 +33,14 @@ from muse_rec.models.ctr_model import LifelongCTRModel
 from muse_rec.models.sparse_arch import lookup_rows
 from muse_rec.modules import Histories
 
+# Bound on candidates x history positions per forward of a model whose GSU scores the whole history as
+# fp32 ``[B, L]`` matrices (its GSU's ``scores_whole_history``): 2^24 scores, 64 MiB per matrix, so the
+# default 1,024 candidates per pass up to L = 16K and fewer beyond. At L = 100K and 1,000 candidates,
+# 1,024 per pass peaked at 4.3 GB (TWIN) and 1.3 GB (SIM-soft), 128-167 per pass at 1.3 / 1.1 GB, and
+# ran faster (TWIN 2.5 s vs 2.9-4.1 s, SIM-soft 0.87 s vs 1.48 s). The float Ranker splits requests by
+# it, and `muse-rec export` makes it an exported program's largest candidate count.
+FULL_SCORES_PER_PASS = 1 << 24
+
 
 class InferenceModel(nn.Module):
     """Score B candidates for one user with a trained `LifelongCTRModel` (its own modules).
@@ -53,6 +61,18 @@ class InferenceModel(nn.Module):
         self.top_k = model.top_k
         self.recent = model.recent
         self.seq_len = model.seq_len
+
+    def candidates_per_pass(self, limit: int, seq_len: int) -> int:
+        """The most candidates one forward should take at history length ``seq_len``: ``limit``, and
+        for a model whose GSU scores every history position as fp32 ``[B, L]`` (``scores_whole_history``:
+        TWIN, SIM-soft, the ID-score ablations, fusion) at most ``FULL_SCORES_PER_PASS // seq_len`` (at
+        least 1). MUSE's SCL cosine GSU streams the history in chunks at a fixed cost per forward (at
+        L = 100K, 167 candidates per pass took 1.7x the time of 1,024), so it is not bounded; no GSU
+        (DIN): nothing to bound."""
+        gsu = self.model.gsu
+        if gsu is None or not gsu.scores_whole_history:
+            return limit
+        return max(1, min(limit, FULL_SCORES_PER_PASS // seq_len))
 
     @staticmethod
     def seq_mask(seq_items: torch.Tensor, seq_length: torch.Tensor) -> torch.Tensor:

@@ -53,12 +53,6 @@ DEFAULT_MAX_BATCH = 1024  # candidates per forward (bounds the [B, chunk] GSU sc
 # request is scored (a load, ~35 ms at L = 100K, is of the order of a score) and bound the
 # contexts held outside the cache to a few.
 PREFETCH_AHEAD_PER_WORKER = 2
-# Bound on candidates x history positions per forward of a float model whose GSU scores the whole
-# history as fp32 ``[B, L]`` matrices (its GSU's ``scores_whole_history``): 2^24 scores, 64 MiB per matrix,
-# so the default 1,024 candidates per pass up to L = 16K and fewer beyond. At L = 100K and 1,000
-# candidates, 1,024 per pass peaked at 4.3 GB (TWIN) and 1.3 GB (SIM-soft), 128-167 per pass at
-# 1.3 / 1.1 GB, and ran faster (TWIN 2.5 s vs 2.9-4.1 s, SIM-soft 0.87 s vs 1.48 s).
-FULL_SCORES_PER_PASS = 1 << 24
 
 
 @dataclass
@@ -140,11 +134,11 @@ class FloatScorer:
         self.fixed_len: Optional[int] = None
         self.min_len = model.recent  # the recent-R slice needs at least R positions
         self.max_candidates: Optional[int] = None
-        # Whether a forward holds [B, L] score matrices (see FULL_SCORES_PER_PASS), as its GSU declares. MUSE's
-        # SCL cosine GSU streams the history in chunks instead, with a fixed cost per forward (at L = 100K,
-        # 167 candidates per pass took 1.7x the time of 1,024), so it is not bounded. No GSU (DIN): nothing.
-        gsu = model.model.gsu
-        self.scores_full_history = gsu is not None and gsu.scores_whole_history
+
+    def candidates_per_pass(self, limit: int, seq_len: int) -> int:
+        """Candidates per forward: ``limit``, bounded for a GSU that scores the whole history
+        (`InferenceModel.candidates_per_pass`)."""
+        return self.model.candidates_per_pass(limit, seq_len)
 
     @torch.no_grad()
     def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
@@ -160,7 +154,6 @@ class ExportedScorer:
         self.program, self.manifest = load_export(exported_dir, expect_sha256)  # verifies the files first
         # Programs of SCL models take the history's SCL vectors (prefetched into the cache).
         self.needs_scl = "seq_scl" in self.manifest["inputs"]
-        self.scores_full_history = False  # not measured for programs: their passes are as before
         self.fixed_len: Optional[int] = int(self.manifest["seq_len"])
         self.min_len = self.fixed_len
         if int(self.manifest["min_candidates"]) > 1:
@@ -176,6 +169,11 @@ class ExportedScorer:
         except (RuntimeError, AssertionError, ValueError, TypeError) as e:
             raise ExportError(f"{exported_dir}: the exported program refuses the inputs its manifest.json describes "
                               f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); re-export") from None
+
+    def candidates_per_pass(self, limit: int, seq_len: int) -> int:
+        """Candidates per call: ``limit`` (the program's ``max_candidates`` already carries the bound
+        `muse-rec export` took from `InferenceModel.candidates_per_pass`)."""
+        return limit
 
     @torch.no_grad()
     def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
@@ -205,7 +203,8 @@ class Ranker:
         cache_bytes: bound of the user-context cache.
         max_workers: prefetch threads.
         max_batch: candidates per forward pass (larger requests run in several passes); for a float
-            model whose GSU scores the whole history, at most ``FULL_SCORES_PER_PASS // seq_len``.
+            model whose GSU scores the whole history, at most
+            ``inference.FULL_SCORES_PER_PASS // seq_len`` (`InferenceModel.candidates_per_pass`).
 
     Example::
 
@@ -224,9 +223,7 @@ class Ranker:
             raise ValueError(f"seq_len {seq_len} exceeds the exported program's history length "
                              f"{scorer.fixed_len}; re-export with --seq-len {seq_len}")
         self.scorer, self.data, self.split, self.seq_len = scorer, data, split, seq_len
-        self.max_batch = min(max_batch, scorer.max_candidates or max_batch)
-        if scorer.scores_full_history:
-            self.max_batch = max(1, min(self.max_batch, FULL_SCORES_PER_PASS // seq_len))
+        self.max_batch = scorer.candidates_per_pass(min(max_batch, scorer.max_candidates or max_batch), seq_len)
         self._users, self._items = data.vocab("user_id"), data.vocab("item")
         self.cache: AsyncLRUCache[UserContext] = AsyncLRUCache(
             self._load_user, lambda c: c.nbytes, cache_bytes, max_workers)

@@ -49,7 +49,7 @@ def test_a_whole_history_gsus_program_takes_the_rankers_candidates_per_pass(trai
     at L = 100K held 2.4 GB), and the Ranker splits a request into calls of that many. MUSE's streams the
     history in chunks: its program keeps ``--max-candidates``."""
     from muse_rec.serving.export import DEFAULT_MAX_CANDIDATES
-    from muse_rec.serving.ranker import FULL_SCORES_PER_PASS
+    from muse_rec.serving.inference import FULL_SCORES_PER_PASS
 
     twin, L = SPEC.parent / "twin.yaml", 2 * FULL_SCORES_PER_PASS // DEFAULT_MAX_CANDIDATES
     sets = [a for o in (f"data.prepared={trained_run.prepared}", f"output_dir={tmp_path}/runs/{{name}}",

@@ -282,7 +282,7 @@ def test_full_history_gsus_score_in_passes_bounded_by_the_history_length(trained
     default 1,024 candidates peaked at 4.3 GB. Their passes are now bounded in B x L
     (`FULL_SCORES_PER_PASS`, lowered here to 3 x L so that the tiny set shows it), with the same
     scores; MUSE's chunked SCL GSU keeps its passes (a fixed cost per pass)."""
-    from muse_rec.serving import ranker as ranker_mod
+    from muse_rec.serving import inference as inference_mod
     from tests.serving.test_inference_parity import FLOAT_TOL, random_init_model
 
     _, data = trained_model
@@ -293,7 +293,7 @@ def test_full_history_gsus_score_in_passes_bounded_by_the_history_length(trained
         model = random_init_model(spec_file, data)
         with Ranker(FloatScorer(InferenceModel(model)), data, "test", SEQ_LEN) as whole:
             expected = [whole.score(int(u), candidates) for u in users]
-        monkeypatch.setattr(ranker_mod, "FULL_SCORES_PER_PASS", per_pass * SEQ_LEN, raising=False)
+        monkeypatch.setattr(inference_mod, "FULL_SCORES_PER_PASS", per_pass * SEQ_LEN)
         scorer = FloatScorer(InferenceModel(model))
         passes = []
         real_call = FloatScorer.__call__
