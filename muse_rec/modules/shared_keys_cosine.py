@@ -169,9 +169,12 @@ def static_shared_keys_cosine_topk(
     # fresh 16 MB [1000, 4096] tensor per GEMM and per denominator, ~50 of them a call at L = 100K, cost their
     # pages' first touch each time. A chunk's scores live until the next chunk: `torch_running_topk` keeps
     # copies of its top k only.
+    # Float keys (an fp16 SCL table) take `finish_cosine` below and need neither.
     B = q.shape[0]
-    score_buf = torch.empty(B * min(L, step), dtype=torch.float32, device=keys.device)
-    denom_buf = torch.empty(B * min(L, step), dtype=torch.float32, device=keys.device)
+    int8_keys = keys.dtype == torch.int8
+    width_max = B * min(L, step) if int8_keys else 0
+    score_buf = torch.empty(width_max, dtype=torch.float32, device=keys.device)
+    denom_buf = torch.empty(width_max, dtype=torch.float32, device=keys.device)
 
     def chunks():  # (selection scores [B, C], first position) per chunk of positions
         for l0 in range(0, L, step):
@@ -179,7 +182,7 @@ def static_shared_keys_cosine_topk(
             kf = rows_as_fp32(keys[l0:l1], buf)  # [C, D]
             k_norm = torch.linalg.vector_norm(kf, dim=1)  # [C]
             scored = (k_norm > 0) & mask[l0:l1]
-            if keys.dtype == torch.int8:
+            if int8_keys:
                 width = B * (l1 - l0)
                 dots = torch.mm(q, kf.t(), out=score_buf[:width].view(B, l1 - l0))
                 yield int8_keys_selection_scores(dots, k_norm, q_norm, scored, fill[l0:l1],
