@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Dict, List, Optional, Sequence
 
-import yaml
 
 from muse_rec.distributed import MAX_PLAN_RANKS
-from muse_rec.spec.load import TOO_DEEP, UniqueKeyLoader
+from muse_rec.spec.load import YAMLTextError, parse_yaml
 
 if TYPE_CHECKING:  # for annotations only: torchx is imported where it is used, as in build_app
     from torchx.specs import AppDef, Role
@@ -84,18 +83,14 @@ def load_profiles(path: Optional[str] = None) -> Dict[str, LaunchProfile]:
     if not p.exists():
         raise ProfileError(f"{p}: launch profiles file not found")
     try:
-        # As a spec is read: a key given twice (two `nodes:`, two profiles of one name) was silently the last.
-        doc = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
-    except yaml.YAMLError as e:
-        raise ProfileError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
-    except RecursionError:  # PyYAML composes nested nodes recursively: thousands of [[[...]]] was a traceback
-        raise ProfileError(f"{p}: not valid YAML: {TOO_DEEP}") from None
+        text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:  # a directory (IsADirectoryError: a traceback), unreadable, not text
         raise ProfileError(f"{p}: cannot read the launch profiles file ({e})") from None
-    # A scalar YAML's constructors cannot convert (an integer past Python's 4,300-digit bound, a date
-    # 2026-13-01): its ValueError reached the user without the file's name.
-    except ValueError as e:
-        raise ProfileError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
+    try:
+        # As a spec is read: a key given twice (two `nodes:`, two profiles of one name) was silently the last.
+        doc = parse_yaml(text) or {}
+    except YAMLTextError as e:
+        raise ProfileError(f"{p}: not valid YAML: {e}") from None
     profiles = doc.get("profiles") if isinstance(doc, dict) else None
     if not isinstance(profiles, dict) or not profiles:
         raise ProfileError(f"{p}: profiles: expected a mapping of profile name -> settings")

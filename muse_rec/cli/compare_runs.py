@@ -160,16 +160,13 @@ def spec_doc(run_dir: Path, files_read: RunFiles) -> Optional[Dict]:
     replaced in between (a run started again in that directory) grouped the run as one spec and
     judged it by the floors of another's data. None without the file; ValueError naming the file
     when it is not a spec."""
-    import yaml
-
-    from muse_rec.spec.load import UniqueKeyLoader
+    from muse_rec.spec.load import parse_yaml
 
     f = run_dir / "spec.yaml"
     key = f.resolve()
     if key not in files_read:
-        # As a spec is read (`muse_rec.spec.load`): a key given twice is refused, not silently its last value.
-        doc = (_read_document(f, lambda text: yaml.load(text, Loader=UniqueKeyLoader), (yaml.YAMLError,), "YAML")
-               if f.exists() else None)
+        # As a spec is read (`parse_yaml`): a key given twice is refused, not silently its last value.
+        doc = _read_document(f, parse_yaml, (), "YAML") if f.exists() else None
         if doc is not None and not isinstance(doc, dict):
             raise ValueError(f"{f}: expected the run's resolved spec (a mapping), got {type(doc).__name__}")
         files_read[key] = doc

@@ -142,6 +142,24 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class YAMLTextError(ValueError):
+    """Text that is not a YAML document this project reads; its message is the one-line reason."""
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` as YAML, every YAML file of the project read alike (specs, a run's spec.yaml, launch
+    profiles): a key given twice in a mapping is refused (`UniqueKeyLoader`), not silently its last value.
+    `YAMLTextError` with a one-line reason for invalid YAML, for nesting past PyYAML's recursive parser
+    (thousands of ``[[[...]]]`` were a RecursionError traceback) and for a scalar its constructors cannot
+    convert (an integer past Python's 4,300-digit bound, a date 2026-13-01: a bare ValueError)."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except RecursionError:
+        raise YAMLTextError(TOO_DEEP) from None
+    except (yaml.YAMLError, ValueError) as e:
+        raise YAMLTextError(" ".join(str(e).split())) from None
+
+
 def _read_with_extends(path: Path, seen: Tuple[Path, ...], files: List[Tuple[Path, Dict[str, Any]]],
                        referenced_by: Optional[Path] = None) -> Dict[str, Any]:
     """``path`` merged over its ``extends:`` chain; ``files`` gets ``(file, its own keys)`` of each file
@@ -159,16 +177,13 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...], files: List[Tuple[Pat
     if path.resolve() in seen:
         raise SpecError(f"{path}: 'extends' cycle: " + " -> ".join(str(p) for p in seen + (path,)))
     try:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-    except RecursionError:  # PyYAML composes nested nodes recursively: ~500 levels of [[[...]]] was a traceback
-        raise SpecError(f"{path}: not valid YAML: {TOO_DEEP}") from None
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{where}: cannot read ({e})") from None
-    # A scalar YAML's constructors cannot convert: an integer past Python's 4,300-digit bound, a date 2026-13-01.
-    except ValueError as e:
-        raise SpecError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    try:
+        doc = parse_yaml(text)
+    except YAMLTextError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
     if doc is None or doc == {}:  # an empty or comment-only file: truncated, or the wrong file
         raise SpecError(f"{path}: empty spec (no keys); a spec extends another or sets its keys "
                         "(e.g. extends: ../base.yaml and data.prepared)")

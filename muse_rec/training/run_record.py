@@ -17,7 +17,7 @@ from muse_rec.data.epochs import resume_batch, steps_per_epoch
 from muse_rec.data.prepared import PreparedData
 from muse_rec.json_files import read_json_object, refuse_special_file
 from muse_rec.spec import Spec, model_settings, training_settings
-from muse_rec.spec.load import TOO_DEEP, UniqueKeyLoader
+from muse_rec.spec.load import parse_yaml
 from muse_rec.training.checkpoint import MODEL_RECORD, Position, checkpoint_to_resume, read_position
 
 logger = logging.getLogger("muse_rec")
@@ -155,13 +155,11 @@ def _read_spec_yaml(spec_yaml: Path) -> Dict[str, Any]:
     """A run directory's spec.yaml (its resolved spec); RunError naming it when unreadable."""
     refuse_special_file(spec_yaml, RunError)  # a FIFO there blocked `train --resume` forever
     try:
-        # As a spec is read: a key given twice is refused, not silently its last value.
-        doc: Any = yaml.load(spec_yaml.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
-    # ValueError: not UTF-8, or a scalar YAML cannot convert (an integer of too many digits, an impossible date)
-    except (yaml.YAMLError, OSError, ValueError) as e:
+        # As a spec is read (`parse_yaml`): a key given twice is refused, not silently its last value.
+        doc: Any = parse_yaml(spec_yaml.read_text(encoding="utf-8"))
+    # ValueError: not UTF-8, or not YAML (`YAMLTextError`, nesting too deep included)
+    except (OSError, ValueError) as e:
         raise RunError(f"{spec_yaml}: unreadable ({' '.join(str(e).split())[:200]})") from None
-    except RecursionError:  # PyYAML composes nested nodes recursively: thousands of [[[...]]] was a traceback
-        raise RunError(f"{spec_yaml}: unreadable ({TOO_DEEP})") from None
     if not isinstance(doc, dict):
         raise RunError(f"{spec_yaml}: expected a mapping (the run's resolved spec), got {type(doc).__name__}")
     return doc
