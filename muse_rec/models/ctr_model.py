@@ -225,9 +225,12 @@ class LifelongCTRModel(nn.Module):
             gsu_cats = gsu_items
         else:
             gsu_items, gsu_cats, gsu_valid = hist.at(hist.items, res.indices), hist.at(hist.cats, res.indices), res.valid
-        rec_items = hist.per_sample(hist.items[:, L - R:])
-        rec_cats = hist.per_sample(hist.cats[:, L - R:])
-        rec_mask = hist.per_sample(hist.mask[:, L - R:])
+        # The newest min(R, L) positions: a history shorter than R (a caller of `InferenceModel` that does
+        # not pad to R) has no more; ``L - R`` would be a negative start, which slices the newest R - L only.
+        newest = max(L - R, 0)
+        rec_items = hist.per_sample(hist.items[:, newest:])
+        rec_cats = hist.per_sample(hist.cats[:, newest:])
+        rec_mask = hist.per_sample(hist.mask[:, newest:])
         tok = self.sparse_arch.id_tokens(target_item, target_cat, gsu_items, gsu_cats,
                                          gsu_valid, rec_items, rec_cats, rec_mask)
         return self.over_arch(pooled, tok.target, tok.gsu, tok.recent, rec_mask, res, search)
