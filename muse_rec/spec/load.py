@@ -390,6 +390,12 @@ def _check_values(spec: Spec, source: str) -> None:
     need(m.esu.num_tiers <= last + 2, "model.esu.num_tiers", f"{m.esu.num_tiers} tiers at tier_width "
          f"{m.esu.tier_width:g}: cosine 1 falls in tier {last} (counting from 0) and no later tier is ever filled; "
          f"at most {last + 2} (one spare, as the reference's 22 at 0.1)")
+    # Fewer tiers clamp every cosine above the last tier's lower edge into it: 22 tiers at 0.05 binned 0.1
+    # and 1.0 alike, a histogram blind to the similarities it exists to tell apart.
+    lower_edge = (m.esu.num_tiers - 2 - round(1.0 / m.esu.tier_width)) * m.esu.tier_width
+    need(m.esu.num_tiers >= last + 1, "model.esu.num_tiers", f"{m.esu.num_tiers} tiers at tier_width "
+         f"{m.esu.tier_width:g}: every cosine above {lower_edge:g} falls in the last tier and cosine 1 needs tier "
+         f"{last} (counting from 0); at least {last + 1}")
     need(m.gsu.kind != "none" or not m.esu.simtier, "model.esu.simtier",
          "SimTier needs retrieved similarities: set model.gsu.kind or esu.simtier: false")
     need(m.gsu.kind != "none" or m.esu.attention == "none", "model.esu.attention",

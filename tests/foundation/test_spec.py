@@ -93,6 +93,11 @@ def test_extends_list_merges_in_order_and_child_wins(tmp_path):
         ({"model": {"esu": {"num_tiers": 23}}}, "model.esu.num_tiers: 23 tiers at tier_width 0.1: cosine 1 falls in tier 20"),
         ({"model": {"esu": {"num_tiers": 10**9}}}, "model.esu.num_tiers: 1000000000 tiers"),
         ({"model": {"esu": {"num_tiers": 43, "tier_width": 0.05}}}, "cosine 1 falls in tier 40 .* at most 42"),
+        # Too few: SimTier clamped every cosine above 0 into tier 21 (0.1 and 1.0 alike), silently.
+        ({"model": {"esu": {"tier_width": 0.05}}}, "model.esu.num_tiers: 22 tiers at tier_width 0.05: every cosine "
+                                                   "above 0 falls in the last tier .* at least 41"),
+        ({"model": {"esu": {"num_tiers": 20}}}, "model.esu.num_tiers: 20 tiers at tier_width 0.1: every cosine above "
+                                                "0.8 falls in the last tier and cosine 1 needs tier 20 .* at least 21"),
         # 16M columns: `plan` and `train` ran TorchRec's enumerator for minutes with no output.
         ({"model": {"embedding_dim": 65540}}, "model.embedding_dim: must be in 1..65536"),
         ({"data": {"vocab_sizes": {"bogus": 10}}}, "data.vocab_sizes: unknown table 'bogus'"),
