@@ -143,3 +143,31 @@ def test_canonical_order_packed_key_equals_lexsort(monkeypatch):
     monkeypatch.setattr(kernels, "PACKED_KEY_BITS", 2)
     np.testing.assert_array_equal(kernels.canonical_order(u, s, y), reference)
     assert repr(compute_metrics(u, y, s, seq_lengths=d["seq_lengths"])) == repr(fast)
+
+
+def test_equal_floats_of_different_bits_tie_and_large_sets_are_exact():
+    """-0.0 and 0.0 are one score (a sigmoid of -inf gives either): a tie, 1/2 a pair, for AUC, per-user AUC,
+    grouped AUC and the canonical order; a key built from the float's bits would order them. Then 2M float32
+    scores on 1,001 values against the exact rational Mann-Whitney count: ranks, sums and pair counts are
+    integers, so only the last division rounds (|error| <= 1 ulp of the result, far below 1e-15)."""
+    from fractions import Fraction
+
+    users = np.array([7, 7, 7, 7])
+    labels = np.array([1, 0, 0, 1])
+    scores = np.array([0.0, -0.0, 0.0, 0.5])
+    m = compute_metrics(users, labels, scores, seq_lengths=np.array([3, 3, 3, 3]))
+    # positives 0.0 and 0.5 against negatives -0.0 and 0.0: (0.5 + 0.5 + 1 + 1) / 4
+    assert m["auc"] == m["gauc"] == m["by_seq_length"][0]["gauc"] == m["by_seq_length"][0]["auc"] == 0.75
+
+    rng = np.random.default_rng(0)
+    n = 2_000_000
+    s = (rng.integers(0, 1001, n) / 1000).astype(np.float32)  # heavy ties
+    y = (rng.random(n) < 0.3 * s).astype(np.int8)
+    values, inverse = np.unique(s, return_inverse=True)
+    pos = np.bincount(inverse.reshape(-1), weights=y, minlength=values.size).astype(np.int64)
+    neg = np.bincount(inverse.reshape(-1), weights=1 - y, minlength=values.size).astype(np.int64)
+    below = np.concatenate(([0], np.cumsum(neg)[:-1]))
+    wins = sum(int(p) * (2 * int(b) + int(q)) for p, q, b in zip(pos, neg, below))  # twice the won pairs
+    exact = Fraction(wins, 2 * int(pos.sum()) * int(neg.sum()))
+    assert auc(s, y) == float(exact)
+    assert compute_metrics(np.zeros(n, dtype=np.int64), y, s)["gauc"] == float(exact)  # one user: GAUC = AUC
