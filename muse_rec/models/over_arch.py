@@ -37,7 +37,6 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from muse_rec.data.schema import SCL_DIM
@@ -72,12 +71,17 @@ class SCLCosineSimilarity(nn.Module):
 
 
 class IdCosineSimilarity(nn.Module):
-    """R = cosine of the (detached) ID tokens of the target and each pick (ID-only baselines)."""
+    """R = cosine of the (detached) ID tokens of the target and each pick (ID-only baselines), in [-1, 1]
+    (0 for an all-zero token), as `finish_cosine` gives the SCL and the fusion's ID cosines: a pick whose
+    token is the target's has cosine 1, SimTier's tier 20. (``F.cosine_similarity`` rounded it above 1 for
+    ~1 token in 5, into tier 21: one similarity in two tiers, hopping as the token trained.)"""
 
     @torch.no_grad()
     def forward(self, res: GSUResult, search: SearchInputs, target_tok: torch.Tensor, gsu_tok: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        cos = F.cosine_similarity(gsu_tok, target_tok.unsqueeze(1), dim=-1, eps=1e-12)
+        t, g = target_tok.detach().float(), gsu_tok.detach().float()  # [B, D], [B, K, D]
+        cos, _ = finish_cosine(torch.bmm(g, t.unsqueeze(2)).squeeze(2), torch.linalg.vector_norm(g, dim=2),
+                               torch.linalg.vector_norm(t, dim=1, keepdim=True))
         return torch.where(res.valid, cos, 0.0), res.valid
 
 
