@@ -58,7 +58,10 @@ OPTIONAL = ("seq_length", "item_popularity")
 
 def _to_numpy(name: str, x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
-        return x.detach().to("cpu").numpy()
+        x = x.detach().to("cpu")
+        # NumPy has no bfloat16 (a bf16 model's sigmoid, a bf16 batch's labels or weights): fp32 holds every
+        # bf16 value exactly, so ties survive; `.numpy()` raised TypeError "unsupported ScalarType BFloat16".
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     if isinstance(x, np.ndarray):
         return x
     raise TypeError(f"update(): {name} must be a torch.Tensor or numpy array, got {type(x).__name__}")

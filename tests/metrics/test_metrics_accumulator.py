@@ -44,6 +44,23 @@ def test_batches_equal_one_shot_compute():
     assert repr(got) == repr(_reference(d))
 
 
+def test_bfloat16_tensors_are_read_as_their_exact_values():
+    """A bf16 model's probabilities and a bf16 batch's labels and weights (docs/metrics.md's
+    ``acc.update(..., torch.sigmoid(logits), batch.weights)``): NumPy has no bfloat16, and `update` raised
+    TypeError "Got unsupported ScalarType BFloat16". The scores are the bf16 values exactly (fp32 holds
+    them), so the metrics equal those of the same values given in float32, ties and all."""
+    d = random_predictions(5)
+    tensors = {c: torch.from_numpy(d[c]) for c in COLS}
+    for c in ("labels", "scores", "weights"):
+        tensors[c] = tensors[c].to(torch.bfloat16)
+    acc = PredictionAccumulator()
+    acc.update(*(tensors[c] for c in COLS))
+    rounded = dict(d, scores=tensors["scores"].float().numpy())  # the bf16 values, exactly
+    got = acc.compute()
+    got.pop("world_size")
+    assert repr(got) == repr(_reference(rounded))
+
+
 def test_padding_rows_are_dropped_whatever_they_hold():
     d = random_predictions(1)
     acc = PredictionAccumulator()
