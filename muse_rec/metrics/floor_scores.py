@@ -34,8 +34,8 @@ import torch
 from muse_rec.data.prepared import POPULARITY_SPLIT, PreparedData
 from muse_rec.data.vocab import PADDING_ROW
 from muse_rec.metrics.floor_options import FloorOptions, FloorsError
-from muse_rec.modules.cosine import grouped_cosine
-from muse_rec.modules.selection import NO_VECTOR_SCORE, cosine_selection_scores, decode_cosine_selection
+from muse_rec.modules.cosine import grouped_cosine_topk
+from muse_rec.modules.selection import NO_VECTOR_SCORE, decode_cosine_selection
 
 SCL_FLOORS = ("cos_mean_history", "cos_mean_recent", "mean_topk_similarity")
 # The streamed floor that reads no SCL vector (it reads the behaviours' categories).
@@ -241,14 +241,14 @@ def scl_scores(data: PreparedData, split: str, idx: np.ndarray, opts: FloorOptio
     recent = keys[:, -opts.recent:].sum(axis=1, dtype=np.int32)
     out["cos_mean_history"][has_user] = _cos_with_sum(target[has_user], summed[index])
     out["cos_mean_recent"][has_user] = _cos_with_sum(target[has_user], recent[index])
-    # Top-K exactly as the cosine GSU selects: its kernel, its sentinels, its decoding.
+    # Top-K as the cosine GSU selects over a user's history (`grouped_cosine_topk`, what `CosineGSU` runs
+    # on the grouped training shape): its kernel, its sentinels, its order among equal fp32 cosines (lowest
+    # position first; `torch.topk` kept any of them, so the floor could average other picks than the GSU's).
     index_t = torch.from_numpy(index.astype(np.int64))
-    cos, has_vector = grouped_cosine(torch.from_numpy(target[has_user]), torch.from_numpy(keys), index_t)
-    width = keys.shape[1]
-    sel = cosine_selection_scores(cos, has_vector, torch.from_numpy(mask)[index_t], 0, width)
-    values, positions = torch.topk(sel, min(opts.top_k, width), dim=1)
-    # Decoded at the width topk returned, not padded to K: padding slots hold no score and do not
-    # change the mean, and a K far beyond every history would allocate [chunk, K].
+    values, positions = grouped_cosine_topk(torch.from_numpy(target[has_user]), torch.from_numpy(keys),
+                                            torch.from_numpy(mask), index_t, opts.top_k)
+    # Decoded at the width returned (min(K, width)), not padded to K: padding slots hold no score and do
+    # not change the mean, and a K far beyond every history would allocate [chunk, K].
     picked = decode_cosine_selection(values, positions, values.shape[1])
     has_score = picked.has_score.numpy()
     # The GSU's fp32 cosines chose the K; their values are averaged exactly (`tie_exact_cosine`),
