@@ -69,6 +69,15 @@ def run(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec, args.set)  # before torch's and TorchRec's imports (seconds): a typo fails at once
     except SpecError as e:
         return report("rank", e)
+    if args.seq_len is not None:
+        from muse_rec.serving.export import ExportError, check_history_fits
+
+        # Each user's context holds the program's [1, L] inputs: a length beyond memory was numpy's "array is
+        # too big" (naming nothing) or an allocation failure, after the model had loaded.
+        try:
+            check_history_fits(args.seq_len, spec.model.reads_scl, advice="serve a shorter history")
+        except ExportError as e:
+            return report("rank", e)
     if not args.exported and not args.checkpoint:  # a program (--exported) reads no checkpoint
         spec = spec_of_own_run("rank", "ranking with", args.spec, args.set, spec)
     from muse_rec.cli.errors import bad_input_errors

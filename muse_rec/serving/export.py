@@ -151,19 +151,21 @@ def example_input_bytes(seq_len: int, candidates: int = 8, with_scl: bool = Fals
     return sum(math.prod(shape) * dtype.itemsize for shape, dtype in _example_shapes(seq_len, candidates, with_scl))
 
 
-def check_history_fits(seq_len: int, with_scl: bool, key: str = "--seq-len") -> None:
-    """Refuse (`ExportError` naming ``key``) a history length whose inputs alone exceed the memory this
-    process can still take: checking and tracing the program allocate one user's whole history of L
-    positions (ids, and SCL rows for a model that reads them) at least once, and more than that was
-    never refused: 2**31 was OOM-killed after minutes, with no message. A lower bound (the forward's
-    activations come on top), so a length that fits is never refused."""
+def check_history_fits(seq_len: int, with_scl: bool, key: str = "--seq-len",
+                       advice: str = "export a shorter history") -> None:
+    """Refuse (`ExportError` naming ``key``, ending with ``advice``) a history length whose inputs alone
+    exceed the memory this process can still take: checking and tracing the program, and the Ranker's
+    context of each user (`rank`), allocate one user's whole history of L positions (ids, and SCL rows
+    for a model that reads them) at least once, and more than that was never refused: 2**31 was
+    OOM-killed after minutes, with no message. A lower bound (the forward's activations come on top), so
+    a length that fits is never refused."""
     need = example_input_bytes(seq_len, EXAMPLE_CANDIDATES, with_scl)
     available = available_memory_bytes()
     if need > available:
         raise ExportError(f"{key} {seq_len}: one history of that length needs at least {need:,} bytes "
                           f"({format_gib(need)}: the program's [1, L] inputs{' with their SCL rows' if with_scl else ''}), "
                           f"more than the {available:,} bytes ({format_gib(available)}) of memory available; "
-                          f"export a shorter history")
+                          f"{advice}")
 
 
 def takes_scl(model: InferenceModel) -> bool:

@@ -400,6 +400,21 @@ def test_export_refuses_a_history_longer_than_memory_before_allocating_it(traine
     assert not (tmp_path / "ex").exists()
 
 
+def test_rank_refuses_a_history_longer_than_memory_naming_the_flag(tmp_path):
+    """`rank --seq-len 2**62` said only numpy's "array is too big; `arr.size * arr.dtype.itemsize` is larger than the
+    maximum possible size." (after loading the model), naming neither the flag nor the value; each user's context
+    holds the program's [1, L] inputs, so it is now refused as export refuses it, before anything is loaded (the
+    spec's data and run do not exist here). 2**62 exceeds any host's memory: nothing large is allocated."""
+    from muse_rec.serving.export import example_input_bytes
+
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"user": 1, "candidates": [2, 3]}))
+    out = cli("rank", "--spec", SPEC, "--request", str(req), "--seq-len", str(2**62))
+    # DIN's context holds no SCL rows
+    assert_bad_input(out, f"--seq-len {2**62}: one history of that length needs at least {example_input_bytes(2**62):,} "
+                     "bytes", "of memory available; serve a shorter history")
+
+
 @pytest.mark.parametrize("args, flag", [
     (["train", "--spec", "FIFO"], "--spec"),
     (["evaluate", "--spec", "FIFO", "--out", "OUT"], "--spec"),
