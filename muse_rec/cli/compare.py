@@ -111,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             args.out = check_output_path(args.out, "--out", directory=False)
             for written in _written_files(args.out):
+                # Each file it writes, not only OUT: a directory at OUT.json was found at the write, after the
+                # .md had replaced an earlier one (one of each run, against "both or neither").
+                check_output_path(str(written), "--out", directory=False)
                 check_not_an_input(str(written), "--out", {"--floors": args.floors})
         files_read: RunFiles = {}
         runs = load_runs(args.runs, files_read)

@@ -69,3 +69,19 @@ def test_the_help_names_the_files_out_writes(tmp_path: Path, capsys) -> None:
     (run / "metrics.json").write_text(json.dumps({"method": "DIN", "gauc": 0.6, "auc": 0.6, "logloss": 0.4}))
     assert cli_main(["compare", str(run), "--no-floors", "--out", str(tmp_path / "cmp" / "t.md")]) == 0
     assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["t.json", "t.md"]
+
+
+def test_out_whose_json_sibling_is_a_directory_is_refused_before_writing_either(tmp_path: Path, capsys) -> None:
+    """`--out cmp/t.md` with a directory at cmp/t.json checked only cmp/t.md: the .md replaced the earlier
+    one, then the .json's rename failed ("cannot write ([Errno 21] Is a directory ...)"), leaving a pair of
+    two runs where --help promises both or neither. Now refused up front, naming the .json, the .md as it was."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"method": "DIN", "gauc": 0.6, "auc": 0.6, "logloss": 0.4}))
+    cmp = tmp_path / "cmp"
+    (cmp / "t.json").mkdir(parents=True)
+    (cmp / "t.md").write_text("earlier table\n")
+    assert cli_main(["compare", str(run), "--no-floors", "--out", str(cmp / "t.md")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {cmp / 't.json'}: is a directory, expected a file path" in err, err
+    assert (cmp / "t.md").read_text() == "earlier table\n"
