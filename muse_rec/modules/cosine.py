@@ -16,12 +16,14 @@ two squared norms, their product and the division, each within half an fp32 ulp.
 Which arithmetic, measured on this project's CPU (Xeon with AVX512-VNNI, AMX-INT8/BF16,
 torch 2.13, one thread; ``benchmarks/bench_gsu.py``):
 
-* fp32 GEMM on int8 values converted to fp32 is exact; ``torch._int_mm`` (int8 in, int32
-  out) is no faster than it on this CPU, and oneDNN's int8 linear (``onednn.qlinear_pointwise``,
-  u8 x s8 -> fp32) only ~2x, while its bf16 GEMM (AMX) is ~8x faster but only writes bf16.
-  The ranking depends on the CPU: on an AMD EPYC with AVX-512 VNNI (session 39, one thread)
-  ``torch._int_mm`` took 1.2 ms against 10.0 ms for the fp32 GEMM of ``[1000, 128] x [128, 4096]``,
-  the same numbers (every dot of 128 int8 products is an integer below 2^24). Measure before choosing.
+* fp32 GEMM on int8 values converted to fp32 is exact, and so is ``torch._int_mm`` (int8 in,
+  int32 out: every dot of 128 int8 products is an integer below 2^24, the same numbers). Which is
+  faster depends on the CPU and its load: for ``[1000, 128] x [128, 4096]``, one thread, a first
+  measurement on this Xeon found ``_int_mm`` no faster and oneDNN's int8 linear
+  (``onednn.qlinear_pointwise``, u8 x s8 -> fp32) only ~2x; a later one on a Xeon of the same flags
+  (2026-12-05, load 2.6) 3.0-3.4 ms against 6.3-7.5 ms for fp32 (~2x); an AMD EPYC with AVX-512
+  VNNI (session 39) 1.2 ms against 10.0 ms. The bf16 GEMM (AMX) is ~5-8x faster but rounds, so
+  only the serving shortlist uses it. fp32 stays the one path: measure before choosing another.
 * Training (`grouped_cosine`): one padded batched GEMM ``[U, P, D] x [U, D, C]`` in fp32
   (exact), queries grouped by history row (`group_members`), positions in chunks.
 * Serving (one user's history against ~1,000 candidates): `muse_rec.modules.shared_keys_cosine`,
