@@ -33,7 +33,9 @@ SYNTHETIC_DEVIATIONS = (
     "**Scale.** Tens of thousands of training impressions (see the header) instead of 76M, one epoch; ID "
     "embeddings of rarely seen items barely train, which favours methods that lean on the frozen SCL vectors, and "
     "seed-to-seed noise is large, so small paper gaps (0.001-0.002 GAUC) cannot be resolved here.",
-    "**Optimiser.** On CPU, FBGEMM has no fused Adam: embeddings train with exact row-wise Adagrad (lr 0.05), "
+    "**Optimiser.** Embeddings train with exact row-wise Adagrad (lr 0.05), not the paper's Adam: at tens of "
+    "steps the paper's sparse Adam 2e-3 moves an ID row too little (docs/accuracy.md, 'Which sparse optimizer the "
+    "CPU specs use'; on CPU, where FBGEMM has no fused Adam, `adam` runs as a row-sparse Adam); "
     "dense layers with AdamW (lr 1e-3), batch 256 per rank x 2 ranks (the demo profile), not the paper's "
     "8 x 1000 with Adam/AdamW.",
 )
