@@ -14,7 +14,8 @@ Each Q is one `runner.execute` job of ``nproc`` ranks; ``parallel`` of them run 
 runner's progress file lives per Q directory, so concurrent jobs do not read each other's events).
 
 The acceptance criterion of the fusion (`criterion`): at every Q, fusion >= max(MUSE, SIM-soft)
-- 1 standard error (of the fusion's mean over seeds and the best one's, combined), and strictly
+- 1 standard error of the difference of the two means (`diff_se`: paired by seed when both ran the
+same seeds, else the two means' errors combined), and strictly
 better than each of them (by more than that standard error) at some Q.
 """
 from __future__ import annotations
