@@ -22,7 +22,7 @@ from the prepared data, and at 35M x 128 it would dominate every checkpoint.
 A checkpoint records the id of the run that wrote it (``position.json``: ``run_id``) and the
 fingerprint of the prepared data it was trained on (``data_fingerprint``): pruning only ever
 deletes the current run's checkpoints, and a resume / evaluation / export on other data is
-refused. A checkpoint with a non-finite weight is never written (`NonFiniteError`), and
+refused. A checkpoint with a non-finite weight is never written (`NonFiniteError`) nor loaded, and
 loading checks the integrity manifest before DCP unpickles anything.
 """
 from __future__ import annotations
@@ -232,14 +232,19 @@ def _first_non_finite(state: Dict) -> Optional[str]:
     return None
 
 
-def _check_finite(state: Dict, step: int) -> None:
-    """Collective: refuse to save when any rank holds a non-finite value; name the first one."""
+def _first_non_finite_of_any_rank(state: Dict) -> Optional[str]:
+    """Collective: the first key holding a NaN/Inf on the lowest rank that has one, or None."""
     bad = _first_non_finite(state)
     found: List[Optional[str]] = [bad]
     if _multi_rank():
         found = [None] * dist.get_world_size()
         dist.all_gather_object(found, bad)
-    first = next((b for b in found if b), None)
+    return next((b for b in found if b), None)
+
+
+def _check_finite(state: Dict, step: int) -> None:
+    """Collective: refuse to save when any rank holds a non-finite value; name the first one."""
+    first = _first_non_finite_of_any_rank(state)
     if first:
         raise NonFiniteError(f"step {step}: parameter {first!r} holds NaN/Inf - not writing a checkpoint "
                              "(the last good checkpoint is kept); lower the learning rate or check the data")
@@ -391,6 +396,13 @@ def load_checkpoint(
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         what = _DAMAGED if _DAMAGED_ZIP in str(e) else "does not fit this model"
         raise CheckpointError(f"{path}: {what}: {_one_line(e)}") from None
+    # Training never saves a NaN/Inf (`_check_finite`), so one here was written into a file that still matches
+    # its manifest (re-sealed): loaded, it made `rank` and `evaluate` fail on NaN scores with a traceback, or a
+    # resumed run train on it. One pass over the loaded values, as the save makes.
+    bad = _first_non_finite_of_any_rank(state)
+    if bad:
+        raise CheckpointError(f"{path}: {bad!r} holds NaN/Inf, which training never saves (the checkpoint was "
+                              "altered after it was written); use another checkpoint, e.g. an earlier step")
     # Load the complete state dict: sharded collections' load hooks expect every table of theirs,
     # the skipped (frozen) ones simply keep their current values.
     full = model.state_dict()
