@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         spec = spec_of_own_run("rank", "ranking with", args.spec, args.set, spec)
     from muse_rec.cli.errors import bad_input_errors
     from muse_rec.quiet import quiet_known_warnings
-    from muse_rec.serving.ranker import Ranker, rank_all
+    from muse_rec.serving.ranker import NonFiniteScoresError, Ranker, rank_all
 
     quiet_known_warnings()
     started = time.perf_counter()
@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
             responses = rank_all(ranker, requests, latencies)
     except bad_input_errors() + (ValueError,) as e:
         return report("rank", e)
+    except NonFiniteScoresError as e:  # weights that match their manifest but overflow: the model is unusable
+        model = args.exported or args.checkpoint or "the run's latest checkpoint"
+        return report("rank", ValueError(f"{model}: {e}; serve another checkpoint (e.g. an earlier step)"))
     single = not text.lstrip().startswith(b"[")
     print(json.dumps(responses[0] if single else responses))
     # stdout is the JSON document alone (callers parse it); how fast it went goes to stderr.

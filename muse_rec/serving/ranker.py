@@ -24,7 +24,8 @@ Documented handling of bad input (never a crash, never a silent wrong score):
   ``"known_user"`` is true (it only ever meant the history row);
 * unknown candidate ids (not in the item vocabulary): scored with the unknown-item row 0 (as
   training does for unseen targets) and listed in ``"unknown_candidates"`` (positions);
-* malformed requests: `muse_rec.serving.request.RequestError`.
+* malformed requests: `muse_rec.serving.request.RequestError`;
+* a model whose output is NaN/Inf: `NonFiniteScoresError` (a RuntimeError), no scores returned.
 """
 from __future__ import annotations
 
@@ -123,6 +124,10 @@ def build_context(user: int, known: bool, items: np.ndarray, cats: np.ndarray, f
                        seq_items=torch.from_numpy(seq_items), seq_cats=torch.from_numpy(seq_cats),
                        seq_length=torch.tensor([n], dtype=torch.int64),
                        seq_scl=None if vectors is None else torch.from_numpy(vectors))
+
+
+class NonFiniteScoresError(RuntimeError):
+    """The model's output for a request holds NaN/Inf (weights that overflow it): never returned as scores."""
 
 
 class FloatScorer:
@@ -298,7 +303,7 @@ class Ranker:
         items, cats, attrs = (torch.from_numpy(cand[k]) for k in ("items", "cats", "attrs"))
         scores = score_in_batches(self.scorer, ctx, items, cats, attrs, self.max_batch).float().numpy()
         if not np.all(np.isfinite(scores)):  # never hand out a silent wrong score
-            raise RuntimeError(f"user {ctx.user}: the model produced non-finite scores")
+            raise NonFiniteScoresError(f"user {ctx.user}: the model produced non-finite scores")
         return scores
 
     def rank(self, request: Union[RankRequest, dict]) -> Dict[str, object]:
