@@ -42,6 +42,7 @@ import torch
 from muse_rec.data.batch import USER_FEATURES
 from muse_rec.data.prepared import PreparedData
 from muse_rec.data.vocab import PADDING_ROW
+from muse_rec.json_files import INT64_MAX, INT64_MIN
 from muse_rec.serving.cache import AsyncLRUCache
 from muse_rec.serving.export import ExportError, check_data_fingerprint, example_inputs, load_export, load_trained_model
 from muse_rec.serving.inference import InferenceModel
@@ -269,7 +270,9 @@ class Ranker:
     # ---- per user ---------------------------------------------------------------------------
     def prefetch(self, user: int) -> "Future[UserContext]":
         """Start loading the user's history and SCL vectors (no-op when cached); returns a future."""
-        if not isinstance(user, (int, np.integer)) or isinstance(user, bool):
+        # A Python int beyond int64 failed inside the load (OverflowError), a numpy uint64 beyond it was taken as
+        # another id; ids are int64 (the release's hashed ids), as the request parser takes them.
+        if not isinstance(user, (int, np.integer)) or isinstance(user, bool) or not INT64_MIN <= int(user) <= INT64_MAX:
             raise RequestError(f"user: expected an int64 user id, got {user!r}")
         return self.cache.get_async(int(user))
 
@@ -291,6 +294,11 @@ class Ranker:
             raise RequestError(f"candidates: expected a non-empty 1-D list of item ids, got shape {raw.shape}")
         if not np.issubdtype(raw.dtype, np.integer):
             raise RequestError(f"candidates: expected int64 item ids, got dtype {raw.dtype}")
+        # Unsigned ids beyond int64 (numpy makes [2**63] uint64) wrapped to negative ids in the cast below: another
+        # item's row, or the unknown row, scored without a word.
+        over = np.flatnonzero(raw > INT64_MAX) if raw.dtype.kind == "u" else ()
+        if len(over):
+            raise RequestError(f"candidates[{over[0]}]: expected an int64 item id, got {int(raw[over[0]])}")
         rows = self._items.rows(raw.astype(np.int64)).astype(np.int64)
         attrs = self.data.target_attrs(rows).astype(np.int64)  # [C, 3]: category, f213, f214
         return {"items": rows, "cats": attrs[:, 0], "attrs": attrs[:, 1:], "unknown": rows == 0}
