@@ -396,6 +396,11 @@ def load_checkpoint(
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         what = _DAMAGED if _DAMAGED_ZIP in str(e) else "does not fit this model"
         raise CheckpointError(f"{path}: {what}: {_one_line(e)}") from None
+    # DCP casts a saved tensor to the model's dtype without a word: an int64 or float64 tensor where training saves
+    # fp32 (a file from elsewhere, re-sealed) loaded as other weights than it holds.
+    foreign = _foreign_dtype(Path(path), state["model"])
+    if foreign:
+        raise CheckpointError(f"{path}: {foreign}; not a checkpoint of this model")
     # Training never saves a NaN/Inf (`_check_finite`), so one here was written into a file that still matches
     # its manifest (re-sealed): loaded, it made `rank` and `evaluate` fail on NaN scores with a traceback, or a
     # resumed run train on it. One pass over the loaded values, as the save makes.
@@ -437,6 +442,17 @@ def load_checkpoint(
     if bad_rng:
         raise CheckpointError(bad_rng)
     return position
+
+
+def _foreign_dtype(path: Path, model_state: Dict) -> Optional[str]:
+    """The first key of ``model_state`` whose dtype in the checkpoint's metadata is another, said as such; None
+    when every saved tensor has the model's dtype. Read after `dcp.load`, so the metadata is known to be readable."""
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    for key, value in model_state.items():
+        dtype = getattr(getattr(saved.get(f"model.{key}"), "properties", None), "dtype", None)
+        if dtype is not None and isinstance(value, torch.Tensor) and value.dtype != dtype:
+            return f"{key!r} is saved as {dtype}, the model holds {value.dtype}"
+    return None
 
 
 def _one_line(e: BaseException) -> str:
