@@ -15,6 +15,8 @@ from muse_rec.data.prepared import PreparedData
 from muse_rec.data.vocab import PADDING_ROW
 from muse_rec.distributed.env import DistEnv
 from muse_rec.metrics import PredictionAccumulator
+from muse_rec.metrics.gather import all_gather_objects
+from muse_rec.training.run_record import RunError
 from muse_rec.terminal import shows_bars
 from muse_rec.wording import count
 
@@ -53,16 +55,24 @@ def predict(
     lines = progress and env.is_main and not tty and log_every > 0
     bar = tqdm(total=n, desc=f"eval {split}", unit="batch", disable=not tty, dynamic_ncols=True)
     start, samples = time.perf_counter(), 0
+    non_finite: Optional[int] = None  # this rank's first batch (1-based) scored NaN/Inf
     for i, batch in enumerate(loader):
         if i >= n:
             break
         batch = batch.to(env.device)
         _, (_, logits, labels) = model(batch)
+        scores = torch.sigmoid(logits.float())
+        # Finite weights can still overflow the logits (a checkpoint edited and re-sealed): the accumulator's
+        # ValueError was a traceback, raised on the ranks that met it alone while the others waited in the
+        # metrics' collectives. Stop here and tell every rank below.
+        if not bool(torch.isfinite(scores[batch.weights > 0]).all()):
+            non_finite = i + 1
+            break
         acc.update(
             user_keys=batch.user_keys,
             item_keys=batch.item_keys,
             labels=labels,
-            scores=torch.sigmoid(logits.float()),
+            scores=scores,
             weights=batch.weights,
             seq_lengths=batch.seq_lengths,
             item_popularity=_target_popularity(popularity, batch.target_item.cpu().numpy()),
@@ -73,6 +83,10 @@ def predict(
             _log_line(split, i + 1, n, samples, time.perf_counter() - start)
     bar.close()
     model.train(was_training)
+    bad = next(((r, b) for r, b in enumerate(all_gather_objects(non_finite)) if b is not None), None)
+    if bad is not None:
+        raise RunError(f"the model scored NaN/Inf on {split} batch {bad[1]} of rank {bad[0]}: its weights are finite "
+                       "but overflow the scores; evaluate another checkpoint (e.g. an earlier step)")
     if env.is_main:
         logger.info("scored %s of %s in %.1f s", count(n, "batch", "batches"), split, time.perf_counter() - start)
     return acc

@@ -47,3 +47,11 @@ def test_rank_with_weights_that_overflow_the_scores_is_one_line(trained, tmp_pat
     out = cli("rank", "--spec", SPEC, *trained.sets(), "--checkpoint", str(ck), "--request", str(req))
     assert_bad_input(out, f"muse-rec rank: {ck}: user 1: the model produced non-finite scores")
     assert out.stdout == ""  # no response, and no NaN in one
+
+
+def test_evaluate_with_weights_that_overflow_the_scores_is_one_line(trained, tmp_path):
+    ck = tmp_path / "ck"
+    _resealed_with_huge_tower(latest_checkpoint(str(trained.run_dir / "checkpoints")), ck, tmp_path)
+    out = cli("evaluate", "--spec", SPEC, *trained.sets(), "--checkpoint", str(ck), "--out", str(tmp_path / "ev"))
+    assert_bad_input(out, "muse-rec evaluate: the model scored NaN/Inf on test batch 1 of rank 0")
+    assert not (tmp_path / "ev" / "metrics.json").exists()
