@@ -398,7 +398,10 @@ def load_export(exported_dir: str, expect_sha256: Optional[str] = None) -> Tuple
     export_log = logging.getLogger("torch.export")
     was_disabled, export_log.disabled = export_log.disabled, True
     try:
-        return torch.export.load(str(program)).module(), manifest
+        # Opened here, not named: torch's archive reader takes a name as UTF-8 and fell back to reading it as a
+        # file object for one that is not (a directory name of other bytes), "'str' object has no attribute 'tell'".
+        with open(program, "rb") as f:
+            return torch.export.load(f).module(), manifest
     except Exception as e:  # zipfile / torch raise assorted types for a damaged archive
         raise ExportError(f"{program}: cannot load the exported program ({type(e).__name__}: "
                           f"{' '.join(str(e).split())[:300]}); re-export") from None
