@@ -169,12 +169,17 @@ class ExportedScorer:
         # Requests are built from manifest.json (L, which inputs). A program it does not describe (an
         # edited or mismatched manifest, re-hashed) would fail its own shape guards on every request,
         # with a traceback: tried once here on the manifest's shapes instead.
+        self.exported_dir = exported_dir
         try:
             with torch.no_grad():
                 self.program(*example_inputs(self.fixed_len, candidates=1, with_scl=self.needs_scl))
         except (RuntimeError, AssertionError, ValueError, TypeError) as e:
-            raise ExportError(f"{exported_dir}: the exported program refuses the inputs its manifest.json describes "
-                              f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); re-export") from None
+            raise self._undescribed(e) from None
+
+    def _undescribed(self, e: BaseException) -> ExportError:
+        """The one line for a program that refuses inputs its manifest.json describes (``e``: its refusal)."""
+        return ExportError(f"{self.exported_dir}: the exported program refuses the inputs its manifest.json describes "
+                           f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); re-export")
 
     def candidates_per_pass(self, limit: int, seq_len: int) -> int:
         """Candidates per call: ``limit`` (the program's ``max_candidates`` already carries the bound
@@ -184,7 +189,13 @@ class ExportedScorer:
     @torch.no_grad()
     def __call__(self, ctx: UserContext, items: torch.Tensor, cats: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         extra = (ctx.seq_scl,) if self.needs_scl else ()
-        return self.program(ctx.seq_items, ctx.seq_cats, ctx.seq_length, ctx.user_fields, items, cats, attrs, *extra)
+        try:
+            return self.program(ctx.seq_items, ctx.seq_cats, ctx.seq_length, ctx.user_fields, items, cats, attrs, *extra)
+        except AssertionError as e:
+            # The program's guard on its candidate count: a manifest.json (edited, re-sealed) whose max_candidates
+            # exceeds the traced range passes the one-candidate try above, and the guard's AssertionError reached
+            # the user as a traceback at the first request of more candidates than the program takes.
+            raise self._undescribed(e) from None
 
 
 Scorer = Union[FloatScorer, ExportedScorer]
