@@ -64,19 +64,23 @@ def predict(
         scores = torch.sigmoid(logits.float())
         # Finite weights can still overflow the logits (a checkpoint edited and re-sealed): the accumulator's
         # ValueError was a traceback, raised on the ranks that met it alone while the others waited in the
-        # metrics' collectives. Stop here and tell every rank below.
-        if not bool(torch.isfinite(scores[batch.weights > 0]).all()):
+        # metrics' collectives. Noted here, told to every rank after the loop. The loop goes on (unscored):
+        # each forward of a sharded model is a collective, so a rank that stopped early would leave the
+        # others waiting in their next batch's embedding exchange.
+        if non_finite is None and not bool(torch.isfinite(scores[batch.weights > 0]).all()):
             non_finite = i + 1
-            break
-        acc.update(
-            user_keys=batch.user_keys,
-            item_keys=batch.item_keys,
-            labels=labels,
-            scores=scores,
-            weights=batch.weights,
-            seq_lengths=batch.seq_lengths,
-            item_popularity=_target_popularity(popularity, batch.target_item.cpu().numpy()),
-        )
+            logger.warning("rank %d: %s batch %d scored NaN/Inf; the other batches run on unscored, as every "
+                           "rank's forwards are one collective", env.rank, split, non_finite)
+        if non_finite is None:
+            acc.update(
+                user_keys=batch.user_keys,
+                item_keys=batch.item_keys,
+                labels=labels,
+                scores=scores,
+                weights=batch.weights,
+                seq_lengths=batch.seq_lengths,
+                item_popularity=_target_popularity(popularity, batch.target_item.cpu().numpy()),
+            )
         bar.update(1)
         samples += int(labels.numel())
         if lines and (i + 1) % log_every == 0 and i + 1 < n:
