@@ -44,7 +44,8 @@ from muse_rec.data.prepared import PreparedData
 from muse_rec.data.vocab import PADDING_ROW
 from muse_rec.json_files import INT64_MAX, INT64_MIN
 from muse_rec.serving.cache import AsyncLRUCache
-from muse_rec.serving.export import ExportError, check_data_fingerprint, example_inputs, load_export, load_trained_model
+from muse_rec.serving.export import (ExportError, check_data_fingerprint, check_history_fits, example_inputs, load_export,
+                                     load_trained_model)
 from muse_rec.serving.inference import InferenceModel
 from muse_rec.serving.request import RankRequest, RequestError, validate_request
 from muse_rec.spec import Spec
@@ -239,6 +240,12 @@ class Ranker:
         if scorer.fixed_len is not None and seq_len > scorer.fixed_len:
             raise ValueError(f"seq_len {seq_len} exceeds the exported program's history length "
                              f"{scorer.fixed_len}; re-export with --seq-len {seq_len}")
+        # Each user's context holds [1, L] inputs: a length beyond memory was numpy's "array is too big" (naming
+        # nothing) at the first request. A lower bound (ids only), so a length that fits is never refused.
+        try:
+            check_history_fits(seq_len, False, key="seq_len", advice="serve a shorter history")
+        except ExportError as e:  # a bad argument, as the checks above: a ValueError
+            raise ValueError(str(e)) from None
         self.scorer, self.data, self.split, self.seq_len = scorer, data, split, seq_len
         self.max_batch = scorer.candidates_per_pass(min(max_batch, scorer.max_candidates or max_batch), seq_len)
         self._users, self._items = data.vocab("user_id"), data.vocab("item")

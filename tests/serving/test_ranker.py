@@ -304,3 +304,10 @@ def test_full_history_gsus_score_in_passes_bounded_by_the_history_length(trained
         monkeypatch.undo()
         assert max(passes) == (per_pass if bounded else len(candidates)), (spec_file, passes)
         assert max(float(np.abs(g - e).max()) for g, e in zip(got, expected)) < FLOAT_TOL, spec_file
+
+
+def test_a_history_length_beyond_memory_is_a_value_error_naming_seq_len(trained_model):
+    """Ranker(seq_len=2**62) was accepted, then numpy's "array is too big" (naming nothing) at the first request."""
+    model, data = trained_model
+    with pytest.raises(ValueError, match=r"^seq_len 4611686018427387904: one history of that length needs at least"):
+        Ranker(FloatScorer(InferenceModel(model)), data, "test", 2**62)
