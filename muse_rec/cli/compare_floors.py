@@ -96,6 +96,7 @@ def load_floors(path: str, paths: Sequence[str] = (), runs: Sequence[Dict] = (),
     if "floors" not in doc:
         raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` (no 'floors' entry)")
     _check_floors_split(f, doc, paths, runs)
+    _check_floors_data(f, doc, paths, runs)
     _check_floors_window(f, doc, paths, runs, {} if files_read is None else files_read)
     try:
         return check_floors(doc["floors"], f"--floors {f}")
@@ -121,6 +122,41 @@ def _check_floors_split(f: Path, doc: Dict, paths: Sequence[str], runs: Sequence
                              f"split {r.get('eval_split')!r}: they would judge it by "
                              "other data; pass the floors of the runs' data (`muse-rec baselines PREPARED --out FILE`) "
                              "or leave --floors out")
+
+
+def _check_floors_data(f: Path, doc: Dict, paths: Sequence[str], runs: Sequence[Dict]) -> None:
+    """Floors judge only the prepared data they were computed on: ValueError naming the first run whose
+    ``data_fingerprint`` (metrics.json) is not the file's. The split's name and sample count do not tell
+    two data sets apart when they share a test split and differ in train (one world at two sizes), whose
+    popularity and regression floors differ. A run recorded before session 26 has the fingerprint of
+    that time: it is the file's data where that data is still readable and was its source
+    (`PreparedData.made_from`). Files and runs without a fingerprint (older ones) are not compared."""
+    theirs = doc.get("data_fingerprint")
+    if not isinstance(theirs, str):
+        return
+    prepared = doc.get("prepared")
+    for p, r in zip(paths, runs):
+        scored = r.get("data_fingerprint")
+        if not isinstance(scored, str) or scored == theirs or _made_from(prepared, theirs, scored):
+            continue
+        where = f" of {prepared}" if isinstance(prepared, str) else ""
+        raise ValueError(f"--floors {f}: floors{where} (data fingerprint {theirs}), but {p} scored data {scored}: "
+                         "they would judge it by other data; pass the floors of the runs' data (`muse-rec baselines "
+                         "PREPARED --out FILE`) or leave --floors out")
+
+
+def _made_from(prepared: object, fingerprint: str, recorded: str) -> bool:
+    """Whether the prepared data at ``prepared``, still of ``fingerprint``, is what a run that recorded
+    ``recorded`` (a fingerprint of an earlier version) scored; False where it cannot be read."""
+    from muse_rec.data.prepared import PreparedData, PreparedDataError
+
+    if not isinstance(prepared, str):
+        return False
+    try:
+        data = PreparedData(prepared)
+        return data.fingerprint == fingerprint and data.made_from(recorded)
+    except (PreparedDataError, OSError, ValueError, KeyError):
+        return False
 
 
 def _check_floors_window(f: Path, doc: Dict, paths: Sequence[str], runs: Sequence[Dict],

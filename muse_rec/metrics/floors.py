@@ -260,7 +260,8 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     target_vec = np.asarray(data.scl_present()[targets])
     target_cat = np.asarray(data.item_attrs()[targets, 0])
     result = {
-        "version": FLOORS_VERSION, "prepared": str(data.path), "split": split, "train_split": train_split,
+        "version": FLOORS_VERSION, "prepared": str(data.path), "data_fingerprint": data.fingerprint, "split": split,
+        "train_split": train_split,
         "options": asdict(opts), "samples": n, "users": int(per_user.user_keys.size),
         "gauc_users": int(per_user.valid.sum()), "positives": int(labels.sum()),
         "prior_ctr": ctr.prior, "targets_with_scl": float(target_vec.mean()),

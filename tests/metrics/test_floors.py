@@ -794,6 +794,38 @@ def test_compare_refuses_floors_of_another_split_or_data_set(tmp_path, capsys):
                            "out\n"), out.err
 
 
+def test_compare_refuses_floors_of_other_data_with_the_same_split_and_sample_count(tiny, tmp_path, capsys):
+    """`compare RUN --floors F` with F of one world's prepared data beside runs of the same world at 4x the train
+    users (the same test split: same name, same 19,983 samples) showed the other data's popularity and
+    regression floors (0.6208 / 0.7058 for the runs' 0.5987 / 0.6924) and called a run below them, exit 0.
+    `baselines --out` now records the data's fingerprint and a run of other data is refused, naming both;
+    a file without one (written before) is compared as before."""
+    data = PreparedData(str(tiny))
+    result = compute_floors(data, "test", OPTS)
+    assert result["data_fingerprint"] == data.fingerprint
+    run = _fake_run(tmp_path / "muse", "MUSE", 0.66)
+    metrics = json.loads((run / "metrics.json").read_text())
+    n = result["samples"]
+    f = tmp_path / "floors.json"
+    for fingerprint, ok in (("0" * 20, False), (data.fingerprint, True), (None, True)):
+        (run / "metrics.json").write_text(json.dumps({**metrics, "eval_split": "test", "samples": n,
+                                                      "data_fingerprint": data.fingerprint}))
+        doc = {**result, "floors": FAKE_FLOORS}
+        if fingerprint is None:
+            del doc["data_fingerprint"]
+        else:
+            doc["data_fingerprint"] = fingerprint
+        f.write_text(json.dumps(doc))
+        assert cli_main(["compare", str(run), "--floors", str(f)]) == (0 if ok else 2)
+        out = capsys.readouterr()
+        if ok:
+            assert "| floor: cos(target, mean history SCL)" in out.out and not out.err, out
+            continue
+        assert out.err == (f"muse-rec compare: --floors {f}: floors of {tiny} (data fingerprint {'0' * 20}), but {run} "
+                           f"scored data {data.fingerprint}: they would judge it by other data; pass the floors of the "
+                           "runs' data (`muse-rec baselines PREPARED --out FILE`) or leave --floors out\n"), out.err
+
+
 def test_compare_refuses_floors_of_another_history_window_or_fit_split(tiny, tmp_path, capsys):
     """`compare RUN --floors F` with F of the whole history (`baselines --seq-len 0`, the default) beside a run
     of data.seq_len 60 judged it by behaviours its model never reads, exit 0. Windows that both hold every
