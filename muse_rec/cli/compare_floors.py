@@ -9,11 +9,11 @@ those below it only for want of an input the floor reads (`floor_options.floor_s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from muse_rec.cli.compare_runs import RunFiles, max_batches_scored, row_name, spec_doc
 from muse_rec.json_files import read_json_object
-from muse_rec.metrics.floor_options import floor_standing, lacked, sort_by_standing
+from muse_rec.metrics.floor_options import FloorStanding, floor_standing, lacked, sort_by_standing
 
 
 def _floor_setting(run: str, metrics: Dict, files_read: RunFiles) -> Tuple[Path, Tuple[str, str, int, str]]:
@@ -248,12 +248,27 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
     if doubted:
         text = (f"BELOW it: {_listed([r for r, _ in doubted])} - check the learning rates, the number of steps "
                 "and the data")
-        hint = next((s for _, s in doubted if s.visible_best is not None), None)
-        if hint is not None:  # DIN below a floor of SCL cosines may only lack the vectors, not training
+        # A row whose model compare cannot tell (no spec.yaml): below a floor of SCL cosines it may only lack
+        # the vectors, as DIN does, not training.
+        hint = next((s for r, s in doubted if s.visible_best is not None and r.get("reads") is None), None)
+        if hint is not None:
             seen_name, seen = hint.visible_best
             lack, them, _ = lacked(hint.lacks)
             text += (f" (a model that does not read {lack}, as DIN, cannot see what that floor reads: the best "
                      f"floor without {them} is {seen.get('description', seen_name)} GAUC {seen['gauc']:.4f})")
+        # A row known not to read what the floor reads is doubted only when below the best floor it can see too
+        # (TWIN, no SCL vectors, under popularity): said so, by name, not excused by the hint above.
+        known: Dict[Tuple[FrozenSet[str], str], List[Tuple[Dict, FloorStanding]]] = {}
+        for r, s in doubted:
+            if s.visible_best is not None and r.get("reads") is not None:
+                known.setdefault((s.lacks, s.visible_best[0]), []).append((r, s))
+        for group in known.values():
+            seen_name, seen = group[0][1].visible_best
+            lack, them, _ = lacked(group[0][1].lacks)
+            one = len(group) == 1
+            text += (f" ({_listed([r for r, _ in group])} {'does' if one else 'do'} not read {lack} and "
+                     f"{'is' if one else 'are'} below the best floor without {them} too, "
+                     f"{seen.get('description', seen_name)} GAUC {seen['gauc']:.4f})")
         parts.append(text)
     for (lacks, _), group in blind.items():
         seen_name, seen = group[0][1].visible_best

@@ -584,6 +584,26 @@ def test_compare_does_not_doubt_the_training_of_an_id_only_model_above_the_floor
     assert "for want of SCL vectors" not in out, out
 
 
+def test_compare_names_the_model_below_the_floor_it_can_see_not_din(tmp_path, capsys):
+    """TWIN (the long-term history, no SCL vectors) below the regression and below popularity, the best floor
+    without SCL vectors, as its own run's line says: compare's verdict added "(a model that does not read SCL
+    vectors, as DIN, cannot see what that floor reads: the best floor without them is ...)", naming DIN, which
+    was not below it, and offering TWIN an excuse its GAUC rules out (an outside world: TWIN 0.5943, popularity
+    0.5987). Now the row is named and said to be below that floor too; a row of unknown model keeps the hint."""
+    twin = _run_of_spec(tmp_path / "twin", "specs/methods/twin.yaml", "TWIN", 0.50)
+    din = _run_of_spec(tmp_path / "din", "specs/methods/din.yaml", "DIN", 0.55)
+    assert cli_main(["compare", str(twin), str(din)]) == 0
+    verdict = [line for line in capsys.readouterr().out.splitlines() if line.startswith("best model-free floor")]
+    doubted = verdict[0].split("; below it only for want of")[0]
+    assert doubted == ("best model-free floor: cos(target, mean history SCL) GAUC 0.6300; BELOW it: TWIN (0.5000) - "
+                       "check the learning rates, the number of steps and the data (TWIN (0.5000) does not read SCL "
+                       "vectors and is below the best floor without them too, smoothed train CTR of the target item "
+                       "GAUC 0.5200)"), verdict
+    unknown = _fake_run(tmp_path / "unknown", "TWIN", 0.50, FAKE_FLOORS)
+    assert cli_main(["compare", str(unknown)]) == 0
+    assert "(a model that does not read SCL vectors and the long-term history, as DIN, cannot see" in capsys.readouterr().out
+
+
 def test_compare_refuses_a_run_given_twice_and_an_absent_baseline(tmp_path, capsys):
     """Both went through before: the same run twice became a method with 2 seeds and a spread of 0,
     and a --baseline no run has silently dropped the margins."""
