@@ -8,7 +8,6 @@ up to an ulp / K.) Checked on the picks themselves, on a set made of ties.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
