@@ -12,16 +12,17 @@ Every rank runs `train(spec)`; rank 0 logs, writes TensorBoard scalars and the r
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 import yaml
@@ -39,13 +40,15 @@ from muse_rec.training.checkpoint import (Position, checkpoint_to_resume, from_m
 from muse_rec.training.checkpoint_choice import evaluation_checkpoint, load_for_evaluation
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog, few_clicks_warning
 from muse_rec.training.results import rank_memory, summary_line, training_figures, write_json, write_rank_memory
-from muse_rec.training.run_dir import (RunDirError, claim_evaluation_dir, claim_run_dir, given_back_on_error,
-                                      new_run_id, previous_contents, used_run_dir_message)
+from muse_rec.training.run_dir import (RunDirError, RunDirLock, claim_evaluation_dir, claim_run_dir,
+                                      given_back_on_error, new_run_id, previous_contents, used_run_dir_message)
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_resume_settings, check_run_compat,
                                           read_run_json, resume_place)
 from muse_rec.wording import count
 
 if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
     from muse_rec.data.loader import PreparedLoader
 
 # The training stack (TorchRec and FBGEMM: ~4 s of imports per process) is imported inside `train`
@@ -144,6 +147,35 @@ def epoch_loader(data: PreparedData, spec: Spec, rank: int, world_size: int, pos
     )
 
 
+@dataclass
+class RunStart:
+    """A run once `_open_run` has checked, claimed and loaded it: the job, its data and sharded model,
+    and where the run stands. What its record, its training loop and its end read."""
+
+    env: DistEnv
+    run_dir: Path
+    data: PreparedData
+    lock: Optional[RunDirLock]  # rank 0's claim on the run directory (None elsewhere), held until the run ends
+    dmp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    skip: Callable[[str], bool]  # the state checkpoints leave out (`build_sharded`)
+    memory: Dict  # this rank's memory once sharded, written with the results
+    model_record: Dict  # each checkpoint's model.json
+    run_id: str
+    position: Position  # where training continues; the loop advances it
+    train_loader_len: int  # this rank's batches per epoch
+    split_samples: int  # the train split's impressions and clicks
+    train_clicks: int
+    total_steps: int
+    finished: bool  # a resumed run that had already trained to its end: evaluated again only
+    keep_record: bool  # finished, with a run.json: its run.json and spec.yaml are not written again
+    trained_world_size: int  # the ranks the run's weights were trained on
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
 def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, overwrite: bool = False,
           allow_data_mismatch: bool = False) -> Dict:
     """Train (and evaluate) `spec` on this rank. Collective: every rank of the job calls it.
@@ -153,51 +185,43 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     run's files (spec.yaml, run.json) are written only once the checkpoint (if any) loaded, so
     a refused resume leaves the directory exactly as it was.
     """
+    run = _open_run(spec, resume, device_type, overwrite, allow_data_mismatch)
+    if run.env.is_main and not run.keep_record:
+        # Only now, with the checkpoint loaded, does the run record describe this run.
+        _write_run_record(spec, run)
+    if run.env.is_main:
+        _log_start(spec, run)
+    writer = _open_tensorboard(run)
+    train_seconds, samples_trained = _train_steps(spec, run, writer)
+    return _finish_run(spec, run, writer, train_seconds, samples_trained)
+
+
+def _open_run(spec: Spec, resume: bool, device_type: Optional[str], overwrite: bool,
+              allow_data_mismatch: bool) -> RunStart:
+    """Join the job, check the data, claim the run directory, check a resume, build the sharded model
+    and load the checkpoint to resume from: in this order, so that a refusal comes before what it
+    would waste, and leaves the run directory as it found it."""
     env = init_distributed(DistEnv.from_environ(device_type=device_type), collective_timeout(spec))
     _setup_logging(env)
-    restart, retry = restart_count(), scheduler_retry_count()
-    restarted_fresh_run = bool((restart or retry) and not resume)
+    restart, restarted_fresh_run = _restart_attempt(resume)
     if restarted_fresh_run:
-        # torchrun restarted the job after a rank failed, or the scheduler ran it again (a Slurm requeue, whose
-        # torchrun counts from 0 again; before, that attempt was refused as a fresh run into a used directory,
-        # so max_retries could never continue a run): continue from the last checkpoint.
-        attempt = (f"restart {restart} of the job (torchrun --max-restarts)" if restart else
-                   f"retry {retry} of the job (its scheduler's requeue, the profile's max_retries)")
-        logger.warning("%s: resuming from the latest checkpoint", attempt)
         resume = True
     t = spec.train
     run_dir = Path(spec.run_dir)
     data = open_spec_data(spec)
     if t.eval_at_end:
-        # The train split's rows are checked batch by batch as it trains; damage in the eval split's, or in
-        # the item popularities its GAUC is grouped by, would otherwise surface only after the whole run
-        # (seconds for the release's test split). Not in `open_spec_data`: an evaluation reads those at once
-        # anyway, and checked them twice.
-        try:
-            if spec.data.eval_split != spec.data.train_split:
-                data.check_sample_rows(spec.data.eval_split)
-            data.item_popularity()
-        except PreparedDataError as e:
-            raise RunError(str(e)) from None
+        _check_eval_data(spec, data)
     lock = claim_run_dir(run_dir, env.is_main, resume, overwrite)  # held until the run ends
     with given_back_on_error(lock):  # until the run record is written, a refusal leaves no trace
         prev_run = read_run_json(run_dir / "run.json") if resume else {}
         if restarted_fresh_run:
-            # The first attempt of this fresh run was refused, the directory holding an earlier run (or other
-            # files): the restart must refuse it again, not continue a run some other job wrote. Rank 0's
-            # verdict: it wrote the job into run.json, and on another host a rank's job id can read otherwise.
-            used = previous_contents(run_dir)
-            refusal = used_run_dir_message(run_dir, used) if used and prev_run.get("job") != torchrun_job() else None
-            refusal = from_main_rank(refusal)
-            if refusal:
-                raise RunDirError(refusal)
+            _refuse_used_dir_again(run_dir, prev_run)
         if resume:  # every rank checks (same files), so all raise together instead of some hanging
             check_run_compat(run_dir / "run.json", data)
             check_resume_settings(run_dir / "spec.yaml", spec)
+        _import_training_stack()
         from muse_rec.data.loader import make_loader
-        from muse_rec.distributed.sharders import FusedOptimizerConfig, describe_sparse_route
-        from muse_rec.training.build import build_sharded, make_pipeline
-        from muse_rec.training.evaluate import evaluate
+        from muse_rec.training.build import build_sharded
 
         torch.manual_seed(t.seed)
 
@@ -248,49 +272,129 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
     # The ranks the run's weights were trained on (compare groups runs by them), not those of a
     # later evaluation-only resume.
     trained_world_size = saved_world_size if finished else env.world_size
-    if env.is_main and not keep_record:
-        # Only now, with the checkpoint loaded, does the run record describe this run.
-        # Both whole, or neither replaced: a resume that cannot write (a full disk) must not leave a
-        # cut spec.yaml, which every later --resume is compared against, nor a new spec.yaml beside
-        # the earlier run.json.
-        replace_texts({
-            run_dir / "spec.yaml": yaml.safe_dump(spec_record(spec), sort_keys=False),
-            run_dir / "run.json": json.dumps({
-                "run_id": run_id, "data_fingerprint": data.fingerprint,
-                "job": torchrun_job(),  # a restarted attempt of this job continues this run, no other job's
-                "vocab_sizes": dict(data.vocab_sizes), "world_size": trained_world_size, "device": str(env.device),
-                "sparse_optimizer": asdict(t.sparse_optimizer), "dense_optimizer": asdict(t.dense_optimizer),
-                "sparse_optimizer_route": FusedOptimizerConfig(name=t.sparse_optimizer.name).route(env.device.type),
-                "batches_per_epoch": train_loader_len, "total_steps": total_steps,
-            }, indent=2)})
-    if env.is_main and finished:
+    return RunStart(env=env, run_dir=run_dir, data=data, lock=lock, dmp=dmp, optimizer=optimizer, skip=skip,
+                    memory=memory, model_record=model_record, run_id=run_id, position=position,
+                    train_loader_len=train_loader_len, split_samples=split_samples, train_clicks=train_clicks,
+                    total_steps=total_steps, finished=finished, keep_record=keep_record,
+                    trained_world_size=trained_world_size)
+
+
+def _restart_attempt(resume: bool) -> Tuple[int, bool]:
+    """(torchrun's restart count, whether this is a fresh run's job started again), said in a warning:
+    such an attempt resumes."""
+    restart, retry = restart_count(), scheduler_retry_count()
+    restarted_fresh_run = bool((restart or retry) and not resume)
+    if restarted_fresh_run:
+        # torchrun restarted the job after a rank failed, or the scheduler ran it again (a Slurm requeue, whose
+        # torchrun counts from 0 again; before, that attempt was refused as a fresh run into a used directory,
+        # so max_retries could never continue a run): continue from the last checkpoint.
+        attempt = (f"restart {restart} of the job (torchrun --max-restarts)" if restart else
+                   f"retry {retry} of the job (its scheduler's requeue, the profile's max_retries)")
+        logger.warning("%s: resuming from the latest checkpoint", attempt)
+    return restart, restarted_fresh_run
+
+
+def _check_eval_data(spec: Spec, data: PreparedData) -> None:
+    """`RunError` where the eval split's rows, or the item popularities its GAUC is grouped by, are damaged."""
+    # The train split's rows are checked batch by batch as it trains; damage in the eval split's, or in
+    # the item popularities its GAUC is grouped by, would otherwise surface only after the whole run
+    # (seconds for the release's test split). Not in `open_spec_data`: an evaluation reads those at once
+    # anyway, and checked them twice.
+    try:
+        if spec.data.eval_split != spec.data.train_split:
+            data.check_sample_rows(spec.data.eval_split)
+        data.item_popularity()
+    except PreparedDataError as e:
+        raise RunError(str(e)) from None
+
+
+def _refuse_used_dir_again(run_dir: Path, prev_run: Dict) -> None:
+    """`RunDirError` on every rank where a restarted fresh run's directory holds another job's run."""
+    # The first attempt of this fresh run was refused, the directory holding an earlier run (or other
+    # files): the restart must refuse it again, not continue a run some other job wrote. Rank 0's
+    # verdict: it wrote the job into run.json, and on another host a rank's job id can read otherwise.
+    used = previous_contents(run_dir)
+    refusal = used_run_dir_message(run_dir, used) if used and prev_run.get("job") != torchrun_job() else None
+    refusal = from_main_rank(refusal)
+    if refusal:
+        raise RunDirError(refusal)
+
+
+def _import_training_stack() -> None:
+    """Import the training stack (TorchRec, FBGEMM) and evaluation's (pandas) now, in this order: after the
+    run directory, data and resume checks, and before the model is built and its RSS measured."""
+    for module in ("muse_rec.data.loader", "muse_rec.distributed.sharders", "muse_rec.training.build",
+                   "muse_rec.training.evaluate"):
+        importlib.import_module(module)
+
+
+def _write_run_record(spec: Spec, run: RunStart) -> None:
+    """The run's spec.yaml (the resolved spec) and run.json (its data, ranks, optimizers and length)."""
+    from muse_rec.distributed.sharders import FusedOptimizerConfig
+
+    t, env, data = spec.train, run.env, run.data
+    # Both whole, or neither replaced: a resume that cannot write (a full disk) must not leave a
+    # cut spec.yaml, which every later --resume is compared against, nor a new spec.yaml beside
+    # the earlier run.json.
+    replace_texts({
+        run.run_dir / "spec.yaml": yaml.safe_dump(spec_record(spec), sort_keys=False),
+        run.run_dir / "run.json": json.dumps({
+            "run_id": run.run_id, "data_fingerprint": data.fingerprint,
+            "job": torchrun_job(),  # a restarted attempt of this job continues this run, no other job's
+            "vocab_sizes": dict(data.vocab_sizes), "world_size": run.trained_world_size, "device": str(env.device),
+            "sparse_optimizer": asdict(t.sparse_optimizer), "dense_optimizer": asdict(t.dense_optimizer),
+            "sparse_optimizer_route": FusedOptimizerConfig(name=t.sparse_optimizer.name).route(env.device.type),
+            "batches_per_epoch": run.train_loader_len, "total_steps": run.total_steps,
+        }, indent=2)})
+
+
+def _log_start(spec: Spec, run: RunStart) -> None:
+    """Rank 0's line on what the run trains (or that it only evaluates), and the few-clicks warning."""
+    from muse_rec.distributed.sharders import describe_sparse_route
+
+    t, env, position, total_steps = spec.train, run.env, run.position, run.total_steps
+    if run.finished:
         logger.info("%s: already trained (step %d of %d); evaluating its checkpoint only", spec.name,
                     position.step, total_steps)
-    elif env.is_main:
-        logger.info(
-            "training %s: %d rank(s) on %s, %s of %d x %d samples, seq_len %d; "
-            "split %s: %s, %s (%.1f%%); embeddings: %s; dense: %s (lr %g)",
-            spec.name, env.world_size, env.device, count(total_steps - position.step, "step"), env.world_size,
-            t.batch_size, seq_len, spec.data.train_split, count(split_samples, "impression"),
-            count(train_clicks, "click"), 100.0 * train_clicks / split_samples,
-            describe_sparse_route(t.sparse_optimizer.name, t.sparse_optimizer.lr, env.device.type),
-            t.dense_optimizer.name, t.dense_optimizer.lr,
-        )
-        # Epochs of the whole run: those behind it (steps of another size, after a resume on other ranks) and ahead.
-        epochs = position.epoch + (position.batch_in_epoch + total_steps - position.step) / train_loader_len
-        warning = few_clicks_warning(train_clicks, epochs, t.warn_below_clicks,
-                                     env.world_size * t.batch_size, t.dense_optimizer.lr, t.batch_size,
-                                     full_epochs=float(t.epochs))
-        if warning:
-            logger.warning(warning)
+        return
+    logger.info(
+        "training %s: %d rank(s) on %s, %s of %d x %d samples, seq_len %d; "
+        "split %s: %s, %s (%.1f%%); embeddings: %s; dense: %s (lr %g)",
+        spec.name, env.world_size, env.device, count(total_steps - position.step, "step"), env.world_size,
+        t.batch_size, spec.data.seq_len, spec.data.train_split, count(run.split_samples, "impression"),
+        count(run.train_clicks, "click"), 100.0 * run.train_clicks / run.split_samples,
+        describe_sparse_route(t.sparse_optimizer.name, t.sparse_optimizer.lr, env.device.type),
+        t.dense_optimizer.name, t.dense_optimizer.lr,
+    )
+    # Epochs of the whole run: those behind it (steps of another size, after a resume on other ranks) and ahead.
+    epochs = position.epoch + (position.batch_in_epoch + total_steps - position.step) / run.train_loader_len
+    warning = few_clicks_warning(run.train_clicks, epochs, t.warn_below_clicks,
+                                 env.world_size * t.batch_size, t.dense_optimizer.lr, t.batch_size,
+                                 full_epochs=float(t.epochs))
+    if warning:
+        logger.warning(warning)
 
-    writer = None
-    if env.is_main:
-        from torch.utils.tensorboard import SummaryWriter
 
-        # Hides the events a crashed process logged after its last checkpoint (step T), which
-        # this one logs again from T + 1; the events up to T stay.
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=position.step + 1 if position.step else None)
+def _open_tensorboard(run: RunStart) -> Optional[SummaryWriter]:
+    """Rank 0's TensorBoard writer of the run (None on the other ranks)."""
+    if not run.env.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    position = run.position
+    # Hides the events a crashed process logged after its last checkpoint (step T), which
+    # this one logs again from T + 1; the events up to T stay.
+    return SummaryWriter(str(run.run_dir / "tensorboard"), purge_step=position.step + 1 if position.step else None)
+
+
+def _train_steps(spec: Spec, run: RunStart, writer: Optional[SummaryWriter]) -> Tuple[float, int]:
+    """Train from ``run.position`` to ``run.total_steps``, saving checkpoints on the way and at the end (none
+    where the run had finished); this process's (seconds, samples) of training. Hosts the crash and kill
+    test hooks (CRASH_ENV, KILL_ENV)."""
+    from muse_rec.training.build import make_pipeline
+
+    t, env, data, dmp, optimizer = spec.train, run.env, run.data, run.dmp, run.optimizer
+    position, total_steps, train_loader_len = run.position, run.total_steps, run.train_loader_len
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     kill_rank, kill_step, kill_signal = _kill_request(env)
     train_seconds, samples_trained = 0.0, 0  # by this process
@@ -334,7 +438,8 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
                 position.train_seconds += now - clock
             clock = now
             if saving:
-                save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip, model_spec=model_record)
+                save_checkpoint(str(run.ckpt_root), dmp, optimizer, position, skip=run.skip,
+                                model_spec=run.model_record)
             if crash_after and position.step == crash_after:
                 logger.warning("%s=%d: exiting hard to simulate a crash", CRASH_ENV, crash_after)
                 progress.close()
@@ -346,50 +451,74 @@ def train(spec: Spec, resume: bool = False, device_type: Optional[str] = None, o
         _detach(pipeline)
     progress.close()
     _checked_loss(monitor, position.step, env)  # never save a checkpoint after a non-finite loss
-    if not finished:  # else the checkpoint it resumed from is this state already
-        save_checkpoint(str(ckpt_root), dmp, optimizer, position, skip=skip, model_spec=model_record)
+    if not run.finished:  # else the checkpoint it resumed from is this state already
+        save_checkpoint(str(run.ckpt_root), dmp, optimizer, position, skip=run.skip, model_spec=run.model_record)
+    return train_seconds, samples_trained
 
-    result: Dict = {"method": spec.model.method, "name": spec.name, "world_size": trained_world_size,
-                    "steps": position.step, "train_samples_per_s": samples_trained / max(train_seconds, 1e-9),
-                    "wall_seconds": train_seconds}
-    if position.train_seconds:  # the whole run's figures, over every process whose steps it kept
-        result.update(train_samples_per_s=position.samples_seen / position.train_seconds,
-                      wall_seconds=position.train_seconds)
-    elif finished:  # a checkpoint without them, no step ran here: what the process that trained it recorded
-        result.update(training_figures(run_dir / "metrics.json"))
-    if t.eval_at_end:
-        eval_start = time.perf_counter()
-        metrics = evaluate(dmp, data, spec.data.eval_split, t.eval_batch_size, seq_len, env,
-                           num_workers=spec.data.num_workers, predictions_path=str(run_dir / "predictions.parquet"),
-                           log_every=t.log_every)
-        # The metrics' world_size is the evaluation's, kept apart from the ranks that trained the run; and
-        # the split, as a resume may evaluate another one than spec.yaml names, and the data it scored.
-        evaluated = {**metrics, "eval_world_size": metrics.get("world_size", env.world_size),
-                     "eval_split": spec.data.eval_split, "data_fingerprint": data.fingerprint}
-        evaluated.pop("world_size", None)
-        result.update(evaluated)
-        result["eval_seconds"] = time.perf_counter() - eval_start
-        if t.check_floors and env.is_main:  # cached beside the run directory: computed once per data set
-            from muse_rec.metrics.floor_options import model_reads
-            from muse_rec.metrics.floors import check_run_against_floors, run_floors_cache
 
-            with _all_cores():
-                result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
-                                                       run_floors_cache(str(run_dir)), spec.data.train_split,
-                                                       model_reads(spec.model)))
+def _finish_run(spec: Spec, run: RunStart, writer: Optional[SummaryWriter], train_seconds: float,
+                samples_trained: int) -> Dict:
+    """The run's result: its training figures, its evaluation and floor check (``train.eval_at_end``), written
+    to metrics.json, memory/ and TensorBoard; then the run directory is released."""
+    env, position = run.env, run.position
+    result = _training_result(spec, run, train_seconds, samples_trained)
+    if spec.train.eval_at_end:
+        _evaluate_at_end(spec, run, result)
+    memory = run.memory
     memory["peak_rss_bytes"] = status_bytes("VmHWM")  # the kernel's high-water mark of this process
-    write_rank_memory(run_dir, env, memory)
+    write_rank_memory(run.run_dir, env, memory)
     if env.is_main:
-        write_json(run_dir / "metrics.json", result)
+        write_json(run.run_dir / "metrics.json", result)
         if writer is not None:
             for k in ("gauc", "auc", "logloss"):
                 if k in result:
                     writer.add_scalar(f"eval/{k}", result[k], position.step)
             writer.close()
         logger.info("done: %s", summary_line(result))
-    if lock is not None:
-        lock.release()
+    if run.lock is not None:
+        run.lock.release()
     return result
+
+
+def _training_result(spec: Spec, run: RunStart, train_seconds: float, samples_trained: int) -> Dict:
+    """metrics.json's training part: the run, its ranks and steps, its samples/s and wall time."""
+    position = run.position
+    result: Dict = {"method": spec.model.method, "name": spec.name, "world_size": run.trained_world_size,
+                    "steps": position.step, "train_samples_per_s": samples_trained / max(train_seconds, 1e-9),
+                    "wall_seconds": train_seconds}
+    if position.train_seconds:  # the whole run's figures, over every process whose steps it kept
+        result.update(train_samples_per_s=position.samples_seen / position.train_seconds,
+                      wall_seconds=position.train_seconds)
+    elif run.finished:  # a checkpoint without them, no step ran here: what the process that trained it recorded
+        result.update(training_figures(run.run_dir / "metrics.json"))
+    return result
+
+
+def _evaluate_at_end(spec: Spec, run: RunStart, result: Dict) -> None:
+    """Evaluate the trained model on ``data.eval_split`` into ``result``, and (rank 0) check it against the
+    model-free floors (``train.check_floors``)."""
+    from muse_rec.training.evaluate import evaluate
+
+    env, data, run_dir, seq_len = run.env, run.data, run.run_dir, spec.data.seq_len
+    eval_start = time.perf_counter()
+    metrics = evaluate(run.dmp, data, spec.data.eval_split, spec.train.eval_batch_size, seq_len, env,
+                       num_workers=spec.data.num_workers, predictions_path=str(run_dir / "predictions.parquet"),
+                       log_every=spec.train.log_every)
+    # The metrics' world_size is the evaluation's, kept apart from the ranks that trained the run; and
+    # the split, as a resume may evaluate another one than spec.yaml names, and the data it scored.
+    evaluated = {**metrics, "eval_world_size": metrics.get("world_size", env.world_size),
+                 "eval_split": spec.data.eval_split, "data_fingerprint": data.fingerprint}
+    evaluated.pop("world_size", None)
+    result.update(evaluated)
+    result["eval_seconds"] = time.perf_counter() - eval_start
+    if spec.train.check_floors and env.is_main:  # cached beside the run directory: computed once per data set
+        from muse_rec.metrics.floor_options import model_reads
+        from muse_rec.metrics.floors import check_run_against_floors, run_floors_cache
+
+        with _all_cores():
+            result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
+                                                   run_floors_cache(str(run_dir)), spec.data.train_split,
+                                                   model_reads(spec.model)))
 
 
 @contextmanager
