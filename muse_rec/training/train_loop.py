@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
     from muse_rec.data.loader import PreparedLoader
-    from muse_rec.training.trainer import RunStart
+    from muse_rec.training.run_start import RunStart
 
 logger = logging.getLogger("muse_rec")
 

@@ -208,7 +208,7 @@ def test_each_epoch_of_a_seeded_shuffle_reads_a_new_order_and_a_resume_the_same(
     no seed is file order every epoch."""
     from muse_rec.spec import load_spec
     from muse_rec.training.checkpoint import Position
-    from muse_rec.training.trainer import epoch_loader
+    from muse_rec.training.train_loop import epoch_loader
     from tests.conftest import REPO
 
     data = PreparedData(prepared)

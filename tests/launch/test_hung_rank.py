@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from muse_rec.training.trainer import KILL_ENV
+from muse_rec.training.train_loop import KILL_ENV
 from tests.reproduce.test_runner import _processes_naming
 from tests.training.conftest import run_ranks, train_args
 

@@ -401,7 +401,7 @@ def test_a_slurm_requeue_of_a_run_continues_it(prepared, tmp_path):
     run into a used directory, exit 2: a retry could never continue the run. Now it resumes from the run's
     latest checkpoint, as a torchrun restart does (the same job: a requeue keeps the Slurm job id, which
     TorchX makes the rendezvous id)."""
-    from muse_rec.training.trainer import KILL_ENV
+    from muse_rec.training.train_loop import KILL_ENV
 
     run = tmp_path / "din"
     args = train_args("specs/demo/din.yaml", prepared, tmp_path,
