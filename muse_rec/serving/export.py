@@ -347,6 +347,10 @@ def read_manifest(exported_dir: str) -> Dict[str, object]:
     for key in ("seq_len", "min_candidates", "max_candidates"):
         if not isinstance(manifest[key], int) or isinstance(manifest[key], bool) or manifest[key] < 1:
             raise ExportError(f"{path}: {key}: expected a positive integer, got {manifest[key]!r}")
+    # 'method' (optional: older exports lack it) is compared with the spec's and named in that refusal: a number
+    # there (an edited manifest, re-sealed) was worded "holds a 5 model".
+    if manifest.get("method") is not None and not isinstance(manifest["method"], str):
+        raise ExportError(f"{path}: method: expected a method name, got {manifest['method']!r}")
     # 'inputs' decides which tensors a request is built with (a string there was a TypeError traceback).
     if not isinstance(manifest["program"], str) or not all(isinstance(manifest[k], dict) for k in ("vocab_sizes", "inputs")):
         raise ExportError(f"{path}: 'program' must be a file name and 'vocab_sizes' and 'inputs' objects")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -439,3 +440,19 @@ def test_read_digest_of_a_manifest_that_is_a_fifo_is_none_without_waiting(tmp_pa
     digests = []
     assert error_of_call_unblocking_fifos(lambda: digests.append(read_digest(tmp_path)), tmp_path, Exception) == ""
     assert digests == [None]
+
+
+@pytest.mark.parametrize("method", [5, ["muse"], {"name": "muse"}])
+def test_a_manifest_method_that_is_no_name_is_named(trained, tmp_path, method):
+    """An edited, re-sealed manifest.json with ``"method": 5`` was refused as "holds a 5 model" by the Ranker
+    (and not at all by a reader of the manifest alone); the key is checked where the manifest is read."""
+    from muse_rec.serving.export import ExportError, read_manifest
+
+    exp = tmp_path / "exp"
+    shutil.copytree(trained.exported, exp)
+    manifest = json.loads((exp / "manifest.json").read_text())
+    manifest["method"] = method
+    (exp / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(exp)
+    with pytest.raises(ExportError, match=rf"manifest.json: method: expected a method name, got {re.escape(repr(method))}$"):
+        read_manifest(str(exp))
