@@ -41,7 +41,7 @@ from torch import nn
 
 from muse_rec.data.schema import SCL_DIM
 from muse_rec.modules import GSUResult, MLPTower, SearchInputs, SimTier, TargetAttention, masked_mean
-from muse_rec.modules.cosine import finish_cosine
+from muse_rec.modules.cosine import cosine_of_rows
 from muse_rec.modules.fusion import BRANCH_RULES, FusionSimilarity, FusionSimTier, branch_slices
 from muse_rec.modules.search import history_cosine, unit_vectors
 from muse_rec.spec import ModelSpec
@@ -63,25 +63,21 @@ class SCLCosineSimilarity(nn.Module):
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         scl_target, scl_seq = search.scl()
         q, k = scl_target.float(), search.hist.at(scl_seq, res.indices).float()  # [B, D], [B, K, D]
-        dots = torch.bmm(k, q.unsqueeze(2)).squeeze(2)
-        cos, has_vector = finish_cosine(dots, torch.linalg.vector_norm(k, dim=2),
-                                        torch.linalg.vector_norm(q, dim=1, keepdim=True))
+        cos, has_vector = cosine_of_rows(q, k)
         ok = has_vector & res.valid
         return torch.where(ok, cos, 0.0), ok
 
 
 class IdCosineSimilarity(nn.Module):
     """R = cosine of the (detached) ID tokens of the target and each pick (ID-only baselines), in [-1, 1]
-    (0 for an all-zero token), as `finish_cosine` gives the SCL and the fusion's ID cosines: a pick whose
+    (0 for an all-zero token), by `cosine_of_rows` as the SCL and the fusion's ID cosines: a pick whose
     token is the target's has cosine 1, SimTier's tier 20. (``F.cosine_similarity`` rounded it above 1 for
     ~1 token in 5, into tier 21: one similarity in two tiers, hopping as the token trained.)"""
 
     @torch.no_grad()
     def forward(self, res: GSUResult, search: SearchInputs, target_tok: torch.Tensor, gsu_tok: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        t, g = target_tok.detach().float(), gsu_tok.detach().float()  # [B, D], [B, K, D]
-        cos, _ = finish_cosine(torch.bmm(g, t.unsqueeze(2)).squeeze(2), torch.linalg.vector_norm(g, dim=2),
-                               torch.linalg.vector_norm(t, dim=1, keepdim=True))
+        cos, _ = cosine_of_rows(target_tok.detach().float(), gsu_tok.detach().float())  # [B, D], [B, K, D]
         return torch.where(res.valid, cos, 0.0), res.valid
 
 

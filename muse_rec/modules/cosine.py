@@ -324,6 +324,14 @@ def reference_cosine(
     return cos.clamp(-1.0, 1.0), has_vector
 
 
+def cosine_of_rows(query: torch.Tensor, keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cosine of each fp32 query ``[B, D]`` with its own fp32 rows ``keys [B, K, D]``: ``cos [B, K]`` and
+    ``has_vector [B, K]`` (`finish_cosine`: clamped to [-1, 1], 0 where a vector is zero)."""
+    dots = torch.bmm(keys, query.unsqueeze(2)).squeeze(2)
+    return finish_cosine(dots, torch.linalg.vector_norm(keys, dim=2),
+                         torch.linalg.vector_norm(query, dim=1, keepdim=True))
+
+
 @torch.no_grad()
 def cosine_at(
     query: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor
@@ -340,10 +348,4 @@ def cosine_at(
     D = keys.shape[2]
     src = keys.expand(B, -1, -1)
     picked = torch.gather(src, 1, indices.unsqueeze(2).expand(B, K, D)).to(torch.float32)
-    q = query.to(torch.float32)
-    dots = torch.bmm(picked, q.unsqueeze(2)).squeeze(2)
-    return finish_cosine(
-        dots,
-        torch.linalg.vector_norm(picked, dim=2),
-        torch.linalg.vector_norm(q, dim=1, keepdim=True),
-    )
+    return cosine_of_rows(query.to(torch.float32), picked)

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from muse_rec.modules.attention import SemanticAwareTargetAttention, _check_qkm, masked_softmax
-from muse_rec.modules.cosine import DEFAULT_CHUNK_ROWS, finish_cosine
+from muse_rec.modules.cosine import DEFAULT_CHUNK_ROWS, cosine_of_rows
 from muse_rec.modules.gsu import CosineGSU, EmbeddingCosineGSU
 from muse_rec.modules.gsu_baselines import merge_gsu_results
 from muse_rec.modules.search import SearchInputs, history_cosine
@@ -269,12 +269,9 @@ class FusionSimilarity(nn.Module):
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         scl_target, scl_seq = search.scl()
         q, k = scl_target.float(), search.hist.at(scl_seq, res.indices).float()  # [B, D], [B, K, D]
-        mm, has_vec = finish_cosine(torch.bmm(k, q.unsqueeze(2)).squeeze(2), torch.linalg.vector_norm(k, dim=2),
-                                    torch.linalg.vector_norm(q, dim=1, keepdim=True))
+        mm, has_vec = cosine_of_rows(q, k)
         mm_ok = has_vec & res.valid
-        t, g = target_tok.detach().float(), gsu_tok.detach().float()
-        ids, id_vec = finish_cosine(torch.bmm(g, t.unsqueeze(2)).squeeze(2), torch.linalg.vector_norm(g, dim=2),
-                                    torch.linalg.vector_norm(t, dim=1, keepdim=True))
+        ids, id_vec = cosine_of_rows(target_tok.detach().float(), gsu_tok.detach().float())
         id_ok = id_vec & res.valid
         sim = torch.stack([torch.where(mm_ok, mm, 0.0), torch.where(id_ok, ids, 0.0)], dim=2)
         return sim, torch.stack([mm_ok, id_ok], dim=2)
