@@ -237,7 +237,7 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
         return "model-free floors: none has a GAUC"
     name = max(measured, key=lambda k: floors[k]["gauc"])
     best = floors[name]
-    head = f"best model-free floor: {best.get('description', name)} GAUC {best['gauc']:.4f}"
+    head = f"best model-free floor: {_floor_text(name, best)}"
     standings = [(r, floor_standing(r["gauc"], name, best["gauc"], floors,
                                     None if r.get("reads") is None else frozenset(r["reads"])))
                  for r in model_rows if "gauc" in r]
@@ -252,10 +252,9 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
         # the vectors, as DIN does, not training.
         hint = next((s for r, s in doubted if s.visible_best is not None and r.get("reads") is None), None)
         if hint is not None:
-            seen_name, seen = hint.visible_best
             lack, them, _ = lacked(hint.lacks)
             text += (f" (a model that does not read {lack}, as DIN, cannot see what that floor reads: the best "
-                     f"floor without {them} is {seen.get('description', seen_name)} GAUC {seen['gauc']:.4f})")
+                     f"floor without {them} is {_floor_text(*hint.visible_best)})")
         # A row known not to read what the floor reads is doubted only when below the best floor it can see too
         # (TWIN, no SCL vectors, under popularity): said so, by name, not excused by the hint above.
         known: Dict[Tuple[FrozenSet[str], str], List[Tuple[Dict, FloorStanding]]] = {}
@@ -263,23 +262,26 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
             if s.visible_best is not None and r.get("reads") is not None:
                 known.setdefault((s.lacks, s.visible_best[0]), []).append((r, s))
         for group in known.values():
-            seen_name, seen = group[0][1].visible_best
             lack, them, _ = lacked(group[0][1].lacks)
             one = len(group) == 1
             text += (f" ({_listed([r for r, _ in group])} {'does' if one else 'do'} not read {lack} and "
                      f"{'is' if one else 'are'} below the best floor without {them} too, "
-                     f"{seen.get('description', seen_name)} GAUC {seen['gauc']:.4f})")
+                     f"{_floor_text(*group[0][1].visible_best)})")
         parts.append(text)
     for (lacks, _), group in blind.items():
-        seen_name, seen = group[0][1].visible_best
         lack, them, carry = lacked(lacks)
         one = len(group) == 1
         parts.append(f"below it only for want of {lack}: {_listed([r for r, _ in group])}, "
                      f"{'which does not read' if one else 'which do not read'} {them} and "
                      f"{'is' if one else 'are'} above the best floor without {them}, "
-                     f"{seen.get('description', seen_name)} GAUC {seen['gauc']:.4f}: {lack} "
+                     f"{_floor_text(*group[0][1].visible_best)}: {lack} "
                      f"{carry} signal {'it' if one else 'they'} cannot see")
     return f"{head}; " + "; ".join(parts)
+
+
+def _floor_text(name: str, floor: Dict) -> str:
+    """``"<description> GAUC 0.6576"``: a floor as the verdict names it (its key where it has no description)."""
+    return f"{floor.get('description', name)} GAUC {floor['gauc']:.4f}"
 
 
 def _listed(rows: List[Dict]) -> str:
