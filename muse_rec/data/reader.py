@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from iopath.common.file_io import NativePathHandler, g_pathmgr
 
-from muse_rec.data.schema import (TABLES, RawDataError, TableSpec, cast_batch, check_batch, check_schema, raw_error,
-                                   rows_phrase)
+from muse_rec.data.schema import (TABLES, RawDataError, TableSpec, cast_batch, check_batch, check_schema, one_line,
+                                   raw_error, rows_phrase)
 from muse_rec.json_files import refuse_special_file
 from muse_rec.output_paths import FILE_URI_PREFIX, strip_file_uri
 
@@ -85,7 +85,7 @@ def _leading_bytes(path: str) -> bytes:
             return fh.read(len(_PARQUET_MAGIC))
     except Exception as e:  # iopath handlers raise their own types, not only OSError
         raise raw_error(path, f"cannot read it to tell whether it is a Parquet part "
-                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+                        f"({type(e).__name__}: {one_line(e)[:200]})") from None
 
 
 def _refuse_special(path: str) -> None:
@@ -207,7 +207,7 @@ class ParquetPart:
                 pf = pq.ParquetFile(fh, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
                 self._meta, self._schema = pf.metadata, pf.schema_arrow
             except (pa.ArrowException, OSError) as e:
-                raise raw_error(path, f"not a readable Parquet file (truncated or corrupt?): {e}") from e
+                raise raw_error(path, f"not a readable Parquet file (truncated or corrupt?): {one_line(e)}") from e
         self._refuse_null_ids_stored_as_floats()
         self._casts = check_schema(spec, self._schema, path)  # columns stored in another integer type
 
@@ -297,7 +297,7 @@ class ParquetPart:
                 except (RawDataError, MemoryError):  # pyarrow's ArrowMemoryError is a MemoryError: not damage
                     raise
                 except (pa.ArrowException, OSError) as e:
-                    raise raw_error(self.path, f"cannot decode (truncated or corrupt?): {e}", row_group=rg) from e
+                    raise raw_error(self.path, f"cannot decode (truncated or corrupt?): {one_line(e)}", row_group=rg) from e
 
 
 class RawTable:

@@ -97,6 +97,15 @@ def raw_error(file: str, msg: str, row_group: Optional[int] = None, column: Opti
     return RawDataError(f"{_where(file, row_group, column)}: {msg}")
 
 
+def one_line(e: BaseException) -> str:
+    """The text of `e` as one printable line, for a message that quotes it. Arrow's text of a damaged
+    Parquet file spans lines and holds the bytes it choked on ("Couldn't deserialize thrift: don't know
+    what type: \\x0f\\nDeserializing page header failed.\\n"): runs of whitespace become one space, other
+    unprintable characters their escape."""
+    text = " ".join(str(e).split())
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
@@ -229,7 +238,7 @@ def cast_batch(batch: pa.RecordBatch, casts: Dict[str, pa.DataType], file: str, 
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             bad, value = _rows_out_of_range(arrays[i], want)
             if not bad.size:  # not a range error: say what Arrow said
-                raise raw_error(file, f"type {arrays[i].type}: a value does not fit {want} ({e})", row_group,
+                raise raw_error(file, f"type {arrays[i].type}: a value does not fit {want} ({one_line(e)})", row_group,
                                 name) from None
             count, row = rows_phrase(bad, first_row, batch.num_rows)
             raise raw_error(file, f"type {arrays[i].type}: a value does not fit {want} in {count} "
