@@ -33,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
     if not report.ok:
         for p in report.problems:
             print(f"muse-rec check: {p}", file=sys.stderr)
-        print(f"muse-rec check: {args.prepared}: {len(report.problems)} problem(s); re-run `muse-rec prepare`",
-              file=sys.stderr)
+        # --overwrite: without it, prepare of the same release returns a directory that opens as it is.
+        print(f"muse-rec check: {args.prepared}: {len(report.problems)} problem(s); prepare it again: "
+              f"`muse-rec prepare RAW {args.prepared} --overwrite`", file=sys.stderr)
         return 2
     # Its fingerprint, as runs and checkpoints record it (`data_fingerprint` in run.json); meta.json's
     # own `fingerprint` is of the raw files it was prepared from.

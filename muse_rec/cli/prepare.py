@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partition-bits", type=int64, default=d.partition_bits,
                    help="external sort uses 2**bits spill partitions (more = less memory per partition)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an OUT that holds a different prepared dataset (otherwise refused)")
+                   help="replace what OUT holds: a different prepared dataset (otherwise refused), or this "
+                   "release's, prepared again (otherwise returned unread: what `muse-rec check` asks for)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress report (bars on a terminal, one line per step in a log)")
     p.add_argument("--json", action="store_true", help="print meta.json to stdout when done")

@@ -261,4 +261,4 @@ def _check_content(s: _Scan) -> None:
             s.problem(rel, "missing (meta.json's content_sha256 lists it)")
         elif actual[rel] != recorded[rel]:
             s.problem(rel, "content differs from meta.json's content_sha256 (changed after prepare): prepare the "
-                           "release again")
+                           "release again with --overwrite")

@@ -64,7 +64,8 @@ def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite:
     ``file://`` URI, as the readers take it); return meta.json.
 
     An `out` holding a prepared dataset of other inputs is refused (DifferentDatasetError) unless
-    `overwrite`; the same inputs resume or return the finished result.
+    `overwrite`; the same inputs resume or return the finished result, and with `overwrite` are prepared
+    again: an array changed after prepare that still opens (`muse-rec check` finds it) is otherwise kept.
     """
     cfg.validate()
     out = local_output(out, "OUT")  # before `out` names any file: "file:///x" is no relative directory
@@ -107,7 +108,9 @@ def _prepare_into(job: "Prepare", out: str, overwrite: bool) -> Dict[str, object
         except ValueError as e:
             old, unreadable = {}, str(e)
         same = old.get("fingerprint") in (job.fingerprint, job.legacy_fingerprint)
-        if same and _opens(out):
+        # Returned unread: its arrays are not hashed again (minutes at the release's size). `--overwrite` is
+        # how a damaged copy is replaced: `check` sends the user here when an array no longer matches.
+        if same and _opens(out) and not overwrite:
             return old
         if unreadable and not overwrite:
             # Still refused (it may be another command's output), but said as it is: no dataset's
