@@ -14,6 +14,7 @@ from typing import List
 import numpy as np
 
 from muse_rec.data import schema as S
+from muse_rec.data.vocab import MISSING_ID
 
 FORMAT_VERSION = 1
 POPULARITY_SPLIT = "train"  # the split whose targets items/popularity.npy counts
@@ -93,10 +94,12 @@ def user_feature_rows(sorted_keys: np.ndarray, sorted_index: np.ndarray, user_id
 
     `sorted_keys` / `sorted_index` are the split's ``user_sorted_keys.npy`` (raw ids, ascending) and
     ``user_sorted_index.npy`` (their rows), written by `step_users`; `PreparedData` reads the same.
+    Raw id 0 is a missing id and has no row, even where a user-feature row's id is missing too: that
+    row is nobody's, and a sample without a user id took its history as its own.
     """
     ids = np.asarray(user_ids, dtype=np.int64)
     if sorted_keys.shape[0] == 0:
         return np.full(ids.shape, -1, np.int64)
     pos = np.minimum(np.searchsorted(sorted_keys, ids), sorted_keys.shape[0] - 1)
-    found = np.asarray(sorted_keys[pos]) == ids
+    found = (np.asarray(sorted_keys[pos]) == ids) & (ids != MISSING_ID)
     return np.where(found, np.asarray(sorted_index[pos]), -1).astype(np.int64, copy=False)
