@@ -95,8 +95,11 @@ def _refuse_special(path: str) -> None:
 
 
 def _name_order(name: str) -> List[object]:
-    """Natural order: ``part-9`` before ``part-10`` where a writer did not zero-pad."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+    """Natural order: ``part-9`` before ``part-10`` where a writer did not zero-pad.
+
+    The split alternates text and digit runs, so the runs are the odd pieces; ``str.isdigit`` also
+    holds for text ``int`` refuses (``²``: a file ``part-1²`` was a ValueError traceback)."""
+    return [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", name))]
 
 
 def _listdir(path: str) -> List[str]:
