@@ -215,10 +215,13 @@ class SynthConfig:
         for name in ("test_user_fraction", "unseen_test_fraction", "category_semantic_weight",
                      "multi_category_fraction", "primary_category_share", "full_history_share",
                      "long_session_share", "sibling_session_share", "recent_share", "repeat_share",
-                     "target_long_share", "target_recent_share", "target_sibling_share", "item_features_missing",
+                     "target_long_share", "target_recent_share", "target_sibling_share",
                      "user_field_missing", "item_attr_missing", "scl_quality"):
             v = getattr(self, name)
             need(0.0 <= v <= 1.0, f"{name}={v} must be in [0, 1]")
+        # 1 wrote an item_features table of 0 rows, which `muse-rec prepare` refuses ("empty table").
+        need(0.0 <= self.item_features_missing < 1.0, f"item_features_missing={self.item_features_missing} must be "
+             "in [0, 1): the release needs item_features rows")
         need(0.0 < self.positive_rate < 1.0, f"positive_rate={self.positive_rate} must be in (0, 1)")
         need(0.0 < self.scl_behaviour_coverage <= 1.0, f"scl_behaviour_coverage={self.scl_behaviour_coverage} must be in (0, 1]")
         need(self.target_long_share + self.target_recent_share + self.target_sibling_share <= 1.0,
