@@ -361,9 +361,11 @@ class Prepare:
             }
         train = splits["train"]
         if train["samples"] and not train["targets_with_scl"] and not train["behaviours_with_scl"]:
-            # Every id valid, every table well formed, and still no match: the classic id-space mix-up.
-            warnings.warn(f"{self.raw['scl'].path}: not one train target or behaviour item has an SCL vector (its "
-                          "item ids match none of the samples' items: another id space, or another release's table?); "
+            # Every id valid, every table well formed, and still no match: the classic id-space mix-up, unless no
+            # row is a vector at all (a table of zeros: its items have no SCL vector, whatever their ids).
+            why = ("no row of it is a vector: every one is all zeros" if not stats["items"]["items_with_scl"] else
+                   "its item ids match none of the samples' items: another id space, or another release's table?")
+            warnings.warn(f"{self.raw['scl'].path}: not one train target or behaviour item has an SCL vector ({why}); "
                           "the methods that read SCL vectors (MUSE, SIM-soft, DIN-ref...) would see only zero vectors")
         if (self.cfg.vocab == "p90" and train["behaviours"] > train["behaviours_without_item_id"]
                 and train["behaviours_unknown_item"] == train["behaviours_without_item_id"]):
