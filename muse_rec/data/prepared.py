@@ -13,6 +13,8 @@ import hashlib
 import json
 import math
 import os
+import tokenize
+import warnings
 from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
@@ -71,7 +73,16 @@ def _npy_layout(path: str) -> Tuple[Tuple[int, ...], bool, np.dtype, int]:
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read(f)
+        try:
+            # A header that is no Python literal is retried as one written on Python 2 (with a warning of
+            # that, and Python's SyntaxWarnings): the result decides, not those lines.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                shape, fortran_order, dtype = read(f)
+        except (tokenize.TokenError, SyntaxError, TypeError) as e:
+            # NumPy says ValueError for most damage, but lets these out: a bracket left open ("EOF in
+            # multi-line statement"), a descr that is no literal, a bytes key beside the str ones.
+            raise ValueError(f"cannot parse the header: {type(e).__name__}: {' '.join(str(e).split())}") from None
         return tuple(shape), bool(fortran_order), dtype, f.tell()
 
 
