@@ -85,16 +85,24 @@ def prepare(raw: str, out: str, cfg: PrepareConfig = PrepareConfig(), overwrite:
 
 
 def _opens(out: str) -> bool:
-    """Whether ``out`` opens as prepared data (meta.json's entries, every array's header and size):
-    a finished preparation. meta.json's own file list is no proof: it may be cut short, or the counts
-    the summary prints be missing (a KeyError traceback once the fingerprint matched)."""
+    """Whether ``out`` opens as prepared data (meta.json's entries, every array's header and size) and
+    its meta.json holds what `prepare` returns it for (the CLI's summary line prints them): a finished
+    preparation. meta.json's own file list is no proof: it may be cut short, or the counts the summary
+    prints be missing or no numbers (a KeyError or TypeError traceback once the fingerprint matched)."""
     from muse_rec.data.prepared import PreparedData, PreparedDataError  # it imports this module
 
     try:
-        PreparedData(out)
+        data = PreparedData(out)
+        for split in S.SPLITS:
+            data.positive_rate(split)
+            unknown = data.meta_number(f"splits.{split}.behaviours_unknown_item", 0,
+                                       data.meta_number(f"splits.{split}.behaviours", 0))
+            if "behaviours_without_item_id" in data.meta["splits"][split]:  # absent from earlier versions' meta
+                data.meta_number(f"splits.{split}.behaviours_without_item_id", 0, unknown)
+        data.meta_number("test_users_unseen_in_train", 0, data.meta_number("splits.test.user_rows", 0))
     except PreparedDataError:
         return False
-    return True
+    return data.meta.get("vocab_mode") in VOCAB_MODES
 
 
 def _prepare_into(job: "Prepare", out: str, overwrite: bool) -> Dict[str, object]:
