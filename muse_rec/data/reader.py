@@ -300,7 +300,8 @@ class ParquetPart:
                 except (RawDataError, MemoryError):  # pyarrow's ArrowMemoryError is a MemoryError: not damage
                     raise
                 except (pa.ArrowException, OSError) as e:
-                    raise raw_error(self.path, f"cannot decode (truncated or corrupt?): {one_line(e)}", row_group=rg) from e
+                    raise raw_error(self.path, f"cannot decode (truncated or corrupt?): {one_line(e)}",
+                                    row_group=rg) from e
 
 
 class RawTable:

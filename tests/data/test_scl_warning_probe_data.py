@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -25,7 +24,8 @@ def test_a_table_of_zero_rows_is_not_called_another_id_space(tmp_path: Path) -> 
     pq.write_table(t.set_column(t.schema.get_field_index(S.SCL_VECTOR), S.SCL_VECTOR, zeros), path)
     with pytest.warns(UserWarning) as seen:
         meta = prepare(str(raw), str(tmp_path / "out"), CFG)
-    said = [str(w.message) for w in seen if "not one train target or behaviour item has an SCL vector" in str(w.message)]
+    said = [str(w.message) for w in seen
+            if "not one train target or behaviour item has an SCL vector" in str(w.message)]
     assert len(said) == 1 and "every one is all zeros" in said[0] and "id space" not in said[0], said
     assert meta["items"]["items_with_scl"] == 0 and meta["items"]["scl_rows_all_zero"] == t.num_rows
     # The table's ids are the samples' items: a train target holds an SCL row.
