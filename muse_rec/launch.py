@@ -394,9 +394,20 @@ def scheduler_cfg(profile: LaunchProfile, scheduler: str, runner,
 
     An option the scheduler does not know, or a required one the profile lacks (e.g. the
     Volcano ``queue`` of kubernetes), raises ProfileError naming ``profiles.NAME.scheduler_args``,
-    or, for an option in ``given_by_flag``, the ``--scheduler-arg`` that set it.
+    or, for an option in ``given_by_flag``, the ``--scheduler-arg`` that set it; a scheduler whose TorchX
+    module fails to import other than for a missing module (ModuleNotFoundError, raised as it is) raises
+    ProfileError naming ``profiles.NAME.scheduler``.
     """
-    opts = runner.scheduler_run_opts(scheduler)
+    try:
+        opts = runner.scheduler_run_opts(scheduler)  # imports the scheduler's TorchX module
+    except ModuleNotFoundError:
+        raise  # the caller names the package to install
+    except Exception as e:  # noqa: BLE001 - TorchX's module failing to import: any error was a traceback
+        # TorchX 0.7's ray module, without `ray` installed, fails at its import with a NameError (an
+        # annotation names a class its guarded import never defined), not a ModuleNotFoundError.
+        raise ProfileError(f"profiles.{profile.name}.scheduler: TorchX cannot load its {scheduler} scheduler here "
+                           f"({type(e).__name__}: {' '.join(str(e).split())}); install the Python client it needs "
+                           f"(for ray: pip install 'ray[default]'), or choose another scheduler") from None
     key = f"profiles.{profile.name}.scheduler_args"
     known = {name: opt for name, opt in opts}
     cfg: Dict[str, object] = {}

@@ -1,0 +1,52 @@
+"""`muse-rec launch` to a TorchX scheduler whose module cannot be loaded in this environment."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+
+import pytest
+
+from muse_rec.launch import LaunchProfile, ProfileError, scheduler_cfg
+from tests.conftest import REPO, subprocess_env, venv_bin
+
+
+class _BrokenRunner:
+    """A TorchX runner whose scheduler module raises ``error`` as it is imported."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def scheduler_run_opts(self, scheduler: str):
+        raise self.error
+
+
+def _profile(scheduler: str) -> LaunchProfile:
+    return LaunchProfile(name="p", scheduler=scheduler, nodes=1, procs_per_node=2, cpu=2, gpu=0, memMB=8000,
+                         spec="specs/demo/muse.yaml")
+
+
+def test_a_scheduler_that_fails_to_import_names_the_profile_key():
+    """TorchX 0.7's ray module fails at its import with a NameError where ray is not installed; only a
+    ModuleNotFoundError was caught, so that was a traceback (exit 1)."""
+    with pytest.raises(ProfileError, match=r"^profiles\.p\.scheduler: TorchX cannot load its ray scheduler here "
+                                           r"\(NameError: name 'JobSubmissionClient' is not defined\)"):
+        scheduler_cfg(_profile("ray"), "ray", _BrokenRunner(NameError("name 'JobSubmissionClient' is not defined")))
+    # A missing module is still the caller's to name (it says which package to install).
+    with pytest.raises(ModuleNotFoundError):
+        scheduler_cfg(_profile("aws_batch"), "aws_batch", _BrokenRunner(ModuleNotFoundError("boto3", name="boto3")))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed: its scheduler loads")
+@pytest.mark.parametrize("dry", [["--dryrun"], []])
+def test_a_launch_to_the_ray_scheduler_without_ray_is_one_line(tmp_path, dry):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("profiles:\n  r: {scheduler: ray, nodes: 2, procs_per_node: 1, cpu: 2, gpu: 0, memMB: 8000, "
+                        "spec: specs/demo/muse.yaml}\n")
+    out = subprocess.run([venv_bin("muse-rec"), "launch", "--profile", "r", "--profiles-file", str(profiles),
+                          "--set", f"output_dir={tmp_path}/run", *dry], capture_output=True, text=True, cwd=REPO,
+                         env=subprocess_env(), timeout=120)
+    assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]
+    assert out.stderr.startswith("muse-rec launch: profiles.r.scheduler: TorchX cannot load its ray scheduler here ("), \
+        out.stderr
+    assert not (tmp_path / "run").exists()
