@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,6 +360,31 @@ def local_start_problem(app: "AppDef") -> Optional[str]:
                 return (f"cannot start the {role.name} role: {words[0]!r}, which its command starts, is not found "
                         f"on PATH; put the bin directory of the Python environment holding torch and muse_rec "
                         f"first on PATH (e.g. PATH=$PWD/.venv/bin:$PATH)")
+    return None
+
+
+def local_rendezvous_problem(profile: LaunchProfile, rdzv_port: int = 0, rdzv_flag: str = "--rdzv-port") -> Optional[str]:
+    """Why a local_cwd job of several nodes could not hold its rendezvous on this machine, in one line, or None.
+
+    One node's torchrun picks a free port itself (TorchX passes ``localhost:0``); of several, the first hosts
+    the c10d store at ``localhost:PORT`` (``rdzv_port``, 0 = the profile's) and the others join it. Where
+    another program already listens there, the agents connect to it instead: measured with a silent listener,
+    one agent failed after torch's 60 s connect timeout and the other waited on its connection for as long as
+    the launch was left running (over 5 minutes).
+    """
+    if profile.scheduler != LOCAL_SCHEDULER or profile.nodes <= 1:
+        return None
+    port = rdzv_port or profile.rdzv_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the store's server binds: SO_REUSEADDR lets it reuse a port in TIME_WAIT, not one being listened on.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            where = f"{rdzv_flag} {port}" if rdzv_port else f"profiles.{profile.name}.rdzv_port {port}"
+            return (f"{where}: this port is in use on this machine ({e.strerror}), where the first of the job's "
+                    f"{profile.nodes} nodes hosts the c10d rendezvous; the agents would connect to whatever holds "
+                    f"it and wait: give a free port with {rdzv_flag}")
     return None
 
 

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from torchx.specs import AppState
 
     from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, get_profile, local_gpu_shortfall,
-                                 local_start_problem, preflight, scheduler_cfg)
+                                 local_rendezvous_problem, local_start_problem, preflight, scheduler_cfg)
     from muse_rec.spec import SpecError
 
     try:
@@ -109,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if profile.scheduler == LOCAL_SCHEDULER:
             # A program that is not there fails the job at once, its reason lost with the
-            # job's temporary logs: said here instead, before anything starts.
-            problem = local_start_problem(app)
+            # job's temporary logs, and a rendezvous port another program holds hangs it: said
+            # here instead, before anything starts.
+            problem = local_start_problem(app) or local_rendezvous_problem(profile, args.rdzv_port)
             if problem:
                 print(f"muse-rec launch: {problem}", file=sys.stderr)
                 return 2
