@@ -177,8 +177,16 @@ def combined_optimizer(
     dense_weight_decay: float = 0.0,
     factory: Optional[DenseOptimizerFactory] = None,
 ) -> CombinedOptimizer:
-    """``CombinedOptimizer([fused, row-sparse Adam, dense])``; absent parts are omitted."""
-    parts: List[Any] = [dmp.fused_optimizer]
+    """``CombinedOptimizer([fused, row-sparse Adam, dense])``; absent parts, and a fused part without state, are
+    omitted."""
+    parts: List[Any] = []
+    # A stateless fused optimizer (exact_sgd; on the CPU Adam route the exact_sgd at lr 0 that never runs) has
+    # nothing to step outside the backward and nothing to save, only an empty dict per table this rank holds.
+    # Where the ranks hold different tables (3 ranks: table-wise pooled tables), a checkpoint has keys a rank
+    # lacks, so DCP re-flattens that rank's state as for a torch 2.3 checkpoint, where an empty dict is a value
+    # that no file holds: every resume was refused ("Missing key in checkpoint state_dict: optim.state.<table>").
+    if any(dmp.fused_optimizer.state.values()):
+        parts.append(dmp.fused_optimizer)
     sparse = row_sparse_adam(dmp)
     if sparse is not None:
         parts.append((ROW_SPARSE_KEY, sparse))
