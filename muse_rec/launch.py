@@ -414,6 +414,19 @@ _WORKSPACE_ONLY_OPTIONS = {
 }
 
 
+def client_install_command(scheduler: str, module: str) -> str:
+    """The pip command that installs what TorchX's ``scheduler`` failed to import (``module``): TorchX's extra of
+    that name where it has one (gcp_batch imports ``google.cloud``, which names no package: ``pip install
+    google.cloud`` installs nothing that provides it), else the module's name (boto3 of aws_sagemaker)."""
+    from importlib import metadata
+
+    try:
+        extras = metadata.metadata("torchx").get_all("Provides-Extra") or []
+    except metadata.PackageNotFoundError:
+        extras = []
+    return f"pip install 'torchx[{scheduler}]'" if scheduler in extras else f"pip install {module}"
+
+
 def scheduler_cfg(profile: LaunchProfile, scheduler: str, runner,
                   given_by_flag: Collection[str] = ()) -> Dict[str, object]:
     """The profile's ``scheduler_args`` typed by `scheduler`'s runopts; errors name the key.

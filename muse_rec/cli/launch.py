@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from torchx.schedulers.local_scheduler import SignalException
     from torchx.specs import AppState
 
-    from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, get_profile, local_gpu_shortfall,
-                                 local_rendezvous_problem, local_start_problem, preflight, scheduler_cfg)
+    from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, client_install_command, get_profile,
+                                 local_gpu_shortfall, local_rendezvous_problem, local_start_problem, preflight,
+                                 scheduler_cfg)
     from muse_rec.spec import SpecError
 
     try:
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         except ModuleNotFoundError as e:
             print(f"muse-rec launch: the {profile.scheduler} scheduler needs the Python package {e.name!r} "
-                  f"(pip install {e.name})", file=sys.stderr)
+                  f"({client_install_command(profile.scheduler, str(e.name))})", file=sys.stderr)
             return 2
         except FileNotFoundError as e:
             # TorchX runs a program to apply a scheduler option, e.g. `nvidia-smi` for local_cwd's

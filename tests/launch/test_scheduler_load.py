@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from muse_rec.launch import LaunchProfile, ProfileError, scheduler_cfg
+from muse_rec.launch import LaunchProfile, ProfileError, client_install_command, scheduler_cfg
 from tests.conftest import REPO, subprocess_env, venv_bin
 
 
@@ -50,3 +50,30 @@ def test_a_launch_to_the_ray_scheduler_without_ray_is_one_line(tmp_path, dry):
     assert out.stderr.startswith("muse-rec launch: profiles.r.scheduler: TorchX cannot load its ray scheduler here ("), \
         out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_client_names_a_pip_command_that_installs_it():
+    """gcp_batch imports google.cloud: the launch said 'pip install google.cloud', which installs nothing that
+    provides it; TorchX's extra of the scheduler's name does (google-cloud-batch and what else it imports)."""
+    assert client_install_command("gcp_batch", "google.cloud") == "pip install 'torchx[gcp_batch]'"
+    assert client_install_command("aws_sagemaker", "boto3") == "pip install boto3"  # TorchX has no such extra
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is not there either
+        return False
+
+
+@pytest.mark.skipif(_installed("google.cloud"), reason="google.cloud is installed: the gcp_batch scheduler loads")
+def test_a_dryrun_to_gcp_batch_without_its_client_names_the_extra(tmp_path):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("profiles:\n  g: {scheduler: gcp_batch, nodes: 2, procs_per_node: 1, cpu: 2, gpu: 0, "
+                        "memMB: 8000, spec: specs/demo/muse.yaml, image: x/y:1}\n")
+    out = subprocess.run([venv_bin("muse-rec"), "launch", "--profile", "g", "--profiles-file", str(profiles),
+                          "--set", f"output_dir={tmp_path}/run", "--dryrun"], capture_output=True, text=True,
+                         cwd=REPO, env=subprocess_env(), timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, (out.returncode, out.stderr[-3000:])
+    assert out.stderr.strip() == ("muse-rec launch: the gcp_batch scheduler needs the Python package 'google.cloud' "
+                                  "(pip install 'torchx[gcp_batch]')"), out.stderr
