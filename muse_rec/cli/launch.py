@@ -48,9 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from torchx.schedulers.local_scheduler import SignalException
     from torchx.specs import AppState
 
-    from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, client_install_command, get_profile,
-                                 local_gpu_shortfall, local_rendezvous_problem, local_start_problem, preflight,
-                                 scheduler_cfg)
+    from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, get_profile, local_gpu_shortfall,
+                                 local_rendezvous_problem, local_start_problem, preflight, scheduler_cfg)
     from muse_rec.spec import SpecError
 
     try:
@@ -83,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"muse-rec launch: {e}", file=sys.stderr)
             return 2
         except ModuleNotFoundError as e:
-            print(f"muse-rec launch: the {profile.scheduler} scheduler needs the Python package {e.name!r} "
-                  f"({client_install_command(profile.scheduler, str(e.name))})", file=sys.stderr)
+            print(_missing_client_line(profile.scheduler, e), file=sys.stderr)
             return 2
         except FileNotFoundError as e:
             # TorchX runs a program to apply a scheduler option, e.g. `nvidia-smi` for local_cwd's
@@ -118,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
                 return 2
         try:
             handle = runner.schedule(info)
+        except ModuleNotFoundError as e:
+            # aws_batch imports its client (boto3) only to submit: a dry run printed the job, the launch
+            # said to submit from elsewhere (exit 1), where installing it here is what is needed.
+            print(_missing_client_line(profile.scheduler, e), file=sys.stderr)
+            return 2
         except Exception as e:  # noqa: BLE001 - the scheduler's client: any failure here was a traceback
             # A remote scheduler's client fails here: `sbatch` not on PATH (not a Slurm login node), a
             # Kubernetes API that cannot be reached (no kubeconfig), a rejected request.
@@ -168,6 +171,14 @@ def run(args: argparse.Namespace) -> int:
         runner.close()
         if exit_codes is not None:
             shutil.rmtree(exit_codes, ignore_errors=True)
+
+
+def _missing_client_line(scheduler: str, e: ModuleNotFoundError) -> str:
+    """One line: ``scheduler``'s TorchX client needs the module ``e`` names, and the pip command that installs it."""
+    from muse_rec.launch import client_install_command
+
+    return (f"muse-rec launch: the {scheduler} scheduler needs the Python package {e.name!r} "
+            f"({client_install_command(scheduler, str(e.name))})")
 
 
 def _pairs(items: List[str], flag: str) -> Dict[str, str]:

@@ -77,3 +77,20 @@ def test_a_dryrun_to_gcp_batch_without_its_client_names_the_extra(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, (out.returncode, out.stderr[-3000:])
     assert out.stderr.strip() == ("muse-rec launch: the gcp_batch scheduler needs the Python package 'google.cloud' "
                                   "(pip install 'torchx[gcp_batch]')"), out.stderr
+
+
+@pytest.mark.skipif(_installed("boto3"), reason="boto3 is installed: the aws_batch scheduler can submit")
+def test_a_launch_to_aws_batch_without_boto3_says_what_to_install(tmp_path):
+    """aws_batch imports boto3 only to submit: its dry run printed the job, and the launch said 'could not submit
+    ... (ModuleNotFoundError: No module named 'boto3'); submit from where that scheduler can be reached' (exit 1),
+    where installing the client here is what is needed."""
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("profiles:\n  a: {scheduler: aws_batch, nodes: 2, procs_per_node: 1, cpu: 2, gpu: 0, "
+                        "memMB: 8000, spec: specs/demo/muse.yaml, image: x/y:1, scheduler_args: {queue: q}}\n")
+    out = subprocess.run([venv_bin("muse-rec"), "launch", "--profile", "a", "--profiles-file", str(profiles),
+                          "--set", f"output_dir={tmp_path}/run"], capture_output=True, text=True, cwd=REPO,
+                         env=subprocess_env(), timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, (out.returncode, out.stderr[-3000:])
+    # (TorchX's own UserWarning about the instance type may come first.)
+    assert out.stderr.strip().splitlines()[-1] == ("muse-rec launch: the aws_batch scheduler needs the Python "
+                                                   "package 'boto3' (pip install 'torchx[aws_batch]')"), out.stderr
