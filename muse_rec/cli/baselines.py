@@ -47,6 +47,11 @@ def floors_table(result: Dict) -> str:
     return metrics_table(rows, ["floor", "what", "gauc", "auc", "logloss"])
 
 
+def _without_user(samples: int) -> str:
+    """The clause of the summary line naming the samples without a user id GAUC left out ('' for none)."""
+    return f"; {count(samples, 'sample')} without a user id in no user" if samples else ""
+
+
 def run(args: argparse.Namespace) -> int:
     from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.metrics.floor_options import FloorOptions, FloorsError
@@ -78,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
               "counts each scored sample's own click (in-sample), so it reads higher than any model can score "
               "honestly; fit on another split for a floor to compare models with", file=sys.stderr)
     print(f"{result['prepared']}, split {result['split']}: {count(result['samples'], 'sample')}, "
-          f"{count(result['users'], 'user')} (GAUC over the {count(result['gauc_users'], 'user')} with both labels), "
+          f"{count(result['users'], 'user')} (GAUC over the {count(result['gauc_users'], 'user')} with both labels"
+          f"{_without_user(result.get('samples_without_user', 0))}), "
           f"train CTR {result['prior_ctr']:.4f}, "
           f"{100 * result['targets_with_scl']:.1f}% of targets have an SCL vector")
     print(floors_table(result))

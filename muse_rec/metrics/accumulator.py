@@ -76,6 +76,8 @@ class PredictionAccumulator:
         popularity_edges: bins of ``by_popularity`` over train-target frequency (default decades
             ``[0,1) [1,10) [10,100) [100,1000) [1000,inf)``), or an int for quantile bins.
         logloss_eps: probabilities are clipped to ``[eps, 1 - eps]`` for logloss.
+        no_user_key: a user key that marks samples of no user: they count in AUC and logloss but form
+            no GAUC user (`compute_metrics`); None (the default): every key is a user.
     """
 
     def __init__(
@@ -83,7 +85,9 @@ class PredictionAccumulator:
         seq_len_edges: Sequence[float] | int = DEFAULT_SEQ_LEN_EDGES,
         popularity_edges: Sequence[float] | int = DEFAULT_POPULARITY_EDGES,
         logloss_eps: float = DEFAULT_LOGLOSS_EPS,
+        no_user_key: Optional[int] = None,
     ) -> None:
+        self.no_user_key = no_user_key
         self.seq_len_edges = seq_len_edges
         self.popularity_edges = popularity_edges
         self.logloss_eps = logloss_eps
@@ -202,6 +206,7 @@ class PredictionAccumulator:
                 seq_len_edges=self.seq_len_edges,
                 popularity_edges=self.popularity_edges,
                 logloss_eps=self.logloss_eps,
+                no_user_key=self.no_user_key,
             )
             result["world_size"] = rank_and_world(process_group)[1]
         return broadcast_from_root(result, process_group)

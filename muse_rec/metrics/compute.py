@@ -50,6 +50,7 @@ def compute_metrics(
     seq_len_edges: Sequence[float] | int = DEFAULT_SEQ_LEN_EDGES,
     popularity_edges: Sequence[float] | int = DEFAULT_POPULARITY_EDGES,
     logloss_eps: float = DEFAULT_LOGLOSS_EPS,
+    no_user_key: Optional[int] = None,
 ) -> Dict[str, Any]:
     """GAUC, AUC, logloss and grouped GAUC of a complete evaluation set.
 
@@ -63,12 +64,15 @@ def compute_metrics(
         seq_len_edges: bin edges for ``by_seq_length`` (or an int: that many quantile bins).
         popularity_edges: bin edges for ``by_popularity`` (or an int: quantile bins).
         logloss_eps: probabilities are clipped to ``[eps, 1 - eps]`` for logloss.
+        no_user_key: a user key that marks samples of no user (None: every key is a user). Such samples
+            count in AUC, logloss and ``samples`` but form no GAUC user, in the groups too.
 
     Returns:
         ``samples``, ``users``, ``positives``, ``ctr``, ``mean_score``, ``gauc``, ``gauc_users``,
         ``gauc_samples``, ``auc``, ``logloss``, ``logloss_eps``, and, when the optional column
         was given, ``by_seq_length`` / ``by_popularity`` (lists of per-group dicts, see
-        `grouped_metrics_sorted`). Undefined values (e.g. no positives) are NaN.
+        `grouped_metrics_sorted`), and with ``no_user_key`` ``samples_without_user`` (how many samples
+        GAUC left out for it). Undefined values (e.g. no positives) are NaN.
     """
     user_keys = np.asarray(user_keys)
     labels = np.asarray(labels)
@@ -95,12 +99,13 @@ def compute_metrics(
     u, s, y = user_keys[order].astype(np.int64), scores[order], labels[order].astype(np.int8)
     r = score_rank[order]
     del score_rank
-    per_user = user_auc_sorted(u, s, y)
-    positives = int(per_user.n_positives.sum())
+    positives = int(np.count_nonzero(y))
+    per_user = user_auc_sorted(u, s, y).without(no_user_key)
     count = int(s.shape[0])
     out: Dict[str, Any] = {
         "samples": count,
         "users": int(per_user.user_keys.size),
+        **({} if no_user_key is None else {"samples_without_user": count - int(per_user.n_samples.sum())}),
         "positives": positives,
         "ctr": positives / count if count else float("nan"),
         "mean_score": float(np.mean(s)) if count else float("nan"),
@@ -115,9 +120,11 @@ def compute_metrics(
     if seq_lengths is not None:
         v = np.asarray(seq_lengths)[order]
         bins = as_bins(seq_len_edges, v, "seq_length")
-        out["by_seq_length"] = grouped_metrics_sorted(bins.assign(v), bins, u, s, y, r, n_scores)
+        out["by_seq_length"] = grouped_metrics_sorted(bins.assign(v), bins, u, s, y, r, n_scores,
+                                                      no_user_key)
     if item_popularity is not None:
         v = np.asarray(item_popularity)[order]
         bins = as_bins(popularity_edges, v, "item_popularity")
-        out["by_popularity"] = grouped_metrics_sorted(bins.assign(v), bins, u, s, y, r, n_scores)
+        out["by_popularity"] = grouped_metrics_sorted(bins.assign(v), bins, u, s, y, r, n_scores,
+                                                     no_user_key)
     return out

@@ -44,6 +44,7 @@ import numpy as np
 
 from muse_rec.data.files import tmp_of
 from muse_rec.data.prepared import PreparedData
+from muse_rec.data.vocab import MISSING_ID
 from muse_rec.json_files import read_json_object
 from muse_rec.metrics.floor_options import EVERYTHING, FloorOptions, FloorsError, floor_standing, lacked
 from muse_rec.metrics.floor_scores import (CATEGORY_FLOOR, NO_CATEGORY_SCORE, SCL_FLOORS, UNKNOWN_CATEGORY, ItemCtr,
@@ -61,11 +62,12 @@ logger = logging.getLogger("muse_rec")
 PROGRESS_EVERY_S = 10.0
 
 # Bumped whenever a floor's definition changes: cached floor files of another version are stale.
-FLOORS_VERSION = 6  # 2: the popularity floor counts impressions on its fit split, not always on train;
+FLOORS_VERSION = 7  # 2: the popularity floor counts impressions on its fit split, not always on train;
 # 3: the floor names say their history window and fit split (cached files keep the names they were made with);
 # 4: the SCL cosines are rounded once from exact integers, so equal cosines tie (`floor_scores.tie_exact_cosine`);
 # 5: a target without an item id (vocabulary row 0) gets the popularity floor's prior (`ItemCtr.ctr`);
-# 6: a new floor, category_share (SIM-hard's GSU rule), also a feature of the regression
+# 6: a new floor, category_share (SIM-hard's GSU rule), also a feature of the regression;
+# 7: samples without a user id (raw id 0) form no GAUC user, as in a model's evaluation
 
 FLOORS: Dict[str, str] = {
     "popularity": "smoothed {train_split} CTR of the target item",
@@ -159,7 +161,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iter: int = 50, to
 
 
 def _metrics(user_keys: np.ndarray, labels: np.ndarray, scores: np.ndarray, probability: bool) -> Dict:
-    per_user = user_auc(user_keys, scores, labels)
+    per_user = user_auc(user_keys, scores, labels).without(MISSING_ID)
     return {"gauc": per_user.gauc(), "auc": auc(scores, labels),
             "logloss": logloss(scores, labels) if probability else None,
             "gauc_users": int(per_user.valid.sum()), "gauc_samples": per_user.gauc_samples}
@@ -217,7 +219,8 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
         raise FloorsError(f"{data.path}: split {split!r} has no samples")
     user_keys = np.asarray(data.array(f"{split}/sample_user_keys.npy"))
     labels = data.labels(split)
-    per_user = user_auc(user_keys, np.zeros(n), labels)
+    # A sample without a user id (raw id 0) is nobody's: no GAUC user, as in a model's evaluation (`predict`).
+    per_user = user_auc(user_keys, np.zeros(n), labels).without(MISSING_ID)
     if not per_user.valid.any():
         raise FloorsError(
             f"{data.path}: split {split!r}: none of its {count(per_user.user_keys.size, 'user')} has both a click and "
@@ -263,6 +266,7 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
         "version": FLOORS_VERSION, "prepared": str(data.path), "data_fingerprint": data.fingerprint, "split": split,
         "train_split": train_split,
         "options": asdict(opts), "samples": n, "users": int(per_user.user_keys.size),
+        "samples_without_user": n - int(per_user.n_samples.sum()),
         "gauc_users": int(per_user.valid.sum()), "positives": int(labels.sum()),
         "prior_ctr": ctr.prior, "targets_with_scl": float(target_vec.mean()),
         "targets_with_category": float((target_cat != UNKNOWN_CATEGORY).mean()),

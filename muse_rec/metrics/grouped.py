@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -100,6 +100,7 @@ def grouped_metrics_sorted(
     labels_sorted: np.ndarray,
     score_rank_sorted: np.ndarray,
     n_scores: int,
+    no_user_key: Optional[int] = None,
 ) -> List[Dict[str, Any]]:
     """Metrics per bin for samples already sorted by (user, score) (`canonical_order`).
 
@@ -112,25 +113,29 @@ def grouped_metrics_sorted(
         score_rank_sorted: ``[N]`` dense rank of each score among all N (`dense_rank`), so
             group AUCs are counted without sorting again.
         n_scores: number of distinct scores (ranks are ``< n_scores``).
+        no_user_key: a user key whose samples belong to no user (`compute_metrics`): in a group's
+            ``samples``, ``positives`` and AUC, in no GAUC user; None: every key is a user.
 
     Returns:
         One dict per bin, in bin order: ``group`` (label), ``lo``, ``hi``, ``samples``,
         ``users``, ``positives``, ``gauc_users``, ``gauc_samples``, ``gauc``, ``auc`` (NaN where
-        undefined, e.g. an empty group).
+        undefined, e.g. an empty group), and with ``no_user_key`` ``samples_without_user``.
     """
     out: List[Dict[str, Any]] = []
     for g, label in enumerate(bins.labels()):
         mask = group_of_sample == g
         u, s, y = user_sorted[mask], scores_sorted[mask], labels_sorted[mask]
-        per_user = user_auc_sorted(u, s, y)
+        per_user = user_auc_sorted(u, s, y).without(no_user_key)
+        samples = int(mask.sum())
         out.append(
             {
                 "group": label,
                 "lo": bins.edges[g],
                 "hi": bins.edges[g + 1],
-                "samples": int(mask.sum()),
+                "samples": samples,
                 "users": int(per_user.user_keys.size),
-                "positives": int(per_user.n_positives.sum()),
+                **({} if no_user_key is None else {"samples_without_user": samples - int(per_user.n_samples.sum())}),
+                "positives": int(np.count_nonzero(y)),
                 "gauc_users": int(per_user.valid.sum()),
                 "gauc_samples": per_user.gauc_samples,
                 "gauc": per_user.gauc(),

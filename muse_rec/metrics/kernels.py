@@ -78,6 +78,14 @@ class UserAuc:
         """Impressions of the users that enter GAUC (the denominator of GAUC)."""
         return int(np.sum(self.n_samples[self.valid]))
 
+    def without(self, key: Optional[int]) -> "UserAuc":
+        """These results less the row of user ``key`` (None: unchanged): a key that marks samples of no user,
+        e.g. a missing id, whose samples would otherwise form one "user" out of many people's impressions."""
+        if key is None:
+            return self
+        keep = self.user_keys != key
+        return UserAuc(self.user_keys[keep], self.n_samples[keep], self.n_positives[keep], self.auc[keep])
+
 
 def check_scores_labels(scores: np.ndarray, labels: np.ndarray, where: str = "predictions") -> None:
     """Raise ValueError unless ``scores`` [N] are finite and ``labels`` [N] are all 0 or 1."""

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from muse_rec.data.loader import make_loader
 from muse_rec.data.prepared import PreparedData
-from muse_rec.data.vocab import PADDING_ROW
+from muse_rec.data.vocab import MISSING_ID, PADDING_ROW
 from muse_rec.distributed.env import DistEnv
 from muse_rec.metrics import PredictionAccumulator
 from muse_rec.metrics.gather import all_gather_objects
@@ -47,7 +47,8 @@ def predict(
     loader = make_loader(data, split, batch_size, seq_len, rank=env.rank, world_size=env.world_size, num_workers=num_workers)
     # [n_items] int64, memory-mapped and read per batch: a copy held 1.9 GB per rank at the release's 243M items.
     popularity = data.item_popularity()
-    acc = PredictionAccumulator()
+    # A sample without a user id (raw id 0) is nobody's: in AUC and logloss, in no GAUC user.
+    acc = PredictionAccumulator(no_user_key=MISSING_ID)
     was_training = model.training
     model.eval()
     n = len(loader) if not max_batches else min(max_batches, len(loader))

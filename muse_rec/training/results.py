@@ -32,6 +32,8 @@ def summary_line(r: Dict) -> str:
     parts = [f"{k}={r[k]:.4f}" for k in ("gauc", "auc", "logloss") if k in r]
     if r.get("train_samples_per_s") is not None:
         parts.append(f"train {r['train_samples_per_s']:,.0f} samples/s")
+    if r.get("samples_without_user"):
+        parts.append(f"GAUC left out the {r['samples_without_user']:,} samples without a user id")
     return ", ".join(parts)
 
 

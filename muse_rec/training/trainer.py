@@ -267,8 +267,7 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
                         "data": {k: scored[k] for k in SCORED_DATA_KEYS}})
         if env.is_main:
             write_json(out / "metrics.json", metrics)
-            logger.info("evaluated %s at %d rank(s): %s", ck, env.world_size,
-                        ", ".join(f"{k}={metrics[k]:.4f}" for k in ("gauc", "auc", "logloss") if k in metrics))
+            logger.info("evaluated %s at %d rank(s): %s", ck, env.world_size, summary_line(metrics))
     finally:
         if lock is not None:
             lock.release()
