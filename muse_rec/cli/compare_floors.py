@@ -95,6 +95,7 @@ def load_floors(path: str, paths: Sequence[str] = (), runs: Sequence[Dict] = (),
         raise ValueError(f"--floors {e}: not a floors file of `muse-rec baselines --out`") from None
     if "floors" not in doc:
         raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` (no 'floors' entry)")
+    _check_floor_keys(f, doc)
     _check_floors_split(f, doc, paths, runs)
     _check_floors_data(f, doc, paths, runs)
     _check_floors_window(f, doc, paths, runs, {} if files_read is None else files_read)
@@ -102,6 +103,28 @@ def load_floors(path: str, paths: Sequence[str] = (), runs: Sequence[Dict] = (),
         return check_floors(doc["floors"], f"--floors {f}")
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` ({type(e).__name__}: {e})")
+
+
+# The keys of a floors file the checks below compare with the runs', and what each must be where present.
+_TEXT_KEYS = ("split", "eval_split", "train_split", "prepared", "data_fingerprint")
+
+
+def _check_floor_keys(f: Path, doc: Dict) -> None:
+    """ValueError naming ``f`` and the key where a key the checks compare is present but of another type: the
+    checks skip a key a file lacks (another writer's), and skipped one of the wrong type alike, so floors of
+    ``options.seq_len: "x"`` judged runs of any window, and ``train_split: 3`` runs of any fit split."""
+    for key in _TEXT_KEYS:
+        if key in doc and not isinstance(doc[key], str):
+            raise ValueError(f"--floors {f}: {key}: expected a split's or data's name (a string), got {doc[key]!r:.80}")
+    checks = [("samples", doc.get("samples"), "samples" in doc)]
+    if "options" in doc:
+        if not isinstance(doc["options"], dict):
+            raise ValueError(f"--floors {f}: options: expected the options of `muse-rec baselines` (an object), "
+                             f"got {doc['options']!r:.80}")
+        checks.append(("options.seq_len", doc["options"].get("seq_len"), "seq_len" in doc["options"]))
+    for key, v, present in checks:
+        if present and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"--floors {f}: {key}: expected an integer >= 0, got {v!r:.80}")
 
 
 def _check_floors_split(f: Path, doc: Dict, paths: Sequence[str], runs: Sequence[Dict]) -> None:
