@@ -100,9 +100,13 @@ def load_floors(path: str, paths: Sequence[str] = (), runs: Sequence[Dict] = (),
     _check_floors_data(f, doc, paths, runs)
     _check_floors_window(f, doc, paths, runs, {} if files_read is None else files_read)
     try:
-        return check_floors(doc["floors"], f"--floors {f}")
+        floors = check_floors(doc["floors"], f"--floors {f}")
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"--floors {f}: not a floors file of `muse-rec baselines --out` ({type(e).__name__}: {e})")
+    if not floors:  # `baselines` always writes one (popularity); none would leave the runs unjudged, unsaid
+        raise ValueError(f"--floors {f}: floors: no floor in it; pass a file of `muse-rec baselines --out` or "
+                         "leave --floors out")
+    return floors
 
 
 # The keys of a floors file the checks below compare with the runs', and what each must be where present.

@@ -58,3 +58,10 @@ def test_a_key_of_another_type_is_refused_naming_it(tmp_path: Path, capsys, key:
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert f"floors.json: {key}: expected" in err, err
+
+
+def test_a_file_without_any_floor_is_refused_not_a_table_without_floors(tmp_path: Path, capsys) -> None:
+    """``floors: {}`` gave the table without a floor row or verdict (exit 0): --floors asked, nothing said."""
+    assert _compare(tmp_path, {**FLOORS, "floors": {}}) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "floors.json: floors: no floor in it" in err, err
