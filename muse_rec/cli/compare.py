@@ -114,7 +114,10 @@ def run(args: argparse.Namespace) -> int:
                 # Each file it writes, not only OUT: a directory at OUT.json was found at the write, after the
                 # .md had replaced an earlier one (one of each run, against "both or neither").
                 check_output_path(str(written), "--out", directory=False)
-                check_not_an_input(str(written), "--out", {"--floors": args.floors})
+                # A run's metrics.json too: a hand-written run has no run.json to mark its directory, and
+                # --out RUN/metrics replaced the run's metrics with the table's.
+                read = [str(Path(r) / "metrics.json") for r in args.runs]
+                check_not_an_input(str(written), "--out", {"--floors": args.floors, **{f: f for f in read}})
         files_read: RunFiles = {}
         runs = load_runs(args.runs, files_read)
         if args.floors_cache and not (args.no_floors or args.floors):
