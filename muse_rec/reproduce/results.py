@@ -33,8 +33,12 @@ def load_metrics(out: Path, plan: Plan) -> RunMetrics:
             check_group_tables(metrics, str(path))  # Fig. 6 reads them; `compare` does not
         except ValueError as e:
             raise ValueError(f"{e}; delete the run directory to re-train it") from None
-        if metrics.get("gauc") is None:
+        if "gauc" not in metrics:
             raise ValueError(f"{path}: no 'gauc' key (was the run trained with train.eval_at_end=false?)")
+        if metrics["gauc"] is None:  # the trainer's null for an undefined GAUC, its reason beside it
+            why = metrics.get("gauc_undefined")
+            raise ValueError(f"{path}: gauc: null{f' ({why})' if isinstance(why, str) else ''}: the run has no GAUC "
+                             "to report; check the data it was scored on, then delete the run directory to re-train it")
         found.setdefault(run.config.id, {})[run.seed] = metrics
     return found
 
