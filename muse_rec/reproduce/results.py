@@ -24,6 +24,9 @@ RunMetrics = Dict[str, Dict[int, Dict]]
 def load_metrics(out: Path, plan: Plan) -> RunMetrics:
     """Every finished run of ``plan`` under ``out/runs``: ``{config: {seed: metrics}}``."""
     found: RunMetrics = {}
+    # What each run scored -> the first run that scored it: a report's gaps compare GAUCs of one split of one
+    # data set, as `muse-rec compare` does (a run directory copied from another OUT, or left from other data).
+    scored: Dict[str, Dict[str, str]] = {"eval_split": {}, "data_fingerprint": {}}
     for run in plan.runs:
         path = out / "runs" / run.name / "metrics.json"
         if not path.exists():
@@ -39,7 +42,15 @@ def load_metrics(out: Path, plan: Plan) -> RunMetrics:
             why = metrics.get("gauc_undefined")
             raise ValueError(f"{path}: gauc: null{f' ({why})' if isinstance(why, str) else ''}: the run has no GAUC "
                              "to report; check the data it was scored on, then delete the run directory to re-train it")
+        for key, first in scored.items():
+            if isinstance(metrics.get(key), str):
+                first.setdefault(metrics[key], run.name)
         found.setdefault(run.config.id, {})[run.seed] = metrics
+    for key, first in scored.items():
+        if len(first) > 1:
+            shown = ", ".join(f"{name}: {value}" for value, name in first.items())
+            raise ValueError(f"{out / 'runs'}: the runs were scored on different {key.replace('_', ' ')}s ({shown}); "
+                             "a report compares the scores of one; delete the other runs' directories to re-train them")
     return found
 
 
