@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, check_scores_labels
-from muse_rec.metrics.compute import compute_metrics, real_sample_mask
+from muse_rec.metrics.compute import check_integer_keys, compute_metrics, real_sample_mask
 from muse_rec.metrics.gather import (
     ROOT,
     all_gather_objects,
@@ -149,6 +149,8 @@ class PredictionAccumulator:
         keep = real_sample_mask(w, "update(): weights")
         arrays = {c: a[keep] for c, a in arrays.items()}
         check_scores_labels(arrays["score"], arrays["label"], "update()")
+        for c in ("user_key", "item_key"):
+            check_integer_keys(arrays[c], f"{c}s", "update()")
         s = arrays["score"]
         if s.size and (s.min() < 0.0 or s.max() > 1.0):
             raise ValueError(f"update(): scores must be probabilities in [0, 1], found [{s.min()}, {s.max()}]")

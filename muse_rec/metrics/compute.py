@@ -40,6 +40,14 @@ def real_sample_mask(weights: np.ndarray, where: str = "weights") -> np.ndarray:
     return w == 1
 
 
+def check_integer_keys(keys: np.ndarray, name: str, where: str = "predictions") -> None:
+    """ValueError unless ``keys`` ``[N]`` (user or item ids) have an integer dtype. Float ids are cut to int64
+    further on: 1.5 and 1.7 became one user, and ids past 2^53 (hashed ids, a pandas column holding a NaN) are
+    merged by the float already, so GAUC pooled different users' impressions without a word."""
+    if not np.issubdtype(keys.dtype, np.integer):
+        raise ValueError(f"{where}: {name} must be integer ids, got dtype {keys.dtype}; pass them as int64")
+
+
 def compute_metrics(
     user_keys: np.ndarray,
     labels: np.ndarray,
@@ -88,6 +96,7 @@ def compute_metrics(
         seq_lengths = None if seq_lengths is None else np.asarray(seq_lengths)[keep]
         item_popularity = None if item_popularity is None else np.asarray(item_popularity)[keep]
     check_scores_labels(scores, labels)
+    check_integer_keys(user_keys, "user_keys")
     if scores.size and (scores.min() < 0.0 or scores.max() > 1.0):
         raise ValueError(
             f"scores must be probabilities in [0, 1], found range [{scores.min()}, {scores.max()}]; "
