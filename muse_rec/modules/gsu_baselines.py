@@ -49,7 +49,10 @@ class CategoryGSU(RetrievesTopK, nn.Module):
 
     scores_are_scl_cosines = False
     reads_id_tokens = False
-    scores_whole_history = False
+    # The match runs over every position of every candidate: [B, L] int64 categories, bool matches and fp32
+    # scores (~17 B per candidate and position; 1.7 GiB for 1,024 candidates at L = 100K), so the Ranker
+    # bounds its candidates per pass as for the fp32 [B, L] scorers.
+    scores_whole_history = True
 
     def __init__(self, top_k: int = 50, unknown_category: Optional[int] = 0) -> None:
         super().__init__()
@@ -278,7 +281,10 @@ class MISSGSU(RetrievesTopK, nn.Module):
 
     scores_are_scl_cosines = False
     reads_id_tokens = False
-    scores_whole_history = False
+    # The co-occurrence half counts over every position of every candidate ([B, L] int64 ids, fp32 anchors,
+    # prefix sums and a full sort: ~37 B per candidate and position, 3.7 GiB for 1,024 candidates at L = 100K):
+    # the Ranker bounds its candidates per pass as for the fp32 [B, L] scorers.
+    scores_whole_history = True
 
     def __init__(self, top_k: int = 50, chunk_size: int = 2048) -> None:
         super().__init__()

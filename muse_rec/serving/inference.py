@@ -64,11 +64,11 @@ class InferenceModel(nn.Module):
 
     def candidates_per_pass(self, limit: int, seq_len: int) -> int:
         """The most candidates one forward should take at history length ``seq_len``: ``limit``, and
-        for a model whose GSU scores every history position as fp32 ``[B, L]`` (``scores_whole_history``:
-        TWIN, SIM-soft, the ID-score ablations, fusion) at most ``FULL_SCORES_PER_PASS // seq_len`` (at
-        least 1). MUSE's SCL cosine GSU streams the history in chunks at a fixed cost per forward (at
-        L = 100K, 167 candidates per pass took 1.7x the time of 1,024), so it is not bounded; no GSU
-        (DIN): nothing to bound."""
+        for a model whose GSU holds ``[B, L]`` tensors of every history position (``scores_whole_history``:
+        TWIN, SIM-soft, SIM-hard, MISS, the ID-score ablations, fusion) at most
+        ``FULL_SCORES_PER_PASS // seq_len`` (at least 1). MUSE's SCL cosine GSU streams the history in
+        chunks at a fixed cost per forward (at L = 100K, 167 candidates per pass took 1.7x the time of
+        1,024), so it is not bounded; no GSU (DIN): nothing to bound."""
         gsu = self.model.gsu
         if gsu is None or not gsu.scores_whole_history:
             return limit
