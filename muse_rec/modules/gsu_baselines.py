@@ -15,7 +15,7 @@ from muse_rec.modules.attention import TargetAttention
 from muse_rec.modules.cosine import check_grouped_inputs
 from muse_rec.modules.gsu import CosineGSU, RetrievesTopK
 from muse_rec.modules.search import SearchInputs, history_dot, unit_vectors
-from muse_rec.modules.selection import GSUResult, topk_eligible, vector_first_topk
+from muse_rec.modules.selection import GSUResult, pad_to_k, topk_eligible, vector_first_topk
 
 
 def _check_seq(name: str, seq: torch.Tensor, mask: torch.Tensor, batch: int) -> None:
@@ -26,11 +26,6 @@ def _check_seq(name: str, seq: torch.Tensor, mask: torch.Tensor, batch: int) -> 
         )
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be bool, got {mask.dtype}")
-
-
-def _positions(seq: torch.Tensor) -> torch.Tensor:
-    """``[1, L]`` fp32 positions (exact below 2^24), used as a recency score."""
-    return torch.arange(seq.shape[1], device=seq.device, dtype=torch.float32).unsqueeze(0)
 
 
 class CategoryGSU(RetrievesTopK, nn.Module):
@@ -68,9 +63,16 @@ class CategoryGSU(RetrievesTopK, nn.Module):
         match = mask & (seq_cats == target_cat.unsqueeze(1))
         if self.unknown_category is not None:
             match &= (target_cat != self.unknown_category).unsqueeze(1)
-        res = topk_eligible(_positions(seq_cats).expand_as(seq_cats), match, self.top_k)
-        res.scores = res.valid.to(torch.float32)
-        return res
+        # Recency as int64 positions, -1 where nothing matches: an fp32 position is exact only below 2^24, and
+        # past it neighbours rounded to one value and tied (lowest position first), so at L = 2^24 + 64 the
+        # "newest" 8 came out of order and held older behaviours. Matched positions are distinct: no ties.
+        L = seq_cats.shape[1]
+        positions = torch.arange(L, device=seq_cats.device).unsqueeze(0)
+        newest, indices = torch.topk(torch.where(match, positions, -1), min(self.top_k, L), dim=1)
+        newest, indices = pad_to_k(newest, indices, self.top_k, -1)
+        valid = newest >= 0
+        return GSUResult(indices=torch.where(valid, indices, 0), scores=valid.to(torch.float32), valid=valid,
+                         has_score=valid.clone())
 
     def retrieve(self, search: SearchInputs) -> GSUResult:
         """SIM-hard over the searched histories (`SearchInputs`)."""
