@@ -236,13 +236,17 @@ class CooccurrenceGSU(nn.Module):
         item_hit = (seq_items == target_item.unsqueeze(1)) & (seq_items != self.unknown_id)
         cat_hit = (seq_cats == target_cat.unsqueeze(1)) & (seq_cats != self.unknown_id)
         anchor = (self.item_weight * item_hit.float() + cat_hit.float()) * mask.float()
-        # Window sum via a prefix sum: O(B * L) for any window.
+        # Window sum via a prefix sum: O(B * L) for any window. The prefix sums are fp64: they reach
+        # (item_weight + 1) x L, and fp32 holds integers exactly only up to 2^24, so past ~5.6M positions an
+        # fp32 difference of two prefix sums miscounted (10 or 12 for 11, 34 where at most 33 is possible).
+        # A window's sum is at most (2 window + 1) (item_weight + 1): exact again in fp32.
         B, L = anchor.shape
-        csum = torch.cat([anchor.new_zeros(B, 1), anchor.cumsum(dim=1)], dim=1)  # [B, L + 1]
+        csum = torch.cat([anchor.new_zeros(B, 1, dtype=torch.float64), anchor.cumsum(dim=1, dtype=torch.float64)],
+                         dim=1)  # [B, L + 1]
         pos = torch.arange(L, device=anchor.device)
         hi = (pos + self.window + 1).clamp(max=L)
         lo = (pos - self.window).clamp(min=0)
-        return (csum[:, hi] - csum[:, lo]) * mask.float()
+        return (csum[:, hi] - csum[:, lo]).to(torch.float32) * mask.float()
 
     @torch.no_grad()
     def forward(
