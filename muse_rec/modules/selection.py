@@ -29,10 +29,14 @@ import torch
 from muse_rec.modules.running_topk import topk_lowest_position_first
 
 # Sentinels of the cosine selection score (real cosines lie in [-1, 1]).
-NO_VECTOR_SCORE: float = -1.1  # the reference's value for "no cosine"
-# No-vector behaviours get NO_VECTOR_SCORE + RECENCY_SPAN * position / L, i.e. newest first,
-# still below -1. fp32 resolves the steps for L up to ~400K.
-RECENCY_SPAN: float = 0.05
+NO_VECTOR_SCORE: float = -1.1  # the reference's value for "no cosine" (the floors' score of a missing vector)
+# No-vector behaviours get NO_VECTOR_LOW + RECENCY_SPAN * position / L, i.e. newest first, between the two
+# floors below. fp32 steps are 2^-23 there, so the L positions stay distinct up to RECENCY_SPAN * 2^23 ~ 8M
+# (the reference's -1.1 + 0.05 * position / L did only up to ~420K: beyond, neighbours rounded to one value
+# and tied, lowest position first, so the "newest" behaviours without a vector came out older and in another
+# order in each top-K path).
+NO_VECTOR_LOW: float = -1.98
+RECENCY_SPAN: float = 0.96
 PAD_SCORE: float = -3.0
 # Thresholds that decode a selection score back into (valid, has_score).
 _HAS_SCORE_FLOOR: float = -1.01
@@ -97,11 +101,12 @@ def cosine_selection_scores(
         start: position of column 0; seq_len: L (for the recency tie-break).
 
     Returns:
-        ``[B, C]`` fp32: the cosine, or NO_VECTOR_SCORE + recency, or PAD_SCORE.
+        ``[B, C]`` fp32: the cosine, or NO_VECTOR_LOW + recency, or PAD_SCORE.
     """
     C = cos.shape[1]
-    pos = torch.arange(start, start + C, device=cos.device, dtype=torch.float32)
-    no_vec = NO_VECTOR_SCORE + RECENCY_SPAN * pos / max(seq_len, 1)
+    # In fp64, rounded once to fp32: three fp32 roundings (division, product, sum) could merge neighbours.
+    pos = torch.arange(start, start + C, device=cos.device, dtype=torch.float64)
+    no_vec = (NO_VECTOR_LOW + RECENCY_SPAN * pos / max(seq_len, 1)).to(torch.float32)
     sel = torch.where(has_vector, cos, no_vec.unsqueeze(0))
     return torch.where(mask, sel, PAD_SCORE)
 
