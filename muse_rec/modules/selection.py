@@ -169,8 +169,14 @@ def vector_first_topk(score: torch.Tensor, has_vector: torch.Tensor, eligible: t
         raise ValueError(f"score {tuple(score.shape)}, has_vector {tuple(has_vector.shape)} and eligible "
                          f"{tuple(eligible.shape)} differ")
     scored = topk_eligible(score, has_vector & eligible, top_k)  # valid slots form a prefix
-    pos = torch.arange(score.shape[1], device=score.device, dtype=torch.float32).unsqueeze(0)
-    newest = topk_eligible(pos.expand_as(score), eligible & ~has_vector, top_k)
+    # Newest first by int64 position, -1 where not eligible: fp32 positions (exact only below 2^24) tied past it,
+    # and the tie rule put the older behaviour first. Eligible positions are distinct: no ties.
+    L = score.shape[1]
+    pos = torch.arange(L, device=score.device).unsqueeze(0)
+    newest_pos, newest_idx = torch.topk(torch.where(eligible & ~has_vector, pos, -1), min(top_k, L), dim=1)
+    newest_pos, newest_idx = pad_to_k(newest_pos, newest_idx, top_k, -1)
+    newest = GSUResult(indices=newest_idx, scores=newest_pos.to(torch.float32), valid=newest_pos >= 0,
+                       has_score=newest_pos >= 0)
     slot = torch.arange(top_k, device=score.device).unsqueeze(0)  # [1, K]
     n_scored = scored.valid.sum(dim=1, keepdim=True)  # [B, 1]
     from_scored = slot < n_scored
