@@ -26,7 +26,7 @@ def bad_input_errors() -> Tuple[Type[BaseException], ...]:
     from muse_rec.serving.export_layout import ExportError  # without torch.export and TorchRec (seconds)
     from muse_rec.serving.request import RequestError
     from muse_rec.spec import SpecError
-    from muse_rec.training.checkpoint import CheckpointError
+    from muse_rec.training.checkpoint_position import CheckpointError
     from muse_rec.training.run_dir import RunDirError
     from muse_rec.training.run_record import RunError
 
@@ -50,7 +50,7 @@ def _is_checkpoint_exception(e: BaseException) -> bool:
 
 
 def _dcp_line(e: BaseException) -> str:
-    from muse_rec.training.checkpoint import describe_load_failure
+    from muse_rec.training.checkpoint_failures import describe_load_failure
 
     return f"checkpoint {describe_load_failure(e)}"  # type: ignore[arg-type]
 

@@ -54,8 +54,10 @@ from muse_rec.serving.program_file import save_program
 from muse_rec.serving.quantize import (DEFAULT_ROW_ALIGNMENT, exact_float_lookups_, quantize_for_serving,
                                        without_table_views)
 from muse_rec.spec import Spec
-from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_position
+from muse_rec.training.checkpoint import load_checkpoint
 from muse_rec.training.checkpoint_choice import DELETED_RETRIES, deleted_too_often, deleted_while_read
+from muse_rec.training.checkpoint_latest import latest_checkpoint
+from muse_rec.training.checkpoint_position import CheckpointError, read_position
 from muse_rec.training.run_record import check_model_settings, check_run_compat
 
 # The program takes any candidate count from MIN_CANDIDATES (traced size-obliviously, see `export_program`).

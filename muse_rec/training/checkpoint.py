@@ -11,7 +11,8 @@ Layout of a run directory's ``checkpoints/``::
     step-00000040.replaced/  a checkpoint renamed aside to be deleted (pruned, or saved again): never read
 
 A step directory gets its final name only once whole, so one without position.json is damage:
-the newest such directory is refused (`latest_checkpoint`), never passed over for an older one.
+the newest such directory is refused (`checkpoint_latest.latest_checkpoint`), never passed over
+for an older one.
 
 A checkpoint is written into ``*.tmp`` and renamed by rank 0 after every rank finished, so a run
 killed mid-save leaves the previous checkpoint as the latest. DCP stores each ShardedTensor
@@ -24,19 +25,20 @@ fingerprint of the prepared data it was trained on (``data_fingerprint``): pruni
 deletes the current run's checkpoints, and a resume / evaluation / export on other data is
 refused. A checkpoint with a non-finite weight is never written (`NonFiniteError`) nor loaded, and
 loading checks the integrity manifest before DCP unpickles anything.
+
+This module saves and loads through DCP. What ``position.json`` holds is `checkpoint_position`;
+finding the newest checkpoint, `checkpoint_latest`; the NaN/Inf checks, `checkpoint_finite`; the
+one-line account of a failed save or load, `checkpoint_failures`; the ranks' collectives, `ranks`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import os
-import pickle
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -45,209 +47,17 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from muse_rec.data.files import write_binary
 from muse_rec.integrity import IntegrityError, verify, write_manifest
-from muse_rec.json_files import INT64_MAX, read_json_object
 from muse_rec.lifetime import interrupts_deferred
 from muse_rec.metrics.gather import all_gather_objects
-from muse_rec.training.checkpoint_names import complete_steps, step_dirs
+from muse_rec.training.checkpoint_failures import (DAMAGED, DAMAGED_ZIP, UNREADABLE, describe_load_failure,
+                                                   failure_summary, one_line, write_refused)
+from muse_rec.training.checkpoint_finite import check_finite, first_non_finite_of_any_rank
+from muse_rec.training.checkpoint_latest import run_id_of
+from muse_rec.training.checkpoint_names import complete_steps
+from muse_rec.training.checkpoint_position import MODEL_RECORD, CheckpointError, Position, read_position
+from muse_rec.training.ranks import barrier, from_main_rank, this_rank
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-MODEL_RECORD = "model.json"  # the model settings a checkpoint was trained with (older checkpoints lack it)
-
-
-@dataclass
-class Position:
-    """Where training stands: the next batch to train on is ``batch_in_epoch`` of ``epoch``."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    world_size: int = 1
-    batch_size: int = 0  # train.batch_size per rank of the steps so far (0 = not recorded: older checkpoints)
-    samples_seen: int = 0
-    run_id: str = ""  # the run that wrote the checkpoint ("" = written before run ids existed)
-    data_fingerprint: str = ""  # PreparedData.fingerprint of the data it was trained on
-    # Wall seconds of the training loop up to here (steps, loss checks, logging, earlier checkpoints),
-    # summed over every process of the run whose steps a checkpoint kept, so a resumed run reports its
-    # whole samples/s and time; None = a checkpoint written before this was recorded.
-    train_seconds: Optional[float] = None
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be written or read as asked; the message names the directory and why."""
-
-
-class CheckpointWriteError(CheckpointError):
-    """The OS refused a write of a checkpoint (a full disk, a file-size limit): that step is not saved."""
-
-
-def _write_refused(tmp: Path, detail: str) -> CheckpointWriteError:
-    """The one line for a save the OS refused: it names the step's staging directory, the free
-    space there (a file-size limit refuses with space left) and how to go on."""
-    try:
-        free = f"{shutil.disk_usage(tmp.parent).free:,} bytes free there"
-    except OSError:
-        free = "free space unknown"
-    return CheckpointWriteError(f"{tmp}: cannot write this checkpoint ({detail}; {free}); the checkpoints saved "
-                                "before it are whole: free space, then continue the run with --resume")
-
-
-class NonFiniteError(CheckpointError):
-    """A weight or optimizer state holds NaN or Inf: such a checkpoint is never written."""
-
-
-def read_position(path: Path) -> Position:
-    """``position.json`` of a checkpoint directory (fields this version does not know are ignored)."""
-    pos_file = Path(path) / "position.json"
-    if not pos_file.exists():
-        raise CheckpointError(f"{path}: not a complete checkpoint (no position.json)")
-    raw = read_json_object(pos_file, CheckpointError)
-    # A checkpoint may come from elsewhere: each field the resume reads is checked here, once,
-    # instead of failing as a TypeError (or a loader's range error) deep inside the run.
-    for f in dataclasses.fields(Position):
-        if f.name not in raw:
-            continue
-        v, low = raw[f.name], (1 if f.name == "world_size" else 0)
-        if f.type == "int":  # the step fills the fused optimizers' int64 step tensors: JSON bounds no integer
-            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= INT64_MAX:
-                raise CheckpointError(f"{pos_file}: {f.name} must be a 64-bit integer >= {low}, got {v!r}")
-        elif f.type == "Optional[float]":
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
-                raise CheckpointError(f"{pos_file}: {f.name} must be a finite number >= 0 or null, got {v!r}")
-        elif not isinstance(v, str):
-            raise CheckpointError(f"{pos_file}: {f.name} must be a string, got {v!r}")
-    return Position(**{f.name: raw[f.name] for f in dataclasses.fields(Position) if f.name in raw})
-
-
-def _run_id_of(path: Path) -> Optional[str]:
-    """The run that wrote ``path``; None when its position.json is unreadable (pruning skips it)."""
-    try:
-        return read_position(path).run_id
-    except CheckpointError:
-        return None
-
-
-def _damaged(path: Path) -> CheckpointError:
-    return CheckpointError(
-        f"{path / 'position.json'}: missing, so the checkpoint is damaged or partly deleted (a step directory gets "
-        f"its name only once complete); remove {path} to fall back to the previous checkpoint")
-
-
-def _newest(steps: List[Tuple[int, Path]], run_id: Optional[str]) -> Optional[Path]:
-    """`latest_checkpoint` on one listing of the step directories, looked at newest first."""
-    for _, p in reversed(steps):
-        if not (p / "position.json").exists():
-            # Newer than any checkpoint of the run found so far, and whose it is cannot be told:
-            # it may be the run's newest, so it is refused rather than passed over.
-            raise _damaged(p)
-        if run_id is None or read_position(p).run_id == run_id:
-            return p
-    return None
-
-
-def latest_checkpoint(ckpt_root: str, run_id: Optional[str] = None) -> Optional[Path]:
-    """The newest complete checkpoint under ``ckpt_root`` (of run ``run_id`` when given), or None.
-
-    A step directory appears only once whole (saved under ``.tmp``, then renamed), so a newest
-    step directory without a position.json, or with an unreadable one, is damage, not a crash
-    mid-save: `CheckpointError` naming it, instead of silently resuming from an older checkpoint.
-    Only the step directories from the newest down to the checkpoint returned are looked at: an
-    older damaged one (or one that pruning is deleting) does not stop the use of a newer one.
-    ``.tmp`` directories (saves in progress or killed) are never looked at.
-    """
-    root = Path(ckpt_root)
-    for attempt in range(3):
-        steps = step_dirs(root)
-        try:
-            return _newest(steps, run_id)
-        except CheckpointError:
-            # A save that finished meanwhile may have pruned the directory taken for the newest (one
-            # checkpoint kept): damage only if the listing still stands.
-            if attempt == 2 or step_dirs(root) == steps:
-                raise
-    raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-def checkpoint_to_resume(ckpt_root: str, run_id: Optional[str]) -> Optional[Path]:
-    """The checkpoint a resume continues from: the newest of run ``run_id`` (run.json's), else the
-    newest of any run (no run.json, or one written before run ids; a checkpoint of another run left
-    behind is then the one found, as before run ids existed)."""
-    return (latest_checkpoint(ckpt_root, run_id=run_id) if run_id else None) or latest_checkpoint(ckpt_root)
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _multi_rank() -> bool:
-    return dist.is_initialized() and dist.get_world_size() > 1
-
-
-def from_main_rank(value: T) -> T:
-    """Rank 0's ``value`` (any picklable) on every rank, so all ranks act alike (raise the same error,
-    read the same checkpoint) and none hangs; collective where several ranks run."""
-    if not _multi_rank():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _local_parts(value: object) -> Iterator[torch.Tensor]:
-    """The tensors this rank holds of a state-dict value (ShardedTensor shards, DTensor local)."""
-    if hasattr(value, "local_shards"):  # ShardedTensor (a Tensor subclass: test it first)
-        for shard in value.local_shards():
-            yield shard.tensor
-    elif hasattr(value, "to_local"):  # DTensor
-        yield value.to_local()
-    elif isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _local_parts(v)
-
-
-def _all_finite(t: torch.Tensor, chunk: int = 1 << 24) -> bool:
-    """In chunks: a whole-table isfinite mask would cost a byte per element (GBs at full scale)."""
-    flat = t.detach().reshape(-1)
-    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
-
-
-def _first_non_finite(state: Dict) -> Optional[str]:
-    """The first key of ``state`` (model, then optimizer) holding a NaN/Inf on this rank."""
-    for section in ("model", "optim"):
-        entries = state.get(section, {})
-        if section == "optim":
-            entries = entries.get("state", {})
-        for key, value in entries.items():
-            for t in _local_parts(value):
-                if t.is_floating_point() and not _all_finite(t):
-                    return f"{section}.{key}" if section == "optim" else key
-    return None
-
-
-def _first_non_finite_of_any_rank(state: Dict) -> Optional[str]:
-    """Collective: the first key holding a NaN/Inf on the lowest rank that has one, or None."""
-    bad = _first_non_finite(state)
-    found: List[Optional[str]] = [bad]
-    if _multi_rank():
-        found = [None] * dist.get_world_size()
-        dist.all_gather_object(found, bad)
-    return next((b for b in found if b), None)
-
-
-def _check_finite(state: Dict, step: int) -> None:
-    """Collective: refuse to save when any rank holds a non-finite value; name the first one."""
-    first = _first_non_finite_of_any_rank(state)
-    if first:
-        raise NonFiniteError(f"step {step}: parameter {first!r} holds NaN/Inf - not writing a checkpoint "
-                             "(the last good checkpoint is kept); lower the learning rate or check the data")
 
 
 def _state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], skip: Callable[[str], bool]) -> Dict:
@@ -282,7 +92,7 @@ def save_checkpoint(
     final = root / f"step-{position.step:08d}"
     tmp = root / f"step-{position.step:08d}.tmp"
     state = _state(model, optimizer, skip)
-    _check_finite(state, position.step)
+    check_finite(state, position.step)
     with interrupts_deferred():  # Ctrl-C / SIGTERM: the save finishes first (a run stopped there resumes from it)
         _save(root, final, tmp, state, position, keep, model_spec)
     return final
@@ -291,29 +101,29 @@ def save_checkpoint(
 def _save(root: Path, final: Path, tmp: Path, state: Dict, position: Position, keep: int,
           model_spec: Optional[Dict[str, Any]]) -> None:
     """`save_checkpoint`'s writes: staged in ``tmp``, renamed to ``final``, older ones pruned."""
-    if _rank() == 0:
+    if this_rank() == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-    _barrier()
+    barrier()
     # A refused write (a full disk) reached the user as DCP's "unexpected pos" under a load's
     # words ("does not fit this model"), or as torch.save's traceback: said as what it is.
     try:
         dcp.save(state, checkpoint_id=str(tmp))
-        write_binary(tmp / f"rng-{_rank()}.pt", lambda f: torch.save(torch.get_rng_state(), f))
+        write_binary(tmp / f"rng-{this_rank()}.pt", lambda f: torch.save(torch.get_rng_state(), f))
     except CheckpointException as e:  # raised on every rank: DCP gathers each rank's failures
-        raise _write_refused(tmp, _failure_summary(e)) from None
+        raise write_refused(tmp, failure_summary(e)) from None
     except OSError as e:
-        raise _write_refused(tmp, " ".join(str(e).split())) from None
-    _barrier()
-    if _rank() == 0:
+        raise write_refused(tmp, " ".join(str(e).split())) from None
+    barrier()
+    if this_rank() == 0:
         try:
             (tmp / "position.json").write_text(json.dumps(asdict(position), indent=2))
             if model_spec is not None:
                 (tmp / MODEL_RECORD).write_text(json.dumps(model_spec, indent=2))
             digest = write_manifest(tmp)  # last: it covers every file above (all ranks' shards)
         except OSError as e:
-            raise _write_refused(tmp, " ".join(str(e).split())) from None
+            raise write_refused(tmp, " ".join(str(e).split())) from None
         replaced = root / f"step-{position.step:08d}.replaced"
         if final.exists():  # a save of a step saved before (a resume): renamed aside, then deleted, so
             # a kill during the (slow) delete leaves a whole checkpoint under the step's name, not a half one
@@ -323,7 +133,7 @@ def _save(root: Path, final: Path, tmp: Path, state: Dict, position: Position, k
         shutil.rmtree(replaced, ignore_errors=True)
         logger.info("checkpoint %s (sha256 %s)", final, digest)
         _prune(root, keep, position.run_id)
-    _barrier()
+    barrier()
 
 
 def _prune(root: Path, keep: int, run_id: str) -> None:
@@ -332,7 +142,7 @@ def _prune(root: Path, keep: int, run_id: str) -> None:
     Another run's checkpoint is never deleted (a run directory belongs to one run, see
     run_dir.py; this is the second line of defence).
     """
-    mine = [p for _, p in complete_steps(root) if _run_id_of(p) == run_id]
+    mine = [p for _, p in complete_steps(root) if run_id_of(p) == run_id]
     for p in mine[:-keep] if keep > 0 else []:
         # Renamed aside, then deleted: an evaluation or export reading it meanwhile finds its name gone at
         # once (and reads the run's newest instead), not a directory losing its files one by one.
@@ -375,7 +185,7 @@ def load_checkpoint(
     BaseException, so it is turned into one here.
     """
     err: Optional[str] = None
-    if _rank() == 0:
+    if this_rank() == 0:
         try:
             verify(path, expect_sha256)
         except IntegrityError as e:
@@ -391,20 +201,20 @@ def load_checkpoint(
         dcp.load(state, checkpoint_id=str(path))
     except CheckpointException as e:
         raise CheckpointError(f"{path}: {describe_load_failure(e)}") from None
-    except _UNREADABLE as e:
-        raise CheckpointError(f"{path}: {_DAMAGED}: {_one_line(e)}") from None
+    except UNREADABLE as e:
+        raise CheckpointError(f"{path}: {DAMAGED}: {one_line(e)}") from None
     except (RuntimeError, ValueError, KeyError, OSError) as e:
-        what = _DAMAGED if _DAMAGED_ZIP in str(e) else "does not fit this model"
-        raise CheckpointError(f"{path}: {what}: {_one_line(e)}") from None
+        what = DAMAGED if DAMAGED_ZIP in str(e) else "does not fit this model"
+        raise CheckpointError(f"{path}: {what}: {one_line(e)}") from None
     # DCP casts a saved tensor to the model's dtype without a word: an int64 or float64 tensor where training saves
     # fp32 (a file from elsewhere, re-sealed) loaded as other weights than it holds.
     foreign = _foreign_dtype(Path(path), state["model"])
     if foreign:
         raise CheckpointError(f"{path}: {foreign}; not a checkpoint of this model")
-    # Training never saves a NaN/Inf (`_check_finite`), so one here was written into a file that still matches
+    # Training never saves a NaN/Inf (`check_finite`), so one here was written into a file that still matches
     # its manifest (re-sealed): loaded, it made `rank` and `evaluate` fail on NaN scores with a traceback, or a
     # resumed run train on it. One pass over the loaded values, as the save makes.
-    bad = _first_non_finite_of_any_rank(state)
+    bad = first_non_finite_of_any_rank(state)
     if bad:
         raise CheckpointError(f"{path}: {bad!r} holds NaN/Inf, which training never saves (the checkpoint was "
                               "altered after it was written); use another checkpoint, e.g. an earlier step")
@@ -424,7 +234,7 @@ def load_checkpoint(
         from muse_rec.distributed.fused_step_count import set_fused_optimizer_step
 
         set_fused_optimizer_step(model, position.step)
-    rng = Path(path) / f"rng-{_rank()}.pt"
+    rng = Path(path) / f"rng-{this_rank()}.pt"
     bad_rng: Optional[str] = None
     if rng.exists() and position.world_size == (dist.get_world_size() if dist.is_initialized() else 1):
         try:
@@ -434,8 +244,8 @@ def load_checkpoint(
             torch.set_rng_state(state)
         # Bytes that are no pickle at all make torch's weights-only unpickler fail inside itself: a missing memo
         # entry (KeyError), an empty stack (IndexError) or a short file (EOFError), besides UnpicklingError.
-        except (RuntimeError, TypeError, ValueError, LookupError, *_UNREADABLE) as e:
-            bad_rng = f"{rng}: not a torch RNG state ({_one_line(e)})"
+        except (RuntimeError, TypeError, ValueError, LookupError, *UNREADABLE) as e:
+            bad_rng = f"{rng}: not a torch RNG state ({one_line(e)})"
     # Each rank reads only its own rng-<rank>.pt: one rank's damaged file raised on that rank alone, while
     # the others rewrote the run record for the resume and trained into a collective it never joined.
     bad_rng = next((b for b in all_gather_objects(bad_rng) if b), None)
@@ -453,33 +263,3 @@ def _foreign_dtype(path: Path, model_state: Dict) -> Optional[str]:
         if dtype is not None and isinstance(value, torch.Tensor) and value.dtype != dtype:
             return f"{key!r} is saved as {dtype}, the model holds {value.dtype}"
     return None
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:600]}"
-
-
-def _failure_summary(e: CheckpointException) -> str:
-    """DCP's per-rank failures, one line (its str() is a multi-line traceback dump)."""
-    msgs = sorted({_one_line(exc) for exc, _ in e.failures.values()})
-    return "; ".join(msgs) if msgs else "unknown failure"
-
-
-# What reading a damaged file raises (a truncated pickle or tensor file); DCP's reader reports an
-# unreadable .metadata as "metadata is None". Such files match their SHA-256 manifest only when they
-# were written damaged (or the manifest was rewritten): the checkpoint is unusable, not a misfit.
-_UNREADABLE = (EOFError, pickle.UnpicklingError)
-_DAMAGED = "damaged, its files cannot be read (use another checkpoint, e.g. an earlier step)"
-# What torch's zip reader raises (a RuntimeError) for a .distcp cut short at most lengths: the message
-# blamed the model ("does not fit this model"), as if the spec were wrong.
-_DAMAGED_ZIP = "PytorchStreamReader failed"
-
-
-def describe_load_failure(e: CheckpointException) -> str:
-    """One line for a failed `dcp.load`: damaged files, or a checkpoint of another model."""
-    failures = [exc for exc, _ in e.failures.values()]
-    if any(isinstance(exc, _UNREADABLE) or "metadata is None" in str(exc) or _DAMAGED_ZIP in str(exc)
-           for exc in failures):
-        return f"{_DAMAGED}: {_failure_summary(e)}"
-    return f"does not fit this model: {_failure_summary(e)}"

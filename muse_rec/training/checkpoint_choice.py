@@ -18,9 +18,11 @@ import torch
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
 from muse_rec.spec import Spec
-from muse_rec.training.checkpoint import (CheckpointError, Position, from_main_rank, latest_checkpoint,
-                                         load_checkpoint)
+from muse_rec.training.checkpoint import load_checkpoint
+from muse_rec.training.checkpoint_latest import latest_checkpoint
 from muse_rec.training.checkpoint_names import named_checkpoint_problem
+from muse_rec.training.checkpoint_position import CheckpointError, Position
+from muse_rec.training.ranks import from_main_rank
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_model_settings, check_run_compat,
                                           read_run_json)
 

@@ -21,8 +21,10 @@ from muse_rec.distributed.env import DistEnv, init_distributed, restart_count, s
 from muse_rec.lifetime import torchrun_job
 from muse_rec.quiet import quiet_known_warnings
 from muse_rec.spec import Spec
-from muse_rec.training.checkpoint import (Position, checkpoint_to_resume, from_main_rank, load_checkpoint,
-                                         read_position)
+from muse_rec.training.checkpoint import load_checkpoint
+from muse_rec.training.checkpoint_latest import checkpoint_to_resume
+from muse_rec.training.checkpoint_position import Position, read_position
+from muse_rec.training.ranks import from_main_rank
 from muse_rec.training.results import rank_memory
 from muse_rec.training.run_dir import (RunDirError, RunDirLock, claim_run_dir, given_back_on_error, new_run_id,
                                        previous_contents, used_run_dir_message)

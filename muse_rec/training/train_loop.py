@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Optional, Tuple
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv, restart_count, scheduler_retry_count
 from muse_rec.spec import Spec
-from muse_rec.training.checkpoint import Position, save_checkpoint
+from muse_rec.training.checkpoint import save_checkpoint
+from muse_rec.training.checkpoint_position import Position
 from muse_rec.training.progress import LossMonitor, NonFiniteLoss, ProgressLog
 from muse_rec.training.run_record import RunError
 

@@ -207,7 +207,7 @@ def test_each_epoch_of_a_seeded_shuffle_reads_a_new_order_and_a_resume_the_same(
     differ in order while each holds every sample once; a resume inside epoch 1 continues its order; and
     no seed is file order every epoch."""
     from muse_rec.spec import load_spec
-    from muse_rec.training.checkpoint import Position
+    from muse_rec.training.checkpoint_position import Position
     from muse_rec.training.train_loop import epoch_loader
     from tests.conftest import REPO
 

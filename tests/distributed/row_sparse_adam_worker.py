@@ -202,7 +202,8 @@ def run_case(env: DistEnv, sharding: str, steps: int = 4, save_to: str = "",
                     report["mismatch"][f"{key}:{what}"] = bad.tolist()  # type: ignore[index]
     report["ref_step"] = int(ref_state[SEQ_KEY]["step"])
     if save_to:
-        from muse_rec.training.checkpoint import Position, save_checkpoint
+        from muse_rec.training.checkpoint import save_checkpoint
+        from muse_rec.training.checkpoint_position import Position
 
         report["checkpoint"] = str(save_checkpoint(str(Path(save_to) / "ckpt"), dmp, opt, Position(step=steps,
                                                                                              world_size=env.world_size)))

@@ -55,7 +55,8 @@ def test_a_loaded_checkpoint_gives_fbgemm_its_step_back(env, tmp_path):
     and Adam's bias correction would start over. Loading with an optimizer (a resume) sets it from the
     checkpoint's position; loading for evaluation (no optimizer) leaves it."""
     from muse_rec.distributed.model_parallel import combined_optimizer
-    from muse_rec.training.checkpoint import Position, load_checkpoint, save_checkpoint
+    from muse_rec.training.checkpoint import load_checkpoint, save_checkpoint
+    from muse_rec.training.checkpoint_position import Position
 
     def sharded():
         model = Tables(torch.device("meta"))

@@ -169,7 +169,8 @@ def test_checkpoint_round_trip_continues_identically(env, tmp_path: Path) -> Non
     """The project's DCP checkpoint saves RowSparseAdam's moments and step; a fresh model
     loaded from it trains on exactly as the uninterrupted one (and not without the state)."""
     from muse_rec.distributed.model_parallel import combined_optimizer, shard_model
-    from muse_rec.training.checkpoint import Position, load_checkpoint, save_checkpoint
+    from muse_rec.training.checkpoint import load_checkpoint, save_checkpoint
+    from muse_rec.training.checkpoint_position import Position
     from tests.distributed.row_sparse_adam_worker import Tables, sharded_step
 
     def fresh(seed: int):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from muse_rec.training.checkpoint import CheckpointError, Position, load_checkpoint, save_checkpoint
+from muse_rec.training.checkpoint import load_checkpoint, save_checkpoint
+from muse_rec.training.checkpoint_position import CheckpointError, Position
 
 
 class _Tiny(torch.nn.Module):

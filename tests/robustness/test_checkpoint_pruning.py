@@ -18,7 +18,7 @@ def _steps(run: Path):
 
 def test_export_reads_the_runs_newest_checkpoint_when_its_choice_is_pruned_meanwhile(trained, tmp_path, monkeypatch):
     import muse_rec.serving.export as export
-    from muse_rec.training.checkpoint import CheckpointError
+    from muse_rec.training.checkpoint_position import CheckpointError
     from muse_rec.training.run_record import RunError
 
     runs = trained.copy_run(tmp_path / "runs")
@@ -73,6 +73,8 @@ def test_ctrl_c_during_a_checkpoint_save_takes_effect_once_the_save_is_whole(tmp
     import torch
 
     from muse_rec.training import checkpoint as C
+    from muse_rec.training.checkpoint_latest import latest_checkpoint
+    from muse_rec.training.checkpoint_position import Position
 
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:
@@ -90,8 +92,8 @@ def test_ctrl_c_during_a_checkpoint_save_takes_effect_once_the_save_is_whole(tmp
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever the runner set
     try:
         with pytest.raises(KeyboardInterrupt):
-            C.save_checkpoint(str(root), Tiny(), None, C.Position(step=1, run_id="r"))
+            C.save_checkpoint(str(root), Tiny(), None, Position(step=1, run_id="r"))
     finally:
         signal.signal(signal.SIGINT, previous)
     assert sorted(p.name for p in root.iterdir()) == ["step-00000001"]  # whole, under its final name
-    assert C.latest_checkpoint(str(root), run_id="r") == root / "step-00000001"
+    assert latest_checkpoint(str(root), run_id="r") == root / "step-00000001"

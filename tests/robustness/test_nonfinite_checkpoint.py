@@ -4,7 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from muse_rec.training.checkpoint import NonFiniteError, Position, latest_checkpoint, save_checkpoint
+from muse_rec.training.checkpoint import save_checkpoint
+from muse_rec.training.checkpoint_finite import NonFiniteError
+from muse_rec.training.checkpoint_latest import latest_checkpoint
+from muse_rec.training.checkpoint_position import Position
 
 
 class _Tiny(torch.nn.Module):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from muse_rec.training import checkpoint
-from muse_rec.training.checkpoint import CheckpointError, Position, load_checkpoint, save_checkpoint
+from muse_rec.training.checkpoint import load_checkpoint, save_checkpoint
+from muse_rec.training.checkpoint_position import CheckpointError, Position
 
 
 class _Tiny(torch.nn.Module):
@@ -21,7 +22,7 @@ class _Tiny(torch.nn.Module):
 def _sealed_with(monkeypatch, root, model, opt=None):
     """A checkpoint of ``model`` written as training writes it, but past the save's finiteness check."""
     with monkeypatch.context() as m:
-        m.setattr(checkpoint, "_check_finite", lambda state, step: None)
+        m.setattr(checkpoint, "check_finite", lambda state, step: None)
         return save_checkpoint(str(root), model, opt, Position(step=1, run_id="r"))
 
 

@@ -13,7 +13,7 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save, torch_save_to_dcp
 
 from muse_rec.integrity import write_manifest
-from muse_rec.training.checkpoint import latest_checkpoint
+from muse_rec.training.checkpoint_latest import latest_checkpoint
 from tests.robustness.conftest import SPEC, assert_bad_input, cli
 
 # The largest fp32 magnitudes are ~3.4e38: a sum of two such products of one sign is inf, and inf of both

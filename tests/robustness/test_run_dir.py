@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from muse_rec.training.checkpoint import Position, latest_checkpoint, read_position, save_checkpoint
+from muse_rec.training.checkpoint import save_checkpoint
+from muse_rec.training.checkpoint_latest import latest_checkpoint
+from muse_rec.training.checkpoint_position import Position, read_position
 from muse_rec.training.run_dir import LOCK_FILE, RunDirLock
 from tests.robustness.conftest import SPEC, assert_bad_input, cli, sets, snapshot
 

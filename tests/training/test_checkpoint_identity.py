@@ -131,7 +131,7 @@ def test_a_checkpoint_deleted_while_it_is_read_is_replaced_by_the_runs_newest(ru
     # A copy of seed0 as a run still training: while its newest checkpoint is read, a save lands (a newer
     # step) and prunes the one being read.
     import muse_rec.training.checkpoint_choice as choice
-    from muse_rec.training.checkpoint import CheckpointError
+    from muse_rec.training.checkpoint_position import CheckpointError
     from muse_rec.training.run_record import RunError
     from muse_rec.training.trainer import evaluate_checkpoint
 

@@ -248,7 +248,8 @@ def test_the_newest_checkpoint_without_position_json_is_refused_not_passed_over(
     """A step directory gets its final name only once whole (it is written as .tmp), so the newest one
     without position.json is damage: `evaluate`, `train --resume`, `export` and `rank` silently used the
     older checkpoint. Now a CheckpointError (exit 2) naming the file and how to go on."""
-    from muse_rec.training.checkpoint import CheckpointError, latest_checkpoint
+    from muse_rec.training.checkpoint_latest import latest_checkpoint
+    from muse_rec.training.checkpoint_position import CheckpointError
 
     root = tmp_path / "checkpoints"
     _step_dir(root, 2)
@@ -264,7 +265,7 @@ def test_the_newest_checkpoint_without_position_json_is_refused_not_passed_over(
 def test_staging_and_older_damaged_step_directories_do_not_stop_the_newest(tmp_path, run_id):
     """.tmp directories (saves in progress or killed), other names, and a damaged (or being pruned)
     directory older than the newest checkpoint are not in the way; steps order by number."""
-    from muse_rec.training.checkpoint import latest_checkpoint
+    from muse_rec.training.checkpoint_latest import latest_checkpoint
 
     root = tmp_path / "checkpoints"
     _step_dir(root, 3, position=False)
@@ -280,20 +281,22 @@ def test_staging_and_older_damaged_step_directories_do_not_stop_the_newest(tmp_p
 def test_a_checkpoint_pruned_while_it_is_looked_up_is_not_called_damaged(tmp_path, monkeypatch):
     """With one checkpoint kept, a save that finishes during the look-up renames step 6 in and deletes
     step 4 (position.json may go first): the look-up lists again and takes step 6."""
-    from muse_rec.training import checkpoint
+    from muse_rec.training import checkpoint_latest
 
     root = tmp_path / "checkpoints"
     newest = _step_dir(root, 6)
     listings = [[(4, root / "step-00000004")]]  # what was listed before the save finished
-    real = checkpoint.step_dirs
-    monkeypatch.setattr(checkpoint, "step_dirs", lambda r: listings.pop() if listings else real(r))
-    assert checkpoint.latest_checkpoint(str(root)) == newest
+    real = checkpoint_latest.step_dirs
+    monkeypatch.setattr(checkpoint_latest, "step_dirs", lambda r: listings.pop() if listings else real(r))
+    assert checkpoint_latest.latest_checkpoint(str(root)) == newest
 
 
 def test_pruning_keeps_a_damaged_step_directory_and_resumes_from_the_newest(tmp_path):
     """A damaged directory (no position.json: whose run it is cannot be told) is never pruned; once a
     newer checkpoint exists it is passed over (it is not the newest)."""
-    from muse_rec.training.checkpoint import Position, latest_checkpoint, save_checkpoint
+    from muse_rec.training.checkpoint import save_checkpoint
+    from muse_rec.training.checkpoint_latest import latest_checkpoint
+    from muse_rec.training.checkpoint_position import Position
 
     root = tmp_path / "checkpoints"
     model = torch.nn.Linear(2, 1)
@@ -312,7 +315,9 @@ def test_a_save_killed_while_deleting_the_step_it_replaces_leaves_a_whole_checkp
     new one in: a kill during the delete left the step half-deleted, the newest checkpoint refused as
     damaged. The old directory is now renamed aside first and deleted after the new one is in place."""
     from muse_rec.training import checkpoint
-    from muse_rec.training.checkpoint import Position, latest_checkpoint, save_checkpoint
+    from muse_rec.training.checkpoint import save_checkpoint
+    from muse_rec.training.checkpoint_latest import latest_checkpoint
+    from muse_rec.training.checkpoint_position import Position
 
     root = tmp_path / "checkpoints"
     model = torch.nn.Linear(2, 1)

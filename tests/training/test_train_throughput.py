@@ -5,7 +5,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from muse_rec.data.loader import make_loader
 from muse_rec.data.prepared import PreparedData
-from muse_rec.training.checkpoint import latest_checkpoint, read_position
+from muse_rec.training.checkpoint_latest import latest_checkpoint
+from muse_rec.training.checkpoint_position import read_position
 from tests.training.conftest import metrics, run_ranks, train_args
 
 
