@@ -35,7 +35,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from muse_rec.modules.running_topk import RunningTopK, native_library, torch_running_topk
+from muse_rec.modules.native_kernels import native_library
+from muse_rec.modules.running_topk import RunningTopK, torch_running_topk
 from muse_rec.modules.selection import cosine_selection_scores
 
 # Default number of key rows converted to fp32 at once: 2048 x 128 x 4 B = 1 MiB (an L2).

@@ -27,7 +27,7 @@ from muse_rec.modules.cosine import (
     grouped_cosine_topk,
     reference_cosine,
 )
-from muse_rec.modules.running_topk import topk_lowest_position_first
+from muse_rec.modules.ordered_topk import topk_lowest_position_first
 from muse_rec.modules.shared_keys_cosine import shared_keys_cosine_topk
 from muse_rec.modules.search import SearchInputs, history_cosine, history_dot
 from muse_rec.modules.selection import (

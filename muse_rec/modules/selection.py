@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from muse_rec.modules.running_topk import topk_lowest_position_first
+from muse_rec.modules.ordered_topk import topk_lowest_position_first
 
 # Sentinels of the cosine selection score (real cosines lie in [-1, 1]).
 NO_VECTOR_SCORE: float = -1.1  # the reference's value for "no cosine" (the floors' score of a missing vector)

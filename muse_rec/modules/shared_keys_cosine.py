@@ -33,13 +33,9 @@ from muse_rec.modules.cosine import (
     finish_cosine,
     rows_as_fp32,
 )
-from muse_rec.modules.running_topk import (
-    RunningTopK,
-    int8_gathered_dots,
-    int8_unit_rows_bf16,
-    native_library,
-    torch_running_topk,
-)
+from muse_rec.modules.int8_kernels import int8_gathered_dots, int8_unit_rows_bf16
+from muse_rec.modules.native_kernels import native_library
+from muse_rec.modules.running_topk import RunningTopK, torch_running_topk
 from muse_rec.modules.selection import cosine_selection_scores
 
 _BF16_U: float = 2.0 ** -8  # bf16 unit roundoff (8 significant bits)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from muse_rec.modules import cosine as C
-from muse_rec.modules import running_topk as RT
 from muse_rec.modules import shared_keys_cosine as SK
 from muse_rec.modules.cosine import (
     INT8_COSINE_BOUND,
@@ -26,10 +25,11 @@ from muse_rec.modules.shared_keys_cosine import (
     static_shared_keys_cosine_topk,
 )
 from muse_rec.modules.gsu import reference_cosine_topk
+from muse_rec.modules.native_kernels import native_library
 from muse_rec.modules.selection import cosine_selection_scores, decode_cosine_selection
 
 D = 128
-needs_native = pytest.mark.skipif(RT.native_library() is None, reason="no C compiler for the native top-K")
+needs_native = pytest.mark.skipif(native_library() is None, reason="no C compiler for the native top-K")
 
 
 def int8_scl(*shape: int, gen: torch.Generator) -> torch.Tensor:
@@ -103,7 +103,7 @@ def test_grouped_cosine_within_int8_bound(L, chunk_rows):
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("L,chunk", [(300, 64), (90, 4096)])
 def test_grouped_cosine_topk_matches_reference(native, L, chunk, monkeypatch):
-    if native and RT.native_library() is None:
+    if native and native_library() is None:
         pytest.skip("no native top-K")
     if not native:
         monkeypatch.setattr(C, "native_library", lambda: None)
@@ -246,7 +246,7 @@ def test_every_path_keeps_the_same_positions_among_tied_cosines(chunk):
     assert torch.equal(train_vals, static_vals) and torch.equal(train_idx, static_idx)
     assert torch.equal(train_idx[0], copies[:K])  # cosine 1 at every copy: the K lowest positions
     assert torch.equal(train_idx[1], (copies[::2] + 1)[:K])
-    if RT.native_library() is not None:
+    if native_library() is not None:
         cert_vals, cert_idx = certified_shared_keys_cosine_topk(query, keys, mask, K, chunk)
         assert torch.equal(cert_vals, train_vals) and torch.equal(cert_idx, train_idx)
 

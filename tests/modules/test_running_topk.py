@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from muse_rec.modules import ordered_topk as OT
 from muse_rec.modules import running_topk as RT
+from muse_rec.modules.native_kernels import native_library
 
-pytestmark = pytest.mark.skipif(RT.native_library() is None, reason="no C compiler for the native top-K")
+pytestmark = pytest.mark.skipif(native_library() is None, reason="no C compiler for the native top-K")
 
 
 def stream(scores: torch.Tensor, chunk: int):
@@ -78,7 +80,7 @@ def test_lowest_position_first_orders_negative_values_and_zeros_as_floats():
     scores = pool[torch.randint(0, pool.numel(), (16, 300), generator=gen)]
     ref_v, ref_j = torch.sort(scores, dim=1, descending=True, stable=True)
     for k in (1, 7, 150, 300):
-        v, j = RT.topk_lowest_position_first(scores, k)
+        v, j = OT.topk_lowest_position_first(scores, k)
         assert torch.equal(j, ref_j[:, :k]) and torch.equal(v, ref_v[:, :k])
 
 
@@ -91,7 +93,7 @@ def test_wide_rows_pick_the_same_columns_as_a_stable_sort(cols, k):
     for scores in (pool[torch.randint(0, pool.numel(), (12, cols), generator=gen)],
                    torch.randint(0, 3, (12, cols), generator=gen).float(), torch.randn(12, cols, generator=gen)):
         ref_v, ref_j = torch.sort(scores, dim=1, descending=True, stable=True)
-        v, j = RT.topk_lowest_position_first(scores, k)
+        v, j = OT.topk_lowest_position_first(scores, k)
         assert torch.equal(j, ref_j[:, :k])
         assert torch.equal(v.view(torch.int32), ref_v[:, :k].view(torch.int32))
 
@@ -104,13 +106,13 @@ def test_the_exported_top_k_keys_a_fraction_of_a_wide_row():
 
     class TopK(torch.nn.Module):
         def forward(self, scores: torch.Tensor):
-            return RT.topk_lowest_position_first(scores, k)
+            return OT.topk_lowest_position_first(scores, k)
 
     program = torch.export.export(TopK(), (torch.randn(4, cols),))
     widths = [n.args[0].meta["val"].shape[-1] for n in program.graph.nodes
               if n.op == "call_function" and n.target is torch.ops.aten.topk.default]
     # What the block pre-selection keys: the block maxima, then the picked blocks' columns.
-    assert widths and sum(widths) <= cols // RT.TOPK_BLOCK + k * RT.TOPK_BLOCK, widths
+    assert widths and sum(widths) <= cols // OT.TOPK_BLOCK + k * OT.TOPK_BLOCK, widths
 
 
 def test_bad_input():
