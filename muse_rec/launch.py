@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Collection, Dict, List, Optional, Sequence
 
 
 from muse_rec.distributed import MAX_PLAN_RANKS
-from muse_rec.spec.load import YAMLTextError, parse_yaml
+from muse_rec.spec.yaml_text import YAMLTextError, parse_yaml
 
 if TYPE_CHECKING:  # for annotations only: torchx is imported where it is used, as in build_app
     from torchx.specs import AppDef, Role

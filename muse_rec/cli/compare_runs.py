@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from muse_rec.json_files import refuse_special_file
 from muse_rec.metrics.floor_options import model_reads
-from muse_rec.spec.load import TOO_DEEP
+from muse_rec.spec.yaml_text import TOO_DEEP
 
 
 # A run directory's spec.yaml and run.json as compare read them (a spec.yaml: None without the file; a run.json:
@@ -160,7 +160,7 @@ def spec_doc(run_dir: Path, files_read: RunFiles) -> Optional[Dict]:
     replaced in between (a run started again in that directory) grouped the run as one spec and
     judged it by the floors of another's data. None without the file; ValueError naming the file
     when it is not a spec."""
-    from muse_rec.spec.load import parse_yaml
+    from muse_rec.spec.yaml_text import parse_yaml
 
     f = run_dir / "spec.yaml"
     key = f.resolve()

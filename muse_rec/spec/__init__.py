@@ -11,8 +11,9 @@ Example::
     spec = load_spec("specs/muse.yaml", overrides=["train.batch_size=256"])
     spec.model.gsu.top_k  # 50
 
-`schema` holds the dataclasses (what a key may hold, its default); `load` reads, merges, overrides
-and checks a file against them.
+`schema` holds the dataclasses (what a key may hold, its default); `load` reads, merges and overrides
+a file, `coerce` types it into the dataclasses and `value_checks` checks what types cannot express;
+`yaml_text` parses every YAML file of the project.
 """
 from __future__ import annotations
 

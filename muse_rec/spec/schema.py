@@ -1,7 +1,8 @@
 """The run spec's schema: one dataclass per section, each field a key of the YAML file.
 
 Defaults are the paper's reference settings (MUSE.md) unless a comment says why not. Loading,
-``extends:``, ``--set`` overrides and validation are `muse_rec.spec.load`.
+``extends:`` and ``--set`` overrides are `muse_rec.spec.load`; validation, `muse_rec.spec.coerce`
+(types) and `muse_rec.spec.value_checks` (values).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from muse_rec.data.epochs import resume_batch, steps_per_epoch
 from muse_rec.data.prepared import PreparedData
 from muse_rec.json_files import read_json_object, refuse_special_file
 from muse_rec.spec import Spec, model_settings, training_settings
-from muse_rec.spec.load import parse_yaml
+from muse_rec.spec.yaml_text import parse_yaml
 from muse_rec.training.checkpoint_latest import checkpoint_to_resume
 from muse_rec.training.checkpoint_position import MODEL_RECORD, Position, read_position
 
