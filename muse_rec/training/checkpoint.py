@@ -48,16 +48,21 @@ from torch.distributed.checkpoint.api import CheckpointException
 from muse_rec.data.files import write_binary
 from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.lifetime import interrupts_deferred
-from muse_rec.metrics.gather import all_gather_objects
+from muse_rec.metrics.gather import all_gather_objects, broadcast_from_root, rank_and_world
 from muse_rec.training.checkpoint_failures import (DAMAGED, DAMAGED_ZIP, UNREADABLE, describe_load_failure,
                                                    failure_summary, one_line, write_refused)
 from muse_rec.training.checkpoint_finite import check_finite, first_non_finite_of_any_rank
 from muse_rec.training.checkpoint_latest import run_id_of
 from muse_rec.training.checkpoint_names import complete_steps
 from muse_rec.training.checkpoint_position import MODEL_RECORD, CheckpointError, Position, read_position
-from muse_rec.training.ranks import barrier, from_main_rank, this_rank
 
 logger = logging.getLogger(__name__)
+
+
+def _barrier() -> None:
+    """Every rank waits for all; nothing without an initialised process group."""
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def _state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], skip: Callable[[str], bool]) -> Dict:
@@ -101,22 +106,23 @@ def save_checkpoint(
 def _save(root: Path, final: Path, tmp: Path, state: Dict, position: Position, keep: int,
           model_spec: Optional[Dict[str, Any]]) -> None:
     """`save_checkpoint`'s writes: staged in ``tmp``, renamed to ``final``, older ones pruned."""
-    if this_rank() == 0:
+    rank = rank_and_world()[0]
+    if rank == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-    barrier()
+    _barrier()
     # A refused write (a full disk) reached the user as DCP's "unexpected pos" under a load's
     # words ("does not fit this model"), or as torch.save's traceback: said as what it is.
     try:
         dcp.save(state, checkpoint_id=str(tmp))
-        write_binary(tmp / f"rng-{this_rank()}.pt", lambda f: torch.save(torch.get_rng_state(), f))
+        write_binary(tmp / f"rng-{rank}.pt", lambda f: torch.save(torch.get_rng_state(), f))
     except CheckpointException as e:  # raised on every rank: DCP gathers each rank's failures
         raise write_refused(tmp, failure_summary(e)) from None
     except OSError as e:
         raise write_refused(tmp, " ".join(str(e).split())) from None
-    barrier()
-    if this_rank() == 0:
+    _barrier()
+    if rank == 0:
         try:
             (tmp / "position.json").write_text(json.dumps(asdict(position), indent=2))
             if model_spec is not None:
@@ -133,7 +139,7 @@ def _save(root: Path, final: Path, tmp: Path, state: Dict, position: Position, k
         shutil.rmtree(replaced, ignore_errors=True)
         logger.info("checkpoint %s (sha256 %s)", final, digest)
         _prune(root, keep, position.run_id)
-    barrier()
+    _barrier()
 
 
 def _prune(root: Path, keep: int, run_id: str) -> None:
@@ -185,12 +191,12 @@ def load_checkpoint(
     BaseException, so it is turned into one here.
     """
     err: Optional[str] = None
-    if this_rank() == 0:
+    if rank_and_world()[0] == 0:
         try:
             verify(path, expect_sha256)
         except IntegrityError as e:
             err = str(e)
-    err = from_main_rank(err)
+    err = broadcast_from_root(err)
     if err:
         raise CheckpointError(err)
     position = read_position(path)
@@ -234,9 +240,10 @@ def load_checkpoint(
         from muse_rec.distributed.fused_step_count import set_fused_optimizer_step
 
         set_fused_optimizer_step(model, position.step)
-    rng = Path(path) / f"rng-{this_rank()}.pt"
+    rank, world_size = rank_and_world()
+    rng = Path(path) / f"rng-{rank}.pt"
     bad_rng: Optional[str] = None
-    if rng.exists() and position.world_size == (dist.get_world_size() if dist.is_initialized() else 1):
+    if rng.exists() and position.world_size == world_size:
         try:
             state = torch.load(rng, weights_only=True)
             if not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.dim() == 1):

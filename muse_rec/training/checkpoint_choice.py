@@ -17,12 +17,12 @@ import torch
 
 from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
+from muse_rec.metrics.gather import broadcast_from_root
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import load_checkpoint
 from muse_rec.training.checkpoint_latest import latest_checkpoint
 from muse_rec.training.checkpoint_names import named_checkpoint_problem
 from muse_rec.training.checkpoint_position import CheckpointError, Position
-from muse_rec.training.ranks import from_main_rank
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_model_settings, check_run_compat,
                                           read_run_json)
 
@@ -35,7 +35,7 @@ DELETED_RETRIES = 3
 def _main_rank_choice(compute: Callable[[], Tuple[Optional[str], Optional[str]]], env: DistEnv) -> str:
     """Rank 0's ``(value, error)`` of ``compute`` on every rank: the value, or the error raised as
     `RunError` on every rank (none waits in a collective that rank 0 left)."""
-    value, error = from_main_rank(compute() if env.is_main else (None, None))
+    value, error = broadcast_from_root(compute() if env.is_main else (None, None))
     if error:
         raise RunError(error)
     return str(value)
@@ -75,7 +75,7 @@ def load_for_evaluation(ck: Path, spec: Spec, checkpoint: Optional[str], data: P
         try:
             return ck, load_checkpoint(ck, model, None, skip=skip, expect_sha256=expect_sha256)
         except (CheckpointError, OSError):
-            if not from_main_rank(not ck.exists() if env.is_main else False):  # rank 0's view: one answer for all
+            if not broadcast_from_root(not ck.exists() if env.is_main else False):  # rank 0's view: one answer for all
                 raise
             deleted_while_read(ck, checkpoint)
         ck = evaluation_checkpoint(spec, None, data, env, allow_data_mismatch)

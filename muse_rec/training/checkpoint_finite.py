@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import Dict, Iterator, List, Optional
 
 import torch
-import torch.distributed as dist
 
 from muse_rec.training.checkpoint_position import CheckpointError
-from muse_rec.training.ranks import multi_rank
+from muse_rec.metrics.gather import all_gather_objects
 
 
 class NonFiniteError(CheckpointError):
@@ -53,11 +52,7 @@ def _first_non_finite(state: Dict) -> Optional[str]:
 
 def first_non_finite_of_any_rank(state: Dict) -> Optional[str]:
     """Collective: the first key holding a NaN/Inf on the lowest rank that has one, or None."""
-    bad = _first_non_finite(state)
-    found: List[Optional[str]] = [bad]
-    if multi_rank():
-        found = [None] * dist.get_world_size()
-        dist.all_gather_object(found, bad)
+    found: List[Optional[str]] = all_gather_objects(_first_non_finite(state))
     return next((b for b in found if b), None)
 
 

@@ -19,12 +19,12 @@ import torch
 from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.distributed.env import DistEnv, init_distributed, restart_count, scheduler_retry_count
 from muse_rec.lifetime import torchrun_job
+from muse_rec.metrics.gather import broadcast_from_root
 from muse_rec.quiet import quiet_known_warnings
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import load_checkpoint
 from muse_rec.training.checkpoint_latest import checkpoint_to_resume
 from muse_rec.training.checkpoint_position import Position, read_position
-from muse_rec.training.ranks import from_main_rank
 from muse_rec.training.results import rank_memory
 from muse_rec.training.run_dir import (RunDirError, RunDirLock, claim_run_dir, given_back_on_error, new_run_id,
                                        previous_contents, used_run_dir_message)
@@ -238,7 +238,7 @@ def _refuse_used_dir_again(run_dir: Path, prev_run: Dict) -> None:
     # verdict: it wrote the job into run.json, and on another host a rank's job id can read otherwise.
     used = previous_contents(run_dir)
     refusal = used_run_dir_message(run_dir, used) if used and prev_run.get("job") != torchrun_job() else None
-    refusal = from_main_rank(refusal)
+    refusal = broadcast_from_root(refusal)
     if refusal:
         raise RunDirError(refusal)
 
