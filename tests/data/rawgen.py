@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from muse_rec.data import schema as S
 
@@ -84,6 +86,17 @@ def write_raw_release(root: str, n_train_users: int = 200, n_test_users: int = 6
 
     samples_table("train_samples", train_users)
     samples_table("test_samples", test_users)
+
+
+def prepare_small_release(root: Path, seed: int) -> Path:
+    """A 12-train-user release written to ``root/raw`` and prepared into ``root/out`` (small spill batches, so
+    the external sort's every step runs); returns ``root/out``. Its edge cases make prepare warn."""
+    from muse_rec.data.prepare import PrepareConfig, prepare
+
+    write_raw_release(str(root / "raw"), n_train_users=12, n_test_users=4, n_items=60, seed=seed)
+    with pytest.warns(UserWarning):
+        prepare(str(root / "raw"), str(root / "out"), PrepareConfig(batch_rows=40, partition_bits=2, progress=False))
+    return root / "out"
 
 
 def _rows(raw: str, name: str) -> List[dict]:

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData, PreparedDataError
-from tests.data.rawgen import write_raw_release
+from tests.data.rawgen import prepare_small_release
 
-CFG = PrepareConfig(batch_rows=40, partition_bits=2, progress=False)
 REL = "test/sample_user_keys.npy"  # int64 [N]: header "{'descr': '<i8', 'fortran_order': False, 'shape': (N,)}"
 # Each edit keeps the header's length, so the data offset and the file's size stay right.
 EDITS = [(b"{'descr'", b"{['descr"),  # tokenize.TokenError: EOF in multi-line statement
@@ -22,11 +20,7 @@ EDITS = [(b"{'descr'", b"{['descr"),  # tokenize.TokenError: EOF in multi-line s
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("npy_header")
-    write_raw_release(str(root / "raw"), n_train_users=12, n_test_users=4, n_items=60, seed=2)
-    with pytest.warns(UserWarning):
-        prepare(str(root / "raw"), str(root / "out"), CFG)
-    return root / "out"
+    return prepare_small_release(tmp_path_factory.mktemp("npy_header"), seed=2)
 
 
 @pytest.mark.parametrize("old, new", EDITS)

@@ -11,10 +11,8 @@ from typing import Callable, Dict
 
 import pytest
 
-from muse_rec.data.prepare import PrepareConfig, prepare
-from tests.data.rawgen import write_raw_release
+from tests.data.rawgen import prepare_small_release
 
-CFG = PrepareConfig(batch_rows=40, partition_bits=2, progress=False)
 
 
 def _set(key: str, value: object) -> Callable[[Dict], None]:
@@ -35,9 +33,7 @@ EDITS = {
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("meta_entries")
-    write_raw_release(str(root / "raw"), n_train_users=12, n_test_users=4, n_items=60, seed=6)
-    with pytest.warns(UserWarning):
-        prepare(str(root / "raw"), str(root / "out"), CFG)
+    prepare_small_release(root, seed=6)
     return root
 
 
