@@ -17,8 +17,8 @@ from typing import List, Optional
 
 import torchx.specs as specs
 
-from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, get_profile, local_start_problem, preflight,
-                             split_overrides)
+from muse_rec.launch import build_app, local_start_problem, preflight, split_overrides
+from muse_rec.launch_profiles import LOCAL_SCHEDULER, ProfileError, get_profile
 
 PROFILES_RESTARTS = -1  # `max_restarts` meaning "the profile's"
 

@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from torchx.schedulers.local_scheduler import SignalException
     from torchx.specs import AppState
 
-    from muse_rec.launch import (LOCAL_SCHEDULER, ProfileError, build_app, get_profile, local_gpu_shortfall,
-                                 local_rendezvous_problem, local_start_problem, preflight, scheduler_cfg)
+    from muse_rec.launch import (build_app, local_gpu_shortfall, local_rendezvous_problem, local_start_problem, preflight,
+                                 scheduler_cfg)
+    from muse_rec.launch_profiles import LOCAL_SCHEDULER, ProfileError, get_profile
     from muse_rec.spec import SpecError
 
     try:

@@ -8,7 +8,7 @@ import pytest
 from torchx.specs import AppDef
 
 from components.train import train as train_component
-from muse_rec.launch import ProfileError, get_profile, load_profiles
+from muse_rec.launch_profiles import ProfileError, get_profile, load_profiles
 from muse_rec.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -132,7 +132,7 @@ def test_bad_requests_and_a_used_run_dir_are_refused_before_submitting(tmp_path)
 
 
 def test_a_profile_with_a_port_out_of_range_is_named(tmp_path):
-    from muse_rec.launch import ProfileError, load_profiles
+    from muse_rec.launch_profiles import ProfileError, load_profiles
 
     profiles = yaml.safe_load((REPO / "torchx.yaml").read_text())
     profiles["profiles"]["cpu-demo"]["rdzv_port"] = 70000
@@ -162,7 +162,7 @@ def test_a_profile_wider_than_a_plan_is_refused(tmp_path):
                 f"{MAX_PLAN_RANKS:,}") in out.stderr, out.stderr
     profiles["profiles"]["cpu-demo"].update(nodes=MAX_PLAN_RANKS // 8, procs_per_node=8)  # the bound itself: fine
     path.write_text(yaml.safe_dump(profiles))
-    from muse_rec.launch import load_profiles
+    from muse_rec.launch_profiles import load_profiles
 
     assert load_profiles(str(path))["cpu-demo"].world_size == MAX_PLAN_RANKS
 
@@ -233,7 +233,8 @@ def test_a_refused_resume_offers_only_flags_the_launching_command_has(tmp_path):
     with "train them as a new run (another output_dir, or --overwrite)": neither command has an
     --overwrite (`muse-rec launch --overwrite` is a usage error). Now the way out it names is one they
     have; `muse-rec train`, which has --overwrite, still offers it."""
-    from muse_rec.launch import get_profile, preflight
+    from muse_rec.launch import preflight
+    from muse_rec.launch_profiles import get_profile
     from muse_rec.spec import load_spec
     from muse_rec.training.run_dir import RunDirError
     from muse_rec.training.run_record import RunError, check_resume_settings

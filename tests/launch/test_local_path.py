@@ -78,7 +78,8 @@ def test_a_missing_entrypoint_is_one_line_and_exit_2(prepared, tmp_path):
 
 
 def test_torchrun_is_this_interpreters_on_local_cwd_only(tmp_path, monkeypatch):
-    from muse_rec.launch import build_app, get_profile, local_start_problem
+    from muse_rec.launch import build_app, local_start_problem
+    from muse_rec.launch_profiles import get_profile
 
     profile = get_profile("multi-node")
     local = build_app(profile, scheduler="local_cwd").roles[0]

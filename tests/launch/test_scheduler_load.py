@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from muse_rec.launch import LaunchProfile, ProfileError, client_install_command, scheduler_cfg
+from muse_rec.launch import client_install_command, scheduler_cfg
+from muse_rec.launch_profiles import LaunchProfile, ProfileError
 from tests.conftest import REPO, subprocess_env, venv_bin
 
 
