@@ -15,7 +15,7 @@ from muse_rec.modules.attention import TargetAttention
 from muse_rec.modules.cosine import check_grouped_inputs
 from muse_rec.modules.gsu import CosineGSU, RetrievesTopK
 from muse_rec.modules.search import SearchInputs, history_dot, unit_vectors
-from muse_rec.modules.selection import GSUResult, pad_to_k, topk_eligible, vector_first_topk
+from muse_rec.modules.selection import GSUResult, newest_eligible, topk_eligible, vector_first_topk
 
 
 def _check_seq(name: str, seq: torch.Tensor, mask: torch.Tensor, batch: int) -> None:
@@ -63,16 +63,7 @@ class CategoryGSU(RetrievesTopK, nn.Module):
         match = mask & (seq_cats == target_cat.unsqueeze(1))
         if self.unknown_category is not None:
             match &= (target_cat != self.unknown_category).unsqueeze(1)
-        # Recency as int64 positions, -1 where nothing matches: an fp32 position is exact only below 2^24, and
-        # past it neighbours rounded to one value and tied (lowest position first), so at L = 2^24 + 64 the
-        # "newest" 8 came out of order and held older behaviours. Matched positions are distinct: no ties.
-        L = seq_cats.shape[1]
-        positions = torch.arange(L, device=seq_cats.device).unsqueeze(0)
-        newest, indices = torch.topk(torch.where(match, positions, -1), min(self.top_k, L), dim=1)
-        newest, indices = pad_to_k(newest, indices, self.top_k, -1)
-        valid = newest >= 0
-        return GSUResult(indices=torch.where(valid, indices, 0), scores=valid.to(torch.float32), valid=valid,
-                         has_score=valid.clone())
+        return newest_eligible(match, self.top_k)
 
     def retrieve(self, search: SearchInputs) -> GSUResult:
         """SIM-hard over the searched histories (`SearchInputs`)."""

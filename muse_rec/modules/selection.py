@@ -149,6 +149,23 @@ def topk_eligible(score: torch.Tensor, eligible: torch.Tensor, top_k: int) -> GS
     )
 
 
+def newest_eligible(eligible: torch.Tensor, top_k: int) -> GSUResult:
+    """The K newest ``eligible [B, L]`` positions, newest first; rows with fewer get invalid slots. Every valid
+    slot has score 1.0 (``has_score = valid``).
+
+    Ranked by int64 position, -1 where not eligible: an fp32 position is exact only below 2^24, and past it
+    neighbours rounded to one value and tied (lowest position first), so at L = 2^24 + 64 the "newest" came out
+    of order and held older behaviours. Eligible positions are distinct: no ties.
+    """
+    L = eligible.shape[1]
+    positions = torch.arange(L, device=eligible.device).unsqueeze(0)
+    newest, indices = torch.topk(torch.where(eligible, positions, -1), min(top_k, L), dim=1)
+    newest, indices = pad_to_k(newest, indices, top_k, -1)
+    valid = newest >= 0
+    return GSUResult(indices=torch.where(valid, indices, 0), scores=valid.to(torch.float32), valid=valid,
+                     has_score=valid.clone())
+
+
 def vector_first_topk(score: torch.Tensor, has_vector: torch.Tensor, eligible: torch.Tensor,
                       top_k: int) -> GSUResult:
     """The multimodal GSUs' rule for any relevance ``score [B, L]`` (bounded or not).
@@ -169,14 +186,7 @@ def vector_first_topk(score: torch.Tensor, has_vector: torch.Tensor, eligible: t
         raise ValueError(f"score {tuple(score.shape)}, has_vector {tuple(has_vector.shape)} and eligible "
                          f"{tuple(eligible.shape)} differ")
     scored = topk_eligible(score, has_vector & eligible, top_k)  # valid slots form a prefix
-    # Newest first by int64 position, -1 where not eligible: fp32 positions (exact only below 2^24) tied past it,
-    # and the tie rule put the older behaviour first. Eligible positions are distinct: no ties.
-    L = score.shape[1]
-    pos = torch.arange(L, device=score.device).unsqueeze(0)
-    newest_pos, newest_idx = torch.topk(torch.where(eligible & ~has_vector, pos, -1), min(top_k, L), dim=1)
-    newest_pos, newest_idx = pad_to_k(newest_pos, newest_idx, top_k, -1)
-    newest = GSUResult(indices=newest_idx, scores=newest_pos.to(torch.float32), valid=newest_pos >= 0,
-                       has_score=newest_pos >= 0)
+    newest = newest_eligible(eligible & ~has_vector, top_k)
     slot = torch.arange(top_k, device=score.device).unsqueeze(0)  # [1, K]
     n_scored = scored.valid.sum(dim=1, keepdim=True)  # [B, 1]
     from_scored = slot < n_scored
