@@ -25,7 +25,7 @@ from muse_rec.data.prepare_config import (BUILD_DIR, FORMAT_VERSION, ITEM_ATTR_C
                                           SAMPLE_ARRAYS, USER_FIELD_COLUMNS, VOCAB_NAMES, output_files,
                                           user_feature_rows)
 from muse_rec.data.reader import join_path
-from muse_rec.data.schema import SCL_DIM, SPLITS
+from muse_rec.data.schema import SCL_DIM, SPLITS, one_line
 from muse_rec.dirlock import LOCK_FILE
 from muse_rec.data.vocab import Vocab
 from muse_rec.json_files import INT64_MAX, read_json_object, refuse_special_file
@@ -82,7 +82,7 @@ def _npy_layout(path: str) -> Tuple[Tuple[int, ...], bool, np.dtype, int]:
         except (tokenize.TokenError, SyntaxError, TypeError) as e:
             # NumPy says ValueError for most damage, but lets these out: a bracket left open ("EOF in
             # multi-line statement"), a descr that is no literal, a bytes key beside the str ones.
-            raise ValueError(f"cannot parse the header: {type(e).__name__}: {' '.join(str(e).split())}") from None
+            raise ValueError(f"cannot parse the header: {type(e).__name__}: {one_line(e)}") from None
         return tuple(shape), bool(fortran_order), dtype, f.tell()
 
 
