@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.distributed.plan_fit import PlanSetup, attempt, diagnose, format_what_if, what_if
     from muse_rec.distributed.plan_report import format_report, report_to_dict
     from muse_rec.distributed.planner import GiB
-    from muse_rec.distributed.rank_memory import spec_rank_overhead_bytes
+    from muse_rec.distributed.rank_memory import planned_batch_size, planned_batch_source, spec_rank_overhead_bytes
     from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
     from muse_rec.models.ctr_model import build_train_model
 
@@ -214,16 +214,21 @@ def run(args: argparse.Namespace) -> int:
         # world size a what-if row or a search tries.
         rank_overhead=(lambda module, world_size: spec_rank_overhead_bytes(spec, module, args.device, world_size))
         if args.device == "cpu" else None,
+        # The run's largest batch per rank, as training sizes its plan: TorchRec's default of 512 sized
+        # every plan's lookup buffers as if the spec's batch did not matter.
+        batch_size=planned_batch_size(spec),
     )
     main = attempt(model, setup, args.world_size, sharders, verbose=args.verbose)
     out: Dict = {"spec": args.spec, "name": spec.name, "vocab_sizes": sizes, "vocab_source": source,
                  "setup": {"world_size": args.world_size, "ranks_per_host": setup.local_world_size(args.world_size),
                            "device": args.device, "hbm_gib": args.hbm_gib,
-                           "ddr_gib": args.ddr_gib, "allow_uvm": setup.allow_uvm},
+                           "ddr_gib": args.ddr_gib, "allow_uvm": setup.allow_uvm,
+                           "batch_size_per_rank": setup.batch_size},
                  "fits": main.fits, "plan": None, "what_if": [], "diagnosis": None}
     to_stdout = args.json == "-"
     say = (lambda s: print(s, file=sys.stderr)) if to_stdout else print
-    say(f"spec {args.spec} ({spec.name}); table sizes from {source}")
+    say(f"spec {args.spec} ({spec.name}); table sizes from {source}; batch {setup.batch_size:,} samples per rank "
+        f"({planned_batch_source(spec)})")
     if main.report is not None:
         out["plan"] = report_to_dict(main.report)
         say(format_report(main.report))

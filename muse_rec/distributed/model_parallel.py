@@ -30,7 +30,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.fused_step_count import count_only_training_lookups
 from muse_rec.distributed.grad_sync import sum_dense_gradients_in_parameter_order
-from muse_rec.distributed.planner import make_plan, topology_for
+from muse_rec.distributed.planner import BATCH_SIZE, make_plan, topology_for
 from muse_rec.distributed.sharders import (
     FusedOptimizerConfig,
     check_frozen_output_dtype,
@@ -63,6 +63,7 @@ def shard_model(
     sharders: Optional[List[ModuleSharder[nn.Module]]] = None,
     sparse_optimizer: Optional[Any] = None,
     dense_bytes: Optional[int] = None,
+    batch_size: Optional[int] = None,
 ) -> DistributedModelParallel:
     """Shard `model` (built on ``meta`` or any device) over the process group.
 
@@ -85,6 +86,8 @@ def shard_model(
             fused_* arguments.
         dense_bytes: per-rank memory outside the tables for the planner's reservation when
             `plan` is None (`planner.make_plan`); None = TorchRec's estimate.
+        batch_size: samples per rank of the largest batch the job runs, which the planner sizes the
+            lookups' buffers with when `plan` is None; None = TorchRec's default (512).
 
     Returns:
         The DMP; ``dmp.fused_optimizer`` holds the fused tables' optimizers, and on the CPU
@@ -102,7 +105,7 @@ def shard_model(
         sharders = make_sharders(config, env.device.type, frozen_output_dtype)
     if plan is None:
         plan = make_plan(model, topology_for(env), sharders, dict(constraints) if constraints else None,
-                         dense_bytes=dense_bytes)
+                         dense_bytes=dense_bytes, batch_size=batch_size or BATCH_SIZE)
     check_frozen_output_dtype(model, plan, sharders, env.world_size)
     frozen = [path for path, m in model.named_modules() if isinstance(m, FrozenEmbeddingCollection)]
     dmp = DistributedModelParallel(

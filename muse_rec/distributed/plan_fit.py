@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.planner import Topology
+from torchrec.distributed.planner.constants import BATCH_SIZE
 from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
 from torchrec.distributed.types import ModuleSharder
 
@@ -52,6 +53,8 @@ class PlanSetup:
             so a search over world sizes or vocabularies must not reuse one plan's figure.
         ranks_per_host: ranks on one host, at most; a world size it does not divide gets equal
             hosts of fewer (`planner.ranks_per_host`). None = CUDA hosts of up to 8 GPUs, CPU one host.
+        batch_size: samples per rank of the job's largest batch (`rank_memory.planned_batch_size`):
+            what TorchRec sizes the lookups' buffers and its input-batch reservation with.
     """
 
     compute_device: str = "cuda"
@@ -61,6 +64,7 @@ class PlanSetup:
     dense_bytes: Optional[int] = None
     ranks_per_host: Optional[int] = None
     rank_overhead: Optional[Callable[[nn.Module, int], Optional[int]]] = None
+    batch_size: int = BATCH_SIZE
 
     def dense_bytes_at(self, module: nn.Module, world_size: int) -> Optional[int]:
         """Per-rank memory outside the tables of `module` at `world_size` (see `rank_overhead`)."""
@@ -118,7 +122,7 @@ def attempt(module: nn.Module, setup: PlanSetup, world_size: int,
     """Plan `module` on `setup` at `world_size`; a planner failure becomes ``Attempt.error``."""
     try:
         report = plan_report(module, setup.topology(world_size), sharders, setup.constraints(module, world_size),
-                             verbose, setup.dense_bytes_at(module, world_size))
+                             verbose, setup.dense_bytes_at(module, world_size), setup.batch_size)
     except PlannerError as e:
         return Attempt(world_size, None, f"TorchRec planner: {planner_error_line(e)}")
     return Attempt(world_size, report, None)
@@ -180,7 +184,8 @@ def format_what_if(rows: Sequence[WhatIfRow]) -> str:
 def table_bytes(module: nn.Module, setup: PlanSetup, sharders: Sequence[ModuleSharder[nn.Module]]) -> PlanReport:
     """A 1-rank plan with unbounded memory: per-table weights and optimizer state, no limit in play."""
     big = replace(setup, hbm_bytes_per_rank=_UNBOUNDED_BYTES, ddr_bytes_per_rank=_UNBOUNDED_BYTES)
-    return plan_report(module, big.topology(1), sharders, setup.constraints(module), dense_bytes=setup.dense_bytes_at(module, 1))
+    return plan_report(module, big.topology(1), sharders, setup.constraints(module), dense_bytes=setup.dense_bytes_at(module, 1),
+                       batch_size=setup.batch_size)
 
 
 def min_world_size(module: nn.Module, setup: PlanSetup, sharders: Sequence[ModuleSharder[nn.Module]],
@@ -326,7 +331,7 @@ def _usable_per_rank_signed(module: nn.Module, setup: PlanSetup, world_size: int
     overdraws it (e.g. a tower too wide for one GPU). TorchRec raises instead of returning a
     negative figure, so an overdraft is measured under a cap it cannot reach and carried back to
     the real cap: the reservation is PLANNER_RESERVED_FRACTION of the cap plus fixed bytes."""
-    args = (sharders, setup.constraints(module, world_size), setup.dense_bytes_at(module, world_size))
+    args = (sharders, setup.constraints(module, world_size), setup.dense_bytes_at(module, world_size), setup.batch_size)
     try:
         return usable_per_rank(module, setup.topology(world_size), *args)
     except PlannerError:

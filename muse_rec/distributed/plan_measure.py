@@ -103,7 +103,7 @@ def measure(spec_path: str, sizes: Mapping[str, int], world_size: int, overrides
 def planned(spec_path: str, sizes: Mapping[str, int], world_size: int, overrides: Sequence[str] = ()) -> List[Dict]:
     """What `muse-rec plan --device cpu` predicts per rank: weights + optimizer state, and DDR."""
     from muse_rec.distributed.plan_fit import PlanSetup, attempt
-    from muse_rec.distributed.rank_memory import spec_rank_overhead_bytes
+    from muse_rec.distributed.rank_memory import planned_batch_size, spec_rank_overhead_bytes
     from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
     from muse_rec.spec import load_spec
 
@@ -112,7 +112,8 @@ def planned(spec_path: str, sizes: Mapping[str, int], world_size: int, overrides
     sharders = make_sharders(FusedOptimizerConfig(name=opt.name, learning_rate=opt.lr, eps=opt.eps,
                                                   weight_decay=opt.weight_decay), "cpu")
     model = _model(spec, sizes)
-    setup = PlanSetup(compute_device="cpu", dense_bytes=spec_rank_overhead_bytes(spec, model, "cpu", world_size))
+    setup = PlanSetup(compute_device="cpu", dense_bytes=spec_rank_overhead_bytes(spec, model, "cpu", world_size),
+                      batch_size=planned_batch_size(spec))
     result = attempt(model, setup, world_size, sharders)
     if result.report is None:
         raise RuntimeError(f"no plan for {world_size} CPU ranks: {result.error}")

@@ -145,6 +145,7 @@ class PlanReport:
     tables: Tuple[TableReport, ...]
     ranks: Tuple[RankReport, ...]
     plan: ShardingPlan
+    batch_size: int = BATCH_SIZE  # samples per rank the lookups' buffers and input batches are sized for
 
     @property
     def fits(self) -> bool:
@@ -184,13 +185,15 @@ def usable_per_rank(
     sharders: Sequence[ModuleSharder[nn.Module]],
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
     dense_bytes: Optional[int] = None,
+    batch_size: int = BATCH_SIZE,
 ) -> Tuple[int, int]:
-    """(HBM, DDR) bytes per rank the planner may fill: the caps minus the planner's reservation.
+    """(HBM, DDR) bytes per rank the planner may fill: the caps minus the planner's reservation
+    (sized, as the planner's, for `batch_size` samples per rank).
 
     Raises TorchRec's `PlannerError` when the reservation alone exceeds the HBM cap.
     """
     reserved = planner_reservation(dense_bytes).reserve(
-        topology=topology, batch_size=BATCH_SIZE,  # the planner's default batch size
+        topology=topology, batch_size=batch_size,
         module=module, sharders=list(sharders), constraints=constraints,
     )
     return reserved.devices[0].storage.hbm, reserved.devices[0].storage.ddr
@@ -203,6 +206,7 @@ def run_planner(
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
     verbose: bool = False,
     dense_bytes: Optional[int] = None,
+    batch_size: int = BATCH_SIZE,
 ) -> Tuple[ShardingPlan, List[ShardingOption]]:
     """Plan like `planner.make_plan` (single process) and also return the chosen sharding options.
 
@@ -211,7 +215,8 @@ def run_planner(
     """
     recorder = _BestPlanRecorder()
     stats: List[Stats] = [recorder] + ([EmbeddingStats()] if verbose else [])
-    planner = sharding_planner(module, topology, sharders, constraints, stats=stats, dense_bytes=dense_bytes)
+    planner = sharding_planner(module, topology, sharders, constraints, stats=stats, dense_bytes=dense_bytes,
+                               batch_size=batch_size)
     with planner_logging(verbose):
         plan = planner.plan(module, list(sharders))
     assert recorder.best_plan is not None  # the planner logs stats whenever it returns a plan
@@ -225,15 +230,17 @@ def plan_report(
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
     verbose: bool = False,
     dense_bytes: Optional[int] = None,
+    batch_size: int = BATCH_SIZE,
 ) -> PlanReport:
     """Plan `module` on `topology` and account weights, optimizer state and memory per rank.
 
     `dense_bytes`: per-rank memory outside the tables, as training passes it (`make_plan`).
+    `batch_size`: samples per rank, as training passes it (`rank_memory.planned_batch_size`).
     Raises TorchRec's `PlannerError` when the planner finds no plan (see `plan_fit.diagnose`).
     """
     constraints = constraints if constraints is not None else make_constraints(module)
-    plan, options = run_planner(module, topology, sharders, constraints, verbose, dense_bytes)
-    usable_hbm, usable_ddr = usable_per_rank(module, topology, sharders, constraints, dense_bytes)
+    plan, options = run_planner(module, topology, sharders, constraints, verbose, dense_bytes, batch_size)
+    usable_hbm, usable_ddr = usable_per_rank(module, topology, sharders, constraints, dense_bytes, batch_size)
     # The reservation without its HBM margin percentage: what the rest of the job holds.
     cap = topology.devices[0].storage
     reserved_hbm = max(0, int((1 - PLANNER_RESERVED_FRACTION) * cap.hbm) - usable_hbm)
@@ -268,6 +275,7 @@ def plan_report(
         tables=tuple(tables),
         ranks=_rank_reports(tables, topology.world_size, usable_hbm, usable_ddr, reserved_hbm, reserved_ddr),
         plan=plan,
+        batch_size=batch_size,
     )
 
 
@@ -323,6 +331,7 @@ def report_to_dict(report: PlanReport) -> Dict[str, Any]:
         "hbm_cap_bytes_per_rank": report.hbm_cap_bytes,
         "ddr_cap_bytes_per_rank": report.ddr_cap_bytes,
         "fused_optimizer": report.optimizer,
+        "batch_size_per_rank": report.batch_size,
         "fits": report.fits,
         "overflow": report.overflow(),
         "tables": tables,
@@ -339,7 +348,8 @@ def format_report(report: PlanReport) -> str:
             f"{'ranks':<9} {'weights':>9} {'opt.state':>9} {'state in':>8}")
     where = hosts_phrase(report.world_size, report.ranks_per_host)
     lines = [f"plan: {report.world_size} x {report.compute_device}{where}, per rank HBM {g(report.hbm_cap_bytes)} GiB, "
-             f"DDR {g(report.ddr_cap_bytes)} GiB; fused optimizer {report.optimizer}  (sizes in GiB)", head, "-" * len(head)]
+             f"DDR {g(report.ddr_cap_bytes)} GiB; fused optimizer {report.optimizer}; buffers sized for a batch of "
+             f"{report.batch_size:,} samples per rank  (sizes in GiB)", head, "-" * len(head)]
     for t in report.tables:
         s = t.summary
         lines.append(
@@ -360,7 +370,7 @@ def format_report(report: PlanReport) -> str:
                  f"{g(tot['hbm_bytes']):>9} {'':>10} {g(tot['ddr_bytes']):>9}")
     # Without it a rank's HBM was weights + opt.state + an unnamed ~0.13 GiB (the full release on 8 GPUs).
     lines.append("HBM + DDR = weights + opt.state + buffers (TorchRec's estimate of the lookups' input and output "
-                 "buffers of one batch, and the HBM caches of UVM tables)")
+                 f"buffers of one batch of {report.batch_size:,} samples, and the HBM caches of UVM tables)")
     r0 = report.ranks[0] if report.ranks else None
     if r0 is not None and (r0.reserved_hbm_bytes or r0.reserved_ddr_bytes):
         # On CPU the reservation is this project's measured rank overhead; elsewhere TorchRec's own estimate.

@@ -224,6 +224,7 @@ def make_plan(
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
     verbose: bool = False,
     dense_bytes: Optional[int] = None,
+    batch_size: int = BATCH_SIZE,
 ) -> ShardingPlan:
     """Plan the sharding of `module` (unsharded; ``meta`` is fine, nothing is allocated).
 
@@ -231,8 +232,9 @@ def make_plan(
     shards identically. Raises `PlanDoesNotFit` on every rank when nothing fits. `verbose` logs TorchRec's plan tables (printed only at INFO).
     `dense_bytes`: per-rank memory outside the embedding tables (`rank_memory.rank_overhead_bytes`),
     reserved before tables are placed; None = TorchRec's estimate from the dense parameters.
+    `batch_size`: samples per rank of the largest batch the job runs (`rank_memory.planned_batch_size`).
     """
-    planner = sharding_planner(module, topology, sharders, constraints, dense_bytes=dense_bytes)
+    planner = sharding_planner(module, topology, sharders, constraints, dense_bytes=dense_bytes, batch_size=batch_size)
 
     def plan_or_failure() -> Union[ShardingPlan, PlanDoesNotFit]:
         # Returned, not raised: with several ranks TorchRec's `collective_plan` plans on rank 0
@@ -279,9 +281,15 @@ def sharding_planner(
     constraints: Optional[Dict[str, ParameterConstraints]] = None,
     stats: Optional[List[Stats]] = None,
     dense_bytes: Optional[int] = None,
+    batch_size: int = BATCH_SIZE,
 ) -> EmbeddingShardingPlanner:
     """The one planner configuration that training (`make_plan`) and `muse-rec plan` share,
     so the plan a report shows is the plan a run uses.
+
+    `batch_size`: samples per rank. TorchRec sizes every shard's lookup input and output buffers and
+    its reservation for input batches (20 KJT copies) with it, and costs lookups with it; left to
+    itself it takes 512 (`BATCH_SIZE`) whatever the run's batch, which at L = 300,000 refused a batch
+    of 8 for ~20 GiB of buffers it would never hold, and at batch 1,000 counted half of them.
 
     TorchRec's own enumerator (its options in a fixed order: `OrderedEmbeddingEnumerator`) and
     estimators, plus `FusedOptimizerStateEstimator`: every shard's storage includes the `sharders`'
@@ -293,9 +301,12 @@ def sharding_planner(
         EmbeddingStorageEstimator(topology=topology, constraints=constraints),
         FusedOptimizerStateEstimator(topology, sharders),  # after the storage estimate it adds to
     ]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 sample per rank, got {batch_size}")
     return EmbeddingShardingPlanner(
         topology=topology,
-        enumerator=OrderedEmbeddingEnumerator(topology=topology, batch_size=BATCH_SIZE, constraints=constraints,
+        batch_size=batch_size,  # the storage reservation's input batches (planner.plan passes it on)
+        enumerator=OrderedEmbeddingEnumerator(topology=topology, batch_size=batch_size, constraints=constraints,
                                               estimator=estimators),
         constraints=constraints,
         storage_reservation=planner_reservation(dense_bytes),

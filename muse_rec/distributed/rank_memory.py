@@ -57,6 +57,26 @@ COLLECTIVE_BYTES_PER_POSITION = 75
 DENSE_BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW's exp_avg and exp_avg_sq
 
 
+def planned_batch_size(spec, evaluation_only: bool = False) -> int:
+    """Samples per rank of the largest batch a run of `spec` holds: ``train.batch_size``, or
+    ``train.eval_batch_size`` where the run evaluates (``train.eval_at_end``) with a larger one, or
+    only that for an evaluation (`evaluation_only`). A lookup's ids and outputs per sample are the
+    same in training and evaluation, so the larger batch sizes TorchRec's lookup buffers."""
+    if evaluation_only:
+        return spec.train.eval_batch_size
+    if spec.train.eval_at_end:
+        return max(spec.train.batch_size, spec.train.eval_batch_size)
+    return spec.train.batch_size
+
+
+def planned_batch_source(spec) -> str:
+    """Which keys `planned_batch_size` took its figure from, for a plan's header."""
+    t = spec.train
+    if not t.eval_at_end:
+        return f"train.batch_size {t.batch_size}; the run does not evaluate: train.eval_at_end false"
+    return f"the larger of train.batch_size {t.batch_size} and train.eval_batch_size {t.eval_batch_size}"
+
+
 def rank_overhead_bytes(batch_size: int, eval_batch_size: int, seq_len: int, num_workers: int,
                         world_size: int) -> int:
     """Estimated bytes of a CPU training rank outside its embedding kernels (see module doc);

@@ -12,7 +12,7 @@ from muse_rec.data.prepared import PreparedData
 from muse_rec.distributed.env import DistEnv
 from muse_rec.distributed.model_parallel import build_optimizer, shard_model
 from muse_rec.distributed.planner import PlanDoesNotFit, rank_memory_line, topology_for, training_constraints
-from muse_rec.distributed.rank_memory import dense_parameter_bytes, spec_rank_overhead_bytes
+from muse_rec.distributed.rank_memory import dense_parameter_bytes, planned_batch_size, spec_rank_overhead_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig
 from muse_rec.memory import format_gib
 from muse_rec.models.ctr_model import build_train_model, is_frozen_key
@@ -44,8 +44,11 @@ def _plan_failure(spec: Spec, env: DistEnv, model: torch.nn.Module, dense_bytes:
             f"--device {env.device.type} --world-size {env.world_size}` shows the tables and what would fit")
 
 
-def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
+def build_sharded(spec: Spec, data: PreparedData, env: DistEnv, evaluation_only: bool = False):
     """Model on meta -> DMP (planner picks the sharding) -> SCL loaded -> combined optimizer.
+
+    ``evaluation_only``: the process only evaluates (``muse-rec eval``): its plan is sized for
+    ``train.eval_batch_size`` (`rank_memory.planned_batch_size`).
 
     Returns ``(dmp, optimizer, skip)``; ``skip(key)`` is True for state that checkpoints leave
     out (the frozen SCL table, reloaded from the prepared data instead).
@@ -67,7 +70,8 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv):
                                            loader_workers=usable_workers(spec.data.num_workers))
     try:
         dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer, constraints=constraints,
-                          frozen_output_dtype=SparseType.FP16, dense_bytes=dense_bytes)
+                          frozen_output_dtype=SparseType.FP16, dense_bytes=dense_bytes,
+                          batch_size=planned_batch_size(spec, evaluation_only))
     except PlanDoesNotFit as e:
         raise RunError(_plan_failure(spec, env, model, dense_bytes, e)) from None
     arch = dmp.module.model.sparse_arch

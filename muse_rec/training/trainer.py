@@ -250,7 +250,7 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
     from muse_rec.training.build import build_sharded
     from muse_rec.training.evaluate import evaluate
 
-    dmp, _, skip = build_sharded(spec, data, env)
+    dmp, _, skip = build_sharded(spec, data, env, evaluation_only=True)
     ck, position = load_for_evaluation(ck, spec, checkpoint, data, env, dmp, skip, allow_data_mismatch, expect_sha256)
     out = Path(out_dir)
     lock = claim_evaluation_dir(out, env.is_main)  # creates it; refused on every rank while another evaluation writes

@@ -19,7 +19,7 @@ from muse_rec.cli.plan import parse_world_sizes
 from muse_rec.distributed.plan_fit import PlanSetup, attempt
 from muse_rec.distributed.plan_report import plan_report
 from muse_rec.distributed.planner import GiB, make_plan
-from muse_rec.distributed.rank_memory import rank_overhead_bytes, spec_rank_overhead_bytes
+from muse_rec.distributed.rank_memory import planned_batch_size, rank_overhead_bytes, spec_rank_overhead_bytes
 from muse_rec.distributed.sharders import FusedOptimizerConfig, make_sharders
 from muse_rec.models.ctr_model import build_train_model
 from muse_rec.models.sparse_arch import REQUIRED_TABLES
@@ -69,10 +69,12 @@ def _model(spec_path: str, overrides=()):
 
 def _kjt_reservation(spec) -> int:
     """TorchRec's KJT estimate, which its planner reserves beside ours on every rank: 20 copies
-    (2 pipelined batches x 10) of a 512-sample batch of int64 ids, a MUSE sample holding 1 id per
-    pooled feature, 1 + K + 50 item and as many category ids, and 1 + L SCL ids."""
+    (2 pipelined batches x 10) of the run's batch (the larger of the train and, evaluating at the end,
+    the eval batch) of int64 ids, a MUSE sample holding 1 id per pooled feature, 1 + K + 50 item and as
+    many category ids, and 1 + L SCL ids."""
     ids_per_sample = 8 + 2 * (1 + spec.model.gsu.top_k + spec.model.short_term.recent) + (1 + spec.data.seq_len)
-    return 20 * 512 * 8 * ids_per_sample
+    batch = max(spec.train.batch_size, spec.train.eval_batch_size) if spec.train.eval_at_end else spec.train.batch_size
+    return 20 * batch * 8 * ids_per_sample
 
 
 def _dense_state_bytes(spec_path: str, overrides=()) -> int:
@@ -271,7 +273,8 @@ def test_cpu_advice_counts_the_checkpoint_share_at_each_world_size(capsys, monke
     model = _model(FULL)
     sharders = make_sharders(FusedOptimizerConfig(name="adam"), "cpu")
     setup = PlanSetup("cpu", ddr_bytes_per_rank=24 * GiB,
-                      rank_overhead=lambda module, w: spec_rank_overhead_bytes(spec, module, "cpu", w))
+                      rank_overhead=lambda module, w: spec_rank_overhead_bytes(spec, module, "cpu", w),
+                      batch_size=planned_batch_size(spec))  # as `plan` sizes it
     assert attempt(model, setup, n, sharders).fits and not attempt(model, setup, n - 1, sharders).fits
     smaller = build_train_model(spec.model, dict(spec.data.vocab_sizes, item=rows), seq_len=spec.data.seq_len,
                                 device=torch.device("meta"))
@@ -288,7 +291,8 @@ def test_cpu_largest_vocabulary_counts_its_own_checkpoint_share(capsys, monkeypa
     spec = load_spec(REPO / FULL)
     sharders = make_sharders(FusedOptimizerConfig(name="adam"), "cpu")
     setup = PlanSetup("cpu", ddr_bytes_per_rank=24 * GiB,
-                      rank_overhead=lambda module, w: spec_rank_overhead_bytes(spec, module, "cpu", w))
+                      rank_overhead=lambda module, w: spec_rank_overhead_bytes(spec, module, "cpu", w),
+                      batch_size=planned_batch_size(spec))  # as `plan` sizes it
 
     def fits(item_rows: int) -> bool:
         sizes = dict(spec.data.vocab_sizes, item=item_rows)
