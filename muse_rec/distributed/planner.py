@@ -10,6 +10,7 @@ allocating a table, e.g. an 8 x 80 GiB GPU node from a CPU box:
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from torchrec.distributed.planner.types import (
     ParameterConstraints,
     PlannerError,
     Stats,
+    Storage,
     TopologyFactory,
     TrainerConfig,
 )
@@ -268,10 +270,34 @@ def planner_reservation(dense_bytes: Optional[int] = None) -> HeuristicalStorage
 
     `dense_bytes` replaces TorchRec's dense estimate (6 x the dense parameters: ~3 MB for MUSE,
     while a CPU training rank at 30M items held 1.6-2.6 GiB outside its tables: `rank_memory`);
-    None keeps it.
+    None keeps it. On a CPU topology `dense_bytes` is `rank_memory`'s measured estimate of all a
+    rank holds outside its kernels and their lookup buffers, its batches' ids included, so TorchRec's
+    20 copies of a batch of ids are not reserved again (`MeasuredCPUReservation`).
     """
-    return HeuristicalStorageReservation(percentage=PLANNER_RESERVED_FRACTION,
-                                         dense_tensor_estimate=dense_bytes or None)
+    return MeasuredCPUReservation(percentage=PLANNER_RESERVED_FRACTION, dense_tensor_estimate=dense_bytes or None)
+
+
+class MeasuredCPUReservation(HeuristicalStorageReservation):
+    """TorchRec's heuristic reservation, but on CPU with a given dense estimate only that estimate.
+
+    TorchRec adds 20 copies (2 pipelined batches x 10) of a batch of int64 ids, a GPU pipeline's
+    heuristic: for MUSE at the run's batch ~160 B per history position, while a CPU step measured
+    ~350 B per position in all, ~270 of them the lookups' buffers the planner already counts per
+    shard and the rest `rank_memory`'s per-position term (docs/plan.md, "Planned vs measured").
+    """
+
+    def reserve(self, topology: Topology, batch_size: int, module: nn.Module,
+                sharders: List[ModuleSharder[nn.Module]],
+                constraints: Optional[Dict[str, ParameterConstraints]] = None) -> Topology:
+        if topology.compute_device != "cpu" or not self._dense_tensor_estimate:
+            return super().reserve(topology, batch_size, module, sharders, constraints)
+        reserved = copy.deepcopy(topology)
+        dense = Storage(hbm=0, ddr=self._dense_tensor_estimate, ssd=0)
+        for device in reserved.devices:
+            device.storage -= dense
+        # What TorchRec's own reservation records, for its stats tables (`--verbose`).
+        self._dense_storage, self._kjt_storage = dense, Storage(hbm=0, ddr=0, ssd=0)
+        return reserved
 
 
 def sharding_planner(

@@ -4,17 +4,21 @@ TorchRec's planner places tables into what is left of a rank's memory after its 
 reservation; `muse-rec plan` reports that reservation per rank beside the tables
 (`plan_report.RankReport.reserved_ddr_bytes`), so tables + state + reservation is its
 prediction of the rank's whole memory. Left to itself the reservation is TorchRec's heuristic,
-6 x the dense parameters + 20 copies of a 512-sample KJT: ~0.1 GiB for MUSE at L = 1,000 on CPU
-(the KJT at the model's ids per sample, docs/plan.md), the dense part ~3 MB. What a CPU
-training rank really holds outside its tables (measured, docs/benchmarks.md "Scale"; 1.6-2.6
-GiB at 30M items):
+6 x the dense parameters + 20 copies of a batch's ids (~0.1 GiB for MUSE at L = 1,000 and 512
+samples), the dense part ~3 MB; on CPU this estimate replaces both (`planner.MeasuredCPUReservation`).
+Beside it the planner counts, per shard, the lookups' input and output buffers of one batch of the
+run's size at the model's ids per sample (every sample its own user: the SCL lookups of 1 + L rows,
+~260 B per history position for MUSE), which are most of a step. What a CPU training rank really
+holds outside its tables (measured, docs/benchmarks.md "Scale"; 1.6-2.6 GiB at 30M items):
 
 * the process itself: Python, torch, FBGEMM, TorchRec and our modules imported, the process
   group and the DMP built (~290 MiB anonymous RSS with tiny tables), plus what a step keeps
   (autograd state, the fused optimizer's workspace, allocator arenas): ``RUNTIME_BYTES``;
-* a step's working set and the batches in flight through the loader, which grow with the
-  positions of a batch (batch x seq_len: sequence ids, the [users, L, 128] SCL lookups, GSU
-  scores): ``BYTES_PER_POSITION`` per position of the larger of the train and eval batches;
+* a step's working set and the batch in flight beyond the lookups' buffers: per sample
+  (``BYTES_PER_SAMPLE``: the ESU over the retrieved and recent slots, the tower, their autograd
+  state) and per position of a batch (``BYTES_PER_POSITION`` x batch x seq_len: the [B, L] sequence
+  ids and masks, GSU scores), of the larger of the train and eval batches (`planned_batch_size`;
+  an evaluation holds 0.8-0.9 x a training step of its size, measured);
 * each loader worker (a forked process; its own pages, measured as PSS): ``WORKER_BYTES``;
 * with several ranks, the all-to-all buffers of the sequence lookups:
   ``COLLECTIVE_BYTES_PER_POSITION``;
@@ -31,15 +35,20 @@ GiB at 30M items):
   measured constants below; it is a term so that a much wider tower is reserved for, not
   discovered by the allocator mid-build.
 
-The first four terms (~0.5-0.8 GiB, independent of the vocabulary) are constants measured
-with specs/taobao_mm_full/muse.yaml (L = 1000) on a 20,000-item release-shaped synthetic set
-(four runs: batch 250 and 1000, 1 and 2 workers, 1 and 2 gloo ranks; the peak anonymous
-proportional set size of each rank with its loader workers minus the bytes its embedding
-kernels hold), then checked, not fitted, at 30M items (`bench_scale.py --train-check`: within
-2.2% per rank). Few points: other batch sizes, sequence lengths and worker counts are an
-extrapolation; far below them (batch 64, L = 200) the estimate is ~0.14 GiB high (measured). They are
-for this stack (torch 2.13 CPU, FBGEMM 1.8, TorchRec 1.8); on CUDA the reservation is left to
-TorchRec (activations live in HBM there and were not measured).
+``RUNTIME_BYTES``, ``WORKER_BYTES`` and ``COLLECTIVE_BYTES_PER_POSITION`` were measured with
+specs/taobao_mm_full/muse.yaml (L = 1000) on a 20,000-item release-shaped synthetic set (four runs:
+batch 250 and 1000, 1 and 2 workers, 1 and 2 gloo ranks; the peak anonymous proportional set size of
+each rank with its loader workers minus the bytes its embedding kernels hold), then checked, not
+fitted, at 30M items (`bench_scale.py --train-check`: within 2.2% per rank). RUNTIME_BYTES is ~150 MiB
+above a rank without loader workers (~285 MiB). ``BYTES_PER_SAMPLE`` and ``BYTES_PER_POSITION`` are
+fitted (the latter rounded up 5%) to the peaks of specs/demo/muse.yaml on one rank at one sample per
+user, the case the planner's buffers are sized for: batch 8-1,000, L = 1,000 and 100,000
+(`tests/distributed/test_rank_memory_measured.py`, docs/plan.md). They replace 254 B per position, fitted
+at ~11 samples per user, where a batch holds ~B/11 histories: it left out ~280 B per history position
+(the lookups' buffers, now counted at the run's batch), and had TorchRec's 20 copies of a 512-sample
+batch's ids on top. At more samples per user the estimate is high (an upper bound: 1.5-3.1x at 11 per
+user, demo data). They are for this stack (torch 2.13 CPU, FBGEMM 1.8, TorchRec 1.8); on CUDA the
+reservation is left to TorchRec (activations live in HBM there and were not measured).
 """
 from __future__ import annotations
 
@@ -51,7 +60,8 @@ from torchrec.modules.embedding_configs import DATA_TYPE_NUM_BITS
 MiB = 1024**2
 
 RUNTIME_BYTES = 440 * MiB
-BYTES_PER_POSITION = 254
+BYTES_PER_SAMPLE = 80_000
+BYTES_PER_POSITION = 84
 WORKER_BYTES = 27 * MiB
 COLLECTIVE_BYTES_PER_POSITION = 75
 DENSE_BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW's exp_avg and exp_avg_sq
@@ -77,12 +87,13 @@ def planned_batch_source(spec) -> str:
     return f"the larger of train.batch_size {t.batch_size} and train.eval_batch_size {t.eval_batch_size}"
 
 
-def rank_overhead_bytes(batch_size: int, eval_batch_size: int, seq_len: int, num_workers: int,
-                        world_size: int) -> int:
-    """Estimated bytes of a CPU training rank outside its embedding kernels (see module doc);
-    ``num_workers``: the loader workers the rank starts."""
-    positions = max(batch_size, eval_batch_size) * seq_len
-    total = RUNTIME_BYTES + BYTES_PER_POSITION * positions + WORKER_BYTES * max(0, num_workers)
+def rank_overhead_bytes(batch_size: int, seq_len: int, num_workers: int, world_size: int) -> int:
+    """Estimated bytes of a CPU training rank outside its embedding kernels and the lookups' buffers
+    TorchRec's planner counts with them (see module doc); ``batch_size``: samples per rank of the
+    largest batch the rank holds (`planned_batch_size`); ``num_workers``: the loader workers it starts."""
+    positions = batch_size * seq_len
+    total = (RUNTIME_BYTES + BYTES_PER_SAMPLE * batch_size + BYTES_PER_POSITION * positions
+             + WORKER_BYTES * max(0, num_workers))
     if world_size > 1:
         total += COLLECTIVE_BYTES_PER_POSITION * positions
     return int(total)
@@ -117,7 +128,7 @@ def trainable_table_bytes(module: nn.Module, sharders: Sequence) -> int:
 
 
 def spec_rank_overhead_bytes(spec, module: nn.Module, device_type: str, world_size: int,
-                             loader_workers: Optional[int] = None) -> Optional[int]:
+                             loader_workers: Optional[int] = None, evaluation_only: bool = False) -> Optional[int]:
     """What a rank of `spec`'s job holds outside its embedding kernels on `device_type` (CPU):
     `rank_overhead_bytes` + the checkpoint's copy of its share of the trainable tables + the dense
     parameters' training state. None off CPU (TorchRec's own estimate stays).
@@ -132,5 +143,5 @@ def spec_rank_overhead_bytes(spec, module: nn.Module, device_type: str, world_si
     sharders = make_sharders(FusedOptimizerConfig(name=spec.train.sparse_optimizer.name), device_type)
     checkpoint_copy = -(-trainable_table_bytes(module, sharders) // max(1, world_size))
     workers = spec.data.num_workers if loader_workers is None else loader_workers
-    return rank_overhead_bytes(spec.train.batch_size, spec.train.eval_batch_size, spec.data.seq_len,
-                               workers, world_size) + checkpoint_copy + dense_parameter_bytes(module)
+    return rank_overhead_bytes(planned_batch_size(spec, evaluation_only), spec.data.seq_len, workers,
+                               world_size) + checkpoint_copy + dense_parameter_bytes(module)

@@ -67,7 +67,8 @@ def build_sharded(spec: Spec, data: PreparedData, env: DistEnv, evaluation_only:
     # The planner reserves per rank what the job holds outside the tables (`muse-rec plan` shows it), here with
     # the loader workers this host starts (at most one per CPU; a plan for another machine counts them all).
     dense_bytes = spec_rank_overhead_bytes(spec, model, env.device.type, env.world_size,
-                                           loader_workers=usable_workers(spec.data.num_workers))
+                                           loader_workers=usable_workers(spec.data.num_workers),
+                                           evaluation_only=evaluation_only)
     try:
         dmp = shard_model(model, env, sparse_optimizer=spec.train.sparse_optimizer, constraints=constraints,
                           frozen_output_dtype=SparseType.FP16, dense_bytes=dense_bytes,
