@@ -30,6 +30,7 @@ from torchrec.modules.embedding_configs import data_type_to_dtype
 from torchrec import KeyedJaggedTensor
 
 from muse_rec.data.schema import SCL_DIM
+from muse_rec.models.sparse_ids import dense_from_jagged
 
 SCL_TABLE = "scl"
 SCL_TARGET_FEATURE = "scl_target"
@@ -122,15 +123,22 @@ class FrozenSCL(nn.Module):
         U, L = seq_items.shape
         if U > B:
             raise ValueError(f"{U} sequences for {B} targets: pass at most one sequence per sample")
-        # Every position is looked up, padding included: padding and unknown items are row 0,
-        # whose vector is zero (checked by `load_`), so the output is already the dense
-        # [U, L, dim] layout; no scatter into a zero-filled buffer. A KJT has one stride for
-        # all keys, so the sequence feature has B rows, U..B-1 empty.
         dev = target_item.device
-        seq_ids = torch.where(seq_mask, seq_items, 0).reshape(-1)
-        # Rows 0..U-1 of the sequence feature hold the histories (no `B - U` sized tensor, whose
-        # size would put a guard on B in a `torch.export` program with a dynamic B).
-        seq_lengths = (torch.arange(B, device=dev) < U).to(torch.int32) * L
+        if torch.compiler.is_exporting():
+            # An exported program needs static shapes: every position is looked up, padding as row 0,
+            # whose vector is zero (checked by `load_`), so the output is already the dense [U, L, dim]
+            # layout. Rows 0..U-1 of the sequence feature hold the histories (a KJT has one stride for
+            # all keys; no `B - U` sized tensor, whose size would guard B in a program with a dynamic B).
+            seq_ids = torch.where(seq_mask, seq_items, 0).reshape(-1)
+            seq_lengths = (torch.arange(B, device=dev) < U).to(torch.int32) * L
+        else:
+            # Only real behaviours are looked up. Row 0 lives on one rank of a row-wise sharded table,
+            # so padding looked up as row 0 sent every rank's padding to that rank: at L = 100K on the
+            # demo's histories ~99% of the positions, and rank 0 held ~0.4 GiB more than rank 1 per
+            # step (batch 8, 2 gloo ranks). The zero rows are filled in locally instead.
+            seq_ids = seq_items[seq_mask]
+            seq_lengths = torch.zeros(B, dtype=torch.int32, device=dev)
+            seq_lengths[:U] = seq_mask.sum(dim=1, dtype=torch.int32)
         lengths = torch.cat([torch.ones(B, dtype=torch.int32, device=dev), seq_lengths])
         with torch.no_grad():
             kjt = KeyedJaggedTensor(keys=[SCL_TARGET_FEATURE, SCL_SEQ_FEATURE],
@@ -141,8 +149,11 @@ class FrozenSCL(nn.Module):
             seq = out[SCL_SEQ_FEATURE].values()
             # Output sizes are data-dependent for torch.export; state them (no-op in eager).
             torch._check(target.shape[0] == B)
-            torch._check(seq.shape[0] == U * L)
-            seq = seq.view(U, L, self.dim)
+            if torch.compiler.is_exporting():
+                torch._check(seq.shape[0] == U * L)
+                seq = seq.view(U, L, self.dim)
+            else:
+                seq = dense_from_jagged(seq, seq_mask)
         return target, seq
 
     @torch.no_grad()

@@ -105,6 +105,32 @@ def test_scl_load_and_lookup_exact(arch: SparseArch) -> None:
     assert torch.equal(tgt.float(), full[si[:, -1]])
 
 
+def test_scl_lookup_sends_no_padding_to_the_table(arch: SparseArch) -> None:
+    """Only the B targets and the real behaviours reach the SCL table: padding looked up as row 0
+    went, in a row-wise sharded table, to the one rank holding row 0 from every rank."""
+    rng = np.random.default_rng(1)
+    table = rng.integers(-127, 128, size=(60, 128), dtype=np.int8)
+    table[0] = 0
+    arch.load_scl_(table)
+    U = B - 1  # fewer histories than targets, as a batch with a user's several impressions has
+    si = ids(60, U, L, seed=11)
+    sm = torch.arange(L).unsqueeze(0) >= torch.tensor([[3], [9], [10]])  # 7, 1 and 0 behaviours
+    seen = []
+    hook = arch.scl.collection.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        tgt, seq = arch.scl_vectors(ids(60, B, seed=12), si, sm)
+    finally:
+        hook.remove()
+    (kjt,) = seen
+    seq_ids = kjt["scl_seq"]
+    assert seq_ids.lengths().tolist() == [7, 1, 0, 0]
+    assert torch.equal(seq_ids.values(), si[sm])
+    assert torch.count_nonzero(seq_ids.values() == 0) == 0
+    full = torch.from_numpy(table.astype(np.float32))
+    assert seq.shape == (U, L, 128)
+    assert torch.equal(seq[sm].float(), full[si[sm]]) and torch.count_nonzero(seq[~sm]) == 0
+
+
 def test_scl_load_rejects_bad_arrays(arch: SparseArch) -> None:
     with pytest.raises(ValueError, match=r"shape \(59, 128\).*\(60, 128\)"):
         arch.load_scl_(np.zeros((59, 128), np.int8))
