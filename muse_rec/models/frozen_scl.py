@@ -30,7 +30,7 @@ from torchrec.modules.embedding_configs import data_type_to_dtype
 from torchrec import KeyedJaggedTensor
 
 from muse_rec.data.schema import SCL_DIM
-from muse_rec.models.sparse_ids import dense_from_jagged
+from muse_rec.models.sparse_ids import dense_from_jagged, traced
 
 SCL_TABLE = "scl"
 SCL_TARGET_FEATURE = "scl_target"
@@ -124,18 +124,17 @@ class FrozenSCL(nn.Module):
         if U > B:
             raise ValueError(f"{U} sequences for {B} targets: pass at most one sequence per sample")
         dev = target_item.device
-        if torch.compiler.is_exporting():
-            # An exported program needs static shapes: every position is looked up, padding as row 0,
+        if traced():
+            # A traced program needs static shapes: every position is looked up, padding as row 0,
             # whose vector is zero (checked by `load_`), so the output is already the dense [U, L, dim]
             # layout. Rows 0..U-1 of the sequence feature hold the histories (a KJT has one stride for
             # all keys; no `B - U` sized tensor, whose size would guard B in a program with a dynamic B).
             seq_ids = torch.where(seq_mask, seq_items, 0).reshape(-1)
             seq_lengths = (torch.arange(B, device=dev) < U).to(torch.int32) * L
         else:
-            # Only real behaviours are looked up. Row 0 lives on one rank of a row-wise sharded table,
-            # so padding looked up as row 0 sent every rank's padding to that rank: at L = 100K on the
-            # demo's histories ~99% of the positions, and rank 0 held ~0.4 GiB more than rank 1 per
-            # step (batch 8, 2 gloo ranks). The zero rows are filled in locally instead.
+            # Only real behaviours are looked up (`traced`): at L = 100K on the demo's histories padding
+            # is ~99% of the positions, and rank 0 held ~0.4 GiB more than rank 1 per step when it was
+            # looked up (batch 8, 2 gloo ranks). The zero rows are filled in locally instead.
             seq_ids = seq_items[seq_mask]
             seq_lengths = torch.zeros(B, dtype=torch.int32, device=dev)
             seq_lengths[:U] = seq_mask.sum(dim=1, dtype=torch.int32)
@@ -149,7 +148,7 @@ class FrozenSCL(nn.Module):
             seq = out[SCL_SEQ_FEATURE].values()
             # Output sizes are data-dependent for torch.export; state them (no-op in eager).
             torch._check(target.shape[0] == B)
-            if torch.compiler.is_exporting():
+            if traced():
                 torch._check(seq.shape[0] == U * L)
                 seq = seq.view(U, L, self.dim)
             else:

@@ -13,8 +13,9 @@ Which ids reach the trainable EC decides which rows a fused optimizer moves, so:
 (for GSUs that score the whole sequence with ID embeddings: SIM-soft, TWIN) runs the same
 EC under ``torch.no_grad()``, which neither builds a backward nor updates anything.
 Both calls use the same six features in the same order, because a sharded EC fixes its
-feature order on the first call. In eval mode (evaluation, serving, `torch.export`) both look
-every slot up with fixed lengths and zero the masked ones: the same values with static shapes.
+feature order on the first call. While an eval model is traced (`torch.export` of the serving
+program) both look every slot up with fixed lengths and zero the masked ones: the same values with
+static shapes.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from torchrec import (
 from muse_rec.data.batch import POOLED_FEATURES
 from muse_rec.data.schema import SCL_DIM
 from muse_rec.models.frozen_scl import FrozenSCL
-from muse_rec.models.sparse_ids import dense_from_jagged, masked_kjt
+from muse_rec.models.sparse_ids import dense_from_jagged, masked_kjt, traced
 
 ITEM_TABLE = "item"
 CATEGORY_TABLE = "category"
@@ -231,12 +232,13 @@ class SparseArch(nn.Module):
     def _lookup_ids(self, ids: List[torch.Tensor], masks: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The `ID_FEATURES` looked up in the ``ids`` EC: per feature ``[N, n_f]`` -> ``[N, n_f, D]``, 0 where masked.
 
-        Training mode: only the valid ids go into the KJT (a fused optimizer moves every row it
-        sees). Eval mode: every slot is looked up with fixed lengths and masked slots are zeroed
+        Only the valid ids go into the KJT: in training a fused optimizer moves every row it sees,
+        and in evaluation padding would all go to the rank holding row 0 (`traced`). While an eval
+        model is traced every slot is looked up with fixed lengths and masked slots are zeroed
         afterwards: the same values, with static shapes (`torch.export` cannot trace the boolean
         indexing of the masked KJT).
         """
-        if self.training:
+        if self.training or not traced():
             out = self.ids(masked_kjt(ID_FEATURES, ids, masks))
             return {f: dense_from_jagged(out[f].values(), m) for f, m in zip(ID_FEATURES, masks)}
         kjt = KeyedJaggedTensor(

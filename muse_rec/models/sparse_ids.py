@@ -64,3 +64,11 @@ def dense_from_jagged(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     out = values.new_zeros(B * N, values.shape[1])
     return out.index_copy(0, positions, values).view(B, N, values.shape[1])
 
+
+
+def traced() -> bool:
+    """True while ``torch.export`` or ``torch.compile`` traces the model: lookups then take every
+    slot with fixed lengths (static shapes) instead of the valid ids of `masked_kjt`, whose count is
+    data-dependent. Eagerly only valid ids are looked up, in evaluation too: padding looked up as
+    row 0 goes, in a row-wise sharded table, to the one rank holding row 0 from every rank."""
+    return torch.compiler.is_exporting() or torch.compiler.is_compiling()

@@ -88,6 +88,26 @@ def test_whole_sequence_lookup_has_no_grad_and_matches(arch: SparseArch) -> None
     assert torch.equal(whole[sm], expect[sm])
 
 
+def test_eval_lookups_send_no_padding_to_the_tables(arch: SparseArch) -> None:
+    """In evaluation too only valid ids reach the ID tables (the whole-sequence lookup of SIM-soft / TWIN
+    is [B, L]): padding as row 0 went, row-wise sharded, to the rank holding row 0 from every rank."""
+    arch.eval()
+    si, sc = ids(60, B, L, seed=8), ids(7, B, L, seed=9)
+    sm = torch.arange(L).unsqueeze(0) >= torch.tensor([[0], [3], [9], [10]])
+    seen = []
+    hook = arch.ids.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        whole = arch.sequence_tokens_no_grad(si, sc, sm)
+    finally:
+        hook.remove()
+    (kjt,) = seen
+    assert kjt["gsu_item"].lengths().tolist() == sm.sum(1).tolist()
+    assert torch.equal(kjt["gsu_item"].values(), si[sm]) and torch.equal(kjt["gsu_cat"].values(), sc[sm])
+    assert torch.count_nonzero(whole[~sm]) == 0
+    expect = torch.cat([arch.ids.embeddings["item"].weight[si], arch.ids.embeddings["category"].weight[sc]], -1)
+    assert torch.equal(whole[sm], expect[sm])
+
+
 def test_scl_load_and_lookup_exact(arch: SparseArch) -> None:
     rng = np.random.default_rng(0)
     table = rng.integers(-127, 128, size=(60, 128), dtype=np.int8)
