@@ -36,6 +36,9 @@ from muse_rec.data.synth_world import (VECTOR_BLOCK, Catalogue, Impressions, Use
                                        build_impressions, build_timelines, build_users, item_vector_block, ranges)
 
 USER_CHUNK = 2048  # users per generated history chunk (~1.2M behaviours, ~200 MB of temporaries)
+# In a log, a stage's progress line at most this often (as prepare's): a chunk takes ~0.5 s, so a line
+# per chunk was ~600 lines at the scale preset, none of them saying how far the stage had got.
+PROGRESS_EVERY_S = 30.0
 _ITEM_STAGE = 11  # stream of the item_features missing-value draws, one per item block
 
 
@@ -68,10 +71,36 @@ def _list(offsets: np.ndarray, values: np.ndarray, typ: pa.DataType) -> pa.Array
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), pa.int32()), pa.array(values), type=typ)
 
 
-def _blocked_affinities(cfg: SynthConfig) -> Callable:
-    """`affinities` for `build_impressions` that regenerates target vectors one item block at a time."""
+class StageProgress:
+    """Progress of the streamed stages for a log: `tick` says ``[synth] <stage>: k of n (p%), t s`` on
+    stderr at most every `PROGRESS_EVERY_S` per stage, and for nothing when ``enabled`` is False."""
+
+    def __init__(self, enabled: bool, t0: float) -> None:
+        self.enabled, self.t0 = enabled, t0
+        self._done: Dict[str, int] = {}
+        self._last: Dict[str, float] = {}
+
+    def tick(self, stage: str, n: int, total: int) -> None:
+        """``n`` more of the ``total`` rows (users, items, impressions) of ``stage`` are done."""
+        done = self._done[stage] = self._done.get(stage, 0) + n
+        now = time.perf_counter()
+        last = self._last.setdefault(stage, now)  # a stage's first line comes an interval into it
+        if not self.enabled or now - last < PROGRESS_EVERY_S:
+            return
+        self._last[stage] = now
+        print(f"[synth] {stage}: {done:,} of {total:,} ({100 * done / max(total, 1):.0f}%), {now - self.t0:.0f} s",
+              file=sys.stderr, flush=True)
+
+
+def _blocked_affinities(cfg: SynthConfig, progress: StageProgress) -> Callable:
+    """`affinities` for `build_impressions` that regenerates target vectors one item block at a time
+    (one `progress` tick per block, in impressions of the split it was called for)."""
+    calls = 0
 
     def affinities(cat: Catalogue, users: Users, sample_user: np.ndarray, item: np.ndarray):
+        nonlocal calls
+        calls += 1  # build_impressions calls it once per split
+        stage = f"impressions, split {calls} of {len(S.SPLITS)}"
         aff_long = np.empty(item.shape[0], np.float32)
         aff_recent = np.empty(item.shape[0], np.float32)
         order = np.argsort(item // VECTOR_BLOCK, kind="stable")
@@ -84,6 +113,7 @@ def _blocked_affinities(cfg: SynthConfig) -> Callable:
             vecs, base = item_vector_block(cfg, cat, block), block * VECTOR_BLOCK
             aff_long[idx], aff_recent[idx] = affinities_in_chunks(cat, users, sample_user[idx], item[idx],
                                                                   lambda rows: vecs[rows - base])
+            progress.tick(stage, idx.size, item.shape[0])
         return aff_long, aff_recent
 
     return affinities
@@ -115,7 +145,7 @@ def _user_batch(cfg: SynthConfig, cat: Catalogue, users: Users, lo: int, tl: Tup
 
 
 def _write_users(staging: str, cfg: SynthConfig, cat: Catalogue, users: Users, ids: IdHasher,
-                 tick: Callable[[str, int], None]) -> Dict[str, int]:
+                 progress: StageProgress) -> Dict[str, int]:
     """Both user-feature tables, `user_row_group_rows` users per row group, histories by chunk."""
     tables = {split: StagedTable(staging, f"{split}_user_features") for split in S.SPLITS}
     pending: Dict[str, List[pa.Table]] = {split: [] for split in S.SPLITS}
@@ -143,7 +173,7 @@ def _write_users(staging: str, cfg: SynthConfig, cat: Catalogue, users: Users, i
             pending_rows[split] += t.num_rows
             if pending_rows[split] >= cfg.user_row_group_rows:
                 flush(split)
-        tick("histories", hi - lo)
+        progress.tick("histories (users)", hi - lo, U)
     for split in S.SPLITS:
         flush(split)
         tables[split].close()
@@ -153,7 +183,7 @@ def _write_users(staging: str, cfg: SynthConfig, cat: Catalogue, users: Users, i
 
 
 def _write_items(staging: str, cfg: SynthConfig, cat: Catalogue, ids: IdHasher,
-                 tick: Callable[[str, int], None]) -> Dict[str, int]:
+                 progress: StageProgress) -> Dict[str, int]:
     """item_features and SCL for every catalogue item, `row_group_rows` items per row group."""
     feats, scl = StagedTable(staging, "item_features"), StagedTable(staging, "scl")
     I, D = cat.item_cluster.shape[0], S.SCL_DIM
@@ -179,7 +209,7 @@ def _write_items(staging: str, cfg: SynthConfig, cat: Catalogue, ids: IdHasher,
         feats.write(pa.Table.from_arrays(
             [pa.array(ids("item", it)), pa.array(ids("category", cat.item_category[it])),
              pa.array(ids("213", shop)), pa.array(ids("214", a214))], schema=release_schema("item_features")))
-        tick("items", hi - lo)
+        progress.tick("items", hi - lo, I)
     feats.close()
     scl.close()
     return {"item_features_rows": feats.rows, "scl_rows": scl.rows}
@@ -193,7 +223,8 @@ def write_streamed_release(out_dir: str, cfg: SynthConfig, progress: bool = Fals
         out_dir: local directory (created); the release tables there are replaced only once all
             six new ones are complete.
         cfg: generator knobs (``writer="stream"``).
-        progress: log one line per stage with its throughput.
+        progress: say on stderr when each stage is done, and how far a long one has got every
+            `PROGRESS_EVERY_S`.
     """
     from muse_rec.data.synth import MANIFEST_NAME, MANIFEST_VERSION, write_manifest
 
@@ -204,9 +235,7 @@ def write_streamed_release(out_dir: str, cfg: SynthConfig, progress: bool = Fals
     marks: Dict[str, float] = {}
 
     # Progress goes to stderr: stdout carries the summary, or the manifest under `synth --json`.
-    def tick(stage: str, n: int) -> None:
-        if progress:
-            print(f"[synth] {stage}: +{n:,} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    stage_progress = StageProgress(progress, t0)
 
     def done(stage: str) -> None:
         marks[stage] = round(time.perf_counter() - t0, 1)
@@ -218,7 +247,7 @@ def write_streamed_release(out_dir: str, cfg: SynthConfig, progress: bool = Fals
         users = build_users(cfg, cat)
         done("catalogue and users")
         ids = IdHasher(cfg)
-        imps = build_impressions(cfg, cat, users, affinities=_blocked_affinities(cfg))
+        imps = build_impressions(cfg, cat, users, affinities=_blocked_affinities(cfg, stage_progress))
         truth = {split: group_auc(imps[split].label, imps[split].prob, imps[split].user) for split in S.SPLITS}
         for split in S.SPLITS:
             t = StagedTable(staging, f"{split}_samples")
@@ -233,9 +262,9 @@ def write_streamed_release(out_dir: str, cfg: SynthConfig, progress: bool = Fals
         }
         del imps
         done("impressions")
-        stats.update(_write_items(staging, cfg, cat, ids, tick))
+        stats.update(_write_items(staging, cfg, cat, ids, stage_progress))
         done("item tables")
-        stats.update(_write_users(staging, cfg, cat, users, ids, tick))
+        stats.update(_write_users(staging, cfg, cat, users, ids, stage_progress))
         done("user tables")
         publish_release(staging, out_dir, MANIFEST_NAME)
     manifest: Dict[str, object] = {
