@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from muse_rec.cli.flags import input_file, input_path, int64, nonempty_path
 
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         manifest = export_model(spec, args.out, checkpoint=args.checkpoint, seq_len=args.seq_len,
                                 scl_dtype=args.scl_dtype, row_alignment=args.row_alignment,
                                 max_candidates=args.max_candidates, quantize=args.quantize,
-                                allow_data_mismatch=args.allow_data_mismatch, expect_sha256=args.expect_sha256)
+                                allow_data_mismatch=args.allow_data_mismatch, expect_sha256=args.expect_sha256,
+                                say=lambda line: print(f"[export] {line}", file=sys.stderr, flush=True))
     except bad_input_errors() + (ValueError, OSError) as e:  # OSError: the OS refused to write --out
         return report("export", e)
     tables = manifest.get("tables") or {}
