@@ -127,5 +127,11 @@ def check_values(spec: Spec, source: str) -> None:
             if len(part.encode("utf-8", "surrogateescape")) > MAX_PATH_PART_BYTES]
     need(not long, "output_dir", f"{spec.output_dir!r} (name {shown(spec.name)}): a file name in a path is at most "
          f"{MAX_PATH_PART_BYTES} bytes, {shown(long[0] if long else '')} is longer")
+    # '', '.', '/' and '..' (a file:// URI of one too) name a directory that is not a run's own: --overwrite moves a
+    # run aside to the sibling <name>.old-<time>, which such a path has none of (a ValueError traceback, and the
+    # lock file left in the directory), and a run would fill the current directory or its parent with its files.
+    need(Path(spec.run_dir).name not in ("", ".."), "output_dir",
+         f"{spec.output_dir!r}: names no directory of the run's own (the current directory, a parent or /); "
+         "give one such as runs/{name}")
     need("://" not in spec.run_dir, "output_dir",
          f"{spec.output_dir!r}: not a local path; a run is written to a local directory (a file:// URI names one)")
