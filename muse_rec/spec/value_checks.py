@@ -61,6 +61,8 @@ def check_values(spec: Spec, source: str) -> None:
     need(not unknown, "model.small_features", f"{', '.join(map(repr, unknown))} cannot take model.small_dim; "
          f"choose from {', '.join(SMALL_DIM_TABLES)} (item and category share one dim)")
     need(len(set(m.small_features)) == len(m.small_features), "model.small_features", "lists a table twice")
+    # The label every run's metrics.json carries: compare and reproduce refuse a run whose method is empty.
+    need(m.method != "", "model.method", "empty: name the method (a label for tables, e.g. muse)")
     need(m.init_std > 0, "model.init_std", "must be > 0 (the ID tables' trunc-normal std)")
     need(0 < m.esu.attention_hidden <= MAX_LAYER_WIDTH, "model.esu.attention_hidden", f"must be in 1..{MAX_LAYER_WIDTH}")
     need(m.esu.temperature_init > 0, "model.esu.temperature_init", "must be > 0 (SA-TA divides by it)")
