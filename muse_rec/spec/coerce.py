@@ -12,6 +12,7 @@ import typing
 from typing import Any, Dict, List, Literal, Tuple, Union
 
 from muse_rec.spec.schema import SpecError
+from muse_rec.spec.yaml_text import OTHER_BASE
 
 # How an error quotes a bad value: enough to recognise it, bounded whatever the file holds (a 200,000-item
 # list was a 1.4 MB error "line"; YAML aliases nesting lists ten-fold per level, the "billion laughs",
@@ -94,7 +95,9 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
+            padded = isinstance(value, str) and OTHER_BASE.fullmatch(value)  # kept as text by `parse_yaml`
+            raise bad("an integer" + (" in decimal digits, without a leading 0 or ':' (YAML 1.1 reads those as "
+                                      "octal or base 60)" if padded else ""))
         return value
     if tp is float:
         # YAML reads 2e-3 as a string (it wants 2.0e-3); accept both spellings.
