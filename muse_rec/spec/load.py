@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from muse_rec.json_files import refuse_special_file
+from muse_rec.json_files import is_symlink_loop, refuse_special_file
 from muse_rec.spec.coerce import build_dataclass, deep_merge, shown
 from muse_rec.spec.schema import Spec, SpecError
 from muse_rec.spec.value_checks import check_values
@@ -112,8 +112,9 @@ def _read_with_extends(path: Path, seen: Tuple[Path, ...], files: List[Tuple[Pat
         found = path.exists()
     except OSError as e:  # a name longer than the filesystem takes (ENAMETOOLONG) was a traceback
         raise SpecError(f"{where}: cannot read ({e})") from None
-    if not found:
-        raise SpecError(f"{where}: spec file not found")
+    if not found:  # a link loop is no file either, but a missing one sends the user looking for a name
+        raise SpecError(f"{where}: " + ("a symbolic link loop (following it never reaches a file); name a spec file"
+                                        if is_symlink_loop(path) else "spec file not found"))
     # The command line's --spec is asked already; a parent it extends is not.
     refuse_special_file(path, SpecError, "; name a spec file", label=where)
     if path.resolve() in seen:
