@@ -11,8 +11,9 @@ from pathlib import Path
 
 from muse_rec.spec.coerce import shown
 from muse_rec.spec.schema import (ID_TABLES, MAX_COLLECTIVE_TIMEOUT_S, MAX_EMBEDDING_DIM, MAX_LAYER_WIDTH,
-                                  MAX_PATH_PART_BYTES, MAX_SEED, MAX_TABLE_ROWS, MIN_COLLECTIVE_TIMEOUT_S,
-                                  MIN_TIER_WIDTH, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES, Spec, SpecError)
+                                  MAX_PATH_PART_BYTES, MAX_SEED, MAX_TABLE_ROWS, MAX_TOWER_LAYERS,
+                                  MIN_COLLECTIVE_TIMEOUT_S, MIN_TIER_WIDTH, SMALL_DIM_TABLES, SPARSE_OPTIMIZER_NAMES,
+                                  Spec, SpecError)
 
 
 def _only_name_field(template: str) -> bool:
@@ -73,6 +74,8 @@ def check_values(spec: Spec, source: str) -> None:
          "the most a table's byte counts can describe)")
     need(all(0 < h <= MAX_LAYER_WIDTH for h in m.tower_hidden) and m.tower_hidden, "model.tower_hidden",
          f"a non-empty list of widths in 1..{MAX_LAYER_WIDTH}")
+    need(len(m.tower_hidden) <= MAX_TOWER_LAYERS, "model.tower_hidden",
+         f"{len(m.tower_hidden):,} layers: at most {MAX_TOWER_LAYERS:,} (100,000 hung in torch's DDP set-up)")
     need(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     need(m.parametrization.dice_norm_eps > 0, "model.parametrization.dice_norm_eps", "must be > 0")
     need(m.parametrization.output_bias != "train_prior" or m.parametrization.output_head == "one_logit",
