@@ -77,12 +77,15 @@ def run(args: argparse.Namespace) -> int:
     quiet_known_warnings()  # before FBGEMM's import-time notes
     from muse_rec.serving.export import export_model
 
-    try:
-        manifest = export_model(spec, args.out, checkpoint=args.checkpoint, seq_len=args.seq_len,
-                                scl_dtype=args.scl_dtype, row_alignment=args.row_alignment,
-                                max_candidates=args.max_candidates, quantize=args.quantize,
-                                allow_data_mismatch=args.allow_data_mismatch, expect_sha256=args.expect_sha256,
-                                say=lambda line: print(f"[export] {line}", file=sys.stderr, flush=True))
+    from muse_rec.phase_heartbeat import PhaseHeartbeat
+
+    try:  # a line every PROGRESS_EVERY_S naming the phase: nothing for a short export, no silent minutes at scale
+        with PhaseHeartbeat(lambda line: print(f"[export] {line}", file=sys.stderr, flush=True)) as beat:
+            manifest = export_model(spec, args.out, checkpoint=args.checkpoint, seq_len=args.seq_len,
+                                    scl_dtype=args.scl_dtype, row_alignment=args.row_alignment,
+                                    max_candidates=args.max_candidates, quantize=args.quantize,
+                                    allow_data_mismatch=args.allow_data_mismatch, expect_sha256=args.expect_sha256,
+                                    say=beat.phase)
     except bad_input_errors() + (ValueError, OSError) as e:  # OSError: the OS refused to write --out
         return report("export", e)
     tables = manifest.get("tables") or {}

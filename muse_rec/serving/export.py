@@ -230,8 +230,8 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
         seq_len: the program's fixed history length L (histories are cut to the newest L and
             left-padded); None = the spec's ``data.seq_len``.
         quantize: False exports the float model (for comparison; tables stay fp32/fp16).
-        say: gets a line as each phase starts, with the seconds so far (the CLI prints them: at the full
-            vocabulary loading, quantizing and writing take minutes, which a log showed as silence).
+        say: told the phase that starts, as each starts (the CLI's `PhaseHeartbeat`: at the full vocabulary
+            loading, quantizing and writing take minutes, which a log showed as silence).
     """
     L = spec.data.seq_len if seq_len is None else seq_len
     if L < 1:
@@ -241,12 +241,8 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
     out_dir = check_output_path(out_dir, "--out", replaces=EXPORT_FILES)
     data = PreparedData(spec.data.prepared)
     start = time.perf_counter()
-
-    def phase(what: str) -> None:
-        say(f"{what} ({time.perf_counter() - start:.0f} s)")
-
     which = checkpoint or "the run's latest checkpoint"
-    phase(f"loading {which} and the SCL table of {data.path} ({data.vocab_sizes.get('item', 0):,} item rows)")
+    say(f"loading {which} and the SCL table of {data.path} ({data.vocab_sizes.get('item', 0):,} item rows)")
     # Quantized: the int8 check's float scores read the SCL values from an int8 table (the fp16 one, 256 B per item
     # row, was held only for them: the peak of export, ~62 GB at the 243M rows of Taobao-MM).
     model, ck = load_trained_model(spec, data, checkpoint, seq_len=L, allow_data_mismatch=allow_data_mismatch,
@@ -269,11 +265,11 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
                 raise ExportError(f"{ck}: the model cannot score the {spec.data.eval_split} split's first users "
                                   f"({' '.join(str(e).split())[:300]}); export another checkpoint") from None
 
-        phase(f"int8 check: scoring {len(requests.users):,} {spec.data.eval_split} users' requests with the float model")
+        say(f"int8 check: scoring {len(requests.users):,} {spec.data.eval_split} users' requests with the float model")
         float_scores = scores()
-        phase(f"quantizing the tables ({scl_dtype} SCL)")
+        say(f"quantizing the tables ({scl_dtype} SCL)")
         report = quantize_for_serving(serving, data.scl(), scl_dtype, row_alignment).to_dict()
-        phase("int8 check: scoring the same requests with the quantized model")
+        say("int8 check: scoring the same requests with the quantized model")
         int8_check = deviation_report(requests, float_scores, scores())
         if int8_check["max_abs_dp"] > int8_check["warn_above"]:
             gsu = model.gsu
@@ -282,7 +278,7 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
     # largest B (the Ranker splits requests by it): unbounded, TWIN's program scored 1,000 candidates at L = 100K
     # at 2.4 GB maximum RSS.
     max_candidates = serving.candidates_per_pass(max_candidates, L)
-    phase(f"tracing the program (torch.export; L = {L:,}, up to {max_candidates:,} candidates)")
+    say(f"tracing the program (torch.export; L = {L:,}, up to {max_candidates:,} candidates)")
     program = export_program(serving, L, max_candidates)
     manifest: Dict[str, object] = {
         "format": MANIFEST_FORMAT,
@@ -319,7 +315,7 @@ def export_model(spec: Spec, out_dir: str, checkpoint: Optional[str] = None, seq
     # exports into one directory cannot mix one's program with the other's manifest.
     with DirLock.acquire(out, holder="another export", hint="wait for it to end or choose another --out"):
         check_output_path(out_dir, "--out", replaces=EXPORT_FILES)  # again: it may have changed while we traced
-        phase(f"writing {out}")
+        say(f"writing {out}")
         digest = _write_staged(out, program, manifest, start)
     # The artifact's identity (not stored in manifest.json, which it covers): pin it when serving.
     return {**manifest, "sha256": digest}
