@@ -35,7 +35,7 @@ holds outside its tables (measured, docs/benchmarks.md "Scale"; 1.6-2.6 GiB at 3
   measured constants below; it is a term so that a much wider tower is reserved for, not
   discovered by the allocator mid-build.
 
-``RUNTIME_BYTES`` and ``WORKER_BYTES`` were measured with
+``RUNTIME_BYTES``, ``WORKER_BYTES`` and ``COLLECTIVE_BYTES_PER_POSITION`` were measured with
 specs/taobao_mm_full/muse.yaml (L = 1000) on a 20,000-item release-shaped synthetic set (four runs:
 batch 250 and 1000, 1 and 2 workers, 1 and 2 gloo ranks; the peak anonymous proportional set size of
 each rank with its loader workers minus the bytes its embedding kernels hold), then checked, not
@@ -43,9 +43,7 @@ fitted, at 30M items (`bench_scale.py --train-check`: within 2.2% per rank). RUN
 above a rank without loader workers (~285 MiB). ``BYTES_PER_SAMPLE`` and ``BYTES_PER_POSITION`` are
 fitted (the latter rounded up 5%) to the peaks of specs/demo/muse.yaml on one rank at one sample per
 user, the case the planner's buffers are sized for: batch 8-1,000, L = 1,000 and 100,000
-(`tests/distributed/test_rank_memory_measured.py`, docs/plan.md); ``COLLECTIVE_BYTES_PER_POSITION``
-the same way on two gloo ranks (batch 1,000, L = 1,000 and batch 8, L = 100,000: the larger rank, rounded up
-from 246 B; 75 B fitted at ~11 samples per user was 0.16 GiB low at one). They replace 254 B per position, fitted
+(`tests/distributed/test_rank_memory_measured.py`, docs/plan.md). They replace 254 B per position, fitted
 at ~11 samples per user, where a batch holds ~B/11 histories: it left out ~280 B per history position
 (the lookups' buffers, now counted at the run's batch), and had TorchRec's 20 copies of a 512-sample
 batch's ids on top. At more samples per user the estimate is high (an upper bound: 1.5-3.1x at 11 per
@@ -65,7 +63,7 @@ RUNTIME_BYTES = 440 * MiB
 BYTES_PER_SAMPLE = 80_000
 BYTES_PER_POSITION = 84
 WORKER_BYTES = 27 * MiB
-COLLECTIVE_BYTES_PER_POSITION = 300
+COLLECTIVE_BYTES_PER_POSITION = 75
 DENSE_BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW's exp_avg and exp_avg_sq
 
 

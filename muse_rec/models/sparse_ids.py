@@ -61,8 +61,11 @@ def dense_from_jagged(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     positions = flat.nonzero().squeeze(1)
     if positions.numel() != values.shape[0]:
         raise ValueError(f"{values.shape[0]} embeddings for {positions.numel()} valid positions")
+    # In place into the zeros: an out-of-place index_copy held a second [B, N, D] while it ran (the SCL
+    # lookup's [users, L, 128]: +1.4 GiB at batch 64, L = 100K). The gradient to `values` is the same.
     out = values.new_zeros(B * N, values.shape[1])
-    return out.index_copy(0, positions, values).view(B, N, values.shape[1])
+    out.index_copy_(0, positions, values)
+    return out.view(B, N, values.shape[1])
 
 
 
