@@ -68,7 +68,6 @@ def dense_from_jagged(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out.view(B, N, values.shape[1])
 
 
-
 def traced() -> bool:
     """True while ``torch.export`` or ``torch.compile`` traces the model: lookups then take every
     slot with fixed lengths (static shapes) instead of the valid ids of `masked_kjt`, whose count is
