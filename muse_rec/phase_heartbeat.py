@@ -13,7 +13,7 @@ import time
 from types import TracebackType
 from typing import Callable, Optional, Type
 
-PROGRESS_EVERY_S = 30.0  # as prepare's lines
+from muse_rec.terminal import PROGRESS_EVERY_S
 
 
 class PhaseHeartbeat:

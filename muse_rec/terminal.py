@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import sys
 
+# A log's progress line at most this often, for every command that prints them (prepare, synth, export).
+PROGRESS_EVERY_S = 30.0
+
 
 def shows_bars(progress: bool = True) -> bool:
     """True when progress is wanted and stderr is a terminal: draw bars; else print lines (or nothing)."""

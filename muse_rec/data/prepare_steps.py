@@ -30,11 +30,9 @@ from muse_rec.data.reader import RawRelease, RawTable
 from muse_rec.data.vocab import MISSING_ID, SortedKeyBuilder, Vocab
 from muse_rec.integrity import hash_files
 from muse_rec.json_files import read_json_object, refuse_special_file
-from muse_rec.terminal import shows_bars
-
-# In a log (no terminal bars), a line at most this often while a step reads a table: at the
+# In a log (no terminal bars), a line at most every PROGRESS_EVERY_S while a step reads a table: at the
 # release's size one step reads billions of behaviours for minutes.
-PROGRESS_EVERY_S = 30.0
+from muse_rec.terminal import PROGRESS_EVERY_S, shows_bars
 
 
 def _flat(batch: pa.RecordBatch, col: str) -> np.ndarray:

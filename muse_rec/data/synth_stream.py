@@ -34,11 +34,11 @@ from muse_rec.data.synth_release import (IdHasher, USER_FIELD_NAMESPACE, publish
                                          written_scl_int8)
 from muse_rec.data.synth_world import (VECTOR_BLOCK, Catalogue, Impressions, Users, affinities_in_chunks, build_catalogue,
                                        build_impressions, build_timelines, build_users, item_vector_block, ranges)
+# A stage's progress line at most every PROGRESS_EVERY_S (as prepare's): a chunk takes ~0.5 s, so a line per chunk
+# was ~600 lines at the scale preset, none of them saying how far the stage had got.
+from muse_rec.terminal import PROGRESS_EVERY_S
 
 USER_CHUNK = 2048  # users per generated history chunk (~1.2M behaviours, ~200 MB of temporaries)
-# In a log, a stage's progress line at most this often (as prepare's): a chunk takes ~0.5 s, so a line
-# per chunk was ~600 lines at the scale preset, none of them saying how far the stage had got.
-PROGRESS_EVERY_S = 30.0
 _ITEM_STAGE = 11  # stream of the item_features missing-value draws, one per item block
 
 
