@@ -124,7 +124,8 @@ class FrozenSCL(nn.Module):
         if U > B:
             raise ValueError(f"{U} sequences for {B} targets: pass at most one sequence per sample")
         dev = target_item.device
-        if traced():
+        static = traced()  # once: both the ids and the output's layout follow it
+        if static:
             # A traced program needs static shapes: every position is looked up, padding as row 0,
             # whose vector is zero (checked by `load_`), so the output is already the dense [U, L, dim]
             # layout. Rows 0..U-1 of the sequence feature hold the histories (a KJT has one stride for
@@ -148,7 +149,7 @@ class FrozenSCL(nn.Module):
             seq = out[SCL_SEQ_FEATURE].values()
             # Output sizes are data-dependent for torch.export; state them (no-op in eager).
             torch._check(target.shape[0] == B)
-            if traced():
+            if static:
                 torch._check(seq.shape[0] == U * L)
                 seq = seq.view(U, L, self.dim)
             else:
