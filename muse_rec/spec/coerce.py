@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import reprlib
 import typing
 from typing import Any, Dict, List, Literal, Tuple, Union
 
 from muse_rec.spec.schema import SpecError
 from muse_rec.spec.yaml_text import OTHER_BASE
+
+# A number written as text (YAML 1.1 reads `2e-3` as a string): ASCII decimal digits only. Python's
+# float() also takes '1_0' (10.0), ' 2e-3 ', 'infinity' and other scripts' digits ('\u0661\u0660'),
+# which a spec should not silently read as a number.
+DECIMAL_TEXT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+NON_FINITE_TEXT = ("inf", "infinity", "nan")
 
 # How an error quotes a bad value: enough to recognise it, bounded whatever the file holds (a 200,000-item
 # list was a 1.4 MB error "line"; YAML aliases nesting lists ten-fold per level, the "billion laughs",
@@ -102,10 +109,9 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     if tp is float:
         # YAML reads 2e-3 as a string (it wants 2.0e-3); accept both spellings.
         if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad("a number") from None
+            if not DECIMAL_TEXT.fullmatch(value):  # 'inf' / 'nan' are numbers, just not finite ones
+                raise bad("a finite number" if value.lstrip("+-").lower() in NON_FINITE_TEXT else "a number")
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         try:

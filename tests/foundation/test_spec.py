@@ -301,7 +301,18 @@ def test_yaml_merge_keys_work_and_duplicate_keys_are_still_refused(tmp_path):
 def test_scientific_notation_learning_rates():
     # YAML 1.1 reads `2e-3` as a string; the spec accepts it as the number users mean.
     s = from_dict({"train": {"dense_optimizer": {"name": "adamw", "lr": "2e-3"}}})
-    assert s.train.dense_optimizer.lr == pytest.approx(2e-3)
+    assert s.train.dense_optimizer.lr == 2e-3
+    for text, value in (("2E-3", 2e-3), ("+.5e-3", 5e-4), ("1.", 1.0), ("-0.25", -0.25), ("7", 7.0)):
+        s = from_dict({"model": {"parametrization": {"linear_bias": text}}})
+        assert s.model.parametrization.linear_bias == value, text
+
+
+@pytest.mark.parametrize("text", ["1_0", " 2e-3", "2e-3 ", "\u0661\u0660", "0x10", "1e", "e-3", ".", " inf"])
+def test_number_text_is_ascii_decimal(text):
+    # Python's float() read '1_0' as 10.0, padded text and Arabic-Indic digits as numbers: a quoted
+    # value a user would not call a number trained with one.
+    with pytest.raises(SpecError, match=r"model.parametrization.linear_bias: expected a number"):
+        from_dict({"model": {"parametrization": {"linear_bias": text}}})
 
 
 def test_literal_choices_are_the_spec_fields_own_values():
