@@ -25,11 +25,12 @@ from muse_rec.data.prepare_config import (BUILD_DIR, FORMAT_VERSION, ITEM_ATTR_C
                                           SAMPLE_ARRAYS, USER_FIELD_COLUMNS, VOCAB_NAMES, output_files,
                                           user_feature_rows)
 from muse_rec.data.reader import join_path
-from muse_rec.data.schema import SCL_DIM, SPLITS, one_line
+from muse_rec.data.schema import SCL_DIM, SPLITS
 from muse_rec.dirlock import LOCK_FILE
 from muse_rec.data.vocab import Vocab
 from muse_rec.json_files import INT64_MAX, read_json_object, refuse_special_file
 from muse_rec.spec.schema import MAX_TABLE_ROWS
+from muse_rec.wording import one_line
 
 
 # Bound of items/popularity.npy's counts (>= 0; `muse-rec check` scans the same).

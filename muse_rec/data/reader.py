@@ -20,10 +20,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from iopath.common.file_io import NativePathHandler, g_pathmgr
 
-from muse_rec.data.schema import (TABLES, RawDataError, TableSpec, cast_batch, check_batch, check_schema, one_line,
+from muse_rec.data.schema import (TABLES, RawDataError, TableSpec, cast_batch, check_batch, check_schema,
                                    raw_error, rows_phrase)
 from muse_rec.json_files import refuse_special_file
 from muse_rec.output_paths import FILE_URI_PREFIX, strip_file_uri
+from muse_rec.wording import one_line
 
 DEFAULT_BATCH_ROWS = 65_536
 FLOAT64_EXACT_BITS = 53  # float64 holds every integer up to 2^53 exactly, not every int64 id

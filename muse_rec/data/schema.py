@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from muse_rec.wording import one_line
+
 # Column names of the release (feature ids of the original Taobao logging system).
 LABEL = "label_0"  # list<int8> one-hot [1-y, y]
 USER = "129_1"  # int64 hashed user id
@@ -95,15 +97,6 @@ def _where(file: str, row_group: Optional[int], column: Optional[str]) -> str:
 
 def raw_error(file: str, msg: str, row_group: Optional[int] = None, column: Optional[str] = None) -> RawDataError:
     return RawDataError(f"{_where(file, row_group, column)}: {msg}")
-
-
-def one_line(e: BaseException) -> str:
-    """The text of `e` as one printable line, for a message that quotes it. Arrow's text of a damaged
-    Parquet file spans lines and holds the bytes it choked on ("Couldn't deserialize thrift: don't know
-    what type: \\x0f\\nDeserializing page header failed.\\n"): runs of whitespace become one space, other
-    unprintable characters their escape."""
-    text = " ".join(str(e).split())
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _is_list(t: pa.DataType) -> bool:

@@ -50,7 +50,7 @@ from muse_rec.integrity import IntegrityError, verify, write_manifest
 from muse_rec.lifetime import interrupts_deferred
 from muse_rec.metrics.gather import all_gather_objects, broadcast_from_root, rank_and_world
 from muse_rec.training.checkpoint_failures import (DAMAGED, DAMAGED_ZIP, UNREADABLE, describe_load_failure,
-                                                   failure_summary, one_line, write_refused)
+                                                   error_line, failure_summary, write_refused)
 from muse_rec.training.checkpoint_finite import check_finite, first_non_finite_of_any_rank
 from muse_rec.training.checkpoint_latest import run_id_of
 from muse_rec.training.checkpoint_names import complete_steps
@@ -208,10 +208,10 @@ def load_checkpoint(
     except CheckpointException as e:
         raise CheckpointError(f"{path}: {describe_load_failure(e)}") from None
     except UNREADABLE as e:
-        raise CheckpointError(f"{path}: {DAMAGED}: {one_line(e)}") from None
+        raise CheckpointError(f"{path}: {DAMAGED}: {error_line(e)}") from None
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         what = DAMAGED if DAMAGED_ZIP in str(e) else "does not fit this model"
-        raise CheckpointError(f"{path}: {what}: {one_line(e)}") from None
+        raise CheckpointError(f"{path}: {what}: {error_line(e)}") from None
     # DCP casts a saved tensor to the model's dtype without a word: an int64 or float64 tensor where training saves
     # fp32 (a file from elsewhere, re-sealed) loaded as other weights than it holds.
     foreign = _foreign_dtype(Path(path), state["model"])
@@ -252,7 +252,7 @@ def load_checkpoint(
         # Bytes that are no pickle at all make torch's weights-only unpickler fail inside itself: a missing memo
         # entry (KeyError), an empty stack (IndexError) or a short file (EOFError), besides UnpicklingError.
         except (RuntimeError, TypeError, ValueError, LookupError, *UNREADABLE) as e:
-            bad_rng = f"{rng}: not a torch RNG state ({one_line(e)})"
+            bad_rng = f"{rng}: not a torch RNG state ({error_line(e)})"
     # Each rank reads only its own rng-<rank>.pt: one rank's damaged file raised on that rank alone, while
     # the others rewrote the run record for the resume and trained into a collective it never joined.
     bad_rng = next((b for b in all_gather_objects(bad_rng) if b), None)

@@ -14,6 +14,7 @@ from pathlib import Path
 from torch.distributed.checkpoint.api import CheckpointException
 
 from muse_rec.training.checkpoint_position import CheckpointError
+from muse_rec.wording import one_line
 
 
 class CheckpointWriteError(CheckpointError):
@@ -31,14 +32,15 @@ def write_refused(tmp: Path, detail: str) -> CheckpointWriteError:
                                 "before it are whole: free space, then continue the run with --resume")
 
 
-def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:600]}"
+def error_line(e: BaseException) -> str:
+    """``e``'s type and text on one line (`one_line`), cut at 600 characters: a rank's failure in a
+    summary of several."""
+    return f"{type(e).__name__}: {one_line(e)[:600]}"
 
 
 def failure_summary(e: CheckpointException) -> str:
     """DCP's per-rank failures, one line (its str() is a multi-line traceback dump)."""
-    msgs = sorted({one_line(exc) for exc, _ in e.failures.values()})
+    msgs = sorted({error_line(exc) for exc, _ in e.failures.values()})
     return "; ".join(msgs) if msgs else "unknown failure"
 
 
