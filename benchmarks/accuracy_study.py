@@ -328,6 +328,18 @@ def other_data(out: Path, prepared: str) -> Optional[str]:
     return None
 
 
+def unprepared(prepared: str) -> Optional[str]:
+    """Why ``prepared`` holds no prepared data a run can read (None when it does): every run of the study
+    reads it, and each would otherwise start, fail on it in turn and leave a table of "missing"."""
+    from muse_rec.data.prepared import PreparedData, PreparedDataError
+
+    try:
+        PreparedData(prepared)
+    except PreparedDataError as e:
+        return str(e)
+    return None
+
+
 def _bad(message: str) -> int:
     """Bad input: one line on stderr, exit status 2 (no traceback)."""
     print(f"accuracy_study.py: {message}", file=sys.stderr)
@@ -384,6 +396,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     + ", ".join(c.key for c in configs))
     todo = [c for c in configs if not only or c.key in only]
     if not args.report_only:
+        why = unprepared(args.prepared)
+        if why:
+            return _bad(f"--prepared: {why}")
         # Seed-major, the first config's method (MUSE) before the others: partial results are a table.
         jobs = sorted(((c, s) for s in seeds for c in todo), key=lambda j: j[0].spec != todo[0].spec)
         failed = run_all(jobs, out, args.prepared, args.sparse, args.sparse_lr, args.jobs)

@@ -172,6 +172,7 @@ def test_relative_paths_are_the_callers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(study, "run_all", record)
     monkeypatch.setattr(study, "model_free_floors", lambda prepared, out: seen.setdefault("floors", prepared) and None)
+    monkeypatch.setattr(study, "unprepared", lambda prepared: None)  # an empty folder stands for prepared data
     monkeypatch.chdir(tmp_path)
     (tmp_path / "prep").mkdir()
     rc = study.main(["study", "--prepared", "prep", "--what", "methods", "--spec-dir", "specs/methods",
@@ -212,6 +213,22 @@ def test_an_out_of_other_prepared_data_is_refused(tmp_path, monkeypatch, capsys)
     assert "| muse | 0.6600 (n=1) |" in capsys.readouterr().out
 
 
+def test_a_prepared_without_prepared_data_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
+    # --prepared naming no prepared data (a typo, the raw release) started every run of the study, each
+    # failing on it in turn (exit 2, ~3 s each on the demo: minutes for the 63 runs of --what methods), and
+    # wrote OUT with a table of "missing"; the only line of stderr named the runs' logs, not the data.
+    _no_runs(monkeypatch)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for prepared in (raw, tmp_path / "missing"):
+        rc = study.main([str(tmp_path / "out"), "--prepared", str(prepared), "--what", "methods",
+                         "--spec-dir", "specs/methods", "--only", "muse__published", "--seeds", "0"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert "--prepared" in err[0] and str(prepared) in err[0] and "meta.json" in err[0], err
+        assert not (tmp_path / "out").exists()
+
+
 def test_report_only_without_runs_is_refused(tmp_path, monkeypatch, capsys):
     # --report-only on an OUT (or its --sparse sub-directory) without runs ended in a FileNotFoundError
     # traceback writing methods.json: e.g. a study run with --sparse profile, reported without it.
@@ -229,6 +246,7 @@ def test_failed_runs_make_the_study_fail(tmp_path, monkeypatch, capsys, status, 
     # A study whose runs all failed (e.g. --spec-dir without the specs: every `train` exits 2) printed a
     # table of "missing" and exited 0.
     monkeypatch.setattr(study, "command", lambda *a: [sys.executable, "-c", f"import sys; sys.exit({status})"])
+    monkeypatch.setattr(study, "unprepared", lambda prepared: None)
     monkeypatch.setattr(study, "model_free_floors", lambda prepared, out: None)
     rc = study.main([str(tmp_path / "out"), "--prepared", str(tmp_path), "--what", "methods",
                      "--spec-dir", "specs/methods", "--sparse", "profile", "--only", "muse__published", "--seeds", "0"])
