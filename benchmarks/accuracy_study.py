@@ -242,7 +242,8 @@ def methods_markdown(rows: Dict[str, Dict], tolerance: float, floors: Optional[D
     """The methods table. ``asked``: the config keys this study ran (``--only``; None = all): a method none of
     whose settings was asked or has a result is listed under "Not run" instead of as a row of "missing"."""
     best_floor = max(floors.values()) if floors else None
-    head = "| method | " + " | ".join(SETTINGS) + " | published within {:.3f} of best? |".format(tolerance)
+    # As given (:g): three decimals printed --tolerance 0.0025 as "within 0.003" and 0.0004 as "within 0.000".
+    head = "| method | " + " | ".join(SETTINGS) + f" | published within {tolerance:g} of best? |"
     if best_floor is not None:
         head += f" above best floor ({best_floor:.4f})? |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]

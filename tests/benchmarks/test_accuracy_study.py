@@ -92,6 +92,21 @@ def test_the_methods_table_lists_methods_not_asked_apart_and_gives_the_floor_mar
     assert "| sim_hard |" not in md and "Not run: din_ref, sim_hard, sim_soft, twin, miss." in md, md
 
 
+def test_the_methods_table_names_the_tolerance_it_judged_by(tmp_path):
+    # The column read "published within 0.003 of best?" at --tolerance 0.0025 (three decimals), whose
+    # verdicts judged by 0.0025: a gap of -0.0028 was "no" under a heading that let it pass.
+    cfgs = study.method_configs("specs/demo")
+    for cfg, g in zip(cfgs[:2], (0.7000, 0.7028)):  # muse: published, 5x dense lr
+        run = study.run_dir(tmp_path, cfg, 0)
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"gauc": g}))
+    rows = study.summarize(cfgs, [0], tmp_path)
+    md = study.methods_markdown(rows, 0.0025, None, ["muse__published"])
+    assert "| published within 0.0025 of best? |" in md.splitlines()[0], md
+    assert "| no (-0.0028) |" in md, md
+    assert "| published within 0.005 of best? |" in study.methods_markdown(rows, 0.005, None).splitlines()[0]
+
+
 def test_reference_parametrization_rows_are_the_ablation_reference_row_at_each_setting():
     abl = flat(resolved(next(c for c in study.ablation_configs("specs/demo/muse.yaml") if c.key == "reference")))
     rows = {c.key: c for c in study.method_configs("specs/demo", "reference")}
