@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -373,6 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _bad(f"--seeds must be distinct non-negative integers, got {args.seeds!r}")
     if args.jobs < 1:  # no run would ever start: the scheduler waited forever
         return _bad(f"--jobs must be >= 1, got {args.jobs}")
+    if not 0.0 <= args.tolerance < math.inf:  # -1 judged every method "no", nan too, inf every one "yes"
+        return _bad(f"--tolerance must be a finite GAUC difference >= 0 (e.g. 0.005), got {args.tolerance}")
     # Every run and `baselines` run with cwd = the repository: a relative OUT or --prepared (the
     # caller's cwd) would have put the runs under the repository and pointed them at other data.
     args.out = Path(os.path.abspath(args.out))

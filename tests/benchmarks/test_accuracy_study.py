@@ -174,6 +174,17 @@ def test_bad_seeds_are_refused(tmp_path, monkeypatch, capsys, seeds):
     assert rc == 2 and len(err) == 1 and "--seeds" in err[0]
 
 
+@pytest.mark.parametrize("tolerance", ["-0.001", "nan", "inf"])
+def test_a_tolerance_that_judges_nothing_is_refused(tmp_path, monkeypatch, capsys, tolerance):
+    # --tolerance -0.001 (or nan) ran the whole study and judged every method "no" whatever its gap; inf "yes".
+    _no_runs(monkeypatch)
+    rc = study.main([str(tmp_path / "out"), "--prepared", str(tmp_path), "--what", "methods",
+                     "--spec-dir", "specs/methods", "--tolerance", tolerance])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--tolerance" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def test_relative_paths_are_the_callers(tmp_path, monkeypatch):
     # The runs (and `baselines`) start with cwd = the repository: a relative OUT or --prepared, meant
     # from the caller's directory, put the run directories under the repository and read other data,
