@@ -403,6 +403,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         why = unprepared(args.prepared)
         if why:
             return _bad(f"--prepared: {why}")
+        try:  # OUT (or a folder above it) a file was a NotADirectoryError traceback from the scheduler
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return _bad(f"OUT {args.out}: cannot make {out} ({e.strerror}: {e.filename})")
         # Seed-major, the first config's method (MUSE) before the others: partial results are a table.
         jobs = sorted(((c, s) for s in seeds for c in todo), key=lambda j: j[0].spec != todo[0].spec)
         failed = run_all(jobs, out, args.prepared, args.sparse, args.sparse_lr, args.jobs)

@@ -194,7 +194,7 @@ def test_relative_paths_are_the_callers(tmp_path, monkeypatch):
     def record(jobs, out, prepared, sparse, sparse_lr, parallel):
         seen["cmd"] = study.command(jobs[0][0], jobs[0][1], out, prepared, sparse, sparse_lr)
         seen["out"] = out
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
 
     monkeypatch.setattr(study, "run_all", record)
     monkeypatch.setattr(study, "model_free_floors", lambda prepared, out: seen.setdefault("floors", prepared) and None)
@@ -253,6 +253,20 @@ def test_a_prepared_without_prepared_data_is_refused_before_any_run(tmp_path, mo
         assert rc == 2 and len(err) == 1, err
         assert "--prepared" in err[0] and str(prepared) in err[0] and "meta.json" in err[0], err
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["out", "out/adagrad"])
+def test_an_out_that_is_a_file_is_refused(tmp_path, monkeypatch, capsys, where):
+    # OUT a file (or its --sparse sub-directory one) ended in a NotADirectoryError traceback making OUT/adagrad/logs.
+    _no_runs(monkeypatch)
+    monkeypatch.setattr(study, "unprepared", lambda prepared: None)
+    (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / where).write_text("mine")
+    rc = study.main([str(tmp_path / "out"), "--prepared", str(tmp_path), "--what", "methods",
+                     "--spec-dir", "specs/methods", "--only", "muse__published", "--seeds", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"accuracy_study.py: OUT {tmp_path / 'out'}: "), err
+    assert (tmp_path / where).read_text() == "mine"
 
 
 def test_report_only_without_runs_is_refused(tmp_path, monkeypatch, capsys):
