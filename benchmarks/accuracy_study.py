@@ -374,6 +374,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _bad(f"--seeds must be distinct non-negative integers, got {args.seeds!r}")
     if args.jobs < 1:  # no run would ever start: the scheduler waited forever
         return _bad(f"--jobs must be >= 1, got {args.jobs}")
+    if args.sparse_lr is not None and not 0.0 < args.sparse_lr < math.inf:
+        # every run would start and refuse it in turn (exit 2), under an OUT/adagrad_lr-1 of "missing"
+        return _bad(f"--sparse-lr must be a finite learning rate > 0, got {args.sparse_lr}")
     if not 0.0 <= args.tolerance < math.inf:  # -1 judged every method "no", nan too, inf every one "yes"
         return _bad(f"--tolerance must be a finite GAUC difference >= 0 (e.g. 0.005), got {args.tolerance}")
     # Every run and `baselines` run with cwd = the repository: a relative OUT or --prepared (the

@@ -174,6 +174,18 @@ def test_bad_seeds_are_refused(tmp_path, monkeypatch, capsys, seeds):
     assert rc == 2 and len(err) == 1 and "--seeds" in err[0]
 
 
+@pytest.mark.parametrize("lr", ["-1", "0", "nan", "inf"])
+def test_a_sparse_lr_no_run_takes_is_refused(tmp_path, monkeypatch, capsys, lr):
+    # --sparse-lr -1 started every run of the study, each refusing it in turn (exit 2), and wrote OUT/adagrad_lr-1.
+    _no_runs(monkeypatch)
+    monkeypatch.setattr(study, "unprepared", lambda prepared: None)
+    rc = study.main([str(tmp_path / "out"), "--prepared", str(tmp_path), "--what", "methods",
+                     "--spec-dir", "specs/methods", "--sparse-lr", lr])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--sparse-lr" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("tolerance", ["-0.001", "nan", "inf"])
 def test_a_tolerance_that_judges_nothing_is_refused(tmp_path, monkeypatch, capsys, tolerance):
     # --tolerance -0.001 (or nan) ran the whole study and judged every method "no" whatever its gap; inf "yes".
