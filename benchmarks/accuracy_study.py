@@ -330,6 +330,43 @@ def other_data(out: Path, prepared: str) -> Optional[str]:
     return None
 
 
+def other_settings(out: Path, configs: Sequence[Config], seeds: Sequence[int], prepared: str, sparse: str,
+                   sparse_lr: Optional[float]) -> Optional[str]:
+    """Why a finished run under ``out`` is not the run this study makes of its row and seed (None when none is).
+
+    A run whose metrics.json exists is skipped and reported under its row's key, so a run of another --spec
+    or --spec-dir in the same OUT (the DIN ablation after MUSE's, `--sparse profile` with specs/methods after
+    specs/demo) was shown as this study's. Its spec.yaml's training settings (`training_settings`, the data
+    left to `other_data`) are compared with those the row's command resolves to, on the keys both know."""
+    import yaml
+    from muse_rec.spec import SpecError, load_spec, training_settings
+
+    def settings(resolved: object) -> Dict[str, object]:
+        return training_settings(resolved if isinstance(resolved, dict) else {}, leave_out=("data.prepared",))
+
+    for cfg in configs:
+        for seed in seeds:
+            rd = run_dir(out, cfg, seed)
+            if read_gauc(rd) is None:  # not finished: the study trains it again from scratch
+                continue
+            try:
+                had = settings(yaml.safe_load((rd / "spec.yaml").read_text()))
+            except (OSError, ValueError, yaml.YAMLError):
+                continue
+            cmd = command(cfg, seed, out, prepared, sparse, sparse_lr)
+            sets = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--set"]
+            try:
+                # Through YAML, as spec.yaml holds it (a tuple is a list there).
+                want = settings(yaml.safe_load(yaml.safe_dump(load_spec(cmd[cmd.index("--spec") + 1], sets).to_dict())))
+            except (OSError, SpecError):  # no such spec: its runs refuse it and the study says so
+                continue
+            diff = [k for k in had if k in want and had[k] != want[k]]
+            if diff:
+                return (f"{rd}: a run with {diff[0]} = {had[diff[0]]!r}, where this study's {cfg.key} has "
+                        f"{want[diff[0]]!r} (another --spec, --spec-dir or version of the specs)")
+    return None
+
+
 def unprepared(prepared: str) -> Optional[str]:
     """Why ``prepared`` holds no prepared data a run can read (None when it does): every run of the study
     reads it, and each would otherwise start, fail on it in turn and leave a table of "missing"."""
@@ -401,6 +438,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unknown:  # a typo would otherwise run nothing and print a table of "missing"
         return _bad(f"--only: unknown key(s) {', '.join(unknown)}; the keys of --what {args.what}: "
                     + ", ".join(c.key for c in configs))
+    other = other_settings(out, configs, seeds, args.prepared, args.sparse, args.sparse_lr)
+    if other:
+        return _bad(f"{other}; one OUT holds the runs of one study: pass another OUT")
     todo = [c for c in configs if not only or c.key in only]
     if not args.report_only:
         why = unprepared(args.prepared)

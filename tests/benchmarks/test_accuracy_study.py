@@ -281,6 +281,36 @@ def test_an_out_that_is_a_file_is_refused(tmp_path, monkeypatch, capsys, where):
     assert (tmp_path / where).read_text() == "mine"
 
 
+def test_a_run_of_other_specs_in_out_is_refused(tmp_path, monkeypatch, capsys):
+    # A finished run is skipped and reported under its row's key: in an OUT of `--sparse profile` runs of
+    # specs/demo (row-wise Adagrad 0.05), `--spec-dir specs/methods --sparse profile` reported them as the
+    # methods specs' (0.02), and the DIN ablation (--spec specs/demo/din.yaml) MUSE's runs as DIN's.
+    import yaml
+
+    out, prepared = tmp_path / "out", str(tmp_path / "p")
+    for what, cfg in (("methods", study.method_configs("specs/demo")[0]),
+                      ("ablation", study.ablation_configs("specs/demo/muse.yaml")[0])):
+        cmd = study.command(cfg, 0, out / "profile", prepared, "profile", None)
+        sets = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--set"]
+        run = study.run_dir(out / "profile", cfg, 0)
+        run.mkdir(parents=True)
+        (run / "spec.yaml").write_text(yaml.safe_dump(load_spec(cmd[cmd.index("--spec") + 1], sets).to_dict()))
+        (run / "metrics.json").write_text(json.dumps({"gauc": 0.66}))
+    _no_runs(monkeypatch)
+    monkeypatch.setattr(study, "unprepared", lambda p: None)
+    args = [str(out), "--prepared", prepared, "--sparse", "profile", "--seeds", "0"]
+    for bad, why in ((["--what", "methods", "--spec-dir", "specs/methods"], "train.sparse_optimizer.lr = 0.05"),
+                     (["--what", "ablation", "--spec", "specs/demo/din.yaml"], "ours-s0: a run with model.")):
+        assert study.main([*args, *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0] and str(out / "profile" / "runs") in err[0], err
+    # The study that made them reports them.
+    monkeypatch.setattr(study, "model_free_floors", lambda p, o: None)
+    assert study.main([*args, "--what", "methods", "--report-only"]) == 0
+    assert "| muse | 0.6600 (n=1) |" in capsys.readouterr().out
+    assert study.main([*args, "--what", "ablation", "--report-only"]) == 0
+
+
 def test_report_only_without_runs_is_refused(tmp_path, monkeypatch, capsys):
     # --report-only on an OUT (or its --sparse sub-directory) without runs ended in a FileNotFoundError
     # traceback writing methods.json: e.g. a study run with --sparse profile, reported without it.
