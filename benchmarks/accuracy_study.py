@@ -6,16 +6,21 @@ Two tables (docs/accuracy.md shows them):
   torch's parametrization ("ours") and each difference to the reference's (MUSE.md) switched
   ON alone, then the whole reference parametrization and the reference with each difference
   switched OFF alone. Which rows move GAUC is which differences decide the learning speed.
-* ``methods``: every method of ``specs/methods`` (+ ``din_ref``) with its spec as committed, at
-  the published settings, with 5x the dense lr, and with 4x the steps (batch 250: the same one
-  epoch in 4x the steps). The published settings are "not limiting" when their GAUC is within
-  ``--tolerance`` of the best of the other two. Model-free floors (``muse-rec baselines``) are
-  added when that command exists.
+* ``methods``: every method's ``<method>.yaml`` of ``--spec-dir`` (default ``specs/demo``; ``specs/methods``
+  for the paper's specs as committed), ``din_ref`` included, at the published settings, with 5x the dense
+  lr, and with 4x the steps (batch 250: the same one epoch in 4x the steps). The published settings
+  are "not limiting" when their GAUC is within ``--tolerance`` of the best of the other two.
+  Model-free floors (``muse-rec baselines``) are added when that command exists.
 
-Every run is ``muse-rec train`` in its own process (OMP_NUM_THREADS=1, ``--jobs`` at a time),
-with its run directory under ``OUT/runs``; a run whose ``metrics.json`` exists is skipped, so
-re-running resumes. Writes ``OUT/<table>.json`` and ``OUT/<table>.md``. Exits 0 when every run it
-started finished; else, after the table, one line naming the failed runs' logs and exit status 1
+The ID tables of every run train with ``--sparse``'s optimizer, whatever the spec says: ``adagrad`` (the
+default) row-wise Adagrad lr 0.05 (the demo profile's), ``adam`` the paper's lr 2e-3, ``profile`` each spec's
+own (``specs/demo``: row-wise Adagrad 0.05; ``specs/methods``: the spec default, row-wise Adagrad 0.02).
+
+Every run is ``muse-rec train`` in its own process (OMP_NUM_THREADS=1, ``--jobs`` at a time). All of a study
+lives in ``D = OUT/<sparse>[_lr<sparse-lr>][_reference_parametrization]``: each run's directory under
+``D/runs``, its log under ``D/logs``; a run whose ``metrics.json`` exists is skipped, so re-running resumes.
+Writes ``D/<table>.json`` and ``D/<table>.md`` (and ``D/floors.json`` for ``methods``). Exits 0 when
+every run it started finished; else, after the table, one line naming the failed runs' logs and exit status 1
 (2 when every failed run refused its input, e.g. no ``<method>.yaml`` in ``--spec-dir``).
 
 Example::
@@ -393,7 +398,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=2, help="trainings at a time (1 thread each)")
     ap.add_argument("--sparse", choices=tuple(SPARSE), default="adagrad",
-                    help="sparse optimizer of every run: adagrad (row-wise, lr 0.05), adam (lr 2e-3), profile")
+                    help="sparse optimizer of every run: adagrad (row-wise, lr 0.05), adam (lr 2e-3), "
+                         "profile (each spec's own: specs/demo row-wise Adagrad 0.05, specs/methods 0.02)")
     ap.add_argument("--sparse-lr", type=float, default=None, help="override the sparse optimizer's lr")
     ap.add_argument("--spec", default="specs/demo/muse.yaml", help="ablation: the MUSE spec to ablate")
     ap.add_argument("--spec-dir", default="specs/demo", help="methods: where <method>.yaml live")
