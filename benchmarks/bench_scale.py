@@ -46,6 +46,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.args import at_least, int_list, output_dir, prepared_dir  # noqa: E402
+
 SCALE = {"items": 30_000_000, "users": 1_000_000, "clusters": 250_000, "categories": 10_000}
 # --quick: tiny absolute sizes (x1, x2, x4) with the scale preset's shape but short histories.
 QUICK = {"items": 4000, "users": 200, "clusters": 80, "categories": 16, "max-seq-len": 200,
@@ -402,37 +407,41 @@ def train_markdown(results: List[Dict[str, object]]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="three tiny sizes (CI, seconds)")
-    ap.add_argument("--sizes", default="64,16,4", help="divisors of the scale preset, largest divisor first")
+    ap.add_argument("--sizes", type=int_list(1), default=[64, 16, 4],
+                    help="divisors of the scale preset, largest divisor first (default 64,16,4)")
     ap.add_argument("--data", default=str(REPO / "data" / "bench_scale"), help="raw releases are cached here")
     ap.add_argument("--out", default=str(REPO / "data" / "bench_scale" / "results"), help="results directory")
-    ap.add_argument("--batch-rows", type=int, default=4096, help="prepare --batch-rows")
-    ap.add_argument("--plan-check", type=int, default=0, metavar="ITEMS",
+    ap.add_argument("--batch-rows", type=at_least(1), default=4096, help="prepare --batch-rows")
+    ap.add_argument("--plan-check", type=at_least(0), default=0, metavar="ITEMS",
                     help="instead: per-rank memory of the sharded full spec with ITEMS items vs the plan")
-    ap.add_argument("--world-sizes", default="1,2", help="gloo world sizes of --plan-check / --train-check")
-    ap.add_argument("--train-check", default="", metavar="PREPARED",
+    ap.add_argument("--world-sizes", type=int_list(1), default=[1, 2],
+                    help="gloo world sizes of --plan-check / --train-check (default 1,2)")
+    ap.add_argument("--train-check", type=prepared_dir, default=None, metavar="PREPARED",
                     help="instead: train the full spec on this prepared set (--steps steps + exact evaluation) "
                          "and compare each rank's peak memory with the plan")
-    ap.add_argument("--steps", type=int, default=40, help="train.max_steps of --train-check (0 = one whole epoch)")
+    ap.add_argument("--steps", type=at_least(0), default=40,
+                    help="train.max_steps of --train-check (0 = one whole epoch)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra spec overrides of --train-check (the plan gets them too), e.g. train.batch_size=500")
     args = ap.parse_args(argv)
-    data, out = Path(args.data), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    data, out = Path(args.data), output_dir(ap, "--out", Path(args.out))
+    if not (args.train_check or args.plan_check):
+        output_dir(ap, "--data", data)
     if args.train_check:
         res = train_check(Path(args.train_check).resolve(), out.resolve(),
-                          [int(x) for x in args.world_sizes.split(",")], args.steps, args.set)
+                          args.world_sizes, args.steps, args.set)
         (out / "train_check.json").write_text(json.dumps(res, indent=2) + "\n")
         print(train_markdown(res))
         return 0
     if args.plan_check:
-        res = plan_check(args.plan_check, [int(x) for x in args.world_sizes.split(",")])
+        res = plan_check(args.plan_check, args.world_sizes)
         (out / f"plan_check_{args.plan_check}.json").write_text(json.dumps(res, indent=2) + "\n")
         return 0
     results = []
     if args.quick:
         sizes = [(f"quick x{m}", m) for m in (1, 2, 4)]
     else:
-        sizes = [(f"1/{d}" if d > 1 else "1", d) for d in (int(x) for x in args.sizes.split(","))]
+        sizes = [(f"1/{d}" if d > 1 else "1", d) for d in args.sizes]
     for label, d in sizes:
         tag = f"quick_{d}" if args.quick else f"scale_{d}"
         res = bench_size(label, data / tag, data / f"{tag}_prepared", synth_args(d, args.quick), args.batch_rows)

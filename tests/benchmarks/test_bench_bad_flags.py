@@ -1,0 +1,38 @@
+"""A benchmark given a bad flag value says which flag and why in one line and exits 2, before it
+measures anything: each was a traceback (ZeroDivisionError, ValueError, FileExistsError, an
+UnboundLocalError), some only after minutes of measuring, whose figures were then lost."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import List
+
+import pytest
+
+
+def refused(capsys, script: str, argv: List[str]) -> str:
+    """The one error line of ``benchmarks/<script>.py argv`` (it must exit 2 through argparse)."""
+    module = importlib.import_module(f"benchmarks.{script}")
+    with pytest.raises(SystemExit) as e:
+        module.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_bench_scale_bad_flags(tmp_path: Path, capsys) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    d = ["--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]
+    assert "--sizes: 0: must be >= 1" in refused(capsys, "bench_scale", ["--sizes", "0", *d])  # ZeroDivisionError
+    assert "--sizes: invalid int value: 'abc'" in refused(capsys, "bench_scale", ["--sizes", "abc", *d])
+    assert "--batch-rows: 0: must be >= 1" in refused(capsys, "bench_scale", ["--quick", "--batch-rows", "0", *d])
+    assert "--plan-check: -5: must be >= 0" in refused(capsys, "bench_scale", ["--plan-check", "-5", *d])
+    assert "--world-sizes: 0: must be >= 1" in refused(capsys, "bench_scale",
+                                                         ["--plan-check", "1000", "--world-sizes", "0", *d])
+    assert f"--train-check: {tmp_path / 'none'}: no meta.json there" in refused(
+        capsys, "bench_scale", ["--train-check", str(tmp_path / "none"), *d])
+    assert f"--out {a_file}: a file is there, not a directory" in refused(
+        capsys, "bench_scale", ["--quick", "--data", str(tmp_path / "d"), "--out", str(a_file)])
+    assert not (tmp_path / "d").exists()  # nothing generated before the refusal
