@@ -28,7 +28,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import sys
 
@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.args import at_least, int_list, output_dir, same_length  # noqa: E402
 from benchmarks.bench_gsu import median_times  # noqa: E402
 
 from muse_rec.data.batch import POOLED_FEATURES  # noqa: E402
@@ -66,21 +67,23 @@ def gemm_bound(candidates: int, L: int, reps: int) -> Dict[str, float]:
     return out
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results", help="directory for bench_ranker.md / .json")
-    ap.add_argument("--lengths", default="1000,10000,100000", help="history lengths L")
-    ap.add_argument("--candidates", type=int, default=1000)
-    ap.add_argument("--items", type=int, default=200_000, help="item vocabulary rows (SCL table rows)")
-    ap.add_argument("--reps", default="30,15,8", help="timed calls per L (same order as --lengths)")
+    ap.add_argument("--lengths", type=int_list(1), default=[1000, 10_000, 100_000],
+                    help="history lengths L (default 1000,10000,100000)")
+    ap.add_argument("--candidates", type=at_least(1), default=1000)
+    # Row 0 is padding: the random histories and candidates draw from rows 1 .. items-1.
+    ap.add_argument("--items", type=at_least(2), default=200_000, help="item vocabulary rows (SCL table rows)")
+    ap.add_argument("--reps", type=int_list(1), default=[30, 15, 8],
+                    help="timed calls per L (same order as --lengths; default 30,15,8)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--threads", type=at_least(1), default=1,
                     help="torch intra-op threads (1: on a shared 2-core box more threads oversubscribe, ~20x slower)")
-    args = ap.parse_args()
-    lengths = [int(x) for x in args.lengths.split(",")]
-    reps = [int(x) for x in args.reps.split(",")]
-    if len(reps) != len(lengths):
-        raise SystemExit("--reps needs one count per --lengths entry")
+    args = ap.parse_args(argv)
+    lengths, reps = args.lengths, args.reps
+    same_length(ap, "--lengths", lengths, "--reps", reps)
+    out = output_dir(ap, "--out", Path(args.out))
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
@@ -131,8 +134,6 @@ def main() -> None:
                   f"p99 {row['score_ms_p99']:.1f} ms (CPU {row['score_cpu_ms_p50']:.1f} / {row['score_cpu_ms_p99']:.1f}); "
                   f"bf16 GEMM {row['gemm_bf16_ms_wall']:.1f} ms (CPU {row['gemm_bf16_ms_cpu']:.1f})", flush=True)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     env = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "items": args.items, "spec": "specs/demo/muse.yaml (random init)"}
     (out / "bench_ranker.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))

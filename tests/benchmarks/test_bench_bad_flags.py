@@ -36,3 +36,19 @@ def test_bench_scale_bad_flags(tmp_path: Path, capsys) -> None:
     assert f"--out {a_file}: a file is there, not a directory" in refused(
         capsys, "bench_scale", ["--quick", "--data", str(tmp_path / "d"), "--out", str(a_file)])
     assert not (tmp_path / "d").exists()  # nothing generated before the refusal
+
+
+def test_bench_ranker_bad_flags(tmp_path: Path, capsys) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    o = ["--out", str(tmp_path / "o")]
+    # --reps 0: UnboundLocalError after building the model; --lengths 0 was timed (a 31,810x "ratio").
+    assert "--reps: 0: must be >= 1" in refused(capsys, "bench_ranker", ["--lengths", "100", "--reps", "0", *o])
+    assert "--lengths: 0: must be >= 1" in refused(capsys, "bench_ranker", ["--lengths", "0", "--reps", "3", *o])
+    assert "--candidates: 0: must be >= 1" in refused(capsys, "bench_ranker", ["--candidates", "0", *o])
+    assert "--items: 1: must be >= 2" in refused(capsys, "bench_ranker", ["--items", "1", *o])
+    assert "--reps needs one count per --lengths entry: 1 given for 2" in refused(
+        capsys, "bench_ranker", ["--lengths", "100,200", "--reps", "3", *o])
+    # The output folder was created after every length had been timed: a file there lost them all.
+    assert f"--out {a_file}: a file is there, not a directory" in refused(
+        capsys, "bench_ranker", ["--lengths", "100", "--reps", "2", "--out", str(a_file)])
