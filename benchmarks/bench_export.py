@@ -20,23 +20,28 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
-from muse_rec.data.batch import POOLED_FEATURES
-from muse_rec.models.ctr_model import build_train_model
-from muse_rec.serving.export import MANIFEST_FORMAT, PROGRAM_FILE, _write_staged, export_program, takes_scl
-from muse_rec.serving.inference import InferenceModel
-from muse_rec.serving.quantize import quantize_for_serving
-from muse_rec.serving.ranker import ExportedScorer, FloatScorer, build_context, score_in_batches
-from muse_rec.spec import load_spec
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.args import at_least, int_list, output_dir, same_length  # noqa: E402
+from muse_rec.data.batch import POOLED_FEATURES  # noqa: E402
+from muse_rec.models.ctr_model import build_train_model  # noqa: E402
+from muse_rec.serving.export import (MANIFEST_FORMAT, PROGRAM_FILE, _write_staged, export_program,  # noqa: E402
+                                     takes_scl)
+from muse_rec.serving.inference import InferenceModel  # noqa: E402
+from muse_rec.serving.quantize import quantize_for_serving  # noqa: E402
+from muse_rec.serving.ranker import ExportedScorer, FloatScorer, build_context, score_in_batches  # noqa: E402
+from muse_rec.spec import SpecError, load_spec  # noqa: E402
 SCL_DIM = 128
 
 
@@ -80,25 +85,31 @@ def export_to(model, scl: np.ndarray, seq_len: int, max_candidates: int, out: Pa
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results", help="directory for bench_export.md / .json")
     ap.add_argument("--spec", default=str(REPO / "specs" / "demo" / "muse.yaml"))
-    ap.add_argument("--candidates", default="1,1000,100000")
-    ap.add_argument("--reps", default="50,15,3", help="timed repetitions per candidate count")
-    ap.add_argument("--seq-len", type=int, default=1000, help="history length L (fixed in the program)")
-    ap.add_argument("--items", type=int, default=200_000)
-    ap.add_argument("--max-batch", type=int, default=1024, help="candidates per forward (the Ranker's default)")
+    ap.add_argument("--candidates", type=int_list(1), default=[1, 1000, 100_000],
+                    help="candidate counts (default 1,1000,100000)")
+    ap.add_argument("--reps", type=int_list(1), default=[50, 15, 3],
+                    help="timed repetitions per candidate count (default 50,15,3)")
+    ap.add_argument("--seq-len", type=at_least(1), default=1000, help="history length L (fixed in the program)")
+    # Row 0 is padding: the random history and candidates draw from rows 1 .. items-1.
+    ap.add_argument("--items", type=at_least(2), default=200_000)
+    ap.add_argument("--max-batch", type=at_least(1), default=1024,
+                    help="candidates per forward (the Ranker's default)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    counts = [int(x) for x in args.candidates.split(",")]
-    reps = [int(x) for x in args.reps.split(",")]
-    if len(reps) != len(counts):
-        raise SystemExit("--reps needs one count per --candidates entry")
+    ap.add_argument("--threads", type=at_least(1), default=1)
+    args = ap.parse_args(argv)
+    counts, reps = args.candidates, args.reps
+    same_length(ap, "--candidates", counts, "--reps", reps)
+    out = output_dir(ap, "--out", Path(args.out))
     torch.set_num_threads(args.threads)
 
-    float_model, int8_model, scl = build(Path(args.spec), args.items, args.seq_len, args.seed)
+    try:
+        float_model, int8_model, scl = build(Path(args.spec), args.items, args.seq_len, args.seed)
+    except SpecError as e:  # a missing or invalid --spec: its loader's one line names the file and key
+        ap.error(f"--spec: {e}")
     rng = np.random.default_rng(args.seed + 1)
     rows: List[dict] = []
     load_before = loadavg()
@@ -132,8 +143,6 @@ def main() -> None:
                   flush=True)
     load_after = loadavg()
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     env = {"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "spec": str(Path(args.spec).relative_to(REPO)) if Path(args.spec).is_relative_to(REPO) else args.spec,
            "seq_len": args.seq_len, "items": args.items, "max_batch": args.max_batch,

@@ -52,3 +52,18 @@ def test_bench_ranker_bad_flags(tmp_path: Path, capsys) -> None:
     # The output folder was created after every length had been timed: a file there lost them all.
     assert f"--out {a_file}: a file is there, not a directory" in refused(
         capsys, "bench_ranker", ["--lengths", "100", "--reps", "2", "--out", str(a_file)])
+
+
+def test_bench_export_bad_flags(tmp_path: Path, capsys) -> None:
+    o = ["--out", str(tmp_path / "o")]
+    # --reps 0 wrote a table of nan medians (exit 0); --seq-len 0 and a missing --spec were SpecError tracebacks.
+    assert "--reps: 0: must be >= 1" in refused(capsys, "bench_export", ["--candidates", "3", "--reps", "0", *o])
+    assert "--seq-len: 0: must be >= 1" in refused(capsys, "bench_export", ["--seq-len", "0", *o])
+    assert "--max-batch: 0: must be >= 1" in refused(capsys, "bench_export", ["--max-batch", "0", *o])
+    assert "--reps needs one count per --candidates entry: 2 given for 3" in refused(
+        capsys, "bench_export", ["--reps", "1,1", *o])
+    missing = tmp_path / "none.yaml"
+    assert f"--spec: {missing}: spec file not found" in refused(
+        capsys, "bench_export", ["--spec", str(missing), "--candidates", "3", "--reps", "1", "--seq-len", "64",
+                                 "--items", "300", *o])
+    assert not list((tmp_path / "o").iterdir())
