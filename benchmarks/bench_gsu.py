@@ -26,16 +26,22 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from muse_rec.data.batch import history_groups
-from muse_rec.modules.cosine import grouped_cosine_topk
-from muse_rec.modules.shared_keys_cosine import shared_keys_cosine_topk, static_shared_keys_cosine_topk
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.args import at_least, output_dir  # noqa: E402
+from muse_rec.data.batch import history_groups  # noqa: E402
+from muse_rec.modules.cosine import grouped_cosine_topk  # noqa: E402
+from muse_rec.modules.shared_keys_cosine import shared_keys_cosine_topk, static_shared_keys_cosine_topk  # noqa: E402
 
 SCL_DIM = 128
 TOP_K = 50
@@ -167,20 +173,21 @@ def to_markdown(rows: List[Dict], ceil: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder")
-    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per case (median)")
-    parser.add_argument("--static-reps", type=int, default=1,
+    parser.add_argument("--reps", type=at_least(1), default=5, help="timed repetitions per case (median)")
+    parser.add_argument("--static-reps", type=at_least(0), default=1,
                         help="timed repetitions of the previous serving path (0 = skip; ~20x slower)")
     parser.add_argument("--quick", action="store_true", help="smaller ceiling measurements")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1: steady on a shared box; CPU time then equals work)")
-    args = parser.parse_args()
+    parser.add_argument("--threads", type=at_least(0), default=1,
+                        help="torch intra-op threads (1: steady on a shared box; CPU time then equals work; "
+                             "0 = torch's default)")
+    args = parser.parse_args(argv)
+    output_dir(parser, "--out", args.out)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     res = run(args.reps, args.quick, args.static_reps)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_gsu.md").write_text(res["markdown"])
     (args.out / "bench_gsu.json").write_text(json.dumps({"machine": res["machine"], "cases": res["cases"]}, indent=2))
     print(res["markdown"])

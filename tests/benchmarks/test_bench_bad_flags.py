@@ -67,3 +67,12 @@ def test_bench_export_bad_flags(tmp_path: Path, capsys) -> None:
         capsys, "bench_export", ["--spec", str(missing), "--candidates", "3", "--reps", "1", "--seq-len", "64",
                                  "--items", "300", *o])
     assert not list((tmp_path / "o").iterdir())
+
+
+def test_bench_gsu_bad_flags(tmp_path: Path, capsys) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    # --reps 0 was a StatisticsError traceback (median of no timings); a file at --out failed after every case.
+    assert "--reps: 0: must be >= 1" in refused(capsys, "bench_gsu", ["--reps", "0", "--out", str(tmp_path)])
+    assert "--static-reps: -1: must be >= 0" in refused(capsys, "bench_gsu", ["--static-reps", "-1"])
+    assert f"--out {a_file}: a file is there, not a directory" in refused(capsys, "bench_gsu", ["--out", str(a_file)])
