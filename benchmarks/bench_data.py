@@ -27,7 +27,9 @@ import pyarrow.parquet as pq
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from benchmarks.args import at_least, output_dir  # noqa: E402
 from muse_rec.data import schema as S  # noqa: E402
+from muse_rec.data.synth_config import SynthConfig  # noqa: E402
 
 
 def write_raw_fallback(root: str, users: int, max_len: int, samples_per_user: int, seed: int = 0) -> None:
@@ -145,19 +147,19 @@ def markdown(res: Dict[str, object]) -> str:
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results/", help="directory for bench_data.md / bench_data.json")
-    ap.add_argument("--preset", default="demo", help="synth preset for the raw data")
-    ap.add_argument("--users", type=int, default=0, help="override the number of train users (0 = preset)")
-    ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--seq-len", type=int, default=1000)
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--epochs", type=int, default=2, help="loader epochs timed per worker setting")
+    ap.add_argument("--preset", default="demo", choices=SynthConfig.PRESETS, help="synth preset for the raw data")
+    ap.add_argument("--users", type=at_least(0), default=0, help="override the number of train users (0 = preset)")
+    ap.add_argument("--batch", type=at_least(1), default=1000)
+    ap.add_argument("--seq-len", type=at_least(1), default=1000)
+    ap.add_argument("--workers", type=at_least(0), nargs="+", default=[0, 2])
+    ap.add_argument("--epochs", type=at_least(1), default=2, help="loader epochs timed per worker setting")
     ap.add_argument("--make-raw-only", metavar="DIR", help=argparse.SUPPRESS)  # internal: child of this script
     args = ap.parse_args(argv)
     if args.make_raw_only:
         os.makedirs(args.make_raw_only, exist_ok=True)
         print(make_raw(args.make_raw_only, args.preset, args.users))
         return 0
-    os.makedirs(args.out, exist_ok=True)
+    output_dir(ap, "--out", args.out)
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         raw, prepared = os.path.join(tmp, "raw"), os.path.join(tmp, "prepared")
         os.makedirs(raw)

@@ -76,3 +76,14 @@ def test_bench_gsu_bad_flags(tmp_path: Path, capsys) -> None:
     assert "--reps: 0: must be >= 1" in refused(capsys, "bench_gsu", ["--reps", "0", "--out", str(tmp_path)])
     assert "--static-reps: -1: must be >= 0" in refused(capsys, "bench_gsu", ["--static-reps", "-1"])
     assert f"--out {a_file}: a file is there, not a directory" in refused(capsys, "bench_gsu", ["--out", str(a_file)])
+
+
+def test_bench_data_bad_flags(tmp_path: Path, capsys) -> None:
+    o = ["--out", str(tmp_path / "o")]
+    # --epochs 0 was a ZeroDivisionError after generating and preparing the data; an unknown preset
+    # the child's ValueError inside a CalledProcessError traceback.
+    assert "--epochs: 0: must be >= 1" in refused(capsys, "bench_data", ["--epochs", "0", *o])
+    assert "--preset: invalid choice: 'huge'" in refused(capsys, "bench_data", ["--preset", "huge", *o])
+    assert "--workers: -1: must be >= 0" in refused(capsys, "bench_data", ["--workers", "0", "-1", *o])
+    assert "--batch: 0: must be >= 1" in refused(capsys, "bench_data", ["--batch", "0", *o])
+    assert "--users: -5: must be >= 0" in refused(capsys, "bench_data", ["--users", "-5", *o])
