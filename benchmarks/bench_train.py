@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.args import at_least, int_list, output_dir, prepared_dir, require_cuda  # noqa: E402
+
 METHODS: List[str] = ["din", "sim_hard", "sim_soft", "twin", "miss", "muse"]
 DEMO_SPECS = REPO / "specs" / "demo"
 TB_RATE_TAG = "train/samples_per_s"
@@ -213,7 +215,7 @@ def step_worker(args: argparse.Namespace) -> None:
             torch.cuda.synchronize(env.device)
 
     results: List[Dict] = []
-    for method in [m for m in args.methods.split(",") if m]:
+    for method in args.methods:
         spec = load_spec(spec_path(method), [f"data.prepared={args.prepared}", f"data.seq_len={args.seq_len}",
                                              f"train.batch_size={args.batch_size}"])
         torch.manual_seed(spec.train.seed)
@@ -258,34 +260,58 @@ def _plain_steps(args: argparse.Namespace, env, data, batches, sync) -> Dict:
                         args.batch_size, env.world_size)
 
 
+def method_list(text: str) -> List[str]:
+    """Type of ``--methods``: comma-separated names of ``specs/demo/`` specs (empty: none, as the
+    plain-torch job's ranks are started)."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{unknown[0]}: no such demo spec; choose from {','.join(METHODS)}")
+    return methods
+
+
+def prepared_dir_flag(parser: argparse.ArgumentParser, path: str) -> None:
+    """parser.error unless ``--prepared`` names prepared data (checked here, not as its type:
+    the job's own ranks are started with the same flag)."""
+    try:
+        prepared_dir(path)
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"argument --prepared: {e}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prepared", required=True, help="output of `muse-rec prepare` (train split is used)")
     ap.add_argument("--out", type=Path, default=Path("results/train"), help="run directories and bench_train.json")
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated demo spec names")
-    ap.add_argument("--world-sizes", default="1,2", help="comma-separated process counts")
-    ap.add_argument("--batch-size", type=int, default=1000, help="per process")
-    ap.add_argument("--seq-len", type=int, default=1000)
-    ap.add_argument("--window", type=int, default=5, help="end to end: steps per logged window")
-    ap.add_argument("--windows", type=int, default=4, help="end to end: steady windows after the first")
-    ap.add_argument("--warmup", type=int, default=3, help="model step: untimed steps")
-    ap.add_argument("--steps", type=int, default=10, help="model step: timed steps (median)")
-    ap.add_argument("--prebuilt", type=int, default=4, help="model step: distinct batches cycled")
+    ap.add_argument("--methods", type=method_list, default=list(METHODS),
+                    help=f"comma-separated demo spec names (default {','.join(METHODS)})")
+    ap.add_argument("--world-sizes", type=int_list(1), default=[1, 2],
+                    help="comma-separated process counts (default 1,2)")
+    ap.add_argument("--batch-size", type=at_least(1), default=1000, help="per process")
+    ap.add_argument("--seq-len", type=at_least(1), default=1000)
+    ap.add_argument("--window", type=at_least(1), default=5, help="end to end: steps per logged window")
+    ap.add_argument("--windows", type=at_least(1), default=4, help="end to end: steady windows after the first")
+    ap.add_argument("--warmup", type=at_least(0), default=3, help="model step: untimed steps")
+    ap.add_argument("--steps", type=at_least(1), default=10, help="model step: timed steps (median)")
+    ap.add_argument("--prebuilt", type=at_least(1), default=4, help="model step: distinct batches cycled")
     ap.add_argument("--plain", action="store_true", help="model step: also the plain-torch MUSE")
     ap.add_argument("--plain-sparse-optimizer", default="sparse_adam", choices=["sparse_adam", "adagrad"])
     ap.add_argument("--plain-sparse-lr", type=float, default=2e-3)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the children (0 = torch default)")
+    ap.add_argument("--threads", type=at_least(0), default=0,
+                    help="OMP_NUM_THREADS of the children (0 = torch default)")
     ap.add_argument("--json", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-step", action="store_true", help=argparse.SUPPRESS)  # internal: a rank of the job
     args = ap.parse_args(argv)
     if args.worker_step:
         step_worker(args)
         return 0
-    methods = [m for m in args.methods.split(",") if m]
-    args.out.mkdir(parents=True, exist_ok=True)
+    prepared_dir_flag(ap, args.prepared)
+    require_cuda(ap, args.device)
+    methods = args.methods
+    output_dir(ap, "--out", args.out)
     rows: List[Dict] = []
-    for w in (int(x) for x in args.world_sizes.split(",")):
+    for w in args.world_sizes:
         for m in methods:
             r = run_end_to_end(m, w, args.prepared, args.out, args.batch_size, args.seq_len, args.window,
                                args.windows, args.device, args.threads)

@@ -50,3 +50,24 @@ def test_end_to_end_and_model_step_rows(prepared: str, tmp_path: Path) -> None:
 def test_unknown_method_is_named() -> None:
     with pytest.raises(bench_train.BenchError, match="'dlrm'"):
         bench_train.spec_path("dlrm")
+
+
+def test_bad_flags_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    """--device cuda on a machine without CUDA was the training child's error inside a BenchError
+    traceback; an unknown method, --world-sizes 0 or a --prepared that is not prepared data a
+    traceback from the first child; each is refused in one line naming the flag (exit 2)."""
+    import torch
+
+    from tests.benchmarks.test_bench_bad_flags import refused
+
+    prep = ["--prepared", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+    assert f"--prepared: {tmp_path / 'none'}: no meta.json there" in refused(capsys, "bench_train", prep)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "meta.json").write_text("{}")
+    ok = ["--prepared", str(tmp_path / "p"), "--out", str(tmp_path / "o")]
+    assert "--methods: dien: no such demo spec" in refused(capsys, "bench_train", ["--methods", "muse,dien", *ok])
+    assert "--world-sizes: 0: must be >= 1" in refused(capsys, "bench_train", ["--world-sizes", "0", *ok])
+    assert "--steps: 0: must be >= 1" in refused(capsys, "bench_train", ["--steps", "0", *ok])
+    if not torch.cuda.is_available():
+        assert "--device cuda: torch sees no CUDA device" in refused(capsys, "bench_train", ["--device", "cuda", *ok])
+    assert not (tmp_path / "o").exists()
