@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_train import BenchError, _run, launcher, spec_path  # noqa: E402
+from benchmarks.args import at_least, int_list, output_dir  # noqa: E402
+from benchmarks.bench_train import METHODS, BenchError, _run, launcher, prepared_dir_flag, spec_path  # noqa: E402
 
 OPTIMIZERS = {  # name -> spec overrides (the paper's sparse lr for Adam; the demo profile's for Adagrad)
     "adam": ["train.sparse_optimizer.name=adam", "train.sparse_optimizer.lr=0.002"],
@@ -121,24 +122,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prepared", required=True, help="output of `muse-rec prepare` (train split is used)")
     ap.add_argument("--out", type=Path, default=Path("results/sparse_optimizer"))
-    ap.add_argument("--method", default="muse", help="demo spec name")
-    ap.add_argument("--world-sizes", default="1,2")
-    ap.add_argument("--batch-size", type=int, default=1000, help="per process")
-    ap.add_argument("--seq-len", type=int, default=1000)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per block")
-    ap.add_argument("--rounds", type=int, default=4, help="alternating blocks per optimizer")
-    ap.add_argument("--prebuilt", type=int, default=4, help="distinct batches cycled")
-    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the children")
+    ap.add_argument("--method", default="muse", choices=METHODS, help="demo spec name")
+    ap.add_argument("--world-sizes", type=int_list(1), default=[1, 2], help="comma-separated process counts")
+    ap.add_argument("--batch-size", type=at_least(1), default=1000, help="per process")
+    ap.add_argument("--seq-len", type=at_least(1), default=1000)
+    ap.add_argument("--warmup", type=at_least(0), default=3)
+    ap.add_argument("--steps", type=at_least(1), default=3, help="timed steps per block")
+    ap.add_argument("--rounds", type=at_least(1), default=4, help="alternating blocks per optimizer")
+    ap.add_argument("--prebuilt", type=at_least(1), default=4, help="distinct batches cycled")
+    ap.add_argument("--threads", type=at_least(0), default=1,
+                    help="OMP_NUM_THREADS of the children (0 = torch's default)")
     ap.add_argument("--json", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(args)
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
+    prepared_dir_flag(ap, args.prepared)
+    output_dir(ap, "--out", args.out)
     rows: List[Dict] = []
-    for w in (int(x) for x in args.world_sizes.split(",")):
+    for w in args.world_sizes:
         out_json = args.out / f"sparse_optimizer_w{w}.json"
         out_json.unlink(missing_ok=True)
         cmd = launcher(w) + [str(Path(__file__).resolve()), "--worker", "--prepared", args.prepared,

@@ -35,3 +35,20 @@ def test_rows_for_both_optimizers(prepared: str, tmp_path: Path, capsys) -> None
     assert 0 < by["adam"]["row_sparse_adam_step_ms_median"] < by["adam"]["step_ms_median"]
     assert "row_sparse_adam_step_ms_median" not in by["exact_row_wise_adagrad"]
     assert "W=1 adam" in capsys.readouterr().out
+
+
+def test_bad_flags_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    """An unknown --method, --steps 0 (the median of no steps) or a --prepared that is not prepared
+    data failed inside the first job's ranks, a BenchError traceback; each is refused in one line
+    naming the flag (exit 2) before a job starts."""
+    from tests.benchmarks.test_bench_bad_flags import refused
+
+    prep = ["--prepared", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+    assert f"--prepared: {tmp_path / 'none'}: no meta.json there" in refused(capsys, "bench_sparse_optimizer", prep)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "meta.json").write_text("{}")
+    ok = ["--prepared", str(tmp_path / "p"), "--out", str(tmp_path / "o")]
+    assert "--method: invalid choice: 'dien'" in refused(capsys, "bench_sparse_optimizer", ["--method", "dien", *ok])
+    assert "--steps: 0: must be >= 1" in refused(capsys, "bench_sparse_optimizer", ["--steps", "0", *ok])
+    assert "--world-sizes: 0: must be >= 1" in refused(capsys, "bench_sparse_optimizer", ["--world-sizes", "0", *ok])
+    assert not (tmp_path / "o").exists()
