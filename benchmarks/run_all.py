@@ -37,6 +37,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import bench_data, bench_gsu, bench_train  # noqa: E402
+from benchmarks.args import at_least, output_dir, require_cuda  # noqa: E402
 from benchmarks.report_md import render  # noqa: E402
 
 FULL_VOCAB_SPEC = REPO / "specs" / "taobao_mm_full" / "muse.yaml"
@@ -44,6 +45,7 @@ RANKER_SCRIPT = REPO / "benchmarks" / "bench_ranker.py"
 PLAN_WORLD_SIZE = 8
 # --quick: history lengths and timed calls per length passed to bench_ranker (when it takes them).
 RANKER_QUICK_LENGTHS, RANKER_QUICK_REPS = "1000,10000,100000", "10,5,5"
+SECTIONS = ("data", "training", "gsu", "ranker", "plan")
 
 
 @dataclass
@@ -228,6 +230,15 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def section_list(text: str) -> List[str]:
+    """Type of ``--only``: comma-separated names of SECTIONS (a misspelt one ran nothing, exit 0)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{(unknown or [text])[0]!r}: not a section; choose from {','.join(SECTIONS)}")
+    return names
+
+
 # ----------------------------------------------------------------------------------------------
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,15 +247,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when available")
     ap.add_argument("--work", type=Path, default=Path("data/bench"),
                     help="raw demo release (cached) and the prepared data of this run")
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--threads", type=at_least(-1), default=None,
                     help="torch/OMP threads per process. Default: 1 on CPU (steady on a shared, oversubscribed "
                          "box, where more threads stall), torch's default on CUDA. -1 = the cores split between "
                          "a job's processes (for a dedicated machine); 0 = torch's default")
-    ap.add_argument("--only", default="data,training,gsu,ranker,plan",
-                    help="comma-separated sections to run (training needs data)")
+    ap.add_argument("--only", type=section_list, default=list(SECTIONS),
+                    help=f"comma-separated sections to run, of {','.join(SECTIONS)} (training needs data, "
+                         "or the prepared data a previous run left under --work)")
     args = ap.parse_args(argv)
     import torch
 
+    require_cuda(ap, args.device)
+    if "training" in args.only and "data" not in args.only and not (args.work / "prepared" / "meta.json").is_file():
+        ap.error(f"--only training without data: {args.work / 'prepared'} holds no prepared data; "
+                 "add the data section or give the --work of a run that had it")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.threads is None:
         args.threads = 1 if device == "cpu" else 0
@@ -252,10 +268,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if threads > 0:
         torch.set_num_threads(threads)
     st = Settings.for_mode(args.quick)
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    out, work = args.out.resolve(), args.work.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
+    only = set(args.only)
+    out = output_dir(ap, "--out", args.out).resolve()
+    work = output_dir(ap, "--work", args.work).resolve()
     started = time.perf_counter()
     results: Dict = {
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),

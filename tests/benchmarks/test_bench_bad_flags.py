@@ -87,3 +87,18 @@ def test_bench_data_bad_flags(tmp_path: Path, capsys) -> None:
     assert "--workers: -1: must be >= 0" in refused(capsys, "bench_data", ["--workers", "0", "-1", *o])
     assert "--batch: 0: must be >= 1" in refused(capsys, "bench_data", ["--batch", "0", *o])
     assert "--users: -5: must be >= 0" in refused(capsys, "bench_data", ["--users", "-5", *o])
+
+
+def test_run_all_bad_flags(tmp_path: Path, capsys) -> None:
+    import torch
+
+    o = ["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")]
+    # A misspelt section ran nothing and wrote an empty report (exit 0).
+    assert "--only: 'trainng': not a section" in refused(capsys, "run_all", ["--only", "trainng", *o])
+    assert "--threads: -2: must be >= -1" in refused(capsys, "run_all", ["--threads", "-2", *o])
+    # Training alone on a --work without prepared data failed in its section (exit 1) after the rest ran.
+    assert "--only training without data" in refused(capsys, "run_all", ["--only", "training,plan", *o])
+    if not torch.cuda.is_available():  # torch's AssertionError traceback ('Torch not compiled with CUDA')
+        assert "--device cuda: torch sees no CUDA device" in refused(
+            capsys, "run_all", ["--device", "cuda", "--only", "gsu", *o])
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
