@@ -9,7 +9,7 @@ max RSS) and the prepared output size. Memory is bounded by ``--batch-rows`` and
 partition size, not by the input: the peaks should stay flat while rows grow 16x.
 
     python benchmarks/bench_scale.py --quick              # CI: three tiny sizes, seconds
-    python benchmarks/bench_scale.py --sizes 128,64,16    # the table in docs/benchmarks.md
+    python benchmarks/bench_scale.py --sizes 16,4,1       # the prepare curve in docs/benchmarks.md
     python benchmarks/bench_scale.py --plan-check 30000000 --world-sizes 2,1   # memory vs plan
     python benchmarks/bench_scale.py --train-check PREPARED --world-sizes 1,2 --steps 0   # training vs plan
 
