@@ -2,10 +2,16 @@
 
 `render(results)` takes the dict `run_all` writes to ``benchmarks.json`` and returns the text of
 ``benchmarks.md``. Pure formatting plus the ratios (no measurement happens here), so it is
-tested on hand-made results.
+tested on hand-made results. Run as a script it renders a saved run again:
+
+    .venv/bin/python benchmarks/report_md.py results/benchmarks.json [--out results/benchmarks.md]
 """
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Dict, List, Optional
 
 # The stated goal for MUSE on the 2-core demo box (batch 1000, L = 1000), end to end.
@@ -179,3 +185,29 @@ def render(res: Dict) -> str:
         else:
             out += plan_table(s)
     return "\n".join(out) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Print (or write to ``--out``) the Markdown of a saved ``benchmarks.json``; exit 2 on a bad file."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path, help="a benchmarks.json written by run_all.py")
+    ap.add_argument("--out", type=Path, default=None, help="write the Markdown here instead of printing it")
+    args = ap.parse_args(argv)
+    try:
+        res = json.loads(args.results.read_text(encoding="utf-8"))
+        text = render(res)
+    except OSError as e:
+        ap.error(f"{args.results}: cannot read ({e.strerror})")
+    except ValueError as e:  # not JSON (json.JSONDecodeError is a ValueError)
+        ap.error(f"{args.results}: not JSON ({e})")
+    except (KeyError, TypeError, AttributeError) as e:  # JSON, but not run_all's results
+        ap.error(f"{args.results}: not a run_all.py benchmarks.json (no {e})")
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -79,3 +79,23 @@ def test_gsu_roofline_and_ranker_bound_reach_the_summary() -> None:
     assert "- GSU training B=1000 L=1,000: 50% of the compute roofline (CPU time; wall 25%)" in text
     assert ("- ranker (L=100,000, candidates=1,000): p50 / p99 300.0 / 400.0 ms = 3.00x / 4.00x the bf16 GEMM "
             "of the same shape (CPU time: 1.50x / 2.00x)") in text
+
+
+def test_script_renders_a_saved_run_and_refuses_other_files(tmp_path, capsys) -> None:
+    """`python benchmarks/report_md.py --help` printed nothing and exited 0 (the module had no
+    entry point); it renders a saved benchmarks.json, and names a file it cannot use (exit 2)."""
+    import json
+
+    import pytest
+
+    from benchmarks.report_md import main
+
+    saved = tmp_path / "benchmarks.json"
+    saved.write_text(json.dumps(results(training=TRAINING)))
+    assert main([str(saved), "--out", str(tmp_path / "b.md")]) == 0
+    assert (tmp_path / "b.md").read_text() == render(results(training=TRAINING))
+    (tmp_path / "bad.json").write_text("{}")
+    for path, why in ((tmp_path / "none.json", "cannot read"), (tmp_path / "bad.json", "not a run_all.py")):
+        with pytest.raises(SystemExit) as e:
+            main([str(path)])
+        assert e.value.code == 2 and f"{path}: {why}" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def test_the_scripts_are_found():
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_benchmark_script_imports(name):
     module = importlib.import_module(f"benchmarks.{name}")
-    assert callable(getattr(module, "main", None)) or name in ("plain_torch_muse", "report_md", "args"), \
+    assert callable(getattr(module, "main", None)) or name in ("plain_torch_muse", "args"), \
         f"benchmarks/{name}.py has no main()"
 
 
