@@ -406,17 +406,19 @@ def train_markdown(results: List[Dict[str, object]]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="three tiny sizes (CI, seconds)")
-    ap.add_argument("--sizes", type=int_list(1), default=[64, 16, 4],
+    # One mode per run: given together, all but one were ignored without a word.
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="three tiny sizes (CI, seconds)")
+    mode.add_argument("--sizes", type=int_list(1), default=[64, 16, 4],
                     help="divisors of the scale preset, largest divisor first (default 64,16,4)")
     ap.add_argument("--data", default=str(REPO / "data" / "bench_scale"), help="raw releases are cached here")
     ap.add_argument("--out", default=str(REPO / "data" / "bench_scale" / "results"), help="results directory")
     ap.add_argument("--batch-rows", type=at_least(1), default=4096, help="prepare --batch-rows")
-    ap.add_argument("--plan-check", type=at_least(0), default=0, metavar="ITEMS",
+    mode.add_argument("--plan-check", type=at_least(0), default=0, metavar="ITEMS",
                     help="instead: per-rank memory of the sharded full spec with ITEMS items vs the plan")
     ap.add_argument("--world-sizes", type=int_list(1), default=[1, 2],
                     help="gloo world sizes of --plan-check / --train-check (default 1,2)")
-    ap.add_argument("--train-check", type=prepared_dir, default=None, metavar="PREPARED",
+    mode.add_argument("--train-check", type=prepared_dir, default=None, metavar="PREPARED",
                     help="instead: train the full spec on this prepared set (--steps steps + exact evaluation) "
                          "and compare each rank's peak memory with the plan")
     ap.add_argument("--steps", type=at_least(0), default=40,

@@ -102,3 +102,14 @@ def test_run_all_bad_flags(tmp_path: Path, capsys) -> None:
         assert "--device cuda: torch sees no CUDA device" in refused(
             capsys, "run_all", ["--device", "cuda", "--only", "gsu", *o])
     assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
+
+
+def test_bench_scale_one_mode_per_run(tmp_path: Path, capsys) -> None:
+    """--train-check with --plan-check ran the train check alone, --quick with --sizes the quick
+    sizes: the other flag was dropped without a word."""
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "meta.json").write_text("{}")
+    d = ["--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]
+    assert "--plan-check: not allowed with argument --train-check" in refused(
+        capsys, "bench_scale", ["--train-check", str(tmp_path / "p"), "--plan-check", "1000", *d])
+    assert "--sizes: not allowed with argument --quick" in refused(capsys, "bench_scale", ["--quick", "--sizes", "8", *d])
