@@ -260,6 +260,16 @@ def _plain_steps(args: argparse.Namespace, env, data, batches, sync) -> Dict:
                         args.batch_size, env.world_size)
 
 
+def batches_per_rank(prepared: str, batch_size: int, seq_len: int, world_size: int) -> int:
+    """Train batches of one epoch on the rank that gets the fewest, at this batch size per rank."""
+    from muse_rec.data.loader import make_loader
+    from muse_rec.data.prepared import PreparedData
+
+    data = PreparedData(prepared)
+    return min(len(make_loader(data, "train", batch_size, seq_len, rank=r, world_size=world_size))
+               for r in range(world_size))
+
+
 def method_list(text: str) -> List[str]:
     """Type of ``--methods``: comma-separated names of ``specs/demo/`` specs (empty: none, as the
     plain-torch job's ranks are started)."""
@@ -309,6 +319,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     prepared_dir_flag(ap, args.prepared)
     require_cuda(ap, args.device)
     methods = args.methods
+    # Checked before any child starts: a split too small ended in a BenchError traceback after the
+    # end-to-end run had trained (it stops at one epoch) or inside the model-step job.
+    need = max(args.window * (1 + args.windows) if methods else 0,
+               max(2, args.prebuilt) if methods or args.plain else 0)
+    for w in args.world_sizes:
+        have = batches_per_rank(args.prepared, args.batch_size, args.seq_len, w)
+        if have < need:
+            ap.error(f"--prepared {args.prepared}: {have} train batches per rank at --batch-size {args.batch_size} "
+                     f"on {w} process(es), this run needs {need} (end to end: --window x (1 + --windows) steps "
+                     "in one epoch; model step: --prebuilt distinct batches, at least 2); lower them")
     output_dir(ap, "--out", args.out)
     rows: List[Dict] = []
     for w in args.world_sizes:

@@ -71,3 +71,16 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path, capsys) -> None:
     if not torch.cuda.is_available():
         assert "--device cuda: torch sees no CUDA device" in refused(capsys, "bench_train", ["--device", "cuda", *ok])
     assert not (tmp_path / "o").exists()
+
+
+def test_a_split_too_small_is_refused_before_training(prepared: str, tmp_path: Path, capsys) -> None:
+    """A train split with fewer batches per rank than the end-to-end run's window x (1 + windows)
+    steps trained one epoch and then ended in a BenchError traceback ('ran 3 steps, wanted 4')."""
+    from tests.benchmarks.test_bench_bad_flags import refused
+
+    have = bench_train.batches_per_rank(prepared, 2000, 50, 1)
+    err = refused(capsys, "bench_train", ["--prepared", prepared, "--out", str(tmp_path / "o"), "--methods", "din",
+                                          "--world-sizes", "1", "--batch-size", "2000", "--seq-len", "50",
+                                          "--window", str(have), "--windows", "1"])
+    assert f"{have} train batches per rank at --batch-size 2000 on 1 process(es), this run needs {2 * have}" in err
+    assert not (tmp_path / "o").exists()
