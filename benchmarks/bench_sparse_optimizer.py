@@ -31,7 +31,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.args import at_least, int_list, output_dir  # noqa: E402
-from benchmarks.bench_train import METHODS, BenchError, _run, launcher, prepared_dir_flag, spec_path  # noqa: E402
+from benchmarks.bench_train import (METHODS, BenchError, _run, batches_per_rank, launcher,  # noqa: E402
+                                    prepared_dir_flag, spec_path)
 
 OPTIMIZERS = {  # name -> spec overrides (the paper's sparse lr for Adam; the demo profile's for Adagrad)
     "adam": ["train.sparse_optimizer.name=adam", "train.sparse_optimizer.lr=0.002"],
@@ -139,6 +140,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         worker(args)
         return 0
     prepared_dir_flag(ap, args.prepared)
+    # Every rank picks --prebuilt batches short of its last one: checked here, not in the job's ranks.
+    for w in args.world_sizes:
+        have = batches_per_rank(args.prepared, args.batch_size, args.seq_len, w)
+        if have < args.prebuilt + 1:
+            ap.error(f"--prepared {args.prepared}: {have} train batches per rank at --batch-size {args.batch_size} "
+                     f"on {w} process(es), --prebuilt {args.prebuilt} needs {args.prebuilt + 1}; lower either")
     output_dir(ap, "--out", args.out)
     rows: List[Dict] = []
     for w in args.world_sizes:

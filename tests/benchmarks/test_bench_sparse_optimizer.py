@@ -52,3 +52,15 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path, capsys) -> None:
     assert "--steps: 0: must be >= 1" in refused(capsys, "bench_sparse_optimizer", ["--steps", "0", *ok])
     assert "--world-sizes: 0: must be >= 1" in refused(capsys, "bench_sparse_optimizer", ["--world-sizes", "0", *ok])
     assert not (tmp_path / "o").exists()
+
+
+def test_a_split_too_small_is_refused_before_the_job(prepared: str, tmp_path: Path, capsys) -> None:
+    """Fewer train batches per rank than --prebuilt + 1 was a BenchError traceback from inside the
+    job's rank ('only 3 train batches per rank, need 5')."""
+    from tests.benchmarks.test_bench_bad_flags import refused
+
+    err = refused(capsys, "bench_sparse_optimizer", ["--prepared", prepared, "--out", str(tmp_path / "o"),
+                                                     "--world-sizes", "1", "--batch-size", "2000", "--seq-len", "50",
+                                                     "--prebuilt", "4"])
+    assert "train batches per rank at --batch-size 2000 on 1 process(es), --prebuilt 4 needs 5" in err
+    assert not (tmp_path / "o").exists()
