@@ -426,6 +426,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra spec overrides of --train-check (the plan gets them too), e.g. train.batch_size=500")
     args = ap.parse_args(argv)
+    if args.set and not args.train_check:
+        ap.error("--set: spec overrides apply to --train-check only")
+    if args.train_check:
+        from muse_rec.spec import SpecError, load_spec
+
+        try:  # the spec as the plan and the training will read it, before either runs
+            load_spec(REPO / PLAN_SPEC, [*TRAIN_CHECK_SET, *args.set])
+        except SpecError as e:
+            ap.error(f"--set: {e}")
     data, out = Path(args.data), output_dir(ap, "--out", Path(args.out))
     if not (args.train_check or args.plan_check):
         output_dir(ap, "--data", data)

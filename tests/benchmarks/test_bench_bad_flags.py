@@ -113,3 +113,18 @@ def test_bench_scale_one_mode_per_run(tmp_path: Path, capsys) -> None:
     assert "--plan-check: not allowed with argument --train-check" in refused(
         capsys, "bench_scale", ["--train-check", str(tmp_path / "p"), "--plan-check", "1000", *d])
     assert "--sizes: not allowed with argument --quick" in refused(capsys, "bench_scale", ["--quick", "--sizes", "8", *d])
+
+
+def test_bench_scale_bad_set(tmp_path: Path, capsys) -> None:
+    """--train-check with an unknown or malformed --set was a SpecError traceback from the plan;
+    --set without --train-check was ignored without a word."""
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "meta.json").write_text("{}")
+    d = ["--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]
+    tc = ["--train-check", str(tmp_path / "p"), *d]
+    assert "--set: --set train.nosuch=1: train.nosuch: unknown key" in refused(
+        capsys, "bench_scale", [*tc, "--set", "train.nosuch=1"])
+    assert "--set: override 'garbage': expected key.path=value" in refused(capsys, "bench_scale", [*tc, "--set", "garbage"])
+    assert "--set: spec overrides apply to --train-check only" in refused(
+        capsys, "bench_scale", ["--quick", "--set", "train.batch_size=8", *d])
+    assert not (tmp_path / "o").exists()
