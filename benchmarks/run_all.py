@@ -243,7 +243,7 @@ def section_list(text: str) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("results"), help="writes benchmarks.md / benchmarks.json here")
-    ap.add_argument("--quick", action="store_true", help="small version (~3-4 min on 2 cores); default ~10-15 min")
+    ap.add_argument("--quick", action="store_true", help="small version (2-5 min on 2 cores, by load); default ~10-15 min")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when available")
     ap.add_argument("--work", type=Path, default=Path("data/bench"),
                     help="raw demo release (cached) and the prepared data of this run")
