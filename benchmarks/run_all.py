@@ -46,6 +46,8 @@ PLAN_WORLD_SIZE = 8
 # --quick: history lengths and timed calls per length passed to bench_ranker (when it takes them).
 RANKER_QUICK_LENGTHS, RANKER_QUICK_REPS = "1000,10000,100000", "10,5,5"
 SECTIONS = ("data", "training", "gsu", "ranker", "plan")
+# Written into --work by the data section, which deletes and rewrites its raw/ and prepared/.
+WORK_MARK = ".run_all_work"
 
 
 @dataclass
@@ -230,6 +232,18 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def check_work(parser: argparse.ArgumentParser, work: Path) -> None:
+    """parser.error when ``--work`` holds a raw/ or prepared/ folder that run_all did not write:
+    the data section deletes both (``--work data`` deleted the user's data/raw and data/prepared).
+    Its own are known by WORK_MARK, or by raw.complete from runs before the mark existed."""
+    if (work / WORK_MARK).exists() or (work / "raw.complete").exists():
+        return
+    theirs = [f"{name}/" for name in ("raw", "prepared") if (work / name).exists()]
+    if theirs:
+        parser.error(f"--work {work}: holds {' and '.join(theirs)} that run_all.py did not write, and its data "
+                     "section deletes them; give a new or empty folder")
+
+
 def section_list(text: str) -> List[str]:
     """Type of ``--only``: comma-separated names of SECTIONS (a misspelt one ran nothing, exit 0)."""
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -269,8 +283,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(threads)
     st = Settings.for_mode(args.quick)
     only = set(args.only)
+    if "data" in only:
+        check_work(ap, args.work)
     out = output_dir(ap, "--out", args.out).resolve()
     work = output_dir(ap, "--work", args.work).resolve()
+    if "data" in only:
+        (work / WORK_MARK).touch()
     started = time.perf_counter()
     results: Dict = {
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),

@@ -128,3 +128,25 @@ def test_bench_scale_bad_set(tmp_path: Path, capsys) -> None:
     assert "--set: spec overrides apply to --train-check only" in refused(
         capsys, "bench_scale", ["--quick", "--set", "train.batch_size=8", *d])
     assert not (tmp_path / "o").exists()
+
+
+def test_run_all_keeps_a_work_folder_it_did_not_write(tmp_path: Path, capsys) -> None:
+    """--work naming a folder with the user's raw/ and prepared/ data deleted both (the data section
+    regenerates raw/ unless its raw.complete is there, and re-prepares into prepared/)."""
+    from benchmarks import run_all
+
+    work = tmp_path / "data"
+    (work / "raw").mkdir(parents=True)
+    (work / "raw" / "train_samples.parquet").write_text("the user's")
+    (work / "prepared").mkdir()
+    (work / "prepared" / "meta.json").write_text("{}")
+    err = refused(capsys, "run_all", ["--only", "data,gsu", "--work", str(work), "--out", str(tmp_path / "o")])
+    assert f"--work {work}: holds raw/ and prepared/ that run_all.py did not write" in err
+    assert (work / "raw" / "train_samples.parquet").read_text() == "the user's"
+    assert (work / "prepared" / "meta.json").exists() and not (tmp_path / "o").exists()
+    # Its own folders pass: marked, or left by a run before the mark (raw.complete).
+    (work / "raw.complete").write_text("synth")
+    run_all.check_work(None, work)  # type: ignore[arg-type]  # returns before using the parser
+    (work / "raw.complete").unlink()
+    (work / run_all.WORK_MARK).touch()
+    run_all.check_work(None, work)  # type: ignore[arg-type]
