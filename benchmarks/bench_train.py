@@ -316,6 +316,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.worker_step:
         step_worker(args)
         return 0
+    if args.plain and args.device == "cuda" and max(args.world_sizes) > 1:
+        # plain_torch_muse's DDP all-reduces sparse embedding gradients, which NCCL cannot (run_all skips it).
+        ap.error("--plain with --device cuda: the plain-torch model's sparse gradients cannot be all-reduced "
+                 "over NCCL; use --world-sizes 1 or --device cpu for it")
     prepared_dir_flag(ap, args.prepared)
     require_cuda(ap, args.device)
     methods = args.methods

@@ -84,3 +84,13 @@ def test_a_split_too_small_is_refused_before_training(prepared: str, tmp_path: P
                                           "--window", str(have), "--windows", "1"])
     assert f"{have} train batches per rank at --batch-size 2000 on 1 process(es), this run needs {2 * have}" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_plain_on_several_cuda_ranks_is_refused(tmp_path: Path, capsys) -> None:
+    """--plain --device cuda on 2 processes started the plain-torch job, whose DDP all-reduces sparse
+    gradients over NCCL, which cannot (run_all.py skips that job for this reason)."""
+    from tests.benchmarks.test_bench_bad_flags import refused
+
+    err = refused(capsys, "bench_train", ["--prepared", str(tmp_path), "--out", str(tmp_path / "o"), "--plain",
+                                          "--device", "cuda", "--world-sizes", "1,2"])
+    assert "--plain with --device cuda: the plain-torch model's sparse gradients cannot be all-reduced" in err
