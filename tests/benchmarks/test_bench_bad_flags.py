@@ -21,6 +21,16 @@ def refused(capsys, script: str, argv: List[str]) -> str:
     return err[-1]
 
 
+def refuses_unprepared(capsys, script: str, tmp_path: Path) -> List[str]:
+    """Checks that ``script`` refuses a --prepared without meta.json; returns the flags of a directory
+    that passes that check (a bare meta.json: the flags checked next are refused before it is read)."""
+    missing = ["--prepared", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+    assert f"--prepared: {tmp_path / 'none'}: no meta.json there" in refused(capsys, script, missing)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "meta.json").write_text("{}")
+    return ["--prepared", str(tmp_path / "p"), "--out", str(tmp_path / "o")]
+
+
 def test_bench_scale_bad_flags(tmp_path: Path, capsys) -> None:
     a_file = tmp_path / "a_file"
     a_file.write_text("x")

@@ -41,13 +41,9 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path, capsys) -> None:
     """An unknown --method, --steps 0 (the median of no steps) or a --prepared that is not prepared
     data failed inside the first job's ranks, a BenchError traceback; each is refused in one line
     naming the flag (exit 2) before a job starts."""
-    from tests.benchmarks.test_bench_bad_flags import refused
+    from tests.benchmarks.test_bench_bad_flags import refused, refuses_unprepared
 
-    prep = ["--prepared", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
-    assert f"--prepared: {tmp_path / 'none'}: no meta.json there" in refused(capsys, "bench_sparse_optimizer", prep)
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "meta.json").write_text("{}")
-    ok = ["--prepared", str(tmp_path / "p"), "--out", str(tmp_path / "o")]
+    ok = refuses_unprepared(capsys, "bench_sparse_optimizer", tmp_path)
     assert "--method: invalid choice: 'dien'" in refused(capsys, "bench_sparse_optimizer", ["--method", "dien", *ok])
     assert "--steps: 0: must be >= 1" in refused(capsys, "bench_sparse_optimizer", ["--steps", "0", *ok])
     assert "--world-sizes: 0: must be >= 1" in refused(capsys, "bench_sparse_optimizer", ["--world-sizes", "0", *ok])

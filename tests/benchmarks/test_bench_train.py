@@ -58,13 +58,9 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path, capsys) -> None:
     traceback from the first child; each is refused in one line naming the flag (exit 2)."""
     import torch
 
-    from tests.benchmarks.test_bench_bad_flags import refused
+    from tests.benchmarks.test_bench_bad_flags import refused, refuses_unprepared
 
-    prep = ["--prepared", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
-    assert f"--prepared: {tmp_path / 'none'}: no meta.json there" in refused(capsys, "bench_train", prep)
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "meta.json").write_text("{}")
-    ok = ["--prepared", str(tmp_path / "p"), "--out", str(tmp_path / "o")]
+    ok = refuses_unprepared(capsys, "bench_train", tmp_path)
     assert "--methods: dien: no such demo spec" in refused(capsys, "bench_train", ["--methods", "muse,dien", *ok])
     assert "--world-sizes: 0: must be >= 1" in refused(capsys, "bench_train", ["--world-sizes", "0", *ok])
     assert "--steps: 0: must be >= 1" in refused(capsys, "bench_train", ["--steps", "0", *ok])
