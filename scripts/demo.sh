@@ -6,6 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-3}"
+# Checked before any work: `seq 0 $((SEEDS - 1))` runs in a command substitution, whose errors set -e
+# does not stop on (SEEDS=abc set up, prepared and trained nothing, then failed in compare).
+if [[ ! "$SEEDS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "scripts/demo.sh: SEEDS=$SEEDS: must be a whole number >= 1 (seeds per method, default 3)" >&2
+  exit 2
+fi
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
