@@ -6,7 +6,8 @@
 # synthetic release, and the first device's MUSE checkpoint evaluated and exported on CPU.
 # Exit code != 0 if anything fails. CI never runs this (it has no GPU).
 #   PYTHON=python3 bash scripts/cuda_check.sh      (default .venv/bin/python)
-#   CHECK_DIR=/tmp/muse_rec_cuda_check             (where data and runs go; emptied first)
+#   CHECK_DIR=/tmp/muse_rec_cuda_check             (where data and runs go; emptied first: a new or empty
+#                                                   directory, or an earlier check's)
 #   DEVICES="cuda cpu"                             (the end-to-end runs; DEVICES=cpu rehearses it anywhere)
 #   METHODS="muse sim_soft"                        (specs/demo/<method>.yaml to train; "all" = every one)
 set -euo pipefail
@@ -14,7 +15,23 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 W="${CHECK_DIR:-/tmp/muse_rec_cuda_check}"
 DEVICES="${DEVICES:-cuda cpu}"
-rm -rf "$W" && mkdir -p "$W"
+# Emptied first, so only a new or empty directory or an earlier check's (its marker inside, or nothing
+# but what the check writes, as before the marker): CHECK_DIR=. or $HOME would be deleted whole.
+MARK=.muse_rec_cuda_check
+earlier_check() {
+  [[ -d "$1" && ! -L "$1" ]] || return 1
+  [[ -f "$1/$MARK" ]] && return 0
+  local entry
+  for entry in "$1"/* "$1"/.[!.]*; do
+    [[ -e "$entry" || -L "$entry" ]] || continue  # an unmatched glob
+    case "${entry##*/}" in raw|prepared|runs|eval-cpu|export) ;; *) return 1 ;; esac
+  done
+}
+if [[ -e "$W" || -L "$W" ]] && ! earlier_check "$W"; then
+  echo "scripts/cuda_check.sh: CHECK_DIR=$W: holds what an earlier check did not write, and the check empties it first: name a new or empty directory" >&2
+  exit 2
+fi
+rm -rf "$W" && mkdir -p "$W" && touch "$W/$MARK"
 mr() { "$PY" -m muse_rec.cli "$@"; }
 t0=$(date +%s)
 step() { echo "== [$(( $(date +%s) - t0 )) s] $*"; }
