@@ -18,6 +18,11 @@ PROFILE="${MUSE_REC_PROFILE:-cpu}"
 VENV="${MUSE_REC_VENV:-.venv}"
 EXTRAS="${MUSE_REC_EXTRAS:-}"
 PY="${PYTHON:-python3}"
+# Checked before anything is written (a typo such as gpu made the venv, then was refused).
+case "$PROFILE" in
+  cpu|cuda) ;;
+  *) echo "[setup] unknown MUSE_REC_PROFILE=$PROFILE (cpu|cuda)" >&2; exit 2 ;;
+esac
 
 # The pins live in one place: muse_rec/_versions.py (also read by the version guard).
 pin() { "$PY" -c "import runpy,sys; v=runpy.run_path('muse_rec/_versions.py'); print(v['$1'])"; }
@@ -71,7 +76,6 @@ case "$PROFILE" in
     TORCHREC_REQ="${REQS[1]}"
     TENSORDICT_REQ="${REQS[2]}"
     ;;
-  *) echo "[setup] unknown MUSE_REC_PROFILE=$PROFILE (cpu|cuda)" >&2; exit 2 ;;
 esac
 
 echo "[setup] $TORCHREC_REQ (--no-deps) and its light dependencies"

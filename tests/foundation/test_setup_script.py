@@ -69,3 +69,18 @@ def test_cuda_profile_installs_the_set_that_matches_the_machines_torch(tmp_path,
     assert constraint.strip() == f"torch=={torch_version}"
     assert calls and all("-c" in c.split() and ".torch-constraint.txt" in c for c in calls), calls
     assert not any(c.split()[-1].startswith("torch==") for c in calls)
+
+
+def test_an_unknown_profile_is_refused_before_the_venv_is_made(tmp_path):
+    # Before: MUSE_REC_PROFILE=gpu (a typo of cuda) first created the venv, then said "unknown".
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "scripts", repo / "scripts")
+    shutil.copytree(REPO / "muse_rec", repo / "muse_rec", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "setup.cfg", repo / "setup.cfg")
+    venv = tmp_path / "venv"
+    env = {**os.environ, "MUSE_REC_PROFILE": "gpu", "MUSE_REC_VENV": str(venv), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(repo / "scripts" / "setup.sh")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr.strip().splitlines() == ["[setup] unknown MUSE_REC_PROFILE=gpu (cpu|cuda)"], proc.stderr
+    assert not venv.exists() and proc.stdout == ""
