@@ -15,6 +15,20 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 W="${CHECK_DIR:-/tmp/muse_rec_cuda_check}"
 DEVICES="${DEVICES:-cuda cpu}"
+METHODS="${METHODS:-muse sim_soft}"
+if [[ "$METHODS" == all ]]; then METHODS=$(cd specs/demo && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' '); fi
+# Checked before any work: a typo failed only at its training, minutes in (after the CUDA-only tests).
+bad_input() { echo "scripts/cuda_check.sh: $*" >&2; exit 2; }
+read -ra device_list <<< "$DEVICES"
+read -ra method_list <<< "$METHODS"
+[[ ${#device_list[@]} -gt 0 ]] || bad_input "DEVICES='$DEVICES': names no device (cuda, cpu)"
+[[ ${#method_list[@]} -gt 0 ]] || bad_input "METHODS='$METHODS': names no method (specs/demo/<method>.yaml, or all)"
+for device in "${device_list[@]}"; do
+  [[ "$device" == cuda || "$device" == cpu ]] || bad_input "DEVICES='$DEVICES': '$device' is not cuda or cpu"
+done
+for method in "${method_list[@]}"; do
+  [[ -f "specs/demo/$method.yaml" ]] || bad_input "METHODS='$METHODS': no spec specs/demo/$method.yaml"
+done
 # Emptied first, so only a new or empty directory or an earlier check's (its marker inside, or nothing
 # but what the check writes, as before the marker): CHECK_DIR=. or $HOME would be deleted whole.
 MARK=.muse_rec_cuda_check
@@ -54,12 +68,10 @@ mr prepare "$W/raw" "$W/prepared" --no-progress
 
 # Same spec, seed and data on both devices; only the embedding optimizer's implementation differs.
 # SIM-soft also looks its ID table up without grad (whole-sequence scoring) in every step.
-METHODS="${METHODS:-muse sim_soft}"
 # Every run's keys but its name: the evaluate / export below find the run with the same ones.
 run_keys=(--set "output_dir=$W/runs/{name}" --set "data.prepared=$W/prepared"
           --set train.sparse_optimizer.name=adam --set train.sparse_optimizer.lr=0.002
           --set train.batch_size=500 --set train.eval_batch_size=512 --set train.epochs=2)
-if [[ "$METHODS" == all ]]; then METHODS=$(cd specs/demo && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' '); fi
 for method in $METHODS; do
   for device in $DEVICES; do
     step "train $method, sparse_optimizer adam, on $device"
