@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from typing import Any, Dict
 
@@ -71,6 +72,18 @@ def config_from_args(args: argparse.Namespace):
     return cfg
 
 
+def as_flags(message: str) -> str:
+    """`SynthConfig.validate`'s message in the command line's words: each ``knob=value`` it names is the
+    flag that sets it (``items=50000 must be >= clusters=250000`` -> ``--items 50000 must be >= --clusters
+    250000``), as a user who gave only ``--items`` (the other from ``--preset``) can act on it."""
+    knobs = {f.name for f in _config_fields()}
+
+    def flag(m: "re.Match[str]") -> str:
+        return f"--{m.group(1).replace('_', '-')} " if m.group(1) in knobs else m.group(0)
+
+    return re.sub(r"\b([a-z][a-z0-9_]*)=", flag, message.removeprefix("invalid SynthConfig: "))
+
+
 def run(args: argparse.Namespace) -> int:
     from muse_rec.data.synth import MANIFEST_NAME, write_synthetic_release
     from muse_rec.dirlock import DirLockError
@@ -80,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         cfg.validate()
     except (ValueError, KeyError) as e:
-        print(f"muse-rec synth: {e}", file=sys.stderr)
+        print(f"muse-rec synth: {as_flags(str(e))}", file=sys.stderr)
         return 2
     try:
         m = write_synthetic_release(args.out, cfg, progress=not args.quiet,

@@ -251,7 +251,7 @@ def test_a_knob_too_large_is_named_not_a_numpy_traceback(tmp_path: Path, capsys,
     flag = "--" + knob.replace("_", "-")
     assert main(["synth", str(tmp_path / "out"), "--preset", "tiny", "--quiet", flag, str(value)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"muse-rec synth: invalid SynthConfig: {knob}=") and err.count("\n") == 1, err
+    assert err.startswith(f"muse-rec synth: {flag} ") and err.count("\n") == 1, err
     assert ("must be finite" if value == float("inf") else f"must be <= {MAX_COUNT:,}") in err, err
     assert not (tmp_path / "out").exists()
 
@@ -264,10 +264,26 @@ def test_a_cluster_size_sigma_whose_weights_overflow_is_named(tmp_path: Path, ca
 
     assert main(["synth", str(tmp_path / "bad"), "--preset", "tiny", "--quiet", "--cluster-size-sigma", "1e30"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"muse-rec synth: invalid SynthConfig: cluster_size_sigma=1e+30 must be <= {MAX_LOGNORMAL_SIGMA:.1f} "
+    assert err == (f"muse-rec synth: --cluster-size-sigma 1e+30 must be <= {MAX_LOGNORMAL_SIGMA:.1f} "
                    "(the log-normal cluster and category weights overflow float64 past it)\n"), err
     assert not (tmp_path / "bad").exists()
     write_synthetic_release(str(tmp_path / "edge"), _tiny(cluster_size_sigma=MAX_LOGNORMAL_SIGMA), diagnostics=False)
+
+
+def test_a_knob_against_the_presets_is_named_by_its_flags(tmp_path: Path, capsys) -> None:
+    """`synth --preset scale --items 50000` said "invalid SynthConfig: items=50000 must be >= clusters=250000":
+    the dataclass's field names, where the user gave --items and the preset the clusters; the line names
+    both flags. A word that is no knob (`0 test users`) is left as it is."""
+    from muse_rec.cli import main
+
+    assert main(["synth", str(tmp_path / "bad"), "--preset", "scale", "--quiet", "--items", "50000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("muse-rec synth: --items 50000 must be >= --clusters 250000") and err.count("\n") == 1, err
+    assert main(["synth", str(tmp_path / "bad"), "--preset", "tiny", "--quiet", "--users", "1",
+                 "--test-user-fraction", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("muse-rec synth: --users 1 x --test-user-fraction 0.1 rounds to 0 test users"), err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_writes_release_and_prints_next_step(tmp_path: Path, capsys) -> None:
@@ -391,7 +407,7 @@ def test_a_float_knob_past_its_meaningful_range_is_named(tmp_path: Path, capsys,
     flag = "--" + knob.replace("_", "-")
     assert main(["synth", str(tmp_path / "bad"), "--preset", "tiny", "--quiet", flag, "1e30"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"muse-rec synth: invalid SynthConfig: {knob}=1e+30 must be <= ") and err.count("\n") == 1, err
+    assert err.startswith(f"muse-rec synth: {flag} 1e+30 must be <= ") and err.count("\n") == 1, err
     assert not (tmp_path / "bad").exists()
     most = getattr(synth_config, bound)
     m = write_synthetic_release(str(tmp_path / "edge"), _tiny(**{knob: most}), diagnostics=False, progress=False)

@@ -15,5 +15,5 @@ def test_every_item_without_item_features_is_refused_by_synth(tmp_path: Path, ca
     assert main(["synth", str(out), "--preset", "tiny", "--quiet", "--no-diagnostics",
                  "--item-features-missing", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("muse-rec synth: invalid SynthConfig: item_features_missing=1.0 must be in [0, 1)"), err
+    assert err.startswith("muse-rec synth: --item-features-missing 1.0 must be in [0, 1)"), err
     assert err.count("\n") == 1 and not out.exists()
