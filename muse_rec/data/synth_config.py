@@ -123,7 +123,7 @@ class SynthConfig:
     def preset(cls, name: str) -> "SynthConfig":
         """`tiny` (unit tests, < 1 s), `demo` (README demo, ~50k train samples), `medium` (~5x demo),
         `scale` (release-shaped, streamed: 30M items, 1M users with histories up to 1000, ~11M train
-        impressions; about 20 GB of Parquet)."""
+        impressions; 8.7 GB of Parquet as measured in docs/benchmarks.md)."""
         if name == "demo":
             return cls()
         if name == "tiny":
