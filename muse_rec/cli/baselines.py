@@ -79,9 +79,12 @@ def run(args: argparse.Namespace) -> int:
     for name, why in result["skipped"].items():
         print(f"muse-rec baselines: WARNING: floor {name} skipped: {why}", file=sys.stderr)
     if args.split == args.train_split:  # the item CTRs include each scored sample's own label
-        print(f"muse-rec baselines: WARNING: --split and --train-split are both {args.split!r}: the popularity floor "
-              "counts each scored sample's own click (in-sample), so it reads higher than any model can score "
-              "honestly; fit on another split for a floor to compare models with", file=sys.stderr)
+        # The regression scores with the same in-sample CTR (its fit alone is leave-one-out): on an outside check's
+        # train split at a 3% click rate it read 0.833 GAUC against 0.670 on test, and the warning named popularity only.
+        print(f"muse-rec baselines: WARNING: --split and --train-split are both {args.split!r}: the popularity floor, "
+              "and the logistic regression that reads it, count each scored sample's own click (in-sample), so they "
+              "read higher than any model can score honestly; fit on another split for floors to compare models with",
+              file=sys.stderr)
     print(f"{result['prepared']}, split {result['split']}: {count(result['samples'], 'sample')}, "
           f"{count(result['users'], 'user')} (GAUC over the {count(result['gauc_users'], 'user')} with both labels"
           f"{_without_user(result.get('samples_without_user', 0))}), "
