@@ -286,9 +286,10 @@ def _context(out: Path, source: str, synth_args: List[str], args: argparse.Names
 
 def run_fusion(args: argparse.Namespace) -> int:
     """``--what fusion``: the SCL-quality sweep of MUSE, SIM-soft and MUSE-fusion (synthetic data only)."""
-    from muse_rec.reproduce.fusion import DEFAULT_QUALITIES, FUSION_METHODS, fusion_plan, parse_qualities, run_sweep, \
-        write_fusion_report
-    from muse_rec.reproduce.runner import Execution, ReproduceError
+    from muse_rec.reproduce.fusion import DEFAULT_QUALITIES, FUSION_METHODS, fusion_plan, parse_qualities, \
+        quality_dir, run_sweep, write_fusion_report
+    from muse_rec.reproduce.runner import Execution, ReproduceError, check_overrides
+    from muse_rec.spec import SpecError
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -304,7 +305,13 @@ def run_fusion(args: argparse.Namespace) -> int:
         qualities = parse_qualities(args.scl_qualities) if args.scl_qualities else DEFAULT_QUALITIES
         seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else 3)
         plans = {q: fusion_plan(q, seeds) for q in qualities}
-    except ValueError as e:
+        # As on the paper's path, before any data is made (and under --dry-run): a --set that a run's spec refuses,
+        # or one of the keys reproduce sets per run, was found only after every quality's release was synthesised
+        # and prepared, and --dry-run printed the plan with it.
+        for q, plan in plans.items():
+            qd = quality_dir(out, q)
+            check_overrides(qd, str(qd / "data" / "prepared"), plan.runs, args.set)
+    except (ValueError, SpecError, ReproduceError) as e:
         print(f"muse-rec reproduce: {e}", file=sys.stderr)
         return 2
     parallel = FUSION_PARALLEL if args.parallel is None else args.parallel

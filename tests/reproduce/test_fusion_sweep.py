@@ -93,3 +93,20 @@ def test_gap_standard_error_is_paired_by_seed():
     assert abs(paired - want) < 1e-12
     other_seeds = Stats([0.56, 0.62, 0.62], [3, 4, 5])
     assert diff_se(a, other_seeds) > 5 * paired  # unpaired: sqrt(se_a^2 + se_b^2)
+
+
+def test_a_bad_set_is_refused_before_the_sweep_makes_any_data(capsys, tmp_path: Path):
+    """`--what fusion --set train.nope=1` (or a key reproduce sets per run) printed its plan under --dry-run
+    (exit 0), and a real sweep found it only after every quality's release was synthesised and prepared.
+    Now each is one line naming the key, exit 2, and OUT is never created."""
+    out = tmp_path / "out"
+    for extra, words in ((["--set", "train.nope=1", "--dry-run"], "--set train.nope=1: train.nope: unknown key"),
+                         (["--set", "train.nope=1"], "--set train.nope=1: train.nope: unknown key"),
+                         (["--set", "name=x", "--dry-run"], "--set name: reproduce sets it for each run itself"),
+                         (["--set", "train.seed=3"], "--set train.seed: reproduce sets it for each run itself")):
+        assert main(["reproduce", str(out), "--what", "fusion", "--quick", "--scl-qualities", "1", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.splitlines()) == 1, (extra, err)
+        assert not out.exists(), extra
+    # What it does not set per run stays the user's: allowed.
+    assert main(["reproduce", str(out), "--what", "fusion", "--set", "train.batch_size=1000", "--dry-run"]) == 0
