@@ -288,7 +288,7 @@ def run_fusion(args: argparse.Namespace) -> int:
     """``--what fusion``: the SCL-quality sweep of MUSE, SIM-soft and MUSE-fusion (synthetic data only)."""
     from muse_rec.reproduce.fusion import DEFAULT_QUALITIES, FUSION_METHODS, fusion_plan, parse_qualities, \
         quality_dir, run_sweep, write_fusion_report
-    from muse_rec.reproduce.runner import Execution, ReproduceError, check_overrides
+    from muse_rec.reproduce.runner import Execution, ReproduceError, check_manifest, check_overrides
     from muse_rec.spec import SpecError
 
     started = time.perf_counter()
@@ -318,14 +318,19 @@ def run_fusion(args: argparse.Namespace) -> int:
     if parallel < 1:
         print(f"muse-rec reproduce: --parallel {parallel}: must be >= 1", file=sys.stderr)
         return 2
+    synth_args = list(QUICK_SYNTH_ARGS if args.quick else DEFAULT_SYNTH_ARGS)
     if args.dry_run:
+        try:  # what the real sweep would refuse (`run_sweep`'s check), the dry run refuses too, recording nothing
+            check_manifest(out, {"what": "fusion", "synth_args": synth_args}, record=False)
+        except ReproduceError as e:
+            print(f"muse-rec reproduce: {e}", file=sys.stderr)
+            return 2
         print(json.dumps({f"{q:g}": p.to_dict() for q, p in plans.items()}, indent=2))
         return 0
     nothing = _nothing_to_report(args)
     if nothing:
         print(f"muse-rec reproduce: {nothing}", file=sys.stderr)
         return 2
-    synth_args = list(QUICK_SYNTH_ARGS if args.quick else DEFAULT_SYNTH_ARGS)
     execution = Execution(nproc=args.nproc or 1, device=args.device or "cpu", threads_per_rank=args.threads,
                           extra_overrides=tuple(args.set))
     try:

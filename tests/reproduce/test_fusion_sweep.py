@@ -110,3 +110,23 @@ def test_a_bad_set_is_refused_before_the_sweep_makes_any_data(capsys, tmp_path: 
         assert not out.exists(), extra
     # What it does not set per run stays the user's: allowed.
     assert main(["reproduce", str(out), "--what", "fusion", "--set", "train.batch_size=1000", "--dry-run"]) == 0
+
+
+def test_a_dry_run_refuses_an_out_started_with_other_settings(capsys, tmp_path: Path):
+    """A `--quick` sweep's OUT, dry-run without --quick (or a paper reproduction's OUT), printed the plan (exit 0)
+    where the real sweep refuses it at once; the dry run now refuses it alike, one line naming the file, and
+    leaves it as it was."""
+    from muse_rec.cli.reproduce import DEFAULT_SYNTH_ARGS, QUICK_SYNTH_ARGS
+
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = out / "reproduce.json"
+    for recorded in ({"what": "fusion", "synth_args": list(QUICK_SYNTH_ARGS)},
+                     {"data": "synthetic", "synth_args": list(DEFAULT_SYNTH_ARGS)}):
+        manifest.write_text(json.dumps(recorded))
+        assert main(["reproduce", str(out), "--what", "fusion", "--dry-run"]) == 2, recorded
+        err = capsys.readouterr().err
+        assert f"{manifest}: {out} was started with other settings" in err and len(err.splitlines()) == 1, err
+        assert json.loads(manifest.read_text()) == recorded and sorted(p.name for p in out.iterdir()) == ["reproduce.json"]
+    manifest.write_text(json.dumps({"what": "fusion", "synth_args": list(QUICK_SYNTH_ARGS)}))
+    assert main(["reproduce", str(out), "--what", "fusion", "--quick", "--dry-run"]) == 0  # the same settings: planned
