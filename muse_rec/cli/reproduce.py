@@ -331,6 +331,14 @@ def run_fusion(args: argparse.Namespace) -> int:
     if nothing:
         print(f"muse-rec reproduce: {nothing}", file=sys.stderr)
         return 2
+    if args.device == "cuda" and not args.report_only:
+        from muse_rec.distributed.env import DeviceError, check_device
+
+        try:  # else every quality's release was synthesised and prepared before each of its runs failed on it
+            check_device("cuda")
+        except DeviceError as e:
+            print(f"muse-rec reproduce: {e}", file=sys.stderr)
+            return 2
     execution = Execution(nproc=args.nproc or 1, device=args.device or "cpu", threads_per_rank=args.threads,
                           extra_overrides=tuple(args.set))
     try:

@@ -130,3 +130,22 @@ def test_a_dry_run_refuses_an_out_started_with_other_settings(capsys, tmp_path: 
         assert json.loads(manifest.read_text()) == recorded and sorted(p.name for p in out.iterdir()) == ["reproduce.json"]
     manifest.write_text(json.dumps({"what": "fusion", "synth_args": list(QUICK_SYNTH_ARGS)}))
     assert main(["reproduce", str(out), "--what", "fusion", "--quick", "--dry-run"]) == 0  # the same settings: planned
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA: --device cuda is valid")
+def test_device_cuda_without_cuda_is_refused_before_the_sweep_makes_any_data(capsys, monkeypatch, tmp_path: Path):
+    """`--what fusion --device cuda` where torch sees no CUDA device started the sweep: every quality's release
+    was synthesised and prepared before each run failed on the device. Now one line, exit 2, OUT not created."""
+    import muse_rec.reproduce.fusion as fusion
+
+    def sweep(*args, **kwargs):
+        raise AssertionError("the sweep started")
+
+    monkeypatch.setattr(fusion, "run_sweep", sweep)
+    out = tmp_path / "out"
+    assert main(["reproduce", str(out), "--what", "fusion", "--quick", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: torch sees no CUDA device on this machine" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+    # Previewing a GPU sweep trains nothing: allowed.
+    assert main(["reproduce", str(out), "--what", "fusion", "--quick", "--device", "cuda", "--dry-run"]) == 0
