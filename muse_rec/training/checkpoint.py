@@ -247,7 +247,9 @@ def load_checkpoint(
         try:
             state = torch.load(rng, weights_only=True)
             if not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.dim() == 1):
-                raise TypeError(f"expected a 1-D uint8 tensor, got {type(state).__name__}")
+                got = (f"a {state.dim()}-D {state.dtype} tensor of shape {tuple(state.shape)}"
+                       if isinstance(state, torch.Tensor) else f"a {type(state).__name__}")
+                raise TypeError(f"expected a 1-D uint8 tensor, got {got}")
             torch.set_rng_state(state)
         # Bytes that are no pickle at all make torch's weights-only unpickler fail inside itself: a missing memo
         # entry (KeyError), an empty stack (IndexError) or a short file (EOFError), besides UnpicklingError.

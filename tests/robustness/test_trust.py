@@ -77,7 +77,7 @@ _NOT_A_PICKLE = {"text": b"hello", "an unknown memo entry": b"\x80\x02h\xff.", "
                  "an empty file": b""}
 
 
-@pytest.mark.parametrize("rng_state", ["a dict", "a tensor of another size", *_NOT_A_PICKLE])
+@pytest.mark.parametrize("rng_state", ["a dict", "a tensor of another size", "a float tensor", *_NOT_A_PICKLE])
 def test_a_sealed_checkpoint_with_a_foreign_rng_state_is_one_line(trained, tmp_path, rng_state):
     """A checkpoint whose manifest verifies (re-sealed) but whose rng-0.pt is no torch RNG state:
     `train --resume` ended in torch.set_rng_state's TypeError / RuntimeError traceback."""
@@ -88,12 +88,16 @@ def test_a_sealed_checkpoint_with_a_foreign_rng_state_is_one_line(trained, tmp_p
     if rng_state in _NOT_A_PICKLE:
         (ck / "rng-0.pt").write_bytes(_NOT_A_PICKLE[rng_state])
     else:
-        torch.save({"not": "a state"} if rng_state == "a dict" else torch.zeros(7, dtype=torch.uint8), ck / "rng-0.pt")
+        state = {"a dict": {"not": "a state"}, "a float tensor": torch.zeros(3)}.get(rng_state,
+                                                                                  torch.zeros(7, dtype=torch.uint8))
+        torch.save(state, ck / "rng-0.pt")
     write_manifest(ck)
     before = snapshot(runs / "din")
     out = cli("train", "--spec", SPEC, *sets(trained.prepared, runs, ["train.max_steps=3"]), "--device", "cpu",
               "--resume")
-    assert_bad_input(out, f"{ck / 'rng-0.pt'}: not a torch RNG state")
+    # What it holds instead, for a tensor: "got Tensor" named neither its dtype nor its shape.
+    got = {"a float tensor": "got a 1-D torch.float32 tensor of shape (3,)", "a dict": "got a dict"}.get(rng_state, "")
+    assert_bad_input(out, f"{ck / 'rng-0.pt'}: not a torch RNG state", got)
     assert snapshot(runs / "din") == before
 
 
