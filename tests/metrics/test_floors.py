@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 
 from muse_rec.cli import main as cli_main
-from muse_rec.data.prepare import PrepareConfig, prepare
 from muse_rec.data.prepared import PreparedData
-from muse_rec.data.synth import write_synthetic_release
-from muse_rec.data.synth_config import SynthConfig
 from muse_rec.metrics.floor_options import EVERYTHING, LONG_HISTORY, SCL, floor_reads
 from muse_rec.metrics.floors import (FLOORS_VERSION, FloorOptions, FloorsError, ItemCtr, below_floor_message, cached_floors,
                                      compute_floors, fit_logistic, lr_features, split_scores)
@@ -25,14 +22,6 @@ NO_CAT = -1.0
 # Small windows so the seq_len cap, the recent window and K all bind on the tiny release
 # (histories there are up to 200 long); small chunks so both chunk bounds cut the split.
 OPTS = FloorOptions(seq_len=60, recent=7, top_k=9, prior_strength=5.0, chunk_samples=97, chunk_slots=2000)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("floors")
-    write_synthetic_release(str(root / "raw"), SynthConfig.preset("tiny"), progress=False, diagnostics=False)
-    prepare(str(root / "raw"), str(root / "prepared"), PrepareConfig(progress=False))
-    return root / "prepared"
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -3,20 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from muse_rec.cli import main as cli_main
-from muse_rec.data.prepare import PrepareConfig, prepare
-from muse_rec.data.synth import SynthConfig, write_synthetic_release
 from muse_rec.metrics.floors import compute_floors
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("in_sample")
-    write_synthetic_release(str(root / "raw"), SynthConfig.preset("tiny"), progress=False, diagnostics=False)
-    prepare(str(root / "raw"), str(root / "prepared"), PrepareConfig(progress=False))
-    return root / "prepared"
 
 
 def test_the_in_sample_warning_names_the_regression_too(tiny: Path, capsys) -> None:
