@@ -71,11 +71,12 @@ def load_runs(paths: List[str], files_read: Optional[RunFiles] = None) -> List[D
         if settings[-1] is not None and "data.train_split" in settings[-1]:  # for `split_warnings`
             runs[-1]["train_split"] = settings[-1]["data.train_split"]
             runs[-1].setdefault("eval_split", settings[-1].get("data.eval_split"))
-        if settings[-1] is not None:  # for `compare.baseline_row`: a margin is read against the baseline so trained
+        if settings[-1] is not None:
+            # For `compare.baseline_row`: a margin is read against the baseline trained at the same settings.
             runs[-1]["regime"] = json.dumps({k: v for k, v in settings[-1].items()
                                              if not k.startswith("model.") and k != "train.seed"},
                                             sort_keys=True, default=str)
-        if settings[-1] is not None:  # a copied run directory, or a re-run: not another seed
+            # A copied run directory, or a re-run: not another seed.
             key = json.dumps([runs[-1]["method"], settings[-1]], sort_keys=True, default=str)
             if key in configs:
                 raise ValueError(f"{p}: the same method, spec, ranks and train.seed ({settings[-1].get('train.seed')}) as "
