@@ -50,6 +50,15 @@ def prepared_dir(text: str) -> str:
     return text
 
 
+def prepared_dir_flag(parser: argparse.ArgumentParser, path: str) -> None:
+    """parser.error unless ``--prepared`` names prepared data (`prepared_dir`), checked after parsing, not as
+    the flag's type: a job's own ranks are started with the same flag and check nothing."""
+    try:
+        prepared_dir(path)
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"argument --prepared: {e}")
+
+
 def same_length(parser: argparse.ArgumentParser, a: str, a_values: List[int], b: str, b_values: List[int]) -> None:
     """parser.error unless the per-entry flag ``b`` gives one value per entry of ``a``."""
     if len(a_values) != len(b_values):

@@ -30,9 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.args import at_least, int_list, output_dir  # noqa: E402
-from benchmarks.bench_train import (METHODS, BenchError, _run, batches_per_rank, launcher,  # noqa: E402
-                                    prepared_dir_flag, spec_path)
+from benchmarks.args import at_least, int_list, output_dir, prepared_dir_flag  # noqa: E402
+from benchmarks.bench_train import METHODS, BenchError, _run, batches_per_rank, launcher, spec_path  # noqa: E402
 
 OPTIMIZERS = {  # name -> spec overrides (the paper's sparse lr for Adam; the demo profile's for Adagrad)
     "adam": ["train.sparse_optimizer.name=adam", "train.sparse_optimizer.lr=0.002"],

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.args import at_least, int_list, output_dir, prepared_dir, require_cuda  # noqa: E402
+from benchmarks.args import at_least, int_list, output_dir, prepared_dir_flag, require_cuda  # noqa: E402
 
 METHODS: List[str] = ["din", "sim_hard", "sim_soft", "twin", "miss", "muse"]
 DEMO_SPECS = REPO / "specs" / "demo"
@@ -278,15 +278,6 @@ def method_list(text: str) -> List[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"{unknown[0]}: no such demo spec; choose from {','.join(METHODS)}")
     return methods
-
-
-def prepared_dir_flag(parser: argparse.ArgumentParser, path: str) -> None:
-    """parser.error unless ``--prepared`` names prepared data (checked here, not as its type:
-    the job's own ranks are started with the same flag)."""
-    try:
-        prepared_dir(path)
-    except argparse.ArgumentTypeError as e:
-        parser.error(f"argument --prepared: {e}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
