@@ -49,7 +49,8 @@ from muse_rec.json_files import read_json_object
 from muse_rec.metrics.floor_options import EVERYTHING, FloorOptions, FloorsError, floor_standing, lacked
 from muse_rec.metrics.floor_scores import (CATEGORY_FLOOR, NO_CATEGORY_SCORE, SCL_FLOORS, UNKNOWN_CATEGORY, ItemCtr,
                                            popularity_scores, split_scores)
-from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, auc, logloss, user_auc
+from muse_rec.metrics.floor_noise import FloorUsers, load_floor_users, paired_gap_se, save_floor_users, users_file
+from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, UserAuc, auc, logloss, user_auc
 from muse_rec.metrics.report import check_floors, metrics_json_text, save_metrics_json
 from muse_rec.wording import count
 
@@ -77,6 +78,9 @@ FLOORS: Dict[str, str] = {
     "mean_topk_similarity": "mean of the top-{top_k} SCL cosines (GSU rule){window}",
     "logistic_regression": "logistic regression on the floors above, fitted on {train_split}",
 }
+# A model below a floor by fewer paired standard errors than this (`floor_noise`) is within the split's noise:
+# two, a two-sided 95% interval of a gap that is, over many users, close to normal.
+NOISE_SES = 2.0
 # Floors whose scores are click probabilities, so their logloss means something. The cosines
 # are not; their logloss is reported as None ("-"), not invented by an arbitrary squashing.
 PROBABILITY_FLOORS = ("popularity", "logistic_regression")
@@ -160,8 +164,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iter: int = 50, to
 # ----------------------------------------------------------------------------------------------
 
 
-def _metrics(user_keys: np.ndarray, labels: np.ndarray, scores: np.ndarray, probability: bool) -> Dict:
-    per_user = user_auc(user_keys, scores, labels).without(MISSING_ID)
+def _metrics(per_user: UserAuc, labels: np.ndarray, scores: np.ndarray, probability: bool) -> Dict:
+    """A floor's metrics from its per-user AUCs (users without an id left out) and its scores ``[n]``."""
     return {"gauc": per_user.gauc(), "auc": auc(scores, labels),
             "logloss": logloss(scores, labels) if probability else None,
             "gauc_users": int(per_user.valid.sum()), "gauc_samples": per_user.gauc_samples}
@@ -206,6 +210,15 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
                    train_split: str = "train", say: Optional[Callable[[str], None]] = None) -> Dict:
     """Every floor's GAUC / AUC / logloss on ``split`` (strict-JSON-able dict, see docs/metrics.md).
     ``say``: where progress lines go while the splits are scored (`scoring_progress`).
+    Raises as `compute_floors_and_users`."""
+    return compute_floors_and_users(data, split, opts, train_split, say)[0]
+
+
+def compute_floors_and_users(data: PreparedData, split: str = "test", opts: FloorOptions = FloorOptions(),
+                             train_split: str = "train", say: Optional[Callable[[str], None]] = None
+                             ) -> Tuple[Dict, FloorUsers]:
+    """`compute_floors`'s dict, and every floor's per-user AUCs (`FloorUsers`: what a run's check weighs
+    its gap to a floor with).
 
     Raises:
         FloorsError: the split is empty, has no user with both a click and a non-click (GAUC is
@@ -254,10 +267,12 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
         scores["logistic_regression"] = model.predict(lr_features(scores))
 
     floors: Dict[str, Dict] = {}
+    per_floor: Dict[str, UserAuc] = {}
     for name in FLOORS:
         if name in scores:
+            per_floor[name] = user_auc(user_keys, scores[name], labels).without(MISSING_ID)
             floors[name] = {"description": describe(name, opts, train_split),
-                            **_metrics(user_keys, labels, scores[name], name in PROBABILITY_FLOORS)}
+                            **_metrics(per_floor[name], labels, scores[name], name in PROBABILITY_FLOORS)}
     best = max(floors, key=lambda k: floors[k]["gauc"])
     targets = data.item_rows(split, slice(None))
     target_vec = np.asarray(data.scl_present()[targets])
@@ -275,31 +290,58 @@ def compute_floors(data: PreparedData, split: str = "test", opts: FloorOptions =
     if model is not None:
         result["logistic_regression"] = {"fitted_on": int(fit_idx.size), "newton_iterations": model.iterations,
                                          "weights": model.weights.tolist(), "bias": model.bias}
-    return result
+    return result, FloorUsers.of(per_floor)
 
 
-def below_floor_message(gauc: float, floors: Dict, reads: FrozenSet[str] = EVERYTHING) -> Tuple[bool, str]:
+def _gap(gauc: float, floor: float, se: Optional[float]) -> str:
+    """``(-0.0139)``, or with the gap's paired standard error ``(-0.0139, 2.1 standard errors of 0.0066)``."""
+    if se is None or not se > 0:
+        return f"({gauc - floor:+.4f})"
+    return f"({gauc - floor:+.4f}, {abs(gauc - floor) / se:.1f} standard errors of {se:.4f})"
+
+
+def within_noise(gauc: float, floor: float, se: Optional[float]) -> bool:
+    """Whether a model below a floor is so by less than `NOISE_SES` paired standard errors (``se``; unknown:
+    False, the gap is taken at its word)."""
+    return se is not None and gauc - floor > -NOISE_SES * se
+
+
+def below_floor_message(gauc: float, floors: Dict, reads: FrozenSet[str] = EVERYTHING,
+                        gap_se: Optional[Dict[str, float]] = None) -> Tuple[bool, str]:
     """``(below, sentence)`` comparing a model's GAUC with the best floor of `compute_floors`. For a model
     below a floor that reads what it does not (``reads``: `floor_options.model_reads`; SCL vectors, the
     long-term history), the sentence also measures it against the best floor it can see: only below that
-    one is its training in doubt; above it, what it cannot read carries signal it cannot see."""
+    one is its training in doubt; above it, what it cannot read carries signal it cannot see.
+
+    ``gap_se``: floor name -> the standard error of the model's gap to it (`floor_noise.paired_gap_se`), where
+    known: each gap is then said in standard errors, and a model below by less than `NOISE_SES` of them is said
+    to be within the split's noise instead of "ranked better by a score without training"."""
+    gap_se = gap_se or {}
     best = floors["best"]
     name, value = best["description"], best["gauc"]
+    best_se = gap_se.get(best["name"])
     if math.isnan(gauc):
         return False, f"GAUC is undefined; the best model-free floor '{name}' reaches {value:.4f}"
     if gauc >= value:
-        return False, f"GAUC {gauc:.4f} is above the best model-free floor '{name}' {value:.4f} ({gauc - value:+.4f})"
-    sentence = f"GAUC {gauc:.4f} is below the model-free floor '{name}' {value:.4f} ({gauc - value:+.4f})"
+        return False, (f"GAUC {gauc:.4f} is above the best model-free floor '{name}' {value:.4f} "
+                       f"{_gap(gauc, value, best_se)}")
+    sentence = f"GAUC {gauc:.4f} is below the model-free floor '{name}' {value:.4f} {_gap(gauc, value, best_se)}"
     advice = "check the learning rates, the number of steps and the data"
     standing = floor_standing(gauc, best["name"], value, floors.get("floors", {}), reads)
+    seen_name, seen = standing.visible_best or (best["name"], best)
+    seen_se = gap_se.get(seen_name)
+    if not standing.only_for_want and within_noise(gauc, seen["gauc"], seen_se):
+        noise = (f"less than {NOISE_SES:g} standard errors of this split's per-user noise, so it cannot tell the "
+                 f"two apart; if more test users or seeds keep the model below, {advice}")
+    else:
+        noise = f"a score without training ranks this split better than the model; {advice}"
     if standing.visible_best is None:
-        return True, f"{sentence}: a score without training ranks this split better than the model; {advice}"
-    seen_name, seen = standing.visible_best
-    against = f"'{seen.get('description', seen_name)}' {seen['gauc']:.4f} ({gauc - seen['gauc']:+.4f})"
+        return True, f"{sentence}: {noise}"
+    against = f"'{seen.get('description', seen_name)}' {seen['gauc']:.4f} {_gap(gauc, seen['gauc'], seen_se)}"
     lack, them, carry = lacked(standing.lacks)
     if not standing.only_for_want:
         return True, (f"{sentence}, and below the best floor without {lack} (this model does not read {them}), "
-                      f"{against}: a score without training ranks this split better than the model; {advice}")
+                      f"{against}: {noise}")
     return True, (f"{sentence}, which reads {lack}; this model does not, and it is above the best floor without "
                   f"{them}, {against}: {lack} {carry} signal this model cannot see")
 
@@ -320,10 +362,10 @@ def cache_name(data: PreparedData, split: str, opts: FloorOptions, train_split: 
 
 
 def is_cache_file(name: str) -> bool:
-    """Whether ``name`` is one `cached_floors` writes in its cache directory (`cache_name`), or the
-    temporary file of a write that was killed."""
+    """Whether ``name`` is one `cached_floors` writes in its cache directory (`cache_name` and its
+    `floor_noise.users_file`), or the temporary file of a write that was killed."""
     base = tmp_of(name) or name
-    return base.startswith("floors-") and base.endswith(".json")
+    return base.startswith("floors-") and base.endswith((".json", ".users.npz"))
 
 
 def cached_floors(data: PreparedData, split: str, opts: FloorOptions, cache_dir: str,
@@ -331,20 +373,32 @@ def cached_floors(data: PreparedData, split: str, opts: FloorOptions, cache_dir:
     """`compute_floors`, read from ``cache_dir`` when already computed there, else computed and
     written there (atomically). ``cache_dir`` is never inside the prepared data, which may be
     read-only or shared."""
+    return _cached(data, split, opts, cache_dir, train_split, with_users=False)[0]
+
+
+def _cached(data: PreparedData, split: str, opts: FloorOptions, cache_dir: str, train_split: str,
+            with_users: bool) -> Tuple[Dict, Optional[FloorUsers]]:
+    """`cached_floors`, and with ``with_users`` the floors' per-user AUCs too (a cache without a readable
+    users file is then computed again: once, as the floors were; None only where it cannot be written)."""
     path = Path(cache_dir) / cache_name(data, split, opts, train_split)
     if path.exists():
         cached = _read_cached(path)
-        if cached is not None:
-            return cached
+        if cached is not None and not with_users:
+            return cached, None
+        users = None if cached is None else load_floor_users(users_file(path), cached["floors"],
+                                                              int(cached["best"].get("gauc_users", 0)))
+        if users is not None:
+            return cached, users
     logger.info("computing the model-free floors of %s split %s (cached in %s)", data.path, split, cache_dir)
-    result = compute_floors(data, split, opts, train_split, say=logger.info)
-    try:
+    result, users = compute_floors_and_users(data, split, opts, train_split, say=logger.info)
+    try:  # the users file first: the JSON is what marks the entry complete
+        save_floor_users(users_file(path), users)
         save_metrics_json(path, result)
     except OSError as e:  # only a cache (a file in its directory's place, no room, read-only): said, not fatal
         logger.warning("floors not cached, %s could not be written (%s); they are computed again next time",
                        path, e)
     # What a later cache hit returns (NaN -> null), from the text written, not read back from the file.
-    return json.loads(metrics_json_text(result))
+    return json.loads(metrics_json_text(result)), users
 
 
 def _read_cached(path: Path) -> Optional[Dict]:
@@ -374,31 +428,40 @@ def run_floors_cache(run_dir: str) -> str:
 
 def floors_of_run(data: PreparedData, split: str, seq_len: int, cache_dir: str, train_split: str = "train") -> Dict:
     """The floors a run checks (`cached_floors`): its eval ``split`` at its ``seq_len``, fitted on
-    ``train_split``. The trainer, `muse-rec reproduce` (before its job) and `compare` ask the same
-    way, so they read one cache file."""
+    ``train_split``. The trainer (`check_run_against_floors`), `muse-rec reproduce` (before its job) and
+    `compare` ask the same way, so they read one cache file."""
     return cached_floors(data, split, FloorOptions(seq_len=seq_len), cache_dir, train_split)
 
 
 def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc: Optional[float], cache_dir: str,
-                             train_split: str = "train", reads: FrozenSet[str] = EVERYTHING) -> Dict:
+                             train_split: str = "train", reads: FrozenSet[str] = EVERYTHING,
+                             model_users: Optional[UserAuc] = None) -> Dict:
     """A finished run's check (`train.check_floors`): the floors of its eval split at its
     ``seq_len`` (cached in ``cache_dir``), logged beside its GAUC; a WARNING when it is below.
 
     Returns the keys the run records in metrics.json: ``floors`` (name -> description, gauc,
-    auc, logloss), ``best_floor`` and ``below_floor``; or ``floors_error`` when the floors
+    auc, logloss, and ``gap_se``: the standard error of the run's GAUC minus the floor's, paired over users,
+    `floor_noise`), ``best_floor`` and ``below_floor``; or ``floors_error`` when the floors
     cannot be computed on this data (the run itself is not failed for that). ``reads``: what the run's
     model reads of the floors' inputs (`floor_options.model_reads`; `below_floor_message`).
+    ``model_users``: the run's per-user AUCs on ``split`` (users without an id left out); without them, or
+    when they are not the floors' users, no ``gap_se``.
     """
     start = time.perf_counter()
     try:
-        result = floors_of_run(data, split, seq_len, cache_dir, train_split)
+        result, users = _cached(data, split, FloorOptions(seq_len=seq_len), cache_dir, train_split,
+                                with_users=model_users is not None)
     except FloorsError as e:
         logger.warning("model-free floors not checked: %s", e)
         return {"floors_error": str(e)}
+    gap_se = {} if users is None or gauc is None else paired_gap_se(model_users, users, gauc)
     keep = ("description", "gauc", "auc", "logloss")
-    floors = {k: {f: v.get(f) for f in keep} for k, v in result["floors"].items()}
-    below, sentence = below_floor_message(float("nan") if gauc is None else gauc, result, reads)
+    floors = {k: {**{f: v.get(f) for f in keep}, **({"gap_se": gap_se[k]} if k in gap_se else {})}
+              for k, v in result["floors"].items()}
+    below, sentence = below_floor_message(float("nan") if gauc is None else gauc, result, reads, gap_se)
     (logger.warning if below else logger.info)("%s [floors: %s, split %s, seq_len %d; %.1f s]", sentence,
                                               data.path, split, seq_len, time.perf_counter() - start)
-    return {"floors": floors, "best_floor": {"name": result["best"]["name"], "gauc": result["best"]["gauc"]},
+    best = result["best"]["name"]
+    return {"floors": floors, "best_floor": {"name": best, "gauc": result["best"]["gauc"],
+                                             **({"gap_se": gap_se[best]} if best in gap_se else {})},
             "below_floor": below}

@@ -22,10 +22,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, Optional
 
+import numpy as np
 import torch
 import yaml
 
 from muse_rec.data.files import replace_texts
+from muse_rec.data.vocab import MISSING_ID
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.plan_measure import status_bytes
 from muse_rec.lifetime import torchrun_job
@@ -41,6 +43,8 @@ from muse_rec.wording import count
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
+
+    from muse_rec.metrics.kernels import UserAuc
 
 # The training stack (TorchRec and FBGEMM: ~4 s of imports per process) is imported inside `train`
 # and `evaluate_checkpoint`, after their run-directory, data and resume checks: a refused run
@@ -207,7 +211,24 @@ def _evaluate_at_end(spec: Spec, run: RunStart, result: Dict) -> None:
         with _all_cores():
             result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
                                                    run_floors_cache(str(run_dir)), spec.data.train_split,
-                                                   model_reads(spec.model)))
+                                                   model_reads(spec.model), _per_user(run_dir)))
+
+
+def _per_user(run_dir: Path) -> Optional[UserAuc]:
+    """The run's per-user AUCs on its eval split (users without an id left out), from the predictions every rank
+    has just written: what its floor check weighs a gap against (`metrics.floor_noise`). None, said, where they
+    cannot be read back: the check then gives its gaps without their errors, not a traceback after training."""
+    from muse_rec.metrics.kernels import user_auc
+    from muse_rec.metrics.predictions_io import read_predictions
+
+    path = run_dir / "predictions.parquet"
+    try:
+        rows = read_predictions(path)
+    except (OSError, ValueError) as e:
+        logger.warning("the floor check's gaps have no standard errors: %s could not be read back (%s)", path, e)
+        return None
+    return user_auc(rows["user_key"].to_numpy(), rows["score"].to_numpy(np.float64),
+                    rows["label"].to_numpy()).without(MISSING_ID)
 
 
 @contextmanager

@@ -696,7 +696,9 @@ def test_compare_floors_cache_is_checked_as_an_output_directory(tiny, tmp_path, 
     for _ in range(2):  # a new directory, then its own cache again
         assert cli_main(["compare", str(run), "--floors-cache", str(cache)]) == 0
         assert "floor: cos(target, mean history SCL)" in capsys.readouterr().out
-    assert [p.name.startswith("floors-test-") for p in cache.iterdir()] == [True]
+    names = sorted(p.name for p in cache.iterdir())  # one entry: its floors and their per-user AUCs
+    assert [n.startswith("floors-test-") for n in names] == [True, True], names
+    assert [n.split(".", 1)[1] for n in names] == ["json", "users.npz"], names
 
 
 @pytest.mark.parametrize("content, words", [
@@ -925,6 +927,9 @@ def test_trained_run_records_its_floor_check(tiny, tmp_path):
     assert m["below_floor"] == (m["gauc"] < best["gauc"])
     words = "is below the model-free floor" if m["below_floor"] else "is above the best model-free floor"
     assert f"GAUC {m['gauc']:.4f} {words}" in log
+    # Each gap's paired error over the split's users, from the run's own predictions (`floor_noise`).
+    assert best["gap_se"] == m["floors"][best["name"]]["gap_se"] > 0
+    assert f"standard errors of {best['gap_se']:.4f})" in log, log
     if m["below_floor"] and floor_reads(best["name"]):  # DIN reads neither: measured against the floor it can see
         assert "this model does not" in log, log
     # Same floors as `muse-rec baselines` at the run's seq_len, cached beside the run.

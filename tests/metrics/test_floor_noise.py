@@ -1,0 +1,161 @@
+"""The paired standard error of a run's gap to a floor (`muse_rec.metrics.floor_noise`), its cache file and the
+floor line that uses it."""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from muse_rec.data.prepared import PreparedData
+from muse_rec.data.vocab import MISSING_ID
+from muse_rec.metrics.floor_noise import FloorUsers, load_floor_users, paired_gap_se, save_floor_users, users_file
+from muse_rec.metrics.floors import (NOISE_SES, FloorOptions, below_floor_message, cache_name, cached_floors,
+                                     check_run_against_floors, compute_floors_and_users)
+from muse_rec.metrics.kernels import UserAuc, user_auc
+
+
+def _users(seed: int, n_users: int = 400) -> tuple[UserAuc, FloorUsers]:
+    """A model's and one floor's per-user AUCs over the same users, strongly correlated (as a model and a floor
+    ranking the same users' impressions are): the floor is the model's AUC less 0.04 plus noise of sd 0.04."""
+    rng = np.random.default_rng(seed)
+    keys = np.sort(rng.choice(10**9, n_users, replace=False)).astype(np.int64)
+    n = rng.integers(2, 40, n_users).astype(np.int64)
+    pos = np.maximum(1, n // 4)
+    model = rng.uniform(0.3, 1.0, n_users)
+    floor = np.clip(model - 0.04 + rng.normal(0, 0.04, n_users), 0, 1)
+    return UserAuc(keys, n, pos, model), FloorUsers(keys, n, {"f": floor})
+
+
+def _gauc(n: np.ndarray, a: np.ndarray) -> float:
+    return float(np.sum(n * a) / np.sum(n))
+
+
+def test_paired_se_is_the_per_user_bootstrap_of_the_gap():
+    """The delta-method error equals a per-user bootstrap's standard deviation of the GAUC gap: with B
+    replicates the bootstrap's own relative error is ~1/sqrt(2B) (1.1% at B = 4000), so 4% is ~3.5 of them.
+    An unpaired error (the two GAUCs' errors added) is several times larger here and fails it."""
+    model, floor = _users(0)
+    gauc = _gauc(model.n_samples, model.auc)
+    se = paired_gap_se(model, floor, gauc)["f"]
+    rng = np.random.default_rng(1)
+    u = model.user_keys.size
+    draws = rng.integers(0, u, (4000, u))
+    n = model.n_samples[draws]
+    gaps = (np.sum(n * model.auc[draws], 1) - np.sum(n * floor.auc["f"][draws], 1)) / np.sum(n, 1)
+    assert se == pytest.approx(float(np.std(gaps)), rel=0.04)
+    unpaired = math.hypot(float(np.std(np.sum(n * model.auc[draws], 1) / np.sum(n, 1))),
+                          float(np.std(np.sum(n * floor.auc["f"][draws], 1) / np.sum(n, 1))))
+    assert unpaired > 3 * se
+
+
+def test_paired_se_refuses_users_that_are_not_the_floors():
+    """An evaluation of other users (cut short, another split) or a GAUC that is not these users' gives no error
+    rather than a wrong one."""
+    model, floor = _users(2)
+    gauc = _gauc(model.n_samples, model.auc)
+    assert set(paired_gap_se(model, floor, gauc)) == {"f"}
+    fewer = UserAuc(model.user_keys[1:], model.n_samples[1:], model.n_positives[1:], model.auc[1:])
+    assert paired_gap_se(fewer, floor, _gauc(fewer.n_samples, fewer.auc)) == {}
+    assert paired_gap_se(model, floor, gauc + 1e-6) == {}
+    # A user with one label only is no GAUC user: the model's valid users are compared, not all its rows.
+    one_label = UserAuc(np.append(model.user_keys, 10**10), np.append(model.n_samples, 5),
+                        np.append(model.n_positives, 0), np.append(model.auc, np.nan))
+    assert paired_gap_se(one_label, floor, gauc) == paired_gap_se(model, floor, gauc)
+
+
+def test_floor_users_file_round_trips_and_refuses_what_is_not_its_floors(tmp_path):
+    """The cache's users file is read without pickles and kept only where it matches the cached floors."""
+    model, floor = _users(3)
+    floors = {"f": {"gauc": floor.gauc("f")}}
+    path = tmp_path / "floors-test-0123.users.npz"
+    save_floor_users(path, floor)
+    back = load_floor_users(path, floors, model.user_keys.size)
+    assert back is not None and np.array_equal(back.auc["f"], floor.auc["f"])
+    assert np.array_equal(back.user_keys, floor.user_keys) and np.array_equal(back.n_samples, floor.n_samples)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+    assert load_floor_users(path, {"f": {"gauc": floor.gauc("f") + 1e-6}}, model.user_keys.size) is None
+    assert load_floor_users(path, floors, model.user_keys.size + 1) is None
+    assert load_floor_users(path, {**floors, "g": {"gauc": 0.5}}, model.user_keys.size) is None
+    assert load_floor_users(tmp_path / "absent.users.npz", floors, model.user_keys.size) is None
+    shifted = FloorUsers(floor.user_keys, floor.n_samples, {"f": floor.auc["f"] + 2.0})  # AUCs above 1
+    save_floor_users(path, shifted)
+    assert load_floor_users(path, {"f": {"gauc": shifted.gauc("f")}}, model.user_keys.size) is None
+    with open(path, "wb") as f:  # an object array needs pickle: refused, never unpickled
+        np.savez(f, user_keys=np.array([object()], dtype=object))
+    assert load_floor_users(path, floors, 1) is None
+    path.write_bytes(b"PK\x03\x04 not a zip")
+    assert load_floor_users(path, floors, model.user_keys.size) is None
+
+
+FLOORS = {"best": {"name": "logistic_regression", "description": "logistic regression", "gauc": 0.6700},
+          "floors": {"logistic_regression": {"description": "logistic regression", "gauc": 0.6700},
+                     "popularity": {"description": "popularity", "gauc": 0.6000}}}
+
+
+def test_floor_line_says_a_gap_within_the_noise_is_one():
+    """Below the best floor by 0.0050: with a paired error of 0.0045 (1.1 errors) the line says the split cannot
+    tell the two apart; with 0.0010 (5.0) that a score without training ranks it better, as without an error."""
+    below, noisy = below_floor_message(0.6650, FLOORS, gap_se={"logistic_regression": 0.0045})
+    assert below and "(-0.0050, 1.1 standard errors of 0.0045)" in noisy
+    assert f"less than {NOISE_SES:g} standard errors of this split's per-user noise" in noisy, noisy
+    assert "ranks this split better" not in noisy
+    for se in ({"logistic_regression": 0.0010}, None):
+        below, sure = below_floor_message(0.6650, FLOORS, gap_se=se)
+        assert below and "a score without training ranks this split better than the model" in sure, sure
+    assert "5.0 standard errors of 0.0010" in below_floor_message(0.6650, FLOORS, gap_se={"logistic_regression": 0.001})[1]
+    above = below_floor_message(0.6800, FLOORS, gap_se={"logistic_regression": 0.0040})
+    assert above == (False, "GAUC 0.6800 is above the best model-free floor 'logistic regression' 0.6700 "
+                            "(+0.0100, 2.5 standard errors of 0.0040)")
+
+
+def test_run_check_records_the_paired_error_and_reuses_the_cache(tiny, tmp_path, caplog):
+    """`check_run_against_floors` with the run's per-user AUCs: every floor's ``gap_se`` is the formula's over the
+    split's users (computed here apart from the module), the users file is cached beside the JSON and read back
+    (no second scoring), and a cache written without it (by an older version) is scored again once."""
+    data = PreparedData(str(tiny))
+    opts = FloorOptions(seq_len=60)
+    result, floor_users = compute_floors_and_users(data, "test", opts)
+    keys = np.asarray(data.array("test/sample_user_keys.npy"))
+    labels = data.labels("test")
+    rng = np.random.default_rng(5)
+    scores = 0.5 * labels + rng.uniform(0, 1, labels.size)  # a model that ranks better than chance
+    model = user_auc(keys, scores, labels).without(MISSING_ID)
+    gauc = model.gauc()
+    cache = tmp_path / "cache"
+    caplog.set_level(logging.INFO, logger="muse_rec")
+    got = check_run_against_floors(data, "test", 60, gauc, str(cache), model_users=model)
+    valid = model.valid
+    n, a = model.n_samples[valid], model.auc[valid]
+    for name, floor in got["floors"].items():
+        d = a - floor_users.auc[name]
+        gap = np.sum(n * d) / np.sum(n)
+        want = math.sqrt(d.size / (d.size - 1) * np.sum((n * (d - gap)) ** 2)) / np.sum(n)
+        assert floor["gap_se"] == pytest.approx(want, rel=1e-12), name
+        assert gap == pytest.approx(gauc - floor["gauc"], abs=1e-12)
+    assert got["best_floor"]["gap_se"] == got["floors"][result["best"]["name"]]["gap_se"]
+    assert "standard errors of" in caplog.text
+    entry = cache / cache_name(data, "test", opts)
+    assert entry.exists() and users_file(entry).exists()
+    caplog.clear()
+    assert check_run_against_floors(data, "test", 60, gauc, str(cache), model_users=model) == got
+    assert "computing the model-free floors" not in caplog.text  # read back, not scored again
+    users_file(entry).unlink()  # a cache of the JSON only: what `compare` and older versions wrote
+    cached_floors(data, "test", opts, str(cache))
+    assert not users_file(entry).exists()  # a reader without a model does not need it, nor score for it
+    assert check_run_against_floors(data, "test", 60, gauc, str(cache), model_users=model) == got
+    assert users_file(entry).exists()
+    no_users = check_run_against_floors(data, "test", 60, gauc, str(cache))
+    assert "gap_se" not in no_users["best_floor"] and all("gap_se" not in f for f in no_users["floors"].values())
+
+
+def test_run_without_readable_predictions_is_checked_without_errors(tmp_path, caplog):
+    """The trainer reads the run's per-user AUCs back from its predictions; where it cannot (a part gone), the
+    check goes on without errors, said in one warning, instead of a traceback after the whole training."""
+    from muse_rec.training.trainer import _per_user
+
+    (tmp_path / "predictions.parquet").mkdir()
+    caplog.set_level(logging.WARNING, logger="muse_rec")
+    assert _per_user(tmp_path) is None
+    assert "could not be read back" in caplog.text and "part-XXXXX-of-XXXXX" in caplog.text
