@@ -32,7 +32,7 @@ from muse_rec.integrity import hash_files
 from muse_rec.json_files import read_json_object, refuse_special_file
 # In a log (no terminal bars), a line at most every PROGRESS_EVERY_S while a step reads a table: at the
 # release's size one step reads billions of behaviours for minutes.
-from muse_rec.terminal import PROGRESS_EVERY_S, shows_bars
+from muse_rec.terminal import PROGRESS_EVERY_S, Throttle, shows_bars
 
 
 def _flat(batch: pa.RecordBatch, col: str) -> np.ndarray:
@@ -127,17 +127,15 @@ class Prepare:
     def batches(self, table: str, cols: List[str]) -> Iterator[pa.RecordBatch]:
         t: RawTable = self.raw[table]
         bar = tqdm(total=t.num_rows, unit="row", desc=f"{table}", disable=not self.bars, leave=False)
-        start = last = time.perf_counter()
+        clock = Throttle(PROGRESS_EVERY_S)
         done = 0
         for b in t.iter_batches(cols, self.cfg.batch_rows):
             yield b
             bar.update(b.num_rows)
             done += b.num_rows
-            now = time.perf_counter()
-            if now - last >= PROGRESS_EVERY_S:  # bars or not: say prints only without them
-                last = now
+            if clock.due():  # bars or not: say prints only without them
                 self.say(f"  {table}: {done:,} of {t.num_rows:,} rows ({100 * done / max(t.num_rows, 1):.0f}%), "
-                          f"{now - start:.0f} s")
+                          f"{clock.elapsed:.0f} s")
         bar.close()
 
     def vocab(self, name: str) -> Vocab:

@@ -36,7 +36,7 @@ from muse_rec.data.synth_world import (VECTOR_BLOCK, Catalogue, Impressions, Use
                                        build_impressions, build_timelines, build_users, item_vector_block, ranges)
 # A stage's progress line at most every PROGRESS_EVERY_S (as prepare's): a chunk takes ~0.5 s, so a line per chunk
 # was ~600 lines at the scale preset, none of them saying how far the stage had got.
-from muse_rec.terminal import PROGRESS_EVERY_S
+from muse_rec.terminal import PROGRESS_EVERY_S, Throttle
 
 USER_CHUNK = 2048  # users per generated history chunk (~1.2M behaviours, ~200 MB of temporaries)
 _ITEM_STAGE = 11  # stream of the item_features missing-value draws, one per item block
@@ -78,18 +78,17 @@ class StageProgress:
     def __init__(self, enabled: bool, t0: float) -> None:
         self.enabled, self.t0 = enabled, t0
         self._done: Dict[str, int] = {}
-        self._last: Dict[str, float] = {}
+        self._clock: Dict[str, Throttle] = {}
 
     def tick(self, stage: str, n: int, total: int) -> None:
         """``n`` more of the ``total`` rows (users, items, impressions) of ``stage`` are done."""
         done = self._done[stage] = self._done.get(stage, 0) + n
-        now = time.perf_counter()
-        last = self._last.setdefault(stage, now)  # a stage's first line comes an interval into it
-        if not self.enabled or now - last < PROGRESS_EVERY_S:
+        # A stage's clock starts at its first tick: its first line comes an interval into it.
+        clock = self._clock.setdefault(stage, Throttle(PROGRESS_EVERY_S))
+        if not self.enabled or not clock.due():
             return
-        self._last[stage] = now
-        print(f"[synth] {stage}: {done:,} of {total:,} ({100 * done / max(total, 1):.0f}%), {now - self.t0:.0f} s",
-              file=sys.stderr, flush=True)
+        print(f"[synth] {stage}: {done:,} of {total:,} ({100 * done / max(total, 1):.0f}%), "
+              f"{time.perf_counter() - self.t0:.0f} s", file=sys.stderr, flush=True)
 
 
 def _blocked_affinities(cfg: SynthConfig, progress: StageProgress) -> Callable:

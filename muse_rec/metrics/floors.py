@@ -52,6 +52,7 @@ from muse_rec.metrics.floor_scores import (CATEGORY_FLOOR, NO_CATEGORY_SCORE, SC
 from muse_rec.metrics.floor_noise import FloorUsers, load_floor_users, paired_gap_se, save_floor_users, users_file
 from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, UserAuc, auc, logloss, user_auc
 from muse_rec.metrics.report import check_floors, metrics_json_text, save_metrics_json
+from muse_rec.terminal import Throttle
 from muse_rec.wording import count
 
 __all__ = ["FLOORS", "FloorOptions", "FloorsError", "ItemCtr", "below_floor_message", "cached_floors",
@@ -176,15 +177,12 @@ def scoring_progress(say: Optional[Callable[[str], None]], what: str, total: int
     at most every `PROGRESS_EVERY_S` (nothing for a split scored faster), or None without ``say``."""
     if say is None:
         return None
-    start = last = time.perf_counter()
+    clock = Throttle(PROGRESS_EVERY_S)
 
     def on_chunk(done: int) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        if now - last >= PROGRESS_EVERY_S:
-            last = now
+        if clock.due():
             say(f"floors: {what}: {done:,} of {total:,} samples scored ({100 * done / max(total, 1):.0f}%), "
-                f"{now - start:.0f} s")
+                f"{clock.elapsed:.0f} s")
 
     return on_chunk
 
