@@ -424,11 +424,13 @@ def run_floors_cache(run_dir: str) -> str:
     return str(Path(run_dir).parent / ".floors")
 
 
-def floors_of_run(data: PreparedData, split: str, seq_len: int, cache_dir: str, train_split: str = "train") -> Dict:
+def floors_of_run(data: PreparedData, split: str, seq_len: int, cache_dir: str, train_split: str = "train",
+                  with_users: bool = False) -> Dict:
     """The floors a run checks (`cached_floors`): its eval ``split`` at its ``seq_len``, fitted on
     ``train_split``. The trainer (`check_run_against_floors`), `muse-rec reproduce` (before its job) and
-    `compare` ask the same way, so they read one cache file."""
-    return cached_floors(data, split, FloorOptions(seq_len=seq_len), cache_dir, train_split)
+    `compare` ask the same way, so they read one cache file. ``with_users``: make sure the cache holds their
+    per-user AUCs too, which the trainer's check reads (a cache written before them is scored again here)."""
+    return _cached(data, split, FloorOptions(seq_len=seq_len), cache_dir, train_split, with_users)[0]
 
 
 def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc: Optional[float], cache_dir: str,

@@ -235,7 +235,8 @@ def precompute_floors(out: Path, prepared: str, runs: Sequence[Run], extra: Sequ
     for (path, split, seq_len, train_split), cache in wanted.items():
         start = time.perf_counter()
         try:
-            floors_of_run(PreparedData(path), split, seq_len, cache, train_split)
+            # With the per-user AUCs: a run's check scores the split again for a cache without them.
+            floors_of_run(PreparedData(path), split, seq_len, cache, train_split, with_users=True)
         except FloorsError as e:  # each run records floors_error itself; the runs go on
             say(f"[reproduce] model-free floors of {split} at seq_len {seq_len} not computed: {e}")
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,26 @@ def test_run_without_readable_predictions_is_checked_without_errors(tmp_path, ca
     caplog.set_level(logging.WARNING, logger="muse_rec")
     assert _per_user(tmp_path) is None
     assert "could not be read back" in caplog.text and "part-XXXXX-of-XXXXX" in caplog.text
+
+
+def test_reproduce_computes_the_per_user_aucs_before_its_job(tiny, tmp_path):
+    """`muse-rec reproduce` scores the floors before its job so that no rank scores a split inside it (the other
+    ranks would wait past the process group's timeout on a release-sized split). A cache from before the per-user
+    file had the JSON only: each run's check would then score the split again inside the job; the
+    precomputation now writes the per-user file too."""
+    from muse_rec.reproduce.plan import Config, Run
+    from muse_rec.reproduce.runner import precompute_floors, run_overrides
+    from muse_rec.spec import load_spec
+
+    out = tmp_path / "out"
+    run = Run(Config("din", "specs/demo/din.yaml", ("data.seq_len=60",)), 0)
+    spec = load_spec(run.config.spec_path, run_overrides(out, run, str(tiny)))
+    cache = Path(spec.run_dir).parent / ".floors"
+    data = PreparedData(str(tiny))
+    entry = cache / cache_name(data, "test", FloorOptions(seq_len=60))
+    cached_floors(data, "test", FloorOptions(seq_len=60), str(cache))
+    users_file(entry).unlink()  # the JSON only, as written before
+    lines: list = []
+    precompute_floors(out, str(tiny), [run], (), lines.append)
+    assert users_file(entry).exists(), lines
+    assert any("model-free floors of test at seq_len 60: ready" in line for line in lines), lines
