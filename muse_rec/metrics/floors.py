@@ -26,8 +26,9 @@ Floors (``FLOORS``, name -> what):
   subsample of) the train split by Newton's method with a small L2 penalty, evaluated on the split.
   Without SCL vectors it is skipped (the two floors without them are reported on their own).
 
-Scores: `muse_rec.metrics.floor_scores` (missing vectors, memory bound). Here: the regression,
-the metrics of every floor, the cache and a trained run's check.
+Scores: `muse_rec.metrics.floor_scores` (missing vectors, memory bound); the regression:
+`muse_rec.metrics.floor_regression`; a gap's noise: `muse_rec.metrics.floor_noise`. Here: every floor
+together, their metrics, the cache and a trained run's check.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Dict, FrozenSet, Optional, Tuple
 
@@ -47,16 +48,17 @@ from muse_rec.data.prepared import PreparedData
 from muse_rec.data.vocab import MISSING_ID
 from muse_rec.json_files import read_json_object
 from muse_rec.metrics.floor_options import EVERYTHING, FloorOptions, FloorsError, floor_standing, lacked
-from muse_rec.metrics.floor_scores import (CATEGORY_FLOOR, NO_CATEGORY_SCORE, SCL_FLOORS, UNKNOWN_CATEGORY, ItemCtr,
+from muse_rec.metrics.floor_regression import LogisticModel, fit_logistic, lr_features
+from muse_rec.metrics.floor_scores import (CATEGORY_FLOOR, SCL_FLOORS, UNKNOWN_CATEGORY, ItemCtr,
                                            popularity_scores, split_scores)
 from muse_rec.metrics.floor_noise import FloorUsers, load_floor_users, paired_gap_se, save_floor_users, users_file
-from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, UserAuc, auc, logloss, user_auc
+from muse_rec.metrics.kernels import UserAuc, auc, logloss, user_auc
 from muse_rec.metrics.report import check_floors, metrics_json_text, save_metrics_json
 from muse_rec.terminal import Throttle
 from muse_rec.wording import count
 
 __all__ = ["FLOORS", "FloorOptions", "FloorsError", "ItemCtr", "below_floor_message", "cached_floors",
-           "check_run_against_floors", "compute_floors", "fit_logistic", "lr_features", "split_scores"]
+           "check_run_against_floors", "compute_floors", "compute_floors_and_users", "split_scores"]
 
 logger = logging.getLogger("muse_rec")
 # A progress line at most this often while the floors are scored: on a release-sized test split
@@ -92,72 +94,6 @@ def describe(name: str, opts: FloorOptions, train_split: str = "train") -> str:
     see only the newest ``seq_len``, as a run's check does) and fit split filled in."""
     window = f", newest {opts.seq_len:,}" if opts.seq_len else ""
     return FLOORS[name].format(recent=opts.recent, top_k=opts.top_k, window=window, train_split=train_split)
-
-
-# ----------------------------------------------------------------------------------------------
-# Logistic regression on the floors.
-# ----------------------------------------------------------------------------------------------
-
-
-def lr_features(scores: Dict[str, np.ndarray]) -> np.ndarray:
-    """``[n, F]`` float64: logit of the smoothed CTR, the category share (0 where missing) and its
-    "missing" indicator, the SCL floors (0 where missing) and one "some cosine missing" indicator, so a
-    missing value is not read as a real share of -1 or a real cosine of -1.1."""
-    p = np.clip(scores["popularity"], DEFAULT_LOGLOSS_EPS, 1 - DEFAULT_LOGLOSS_EPS)
-    cols = [np.log(p / (1 - p))]
-    if CATEGORY_FLOOR in scores:
-        gone = scores[CATEGORY_FLOOR] <= NO_CATEGORY_SCORE
-        cols += [np.where(gone, 0.0, scores[CATEGORY_FLOOR]), gone.astype(np.float64)]
-    names = [k for k in SCL_FLOORS if k in scores]
-    missing = np.zeros(p.shape, bool)
-    for k in names:
-        gone = scores[k] < -1.0
-        missing |= gone
-        cols.append(np.where(gone, 0.0, scores[k]))
-    if names:
-        cols.append(missing.astype(np.float64))
-    return np.stack(cols, axis=1)
-
-
-@dataclass
-class LogisticModel:
-    """``p = sigmoid(((x - mean) / scale) . w + b)``."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-    weights: np.ndarray
-    bias: float
-    iterations: int
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        z = ((x - self.mean) / self.scale) @ self.weights + self.bias
-        return 1.0 / (1.0 + np.exp(-z))
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, max_iter: int = 50, tol: float = 1e-10) -> LogisticModel:
-    """Newton's method on ``mean logloss + l2/2 |w|^2`` over standardised ``x [n, F]``, ``y [n]``.
-
-    Why Newton and not SGD/LBFGS: with F <= 7 features the Hessian is tiny, the objective is
-    strictly convex, and Newton converges to the exact optimum in ~10 deterministic steps with
-    no learning rate to tune (a floor must not depend on tuning).
-    """
-    mean = x.mean(0)
-    scale = x.std(0)
-    scale = np.where(scale > 0, scale, 1.0)  # a constant column becomes 0; the L2 keeps H regular
-    z = np.concatenate([(x - mean) / scale, np.ones((x.shape[0], 1))], axis=1)
-    theta = np.zeros(z.shape[1])
-    reg = np.full(z.shape[1], l2)
-    reg[-1] = 0.0  # the bias is not penalised
-    it = 0
-    for it in range(1, max_iter + 1):
-        p = 1.0 / (1.0 + np.exp(-(z @ theta)))
-        grad = z.T @ (p - y) / y.size + reg * theta
-        hess = (z * (p * (1 - p))[:, None]).T @ z / y.size + np.diag(reg)
-        step = np.linalg.solve(hess, grad)
-        theta -= step
-        if np.max(np.abs(step)) < tol:
-            break
-    return LogisticModel(mean, scale, theta[:-1], float(theta[-1]), it)
 
 
 # ----------------------------------------------------------------------------------------------

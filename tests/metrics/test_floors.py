@@ -13,8 +13,9 @@ import pytest
 from muse_rec.cli import main as cli_main
 from muse_rec.data.prepared import PreparedData
 from muse_rec.metrics.floor_options import EVERYTHING, LONG_HISTORY, SCL, floor_reads
+from muse_rec.metrics.floor_regression import fit_logistic, lr_features
 from muse_rec.metrics.floors import (FLOORS_VERSION, FloorOptions, FloorsError, ItemCtr, below_floor_message, cached_floors,
-                                     compute_floors, fit_logistic, lr_features, split_scores)
+                                     compute_floors, split_scores)
 from tests.conftest import REPO
 
 NO_VEC = -1.1
