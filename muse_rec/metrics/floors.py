@@ -376,8 +376,9 @@ def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc:
     ``seq_len`` (cached in ``cache_dir``), logged beside its GAUC; a WARNING when it is below.
 
     Returns the keys the run records in metrics.json: ``floors`` (name -> description, gauc,
-    auc, logloss, and ``gap_se``: the standard error of the run's GAUC minus the floor's, paired over users,
-    `floor_noise`), ``best_floor`` and ``below_floor``; or ``floors_error`` when the floors
+    auc, logloss: the same for every run of the split, which `compare` and the reproduce report rely on),
+    ``floor_gap_se`` (name -> the standard error of the run's GAUC minus the floor's, paired over users,
+    `floor_noise`), ``best_floor`` (with its ``gap_se``) and ``below_floor``; or ``floors_error`` when the floors
     cannot be computed on this data (the run itself is not failed for that). ``reads``: what the run's
     model reads of the floors' inputs (`floor_options.model_reads`; `below_floor_message`).
     ``model_users``: the run's per-user AUCs on ``split`` (users without an id left out); without them, or
@@ -392,12 +393,12 @@ def check_run_against_floors(data: PreparedData, split: str, seq_len: int, gauc:
         return {"floors_error": str(e)}
     gap_se = {} if users is None or gauc is None else paired_gap_se(model_users, users, gauc)
     keep = ("description", "gauc", "auc", "logloss")
-    floors = {k: {**{f: v.get(f) for f in keep}, **({"gap_se": gap_se[k]} if k in gap_se else {})}
-              for k, v in result["floors"].items()}
+    floors = {k: {f: v.get(f) for f in keep} for k, v in result["floors"].items()}
     below, sentence = below_floor_message(float("nan") if gauc is None else gauc, result, reads, gap_se)
     (logger.warning if below else logger.info)("%s [floors: %s, split %s, seq_len %d; %.1f s]", sentence,
                                               data.path, split, seq_len, time.perf_counter() - start)
     best = result["best"]["name"]
-    return {"floors": floors, "best_floor": {"name": best, "gauc": result["best"]["gauc"],
-                                             **({"gap_se": gap_se[best]} if best in gap_se else {})},
+    return {"floors": floors, **({"floor_gap_se": gap_se} if gap_se else {}),
+            "best_floor": {"name": best, "gauc": result["best"]["gauc"],
+                           **({"gap_se": gap_se[best]} if best in gap_se else {})},
             "below_floor": below}

@@ -929,7 +929,7 @@ def test_trained_run_records_its_floor_check(tiny, tmp_path):
     words = "is below the model-free floor" if m["below_floor"] else "is above the best model-free floor"
     assert f"GAUC {m['gauc']:.4f} {words}" in log
     # Each gap's paired error over the split's users, from the run's own predictions (`floor_noise`).
-    assert best["gap_se"] == m["floors"][best["name"]]["gap_se"] > 0
+    assert best["gap_se"] == m["floor_gap_se"][best["name"]] > 0 and set(m["floor_gap_se"]) == set(m["floors"])
     assert f"standard errors of {best['gap_se']:.4f})" in log, log
     if m["below_floor"] and floor_reads(best["name"]):  # DIN reads neither: measured against the floor it can see
         assert "this model does not" in log, log
@@ -937,6 +937,14 @@ def test_trained_run_records_its_floor_check(tiny, tmp_path):
     want = compute_floors(PreparedData(str(tiny)), "test", FloorOptions(seq_len=60))
     assert m["floors"]["cos_mean_history"]["gauc"] == pytest.approx(want["floors"]["cos_mean_history"]["gauc"], abs=0)
     assert list((tmp_path / ".floors").glob("floors-test-*.json"))
+    # Another seed's run records the same floors (its own gap errors apart from them), so `compare` shows them
+    # for both as recorded; with the errors inside `floors` every run's differed and compare showed none.
+    train("seed1", "train.seed=1")
+    other = json.loads((tmp_path / "seed1" / "metrics.json").read_text())
+    assert other["floors"] == m["floors"] and other["floor_gap_se"] != m["floor_gap_se"]
+    out = subprocess.run([venv_bin("muse-rec"), "compare", str(tmp_path / "checked"), str(tmp_path / "seed1")],
+                         capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+    assert out.returncode == 0 and "(floors recorded by the runs)" in out.stdout, out.stdout + out.stderr
 
     train("unchecked", "train.check_floors=false", "train.max_steps=1")
     assert "floors" not in json.loads((tmp_path / "unchecked" / "metrics.json").read_text())
