@@ -92,10 +92,10 @@ def baseline_row(runs: List[Dict], rows: List[Dict], baseline: str, row: Optiona
     return bases[0]
 
 
-def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
+def summarise(runs: List[Dict], baseline: str, floors: Optional[Dict] = None) -> List[Dict]:
     """One row per method and setting (`load_runs`): seeds, mean and sample std (over seeds,
     `muse_rec.metrics.seeds.Stats`) of each metric, margin vs baseline (`baseline_row`: its row trained at the
-    same settings, else its first)."""
+    same settings, else its first), and ``floor_gap_se`` (`floor_gap_errors`) against ``floors``."""
     from muse_rec.metrics.report import METRICS
 
     rows = []
@@ -112,12 +112,26 @@ def summarise(runs: List[Dict], baseline: str) -> List[Dict]:
         reads = {None if r.get("reads") is None else tuple(r["reads"]) for r in mine}
         if len(reads) == 1 and None not in reads:  # known for every run of the row (`floor_verdict`)
             row["reads"] = list(reads.pop())
+        errors = floor_gap_errors(mine, floors)
+        if errors:
+            row["floor_gap_se"] = errors
         rows.append(row)
     for r in rows:
         base = baseline_row(runs, rows, baseline, r)
         if base is not None and "gauc" in r and "gauc" in base:
             r["gauc_vs_" + base["method"]] = r["gauc"] - base["gauc"]
     return rows
+
+
+def floor_gap_errors(runs: List[Dict], floors: Optional[Dict]) -> Dict[str, float]:
+    """Floor name -> the mean over ``runs`` (one row's seeds) of the paired standard error each recorded of its
+    GAUC's gap to that floor (`floors.check_run_against_floors`), where every run recorded one against these very
+    ``floors``; else nothing. For one run it is that gap's error; for several, each seed's gap shares the split's
+    users, so the errors of the seeds' mean gap is at most their mean: a gap it calls large is large."""
+    if not floors or not runs or any(r.get("floors") != floors or not r.get("floor_gap_se") for r in runs):
+        return {}
+    names = set.intersection(*(set(r["floor_gap_se"]) for r in runs))
+    return {k: sum(r["floor_gap_se"][k] for r in runs) / len(runs) for k in sorted(names)}
 
 
 def gauc_users_line(runs: List[Dict]) -> Optional[str]:
@@ -178,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"muse-rec compare: WARNING: {warning}", file=sys.stderr)
     if floors is None and not args.no_floors:
         print(f"muse-rec compare: model-free floors not shown: {source}", file=sys.stderr)
-    rows = summarise(runs, baseline)
+    rows = summarise(runs, baseline, floors)
     model_rows = list(rows)
     if floors:
         rows = rows + floor_rows(floors, baseline_row(runs, rows, baseline))

@@ -273,8 +273,8 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
         return f"{head}; every method is above it"
     parts = []
     if doubted:
-        text = (f"BELOW it: {_listed([r for r, _ in doubted])} - check the learning rates, the number of steps "
-                "and the data")
+        below = _listed([r for r, _ in doubted], (name, best["gauc"]))
+        text = f"BELOW it: {below} - check the learning rates, the number of steps and the data"
         # A row whose model compare cannot tell (no spec.yaml): below a floor of SCL cosines it may only lack
         # the vectors, as DIN does, not training.
         hint = next((s for r, s in doubted if s.visible_best is not None and r.get("reads") is None), None)
@@ -311,6 +311,15 @@ def _floor_text(name: str, floor: Dict) -> str:
     return f"{floor.get('description', name)} GAUC {floor['gauc']:.4f}"
 
 
-def _listed(rows: List[Dict]) -> str:
-    """``"DIN (0.6100), MUSE (0.6000)"``: the rows' names with their mean GAUC."""
-    return ", ".join(f"{row_name(r)} ({r['gauc']:.4f})" for r in rows)
+def _listed(rows: List[Dict], below: Optional[Tuple[str, float]] = None) -> str:
+    """``"DIN (0.6100), MUSE (0.6000)"``: the rows' names with their mean GAUC; with ``below`` (the name and GAUC
+    of a floor they are below), how many of their recorded paired errors below it, where known (``floor_gap_se``,
+    `compare.floor_gap_errors`): ``"MUSE (0.6615; 1.3 standard errors of 0.0065 below it)"``."""
+    def one(r: Dict) -> str:
+        se = None if below is None else (r.get("floor_gap_se") or {}).get(below[0])
+        if se is None or not se > 0:
+            return f"{row_name(r)} ({r['gauc']:.4f})"
+        errors = (below[1] - r["gauc"]) / se
+        return f"{row_name(r)} ({r['gauc']:.4f}; {errors:.1f} standard errors of {se:.4f} below it)"
+
+    return ", ".join(one(r) for r in rows)

@@ -187,6 +187,12 @@ def read_run_metrics(path: str | os.PathLike) -> Dict[str, Any]:
         _check_metric(str(f), k, doc.get(k))
     if doc.get("floors") is not None:
         check_floors(doc["floors"], str(f))
+    errors = doc.get("floor_gap_se")
+    if errors is not None:  # `floors.check_run_against_floors`: floor name -> a standard error (>= 0)
+        if not isinstance(errors, dict):
+            raise ValueError(f"{f}: floor_gap_se: expected {{floor name: standard error}}, got {errors!r:.80}")
+        for name, v in errors.items():
+            _check_metric(str(f), f"floor_gap_se.{name}", v)
     return doc
 
 

@@ -189,3 +189,60 @@ def test_reproduce_computes_the_per_user_aucs_before_its_job(tiny, tmp_path):
     precompute_floors(out, str(tiny), [run], (), lines.append)
     assert users_file(entry).exists(), lines
     assert any("model-free floors of test at seq_len 60: ready" in line for line in lines), lines
+
+
+def _run(d: Path, method: str, gauc: float, floors: dict, errors: dict | None) -> Path:
+    import json
+
+    d.mkdir(parents=True)
+    m = {"method": method, "gauc": gauc, "auc": gauc, "logloss": 0.4, "floors": floors}
+    if errors is not None:
+        m["floor_gap_se"] = errors
+    (d / "metrics.json").write_text(json.dumps(m))
+    return d
+
+
+def test_compare_says_how_many_recorded_errors_below_the_best_floor(tmp_path, capsys):
+    """`compare` lists a row below the best floor with its gap in the paired errors its runs recorded (their mean
+    over seeds, `compare.floor_gap_errors`), where every run recorded one against these floors; else as before."""
+    from muse_rec.cli import main as cli_main
+
+    floors = {"cos_mean_history": {"description": "cos(target, mean history SCL)", "gauc": 0.6300, "auc": 0.6,
+                                   "logloss": None},
+              "popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.5200, "auc": 0.5,
+                             "logloss": 0.4}}
+    a = _run(tmp_path / "a", "MUSE", 0.6250, floors, {"cos_mean_history": 0.0040, "popularity": 0.01})
+    b = _run(tmp_path / "b", "MUSE", 0.6150, floors, {"cos_mean_history": 0.0060, "popularity": 0.01})
+    assert cli_main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    # mean GAUC 0.6200, 0.0100 below; the seeds' mean error 0.0050: 2.0 errors
+    assert "BELOW it: MUSE (0.6200; 2.0 standard errors of 0.0050 below it)" in out, out
+    c = _run(tmp_path / "c", "MUSE", 0.6200, floors, None)  # a run without errors: the row gets none
+    assert cli_main(["compare", str(a), str(c)]) == 0
+    assert "BELOW it: MUSE (0.6225) - check" in capsys.readouterr().out
+    other = {**floors, "popularity": {**floors["popularity"], "gauc": 0.5300}}  # errors against other floors
+    d = _run(tmp_path / "d", "DIN", 0.6000, other, {"cos_mean_history": 0.0040, "popularity": 0.01})
+    assert cli_main(["compare", str(d), "--floors", str(_floors_file(tmp_path, floors))]) == 0
+    assert "BELOW it: DIN (0.6000) - check" in capsys.readouterr().out
+
+
+def _floors_file(tmp_path: Path, floors: dict) -> Path:
+    import json
+
+    f = tmp_path / "floors.json"
+    f.write_text(json.dumps({"floors": floors}))
+    return f
+
+
+def test_a_malformed_recorded_error_is_refused_naming_the_key(tmp_path, capsys):
+    """A run directory can come from elsewhere: a recorded error that is not a number >= 0 is one line, exit 2."""
+    from muse_rec.cli import main as cli_main
+
+    floors = {"popularity": {"description": "p", "gauc": 0.5, "auc": 0.5, "logloss": 0.4}}
+    for bad, words in (({"popularity": -1.0}, "floor_gap_se.popularity: expected a value in [0, inf]"),
+                       ({"popularity": "x"}, "floor_gap_se.popularity: expected a finite number or null"),
+                       ([0.1], "floor_gap_se: expected {floor name: standard error}")):
+        run = _run(tmp_path / f"r{len(list(tmp_path.iterdir()))}", "MUSE", 0.6, floors, bad)
+        assert cli_main(["compare", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
