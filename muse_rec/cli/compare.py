@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 from muse_rec.cli.compare_floors import floor_rows, floor_verdict, floors_of_runs, load_floors
 from muse_rec.cli.compare_runs import RunFiles, load_runs, row_name, split_warnings
 from muse_rec.cli.flags import input_file, input_path, nonempty_path
+from muse_rec.metrics.floor_noise import recorded_gap_errors
 from muse_rec.metrics.seeds import Stats, pooled_std
 
 HELP = "compare finished runs (metrics.json): mean and seed-to-seed spread per method and settings, margin vs a baseline"
@@ -95,7 +96,7 @@ def baseline_row(runs: List[Dict], rows: List[Dict], baseline: str, row: Optiona
 def summarise(runs: List[Dict], baseline: str, floors: Optional[Dict] = None) -> List[Dict]:
     """One row per method and setting (`load_runs`): seeds, mean and sample std (over seeds,
     `muse_rec.metrics.seeds.Stats`) of each metric, margin vs baseline (`baseline_row`: its row trained at the
-    same settings, else its first), and ``floor_gap_se`` (`floor_gap_errors`) against ``floors``."""
+    same settings, else its first), and ``floor_gap_se`` (`floor_noise.recorded_gap_errors`) against ``floors``."""
     from muse_rec.metrics.report import METRICS
 
     rows = []
@@ -112,7 +113,7 @@ def summarise(runs: List[Dict], baseline: str, floors: Optional[Dict] = None) ->
         reads = {None if r.get("reads") is None else tuple(r["reads"]) for r in mine}
         if len(reads) == 1 and None not in reads:  # known for every run of the row (`floor_verdict`)
             row["reads"] = list(reads.pop())
-        errors = floor_gap_errors(mine, floors)
+        errors = recorded_gap_errors(mine, floors)
         if errors:
             row["floor_gap_se"] = errors
         rows.append(row)
@@ -121,17 +122,6 @@ def summarise(runs: List[Dict], baseline: str, floors: Optional[Dict] = None) ->
         if base is not None and "gauc" in r and "gauc" in base:
             r["gauc_vs_" + base["method"]] = r["gauc"] - base["gauc"]
     return rows
-
-
-def floor_gap_errors(runs: List[Dict], floors: Optional[Dict]) -> Dict[str, float]:
-    """Floor name -> the mean over ``runs`` (one row's seeds) of the paired standard error each recorded of its
-    GAUC's gap to that floor (`floors.check_run_against_floors`), where every run recorded one against these very
-    ``floors``; else nothing. For one run it is that gap's error; for several, each seed's gap shares the split's
-    users, so the errors of the seeds' mean gap is at most their mean: a gap it calls large is large."""
-    if not floors or not runs or any(r.get("floors") != floors or not r.get("floor_gap_se") for r in runs):
-        return {}
-    names = set.intersection(*(set(r["floor_gap_se"]) for r in runs))
-    return {k: sum(r["floor_gap_se"][k] for r in runs) / len(runs) for k in sorted(names)}
 
 
 def gauc_users_line(runs: List[Dict]) -> Optional[str]:

@@ -13,6 +13,7 @@ from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from muse_rec.cli.compare_runs import RunFiles, max_batches_scored, row_name, spec_doc
 from muse_rec.json_files import read_json_object
+from muse_rec.metrics.floor_noise import errors_below
 from muse_rec.metrics.floor_options import FloorStanding, floor_standing, lacked, sort_by_standing
 
 
@@ -314,12 +315,9 @@ def _floor_text(name: str, floor: Dict) -> str:
 def _listed(rows: List[Dict], below: Optional[Tuple[str, float]] = None) -> str:
     """``"DIN (0.6100), MUSE (0.6000)"``: the rows' names with their mean GAUC; with ``below`` (the name and GAUC
     of a floor they are below), how many of their recorded paired errors below it, where known (``floor_gap_se``,
-    `compare.floor_gap_errors`): ``"MUSE (0.6615; 1.3 standard errors of 0.0065 below it)"``."""
+    `floor_noise.recorded_gap_errors`): ``"MUSE (0.6615; 1.3 standard errors of 0.0065 below it)"``."""
     def one(r: Dict) -> str:
         se = None if below is None else (r.get("floor_gap_se") or {}).get(below[0])
-        if se is None or not se > 0:
-            return f"{row_name(r)} ({r['gauc']:.4f})"
-        errors = (below[1] - r["gauc"]) / se
-        return f"{row_name(r)} ({r['gauc']:.4f}; {errors:.1f} standard errors of {se:.4f} below it)"
+        return f"{row_name(r)} ({r['gauc']:.4f}{'' if below is None else errors_below(r['gauc'], below[1], se)})"
 
     return ", ".join(one(r) for r in rows)

@@ -23,14 +23,15 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
 from muse_rec.data.files import tmp_name
 from muse_rec.metrics.kernels import UserAuc
 
-__all__ = ["FloorUsers", "load_floor_users", "paired_gap_se", "save_floor_users", "users_file"]
+__all__ = ["FloorUsers", "errors_below", "load_floor_users", "paired_gap_se", "recorded_gap_errors", "save_floor_users",
+           "users_file"]
 
 # The arrays of a floor-users file that are not a floor's per-user AUCs.
 KEYS, IMPRESSIONS = "user_keys", "n_samples"
@@ -129,3 +130,22 @@ def paired_gap_se(model: UserAuc, floors: FloorUsers, gauc: float) -> Dict[str, 
         gap = float(np.sum(weights * d))
         out[name] = math.sqrt(scale * float(np.sum((weights * (d - gap)) ** 2)))
     return out
+
+
+def recorded_gap_errors(runs: Sequence[Mapping], floors: Optional[Mapping]) -> Dict[str, float]:
+    """Floor name -> the mean over ``runs`` (the seeds of one configuration; their metrics.json) of the paired standard error each recorded of its
+    GAUC's gap to that floor (`floors.check_run_against_floors`), where every run recorded one against these very
+    ``floors``; else nothing. For one run it is that gap's error; for several, each seed's gap shares the split's
+    users, so the errors of the seeds' mean gap is at most their mean: a gap it calls large is large."""
+    if not floors or not runs or any(r.get("floors") != floors or not r.get("floor_gap_se") for r in runs):
+        return {}
+    names = set.intersection(*(set(r["floor_gap_se"]) for r in runs))
+    return {k: sum(r["floor_gap_se"][k] for r in runs) / len(runs) for k in sorted(names)}
+
+
+def errors_below(gauc: float, floor_gauc: float, se: Optional[float]) -> str:
+    """``"; 2.0 standard errors of 0.0050 below it"``: how far ``gauc`` is below a floor's in the standard error
+    ``se`` of that gap (`recorded_gap_errors`), for a listing of models below it; "" where ``se`` is unknown."""
+    if se is None or not se > 0:
+        return ""
+    return f"; {(floor_gauc - gauc) / se:.1f} standard errors of {se:.4f} below it"

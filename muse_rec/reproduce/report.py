@@ -16,6 +16,7 @@ from muse_rec.data.files import replace_texts
 from muse_rec.reproduce import plots
 from muse_rec.reproduce.claims import DEFAULT_MIN_Z, HOLDS, Verdict, compare_sentence, evaluate_claim
 from muse_rec.reproduce.paper import FIG5_CLAIM, FIG6_CLAIMS, PAPER_TABLES, PaperTable
+from muse_rec.metrics.floor_noise import errors_below, recorded_gap_errors
 from muse_rec.metrics.floor_options import floor_standing, lacked, model_reads, sort_by_standing
 from muse_rec.reproduce.plan import Config, Plan
 from muse_rec.reproduce.results import GroupGain, RunMetrics, Stats, group_gains, metric_stats
@@ -134,8 +135,11 @@ def floors_section(floors: Dict[str, Dict], plan: Plan, metrics: RunMetrics) -> 
         rows = [[f"`{k}`", f.get("description", k), _fmt(f.get("gauc")), _fmt(f.get("auc")), _fmt(f.get("logloss"))]
                 for k, f in own.items()]
         means = {cfg: metric_stats(metrics, cfg).mean for cfg in cfgs}
+        # A configuration below the best floor is listed with how many of its seeds' paired errors below it.
+        errors = {cfg: recorded_gap_errors(list(metrics.get(cfg, {}).values()), own).get(name) for cfg in cfgs}
         doubted, blind = sort_by_standing(
-            (f"`{cfg}` ({mean:.4f})", floor_standing(mean, name, best["gauc"], own, _reads(plan.configs[cfg])))
+            (f"`{cfg}` ({mean:.4f}{errors_below(mean, best['gauc'], errors[cfg])})",
+             floor_standing(mean, name, best["gauc"], own, _reads(plan.configs[cfg])))
             for cfg, mean in means.items() if mean is not None)
         which = "Every configuration" if len(groups) == 1 else "Each of these"
         floor = f"{best.get('description', name)}, GAUC {best['gauc']:.4f}"

@@ -246,3 +246,35 @@ def test_a_malformed_recorded_error_is_refused_naming_the_key(tmp_path, capsys):
         assert cli_main(["compare", str(run)]) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_reproduce_report_says_how_many_recorded_errors_below_the_best_floor(tmp_path):
+    """The reproduce report's "Below the best floor" list gives each configuration's gap in its seeds' recorded
+    paired errors (their mean), as `compare` does; a configuration whose runs recorded none is listed as before."""
+    import json
+    import re
+
+    from muse_rec.reproduce.plan import build_plan
+    from muse_rec.reproduce.report import write_report
+    from muse_rec.reproduce.results import load_metrics
+    from tests.reproduce.test_report import write_fake_runs
+
+    floors = {"popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.52, "auc": 0.53,
+                             "logloss": 0.41},
+              "cos_mean_history": {"description": "cos(target, mean history SCL)", "gauc": 0.63, "auc": 0.62,
+                                   "logloss": None}}
+    plan = build_plan(["table5"], seeds=2)
+    write_fake_runs(tmp_path, plan)  # GAUC: DIN 0.55, ..., MUSE 0.64
+    gaucs = {}
+    for f in (tmp_path / "runs").glob("*/metrics.json"):
+        m = json.loads(f.read_text())
+        seed = int(f.parent.name.rsplit("-s", 1)[1])
+        errors = {} if f.parent.name.startswith("twin") else {"floor_gap_se": {"cos_mean_history": 0.01 * (seed + 1),
+                                                                               "popularity": 0.02}}
+        f.write_text(json.dumps({**m, "floors": floors, **errors}))
+        gaucs.setdefault(f.parent.name.rsplit("-s", 1)[0], []).append(m["gauc"])
+    md = write_report(plan, load_metrics(tmp_path, plan), tmp_path).markdown
+    below = md[md.index("**Below the best floor**"):].split("\n")[0]
+    din = sum(gaucs["din"]) / len(gaucs["din"])
+    assert f"`din` ({din:.4f}; {(0.63 - din) / 0.015:.1f} standard errors of 0.0150 below it)" in below, below
+    assert re.search(r"`twin` \(0\.\d{4}\)[,.:]", below), below  # recorded none: no errors said
