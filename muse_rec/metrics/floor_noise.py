@@ -133,10 +133,11 @@ def paired_gap_se(model: UserAuc, floors: FloorUsers, gauc: float) -> Dict[str, 
 
 
 def recorded_gap_errors(runs: Sequence[Mapping], floors: Optional[Mapping]) -> Dict[str, float]:
-    """Floor name -> the mean over ``runs`` (the seeds of one configuration; their metrics.json) of the paired standard error each recorded of its
-    GAUC's gap to that floor (`floors.check_run_against_floors`), where every run recorded one against these very
-    ``floors``; else nothing. For one run it is that gap's error; for several, each seed's gap shares the split's
-    users, so the errors of the seeds' mean gap is at most their mean: a gap it calls large is large."""
+    """Floor name -> the mean over ``runs`` (the seeds of one configuration: their metrics.json) of the paired
+    standard error each recorded of its GAUC's gap to that floor (`floors.check_run_against_floors`), where every
+    run recorded one against these very ``floors``; else nothing. For one run it is that gap's error; for several,
+    the seeds' gaps share the split's users, so the error of their mean gap is at most the mean of their errors:
+    a gap it calls large is large."""
     if not floors or not runs or any(r.get("floors") != floors or not r.get("floor_gap_se") for r in runs):
         return {}
     names = set.intersection(*(set(r["floor_gap_se"]) for r in runs))
