@@ -299,7 +299,7 @@ def floor_verdict(model_rows: List[Dict], floors: Dict) -> str:
     for (lacks, _), group in blind.items():
         lack, them, carry = lacked(lacks)
         one = len(group) == 1
-        parts.append(f"below it only for want of {lack}: {_listed([r for r, _ in group])}, "
+        parts.append(f"below it only for want of {lack}: {_listed([r for r, _ in group], (name, best['gauc']))}, "
                      f"{'which does not read' if one else 'which do not read'} {them} and "
                      f"{'is' if one else 'are'} above the best floor without {them}, "
                      f"{_floor_text(*group[0][1].visible_best)}: {lack} "

@@ -278,3 +278,16 @@ def test_reproduce_report_says_how_many_recorded_errors_below_the_best_floor(tmp
     din = sum(gaucs["din"]) / len(gaucs["din"])
     assert f"`din` ({din:.4f}; {(0.63 - din) / 0.015:.1f} standard errors of 0.0150 below it)" in below, below
     assert re.search(r"`twin` \(0\.\d{4}\)[,.:]", below), below  # recorded none: no errors said
+
+
+def test_compare_lists_a_row_below_only_for_want_with_its_errors_too():
+    """A row below the best floor only for want of what it reads (DIN, no SCL vectors) is listed with its errors as
+    the reproduce report lists it."""
+    from muse_rec.cli.compare_floors import floor_verdict
+
+    floors = {"cos_mean_history": {"description": "cos(target, mean history SCL)", "gauc": 0.6300},
+              "popularity": {"description": "smoothed train CTR of the target item", "gauc": 0.5200}}
+    din = {"method": "DIN", "gauc": 0.5500, "reads": [], "floor_gap_se": {"cos_mean_history": 0.0100}}
+    verdict = floor_verdict([din], floors)
+    assert ("below it only for want of SCL vectors and the long-term history: DIN (0.5500; 8.0 standard errors of "
+            "0.0100 below it), which does not read them") in verdict, verdict
