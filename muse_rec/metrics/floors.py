@@ -47,11 +47,11 @@ from muse_rec.data.files import tmp_of
 from muse_rec.data.prepared import PreparedData
 from muse_rec.data.vocab import MISSING_ID
 from muse_rec.json_files import read_json_object
+from muse_rec.metrics.floor_noise import FloorUsers, load_floor_users, paired_gap_se, save_floor_users, users_file
 from muse_rec.metrics.floor_options import EVERYTHING, FloorOptions, FloorsError, floor_standing, lacked
 from muse_rec.metrics.floor_regression import LogisticModel, fit_logistic, lr_features
 from muse_rec.metrics.floor_scores import (CATEGORY_FLOOR, SCL_FLOORS, UNKNOWN_CATEGORY, ItemCtr,
                                            popularity_scores, split_scores)
-from muse_rec.metrics.floor_noise import FloorUsers, load_floor_users, paired_gap_se, save_floor_users, users_file
 from muse_rec.metrics.kernels import UserAuc, auc, logloss, user_auc
 from muse_rec.metrics.report import check_floors, metrics_json_text, save_metrics_json
 from muse_rec.terminal import Throttle
@@ -319,8 +319,10 @@ def _cached(data: PreparedData, split: str, opts: FloorOptions, cache_dir: str, 
         cached = _read_cached(path)
         if cached is not None and not with_users:
             return cached, None
-        users = None if cached is None else load_floor_users(users_file(path), cached["floors"],
-                                                              int(cached["best"].get("gauc_users", 0)))
+        # The cache is read back from disk: a users count that is not an integer is a damaged entry (scored again).
+        n = None if cached is None else cached["best"].get("gauc_users")
+        users = (load_floor_users(users_file(path), cached["floors"], n)
+                 if isinstance(n, int) and not isinstance(n, bool) else None)
         if users is not None:
             return cached, users
     logger.info("computing the model-free floors of %s split %s (cached in %s)", data.path, split, cache_dir)

@@ -291,3 +291,25 @@ def test_compare_lists_a_row_below_only_for_want_with_its_errors_too():
     verdict = floor_verdict([din], floors)
     assert ("below it only for want of SCL vectors and the long-term history: DIN (0.5500; 8.0 standard errors of "
             "0.0100 below it), which does not read them") in verdict, verdict
+
+
+def test_a_damaged_users_count_in_the_cache_is_scored_again(tiny, tmp_path):
+    """The cache is a file on disk: a best floor whose users count is not an integer (was int("x"): a traceback at
+    the end of a training run) is an entry scored again, and the check goes on with its errors."""
+    import json
+
+    data = PreparedData(str(tiny))
+    opts = FloorOptions(seq_len=60)
+    cache = tmp_path / "cache"
+    cached_floors(data, "test", opts, str(cache))
+    entry = cache / cache_name(data, "test", opts)
+    doc = json.loads(entry.read_text())
+    name = doc["best"]["name"]
+    doc["best"]["gauc_users"] = "x"
+    doc["floors"][name]["gauc_users"] = "x"  # the best floor is one of the floors, as the cache reader checks
+    entry.write_text(json.dumps(doc))
+    keys, labels = np.asarray(data.array("test/sample_user_keys.npy")), data.labels("test")
+    model = user_auc(keys, labels + np.random.default_rng(0).uniform(0, 1, labels.size), labels).without(MISSING_ID)
+    got = check_run_against_floors(data, "test", 60, model.gauc(), str(cache), model_users=model)
+    assert got["best_floor"]["gap_se"] > 0
+    assert isinstance(json.loads(entry.read_text())["best"]["gauc_users"], int)  # written again, whole
