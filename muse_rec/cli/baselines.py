@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Dict
 
+from muse_rec.cli.errors import report
 from muse_rec.cli.flags import int64, local_data_path, nonempty_path
 from muse_rec.wording import count
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         result = compute_floors(data, args.split, opts, args.train_split,
                                 say=lambda line: print(line, file=sys.stderr, flush=True))
     except (PreparedDataError, FloorsError, FileNotFoundError, OutputPathError) as e:
-        print(f"muse-rec baselines: {e}", file=sys.stderr)
+        report("baselines", e)
         return 2
     for name, why in result["skipped"].items():
         print(f"muse-rec baselines: WARNING: floor {name} skipped: {why}", file=sys.stderr)

@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 
+from muse_rec.cli.errors import report
 from muse_rec.cli.flags import local_data_path
 
 HELP = "scan a prepared directory: ids within vocabularies, offsets monotone, SCL rows, labels"
@@ -25,23 +26,23 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        report = check_prepared(args.prepared)
+        found = check_prepared(args.prepared)
     except PreparedDataError as e:
-        print(f"muse-rec check: {e}", file=sys.stderr)
+        report("check", e)
         return 2
     seconds = time.perf_counter() - start
-    if not report.ok:
-        for p in report.problems:
+    if not found.ok:
+        for p in found.problems:
             print(f"muse-rec check: {p}", file=sys.stderr)
         # --overwrite: without it, prepare of the same release returns a directory that opens as it is.
-        print(f"muse-rec check: {args.prepared}: {len(report.problems)} problem(s); prepare it again: "
+        print(f"muse-rec check: {args.prepared}: {len(found.problems)} problem(s); prepare it again: "
               f"`muse-rec prepare RAW {args.prepared} --overwrite`", file=sys.stderr)
         return 2
     # Its fingerprint, as runs and checkpoints record it (`data_fingerprint` in run.json); meta.json's
     # own `fingerprint` is of the raw files it was prepared from.
-    print(f"{args.prepared}: ok ({report.arrays} arrays, {report.values:,} values checked in {seconds:.1f} s); "
-          f"data fingerprint {report.fingerprint} (run.json's data_fingerprint)")
-    if not report.content_verified:  # a change that keeps every value in range (swapped labels) went unseen
+    print(f"{args.prepared}: ok ({found.arrays} arrays, {found.values:,} values checked in {seconds:.1f} s); "
+          f"data fingerprint {found.fingerprint} (run.json's data_fingerprint)")
+    if not found.content_verified:  # a change that keeps every value in range (swapped labels) went unseen
         print(f"muse-rec check: WARNING: {args.prepared}: contents not compared with meta.json's content_sha256 "
               "(none recorded: prepared by an earlier version, the entry removed, or a remote path); only ranges "
               "and structure were checked; prepare again for a full check", file=sys.stderr)

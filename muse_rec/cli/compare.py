@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Tuple
 
 from muse_rec.cli.compare_floors import floor_rows, floor_verdict, floors_of_runs, load_floors
 from muse_rec.cli.compare_runs import RunFiles, load_runs, row_name, split_warnings
+from muse_rec.cli.errors import report
 from muse_rec.cli.flags import input_file, input_path, nonempty_path
 from muse_rec.metrics.floor_noise import recorded_gap_errors
 from muse_rec.metrics.seeds import Stats, pooled_std
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             (load_floors(args.floors, args.runs, runs, files_read), args.floors) if args.floors else
             floors_of_runs(args.runs, runs, args.floors_cache, files_read))
     except (FileNotFoundError, ValueError) as e:  # OutputPathError is a ValueError
-        print(f"muse-rec compare: {e}", file=sys.stderr)
+        report("compare", e)
         return 2
     for warning in split_warnings(args.runs, runs):
         print(f"muse-rec compare: WARNING: {warning}", file=sys.stderr)

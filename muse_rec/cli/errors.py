@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from typing import Tuple, Type
 
+from muse_rec.wording import one_line
+
 
 def bad_input_errors() -> Tuple[Type[BaseException], ...]:
     """Exception types that mean "the input is wrong", for ``except bad_input_errors() as e``."""
@@ -34,13 +36,15 @@ def bad_input_errors() -> Tuple[Type[BaseException], ...]:
             CheckpointException, OutputPathError, DeviceError, LaunchEnvError, ExportError)
 
 
-def report(command: str, e: BaseException) -> int:
-    """Print ``muse-rec <command>: <one line>`` to stderr; returns exit code 2."""
-    text = " ".join(str(e).split()) if not _is_checkpoint_exception(e) else _dcp_line(e)
+def report(command: str, e: BaseException, what: str = "") -> int:
+    """Print ``muse-rec <command>: <what><one line>`` to stderr; returns exit code 2. Every command's one-line
+    error goes through here: a message whose text spans lines (a path holding a newline, another library's
+    text) is one line (`wording.one_line`), as the exit-code contract above promises."""
+    text = one_line(e) if not _is_checkpoint_exception(e) else _dcp_line(e)
     # One write for the line and its newline: every rank of a job reports its error, and with
     # PYTHONUNBUFFERED (usual in containers) print() writes the text and the newline separately,
     # so two ranks' lines could merge into one on the shared stderr.
-    sys.stderr.write(f"muse-rec {command}: {text}\n")
+    sys.stderr.write(f"muse-rec {command}: {what}{text}\n")
     sys.stderr.flush()
     return 2
 

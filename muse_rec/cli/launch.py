@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from muse_rec.cli.errors import report
 from muse_rec.cli.flags import int64, optional_input_file
 from muse_rec.exit_codes import BAD_INPUT, EXIT_CODES_ENV, recorded
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         preflight(profile, profile.scheduler, args.spec, args.set, args.resume, check_data=not args.dryrun)
         app = build_app(profile, spec=spec, overrides=args.set, resume=args.resume, rdzv_port=args.rdzv_port)
     except (ProfileError, SpecError, ValueError) as e:
-        print(f"muse-rec launch: {e}", file=sys.stderr)
+        report("launch", e)
         return 2
     runner = get_runner()
     exit_codes: Optional[Path] = None
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             cfg = scheduler_cfg(profile, profile.scheduler, runner, given_by_flag=from_flags)
             info = runner.dryrun(app, profile.scheduler, cfg=cfg)
         except ProfileError as e:
-            print(f"muse-rec launch: {e}", file=sys.stderr)
+            report("launch", e)
             return 2
         except ModuleNotFoundError as e:
             print(_missing_client_line(profile.scheduler, e), file=sys.stderr)

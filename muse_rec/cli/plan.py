@@ -18,6 +18,7 @@ import sys
 import warnings
 from typing import Dict, List, Mapping, Tuple
 
+from muse_rec.cli.errors import report
 from muse_rec.cli.flags import input_file, int64, local_data_path, nonempty_path
 from muse_rec.distributed import MAX_PLAN_RANKS
 from muse_rec.json_files import read_json_object
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             check_not_an_input(args.json, "--json", {"--spec": args.spec})
         spec = load_spec(args.spec, args.set)
     except (SpecError, ValueError) as e:  # OutputPathError is a ValueError
-        print(f"muse-rec plan: {e}", file=sys.stderr)
+        report("plan", e)
         return 2
     import torch
 
@@ -196,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.spec}: train.sparse_optimizer.{field}: {why}{hint}")
         sharders = make_sharders(config, args.device)
     except (SpecError, ValueError) as e:
-        print(f"muse-rec plan: {e}", file=sys.stderr)
+        report("plan", e)
         return 2
 
     def build(table_sizes: Mapping[str, int]) -> torch.nn.Module:

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any, Dict, Optional
 
+from muse_rec.cli.errors import report
 from muse_rec.cli.flags import int64, local_data_path, nonempty_path
 from muse_rec.wording import count
 
@@ -58,15 +59,15 @@ def run(args: argparse.Namespace) -> int:
                             progress=not args.no_progress)
         cfg.validate()
     except ValueError as e:
-        print(f"muse-rec prepare: {e}", file=sys.stderr)
+        report("prepare", e)
         return 2
     try:
         meta = prepare(args.raw, args.out, cfg, overwrite=args.overwrite)
     except RawDataError as e:
-        print(f"muse-rec prepare: bad input: {e}", file=sys.stderr)
+        report("prepare", e, "bad input: ")
         return 2
     except (DifferentDatasetError, PrepareFileError, OutputPathError, DirLockError) as e:
-        print(f"muse-rec prepare: {e}", file=sys.stderr)
+        report("prepare", e)
         return 2
     except OSError as e:
         print(f"muse-rec prepare: {_os_error(e, args.out)}", file=sys.stderr)

@@ -14,6 +14,7 @@ import statistics
 import time
 from typing import List, Sequence
 
+from muse_rec.cli.errors import report
 from muse_rec.cli.flags import input_file, input_path, int64, nonempty
 
 MS = 1000.0  # milliseconds per second
@@ -56,10 +57,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"muse-rec rank: cannot read request {source}: {e}", file=sys.stderr)
         return 2
     except RequestError as e:
-        print(f"muse-rec rank: {e}", file=sys.stderr)
+        report("rank", e)
         return 2
 
-    from muse_rec.cli.errors import report
     from muse_rec.cli.recorded_run import spec_of_own_run
     from muse_rec.spec import SpecError, load_spec
 

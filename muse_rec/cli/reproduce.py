@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from muse_rec.cli.errors import report
 from muse_rec.cli.flags import int64, local_data_path, nonempty, nonempty_path
 from muse_rec.json_files import read_json_object
 from muse_rec.wording import count
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         lock = DirLock.acquire(Path(args.out), holder="another reproduce", hint="wait for it to end or choose another OUT")
     except DirLockError as e:
-        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        report("reproduce", e)
         return 2
     code: Optional[int] = None
     try:
@@ -199,7 +200,7 @@ def _run(args: argparse.Namespace) -> int:
             check_manifest(out, {"data": args.prepared or args.raw or "synthetic", "synth_args": synth_args},
                            record=False)
     except (ValueError, SpecError, ReproduceError) as e:
-        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        report("reproduce", e)
         return 2
     if args.dry_run:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -229,25 +230,25 @@ def _run(args: argparse.Namespace) -> int:
         if vocab_note:
             context.insert(1, f"WARNING: {vocab_note}")
     except (ReproduceError, ValueError, OSError) as e:  # OSError: the OS refused to write under OUT
-        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        report("reproduce", e)
         return 2
     per_run = [(m.get("wall_seconds") or 0.0) + (m.get("eval_seconds") or 0.0) for runs in metrics.values() for m in runs.values()]
     if per_run:
         context.append(f"training + evaluation time summed over the {count(len(per_run), 'finished run')}: "
                        f"{sum(per_run) / 60:.1f} min (from metrics.json; excludes process start-up)")
     try:
-        report = write_report(plan, metrics, out, context, min_z=args.min_z, synthetic=not real)
+        written = write_report(plan, metrics, out, context, min_z=args.min_z, synthetic=not real)
     # OSError: the OS refused a figure or the report (a full disk): named, the earlier ones whole.
     # GroupTableError: runs whose group tables Fig. 6 pairs hold other groups (the runs named).
     except (OSError, GroupTableError) as e:
-        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        report("reproduce", e)
         return 2
-    figures = ", ".join(p.name for p in report.figures.values())
+    figures = ", ".join(p.name for p in written.figures.values())
     print(f"[reproduce] wrote {out / 'report.md'}" + (f" and {figures}" if figures else " (no figure: no finished runs)"))
-    held = [v for vs in report.verdicts.values() for v in vs]
+    held = [v for vs in written.verdicts.values() for v in vs]
     print(f"[reproduce] claims holding here: {sum(v.holds for v in held)} of {len(held)}"
-          + (f"; missing runs: {len(report.missing_runs)}" if report.missing_runs else ""))
-    return 1 if report.missing_runs and not args.report_only else 0
+          + (f"; missing runs: {len(written.missing_runs)}" if written.missing_runs else ""))
+    return 1 if written.missing_runs and not args.report_only else 0
 
 
 def _context(out: Path, source: str, synth_args: List[str], args: argparse.Namespace, nproc: int, device: str,
@@ -312,7 +313,7 @@ def run_fusion(args: argparse.Namespace) -> int:
             qd = quality_dir(out, q)
             check_overrides(qd, str(qd / "data" / "prepared"), plan.runs, args.set)
     except (ValueError, SpecError, ReproduceError) as e:
-        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        report("reproduce", e)
         return 2
     parallel = FUSION_PARALLEL if args.parallel is None else args.parallel
     if parallel < 1:
@@ -323,7 +324,7 @@ def run_fusion(args: argparse.Namespace) -> int:
         try:  # what the real sweep would refuse (`run_sweep`'s check), the dry run refuses too, recording nothing
             check_manifest(out, {"what": "fusion", "synth_args": synth_args}, record=False)
         except ReproduceError as e:
-            print(f"muse-rec reproduce: {e}", file=sys.stderr)
+            report("reproduce", e)
             return 2
         print(json.dumps({f"{q:g}": p.to_dict() for q, p in plans.items()}, indent=2))
         return 0
@@ -337,7 +338,7 @@ def run_fusion(args: argparse.Namespace) -> int:
         try:  # else every quality's release was synthesised and prepared before each of its runs failed on it
             check_device("cuda")
         except DeviceError as e:
-            print(f"muse-rec reproduce: {e}", file=sys.stderr)
+            report("reproduce", e)
             return 2
     execution = Execution(nproc=args.nproc or 1, device=args.device or "cpu", threads_per_rank=args.threads,
                           extra_overrides=tuple(args.set))
@@ -345,7 +346,7 @@ def run_fusion(args: argparse.Namespace) -> int:
         table = run_sweep(out, qualities, seeds, synth_args, execution, parallel=parallel,
                           train=not args.report_only)
     except (ReproduceError, ValueError, OSError) as e:  # OSError: the OS refused to write under OUT
-        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        report("reproduce", e)
         return 2
     flags = (["--quick"] if args.quick else []) + [f"--seeds {seeds}", "--what fusion",
                                                    f"--scl-qualities {','.join(f'{q:g}' for q in qualities)}"]
@@ -359,7 +360,7 @@ def run_fusion(args: argparse.Namespace) -> int:
     try:
         path, fig, holds = write_fusion_report(out, table, qualities, context)
     except OSError as e:  # as for the paper's report: a figure or the report the OS refused, named
-        print(f"muse-rec reproduce: {e}", file=sys.stderr)
+        report("reproduce", e)
         return 2
     print(f"[reproduce] wrote {path}" + (f" and {fig.name}" if fig else "")
           + f"; fusion criterion {'holds' if holds else 'does not hold'}")

@@ -12,6 +12,7 @@ import re
 import sys
 from typing import Any, Dict
 
+from muse_rec.cli.errors import report
 from muse_rec.cli.flags import int64, nonempty_path
 from muse_rec.wording import count
 
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         m = write_synthetic_release(args.out, cfg, progress=not args.quiet,
                                     diagnostics=False if args.no_diagnostics else None, overwrite=args.overwrite)
     except (NotADirectoryError, PermissionError, FileExistsError, DirLockError, OutputPathError) as e:
-        print(f"muse-rec synth: {e}", file=sys.stderr)
+        report("synth", e)
         return 2
     except OSError as e:  # a full disk: nothing was published (tables are staged, then renamed)
         print(f"muse-rec synth: cannot write {args.out}: {e.strerror or e} (nothing was published)", file=sys.stderr)
