@@ -30,8 +30,8 @@ import numpy as np
 from muse_rec.data.files import tmp_name
 from muse_rec.metrics.kernels import UserAuc
 
-__all__ = ["FloorUsers", "errors_below", "load_floor_users", "paired_gap_se", "recorded_gap_errors", "save_floor_users",
-           "users_file"]
+__all__ = ["FloorUsers", "errors_below", "in_errors", "load_floor_users", "paired_gap_se", "recorded_gap_errors",
+           "save_floor_users", "users_file"]
 
 # The arrays of a floor-users file that are not a floor's per-user AUCs.
 KEYS, IMPRESSIONS = "user_keys", "n_samples"
@@ -144,9 +144,16 @@ def recorded_gap_errors(runs: Sequence[Mapping], floors: Optional[Mapping]) -> D
     return {k: sum(r["floor_gap_se"][k] for r in runs) / len(runs) for k in sorted(names)}
 
 
+def in_errors(gap: float, se: Optional[float]) -> Optional[str]:
+    """``"2.1 standard errors of 0.0066"``: the size of a GAUC ``gap`` in its standard error ``se``; None where
+    ``se`` is unknown (or 0). The one wording of a run's floor line, `compare`'s and the reproduce report's."""
+    if se is None or not se > 0:
+        return None
+    return f"{abs(gap) / se:.1f} standard errors of {se:.4f}"
+
+
 def errors_below(gauc: float, floor_gauc: float, se: Optional[float]) -> str:
     """``"; 2.0 standard errors of 0.0050 below it"``: how far ``gauc`` is below a floor's in the standard error
     ``se`` of that gap (`recorded_gap_errors`), for a listing of models below it; "" where ``se`` is unknown."""
-    if se is None or not se > 0:
-        return ""
-    return f"; {(floor_gauc - gauc) / se:.1f} standard errors of {se:.4f} below it"
+    errors = in_errors(floor_gauc - gauc, se)
+    return "" if errors is None else f"; {errors} below it"

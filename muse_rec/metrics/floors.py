@@ -47,7 +47,8 @@ from muse_rec.data.files import tmp_of
 from muse_rec.data.prepared import PreparedData
 from muse_rec.data.vocab import MISSING_ID
 from muse_rec.json_files import read_json_object
-from muse_rec.metrics.floor_noise import FloorUsers, load_floor_users, paired_gap_se, save_floor_users, users_file
+from muse_rec.metrics.floor_noise import (FloorUsers, in_errors, load_floor_users, paired_gap_se, save_floor_users,
+                                          users_file)
 from muse_rec.metrics.floor_options import EVERYTHING, FloorOptions, FloorsError, floor_standing, lacked
 from muse_rec.metrics.floor_regression import LogisticModel, fit_logistic, lr_features
 from muse_rec.metrics.floor_scores import (CATEGORY_FLOOR, SCL_FLOORS, UNKNOWN_CATEGORY, ItemCtr,
@@ -229,9 +230,8 @@ def compute_floors_and_users(data: PreparedData, split: str = "test", opts: Floo
 
 def _gap(gauc: float, floor: float, se: Optional[float]) -> str:
     """``(-0.0139)``, or with the gap's paired standard error ``(-0.0139, 2.1 standard errors of 0.0066)``."""
-    if se is None or not se > 0:
-        return f"({gauc - floor:+.4f})"
-    return f"({gauc - floor:+.4f}, {abs(gauc - floor) / se:.1f} standard errors of {se:.4f})"
+    errors = in_errors(gauc - floor, se)
+    return f"({gauc - floor:+.4f})" if errors is None else f"({gauc - floor:+.4f}, {errors})"
 
 
 def within_noise(gauc: float, floor: float, se: Optional[float]) -> bool:
