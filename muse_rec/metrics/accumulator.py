@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, check_scores_labels
-from muse_rec.metrics.compute import check_integer_keys, compute_metrics, real_sample_mask
+from muse_rec.metrics.kernels import DEFAULT_LOGLOSS_EPS, UserAuc, check_scores_labels
+from muse_rec.metrics.compute import check_integer_keys, compute_metrics_and_users, real_sample_mask
 from muse_rec.metrics.gather import (
     ROOT,
     all_gather_objects,
@@ -98,6 +98,8 @@ class PredictionAccumulator:
         self._chunks: Dict[str, List[np.ndarray]] = {c: [] for c in COLUMN_DTYPES}
         # Which optional columns the updates carry; None until the first update.
         self._optional: Optional[tuple[str, ...]] = None
+        # The root's per-user AUCs of the last `compute` (None elsewhere and before it).
+        self.user_aucs: Optional[UserAuc] = None
         self._n = 0
 
     def __len__(self) -> int:
@@ -193,13 +195,13 @@ class PredictionAccumulator:
         Returns:
             The dict of `compute_metrics` (``gauc``, ``auc``, ``logloss``, counts, and
             ``by_seq_length`` / ``by_popularity`` when those columns were given), identical on
-            every rank.
+            every rank. The root also keeps the per-user AUCs behind its GAUC in `user_aucs`.
         """
         optional = self._agreed_optional(process_group)
         full = gather_columns(self.local_columns(optional), process_group)
         result: Optional[Dict[str, Any]] = None
         if full is not None:
-            result = compute_metrics(
+            result, self.user_aucs = compute_metrics_and_users(
                 full["user_key"],
                 full["label"],
                 full["score"],

@@ -7,12 +7,13 @@ and batches.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from muse_rec.metrics.kernels import (
     DEFAULT_LOGLOSS_EPS,
+    UserAuc,
     auc_from_score_ranks,
     canonical_order,
     check_scores_labels,
@@ -48,7 +49,7 @@ def check_integer_keys(keys: np.ndarray, name: str, where: str = "predictions") 
         raise ValueError(f"{where}: {name} must be integer ids, got dtype {keys.dtype}; pass them as int64")
 
 
-def compute_metrics(
+def compute_metrics_and_users(
     user_keys: np.ndarray,
     labels: np.ndarray,
     scores: np.ndarray,
@@ -59,8 +60,8 @@ def compute_metrics(
     popularity_edges: Sequence[float] | int = DEFAULT_POPULARITY_EDGES,
     logloss_eps: float = DEFAULT_LOGLOSS_EPS,
     no_user_key: Optional[int] = None,
-) -> Dict[str, Any]:
-    """GAUC, AUC, logloss and grouped GAUC of a complete evaluation set.
+) -> Tuple[Dict[str, Any], UserAuc]:
+    """GAUC, AUC, logloss and grouped GAUC of a complete evaluation set, and the per-user AUCs its GAUC averages.
 
     Args:
         user_keys: ``[N]`` int64 user keys (raw ids; any int64 works).
@@ -80,7 +81,9 @@ def compute_metrics(
         ``gauc_samples``, ``auc``, ``logloss``, ``logloss_eps``, and, when the optional column
         was given, ``by_seq_length`` / ``by_popularity`` (lists of per-group dicts, see
         `grouped_metrics_sorted`), and with ``no_user_key`` ``samples_without_user`` (how many samples
-        GAUC left out for it). Undefined values (e.g. no positives) are NaN.
+        GAUC left out for it). Undefined values (e.g. no positives) are NaN. Beside it, the `UserAuc` of
+        every user (less ``no_user_key``): what a floor check weighs a gap against (`floor_noise`), kept
+        out of the dict, which is broadcast to every rank and written as metrics.json.
     """
     user_keys = np.asarray(user_keys)
     labels = np.asarray(labels)
@@ -125,7 +128,6 @@ def compute_metrics(
         "logloss": logloss(s, y, logloss_eps),
         "logloss_eps": float(logloss_eps),
     }
-    del per_user
     if seq_lengths is not None:
         v = np.asarray(seq_lengths)[order]
         bins = as_bins(seq_len_edges, v, "seq_length")
@@ -136,4 +138,9 @@ def compute_metrics(
         bins = as_bins(popularity_edges, v, "item_popularity")
         out["by_popularity"] = grouped_metrics_sorted(bins.assign(v), bins, u, s, y, r, n_scores,
                                                      no_user_key)
-    return out
+    return out, per_user
+
+
+def compute_metrics(*args: Any, **kwargs: Any) -> Dict[str, Any]:
+    """The metrics dict of `compute_metrics_and_users` (the same arguments), without the per-user AUCs."""
+    return compute_metrics_and_users(*args, **kwargs)[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import timedelta
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from muse_rec.data.vocab import MISSING_ID, PADDING_ROW
 from muse_rec.distributed.env import DistEnv
 from muse_rec.metrics import PredictionAccumulator
 from muse_rec.metrics.gather import all_gather_objects
+from muse_rec.metrics.kernels import UserAuc
 from muse_rec.training.run_record import RunError
 from muse_rec.terminal import shows_bars
 from muse_rec.wording import count
@@ -125,11 +126,12 @@ def evaluate(
     predictions_path: Optional[str] = None,
     max_batches: int = 0,
     log_every: int = 0,
-) -> Dict:
-    """Exact GAUC / AUC / logloss (+ grouped GAUC) over the whole split, identical on every rank."""
+) -> Tuple[Dict, Optional[UserAuc]]:
+    """Exact GAUC / AUC / logloss (+ grouped GAUC) over the whole split, identical on every rank; and, on
+    rank 0 (None elsewhere), the per-user AUCs that GAUC averages, for the floor check's errors."""
     acc = predict(model, data, split, batch_size, seq_len, env, num_workers=num_workers, max_batches=max_batches,
                   log_every=log_every)
     metrics = acc.compute()
     if predictions_path:
         acc.write_parquet(predictions_path)
-    return metrics
+    return metrics, acc.user_aucs

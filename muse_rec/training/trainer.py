@@ -22,12 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, Optional
 
-import numpy as np
 import torch
 import yaml
 
 from muse_rec.data.files import replace_texts
-from muse_rec.data.vocab import MISSING_ID
 from muse_rec.distributed.env import DistEnv, init_distributed
 from muse_rec.distributed.plan_measure import status_bytes
 from muse_rec.lifetime import torchrun_job
@@ -43,8 +41,6 @@ from muse_rec.wording import count
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
-
-    from muse_rec.metrics.kernels import UserAuc
 
 # The training stack (TorchRec and FBGEMM: ~4 s of imports per process) is imported inside `train`
 # and `evaluate_checkpoint`, after their run-directory, data and resume checks: a refused run
@@ -194,9 +190,9 @@ def _evaluate_at_end(spec: Spec, run: RunStart, result: Dict) -> None:
 
     env, data, run_dir, seq_len = run.env, run.data, run.run_dir, spec.data.seq_len
     eval_start = time.perf_counter()
-    metrics = evaluate(run.dmp, data, spec.data.eval_split, spec.train.eval_batch_size, seq_len, env,
-                       num_workers=spec.data.num_workers, predictions_path=str(run_dir / "predictions.parquet"),
-                       log_every=spec.train.log_every)
+    metrics, user_aucs = evaluate(run.dmp, data, spec.data.eval_split, spec.train.eval_batch_size, seq_len, env,
+                                  num_workers=spec.data.num_workers,
+                                  predictions_path=str(run_dir / "predictions.parquet"), log_every=spec.train.log_every)
     # The metrics' world_size is the evaluation's, kept apart from the ranks that trained the run; and
     # the split, as a resume may evaluate another one than spec.yaml names, and the data it scored.
     evaluated = {**metrics, "eval_world_size": metrics.get("world_size", env.world_size),
@@ -211,24 +207,7 @@ def _evaluate_at_end(spec: Spec, run: RunStart, result: Dict) -> None:
         with _all_cores():
             result.update(check_run_against_floors(data, spec.data.eval_split, seq_len, result.get("gauc"),
                                                    run_floors_cache(str(run_dir)), spec.data.train_split,
-                                                   model_reads(spec.model), _per_user(run_dir)))
-
-
-def _per_user(run_dir: Path) -> Optional[UserAuc]:
-    """The run's per-user AUCs on its eval split (users without an id left out), from the predictions every rank
-    has just written: what its floor check weighs a gap against (`metrics.floor_noise`). None, said, where they
-    cannot be read back: the check then gives its gaps without their errors, not a traceback after training."""
-    from muse_rec.metrics.kernels import user_auc
-    from muse_rec.metrics.predictions_io import read_predictions
-
-    path = run_dir / "predictions.parquet"
-    try:
-        rows = read_predictions(path)
-    except (OSError, ValueError) as e:
-        logger.warning("the floor check's gaps have no standard errors: %s could not be read back (%s)", path, e)
-        return None
-    return user_auc(rows["user_key"].to_numpy(), rows["score"].to_numpy(np.float64),
-                    rows["label"].to_numpy()).without(MISSING_ID)
+                                                   model_reads(spec.model), user_aucs))
 
 
 @contextmanager
@@ -276,9 +255,9 @@ def evaluate_checkpoint(spec: Spec, checkpoint: Optional[str], out_dir: str,
     out = Path(out_dir)
     lock = claim_evaluation_dir(out, env.is_main)  # creates it; refused on every rank while another evaluation writes
     try:
-        metrics = evaluate(dmp, data, spec.data.eval_split, spec.train.eval_batch_size, spec.data.seq_len, env,
-                           num_workers=spec.data.num_workers, predictions_path=str(out / "predictions.parquet"),
-                           max_batches=max_batches, log_every=spec.train.log_every)
+        metrics, _ = evaluate(dmp, data, spec.data.eval_split, spec.train.eval_batch_size, spec.data.seq_len, env,
+                              num_workers=spec.data.num_workers, predictions_path=str(out / "predictions.parquet"),
+                              max_batches=max_batches, log_every=spec.train.log_every)
         # What was scored: `compare` counts one model once and refuses scores of other splits, other data or
         # partial ones; it computes the model-free floors of `data` (an evaluation has no spec.yaml of its own).
         scored = spec_record(spec)["data"]  # the resolved spec once, not once per key

@@ -157,15 +157,30 @@ def test_run_check_records_the_paired_error_and_reuses_the_cache(tiny, tmp_path,
     assert "gap_se" not in no_users["best_floor"] and "floor_gap_se" not in no_users
 
 
-def test_run_without_readable_predictions_is_checked_without_errors(tmp_path, caplog):
-    """The trainer reads the run's per-user AUCs back from its predictions; where it cannot (a part gone), the
-    check goes on without errors, said in one warning, instead of a traceback after the whole training."""
-    from muse_rec.training.trainer import _per_user
+def test_the_evaluation_keeps_the_per_user_aucs_behind_its_gauc():
+    """The floor check's errors need the run's per-user AUCs. `compute` keeps those its GAUC averages (users
+    without an id left out), so the trainer no longer reads them back from `predictions.parquet` and sorts them
+    a second time; they are the same arrays `user_auc` gives on those rows."""
+    from muse_rec.metrics import PredictionAccumulator
 
-    (tmp_path / "predictions.parquet").mkdir()
-    caplog.set_level(logging.WARNING, logger="muse_rec")
-    assert _per_user(tmp_path) is None
-    assert "could not be read back" in caplog.text and "part-XXXXX-of-XXXXX" in caplog.text
+    rng = np.random.default_rng(5)
+    n = 3000
+    users = rng.integers(0, 120, n).astype(np.int64)  # user 0 = MISSING_ID: samples of nobody
+    labels = (rng.random(n) < 0.3).astype(np.int8)
+    scores = np.round(rng.random(n), 2)  # ties, as a float32 model's scores have
+    acc = PredictionAccumulator(no_user_key=MISSING_ID)
+    assert acc.user_aucs is None
+    for part in np.array_split(np.arange(n), 7):  # in batches, as an evaluation updates it
+        acc.update(users[part], users[part] + 1, labels[part], scores[part], np.ones(part.size, np.int8))
+    metrics = acc.compute()
+    want = user_auc(users, scores, labels).without(MISSING_ID)
+    got = acc.user_aucs
+    assert MISSING_ID not in got.user_keys and got.user_keys.size == want.user_keys.size == metrics["users"]
+    for field in ("user_keys", "n_samples", "n_positives", "auc"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+    assert got.gauc() == metrics["gauc"]
+    acc.reset()
+    assert acc.user_aucs is None  # a new evaluation does not see the last one's users
 
 
 def test_reproduce_computes_the_per_user_aucs_before_its_job(tiny, tmp_path):
