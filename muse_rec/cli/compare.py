@@ -94,10 +94,12 @@ def baseline_row(runs: List[Dict], rows: List[Dict], baseline: str, row: Optiona
     return bases[0]
 
 
-def summarise(runs: List[Dict], baseline: str, floors: Optional[Dict] = None) -> List[Dict]:
+def summarise(runs: List[Dict], baseline: str,
+              floors: Optional[Dict] = None) -> Tuple[List[Dict], List[Optional[Dict]]]:
     """One row per method and setting (`load_runs`): seeds, mean and sample std (over seeds,
     `muse_rec.metrics.seeds.Stats`) of each metric, margin vs baseline (`baseline_row`: its row trained at the
-    same settings, else its first), and ``floor_gap_se`` (`floor_noise.recorded_gap_errors`) against ``floors``."""
+    same settings, else its first), and ``floor_gap_se`` (`floor_noise.recorded_gap_errors`) against ``floors``;
+    and each row's baseline row (None without one), which the verdicts read the same margins against."""
     from muse_rec.metrics.report import METRICS
 
     rows = []
@@ -118,11 +120,11 @@ def summarise(runs: List[Dict], baseline: str, floors: Optional[Dict] = None) ->
         if errors:
             row["floor_gap_se"] = errors
         rows.append(row)
-    for r in rows:
-        base = baseline_row(runs, rows, baseline, r)
+    bases = [baseline_row(runs, rows, baseline, r) for r in rows]
+    for r, base in zip(rows, bases):
         if base is not None and "gauc" in r and "gauc" in base:
             r["gauc_vs_" + base["method"]] = r["gauc"] - base["gauc"]
-    return rows
+    return rows, bases
 
 
 def gauc_users_line(runs: List[Dict]) -> Optional[str]:
@@ -183,10 +185,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"muse-rec compare: WARNING: {warning}", file=sys.stderr)
     if floors is None and not args.no_floors:
         print(f"muse-rec compare: model-free floors not shown: {source}", file=sys.stderr)
-    rows = summarise(runs, baseline, floors)
-    model_rows = list(rows)
-    if floors:
-        rows = rows + floor_rows(floors, baseline_row(runs, rows, baseline))
+    model_rows, bases = summarise(runs, baseline, floors)
+    first = baseline_row(runs, model_rows, baseline)
+    rows = model_rows + floor_rows(floors, first) if floors else model_rows
     # Every metric with its spread over seeds: the logloss column had none, though summarise measures it (the
     # JSON held logloss_std), and a logloss gap could not be read against the noise.
     cols = [c for c in ["method", "setting", "seeds", "gauc", "gauc_std", "auc", "auc_std", "logloss", "logloss_std",
@@ -195,7 +196,6 @@ def run(args: argparse.Namespace) -> int:
     formats = {c: f for c, f in (("train_samples_per_s", ",.0f"), ("wall_seconds", ".1f")) if c in cols}
     table = metrics_table(rows, cols, formats=formats)  # `muse-rec evaluate`'s metrics.json has neither
     print(table)
-    first = baseline_row(runs, model_rows, baseline)
     verdicts = []
     # At a low click rate few users have both labels (782 of 2,600 on an outside check at 3%): the margins
     # below are read against that many users, and neither the table nor the verdicts said how many.
@@ -205,9 +205,8 @@ def run(args: argparse.Namespace) -> int:
     if first is not None and "gauc" not in first:  # every run of it has an undefined GAUC: no margin to measure
         verdicts.append(f"{row_name(first)}: no run has a GAUC (undefined on its split), so no margin against it")
         first = None
-    for r in model_rows:
-        base = None if first is None else baseline_row(runs, model_rows, baseline, r)
-        if base is None or r is base or "gauc" not in r or "gauc" not in base:
+    for r, base in zip(model_rows, bases):
+        if first is None or base is None or r is base or "gauc" not in r or "gauc" not in base:
             continue
         measured = [x for x in (r, base) if x.get("gauc_std") is not None]
         margin = r["gauc"] - base["gauc"]
