@@ -141,6 +141,18 @@ def compute_metrics_and_users(
     return out, per_user
 
 
-def compute_metrics(*args: Any, **kwargs: Any) -> Dict[str, Any]:
+def compute_metrics(
+    user_keys: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    weights: Optional[np.ndarray] = None,
+    seq_lengths: Optional[np.ndarray] = None,
+    item_popularity: Optional[np.ndarray] = None,
+    seq_len_edges: Sequence[float] | int = DEFAULT_SEQ_LEN_EDGES,
+    popularity_edges: Sequence[float] | int = DEFAULT_POPULARITY_EDGES,
+    logloss_eps: float = DEFAULT_LOGLOSS_EPS,
+    no_user_key: Optional[int] = None,
+) -> Dict[str, Any]:
     """The metrics dict of `compute_metrics_and_users` (the same arguments), without the per-user AUCs."""
-    return compute_metrics_and_users(*args, **kwargs)[0]
+    return compute_metrics_and_users(user_keys, labels, scores, weights, seq_lengths, item_popularity, seq_len_edges,
+                                     popularity_edges, logloss_eps, no_user_key)[0]
