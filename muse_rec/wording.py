@@ -18,7 +18,12 @@ def count(n: int, noun: str, plural: Optional[str] = None) -> str:
 def one_line(e: BaseException) -> str:
     """The text of ``e`` as one printable line, for a message that quotes it. Arrow's text of a damaged
     Parquet file spans lines and holds the bytes it choked on ("Couldn't deserialize thrift: don't know
-    what type: \\x0f\\nDeserializing page header failed.\\n"), DCP's and torch's readers' too: runs of
-    whitespace become one space, other unprintable characters their escape."""
-    text = " ".join(str(e).split())
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    what type: \\x0f\\nDeserializing page header failed.\\n"), DCP's and torch's readers' too."""
+    return one_line_text(str(e))
+
+
+def one_line_text(text: str) -> str:
+    """``text`` as one printable line: runs of whitespace become one space, other unprintable characters
+    their escape. For a message's own words that quote a user's input (a path given with a newline)."""
+    folded = " ".join(text.split())
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in folded)

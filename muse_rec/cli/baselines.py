@@ -112,6 +112,5 @@ def run(args: argparse.Namespace) -> int:
         try:
             print(f"wrote {save_metrics_json(args.out, result)}")
         except OSError as e:
-            print(f"muse-rec baselines: --out {args.out}: cannot write ({e})", file=sys.stderr)
-            return 2
+            return report("baselines", e, f"--out {args.out}: cannot write: ")
     return 0

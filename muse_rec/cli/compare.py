@@ -237,6 +237,5 @@ def run(args: argparse.Namespace) -> int:
             replace_texts({markdown: table + "\n\n" + "\n".join(verdicts) + "\n",
                            as_json: metrics_json_text({"rows": rows, "verdicts": verdicts, "floors": floors})})
         except OSError as e:
-            print(f"muse-rec compare: --out {args.out}: cannot write ({e})", file=sys.stderr)
-            return 2
+            return report("compare", e, f"--out {args.out}: cannot write: ")
     return 0

@@ -261,6 +261,5 @@ def run(args: argparse.Namespace) -> int:
             try:
                 replace_text(args.json, text + "\n")  # an earlier plan stays whole if this write fails
             except OSError as e:
-                print(f"muse-rec plan: --json {args.json}: cannot write ({e})", file=sys.stderr)
-                return 2
+                return report("plan", e, f"--json {args.json}: cannot write: ")
     return 0 if main.fits else 1

@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
                 text = f.read()
         requests = parse_requests(text, source=source)  # before the heavy imports: fails fast
     except OSError as e:
-        print(f"muse-rec rank: cannot read request {source}: {e}", file=sys.stderr)
-        return 2
+        return report("rank", e, f"cannot read request {source}: ")
     except RequestError as e:
         report("rank", e)
         return 2

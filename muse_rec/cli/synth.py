@@ -103,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
         report("synth", e)
         return 2
     except OSError as e:  # a full disk: nothing was published (tables are staged, then renamed)
-        print(f"muse-rec synth: cannot write {args.out}: {e.strerror or e} (nothing was published)", file=sys.stderr)
-        return 2
+        return report("synth", e, f"cannot write {args.out} (nothing was published): ")
     except MemoryError as e:
         # Sized by the knobs, not by a spec: the generic line named model.* and train.batch_size. The
         # memory writer holds every user's history at once; the stream writer is bounded by a row group.
