@@ -67,7 +67,7 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
     from muse_rec.training.run_dir import (RunDirError, check_not_inside_an_artifact, check_resumable,
                                            check_spec_names_its_run, previous_contents, used_run_dir_message)
     from muse_rec.training.run_record import RunError, check_resume_place, check_resume_settings
-    from muse_rec.training.run_start import open_spec_data
+    from muse_rec.training.run_record import open_spec_data
 
     if not spec and not Path(profile.spec).is_file():
         # The profile's spec is a path relative to where the job is launched (and, on Slurm, run): the
@@ -97,7 +97,7 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
         except RunError as e:  # a ValueError, as the callers expect of the user's input
             raise RunDirError(str(e)) from None
     if check_data:
-        # Each rank refuses data that is not there in this same line (`training.trainer.open_spec_data`): said
+        # Each rank refuses data that is not there in this same line (`training.run_record.open_spec_data`): said
         # once here, not by every rank above torchrun's ChildFailedError traceback.
         try:
             open_spec_data(resolved)

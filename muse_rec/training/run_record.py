@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from muse_rec.data.epochs import resume_batch, steps_per_epoch
-from muse_rec.data.prepared import PreparedData
+from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.json_files import read_json_object, refuse_special_file
 from muse_rec.spec import Spec, model_settings, training_settings
 from muse_rec.spec.yaml_text import parse_yaml
@@ -26,6 +26,30 @@ logger = logging.getLogger("muse_rec")
 
 class RunError(RuntimeError):
     """The run cannot start as asked (data, spec and checkpoint disagree); the message says why."""
+
+
+def open_spec_data(spec: Spec) -> PreparedData:
+    """The spec's prepared data, with its ``data.train_split`` and ``data.eval_split`` present; `RunError`
+    naming ``data.prepared`` or the split otherwise (every rank, and `muse-rec launch` before it submits: here,
+    beside the run's other checks, where importing it costs no torch)."""
+    try:
+        data = PreparedData(spec.data.prepared)
+    except (FileNotFoundError, PreparedDataError) as e:
+        if isinstance(e, PreparedDataError) and "no meta.json" not in str(e):
+            # Prepared, but damaged or inconsistent: the message names the file.
+            raise RunError(f"data.prepared = {spec.data.prepared!r}: {e}") from None
+        raise RunError(
+            f"data.prepared = {spec.data.prepared!r}: no prepared data there ({e}). "
+            "Prepare the release into it with `muse-rec prepare RAW PREPARED` (the Taobao-MM tables as downloaded, or "
+            "a synthetic release from `muse-rec synth RAW`), or point the spec at prepared data: --set "
+            "data.prepared=PREPARED."
+        ) from None
+    try:
+        for key in ("train_split", "eval_split"):
+            data.require_split(getattr(spec.data, key), f"data.{key}")
+    except PreparedDataError as e:
+        raise RunError(str(e)) from None
+    return data
 
 
 def read_run_json(run_json: Path) -> Dict:

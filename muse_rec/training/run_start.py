@@ -29,7 +29,7 @@ from muse_rec.training.results import rank_memory
 from muse_rec.training.run_dir import (RunDirError, RunDirLock, claim_run_dir, given_back_on_error, new_run_id,
                                        previous_contents, used_run_dir_message)
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_resume_settings, check_run_compat,
-                                          read_run_json, resume_place)
+                                          open_spec_data, read_run_json, resume_place)
 from muse_rec.wording import count
 
 # The training stack (TorchRec and FBGEMM: ~4 s of imports per process) is imported inside `open_run`
@@ -65,29 +65,6 @@ class _MarkedFormatter(logging.Formatter):
             return text
         head, sep, rest = text.partition("] ")
         return f"{head}{sep}{record.levelname}: {rest}" if sep else f"{record.levelname}: {text}"
-
-
-def open_spec_data(spec: Spec) -> PreparedData:
-    """The spec's prepared data, with its ``data.train_split`` and ``data.eval_split`` present; `RunError`
-    naming ``data.prepared`` or the split otherwise (every rank, and `muse-rec launch` before it submits)."""
-    try:
-        data = PreparedData(spec.data.prepared)
-    except (FileNotFoundError, PreparedDataError) as e:
-        if isinstance(e, PreparedDataError) and "no meta.json" not in str(e):
-            # Prepared, but damaged or inconsistent: the message names the file.
-            raise RunError(f"data.prepared = {spec.data.prepared!r}: {e}") from None
-        raise RunError(
-            f"data.prepared = {spec.data.prepared!r}: no prepared data there ({e}). "
-            "Prepare the release into it with `muse-rec prepare RAW PREPARED` (the Taobao-MM tables as downloaded, or "
-            "a synthetic release from `muse-rec synth RAW`), or point the spec at prepared data: --set "
-            "data.prepared=PREPARED."
-        ) from None
-    try:
-        for key in ("train_split", "eval_split"):
-            data.require_split(getattr(spec.data, key), f"data.{key}")
-    except PreparedDataError as e:
-        raise RunError(str(e)) from None
-    return data
 
 
 @dataclass

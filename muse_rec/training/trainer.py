@@ -35,7 +35,8 @@ from muse_rec.training.checkpoint_choice import evaluation_checkpoint, load_for_
 from muse_rec.training.progress import few_clicks_warning
 from muse_rec.training.results import summary_line, training_figures, write_json, write_rank_memory
 from muse_rec.training.run_dir import claim_evaluation_dir
-from muse_rec.training.run_start import RunStart, collective_timeout, open_run, open_spec_data, setup_logging
+from muse_rec.training.run_record import open_spec_data
+from muse_rec.training.run_start import RunStart, collective_timeout, open_run, setup_logging
 from muse_rec.training.train_loop import train_steps
 from muse_rec.wording import count
 

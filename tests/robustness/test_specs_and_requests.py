@@ -52,6 +52,18 @@ def test_a_bad_spec_is_refused_before_torch_is_imported(tmp_path, command):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["req.json"]  # nothing written
 
 
+def test_a_launch_checks_and_a_dry_run_need_no_torch(tmp_path):
+    """`muse-rec launch`'s checks before it submits (the spec, the run directory, the prepared data) and its dry
+    run import no torch: they imported it (~2 s of a ~2.5 s dry run) with the ranks' run-start module, for one
+    function that only reads the prepared data's layout."""
+    sets = ["--set", f"output_dir={tmp_path}/runs/{{name}}", "--set", f"data.prepared={tmp_path}/absent"]
+    out = cli_without_torch("launch", "--profile", "cpu-single", "--spec", SPEC, *sets)
+    assert_bad_input(out, "muse-rec launch: ", f"data.prepared = '{tmp_path}/absent': no prepared data there")
+    out = cli_without_torch("launch", "--profile", "cpu-single", "--spec", SPEC, *sets, "--dryrun")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert not any(tmp_path.iterdir())  # nothing submitted, nothing written
+
+
 def test_compare_baselines_and_reproduce_refuse_a_missing_input_before_torch_is_imported(tmp_path):
     """`compare` reads JSON files, `baselines` and `reproduce --prepared` check their options and
     the prepared layout first: a missing run directory, prepared directory or a bad option is named
