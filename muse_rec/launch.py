@@ -66,8 +66,7 @@ def preflight(profile: LaunchProfile, scheduler: str, spec: str = "", overrides:
     from muse_rec.spec import SpecError, load_spec
     from muse_rec.training.run_dir import (RunDirError, check_not_inside_an_artifact, check_resumable,
                                            check_spec_names_its_run, previous_contents, used_run_dir_message)
-    from muse_rec.training.run_record import RunError, check_resume_place, check_resume_settings
-    from muse_rec.training.run_record import open_spec_data
+    from muse_rec.training.run_record import RunError, check_resume_place, check_resume_settings, open_spec_data
 
     if not spec and not Path(profile.spec).is_file():
         # The profile's spec is a path relative to where the job is launched (and, on Slurm, run): the
