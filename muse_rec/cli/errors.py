@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from typing import Tuple, Type
 
-from muse_rec.wording import one_line, one_line_text
+from muse_rec.wording import one_line_text
 
 
 def bad_input_errors() -> Tuple[Type[BaseException], ...]:
@@ -39,9 +39,9 @@ def bad_input_errors() -> Tuple[Type[BaseException], ...]:
 def report(command: str, e: BaseException, what: str = "") -> int:
     """Print ``muse-rec <command>: <what><one line>`` to stderr; returns exit code 2. Every command's one-line
     error goes through here: a message whose text spans lines (a path holding a newline, another library's
-    text) is one line (`wording.one_line`), as the exit-code contract above promises; so is ``what``, which
+    text) is one line (`wording.one_line_text`), as the exit-code contract above promises; so is ``what``, which
     may quote a flag's value (``--out PATH: cannot write: ``)."""
-    text = one_line_text(what + (one_line(e) if not _is_checkpoint_exception(e) else _dcp_line(e)))
+    text = one_line_text(what + (_dcp_line(e) if _is_checkpoint_exception(e) else str(e)))  # folded once, whole
     # One write for the line and its newline: every rank of a job reports its error, and with
     # PYTHONUNBUFFERED (usual in containers) print() writes the text and the newline separately,
     # so two ranks' lines could merge into one on the shared stderr.

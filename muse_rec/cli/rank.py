@@ -56,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         return report("rank", e, f"cannot read request {source}: ")
     except RequestError as e:
-        report("rank", e)
-        return 2
+        return report("rank", e)
 
     from muse_rec.cli.recorded_run import spec_of_own_run
     from muse_rec.spec import SpecError, load_spec
