@@ -16,14 +16,22 @@ from typing import Dict, List, Sequence
 import pytest
 
 from tests.conftest import REPO, subprocess_env
+from tests.in_process import READING_COMMANDS, cli_in_process
 
 SPEC = "specs/demo/din.yaml"  # the cheapest method: every test here is about files, not modelling
 FAST = ["data.seq_len=50", "train.batch_size=64", "train.eval_batch_size=512", "train.log_every=1",
         "model.tower_hidden=[16]", "train.eval_at_end=false"]
 
 
-def cli(*args: str, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
-    """`muse-rec <args>` in a subprocess (the user's view: exit code, stdout, stderr)."""
+TIMEOUT_S = 300
+
+
+def cli(*args: str, timeout: int = TIMEOUT_S, **env: str) -> subprocess.CompletedProcess:
+    """`muse-rec <args>` as the user sees it: exit code, stdout, stderr. A command that only reads runs in this
+    process (tests/in_process.py: what that keeps of a subprocess, and why: ~3.5 s of imports a call), unless the
+    call sets environment variables or its own timeout; the others in a subprocess."""
+    if args and args[0] in READING_COMMANDS and not env and timeout == TIMEOUT_S:
+        return cli_in_process(*args)
     return _python(["-m", "muse_rec.cli", *args], timeout, env)
 
 

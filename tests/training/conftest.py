@@ -14,6 +14,7 @@ from muse_rec.distributed.env import free_port
 from muse_rec.models.ctr_model import LifelongCTRModel
 from muse_rec.spec import load_spec
 from tests.conftest import REPO, subprocess_env, venv_bin
+from tests.in_process import READING_COMMANDS, cli_in_process
 
 # Small enough that a 2-rank job takes seconds: L = 100, batch 64.
 FAST = ["data.seq_len=100", "train.batch_size=64", "train.eval_batch_size=256", "train.log_every=2",
@@ -35,21 +36,31 @@ def overrides(prepared: Path, out_dir: Path, extra: Sequence[str] = ()) -> List[
     return [f"data.prepared={prepared}", f"output_dir={out_dir}/{{name}}", *FAST, *extra]
 
 
+TIMEOUT_S = 600
+
+
 def run_ranks(args: Sequence[str], nproc: int, env_extra: dict | None = None, check: bool = True,
-              timeout: int = 600, torchrun_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
-    """`muse-rec <args>` on `nproc` gloo ranks through torchrun (1 = a plain process), with
-    ``torchrun_args`` (e.g. ``--max-restarts 1``) before torchrun's own."""
-    if nproc == 1:
-        cmd = [venv_bin("muse-rec"), *args]
+              timeout: int = TIMEOUT_S, torchrun_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """`muse-rec <args>` on `nproc` gloo ranks through torchrun, with ``torchrun_args`` (e.g. ``--max-restarts
+    1``) before torchrun's own. One rank is a plain process, or this process for a command that only reads a
+    run, given no environment or timeout of its own (tests/in_process.py)."""
+    if nproc == 1 and args[0] in READING_COMMANDS and not env_extra and timeout == TIMEOUT_S:
+        out = cli_in_process(*args)
+    elif nproc == 1:
+        out = _run([venv_bin("muse-rec"), *args], timeout, env_extra)
     else:
         cmd = [venv_bin("torchrun"), *torchrun_args, "--nnodes", "1", "--nproc_per_node", str(nproc),
                "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
                "-m", "muse_rec.cli", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout,
-                         env=subprocess_env(**(env_extra or {})))
+        out = _run(cmd, timeout, env_extra)
     if check:
         assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
     return out
+
+
+def _run(cmd: Sequence[str], timeout: int, env_extra: dict | None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          env=subprocess_env(**(env_extra or {})))
 
 
 def train_args(spec: str, prepared: Path, out_dir: Path, extra: Sequence[str] = ()) -> List[str]:
