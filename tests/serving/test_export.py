@@ -13,7 +13,7 @@ import torch
 
 from muse_rec.serving.export import MANIFEST_FILE, PROGRAM_FILE, ExportError, read_manifest
 from muse_rec.serving.inference import InferenceModel
-from tests.conftest import subprocess_env
+from tests.in_process import cli_in_process
 from tests.serving.conftest import SEQ_LEN, SPEC, _cli
 from tests.serving.helpers import training_predictions
 from tests.serving.int8_bound import ROUNDING, SAFETY, first_order_bound, quantized_twins
@@ -559,9 +559,8 @@ def test_a_program_for_fewer_candidates_than_the_traced_example_exports_and_scor
     from muse_rec.serving.export import load_program
 
     out = tmp_path / "x"
-    proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", "export", "--spec", str(SPEC),
-                           *trained_run.cli_sets(), "--out", str(out), "--max-candidates", str(max_candidates)],
-                          capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    proc = cli_in_process("export", "--spec", str(SPEC), *trained_run.cli_sets(), "--out", str(out),
+                          "--max-candidates", str(max_candidates))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_manifest(str(out))["max_candidates"] == max_candidates
     small, default = load_program(str(out)), load_program(str(trained_run.exported))
@@ -586,9 +585,8 @@ def test_max_candidates_out_of_range_is_one_line_before_anything_loads(trained_r
     # Past int64 the flag is argparse's usage error, as every integer flag; inside it, the range check's.
     for bad, line in [(b, f"--max-candidates {b}: must be in [1, 2,147,483,647]") for b in ("0", str(2**31), str(2**63 - 1))] \
             + [("99999999999999999999", "argument --max-candidates: 99999999999999999999: outside the 64-bit integers")]:
-        proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", "export", "--spec", str(SPEC),
-                               *trained_run.cli_sets(), "--out", str(tmp_path / "x"), "--max-candidates", bad],
-                              capture_output=True, text=True, env=subprocess_env(), timeout=120)
+        proc = cli_in_process("export", "--spec", str(SPEC), *trained_run.cli_sets(), "--out", str(tmp_path / "x"),
+                              "--max-candidates", bad)
         assert proc.returncode == 2 and proc.stderr.strip().startswith(f"muse-rec export: {line}"), proc.stderr[-1000:]
         assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
 
@@ -598,9 +596,7 @@ def test_export_prints_the_int8_checks_figures_beside_the_manifest(trained_run, 
     were in manifest.json alone, so a user of a model that retrieves by ID embeddings (whose other users can
     move more: docs/serving.md) never saw them. The command's JSON line carries them, as the manifest has them."""
     out = tmp_path / "x"
-    proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", "export", "--spec", str(SPEC),
-                           *trained_run.cli_sets(), "--out", str(out)],
-                          capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    proc = cli_in_process("export", "--spec", str(SPEC), *trained_run.cli_sets(), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = json.loads(proc.stdout.strip().splitlines()[-1])["int8_check"]
     check = read_manifest(str(out))["int8_check"]

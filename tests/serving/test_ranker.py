@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 from muse_rec.data.batch import Batch, pooled_kjt
 from muse_rec.serving import FloatScorer, InferenceModel, Ranker, RequestError
-from tests.conftest import REPO, subprocess_env
+from tests.in_process import cli_in_process
 from tests.serving.conftest import SEQ_LEN, SPEC
 from tests.serving.helpers import training_predictions
 
@@ -169,9 +168,7 @@ def test_score_rejects_bad_candidate_arrays(float_ranker, reference):
 def _rank_cli(trained_run, tmp_path, payload: str, *extra: str) -> subprocess.CompletedProcess:
     req = tmp_path / "req.json"
     req.write_text(payload)
-    return subprocess.run([sys.executable, "-m", "muse_rec.cli", "rank", "--spec", str(SPEC), *trained_run.cli_sets(),
-                           "--request", str(req), *extra],
-                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    return cli_in_process("rank", "--spec", str(SPEC), *trained_run.cli_sets(), "--request", str(req), *extra)
 
 
 def test_rank_cli(trained_run, reference, tmp_path):
@@ -197,9 +194,8 @@ def test_rank_cli_refuses_an_export_of_another_method(trained_run, tmp_path):
     req = tmp_path / "req.json"
     req.write_text('{"user": 1, "candidates": [2]}')
     other = "specs/demo/din.yaml"
-    proc = subprocess.run([sys.executable, "-m", "muse_rec.cli", "rank", "--spec", other, *trained_run.cli_sets(),
-                           "--request", str(req), "--exported", str(trained_run.exported)],
-                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    proc = cli_in_process("rank", "--spec", other, *trained_run.cli_sets(), "--request", str(req),
+                          "--exported", str(trained_run.exported))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{trained_run.exported} holds a MUSE model (its manifest.json), the spec's model.method is DIN" \
         in proc.stderr and "Traceback" not in proc.stderr
