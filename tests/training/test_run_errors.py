@@ -447,8 +447,6 @@ def test_a_run_directory_given_as_checkpoint_names_the_checkpoint_to_pass(prepar
     "no complete checkpoint at RUN" by `evaluate`, `export` and `rank`, though the run holds several
     (export and rank added "train first, or pass --checkpoint DIR", which the user just did). Now one
     line, exit 2, saying what the path is and naming the newest step directory to pass instead."""
-    from tests.conftest import REPO, subprocess_env, venv_bin
-
     sets = train_args("specs/demo/din.yaml", prepared, tmp_path / "runs",
                       ["train.max_steps=2", "train.checkpoint_every=1", "train.eval_at_end=false"])[3:]
     run_ranks(["train", "--spec", "specs/demo/din.yaml", *sets], nproc=1)
@@ -461,9 +459,8 @@ def test_a_run_directory_given_as_checkpoint_names_the_checkpoint_to_pass(prepar
              "rank": ["--request", str(request)]}
     for (command, extra), named, what in zip(calls.items(), (run, run / "checkpoints", run),
                                              ("a run directory", "a run's checkpoints directory", "a run directory")):
-        out = subprocess.run([venv_bin("muse-rec"), command, "--spec", "specs/demo/din.yaml", *sets,
-                              "--checkpoint", str(named), *extra],
-                             capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+        out = run_ranks([command, "--spec", "specs/demo/din.yaml", *sets, "--checkpoint", str(named), *extra], 1,
+                        check=False)
         assert out.returncode == 2 and "Traceback" not in out.stderr, (command, out.stderr[-3000:])
         assert out.stderr.strip().splitlines() == [
             f"muse-rec {command}: --checkpoint {named}: {what}, not one checkpoint; pass one of its step "
@@ -477,7 +474,7 @@ def test_a_checkpoint_of_other_vocabularies_is_refused_naming_its_runs_spec(prep
     or start a new run directory", and by `export` and `rank` with "use the same data or pass
     --allow-data-mismatch", which then failed as "does not fit this model: ValueError: Size mismatch".
     Now each names the run's spec.yaml and says --allow-data-mismatch cannot help (one line, exit 2)."""
-    from tests.conftest import REPO, subprocess_env, venv_bin
+    from tests.conftest import subprocess_env, venv_bin
 
     other = tmp_path / "other"
     for cmd in (["synth", str(other / "raw"), "--preset", "tiny", "--users", "150", "--quiet", "--no-diagnostics"],
@@ -491,9 +488,8 @@ def test_a_checkpoint_of_other_vocabularies_is_refused_naming_its_runs_spec(prep
     calls = {"evaluate": ["--out", str(tmp_path / "eval")], "export": ["--out", str(tmp_path / "exported")],
              "rank": ["--request", str(request)]}
     for command, extra in calls.items():
-        out = subprocess.run([venv_bin("muse-rec"), command, "--spec", "specs/demo/din.yaml", *sets,
-                              "--set", f"data.prepared={other / 'prepared'}", "--allow-data-mismatch", *extra],
-                             capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+        out = run_ranks([command, "--spec", "specs/demo/din.yaml", *sets, "--set", f"data.prepared={other / 'prepared'}",
+                         "--allow-data-mismatch", *extra], 1, check=False)
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (command, out.stderr[-3000:])
         assert f"{run / 'run.json'}: the checkpoint was trained on other vocabularies" in out.stderr, out.stderr
         assert (f"(--spec {run / 'spec.yaml'}); --allow-data-mismatch cannot load tables of other sizes"
