@@ -31,7 +31,7 @@ import sys
 import tempfile
 import traceback
 import warnings
-from typing import BinaryIO, Iterator, Tuple
+from typing import BinaryIO, Iterator
 
 from tests.conftest import REPO
 
@@ -44,40 +44,38 @@ def cli_in_process(*args: str) -> subprocess.CompletedProcess:
     """`muse-rec <args>` through `muse_rec.cli.main` in this process: ``(returncode, stdout, stderr)``."""
     from muse_rec.cli import main
 
-    with _captured_fds() as (out, err), contextlib.chdir(REPO), _fresh_warnings(), _no_root_handlers():
-        try:
-            code = main(list(args))
-        except SystemExit as e:  # argparse's usage errors and `--help`
-            code = _exit_status(e)
-        except Exception:  # what the interpreter prints for an uncaught exception, and its exit code
-            traceback.print_exc()
-            code = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-    return subprocess.CompletedProcess(["muse-rec", *args], code, _text(out), _text(err))
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        with _captured_fds(out, err), contextlib.chdir(REPO), _fresh_warnings(), _no_root_handlers():
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's usage errors and `--help`
+                code = _exit_status(e)
+            except Exception:  # what the interpreter prints for an uncaught exception, and its exit code
+                traceback.print_exc()
+                code = 1
+        return subprocess.CompletedProcess(["muse-rec", *args], code, _text(out), _text(err))
 
 
 @contextlib.contextmanager
-def _captured_fds() -> Iterator[Tuple[BinaryIO, BinaryIO]]:
-    """File descriptors 1 and 2, and ``sys.stdout`` / ``sys.stderr`` over them, into two temporary files."""
+def _captured_fds(*files: BinaryIO) -> Iterator[None]:
+    """File descriptors 1 and 2, and ``sys.stdout`` / ``sys.stderr`` over them, into ``files`` (two)."""
     saved_streams = sys.stdout, sys.stderr
     saved_fds = os.dup(1), os.dup(2)
-    files = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    streams = []
     try:
         for fd, f in zip((1, 2), files):
             os.dup2(f.fileno(), fd)
         # write_through: Python's writes reach the file at once, in order with the C library's.
         # The error handlers are a fresh interpreter's for a UTF-8 locale.
-        sys.stdout = io.TextIOWrapper(open(os.dup(1), "wb", buffering=0), encoding="utf-8", errors="strict",
-                                      write_through=True, line_buffering=True)
-        sys.stderr = io.TextIOWrapper(open(os.dup(2), "wb", buffering=0), encoding="utf-8",
-                                      errors="backslashreplace", write_through=True, line_buffering=True)
-        yield files
+        for fd, errors in ((1, "strict"), (2, "backslashreplace")):
+            streams.append(io.TextIOWrapper(open(os.dup(fd), "wb", buffering=0), encoding="utf-8", errors=errors,
+                                            write_through=True, line_buffering=True))
+        sys.stdout, sys.stderr = streams
+        yield
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            stream.close()
         sys.stdout, sys.stderr = saved_streams
+        for stream in streams:
+            stream.close()
         for fd, saved in zip((1, 2), saved_fds):
             os.dup2(saved, fd)
             os.close(saved)
