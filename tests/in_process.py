@@ -16,9 +16,12 @@ What a subprocess gives a test is kept:
 - the working directory is the repository, as the subprocess helpers run there.
 
 What it cannot give: an environment of its own (callers pass environment variables to a subprocess),
-a timeout (pytest's own ``--timeout`` ends a hung test) and the console script's few lines around
-`main` (`muse_rec/cli/__main__.py`: the exit-code record for a local launch). The tests that run the
-console script itself (tests/launch, tests/training) keep covering those.
+a timeout (pytest's own ``--timeout`` ends a hung test), what a library prints when it is first imported
+(this process imported it before) and the console script's few lines around `main`
+(`muse_rec/cli/__main__.py`: the exit-code record for a local launch). The tests that run the console
+script itself keep covering those: tests/launch, tests/training, the end-to-end CLI test of
+tests/serving/test_export.py, and tests/robustness/test_in_process_cli.py, which compares a command's
+whole output here with its subprocess's.
 """
 from __future__ import annotations
 
