@@ -20,11 +20,10 @@ from muse_rec.distributed.env import DistEnv
 from muse_rec.metrics.gather import broadcast_from_root
 from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import load_checkpoint
-from muse_rec.training.checkpoint_latest import latest_checkpoint
 from muse_rec.training.checkpoint_names import named_checkpoint_problem
 from muse_rec.training.checkpoint_position import CheckpointError, Position
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_model_settings, check_run_compat,
-                                          read_run_json)
+                                          newest_checkpoint_of_run)
 
 logger = logging.getLogger("muse_rec")
 
@@ -49,8 +48,7 @@ def evaluation_checkpoint(spec: Spec, checkpoint: Optional[str], data: PreparedD
     def choose() -> Tuple[Optional[str], Optional[str]]:
         run_dir = Path(spec.run_dir)
         try:
-            run_id = read_run_json(run_dir / "run.json").get("run_id") if not checkpoint else None
-            ck = Path(checkpoint) if checkpoint else latest_checkpoint(str(run_dir / "checkpoints"), run_id=run_id)
+            ck = Path(checkpoint) if checkpoint else newest_checkpoint_of_run(run_dir)
             if ck is None or not (ck / "position.json").exists():
                 problem = named_checkpoint_problem(ck) if checkpoint else None  # a run's directory named instead
                 raise RunError(problem or f"no complete checkpoint at {checkpoint or run_dir / 'checkpoints'}")

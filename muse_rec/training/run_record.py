@@ -18,7 +18,7 @@ from muse_rec.data.prepared import PreparedData, PreparedDataError
 from muse_rec.json_files import read_json_object, refuse_special_file
 from muse_rec.spec import Spec, model_settings, training_settings
 from muse_rec.spec.yaml_text import parse_yaml
-from muse_rec.training.checkpoint_latest import checkpoint_to_resume
+from muse_rec.training.checkpoint_latest import checkpoint_to_resume, latest_checkpoint
 from muse_rec.training.checkpoint_position import MODEL_RECORD, Position, read_position
 
 logger = logging.getLogger("muse_rec")
@@ -101,6 +101,14 @@ def _value_vs_section(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
     def clashes(x: Dict[str, Any], y: Dict[str, Any]) -> List[str]:
         return [k for k in x if k not in y and any(other.startswith(k + ".") for other in y)]
     return sorted(clashes(a, b) + clashes(b, a))
+
+
+def newest_checkpoint_of_run(run_dir: Path) -> Optional[Path]:
+    """The checkpoint `evaluate`, `export` and `rank` read when none is named: the newest complete one of the
+    run that ``run_dir``'s run.json names (of any run where it names none). A run directory can also hold an
+    earlier run's later steps, which pruning leaves alone (`save_checkpoint`): those are not this run's model."""
+    run_id = read_run_json(run_dir / "run.json").get("run_id")
+    return latest_checkpoint(str(run_dir / "checkpoints"), run_id=run_id)
 
 
 def check_model_settings(ck: Path, spec: Spec) -> None:

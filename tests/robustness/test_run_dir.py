@@ -241,6 +241,29 @@ def test_pruning_never_touches_another_runs_checkpoints(tmp_path):
     assert latest_checkpoint(str(root), run_id="new") == root / "step-00000003"
 
 
+def test_export_and_rank_read_the_runs_own_newest_checkpoint_not_an_earlier_runs_later_step(tmp_path):
+    """Such a directory (previous test): `evaluate` read the newest checkpoint of the run run.json names, but
+    `export` and `rank` the newest of any run, i.e. the earlier run's step 6, a model this run never trained,
+    exported or served under its name. All three choose alike now (one function)."""
+    from muse_rec.serving.export import resolve_checkpoint
+    from muse_rec.spec import load_spec
+
+    spec = load_spec(SPEC, [f"output_dir={tmp_path}/{{name}}"])
+    run_dir = Path(spec.run_dir)
+    for run_id, steps in (("earlier", (5, 6)), ("this", (1, 2))):
+        for step in steps:
+            save_checkpoint(str(run_dir / "checkpoints"), _Tiny(), None, Position(step=step, run_id=run_id))
+    (run_dir / "run.json").write_text(json.dumps({"run_id": "this"}))
+    own = run_dir / "checkpoints" / "step-00000002"
+    assert resolve_checkpoint(spec, None) == own  # what export and rank read
+
+    from muse_rec.training.run_record import newest_checkpoint_of_run  # what evaluate reads
+
+    assert newest_checkpoint_of_run(run_dir) == own
+    (run_dir / "run.json").unlink()  # a run directory of an earlier version: no run to tell, the newest of any
+    assert resolve_checkpoint(spec, None) == run_dir / "checkpoints" / "step-00000006"
+
+
 def test_failed_resume_leaves_spec_and_run_record_untouched(trained, tmp_path):
     """A resume with a model that does not fit the checkpoint: exit 2 naming the keys; spec.yaml unchanged.
     The run's spec.yaml refuses it first; without one (a run directory of an earlier version, or
