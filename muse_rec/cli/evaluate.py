@@ -7,6 +7,7 @@ against its SHA-256 manifest before anything in it is unpickled (README "Trust m
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from muse_rec.cli.flags import input_file, input_path, int64, nonempty_path
 
@@ -57,6 +58,13 @@ def run(args: argparse.Namespace) -> int:
         return report("evaluate", e)
     if not args.checkpoint:
         spec = spec_of_own_run("evaluate", "scoring", args.spec, args.set, spec)
+    from muse_rec.training.checkpoint_position import CheckpointError
+    from muse_rec.training.run_record import RunError, check_scored_model
+
+    try:  # before torch's import: another model's checkpoint is refused at once
+        check_scored_model(Path(spec.run_dir), args.checkpoint, spec)
+    except (RunError, CheckpointError) as e:
+        return report("evaluate", e)
     from muse_rec.cli.errors import bad_input_errors
     from muse_rec.training.trainer import evaluate_checkpoint
 

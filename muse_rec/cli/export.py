@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from muse_rec.cli.flags import input_file, input_path, int64, nonempty_path
 
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.output_paths import OutputPathError, check_output_path
     from muse_rec.serving.export_layout import EXPORT_FILES, ExportError, check_checkpoint_present, check_max_candidates
     from muse_rec.spec import SpecError, load_spec
+    from muse_rec.training.checkpoint_position import CheckpointError
+    from muse_rec.training.run_record import RunError, check_scored_model
 
     if args.seq_len is not None and args.seq_len < 1:
         return report("export", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for data.seq_len)"))
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         args.out = check_output_path(args.out, "--out", replaces=EXPORT_FILES)  # `export_model` checks again when it writes
         PreparedData(spec.data.prepared)  # opened again, and checked whole, by `export_model`
         check_checkpoint_present(spec.run_dir, args.checkpoint)
-    except (SpecError, OutputPathError, PreparedDataError, ExportError) as e:
+        check_scored_model(Path(spec.run_dir), args.checkpoint, spec)
+    except (SpecError, OutputPathError, PreparedDataError, ExportError, RunError, CheckpointError) as e:
         return report("export", e)
     from muse_rec.cli.errors import bad_input_errors
     from muse_rec.quiet import quiet_known_warnings

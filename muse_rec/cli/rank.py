@@ -12,6 +12,7 @@ import json
 import sys
 import statistics
 import time
+from pathlib import Path
 from typing import List, Sequence
 
 from muse_rec.cli.errors import report
@@ -76,8 +77,16 @@ def run(args: argparse.Namespace) -> int:
             check_history_fits(args.seq_len, spec.model.reads_scl, advice="serve a shorter history")
         except ExportError as e:
             return report("rank", e)
-    if not args.exported and not args.checkpoint:  # a program (--exported) reads no checkpoint
-        spec = spec_of_own_run("rank", "ranking with", args.spec, args.set, spec)
+    if not args.exported:  # a program (--exported) reads no checkpoint
+        from muse_rec.training.checkpoint_position import CheckpointError
+        from muse_rec.training.run_record import RunError, check_scored_model
+
+        if not args.checkpoint:
+            spec = spec_of_own_run("rank", "ranking with", args.spec, args.set, spec)
+        try:  # before torch's and TorchRec's imports: another model's checkpoint is refused at once
+            check_scored_model(Path(spec.run_dir), args.checkpoint, spec)
+        except (RunError, CheckpointError) as e:
+            return report("rank", e)
     from muse_rec.cli.errors import bad_input_errors
     from muse_rec.quiet import quiet_known_warnings
     from muse_rec.serving.ranker import NonFiniteScoresError, Ranker, rank_all

@@ -111,6 +111,15 @@ def newest_checkpoint_of_run(run_dir: Path) -> Optional[Path]:
     return latest_checkpoint(str(run_dir / "checkpoints"), run_id=run_id)
 
 
+def check_scored_model(run_dir: Path, checkpoint: Optional[str], spec: Spec) -> None:
+    """Before the imports of torch and TorchRec (seconds) of `evaluate`, `export` and `rank`: the checkpoint
+    they will read (``checkpoint``, else the run's newest) holds ``spec``'s model (`check_model_settings`).
+    Where there is no such checkpoint, nothing is said here: they check again, whole, once they choose one."""
+    ck = Path(checkpoint) if checkpoint else newest_checkpoint_of_run(run_dir)
+    if ck is not None and (ck / "position.json").exists():
+        check_model_settings(ck, spec)
+
+
 def check_model_settings(ck: Path, spec: Spec) -> None:
     """``spec``'s model is the one checkpoint ``ck`` was trained with (`model_settings`: keys that only
     set the init aside); RunError naming the keys that differ. Loading alone checks only the tensors'
