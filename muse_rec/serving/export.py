@@ -57,7 +57,7 @@ from muse_rec.spec import Spec
 from muse_rec.training.checkpoint import load_checkpoint
 from muse_rec.training.checkpoint_choice import DELETED_RETRIES, deleted_too_often, deleted_while_read
 from muse_rec.training.checkpoint_position import CheckpointError, read_position
-from muse_rec.training.run_record import check_model_settings, check_run_compat, newest_checkpoint_of_run
+from muse_rec.training.run_record import check_model_settings, check_run_compat, scored_checkpoint
 
 # The program takes any candidate count from MIN_CANDIDATES (traced size-obliviously, see `export_program`).
 DEFAULT_MAX_CANDIDATES = 4096
@@ -69,7 +69,7 @@ INPUT_NAMES = ("seq_items", "seq_cats", "seq_length", "user_fields", "cand_items
 
 def resolve_checkpoint(spec: Spec, checkpoint: Optional[str]) -> Path:
     """The checkpoint directory to read: ``checkpoint`` or the run's newest (as `evaluate` chooses it)."""
-    ck = Path(checkpoint) if checkpoint else newest_checkpoint_of_run(Path(spec.run_dir))
+    ck = scored_checkpoint(Path(spec.run_dir), checkpoint)
     if ck is None or not (ck / "position.json").exists():
         raise no_named_checkpoint(checkpoint) if checkpoint else no_checkpoint(Path(spec.run_dir) / "checkpoints")
     return ck

@@ -23,7 +23,7 @@ from muse_rec.training.checkpoint import load_checkpoint
 from muse_rec.training.checkpoint_names import named_checkpoint_problem
 from muse_rec.training.checkpoint_position import CheckpointError, Position
 from muse_rec.training.run_record import (RunError, check_data_fingerprint, check_model_settings, check_run_compat,
-                                          newest_checkpoint_of_run)
+                                          scored_checkpoint)
 
 logger = logging.getLogger("muse_rec")
 
@@ -48,7 +48,7 @@ def evaluation_checkpoint(spec: Spec, checkpoint: Optional[str], data: PreparedD
     def choose() -> Tuple[Optional[str], Optional[str]]:
         run_dir = Path(spec.run_dir)
         try:
-            ck = Path(checkpoint) if checkpoint else newest_checkpoint_of_run(run_dir)
+            ck = scored_checkpoint(run_dir, checkpoint)
             if ck is None or not (ck / "position.json").exists():
                 problem = named_checkpoint_problem(ck) if checkpoint else None  # a run's directory named instead
                 raise RunError(problem or f"no complete checkpoint at {checkpoint or run_dir / 'checkpoints'}")

@@ -103,19 +103,21 @@ def _value_vs_section(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
     return sorted(clashes(a, b) + clashes(b, a))
 
 
-def newest_checkpoint_of_run(run_dir: Path) -> Optional[Path]:
-    """The checkpoint `evaluate`, `export` and `rank` read when none is named: the newest complete one of the
-    run that ``run_dir``'s run.json names (of any run where it names none). A run directory can also hold an
-    earlier run's later steps, which pruning leaves alone (`save_checkpoint`): those are not this run's model."""
+def scored_checkpoint(run_dir: Path, checkpoint: Optional[str]) -> Optional[Path]:
+    """The checkpoint `evaluate`, `export` and `rank` read: ``checkpoint`` as named, else the newest complete
+    one of the run that ``run_dir``'s run.json names (of any run where it names none). A run directory can also
+    hold an earlier run's later steps, which pruning leaves alone (`save_checkpoint`): not this run's model."""
+    if checkpoint:
+        return Path(checkpoint)
     run_id = read_run_json(run_dir / "run.json").get("run_id")
     return latest_checkpoint(str(run_dir / "checkpoints"), run_id=run_id)
 
 
 def check_scored_model(run_dir: Path, checkpoint: Optional[str], spec: Spec) -> None:
     """Before the imports of torch and TorchRec (seconds) of `evaluate`, `export` and `rank`: the checkpoint
-    they will read (``checkpoint``, else the run's newest) holds ``spec``'s model (`check_model_settings`).
-    Where there is no such checkpoint, nothing is said here: they check again, whole, once they choose one."""
-    ck = Path(checkpoint) if checkpoint else newest_checkpoint_of_run(run_dir)
+    they will read (`scored_checkpoint`) holds ``spec``'s model (`check_model_settings`). Where there is no
+    such checkpoint, nothing is said here: they check again, whole, once they choose one."""
+    ck = scored_checkpoint(run_dir, checkpoint)
     if ck is not None and (ck / "position.json").exists():
         check_model_settings(ck, spec)
 

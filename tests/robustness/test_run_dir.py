@@ -257,9 +257,9 @@ def test_export_and_rank_read_the_runs_own_newest_checkpoint_not_an_earlier_runs
     own = run_dir / "checkpoints" / "step-00000002"
     assert resolve_checkpoint(spec, None) == own  # what export and rank read
 
-    from muse_rec.training.run_record import newest_checkpoint_of_run  # what evaluate reads
+    from muse_rec.training.run_record import scored_checkpoint  # what evaluate reads
 
-    assert newest_checkpoint_of_run(run_dir) == own
+    assert scored_checkpoint(run_dir, None) == own
     (run_dir / "run.json").unlink()  # a run directory of an earlier version: no run to tell, the newest of any
     assert resolve_checkpoint(spec, None) == run_dir / "checkpoints" / "step-00000006"
 
