@@ -21,10 +21,10 @@ ranks and compares each rank's measured table bytes and RSS with `muse-rec plan`
 ``--train-check PREPARED`` trains that spec for real on PREPARED (`muse-rec train`, CPU gloo:
 one plain process, or torchrun for several ranks; ``--steps`` steps, then exact evaluation on
 the test split) at each of ``--world-sizes``, while sampling every rank's RSS (anonymous and
-total, /proc/PID/status every 0.2 s) and the proportional set size of each rank with its loader
-workers (/proc/PID/smaps_rollup, every second; forked workers share the rank's pages, so their
-RSS would count those twice). It compares each rank's peak with `muse-rec plan --prepared
-PREPARED --device cpu` for the same spec, overrides and world size (`plan_measure.planned`),
+total, /proc/PID/status every 0.05 s) and the proportional set size of each rank with its loader
+workers (/proc/PID/smaps_rollup, every second and as soon as a worker appears; forked workers
+share the rank's pages, so their RSS would count those twice). It compares each rank's peak with
+`muse-rec plan --prepared PREPARED --device cpu` for the same spec, overrides and world size (`plan_measure.planned`),
 and reads the bytes the rank's embedding kernels held and the run's GAUC from the run directory.
 The plan's per-rank total includes its reservation for the rest of the rank
 (`muse_rec.distributed.rank_memory`); ``within_tolerance``: peak PSS / plan total within 15%.
@@ -201,7 +201,13 @@ def plan_check(items: int, world_sizes: List[int]) -> List[Dict[str, object]]:
 # --train-check: the spec trained, its overrides (the plan sees the same) and what the run adds.
 TRAIN_CHECK_SET = [*PLAN_SET, "train.checkpoint_every=0", "train.check_floors=false"]
 TRAIN_CHECK_TOLERANCE = 0.15  # the issue's bar: the plan predicts each rank's peak within 15%
-_SMAPS_EVERY = 5  # smaps_rollup (a page-table walk) every 5th sample: once a second
+# The process tree and /proc/PID/status every 0.05 s: a short run's loader worker can live well under
+# a second (3 steps and a small test split: ~0.5 s), and at 0.2 s a loaded machine missed it. A scan of
+# /proc costs ~1 ms per 70 processes, ~2% of a core at this rate.
+_POLL_S = 0.05
+# smaps_rollup (a page-table walk) once a second, and at once when a rank's process tree gains a
+# worker, so a worker that lives between two seconds is still in the peak PSS with its loader.
+_SMAPS_EVERY_S = 1.0
 
 
 def _proc_tree() -> Dict[int, List[int]]:
@@ -249,14 +255,17 @@ class RankSampler:
     the one training process) until `stop()`: per rank, peak RssAnon / VmRSS of the rank process
     and peak Pss_Anon / Pss of the rank with its loader workers, plus a 1 s series of RssAnon."""
 
-    def __init__(self, root: int, world_size: int) -> None:
+    def __init__(self, root: int, world_size: int, start: bool = True) -> None:
         self.root, self.world_size = root, world_size
         self.peak: Dict[int, Dict[str, int]] = {}
         self.series: Dict[int, List[List[float]]] = {}
+        self._next_smaps: Dict[int, float] = {}  # rank -> when its next smaps walk is due
+        self._smapped: Dict[int, set] = {}  # rank -> the worker pids already in a smaps walk
         self._stop = threading.Event()
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        if start:  # start=False: the caller calls sample() itself (tests)
+            self._thread.start()
 
     def _ranks(self, kids: Dict[int, List[int]]) -> Dict[int, int]:
         """rank -> pid: the process that has RANK in its environment and whose parent has not
@@ -270,29 +279,36 @@ class RankSampler:
                 found[r] = pid
         return found
 
+    def sample(self) -> None:
+        """One look at every rank: its status now, and its tree's PSS when due or when it gained a worker."""
+        kids = _proc_tree()
+        now = time.perf_counter()
+        for rank, pid in self._ranks(kids).items():
+            peak = self.peak.setdefault(rank, {"RssAnon": 0, "VmRSS": 0, "Pss_Anon": 0, "Pss": 0, "workers": 0})
+            st = _status_kib(pid)
+            for k in ("RssAnon", "VmRSS"):
+                peak[k] = max(peak[k], st.get(k, 0))
+            workers = _descendants(pid, kids)
+            peak["workers"] = max(peak["workers"], len(workers))
+            due, smapped = now >= self._next_smaps.get(rank, now), self._smapped.setdefault(rank, set())
+            if due or not smapped.issuperset(workers):
+                tree = [_pss_kib(p) for p in [pid, *workers]]
+                for k in ("Pss_Anon", "Pss"):
+                    peak[k] = max(peak[k], sum(t.get(k, 0) for t in tree))
+                smapped.update(workers)
+            if due:  # the 1 s series keeps its own clock
+                self.series.setdefault(rank, []).append([round(now - self._t0, 1), st.get("RssAnon", 0) // 1024])
+                self._next_smaps[rank] = now + _SMAPS_EVERY_S
+
     def _run(self) -> None:
-        n = 0
         while not self._stop.is_set():
-            kids = _proc_tree()
-            for rank, pid in self._ranks(kids).items():
-                peak = self.peak.setdefault(rank, {"RssAnon": 0, "VmRSS": 0, "Pss_Anon": 0, "Pss": 0, "workers": 0})
-                st = _status_kib(pid)
-                for k in ("RssAnon", "VmRSS"):
-                    peak[k] = max(peak[k], st.get(k, 0))
-                workers = _descendants(pid, kids)
-                peak["workers"] = max(peak["workers"], len(workers))
-                if n % _SMAPS_EVERY == 0:
-                    tree = [_pss_kib(p) for p in [pid, *workers]]
-                    for k in ("Pss_Anon", "Pss"):
-                        peak[k] = max(peak[k], sum(t.get(k, 0) for t in tree))
-                    self.series.setdefault(rank, []).append(
-                        [round(time.perf_counter() - self._t0, 1), st.get("RssAnon", 0) // 1024])
-            n += 1
-            self._stop.wait(0.2)
+            self.sample()
+            self._stop.wait(_POLL_S)
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def train_command(prepared: Path, out_dir: Path, world_size: int, steps: int, overrides: List[str]) -> List[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import subprocess
 from pathlib import Path
 
@@ -53,3 +54,47 @@ def test_train_check_compares_each_rank_with_the_plan(tmp_path: Path) -> None:
             share = row["table_share_of_one_rank"]  # of the one-rank table bytes
             assert 0.35 < share < 0.65 if r["world_size"] == 2 else share == 1.0
     assert "| 2 | 1 |" in bench.train_markdown(res)
+
+
+# A stand-in for a rank: on "fork" it forks a child that writes to 64 MiB of its own pages (as a
+# loader worker fills its batches) and says so, then both wait until stdin closes.
+_RANK = r"""
+import os, sys
+sys.stdout.write("up\n"); sys.stdout.flush()
+if sys.stdin.readline() == "fork\n" and os.fork() == 0:
+    pages = bytearray(64 << 20)
+    pages[::4096] = b"\x01" * (len(pages) // 4096)
+    sys.stdout.write("worker\n"); sys.stdout.flush()
+    sys.stdin.read()
+    os._exit(0)
+sys.stdin.read()
+"""
+
+
+def test_rank_sampler_walks_a_new_workers_pages_as_soon_as_it_appears() -> None:
+    """A loader worker that lives less than a second (a short run's) is in the peak PSS with the
+    rank's loader: the sampler walks smaps_rollup when a rank gains a worker, not only on its 1 s clock.
+    Two samples ~0.1 s apart, before and after the fork: the second must hold the worker's 64 MiB."""
+    bench = _bench()
+    rank = subprocess.Popen([sys.executable, "-c", _RANK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert rank.stdout.readline() == "up\n"
+        sampler = bench.RankSampler(rank.pid, 1, start=False)
+        sampler.sample()
+        alone = dict(sampler.peak[0])
+        assert alone["workers"] == 0 and alone["Pss_Anon"] > 0
+        rank.stdin.write("fork\n")
+        rank.stdin.flush()
+        assert rank.stdout.readline() == "worker\n"
+        sampler.sample()
+        peak = sampler.peak[0]
+        assert peak["workers"] == 1
+        # The worker's 16,384 written pages are its own (PSS counts them whole); the rank's own PSS
+        # only moves by what fork shares out, which the worker's PSS takes back. 4 MiB of slack for the
+        # interpreters' allocators.
+        assert peak["Pss_Anon"] - alone["Pss_Anon"] >= (64 - 4) * 1024, (alone, peak)
+        assert len(sampler.series[0]) == 1  # the 1 s series did not take a second point 0.1 s later
+    finally:
+        rank.stdin.close()
+        rank.wait(timeout=30)
+        rank.stdout.close()
