@@ -39,7 +39,8 @@ from typing import BinaryIO, Iterator
 from tests.conftest import REPO
 
 # The commands that read a run, an export or prepared data and write only their own output. Training,
-# launching and the commands that make data keep their own process in the helpers that use this.
+# launching and the commands that make data keep their own process in the helpers that use this (`train` one
+# forked from a process that did the imports: tests/forked_cli.py).
 READING_COMMANDS = frozenset({"evaluate", "export", "rank", "compare", "check", "plan", "baselines", "info"})
 
 
