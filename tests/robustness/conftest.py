@@ -16,8 +16,7 @@ from typing import Dict, List, Sequence
 import pytest
 
 from tests.conftest import REPO, subprocess_env
-from tests.forked_cli import FORKED_COMMANDS, cli_forked
-from tests.in_process import READING_COMMANDS, cli_in_process
+from tests.fast_cli import fast_cli
 
 SPEC = "specs/demo/din.yaml"  # the cheapest method: every test here is about files, not modelling
 FAST = ["data.seq_len=50", "train.batch_size=64", "train.eval_batch_size=512", "train.log_every=1",
@@ -31,12 +30,10 @@ def cli(*args: str, timeout: int = TIMEOUT_S, **env: str) -> subprocess.Complete
     """`muse-rec <args>` as the user sees it: exit code, stdout, stderr. Unless the call sets environment
     variables, a command that only reads runs in this process (tests/in_process.py: what that keeps of a
     subprocess, and why: ~3.5 s of imports a call; given no timeout of its own) and `train` in a process forked
-    from one that did the imports (tests/forked_cli.py); the others in a subprocess."""
-    if args and args[0] in READING_COMMANDS and not env and timeout == TIMEOUT_S:
-        return cli_in_process(*args)
-    if args and args[0] in FORKED_COMMANDS and not env:
-        return cli_forked(*args, timeout=timeout)
-    return _python(["-m", "muse_rec.cli", *args], timeout, env)
+    from one that did the imports (tests/forked_cli.py), both chosen by tests/fast_cli.py; the others in a
+    subprocess."""
+    fast = None if env else fast_cli(args, timeout, TIMEOUT_S)
+    return fast if fast is not None else _python(["-m", "muse_rec.cli", *args], timeout, env)
 
 
 # A fresh interpreter where importing torch fails: a command that reaches torch's (or TorchRec's)

@@ -14,8 +14,7 @@ from muse_rec.distributed.env import free_port
 from muse_rec.models.ctr_model import LifelongCTRModel
 from muse_rec.spec import load_spec
 from tests.conftest import REPO, subprocess_env, venv_bin
-from tests.forked_cli import FORKED_COMMANDS, cli_forked
-from tests.in_process import READING_COMMANDS, cli_in_process
+from tests.fast_cli import fast_cli
 
 # Small enough that a 2-rank job takes seconds: L = 100, batch 64.
 FAST = ["data.seq_len=100", "train.batch_size=64", "train.eval_batch_size=256", "train.log_every=2",
@@ -45,11 +44,10 @@ def run_ranks(args: Sequence[str], nproc: int, env_extra: dict | None = None, ch
     """`muse-rec <args>` on `nproc` gloo ranks through torchrun, with ``torchrun_args`` (e.g. ``--max-restarts
     1``) before torchrun's own. One rank given no environment of its own is this process for a command that
     only reads a run (tests/in_process.py; given no timeout either) or, for `train`, a process forked from one
-    that did the imports (tests/forked_cli.py); else a plain process."""
-    if nproc == 1 and args[0] in READING_COMMANDS and not env_extra and timeout == TIMEOUT_S:
-        out = cli_in_process(*args)
-    elif nproc == 1 and args[0] in FORKED_COMMANDS and not env_extra:
-        out = cli_forked(*args, timeout=timeout)
+    that did the imports (tests/forked_cli.py), as tests/fast_cli.py chooses; else a plain process."""
+    fast = fast_cli(args, timeout, TIMEOUT_S) if nproc == 1 and not env_extra else None
+    if fast is not None:
+        out = fast
     elif nproc == 1:
         out = _run([venv_bin("muse-rec"), *args], timeout, env_extra)
     else:
