@@ -21,7 +21,8 @@ lives in ``D = OUT/<sparse>[_lr<sparse-lr>][_reference_parametrization]``: each 
 ``D/runs``, its log under ``D/logs``; a run whose ``metrics.json`` exists is skipped, so re-running resumes.
 Writes ``D/<table>.json`` and ``D/<table>.md`` (and ``D/floors.json`` for ``methods``). Exits 0 when
 every run it started finished; else, after the table, one line naming the failed runs' logs and exit status 1
-(2 when every failed run refused its input, e.g. no ``<method>.yaml`` in ``--spec-dir``).
+(2 when every failed run refused its input). A spec that cannot be loaded (no ``<method>.yaml`` in
+``--spec-dir``, a typo in ``--spec``) is refused before any run, with nothing written.
 
 Example::
 
@@ -384,6 +385,21 @@ def unprepared(prepared: str) -> Optional[str]:
     return None
 
 
+def unreadable_spec(configs: Sequence[Config], sparse: str, sparse_lr: Optional[float]) -> Optional[str]:
+    """Why a spec some of ``configs`` train cannot be loaded with the study's settings (None when every one
+    can): a missing ``<method>.yaml`` in ``--spec-dir``, a typo in ``--spec`` or a malformed spec otherwise
+    started every run of the study, each refusing it in turn, and left OUT with a table of "missing"."""
+    from muse_rec.spec import SpecError, load_spec
+
+    lr = () if sparse_lr is None else (f"train.sparse_optimizer.lr={sparse_lr}",)
+    for cfg in configs:  # each with its own overrides, as its runs load it (~ms each)
+        try:
+            load_spec(REPO / cfg.spec, [*PUBLISHED, *SPARSE[sparse], *lr, *cfg.overrides])
+        except SpecError as e:
+            return str(e)
+    return None
+
+
 def _bad(message: str) -> int:
     """Bad input: one line on stderr, exit status 2 (no traceback)."""
     print(f"accuracy_study.py: {message}", file=sys.stderr)
@@ -452,6 +468,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         why = unprepared(args.prepared)
         if why:
             return _bad(f"--prepared: {why}")
+        why = unreadable_spec(todo, args.sparse, args.sparse_lr)
+        if why:
+            return _bad(f"{'--spec' if args.what == 'ablation' else '--spec-dir'}: {why}")
         try:  # OUT (or a folder above it) a file was a NotADirectoryError traceback from the scheduler
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -267,6 +267,34 @@ def test_a_prepared_without_prepared_data_is_refused_before_any_run(tmp_path, mo
         assert not (tmp_path / "out").exists()
 
 
+def test_a_spec_that_cannot_be_loaded_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
+    # A --spec-dir without a <method>.yaml (or a typo in --spec, or a malformed spec) started every run of the
+    # study, each refusing its spec in turn (exit 2), and wrote OUT/adagrad with a log per run and a table of
+    # "missing"; stderr was one line of 63 log names, none naming the spec.
+    import shutil
+
+    _no_runs(monkeypatch)
+    monkeypatch.setattr(study, "unprepared", lambda prepared: None)
+    specs = tmp_path / "specs"
+    shutil.copytree(study.REPO / "specs", specs)
+    (specs / "methods" / "din.yaml").write_text("extends: ../base.yaml\nmodel: {method: DIN, gsu: [\n")
+    out = tmp_path / "out"
+    for bad, named in ((["--what", "methods", "--spec-dir", str(tmp_path / "nowhere")], "--spec-dir: "
+                        + str(tmp_path / "nowhere" / "muse.yaml")),
+                       (["--what", "methods", "--spec-dir", str(specs / "methods")], "--spec-dir: "
+                        + str(specs / "methods" / "din.yaml")),
+                       (["--what", "ablation", "--spec", "specs/demo/muse.yml"], "--spec: "
+                        + str(study.REPO / "specs/demo/muse.yml"))):
+        rc = study.main([str(out), "--prepared", str(tmp_path), "--seeds", "0", *bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith(f"accuracy_study.py: {named}"), err
+        assert not out.exists()
+    # Every study of the committed specs passes the check (the runs load them with these overrides).
+    for configs in (study.method_configs("specs/methods"), study.method_configs("specs/demo", "reference"),
+                    study.ablation_configs("specs/demo/muse.yaml")):
+        assert study.unreadable_spec(configs, "adam", 0.1) is None
+
+
 @pytest.mark.parametrize("where", ["out", "out/adagrad"])
 def test_an_out_that_is_a_file_is_refused(tmp_path, monkeypatch, capsys, where):
     # OUT a file (or its --sparse sub-directory one) ended in a NotADirectoryError traceback making OUT/adagrad/logs.
@@ -325,7 +353,7 @@ def test_report_only_without_runs_is_refused(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("status, expected", [(3, 1), (2, 2)])
 def test_failed_runs_make_the_study_fail(tmp_path, monkeypatch, capsys, status, expected):
-    # A study whose runs all failed (e.g. --spec-dir without the specs: every `train` exits 2) printed a
+    # A study whose runs all failed (e.g. every `train` refusing its input: exit 2) printed a
     # table of "missing" and exited 0.
     monkeypatch.setattr(study, "command", lambda *a: [sys.executable, "-c", f"import sys; sys.exit({status})"])
     monkeypatch.setattr(study, "unprepared", lambda prepared: None)
