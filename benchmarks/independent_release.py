@@ -25,8 +25,12 @@ The world (sizes at the defaults):
   user_features row.
 
 Usage: python independent_release.py OUT [--seed 2024] [--users 6800]
+
+OUT is new, or a folder this script wrote before (its `_independent_release.json`), whose tables
+are replaced; a folder holding release tables written otherwise is refused.
 """
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -382,15 +386,40 @@ def write_item_tables(out: Path, items: Items) -> None:
                    out / 'scl_embedding_int8_p90.parquet')
 
 
+# The six tables of a release, and the file that says this script wrote them (it may replace only those).
+RELEASE_TABLES = ('train_samples.parquet', 'train_user_features.parquet', 'test_samples.parquet',
+                  'test_user_features.parquet', 'item_features.parquet', 'scl_embedding_int8_p90.parquet')
+MARKER = '_independent_release.json'
+
+
+def refused_out(out: Path) -> str:
+    """Why OUT cannot take the release ('' when it can): a file, or a folder holding release tables that
+    this script did not write (a downloaded release, `muse-rec synth`'s), which the run would overwrite."""
+    if out.exists() and not out.is_dir():
+        return f'OUT {out}: exists and is not a directory'
+    if out.is_dir() and not (out / MARKER).is_file():
+        theirs = [t for t in RELEASE_TABLES if (out / t).exists()]
+        if theirs:
+            return (f'OUT {out} holds release tables this script did not write ({", ".join(theirs)}): '
+                    'refusing to overwrite them; choose another OUT')
+    return ''
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('out', metavar='OUT', type=Path, help='folder for the six tables')
+    parser.add_argument('out', metavar='OUT', type=Path,
+                        help='folder for the six tables (new, or one this script wrote: replaced)')
     parser.add_argument('--seed', type=int, default=2024, help='random seed (default 2024)')
     parser.add_argument('--users', type=int, default=TRAIN_USERS,
                         help=f'train users (default {TRAIN_USERS}); test users scale with it')
     args = parser.parse_args()
     if args.users < 3:
         parser.error('--users must be at least 3 (so the test split is not empty)')
+    if args.seed < 0:  # numpy's generators take no negative seed (a ValueError traceback)
+        parser.error(f'--seed must be >= 0, got {args.seed}')
+    why = refused_out(args.out)
+    if why:
+        parser.error(why)
     return args
 
 
@@ -408,6 +437,8 @@ def main() -> None:
     n_train_imps = sum(len(r.targets) for r in train_rows)
     train_clicks, test_clicks = clicks[:n_train_imps], clicks[n_train_imps:]
     args.out.mkdir(parents=True, exist_ok=True)
+    # Written first: a run killed while writing the tables leaves a folder the next run may replace.
+    (args.out / MARKER).write_text(json.dumps({'seed': args.seed, 'users': args.users}) + '\n')
     write_samples(args.out / 'train_samples.parquet', items, train_rows, train_clicks)
     write_user_features(rng, args.out / 'train_user_features.parquet', items, train_rows,
                         vocabs, TRAIN_ROW_DROP)

@@ -60,3 +60,42 @@ def test_prepare_names_scl_rows_that_are_not_unit_vectors(tmp_path: Path) -> Non
     message = next(str(w.message) for w in caught if "int8 norm outside" in str(w.message))
     assert f": {off:,} of its {norms.size:,} non-zero SCL rows ({100 * off / norms.size:.1f}%)" in message
     assert f"every non-zero row's {norms.min():.0f}-{norms.max():.0f};" in message
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=300)
+
+
+def test_bad_input_is_refused_and_nothing_is_overwritten(tmp_path: Path) -> None:
+    """A negative --seed was a numpy traceback; OUT a file was a FileExistsError traceback; and OUT a folder
+    holding a release (the download, `muse-rec synth`'s) was overwritten table by table, without a word."""
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "train_samples.parquet").write_text("mine")
+    (release / "item_features.parquet").write_text("mine too")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("notes")
+    for args, said in (([str(tmp_path / "new"), "--seed", "-1"], "--seed must be >= 0, got -1"),
+                       ([str(a_file)], f"OUT {a_file}: exists and is not a directory"),
+                       ([str(release)], "holds release tables this script did not write (train_samples.parquet, "
+                                        "item_features.parquet): refusing to overwrite them")):
+        out = _run(*args, "--users", "3")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert said in out.stderr.strip().splitlines()[-1], out.stderr
+    assert not (tmp_path / "new").exists()
+    assert a_file.read_text() == "notes"
+    assert sorted(p.name for p in release.iterdir()) == ["item_features.parquet", "train_samples.parquet"]
+    assert (release / "train_samples.parquet").read_text() == "mine"
+    assert (release / "item_features.parquet").read_text() == "mine too"
+
+
+def test_its_own_release_is_replaced(tmp_path: Path) -> None:
+    """A folder this script wrote (its marker file) is written again: another seed, another world."""
+    raw = tmp_path / "raw"
+    assert _run(str(raw), "--users", "3", "--seed", "1").returncode == 0
+    first = pq.read_table(raw / "train_samples.parquet")
+    again = _run(str(raw), "--users", "3", "--seed", "2")
+    assert again.returncode == 0, again.stderr
+    assert not pq.read_table(raw / "train_samples.parquet").equals(first)
+    assert (raw / "_independent_release.json").read_text().strip() == '{"seed": 2, "users": 3}'
