@@ -31,6 +31,7 @@ are replaced; a folder holding release tables written otherwise is refused.
 """
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -423,8 +424,21 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def claim(out: Path, seed: int, users: int) -> None:
+    """Make OUT and write the marker, before the tables: a run killed while writing them leaves a folder
+    the next run may replace. An OUT the OS refuses (a file above it, no permission) exits 2."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text(json.dumps({'seed': seed, 'users': users}) + '\n')
+    except OSError as e:
+        print(f'independent_release.py: error: OUT {out}: cannot write ({e.strerror}: {e.filename})',
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     args = parse_args()
+    claim(args.out, args.seed, args.users)
     rng = np.random.default_rng(args.seed)
     n_train, n_test = args.users, args.users * TEST_USERS // TRAIN_USERS
     items = make_items(rng)
@@ -436,9 +450,6 @@ def main() -> None:
     clicks = draw_clicks(rng, items, train_rows + test_rows)
     n_train_imps = sum(len(r.targets) for r in train_rows)
     train_clicks, test_clicks = clicks[:n_train_imps], clicks[n_train_imps:]
-    args.out.mkdir(parents=True, exist_ok=True)
-    # Written first: a run killed while writing the tables leaves a folder the next run may replace.
-    (args.out / MARKER).write_text(json.dumps({'seed': args.seed, 'users': args.users}) + '\n')
     write_samples(args.out / 'train_samples.parquet', items, train_rows, train_clicks)
     write_user_features(rng, args.out / 'train_user_features.parquet', items, train_rows,
                         vocabs, TRAIN_ROW_DROP)

@@ -68,8 +68,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_bad_input_is_refused_and_nothing_is_overwritten(tmp_path: Path) -> None:
-    """A negative --seed was a numpy traceback; OUT a file was a FileExistsError traceback; and OUT a folder
-    holding a release (the download, `muse-rec synth`'s) was overwritten table by table, without a word."""
+    """A negative --seed was a numpy traceback; OUT a file, or under one, a FileExistsError or NotADirectoryError
+    traceback; and OUT a folder holding a release (the download, `muse-rec synth`'s) was overwritten table by
+    table, without a word."""
     release = tmp_path / "release"
     release.mkdir()
     (release / "train_samples.parquet").write_text("mine")
@@ -78,6 +79,7 @@ def test_bad_input_is_refused_and_nothing_is_overwritten(tmp_path: Path) -> None
     a_file.write_text("notes")
     for args, said in (([str(tmp_path / "new"), "--seed", "-1"], "--seed must be >= 0, got -1"),
                        ([str(a_file)], f"OUT {a_file}: exists and is not a directory"),
+                       ([str(a_file / "raw")], f"OUT {a_file / 'raw'}: cannot write (Not a directory"),
                        ([str(release)], "holds release tables this script did not write (train_samples.parquet, "
                                         "item_features.parquet): refusing to overwrite them")):
         out = _run(*args, "--users", "3")
