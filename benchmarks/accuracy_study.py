@@ -156,12 +156,20 @@ def run_dir(out: Path, cfg: Config, seed: int) -> Path:
     return out / "runs" / f"{cfg.key}-s{seed}"
 
 
-def command(cfg: Config, seed: int, out: Path, prepared: str, sparse: str, sparse_lr: Optional[float]) -> List[str]:
+def run_spec(cfg: Config, seed: int, out: Path, prepared: str, sparse: str,
+             sparse_lr: Optional[float]) -> Tuple[str, List[str]]:
+    """The spec file and the ``--set`` overrides a run's `muse-rec train` loads (`command`); the checks before
+    any run (`other_settings`, `unreadable_spec`) load the same."""
     lr = () if sparse_lr is None else (f"train.sparse_optimizer.lr={sparse_lr}",)
     overrides = [*PUBLISHED, *SPARSE[sparse], *lr, f"data.prepared={prepared}", "data.num_workers=0",
                  "train.eval_batch_size=1000", f"train.seed={seed}", f"output_dir={run_dir(out, cfg, seed)}",
                  "train.checkpoint_every=0", *cfg.overrides]
-    cmd = [sys.executable, "-m", "muse_rec.cli", "train", "--spec", str(REPO / cfg.spec), "--device", "cpu"]
+    return str(REPO / cfg.spec), overrides
+
+
+def command(cfg: Config, seed: int, out: Path, prepared: str, sparse: str, sparse_lr: Optional[float]) -> List[str]:
+    spec, overrides = run_spec(cfg, seed, out, prepared, sparse, sparse_lr)
+    cmd = [sys.executable, "-m", "muse_rec.cli", "train", "--spec", spec, "--device", "cpu"]
     for o in overrides:
         cmd += ["--set", o]
     return cmd
@@ -359,12 +367,11 @@ def other_settings(out: Path, configs: Sequence[Config], seeds: Sequence[int], p
                 had = settings(yaml.safe_load((rd / "spec.yaml").read_text()))
             except (OSError, ValueError, yaml.YAMLError):
                 continue
-            cmd = command(cfg, seed, out, prepared, sparse, sparse_lr)
-            sets = [cmd[i + 1] for i, c in enumerate(cmd) if c == "--set"]
             try:
                 # Through YAML, as spec.yaml holds it (a tuple is a list there).
-                want = settings(yaml.safe_load(yaml.safe_dump(load_spec(cmd[cmd.index("--spec") + 1], sets).to_dict())))
-            except (OSError, SpecError):  # no such spec: its runs refuse it and the study says so
+                want = settings(yaml.safe_load(yaml.safe_dump(
+                    load_spec(*run_spec(cfg, seed, out, prepared, sparse, sparse_lr)).to_dict())))
+            except (OSError, SpecError):  # no such spec: nothing to compare (`unreadable_spec` refuses it)
                 continue
             diff = [k for k in had if k in want and had[k] != want[k]]
             if diff:
@@ -385,16 +392,16 @@ def unprepared(prepared: str) -> Optional[str]:
     return None
 
 
-def unreadable_spec(configs: Sequence[Config], sparse: str, sparse_lr: Optional[float]) -> Optional[str]:
+def unreadable_spec(configs: Sequence[Config], out: Path, prepared: str, sparse: str,
+                    sparse_lr: Optional[float]) -> Optional[str]:
     """Why a spec some of ``configs`` train cannot be loaded with the study's settings (None when every one
     can): a missing ``<method>.yaml`` in ``--spec-dir``, a typo in ``--spec`` or a malformed spec otherwise
     started every run of the study, each refusing it in turn, and left OUT with a table of "missing"."""
     from muse_rec.spec import SpecError, load_spec
 
-    lr = () if sparse_lr is None else (f"train.sparse_optimizer.lr={sparse_lr}",)
-    for cfg in configs:  # each with its own overrides, as its runs load it (~ms each)
+    for cfg in configs:  # with its runs' overrides (any seed: only train.seed and output_dir differ; ~ms each)
         try:
-            load_spec(REPO / cfg.spec, [*PUBLISHED, *SPARSE[sparse], *lr, *cfg.overrides])
+            load_spec(*run_spec(cfg, 0, out, prepared, sparse, sparse_lr))
         except SpecError as e:
             return str(e)
     return None
@@ -468,7 +475,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         why = unprepared(args.prepared)
         if why:
             return _bad(f"--prepared: {why}")
-        why = unreadable_spec(todo, args.sparse, args.sparse_lr)
+        why = unreadable_spec(todo, out, args.prepared, args.sparse, args.sparse_lr)
         if why:
             return _bad(f"{'--spec' if args.what == 'ablation' else '--spec-dir'}: {why}")
         try:  # OUT (or a folder above it) a file was a NotADirectoryError traceback from the scheduler

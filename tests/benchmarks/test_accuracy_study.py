@@ -292,7 +292,7 @@ def test_a_spec_that_cannot_be_loaded_is_refused_before_any_run(tmp_path, monkey
     # Every study of the committed specs passes the check (the runs load them with these overrides).
     for configs in (study.method_configs("specs/methods"), study.method_configs("specs/demo", "reference"),
                     study.ablation_configs("specs/demo/muse.yaml")):
-        assert study.unreadable_spec(configs, "adam", 0.1) is None
+        assert study.unreadable_spec(configs, out, str(tmp_path), "adam", 0.1) is None
 
 
 @pytest.mark.parametrize("where", ["out", "out/adagrad"])
