@@ -387,7 +387,8 @@ def write_item_tables(out: Path, items: Items) -> None:
                    out / 'scl_embedding_int8_p90.parquet')
 
 
-# The six tables of a release, and the file that says this script wrote them (it may replace only those).
+# The six tables of a release (muse_rec.data.schema's file names, spelled here: this script imports nothing of
+# muse_rec; a test compares them), and the file that says this script wrote them (it may replace only those).
 RELEASE_TABLES = ('train_samples.parquet', 'train_user_features.parquet', 'test_samples.parquet',
                   'test_user_features.parquet', 'item_features.parquet', 'scl_embedding_int8_p90.parquet')
 MARKER = '_independent_release.json'

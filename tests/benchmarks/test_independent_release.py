@@ -101,3 +101,9 @@ def test_its_own_release_is_replaced(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert not pq.read_table(raw / "train_samples.parquet").equals(first)
     assert (raw / "_independent_release.json").read_text().strip() == '{"seed": 2, "users": 3}'
+    # The tables it refuses to overwrite in another's folder are the release's, and the ones it writes.
+    from benchmarks import independent_release
+
+    assert sorted(independent_release.RELEASE_TABLES) == sorted(t.file for t in S.TABLES.values())
+    assert sorted(p.name for p in raw.iterdir()) == sorted([*independent_release.RELEASE_TABLES,
+                                                            independent_release.MARKER])
