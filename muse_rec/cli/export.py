@@ -27,19 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scl-dtype", choices=["int8", "fp16"], default="int8",
                    help="frozen SCL table storage (int8 is lossless for the int8 release vectors)")
     p.add_argument("--row-alignment", type=int64, default=16,
-                   help="bytes each quantized row is padded to (16 = TorchRec default; 4 is tighter on CPU)")
+                   help="bytes each quantized row is padded to, a power of two "
+                        "(16 = TorchRec default; 4 is tighter on CPU)")
     p.add_argument("--max-candidates", type=int64, default=4096, help="largest B the program accepts")
     p.add_argument("--float", dest="quantize", action="store_false", help="export without quantizing (comparison)")
     p.add_argument("--expect-sha256", default=None, metavar="DIGEST",
                    help="refuse the checkpoint unless its SHA-256 digest (logged when it was saved) is this")
     p.add_argument("--allow-data-mismatch", action="store_true",
                    help="export even though the checkpoint was trained on other prepared data")
-
-
-# Bytes: a memory page. TorchRec pads each quantized row to a multiple of the alignment (16 for its CUDA
-# kernels, 4 is tight on CPU); past a page no kernel gains, and each table grows by the alignment per row
-# (2**40 asked for terabytes and ended in an out-of-memory line that did not name the flag).
-MAX_ROW_ALIGNMENT = 4096
 
 
 # manifest.json's int8_check keys the command prints.
@@ -51,17 +46,16 @@ def run(args: argparse.Namespace) -> int:
     from muse_rec.cli.recorded_run import spec_of_own_run
     from muse_rec.data.prepared import PreparedData, PreparedDataError
     from muse_rec.output_paths import OutputPathError, check_output_path
-    from muse_rec.serving.export_layout import EXPORT_FILES, ExportError, check_checkpoint_present, check_max_candidates
+    from muse_rec.serving.export_layout import (EXPORT_FILES, ExportError, check_checkpoint_present, check_max_candidates,
+                                               check_row_alignment)
     from muse_rec.spec import SpecError, load_spec
     from muse_rec.training.checkpoint_position import CheckpointError
     from muse_rec.training.run_record import RunError, check_scored_model
 
     if args.seq_len is not None and args.seq_len < 1:
         return report("export", ValueError(f"--seq-len {args.seq_len}: must be >= 1 (omit it for data.seq_len)"))
-    if not 1 <= args.row_alignment <= MAX_ROW_ALIGNMENT:
-        return report("export", ValueError(f"--row-alignment {args.row_alignment}: must be in [1, {MAX_ROW_ALIGNMENT:,}] "
-                                           "bytes (16 = TorchRec's default, 4 is tighter on CPU)"))
     try:
+        check_row_alignment(args.row_alignment)
         check_max_candidates(args.max_candidates)
     except ValueError as e:
         return report("export", e)

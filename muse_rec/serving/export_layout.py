@@ -29,6 +29,27 @@ OLD_LEFTOVERS = ("partial-" + PROGRAM_FILE, INTEGRITY_MANIFEST + ".tmp")
 EXPORT_FILES = (PROGRAM_FILE, MANIFEST_FILE, INTEGRITY_MANIFEST, LOCK_FILE, STAGING_DIR) + OLD_LEFTOVERS
 
 
+# Bytes: a memory page. TorchRec pads each quantized row to a multiple of the alignment (16 for its CUDA
+# kernels, 4 is tight on CPU); past a page no kernel gains, and each table grows by the alignment per row
+# (2**40 asked for terabytes and ended in an out-of-memory line that did not name the flag).
+MAX_ROW_ALIGNMENT = 4096
+
+
+def check_row_alignment(row_alignment: int, name: str = "--row-alignment") -> None:
+    """ValueError naming ``name`` unless ``row_alignment`` is a power of two in [1, `MAX_ROW_ALIGNMENT`] bytes.
+
+    Why powers of two only: an fp16 table's rows must stay a whole number of fp16 values. An odd alignment
+    can pad a row to an odd byte count (128 fp16 values = 256 B -> 259 B at 7), which FBGEMM's CPU lookup
+    reads misaligned (NaN and wrong values measured at 3 with 10 and 64 values per row) and which no fp16
+    view of the table can describe (`--scl-dtype fp16 --row-alignment 7` ended in torch's stride error
+    after the model was loaded). Every power of two keeps each row's length even, and every memory
+    alignment a kernel asks for is one.
+    """
+    if not (1 <= row_alignment <= MAX_ROW_ALIGNMENT and row_alignment & (row_alignment - 1) == 0):
+        raise ValueError(f"{name} {row_alignment}: must be a power of two in [1, {MAX_ROW_ALIGNMENT:,}] bytes "
+                         "(16 = TorchRec's default, 4 is tighter on CPU)")
+
+
 def check_max_candidates(max_candidates: int) -> None:
     """ValueError naming ``--max-candidates`` unless it is in [`MIN_CANDIDATES`, `MAX_CANDIDATES`]."""
     if not MIN_CANDIDATES <= max_candidates <= MAX_CANDIDATES:

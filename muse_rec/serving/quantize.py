@@ -34,6 +34,7 @@ from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbe
 from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
 
 from muse_rec.models.frozen_scl import SCL_TABLE, FrozenEmbeddingCollection, FrozenSCL, read_only_view
+from muse_rec.serving.export_layout import check_row_alignment
 from muse_rec.serving.inference import InferenceModel
 
 # TorchRec's default row alignment of inference tables (bytes): what its CUDA kernels expect.
@@ -86,8 +87,8 @@ def quantize_for_serving(
         scl_array: the prepared int8 SCL table ``[n_items, 128]`` (`PreparedData.scl()`); written
             losslessly into the quantized SCL table.
         scl_dtype: storage of the frozen SCL table, "int8" (lossless) or "fp16".
-        row_alignment: bytes each stored row is padded to (16 = TorchRec's default; 4 packs
-            int8 rows tighter on CPU).
+        row_alignment: bytes each stored row is padded to, a power of two (16 = TorchRec's default;
+            4 packs int8 rows tighter on CPU; `check_row_alignment` says why).
         chunk_rows: SCL rows written per step (`write_exact_int8_`, `write_exact_fp16_`).
 
     Returns:
@@ -95,8 +96,7 @@ def quantize_for_serving(
     """
     if scl_dtype not in SCL_DTYPES:
         raise ValueError(f"scl_dtype must be one of {SCL_DTYPES}, got {scl_dtype!r}")
-    if row_alignment < 1:
-        raise ValueError(f"row_alignment must be >= 1, got {row_alignment}")
+    check_row_alignment(row_alignment, "row_alignment")
     arch = model.model.sparse_arch
     scl = arch.scl  # None for a model that reads no SCL vectors
     if scl is not None:  # refused before the model is touched: it stays as it was
