@@ -36,6 +36,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import stat
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -58,7 +60,7 @@ from muse_rec.metrics.report import check_floors, metrics_json_text, save_metric
 from muse_rec.terminal import Throttle
 from muse_rec.wording import count
 
-__all__ = ["FLOORS", "FloorOptions", "FloorsError", "ItemCtr", "below_floor_message", "cached_floors",
+__all__ = ["FLOORS", "FloorOptions", "FloorsError", "ItemCtr", "below_floor_message", "cached_floors", "foreign_cache",
            "check_run_against_floors", "compute_floors", "compute_floors_and_users", "split_scores"]
 
 logger = logging.getLogger("muse_rec")
@@ -315,7 +317,10 @@ def _cached(data: PreparedData, split: str, opts: FloorOptions, cache_dir: str, 
     """`cached_floors`, and with ``with_users`` the floors' per-user AUCs too (a cache without a readable
     users file is then computed again: once, as the floors were; None only where it cannot be written)."""
     path = Path(cache_dir) / cache_name(data, split, opts, train_split)
-    if path.exists():
+    foreign = foreign_cache(path)
+    if foreign:
+        logger.warning("not reading or writing the floors cached in %s: %s; computing them", cache_dir, foreign)
+    elif path.exists():
         cached = _read_cached(path)
         if cached is not None and not with_users:
             return cached, None
@@ -325,16 +330,41 @@ def _cached(data: PreparedData, split: str, opts: FloorOptions, cache_dir: str, 
                  if isinstance(n, int) and not isinstance(n, bool) else None)
         if users is not None:
             return cached, users
-    logger.info("computing the model-free floors of %s split %s (cached in %s)", data.path, split, cache_dir)
+    logger.info("computing the model-free floors of %s split %s%s", data.path, split,
+                "" if foreign else f" (cached in {cache_dir})")
     result, users = compute_floors_and_users(data, split, opts, train_split, say=logger.info)
+    if not foreign:
+        _write_cache(path, result, users)
+    # What a later cache hit returns (NaN -> null), from the text written, not read back from the file.
+    return json.loads(metrics_json_text(result)), users
+
+
+def _write_cache(path: Path, result: Dict, users: FloorUsers) -> None:
     try:  # the users file first: the JSON is what marks the entry complete
         save_floor_users(users_file(path), users)
         save_metrics_json(path, result)
     except OSError as e:  # only a cache (a file in its directory's place, no room, read-only): said, not fatal
         logger.warning("floors not cached, %s could not be written (%s); they are computed again next time",
                        path, e)
-    # What a later cache hit returns (NaN -> null), from the text written, not read back from the file.
-    return json.loads(metrics_json_text(result)), users
+
+
+def foreign_cache(path: Path) -> Optional[str]:
+    """Why the cache file ``path`` is not this user's own, or None. The default cache sits in a run
+    directory's parent, which may be shared (a run in /tmp caches in /tmp/.floors): any user there could leave
+    a well-formed file holding any floors, which a run would then report its GAUC against. So the directory
+    and the file (where it exists) must belong to the user running this, and not be writable by every user,
+    as ssh asks of its keys."""
+    me = os.geteuid()
+    for where in (path.parent, path):
+        try:
+            st = where.stat()
+        except OSError:  # absent (created by this process), or not there to read: nothing foreign in it
+            continue
+        if st.st_uid != me:
+            return f"{where} belongs to user id {st.st_uid}, not to this process's {me}"
+        if st.st_mode & stat.S_IWOTH:
+            return f"every user may write {where} (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
 
 
 def _read_cached(path: Path) -> Optional[Dict]:
