@@ -1,8 +1,8 @@
 """The quantized tables' row alignment (`check_row_alignment`): every value the rule accepts stores and looks
 up every SCL value exactly; the rest are refused, by the library and by `muse-rec export`, before the model is
-touched. Before, any alignment in [1, 4096] went through: at 3 and 7 an fp16 row of 64 or 128 values is padded
-to an odd byte count, which no fp16 view describes (torch's stride error, a traceback) and FBGEMM's CPU lookup
-reads misaligned (NaN)."""
+touched. Before, any alignment in [1, 4096] went through: an odd one can pad an fp16 row to an odd byte count
+(64 values: 128 B -> 129 B at 3; 128 values: 256 B -> 259 B at 7), which no fp16 view describes (torch's stride
+error, a traceback) and FBGEMM's CPU lookup reads misaligned (NaN, measured on its TBE directly)."""
 from __future__ import annotations
 
 import copy
