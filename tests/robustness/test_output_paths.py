@@ -129,8 +129,9 @@ def test_an_output_under_a_file_is_refused_before_any_work(trained, tmp_path, co
     (["export", "--row-alignment", "0"], "--row-alignment 0: must be a power of two in [1, 4,096] bytes"),
     (["export", "--row-alignment", str(1 << 40)],
      f"--row-alignment {1 << 40}: must be a power of two in [1, 4,096] bytes"),
-    # 7 ended in torch's stride error (a traceback) after the model was loaded for --scl-dtype fp16, and 3 was
-    # exported: FBGEMM's CPU lookup reads fp16 rows of an odd byte count misaligned (tests/serving/test_row_alignment.py).
+    # 7 ended in torch's stride error (a traceback) after the model was loaded for --scl-dtype fp16 (256 B rows
+    # padded to 259), and 3 was accepted though it pads a 64-value fp16 row to 129 B, which FBGEMM's CPU lookup
+    # reads misaligned (tests/serving/test_row_alignment.py).
     (["export", "--row-alignment", "3"], "--row-alignment 3: must be a power of two in [1, 4,096] bytes"),
     (["export", "--row-alignment", "24"], "--row-alignment 24: must be a power of two in [1, 4,096] bytes"),
     (["rank", "--seq-len", "0"], "--seq-len 0: must be >= 1"),
